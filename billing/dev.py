@@ -1,0 +1,68 @@
+"""``make run``: the whole product on one machine, with demo data.
+
+Starts embedded PostgreSQL and Redis when DATABASE_URL / REDIS_URL are unset, migrates,
+loads the demo data, then runs the web server, one Celery worker and Celery beat. Ctrl-C
+stops everything it started, the embedded servers included.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from billing import devservices
+
+HOST = os.environ.get("HOST", "127.0.0.1")
+PORT = os.environ.get("PORT", "8000")
+
+
+def main() -> int:
+    python = sys.executable
+    manage = [python, str(devservices.REPO_DIR / "manage.py")]
+    with devservices.services_for_command():
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.settings")
+        subprocess.run([*manage, "migrate", "--no-input"], check=True)
+        subprocess.run([*manage, "seed_demo"], check=True)
+        commands = {
+            "web": [*manage, "runserver", f"{HOST}:{PORT}", "--noreload"],
+            "worker": [python, "-m", "celery", "-A", "billing", "worker",
+                       "--loglevel", "INFO", "--concurrency", "2"],
+            "beat": [python, "-m", "celery", "-A", "billing", "beat", "--loglevel", "INFO"],
+        }
+        children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+        print(
+            "\n"
+            f"  Admin:     http://{HOST}:{PORT}/admin/   (user: admin, password: admin)\n"
+            f"  API docs:  http://{HOST}:{PORT}/api/docs/\n"
+            f"  Database:  {os.environ['DATABASE_URL']}\n"
+            f"  Redis:     {os.environ['REDIS_URL']}\n"
+            "  Ctrl-C stops the server, the worker, beat and the embedded services.\n",
+            flush=True,
+        )
+        try:
+            while all(child.poll() is None for child in children.values()):
+                time.sleep(0.5)
+            failed = [name for name, child in children.items() if child.poll() is not None]
+            print(f"{', '.join(failed)} stopped; shutting down the rest", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+        finally:
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in children.values():
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["run"]:
+        print("usage: python -m billing.dev run")
+        sys.exit(2)
+    sys.exit(main())

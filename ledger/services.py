@@ -1,0 +1,504 @@
+"""The only way to write to the ledger.
+
+    create_account, ensure_system_account, set_overdraft
+    post_transaction, post_transactions (bulk, all-or-nothing), reverse_transaction
+    place_hold, settle_hold, release_hold, release_expired_holds
+
+Every function is atomic (a savepoint when called inside a caller's transaction) and
+idempotent on its ``reference``. Expected failures raise ``ledger.errors.LedgerError``
+subclasses and change nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.utils import timezone
+
+from ledger import errors
+from ledger.models import (
+    AMOUNT_DIGITS,
+    AMOUNT_PLACES,
+    AMOUNT_QUANTUM,
+    ZERO,
+    Account,
+    Balance,
+    Hold,
+    HoldStatus,
+    NormalBalance,
+)
+from ledger.models import Transaction as LedgerTransaction
+
+MAX_AMOUNT = Decimal(10) ** (AMOUNT_DIGITS - AMOUNT_PLACES)
+
+
+def to_amount(value: Decimal | int | str, *, positive: bool = False) -> Decimal:
+    """An exact ledger amount. Floats are refused: they cannot carry money exactly."""
+    if isinstance(value, float | bool):
+        raise errors.InvalidAmount(f"amounts must be Decimal, int or str, not {type(value).__name__}")
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise errors.InvalidAmount(f"{value!r} is not a number") from None
+    if not amount.is_finite():
+        raise errors.InvalidAmount(f"{value!r} is not a finite number")
+    if amount != amount.quantize(AMOUNT_QUANTUM, rounding="ROUND_DOWN"):
+        raise errors.InvalidAmount(f"{value} has more than {AMOUNT_PLACES} decimal places")
+    if abs(amount) >= MAX_AMOUNT:
+        raise errors.InvalidAmount(f"{value} is too large")
+    if positive and amount <= 0:
+        raise errors.InvalidAmount(f"amount must be positive, got {value}")
+    return amount.quantize(AMOUNT_QUANTUM)
+
+
+def _account_id(account: Account | int) -> int:
+    return account.pk if isinstance(account, Account) else int(account)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One entry to post: ``amount`` > 0 debits the account, < 0 credits it."""
+
+    account_id: int
+    amount: Decimal
+
+
+def debit(account: Account | int, amount: Decimal | int | str) -> Leg:
+    return Leg(_account_id(account), to_amount(amount, positive=True))
+
+
+def credit(account: Account | int, amount: Decimal | int | str) -> Leg:
+    return Leg(_account_id(account), -to_amount(amount, positive=True))
+
+
+@dataclass
+class TransactionSpec:
+    reference: str
+    legs: Sequence[Leg]
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    effective_at: datetime | None = None
+    reverses_id: int | None = None
+    hold_id: int | None = None
+
+    def payload_hash(self) -> str:
+        """What makes two postings "the same": legs, effective time, reversal and hold.
+
+        Description and metadata are not part of it: they describe, they do not move money.
+        """
+        body = {
+            "legs": [[leg.account_id, str(leg.amount)] for leg in self.legs],
+            "effective_at": self.effective_at.isoformat() if self.effective_at else None,
+            "reverses": self.reverses_id,
+            "hold": self.hold_id,
+        }
+        return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+
+    def as_json(self) -> dict[str, Any]:
+        if not self.reference or len(self.reference) > 255:
+            raise errors.InvalidTransaction("a reference of 1 to 255 characters is required")
+        if self.effective_at is not None and timezone.is_naive(self.effective_at):
+            raise errors.InvalidTransaction("effective_at must be timezone-aware")
+        return {
+            "reference": self.reference,
+            "payload_hash": self.payload_hash(),
+            "description": self.description,
+            "metadata": self.metadata,
+            "effective_at": self.effective_at.isoformat() if self.effective_at else None,
+            "reverses_id": self.reverses_id,
+            "hold_id": self.hold_id,
+            "entries": [
+                {"account_id": leg.account_id, "amount": str(leg.amount)} for leg in self.legs
+            ],
+        }
+
+
+def _raise_ledger_error(exc: DatabaseError) -> None:
+    ledger_error = errors.from_database_error(exc)
+    if ledger_error is not None:
+        raise ledger_error from exc
+    raise exc
+
+
+# --- accounts ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_account(
+    *,
+    code: str,
+    currency: str,
+    name: str = "",
+    normal_balance: str = NormalBalance.CREDIT,
+    allow_negative: bool = False,
+    negative_limit: Decimal | None = None,
+    is_hot: bool = False,
+    owner_type: str = "",
+    owner_id: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Account:
+    """Create an account and its balance row(s)."""
+    if negative_limit is not None:
+        negative_limit = to_amount(negative_limit)
+    account = Account.objects.create(
+        code=code,
+        name=name or code,
+        currency=currency,
+        normal_balance=normal_balance,
+        allow_negative=allow_negative or is_hot,
+        negative_limit=None if is_hot else negative_limit,
+        is_hot=is_hot,
+        owner_type=owner_type,
+        owner_id=str(owner_id),
+        metadata=metadata or {},
+    )
+    buckets = settings.LEDGER_HOT_ACCOUNT_BUCKETS if is_hot else 1
+    Balance.objects.bulk_create(
+        Balance(account=account, bucket=b, floor=account.floor) for b in range(buckets)
+    )
+    return account
+
+
+def ensure_system_account(
+    *, code: str, currency: str, normal_balance: str = NormalBalance.CREDIT, name: str = ""
+) -> Account:
+    """The system account ``code`` in ``currency`` (a hot account), created on first use.
+
+    Safe under concurrency: the unique (code, currency) constraint decides who creates it.
+    """
+    account = Account.objects.filter(code=code, currency=currency).first()
+    if account is not None:
+        return account
+    try:
+        return create_account(
+            code=code, currency=currency, normal_balance=normal_balance, name=name, is_hot=True
+        )
+    except IntegrityError:
+        return Account.objects.get(code=code, currency=currency)
+
+
+@transaction.atomic
+def set_overdraft(
+    *, account: Account, allow_negative: bool, negative_limit: Decimal | None = None
+) -> Account:
+    """Change how far below zero an owned account may go; refused if it already is lower."""
+    if account.is_hot:
+        raise errors.InvalidTransaction("hot accounts have no overdraft floor")
+    account.allow_negative = allow_negative
+    account.negative_limit = to_amount(negative_limit) if negative_limit is not None else None
+    floor = account.floor
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE ledger_balance SET floor = %s, version = version + 1, updated_at = now() "
+            "WHERE account_id = %s AND bucket = 0 AND (%s::numeric IS NULL OR posted - held >= %s)",
+            [floor, account.pk, floor, floor],
+        )
+        if cursor.rowcount != 1:
+            raise errors.OverdraftLimitBelowBalance(
+                f"account {account.code} is already below the new floor {floor}"
+            )
+    account.save(update_fields=["allow_negative", "negative_limit"])
+    return account
+
+
+# --- postings ----------------------------------------------------------------------------
+
+
+def post_transaction(
+    *,
+    reference: str,
+    legs: Sequence[Leg],
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    effective_at: datetime | None = None,
+) -> LedgerTransaction:
+    """Post one balanced transaction. A retry with the same reference returns the original
+    (``.replayed`` is True); the same reference with other legs raises ``ReferenceReused``.
+    """
+    spec = TransactionSpec(
+        reference=reference,
+        legs=legs,
+        description=description,
+        metadata=metadata or {},
+        effective_at=effective_at,
+    )
+    return post_transactions(transactions=[spec])[0]
+
+
+@transaction.atomic
+def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[LedgerTransaction]:
+    """Post several transactions all-or-nothing in one database round trip (a token leg in
+    TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
+    if not transactions:
+        raise errors.InvalidTransaction("nothing to post")
+    payload = json.dumps([spec.as_json() for spec in transactions])
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(
+                "SELECT idx, transaction_id, replayed, effective_at, recorded_at "
+                "FROM ledger_post_transactions(%s::jsonb)",
+                [payload],
+            )
+            rows = cursor.fetchall()
+        except DatabaseError as exc:
+            _raise_ledger_error(exc)
+    by_index = {row[0]: row for row in rows}
+    replayed_ids = [row[1] for row in rows if row[2]]
+    originals = LedgerTransaction.objects.in_bulk(replayed_ids) if replayed_ids else {}
+    result = []
+    for index, spec in enumerate(transactions, start=1):
+        _, transaction_id, replayed, effective_at, recorded_at = by_index[index]
+        if replayed:
+            posted = originals[transaction_id]
+        else:
+            posted = LedgerTransaction(
+                id=transaction_id,
+                reference=spec.reference,
+                payload_hash=spec.payload_hash(),
+                description=spec.description,
+                metadata=spec.metadata,
+                effective_at=effective_at,
+                recorded_at=recorded_at,
+                reverses_id=spec.reverses_id,
+                hold_id=spec.hold_id,
+            )
+        posted.replayed = replayed
+        result.append(posted)
+    return result
+
+
+@transaction.atomic
+def reverse_transaction(
+    *,
+    transaction_id: int,
+    reference: str,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    effective_at: datetime | None = None,
+) -> LedgerTransaction:
+    """Undo a transaction with a new one whose entries mirror it. At most one reversal per
+    transaction; a reversal needs the funds it takes back like any other posting."""
+    original = (
+        LedgerTransaction.objects.filter(pk=transaction_id).prefetch_related("entries").first()
+    )
+    if original is None:
+        raise errors.TransactionNotFound(f"transaction {transaction_id} does not exist")
+    if original.reverses_id is not None:
+        raise errors.CannotReverseReversal(
+            f"transaction {original.reference} is itself a reversal; post a new transaction"
+        )
+    legs = [Leg(entry.account_id, -entry.amount) for entry in original.entries.order_by("id")]
+    spec = TransactionSpec(
+        reference=reference,
+        legs=legs,
+        description=description or f"Reversal of {original.reference}",
+        metadata=metadata or {},
+        effective_at=effective_at,
+        reverses_id=original.pk,
+    )
+    return post_transactions(transactions=[spec])[0]
+
+
+# --- holds -------------------------------------------------------------------------------
+
+
+def _hold_hash(account_id: int, destination_id: int, amount: Decimal, expires_at) -> str:
+    body = [account_id, destination_id, str(amount), expires_at.isoformat() if expires_at else None]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+def _change_held(*, account_id: int, delta: Decimal, check_floor: bool) -> bool:
+    """Add ``delta`` to an owned account's held amount; False if the floor forbids it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE ledger_balance SET held = held + %s, version = version + 1, updated_at = now() "
+            "WHERE account_id = %s AND bucket = 0 "
+            "AND (NOT %s OR floor IS NULL OR posted - held - %s >= floor)",
+            [delta, account_id, check_floor, delta],
+        )
+        return cursor.rowcount == 1
+
+
+@transaction.atomic
+def place_hold(
+    *,
+    reference: str,
+    account: Account,
+    destination: Account,
+    amount: Decimal | int | str,
+    expires_at: datetime | None = None,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Hold:
+    """Reserve ``amount`` on ``account``: out of its available balance at once, to be settled
+    to ``destination`` or released. Idempotent on ``reference``."""
+    amount = to_amount(amount, positive=True)
+    if account.is_hot or account.normal_balance != NormalBalance.CREDIT:
+        raise errors.HoldNotSupported("holds are placed on owned, credit-normal accounts")
+    if account.currency != destination.currency:
+        raise errors.CurrencyMismatch(
+            f"hold on {account.currency} cannot settle to a {destination.currency} account"
+        )
+    payload_hash = _hold_hash(account.pk, destination.pk, amount, expires_at)
+    try:
+        with transaction.atomic():
+            hold = Hold.objects.create(
+                reference=reference,
+                payload_hash=payload_hash,
+                account=account,
+                destination=destination,
+                currency=account.currency,
+                amount=amount,
+                expires_at=expires_at,
+                description=description,
+                metadata=metadata or {},
+            )
+    except IntegrityError:
+        hold = Hold.objects.get(reference=reference)
+        if hold.payload_hash != payload_hash:
+            raise errors.ReferenceReused(
+                f"hold reference {reference} was already used for a different hold"
+            ) from None
+        hold.replayed = True
+        return hold
+    if not _change_held(account_id=account.pk, delta=amount, check_floor=True):
+        raise errors.InsufficientFunds(
+            f"account {account.code} cannot cover a hold of {amount} {account.currency}",
+            detail={"account_id": account.pk, "required": str(amount)},
+        )
+    hold.replayed = False
+    return hold
+
+
+def _locked_hold(hold_id: int) -> Hold:
+    hold = Hold.objects.select_for_update().filter(pk=hold_id).first()
+    if hold is None:
+        raise errors.HoldNotFound(f"hold {hold_id} does not exist")
+    return hold
+
+
+def _resolve(hold: Hold, status: str, now: datetime) -> None:
+    remaining = hold.amount - hold.settled_amount
+    if remaining:
+        _change_held(account_id=hold.account_id, delta=-remaining, check_floor=False)
+    hold.status = status
+    hold.resolved_at = now
+    hold.save(update_fields=["status", "resolved_at", "settled_amount"])
+
+
+@transaction.atomic
+def settle_hold(
+    *,
+    hold_id: int,
+    amount: Decimal | int | str,
+    reference: str,
+    final: bool = False,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> LedgerTransaction:
+    """Settle part of a hold: post ``amount`` from the held account to the destination.
+
+    Call it as often as usage arrives (streaming, long agent runs); ``final=True`` releases
+    what is left. A retried part (same reference) returns the original transaction.
+    """
+    amount = to_amount(amount, positive=True)
+    hold = _locked_hold(hold_id)  # serialises every settle/release of this hold
+    existing = LedgerTransaction.objects.filter(reference=reference).first()
+    if existing is not None:
+        if existing.hold_id != hold.pk or existing.entries.filter(amount=amount).count() == 0:
+            raise errors.ReferenceReused(f"reference {reference} was used for another posting")
+        existing.replayed = True
+        return existing
+    now = timezone.now()
+    if hold.status != HoldStatus.PENDING:
+        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+    if hold.expires_at is not None and hold.expires_at <= now:
+        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+    remaining = hold.amount - hold.settled_amount
+    if amount > remaining:
+        raise errors.HoldAmountExceeded(
+            f"hold {hold.reference} has {remaining} left; cannot settle {amount}"
+        )
+    # Release the held part first, then post: available is unchanged by the pair.
+    _change_held(account_id=hold.account_id, delta=-amount, check_floor=False)
+    posted = post_transactions(
+        transactions=[
+            TransactionSpec(
+                reference=reference,
+                legs=[debit(hold.account_id, amount), credit(hold.destination_id, amount)],
+                description=description or f"Settlement of hold {hold.reference}",
+                metadata=metadata or {},
+                hold_id=hold.pk,
+            )
+        ]
+    )[0]
+    hold.settled_amount += amount
+    if hold.settled_amount == hold.amount or final:
+        _resolve(hold, HoldStatus.SETTLED, now)
+    else:
+        hold.save(update_fields=["settled_amount"])
+    return posted
+
+
+@transaction.atomic
+def release_hold(*, hold_id: int) -> Hold:
+    """Release what is left of a hold without charge. Releasing twice is a no-op; releasing
+    a hold that was settled or expired is refused."""
+    hold = _locked_hold(hold_id)
+    if hold.status == HoldStatus.RELEASED:
+        return hold
+    if hold.status != HoldStatus.PENDING:
+        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+    _resolve(hold, HoldStatus.RELEASED, timezone.now())
+    return hold
+
+
+def release_expired_holds(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Expire pending holds past their expiry; returns how many. Safe to run concurrently:
+    each hold is taken with SKIP LOCKED and resolved in its own transaction."""
+    now = now or timezone.now()
+    expired = 0
+    candidate_ids = list(
+        Hold.objects.filter(status=HoldStatus.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for hold_id in candidate_ids:
+        with transaction.atomic():
+            hold = (
+                Hold.objects.select_for_update(skip_locked=True)
+                .filter(pk=hold_id, status=HoldStatus.PENDING, expires_at__lte=now)
+                .first()
+            )
+            if hold is not None:
+                _resolve(hold, HoldStatus.EXPIRED, now)
+                expired += 1
+    return expired
+
+
+__all__ = [
+    "Leg",
+    "TransactionSpec",
+    "ZERO",
+    "create_account",
+    "credit",
+    "debit",
+    "ensure_system_account",
+    "place_hold",
+    "post_transaction",
+    "post_transactions",
+    "release_expired_holds",
+    "release_hold",
+    "reverse_transaction",
+    "set_overdraft",
+    "settle_hold",
+    "to_amount",
+]
