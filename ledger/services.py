@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from django.conf import settings
@@ -50,13 +50,15 @@ def to_amount(value: Decimal | int | str, *, positive: bool = False) -> Decimal:
         raise errors.InvalidAmount(f"{value!r} is not a number") from None
     if not amount.is_finite():
         raise errors.InvalidAmount(f"{value!r} is not a finite number")
-    if amount != amount.quantize(AMOUNT_QUANTUM, rounding="ROUND_DOWN"):
-        raise errors.InvalidAmount(f"{value} has more than {AMOUNT_PLACES} decimal places")
     if abs(amount) >= MAX_AMOUNT:
         raise errors.InvalidAmount(f"{value} is too large")
+    with localcontext(prec=AMOUNT_DIGITS + 2):
+        exact = amount.quantize(AMOUNT_QUANTUM, rounding=ROUND_DOWN)
+    if amount != exact:
+        raise errors.InvalidAmount(f"{value} has more than {AMOUNT_PLACES} decimal places")
     if positive and amount <= 0:
         raise errors.InvalidAmount(f"amount must be positive, got {value}")
-    return amount.quantize(AMOUNT_QUANTUM)
+    return exact
 
 
 def _account_id(account: Account | int) -> int:

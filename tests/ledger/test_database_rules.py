@@ -1,0 +1,92 @@
+"""PostgreSQL itself refuses what the ledger forbids, whoever writes the SQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import DatabaseError, IntegrityError, connection, transaction
+
+from ledger import errors, services
+from ledger.models import Balance, Entry, Transaction
+from tests.conftest import unique
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def posted(world, make_wallet) -> Transaction:
+    wallet = make_wallet(0)
+    return services.post_transaction(
+        reference=unique(), legs=[services.debit(world, "5"), services.credit(wallet, "5")]
+    )
+
+
+def sql(statement: str, params=()) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entry SET amount = amount * 2 WHERE transaction_id = %s",
+        "DELETE FROM ledger_entry WHERE transaction_id = %s",
+        "UPDATE ledger_transaction SET description = 'edited' WHERE id = %s",
+        "DELETE FROM ledger_transaction WHERE id = %s",
+    ],
+)
+def test_entries_and_transactions_cannot_be_changed(posted, statement):
+    with pytest.raises(DatabaseError) as caught, transaction.atomic():
+        sql(statement, [posted.id])
+    assert caught.value.__cause__.sqlstate == "LG010"
+    ledger_error = errors.from_database_error(caught.value)
+    assert isinstance(ledger_error, errors.LedgerImmutable)
+    assert "immutable" in ledger_error.message
+
+
+def test_orm_update_of_an_entry_is_refused(posted):
+    with pytest.raises(DatabaseError), transaction.atomic():
+        Entry.objects.filter(transaction_id=posted.id).update(amount=Decimal("1"))
+
+
+def test_unbalanced_entries_are_refused_at_commit(world, make_wallet):
+    wallet = make_wallet(0)
+    with pytest.raises(DatabaseError) as caught, transaction.atomic():
+        tx = Transaction.objects.create(
+            reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
+        Entry.objects.create(transaction=tx, account=wallet, currency="USD", amount=Decimal("-5"))
+        Entry.objects.create(transaction=tx, account=world, currency="USD", amount=Decimal("4"))
+        sql("SET CONSTRAINTS ALL IMMEDIATE")  # what COMMIT does; the test runs inside a txn
+    assert caught.value.__cause__.sqlstate == "LG003"
+
+
+def test_entry_currency_must_match_its_account(world, make_wallet):
+    wallet = make_wallet(0)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        tx = Transaction.objects.create(
+            reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
+        Entry.objects.create(transaction=tx, account=wallet, currency="EUR", amount=Decimal("-5"))
+
+
+def test_zero_entry_is_refused(world):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        tx = Transaction.objects.create(
+            reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
+        Entry.objects.create(transaction=tx, account=world, currency="USD", amount=Decimal("0"))
+
+
+def test_balance_row_cannot_go_below_its_floor(make_wallet):
+    wallet = make_wallet("5")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Balance.objects.filter(account=wallet).update(posted=Decimal("-1"))
+
+
+def test_reference_is_unique(posted):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Transaction.objects.create(
+            reference=posted.reference, payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
