@@ -28,8 +28,18 @@ def main() -> int:
         subprocess.run([*manage, "seed_demo"], check=True)
         commands = {
             "web": [*manage, "runserver", f"{HOST}:{PORT}", "--noreload"],
-            "worker": [python, "-m", "celery", "-A", "billing", "worker",
-                       "--loglevel", "INFO", "--concurrency", "2"],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "billing",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+            ],
             "beat": [python, "-m", "celery", "-A", "billing", "beat", "--loglevel", "INFO"],
         }
         children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}

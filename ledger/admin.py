@@ -47,7 +47,14 @@ class BalanceInline(ReadOnlyInline):
 @admin.register(Account)
 class AccountAdmin(ReadOnlyAdmin):
     list_display = (
-        "code", "name", "currency", "normal_balance", "kind", "posted", "held", "available",
+        "code",
+        "name",
+        "currency",
+        "normal_balance",
+        "kind",
+        "posted",
+        "held",
+        "available",
         "floor_display",
     )
     list_filter = ("currency", "is_hot", "normal_balance", "allow_negative", "owner_type")
@@ -56,8 +63,10 @@ class AccountAdmin(ReadOnlyAdmin):
     inlines = [BalanceInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            _posted=Sum("balance_rows__posted"), _held=Sum("balance_rows__held")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_posted=Sum("balance_rows__posted"), _held=Sum("balance_rows__held"))
         )
 
     @admin.display(description="kind")
@@ -125,8 +134,15 @@ class EntryAdmin(ReadOnlyAdmin):
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyAdmin):
     list_display = (
-        "reference", "account", "amount", "settled_amount", "currency", "status", "expires_at",
-        "created_at", "resolved_at",
+        "reference",
+        "account",
+        "amount",
+        "settled_amount",
+        "currency",
+        "status",
+        "expires_at",
+        "created_at",
+        "resolved_at",
     )
     list_filter = ("status", "currency")
     search_fields = ("reference", "account__code")

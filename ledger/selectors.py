@@ -42,9 +42,12 @@ def get_balance(*, account: Account, as_of: datetime | None = None) -> BalanceVi
             held=totals["held"] or ZERO,
             version=int(totals["version"] or 0),
         )
-    signed = Entry.objects.filter(
-        account=account, transaction__effective_at__lte=as_of
-    ).aggregate(total=Sum("amount"))["total"] or ZERO
+    signed = (
+        Entry.objects.filter(account=account, transaction__effective_at__lte=as_of).aggregate(
+            total=Sum("amount")
+        )["total"]
+        or ZERO
+    )
     return BalanceView(
         currency=account.currency, posted=_natural(account, signed), held=None, version=None
     )
@@ -94,9 +97,12 @@ class Statement:
 
 def get_statement(*, account: Account, start: datetime, end: datetime) -> Statement:
     """Opening balance at ``start``, every entry in [start, end) with a running balance."""
-    opening_signed = Entry.objects.filter(
-        account=account, transaction__effective_at__lt=start
-    ).aggregate(total=Sum("amount"))["total"] or ZERO
+    opening_signed = (
+        Entry.objects.filter(account=account, transaction__effective_at__lt=start).aggregate(
+            total=Sum("amount")
+        )["total"]
+        or ZERO
+    )
     running = _natural(account, opening_signed)
     opening = running
     lines = []

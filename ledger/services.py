@@ -43,7 +43,9 @@ MAX_AMOUNT = Decimal(10) ** (AMOUNT_DIGITS - AMOUNT_PLACES)
 def to_amount(value: Decimal | int | str, *, positive: bool = False) -> Decimal:
     """An exact ledger amount. Floats are refused: they cannot carry money exactly."""
     if isinstance(value, float | bool):
-        raise errors.InvalidAmount(f"amounts must be Decimal, int or str, not {type(value).__name__}")
+        raise errors.InvalidAmount(
+            f"amounts must be Decimal, int or str, not {type(value).__name__}"
+        )
     try:
         amount = Decimal(value)
     except (InvalidOperation, TypeError, ValueError):

@@ -48,8 +48,12 @@ def make_wallet(db, world):
             owner_id=unique("cus"),
         )
         if Decimal(funds):
-            source = world if currency == "USD" else services.ensure_system_account(
-                code="@World", currency=currency, normal_balance=NormalBalance.DEBIT
+            source = (
+                world
+                if currency == "USD"
+                else services.ensure_system_account(
+                    code="@World", currency=currency, normal_balance=NormalBalance.DEBIT
+                )
             )
             services.post_transaction(
                 reference=unique("fund"),

@@ -53,8 +53,12 @@ def test_hold_on_overdraft_wallet_uses_its_limit(revenue, make_wallet):
 def test_place_hold_is_idempotent(revenue, make_wallet):
     wallet = make_wallet("10")
     reference = unique()
-    first = services.place_hold(reference=reference, account=wallet, destination=revenue, amount="4")
-    again = services.place_hold(reference=reference, account=wallet, destination=revenue, amount="4")
+    first = services.place_hold(
+        reference=reference, account=wallet, destination=revenue, amount="4"
+    )
+    again = services.place_hold(
+        reference=reference, account=wallet, destination=revenue, amount="4"
+    )
     assert again.pk == first.pk and again.replayed
     assert balance(wallet)[1] == Decimal("4")
     with pytest.raises(errors.ReferenceReused):
@@ -137,7 +141,10 @@ def test_expired_holds_are_released_by_the_beat_task(revenue, make_wallet):
         reference=unique(), account=wallet, destination=revenue, amount="3", expires_at=past
     )
     alive = services.place_hold(
-        reference=unique(), account=wallet, destination=revenue, amount="2",
+        reference=unique(),
+        account=wallet,
+        destination=revenue,
+        amount="2",
         expires_at=timezone.now() + timedelta(hours=1),
     )
     with pytest.raises(errors.HoldExpired) as caught:

@@ -106,7 +106,10 @@ def test_overdraft_is_refused_and_changes_nothing(revenue, make_wallet):
     with pytest.raises(errors.InsufficientFunds) as caught:
         services.post_transaction(
             reference=unique(),
-            legs=[services.debit(wallet, "10.000000000001"), services.credit(revenue, "10.000000000001")],
+            legs=[
+                services.debit(wallet, "10.000000000001"),
+                services.credit(revenue, "10.000000000001"),
+            ],
         )
     assert caught.value.code == "insufficient_funds"
     assert caught.value.http_status == 402
@@ -246,7 +249,9 @@ def test_reversal_mirrors_the_original_once(world, revenue, make_wallet):
     reversal = services.reverse_transaction(transaction_id=spend.id, reference=reference)
     assert reversal.reverses_id == spend.id
     assert selectors.get_balance(account=wallet).posted == Decimal("10")
-    mirrored = sorted(Entry.objects.filter(transaction_id=reversal.id).values_list("amount", flat=True))
+    mirrored = sorted(
+        Entry.objects.filter(transaction_id=reversal.id).values_list("amount", flat=True)
+    )
     assert mirrored == [Decimal("-4"), Decimal("4")]
     # A retry of the same reversal is a replay; another reversal is refused.
     assert services.reverse_transaction(transaction_id=spend.id, reference=reference).replayed

@@ -26,27 +26,38 @@ class Command(BaseCommand):
         if not user_model.objects.filter(username="admin").exists():
             user_model.objects.create_superuser("admin", "admin@example.com", "admin")
         world = services.ensure_system_account(
-            code="@World", currency="USD", normal_balance=NormalBalance.DEBIT,
+            code="@World",
+            currency="USD",
+            normal_balance=NormalBalance.DEBIT,
             name="Outside world (money entering or leaving)",
         )
         revenue = services.ensure_system_account(code="@Revenue", currency="USD", name="Revenue")
         tokens_source = services.ensure_system_account(
-            code="@Tokens", currency="TOKENS", normal_balance=NormalBalance.DEBIT,
+            code="@Tokens",
+            currency="TOKENS",
+            normal_balance=NormalBalance.DEBIT,
             name="Tokens consumed (source)",
         )
         for code, name, prepaid, limit, top_up in DEMO_WALLETS:
             wallet = Account.objects.filter(code=f"wallet:{code}:USD", currency="USD").first()
             if wallet is None:
                 wallet = services.create_account(
-                    code=f"wallet:{code}:USD", currency="USD", name=f"{name} — USD wallet",
-                    allow_negative=not prepaid, negative_limit=limit,
-                    owner_type="demo.customer", owner_id=code,
+                    code=f"wallet:{code}:USD",
+                    currency="USD",
+                    name=f"{name} — USD wallet",
+                    allow_negative=not prepaid,
+                    negative_limit=limit,
+                    owner_type="demo.customer",
+                    owner_id=code,
                 )
             usage = Account.objects.filter(code=f"usage:{code}", currency="TOKENS").first()
             if usage is None:
                 usage = services.create_account(
-                    code=f"usage:{code}", currency="TOKENS", name=f"{name} — tokens used",
-                    owner_type="demo.customer", owner_id=code,
+                    code=f"usage:{code}",
+                    currency="TOKENS",
+                    name=f"{name} — tokens used",
+                    owner_type="demo.customer",
+                    owner_id=code,
                 )
             if top_up:
                 services.post_transaction(
@@ -57,17 +68,21 @@ class Command(BaseCommand):
             for n in range(1, 6):
                 tokens = Decimal(1200 * n)
                 price = (tokens * Decimal("0.000002500")).quantize(Decimal("1e-12"))
-                services.post_transactions(transactions=[
-                    services.TransactionSpec(
-                        reference=f"demo:usage:{code}:{n}:tokens",
-                        legs=[services.debit(tokens_source, tokens),
-                              services.credit(usage, tokens)],
-                        description=f"{int(tokens)} tokens (gpt-4o-mini)",
-                    ),
-                    services.TransactionSpec(
-                        reference=f"demo:usage:{code}:{n}:money",
-                        legs=[services.debit(wallet, price), services.credit(revenue, price)],
-                        description=f"{int(tokens)} tokens at $2.50 per million",
-                    ),
-                ])
+                services.post_transactions(
+                    transactions=[
+                        services.TransactionSpec(
+                            reference=f"demo:usage:{code}:{n}:tokens",
+                            legs=[
+                                services.debit(tokens_source, tokens),
+                                services.credit(usage, tokens),
+                            ],
+                            description=f"{int(tokens)} tokens (gpt-4o-mini)",
+                        ),
+                        services.TransactionSpec(
+                            reference=f"demo:usage:{code}:{n}:money",
+                            legs=[services.debit(wallet, price), services.credit(revenue, price)],
+                            description=f"{int(tokens)} tokens at $2.50 per million",
+                        ),
+                    ]
+                )
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
