@@ -19,7 +19,12 @@ HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # same clean shutdown as Ctrl-C
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     python = sys.executable
     manage = [python, str(devservices.REPO_DIR / "manage.py")]
     with devservices.services_for_command():
