@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
     "django_celery_beat",
@@ -128,11 +129,29 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / ".data" / "media"))
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["billing.api.authentication.APIKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["billing.api.authentication.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["billing.api.authentication.APIKeyRateThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["billing.api.parsers.ExactJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "billing.api.errors.api_exception_handler",
     "COERCE_DECIMAL_TO_STRING": True,
+    "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AI Billing API",
+    "DESCRIPTION": (
+        "Usage billing for AI products. Authenticate with `Authorization: Bearer <key>`. "
+        "Money is a decimal string. Every POST accepts an `Idempotency-Key`. Errors are "
+        '`{"error": {"type", "code", "message", "param"}}` with a 4xx status. Lists take '
+        '`?limit=&starting_after=` and return `{"data": [...], "has_more": bool}`.'
+    ),
     "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {},
 }
 
 # --- Celery (cookiecutter-django pattern: billing/celery.py reads CELERY_* from here) ----

@@ -1,0 +1,43 @@
+"""Cursor pagination as API.md says: ``?limit=&starting_after=`` → ``{"data", "has_more"}``.
+
+Newest first; ``starting_after`` is the ``id`` of the last object of the previous page.
+"""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter
+
+from billing.api.errors import APIError
+
+DEFAULT_LIMIT, MAX_LIMIT = 10, 100
+
+PARAMETERS = [
+    OpenApiParameter("limit", int, description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}."),
+    OpenApiParameter("starting_after", int, description="The id of the last object of the "
+                     "previous page."),
+]
+
+
+def paginate(request, queryset: QuerySet, serialize) -> dict:
+    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    raw_after = request.query_params.get("starting_after")
+    try:
+        limit = int(raw_limit)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError
+    except ValueError:
+        raise APIError(400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}",
+                       param="limit") from None
+    queryset = queryset.order_by("-pk")
+    if raw_after is not None:
+        try:
+            after = int(raw_after)
+            if after < 0 or after > 2**63 - 1:
+                raise ValueError
+        except ValueError:
+            raise APIError(400, "invalid_parameter", "starting_after must be an object id",
+                           param="starting_after") from None
+        queryset = queryset.filter(pk__lt=after)
+    rows = list(queryset[: limit + 1])
+    return {"data": [serialize(row) for row in rows[:limit]], "has_more": len(rows) > limit}

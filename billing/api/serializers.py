@@ -1,0 +1,335 @@
+"""Input and output shapes of the API. Money is a decimal string with 12 places out, and a
+decimal string (or an exact JSON number, parsed as Decimal) in."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from billing.models import (
+    BillingMode,
+    ConsumptionModel,
+    Customer,
+    Interval,
+    Plan,
+    PlanCharge,
+    PriceModel,
+    PriceTier,
+    Subscription,
+    Wallet,
+)
+from ledger import selectors as ledger_selectors
+from metering.models import Aggregation, Meter
+
+CURRENCY_RE = r"^[A-Z]{3}$"
+
+
+class Money(serializers.DecimalField):
+    """An exact amount: up to 26 integer digits and 12 decimal places."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_digits", 38)
+        kwargs.setdefault("decimal_places", 12)
+        kwargs.setdefault("coerce_to_string", True)
+        super().__init__(**kwargs)
+
+
+class Price(Money):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_digits", 30)
+        super().__init__(**kwargs)
+
+
+class MetadataField(serializers.DictField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", dict)
+        super().__init__(child=serializers.JSONField(), **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if len(value) > 50:
+            raise serializers.ValidationError("at most 50 metadata keys")
+        return value
+
+
+# --- customers ---------------------------------------------------------------------------
+
+
+class BalanceSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    posted = Money()
+    held = Money()
+    available = Money()
+
+
+class WalletSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    billing_mode = serializers.ChoiceField(choices=BillingMode.choices)
+    credit_limit = Money(allow_null=True, help_text="Postpaid: how far below zero; null = none.")
+    balance = serializers.SerializerMethodField()
+
+    @extend_schema_field(BalanceSerializer)
+    def get_balance(self, wallet: Wallet) -> dict:
+        view = ledger_selectors.get_balance(account=wallet.account)
+        return BalanceSerializer(
+            {"currency": view.currency, "posted": view.posted, "held": view.held,
+             "available": view.available}
+        ).data
+
+
+class AddressSerializer(serializers.Serializer):
+    line1 = serializers.CharField(source="address_line1", max_length=200, required=False,
+                                  allow_blank=True)
+    line2 = serializers.CharField(source="address_line2", max_length=200, required=False,
+                                  allow_blank=True)
+    city = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    state = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    postal_code = serializers.CharField(max_length=30, required=False, allow_blank=True)
+    country = serializers.RegexField(r"^([A-Z]{2})?$", required=False, allow_blank=True,
+                                     help_text="ISO 3166-1 alpha-2")
+
+
+class PhaseSerializer(serializers.Serializer):
+    plan = serializers.CharField(source="plan.code")
+    plan_version = serializers.IntegerField(source="plan.version")
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField(allow_null=True)
+
+
+class SubscriptionSerializer(serializers.ModelSerializer):
+    customer = serializers.CharField(source="customer.external_id")
+    plan = serializers.CharField(source="plan.code")
+    plan_version = serializers.IntegerField(source="plan.version")
+    scheduled_plan = serializers.SerializerMethodField()
+    phases = PhaseSerializer(many=True)
+
+    class Meta:
+        model = Subscription
+        fields = [
+            "id", "customer", "plan", "plan_version", "status", "started_at", "billing_anchor",
+            "current_period_start", "current_period_end", "trial_ends_at",
+            "cancel_at_period_end", "canceled_at", "ended_at", "scheduled_plan", "phases",
+            "metadata", "created_at",
+        ]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_scheduled_plan(self, subscription: Subscription) -> str | None:
+        plan = subscription.scheduled_plan
+        return f"{plan.code}@{plan.version}" if plan else None
+
+
+class CustomerSerializer(serializers.ModelSerializer):
+    address = serializers.SerializerMethodField()
+    wallets = WalletSerializer(many=True)
+    subscription = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Customer
+        fields = [
+            "id", "external_id", "name", "email", "currency", "billing_mode", "address",
+            "tax_id", "metadata", "stripe_customer_id", "created_at", "wallets", "subscription",
+        ]
+
+    @extend_schema_field(AddressSerializer)
+    def get_address(self, customer: Customer) -> dict:
+        return AddressSerializer(customer).data
+
+    @extend_schema_field(SubscriptionSerializer(allow_null=True))
+    def get_subscription(self, customer: Customer) -> dict | None:
+        live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
+        return SubscriptionSerializer(live).data if live else None
+
+
+class CustomerCreateSerializer(serializers.Serializer):
+    external_id = serializers.RegexField(
+        r"^[A-Za-z0-9._:@\-]{1,200}$",
+        help_text="Your own id for the customer: letters, digits and . _ : @ -",
+    )
+    name = serializers.CharField(max_length=200)
+    email = serializers.EmailField(required=False, allow_blank=True, default="")
+    currency = serializers.RegexField(CURRENCY_RE, required=False, default="USD",
+                                      help_text="ISO 4217 code of the customer's wallet.")
+    billing_mode = serializers.ChoiceField(choices=BillingMode.choices, default="prepaid")
+    credit_limit = Money(required=False, allow_null=True, min_value=Decimal(0),
+                         help_text="Postpaid only: the overdraft limit; omit for none.")
+    address = AddressSerializer(required=False)
+    tax_id = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    metadata = MetadataField()
+
+
+class CreditGrantSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    remaining = Money()
+    expires_at = serializers.DateTimeField(allow_null=True)
+
+
+class AllowanceSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    included = Price()
+    used = Price()
+    remaining = Price()
+
+
+class CustomerBalanceSerializer(serializers.Serializer):
+    customer = serializers.CharField()
+    balances = BalanceSerializer(many=True)
+    credits = CreditGrantSerializer(many=True)
+    allowances = AllowanceSerializer(many=True)
+
+
+class TopUpSerializer(serializers.Serializer):
+    amount = Money(min_value=Decimal("0.000000000001"))
+    currency = serializers.RegexField(CURRENCY_RE, required=False,
+                                      help_text="Defaults to the customer's currency.")
+    reference = serializers.CharField(
+        max_length=200, required=False,
+        help_text="Your reference for the payment; the same reference tops up once.",
+    )
+    description = serializers.CharField(max_length=500, required=False, allow_blank=True,
+                                        default="")
+
+
+class EntrySerializer(serializers.Serializer):
+    account = serializers.CharField(source="account.code")
+    currency = serializers.CharField()
+    direction = serializers.SerializerMethodField()
+    amount = Money(help_text="Always positive; see direction.")
+
+    @extend_schema_field(serializers.ChoiceField(choices=["debit", "credit"]))
+    def get_direction(self, entry) -> str:
+        return "debit" if entry.amount > 0 else "credit"
+
+    def to_representation(self, entry):
+        data = super().to_representation(entry)
+        data["amount"] = str(abs(entry.amount))
+        return data
+
+
+class TransactionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    reference = serializers.CharField()
+    description = serializers.CharField()
+    metadata = serializers.DictField()
+    effective_at = serializers.DateTimeField()
+    recorded_at = serializers.DateTimeField()
+    reverses = serializers.IntegerField(source="reverses_id", allow_null=True)
+    entries = EntrySerializer(many=True)
+
+
+# --- meters and plans -----------------------------------------------------------------------
+
+
+class MeterSerializer(serializers.ModelSerializer):
+    code = serializers.SlugField(max_length=100)
+    aggregation = serializers.ChoiceField(choices=Aggregation.choices)
+    filters = serializers.DictField(child=serializers.ListField(child=serializers.JSONField()),
+                                    required=False, default=dict)
+    group_by = serializers.ListField(child=serializers.CharField(max_length=100),
+                                     required=False, default=list, max_length=10)
+
+    class Meta:
+        model = Meter
+        fields = ["id", "code", "name", "event_name", "aggregation", "property", "filters",
+                  "group_by", "unit", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"code": {"validators": []}}
+
+
+class TierSerializer(serializers.ModelSerializer):
+    up_to = Price(allow_null=True, required=False, default=None,
+                  help_text="Last unit of the tier; null for the open-ended last tier.")
+    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    flat_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+
+    class Meta:
+        model = PriceTier
+        fields = ["up_to", "unit_price", "flat_fee"]
+
+
+class ChargeSerializer(serializers.ModelSerializer):
+    meter = serializers.SlugRelatedField(slug_field="code", queryset=Meter.objects.all())
+    price_model = serializers.ChoiceField(choices=PriceModel.choices, default="per_unit")
+    included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    package_size = Price(required=False, allow_null=True, default=None)
+    margin_percent = serializers.DecimalField(max_digits=9, decimal_places=4, required=False,
+                                              allow_null=True, default=None,
+                                              coerce_to_string=True)
+    tiers = TierSerializer(many=True, required=False, default=list)
+
+    class Meta:
+        model = PlanCharge
+        fields = ["meter", "price_model", "included_quantity", "unit_price", "package_size",
+                  "margin_percent", "tiers"]
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    code = serializers.SlugField(max_length=100)
+    currency = serializers.RegexField(CURRENCY_RE, default="USD")
+    interval = serializers.ChoiceField(choices=Interval.choices, default="month")
+    base_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    trial_days = serializers.IntegerField(required=False, default=0, min_value=0,
+                                          max_value=3650)
+    consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices,
+                                                default="metered")
+    units_per_credit = Price(required=False, allow_null=True, default=None)
+    metadata = MetadataField()
+    charges = ChargeSerializer(many=True, required=False, default=list)
+
+    class Meta:
+        model = Plan
+        fields = ["id", "code", "version", "name", "description", "currency", "interval",
+                  "base_fee", "trial_days", "consumption_model", "units_per_credit",
+                  "metadata", "charges", "published_at"]
+        read_only_fields = ["id", "version", "published_at"]
+        extra_kwargs = {"description": {"required": False, "default": ""}}
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+class SubscriptionCreateSerializer(serializers.Serializer):
+    customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
+    plan = serializers.SlugField(max_length=100, help_text="The plan's code.")
+    plan_version = serializers.IntegerField(required=False, min_value=1,
+                                            help_text="Defaults to the latest version.")
+    start = serializers.DateTimeField(required=False,
+                                      help_text="May lie in the past (customers migrating in).")
+    trial_days = serializers.IntegerField(required=False, min_value=0, max_value=3650,
+                                          help_text="Overrides the plan's trial.")
+
+
+class SubscriptionChangeSerializer(serializers.Serializer):
+    plan = serializers.SlugField(max_length=100)
+    plan_version = serializers.IntegerField(required=False, min_value=1)
+    at = serializers.ChoiceField(choices=["now", "period_end"], default="now")
+
+
+class SubscriptionCancelSerializer(serializers.Serializer):
+    at = serializers.ChoiceField(choices=["now", "period_end"], default="period_end")
+
+
+class ProrationLineSerializer(serializers.Serializer):
+    plan = serializers.CharField(source="plan.code")
+    plan_version = serializers.IntegerField(source="plan.version")
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField()
+    amount = Money(help_text="The base fee for this part of the current period, unrounded.")
+
+
+class SubscriptionChangeResultSerializer(serializers.Serializer):
+    subscription = SubscriptionSerializer()
+    proration = ProrationLineSerializer(many=True)
+
+
+def list_response(item_serializer) -> type[serializers.Serializer]:
+    """The schema of a cursor-paginated list of ``item_serializer``."""
+    name = item_serializer.__name__.replace("Serializer", "") + "List"
+    return type(name, (serializers.Serializer,), {
+        "data": item_serializer(many=True),
+        "has_more": serializers.BooleanField(),
+        "__module__": __name__,
+    })

@@ -1,0 +1,72 @@
+"""Expected failures of the commercial core, each with a stable code the API exposes."""
+
+from __future__ import annotations
+
+
+class BillingError(Exception):
+    code = "billing_error"
+    http_status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ValidationFailed(BillingError):
+    code = "invalid_parameter"
+
+
+class CustomerExists(BillingError):
+    code = "customer_exists"
+    http_status = 409
+
+
+class CustomerNotFound(BillingError):
+    code = "customer_not_found"
+    http_status = 404
+
+
+class WalletNotFound(BillingError):
+    code = "wallet_not_found"
+    http_status = 404
+
+
+class PlanNotFound(BillingError):
+    code = "plan_not_found"
+    http_status = 404
+
+
+class MeterNotFound(BillingError):
+    code = "meter_not_found"
+    http_status = 404
+
+
+class MeterConflict(BillingError):
+    code = "meter_conflict"
+    http_status = 409
+
+
+class MeterExists(BillingError):
+    code = "meter_exists"
+    http_status = 409
+
+
+class SubscriptionNotFound(BillingError):
+    code = "subscription_not_found"
+    http_status = 404
+
+
+class SubscriptionExists(BillingError):
+    code = "subscription_exists"
+    http_status = 409
+
+
+class SubscriptionCanceled(BillingError):
+    code = "subscription_canceled"
+    http_status = 409
+
+
+class CurrencyMismatch(BillingError):
+    code = "currency_mismatch"

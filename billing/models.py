@@ -1,0 +1,308 @@
+"""The commercial core: customers, wallets, plans, subscriptions and API keys.
+
+Design overview
+===============
+Customers are addressed by the product's own ``external_id``. Each customer has one wallet
+per currency; a wallet *is* a ledger account (``ledger.Account``, owned by the customer
+through the ledger's generic owner fields) plus how it may be spent: ``prepaid`` wallets
+refuse what they cannot cover, ``postpaid`` wallets go into overdraft down to their credit
+limit (none = unlimited). Balances live in the ledger only; nothing here caches one.
+
+Plans are versioned and immutable once published: ``(code, version)`` is unique and an edit
+publishes version N+1 (``billing.services.publish_plan``, used by the pricing file, the API
+and the admin alike). A subscription keeps the version it signed. A plan has a base fee per
+interval, trial days, one consumption model (metered: included allowance + overage,
+invoiced; credits: prepaid blocks where 1 credit = ``units_per_credit`` units; balance:
+prepaid money debited at real cost) and one charge per meter with its price model (per
+unit, graduated, volume, package) and tiers. Unit prices carry 12 decimal places.
+
+A subscription's periods are half-open UTC intervals [start, end) computed from its billing
+anchor (month arithmetic clamps to the month's last day and returns to the anchor day).
+Plan changes and cancellations are recorded as *phases* — which plan version applied from
+when to when — so that the period close can prorate the base fee exactly.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from ledger.models import Account
+
+PRICE_DIGITS, PRICE_PLACES = 30, 12
+
+
+def price_field(**kwargs) -> models.DecimalField:
+    return models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, **kwargs)
+
+
+class BillingMode(models.TextChoices):
+    PREPAID = "prepaid", "Prepaid (refuses what it cannot cover)"
+    POSTPAID = "postpaid", "Postpaid (overdraft up to the credit limit, invoiced)"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True, default="")
+    currency = models.CharField(max_length=16, default="USD")
+    billing_mode = models.CharField(
+        max_length=10, choices=BillingMode.choices, default=BillingMode.PREPAID
+    )
+    address_line1 = models.CharField(max_length=200, blank=True, default="")
+    address_line2 = models.CharField(max_length=200, blank=True, default="")
+    city = models.CharField(max_length=100, blank=True, default="")
+    state = models.CharField(max_length=100, blank=True, default="")
+    postal_code = models.CharField(max_length=30, blank=True, default="")
+    country = models.CharField(max_length=2, blank=True, default="", help_text="ISO 3166-1")
+    tax_id = models.CharField(max_length=50, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    stripe_customer_id = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+
+class Wallet(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="wallets")
+    currency = models.CharField(max_length=16)
+    account = models.OneToOneField(Account, on_delete=models.PROTECT, related_name="wallet")
+    billing_mode = models.CharField(max_length=10, choices=BillingMode.choices)
+    credit_limit = price_field(
+        null=True, blank=True, help_text="Postpaid: how far below zero; empty = no limit."
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "currency"], name="billing_wallet_currency"),
+            models.CheckConstraint(
+                condition=Q(billing_mode="postpaid") | Q(credit_limit__isnull=True),
+                name="billing_wallet_limit_postpaid_only",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id} {self.currency} wallet"
+
+
+class Interval(models.TextChoices):
+    MONTH = "month", "Monthly"
+    YEAR = "year", "Yearly"
+
+
+class ConsumptionModel(models.TextChoices):
+    METERED = "metered", "Metered: included allowance + overage, invoiced"
+    CREDITS = "credits", "Credits: prepaid blocks, 1 credit = N units"
+    BALANCE = "balance", "Balance: prepaid money debited at real cost"
+
+
+class Plan(models.Model):
+    """One immutable version of a plan."""
+
+    code = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    currency = models.CharField(max_length=16, default="USD")
+    interval = models.CharField(max_length=5, choices=Interval.choices, default=Interval.MONTH)
+    base_fee = price_field(default=Decimal(0))
+    trial_days = models.PositiveIntegerField(default=0)
+    consumption_model = models.CharField(
+        max_length=10, choices=ConsumptionModel.choices, default=ConsumptionModel.METERED
+    )
+    units_per_credit = price_field(
+        null=True, blank=True, help_text="Credits model: how many units one credit buys."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    spec_hash = models.CharField(max_length=64, help_text="What was published; unchanged = same.")
+    published_at = models.DateTimeField(db_default=Now())
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["code", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["code", "version"], name="billing_plan_version"),
+            models.CheckConstraint(condition=Q(base_fee__gte=0), name="billing_plan_fee_positive"),
+            models.CheckConstraint(
+                condition=~Q(consumption_model="credits") | Q(units_per_credit__gt=0),
+                name="billing_plan_credits_need_units",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code} v{self.version})"
+
+
+class PriceModel(models.TextChoices):
+    PER_UNIT = "per_unit", "Per unit"
+    GRADUATED = "graduated", "Graduated tiers (each tier priced on its own units)"
+    VOLUME = "volume", "Volume tiers (all units at the tier reached)"
+    PACKAGE = "package", "Package (per started block of units)"
+
+
+class PlanCharge(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="charges")
+    meter = models.ForeignKey("metering.Meter", on_delete=models.PROTECT, related_name="+")
+    included_quantity = price_field(default=Decimal(0))
+    price_model = models.CharField(
+        max_length=10, choices=PriceModel.choices, default=PriceModel.PER_UNIT
+    )
+    unit_price = price_field(
+        default=Decimal(0), help_text="Per unit, or per package for the package model."
+    )
+    package_size = price_field(null=True, blank=True)
+    margin_percent = models.DecimalField(
+        max_digits=9, decimal_places=4, null=True, blank=True,
+        help_text="Markup over the provider's cost for catalog-priced usage.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "meter"], name="billing_charge_meter"),
+            models.CheckConstraint(
+                condition=Q(included_quantity__gte=0, unit_price__gte=0),
+                name="billing_charge_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=~Q(price_model="package") | Q(package_size__gt=0),
+                name="billing_charge_package_size",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} · {self.meter_id}"
+
+
+class PriceTier(models.Model):
+    charge = models.ForeignKey(PlanCharge, on_delete=models.CASCADE, related_name="tiers")
+    position = models.PositiveSmallIntegerField()
+    up_to = price_field(null=True, blank=True, help_text="Last unit of the tier; empty = ∞.")
+    unit_price = price_field(default=Decimal(0))
+    flat_fee = price_field(default=Decimal(0))
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["charge", "position"], name="billing_tier_position"),
+        ]
+
+
+class SubscriptionStatus(models.TextChoices):
+    TRIALING = "trialing", "Trialing"
+    ACTIVE = "active", "Active"
+    PAST_DUE = "past_due", "Past due"
+    CANCELED = "canceled", "Canceled"
+
+
+class Subscription(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(max_length=10, choices=SubscriptionStatus.choices)
+    started_at = models.DateTimeField()
+    billing_anchor = models.DateTimeField()
+    current_period_start = models.DateTimeField()
+    current_period_end = models.DateTimeField()
+    trial_ends_at = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    scheduled_plan = models.ForeignKey(
+        Plan, on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        help_text="Takes effect at the end of the current period.",
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            # One live subscription per customer.
+            models.UniqueConstraint(
+                fields=["customer"],
+                condition=~Q(status="canceled"),
+                name="billing_one_live_subscription",
+            ),
+            models.CheckConstraint(
+                condition=Q(current_period_end__gt=F("current_period_start")),
+                name="billing_subscription_period_order",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id} on {self.plan}"
+
+
+class SubscriptionPhase(models.Model):
+    """Which plan version applied to a subscription from ``starts_at`` until ``ends_at``."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="phases")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["starts_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ends_at__isnull=True) | Q(ends_at__gte=F("starts_at")),
+                name="billing_phase_order",
+            ),
+        ]
+
+
+class APIKey(models.Model):
+    """A product backend's key. The secret is shown once; only its SHA-256 is stored (the
+    secret is 256 random bits, so a fast hash is safe and keeps lookups O(1))."""
+
+    SCOPES = ("read", "write", "ingest")
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=20, help_text="The start of the secret, to recognise it.")
+    secret_hash = models.CharField(max_length=64, unique=True)
+    scopes = ArrayField(models.CharField(max_length=10), default=list)
+    rate_limit_per_minute = models.PositiveIntegerField(default=6000)
+    created_at = models.DateTimeField(db_default=Now())
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+",
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a POST with an Idempotency-Key, replayed to its retries."""
+
+    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="billing_idempotency_key"),
+        ]

@@ -1,0 +1,142 @@
+"""Reads of the commercial core."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery
+
+from billing import errors
+from billing.models import Customer, Plan, PlanCharge, Subscription, SubscriptionPhase
+from billing.services import ChargeSpec, PlanSpec, TierSpec
+from ledger import selectors as ledger_selectors
+from ledger.models import Account, Entry
+from ledger.models import Transaction as LedgerTransaction
+
+
+def get_customer(*, external_id: str, param: str | None = None) -> Customer:
+    customer = Customer.objects.filter(external_id=external_id).first()
+    if customer is None:
+        raise errors.CustomerNotFound(f"no customer with external_id {external_id!r}", param=param)
+    return customer
+
+
+def customer_with_relations(customer: Customer) -> Customer:
+    return (
+        Customer.objects.prefetch_related(
+            Prefetch("wallets", queryset=customer.wallets.select_related("account"))
+        ).get(pk=customer.pk)
+    )
+
+
+def customer_accounts(customer: Customer) -> QuerySet[Account]:
+    return Account.objects.filter(owner_type="billing.customer", owner_id=str(customer.pk))
+
+
+def customer_balance(customer: Customer) -> dict[str, Any]:
+    balances = []
+    for wallet in customer.wallets.select_related("account").order_by("currency"):
+        view = ledger_selectors.get_balance(account=wallet.account)
+        balances.append({"currency": view.currency, "posted": view.posted, "held": view.held,
+                         "available": view.available})
+    allowances = []
+    live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
+    if live is not None:
+        for charge in live.plan.charges.select_related("meter").order_by("id"):
+            # Usage counters arrive with metering (issue 4); until then nothing is used.
+            used = Decimal(0)
+            allowances.append({"meter": charge.meter.code, "included": charge.included_quantity,
+                               "used": used, "remaining": max(charge.included_quantity - used, 0)})
+    return {"customer": customer.external_id, "balances": balances, "credits": [],
+            "allowances": allowances}
+
+
+def customer_transactions(customer: Customer) -> QuerySet[LedgerTransaction]:
+    account_ids = customer_accounts(customer).values("pk")
+    touching = Entry.objects.filter(account_id__in=account_ids).values("transaction_id")
+    return LedgerTransaction.objects.filter(pk__in=touching).prefetch_related(
+        Prefetch("entries", queryset=Entry.objects.select_related("account").order_by("id"))
+    )
+
+
+def ledger_transaction(transaction_id: int) -> LedgerTransaction:
+    return LedgerTransaction.objects.prefetch_related(
+        Prefetch("entries", queryset=Entry.objects.select_related("account").order_by("id"))
+    ).get(pk=transaction_id)
+
+
+def _plans_with_charges() -> QuerySet[Plan]:
+    return Plan.objects.prefetch_related(
+        Prefetch("charges", queryset=PlanCharge.objects.select_related("meter")
+                 .prefetch_related("tiers").order_by("id"))
+    )
+
+
+def latest_plans() -> QuerySet[Plan]:
+    latest = Plan.objects.filter(code=OuterRef("code")).values("code").annotate(
+        v=Max("version")).values("v")
+    return _plans_with_charges().filter(version=Subquery(latest))
+
+
+def plan_with_charges(plan_id: int) -> Plan:
+    return _plans_with_charges().get(pk=plan_id)
+
+
+def get_plan(*, code: str, version: Any = None, param: str | None = None) -> Plan:
+    plans = _plans_with_charges().filter(code=code)
+    if version not in (None, ""):
+        try:
+            number = int(version)
+            if not 1 <= number <= 2**31 - 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise errors.ValidationFailed("version must be a positive integer",
+                                          param="version") from None
+        plan = plans.filter(version=number).first()
+    else:
+        plan = plans.order_by("-version").first()
+    if plan is None:
+        raise errors.PlanNotFound(f"plan {code!r} does not exist"
+                                  + (f" in version {version}" if version else ""), param=param)
+    return plan
+
+
+def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
+    return PlanSpec(
+        code=data["code"],
+        name=data["name"],
+        currency=data["currency"],
+        interval=data["interval"],
+        base_fee=data["base_fee"],
+        trial_days=data["trial_days"],
+        consumption_model=data["consumption_model"],
+        units_per_credit=data.get("units_per_credit"),
+        description=data.get("description", ""),
+        metadata=data.get("metadata") or None,
+        charges=tuple(
+            ChargeSpec(
+                meter=c["meter"].code,
+                price_model=c["price_model"],
+                included_quantity=c["included_quantity"],
+                unit_price=c["unit_price"],
+                package_size=c.get("package_size"),
+                margin_percent=c.get("margin_percent"),
+                tiers=tuple(TierSpec(up_to=t.get("up_to"), unit_price=t["unit_price"],
+                                     flat_fee=t["flat_fee"]) for t in c.get("tiers", [])),
+            )
+            for c in data.get("charges", [])
+        ),
+    )
+
+
+def subscription_with_relations(subscription_id: int) -> Subscription:
+    subscription = (
+        Subscription.objects.select_related("customer", "plan", "scheduled_plan")
+        .prefetch_related(Prefetch("phases", queryset=SubscriptionPhase.objects
+                                   .select_related("plan").order_by("starts_at", "id")))
+        .filter(pk=subscription_id).first()
+    )
+    if subscription is None:
+        raise errors.SubscriptionNotFound(f"subscription {subscription_id} does not exist")
+    return subscription

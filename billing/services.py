@@ -1,0 +1,607 @@
+"""Writes of the commercial core. Money moves only through ``ledger.services``.
+
+    create_customer, top_up, adjust_balance
+    create_meter, ensure_meter, publish_plan
+    create_subscription, change_subscription, cancel_subscription
+    create_api_key, revoke_api_key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from billing import errors
+from billing.models import (
+    APIKey,
+    BillingMode,
+    ConsumptionModel,
+    Customer,
+    Interval,
+    Plan,
+    PlanCharge,
+    PriceModel,
+    PriceTier,
+    Subscription,
+    SubscriptionPhase,
+    SubscriptionStatus,
+    Wallet,
+)
+from billing.periods import period_containing, prorate, utc
+from ledger import services as ledger
+from ledger.models import NormalBalance
+from ledger.models import Transaction as LedgerTransaction
+from metering.models import Aggregation, Meter
+
+WORLD = "@World"  # money entering from outside (top-ups until Stripe clears them)
+ADJUSTMENTS = "@Adjustments"  # the other side of manual adjustments by finance staff
+
+
+# --- customers and wallets -----------------------------------------------------------------
+
+
+def _wallet_account_code(customer: Customer, currency: str) -> str:
+    return f"wallet:{customer.pk}:{currency}"
+
+
+def create_wallet(
+    *, customer: Customer, currency: str, billing_mode: str, credit_limit: Decimal | None = None
+) -> Wallet:
+    postpaid = billing_mode == BillingMode.POSTPAID
+    account = ledger.create_account(
+        code=_wallet_account_code(customer, currency),
+        name=f"{customer.name} — {currency} wallet",
+        currency=currency,
+        normal_balance=NormalBalance.CREDIT,
+        allow_negative=postpaid,
+        negative_limit=credit_limit if postpaid else None,
+        owner_type="billing.customer",
+        owner_id=str(customer.pk),
+    )
+    return Wallet.objects.create(
+        customer=customer,
+        currency=currency,
+        account=account,
+        billing_mode=billing_mode,
+        credit_limit=credit_limit if postpaid else None,
+    )
+
+
+@transaction.atomic
+def create_customer(
+    *,
+    external_id: str,
+    name: str,
+    email: str = "",
+    currency: str = "USD",
+    billing_mode: str = BillingMode.PREPAID,
+    credit_limit: Decimal | None = None,
+    metadata: dict[str, Any] | None = None,
+    **details: str,
+) -> Customer:
+    """A customer and its wallet in ``currency``. ``details``: address fields and tax_id."""
+    if credit_limit is not None and billing_mode != BillingMode.POSTPAID:
+        raise errors.ValidationFailed(
+            "credit_limit applies to postpaid customers only", param="credit_limit"
+        )
+    if credit_limit is not None and credit_limit < 0:
+        raise errors.ValidationFailed("credit_limit cannot be negative", param="credit_limit")
+    try:
+        with transaction.atomic():
+            customer = Customer.objects.create(
+                external_id=external_id,
+                name=name,
+                email=email,
+                currency=currency,
+                billing_mode=billing_mode,
+                metadata=metadata or {},
+                **details,
+            )
+    except IntegrityError:
+        raise errors.CustomerExists(
+            f"a customer with external_id {external_id!r} already exists", param="external_id"
+        ) from None
+    create_wallet(
+        customer=customer, currency=currency, billing_mode=billing_mode, credit_limit=credit_limit
+    )
+    return customer
+
+
+def wallet_for(*, customer: Customer, currency: str | None = None) -> Wallet:
+    currency = currency or customer.currency
+    wallet = Wallet.objects.select_related("account").filter(
+        customer=customer, currency=currency
+    ).first()
+    if wallet is None:
+        raise errors.WalletNotFound(
+            f"customer {customer.external_id} has no {currency} wallet", param="currency"
+        )
+    return wallet
+
+
+@transaction.atomic
+def top_up(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    currency: str | None = None,
+    reference: str | None = None,
+    description: str = "",
+    source_code: str = WORLD,
+    metadata: dict[str, Any] | None = None,
+) -> LedgerTransaction:
+    """Add funds to the customer's wallet from the outside world (or a clearing account).
+
+    With a ``reference`` the top-up is idempotent: the same reference posts once."""
+    wallet = wallet_for(customer=customer, currency=currency)
+    source = ledger.ensure_system_account(
+        code=source_code, currency=wallet.currency, normal_balance=NormalBalance.DEBIT
+    )
+    return ledger.post_transaction(
+        reference=f"top-up:{customer.pk}:{reference or uuid.uuid4().hex}",
+        legs=[ledger.debit(source, amount), ledger.credit(wallet.account, amount)],
+        description=description or f"Top-up of {amount} {wallet.currency}",
+        metadata={"kind": "top_up", "customer": customer.external_id, **(metadata or {})},
+    )
+
+
+@transaction.atomic
+def adjust_balance(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    reason: str,
+    staff_user_id: int | None,
+    currency: str | None = None,
+    reference: str | None = None,
+) -> LedgerTransaction:
+    """A manual adjustment by finance staff: a positive ``amount`` credits the wallet, a
+    negative one debits it (subject to the wallet's floor). The reason and the staff user
+    are recorded on the ledger transaction."""
+    if not reason.strip():
+        raise errors.ValidationFailed("an adjustment needs a reason", param="reason")
+    if amount == 0:
+        raise errors.ValidationFailed("an adjustment cannot be zero", param="amount")
+    wallet = wallet_for(customer=customer, currency=currency)
+    adjustments = ledger.ensure_system_account(
+        code=ADJUSTMENTS, currency=wallet.currency, normal_balance=NormalBalance.DEBIT
+    )
+    magnitude = abs(amount)
+    if amount > 0:
+        legs = [ledger.debit(adjustments, magnitude), ledger.credit(wallet.account, magnitude)]
+    else:
+        legs = [ledger.debit(wallet.account, magnitude), ledger.credit(adjustments, magnitude)]
+    return ledger.post_transaction(
+        reference=f"adjustment:{customer.pk}:{reference or uuid.uuid4().hex}",
+        legs=legs,
+        description=f"Adjustment: {reason.strip()}",
+        metadata={
+            "kind": "adjustment",
+            "reason": reason.strip(),
+            "staff_user_id": staff_user_id,
+            "customer": customer.external_id,
+        },
+    )
+
+
+# --- meters and plans ------------------------------------------------------------------------
+
+
+METER_FIELDS = ("event_name", "aggregation", "property", "filters", "group_by")
+
+
+def _validate_meter(spec: dict[str, Any]) -> None:
+    if spec.get("aggregation") not in Aggregation.values:
+        raise errors.ValidationFailed(
+            f"aggregation must be one of {', '.join(Aggregation.values)}", param="aggregation"
+        )
+    if spec["aggregation"] != Aggregation.COUNT and not spec.get("property"):
+        raise errors.ValidationFailed(
+            f"a {spec['aggregation']} meter needs the property it reads", param="property"
+        )
+    if not isinstance(spec.get("filters", {}), dict):
+        raise errors.ValidationFailed("filters must be an object", param="filters")
+    if not isinstance(spec.get("group_by", []), list):
+        raise errors.ValidationFailed("group_by must be a list", param="group_by")
+
+
+@transaction.atomic
+def create_meter(**spec: Any) -> Meter:
+    _validate_meter(spec)
+    try:
+        with transaction.atomic():
+            return Meter.objects.create(**spec)
+    except IntegrityError:
+        raise errors.MeterExists(f"meter {spec['code']!r} already exists", param="code") from None
+
+
+def ensure_meter(**spec: Any) -> tuple[Meter, bool]:
+    """Create the meter, or accept it unchanged. What a meter counts never changes once it
+    exists (past usage would change meaning); its name and unit may."""
+    existing = Meter.objects.filter(code=spec["code"]).first()
+    if existing is None:
+        return create_meter(**spec), True
+    _validate_meter(spec)
+    changed = [f for f in METER_FIELDS if f in spec and getattr(existing, f) != spec[f]]
+    if changed:
+        raise errors.MeterConflict(
+            f"meter {existing.code!r} exists with a different {', '.join(changed)}; "
+            "create a new meter instead",
+            param="code",
+        )
+    updates = {k: spec[k] for k in ("name", "unit") if k in spec and getattr(existing, k) != spec[k]}
+    if updates:
+        Meter.objects.filter(pk=existing.pk).update(**updates)
+    return existing, False
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    up_to: Decimal | None
+    unit_price: Decimal = Decimal(0)
+    flat_fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class ChargeSpec:
+    meter: str
+    price_model: str = PriceModel.PER_UNIT
+    included_quantity: Decimal = Decimal(0)
+    unit_price: Decimal = Decimal(0)
+    package_size: Decimal | None = None
+    margin_percent: Decimal | None = None
+    tiers: tuple[TierSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    code: str
+    name: str
+    currency: str = "USD"
+    interval: str = Interval.MONTH
+    base_fee: Decimal = Decimal(0)
+    trial_days: int = 0
+    consumption_model: str = ConsumptionModel.METERED
+    units_per_credit: Decimal | None = None
+    description: str = ""
+    metadata: dict[str, Any] | None = None
+    charges: tuple[ChargeSpec, ...] = ()
+
+    def canonical_hash(self) -> str:
+        def plain(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return format(value.normalize(), "f")
+            if isinstance(value, tuple | list):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in sorted(value.items())}
+            if hasattr(value, "__dataclass_fields__"):
+                return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+            return value
+
+        body = json.dumps(plain(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _validate_plan(spec: PlanSpec) -> None:
+    def fail(message: str, param: str) -> None:
+        raise errors.ValidationFailed(message, param=param)
+
+    if spec.interval not in Interval.values:
+        fail(f"interval must be one of {', '.join(Interval.values)}", "interval")
+    if spec.consumption_model not in ConsumptionModel.values:
+        fail(f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
+             "consumption_model")
+    if spec.base_fee < 0:
+        fail("base_fee cannot be negative", "base_fee")
+    if spec.consumption_model == ConsumptionModel.CREDITS and not (
+        spec.units_per_credit and spec.units_per_credit > 0
+    ):
+        fail("a credits plan needs units_per_credit > 0", "units_per_credit")
+    meters = [c.meter for c in spec.charges]
+    if len(set(meters)) != len(meters):
+        fail("a plan has at most one charge per meter", "charges")
+    for i, charge in enumerate(spec.charges):
+        param = f"charges[{i}]"
+        if charge.price_model not in PriceModel.values:
+            fail(f"price_model must be one of {', '.join(PriceModel.values)}", f"{param}.price_model")
+        if charge.included_quantity < 0 or charge.unit_price < 0:
+            fail("quantities and prices cannot be negative", param)
+        tiered = charge.price_model in (PriceModel.GRADUATED, PriceModel.VOLUME)
+        if tiered and not charge.tiers:
+            fail(f"a {charge.price_model} charge needs tiers", f"{param}.tiers")
+        if not tiered and charge.tiers:
+            fail(f"a {charge.price_model} charge has no tiers", f"{param}.tiers")
+        if charge.price_model == PriceModel.PACKAGE and not (
+            charge.package_size and charge.package_size > 0
+        ):
+            fail("a package charge needs package_size > 0", f"{param}.package_size")
+        previous = Decimal(0)
+        for j, tier in enumerate(charge.tiers):
+            last = j == len(charge.tiers) - 1
+            if tier.unit_price < 0 or tier.flat_fee < 0:
+                fail("tier prices cannot be negative", f"{param}.tiers[{j}]")
+            if tier.up_to is None and not last:
+                fail("only the last tier may be open-ended", f"{param}.tiers[{j}].up_to")
+            if last and tier.up_to is not None:
+                fail("the last tier must be open-ended (up_to null)", f"{param}.tiers[{j}].up_to")
+            if tier.up_to is not None:
+                if tier.up_to <= previous:
+                    fail("tier bounds must increase", f"{param}.tiers[{j}].up_to")
+                previous = tier.up_to
+
+
+@transaction.atomic
+def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple[Plan, bool]:
+    """Publish ``spec`` as the next version of plan ``spec.code``; an unchanged spec returns
+    the current version (``created`` False). The pricing file, the API and the admin all
+    come through here."""
+    _validate_plan(spec)
+    meters = {m.code: m for m in Meter.objects.filter(code__in=[c.meter for c in spec.charges])}
+    for i, charge in enumerate(spec.charges):
+        if charge.meter not in meters:
+            raise errors.MeterNotFound(
+                f"meter {charge.meter!r} does not exist", param=f"charges[{i}].meter"
+            )
+    # Versions of one plan are allocated one at a time (the unique index backs this up).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"billing.plan:{spec.code}"])
+    current = Plan.objects.filter(code=spec.code).order_by("-version").first()
+    spec_hash = spec.canonical_hash()
+    if current is not None and current.spec_hash == spec_hash:
+        return current, False
+    plan = Plan.objects.create(
+        code=spec.code,
+        version=(current.version + 1) if current else 1,
+        name=spec.name,
+        description=spec.description,
+        currency=spec.currency,
+        interval=spec.interval,
+        base_fee=spec.base_fee,
+        trial_days=spec.trial_days,
+        consumption_model=spec.consumption_model,
+        units_per_credit=spec.units_per_credit,
+        metadata=spec.metadata or {},
+        spec_hash=spec_hash,
+        published_by_id=published_by_id,
+    )
+    for charge_spec in spec.charges:
+        charge = PlanCharge.objects.create(
+            plan=plan,
+            meter=meters[charge_spec.meter],
+            included_quantity=charge_spec.included_quantity,
+            price_model=charge_spec.price_model,
+            unit_price=charge_spec.unit_price,
+            package_size=charge_spec.package_size,
+            margin_percent=charge_spec.margin_percent,
+        )
+        PriceTier.objects.bulk_create(
+            PriceTier(charge=charge, position=n, up_to=t.up_to, unit_price=t.unit_price,
+                      flat_fee=t.flat_fee)
+            for n, t in enumerate(charge_spec.tiers)
+        )
+    return plan, True
+
+
+def plan_spec_of(plan: Plan) -> PlanSpec:
+    """The spec a plan version was published from (for "publish new version" edits)."""
+    return PlanSpec(
+        code=plan.code,
+        name=plan.name,
+        currency=plan.currency,
+        interval=plan.interval,
+        base_fee=plan.base_fee,
+        trial_days=plan.trial_days,
+        consumption_model=plan.consumption_model,
+        units_per_credit=plan.units_per_credit,
+        description=plan.description,
+        metadata=plan.metadata or None,
+        charges=tuple(
+            ChargeSpec(
+                meter=c.meter.code,
+                price_model=c.price_model,
+                included_quantity=c.included_quantity,
+                unit_price=c.unit_price,
+                package_size=c.package_size,
+                margin_percent=c.margin_percent,
+                tiers=tuple(
+                    TierSpec(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+                    for t in c.tiers.all()
+                ),
+            )
+            for c in plan.charges.select_related("meter").prefetch_related("tiers").order_by("id")
+        ),
+    )
+
+
+def latest_plan(*, code: str) -> Plan:
+    plan = Plan.objects.filter(code=code).order_by("-version").first()
+    if plan is None:
+        raise errors.PlanNotFound(f"plan {code!r} does not exist", param="plan")
+    return plan
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+FUTURE_START_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ProrationLine:
+    plan: Plan
+    starts_at: datetime
+    ends_at: datetime
+    amount: Decimal  # the base fee for [starts_at, ends_at) of the current period
+
+
+@transaction.atomic
+def create_subscription(
+    *,
+    customer: Customer,
+    plan: Plan,
+    start: datetime | None = None,
+    trial_days: int | None = None,
+    now: datetime | None = None,
+) -> Subscription:
+    """Subscribe ``customer`` to ``plan``. ``start`` may lie in the past (customers migrating
+    in): the current period is then the one containing now, counted from the anchor."""
+    now = utc(now or timezone.now())
+    start = utc(start) if start else now
+    if start > now + FUTURE_START_TOLERANCE:
+        raise errors.ValidationFailed("start cannot lie in the future", param="start")
+    if plan.currency != customer.currency:
+        raise errors.CurrencyMismatch(
+            f"plan {plan.code} bills in {plan.currency}; the customer uses {customer.currency}",
+            param="plan",
+        )
+    trial_days = plan.trial_days if trial_days is None else trial_days
+    if trial_days < 0:
+        raise errors.ValidationFailed("trial_days cannot be negative", param="trial_days")
+    trial_ends_at = start + timedelta(days=trial_days) if trial_days else None
+    if trial_ends_at is not None and trial_ends_at > now:
+        status, anchor = SubscriptionStatus.TRIALING, trial_ends_at
+        period_start, period_end = start, trial_ends_at
+    else:
+        status, anchor = SubscriptionStatus.ACTIVE, trial_ends_at or start
+        period_start, period_end = period_containing(anchor, plan.interval, max(now, anchor))
+    try:
+        with transaction.atomic():
+            subscription = Subscription.objects.create(
+                customer=customer,
+                plan=plan,
+                status=status,
+                started_at=start,
+                billing_anchor=anchor,
+                current_period_start=period_start,
+                current_period_end=period_end,
+                trial_ends_at=trial_ends_at,
+            )
+    except IntegrityError:
+        raise errors.SubscriptionExists(
+            f"customer {customer.external_id} already has a live subscription", param="customer"
+        ) from None
+    SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=start)
+    return subscription
+
+
+def _locked_live_subscription(subscription_id: int) -> Subscription:
+    subscription = (
+        Subscription.objects.select_for_update().select_related("plan", "customer")
+        .filter(pk=subscription_id).first()
+    )
+    if subscription is None:
+        raise errors.SubscriptionNotFound(f"subscription {subscription_id} does not exist")
+    if subscription.status == SubscriptionStatus.CANCELED:
+        raise errors.SubscriptionCanceled(f"subscription {subscription_id} is canceled")
+    return subscription
+
+
+def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
+    """How the current period's base fee splits between the plan versions that applied in
+    it: each phase's fee prorated by the time it covered. Trials cost nothing."""
+    if subscription.status == SubscriptionStatus.TRIALING:
+        return []
+    start, end = subscription.current_period_start, subscription.current_period_end
+    lines = []
+    for phase in subscription.phases.select_related("plan").filter(starts_at__lt=end):
+        phase_end = min(phase.ends_at or end, end)
+        phase_start = max(phase.starts_at, start)
+        if phase_end <= phase_start:
+            continue
+        amount = prorate(phase.plan.base_fee, used_from=phase_start, used_until=phase_end,
+                         period_start=start, period_end=end)
+        lines.append(ProrationLine(phase.plan, phase_start, phase_end, amount))
+    return lines
+
+
+@transaction.atomic
+def change_subscription(
+    *, subscription_id: int, plan: Plan, at_period_end: bool = False, now: datetime | None = None
+) -> Subscription:
+    """Move to another plan (version): now, with the base fee prorated by time between the
+    two, or at the end of the current period."""
+    now = utc(now or timezone.now())
+    subscription = _locked_live_subscription(subscription_id)
+    if plan.pk == subscription.plan_id:
+        raise errors.ValidationFailed("the subscription is already on this plan", param="plan")
+    if plan.currency != subscription.plan.currency:
+        raise errors.CurrencyMismatch("plans of different currencies", param="plan")
+    if plan.interval != subscription.plan.interval:
+        raise errors.ValidationFailed(
+            "changing the billing interval is not supported mid-period; cancel and resubscribe",
+            param="plan",
+        )
+    if at_period_end:
+        subscription.scheduled_plan = plan
+        subscription.save(update_fields=["scheduled_plan"])
+        return subscription
+    change_at = max(now, subscription.current_period_start)
+    subscription.phases.filter(ends_at__isnull=True).update(ends_at=change_at)
+    SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=change_at)
+    subscription.plan = plan
+    subscription.scheduled_plan = None
+    subscription.save(update_fields=["plan", "scheduled_plan"])
+    return subscription
+
+
+@transaction.atomic
+def cancel_subscription(
+    *, subscription_id: int, at_period_end: bool = False, now: datetime | None = None
+) -> Subscription:
+    now = utc(now or timezone.now())
+    subscription = _locked_live_subscription(subscription_id)
+    if at_period_end:
+        subscription.cancel_at_period_end = True
+        subscription.save(update_fields=["cancel_at_period_end"])
+        return subscription
+    subscription.phases.filter(ends_at__isnull=True).update(ends_at=now)
+    subscription.status = SubscriptionStatus.CANCELED
+    subscription.canceled_at = now
+    subscription.ended_at = now
+    subscription.save(update_fields=["status", "canceled_at", "ended_at"])
+    return subscription
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+SECRET_PREFIX = "sk_"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(
+    *, name: str, scopes: list[str], created_by_id: int | None = None
+) -> tuple[APIKey, str]:
+    """A new key and its secret. The secret is returned once and never stored."""
+    unknown = set(scopes) - set(APIKey.SCOPES)
+    if unknown or not scopes:
+        raise errors.ValidationFailed(
+            f"scopes must be a non-empty subset of {', '.join(APIKey.SCOPES)}", param="scopes"
+        )
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    key = APIKey.objects.create(
+        name=name,
+        prefix=secret[:11],
+        secret_hash=hash_secret(secret),
+        scopes=sorted(set(scopes)),
+        created_by_id=created_by_id,
+    )
+    return key, secret
+
+
+def revoke_api_key(*, api_key: APIKey) -> APIKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
