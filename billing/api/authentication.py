@@ -96,7 +96,7 @@ class APIKeyRateThrottle(BaseThrottle):
         if not isinstance(key, APIKey):
             return True
         window = int(time.time() // 60)
-        counter = f"billing:ratelimit:{key.pk}:{window}"
+        counter = f"billing:ratelimit:{key.secret_hash[:24]}:{window}"
         pipe = _redis().pipeline()
         pipe.incr(counter)
         pipe.expire(counter, 120)
