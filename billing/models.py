@@ -82,7 +82,9 @@ class Wallet(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["customer", "currency"], name="billing_wallet_currency"),
+            models.UniqueConstraint(
+                fields=["customer", "currency"], name="billing_wallet_currency"
+            ),
             models.CheckConstraint(
                 condition=Q(billing_mode="postpaid") | Q(credit_limit__isnull=True),
                 name="billing_wallet_limit_postpaid_only",
@@ -125,7 +127,10 @@ class Plan(models.Model):
     spec_hash = models.CharField(max_length=64, help_text="What was published; unchanged = same.")
     published_at = models.DateTimeField(db_default=Now())
     published_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
         related_name="+",
     )
 
@@ -163,7 +168,10 @@ class PlanCharge(models.Model):
     )
     package_size = price_field(null=True, blank=True)
     margin_percent = models.DecimalField(
-        max_digits=9, decimal_places=4, null=True, blank=True,
+        max_digits=9,
+        decimal_places=4,
+        null=True,
+        blank=True,
         help_text="Markup over the provider's cost for catalog-priced usage.",
     )
 
@@ -197,6 +205,10 @@ class PriceTier(models.Model):
             models.UniqueConstraint(fields=["charge", "position"], name="billing_tier_position"),
         ]
 
+    def __str__(self) -> str:
+        bound = "∞" if self.up_to is None else self.up_to
+        return f"up to {bound} at {self.unit_price}"
+
 
 class SubscriptionStatus(models.TextChoices):
     TRIALING = "trialing", "Trialing"
@@ -218,7 +230,11 @@ class Subscription(models.Model):
     canceled_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     scheduled_plan = models.ForeignKey(
-        Plan, on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        Plan,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
         help_text="Takes effect at the end of the current period.",
     )
     metadata = models.JSONField(default=dict, blank=True)
@@ -259,6 +275,9 @@ class SubscriptionPhase(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.plan} from {self.starts_at:%Y-%m-%d %H:%M}"
+
 
 class APIKey(models.Model):
     """A product backend's key. The secret is shown once; only its SHA-256 is stored (the
@@ -273,7 +292,10 @@ class APIKey(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(default=6000)
     created_at = models.DateTimeField(db_default=Now())
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
         related_name="+",
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -306,3 +328,6 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["api_key", "key"], name="billing_idempotency_key"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} ({self.key})"

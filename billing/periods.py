@@ -33,7 +33,9 @@ def period_boundary(anchor: datetime, interval: str, n: int) -> datetime:
     return add_months(anchor, n * MONTHS_PER_INTERVAL[interval])
 
 
-def period_containing(anchor: datetime, interval: str, moment: datetime) -> tuple[datetime, datetime]:
+def period_containing(
+    anchor: datetime, interval: str, moment: datetime
+) -> tuple[datetime, datetime]:
     """The period [start, end) that contains ``moment`` (which must not precede ``anchor``)."""
     if moment < anchor:
         raise ValueError("moment precedes the billing anchor")
@@ -46,8 +48,12 @@ def period_containing(anchor: datetime, interval: str, moment: datetime) -> tupl
 
 
 def prorate(
-    amount: Decimal, *, used_from: datetime, used_until: datetime,
-    period_start: datetime, period_end: datetime,
+    amount: Decimal,
+    *,
+    used_from: datetime,
+    used_until: datetime,
+    period_start: datetime,
+    period_end: datetime,
 ) -> Decimal:
     """``amount`` for the part [used_from, used_until) of [period_start, period_end)."""
     start, end = max(used_from, period_start), min(used_until, period_end)

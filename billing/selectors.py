@@ -23,11 +23,9 @@ def get_customer(*, external_id: str, param: str | None = None) -> Customer:
 
 
 def customer_with_relations(customer: Customer) -> Customer:
-    return (
-        Customer.objects.prefetch_related(
-            Prefetch("wallets", queryset=customer.wallets.select_related("account"))
-        ).get(pk=customer.pk)
-    )
+    return Customer.objects.prefetch_related(
+        Prefetch("wallets", queryset=customer.wallets.select_related("account"))
+    ).get(pk=customer.pk)
 
 
 def customer_accounts(customer: Customer) -> QuerySet[Account]:
@@ -38,18 +36,34 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
     balances = []
     for wallet in customer.wallets.select_related("account").order_by("currency"):
         view = ledger_selectors.get_balance(account=wallet.account)
-        balances.append({"currency": view.currency, "posted": view.posted, "held": view.held,
-                         "available": view.available})
+        balances.append(
+            {
+                "currency": view.currency,
+                "posted": view.posted,
+                "held": view.held,
+                "available": view.available,
+            }
+        )
     allowances = []
     live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
     if live is not None:
         for charge in live.plan.charges.select_related("meter").order_by("id"):
             # Usage counters arrive with metering (issue 4); until then nothing is used.
             used = Decimal(0)
-            allowances.append({"meter": charge.meter.code, "included": charge.included_quantity,
-                               "used": used, "remaining": max(charge.included_quantity - used, 0)})
-    return {"customer": customer.external_id, "balances": balances, "credits": [],
-            "allowances": allowances}
+            allowances.append(
+                {
+                    "meter": charge.meter.code,
+                    "included": charge.included_quantity,
+                    "used": used,
+                    "remaining": max(charge.included_quantity - used, 0),
+                }
+            )
+    return {
+        "customer": customer.external_id,
+        "balances": balances,
+        "credits": [],
+        "allowances": allowances,
+    }
 
 
 def customer_transactions(customer: Customer) -> QuerySet[LedgerTransaction]:
@@ -68,14 +82,22 @@ def ledger_transaction(transaction_id: int) -> LedgerTransaction:
 
 def _plans_with_charges() -> QuerySet[Plan]:
     return Plan.objects.prefetch_related(
-        Prefetch("charges", queryset=PlanCharge.objects.select_related("meter")
-                 .prefetch_related("tiers").order_by("id"))
+        Prefetch(
+            "charges",
+            queryset=PlanCharge.objects.select_related("meter")
+            .prefetch_related("tiers")
+            .order_by("id"),
+        )
     )
 
 
 def latest_plans() -> QuerySet[Plan]:
-    latest = Plan.objects.filter(code=OuterRef("code")).values("code").annotate(
-        v=Max("version")).values("v")
+    latest = (
+        Plan.objects.filter(code=OuterRef("code"))
+        .values("code")
+        .annotate(v=Max("version"))
+        .values("v")
+    )
     return _plans_with_charges().filter(version=Subquery(latest))
 
 
@@ -91,14 +113,17 @@ def get_plan(*, code: str, version: Any = None, param: str | None = None) -> Pla
             if not 1 <= number <= 2**31 - 1:
                 raise ValueError
         except (TypeError, ValueError):
-            raise errors.ValidationFailed("version must be a positive integer",
-                                          param="version") from None
+            raise errors.ValidationFailed(
+                "version must be a positive integer", param="version"
+            ) from None
         plan = plans.filter(version=number).first()
     else:
         plan = plans.order_by("-version").first()
     if plan is None:
-        raise errors.PlanNotFound(f"plan {code!r} does not exist"
-                                  + (f" in version {version}" if version else ""), param=param)
+        raise errors.PlanNotFound(
+            f"plan {code!r} does not exist" + (f" in version {version}" if version else ""),
+            param=param,
+        )
     return plan
 
 
@@ -122,8 +147,12 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
                 unit_price=c["unit_price"],
                 package_size=c.get("package_size"),
                 margin_percent=c.get("margin_percent"),
-                tiers=tuple(TierSpec(up_to=t.get("up_to"), unit_price=t["unit_price"],
-                                     flat_fee=t["flat_fee"]) for t in c.get("tiers", [])),
+                tiers=tuple(
+                    TierSpec(
+                        up_to=t.get("up_to"), unit_price=t["unit_price"], flat_fee=t["flat_fee"]
+                    )
+                    for t in c.get("tiers", [])
+                ),
             )
             for c in data.get("charges", [])
         ),
@@ -133,9 +162,16 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
 def subscription_with_relations(subscription_id: int) -> Subscription:
     subscription = (
         Subscription.objects.select_related("customer", "plan", "scheduled_plan")
-        .prefetch_related(Prefetch("phases", queryset=SubscriptionPhase.objects
-                                   .select_related("plan").order_by("starts_at", "id")))
-        .filter(pk=subscription_id).first()
+        .prefetch_related(
+            Prefetch(
+                "phases",
+                queryset=SubscriptionPhase.objects.select_related("plan").order_by(
+                    "starts_at", "id"
+                ),
+            )
+        )
+        .filter(pk=subscription_id)
+        .first()
     )
     if subscription is None:
         raise errors.SubscriptionNotFound(f"subscription {subscription_id} does not exist")

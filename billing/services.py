@@ -1,9 +1,9 @@
 """Writes of the commercial core. Money moves only through ``ledger.services``.
 
-    create_customer, top_up, adjust_balance
-    create_meter, ensure_meter, publish_plan
-    create_subscription, change_subscription, cancel_subscription
-    create_api_key, revoke_api_key
+create_customer, top_up, adjust_balance
+create_meter, ensure_meter, publish_plan
+create_subscription, change_subscription, cancel_subscription
+create_api_key, revoke_api_key
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from billing.models import (
     BillingMode,
     ConsumptionModel,
     Customer,
+    IdempotencyRecord,
     Interval,
     Plan,
     PlanCharge,
@@ -118,9 +119,11 @@ def create_customer(
 
 def wallet_for(*, customer: Customer, currency: str | None = None) -> Wallet:
     currency = currency or customer.currency
-    wallet = Wallet.objects.select_related("account").filter(
-        customer=customer, currency=currency
-    ).first()
+    wallet = (
+        Wallet.objects.select_related("account")
+        .filter(customer=customer, currency=currency)
+        .first()
+    )
     if wallet is None:
         raise errors.WalletNotFound(
             f"customer {customer.external_id} has no {currency} wallet", param="currency"
@@ -149,7 +152,7 @@ def top_up(
     return ledger.post_transaction(
         reference=f"top-up:{customer.pk}:{reference or uuid.uuid4().hex}",
         legs=[ledger.debit(source, amount), ledger.credit(wallet.account, amount)],
-        description=description or f"Top-up of {amount} {wallet.currency}",
+        description=description or f"Top-up of {amount.normalize():f} {wallet.currency}",
         metadata={"kind": "top_up", "customer": customer.external_id, **(metadata or {})},
     )
 
@@ -238,7 +241,9 @@ def ensure_meter(**spec: Any) -> tuple[Meter, bool]:
             "create a new meter instead",
             param="code",
         )
-    updates = {k: spec[k] for k in ("name", "unit") if k in spec and getattr(existing, k) != spec[k]}
+    updates = {
+        k: spec[k] for k in ("name", "unit") if k in spec and getattr(existing, k) != spec[k]
+    }
     if updates:
         Meter.objects.filter(pk=existing.pk).update(**updates)
     return existing, False
@@ -299,8 +304,10 @@ def _validate_plan(spec: PlanSpec) -> None:
     if spec.interval not in Interval.values:
         fail(f"interval must be one of {', '.join(Interval.values)}", "interval")
     if spec.consumption_model not in ConsumptionModel.values:
-        fail(f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
-             "consumption_model")
+        fail(
+            f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
+            "consumption_model",
+        )
     if spec.base_fee < 0:
         fail("base_fee cannot be negative", "base_fee")
     if spec.consumption_model == ConsumptionModel.CREDITS and not (
@@ -313,7 +320,9 @@ def _validate_plan(spec: PlanSpec) -> None:
     for i, charge in enumerate(spec.charges):
         param = f"charges[{i}]"
         if charge.price_model not in PriceModel.values:
-            fail(f"price_model must be one of {', '.join(PriceModel.values)}", f"{param}.price_model")
+            fail(
+                f"price_model must be one of {', '.join(PriceModel.values)}", f"{param}.price_model"
+            )
         if charge.included_quantity < 0 or charge.unit_price < 0:
             fail("quantities and prices cannot be negative", param)
         tiered = charge.price_model in (PriceModel.GRADUATED, PriceModel.VOLUME)
@@ -385,8 +394,13 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
             margin_percent=charge_spec.margin_percent,
         )
         PriceTier.objects.bulk_create(
-            PriceTier(charge=charge, position=n, up_to=t.up_to, unit_price=t.unit_price,
-                      flat_fee=t.flat_fee)
+            PriceTier(
+                charge=charge,
+                position=n,
+                up_to=t.up_to,
+                unit_price=t.unit_price,
+                flat_fee=t.flat_fee,
+            )
             for n, t in enumerate(charge_spec.tiers)
         )
     return plan, True
@@ -495,8 +509,10 @@ def create_subscription(
 
 def _locked_live_subscription(subscription_id: int) -> Subscription:
     subscription = (
-        Subscription.objects.select_for_update().select_related("plan", "customer")
-        .filter(pk=subscription_id).first()
+        Subscription.objects.select_for_update()
+        .select_related("plan", "customer")
+        .filter(pk=subscription_id)
+        .first()
     )
     if subscription is None:
         raise errors.SubscriptionNotFound(f"subscription {subscription_id} does not exist")
@@ -517,8 +533,13 @@ def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
         phase_start = max(phase.starts_at, start)
         if phase_end <= phase_start:
             continue
-        amount = prorate(phase.plan.base_fee, used_from=phase_start, used_until=phase_end,
-                         period_start=start, period_end=end)
+        amount = prorate(
+            phase.plan.base_fee,
+            used_from=phase_start,
+            used_until=phase_end,
+            period_start=start,
+            period_end=end,
+        )
         lines.append(ProrationLine(phase.plan, phase_start, phase_end, amount))
     return lines
 
@@ -605,3 +626,12 @@ def revoke_api_key(*, api_key: APIKey) -> APIKey:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
     return api_key
+
+
+IDEMPOTENCY_RETENTION = timedelta(hours=48)  # API.md promises at least 24 hours
+
+
+def purge_idempotency_records(*, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - IDEMPOTENCY_RETENTION
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -179,6 +179,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ledger.tasks.release_expired_holds",
         "schedule": crontab(),  # every minute
     },
+    "billing-purge-idempotency-records": {
+        "task": "billing.tasks.purge_idempotency_records",
+        "schedule": crontab(minute=17),  # hourly
+    },
 }
 
 # --- Ledger ------------------------------------------------------------------------------

@@ -12,3 +12,23 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+
+def handler404(request, exception=None):
+    """Unknown routes under /api/ answer in the API's error format, not HTML."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {
+                "error": {
+                    "type": "not_found_error",
+                    "code": "not_found",
+                    "message": f"no route {request.path}",
+                    "param": None,
+                }
+            },
+            status=404,
+        )
+    return page_not_found(request, exception)

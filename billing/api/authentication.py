@@ -48,7 +48,9 @@ class APIKeyAuthentication(BaseAuthentication):
         if key is None:
             raise exceptions.AuthenticationFailed("invalid API key", code="invalid_api_key")
         if key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("this API key was revoked", code="api_key_revoked")
+            raise exceptions.AuthenticationFailed(
+                "this API key was revoked", code="api_key_revoked"
+            )
         now = timezone.now()
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
             APIKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -34,8 +34,14 @@ TYPE_BY_STATUS = {
 class APIError(exceptions.APIException):
     """An error raised by the API layer itself, with its own code."""
 
-    def __init__(self, status_code: int, code: str, message: str, param: str | None = None,
-                 error_type: str | None = None):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        error_type: str | None = None,
+    ):
         super().__init__(detail=message, code=code)
         self.status_code = status_code
         self.error_code = code
@@ -43,8 +49,13 @@ class APIError(exceptions.APIException):
         self.error_type = error_type
 
 
-def error_body(status_code: int, code: str, message: str, param: str | None = None,
-               error_type: str | None = None) -> dict[str, Any]:
+def error_body(
+    status_code: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    error_type: str | None = None,
+) -> dict[str, Any]:
     return {
         "error": {
             "type": error_type or TYPE_BY_STATUS.get(status_code, "api_error"),
@@ -105,7 +116,9 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         }.get(type(exc), "invalid_request")
         detail_code = exc.get_codes() if isinstance(exc.detail, str) else None
         if isinstance(detail_code, str) and detail_code in {
-            "api_key_revoked", "invalid_api_key", "insufficient_scope"
+            "api_key_revoked",
+            "invalid_api_key",
+            "insufficient_scope",
         }:
             code = detail_code
         body = error_body(status_code, code, str(exc.detail))

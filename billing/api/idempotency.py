@@ -45,8 +45,12 @@ def idempotent(handler):
         if key is None:
             return handler(view, request, *args, **kwargs)
         if not key.strip() or len(key) > 255:
-            raise APIError(400, "invalid_idempotency_key",
-                           "Idempotency-Key must be 1 to 255 characters", param=HEADER)
+            raise APIError(
+                400,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 characters",
+                param=HEADER,
+            )
         request_hash = _request_hash(request)
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -62,13 +66,18 @@ def idempotent(handler):
                 record = IdempotencyRecord.objects.get(api_key=request.auth, key=key)
                 if record.request_hash != request_hash:
                     raise APIError(
-                        409, "idempotency_key_reused",
+                        409,
+                        "idempotency_key_reused",
                         "this Idempotency-Key was used with a different request; "
                         "use a new key for a new request",
-                        param=HEADER, error_type="idempotency_error",
+                        param=HEADER,
+                        error_type="idempotency_error",
                     )
-                return Response(record.response_body, status=record.status_code,
-                                headers={"Idempotent-Replayed": "true"})
+                return Response(
+                    record.response_body,
+                    status=record.status_code,
+                    headers={"Idempotent-Replayed": "true"},
+                )
             try:
                 with transaction.atomic():
                     response = handler(view, request, *args, **kwargs)

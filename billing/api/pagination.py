@@ -14,8 +14,9 @@ DEFAULT_LIMIT, MAX_LIMIT = 10, 100
 
 PARAMETERS = [
     OpenApiParameter("limit", int, description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}."),
-    OpenApiParameter("starting_after", int, description="The id of the last object of the "
-                     "previous page."),
+    OpenApiParameter(
+        "starting_after", int, description="The id of the last object of the previous page."
+    ),
 ]
 
 
@@ -27,8 +28,9 @@ def paginate(request, queryset: QuerySet, serialize) -> dict:
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError
     except ValueError:
-        raise APIError(400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}",
-                       param="limit") from None
+        raise APIError(
+            400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}", param="limit"
+        ) from None
     queryset = queryset.order_by("-pk")
     if raw_after is not None:
         try:
@@ -36,8 +38,12 @@ def paginate(request, queryset: QuerySet, serialize) -> dict:
             if after < 0 or after > 2**63 - 1:
                 raise ValueError
         except ValueError:
-            raise APIError(400, "invalid_parameter", "starting_after must be an object id",
-                           param="starting_after") from None
+            raise APIError(
+                400,
+                "invalid_parameter",
+                "starting_after must be an object id",
+                param="starting_after",
+            ) from None
         queryset = queryset.filter(pk__lt=after)
     rows = list(queryset[: limit + 1])
     return {"data": [serialize(row) for row in rows[:limit]], "has_more": len(rows) > limit}

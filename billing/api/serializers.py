@@ -75,21 +75,28 @@ class WalletSerializer(serializers.Serializer):
     def get_balance(self, wallet: Wallet) -> dict:
         view = ledger_selectors.get_balance(account=wallet.account)
         return BalanceSerializer(
-            {"currency": view.currency, "posted": view.posted, "held": view.held,
-             "available": view.available}
+            {
+                "currency": view.currency,
+                "posted": view.posted,
+                "held": view.held,
+                "available": view.available,
+            }
         ).data
 
 
 class AddressSerializer(serializers.Serializer):
-    line1 = serializers.CharField(source="address_line1", max_length=200, required=False,
-                                  allow_blank=True)
-    line2 = serializers.CharField(source="address_line2", max_length=200, required=False,
-                                  allow_blank=True)
+    line1 = serializers.CharField(
+        source="address_line1", max_length=200, required=False, allow_blank=True
+    )
+    line2 = serializers.CharField(
+        source="address_line2", max_length=200, required=False, allow_blank=True
+    )
     city = serializers.CharField(max_length=100, required=False, allow_blank=True)
     state = serializers.CharField(max_length=100, required=False, allow_blank=True)
     postal_code = serializers.CharField(max_length=30, required=False, allow_blank=True)
-    country = serializers.RegexField(r"^([A-Z]{2})?$", required=False, allow_blank=True,
-                                     help_text="ISO 3166-1 alpha-2")
+    country = serializers.RegexField(
+        r"^([A-Z]{2})?$", required=False, allow_blank=True, help_text="ISO 3166-1 alpha-2"
+    )
 
 
 class PhaseSerializer(serializers.Serializer):
@@ -109,10 +116,23 @@ class SubscriptionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Subscription
         fields = [
-            "id", "customer", "plan", "plan_version", "status", "started_at", "billing_anchor",
-            "current_period_start", "current_period_end", "trial_ends_at",
-            "cancel_at_period_end", "canceled_at", "ended_at", "scheduled_plan", "phases",
-            "metadata", "created_at",
+            "id",
+            "customer",
+            "plan",
+            "plan_version",
+            "status",
+            "started_at",
+            "billing_anchor",
+            "current_period_start",
+            "current_period_end",
+            "trial_ends_at",
+            "cancel_at_period_end",
+            "canceled_at",
+            "ended_at",
+            "scheduled_plan",
+            "phases",
+            "metadata",
+            "created_at",
         ]
 
     @extend_schema_field(serializers.CharField(allow_null=True))
@@ -129,8 +149,19 @@ class CustomerSerializer(serializers.ModelSerializer):
     class Meta:
         model = Customer
         fields = [
-            "id", "external_id", "name", "email", "currency", "billing_mode", "address",
-            "tax_id", "metadata", "stripe_customer_id", "created_at", "wallets", "subscription",
+            "id",
+            "external_id",
+            "name",
+            "email",
+            "currency",
+            "billing_mode",
+            "address",
+            "tax_id",
+            "metadata",
+            "stripe_customer_id",
+            "created_at",
+            "wallets",
+            "subscription",
         ]
 
     @extend_schema_field(AddressSerializer)
@@ -150,11 +181,19 @@ class CustomerCreateSerializer(serializers.Serializer):
     )
     name = serializers.CharField(max_length=200)
     email = serializers.EmailField(required=False, allow_blank=True, default="")
-    currency = serializers.RegexField(CURRENCY_RE, required=False, default="USD",
-                                      help_text="ISO 4217 code of the customer's wallet.")
+    currency = serializers.RegexField(
+        CURRENCY_RE,
+        required=False,
+        default="USD",
+        help_text="ISO 4217 code of the customer's wallet.",
+    )
     billing_mode = serializers.ChoiceField(choices=BillingMode.choices, default="prepaid")
-    credit_limit = Money(required=False, allow_null=True, min_value=Decimal(0),
-                         help_text="Postpaid only: the overdraft limit; omit for none.")
+    credit_limit = Money(
+        required=False,
+        allow_null=True,
+        min_value=Decimal(0),
+        help_text="Postpaid only: the overdraft limit; omit for none.",
+    )
     address = AddressSerializer(required=False)
     tax_id = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     metadata = MetadataField()
@@ -182,14 +221,17 @@ class CustomerBalanceSerializer(serializers.Serializer):
 
 class TopUpSerializer(serializers.Serializer):
     amount = Money(min_value=Decimal("0.000000000001"))
-    currency = serializers.RegexField(CURRENCY_RE, required=False,
-                                      help_text="Defaults to the customer's currency.")
+    currency = serializers.RegexField(
+        CURRENCY_RE, required=False, help_text="Defaults to the customer's currency."
+    )
     reference = serializers.CharField(
-        max_length=200, required=False,
+        max_length=200,
+        required=False,
         help_text="Your reference for the payment; the same reference tops up once.",
     )
-    description = serializers.CharField(max_length=500, required=False, allow_blank=True,
-                                        default="")
+    description = serializers.CharField(
+        max_length=500, required=False, allow_blank=True, default=""
+    )
 
 
 class EntrySerializer(serializers.Serializer):
@@ -225,22 +267,38 @@ class TransactionSerializer(serializers.Serializer):
 class MeterSerializer(serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     aggregation = serializers.ChoiceField(choices=Aggregation.choices)
-    filters = serializers.DictField(child=serializers.ListField(child=serializers.JSONField()),
-                                    required=False, default=dict)
-    group_by = serializers.ListField(child=serializers.CharField(max_length=100),
-                                     required=False, default=list, max_length=10)
+    filters = serializers.DictField(
+        child=serializers.ListField(child=serializers.JSONField()), required=False, default=dict
+    )
+    group_by = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, default=list, max_length=10
+    )
 
     class Meta:
         model = Meter
-        fields = ["id", "code", "name", "event_name", "aggregation", "property", "filters",
-                  "group_by", "unit", "created_at"]
+        fields = [
+            "id",
+            "code",
+            "name",
+            "event_name",
+            "aggregation",
+            "property",
+            "filters",
+            "group_by",
+            "unit",
+            "created_at",
+        ]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"code": {"validators": []}}
 
 
 class TierSerializer(serializers.ModelSerializer):
-    up_to = Price(allow_null=True, required=False, default=None,
-                  help_text="Last unit of the tier; null for the open-ended last tier.")
+    up_to = Price(
+        allow_null=True,
+        required=False,
+        default=None,
+        help_text="Last unit of the tier; null for the open-ended last tier.",
+    )
     unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
     flat_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
 
@@ -255,15 +313,27 @@ class ChargeSerializer(serializers.ModelSerializer):
     included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
     unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
     package_size = Price(required=False, allow_null=True, default=None)
-    margin_percent = serializers.DecimalField(max_digits=9, decimal_places=4, required=False,
-                                              allow_null=True, default=None,
-                                              coerce_to_string=True)
+    margin_percent = serializers.DecimalField(
+        max_digits=9,
+        decimal_places=4,
+        required=False,
+        allow_null=True,
+        default=None,
+        coerce_to_string=True,
+    )
     tiers = TierSerializer(many=True, required=False, default=list)
 
     class Meta:
         model = PlanCharge
-        fields = ["meter", "price_model", "included_quantity", "unit_price", "package_size",
-                  "margin_percent", "tiers"]
+        fields = [
+            "meter",
+            "price_model",
+            "included_quantity",
+            "unit_price",
+            "package_size",
+            "margin_percent",
+            "tiers",
+        ]
 
 
 class PlanSerializer(serializers.ModelSerializer):
@@ -271,19 +341,30 @@ class PlanSerializer(serializers.ModelSerializer):
     currency = serializers.RegexField(CURRENCY_RE, default="USD")
     interval = serializers.ChoiceField(choices=Interval.choices, default="month")
     base_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
-    trial_days = serializers.IntegerField(required=False, default=0, min_value=0,
-                                          max_value=3650)
-    consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices,
-                                                default="metered")
+    trial_days = serializers.IntegerField(required=False, default=0, min_value=0, max_value=3650)
+    consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices, default="metered")
     units_per_credit = Price(required=False, allow_null=True, default=None)
     metadata = MetadataField()
     charges = ChargeSerializer(many=True, required=False, default=list)
 
     class Meta:
         model = Plan
-        fields = ["id", "code", "version", "name", "description", "currency", "interval",
-                  "base_fee", "trial_days", "consumption_model", "units_per_credit",
-                  "metadata", "charges", "published_at"]
+        fields = [
+            "id",
+            "code",
+            "version",
+            "name",
+            "description",
+            "currency",
+            "interval",
+            "base_fee",
+            "trial_days",
+            "consumption_model",
+            "units_per_credit",
+            "metadata",
+            "charges",
+            "published_at",
+        ]
         read_only_fields = ["id", "version", "published_at"]
         extra_kwargs = {"description": {"required": False, "default": ""}}
 
@@ -294,12 +375,15 @@ class PlanSerializer(serializers.ModelSerializer):
 class SubscriptionCreateSerializer(serializers.Serializer):
     customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
     plan = serializers.SlugField(max_length=100, help_text="The plan's code.")
-    plan_version = serializers.IntegerField(required=False, min_value=1,
-                                            help_text="Defaults to the latest version.")
-    start = serializers.DateTimeField(required=False,
-                                      help_text="May lie in the past (customers migrating in).")
-    trial_days = serializers.IntegerField(required=False, min_value=0, max_value=3650,
-                                          help_text="Overrides the plan's trial.")
+    plan_version = serializers.IntegerField(
+        required=False, min_value=1, help_text="Defaults to the latest version."
+    )
+    start = serializers.DateTimeField(
+        required=False, help_text="May lie in the past (customers migrating in)."
+    )
+    trial_days = serializers.IntegerField(
+        required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."
+    )
 
 
 class SubscriptionChangeSerializer(serializers.Serializer):
@@ -328,8 +412,12 @@ class SubscriptionChangeResultSerializer(serializers.Serializer):
 def list_response(item_serializer) -> type[serializers.Serializer]:
     """The schema of a cursor-paginated list of ``item_serializer``."""
     name = item_serializer.__name__.replace("Serializer", "") + "List"
-    return type(name, (serializers.Serializer,), {
-        "data": item_serializer(many=True),
-        "has_more": serializers.BooleanField(),
-        "__module__": __name__,
-    })
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "data": item_serializer(many=True),
+            "has_more": serializers.BooleanField(),
+            "__module__": __name__,
+        },
+    )

@@ -37,7 +37,7 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     described = {
         400: "Invalid request (code: invalid_parameter, parameter_missing, invalid_json, …)",
         401: "Missing or invalid API key (authentication_required, invalid_api_key, "
-             "api_key_revoked)",
+        "api_key_revoked)",
         402: "Insufficient funds (insufficient_funds)",
         403: "The key lacks the scope (insufficient_scope)",
         404: "Not found",
@@ -45,13 +45,18 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         429: "Rate limited (rate_limited); see Retry-After",
     }
     chosen = {401, 403, 429, *statuses}
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code])
-            for code in sorted(chosen)}
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=described[code])
+        for code in sorted(chosen)
+    }
 
 
 def idempotency_parameter() -> OpenApiParameter:
     return OpenApiParameter(
-        "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+        "Idempotency-Key",
+        str,
+        OpenApiParameter.HEADER,
+        required=False,
         description="Retries with the same key and body return the first response "
         "(Idempotent-Replayed: true); another body with the key is refused (409).",
     )
@@ -72,10 +77,20 @@ class CustomerCreateView(APIView):
         request=s.CustomerCreateSerializer,
         responses={201: s.CustomerSerializer, **errors(400, 409)},
         parameters=[idempotency_parameter()],
-        examples=[OpenApiExample("Postpaid customer", request_only=True, value={
-            "external_id": "acme-42", "name": "Acme Robotics", "email": "billing@acme.test",
-            "currency": "USD", "billing_mode": "postpaid", "credit_limit": "500.00",
-        })],
+        examples=[
+            OpenApiExample(
+                "Postpaid customer",
+                request_only=True,
+                value={
+                    "external_id": "acme-42",
+                    "name": "Acme Robotics",
+                    "email": "billing@acme.test",
+                    "currency": "USD",
+                    "billing_mode": "postpaid",
+                    "credit_limit": "500.00",
+                },
+            )
+        ],
     )
     @idempotent
     def post(self, request):
@@ -89,7 +104,8 @@ class CustomerCreateView(APIView):
 
 class CustomerDetailView(APIView):
     @extend_schema(
-        operation_id="customers_retrieve", tags=["customers"],
+        operation_id="customers_retrieve",
+        tags=["customers"],
         summary="A customer with its wallets and subscription",
         responses={200: s.CustomerSerializer, **errors(404)},
     )
@@ -99,7 +115,8 @@ class CustomerDetailView(APIView):
 
 class CustomerBalanceView(APIView):
     @extend_schema(
-        operation_id="customers_balance", tags=["customers"],
+        operation_id="customers_balance",
+        tags=["customers"],
         summary="Balances per currency, credits and allowances left this period",
         responses={200: s.CustomerBalanceSerializer, **errors(404)},
     )
@@ -110,14 +127,21 @@ class CustomerBalanceView(APIView):
 
 class TopUpView(APIView):
     @extend_schema(
-        operation_id="customers_top_up", tags=["customers"],
+        operation_id="customers_top_up",
+        tags=["customers"],
         summary="Add funds to the customer's wallet",
         request=s.TopUpSerializer,
-        responses={201: s.TransactionSerializer, 200: s.TransactionSerializer,
-                   **errors(400, 404, 409)},
+        responses={
+            201: s.TransactionSerializer,
+            200: s.TransactionSerializer,
+            **errors(400, 404, 409),
+        },
         parameters=[idempotency_parameter()],
-        examples=[OpenApiExample("Top-up", request_only=True,
-                                 value={"amount": "25.00", "reference": "pi_3Nx…"})],
+        examples=[
+            OpenApiExample(
+                "Top-up", request_only=True, value={"amount": "25.00", "reference": "pi_3Nx…"}
+            )
+        ],
     )
     @idempotent
     def post(self, request, external_id: str):
@@ -132,7 +156,8 @@ class TopUpView(APIView):
 
 class CustomerTransactionsView(APIView):
     @extend_schema(
-        operation_id="customers_transactions", tags=["customers"],
+        operation_id="customers_transactions",
+        tags=["customers"],
         summary="The customer's ledger history, newest first, with entries",
         parameters=PAGE_PARAMETERS,
         responses={200: s.list_response(s.TransactionSerializer), **errors(400, 404)},
@@ -140,8 +165,7 @@ class CustomerTransactionsView(APIView):
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
         queryset = selectors.customer_transactions(customer)
-        return Response(paginate(request, queryset,
-                                 lambda t: s.TransactionSerializer(t).data))
+        return Response(paginate(request, queryset, lambda t: s.TransactionSerializer(t).data))
 
 
 # --- meters and plans -------------------------------------------------------------------------
@@ -149,22 +173,36 @@ class CustomerTransactionsView(APIView):
 
 class MeterListCreateView(APIView):
     @extend_schema(
-        operation_id="meters_list", tags=["meters"], summary="Meters",
+        operation_id="meters_list",
+        tags=["meters"],
+        summary="Meters",
         parameters=PAGE_PARAMETERS,
         responses={200: s.list_response(s.MeterSerializer), **errors(400)},
     )
     def get(self, request):
-        return Response(paginate(request, Meter.objects.all(),
-                                 lambda m: s.MeterSerializer(m).data))
+        return Response(paginate(request, Meter.objects.all(), lambda m: s.MeterSerializer(m).data))
 
     @extend_schema(
-        operation_id="meters_create", tags=["meters"], summary="Create a meter",
-        request=s.MeterSerializer, responses={201: s.MeterSerializer, **errors(400, 409)},
+        operation_id="meters_create",
+        tags=["meters"],
+        summary="Create a meter",
+        request=s.MeterSerializer,
+        responses={201: s.MeterSerializer, **errors(400, 409)},
         parameters=[idempotency_parameter()],
-        examples=[OpenApiExample("Output tokens by model", request_only=True, value={
-            "code": "output_tokens", "event_name": "llm.completion", "aggregation": "sum",
-            "property": "usage.output_tokens", "group_by": ["model"], "unit": "tokens",
-        })],
+        examples=[
+            OpenApiExample(
+                "Output tokens by model",
+                request_only=True,
+                value={
+                    "code": "output_tokens",
+                    "event_name": "llm.completion",
+                    "aggregation": "sum",
+                    "property": "usage.output_tokens",
+                    "group_by": ["model"],
+                    "unit": "tokens",
+                },
+            )
+        ],
     )
     @idempotent
     def post(self, request):
@@ -176,34 +214,53 @@ class MeterListCreateView(APIView):
 
 class PlanListCreateView(APIView):
     @extend_schema(
-        operation_id="plans_list", tags=["plans"],
+        operation_id="plans_list",
+        tags=["plans"],
         summary="Published plans (latest version of each) with their charges",
         parameters=PAGE_PARAMETERS,
         responses={200: s.list_response(s.PlanSerializer), **errors(400)},
     )
     def get(self, request):
-        return Response(paginate(request, selectors.latest_plans(),
-                                 lambda p: s.PlanSerializer(p).data))
+        return Response(
+            paginate(request, selectors.latest_plans(), lambda p: s.PlanSerializer(p).data)
+        )
 
     @extend_schema(
-        operation_id="plans_create", tags=["plans"],
+        operation_id="plans_create",
+        tags=["plans"],
         summary="Publish a plan, or a new version of one",
         description="An unchanged plan returns the current version with 200; a changed one "
-                    "is published as the next version with 201. Subscriptions keep the "
-                    "version they signed.",
+        "is published as the next version with 201. Subscriptions keep the "
+        "version they signed.",
         request=s.PlanSerializer,
         responses={201: s.PlanSerializer, 200: s.PlanSerializer, **errors(400, 404, 409)},
         parameters=[idempotency_parameter()],
-        examples=[OpenApiExample("Graduated output tokens", request_only=True, value={
-            "code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
-            "base_fee": "49.00", "trial_days": 14, "consumption_model": "metered",
-            "charges": [{
-                "meter": "output_tokens", "price_model": "graduated",
-                "included_quantity": "1000000",
-                "tiers": [{"up_to": "10000000", "unit_price": "0.000002"},
-                          {"up_to": None, "unit_price": "0.0000015"}],
-            }],
-        })],
+        examples=[
+            OpenApiExample(
+                "Graduated output tokens",
+                request_only=True,
+                value={
+                    "code": "pro",
+                    "name": "Pro",
+                    "currency": "USD",
+                    "interval": "month",
+                    "base_fee": "49.00",
+                    "trial_days": 14,
+                    "consumption_model": "metered",
+                    "charges": [
+                        {
+                            "meter": "output_tokens",
+                            "price_model": "graduated",
+                            "included_quantity": "1000000",
+                            "tiers": [
+                                {"up_to": "10000000", "unit_price": "0.000002"},
+                                {"up_to": None, "unit_price": "0.0000015"},
+                            ],
+                        }
+                    ],
+                },
+            )
+        ],
     )
     @idempotent
     def post(self, request):
@@ -218,7 +275,8 @@ class PlanListCreateView(APIView):
 
 class PlanDetailView(APIView):
     @extend_schema(
-        operation_id="plans_retrieve", tags=["plans"],
+        operation_id="plans_retrieve",
+        tags=["plans"],
         summary="A plan's latest version (or ?version=N)",
         parameters=[OpenApiParameter("version", int, description="A specific version.")],
         responses={200: s.PlanSerializer, **errors(400, 404)},
@@ -238,15 +296,24 @@ def _subscription_payload(subscription: Subscription) -> dict:
 
 class SubscriptionCreateView(APIView):
     @extend_schema(
-        operation_id="subscriptions_create", tags=["subscriptions"],
+        operation_id="subscriptions_create",
+        tags=["subscriptions"],
         summary="Subscribe a customer to a plan",
         request=s.SubscriptionCreateSerializer,
         responses={201: s.SubscriptionSerializer, **errors(400, 404, 409)},
         parameters=[idempotency_parameter()],
-        examples=[OpenApiExample("Migrating customer", request_only=True, value={
-            "customer": "acme-42", "plan": "pro", "start": "2026-09-15T00:00:00Z",
-            "trial_days": 0,
-        })],
+        examples=[
+            OpenApiExample(
+                "Migrating customer",
+                request_only=True,
+                value={
+                    "customer": "acme-42",
+                    "plan": "pro",
+                    "start": "2026-09-15T00:00:00Z",
+                    "trial_days": 0,
+                },
+            )
+        ],
     )
     @idempotent
     def post(self, request):
@@ -254,10 +321,13 @@ class SubscriptionCreateView(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         customer = selectors.get_customer(external_id=values["customer"], param="customer")
-        plan = selectors.get_plan(code=values["plan"], version=values.get("plan_version"),
-                                  param="plan")
+        plan = selectors.get_plan(
+            code=values["plan"], version=values.get("plan_version"), param="plan"
+        )
         subscription = services.create_subscription(
-            customer=customer, plan=plan, start=values.get("start"),
+            customer=customer,
+            plan=plan,
+            start=values.get("start"),
             trial_days=values.get("trial_days"),
         )
         return Response(_subscription_payload(subscription), status=status.HTTP_201_CREATED)
@@ -265,18 +335,21 @@ class SubscriptionCreateView(APIView):
 
 class SubscriptionDetailView(APIView):
     @extend_schema(
-        operation_id="subscriptions_retrieve", tags=["subscriptions"],
+        operation_id="subscriptions_retrieve",
+        tags=["subscriptions"],
         summary="A subscription with its plan phases",
         responses={200: s.SubscriptionSerializer, **errors(404)},
     )
     def get(self, request, subscription_id: int):
-        return Response(s.SubscriptionSerializer(
-            selectors.subscription_with_relations(subscription_id)).data)
+        return Response(
+            s.SubscriptionSerializer(selectors.subscription_with_relations(subscription_id)).data
+        )
 
 
 class SubscriptionChangeView(APIView):
     @extend_schema(
-        operation_id="subscriptions_change", tags=["subscriptions"],
+        operation_id="subscriptions_change",
+        tags=["subscriptions"],
         summary="Change plan now (base fee prorated by time) or at period end",
         request=s.SubscriptionChangeSerializer,
         responses={200: s.SubscriptionChangeResultSerializer, **errors(400, 404, 409)},
@@ -288,20 +361,26 @@ class SubscriptionChangeView(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         selectors.subscription_with_relations(subscription_id)  # 404 before plan errors
-        plan = selectors.get_plan(code=values["plan"], version=values.get("plan_version"),
-                                  param="plan")
+        plan = selectors.get_plan(
+            code=values["plan"], version=values.get("plan_version"), param="plan"
+        )
         subscription = services.change_subscription(
             subscription_id=subscription_id, plan=plan, at_period_end=values["at"] == "period_end"
         )
-        return Response(s.SubscriptionChangeResultSerializer({
-            "subscription": selectors.subscription_with_relations(subscription.pk),
-            "proration": services.base_fee_proration(subscription=subscription),
-        }).data)
+        return Response(
+            s.SubscriptionChangeResultSerializer(
+                {
+                    "subscription": selectors.subscription_with_relations(subscription.pk),
+                    "proration": services.base_fee_proration(subscription=subscription),
+                }
+            ).data
+        )
 
 
 class SubscriptionCancelView(APIView):
     @extend_schema(
-        operation_id="subscriptions_cancel", tags=["subscriptions"],
+        operation_id="subscriptions_cancel",
+        tags=["subscriptions"],
         summary="Cancel now or at the end of the current period",
         request=s.SubscriptionCancelSerializer,
         responses={200: s.SubscriptionSerializer, **errors(400, 404, 409)},
@@ -316,4 +395,3 @@ class SubscriptionCancelView(APIView):
             subscription_id=subscription_id, at_period_end=data.validated_data["at"] == "period_end"
         )
         return Response(_subscription_payload(subscription))
-

@@ -11,8 +11,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True)
-        parser.add_argument("--scopes", default="read,write,ingest",
-                            help="Comma-separated: read, write, ingest")
+        parser.add_argument(
+            "--scopes", default="read,write,ingest", help="Comma-separated: read, write, ingest"
+        )
 
     def handle(self, *args, name: str, scopes: str, **options):
         try:
@@ -21,6 +22,8 @@ class Command(BaseCommand):
             )
         except errors.BillingError as exc:
             raise CommandError(exc.message) from None
-        self.stderr.write(f"API key {key.name!r} ({', '.join(key.scopes)}). "
-                          "Store the secret now: it is not shown again.")
+        self.stderr.write(
+            f"API key {key.name!r} ({', '.join(key.scopes)}). "
+            "Store the secret now: it is not shown again."
+        )
         self.stdout.write(secret)
