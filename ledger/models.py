@@ -20,8 +20,9 @@ Sign convention
 
 Immutability
     Transactions and entries are insert-only. PostgreSQL itself refuses an UPDATE or
-    DELETE of either (a trigger), refuses entries that do not balance per currency (a
-    deferred constraint trigger that runs at commit), and refuses an entry whose currency
+    DELETE of either (a trigger), refuses entries that do not balance per transaction and
+    currency (a statement-level trigger over the inserted rows: every INSERT into the
+    entries must balance, so every transaction does), and refuses an entry whose currency
     is not its account's (a composite foreign key). Corrections are reversals: new
     transactions that point at the one they undo, at most one reversal per transaction.
 
@@ -254,7 +255,12 @@ class Entry(models.Model):
     """One leg of a transaction. Positive amount = debit, negative = credit."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # The database checks this reference with the composite key (account_id, currency) →
+    # ledger_account (id, currency) of migration 0002; a second, plain key would only add
+    # a foreign-key lookup (and a share lock on hot account rows) to every entry.
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
     currency = models.CharField(max_length=16)
     amount = amount_field()
 

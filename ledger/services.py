@@ -237,13 +237,7 @@ def post_transaction(
     return post_transactions(transactions=[spec])[0]
 
 
-@transaction.atomic
-def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[LedgerTransaction]:
-    """Post several transactions all-or-nothing in one database round trip (a token leg in
-    TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
-    if not transactions:
-        raise errors.InvalidTransaction("nothing to post")
-    payload = json.dumps([spec.as_json() for spec in transactions])
+def _call_post_function(payload: str) -> list[tuple]:
     with connection.cursor() as cursor:
         try:
             cursor.execute(
@@ -251,9 +245,27 @@ def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[Ledger
                 "FROM ledger_post_transactions(%s::jsonb)",
                 [payload],
             )
-            rows = cursor.fetchall()
+            return cursor.fetchall()
         except DatabaseError as exc:
             _raise_ledger_error(exc)
+            raise  # unreachable: _raise_ledger_error always raises
+
+
+def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[LedgerTransaction]:
+    """Post several transactions all-or-nothing in one database round trip (a token leg in
+    TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
+    if not transactions:
+        raise errors.InvalidTransaction("nothing to post")
+    payload = json.dumps([spec.as_json() for spec in transactions])
+    if connection.in_atomic_block:
+        # Inside the caller's transaction: a savepoint, so that a refused posting leaves
+        # the caller's transaction usable and changes nothing.
+        with transaction.atomic():
+            rows = _call_post_function(payload)
+    else:
+        # On its own: the posting function is one statement, and a statement in autocommit
+        # is atomic by itself. One round trip instead of three (BEGIN, SELECT, COMMIT).
+        rows = _call_post_function(payload)
     by_index = {row[0]: row for row in rows}
     replayed_ids = [row[1] for row in rows if row[2]]
     originals = LedgerTransaction.objects.in_bulk(replayed_ids) if replayed_ids else {}

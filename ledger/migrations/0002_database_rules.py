@@ -26,34 +26,34 @@ CREATE TRIGGER ledger_transaction_immutable BEFORE UPDATE OR DELETE ON ledger_tr
 """
 
 BALANCED = """
--- Runs at COMMIT (deferred) for every inserted entry: its transaction must balance per
--- currency and have at least two entries, whoever inserted the rows.
+-- Every INSERT statement into ledger_entry must balance per transaction and currency.
+-- By induction every transaction then balances, whoever wrote the SQL: a transaction's
+-- first statement cannot be a lone entry (a single non-zero amount never sums to zero)
+-- and later statements can only add balanced sets. A statement-level trigger over the
+-- transition table checks the new rows once per statement, with no index lookups: far
+-- cheaper at commit than a deferred per-row constraint trigger re-summing the
+-- transaction for every entry.
 CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT currency, sum(amount) AS total INTO bad
-      FROM ledger_entry WHERE transaction_id = NEW.transaction_id
-     GROUP BY currency HAVING sum(amount) <> 0 LIMIT 1;
+    SELECT transaction_id, currency, sum(amount) AS total INTO bad
+      FROM new_entries GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'LG003',
             MESSAGE = format('transaction %s does not balance in %s (off by %s)',
-                             NEW.transaction_id, bad.currency, bad.total);
-    END IF;
-    IF (SELECT count(*) FROM ledger_entry WHERE transaction_id = NEW.transaction_id) < 2 THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'LG003',
-            MESSAGE = format('transaction %s has fewer than two entries', NEW.transaction_id);
+                             bad.transaction_id, bad.currency, bad.total);
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE CONSTRAINT TRIGGER ledger_entry_balanced AFTER INSERT ON ledger_entry
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced();
+CREATE TRIGGER ledger_entry_balanced AFTER INSERT ON ledger_entry
+    REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_check_balanced();
 
--- An entry's currency is its account's currency.
+-- An entry's account exists and has the entry's currency: one composite foreign key
+-- (Django's own account_id key is not created; see Entry.account).
 ALTER TABLE ledger_entry ADD CONSTRAINT ledger_entry_account_currency_fk
     FOREIGN KEY (account_id, currency) REFERENCES ledger_account (id, currency);
 """
@@ -66,141 +66,149 @@ POST = r"""
 --    "reverses_id", "hold_id", "entries": [{"account_id", "amount"}, ...]}
 -- returns one row per input transaction (1-based idx) with its id and whether it
 -- already existed (an idempotent replay).
+--
+-- Legs are read once into arrays and each account is fetched by primary key; later
+-- statements work on the arrays only. (Joining the JSON to ledger_account instead lets the
+-- planner guess 10,000 legs and scan the whole account table on every posting.)
 CREATE FUNCTION ledger_post_transactions(p_transactions jsonb)
 RETURNS TABLE (idx integer, transaction_id bigint, replayed boolean,
                effective_at timestamptz, recorded_at timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
-    t record;
+    n_tx integer := jsonb_array_length(p_transactions);
+    tx jsonb;
+    leg record;
+    acc record;
     bal record;
+    i integer;
+    v_ref text;
+    v_refs text[] := '{}';
     v_id bigint;
     v_hash text;
     v_effective timestamptz;
     v_recorded timestamptz;
-    v_new_idx integer[] := '{}';
-    v_new_id bigint[] := '{}';
+    v_new_id bigint[];
+    leg_tx integer[] := '{}';
+    leg_account bigint[] := '{}';
+    leg_currency text[] := '{}';
+    leg_amount numeric[] := '{}';
+    leg_delta numeric[] := '{}';
+    leg_hot boolean[] := '{}';
     v_row bigint;
     v_avail numeric;
     v_floor numeric;
 BEGIN
     -- 1. Validate everything before writing anything.
-    SELECT x.account_id INTO v_row
-      FROM jsonb_array_elements(p_transactions) AS d(doc),
-           jsonb_to_recordset(d.doc -> 'entries') AS x(account_id bigint, amount numeric)
-      LEFT JOIN ledger_account a ON a.id = x.account_id
-     WHERE a.id IS NULL LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'LG004',
-            MESSAGE = format('account %s does not exist', coalesce(v_row::text, 'null'));
+    IF n_tx IS NULL OR n_tx = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'LG005', MESSAGE = 'nothing to post';
     END IF;
-
-    FOR t IN
-        SELECT d.doc ->> 'reference' AS reference, count(*) AS n,
-               bool_or(x.amount IS NULL OR x.amount = 0
-                       OR x.amount <> round(x.amount, 12)) AS bad_amount
-          FROM jsonb_array_elements(p_transactions) AS d(doc)
-          LEFT JOIN LATERAL jsonb_to_recordset(d.doc -> 'entries')
-               AS x(account_id bigint, amount numeric) ON true
-         GROUP BY d.doc ->> 'reference'
-    LOOP
-        IF t.reference IS NULL OR t.reference = '' THEN
+    FOR i IN 1..n_tx LOOP
+        tx := p_transactions -> (i - 1);
+        v_ref := tx ->> 'reference';
+        IF v_ref IS NULL OR v_ref = '' THEN
             RAISE EXCEPTION USING ERRCODE = 'LG005', MESSAGE = 'a transaction needs a reference';
         END IF;
-        IF t.bad_amount THEN
-            RAISE EXCEPTION USING ERRCODE = 'LG005', MESSAGE = format(
-                'transaction %s has an entry amount that is zero, missing or finer than 1e-12',
-                t.reference);
+        IF v_ref = ANY(v_refs) THEN
+            RAISE EXCEPTION USING ERRCODE = 'LG005',
+                MESSAGE = 'the same reference appears twice in one bulk posting';
         END IF;
+        v_refs := v_refs || v_ref;
+        IF jsonb_typeof(tx -> 'entries') IS DISTINCT FROM 'array'
+           OR jsonb_array_length(tx -> 'entries') < 2 THEN
+            RAISE EXCEPTION USING ERRCODE = 'LG003',
+                MESSAGE = format('transaction %s needs at least two entries', v_ref);
+        END IF;
+        FOR leg IN SELECT * FROM jsonb_to_recordset(tx -> 'entries')
+                                 AS x(account_id bigint, amount numeric) LOOP
+            IF leg.amount IS NULL OR leg.amount = 0 OR leg.amount <> round(leg.amount, 12) THEN
+                RAISE EXCEPTION USING ERRCODE = 'LG005', MESSAGE = format(
+                    'transaction %s has an entry amount that is zero, missing or finer '
+                    'than 1e-12', v_ref);
+            END IF;
+            SELECT a.currency, a.normal_balance, a.is_hot INTO acc
+              FROM ledger_account a WHERE a.id = leg.account_id;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'LG004', MESSAGE = format(
+                    'account %s does not exist', coalesce(leg.account_id::text, 'null'));
+            END IF;
+            leg_tx := leg_tx || i;
+            leg_account := leg_account || leg.account_id;
+            leg_currency := leg_currency || acc.currency;
+            leg_amount := leg_amount || leg.amount;
+            -- the change of the account's balance in its normal direction
+            leg_delta := leg_delta || CASE WHEN acc.normal_balance = 'debit'
+                                           THEN leg.amount ELSE -leg.amount END;
+            leg_hot := leg_hot || acc.is_hot;
+        END LOOP;
     END LOOP;
-    IF (SELECT count(DISTINCT d.doc ->> 'reference') <> count(*)
-          FROM jsonb_array_elements(p_transactions) AS d(doc)) THEN
-        RAISE EXCEPTION USING ERRCODE = 'LG005',
-            MESSAGE = 'the same reference appears twice in one bulk posting';
-    END IF;
 
-    SELECT d.doc ->> 'reference' AS reference, a.currency, sum(x.amount) AS total,
-           count(*) AS n INTO t
-      FROM jsonb_array_elements(p_transactions) AS d(doc),
-           jsonb_to_recordset(d.doc -> 'entries') AS x(account_id bigint, amount numeric)
-      JOIN ledger_account a ON a.id = x.account_id
-     GROUP BY d.doc ->> 'reference', a.currency
-    HAVING sum(x.amount) <> 0 LIMIT 1;
+    SELECT v_refs[u.t] AS reference, u.cur AS currency, sum(u.amt) AS total INTO bal
+      FROM unnest(leg_tx, leg_currency, leg_amount) AS u(t, cur, amt)
+     GROUP BY u.t, u.cur HAVING sum(u.amt) <> 0 LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'LG003', MESSAGE = format(
             'transaction %s does not balance in %s: debits and credits differ by %s',
-            t.reference, t.currency, t.total);
-    END IF;
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_transactions) AS d(doc)
-                WHERE jsonb_array_length(coalesce(d.doc -> 'entries', '[]')) < 2) THEN
-        RAISE EXCEPTION USING ERRCODE = 'LG003',
-            MESSAGE = 'a transaction needs at least two entries';
+            bal.reference, bal.currency, bal.total);
     END IF;
 
     -- 2. Insert the transaction rows in reference order (a fixed order, so two bulk
     --    postings sharing references cannot deadlock). The unique index on reference
     --    decides idempotency: a concurrent twin waits here for the first to commit.
-    FOR t IN
-        SELECT d.n::integer AS n, d.doc
-          FROM jsonb_array_elements(p_transactions) WITH ORDINALITY AS d(doc, n)
-         ORDER BY d.doc ->> 'reference'
-    LOOP
+    v_new_id := array_fill(NULL::bigint, ARRAY[n_tx]);
+    FOR i IN SELECT s.i FROM generate_subscripts(v_refs, 1) AS s(i) ORDER BY v_refs[s.i] LOOP
+        tx := p_transactions -> (i - 1);
         v_id := NULL;
         INSERT INTO ledger_transaction AS lt
                (reference, payload_hash, description, metadata, effective_at, recorded_at,
                 reverses_id, hold_id)
-        VALUES (t.doc ->> 'reference', t.doc ->> 'payload_hash',
-                coalesce(t.doc ->> 'description', ''), coalesce(t.doc -> 'metadata', '{}'),
-                coalesce((t.doc ->> 'effective_at')::timestamptz, now()), now(),
-                (t.doc ->> 'reverses_id')::bigint, (t.doc ->> 'hold_id')::bigint)
+        VALUES (v_refs[i], tx ->> 'payload_hash',
+                coalesce(tx ->> 'description', ''), coalesce(tx -> 'metadata', '{}'),
+                coalesce((tx ->> 'effective_at')::timestamptz, now()), now(),
+                (tx ->> 'reverses_id')::bigint, (tx ->> 'hold_id')::bigint)
         ON CONFLICT (reference) DO NOTHING
         RETURNING lt.id, lt.effective_at, lt.recorded_at INTO v_id, v_effective, v_recorded;
 
         IF v_id IS NULL THEN
             SELECT lt.id, lt.payload_hash, lt.effective_at, lt.recorded_at
               INTO v_id, v_hash, v_effective, v_recorded
-              FROM ledger_transaction lt WHERE lt.reference = t.doc ->> 'reference';
-            IF v_hash IS DISTINCT FROM t.doc ->> 'payload_hash' THEN
+              FROM ledger_transaction lt WHERE lt.reference = v_refs[i];
+            IF v_hash IS DISTINCT FROM tx ->> 'payload_hash' THEN
                 RAISE EXCEPTION USING ERRCODE = 'LG002', MESSAGE = format(
                     'reference %s was already used for a different transaction (%s)',
-                    t.doc ->> 'reference', v_id);
+                    v_refs[i], v_id);
             END IF;
-            idx := t.n; transaction_id := v_id; replayed := true;
+            replayed := true;
         ELSE
-            v_new_idx := v_new_idx || t.n;
-            v_new_id := v_new_id || v_id;
-            idx := t.n; transaction_id := v_id; replayed := false;
+            v_new_id[i] := v_id;
+            replayed := false;
         END IF;
+        idx := i; transaction_id := v_id;
         effective_at := v_effective; recorded_at := v_recorded;
         RETURN NEXT;
     END LOOP;
 
-    IF cardinality(v_new_id) = 0 THEN
+    IF (SELECT bool_and(x IS NULL) FROM unnest(v_new_id) AS x) THEN
         RETURN;  -- every transaction was a replay: nothing more to write
     END IF;
 
-    -- 3. The entries of the new transactions, in one statement.
+    -- 3. The entries of the new transactions, in one statement (the balance trigger sees
+    --    each transaction's entries together).
     INSERT INTO ledger_entry (transaction_id, account_id, currency, amount)
-    SELECT m.id, x.account_id, a.currency, x.amount
-      FROM unnest(v_new_idx, v_new_id) AS m(n, id)
-      JOIN jsonb_array_elements(p_transactions) WITH ORDINALITY AS d(doc, n) ON d.n = m.n
-      CROSS JOIN LATERAL jsonb_to_recordset(d.doc -> 'entries')
-           AS x(account_id bigint, amount numeric)
-      JOIN ledger_account a ON a.id = x.account_id;
+    SELECT v_new_id[u.t], u.acc, u.cur, u.amt
+      FROM unnest(leg_tx, leg_account, leg_currency, leg_amount) AS u(t, acc, cur, amt)
+     WHERE v_new_id[u.t] IS NOT NULL;
 
     -- 4. Balances. Owned accounts first, locked in id order (no deadlocks between
     --    postings), each with a conditional UPDATE that checks the floor against the
     --    newest committed balance. Then hot accounts: the first bucket nobody else holds.
     FOR bal IN
-        SELECT a.id, a.is_hot,
-               sum(x.amount) * CASE WHEN a.normal_balance = 'debit' THEN 1 ELSE -1 END AS delta
-          FROM unnest(v_new_idx) AS m(n)
-          JOIN jsonb_array_elements(p_transactions) WITH ORDINALITY AS d(doc, n) ON d.n = m.n
-          CROSS JOIN LATERAL jsonb_to_recordset(d.doc -> 'entries')
-               AS x(account_id bigint, amount numeric)
-          JOIN ledger_account a ON a.id = x.account_id
-         GROUP BY a.id, a.is_hot, a.normal_balance
-         ORDER BY a.is_hot, a.id
+        SELECT u.acc AS id, u.hot AS is_hot, sum(u.delta) AS delta
+          FROM unnest(leg_tx, leg_account, leg_delta, leg_hot) AS u(t, acc, delta, hot)
+         WHERE v_new_id[u.t] IS NOT NULL
+         GROUP BY u.acc, u.hot
+         ORDER BY u.hot, u.acc
     LOOP
+        CONTINUE WHEN bal.delta = 0;
         IF NOT bal.is_hot THEN
             UPDATE ledger_balance b
                SET posted = b.posted + bal.delta, version = b.version + 1, updated_at = now()

@@ -50,16 +50,30 @@ def test_orm_update_of_an_entry_is_refused(posted):
         Entry.objects.filter(transaction_id=posted.id).update(amount=Decimal("1"))
 
 
-def test_unbalanced_entries_are_refused_at_commit(world, make_wallet):
+def test_an_entry_insert_that_does_not_balance_is_refused(world, make_wallet):
     wallet = make_wallet(0)
     with pytest.raises(DatabaseError) as caught, transaction.atomic():
         tx = Transaction.objects.create(
             reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
         )
+        # One leg at a time can never balance: the first statement is refused.
         Entry.objects.create(transaction=tx, account=wallet, currency="USD", amount=Decimal("-5"))
-        Entry.objects.create(transaction=tx, account=world, currency="USD", amount=Decimal("4"))
-        sql("SET CONSTRAINTS ALL IMMEDIATE")  # what COMMIT does; the test runs inside a txn
     assert caught.value.__cause__.sqlstate == "LG003"
+
+
+def test_a_multi_row_insert_must_balance_per_currency(world, make_wallet):
+    wallet = make_wallet(0)
+    with pytest.raises(DatabaseError) as caught, transaction.atomic():
+        tx = Transaction.objects.create(
+            reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
+        sql(
+            "INSERT INTO ledger_entry (transaction_id, account_id, currency, amount) "
+            "VALUES (%s, %s, 'USD', -5), (%s, %s, 'USD', 4)",
+            [tx.pk, wallet.pk, tx.pk, world.pk],
+        )
+    assert caught.value.__cause__.sqlstate == "LG003"
+    assert "does not balance in USD" in str(caught.value)
 
 
 def test_entry_currency_must_match_its_account(world, make_wallet):
