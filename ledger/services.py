@@ -179,14 +179,20 @@ def ensure_system_account(
     Safe under concurrency: the unique (code, currency) constraint decides who creates it.
     """
     account = Account.objects.filter(code=code, currency=currency).first()
-    if account is not None:
-        return account
-    try:
-        return create_account(
-            code=code, currency=currency, normal_balance=normal_balance, name=name, is_hot=True
+    if account is None:
+        try:
+            account = create_account(
+                code=code, currency=currency, normal_balance=normal_balance, name=name, is_hot=True
+            )
+        except IntegrityError:
+            account = Account.objects.get(code=code, currency=currency)
+    if account.normal_balance != normal_balance or not account.is_hot:
+        raise errors.InvalidTransaction(
+            f"{code} ({currency}) exists as a {account.normal_balance}-normal "
+            f"{'hot' if account.is_hot else 'owned'} account, not a {normal_balance}-normal "
+            "system account"
         )
-    except IntegrityError:
-        return Account.objects.get(code=code, currency=currency)
+    return account
 
 
 @transaction.atomic

@@ -330,3 +330,11 @@ def test_large_amounts_keep_every_digit(world, make_wallet):
     assert selectors.get_balance(account=wallet).posted == Decimal(
         "24691357802469135780246.000000000002"
     )
+
+
+def test_system_account_with_another_sign_convention_is_refused(world):
+    with pytest.raises(errors.InvalidTransaction, match="debit-normal"):
+        services.ensure_system_account(code="@World", currency="USD", normal_balance="credit")
+    assert services.ensure_system_account(
+        code="@World", currency="USD", normal_balance="debit"
+    ).pk == world.pk
