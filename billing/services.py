@@ -117,6 +117,30 @@ def create_customer(
     return customer
 
 
+CUSTOMER_EDITABLE = frozenset({
+    "name", "email", "address_line1", "address_line2", "city", "state", "postal_code",
+    "country", "tax_id", "metadata",
+})
+
+
+@transaction.atomic
+def update_customer(*, customer: Customer, **changes: Any) -> Customer:
+    """Change a customer's descriptive fields (never its id, currency or billing mode:
+    those shape its wallets and ledger accounts). Only the changed columns are written."""
+    unknown = set(changes) - CUSTOMER_EDITABLE
+    if unknown:
+        raise errors.ValidationFailed(
+            f"cannot change {', '.join(sorted(unknown))} of a customer", param=sorted(unknown)[0]
+        )
+    locked = Customer.objects.select_for_update().get(pk=customer.pk)
+    changed = [field for field, value in changes.items() if getattr(locked, field) != value]
+    for field in changed:
+        setattr(locked, field, changes[field])
+    if changed:
+        locked.save(update_fields=[*changed, "updated_at"])
+    return locked
+
+
 def wallet_for(*, customer: Customer, currency: str | None = None) -> Wallet:
     currency = currency or customer.currency
     wallet = (
@@ -141,10 +165,15 @@ def top_up(
     description: str = "",
     source_code: str = WORLD,
     metadata: dict[str, Any] | None = None,
+    staff_user_id: int | None = None,
 ) -> LedgerTransaction:
     """Add funds to the customer's wallet from the outside world (or a clearing account).
 
-    With a ``reference`` the top-up is idempotent: the same reference posts once."""
+    With a ``reference`` the top-up is idempotent: the same reference posts once. A top-up
+    made by finance staff records who made it."""
+    metadata = dict(metadata or {})
+    if staff_user_id is not None:
+        metadata["staff_user_id"] = staff_user_id
     wallet = wallet_for(customer=customer, currency=currency)
     source = ledger.ensure_system_account(
         code=source_code, currency=wallet.currency, normal_balance=NormalBalance.DEBIT
@@ -153,7 +182,7 @@ def top_up(
         reference=f"top-up:{customer.pk}:{reference or uuid.uuid4().hex}",
         legs=[ledger.debit(source, amount), ledger.credit(wallet.account, amount)],
         description=description or f"Top-up of {amount.normalize():f} {wallet.currency}",
-        metadata={"kind": "top_up", "customer": customer.external_id, **(metadata or {})},
+        metadata={"kind": "top_up", "customer": customer.external_id, **metadata},
     )
 
 
@@ -249,6 +278,13 @@ def ensure_meter(**spec: Any) -> tuple[Meter, bool]:
     return existing, False
 
 
+def rename_meter(*, meter: Meter, name: str, unit: str) -> Meter:
+    """A meter's name and unit may change; what it counts may not."""
+    Meter.objects.filter(pk=meter.pk).update(name=name, unit=unit)
+    meter.name, meter.unit = name, unit
+    return meter
+
+
 @dataclass(frozen=True)
 class TierSpec:
     up_to: Decimal | None
@@ -293,8 +329,10 @@ class PlanSpec:
                 return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
             return value
 
-        body = json.dumps(plain(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()
+        body = plain(self)
+        body["metadata"] = body["metadata"] or {}  # None and {} publish the same plan
+        encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def _validate_plan(spec: PlanSpec) -> None:
@@ -622,9 +660,9 @@ def create_api_key(
 
 
 def revoke_api_key(*, api_key: APIKey) -> APIKey:
-    if api_key.revoked_at is None:
-        api_key.revoked_at = timezone.now()
-        api_key.save(update_fields=["revoked_at"])
+    """Revoke a key; revoking it again keeps the first revocation time."""
+    APIKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
 
 

@@ -1,0 +1,1221 @@
+"""The commercial core in the admin, for finance staff.
+
+Every write goes through ``billing.services`` and so, for money, through the ledger:
+customers are created with their wallet, top-ups and adjustments are ledger transactions
+(recording the staff user), plans are published as new versions and never edited, API key
+secrets are shown once and never stored. What a service owns cannot be edited here.
+Expected failures (``BillingError``, ``LedgerError``) are shown on the form that caused them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from decimal import Decimal, localcontext
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import CharField, F, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Cast, Concat
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.timezone import localtime
+
+from billing import selectors, services
+from billing.api.serializers import ChargeSerializer
+from billing.errors import BillingError
+from billing.models import (
+    PRICE_DIGITS,
+    PRICE_PLACES,
+    APIKey,
+    BillingMode,
+    ConsumptionModel,
+    Customer,
+    IdempotencyRecord,
+    Interval,
+    Plan,
+    PlanCharge,
+    PriceModel,
+    Subscription,
+    SubscriptionPhase,
+    SubscriptionStatus,
+    Wallet,
+)
+from ledger import selectors as ledger_selectors
+from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
+from ledger.errors import LedgerError
+from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES, Balance, NormalBalance
+
+RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
+CURRENCY_RE = r"^[A-Z]{3}$"
+EXTERNAL_ID_RE = r"^[A-Za-z0-9._:@\-]{1,200}$"  # as the API accepts it
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def money(value: Decimal | None, currency: str = "") -> str:
+    """An amount exactly as stored, without trailing zeros beyond the cents:
+    12.5 → "12.50", 0.000002 → "0.000002". Never rounded: finance reads exact figures."""
+    if value is None:
+        return "—"
+    with localcontext(prec=AMOUNT_DIGITS + 2):
+        exact = value.normalize()
+        if exact.as_tuple().exponent > -2:
+            exact = exact.quantize(Decimal("0.01"))
+    return f"{exact:,f} {currency}".strip()
+
+
+def decimal_text(value: Decimal | None) -> str | None:
+    """A Decimal as plain JSON-friendly text without trailing zeros ("1000", "0.000002")."""
+    if value is None:
+        return None
+    with localcontext(prec=AMOUNT_DIGITS + 2):
+        return format(value.normalize(), "f")
+
+
+def timestamp(value) -> str:
+    return "—" if value is None else date_format(localtime(value), "DATETIME_FORMAT")
+
+
+def report_service_error(
+    request: HttpRequest, form: forms.Form, error: BillingError | LedgerError
+) -> None:
+    """Show a service's expected failure: on the form field it names (``param``, e.g.
+    ``charges[0].tiers`` → the charges field), else as an error message."""
+    param = getattr(error, "param", None) or ""
+    field = re.split(r"[.\[]", param, maxsplit=1)[0]
+    if field and field in form.fields:
+        form.add_error(field, error.message if field == param else f"{param}: {error.message}")
+    else:
+        messages.error(request, f"{error.message} ({error.code})")
+
+
+class ServiceFormMixin:
+    """Admin pages whose form ends in one service call (``admin/billing/service_form.html``).
+
+    The form only validates input; the service writes. A failure the service reports is
+    shown on the form, which keeps what was typed."""
+
+    service_form_template = "admin/billing/service_form.html"
+
+    def service_form_response(
+        self,
+        request: HttpRequest,
+        *,
+        form: forms.Form,
+        title: str,
+        submit_label: str,
+        original: Any = None,
+        intro: str = "",
+        facts: Iterable[tuple[str, Any]] = (),
+        fieldsets: list | None = None,
+    ) -> TemplateResponse:
+        admin_form = helpers.AdminForm(
+            form, fieldsets or [(None, {"fields": list(form.fields)})], {}
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "original": original,
+            "adminform": admin_form,
+            "form": form,
+            "intro": intro,
+            "facts": list(facts),
+            "submit_label": submit_label,
+            "media": self.media + admin_form.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.service_form_template, context)
+
+    def run_service(
+        self, request: HttpRequest, form: forms.Form, call: Callable[[], HttpResponse]
+    ) -> HttpResponse | None:
+        """``call()`` once the form is valid; None (re-render the form) if it failed."""
+        if request.method != "POST" or not form.is_valid():
+            return None
+        try:
+            return call()
+        except (BillingError, LedgerError) as error:
+            report_service_error(request, form, error)
+            return None
+
+    def object_or_404(self, request: HttpRequest, object_id: str):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"{self.opts.verbose_name} {object_id!r} does not exist")
+        return obj
+
+    def change_url(self, obj) -> str:
+        return reverse(
+            f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=[obj.pk],
+        )
+
+
+class ExactDecimalField(forms.DecimalField):
+    """A Decimal read from text, never through float; ``places`` beyond the scale refused."""
+
+    def __init__(self, *, digits: int = AMOUNT_DIGITS, places: int = AMOUNT_PLACES, **kwargs):
+        super().__init__(max_digits=digits, decimal_places=places, **kwargs)
+
+
+class PriceField(ExactDecimalField):
+    def __init__(self, **kwargs):
+        super().__init__(digits=PRICE_DIGITS, places=PRICE_PLACES, **kwargs)
+
+
+def admin_link(obj, text: str | None = None) -> str:
+    if obj is None:
+        return "—"
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, text if text is not None else str(obj))
+
+
+# --- customers --------------------------------------------------------------------------------
+
+ADDRESS_FIELDS = ("address_line1", "address_line2", "city", "state", "postal_code", "country")
+# What finance may change on an existing customer. Currency and billing mode belong to the
+# wallets (ledger accounts), the external id to the product, the Stripe id to Stripe.
+CUSTOMER_EDITABLE = services.CUSTOMER_EDITABLE
+
+
+class CustomerCreateForm(forms.ModelForm):
+    external_id = forms.RegexField(
+        EXTERNAL_ID_RE,
+        max_length=200,
+        help_text="The product's own id for the customer: letters, digits and . _ : @ -",
+    )
+    currency = forms.RegexField(
+        CURRENCY_RE, initial="USD", help_text="ISO 4217 code of the customer's wallet."
+    )
+    credit_limit = PriceField(
+        required=False,
+        min_value=Decimal(0),
+        help_text="Postpaid only: how far below zero the wallet may go; empty = no limit.",
+    )
+
+    class Meta:
+        model = Customer
+        fields = [
+            "external_id",
+            "name",
+            "email",
+            "currency",
+            "billing_mode",
+            *ADDRESS_FIELDS,
+            "tax_id",
+            "metadata",
+        ]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("credit_limit") is not None and data.get("billing_mode") != "postpaid":
+            self.add_error("credit_limit", "A credit limit applies to postpaid customers only.")
+        return data
+
+
+class MoneyForm(forms.Form):
+    """What the top-up and adjustment pages share. ``token`` is drawn when the page is
+    shown and becomes the posting's reference: submitting the same page twice posts once."""
+
+    currency = forms.ChoiceField(help_text="The wallet to post to.")
+    token = forms.CharField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, customer: Customer, **kwargs):
+        kwargs.setdefault("initial", {}).setdefault("token", uuid.uuid4().hex)
+        kwargs["initial"].setdefault("currency", customer.currency)
+        super().__init__(*args, **kwargs)
+        currencies = customer.wallets.order_by("currency").values_list("currency", flat=True)
+        self.fields["currency"].choices = [(c, c) for c in currencies]
+        self.order_fields(["amount", "currency"])
+
+    def clean_token(self) -> str:
+        token = self.cleaned_data["token"]
+        if not re.fullmatch(r"[0-9a-f]{32}", token):
+            raise forms.ValidationError("This form has expired; open it again.")
+        return token
+
+
+class TopUpForm(MoneyForm):
+    amount = ExactDecimalField(help_text="Exact, up to 12 decimal places.")
+    description = forms.CharField(
+        max_length=500, required=False, help_text="Optional; e.g. the bank transfer's reference."
+    )
+
+    def clean_amount(self) -> Decimal:
+        amount = self.cleaned_data["amount"]
+        if amount <= 0:
+            raise forms.ValidationError("A top-up must be positive.")
+        return amount
+
+
+class AdjustmentForm(MoneyForm):
+    amount = ExactDecimalField(
+        help_text="Exact, up to 12 decimal places. Positive credits the wallet, negative "
+        "debits it (a prepaid wallet cannot go below zero)."
+    )
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required. Recorded on the ledger transaction with your user id.",
+    )
+
+    def clean_amount(self) -> Decimal:
+        amount = self.cleaned_data["amount"]
+        if amount == 0:
+            raise forms.ValidationError("An adjustment cannot be zero.")
+        return amount
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("An adjustment needs a reason.")
+        return reason
+
+
+def _balance(wallet: Wallet) -> ledger_selectors.BalanceView:
+    """The wallet's balance, read once per wallet and page."""
+    if not hasattr(wallet, "_balance_view"):
+        wallet._balance_view = ledger_selectors.get_balance(account=wallet.account)
+    return wallet._balance_view
+
+
+class WalletInline(ReadOnlyInline):
+    model = Wallet
+    fields = (
+        "currency",
+        "billing_mode",
+        "credit_limit_display",
+        "ledger_account",
+        "posted",
+        "held",
+        "available",
+    )
+    readonly_fields = fields
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("account").order_by("currency")
+
+    @admin.display(description="credit limit")
+    def credit_limit_display(self, wallet):
+        if wallet.billing_mode != BillingMode.POSTPAID:
+            return "— (prepaid)"
+        return "unlimited" if wallet.credit_limit is None else money(wallet.credit_limit)
+
+    @admin.display(description="ledger account")
+    def ledger_account(self, wallet):
+        return admin_link(wallet.account, wallet.account.code)
+
+    @admin.display(description="posted")
+    def posted(self, wallet):
+        return money(_balance(wallet).posted)
+
+    @admin.display(description="held")
+    def held(self, wallet):
+        return money(_balance(wallet).held)
+
+    @admin.display(description="available")
+    def available(self, wallet):
+        return money(_balance(wallet).available)
+
+
+class CustomerSubscriptionInline(ReadOnlyInline):
+    model = Subscription
+    fields = (
+        "plan",
+        "status",
+        "current_period_start",
+        "current_period_end",
+        "cancel_at_period_end",
+        "ended_at",
+    )
+    readonly_fields = fields
+    verbose_name_plural = "subscriptions"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("plan").order_by("-started_at")
+
+
+class SubscriptionStatusFilter(admin.SimpleListFilter):
+    title = "subscription status"
+    parameter_name = "subscription"
+    NONE = "none"
+
+    def lookups(self, request, model_admin):
+        live = [SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE]
+        return [(s.value, s.label) for s in live] + [(self.NONE, "No live subscription")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        live = Subscription.objects.exclude(status=SubscriptionStatus.CANCELED)
+        if value == self.NONE:
+            return queryset.exclude(pk__in=live.values("customer_id"))
+        if value:
+            return queryset.filter(pk__in=live.filter(status=value).values("customer_id"))
+        return queryset
+
+
+@admin.register(Customer)
+class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
+    list_display = (
+        "external_id",
+        "name",
+        "email",
+        "billing_mode",
+        "currency",
+        "live_plan",
+        "available_balance",
+    )
+    list_filter = ("billing_mode", "currency", SubscriptionStatusFilter)
+    search_fields = ("external_id", "name", "email", "tax_id", "stripe_customer_id")
+    ordering = ("-created_at", "-id")
+    fieldsets = (
+        (None, {"fields": ("external_id", "name", "email", "tax_id", "metadata")}),
+        ("Address", {"fields": ADDRESS_FIELDS}),
+        (
+            "Billing",
+            {
+                "fields": (
+                    "currency",
+                    "billing_mode",
+                    "stripe_customer_id",
+                    "created_at",
+                    "updated_at",
+                ),
+            },
+        ),
+        ("Recent ledger activity", {"fields": ("recent_activity",)}),
+    )
+    readonly_fields = (
+        "external_id",
+        "currency",
+        "billing_mode",
+        "stripe_customer_id",
+        "created_at",
+        "updated_at",
+        "recent_activity",
+    )
+    inlines = [WalletInline, CustomerSubscriptionInline]
+    actions = ["top_up_action", "adjust_action"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # its wallets are ledger accounts, kept forever
+
+    def get_queryset(self, request):
+        wallet_available = (
+            Balance.objects.filter(
+                account__wallet__customer=OuterRef("pk"),
+                account__wallet__currency=OuterRef("currency"),
+            )
+            .values("account_id")
+            .annotate(total=Sum(F("posted") - F("held")))
+            .values("total")[:1]
+        )
+        live_plan = (
+            Subscription.objects.filter(customer=OuterRef("pk"))
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .annotate(
+                label=Concat(
+                    F("plan__code"),
+                    Value(" v"),
+                    Cast("plan__version", CharField()),
+                    Value(" ("),
+                    F("status"),
+                    Value(")"),
+                    output_field=CharField(),
+                )
+            )
+            .values("label")[:1]
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_available=Subquery(wallet_available), _live_plan=Subquery(live_plan))
+        )
+
+    @admin.display(description="live subscription", ordering="_live_plan")
+    def live_plan(self, customer):
+        return customer._live_plan or "—"
+
+    @admin.display(description="available", ordering="_available")
+    def available_balance(self, customer):
+        return money(customer._available, customer.currency)
+
+    @admin.display(description="last 20 ledger transactions")
+    def recent_activity(self, customer):
+        own = {a.pk: a for a in selectors.customer_accounts(customer)}
+        transactions = selectors.customer_transactions(customer).order_by("-effective_at", "-id")
+        rows = []
+        for txn in transactions[:RECENT_ACTIVITY]:
+            changes = []
+            for entry in txn.entries.all():
+                if entry.account_id in own:
+                    # In the wallet's own direction: + is money in, − money out.
+                    credit_normal = own[entry.account_id].normal_balance == NormalBalance.CREDIT
+                    change = -entry.amount if credit_normal else entry.amount
+                    changes.append(f"{'+' if change > 0 else ''}{money(change, entry.currency)}")
+            rows.append(
+                (
+                    timestamp(txn.effective_at),
+                    reverse("admin:ledger_transaction_change", args=[txn.pk]),
+                    txn.reference,
+                    txn.description,
+                    ", ".join(changes),
+                )
+            )
+        if not rows:
+            return "No ledger activity yet."
+        return format_html(
+            "<table><thead><tr><th>effective</th><th>transaction</th><th>description</th>"
+            "<th>wallet change</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "",
+                '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td>'
+                '<td style="text-align:right">{}</td></tr>',
+                rows,
+            ),
+        )
+
+    # Creating: through billing.services.create_customer, so the wallet exists from the start.
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = CustomerCreateForm(request.POST or None)
+
+        def create() -> HttpResponse:
+            customer = services.create_customer(**form.cleaned_data)
+            self.log_addition(request, customer, "Created with its wallet in the admin.")
+            messages.success(
+                request, f"Customer {customer} created with a {customer.currency} wallet."
+            )
+            return HttpResponseRedirect(self.change_url(customer))
+
+        return self.run_service(request, form, create) or self.service_form_response(
+            request,
+            form=form,
+            title="Add customer",
+            submit_label="Create customer and wallet",
+            intro="The customer is created with its wallet (a ledger account) in its currency.",
+            fieldsets=[
+                (None, {"fields": ["external_id", "name", "email", "tax_id", "metadata"]}),
+                ("Wallet", {"fields": ["currency", "billing_mode", "credit_limit"]}),
+                ("Address", {"fields": list(ADDRESS_FIELDS)}),
+            ],
+        )
+
+    def save_model(self, request, obj, form, change):
+        # Only the columns finance may change are written: a full save would write back
+        # every other column as it was read (a Stripe id set meanwhile, for one).
+        fields = [f for f in form.changed_data if f in CUSTOMER_EDITABLE]
+        if fields:
+            services.update_customer(customer=obj, **{f: getattr(obj, f) for f in fields})
+
+    # Money: top-ups and adjustments, each one ledger transaction.
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/top-up/", view(self.top_up_view), name="billing_customer_top_up"
+            ),
+            path(
+                "<path:object_id>/adjust/", view(self.adjust_view), name="billing_customer_adjust"
+            ),
+            *super().get_urls(),
+        ]
+
+    def _money_page(self, request, customer, form, *, title, submit_label, post):
+        posted = self.run_service(request, form, post)
+        if posted is not None:
+            return posted
+        facts = [
+            (
+                f"{wallet.currency} wallet ({wallet.billing_mode})",
+                f"available {money(_balance(wallet).available)}, "
+                f"posted {money(_balance(wallet).posted)}",
+            )
+            for wallet in customer.wallets.select_related("account").order_by("currency")
+        ]
+        return self.service_form_response(
+            request,
+            form=form,
+            title=title,
+            submit_label=submit_label,
+            original=customer,
+            facts=facts,
+        )
+
+    def _money_customer(self, request, object_id) -> Customer:
+        customer = self.object_or_404(request, object_id)
+        if not self.has_change_permission(request, customer):
+            raise PermissionDenied
+        return customer
+
+    def top_up_view(self, request, object_id):
+        customer = self._money_customer(request, object_id)
+        form = TopUpForm(request.POST or None, customer=customer)
+
+        def post() -> HttpResponse:
+            data = form.cleaned_data
+            txn = services.top_up(
+                customer=customer,
+                amount=data["amount"],
+                currency=data["currency"],
+                reference=f"admin:{data['token']}",
+                description=data["description"],
+                metadata={"source": "admin"},
+                staff_user_id=request.user.pk,
+            )
+            summary = f"Top-up of {money(data['amount'], data['currency'])}"
+            self.log_change(request, customer, f"{summary}: ledger transaction {txn.reference}")
+            messages.success(request, f"{summary} posted as ledger transaction {txn.reference}.")
+            return HttpResponseRedirect(self.change_url(customer))
+
+        return self._money_page(
+            request,
+            customer,
+            form,
+            title=f"Top up {customer}",
+            submit_label="Post top-up",
+            post=post,
+        )
+
+    def adjust_view(self, request, object_id):
+        customer = self._money_customer(request, object_id)
+        form = AdjustmentForm(request.POST or None, customer=customer)
+
+        def post() -> HttpResponse:
+            data = form.cleaned_data
+            txn = services.adjust_balance(
+                customer=customer,
+                amount=data["amount"],
+                reason=data["reason"],
+                staff_user_id=request.user.pk,
+                currency=data["currency"],
+                reference=f"admin:{data['token']}",
+            )
+            summary = f"Adjustment of {money(data['amount'], data['currency'])}"
+            self.log_change(
+                request,
+                customer,
+                f"{summary} ({data['reason']}): ledger transaction {txn.reference}",
+            )
+            messages.success(request, f"{summary} posted as ledger transaction {txn.reference}.")
+            return HttpResponseRedirect(self.change_url(customer))
+
+        return self._money_page(
+            request,
+            customer,
+            form,
+            title=f"Adjust the balance of {customer}",
+            submit_label="Post adjustment",
+            post=post,
+        )
+
+    def _to_one(self, request, queryset, url_name: str, what: str):
+        if queryset.count() != 1:
+            messages.warning(request, f"Select exactly one customer to {what}.")
+            return None
+        return HttpResponseRedirect(
+            reverse(f"admin:billing_customer_{url_name}", args=[queryset.get().pk])
+        )
+
+    @admin.action(description="Top up the selected customer…", permissions=["change"])
+    def top_up_action(self, request, queryset):
+        return self._to_one(request, queryset, "top_up", "top up")
+
+    @admin.action(description="Adjust the selected customer's balance…", permissions=["change"])
+    def adjust_action(self, request, queryset):
+        return self._to_one(request, queryset, "adjust", "adjust")
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+def tiers_text(charge: PlanCharge) -> str:
+    lines = []
+    previous = None
+    for tier in charge.tiers.all():
+        bound = (
+            f"up to {money(tier.up_to)}"
+            if tier.up_to is not None
+            else (f"above {money(previous)}" if previous is not None else "all units")
+        )
+        price = f"{money(tier.unit_price)} per unit"
+        if tier.flat_fee:
+            price += f" + {money(tier.flat_fee)} flat"
+        lines.append((bound, price))
+        previous = tier.up_to
+    if not lines:
+        return "—"
+    return format_html_join(mark_safe("<br>"), "{}: {}", lines)
+
+
+class PlanChargeInline(ReadOnlyInline):
+    model = PlanCharge
+    fields = (
+        "meter",
+        "price_model",
+        "included",
+        "unit_price_display",
+        "package_size_display",
+        "margin_percent",
+        "tiers",
+    )
+    readonly_fields = fields
+    show_change_link = False
+    verbose_name_plural = "charges (read-only: a published version never changes)"
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("meter")
+            .prefetch_related("tiers")
+            .order_by("id")
+        )
+
+    @admin.display(description="included")
+    def included(self, charge):
+        return money(charge.included_quantity)
+
+    @admin.display(description="unit price")
+    def unit_price_display(self, charge):
+        return money(charge.unit_price)
+
+    @admin.display(description="package size")
+    def package_size_display(self, charge):
+        return money(charge.package_size)
+
+    @admin.display(description="tiers")
+    def tiers(self, charge):
+        return tiers_text(charge)
+
+
+def charges_json(charges: Iterable[services.ChargeSpec]) -> str:
+    """The charges as the JSON the form edits: decimals as exact strings, empty keys left out."""
+    items = []
+    for charge in charges:
+        item: dict[str, Any] = {
+            "meter": charge.meter,
+            "price_model": charge.price_model,
+            "included_quantity": decimal_text(charge.included_quantity),
+            "unit_price": decimal_text(charge.unit_price),
+        }
+        if charge.package_size is not None:
+            item["package_size"] = decimal_text(charge.package_size)
+        if charge.margin_percent is not None:
+            item["margin_percent"] = decimal_text(charge.margin_percent)
+        if charge.tiers:
+            item["tiers"] = [
+                {
+                    "up_to": decimal_text(t.up_to),
+                    "unit_price": decimal_text(t.unit_price),
+                    "flat_fee": decimal_text(t.flat_fee),
+                }
+                for t in charge.tiers
+            ]
+        items.append(item)
+    return json.dumps(items, indent=2)
+
+
+def _flatten_errors(errors: Any, where: str) -> Iterable[str]:
+    """DRF's nested error lists and dicts as "charges[0].meter: …" lines."""
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            if key == "non_field_errors":
+                yield from _flatten_errors(value, where)
+            elif isinstance(key, int):  # an item of a list
+                yield from _flatten_errors(value, f"{where}[{key}]")
+            else:
+                yield from _flatten_errors(value, f"{where}.{key}")
+    elif isinstance(errors, list):
+        for index, value in enumerate(errors):
+            if isinstance(value, str):
+                yield f"{where}: {value}"
+            else:
+                yield from _flatten_errors(value, f"{where}[{index}]")
+    else:
+        yield f"{where}: {errors}"
+
+
+CHARGES_HELP = (
+    "A JSON list, one object per meter: "
+    '<code>{"meter": "tokens", "price_model": "per_unit", "included_quantity": "1000000", '
+    '"unit_price": "0.000002"}</code>. price_model is one of '
+    + ", ".join(PriceModel.values)
+    + '; graduated and volume charges take <code>"tiers": [{"up_to": "1000", "unit_price": '
+    '"0.01", "flat_fee": "0"}, …, {"up_to": null, …}]</code>; package charges take '
+    "package_size; margin_percent is optional. Write decimals as strings: they are kept exactly."
+)
+
+
+class PlanVersionForm(forms.Form):
+    """A new version of an existing plan. Code, currency, interval and consumption model
+    stay: subscriptions move between versions of one plan, which must bill alike."""
+
+    # Not stripped: an untouched form must reproduce the published spec exactly.
+    name = forms.CharField(max_length=200, strip=False)
+    description = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    base_fee = PriceField(min_value=Decimal(0), help_text="Per interval, exact.")
+    trial_days = forms.IntegerField(min_value=0, max_value=3650)
+    units_per_credit = PriceField(
+        required=False, help_text="Credits plans: how many units one credit buys."
+    )
+    charges = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 16, "cols": 90, "style": "font-family: monospace"}),
+        help_text=CHARGES_HELP,
+    )
+
+    def __init__(self, *args, consumption_model: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        if consumption_model != ConsumptionModel.CREDITS:
+            del self.fields["units_per_credit"]
+
+    def clean_description(self) -> str:
+        # Browsers send a textarea's line breaks as CRLF.
+        return self.cleaned_data["description"].replace("\r\n", "\n")
+
+    def clean_charges(self) -> list[dict[str, Any]]:
+        try:
+            raw = json.loads(self.cleaned_data["charges"] or "[]", parse_float=Decimal)
+        except ValueError as error:
+            raise forms.ValidationError(f"Not valid JSON: {error}") from None
+        if not isinstance(raw, list):
+            raise forms.ValidationError("The charges must be a JSON list.")
+        # The API's own input shape, so the admin and the API accept the same charges.
+        serializer = ChargeSerializer(data=raw, many=True)
+        if not serializer.is_valid():
+            raise forms.ValidationError(list(_flatten_errors(serializer.errors, "charges")))
+        return serializer.validated_data
+
+
+class PlanCreateForm(PlanVersionForm):
+    code = forms.SlugField(max_length=100, help_text="Stable; versions share it.")
+    currency = forms.RegexField(CURRENCY_RE, initial="USD")
+    interval = forms.ChoiceField(choices=Interval.choices, initial=Interval.MONTH)
+    consumption_model = forms.ChoiceField(
+        choices=ConsumptionModel.choices, initial=ConsumptionModel.METERED
+    )
+
+    field_order = [
+        "code",
+        "name",
+        "description",
+        "currency",
+        "interval",
+        "consumption_model",
+        "base_fee",
+        "trial_days",
+        "units_per_credit",
+        "charges",
+    ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, consumption_model=ConsumptionModel.CREDITS, **kwargs)
+
+    def clean(self):
+        data = super().clean()
+        credits = data.get("consumption_model") == ConsumptionModel.CREDITS
+        if data.get("units_per_credit") is not None and not credits:
+            self.add_error("units_per_credit", "Only credits plans have units per credit.")
+        return data
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"]
+        if Plan.objects.filter(code=code).exists():
+            raise forms.ValidationError(
+                f"Plan {code!r} exists; publish a new version from its page instead."
+            )
+        return code
+
+
+@admin.register(Plan)
+class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
+    """Read-only: a published version never changes. "Publish new version" opens the
+    version's spec in a form and publishes it through ``billing.services.publish_plan``."""
+
+    list_display = (
+        "code",
+        "version",
+        "name",
+        "currency",
+        "interval",
+        "base_fee_display",
+        "consumption_model",
+        "published_at",
+    )
+    list_filter = ("consumption_model", "interval", "currency")
+    search_fields = ("code", "name")
+    fields = (
+        "code",
+        "version",
+        "name",
+        "description",
+        "currency",
+        "interval",
+        "base_fee_display",
+        "trial_days",
+        "consumption_model",
+        "units_per_credit",
+        "metadata",
+        "spec_hash",
+        "published_at",
+        "published_by",
+    )
+    readonly_fields = fields
+    inlines = [PlanChargeInline]
+    actions = ["publish_new_version_action"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # subscriptions and invoices point at versions
+
+    @admin.display(description="base fee", ordering="base_fee")
+    def base_fee_display(self, plan):
+        return money(plan.base_fee, plan.currency)
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/publish/",
+                self.admin_site.admin_view(self.publish_view),
+                name="billing_plan_publish",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _published(self, request, plan: Plan, created: bool) -> HttpResponse:
+        if created:
+            self.log_addition(request, plan, f"Published version {plan.version} in the admin.")
+            messages.success(request, f"Published {plan.code} version {plan.version}.")
+        else:
+            messages.info(request, f"Plan {plan.code} unchanged, still version {plan.version}.")
+        return HttpResponseRedirect(self.change_url(plan))
+
+    def publish_view(self, request, object_id):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        plan = self.object_or_404(request, object_id)
+        spec = services.plan_spec_of(plan)
+        latest = services.latest_plan(code=plan.code)
+        form = PlanVersionForm(
+            request.POST or None,
+            consumption_model=plan.consumption_model,
+            initial={
+                "name": spec.name,
+                "description": spec.description,
+                "base_fee": decimal_text(spec.base_fee),
+                "trial_days": spec.trial_days,
+                "units_per_credit": decimal_text(spec.units_per_credit),
+                "charges": charges_json(spec.charges),
+            },
+        )
+
+        def publish() -> HttpResponse:
+            data = form.cleaned_data
+            new_spec = selectors.plan_spec_from_validated(
+                {
+                    "code": spec.code,
+                    "currency": spec.currency,
+                    "interval": spec.interval,
+                    "consumption_model": spec.consumption_model,
+                    "metadata": spec.metadata,
+                    "units_per_credit": data.get("units_per_credit", spec.units_per_credit),
+                    **{
+                        k: data[k]
+                        for k in ("name", "description", "base_fee", "trial_days", "charges")
+                    },
+                }
+            )
+            return self._published(
+                request, *services.publish_plan(spec=new_spec, published_by_id=request.user.pk)
+            )
+
+        intro = (
+            f"Publishing creates version {latest.version + 1} of {plan.code}; version "
+            f"{plan.version} stays as it is for the subscriptions on it. An unchanged form "
+            "publishes nothing."
+        )
+        if latest.pk != plan.pk:
+            intro += (
+                f" Note: this form starts from version {plan.version}, not from the latest "
+                f"version {latest.version}."
+            )
+        return self.run_service(request, form, publish) or self.service_form_response(
+            request,
+            form=form,
+            title=f"Publish a new version of {plan.code}",
+            submit_label="Publish new version",
+            original=plan,
+            intro=intro,
+            facts=[
+                ("code", plan.code),
+                ("currency", plan.currency),
+                ("interval", plan.get_interval_display()),
+                ("consumption model", plan.get_consumption_model_display()),
+            ],
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = PlanCreateForm(
+            request.POST or None, initial={"charges": "[]", "trial_days": 0, "base_fee": "0"}
+        )
+
+        def publish() -> HttpResponse:
+            spec = selectors.plan_spec_from_validated({**form.cleaned_data, "metadata": None})
+            return self._published(
+                request, *services.publish_plan(spec=spec, published_by_id=request.user.pk)
+            )
+
+        return self.run_service(request, form, publish) or self.service_form_response(
+            request,
+            form=form,
+            title="Publish a new plan",
+            submit_label="Publish version 1",
+            intro="A plan is published as version 1 and never changes afterwards; later "
+            "edits publish new versions.",
+        )
+
+    @admin.action(description="Publish a new version of the selected plan…", permissions=["add"])
+    def publish_new_version_action(self, request, queryset):
+        if queryset.count() != 1:
+            messages.warning(request, "Select exactly one plan version to start from.")
+            return None
+        return HttpResponseRedirect(reverse("admin:billing_plan_publish", args=[queryset.get().pk]))
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+
+class SubscriptionPhaseInline(ReadOnlyInline):
+    model = SubscriptionPhase
+    fields = ("plan", "starts_at", "ends_at")
+    readonly_fields = fields
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("plan").order_by("starts_at", "id")
+
+
+class PlanCodeFilter(admin.AllValuesFieldListFilter):
+    title = "plan"
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "customer_link",
+        "plan_version",
+        "status",
+        "current_period",
+        "cancel_at_period_end",
+    )
+    list_filter = ("status", ("plan__code", PlanCodeFilter), "cancel_at_period_end")
+    search_fields = ("customer__external_id",)
+    list_select_related = ("customer", "plan")
+    readonly_fields = [f.name for f in Subscription._meta.fields]
+    inlines = [SubscriptionPhaseInline]
+    actions = ["cancel_at_period_end_action", "cancel_now_action"]
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("billing.change_subscription")
+
+    @admin.display(description="customer", ordering="customer__external_id")
+    def customer_link(self, subscription):
+        return admin_link(subscription.customer)
+
+    @admin.display(description="plan", ordering="plan__code")
+    def plan_version(self, subscription):
+        return f"{subscription.plan.code}@v{subscription.plan.version}"
+
+    @admin.display(description="current period", ordering="current_period_start")
+    def current_period(self, subscription):
+        return (
+            f"{timestamp(subscription.current_period_start)} → "
+            f"{timestamp(subscription.current_period_end)}"
+        )
+
+    def _cancel(self, request, queryset: QuerySet[Subscription], *, at_period_end: bool, action):
+        queryset = queryset.select_related("customer", "plan")
+        if request.POST.get("post") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Cancel at period end" if at_period_end else "Cancel now",
+                "opts": self.opts,
+                "subscriptions": queryset,
+                "action": action,
+                "at_period_end": at_period_end,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            request.current_app = self.admin_site.name
+            return TemplateResponse(
+                request, "admin/billing/subscription/cancel_confirmation.html", context
+            )
+        done = 0
+        for subscription in queryset:
+            try:
+                services.cancel_subscription(
+                    subscription_id=subscription.pk, at_period_end=at_period_end
+                )
+            except BillingError as error:
+                messages.error(request, f"{subscription}: {error.message} ({error.code})")
+                continue
+            done += 1
+            what = "at period end" if at_period_end else "now"
+            self.log_change(request, subscription, f"Canceled {what} in the admin.")
+        if done:
+            when = "at the end of their period" if at_period_end else "now"
+            messages.success(request, f"{done} subscription(s) canceled {when}.")
+        return None
+
+    @admin.action(description="Cancel at period end…", permissions=["cancel"])
+    def cancel_at_period_end_action(self, request, queryset):
+        return self._cancel(
+            request, queryset, at_period_end=True, action="cancel_at_period_end_action"
+        )
+
+    @admin.action(description="Cancel now…", permissions=["cancel"])
+    def cancel_now_action(self, request, queryset):
+        return self._cancel(request, queryset, at_period_end=False, action="cancel_now_action")
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+class APIKeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("active", "revoked"):
+            return queryset.filter(revoked_at__isnull=self.value() == "active")
+        return queryset
+
+
+class APIKeyCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Which backend uses it, e.g. prod-api.")
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in APIKey.SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        initial=["read", "write", "ingest"],
+    )
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(ServiceFormMixin, admin.ModelAdmin):
+    """Keys are created and revoked, never edited; the secret is shown once."""
+
+    list_display = (
+        "name",
+        "prefix",
+        "scopes_display",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = (APIKeyStatusFilter,)
+    search_fields = ("name", "prefix")
+    list_select_related = ("created_by",)
+    # secret_hash stays out of sight: it is of no use to a person.
+    fields = (
+        "name",
+        "prefix",
+        "scopes_display",
+        "rate_limit_per_minute",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    )
+    readonly_fields = fields
+    actions = ["revoke_action"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("billing.change_apikey")
+
+    @admin.display(description="scopes")
+    def scopes_display(self, key):
+        return ", ".join(key.scopes)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = APIKeyCreateForm(request.POST or None)
+
+        def create() -> HttpResponse:
+            key, secret = services.create_api_key(
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
+                created_by_id=request.user.pk,
+            )
+            self.log_addition(request, key, "Created in the admin.")
+            # The one time the secret exists outside its owner's hands: only its hash is kept.
+            messages.warning(
+                request,
+                format_html(
+                    "API key “{}” created. Copy its secret now, it will not be shown again: "
+                    "<code>{}</code>",
+                    key.name,
+                    secret,
+                ),
+            )
+            return HttpResponseRedirect(self.change_url(key))
+
+        return self.run_service(request, form, create) or self.service_form_response(
+            request,
+            form=form,
+            title="Add API key",
+            submit_label="Create key",
+            intro="The secret is shown once, after creating the key; only its hash is stored.",
+        )
+
+    @admin.action(description="Revoke the selected API keys", permissions=["revoke"])
+    def revoke_action(self, request, queryset):
+        revoked = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            services.revoke_api_key(api_key=key)
+            self.log_change(request, key, "Revoked in the admin.")
+            revoked += 1
+        messages.success(request, f"{revoked} API key(s) revoked.")
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ReadOnlyAdmin):
+    list_display = ("key", "api_key", "method", "path", "status_code", "created_at")
+    list_filter = ("method", "status_code")
+    search_fields = ("key", "path")
+    list_select_related = ("api_key",)
+    readonly_fields = [f.name for f in IdempotencyRecord._meta.fields]
+    show_full_result_count = False

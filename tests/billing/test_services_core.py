@@ -1,0 +1,56 @@
+"""Service-level rules of the commercial core that the API and admin tests rely on."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing import errors, services
+from billing.models import APIKey
+from tests.conftest import unique
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def meter():
+    return services.create_meter(
+        code=unique("m"), event_name="llm.completion", aggregation="sum",
+        property="usage.output_tokens",
+    )
+
+
+@pytest.mark.parametrize("metadata", [None, {}])
+def test_republishing_a_plan_read_back_is_unchanged(meter, metadata):
+    spec = services.PlanSpec(
+        code=unique("plan"), name="Pro", base_fee=Decimal("49.00"), metadata=metadata,
+        charges=(services.ChargeSpec(meter=meter.code, unit_price=Decimal("0.000002")),),
+    )
+    plan, created = services.publish_plan(spec=spec)
+    assert created
+    again, created_again = services.publish_plan(spec=services.plan_spec_of(plan))
+    assert (again.pk, created_again) == (plan.pk, False)
+
+
+def test_update_customer_changes_only_descriptive_fields():
+    customer = services.create_customer(external_id=unique("c"), name="Acme")
+    updated = services.update_customer(customer=customer, name="Acme Inc", city="Berlin")
+    assert (updated.name, updated.city) == ("Acme Inc", "Berlin")
+    with pytest.raises(errors.ValidationFailed) as caught:
+        services.update_customer(customer=customer, currency="EUR")
+    assert caught.value.param == "currency"
+
+
+def test_revoking_twice_keeps_the_first_time():
+    key, _ = services.create_api_key(name="k", scopes=["read"])
+    first = services.revoke_api_key(api_key=key).revoked_at
+    assert first is not None
+    stale = APIKey.objects.get(pk=key.pk)
+    assert services.revoke_api_key(api_key=stale).revoked_at == first
+
+
+def test_top_up_records_the_staff_user():
+    customer = services.create_customer(external_id=unique("c"), name="Acme")
+    posted = services.top_up(customer=customer, amount=Decimal("5"), staff_user_id=7)
+    assert posted.metadata["staff_user_id"] == 7
