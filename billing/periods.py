@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 MONTHS_PER_INTERVAL = {"month": 1, "year": 12}
 MICROSECOND = timedelta(microseconds=1)
@@ -63,7 +63,8 @@ def prorate(
     whole = (period_end - period_start) // MICROSECOND
     if used == whole:
         return amount
-    return (amount * used / whole).quantize(PRORATION_QUANTUM, rounding=ROUND_HALF_EVEN)
+    with localcontext(prec=60):  # exact for every amount a price field can hold
+        return (amount * used / whole).quantize(PRORATION_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def utc(moment: datetime) -> datetime:

@@ -141,7 +141,7 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         metadata=data.get("metadata") or None,
         charges=tuple(
             ChargeSpec(
-                meter=c["meter"].code,
+                meter=c["meter"]["code"],
                 price_model=c["price_model"],
                 included_quantity=c["included_quantity"],
                 unit_price=c["unit_price"],

@@ -117,10 +117,20 @@ def create_customer(
     return customer
 
 
-CUSTOMER_EDITABLE = frozenset({
-    "name", "email", "address_line1", "address_line2", "city", "state", "postal_code",
-    "country", "tax_id", "metadata",
-})
+CUSTOMER_EDITABLE = frozenset(
+    {
+        "name",
+        "email",
+        "address_line1",
+        "address_line2",
+        "city",
+        "state",
+        "postal_code",
+        "country",
+        "tax_id",
+        "metadata",
+    }
+)
 
 
 @transaction.atomic
@@ -622,10 +632,11 @@ def cancel_subscription(
         subscription.cancel_at_period_end = True
         subscription.save(update_fields=["cancel_at_period_end"])
         return subscription
-    subscription.phases.filter(ends_at__isnull=True).update(ends_at=now)
+    ended_at = max(now, subscription.started_at)  # a start a moment ahead ends no earlier
+    subscription.phases.filter(ends_at__isnull=True).update(ends_at=ended_at)
     subscription.status = SubscriptionStatus.CANCELED
     subscription.canceled_at = now
-    subscription.ended_at = now
+    subscription.ended_at = ended_at
     subscription.save(update_fields=["status", "canceled_at", "ended_at"])
     return subscription
 

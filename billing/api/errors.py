@@ -70,6 +70,8 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
     """(param, message, drf code) of the first field error in a nested ValidationError."""
     if isinstance(detail, dict):
         for key, value in detail.items():
+            if isinstance(key, int):  # DRF reports errors in lists of objects by index
+                return _first_validation_error(value, f"{path}[{key}]")
             name = "" if key == "non_field_errors" else str(key)
             sub = f"{path}.{name}" if path and name else (name or path)
             return _first_validation_error(value, sub)

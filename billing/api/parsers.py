@@ -22,5 +22,7 @@ class ExactJSONParser(JSONParser):
         try:
             decoded = codecs.getreader(encoding)(stream)
             return json.load(decoded, parse_float=Decimal, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise ParseError("the body is not valid JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"the body is not valid JSON: {exc}") from None

@@ -42,11 +42,30 @@ class Price(Money):
         super().__init__(**kwargs)
 
 
+def decimals_to_strings(value):
+    """JSON numbers with a fraction arrive as Decimal (never float); free-form JSON such as
+    metadata keeps them as decimal strings, exactly as sent."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: decimals_to_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decimals_to_strings(v) for v in value]
+    return value
+
+
+class ExactJSONValue(serializers.JSONField):
+    def to_internal_value(self, data):
+        return super().to_internal_value(decimals_to_strings(data))
+
+
 class MetadataField(serializers.DictField):
+    """Free-form key → JSON value; numbers with a fraction are stored as decimal strings."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
         kwargs.setdefault("default", dict)
-        super().__init__(child=serializers.JSONField(), **kwargs)
+        super().__init__(child=ExactJSONValue(), **kwargs)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
@@ -180,7 +199,7 @@ class CustomerCreateSerializer(serializers.Serializer):
         help_text="Your own id for the customer: letters, digits and . _ : @ -",
     )
     name = serializers.CharField(max_length=200)
-    email = serializers.EmailField(required=False, allow_blank=True, default="")
+    email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
     currency = serializers.RegexField(
         CURRENCY_RE,
         required=False,
@@ -246,7 +265,7 @@ class EntrySerializer(serializers.Serializer):
 
     def to_representation(self, entry):
         data = super().to_representation(entry)
-        data["amount"] = str(abs(entry.amount))
+        data["amount"] = self.fields["amount"].to_representation(abs(entry.amount))
         return data
 
 
@@ -268,7 +287,7 @@ class MeterSerializer(serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     aggregation = serializers.ChoiceField(choices=Aggregation.choices)
     filters = serializers.DictField(
-        child=serializers.ListField(child=serializers.JSONField()), required=False, default=dict
+        child=serializers.ListField(child=ExactJSONValue()), required=False, default=dict
     )
     group_by = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, default=list, max_length=10
@@ -308,7 +327,9 @@ class TierSerializer(serializers.ModelSerializer):
 
 
 class ChargeSerializer(serializers.ModelSerializer):
-    meter = serializers.SlugRelatedField(slug_field="code", queryset=Meter.objects.all())
+    meter = serializers.SlugField(
+        max_length=100, source="meter.code", help_text="The code of an existing meter."
+    )
     price_model = serializers.ChoiceField(choices=PriceModel.choices, default="per_unit")
     included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
     unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
@@ -376,7 +397,10 @@ class SubscriptionCreateSerializer(serializers.Serializer):
     customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
     plan = serializers.SlugField(max_length=100, help_text="The plan's code.")
     plan_version = serializers.IntegerField(
-        required=False, min_value=1, help_text="Defaults to the latest version."
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Defaults to the latest version.",
     )
     start = serializers.DateTimeField(
         required=False, help_text="May lie in the past (customers migrating in)."
@@ -388,7 +412,7 @@ class SubscriptionCreateSerializer(serializers.Serializer):
 
 class SubscriptionChangeSerializer(serializers.Serializer):
     plan = serializers.SlugField(max_length=100)
-    plan_version = serializers.IntegerField(required=False, min_value=1)
+    plan_version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     at = serializers.ChoiceField(choices=["now", "period_end"], default="now")
 
 
