@@ -59,8 +59,9 @@ class PricingFileInvalid(errors.BillingError):
 
     code = "invalid_pricing_file"
 
-    def __init__(self, reason: str, *, source: str, location: str | None = None,
-                 line: int | None = None):
+    def __init__(
+        self, reason: str, *, source: str, location: str | None = None, line: int | None = None
+    ):
         self.reason, self.source, self.location, self.line = reason, source, location, line
         super().__init__(_located_message(reason, source, location, line), param=location)
 
@@ -128,12 +129,18 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map
             duplicate = id(key_node) in written and key in seen
         except TypeError:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                "found an unhashable key", key_node.start_mark) from None
+                "while constructing a mapping",
+                node.start_mark,
+                "found an unhashable key",
+                key_node.start_mark,
+            ) from None
         if duplicate:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"found duplicate key {key!r}", key_node.start_mark)
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
         if id(key_node) in written:
             seen.add(key)
         mapping[key] = loader.construct_object(value_node, deep=True)
@@ -174,11 +181,17 @@ def _json_number(text: str) -> _Number:
 def _load(text: str, *, source: str, format: str) -> Any:
     if format == "json":
         try:
-            return json.loads(text, object_pairs_hook=_json_object, parse_float=_json_number,
-                              parse_int=_json_number, parse_constant=_refuse_constant)
+            return json.loads(
+                text,
+                object_pairs_hook=_json_object,
+                parse_float=_json_number,
+                parse_int=_json_number,
+                parse_constant=_refuse_constant,
+            )
         except json.JSONDecodeError as exc:
-            raise PricingFileInvalid(f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                     source=source, line=exc.lineno) from None
+            raise PricingFileInvalid(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=exc.lineno
+            ) from None
         except ValueError as exc:
             raise PricingFileInvalid(f"invalid JSON: {exc}", source=source) from None
     try:
@@ -190,8 +203,9 @@ def _load(text: str, *, source: str, format: str) -> Any:
         reason = f"invalid YAML: {context + ': ' if context else ''}{problem}"
         if mark is not None:
             reason += f" (column {mark.column + 1})"
-        raise PricingFileInvalid(reason, source=source,
-                                 line=mark.line + 1 if mark is not None else None) from None
+        raise PricingFileInvalid(
+            reason, source=source, line=mark.line + 1 if mark is not None else None
+        ) from None
 
 
 def _detect_format(text: str, path: str | None) -> str:
@@ -276,8 +290,9 @@ class _Parser:
     # errors and locations
 
     def fail(self, location: str | None, reason: str) -> NoReturn:
-        raise PricingFileInvalid(reason, source=self.source, location=location,
-                                 line=_nearest_line(self.lines, location))
+        raise PricingFileInvalid(
+            reason, source=self.source, location=location, line=_nearest_line(self.lines, location)
+        )
 
     def note(self, location: str, container: Any, key: Any = None) -> None:
         line = None
@@ -306,8 +321,9 @@ class _Parser:
 
     # structure
 
-    def mapping(self, value: Any, where: str, *, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> dict[str, Any]:
+    def mapping(
+        self, value: Any, where: str, *, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             self.fail(where or None, f"expected a mapping, got {self.describe(value)}")
         self.note(where, value)
@@ -315,8 +331,7 @@ class _Parser:
             location = f"{where}.{key}" if where else str(key)
             self.note(location, value, key)
             if key not in allowed:
-                self.fail(location, f"unknown field {key!r}; expected one of "
-                                    f"{', '.join(allowed)}")
+                self.fail(location, f"unknown field {key!r}; expected one of {', '.join(allowed)}")
         for key in required:
             if key not in value:
                 self.fail(where or None, f"missing required field {key!r}")
@@ -333,9 +348,18 @@ class _Parser:
 
     # scalars
 
-    def string(self, data: dict, key: str, where: str, *, default: Any = _MISSING,
-               max_length: int = 200, pattern: re.Pattern | None = None,
-               hint: str = "", blank: bool = True) -> str:
+    def string(
+        self,
+        data: dict,
+        key: str,
+        where: str,
+        *,
+        default: Any = _MISSING,
+        max_length: int = 200,
+        pattern: re.Pattern | None = None,
+        hint: str = "",
+        blank: bool = True,
+    ) -> str:
         value = data.get(key, _MISSING)
         location = f"{where}.{key}"
         if value is _MISSING:
@@ -353,16 +377,24 @@ class _Parser:
             self.fail(location, hint or f"must match {pattern.pattern}")
         return value
 
-    def choice(self, data: dict, key: str, where: str, *, choices: list[str],
-               default: str) -> str:
+    def choice(self, data: dict, key: str, where: str, *, choices: list[str], default: str) -> str:
         value = self.string(data, key, where, default=default)
         if value not in choices:
             self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def decimal(self, data: dict, key: str, where: str, *, default: Any = _MISSING,
-                nullable: bool = False, digits: int = PRICE_DIGITS,
-                places: int = PRICE_PLACES, positive: bool = False) -> Any:
+    def decimal(
+        self,
+        data: dict,
+        key: str,
+        where: str,
+        *,
+        default: Any = _MISSING,
+        nullable: bool = False,
+        digits: int = PRICE_DIGITS,
+        places: int = PRICE_PLACES,
+        positive: bool = False,
+    ) -> Any:
         value = data.get(key, _MISSING)
         location = f"{where}.{key}"
         if value is _MISSING:
@@ -395,15 +427,19 @@ class _Parser:
             significant.pop()
             exponent += 1
         if exponent < -places:
-            self.fail(location, f"{text} has more than {places} decimal places "
-                                "(it would be rounded; amounts are kept exactly)")
+            self.fail(
+                location,
+                f"{text} has more than {places} decimal places "
+                "(it would be rounded; amounts are kept exactly)",
+            )
         if amount >= Decimal(10) ** (digits - places):
-            self.fail(location, f"{text} is too large (at most {digits - places} digits "
-                                "before the decimal point)")
+            self.fail(
+                location,
+                f"{text} is too large (at most {digits - places} digits before the decimal point)",
+            )
         return amount
 
-    def integer(self, data: dict, key: str, where: str, *, default: int,
-                maximum: int) -> int:
+    def integer(self, data: dict, key: str, where: str, *, default: int, maximum: int) -> int:
         value = data.get(key, _MISSING)
         location = f"{where}.{key}"
         if value is _MISSING:
@@ -453,16 +489,21 @@ class _Parser:
         if "version" in root:
             version = root["version"]
             if not (isinstance(version, _Number) and version.native == FORMAT_VERSION):
-                self.fail("version", f"this loader reads format version {FORMAT_VERSION}, "
-                                     f"got {self.describe(version)}")
+                self.fail(
+                    "version",
+                    f"this loader reads format version {FORMAT_VERSION}, "
+                    f"got {self.describe(version)}",
+                )
         if "meters" not in root and "plans" not in root:
             self.fail(None, "expected at least one of 'meters' and 'plans'")
-        meters = tuple(self.meter(item, f"meters[{i}]")
-                       for i, item in enumerate(self.sequence(root.get("meters", _MISSING),
-                                                              "meters")))
-        plans = tuple(self.plan(item, f"plans[{i}]")
-                      for i, item in enumerate(self.sequence(root.get("plans", _MISSING),
-                                                             "plans")))
+        meters = tuple(
+            self.meter(item, f"meters[{i}]")
+            for i, item in enumerate(self.sequence(root.get("meters", _MISSING), "meters"))
+        )
+        plans = tuple(
+            self.plan(item, f"plans[{i}]")
+            for i, item in enumerate(self.sequence(root.get("plans", _MISSING), "plans"))
+        )
         self.unique([m.code for m in meters], "meters", "meter")
         self.unique([p.code for p in plans], "plans", "plan")
         return meters, plans
@@ -471,52 +512,87 @@ class _Parser:
         first: dict[str, int] = {}
         for i, code in enumerate(codes):
             if code in first:
-                self.fail(f"{where}[{i}].code", f"{noun} {code!r} is declared twice "
-                                                f"(first at {where}[{first[code]}])")
+                self.fail(
+                    f"{where}[{i}].code",
+                    f"{noun} {code!r} is declared twice (first at {where}[{first[code]}])",
+                )
             first[code] = i
 
     def meter(self, value: Any, where: str) -> MeterSpec:
-        data = self.mapping(value, where, required=("code", "event_name", "aggregation"),
-                            allowed=("code", "name", "event_name", "aggregation", "property",
-                                     "filters", "group_by", "unit"))
-        aggregation = self.choice(data, "aggregation", where, choices=Aggregation.values,
-                                  default="")
+        data = self.mapping(
+            value,
+            where,
+            required=("code", "event_name", "aggregation"),
+            allowed=(
+                "code",
+                "name",
+                "event_name",
+                "aggregation",
+                "property",
+                "filters",
+                "group_by",
+                "unit",
+            ),
+        )
+        aggregation = self.choice(
+            data, "aggregation", where, choices=Aggregation.values, default=""
+        )
         prop = self.string(data, "property", where, default="")
         if aggregation != Aggregation.COUNT and not prop.strip():
-            self.fail(where, f"a {aggregation} meter needs 'property', the path of the value "
-                             "it reads (e.g. usage.output_tokens)")
+            self.fail(
+                where,
+                f"a {aggregation} meter needs 'property', the path of the value "
+                "it reads (e.g. usage.output_tokens)",
+            )
         filters: dict[str, list[Any]] = {}
         raw_filters = data.get("filters", {})
         if not isinstance(raw_filters, dict):
-            self.fail(f"{where}.filters", "expected a mapping of property path to allowed "
-                                          f"values, got {self.describe(raw_filters)}")
+            self.fail(
+                f"{where}.filters",
+                "expected a mapping of property path to allowed "
+                f"values, got {self.describe(raw_filters)}",
+            )
         for path, allowed_values in raw_filters.items():
             location = f"{where}.filters.{path}"
             self.note(location, raw_filters, path)
             if not isinstance(path, str) or not path.strip():
-                self.fail(f"{where}.filters", f"a filter key is a property path, got "
-                                              f"{self.describe(path)}")
+                self.fail(
+                    f"{where}.filters",
+                    f"a filter key is a property path, got {self.describe(path)}",
+                )
             if not isinstance(allowed_values, list) or not allowed_values:
-                self.fail(location, "expected a non-empty list of allowed values, "
-                                    f"got {self.describe(allowed_values)}")
+                self.fail(
+                    location,
+                    "expected a non-empty list of allowed values, "
+                    f"got {self.describe(allowed_values)}",
+                )
             values = self.plain(allowed_values, location)
             if any(isinstance(v, dict | list) for v in values):
                 self.fail(location, "allowed values are strings, numbers, booleans or null")
             filters[path] = values
         group_by = []
-        for i, dimension in enumerate(self.sequence(data.get("group_by", _MISSING),
-                                                    f"{where}.group_by")):
+        for i, dimension in enumerate(
+            self.sequence(data.get("group_by", _MISSING), f"{where}.group_by")
+        ):
             if not isinstance(dimension, str) or not dimension.strip():
-                self.fail(f"{where}.group_by[{i}]", "expected a property path, got "
-                                                    f"{self.describe(dimension)}")
+                self.fail(
+                    f"{where}.group_by[{i}]",
+                    f"expected a property path, got {self.describe(dimension)}",
+                )
             if len(dimension) > 100:
                 self.fail(f"{where}.group_by[{i}]", "at most 100 characters")
             group_by.append(dimension)
         if len(group_by) > MAX_GROUP_BY:
             self.fail(f"{where}.group_by", f"at most {MAX_GROUP_BY} dimensions")
         return MeterSpec(
-            code=self.string(data, "code", where, max_length=100, pattern=SLUG_RE,
-                             hint="a code is letters, digits, '-' and '_'"),
+            code=self.string(
+                data,
+                "code",
+                where,
+                max_length=100,
+                pattern=SLUG_RE,
+                hint="a code is letters, digits, '-' and '_'",
+            ),
             name=self.string(data, "name", where, default=None),
             event_name=self.string(data, "event_name", where, blank=False),
             aggregation=aggregation,
@@ -527,79 +603,141 @@ class _Parser:
         )
 
     def plan(self, value: Any, where: str) -> services.PlanSpec:
-        data = self.mapping(value, where, required=("code", "name"), allowed=(
-            "code", "name", "description", "currency", "interval", "base_fee", "trial_days",
-            "consumption_model", "units_per_credit", "metadata", "charges"))
-        code = self.string(data, "code", where, max_length=100, pattern=SLUG_RE,
-                           hint="a code is letters, digits, '-' and '_'")
+        data = self.mapping(
+            value,
+            where,
+            required=("code", "name"),
+            allowed=(
+                "code",
+                "name",
+                "description",
+                "currency",
+                "interval",
+                "base_fee",
+                "trial_days",
+                "consumption_model",
+                "units_per_credit",
+                "metadata",
+                "charges",
+            ),
+        )
+        code = self.string(
+            data,
+            "code",
+            where,
+            max_length=100,
+            pattern=SLUG_RE,
+            hint="a code is letters, digits, '-' and '_'",
+        )
         name = self.string(data, "name", where, blank=False)
-        consumption_model = self.choice(data, "consumption_model", where,
-                                        choices=ConsumptionModel.values,
-                                        default=ConsumptionModel.METERED)
-        units_per_credit = self.decimal(data, "units_per_credit", where, default=None,
-                                        nullable=True, positive=True)
+        consumption_model = self.choice(
+            data,
+            "consumption_model",
+            where,
+            choices=ConsumptionModel.values,
+            default=ConsumptionModel.METERED,
+        )
+        units_per_credit = self.decimal(
+            data, "units_per_credit", where, default=None, nullable=True, positive=True
+        )
         if consumption_model == ConsumptionModel.CREDITS and units_per_credit is None:
-            self.fail(where, "a credits plan needs 'units_per_credit' (how many units one "
-                             "credit buys)")
+            self.fail(
+                where, "a credits plan needs 'units_per_credit' (how many units one credit buys)"
+            )
         if consumption_model != ConsumptionModel.CREDITS and units_per_credit is not None:
             self.fail(f"{where}.units_per_credit", "applies to credits plans only")
         metadata = None
         if "metadata" in data:
             if not isinstance(data["metadata"], dict):
-                self.fail(f"{where}.metadata",
-                          f"expected a mapping, got {self.describe(data['metadata'])}")
+                self.fail(
+                    f"{where}.metadata",
+                    f"expected a mapping, got {self.describe(data['metadata'])}",
+                )
             metadata = self.plain(data["metadata"], f"{where}.metadata")
             if len(metadata) > MAX_METADATA_KEYS:
                 self.fail(f"{where}.metadata", f"at most {MAX_METADATA_KEYS} keys")
         spec = services.PlanSpec(
             code=code,
             name=name,
-            description=self.string(data, "description", where, default="",
-                                    max_length=10_000),
-            currency=self.string(data, "currency", where, default="USD", pattern=CURRENCY_RE,
-                                 hint="an ISO 4217 code such as USD"),
-            interval=self.choice(data, "interval", where, choices=Interval.values,
-                                 default=Interval.MONTH),
+            description=self.string(data, "description", where, default="", max_length=10_000),
+            currency=self.string(
+                data,
+                "currency",
+                where,
+                default="USD",
+                pattern=CURRENCY_RE,
+                hint="an ISO 4217 code such as USD",
+            ),
+            interval=self.choice(
+                data, "interval", where, choices=Interval.values, default=Interval.MONTH
+            ),
             base_fee=self.decimal(data, "base_fee", where, default=Decimal(0)),
-            trial_days=self.integer(data, "trial_days", where, default=0,
-                                    maximum=MAX_TRIAL_DAYS),
+            trial_days=self.integer(data, "trial_days", where, default=0, maximum=MAX_TRIAL_DAYS),
             consumption_model=consumption_model,
             units_per_credit=units_per_credit,
             metadata=metadata or None,
-            charges=tuple(self.charge(item, f"{where}.charges[{i}]") for i, item in
-                          enumerate(self.sequence(data.get("charges", _MISSING),
-                                                  f"{where}.charges"))),
+            charges=tuple(
+                self.charge(item, f"{where}.charges[{i}]")
+                for i, item in enumerate(
+                    self.sequence(data.get("charges", _MISSING), f"{where}.charges")
+                )
+            ),
         )
         # The rules publish_plan applies (one charge per meter, increasing tier bounds, …),
         # checked now so that a bad file fails before anything is written.
         try:
-            services._validate_plan(spec)
+            services.validate_plan_spec(spec)
         except errors.BillingError as exc:
             self.fail(f"{where}.{exc.param}" if exc.param else where, exc.message)
         return spec
 
     def charge(self, value: Any, where: str) -> services.ChargeSpec:
-        data = self.mapping(value, where, required=("meter",), allowed=(
-            "meter", "price_model", "included_quantity", "unit_price", "package_size",
-            "margin_percent", "tiers"))
-        meter = self.string(data, "meter", where, max_length=100, pattern=SLUG_RE,
-                            hint="a meter code is letters, digits, '-' and '_'")
-        price_model = self.choice(data, "price_model", where, choices=PriceModel.values,
-                                  default=PriceModel.PER_UNIT)
+        data = self.mapping(
+            value,
+            where,
+            required=("meter",),
+            allowed=(
+                "meter",
+                "price_model",
+                "included_quantity",
+                "unit_price",
+                "package_size",
+                "margin_percent",
+                "tiers",
+            ),
+        )
+        meter = self.string(
+            data,
+            "meter",
+            where,
+            max_length=100,
+            pattern=SLUG_RE,
+            hint="a meter code is letters, digits, '-' and '_'",
+        )
+        price_model = self.choice(
+            data, "price_model", where, choices=PriceModel.values, default=PriceModel.PER_UNIT
+        )
         tiered = price_model in (PriceModel.GRADUATED, PriceModel.VOLUME)
         unit_price = self.decimal(data, "unit_price", where, default=Decimal(0))
-        package_size = self.decimal(data, "package_size", where, default=None, nullable=True,
-                                    positive=True)
-        tiers = tuple(self.tier(item, f"{where}.tiers[{i}]") for i, item in
-                      enumerate(self.sequence(data.get("tiers", _MISSING), f"{where}.tiers")))
+        package_size = self.decimal(
+            data, "package_size", where, default=None, nullable=True, positive=True
+        )
+        tiers = tuple(
+            self.tier(item, f"{where}.tiers[{i}]")
+            for i, item in enumerate(self.sequence(data.get("tiers", _MISSING), f"{where}.tiers"))
+        )
         # Zero and empty values are tolerated where they mean "not used"; anything else
         # in the wrong place is a mistake worth stopping for.
         if tiered and unit_price:
-            self.fail(f"{where}.unit_price", f"a {price_model} charge is priced by its tiers; "
-                                             "move the price into 'tiers'")
+            self.fail(
+                f"{where}.unit_price",
+                f"a {price_model} charge is priced by its tiers; move the price into 'tiers'",
+            )
         if tiered and not tiers:
-            self.fail(f"{where}.tiers" if "tiers" in data else where,
-                      f"a {price_model} charge needs tiers")
+            self.fail(
+                f"{where}.tiers" if "tiers" in data else where,
+                f"a {price_model} charge needs tiers",
+            )
         if not tiered and tiers:
             self.fail(f"{where}.tiers", f"a {price_model} charge has no tiers")
         if price_model == PriceModel.PACKAGE and package_size is None:
@@ -609,13 +747,18 @@ class _Parser:
         return services.ChargeSpec(
             meter=meter,
             price_model=price_model,
-            included_quantity=self.decimal(data, "included_quantity", where,
-                                           default=Decimal(0)),
+            included_quantity=self.decimal(data, "included_quantity", where, default=Decimal(0)),
             unit_price=unit_price,
             package_size=package_size,
-            margin_percent=self.decimal(data, "margin_percent", where, default=None,
-                                        nullable=True, digits=MARGIN_DIGITS,
-                                        places=MARGIN_PLACES),
+            margin_percent=self.decimal(
+                data,
+                "margin_percent",
+                where,
+                default=None,
+                nullable=True,
+                digits=MARGIN_DIGITS,
+                places=MARGIN_PLACES,
+            ),
             tiers=tiers,
         )
 
@@ -624,15 +767,19 @@ class _Parser:
         if "unit_price" not in data and "flat_fee" not in data:
             self.fail(where, "a tier needs 'unit_price', 'flat_fee' or both")
         return services.TierSpec(
-            up_to=self.decimal(data, "up_to", where, default=None, nullable=True,
-                               positive=True),
+            up_to=self.decimal(data, "up_to", where, default=None, nullable=True, positive=True),
             unit_price=self.decimal(data, "unit_price", where, default=Decimal(0)),
             flat_fee=self.decimal(data, "flat_fee", where, default=Decimal(0)),
         )
 
 
-def parse_pricing(*, path: str | Path | None = None, text: str | None = None,
-                  source: str | None = None, format: str | None = None) -> PricingFile:
+def parse_pricing(
+    *,
+    path: str | Path | None = None,
+    text: str | None = None,
+    source: str | None = None,
+    format: str | None = None,
+) -> PricingFile:
     """Read a pricing file (``path``) or its contents (``text``) into specs, touching no
     database. ``format`` is ``yaml`` or ``json``; by default the file's extension decides,
     or else the content (``{`` starts JSON). Raises ``PricingFileInvalid``."""
@@ -703,56 +850,69 @@ class PricingSummary:
         return [r.describe() for r in (*self.meters, *self.plans)]
 
 
-def _relocated(exc: errors.BillingError, pricing: PricingFile,
-               location: str) -> errors.BillingError:
+def _relocated(
+    exc: errors.BillingError, pricing: PricingFile, location: str
+) -> errors.BillingError:
     """The same error class (so callers can still catch ``MeterConflict``), its message
     prefixed with the file and the place in it."""
     line = pricing.line_of(location)
-    located = type(exc)(_located_message(exc.message, pricing.source, location, line),
-                        param=location)
+    located = type(exc)(
+        _located_message(exc.message, pricing.source, location, line), param=location
+    )
     located.source, located.location, located.line = pricing.source, location, line
     return located
 
 
-def apply_pricing(*, pricing: PricingFile, published_by_id: int | None = None,
-                  dry_run: bool = False) -> PricingSummary:
+@transaction.atomic
+def apply_pricing(
+    *, pricing: PricingFile, published_by_id: int | None = None, dry_run: bool = False
+) -> PricingSummary:
     """Ensure the meters and publish the plans of a parsed file, all or nothing."""
     meter_results: list[MeterResult] = []
     plan_results: list[PlanResult] = []
-    with transaction.atomic():
-        for i, meter in enumerate(pricing.meters):
-            kwargs = meter.as_kwargs()
-            before = Meter.objects.filter(code=meter.code).values("name", "unit").first()
-            try:
-                _, created = services.ensure_meter(**kwargs)
-            except errors.BillingError as exc:
-                raise _relocated(exc, pricing, f"meters[{i}]") from exc
-            if created:
-                meter_results.append(MeterResult(meter.code, Outcome.CREATED))
-                continue
-            updated = tuple(f for f in ("name", "unit")
-                            if f in kwargs and before is not None and before[f] != kwargs[f])
-            meter_results.append(MeterResult(
-                meter.code, Outcome.UPDATED if updated else Outcome.UNCHANGED, updated))
-        for i, spec in enumerate(pricing.plans):
-            try:
-                plan, created = services.publish_plan(spec=spec, published_by_id=published_by_id)
-            except errors.BillingError as exc:
-                where = f"plans[{i}].{exc.param}" if exc.param else f"plans[{i}]"
-                raise _relocated(exc, pricing, where) from exc
-            if not created:
-                outcome = Outcome.UNCHANGED
-            else:
-                outcome = Outcome.CREATED if plan.version == 1 else Outcome.NEW_VERSION
-            plan_results.append(PlanResult(spec.code, plan.version, outcome))
-        if dry_run:
-            transaction.set_rollback(True)
+    for i, meter in enumerate(pricing.meters):
+        kwargs = meter.as_kwargs()
+        before = Meter.objects.filter(code=meter.code).values("name", "unit").first()
+        try:
+            _, created = services.ensure_meter(**kwargs)
+        except errors.BillingError as exc:
+            raise _relocated(exc, pricing, f"meters[{i}]") from exc
+        if created:
+            meter_results.append(MeterResult(meter.code, Outcome.CREATED))
+            continue
+        updated = tuple(
+            f
+            for f in ("name", "unit")
+            if f in kwargs and before is not None and before[f] != kwargs[f]
+        )
+        meter_results.append(
+            MeterResult(meter.code, Outcome.UPDATED if updated else Outcome.UNCHANGED, updated)
+        )
+    for i, spec in enumerate(pricing.plans):
+        try:
+            plan, created = services.publish_plan(spec=spec, published_by_id=published_by_id)
+        except errors.BillingError as exc:
+            where = f"plans[{i}].{exc.param}" if exc.param else f"plans[{i}]"
+            raise _relocated(exc, pricing, where) from exc
+        if not created:
+            outcome = Outcome.UNCHANGED
+        else:
+            outcome = Outcome.CREATED if plan.version == 1 else Outcome.NEW_VERSION
+        plan_results.append(PlanResult(spec.code, plan.version, outcome))
+    if dry_run:
+        transaction.set_rollback(True)
     return PricingSummary(pricing.source, tuple(meter_results), tuple(plan_results), dry_run)
 
 
-def load_pricing(*, path: str | Path | None = None, text: str | None = None,
-                 source: str | None = None, format: str | None = None,
-                 published_by_id: int | None = None, dry_run: bool = False) -> PricingSummary:
+def load_pricing(
+    *,
+    path: str | Path | None = None,
+    text: str | None = None,
+    source: str | None = None,
+    format: str | None = None,
+    published_by_id: int | None = None,
+    dry_run: bool = False,
+) -> PricingSummary:
     """Parse a pricing file and apply it in one transaction: meters first (created, or
     accepted unchanged — what a meter counts never changes, ``MeterConflict``), then each
     plan (published as version 1, as its next version when it differs from the latest, or

@@ -345,7 +345,7 @@ class PlanSpec:
         return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def _validate_plan(spec: PlanSpec) -> None:
+def validate_plan_spec(spec: PlanSpec) -> None:
     def fail(message: str, param: str) -> None:
         raise errors.ValidationFailed(message, param=param)
 
@@ -402,7 +402,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
     """Publish ``spec`` as the next version of plan ``spec.code``; an unchanged spec returns
     the current version (``created`` False). The pricing file, the API and the admin all
     come through here."""
-    _validate_plan(spec)
+    validate_plan_spec(spec)
     meters = {m.code: m for m in Meter.objects.filter(code__in=[c.meter for c in spec.charges])}
     for i, charge in enumerate(spec.charges):
         if charge.meter not in meters:

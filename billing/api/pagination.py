@@ -13,9 +13,15 @@ from billing.api.errors import APIError
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
 
 PARAMETERS = [
-    OpenApiParameter("limit", int, description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}."),
     OpenApiParameter(
-        "starting_after", int, description="The id of the last object of the previous page."
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}.",
+    ),
+    OpenApiParameter(
+        "starting_after",
+        {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        description="The id of the last object of the previous page.",
     ),
 ]
 

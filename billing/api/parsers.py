@@ -16,13 +16,32 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON here")
 
 
+def _has_nul(value) -> bool:
+    """PostgreSQL text and jsonb cannot store U+0000. Iterative: bodies may nest deeply."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class ExactJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             decoded = codecs.getreader(encoding)(stream)
-            return json.load(decoded, parse_float=Decimal, parse_constant=_refuse_constant)
+            data = json.load(decoded, parse_float=Decimal, parse_constant=_refuse_constant)
         except RecursionError:
             raise ParseError("the body is not valid JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"the body is not valid JSON: {exc}") from None
+        if _has_nul(data):
+            raise ParseError("strings may not contain the NUL character (\\u0000)")
+        return data

@@ -114,7 +114,7 @@ class AddressSerializer(serializers.Serializer):
     state = serializers.CharField(max_length=100, required=False, allow_blank=True)
     postal_code = serializers.CharField(max_length=30, required=False, allow_blank=True)
     country = serializers.RegexField(
-        r"^([A-Z]{2})?$", required=False, allow_blank=True, help_text="ISO 3166-1 alpha-2"
+        r"^[A-Z]{2}$", required=False, allow_blank=True, help_text="ISO 3166-1 alpha-2"
     )
 
 

@@ -54,7 +54,7 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
 def idempotency_parameter() -> OpenApiParameter:
     return OpenApiParameter(
         "Idempotency-Key",
-        str,
+        {"type": "string", "minLength": 1, "maxLength": 255},
         OpenApiParameter.HEADER,
         required=False,
         description="Retries with the same key and body return the first response "
@@ -278,7 +278,13 @@ class PlanDetailView(APIView):
         operation_id="plans_retrieve",
         tags=["plans"],
         summary="A plan's latest version (or ?version=N)",
-        parameters=[OpenApiParameter("version", int, description="A specific version.")],
+        parameters=[
+            OpenApiParameter(
+                "version",
+                {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                description="A specific version.",
+            )
+        ],
         responses={200: s.PlanSerializer, **errors(400, 404)},
     )
     def get(self, request, code: str):

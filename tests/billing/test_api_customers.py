@@ -594,3 +594,11 @@ def test_another_key_reads_the_same_history(api, make_customer, make_key):
     ids = top_ups(api, "acme", ["1"])
     other = make_client(make_key(("read",))[1])
     assert [t["id"] for t in other.get("/api/v1/customers/acme/transactions").json()["data"]] == ids
+
+
+def test_a_nul_character_is_refused_not_a_server_error(api):
+    response = post_raw(api, "/api/v1/customers",
+                        '{"external_id": "acme", "name": "Acme", "metadata": {"a": "x\\u0000"}}')
+    assert_error(response, 400, "invalid_json")
+    deep = post_raw(api, "/api/v1/customers", "[" * 900 + '"\\u0000"' + "]" * 900)
+    assert_error(deep, 400, "invalid_json")

@@ -14,17 +14,34 @@ class Command(BaseCommand):
     help = "Load meters and plans from a pricing file (YAML or JSON); safe to run again."
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="The pricing file (.yaml, .yml or .json), or - for "
-                                         "standard input.")
-        parser.add_argument("--format", choices=["yaml", "json"],
-                            help="Override the format guessed from the extension or content.")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Report what would change, then roll everything back.")
-        parser.add_argument("--published-by", metavar="USERNAME",
-                            help="Record this staff user as the publisher of new versions.")
+        parser.add_argument(
+            "file", help="The pricing file (.yaml, .yml or .json), or - for standard input."
+        )
+        parser.add_argument(
+            "--format",
+            choices=["yaml", "json"],
+            help="Override the format guessed from the extension or content.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Report what would change, then roll everything back.",
+        )
+        parser.add_argument(
+            "--published-by",
+            metavar="USERNAME",
+            help="Record this staff user as the publisher of new versions.",
+        )
 
-    def handle(self, *args, file: str, format: str | None, dry_run: bool,
-               published_by: str | None, **options):
+    def handle(
+        self,
+        *args,
+        file: str,
+        format: str | None,
+        dry_run: bool,
+        published_by: str | None,
+        **options,
+    ):
         published_by_id = None
         if published_by:
             user = get_user_model().objects.filter(username=published_by).first()
@@ -36,8 +53,9 @@ class Command(BaseCommand):
         else:
             source = {"path": file}
         try:
-            summary = pricing.load_pricing(**source, format=format,
-                                           published_by_id=published_by_id, dry_run=dry_run)
+            summary = pricing.load_pricing(
+                **source, format=format, published_by_id=published_by_id, dry_run=dry_run
+            )
         except errors.BillingError as exc:
             raise CommandError(exc.message) from None
         for line in summary.lines():
@@ -46,8 +64,9 @@ class Command(BaseCommand):
         for result in (*summary.meters, *summary.plans):
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         tally = ", ".join(f"{n} {outcome.replace('_', ' ')}" for outcome, n in counts.items())
-        verdict = (f"{summary.source}: {len(summary.meters)} meters, {len(summary.plans)} plans"
-                   + (f" ({tally})" if tally else ""))
+        verdict = f"{summary.source}: {len(summary.meters)} meters, {len(summary.plans)} plans" + (
+            f" ({tally})" if tally else ""
+        )
         if dry_run:
             self.stdout.write(self.style.WARNING(f"{verdict}; dry run, nothing was saved."))
         elif summary.changed:
