@@ -199,12 +199,18 @@ def ensure_system_account(
 def set_overdraft(
     *, account: Account, allow_negative: bool, negative_limit: Decimal | None = None
 ) -> Account:
-    """Change how far below zero an owned account may go; refused if it already is lower."""
+    """Change how far below zero an owned account may go; refused if it already is lower.
+
+    ``account`` is changed only when the database is: a refused call leaves it as it was."""
     if account.is_hot:
         raise errors.InvalidTransaction("hot accounts have no overdraft floor")
-    account.allow_negative = allow_negative
-    account.negative_limit = to_amount(negative_limit) if negative_limit is not None else None
-    floor = account.floor
+    if negative_limit is not None:
+        negative_limit = to_amount(negative_limit)
+        if negative_limit < 0:
+            raise errors.InvalidAmount("negative_limit cannot be negative; it is a distance")
+        if not allow_negative:
+            raise errors.InvalidTransaction("a negative_limit needs allow_negative")
+    floor = ZERO if not allow_negative else (None if negative_limit is None else -negative_limit)
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE ledger_balance SET floor = %s, version = version + 1, updated_at = now() "
@@ -215,7 +221,10 @@ def set_overdraft(
             raise errors.OverdraftLimitBelowBalance(
                 f"account {account.code} is already below the new floor {floor}"
             )
-    account.save(update_fields=["allow_negative", "negative_limit"])
+    Account.objects.filter(pk=account.pk).update(
+        allow_negative=allow_negative, negative_limit=negative_limit
+    )
+    account.allow_negative, account.negative_limit = allow_negative, negative_limit
     return account
 
 

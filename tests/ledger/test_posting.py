@@ -338,3 +338,19 @@ def test_system_account_with_another_sign_convention_is_refused(world):
     assert services.ensure_system_account(
         code="@World", currency="USD", normal_balance="debit"
     ).pk == world.pk
+
+
+def test_refused_overdraft_change_leaves_the_account_object_alone(revenue, make_wallet):
+    wallet = make_wallet(0, allow_negative=True, negative_limit="10")
+    services.post_transaction(
+        reference=unique(), legs=[services.debit(wallet, "5"), services.credit(revenue, "5")]
+    )
+    with pytest.raises(errors.OverdraftLimitBelowBalance):
+        services.set_overdraft(account=wallet, allow_negative=True, negative_limit=Decimal("1"))
+    assert wallet.negative_limit == Decimal("10")
+    with pytest.raises(errors.InvalidTransaction):
+        services.set_overdraft(account=wallet, allow_negative=False, negative_limit=Decimal("5"))
+    with pytest.raises(errors.InvalidAmount):
+        services.set_overdraft(account=wallet, allow_negative=True, negative_limit=Decimal("-5"))
+    assert (wallet.allow_negative, wallet.negative_limit) == (True, Decimal("10"))
+    assert Balance.objects.get(account=wallet).floor == Decimal("-10")
