@@ -1022,8 +1022,25 @@ class PlanCodeFilter(admin.AllValuesFieldListFilter):
     title = "plan"
 
 
+class SubscriptionCreateForm(forms.Form):
+    customer = forms.ModelChoiceField(
+        queryset=Customer.objects.order_by("external_id"), help_text="Who subscribes."
+    )
+    plan = forms.ModelChoiceField(
+        queryset=selectors.latest_plans().order_by("code"),
+        help_text="The latest published version of each plan.",
+    )
+    start = forms.DateTimeField(
+        required=False,
+        help_text="Empty = now. May lie in the past for a customer migrating in (UTC).",
+    )
+    trial_days = forms.IntegerField(
+        required=False, min_value=0, max_value=3650, help_text="Empty = the plan's trial."
+    )
+
+
 @admin.register(Subscription)
-class SubscriptionAdmin(ReadOnlyAdmin):
+class SubscriptionAdmin(ServiceFormMixin, ReadOnlyAdmin):
     list_display = (
         "id",
         "customer_link",
@@ -1041,6 +1058,35 @@ class SubscriptionAdmin(ReadOnlyAdmin):
 
     def has_cancel_permission(self, request):
         return request.user.has_perm("billing.change_subscription")
+
+    def has_add_permission(self, request, obj=None):
+        return request.user.has_perm("billing.add_subscription")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = SubscriptionCreateForm(request.POST or None, initial=request.GET.dict())
+
+        def create() -> HttpResponse:
+            data = form.cleaned_data
+            subscription = services.create_subscription(
+                customer=data["customer"],
+                plan=data["plan"],
+                start=data["start"],
+                trial_days=data["trial_days"],
+            )
+            self.log_addition(request, subscription, "Subscribed in the admin.")
+            messages.success(request, f"{subscription} created ({subscription.status}).")
+            return HttpResponseRedirect(self.change_url(subscription))
+
+        return self.run_service(request, form, create) or self.service_form_response(
+            request,
+            form=form,
+            title="Add subscription",
+            submit_label="Subscribe",
+            intro="The customer keeps this plan version until it is changed; the first "
+            "period starts at the start (or when the trial ends).",
+        )
 
     @admin.display(description="customer", ordering="customer__external_id")
     def customer_link(self, subscription):

@@ -637,11 +637,11 @@ def test_cancel_now_ends_the_subscription(staff_client, catalog):
     assert any("subscription_canceled" in m for m in message_texts(twice))
 
 
-def test_subscriptions_are_read_only(staff_client, catalog):
+def test_subscriptions_cannot_be_edited_only_created_through_the_service(staff_client, catalog):
     subscription = catalog["subscription"]
     page = staff_client.get(url("billing_subscription_change", subscription.pk)).content.decode()
     assert 'name="_save"' not in page
-    assert staff_client.get(url("billing_subscription_add")).status_code == 403
+    assert staff_client.get(url("billing_subscription_add")).status_code == 200
 
 
 # --- API keys ------------------------------------------------------------------------------------
@@ -776,3 +776,19 @@ def test_wallet_accounts_are_linked_from_the_customer(staff_client, catalog):
     account = Account.objects.get(owner_type="billing.customer", owner_id=str(customer.pk))
     page = staff_client.get(url("billing_customer_change", customer.pk)).content.decode()
     assert url("ledger_account_change", account.pk) in page
+
+
+def test_subscribe_a_customer_in_the_admin(staff_client, catalog):
+    customer = services.create_customer(external_id="sub-admin", name="Sub Admin")
+    plan = services.latest_plan(code=Plan.objects.order_by("code").first().code)
+    url = reverse("admin:billing_subscription_add")
+    assert staff_client.get(url).status_code == 200
+    response = staff_client.post(url, {"customer": customer.pk, "plan": plan.pk})
+    assert response.status_code == 302
+    subscription = customer.subscriptions.get()
+    assert subscription.plan == plan
+    # A second live subscription is refused on the form, and nothing changes.
+    again = staff_client.post(url, {"customer": customer.pk, "plan": plan.pk})
+    assert again.status_code == 200
+    assert b"subscription_exists" in again.content or b"already has a live" in again.content
+    assert customer.subscriptions.count() == 1
