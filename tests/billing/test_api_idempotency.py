@@ -4,12 +4,10 @@ failed requests replay their failure; concurrent retries run the work once."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from django.db import connections
 
 from billing import services
 from billing.models import APIKey, Customer, IdempotencyRecord, Subscription
@@ -18,6 +16,7 @@ from ledger.models import Entry
 from ledger.models import Transaction as LedgerTransaction
 from metering.models import Meter
 from tests.billing.conftest import assert_error, make_client, post_raw
+from tests.threads import run_concurrently as run_all_concurrently
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -279,25 +278,7 @@ THREADS = 10
 
 
 def run_concurrently(worker: Callable[[int], object], threads: int = THREADS) -> list[object]:
-    """worker(i) in ``threads`` threads released together; each closes its connections."""
-    barrier = threading.Barrier(threads)
-    results: list[object] = [None] * threads
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = worker(i)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            results[i] = exc
-        finally:
-            connections.close_all()
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "a worker thread hung (deadlock?)"
+    results = run_all_concurrently(worker, threads)
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors
     return results

@@ -13,6 +13,7 @@ from django.db import connection, connections, transaction
 from ledger import errors, selectors, services
 from ledger.models import Entry, Hold, Transaction
 from tests.conftest import unique
+from tests.threads import run_concurrently as run_all_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,26 +21,7 @@ THREADS = 16
 
 
 def run_concurrently(worker: Callable[[int], object], threads: int = THREADS) -> list[object]:
-    """Run worker(i) in ``threads`` threads released together; return results or exceptions."""
-    barrier = threading.Barrier(threads)
-    results: list[object] = [None] * threads
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = worker(i)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            results[i] = exc
-        finally:
-            connections.close_all()
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(timeout=120)
-        assert not thread.is_alive(), "a worker thread hung (deadlock?)"
-    return results
+    return run_all_concurrently(worker, threads)
 
 
 def unexpected(results: list[object], *allowed: type[BaseException]) -> list[object]:
