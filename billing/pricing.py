@@ -76,12 +76,12 @@ def _located_message(reason: str, source: str, location: str | None, line: int |
 
 @dataclass(frozen=True, slots=True)
 class _Number:
-    """A numeric scalar as written (``text``) and as YAML or JSON would read it (``native``:
-    only its type is used, and whole numbers where no amount is meant — trial days,
-    metadata). Amounts are built from ``text``."""
+    """A numeric scalar as written (``text``) and, for a whole number, its ``int`` value
+    (``native``; None for any other number — no float is ever made). Amounts are built
+    from ``text``; ``native`` serves where no amount is meant (trial days, metadata)."""
 
     text: str
-    native: int | float
+    native: int | None
 
 
 class _Mapping(dict):
@@ -109,7 +109,7 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> _Number:
 
 
 def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> _Number:
-    return _Number(node.value, yaml.SafeLoader.construct_yaml_float(loader, node))
+    return _Number(node.value, None)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Mapping]:
@@ -124,7 +124,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if isinstance(key, _Number):
-            key = key.native
+            key = key.native if key.native is not None else key.text
         try:
             duplicate = id(key_node) in written and key in seen
         except TypeError:
@@ -175,7 +175,7 @@ def _refuse_constant(name: str) -> NoReturn:
 
 
 def _json_number(text: str) -> _Number:
-    return _Number(text, int(text) if re.fullmatch(r"-?\d+", text) else float(text))
+    return _Number(text, int(text) if re.fullmatch(r"-?\d+", text) else None)
 
 
 def _load(text: str, *, source: str, format: str) -> Any:

@@ -104,9 +104,9 @@ class APIKeyRateThrottle(BaseThrottle):
         pipe.expire(counter, 120)
         count, _ = pipe.execute()
         if count > key.rate_limit_per_minute:
-            self._wait = 60 - (time.time() % 60)
+            self._wait = 60 - int(time.time()) % 60  # whole seconds to the next window
             return False
         return True
 
-    def wait(self) -> float | None:
+    def wait(self) -> int | None:
         return getattr(self, "_wait", None)
