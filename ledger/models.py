@@ -260,7 +260,10 @@ class Entry(models.Model):
     # a foreign-key lookup (and a share lock on hot account rows) to every entry.
     # No single-column index either: (account, id) below serves every lookup by account.
     account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="entries", db_constraint=False,
+        Account,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_constraint=False,
         db_index=False,
     )
     currency = models.CharField(max_length=16)

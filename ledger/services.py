@@ -271,7 +271,8 @@ def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[Ledger
     TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
     if not transactions:
         raise errors.InvalidTransaction("nothing to post")
-    payload = json.dumps([spec.as_json() for spec in transactions])
+    documents = [spec.as_json() for spec in transactions]
+    payload = json.dumps(documents)
     if connection.in_atomic_block:
         # Inside the caller's transaction: a savepoint, so that a refused posting leaves
         # the caller's transaction usable and changes nothing.
@@ -285,7 +286,7 @@ def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[Ledger
     replayed_ids = [row[1] for row in rows if row[2]]
     originals = LedgerTransaction.objects.in_bulk(replayed_ids) if replayed_ids else {}
     result = []
-    for index, spec in enumerate(transactions, start=1):
+    for index, (spec, document) in enumerate(zip(transactions, documents, strict=True), start=1):
         _, transaction_id, replayed, effective_at, recorded_at = by_index[index]
         if replayed:
             posted = originals[transaction_id]
@@ -293,7 +294,7 @@ def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[Ledger
             posted = LedgerTransaction(
                 id=transaction_id,
                 reference=spec.reference,
-                payload_hash=spec.payload_hash(),
+                payload_hash=document["payload_hash"],
                 description=spec.description,
                 metadata=spec.metadata,
                 effective_at=effective_at,
@@ -442,9 +443,18 @@ def settle_hold(
     """
     amount = to_amount(amount, positive=True)
     hold = _locked_hold(hold_id)  # serialises every settle/release of this hold
+    settlement = TransactionSpec(
+        reference=reference,
+        legs=[debit(hold.account_id, amount), credit(hold.destination_id, amount)],
+        description=description or f"Settlement of hold {hold.reference}",
+        metadata=metadata or {},
+        hold_id=hold.pk,
+    )
+    # A retried part is a replay when it is the same posting, by the ledger's own rule
+    # (the payload hash); checked before the hold's state, which the first try changed.
     existing = LedgerTransaction.objects.filter(reference=reference).first()
     if existing is not None:
-        if existing.hold_id != hold.pk or existing.entries.filter(amount=amount).count() == 0:
+        if existing.payload_hash != settlement.payload_hash():
             raise errors.ReferenceReused(f"reference {reference} was used for another posting")
         existing.replayed = True
         return existing
@@ -460,17 +470,7 @@ def settle_hold(
         )
     # Release the held part first, then post: available is unchanged by the pair.
     _change_held(account_id=hold.account_id, delta=-amount, check_floor=False)
-    posted = post_transactions(
-        transactions=[
-            TransactionSpec(
-                reference=reference,
-                legs=[debit(hold.account_id, amount), credit(hold.destination_id, amount)],
-                description=description or f"Settlement of hold {hold.reference}",
-                metadata=metadata or {},
-                hold_id=hold.pk,
-            )
-        ]
-    )[0]
+    posted = post_transactions(transactions=[settlement])[0]
     hold.settled_amount += amount
     if hold.settled_amount == hold.amount or final:
         _resolve(hold, HoldStatus.SETTLED, now)
