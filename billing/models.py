@@ -279,6 +279,33 @@ class SubscriptionPhase(models.Model):
         return f"{self.plan} from {self.starts_at:%Y-%m-%d %H:%M}"
 
 
+class MarginOverride(models.Model):
+    """A customer's own markup over the provider's cost for catalog-priced charges: for one
+    meter, or (meter empty) for all of them. It replaces the plan charge's margin."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="margins")
+    meter = models.ForeignKey(
+        "metering.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    margin_percent = models.DecimalField(max_digits=9, decimal_places=4)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter"],
+                name="billing_margin_per_meter",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=Q(margin_percent__gt=-100), name="billing_margin_above_minus_100"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id}: {self.margin_percent} % on {self.meter or 'all'}"
+
+
 class APIKey(models.Model):
     """A product backend's key. The secret is shown once; only its SHA-256 is stored (the
     secret is 256 random bits, so a fast hash is safe and keeps lookups O(1))."""

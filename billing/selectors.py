@@ -13,6 +13,7 @@ from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger.models import Account, Entry
 from ledger.models import Transaction as LedgerTransaction
+from metering.models import PeriodUsage
 
 
 def get_customer(*, external_id: str, param: str | None = None) -> Customer:
@@ -47,9 +48,13 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
     allowances = []
     live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
     if live is not None:
+        used_by_meter = dict(
+            PeriodUsage.objects.filter(
+                subscription=live, period_start=live.current_period_start
+            ).values_list("meter_id", "quantity")
+        )
         for charge in live.plan.charges.select_related("meter").order_by("id"):
-            # Usage counters arrive with metering (issue 4); until then nothing is used.
-            used = Decimal(0)
+            used = min(used_by_meter.get(charge.meter_id, Decimal(0)), charge.included_quantity)
             allowances.append(
                 {
                     "meter": charge.meter.code,
@@ -58,10 +63,16 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
                     "remaining": max(charge.included_quantity - used, 0),
                 }
             )
+    # Credits are a prepaid CREDITS wallet for now; grants with their own expiry come later.
+    credits = [
+        {"currency": b["currency"], "remaining": b["available"], "expires_at": None}
+        for b in balances
+        if b["currency"] == "CREDITS"
+    ]
     return {
         "customer": customer.external_id,
         "balances": balances,
-        "credits": [],
+        "credits": credits,
         "allowances": allowances,
     }
 

@@ -39,9 +39,19 @@ from billing.models import (
 )
 from billing.periods import period_containing, prorate, utc
 from ledger import services as ledger
-from ledger.models import NormalBalance
+from ledger.models import Account, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
 from metering.models import Aggregation, Meter
+
+# Meter properties the model catalog can price (metering.catalog.CATALOG_KINDS).
+CATALOG_METER_PROPERTIES = (
+    "llm.input_tokens",
+    "llm.cache_read_tokens",
+    "llm.cache_write_tokens",
+    "llm.output_tokens",
+    "llm.prompt_tokens",
+    "llm.total_tokens",
+)
 
 WORLD = "@World"  # money entering from outside (top-ups until Stripe clears them)
 ADJUSTMENTS = "@Adjustments"  # the other side of manual adjustments by finance staff
@@ -163,6 +173,47 @@ def wallet_for(*, customer: Customer, currency: str | None = None) -> Wallet:
             f"customer {customer.external_id} has no {currency} wallet", param="currency"
         )
     return wallet
+
+
+def ensure_wallet(*, customer: Customer, currency: str) -> Wallet:
+    """The customer's wallet in ``currency``, created on first use (a credits plan's
+    ``CREDITS`` wallet, say). A wallet in another currency than the customer's own is
+    prepaid: credits are bought before they are spent."""
+    try:
+        return wallet_for(customer=customer, currency=currency)
+    except errors.WalletNotFound:
+        pass
+    billing_mode = customer.billing_mode if currency == customer.currency else BillingMode.PREPAID
+    try:
+        with transaction.atomic():
+            return create_wallet(customer=customer, currency=currency, billing_mode=billing_mode)
+    except IntegrityError:  # created concurrently
+        return wallet_for(customer=customer, currency=currency)
+
+
+TOKENS = "TOKENS"
+TOKENS_SERVED = "@TokensServed"
+
+
+def usage_account(*, customer: Customer) -> Account:
+    """The customer's ``TOKENS`` account: debited with every token it uses (the token leg of
+    each usage posting), against the ``@TokensServed`` system account."""
+    code = f"tokens:{customer.pk}"
+    account = Account.objects.filter(code=code, currency=TOKENS).first()
+    if account is not None:
+        return account
+    try:
+        with transaction.atomic():
+            return ledger.create_account(
+                code=code,
+                name=f"{customer.name} — tokens used",
+                currency=TOKENS,
+                normal_balance=NormalBalance.DEBIT,
+                owner_type="billing.customer",
+                owner_id=str(customer.pk),
+            )
+    except IntegrityError:
+        return Account.objects.get(code=code, currency=TOKENS)
 
 
 @transaction.atomic
@@ -382,6 +433,15 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             charge.package_size and charge.package_size > 0
         ):
             fail("a package charge needs package_size > 0", f"{param}.package_size")
+        if charge.margin_percent is not None:
+            if charge.price_model != PriceModel.PER_UNIT or charge.unit_price or charge.tiers:
+                fail(
+                    "margin_percent prices a charge from the model catalog (provider cost × "
+                    "(1 + margin)); it cannot also have a unit_price, tiers or packages",
+                    f"{param}.margin_percent",
+                )
+            if charge.margin_percent <= -100:
+                fail("margin_percent must be above -100", f"{param}.margin_percent")
         previous = Decimal(0)
         for j, tier in enumerate(charge.tiers):
             last = j == len(charge.tiers) - 1
@@ -408,6 +468,16 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         if charge.meter not in meters:
             raise errors.MeterNotFound(
                 f"meter {charge.meter!r} does not exist", param=f"charges[{i}].meter"
+            )
+        meter = meters[charge.meter]
+        if charge.margin_percent is not None and (
+            meter.property not in CATALOG_METER_PROPERTIES or meter.aggregation != Aggregation.SUM
+        ):
+            raise errors.ValidationFailed(
+                f"meter {meter.code} does not sum LLM tokens (its property would be one of "
+                f"{', '.join(CATALOG_METER_PROPERTIES)}), so the model catalog cannot price it; "
+                "give it a unit_price instead of a margin",
+                param=f"charges[{i}].margin_percent",
             )
     # Versions of one plan are allocated one at a time (the unique index backs this up).
     with connection.cursor() as cursor:

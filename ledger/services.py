@@ -339,6 +339,47 @@ def reverse_transaction(
     return post_transactions(transactions=[spec])[0]
 
 
+@dataclass(frozen=True)
+class LockedBalance:
+    account_id: int
+    posted: Decimal
+    held: Decimal
+    floor: Decimal | None  # None: no floor (unlimited overdraft)
+
+    @property
+    def available(self) -> Decimal:
+        return self.posted - self.held
+
+    def can_spend(self, amount: Decimal) -> bool:
+        return self.floor is None or self.available - amount >= self.floor
+
+
+def read_balances(*, account_ids: Sequence[int]) -> dict[int, LockedBalance]:
+    """The same figures as ``lock_balances``, read without a lock (for estimates)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT account_id, posted, held, floor FROM ledger_balance "
+            "WHERE account_id = ANY(%s) AND bucket = 0",
+            [sorted(set(account_ids))],
+        )
+        return {row[0]: LockedBalance(*row) for row in cursor.fetchall()}
+
+
+def lock_balances(*, account_ids: Sequence[int]) -> dict[int, LockedBalance]:
+    """Lock owned accounts' balance rows (in id order) until the caller's transaction ends
+    and return them: a caller deciding what fits before posting (rating a batch of usage)
+    sees a balance no hold, top-up or other posting can change under it."""
+    if not connection.in_atomic_block:
+        raise errors.InvalidTransaction("lock_balances needs the caller's transaction")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT account_id, posted, held, floor FROM ledger_balance "
+            "WHERE account_id = ANY(%s) AND bucket = 0 ORDER BY account_id FOR UPDATE",
+            [sorted(set(account_ids))],
+        )
+        return {row[0]: LockedBalance(*row) for row in cursor.fetchall()}
+
+
 # --- holds -------------------------------------------------------------------------------
 
 
@@ -479,6 +520,58 @@ def settle_hold(
     return posted
 
 
+def lock_hold(*, hold_id: int) -> Hold:
+    """The hold, locked until the caller's transaction ends (before any balance row, the
+    order every hold operation uses)."""
+    if not connection.in_atomic_block:
+        raise errors.InvalidTransaction("lock_hold needs the caller's transaction")
+    return _locked_hold(hold_id)
+
+
+@transaction.atomic
+def settle_hold_with(*, hold_id: int, spec: TransactionSpec | None) -> LedgerTransaction | None:
+    """Settle a hold once, with a posting built by the caller (usage rated elsewhere): what
+    is left of the hold is released and ``spec`` posted, linked to the hold, in one
+    transaction. The posting may take more from the held account than was held: the excess
+    needs available funds like any posting, and if they are not there nothing changes and
+    the hold stays pending. ``spec`` None settles for nothing. A retry (same reference)
+    returns the original transaction."""
+    hold = _locked_hold(hold_id)
+    if spec is not None:
+        spec.hold_id = hold.pk
+        existing = LedgerTransaction.objects.filter(reference=spec.reference).first()
+        if existing is not None:
+            if existing.payload_hash != spec.payload_hash():
+                raise errors.ReferenceReused(
+                    f"reference {spec.reference} was used for another posting"
+                )
+            existing.replayed = True
+            return existing
+    now = timezone.now()
+    if hold.status != HoldStatus.PENDING:
+        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+    if hold.expires_at is not None and hold.expires_at <= now:
+        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+    remaining = hold.amount - hold.settled_amount
+    _change_held(account_id=hold.account_id, delta=-remaining, check_floor=False)
+    posted = None
+    if spec is not None:
+        posted = post_transactions(transactions=[spec])[0]
+        taken = sum(
+            (
+                leg.amount
+                for leg in spec.legs
+                if leg.account_id == hold.account_id and leg.amount > 0
+            ),
+            ZERO,
+        )
+        hold.settled_amount += min(taken, remaining)
+    hold.status = HoldStatus.SETTLED
+    hold.resolved_at = now
+    hold.save(update_fields=["status", "resolved_at", "settled_amount"])
+    return posted
+
+
 @transaction.atomic
 def release_hold(*, hold_id: int) -> Hold:
     """Release what is left of a hold without charge. Releasing twice is a no-op; releasing
@@ -519,10 +612,14 @@ __all__ = [
     "Leg",
     "TransactionSpec",
     "ZERO",
+    "LockedBalance",
     "create_account",
     "credit",
     "debit",
     "ensure_system_account",
+    "lock_balances",
+    "lock_hold",
+    "read_balances",
     "place_hold",
     "post_transaction",
     "post_transactions",
@@ -531,5 +628,6 @@ __all__ = [
     "reverse_transaction",
     "set_overdraft",
     "settle_hold",
+    "settle_hold_with",
     "to_amount",
 ]

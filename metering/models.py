@@ -6,14 +6,43 @@ it reads from the event's ``properties`` (``property``, a dotted path such as
 ``usage.output_tokens``), which events it keeps (``filters``: property path → allowed
 values) and which dimensions it splits usage by (``group_by``, e.g. ``["model"]``).
 
-Ingestion and rating arrive with issue 4; they post through ``ledger.services`` only.
+An *event* is one usage record sent by a product backend (``POST /api/v1/events``). Events
+are append-only and unique per (customer, idempotency key): a retry is acknowledged and never
+charged twice, because the database refuses the second row. Each rated event is linked to
+the ledger transaction that recorded it, and the transaction's reference names the event.
+
+LLM events may carry the provider's raw ``usage`` object; it is normalised
+(``metering.normalize``) into five token kinds, stored in the event's own columns and
+readable by meters under the reserved ``llm.`` path: ``llm.input_tokens`` (input neither
+read from nor written to a cache), ``llm.cache_read_tokens``, ``llm.cache_write_tokens``
+(the three add up to the whole prompt), ``llm.output_tokens`` (all output, reasoning
+included) and ``llm.reasoning_tokens`` (the part of the output spent reasoning).
+
+The *model price catalog* (``ModelPrice``) holds the provider's prices per million tokens of
+each kind, versioned by ``effective_from``. It is imported from the ``genai-prices`` data
+snapshot (``manage.py load_model_prices``) and editable by finance staff.
+
+*Usage counters* are kept in the rating transaction itself:
+``PeriodUsage`` — per subscription, meter and billing period: the quantity so far, the exact
+amount it is worth under the plan and what has been posted to the ledger (tiers and
+allowances are priced from it); ``DailyUsage`` — per subscription, meter, UTC day and
+dimension (e.g. model): quantity, amount and event count, for live usage, ranges and charts;
+``ModelUsage`` — per customer, UTC day and model: tokens, amount charged and the provider's
+cost, so margins are a sum. None is derived from raw events at read time.
+
+Everything here posts through ``ledger.services`` only.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+
+AMOUNT = {"max_digits": 38, "decimal_places": 12}
+MTOK = {"max_digits": 32, "decimal_places": 18, "null": True, "blank": True}
 
 
 class Aggregation(models.TextChoices):
@@ -54,3 +83,213 @@ class Meter(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+
+class ModelPrice(models.Model):
+    """One version of a model's prices, in USD per million tokens of each kind.
+
+    A kind with no price is priced as its parent kind, as the providers do: cache reads and
+    writes at the input price, reasoning at the output price, one-hour cache writes at the
+    cache-write price. ``tiers`` holds prices that apply when a request's whole prompt is
+    larger than a threshold (Gemini's and Claude's long-context prices):
+    ``[{"above_input_tokens": 200000, "input_mtok": "2.5", "output_mtok": "15"}]``.
+    """
+
+    provider = models.SlugField(max_length=100)
+    model = models.CharField(max_length=200, help_text="The catalog's model id.")
+    name = models.CharField(max_length=200, blank=True, default="")
+    match = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Which model names this row prices, as genai-prices writes it "
+        '(e.g. {"starts_with": "gpt-4o"}); empty = the model id exactly.',
+    )
+    position = models.PositiveIntegerField(
+        default=0, help_text="Match order within the provider: lower is tried first."
+    )
+    effective_from = models.DateTimeField()
+    input_mtok = models.DecimalField(**MTOK)
+    output_mtok = models.DecimalField(**MTOK)
+    cache_read_mtok = models.DecimalField(**MTOK)
+    cache_write_mtok = models.DecimalField(**MTOK)
+    cache_write_1h_mtok = models.DecimalField(**MTOK)
+    reasoning_mtok = models.DecimalField(**MTOK)
+    requests_kcount = models.DecimalField(
+        **MTOK, help_text="Price per thousand requests, if the provider charges per request."
+    )
+    tiers = models.JSONField(default=list, blank=True)
+    source = models.CharField(
+        max_length=40, default="manual", help_text='"genai-prices <version>" or "manual".'
+    )
+    notes = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["provider", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model", "effective_from"], name="metering_price_version"
+            ),
+        ]
+        indexes = [models.Index(fields=["model", "effective_from"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class Event(models.Model):
+    """One usage event, append-only (the database refuses UPDATE and DELETE)."""
+
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    idempotency_key = models.CharField(max_length=255)
+    event_name = models.CharField(max_length=200)
+    timestamp = models.DateTimeField()
+    properties = models.JSONField(default=dict)
+    received_at = models.DateTimeField(db_default=Now())
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, null=True, related_name="+"
+    )
+    period_start = models.DateTimeField(null=True)
+    provider = models.CharField(max_length=100, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    model_price = models.ForeignKey(
+        ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    input_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=16, blank=True, default="")
+    amount = models.DecimalField(
+        **AMOUNT, default=Decimal(0), help_text="What the customer was charged for it."
+    )
+    cost = models.DecimalField(
+        **AMOUNT, default=Decimal(0), help_text="What the provider charges us for it (USD)."
+    )
+    ledger_transaction = models.OneToOneField(
+        "ledger.Transaction",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="usage_event",
+        db_constraint=False,
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="metering_event_idempotency"
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "timestamp"])]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} {self.idempotency_key}"
+
+
+class PeriodUsage(models.Model):
+    """Rating state of one meter in one billing period of one subscription."""
+
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+    )
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    quantity = models.DecimalField(max_digits=38, decimal_places=12, default=Decimal(0))
+    amount = models.DecimalField(
+        max_digits=60,
+        decimal_places=24,
+        default=Decimal(0),
+        help_text="Exact worth of the quantity under the plan, before rounding to the ledger.",
+    )
+    charged = models.DecimalField(
+        **AMOUNT, default=Decimal(0), help_text="Posted to the ledger so far."
+    )
+    currency = models.CharField(max_length=16, blank=True, default="")
+    event_count = models.BigIntegerField(default=0)
+    # for unique_count meters: the distinct values seen this period
+    distinct_values = models.JSONField(default=list, blank=True)
+    # for latest meters: the timestamp of the event whose value the quantity is
+    latest_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "meter", "period_start"], name="metering_period_usage"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id} from {self.period_start:%Y-%m-%d}: {self.quantity}"
+
+
+class DailyUsage(models.Model):
+    """Usage of one meter on one UTC day, split by the meter's dimensions."""
+
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+    )
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateTimeField()
+    day = models.DateField()
+    dimension_key = models.CharField(max_length=500, default="", blank=True)
+    dimensions = models.JSONField(default=dict, blank=True)
+    quantity = models.DecimalField(max_digits=38, decimal_places=12, default=Decimal(0))
+    included_quantity = models.DecimalField(max_digits=38, decimal_places=12, default=Decimal(0))
+    amount = models.DecimalField(max_digits=60, decimal_places=24, default=Decimal(0))
+    currency = models.CharField(max_length=16, blank=True, default="")
+    event_count = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "meter", "period_start", "day", "dimension_key"],
+                name="metering_daily_usage",
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id} on {self.day}: {self.quantity}"
+
+
+class ModelUsage(models.Model):
+    """LLM usage of one customer on one UTC day with one model: tokens, what the customer was
+    charged and what the provider charges us, so margin per customer, model and period is a
+    sum over this table."""
+
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+    )
+    period_start = models.DateTimeField()
+    day = models.DateField()
+    provider = models.CharField(max_length=100)
+    model = models.CharField(max_length=200)
+    currency = models.CharField(max_length=16)
+    event_count = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    amount = models.DecimalField(**AMOUNT, default=Decimal(0))
+    cost = models.DecimalField(**AMOUNT, default=Decimal(0))
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_start", "day", "provider", "model", "currency"],
+                name="metering_model_usage",
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} on {self.day}"

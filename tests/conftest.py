@@ -62,3 +62,87 @@ def make_wallet(db, world):
         return wallet
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_metering_caches():
+    """The catalog and plan caches are per process; tests change the tables under them."""
+    from metering import catalog, rating
+
+    catalog.invalidate()
+    rating.plan_terms.cache_clear()
+    yield
+    catalog.invalidate()
+    rating.plan_terms.cache_clear()
+
+
+# A few real catalog rows (USD per million tokens, as genai-prices 0.2.3 has them).
+MODEL_PRICES = [
+    # provider, model, match, input, output, cache read, cache write, tiers
+    (
+        "openai",
+        "gpt-4o",
+        {"or": [{"equals": "gpt-4o"}, {"starts_with": "gpt-4o-2024"}]},
+        "2.5",
+        "10",
+        "1.25",
+        None,
+        [],
+    ),
+    ("openai", "gpt-4o-mini", {"starts_with": "gpt-4o-mini"}, "0.15", "0.6", "0.075", None, []),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {"starts_with": "claude-sonnet-4-5"},
+        "3",
+        "15",
+        "0.3",
+        "3.75",
+        [],
+    ),
+    (
+        "google",
+        "gemini-2.5-pro",
+        {"starts_with": "gemini-2.5-pro"},
+        "1.25",
+        "10",
+        "0.125",
+        None,
+        [
+            {
+                "above_input_tokens": 200000,
+                "input_mtok": "2.5",
+                "output_mtok": "15",
+                "cache_read_mtok": "0.25",
+            }
+        ],
+    ),
+]
+
+
+@pytest.fixture
+def model_prices(db):
+    """Catalog rows for gpt-4o, gpt-4o-mini, claude-sonnet-4-5 and gemini-2.5-pro."""
+    from datetime import UTC, datetime
+
+    from metering import catalog
+    from metering.models import ModelPrice
+
+    rows = []
+    for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
+        rows.append(
+            ModelPrice.objects.create(
+                provider=provider,
+                model=model,
+                match=match,
+                position=position,
+                effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+                input_mtok=Decimal(inp),
+                output_mtok=Decimal(out),
+                cache_read_mtok=Decimal(read),
+                cache_write_mtok=Decimal(write) if write else None,
+                tiers=tiers,
+            )
+        )
+    catalog.invalidate()
+    return {row.model: row for row in rows}

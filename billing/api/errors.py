@@ -27,6 +27,7 @@ TYPE_BY_STATUS = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
 }
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import views
+from billing.api import usage, views
 
 urlpatterns = [
     path("customers", views.CustomerCreateView.as_view()),
@@ -8,6 +8,15 @@ urlpatterns = [
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
+    path("customers/<str:external_id>/usage", usage.UsageView.as_view()),
+    path("events", usage.EventCreateView.as_view()),
+    path("events/batch", usage.EventBatchView.as_view()),
+    path("authorize", usage.AuthorizeView.as_view()),
+    path("holds", usage.HoldCreateView.as_view()),
+    path("holds/<int:hold_id>", usage.HoldDetailView.as_view()),
+    path("holds/<int:hold_id>/settle", usage.HoldSettleView.as_view()),
+    path("holds/<int:hold_id>/release", usage.HoldReleaseView.as_view()),
+    path("models", usage.ModelListView.as_view()),
     path("meters", views.MeterListCreateView.as_view()),
     path("plans", views.PlanListCreateView.as_view()),
     path("plans/<slug:code>", views.PlanDetailView.as_view()),

@@ -38,10 +38,13 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         400: "Invalid request (code: invalid_parameter, parameter_missing, invalid_json, …)",
         401: "Missing or invalid API key (authentication_required, invalid_api_key, "
         "api_key_revoked)",
-        402: "Insufficient funds (insufficient_funds)",
+        402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits)",
         403: "The key lacks the scope (insufficient_scope)",
         404: "Not found",
         409: "Conflict (idempotency_key_reused, customer_exists, …)",
+        413: "Too large (batch_too_large)",
+        422: "Cannot be processed as sent (unknown_model, unknown_event_name, "
+        "no_active_subscription, timestamp_before_subscription)",
         429: "Rate limited (rate_limited); see Retry-After",
     }
     chosen = {401, 403, 429, *statuses}

@@ -32,18 +32,38 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def error(status: int, code: str, message: str | None = None, *, param: str | None = None,
-          type: str | None = None) -> dict[str, Any]:
+def error(
+    status: int,
+    code: str,
+    message: str | None = None,
+    *,
+    param: str | None = None,
+    type: str | None = None,
+) -> dict[str, Any]:
     """The expected error envelope (``message`` None: checked separately by the caller)."""
-    types = {400: "invalid_request_error", 401: "authentication_error", 402: "balance_error",
-             403: "permission_error", 404: "not_found_error", 409: "conflict_error",
-             429: "rate_limit_error"}
-    return {"error": {"type": type or types[status], "code": code, "message": message,
-                      "param": param}}
+    types = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "balance_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "conflict_error",
+        429: "rate_limit_error",
+    }
+    return {
+        "error": {"type": type or types[status], "code": code, "message": message, "param": param}
+    }
 
 
-def assert_error(response, status: int, code: str, *, param: str | None = None,
-                 message: str | None = None, type: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response,
+    status: int,
+    code: str,
+    *,
+    param: str | None = None,
+    message: str | None = None,
+    type: str | None = None,
+) -> dict[str, Any]:
     """The response is exactly the error envelope; ``message`` checked when given."""
     body = response.json()
     assert response.status_code == status, body
@@ -114,7 +134,7 @@ def make_meter(db) -> Callable[..., Meter]:
     def make(code: str | None = None, **kwargs: Any) -> Meter:
         kwargs.setdefault("event_name", "llm.completion")
         kwargs.setdefault("aggregation", "sum")
-        kwargs.setdefault("property", "usage.output_tokens")
+        kwargs.setdefault("property", "llm.output_tokens")
         return services.create_meter(code=code or unique("meter"), **kwargs)
 
     return make

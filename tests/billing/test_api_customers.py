@@ -16,10 +16,20 @@ from tests.billing.conftest import assert_error, make_client, post_raw
 
 pytestmark = pytest.mark.django_db
 
-ZERO_BALANCE = {"currency": "USD", "posted": "0.000000000000", "held": "0.000000000000",
-                "available": "0.000000000000"}
-EMPTY_ADDRESS = {"line1": "", "line2": "", "city": "", "state": "", "postal_code": "",
-                 "country": ""}
+ZERO_BALANCE = {
+    "currency": "USD",
+    "posted": "0.000000000000",
+    "held": "0.000000000000",
+    "available": "0.000000000000",
+}
+EMPTY_ADDRESS = {
+    "line1": "",
+    "line2": "",
+    "city": "",
+    "state": "",
+    "postal_code": "",
+    "country": "",
+}
 
 
 def without_volatile(body: dict) -> dict:
@@ -45,8 +55,14 @@ def test_create_a_prepaid_customer_with_defaults(api):
         "tax_id": "",
         "metadata": {},
         "stripe_customer_id": "",
-        "wallets": [{"currency": "USD", "billing_mode": "prepaid", "credit_limit": None,
-                     "balance": ZERO_BALANCE}],
+        "wallets": [
+            {
+                "currency": "USD",
+                "billing_mode": "prepaid",
+                "credit_limit": None,
+                "balance": ZERO_BALANCE,
+            }
+        ],
         "subscription": None,
     }
     customer = Customer.objects.get(external_id="acme-42")
@@ -58,18 +74,27 @@ def test_create_a_prepaid_customer_with_defaults(api):
 
 
 def test_create_a_postpaid_customer_with_every_field(api):
-    response = api.post("/api/v1/customers", {
-        "external_id": "org_7:eu@acme.test",
-        "name": "Acme GmbH",
-        "email": "billing@acme.test",
-        "currency": "EUR",
-        "billing_mode": "postpaid",
-        "credit_limit": "500.00",
-        "address": {"line1": "Hauptstraße 1", "line2": "2. OG", "city": "Berlin",
-                    "state": "BE", "postal_code": "10115", "country": "DE"},
-        "tax_id": "DE123456789",
-        "metadata": {"plan_source": "sales", "seats": 12},
-    })
+    response = api.post(
+        "/api/v1/customers",
+        {
+            "external_id": "org_7:eu@acme.test",
+            "name": "Acme GmbH",
+            "email": "billing@acme.test",
+            "currency": "EUR",
+            "billing_mode": "postpaid",
+            "credit_limit": "500.00",
+            "address": {
+                "line1": "Hauptstraße 1",
+                "line2": "2. OG",
+                "city": "Berlin",
+                "state": "BE",
+                "postal_code": "10115",
+                "country": "DE",
+            },
+            "tax_id": "DE123456789",
+            "metadata": {"plan_source": "sales", "seats": 12},
+        },
+    )
     assert response.status_code == 201, response.json()
     assert without_volatile(response.json()) == {
         "external_id": "org_7:eu@acme.test",
@@ -77,36 +102,58 @@ def test_create_a_postpaid_customer_with_every_field(api):
         "email": "billing@acme.test",
         "currency": "EUR",
         "billing_mode": "postpaid",
-        "address": {"line1": "Hauptstraße 1", "line2": "2. OG", "city": "Berlin",
-                    "state": "BE", "postal_code": "10115", "country": "DE"},
+        "address": {
+            "line1": "Hauptstraße 1",
+            "line2": "2. OG",
+            "city": "Berlin",
+            "state": "BE",
+            "postal_code": "10115",
+            "country": "DE",
+        },
         "tax_id": "DE123456789",
         "metadata": {"plan_source": "sales", "seats": 12},
         "stripe_customer_id": "",
-        "wallets": [{"currency": "EUR", "billing_mode": "postpaid",
-                     "credit_limit": "500.000000000000",
-                     "balance": {**ZERO_BALANCE, "currency": "EUR"}}],
+        "wallets": [
+            {
+                "currency": "EUR",
+                "billing_mode": "postpaid",
+                "credit_limit": "500.000000000000",
+                "balance": {**ZERO_BALANCE, "currency": "EUR"},
+            }
+        ],
         "subscription": None,
     }
     assert api.get("/api/v1/customers/org_7:eu@acme.test").json() == response.json()
     customer = Customer.objects.get(external_id="org_7:eu@acme.test")
     assert (customer.address_line1, customer.address_line2, customer.city) == (
-        "Hauptstraße 1", "2. OG", "Berlin")
+        "Hauptstraße 1",
+        "2. OG",
+        "Berlin",
+    )
     account = Wallet.objects.get(customer=customer).account
     assert (account.currency, account.allow_negative, account.floor) == (
-        "EUR", True, Decimal("-500"))
+        "EUR",
+        True,
+        Decimal("-500"),
+    )
 
 
 def test_a_postpaid_customer_without_a_limit_has_no_floor(api):
-    response = api.post("/api/v1/customers",
-                        {"external_id": "acme", "name": "Acme", "billing_mode": "postpaid"})
+    response = api.post(
+        "/api/v1/customers", {"external_id": "acme", "name": "Acme", "billing_mode": "postpaid"}
+    )
     assert response.status_code == 201
     assert response.json()["wallets"][0]["credit_limit"] is None
     assert Wallet.objects.get(customer__external_id="acme").account.floor is None
 
 
 def test_a_credit_limit_as_a_json_number_is_exact(api):
-    response = post_raw(api, "/api/v1/customers", '{"external_id": "acme", "name": "Acme", '
-                        '"billing_mode": "postpaid", "credit_limit": 1234.1}')
+    response = post_raw(
+        api,
+        "/api/v1/customers",
+        '{"external_id": "acme", "name": "Acme", '
+        '"billing_mode": "postpaid", "credit_limit": 1234.1}',
+    )
     assert response.status_code == 201, response.json()
     assert response.json()["wallets"][0]["credit_limit"] == "1234.100000000000"
     assert Wallet.objects.get(customer__external_id="acme").credit_limit == Decimal("1234.1")
@@ -116,8 +163,13 @@ def test_a_duplicate_external_id_is_a_conflict_and_changes_nothing(api, make_cus
     first = make_customer("acme", name="Acme")
     accounts = Account.objects.count()
     response = api.post("/api/v1/customers", {"external_id": "acme", "name": "Other"})
-    assert_error(response, 409, "customer_exists", param="external_id",
-                 message="a customer with external_id 'acme' already exists")
+    assert_error(
+        response,
+        409,
+        "customer_exists",
+        param="external_id",
+        message="a customer with external_id 'acme' already exists",
+    )
     assert Customer.objects.get(external_id="acme").name == "Acme"
     assert Wallet.objects.filter(customer=first).count() == 1
     assert Account.objects.count() == accounts
@@ -136,26 +188,71 @@ def test_a_duplicate_external_id_is_a_conflict_and_changes_nothing(api, make_cus
         ({"external_id": "", "name": "Acme"}, "invalid_parameter", "external_id"),
         ({"external_id": "acme", "name": "x" * 201}, "invalid_parameter", "name"),
         ({"external_id": "acme", "name": "Acme", "email": "nope"}, "invalid_parameter", "email"),
-        ({"external_id": "acme", "name": "Acme", "currency": "usd"}, "invalid_parameter",
-         "currency"),
-        ({"external_id": "acme", "name": "Acme", "currency": "DOLLARS"}, "invalid_parameter",
-         "currency"),
-        ({"external_id": "acme", "name": "Acme", "billing_mode": "weekly"},
-         "invalid_parameter", "billing_mode"),
-        ({"external_id": "acme", "name": "Acme", "billing_mode": "postpaid",
-          "credit_limit": "-1"}, "invalid_parameter", "credit_limit"),
-        ({"external_id": "acme", "name": "Acme", "billing_mode": "postpaid",
-          "credit_limit": "1.0000000000001"}, "invalid_parameter", "credit_limit"),
-        ({"external_id": "acme", "name": "Acme", "billing_mode": "postpaid",
-          "credit_limit": "lots"}, "invalid_parameter", "credit_limit"),
-        ({"external_id": "acme", "name": "Acme", "address": {"country": "de"}},
-         "invalid_parameter", "address.country"),
-        ({"external_id": "acme", "name": "Acme", "address": "Berlin"},
-         "invalid_parameter", "address"),
-        ({"external_id": "acme", "name": "Acme", "metadata": ["a"]},
-         "invalid_parameter", "metadata"),
-        ({"external_id": "acme", "name": "Acme",
-          "metadata": {f"k{i}": i for i in range(51)}}, "invalid_parameter", "metadata"),
+        (
+            {"external_id": "acme", "name": "Acme", "currency": "usd"},
+            "invalid_parameter",
+            "currency",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "currency": "DOLLARS"},
+            "invalid_parameter",
+            "currency",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "billing_mode": "weekly"},
+            "invalid_parameter",
+            "billing_mode",
+        ),
+        (
+            {
+                "external_id": "acme",
+                "name": "Acme",
+                "billing_mode": "postpaid",
+                "credit_limit": "-1",
+            },
+            "invalid_parameter",
+            "credit_limit",
+        ),
+        (
+            {
+                "external_id": "acme",
+                "name": "Acme",
+                "billing_mode": "postpaid",
+                "credit_limit": "1.0000000000001",
+            },
+            "invalid_parameter",
+            "credit_limit",
+        ),
+        (
+            {
+                "external_id": "acme",
+                "name": "Acme",
+                "billing_mode": "postpaid",
+                "credit_limit": "lots",
+            },
+            "invalid_parameter",
+            "credit_limit",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "address": {"country": "de"}},
+            "invalid_parameter",
+            "address.country",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "address": "Berlin"},
+            "invalid_parameter",
+            "address",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "metadata": ["a"]},
+            "invalid_parameter",
+            "metadata",
+        ),
+        (
+            {"external_id": "acme", "name": "Acme", "metadata": {f"k{i}": i for i in range(51)}},
+            "invalid_parameter",
+            "metadata",
+        ),
     ],
 )
 def test_invalid_customer_parameters(api, body, code, param):
@@ -166,25 +263,35 @@ def test_invalid_customer_parameters(api, body, code, param):
 
 
 def test_a_credit_limit_is_for_postpaid_customers_only(api):
-    response = api.post("/api/v1/customers",
-                        {"external_id": "acme", "name": "Acme", "credit_limit": "100"})
-    assert_error(response, 400, "invalid_parameter", param="credit_limit",
-                 message="credit_limit applies to postpaid customers only")
+    response = api.post(
+        "/api/v1/customers", {"external_id": "acme", "name": "Acme", "credit_limit": "100"}
+    )
+    assert_error(
+        response,
+        400,
+        "invalid_parameter",
+        param="credit_limit",
+        message="credit_limit applies to postpaid customers only",
+    )
     assert not Customer.objects.exists()
     assert not Account.objects.exists()
 
 
 def test_metadata_may_hold_fifty_keys(api):
     metadata = {f"k{i}": i for i in range(50)}
-    response = api.post("/api/v1/customers",
-                        {"external_id": "acme", "name": "Acme", "metadata": metadata})
+    response = api.post(
+        "/api/v1/customers", {"external_id": "acme", "name": "Acme", "metadata": metadata}
+    )
     assert response.status_code == 201
     assert response.json()["metadata"] == metadata
 
 
 def test_metadata_may_hold_a_fractional_number(api):
-    response = post_raw(api, "/api/v1/customers",
-                        '{"external_id": "acme", "name": "Acme", "metadata": {"ratio": 0.5}}')
+    response = post_raw(
+        api,
+        "/api/v1/customers",
+        '{"external_id": "acme", "name": "Acme", "metadata": {"ratio": 0.5}}',
+    )
     assert response.status_code == 201, response.json()
     # kept exactly, as a decimal string (never a float)
     assert response.json()["metadata"]["ratio"] == "0.5"
@@ -192,10 +299,15 @@ def test_metadata_may_hold_a_fractional_number(api):
 
 @pytest.mark.parametrize(
     "body",
-    ['{"external_id": "acme", "name": ', "not json", '{"external_id": "acme",}', "{'a': 1}",
-     '{"external_id": "acme", "name": "Acme", "credit_limit": NaN}',
-     '{"external_id": "acme", "name": "Acme", "credit_limit": Infinity}',
-     '{"external_id": "acme", "name": "Acme", "credit_limit": -Infinity}'],
+    [
+        '{"external_id": "acme", "name": ',
+        "not json",
+        '{"external_id": "acme",}',
+        "{'a': 1}",
+        '{"external_id": "acme", "name": "Acme", "credit_limit": NaN}',
+        '{"external_id": "acme", "name": "Acme", "credit_limit": Infinity}',
+        '{"external_id": "acme", "name": "Acme", "credit_limit": -Infinity}',
+    ],
 )
 def test_a_body_that_is_not_valid_json_is_refused(api, body):
     response = post_raw(api, "/api/v1/customers", body)
@@ -207,23 +319,30 @@ def test_a_body_that_is_not_valid_json_is_refused(api, body):
 def test_a_deeply_nested_body_is_invalid_json_not_a_server_error(api):
     api.raise_request_exception = False
     nested = "[" * 5000 + "]" * 5000
-    response = post_raw(api, "/api/v1/customers",
-                        f'{{"external_id": "acme", "name": "Acme", "metadata": {{"x": {nested}}}}}')
+    response = post_raw(
+        api,
+        "/api/v1/customers",
+        f'{{"external_id": "acme", "name": "Acme", "metadata": {{"x": {nested}}}}}',
+    )
     assert response.status_code == 400, response.status_code
     assert response.json()["error"]["code"] in ("invalid_json", "invalid_parameter")
     assert not Customer.objects.exists()
 
 
 def test_a_body_that_is_not_utf8_is_invalid_json(api):
-    response = api.post("/api/v1/customers", b'{"external_id": "\xff", "name": "A"}',
-                        content_type="application/json")
+    response = api.post(
+        "/api/v1/customers",
+        b'{"external_id": "\xff", "name": "A"}',
+        content_type="application/json",
+    )
     assert_error(response, 400, "invalid_json")
 
 
 def test_an_email_longer_than_254_characters_is_an_invalid_parameter(api):
     api.raise_request_exception = False
-    response = api.post("/api/v1/customers", {"external_id": "acme", "name": "Acme",
-                                              "email": "a" * 250 + "@x.com"})
+    response = api.post(
+        "/api/v1/customers", {"external_id": "acme", "name": "Acme", "email": "a" * 250 + "@x.com"}
+    )
     assert response.status_code == 400, response.status_code
     assert_error(response, 400, "invalid_parameter", param="email")
     assert not Customer.objects.exists()
@@ -231,13 +350,21 @@ def test_an_email_longer_than_254_characters_is_an_invalid_parameter(api):
 
 def test_a_json_array_body_is_an_invalid_parameter(api):
     response = post_raw(api, "/api/v1/customers", '[{"external_id": "acme", "name": "Acme"}]')
-    assert_error(response, 400, "invalid_parameter", param=None,
-                 message="Invalid data. Expected a dictionary, but got list.")
+    assert_error(
+        response,
+        400,
+        "invalid_parameter",
+        param=None,
+        message="Invalid data. Expected a dictionary, but got list.",
+    )
 
 
 def test_a_body_that_is_not_json_is_an_unsupported_media_type(api):
-    response = api.post("/api/v1/customers", "external_id=acme&name=Acme",
-                        content_type="application/x-www-form-urlencoded")
+    response = api.post(
+        "/api/v1/customers",
+        "external_id=acme&name=Acme",
+        content_type="application/x-www-form-urlencoded",
+    )
     assert_error(response, 415, "unsupported_media_type", type="invalid_request_error")
     assert not Customer.objects.exists()
 
@@ -250,20 +377,38 @@ def test_retrieve_a_customer_with_its_wallet_balance(api):
     assert api.post("/api/v1/customers/acme/top-ups", {"amount": "12.5"}).status_code == 201
     response = api.get("/api/v1/customers/acme")
     assert response.status_code == 200
-    expected = {**created, "wallets": [{
-        "currency": "USD", "billing_mode": "prepaid", "credit_limit": None,
-        "balance": {"currency": "USD", "posted": "12.500000000000", "held": "0.000000000000",
-                    "available": "12.500000000000"},
-    }]}
+    expected = {
+        **created,
+        "wallets": [
+            {
+                "currency": "USD",
+                "billing_mode": "prepaid",
+                "credit_limit": None,
+                "balance": {
+                    "currency": "USD",
+                    "posted": "12.500000000000",
+                    "held": "0.000000000000",
+                    "available": "12.500000000000",
+                },
+            }
+        ],
+    }
     assert response.json() == expected
 
 
 def test_an_unknown_customer_is_not_found(api, make_customer):
     make_customer("acme")
-    for path in ("/api/v1/customers/ACME", "/api/v1/customers/nope/balance",
-                 "/api/v1/customers/nope/transactions"):
-        assert_error(api.get(path), 404, "customer_not_found",
-                     message=f"no customer with external_id {path.split('/')[4]!r}")
+    for path in (
+        "/api/v1/customers/ACME",
+        "/api/v1/customers/nope/balance",
+        "/api/v1/customers/nope/transactions",
+    ):
+        assert_error(
+            api.get(path),
+            404,
+            "customer_not_found",
+            message=f"no customer with external_id {path.split('/')[4]!r}",
+        )
 
 
 def test_a_read_only_key_can_read_a_customer(read_api, make_customer):
@@ -276,8 +421,9 @@ def test_a_read_only_key_can_read_a_customer(read_api, make_customer):
 
 def test_top_up_posts_world_to_wallet(api, make_customer):
     customer = make_customer("acme")
-    response = api.post("/api/v1/customers/acme/top-ups",
-                        {"amount": "25.50", "reference": "pi_3Nx"})
+    response = api.post(
+        "/api/v1/customers/acme/top-ups", {"amount": "25.50", "reference": "pi_3Nx"}
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     posted = LedgerTransaction.objects.get()
@@ -291,10 +437,18 @@ def test_top_up_posts_world_to_wallet(api, make_customer):
         "metadata": {"kind": "top_up", "customer": "acme"},
         "reverses": None,
         "entries": [
-            {"account": "@World", "currency": "USD", "direction": "debit",
-             "amount": "25.500000000000"},
-            {"account": f"wallet:{customer.pk}:USD", "currency": "USD", "direction": "credit",
-             "amount": "25.500000000000"},
+            {
+                "account": "@World",
+                "currency": "USD",
+                "direction": "debit",
+                "amount": "25.500000000000",
+            },
+            {
+                "account": f"wallet:{customer.pk}:USD",
+                "currency": "USD",
+                "direction": "credit",
+                "amount": "25.500000000000",
+            },
         ],
     }
     entries = {e.account.code: e.amount for e in Entry.objects.select_related("account")}
@@ -305,8 +459,9 @@ def test_top_up_posts_world_to_wallet(api, make_customer):
 
 def test_top_up_with_a_description(api, make_customer):
     make_customer("acme")
-    response = api.post("/api/v1/customers/acme/top-ups",
-                        {"amount": "5", "description": "Card payment"})
+    response = api.post(
+        "/api/v1/customers/acme/top-ups", {"amount": "5", "description": "Card payment"}
+    )
     assert response.status_code == 201
     assert response.json()["description"] == "Card payment"
 
@@ -332,7 +487,8 @@ def test_top_ups_without_a_reference_are_separate(api, make_customer):
     assert (first.status_code, second.status_code) == (201, 201)
     assert first.json()["id"] != second.json()["id"]
     assert api.get("/api/v1/customers/acme/balance").json()["balances"][0]["posted"] == (
-        "20.000000000000")
+        "20.000000000000"
+    )
 
 
 def test_a_reference_reused_for_another_amount_is_a_conflict(api, make_customer):
@@ -342,16 +498,25 @@ def test_a_reference_reused_for_another_amount_is_a_conflict(api, make_customer)
     assert_error(response, 409, "reference_reused", param=None)
     assert LedgerTransaction.objects.count() == 1
     assert api.get("/api/v1/customers/acme/balance").json()["balances"][0]["posted"] == (
-        "10.000000000000")
+        "10.000000000000"
+    )
 
 
 def test_a_reference_is_per_customer(api, make_customer):
     make_customer("acme")
     make_customer("globex")
-    assert api.post("/api/v1/customers/acme/top-ups",
-                    {"amount": "10", "reference": "pay-1"}).status_code == 201
-    assert api.post("/api/v1/customers/globex/top-ups",
-                    {"amount": "10", "reference": "pay-1"}).status_code == 201
+    assert (
+        api.post(
+            "/api/v1/customers/acme/top-ups", {"amount": "10", "reference": "pay-1"}
+        ).status_code
+        == 201
+    )
+    assert (
+        api.post(
+            "/api/v1/customers/globex/top-ups", {"amount": "10", "reference": "pay-1"}
+        ).status_code
+        == 201
+    )
     assert LedgerTransaction.objects.count() == 2
 
 
@@ -429,8 +594,13 @@ def test_invalid_top_ups(api, make_customer, body, code, param):
 def test_a_float_amount_as_a_json_number_with_thirteen_places_is_refused(api, make_customer):
     make_customer("acme")
     response = post_raw(api, "/api/v1/customers/acme/top-ups", '{"amount": 1e-13}')
-    assert_error(response, 400, "invalid_parameter", param="amount",
-                 message="Ensure that there are no more than 12 decimal places.")
+    assert_error(
+        response,
+        400,
+        "invalid_parameter",
+        param="amount",
+        message="Ensure that there are no more than 12 decimal places.",
+    )
 
 
 def test_top_up_an_unknown_customer(api):
@@ -442,8 +612,13 @@ def test_top_up_an_unknown_customer(api):
 def test_top_up_in_a_currency_the_customer_has_no_wallet_for(api, make_customer):
     make_customer("acme", currency="EUR")
     response = api.post("/api/v1/customers/acme/top-ups", {"amount": "5", "currency": "USD"})
-    assert_error(response, 404, "wallet_not_found", param="currency",
-                 message="customer acme has no USD wallet")
+    assert_error(
+        response,
+        404,
+        "wallet_not_found",
+        param="currency",
+        message="customer acme has no USD wallet",
+    )
     eur = api.post("/api/v1/customers/acme/top-ups", {"amount": "5"})
     assert eur.status_code == 201
     assert {e["currency"] for e in eur.json()["entries"]} == {"EUR"}
@@ -451,8 +626,9 @@ def test_top_up_in_a_currency_the_customer_has_no_wallet_for(api, make_customer)
 
 def test_top_up_a_postpaid_wallet_in_overdraft(api, make_customer):
     customer = make_customer("acme", billing_mode="postpaid", credit_limit=Decimal("100"))
-    services.adjust_balance(customer=customer, amount=Decimal("-60"), reason="usage",
-                            staff_user_id=None)
+    services.adjust_balance(
+        customer=customer, amount=Decimal("-60"), reason="usage", staff_user_id=None
+    )
     response = api.post("/api/v1/customers/acme/top-ups", {"amount": "100"})
     assert response.status_code == 201
     balance = api.get("/api/v1/customers/acme/balance").json()["balances"][0]
@@ -484,10 +660,18 @@ def test_balance_per_currency(api, make_customer):
     assert response.json() == {
         "customer": "acme",
         "balances": [
-            {"currency": "EUR", "posted": "3.000000000000", "held": "0.000000000000",
-             "available": "3.000000000000"},
-            {"currency": "USD", "posted": "25.600000000000", "held": "0.000000000000",
-             "available": "25.600000000000"},
+            {
+                "currency": "EUR",
+                "posted": "3.000000000000",
+                "held": "0.000000000000",
+                "available": "3.000000000000",
+            },
+            {
+                "currency": "USD",
+                "posted": "25.600000000000",
+                "held": "0.000000000000",
+                "available": "25.600000000000",
+            },
         ],
         "credits": [],
         "allowances": [],
@@ -503,8 +687,12 @@ def test_balance_shows_held_funds(api, make_customer):
     revenue = ledger.ensure_system_account(code="@Revenue", currency="USD")
     ledger.place_hold(reference="h1", account=wallet.account, destination=revenue, amount="4.25")
     assert api.get("/api/v1/customers/acme/balance").json()["balances"] == [
-        {"currency": "USD", "posted": "10.000000000000", "held": "4.250000000000",
-         "available": "5.750000000000"},
+        {
+            "currency": "USD",
+            "posted": "10.000000000000",
+            "held": "4.250000000000",
+            "available": "5.750000000000",
+        },
     ]
 
 
@@ -532,8 +720,12 @@ def test_transactions_newest_first_with_entries(api, make_customer):
     assert [t["id"] for t in body["data"]] == [second, first]
     assert body["data"][0]["entries"] == [
         {"account": "@World", "currency": "USD", "direction": "debit", "amount": "2.000000000000"},
-        {"account": f"wallet:{customer.pk}:USD", "currency": "USD", "direction": "credit",
-         "amount": "2.000000000000"},
+        {
+            "account": f"wallet:{customer.pk}:USD",
+            "currency": "USD",
+            "direction": "credit",
+            "amount": "2.000000000000",
+        },
     ]
     single = api.post("/api/v1/customers/acme/top-ups", {"amount": "3", "reference": "x"}).json()
     assert api.get("/api/v1/customers/acme/transactions?limit=1").json()["data"] == [single]
@@ -579,8 +771,11 @@ def test_transactions_default_to_ten_per_page(api, make_customer):
         ("limit=", "limit", "limit must be 1 to 100"),
         ("starting_after=abc", "starting_after", "starting_after must be an object id"),
         ("starting_after=-1", "starting_after", "starting_after must be an object id"),
-        ("starting_after=99999999999999999999", "starting_after",
-         "starting_after must be an object id"),
+        (
+            "starting_after=99999999999999999999",
+            "starting_after",
+            "starting_after must be an object id",
+        ),
     ],
 )
 def test_transactions_bad_pagination_parameters(api, make_customer, query, param, message):
@@ -597,8 +792,11 @@ def test_another_key_reads_the_same_history(api, make_customer, make_key):
 
 
 def test_a_nul_character_is_refused_not_a_server_error(api):
-    response = post_raw(api, "/api/v1/customers",
-                        '{"external_id": "acme", "name": "Acme", "metadata": {"a": "x\\u0000"}}')
+    response = post_raw(
+        api,
+        "/api/v1/customers",
+        '{"external_id": "acme", "name": "Acme", "metadata": {"a": "x\\u0000"}}',
+    )
     assert_error(response, 400, "invalid_json")
     deep = post_raw(api, "/api/v1/customers", "[" * 900 + '"\\u0000"' + "]" * 900)
     assert_error(deep, 400, "invalid_json")

@@ -50,8 +50,16 @@ def _meter(make_customer, make_plan, make_meter):
 
 def _plan(make_customer, make_plan, make_meter):
     make_meter("tokens")
-    return "/api/v1/plans", {"code": "pro", "name": "Pro", "base_fee": "49",
-                             "charges": [{"meter": "tokens", "unit_price": "0.000002"}]}, 201
+    return (
+        "/api/v1/plans",
+        {
+            "code": "pro",
+            "name": "Pro",
+            "base_fee": "49",
+            "charges": [{"meter": "tokens", "unit_price": "0.000002"}],
+        },
+        201,
+    )
 
 
 def _subscription(make_customer, make_plan, make_meter):
@@ -78,14 +86,20 @@ def _cancel(make_customer, make_plan, make_meter):
 
 
 def _state() -> tuple:
-    return (Customer.objects.count(), LedgerTransaction.objects.count(), Meter.objects.count(),
-            services.Plan.objects.count(), Subscription.objects.count(),
-            list(Subscription.objects.values_list("plan_id", "status")))
+    return (
+        Customer.objects.count(),
+        LedgerTransaction.objects.count(),
+        Meter.objects.count(),
+        services.Plan.objects.count(),
+        Subscription.objects.count(),
+        list(Subscription.objects.values_list("plan_id", "status")),
+    )
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "route", [_customers, _top_up, _meter, _plan, _subscription, _change, _cancel],
+    "route",
+    [_customers, _top_up, _meter, _plan, _subscription, _change, _cancel],
     ids=["customers", "top-ups", "meters", "plans", "subscriptions", "change", "cancel"],
 )
 def test_a_retry_replays_the_first_response(api, make_customer, make_plan, make_meter, route):
@@ -131,10 +145,15 @@ def test_the_same_key_with_another_body_is_refused(api, make_customer):
     make_customer("acme")
     assert post(api, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k").status_code == 201
     response = post(api, "/api/v1/customers/acme/top-ups", {"amount": "6"}, key="k")
-    assert_error(response, 409, "idempotency_key_reused", param="Idempotency-Key",
-                 type="idempotency_error",
-                 message="this Idempotency-Key was used with a different request; "
-                         "use a new key for a new request")
+    assert_error(
+        response,
+        409,
+        "idempotency_key_reused",
+        param="Idempotency-Key",
+        type="idempotency_error",
+        message="this Idempotency-Key was used with a different request; "
+        "use a new key for a new request",
+    )
     assert REPLAYED not in response.headers
     assert wallet_posted("acme") == Decimal("5")
 
@@ -145,18 +164,27 @@ def test_the_same_key_on_another_route_is_refused(api, make_customer):
     make_customer("globex")
     post(api, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k")
     response = post(api, "/api/v1/customers/globex/top-ups", {"amount": "5"}, key="k")
-    assert_error(response, 409, "idempotency_key_reused", type="idempotency_error",
-                 param="Idempotency-Key")
+    assert_error(
+        response, 409, "idempotency_key_reused", type="idempotency_error", param="Idempotency-Key"
+    )
     assert wallet_posted("globex") == Decimal("0")
 
 
 @pytest.mark.django_db
 def test_key_order_in_the_body_does_not_matter(api, make_customer):
     make_customer("acme")
-    first = post_raw(api, "/api/v1/customers/acme/top-ups",
-                     '{"amount": "5", "reference": "r1"}', HTTP_IDEMPOTENCY_KEY="k")
-    retry = post_raw(api, "/api/v1/customers/acme/top-ups",
-                     '{"reference": "r1",  "amount": "5"}', HTTP_IDEMPOTENCY_KEY="k")
+    first = post_raw(
+        api,
+        "/api/v1/customers/acme/top-ups",
+        '{"amount": "5", "reference": "r1"}',
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
+    retry = post_raw(
+        api,
+        "/api/v1/customers/acme/top-ups",
+        '{"reference": "r1",  "amount": "5"}',
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
     assert retry.status_code == first.status_code == 201
     assert retry.headers[REPLAYED] == "true"
 
@@ -179,8 +207,13 @@ def test_keys_belong_to_one_api_key(api, make_key, make_customer):
 @pytest.mark.parametrize("key", ["k" * 256, " ", "   "])
 def test_an_invalid_key_is_refused_and_nothing_runs(api, key):
     response = post(api, "/api/v1/customers", {"external_id": "acme", "name": "Acme"}, key=key)
-    assert_error(response, 400, "invalid_idempotency_key", param="Idempotency-Key",
-                 message="Idempotency-Key must be 1 to 255 characters")
+    assert_error(
+        response,
+        400,
+        "invalid_idempotency_key",
+        param="Idempotency-Key",
+        message="Idempotency-Key must be 1 to 255 characters",
+    )
     assert not Customer.objects.exists()
     assert not IdempotencyRecord.objects.exists()
 
@@ -206,8 +239,7 @@ def test_a_failed_request_replays_its_failure(api, make_customer):
     assert retry.status_code == 404 and retry.headers[REPLAYED] == "true"
     assert retry.json() == first.json()
     assert wallet_posted("acme") == Decimal("0")
-    assert post(api, "/api/v1/customers/acme/top-ups", {"amount": "5"},
-                key="k2").status_code == 201
+    assert post(api, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k2").status_code == 201
 
 
 @pytest.mark.django_db
@@ -219,8 +251,13 @@ def test_a_validation_failure_replays_and_a_fixed_body_needs_a_new_key(api):
     assert retry.status_code == 400 and retry.headers[REPLAYED] == "true"
     assert retry.json() == first.json()
     fixed = {**bad, "currency": "USD"}
-    assert_error(post(api, "/api/v1/customers", fixed, key="k"), 409, "idempotency_key_reused",
-                 type="idempotency_error", param="Idempotency-Key")
+    assert_error(
+        post(api, "/api/v1/customers", fixed, key="k"),
+        409,
+        "idempotency_key_reused",
+        type="idempotency_error",
+        param="Idempotency-Key",
+    )
     assert post(api, "/api/v1/customers", fixed, key="k2").status_code == 201
 
 
@@ -231,19 +268,21 @@ def test_a_conflict_replays_and_leaves_the_first_customer(api, make_customer):
     first = post(api, "/api/v1/customers", body, key="k")
     assert_error(first, 409, "customer_exists", param="external_id")
     retry = post(api, "/api/v1/customers", body, key="k")
-    assert (retry.status_code, retry.headers[REPLAYED], retry.json()) == (409, "true",
-                                                                         first.json())
+    assert (retry.status_code, retry.headers[REPLAYED], retry.json()) == (409, "true", first.json())
     assert Customer.objects.get().name == "Acme"
 
 
 @pytest.mark.django_db
 def test_a_body_that_is_not_json_is_not_remembered(api):
-    broken = post_raw(api, "/api/v1/customers", '{"external_id": "acme",',
-                      HTTP_IDEMPOTENCY_KEY="k")
+    broken = post_raw(api, "/api/v1/customers", '{"external_id": "acme",', HTTP_IDEMPOTENCY_KEY="k")
     assert_error(broken, 400, "invalid_json")
     assert not IdempotencyRecord.objects.exists()
-    fixed = post_raw(api, "/api/v1/customers", '{"external_id": "acme", "name": "Acme"}',
-                     HTTP_IDEMPOTENCY_KEY="k")
+    fixed = post_raw(
+        api,
+        "/api/v1/customers",
+        '{"external_id": "acme", "name": "Acme"}',
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
     assert fixed.status_code == 201 and REPLAYED not in fixed.headers
 
 
@@ -265,11 +304,15 @@ def test_a_revoked_key_cannot_replay(make_key, make_customer):
     key, secret = make_key()
     make_customer("acme")
     client = make_client(secret)
-    assert post(client, "/api/v1/customers/acme/top-ups", {"amount": "5"},
-                key="k").status_code == 201
+    assert (
+        post(client, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k").status_code == 201
+    )
     services.revoke_api_key(api_key=key)
-    assert_error(post(client, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k"), 401,
-                 "api_key_revoked")
+    assert_error(
+        post(client, "/api/v1/customers/acme/top-ups", {"amount": "5"}, key="k"),
+        401,
+        "api_key_revoked",
+    )
 
 
 # --- concurrency ---------------------------------------------------------------------------------
@@ -291,8 +334,9 @@ def test_concurrent_retries_with_one_key_post_once(make_key, make_customer):
 
     def retry(i: int):
         client = make_client(secret)
-        response = post(client, "/api/v1/customers/acme/top-ups", {"amount": "25.50"},
-                        key="concurrent-1")
+        response = post(
+            client, "/api/v1/customers/acme/top-ups", {"amount": "25.50"}, key="concurrent-1"
+        )
         return response.status_code, response.json(), response.headers.get(REPLAYED)
 
     results = run_concurrently(retry)
@@ -314,8 +358,11 @@ def test_concurrent_top_ups_with_one_reference_post_once(make_key, make_customer
     make_customer("acme")
 
     def top_up(i: int):
-        response = post(make_client(secret), "/api/v1/customers/acme/top-ups",
-                        {"amount": "7", "reference": "pi_1"})
+        response = post(
+            make_client(secret),
+            "/api/v1/customers/acme/top-ups",
+            {"amount": "7", "reference": "pi_1"},
+        )
         return response.status_code, response.json()
 
     results = run_concurrently(top_up)
@@ -326,9 +373,7 @@ def test_concurrent_top_ups_with_one_reference_post_once(make_key, make_customer
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_creates_of_one_customer_and_subscription_conflict_cleanly(
-    make_key, make_plan
-):
+def test_concurrent_creates_of_one_customer_and_subscription_conflict_cleanly(make_key, make_plan):
     _, secret = make_key()
     make_plan("basic", base_fee="30")
 
@@ -340,7 +385,8 @@ def test_concurrent_creates_of_one_customer_and_subscription_conflict_cleanly(
     results = run_concurrently(create)
     assert sorted(status for status, _ in results) == [201] + [409] * (THREADS - 1)
     assert {body["error"]["code"] for status, body in results if status == 409} == {
-        "customer_exists"}
+        "customer_exists"
+    }
     assert Customer.objects.count() == 1
 
     def subscribe(i: int):
@@ -351,5 +397,6 @@ def test_concurrent_creates_of_one_customer_and_subscription_conflict_cleanly(
     results = run_concurrently(subscribe)
     assert sorted(status for status, _ in results) == [201] + [409] * (THREADS - 1)
     assert {body["error"]["code"] for status, body in results if status == 409} == {
-        "subscription_exists"}
+        "subscription_exists"
+    }
     assert Subscription.objects.count() == 1

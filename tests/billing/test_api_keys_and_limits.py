@@ -47,8 +47,12 @@ def call(client, method: str, path: str):
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_every_route_requires_a_key(method, path):
     response = call(make_client(), method, path)
-    assert_error(response, 401, "authentication_required",
-                 message="an API key is required: Authorization: Bearer <key>")
+    assert_error(
+        response,
+        401,
+        "authentication_required",
+        message="an API key is required: Authorization: Bearer <key>",
+    )
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
 
 
@@ -66,8 +70,12 @@ def test_every_route_refuses_an_unknown_key(method, path, api_key):
 def test_a_malformed_authorization_header_is_an_invalid_key(header, api_key):
     client = make_client()
     client.credentials(HTTP_AUTHORIZATION=header)
-    assert_error(client.get("/api/v1/plans"), 401, "invalid_api_key",
-                 message="use 'Authorization: Bearer <secret key>'")
+    assert_error(
+        client.get("/api/v1/plans"),
+        401,
+        "invalid_api_key",
+        message="use 'Authorization: Bearer <secret key>'",
+    )
 
 
 def test_the_scheme_is_case_insensitive(api_key):
@@ -88,8 +96,9 @@ def test_a_revoked_key_is_refused_on_every_route(method, path, make_key):
     client = make_client(secret)
     assert client.get("/api/v1/plans").status_code == 200
     services.revoke_api_key(api_key=key)
-    assert_error(call(client, method, path), 401, "api_key_revoked",
-                 message="this API key was revoked")
+    assert_error(
+        call(client, method, path), 401, "api_key_revoked", message="this API key was revoked"
+    )
 
 
 def test_revoking_twice_keeps_the_first_revocation_time(make_key):
@@ -168,23 +177,29 @@ def test_an_unauthenticated_request_does_not_touch_last_used_at(make_key):
 @pytest.mark.parametrize("path", POST_ROUTES)
 def test_a_read_only_key_cannot_post(path, make_key):
     client = make_client(make_key(("read",))[1])
-    assert_error(client.post(path, {}), 403, "insufficient_scope",
-                 message="this API key lacks the 'write' scope")
+    assert_error(
+        client.post(path, {}),
+        403,
+        "insufficient_scope",
+        message="this API key lacks the 'write' scope",
+    )
 
 
 @pytest.mark.parametrize("scopes", [("write",), ("ingest",), ("write", "ingest")])
 @pytest.mark.parametrize("path", GET_ROUTES)
 def test_reading_needs_the_read_scope(path, scopes, make_key):
     client = make_client(make_key(scopes)[1])
-    assert_error(client.get(path), 403, "insufficient_scope",
-                 message="this API key lacks the 'read' scope")
+    assert_error(
+        client.get(path), 403, "insufficient_scope", message="this API key lacks the 'read' scope"
+    )
 
 
 def test_an_ingest_key_cannot_create_customers(make_key):
     client = make_client(make_key(("ingest", "read"))[1])
     response = client.post("/api/v1/customers", {"external_id": "acme", "name": "Acme"})
-    assert_error(response, 403, "insufficient_scope",
-                 message="this API key lacks the 'write' scope")
+    assert_error(
+        response, 403, "insufficient_scope", message="this API key lacks the 'write' scope"
+    )
     assert not Customer.objects.exists()
 
 
@@ -196,10 +211,19 @@ def test_a_write_key_can_post(make_key):
 
 
 def test_an_unsupported_method_is_refused_in_the_error_format(api):
-    assert_error(api.get("/api/v1/subscriptions"), 405, "method_not_allowed",
-                 message='Method "GET" not allowed.', type="invalid_request_error")
-    assert_error(api.delete("/api/v1/customers/acme"), 405, "method_not_allowed",
-                 type="invalid_request_error")
+    assert_error(
+        api.get("/api/v1/subscriptions"),
+        405,
+        "method_not_allowed",
+        message='Method "GET" not allowed.',
+        type="invalid_request_error",
+    )
+    assert_error(
+        api.delete("/api/v1/customers/acme"),
+        405,
+        "method_not_allowed",
+        type="invalid_request_error",
+    )
 
 
 # --- rate limit ----------------------------------------------------------------------------------

@@ -34,9 +34,14 @@ PRO = {
                 {"up_to": None, "unit_price": "0.0000015", "flat_fee": "5"},
             ],
         },
-        {"meter": "requests", "price_model": "package", "unit_price": "1.50",
-         "package_size": "1000"},
-        {"meter": "images", "unit_price": "0.04", "margin_percent": "12.5"},
+        {
+            "meter": "requests",
+            "price_model": "package",
+            "unit_price": "1.50",
+            "package_size": "1000",
+        },
+        {"meter": "images", "unit_price": "0.04"},
+        {"meter": "input_tokens", "margin_percent": "12.5"},
     ],
 }
 
@@ -49,8 +54,11 @@ PRO_CHARGES_OUT = [
         "package_size": None,
         "margin_percent": None,
         "tiers": [
-            {"up_to": "10000000.000000000000", "unit_price": "0.000002000000",
-             "flat_fee": "0.000000000000"},
+            {
+                "up_to": "10000000.000000000000",
+                "unit_price": "0.000002000000",
+                "flat_fee": "0.000000000000",
+            },
             {"up_to": None, "unit_price": "0.000001500000", "flat_fee": "5.000000000000"},
         ],
     },
@@ -69,6 +77,15 @@ PRO_CHARGES_OUT = [
         "included_quantity": "0.000000000000",
         "unit_price": "0.040000000000",
         "package_size": None,
+        "margin_percent": None,
+        "tiers": [],
+    },
+    {
+        "meter": "input_tokens",
+        "price_model": "per_unit",
+        "included_quantity": "0.000000000000",
+        "unit_price": "0.000000000000",
+        "package_size": None,
         "margin_percent": "12.5000",
         "tiers": [],
     },
@@ -81,6 +98,7 @@ def meters(make_meter):
         make_meter("output_tokens"),
         make_meter("requests", aggregation="count", property=""),
         make_meter("images", property="images"),
+        make_meter("input_tokens", property="llm.input_tokens"),
     ]
 
 
@@ -114,7 +132,7 @@ def test_publish_a_plan_creates_version_one(api, meters):
     plan = Plan.objects.get()
     assert response.json()["id"] == plan.pk
     assert plan.published_by_id is None
-    assert PlanCharge.objects.filter(plan=plan).count() == 3
+    assert PlanCharge.objects.filter(plan=plan).count() == 4
     assert PriceTier.objects.filter(charge__plan=plan).count() == 2
 
 
@@ -190,44 +208,68 @@ def test_get_plan_returns_the_latest_and_a_given_version(api, meters):
 
 def test_get_an_unknown_plan_or_version(api, meters):
     api.post("/api/v1/plans", PRO)
-    assert_error(api.get("/api/v1/plans/enterprise"), 404, "plan_not_found",
-                 message="plan 'enterprise' does not exist")
-    assert_error(api.get("/api/v1/plans/pro?version=2"), 404, "plan_not_found",
-                 message="plan 'pro' does not exist in version 2")
+    assert_error(
+        api.get("/api/v1/plans/enterprise"),
+        404,
+        "plan_not_found",
+        message="plan 'enterprise' does not exist",
+    )
+    assert_error(
+        api.get("/api/v1/plans/pro?version=2"),
+        404,
+        "plan_not_found",
+        message="plan 'pro' does not exist in version 2",
+    )
 
 
 @pytest.mark.parametrize("version", ["abc", "0", "-1", "1.5", "99999999999"])
 def test_get_plan_with_a_bad_version(api, meters, version):
     api.post("/api/v1/plans", PRO)
-    assert_error(api.get(f"/api/v1/plans/pro?version={version}"), 400, "invalid_parameter",
-                 param="version", message="version must be a positive integer")
+    assert_error(
+        api.get(f"/api/v1/plans/pro?version={version}"),
+        400,
+        "invalid_parameter",
+        param="version",
+        message="version must be a positive integer",
+    )
 
 
 def test_publish_a_credits_plan(api, meters):
-    response = api.post("/api/v1/plans", {
-        "code": "credits", "name": "Credits", "consumption_model": "credits",
-        "units_per_credit": "1000", "charges": [{"meter": "output_tokens"}],
-    })
+    response = api.post(
+        "/api/v1/plans",
+        {
+            "code": "credits",
+            "name": "Credits",
+            "consumption_model": "credits",
+            "units_per_credit": "1000",
+            "charges": [{"meter": "output_tokens"}],
+        },
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert (body["consumption_model"], body["units_per_credit"]) == (
-        "credits", "1000.000000000000")
+    assert (body["consumption_model"], body["units_per_credit"]) == ("credits", "1000.000000000000")
     assert (body["base_fee"], body["trial_days"], body["interval"]) == (
-        "0.000000000000", 0, "month")
+        "0.000000000000",
+        0,
+        "month",
+    )
 
 
 def test_publish_a_yearly_volume_plan_with_json_numbers(api, meters):
-    response = post_raw(api, "/api/v1/plans", """{
+    response = post_raw(
+        api,
+        "/api/v1/plans",
+        """{
         "code": "yearly", "name": "Yearly", "interval": "year", "base_fee": 0.1,
         "charges": [{"meter": "output_tokens", "price_model": "volume",
                      "tiers": [{"up_to": 100, "unit_price": 0.3},
-                               {"up_to": null, "unit_price": 0.0000015}]}]}""")
+                               {"up_to": null, "unit_price": 0.0000015}]}]}""",
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["base_fee"] == "0.100000000000"
     assert body["charges"][0]["tiers"] == [
-        {"up_to": "100.000000000000", "unit_price": "0.300000000000",
-         "flat_fee": "0.000000000000"},
+        {"up_to": "100.000000000000", "unit_price": "0.300000000000", "flat_fee": "0.000000000000"},
         {"up_to": None, "unit_price": "0.000001500000", "flat_fee": "0.000000000000"},
     ]
 
@@ -242,48 +284,128 @@ def plan_with(charge: dict, **fields) -> dict:
 @pytest.mark.parametrize(
     ("body", "param", "message"),
     [
-        (plan_with({"meter": "output_tokens", "price_model": "graduated"}),
-         "charges[0].tiers", "a graduated charge needs tiers"),
-        (plan_with({"meter": "output_tokens", "price_model": "volume", "tiers": []}),
-         "charges[0].tiers", "a volume charge needs tiers"),
-        (plan_with({"meter": "output_tokens", "price_model": "graduated",
-                    "tiers": [{"up_to": "10"}, {"up_to": "20"}]}),
-         "charges[0].tiers[1].up_to", "the last tier must be open-ended (up_to null)"),
-        (plan_with({"meter": "output_tokens", "price_model": "graduated",
-                    "tiers": [{"up_to": "10"}]}),
-         "charges[0].tiers[0].up_to", "the last tier must be open-ended (up_to null)"),
-        (plan_with({"meter": "output_tokens", "price_model": "graduated",
-                    "tiers": [{"up_to": None}, {"up_to": None}]}),
-         "charges[0].tiers[0].up_to", "only the last tier may be open-ended"),
-        (plan_with({"meter": "output_tokens", "price_model": "graduated",
-                    "tiers": [{"up_to": "10"}, {"up_to": "5"}, {"up_to": None}]}),
-         "charges[0].tiers[1].up_to", "tier bounds must increase"),
-        (plan_with({"meter": "output_tokens", "price_model": "volume",
-                    "tiers": [{"up_to": "10"}, {"up_to": "10"}, {"up_to": None}]}),
-         "charges[0].tiers[1].up_to", "tier bounds must increase"),
-        (plan_with({"meter": "output_tokens", "price_model": "graduated",
-                    "tiers": [{"up_to": "0"}, {"up_to": None}]}),
-         "charges[0].tiers[0].up_to", "tier bounds must increase"),
-        (plan_with({"meter": "output_tokens", "price_model": "package", "unit_price": "1"}),
-         "charges[0].package_size", "a package charge needs package_size > 0"),
-        (plan_with({"meter": "output_tokens", "price_model": "package", "package_size": "0"}),
-         "charges[0].package_size", "a package charge needs package_size > 0"),
-        (plan_with({"meter": "output_tokens", "price_model": "package", "package_size": "-5"}),
-         "charges[0].package_size", "a package charge needs package_size > 0"),
-        (plan_with({"meter": "output_tokens", "price_model": "per_unit",
-                    "tiers": [{"up_to": None}]}),
-         "charges[0].tiers", "a per_unit charge has no tiers"),
-        (plan_with({"meter": "output_tokens"}, consumption_model="credits"),
-         "units_per_credit", "a credits plan needs units_per_credit > 0"),
-        (plan_with({"meter": "output_tokens"}, consumption_model="credits",
-                   units_per_credit="0"),
-         "units_per_credit", "a credits plan needs units_per_credit > 0"),
-        (plan_with({"meter": "output_tokens"}, consumption_model="credits",
-                   units_per_credit="-2"),
-         "units_per_credit", "a credits plan needs units_per_credit > 0"),
-        ({"code": "bad", "name": "Bad", "charges": [{"meter": "output_tokens"},
-                                                    {"meter": "output_tokens"}]},
-         "charges", "a plan has at most one charge per meter"),
+        (
+            plan_with({"meter": "output_tokens", "price_model": "graduated"}),
+            "charges[0].tiers",
+            "a graduated charge needs tiers",
+        ),
+        (
+            plan_with({"meter": "output_tokens", "price_model": "volume", "tiers": []}),
+            "charges[0].tiers",
+            "a volume charge needs tiers",
+        ),
+        (
+            plan_with(
+                {
+                    "meter": "output_tokens",
+                    "price_model": "graduated",
+                    "tiers": [{"up_to": "10"}, {"up_to": "20"}],
+                }
+            ),
+            "charges[0].tiers[1].up_to",
+            "the last tier must be open-ended (up_to null)",
+        ),
+        (
+            plan_with(
+                {"meter": "output_tokens", "price_model": "graduated", "tiers": [{"up_to": "10"}]}
+            ),
+            "charges[0].tiers[0].up_to",
+            "the last tier must be open-ended (up_to null)",
+        ),
+        (
+            plan_with(
+                {
+                    "meter": "output_tokens",
+                    "price_model": "graduated",
+                    "tiers": [{"up_to": None}, {"up_to": None}],
+                }
+            ),
+            "charges[0].tiers[0].up_to",
+            "only the last tier may be open-ended",
+        ),
+        (
+            plan_with(
+                {
+                    "meter": "output_tokens",
+                    "price_model": "graduated",
+                    "tiers": [{"up_to": "10"}, {"up_to": "5"}, {"up_to": None}],
+                }
+            ),
+            "charges[0].tiers[1].up_to",
+            "tier bounds must increase",
+        ),
+        (
+            plan_with(
+                {
+                    "meter": "output_tokens",
+                    "price_model": "volume",
+                    "tiers": [{"up_to": "10"}, {"up_to": "10"}, {"up_to": None}],
+                }
+            ),
+            "charges[0].tiers[1].up_to",
+            "tier bounds must increase",
+        ),
+        (
+            plan_with(
+                {
+                    "meter": "output_tokens",
+                    "price_model": "graduated",
+                    "tiers": [{"up_to": "0"}, {"up_to": None}],
+                }
+            ),
+            "charges[0].tiers[0].up_to",
+            "tier bounds must increase",
+        ),
+        (
+            plan_with({"meter": "output_tokens", "price_model": "package", "unit_price": "1"}),
+            "charges[0].package_size",
+            "a package charge needs package_size > 0",
+        ),
+        (
+            plan_with({"meter": "output_tokens", "price_model": "package", "package_size": "0"}),
+            "charges[0].package_size",
+            "a package charge needs package_size > 0",
+        ),
+        (
+            plan_with({"meter": "output_tokens", "price_model": "package", "package_size": "-5"}),
+            "charges[0].package_size",
+            "a package charge needs package_size > 0",
+        ),
+        (
+            plan_with(
+                {"meter": "output_tokens", "price_model": "per_unit", "tiers": [{"up_to": None}]}
+            ),
+            "charges[0].tiers",
+            "a per_unit charge has no tiers",
+        ),
+        (
+            plan_with({"meter": "output_tokens"}, consumption_model="credits"),
+            "units_per_credit",
+            "a credits plan needs units_per_credit > 0",
+        ),
+        (
+            plan_with(
+                {"meter": "output_tokens"}, consumption_model="credits", units_per_credit="0"
+            ),
+            "units_per_credit",
+            "a credits plan needs units_per_credit > 0",
+        ),
+        (
+            plan_with(
+                {"meter": "output_tokens"}, consumption_model="credits", units_per_credit="-2"
+            ),
+            "units_per_credit",
+            "a credits plan needs units_per_credit > 0",
+        ),
+        (
+            {
+                "code": "bad",
+                "name": "Bad",
+                "charges": [{"meter": "output_tokens"}, {"meter": "output_tokens"}],
+            },
+            "charges",
+            "a plan has at most one charge per meter",
+        ),
     ],
 )
 def test_price_model_rules(api, meters, body, param, message):
@@ -293,13 +415,28 @@ def test_price_model_rules(api, meters, body, param, message):
 
 
 def test_the_second_charge_is_named_in_the_error(api, meters):
-    response = api.post("/api/v1/plans", {"code": "bad", "name": "Bad", "charges": [
-        {"meter": "output_tokens"},
-        {"meter": "requests", "price_model": "graduated",
-         "tiers": [{"up_to": "100"}, {"up_to": "50"}, {"up_to": None}]},
-    ]})
-    assert_error(response, 400, "invalid_parameter", param="charges[1].tiers[1].up_to",
-                 message="tier bounds must increase")
+    response = api.post(
+        "/api/v1/plans",
+        {
+            "code": "bad",
+            "name": "Bad",
+            "charges": [
+                {"meter": "output_tokens"},
+                {
+                    "meter": "requests",
+                    "price_model": "graduated",
+                    "tiers": [{"up_to": "100"}, {"up_to": "50"}, {"up_to": None}],
+                },
+            ],
+        },
+    )
+    assert_error(
+        response,
+        400,
+        "invalid_parameter",
+        param="charges[1].tiers[1].up_to",
+        message="tier bounds must increase",
+    )
 
 
 @pytest.mark.parametrize(
@@ -311,14 +448,23 @@ def test_the_second_charge_is_named_in_the_error(api, meters):
         ({"code": "pro", "name": "Pro", "currency": "usd"}, "invalid_parameter", "currency"),
         ({"code": "pro", "name": "Pro", "interval": "week"}, "invalid_parameter", "interval"),
         ({"code": "pro", "name": "Pro", "base_fee": "-1"}, "invalid_parameter", "base_fee"),
-        ({"code": "pro", "name": "Pro", "base_fee": "1.0000000000001"}, "invalid_parameter",
-         "base_fee"),
+        (
+            {"code": "pro", "name": "Pro", "base_fee": "1.0000000000001"},
+            "invalid_parameter",
+            "base_fee",
+        ),
         ({"code": "pro", "name": "Pro", "trial_days": -1}, "invalid_parameter", "trial_days"),
         ({"code": "pro", "name": "Pro", "trial_days": 3651}, "invalid_parameter", "trial_days"),
-        ({"code": "pro", "name": "Pro", "consumption_model": "vibes"}, "invalid_parameter",
-         "consumption_model"),
-        ({"code": "pro", "name": "Pro", "charges": {"meter": "output_tokens"}},
-         "invalid_parameter", "charges"),
+        (
+            {"code": "pro", "name": "Pro", "consumption_model": "vibes"},
+            "invalid_parameter",
+            "consumption_model",
+        ),
+        (
+            {"code": "pro", "name": "Pro", "charges": {"meter": "output_tokens"}},
+            "invalid_parameter",
+            "charges",
+        ),
     ],
 )
 def test_invalid_plan_fields(api, meters, body, code, param):
@@ -332,9 +478,14 @@ def test_invalid_plan_fields(api, meters, body, code, param):
         ({"meter": "output_tokens", "unit_price": "-1"}, "charges[0].unit_price"),
         ({"meter": "output_tokens", "price_model": "tiered"}, "charges[0].price_model"),
         ({"price_model": "per_unit"}, "charges[0].meter"),
-        ({"meter": "output_tokens", "price_model": "graduated",
-          "tiers": [{"up_to": "10", "unit_price": "-1"}, {"up_to": None}]},
-         "charges[0].tiers[0].unit_price"),
+        (
+            {
+                "meter": "output_tokens",
+                "price_model": "graduated",
+                "tiers": [{"up_to": "10", "unit_price": "-1"}, {"up_to": None}],
+            },
+            "charges[0].tiers[0].unit_price",
+        ),
     ],
 )
 def test_serializer_errors_in_charges_name_the_charge_like_service_errors(
@@ -348,8 +499,13 @@ def test_serializer_errors_in_charges_name_the_charge_like_service_errors(
 
 def test_a_charge_on_an_unknown_meter_is_meter_not_found(api, meters):
     response = api.post("/api/v1/plans", plan_with({"meter": "gpu_seconds"}))
-    assert_error(response, 404, "meter_not_found", param="charges[0].meter",
-                 message="meter 'gpu_seconds' does not exist")
+    assert_error(
+        response,
+        404,
+        "meter_not_found",
+        param="charges[0].meter",
+        message="meter 'gpu_seconds' does not exist",
+    )
     assert not Plan.objects.exists()
 
 
@@ -363,13 +519,21 @@ def test_a_charge_on_an_unknown_meter_is_refused_and_changes_nothing(api, meters
 def test_publish_plan_service_raises_meter_not_found(db, meters):
     from billing import errors, services
 
-    spec = services.PlanSpec(code="x", name="X",
-                             charges=(services.ChargeSpec(meter="output_tokens"),
-                                      services.ChargeSpec(meter="gpu_seconds")))
+    spec = services.PlanSpec(
+        code="x",
+        name="X",
+        charges=(
+            services.ChargeSpec(meter="output_tokens"),
+            services.ChargeSpec(meter="gpu_seconds"),
+        ),
+    )
     with pytest.raises(errors.MeterNotFound) as caught:
         services.publish_plan(spec=spec)
     assert (caught.value.code, caught.value.http_status, caught.value.param) == (
-        "meter_not_found", 404, "charges[1].meter")
+        "meter_not_found",
+        404,
+        "charges[1].meter",
+    )
     assert not Plan.objects.exists()
 
 
@@ -398,7 +562,9 @@ def test_list_plans_shows_the_latest_version_of_each(api, meters, make_plan):
     body = api.get("/api/v1/plans").json()
     assert body["has_more"] is False
     assert [(p["code"], p["version"], p["id"]) for p in body["data"]] == [
-        ("team", 1, team.pk), ("pro", 2, pro_v2.pk), ("basic", 1, basic.pk),
+        ("team", 1, team.pk),
+        ("pro", 2, pro_v2.pk),
+        ("basic", 1, basic.pk),
     ]
     assert body["data"][1]["base_fee"] == "59.000000000000"
     assert body["data"][1] == api.get("/api/v1/plans/pro").json()
@@ -421,8 +587,13 @@ def test_list_plans_pages(api, meters, make_plan):
 @pytest.mark.parametrize("path", ["/api/v1/plans", "/api/v1/meters"])
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
-     ("starting_after=x", "starting_after"), ("starting_after=-5", "starting_after")],
+    [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("starting_after=x", "starting_after"),
+        ("starting_after=-5", "starting_after"),
+    ],
 )
 def test_lists_refuse_bad_pagination(api, path, query, param):
     assert_error(api.get(f"{path}?{query}"), 400, "invalid_parameter", param=param)
@@ -437,9 +608,14 @@ def test_an_empty_list(api):
 
 
 OUTPUT_TOKENS = {
-    "code": "output_tokens", "name": "Output tokens", "event_name": "llm.completion",
-    "aggregation": "sum", "property": "usage.output_tokens",
-    "filters": {"provider": ["openai", "anthropic"]}, "group_by": ["model"], "unit": "tokens",
+    "code": "output_tokens",
+    "name": "Output tokens",
+    "event_name": "llm.completion",
+    "aggregation": "sum",
+    "property": "usage.output_tokens",
+    "filters": {"provider": ["openai", "anthropic"]},
+    "group_by": ["model"],
+    "unit": "tokens",
 }
 
 
@@ -455,19 +631,26 @@ def test_create_a_meter(api):
 
 
 def test_create_a_count_meter_with_defaults(api):
-    response = api.post("/api/v1/meters",
-                        {"code": "requests", "event_name": "api.request", "aggregation": "count"})
+    response = api.post(
+        "/api/v1/meters", {"code": "requests", "event_name": "api.request", "aggregation": "count"}
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert {k: body[k] for k in ("name", "property", "filters", "group_by", "unit")} == {
-        "name": "", "property": "", "filters": {}, "group_by": [], "unit": ""}
+        "name": "",
+        "property": "",
+        "filters": {},
+        "group_by": [],
+        "unit": "",
+    }
 
 
 def test_a_duplicate_meter_is_a_conflict(api):
     api.post("/api/v1/meters", OUTPUT_TOKENS)
     response = api.post("/api/v1/meters", {**OUTPUT_TOKENS, "aggregation": "max"})
-    assert_error(response, 409, "meter_exists", param="code",
-                 message="meter 'output_tokens' already exists")
+    assert_error(
+        response, 409, "meter_exists", param="code", message="meter 'output_tokens' already exists"
+    )
     assert Meter.objects.get().aggregation == "sum"
 
 
@@ -492,15 +675,25 @@ def test_invalid_meters(api, change, code, param):
 
 @pytest.mark.parametrize("aggregation", ["sum", "max", "unique_count", "latest"])
 def test_every_aggregation_but_count_needs_a_property(api, aggregation):
-    response = api.post("/api/v1/meters", {"code": "m", "event_name": "e",
-                                           "aggregation": aggregation})
-    assert_error(response, 400, "invalid_parameter", param="property",
-                 message=f"a {aggregation} meter needs the property it reads")
+    response = api.post(
+        "/api/v1/meters", {"code": "m", "event_name": "e", "aggregation": aggregation}
+    )
+    assert_error(
+        response,
+        400,
+        "invalid_parameter",
+        param="property",
+        message=f"a {aggregation} meter needs the property it reads",
+    )
 
 
 def test_a_meter_may_filter_on_a_fractional_value(api):
-    response = post_raw(api, "/api/v1/meters", '{"code": "m", "event_name": "e", '
-                        '"aggregation": "count", "filters": {"temperature": [0.5]}}')
+    response = post_raw(
+        api,
+        "/api/v1/meters",
+        '{"code": "m", "event_name": "e", '
+        '"aggregation": "count", "filters": {"temperature": [0.5]}}',
+    )
     assert response.status_code == 201, response.json()
 
 

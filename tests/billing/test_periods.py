@@ -37,8 +37,13 @@ def test_period_boundaries_return_to_the_anchor_day_and_never_drift():
     anchor = at(2026, 1, 31, 9)
     boundaries = [period_boundary(anchor, "month", n) for n in range(7)]
     assert boundaries == [
-        at(2026, 1, 31, 9), at(2026, 2, 28, 9), at(2026, 3, 31, 9), at(2026, 4, 30, 9),
-        at(2026, 5, 31, 9), at(2026, 6, 30, 9), at(2026, 7, 31, 9),
+        at(2026, 1, 31, 9),
+        at(2026, 2, 28, 9),
+        at(2026, 3, 31, 9),
+        at(2026, 4, 30, 9),
+        at(2026, 5, 31, 9),
+        at(2026, 6, 30, 9),
+        at(2026, 7, 31, 9),
     ]
     # Chaining add_months would drift to the 28th; boundaries are always from the anchor.
     assert add_months(add_months(anchor, 1), 1) == at(2026, 3, 28, 9)
@@ -47,7 +52,11 @@ def test_period_boundaries_return_to_the_anchor_day_and_never_drift():
 def test_yearly_boundaries_from_a_leap_day():
     anchor = at(2024, 2, 29)
     assert [period_boundary(anchor, "year", n) for n in range(5)] == [
-        at(2024, 2, 29), at(2025, 2, 28), at(2026, 2, 28), at(2027, 2, 28), at(2028, 2, 29),
+        at(2024, 2, 29),
+        at(2025, 2, 28),
+        at(2026, 2, 28),
+        at(2027, 2, 28),
+        at(2028, 2, 29),
     ]
 
 
@@ -57,14 +66,22 @@ def test_yearly_boundaries_from_a_leap_day():
         # The anchor itself opens the first period.
         (at(2026, 1, 31), "month", at(2026, 1, 31), (at(2026, 1, 31), at(2026, 2, 28))),
         # Half-open: one microsecond before the boundary is still in the first period...
-        (at(2026, 1, 31), "month", at(2026, 2, 28) - timedelta(microseconds=1),
-         (at(2026, 1, 31), at(2026, 2, 28))),
+        (
+            at(2026, 1, 31),
+            "month",
+            at(2026, 2, 28) - timedelta(microseconds=1),
+            (at(2026, 1, 31), at(2026, 2, 28)),
+        ),
         # ... and the boundary itself opens the next.
         (at(2026, 1, 31), "month", at(2026, 2, 28), (at(2026, 2, 28), at(2026, 3, 31))),
         (at(2026, 1, 31), "month", at(2026, 3, 15, 12), (at(2026, 2, 28), at(2026, 3, 31))),
         # The day has come but not the hour: still the previous period.
-        (at(2026, 1, 31, 23), "month", at(2026, 3, 31, 22), (at(2026, 2, 28, 23),
-                                                             at(2026, 3, 31, 23))),
+        (
+            at(2026, 1, 31, 23),
+            "month",
+            at(2026, 3, 31, 22),
+            (at(2026, 2, 28, 23), at(2026, 3, 31, 23)),
+        ),
         # A day of the month not reached yet in the moment's month.
         (at(2026, 1, 15), "month", at(2026, 3, 10), (at(2026, 2, 15), at(2026, 3, 15))),
         # Years later, still on the anchor day (clamped in 30-day months).
@@ -89,8 +106,13 @@ APRIL = (at(2026, 4, 1), at(2026, 5, 1))  # 30 days
 
 
 def prorate_april(amount: str, used_from: datetime, used_until: datetime) -> Decimal:
-    return prorate(Decimal(amount), used_from=used_from, used_until=used_until,
-                   period_start=APRIL[0], period_end=APRIL[1])
+    return prorate(
+        Decimal(amount),
+        used_from=used_from,
+        used_until=used_until,
+        period_start=APRIL[0],
+        period_end=APRIL[1],
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,11 +139,13 @@ def test_prorate_by_elapsed_time(amount, used_from, used_until, expected):
 def test_prorate_counts_microseconds_exactly():
     # 30 days = 2,592,000,000,000 µs; an amount of that many units costs 1 per microsecond.
     microseconds = 30 * 24 * 3600 * 10**6
-    one = prorate_april(str(microseconds), at(2026, 4, 1),
-                        at(2026, 4, 1) + timedelta(microseconds=1))
+    one = prorate_april(
+        str(microseconds), at(2026, 4, 1), at(2026, 4, 1) + timedelta(microseconds=1)
+    )
     assert one == Decimal(1)
-    seven = prorate_april(str(microseconds), at(2026, 4, 20),
-                          at(2026, 4, 20) + timedelta(microseconds=7))
+    seven = prorate_april(
+        str(microseconds), at(2026, 4, 20), at(2026, 4, 20) + timedelta(microseconds=7)
+    )
     assert seven == Decimal(7)
 
 
@@ -129,8 +153,13 @@ def test_prorate_rounds_half_even_at_the_twelfth_place():
     two_days = (at(2026, 4, 1), at(2026, 4, 3))
 
     def half(amount: str) -> Decimal:
-        return prorate(Decimal(amount), used_from=at(2026, 4, 1), used_until=at(2026, 4, 2),
-                       period_start=two_days[0], period_end=two_days[1])
+        return prorate(
+            Decimal(amount),
+            used_from=at(2026, 4, 1),
+            used_until=at(2026, 4, 2),
+            period_start=two_days[0],
+            period_end=two_days[1],
+        )
 
     assert half("0.000000000001") == Decimal("0")  # 0.5e-12 → 0 (even)
     assert half("0.000000000003") == Decimal("0.000000000002")  # 1.5e-12 → 2e-12 (even)
@@ -140,8 +169,16 @@ def test_prorate_rounds_half_even_at_the_twelfth_place():
 
 def test_prorate_whole_period_returns_the_amount_unchanged():
     amount = Decimal("49.123456789012")
-    assert prorate(amount, used_from=APRIL[0], used_until=APRIL[1], period_start=APRIL[0],
-                   period_end=APRIL[1]) is amount
+    assert (
+        prorate(
+            amount,
+            used_from=APRIL[0],
+            used_until=APRIL[1],
+            period_start=APRIL[0],
+            period_end=APRIL[1],
+        )
+        is amount
+    )
 
 
 @pytest.mark.parametrize(

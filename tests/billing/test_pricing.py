@@ -114,7 +114,7 @@ def test_demo_file_declares_meters_and_every_kind_of_plan():
         name="Input tokens",
         event_name="llm.completion",
         aggregation="sum",
-        property="usage.input_tokens",
+        property="llm.input_tokens",
         group_by=("model",),
         unit="tokens",
     )
@@ -822,9 +822,7 @@ def test_command_meter_conflict_exits_non_zero_and_keeps_the_database(tmp_path):
     before = snapshot()
     path = tmp_path / "demo.yaml"
     path.write_text(
-        DEMO.read_text().replace(
-            "property: usage.output_tokens", "property: usage.completion_tokens"
-        )
+        DEMO.read_text().replace("property: llm.output_tokens", "property: llm.total_tokens")
     )
     status, _, err = run_command(str(path))
     assert status == 1

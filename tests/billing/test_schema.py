@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, settings
 from billing import services
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from billing.wsgi import application
+from ledger import services as ledger
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 # The schema endpoint documents itself; regenerating the schema 50 times proves nothing.
@@ -71,7 +72,7 @@ def in_process_requests(db):
 
 
 @pytest.fixture
-def seeded(in_process_requests, request):
+def seeded(in_process_requests, model_prices, request):
     """Real objects for the path parameters, and the headers of a key with every scope."""
     label = request.node.name.partition("[")[2].rstrip("]")
     if label in KNOWN_BUGS:
@@ -80,7 +81,7 @@ def seeded(in_process_requests, request):
         code="schema-test-tokens",
         event_name="llm.completion",
         aggregation="sum",
-        property="usage.output_tokens",
+        property="llm.output_tokens",
         group_by=["model"],
         unit="tokens",
     )
@@ -111,12 +112,19 @@ def seeded(in_process_requests, request):
     services.top_up(customer=customer, amount=Decimal("12.345678901234"), reference="seed")
     subscription = services.create_subscription(customer=customer, plan=plan)
     _, secret = services.create_api_key(name="schemathesis", scopes=["read", "write", "ingest"])
+    hold = ledger.place_hold(
+        reference="schema-hold",
+        account=services.wallet_for(customer=customer).account,
+        destination=ledger.ensure_system_account(code="@Revenue", currency="USD"),
+        amount=Decimal("1.5"),
+    )
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
             "external_id": SEEDED_CUSTOMER,
             "code": SEEDED_PLAN,
             "subscription_id": subscription.pk,
+            "hold_id": hold.pk,
         },
     }
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def meter():
     return services.create_meter(
-        code=unique("m"), event_name="llm.completion", aggregation="sum",
+        code=unique("m"),
+        event_name="llm.completion",
+        aggregation="sum",
         property="usage.output_tokens",
     )
 
@@ -24,7 +26,10 @@ def meter():
 @pytest.mark.parametrize("metadata", [None, {}])
 def test_republishing_a_plan_read_back_is_unchanged(meter, metadata):
     spec = services.PlanSpec(
-        code=unique("plan"), name="Pro", base_fee=Decimal("49.00"), metadata=metadata,
+        code=unique("plan"),
+        name="Pro",
+        base_fee=Decimal("49.00"),
+        metadata=metadata,
         charges=(services.ChargeSpec(meter=meter.code, unit_price=Decimal("0.000002")),),
     )
     plan, created = services.publish_plan(spec=spec)

@@ -335,9 +335,10 @@ def test_large_amounts_keep_every_digit(world, make_wallet):
 def test_system_account_with_another_sign_convention_is_refused(world):
     with pytest.raises(errors.InvalidTransaction, match="debit-normal"):
         services.ensure_system_account(code="@World", currency="USD", normal_balance="credit")
-    assert services.ensure_system_account(
-        code="@World", currency="USD", normal_balance="debit"
-    ).pk == world.pk
+    assert (
+        services.ensure_system_account(code="@World", currency="USD", normal_balance="debit").pk
+        == world.pk
+    )
 
 
 def test_refused_overdraft_change_leaves_the_account_object_alone(revenue, make_wallet):

@@ -17,6 +17,7 @@ from django.db import transaction
 from billing import services
 from billing.models import BillingMode, Customer, SubscriptionStatus
 from billing.pricing import load_pricing
+from metering.catalog import import_genai_prices
 
 DEMO_PRICING_FILE = Path(settings.BASE_DIR) / "pricing" / "demo.yaml"
 
@@ -25,7 +26,9 @@ DEMO_CUSTOMERS = [
     ("acme", "Acme Robotics", BillingMode.PREPAID, None, "payg", Decimal("500.00")),
     ("globex", "Globex AI", BillingMode.POSTPAID, Decimal("1000.00"), "pro", None),
     ("initech", "Initech Labs", BillingMode.PREPAID, None, "scale", Decimal("25.00")),
+    ("hooli", "Hooli Search", BillingMode.PREPAID, None, "credits", None),
 ]
+DEMO_CREDITS = {"hooli": Decimal("250000")}  # prepaid credit packs
 
 
 class Command(BaseCommand):
@@ -36,6 +39,11 @@ class Command(BaseCommand):
         user_model = get_user_model()
         if not user_model.objects.filter(username="admin").exists():
             user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+        report = import_genai_prices()
+        self.stdout.write(
+            f"  model catalog ({report.source}): {report.created} price versions added, "
+            f"{report.unchanged} unchanged"
+        )
         summary = load_pricing(path=DEMO_PRICING_FILE)
         for line in summary.lines():
             self.stdout.write(f"  {line}")
@@ -60,5 +68,14 @@ class Command(BaseCommand):
                     amount=top_up,
                     reference="demo-initial-top-up",
                     description="Demo: initial top-up",
+                )
+            if external_id in DEMO_CREDITS:
+                services.ensure_wallet(customer=customer, currency="CREDITS")
+                services.top_up(
+                    customer=customer,
+                    amount=DEMO_CREDITS[external_id],
+                    currency="CREDITS",
+                    reference="demo-credit-pack",
+                    description="Demo: credit pack",
                 )
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))

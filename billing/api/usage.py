@@ -1,0 +1,772 @@
+"""The usage half of the API: ingest events, authorize before compute, holds, usage read
+from the counters, and the model price catalog.
+
+Scopes: ``ingest`` for POST /events, /events/batch, /authorize and /holds (a product
+backend's hot path needs nothing more); ``read`` for the GETs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db.models import Sum
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors
+from billing.api.errors import APIError, error_body
+from billing.api.idempotency import idempotent
+from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
+from billing.api.pagination import paginate
+from billing.api.serializers import Money, list_response
+from billing.api.views import errors, idempotency_parameter
+from billing.errors import BillingError
+from billing.models import Subscription, SubscriptionStatus, Wallet
+from ledger import errors as ledger_errors
+from ledger import services as ledger
+from ledger.models import Hold
+from metering import rating
+from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
+
+MAX_BATCH = 1000
+MAX_PROPERTIES_BYTES = 32 * 1024
+INGEST = {"POST": "ingest"}
+
+
+# --- serializers --------------------------------------------------------------------------------
+
+
+class EventSerializer(serializers.Serializer):
+    idempotency_key = serializers.CharField(
+        max_length=255, help_text="Unique per customer: a retry with the same key is charged once."
+    )
+    customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
+    event_name = serializers.CharField(max_length=200, help_text="Meters read events by name.")
+    timestamp = serializers.DateTimeField(
+        required=False, help_text="RFC 3339 with an offset; default now. Not in the future."
+    )
+    properties = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text="Free-form. LLM usage: `model`, optional `provider`, and the provider's raw "
+        "`usage` object (OpenAI, Anthropic, Gemini …), normalised to token kinds.",
+    )
+
+    def validate_timestamp(self, value: datetime) -> datetime:
+        raw = self.initial_data.get("timestamp") if isinstance(self.initial_data, dict) else None
+        if isinstance(raw, str) and not _has_offset(raw):
+            raise serializers.ValidationError("timestamp needs a UTC offset (e.g. Z)")
+        return value.astimezone(UTC)
+
+    def validate_properties(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("properties must be a JSON object")
+        if len(json.dumps(value, default=str)) > MAX_PROPERTIES_BYTES:
+            raise serializers.ValidationError(
+                f"properties may hold at most {MAX_PROPERTIES_BYTES} bytes of JSON"
+            )
+        return value
+
+
+def _has_offset(text: str) -> bool:
+    text = text.strip()
+    return text.endswith(("Z", "z")) or (len(text) > 6 and text[-6] in "+-" and text[-3] == ":")
+
+
+class EventResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    status = serializers.ChoiceField(choices=["accepted", "duplicate"])
+    amount = Money(help_text="Charged for this event (negative: credited back).")
+    currency = serializers.CharField()
+    cost = Money(required=False, help_text="The provider's cost, USD (LLM events).")
+    ledger_transaction = serializers.IntegerField(allow_null=True)
+
+
+class BatchSerializer(serializers.Serializer):
+    events = serializers.ListField(child=serializers.JSONField(), max_length=MAX_BATCH)
+
+
+class BatchItemSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
+    event = EventResultSerializer(required=False)
+    error = serializers.DictField(required=False)
+
+
+class BatchResultSerializer(serializers.Serializer):
+    data = BatchItemSerializer(many=True)
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+
+
+class EstimateInputSerializer(serializers.Serializer):
+    customer = serializers.CharField(max_length=200)
+    amount = Money(required=False, min_value=Decimal(0), help_text="Either an amount …")
+    currency = serializers.RegexField(r"^[A-Z]{3,16}$", required=False)
+    model = serializers.CharField(max_length=200, required=False, help_text="… or a model")
+    provider = serializers.CharField(max_length=100, required=False)
+    input_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
+    max_output_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
+    event_name = serializers.CharField(max_length=200, required=False)
+
+    def validate(self, data):
+        if ("amount" in data) == ("model" in data):
+            raise serializers.ValidationError({"amount": "give either amount or model"})
+        if "amount" in data and (
+            "input_tokens" in self.initial_data or "max_output_tokens" in self.initial_data
+        ):
+            raise serializers.ValidationError({"amount": "token estimates go with a model"})
+        return data
+
+
+class AuthorizeResultSerializer(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    customer = serializers.CharField()
+    currency = serializers.CharField()
+    amount = Money(help_text="What the request would be charged now.")
+    balance = Money(help_text="Posted − held.")
+    available = Money(allow_null=True, help_text="What may still be spent; null: no limit.")
+    reason = serializers.CharField(allow_null=True)
+
+
+class HoldInputSerializer(EstimateInputSerializer):
+    expires_in = serializers.IntegerField(
+        min_value=1, max_value=7 * 24 * 3600, default=3600, help_text="Seconds; default 1 h."
+    )
+    reference = serializers.CharField(
+        max_length=200, required=False, help_text="Yours; the same reference holds once."
+    )
+
+
+class HoldSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    customer = serializers.CharField()
+    currency = serializers.CharField()
+    amount = Money()
+    settled_amount = Money()
+    status = serializers.CharField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    resolved_at = serializers.DateTimeField(allow_null=True)
+
+
+class SettleInputSerializer(serializers.Serializer):
+    event = serializers.JSONField(
+        required=False, help_text="The actual usage, as for POST /events: rated and posted."
+    )
+    amount = Money(required=False, min_value=Decimal("0.000000000001"))
+    final = serializers.BooleanField(default=True, help_text="With amount: release the rest.")
+    reference = serializers.CharField(max_length=200, required=False)
+
+    def validate(self, data):
+        if ("event" in data) == ("amount" in data):
+            raise serializers.ValidationError({"event": "give either event or amount"})
+        return data
+
+
+class SettleResultSerializer(serializers.Serializer):
+    hold = HoldSerializer()
+    event = EventResultSerializer(required=False)
+    ledger_transaction = serializers.IntegerField(allow_null=True)
+
+
+class ModelPriceSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelPrice
+        fields = [
+            "id",
+            "provider",
+            "model",
+            "name",
+            "effective_from",
+            "input_mtok",
+            "output_mtok",
+            "cache_read_mtok",
+            "cache_write_mtok",
+            "cache_write_1h_mtok",
+            "reasoning_mtok",
+            "requests_kcount",
+            "tiers",
+            "source",
+        ]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _event_in(data: dict) -> rating.EventIn:
+    return rating.EventIn(
+        idempotency_key=data["idempotency_key"],
+        customer=data["customer"],
+        event_name=data["event_name"],
+        timestamp=data.get("timestamp") or timezone.now(),
+        properties=data.get("properties") or {},
+    )
+
+
+def _event_payload(outcome: rating.Outcome) -> dict:
+    row = outcome.event or {}
+    payload = {
+        "id": row.get("id"),
+        "idempotency_key": row.get("idempotency_key"),
+        "status": outcome.status,
+        "amount": row.get("amount", Decimal(0)),
+        "currency": row.get("currency", ""),
+        "ledger_transaction": row.get("ledger_transaction_id"),
+    }
+    if row.get("cost") is not None:
+        payload["cost"] = row["cost"]
+    return EventResultSerializer(payload).data
+
+
+def _error_payload(error: BillingError | ledger_errors.LedgerError) -> dict:
+    return error_body(error.http_status, error.code, error.message, getattr(error, "param", None))[
+        "error"
+    ]
+
+
+def _validation_error(exc: serializers.ValidationError) -> dict:
+    from billing.api.errors import _first_validation_error
+
+    param, message, drf_code = _first_validation_error(exc.detail)
+    code = "parameter_missing" if drf_code in ("required", "null") else "invalid_parameter"
+    return error_body(400, code, message, param)["error"]
+
+
+def _hold_payload(hold: Hold) -> dict:
+    wallet = Wallet.objects.select_related("customer").get(account_id=hold.account_id)
+    return HoldSerializer(
+        {
+            "id": hold.pk,
+            "customer": wallet.customer.external_id,
+            "currency": hold.currency,
+            "amount": hold.amount,
+            "settled_amount": hold.settled_amount,
+            "status": hold.status,
+            "expires_at": hold.expires_at,
+            "created_at": hold.created_at,
+            "resolved_at": hold.resolved_at,
+        }
+    ).data
+
+
+def _hold(hold_id: int) -> Hold:
+    hold = Hold.objects.filter(pk=hold_id).first()
+    if hold is None or not Wallet.objects.filter(account_id=hold.account_id).exists():
+        raise ledger_errors.HoldNotFound(f"hold {hold_id} does not exist")
+    return hold
+
+
+EVENT_EXAMPLE = {
+    "idempotency_key": "req_01J9Z3K8",
+    "customer": "acme",
+    "event_name": "llm.completion",
+    "timestamp": "2026-11-23T12:00:00Z",
+    "properties": {
+        "model": "gpt-4o",
+        "provider": "openai",
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+        },
+    },
+}
+
+
+# --- views ----------------------------------------------------------------------------------------
+
+
+class EventCreateView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="events_create",
+        tags=["usage"],
+        summary="Ingest one usage event: stored, rated and posted to the ledger at once",
+        request=EventSerializer,
+        responses={
+            201: EventResultSerializer,
+            200: EventResultSerializer,
+            **errors(400, 402, 404, 409, 422),
+        },
+        parameters=[idempotency_parameter()],
+        examples=[OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE)],
+    )
+    @idempotent
+    def post(self, request):
+        data = EventSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = rating.ingest_events([_event_in(data.validated_data)])[0]
+        if outcome.status == "rejected":
+            raise outcome.error
+        code = status.HTTP_201_CREATED if outcome.status == "accepted" else status.HTTP_200_OK
+        return Response(_event_payload(outcome), status=code)
+
+
+class EventBatchView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="events_batch",
+        tags=["usage"],
+        summary=f"Ingest up to {MAX_BATCH} events; each accepted, duplicate or rejected alone",
+        request=BatchSerializer,
+        responses={200: BatchResultSerializer, **errors(400, 409, 413)},
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request):
+        body = request.data
+        if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+            raise APIError(400, "invalid_parameter", 'send {"events": [...]}', param="events")
+        raw_events = body["events"]
+        if len(raw_events) > MAX_BATCH:
+            raise APIError(
+                413, "batch_too_large", f"at most {MAX_BATCH} events per batch", param="events"
+            )
+        results: list[dict | None] = [None] * len(raw_events)
+        valid, positions = [], []
+        for index, raw in enumerate(raw_events):
+            data = EventSerializer(data=raw if isinstance(raw, dict) else {})
+            if not isinstance(raw, dict):
+                results[index] = {
+                    "index": index,
+                    "status": "rejected",
+                    "error": error_body(
+                        400, "invalid_parameter", "an event is a JSON object", f"events[{index}]"
+                    )["error"],
+                }
+                continue
+            try:
+                data.is_valid(raise_exception=True)
+            except serializers.ValidationError as exc:
+                error = _validation_error(exc)
+                if error.get("param"):
+                    error["param"] = f"events[{index}].{error['param']}"
+                results[index] = {"index": index, "status": "rejected", "error": error}
+                continue
+            valid.append(_event_in(data.validated_data))
+            positions.append(index)
+        outcomes = rating.ingest_events(valid) if valid else []
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if outcome.status == "rejected":
+                results[index] = {
+                    "index": index,
+                    "status": "rejected",
+                    "error": _error_payload(outcome.error),
+                }
+            else:
+                results[index] = {
+                    "index": index,
+                    "status": outcome.status,
+                    "event": _event_payload(outcome),
+                }
+        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+        for result in results:
+            counts[result["status"]] += 1
+        return Response(
+            {
+                "data": results,
+                "accepted": counts["accepted"],
+                "duplicates": counts["duplicate"],
+                "rejected": counts["rejected"],
+            }
+        )
+
+
+def _estimate(data: dict) -> rating.Estimate:
+    customer = selectors.get_customer(external_id=data["customer"], param="customer")
+    return rating.estimate(
+        customer=customer,
+        amount=data.get("amount"),
+        currency=data.get("currency"),
+        model=data.get("model"),
+        provider=data.get("provider"),
+        input_tokens=data.get("input_tokens", 0),
+        output_tokens=data.get("max_output_tokens", 0),
+        event_name=data.get("event_name"),
+    )
+
+
+class AuthorizeView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="authorize",
+        tags=["usage"],
+        summary="Before compute: may this customer spend this much?",
+        description="Give an `amount`, or a `model` with `input_tokens` and `max_output_tokens`: "
+        "the request is priced as rating would price it now (plan, allowance left, tiers, "
+        "margins) and compared with what the wallet may still spend. Nothing is reserved: "
+        "use POST /holds for that.",
+        request=EstimateInputSerializer,
+        responses={200: AuthorizeResultSerializer, **errors(400, 404, 422)},
+        examples=[
+            OpenApiExample(
+                "A model call",
+                request_only=True,
+                value={
+                    "customer": "acme",
+                    "model": "gpt-4o",
+                    "input_tokens": 2000,
+                    "max_output_tokens": 1000,
+                },
+            )
+        ],
+    )
+    def post(self, request):
+        data = EstimateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = _estimate(data.validated_data)
+        return Response(
+            AuthorizeResultSerializer(
+                {
+                    "allowed": result.allowed,
+                    "customer": result.customer.external_id,
+                    "currency": result.currency,
+                    "amount": result.amount,
+                    "balance": result.balance,
+                    "available": result.available,
+                    "reason": result.reason,
+                }
+            ).data
+        )
+
+
+class HoldCreateView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="holds_create",
+        tags=["usage"],
+        summary="Reserve funds for a long task: out of the available balance at once",
+        description="Give an `amount`, or a `model` with `input_tokens` and "
+        "`max_output_tokens` (reserves what that call could cost at most). Settle it with "
+        "the actual usage, release it, or let it expire (`expires_in`).",
+        request=HoldInputSerializer,
+        responses={201: HoldSerializer, 200: HoldSerializer, **errors(400, 402, 404, 409, 422)},
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request):
+        data = HoldInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        result = _estimate(values)
+        if result.amount <= 0:
+            raise APIError(
+                400,
+                "nothing_to_hold",
+                "the estimated usage costs nothing now (inside the allowance or free)",
+                param="amount" if "amount" in values else "model",
+            )
+        wallet = result.wallet
+        if wallet is None:
+            raise APIError(
+                404, "wallet_not_found", f"no {result.currency} wallet", param="currency"
+            )
+        destination = ledger.ensure_system_account(
+            code=rating.CREDITS_USED if result.currency == rating.CREDITS else rating.REVENUE,
+            currency=result.currency,
+        )
+        reference = values.get("reference") or uuid.uuid4().hex
+        hold = ledger.place_hold(
+            reference=f"hold:{wallet.customer_id}:{reference}",
+            account=wallet.account,
+            destination=destination,
+            amount=result.amount,
+            expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
+            description="Reserved for usage",
+            metadata={"customer": result.customer.external_id},
+        )
+        code = status.HTTP_200_OK if hold.replayed else status.HTTP_201_CREATED
+        return Response(_hold_payload(hold), status=code)
+
+
+class HoldDetailView(APIView):
+    @extend_schema(
+        operation_id="holds_retrieve",
+        tags=["usage"],
+        summary="A hold",
+        responses={200: HoldSerializer, **errors(404)},
+    )
+    def get(self, request, hold_id: int):
+        return Response(_hold_payload(_hold(hold_id)))
+
+
+class HoldSettleView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="holds_settle",
+        tags=["usage"],
+        summary="Settle a hold with the actual usage; what is left is released",
+        description="With `event` (as for POST /events): the event is rated and posted "
+        "against the hold and the rest released, in one transaction; usage costing more than "
+        "was held takes the excess from the available balance (refused with 402 if it is not "
+        "there, and the hold stays). With `amount`: settle that much (`final: false` keeps "
+        "the rest held, for streams settled in parts).",
+        request=SettleInputSerializer,
+        responses={200: SettleResultSerializer, **errors(400, 402, 404, 409, 422)},
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request, hold_id: int):
+        hold = _hold(hold_id)
+        data = SettleInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        if "event" in values:
+            raw = values["event"]
+            event = EventSerializer(data=raw if isinstance(raw, dict) else {})
+            try:
+                event.is_valid(raise_exception=True)
+            except serializers.ValidationError as exc:
+                error = _validation_error(exc)
+                raise APIError(
+                    400, error["code"], error["message"], param=f"event.{error['param']}"
+                ) from None
+            outcome = rating.ingest_events([_event_in(event.validated_data)], hold_id=hold.pk)[0]
+            if outcome.status == "rejected":
+                raise outcome.error
+            hold.refresh_from_db()
+            return Response(
+                {
+                    "hold": _hold_payload(hold),
+                    "event": _event_payload(outcome),
+                    "ledger_transaction": (outcome.event or {}).get("ledger_transaction_id"),
+                }
+            )
+        reference = values.get("reference") or uuid.uuid4().hex
+        posted = ledger.settle_hold(
+            hold_id=hold.pk,
+            amount=values["amount"],
+            reference=f"hold-settle:{hold.pk}:{reference}",
+            final=values["final"],
+        )
+        hold.refresh_from_db()
+        return Response({"hold": _hold_payload(hold), "ledger_transaction": posted.pk})
+
+
+class HoldReleaseView(APIView):
+    required_scopes = INGEST
+
+    @extend_schema(
+        operation_id="holds_release",
+        tags=["usage"],
+        summary="Release a hold without charge",
+        request=None,
+        responses={200: HoldSerializer, **errors(400, 404, 409)},
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request, hold_id: int):
+        hold = _hold(hold_id)
+        return Response(_hold_payload(ledger.release_hold(hold_id=hold.pk)))
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+def _parse_moment(raw: str, param: str) -> datetime:
+    try:
+        if len(raw) == 10:
+            moment = datetime.combine(datetime.fromisoformat(raw).date(), time(), tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+            if moment.tzinfo is None:
+                raise ValueError
+    except ValueError:
+        raise APIError(
+            400,
+            "invalid_parameter",
+            f"{param} must be a date or an RFC 3339 timestamp",
+            param=param,
+        ) from None
+    return moment.astimezone(UTC)
+
+
+class UsageView(APIView):
+    @extend_schema(
+        operation_id="customers_usage",
+        tags=["usage"],
+        summary="Usage and its worth per meter, from the counters",
+        description="For whole UTC days: `from` (inclusive) and `to` (exclusive; a time "
+        "inside a day includes that day). Default: the current billing period. "
+        "`group_by` splits each meter by one of its dimensions (e.g. `model`). `models` "
+        "gives LLM usage per model with the provider's cost beside the amount charged.",
+        parameters=[
+            OpenApiParameter("from", str, description="Date or RFC 3339 timestamp."),
+            OpenApiParameter("to", str, description="Date or RFC 3339 timestamp."),
+            OpenApiParameter("group_by", str, description="A meter dimension, e.g. model."),
+        ],
+        responses={200: dict, **errors(400, 404)},
+    )
+    def get(self, request, external_id: str):
+        customer = selectors.get_customer(external_id=external_id)
+        subscription = (
+            Subscription.objects.filter(customer=customer)
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .first()
+        )
+        raw_from, raw_to = request.query_params.get("from"), request.query_params.get("to")
+        if raw_from is None and subscription is None:
+            raise APIError(
+                400, "parameter_missing", "no current period: give from and to", param="from"
+            )
+        start = _parse_moment(raw_from, "from") if raw_from else subscription.current_period_start
+        end = (
+            _parse_moment(raw_to, "to")
+            if raw_to
+            else (subscription.current_period_end if raw_from is None else timezone.now())
+        )
+        if end <= start:
+            raise APIError(400, "invalid_parameter", "to must be after from", param="to")
+        if end - start > timedelta(days=400):
+            raise APIError(400, "invalid_parameter", "at most 400 days at a time", param="to")
+        first_day = start.date()
+        last_day = (end - timedelta(microseconds=1)).date()
+        group_by = request.query_params.get("group_by")
+        daily = DailyUsage.objects.filter(customer=customer, day__gte=first_day, day__lte=last_day)
+        meters = {m.pk: m for m in Meter.objects.filter(pk__in=daily.values("meter_id"))}
+        if group_by and not any(group_by in (m.group_by or []) for m in meters.values()):
+            if meters:
+                raise APIError(
+                    400,
+                    "invalid_parameter",
+                    f"no meter of this usage is split by {group_by!r}",
+                    param="group_by",
+                )
+        per_meter: dict[int, dict] = {}
+        for row in daily.values("meter_id", "currency", "dimensions").annotate(
+            quantity=Sum("quantity"), included=Sum("included_quantity"), amount=Sum("amount")
+        ):
+            entry = per_meter.setdefault(
+                row["meter_id"],
+                {
+                    "quantity": Decimal(0),
+                    "included": Decimal(0),
+                    "amount": Decimal(0),
+                    "currency": row["currency"],
+                    "groups": {},
+                },
+            )
+            entry["quantity"] += row["quantity"]
+            entry["included"] += row["included"]
+            entry["amount"] += row["amount"]
+            if group_by:
+                value = (row["dimensions"] or {}).get(group_by)
+                group = entry["groups"].setdefault(value, [Decimal(0), Decimal(0)])
+                group[0] += row["quantity"]
+                group[1] += row["amount"]
+        meters_out = []
+        total = {}
+        for meter_id, entry in sorted(per_meter.items(), key=lambda kv: meters[kv[0]].code):
+            meter = meters[meter_id]
+            amount = rating.ledger_round(entry["amount"])
+            total[entry["currency"]] = total.get(entry["currency"], Decimal(0)) + amount
+            item = {
+                "meter": meter.code,
+                "unit": meter.unit,
+                "quantity": _num(entry["quantity"]),
+                "included_quantity": _num(entry["included"]),
+                "overage_quantity": _num(entry["quantity"] - entry["included"]),
+                "amount": _num(amount),
+                "currency": entry["currency"],
+            }
+            if group_by:
+                item["groups"] = [
+                    {group_by: key, "quantity": _num(q), "amount": _num(rating.ledger_round(a))}
+                    for key, (q, a) in sorted(entry["groups"].items(), key=lambda kv: str(kv[0]))
+                ]
+            meters_out.append(item)
+        models_out = [
+            {
+                "provider": row["provider"],
+                "model": row["model"],
+                "currency": row["currency"],
+                "events": row["events"],
+                "input_tokens": row["input"],
+                "cache_read_tokens": row["cache_read"],
+                "cache_write_tokens": row["cache_write"],
+                "output_tokens": row["output"],
+                "reasoning_tokens": row["reasoning"],
+                "amount": _num(row["amount"]),
+                "cost": _num(row["cost"]),
+                "margin": _num(row["amount"] - row["cost"]) if row["currency"] == "USD" else None,
+            }
+            for row in ModelUsage.objects.filter(
+                customer=customer, day__gte=first_day, day__lte=last_day
+            )
+            .values("provider", "model", "currency")
+            .annotate(
+                events=Sum("event_count"),
+                input=Sum("input_tokens"),
+                cache_read=Sum("cache_read_tokens"),
+                cache_write=Sum("cache_write_tokens"),
+                output=Sum("output_tokens"),
+                reasoning=Sum("reasoning_tokens"),
+                amount=Sum("amount"),
+                cost=Sum("cost"),
+            )
+            .order_by("provider", "model")
+        ]
+        return Response(
+            {
+                "customer": customer.external_id,
+                "from": datetime.combine(first_day, time(), tzinfo=UTC),
+                "to": datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC),
+                "meters": meters_out,
+                "totals": [{"currency": c, "amount": _num(a)} for c, a in sorted(total.items())],
+                "models": models_out,
+            }
+        )
+
+
+def _num(value: Decimal) -> str:
+    """A decimal string without trailing zeros beyond the ledger's 12 places."""
+    value = rating.ledger_round(value)
+    text = format(value.normalize(), "f")
+    return text
+
+
+# --- model catalog ------------------------------------------------------------------------------
+
+
+class ModelListView(APIView):
+    @extend_schema(
+        operation_id="models_list",
+        tags=["usage"],
+        summary="The model price catalog in force (USD per million tokens)",
+        parameters=[
+            *PAGE_PARAMETERS,
+            OpenApiParameter("provider", str, description="Only this provider's models."),
+        ],
+        responses={200: list_response(ModelPriceSerializer), **errors(400)},
+    )
+    def get(self, request):
+        now = timezone.now()
+        current = (
+            ModelPrice.objects.filter(effective_from__lte=now)
+            .order_by("provider", "model", "-effective_from")
+            .distinct("provider", "model")
+            .values("pk")
+        )
+        queryset = ModelPrice.objects.filter(pk__in=current)
+        provider = request.query_params.get("provider")
+        if provider is not None and not re.fullmatch(r"[A-Za-z0-9._\-]{1,100}", provider):
+            raise APIError(400, "invalid_parameter", "provider is a provider id", param="provider")
+        if provider:
+            queryset = queryset.filter(provider=provider.lower())
+        return Response(paginate(request, queryset, lambda m: ModelPriceSerializer(m).data))

@@ -1,0 +1,81 @@
+"""What a plan charge is worth for a quantity: pure, exact functions.
+
+A charge's *billable* quantity is what the period used beyond the charge's included
+quantity; tiers count billable units (a tier ``up_to: 100_000_000`` on a charge that
+includes 10M is reached at 110M used).
+
+    per_unit    billable × unit_price
+    graduated   each tier's units at that tier's price, plus the flat fee of every tier
+                reached
+    volume      all billable units at the price of the tier the total reached, plus that
+                tier's flat fee
+    package     unit_price per started block of package_size billable units
+
+Rating prices usage *incrementally*: an event that takes a period's quantity from q₀ to q₁
+is worth ``worth(q₁) − worth(q₀)``. Summed over a period this telescopes to the worth of the
+whole quantity, so a graduated boundary crossed inside a batch (or inside one event) is
+priced on both sides, and the real-time charges add up to exactly what the period's
+invoice computes. (Under volume pricing, crossing a boundary can lower the worth of units
+already used: that event's increment is negative and is credited back.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    up_to: Decimal | None
+    unit_price: Decimal
+    flat_fee: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeTerms:
+    """The pricing terms of one plan charge, detached from the ORM (plans are immutable, so
+    these are cached)."""
+
+    meter_id: int
+    price_model: str
+    included_quantity: Decimal
+    unit_price: Decimal
+    package_size: Decimal | None
+    tiers: tuple[Tier, ...]
+    margin_percent: Decimal | None
+    catalog_priced: bool  # priced from the model catalog × (1 + margin)
+
+    def billable(self, quantity: Decimal) -> Decimal:
+        return max(quantity - self.included_quantity, ZERO)
+
+    def worth(self, quantity: Decimal) -> Decimal:
+        """The exact worth of a period's ``quantity`` (before the included part is
+        subtracted) under the plan's own prices. Not for catalog-priced charges."""
+        billable = self.billable(quantity)
+        if billable <= 0:
+            return ZERO
+        if self.price_model == "per_unit":
+            return billable * self.unit_price
+        if self.price_model == "package":
+            blocks = (billable / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+            return blocks * self.unit_price
+        if self.price_model == "graduated":
+            total, floor = ZERO, ZERO
+            for tier in self.tiers:
+                top = billable if tier.up_to is None else min(billable, tier.up_to)
+                if top <= floor:
+                    break
+                total += (top - floor) * tier.unit_price + tier.flat_fee
+                if tier.up_to is None or billable <= tier.up_to:
+                    break
+                floor = tier.up_to
+            return total
+        if self.price_model == "volume":
+            for tier in self.tiers:
+                if tier.up_to is None or billable <= tier.up_to:
+                    return billable * tier.unit_price + tier.flat_fee
+            return ZERO  # unreachable: the last tier is open-ended
+        raise ValueError(f"unknown price model {self.price_model}")

@@ -1,0 +1,71 @@
+"""Expected failures of metering and rating, each with a stable code the API exposes.
+
+They are ``billing.errors.BillingError`` subclasses, so the API renders them in its one
+error format with their own status."""
+
+from __future__ import annotations
+
+from billing.errors import BillingError
+
+
+class MeteringError(BillingError):
+    code = "invalid_event"
+    http_status = 400
+
+
+class InvalidEvent(MeteringError):
+    code = "invalid_event"
+
+
+class UsageNotUnderstood(MeteringError):
+    """A provider usage object that cannot be read as token counts."""
+
+    code = "invalid_usage"
+
+
+class UnknownProvider(MeteringError):
+    code = "unknown_provider"
+
+
+class UnknownModel(MeteringError):
+    """No catalog price for the model: refused, never rated at zero."""
+
+    code = "unknown_model"
+    http_status = 422
+
+
+class UnknownEventName(MeteringError):
+    code = "unknown_event_name"
+    http_status = 422
+
+
+class TimestampInFuture(MeteringError):
+    code = "timestamp_in_future"
+
+
+class TimestampTooOld(MeteringError):
+    code = "timestamp_before_subscription"
+    http_status = 422
+
+
+class NoSubscription(MeteringError):
+    code = "no_active_subscription"
+    http_status = 422
+
+
+class InsufficientFunds(MeteringError):
+    code = "insufficient_funds"
+    http_status = 402
+    error_type = "balance_error"
+
+
+class InsufficientCredits(MeteringError):
+    code = "insufficient_credits"
+    http_status = 402
+    error_type = "balance_error"
+
+
+class CreditLimitExceeded(MeteringError):
+    code = "credit_limit_exceeded"
+    http_status = 402
+    error_type = "balance_error"

@@ -1,0 +1,1081 @@
+"""Ingestion and real-time rating: each accepted usage event is stored, priced and posted
+to the ledger in one database transaction, with the usage counters it moves.
+
+    ingest_events(events) → one Outcome per event: accepted, duplicate or rejected
+
+How a batch is rated
+--------------------
+1. Each event is checked on its own, without the database: timestamp not in the future,
+   a known ``event_name``, the provider's raw ``usage`` normalised, the model priced from
+   the catalog. A bad event is rejected with its error; the others go on.
+2. Per customer, in customer-id order, inside one transaction: an advisory lock on the
+   customer serialises everything that rates its usage (so counters and balance checks
+   see one order); events already stored under the same idempotency key are reported as
+   duplicates — the unique (customer, idempotency_key) constraint backs this up; the
+   wallet's balance row is locked (``ledger.services.lock_balances``).
+3. Events are priced in batch order against the period counters. Every meter reading the
+   event moves its ``PeriodUsage``; a charge's exact worth moves by
+   ``worth(q₁) − worth(q₀)`` (``metering.charges``), or for catalog-priced charges by
+   the provider's cost of the billable tokens × (1 + margin). The money leg of the event
+   is what the rounded period total moved: ``round(amount₁) − round(amount₀)`` to the
+   ledger's 12 places (half-even), so the ledger never drifts from the exact total by
+   more than one rounding, however many events.
+4. An event the wallet cannot cover is rejected (``insufficient_funds`` for a prepaid
+   wallet, ``credit_limit_exceeded`` past a postpaid credit limit, ``insufficient_credits``
+   on a credits plan) and changes nothing; later events of the batch may still fit.
+5. The accepted events are written: one ledger transaction each (a token leg in ``TOKENS``:
+   customer's usage account debited, ``@TokensServed`` credited; a money leg: wallet
+   debited, ``@Revenue`` — or ``@CreditsUsed`` on a credits plan — credited), all posted by
+   one ``ledger.services.post_transactions`` call; the event rows pointing at their
+   transactions; the period, daily and model counters. The ledger reference of an event's
+   transaction is ``usage:<customer id>:<idempotency key>``, so the ledger itself would
+   refuse to charge an event twice.
+
+Consumption models: *metered* and *balance* plans debit money (postpaid wallets go into
+overdraft down to their credit limit; prepaid ones refuse what they cannot cover);
+*credits* plans debit ``CREDITS`` at ``billable units / units_per_credit``. Usage inside a
+trial period is counted and costed but free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from functools import lru_cache
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing import errors as billing_errors
+from billing import services as billing_services
+from billing.errors import BillingError
+from billing.models import (
+    ConsumptionModel,
+    Customer,
+    MarginOverride,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+    Wallet,
+)
+from billing.periods import period_containing
+from ledger import errors as ledger_errors
+from ledger import services as ledger
+from ledger.models import NormalBalance
+from metering import catalog, errors
+from metering.charges import ChargeTerms, Tier
+from metering.models import Aggregation, Meter, PeriodUsage
+from metering.normalize import NormalizedUsage, normalize_usage
+
+ZERO = Decimal(0)
+LEDGER_QUANTUM = Decimal("1e-12")
+EXACT_QUANTUM = Decimal("1e-24")
+REVENUE = "@Revenue"
+CREDITS_USED = "@CreditsUsed"
+CREDITS = "CREDITS"
+FUTURE_TOLERANCE = timedelta(minutes=5)
+RESERVED_PROPERTY = "llm"
+LOCK_NAMESPACE = 4242  # pg_advisory_xact_lock(namespace, customer id): rating a customer
+
+
+def ledger_round(amount: Decimal) -> Decimal:
+    with localcontext(prec=80):
+        return amount.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def exact(amount: Decimal) -> Decimal:
+    with localcontext(prec=80):
+        return amount.quantize(EXACT_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+# --- input and outcome ---------------------------------------------------------------------
+
+
+@dataclass
+class EventIn:
+    idempotency_key: str
+    customer: str
+    event_name: str
+    timestamp: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    status: str  # "accepted", "duplicate" or "rejected"
+    event: dict[str, Any] | None = None
+    error: BillingError | None = None
+
+
+# --- step 1: each event on its own ---------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    index: int
+    source: EventIn
+    meters: list[Meter]
+    usage: NormalizedUsage | None = None
+    price: Any = None  # metering.models.ModelPrice
+    cost: catalog.Cost | None = None
+
+
+def _path_value(properties: dict[str, Any], usage: NormalizedUsage | None, path: str) -> Any:
+    if path.startswith("llm."):
+        if usage is None:
+            return None
+        return usage.as_dict().get(path[4:])
+    value: Any = properties
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _passes_filters(meter: Meter, prepared: Prepared) -> bool:
+    for path, allowed in (meter.filters or {}).items():
+        value = _path_value(prepared.source.properties, prepared.usage, path)
+        allowed_values = allowed if isinstance(allowed, list) else [allowed]
+        if value not in allowed_values:
+            return False
+    return True
+
+
+def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> Prepared:
+    if event.timestamp > now + FUTURE_TOLERANCE:
+        raise errors.TimestampInFuture(
+            f"timestamp {event.timestamp.isoformat()} lies in the future", param="timestamp"
+        )
+    if RESERVED_PROPERTY in event.properties:
+        raise errors.InvalidEvent(
+            "properties.llm is reserved: meters read the normalised LLM usage there",
+            param="properties.llm",
+        )
+    if not meters:
+        raise errors.UnknownEventName(
+            f"no meter reads events named {event.event_name!r}; create one first",
+            param="event_name",
+        )
+    prepared = Prepared(index=index, source=event, meters=meters)
+    properties = event.properties
+    if "usage" in properties:
+        provider = properties.get("provider")
+        model = properties.get("model")
+        if provider is not None and not isinstance(provider, str):
+            raise errors.InvalidEvent(
+                "properties.provider must be a string", param="properties.provider"
+            )
+        if model is not None and not isinstance(model, str):
+            raise errors.InvalidEvent("properties.model must be a string", param="properties.model")
+        usage = normalize_usage(properties["usage"], provider=provider, model=model)
+        if not usage.model:
+            raise errors.InvalidEvent(
+                "an event with LLM usage needs properties.model", param="properties.model"
+            )
+        prepared.usage = usage
+        prepared.price = catalog.find_price(
+            provider=usage.provider, model=usage.model, at=event.timestamp
+        )
+        prepared.cost = catalog.cost_of(prepared.price, usage)
+    return prepared
+
+
+def _quantity(meter: Meter, prepared: Prepared) -> Any:
+    """The event's reading for ``meter``: a number, a distinct value, or None (not read)."""
+    if not _passes_filters(meter, prepared):
+        return None
+    if meter.aggregation == Aggregation.COUNT:
+        return Decimal(1)
+    value = _path_value(prepared.source.properties, prepared.usage, meter.property)
+    param = f"properties.{meter.property}"
+    if value is None:
+        raise errors.InvalidEvent(
+            f"meter {meter.code} reads {param}, which this event does not carry", param=param
+        )
+    if meter.aggregation == Aggregation.UNIQUE_COUNT:
+        if isinstance(value, dict | list):
+            raise errors.InvalidEvent(f"{param} must be a plain value to count", param=param)
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise errors.InvalidEvent(f"{param} must be a number", param=param)
+    value = Decimal(value)
+    if not value.is_finite() or value < 0:
+        raise errors.InvalidEvent(f"{param} must be a finite, non-negative number", param=param)
+    if value != value.quantize(LEDGER_QUANTUM) or value >= Decimal(10) ** 26:
+        raise errors.InvalidEvent(f"{param} is too large or too finely divided", param=param)
+    return value
+
+
+# --- plans, cached (plans are immutable) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanTerms:
+    plan_id: int
+    currency: str
+    interval: str
+    consumption_model: str
+    units_per_credit: Decimal | None
+    charges: dict[int, ChargeTerms]
+
+    @property
+    def money_currency(self) -> str:
+        return CREDITS if self.consumption_model == ConsumptionModel.CREDITS else self.currency
+
+
+@lru_cache(maxsize=4096)
+def plan_terms(plan_id: int) -> PlanTerms:
+    plan = Plan.objects.prefetch_related("charges__tiers", "charges__meter").get(pk=plan_id)
+    charges = {}
+    for charge in plan.charges.all():
+        tiers = tuple(
+            Tier(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+            for t in charge.tiers.all()
+        )
+        catalog_priced = (
+            charge.margin_percent is not None
+            and charge.meter.property in catalog.CATALOG_KINDS
+            and not tiers
+            and charge.unit_price == 0
+        )
+        charges[charge.meter_id] = ChargeTerms(
+            meter_id=charge.meter_id,
+            price_model=charge.price_model,
+            included_quantity=charge.included_quantity,
+            unit_price=charge.unit_price,
+            package_size=charge.package_size,
+            tiers=tiers,
+            margin_percent=charge.margin_percent,
+            catalog_priced=catalog_priced,
+        )
+    return PlanTerms(
+        plan_id=plan.pk,
+        currency=plan.currency,
+        interval=plan.interval,
+        consumption_model=plan.consumption_model,
+        units_per_credit=plan.units_per_credit,
+        charges=charges,
+    )
+
+
+def _plan_at(subscription: Subscription, at: datetime) -> int:
+    plan_id = subscription.plan_id
+    for phase in subscription.phases.all():  # prefetched, by starts_at
+        if phase.starts_at <= at:
+            plan_id = phase.plan_id
+    return plan_id
+
+
+def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
+    """(period_start, period_end, in_trial) for an event at ``at``."""
+    if at < subscription.started_at:
+        raise errors.TimestampTooOld(
+            f"timestamp {at.isoformat()} precedes the subscription's start "
+            f"{subscription.started_at.isoformat()}",
+            param="timestamp",
+        )
+    if subscription.trial_ends_at is not None and at < subscription.trial_ends_at:
+        return subscription.started_at, subscription.trial_ends_at, True
+    if subscription.current_period_start <= at < subscription.current_period_end:
+        return subscription.current_period_start, subscription.current_period_end, False
+    start, end = period_containing(subscription.billing_anchor, terms.interval, at)
+    return start, end, False
+
+
+# --- step 2-5: per customer, in the database ------------------------------------------------
+
+
+@dataclass
+class Counter:
+    """A PeriodUsage row being moved by this batch."""
+
+    subscription_id: int
+    meter_id: int
+    period_start: datetime
+    period_end: datetime
+    quantity: Decimal = ZERO
+    amount: Decimal = ZERO
+    charged: Decimal = ZERO
+    currency: str = ""
+    event_count: int = 0
+    distinct_values: list[Any] = field(default_factory=list)
+    latest_at: datetime | None = None
+    changed: bool = False
+
+
+@dataclass
+class Move:
+    """What one event does to one counter (applied only if the event is accepted)."""
+
+    counter: Counter
+    meter: Meter
+    quantity: Decimal
+    amount: Decimal
+    charged: Decimal
+    distinct_value: Any
+    quantity_delta: Decimal
+    included_delta: Decimal
+    amount_delta: Decimal
+
+
+def _reference(customer_id: int, key: str) -> str:
+    reference = f"usage:{customer_id}:{key}"
+    if len(reference) > 255:
+        reference = f"usage:{customer_id}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return reference
+
+
+def _margin(terms: ChargeTerms, overrides: dict[int | None, Decimal]) -> Decimal:
+    margin = overrides.get(terms.meter_id, overrides.get(None, terms.margin_percent))
+    return margin if margin is not None else ZERO
+
+
+def _move(
+    counter: Counter,
+    meter: Meter,
+    reading: Any,
+    prepared: Prepared,
+    terms: PlanTerms,
+    in_trial: bool,
+    overrides: dict[int | None, Decimal],
+) -> Move:
+    q0 = counter.quantity
+    distinct_value = None
+    aggregation = meter.aggregation
+    if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+        q1 = q0 + reading
+    elif aggregation == Aggregation.MAX:
+        q1 = max(q0, reading)
+    elif aggregation == Aggregation.LATEST:
+        newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
+        q1 = reading if newer else q0
+    else:  # unique_count
+        canonical = json.loads(json.dumps(reading, default=str))
+        if canonical in counter.distinct_values:
+            q1 = q0
+        else:
+            q1, distinct_value = q0 + 1, canonical
+    charge = terms.charges.get(meter.pk)
+    amount_delta = ZERO
+    included_delta = ZERO
+    if charge is not None:
+        included_delta = min(q1, charge.included_quantity) - min(q0, charge.included_quantity)
+        if not in_trial:
+            if terms.consumption_model == ConsumptionModel.CREDITS:
+                amount_delta = (charge.billable(q1) - charge.billable(q0)) / terms.units_per_credit
+            elif charge.catalog_priced:
+                amount_delta = _catalog_delta(charge, meter, q0, q1, prepared, overrides)
+            else:
+                amount_delta = charge.worth(q1) - charge.worth(q0)
+    amount = exact(counter.amount + amount_delta)
+    return Move(
+        counter=counter,
+        meter=meter,
+        quantity=q1,
+        amount=amount,
+        charged=ledger_round(amount),
+        distinct_value=distinct_value,
+        quantity_delta=q1 - q0,
+        included_delta=included_delta,
+        amount_delta=amount - counter.amount,
+    )
+
+
+def _catalog_delta(charge, meter, q0, q1, prepared, overrides) -> Decimal:
+    if prepared.cost is None:
+        return ZERO  # not an LLM event: nothing to price from the catalog
+    kinds = catalog.CATALOG_KINDS[meter.property]
+    tokens = catalog.kind_tokens(prepared.usage, kinds)
+    billable = charge.billable(q1) - charge.billable(q0)
+    if tokens == 0 or billable <= 0:
+        return ZERO
+    cost = prepared.cost.of_kinds(kinds)
+    if billable != tokens:  # the event straddles the included quantity
+        with localcontext(prec=80):
+            cost = cost * billable / tokens
+    return cost * (1 + _margin(charge, overrides) / 100)
+
+
+def _funds_error(wallet: Wallet, currency: str, needed: Decimal, balance) -> BillingError:
+    available = balance.available
+    if currency == CREDITS:
+        return errors.InsufficientCredits(
+            f"{available.normalize():f} credits left; this event needs {needed.normalize():f}",
+            param="customer",
+        )
+    if wallet.billing_mode == "postpaid":
+        return errors.CreditLimitExceeded(
+            f"this event would take the {currency} wallet past its credit limit "
+            f"({wallet.credit_limit.normalize():f}); balance {available.normalize():f}",
+            param="customer",
+        )
+    return errors.InsufficientFunds(
+        f"the {currency} wallet has {available.normalize():f} available; this event costs "
+        f"{needed.normalize():f}",
+        param="customer",
+    )
+
+
+def ingest_events(
+    events: Sequence[EventIn], *, now: datetime | None = None, hold_id: int | None = None
+) -> list[Outcome]:
+    """Store, rate and post ``events``; one Outcome per event, in order.
+
+    With ``hold_id`` (one event): the event settles that hold — what is left of the hold is
+    released and the event's charge posted against it, all in one transaction."""
+    if hold_id is not None and len(events) != 1:
+        raise ValueError("a hold is settled by exactly one event")
+    now = now or timezone.now()
+    outcomes: list[Outcome | None] = [None] * len(events)
+    names = {e.event_name for e in events}
+    meters_by_name: dict[str, list[Meter]] = defaultdict(list)
+    for meter in Meter.objects.filter(event_name__in=names).order_by("id"):
+        meters_by_name[meter.event_name].append(meter)
+
+    prepared: list[Prepared] = []
+    for index, event in enumerate(events):
+        try:
+            prepared.append(_prepare(index, event, meters_by_name.get(event.event_name, []), now))
+        except BillingError as error:
+            outcomes[index] = Outcome("rejected", error=error)
+
+    customers = {
+        c.external_id: c
+        for c in Customer.objects.filter(external_id__in={p.source.customer for p in prepared})
+    }
+    by_customer: dict[int, list[Prepared]] = defaultdict(list)
+    for p in prepared:
+        customer = customers.get(p.source.customer)
+        if customer is None:
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=billing_errors.CustomerNotFound(
+                    f"no customer with external_id {p.source.customer!r}", param="customer"
+                ),
+            )
+        else:
+            by_customer[customer.pk].append(p)
+    if by_customer:
+        subscriptions = {
+            s.customer_id: s
+            for s in Subscription.objects.filter(customer_id__in=by_customer)
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .prefetch_related("phases")
+        }
+        customer_by_id = {c.pk: c for c in customers.values()}
+        with transaction.atomic():
+            _lock_customers(sorted(by_customer))
+            for customer_id in sorted(by_customer):
+                _rate_customer(
+                    customer_by_id[customer_id],
+                    subscriptions.get(customer_id),
+                    by_customer[customer_id],
+                    outcomes,
+                    hold_id,
+                )
+    return outcomes  # type: ignore[return-value]
+
+
+def _lock_customers(customer_ids: list[int]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, s.id) FROM "
+            "(SELECT unnest(%s::int[]) AS id ORDER BY 1) AS s",
+            [LOCK_NAMESPACE, customer_ids],
+        )
+
+
+def lock_customer(customer_id: int) -> None:
+    """Take the rating lock of one customer (for anything else that moves its counters)."""
+    _lock_customers([customer_id])
+
+
+def _rate_customer(
+    customer: Customer,
+    subscription: Subscription | None,
+    events: list[Prepared],
+    outcomes: list[Outcome | None],
+    hold_id: int | None = None,
+) -> None:
+    if subscription is None:
+        for p in events:
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=errors.NoSubscription(
+                    f"customer {customer.external_id} has no active subscription to rate "
+                    "usage against",
+                    param="customer",
+                ),
+            )
+        return
+    keys = [p.source.idempotency_key for p in events]
+    existing = {row["idempotency_key"]: row for row in _existing_events(customer.pk, keys)}
+    # Place each event in its period and plan.
+    placed = []
+    for p in events:
+        key = p.source.idempotency_key
+        if key in existing:
+            outcomes[p.index] = Outcome("duplicate", event=existing[key])
+            continue
+        try:
+            plan_id = _plan_at(subscription, p.source.timestamp)
+            terms = plan_terms(plan_id)
+            period_start, period_end, in_trial = _period_for(
+                subscription, terms, p.source.timestamp
+            )
+            readings = []
+            for meter in p.meters:
+                reading = _quantity(meter, p)
+                if reading is not None:
+                    readings.append((meter, reading))
+        except BillingError as error:
+            outcomes[p.index] = Outcome("rejected", error=error)
+            continue
+        placed.append((p, terms, period_start, period_end, in_trial, readings))
+    if not placed:
+        return
+
+    currencies = {terms.money_currency for _, terms, *_ in placed}
+    wallets = {
+        currency: billing_services.ensure_wallet(customer=customer, currency=currency)
+        for currency in currencies
+    }
+    hold = None
+    if hold_id is not None:
+        hold = ledger.lock_hold(hold_id=hold_id)  # before the balance rows, as the ledger does
+        wallet = wallets[placed[0][1].money_currency]
+        if hold.account_id != wallet.account_id:
+            outcomes[placed[0][0].index] = Outcome(
+                "rejected",
+                error=errors.InvalidEvent(
+                    f"hold {hold.pk} reserves funds of another wallet than this usage is "
+                    f"charged to ({wallet.currency} of {customer.external_id})",
+                    param="customer",
+                ),
+            )
+            return
+        if hold.status != "pending":
+            raise ledger_errors.HoldAlreadyResolved(f"hold {hold.pk} is already {hold.status}")
+    balances = ledger.lock_balances(account_ids=[w.account_id for w in wallets.values()])
+    if hold is not None:  # what is left of the hold is released when the event settles it
+        b = balances[hold.account_id]
+        balances[hold.account_id] = ledger.LockedBalance(
+            b.account_id, b.posted, b.held - (hold.amount - hold.settled_amount), b.floor
+        )
+    counters = _load_counters(subscription.pk, placed)
+    overrides = {
+        m.meter_id: m.margin_percent for m in MarginOverride.objects.filter(customer=customer)
+    }
+
+    accepted = []  # (prepared, terms, period_start, moves, money, currency)
+    seen: dict[str, int] = {}
+    for p, terms, period_start, period_end, in_trial, readings in placed:
+        key = p.source.idempotency_key
+        if key in seen:
+            outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[key]})
+            continue
+        moves = []
+        for meter, reading in readings:
+            counter = counters.setdefault(
+                (meter.pk, period_start),
+                Counter(subscription.pk, meter.pk, period_start, period_end),
+            )
+            moves.append(_move(counter, meter, reading, p, terms, in_trial, overrides))
+        money = sum((m.charged - m.counter.charged for m in moves), ZERO)
+        currency = terms.money_currency
+        wallet = wallets[currency]
+        balance = balances[wallet.account_id]
+        if money > 0 and not balance.can_spend(money):
+            outcomes[p.index] = Outcome(
+                "rejected", error=_funds_error(wallet, currency, money, balance)
+            )
+            continue
+        balances[wallet.account_id] = ledger.LockedBalance(
+            balance.account_id, balance.posted - money, balance.held, balance.floor
+        )
+        for move in moves:
+            c = move.counter
+            c.quantity, c.amount, c.charged = move.quantity, move.amount, move.charged
+            c.currency = currency
+            c.event_count += 1
+            c.changed = True
+            if move.distinct_value is not None:
+                c.distinct_values.append(move.distinct_value)
+            if move.meter.aggregation == Aggregation.LATEST and (
+                c.latest_at is None or p.source.timestamp >= c.latest_at
+            ):
+                c.latest_at = p.source.timestamp
+        seen[key] = p.index
+        accepted.append((p, terms, period_start, moves, money, currency))
+    if not accepted:
+        return
+    _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id)
+
+
+def _existing_events(customer_id: int, keys: list[str]) -> list[dict[str, Any]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, idempotency_key, amount, currency, ledger_transaction_id "
+            "FROM metering_event WHERE customer_id = %s AND idempotency_key = ANY(%s)",
+            [customer_id, keys],
+        )
+        return [
+            {
+                "id": row[0],
+                "idempotency_key": row[1],
+                "amount": row[2],
+                "currency": row[3],
+                "ledger_transaction_id": row[4],
+            }
+            for row in cursor.fetchall()
+        ]
+
+
+def _load_counters(subscription_id: int, placed) -> dict[tuple[int, datetime], Counter]:
+    wanted = {(meter.pk, start) for _, _, start, _, _, readings in placed for meter, _ in readings}
+    if not wanted:
+        return {}
+    counters = {}
+    rows = PeriodUsage.objects.filter(
+        subscription_id=subscription_id,
+        meter_id__in={m for m, _ in wanted},
+        period_start__in={s for _, s in wanted},
+    )
+    for row in rows:
+        counters[(row.meter_id, row.period_start)] = Counter(
+            subscription_id=subscription_id,
+            meter_id=row.meter_id,
+            period_start=row.period_start,
+            period_end=row.period_end,
+            quantity=row.quantity,
+            amount=row.amount,
+            charged=row.charged,
+            currency=row.currency,
+            event_count=row.event_count,
+            distinct_values=list(row.distinct_values or []),
+            latest_at=row.latest_at,
+        )
+    return counters
+
+
+def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id=None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('metering_event', 'id')) "
+            "FROM generate_series(1, %s)",
+            [len(accepted)],
+        )
+        event_ids = [row[0] for row in cursor.fetchall()]
+    has_tokens = any(p.usage is not None and p.usage.total_tokens for p, *_ in accepted)
+    token_account = billing_services.usage_account(customer=customer) if has_tokens else None
+    tokens_served = (
+        ledger.ensure_system_account(code=billing_services.TOKENS_SERVED, currency="TOKENS")
+        if has_tokens
+        else None
+    )
+    sinks = {}
+    for currency in wallets:
+        code = CREDITS_USED if currency == CREDITS else REVENUE
+        sinks[currency] = ledger.ensure_system_account(
+            code=code, currency=currency, normal_balance=NormalBalance.CREDIT
+        )
+    specs, spec_owner = [], []
+    for event_id, (p, _terms, _start, _moves, money, currency) in zip(
+        event_ids, accepted, strict=True
+    ):
+        legs = []
+        if p.usage is not None and p.usage.total_tokens:
+            legs += [
+                ledger.debit(token_account, p.usage.total_tokens),
+                ledger.credit(tokens_served, p.usage.total_tokens),
+            ]
+        if money > 0:
+            legs += [
+                ledger.debit(wallets[currency].account_id, money),
+                ledger.credit(sinks[currency], money),
+            ]
+        elif money < 0:
+            legs += [
+                ledger.debit(sinks[currency], -money),
+                ledger.credit(wallets[currency].account_id, -money),
+            ]
+        if not legs:
+            continue
+        metadata = {"kind": "usage", "event_id": event_id, "customer": customer.external_id}
+        if p.usage is not None:
+            metadata.update(model=p.usage.model, provider=p.usage.provider)
+        if p.cost is not None:
+            metadata["cost_usd"] = str(ledger_round(p.cost.total))
+        specs.append(
+            ledger.TransactionSpec(
+                reference=_reference(customer.pk, p.source.idempotency_key),
+                legs=legs,
+                description=f"Usage: {p.source.event_name}",
+                metadata=metadata,
+                effective_at=p.source.timestamp,
+            )
+        )
+        spec_owner.append(event_id)
+    transaction_ids = {}
+    try:
+        if hold_id is not None:
+            settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
+            posted = [settled] if settled is not None else []
+        elif specs:
+            posted = ledger.post_transactions(transactions=specs)
+        else:
+            posted = []
+    except ledger_errors.ReferenceReused as error:
+        raise errors.InvalidEvent(str(error), param="idempotency_key") from None
+    transaction_ids = {owner: t.pk for owner, t in zip(spec_owner, posted, strict=True)}
+
+    event_rows = []
+    for event_id, (p, _terms, period_start, _moves, money, currency) in zip(
+        event_ids, accepted, strict=True
+    ):
+        u = p.usage
+        cost = ledger_round(p.cost.total) if p.cost is not None else ZERO
+        row = {
+            "id": event_id,
+            "idempotency_key": p.source.idempotency_key,
+            "amount": money,
+            "currency": currency,
+            "cost": cost,
+            "ledger_transaction_id": transaction_ids.get(event_id),
+        }
+        outcomes[p.index] = Outcome("accepted", event=row)
+        event_rows.append(
+            (
+                event_id,
+                customer.pk,
+                p.source.idempotency_key,
+                p.source.event_name,
+                p.source.timestamp,
+                json.dumps(p.source.properties, default=str),
+                subscription.pk,
+                period_start,
+                u.provider if u else "",
+                u.model if u else "",
+                p.price.pk if p.price is not None else None,
+                u.input_tokens if u else 0,
+                u.cache_read_tokens if u else 0,
+                u.cache_write_tokens if u else 0,
+                u.output_tokens if u else 0,
+                u.reasoning_tokens if u else 0,
+                currency,
+                money,
+                cost,
+                transaction_ids.get(event_id),
+            )
+        )
+    # Duplicates inside the batch point at the accepted twin.
+    for outcome in outcomes:
+        if (
+            outcome is not None
+            and outcome.status == "duplicate"
+            and outcome.event
+            and "_same_as" in outcome.event
+        ):
+            twin = outcomes[outcome.event["_same_as"]]
+            outcome.event = twin.event if twin is not None else None
+
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO metering_event (id, customer_id, idempotency_key, event_name, timestamp, "
+            "properties, subscription_id, period_start, provider, model, model_price_id, "
+            "input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, "
+            "reasoning_tokens, currency, amount, cost, ledger_transaction_id, received_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, now())",
+            event_rows,
+        )
+        _upsert_counters(cursor, counters)
+        _upsert_daily(cursor, customer, subscription, accepted)
+        _upsert_model_usage(cursor, customer, subscription, accepted)
+
+
+def _upsert_counters(cursor, counters: dict) -> None:
+    rows = [
+        (
+            c.subscription_id,
+            c.meter_id,
+            c.period_start,
+            c.period_end,
+            c.quantity,
+            c.amount,
+            c.charged,
+            c.currency,
+            c.event_count,
+            json.dumps(c.distinct_values, default=str),
+            c.latest_at,
+        )
+        for c in counters.values()
+        if c.changed
+    ]
+    if not rows:
+        return
+    cursor.executemany(
+        "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, period_end, "
+        "quantity, amount, charged, currency, event_count, distinct_values, latest_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, now()) "
+        "ON CONFLICT (subscription_id, meter_id, period_start) DO UPDATE SET "
+        "quantity = EXCLUDED.quantity, amount = EXCLUDED.amount, charged = EXCLUDED.charged, "
+        "currency = EXCLUDED.currency, event_count = EXCLUDED.event_count, "
+        "distinct_values = EXCLUDED.distinct_values, latest_at = EXCLUDED.latest_at, "
+        "updated_at = now()",
+        rows,
+    )
+
+
+def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
+    if not meter.group_by:
+        return "", {}
+    dims = {}
+    for path in meter.group_by:
+        value = _path_value(p.source.properties, p.usage, path)
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True, default=str)
+        dims[path] = None if value is None else (value if isinstance(value, str) else str(value))
+    return json.dumps(dims, sort_keys=True, separators=(",", ":")), dims
+
+
+def _upsert_daily(cursor, customer, subscription, accepted) -> None:
+    totals: dict[tuple, list] = {}
+    for p, _terms, period_start, moves, _money, currency in accepted:
+        day = p.source.timestamp.astimezone(UTC).date()
+        for move in moves:
+            key_text, dims = _dimensions(move.meter, p)
+            key = (move.meter.pk, period_start, day, key_text)
+            entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, currency, 0])
+            entry[1] += move.quantity_delta
+            entry[2] += move.included_delta
+            entry[3] += move.amount_delta
+            entry[5] += 1
+    rows = [
+        (
+            subscription.pk,
+            customer.pk,
+            meter_id,
+            period_start,
+            day,
+            key_text,
+            json.dumps(dims),
+            quantity,
+            included,
+            amount,
+            currency,
+            count,
+        )
+        for (meter_id, period_start, day, key_text), (
+            dims,
+            quantity,
+            included,
+            amount,
+            currency,
+            count,
+        ) in totals.items()
+    ]
+    cursor.executemany(
+        "INSERT INTO metering_dailyusage (subscription_id, customer_id, meter_id, period_start, "
+        "day, dimension_key, dimensions, quantity, included_quantity, amount, currency, "
+        "event_count, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, "
+        "now()) ON CONFLICT (subscription_id, meter_id, period_start, day, dimension_key) DO "
+        "UPDATE SET quantity = metering_dailyusage.quantity + EXCLUDED.quantity, "
+        "included_quantity = metering_dailyusage.included_quantity + EXCLUDED.included_quantity, "
+        "amount = metering_dailyusage.amount + EXCLUDED.amount, "
+        "event_count = metering_dailyusage.event_count + EXCLUDED.event_count, updated_at = now()",
+        rows,
+    )
+
+
+def _upsert_model_usage(cursor, customer, subscription, accepted) -> None:
+    totals: dict[tuple, list] = {}
+    for p, _terms, period_start, _moves, money, currency in accepted:
+        if p.usage is None:
+            continue
+        u = p.usage
+        day = p.source.timestamp.astimezone(UTC).date()
+        key = (period_start, day, u.provider, u.model, currency)
+        entry = totals.setdefault(key, [0, 0, 0, 0, 0, 0, ZERO, ZERO])
+        entry[0] += 1
+        entry[1] += u.input_tokens
+        entry[2] += u.cache_read_tokens
+        entry[3] += u.cache_write_tokens
+        entry[4] += u.output_tokens
+        entry[5] += u.reasoning_tokens
+        entry[6] += money
+        entry[7] += ledger_round(p.cost.total)
+    if not totals:
+        return
+    rows = [(customer.pk, subscription.pk, *key, *values) for key, values in totals.items()]
+    cursor.executemany(
+        "INSERT INTO metering_modelusage (customer_id, subscription_id, period_start, day, "
+        "provider, model, currency, event_count, input_tokens, cache_read_tokens, "
+        "cache_write_tokens, output_tokens, reasoning_tokens, amount, cost, updated_at) VALUES "
+        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+        "ON CONFLICT (subscription_id, period_start, day, provider, model, currency) DO UPDATE SET "
+        "event_count = metering_modelusage.event_count + EXCLUDED.event_count, "
+        "input_tokens = metering_modelusage.input_tokens + EXCLUDED.input_tokens, "
+        "cache_read_tokens = metering_modelusage.cache_read_tokens + EXCLUDED.cache_read_tokens, "
+        "cache_write_tokens = metering_modelusage.cache_write_tokens "
+        "+ EXCLUDED.cache_write_tokens, "
+        "output_tokens = metering_modelusage.output_tokens + EXCLUDED.output_tokens, "
+        "reasoning_tokens = metering_modelusage.reasoning_tokens + EXCLUDED.reasoning_tokens, "
+        "amount = metering_modelusage.amount + EXCLUDED.amount, "
+        "cost = metering_modelusage.cost + EXCLUDED.cost, updated_at = now()",
+        rows,
+    )
+
+
+# --- estimates: authorize and holds -----------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    customer: Customer
+    currency: str
+    amount: Decimal  # what the usage would be charged now
+    balance: Decimal  # posted − held
+    available: Decimal | None  # what may still be spent; None: no limit
+    allowed: bool
+    reason: str | None
+    wallet: Wallet | None = None
+    cost: Decimal | None = None  # the provider's cost of the estimated usage (USD)
+
+
+def estimate(
+    *,
+    customer: Customer,
+    amount: Decimal | None = None,
+    currency: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    event_name: str | None = None,
+    now: datetime | None = None,
+) -> Estimate:
+    """May ``customer`` spend ``amount`` — or what an LLM call of ``model`` with these token
+    counts would be charged now, under its plan, allowance and tiers? Read from the same
+    balances and counters rating uses; nothing is written or locked."""
+    now = now or timezone.now()
+    subscription = (
+        Subscription.objects.filter(customer=customer)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .prefetch_related("phases")
+        .first()
+    )
+    terms = plan_terms(_plan_at(subscription, now)) if subscription is not None else None
+    cost = None
+    if amount is None:
+        if terms is None:
+            raise errors.NoSubscription(
+                f"customer {customer.external_id} has no active subscription to price usage "
+                "against; authorize an amount instead",
+                param="customer",
+            )
+        amount, cost = _estimate_usage(
+            customer,
+            subscription,
+            terms,
+            model,
+            provider,
+            input_tokens,
+            output_tokens,
+            event_name,
+            now,
+        )
+        currency = terms.money_currency
+    currency = currency or (terms.money_currency if terms else customer.currency)
+    wallet = Wallet.objects.filter(customer=customer, currency=currency).first()
+    if wallet is None:
+        return Estimate(
+            customer,
+            currency,
+            amount,
+            ZERO,
+            ZERO,
+            amount <= 0,
+            None if amount <= 0 else "insufficient_funds",
+        )
+    state = ledger.read_balances(account_ids=[wallet.account_id])[wallet.account_id]
+    spendable = None if state.floor is None else state.available - state.floor
+    allowed = amount <= 0 or state.can_spend(amount)
+    reason = None
+    if not allowed:
+        if currency == CREDITS:
+            reason = "insufficient_credits"
+        elif wallet.billing_mode == "postpaid":
+            reason = "credit_limit_exceeded"
+        else:
+            reason = "insufficient_funds"
+    return Estimate(
+        customer=customer,
+        currency=currency,
+        amount=amount,
+        balance=state.available,
+        available=spendable,
+        allowed=allowed,
+        reason=reason,
+        wallet=wallet,
+        cost=cost,
+    )
+
+
+def _estimate_usage(
+    customer, subscription, terms, model, provider, input_tokens, output_tokens, event_name, now
+) -> tuple[Decimal, Decimal | None]:
+    if not model:
+        raise errors.InvalidEvent("give an amount, or a model with token estimates", param="model")
+    usage = normalize_usage(
+        {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        provider=provider,
+        model=model,
+    )
+    price = catalog.find_price(provider=usage.provider, model=usage.model, at=now)
+    cost = catalog.cost_of(price, usage)
+    meters = list(Meter.objects.filter(pk__in=terms.charges))
+    names = (
+        {event_name}
+        if event_name
+        else {m.event_name for m in meters if m.property.startswith("llm.")}
+    )
+    meters = list(Meter.objects.filter(event_name__in=names).order_by("id"))
+    properties = {"model": model, **({"provider": provider} if provider else {})}
+    prepared = Prepared(
+        index=0,
+        source=EventIn("estimate", customer.external_id, next(iter(names), ""), now, properties),
+        meters=meters,
+        usage=usage,
+        price=price,
+        cost=cost,
+    )
+    period_start, period_end, in_trial = _period_for(subscription, terms, now)
+    counters = _load_counters(
+        subscription.pk,
+        [(prepared, terms, period_start, period_end, in_trial, [(m, None) for m in meters])],
+    )
+    overrides = {
+        m.meter_id: m.margin_percent for m in MarginOverride.objects.filter(customer=customer)
+    }
+    money = ZERO
+    for meter in meters:
+        try:
+            reading = _quantity(meter, prepared)
+        except BillingError:
+            continue  # a meter reading a property the estimate cannot know
+        if reading is None:
+            continue
+        counter = counters.get(
+            (meter.pk, period_start), Counter(subscription.pk, meter.pk, period_start, period_end)
+        )
+        move = _move(counter, meter, reading, prepared, terms, in_trial, overrides)
+        money += move.charged - counter.charged
+    return money, ledger_round(cost.total)
