@@ -43,6 +43,7 @@ from billing.models import (
     Customer,
     IdempotencyRecord,
     Interval,
+    MarginOverride,
     Plan,
     PlanCharge,
     PriceModel,
@@ -332,6 +333,17 @@ class WalletInline(ReadOnlyInline):
         return money(_balance(wallet).available)
 
 
+class MarginOverrideInline(admin.TabularInline):
+    """This customer's own markup over the provider's cost on catalog-priced charges; it
+    replaces the plan charge's margin (one meter, or every meter when left empty)."""
+
+    model = MarginOverride
+    extra = 0
+    fields = ("meter", "margin_percent", "created_at")
+    readonly_fields = ("created_at",)
+    verbose_name = "margin override"
+
+
 class CustomerSubscriptionInline(ReadOnlyInline):
     model = Subscription
     fields = (
@@ -408,7 +420,7 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         "updated_at",
         "recent_activity",
     )
-    inlines = [WalletInline, CustomerSubscriptionInline]
+    inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline]
     actions = ["top_up_action", "adjust_action"]
 
     def has_delete_permission(self, request, obj=None):

@@ -1,8 +1,9 @@
 """``make run``: the whole product on one machine, with demo data.
 
 Starts embedded PostgreSQL and Redis when DATABASE_URL / REDIS_URL are unset, migrates,
-loads the demo data, then runs the web server, one Celery worker and Celery beat. Ctrl-C
-stops everything it started, the embedded servers included.
+loads the demo data, then runs the web server, one Celery worker, Celery beat and a usage
+simulator (``manage.py simulate_usage``). Ctrl-C stops everything it started, the embedded
+servers included.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main() -> int:
             ],
             "beat": [python, "-m", "celery", "-A", "billing", "beat", "--loglevel", "INFO"],
         }
+        if os.environ.get("SIMULATE", "1") != "0":
+            # A small product backend sending LLM usage for the demo customers.
+            commands["simulator"] = [*manage, "simulate_usage", "--url", f"http://{HOST}:{PORT}"]
         children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         print(
             "\n"
@@ -54,7 +58,10 @@ def main() -> int:
             f"  API docs:  http://{HOST}:{PORT}/api/docs/\n"
             f"  Database:  {os.environ['DATABASE_URL']}\n"
             f"  Redis:     {os.environ['REDIS_URL']}\n"
-            "  Ctrl-C stops the server, the worker, beat and the embedded services.\n",
+            "  Usage:     a simulator sends LLM usage for acme, globex, initech and hooli\n"
+            "             every second (SIMULATE=0 make run to switch it off)\n"
+            "  Ctrl-C stops the server, the worker, beat, the simulator and the embedded "
+            "services.\n",
             flush=True,
         )
         try:

@@ -6,10 +6,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
 
 from billing import services
 from billing.admin import ServiceFormMixin
-from metering.models import Aggregation, Meter
+from ledger.admin import ReadOnlyAdmin
+from metering import catalog
+from metering.models import Aggregation, Event, Meter, ModelPrice, ModelUsage, PeriodUsage
 
 MEANING_FIELDS = ("code", *services.METER_FIELDS)  # fixed once the meter exists
 
@@ -93,3 +97,150 @@ class MeterAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         services.rename_meter(meter=obj, name=obj.name, unit=obj.unit)
+
+
+# --- the model price catalog --------------------------------------------------------------------
+
+PRICE_FIELDS = (
+    "input_mtok",
+    "output_mtok",
+    "cache_read_mtok",
+    "cache_write_mtok",
+    "cache_write_1h_mtok",
+    "reasoning_mtok",
+    "requests_kcount",
+    "tiers",
+)
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """Finance staff see what each provider charges and add models or new price versions.
+    A saved version's prices never change (events were rated with them): a new price is a
+    new row with a later ``effective_from``."""
+
+    list_display = (
+        "provider",
+        "model",
+        "effective_from",
+        "input_mtok",
+        "output_mtok",
+        "cache_read_mtok",
+        "cache_write_mtok",
+        "source",
+    )
+    list_filter = ("provider", "source")
+    search_fields = ("model", "name", "provider")
+    date_hierarchy = "effective_from"
+    fields = (
+        "provider",
+        "model",
+        "name",
+        "effective_from",
+        *PRICE_FIELDS,
+        "match",
+        "position",
+        "source",
+        "notes",
+        "created_at",
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ("source", "created_at")
+        return ("provider", "model", "effective_from", *PRICE_FIELDS, "source", "created_at")
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # rated events refer to the version that priced them
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.source = "manual"
+        super().save_model(request, obj, form, change)
+        catalog.invalidate()
+
+
+# --- usage: events and counters (read-only) ---------------------------------------------
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "timestamp",
+        "customer",
+        "event_name",
+        "model",
+        "total_tokens",
+        "amount",
+        "currency",
+        "cost",
+        "transaction_link",
+    )
+    list_filter = ("event_name", "provider", "currency")
+    search_fields = ("idempotency_key", "customer__external_id", "model")
+    date_hierarchy = "timestamp"
+    list_select_related = ("customer",)
+    show_full_result_count = False  # events are many; counting them all is slow
+
+    @admin.display(description="tokens")
+    def total_tokens(self, event: Event) -> int:
+        return (
+            event.input_tokens
+            + event.cache_read_tokens
+            + event.cache_write_tokens
+            + event.output_tokens
+        )
+
+    @admin.display(description="ledger transaction")
+    def transaction_link(self, event: Event):
+        if event.ledger_transaction_id is None:
+            return "—"
+        url = reverse("admin:ledger_transaction_change", args=[event.ledger_transaction_id])
+        return format_html('<a href="{}">{}</a>', url, event.ledger_transaction_id)
+
+
+@admin.register(PeriodUsage)
+class PeriodUsageAdmin(ReadOnlyAdmin):
+    list_display = (
+        "subscription",
+        "meter",
+        "period_start",
+        "period_end",
+        "quantity",
+        "charged",
+        "currency",
+        "event_count",
+    )
+    list_filter = ("meter", "currency")
+    list_select_related = ("subscription__customer", "subscription__plan", "meter")
+    search_fields = ("subscription__customer__external_id",)
+
+
+@admin.register(ModelUsage)
+class ModelUsageAdmin(ReadOnlyAdmin):
+    """Margin per customer, model and day: what was charged beside what the provider costs."""
+
+    list_display = (
+        "day",
+        "customer",
+        "provider",
+        "model",
+        "event_count",
+        "amount",
+        "cost",
+        "margin",
+        "currency",
+    )
+    list_filter = ("provider", "currency")
+    search_fields = ("customer__external_id", "model")
+    date_hierarchy = "day"
+    list_select_related = ("customer",)
+
+    @admin.display(description="margin")
+    def margin(self, row: ModelUsage):
+        if row.currency != "USD":
+            return "— (charged in credits)"
+        margin = row.amount - row.cost
+        style = "color:#b00020;font-weight:bold" if margin < 0 else ""
+        return format_html('<span style="{}">{}</span>', style, margin)

@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from functools import lru_cache
 from typing import Any
 
@@ -68,6 +68,7 @@ from billing.periods import period_containing
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import NormalBalance
+from ledger.services import Leg
 from metering import catalog, errors
 from metering.charges import ChargeTerms, Tier
 from metering.models import Aggregation, Meter, PeriodUsage
@@ -84,14 +85,16 @@ RESERVED_PROPERTY = "llm"
 LOCK_NAMESPACE = 4242  # pg_advisory_xact_lock(namespace, customer id): rating a customer
 
 
+_ROUNDING = Context(prec=80, rounding=ROUND_HALF_EVEN)
+
+
 def ledger_round(amount: Decimal) -> Decimal:
-    with localcontext(prec=80):
-        return amount.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
+    """To the ledger's 12 places, half-even: the one rounding rule of rating."""
+    return amount.quantize(LEDGER_QUANTUM, context=_ROUNDING)
 
 
 def exact(amount: Decimal) -> Decimal:
-    with localcontext(prec=80):
-        return amount.quantize(EXACT_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return amount.quantize(EXACT_QUANTUM, context=_ROUNDING)
 
 
 # --- input and outcome ---------------------------------------------------------------------
@@ -690,22 +693,18 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
     for event_id, (p, _terms, _start, _moves, money, currency) in zip(
         event_ids, accepted, strict=True
     ):
+        # Amounts here are exact already (whole tokens; money rounded to the ledger's 12
+        # places), so the legs are built directly; the ledger checks them again in SQL.
         legs = []
-        if p.usage is not None and p.usage.total_tokens:
+        tokens = p.usage.total_tokens if p.usage is not None else 0
+        if tokens:
             legs += [
-                ledger.debit(token_account, p.usage.total_tokens),
-                ledger.credit(tokens_served, p.usage.total_tokens),
+                Leg(token_account.pk, Decimal(tokens)),
+                Leg(tokens_served.pk, -Decimal(tokens)),
             ]
-        if money > 0:
-            legs += [
-                ledger.debit(wallets[currency].account_id, money),
-                ledger.credit(sinks[currency], money),
-            ]
-        elif money < 0:
-            legs += [
-                ledger.debit(sinks[currency], -money),
-                ledger.credit(wallets[currency].account_id, -money),
-            ]
+        if money:
+            wallet_id, sink_id = wallets[currency].account_id, sinks[currency].pk
+            legs += [Leg(wallet_id, money), Leg(sink_id, -money)]
         if not legs:
             continue
         metadata = {"kind": "usage", "event_id": event_id, "customer": customer.external_id}
@@ -787,15 +786,17 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
             outcome.event = twin.event if twin is not None else None
 
     with connection.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO metering_event (id, customer_id, idempotency_key, event_name, timestamp, "
+        # COPY: the fastest way in for many rows. No conflict is possible: the customer's
+        # rating lock is held and its duplicates were sorted out above (the unique index
+        # still stands behind that).
+        with cursor.cursor.copy(
+            "COPY metering_event (id, customer_id, idempotency_key, event_name, timestamp, "
             "properties, subscription_id, period_start, provider, model, model_price_id, "
             "input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, "
-            "reasoning_tokens, currency, amount, cost, ledger_transaction_id, received_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s, now())",
-            event_rows,
-        )
+            "reasoning_tokens, currency, amount, cost, ledger_transaction_id) FROM STDIN"
+        ) as copy:
+            for row in event_rows:
+                copy.write_row(row)
         _upsert_counters(cursor, counters)
         _upsert_daily(cursor, customer, subscription, accepted)
         _upsert_model_usage(cursor, customer, subscription, accepted)
