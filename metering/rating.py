@@ -81,6 +81,10 @@ REVENUE = "@Revenue"
 CREDITS_USED = "@CreditsUsed"
 CREDITS = "CREDITS"
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# Bounds that keep every figure inside its column (NUMERIC(38, 12) and friends): a reading
+# and a period's quantity stay below MAX_QUANTITY, one event moves less than MAX_CHARGE.
+MAX_QUANTITY = Decimal(10) ** 20
+MAX_CHARGE = Decimal(10) ** 18
 RESERVED_PROPERTY = "llm"
 LOCK_NAMESPACE = 4242  # pg_advisory_xact_lock(namespace, customer id): rating a customer
 
@@ -211,8 +215,10 @@ def _quantity(meter: Meter, prepared: Prepared) -> Any:
     value = Decimal(value)
     if not value.is_finite() or value < 0:
         raise errors.InvalidEvent(f"{param} must be a finite, non-negative number", param=param)
-    if value != value.quantize(LEDGER_QUANTUM) or value >= Decimal(10) ** 26:
-        raise errors.InvalidEvent(f"{param} is too large or too finely divided", param=param)
+    if value >= MAX_QUANTITY or value.as_tuple().exponent < -12:
+        raise errors.InvalidEvent(
+            f"{param} must be below 1e20 with at most 12 decimal places", param=param
+        )
     return value
 
 
@@ -592,6 +598,18 @@ def _rate_customer(
             )
             moves.append(_move(counter, meter, reading, p, terms, in_trial, overrides))
         money = sum((m.charged - m.counter.charged for m in moves), ZERO)
+        too_big = next((m for m in moves if m.quantity >= MAX_QUANTITY), None)
+        if too_big is not None or abs(money) >= MAX_CHARGE:
+            what = (
+                f"meter {too_big.meter.code}'s quantity this period past {MAX_QUANTITY:.0e}"
+                if too_big is not None
+                else f"a charge of {money.normalize():f}, beyond what one event may move"
+            )
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=errors.InvalidEvent(f"this event would take {what}", param="properties"),
+            )
+            continue
         currency = terms.money_currency
         wallet = wallets[currency]
         balance = balances[wallet.account_id]
@@ -625,7 +643,7 @@ def _rate_customer(
 def _existing_events(customer_id: int, keys: list[str]) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT id, idempotency_key, amount, currency, ledger_transaction_id "
+            "SELECT id, idempotency_key, amount, currency, ledger_transaction_id, cost, model "
             "FROM metering_event WHERE customer_id = %s AND idempotency_key = ANY(%s)",
             [customer_id, keys],
         )
@@ -636,6 +654,8 @@ def _existing_events(customer_id: int, keys: list[str]) -> list[dict[str, Any]]:
                 "amount": row[2],
                 "currency": row[3],
                 "ledger_transaction_id": row[4],
+                # the provider's cost is part of the answer for LLM events only
+                **({"cost": row[5]} if row[6] else {}),
             }
             for row in cursor.fetchall()
         ]

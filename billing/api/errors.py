@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -93,7 +95,15 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied()
 
     headers: dict[str, str] = {}
-    if isinstance(exc, LedgerError | BillingError):
+    if isinstance(exc, RequestDataTooBig):
+        status_code = 413
+        body = error_body(
+            413,
+            "payload_too_large",
+            f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
+            "send fewer events per batch",
+        )
+    elif isinstance(exc, LedgerError | BillingError):
         status_code = exc.http_status
         body = error_body(status_code, exc.code, exc.message, getattr(exc, "param", None))
     elif isinstance(exc, APIError):

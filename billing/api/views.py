@@ -42,7 +42,7 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         403: "The key lacks the scope (insufficient_scope)",
         404: "Not found",
         409: "Conflict (idempotency_key_reused, customer_exists, …)",
-        413: "Too large (batch_too_large)",
+        413: "Too large (batch_too_large, payload_too_large)",
         422: "Cannot be processed as sent (unknown_model, unknown_event_name, "
         "no_active_subscription, timestamp_before_subscription)",
         429: "Rate limited (rate_limited); see Retry-After",
