@@ -645,8 +645,9 @@ class UsageView(APIView):
         operation_id="customers_usage",
         tags=["usage"],
         summary="Usage and its worth per meter, from the counters",
-        description="For whole UTC days: `from` (inclusive) and `to` (exclusive; a time "
-        "inside a day includes that day). Default: the current billing period. "
+        description="Default: the current billing period, exactly. With `from` and `to`: "
+        "whole UTC days, `from` inclusive and `to` exclusive (a time inside a day includes "
+        "that day). "
         "`group_by` splits each meter by one of its dimensions (e.g. `model`). `models` "
         "gives LLM usage per model with the provider's cost beside the amount charged.",
         parameters=[
@@ -681,7 +682,16 @@ class UsageView(APIView):
         first_day = start.date()
         last_day = (end - timedelta(microseconds=1)).date()
         group_by = request.query_params.get("group_by")
-        daily = DailyUsage.objects.filter(customer=customer, day__gte=first_day, day__lte=last_day)
+        whole_period = raw_from is None and raw_to is None
+        if whole_period:
+            # The current period exactly: its counters, whatever days it spans.
+            scope = {"subscription": subscription, "period_start": start}
+            range_from, range_to = start, end
+        else:
+            scope = {"customer": customer, "day__gte": first_day, "day__lte": last_day}
+            range_from = datetime.combine(first_day, time(), tzinfo=UTC)
+            range_to = datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC)
+        daily = DailyUsage.objects.filter(**scope)
         meters = {m.pk: m for m in Meter.objects.filter(pk__in=daily.values("meter_id"))}
         if group_by and not any(group_by in (m.group_by or []) for m in meters.values()):
             if meters:
@@ -749,9 +759,7 @@ class UsageView(APIView):
                 "cost": _num(row["cost"]),
                 "margin": _num(row["amount"] - row["cost"]) if row["currency"] == "USD" else None,
             }
-            for row in ModelUsage.objects.filter(
-                customer=customer, day__gte=first_day, day__lte=last_day
-            )
+            for row in ModelUsage.objects.filter(**scope)
             .values("provider", "model", "currency")
             .annotate(
                 events=Sum("event_count"),
@@ -768,8 +776,8 @@ class UsageView(APIView):
         return Response(
             {
                 "customer": customer.external_id,
-                "from": datetime.combine(first_day, time(), tzinfo=UTC),
-                "to": datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC),
+                "from": range_from,
+                "to": range_to,
                 "meters": meters_out,
                 "totals": [{"currency": c, "amount": _num(a)} for c, a in sorted(total.items())],
                 "models": models_out,

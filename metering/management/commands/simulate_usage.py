@@ -37,6 +37,7 @@ CALLS = [
 ]
 CUSTOMERS = ["acme", "globex", "initech", "hooli"]
 KEY_NAME = "demo usage simulator"
+PAY_PER_CALL = {"acme", "initech"}  # prepaid money: worth reserving before a long call
 
 
 def raw_usage(shape: str, rng: random.Random) -> dict:
@@ -110,7 +111,7 @@ class Command(BaseCommand):
         roll = rng.random()
         if roll < 0.15:
             self._batch(customer, rng)
-        elif roll < 0.25:
+        elif roll < 0.25 and customer in PAY_PER_CALL:
             self._held_call(customer, rng)
         else:
             status, body = self._post("/api/v1/events", self._event(customer, rng))
