@@ -110,6 +110,7 @@ PRICE_FIELDS = (
     "reasoning_mtok",
     "requests_kcount",
     "tiers",
+    "time_windows",
 )
 
 

@@ -4,11 +4,14 @@ LLM call therefore costs.
 Import
     ``import_genai_prices()`` (``manage.py load_model_prices``) reads the data snapshot that
     ships with the ``genai-prices`` package — no network — into ``ModelPrice`` rows, one per
-    provider, model and price version. Running it again adds a version only where a price
-    changed, effective from the time of the run; rows finance staff added by hand
-    (``source="manual"``) are never touched. Prices that depend on the time of day
-    (off-peak discounts) and kinds we do not rate (audio, images, web searches …) are listed
-    in the row's ``notes`` instead of being guessed.
+    provider, model and price version. The first import of a model brings its whole dated
+    history. Later imports never rewrite the past: if the price in force has changed, a
+    version effective from the time of the run is added; future versions (nothing was rated
+    with them yet) are added or corrected in place. A model finance staff priced by hand
+    (any row with ``source="manual"``) is never touched by the import. Prices for some hours
+    of the UTC day (DeepSeek's standard hours) are kept as the version's ``time_windows``;
+    kinds we do not rate (audio, images, web searches …) are listed in the row's ``notes``
+    instead of being guessed.
 
 Lookup
     ``find_price(provider, model, at)`` finds the row that prices a model name at a time: the
@@ -39,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
 
@@ -130,6 +134,7 @@ class ImportReport:
     source: str
     models: int = 0
     created: int = 0
+    updated: int = 0
     unchanged: int = 0
     skipped: int = 0
 
@@ -173,17 +178,52 @@ def _versions(model: Any) -> tuple[list[tuple[datetime, Any]], list[str]]:
             versions.append(
                 (datetime(start.year, start.month, start.day, tzinfo=UTC), conditional.prices)
             )
-        else:
-            notes.append(f"time-of-day price not imported: {constraint}")
     if not versions and model.prices:
         versions.append((EPOCH, model.prices[0].prices))
     return versions, notes
+
+
+def _time_windows(model: Any, version_prices: Any) -> list[dict[str, Any]]:
+    """The time-of-day prices that override a version: genai-prices lets the last active
+    entry of a model's price list win, so a window applies to the versions listed before
+    it. (DeepSeek lists its off-peak price first and the standard price as a window.)"""
+    if not isinstance(model.prices, list):
+        return []
+    position = next((i for i, c in enumerate(model.prices) if c.prices is version_prices), None)
+    if position is None:
+        return []
+    windows = []
+    for conditional in model.prices[position + 1 :]:
+        constraint = conditional.constraint
+        if type(constraint).__name__ == "TimeOfDateConstraint":
+            fields, _ = _price_fields(conditional.prices)
+            window = {
+                "start": _utc_time(constraint.start_time).isoformat(),
+                "end": _utc_time(constraint.end_time).isoformat(),
+            }
+            window.update(
+                {
+                    k: (str(v) if isinstance(v, Decimal) else v)
+                    for k, v in fields.items()
+                    if v is not None
+                }
+            )
+            windows.append(window)
+    return windows
+
+
+def _utc_time(value: time_of_day) -> time_of_day:
+    if value.tzinfo is None:
+        return value
+    moved = datetime.combine(date(2000, 1, 1), value).astimezone(UTC)
+    return moved.time()
 
 
 def _same_prices(row: ModelPrice, fields: dict[str, Any]) -> bool:
     return (
         all(getattr(row, column) == fields[column] for column in PRICE_COLUMNS.values())
         and row.tiers == fields["tiers"]
+        and row.time_windows == fields["time_windows"]
     )
 
 
@@ -197,9 +237,14 @@ def import_genai_prices(*, now: datetime | None = None) -> ImportReport:
     source = f"genai-prices {genai_prices.__version__}"
     report = ImportReport(source=source)
     existing: dict[tuple[str, str], dict[datetime, ModelPrice]] = {}
-    for row in ModelPrice.objects.exclude(source="manual"):
-        existing.setdefault((row.provider, row.model), {})[row.effective_from] = row
-    to_create = []
+    priced_by_hand: set[tuple[str, str]] = set()
+    for row in ModelPrice.objects.all():
+        if row.source == "manual":
+            priced_by_hand.add((row.provider, row.model))
+        else:
+            existing.setdefault((row.provider, row.model), {})[row.effective_from] = row
+    to_create: list[ModelPrice] = []
+    to_update: list[ModelPrice] = []
 
     def new_row(provider, model, position, match, effective_from, fields, notes):
         return ModelPrice(
@@ -217,6 +262,9 @@ def import_genai_prices(*, now: datetime | None = None) -> ImportReport:
     for provider in get_snapshot().providers:
         for position, model in enumerate(provider.models):
             report.models += 1
+            if (provider.id, model.id) in priced_by_hand:
+                report.skipped += 1  # finance staff priced it: theirs, never overwritten
+                continue
             versions, notes = _versions(model)
             try:
                 match = _clause_to_json(model.match)
@@ -225,11 +273,10 @@ def import_genai_prices(*, now: datetime | None = None) -> ImportReport:
             if not versions:
                 report.skipped += 1
                 continue
-            known = existing.get((provider.id, model.id), {})
-            newest_known = max(known) if known else None
-            changed_now = None
+            snapshot = []
             for effective_from, model_price in sorted(versions, key=lambda v: v[0]):
                 fields, left_out = _price_fields(model_price)
+                fields["time_windows"] = _time_windows(model, model_price)
                 row_notes = list(notes)
                 if left_out:
                     row_notes.append(
@@ -238,29 +285,52 @@ def import_genai_prices(*, now: datetime | None = None) -> ImportReport:
                     )
                 if model.price_comments:
                     row_notes.append(model.price_comments)
-                if effective_from in known:
-                    if _same_prices(known[effective_from], fields):
-                        report.unchanged += 1
-                    else:
-                        changed_now = (fields, row_notes)
-                elif newest_known is not None and effective_from <= newest_known:
-                    changed_now = (fields, row_notes)  # a back-dated change: from now on
-                else:
+                snapshot.append((effective_from, fields, row_notes))
+            known = existing.get((provider.id, model.id), {})
+            if not known:
+                # First import of the model: its whole price history, as genai-prices has it.
+                for effective_from, fields, row_notes in snapshot:
                     to_create.append(
                         new_row(provider, model, position, match, effective_from, fields, row_notes)
                     )
-            if changed_now is not None:
-                # A price that changed since the last import takes effect from this import,
-                # never retroactively: what was rated stays rated at the price it had.
-                current = max(
-                    (r for r in known.values() if r.effective_from <= now),
-                    key=lambda r: r.effective_from,
-                    default=None,
-                )
-                if current is None or not _same_prices(current, changed_now[0]):
-                    to_create.append(new_row(provider, model, position, match, now, *changed_now))
+                continue
+            # Later imports never rewrite the past: what was rated stays rated at the price
+            # it had. The price in force now is brought in line from this import on; future
+            # versions (nothing rated with them yet) are added or corrected in place.
+            in_force = [v for v in snapshot if v[0] <= now]
+            current_known = max((d for d in known if d <= now), default=None)
+            if in_force:
+                effective_from, fields, row_notes = in_force[-1]
+                if current_known is None or not _same_prices(known[current_known], fields):
+                    start = effective_from if current_known is None else max(effective_from, now)
+                    if start in known:
+                        start = now
+                    to_create.append(
+                        new_row(provider, model, position, match, start, fields, row_notes)
+                    )
+                else:
+                    report.unchanged += 1
+            for effective_from, fields, row_notes in snapshot:
+                if effective_from <= now:
+                    continue
+                row = known.get(effective_from)
+                if row is None:
+                    to_create.append(
+                        new_row(provider, model, position, match, effective_from, fields, row_notes)
+                    )
+                elif not _same_prices(row, fields):
+                    for column, value in fields.items():
+                        setattr(row, column, value)
+                    to_update.append(row)
+                else:
+                    report.unchanged += 1
+    if to_update:
+        ModelPrice.objects.bulk_update(
+            to_update, [*PRICE_COLUMNS.values(), "tiers", "time_windows", "updated_at"]
+        )
     ModelPrice.objects.bulk_create(to_create, batch_size=1000)
     report.created = len(to_create)
+    report.updated = len(to_update)
     invalidate()
     return report
 
@@ -295,12 +365,14 @@ class Catalog:
         self.by_id: dict[tuple[str, str], CatalogModel] = {}
         for (provider, model), versions in grouped.items():
             versions.sort(key=lambda r: r.effective_from)
-            newest = versions[-1]
+            # A version added by hand often leaves the match rule empty: the rule is the
+            # model's, so take the newest one any version states.
+            ruled = next((v for v in reversed(versions) if v.match), versions[-1])
             entry = CatalogModel(
                 provider=provider,
                 model=model,
-                position=newest.position,
-                matches=compile_match(newest.match, model),
+                position=ruled.position,
+                matches=compile_match(ruled.match, model),
                 versions=tuple(versions),
             )
             self.by_provider.setdefault(provider, []).append(entry)
@@ -363,7 +435,7 @@ _checked_at = 0.0
 
 
 def _stamp() -> tuple[Any, ...]:
-    row = ModelPrice.objects.aggregate(n=Count("id"), last=Max("id"), changed=Max("created_at"))
+    row = ModelPrice.objects.aggregate(n=Count("id"), last=Max("id"), changed=Max("updated_at"))
     return (row["n"], row["last"], row["changed"])
 
 
@@ -424,9 +496,33 @@ class UnitPrices:
     per_request: Decimal
 
 
-def unit_prices(price: ModelPrice, prompt_tokens: int) -> UnitPrices:
-    mtok = {column: getattr(price, column) for column in TOKEN_COLUMNS}
-    for tier in price.tiers:
+def _window_at(price: ModelPrice, at: datetime | None) -> dict[str, Any] | None:
+    if not price.time_windows or at is None:
+        return None
+    moment = at.astimezone(UTC).time().isoformat()
+    chosen = None
+    for window in price.time_windows:  # the last window that is open wins
+        start, end = window["start"], window["end"]
+        open_now = start <= moment < end if start <= end else moment >= start or moment < end
+        if open_now:
+            chosen = window
+    return chosen
+
+
+def unit_prices(price: ModelPrice, prompt_tokens: int, at: datetime | None = None) -> UnitPrices:
+    """USD per token of each kind for a request with ``prompt_tokens`` at time ``at``."""
+    window = _window_at(price, at)
+    if window is not None:
+        mtok = {
+            c: (Decimal(window[c]) if window.get(c) is not None else None) for c in TOKEN_COLUMNS
+        }
+        tiers = window.get("tiers") or []
+        per_request = Decimal(window["requests_kcount"]) if window.get("requests_kcount") else None
+    else:
+        mtok = {column: getattr(price, column) for column in TOKEN_COLUMNS}
+        tiers = price.tiers
+        per_request = price.requests_kcount
+    for tier in tiers:
         if prompt_tokens > tier["above_input_tokens"]:
             for column in TOKEN_COLUMNS:
                 if column in tier:
@@ -444,7 +540,7 @@ def unit_prices(price: ModelPrice, prompt_tokens: int) -> UnitPrices:
         cache_write_1h=p_cw1h / MILLION,
         output=p_out / MILLION,
         reasoning=p_reason / MILLION,
-        per_request=(price.requests_kcount or Decimal(0)) / THOUSAND,
+        per_request=(per_request or Decimal(0)) / THOUSAND,
     )
 
 
@@ -466,8 +562,9 @@ class Cost:
         return sum((getattr(self, kind) for kind in kinds), Decimal(0))
 
 
-def cost_of(price: ModelPrice, usage: NormalizedUsage) -> Cost:
-    p = unit_prices(price, usage.prompt_tokens)
+def cost_of(price: ModelPrice, usage: NormalizedUsage, at: datetime | None = None) -> Cost:
+    """The provider's price of ``usage`` at time ``at`` (time-of-day prices need it)."""
+    p = unit_prices(price, usage.prompt_tokens, at)
     one_hour = usage.cache_write_1h_tokens
     reasoning = usage.reasoning_tokens
     return Cost(

@@ -118,11 +118,19 @@ class ModelPrice(models.Model):
         **MTOK, help_text="Price per thousand requests, if the provider charges per request."
     )
     tiers = models.JSONField(default=list, blank=True)
+    time_windows = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Prices that apply at some hours of the UTC day instead of these "
+        '(DeepSeek\'s standard hours): [{"start": "00:30:00", "end": "16:30:00", '
+        '"input_mtok": "0.27", "output_mtok": "1.1", "tiers": []}].',
+    )
     source = models.CharField(
         max_length=40, default="manual", help_text='"genai-prices <version>" or "manual".'
     )
     notes = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["provider", "model", "-effective_from"]

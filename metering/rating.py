@@ -190,7 +190,7 @@ def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> 
         prepared.price = catalog.find_price(
             provider=usage.provider, model=usage.model, at=event.timestamp
         )
-        prepared.cost = catalog.cost_of(prepared.price, usage)
+        prepared.cost = catalog.cost_of(prepared.price, usage, event.timestamp)
     return prepared
 
 
@@ -1061,7 +1061,7 @@ def _estimate_usage(
         model=model,
     )
     price = catalog.find_price(provider=usage.provider, model=usage.model, at=now)
-    cost = catalog.cost_of(price, usage)
+    cost = catalog.cost_of(price, usage, now)
     meters = list(Meter.objects.filter(pk__in=terms.charges))
     names = (
         {event_name}

@@ -13,5 +13,6 @@ class Command(BaseCommand):
         report = import_genai_prices()
         self.stdout.write(
             f"{report.source}: {report.models} models; {report.created} price versions added, "
-            f"{report.unchanged} unchanged, {report.skipped} skipped"
+            f"{report.updated} future versions corrected, {report.unchanged} unchanged, "
+            f"{report.skipped} skipped"
         )
