@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench-ledger services stop lint
+.PHONY: install run test bench-ledger bench-ingest services stop lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install
 
 bench-ledger: install
 	$(PY) -m billing.devservices exec -- $(PY) bench/ledger.py $(BENCH_ARGS)
+
+bench-ingest: install
+	$(PY) -m billing.devservices exec -- $(PY) bench/ingest.py $(BENCH_ARGS)
 
 services: install
 	$(PY) -m billing.devservices start
