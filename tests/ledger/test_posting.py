@@ -14,6 +14,15 @@ from tests.conftest import unique
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True, params=["loop", "bulk"])
+def posting_function(request, monkeypatch):
+    """Every test here runs against both posting functions: the loop that single postings
+    use and the set-based one for bulks (ledger.services.BULK_THRESHOLD picks)."""
+    if request.param == "bulk":
+        monkeypatch.setattr(services, "BULK_THRESHOLD", 1)
+    return request.param
+
+
 def test_top_up_then_usage_worked_example(world, revenue, make_wallet):
     wallet = make_wallet(0)
     services.post_transaction(
