@@ -640,6 +640,35 @@ def _rate_customer(
     _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id)
 
 
+# Ledger accounts are never deleted, so their ids are cached per process (tests, which do
+# empty the tables, call clear_caches()).
+_account_ids: dict[tuple[str, str], int] = {}
+
+
+def _system_account_id(code: str, currency: str) -> int:
+    key = (code, currency)
+    if key not in _account_ids:
+        _account_ids[key] = ledger.ensure_system_account(
+            code=code, currency=currency, normal_balance=NormalBalance.CREDIT
+        ).pk
+    return _account_ids[key]
+
+
+def _usage_account_id(customer: Customer) -> int:
+    key = (f"tokens:{customer.pk}", "TOKENS")
+    if key not in _account_ids:
+        if len(_account_ids) > 100_000:
+            _account_ids.clear()
+        _account_ids[key] = billing_services.usage_account(customer=customer).pk
+    return _account_ids[key]
+
+
+def clear_caches() -> None:
+    """Forget cached plans and account ids (for tests, which empty the tables)."""
+    _account_ids.clear()
+    plan_terms.cache_clear()
+
+
 def _existing_events(customer_id: int, keys: list[str]) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -697,18 +726,14 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
         )
         event_ids = [row[0] for row in cursor.fetchall()]
     has_tokens = any(p.usage is not None and p.usage.total_tokens for p, *_ in accepted)
-    token_account = billing_services.usage_account(customer=customer) if has_tokens else None
+    token_account = _usage_account_id(customer) if has_tokens else None
     tokens_served = (
-        ledger.ensure_system_account(code=billing_services.TOKENS_SERVED, currency="TOKENS")
-        if has_tokens
-        else None
+        _system_account_id(billing_services.TOKENS_SERVED, "TOKENS") if has_tokens else None
     )
-    sinks = {}
-    for currency in wallets:
-        code = CREDITS_USED if currency == CREDITS else REVENUE
-        sinks[currency] = ledger.ensure_system_account(
-            code=code, currency=currency, normal_balance=NormalBalance.CREDIT
-        )
+    sinks = {
+        currency: _system_account_id(CREDITS_USED if currency == CREDITS else REVENUE, currency)
+        for currency in wallets
+    }
     specs, spec_owner = [], []
     for event_id, (p, _terms, _start, _moves, money, currency) in zip(
         event_ids, accepted, strict=True
@@ -723,7 +748,7 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
                 Leg(tokens_served.pk, -Decimal(tokens)),
             ]
         if money:
-            wallet_id, sink_id = wallets[currency].account_id, sinks[currency].pk
+            wallet_id, sink_id = wallets[currency].account_id, sinks[currency]
             legs += [Leg(wallet_id, money), Leg(sink_id, -money)]
         if not legs:
             continue

@@ -70,10 +70,10 @@ def _fresh_metering_caches():
     from metering import catalog, rating
 
     catalog.invalidate()
-    rating.plan_terms.cache_clear()
+    rating.clear_caches()
     yield
     catalog.invalidate()
-    rating.plan_terms.cache_clear()
+    rating.clear_caches()
 
 
 # A few real catalog rows (USD per million tokens, as genai-prices 0.2.3 has them).
