@@ -640,27 +640,37 @@ def _rate_customer(
     _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id)
 
 
-# Ledger accounts are never deleted, so their ids are cached per process (tests, which do
-# empty the tables, call clear_caches()).
+# Ledger accounts are never deleted, so their ids are cached per process — once the
+# transaction that found or created them has committed, so that no other thread is handed
+# an account it cannot see yet. (Tests, which do empty the tables, call clear_caches().)
 _account_ids: dict[tuple[str, str], int] = {}
+
+
+def _remember(key: tuple[str, str], account_id: int) -> int:
+    def remember() -> None:
+        if len(_account_ids) > 100_000:
+            _account_ids.clear()
+        _account_ids[key] = account_id
+
+    transaction.on_commit(remember)
+    return account_id
 
 
 def _system_account_id(code: str, currency: str) -> int:
     key = (code, currency)
-    if key not in _account_ids:
-        _account_ids[key] = ledger.ensure_system_account(
-            code=code, currency=currency, normal_balance=NormalBalance.CREDIT
-        ).pk
-    return _account_ids[key]
+    if key in _account_ids:
+        return _account_ids[key]
+    account = ledger.ensure_system_account(
+        code=code, currency=currency, normal_balance=NormalBalance.CREDIT
+    )
+    return _remember(key, account.pk)
 
 
 def _usage_account_id(customer: Customer) -> int:
     key = (f"tokens:{customer.pk}", "TOKENS")
-    if key not in _account_ids:
-        if len(_account_ids) > 100_000:
-            _account_ids.clear()
-        _account_ids[key] = billing_services.usage_account(customer=customer).pk
-    return _account_ids[key]
+    if key in _account_ids:
+        return _account_ids[key]
+    return _remember(key, billing_services.usage_account(customer=customer).pk)
 
 
 def clear_caches() -> None:
@@ -744,8 +754,8 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
         tokens = p.usage.total_tokens if p.usage is not None else 0
         if tokens:
             legs += [
-                Leg(token_account.pk, Decimal(tokens)),
-                Leg(tokens_served.pk, -Decimal(tokens)),
+                Leg(token_account, Decimal(tokens)),
+                Leg(tokens_served, -Decimal(tokens)),
             ]
         if money:
             wallet_id, sink_id = wallets[currency].account_id, sinks[currency]
