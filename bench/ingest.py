@@ -1,0 +1,1821 @@
+"""Usage ingestion over real HTTP: events accepted and rated per second, beside the raw
+PostgreSQL ceiling for the same rows, and the latency of /authorize.
+
+    make bench-ingest                                  # 10 s per run
+    make bench-ingest BENCH_ARGS="--quick"             # 2 s per run (smoke test)
+    .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ingest.py \
+        --seconds 20 --workers 5 --worker-class sync --keep
+
+Everything happens in a throw-away database, ``billing_bench_ingest``, created next to the
+one ``DATABASE_URL`` names, migrated, seeded through the services (meters on
+``llm.completion``, a catalog-priced pay-as-you-go plan and a graduated one, four catalog
+rows, 200 customers: postpaid without a credit limit, every fifth prepaid with ample funds)
+and dropped at the end (``--keep`` leaves it). The product runs as it would in production:
+gunicorn serving ``billing.wsgi:application`` with several workers on 127.0.0.1, DEBUG
+off. Clients are OS processes (spawned; plain ``http.client`` with keep-alive, no Django)
+that send for a fixed time after a common start barrier. Scenarios:
+
+    single     16 clients POST /api/v1/events, one LLM call each (OpenAI, Anthropic and
+               Gemini usage objects as the providers return them; models and customers
+               drawn at random; unique idempotency keys)
+    batch      2 and 4 clients POST /api/v1/events/batch, 1,000 such events each
+    raw        the ceiling: the rows the best batch run wrote, read back from
+               metering_event, inserted by plain psycopg (no Django, no HTTP) as
+               ``INSERT … ON CONFLICT (customer_id, idempotency_key) DO NOTHING`` of 1,000
+               rows per statement, one commit each, with as many clients as that batch run,
+               into a trigger-less copy of metering_event (same columns, defaults and
+               indexes, no foreign keys); once as multi-row VALUES and once as unnest()
+               of arrays (the faster is the ceiling: unnest so far, as 1,000 rows of
+               literals cost the server a long parse), and COPY of the same rows for scale.
+               The rows are rendered to SQL text before the run, so that what is measured
+               is PostgreSQL, not psycopg adapting 19,000 parameters in Python
+    authorize  POST /api/v1/authorize with a model and token estimates, 1 and 8 clients
+
+It prints events/s, latencies, the ratios the issue sets targets for (batch ÷ raw ceiling
+≥ 0.5; /authorize p99 < 20 ms, held to the 1-client run: the endpoint's own latency; with
+8 clients on a 2-core machine a request mostly queues for a CPU behind the others, which
+that run shows for information), where the machine's CPU went in each run (server workers,
+PostgreSQL, the load clients), what the server's PostgreSQL backends were doing
+(pg_stat_activity samples), checks that every accepted event is stored once and charged
+exactly what the wallets moved in the ledger, and ends with one JSON line holding every
+figure. Exit status 1 if any check fails.
+
+The server runs sync workers, 2 × cores + 1 of them, by default. gthread workers (5 × 4
+threads) were measured beside them on this 2-core machine: the same events/s within the
+noise, but 5-20 % more worker CPU per request and a longer single-event p99; the work is
+CPU-bound (about 30 ms of worker CPU per single event), so threads add switching and
+nothing to overlap, and keep-alive, which sync workers lack, saves little on loopback
+(production has a proxy in front for that). ``--worker-class gthread`` measures them.
+
+CPU figures come from /proc: per run, the CPU time each process used (a process that
+exits during a run is not counted), grouped as the server's workers, PostgreSQL (the
+bench database's backends and the server's own processes), the clients, and "other" —
+anything else, e.g. another database's backends. A large "other" share means the
+machine was not ours alone; the CPU milliseconds per event stay comparable when it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+# As in bench/ledger.py: the repository, not this folder, is where the apps are imported from.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+sys.path.insert(0, str(REPO_DIR))
+
+from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
+
+BENCH_DB = "billing_bench_ingest"
+EVENT_NAME = "llm.completion"
+CUSTOMERS = 200
+PREPAID_EVERY = 5  # customers 0, 5, 10 … are prepaid; the others postpaid without a limit
+PREPAID_FUNDS = Decimal("1000000.00")  # an event costs cents: never refused
+BATCH_SIZE = 1_000
+SINGLE_CLIENTS = 16
+WARM_UP_SECONDS = 1.0
+TARGET_BATCH_VS_RAW = 0.5
+TARGET_AUTHORIZE_P99_MS = 20.0
+TARGET_AUTHORIZE_CLIENTS = 1
+RAW_TABLE = "bench_raw_event"
+SERVER_APP_NAME = "bench-server"  # application_name of the server's database connections
+SAMPLE_INTERVAL = 0.05  # seconds between pg_stat_activity samples during a run
+START_TIMEOUT = 120.0  # for clients to start and to reach a barrier
+SERVER_START_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 300.0
+
+SCENARIO_LABELS = {
+    "warm-up": "warm-up (not counted)",
+    "single": "(a) single events, POST /events",
+    "batch": f"(b) batches of {BATCH_SIZE:,}, POST /events/batch",
+    "raw-values": "(c) raw INSERT … ON CONFLICT, VALUES",
+    "raw-unnest": "(c) raw INSERT … ON CONFLICT, unnest",
+    "copy": "    COPY (for scale)",
+    "authorize": "(d) POST /authorize",
+}
+INGEST_SCENARIOS = ("warm-up", "single", "batch")
+RAW_SCENARIOS = ("raw-values", "raw-unnest", "copy")
+CEILING_SCENARIOS = ("raw-values", "raw-unnest")  # INSERT … ON CONFLICT: the issue's ceiling
+
+# The meters, as pricing/demo.yaml has them: (code, name, aggregation, property, unit).
+METERS = (
+    ("input_tokens", "Input tokens", "sum", "llm.input_tokens", "tokens"),
+    ("output_tokens", "Output tokens", "sum", "llm.output_tokens", "tokens"),
+    ("cached_input_tokens", "Cached input tokens", "sum", "llm.cache_read_tokens", "tokens"),
+    ("requests", "API requests", "count", "", "requests"),
+)
+
+# Catalog rows, as tests/conftest.py MODEL_PRICES has them (USD per million tokens):
+# provider, model, match, input, output, cache read, cache write, tiers.
+MODEL_PRICES = (
+    (
+        "openai",
+        "gpt-4o",
+        {"or": [{"equals": "gpt-4o"}, {"starts_with": "gpt-4o-2024"}]},
+        "2.5",
+        "10",
+        "1.25",
+        None,
+        [],
+    ),
+    ("openai", "gpt-4o-mini", {"starts_with": "gpt-4o-mini"}, "0.15", "0.6", "0.075", None, []),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {"starts_with": "claude-sonnet-4-5"},
+        "3",
+        "15",
+        "0.3",
+        "3.75",
+        [],
+    ),
+    (
+        "google",
+        "gemini-2.5-pro",
+        {"starts_with": "gemini-2.5-pro"},
+        "1.25",
+        "10",
+        "0.125",
+        None,
+        [
+            {
+                "above_input_tokens": 200000,
+                "input_mtok": "2.5",
+                "output_mtok": "15",
+                "cache_read_mtok": "0.25",
+            }
+        ],
+    ),
+)
+
+# What the clients send: (provider, model name as the provider's response gives it, weight).
+MODEL_MIX = (
+    ("openai", "gpt-4o-mini-2024-07-18", 45),
+    ("openai", "gpt-4o-2024-08-06", 25),
+    ("anthropic", "claude-sonnet-4-5-20250929", 20),
+    ("google", "gemini-2.5-pro", 10),
+)
+FEATURES = ("chat", "summarize", "agent", "search", "autocomplete")
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def with_database(url: str, name: str, **params: str) -> str:
+    """``url`` naming database ``name``; the query string (``host=/socket/dir`` …) is kept
+    and ``params`` are added to it."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update(params)
+    return urlunsplit(parts._replace(path=f"/{name}", query=urlencode(query, safe="/")))
+
+
+def database_origin(env_url: str | None, url: str) -> str:
+    """Was the server given from outside, or is it billing.devservices' embedded one?
+    (``devservices exec`` exports DATABASE_URL either way, so look at where it points.)"""
+    if env_url is None:
+        return "embedded (started from billing.devservices, DATABASE_URL unset)"
+    socket_dir = dict(parse_qsl(urlsplit(url).query)).get("host") or urlsplit(url).hostname
+    embedded_dir = devservices.data_dir() / "postgres"
+    if socket_dir and Path(unquote(socket_dir)).resolve() == embedded_dir.resolve():
+        return f"embedded (billing.devservices, socket in {embedded_dir})"
+    return "external (DATABASE_URL set)"
+
+
+def counts(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        parser.error(f"{option} must be comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        parser.error(f"{option} needs at least one count, each ≥ 1")
+    return values
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--quick", action="store_true", help="2 s runs: a smoke test")
+    parser.add_argument("--keep", action="store_true", help=f"do not drop {BENCH_DB} at the end")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2 * cores + 1,
+        help=f"server worker processes (default 2 × cores + 1 = {2 * cores + 1})",
+    )
+    parser.add_argument(
+        "--worker-class",
+        choices=("sync", "gthread"),
+        default="sync",
+        help="gunicorn worker class (default sync; see the module docstring for why)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=4, help="threads per gthread worker (default 4)"
+    )
+    parser.add_argument(
+        "--single-clients", type=int, default=SINGLE_CLIENTS, help="clients of the single run"
+    )
+    parser.add_argument(
+        "--batch-clients", default="2,4", help="comma-separated client counts (default 2,4)"
+    )
+    parser.add_argument(
+        "--authorize-clients", default="1,8", help="comma-separated client counts (default 1,8)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = 2.0
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    if args.workers < 1 or args.threads < 1 or args.single_clients < 1:
+        parser.error("--workers, --threads and --single-clients must be ≥ 1")
+    args.batch_counts = counts(parser, "--batch-clients", args.batch_clients)
+    args.authorize_counts = counts(parser, "--authorize-clients", args.authorize_clients)
+    if TARGET_AUTHORIZE_CLIENTS not in args.authorize_counts:
+        args.authorize_counts = sorted({TARGET_AUTHORIZE_CLIENTS, *args.authorize_counts})
+    return args
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr; stdout holds the report and ends with the JSON line."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the database ------------------------------------------------------------------------
+
+
+def drop_database(server_url: str, *, recreate: bool = False) -> None:
+    """Drop billing_bench_ingest (FORCE: ends any session left on it), then create it again."""
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        name = sql.Identifier(BENCH_DB)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        if recreate:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
+def create_raw_table(conn: psycopg.Connection[Any]) -> list[str]:
+    """The raw scenarios' table: metering_event's columns, defaults, identity and indexes
+    (LIKE copies no trigger and no foreign key). Returns the indexes it has."""
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE metering_event INCLUDING DEFAULTS INCLUDING IDENTITY "
+            "INCLUDING INDEXES)"
+        ).format(sql.Identifier(RAW_TABLE))
+    )
+    rows = conn.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass "
+        "ORDER BY indexrelid",
+        [RAW_TABLE],
+    ).fetchall()
+    return [definition.split(" ON ", 1)[1] for (definition,) in rows]
+
+
+def server_facts(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    names = ("server_version", "synchronous_commit", "fsync", "shared_buffers", "max_connections")
+    facts = {
+        name: str(conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0])
+        for name in names
+    }
+    facts["postgresql_version"] = facts.pop("server_version")
+    return facts
+
+
+def checkpoint(conn: psycopg.Connection[Any]) -> None:
+    """Start each run with no checkpoint pending (needs superuser; skipped without)."""
+    try:
+        conn.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+
+
+def machine_facts() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model or platform.processor() or "unknown",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        # A busy machine skews every figure: the load before the runs is part of the result.
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+# --- the product's data ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seed:
+    customers: list[str]  # external ids
+    prepaid: int
+    wallet_accounts: list[int]  # every customer's USD wallet (ledger account ids)
+    api_secret: str
+    plans: dict[str, int]  # plan code → customers on it
+
+
+def seed() -> Seed:
+    """Meters, catalog rows, two plans, the customers and an API key, through the services
+    (as the pricing file, the admin and the API would create them)."""
+    from billing import services
+    from billing.models import APIKey, BillingMode, ConsumptionModel, PriceModel, Wallet
+    from metering import catalog
+    from metering.models import ModelPrice
+
+    for code, name, aggregation, prop, unit in METERS:
+        services.create_meter(
+            code=code,
+            name=name,
+            event_name=EVENT_NAME,
+            aggregation=aggregation,
+            property=prop,
+            group_by=["model"],
+            unit=unit,
+        )
+    for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
+        ModelPrice.objects.create(
+            provider=provider,
+            model=model,
+            match=match,
+            position=position,
+            effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+            input_mtok=Decimal(inp),
+            output_mtok=Decimal(out),
+            cache_read_mtok=Decimal(read),
+            cache_write_mtok=Decimal(write) if write else None,
+            tiers=tiers,
+        )
+    catalog.invalidate()
+
+    charge, tier = services.ChargeSpec, services.TierSpec
+    # pricing/demo.yaml's payg: the provider's cost per model plus a margin.
+    payg, _ = services.publish_plan(
+        spec=services.PlanSpec(
+            code="bench-payg",
+            name="Pay as you go",
+            consumption_model=ConsumptionModel.BALANCE,
+            charges=(
+                charge(meter="input_tokens", margin_percent=Decimal(20)),
+                charge(meter="output_tokens", margin_percent=Decimal(20)),
+                charge(meter="cached_input_tokens", margin_percent=Decimal("10.5")),
+            ),
+        )
+    )
+    # demo.yaml's pro without the trial and with small allowances, so tiers are crossed.
+    graduated, _ = services.publish_plan(
+        spec=services.PlanSpec(
+            code="bench-graduated",
+            name="Graduated",
+            consumption_model=ConsumptionModel.METERED,
+            charges=(
+                charge(
+                    meter="input_tokens",
+                    price_model=PriceModel.GRADUATED,
+                    included_quantity=Decimal(100_000),
+                    tiers=(
+                        tier(up_to=Decimal(10_000_000), unit_price=Decimal("0.00000030")),
+                        tier(up_to=None, unit_price=Decimal("0.00000025")),
+                    ),
+                ),
+                charge(
+                    meter="output_tokens",
+                    price_model=PriceModel.GRADUATED,
+                    included_quantity=Decimal(20_000),
+                    tiers=(
+                        tier(up_to=Decimal(2_000_000), unit_price=Decimal("0.0000012")),
+                        tier(up_to=None, unit_price=Decimal("0.000001")),
+                    ),
+                ),
+                charge(meter="cached_input_tokens", unit_price=Decimal("0.000000075")),
+                charge(
+                    meter="requests",
+                    included_quantity=Decimal(100),
+                    unit_price=Decimal("0.00001"),
+                ),
+            ),
+        )
+    )
+
+    started = datetime.now(UTC) - timedelta(days=10)  # mid-period: no boundary in the runs
+    external_ids, plans = [], collections.Counter()
+    prepaid = 0
+    for i in range(CUSTOMERS):
+        is_prepaid = i % PREPAID_EVERY == 0
+        customer = services.create_customer(
+            external_id=f"bench-cus-{i:04d}",
+            name=f"Bench customer {i}",
+            billing_mode=BillingMode.PREPAID if is_prepaid else BillingMode.POSTPAID,
+        )
+        plan = graduated if i % PREPAID_EVERY == 1 else payg
+        services.create_subscription(customer=customer, plan=plan, start=started)
+        if is_prepaid:
+            services.top_up(customer=customer, amount=PREPAID_FUNDS, reference="bench-funding")
+            prepaid += 1
+        external_ids.append(customer.external_id)
+        plans[plan.code] += 1
+    key, secret = services.create_api_key(name="bench-ingest", scopes=["read", "ingest"])
+    # The per-key rate limit (6,000 a minute by default) would refuse the benchmark's load;
+    # the Redis counter it keeps is still incremented on every request, as in production.
+    APIKey.objects.filter(pk=key.pk).update(rate_limit_per_minute=2**31 - 1)
+    wallet_accounts = sorted(
+        Wallet.objects.filter(currency="USD").values_list("account_id", flat=True)
+    )
+    return Seed(
+        customers=external_ids,
+        prepaid=prepaid,
+        wallet_accounts=wallet_accounts,
+        api_secret=secret,
+        plans=dict(plans),
+    )
+
+
+# --- what the clients send ---------------------------------------------------------------
+
+
+def llm_usage(rng: random.Random, provider: str) -> dict[str, Any]:
+    """A usage object as the provider's API returns it."""
+    prompt = int(rng.lognormvariate(7.3, 0.9)) + 20  # median ≈ 1,500 tokens
+    output = int(rng.lognormvariate(5.5, 0.8)) + 1  # median ≈ 250 tokens
+    cached = 0
+    if prompt >= 1024 and rng.random() < 0.4:
+        cached = rng.randrange(1024, prompt + 1) // 128 * 128  # OpenAI caches in 128s
+    if provider == "openai":
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": output,
+            "total_tokens": prompt + output,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+    if provider == "anthropic":
+        written = 0 if cached or rng.random() < 0.8 else min(prompt, 2048)
+        return {
+            "input_tokens": prompt - cached - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": cached,
+            "output_tokens": output,
+            "service_tier": "standard",
+        }
+    return {  # Gemini's usageMetadata
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": output,
+        "cachedContentTokenCount": cached,
+        "totalTokenCount": prompt + output,
+    }
+
+
+MODEL_CHOICES = [(provider, model) for provider, model, _ in MODEL_MIX]
+MODEL_WEIGHTS = [weight for *_, weight in MODEL_MIX]
+
+
+def utc_now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_event(rng: random.Random, key: str, customers: Sequence[str]) -> dict[str, Any]:
+    provider, model = rng.choices(MODEL_CHOICES, MODEL_WEIGHTS)[0]
+    return {
+        "idempotency_key": key,
+        "customer": customers[rng.randrange(len(customers))],
+        "event_name": EVENT_NAME,
+        "timestamp": utc_now_text(),
+        "properties": {
+            "provider": provider,
+            "model": model,
+            "usage": llm_usage(rng, provider),
+            "request_id": f"req_{rng.getrandbits(64):016x}",
+            "feature": FEATURES[rng.randrange(len(FEATURES))],
+            "end_user": f"user-{rng.randrange(10_000)}",
+        },
+    }
+
+
+def make_estimate(rng: random.Random, customers: Sequence[str]) -> dict[str, Any]:
+    provider, model = rng.choices(MODEL_CHOICES, MODEL_WEIGHTS)[0]
+    return {
+        "customer": customers[rng.randrange(len(customers))],
+        "provider": provider,
+        "model": model,
+        "input_tokens": int(rng.lognormvariate(7.3, 0.9)) + 20,
+        "max_output_tokens": 1024,
+    }
+
+
+def run_prefix(scenario: str, clients: int) -> str:
+    """Idempotency keys of a run start with this (no LIKE wildcards in it)."""
+    return f"{scenario}-{clients}:"
+
+
+# --- the clients (each in its own spawned process) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    scenario: str
+    clients: int
+    seconds: float
+    port: int = 0
+    api_secret: str = ""
+    customers: tuple[str, ...] = ()
+    raw_url: str = ""  # raw scenarios: the bench database
+    raw_source: str = ""  # raw scenarios: key prefix of the batch run whose rows they insert
+
+
+@dataclass
+class ClientResult:
+    index: int
+    requests: int = 0
+    events: int = 0  # accepted (ingest), authorized (authorize) or rows inserted (raw)
+    elapsed: float = 0.0
+    cpu_seconds: float = 0.0  # this client's own CPU time during the run
+    latencies: list[float] = field(default_factory=list)  # seconds, one per request
+    statuses: dict[str, int] = field(default_factory=dict)  # HTTP status → responses
+    problems: dict[str, int] = field(default_factory=dict)  # error code → events or requests
+    first_error: str = ""
+
+
+class Api:
+    """One keep-alive HTTP connection to the server (http.client reconnects by itself
+    after a response that closes it, as gunicorn's sync workers do)."""
+
+    def __init__(self, port: int, secret: str):
+        self.port = port
+        self.headers = {
+            "Authorization": f"Bearer {secret}",
+            "Content-Type": "application/json",
+            "User-Agent": "bench-ingest",
+        }
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        try:
+            self.conn.request(method, path, body=body, headers=self.headers)
+            response = self.conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # the next request opens a new connection
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+RAW_COLUMNS = (
+    "customer_id",
+    "idempotency_key",
+    "event_name",
+    "timestamp",
+    "properties",
+    "subscription_id",
+    "period_start",
+    "provider",
+    "model",
+    "model_price_id",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "currency",
+    "amount",
+    "cost",
+    "ledger_transaction_id",
+)
+RAW_ARRAY_TYPES = (
+    "bigint",
+    "text",
+    "text",
+    "timestamptz",
+    "jsonb",
+    "bigint",
+    "timestamptz",
+    "text",
+    "text",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "text",
+    "numeric",
+    "numeric",
+    "bigint",
+)
+_COLUMN_LIST = ", ".join(RAW_COLUMNS)
+_ON_CONFLICT = " ON CONFLICT (customer_id, idempotency_key) DO NOTHING"
+RAW_VALUES = f"INSERT INTO {RAW_TABLE} ({_COLUMN_LIST}) VALUES "  # + 1,000 rows of literals
+RAW_UNNEST = (
+    f"INSERT INTO {RAW_TABLE} ({_COLUMN_LIST}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in RAW_ARRAY_TYPES)
+    + ")"
+    + _ON_CONFLICT
+)
+RAW_COPY = f"COPY {RAW_TABLE} ({_COLUMN_LIST}) FROM STDIN"
+KEY_COLUMN = RAW_COLUMNS.index("idempotency_key")
+TRANSACTION_COLUMN = RAW_COLUMNS.index("ledger_transaction_id")
+assert KEY_COLUMN == 1 and TRANSACTION_COLUMN == len(RAW_COLUMNS) - 1  # RawRows relies on it
+
+
+def load_raw_rows(conn: psycopg.Connection[Any], spec: RunSpec, index: int) -> list[tuple]:
+    """This client's share of the rows the batch run wrote, exactly as they are stored."""
+    columns = ", ".join("properties::text" if c == "properties" else c for c in RAW_COLUMNS)
+    rows = conn.execute(
+        f"SELECT {columns} FROM metering_event WHERE left(idempotency_key, %s) = %s ORDER BY id",
+        [len(spec.raw_source), spec.raw_source],
+    ).fetchall()
+    conn.commit()
+    mine = rows[index :: spec.clients]
+    if not mine:
+        raise RuntimeError(f"no rows under {spec.raw_source!r} to insert")
+    return mine
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def sql_literal(value: Any) -> str:
+    text = _text(value)
+    if text is None:
+        return "NULL"
+    if isinstance(value, int | Decimal):
+        return text
+    return "'" + text.replace("'", "''") + "'"  # standard_conforming_strings is on
+
+
+def array_element(value: Any) -> str:
+    text = _text(value)
+    if text is None:
+        return "NULL"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def copy_field(value: Any) -> str:
+    text = _text(value)
+    if text is None:
+        return "\\N"
+    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+class RawRows:
+    """The rows, rendered once for each way of sending them (SQL literals, array elements,
+    COPY text), so that a batch costs the client a few string joins: the ceiling is what
+    PostgreSQL takes, not how fast Python adapts 19,000 parameters. After a pass over the
+    rows they come again with a new idempotency key and ledger transaction id (both
+    unique in the table); those two columns (the second and the last) are rendered per
+    batch."""
+
+    def __init__(self, rows: list[tuple]):
+        self.keys = [row[KEY_COLUMN] for row in rows]
+        self.transactions = [row[TRANSACTION_COLUMN] for row in rows]
+        self.literals = [self._around(row, sql_literal, ", ") for row in rows]
+        self.copy_lines = [self._around(row, copy_field, "\t") for row in rows]
+        self.elements = [[array_element(row[c]) for row in rows] for c in range(len(RAW_COLUMNS))]
+        self.position = 0  # rows handed out so far, over all passes
+
+    @staticmethod
+    def _around(row: tuple, render: Any, separator: str) -> tuple[str, str]:
+        """(what precedes the key, what lies between the key and the transaction id)."""
+        parts = [render(value) for value in row]
+        return parts[0] + separator, separator + separator.join(parts[2:-1]) + separator
+
+    def next_batch(self) -> list[tuple[int, str, int | None]]:
+        """BATCH_SIZE × (row index, idempotency key, ledger transaction id)."""
+        batch = []
+        for position in range(self.position, self.position + BATCH_SIZE):
+            round_, i = divmod(position, len(self.keys))
+            key, transaction_id = self.keys[i], self.transactions[i]
+            if round_:
+                key = f"{key}~{round_}"
+                if transaction_id is not None:
+                    transaction_id += round_ * 10**12
+            batch.append((i, key, transaction_id))
+        self.position += BATCH_SIZE
+        return batch
+
+    def values_statement(self, batch: list[tuple[int, str, int | None]]) -> str:
+        rows = ", ".join(
+            f"({self.literals[i][0]}{sql_literal(key)}{self.literals[i][1]}"
+            f"{sql_literal(transaction_id)})"
+            for i, key, transaction_id in batch
+        )
+        return RAW_VALUES + rows + _ON_CONFLICT
+
+    def unnest_arrays(self, batch: list[tuple[int, str, int | None]]) -> list[str]:
+        arrays = []
+        for column, elements in enumerate(self.elements):
+            if column == KEY_COLUMN:
+                values = [array_element(key) for _, key, _ in batch]
+            elif column == TRANSACTION_COLUMN:
+                values = [array_element(t) for _, _, t in batch]
+            else:
+                values = [elements[i] for i, _, _ in batch]
+            arrays.append("{" + ",".join(values) + "}")
+        return arrays
+
+    def copy_text(self, batch: list[tuple[int, str, int | None]]) -> str:
+        return "".join(
+            f"{self.copy_lines[i][0]}{copy_field(key)}{self.copy_lines[i][1]}"
+            f"{copy_field(transaction_id)}\n"
+            for i, key, transaction_id in batch
+        )
+
+
+def client_main(
+    index: int,
+    barriers: dict[int, Barrier],
+    commands: Queue[RunSpec | None],
+    results: Queue[tuple[str, Any]],
+) -> None:
+    """A client process: run each RunSpec it is sent, starting at the run's barrier."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    results.put(("ready", index))
+    prepared: Any = None
+    while (spec := commands.get()) is not None:
+        # The previous run's connection is closed only now: its PostgreSQL backend must
+        # outlive the main process's CPU accounting of that run.
+        if prepared is not None:
+            prepared.close()
+            prepared = None
+        failure: Exception | None = None
+        try:  # before the barrier: not timed
+            prepared = prepare_client(index, spec)
+        except Exception as exc:  # reported after the barrier, so the others do not hang
+            failure = exc
+        try:
+            barriers[spec.clients].wait(timeout=START_TIMEOUT)
+            if failure is not None:
+                raise failure
+            result = run_client(index, spec, prepared)
+        except Exception as exc:  # report, do not hang the main process
+            result = ClientResult(
+                index=index, problems={type(exc).__name__: 1}, first_error=repr(exc)
+            )
+        results.put(("result", result))
+    if prepared is not None:
+        prepared.close()
+
+
+class RawClient:
+    """Plain psycopg with its defaults (statements prepared after 5 uses), autocommit off:
+    one transaction per batch."""
+
+    def __init__(self, index: int, spec: RunSpec):
+        self.conn = psycopg.connect(
+            with_database(spec.raw_url, BENCH_DB, application_name=f"bench-raw-{index}"),
+            autocommit=False,
+        )
+        self.rows = RawRows(load_raw_rows(self.conn, spec, index))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def prepare_client(index: int, spec: RunSpec) -> Any:
+    if spec.scenario in RAW_SCENARIOS:
+        return RawClient(index, spec)
+    api = Api(spec.port, spec.api_secret)  # a fresh connection per run: no stale keep-alive
+    api.conn.connect()
+    return api
+
+
+def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
+    result = ClientResult(index=index)
+    statuses: collections.Counter[str] = collections.Counter()
+    problems: collections.Counter[str] = collections.Counter()
+    rng = random.Random(f"{spec.scenario}/{spec.clients}/{index}")  # reproducible choices
+    prefix = f"{run_prefix(spec.scenario, spec.clients)}{index}:"
+    customers = spec.customers
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    deadline = started + spec.seconds
+    sequence = 0
+
+    def problem(code: str, message: str) -> None:
+        problems[code] += 1
+        result.first_error = result.first_error or message[:500]
+
+    while time.perf_counter() < deadline:
+        sequence += 1
+        if spec.scenario in RAW_SCENARIOS:
+            conn, rows = prepared.conn, prepared.rows
+            batch = rows.next_batch()
+            sent = time.perf_counter()
+            try:
+                if spec.scenario == "raw-values":
+                    conn.execute(rows.values_statement(batch))
+                elif spec.scenario == "raw-unnest":
+                    conn.execute(RAW_UNNEST, rows.unnest_arrays(batch))
+                else:
+                    with conn.cursor().copy(RAW_COPY) as copy:
+                        copy.write(rows.copy_text(batch))
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                problem(type(exc).__name__, repr(exc))
+                continue
+            result.latencies.append(time.perf_counter() - sent)
+            result.requests += 1
+            result.events += len(batch)
+            continue
+
+        api: Api = prepared
+        if spec.scenario == "batch":
+            path = "/api/v1/events/batch"
+            payload: Any = {
+                "events": [
+                    make_event(rng, f"{prefix}{sequence}:{n}", customers) for n in range(BATCH_SIZE)
+                ]
+            }
+        elif spec.scenario == "authorize":
+            path, payload = "/api/v1/authorize", make_estimate(rng, customers)
+        else:  # single, warm-up
+            path, payload = "/api/v1/events", make_event(rng, f"{prefix}{sequence}", customers)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        sent = time.perf_counter()
+        try:
+            status, answer = api.request("POST", path, body)
+        except (OSError, http.client.HTTPException) as exc:
+            problem(f"connection:{type(exc).__name__}", repr(exc))
+            continue
+        result.latencies.append(time.perf_counter() - sent)
+        result.requests += 1
+        statuses[str(status)] += 1
+        if status >= 300:
+            try:
+                code = json.loads(answer)["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = "unparsed"
+            problem(f"{status}:{code}", f"{status} {answer[:400]!r}")
+            continue
+        if spec.scenario == "batch":
+            outcome = json.loads(answer)
+            result.events += outcome["accepted"]
+            if outcome["duplicates"]:
+                problem("duplicate", f"{outcome['duplicates']} duplicates in a batch")
+                problems["duplicate"] += outcome["duplicates"] - 1
+            if outcome["rejected"]:
+                for item in outcome["data"]:
+                    if item["status"] == "rejected":
+                        problem(f"rejected:{item['error']['code']}", json.dumps(item))
+        elif spec.scenario == "authorize":
+            if json.loads(answer).get("allowed") is True:
+                result.events += 1
+            else:
+                problem("not_allowed", answer.decode(errors="replace"))
+        elif status == 201:
+            result.events += 1
+        else:  # 200: an event already stored (keys are unique: should not happen)
+            problem("duplicate", answer.decode(errors="replace"))
+    result.elapsed = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
+    result.statuses = dict(statuses)
+    result.problems = dict(problems)
+    return result
+
+
+# --- the server --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """gunicorn serving billing.wsgi:application on 127.0.0.1, as in production (DEBUG off,
+    no autoreload), in its own session so that stop() ends it and all its workers."""
+
+    def __init__(self, *, args: argparse.Namespace, database_url: str, log_dir: Path):
+        self.workers = args.workers
+        self.worker_class = args.worker_class
+        self.threads = args.threads if args.worker_class == "gthread" else 1
+        self.database_url = database_url
+        self.log_path = log_dir / "gunicorn.log"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def description(self) -> str:
+        threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
+        return f"gunicorn, {self.workers} {self.worker_class} workers{threads}"
+
+    def start(self, secret: str) -> None:
+        self.port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "billing.wsgi:application",
+            f"--bind=127.0.0.1:{self.port}",
+            f"--workers={self.workers}",
+            f"--worker-class={self.worker_class}",
+            f"--threads={self.threads}",
+            "--timeout=300",  # a batch may wait long for its customers' locks
+            "--graceful-timeout=10",
+            "--keep-alive=30",  # gthread: keep the clients' connections between requests
+            "--backlog=2048",
+            "--log-level=warning",
+            f"--chdir={REPO_DIR}",
+        ]
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "DJANGO_SETTINGS_MODULE": "billing.settings",
+            "DJANGO_DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us, not it: stop() ends it
+            )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        api = Api(self.port, secret)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited ({self.process.returncode}):\n{self.log_tail()}"
+                )
+            try:
+                status, answer = api.request("GET", "/api/v1/models")
+                if status == 200:
+                    break
+                raise RuntimeError(f"server answered {status}: {answer[:300]!r}")
+            except (OSError, http.client.HTTPException):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server did not answer:\n{self.log_tail()}") from None
+                time.sleep(0.2)
+        api.close()
+
+    def pids(self) -> set[int]:
+        """The master and its workers."""
+        if self.process is None:
+            return set()
+        master = self.process.pid
+        pids = {master}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                stat = read_stat(int(entry.name))
+                if stat is not None and stat[1] == master:
+                    pids.add(int(entry.name))
+        return pids
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """TERM: workers finish their requests and exit; after an error or Ctrl-C, INT:
+        gunicorn's quick shutdown. Whatever is left after that is killed."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
+        try:
+            self.process.wait(timeout=20 if graceful else 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+# --- the main process: running clients and watching them --------------------------------
+
+
+def read_stat(pid: int) -> tuple[str, int, float] | None:
+    """(command name, parent pid, CPU seconds used) of a process, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_by_process(server: set[int], clients: set[int]) -> dict[int, tuple[str, float]]:
+    """pid → (who it is, CPU seconds used so far), for every process on the machine."""
+    processes = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        stat = read_stat(pid)
+        if stat is None:
+            continue
+        name, _, seconds = stat
+        if pid in server:
+            group = "server workers"
+        elif pid in clients:
+            group = "load clients"
+        elif name.startswith("postgres"):
+            group = postgres_group(pid)
+        elif name.startswith("redis"):
+            group = "Redis"
+        elif pid == me:
+            group = "bench main"
+        else:
+            group = "other"
+        processes[pid] = (group, seconds)
+    return processes
+
+
+def cpu_used(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds used between two snapshots, by group. Per process: one that exited in
+    between is left out (its time is unknown), one that started is counted whole."""
+    groups: collections.Counter[str] = collections.Counter()
+    for pid, (group, seconds) in after.items():
+        groups[group] += seconds - before.get(pid, (group, 0.0))[1]
+    return dict(groups)
+
+
+def postgres_group(pid: int) -> str:
+    """A backend names its database in its title ("postgres: 15/main: user db host(port)
+    state"); another database's backends are someone else's load on the machine."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "PostgreSQL"
+    words = title.split()
+    if len(words) >= 5 and words[0] == "postgres:" and ("(" in words[4] or "[local]" in words[4]):
+        return "PostgreSQL" if words[3] == BENCH_DB else "other"
+    return "PostgreSQL"  # the postmaster, WAL writer, checkpointer …
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / ticks, sum(values[:8]) / ticks
+
+
+def normalise_query(query: str) -> str:
+    text = re.sub(r"\s+", " ", query).strip()
+    text = re.sub(r"\(\$\d+(?:, \$\d+)*\)(?:, \(\$\d+(?:, \$\d+)*\))+", "(…), …", text)
+    return text[:90]
+
+
+def sample_activity(
+    conn: psycopg.Connection[Any], names: list[str], seconds: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """What the backends named ``names`` are doing, sampled for ``seconds``: the share of
+    samples per wait event ("CPU" when active and not waiting; "client" when idle, i.e.
+    waiting for the server worker or client: Python, the network, the request loop), and
+    the share of active samples per statement."""
+    waits: collections.Counter[str] = collections.Counter()
+    statements: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rows = conn.execute(
+            "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
+            [BENCH_DB, names],
+        ).fetchall()
+        for state, wait_type, wait_event, query in rows:
+            if state == "active":
+                waits[f"{wait_type}:{wait_event}" if wait_type else "CPU"] += 1
+                statements[normalise_query(query or "")] += 1
+            elif state == "idle in transaction":
+                waits["client (in transaction)"] += 1
+            else:
+                waits["client (between transactions)"] += 1
+        time.sleep(SAMPLE_INTERVAL)
+    total = sum(waits.values()) or 1
+    active = sum(statements.values()) or 1
+    return (
+        {label: round(n / total, 3) for label, n in waits.most_common()},
+        {label: round(n / active, 3) for label, n in statements.most_common(8)},
+    )
+
+
+def percentile_ms(ordered: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted seconds, in milliseconds."""
+    if not ordered:
+        return None
+    return round(ordered[max(1, math.ceil(q * len(ordered))) - 1] * 1000, 2)
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    clients: int
+    requests: int
+    events: int
+    seconds: float
+    events_per_second: float
+    requests_per_second: float
+    latency_ms: dict[str, float | None]
+    statuses: dict[str, int]
+    problems: dict[str, int]
+    first_error: str
+    client_cpu_seconds: float
+    cpu_share: dict[str, float]  # share of the machine's CPU time during the run, by group
+    # CPU milliseconds per event (per request for authorize) of the server's workers, of
+    # PostgreSQL and of the clients: what an event costs, whatever else the machine runs
+    cpu_ms_per_event: dict[str, float | None]
+    machine_busy: float  # share of the machine's CPU time used during the run
+    wait_events: dict[str, float]  # share of backend samples per state/wait event
+    statements: dict[str, float]  # share of active backend samples per statement
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status.startswith("5"))
+
+
+class ClientPool:
+    """Spawned client processes, started once and reused by every run: a run with n
+    clients uses clients 0..n-1, which meet the main process at the barrier for n."""
+
+    def __init__(self, size: int, client_counts: Sequence[int]):
+        # spawn, not fork: each client starts clean, with nothing of this process (least
+        # of all its Django connection) inherited.
+        context = mp.get_context("spawn")
+        self.barriers = {n: context.Barrier(n + 1) for n in client_counts}
+        self.results: Queue[tuple[str, Any]] = context.Queue()
+        self.commands: list[Queue[RunSpec | None]] = [context.Queue() for _ in range(size)]
+        self.processes = [
+            context.Process(
+                target=client_main,
+                args=(i, self.barriers, self.commands[i], self.results),
+                name=f"bench-client-{i}",
+                daemon=True,
+            )
+            for i in range(size)
+        ]
+        for process in self.processes:
+            process.start()
+        ready = 0
+        while ready < size:
+            kind, _ = self._get(START_TIMEOUT)
+            ready += kind == "ready"
+
+    @property
+    def pids(self) -> set[int]:
+        return {p.pid for p in self.processes if p.pid is not None}
+
+    def _get(self, timeout: float) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.name for p in self.processes if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"client process(es) died: {', '.join(dead)}") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError("clients did not answer in time") from None
+
+    def run(self, spec: RunSpec, sampler: psycopg.Connection[Any], server: Server) -> RunResult:
+        for i in range(spec.clients):
+            self.commands[i].put(spec)
+        server_pids, client_pids = server.pids(), self.pids
+        self.barriers[spec.clients].wait(timeout=START_TIMEOUT)
+        cpu_before, busy_before = cpu_by_process(server_pids, client_pids), machine_busy()
+        started = time.monotonic()
+        names = (
+            [f"bench-raw-{i}" for i in range(spec.clients)]
+            if spec.scenario in RAW_SCENARIOS
+            else [SERVER_APP_NAME]
+        )
+        waits, statements = sample_activity(sampler, names, spec.seconds)
+        client_results: list[ClientResult] = []
+        while len(client_results) < spec.clients:
+            kind, payload = self._get(spec.seconds + REQUEST_TIMEOUT)
+            if kind == "result":
+                client_results.append(payload)
+        wall = time.monotonic() - started
+        used = cpu_used(cpu_before, cpu_by_process(server_pids, client_pids))
+        busy_after = machine_busy()
+        capacity = wall * (os.cpu_count() or 1)
+        cpu_share = {
+            group: round(seconds / capacity, 3)
+            for group, seconds in sorted(used.items(), key=lambda kv: -kv[1])
+        }
+        busy = round((busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]), 3)
+
+        latencies = sorted(x for r in client_results for x in r.latencies)
+        statuses: collections.Counter[str] = collections.Counter()
+        problems: collections.Counter[str] = collections.Counter()
+        for r in client_results:
+            statuses.update(r.statuses)
+            problems.update(r.problems)
+        requests = sum(r.requests for r in client_results)
+        events = sum(r.events for r in client_results)
+        units = events if spec.scenario != "authorize" else requests
+        cpu_ms = {
+            group: round(used.get(group, 0.0) * 1000 / units, 3) if units else None
+            for group in ("server workers", "PostgreSQL", "load clients")
+        }
+        # Every client started at the barrier; the run lasts until the last one finished.
+        seconds = max(r.elapsed for r in client_results) or spec.seconds
+        return RunResult(
+            scenario=spec.scenario,
+            clients=spec.clients,
+            requests=requests,
+            events=events,
+            seconds=round(seconds, 3),
+            events_per_second=round(events / seconds, 1),
+            requests_per_second=round(requests / seconds, 1),
+            latency_ms={
+                "p50": percentile_ms(latencies, 0.50),
+                "p90": percentile_ms(latencies, 0.90),
+                "p99": percentile_ms(latencies, 0.99),
+                "max": percentile_ms(latencies, 1.0),
+            },
+            statuses=dict(statuses),
+            problems=dict(problems),
+            first_error=next((r.first_error for r in client_results if r.first_error), ""),
+            client_cpu_seconds=round(sum(r.cpu_seconds for r in client_results), 2),
+            cpu_share=cpu_share,
+            cpu_ms_per_event=cpu_ms,
+            machine_busy=busy,
+            wait_events=waits,
+            statements=statements,
+        )
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Let the clients finish; after an error or Ctrl-C, end them at once."""
+        if graceful:
+            for commands in self.commands:
+                commands.put(None)
+        for process in self.processes:
+            if graceful:
+                process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(timeout=10)
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def wallet_movement(conn: psycopg.Connection[Any], wallet_accounts: list[int]) -> Decimal:
+    """Σ of the customers' wallet entries (debits positive): what usage took from them."""
+    row = conn.execute(
+        "SELECT coalesce(sum(amount), 0) FROM ledger_entry WHERE account_id = ANY(%s)",
+        [wallet_accounts],
+    ).fetchone()
+    return Decimal(row[0])
+
+
+def ledger_rows(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM metering_event), (SELECT count(*) FROM ledger_entry)"
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def check_ingest_run(conn: psycopg.Connection[Any], run: RunResult, moved: Decimal) -> list[Check]:
+    """After an ingest run: its accepted events are stored, each with its ledger
+    transaction, and what they were charged is what the wallets moved in the ledger."""
+    label = f"{run.scenario} × {run.clients}"
+    prefix = run_prefix(run.scenario, run.clients)
+    stored, charged, without_transaction = conn.execute(
+        "SELECT count(*), coalesce(sum(e.amount), 0), count(*) FILTER (WHERE t.id IS NULL) "
+        "FROM metering_event e LEFT JOIN ledger_transaction t ON t.id = e.ledger_transaction_id "
+        "WHERE left(e.idempotency_key, %s) = %s",
+        [len(prefix), prefix],
+    ).fetchone()
+    failed = dict(run.problems)
+    return [
+        Check(
+            f"{label}: event rows = events accepted",
+            stored == run.events,
+            f"{stored:,} rows, {run.events:,} accepted",
+        ),
+        Check(
+            f"{label}: every event has its ledger transaction",
+            without_transaction == 0,
+            f"{without_transaction} without",
+        ),
+        Check(
+            f"{label}: Σ event amounts = wallets' ledger movement",
+            Decimal(charged) == moved,
+            f"{Decimal(charged)} charged, wallets moved {moved}",
+        ),
+        Check(f"{label}: no 5xx", run.server_errors == 0, f"{run.server_errors}"),
+        Check(
+            f"{label}: nothing refused or failed",
+            not failed,
+            json.dumps(failed) if failed else "0",
+        ),
+    ]
+
+
+def check_raw_run(conn: psycopg.Connection[Any], run: RunResult) -> list[Check]:
+    """After a raw run: the table holds the rows reported, and its first pass over the
+    batch run's rows holds them exactly as metering_event does."""
+    label = f"{run.scenario} × {run.clients}"
+    rows, different = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {table}), (SELECT count(*) FROM"
+            " (SELECT {columns} FROM {table} WHERE strpos(idempotency_key, '~') = 0"
+            "  EXCEPT SELECT {columns} FROM metering_event) AS d)"
+        ).format(
+            table=sql.Identifier(RAW_TABLE),
+            columns=sql.SQL(", ").join(map(sql.Identifier, RAW_COLUMNS)),
+        )
+    ).fetchone()
+    trouble = f", problems {run.problems}" if run.problems else ""
+    return [
+        Check(
+            f"{label}: rows = rows reported",
+            rows == run.events and not run.problems,
+            f"{rows:,} rows, {run.events:,} reported{trouble}",
+        ),
+        Check(
+            f"{label}: the batch run's rows, as stored",
+            different == 0,
+            f"{different} first-pass rows differ from metering_event's",
+        ),
+    ]
+
+
+def check_totals(conn: psycopg.Connection[Any]) -> list[Check]:
+    """After all runs: the counters rating keeps agree with the events, and every balance
+    row with its account's entries."""
+    events, period_requests, daily_requests, model_events = conn.execute(
+        "SELECT (SELECT count(*) FROM metering_event),"
+        " (SELECT coalesce(sum(u.quantity), 0) FROM metering_periodusage u"
+        "  JOIN metering_meter m ON m.id = u.meter_id WHERE m.code = 'requests'),"
+        " (SELECT coalesce(sum(d.quantity), 0) FROM metering_dailyusage d"
+        "  JOIN metering_meter m ON m.id = d.meter_id WHERE m.code = 'requests'),"
+        " (SELECT coalesce(sum(event_count), 0) FROM metering_modelusage)"
+    ).fetchone()
+    mismatched = conn.execute(
+        "SELECT count(*) FROM ledger_account a"
+        " LEFT JOIN (SELECT account_id, sum(posted) AS posted FROM ledger_balance"
+        "            GROUP BY account_id) b ON b.account_id = a.id"
+        " LEFT JOIN (SELECT account_id, sum(amount) AS signed FROM ledger_entry"
+        "            GROUP BY account_id) e ON e.account_id = a.id"
+        " WHERE coalesce(b.posted, 0) <> coalesce(e.signed, 0)"
+        "       * CASE WHEN a.normal_balance = 'debit' THEN 1 ELSE -1 END"
+    ).fetchone()[0]
+    return [
+        Check(
+            "requests counters = events (period, daily, per model)",
+            events == period_requests == daily_requests == model_events,
+            f"{events:,} events; {period_requests:,.0f} / {daily_requests:,.0f} / {model_events:,}",
+        ),
+        Check("balance rows = sum of entries", mismatched == 0, f"{mismatched} accounts off"),
+    ]
+
+
+def measure(
+    pool: ClientPool,
+    spec: RunSpec,
+    admin: psycopg.Connection[Any],
+    server: Server,
+    seeded: Seed,
+) -> tuple[RunResult, list[Check]]:
+    """One run, and the checks of what it wrote."""
+    checkpoint(admin)
+    if spec.scenario in RAW_SCENARIOS:
+        admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(RAW_TABLE)))
+        result = pool.run(spec, admin, server)
+        return result, check_raw_run(admin, result)
+    before = wallet_movement(admin, seeded.wallet_accounts)
+    rows_before = ledger_rows(admin)
+    result = pool.run(spec, admin, server)
+    moved = wallet_movement(admin, seeded.wallet_accounts) - before
+    if spec.scenario in INGEST_SCENARIOS:
+        return result, check_ingest_run(admin, result, moved)
+    rows_after = ledger_rows(admin)
+    label = f"{spec.scenario} × {spec.clients}"
+    return result, [
+        Check(
+            f"{label}: wrote no event or entry",
+            rows_after == rows_before and moved == 0,
+            f"events, entries {rows_before} → {rows_after}",
+        ),
+        Check(
+            f"{label}: every answer 200, allowed",
+            not result.problems and result.server_errors == 0,
+            json.dumps(result.problems) if result.problems else "0",
+        ),
+    ]
+
+
+def announce(result: RunResult) -> None:
+    trouble = f", problems {result.problems}" if result.problems else ""
+    unit = "allowed" if result.scenario == "authorize" else "events"
+    progress(
+        f"  {result.scenario:>10} × {result.clients:>2}: "
+        f"{result.events_per_second:>9,.1f} {unit}/s, "
+        f"p50 {fmt(result.latency_ms['p50'], '{:.1f}')} ms, "
+        f"p99 {fmt(result.latency_ms['p99'], '{:.1f}')} ms{trouble}"
+    )
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def best(runs: list[RunResult], scenarios: Sequence[str]) -> RunResult | None:
+    candidates = [r for r in runs if r.scenario in scenarios]
+    return max(candidates, key=lambda r: r.events_per_second, default=None)
+
+
+def report(
+    *,
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    seeded: Seed,
+    server: str,
+    runs: list[RunResult],
+    checks: list[Check],
+    raw_indexes: list[str],
+) -> dict[str, Any]:
+    measured = [r for r in runs if r.scenario != "warm-up"]
+    single = best(runs, ["single"])
+    batch = best(runs, ["batch"])
+    ceiling = best(runs, CEILING_SCENARIOS)
+    copy = best(runs, ["copy"])
+    authorize = {r.clients: r for r in runs if r.scenario == "authorize"}
+    target_authorize = authorize.get(TARGET_AUTHORIZE_CLIENTS)
+    p99 = target_authorize.latency_ms["p99"] if target_authorize else None
+
+    def rate(run: RunResult | None) -> float | None:
+        return run.events_per_second if run else None
+
+    ratios = {
+        "batch/raw_ceiling": ratio(rate(batch), rate(ceiling)),
+        "single/raw_ceiling": ratio(rate(single), rate(ceiling)),
+        "batch/copy": ratio(rate(batch), rate(copy)),
+        "raw_ceiling/copy": ratio(rate(ceiling), rate(copy)),
+    }
+    targets = {
+        "batch/raw_ceiling": {
+            "target": TARGET_BATCH_VS_RAW,
+            "value": ratios["batch/raw_ceiling"],
+            "met": None
+            if ratios["batch/raw_ceiling"] is None
+            else ratios["batch/raw_ceiling"] >= TARGET_BATCH_VS_RAW,
+        },
+        "authorize_p99_ms": {
+            "clients": TARGET_AUTHORIZE_CLIENTS,
+            "target": TARGET_AUTHORIZE_P99_MS,
+            "value": p99,
+            "met": None if p99 is None else p99 < TARGET_AUTHORIZE_P99_MS,
+        },
+    }
+
+    print()
+    print("Machine")
+    print(
+        f"  CPUs               {machine['cpu_count']} ({machine['cpus_usable']} usable), "
+        f"{machine['cpu_model']}"
+    )
+    print(f"  PostgreSQL         {machine['postgresql_version']}, {machine['database']}")
+    print(
+        f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
+        f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}"
+    )
+    print(f"  Python             {machine['python']} on {machine['platform']}")
+    print(f"  load average       {machine['load_average_1m']} (1 min, before setup)")
+    print(f"  HTTP server        {server}, DEBUG off, 127.0.0.1")
+    print(
+        f"  run                {args.seconds:g} s per run; {CUSTOMERS} customers "
+        f"({seeded.prepaid} prepaid), plans {seeded.plans}; clients = spawned processes"
+    )
+    print()
+    width = max(len(label) for label in SCENARIO_LABELS.values()) + 2
+    print(
+        f"{'':<{width}}{'clients':>8}{'events/s':>11}{'requests/s':>12}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    )
+    for r in measured:
+        events = "—" if r.scenario == "authorize" else fmt(r.events_per_second)
+        mark = " *" if r in (batch, ceiling) else ""
+        print(
+            f"{SCENARIO_LABELS[r.scenario]:<{width}}{r.clients:>8}{events:>11}"
+            f"{fmt(r.requests_per_second, '{:,.1f}'):>12}"
+            f"{fmt(r.latency_ms['p50'], '{:.1f}'):>9}{fmt(r.latency_ms['p99'], '{:.1f}'):>9}"
+            f"{fmt(r.latency_ms['max'], '{:.1f}'):>9}{mark}"
+        )
+    print("  * the best batch run and the raw ceiling the ratio compares")
+    print()
+    verdict = {True: "MET", False: "NOT MET", None: "not measured"}
+    print("Ratios")
+    lines = [
+        (
+            f"batch ({batch.clients if batch else '—'} clients) ÷ raw ceiling "
+            f"({ceiling.scenario if ceiling else '—'})",
+            fmt(ratios["batch/raw_ceiling"], "{:.3f}"),
+            f"target ≥ {TARGET_BATCH_VS_RAW}: {verdict[targets['batch/raw_ceiling']['met']]}",
+        ),
+        (
+            f"single ({args.single_clients} clients) ÷ raw ceiling",
+            fmt(ratios["single/raw_ceiling"], "{:.3f}"),
+            "for information",
+        ),
+        ("raw ceiling ÷ COPY", fmt(ratios["raw_ceiling/copy"], "{:.3f}"), "for scale"),
+        (
+            f"/authorize p99, {TARGET_AUTHORIZE_CLIENTS} client",
+            fmt(p99, "{:.1f} ms"),
+            f"target < {TARGET_AUTHORIZE_P99_MS:g} ms: "
+            f"{verdict[targets['authorize_p99_ms']['met']]}",
+        ),
+    ]
+    for clients, r in sorted(authorize.items()):
+        if clients != TARGET_AUTHORIZE_CLIENTS:
+            lines.append(
+                (
+                    f"/authorize p99, {clients} clients",
+                    fmt(r.latency_ms["p99"], "{:.1f} ms"),
+                    "for information: mostly queueing for a CPU",
+                )
+            )
+    label_width = max(len(label) for label, _, _ in lines)
+    for label, value, note in lines:
+        print(f"  {label:<{label_width}}  {value:>9}   {note}")
+
+    crowded = [f"{r.scenario} × {r.clients}" for r in runs if r.cpu_share.get("other", 0) > 0.1]
+    if crowded:
+        print()
+        print(
+            "  Note: other work took more than 10 % of the machine during "
+            f"{', '.join(crowded)}; those figures are lower than on an idle machine."
+        )
+    print()
+    print("Where the CPU went (share of all cores during each run) and the busiest statements")
+    for r in runs:
+        shares = ", ".join(
+            f"{group} {share:.0%}" for group, share in r.cpu_share.items() if share >= 0.005
+        )
+        print(f"  {r.scenario:>10} × {r.clients:>2}: busy {r.machine_busy:.0%} = {shares}")
+        unit = "request" if r.scenario == "authorize" else "event"
+        cost = ", ".join(
+            f"{group} {ms:.2f}" for group, ms in r.cpu_ms_per_event.items() if ms is not None
+        )
+        print(f"  {'':>15} CPU ms per {unit}: {cost}")
+        top = ", ".join(f"{label} {share:.0%}" for label, share in list(r.wait_events.items())[:4])
+        print(f"  {'':>15} backends: {top or 'no samples'}")
+        for statement, share in list(r.statements.items())[:3]:
+            print(f"  {'':>15} {share:>4.0%} {statement}")
+
+    print()
+    print("Checks")
+    for check in checks:
+        print(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    ok = all(check.ok for check in checks)
+    print(f"Verification: {'OK' if ok else 'FAILED'}")
+    for r in runs:
+        if r.first_error:
+            print(f"  first error in {r.scenario} × {r.clients}: {r.first_error}")
+
+    return {
+        "benchmark": "ingest",
+        "seconds_per_run": args.seconds,
+        "server": {
+            "description": server,
+            "workers": args.workers,
+            "worker_class": args.worker_class,
+            "threads": args.threads if args.worker_class == "gthread" else 1,
+        },
+        "customers": CUSTOMERS,
+        "prepaid_customers": seeded.prepaid,
+        "plans": seeded.plans,
+        "batch_size": BATCH_SIZE,
+        "machine": machine,
+        "events_per_second": {
+            "single": rate(single),
+            "batch": rate(batch),
+            "batch_clients": batch.clients if batch else None,
+            "raw_ceiling": rate(ceiling),
+            "raw_ceiling_method": ceiling.scenario if ceiling else None,
+            "copy": rate(copy),
+        },
+        "authorize_latency_ms": {str(n): r.latency_ms for n, r in sorted(authorize.items())},
+        "ratios": ratios,
+        "targets": targets,
+        "runs": [asdict(r) for r in runs],
+        "raw_table_indexes": raw_indexes,
+        "checks": [asdict(c) for c in checks],
+        "verification_ok": ok,
+    }
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+@contextmanager
+def bench_database(server_url: str, keep: bool) -> Iterator[None]:
+    drop_database(server_url, recreate=True)
+    try:
+        yield
+    finally:
+        from django.apps import apps
+
+        if apps.ready:
+            from django.db import connections
+
+            connections.close_all()
+        if keep:
+            progress(f"kept database {BENCH_DB}")
+        else:
+            drop_database(server_url)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: the server stops
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
+    env_url = os.environ.get("DATABASE_URL")
+    server_url = env_url or devservices.database_url()
+    machine = machine_facts()
+    machine["database"] = database_origin(env_url, server_url)
+    machine["database_embedded"] = machine["database"].startswith("embedded")
+    bench_url = with_database(server_url, BENCH_DB)
+
+    with bench_database(server_url, args.keep), tempfile.TemporaryDirectory() as log_dir:
+        # The Django parts (here and in the server) use billing_bench_ingest, DEBUG off.
+        os.environ["DATABASE_URL"] = bench_url
+        os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
+        os.environ["DJANGO_DEBUG"] = "0"
+        os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
+        import django
+
+        django.setup()
+        from django.conf import settings
+        from django.core.management import call_command
+
+        # The server must not try to start an embedded Redis if none was given.
+        os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
+
+        started = time.monotonic()
+        progress(f"migrating {BENCH_DB} …")
+        call_command("migrate", interactive=False, verbosity=0)
+        progress(f"seeding {CUSTOMERS} customers, meters, plans, catalog rows, an API key …")
+        seeded = seed()
+        server = Server(
+            args=args,
+            database_url=with_database(server_url, BENCH_DB, application_name=SERVER_APP_NAME),
+            log_dir=Path(log_dir),
+        )
+        runs: list[RunResult] = []
+        checks: list[Check] = []
+        with psycopg.connect(
+            with_database(server_url, BENCH_DB, application_name="bench-main"), autocommit=True
+        ) as admin:
+            raw_indexes = create_raw_table(admin)
+            machine.update(server_facts(admin))
+            admin.execute("VACUUM ANALYZE")
+            progress(
+                f"setup took {time.monotonic() - started:.1f} s; starting {server.description}"
+            )
+
+            client_counts = sorted(
+                {args.single_clients, *args.batch_counts, *args.authorize_counts}
+            )
+            pool: ClientPool | None = None
+            finished = False
+            try:
+                server.start(seeded.api_secret)
+                pool = ClientPool(max(client_counts), client_counts)
+                progress(f"server on port {server.port}; {max(client_counts)} clients ready")
+
+                def run(spec: RunSpec) -> None:
+                    result, run_checks = measure(pool, spec, admin, server, seeded)
+                    runs.append(result)
+                    checks.extend(run_checks)
+                    announce(result)
+
+                def http(scenario: str, clients: int, seconds: float) -> RunSpec:
+                    return RunSpec(
+                        scenario=scenario,
+                        clients=clients,
+                        seconds=seconds,
+                        port=server.port,
+                        api_secret=seeded.api_secret,
+                        customers=tuple(seeded.customers),
+                    )
+
+                # Worker processes load the catalog and plans on their first requests.
+                run(http("warm-up", args.single_clients, WARM_UP_SECONDS))
+                run(http("single", args.single_clients, args.seconds))
+                for clients in args.batch_counts:
+                    run(http("batch", clients, args.seconds))
+                source = best(runs, ["batch"])
+                if source is not None and source.events:
+                    for scenario in RAW_SCENARIOS:
+                        run(
+                            RunSpec(
+                                scenario=scenario,
+                                clients=source.clients,
+                                seconds=args.seconds,
+                                raw_url=server_url,
+                                raw_source=run_prefix("batch", source.clients),
+                            )
+                        )
+                else:
+                    checks.append(Check("raw ceiling measured", False, "no batch run accepted"))
+                for clients in args.authorize_counts:
+                    run(http("authorize", clients, args.seconds))
+                checks.extend(check_totals(admin))
+                finished = True
+            finally:
+                if pool is not None:
+                    pool.close(graceful=finished)
+                server.stop(graceful=finished)
+            if any(r.server_errors for r in runs):
+                progress(f"gunicorn log (last lines):\n{server.log_tail()}")
+        summary = report(
+            args=args,
+            machine=machine,
+            seeded=seeded,
+            server=server.description,
+            runs=runs,
+            checks=checks,
+            raw_indexes=raw_indexes,
+        )
+        progress(f"total {time.monotonic() - started:.1f} s")
+    print(json.dumps(summary), flush=True)
+    if not summary["verification_ok"]:
+        print("ingest benchmark: verification FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # the server, the clients and the database are gone by now
+        progress("interrupted")
+        sys.exit(130)
