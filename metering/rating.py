@@ -58,7 +58,6 @@ from billing.errors import BillingError
 from billing.models import (
     ConsumptionModel,
     Customer,
-    MarginOverride,
     Plan,
     Subscription,
     SubscriptionStatus,
@@ -71,7 +70,7 @@ from ledger.models import NormalBalance
 from ledger.services import Leg
 from metering import catalog, errors
 from metering.charges import ChargeTerms, Tier
-from metering.models import Aggregation, Meter, PeriodUsage
+from metering.models import Aggregation, Meter
 from metering.normalize import NormalizedUsage, normalize_usage
 
 ZERO = Decimal(0)
@@ -481,14 +480,14 @@ def ingest_events(
         customer_by_id = {c.pk: c for c in customers.values()}
         with transaction.atomic():
             _lock_customers(sorted(by_customer))
-            for customer_id in sorted(by_customer):
-                _rate_customer(
-                    customer_by_id[customer_id],
-                    subscriptions.get(customer_id),
-                    by_customer[customer_id],
-                    outcomes,
-                    hold_id,
-                )
+            _rate(
+                [
+                    (customer_by_id[cid], subscriptions.get(cid), by_customer[cid])
+                    for cid in sorted(by_customer)
+                ],
+                outcomes,
+                hold_id,
+            )
     return outcomes  # type: ignore[return-value]
 
 
@@ -506,62 +505,85 @@ def lock_customer(customer_id: int) -> None:
     _lock_customers([customer_id])
 
 
-def _rate_customer(
-    customer: Customer,
-    subscription: Subscription | None,
-    events: list[Prepared],
+@dataclass(frozen=True)
+class WalletRow:
+    """What rating needs of a wallet (read in one query for a whole batch)."""
+
+    customer_id: int
+    currency: str
+    account_id: int
+    billing_mode: str
+    credit_limit: Decimal | None
+
+
+@dataclass
+class Accepted:
+    p: Prepared
+    customer: Customer
+    subscription: Subscription
+    terms: PlanTerms
+    period_start: datetime
+    moves: list[Move]
+    money: Decimal
+    currency: str
+    wallet: WalletRow
+
+
+def _rate(
+    groups: list[tuple[Customer, Subscription | None, list[Prepared]]],
     outcomes: list[Outcome | None],
     hold_id: int | None = None,
 ) -> None:
-    if subscription is None:
-        for p in events:
-            outcomes[p.index] = Outcome(
-                "rejected",
-                error=errors.NoSubscription(
-                    f"customer {customer.external_id} has no active subscription to rate "
-                    "usage against",
-                    param="customer",
-                ),
-            )
-        return
-    keys = [p.source.idempotency_key for p in events]
-    existing = {row["idempotency_key"]: row for row in _existing_events(customer.pk, keys)}
-    # Place each event in its period and plan.
+    """Rate every customer's events of a batch with a fixed number of queries, whatever the
+    number of customers: the customers' rating locks are held by the caller."""
+    existing = _existing_events(
+        [(customer.pk, p.source.idempotency_key) for customer, _, events in groups for p in events]
+    )
+    # (customer, subscription, prepared, terms, period_start, period_end, trial, readings)
     placed = []
-    for p in events:
-        key = p.source.idempotency_key
-        if key in existing:
-            outcomes[p.index] = Outcome("duplicate", event=existing[key])
-            continue
-        try:
-            plan_id = _plan_at(subscription, p.source.timestamp)
-            terms = plan_terms(plan_id)
-            period_start, period_end, in_trial = _period_for(
-                subscription, terms, p.source.timestamp
+    for customer, subscription, events in groups:
+        for p in events:
+            key = p.source.idempotency_key
+            if (customer.pk, key) in existing:
+                outcomes[p.index] = Outcome("duplicate", event=existing[(customer.pk, key)])
+                continue
+            if subscription is None:
+                outcomes[p.index] = Outcome(
+                    "rejected",
+                    error=errors.NoSubscription(
+                        f"customer {customer.external_id} has no active subscription to rate "
+                        "usage against",
+                        param="customer",
+                    ),
+                )
+                continue
+            try:
+                terms = plan_terms(_plan_at(subscription, p.source.timestamp))
+                period_start, period_end, in_trial = _period_for(
+                    subscription, terms, p.source.timestamp
+                )
+                readings = []
+                for meter in p.meters:
+                    reading = _quantity(meter, p)
+                    if reading is not None:
+                        readings.append((meter, reading))
+            except BillingError as error:
+                outcomes[p.index] = Outcome("rejected", error=error)
+                continue
+            placed.append(
+                (customer, subscription, p, terms, period_start, period_end, in_trial, readings)
             )
-            readings = []
-            for meter in p.meters:
-                reading = _quantity(meter, p)
-                if reading is not None:
-                    readings.append((meter, reading))
-        except BillingError as error:
-            outcomes[p.index] = Outcome("rejected", error=error)
-            continue
-        placed.append((p, terms, period_start, period_end, in_trial, readings))
     if not placed:
         return
 
-    currencies = {terms.money_currency for _, terms, *_ in placed}
-    wallets = {
-        currency: billing_services.ensure_wallet(customer=customer, currency=currency)
-        for currency in currencies
-    }
+    wallets = _wallets({(c, t.money_currency) for c, _, _, t, *_ in placed})
     hold = None
     if hold_id is not None:
+        customer, _, p, terms, *_ = placed[0]
         hold = ledger.lock_hold(hold_id=hold_id)  # before the balance rows, as the ledger does
-        wallet = wallets[placed[0][1].money_currency]
+        wallet = wallets[(customer.pk, terms.money_currency)]
         if hold.account_id != wallet.account_id:
-            outcomes[placed[0][0].index] = Outcome(
+            outcomes[p.index] = Outcome(
                 "rejected",
                 error=errors.InvalidEvent(
                     f"hold {hold.pk} reserves funds of another wallet than this usage is "
@@ -578,25 +600,31 @@ def _rate_customer(
         balances[hold.account_id] = ledger.LockedBalance(
             b.account_id, b.posted, b.held - (hold.amount - hold.settled_amount), b.floor
         )
-    counters = _load_counters(subscription.pk, placed)
-    overrides = {
-        m.meter_id: m.margin_percent for m in MarginOverride.objects.filter(customer=customer)
-    }
+    counters = _load_counters(
+        {
+            (subscription.pk, meter.pk, start)
+            for _, subscription, _, _, start, _, _, readings in placed
+            for meter, _ in readings
+        }
+    )
+    overrides = _margin_overrides({customer.pk for customer, *_ in placed})
 
-    accepted = []  # (prepared, terms, period_start, moves, money, currency)
-    seen: dict[str, int] = {}
-    for p, terms, period_start, period_end, in_trial, readings in placed:
-        key = p.source.idempotency_key
+    accepted: list[Accepted] = []
+    seen: dict[tuple[int, str], int] = {}
+    for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
+        key = (customer.pk, p.source.idempotency_key)
         if key in seen:
             outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[key]})
             continue
         moves = []
         for meter, reading in readings:
             counter = counters.setdefault(
-                (meter.pk, period_start),
+                (subscription.pk, meter.pk, period_start),
                 Counter(subscription.pk, meter.pk, period_start, period_end),
             )
-            moves.append(_move(counter, meter, reading, p, terms, in_trial, overrides))
+            moves.append(
+                _move(counter, meter, reading, p, terms, in_trial, overrides.get(customer.pk, {}))
+            )
         money = sum((m.charged - m.counter.charged for m in moves), ZERO)
         too_big = next((m for m in moves if m.quantity >= MAX_QUANTITY), None)
         if too_big is not None or abs(money) >= MAX_CHARGE:
@@ -611,7 +639,7 @@ def _rate_customer(
             )
             continue
         currency = terms.money_currency
-        wallet = wallets[currency]
+        wallet = wallets[(customer.pk, currency)]
         balance = balances[wallet.account_id]
         if money > 0 and not balance.can_spend(money):
             outcomes[p.index] = Outcome(
@@ -634,10 +662,44 @@ def _rate_customer(
             ):
                 c.latest_at = p.source.timestamp
         seen[key] = p.index
-        accepted.append((p, terms, period_start, moves, money, currency))
-    if not accepted:
-        return
-    _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id)
+        accepted.append(
+            Accepted(p, customer, subscription, terms, period_start, moves, money, currency, wallet)
+        )
+    if accepted:
+        _write(accepted, counters, outcomes, hold_id)
+
+
+def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletRow]:
+    """The wallets of (customer, currency) pairs, in one query; missing ones (a first
+    credits plan) are created."""
+    customers = {customer.pk: customer for customer, _ in wanted}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT customer_id, currency, account_id, billing_mode, credit_limit "
+            "FROM billing_wallet WHERE customer_id = ANY(%s)",
+            [list(customers)],
+        )
+        found = {(row[0], row[1]): WalletRow(*row) for row in cursor.fetchall()}
+    for customer, currency in wanted:
+        if (customer.pk, currency) not in found:
+            wallet = billing_services.ensure_wallet(customer=customer, currency=currency)
+            found[(customer.pk, currency)] = WalletRow(
+                customer.pk, currency, wallet.account_id, wallet.billing_mode, wallet.credit_limit
+            )
+    return found
+
+
+def _margin_overrides(customer_ids: set[int]) -> dict[int, dict[int | None, Decimal]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT customer_id, meter_id, margin_percent FROM billing_marginoverride "
+            "WHERE customer_id = ANY(%s)",
+            [list(customer_ids)],
+        )
+        result: dict[int, dict[int | None, Decimal]] = {}
+        for customer_id, meter_id, margin in cursor.fetchall():
+            result.setdefault(customer_id, {})[meter_id] = margin
+        return result
 
 
 # Ledger accounts are never deleted, so their ids are cached per process — once the
@@ -679,55 +741,70 @@ def clear_caches() -> None:
     plan_terms.cache_clear()
 
 
-def _existing_events(customer_id: int, keys: list[str]) -> list[dict[str, Any]]:
+def _existing_events(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """Events already stored under these (customer id, idempotency key) pairs."""
+    if not pairs:
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT id, idempotency_key, amount, currency, ledger_transaction_id, cost, model "
-            "FROM metering_event WHERE customer_id = %s AND idempotency_key = ANY(%s)",
-            [customer_id, keys],
+            "SELECT e.id, e.customer_id, e.idempotency_key, e.amount, e.currency, "
+            "e.ledger_transaction_id, e.cost, e.model FROM metering_event e "
+            "JOIN unnest(%s::bigint[], %s::text[]) AS k(customer_id, idempotency_key) "
+            "ON e.customer_id = k.customer_id AND e.idempotency_key = k.idempotency_key",
+            [[c for c, _ in pairs], [k for _, k in pairs]],
         )
-        return [
-            {
+        return {
+            (row[1], row[2]): {
                 "id": row[0],
-                "idempotency_key": row[1],
-                "amount": row[2],
-                "currency": row[3],
-                "ledger_transaction_id": row[4],
+                "idempotency_key": row[2],
+                "amount": row[3],
+                "currency": row[4],
+                "ledger_transaction_id": row[5],
                 # the provider's cost is part of the answer for LLM events only
-                **({"cost": row[5]} if row[6] else {}),
+                **({"cost": row[6]} if row[7] else {}),
             }
             for row in cursor.fetchall()
-        ]
+        }
 
 
-def _load_counters(subscription_id: int, placed) -> dict[tuple[int, datetime], Counter]:
-    wanted = {(meter.pk, start) for _, _, start, _, _, readings in placed for meter, _ in readings}
+def _load_counters(
+    wanted: set[tuple[int, int, datetime]],
+) -> dict[tuple[int, int, datetime], Counter]:
+    """The PeriodUsage rows of these (subscription, meter, period start) keys, in one query."""
     if not wanted:
         return {}
-    counters = {}
-    rows = PeriodUsage.objects.filter(
-        subscription_id=subscription_id,
-        meter_id__in={m for m, _ in wanted},
-        period_start__in={s for _, s in wanted},
-    )
-    for row in rows:
-        counters[(row.meter_id, row.period_start)] = Counter(
-            subscription_id=subscription_id,
-            meter_id=row.meter_id,
-            period_start=row.period_start,
-            period_end=row.period_end,
-            quantity=row.quantity,
-            amount=row.amount,
-            charged=row.charged,
-            currency=row.currency,
-            event_count=row.event_count,
-            distinct_values=list(row.distinct_values or []),
-            latest_at=row.latest_at,
+    keys = list(wanted)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT u.subscription_id, u.meter_id, u.period_start, u.period_end, u.quantity, "
+            "u.amount, u.charged, u.currency, u.event_count, u.distinct_values, u.latest_at "
+            "FROM metering_periodusage u JOIN unnest(%s::bigint[], %s::bigint[], "
+            "%s::timestamptz[]) AS k(s, m, p) "
+            "ON u.subscription_id = k.s AND u.meter_id = k.m AND u.period_start = k.p",
+            [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]],
         )
-    return counters
+        counters = {}
+        for row in cursor.fetchall():
+            distinct = row[9]
+            if isinstance(distinct, str):
+                distinct = json.loads(distinct)
+            counters[(row[0], row[1], row[2])] = Counter(
+                subscription_id=row[0],
+                meter_id=row[1],
+                period_start=row[2],
+                period_end=row[3],
+                quantity=row[4],
+                amount=row[5],
+                charged=row[6],
+                currency=row[7],
+                event_count=row[8],
+                distinct_values=list(distinct or []),
+                latest_at=row[10],
+            )
+        return counters
 
 
-def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_id=None) -> None:
+def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('metering_event', 'id')) "
@@ -735,31 +812,28 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
             [len(accepted)],
         )
         event_ids = [row[0] for row in cursor.fetchall()]
-    has_tokens = any(p.usage is not None and p.usage.total_tokens for p, *_ in accepted)
-    token_account = _usage_account_id(customer) if has_tokens else None
+    has_tokens = any(a.p.usage is not None and a.p.usage.total_tokens for a in accepted)
     tokens_served = (
         _system_account_id(billing_services.TOKENS_SERVED, "TOKENS") if has_tokens else None
     )
     sinks = {
         currency: _system_account_id(CREDITS_USED if currency == CREDITS else REVENUE, currency)
-        for currency in wallets
+        for currency in {a.currency for a in accepted}
     }
     specs, spec_owner = [], []
-    for event_id, (p, _terms, _start, _moves, money, currency) in zip(
-        event_ids, accepted, strict=True
-    ):
+    for event_id, a in zip(event_ids, accepted, strict=True):
+        p, customer, money, currency = a.p, a.customer, a.money, a.currency
         # Amounts here are exact already (whole tokens; money rounded to the ledger's 12
         # places), so the legs are built directly; the ledger checks them again in SQL.
         legs = []
         tokens = p.usage.total_tokens if p.usage is not None else 0
         if tokens:
             legs += [
-                Leg(token_account, Decimal(tokens)),
+                Leg(_usage_account_id(customer), Decimal(tokens)),
                 Leg(tokens_served, -Decimal(tokens)),
             ]
         if money:
-            wallet_id, sink_id = wallets[currency].account_id, sinks[currency]
-            legs += [Leg(wallet_id, money), Leg(sink_id, -money)]
+            legs += [Leg(a.wallet.account_id, money), Leg(sinks[currency], -money)]
         if not legs:
             continue
         metadata = {"kind": "usage", "event_id": event_id, "customer": customer.external_id}
@@ -791,9 +865,8 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
     transaction_ids = {owner: t.pk for owner, t in zip(spec_owner, posted, strict=True)}
 
     event_rows = []
-    for event_id, (p, _terms, period_start, _moves, money, currency) in zip(
-        event_ids, accepted, strict=True
-    ):
+    for event_id, a in zip(event_ids, accepted, strict=True):
+        p, customer, money, currency = a.p, a.customer, a.money, a.currency
         u = p.usage
         cost = ledger_round(p.cost.total) if p.cost is not None else ZERO
         row = {
@@ -813,8 +886,8 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
                 p.source.event_name,
                 p.source.timestamp,
                 json.dumps(p.source.properties, default=str),
-                subscription.pk,
-                period_start,
+                a.subscription.pk,
+                a.period_start,
                 u.provider if u else "",
                 u.model if u else "",
                 p.price.pk if p.price is not None else None,
@@ -853,8 +926,8 @@ def _write(customer, subscription, wallets, accepted, counters, outcomes, hold_i
             for row in event_rows:
                 copy.write_row(row)
         _upsert_counters(cursor, counters)
-        _upsert_daily(cursor, customer, subscription, accepted)
-        _upsert_model_usage(cursor, customer, subscription, accepted)
+        _upsert_daily(cursor, accepted)
+        _upsert_model_usage(cursor, accepted)
 
 
 def _upsert_counters(cursor, counters: dict) -> None:
@@ -902,22 +975,22 @@ def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
     return json.dumps(dims, sort_keys=True, separators=(",", ":")), dims
 
 
-def _upsert_daily(cursor, customer, subscription, accepted) -> None:
+def _upsert_daily(cursor, accepted: list[Accepted]) -> None:
     totals: dict[tuple, list] = {}
-    for p, _terms, period_start, moves, _money, currency in accepted:
-        day = p.source.timestamp.astimezone(UTC).date()
-        for move in moves:
-            key_text, dims = _dimensions(move.meter, p)
-            key = (move.meter.pk, period_start, day, key_text)
-            entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, currency, 0])
+    for a in accepted:
+        day = a.p.source.timestamp.astimezone(UTC).date()
+        for move in a.moves:
+            key_text, dims = _dimensions(move.meter, a.p)
+            key = (a.subscription.pk, a.customer.pk, move.meter.pk, a.period_start, day, key_text)
+            entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, a.currency, 0])
             entry[1] += move.quantity_delta
             entry[2] += move.included_delta
             entry[3] += move.amount_delta
             entry[5] += 1
     rows = [
         (
-            subscription.pk,
-            customer.pk,
+            subscription_id,
+            customer_id,
             meter_id,
             period_start,
             day,
@@ -929,7 +1002,7 @@ def _upsert_daily(cursor, customer, subscription, accepted) -> None:
             currency,
             count,
         )
-        for (meter_id, period_start, day, key_text), (
+        for (subscription_id, customer_id, meter_id, period_start, day, key_text), (
             dims,
             quantity,
             included,
@@ -951,14 +1024,23 @@ def _upsert_daily(cursor, customer, subscription, accepted) -> None:
     )
 
 
-def _upsert_model_usage(cursor, customer, subscription, accepted) -> None:
+def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
     totals: dict[tuple, list] = {}
-    for p, _terms, period_start, _moves, money, currency in accepted:
+    for a in accepted:
+        p, money = a.p, a.money
         if p.usage is None:
             continue
         u = p.usage
         day = p.source.timestamp.astimezone(UTC).date()
-        key = (period_start, day, u.provider, u.model, currency)
+        key = (
+            a.customer.pk,
+            a.subscription.pk,
+            a.period_start,
+            day,
+            u.provider,
+            u.model,
+            a.currency,
+        )
         entry = totals.setdefault(key, [0, 0, 0, 0, 0, 0, ZERO, ZERO])
         entry[0] += 1
         entry[1] += u.input_tokens
@@ -970,7 +1052,7 @@ def _upsert_model_usage(cursor, customer, subscription, accepted) -> None:
         entry[7] += ledger_round(p.cost.total)
     if not totals:
         return
-    rows = [(customer.pk, subscription.pk, *key, *values) for key, values in totals.items()]
+    rows = [(*key, *values) for key, values in totals.items()]
     cursor.executemany(
         "INSERT INTO metering_modelusage (customer_id, subscription_id, period_start, day, "
         "provider, model, currency, event_count, input_tokens, cache_read_tokens, "
@@ -1114,13 +1196,8 @@ def _estimate_usage(
         cost=cost,
     )
     period_start, period_end, in_trial = _period_for(subscription, terms, now)
-    counters = _load_counters(
-        subscription.pk,
-        [(prepared, terms, period_start, period_end, in_trial, [(m, None) for m in meters])],
-    )
-    overrides = {
-        m.meter_id: m.margin_percent for m in MarginOverride.objects.filter(customer=customer)
-    }
+    counters = _load_counters({(subscription.pk, m.pk, period_start) for m in meters})
+    overrides = _margin_overrides({customer.pk}).get(customer.pk, {})
     money = ZERO
     for meter in meters:
         try:
@@ -1130,7 +1207,8 @@ def _estimate_usage(
         if reading is None:
             continue
         counter = counters.get(
-            (meter.pk, period_start), Counter(subscription.pk, meter.pk, period_start, period_end)
+            (subscription.pk, meter.pk, period_start),
+            Counter(subscription.pk, meter.pk, period_start, period_end),
         )
         move = _move(counter, meter, reading, prepared, terms, in_trial, overrides)
         money += move.charged - counter.charged
