@@ -232,6 +232,7 @@ class PlanTerms:
     consumption_model: str
     units_per_credit: Decimal | None
     charges: dict[int, ChargeTerms]
+    llm_event_names: frozenset[str] = frozenset()  # events its LLM-token meters read
 
     @property
     def money_currency(self) -> str:
@@ -270,6 +271,9 @@ def plan_terms(plan_id: int) -> PlanTerms:
         consumption_model=plan.consumption_model,
         units_per_credit=plan.units_per_credit,
         charges=charges,
+        llm_event_names=frozenset(
+            c.meter.event_name for c in plan.charges.all() if c.meter.property.startswith("llm.")
+        ),
     )
 
 
@@ -950,16 +954,20 @@ def _upsert_counters(cursor, counters: dict) -> None:
     ]
     if not rows:
         return
-    cursor.executemany(
+    columns = list(zip(*rows, strict=True))
+    cursor.execute(
         "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, period_end, "
         "quantity, amount, charged, currency, event_count, distinct_values, latest_at, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, now()) "
+        "SELECT s, m, ps, pe, q, a, c, cur, n, dv::jsonb, la, now() FROM unnest("
+        "%s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::numeric[], "
+        "%s::numeric[], %s::numeric[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[]) "
+        "AS r(s, m, ps, pe, q, a, c, cur, n, dv, la) "
         "ON CONFLICT (subscription_id, meter_id, period_start) DO UPDATE SET "
         "quantity = EXCLUDED.quantity, amount = EXCLUDED.amount, charged = EXCLUDED.charged, "
         "currency = EXCLUDED.currency, event_count = EXCLUDED.event_count, "
         "distinct_values = EXCLUDED.distinct_values, latest_at = EXCLUDED.latest_at, "
         "updated_at = now()",
-        rows,
+        [list(column) for column in columns],
     )
 
 
@@ -1011,16 +1019,23 @@ def _upsert_daily(cursor, accepted: list[Accepted]) -> None:
             count,
         ) in totals.items()
     ]
-    cursor.executemany(
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    cursor.execute(
         "INSERT INTO metering_dailyusage (subscription_id, customer_id, meter_id, period_start, "
         "day, dimension_key, dimensions, quantity, included_quantity, amount, currency, "
-        "event_count, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, "
-        "now()) ON CONFLICT (subscription_id, meter_id, period_start, day, dimension_key) DO "
+        "event_count, updated_at) "
+        "SELECT s, c, m, ps, d, k, dims::jsonb, q, i, a, cur, n, now() FROM unnest("
+        "%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::date[], %s::text[], "
+        "%s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::text[], %s::bigint[]) "
+        "AS r(s, c, m, ps, d, k, dims, q, i, a, cur, n) "
+        "ON CONFLICT (subscription_id, meter_id, period_start, day, dimension_key) DO "
         "UPDATE SET quantity = metering_dailyusage.quantity + EXCLUDED.quantity, "
         "included_quantity = metering_dailyusage.included_quantity + EXCLUDED.included_quantity, "
         "amount = metering_dailyusage.amount + EXCLUDED.amount, "
         "event_count = metering_dailyusage.event_count + EXCLUDED.event_count, updated_at = now()",
-        rows,
+        [list(column) for column in columns],
     )
 
 
@@ -1053,11 +1068,16 @@ def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
     if not totals:
         return
     rows = [(*key, *values) for key, values in totals.items()]
-    cursor.executemany(
+    columns = list(zip(*rows, strict=True))
+    cursor.execute(
         "INSERT INTO metering_modelusage (customer_id, subscription_id, period_start, day, "
         "provider, model, currency, event_count, input_tokens, cache_read_tokens, "
-        "cache_write_tokens, output_tokens, reasoning_tokens, amount, cost, updated_at) VALUES "
-        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+        "cache_write_tokens, output_tokens, reasoning_tokens, amount, cost, updated_at) "
+        "SELECT c, s, ps, d, pr, mo, cur, n, i, cr, cw, o, r, a, co, now() FROM unnest("
+        "%s::bigint[], %s::bigint[], %s::timestamptz[], %s::date[], %s::text[], %s::text[], "
+        "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+        "%s::bigint[], %s::numeric[], %s::numeric[]) "
+        "AS x(c, s, ps, d, pr, mo, cur, n, i, cr, cw, o, r, a, co) "
         "ON CONFLICT (subscription_id, period_start, day, provider, model, currency) DO UPDATE SET "
         "event_count = metering_modelusage.event_count + EXCLUDED.event_count, "
         "input_tokens = metering_modelusage.input_tokens + EXCLUDED.input_tokens, "
@@ -1068,7 +1088,7 @@ def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
         "reasoning_tokens = metering_modelusage.reasoning_tokens + EXCLUDED.reasoning_tokens, "
         "amount = metering_modelusage.amount + EXCLUDED.amount, "
         "cost = metering_modelusage.cost + EXCLUDED.cost, updated_at = now()",
-        rows,
+        [list(column) for column in columns],
     )
 
 
@@ -1179,12 +1199,7 @@ def _estimate_usage(
     )
     price = catalog.find_price(provider=usage.provider, model=usage.model, at=now)
     cost = catalog.cost_of(price, usage, now)
-    meters = list(Meter.objects.filter(pk__in=terms.charges))
-    names = (
-        {event_name}
-        if event_name
-        else {m.event_name for m in meters if m.property.startswith("llm.")}
-    )
+    names = {event_name} if event_name else set(terms.llm_event_names)
     meters = list(Meter.objects.filter(event_name__in=names).order_by("id"))
     properties = {"model": model, **({"provider": provider} if provider else {})}
     prepared = Prepared(
