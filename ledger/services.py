@@ -474,6 +474,25 @@ def _resolve(hold: Hold, status: str, now: datetime) -> None:
     hold.save(update_fields=["status", "resolved_at", "settled_amount"])
 
 
+def _settlement_replay(spec: TransactionSpec) -> LedgerTransaction | None:
+    """The transaction a retried settlement already posted, or None; another posting under
+    the same reference is refused."""
+    existing = LedgerTransaction.objects.filter(reference=spec.reference).first()
+    if existing is None:
+        return None
+    if existing.payload_hash != spec.payload_hash():
+        raise errors.ReferenceReused(f"reference {spec.reference} was used for another posting")
+    existing.replayed = True
+    return existing
+
+
+def _check_settleable(hold: Hold, now: datetime) -> None:
+    if hold.status != HoldStatus.PENDING:
+        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+    if hold.expires_at is not None and hold.expires_at <= now:
+        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+
+
 @transaction.atomic
 def settle_hold(
     *,
@@ -500,17 +519,11 @@ def settle_hold(
     )
     # A retried part is a replay when it is the same posting, by the ledger's own rule
     # (the payload hash); checked before the hold's state, which the first try changed.
-    existing = LedgerTransaction.objects.filter(reference=reference).first()
+    existing = _settlement_replay(settlement)
     if existing is not None:
-        if existing.payload_hash != settlement.payload_hash():
-            raise errors.ReferenceReused(f"reference {reference} was used for another posting")
-        existing.replayed = True
         return existing
     now = timezone.now()
-    if hold.status != HoldStatus.PENDING:
-        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
-    if hold.expires_at is not None and hold.expires_at <= now:
-        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+    _check_settleable(hold, now)
     remaining = hold.amount - hold.settled_amount
     if amount > remaining:
         raise errors.HoldAmountExceeded(
@@ -546,19 +559,11 @@ def settle_hold_with(*, hold_id: int, spec: TransactionSpec | None) -> LedgerTra
     hold = _locked_hold(hold_id)
     if spec is not None:
         spec.hold_id = hold.pk
-        existing = LedgerTransaction.objects.filter(reference=spec.reference).first()
+        existing = _settlement_replay(spec)
         if existing is not None:
-            if existing.payload_hash != spec.payload_hash():
-                raise errors.ReferenceReused(
-                    f"reference {spec.reference} was used for another posting"
-                )
-            existing.replayed = True
             return existing
     now = timezone.now()
-    if hold.status != HoldStatus.PENDING:
-        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
-    if hold.expires_at is not None and hold.expires_at <= now:
-        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+    _check_settleable(hold, now)
     remaining = hold.amount - hold.settled_amount
     _change_held(account_id=hold.account_id, delta=-remaining, check_floor=False)
     posted = None
