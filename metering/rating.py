@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
@@ -60,7 +60,6 @@ from billing.models import (
     Customer,
     Plan,
     Subscription,
-    SubscriptionStatus,
     Wallet,
 )
 from billing.periods import period_containing
@@ -277,12 +276,82 @@ def plan_terms(plan_id: int) -> PlanTerms:
     )
 
 
+METER_FIELDS = ("id", "code", "event_name", "aggregation", "property", "filters", "group_by")
+
+
+def _meters_reading(event_names: Iterable[str]) -> list[Meter]:
+    """The meters that read events of these names, by id (one plain query per batch)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, code, event_name, aggregation, property, filters, group_by "
+            "FROM metering_meter WHERE event_name = ANY(%s) ORDER BY id",
+            [list(event_names)],
+        )
+        meters = []
+        for row in cursor.fetchall():
+            values = dict(zip(METER_FIELDS, row, strict=True))
+            for key in ("filters", "group_by"):
+                if isinstance(values[key], str):
+                    values[key] = json.loads(values[key])
+            meters.append(Meter(**values))
+        return meters
+
+
 def _plan_at(subscription: Subscription, at: datetime) -> int:
     plan_id = subscription.plan_id
-    for phase in subscription.phases.all():  # prefetched, by starts_at
-        if phase.starts_at <= at:
-            plan_id = phase.plan_id
+    for starts_at, phase_plan_id in subscription.phase_starts:  # by starts_at
+        if starts_at <= at:
+            plan_id = phase_plan_id
     return plan_id
+
+
+CUSTOMER_FIELDS = ("id", "external_id", "name", "currency", "billing_mode")
+SUBSCRIPTION_FIELDS = (
+    "id",
+    "customer_id",
+    "plan_id",
+    "status",
+    "started_at",
+    "billing_anchor",
+    "current_period_start",
+    "current_period_end",
+    "trial_ends_at",
+)
+
+
+def load_customers(
+    *, external_ids: Iterable[str] = (), ids: Iterable[int] = ()
+) -> dict[str, tuple[Customer, Subscription | None]]:
+    """Customers with their live subscription and its plan phases, in one query (the hot
+    path of every event and estimate): external_id → (customer, subscription or None).
+    The objects carry only what rating reads; ``subscription.phase_starts`` lists
+    (starts_at, plan_id) by start."""
+    external_ids, ids = list(external_ids), list(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id, c.external_id, c.name, c.currency, c.billing_mode, "
+            "s.id, s.customer_id, s.plan_id, s.status, s.started_at, s.billing_anchor, "
+            "s.current_period_start, s.current_period_end, s.trial_ends_at, "
+            "(SELECT array_agg(ph.starts_at ORDER BY ph.starts_at, ph.id) "
+            "   FROM billing_subscriptionphase ph WHERE ph.subscription_id = s.id), "
+            "(SELECT array_agg(ph.plan_id ORDER BY ph.starts_at, ph.id) "
+            "   FROM billing_subscriptionphase ph WHERE ph.subscription_id = s.id) "
+            "FROM billing_customer c LEFT JOIN billing_subscription s "
+            "  ON s.customer_id = c.id AND s.status <> 'canceled' "
+            "WHERE c.external_id = ANY(%s) OR c.id = ANY(%s)",
+            [external_ids, ids],
+        )
+        found = {}
+        for row in cursor.fetchall():
+            customer = Customer(**dict(zip(CUSTOMER_FIELDS, row[:5], strict=True)))
+            subscription = None
+            if row[5] is not None:
+                subscription = Subscription(
+                    **dict(zip(SUBSCRIPTION_FIELDS, row[5:14], strict=True))
+                )
+                subscription.phase_starts = list(zip(row[14] or [], row[15] or [], strict=True))
+            found[customer.external_id] = (customer, subscription)
+        return found
 
 
 def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
@@ -448,7 +517,7 @@ def ingest_events(
     outcomes: list[Outcome | None] = [None] * len(events)
     names = {e.event_name for e in events}
     meters_by_name: dict[str, list[Meter]] = defaultdict(list)
-    for meter in Meter.objects.filter(event_name__in=names).order_by("id"):
+    for meter in _meters_reading(names):
         meters_by_name[meter.event_name].append(meter)
 
     prepared: list[Prepared] = []
@@ -458,10 +527,8 @@ def ingest_events(
         except BillingError as error:
             outcomes[index] = Outcome("rejected", error=error)
 
-    customers = {
-        c.external_id: c
-        for c in Customer.objects.filter(external_id__in={p.source.customer for p in prepared})
-    }
+    loaded = load_customers(external_ids={p.source.customer for p in prepared})
+    customers = {external_id: customer for external_id, (customer, _) in loaded.items()}
     by_customer: dict[int, list[Prepared]] = defaultdict(list)
     for p in prepared:
         customer = customers.get(p.source.customer)
@@ -476,10 +543,9 @@ def ingest_events(
             by_customer[customer.pk].append(p)
     if by_customer:
         subscriptions = {
-            s.customer_id: s
-            for s in Subscription.objects.filter(customer_id__in=by_customer)
-            .exclude(status=SubscriptionStatus.CANCELED)
-            .prefetch_related("phases")
+            customer.pk: subscription
+            for customer, subscription in loaded.values()
+            if subscription is not None
         }
         customer_by_id = {c.pk: c for c in customers.values()}
         with transaction.atomic():
@@ -1124,12 +1190,7 @@ def estimate(
     counts would be charged now, under its plan, allowance and tiers? Read from the same
     balances and counters rating uses; nothing is written or locked."""
     now = now or timezone.now()
-    subscription = (
-        Subscription.objects.filter(customer=customer)
-        .exclude(status=SubscriptionStatus.CANCELED)
-        .prefetch_related("phases")
-        .first()
-    )
+    _, subscription = load_customers(ids=[customer.pk]).get(customer.external_id, (None, None))
     terms = plan_terms(_plan_at(subscription, now)) if subscription is not None else None
     cost = None
     if amount is None:
@@ -1200,7 +1261,7 @@ def _estimate_usage(
     price = catalog.find_price(provider=usage.provider, model=usage.model, at=now)
     cost = catalog.cost_of(price, usage, now)
     names = {event_name} if event_name else set(terms.llm_event_names)
-    meters = list(Meter.objects.filter(event_name__in=names).order_by("id"))
+    meters = _meters_reading(names)
     properties = {"model": model, **({"provider": provider} if provider else {})}
     prepared = Prepared(
         index=0,
