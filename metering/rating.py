@@ -759,6 +759,17 @@ def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletR
     return found
 
 
+def _wallet_row(customer_id: int, currency: str) -> WalletRow | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT customer_id, currency, account_id, billing_mode, credit_limit "
+            "FROM billing_wallet WHERE customer_id = %s AND currency = %s",
+            [customer_id, currency],
+        )
+        row = cursor.fetchone()
+        return WalletRow(*row) if row else None
+
+
 def _margin_overrides(customer_ids: set[int]) -> dict[int, dict[int | None, Decimal]]:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -1161,6 +1172,9 @@ def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
 # --- estimates: authorize and holds -----------------------------------------------------------
 
 
+NOT_LOADED = object()  # estimate(): the caller did not load the subscription
+
+
 @dataclass
 class Estimate:
     customer: Customer
@@ -1170,13 +1184,14 @@ class Estimate:
     available: Decimal | None  # what may still be spent; None: no limit
     allowed: bool
     reason: str | None
-    wallet: Wallet | None = None
+    wallet: WalletRow | None = None
     cost: Decimal | None = None  # the provider's cost of the estimated usage (USD)
 
 
 def estimate(
     *,
     customer: Customer,
+    subscription: Subscription | None | object = NOT_LOADED,
     amount: Decimal | None = None,
     currency: str | None = None,
     model: str | None = None,
@@ -1190,7 +1205,8 @@ def estimate(
     counts would be charged now, under its plan, allowance and tiers? Read from the same
     balances and counters rating uses; nothing is written or locked."""
     now = now or timezone.now()
-    _, subscription = load_customers(ids=[customer.pk]).get(customer.external_id, (None, None))
+    if subscription is NOT_LOADED:
+        _, subscription = load_customers(ids=[customer.pk]).get(customer.external_id, (None, None))
     terms = plan_terms(_plan_at(subscription, now)) if subscription is not None else None
     cost = None
     if amount is None:
@@ -1213,7 +1229,7 @@ def estimate(
         )
         currency = terms.money_currency
     currency = currency or (terms.money_currency if terms else customer.currency)
-    wallet = Wallet.objects.filter(customer=customer, currency=currency).first()
+    wallet = _wallet_row(customer.pk, currency)
     if wallet is None:
         return Estimate(
             customer,

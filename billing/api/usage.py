@@ -28,11 +28,11 @@ from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.serializers import Money, list_response
 from billing.api.views import errors, idempotency_parameter
-from billing.errors import BillingError
+from billing.errors import BillingError, CustomerNotFound
 from billing.models import Subscription, SubscriptionStatus, Wallet
 from ledger import errors as ledger_errors
 from ledger import services as ledger
-from ledger.models import Hold
+from ledger.models import Account, Hold
 from metering import rating
 from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
 
@@ -437,9 +437,15 @@ class EventBatchView(APIView):
 
 
 def _estimate(data: dict) -> rating.Estimate:
-    customer = selectors.get_customer(external_id=data["customer"], param="customer")
+    loaded = rating.load_customers(external_ids=[data["customer"]]).get(data["customer"])
+    if loaded is None:
+        raise CustomerNotFound(
+            f"no customer with external_id {data['customer']!r}", param="customer"
+        )
+    customer, subscription = loaded
     return rating.estimate(
         customer=customer,
+        subscription=subscription,
         amount=data.get("amount"),
         currency=data.get("currency"),
         model=data.get("model"),
@@ -480,18 +486,17 @@ class AuthorizeView(APIView):
         data = EstimateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         result = _estimate(data.validated_data)
+        # AuthorizeResultSerializer's shape, built directly: this answers before compute.
         return Response(
-            AuthorizeResultSerializer(
-                {
-                    "allowed": result.allowed,
-                    "customer": result.customer.external_id,
-                    "currency": result.currency,
-                    "amount": result.amount,
-                    "balance": result.balance,
-                    "available": result.available,
-                    "reason": result.reason,
-                }
-            ).data
+            {
+                "allowed": result.allowed,
+                "customer": result.customer.external_id,
+                "currency": result.currency,
+                "amount": _money(result.amount),
+                "balance": _money(result.balance),
+                "available": None if result.available is None else _money(result.available),
+                "reason": result.reason,
+            }
         )
 
 
@@ -534,7 +539,7 @@ class HoldCreateView(APIView):
         reference = values.get("reference") or uuid.uuid4().hex
         hold = ledger.place_hold(
             reference=f"hold:{wallet.customer_id}:{reference}",
-            account=wallet.account,
+            account=Account.objects.get(pk=wallet.account_id),
             destination=destination,
             amount=result.amount,
             expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
