@@ -63,7 +63,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import queue
 import random
 import re
@@ -73,8 +72,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -82,7 +80,6 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -93,6 +90,17 @@ REPO_DIR = BENCH_DIR.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR))
 
+from bench.common import (  # noqa: E402
+    bench_database,
+    checkpoint,
+    database_origin,
+    fmt,
+    machine_facts,
+    progress,
+    ratio,
+    server_facts,
+    with_database,
+)
 from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
 
 BENCH_DB = "billing_bench_ingest"
@@ -190,27 +198,6 @@ FEATURES = ("chat", "summarize", "agent", "search", "autocomplete")
 # --- configuration -----------------------------------------------------------------------
 
 
-def with_database(url: str, name: str, **params: str) -> str:
-    """``url`` naming database ``name``; the query string (``host=/socket/dir`` …) is kept
-    and ``params`` are added to it."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query.update(params)
-    return urlunsplit(parts._replace(path=f"/{name}", query=urlencode(query, safe="/")))
-
-
-def database_origin(env_url: str | None, url: str) -> str:
-    """Was the server given from outside, or is it billing.devservices' embedded one?
-    (``devservices exec`` exports DATABASE_URL either way, so look at where it points.)"""
-    if env_url is None:
-        return "embedded (started from billing.devservices, DATABASE_URL unset)"
-    socket_dir = dict(parse_qsl(urlsplit(url).query)).get("host") or urlsplit(url).hostname
-    embedded_dir = devservices.data_dir() / "postgres"
-    if socket_dir and Path(unquote(socket_dir)).resolve() == embedded_dir.resolve():
-        return f"embedded (billing.devservices, socket in {embedded_dir})"
-    return "external (DATABASE_URL set)"
-
-
 def counts(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -265,21 +252,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def progress(message: str) -> None:
-    """Progress goes to stderr; stdout holds the report and ends with the JSON line."""
-    print(message, file=sys.stderr, flush=True)
-
-
 # --- the database ------------------------------------------------------------------------
-
-
-def drop_database(server_url: str, *, recreate: bool = False) -> None:
-    """Drop billing_bench_ingest (FORCE: ends any session left on it), then create it again."""
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        name = sql.Identifier(BENCH_DB)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        if recreate:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
 
 
 def create_raw_table(conn: psycopg.Connection[Any]) -> list[str]:
@@ -297,44 +270,6 @@ def create_raw_table(conn: psycopg.Connection[Any]) -> list[str]:
         [RAW_TABLE],
     ).fetchall()
     return [definition.split(" ON ", 1)[1] for (definition,) in rows]
-
-
-def server_facts(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    names = ("server_version", "synchronous_commit", "fsync", "shared_buffers", "max_connections")
-    facts = {
-        name: str(conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0])
-        for name in names
-    }
-    facts["postgresql_version"] = facts.pop("server_version")
-    return facts
-
-
-def checkpoint(conn: psycopg.Connection[Any]) -> None:
-    """Start each run with no checkpoint pending (needs superuser; skipped without)."""
-    try:
-        conn.execute("CHECKPOINT")
-    except psycopg.errors.InsufficientPrivilege:
-        pass
-
-
-def machine_facts() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": model or platform.processor() or "unknown",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        # A busy machine skews every figure: the load before the runs is part of the result.
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 # --- the product's data ------------------------------------------------------------------
@@ -1474,16 +1409,6 @@ def announce(result: RunResult) -> None:
 # --- the report --------------------------------------------------------------------------
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return round(numerator / denominator, 3)
-
-
-def fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
-    return "—" if value is None else pattern.format(value)
-
-
 def best(runs: list[RunResult], scenarios: Sequence[str]) -> RunResult | None:
     candidates = [r for r in runs if r.scenario in scenarios]
     return max(candidates, key=lambda r: r.events_per_second, default=None)
@@ -1672,24 +1597,6 @@ def report(
 # --- main --------------------------------------------------------------------------------
 
 
-@contextmanager
-def bench_database(server_url: str, keep: bool) -> Iterator[None]:
-    drop_database(server_url, recreate=True)
-    try:
-        yield
-    finally:
-        from django.apps import apps
-
-        if apps.ready:
-            from django.db import connections
-
-            connections.close_all()
-        if keep:
-            progress(f"kept database {BENCH_DB}")
-        else:
-            drop_database(server_url)
-
-
 def _terminated(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks: the server stops
 
@@ -1704,7 +1611,7 @@ def main(argv: Sequence[str]) -> int:
     machine["database_embedded"] = machine["database"].startswith("embedded")
     bench_url = with_database(server_url, BENCH_DB)
 
-    with bench_database(server_url, args.keep), tempfile.TemporaryDirectory() as log_dir:
+    with bench_database(server_url, BENCH_DB, args.keep), tempfile.TemporaryDirectory() as log_dir:
         # The Django parts (here and in the server) use billing_bench_ingest, DEBUG off.
         os.environ["DATABASE_URL"] = bench_url
         os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
