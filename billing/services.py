@@ -43,6 +43,20 @@ from ledger.models import Account, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
 from metering.models import Aggregation, Meter
 
+# What a meter may read under llm.: the normalised usage (metering.normalize).
+LLM_PATHS = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "prompt_tokens",
+    "total_tokens",
+    "model",
+    "provider",
+)
+
 # Meter properties the model catalog can price (metering.catalog.CATALOG_KINDS).
 CATALOG_METER_PROPERTIES = (
     "llm.input_tokens",
@@ -300,6 +314,13 @@ def _validate_meter(spec: dict[str, Any]) -> None:
     if spec["aggregation"] != Aggregation.COUNT and not spec.get("property"):
         raise errors.ValidationFailed(
             f"a {spec['aggregation']} meter needs the property it reads", param="property"
+        )
+    path = spec.get("property") or ""
+    if path.startswith("llm.") and path[4:] not in LLM_PATHS:
+        raise errors.ValidationFailed(
+            f"{path} is not a normalised LLM usage field; one of "
+            + ", ".join(f"llm.{name}" for name in LLM_PATHS),
+            param="property",
         )
     if not isinstance(spec.get("filters", {}), dict):
         raise errors.ValidationFailed("filters must be an object", param="filters")
@@ -625,7 +646,30 @@ def create_subscription(
     return subscription
 
 
+# pg_advisory_xact_lock(USAGE_LOCK, customer id): held by whatever rates a customer's usage
+# (metering.rating) or changes what it is rated against (a plan change, a cancellation), so
+# that rating never prices an event against a subscription that is changing under it.
+USAGE_LOCK = 4242
+
+
+def lock_customer_usage(customer_ids: list[int]) -> None:
+    """Take the usage locks of these customers, in id order, until the transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, s.id) FROM "
+            "(SELECT unnest(%s::bigint[])::int AS id ORDER BY 1) AS s",
+            [USAGE_LOCK, sorted(set(customer_ids))],
+        )
+
+
 def _locked_live_subscription(subscription_id: int) -> Subscription:
+    customer_id = (
+        Subscription.objects.filter(pk=subscription_id)
+        .values_list("customer_id", flat=True)
+        .first()
+    )
+    if customer_id is not None:
+        lock_customer_usage([customer_id])
     subscription = (
         Subscription.objects.select_for_update()
         .select_related("plan", "customer")
@@ -677,6 +721,13 @@ def change_subscription(
     if plan.interval != subscription.plan.interval:
         raise errors.ValidationFailed(
             "changing the billing interval is not supported mid-period; cancel and resubscribe",
+            param="plan",
+        )
+    if plan.consumption_model != subscription.plan.consumption_model and not at_period_end:
+        raise errors.ValidationFailed(
+            f"a change from a {subscription.plan.consumption_model} plan to a "
+            f"{plan.consumption_model} plan takes effect at the end of the period "
+            "(at: period_end): a period is rated in one way only",
             param="plan",
         )
     if at_period_end:

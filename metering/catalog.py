@@ -78,7 +78,8 @@ CATALOG_KINDS = {
     "llm.cache_write_tokens": ("cache_write",),
     "llm.output_tokens": ("output",),
     "llm.prompt_tokens": ("input", "cache_read", "cache_write"),
-    "llm.total_tokens": ("input", "cache_read", "cache_write", "output"),
+    # the whole call: every token kind and the provider's per-request price, if any
+    "llm.total_tokens": ("input", "cache_read", "cache_write", "output", "requests"),
 }
 
 
@@ -584,4 +585,4 @@ def kind_tokens(usage: NormalizedUsage, kinds: Iterable[str]) -> int:
         "cache_write": usage.cache_write_tokens,
         "output": usage.output_tokens,
     }
-    return sum(counts[kind] for kind in kinds)
+    return sum(counts[kind] for kind in kinds if kind in counts)

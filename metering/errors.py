@@ -69,3 +69,17 @@ class CreditLimitExceeded(MeteringError):
     code = "credit_limit_exceeded"
     http_status = 402
     error_type = "balance_error"
+
+
+class EventAlreadyRecorded(MeteringError):
+    """A hold settled with an event that was already recorded: it would settle nothing."""
+
+    code = "event_already_recorded"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class HoldPartlySettled(MeteringError):
+    code = "hold_partly_settled"
+    http_status = 409
+    error_type = "conflict_error"

@@ -84,7 +84,6 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 MAX_QUANTITY = Decimal(10) ** 20
 MAX_CHARGE = Decimal(10) ** 18
 RESERVED_PROPERTY = "llm"
-LOCK_NAMESPACE = 4242  # pg_advisory_xact_lock(namespace, customer id): rating a customer
 
 
 _ROUNDING = Context(prec=80, rounding=ROUND_HALF_EVEN)
@@ -180,6 +179,11 @@ def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> 
         if model is not None and not isinstance(model, str):
             raise errors.InvalidEvent("properties.model must be a string", param="properties.model")
         usage = normalize_usage(properties["usage"], provider=provider, model=model)
+        if len(usage.model) > 200 or len(usage.provider) > 100:
+            raise errors.InvalidEvent(
+                "the model name may have 200 characters and the provider 100",
+                param="properties.model",
+            )
         if not usage.model:
             raise errors.InvalidEvent(
                 "an event with LLM usage needs properties.model", param="properties.model"
@@ -192,12 +196,21 @@ def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> 
     return prepared
 
 
-def _quantity(meter: Meter, prepared: Prepared) -> Any:
-    """The event's reading for ``meter``: a number, a distinct value, or None (not read)."""
+def _quantity(meter: Meter, prepared: Prepared, *, charged: bool = True) -> Any:
+    """The event's reading for ``meter``: a number, a distinct value, or None (not read).
+
+    A meter the customer's plan charges must be able to read the event (or the event is
+    refused: never rated at zero by accident); a meter it does not charge only counts what
+    it can read, so adding a meter never stops other customers' events."""
     if not _passes_filters(meter, prepared):
         return None
     if meter.aggregation == Aggregation.COUNT:
         return Decimal(1)
+    if not charged:
+        try:
+            return _quantity(meter, prepared)
+        except BillingError:
+            return None
     value = _path_value(prepared.source.properties, prepared.usage, meter.property)
     param = f"properties.{meter.property}"
     if value is None:
@@ -406,9 +419,22 @@ class Move:
     amount_delta: Decimal
 
 
+def _distinct_key(value: Any) -> str:
+    """One text per distinct value, whatever its JSON spelling: 1, 1.0 and 1e0 are one
+    number; true, 1 and "1" are three values."""
+    if isinstance(value, bool):
+        return f"b:{str(value).lower()}"
+    if isinstance(value, int | Decimal):
+        number = Decimal(value).normalize()
+        return f"n:{number:f}"
+    return f"s:{value}"
+
+
 def _reference(customer_id: int, key: str) -> str:
+    """The ledger reference of an event: its key as sent, or its SHA-256 when the key is
+    long or could be mistaken for a hashed one."""
     reference = f"usage:{customer_id}:{key}"
-    if len(reference) > 255:
+    if len(reference) > 255 or key.startswith("sha256:"):
         reference = f"usage:{customer_id}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
     return reference
 
@@ -438,7 +464,7 @@ def _move(
         newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
         q1 = reading if newer else q0
     else:  # unique_count
-        canonical = json.loads(json.dumps(reading, default=str))
+        canonical = _distinct_key(reading)
         if canonical in counter.distinct_values:
             q1 = q0
         else:
@@ -550,6 +576,12 @@ def ingest_events(
         customer_by_id = {c.pk: c for c in customers.values()}
         with transaction.atomic():
             _lock_customers(sorted(by_customer))
+            # Read again under the lock: a plan change or cancellation takes the same lock.
+            subscriptions = {
+                customer.pk: subscription
+                for customer, subscription in load_customers(ids=list(by_customer)).values()
+                if subscription is not None
+            }
             _rate(
                 [
                     (customer_by_id[cid], subscriptions.get(cid), by_customer[cid])
@@ -562,12 +594,7 @@ def ingest_events(
 
 
 def _lock_customers(customer_ids: list[int]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, s.id) FROM "
-            "(SELECT unnest(%s::int[]) AS id ORDER BY 1) AS s",
-            [LOCK_NAMESPACE, customer_ids],
-        )
+    billing_services.lock_customer_usage(customer_ids)
 
 
 def lock_customer(customer_id: int) -> None:
@@ -615,6 +642,13 @@ def _rate(
         for p in events:
             key = p.source.idempotency_key
             if (customer.pk, key) in existing:
+                if hold_id is not None:  # settling with usage already recorded settles nothing
+                    raise errors.EventAlreadyRecorded(
+                        f"event {key!r} was already recorded (event "
+                        f"{existing[(customer.pk, key)]['id']}); settle the hold with new usage, "
+                        "or release it",
+                        param="event.idempotency_key",
+                    )
                 outcomes[p.index] = Outcome("duplicate", event=existing[(customer.pk, key)])
                 continue
             if subscription is None:
@@ -634,7 +668,7 @@ def _rate(
                 )
                 readings = []
                 for meter in p.meters:
-                    reading = _quantity(meter, p)
+                    reading = _quantity(meter, p, charged=meter.pk in terms.charges)
                     if reading is not None:
                         readings.append((meter, reading))
             except BillingError as error:
@@ -664,6 +698,12 @@ def _rate(
             return
         if hold.status != "pending":
             raise ledger_errors.HoldAlreadyResolved(f"hold {hold.pk} is already {hold.status}")
+        if hold.settled_amount:
+            raise errors.HoldPartlySettled(
+                f"hold {hold.pk} was already settled in part by amount; settle the rest by "
+                "amount, or release it and send the usage as an event",
+                param="event",
+            )
     balances = ledger.lock_balances(account_ids=[w.account_id for w in wallets.values()])
     if hold is not None:  # what is left of the hold is released when the event settles it
         b = balances[hold.account_id]
@@ -1057,7 +1097,10 @@ def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
         if isinstance(value, dict | list):
             value = json.dumps(value, sort_keys=True, default=str)
         dims[path] = None if value is None else (value if isinstance(value, str) else str(value))
-    return json.dumps(dims, sort_keys=True, separators=(",", ":")), dims
+    key = json.dumps(dims, sort_keys=True, separators=(",", ":"))
+    if len(key) > 200:  # the column holds 500; long values are keyed by their hash
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key, dims
 
 
 def _upsert_daily(cursor, accepted: list[Accepted]) -> None:

@@ -16,13 +16,24 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON here")
 
 
+def _unstorable(item: str) -> bool:
+    if "\x00" in item:
+        return True
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800): not text
+        return True
+    return False
+
+
 def _has_nul(value) -> bool:
-    """PostgreSQL text and jsonb cannot store U+0000. Iterative: bodies may nest deeply."""
+    """PostgreSQL text and jsonb cannot store U+0000, nor a lone UTF-16 surrogate.
+    Iterative: bodies may nest deeply."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if _unstorable(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
@@ -43,5 +54,8 @@ class ExactJSONParser(JSONParser):
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"the body is not valid JSON: {exc}") from None
         if _has_nul(data):
-            raise ParseError("strings may not contain the NUL character (\\u0000)")
+            raise ParseError(
+                "strings may not contain the NUL character (\\u0000) or a lone surrogate "
+                "(\\ud800–\\udfff)"
+            )
         return data

@@ -248,7 +248,7 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             try:
                 text = timestamp[:-1] + "Z" if timestamp.endswith("z") else timestamp
                 moment = datetime.fromisoformat(text).astimezone(UTC)
-            except ValueError:
+            except (ValueError, OverflowError):
                 moment = None
         if moment is None:
             raise APIError(
@@ -536,9 +536,21 @@ class HoldCreateView(APIView):
             code=rating.CREDITS_USED if result.currency == rating.CREDITS else rating.REVENUE,
             currency=result.currency,
         )
-        reference = values.get("reference") or uuid.uuid4().hex
+        reference = f"hold:{wallet.customer_id}:{values.get('reference') or uuid.uuid4().hex}"
+        earlier = Hold.objects.filter(reference=reference).first()
+        if earlier is not None:
+            # A retry: the same reference is the same hold when it reserves the same amount
+            # on the same wallet (its expiry was computed from the first request's time).
+            if earlier.account_id != wallet.account_id or earlier.amount != result.amount:
+                raise APIError(
+                    409,
+                    "reference_reused",
+                    f"hold reference {values['reference']!r} was used for another hold",
+                    param="reference",
+                )
+            return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
         hold = ledger.place_hold(
-            reference=f"hold:{wallet.customer_id}:{reference}",
+            reference=reference,
             account=Account.objects.get(pk=wallet.account_id),
             destination=destination,
             amount=result.amount,
@@ -635,14 +647,17 @@ def _parse_moment(raw: str, param: str) -> datetime:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
             if moment.tzinfo is None:
                 raise ValueError
-    except ValueError:
+        moment = moment.astimezone(UTC)
+        moment + timedelta(days=401)  # the range checks below must not overflow
+        moment - timedelta(days=1)
+    except (ValueError, OverflowError):
         raise APIError(
             400,
             "invalid_parameter",
             f"{param} must be a date or an RFC 3339 timestamp",
             param=param,
         ) from None
-    return moment.astimezone(UTC)
+    return moment
 
 
 class UsageView(APIView):

@@ -92,6 +92,7 @@ def test_demo_file_declares_meters_and_every_kind_of_plan():
         "input_tokens",
         "output_tokens",
         "cached_input_tokens",
+        "cache_write_tokens",
         "requests",
         "gpu_seconds",
     ]
@@ -118,7 +119,7 @@ def test_demo_file_declares_meters_and_every_kind_of_plan():
         group_by=("model",),
         unit="tokens",
     )
-    assert pricing.meters[4].filters == {"status": ["succeeded"]}
+    assert pricing.meters[5].filters == {"status": ["succeeded"]}
 
 
 def test_demo_amounts_are_exact():

@@ -1089,3 +1089,127 @@ def test_models_refuses_an_invalid_provider(api, model_prices, provider):
         "invalid_parameter",
         param="provider",
     )
+
+
+# --- review fixes: each once a 500, a wrong charge or a stuck hold --------------------------------
+
+
+def test_a_meter_no_plan_charges_never_stops_other_events(api, ai, make_meter):
+    assert api.post("/api/v1/events", llm_body("before", CHAT, when=DAY1)).status_code == 201
+    # a new meter on the same events, reading a property these events do not carry
+    make_meter("gpu", property="gpu_seconds")
+    response = api.post("/api/v1/events", llm_body("after", CHAT, when=DAY1))
+    assert response.status_code == 201, response.json()
+    assert response.json()["amount"] == money("0.005664")
+
+
+def test_a_meter_cannot_read_an_llm_field_that_does_not_exist(api):
+    response = api.post(
+        "/api/v1/meters",
+        {
+            "code": "typo",
+            "event_name": "llm.completion",
+            "aggregation": "sum",
+            "property": "llm.bogus_tokens",
+        },
+    )
+    assert_error(response, 400, "invalid_parameter", param="property")
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp"),
+        ({"timestamp": "9999-12-31T23:59:59-01:00"}, "timestamp"),
+    ],
+)
+def test_timestamps_at_the_edges_of_the_calendar_are_refused_not_crashed(api, ai, change, param):
+    body = {**llm_body("edge", CHAT), **change}
+    assert_error(api.post("/api/v1/events", body), 400, "invalid_parameter", param=param)
+    assert not Event.objects.exists()
+
+
+def test_a_lone_surrogate_is_refused_not_crashed(api, ai):
+    raw = json.dumps(llm_body("surrogate", CHAT)).replace('"surrogate"', '"s\\ud800"')
+    response = post_raw(api, "/api/v1/events", raw)
+    assert response.status_code == 400
+    assert not Event.objects.exists()
+
+
+def test_a_model_name_too_long_to_store_is_refused_alone(api, ai):
+    events = [
+        llm_body("ok", CHAT, when=DAY1),
+        llm_body("long", CHAT, model="gpt-4o-2024-" + "x" * 300),
+    ]
+    body = api.post("/api/v1/events/batch", {"events": events}).json()
+    assert [item["status"] for item in body["data"]] == ["accepted", "rejected"]
+    assert body["data"][1]["error"]["code"] == "invalid_event"
+
+
+def test_a_long_group_by_value_is_counted(api, acme, make_meter, make_plan, model_prices):
+    make_meter("by-team", property="llm.total_tokens", group_by=["team"])
+    subscribe(acme, make_plan("teams", charges=[ChargeSpec(meter="by-team", margin_percent=D(20))]))
+    body = llm_body("team", CHAT, when=DAY1, team="é" * 400)
+    assert api.post("/api/v1/events", body).status_code == 201
+
+
+def test_usage_ranges_at_the_edges_of_the_calendar_are_refused(api, ai):
+    for query in ("from=0001-01-01T00:00:00%2B01:00", "from=2026-01-01&to=9999-12-31T23:00:00Z"):
+        response = api.get(f"/api/v1/customers/acme/usage?{query}")
+        assert response.status_code == 400, (query, response.json())
+
+
+def test_a_key_spelled_like_a_hashed_one_gets_its_own_ledger_reference(api, ai):
+    long_key = "k" * 250
+    from metering.rating import _reference
+
+    spoof = _reference(ai.pk, long_key).split(":", 2)[2]  # "sha256:<hex>"
+    first = api.post("/api/v1/events", llm_body(long_key, CHAT, when=DAY1))
+    second = api.post("/api/v1/events", llm_body(spoof, CHAT, when=DAY1))
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["ledger_transaction"] != second.json()["ledger_transaction"]
+
+
+def test_settling_a_hold_with_usage_already_recorded_is_refused(api, ai):
+    assert api.post("/api/v1/events", llm_body("done", CHAT, when=DAY1)).status_code == 201
+    hold = api.post("/api/v1/holds", {"customer": "acme", "amount": "1.00"}).json()
+    response = api.post(
+        f"/api/v1/holds/{hold['id']}/settle", {"event": llm_body("done", CHAT, when=DAY1)}
+    )
+    assert_error(response, 409, "event_already_recorded", param="event.idempotency_key")
+    assert Hold.objects.get(pk=hold["id"]).status == "pending"
+
+
+def test_an_event_cannot_settle_a_hold_already_settled_in_part_by_amount(api, ai):
+    hold = api.post("/api/v1/holds", {"customer": "acme", "amount": "1.00"}).json()
+    part = api.post(f"/api/v1/holds/{hold['id']}/settle", {"amount": "0.25", "final": False})
+    assert part.status_code == 200
+    response = api.post(
+        f"/api/v1/holds/{hold['id']}/settle", {"event": llm_body("late", CHAT, when=DAY1)}
+    )
+    assert_error(response, 409, "hold_partly_settled", param="event")
+    assert not Event.objects.exists()
+
+
+def test_a_hold_retried_with_its_reference_is_the_same_hold(api, ai):
+    body = {"customer": "acme", "amount": "1.00", "reference": "job-7", "expires_in": 600}
+    first = api.post("/api/v1/holds", body)
+    second = api.post("/api/v1/holds", body)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    other = api.post("/api/v1/holds", {**body, "amount": "2.00"})
+    assert_error(other, 409, "reference_reused", param="reference")
+    assert Hold.objects.count() == 1
+
+
+def test_a_plan_change_across_consumption_models_waits_for_the_period_end(api, ai, make_plan):
+    credits = make_plan("credit-pack", consumption_model="credits", units_per_credit=D(1000))
+    subscription = ai.subscriptions.get()
+    now = api.post(f"/api/v1/subscriptions/{subscription.pk}/change", {"plan": "credit-pack"})
+    assert_error(now, 400, "invalid_parameter", param="plan")
+    later = api.post(
+        f"/api/v1/subscriptions/{subscription.pk}/change",
+        {"plan": "credit-pack", "at": "period_end"},
+    )
+    assert later.status_code == 200, later.json()
+    assert later.json()["subscription"]["scheduled_plan"] == f"{credits.code}@{credits.version}"

@@ -313,7 +313,8 @@ def test_latest_max_and_unique_count_meters_are_priced_on_the_period_quantity():
     assert period_usage(seats).latest_at == at(2026, 4, 5)
     assert (period_usage(peak).quantity, period_usage(peak).charged) == (D(7), D(14))
     assert (period_usage(users).quantity, period_usage(users).charged) == (D(3), D(3))
-    assert period_usage(users).distinct_values == ["ann", "bob", "cy"]
+    # distinct values are kept by type and value (1, 1.0 and 1e0 are one number)
+    assert period_usage(users).distinct_values == ["s:ann", "s:bob", "s:cy"]
     assert posted(customer) == D(100) - D(30) - D(14) - D(3)
 
 
@@ -926,3 +927,10 @@ def test_an_event_cannot_settle_another_customers_hold():
     assert hold.status == "pending"
     assert (balance(acme), balance(other)) == ((D(10), D(0), D(10)), (D(10), D(5), D(5)))
     assert not Event.objects.exists()
+
+
+def test_unique_count_tells_values_apart_by_type_and_value_not_spelling():
+    from metering.rating import _distinct_key
+
+    keys = {_distinct_key(v) for v in (1, D("1.0"), D("1E0"), True, "1", D("1.00"), 0, False)}
+    assert keys == {"n:1", "b:true", "s:1", "n:0", "b:false"}
