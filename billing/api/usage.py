@@ -33,6 +33,7 @@ from billing.models import Subscription, SubscriptionStatus, Wallet
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import Account, Hold
+from metering import errors as metering_errors
 from metering import rating
 from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
 
@@ -358,7 +359,7 @@ class EventCreateView(APIView):
         responses={
             201: EventResultSerializer,
             200: EventResultSerializer,
-            **errors(400, 402, 404, 409, 422),
+            **errors(400, 402, 404, 409, 413, 422),
         },
         parameters=[idempotency_parameter()],
         examples=[OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE)],
@@ -437,6 +438,14 @@ class EventBatchView(APIView):
 
 
 def _estimate(data: dict) -> rating.Estimate:
+    try:
+        return _estimate_for(data)
+    except metering_errors.UnknownModel as error:  # the request's field, not an event's
+        error.param = "model"
+        raise
+
+
+def _estimate_for(data: dict) -> rating.Estimate:
     loaded = rating.load_customers(external_ids=[data["customer"]]).get(data["customer"])
     if loaded is None:
         raise CustomerNotFound(
@@ -468,7 +477,8 @@ class AuthorizeView(APIView):
         "margins) and compared with what the wallet may still spend. Nothing is reserved: "
         "use POST /holds for that.",
         request=EstimateInputSerializer,
-        responses={200: AuthorizeResultSerializer, **errors(400, 404, 422)},
+        responses={200: AuthorizeResultSerializer, **errors(400, 404, 409, 413, 422)},
+        parameters=[idempotency_parameter()],
         examples=[
             OpenApiExample(
                 "A model call",
@@ -482,6 +492,7 @@ class AuthorizeView(APIView):
             )
         ],
     )
+    @idempotent
     def post(self, request):
         data = EstimateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -511,7 +522,11 @@ class HoldCreateView(APIView):
         "`max_output_tokens` (reserves what that call could cost at most). Settle it with "
         "the actual usage, release it, or let it expire (`expires_in`).",
         request=HoldInputSerializer,
-        responses={201: HoldSerializer, 200: HoldSerializer, **errors(400, 402, 404, 409, 422)},
+        responses={
+            201: HoldSerializer,
+            200: HoldSerializer,
+            **errors(400, 402, 404, 409, 413, 422),
+        },
         parameters=[idempotency_parameter()],
     )
     @idempotent
@@ -528,6 +543,19 @@ class HoldCreateView(APIView):
                 param="amount" if "amount" in values else "model",
             )
         wallet = result.wallet
+        if not result.allowed:  # the same reasons and codes as rating and /authorize
+            raise APIError(
+                402,
+                result.reason,
+                f"cannot reserve {result.amount.normalize():f} {result.currency}: "
+                + (
+                    "no such wallet"
+                    if wallet is None
+                    else f"{result.balance.normalize():f} available"
+                ),
+                param="customer",
+                error_type="balance_error",
+            )
         if wallet is None:
             raise APIError(
                 404, "wallet_not_found", f"no {result.currency} wallet", param="currency"
@@ -586,7 +614,7 @@ class HoldSettleView(APIView):
         "there, and the hold stays). With `amount`: settle that much (`final: false` keeps "
         "the rest held, for streams settled in parts).",
         request=SettleInputSerializer,
-        responses={200: SettleResultSerializer, **errors(400, 402, 404, 409, 422)},
+        responses={200: SettleResultSerializer, **errors(400, 402, 404, 409, 413, 422)},
         parameters=[idempotency_parameter()],
     )
     @idempotent

@@ -622,7 +622,7 @@ def test_authorize_for_a_postpaid_customer_without_limit_has_no_ceiling(
             "amount",
         ),
         ({"customer": "nobody", "amount": "1"}, 404, "customer_not_found", "customer"),
-        ({"customer": "acme", "model": "gpt-9-ultra"}, 422, "unknown_model", "properties.model"),
+        ({"customer": "acme", "model": "gpt-9-ultra"}, 422, "unknown_model", "model"),
     ],
 )
 def test_authorize_refuses_bad_requests(api, ai, body, status, code, param):
@@ -673,6 +673,7 @@ def test_a_hold_larger_than_available_is_402(api, ai):
         api.post("/api/v1/holds", {"customer": "acme", "amount": "10.5"}),
         402,
         "insufficient_funds",
+        param="customer",
     )
     assert not Hold.objects.exists()
     assert balance(ai) == (D(10), D(0), D(10))
@@ -1213,3 +1214,11 @@ def test_a_plan_change_across_consumption_models_waits_for_the_period_end(api, a
     )
     assert later.status_code == 200, later.json()
     assert later.json()["subscription"]["scheduled_plan"] == f"{credits.code}@{credits.version}"
+
+
+def test_a_hold_past_a_postpaid_credit_limit_says_so(api, make_customer, ai_plan):
+    customer = make_customer("globex", billing_mode="postpaid", credit_limit=D(5))
+    subscribe(customer, ai_plan)
+    response = api.post("/api/v1/holds", {"customer": "globex", "amount": "6"})
+    assert_error(response, 402, "credit_limit_exceeded", param="customer")
+    assert api.post("/api/v1/holds", {"customer": "globex", "amount": "5"}).status_code == 201
