@@ -77,9 +77,12 @@ class EventSerializer(serializers.Serializer):
         return value
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _has_offset(text: str) -> bool:
-    text = text.strip()
-    return text.endswith(("Z", "z")) or (len(text) > 6 and text[-6] in "+-" and text[-3] == ":")
+    """An RFC 3339 timestamp, with its offset (ISO 8601's other spellings are refused)."""
+    return RFC3339.fullmatch(text) is not None
 
 
 class EventResultSerializer(serializers.Serializer):
@@ -183,6 +186,62 @@ class SettleResultSerializer(serializers.Serializer):
     ledger_transaction = serializers.IntegerField(allow_null=True)
 
 
+class UsageGroupSerializer(serializers.Serializer):
+    quantity = serializers.CharField(help_text="Decimal string.")
+    amount = serializers.CharField(help_text="Decimal string.")
+
+
+class MeterUsageSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    unit = serializers.CharField()
+    quantity = serializers.CharField(help_text="Decimal string.")
+    included_quantity = serializers.CharField(help_text="Inside the plan's allowance.")
+    overage_quantity = serializers.CharField(help_text="Beyond the allowance.")
+    amount = serializers.CharField(help_text="What the quantity is worth under the plan.")
+    currency = serializers.CharField()
+    groups = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        help_text="With group_by: one object per value, {<dimension>: value, quantity, amount}.",
+    )
+
+
+class ModelUsageSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    currency = serializers.CharField()
+    events = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField()
+    cache_write_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    reasoning_tokens = serializers.IntegerField()
+    amount = serializers.CharField(help_text="Charged, decimal string.")
+    cost = serializers.CharField(help_text="The provider's cost, USD.")
+    margin = serializers.CharField(allow_null=True, help_text="amount − cost (USD only).")
+
+
+class CurrencyTotalSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    amount = serializers.CharField()
+
+
+# "from" is a Python keyword: the serializer is built with type() to have a field of that name.
+UsageSerializer = type(
+    "UsageSerializer",
+    (serializers.Serializer,),
+    {
+        "customer": serializers.CharField(),
+        "from": serializers.DateTimeField(help_text="Start of the range (inclusive)."),
+        "to": serializers.DateTimeField(help_text="End of the range (exclusive)."),
+        "meters": MeterUsageSerializer(many=True),
+        "totals": CurrencyTotalSerializer(many=True),
+        "models": ModelUsageSerializer(many=True),
+        "__module__": __name__,
+    },
+)
+
+
 class ModelPriceSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelPrice
@@ -248,6 +307,10 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
         if isinstance(timestamp, str) and _has_offset(timestamp):
             try:
                 text = timestamp[:-1] + "Z" if timestamp.endswith("z") else timestamp
+                if "." in text:  # Python reads at most microseconds: drop finer digits
+                    head, _, tail = text.partition(".")
+                    digits = len(tail) - len(tail.lstrip("0123456789"))
+                    text = f"{head}.{tail[: min(digits, 6)]}{tail[digits:]}"
                 moment = datetime.fromisoformat(text).astimezone(UTC)
             except (ValueError, OverflowError):
                 moment = None
@@ -703,7 +766,7 @@ class UsageView(APIView):
             OpenApiParameter("to", str, description="Date or RFC 3339 timestamp."),
             OpenApiParameter("group_by", str, description="A meter dimension, e.g. model."),
         ],
-        responses={200: dict, **errors(400, 404)},
+        responses={200: UsageSerializer, **errors(400, 404)},
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)

@@ -1222,3 +1222,20 @@ def test_a_hold_past_a_postpaid_credit_limit_says_so(api, make_customer, ai_plan
     response = api.post("/api/v1/holds", {"customer": "globex", "amount": "6"})
     assert_error(response, 402, "credit_limit_exceeded", param="customer")
     assert api.post("/api/v1/holds", {"customer": "globex", "amount": "5"}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "timestamp, ok",
+    [
+        ("2026-W47-1T12:00:00Z", False),  # ISO 8601, not RFC 3339
+        ("20261123T120000Z", False),
+        (f"{(DAY1).strftime('%Y-%m-%dT%H:%M:%S')}.123456789Z", True),  # nanoseconds
+        (f"{(DAY1).strftime('%Y-%m-%dT%H:%M:%S')}+00:00", True),
+    ],
+)
+def test_timestamps_are_rfc_3339(api, ai, timestamp, ok):
+    response = api.post("/api/v1/events", {**llm_body("ts", CHAT), "timestamp": timestamp})
+    if ok:
+        assert response.status_code == 201, response.json()
+    else:
+        assert_error(response, 400, "invalid_parameter", param="timestamp")
