@@ -206,6 +206,7 @@ def ensure_wallet(*, customer: Customer, currency: str) -> Wallet:
 
 
 TOKENS = "TOKENS"
+CREDITS = "CREDITS"
 TOKENS_SERVED = "@TokensServed"
 
 
@@ -643,6 +644,8 @@ def create_subscription(
             f"customer {customer.external_id} already has a live subscription", param="customer"
         ) from None
     SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=start)
+    if plan.consumption_model == ConsumptionModel.CREDITS:
+        ensure_wallet(customer=customer, currency=CREDITS)  # so credits can be bought
     return subscription
 
 

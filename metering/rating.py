@@ -608,7 +608,7 @@ class WalletRow:
 
     customer_id: int
     currency: str
-    account_id: int
+    account_id: int | None  # None: not created yet (an empty prepaid wallet)
     billing_mode: str
     credit_limit: Decimal | None
 
@@ -704,7 +704,12 @@ def _rate(
                 "amount, or release it and send the usage as an event",
                 param="event",
             )
-    balances = ledger.lock_balances(account_ids=[w.account_id for w in wallets.values()])
+    balances: dict[Any, ledger.LockedBalance] = ledger.lock_balances(
+        account_ids=[w.account_id for w in wallets.values() if w.account_id is not None]
+    )
+    for wallet in wallets.values():
+        if wallet.account_id is None:  # not created yet: nothing in it, nothing below zero
+            balances[_balance_key(wallet)] = ledger.LockedBalance(None, ZERO, ZERO, ZERO)
     if hold is not None:  # what is left of the hold is released when the event settles it
         b = balances[hold.account_id]
         balances[hold.account_id] = ledger.LockedBalance(
@@ -750,13 +755,13 @@ def _rate(
             continue
         currency = terms.money_currency
         wallet = wallets[(customer.pk, currency)]
-        balance = balances[wallet.account_id]
+        balance = balances[_balance_key(wallet)]
         if money > 0 and not balance.can_spend(money):
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
             )
             continue
-        balances[wallet.account_id] = ledger.LockedBalance(
+        balances[_balance_key(wallet)] = ledger.LockedBalance(
             balance.account_id, balance.posted - money, balance.held, balance.floor
         )
         for move in moves:
@@ -780,8 +785,9 @@ def _rate(
 
 
 def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletRow]:
-    """The wallets of (customer, currency) pairs, in one query; missing ones (a first
-    credits plan) are created."""
+    """The wallets of (customer, currency) pairs, in one query. A missing one (a first
+    credits plan) is an empty prepaid wallet without an account yet: it is created only if
+    an accepted event moves money in it, so a refused event changes nothing."""
     customers = {customer.pk: customer for customer, _ in wanted}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -792,11 +798,12 @@ def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletR
         found = {(row[0], row[1]): WalletRow(*row) for row in cursor.fetchall()}
     for customer, currency in wanted:
         if (customer.pk, currency) not in found:
-            wallet = billing_services.ensure_wallet(customer=customer, currency=currency)
-            found[(customer.pk, currency)] = WalletRow(
-                customer.pk, currency, wallet.account_id, wallet.billing_mode, wallet.credit_limit
-            )
+            found[(customer.pk, currency)] = WalletRow(customer.pk, currency, None, "prepaid", None)
     return found
+
+
+def _balance_key(wallet: WalletRow) -> Any:
+    return wallet.account_id or ("new", wallet.customer_id, wallet.currency)
 
 
 def _wallet_row(customer_id: int, currency: str) -> WalletRow | None:
@@ -926,6 +933,16 @@ def _load_counters(
 
 
 def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
+    created: dict[tuple[int, str], WalletRow] = {}
+    for a in accepted:
+        if a.wallet.account_id is None and a.money:
+            key = (a.customer.pk, a.currency)
+            if key not in created:
+                wallet = billing_services.ensure_wallet(customer=a.customer, currency=a.currency)
+                created[key] = WalletRow(
+                    a.customer.pk, a.currency, wallet.account_id, wallet.billing_mode, None
+                )
+            a.wallet = created[key]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('metering_event', 'id')) "

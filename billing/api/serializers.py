@@ -241,7 +241,9 @@ class CustomerBalanceSerializer(serializers.Serializer):
 class TopUpSerializer(serializers.Serializer):
     amount = Money(min_value=Decimal("0.000000000001"))
     currency = serializers.RegexField(
-        CURRENCY_RE, required=False, help_text="Defaults to the customer's currency."
+        r"^([A-Z]{3}|CREDITS)$",
+        required=False,
+        help_text="Defaults to the customer's currency; CREDITS buys credits on a credits plan.",
     )
     reference = serializers.CharField(
         max_length=200,

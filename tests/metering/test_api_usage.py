@@ -1239,3 +1239,37 @@ def test_timestamps_are_rfc_3339(api, ai, timestamp, ok):
         assert response.status_code == 201, response.json()
     else:
         assert_error(response, 400, "invalid_parameter", param="timestamp")
+
+
+def test_a_refused_credits_event_creates_no_wallet(api, ai, make_meter, make_plan):
+    """A subscription whose plan became a credits plan (as a period close applying a
+    scheduled change may leave it) before any credits wallet exists."""
+    from billing.models import SubscriptionPhase
+
+    make_meter("credit-tokens", property="llm.total_tokens")
+    plan = make_plan(
+        "pack",
+        consumption_model="credits",
+        units_per_credit=D(1000),
+        charges=[ChargeSpec(meter="credit-tokens")],
+    )
+    subscription = ai.subscriptions.get()
+    SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=DAY1)
+    response = api.post("/api/v1/events", llm_body("no-credits", CHAT, when=DAY2))
+    assert_error(response, 402, "insufficient_credits", param="customer")
+    assert sorted(ai.wallets.values_list("currency", flat=True)) == ["USD"]
+    assert not Event.objects.exists()
+
+
+def test_subscribing_to_a_credits_plan_opens_the_credits_wallet(api, acme, make_meter, make_plan):
+    make_meter("pack-tokens", property="llm.total_tokens")
+    plan = make_plan(
+        "pack2",
+        consumption_model="credits",
+        units_per_credit=D(1000),
+        charges=[ChargeSpec(meter="pack-tokens")],
+    )
+    subscribe(acme, plan)
+    response = api.post("/api/v1/customers/acme/top-ups", {"amount": "500", "currency": "CREDITS"})
+    assert response.status_code == 201, response.json()
+    assert sorted(acme.wallets.values_list("currency", flat=True)) == ["CREDITS", "USD"]
