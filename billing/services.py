@@ -41,31 +41,14 @@ from billing.periods import period_containing, prorate, utc
 from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
+from metering.catalog import CATALOG_KINDS
 from metering.models import Aggregation, Meter
+from metering.normalize import LLM_FIELDS
 
-# What a meter may read under llm.: the normalised usage (metering.normalize).
-LLM_PATHS = (
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "prompt_tokens",
-    "total_tokens",
-    "model",
-    "provider",
-)
-
-# Meter properties the model catalog can price (metering.catalog.CATALOG_KINDS).
-CATALOG_METER_PROPERTIES = (
-    "llm.input_tokens",
-    "llm.cache_read_tokens",
-    "llm.cache_write_tokens",
-    "llm.output_tokens",
-    "llm.prompt_tokens",
-    "llm.total_tokens",
-)
+# What a meter may read under llm. (the normalised usage), and which of those the model
+# catalog can price: metering owns both lists.
+LLM_PATHS = LLM_FIELDS
+CATALOG_METER_PROPERTIES = tuple(CATALOG_KINDS)
 
 WORLD = "@World"  # money entering from outside (top-ups until Stripe clears them)
 ADJUSTMENTS = "@Adjustments"  # the other side of manual adjustments by finance staff

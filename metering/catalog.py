@@ -71,7 +71,7 @@ PRICE_COLUMNS = {
 TOKEN_COLUMNS = [c for c in PRICE_COLUMNS.values() if c != "requests_kcount"]
 
 # Which of our token kinds a meter on ``llm.<kind>`` prices, for catalog-priced charges
-# (billing.services.CATALOG_METER_PROPERTIES lists the same keys).
+# (plan publishing checks charges against these keys).
 CATALOG_KINDS = {
     "llm.input_tokens": ("input",),
     "llm.cache_read_tokens": ("cache_read",),

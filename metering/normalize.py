@@ -214,18 +214,22 @@ class NormalizedUsage:
         return self.prompt_tokens + self.output_tokens
 
     def as_dict(self) -> dict[str, int | str]:
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "input_tokens": self.input_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "cache_write_1h_tokens": self.cache_write_1h_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "prompt_tokens": self.prompt_tokens,
-            "total_tokens": self.total_tokens,
-        }
+        return {name: getattr(self, name) for name in LLM_FIELDS}
+
+
+# Every field a meter can read under ``llm.`` (``NormalizedUsage.as_dict``).
+LLM_FIELDS = (
+    "provider",
+    "model",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "prompt_tokens",
+    "total_tokens",
+)
 
 
 def normalize_usage(

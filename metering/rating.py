@@ -70,9 +70,10 @@ from ledger.services import Leg
 from metering import catalog, errors
 from metering.charges import ChargeTerms, Tier
 from metering.models import Aggregation, Meter
-from metering.normalize import NormalizedUsage, normalize_usage
+from metering.normalize import LLM_FIELDS, NormalizedUsage, normalize_usage
 
 ZERO = Decimal(0)
+LLM_FIELD_NAMES = frozenset(LLM_FIELDS)
 LEDGER_QUANTUM = Decimal("1e-12")
 EXACT_QUANTUM = Decimal("1e-24")
 REVENUE = "@Revenue"
@@ -134,7 +135,8 @@ def _path_value(properties: dict[str, Any], usage: NormalizedUsage | None, path:
     if path.startswith("llm."):
         if usage is None:
             return None
-        return usage.as_dict().get(path[4:])
+        name = path[4:]
+        return getattr(usage, name) if name in LLM_FIELD_NAMES else None
     value: Any = properties
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -333,7 +335,7 @@ SUBSCRIPTION_FIELDS = (
 
 
 def load_customers(
-    *, external_ids: Iterable[str] = (), ids: Iterable[int] = ()
+    *, external_ids: Iterable[str] = (), ids: Iterable[int] = (), subscriptions: bool = True
 ) -> dict[str, tuple[Customer, Subscription | None]]:
     """Customers with their live subscription and its plan phases, in one query (the hot
     path of every event and estimate): external_id → (customer, subscription or None).
@@ -350,9 +352,9 @@ def load_customers(
             "(SELECT array_agg(ph.plan_id ORDER BY ph.starts_at, ph.id) "
             "   FROM billing_subscriptionphase ph WHERE ph.subscription_id = s.id) "
             "FROM billing_customer c LEFT JOIN billing_subscription s "
-            "  ON s.customer_id = c.id AND s.status <> 'canceled' "
+            "  ON s.customer_id = c.id AND s.status <> 'canceled' AND %s "
             "WHERE c.external_id = ANY(%s) OR c.id = ANY(%s)",
-            [external_ids, ids],
+            [subscriptions, external_ids, ids],
         )
         found = {}
         for row in cursor.fetchall():
@@ -553,7 +555,8 @@ def ingest_events(
         except BillingError as error:
             outcomes[index] = Outcome("rejected", error=error)
 
-    loaded = load_customers(external_ids={p.source.customer for p in prepared})
+    # Customers only: their subscriptions are read under the rating lock, below.
+    loaded = load_customers(external_ids={p.source.customer for p in prepared}, subscriptions=False)
     customers = {external_id: customer for external_id, (customer, _) in loaded.items()}
     by_customer: dict[int, list[Prepared]] = defaultdict(list)
     for p in prepared:
@@ -568,11 +571,6 @@ def ingest_events(
         else:
             by_customer[customer.pk].append(p)
     if by_customer:
-        subscriptions = {
-            customer.pk: subscription
-            for customer, subscription in loaded.values()
-            if subscription is not None
-        }
         customer_by_id = {c.pk: c for c in customers.values()}
         with transaction.atomic():
             _lock_customers(sorted(by_customer))
