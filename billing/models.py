@@ -237,6 +237,11 @@ class Subscription(models.Model):
         related_name="+",
         help_text="Takes effect at the end of the current period.",
     )
+    invoiced_through = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="End of the last finalized period: usage timestamped before it is refused.",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(db_default=Now())
 

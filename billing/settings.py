@@ -8,6 +8,7 @@ variable. With no ``DATABASE_URL`` / ``REDIS_URL``, real embedded servers are st
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -172,7 +173,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # On Redis a task not acknowledged within the visibility timeout is delivered again.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# (A test lowers it to see a killed worker's task delivered again.)
+CELERY_VISIBILITY_TIMEOUT = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+if CELERY_VISIBILITY_TIMEOUT < 60:  # sweep for abandoned tasks as often as they may expire
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -183,11 +191,56 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ledger.tasks.release_expired_holds",
         "schedule": crontab(),  # every minute
     },
+    # Period close: finds subscriptions whose period has ended and queues one close task
+    # each; then finalizes drafts whose grace period has passed.
+    "invoicing-close-due-periods": {
+        "task": "invoicing.tasks.close_due_periods",
+        "schedule": crontab(minute="*/5"),
+    },
+    "invoicing-finalize-due-invoices": {
+        "task": "invoicing.tasks.finalize_due_invoices",
+        "schedule": crontab(minute="2-59/5"),
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
     },
 }
+
+# --- E-mail: the console in development and the demo; SMTP from the environment -----------
+EMAIL_BACKEND = os.environ.get(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@localhost")
+# Who the invoices are from (the PDF's letterhead).
+BILLING_COMPANY = {
+    "name": os.environ.get("BILLING_COMPANY_NAME", "AI Billing Demo Inc."),
+    "address": os.environ.get("BILLING_COMPANY_ADDRESS", "1 Market Street, San Francisco, CA"),
+    "email": os.environ.get("BILLING_COMPANY_EMAIL", DEFAULT_FROM_EMAIL),
+    "tax_id": os.environ.get("BILLING_COMPANY_TAX_ID", ""),
+}
+
+# --- Invoicing ---------------------------------------------------------------------------
+# Late usage amends a closed period's draft invoice until the grace period has passed;
+# then the invoice is finalized (numbered, posted, closed to late usage).
+INVOICE_GRACE_PERIOD = timedelta(hours=int(os.environ.get("INVOICE_GRACE_HOURS", "24")))
+INVOICE_PAYMENT_TERMS_DAYS = int(os.environ.get("INVOICE_PAYMENT_TERMS_DAYS", "14"))
+INVOICE_NUMBER_PREFIX = os.environ.get("INVOICE_NUMBER_PREFIX", "INV-")
+CREDIT_NOTE_NUMBER_PREFIX = os.environ.get("CREDIT_NOTE_NUMBER_PREFIX", "CN-")
+
+# --- Payments: Stripe with a key; offline mode (the demo) without -------------------------
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # tests: a local Stripe-compatible server
+OFFLINE_AUTO_PAY = env_bool("OFFLINE_AUTO_PAY", True)
 
 # --- Ledger ------------------------------------------------------------------------------
 # Balance rows per hot (system) account; see ledger/models.py for why.

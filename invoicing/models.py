@@ -1,4 +1,312 @@
-"""Invoicing: period close, invoices, credit notes, PDFs and payments.
+"""Invoicing: period close, invoices, credit notes and payments.
 
-Arrives with issue 5. Invoices post through ``ledger.services`` only.
+Design overview
+===============
+Closing a period (``invoicing.services.close_period``) turns one billing period of one
+subscription into a *draft* invoice, exactly once: the unique (subscription, period_start)
+constraint decides, whoever closes it and however often. In the same database transaction
+the subscription rolls to its next period (a trial ends, a scheduled plan change takes
+effect, a cancellation at period end ends it). Closing reads the usage counters
+(``metering.PeriodUsage``), never raw events.
+
+A draft may still change: events that arrive late (timestamped inside the closed period)
+are rated into that period's counters while the grace period runs, and the draft's lines
+are computed again from the counters when it is finalized. Finalizing allocates a gapless
+number in the invoice's series (in the finalizing transaction: a rollback gives the number
+back), freezes the invoice (a trigger refuses changes to a finalized invoice's figures and
+lines), posts it to the ledger and closes the period to late events (rating refuses
+usage timestamped before ``Subscription.invoiced_through``).
+
+Amounts
+    Every line keeps its exact amount (``amount_precise``, 24 places) beside the amount
+    presented (``amount``), which is rounded to the currency's minor unit by one function,
+    ``invoicing.money.to_minor_unit`` (half-even). Totals add the presented amounts. The
+    difference between what the invoice presents and what the ledger recognised exactly is
+    posted to the ``@Rounding`` account, never dropped.
+
+Money movement (all through ``ledger.services``; accounts in the invoice's currency)
+    rating, in real time    Dr wallet            Cr @Revenue       usage U, exact
+    finalize                Dr receivable  T     Cr wallet U       the period's usage moves
+                                                 Cr @Revenue F     from the wallet to the
+                                                 Cr @TaxPayable X  invoice; fees and tax
+                                                 Cr/Dr @Rounding   are recognised once;
+                                                                   T = the invoice total
+    finalize, balance used  Dr wallet            Cr receivable     the wallet's own funds
+                                                                   (prepaid money, credit
+                                                                   left on a postpaid
+                                                                   wallet) pay what they can
+    payment                 Dr @PaymentClearing  Cr receivable     Stripe or offline
+    credit note             Dr @Revenue, Dr @TaxPayable
+                                                 Cr receivable     what is still owed first,
+                                                 Cr wallet         the rest to the balance
+    void                    the finalize posting undone on the revenue side: Dr @Revenue
+                            U + F, Dr @TaxPayable, ±@Rounding; Cr receivable (what is
+                            owed) and Cr wallet (the balance it had used)
+
+    Usage is recognised as revenue when it is rated, so finalizing never counts it again:
+    it only moves what the customer owes for it from the wallet to the receivable. A
+    receivable is the customer's owned, debit-normal ledger account per currency.
 """
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+ZERO = Decimal(0)
+
+
+def money_field(**kwargs) -> models.DecimalField:
+    """A presented or ledger amount: NUMERIC(38, 12), as the ledger keeps it."""
+    return models.DecimalField(max_digits=38, decimal_places=12, default=ZERO, **kwargs)
+
+
+class TaxRate(models.Model):
+    """A tax rate finance staff configure. The rate for a customer is, most specific first:
+    one of the customer's own, one for its country and state, one for its country, one for
+    every region (country empty). None found: no tax."""
+
+    name = models.CharField(max_length=100, help_text='Shown on the invoice, e.g. "VAT 20 %".')
+    percentage = models.DecimalField(max_digits=9, decimal_places=4)
+    country = models.CharField(
+        max_length=2, blank=True, default="", help_text="ISO 3166-1; empty = every country."
+    )
+    state = models.CharField(max_length=100, blank=True, default="")
+    customer = models.ForeignKey(
+        "billing.Customer",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="tax_rates",
+        help_text="This customer only (overrides the regional rates).",
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(percentage__gte=0, percentage__lt=100), name="invoicing_tax_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.percentage.normalize():f} %)"
+
+
+class NumberSeries(models.Model):
+    """A gapless sequence of document numbers (``INV-000042``), allocated under a row lock
+    in the transaction that finalizes the document."""
+
+    code = models.SlugField(max_length=30, unique=True)
+    prefix = models.CharField(max_length=30)
+    next_number = models.PositiveBigIntegerField(default=1)
+
+    class Meta:
+        verbose_name_plural = "number series"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… (next {self.next_number})"
+
+
+class InvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    OPEN = "open", "Open (finalized, awaiting payment)"
+    PAST_DUE = "past_due", "Past due (payment failed)"
+    PAID = "paid", "Paid"
+    VOID = "void", "Void"
+
+
+FINAL_STATUSES = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE, InvoiceStatus.PAID)
+
+
+class Invoice(models.Model):
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, related_name="invoices"
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    currency = models.CharField(max_length=16)
+    status = models.CharField(
+        max_length=10, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT
+    )
+    series = models.ForeignKey(NumberSeries, on_delete=models.PROTECT, null=True, blank=True)
+    number = models.PositiveBigIntegerField(null=True, blank=True)
+    display_number = models.CharField(max_length=60, blank=True, default="")
+    # figures, frozen at finalization (a trigger refuses later changes)
+    subtotal = money_field(help_text="Sum of the presented line amounts.")
+    tax_name = models.CharField(max_length=100, blank=True, default="")
+    tax_percentage = models.DecimalField(max_digits=9, decimal_places=4, default=ZERO)
+    tax = money_field()
+    total = money_field()
+    balance_applied = money_field(help_text="Paid at finalization from the wallet's own funds.")
+    amount_due = money_field(help_text="Total less the balance applied.")
+    usage_charged = money_field(help_text="The period's usage as the ledger recorded it, exact.")
+    fees_precise = money_field(help_text="Base fees, exact (12 places).")
+    rounding = money_field(help_text="Total − usage − fees − tax: posted to @Rounding.")
+    # what happens after finalization
+    amount_paid = money_field()
+    amount_credited = money_field(help_text="Credit notes, the part set against what is owed.")
+    created_at = models.DateTimeField(db_default=Now())
+    grace_ends_at = models.DateTimeField(help_text="Late usage amends the draft until then.")
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    void_reason = models.TextField(blank=True, default="")
+    ledger_transaction = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    pdf = models.FileField(upload_to="invoices/", blank=True, default="")
+    emailed_at = models.DateTimeField(null=True, blank=True)
+    payment_attempts = models.PositiveIntegerField(default=0)
+    next_payment_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_payment_error = models.TextField(blank=True, default="")
+    stripe_payment_intent_id = models.CharField(max_length=100, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-period_start", "-id"]
+        constraints = [
+            # Exactly one invoice per subscription and period: closing twice, or two workers
+            # closing at once, cannot make a second one.
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"], name="invoicing_one_per_period"
+            ),
+            models.UniqueConstraint(fields=["series", "number"], name="invoicing_number_unique"),
+            models.CheckConstraint(
+                condition=Q(status="draft", number__isnull=True, finalized_at__isnull=True)
+                | (~Q(status="draft") & Q(number__isnull=False, finalized_at__isnull=False)),
+                name="invoicing_number_when_final",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")),
+                name="invoicing_period_order",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "-period_start"], name="invoicing_by_customer"),
+            models.Index(
+                fields=["grace_ends_at"],
+                condition=Q(status="draft"),
+                name="invoicing_drafts_by_grace",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_number or f"Draft {self.pk}"
+
+    @property
+    def amount_remaining(self) -> Decimal:
+        """What the customer still owes on it."""
+        if self.status in (InvoiceStatus.DRAFT, InvoiceStatus.VOID):
+            return ZERO
+        return self.amount_due - self.amount_paid - self.amount_credited
+
+
+class LineKind(models.TextChoices):
+    BASE_FEE = "base_fee", "Base fee"
+    INCLUDED = "included", "Included usage"
+    USAGE = "usage", "Usage"
+    CREDITS = "credits", "Credits used"
+
+
+class InvoiceLine(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=10, choices=LineKind.choices)
+    description = models.CharField(max_length=300)
+    meter = models.ForeignKey(
+        "metering.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    plan = models.ForeignKey(
+        "billing.Plan", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    tier = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1-based")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    quantity = models.DecimalField(max_digits=38, decimal_places=12, default=ZERO)
+    unit_price = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)
+    flat_fee = models.DecimalField(max_digits=30, decimal_places=12, default=ZERO)
+    amount_precise = models.DecimalField(max_digits=60, decimal_places=24, default=ZERO)
+    amount = money_field(help_text="Presented: rounded to the currency's minor unit.")
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoicing_line_position")
+        ]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class CreditNote(models.Model):
+    """A credit against a finalized invoice: full or partial, posted to the ledger."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    reference = models.CharField(max_length=255, unique=True, help_text="Idempotency key.")
+    series = models.ForeignKey(NumberSeries, on_delete=models.PROTECT)
+    number = models.PositiveBigIntegerField()
+    display_number = models.CharField(max_length=60)
+    reason = models.TextField()
+    amount = money_field(help_text="Net of tax.")
+    tax = money_field()
+    total = money_field()
+    against_receivable = money_field(help_text="Set against what the invoice still owed.")
+    to_balance = money_field(help_text="The rest, credited to the customer's wallet.")
+    ledger_transaction = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "number"], name="invoicing_cn_number"),
+            models.CheckConstraint(condition=Q(total__gt=0), name="invoicing_cn_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_number
+
+
+class PaymentProvider(models.TextChoices):
+    STRIPE = "stripe", "Stripe"
+    OFFLINE = "offline", "Offline (no Stripe key: recorded by hand or by the demo)"
+
+
+class Payment(models.Model):
+    """Money received for an invoice. Unique on the provider's id, so a webhook delivered
+    twice (or a retried call) records it once."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    provider = models.CharField(max_length=10, choices=PaymentProvider.choices)
+    provider_payment_id = models.CharField(max_length=100)
+    amount = money_field()
+    currency = models.CharField(max_length=16)
+    amount_refunded = money_field()
+    ledger_transaction = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "provider_payment_id"], name="invoicing_payment_once"
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="invoicing_payment_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.provider_payment_id}"

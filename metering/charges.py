@@ -79,3 +79,45 @@ class ChargeTerms:
                     return billable * tier.unit_price + tier.flat_fee
             return ZERO  # unreachable: the last tier is open-ended
         raise ValueError(f"unknown price model {self.price_model}")
+
+    def breakdown(self, quantity: Decimal) -> list[TierPart]:
+        """How ``worth(quantity)`` splits into invoice lines: one per tier used (graduated),
+        the tier reached (volume), the blocks (package) or the units (per unit). The parts'
+        amounts add up to ``worth(quantity)`` exactly."""
+        billable = self.billable(quantity)
+        if billable <= 0:
+            return []
+        if self.price_model == "per_unit":
+            return [TierPart(None, billable, self.unit_price, ZERO, billable * self.unit_price)]
+        if self.price_model == "package":
+            blocks = (billable / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+            return [TierPart(None, blocks, self.unit_price, ZERO, blocks * self.unit_price)]
+        parts, floor = [], ZERO
+        for position, tier in enumerate(self.tiers, start=1):
+            if self.price_model == "volume":
+                if tier.up_to is None or billable <= tier.up_to:
+                    amount = billable * tier.unit_price + tier.flat_fee
+                    return [TierPart(position, billable, tier.unit_price, tier.flat_fee, amount)]
+                continue
+            top = billable if tier.up_to is None else min(billable, tier.up_to)
+            if top <= floor:
+                break
+            units = top - floor
+            amount = units * tier.unit_price + tier.flat_fee
+            parts.append(TierPart(position, units, tier.unit_price, tier.flat_fee, amount))
+            if tier.up_to is None or billable <= tier.up_to:
+                break
+            floor = tier.up_to
+        return parts
+
+
+@dataclass(frozen=True, slots=True)
+class TierPart:
+    """One invoice line of a charge: ``tier`` is 1-based (None without tiers); for the
+    package model ``quantity`` counts blocks."""
+
+    tier: int | None
+    quantity: Decimal
+    unit_price: Decimal
+    flat_fee: Decimal
+    amount: Decimal

@@ -48,6 +48,14 @@ class TimestampTooOld(MeteringError):
     http_status = 422
 
 
+class PeriodClosed(MeteringError):
+    """Usage timestamped inside a period whose invoice is final: it can no longer be billed
+    there (late usage is accepted only while the period's draft is open)."""
+
+    code = "period_closed"
+    http_status = 422
+
+
 class NoSubscription(MeteringError):
     code = "no_active_subscription"
     http_status = 422

@@ -331,6 +331,7 @@ SUBSCRIPTION_FIELDS = (
     "current_period_start",
     "current_period_end",
     "trial_ends_at",
+    "invoiced_through",
 )
 
 
@@ -346,7 +347,7 @@ def load_customers(
         cursor.execute(
             "SELECT c.id, c.external_id, c.name, c.currency, c.billing_mode, "
             "s.id, s.customer_id, s.plan_id, s.status, s.started_at, s.billing_anchor, "
-            "s.current_period_start, s.current_period_end, s.trial_ends_at, "
+            "s.current_period_start, s.current_period_end, s.trial_ends_at, s.invoiced_through, "
             "(SELECT array_agg(ph.starts_at ORDER BY ph.starts_at, ph.id) "
             "   FROM billing_subscriptionphase ph WHERE ph.subscription_id = s.id), "
             "(SELECT array_agg(ph.plan_id ORDER BY ph.starts_at, ph.id) "
@@ -362,9 +363,9 @@ def load_customers(
             subscription = None
             if row[5] is not None:
                 subscription = Subscription(
-                    **dict(zip(SUBSCRIPTION_FIELDS, row[5:14], strict=True))
+                    **dict(zip(SUBSCRIPTION_FIELDS, row[5:15], strict=True))
                 )
-                subscription.phase_starts = list(zip(row[14] or [], row[15] or [], strict=True))
+                subscription.phase_starts = list(zip(row[15] or [], row[16] or [], strict=True))
             found[customer.external_id] = (customer, subscription)
         return found
 
@@ -375,6 +376,12 @@ def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
         raise errors.TimestampTooOld(
             f"timestamp {at.isoformat()} precedes the subscription's start "
             f"{subscription.started_at.isoformat()}",
+            param="timestamp",
+        )
+    if subscription.invoiced_through is not None and at < subscription.invoiced_through:
+        raise errors.PeriodClosed(
+            f"timestamp {at.isoformat()} lies in a period already invoiced (through "
+            f"{subscription.invoiced_through.isoformat()}); send it with a current timestamp",
             param="timestamp",
         )
     if subscription.trial_ends_at is not None and at < subscription.trial_ends_at:

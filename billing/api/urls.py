@@ -1,6 +1,7 @@
 from django.urls import path
 
 from billing.api import usage, views
+from invoicing import api as invoicing_api
 
 urlpatterns = [
     path("customers", views.CustomerCreateView.as_view()),
@@ -9,6 +10,13 @@ urlpatterns = [
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage.UsageView.as_view()),
+    path(
+        "customers/<str:external_id>/upcoming-invoice",
+        invoicing_api.UpcomingInvoiceView.as_view(),
+    ),
+    path("invoices", invoicing_api.InvoiceListView.as_view()),
+    path("invoices/<int:invoice_id>", invoicing_api.InvoiceDetailView.as_view()),
+    path("invoices/<int:invoice_id>/pdf", invoicing_api.InvoicePDFView.as_view()),
     path("events", usage.EventCreateView.as_view()),
     path("events/batch", usage.EventBatchView.as_view()),
     path("authorize", usage.AuthorizeView.as_view()),

@@ -118,6 +118,12 @@ def seeded(in_process_requests, model_prices, request):
         destination=ledger.ensure_system_account(code="@Revenue", currency="USD"),
         amount=Decimal("1.5"),
     )
+    # a draft invoice of the period so far (closed as of its end; the subscription rolls on)
+    from invoicing import services as invoicing
+
+    invoice = invoicing.close_period(
+        subscription_id=subscription.pk, as_of=subscription.current_period_end
+    ).invoice
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
@@ -125,6 +131,7 @@ def seeded(in_process_requests, model_prices, request):
             "code": SEEDED_PLAN,
             "subscription_id": subscription.pk,
             "hold_id": hold.pk,
+            "invoice_id": invoice.pk,
         },
     }
 

@@ -1,0 +1,208 @@
+"""Invoices in the product API (v1): list, detail, PDF, and the upcoming invoice — what the
+current period would be invoiced with if it closed now, computed by the same function the
+close uses."""
+
+from __future__ import annotations
+
+from django.http import FileResponse, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors as billing_selectors
+from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
+from billing.api.pagination import paginate
+from billing.api.serializers import Money, list_response
+from billing.api.views import errors
+from billing.models import Subscription, SubscriptionStatus
+from invoicing import errors as invoicing_errors
+from invoicing import pdf
+from invoicing.models import Invoice, InvoiceStatus
+from invoicing.selectors import compute_invoice
+from metering.models import Meter
+
+
+class InvoiceLineSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="base_fee, included, usage or credits")
+    description = serializers.CharField()
+    meter = serializers.CharField(source="meter_code", allow_null=True)
+    tier = serializers.IntegerField(allow_null=True, help_text="1-based, for tiered charges")
+    period_start = serializers.DateTimeField(source="starts_at")
+    period_end = serializers.DateTimeField(source="ends_at")
+    quantity = Money()
+    unit_price = Money(allow_null=True)
+    flat_fee = Money()
+    amount = Money(help_text="Rounded to the currency's minor unit (half to even).")
+    amount_precise = serializers.DecimalField(
+        max_digits=60, decimal_places=24, coerce_to_string=True, help_text="Exact, unrounded."
+    )
+
+
+class InvoiceSerializer(serializers.Serializer):
+    id = serializers.IntegerField(allow_null=True)
+    number = serializers.CharField(source="display_number", allow_null=True)
+    customer = serializers.CharField(source="customer.external_id")
+    subscription = serializers.IntegerField(source="subscription_id")
+    status = serializers.CharField(help_text="draft, open, past_due, paid or void")
+    currency = serializers.CharField()
+    period_start = serializers.DateTimeField()
+    period_end = serializers.DateTimeField()
+    lines = InvoiceLineSerializer(many=True, source="line_list")
+    subtotal = Money()
+    tax_name = serializers.CharField()
+    tax_percentage = serializers.DecimalField(max_digits=9, decimal_places=4)
+    tax = Money()
+    total = Money()
+    balance_applied = Money(help_text="Paid at finalization from the wallet's own funds.")
+    amount_due = Money()
+    amount_paid = Money()
+    amount_credited = Money()
+    amount_remaining = Money()
+    finalized_at = serializers.DateTimeField(allow_null=True)
+    due_at = serializers.DateTimeField(allow_null=True)
+    paid_at = serializers.DateTimeField(allow_null=True)
+    pdf_url = serializers.CharField(allow_null=True)
+
+
+def _line_list(invoice: Invoice):
+    lines = list(invoice.lines.select_related("meter").order_by("position"))
+    for line in lines:
+        line.meter_code = line.meter.code if line.meter_id else None
+    return lines
+
+
+def _invoice_data(invoice: Invoice) -> dict:
+    invoice.line_list = _line_list(invoice)
+    invoice.pdf_url = f"/api/v1/invoices/{invoice.pk}/pdf"
+    return InvoiceSerializer(invoice).data
+
+
+def _get_invoice(invoice_id: int) -> Invoice:
+    invoice = Invoice.objects.select_related("customer").filter(pk=invoice_id).first()
+    if invoice is None:
+        raise invoicing_errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
+    return invoice
+
+
+class InvoiceListView(APIView):
+    @extend_schema(
+        operation_id="invoices_list",
+        tags=["invoices"],
+        summary="Invoices, newest first (of one customer with ?customer=)",
+        parameters=[
+            OpenApiParameter("customer", str, description="The customer's external_id."),
+            OpenApiParameter("status", str, description="draft, open, past_due, paid, void"),
+            *PAGE_PARAMETERS,
+        ],
+        responses={200: list_response(InvoiceSerializer), **errors(400, 404)},
+    )
+    def get(self, request):
+        queryset = Invoice.objects.select_related("customer")
+        external_id = request.query_params.get("customer")
+        if external_id is not None:
+            if "\x00" in external_id or len(external_id) > 200:
+                raise invoicing_errors.InvoicingValidation(
+                    "customer must be an external_id", param="customer"
+                )
+            customer = billing_selectors.get_customer(external_id=external_id, param="customer")
+            queryset = queryset.filter(customer=customer)
+        wanted = request.query_params.get("status")
+        if wanted is not None:
+            if wanted not in InvoiceStatus.values:
+                raise invoicing_errors.InvoicingValidation(
+                    f"status must be one of {', '.join(InvoiceStatus.values)}", param="status"
+                )
+            queryset = queryset.filter(status=wanted)
+        return Response(paginate(request, queryset, _invoice_data))
+
+
+class InvoiceDetailView(APIView):
+    @extend_schema(
+        operation_id="invoices_retrieve",
+        tags=["invoices"],
+        summary="An invoice with its lines and totals",
+        responses={200: InvoiceSerializer, **errors(404)},
+    )
+    def get(self, request, invoice_id: int):
+        return Response(_invoice_data(_get_invoice(invoice_id)))
+
+
+class InvoicePDFView(APIView):
+    @extend_schema(
+        operation_id="invoices_pdf",
+        tags=["invoices"],
+        summary="The invoice as a PDF (a draft renders marked DRAFT and is not stored)",
+        responses={
+            (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="PDF"),
+            **errors(404),
+        },
+    )
+    def get(self, request, invoice_id: int):
+        invoice = _get_invoice(invoice_id)
+        if invoice.status == InvoiceStatus.DRAFT:
+            return HttpResponse(pdf.render_invoice_pdf(invoice), content_type="application/pdf")
+        invoice = pdf.store_invoice_pdf(invoice_id=invoice.pk)
+        return FileResponse(
+            invoice.pdf.open("rb"),
+            content_type="application/pdf",
+            filename=f"{invoice.display_number}.pdf",
+        )
+
+
+class UpcomingInvoiceView(APIView):
+    @extend_schema(
+        operation_id="customers_upcoming_invoice",
+        tags=["invoices"],
+        summary="The invoice the current period would produce if it closed now",
+        responses={200: InvoiceSerializer, **errors(404, 422)},
+    )
+    def get(self, request, external_id: str):
+        customer = billing_selectors.get_customer(external_id=external_id)
+        subscription = (
+            Subscription.objects.select_related("plan", "customer")
+            .filter(customer=customer)
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .first()
+        )
+        if subscription is None:
+            raise invoicing_errors.NoLiveSubscription(
+                f"customer {external_id} has no live subscription", param="customer"
+            )
+        draft = compute_invoice(
+            subscription=subscription,
+            period_start=subscription.current_period_start,
+            period_end=subscription.current_period_end,
+        )
+        lines = draft.lines
+        meter_ids = [line.meter_id for line in lines if line.meter_id]
+        codes = dict(Meter.objects.filter(pk__in=meter_ids).values_list("pk", "code"))
+        for line in lines:
+            line.meter_code = codes.get(line.meter_id)
+        upcoming = {
+            "id": None,
+            "display_number": None,
+            "customer": customer,
+            "subscription_id": subscription.pk,
+            "status": "upcoming",
+            "currency": draft.currency,
+            "period_start": subscription.current_period_start,
+            "period_end": subscription.current_period_end,
+            "line_list": lines,
+            "subtotal": draft.subtotal,
+            "tax_name": draft.tax_name,
+            "tax_percentage": draft.tax_percentage,
+            "tax": draft.tax,
+            "total": draft.total,
+            "balance_applied": 0,
+            "amount_due": draft.total,
+            "amount_paid": 0,
+            "amount_credited": 0,
+            "amount_remaining": draft.total,
+            "finalized_at": None,
+            "due_at": None,
+            "paid_at": None,
+            "pdf_url": None,
+        }
+        return Response(InvoiceSerializer(upcoming).data)

@@ -1,0 +1,52 @@
+"""Expected failures of invoicing, each with a stable code the API and the admin show.
+
+They are ``billing.errors.BillingError`` subclasses, so the API renders them in its one
+error format with their own status."""
+
+from __future__ import annotations
+
+from billing.errors import BillingError
+
+
+class InvoicingError(BillingError):
+    code = "invoicing_error"
+    http_status = 400
+
+
+class InvoicingValidation(InvoicingError):
+    code = "invalid_parameter"
+
+
+class InvoicingNotFound(InvoicingError):
+    code = "invoice_not_found"
+    http_status = 404
+    error_type = "not_found_error"
+
+
+class InvoiceNotDraft(InvoicingError):
+    code = "invoice_not_draft"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class InvoiceNotFinal(InvoicingError):
+    code = "invoice_not_final"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class InvoiceHasPayments(InvoicingError):
+    code = "invoice_has_payments"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class ReferenceReused(InvoicingError):
+    code = "reference_reused"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class NoLiveSubscription(InvoicingError):
+    code = "no_active_subscription"
+    http_status = 422

@@ -1,0 +1,57 @@
+"""Presenting amounts: the one rounding rule of invoices.
+
+Amounts are exact everywhere until an invoice presents them. ``to_minor_unit`` rounds an
+exact amount to the currency's minor unit (ISO 4217: cents for USD and EUR, none for JPY,
+thousandths for KWD), **half to even** (banker's rounding: 0.125 → 0.12, 0.135 → 0.14), so
+that rounding many lines has no upward drift. Each invoice line is rounded once; totals add
+the rounded lines; tax is the rounded rate × the rounded subtotal. What this rounding moves
+is posted to the ledger's ``@Rounding`` account (see ``invoicing.models``).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal
+
+ROUNDING = ROUND_HALF_EVEN
+_CONTEXT = Context(prec=80)
+
+# ISO 4217 currencies whose minor unit is not the hundredth.
+ZERO_DECIMAL = frozenset(
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+)
+THREE_DECIMAL = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+
+
+def minor_unit_exponent(currency: str) -> int:
+    """How many decimal places the currency's minor unit has."""
+    if currency in ZERO_DECIMAL:
+        return 0
+    if currency in THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def _quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_unit_exponent(currency))
+
+
+def to_minor_unit(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` rounded to the currency's minor unit, half to even."""
+    return amount.quantize(_quantum(currency), rounding=ROUNDING, context=_CONTEXT)
+
+
+def floor_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
+    """The whole minor units in ``amount`` (towards zero): what a balance can pay."""
+    return amount.quantize(_quantum(currency), rounding=ROUND_DOWN, context=_CONTEXT)
+
+
+def to_minor_units_int(amount: Decimal, currency: str) -> int:
+    """An amount already in minor units as the integer Stripe takes (12.34 USD → 1234)."""
+    scaled = amount.scaleb(minor_unit_exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} {currency} is not a whole number of minor units")
+    return int(scaled)
+
+
+def from_minor_units_int(value: int, currency: str) -> Decimal:
+    return Decimal(value).scaleb(-minor_unit_exponent(currency))

@@ -1,0 +1,198 @@
+"""Invoice PDFs: ``templates/invoicing/invoice_pdf.html`` rendered by WeasyPrint (A4).
+
+Every figure is formatted here, in Python, from the invoice's own ``Decimal`` fields, and the
+template receives strings: amounts exactly as the invoice presents them (already rounded to
+the minor unit by ``invoicing.money.to_minor_unit``; formatting only adds separators and the
+currency code), never through ``float`` or ``floatformat``.
+
+A finalized invoice's PDF is rendered once and kept (``store_invoice_pdf``): the document a
+customer received is the document we hold. A draft renders as a preview, watermarked.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import weasyprint
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
+
+from billing.models import Customer
+from invoicing import errors
+from invoicing.models import Invoice, InvoiceLine, InvoiceStatus, LineKind
+from invoicing.money import minor_unit_exponent
+
+# WeasyPrint's font subsetting logs dozens of INFO lines per PDF; workers log at INFO.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+TEMPLATE = "invoicing/invoice_pdf.html"
+MILLION = Decimal(1_000_000)
+# A unit price below this reads per million units, as LLM prices are quoted (2.50 USD / 1M).
+PER_MILLION_BELOW = Decimal("0.001")
+STAMPS = {InvoiceStatus.PAID: "Paid", InvoiceStatus.VOID: "Void"}
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    """``Decimal("1234.5"), "USD"`` → ``"1,234.50 USD"``: separators, the minor unit's places."""
+    amount = amount or abs(amount)  # no "-0.00"
+    return f"{amount:,.{minor_unit_exponent(currency)}f} {currency}"
+
+
+def format_quantity(quantity: Decimal) -> str:
+    """``Decimal("12345678.000000000000")`` → ``"12,345,678"``: no trailing zeros."""
+    return f"{quantity.normalize():,f}"
+
+
+def format_unit_price(price: Decimal, currency: str, unit: str = "") -> str:
+    """At least the minor unit's places and as many more as the price has (unit prices are
+    exact, not rounded); a tiny per-token price is shown per million units."""
+    suffix = ""
+    if 0 < price < PER_MILLION_BELOW:
+        price, suffix = price * MILLION, f" / 1M {unit}".rstrip()
+    places = max(minor_unit_exponent(currency), -price.normalize().as_tuple().exponent)
+    return f"{price:,.{places}f} {currency}{suffix}"
+
+
+def format_date(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    moment = moment.astimezone(UTC)
+    return f"{moment.day} {moment:%B %Y}"
+
+
+def format_period(start: datetime, end: datetime) -> str:
+    """The half-open [start, end) as the days it covers: 1 April 2026 – 30 April 2026."""
+    return f"{format_date(start)} – {format_date(end - timedelta(microseconds=1))}"
+
+
+def css_string(text: str) -> str:
+    """``text`` as a quoted CSS string for the page footer: everything but letters, digits
+    and spaces hex-escaped, so no quote, backslash or ``</style>`` can end it."""
+    escaped = "".join(c if c.isalnum() or c == " " else f"\\{ord(c):x} " for c in text)
+    return mark_safe(f'"{escaped}"')  # noqa: S308 - escaped above
+
+
+def _percentage(value: Decimal) -> str:
+    return f"{value.normalize():f} %"
+
+
+# --- the document ----------------------------------------------------------------------------
+
+
+def _line_row(line: InvoiceLine, currency: str) -> dict[str, str]:
+    unit = line.meter.unit if line.meter is not None else ""
+    if line.kind == LineKind.INCLUDED:
+        price = "Included"
+    elif line.unit_price is None:
+        price = "—"
+    else:
+        price = format_unit_price(line.unit_price, currency, unit)
+    if line.flat_fee:
+        price += f" + {format_money(line.flat_fee, currency)} flat"
+    return {
+        "description": line.description,
+        "quantity": format_quantity(line.quantity),
+        "unit": unit,
+        "unit_price": price,
+        "amount": format_money(line.amount, currency),
+    }
+
+
+def _address(customer: Customer) -> list[str]:
+    place = " ".join(p for p in (customer.postal_code, customer.city) if p)
+    place = ", ".join(p for p in (place, customer.state) if p)
+    return [
+        part
+        for part in (customer.address_line1, customer.address_line2, place, customer.country)
+        if part
+    ]
+
+
+def invoice_context(invoice: Invoice) -> dict[str, Any]:
+    """What the PDF and the e-mail show, every figure already a string."""
+    currency = invoice.currency
+    draft = invoice.status == InvoiceStatus.DRAFT
+
+    def money(amount: Decimal) -> str:
+        return format_money(amount, currency)
+
+    lines = invoice.lines.select_related("meter").order_by("position")
+    totals = [("Subtotal", money(invoice.subtotal))]
+    if invoice.tax_name or invoice.tax:
+        label = invoice.tax_name or "Tax"
+        totals.append((f"{label} ({_percentage(invoice.tax_percentage)})", money(invoice.tax)))
+    totals.append(("Total", money(invoice.total)))
+    for label, amount in (
+        ("Paid from balance", invoice.balance_applied),
+        ("Payments", invoice.amount_paid),
+        ("Credits", invoice.amount_credited),
+    ):
+        if amount:
+            totals.append((label, money(-amount)))
+    # A draft owes nothing yet (amount_remaining is zero); its preview shows what it would.
+    due = invoice.amount_due if draft else invoice.amount_remaining
+    customer = invoice.customer
+    footer = settings.BILLING_COMPANY["name"]
+    if not draft:
+        footer += f" · Invoice {invoice.display_number}"
+    return {
+        "invoice": invoice,
+        "company": settings.BILLING_COMPANY,
+        "customer": customer,
+        "customer_address": _address(customer),
+        "draft": draft,
+        "title": "Draft — not a tax document" if draft else f"Invoice {invoice.display_number}",
+        "stamp": STAMPS.get(invoice.status, ""),
+        "issued": format_date(invoice.finalized_at),
+        "due_date": format_date(invoice.due_at),
+        "period": format_period(invoice.period_start, invoice.period_end),
+        "lines": [_line_row(line, currency) for line in lines],
+        "totals": totals,
+        "amount_due": money(due),
+        "owes": due > 0,
+        "footer_css": css_string(footer),
+    }
+
+
+def render_invoice_pdf(invoice: Invoice) -> bytes:
+    """The invoice as an A4 PDF (a draft: a watermarked preview)."""
+    html = render_to_string(TEMPLATE, invoice_context(invoice))
+    return weasyprint.HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
+
+
+@transaction.atomic
+def store_invoice_pdf(*, invoice_id: int) -> Invoice:
+    """Render a finalized invoice's PDF once and keep it as ``invoices/<number>.pdf``; a
+    second call (or a second worker, which waits on the row lock) finds it stored."""
+    invoice = (
+        Invoice.objects.select_for_update(of=("self",))
+        .select_related("customer")
+        .filter(pk=invoice_id)
+        .first()
+    )
+    if invoice is None:
+        raise errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
+    if invoice.status == InvoiceStatus.DRAFT:
+        raise errors.InvoiceNotFinal(f"invoice {invoice} is a draft: it has no PDF yet")
+    storage = invoice.pdf.storage
+    if invoice.pdf and storage.exists(invoice.pdf.name):
+        return invoice
+    filename = f"{invoice.display_number}.pdf"
+    # A file without a row pointing to it was left by a transaction that rolled back after
+    # writing it: replace it, so the name stays invoices/<number>.pdf.
+    orphan = invoice.pdf.field.generate_filename(invoice, filename)
+    if storage.exists(orphan):
+        storage.delete(orphan)
+    invoice.pdf.save(filename, ContentFile(render_invoice_pdf(invoice)), save=False)
+    # Only the pdf column: the frozen-invoice trigger allows it, and refuses the figures.
+    Invoice.objects.filter(pk=invoice.pk).update(pdf=invoice.pdf.name)
+    return invoice

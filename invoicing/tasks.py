@@ -1,0 +1,48 @@
+"""Invoicing tasks: thin wrappers over services, safe to run twice (late acknowledgement
+and Redis redelivery both run a task again; every service here is idempotent)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.utils.dateparse import parse_datetime
+
+from invoicing import services
+
+
+def _as_of(value: str | None):
+    return parse_datetime(value) if value else None
+
+
+@shared_task(acks_late=True)
+def close_due_periods(as_of: str | None = None) -> int:
+    """Beat: queue one close task per subscription whose period has ended."""
+    ids = services.due_subscription_ids(as_of=_as_of(as_of))
+    for subscription_id in ids:
+        close_subscription_period.delay(subscription_id, as_of)
+    return len(ids)
+
+
+@shared_task(acks_late=True)
+def close_subscription_period(subscription_id: int, as_of: str | None = None) -> int:
+    """Close the subscription's ended periods (one transaction each); a rerun closes none."""
+    return services.close_subscription_periods(subscription_id=subscription_id, as_of=_as_of(as_of))
+
+
+@shared_task(acks_late=True)
+def finalize_due_invoices(as_of: str | None = None) -> int:
+    """Beat: queue the finalization of every draft whose grace period has passed."""
+    ids = services.due_draft_ids(as_of=_as_of(as_of))
+    for invoice_id in ids:
+        finalize_invoice.delay(invoice_id, as_of)
+    return len(ids)
+
+
+@shared_task(acks_late=True)
+def finalize_invoice(invoice_id: int, as_of: str | None = None) -> str:
+    return services.finalize_invoice(invoice_id=invoice_id, now=_as_of(as_of)).status
+
+
+@shared_task(acks_late=True)
+def invoice_finalized(invoice_id: int) -> None:
+    """After a finalization has committed: the PDF, the e-mail, then collecting payment."""
+    services.after_finalization(invoice_id=invoice_id)
