@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -201,6 +202,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.finalize_due_invoices",
         "schedule": crontab(minute="2-59/5"),
     },
+    "invoicing-retry-payments": {
+        "task": "invoicing.tasks.retry_due_payments",
+        "schedule": crontab(minute=31),  # hourly
+    },
+    "invoicing-process-stripe-events": {
+        "task": "invoicing.tasks.process_pending_stripe_events",
+        "schedule": crontab(minute="*/10"),
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -241,6 +250,13 @@ STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # tests: a local Stripe-compatible server
 OFFLINE_AUTO_PAY = env_bool("OFFLINE_AUTO_PAY", True)
+# Dunning: after a failed charge, retry this many days later (one number per retry); when
+# the last retry fails too, "suspend" the subscription (its usage is refused until paid),
+# "cancel" it, or do "none".
+DUNNING_RETRY_DAYS = [int(d) for d in os.environ.get("DUNNING_RETRY_DAYS", "3,5,7").split(",") if d]
+DUNNING_FINAL_ACTION = os.environ.get("DUNNING_FINAL_ACTION", "suspend")
+# What one credit costs when bought by card, in the customer's currency (exact decimal text).
+CREDIT_PRICE = Decimal(os.environ.get("CREDIT_PRICE", "0.01"))
 
 # --- Ledger ------------------------------------------------------------------------------
 # Balance rows per hot (system) account; see ledger/models.py for why.

@@ -8,6 +8,7 @@ from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,7 +19,7 @@ from billing.api.serializers import Money, list_response
 from billing.api.views import errors
 from billing.models import Subscription, SubscriptionStatus
 from invoicing import errors as invoicing_errors
-from invoicing import pdf
+from invoicing import pdf, webhooks
 from invoicing.models import Invoice, InvoiceStatus
 from invoicing.selectors import compute_invoice
 from metering.models import Meter
@@ -206,3 +207,47 @@ class UpcomingInvoiceView(APIView):
             "pdf_url": None,
         }
         return Response(InvoiceSerializer(upcoming).data)
+
+
+class WebhookAnswerSerializer(serializers.Serializer):
+    received = serializers.BooleanField()
+    duplicate = serializers.BooleanField(help_text="This event id was received before.")
+    processed = serializers.BooleanField()
+    outcome = serializers.CharField()
+
+
+class StripeWebhookView(APIView):
+    """Stripe's webhooks: authenticated by Stripe's signature, not by an API key."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        operation_id="webhooks_stripe",
+        tags=["webhooks"],
+        summary="Stripe's webhook events (signature verified; stored once, handled once)",
+        request={"application/json": OpenApiTypes.OBJECT},
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="Stripe's signature of the body (t=…,v1=…)",
+            )
+        ],
+        responses={200: WebhookAnswerSerializer, 400: errors(400)[400]},
+    )
+    def post(self, request):
+        event, created = webhooks.receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
+        return Response(
+            {
+                "received": True,
+                "duplicate": not created,
+                "processed": event.processed_at is not None,
+                "outcome": event.outcome,
+            }
+        )

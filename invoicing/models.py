@@ -310,3 +310,29 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.provider_payment_id}"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event, stored as received (its signature verified) before it is
+    handled: unique on Stripe's event id, so a redelivery is recognised, and kept, so that
+    an event whose handling failed is handled again (a beat task retries them)."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(db_default=Now())
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    outcome = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["received_at"],
+                condition=Q(processed_at__isnull=True),
+                name="invoicing_stripe_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

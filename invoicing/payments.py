@@ -1,37 +1,101 @@
-"""Collecting payment for finalized invoices.
+"""Collecting payment for finalized invoices, and paying in through Checkout.
 
-With ``STRIPE_SECRET_KEY`` set, invoices are charged through Stripe (the official client).
-Without one — the demo, a laptop — payments run in **offline mode**: a finalized invoice is
-recorded as paid through the ``@OfflinePayments`` clearing account at once (or, with
-``OFFLINE_AUTO_PAY=0``, left open for finance staff to record a payment by hand), and the
-admin says so on every invoice page.
+With ``STRIPE_SECRET_KEY`` set, a finalized invoice is charged to the customer's saved card
+through Stripe (a PaymentIntent, off-session); a decline makes it past due and it is retried
+on the dunning schedule (``invoicing.services.record_payment_failure``). Invoices and
+top-ups can also be paid on a Stripe Checkout page; the webhook records the payment.
+
+Without a key — the demo, a laptop — payments run in **offline mode**: a finalized invoice
+is recorded as paid through the ``@OfflinePayments`` clearing account at once (or, with
+``OFFLINE_AUTO_PAY=0``, left open for finance staff to record a payment by hand), a
+"Checkout" pays at once without leaving the site, and the admin says so on every invoice
+page.
+
+No Stripe call runs inside a database transaction; what it answers is recorded by the
+idempotent services afterwards.
 """
 
 from __future__ import annotations
 
-from django.conf import settings
+from dataclasses import dataclass
+from decimal import Decimal
 
-from invoicing import services
+from django.conf import settings
+from django.utils import timezone
+
+from billing import services as billing_services
+from billing.models import Customer
+from invoicing import services, stripe_gateway
 from invoicing.models import Invoice, InvoiceStatus, Payment, PaymentProvider
+from invoicing.money import to_minor_unit
+
+COLLECTABLE = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
+STRIPE_CLEARING = services.CLEARING["stripe"]
 
 
 def offline_mode() -> bool:
     return not settings.STRIPE_SECRET_KEY
 
 
+@dataclass
+class Collection:
+    status: str  # "paid", "failed", "skipped"
+    payment: Payment | None = None
+    message: str = ""
+
+
 def collect_payment(*, invoice_id: int) -> Payment | None:
-    """Try to collect what the invoice still owes. Safe to call again: an offline payment is
-    keyed by the invoice, so a retry records nothing new."""
-    invoice = Invoice.objects.get(pk=invoice_id)
-    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE):
-        return None
-    if invoice.amount_remaining <= 0:
-        return None
+    """Try to collect what the invoice still owes; the payment, or None. Safe to call again:
+    an attempt is keyed by the invoice and its attempt number, at Stripe and here."""
+    return collect(invoice_id=invoice_id).payment
+
+
+def collect(*, invoice_id: int) -> Collection:
+    invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
+    if invoice.status not in COLLECTABLE or invoice.amount_remaining <= 0:
+        return Collection("skipped", message=f"invoice is {invoice.status}")
     if offline_mode():
         if not settings.OFFLINE_AUTO_PAY:
-            return None
-        return record_offline_payment(invoice_id=invoice.pk, reference=f"auto-{invoice.pk}")
-    return None  # Stripe collection: not wired yet
+            return Collection("skipped", message="offline mode: record the payment by hand")
+        payment = record_offline_payment(invoice_id=invoice.pk, reference=f"auto-{invoice.pk}")
+        return Collection("paid", payment)
+    attempt = invoice.payment_attempts + 1
+    stripe_customer = stripe_gateway.sync_customer(customer=invoice.customer)
+    method = stripe_gateway.default_payment_method(stripe_customer)
+    if method is None:
+        services.record_payment_failure(
+            invoice_id=invoice.pk, attempt=attempt, message="no saved payment method"
+        )
+        return Collection("failed", message="no saved payment method")
+    try:
+        intent_id, received = stripe_gateway.charge(
+            stripe_customer_id=stripe_customer,
+            payment_method=method,
+            amount=invoice.amount_remaining,
+            currency=invoice.currency,
+            idempotency_key=f"invoice-{invoice.pk}-attempt-{attempt}",
+            metadata={
+                "kind": "invoice",
+                "invoice_id": str(invoice.pk),
+                "attempt": str(attempt),
+                "number": invoice.display_number,
+            },
+            description=f"Invoice {invoice.display_number}",
+        )
+    except stripe_gateway.ChargeDeclined as declined:
+        services.record_payment_failure(
+            invoice_id=invoice.pk, attempt=attempt, message=declined.message
+        )
+        return Collection("failed", message=declined.message)
+    payment = services.record_payment(
+        invoice_id=invoice.pk,
+        amount=received,
+        provider=PaymentProvider.STRIPE,
+        provider_payment_id=intent_id,
+        metadata={"attempt": attempt},
+    )
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_payment_intent_id=intent_id)
+    return Collection("paid", payment)
 
 
 def record_offline_payment(*, invoice_id: int, reference: str) -> Payment:
@@ -44,3 +108,86 @@ def record_offline_payment(*, invoice_id: int, reference: str) -> Payment:
         provider=PaymentProvider.OFFLINE,
         provider_payment_id=reference,
     )
+
+
+# --- Checkout: the customer pays on a hosted page -------------------------------------------
+
+
+@dataclass
+class CheckoutStart:
+    url: str  # where to send the customer
+    session_id: str
+    offline: bool = False  # paid at once (offline mode): the URL is the success URL
+
+
+def checkout_invoice(*, invoice_id: int, success_url: str, cancel_url: str) -> CheckoutStart:
+    """Pay what an invoice still owes on a Checkout page."""
+    invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
+    if invoice.status not in COLLECTABLE or invoice.amount_remaining <= 0:
+        raise services.errors.InvoiceNotFinal(f"invoice {invoice} has nothing to pay")
+    if offline_mode():
+        record_offline_payment(invoice_id=invoice.pk, reference=f"checkout-{invoice.pk}")
+        return CheckoutStart(success_url, f"offline-{invoice.pk}", offline=True)
+    attempt = invoice.payment_attempts + 1
+    session_id, url = stripe_gateway.checkout(
+        stripe_customer_id=stripe_gateway.sync_customer(customer=invoice.customer),
+        amount=invoice.amount_remaining,
+        currency=invoice.currency,
+        product=f"Invoice {invoice.display_number}",
+        success_url=success_url,
+        cancel_url=cancel_url,
+        metadata={"kind": "invoice", "invoice_id": str(invoice.pk), "attempt": str(attempt)},
+        idempotency_key=f"invoice-{invoice.pk}-checkout-{attempt}-{invoice.amount_remaining}",
+    )
+    return CheckoutStart(url, session_id)
+
+
+def checkout_top_up(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    currency: str,
+    success_url: str,
+    cancel_url: str,
+    request_id: str,
+) -> CheckoutStart:
+    """Add funds (or buy credits) on a Checkout page; the wallet is credited when Stripe says
+    the payment succeeded. ``request_id`` makes a double submit one checkout."""
+    billing_services.wallet_for(customer=customer, currency=currency)  # it must exist
+    if offline_mode():
+        billing_services.top_up(
+            customer=customer,
+            amount=amount,
+            currency=currency,
+            reference=f"offline-checkout:{request_id}",
+            description=f"Top-up (offline mode) of {amount.normalize():f} {currency}",
+            source_code=services.CLEARING["offline"],
+        )
+        return CheckoutStart(success_url, f"offline-{request_id}", offline=True)
+    money_currency = customer.currency
+    price = amount if currency == money_currency else amount * settings.CREDIT_PRICE
+    price = to_minor_unit(price, money_currency)
+    session_id, url = stripe_gateway.checkout(
+        stripe_customer_id=stripe_gateway.sync_customer(customer=customer),
+        amount=price,
+        currency=money_currency,
+        product=f"Top-up: {amount.normalize():f} {currency}",
+        success_url=success_url,
+        cancel_url=cancel_url,
+        metadata={
+            "kind": "top_up",
+            "customer_id": str(customer.pk),
+            "amount": str(amount),
+            "currency": currency,
+        },
+        idempotency_key=f"top-up-{customer.pk}-{request_id}",
+    )
+    return CheckoutStart(url, session_id)
+
+
+def retry_due_payments(*, as_of=None) -> int:
+    """Beat: charge again the past-due invoices whose next attempt has come."""
+    ids = services.due_payment_retry_ids(as_of=as_of or timezone.now())
+    for invoice_id in ids:
+        collect(invoice_id=invoice_id)
+    return len(ids)

@@ -82,7 +82,8 @@ def receivable_account(*, customer: Customer, currency: str) -> Account:
         return Account.objects.get(code=code, currency=currency)
 
 
-def _system(code: str, currency: str, normal: str = NormalBalance.CREDIT) -> int:
+def system_account_id(code: str, currency: str, normal: str = NormalBalance.CREDIT) -> int:
+    """The id of a system (hot) account of invoicing, created on first use."""
     return ledger.ensure_system_account(code=code, currency=currency, normal_balance=normal).pk
 
 
@@ -98,7 +99,9 @@ def _recognised(invoice: Invoice, *, sign: int, usage: bool = False) -> list[tup
     currency = invoice.currency
     revenue = invoice.fees_precise + (invoice.usage_charged if usage else ZERO)
     figures = ((REVENUE, revenue), (TAX_PAYABLE, invoice.tax), (ROUNDING, invoice.rounding))
-    return [(_system(code, currency), sign * amount) for code, amount in figures if amount]
+    return [
+        (system_account_id(code, currency), sign * amount) for code, amount in figures if amount
+    ]
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -548,8 +551,8 @@ def create_credit_note(
             TransactionSpec(
                 reference=f"credit-note:{reference}",
                 legs=_legs(
-                    (_system(REVENUE, currency), amount),
-                    (_system(TAX_PAYABLE, currency), tax),
+                    (system_account_id(REVENUE, currency), amount),
+                    (system_account_id(TAX_PAYABLE, currency), tax),
                     (receivable_id, -against),
                     (wallet_id, -to_balance),
                 ),
@@ -575,12 +578,7 @@ def create_credit_note(
         created_by_id=created_by_id,
     )
     invoice.amount_credited += against
-    fields = ["amount_credited"]
-    if invoice.amount_remaining == 0 and invoice.status != InvoiceStatus.PAID:
-        invoice.status, invoice.paid_at = InvoiceStatus.PAID, now
-        invoice.next_payment_attempt_at = None
-        fields += ["status", "paid_at", "next_payment_attempt_at"]
-    invoice.save(update_fields=fields)
+    _save_settled(invoice, ["amount_credited"], now)
     return note
 
 
@@ -614,7 +612,7 @@ def record_payment(
         raise errors.InvoicingValidation("a payment must be positive", param="amount")
     currency = invoice.currency
     _, receivable_id = _wallet_and_receivable(invoice)
-    clearing = _system(CLEARING[provider], currency, NormalBalance.DEBIT)
+    clearing = system_account_id(CLEARING[provider], currency, NormalBalance.DEBIT)
     posted = ledger.post_transactions(
         transactions=[
             TransactionSpec(
@@ -636,11 +634,82 @@ def record_payment(
         metadata=metadata or {},
     )
     invoice.amount_paid += amount
-    fields = ["amount_paid"]
+    _save_settled(invoice, ["amount_paid"], now)
+    payment.replayed = False
+    return payment
+
+
+def _save_settled(invoice: Invoice, fields: list[str], now: datetime) -> None:
+    """Save ``fields``; an invoice nothing is owed on any more is paid, and a subscription
+    suspended for it (dunning) is active again once it owes nothing."""
     if invoice.amount_remaining <= 0 and invoice.status != InvoiceStatus.PAID:
         invoice.status, invoice.paid_at = InvoiceStatus.PAID, now
         invoice.next_payment_attempt_at = None
-        fields += ["status", "paid_at", "next_payment_attempt_at"]
+        fields = [*fields, "status", "paid_at", "next_payment_attempt_at"]
     invoice.save(update_fields=fields)
-    payment.replayed = False
-    return payment
+    if invoice.status == InvoiceStatus.PAID:
+        still_owed = Invoice.objects.filter(
+            subscription_id=invoice.subscription_id, status=InvoiceStatus.PAST_DUE
+        ).exists()
+        if not still_owed:
+            Subscription.objects.filter(
+                pk=invoice.subscription_id, status=SubscriptionStatus.PAST_DUE
+            ).update(status=SubscriptionStatus.ACTIVE)
+
+
+@transaction.atomic
+def record_payment_failure(
+    *, invoice_id: int, attempt: int, message: str, now: datetime | None = None
+) -> Invoice:
+    """Attempt ``attempt`` (1 = the first charge) to collect the invoice failed: it is past
+    due and retried on the dunning schedule (``DUNNING_RETRY_DAYS`` after each failure);
+    after the last retry the subscription is suspended, canceled or left, as
+    ``DUNNING_FINAL_ACTION`` says. The same failure reported twice (the charge's answer and
+    its webhook), or an old one arriving late, changes nothing."""
+    now = _now(now)
+    invoice = _locked_invoice(invoice_id)
+    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE):
+        return invoice  # paid or voided meanwhile
+    if attempt < invoice.payment_attempts or (
+        attempt == invoice.payment_attempts and invoice.status == InvoiceStatus.PAST_DUE
+    ):
+        return invoice
+    schedule = settings.DUNNING_RETRY_DAYS
+    invoice.status = InvoiceStatus.PAST_DUE
+    invoice.payment_attempts = attempt
+    invoice.last_payment_error = message[:1000]
+    if attempt <= len(schedule):
+        invoice.next_payment_attempt_at = now + timedelta(days=schedule[attempt - 1])
+    else:
+        invoice.next_payment_attempt_at = None
+    invoice.save(
+        update_fields=[
+            "status",
+            "payment_attempts",
+            "last_payment_error",
+            "next_payment_attempt_at",
+        ]
+    )
+    if attempt > len(schedule):
+        _dunning_final_action(invoice.subscription_id, now)
+    return invoice
+
+
+def _dunning_final_action(subscription_id: int, now: datetime) -> None:
+    action = settings.DUNNING_FINAL_ACTION
+    if action == "cancel":
+        live = Subscription.objects.filter(pk=subscription_id, status__in=LIVE).exists()
+        if live:
+            billing_services.cancel_subscription(subscription_id=subscription_id, now=now)
+    elif action == "suspend":  # rating refuses its usage until what it owes is paid
+        Subscription.objects.filter(pk=subscription_id, status__in=LIVE).update(
+            status=SubscriptionStatus.PAST_DUE
+        )
+
+
+def due_payment_retry_ids(*, as_of: datetime | None = None) -> list[int]:
+    return list(
+        Invoice.objects.filter(
+            status=InvoiceStatus.PAST_DUE, next_payment_attempt_at__lte=_now(as_of)
+        ).values_list("pk", flat=True)
+    )

@@ -46,3 +46,19 @@ def finalize_invoice(invoice_id: int, as_of: str | None = None) -> str:
 def invoice_finalized(invoice_id: int) -> None:
     """After a finalization has committed: the PDF, the e-mail, then collecting payment."""
     services.after_finalization(invoice_id=invoice_id)
+
+
+@shared_task(acks_late=True)
+def retry_due_payments() -> int:
+    """Beat, hourly: charge past-due invoices again on the dunning schedule."""
+    from invoicing import payments
+
+    return payments.retry_due_payments()
+
+
+@shared_task(acks_late=True)
+def process_pending_stripe_events() -> int:
+    """Beat: handle again the stored Stripe events whose handling failed."""
+    from invoicing import webhooks
+
+    return webhooks.process_pending()

@@ -56,6 +56,12 @@ class PeriodClosed(MeteringError):
     http_status = 422
 
 
+class SubscriptionPastDue(MeteringError):
+    code = "subscription_past_due"
+    http_status = 402
+    error_type = "balance_error"
+
+
 class NoSubscription(MeteringError):
     code = "no_active_subscription"
     http_status = 422

@@ -666,6 +666,16 @@ def _rate(
                     ),
                 )
                 continue
+            if subscription.status == "past_due":  # suspended by dunning
+                outcomes[p.index] = Outcome(
+                    "rejected",
+                    error=errors.SubscriptionPastDue(
+                        f"customer {customer.external_id}'s subscription is suspended: an "
+                        "invoice is past due; usage is accepted again once it is paid",
+                        param="customer",
+                    ),
+                )
+                continue
             try:
                 terms = plan_terms(_plan_at(subscription, p.source.timestamp))
                 period_start, period_end, in_trial = _period_for(
@@ -1309,7 +1319,9 @@ def estimate(
     spendable = None if state.floor is None else state.available - state.floor
     allowed = amount <= 0 or state.can_spend(amount)
     reason = None
-    if not allowed:
+    if subscription is not None and subscription.status == "past_due":
+        allowed, reason = False, "subscription_past_due"  # suspended by dunning
+    elif not allowed:
         if currency == CREDITS:
             reason = "insufficient_credits"
         elif wallet.billing_mode == "postpaid":

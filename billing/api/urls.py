@@ -17,6 +17,7 @@ urlpatterns = [
     path("invoices", invoicing_api.InvoiceListView.as_view()),
     path("invoices/<int:invoice_id>", invoicing_api.InvoiceDetailView.as_view()),
     path("invoices/<int:invoice_id>/pdf", invoicing_api.InvoicePDFView.as_view()),
+    path("webhooks/stripe", invoicing_api.StripeWebhookView.as_view()),
     path("events", usage.EventCreateView.as_view()),
     path("events/batch", usage.EventBatchView.as_view()),
     path("authorize", usage.AuthorizeView.as_view()),

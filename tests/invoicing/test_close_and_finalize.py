@@ -526,3 +526,19 @@ def test_offline_mode_pays_a_finalized_invoice_once(settings):
     assert payments.collect_payment(invoice_id=invoice.pk) is None  # paid: nothing to do
     assert Invoice.objects.get(pk=invoice.pk).status == InvoiceStatus.PAID
     assert Subscription.objects.get(pk=invoice.subscription_id).invoiced_through == PERIOD_END
+
+
+def test_after_finalization_stores_the_pdf_emails_it_and_collects_payment(settings, tmp_path):
+    from django.core import mail
+
+    settings.MEDIA_ROOT = tmp_path
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.STRIPE_SECRET_KEY = ""
+    invoice = finalize(close(subscribe(plan(base_fee="15"))))
+    invoicing.after_finalization(invoice_id=invoice.pk)
+    invoicing.after_finalization(invoice_id=invoice.pk)  # a redelivered task: nothing twice
+    invoice.refresh_from_db()
+    assert invoice.pdf.name == f"invoices/{invoice.display_number}.pdf"
+    assert invoice.pdf.open("rb").read(4) == b"%PDF"
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["ap@acme.example"]
+    assert invoice.status == InvoiceStatus.PAID and invoice.payments.count() == 1
