@@ -4,9 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench-ledger bench-ingest services stop lint
+.PHONY: install run test bench-ledger bench-ingest bench-close services stop lint
+
+# Invoice PDFs (WeasyPrint) need Pango and a font; on a Debian machine as root they are
+# installed here when missing.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 
 $(STAMP): pyproject.toml
+	@if ! ldconfig -p | grep -q 'libpangoft2-1.0.so'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else echo "invoice PDFs need Pango: install $(SYSTEM_PACKAGES) (Debian) or pango"; fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -28,6 +37,9 @@ bench-ledger: install
 
 bench-ingest: install
 	$(PY) -m billing.devservices exec -- $(PY) bench/ingest.py $(BENCH_ARGS)
+
+bench-close: install
+	$(PY) -m billing.devservices exec -- $(PY) bench/close.py $(BENCH_ARGS)
 
 services: install
 	$(PY) -m billing.devservices start

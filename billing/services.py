@@ -588,9 +588,12 @@ def create_subscription(
     start: datetime | None = None,
     trial_days: int | None = None,
     now: datetime | None = None,
+    backdate: bool = False,
 ) -> Subscription:
     """Subscribe ``customer`` to ``plan``. ``start`` may lie in the past (customers migrating
-    in): the current period is then the one containing now, counted from the anchor."""
+    in): the current period is then the one containing now, counted from the anchor — or,
+    with ``backdate`` (Stripe's backdated start), the first period, so that the periods since
+    the start are invoiced by the next period close."""
     now = utc(now or timezone.now())
     start = utc(start) if start else now
     if start > now + FUTURE_START_TOLERANCE:
@@ -609,7 +612,8 @@ def create_subscription(
         period_start, period_end = start, trial_ends_at
     else:
         status, anchor = SubscriptionStatus.ACTIVE, trial_ends_at or start
-        period_start, period_end = period_containing(anchor, plan.interval, max(now, anchor))
+        moment = anchor if backdate else max(now, anchor)
+        period_start, period_end = period_containing(anchor, plan.interval, moment)
     try:
         with transaction.atomic():
             subscription = Subscription.objects.create(

@@ -1,11 +1,15 @@
 """Demo data for ``make run``: an admin login, the demo price list (pricing/demo.yaml), and
-three customers — prepaid, postpaid and metered — with subscriptions and some history.
+four customers — prepaid, postpaid, metered and credits — with subscriptions that began
+``HISTORY_DAYS`` ago and usage in their first period, which has therefore ended: the
+period close (beat, or "Close due periods" in the admin) invoices it at once.
 
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
 
 from __future__ import annotations
 
+import random
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,11 +17,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from billing import services
 from billing.models import BillingMode, Customer, SubscriptionStatus
 from billing.pricing import load_pricing
+from metering import rating
 from metering.catalog import import_genai_prices
+from metering.management.commands.simulate_usage import CALLS, raw_usage
 
 DEMO_PRICING_FILE = Path(settings.BASE_DIR) / "pricing" / "demo.yaml"
 
@@ -29,6 +36,8 @@ DEMO_CUSTOMERS = [
     ("hooli", "Hooli Search", BillingMode.PREPAID, None, "credits", None),
 ]
 DEMO_CREDITS = {"hooli": Decimal("250000")}  # prepaid credit packs
+HISTORY_DAYS = 33  # the first monthly period has ended when the demo starts
+HISTORY_EVENTS = 40  # LLM calls per customer in that period
 
 
 class Command(BaseCommand):
@@ -47,6 +56,7 @@ class Command(BaseCommand):
         summary = load_pricing(path=DEMO_PRICING_FILE)
         for line in summary.lines():
             self.stdout.write(f"  {line}")
+        started = timezone.now() - timedelta(days=HISTORY_DAYS)
         for external_id, name, mode, limit, plan_code, top_up in DEMO_CUSTOMERS:
             customer = Customer.objects.filter(external_id=external_id).first()
             if customer is None:
@@ -60,7 +70,11 @@ class Command(BaseCommand):
                 )
             if not customer.subscriptions.exclude(status=SubscriptionStatus.CANCELED).exists():
                 services.create_subscription(
-                    customer=customer, plan=services.latest_plan(code=plan_code), trial_days=0
+                    customer=customer,
+                    plan=services.latest_plan(code=plan_code),
+                    trial_days=0,
+                    start=started,
+                    backdate=True,  # the first period is invoiced by the next close
                 )
             if top_up:
                 services.top_up(
@@ -78,4 +92,32 @@ class Command(BaseCommand):
                     reference="demo-credit-pack",
                     description="Demo: credit pack",
                 )
+        accepted = _seed_history(started)
+        self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
+
+
+def _seed_history(started) -> int:
+    """LLM calls spread over each demo customer's first period (idempotent keys: a rerun
+    records nothing twice)."""
+    rng = random.Random(7)
+    events = []
+    for external_id, *_ in DEMO_CUSTOMERS:
+        for n in range(HISTORY_EVENTS):
+            provider, model, shape = rng.choice(CALLS)
+            at = started + timedelta(days=29 * n / HISTORY_EVENTS, hours=rng.randint(0, 20))
+            events.append(
+                rating.EventIn(
+                    idempotency_key=f"demo-history-{n}",
+                    customer=external_id,
+                    event_name="llm.completion",
+                    timestamp=at,
+                    properties={
+                        "model": model,
+                        "provider": provider,
+                        "usage": raw_usage(shape, rng),
+                    },
+                )
+            )
+    outcomes = rating.ingest_events(events)
+    return sum(1 for outcome in outcomes if outcome.status == "accepted")
