@@ -246,6 +246,8 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
 
     def pdf_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         invoice = self.object_or_404(request, object_id)
+        if not self.has_view_permission(request, invoice):
+            raise PermissionDenied
         if invoice.status == InvoiceStatus.DRAFT:
             data = pdf.render_invoice_pdf(invoice)
             return HttpResponse(

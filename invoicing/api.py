@@ -43,7 +43,9 @@ class InvoiceLineSerializer(serializers.Serializer):
 
 class InvoiceSerializer(serializers.Serializer):
     id = serializers.IntegerField(allow_null=True)
-    number = serializers.CharField(source="display_number", allow_null=True)
+    number = serializers.CharField(
+        source="number_shown", allow_null=True, help_text="Null until finalized."
+    )
     customer = serializers.CharField(source="customer.external_id")
     subscription = serializers.IntegerField(source="subscription_id")
     status = serializers.CharField(help_text="draft, open, past_due, paid or void")
@@ -76,6 +78,7 @@ def _line_list(invoice: Invoice):
 
 def _invoice_data(invoice: Invoice) -> dict:
     invoice.line_list = _line_list(invoice)
+    invoice.number_shown = invoice.display_number or None
     invoice.pdf_url = f"/api/v1/invoices/{invoice.pk}/pdf"
     return InvoiceSerializer(invoice).data
 
@@ -183,7 +186,7 @@ class UpcomingInvoiceView(APIView):
             line.meter_code = codes.get(line.meter_id)
         upcoming = {
             "id": None,
-            "display_number": None,
+            "number_shown": None,
             "customer": customer,
             "subscription_id": subscription.pk,
             "status": "upcoming",

@@ -50,3 +50,9 @@ class ReferenceReused(InvoicingError):
 class NoLiveSubscription(InvoicingError):
     code = "no_active_subscription"
     http_status = 422
+
+
+class NothingOwed(InvoicingError):
+    code = "nothing_owed"
+    http_status = 409
+    error_type = "conflict_error"

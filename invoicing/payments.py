@@ -26,7 +26,7 @@ from django.utils import timezone
 from billing import services as billing_services
 from billing.models import Customer
 from invoicing import services, stripe_gateway
-from invoicing.models import Invoice, InvoiceStatus, Payment, PaymentProvider
+from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus, Payment, PaymentProvider
 from invoicing.money import to_minor_unit
 
 COLLECTABLE = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
@@ -102,6 +102,11 @@ def record_offline_payment(*, invoice_id: int, reference: str) -> Payment:
     """What the invoice still owes, recorded as paid outside Stripe (a bank transfer noted
     by finance staff, or the demo's automatic payment). Idempotent on ``reference``."""
     invoice = Invoice.objects.get(pk=invoice_id)
+    existing = Payment.objects.filter(
+        provider=PaymentProvider.OFFLINE, provider_payment_id=reference
+    ).first()
+    if existing is None and invoice.status in FINAL_STATUSES and invoice.amount_remaining <= 0:
+        raise services.errors.NothingOwed(f"invoice {invoice} owes nothing")
     return services.record_payment(
         invoice_id=invoice.pk,
         amount=invoice.amount_remaining,

@@ -534,9 +534,9 @@ def create_credit_note(
         )
     credited_net = sum((n.amount for n in invoice.credit_notes.all()), ZERO)
     if amount > invoice.subtotal - credited_net:
+        left = to_minor_unit(invoice.subtotal - credited_net, currency)
         raise errors.InvoicingValidation(
-            f"at most {invoice.subtotal - credited_net} {currency} is left to credit",
-            param="amount",
+            f"at most {left} {currency} is left to credit", param="amount"
         )
     tax = to_minor_unit(amount * invoice.tax_percentage / HUNDRED, currency)
     total = amount + tax

@@ -249,7 +249,9 @@ def test_an_unknown_status_is_refused(api, history, status):
 
 
 @pytest.mark.parametrize(
-    ("query", "param"), [({"limit": 0}, "limit"), ({"starting_after": "x"}, "starting_after")]
+    ("query", "param"),
+    [({"limit": 0}, "limit"), ({"starting_after": "x"}, "starting_after")],
+    ids=["limit", "starting_after"],
 )
 def test_bad_page_parameters_are_refused(api, query, param):
     assert_error(api.get("/api/v1/invoices", query), 400, "invalid_parameter", param=param)
