@@ -23,6 +23,7 @@ from invoicing.money import to_minor_unit
 from ledger.models import Entry
 from metering.models import Event
 from tests.invoicing.conftest import (
+    IN_APRIL,
     PERIOD_END,
     START,
     ChargeSpec,
@@ -542,3 +543,36 @@ def test_after_finalization_stores_the_pdf_emails_it_and_collects_payment(settin
     assert invoice.pdf.open("rb").read(4) == b"%PDF"
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["ap@acme.example"]
     assert invoice.status == InvoiceStatus.PAID and invoice.payments.count() == 1
+
+
+def test_catalog_priced_llm_usage_is_one_line_at_what_rating_charged(model_prices):
+    from metering import rating
+
+    total = meter(
+        name="LLM tokens", event_name="llm.completion", property="llm.total_tokens", unit="tokens"
+    )
+    subscription = subscribe(plan(ChargeSpec(meter=total, margin_percent=D(20))))
+    customer = subscription.customer
+    outcomes = rating.ingest_events(
+        [
+            rating.EventIn(
+                idempotency_key=f"llm-{n}",
+                customer=customer.external_id,
+                event_name="llm.completion",
+                timestamp=IN_APRIL,
+                properties={
+                    "model": "gpt-4o",
+                    "usage": {"prompt_tokens": 200_000, "completion_tokens": 100_000},
+                },
+            )
+            for n in range(3)
+        ],
+        now=IN_APRIL,
+    )
+    assert [o.status for o in outcomes] == ["accepted"] * 3
+    invoice = close(subscription)
+    # each call: 200k × 2.5/M + 100k × 10/M = 1.50 at cost, × 1.2 = 1.80; three calls 5.40
+    assert lines(invoice) == [
+        ("usage", "LLM tokens: model catalog price + 20 %", D(900_000), D("5.40")),
+    ]
+    assert invoice.usage_charged == D("5.4")
