@@ -169,7 +169,7 @@ def usage_lines(
             lines.append(
                 LineDraft(
                     kind=LineKind.CREDITS,
-                    description=f"{name}: {counter.quantity.normalize():f}{unit}, "
+                    description=f"{name}: {counter.quantity.normalize():,f}{unit}, "
                     f"{counter.charged.normalize():f} {counter.currency} used",
                     quantity=counter.quantity,
                     metadata={"credits": str(counter.charged), "currency": counter.currency},
@@ -183,7 +183,7 @@ def usage_lines(
             lines.append(
                 LineDraft(
                     kind=LineKind.INCLUDED,
-                    description=f"{name}: included ({charge.included_quantity.normalize():f}"
+                    description=f"{name}: included ({charge.included_quantity.normalize():,f}"
                     f"{unit} per period)",
                     quantity=included,
                     unit_price=ZERO,

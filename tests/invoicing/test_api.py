@@ -93,7 +93,7 @@ def expected_lines(tokens: str, start, end) -> list[dict]:
         },
         {
             "kind": "included",
-            "description": "Output tokens: included (1000000 tokens per period)",
+            "description": "Output tokens: included (1,000,000 tokens per period)",
             "meter": tokens,
             "tier": None,
             "quantity": "1000000.000000000000",

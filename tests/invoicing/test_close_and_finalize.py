@@ -77,7 +77,7 @@ def test_close_makes_a_draft_with_base_fee_included_and_tier_lines_and_rolls_the
     assert (invoice.period_start, invoice.period_end) == (START, PERIOD_END)
     assert lines(invoice) == [
         ("base_fee", "Pro — base fee", D(1), D(20)),
-        ("included", "Output tokens: included (1000000 tokens per period)", D(1_000_000), D(0)),
+        ("included", "Output tokens: included (1,000,000 tokens per period)", D(1_000_000), D(0)),
         ("usage", "Output tokens, tier 1", D(1_000_000), D(2)),  # 1M × 0.000002
         ("usage", "Output tokens, tier 2", D(500_000), D("0.75")),  # 0.5M × 0.0000015
     ]
