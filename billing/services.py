@@ -193,25 +193,45 @@ CREDITS = "CREDITS"
 TOKENS_SERVED = "@TokensServed"
 
 
-def usage_account(*, customer: Customer) -> Account:
-    """The customer's ``TOKENS`` account: debited with every token it uses (the token leg of
-    each usage posting), against the ``@TokensServed`` system account."""
-    code = f"tokens:{customer.pk}"
-    account = Account.objects.filter(code=code, currency=TOKENS).first()
+def customer_account(
+    *,
+    customer: Customer,
+    code: str,
+    currency: str,
+    name: str,
+    normal_balance: str,
+    allow_negative: bool = False,
+) -> Account:
+    """An owned ledger account of the customer's other than a wallet (its tokens used, what
+    it owes on invoices), created on first use; safe when two create it at once."""
+    account = Account.objects.filter(code=code, currency=currency).first()
     if account is not None:
         return account
     try:
         with transaction.atomic():
             return ledger.create_account(
                 code=code,
-                name=f"{customer.name} — tokens used",
-                currency=TOKENS,
-                normal_balance=NormalBalance.DEBIT,
+                name=f"{customer.name} — {name}",
+                currency=currency,
+                normal_balance=normal_balance,
+                allow_negative=allow_negative,
                 owner_type="billing.customer",
                 owner_id=str(customer.pk),
             )
     except IntegrityError:
-        return Account.objects.get(code=code, currency=TOKENS)
+        return Account.objects.get(code=code, currency=currency)
+
+
+def usage_account(*, customer: Customer) -> Account:
+    """The customer's ``TOKENS`` account: debited with every token it uses (the token leg of
+    each usage posting), against the ``@TokensServed`` system account."""
+    return customer_account(
+        customer=customer,
+        code=f"tokens:{customer.pk}",
+        currency=TOKENS,
+        name="tokens used",
+        normal_balance=NormalBalance.DEBIT,
+    )
 
 
 @transaction.atomic

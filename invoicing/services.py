@@ -62,24 +62,16 @@ def _now(now: datetime | None) -> datetime:
 
 
 def receivable_account(*, customer: Customer, currency: str) -> Account:
-    """What the customer owes on finalized invoices: its own debit-normal account."""
-    code = f"receivable:{customer.pk}:{currency}"
-    account = Account.objects.filter(code=code, currency=currency).first()
-    if account is not None:
-        return account
-    try:
-        with transaction.atomic():
-            return ledger.create_account(
-                code=code,
-                name=f"{customer.name} — invoices receivable",
-                currency=currency,
-                normal_balance=NormalBalance.DEBIT,
-                allow_negative=True,  # an overpayment is owed back
-                owner_type="billing.customer",
-                owner_id=str(customer.pk),
-            )
-    except IntegrityError:
-        return Account.objects.get(code=code, currency=currency)
+    """What the customer owes on finalized invoices: its own debit-normal account (it may
+    go below zero: an overpayment is owed back)."""
+    return billing_services.customer_account(
+        customer=customer,
+        code=f"receivable:{customer.pk}:{currency}",
+        currency=currency,
+        name="invoices receivable",
+        normal_balance=NormalBalance.DEBIT,
+        allow_negative=True,
+    )
 
 
 def system_account_id(code: str, currency: str, normal: str = NormalBalance.CREDIT) -> int:
