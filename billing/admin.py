@@ -46,12 +46,14 @@ from billing.models import (
     MarginOverride,
     Plan,
     PlanCharge,
+    PortalMember,
     PriceModel,
     Subscription,
     SubscriptionPhase,
     SubscriptionStatus,
     Wallet,
 )
+from billing.portal import services as portal_services
 from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
@@ -249,6 +251,11 @@ class MoneyForm(forms.Form):
         return token
 
 
+class InviteForm(forms.Form):
+    email = forms.EmailField()
+    name = forms.CharField(max_length=200, required=False)
+
+
 class TopUpForm(MoneyForm):
     amount = ExactDecimalField(help_text="Exact, up to 12 decimal places.")
     description = forms.CharField(
@@ -331,6 +338,15 @@ class WalletInline(ReadOnlyInline):
     @admin.display(description="available")
     def available(self, wallet):
         return money(_balance(wallet).available)
+
+
+class PortalMemberInline(ReadOnlyInline):
+    model = PortalMember
+    fk_name = "customer"
+    fields = ("user", "invited_by", "created_at")
+    readonly_fields = fields
+    show_change_link = False
+    verbose_name = "portal user"
 
 
 class MarginOverrideInline(admin.TabularInline):
@@ -420,7 +436,7 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         "updated_at",
         "recent_activity",
     )
-    inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline]
+    inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline, PortalMemberInline]
     actions = ["top_up_action", "adjust_action"]
 
     def has_delete_permission(self, request, obj=None):
@@ -547,8 +563,45 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
             path(
                 "<path:object_id>/adjust/", view(self.adjust_view), name="billing_customer_adjust"
             ),
+            path(
+                "<path:object_id>/invite/", view(self.invite_view), name="billing_customer_invite"
+            ),
             *super().get_urls(),
         ]
+
+    def invite_view(self, request, object_id):
+        customer = self._money_customer(request, object_id)
+        form = InviteForm(request.POST or None)
+
+        def post() -> HttpResponse:
+            member = portal_services.invite_member(
+                customer=customer,
+                email=form.cleaned_data["email"],
+                name=form.cleaned_data["name"],
+                invited_by_id=request.user.pk,
+            )
+            self.log_change(request, customer, f"Invited {member.user.email} to the portal")
+            messages.success(
+                request, f"{member.user.email} was invited: a sign-in link is on its way."
+            )
+            return HttpResponseRedirect(self.change_url(customer))
+
+        return self.run_service(request, form, post) or self.service_form_response(
+            request,
+            form=form,
+            title=f"Invite a portal user for {customer}",
+            submit_label="Send invitation",
+            original=customer,
+            intro="They will sign in to the customer portal with an e-mailed link (and may set "
+            "a password there) and see this customer's balance, usage and invoices only.",
+            facts=[
+                (
+                    "Portal users",
+                    ", ".join(m.user.email for m in customer.members.select_related("user"))
+                    or "none yet",
+                )
+            ],
+        )
 
     def _money_page(self, request, customer, form, *, title, submit_label, post):
         posted = self.run_service(request, form, post)

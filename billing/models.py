@@ -63,11 +63,38 @@ class Customer(models.Model):
     tax_id = models.CharField(max_length=50, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
     stripe_customer_id = models.CharField(max_length=100, blank=True, default="")
+    # the portal's low-balance alert (set by the customer's users)
+    low_balance_threshold = price_field(
+        null=True, blank=True, help_text="E-mail when the available balance falls below this."
+    )
+    low_balance_email = models.EmailField(blank=True, default="")
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.external_id})"
+
+
+class PortalMember(models.Model):
+    """A person of the customer's who signs in to the portal. A user belongs to one customer
+    and sees only its data; a customer may have several."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="portal_member"
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="members")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return f"{self.user.email} at {self.customer.external_id}"
 
 
 class Wallet(models.Model):

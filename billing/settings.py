@@ -210,6 +210,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.process_pending_stripe_events",
         "schedule": crontab(minute="*/10"),
     },
+    "billing-low-balance-alerts": {
+        "task": "billing.tasks.check_low_balances",
+        "schedule": crontab(),  # every minute
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -236,6 +240,25 @@ BILLING_COMPANY = {
     "email": os.environ.get("BILLING_COMPANY_EMAIL", DEFAULT_FROM_EMAIL),
     "tax_id": os.environ.get("BILLING_COMPANY_TAX_ID", ""),
 }
+
+# --- The customer portal ---------------------------------------------------------------
+LOGIN_URL = "portal:login"
+PORTAL_BASE_URL = os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8000")  # in e-mailed links
+PORTAL_LINK_MAX_AGE = int(os.environ.get("PORTAL_LINK_MAX_AGE", "900"))  # sign-in links, seconds
+# Production: cookies only over HTTPS, HSTS, no sniffing (`manage.py check --deploy` clean).
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    X_FRAME_OPTIONS = "DENY"
 
 # --- Invoicing ---------------------------------------------------------------------------
 # Late usage amends a closed period's draft invoice until the grace period has passed;

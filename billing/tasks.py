@@ -9,3 +9,11 @@ from billing import services
 def purge_idempotency_records() -> int:
     """Beat, hourly: forget Idempotency-Keys older than the retention (48 hours)."""
     return services.purge_idempotency_records()
+
+
+@shared_task(acks_late=True)
+def check_low_balances() -> int:
+    """Beat, every minute: e-mail customers whose balance fell below their alert threshold."""
+    from billing.portal import services as portal
+
+    return portal.check_low_balances()

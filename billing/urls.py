@@ -8,6 +8,7 @@ admin.site.index_title = "Ledger, customers and invoices"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

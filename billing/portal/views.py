@@ -1,0 +1,571 @@
+"""Portal pages. Thin: find the signed-in member's customer, read through selectors, call
+one service. Every object is looked up *within the customer*, so another customer's ids
+answer 404 and nothing leaks.
+
+Live updates: the balance, usage and recent-events fragments are polled by htmx every
+second. Polling was chosen over server-sent events because the product runs on WSGI
+workers (gunicorn sync): an SSE stream holds a worker for as long as a portal is open, so
+a few dozen open portals would exhaust the pool, while a poll is a short request any worker
+answers, cheap (a handful of indexed queries on the usage counters, never raw events) and
+cached by the browser when nothing changed (ETag → 304).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from functools import wraps
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import login, logout
+from django.contrib.auth.forms import SetPasswordForm
+from django.contrib.auth.views import LoginView
+from django.core.exceptions import PermissionDenied
+from django.db.models import Max, Sum
+from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from billing import selectors
+from billing.errors import BillingError
+from billing.models import PortalMember, Subscription, SubscriptionStatus
+from billing.portal import services
+from invoicing import payments, pdf
+from invoicing.models import Invoice, InvoiceStatus
+from invoicing.money import to_minor_unit
+from invoicing.selectors import compute_invoice
+from ledger.models import Balance
+from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
+
+RECENT_EVENTS = 25
+
+
+def portal_view(view):
+    """Signed in as a portal member: ``request.customer`` is theirs, and only theirs."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect(f"{reverse('portal:login')}?next={request.get_full_path()}")
+        member = PortalMember.objects.select_related("customer").filter(user=request.user).first()
+        if member is None:
+            raise PermissionDenied("this account has no portal access")
+        request.member, request.customer = member, member.customer
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+# --- signing in -----------------------------------------------------------------------------
+
+
+class PortalLoginView(LoginView):
+    template_name = "portal/login.html"
+    redirect_authenticated_user = True
+
+    def get_default_redirect_url(self):
+        return reverse("portal:overview")
+
+
+class LinkRequestForm(forms.Form):
+    email = forms.EmailField()
+
+
+def link_request(request):
+    form = LinkRequestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        services.send_sign_in_link(email=form.cleaned_data["email"])
+        return render(request, "portal/link_sent.html", {"email": form.cleaned_data["email"]})
+    return render(request, "portal/link_request.html", {"form": form})
+
+
+def link_sign_in(request, token: str):
+    """GET shows a button (mail scanners that open links must not spend the link); POST
+    signs in."""
+    try:
+        user = services.user_from_token(token)
+    except services.LinkInvalid as error:
+        return render(request, "portal/link_invalid.html", {"message": error.message}, status=400)
+    if request.method == "POST":
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("portal:overview")
+    return render(request, "portal/link_confirm.html", {"user": user})
+
+
+@require_POST
+def sign_out(request):
+    logout(request)
+    return redirect("portal:login")
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def _live_subscription(customer) -> Subscription | None:
+    return (
+        Subscription.objects.select_related("plan", "customer")
+        .filter(customer=customer)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .first()
+    )
+
+
+def _money(value: Decimal | None, currency: str) -> str:
+    if value is None:
+        return "—"
+    if currency in ("CREDITS", "TOKENS"):
+        return f"{value.normalize():,f} {currency.lower()}"
+    return f"{to_minor_unit(value, currency):,} {currency}"
+
+
+def _overview_context(customer) -> dict:
+    balance = selectors.customer_balance(customer)
+    subscription = _live_subscription(customer)
+    context = {"customer": customer, "subscription": subscription, "balances": [], "meters": []}
+    for row in balance["balances"]:
+        context["balances"].append(
+            {
+                "currency": row["currency"],
+                "posted": _money(row["posted"], row["currency"]),
+                "held": _money(row["held"], row["currency"]),
+                "available": _money(row["available"], row["currency"]),
+                "negative": row["available"] < 0,
+            }
+        )
+    if subscription is None:
+        return context
+    charges = {c.meter_id: c for c in subscription.plan.charges.select_related("meter")}
+    counters = PeriodUsage.objects.filter(
+        subscription=subscription, period_start=subscription.current_period_start
+    )
+    used = {c.meter_id: c for c in counters}
+    for meter_id, charge in charges.items():
+        quantity = used[meter_id].quantity if meter_id in used else Decimal(0)
+        included = charge.included_quantity
+        share = min(quantity / included * 100, Decimal(100)) if included else None
+        context["meters"].append(
+            {
+                "name": charge.meter.name or charge.meter.code,
+                "unit": charge.meter.unit,
+                "used": f"{quantity.normalize():,f}",
+                "included": f"{included.normalize():,f}" if included else None,
+                "percent": int(share) if share is not None else None,
+                "over": included and quantity > included,
+            }
+        )
+    money = subscription.plan.currency
+    spent = sum((c.charged for c in counters if c.currency == money), Decimal(0))
+    upcoming = compute_invoice(
+        subscription=subscription,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+    )
+    start, end = subscription.current_period_start, subscription.current_period_end
+    elapsed = max(timezone.now() - start, timedelta(seconds=1))
+    factor = Decimal((end - start) // timedelta(seconds=1)) / Decimal(
+        elapsed // timedelta(seconds=1)
+    )
+    # the usage so far, continued at the same pace to the period end, with its tax
+    more = spent * (factor - 1) * (1 + upcoming.tax_percentage / 100)
+    projected = upcoming.total + to_minor_unit(more, money)
+    context.update(
+        period_start=start,
+        period_end=end,
+        spent=_money(spent, money),
+        upcoming=_money(upcoming.total, money),
+        projected=_money(projected, money),
+    )
+    return context
+
+
+def _version(customer) -> str:
+    """Changes whenever anything the live fragments show changes: an ETag."""
+    wallet_ids = customer.wallets.values("account_id")
+    balance = Balance.objects.filter(account_id__in=wallet_ids).aggregate(v=Sum("version"))["v"]
+    last_event = Event.objects.filter(customer=customer).aggregate(m=Max("id"))["m"]
+    return hashlib.sha256(f"{balance}:{last_event}".encode()).hexdigest()[:16]
+
+
+def _live(request, template: str, build) -> HttpResponse:
+    etag = f'"{_version(request.customer)}"'
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304, headers={"ETag": etag})
+    response = render(request, template, build(request.customer))
+    response["ETag"] = etag
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@portal_view
+def overview(request):
+    return render(request, "portal/overview.html", _overview_context(request.customer))
+
+
+@portal_view
+def overview_live(request):
+    return _live(request, "portal/_overview_live.html", _overview_context)
+
+
+def _recent_events(customer) -> dict:
+    events = (
+        Event.objects.filter(customer=customer)
+        .select_related("ledger_transaction")
+        .order_by("-timestamp", "-id")[:RECENT_EVENTS]
+    )
+    rows = []
+    for event in events:
+        rows.append(
+            {
+                "at": event.timestamp,
+                "name": event.event_name,
+                "model": event.model or "—",
+                "input": event.input_tokens + event.cache_read_tokens + event.cache_write_tokens,
+                "cached": event.cache_read_tokens,
+                "output": event.output_tokens,
+                "amount": f"{event.amount.normalize():f} {event.currency}".strip(),
+                "transaction": event.ledger_transaction.reference
+                if event.ledger_transaction_id
+                else "—",
+            }
+        )
+    return {"events": rows}
+
+
+@portal_view
+def usage(request):
+    return render(
+        request,
+        "portal/usage.html",
+        {"customer": request.customer, **_recent_events(request.customer)},
+    )
+
+
+@portal_view
+def events_live(request):
+    return _live(request, "portal/_events_live.html", _recent_events)
+
+
+@portal_view
+def usage_data(request):
+    """Chart data: this period's charges by day, and tokens and charges by model."""
+    from django.http import JsonResponse
+
+    subscription = _live_subscription(request.customer)
+    if subscription is None:
+        return JsonResponse({"days": [], "models": []})
+    start = subscription.current_period_start
+    days = (
+        DailyUsage.objects.filter(subscription=subscription, period_start=start)
+        .values("day")
+        .annotate(amount=Sum("amount"), events=Sum("event_count"))
+        .order_by("day")
+    )
+    models = (
+        ModelUsage.objects.filter(subscription=subscription, period_start=start)
+        .values("model", "day")
+        .annotate(
+            amount=Sum("amount"),
+            tokens=Sum("input_tokens")
+            + Sum("cache_read_tokens")
+            + Sum("cache_write_tokens")
+            + Sum("output_tokens"),
+        )
+        .order_by("day", "model")
+    )
+    totals = (
+        ModelUsage.objects.filter(subscription=subscription, period_start=start)
+        .values("model")
+        .annotate(
+            amount=Sum("amount"),
+            tokens=Sum("input_tokens")
+            + Sum("cache_read_tokens")
+            + Sum("cache_write_tokens")
+            + Sum("output_tokens"),
+        )
+        .order_by("-amount")
+    )
+    currency = subscription.plan.currency
+    return JsonResponse(
+        {
+            "currency": currency,
+            "totals": [
+                {
+                    "model": t["model"],
+                    "tokens": f"{t['tokens']:,}",
+                    "amount": _money(t["amount"], currency),
+                }
+                for t in totals
+            ],
+            # decimal strings: the chart library turns them into screen positions only
+            "days": [
+                {"day": d["day"].isoformat(), "amount": str(d["amount"]), "events": d["events"]}
+                for d in days
+            ],
+            "models": [
+                {
+                    "day": m["day"].isoformat(),
+                    "model": m["model"],
+                    "amount": str(m["amount"]),
+                    "tokens": m["tokens"],
+                }
+                for m in models
+            ],
+        }
+    )
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+@portal_view
+def usage_csv(request):
+    """Every event of the customer's current period (or since ?days= days ago), as CSV."""
+    since = timezone.now() - timedelta(days=90)
+    subscription = _live_subscription(request.customer)
+    if subscription is not None:
+        since = subscription.current_period_start
+    events = (
+        Event.objects.filter(customer=request.customer, timestamp__gte=since)
+        .select_related("ledger_transaction")
+        .order_by("timestamp", "id")
+    )
+    writer = csv.writer(_Echo())
+    header = [
+        "timestamp",
+        "idempotency_key",
+        "event_name",
+        "provider",
+        "model",
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "amount",
+        "currency",
+        "ledger_transaction",
+    ]
+
+    def rows():
+        yield writer.writerow(header)
+        for e in events.iterator(chunk_size=2000):
+            yield writer.writerow(
+                [
+                    e.timestamp.isoformat(),
+                    e.idempotency_key,
+                    e.event_name,
+                    e.provider,
+                    e.model,
+                    e.input_tokens,
+                    e.cache_read_tokens,
+                    e.cache_write_tokens,
+                    e.output_tokens,
+                    e.reasoning_tokens,
+                    f"{e.amount:f}",
+                    e.currency,
+                    e.ledger_transaction.reference if e.ledger_transaction_id else "",
+                ]
+            )
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    name = f"usage-{request.customer.external_id}-{since:%Y%m%d}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@portal_view
+def credits(request):
+    balance = selectors.customer_balance(request.customer)
+    grants = []
+    for wallet in request.customer.wallets.filter(currency="CREDITS").select_related("account"):
+        for entry in wallet.account.entries.select_related("transaction").order_by("-id")[:50]:
+            if entry.amount < 0:  # a credit to the wallet: credits granted or bought
+                grants.append(
+                    {
+                        "at": entry.transaction.effective_at,
+                        "description": entry.transaction.description,
+                        "amount": f"{(-entry.amount).normalize():,f}",
+                    }
+                )
+    remaining = [
+        {"remaining": f"{c['remaining'].normalize():,f}", "expires_at": c["expires_at"]}
+        for c in balance["credits"]
+    ]
+    return render(
+        request,
+        "portal/credits.html",
+        {"customer": request.customer, "credits": remaining, "grants": grants},
+    )
+
+
+def _customer_invoice(request, invoice_id: int) -> Invoice:
+    invoice = (
+        Invoice.objects.filter(pk=invoice_id, customer=request.customer)
+        .exclude(status=InvoiceStatus.DRAFT)
+        .first()
+    )
+    if invoice is None:
+        raise Http404("no such invoice")
+    return invoice
+
+
+@portal_view
+def invoices(request):
+    rows = Invoice.objects.filter(customer=request.customer).exclude(status=InvoiceStatus.DRAFT)
+    return render(
+        request,
+        "portal/invoices.html",
+        {
+            "customer": request.customer,
+            "invoices": [
+                {
+                    "invoice": i,
+                    "total": _money(i.total, i.currency),
+                    "remaining": _money(i.amount_remaining, i.currency),
+                }
+                for i in rows.order_by("-period_start", "-id")
+            ],
+        },
+    )
+
+
+@portal_view
+def invoice_detail(request, invoice_id: int):
+    invoice = _customer_invoice(request, invoice_id)
+    context = pdf.invoice_context(invoice)
+    return render(
+        request,
+        "portal/invoice_detail.html",
+        {
+            "customer": request.customer,
+            "invoice": invoice,
+            "doc": context,
+            "can_pay": invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
+            and invoice.amount_remaining > 0,
+            "offline": payments.offline_mode(),
+        },
+    )
+
+
+@portal_view
+def invoice_pdf(request, invoice_id: int):
+    invoice = pdf.store_invoice_pdf(invoice_id=_customer_invoice(request, invoice_id).pk)
+    return FileResponse(
+        invoice.pdf.open("rb"),
+        content_type="application/pdf",
+        as_attachment=True,
+        filename=f"{invoice.display_number}.pdf",
+    )
+
+
+@portal_view
+@require_POST
+def invoice_pay(request, invoice_id: int):
+    invoice = _customer_invoice(request, invoice_id)
+    back = request.build_absolute_uri(reverse("portal:invoice", args=[invoice.pk]))
+    try:
+        start = payments.checkout_invoice(
+            invoice_id=invoice.pk, success_url=back + "?paid=1", cancel_url=back
+        )
+    except BillingError as error:
+        messages.error(request, error.message)
+        return redirect("portal:invoice", invoice.pk)
+    if start.offline:
+        messages.success(request, "Paid (offline mode: no card was charged).")
+    return redirect(start.url)
+
+
+class TopUpForm(forms.Form):
+    amount = forms.DecimalField(min_value=Decimal("1"), max_digits=14, decimal_places=2)
+    currency = forms.ChoiceField()
+    request_id = forms.CharField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, currencies: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["currency"].choices = [(c, c) for c in currencies]
+
+
+@portal_view
+def top_up(request):
+    customer = request.customer
+    currencies = list(customer.wallets.order_by("currency").values_list("currency", flat=True))
+    form = TopUpForm(
+        request.POST or None,
+        currencies=currencies,
+        initial={"request_id": uuid.uuid4().hex, "currency": customer.currency},
+    )
+    if request.method == "POST" and form.is_valid():
+        back = request.build_absolute_uri(reverse("portal:overview"))
+        try:
+            start = payments.checkout_top_up(
+                customer=customer,
+                amount=form.cleaned_data["amount"],
+                currency=form.cleaned_data["currency"],
+                success_url=back + "?topped_up=1",
+                cancel_url=request.build_absolute_uri(reverse("portal:top_up")),
+                request_id=form.cleaned_data["request_id"],
+            )
+        except BillingError as error:
+            form.add_error(None, error.message)
+        else:
+            if start.offline:
+                messages.success(
+                    request,
+                    f"Added {form.cleaned_data['amount']} {form.cleaned_data['currency']} "
+                    "(offline mode: no card was charged).",
+                )
+            return redirect(start.url)
+    return render(
+        request,
+        "portal/top_up.html",
+        {"customer": customer, "form": form, "offline": payments.offline_mode()},
+    )
+
+
+class AlertForm(forms.Form):
+    threshold = forms.DecimalField(
+        required=False, min_value=Decimal(0), max_digits=20, decimal_places=2
+    )
+    email = forms.EmailField(required=False)
+
+
+@portal_view
+def portal_settings(request):
+    customer = request.customer
+    alert = AlertForm(
+        request.POST if request.POST.get("form") == "alert" else None,
+        initial={
+            "threshold": customer.low_balance_threshold,
+            "email": customer.low_balance_email or request.user.email,
+        },
+    )
+    password = SetPasswordForm(
+        request.user, request.POST if request.POST.get("form") == "password" else None
+    )
+    if request.method == "POST":
+        if request.POST.get("form") == "alert" and alert.is_valid():
+            services.update_alert_settings(
+                customer=customer,
+                threshold=alert.cleaned_data["threshold"],
+                email=alert.cleaned_data["email"] or "",
+            )
+            messages.success(request, "Alert saved.")
+            return redirect("portal:settings")
+        if request.POST.get("form") == "password" and password.is_valid():
+            password.save()
+            login(request, request.user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, "Password set: you can sign in with it from now on.")
+            return redirect("portal:settings")
+    return render(
+        request,
+        "portal/settings.html",
+        {"customer": customer, "alert": alert, "password": password},
+    )

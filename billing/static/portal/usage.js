@@ -1,0 +1,61 @@
+// The usage page's charts (Chart.js, vendored): charges by day, and by model stacked per
+// day. Amounts arrive as exact decimal strings; they become numbers only to be drawn.
+(function () {
+  "use strict";
+  const days = document.getElementById("chart-days");
+  if (!days) return;
+  const palette = ["#1f5fbf", "#2e9d6b", "#c77d12", "#8b4ec7", "#c23b6b", "#2a9bb7", "#6b7a8f"];
+  let charts = [];
+
+  function canvasIn(holder) {
+    holder.innerHTML = "";
+    const canvas = document.createElement("canvas");
+    holder.appendChild(canvas);
+    return canvas;
+  }
+
+  function draw(data) {
+    charts.forEach((c) => c.destroy());
+    charts = [];
+    const labels = data.days.map((d) => d.day);
+    const money = { callbacks: { label: (ctx) => `${ctx.dataset.label}: ${ctx.raw} ${data.currency}` } };
+    charts.push(new Chart(canvasIn(days), {
+      type: "bar",
+      data: { labels, datasets: [{ label: "Charged", data: data.days.map((d) => Number(d.amount)),
+        backgroundColor: palette[0] }] },
+      options: { responsive: true, maintainAspectRatio: false, animation: false,
+        plugins: { legend: { display: false }, tooltip: money } },
+    }));
+    const byModel = {};
+    const modelDays = [...new Set(data.models.map((m) => m.day))].sort();
+    data.models.forEach((m) => {
+      byModel[m.model] = byModel[m.model] || {};
+      byModel[m.model][m.day] = Number(m.amount);
+    });
+    charts.push(new Chart(canvasIn(document.getElementById("chart-models")), {
+      type: "bar",
+      data: { labels: modelDays, datasets: Object.keys(byModel).map((model, i) => ({
+        label: model, data: modelDays.map((d) => byModel[model][d] || 0),
+        backgroundColor: palette[i % palette.length] })) },
+      options: { responsive: true, maintainAspectRatio: false, animation: false,
+        scales: { x: { stacked: true }, y: { stacked: true } }, plugins: { tooltip: money } },
+    }));
+    const body = document.querySelector("#models-table tbody");
+    body.innerHTML = "";
+    data.totals.forEach((t) => {
+      const row = body.insertRow();
+      [t.model, t.tokens, t.amount].forEach((text, i) => {
+        const cell = row.insertCell();
+        cell.textContent = text;
+        if (i) cell.className = "num";
+      });
+    });
+  }
+
+  async function refresh() {
+    const response = await fetch(days.dataset.source, { credentials: "same-origin" });
+    if (response.ok) draw(await response.json());
+  }
+  refresh();  // a deferred script runs once the page is parsed
+  setInterval(refresh, 10000);  // the charts move slowly; the events table every second
+})();
