@@ -271,3 +271,28 @@ def test_the_admin_invites_a_portal_user(admin_client):
     member = PortalMember.objects.get(user__email="new@acme.example")
     assert member.customer_id == subscription.customer_id
     assert member.user.first_name == "New" and not member.user.has_usable_password()
+
+
+def test_production_settings_pass_check_deploy():
+    import os
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "billing.example.com",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

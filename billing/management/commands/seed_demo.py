@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from billing import services
 from billing.models import BillingMode, Customer, SubscriptionStatus
+from billing.portal import services as portal
 from billing.pricing import load_pricing
 from metering import rating
 from metering.catalog import import_genai_prices
@@ -92,9 +93,24 @@ class Command(BaseCommand):
                     reference="demo-credit-pack",
                     description="Demo: credit pack",
                 )
+        _seed_portal_users()
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
+
+
+DEMO_PORTAL_USERS = [("acme", "ann@acme.example"), ("globex", "bo@globex.example")]
+DEMO_PORTAL_PASSWORD = "portal-demo"
+
+
+def _seed_portal_users() -> None:
+    """A portal user for two demo customers, with a known password (demo only)."""
+    for external_id, email in DEMO_PORTAL_USERS:
+        customer = Customer.objects.get(external_id=external_id)
+        member = portal.invite_member(customer=customer, email=email)
+        if not member.user.has_usable_password():
+            member.user.set_password(DEMO_PORTAL_PASSWORD)
+            member.user.save(update_fields=["password"])
 
 
 def _seed_history(started) -> int:
