@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	    apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "invoice PDFs need Pango: install $(SYSTEM_PACKAGES) (Debian) or pango"; fi; \
 	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium (or BROWSER_TESTS=0)"; fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
