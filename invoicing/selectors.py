@@ -194,6 +194,8 @@ def usage_lines(
         if parts and sum((p.amount for p in parts), ZERO) == counter.amount:
             for part in parts:
                 label = f", tier {part.tier}" if part.tier is not None and len(charge.tiers) else ""
+                if not label and included > 0:
+                    label = ", beyond the included"
                 if charge.price_model == "package":
                     label = f", packages of {charge.package_size.normalize():f}{unit}"
                 lines.append(

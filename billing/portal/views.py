@@ -124,6 +124,23 @@ def _money(value: Decimal | None, currency: str) -> str:
     return f"{to_minor_unit(value, currency):,} {currency}"
 
 
+def _exact(value: Decimal, currency: str) -> str:
+    """An event's price exactly (they are often fractions of a cent), at least to the cent."""
+    shown = value.normalize()
+    if shown.as_tuple().exponent > -2:
+        shown = shown.quantize(Decimal("0.01"))
+    return f"{shown:,f} {currency}".strip()
+
+
+STATUS_LABELS = {
+    InvoiceStatus.OPEN: "Open",
+    InvoiceStatus.PAST_DUE: "Past due",
+    InvoiceStatus.PAID: "Paid",
+    InvoiceStatus.VOID: "Void",
+    InvoiceStatus.DRAFT: "Draft",
+}
+
+
 def _overview_context(customer) -> dict:
     balance = selectors.customer_balance(customer)
     subscription = _live_subscription(customer)
@@ -220,15 +237,16 @@ def _recent_events(customer) -> dict:
     )
     rows = []
     for event in events:
+        prompt = event.input_tokens + event.cache_read_tokens + event.cache_write_tokens
         rows.append(
             {
                 "at": event.timestamp,
                 "name": event.event_name,
                 "model": event.model or "—",
-                "input": event.input_tokens + event.cache_read_tokens + event.cache_write_tokens,
-                "cached": event.cache_read_tokens,
-                "output": event.output_tokens,
-                "amount": f"{event.amount.normalize():f} {event.currency}".strip(),
+                "input": f"{prompt:,}",
+                "cached": f"{event.cache_read_tokens:,}",
+                "output": f"{event.output_tokens:,}",
+                "amount": _exact(event.amount, event.currency),
                 "transaction": event.ledger_transaction.reference
                 if event.ledger_transaction_id
                 else "—",
@@ -428,6 +446,7 @@ def invoices(request):
             "invoices": [
                 {
                     "invoice": i,
+                    "status": STATUS_LABELS[i.status],
                     "total": _money(i.total, i.currency),
                     "remaining": _money(i.amount_remaining, i.currency),
                 }
@@ -447,6 +466,7 @@ def invoice_detail(request, invoice_id: int):
         {
             "customer": request.customer,
             "invoice": invoice,
+            "status": STATUS_LABELS[invoice.status],
             "doc": context,
             "can_pay": invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
             and invoice.amount_remaining > 0,
@@ -543,7 +563,9 @@ def portal_settings(request):
     alert = AlertForm(
         request.POST if request.POST.get("form") == "alert" else None,
         initial={
-            "threshold": customer.low_balance_threshold,
+            "threshold": None
+            if customer.low_balance_threshold is None
+            else to_minor_unit(customer.low_balance_threshold, customer.currency),
             "email": customer.low_balance_email or request.user.email,
         },
     )

@@ -203,7 +203,7 @@ def test_a_finalized_invoice_shows_its_figures_exactly_as_presented():
     assert lines == [
         ("Pro — base fee", D(1), D("49.00")),
         ("Input tokens: included (1,000,000 tokens per period)", D(1_000_000), D(0)),
-        ("Input tokens", D(11_345_678), D("28.36")),
+        ("Input tokens, beyond the included", D(11_345_678), D("28.36")),
         ("Output tokens", D(1_234_567), D("12.35")),
     ]
     # 89.71 × 8.25 % = 7.401075 → 7.40
@@ -225,7 +225,7 @@ def test_a_finalized_invoice_shows_its_figures_exactly_as_presented():
         "Billing period 1 April 2026 – 30 April 2026",
         "Pro — base fee 1 49.00 USD 49.00 USD",
         "Input tokens: included (1,000,000 tokens per period) 1,000,000 tokens Included 0.00 USD",
-        "Input tokens 11,345,678 tokens 2.50 USD / 1M tokens 28.36 USD",
+        "Input tokens, beyond the included 11,345,678 tokens 2.50 USD / 1M tokens 28.36 USD",
         "Output tokens 1,234,567 tokens 10.00 USD / 1M tokens 12.35 USD",
         "Subtotal 89.71 USD",
         "Sales tax (8.25 %) 7.40 USD",

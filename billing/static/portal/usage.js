@@ -14,7 +14,12 @@
     return canvas;
   }
 
+  let drawn = "";
+
   function draw(data) {
+    const text = JSON.stringify(data);
+    if (text === drawn) return;  // unchanged: no redraw, no flicker
+    drawn = text;
     charts.forEach((c) => c.destroy());
     charts = [];
     const labels = data.days.map((d) => d.day);
@@ -24,6 +29,7 @@
       data: { labels, datasets: [{ label: "Charged", data: data.days.map((d) => Number(d.amount)),
         backgroundColor: palette[0] }] },
       options: { responsive: true, maintainAspectRatio: false, animation: false,
+        scales: { y: { title: { display: true, text: data.currency } } },
         plugins: { legend: { display: false }, tooltip: money } },
     }));
     const byModel = {};
@@ -32,13 +38,21 @@
       byModel[m.model] = byModel[m.model] || {};
       byModel[m.model][m.day] = Number(m.amount);
     });
-    charts.push(new Chart(canvasIn(document.getElementById("chart-models")), {
+    const models = document.getElementById("chart-models");
+    if (!data.totals.length) {
+      models.innerHTML = '<p class="muted">No LLM usage this period yet.</p>';
+      document.querySelector("#models-table tbody").innerHTML = "";
+      return;
+    }
+    charts.push(new Chart(canvasIn(models), {
       type: "bar",
       data: { labels: modelDays, datasets: Object.keys(byModel).map((model, i) => ({
         label: model, data: modelDays.map((d) => byModel[model][d] || 0),
         backgroundColor: palette[i % palette.length] })) },
       options: { responsive: true, maintainAspectRatio: false, animation: false,
-        scales: { x: { stacked: true }, y: { stacked: true } }, plugins: { tooltip: money } },
+        scales: { x: { stacked: true },
+                  y: { stacked: true, title: { display: true, text: data.currency } } },
+        plugins: { tooltip: money } },
     }));
     const body = document.querySelector("#models-table tbody");
     body.innerHTML = "";
@@ -57,5 +71,5 @@
     if (response.ok) draw(await response.json());
   }
   refresh();  // a deferred script runs once the page is parsed
-  setInterval(refresh, 10000);  // the charts move slowly; the events table every second
+  setInterval(refresh, 2000);  // redrawn only when the figures changed
 })();
