@@ -201,6 +201,7 @@ def _roll(subscription: Subscription, now: datetime) -> None:
 class CloseResult:
     invoice: Invoice
     created: bool
+    more_due: bool = False  # the next period has ended too (an operator catching up)
 
 
 @transaction.atomic
@@ -251,7 +252,8 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
         )
     _write_lines(invoice, draft.lines)
     _roll(subscription, as_of)
-    return CloseResult(invoice, created=True)
+    more_due = subscription.status in LIVE and subscription.current_period_end <= as_of
+    return CloseResult(invoice, created=True, more_due=more_due)
 
 
 def due_subscription_ids(*, as_of: datetime | None = None, limit: int | None = None) -> list[int]:
@@ -279,6 +281,8 @@ def close_subscription_periods(*, subscription_id: int, as_of: datetime | None =
         if result is None or not result.created:
             break
         made += 1
+        if not result.more_due:  # no second transaction just to find nothing due
+            break
     return made
 
 
