@@ -961,6 +961,7 @@ class RunResult:
     cpu: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
     migrations_applied: list[str] = field(default_factory=list)
+    scans: dict[str, dict[str, int]] = field(default_factory=dict)  # see table_scans
     checks: list[Check] = field(default_factory=list)
     error: str = ""
 
@@ -1035,6 +1036,45 @@ class QueryProfile:
         }
 
 
+SCANNED_TABLES = (
+    "billing_customer",
+    "billing_plan",
+    "billing_subscription",
+    "billing_subscriptionphase",
+    "invoicing_invoice",
+    "invoicing_invoiceline",
+    "invoicing_taxrate",
+    "metering_meter",
+    "metering_periodusage",
+)
+
+
+def table_scans(url: str) -> dict[str, tuple[int, int, int]]:
+    """table → (sequential scans, rows they read, index scans) so far, for the tables a
+    close reads. (Backends report their counts when their transactions end, at most once a
+    second, and when they exit: read after the run's connections are closed.)"""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) "
+            "FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+            [list(SCANNED_TABLES)],
+        ).fetchall()
+    return {name: (seq, read, idx) for name, seq, read, idx in rows}
+
+
+def scans_during(before: dict[str, tuple[int, int, int]], url: str) -> dict[str, dict[str, int]]:
+    time.sleep(1.5)  # past the statistics flush interval
+    after = table_scans(url)
+    return {
+        table: {
+            "seq_scans": after[table][0] - before.get(table, (0, 0, 0))[0],
+            "seq_rows_read": after[table][1] - before.get(table, (0, 0, 0))[1],
+            "index_scans": after[table][2] - before.get(table, (0, 0, 0))[2],
+        }
+        for table in sorted(after)
+    }
+
+
 def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
     from django.db import connection, connections
 
@@ -1043,6 +1083,7 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
     connections.close_all()
     with psycopg.connect(with_database(server_url, database), autocommit=True) as admin:
         checkpoint(admin)
+    scans_before = table_scans(with_database(server_url, database))
     profile = QueryProfile()
     cpu = CpuMeter(database)
     progress(f"(a) in-process close of {seed.subscriptions:,} subscriptions …")
@@ -1075,6 +1116,7 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
         dispatch_seconds=round(dispatch_seconds, 3),
         cpu=cpu_figures,
         profile=profile.summary(wall, closed),
+        scans=scans_during(scans_before, with_database(server_url, database)),
     )
 
 
@@ -1238,13 +1280,25 @@ def run_celery(
             workers.wait_ready(app)
             cpu = CpuMeter(database, workers.groups)
             progress(f"    workers ready; sending close_due_periods for {seed.subscriptions:,} …")
+            # Polling costs next to nothing: the invoice id sequence (one row) until it has
+            # handed out an id per subscription, then count(*) until every invoice is there.
+            allocated = (
+                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM "
+                + watch.execute(
+                    "SELECT pg_get_serial_sequence('invoicing_invoice', 'id')"
+                ).fetchone()[0]
+            )
+            first_allocated = watch.execute(allocated).fetchone()[0]
+            scans_before = table_scans(url)
             cpu.start()
             timer = Timer()
             dispatcher = close_due_periods.apply_async(args=[seed.as_of.isoformat()], queue=queue)
             invoices = 0
             last_note = time.monotonic()
             while True:
-                invoices = watch.execute("SELECT count(*) FROM invoicing_invoice").fetchone()[0]
+                invoices = watch.execute(allocated).fetchone()[0] - first_allocated
+                if invoices >= seed.subscriptions:
+                    invoices = watch.execute("SELECT count(*) FROM invoicing_invoice").fetchone()[0]
                 if dispatch_seconds is None and dispatcher.ready():
                     dispatch_seconds = timer.seconds
                 if invoices >= seed.subscriptions:
@@ -1269,6 +1323,7 @@ def run_celery(
                 error = error or f"close_due_periods: {exc!r}"
         finally:
             workers.stop()
+            scans = scans_during(scans_before, url) if cpu_figures else {}
             try:  # the queue is ours alone: nothing must be left on it
                 import redis
 
@@ -1291,6 +1346,7 @@ def run_celery(
         cpu=cpu_figures,
         error=error,
         migrations_applied=migrations,
+        scans=scans,
     )
     if leftover:
         result.checks.append(Check(f"{result.name}: queue left empty", False, "messages left"))
@@ -1411,7 +1467,8 @@ def report(
     print(
         f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
         f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}, "
-        f"max_connections={machine['max_connections']}"
+        f"max_connections={machine['max_connections']}, "
+        f"autovacuum={machine.get('autovacuum', '?')}"
     )
     print(f"  Python             {machine['python']} on {machine['platform']}")
     print(f"  load average       {machine['load_average_1m']} (1 min, before setup)")
@@ -1487,6 +1544,35 @@ def report(
                     else ""
                 )
             )
+    print()
+    print("Table scans during each run (pg_stat_user_tables: the tables a close reads)")
+    for r in runs:
+        heavy = sorted(
+            ((t, v) for t, v in r.scans.items() if v["seq_rows_read"]),
+            key=lambda item: -item[1]["seq_rows_read"],
+        )
+        text = "; ".join(
+            f"{t} {v['seq_scans']:,} seq scans reading {v['seq_rows_read']:,} rows"
+            for t, v in heavy[:3]
+        )
+        print(f"  {r.name:<12} {text or 'no sequential scans that read rows'}")
+    invoice_rows = max(
+        (r.scans.get("invoicing_invoice", {}).get("seq_rows_read", 0) / max(r.closed, 1))
+        for r in runs
+    )
+    if invoice_rows > 10:
+        print(
+            "  Note: sequential scans of invoicing_invoice growing with the table: plans a "
+            "long-lived connection cached while the table was empty (the invoice-line trigger's "
+            "lookup of the invoice, the deferred foreign-key checks of the lines at commit) are "
+            "never replanned"
+            + (
+                " — autovacuum is off on this server, so no ANALYZE invalidates them"
+                if machine.get("autovacuum") == "off"
+                else ""
+            )
+            + ". A connection per task (Celery's default) plans afresh each time."
+        )
     for r in runs:
         if r.migrations_applied:
             print(
@@ -1620,6 +1706,7 @@ def main(argv: Sequence[str]) -> int:
             with_database(server_url, seeded_db, application_name="bench-close"), autocommit=True
         ) as admin:
             machine.update(server_facts(admin))
+            machine["autovacuum"] = admin.execute("SHOW autovacuum").fetchone()[0]
             version = admin.execute("SHOW server_version_num").fetchone()[0]
             progress(
                 f"seeding {args.subscriptions:,} customers, wallets, subscriptions, counters …"

@@ -276,8 +276,8 @@ def test_editing_a_customer_changes_only_its_details(staff_client, catalog):
         "postal_code": "",
         "country": "DE",
     }
-    # The inlines' management forms (wallets and subscriptions are read-only).
-    for prefix in ("wallets", "subscriptions", "margins"):
+    # The inlines' management forms (wallets, subscriptions and portal users are read-only).
+    for prefix in ("wallets", "subscriptions", "margins", "members"):
         form.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"})
     response = staff_client.post(url("billing_customer_change", customer.pk), form)
     assert response.status_code == 302, response.context and response.context["errors"]

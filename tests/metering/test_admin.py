@@ -153,6 +153,8 @@ def test_a_margin_override_on_the_customer_page_reprices_usage(staff_client, rat
         "wallets-INITIAL_FORMS": "0",
         "subscriptions-TOTAL_FORMS": "0",
         "subscriptions-INITIAL_FORMS": "0",
+        "members-TOTAL_FORMS": "0",
+        "members-INITIAL_FORMS": "0",
         "margins-TOTAL_FORMS": "1",
         "margins-INITIAL_FORMS": "0",
         "margins-0-meter": str(meter.pk),
