@@ -427,6 +427,8 @@ def after_finalization(*, invoice_id: int) -> None:
     the customer, then collecting payment."""
     from invoicing import emails, payments, pdf
 
+    if not Invoice.objects.filter(pk=invoice_id).exists():
+        return  # a task outliving its invoice's database (a test run's): nothing to do
     pdf.store_invoice_pdf(invoice_id=invoice_id)
     emails.send_invoice_email(invoice_id=invoice_id)
     payments.collect_payment(invoice_id=invoice_id)

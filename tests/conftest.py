@@ -64,6 +64,25 @@ def make_wallet(db, world):
     return make
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _celery_test_queue():
+    """Tasks the tests enqueue without a worker (after-commit follow-ups) go to a queue of
+    their own, emptied at the end, so that they never reach the broker's default queue a
+    development worker (``make run``) consumes."""
+    from billing.celery import app
+
+    queue = f"tests-{uuid.uuid4().hex[:8]}"
+    default = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    yield
+    app.conf.task_default_queue = default
+    with app.connection_for_write() as connection:
+        try:
+            connection.default_channel.queue_delete(queue)
+        except Exception:  # noqa: BLE001 - it may never have been declared
+            pass
+
+
 @pytest.fixture(autouse=True)
 def _fresh_metering_caches():
     """The catalog and plan caches are per process; tests change the tables under them."""
