@@ -185,8 +185,10 @@ def _overview_context(customer) -> dict:
     )
     start, end = subscription.current_period_start, subscription.current_period_end
     elapsed = max(timezone.now() - start, timedelta(seconds=1))
-    factor = Decimal((end - start) // timedelta(seconds=1)) / Decimal(
-        elapsed // timedelta(seconds=1)
+    # (a period that has ended but is not closed yet projects no further)
+    factor = max(
+        Decimal(1),
+        Decimal((end - start) // timedelta(seconds=1)) / Decimal(elapsed // timedelta(seconds=1)),
     )
     # the usage so far, continued at the same pace to the period end, with its tax
     more = spent * (factor - 1) * (1 + upcoming.tax_percentage / 100)
