@@ -1,7 +1,7 @@
 """Ledger posting throughput: the service against itself and against raw PostgreSQL.
 
-    make bench-ledger                                  # 5 s per run, 1, 4 and 16 writers
-    make bench-ledger BENCH_ARGS="--quick"             # 1 s per run (smoke test)
+    make bench-ledger                                  # 3 rounds of 5 s runs, 1, 4, 16 writers
+    make bench-ledger BENCH_ARGS="--quick"             # 1 round of 1 s runs (smoke test)
     .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ledger.py \
         --seconds 10 --writers 1,8,32 --keep
 
@@ -18,6 +18,12 @@ and its own connection) that posts for a fixed time after a common start barrier
     raw        a stricter ceiling: the same rows in one statement (a data-modifying CTE)
                per posting, then COMMIT
 
+Every scenario runs once per round (3 rounds by default) at each writer count, the
+scenarios' order rotating from round to round so that none always runs first after the
+checkpoint. A ratio is taken within a round (runs seconds apart, on the same machine
+state) and the figure reported is the median of the rounds, with each round's value
+beside it; postings/s are the median of the rounds too.
+
 It prints postings/s, the ratios the issue sets targets for (shared ÷ no-shared ≥ 0.8 and
 service ÷ raw ≥ 0.5, both at 16 writers), where the writers' backends spent their time
 (sampled from pg_stat_activity), checks the books balance and the row counts match, and
@@ -33,6 +39,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -95,11 +102,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--writers", default="1,4,16", help="comma-separated writer counts (default 1,4,16)"
     )
-    parser.add_argument("--quick", action="store_true", help="1 s runs: a smoke test")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of every scenario at every writer count"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s runs: a smoke test")
     parser.add_argument("--keep", action="store_true", help=f"do not drop {BENCH_DB} at the end")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 1.0
+        args.rounds = 1
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     try:
         args.writer_counts = sorted({int(w) for w in args.writers.split(",") if w.strip()})
     except ValueError:
@@ -239,6 +252,7 @@ def create_accounts() -> Accounts:
 class RunSpec:
     scenario: str
     writers: int
+    round: int
     seconds: float
     revenue: int
     wallets: list[int]
@@ -342,7 +356,7 @@ def run_writer(index: int, spec: RunSpec, raw: psycopg.Connection[Any]) -> Write
     result = WriterResult(index=index)
     errors: collections.Counter[str] = collections.Counter()
     moved = Decimal(0)
-    prefix = f"bench:{spec.scenario}:{spec.writers}w:{index}:"
+    prefix = f"bench:{spec.scenario}:{spec.writers}w:r{spec.round}:{index}:"
     started = time.perf_counter()
     deadline = started + spec.seconds
     sequence = 0
@@ -394,6 +408,7 @@ def run_writer(index: int, spec: RunSpec, raw: psycopg.Connection[Any]) -> Write
 class RunResult:
     scenario: str
     writers: int
+    round: int
     postings: int
     seconds: float
     per_second: float
@@ -463,6 +478,7 @@ class WriterPool:
         return RunResult(
             scenario=spec.scenario,
             writers=spec.writers,
+            round=spec.round,
             postings=postings,
             seconds=round(seconds, 3),
             per_second=round(postings / seconds, 1),
@@ -619,23 +635,39 @@ def report(
     hot_buckets: int,
     raw_indexes: list[str],
 ) -> dict[str, Any]:
-    rate = {(r.scenario, r.writers): r.per_second for r in runs}
     counts = args.writer_counts
-    ratios: dict[str, dict[str, float | None]] = {
-        "shared/no-shared": {},
-        "service(shared)/raw-plain": {},
-        "service(no-shared)/raw-plain": {},
-        "service(shared)/raw-one-statement": {},
-        "service(no-shared)/raw-one-statement": {},
+    rounds = sorted({r.round for r in runs})
+    by_round = {(r.scenario, r.writers, r.round): r.per_second for r in runs}
+
+    def median_of(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+
+    rate = {
+        (scenario, n): median_of([by_round.get((scenario, n, k)) for k in rounds])
+        for scenario in SCENARIOS
+        for n in counts
     }
-    for n in counts:
-        shared, no_shared = rate.get(("shared", n)), rate.get(("no-shared", n))
-        plain, one_statement = rate.get(("raw-plain", n)), rate.get(("raw", n))
-        ratios["shared/no-shared"][str(n)] = ratio(shared, no_shared)
-        ratios["service(shared)/raw-plain"][str(n)] = ratio(shared, plain)
-        ratios["service(no-shared)/raw-plain"][str(n)] = ratio(no_shared, plain)
-        ratios["service(shared)/raw-one-statement"][str(n)] = ratio(shared, one_statement)
-        ratios["service(no-shared)/raw-one-statement"][str(n)] = ratio(no_shared, one_statement)
+    pairs = {
+        "shared/no-shared": ("shared", "no-shared"),
+        "service(shared)/raw-plain": ("shared", "raw-plain"),
+        "service(no-shared)/raw-plain": ("no-shared", "raw-plain"),
+        "service(shared)/raw-one-statement": ("shared", "raw"),
+        "service(no-shared)/raw-one-statement": ("no-shared", "raw"),
+    }
+    # A ratio is taken within a round (its two runs seconds apart); the figure is the
+    # median over the rounds.
+    ratios_by_round: dict[str, dict[str, list[float | None]]] = {
+        name: {
+            str(n): [ratio(by_round.get((top, n, k)), by_round.get((bottom, n, k))) for k in rounds]
+            for n in counts
+        }
+        for name, (top, bottom) in pairs.items()
+    }
+    ratios: dict[str, dict[str, float | None]] = {
+        name: {n: median_of(values) for n, values in by_writers.items()}
+        for name, by_writers in ratios_by_round.items()
+    }
 
     print()
     print("Machine")
@@ -651,13 +683,15 @@ def report(
     print(f"  Python             {machine['python']} on {machine['platform']}")
     print(f"  load average       {machine['load_average_1m']} (1 min, before setup)")
     print(
-        f"  run                {args.seconds:g} s per run, {WALLETS:,} wallets, "
+        f"  run                {len(rounds)} round(s) of {args.seconds:g} s runs, "
+        f"{WALLETS:,} wallets, "
         f"{hot_buckets} buckets per hot account, writers = spawned processes"
     )
     print()
     label_width = max(len(label) for label in (*SCENARIO_LABELS.values(), *ratios)) + 4
     header = "".join(f"{f'{n} writer' + ('s' if n > 1 else ''):>14}" for n in counts)
-    print(f"{'postings/s':<{label_width}}{header}")
+    median = " (median of the rounds)" if len(rounds) > 1 else ""
+    print(f"{'postings/s' + median:<{label_width}}{header}")
     for scenario in SCENARIOS:
         cells = "".join(f"{fmt(rate.get((scenario, n))):>14}" for n in counts)
         print(f"{SCENARIO_LABELS[scenario]:<{label_width}}{cells}")
@@ -667,10 +701,18 @@ def report(
         print(f"{'  ' + name:<{label_width}}{cells}")
 
     print()
-    print("Where the writers' PostgreSQL backends spent their time (pg_stat_activity samples)")
-    for r in runs:
-        top = ", ".join(f"{label} {share:.0%}" for label, share in list(r.wait_events.items())[:5])
-        print(f"  {r.scenario:>9} × {r.writers:>2}: {top or 'no samples'}")
+    print(
+        "Where the writers' PostgreSQL backends spent their time "
+        "(pg_stat_activity samples, mean of the rounds)"
+    )
+    for n in counts:
+        for scenario in SCENARIOS:
+            shares: collections.Counter[str] = collections.Counter()
+            same = [r for r in runs if r.scenario == scenario and r.writers == n]
+            for r in same:
+                shares.update({k: v / len(same) for k, v in r.wait_events.items()})
+            top = ", ".join(f"{label} {share:.0%}" for label, share in shares.most_common(5))
+            print(f"  {scenario:>9} × {n:>2}: {top or 'no samples'}")
 
     print()
     targets: dict[str, Any] = {}
@@ -697,8 +739,11 @@ def report(
         None: f"not measured (no {TARGET_WRITERS}-writer run)",
     }
     for kind, target in targets.items():
+        target["rounds"] = ratios_by_round[kind].get(checks_at, [])
         value = fmt(target["value"], "{:.2f}")
-        print(f"  {kind:<30} ≥ {target['target']:<4} {value:>6}   {verdict[target['met']]}")
+        each = ", ".join(fmt(v, "{:.2f}") for v in target["rounds"])
+        each = f"   (rounds: {each})" if len(target["rounds"]) > 1 else ""
+        print(f"  {kind:<30} ≥ {target['target']:<4} {value:>6}   {verdict[target['met']]}{each}")
 
     print()
     print("Checks")
@@ -713,6 +758,7 @@ def report(
     return {
         "benchmark": "ledger",
         "seconds_per_run": args.seconds,
+        "rounds": len(rounds),
         "writers": counts,
         "wallets": WALLETS,
         "hot_account_buckets": hot_buckets,
@@ -722,6 +768,7 @@ def report(
         },
         "runs": [asdict(r) for r in runs],
         "ratios": ratios,
+        "ratios_by_round": ratios_by_round,
         "targets": targets,
         "raw_table_indexes": raw_indexes,
         "checks": [asdict(c) for c in checks],
@@ -730,6 +777,20 @@ def report(
 
 
 # --- main --------------------------------------------------------------------------------
+
+
+def run_order(args: argparse.Namespace) -> list[tuple[int, int, str]]:
+    """(round, writers, scenario) in the order they run. Writer count first within a round:
+    the runs a ratio compares are next to each other, so a change in the machine's load
+    skews the ratios less; the scenarios' order rotates from round to round."""
+    order = []
+    for round_ in range(1, args.rounds + 1):
+        shift = (round_ - 1) % len(SCENARIOS)
+        scenarios = SCENARIOS[shift:] + SCENARIOS[:shift]
+        order += [
+            (round_, writers, scenario) for writers in args.writer_counts for scenario in scenarios
+        ]
+    return order
 
 
 def main(argv: Sequence[str]) -> int:
@@ -770,26 +831,25 @@ def main(argv: Sequence[str]) -> int:
             pool = WriterPool(max(args.writer_counts), args.writer_counts, server_url)
             runs: list[RunResult] = []
             try:
-                # Writer count first: the runs a ratio compares are next to each other, so
-                # a change in the machine's load skews the ratios less.
-                for writers in args.writer_counts:
-                    for scenario in SCENARIOS:
-                        checkpoint(admin)
-                        spec = RunSpec(
-                            scenario=scenario,
-                            writers=writers,
-                            seconds=args.seconds,
-                            revenue=accounts.revenue,
-                            wallets=accounts.wallets,
-                            wallet_revenues=accounts.wallet_revenues,
-                        )
-                        result = pool.run(spec, admin)
-                        runs.append(result)
-                        errors = f", errors {result.errors}" if result.errors else ""
-                        progress(
-                            f"  {scenario:>9} × {writers:>2} writer{'s' if writers > 1 else ' '}: "
-                            f"{result.per_second:>9,.1f} postings/s{errors}"
-                        )
+                for round_, writers, scenario in run_order(args):
+                    checkpoint(admin)
+                    spec = RunSpec(
+                        scenario=scenario,
+                        writers=writers,
+                        round=round_,
+                        seconds=args.seconds,
+                        revenue=accounts.revenue,
+                        wallets=accounts.wallets,
+                        wallet_revenues=accounts.wallet_revenues,
+                    )
+                    result = pool.run(spec, admin)
+                    runs.append(result)
+                    errors = f", errors {result.errors}" if result.errors else ""
+                    progress(
+                        f"  round {round_}  {scenario:>9} × {writers:>2} "
+                        f"writer{'s' if writers > 1 else ' '}: "
+                        f"{result.per_second:>9,.1f} postings/s{errors}"
+                    )
             finally:
                 pool.close()
 
