@@ -26,12 +26,13 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
 
-from billing import selectors, services
+from billing import credits, selectors, services
 from billing.api.serializers import ChargeSerializer
 from billing.errors import BillingError
 from billing.models import (
@@ -40,7 +41,11 @@ from billing.models import (
     APIKey,
     BillingMode,
     ConsumptionModel,
+    CreditAllocation,
+    CreditGrant,
     Customer,
+    GrantSource,
+    GrantStatus,
     IdempotencyRecord,
     Interval,
     MarginOverride,
@@ -293,6 +298,78 @@ class AdjustmentForm(MoneyForm):
         return reason
 
 
+class GrantCreditsForm(forms.Form):
+    """Promotional credits or a credit adjustment, into the CREDITS wallet."""
+
+    amount = ExactDecimalField(help_text="Credits, exact, up to 12 decimal places.")
+    name = forms.CharField(
+        max_length=200, required=False, help_text="What the customer sees, e.g. “Welcome credits”."
+    )
+    source = forms.ChoiceField(
+        choices=[
+            (GrantSource.PROMOTIONAL, "Promotional (free, funded by @Promotions)"),
+            (GrantSource.ADJUSTMENT, "Adjustment (funded by @Adjustments)"),
+        ]
+    )
+    priority = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=credits.MAX_PRIORITY,
+        help_text="Lower is drawn first. Empty: 10 for promotional, 20 for adjustments "
+        "(credits bought have 50).",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        help_text="Empty: never. E.g. 2027-01-31 00:00 (in the site's time zone).",
+    )
+    token = forms.CharField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("initial", {}).setdefault("token", uuid.uuid4().hex)
+        super().__init__(*args, **kwargs)
+
+    def clean_amount(self) -> Decimal:
+        amount = self.cleaned_data["amount"]
+        if amount <= 0:
+            raise forms.ValidationError("A grant must be positive.")
+        return amount
+
+    def clean_token(self) -> str:
+        token = self.cleaned_data["token"]
+        if not re.fullmatch(r"[0-9a-f]{32}", token):
+            raise forms.ValidationError("This form has expired; open it again.")
+        return token
+
+
+def grants_table(grants: Iterable[CreditGrant]) -> str:
+    rows = [
+        (
+            reverse("admin:billing_creditgrant_change", args=[g.pk]),
+            g.name,
+            g.get_source_display(),
+            g.priority,
+            money(g.amount),
+            money(g.remaining),
+            g.get_status_display(),
+            timestamp(g.expires_at) if g.expires_at else "never",
+        )
+        for g in grants
+    ]
+    if not rows:
+        return "No credit grants."
+    return format_html(
+        "<table><thead><tr><th>grant</th><th>source</th><th>priority</th><th>granted</th>"
+        "<th>left</th><th>status</th><th>expires</th></tr></thead><tbody>{}</tbody></table>",
+        format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td>'
+            '<td style="text-align:right">{}</td><td style="text-align:right">{}</td>'
+            "<td>{}</td><td>{}</td></tr>",
+            rows,
+        ),
+    )
+
+
 def _balance(wallet: Wallet) -> ledger_selectors.BalanceView:
     """The wallet's balance, read once per wallet and page."""
     if not hasattr(wallet, "_balance_view"):
@@ -425,9 +502,11 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
                 ),
             },
         ),
+        ("Credit grants", {"fields": ("credit_grants",)}),
         ("Recent ledger activity", {"fields": ("recent_activity",)}),
     )
     readonly_fields = (
+        "credit_grants",
         "external_id",
         "currency",
         "billing_mode",
@@ -437,7 +516,7 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         "recent_activity",
     )
     inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline, PortalMemberInline]
-    actions = ["top_up_action", "adjust_action"]
+    actions = ["top_up_action", "adjust_action", "grant_action"]
 
     def has_delete_permission(self, request, obj=None):
         return False  # its wallets are ledger accounts, kept forever
@@ -566,6 +645,11 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
             path(
                 "<path:object_id>/invite/", view(self.invite_view), name="billing_customer_invite"
             ),
+            path(
+                "<path:object_id>/grant-credits/",
+                view(self.grant_view),
+                name="billing_customer_grant",
+            ),
             *super().get_urls(),
         ]
 
@@ -691,6 +775,52 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
             post=post,
         )
 
+    @admin.display(description="credit grants")
+    def credit_grants(self, customer):
+        if customer.pk is None:
+            return "—"
+        live = customer.credit_grants.filter(status=GrantStatus.ACTIVE)
+        ended = customer.credit_grants.exclude(status=GrantStatus.ACTIVE).order_by("-ended_at")
+        return grants_table([*live, *ended[:10]])
+
+    def grant_view(self, request, object_id):
+        customer = self._money_customer(request, object_id)
+        form = GrantCreditsForm(request.POST or None)
+
+        def post() -> HttpResponse:
+            data = form.cleaned_data
+            grant = credits.grant_credits(
+                customer=customer,
+                amount=data["amount"],
+                name=data["name"],
+                source=data["source"],
+                priority=data["priority"],
+                expires_at=data["expires_at"],
+                reference=f"admin:{data['token']}",
+                staff_user_id=request.user.pk,
+            )
+            summary = f"Granted {money(grant.amount)} credits ({grant.name})"
+            self.log_change(request, customer, f"{summary}: grant {grant.pk}")
+            messages.success(request, f"{summary}.")
+            return HttpResponseRedirect(self.change_url(customer))
+
+        live = customer.credit_grants.filter(status=GrantStatus.ACTIVE)
+        return self.run_service(request, form, post) or self.service_form_response(
+            request,
+            form=form,
+            title=f"Grant credits to {customer}",
+            submit_label="Grant credits",
+            original=customer,
+            intro="The credits land in the customer's CREDITS wallet at once. Usage draws on "
+            "grants lowest priority first, then the soonest expiry; whatever is left at the "
+            "expiry leaves the wallet for @CreditsExpired.",
+            facts=[("Live grants", grants_table(live))],
+        )
+
+    @admin.action(description="Grant credits to the selected customer…", permissions=["change"])
+    def grant_action(self, request, queryset):
+        return self._to_one(request, queryset, "grant", "grant credits to")
+
     def _to_one(self, request, queryset, url_name: str, what: str):
         if queryset.count() != 1:
             messages.warning(request, f"Select exactly one customer to {what}.")
@@ -706,6 +836,116 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
     @admin.action(description="Adjust the selected customer's balance…", permissions=["change"])
     def adjust_action(self, request, queryset):
         return self._to_one(request, queryset, "adjust", "adjust")
+
+
+class CreditAllocationInline(ReadOnlyInline):
+    model = CreditAllocation
+    fields = ("created_at", "kind", "amount_display", "transaction_link")
+    readonly_fields = fields
+    show_change_link = False
+    ordering = ("-id",)
+
+    @admin.display(description="amount")
+    def amount_display(self, allocation):
+        return money(allocation.amount)
+
+    @admin.display(description="ledger transaction")
+    def transaction_link(self, allocation):
+        return admin_link(allocation.ledger_transaction, allocation.ledger_transaction.reference)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("ledger_transaction")
+
+
+class GrantLiveFilter(admin.SimpleListFilter):
+    title = "live"
+    parameter_name = "live"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Live (active)"), ("no", "Ended")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(status=GrantStatus.ACTIVE)
+        if self.value() == "no":
+            return queryset.exclude(status=GrantStatus.ACTIVE)
+        return queryset
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(ReadOnlyAdmin):
+    """Grants are made from the customer page (or the API) and change only through usage,
+    expiry and voiding: read-only here, with the allocations that drew on each."""
+
+    list_display = (
+        "id",
+        "customer",
+        "name",
+        "source",
+        "priority",
+        "granted",
+        "left",
+        "status",
+        "expires_at",
+        "created_at",
+    )
+    list_filter = (GrantLiveFilter, "status", "source")
+    search_fields = ("customer__external_id", "customer__name", "name", "reference")
+    list_select_related = ("customer",)
+    ordering = ("-id",)
+    fields = (
+        "customer",
+        "name",
+        "source",
+        "priority",
+        "granted",
+        "left",
+        "status",
+        "expires_at",
+        "ended_at",
+        "reference",
+        "funding_transaction",
+        "created_by",
+        "created_at",
+    )
+    readonly_fields = fields
+    inlines = [CreditAllocationInline]
+    actions = ["void_action", "expire_action"]
+
+    @admin.display(description="granted", ordering="amount")
+    def granted(self, grant):
+        return money(grant.amount)
+
+    @admin.display(description="left", ordering="remaining")
+    def left(self, grant):
+        return money(grant.remaining)
+
+    @admin.display(description="ledger transaction")
+    def funding_transaction(self, grant):
+        return admin_link(grant.ledger_transaction, grant.ledger_transaction.reference)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Void the selected grants (take back what is left)")
+    def void_action(self, request, queryset):
+        done = 0
+        for grant in queryset.filter(status=GrantStatus.ACTIVE):
+            try:
+                credits.void_grant(grant_id=grant.pk, staff_user_id=request.user.pk)
+            except (BillingError, LedgerError) as error:
+                messages.error(request, f"Grant {grant.pk}: {error}")
+                continue
+            self.log_change(request, grant, "Voided")
+            done += 1
+        messages.success(request, f"{done} grant(s) voided.")
+
+    @admin.action(description="Expire the selected grants that are past their expiry now")
+    def expire_action(self, request, queryset):
+        due = queryset.filter(status=GrantStatus.ACTIVE, expires_at__lte=timezone.now())
+        for grant in due:
+            credits.expire_grant(grant_id=grant.pk)
+        messages.success(request, f"{due.count()} grant(s) looked at.")
 
 
 # --- plans -------------------------------------------------------------------------------------

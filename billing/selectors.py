@@ -6,9 +6,18 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery
+from django.utils import timezone
 
 from billing import errors
-from billing.models import Customer, Plan, PlanCharge, Subscription, SubscriptionPhase
+from billing.models import (
+    CreditGrant,
+    Customer,
+    GrantStatus,
+    Plan,
+    PlanCharge,
+    Subscription,
+    SubscriptionPhase,
+)
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger.models import Account, Entry
@@ -63,18 +72,78 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
                     "remaining": max(charge.included_quantity - used, 0),
                 }
             )
-    # Credits are a prepaid CREDITS wallet for now; grants with their own expiry come later.
-    credits = [
-        {"currency": b["currency"], "remaining": b["available"], "expires_at": None}
-        for b in balances
-        if b["currency"] == "CREDITS"
-    ]
+    credits = []
+    for wallet in customer_credits(customer):
+        credits += [
+            {
+                "grant_id": g.pk,
+                "name": g.name,
+                "source": g.source,
+                "priority": g.priority,
+                "currency": g.currency,
+                "granted": g.amount,
+                "remaining": g.remaining,
+                "expires_at": g.expires_at,
+            }
+            for g in wallet["live"]
+        ]
+        if wallet["ungranted"] > 0:
+            credits.append(
+                {
+                    "grant_id": None,
+                    "name": "Credits outside any grant",
+                    "source": None,
+                    "priority": None,
+                    "currency": wallet["currency"],
+                    "granted": None,
+                    "remaining": wallet["ungranted"],
+                    "expires_at": None,
+                }
+            )
     return {
         "customer": customer.external_id,
         "balances": balances,
         "credits": credits,
         "allowances": allowances,
     }
+
+
+def customer_credits(customer: Customer, *, now=None) -> list[dict[str, Any]]:
+    """The customer's ``CREDITS`` wallets with their grants (``billing.credits``): ``live``
+    (active and not expired, in the order they are drawn), ``ended`` (used up, expired,
+    voided; newest first), and the credits outside any grant (``ungranted``: the posted
+    balance less what the live grants hold)."""
+    now = now or timezone.now()
+    wallets = []
+    for wallet in customer.wallets.filter(currency="CREDITS").select_related("account"):
+        view = ledger_selectors.get_balance(account=wallet.account)
+        grants = list(CreditGrant.objects.filter(wallet=wallet))
+        live = [
+            g
+            for g in grants
+            if g.status == GrantStatus.ACTIVE and (g.expires_at is None or g.expires_at > now)
+        ]
+        pending = [g for g in grants if g.status == GrantStatus.ACTIVE and g not in live]
+        ended = sorted(
+            (g for g in grants if g.status != GrantStatus.ACTIVE),
+            key=lambda g: g.ended_at or g.created_at,
+            reverse=True,
+        )
+        in_grants = sum((g.remaining for g in live + pending), Decimal(0))
+        wallets.append(
+            {
+                "wallet": wallet,
+                "currency": wallet.currency,
+                "posted": view.posted,
+                "held": view.held,
+                "available": view.available,
+                "live": live,
+                "expiring": pending,  # past their expiry, waiting for the expiry task
+                "ended": ended,
+                "ungranted": max(view.posted - in_grants, Decimal(0)),
+            }
+        )
+    return wallets
 
 
 def customer_transactions(customer: Customer) -> QuerySet[LedgerTransaction]:

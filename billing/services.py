@@ -26,6 +26,7 @@ from billing.models import (
     BillingMode,
     ConsumptionModel,
     Customer,
+    GrantSource,
     IdempotencyRecord,
     Interval,
     Plan,
@@ -257,12 +258,27 @@ def top_up(
     source = ledger.ensure_system_account(
         code=source_code, currency=wallet.currency, normal_balance=NormalBalance.DEBIT
     )
-    return ledger.post_transaction(
+    description = description or f"Top-up of {amount.normalize():f} {wallet.currency}"
+    posted = ledger.post_transaction(
         reference=f"top-up:{customer.pk}:{reference or uuid.uuid4().hex}",
         legs=[ledger.debit(source, amount), ledger.credit(wallet.account, amount)],
-        description=description or f"Top-up of {amount.normalize():f} {wallet.currency}",
+        description=description,
         metadata={"kind": "top_up", "customer": customer.external_id, **metadata},
     )
+    if wallet.currency == CREDITS:
+        # Credits bought are a grant of their own: drawn after promotional credits, with
+        # the purchase expiry (billing.credits).
+        from billing import credits
+
+        credits.record_purchase(
+            customer=customer,
+            wallet=wallet,
+            posted=posted,
+            amount=ledger.to_amount(amount),
+            name=description,
+            funding_account_id=source.pk,
+        )
+    return posted
 
 
 @transaction.atomic
@@ -287,6 +303,18 @@ def adjust_balance(
         code=ADJUSTMENTS, currency=wallet.currency, normal_balance=NormalBalance.DEBIT
     )
     magnitude = abs(amount)
+    if wallet.currency == CREDITS:
+        # Credits added are a grant (used after promotional ones, never expiring); credits
+        # taken away are drawn from the grants in their usual order (billing.credits).
+        return _adjust_credits(
+            customer=customer,
+            wallet=wallet,
+            amount=amount,
+            reason=reason.strip(),
+            staff_user_id=staff_user_id,
+            reference=reference,
+            adjustments=adjustments,
+        )
     if amount > 0:
         legs = [ledger.debit(adjustments, magnitude), ledger.credit(wallet.account, magnitude)]
     else:
@@ -298,6 +326,44 @@ def adjust_balance(
         metadata={
             "kind": "adjustment",
             "reason": reason.strip(),
+            "staff_user_id": staff_user_id,
+            "customer": customer.external_id,
+        },
+    )
+
+
+def _adjust_credits(
+    *,
+    customer: Customer,
+    wallet: Wallet,
+    amount: Decimal,
+    reason: str,
+    staff_user_id: int | None,
+    reference: str | None,
+    adjustments: Account,
+) -> LedgerTransaction:
+    from billing import credits
+
+    if amount > 0:
+        grant = credits.grant_credits(
+            customer=customer,
+            amount=amount,
+            name=f"Adjustment: {reason}",
+            source=GrantSource.ADJUSTMENT,
+            reference=f"adjustment:{reference or uuid.uuid4().hex}",
+            staff_user_id=staff_user_id,
+        )
+        return grant.ledger_transaction
+    return credits.debit_wallet(
+        customer=customer,
+        wallet=wallet,
+        amount=ledger.to_amount(-amount),
+        reference=f"adjustment:{customer.pk}:{reference or uuid.uuid4().hex}",
+        counter_account_id=adjustments.pk,
+        description=f"Adjustment: {reason}",
+        metadata={
+            "kind": "adjustment",
+            "reason": reason,
             "staff_user_id": staff_user_id,
             "customer": customer.external_id,
         },

@@ -214,6 +214,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.check_low_balances",
         "schedule": crontab(),  # every minute
     },
+    "billing-expire-credit-grants": {
+        "task": "billing.tasks.expire_credit_grants",
+        "schedule": crontab(),  # every minute
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -280,6 +284,8 @@ DUNNING_RETRY_DAYS = [int(d) for d in os.environ.get("DUNNING_RETRY_DAYS", "3,5,
 DUNNING_FINAL_ACTION = os.environ.get("DUNNING_FINAL_ACTION", "suspend")
 # What one credit costs when bought by card, in the customer's currency (exact decimal text).
 CREDIT_PRICE = Decimal(os.environ.get("CREDIT_PRICE", "0.01"))
+# Credits bought expire this many days after the purchase; empty: never (billing.credits).
+CREDIT_PURCHASE_EXPIRY_DAYS = int(os.environ.get("CREDIT_PURCHASE_EXPIRY_DAYS") or 0) or None
 
 # --- Ledger ------------------------------------------------------------------------------
 # Balance rows per hot (system) account; see ledger/models.py for why.

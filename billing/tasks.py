@@ -17,3 +17,12 @@ def check_low_balances() -> int:
     from billing.portal import services as portal
 
     return portal.check_low_balances()
+
+
+@shared_task(acks_late=True)
+def expire_credit_grants() -> int:
+    """Beat, every minute: what is left of credit grants past their expiry leaves the
+    wallet for @CreditsExpired (idempotent: an ended grant is left alone)."""
+    from billing import credits
+
+    return credits.expire_due_grants()

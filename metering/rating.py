@@ -52,10 +52,12 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing import credits
 from billing import errors as billing_errors
 from billing import services as billing_services
 from billing.errors import BillingError
 from billing.models import (
+    AllocationKind,
     ConsumptionModel,
     Customer,
     Plan,
@@ -973,6 +975,12 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
         currency: _system_account_id(CREDITS_USED if currency == CREDITS else REVENUE, currency)
         for currency in {a.currency for a in accepted}
     }
+    # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
+    # the customers' usage locks are held, so no other debit draws on the same remainder.
+    book = credits.GrantBook.load(
+        {a.wallet.account_id for a in accepted if a.money > 0 and a.currency == CREDITS}
+    )
+    allocations: dict[int, list[tuple[int, Decimal]]] = {}
     specs, spec_owner = [], []
     for event_id, a in zip(event_ids, accepted, strict=True):
         p, customer, money, currency = a.p, a.customer, a.money, a.currency
@@ -994,6 +1002,11 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
             metadata.update(model=p.usage.model, provider=p.usage.provider)
         if p.cost is not None:
             metadata["cost_usd"] = str(ledger_round(p.cost.total))
+        if book and money > 0 and currency == CREDITS:
+            parts = book.take(a.wallet.account_id, money)
+            if parts:
+                metadata["grants"] = credits.grants_metadata(parts)
+                allocations[event_id] = parts
         specs.append(
             ledger.TransactionSpec(
                 reference=_reference(customer.pk, p.source.idempotency_key),
@@ -1016,6 +1029,11 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
     except ledger_errors.ReferenceReused as error:
         raise errors.InvalidEvent(str(error), param="idempotency_key") from None
     transaction_ids = {owner: t.pk for owner, t in zip(spec_owner, posted, strict=True)}
+    if allocations:
+        for owner, t in zip(spec_owner, posted, strict=True):
+            if owner in allocations and not getattr(t, "replayed", False):
+                book.record(t.pk, allocations[owner], AllocationKind.USAGE)
+        book.save()
 
     event_rows = []
     for event_id, a in zip(event_ids, accepted, strict=True):

@@ -219,7 +219,14 @@ class CustomerCreateSerializer(serializers.Serializer):
 
 
 class CreditGrantSerializer(serializers.Serializer):
+    grant_id = serializers.IntegerField(
+        allow_null=True, help_text="null: credits outside any grant (they never expire)."
+    )
+    name = serializers.CharField()
+    source = serializers.CharField(allow_null=True, help_text="purchase, promotional, adjustment")
+    priority = serializers.IntegerField(allow_null=True, help_text="Lower is drawn first.")
     currency = serializers.CharField()
+    granted = Money(allow_null=True)
     remaining = Money()
     expires_at = serializers.DateTimeField(allow_null=True)
 
@@ -253,6 +260,49 @@ class TopUpSerializer(serializers.Serializer):
     description = serializers.CharField(
         max_length=500, required=False, allow_blank=True, default=""
     )
+
+
+class CreditGrantCreateSerializer(serializers.Serializer):
+    amount = Money(min_value=Decimal("0.000000000001"), help_text="Credits to grant.")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    source = serializers.ChoiceField(
+        choices=["promotional", "adjustment"],
+        default="promotional",
+        help_text="Credits bought are top-ups in CREDITS, not grants made here.",
+    )
+    priority = serializers.IntegerField(
+        min_value=0,
+        max_value=1000,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Lower is drawn first; default 10 (promotional) or 20 (adjustment).",
+    )
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Empty: never expires."
+    )
+    reference = serializers.CharField(
+        max_length=200,
+        required=False,
+        help_text="Your reference; the same reference grants once.",
+    )
+
+
+class CreditGrantDetailSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    customer = serializers.CharField(source="customer.external_id")
+    name = serializers.CharField()
+    source = serializers.CharField()
+    priority = serializers.IntegerField()
+    currency = serializers.CharField()
+    amount = Money()
+    remaining = Money()
+    used = Money()
+    status = serializers.CharField(help_text="active, depleted, expired or voided")
+    expires_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    ledger_transaction = serializers.IntegerField(source="ledger_transaction_id")
 
 
 class EntrySerializer(serializers.Serializer):

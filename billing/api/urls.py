@@ -8,6 +8,7 @@ urlpatterns = [
     path("customers/<str:external_id>", views.CustomerDetailView.as_view()),
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
+    path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage.UsageView.as_view()),
     path(

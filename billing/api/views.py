@@ -157,6 +157,62 @@ class TopUpView(APIView):
         return Response(s.TransactionSerializer(transaction).data, status=code)
 
 
+class CreditGrantListCreateView(APIView):
+    @extend_schema(
+        operation_id="customers_credit_grants",
+        tags=["customers"],
+        summary="The customer's credit grants, in the order they are drawn",
+        parameters=PAGE_PARAMETERS,
+        responses={200: s.list_response(s.CreditGrantDetailSerializer), **errors(400, 404)},
+    )
+    def get(self, request, external_id: str):
+        customer = selectors.get_customer(external_id=external_id)
+        queryset = customer.credit_grants.select_related("customer")
+        return Response(
+            paginate(request, queryset, lambda g: s.CreditGrantDetailSerializer(g).data)
+        )
+
+    @extend_schema(
+        operation_id="customers_grant_credits",
+        tags=["customers"],
+        summary="Grant credits (promotional or an adjustment), with a priority and expiry",
+        description=(
+            "Credits land in the customer's CREDITS wallet at once. Debits draw on grants "
+            "lowest priority first, then soonest expiry, then oldest; what is left at "
+            "expires_at expires."
+        ),
+        request=s.CreditGrantCreateSerializer,
+        responses={
+            201: s.CreditGrantDetailSerializer,
+            200: s.CreditGrantDetailSerializer,
+            **errors(400, 404, 409),
+        },
+        parameters=[idempotency_parameter()],
+        examples=[
+            OpenApiExample(
+                "Promotional credits",
+                request_only=True,
+                value={
+                    "amount": "5000",
+                    "name": "Welcome credits",
+                    "expires_at": "2027-01-31T00:00:00Z",
+                    "reference": "welcome-acme",
+                },
+            )
+        ],
+    )
+    @idempotent
+    def post(self, request, external_id: str):
+        from billing import credits
+
+        customer = selectors.get_customer(external_id=external_id)
+        data = s.CreditGrantCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        grant = credits.grant_credits(customer=customer, **data.validated_data)
+        code = status.HTTP_200_OK if grant.replayed else status.HTTP_201_CREATED
+        return Response(s.CreditGrantDetailSerializer(grant).data, status=code)
+
+
 class CustomerTransactionsView(APIView):
     @extend_schema(
         operation_id="customers_transactions",

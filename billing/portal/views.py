@@ -34,7 +34,13 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors
 from billing.errors import BillingError
-from billing.models import PortalMember, Subscription, SubscriptionStatus
+from billing.models import (
+    AllocationKind,
+    CreditAllocation,
+    PortalMember,
+    Subscription,
+    SubscriptionStatus,
+)
 from billing.portal import services
 from invoicing import payments, pdf
 from invoicing.models import Invoice, InvoiceStatus
@@ -403,26 +409,66 @@ def usage_csv(request):
 
 @portal_view
 def credits(request):
-    balance = selectors.customer_balance(request.customer)
-    grants = []
-    for wallet in request.customer.wallets.filter(currency="CREDITS").select_related("account"):
-        for entry in wallet.account.entries.select_related("transaction").order_by("-id")[:50]:
-            if entry.amount < 0:  # a credit to the wallet: credits granted or bought
-                grants.append(
-                    {
-                        "at": entry.transaction.effective_at,
-                        "description": entry.transaction.description,
-                        "amount": f"{(-entry.amount).normalize():,f}",
-                    }
-                )
-    remaining = [
-        {"remaining": f"{c['remaining'].normalize():,f}", "expires_at": c["expires_at"]}
-        for c in balance["credits"]
+    now = timezone.now()
+    summary = selectors.customer_credits(request.customer, now=now)
+    # what ended grants lost (expired or withdrawn) rather than spent
+    lost = dict(
+        CreditAllocation.objects.filter(
+            grant__customer=request.customer, kind__in=[AllocationKind.EXPIRY, AllocationKind.VOID]
+        )
+        .values("grant_id")
+        .annotate(total=Sum("amount"))
+        .values_list("grant_id", "total")
+    )
+
+    def row(grant) -> dict:
+        # whole days left, rounded up: "in 14 days" for a grant expiring 14 days from now
+        days = -((now - grant.expires_at) // timedelta(days=1)) if grant.expires_at else None
+        gone = lost.get(grant.pk, Decimal(0))
+        return {
+            "used": f"{(grant.used - gone).normalize():,f}",
+            "remaining_lost": f"{gone.normalize():,f}",
+            "name": grant.name,
+            "source": grant.get_source_display(),
+            "status": grant.get_status_display(),
+            "granted": f"{grant.amount.normalize():,f}",
+            "remaining": f"{grant.remaining.normalize():,f}",
+            "percent_left": int(grant.remaining / grant.amount * 100),
+            "expires_at": grant.expires_at,
+            "expires_soon": days is not None and days < 7,
+            "days_left": days,
+            "created_at": grant.created_at,
+            "ended_at": grant.ended_at,
+        }
+
+    wallets = [
+        {
+            "available": f"{w['available'].normalize():,f}",
+            "held": f"{w['held'].normalize():,f}" if w["held"] else None,
+            "live": [row(g) for g in w["live"]],
+            "expiring": [row(g) for g in w["expiring"]],
+            "ended": [row(g) for g in w["ended"][:50]],
+            "ungranted": f"{w['ungranted'].normalize():,f}" if w["ungranted"] else None,
+            "next_expiry": next(
+                (
+                    g
+                    for g in sorted(
+                        (g for g in w["live"] if g.expires_at and g.remaining),
+                        key=lambda g: g.expires_at,
+                    )
+                ),
+                None,
+            ),
+        }
+        for w in summary
     ]
+    for w in wallets:
+        nxt = w["next_expiry"]
+        w["next_expiry"] = (
+            {"remaining": f"{nxt.remaining.normalize():,f}", "at": nxt.expires_at} if nxt else None
+        )
     return render(
-        request,
-        "portal/credits.html",
-        {"customer": request.customer, "credits": remaining, "grants": grants},
+        request, "portal/credits.html", {"customer": request.customer, "wallets": wallets}
     )
 
 

@@ -296,3 +296,46 @@ def test_production_settings_pass_check_deploy():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_the_credits_page_lists_grants_in_drain_order_with_what_is_left_and_expiry():
+    from billing import credits, services
+
+    subscription = customer_with_usage("acme")
+    customer = subscription.customer
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    services.top_up(customer=customer, amount=D(500), currency="CREDITS", description="Pack")
+    now = timezone.now()
+    welcome = credits.grant_credits(
+        customer=customer, amount=D(100), name="Welcome", expires_at=now + timedelta(days=3)
+    )
+    short = credits.grant_credits(
+        customer=customer, amount=D(40), name="Flash promo", expires_at=now + timedelta(hours=2)
+    )
+    # 60 credits taken: the flash promo (priority 10, soonest expiry) first, then Welcome
+    services.adjust_balance(
+        customer=customer, amount=D(-60), reason="test", staff_user_id=None, currency="CREDITS"
+    )
+    short.refresh_from_db()
+    assert short.status == "depleted"
+    credits.expire_grant(grant_id=welcome.pk, now=now + timedelta(days=4))
+
+    client_page = member_client(customer, "ann@acme.example").get("/portal/credits/")
+    page = client_page.content.decode()
+    assert 'data-testid="credits-left">500<' in page
+    live = page[
+        page.index('data-testid="grants"') : page.index(
+            "</table>", page.index('data-testid="grants"')
+        )
+    ]
+    assert "Pack" in live and "Welcome" not in live and "Flash promo" not in live
+    ended = page[page.index('data-testid="ended-grants"') :]
+    # Welcome: 100 granted, 20 used, 80 expired; the promo: 40 used, nothing expired
+    assert re.search(r"Welcome.*?>100<.*?>20<.*?>80<", ended, re.S)
+    assert re.search(r"Flash promo.*?>40<.*?>40<.*?>—<", ended, re.S)
+
+    # Another customer sees none of it.
+    other = customer_with_usage("globex")
+    other_page = member_client(other.customer, "bo@globex.example").get("/portal/credits/")
+    assert "Welcome" not in other_page.content.decode()
+    assert "does not use credits" in other_page.content.decode()

@@ -339,3 +339,46 @@ def test_phone_layout_fits_and_the_navigation_works(
             expect(page.locator("#chart-models canvas")).to_be_visible()
         assert no_horizontal_overflow(page), name
         screenshot(page, f"portal-{name.lower().replace(' ', '-')}-phone")
+
+
+def test_credits_page_shows_grants_with_what_is_left_and_their_expiry(
+    page, phone_page, server_url, screenshot
+):
+    from billing import credits
+
+    subscription = customer_with_usage()
+    customer = subscription.customer
+    member(subscription)
+    billing.ensure_wallet(customer=customer, currency="CREDITS")
+    billing.top_up(customer=customer, amount=Decimal(5000), currency="CREDITS", description="Pack")
+    credits.grant_credits(
+        customer=customer,
+        amount=Decimal(300),
+        name="Welcome credits",
+        expires_at=timezone.now() + timedelta(days=10),
+    )
+    billing.adjust_balance(
+        customer=customer,
+        amount=Decimal(-120),
+        reason="test",
+        staff_user_id=None,
+        currency="CREDITS",
+    )
+    sign_in(page, server_url)
+    page.get_by_role("navigation", name="Portal").get_by_role("link", name="Credits").click()
+    expect(page.get_by_test_id("credits-left")).to_have_text("5,180")
+    rows = page.get_by_test_id("grant")
+    expect(rows).to_have_count(2)
+    # drawn first, so listed first: the promotional grant, 120 of 300 used, expiring in 10 days
+    expect(rows.nth(0)).to_contain_text("Welcome credits")
+    expect(rows.nth(0)).to_contain_text("180")
+    expect(rows.nth(0)).to_contain_text("in 10 days")
+    expect(rows.nth(1)).to_contain_text("Pack")
+    expect(rows.nth(1)).to_contain_text("never")
+    expect(page.get_by_test_id("next-expiry")).to_have_text("180")
+    screenshot(page, "portal-credits-desktop")
+
+    sign_in(phone_page, server_url)
+    phone_page.goto(f"{server_url}/portal/credits/")
+    assert no_horizontal_overflow(phone_page)
+    screenshot(phone_page, "portal-credits-phone")

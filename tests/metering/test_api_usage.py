@@ -1010,7 +1010,18 @@ def test_balance_lists_the_credits_wallet(api, acme, make_meter, make_plan):
     )
     body = api.get("/api/v1/customers/acme/balance").json()
     # 250 s, 50 included: 200 / 100 = 2 credits
-    assert body["credits"] == [{"currency": "CREDITS", "remaining": money("3"), "expires_at": None}]
+    # the credits bought are a purchase grant, drawn on by the usage
+    [grant] = body["credits"]
+    assert grant == {
+        "grant_id": grant["grant_id"],
+        "name": "Top-up of 5 CREDITS",
+        "source": "purchase",
+        "priority": 50,
+        "currency": "CREDITS",
+        "granted": money("5"),
+        "remaining": money("3"),
+        "expires_at": None,
+    }
     assert body["allowances"] == [
         {"meter": "gpu", "included": money("50"), "used": money("50"), "remaining": money("0")}
     ]

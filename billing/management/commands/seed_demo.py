@@ -93,13 +93,35 @@ class Command(BaseCommand):
                     reference="demo-credit-pack",
                     description="Demo: credit pack",
                 )
+                _seed_promotional_credits(customer)
         _seed_portal_users()
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
 
 
-DEMO_PORTAL_USERS = [("acme", "ann@acme.example"), ("globex", "bo@globex.example")]
+DEMO_PORTAL_USERS = [
+    ("acme", "ann@acme.example"),
+    ("globex", "bo@globex.example"),
+    ("hooli", "cy@hooli.example"),  # a credits plan: the portal's credits page
+]
+
+
+def _seed_promotional_credits(customer: Customer) -> None:
+    """Welcome credits drawn before the credit pack, expiring in two weeks (made once)."""
+    from billing import credits
+
+    if customer.credit_grants.filter(reference__endswith=":demo-welcome").exists():
+        return
+    credits.grant_credits(
+        customer=customer,
+        amount=Decimal("20000"),
+        name="Welcome credits",
+        expires_at=timezone.now() + timedelta(days=14),
+        reference="demo-welcome",
+    )
+
+
 DEMO_PORTAL_PASSWORD = "portal-demo"
 
 

@@ -1,0 +1,468 @@
+"""Credit grants: blocks of a customer's ``CREDITS`` wallet with their own priority and expiry.
+
+    grant_credits(customer, amount, …)     a promotional (or adjustment) grant, posted now
+    record_purchase(transaction, …)        the grant behind a credit pack bought (top-up)
+    GrantBook                              allocates debits of wallets to their live grants
+    expire_due_grants(now) / expire_grant  what is left at expiry leaves the wallet
+    void_grant(grant)                      take what is left back now
+
+How credits are drawn
+---------------------
+Every credit into the wallet that is a grant posts one ledger transaction (funding account
+debited, wallet credited) and one ``CreditGrant`` row with ``remaining = amount``. Every
+debit of the wallet — a usage event rated on a credits plan, a hold settled, a negative
+adjustment — is split across the wallet's *live* grants (active, not yet expired) in drain
+order: lowest ``priority`` first (promotional grants default to 10, purchases to 50), then
+the soonest expiry (grants that never expire last), then the oldest. What no grant covers
+comes from the wallet's ungranted funds (credits added before grants existed, reversals):
+the wallet's ledger balance is the truth, the grants say which block of it paid.
+
+The split is decided before the debit is posted and written into the debit's ledger
+metadata (``"grants": [[grant id, amount], …]``) — so the ledger itself says which grant
+paid for each debit — and recorded as ``CreditAllocation`` rows in the same database
+transaction, with each grant's ``remaining`` lowered. All of it happens under the
+customer's usage lock (``billing.services.lock_customer_usage``, the lock rating holds), so
+two debits never draw on the same remainder.
+
+At ``expires_at`` the beat task ``billing.tasks.expire_credit_grants`` debits what is left
+from the wallet to ``@CreditsExpired`` (breakage). Held credits are not taken: if a hold
+keeps part of the remainder unavailable, that part expires at the next run after the hold
+resolves. A grant past its expiry is never drawn on, even before the task has run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing import errors
+from billing.models import (
+    AllocationKind,
+    CreditAllocation,
+    CreditGrant,
+    Customer,
+    GrantSource,
+    GrantStatus,
+    Wallet,
+)
+from ledger import errors as ledger_errors
+from ledger import services as ledger
+from ledger.models import NormalBalance
+from ledger.models import Transaction as LedgerTransaction
+
+CREDITS = "CREDITS"
+PROMOTIONS = "@Promotions"  # the cost of free credits given away
+CREDITS_EXPIRED = "@CreditsExpired"  # credits that expired unused (breakage)
+ADJUSTMENTS = "@Adjustments"
+DEFAULT_PRIORITY = {
+    GrantSource.PROMOTIONAL: 10,
+    GrantSource.ADJUSTMENT: 20,
+    GrantSource.PURCHASE: 50,
+}
+MAX_PRIORITY = 1000
+ZERO = Decimal(0)
+
+
+def _lock(customer_id: int) -> None:
+    from billing.services import lock_customer_usage
+
+    lock_customer_usage([customer_id])
+
+
+def _credits_wallet(customer: Customer) -> Wallet:
+    from billing.services import ensure_wallet
+
+    return ensure_wallet(customer=customer, currency=CREDITS)
+
+
+def _validate(
+    *, amount: Any, priority: int | None, expires_at: datetime | None, now: datetime
+) -> Decimal:
+    try:
+        value = ledger.to_amount(amount, positive=True)
+    except ledger_errors.LedgerError as error:
+        raise errors.ValidationFailed(str(error), param="amount") from None
+    if priority is not None and not (0 <= priority <= MAX_PRIORITY):
+        raise errors.ValidationFailed(
+            f"priority must be between 0 and {MAX_PRIORITY}", param="priority"
+        )
+    if expires_at is not None:
+        if timezone.is_naive(expires_at):
+            raise errors.ValidationFailed("expires_at needs a time zone", param="expires_at")
+        if expires_at <= now:
+            raise errors.ValidationFailed("expires_at must be in the future", param="expires_at")
+    return value
+
+
+class GrantConflict(errors.BillingError):
+    code = "reference_reused"
+    http_status = 409
+
+
+def grant_credits(
+    *,
+    customer: Customer,
+    amount: Decimal | int | str,
+    name: str = "",
+    source: str = GrantSource.PROMOTIONAL,
+    priority: int | None = None,
+    expires_at: datetime | None = None,
+    reference: str | None = None,
+    staff_user_id: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> CreditGrant:
+    """Give the customer credits (promotional, or an adjustment by finance staff): one
+    ledger transaction (``@Promotions`` or ``@Adjustments`` debited, the ``CREDITS`` wallet
+    credited) and the grant. Idempotent on ``reference``: the same reference returns the
+    first grant (``.replayed``); with other terms it is refused (``reference_reused``)."""
+    now = now or timezone.now()
+    if source not in (GrantSource.PROMOTIONAL, GrantSource.ADJUSTMENT):
+        raise errors.ValidationFailed(
+            "grants given here are promotional or adjustments; purchases are top-ups",
+            param="source",
+        )
+    value = _validate(amount=amount, priority=priority, expires_at=expires_at, now=now)
+    priority = DEFAULT_PRIORITY[source] if priority is None else priority
+    name = (name or "").strip() or (
+        "Promotional credits" if source == GrantSource.PROMOTIONAL else "Credit adjustment"
+    )
+    full_reference = f"credit-grant:{customer.pk}:{reference or uuid.uuid4().hex}"
+    with transaction.atomic():
+        _lock(customer.pk)
+        existing = CreditGrant.objects.filter(reference=full_reference).first()
+        if existing is not None:
+            same = (existing.amount, existing.priority, existing.expires_at, existing.source) == (
+                value,
+                priority,
+                expires_at,
+                source,
+            )
+            if not same:
+                raise GrantConflict(
+                    f"reference {reference!r} was already used for another grant ({existing.pk})",
+                    param="reference",
+                )
+            existing.replayed = True
+            return existing
+        wallet = _credits_wallet(customer)
+        funding = ledger.ensure_system_account(
+            code=PROMOTIONS if source == GrantSource.PROMOTIONAL else ADJUSTMENTS,
+            currency=CREDITS,
+            normal_balance=NormalBalance.DEBIT,
+        )
+        posted = ledger.post_transaction(
+            reference=full_reference,
+            legs=[ledger.debit(funding, value), ledger.credit(wallet.account_id, value)],
+            description=f"Credit grant: {name}",
+            metadata={
+                "kind": "credit_grant",
+                "customer": customer.external_id,
+                "source": source,
+                "name": name,
+                "priority": priority,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "staff_user_id": staff_user_id,
+            },
+        )
+        grant = CreditGrant.objects.create(
+            customer=customer,
+            wallet=wallet,
+            currency=CREDITS,
+            name=name,
+            source=source,
+            priority=priority,
+            amount=value,
+            remaining=value,
+            expires_at=expires_at,
+            reference=full_reference,
+            ledger_transaction_id=posted.pk,
+            created_by_id=staff_user_id,
+            metadata={"funding_account_id": funding.pk, **(metadata or {})},
+        )
+    grant.replayed = False
+    return grant
+
+
+def record_purchase(
+    *,
+    customer: Customer,
+    wallet: Wallet,
+    posted: LedgerTransaction,
+    amount: Decimal,
+    name: str,
+    funding_account_id: int,
+    now: datetime | None = None,
+) -> CreditGrant:
+    """The grant behind credits bought (a top-up of the ``CREDITS`` wallet), posted by the
+    caller in its transaction. Expires after ``CREDIT_PURCHASE_EXPIRY_DAYS`` (empty: never).
+    A replayed top-up returns its grant."""
+    existing = CreditGrant.objects.filter(ledger_transaction_id=posted.pk).first()
+    if existing is not None:
+        return existing
+    now = now or timezone.now()
+    days = settings.CREDIT_PURCHASE_EXPIRY_DAYS
+    return CreditGrant.objects.create(
+        customer=customer,
+        wallet=wallet,
+        currency=CREDITS,
+        name=name,
+        source=GrantSource.PURCHASE,
+        priority=DEFAULT_PRIORITY[GrantSource.PURCHASE],
+        amount=amount,
+        remaining=amount,
+        expires_at=now + timedelta(days=days) if days else None,
+        reference=posted.reference,
+        ledger_transaction_id=posted.pk,
+        metadata={"funding_account_id": funding_account_id},
+    )
+
+
+# --- drawing on grants --------------------------------------------------------------------
+
+
+@dataclass
+class _Live:
+    id: int
+    remaining: Decimal
+    taken: Decimal = ZERO
+
+
+class GrantBook:
+    """The live grants of some wallets (by ledger account id), in drain order, for deciding
+    how debits split across them. The caller holds the customers' usage locks from
+    ``load`` to ``save``; ``take`` only decides, ``save`` writes what was taken."""
+
+    def __init__(self, grants: dict[int, list[_Live]]):
+        self._grants = grants
+        self._allocations: list[tuple[int, int, Decimal, str]] = []
+
+    @classmethod
+    def load(cls, account_ids, *, now: datetime | None = None) -> GrantBook:
+        account_ids = sorted({a for a in account_ids if a is not None})
+        grants: dict[int, list[_Live]] = defaultdict(list)
+        if not account_ids:
+            return cls(grants)
+        now = now or timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT w.account_id, g.id, g.remaining FROM billing_creditgrant g "
+                "JOIN billing_wallet w ON w.id = g.wallet_id "
+                "WHERE w.account_id = ANY(%s) AND g.status = 'active' AND g.remaining > 0 "
+                "AND (g.expires_at IS NULL OR g.expires_at > %s) "
+                "ORDER BY w.account_id, g.priority, g.expires_at ASC NULLS LAST, g.id "
+                "FOR UPDATE OF g",
+                [account_ids, now],
+            )
+            for account_id, grant_id, remaining in cursor.fetchall():
+                grants[account_id].append(_Live(grant_id, remaining))
+        return cls(grants)
+
+    def __bool__(self) -> bool:
+        return any(self._grants.values())
+
+    def take(self, account_id: int, amount: Decimal) -> list[tuple[int, Decimal]]:
+        """How a debit of ``amount`` from the wallet splits across its grants (what is left
+        over comes from ungranted funds). Lowers the grants' remainders in memory."""
+        parts: list[tuple[int, Decimal]] = []
+        left = amount
+        for grant in self._grants.get(account_id, ()):
+            if left <= 0:
+                break
+            free = grant.remaining - grant.taken
+            if free <= 0:
+                continue
+            part = min(free, left)
+            grant.taken += part
+            left -= part
+            parts.append((grant.id, part))
+        return parts
+
+    def record(self, transaction_id: int, parts: list[tuple[int, Decimal]], kind: str) -> None:
+        self._allocations += [(gid, transaction_id, amount, kind) for gid, amount in parts]
+
+    def save(self, *, now: datetime | None = None) -> None:
+        """Write the recorded allocations and the grants' new remainders (two statements)."""
+        if not self._allocations:
+            return
+        now = now or timezone.now()
+        grant_ids, tx_ids, amounts, kinds = (list(c) for c in zip(*self._allocations, strict=True))
+        taken: dict[int, Decimal] = defaultdict(Decimal)
+        for gid, _, amount, _ in self._allocations:
+            taken[gid] += amount
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO billing_creditallocation "
+                "(grant_id, ledger_transaction_id, amount, kind, created_at) "
+                "SELECT g, t, a, k, %s FROM unnest(%s::bigint[], %s::bigint[], "
+                "%s::numeric[], %s::text[]) AS u(g, t, a, k)",
+                [now, grant_ids, tx_ids, amounts, kinds],
+            )
+            cursor.execute(
+                "UPDATE billing_creditgrant g SET remaining = g.remaining - u.taken, "
+                "status = CASE WHEN g.remaining - u.taken = 0 THEN 'depleted' ELSE g.status END, "
+                "ended_at = CASE WHEN g.remaining - u.taken = 0 THEN %s ELSE g.ended_at END "
+                "FROM unnest(%s::bigint[], %s::numeric[]) AS u(id, taken) WHERE g.id = u.id",
+                [now, list(taken), list(taken.values())],
+            )
+        self._allocations = []
+
+
+def grants_metadata(parts: list[tuple[int, Decimal]]) -> list[list[Any]]:
+    """How a debit's ledger metadata names the grants that paid it."""
+    return [[grant_id, str(amount)] for grant_id, amount in parts]
+
+
+def debit_wallet(
+    *,
+    customer: Customer,
+    wallet: Wallet,
+    amount: Decimal,
+    reference: str,
+    counter_account_id: int,
+    description: str,
+    metadata: dict[str, Any],
+    kind: str = AllocationKind.ADJUSTMENT,
+) -> LedgerTransaction:
+    """Debit the ``CREDITS`` wallet (an adjustment, say), drawing on its grants in order.
+    The caller's transaction holds; the usage lock is taken here."""
+    _lock(customer.pk)
+    book = GrantBook.load([wallet.account_id])
+    parts = book.take(wallet.account_id, amount)
+    if parts:
+        metadata = {**metadata, "grants": grants_metadata(parts)}
+    posted = ledger.post_transaction(
+        reference=reference,
+        legs=[ledger.debit(wallet.account_id, amount), ledger.credit(counter_account_id, amount)],
+        description=description,
+        metadata=metadata,
+    )
+    if not posted.replayed:
+        book.record(posted.pk, parts, kind)
+        book.save()
+    return posted
+
+
+# --- ending grants ------------------------------------------------------------------------
+
+
+def _end(grant: CreditGrant, *, status: str, counter_code: str, kind: str, now: datetime) -> int:
+    """Debit what is left of the grant (as much as is not held) to ``counter_code``; end the
+    grant when nothing is left. The caller holds the usage lock and the grant's row."""
+    wallet_account = grant.wallet.account_id
+    balance = ledger.lock_balances(account_ids=[wallet_account])[wallet_account]
+    room = balance.available if balance.floor is None else balance.available - balance.floor
+    take = min(grant.remaining, max(room, ZERO))
+    if take > 0:
+        counter = ledger.ensure_system_account(
+            code=counter_code,
+            currency=grant.currency,
+            normal_balance=NormalBalance.DEBIT
+            if counter_code != CREDITS_EXPIRED
+            else NormalBalance.CREDIT,
+        )
+        posted = ledger.post_transaction(
+            reference=f"credit-{kind}:{grant.pk}:{grant.remaining}",
+            legs=[ledger.debit(wallet_account, take), ledger.credit(counter, take)],
+            description=f"Credit grant {kind}: {grant.name}",
+            metadata={
+                "kind": f"credit_{kind}",
+                "customer": grant.customer.external_id,
+                "grants": grants_metadata([(grant.pk, take)]),
+            },
+            effective_at=now,
+        )
+        CreditAllocation.objects.get_or_create(
+            grant=grant, ledger_transaction_id=posted.pk, defaults={"amount": take, "kind": kind}
+        )
+        grant.remaining -= take
+    if grant.remaining == 0:
+        grant.status, grant.ended_at = status, now
+    grant.save(update_fields=["remaining", "status", "ended_at"])
+    return 1 if take > 0 else 0
+
+
+def _locked_grant(grant_id: int) -> CreditGrant | None:
+    customer_id = CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True)
+    customer_id = customer_id.first()
+    if customer_id is None:
+        return None
+    _lock(customer_id)
+    return (
+        CreditGrant.objects.select_for_update(of=("self",))
+        .select_related("wallet", "customer")
+        .filter(pk=grant_id)
+        .first()
+    )
+
+
+def expire_grant(*, grant_id: int, now: datetime | None = None) -> CreditGrant | None:
+    """Expire one grant if it is due: what is left (and not held) leaves the wallet for
+    ``@CreditsExpired``. Safe to run again: an ended grant is left alone."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        grant = _locked_grant(grant_id)
+        if grant is None or grant.status != GrantStatus.ACTIVE:
+            return grant
+        if grant.expires_at is None or grant.expires_at > now:
+            return grant
+        _end(
+            grant,
+            status=GrantStatus.EXPIRED,
+            counter_code=CREDITS_EXPIRED,
+            kind=AllocationKind.EXPIRY,
+            now=now,
+        )
+    return grant
+
+
+def expire_due_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Expire the grants whose time has come (each in its own transaction); returns how
+    many were looked at."""
+    now = now or timezone.now()
+    due = list(
+        CreditGrant.objects.filter(status=GrantStatus.ACTIVE, expires_at__lte=now)
+        .order_by("expires_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for grant_id in due:
+        expire_grant(grant_id=grant_id, now=now)
+    return len(due)
+
+
+def void_grant(
+    *, grant_id: int, staff_user_id: int | None = None, now: datetime | None = None
+) -> CreditGrant:
+    """Take back what is left of a grant now (a promotion withdrawn, a mistake): debited
+    from the wallet to the account that funded it. Held credits stay until released."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        grant = _locked_grant(grant_id)
+        if grant is None:
+            raise errors.ValidationFailed(f"no credit grant {grant_id}", param="grant")
+        if grant.status != GrantStatus.ACTIVE:
+            raise errors.ValidationFailed(
+                f"grant {grant_id} is {grant.status}: nothing to void", param="grant"
+            )
+        counter = {
+            GrantSource.PROMOTIONAL: PROMOTIONS,
+            GrantSource.ADJUSTMENT: ADJUSTMENTS,
+        }.get(grant.source, ADJUSTMENTS)
+        grant.metadata = {**grant.metadata, "voided_by": staff_user_id}
+        _end(
+            grant,
+            status=GrantStatus.VOIDED,
+            counter_code=counter,
+            kind=AllocationKind.VOID,
+            now=now,
+        )
+        CreditGrant.objects.filter(pk=grant.pk).update(metadata=grant.metadata)
+    return grant
