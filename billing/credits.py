@@ -130,7 +130,8 @@ def grant_credits(
             "grants given here are promotional or adjustments; purchases are top-ups",
             param="source",
         )
-    value = _validate(amount=amount, priority=priority, expires_at=expires_at, now=now)
+    # A retry replays even once its expiry has passed: the expiry is checked for new grants.
+    value = _validate(amount=amount, priority=priority, expires_at=None, now=now)
     priority = DEFAULT_PRIORITY[source] if priority is None else priority
     name = (name or "").strip() or (
         "Promotional credits" if source == GrantSource.PROMOTIONAL else "Credit adjustment"
@@ -153,6 +154,7 @@ def grant_credits(
                 )
             existing.replayed = True
             return existing
+        _validate(amount=value, priority=priority, expires_at=expires_at, now=now)
         wallet = _credits_wallet(customer)
         funding = ledger.ensure_system_account(
             code=PROMOTIONS if source == GrantSource.PROMOTIONAL else ADJUSTMENTS,
@@ -233,13 +235,18 @@ def record_purchase(
 class _Live:
     id: int
     remaining: Decimal
+    expired: bool  # past its expiry, still active: what is left of it is held
     taken: Decimal = ZERO
 
 
 class GrantBook:
-    """The live grants of some wallets (by ledger account id), in drain order, for deciding
-    how debits split across them. The caller holds the customers' usage locks from
-    ``load`` to ``save``; ``take`` only decides, ``save`` writes what was taken."""
+    """The active grants of some wallets (by ledger account id), in drain order, for
+    deciding how debits split across them. The caller holds the customers' usage locks from
+    ``load`` to ``save``; ``take`` only decides, ``save`` writes what was taken.
+
+    A grant past its expiry that is still active keeps only credits a hold reserved before
+    it expired (``expire_due_for`` took the rest): a hold's settlement draws on those
+    first; any other debit never draws on it."""
 
     def __init__(self, grants: dict[int, list[_Live]]):
         self._grants = grants
@@ -249,34 +256,41 @@ class GrantBook:
     def load(cls, account_ids, *, now: datetime | None = None) -> GrantBook:
         account_ids = sorted({a for a in account_ids if a is not None})
         grants: dict[int, list[_Live]] = defaultdict(list)
-        if not account_ids:
-            return cls(grants)
         now = now or timezone.now()
+        book = cls(grants)
+        book.now = now
+        if not account_ids:
+            return book
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT w.account_id, g.id, g.remaining FROM billing_creditgrant g "
+                "SELECT w.account_id, g.id, g.remaining, "
+                "coalesce(g.expires_at <= %s, false) AS expired FROM billing_creditgrant g "
                 "JOIN billing_wallet w ON w.id = g.wallet_id "
                 "WHERE w.account_id = ANY(%s) AND g.status = 'active' AND g.remaining > 0 "
-                "AND (g.expires_at IS NULL OR g.expires_at > %s) "
-                "ORDER BY w.account_id, g.priority, g.expires_at ASC NULLS LAST, g.id "
-                "FOR UPDATE OF g",
-                [account_ids, now],
+                "ORDER BY w.account_id, expired DESC, g.priority, g.expires_at ASC NULLS LAST, "
+                "g.id FOR UPDATE OF g",
+                [now, account_ids],
             )
-            for account_id, grant_id, remaining in cursor.fetchall():
-                grants[account_id].append(_Live(grant_id, remaining))
-        return cls(grants)
+            for account_id, grant_id, remaining, expired in cursor.fetchall():
+                grants[account_id].append(_Live(grant_id, remaining, expired))
+        return book
 
     def __bool__(self) -> bool:
         return any(self._grants.values())
 
-    def take(self, account_id: int, amount: Decimal) -> list[tuple[int, Decimal]]:
+    def take(
+        self, account_id: int, amount: Decimal, *, settling_hold: bool = False
+    ) -> list[tuple[int, Decimal]]:
         """How a debit of ``amount`` from the wallet splits across its grants (what is left
-        over comes from ungranted funds). Lowers the grants' remainders in memory."""
+        over comes from ungranted funds). Lowers the grants' remainders in memory. Only a
+        hold's settlement draws on the held remainder of an expired grant."""
         parts: list[tuple[int, Decimal]] = []
         left = amount
         for grant in self._grants.get(account_id, ()):
             if left <= 0:
                 break
+            if grant.expired and not settling_hold:
+                continue
             free = grant.remaining - grant.taken
             if free <= 0:
                 continue
@@ -293,7 +307,7 @@ class GrantBook:
         """Write the recorded allocations and the grants' new remainders (two statements)."""
         if not self._allocations:
             return
-        now = now or timezone.now()
+        now = now or self.now
         grant_ids, tx_ids, amounts, kinds = (list(c) for c in zip(*self._allocations, strict=True))
         taken: dict[int, Decimal] = defaultdict(Decimal)
         for gid, _, amount, _ in self._allocations:
@@ -306,12 +320,15 @@ class GrantBook:
                 "%s::numeric[], %s::text[]) AS u(g, t, a, k)",
                 [now, grant_ids, tx_ids, amounts, kinds],
             )
+            # used up: "depleted", or "expired" for a grant past its expiry (its held
+            # remainder spent by the hold's settlement)
             cursor.execute(
                 "UPDATE billing_creditgrant g SET remaining = g.remaining - u.taken, "
-                "status = CASE WHEN g.remaining - u.taken = 0 THEN 'depleted' ELSE g.status END, "
+                "status = CASE WHEN g.remaining - u.taken > 0 THEN g.status "
+                "              WHEN g.expires_at <= %s THEN 'expired' ELSE 'depleted' END, "
                 "ended_at = CASE WHEN g.remaining - u.taken = 0 THEN %s ELSE g.ended_at END "
                 "FROM unnest(%s::bigint[], %s::numeric[]) AS u(id, taken) WHERE g.id = u.id",
-                [now, list(taken), list(taken.values())],
+                [now, now, list(taken), list(taken.values())],
             )
         self._allocations = []
 
@@ -349,6 +366,60 @@ def debit_wallet(
         book.record(posted.pk, parts, kind)
         book.save()
     return posted
+
+
+def settle_hold(
+    *, hold_id: int, amount: Decimal, reference: str, final: bool = False
+) -> LedgerTransaction:
+    """Settle part of a hold by amount (``ledger.services.settle_hold``); a hold on a
+    ``CREDITS`` wallet draws the part on the wallet's grants, as any debit does."""
+    from ledger.models import Hold
+
+    account_id = Hold.objects.filter(pk=hold_id).values_list("account_id", flat=True).first()
+    wallet = (
+        Wallet.objects.select_related("customer")
+        .filter(account_id=account_id, currency=CREDITS)
+        .first()
+        if account_id is not None
+        else None
+    )
+    if wallet is None:
+        return ledger.settle_hold(hold_id=hold_id, amount=amount, reference=reference, final=final)
+    with transaction.atomic():
+        _lock(wallet.customer_id)
+        book = GrantBook.load([wallet.account_id])
+        value = ledger.to_amount(amount, positive=True)
+        parts = book.take(wallet.account_id, value, settling_hold=True)
+        posted = ledger.settle_hold(
+            hold_id=hold_id,
+            amount=value,
+            reference=reference,
+            final=final,
+            metadata={"grants": grants_metadata(parts)} if parts else None,
+        )
+        if not posted.replayed:
+            book.record(posted.pk, parts, AllocationKind.USAGE)
+            book.save()
+    return posted
+
+
+def expire_due_for(account_ids, *, now: datetime) -> int:
+    """Expire, now, the due grants of these wallets (rating calls this under the customers'
+    usage locks before it checks what a credits wallet may spend, so that credits past
+    their expiry are never spent, even before the beat task has run)."""
+    due = list(
+        CreditGrant.objects.filter(
+            wallet__account_id__in=list(account_ids),
+            status=GrantStatus.ACTIVE,
+            expires_at__lte=now,
+            remaining__gt=0,
+        )
+        .order_by("id")
+        .values_list("pk", flat=True)
+    )
+    for grant_id in due:
+        expire_grant(grant_id=grant_id, now=now)
+    return len(due)
 
 
 # --- ending grants ------------------------------------------------------------------------

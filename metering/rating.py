@@ -596,6 +596,7 @@ def ingest_events(
                 ],
                 outcomes,
                 hold_id,
+                now=now,
             )
     return outcomes  # type: ignore[return-value]
 
@@ -637,6 +638,8 @@ def _rate(
     groups: list[tuple[Customer, Subscription | None, list[Prepared]]],
     outcomes: list[Outcome | None],
     hold_id: int | None = None,
+    *,
+    now: datetime | None = None,
 ) -> None:
     """Rate every customer's events of a batch with a fixed number of queries, whatever the
     number of customers: the customers' rating locks are held by the caller."""
@@ -721,6 +724,11 @@ def _rate(
                 "amount, or release it and send the usage as an event",
                 param="event",
             )
+    credit_accounts = [
+        w.account_id for w in wallets.values() if w.account_id is not None and w.currency == CREDITS
+    ]
+    if credit_accounts:  # credits past their expiry leave before anything is spent
+        credits.expire_due_for(credit_accounts, now=now or timezone.now())
     balances: dict[Any, ledger.LockedBalance] = ledger.lock_balances(
         account_ids=[w.account_id for w in wallets.values() if w.account_id is not None]
     )
@@ -798,7 +806,7 @@ def _rate(
             Accepted(p, customer, subscription, terms, period_start, moves, money, currency, wallet)
         )
     if accepted:
-        _write(accepted, counters, outcomes, hold_id)
+        _write(accepted, counters, outcomes, hold_id, now=now)
 
 
 def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletRow]:
@@ -949,7 +957,7 @@ def _load_counters(
         return counters
 
 
-def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
+def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=None) -> None:
     created: dict[tuple[int, str], WalletRow] = {}
     for a in accepted:
         if a.wallet.account_id is None and a.money:
@@ -978,7 +986,8 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
     # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
     # the customers' usage locks are held, so no other debit draws on the same remainder.
     book = credits.GrantBook.load(
-        {a.wallet.account_id for a in accepted if a.money > 0 and a.currency == CREDITS}
+        {a.wallet.account_id for a in accepted if a.money > 0 and a.currency == CREDITS},
+        now=now,
     )
     allocations: dict[int, list[tuple[int, Decimal]]] = {}
     specs, spec_owner = [], []
@@ -1003,7 +1012,7 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None) -> None:
         if p.cost is not None:
             metadata["cost_usd"] = str(ledger_round(p.cost.total))
         if book and money > 0 and currency == CREDITS:
-            parts = book.take(a.wallet.account_id, money)
+            parts = book.take(a.wallet.account_id, money, settling_hold=hold_id is not None)
             if parts:
                 metadata["grants"] = credits.grants_metadata(parts)
                 allocations[event_id] = parts

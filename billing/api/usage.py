@@ -21,7 +21,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import selectors
+from billing import credits, selectors
 from billing.api.errors import APIError, error_body
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
@@ -700,7 +700,7 @@ class HoldSettleView(APIView):
                 }
             )
         reference = values.get("reference") or uuid.uuid4().hex
-        posted = ledger.settle_hold(
+        posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
             hold_id=hold.pk,
             amount=values["amount"],
             reference=f"hold-settle:{hold.pk}:{reference}",

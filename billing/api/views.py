@@ -161,7 +161,7 @@ class CreditGrantListCreateView(APIView):
     @extend_schema(
         operation_id="customers_credit_grants",
         tags=["customers"],
-        summary="The customer's credit grants, in the order they are drawn",
+        summary="The customer's credit grants, newest first (live and ended)",
         parameters=PAGE_PARAMETERS,
         responses={200: s.list_response(s.CreditGrantDetailSerializer), **errors(400, 404)},
     )

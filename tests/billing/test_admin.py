@@ -792,3 +792,87 @@ def test_subscribe_a_customer_in_the_admin(staff_client, catalog):
     assert again.status_code == 200
     assert b"subscription_exists" in again.content or b"already has a live" in again.content
     assert customer.subscriptions.count() == 1
+
+
+# --- credit grants ------------------------------------------------------------------------
+
+
+def test_grant_credits_page_grants_once_and_the_grant_pages_show_its_allocations(
+    staff_client, catalog, staff
+):
+    from billing import credits
+    from billing.models import CreditGrant
+
+    customer = catalog["customer"]
+    chosen = staff_client.post(
+        url("billing_customer_changelist"),
+        {"action": "grant_action", "_selected_action": [customer.pk]},
+    )
+    assert chosen.url == url("billing_customer_grant", customer.pk)
+    token = staff_client.get(chosen.url).context["form"]["token"].value()
+    form = {
+        "amount": "250",
+        "name": "Launch week",
+        "source": "promotional",
+        "priority": "",
+        "expires_at": "2099-01-31 00:00",
+        "token": token,
+    }
+    response = staff_client.post(chosen.url, form)
+    assert response.status_code == 302, response.context and response.context["form"].errors
+    assert staff_client.post(chosen.url, form).status_code == 302  # submitted twice: once
+    grant = CreditGrant.objects.get(customer=customer)
+    assert (grant.amount, grant.remaining, grant.priority, grant.created_by_id) == (
+        Decimal(250),
+        Decimal(250),
+        10,
+        staff.pk,
+    )
+    assert grant.expires_at.year == 2099
+    wallet = Wallet.objects.get(customer=customer, currency="CREDITS")
+    assert ledger_selectors.get_balance(account=wallet.account).posted == Decimal(250)
+
+    services.adjust_balance(
+        customer=customer,
+        amount=Decimal(-40),
+        reason="used",
+        staff_user_id=staff.pk,
+        currency="CREDITS",
+    )
+    page = staff_client.get(url("billing_creditgrant_change", grant.pk)).content.decode()
+    assert "Launch week" in page and "210" in page and "Adjustment" in page
+    customer_page = staff_client.get(url("billing_customer_change", customer.pk))
+    assert "Launch week" in customer_page.content.decode()
+    listing = staff_client.get(url("billing_creditgrant_changelist") + "?live=yes")
+    assert "Launch week" in listing.content.decode()
+
+    # Void: what is left goes back to @Promotions, once.
+    staff_client.post(
+        url("billing_creditgrant_changelist"),
+        {"action": "void_action", "_selected_action": [grant.pk]},
+    )
+    grant.refresh_from_db()
+    assert (grant.status, grant.remaining) == ("voided", Decimal(0))
+    assert ledger_selectors.get_balance(account=wallet.account).posted == Decimal(0)
+    assert credits.GrantBook.load([wallet.account_id]).take(wallet.account_id, Decimal(1)) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("amount", "-5"), ("amount", "abc"), ("expires_at", "2001-01-01 00:00"), ("priority", "5000")],
+)
+def test_grant_credits_page_refuses_bad_input_and_changes_nothing(
+    staff_client, catalog, field, value
+):
+    from billing.models import CreditGrant
+
+    customer = catalog["customer"]
+    page = url("billing_customer_grant", customer.pk)
+    token = staff_client.get(page).context["form"]["token"].value()
+    form = {"amount": "5", "name": "", "source": "promotional", "priority": "", "token": token}
+    form[field] = value
+    response = staff_client.post(page, form)
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not CreditGrant.objects.exists()
+    assert not LedgerTransaction.objects.filter(reference__startswith="credit-grant:").exists()
