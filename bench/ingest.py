@@ -519,6 +519,9 @@ class Api:
             "Authorization": f"Bearer {secret}",
             "Content-Type": "application/json",
             "User-Agent": "bench-ingest",
+            # as the TLS-terminating proxy in front of production says (else the production
+            # settings redirect plain HTTP to HTTPS)
+            "X-Forwarded-Proto": "https",
         }
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
 

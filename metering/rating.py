@@ -842,6 +842,69 @@ def _wallet_row(customer_id: int, currency: str) -> WalletRow | None:
         return WalletRow(*row) if row else None
 
 
+def _wallet_and_margins(
+    customer_id: int, currency: str
+) -> tuple[WalletRow | None, dict[int | None, Decimal]]:
+    """``_wallet_row`` and the customer's ``_margin_overrides``, in one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit, "
+            "(SELECT array_agg(o.meter_id ORDER BY o.id) FROM billing_marginoverride o "
+            " WHERE o.customer_id = k.id), "
+            "(SELECT array_agg(o.margin_percent ORDER BY o.id) FROM billing_marginoverride o "
+            " WHERE o.customer_id = k.id) "
+            "FROM (SELECT %s::bigint AS id) AS k "
+            "LEFT JOIN billing_wallet w ON w.customer_id = k.id AND w.currency = %s",
+            [customer_id, currency],
+        )
+        row = cursor.fetchone()
+    wallet = WalletRow(*row[:5]) if row[0] is not None else None
+    return wallet, dict(zip(row[5] or [], row[6] or [], strict=True))
+
+
+def _meters_with_counters(
+    event_names: Iterable[str], subscription_id: int, period_start: datetime
+) -> tuple[list[Meter], dict[tuple[int, int, datetime], Counter]]:
+    """``_meters_reading`` and their ``_load_counters`` for one subscription's period, in
+    one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT m.id, m.code, m.event_name, m.aggregation, m.property, m.filters, "
+            "m.group_by, u.meter_id, u.period_end, u.quantity, u.amount, u.charged, "
+            "u.currency, u.event_count, u.distinct_values, u.latest_at "
+            "FROM metering_meter m LEFT JOIN metering_periodusage u ON u.meter_id = m.id "
+            "AND u.subscription_id = %s AND u.period_start = %s "
+            "WHERE m.event_name = ANY(%s) ORDER BY m.id",
+            [subscription_id, period_start, list(event_names)],
+        )
+        meters, counters = [], {}
+        for row in cursor.fetchall():
+            values = dict(zip(METER_FIELDS, row[:7], strict=True))
+            for key in ("filters", "group_by"):
+                if isinstance(values[key], str):
+                    values[key] = json.loads(values[key])
+            meter = Meter(**values)
+            meters.append(meter)
+            if row[7] is not None:
+                distinct = row[14]
+                if isinstance(distinct, str):
+                    distinct = json.loads(distinct)
+                counters[(subscription_id, meter.pk, period_start)] = Counter(
+                    subscription_id=subscription_id,
+                    meter_id=meter.pk,
+                    period_start=period_start,
+                    period_end=row[8],
+                    quantity=row[9],
+                    amount=row[10],
+                    charged=row[11],
+                    currency=row[12],
+                    event_count=row[13],
+                    distinct_values=list(distinct or []),
+                    latest_at=row[15],
+                )
+        return meters, counters
+
+
 def _margin_overrides(customer_ids: set[int]) -> dict[int, dict[int | None, Decimal]]:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -1311,6 +1374,11 @@ def estimate(
         _, subscription = load_customers(ids=[customer.pk]).get(customer.external_id, (None, None))
     terms = plan_terms(_plan_at(subscription, now)) if subscription is not None else None
     cost = None
+    if amount is None and terms is not None:
+        currency = terms.money_currency
+    currency = currency or (terms.money_currency if terms else customer.currency)
+    # the wallet and the customer's margin overrides in one query (the estimate's hot path)
+    wallet, overrides = _wallet_and_margins(customer.pk, currency)
     if amount is None:
         if terms is None:
             raise errors.NoSubscription(
@@ -1328,10 +1396,8 @@ def estimate(
             output_tokens,
             event_name,
             now,
+            overrides,
         )
-        currency = terms.money_currency
-    currency = currency or (terms.money_currency if terms else customer.currency)
-    wallet = _wallet_row(customer.pk, currency)
     if wallet is None:
         return Estimate(
             customer,
@@ -1369,7 +1435,16 @@ def estimate(
 
 
 def _estimate_usage(
-    customer, subscription, terms, model, provider, input_tokens, output_tokens, event_name, now
+    customer,
+    subscription,
+    terms,
+    model,
+    provider,
+    input_tokens,
+    output_tokens,
+    event_name,
+    now,
+    overrides,
 ) -> tuple[Decimal, Decimal | None]:
     if not model:
         raise errors.InvalidEvent("give an amount, or a model with token estimates", param="model")
@@ -1381,7 +1456,8 @@ def _estimate_usage(
     price = catalog.find_price(provider=usage.provider, model=usage.model, at=now)
     cost = catalog.cost_of(price, usage, now)
     names = {event_name} if event_name else set(terms.llm_event_names)
-    meters = _meters_reading(names)
+    period_start, period_end, in_trial = _period_for(subscription, terms, now)
+    meters, counters = _meters_with_counters(names, subscription.pk, period_start)
     properties = {"model": model, **({"provider": provider} if provider else {})}
     prepared = Prepared(
         index=0,
@@ -1391,9 +1467,6 @@ def _estimate_usage(
         price=price,
         cost=cost,
     )
-    period_start, period_end, in_trial = _period_for(subscription, terms, now)
-    counters = _load_counters({(subscription.pk, m.pk, period_start) for m in meters})
-    overrides = _margin_overrides({customer.pk}).get(customer.pk, {})
     money = ZERO
     for meter in meters:
         try:
