@@ -8,4 +8,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.settings")
 
 app = Celery("billing")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Celery's Django fixup closes the database connection around every task unless told to
+# reuse it: a fresh PostgreSQL backend per task cost the period close about as much
+# database CPU as the close itself (bench/close: 47 s → 29 s for 2,000 closes). The fixup
+# reads this key as is (not through the CELERY_ namespace); 0 restores the default.
+app.conf["CELERY_DB_REUSE_MAX"] = int(os.environ.get("CELERY_DB_REUSE_MAX", "100")) or None
 app.autodiscover_tasks()

@@ -738,6 +738,19 @@ def lock_customer_usage(customer_ids: list[int]) -> None:
         )
 
 
+def lock_subscription_customer(subscription_id: int) -> int | None:
+    """Take the usage lock of the subscription's customer (as ``lock_customer_usage``) and
+    return the customer's id; None if there is no such subscription."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.customer_id, pg_advisory_xact_lock(%s, s.customer_id::int) "
+            "FROM billing_subscription s WHERE s.id = %s",
+            [USAGE_LOCK, subscription_id],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def _locked_live_subscription(subscription_id: int) -> Subscription:
     customer_id = (
         Subscription.objects.filter(pk=subscription_id)

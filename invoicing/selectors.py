@@ -17,7 +17,7 @@ from billing.periods import prorate
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import to_minor_unit
 from metering import rating
-from metering.models import Meter, PeriodUsage
+from metering.models import PeriodUsage
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -82,19 +82,28 @@ def _fmt(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d}"
 
 
+def _phases(subscription: Subscription, period_end: datetime) -> list[SubscriptionPhase]:
+    """The subscription's phases begun before the period's end, with their plans, by start."""
+    return list(
+        SubscriptionPhase.objects.filter(subscription=subscription, starts_at__lt=period_end)
+        .select_related("plan")
+        .order_by("starts_at", "id")
+    )
+
+
 def base_fee_lines(
-    subscription: Subscription, period_start: datetime, period_end: datetime
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    phases: list[SubscriptionPhase] | None = None,
 ) -> list[LineDraft]:
     """The base fee of each plan version that applied in [period_start, period_end),
     prorated by the time it covered; nothing for time in a trial or after the end."""
     lines = []
     not_before = max(period_start, subscription.trial_ends_at or period_start)
     not_after = min(period_end, subscription.ended_at or period_end)
-    phases = (
-        SubscriptionPhase.objects.filter(subscription=subscription, starts_at__lt=period_end)
-        .select_related("plan")
-        .order_by("starts_at", "id")
-    )
+    if phases is None:
+        phases = _phases(subscription, period_end)
     for phase in phases:
         starts = max(phase.starts_at, not_before)
         ends = min(phase.ends_at or period_end, not_after)
@@ -126,18 +135,23 @@ def base_fee_lines(
     return lines
 
 
-def _plan_at_end(subscription: Subscription, period_end: datetime) -> int:
+def _plan_at_end(
+    subscription: Subscription,
+    period_end: datetime,
+    phases: list[SubscriptionPhase] | None = None,
+) -> int:
     """The plan version in force at the end of the period (the last phase begun in it)."""
-    phase = (
-        SubscriptionPhase.objects.filter(subscription=subscription, starts_at__lt=period_end)
-        .order_by("-starts_at", "-id")
-        .first()
-    )
-    return phase.plan_id if phase is not None else subscription.plan_id
+    if phases is None:
+        phases = _phases(subscription, period_end)
+    return phases[-1].plan_id if phases else subscription.plan_id
 
 
 def usage_lines(
-    subscription: Subscription, period_start: datetime, period_end: datetime, currency: str
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    currency: str,
+    phases: list[SubscriptionPhase] | None = None,
 ) -> tuple[list[LineDraft], Decimal]:
     """Lines for the period's usage counters, and the usage the ledger recorded (exact).
 
@@ -146,14 +160,14 @@ def usage_lines(
     (catalog-priced charges, a plan changed mid-period, a trial) the meter gets one line
     with the amount rating recorded, so the invoice always says what was charged."""
     counters = list(
-        PeriodUsage.objects.filter(subscription=subscription, period_start=period_start).order_by(
-            "meter_id"
-        )
+        PeriodUsage.objects.filter(subscription=subscription, period_start=period_start)
+        .select_related("meter")
+        .order_by("meter_id")
     )
     if not counters:
         return [], ZERO
-    terms = rating.plan_terms(_plan_at_end(subscription, period_end))
-    meters = Meter.objects.in_bulk([c.meter_id for c in counters])
+    terms = rating.plan_terms(_plan_at_end(subscription, period_end, phases))
+    meters = {c.meter_id: c.meter for c in counters}
     in_trial = subscription.trial_ends_at is not None and period_end <= subscription.trial_ends_at
     lines: list[LineDraft] = []
     usage_charged = ZERO
@@ -246,9 +260,10 @@ def compute_invoice(
     """The lines and totals of one period. ``base_fees``: lines computed earlier (at close:
     they do not change with late usage, and the subscription has moved on since)."""
     currency = subscription.plan.currency
+    phases = _phases(subscription, period_end)  # read once for the fees and the usage
     if base_fees is None:
-        base_fees = base_fee_lines(subscription, period_start, period_end)
-    usage, usage_charged = usage_lines(subscription, period_start, period_end, currency)
+        base_fees = base_fee_lines(subscription, period_start, period_end, phases)
+    usage, usage_charged = usage_lines(subscription, period_start, period_end, currency, phases)
     lines = [*base_fees, *usage]
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency)

@@ -190,7 +190,11 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         subscription.plan_id = subscription.scheduled_plan_id
         subscription.scheduled_plan_id = None
         fields += ["plan", "scheduled_plan"]
-    interval = Plan.objects.values_list("interval", flat=True).get(pk=subscription.plan_id)
+    loaded = subscription.plan if Subscription.plan.is_cached(subscription) else None
+    if loaded is not None and loaded.pk == subscription.plan_id:
+        interval = loaded.interval  # the plan read with the subscription
+    else:
+        interval = Plan.objects.values_list("interval", flat=True).get(pk=subscription.plan_id)
     subscription.current_period_start, subscription.current_period_end = period_containing(
         subscription.billing_anchor, interval, end
     )
@@ -210,15 +214,10 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
     with its lines, and the subscription rolled to its next period, in one transaction.
     None when nothing is due; the existing invoice when the period was closed already."""
     as_of = _now(as_of)
-    customer_id = (
-        Subscription.objects.filter(pk=subscription_id)
-        .values_list("customer_id", flat=True)
-        .first()
-    )
-    if customer_id is None:
+    # The rating lock first (as plan changes take it), then the subscription row; the
+    # customer found and its lock taken in one statement.
+    if billing_services.lock_subscription_customer(subscription_id) is None:
         raise errors.InvoicingNotFound(f"subscription {subscription_id} does not exist")
-    # The rating lock first (as plan changes take it), then the subscription row.
-    billing_services.lock_customer_usage([customer_id])
     subscription = (
         Subscription.objects.select_for_update(of=("self",))
         .select_related("plan", "customer")
