@@ -304,14 +304,15 @@ def _meters_reading(event_names: Iterable[str]) -> list[Meter]:
             "FROM metering_meter WHERE event_name = ANY(%s) ORDER BY id",
             [list(event_names)],
         )
-        meters = []
-        for row in cursor.fetchall():
-            values = dict(zip(METER_FIELDS, row, strict=True))
-            for key in ("filters", "group_by"):
-                if isinstance(values[key], str):
-                    values[key] = json.loads(values[key])
-            meters.append(Meter(**values))
-        return meters
+        return [_meter_from_row(row) for row in cursor.fetchall()]
+
+
+def _meter_from_row(row: Sequence[Any]) -> Meter:
+    values = dict(zip(METER_FIELDS, row, strict=True))
+    for key in ("filters", "group_by"):
+        if isinstance(values[key], str):
+            values[key] = json.loads(values[key])
+    return Meter(**values)
 
 
 def _plan_at(subscription: Subscription, at: datetime) -> int:
@@ -870,8 +871,7 @@ def _meters_with_counters(
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT m.id, m.code, m.event_name, m.aggregation, m.property, m.filters, "
-            "m.group_by, u.meter_id, u.period_end, u.quantity, u.amount, u.charged, "
-            "u.currency, u.event_count, u.distinct_values, u.latest_at "
+            f"m.group_by, {COUNTER_COLUMNS} "
             "FROM metering_meter m LEFT JOIN metering_periodusage u ON u.meter_id = m.id "
             "AND u.subscription_id = %s AND u.period_start = %s "
             "WHERE m.event_name = ANY(%s) ORDER BY m.id",
@@ -879,28 +879,11 @@ def _meters_with_counters(
         )
         meters, counters = [], {}
         for row in cursor.fetchall():
-            values = dict(zip(METER_FIELDS, row[:7], strict=True))
-            for key in ("filters", "group_by"):
-                if isinstance(values[key], str):
-                    values[key] = json.loads(values[key])
-            meter = Meter(**values)
-            meters.append(meter)
-            if row[7] is not None:
-                distinct = row[14]
-                if isinstance(distinct, str):
-                    distinct = json.loads(distinct)
-                counters[(subscription_id, meter.pk, period_start)] = Counter(
-                    subscription_id=subscription_id,
-                    meter_id=meter.pk,
-                    period_start=period_start,
-                    period_end=row[8],
-                    quantity=row[9],
-                    amount=row[10],
-                    charged=row[11],
-                    currency=row[12],
-                    event_count=row[13],
-                    distinct_values=list(distinct or []),
-                    latest_at=row[15],
+            meters.append(_meter_from_row(row[:7]))
+            if row[7] is not None:  # the meter has a counter this period
+                counter = _counter_from_row(row[7:])
+                counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = (
+                    counter
                 )
         return meters, counters
 
@@ -983,6 +966,32 @@ def _existing_events(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], dict
         }
 
 
+COUNTER_COLUMNS = (
+    "u.subscription_id, u.meter_id, u.period_start, u.period_end, u.quantity, u.amount, "
+    "u.charged, u.currency, u.event_count, u.distinct_values, u.latest_at"
+)
+
+
+def _counter_from_row(row: Sequence[Any]) -> Counter:
+    """A Counter from the COUNTER_COLUMNS of a PeriodUsage row."""
+    distinct = row[9]
+    if isinstance(distinct, str):
+        distinct = json.loads(distinct)
+    return Counter(
+        subscription_id=row[0],
+        meter_id=row[1],
+        period_start=row[2],
+        period_end=row[3],
+        quantity=row[4],
+        amount=row[5],
+        charged=row[6],
+        currency=row[7],
+        event_count=row[8],
+        distinct_values=list(distinct or []),
+        latest_at=row[10],
+    )
+
+
 def _load_counters(
     wanted: set[tuple[int, int, datetime]],
 ) -> dict[tuple[int, int, datetime], Counter]:
@@ -992,8 +1001,7 @@ def _load_counters(
     keys = list(wanted)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT u.subscription_id, u.meter_id, u.period_start, u.period_end, u.quantity, "
-            "u.amount, u.charged, u.currency, u.event_count, u.distinct_values, u.latest_at "
+            f"SELECT {COUNTER_COLUMNS} "
             "FROM metering_periodusage u JOIN unnest(%s::bigint[], %s::bigint[], "
             "%s::timestamptz[]) AS k(s, m, p) "
             "ON u.subscription_id = k.s AND u.meter_id = k.m AND u.period_start = k.p",
@@ -1001,22 +1009,8 @@ def _load_counters(
         )
         counters = {}
         for row in cursor.fetchall():
-            distinct = row[9]
-            if isinstance(distinct, str):
-                distinct = json.loads(distinct)
-            counters[(row[0], row[1], row[2])] = Counter(
-                subscription_id=row[0],
-                meter_id=row[1],
-                period_start=row[2],
-                period_end=row[3],
-                quantity=row[4],
-                amount=row[5],
-                charged=row[6],
-                currency=row[7],
-                event_count=row[8],
-                distinct_values=list(distinct or []),
-                latest_at=row[10],
-            )
+            counter = _counter_from_row(row)
+            counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
         return counters
 
 
