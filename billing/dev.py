@@ -55,8 +55,8 @@ def main() -> int:
         print(
             "\n"
             f"  Admin:     http://{HOST}:{PORT}/admin/   (user: admin, password: admin)\n"
-            f"  Portal:    http://{HOST}:{PORT}/portal/  (user: ann@acme.example or "
-            "bo@globex.example, password: portal-demo)\n"
+            f"  Portal:    http://{HOST}:{PORT}/portal/  (user: ann@acme.example, "
+            "bo@globex.example or cy@hooli.example — credits —, password: portal-demo)\n"
             f"  API docs:  http://{HOST}:{PORT}/api/docs/\n"
             f"  Database:  {os.environ['DATABASE_URL']}\n"
             f"  Redis:     {os.environ['REDIS_URL']}\n"
