@@ -430,6 +430,11 @@ def credits(request):
             "remaining_lost": f"{gone.normalize():,f}",
             "name": grant.name,
             "source": grant.get_source_display(),
+            "source_short": {
+                "purchase": "Bought",
+                "promotional": "Free",
+                "adjustment": "Adjustment",
+            }.get(grant.source, grant.source),
             "status": grant.get_status_display(),
             "granted": f"{grant.amount.normalize():,f}",
             "remaining": f"{grant.remaining.normalize():,f}",
