@@ -422,6 +422,19 @@ def expire_due_for(account_ids, *, now: datetime) -> int:
     return len(due)
 
 
+def expired_remaining(account_id: int, *, now: datetime) -> Decimal:
+    """What active grants of this wallet past their expiry still hold (read, no lock):
+    credits the next expiry run takes, as far as they are not held."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(g.remaining), 0) FROM billing_creditgrant g "
+            "JOIN billing_wallet w ON w.id = g.wallet_id WHERE w.account_id = %s "
+            "AND g.status = 'active' AND g.expires_at <= %s",
+            [account_id, now],
+        )
+        return cursor.fetchone()[0]
+
+
 # --- ending grants ------------------------------------------------------------------------
 
 

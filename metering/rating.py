@@ -1403,6 +1403,15 @@ def estimate(
             None if amount <= 0 else "insufficient_funds",
         )
     state = ledger.read_balances(account_ids=[wallet.account_id])[wallet.account_id]
+    if currency == CREDITS:
+        # Credits of grants past their expiry that the expiry task has not taken yet are not
+        # spendable: rating would expire them first (billing.credits.expire_due_for).
+        gone = credits.expired_remaining(wallet.account_id, now=now)
+        if gone > 0:
+            taken = min(gone, max(state.available - (state.floor or ZERO), ZERO))
+            state = ledger.LockedBalance(
+                state.account_id, state.posted - taken, state.held, state.floor
+            )
     spendable = None if state.floor is None else state.available - state.floor
     allowed = amount <= 0 or state.can_spend(amount)
     reason = None

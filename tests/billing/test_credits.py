@@ -1153,3 +1153,20 @@ def test_one_grant_requested_by_many_threads_at_once_is_granted_once():
     assert sorted(r.replayed for r in results) == [False] + [True] * 11
     assert CreditGrant.objects.filter(customer=customer).count() == 1
     assert posted(customer) == D(12)
+
+
+def test_an_estimate_does_not_count_credits_of_an_expired_grant_the_task_has_not_taken(acme):
+    promo = grant(acme, "5", expires_at=in_days(1))
+    services.top_up(customer=acme, amount=D(2), currency="CREDITS")
+    CreditGrant.objects.filter(pk=promo.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    assert posted(acme) == D(7)  # the 5 are still in the wallet: no task has run
+    refused = rating.estimate(customer=acme, amount=D(3), currency="CREDITS")
+    assert (refused.allowed, refused.reason, refused.available) == (
+        False,
+        "insufficient_credits",
+        D(2),  # only the purchase is spendable
+    )
+    assert rating.estimate(customer=acme, amount=D(2), currency="CREDITS").allowed
+    # and rating agrees: the 3 are refused, nothing is written but the expiry
+    outcome = rating.ingest_events([event("x", 3)])[0]
+    assert outcome.status == "rejected" and outcome.error.code == "insufficient_credits"
