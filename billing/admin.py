@@ -942,10 +942,14 @@ class CreditGrantAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Expire the selected grants that are past their expiry now")
     def expire_action(self, request, queryset):
-        due = queryset.filter(status=GrantStatus.ACTIVE, expires_at__lte=timezone.now())
-        for grant in due:
-            credits.expire_grant(grant_id=grant.pk)
-        messages.success(request, f"{due.count()} grant(s) looked at.")
+        due = list(
+            queryset.filter(status=GrantStatus.ACTIVE, expires_at__lte=timezone.now()).values_list(
+                "pk", flat=True
+            )
+        )
+        for grant_id in due:
+            credits.expire_grant(grant_id=grant_id)
+        messages.success(request, f"{len(due)} grant(s) looked at.")
 
 
 # --- plans -------------------------------------------------------------------------------------

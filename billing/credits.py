@@ -188,6 +188,7 @@ def grant_credits(
             reference=full_reference,
             ledger_transaction_id=posted.pk,
             created_by_id=staff_user_id,
+            # where the credits came from (for finance: voiding uses the source, not this)
             metadata={"funding_account_id": funding.pk, **(metadata or {})},
         )
     grant.replayed = False
@@ -248,8 +249,9 @@ class GrantBook:
     it expired (``expire_due_for`` took the rest): a hold's settlement draws on those
     first; any other debit never draws on it."""
 
-    def __init__(self, grants: dict[int, list[_Live]]):
+    def __init__(self, grants: dict[int, list[_Live]], *, now: datetime):
         self._grants = grants
+        self.now = now
         self._allocations: list[tuple[int, int, Decimal, str]] = []
 
     @classmethod
@@ -257,8 +259,7 @@ class GrantBook:
         account_ids = sorted({a for a in account_ids if a is not None})
         grants: dict[int, list[_Live]] = defaultdict(list)
         now = now or timezone.now()
-        book = cls(grants)
-        book.now = now
+        book = cls(grants, now=now)
         if not account_ids:
             return book
         with connection.cursor() as cursor:
@@ -351,17 +352,39 @@ def debit_wallet(
 ) -> LedgerTransaction:
     """Debit the ``CREDITS`` wallet (an adjustment, say), drawing on its grants in order.
     The caller's transaction holds; the usage lock is taken here."""
-    _lock(customer.pk)
-    book = GrantBook.load([wallet.account_id])
-    parts = book.take(wallet.account_id, amount)
-    if parts:
-        metadata = {**metadata, "grants": grants_metadata(parts)}
-    posted = ledger.post_transaction(
-        reference=reference,
-        legs=[ledger.debit(wallet.account_id, amount), ledger.credit(counter_account_id, amount)],
-        description=description,
-        metadata=metadata,
+    return _draw(
+        customer_id=customer.pk,
+        account_id=wallet.account_id,
+        amount=amount,
+        kind=kind,
+        post=lambda grants: ledger.post_transaction(
+            reference=reference,
+            legs=[
+                ledger.debit(wallet.account_id, amount),
+                ledger.credit(counter_account_id, amount),
+            ],
+            description=description,
+            metadata={**metadata, **grants},
+        ),
     )
+
+
+def _draw(
+    *,
+    customer_id: int,
+    account_id: int,
+    amount: Decimal,
+    kind: str,
+    post,
+    settling_hold: bool = False,
+) -> LedgerTransaction:
+    """One debit of a CREDITS wallet drawn on its grants: under the customer's usage lock,
+    the split decided, ``post(metadata naming the grants)`` called, the split recorded
+    (not again for a replayed posting)."""
+    _lock(customer_id)
+    book = GrantBook.load([account_id])
+    parts = book.take(account_id, amount, settling_hold=settling_hold)
+    posted = post({"grants": grants_metadata(parts)} if parts else {})
     if not posted.replayed:
         book.record(posted.pk, parts, kind)
         book.save()
@@ -385,22 +408,22 @@ def settle_hold(
     )
     if wallet is None:
         return ledger.settle_hold(hold_id=hold_id, amount=amount, reference=reference, final=final)
+    value = ledger.to_amount(amount, positive=True)
     with transaction.atomic():
-        _lock(wallet.customer_id)
-        book = GrantBook.load([wallet.account_id])
-        value = ledger.to_amount(amount, positive=True)
-        parts = book.take(wallet.account_id, value, settling_hold=True)
-        posted = ledger.settle_hold(
-            hold_id=hold_id,
+        return _draw(
+            customer_id=wallet.customer_id,
+            account_id=wallet.account_id,
             amount=value,
-            reference=reference,
-            final=final,
-            metadata={"grants": grants_metadata(parts)} if parts else None,
+            kind=AllocationKind.USAGE,
+            settling_hold=True,
+            post=lambda grants: ledger.settle_hold(
+                hold_id=hold_id,
+                amount=value,
+                reference=reference,
+                final=final,
+                metadata=grants or None,
+            ),
         )
-        if not posted.replayed:
-            book.record(posted.pk, parts, AllocationKind.USAGE)
-            book.save()
-    return posted
 
 
 def expire_due_for(account_ids, *, now: datetime) -> int:
@@ -470,7 +493,7 @@ def _end(grant: CreditGrant, *, status: str, counter_code: str, kind: str, now: 
         grant.remaining -= take
     if grant.remaining == 0:
         grant.status, grant.ended_at = status, now
-    grant.save(update_fields=["remaining", "status", "ended_at"])
+    grant.save(update_fields=["remaining", "status", "ended_at", "metadata"])
     return 1 if take > 0 else 0
 
 
@@ -526,7 +549,8 @@ def void_grant(
     *, grant_id: int, staff_user_id: int | None = None, now: datetime | None = None
 ) -> CreditGrant:
     """Take back what is left of a grant now (a promotion withdrawn, a mistake): debited
-    from the wallet to the account that funded it. Held credits stay until released."""
+    from the wallet to ``@Promotions`` for a promotional grant, else ``@Adjustments``. Held
+    credits stay until released."""
     now = now or timezone.now()
     with transaction.atomic():
         grant = _locked_grant(grant_id)
@@ -536,17 +560,12 @@ def void_grant(
             raise errors.ValidationFailed(
                 f"grant {grant_id} is {grant.status}: nothing to void", param="grant"
             )
-        counter = {
-            GrantSource.PROMOTIONAL: PROMOTIONS,
-            GrantSource.ADJUSTMENT: ADJUSTMENTS,
-        }.get(grant.source, ADJUSTMENTS)
         grant.metadata = {**grant.metadata, "voided_by": staff_user_id}
         _end(
             grant,
             status=GrantStatus.VOIDED,
-            counter_code=counter,
+            counter_code=PROMOTIONS if grant.source == GrantSource.PROMOTIONAL else ADJUSTMENTS,
             kind=AllocationKind.VOID,
             now=now,
         )
-        CreditGrant.objects.filter(pk=grant.pk).update(metadata=grant.metadata)
     return grant

@@ -117,18 +117,15 @@ def customer_credits(customer: Customer, *, now=None) -> list[dict[str, Any]]:
     wallets = []
     for wallet in customer.wallets.filter(currency="CREDITS").select_related("account"):
         view = ledger_selectors.get_balance(account=wallet.account)
-        grants = list(CreditGrant.objects.filter(wallet=wallet))
-        live = [
-            g
-            for g in grants
-            if g.status == GrantStatus.ACTIVE and (g.expires_at is None or g.expires_at > now)
-        ]
-        pending = [g for g in grants if g.status == GrantStatus.ACTIVE and g not in live]
-        ended = sorted(
-            (g for g in grants if g.status != GrantStatus.ACTIVE),
-            key=lambda g: g.ended_at or g.created_at,
-            reverse=True,
-        )
+        live, pending, ended = [], [], []
+        for g in CreditGrant.objects.filter(wallet=wallet):  # in drain order (Meta.ordering)
+            if g.status != GrantStatus.ACTIVE:
+                ended.append(g)
+            elif g.expires_at is None or g.expires_at > now:
+                live.append(g)
+            else:
+                pending.append(g)
+        ended.sort(key=lambda g: g.ended_at or g.created_at, reverse=True)
         in_grants = sum((g.remaining for g in live + pending), Decimal(0))
         wallets.append(
             {
