@@ -32,6 +32,15 @@ def database_from_url(url: str) -> dict:
         raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     host = options.pop("host", None) or parts.hostname or ""
+    # Server-side prepared statements. Django's own queries never use them (its cursors bind
+    # parameters client-side); the ledger's single-statement posting does (ledger.services:
+    # without them every posting re-plans a statement of a dozen CTEs and subplans, which
+    # costs more than the statement). DB_PREPARED_STATEMENTS=0 turns them off, for a
+    # connection pooler in transaction mode that cannot keep them (PgBouncer before 1.21).
+    threshold = options.pop("prepare_threshold", None)
+    options["prepare_threshold"] = (
+        None if not env_bool("DB_PREPARED_STATEMENTS", True) else int(threshold or 5)
+    )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parts.path.lstrip("/")) or "postgres",

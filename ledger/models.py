@@ -39,15 +39,18 @@ Balances and hot accounts
     overdraft, NULL for none) and a ``version`` that grows with every change.
 
     An *owned* account (a wallet) has exactly one balance row, bucket 0, which a posting
-    locks in account-id order and updates with a conditional UPDATE: the floor is checked
-    against the newest committed balance, so concurrent spenders serialise on the wallet
-    and none can overdraw it (a CHECK constraint on the row backs this up).
+    locks in account-id order and updates with the floor checked against the newest
+    committed balance (a conditional UPDATE in the posting functions, the row's CHECK
+    constraint in the single-statement posting), so concurrent spenders serialise on the
+    wallet and none can overdraw it.
 
     A *hot* account (``@Revenue``, ``@World``, ``@Tokens`` …) is touched by nearly every
     posting. A single balance row would make all postings queue behind one row lock, so a
     hot account has N balance rows ("buckets", ``LEDGER_HOT_ACCOUNT_BUCKETS``). A posting
     updates the first bucket that no other transaction has locked (``FOR UPDATE SKIP
-    LOCKED``) and only waits when every bucket is busy; the balance is the sum of its
+    LOCKED``; the single-statement posting searches from the backend's pid modulo N, so
+    that concurrent backends start on different rows) and only waits when every bucket is
+    busy; the balance is the sum of its
     buckets. We chose buckets over "derive from entries + periodic snapshots" because
     buckets stay exact at every commit with no background job, a snapshot would need a
     commit-order-safe watermark (entry ids are allocated before commit, not in commit
@@ -60,9 +63,10 @@ Holds
     hold's destination), released, or expired by a Celery beat task. ``status`` leaves
     PENDING once: a hold resolves at most once.
 
-Writes go through ``ledger.services`` only; the posting itself runs inside PostgreSQL
-(``ledger_post_transactions``, migration 0002) so that one posting, or one atomic bulk of
-postings, is a single round trip.
+Writes go through ``ledger.services`` only; the posting itself runs inside PostgreSQL so
+that one posting, or one atomic bulk of postings, is a single round trip: one transaction
+of a few legs as one prepared statement (``ledger.services._POST_ONE``), several through
+``ledger_post_transactions`` (migration 0002) or, from 32, its set-based twin (0003).
 """
 
 from __future__ import annotations

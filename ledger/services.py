@@ -11,6 +11,7 @@ subclasses and change nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -20,8 +21,16 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    transaction,
+)
 from django.utils import timezone
+from psycopg import Cursor as PsycopgCursor
 
 from ledger import errors
 from ledger.models import (
@@ -256,6 +265,253 @@ def post_transaction(
 # the loop (migration 0003; measured: bench/ingest and the ledger benchmark).
 BULK_THRESHOLD = 32
 
+# One transaction of at most this many legs, each on a different account, is posted by the
+# single statement below instead of a call of the posting function.
+ONE_STATEMENT_MAX_LEGS = 8
+
+# One transaction in one prepared statement: its legs joined to their accounts, the
+# transaction row, its entries and the balance rows, as data-modifying CTEs; in autocommit
+# one round trip and one commit. The plpgsql posting function runs a dozen statements of
+# its own per posting; this is one, planned once per connection. Same rules, checked in
+# the same order:
+#   - ledger_posting_guard (migration 0004), before anything is written: an unknown
+#     account is refused (LG004), legs that do not balance per currency too (LG003; the
+#     statement-level trigger on ledger_entry checks it again, as for every insert);
+#   - idempotency: the unique reference, ON CONFLICT DO NOTHING; no row back is a replay;
+#   - owned balances: locked in account-id order (the FOR UPDATE above the ORDER BY locks
+#     rows in that order, as the posting function does: no deadlock between the two), then
+#     updated; the row's CHECK (posted >= held + floor), evaluated on the newest committed
+#     version, raises check_violation, reported as insufficient_funds;
+#   - hot accounts: a bucket nobody holds (FOR UPDATE SKIP LOCKED), searched from
+#     pid % buckets so that concurrent backends start on different rows; a random one,
+#     waited for, only when every bucket is busy; chosen in a SELECT list, once per hot
+#     leg, never per candidate row;
+#   - ledger_posting_applied, last, refuses the posting if a leg found no balance row.
+_POST_ONE = """
+WITH legs AS MATERIALIZED (
+    SELECT v.n, v.acc, v.amt, a.currency AS cur, a.is_hot AS hot,
+           CASE WHEN a.normal_balance = 'debit' THEN v.amt ELSE -v.amt END AS delta
+      FROM (VALUES <LEGS>) AS v(acc, amt, n)
+      JOIN ledger_account a ON a.id = v.acc
+), t AS (
+    INSERT INTO ledger_transaction AS lt
+           (reference, payload_hash, description, metadata, effective_at, recorded_at,
+            reverses_id, hold_id)
+    SELECT %(reference)s::text, %(payload_hash)s::text, %(description)s::text,
+           %(metadata)s::jsonb, coalesce(%(effective_at)s::timestamptz, now()), now(),
+           %(reverses_id)s::bigint, %(hold_id)s::bigint
+     WHERE ledger_posting_guard(
+               %(reference)s::text, ARRAY[<ACCOUNTS>], ARRAY[<AMOUNTS>],
+               (SELECT count(*) FROM legs),
+               (SELECT bool_and(c.total = 0)
+                  FROM (SELECT sum(legs.amt) AS total FROM legs GROUP BY legs.cur) AS c))
+    ON CONFLICT (reference) DO NOTHING
+    RETURNING lt.id, lt.effective_at, lt.recorded_at
+), entries AS (
+    INSERT INTO ledger_entry (transaction_id, account_id, currency, amount)
+    SELECT t.id, l.acc, l.cur, l.amt FROM t CROSS JOIN legs l ORDER BY l.n
+), owned_legs AS (
+    SELECT l.acc, l.delta FROM legs l CROSS JOIN t WHERE NOT l.hot
+), owned_locked AS (
+    SELECT b.id, o.delta
+      FROM ledger_balance b JOIN owned_legs o ON b.account_id = o.acc
+     WHERE b.bucket = 0
+     ORDER BY b.account_id
+       FOR UPDATE OF b
+), owned AS (
+    UPDATE ledger_balance b
+       SET posted = b.posted + k.delta, version = b.version + 1, updated_at = now()
+      FROM owned_locked k
+     WHERE b.id = k.id
+    RETURNING 1
+), hot_legs AS (
+    SELECT l.delta,
+           coalesce(
+               (SELECT s.id FROM ledger_balance s
+                 WHERE s.account_id = l.acc AND s.bucket >= pg_backend_pid() %% %(buckets)s
+                 ORDER BY s.bucket LIMIT 1 FOR UPDATE SKIP LOCKED),
+               (SELECT s.id FROM ledger_balance s WHERE s.account_id = l.acc
+                 ORDER BY s.bucket LIMIT 1 FOR UPDATE SKIP LOCKED),
+               (SELECT s.id FROM ledger_balance s WHERE s.account_id = l.acc
+                 ORDER BY random() LIMIT 1)) AS bucket_id
+      FROM legs l CROSS JOIN t
+     WHERE l.hot
+), hot AS (
+    UPDATE ledger_balance b
+       SET posted = b.posted + h.delta, version = b.version + 1, updated_at = now()
+      FROM hot_legs h
+     WHERE b.id = h.bucket_id
+    RETURNING 1
+)
+SELECT t.id, t.effective_at, t.recorded_at
+  FROM t
+ WHERE ledger_posting_applied((SELECT count(*) FROM legs),
+                              (SELECT count(*) FROM owned) + (SELECT count(*) FROM hot))
+"""
+
+
+def _one_statement_applies(spec: TransactionSpec) -> bool:
+    legs = spec.legs
+    return (
+        2 <= len(legs) <= ONE_STATEMENT_MAX_LEGS
+        and len({leg.account_id for leg in legs}) == len(legs)
+        and all(
+            leg.amount != 0 and leg.amount.as_tuple().exponent >= -AMOUNT_PLACES for leg in legs
+        )
+    )
+
+
+@functools.cache
+def _post_one_sql(legs: int) -> str:
+    """``_POST_ONE`` for this many legs, as a VALUES list: a generic plan then knows the
+    legs' row count, costs what a custom plan costs, and PostgreSQL keeps it (given an
+    array, whose length a generic plan cannot know, it re-planned every execution: more
+    time planning than executing)."""
+    return (
+        _POST_ONE.replace(
+            "<LEGS>",
+            ", ".join(f"(%(a{i})s::bigint, %(m{i})s::numeric, {i})" for i in range(legs)),
+        )
+        .replace("<ACCOUNTS>", ", ".join(f"%(a{i})s::bigint" for i in range(legs)))
+        .replace("<AMOUNTS>", ", ".join(f"%(m{i})s::numeric" for i in range(legs)))
+    )
+
+
+def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> tuple | None:
+    """(id, effective_at, recorded_at) of the new transaction, or None for a replay."""
+    db.ensure_connection()
+    params: dict[str, Any] = {
+        "reference": spec.reference,
+        "payload_hash": payload_hash,
+        "description": spec.description,
+        "metadata": json.dumps(spec.metadata),
+        "effective_at": spec.effective_at,
+        "reverses_id": spec.reverses_id,
+        "hold_id": spec.hold_id,
+        "buckets": settings.LEDGER_HOT_ACCOUNT_BUCKETS,
+    }
+    # Ids and amounts as text (cast in the statement): psycopg sends an int as int2, int4
+    # or int8 by its size, and a statement is prepared once per combination of types.
+    for i, leg in enumerate(spec.legs):
+        params[f"a{i}"] = str(leg.account_id)
+        params[f"m{i}"] = str(leg.amount)
+    # Django's cursors bind parameters client-side, which cannot prepare; a psycopg cursor
+    # on the same connection (same session, same transaction) binds server-side and
+    # prepares the statement once per connection. Django's wrapper still turns driver
+    # errors into django.db errors.
+    with db.wrap_database_errors:
+        cursor = PsycopgCursor(db.connection)
+        try:
+            cursor.execute(_post_one_sql(len(spec.legs)), params, prepare=True)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
+
+def _insufficient_funds(spec: TransactionSpec) -> errors.InsufficientFunds:
+    """The error of a posting an owned account's floor refused, worded as the posting
+    function words it (the account whose available balance cannot cover its leg)."""
+    amounts = {leg.account_id: leg.amount for leg in spec.legs}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.id, a.normal_balance, b.posted - b.held, b.floor "
+            "FROM ledger_account a JOIN ledger_balance b ON b.account_id = a.id "
+            "WHERE a.id = ANY(%s) AND NOT a.is_hot AND b.bucket = 0 ORDER BY a.id",
+            [list(amounts)],
+        )
+        rows = cursor.fetchall()
+    shortfalls = []
+    for account_id, normal_balance, available, floor in rows:
+        delta = (
+            amounts[account_id] if normal_balance == NormalBalance.DEBIT else -amounts[account_id]
+        )
+        shortfalls.append(
+            (floor is not None and available + delta < floor, account_id, available, -delta, floor)
+        )
+    # The account that cannot cover its leg now; if none (a concurrent posting has since
+    # paid one in), the first one the leg takes from.
+    _, account_id, available, required, floor = max(
+        shortfalls, key=lambda s: (s[0], s[3] > 0, -s[1])
+    )
+    return errors.InsufficientFunds(
+        f"account {account_id} has {available} available; this posting needs {required} "
+        f"(floor {floor if floor is not None else 0})",
+        detail={
+            "account_id": account_id,
+            "available": available,
+            "required": required,
+            "floor": floor,
+        },
+    )
+
+
+def _post_single(spec: TransactionSpec) -> LedgerTransaction:
+    """One transaction by the single statement (``_POST_ONE``)."""
+    if not spec.reference or len(spec.reference) > 255:
+        raise errors.InvalidTransaction("a reference of 1 to 255 characters is required")
+    if spec.effective_at is not None and timezone.is_naive(spec.effective_at):
+        raise errors.InvalidTransaction("effective_at must be timezone-aware")
+    payload_hash = spec.payload_hash()
+    db = connections[DEFAULT_DB_ALIAS]  # the connection itself, not the proxy to it
+    try:
+        if db.in_atomic_block:
+            with transaction.atomic():
+                row = _post_one_statement(db, spec, payload_hash)
+        else:
+            row = _post_one_statement(db, spec, payload_hash)
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) == "23514" and (
+            cause.diag.constraint_name == "ledger_balance_within_floor"
+        ):
+            raise _insufficient_funds(spec) from exc
+        _raise_ledger_error(exc)
+        raise  # unreachable: _raise_ledger_error always raises
+    if row is None:
+        original = LedgerTransaction.objects.filter(reference=spec.reference).first()
+        if original is None:  # cannot happen: the conflict was on this reference
+            raise errors.InvalidTransaction(f"reference {spec.reference} was not posted")
+        if original.payload_hash != payload_hash:
+            raise errors.ReferenceReused(
+                f"reference {spec.reference} was already used for a different transaction "
+                f"({original.id})"
+            )
+        original.replayed = True
+        return original
+    transaction_id, effective_at, recorded_at = row
+    # from_db, as for a row read back: a third of the cost of Model(**kwargs).
+    posted = LedgerTransaction.from_db(
+        db.alias,
+        _TRANSACTION_FIELDS,
+        (
+            transaction_id,
+            spec.reference,
+            payload_hash,
+            spec.description,
+            spec.metadata,
+            effective_at,
+            recorded_at,
+            spec.reverses_id,
+            spec.hold_id,
+        ),
+    )
+    posted.replayed = False
+    return posted
+
+
+_TRANSACTION_FIELDS = [f.attname for f in LedgerTransaction._meta.concrete_fields]
+assert _TRANSACTION_FIELDS == [
+    "id",
+    "reference",
+    "payload_hash",
+    "description",
+    "metadata",
+    "effective_at",
+    "recorded_at",
+    "reverses_id",
+    "hold_id",
+], _TRANSACTION_FIELDS
+
 
 def _call_post_function(payload: str, *, bulk: bool = False) -> list[tuple]:
     function = "ledger_post_transactions_bulk" if bulk else "ledger_post_transactions"
@@ -277,6 +533,8 @@ def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[Ledger
     TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
     if not transactions:
         raise errors.InvalidTransaction("nothing to post")
+    if len(transactions) == 1 and _one_statement_applies(transactions[0]):
+        return [_post_single(transactions[0])]
     documents = [spec.as_json() for spec in transactions]
     payload = json.dumps(documents)
     bulk = len(documents) >= BULK_THRESHOLD

@@ -167,3 +167,28 @@ def test_concurrent_settlements_of_one_hold_never_exceed_it(revenue, make_wallet
     assert (hold.status, hold.settled_amount) == ("settled", Decimal("10"))
     final = selectors.get_balance(account=wallet)
     assert (final.posted, final.held) == (Decimal("90"), Decimal("0"))
+
+
+def test_opposite_transfers_between_two_wallets_do_not_deadlock(make_wallet):
+    """Each posting debits one owned wallet and credits the other, half of the threads one
+    way and half the other. The single statement locks owned balances in account-id order,
+    as the posting function does, so no two postings wait for each other in a cycle; a
+    deadlock would surface here as an error after deadlock_timeout. (Removing the ordered
+    lock did not make this fail in one run: that plan happened to lock in index order.)"""
+    first, second = make_wallet("1000"), make_wallet("1000")
+    transfers_per_thread = 10
+
+    def transfer(i: int) -> int:
+        source, target = (first, second) if i % 2 else (second, first)
+        for n in range(transfers_per_thread):
+            services.post_transaction(
+                reference=f"swap-{first.pk}-{i}-{n}",
+                legs=[services.debit(source, "1"), services.credit(target, "1")],
+            )
+        return transfers_per_thread
+
+    results = run_concurrently(transfer)
+    assert unexpected(results) == []
+    assert selectors.get_balance(account=first).posted == Decimal("1000")
+    assert selectors.get_balance(account=second).posted == Decimal("1000")
+    assert Entry.objects.filter(account=first).count() == 1 + THREADS * transfers_per_thread

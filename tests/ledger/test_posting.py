@@ -14,10 +14,14 @@ from tests.conftest import unique
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True, params=["loop", "bulk"])
+@pytest.fixture(autouse=True, params=["statement", "loop", "bulk"])
 def posting_function(request, monkeypatch):
-    """Every test here runs against both posting functions: the loop that single postings
-    use and the set-based one for bulks (ledger.services.BULK_THRESHOLD picks)."""
+    """Every test here runs against the three ways a posting is written: the single
+    statement that single transactions use (ledger.services._POST_ONE), the loop function
+    that small bulks use, and the set-based one for large bulks (ONE_STATEMENT_MAX_LEGS and
+    BULK_THRESHOLD pick)."""
+    if request.param != "statement":
+        monkeypatch.setattr(services, "ONE_STATEMENT_MAX_LEGS", 0)
     if request.param == "bulk":
         monkeypatch.setattr(services, "BULK_THRESHOLD", 1)
     return request.param
