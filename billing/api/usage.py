@@ -640,6 +640,11 @@ class HoldCreateView(APIView):
                     param="reference",
                 )
             return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
+        if result.currency == rating.CREDITS:
+            # Credits past their expiry leave first, as rating does before it spends: the
+            # estimate did not count them, and the hold's own balance check must not either
+            # (the beat task may not have run yet).
+            credits.expire_due_for([wallet.account_id], now=timezone.now())
         hold = ledger.place_hold(
             reference=reference,
             account=Account.objects.get(pk=wallet.account_id),

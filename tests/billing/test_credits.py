@@ -1170,3 +1170,21 @@ def test_an_estimate_does_not_count_credits_of_an_expired_grant_the_task_has_not
     # and rating agrees: the 3 are refused, nothing is written but the expiry
     outcome = rating.ingest_events([event("x", 3)])[0]
     assert outcome.status == "rejected" and outcome.error.code == "insufficient_credits"
+
+
+def test_a_hold_takes_expired_grants_out_before_it_reserves(api, acme):
+    """The estimate does not count credits past their expiry, and placing the hold does not
+    either: the grant is expired first, as rating does before it spends, so a hold racing
+    another cannot reserve credits the beat task has not yet taken away."""
+    promo = grant(acme, "5", expires_at=in_days(1))
+    services.top_up(customer=acme, amount=D(2), currency="CREDITS")
+    CreditGrant.objects.filter(pk=promo.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    placed = api.post("/api/v1/holds", {"customer": "acme", "amount": "2"})
+    assert placed.status_code == 201, placed.json()
+    row = fresh(promo)
+    assert (row.status, row.remaining) == (GrantStatus.EXPIRED, D(0))
+    assert system_posted("@CreditsExpired") == D(5)
+    assert balance(acme) == (D(2), D(2), D(0))
+    refused = api.post("/api/v1/holds", {"customer": "acme", "amount": "1"})
+    assert refused.status_code == 402, refused.json()
+    assert refused.json()["error"]["code"] == "insufficient_credits"
