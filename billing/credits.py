@@ -41,6 +41,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import errors
@@ -533,16 +534,23 @@ def expire_grant(*, grant_id: int, now: datetime | None = None) -> CreditGrant |
 
 def expire_due_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Expire the grants whose time has come (each in its own transaction); returns how
-    many were looked at."""
+    many were looked at. Pages through all of them, ``limit`` at a time in (expiry, id)
+    order, each page after the last one's key: a grant whose credits are held stays active
+    until its hold resolves and is looked at again on every run, and a first page full of
+    those must not keep the grants behind them from expiring."""
     now = now or timezone.now()
-    due = list(
-        CreditGrant.objects.filter(status=GrantStatus.ACTIVE, expires_at__lte=now)
-        .order_by("expires_at", "id")
-        .values_list("pk", flat=True)[:limit]
-    )
-    for grant_id in due:
-        expire_grant(grant_id=grant_id, now=now)
-    return len(due)
+    looked = 0
+    due = CreditGrant.objects.filter(status=GrantStatus.ACTIVE, expires_at__lte=now)
+    page = due
+    while True:
+        keys = list(page.order_by("expires_at", "id").values_list("expires_at", "pk")[:limit])
+        for _, grant_id in keys:
+            expire_grant(grant_id=grant_id, now=now)
+        looked += len(keys)
+        if len(keys) < limit:
+            return looked
+        last_expiry, last_id = keys[-1]
+        page = due.filter(Q(expires_at__gt=last_expiry) | Q(expires_at=last_expiry, pk__gt=last_id))
 
 
 def void_grant(

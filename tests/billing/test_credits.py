@@ -1188,3 +1188,24 @@ def test_a_hold_takes_expired_grants_out_before_it_reserves(api, acme):
     refused = api.post("/api/v1/holds", {"customer": "acme", "amount": "1"})
     assert refused.status_code == 402, refused.json()
     assert refused.json()["error"]["code"] == "insufficient_credits"
+
+
+def test_expiry_gets_past_grants_that_cannot_end_because_their_credits_are_held(acme):
+    """Acme's two due grants cannot end (every credit of the wallet is held) and stay
+    active until the hold resolves; with a page of two, another customer's grant due after
+    them still expires in the same run."""
+    beta = credits_customer("beta")
+    used = ledger.ensure_system_account(code=rating.CREDITS_USED, currency="CREDITS")
+    first, second = grant(acme, "3", expires_at=in_days(1)), grant(acme, "3", expires_at=in_days(2))
+    later = grant(beta, "5", expires_at=in_days(3))
+    ledger.place_hold(
+        reference=unique("hold"), account=wallet_of(acme).account, destination=used, amount=D(6)
+    )
+    past = timezone.now() - timedelta(minutes=1)
+    for i, row in enumerate((first, second, later)):
+        CreditGrant.objects.filter(pk=row.pk).update(expires_at=past + timedelta(seconds=i))
+    assert credits.expire_due_grants(limit=2) == 3
+    assert [fresh(row).status for row in (first, second)] == [GrantStatus.ACTIVE] * 2
+    assert (fresh(later).status, fresh(later).remaining) == (GrantStatus.EXPIRED, D(0))
+    assert posted(beta) == D(0)
+    assert posted(acme) == D(6)
