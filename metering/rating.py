@@ -8,7 +8,9 @@ How a batch is rated
 1. Each event is checked on its own, without the database: timestamp not in the future,
    a known ``event_name``, the provider's raw ``usage`` normalised, the model priced from
    the catalog. A bad event is rejected with its error; the others go on.
-2. Per customer, in customer-id order, inside one transaction: an advisory lock on the
+2. Per customer, in customer-id order, inside one transaction per part of the batch
+   (whole customers, at least ``RATING_CHUNK_EVENTS`` events each, so that two batches
+   for the same customers overlap instead of queueing): an advisory lock on the
    customer serialises everything that rates its usage (so counters and balance checks
    see one order); events already stored under the same idempotency key are reported as
    duplicates — the unique (customer, idempotency_key) constraint backs this up; the
@@ -580,26 +582,50 @@ def ingest_events(
             )
         else:
             by_customer[customer.pk].append(p)
-    if by_customer:
-        customer_by_id = {c.pk: c for c in customers.values()}
+    customer_by_id = {c.pk: c for c in customers.values()}
+    for chunk in _chunks(by_customer):
         with transaction.atomic():
-            _lock_customers(sorted(by_customer))
+            _lock_customers(chunk)
             # Read again under the lock: a plan change or cancellation takes the same lock.
             subscriptions = {
                 customer.pk: subscription
-                for customer, subscription in load_customers(ids=list(by_customer)).values()
+                for customer, subscription in load_customers(ids=chunk).values()
                 if subscription is not None
             }
             _rate(
-                [
-                    (customer_by_id[cid], subscriptions.get(cid), by_customer[cid])
-                    for cid in sorted(by_customer)
-                ],
+                [(customer_by_id[cid], subscriptions.get(cid), by_customer[cid]) for cid in chunk],
                 outcomes,
                 hold_id,
                 now=now,
             )
     return outcomes  # type: ignore[return-value]
+
+
+# A batch is rated in transactions of whole customers and at least this many events each.
+# A transaction holds its customers' rating locks until it commits, so two batches for the
+# same customers (a backend's workers sending at once) ran one after the other when a
+# batch was one transaction; in parts, the second rates its first part while the first
+# rates its next one. A customer's events stay together, in one transaction. Each part is
+# committed before the next begins; after a crash between parts, the client's retry finds
+# the committed events as duplicates (the idempotency key), so nothing is charged twice.
+RATING_CHUNK_EVENTS = 250
+
+
+def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
+    """The customers in id order (the rating locks' order), cut into parts of at least
+    RATING_CHUNK_EVENTS events, whole customers each."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    events = 0
+    for customer_id in sorted(by_customer):
+        chunk.append(customer_id)
+        events += len(by_customer[customer_id])
+        if events >= RATING_CHUNK_EVENTS:
+            chunks.append(chunk)
+            chunk, events = [], 0
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def _lock_customers(customer_ids: list[int]) -> None:

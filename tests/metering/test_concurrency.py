@@ -199,7 +199,12 @@ def test_the_first_usage_of_many_customers_at_once_creates_each_shared_account_o
         assert selectors.get_balance(account=wallet).posted == 1 - charge
 
 
-def test_batches_spanning_several_customers_in_any_order_neither_deadlock_nor_lose_usage():
+@pytest.mark.parametrize("chunk_events", [250, 5], ids=["one-part", "parts"])
+def test_batches_spanning_several_customers_in_any_order_neither_deadlock_nor_lose_usage(
+    monkeypatch, chunk_events
+):
+    """With parts of 5 events a batch of 4 customers × 5 events is four transactions."""
+    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", chunk_events)
     name = unique("api")
     units = make_meter(name)
     plan_charge = ChargeSpec(meter=units.code, unit_price=Decimal("0.001"))

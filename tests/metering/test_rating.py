@@ -934,3 +934,40 @@ def test_unique_count_tells_values_apart_by_type_and_value_not_spelling():
 
     keys = {_distinct_key(v) for v in (1, D("1.0"), D("1E0"), True, "1", D("1.00"), 0, False)}
     assert keys == {"n:1", "b:true", "s:1", "n:0", "b:false"}
+
+
+# --- a batch in parts -----------------------------------------------------------------------------
+
+
+def test_a_batch_is_rated_in_parts_of_whole_customers(monkeypatch):
+    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 3)
+    by_customer = {7: [None] * 2, 3: [None] * 1, 5: [None] * 4, 9: [None] * 1, 8: [None] * 2}
+    # id order; a part closes once it has 3 events; a customer is never split
+    assert rating._chunks(by_customer) == [[3, 5], [7, 8], [9]]
+    assert rating._chunks({}) == []
+
+
+def test_a_crash_between_parts_keeps_what_was_committed_and_a_retry_charges_once(monkeypatch):
+    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 2)
+    units = make_meter("units")
+    customers = [subscribe(per_unit(units, "1"), external_id=f"c{i}", funds="10") for i in range(3)]
+    batch = [event(f"k{n}", customer=c.external_id, units=1) for c in customers for n in range(2)]
+    rate = rating._rate
+    calls = []
+
+    def crash_on_the_second_part(parts, *args, **kwargs):
+        calls.append([customer.external_id for customer, _, _ in parts])
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+        return rate(parts, *args, **kwargs)
+
+    monkeypatch.setattr(rating, "_rate", crash_on_the_second_part)
+    with pytest.raises(RuntimeError):
+        ingest(*batch)
+    assert calls == [["c0"], ["c1"]]  # one customer per part (2 events each)
+    assert [posted(c) for c in customers] == [D(8), D(10), D(10)]  # the first part stands
+    monkeypatch.setattr(rating, "_rate", rate)
+    outcomes = ingest(*batch)  # the client's retry of the whole batch
+    assert statuses(outcomes) == ["duplicate"] * 2 + ["accepted"] * 4
+    assert [posted(c) for c in customers] == [D(8), D(8), D(8)]
+    assert Event.objects.filter(customer__in=customers).count() == 6
