@@ -44,8 +44,11 @@ def customer_accounts(customer: Customer) -> QuerySet[Account]:
 
 def customer_balance(customer: Customer) -> dict[str, Any]:
     balances = []
+    credit_wallets = []  # read once: the credits below show the same balance as the list
     for wallet in customer.wallets.select_related("account").order_by("currency"):
         view = ledger_selectors.get_balance(account=wallet.account)
+        if wallet.currency == "CREDITS":
+            credit_wallets.append((wallet, view))
         balances.append(
             {
                 "currency": view.currency,
@@ -73,7 +76,7 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
                 }
             )
     credits = []
-    for wallet in customer_credits(customer):
+    for wallet in customer_credits(customer, wallets=credit_wallets):
         credits += [
             {
                 "grant_id": g.pk,
@@ -108,15 +111,20 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
     }
 
 
-def customer_credits(customer: Customer, *, now=None) -> list[dict[str, Any]]:
+def customer_credits(customer: Customer, *, now=None, wallets=None) -> list[dict[str, Any]]:
     """The customer's ``CREDITS`` wallets with their grants (``billing.credits``): ``live``
     (active and not expired, in the order they are drawn), ``ended`` (used up, expired,
     voided; newest first), and the credits outside any grant (``ungranted``: the posted
-    balance less what the live grants hold)."""
+    balance less what the live grants hold). ``wallets``: the CREDITS wallets with their
+    balances, when the caller has read them already."""
     now = now or timezone.now()
-    wallets = []
-    for wallet in customer.wallets.filter(currency="CREDITS").select_related("account"):
-        view = ledger_selectors.get_balance(account=wallet.account)
+    if wallets is None:
+        wallets = [
+            (wallet, ledger_selectors.get_balance(account=wallet.account))
+            for wallet in customer.wallets.filter(currency="CREDITS").select_related("account")
+        ]
+    result = []
+    for wallet, view in wallets:
         live, pending, ended = [], [], []
         for g in CreditGrant.objects.filter(wallet=wallet):  # in drain order (Meta.ordering)
             if g.status != GrantStatus.ACTIVE:
@@ -127,7 +135,7 @@ def customer_credits(customer: Customer, *, now=None) -> list[dict[str, Any]]:
                 pending.append(g)
         ended.sort(key=lambda g: g.ended_at or g.created_at, reverse=True)
         in_grants = sum((g.remaining for g in live + pending), Decimal(0))
-        wallets.append(
+        result.append(
             {
                 "wallet": wallet,
                 "currency": wallet.currency,
@@ -140,7 +148,7 @@ def customer_credits(customer: Customer, *, now=None) -> list[dict[str, Any]]:
                 "ungranted": max(view.posted - in_grants, Decimal(0)),
             }
         )
-    return wallets
+    return result
 
 
 def customer_transactions(customer: Customer) -> QuerySet[LedgerTransaction]:
