@@ -752,13 +752,7 @@ def lock_subscription_customer(subscription_id: int) -> int | None:
 
 
 def _locked_live_subscription(subscription_id: int) -> Subscription:
-    customer_id = (
-        Subscription.objects.filter(pk=subscription_id)
-        .values_list("customer_id", flat=True)
-        .first()
-    )
-    if customer_id is not None:
-        lock_customer_usage([customer_id])
+    lock_subscription_customer(subscription_id)  # the rating lock first, then the row
     subscription = (
         Subscription.objects.select_for_update()
         .select_related("plan", "customer")

@@ -115,11 +115,15 @@ class TransactionSpec:
         }
         return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
-    def as_json(self) -> dict[str, Any]:
+    def validate(self) -> None:
+        """What is checked before the database sees the posting."""
         if not self.reference or len(self.reference) > 255:
             raise errors.InvalidTransaction("a reference of 1 to 255 characters is required")
         if self.effective_at is not None and timezone.is_naive(self.effective_at):
             raise errors.InvalidTransaction("effective_at must be timezone-aware")
+
+    def as_json(self) -> dict[str, Any]:
+        self.validate()
         return {
             "reference": self.reference,
             "payload_hash": self.payload_hash(),
@@ -337,6 +341,9 @@ WITH legs AS MATERIALIZED (
       FROM legs l CROSS JOIN t
      WHERE l.hot
 ), hot AS (
+    -- A second UPDATE, not one over owned_locked UNION ALL hot_legs: that one, tried,
+    -- changed fewer rows than it had legs under concurrent postings (ledger_posting_applied
+    -- refused them: the opposite-transfers test in tests/ledger/test_concurrency).
     UPDATE ledger_balance b
        SET posted = b.posted + h.delta, version = b.version + 1, updated_at = now()
       FROM hot_legs h
@@ -447,10 +454,7 @@ def _insufficient_funds(spec: TransactionSpec) -> errors.InsufficientFunds:
 
 def _post_single(spec: TransactionSpec) -> LedgerTransaction:
     """One transaction by the single statement (``_POST_ONE``)."""
-    if not spec.reference or len(spec.reference) > 255:
-        raise errors.InvalidTransaction("a reference of 1 to 255 characters is required")
-    if spec.effective_at is not None and timezone.is_naive(spec.effective_at):
-        raise errors.InvalidTransaction("effective_at must be timezone-aware")
+    spec.validate()
     payload_hash = spec.payload_hash()
     db = connections[DEFAULT_DB_ALIAS]  # the connection itself, not the proxy to it
     try:
@@ -480,37 +484,25 @@ def _post_single(spec: TransactionSpec) -> LedgerTransaction:
         return original
     transaction_id, effective_at, recorded_at = row
     # from_db, as for a row read back: a third of the cost of Model(**kwargs).
+    values = {
+        "id": transaction_id,
+        "reference": spec.reference,
+        "payload_hash": payload_hash,
+        "description": spec.description,
+        "metadata": spec.metadata,
+        "effective_at": effective_at,
+        "recorded_at": recorded_at,
+        "reverses_id": spec.reverses_id,
+        "hold_id": spec.hold_id,
+    }
     posted = LedgerTransaction.from_db(
-        db.alias,
-        _TRANSACTION_FIELDS,
-        (
-            transaction_id,
-            spec.reference,
-            payload_hash,
-            spec.description,
-            spec.metadata,
-            effective_at,
-            recorded_at,
-            spec.reverses_id,
-            spec.hold_id,
-        ),
+        db.alias, _TRANSACTION_FIELDS, [values[name] for name in _TRANSACTION_FIELDS]
     )
     posted.replayed = False
     return posted
 
 
 _TRANSACTION_FIELDS = [f.attname for f in LedgerTransaction._meta.concrete_fields]
-assert _TRANSACTION_FIELDS == [
-    "id",
-    "reference",
-    "payload_hash",
-    "description",
-    "metadata",
-    "effective_at",
-    "recorded_at",
-    "reverses_id",
-    "hold_id",
-], _TRANSACTION_FIELDS
 
 
 def _call_post_function(payload: str, *, bulk: bool = False) -> list[tuple]:

@@ -858,21 +858,10 @@ def _balance_key(wallet: WalletRow) -> Any:
     return wallet.account_id or ("new", wallet.customer_id, wallet.currency)
 
 
-def _wallet_row(customer_id: int, currency: str) -> WalletRow | None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT customer_id, currency, account_id, billing_mode, credit_limit "
-            "FROM billing_wallet WHERE customer_id = %s AND currency = %s",
-            [customer_id, currency],
-        )
-        row = cursor.fetchone()
-        return WalletRow(*row) if row else None
-
-
 def _wallet_and_margins(
     customer_id: int, currency: str
 ) -> tuple[WalletRow | None, dict[int | None, Decimal]]:
-    """``_wallet_row`` and the customer's ``_margin_overrides``, in one query."""
+    """The customer's wallet in this currency and its ``_margin_overrides``, in one query."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit, "
