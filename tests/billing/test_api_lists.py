@@ -423,3 +423,55 @@ def test_an_invalid_credit_limit_is_refused(api, postpaid, value):
         patch(api, "acme", {"credit_limit": value}), 400, "invalid_parameter", param="credit_limit"
     )
     assert wallet_state(postpaid) == (D(5), D(5), D(-5))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_credit_limit_changes_racing_postpaid_charges_stay_in_step(
+    make_customer, make_meter, make_plan
+):
+    """6 threads charge 1.00 a call while 2 move the limit between 5 and 40 (and rename
+    the customer): no deadlock, no error but the expected refusals, and at the end the
+    wallet's limit, the account's limit and the balance floor agree."""
+    from billing import errors as billing_errors
+    from metering import rating
+    from tests.threads import run_concurrently
+
+    customer = make_customer(billing_mode="postpaid", credit_limit=D("40"))
+    make_meter("calls", event_name="api.call", aggregation="count", property="")
+    plan = make_plan(charges=[ChargeSpec(meter="calls", unit_price=D("1"))])
+    services.create_subscription(
+        customer=customer, plan=plan, start=timezone.now() - timedelta(hours=1)
+    )
+    refusals: list[str] = []
+
+    def work(i: int):
+        if i < 2:
+            for n in range(15):
+                limit = D(5 + (n * 7 + i * 11) % 36)
+                try:
+                    services.edit_customer(
+                        customer=customer, name=f"Acme {i}-{n}", credit_limit=limit
+                    )
+                except billing_errors.CreditLimitBelowBalance:
+                    refusals.append("below")
+            return None
+        accepted = 0
+        for n in range(8):
+            event = rating.EventIn(
+                f"t{i}-{n}", customer.external_id, "api.call", timezone.now(), {}
+            )
+            outcome = rating.ingest_events([event])[0]
+            if outcome.status == "accepted":
+                accepted += 1
+            else:
+                assert outcome.error.code == "credit_limit_exceeded", outcome.error
+        return accepted
+
+    results = run_concurrently(work, 8)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    limit, account_limit, floor = wallet_state(customer)
+    assert limit == account_limit == -floor
+    posted = Balance.objects.get(account__wallet__customer=customer).posted
+    assert posted == -sum(results[2:])
+    assert posted >= -D(40)
