@@ -70,3 +70,8 @@ class SubscriptionCanceled(BillingError):
 
 class CurrencyMismatch(BillingError):
     code = "currency_mismatch"
+
+
+class CreditLimitBelowBalance(BillingError):
+    code = "credit_limit_below_balance"
+    http_status = 409

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from billing import errors
@@ -17,10 +18,12 @@ from billing.models import (
     PlanCharge,
     Subscription,
     SubscriptionPhase,
+    SubscriptionStatus,
+    Wallet,
 )
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
-from ledger.models import Account, Entry
+from ledger.models import Account, Balance, Entry
 from ledger.models import Transaction as LedgerTransaction
 from metering.models import PeriodUsage
 
@@ -261,3 +264,83 @@ def subscription_with_relations(subscription_id: int) -> Subscription:
     if subscription is None:
         raise errors.SubscriptionNotFound(f"subscription {subscription_id} does not exist")
     return subscription
+
+
+# --- lists (GET /customers, GET /subscriptions) --------------------------------------------
+
+
+def _subscriptions_with_relations() -> QuerySet[Subscription]:
+    return Subscription.objects.select_related(
+        "customer", "plan", "scheduled_plan"
+    ).prefetch_related(
+        Prefetch(
+            "phases",
+            queryset=SubscriptionPhase.objects.select_related("plan").order_by("starts_at", "id"),
+        )
+    )
+
+
+def list_customers(
+    *,
+    email: str | None = None,
+    billing_mode: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+) -> QuerySet[Customer]:
+    """Customers matching the filters (``email`` exactly, ignoring case; created in
+    [``created_from``, ``created_to``)), each with its wallets (and their accounts) and its
+    live subscriptions (``live_subscriptions``, oldest first) prefetched, so that a page
+    costs the same few queries whatever its size (balances: ``wallet_balances``)."""
+    customers = Customer.objects.prefetch_related(
+        Prefetch("wallets", queryset=Wallet.objects.select_related("account").order_by("id")),
+        Prefetch(
+            "subscriptions",
+            queryset=_subscriptions_with_relations()
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .order_by("id"),
+            to_attr="live_subscriptions",
+        ),
+    )
+    if email is not None:
+        customers = customers.filter(email__iexact=email)
+    if billing_mode is not None:
+        customers = customers.filter(billing_mode=billing_mode)
+    if created_from is not None:
+        customers = customers.filter(created_at__gte=created_from)
+    if created_to is not None:
+        customers = customers.filter(created_at__lt=created_to)
+    return customers
+
+
+def wallet_balances(accounts: list[Account]) -> dict[int, ledger_selectors.BalanceView]:
+    """The balances of these accounts now, by account id, in one query (what
+    ``ledger.selectors.get_balance`` gives for each: the sum of its balance rows)."""
+    totals = {
+        row["account_id"]: row
+        for row in Balance.objects.filter(account_id__in=[a.pk for a in accounts])
+        .values("account_id")
+        .annotate(posted=Sum("posted"), held=Sum("held"), version=Sum("version"))
+    }
+    result = {}
+    for account in accounts:
+        row = totals.get(account.pk, {})
+        result[account.pk] = ledger_selectors.BalanceView(
+            currency=account.currency,
+            posted=row.get("posted") or Decimal(0),
+            held=row.get("held") or Decimal(0),
+            version=int(row.get("version") or 0),
+        )
+    return result
+
+
+def list_subscriptions(
+    *, customer: Customer | None = None, status: str | None = None
+) -> QuerySet[Subscription]:
+    """Subscriptions with their customer, plans and phases, of one customer and/or in one
+    status."""
+    subscriptions = _subscriptions_with_relations()
+    if customer is not None:
+        subscriptions = subscriptions.filter(customer=customer)
+    if status is not None:
+        subscriptions = subscriptions.filter(status=status)
+    return subscriptions

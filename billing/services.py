@@ -39,6 +39,8 @@ from billing.models import (
     Wallet,
 )
 from billing.periods import period_containing, prorate, utc
+from ledger import errors as ledger_errors
+from ledger import selectors as ledger_selectors
 from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
@@ -156,6 +158,81 @@ def update_customer(*, customer: Customer, **changes: Any) -> Customer:
         setattr(locked, field, changes[field])
     if changed:
         locked.save(update_fields=[*changed, "updated_at"])
+    return locked
+
+
+KEEP: Any = object()  # edit_customer: leave the credit limit as it is
+
+
+@transaction.atomic
+def set_credit_limit(*, customer: Customer, credit_limit: Decimal | None) -> Wallet:
+    """Change how far below zero the postpaid customer's wallet (in its own currency) may
+    go; None: no limit. The wallet's ``credit_limit`` and its ledger account's overdraft
+    floor change together, in one transaction: rating refuses by the floor and explains by
+    the limit, so the two must never differ. Refused (``credit_limit_below_balance``) when
+    the wallet is already further below zero than the new limit allows. Setting the limit
+    it already has writes nothing."""
+    if customer.billing_mode != BillingMode.POSTPAID:
+        raise errors.ValidationFailed(
+            "credit_limit applies to postpaid customers only", param="credit_limit"
+        )
+    if credit_limit is not None and credit_limit < 0:
+        raise errors.ValidationFailed("credit_limit cannot be negative", param="credit_limit")
+    # The usage lock first (rating takes it before the balance rows), then the wallet.
+    lock_customer_usage([customer.pk])
+    wallet = (
+        Wallet.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("account")
+        .filter(customer_id=customer.pk, currency=customer.currency)
+        .first()
+    )
+    if wallet is None:
+        raise errors.WalletNotFound(
+            f"customer {customer.external_id} has no {customer.currency} wallet",
+            param="credit_limit",
+        )
+    account = wallet.account
+    if wallet.credit_limit == credit_limit and account.negative_limit == credit_limit:
+        return wallet
+    try:
+        with transaction.atomic():
+            ledger.set_overdraft(account=account, allow_negative=True, negative_limit=credit_limit)
+    except ledger_errors.OverdraftLimitBelowBalance:
+        available = ledger_selectors.get_balance(account=account).available
+        raise errors.CreditLimitBelowBalance(
+            f"the {wallet.currency} wallet's available balance is {available.normalize():f}: "
+            f"a credit limit of {credit_limit.normalize():f} would leave it below the limit",
+            param="credit_limit",
+        ) from None
+    wallet.credit_limit = credit_limit
+    wallet.save(update_fields=["credit_limit"])
+    return wallet
+
+
+@transaction.atomic
+def edit_customer(
+    *, customer: Customer, credit_limit: Decimal | None = KEEP, **changes: Any
+) -> Customer:
+    """Change a customer's descriptive fields (``CUSTOMER_EDITABLE``) and, for a postpaid
+    customer, its credit limit (``set_credit_limit``), all or nothing. Only changed columns
+    are written; the same changes twice write nothing the second time. The customer row is
+    locked FOR NO KEY UPDATE, which does not wait on rows being inserted that refer to it
+    (events, invoices)."""
+    unknown = set(changes) - CUSTOMER_EDITABLE
+    if unknown:
+        raise errors.ValidationFailed(
+            f"cannot change {', '.join(sorted(unknown))} of a customer", param=sorted(unknown)[0]
+        )
+    if credit_limit is not KEEP:
+        lock_customer_usage([customer.pk])  # before any row, in rating's order
+    locked = Customer.objects.select_for_update(no_key=True).get(pk=customer.pk)
+    changed = [field for field, value in changes.items() if getattr(locked, field) != value]
+    for field in changed:
+        setattr(locked, field, changes[field])
+    if changed:
+        locked.save(update_fields=[*changed, "updated_at"])
+    if credit_limit is not KEEP:
+        set_credit_limit(customer=locked, credit_limit=credit_limit)
     return locked
 
 

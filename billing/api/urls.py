@@ -1,11 +1,11 @@
 from django.urls import path
 
-from billing.api import usage, views
+from billing.api import lists, usage, views
 from invoicing import api as invoicing_api
 
 urlpatterns = [
-    path("customers", views.CustomerCreateView.as_view()),
-    path("customers/<str:external_id>", views.CustomerDetailView.as_view()),
+    path("customers", lists.CustomerListCreateView.as_view()),
+    path("customers/<str:external_id>", lists.CustomerDetailUpdateView.as_view()),
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
@@ -19,7 +19,7 @@ urlpatterns = [
     path("invoices/<int:invoice_id>", invoicing_api.InvoiceDetailView.as_view()),
     path("invoices/<int:invoice_id>/pdf", invoicing_api.InvoicePDFView.as_view()),
     path("webhooks/stripe", invoicing_api.StripeWebhookView.as_view()),
-    path("events", usage.EventCreateView.as_view()),
+    path("events", lists.EventListCreateView.as_view()),
     path("events/batch", usage.EventBatchView.as_view()),
     path("authorize", usage.AuthorizeView.as_view()),
     path("holds", usage.HoldCreateView.as_view()),
@@ -30,7 +30,7 @@ urlpatterns = [
     path("meters", views.MeterListCreateView.as_view()),
     path("plans", views.PlanListCreateView.as_view()),
     path("plans/<slug:code>", views.PlanDetailView.as_view()),
-    path("subscriptions", views.SubscriptionCreateView.as_view()),
+    path("subscriptions", lists.SubscriptionListCreateView.as_view()),
     path("subscriptions/<int:subscription_id>", views.SubscriptionDetailView.as_view()),
     path("subscriptions/<int:subscription_id>/change", views.SubscriptionChangeView.as_view()),
     path("subscriptions/<int:subscription_id>/cancel", views.SubscriptionCancelView.as_view()),

@@ -212,7 +212,7 @@ def test_a_write_key_can_post(make_key):
 
 def test_an_unsupported_method_is_refused_in_the_error_format(api):
     assert_error(
-        api.get("/api/v1/subscriptions"),
+        api.get("/api/v1/events/batch"),
         405,
         "method_not_allowed",
         message='Method "GET" not allowed.',

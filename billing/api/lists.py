@@ -1,0 +1,337 @@
+"""The list routes and the customer update of the v1 API:
+
+``GET /customers``, ``GET /subscriptions``, ``GET /events`` (cursor-paginated, filtered,
+unknown query parameters refused: ``billing.api.query``) and ``PATCH /customers/{id}``.
+
+Each route shares its path with a POST (or GET) view of ``billing.api.views`` /
+``billing.api.usage``; the classes here extend those views with the new method, so that the
+existing handlers stay where they are. Scopes: the GETs need ``read``, PATCH ``write``.
+API keys belong to the installation (the product's backend), not to one customer: the
+lists cover every customer, as GET /invoices does.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from billing import selectors, services
+from billing.api import query, usage, views
+from billing.api import serializers as s
+from billing.api.errors import APIError
+from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
+from billing.api.pagination import paginate
+from billing.api.views import errors
+from billing.models import BillingMode, Customer, SubscriptionStatus, Wallet
+from metering import selectors as metering_selectors
+from metering.models import Event
+
+# --- customers ----------------------------------------------------------------------------
+
+
+class _ListWalletSerializer(s.WalletSerializer):
+    """A wallet as ``WalletSerializer`` shows it, its balance read for the whole page at once
+    (``context["balances"]``: account id → BalanceView)."""
+
+    def get_balance(self, wallet: Wallet) -> dict:
+        view = self.context["balances"][wallet.account_id]
+        return s.BalanceSerializer(
+            {
+                "currency": view.currency,
+                "posted": view.posted,
+                "held": view.held,
+                "available": view.available,
+            }
+        ).data
+
+
+class _ListCustomerSerializer(s.CustomerSerializer):
+    """``CustomerSerializer``'s payload from ``selectors.list_customers``' prefetches: the
+    same fields, a handful of queries per page instead of several per customer."""
+
+    wallets = _ListWalletSerializer(many=True)
+
+    def get_subscription(self, customer: Customer) -> dict | None:
+        live = customer.live_subscriptions
+        return s.SubscriptionSerializer(live[0]).data if live else None
+
+
+CUSTOMER_FILTERS = ("email", "billing_mode", "created_from", "created_to")
+
+CREATED_HELP = "A date (midnight UTC) or an RFC 3339 timestamp with its offset (encode + as %2B)."
+
+
+class CustomerUpdateSerializer(serializers.Serializer):
+    """Every field optional; what is absent is left as it is."""
+
+    name = serializers.CharField(max_length=200, required=False)
+    email = serializers.EmailField(max_length=254, required=False, allow_blank=True)
+    address = s.AddressSerializer(required=False, help_text="Only the address fields given change.")
+    tax_id = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    metadata = s.MetadataField(
+        default=serializers.empty, help_text="Replaces the whole metadata object."
+    )
+    credit_limit = s.Price(
+        required=False,
+        allow_null=True,
+        min_value=Decimal(0),
+        help_text="Postpaid customers only: how far below zero the wallet in the customer's "
+        "currency may go; null for no limit. Refused (409 credit_limit_below_balance) if the "
+        "wallet is already lower.",
+    )
+
+
+def _refuse_unknown_keys(data: Any, serializer: serializers.Serializer) -> None:
+    # TODO(lead): the generic strict-serializer mechanism replaces this check at merge.
+    if not isinstance(data, dict):
+        return  # the serializer refuses a body that is not an object
+    for key in data:
+        if key not in serializer.fields:
+            raise APIError(
+                400, "unknown_parameter", f"unknown parameter {str(key)[:100]!r}", param=key
+            )
+    address = data.get("address")
+    if isinstance(address, dict):
+        known = serializer.fields["address"].fields
+        for key in address:
+            if key not in known:
+                name = f"address.{str(key)[:100]}"
+                raise APIError(400, "unknown_parameter", f"unknown parameter {name!r}", param=name)
+
+
+class CustomerListCreateView(views.CustomerCreateView):
+    @extend_schema(
+        operation_id="customers_list",
+        tags=["customers"],
+        summary="Customers, newest first, with their wallets and subscription",
+        description="The same payload as GET /customers/{external_id}. `email` matches "
+        "exactly, ignoring case; `created_from` is inclusive and `created_to` exclusive. "
+        "`starting_after` is a customer's `id`.",
+        parameters=[
+            OpenApiParameter(
+                "email", {"type": "string", "maxLength": 254}, description="Exact, any case."
+            ),
+            OpenApiParameter(
+                "billing_mode", {"type": "string", "enum": BillingMode.values}, description=""
+            ),
+            OpenApiParameter("created_from", str, description=CREATED_HELP + " Inclusive."),
+            OpenApiParameter("created_to", str, description=CREATED_HELP + " Exclusive."),
+            *PAGE_PARAMETERS,
+        ],
+        responses={200: s.list_response(s.CustomerSerializer), **errors(400)},
+    )
+    def get(self, request):
+        query.check_params(request, CUSTOMER_FILTERS)
+        email = query.text(request, "email", max_length=254)
+        billing_mode = query.choice(request, "billing_mode", BillingMode.values)
+        created_from, created_to = query.time_range(request, "created_from", "created_to")
+        customers = selectors.list_customers(
+            email=email,
+            billing_mode=billing_mode,
+            created_from=created_from,
+            created_to=created_to,
+        )
+        page = paginate(request, customers, lambda customer: customer)
+        balances = selectors.wallet_balances(
+            [wallet.account for customer in page["data"] for wallet in customer.wallets.all()]
+        )
+        page["data"] = _ListCustomerSerializer(
+            page["data"], many=True, context={"balances": balances}
+        ).data
+        return Response(page)
+
+
+class CustomerDetailUpdateView(views.CustomerDetailView):
+    @extend_schema(
+        operation_id="customers_update",
+        tags=["customers"],
+        summary="Update a customer's name, e-mail, address, tax id, metadata or credit limit",
+        description="A partial update: only the fields sent change, and sending the same "
+        "body again changes nothing. Unknown fields are refused (unknown_parameter). The "
+        "credit limit moves the ledger wallet's overdraft floor in the same transaction; "
+        "its id, currency and billing mode cannot change.",
+        request=CustomerUpdateSerializer,
+        responses={200: s.CustomerSerializer, **errors(400, 404, 409)},
+        examples=[
+            OpenApiExample(
+                "New e-mail and credit limit",
+                request_only=True,
+                value={
+                    "email": "finance@acme.test",
+                    "address": {"city": "Lyon", "country": "FR"},
+                    "credit_limit": "1000.00",
+                },
+            )
+        ],
+    )
+    def patch(self, request, external_id: str):
+        customer = selectors.get_customer(external_id=external_id)
+        data = CustomerUpdateSerializer(data=request.data)
+        _refuse_unknown_keys(request.data, data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        values.update(values.pop("address", {}))
+        if "credit_limit" not in values:
+            values["credit_limit"] = services.KEEP
+        customer = services.edit_customer(customer=customer, **values)
+        return Response(views._customer_payload(customer))
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+class SubscriptionListCreateView(views.SubscriptionCreateView):
+    @extend_schema(
+        operation_id="subscriptions_list",
+        tags=["subscriptions"],
+        summary="Subscriptions, newest first (of one customer with ?customer=)",
+        description="`starting_after` is a subscription's `id`.",
+        parameters=[
+            OpenApiParameter(
+                "customer",
+                {"type": "string", "maxLength": 200},
+                description="The customer's external_id.",
+            ),
+            OpenApiParameter(
+                "status", {"type": "string", "enum": SubscriptionStatus.values}, description=""
+            ),
+            *PAGE_PARAMETERS,
+        ],
+        responses={200: s.list_response(s.SubscriptionSerializer), **errors(400, 404)},
+    )
+    def get(self, request):
+        query.check_params(request, ("customer", "status"))
+        external_id = query.text(request, "customer")
+        status = query.choice(request, "status", SubscriptionStatus.values)
+        customer = (
+            None
+            if external_id is None
+            else selectors.get_customer(external_id=external_id, param="customer")
+        )
+        subscriptions = selectors.list_subscriptions(customer=customer, status=status)
+        return Response(
+            paginate(request, subscriptions, lambda sub: s.SubscriptionSerializer(sub).data)
+        )
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class EventTokensSerializer(serializers.Serializer):
+    input = serializers.IntegerField(
+        source="input_tokens", help_text="Prompt tokens neither read from nor written to a cache."
+    )
+    cache_read = serializers.IntegerField(source="cache_read_tokens")
+    cache_write = serializers.IntegerField(source="cache_write_tokens")
+    output = serializers.IntegerField(source="output_tokens", help_text="Reasoning included.")
+    reasoning = serializers.IntegerField(source="reasoning_tokens")
+
+
+class EventModelPriceSerializer(serializers.Serializer):
+    """The version of the model price catalog the event was priced from (GET /models)."""
+
+    id = serializers.IntegerField()
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    effective_from = serializers.DateTimeField()
+
+
+class UsageEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    customer = serializers.CharField(source="customer.external_id")
+    event_name = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    received_at = serializers.DateTimeField()
+    properties = serializers.JSONField()
+    subscription = serializers.IntegerField(source="subscription_id", allow_null=True)
+    period_start = serializers.DateTimeField(
+        allow_null=True, help_text="The billing period the event was rated in."
+    )
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    tokens = EventTokensSerializer(source="*")
+    amount = s.Money(help_text="What the customer was charged for it, in `currency`.")
+    currency = serializers.CharField()
+    cost = s.Money(help_text="What the provider charges for it, USD (LLM events).")
+    model_price = EventModelPriceSerializer(
+        allow_null=True, help_text="null: not priced from the model catalog."
+    )
+    ledger_transaction = serializers.IntegerField(
+        source="ledger_transaction_id",
+        allow_null=True,
+        help_text="The ledger transaction that posted it (GET /customers/{id}/transactions); "
+        "null when it moved no money.",
+    )
+
+
+EVENT_FILTERS = ("customer", "from", "to", "event_name")
+
+
+class EventListCreateView(usage.EventCreateView):
+    required_scopes = {**usage.INGEST, "GET": "read"}
+
+    @extend_schema(
+        operation_id="events_list",
+        tags=["usage"],
+        summary="A customer's usage events, newest first, with price, cost, tokens and "
+        "ledger transaction",
+        description="Ordered by `timestamp`, then `id`, both descending. `from` is inclusive "
+        "and `to` exclusive. `starting_after` is the `id` of the last event of the previous "
+        "page (an event of the same customer); an event ingested meanwhile with an older "
+        "timestamp appears on a later page, never twice. Every stored event was accepted "
+        "and rated (refused events are not stored), so events have no status.",
+        parameters=[
+            OpenApiParameter(
+                "customer",
+                {"type": "string", "maxLength": 200},
+                required=True,
+                description="The customer's external_id.",
+            ),
+            OpenApiParameter("from", str, description=CREATED_HELP + " Inclusive."),
+            OpenApiParameter("to", str, description=CREATED_HELP + " Exclusive."),
+            OpenApiParameter(
+                "event_name", {"type": "string", "maxLength": 200}, description="Exactly."
+            ),
+            *PAGE_PARAMETERS,
+        ],
+        responses={200: s.list_response(UsageEventSerializer), **errors(400, 404)},
+    )
+    def get(self, request):
+        query.check_params(request, EVENT_FILTERS)
+        external_id = query.text(request, "customer")
+        if external_id is None:
+            raise APIError(
+                400,
+                "parameter_missing",
+                "customer is required: events are listed per customer",
+                param="customer",
+            )
+        since, until = query.time_range(request, "from", "to")
+        event_name = query.text(request, "event_name")
+        limit = query.limit(request)
+        after_id = query.object_id(request, "starting_after")
+        customer = selectors.get_customer(external_id=external_id, param="customer")
+        events = metering_selectors.list_events(
+            customer=customer, since=since, until=until, event_name=event_name
+        )
+        if after_id is not None:
+            after = metering_selectors.event_cursor(event_id=after_id, customer=customer)
+            if after is None:
+                raise query.invalid(
+                    "starting_after", "starting_after must be the id of an event of the customer"
+                )
+            events = metering_selectors.events_after(events, after=after)
+        rows: list[Event] = list(events[: limit + 1])
+        for row in rows:
+            row.customer = customer
+        return Response(
+            {
+                "data": UsageEventSerializer(rows[:limit], many=True).data,
+                "has_more": len(rows) > limit,
+            }
+        )
