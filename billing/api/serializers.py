@@ -26,6 +26,71 @@ from metering.models import Aggregation, Meter
 CURRENCY_RE = r"^[A-Z]{3}$"
 
 
+# --- strict input ----------------------------------------------------------------------------
+
+
+def _unknown_field(serializer: serializers.Serializer, data, path: str) -> str | None:
+    """The dotted path (``charges[0].unit_prise``) of the first key of ``data`` that
+    ``serializer`` (or a serializer nested in it) does not take as input, or None.
+
+    Free-form fields (``metadata``, ``properties``, JSON fields) are not serializers and are
+    not looked into."""
+    if not isinstance(data, dict):
+        return None  # the field's own validation says what is wrong with it
+    fields = serializer.fields
+    for key in data:
+        field = fields.get(key)
+        if field is None or field.read_only:
+            return f"{path}.{key}" if path else str(key)
+    for key, value in data.items():
+        field = fields[key]
+        where = f"{path}.{key}" if path else key
+        if isinstance(field, serializers.ListSerializer):
+            if isinstance(value, list) and isinstance(field.child, serializers.Serializer):
+                for i, item in enumerate(value):
+                    found = _unknown_field(field.child, item, f"{where}[{i}]")
+                    if found:
+                        return found
+        elif isinstance(field, serializers.Serializer):
+            found = _unknown_field(field, value, where)
+            if found:
+                return found
+    return None
+
+
+class StrictInputMixin:
+    """Every input serializer: a field the serializer does not take is refused
+    (``unknown_parameter``, ``param`` its dotted path), before any other validation, so a
+    typo such as ``unit_prise`` never passes as "not given". Nested serializers (a plan's
+    charges and tiers, a customer's address) are looked into from the outermost one."""
+
+    def to_internal_value(self, data):
+        outermost = self.parent is None or (
+            isinstance(self.parent, serializers.ListSerializer) and self.parent.parent is None
+        )
+        if outermost:
+            unknown = _unknown_field(self, data, "")
+            if unknown is not None:
+                raise serializers.ValidationError(
+                    {
+                        unknown: serializers.ErrorDetail(
+                            f"{unknown.rpartition('.')[2]!r} is not a parameter of this "
+                            "request (check its spelling)",
+                            code="unknown_parameter",
+                        )
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class StrictSerializer(StrictInputMixin, serializers.Serializer):
+    """The base of every input serializer (see ``StrictInputMixin``)."""
+
+
+class NoBody(StrictSerializer):
+    """A POST that takes no parameters: an empty body or ``{}``; any field is unknown."""
+
+
 class Money(serializers.DecimalField):
     """An exact amount: up to 26 integer digits and 12 decimal places."""
 
@@ -103,7 +168,7 @@ class WalletSerializer(serializers.Serializer):
         ).data
 
 
-class AddressSerializer(serializers.Serializer):
+class AddressSerializer(StrictSerializer):
     line1 = serializers.CharField(
         source="address_line1", max_length=200, required=False, allow_blank=True
     )
@@ -193,7 +258,7 @@ class CustomerSerializer(serializers.ModelSerializer):
         return SubscriptionSerializer(live).data if live else None
 
 
-class CustomerCreateSerializer(serializers.Serializer):
+class CustomerCreateSerializer(StrictSerializer):
     external_id = serializers.RegexField(
         r"^[A-Za-z0-9._:@\-]{1,200}$",
         help_text="Your own id for the customer: letters, digits and . _ : @ -",
@@ -245,7 +310,7 @@ class CustomerBalanceSerializer(serializers.Serializer):
     allowances = AllowanceSerializer(many=True)
 
 
-class TopUpSerializer(serializers.Serializer):
+class TopUpSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"))
     currency = serializers.RegexField(
         r"^([A-Z]{3}|CREDITS)$",
@@ -262,7 +327,7 @@ class TopUpSerializer(serializers.Serializer):
     )
 
 
-class CreditGrantCreateSerializer(serializers.Serializer):
+class CreditGrantCreateSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"), help_text="Credits to grant.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     source = serializers.ChoiceField(
@@ -335,7 +400,7 @@ class TransactionSerializer(serializers.Serializer):
 # --- meters and plans -----------------------------------------------------------------------
 
 
-class MeterSerializer(serializers.ModelSerializer):
+class MeterSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     aggregation = serializers.ChoiceField(choices=Aggregation.choices)
     filters = serializers.DictField(
@@ -363,7 +428,7 @@ class MeterSerializer(serializers.ModelSerializer):
         extra_kwargs = {"code": {"validators": []}}
 
 
-class TierSerializer(serializers.ModelSerializer):
+class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
     up_to = Price(
         allow_null=True,
         required=False,
@@ -378,7 +443,7 @@ class TierSerializer(serializers.ModelSerializer):
         fields = ["up_to", "unit_price", "flat_fee"]
 
 
-class ChargeSerializer(serializers.ModelSerializer):
+class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
     meter = serializers.SlugField(
         max_length=100, source="meter.code", help_text="The code of an existing meter."
     )
@@ -409,7 +474,7 @@ class ChargeSerializer(serializers.ModelSerializer):
         ]
 
 
-class PlanSerializer(serializers.ModelSerializer):
+class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     currency = serializers.RegexField(CURRENCY_RE, default="USD")
     interval = serializers.ChoiceField(choices=Interval.choices, default="month")
@@ -445,7 +510,7 @@ class PlanSerializer(serializers.ModelSerializer):
 # --- subscriptions ------------------------------------------------------------------------
 
 
-class SubscriptionCreateSerializer(serializers.Serializer):
+class SubscriptionCreateSerializer(StrictSerializer):
     customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
     plan = serializers.SlugField(max_length=100, help_text="The plan's code.")
     plan_version = serializers.IntegerField(
@@ -462,13 +527,13 @@ class SubscriptionCreateSerializer(serializers.Serializer):
     )
 
 
-class SubscriptionChangeSerializer(serializers.Serializer):
+class SubscriptionChangeSerializer(StrictSerializer):
     plan = serializers.SlugField(max_length=100)
     plan_version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     at = serializers.ChoiceField(choices=["now", "period_end"], default="now")
 
 
-class SubscriptionCancelSerializer(serializers.Serializer):
+class SubscriptionCancelSerializer(StrictSerializer):
     at = serializers.ChoiceField(choices=["now", "period_end"], default="period_end")
 
 

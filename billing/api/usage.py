@@ -26,7 +26,7 @@ from billing.api.errors import APIError, error_body
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
-from billing.api.serializers import Money, list_response
+from billing.api.serializers import Money, NoBody, StrictSerializer, list_response
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError, CustomerNotFound
 from billing.models import Subscription, SubscriptionStatus, Wallet
@@ -45,7 +45,7 @@ INGEST = {"POST": "ingest"}
 # --- serializers --------------------------------------------------------------------------------
 
 
-class EventSerializer(serializers.Serializer):
+class EventSerializer(StrictSerializer):
     idempotency_key = serializers.CharField(
         max_length=255, help_text="Unique per customer: a retry with the same key is charged once."
     )
@@ -95,7 +95,7 @@ class EventResultSerializer(serializers.Serializer):
     ledger_transaction = serializers.IntegerField(allow_null=True)
 
 
-class BatchSerializer(serializers.Serializer):
+class BatchSerializer(StrictSerializer):
     events = serializers.ListField(child=serializers.JSONField(), max_length=MAX_BATCH)
 
 
@@ -113,7 +113,7 @@ class BatchResultSerializer(serializers.Serializer):
     rejected = serializers.IntegerField()
 
 
-class EstimateInputSerializer(serializers.Serializer):
+class EstimateInputSerializer(StrictSerializer):
     customer = serializers.CharField(max_length=200)
     amount = Money(required=False, min_value=Decimal(0), help_text="Either an amount …")
     currency = serializers.RegexField(r"^[A-Z]{3,16}$", required=False)
@@ -164,7 +164,7 @@ class HoldSerializer(serializers.Serializer):
     resolved_at = serializers.DateTimeField(allow_null=True)
 
 
-class SettleInputSerializer(serializers.Serializer):
+class SettleInputSerializer(StrictSerializer):
     event = serializers.JSONField(
         required=False,
         encoder=DjangoJSONEncoder,  # fractional numbers arrive as Decimal
@@ -287,6 +287,20 @@ def _text(raw: dict, name: str, max_length: int, prefix: str) -> str:
     return value
 
 
+EVENT_FIELDS = frozenset({"idempotency_key", "customer", "event_name", "timestamp", "properties"})
+
+
+def _unknown_event_field(raw: dict, prefix: str) -> APIError:
+    unknown = next(key for key in raw if key not in EVENT_FIELDS)
+    return APIError(
+        400,
+        "unknown_parameter",
+        f"{unknown!r} is not a field of an event (check its spelling; free-form values go "
+        "in properties)",
+        param=f"{prefix}{unknown}",
+    )
+
+
 def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -> rating.EventIn:
     """An event from request JSON, checked field by field as ``EventSerializer`` documents.
 
@@ -296,6 +310,8 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
         raise APIError(
             400, "invalid_parameter", "an event is a JSON object", param=prefix[:-1] or None
         )
+    if not raw.keys() <= EVENT_FIELDS:  # a typo is refused, not ignored (StrictSerializer)
+        raise _unknown_event_field(raw, prefix)
     key = _text(raw, "idempotency_key", 255, prefix)
     customer = _text(raw, "customer", 200, prefix)
     event_name = _text(raw, "event_name", 200, prefix)
@@ -450,6 +466,14 @@ class EventBatchView(APIView):
     @idempotent
     def post(self, request):
         body = request.data
+        if isinstance(body, dict) and not body.keys() <= {"events"}:
+            unknown = next(key for key in body if key != "events")
+            raise APIError(
+                400,
+                "unknown_parameter",
+                f"{unknown!r} is not a parameter of this request (check its spelling)",
+                param=unknown,
+            )
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             raise APIError(400, "invalid_parameter", 'send {"events": [...]}', param="events")
         raw_events = body["events"]
@@ -728,6 +752,7 @@ class HoldReleaseView(APIView):
     )
     @idempotent
     def post(self, request, hold_id: int):
+        NoBody(data=request.data).is_valid(raise_exception=True)
         hold = _hold(hold_id)
         return Response(_hold_payload(ledger.release_hold(hold_id=hold.pk)))
 
