@@ -3,11 +3,14 @@ decimal string (or an exact JSON number, parsed as Decimal) in."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing import limits
 from billing.models import (
     BillingMode,
     ConsumptionModel,
@@ -22,9 +25,6 @@ from billing.models import (
 )
 from ledger import selectors as ledger_selectors
 from metering.models import Aggregation, Meter
-
-CURRENCY_RE = r"^[A-Z]{3}$"
-
 
 # --- strict input ----------------------------------------------------------------------------
 
@@ -92,19 +92,85 @@ class NoBody(StrictSerializer):
 
 
 class Money(serializers.DecimalField):
-    """An exact amount: up to 26 integer digits and 12 decimal places."""
+    """An exact amount with up to 12 decimal places. As input, at most ``limit`` in absolute
+    value (``billing.limits.MAX_AMOUNT`` unless told): above it ``amount_too_large``, before
+    any column could overflow."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, limit: Decimal | None = limits.MAX_AMOUNT, **kwargs):
         kwargs.setdefault("max_digits", 38)
         kwargs.setdefault("decimal_places", 12)
         kwargs.setdefault("coerce_to_string", True)
+        self.limit = limit
         super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            # More whole digits than the field has: too large, whatever the digit count.
+            if self.limit is not None and set(error.get_codes()) & {
+                "max_digits",
+                "max_whole_digits",
+            }:
+                self._too_large()
+            raise
+        if self.limit is not None and limits.amount_problem(value, limit=self.limit):
+            self._too_large()
+        return value
+
+    def _too_large(self):
+        raise serializers.ValidationError(
+            limits.amount_problem(self.limit + 1, limit=self.limit), code="amount_too_large"
+        )
 
 
 class Price(Money):
+    """A plan's price or quantity, as its column keeps it (numeric(30, 12)); quantities are
+    bounded by the column (below 10^18), prices by ``MAX_AMOUNT`` (``limit=``)."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("max_digits", 30)
+        kwargs.setdefault("limit", None)
         super().__init__(**kwargs)
+
+
+class CurrencyField(serializers.CharField):
+    """An ISO 4217 code, or one of ``units`` (ledger units such as CREDITS) where given."""
+
+    def __init__(self, *, units: frozenset[str] = frozenset(), **kwargs):
+        self.units = frozenset(units)
+        kwargs.setdefault("max_length", 16)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        problem = limits.currency_problem(value, units=self.units)
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid")
+        return value
+
+
+class BoundedDateTime(serializers.DateTimeField):
+    """A timestamp not before ``billing.limits.EARLIEST_DATE`` (year 2000), and at most
+    ``max_years_ahead`` years ahead when given."""
+
+    def __init__(self, *, max_years_ahead: int | None = None, **kwargs):
+        self.max_years_ahead = max_years_ahead
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, value):
+        moment = super().to_internal_value(value)
+        if moment < limits.EARLIEST_DATE:
+            raise serializers.ValidationError(
+                f"must not be before {limits.EARLIEST_DATE:%Y-%m-%d}", code="invalid"
+            )
+        if self.max_years_ahead is not None:
+            latest = timezone.now() + timedelta(days=366 * self.max_years_ahead)
+            if moment > latest:
+                raise serializers.ValidationError(
+                    f"must be at most {self.max_years_ahead} years ahead", code="invalid"
+                )
+        return moment
 
 
 def decimals_to_strings(value):
@@ -265,8 +331,7 @@ class CustomerCreateSerializer(StrictSerializer):
     )
     name = serializers.CharField(max_length=200)
     email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
-    currency = serializers.RegexField(
-        CURRENCY_RE,
+    currency = CurrencyField(
         required=False,
         default="USD",
         help_text="ISO 4217 code of the customer's wallet.",
@@ -312,8 +377,8 @@ class CustomerBalanceSerializer(serializers.Serializer):
 
 class TopUpSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"))
-    currency = serializers.RegexField(
-        r"^([A-Z]{3}|CREDITS)$",
+    currency = CurrencyField(
+        units=frozenset({"CREDITS"}),
         required=False,
         help_text="Defaults to the customer's currency; CREDITS buys credits on a credits plan.",
     )
@@ -343,8 +408,12 @@ class CreditGrantCreateSerializer(StrictSerializer):
         default=None,
         help_text="Lower is drawn first; default 10 (promotional) or 20 (adjustment).",
     )
-    expires_at = serializers.DateTimeField(
-        required=False, allow_null=True, default=None, help_text="Empty: never expires."
+    expires_at = BoundedDateTime(
+        max_years_ahead=limits.MAX_EXPIRY_YEARS,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Empty: never expires. In the future, at most 100 years ahead.",
     )
     reference = serializers.CharField(
         max_length=200,
@@ -435,8 +504,12 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
         default=None,
         help_text="Last unit of the tier; null for the open-ended last tier.",
     )
-    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
-    flat_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    unit_price = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+    )
+    flat_fee = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+    )
 
     class Meta:
         model = PriceTier
@@ -449,7 +522,9 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
     )
     price_model = serializers.ChoiceField(choices=PriceModel.choices, default="per_unit")
     included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
-    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    unit_price = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+    )
     package_size = Price(required=False, allow_null=True, default=None)
     margin_percent = serializers.DecimalField(
         max_digits=9,
@@ -476,9 +551,11 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
 
 class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
-    currency = serializers.RegexField(CURRENCY_RE, default="USD")
+    currency = CurrencyField(default="USD", help_text="ISO 4217 code.")
     interval = serializers.ChoiceField(choices=Interval.choices, default="month")
-    base_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    base_fee = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+    )
     trial_days = serializers.IntegerField(required=False, default=0, min_value=0, max_value=3650)
     consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices, default="metered")
     units_per_credit = Price(required=False, allow_null=True, default=None)
@@ -519,8 +596,10 @@ class SubscriptionCreateSerializer(StrictSerializer):
         max_value=2**31 - 1,
         help_text="Defaults to the latest version.",
     )
-    start = serializers.DateTimeField(
-        required=False, help_text="May lie in the past (customers migrating in)."
+    start = BoundedDateTime(
+        required=False,
+        help_text="May lie in the past (customers migrating in), not before 2000-01-01, "
+        "not in the future.",
     )
     trial_days = serializers.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."

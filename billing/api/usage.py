@@ -21,12 +21,18 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import credits, selectors
+from billing import credits, limits, selectors
 from billing.api.errors import APIError, error_body
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
-from billing.api.serializers import Money, NoBody, StrictSerializer, list_response
+from billing.api.serializers import (
+    CurrencyField,
+    Money,
+    NoBody,
+    StrictSerializer,
+    list_response,
+)
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError, CustomerNotFound
 from billing.models import Subscription, SubscriptionStatus, Wallet
@@ -116,7 +122,11 @@ class BatchResultSerializer(serializers.Serializer):
 class EstimateInputSerializer(StrictSerializer):
     customer = serializers.CharField(max_length=200)
     amount = Money(required=False, min_value=Decimal(0), help_text="Either an amount …")
-    currency = serializers.RegexField(r"^[A-Z]{3,16}$", required=False)
+    currency = CurrencyField(
+        units=limits.LEDGER_UNITS,
+        required=False,
+        help_text="ISO 4217 or a ledger unit (CREDITS, TOKENS); default the customer's.",
+    )
     model = serializers.CharField(max_length=200, required=False, help_text="… or a model")
     provider = serializers.CharField(max_length=100, required=False)
     input_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
