@@ -57,6 +57,18 @@ class APIError(exceptions.APIException):
         self.error_type = error_type
 
 
+def reference_reused(reference: str | None, what: str) -> APIError:
+    """409 for a client's reference already used for another ``what``, naming the client's
+    reference (never the ledger's internal one, e.g. ``top-up:5:pay-1``)."""
+    return APIError(
+        409,
+        "reference_reused",
+        f"reference {reference!r} was already used for a different {what}; "
+        "use a new reference for a new one",
+        param="reference",
+    )
+
+
 def error_body(
     status_code: int,
     code: str,

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import credits, limits, selectors
-from billing.api.errors import APIError, error_body
+from billing.api.errors import APIError, error_body, reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
@@ -662,34 +662,51 @@ class HoldCreateView(APIView):
             currency=result.currency,
         )
         reference = f"hold:{wallet.customer_id}:{values.get('reference') or uuid.uuid4().hex}"
-        earlier = Hold.objects.filter(reference=reference).first()
+        earlier = _hold_replay(reference, wallet, result.amount, values)
         if earlier is not None:
-            # A retry: the same reference is the same hold when it reserves the same amount
-            # on the same wallet (its expiry was computed from the first request's time).
-            if earlier.account_id != wallet.account_id or earlier.amount != result.amount:
-                raise APIError(
-                    409,
-                    "reference_reused",
-                    f"hold reference {values['reference']!r} was used for another hold",
-                    param="reference",
-                )
             return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
         if result.currency == rating.CREDITS:
             # Credits past their expiry leave first, as rating does before it spends: the
             # estimate did not count them, and the hold's own balance check must not either
             # (the beat task may not have run yet).
             credits.expire_due_for([wallet.account_id], now=timezone.now())
-        hold = ledger.place_hold(
-            reference=reference,
-            account=Account.objects.get(pk=wallet.account_id),
-            destination=destination,
-            amount=result.amount,
-            expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
-            description="Reserved for usage",
-            metadata={"customer": result.customer.external_id},
-        )
+        try:
+            hold = ledger.place_hold(
+                reference=reference,
+                account=Account.objects.get(pk=wallet.account_id),
+                destination=destination,
+                amount=result.amount,
+                expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
+                description="Reserved for usage",
+                metadata={"customer": result.customer.external_id},
+            )
+        except ledger_errors.ReferenceReused:
+            # A concurrent identical request placed it first: the ledger compares expiries
+            # too, and each request computed its own from its own clock. The same reference,
+            # wallet and amount is the same hold (a replay); anything else is refused.
+            earlier = _hold_replay(reference, wallet, result.amount, values)
+            if earlier is None:
+                raise
+            return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
         code = status.HTTP_200_OK if hold.replayed else status.HTTP_201_CREATED
         return Response(_hold_payload(hold), status=code)
+
+
+def _hold_replay(reference: str, wallet: Wallet, amount: Decimal, values: dict) -> Hold | None:
+    """The hold this reference already placed, when it is the same hold (same wallet and
+    amount; its expiry was computed from the first request's time); None when there is
+    none; ``reference_reused`` (naming the client's reference) when it is another hold."""
+    earlier = Hold.objects.filter(reference=reference).first()
+    if earlier is None:
+        return None
+    if earlier.account_id != wallet.account_id or earlier.amount != amount:
+        raise APIError(
+            409,
+            "reference_reused",
+            f"hold reference {values['reference']!r} was used for another hold ({earlier.pk})",
+            param="reference",
+        )
+    return earlier
 
 
 class HoldDetailView(APIView):
@@ -739,12 +756,15 @@ class HoldSettleView(APIView):
                 }
             )
         reference = values.get("reference") or uuid.uuid4().hex
-        posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
-            hold_id=hold.pk,
-            amount=values["amount"],
-            reference=f"hold-settle:{hold.pk}:{reference}",
-            final=values["final"],
-        )
+        try:
+            posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
+                hold_id=hold.pk,
+                amount=values["amount"],
+                reference=f"hold-settle:{hold.pk}:{reference}",
+                final=values["final"],
+            )
+        except ledger_errors.ReferenceReused:
+            raise reference_reused(values.get("reference"), "settlement") from None
         hold.refresh_from_db()
         return Response({"hold": _hold_payload(hold), "ledger_transaction": posted.pk})
 

@@ -495,7 +495,7 @@ def test_a_reference_reused_for_another_amount_is_a_conflict(api, make_customer)
     make_customer("acme")
     api.post("/api/v1/customers/acme/top-ups", {"amount": "10", "reference": "pay-1"})
     response = api.post("/api/v1/customers/acme/top-ups", {"amount": "11", "reference": "pay-1"})
-    assert_error(response, 409, "reference_reused", param=None)
+    assert_error(response, 409, "reference_reused", param="reference")
     assert LedgerTransaction.objects.count() == 1
     assert api.get("/api/v1/customers/acme/balance").json()["balances"][0]["posted"] == (
         "10.000000000000"
