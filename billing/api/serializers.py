@@ -210,9 +210,12 @@ class MetadataField(serializers.DictField):
 
 class BalanceSerializer(serializers.Serializer):
     currency = serializers.CharField()
-    posted = Money()
-    held = Money()
-    available = Money()
+    posted = Money(help_text="The sum of posted ledger entries.")
+    held = Money(help_text="Reserved by pending holds.")
+    available = Money(
+        help_text="Posted − held, everywhere in this API (POST /authorize returns the same "
+        "figure; what may still be spent including a credit limit is its `spendable`)."
+    )
 
 
 class WalletSerializer(serializers.Serializer):

@@ -148,8 +148,16 @@ class AuthorizeResultSerializer(serializers.Serializer):
     customer = serializers.CharField()
     currency = serializers.CharField()
     amount = Money(help_text="What the request would be charged now.")
-    balance = Money(help_text="Posted − held.")
-    available = Money(allow_null=True, help_text="What may still be spent; null: no limit.")
+    available = Money(
+        help_text="Posted − held: the same figure as `available` in GET "
+        "/customers/{id}/balance (negative when a postpaid wallet is overdrawn)."
+    )
+    spendable = Money(
+        allow_null=True,
+        help_text="The headroom: what may still be spent now, `available` plus the credit "
+        "limit of a postpaid wallet (the wallet's floor below zero); null: no limit. "
+        "`allowed` is `amount` ≤ `spendable`.",
+    )
     reason = serializers.CharField(allow_null=True)
 
 
@@ -601,8 +609,8 @@ class AuthorizeView(APIView):
                 "customer": result.customer.external_id,
                 "currency": result.currency,
                 "amount": _money(result.amount),
-                "balance": _money(result.balance),
-                "available": None if result.available is None else _money(result.available),
+                "available": _money(result.balance),  # posted − held, as on /balance
+                "spendable": None if result.available is None else _money(result.available),
                 "reason": result.reason,
             }
         )
