@@ -4,11 +4,10 @@ the pricing file and the admin (docs/api.md lists the same limits for users).
 Amounts
     ``MAX_AMOUNT`` (10^15 of a unit, with up to 12 decimal places) is the most one request
     may move or allow: a top-up, a credit grant, a hold, an amount to authorize or settle, a
-    credit limit, a plan's base fee, unit price or flat fee. The narrowest money column
-    (``billing.models.price_field``: numeric(30, 12), below 10^18) holds it with a thousand
-    times to spare; ledger balances (numeric(38, 12), below 10^26) hold 10^11 of them.
-    Quantities in a plan (included quantity, tier bounds, package size, units per credit)
-    are kept by their column: below 10^18.
+    credit limit. The narrowest money column (``billing.models.price_field``: numeric(30,
+    12), below 10^18) holds it with a thousand times to spare; ledger balances (numeric(38,
+    12), below 10^26) hold 10^11 of them. A plan's prices (base fee, unit prices, flat fees)
+    and quantities are bounded by their column: at most ``MAX_PRICE`` (just under 10^18).
 
 Currencies
     An active ISO 4217 code (``ISO_4217``; the test and "no currency" codes XTS and XXX
@@ -26,7 +25,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 MAX_AMOUNT = Decimal(10) ** 15
-MAX_QUANTITY_EXCLUSIVE = Decimal(10) ** 18  # price_field: numeric(30, 12)
+# A plan's prices and quantities: what their column (price_field: numeric(30, 12)) holds.
+MAX_PRICE = Decimal(10) ** 18 - Decimal("1e-12")
 EARLIEST_DATE = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_EXPIRY_YEARS = 100
 

@@ -125,8 +125,8 @@ class Money(serializers.DecimalField):
 
 
 class Price(Money):
-    """A plan's price or quantity, as its column keeps it (numeric(30, 12)); quantities are
-    bounded by the column (below 10^18), prices by ``MAX_AMOUNT`` (``limit=``)."""
+    """A plan's price or quantity, as its column keeps it (numeric(30, 12)): below 10^18;
+    prices say so with ``amount_too_large`` (``limit=limits.MAX_PRICE``)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("max_digits", 30)
@@ -508,10 +508,10 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
         help_text="Last unit of the tier; null for the open-ended last tier.",
     )
     unit_price = Price(
-        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
     flat_fee = Price(
-        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
 
     class Meta:
@@ -526,7 +526,7 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
     price_model = serializers.ChoiceField(choices=PriceModel.choices, default="per_unit")
     included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
     unit_price = Price(
-        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
     package_size = Price(required=False, allow_null=True, default=None)
     margin_percent = serializers.DecimalField(
@@ -557,7 +557,7 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     currency = CurrencyField(default="USD", help_text="ISO 4217 code.")
     interval = serializers.ChoiceField(choices=Interval.choices, default="month")
     base_fee = Price(
-        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_AMOUNT
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
     trial_days = serializers.IntegerField(required=False, default=0, min_value=0, max_value=3650)
     consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices, default="metered")

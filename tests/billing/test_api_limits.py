@@ -103,7 +103,7 @@ def test_a_settle_amount_above_the_maximum_is_refused(api, acme):
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"base_fee": JUST_OVER}, "base_fee"),
+        ({"base_fee": E18}, "base_fee"),
         ({"charges": [{"meter": "lim_tokens", "unit_price": E18}]}, "charges[0].unit_price"),
         (
             {
@@ -119,7 +119,7 @@ def test_a_settle_amount_above_the_maximum_is_refused(api, acme):
         ),
     ],
 )
-def test_plan_prices_above_the_maximum_are_refused(api, make_meter, change, param):
+def test_plan_prices_beyond_their_column_are_refused(api, make_meter, change, param):
     make_meter("lim_tokens")
     body = {"code": "lim", "name": "Lim", **change}
     response = api.post("/api/v1/plans", body, format="json")
