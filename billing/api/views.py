@@ -37,7 +37,8 @@ class ErrorSerializer(serializers.Serializer):
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     described = {
-        400: "Invalid request (code: invalid_parameter, parameter_missing, invalid_json, …)",
+        400: "Invalid request (code: invalid_parameter, parameter_missing, unknown_parameter, "
+        "duplicate_key, amount_too_large, invalid_json, …); see docs/api.md",
         401: "Missing or invalid API key (authentication_required, invalid_api_key, "
         "api_key_revoked)",
         402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits)",
