@@ -20,7 +20,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from billing import errors
+from billing import errors, limits
 from billing.models import (
     APIKey,
     BillingMode,
@@ -565,9 +565,22 @@ class PlanSpec:
 
 
 def validate_plan_spec(spec: PlanSpec) -> None:
+    """The one set of rules a plan obeys, whoever publishes it (the API, the pricing file,
+    the admin): publish_plan runs it, the pricing file runs it early to name the line."""
+
     def fail(message: str, param: str) -> None:
         raise errors.ValidationFailed(message, param=param)
 
+    def money(value: Decimal, param: str) -> None:
+        if value < 0:
+            fail("prices cannot be negative", param)
+        problem = limits.amount_problem(value, limit=limits.MAX_PRICE)
+        if problem:
+            fail(problem, param)
+
+    problem = limits.currency_problem(spec.currency)
+    if problem:
+        fail(problem, "currency")
     if spec.interval not in Interval.values:
         fail(f"interval must be one of {', '.join(Interval.values)}", "interval")
     if spec.consumption_model not in ConsumptionModel.values:
@@ -575,12 +588,13 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
             "consumption_model",
         )
-    if spec.base_fee < 0:
-        fail("base_fee cannot be negative", "base_fee")
+    money(spec.base_fee, "base_fee")
     if spec.consumption_model == ConsumptionModel.CREDITS and not (
         spec.units_per_credit and spec.units_per_credit > 0
     ):
         fail("a credits plan needs units_per_credit > 0", "units_per_credit")
+    if spec.consumption_model != ConsumptionModel.CREDITS and spec.units_per_credit is not None:
+        fail("units_per_credit applies to credits plans only", "units_per_credit")
     meters = [c.meter for c in spec.charges]
     if len(set(meters)) != len(meters):
         fail("a plan has at most one charge per meter", "charges")
@@ -590,9 +604,16 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             fail(
                 f"price_model must be one of {', '.join(PriceModel.values)}", f"{param}.price_model"
             )
-        if charge.included_quantity < 0 or charge.unit_price < 0:
-            fail("quantities and prices cannot be negative", param)
+        if charge.included_quantity < 0:
+            fail("quantities cannot be negative", f"{param}.included_quantity")
+        money(charge.unit_price, f"{param}.unit_price")
         tiered = charge.price_model in (PriceModel.GRADUATED, PriceModel.VOLUME)
+        if tiered and charge.unit_price:
+            fail(
+                f"a {charge.price_model} charge is priced by its tiers; move the price into "
+                "its tiers",
+                f"{param}.unit_price",
+            )
         if tiered and not charge.tiers:
             fail(f"a {charge.price_model} charge needs tiers", f"{param}.tiers")
         if not tiered and charge.tiers:
@@ -601,6 +622,8 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             charge.package_size and charge.package_size > 0
         ):
             fail("a package charge needs package_size > 0", f"{param}.package_size")
+        if charge.price_model != PriceModel.PACKAGE and charge.package_size is not None:
+            fail("package_size applies to package charges only", f"{param}.package_size")
         if charge.margin_percent is not None:
             if charge.price_model != PriceModel.PER_UNIT or charge.unit_price or charge.tiers:
                 fail(
@@ -613,8 +636,8 @@ def validate_plan_spec(spec: PlanSpec) -> None:
         previous = Decimal(0)
         for j, tier in enumerate(charge.tiers):
             last = j == len(charge.tiers) - 1
-            if tier.unit_price < 0 or tier.flat_fee < 0:
-                fail("tier prices cannot be negative", f"{param}.tiers[{j}]")
+            money(tier.unit_price, f"{param}.tiers[{j}].unit_price")
+            money(tier.flat_fee, f"{param}.tiers[{j}].flat_fee")
             if tier.up_to is None and not last:
                 fail("only the last tier may be open-ended", f"{param}.tiers[{j}].up_to")
             if last and tier.up_to is not None:

@@ -738,9 +738,9 @@ def _settlement_replay(spec: TransactionSpec) -> LedgerTransaction | None:
 
 def _check_settleable(hold: Hold, now: datetime) -> None:
     if hold.status != HoldStatus.PENDING:
-        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+        raise errors.HoldAlreadyResolved(f"hold {hold.pk} is already {hold.status}")
     if hold.expires_at is not None and hold.expires_at <= now:
-        raise errors.HoldExpired(f"hold {hold.reference} expired at {hold.expires_at}")
+        raise errors.HoldExpired(f"hold {hold.pk} expired at {hold.expires_at}")
 
 
 @transaction.atomic
@@ -777,7 +777,7 @@ def settle_hold(
     remaining = hold.amount - hold.settled_amount
     if amount > remaining:
         raise errors.HoldAmountExceeded(
-            f"hold {hold.reference} has {remaining} left; cannot settle {amount}"
+            f"hold {hold.pk} has {remaining} left; cannot settle {amount}"
         )
     # Release the held part first, then post: available is unchanged by the pair.
     _change_held(account_id=hold.account_id, delta=-amount, check_floor=False)
@@ -842,7 +842,7 @@ def release_hold(*, hold_id: int) -> Hold:
     if hold.status == HoldStatus.RELEASED:
         return hold
     if hold.status != HoldStatus.PENDING:
-        raise errors.HoldAlreadyResolved(f"hold {hold.reference} is already {hold.status}")
+        raise errors.HoldAlreadyResolved(f"hold {hold.pk} is already {hold.status}")
     _resolve(hold, HoldStatus.RELEASED, timezone.now())
     return hold
 

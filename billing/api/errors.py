@@ -34,6 +34,11 @@ TYPE_BY_STATUS = {
 }
 
 
+# Codes a serializer may raise (ValidationError(..., code=...)) that reach the client as they
+# are; any other validation failure is ``invalid_parameter`` (or ``parameter_missing``).
+PASSTHROUGH_CODES = frozenset({"unknown_parameter", "amount_too_large"})
+
+
 class APIError(exceptions.APIException):
     """An error raised by the API layer itself, with its own code."""
 
@@ -50,6 +55,18 @@ class APIError(exceptions.APIException):
         self.error_code = code
         self.param = param
         self.error_type = error_type
+
+
+def reference_reused(reference: str | None, what: str) -> APIError:
+    """409 for a client's reference already used for another ``what``, naming the client's
+    reference (never the ledger's internal one, e.g. ``top-up:5:pay-1``)."""
+    return APIError(
+        409,
+        "reference_reused",
+        f"reference {reference!r} was already used for a different {what}; "
+        "use a new reference for a new one",
+        param="reference",
+    )
 
 
 def error_body(
@@ -112,7 +129,12 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, exceptions.ValidationError):
         status_code = 400
         param, message, drf_code = _first_validation_error(exc.detail)
-        code = "parameter_missing" if drf_code in ("required", "null") else "invalid_parameter"
+        if drf_code in PASSTHROUGH_CODES:
+            code = drf_code
+        elif drf_code in ("required", "null"):
+            code = "parameter_missing"
+        else:
+            code = "invalid_parameter"
         body = error_body(400, code, message, param)
     elif isinstance(exc, exceptions.APIException):
         status_code = exc.status_code

@@ -3,11 +3,14 @@ decimal string (or an exact JSON number, parsed as Decimal) in."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing import limits
 from billing.models import (
     BillingMode,
     ConsumptionModel,
@@ -23,23 +26,151 @@ from billing.models import (
 from ledger import selectors as ledger_selectors
 from metering.models import Aggregation, Meter
 
-CURRENCY_RE = r"^[A-Z]{3}$"
+# --- strict input ----------------------------------------------------------------------------
+
+
+def _unknown_field(serializer: serializers.Serializer, data, path: str) -> str | None:
+    """The dotted path (``charges[0].unit_prise``) of the first key of ``data`` that
+    ``serializer`` (or a serializer nested in it) does not take as input, or None.
+
+    Free-form fields (``metadata``, ``properties``, JSON fields) are not serializers and are
+    not looked into."""
+    if not isinstance(data, dict):
+        return None  # the field's own validation says what is wrong with it
+    fields = serializer.fields
+    for key in data:
+        field = fields.get(key)
+        if field is None or field.read_only:
+            return f"{path}.{key}" if path else str(key)
+    for key, value in data.items():
+        field = fields[key]
+        where = f"{path}.{key}" if path else key
+        if isinstance(field, serializers.ListSerializer):
+            if isinstance(value, list) and isinstance(field.child, serializers.Serializer):
+                for i, item in enumerate(value):
+                    found = _unknown_field(field.child, item, f"{where}[{i}]")
+                    if found:
+                        return found
+        elif isinstance(field, serializers.Serializer):
+            found = _unknown_field(field, value, where)
+            if found:
+                return found
+    return None
+
+
+class StrictInputMixin:
+    """Every input serializer: a field the serializer does not take is refused
+    (``unknown_parameter``, ``param`` its dotted path), before any other validation, so a
+    typo such as ``unit_prise`` never passes as "not given". Nested serializers (a plan's
+    charges and tiers, a customer's address) are looked into from the outermost one."""
+
+    def to_internal_value(self, data):
+        outermost = self.parent is None or (
+            isinstance(self.parent, serializers.ListSerializer) and self.parent.parent is None
+        )
+        if outermost:
+            unknown = _unknown_field(self, data, "")
+            if unknown is not None:
+                raise serializers.ValidationError(
+                    {
+                        unknown: serializers.ErrorDetail(
+                            f"{unknown.rpartition('.')[2]!r} is not a parameter of this "
+                            "request (check its spelling)",
+                            code="unknown_parameter",
+                        )
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class StrictSerializer(StrictInputMixin, serializers.Serializer):
+    """The base of every input serializer (see ``StrictInputMixin``)."""
+
+
+class NoBody(StrictSerializer):
+    """A POST that takes no parameters: an empty body or ``{}``; any field is unknown."""
 
 
 class Money(serializers.DecimalField):
-    """An exact amount: up to 26 integer digits and 12 decimal places."""
+    """An exact amount with up to 12 decimal places. As input, at most ``limit`` in absolute
+    value (``billing.limits.MAX_AMOUNT`` unless told): above it ``amount_too_large``, before
+    any column could overflow."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, limit: Decimal | None = limits.MAX_AMOUNT, **kwargs):
         kwargs.setdefault("max_digits", 38)
         kwargs.setdefault("decimal_places", 12)
         kwargs.setdefault("coerce_to_string", True)
+        self.limit = limit
         super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            # More whole digits than the field has: too large, whatever the digit count.
+            if self.limit is not None and set(error.get_codes()) & {
+                "max_digits",
+                "max_whole_digits",
+            }:
+                self._too_large()
+            raise
+        if self.limit is not None and limits.amount_problem(value, limit=self.limit):
+            self._too_large()
+        return value
+
+    def _too_large(self):
+        raise serializers.ValidationError(
+            limits.amount_problem(self.limit + 1, limit=self.limit), code="amount_too_large"
+        )
 
 
 class Price(Money):
+    """A plan's price or quantity, as its column keeps it (numeric(30, 12)): below 10^18;
+    prices say so with ``amount_too_large`` (``limit=limits.MAX_PRICE``)."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("max_digits", 30)
+        kwargs.setdefault("limit", None)
         super().__init__(**kwargs)
+
+
+class CurrencyField(serializers.CharField):
+    """An ISO 4217 code, or one of ``units`` (ledger units such as CREDITS) where given."""
+
+    def __init__(self, *, units: frozenset[str] = frozenset(), **kwargs):
+        self.units = frozenset(units)
+        kwargs.setdefault("max_length", 16)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        problem = limits.currency_problem(value, units=self.units)
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid")
+        return value
+
+
+class BoundedDateTime(serializers.DateTimeField):
+    """A timestamp not before ``billing.limits.EARLIEST_DATE`` (year 2000), and at most
+    ``max_years_ahead`` years ahead when given."""
+
+    def __init__(self, *, max_years_ahead: int | None = None, **kwargs):
+        self.max_years_ahead = max_years_ahead
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, value):
+        moment = super().to_internal_value(value)
+        if moment < limits.EARLIEST_DATE:
+            raise serializers.ValidationError(
+                f"must not be before {limits.EARLIEST_DATE:%Y-%m-%d}", code="invalid"
+            )
+        if self.max_years_ahead is not None:
+            latest = timezone.now() + timedelta(days=366 * self.max_years_ahead)
+            if moment > latest:
+                raise serializers.ValidationError(
+                    f"must be at most {self.max_years_ahead} years ahead", code="invalid"
+                )
+        return moment
 
 
 def decimals_to_strings(value):
@@ -79,9 +210,12 @@ class MetadataField(serializers.DictField):
 
 class BalanceSerializer(serializers.Serializer):
     currency = serializers.CharField()
-    posted = Money()
-    held = Money()
-    available = Money()
+    posted = Money(help_text="The sum of posted ledger entries.")
+    held = Money(help_text="Reserved by pending holds.")
+    available = Money(
+        help_text="Posted − held, everywhere in this API (POST /authorize returns the same "
+        "figure; what may still be spent including a credit limit is its `spendable`)."
+    )
 
 
 class WalletSerializer(serializers.Serializer):
@@ -103,7 +237,7 @@ class WalletSerializer(serializers.Serializer):
         ).data
 
 
-class AddressSerializer(serializers.Serializer):
+class AddressSerializer(StrictSerializer):
     line1 = serializers.CharField(
         source="address_line1", max_length=200, required=False, allow_blank=True
     )
@@ -193,15 +327,14 @@ class CustomerSerializer(serializers.ModelSerializer):
         return SubscriptionSerializer(live).data if live else None
 
 
-class CustomerCreateSerializer(serializers.Serializer):
+class CustomerCreateSerializer(StrictSerializer):
     external_id = serializers.RegexField(
         r"^[A-Za-z0-9._:@\-]{1,200}$",
         help_text="Your own id for the customer: letters, digits and . _ : @ -",
     )
     name = serializers.CharField(max_length=200)
     email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
-    currency = serializers.RegexField(
-        CURRENCY_RE,
+    currency = CurrencyField(
         required=False,
         default="USD",
         help_text="ISO 4217 code of the customer's wallet.",
@@ -245,10 +378,10 @@ class CustomerBalanceSerializer(serializers.Serializer):
     allowances = AllowanceSerializer(many=True)
 
 
-class TopUpSerializer(serializers.Serializer):
+class TopUpSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"))
-    currency = serializers.RegexField(
-        r"^([A-Z]{3}|CREDITS)$",
+    currency = CurrencyField(
+        units=frozenset({"CREDITS"}),
         required=False,
         help_text="Defaults to the customer's currency; CREDITS buys credits on a credits plan.",
     )
@@ -262,7 +395,7 @@ class TopUpSerializer(serializers.Serializer):
     )
 
 
-class CreditGrantCreateSerializer(serializers.Serializer):
+class CreditGrantCreateSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"), help_text="Credits to grant.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     source = serializers.ChoiceField(
@@ -278,8 +411,12 @@ class CreditGrantCreateSerializer(serializers.Serializer):
         default=None,
         help_text="Lower is drawn first; default 10 (promotional) or 20 (adjustment).",
     )
-    expires_at = serializers.DateTimeField(
-        required=False, allow_null=True, default=None, help_text="Empty: never expires."
+    expires_at = BoundedDateTime(
+        max_years_ahead=limits.MAX_EXPIRY_YEARS,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Empty: never expires. In the future, at most 100 years ahead.",
     )
     reference = serializers.CharField(
         max_length=200,
@@ -335,7 +472,7 @@ class TransactionSerializer(serializers.Serializer):
 # --- meters and plans -----------------------------------------------------------------------
 
 
-class MeterSerializer(serializers.ModelSerializer):
+class MeterSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     aggregation = serializers.ChoiceField(choices=Aggregation.choices)
     filters = serializers.DictField(
@@ -363,28 +500,34 @@ class MeterSerializer(serializers.ModelSerializer):
         extra_kwargs = {"code": {"validators": []}}
 
 
-class TierSerializer(serializers.ModelSerializer):
+class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
     up_to = Price(
         allow_null=True,
         required=False,
         default=None,
         help_text="Last unit of the tier; null for the open-ended last tier.",
     )
-    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
-    flat_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    unit_price = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
+    )
+    flat_fee = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
+    )
 
     class Meta:
         model = PriceTier
         fields = ["up_to", "unit_price", "flat_fee"]
 
 
-class ChargeSerializer(serializers.ModelSerializer):
+class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
     meter = serializers.SlugField(
         max_length=100, source="meter.code", help_text="The code of an existing meter."
     )
     price_model = serializers.ChoiceField(choices=PriceModel.choices, default="per_unit")
     included_quantity = Price(required=False, default=Decimal(0), min_value=Decimal(0))
-    unit_price = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    unit_price = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
+    )
     package_size = Price(required=False, allow_null=True, default=None)
     margin_percent = serializers.DecimalField(
         max_digits=9,
@@ -409,11 +552,13 @@ class ChargeSerializer(serializers.ModelSerializer):
         ]
 
 
-class PlanSerializer(serializers.ModelSerializer):
+class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
-    currency = serializers.RegexField(CURRENCY_RE, default="USD")
+    currency = CurrencyField(default="USD", help_text="ISO 4217 code.")
     interval = serializers.ChoiceField(choices=Interval.choices, default="month")
-    base_fee = Price(required=False, default=Decimal(0), min_value=Decimal(0))
+    base_fee = Price(
+        required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
+    )
     trial_days = serializers.IntegerField(required=False, default=0, min_value=0, max_value=3650)
     consumption_model = serializers.ChoiceField(choices=ConsumptionModel.choices, default="metered")
     units_per_credit = Price(required=False, allow_null=True, default=None)
@@ -445,7 +590,7 @@ class PlanSerializer(serializers.ModelSerializer):
 # --- subscriptions ------------------------------------------------------------------------
 
 
-class SubscriptionCreateSerializer(serializers.Serializer):
+class SubscriptionCreateSerializer(StrictSerializer):
     customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
     plan = serializers.SlugField(max_length=100, help_text="The plan's code.")
     plan_version = serializers.IntegerField(
@@ -454,21 +599,23 @@ class SubscriptionCreateSerializer(serializers.Serializer):
         max_value=2**31 - 1,
         help_text="Defaults to the latest version.",
     )
-    start = serializers.DateTimeField(
-        required=False, help_text="May lie in the past (customers migrating in)."
+    start = BoundedDateTime(
+        required=False,
+        help_text="May lie in the past (customers migrating in), not before 2000-01-01, "
+        "not in the future.",
     )
     trial_days = serializers.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."
     )
 
 
-class SubscriptionChangeSerializer(serializers.Serializer):
+class SubscriptionChangeSerializer(StrictSerializer):
     plan = serializers.SlugField(max_length=100)
     plan_version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     at = serializers.ChoiceField(choices=["now", "period_end"], default="now")
 
 
-class SubscriptionCancelSerializer(serializers.Serializer):
+class SubscriptionCancelSerializer(StrictSerializer):
     at = serializers.ChoiceField(choices=["now", "period_end"], default="period_end")
 
 

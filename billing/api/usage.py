@@ -21,12 +21,18 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import credits, selectors
-from billing.api.errors import APIError, error_body
+from billing import credits, limits, selectors
+from billing.api.errors import APIError, error_body, reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
-from billing.api.serializers import Money, list_response
+from billing.api.serializers import (
+    CurrencyField,
+    Money,
+    NoBody,
+    StrictSerializer,
+    list_response,
+)
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError, CustomerNotFound
 from billing.models import Subscription, SubscriptionStatus, Wallet
@@ -45,7 +51,7 @@ INGEST = {"POST": "ingest"}
 # --- serializers --------------------------------------------------------------------------------
 
 
-class EventSerializer(serializers.Serializer):
+class EventSerializer(StrictSerializer):
     idempotency_key = serializers.CharField(
         max_length=255, help_text="Unique per customer: a retry with the same key is charged once."
     )
@@ -95,7 +101,7 @@ class EventResultSerializer(serializers.Serializer):
     ledger_transaction = serializers.IntegerField(allow_null=True)
 
 
-class BatchSerializer(serializers.Serializer):
+class BatchSerializer(StrictSerializer):
     events = serializers.ListField(child=serializers.JSONField(), max_length=MAX_BATCH)
 
 
@@ -113,10 +119,14 @@ class BatchResultSerializer(serializers.Serializer):
     rejected = serializers.IntegerField()
 
 
-class EstimateInputSerializer(serializers.Serializer):
+class EstimateInputSerializer(StrictSerializer):
     customer = serializers.CharField(max_length=200)
     amount = Money(required=False, min_value=Decimal(0), help_text="Either an amount …")
-    currency = serializers.RegexField(r"^[A-Z]{3,16}$", required=False)
+    currency = CurrencyField(
+        units=limits.LEDGER_UNITS,
+        required=False,
+        help_text="ISO 4217 or a ledger unit (CREDITS, TOKENS); default the customer's.",
+    )
     model = serializers.CharField(max_length=200, required=False, help_text="… or a model")
     provider = serializers.CharField(max_length=100, required=False)
     input_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
@@ -138,8 +148,16 @@ class AuthorizeResultSerializer(serializers.Serializer):
     customer = serializers.CharField()
     currency = serializers.CharField()
     amount = Money(help_text="What the request would be charged now.")
-    balance = Money(help_text="Posted − held.")
-    available = Money(allow_null=True, help_text="What may still be spent; null: no limit.")
+    available = Money(
+        help_text="Posted − held: the same figure as `available` in GET "
+        "/customers/{id}/balance (negative when a postpaid wallet is overdrawn)."
+    )
+    spendable = Money(
+        allow_null=True,
+        help_text="The headroom: what may still be spent now, `available` plus the credit "
+        "limit of a postpaid wallet (the wallet's floor below zero); null: no limit. "
+        "`allowed` is `amount` ≤ `spendable`.",
+    )
     reason = serializers.CharField(allow_null=True)
 
 
@@ -164,7 +182,7 @@ class HoldSerializer(serializers.Serializer):
     resolved_at = serializers.DateTimeField(allow_null=True)
 
 
-class SettleInputSerializer(serializers.Serializer):
+class SettleInputSerializer(StrictSerializer):
     event = serializers.JSONField(
         required=False,
         encoder=DjangoJSONEncoder,  # fractional numbers arrive as Decimal
@@ -287,6 +305,20 @@ def _text(raw: dict, name: str, max_length: int, prefix: str) -> str:
     return value
 
 
+EVENT_FIELDS = frozenset({"idempotency_key", "customer", "event_name", "timestamp", "properties"})
+
+
+def _unknown_event_field(raw: dict, prefix: str) -> APIError:
+    unknown = next(key for key in raw if key not in EVENT_FIELDS)
+    return APIError(
+        400,
+        "unknown_parameter",
+        f"{unknown!r} is not a field of an event (check its spelling; free-form values go "
+        "in properties)",
+        param=f"{prefix}{unknown}",
+    )
+
+
 def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -> rating.EventIn:
     """An event from request JSON, checked field by field as ``EventSerializer`` documents.
 
@@ -296,6 +328,8 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
         raise APIError(
             400, "invalid_parameter", "an event is a JSON object", param=prefix[:-1] or None
         )
+    if not raw.keys() <= EVENT_FIELDS:  # a typo is refused, not ignored (StrictSerializer)
+        raise _unknown_event_field(raw, prefix)
     key = _text(raw, "idempotency_key", 255, prefix)
     customer = _text(raw, "customer", 200, prefix)
     event_name = _text(raw, "event_name", 200, prefix)
@@ -450,6 +484,14 @@ class EventBatchView(APIView):
     @idempotent
     def post(self, request):
         body = request.data
+        if isinstance(body, dict) and not body.keys() <= {"events"}:
+            unknown = next(key for key in body if key != "events")
+            raise APIError(
+                400,
+                "unknown_parameter",
+                f"{unknown!r} is not a parameter of this request (check its spelling)",
+                param=unknown,
+            )
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             raise APIError(400, "invalid_parameter", 'send {"events": [...]}', param="events")
         raw_events = body["events"]
@@ -567,8 +609,8 @@ class AuthorizeView(APIView):
                 "customer": result.customer.external_id,
                 "currency": result.currency,
                 "amount": _money(result.amount),
-                "balance": _money(result.balance),
-                "available": None if result.available is None else _money(result.available),
+                "available": _money(result.balance),  # posted − held, as on /balance
+                "spendable": None if result.available is None else _money(result.available),
                 "reason": result.reason,
             }
         )
@@ -628,34 +670,51 @@ class HoldCreateView(APIView):
             currency=result.currency,
         )
         reference = f"hold:{wallet.customer_id}:{values.get('reference') or uuid.uuid4().hex}"
-        earlier = Hold.objects.filter(reference=reference).first()
+        earlier = _hold_replay(reference, wallet, result.amount, values)
         if earlier is not None:
-            # A retry: the same reference is the same hold when it reserves the same amount
-            # on the same wallet (its expiry was computed from the first request's time).
-            if earlier.account_id != wallet.account_id or earlier.amount != result.amount:
-                raise APIError(
-                    409,
-                    "reference_reused",
-                    f"hold reference {values['reference']!r} was used for another hold",
-                    param="reference",
-                )
             return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
         if result.currency == rating.CREDITS:
             # Credits past their expiry leave first, as rating does before it spends: the
             # estimate did not count them, and the hold's own balance check must not either
             # (the beat task may not have run yet).
             credits.expire_due_for([wallet.account_id], now=timezone.now())
-        hold = ledger.place_hold(
-            reference=reference,
-            account=Account.objects.get(pk=wallet.account_id),
-            destination=destination,
-            amount=result.amount,
-            expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
-            description="Reserved for usage",
-            metadata={"customer": result.customer.external_id},
-        )
+        try:
+            hold = ledger.place_hold(
+                reference=reference,
+                account=Account.objects.get(pk=wallet.account_id),
+                destination=destination,
+                amount=result.amount,
+                expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
+                description="Reserved for usage",
+                metadata={"customer": result.customer.external_id},
+            )
+        except ledger_errors.ReferenceReused:
+            # A concurrent identical request placed it first: the ledger compares expiries
+            # too, and each request computed its own from its own clock. The same reference,
+            # wallet and amount is the same hold (a replay); anything else is refused.
+            earlier = _hold_replay(reference, wallet, result.amount, values)
+            if earlier is None:
+                raise
+            return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
         code = status.HTTP_200_OK if hold.replayed else status.HTTP_201_CREATED
         return Response(_hold_payload(hold), status=code)
+
+
+def _hold_replay(reference: str, wallet: Wallet, amount: Decimal, values: dict) -> Hold | None:
+    """The hold this reference already placed, when it is the same hold (same wallet and
+    amount; its expiry was computed from the first request's time); None when there is
+    none; ``reference_reused`` (naming the client's reference) when it is another hold."""
+    earlier = Hold.objects.filter(reference=reference).first()
+    if earlier is None:
+        return None
+    if earlier.account_id != wallet.account_id or earlier.amount != amount:
+        raise APIError(
+            409,
+            "reference_reused",
+            f"hold reference {values['reference']!r} was used for another hold ({earlier.pk})",
+            param="reference",
+        )
+    return earlier
 
 
 class HoldDetailView(APIView):
@@ -705,12 +764,15 @@ class HoldSettleView(APIView):
                 }
             )
         reference = values.get("reference") or uuid.uuid4().hex
-        posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
-            hold_id=hold.pk,
-            amount=values["amount"],
-            reference=f"hold-settle:{hold.pk}:{reference}",
-            final=values["final"],
-        )
+        try:
+            posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
+                hold_id=hold.pk,
+                amount=values["amount"],
+                reference=f"hold-settle:{hold.pk}:{reference}",
+                final=values["final"],
+            )
+        except ledger_errors.ReferenceReused:
+            raise reference_reused(values.get("reference"), "settlement") from None
         hold.refresh_from_db()
         return Response({"hold": _hold_payload(hold), "ledger_transaction": posted.pk})
 
@@ -728,6 +790,7 @@ class HoldReleaseView(APIView):
     )
     @idempotent
     def post(self, request, hold_id: int):
+        NoBody(data=request.data).is_valid(raise_exception=True)
         hold = _hold(hold_id)
         return Response(_hold_payload(ledger.release_hold(hold_id=hold.pk)))
 

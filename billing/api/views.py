@@ -15,10 +15,12 @@ from rest_framework.views import APIView
 
 from billing import selectors, services
 from billing.api import serializers as s
+from billing.api.errors import reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.models import Subscription
+from ledger import errors as ledger_errors
 from metering.models import Meter
 
 
@@ -35,7 +37,8 @@ class ErrorSerializer(serializers.Serializer):
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     described = {
-        400: "Invalid request (code: invalid_parameter, parameter_missing, invalid_json, …)",
+        400: "Invalid request (code: invalid_parameter, parameter_missing, unknown_parameter, "
+        "duplicate_key, amount_too_large, invalid_json, …); see docs/api.md",
         401: "Missing or invalid API key (authentication_required, invalid_api_key, "
         "api_key_revoked)",
         402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits)",
@@ -151,7 +154,10 @@ class TopUpView(APIView):
         customer = selectors.get_customer(external_id=external_id)
         data = s.TopUpSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        posted = services.top_up(customer=customer, **data.validated_data)
+        try:
+            posted = services.top_up(customer=customer, **data.validated_data)
+        except ledger_errors.ReferenceReused:
+            raise reference_reused(data.validated_data.get("reference"), "top-up") from None
         transaction = selectors.ledger_transaction(posted.pk)
         code = status.HTTP_200_OK if posted.replayed else status.HTTP_201_CREATED
         return Response(s.TransactionSerializer(transaction).data, status=code)

@@ -519,8 +519,8 @@ def test_authorize_an_amount(api, ai):
         "customer": "acme",
         "currency": "USD",
         "amount": money("4"),
-        "balance": money("10"),
         "available": money("10"),
+        "spendable": money("10"),
         "reason": None,
     }
     refused = api.post("/api/v1/authorize", {"customer": "acme", "amount": "10.000000000001"})
@@ -529,8 +529,8 @@ def test_authorize_an_amount(api, ai):
         "customer": "acme",
         "currency": "USD",
         "amount": money("10.000000000001"),
-        "balance": money("10"),
         "available": money("10"),
+        "spendable": money("10"),
         "reason": "insufficient_funds",
     }
 
@@ -545,8 +545,8 @@ def test_authorize_a_model_call_prices_it_as_rating_would(api, ai):
         "customer": "acme",
         "currency": "USD",
         "amount": money("0.018"),
-        "balance": money("10"),
         "available": money("10"),
+        "spendable": money("10"),
         "reason": None,
     }
     assert not Event.objects.exists()  # nothing written
@@ -574,8 +574,8 @@ def test_authorize_reads_the_allowance_left(
         "customer": "acme",
         "currency": "USD",
         "amount": money("0.01"),
-        "balance": money("0"),
         "available": money("0"),
+        "spendable": money("0"),
         "reason": "insufficient_funds",
     }
 
@@ -601,7 +601,7 @@ def test_authorize_for_a_postpaid_customer_without_limit_has_no_ceiling(
     customer = make_customer("acme", billing_mode="postpaid")
     subscribe(customer, ai_plan)
     body = api.post("/api/v1/authorize", {"customer": "acme", "amount": "1000000"}).json()
-    assert (body["allowed"], body["available"], body["reason"]) == (True, None, None)
+    assert (body["allowed"], body["spendable"], body["reason"]) == (True, None, None)
 
 
 @pytest.mark.parametrize(
