@@ -4,7 +4,7 @@ Invoices are never edited here: drafts change only by being computed again from 
 counters, finalized invoices never (the database refuses). Every action is one service
 call — close due periods, finalize, void, credit note, record a payment, collect payment
 again, e-mail again — and the PDF is one click away. When no Stripe key is set, every
-invoice page says that payments run in offline mode.
+invoice page says so: offline mode (``PAYMENTS_OFFLINE``) or no payment provider at all.
 """
 
 from __future__ import annotations
@@ -36,15 +36,24 @@ from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
 
 OFFLINE_NOTICE = (
-    "Payments run in OFFLINE MODE: no STRIPE_SECRET_KEY is set, so nothing is charged to a "
-    "card. Finalized invoices are recorded as paid through the @OfflinePayments clearing "
-    "account{auto}."
+    "Payments run in OFFLINE MODE (PAYMENTS_OFFLINE is on and no STRIPE_SECRET_KEY is set): "
+    "nothing is charged to a card and portal top-ups are credited without payment. Finalized "
+    "invoices are recorded as paid through the @OfflinePayments clearing account{auto}."
+)
+NO_PROVIDER_NOTICE = (
+    "No payment provider: no STRIPE_SECRET_KEY is set and offline payments are off "
+    "(PAYMENTS_OFFLINE). Nothing pays itself: finalized invoices stay open until a payment "
+    "received out of band is recorded (Record payment…, with its reference), and portal "
+    "top-ups and payments are refused."
 )
 
 
 def offline_notice() -> str | None:
-    if not payments.offline_mode():
+    """What the invoice pages say about payments when Stripe is not configured."""
+    if payments.stripe_enabled():
         return None
+    if not payments.offline_mode():
+        return NO_PROVIDER_NOTICE
     from django.conf import settings
 
     auto = " at once (OFFLINE_AUTO_PAY)" if settings.OFFLINE_AUTO_PAY else " when staff record them"
@@ -346,7 +355,8 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
             original=invoice,
             title=f"Record a payment for invoice {invoice}",
             submit_label="Record payment",
-            intro="What the invoice still owes, received outside Stripe (a bank transfer).",
+            intro="What the invoice still owes, paid out of band (received outside Stripe: a "
+            "bank transfer, a cheque). Record it only once the money has arrived.",
             facts=[("Still owed", money(invoice.amount_remaining, invoice.currency))],
         )
 

@@ -286,6 +286,7 @@ def test_a_failed_handler_keeps_the_event_for_the_retry_task(stripe_server):
 
 def test_offline_checkout_pays_at_once(settings):
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     settings.OFFLINE_AUTO_PAY = False
     invoice = invoice_of("7")
     assert payments.collect(invoice_id=invoice.pk).status == "skipped"
