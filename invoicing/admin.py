@@ -30,6 +30,8 @@ from invoicing.models import (
     InvoiceStatus,
     NumberSeries,
     Payment,
+    StripeEvent,
+    StripeEventStatus,
     TaxRate,
 )
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
@@ -436,9 +438,73 @@ class CreditNoteAdmin(ReadOnlyAdmin):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    list_display = ("provider_payment_id", "provider", "invoice", "amount", "created_at")
+    list_display = (
+        "provider_payment_id",
+        "provider",
+        "invoice",
+        "amount",
+        "to_balance",
+        "amount_refunded",
+        "created_at",
+    )
     list_filter = ("provider",)
     search_fields = ("provider_payment_id", "invoice__display_number")
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    """Stripe's webhook events as stored: those that need finance — ``needs_review`` (the
+    amount or currency differed from what we asked for; what was paid is booked, the outcome
+    says how) and ``failed`` (given up after the last attempt) — found by the status filter,
+    and a failed one retried by the action once its cause is fixed."""
+
+    list_display = (
+        "event_id",
+        "type",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "received_at",
+        "error_shown",
+        "outcome_shown",
+    )
+    list_filter = ("status", "type")
+    search_fields = ("event_id", "outcome", "last_error")
+    date_hierarchy = "received_at"
+    readonly_fields = [f.name for f in StripeEvent._meta.fields]
+    actions = ["retry_action"]
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("invoicing.change_stripeevent")
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("invoicing.view_stripeevent") or self.has_change_permission(
+            request
+        )
+
+    @admin.display(description="last error")
+    def error_shown(self, event):
+        return event.last_error[:200]
+
+    @admin.display(description="outcome")
+    def outcome_shown(self, event):
+        return event.outcome[:200]
+
+    @admin.action(description="Retry the selected events now", permissions=["change"])
+    def retry_action(self, request, queryset):
+        from invoicing import webhooks
+
+        done = 0
+        for event in queryset.filter(
+            status__in=(StripeEventStatus.PENDING, StripeEventStatus.FAILED)
+        ):
+            handled = webhooks.process(event_id=event.pk, retry_failed=True)
+            if handled.status in (StripeEventStatus.PENDING, StripeEventStatus.FAILED):
+                messages.error(request, f"{handled}: {handled.last_error}")
+            else:
+                done += 1
+        if done:
+            messages.success(request, f"{done} event(s) handled.")
 
 
 __all__ = ["InvoiceAdmin", "timestamp"]

@@ -32,7 +32,7 @@ from billing import services as billing_services
 from billing.models import Customer
 from invoicing import services, stripe_gateway
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus, Payment, PaymentProvider
-from invoicing.money import to_minor_unit
+from invoicing.money import to_minor_unit, to_minor_units_int
 
 COLLECTABLE = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
 STRIPE_CLEARING = services.CLEARING["stripe"]
@@ -217,6 +217,9 @@ def checkout_top_up(
             "customer_id": str(customer.pk),
             "amount": str(amount),
             "currency": currency,
+            # what we ask Stripe for: the webhook credits what was paid, compared with this
+            "price": str(to_minor_units_int(price, money_currency)),
+            "price_currency": money_currency,
         },
         idempotency_key=f"top-up-{customer.pk}-{request_id}",
     )

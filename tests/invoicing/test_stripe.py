@@ -279,8 +279,9 @@ def test_a_failed_handler_keeps_the_event_for_the_retry_task(stripe_server):
     answer = post_event(stripe_server, event)
     assert answer["processed"] is False and answer["outcome"].startswith("failed")
     stored = StripeEvent.objects.get(event_id="evt_broken")
-    assert stored.attempts == 1
-    assert webhooks.process_pending() == 1
+    assert stored.attempts == 1 and stored.status == "pending"
+    assert webhooks.process_pending() == 0  # not yet: it waits before its next attempt
+    assert webhooks.process_pending(now=stored.next_attempt_at) == 1
     assert StripeEvent.objects.get(event_id="evt_broken").attempts == 2
 
 
