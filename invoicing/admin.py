@@ -157,7 +157,13 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
     date_hierarchy = "period_start"
     search_fields = ("display_number", "customer__external_id", "customer__name")
     list_select_related = ("customer",)
-    readonly_fields = [f.name for f in Invoice._meta.fields] + ["amount_remaining", "pdf_link"]
+    # The stored file is never linked directly: invoices are private and MEDIA_ROOT is not
+    # served (its URL answered 404); the PDF goes through pdf_view, behind the admin's login.
+    exclude = ("pdf",)
+    readonly_fields = [f.name for f in Invoice._meta.fields if f.name != "pdf"] + [
+        "amount_remaining",
+        "pdf_link",
+    ]
     inlines = [InvoiceLineInline, CreditNoteInline, PaymentInline]
     actions = ["finalize_action", "collect_action", "resend_action", "refresh_action"]
     change_list_template = "admin/invoicing/invoice/change_list.html"

@@ -424,15 +424,19 @@ def _after_finalize(invoice_id: int) -> None:
 
 
 def after_finalization(*, invoice_id: int) -> None:
-    """What follows a committed finalization, each step idempotent: the PDF, the e-mail to
-    the customer, then collecting payment."""
+    """What follows a committed finalization, each step idempotent: collecting payment, then
+    the PDF and the e-mail to the customer — in that order, so that an invoice charged or
+    paid offline at once is sent as paid, not as "Amount due". The PDF and the e-mail
+    follow even when collecting raised (the error is raised after them)."""
     from invoicing import emails, payments, pdf
 
     if not Invoice.objects.filter(pk=invoice_id).exists():
         return  # a task outliving its invoice's database (a test run's): nothing to do
-    pdf.store_invoice_pdf(invoice_id=invoice_id)
-    emails.send_invoice_email(invoice_id=invoice_id)
-    payments.collect_payment(invoice_id=invoice_id)
+    try:
+        payments.collect_payment(invoice_id=invoice_id)
+    finally:
+        pdf.store_invoice_pdf(invoice_id=invoice_id)
+        emails.send_invoice_email(invoice_id=invoice_id)
 
 
 def due_draft_ids(*, as_of: datetime | None = None) -> list[int]:
