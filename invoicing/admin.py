@@ -402,12 +402,23 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
 
     @admin.action(description="Retry payment of the selected invoices", permissions=["change"])
     def collect_action(self, request, queryset):
+        outcomes: dict[str, list[str]] = {}
+
+        def collect(invoice):
+            result = payments.collect(invoice_id=invoice.pk)
+            text = result.status + (f" ({result.message})" if result.message else "")
+            outcomes.setdefault(text, []).append(str(invoice))
+
         self._each(
             request,
             queryset.filter(status__in=(InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)),
-            lambda i: payments.collect_payment(invoice_id=i.pk),
+            collect,
             "sent for payment",
         )
+        # what each attempt came to: paid, failed (and why), or skipped (no provider, …)
+        for text, invoices in outcomes.items():
+            level = messages.SUCCESS if text.startswith("paid") else messages.WARNING
+            messages.add_message(request, level, f"{', '.join(invoices)}: {text}")
 
     @admin.action(description="E-mail the selected invoices again", permissions=["change"])
     def resend_action(self, request, queryset):

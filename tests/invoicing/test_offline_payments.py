@@ -151,3 +151,18 @@ def test_check_deploy_warns_about_offline_payments_and_missing_stripe_keys(setti
     # not a deployment run: no warning
     settings.PAYMENTS_OFFLINE = True
     assert not checks.run_checks(tags=["payments"])
+
+
+def test_the_admin_payment_retry_says_nothing_was_collected_without_a_provider(
+    no_provider, client, django_user_model
+):
+    invoice = finalize(close(subscribe(plan(base_fee="7"))))
+    client.force_login(django_user_model.objects.create_superuser("fin", "f@x.test", None))
+    response = client.post(
+        "/admin/invoicing/invoice/",
+        {"action": "collect_action", "_selected_action": [invoice.pk]},
+        follow=True,
+    )
+    content = response.content.decode()
+    assert f"{invoice.display_number}: skipped (no payment provider" in content
+    assert Invoice.objects.get(pk=invoice.pk).status == InvoiceStatus.OPEN
