@@ -2,8 +2,9 @@
 
 Starts embedded PostgreSQL and Redis when DATABASE_URL / REDIS_URL are unset, migrates,
 loads the demo data, then runs the web server, one Celery worker, Celery beat and a usage
-simulator (``manage.py simulate_usage``). Ctrl-C stops everything it started, the embedded
-servers included.
+simulator (``manage.py simulate_usage``), with offline payments turned on
+(``PAYMENTS_OFFLINE=1`` unless set: the demo moves no money). Ctrl-C stops everything it
+started, the embedded servers included.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> int:
     manage = [python, str(devservices.REPO_DIR / "manage.py")]
     with devservices.services_for_command():
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.settings")
+        # The demo pays offline (no money moves): an explicit opt-in, never a default.
+        os.environ.setdefault("PAYMENTS_OFFLINE", "1")
         subprocess.run([*manage, "migrate", "--no-input"], check=True)
         subprocess.run([*manage, "seed_demo"], check=True)
         commands = {

@@ -281,11 +281,19 @@ INVOICE_PAYMENT_TERMS_DAYS = int(os.environ.get("INVOICE_PAYMENT_TERMS_DAYS", "1
 INVOICE_NUMBER_PREFIX = os.environ.get("INVOICE_NUMBER_PREFIX", "INV-")
 CREDIT_NOTE_NUMBER_PREFIX = os.environ.get("CREDIT_NOTE_NUMBER_PREFIX", "CN-")
 
-# --- Payments: Stripe with a key; offline mode (the demo) without -------------------------
+# --- Payments: Stripe with a key; offline mode only when asked for (the demo) -------------
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # tests: a local Stripe-compatible server
-OFFLINE_AUTO_PAY = env_bool("OFFLINE_AUTO_PAY", True)
+# Offline mode pays without money (portal top-ups credited at once, invoices recorded as
+# paid): an explicit opt-in for the demo and laptops, never the default. Without it and
+# without a Stripe key, portal payments are refused and invoices stay open until finance
+# staff record a payment received out of band. `check --deploy` warns when it is on.
+PAYMENTS_OFFLINE = env_bool("PAYMENTS_OFFLINE", False)
+OFFLINE_AUTO_PAY = env_bool("OFFLINE_AUTO_PAY", True)  # offline mode only: pay at finalization
+# Stripe events whose handling fails are retried with a growing delay, then given up
+# (status "failed", shown in the admin) after this many attempts.
+STRIPE_EVENT_MAX_ATTEMPTS = int(os.environ.get("STRIPE_EVENT_MAX_ATTEMPTS", "12"))
 # Dunning: after a failed charge, retry this many days later (one number per retry); when
 # the last retry fails too, "suspend" the subscription (its usage is refused until paid),
 # "cancel" it, or do "none".

@@ -4,7 +4,7 @@ Invoices are never edited here: drafts change only by being computed again from 
 counters, finalized invoices never (the database refuses). Every action is one service
 call — close due periods, finalize, void, credit note, record a payment, collect payment
 again, e-mail again — and the PDF is one click away. When no Stripe key is set, every
-invoice page says that payments run in offline mode.
+invoice page says so: offline mode (``PAYMENTS_OFFLINE``) or no payment provider at all.
 """
 
 from __future__ import annotations
@@ -30,21 +30,32 @@ from invoicing.models import (
     InvoiceStatus,
     NumberSeries,
     Payment,
+    StripeEvent,
+    StripeEventStatus,
     TaxRate,
 )
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
 
 OFFLINE_NOTICE = (
-    "Payments run in OFFLINE MODE: no STRIPE_SECRET_KEY is set, so nothing is charged to a "
-    "card. Finalized invoices are recorded as paid through the @OfflinePayments clearing "
-    "account{auto}."
+    "Payments run in OFFLINE MODE (PAYMENTS_OFFLINE is on and no STRIPE_SECRET_KEY is set): "
+    "nothing is charged to a card and portal top-ups are credited without payment. Finalized "
+    "invoices are recorded as paid through the @OfflinePayments clearing account{auto}."
+)
+NO_PROVIDER_NOTICE = (
+    "No payment provider: no STRIPE_SECRET_KEY is set and offline payments are off "
+    "(PAYMENTS_OFFLINE). Nothing pays itself: finalized invoices stay open until a payment "
+    "received out of band is recorded (Record payment…, with its reference), and portal "
+    "top-ups and payments are refused."
 )
 
 
 def offline_notice() -> str | None:
-    if not payments.offline_mode():
+    """What the invoice pages say about payments when Stripe is not configured."""
+    if payments.stripe_enabled():
         return None
+    if not payments.offline_mode():
+        return NO_PROVIDER_NOTICE
     from django.conf import settings
 
     auto = " at once (OFFLINE_AUTO_PAY)" if settings.OFFLINE_AUTO_PAY else " when staff record them"
@@ -146,7 +157,13 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
     date_hierarchy = "period_start"
     search_fields = ("display_number", "customer__external_id", "customer__name")
     list_select_related = ("customer",)
-    readonly_fields = [f.name for f in Invoice._meta.fields] + ["amount_remaining", "pdf_link"]
+    # The stored file is never linked directly: invoices are private and MEDIA_ROOT is not
+    # served (its URL answered 404); the PDF goes through pdf_view, behind the admin's login.
+    exclude = ("pdf",)
+    readonly_fields = [f.name for f in Invoice._meta.fields if f.name != "pdf"] + [
+        "amount_remaining",
+        "pdf_link",
+    ]
     inlines = [InvoiceLineInline, CreditNoteInline, PaymentInline]
     actions = ["finalize_action", "collect_action", "resend_action", "refresh_action"]
     change_list_template = "admin/invoicing/invoice/change_list.html"
@@ -346,7 +363,8 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
             original=invoice,
             title=f"Record a payment for invoice {invoice}",
             submit_label="Record payment",
-            intro="What the invoice still owes, received outside Stripe (a bank transfer).",
+            intro="What the invoice still owes, paid out of band (received outside Stripe: a "
+            "bank transfer, a cheque). Record it only once the money has arrived.",
             facts=[("Still owed", money(invoice.amount_remaining, invoice.currency))],
         )
 
@@ -384,12 +402,23 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
 
     @admin.action(description="Retry payment of the selected invoices", permissions=["change"])
     def collect_action(self, request, queryset):
+        outcomes: dict[str, list[str]] = {}
+
+        def collect(invoice):
+            result = payments.collect(invoice_id=invoice.pk)
+            text = result.status + (f" ({result.message})" if result.message else "")
+            outcomes.setdefault(text, []).append(str(invoice))
+
         self._each(
             request,
             queryset.filter(status__in=(InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)),
-            lambda i: payments.collect_payment(invoice_id=i.pk),
+            collect,
             "sent for payment",
         )
+        # what each attempt came to: paid, failed (and why), or skipped (no provider, …)
+        for text, invoices in outcomes.items():
+            level = messages.SUCCESS if text.startswith("paid") else messages.WARNING
+            messages.add_message(request, level, f"{', '.join(invoices)}: {text}")
 
     @admin.action(description="E-mail the selected invoices again", permissions=["change"])
     def resend_action(self, request, queryset):
@@ -426,9 +455,73 @@ class CreditNoteAdmin(ReadOnlyAdmin):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    list_display = ("provider_payment_id", "provider", "invoice", "amount", "created_at")
+    list_display = (
+        "provider_payment_id",
+        "provider",
+        "invoice",
+        "amount",
+        "to_balance",
+        "amount_refunded",
+        "created_at",
+    )
     list_filter = ("provider",)
     search_fields = ("provider_payment_id", "invoice__display_number")
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    """Stripe's webhook events as stored: those that need finance — ``needs_review`` (the
+    amount or currency differed from what we asked for; what was paid is booked, the outcome
+    says how) and ``failed`` (given up after the last attempt) — found by the status filter,
+    and a failed one retried by the action once its cause is fixed."""
+
+    list_display = (
+        "event_id",
+        "type",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "received_at",
+        "error_shown",
+        "outcome_shown",
+    )
+    list_filter = ("status", "type")
+    search_fields = ("event_id", "outcome", "last_error")
+    date_hierarchy = "received_at"
+    readonly_fields = [f.name for f in StripeEvent._meta.fields]
+    actions = ["retry_action"]
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("invoicing.change_stripeevent")
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("invoicing.view_stripeevent") or self.has_change_permission(
+            request
+        )
+
+    @admin.display(description="last error")
+    def error_shown(self, event):
+        return event.last_error[:200]
+
+    @admin.display(description="outcome")
+    def outcome_shown(self, event):
+        return event.outcome[:200]
+
+    @admin.action(description="Retry the selected events now", permissions=["change"])
+    def retry_action(self, request, queryset):
+        from invoicing import webhooks
+
+        done = 0
+        for event in queryset.filter(
+            status__in=(StripeEventStatus.PENDING, StripeEventStatus.FAILED)
+        ):
+            handled = webhooks.process(event_id=event.pk, retry_failed=True)
+            if handled.status in (StripeEventStatus.PENDING, StripeEventStatus.FAILED):
+                messages.error(request, f"{handled}: {handled.last_error}")
+            else:
+                done += 1
+        if done:
+            messages.success(request, f"{done} event(s) handled.")
 
 
 __all__ = ["InvoiceAdmin", "timestamp"]

@@ -20,7 +20,7 @@ from billing.api.views import errors
 from billing.models import Subscription, SubscriptionStatus
 from invoicing import errors as invoicing_errors
 from invoicing import pdf, webhooks
-from invoicing.models import Invoice, InvoiceStatus
+from invoicing.models import Invoice, InvoiceStatus, StripeEventStatus
 from invoicing.selectors import compute_invoice
 from metering.models import Meter
 
@@ -216,6 +216,11 @@ class WebhookAnswerSerializer(serializers.Serializer):
     received = serializers.BooleanField()
     duplicate = serializers.BooleanField(help_text="This event id was received before.")
     processed = serializers.BooleanField()
+    status = serializers.ChoiceField(
+        choices=StripeEventStatus.choices,
+        help_text="pending (retried later), processed, needs_review (amount or currency "
+        "differed from what was asked), failed (given up)",
+    )
     outcome = serializers.CharField()
 
 
@@ -251,6 +256,7 @@ class StripeWebhookView(APIView):
                 "received": True,
                 "duplicate": not created,
                 "processed": event.processed_at is not None,
+                "status": event.status,
                 "outcome": event.outcome,
             }
         )

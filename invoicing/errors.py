@@ -56,3 +56,18 @@ class NothingOwed(InvoicingError):
     code = "nothing_owed"
     http_status = 409
     error_type = "conflict_error"
+
+
+class PaymentsUnavailable(InvoicingError):
+    """No payment provider: no ``STRIPE_SECRET_KEY`` and offline payments not turned on
+    (``PAYMENTS_OFFLINE``). Nothing is written."""
+
+    code = "payments_unavailable"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class CurrencyMismatch(InvoicingError):
+    code = "currency_mismatch"
+    http_status = 409
+    error_type = "conflict_error"

@@ -163,6 +163,10 @@ class Invoice(models.Model):
         "ledger.Transaction", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     pdf = models.FileField(upload_to="invoices/", blank=True, default="")
+    # What the stored PDF shows ("open:12.34", "paid", "void"): a PDF rendered before a
+    # payment, a credit note or a void is rendered again (under a new name; the first one,
+    # the document e-mailed, is kept), so no PDF says "Amount due" on a settled invoice.
+    pdf_state = models.CharField(max_length=80, blank=True, default="")
     emailed_at = models.DateTimeField(null=True, blank=True)
     payment_attempts = models.PositiveIntegerField(default=0)
     next_payment_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -281,7 +285,7 @@ class CreditNote(models.Model):
 
 class PaymentProvider(models.TextChoices):
     STRIPE = "stripe", "Stripe"
-    OFFLINE = "offline", "Offline (no Stripe key: recorded by hand or by the demo)"
+    OFFLINE = "offline", "Out of band (recorded by finance staff, or PAYMENTS_OFFLINE)"
 
 
 class Payment(models.Model):
@@ -294,6 +298,10 @@ class Payment(models.Model):
     amount = money_field()
     currency = models.CharField(max_length=16)
     amount_refunded = money_field()
+    to_balance = money_field(
+        help_text="Overpayment: the part of the amount beyond what the invoice owed, credited "
+        "to the customer's wallet."
+    )
     ledger_transaction = models.ForeignKey(
         "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
     )
@@ -312,25 +320,43 @@ class Payment(models.Model):
         return f"{self.provider} {self.provider_payment_id}"
 
 
+class StripeEventStatus(models.TextChoices):
+    PENDING = "pending", "Pending (to be handled, or retried)"
+    PROCESSED = "processed", "Processed"
+    NEEDS_REVIEW = "needs_review", "Needs review (amount or currency differed)"
+    FAILED = "failed", "Failed (gave up after the last attempt)"
+
+
 class StripeEvent(models.Model):
     """A Stripe webhook event, stored as received (its signature verified) before it is
     handled: unique on Stripe's event id, so a redelivery is recognised, and kept, so that
-    an event whose handling failed is handled again (a beat task retries them)."""
+    an event whose handling failed is handled again.
+
+    A failed attempt schedules the next one with a growing delay (``next_attempt_at``); after
+    ``STRIPE_EVENT_MAX_ATTEMPTS`` the event is ``failed`` and waits for finance (the admin's
+    *Retry* action). An event handled but whose amount or currency differed from what we
+    asked Stripe for is ``needs_review``: what Stripe says was paid is booked, and the
+    difference is described in ``outcome``."""
 
     event_id = models.CharField(max_length=100, unique=True)
     type = models.CharField(max_length=100)
     payload = models.JSONField()
     received_at = models.DateTimeField(db_default=Now())
     processed_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=12, choices=StripeEventStatus.choices, default=StripeEventStatus.PENDING
+    )
     attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
     outcome = models.TextField(blank=True, default="")
 
     class Meta:
         indexes = [
             models.Index(
-                fields=["received_at"],
-                condition=Q(processed_at__isnull=True),
-                name="invoicing_stripe_pending",
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="invoicing_stripe_due",
             )
         ]
 

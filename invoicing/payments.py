@@ -5,11 +5,16 @@ through Stripe (a PaymentIntent, off-session); a decline makes it past due and i
 on the dunning schedule (``invoicing.services.record_payment_failure``). Invoices and
 top-ups can also be paid on a Stripe Checkout page; the webhook records the payment.
 
-Without a key — the demo, a laptop — payments run in **offline mode**: a finalized invoice
-is recorded as paid through the ``@OfflinePayments`` clearing account at once (or, with
-``OFFLINE_AUTO_PAY=0``, left open for finance staff to record a payment by hand), a
-"Checkout" pays at once without leaving the site, and the admin says so on every invoice
-page.
+Without a key, payments run in **offline mode** only when it is asked for
+(``PAYMENTS_OFFLINE=1``: the demo, a laptop): a finalized invoice is recorded as paid
+through the ``@OfflinePayments`` clearing account at once (or, with ``OFFLINE_AUTO_PAY=0``,
+left open for finance staff to record a payment by hand), a "Checkout" pays at once without
+leaving the site, and the admin says so on every invoice page.
+
+With neither (the default), there is **no payment provider**: nothing pays itself. A portal
+top-up or invoice payment is refused (``payments_unavailable``, nothing written), a
+finalized invoice stays open, and finance staff record a payment received out of band (a
+bank transfer, with its reference) in the admin — an explicit act, never automatic.
 
 No Stripe call runs inside a database transaction; what it answers is recorded by the
 idempotent services afterwards.
@@ -27,14 +32,35 @@ from billing import services as billing_services
 from billing.models import Customer
 from invoicing import services, stripe_gateway
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus, Payment, PaymentProvider
-from invoicing.money import to_minor_unit
+from invoicing.money import to_minor_unit, to_minor_units_int
 
 COLLECTABLE = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
 STRIPE_CLEARING = services.CLEARING["stripe"]
 
 
+def stripe_enabled() -> bool:
+    return bool(settings.STRIPE_SECRET_KEY)
+
+
 def offline_mode() -> bool:
-    return not settings.STRIPE_SECRET_KEY
+    """Payments without money: only when asked for (``PAYMENTS_OFFLINE``) and no Stripe key."""
+    return not stripe_enabled() and bool(settings.PAYMENTS_OFFLINE)
+
+
+def provider_available() -> bool:
+    """Whether a customer can pay here at all (Stripe, or the opted-in offline mode)."""
+    return stripe_enabled() or offline_mode()
+
+
+NO_PROVIDER = (
+    "Payments are not available: no payment provider is configured. "
+    "Please contact us to pay by bank transfer."
+)
+
+
+def _require_provider() -> None:
+    if not provider_available():
+        raise services.errors.PaymentsUnavailable(NO_PROVIDER)
 
 
 @dataclass
@@ -54,6 +80,10 @@ def collect(*, invoice_id: int) -> Collection:
     invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
     if invoice.status not in COLLECTABLE or invoice.amount_remaining <= 0:
         return Collection("skipped", message=f"invoice is {invoice.status}")
+    if not provider_available():
+        return Collection(
+            "skipped", message="no payment provider: finance staff record the payment by hand"
+        )
     if offline_mode():
         if not settings.OFFLINE_AUTO_PAY:
             return Collection("skipped", message="offline mode: record the payment by hand")
@@ -99,8 +129,9 @@ def collect(*, invoice_id: int) -> Collection:
 
 
 def record_offline_payment(*, invoice_id: int, reference: str) -> Payment:
-    """What the invoice still owes, recorded as paid outside Stripe (a bank transfer noted
-    by finance staff, or the demo's automatic payment). Idempotent on ``reference``."""
+    """What the invoice still owes, recorded as paid out of band (a bank transfer noted by
+    finance staff with its reference, or the opted-in offline mode's automatic payment).
+    Idempotent on ``reference``."""
     invoice = Invoice.objects.get(pk=invoice_id)
     existing = Payment.objects.filter(
         provider=PaymentProvider.OFFLINE, provider_payment_id=reference
@@ -130,6 +161,7 @@ def checkout_invoice(*, invoice_id: int, success_url: str, cancel_url: str) -> C
     invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
     if invoice.status not in COLLECTABLE or invoice.amount_remaining <= 0:
         raise services.errors.InvoiceNotFinal(f"invoice {invoice} has nothing to pay")
+    _require_provider()
     if offline_mode():
         record_offline_payment(invoice_id=invoice.pk, reference=f"checkout-{invoice.pk}")
         return CheckoutStart(success_url, f"offline-{invoice.pk}", offline=True)
@@ -158,6 +190,7 @@ def checkout_top_up(
 ) -> CheckoutStart:
     """Add funds (or buy credits) on a Checkout page; the wallet is credited when Stripe says
     the payment succeeded. ``request_id`` makes a double submit one checkout."""
+    _require_provider()
     billing_services.wallet_for(customer=customer, currency=currency)  # it must exist
     if offline_mode():
         billing_services.top_up(
@@ -184,6 +217,9 @@ def checkout_top_up(
             "customer_id": str(customer.pk),
             "amount": str(amount),
             "currency": currency,
+            # what we ask Stripe for: the webhook credits what was paid, compared with this
+            "price": str(to_minor_units_int(price, money_currency)),
+            "price_currency": money_currency,
         },
         idempotency_key=f"top-up-{customer.pk}-{request_id}",
     )

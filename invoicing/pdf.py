@@ -5,8 +5,11 @@ template receives strings: amounts exactly as the invoice presents them (already
 the minor unit by ``invoicing.money.to_minor_unit``; formatting only adds separators and the
 currency code), never through ``float`` or ``floatformat``.
 
-A finalized invoice's PDF is rendered once and kept (``store_invoice_pdf``): the document a
-customer received is the document we hold. A draft renders as a preview, watermarked.
+A finalized invoice's PDF is rendered once per state and kept (``store_invoice_pdf``): the
+document a customer received is the document we hold, and once a payment, a credit note or a
+void changes what the invoice says is owed, the next request renders it again under a new
+name (``INV-000042-paid.pdf``), so no PDF says "Amount due" on a settled invoice. A draft
+renders as a preview, watermarked.
 """
 
 from __future__ import annotations
@@ -139,7 +142,9 @@ def invoice_context(invoice: Invoice) -> dict[str, Any]:
         if amount:
             totals.append((label, money(-amount)))
     # A draft owes nothing yet (amount_remaining is zero); its preview shows what it would.
-    due = invoice.amount_due if draft else invoice.amount_remaining
+    due = invoice.amount_due if draft else max(invoice.amount_remaining, Decimal(0))
+    paid_total = invoice.balance_applied + invoice.amount_paid
+    settled = invoice.status == InvoiceStatus.PAID
     customer = invoice.customer
     footer = settings.BILLING_COMPANY["name"]
     if not draft:
@@ -159,6 +164,9 @@ def invoice_context(invoice: Invoice) -> dict[str, Any]:
         "totals": totals,
         "amount_due": money(due),
         "owes": due > 0,
+        "settled": settled,
+        "amount_paid": money(paid_total),
+        "paid_date": format_date(invoice.paid_at),
         "footer_css": css_string(footer),
     }
 
@@ -169,10 +177,24 @@ def render_invoice_pdf(invoice: Invoice) -> bytes:
     return weasyprint.HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
 
 
+def pdf_state(invoice: Invoice) -> str:
+    """What a finalized invoice's PDF shows, as a key: "paid", "void", or what is still owed
+    ("due:97.11"). A stored PDF of another state is out of date."""
+    if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
+        return str(invoice.status)
+    return f"due:{max(invoice.amount_remaining, Decimal(0)):f}"
+
+
+def _state_slug(state: str) -> str:
+    return state.replace(":", "-")
+
+
 @transaction.atomic
 def store_invoice_pdf(*, invoice_id: int) -> Invoice:
-    """Render a finalized invoice's PDF once and keep it as ``invoices/<number>.pdf``; a
-    second call (or a second worker, which waits on the row lock) finds it stored."""
+    """Render a finalized invoice's PDF once per state and keep it: the first as
+    ``invoices/<number>.pdf``, one rendered after the state changed (a payment, a credit note,
+    a void) as ``invoices/<number>-<state>.pdf`` — the earlier file is kept. A second call (or
+    a second worker, which waits on the row lock) finds it stored."""
     invoice = (
         Invoice.objects.select_for_update(of=("self",))
         .select_related("customer")
@@ -184,15 +206,26 @@ def store_invoice_pdf(*, invoice_id: int) -> Invoice:
     if invoice.status == InvoiceStatus.DRAFT:
         raise errors.InvoiceNotFinal(f"invoice {invoice} is a draft: it has no PDF yet")
     storage = invoice.pdf.storage
-    if invoice.pdf and storage.exists(invoice.pdf.name):
+    state = pdf_state(invoice)
+    current = invoice.pdf.name if invoice.pdf else ""
+    # A PDF stored before states were kept ("") showed the invoice as finalized.
+    as_finalized = "paid" if invoice.amount_due <= 0 else f"due:{invoice.amount_due:f}"
+    up_to_date = invoice.pdf_state == state or (not invoice.pdf_state and state == as_finalized)
+    if current and up_to_date and storage.exists(current):
         return invoice
-    filename = f"{invoice.display_number}.pdf"
+    if current and up_to_date:  # the file went missing: the same document, the same name
+        filename = current.rsplit("/", 1)[-1]
+    elif current:
+        filename = f"{invoice.display_number}-{_state_slug(state)}.pdf"
+    else:
+        filename = f"{invoice.display_number}.pdf"
     # A file without a row pointing to it was left by a transaction that rolled back after
-    # writing it: replace it, so the name stays invoices/<number>.pdf.
+    # writing it: replace it, so the name stays as chosen.
     orphan = invoice.pdf.field.generate_filename(invoice, filename)
     if storage.exists(orphan):
         storage.delete(orphan)
     invoice.pdf.save(filename, ContentFile(render_invoice_pdf(invoice)), save=False)
-    # Only the pdf column: the frozen-invoice trigger allows it, and refuses the figures.
-    Invoice.objects.filter(pk=invoice.pk).update(pdf=invoice.pdf.name)
+    invoice.pdf_state = state
+    # Only the PDF columns: the frozen-invoice trigger allows them, and refuses the figures.
+    Invoice.objects.filter(pk=invoice.pk).update(pdf=invoice.pdf.name, pdf_state=state)
     return invoice

@@ -14,6 +14,7 @@ its reference.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -44,6 +45,7 @@ from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from ledger.services import Leg, TransactionSpec
 
+log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 REVENUE = "@Revenue"
 TAX_PAYABLE = "@TaxPayable"
@@ -422,15 +424,19 @@ def _after_finalize(invoice_id: int) -> None:
 
 
 def after_finalization(*, invoice_id: int) -> None:
-    """What follows a committed finalization, each step idempotent: the PDF, the e-mail to
-    the customer, then collecting payment."""
+    """What follows a committed finalization, each step idempotent: collecting payment, then
+    the PDF and the e-mail to the customer — in that order, so that an invoice charged or
+    paid offline at once is sent as paid, not as "Amount due". The PDF and the e-mail
+    follow even when collecting raised (the error is raised after them)."""
     from invoicing import emails, payments, pdf
 
     if not Invoice.objects.filter(pk=invoice_id).exists():
         return  # a task outliving its invoice's database (a test run's): nothing to do
-    pdf.store_invoice_pdf(invoice_id=invoice_id)
-    emails.send_invoice_email(invoice_id=invoice_id)
-    payments.collect_payment(invoice_id=invoice_id)
+    try:
+        payments.collect_payment(invoice_id=invoice_id)
+    finally:
+        pdf.store_invoice_pdf(invoice_id=invoice_id)
+        emails.send_invoice_email(invoice_id=invoice_id)
 
 
 def due_draft_ids(*, as_of: datetime | None = None) -> list[int]:
@@ -592,31 +598,49 @@ def record_payment(
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Payment:
-    """Money received for an invoice: Dr the provider's clearing account, Cr the customer's
-    receivable. Once per (provider, payment id): a webhook delivered twice records one
-    payment. More than is owed is kept as an overpayment on the receivable."""
+    """Money received for an invoice, in the invoice's currency (the caller compares the
+    currency first): Dr the provider's clearing account ``amount``, Cr the customer's
+    receivable what the invoice still owed, Cr the customer's wallet the rest — an
+    overpayment becomes customer credit, visibly (``Payment.to_balance``), never a negative
+    receivable nobody looks at. Once per (provider, payment id): a webhook delivered twice,
+    or racing the synchronous answer, records one payment and the other call is a replay."""
     now = _now(now)
+    # The invoice's lock first, then the look for an earlier record: two deliveries of one
+    # payment queue on the lock and the second finds the first's payment (a replay), instead
+    # of both finding none and racing to the unique reference (an error, a 500).
+    invoice = _locked_invoice(invoice_id)
     existing = Payment.objects.filter(
         provider=provider, provider_payment_id=provider_payment_id
     ).first()
     if existing is not None:
         existing.replayed = True
         return existing
-    invoice = _locked_invoice(invoice_id)
     if invoice.status not in FINAL_STATUSES:
         raise errors.InvoiceNotFinal(f"invoice {invoice} is {invoice.status}; it cannot be paid")
     if amount <= 0:
         raise errors.InvoicingValidation("a payment must be positive", param="amount")
     currency = invoice.currency
-    _, receivable_id = _wallet_and_receivable(invoice)
+    applied = min(amount, max(invoice.amount_remaining, ZERO))
+    to_balance = amount - applied
+    wallet_id, receivable_id = _wallet_and_receivable(invoice)
     clearing = system_account_id(CLEARING[provider], currency, NormalBalance.DEBIT)
     posted = ledger.post_transactions(
         transactions=[
             TransactionSpec(
                 reference=f"payment:{provider}:{provider_payment_id}",
-                legs=[Leg(clearing, amount), Leg(receivable_id, -amount)],
-                description=f"Payment of invoice {invoice} ({provider})",
-                metadata={"kind": "payment", "invoice_id": invoice.pk, "provider": provider},
+                legs=_legs((clearing, amount), (receivable_id, -applied), (wallet_id, -to_balance)),
+                description=f"Payment of invoice {invoice} ({provider})"
+                + (
+                    f": {to_balance} {currency} overpaid, credited to the balance"
+                    if to_balance
+                    else ""
+                ),
+                metadata={
+                    "kind": "payment",
+                    "invoice_id": invoice.pk,
+                    "provider": provider,
+                    "to_balance": str(to_balance),
+                },
                 effective_at=now,
             )
         ]
@@ -627,11 +651,21 @@ def record_payment(
         provider_payment_id=provider_payment_id,
         amount=amount,
         currency=currency,
+        to_balance=to_balance,
         ledger_transaction_id=posted.pk,
         metadata=metadata or {},
     )
-    invoice.amount_paid += amount
-    _save_settled(invoice, ["amount_paid"], now)
+    if to_balance:
+        log.warning(
+            "payment %s of invoice %s: %s %s more than was owed, credited to the wallet",
+            provider_payment_id,
+            invoice,
+            to_balance,
+            currency,
+        )
+    if applied:
+        invoice.amount_paid += applied
+        _save_settled(invoice, ["amount_paid"], now)
     payment.replayed = False
     return payment
 

@@ -13,27 +13,50 @@ to receive out of order, because every effect is keyed by Stripe's own ids:
     charge.refunded              the refunded total of a payment (cumulative, so a late or
                                  repeated event adds nothing): Dr @Refunds, Cr @StripeClearing
 
-An event whose handling raised is kept unprocessed and retried by a beat task.
+What Stripe says was paid is compared with what we asked for, and what was paid is booked:
+    - a currency other than the one asked for is never booked as ours: it is held on
+      ``@UnappliedPayments`` in the currency paid (Dr @StripeClearing, Cr @UnappliedPayments);
+    - more than an invoice owes is credited to the customer's wallet (``Payment.to_balance``);
+    - a top-up credits what was paid (credits in proportion), not what its metadata asked.
+Each of these leaves the event ``needs_review`` (the admin lists them) and logs a warning.
+
+An event whose handling raised — or that must wait, as a refund of a payment not yet known —
+stays ``pending`` and is retried by a beat task with a growing delay; after
+``STRIPE_EVENT_MAX_ATTEMPTS`` it is ``failed`` and waits for finance (the admin's *Retry*).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from billing import services as billing_services
 from billing.errors import BillingError
 from billing.models import Customer
 from invoicing import services
-from invoicing.models import Payment, PaymentProvider, StripeEvent
-from invoicing.money import from_minor_units_int, to_minor_unit
+from invoicing.models import (
+    Invoice,
+    InvoiceStatus,
+    Payment,
+    PaymentProvider,
+    StripeEvent,
+    StripeEventStatus,
+)
+from invoicing.money import (
+    floor_to_minor_unit,
+    from_minor_units_int,
+    to_minor_unit,
+    to_minor_units_int,
+)
 from ledger import services as ledger
 from ledger.models import NormalBalance
 from ledger.services import Leg, TransactionSpec
@@ -41,11 +64,24 @@ from ledger.services import Leg, TransactionSpec
 log = logging.getLogger(__name__)
 REFUNDS = "@Refunds"
 CREDITS_SOLD = "@CreditsSold"
+UNAPPLIED = "@UnappliedPayments"
+# Retries of a failed event: 1, 2, 4, … minutes, at most this long apart.
+RETRY_FIRST = timedelta(minutes=1)
+RETRY_LONGEST = timedelta(hours=12)
 
 
 class InvalidSignature(BillingError):
     code = "invalid_signature"
     http_status = 400
+
+
+class NeedsReview(str):
+    """A handler's outcome when what Stripe reports differs from what we asked for: booked
+    as reported, and the event flagged for finance."""
+
+
+class NotYet(Exception):
+    """The event cannot be handled yet (it refers to something not known yet): retried."""
 
 
 def receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, bool]:
@@ -63,42 +99,86 @@ def receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, bool]:
         created = True
     except IntegrityError:
         event, created = StripeEvent.objects.get(event_id=data["id"]), False
-    if event.processed_at is None:
-        process(event_id=event.pk)
+    if event.status in (StripeEventStatus.PENDING, StripeEventStatus.FAILED):
+        # Stripe delivering again is a retry: one more attempt, even for a given-up event.
+        process(event_id=event.pk, retry_failed=True)
         event.refresh_from_db()
     return event, created
 
 
-def process(*, event_id: int) -> StripeEvent:
-    """Handle a stored event once; a failure is recorded and left for the retry task."""
+def retry_delay(attempts: int) -> timedelta:
+    """How long after its ``attempts``-th failed attempt an event is tried again."""
+    return min(RETRY_FIRST * 2 ** min(attempts - 1, 30), RETRY_LONGEST)
+
+
+def process(
+    *, event_id: int, retry_failed: bool = False, now: datetime | None = None
+) -> StripeEvent:
+    """Handle a stored event once. A failure is recorded (``last_error``) and the next
+    attempt scheduled; after the last attempt the event is ``failed``. ``retry_failed``
+    (a redelivery, the admin's action) gives a failed event one more attempt."""
+    now = now or timezone.now()
     with transaction.atomic():
         event = StripeEvent.objects.select_for_update().get(pk=event_id)
-        if event.processed_at is not None:
+        allowed = [StripeEventStatus.PENDING] + ([StripeEventStatus.FAILED] if retry_failed else [])
+        if event.status not in allowed:
             return event
         handler = HANDLERS.get(event.type)
         event.attempts += 1
+        fields = ["status", "attempts", "outcome", "processed_at", "next_attempt_at", "last_error"]
         try:
             with transaction.atomic():
                 outcome = handler(event.payload["data"]["object"]) if handler else "ignored"
         except Exception as error:  # noqa: BLE001 - kept for the retry task, never lost
-            log.exception("stripe event %s (%s) failed", event.event_id, event.type)
-            event.outcome = f"failed: {error}"[:2000]
-            event.save(update_fields=["attempts", "outcome"])
+            waiting = isinstance(error, NotYet)
+            if waiting:
+                log.info("stripe event %s (%s) waits: %s", event.event_id, event.type, error)
+            else:
+                log.exception("stripe event %s (%s) failed", event.event_id, event.type)
+            message = f"{'waiting' if waiting else 'failed'}: {error}"[:2000]
+            event.last_error = message
+            event.outcome = message
+            if event.attempts >= settings.STRIPE_EVENT_MAX_ATTEMPTS:
+                event.status, event.next_attempt_at = StripeEventStatus.FAILED, None
+                log.error(
+                    "stripe event %s (%s) given up after %s attempts: %s",
+                    event.event_id,
+                    event.type,
+                    event.attempts,
+                    error,
+                )
+            else:
+                event.status = StripeEventStatus.PENDING
+                event.next_attempt_at = now + retry_delay(event.attempts)
+            event.save(update_fields=fields)
             return event
-        event.outcome = outcome
-        event.processed_at = timezone.now()
-        event.save(update_fields=["attempts", "outcome", "processed_at"])
+        if isinstance(outcome, NeedsReview):
+            event.status = StripeEventStatus.NEEDS_REVIEW
+            log.warning("stripe event %s (%s): %s", event.event_id, event.type, outcome)
+        else:
+            event.status = StripeEventStatus.PROCESSED
+        event.outcome = str(outcome)
+        event.processed_at, event.next_attempt_at = now, None
+        event.save(update_fields=fields)
         return event
 
 
-def process_pending(*, limit: int = 500) -> int:
-    ids = list(
-        StripeEvent.objects.filter(processed_at__isnull=True)
-        .order_by("received_at")
+def due_event_ids(*, limit: int = 500, now: datetime | None = None) -> list[int]:
+    """Pending events whose next attempt has come, the longest waiting first: an event that
+    keeps failing waits longer and longer, so it never holds back newer ones."""
+    now = now or timezone.now()
+    return list(
+        StripeEvent.objects.filter(status=StripeEventStatus.PENDING)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .order_by(F("next_attempt_at").asc(nulls_first=True), "received_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def process_pending(*, limit: int = 500, now: datetime | None = None) -> int:
+    ids = due_event_ids(limit=limit, now=now)
     for pk in ids:
-        process(event_id=pk)
+        process(event_id=pk, now=now)
     return len(ids)
 
 
@@ -109,14 +189,79 @@ def _metadata(obj: dict[str, Any]) -> dict[str, str]:
     return obj.get("metadata") or {}
 
 
+def _object_id(value: Any) -> str | None:
+    return value["id"] if isinstance(value, dict) else value
+
+
+def _hold_unapplied(*, reference: str, amount: Decimal, currency: str, why: str) -> None:
+    """Money Stripe holds for us that we cannot apply as asked (another currency, a voided
+    invoice): booked in the currency paid — never as ours — for finance to settle by hand."""
+    clearing = services.system_account_id(
+        services.CLEARING["stripe"], currency, NormalBalance.DEBIT
+    )
+    ledger.post_transactions(
+        transactions=[
+            TransactionSpec(
+                reference=f"unapplied:{reference}",
+                legs=[
+                    Leg(clearing, amount),
+                    Leg(services.system_account_id(UNAPPLIED, currency), -amount),
+                ],
+                description=f"Unapplied payment {reference}: {why}",
+                metadata={"kind": "unapplied_payment"},
+            )
+        ]
+    )
+
+
 def _record_invoice_payment(invoice_id: str, intent_id: str, amount: int, currency: str) -> str:
+    """Book what Stripe says was paid for an invoice, compared with what the invoice owes."""
+    paid_currency = currency.upper()
+    received = from_minor_units_int(amount, paid_currency)
+    invoice = Invoice.objects.filter(pk=int(invoice_id)).first()
+    if invoice is None:
+        raise services.errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
+    known = Payment.objects.filter(
+        provider=PaymentProvider.STRIPE, provider_payment_id=intent_id
+    ).exists()
+    if known:
+        return "duplicate payment"
+    if paid_currency != invoice.currency or invoice.status in (
+        InvoiceStatus.DRAFT,
+        InvoiceStatus.VOID,
+    ):
+        why = (
+            f"{received} {paid_currency} paid for invoice {invoice} in {invoice.currency}"
+            if paid_currency != invoice.currency
+            else f"{received} {paid_currency} paid for invoice {invoice}, which is {invoice.status}"
+        )
+        _hold_unapplied(
+            reference=f"stripe:{intent_id}", amount=received, currency=paid_currency, why=why
+        )
+        kind = "currency mismatch" if paid_currency != invoice.currency else "not payable"
+        return NeedsReview(f"{kind}: {why}; held on {UNAPPLIED} ({paid_currency}), not applied")
     payment = services.record_payment(
-        invoice_id=int(invoice_id),
-        amount=from_minor_units_int(amount, currency.upper()),
+        invoice_id=invoice.pk,
+        amount=received,
         provider=PaymentProvider.STRIPE,
         provider_payment_id=intent_id,
     )
-    return "duplicate payment" if payment.replayed else f"payment {payment.pk} recorded"
+    if payment.replayed:
+        return "duplicate payment"
+    done = f"payment {payment.pk} recorded"
+    if payment.to_balance:
+        return NeedsReview(
+            f"{done}; overpaid: {received} {paid_currency} received, "
+            f"{payment.to_balance} {paid_currency} more than invoice {invoice} owed, "
+            "credited to the customer's wallet"
+        )
+    left = Invoice.objects.get(pk=invoice.pk).amount_remaining
+    if left > 0:
+        return NeedsReview(
+            f"{done}; underpaid: {received} {paid_currency} received, "
+            f"{left} {paid_currency} still owed on invoice {invoice}"
+        )
+    return done
 
 
 def payment_intent_succeeded(intent: dict[str, Any]) -> str:
@@ -144,8 +289,7 @@ def checkout_completed(session: dict[str, Any]) -> str:
     meta = _metadata(session)
     if session.get("payment_status") != "paid":
         return f"not paid ({session.get('payment_status')})"
-    intent = session.get("payment_intent")
-    intent_id = intent["id"] if isinstance(intent, dict) else intent
+    intent_id = _object_id(session.get("payment_intent"))
     if meta.get("kind") == "invoice":
         return _record_invoice_payment(
             meta["invoice_id"], intent_id, session["amount_total"], session["currency"]
@@ -155,11 +299,49 @@ def checkout_completed(session: dict[str, Any]) -> str:
     return "not ours"
 
 
+def _asked_price(meta: dict[str, str], customer: Customer) -> tuple[int, str]:
+    """What we asked Stripe to collect for a top-up, in minor units: recorded on the session
+    when it was made (``price``, ``price_currency``); for sessions made before that, the
+    price the amount asked for has."""
+    if meta.get("price") and meta.get("price_currency"):
+        return int(meta["price"]), meta["price_currency"]
+    money = customer.currency
+    amount = Decimal(meta["amount"])
+    price = amount if meta["currency"] == money else amount * settings.CREDIT_PRICE
+    return to_minor_units_int(to_minor_unit(price, money), money), money
+
+
 def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
     customer = Customer.objects.get(pk=int(meta["customer_id"]))
-    currency, amount = meta["currency"], Decimal(meta["amount"])
-    paid = from_minor_units_int(session["amount_total"], session["currency"].upper())
+    currency, asked_amount = meta["currency"], Decimal(meta["amount"])
     money = session["currency"].upper()
+    paid_minor = int(session["amount_total"])
+    paid = from_minor_units_int(paid_minor, money)
+    asked_minor, asked_currency = _asked_price(meta, customer)
+    if money != asked_currency:
+        why = f"{paid} {money} paid for a top-up priced in {asked_currency}"
+        _hold_unapplied(
+            reference=f"stripe-checkout:{session['id']}", amount=paid, currency=money, why=why
+        )
+        return NeedsReview(f"currency mismatch: {why}; held on {UNAPPLIED} ({money}), not credited")
+    review = ""
+    amount = asked_amount
+    if paid_minor != asked_minor:
+        # What was paid is what is credited: the money itself, or credits in proportion.
+        if currency == money:
+            amount = paid
+        else:
+            amount = floor_to_minor_unit(asked_amount * paid_minor / asked_minor, currency)
+        asked = from_minor_units_int(asked_minor, money)
+        review = (
+            f"amount mismatch: {paid} {money} paid, {asked} {money} asked for "
+            f"{asked_amount} {currency}; {amount} {currency} credited"
+        )
+    if amount <= 0:
+        _hold_unapplied(
+            reference=f"stripe-checkout:{session['id']}", amount=paid, currency=money, why=review
+        )
+        return NeedsReview(f"{review}; held on {UNAPPLIED} ({money})")
     if currency == money:
         billing_services.top_up(
             customer=customer,
@@ -169,7 +351,7 @@ def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
             description=f"Top-up by card ({session['id']})",
             source_code=services.CLEARING["stripe"],
         )
-        return "wallet credited"
+        return NeedsReview(review) if review else "wallet credited"
     # Credits bought for money: the money is received (and owed as credits until used);
     # the credits come into the wallet from the outside world.
     clearing = services.system_account_id(services.CLEARING["stripe"], money, NormalBalance.DEBIT)
@@ -191,12 +373,12 @@ def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
         reference=f"stripe-checkout:{session['id']}",
         description=f"Credits bought by card ({session['id']})",
     )
-    return "credits credited"
+    return NeedsReview(review) if review else "credits credited"
 
 
 def charge_refunded(charge: dict[str, Any]) -> str:
-    intent = charge.get("payment_intent")
-    intent_id = intent["id"] if isinstance(intent, dict) else intent
+    intent_id = _object_id(charge.get("payment_intent"))
+    kind = _metadata(charge).get("kind")
     with transaction.atomic():
         payment = (
             Payment.objects.select_for_update()
@@ -204,8 +386,20 @@ def charge_refunded(charge: dict[str, Any]) -> str:
             .first()
         )
         if payment is None:
-            return "no payment of ours"
-        total = from_minor_units_int(charge["amount_refunded"], charge["currency"].upper())
+            if kind == "top_up":
+                return NeedsReview(f"refund of top-up payment {intent_id}: not booked")
+            if kind not in (None, "invoice"):
+                return "no payment of ours"
+            # The refund's payment may not be recorded yet (events arrive in any order):
+            # wait for it, retried with the other pending events, never marked done.
+            raise NotYet(f"payment {intent_id} is not known yet")
+        refunded_currency = charge["currency"].upper()
+        if refunded_currency != payment.currency:
+            return NeedsReview(
+                f"currency mismatch: refund in {refunded_currency} of payment {intent_id} "
+                f"in {payment.currency}: not booked"
+            )
+        total = from_minor_units_int(charge["amount_refunded"], refunded_currency)
         total = min(to_minor_unit(total, payment.currency), payment.amount)
         new = total - payment.amount_refunded
         if new <= 0:

@@ -26,6 +26,7 @@ def test_demo_customers_are_invoiced_paid_offline_and_reconciled(settings, tmp_p
     settings.MEDIA_ROOT = tmp_path
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the demo's opt-in (make run turns it on)
     call_command("seed_demo", stdout=io.StringIO())
     call_command("seed_demo", stdout=io.StringIO())  # again: nothing twice
     out = io.StringIO()

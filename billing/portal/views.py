@@ -524,6 +524,7 @@ def invoice_detail(request, invoice_id: int):
             "can_pay": invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)
             and invoice.amount_remaining > 0,
             "offline": payments.offline_mode(),
+            "payments_available": payments.provider_available(),
         },
     )
 
@@ -599,7 +600,12 @@ def top_up(request):
     return render(
         request,
         "portal/top_up.html",
-        {"customer": customer, "form": form, "offline": payments.offline_mode()},
+        {
+            "customer": customer,
+            "form": form,
+            "offline": payments.offline_mode(),
+            "payments_available": payments.provider_available(),
+        },
     )
 
 

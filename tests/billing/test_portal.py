@@ -200,6 +200,8 @@ def test_every_form_needs_the_csrf_token():
 
 
 def test_top_up_and_invoice_payment_in_offline_mode(settings):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     settings.OFFLINE_AUTO_PAY = False
     subscription = customer_with_usage("acme", funds="1")  # the usage takes it all
     client = member_client(subscription.customer, "ann@acme.example")
@@ -219,6 +221,8 @@ def test_top_up_and_invoice_payment_in_offline_mode(settings):
 
 
 def test_an_open_invoice_is_paid_from_the_portal_in_offline_mode(settings):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     settings.OFFLINE_AUTO_PAY = False
     subscription = customer_with_usage("globex", billing_mode=BillingMode.POSTPAID, funds="0")
     invoice = finalized_invoice(subscription)
@@ -285,6 +289,10 @@ def test_production_settings_pass_check_deploy():
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "billing.example.com",
+        # a production deployment has a payment provider and no offline payments
+        "STRIPE_SECRET_KEY": "sk_live_example",
+        "STRIPE_WEBHOOK_SECRET": "whsec_example",
+        "PAYMENTS_OFFLINE": "0",
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

@@ -39,6 +39,7 @@ LIVE_TIMEOUT_MS = 3_000  # the fragments poll every second
 @pytest.fixture(autouse=True)
 def _offline(settings, tmp_path, server_url):
     settings.STRIPE_SECRET_KEY = ""  # offline mode: top-ups and payments succeed at once
+    settings.PAYMENTS_OFFLINE = True  # the opt-in, as make run's demo
     settings.OFFLINE_AUTO_PAY = False  # a postpaid invoice stays open until paid in the portal
     settings.MEDIA_ROOT = tmp_path
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

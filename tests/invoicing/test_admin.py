@@ -40,13 +40,15 @@ from tests.invoicing.conftest import (
 
 pytestmark = pytest.mark.django_db
 D = Decimal
-OFFLINE = "Payments run in OFFLINE MODE: no STRIPE_SECRET_KEY is set"
+OFFLINE = "Payments run in OFFLINE MODE"
+NO_PROVIDER = "No payment provider: no STRIPE_SECRET_KEY is set"
 
 
 @pytest.fixture(autouse=True)
 def _offline_with_media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in: these tests run the demo's offline mode
     settings.OFFLINE_AUTO_PAY = True
 
 
@@ -111,9 +113,9 @@ def test_without_a_stripe_key_every_invoice_page_says_payments_are_offline(
     settings.OFFLINE_AUTO_PAY = auto_pay
     invoice = drafted(pro)
     notice = (
-        "Payments run in OFFLINE MODE: no STRIPE_SECRET_KEY is set, so nothing is charged to a "
-        "card. Finalized invoices are recorded as paid through the @OfflinePayments clearing "
-        f"{tail}"
+        "Payments run in OFFLINE MODE (PAYMENTS_OFFLINE is on and no STRIPE_SECRET_KEY is "
+        "set): nothing is charged to a card and portal top-ups are credited without payment. "
+        f"Finalized invoices are recorded as paid through the @OfflinePayments clearing {tail}"
     )
     for page in (url("changelist"), url("change", invoice.pk)):
         response = staff_client.get(page)
@@ -128,6 +130,18 @@ def test_with_a_stripe_key_there_is_no_offline_notice(staff_client, pro, setting
         response = staff_client.get(page)
         assert response.status_code == 200
         assert OFFLINE not in response.content.decode()
+        assert NO_PROVIDER not in response.content.decode()
+
+
+def test_without_a_provider_every_invoice_page_says_nothing_pays_itself(
+    staff_client, pro, settings
+):
+    settings.PAYMENTS_OFFLINE = False
+    invoice = drafted(pro)
+    for page in (url("changelist"), url("change", invoice.pk)):
+        content = staff_client.get(page).content.decode()
+        assert OFFLINE not in content
+        assert NO_PROVIDER in content and "Nothing pays itself" in content
 
 
 def test_the_list_shows_numbers_totals_and_filters_by_status(staff_client, pro):

@@ -520,6 +520,7 @@ def test_offline_mode_pays_a_finalized_invoice_once(settings):
     from invoicing import payments
 
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     invoice = finalize(close(subscribe(plan(base_fee="9"))))
     assert payments.offline_mode()
     first = payments.collect_payment(invoice_id=invoice.pk)
@@ -535,6 +536,7 @@ def test_after_finalization_stores_the_pdf_emails_it_and_collects_payment(settin
     settings.MEDIA_ROOT = tmp_path
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     invoice = finalize(close(subscribe(plan(base_fee="15"))))
     invoicing.after_finalization(invoice_id=invoice.pk)
     invoicing.after_finalization(invoice_id=invoice.pk)  # a redelivered task: nothing twice

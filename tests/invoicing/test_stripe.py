@@ -279,13 +279,15 @@ def test_a_failed_handler_keeps_the_event_for_the_retry_task(stripe_server):
     answer = post_event(stripe_server, event)
     assert answer["processed"] is False and answer["outcome"].startswith("failed")
     stored = StripeEvent.objects.get(event_id="evt_broken")
-    assert stored.attempts == 1
-    assert webhooks.process_pending() == 1
+    assert stored.attempts == 1 and stored.status == "pending"
+    assert webhooks.process_pending() == 0  # not yet: it waits before its next attempt
+    assert webhooks.process_pending(now=stored.next_attempt_at) == 1
     assert StripeEvent.objects.get(event_id="evt_broken").attempts == 2
 
 
 def test_offline_checkout_pays_at_once(settings):
     settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True  # the opt-in
     settings.OFFLINE_AUTO_PAY = False
     invoice = invoice_of("7")
     assert payments.collect(invoice_id=invoice.pk).status == "skipped"
