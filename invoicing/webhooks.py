@@ -75,6 +75,11 @@ class InvalidSignature(BillingError):
     http_status = 400
 
 
+class InvalidWebhookEvent(BillingError):
+    code = "invalid_webhook_event"
+    http_status = 400
+
+
 class NeedsReview(str):
     """A handler's outcome when what Stripe reports differs from what we asked for: booked
     as reported, and the event flagged for finance."""
@@ -86,11 +91,12 @@ class NotYet(Exception):
 
 def receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, bool]:
     """Verify, store and handle one webhook delivery: (stored event, whether it was new)."""
+    text = payload.decode("utf-8", errors="replace")
     try:
-        stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+        stripe.WebhookSignature.verify_header(text, signature, settings.STRIPE_WEBHOOK_SECRET)
     except (stripe.SignatureVerificationError, ValueError) as error:
         raise InvalidSignature(f"the Stripe signature does not verify: {error}") from None
-    data = json.loads(payload)
+    data = _event_body(text)
     try:
         with transaction.atomic():
             event = StripeEvent.objects.create(
@@ -104,6 +110,26 @@ def receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, bool]:
         process(event_id=event.pk, retry_failed=True)
         event.refresh_from_db()
     return event, created
+
+
+def _event_body(text: str) -> dict[str, Any]:
+    """The signed body as a Stripe event: an object with a non-empty text ``id``, a text
+    ``type`` and an object ``data.object``. Anything else is refused before it is stored (a
+    signed body that is not an event is a sender's bug, not something to retry)."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise InvalidWebhookEvent(f"the body is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidWebhookEvent(f"the body is a JSON {type(data).__name__}, not an event")
+    event_id, kind, inner = data.get("id"), data.get("type", ""), data.get("data")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 100:
+        raise InvalidWebhookEvent("the event has no id (a non-empty string)")
+    if not isinstance(kind, str) or len(kind) > 100:
+        raise InvalidWebhookEvent("the event's type is not a string of at most 100 characters")
+    if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
+        raise InvalidWebhookEvent("the event has no data.object")
+    return data
 
 
 def retry_delay(attempts: int) -> timedelta:
