@@ -571,8 +571,11 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
                 param=f"charges[{i}].margin_percent",
             )
     # Versions of one plan are allocated one at a time (the unique index backs this up).
+    # The two-int key space (namespace, key): the single bigint space is the usage locks'.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"billing.plan:{spec.code}"])
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [PLAN_VERSION_LOCK, spec.code]
+        )
     current = Plan.objects.filter(code=spec.code).order_by("-version").first()
     spec_hash = spec.canonical_hash()
     if current is not None and current.spec_hash == spec_hash:
@@ -722,19 +725,23 @@ def create_subscription(
     return subscription
 
 
-# pg_advisory_xact_lock(USAGE_LOCK, customer id): held by whatever rates a customer's usage
+# pg_advisory_xact_lock(customer id): held by whatever rates a customer's usage
 # (metering.rating) or changes what it is rated against (a plan change, a cancellation), so
 # that rating never prices an event against a subscription that is changing under it.
-USAGE_LOCK = 4242
+# The key is the customer's bigint id itself, in PostgreSQL's single-bigint key space (which
+# never overlaps the two-int space): every other advisory lock of the project uses the
+# two-int form (namespace, key), so nothing else can take a usage lock by accident. Never
+# cast the id to int: customer ids are bigints and pass 2^31.
+PLAN_VERSION_LOCK = 4243  # (namespace, hashtext(plan code)): publish_plan
 
 
 def lock_customer_usage(customer_ids: list[int]) -> None:
     """Take the usage locks of these customers, in id order, until the transaction ends."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, s.id) FROM "
-            "(SELECT unnest(%s::bigint[])::int AS id ORDER BY 1) AS s",
-            [USAGE_LOCK, sorted(set(customer_ids))],
+            "SELECT pg_advisory_xact_lock(s.id) FROM "
+            "(SELECT unnest(%s::bigint[]) AS id ORDER BY 1) AS s",
+            [sorted(set(customer_ids))],
         )
 
 
@@ -743,9 +750,9 @@ def lock_subscription_customer(subscription_id: int) -> int | None:
     return the customer's id; None if there is no such subscription."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT s.customer_id, pg_advisory_xact_lock(%s, s.customer_id::int) "
+            "SELECT s.customer_id, pg_advisory_xact_lock(s.customer_id) "
             "FROM billing_subscription s WHERE s.id = %s",
-            [USAGE_LOCK, subscription_id],
+            [subscription_id],
         )
         row = cursor.fetchone()
     return row[0] if row else None
