@@ -684,7 +684,11 @@ def create_subscription(
     with ``backdate`` (Stripe's backdated start), the first period, so that the periods since
     the start are invoiced by the next period close."""
     now = utc(now or timezone.now())
-    start = utc(start) if start else now
+    # Subscriptions start on whole seconds: usage timestamps are usually sent to the second
+    # (RFC 3339 without a fraction), and an event stamped in the second the subscription
+    # started must fall inside it, not be refused as timestamp_before_subscription. The
+    # anchor, the periods and a trial's end follow from the start, so they are whole too.
+    start = (utc(start) if start else now).replace(microsecond=0)
     if start > now + FUTURE_START_TOLERANCE:
         raise errors.ValidationFailed("start cannot lie in the future", param="start")
     if plan.currency != customer.currency:
