@@ -677,12 +677,17 @@ def create_subscription(
     start: datetime | None = None,
     trial_days: int | None = None,
     now: datetime | None = None,
-    backdate: bool = False,
 ) -> Subscription:
-    """Subscribe ``customer`` to ``plan``. ``start`` may lie in the past (customers migrating
-    in): the current period is then the one containing now, counted from the anchor — or,
-    with ``backdate`` (Stripe's backdated start), the first period, so that the periods since
-    the start are invoiced by the next period close."""
+    """Subscribe ``customer`` to ``plan`` from ``start`` (default now).
+
+    A start in the past back-dates the subscription, as Stripe's backdated start and Orb's
+    past start date do: its first period is the one that begins at the start (a trial
+    first, when it has one), and every period that has ended by now is invoiced by the
+    period close (beat's ``close_due_periods``, or ``manage.py close_periods``), one
+    period after the other. So every event the subscription accepts — whatever its
+    timestamp since the start — lands on the invoice of its period; nothing is rated into
+    a period no invoice will ever carry. A customer whose past periods were billed
+    elsewhere subscribes from now instead."""
     now = utc(now or timezone.now())
     # Subscriptions start on whole seconds: usage timestamps are usually sent to the second
     # (RFC 3339 without a fraction), and an event stamped in the second the subscription
@@ -700,13 +705,14 @@ def create_subscription(
     if trial_days < 0:
         raise errors.ValidationFailed("trial_days cannot be negative", param="trial_days")
     trial_ends_at = start + timedelta(days=trial_days) if trial_days else None
-    if trial_ends_at is not None and trial_ends_at > now:
-        status, anchor = SubscriptionStatus.TRIALING, trial_ends_at
-        period_start, period_end = start, trial_ends_at
+    if trial_ends_at is not None:
+        # The trial is the first period (closed, free, like any trial's); a trial that
+        # ended in the past is over, so the subscription is active, its trial period due.
+        status = SubscriptionStatus.TRIALING if trial_ends_at > now else SubscriptionStatus.ACTIVE
+        anchor, period_start, period_end = trial_ends_at, start, trial_ends_at
     else:
-        status, anchor = SubscriptionStatus.ACTIVE, trial_ends_at or start
-        moment = anchor if backdate else max(now, anchor)
-        period_start, period_end = period_containing(anchor, plan.interval, moment)
+        status, anchor = SubscriptionStatus.ACTIVE, start
+        period_start, period_end = period_containing(anchor, plan.interval, anchor)
     try:
         with transaction.atomic():
             subscription = Subscription.objects.create(

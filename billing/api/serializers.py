@@ -455,7 +455,10 @@ class SubscriptionCreateSerializer(serializers.Serializer):
         help_text="Defaults to the latest version.",
     )
     start = serializers.DateTimeField(
-        required=False, help_text="May lie in the past (customers migrating in)."
+        required=False,
+        help_text="Default now; whole seconds (a fraction is dropped). A start in the past "
+        "back-dates the subscription: its periods since the start are invoiced by the period "
+        "close, usage in them included.",
     )
     trial_days = serializers.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."
