@@ -783,6 +783,19 @@ def _locked_live_subscription(subscription_id: int) -> Subscription:
     return subscription
 
 
+def _ensure_period_current(subscription: Subscription, now: datetime) -> None:
+    """A change at period end means at the end of the period containing now. While the
+    close has not caught up (a back-dated subscription's first periods, or beat behind),
+    the current period is one that has ended: refuse rather than end or change the
+    subscription in the past; the close rolls it on within minutes."""
+    if subscription.current_period_end <= now:
+        raise errors.PeriodClosePending(
+            f"subscription {subscription.pk}'s period ended at "
+            f"{subscription.current_period_end.isoformat()} and is not closed yet; a change at "
+            "period end applies once the period close has caught up (within minutes)",
+        )
+
+
 def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
     """How the current period's base fee splits between the plan versions that applied in
     it: each phase's fee prorated by the time it covered. Trials cost nothing."""
@@ -831,6 +844,7 @@ def change_subscription(
             param="plan",
         )
     if at_period_end:
+        _ensure_period_current(subscription, now)
         subscription.scheduled_plan = plan
         subscription.save(update_fields=["scheduled_plan"])
         return subscription
@@ -850,6 +864,7 @@ def cancel_subscription(
     now = utc(now or timezone.now())
     subscription = _locked_live_subscription(subscription_id)
     if at_period_end:
+        _ensure_period_current(subscription, now)
         subscription.cancel_at_period_end = True
         subscription.save(update_fields=["cancel_at_period_end"])
         return subscription

@@ -63,3 +63,29 @@ def test_usage_in_a_back_dated_period_is_invoiced(api, metered):
     )
     assert first.lines.filter(kind="usage", amount=Decimal("1.50")).exists()
     assert_reconciled(Subscription.objects.get(pk=created.json()["id"]))
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [("cancel", {"at": "period_end"}), ("change", {"plan": "dearer", "at": "period_end"})],
+)
+def test_a_period_end_change_waits_for_the_close_to_catch_up(api, metered, make_plan, path, body):
+    """A back-dated subscription's current period is one that has ended until the close has
+    run: "at period end" would mean a period in the past. Refused until then, then applied
+    to the period that contains now."""
+    make_plan("dearer", charges=[ChargeSpec(meter="calls", unit_price=Decimal("0.75"))])
+    created = api.post(
+        "/api/v1/subscriptions", {"customer": "acme", "plan": "metered", "start": iso(START)}
+    ).json()
+    url = f"/api/v1/subscriptions/{created['id']}/{path}"
+    refused = api.post(url, body)
+    assert refused.status_code == 409, refused.json()
+    assert refused.json()["error"]["code"] == "period_close_pending"
+    subscription = Subscription.objects.get(pk=created["id"])
+    assert (subscription.cancel_at_period_end, subscription.scheduled_plan_id) == (False, None)
+
+    invoicing.close_due_periods()
+    accepted = api.post(url, body)
+    assert accepted.status_code == 200, accepted.json()
+    subscription.refresh_from_db()
+    assert subscription.current_period_end > timezone.now()
