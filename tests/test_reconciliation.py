@@ -175,3 +175,23 @@ def test_the_check_catches_usage_no_invoice_carries():
         current_period_start=at(2026, 5, 1), current_period_end=at(2026, 6, 1)
     )
     assert not reconcile(subscription).balanced()
+
+
+def test_a_back_dated_credits_subscription_reconciles_in_credits():
+    from billing.models import BillingMode
+
+    code = meter()
+    credits_plan = plan(ChargeSpec(meter=code), consumption_model="credits", units_per_credit=D(1))
+    customer = billing.create_customer(
+        external_id="bd-credits", name="Credits", billing_mode=BillingMode.PREPAID
+    )
+    subscription = billing.create_subscription(
+        customer=customer, plan=credits_plan, start=START, now=NOW
+    )
+    billing.ensure_wallet(customer=customer, currency="CREDITS")
+    billing.top_up(customer=customer, amount=D(100), currency="CREDITS", reference="pack")
+    for day in (at(2026, 4, 10), at(2026, 5, 10)):
+        assert use(subscription, 7, at_time=day, now=NOW).status == "accepted"
+    assert invoicing.close_due_periods(as_of=NOW) == 2
+    result = assert_reconciled(subscription)
+    assert result.invoiced == {"CREDITS": D(14)} and result.open == {}
