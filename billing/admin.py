@@ -1341,7 +1341,8 @@ class SubscriptionCreateForm(forms.Form):
     )
     start = forms.DateTimeField(
         required=False,
-        help_text="Empty = now. May lie in the past for a customer migrating in (UTC).",
+        help_text="Empty = now. A start in the past back-dates: every period since it is "
+        "invoiced by the period close (UTC).",
     )
     trial_days = forms.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Empty = the plan's trial."

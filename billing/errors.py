@@ -75,3 +75,12 @@ class CurrencyMismatch(BillingError):
 class CreditLimitBelowBalance(BillingError):
     code = "credit_limit_below_balance"
     http_status = 409
+
+
+class PeriodClosePending(BillingError):
+    """A change "at period end" asked while the subscription's current period has already
+    ended and the period close has not caught up yet (a back-dated subscription, or the
+    close behind): the period end would lie in the past."""
+
+    code = "period_close_pending"
+    http_status = 409

@@ -671,8 +671,11 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
                 param=f"charges[{i}].margin_percent",
             )
     # Versions of one plan are allocated one at a time (the unique index backs this up).
+    # The two-int key space (namespace, key): the single bigint space is the usage locks'.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"billing.plan:{spec.code}"])
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [PLAN_VERSION_LOCK, spec.code]
+        )
     current = Plan.objects.filter(code=spec.code).order_by("-version").first()
     spec_hash = spec.canonical_hash()
     if current is not None and current.spec_hash == spec_hash:
@@ -774,14 +777,23 @@ def create_subscription(
     start: datetime | None = None,
     trial_days: int | None = None,
     now: datetime | None = None,
-    backdate: bool = False,
 ) -> Subscription:
-    """Subscribe ``customer`` to ``plan``. ``start`` may lie in the past (customers migrating
-    in): the current period is then the one containing now, counted from the anchor — or,
-    with ``backdate`` (Stripe's backdated start), the first period, so that the periods since
-    the start are invoiced by the next period close."""
+    """Subscribe ``customer`` to ``plan`` from ``start`` (default now).
+
+    A start in the past back-dates the subscription, as Stripe's backdated start and Orb's
+    past start date do: its first period is the one that begins at the start (a trial
+    first, when it has one), and every period that has ended by now is invoiced by the
+    period close (beat's ``close_due_periods``, or ``manage.py close_periods``), one
+    period after the other. So every event the subscription accepts — whatever its
+    timestamp since the start — lands on the invoice of its period; nothing is rated into
+    a period no invoice will ever carry. A customer whose past periods were billed
+    elsewhere subscribes from now instead."""
     now = utc(now or timezone.now())
-    start = utc(start) if start else now
+    # Subscriptions start on whole seconds: usage timestamps are usually sent to the second
+    # (RFC 3339 without a fraction), and an event stamped in the second the subscription
+    # started must fall inside it, not be refused as timestamp_before_subscription. The
+    # anchor, the periods and a trial's end follow from the start, so they are whole too.
+    start = (utc(start) if start else now).replace(microsecond=0)
     if start > now + FUTURE_START_TOLERANCE:
         raise errors.ValidationFailed("start cannot lie in the future", param="start")
     if plan.currency != customer.currency:
@@ -793,13 +805,14 @@ def create_subscription(
     if trial_days < 0:
         raise errors.ValidationFailed("trial_days cannot be negative", param="trial_days")
     trial_ends_at = start + timedelta(days=trial_days) if trial_days else None
-    if trial_ends_at is not None and trial_ends_at > now:
-        status, anchor = SubscriptionStatus.TRIALING, trial_ends_at
-        period_start, period_end = start, trial_ends_at
+    if trial_ends_at is not None:
+        # The trial is the first period (closed, free, like any trial's); a trial that
+        # ended in the past is over, so the subscription is active, its trial period due.
+        status = SubscriptionStatus.TRIALING if trial_ends_at > now else SubscriptionStatus.ACTIVE
+        anchor, period_start, period_end = trial_ends_at, start, trial_ends_at
     else:
-        status, anchor = SubscriptionStatus.ACTIVE, trial_ends_at or start
-        moment = anchor if backdate else max(now, anchor)
-        period_start, period_end = period_containing(anchor, plan.interval, moment)
+        status, anchor = SubscriptionStatus.ACTIVE, start
+        period_start, period_end = period_containing(anchor, plan.interval, anchor)
     try:
         with transaction.atomic():
             subscription = Subscription.objects.create(
@@ -822,19 +835,23 @@ def create_subscription(
     return subscription
 
 
-# pg_advisory_xact_lock(USAGE_LOCK, customer id): held by whatever rates a customer's usage
+# pg_advisory_xact_lock(customer id): held by whatever rates a customer's usage
 # (metering.rating) or changes what it is rated against (a plan change, a cancellation), so
 # that rating never prices an event against a subscription that is changing under it.
-USAGE_LOCK = 4242
+# The key is the customer's bigint id itself, in PostgreSQL's single-bigint key space (which
+# never overlaps the two-int space): every other advisory lock of the project uses the
+# two-int form (namespace, key), so nothing else can take a usage lock by accident. Never
+# cast the id to int: customer ids are bigints and pass 2^31.
+PLAN_VERSION_LOCK = 4243  # (namespace, hashtext(plan code)): publish_plan
 
 
 def lock_customer_usage(customer_ids: list[int]) -> None:
     """Take the usage locks of these customers, in id order, until the transaction ends."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, s.id) FROM "
-            "(SELECT unnest(%s::bigint[])::int AS id ORDER BY 1) AS s",
-            [USAGE_LOCK, sorted(set(customer_ids))],
+            "SELECT pg_advisory_xact_lock(s.id) FROM "
+            "(SELECT unnest(%s::bigint[]) AS id ORDER BY 1) AS s",
+            [sorted(set(customer_ids))],
         )
 
 
@@ -843,9 +860,9 @@ def lock_subscription_customer(subscription_id: int) -> int | None:
     return the customer's id; None if there is no such subscription."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT s.customer_id, pg_advisory_xact_lock(%s, s.customer_id::int) "
+            "SELECT s.customer_id, pg_advisory_xact_lock(s.customer_id) "
             "FROM billing_subscription s WHERE s.id = %s",
-            [USAGE_LOCK, subscription_id],
+            [subscription_id],
         )
         row = cursor.fetchone()
     return row[0] if row else None
@@ -864,6 +881,19 @@ def _locked_live_subscription(subscription_id: int) -> Subscription:
     if subscription.status == SubscriptionStatus.CANCELED:
         raise errors.SubscriptionCanceled(f"subscription {subscription_id} is canceled")
     return subscription
+
+
+def _ensure_period_current(subscription: Subscription, now: datetime) -> None:
+    """A change at period end means at the end of the period containing now. While the
+    close has not caught up (a back-dated subscription's first periods, or beat behind),
+    the current period is one that has ended: refuse rather than end or change the
+    subscription in the past; the close rolls it on within minutes."""
+    if subscription.current_period_end <= now:
+        raise errors.PeriodClosePending(
+            f"subscription {subscription.pk}'s period ended at "
+            f"{subscription.current_period_end.isoformat()} and is not closed yet; a change at "
+            "period end applies once the period close has caught up (within minutes)",
+        )
 
 
 def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
@@ -914,6 +944,7 @@ def change_subscription(
             param="plan",
         )
     if at_period_end:
+        _ensure_period_current(subscription, now)
         subscription.scheduled_plan = plan
         subscription.save(update_fields=["scheduled_plan"])
         return subscription
@@ -933,6 +964,7 @@ def cancel_subscription(
     now = utc(now or timezone.now())
     subscription = _locked_live_subscription(subscription_id)
     if at_period_end:
+        _ensure_period_current(subscription, now)
         subscription.cancel_at_period_end = True
         subscription.save(update_fields=["cancel_at_period_end"])
         return subscription

@@ -169,7 +169,15 @@ def _roll(subscription: Subscription, now: datetime) -> None:
     end = subscription.current_period_end
     fields = ["current_period_start", "current_period_end"]
     if subscription.status == SubscriptionStatus.CANCELED:
-        return  # canceled now: nothing follows
+        # Canceled now: nothing follows its last period, the one containing the end. A
+        # subscription canceled while the close was behind (a back-dated one, or beat late)
+        # still has periods up to its end to invoice: roll on to the next of them.
+        if subscription.ended_at is not None and subscription.ended_at > end:
+            subscription.current_period_start, subscription.current_period_end = period_containing(
+                subscription.billing_anchor, subscription.plan.interval, end
+            )
+            subscription.save(update_fields=fields)
+        return
     if subscription.cancel_at_period_end:
         SubscriptionPhase.objects.filter(subscription=subscription, ends_at__isnull=True).update(
             ends_at=end
@@ -253,7 +261,12 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
         )
     _write_lines(invoice, draft.lines)
     _roll(subscription, as_of)
-    more_due = subscription.status in LIVE and subscription.current_period_end <= as_of
+    if subscription.status in LIVE:
+        more_due = subscription.current_period_end <= as_of
+    else:  # canceled: rolled on (above) while periods up to its end are left to invoice
+        more_due = subscription.current_period_start != period_start and _is_due(
+            subscription, as_of
+        )
     return CloseResult(invoice, created=True, more_due=more_due)
 
 

@@ -97,3 +97,11 @@ class HoldPartlySettled(MeteringError):
     code = "hold_partly_settled"
     http_status = 409
     error_type = "conflict_error"
+
+
+class TimestampAfterSubscription(MeteringError):
+    """Usage timestamped at or after the end of a subscription that ends at its period end
+    (canceled at period end): no period of the subscription would ever invoice it."""
+
+    code = "timestamp_after_subscription"
+    http_status = 422

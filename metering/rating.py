@@ -337,6 +337,7 @@ SUBSCRIPTION_FIELDS = (
     "current_period_end",
     "trial_ends_at",
     "invoiced_through",
+    "cancel_at_period_end",
 )
 
 
@@ -353,6 +354,7 @@ def load_customers(
             "SELECT c.id, c.external_id, c.name, c.currency, c.billing_mode, "
             "s.id, s.customer_id, s.plan_id, s.status, s.started_at, s.billing_anchor, "
             "s.current_period_start, s.current_period_end, s.trial_ends_at, s.invoiced_through, "
+            "s.cancel_at_period_end, "
             "(SELECT array_agg(ph.starts_at ORDER BY ph.starts_at, ph.id) "
             "   FROM billing_subscriptionphase ph WHERE ph.subscription_id = s.id), "
             "(SELECT array_agg(ph.plan_id ORDER BY ph.starts_at, ph.id) "
@@ -368,9 +370,9 @@ def load_customers(
             subscription = None
             if row[5] is not None:
                 subscription = Subscription(
-                    **dict(zip(SUBSCRIPTION_FIELDS, row[5:15], strict=True))
+                    **dict(zip(SUBSCRIPTION_FIELDS, row[5:16], strict=True))
                 )
-                subscription.phase_starts = list(zip(row[15] or [], row[16] or [], strict=True))
+                subscription.phase_starts = list(zip(row[16] or [], row[17] or [], strict=True))
             found[customer.external_id] = (customer, subscription)
         return found
 
@@ -387,6 +389,13 @@ def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
         raise errors.PeriodClosed(
             f"timestamp {at.isoformat()} lies in a period already invoiced (through "
             f"{subscription.invoiced_through.isoformat()}); send it with a current timestamp",
+            param="timestamp",
+        )
+    if subscription.cancel_at_period_end and at >= subscription.current_period_end:
+        # The subscription ends with this period: a later period is never closed.
+        raise errors.TimestampAfterSubscription(
+            f"timestamp {at.isoformat()} lies after the subscription's end "
+            f"{subscription.current_period_end.isoformat()} (canceled at period end)",
             param="timestamp",
         )
     if subscription.trial_ends_at is not None and at < subscription.trial_ends_at:

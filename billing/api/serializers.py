@@ -601,8 +601,9 @@ class SubscriptionCreateSerializer(StrictSerializer):
     )
     start = BoundedDateTime(
         required=False,
-        help_text="May lie in the past (customers migrating in), not before 2000-01-01, "
-        "not in the future.",
+        help_text="Default now; not before 2000-01-01, not in the future; whole seconds (a "
+        "fraction is dropped). A start in the past back-dates the subscription: its periods "
+        "since the start are invoiced by the period close, usage in them included.",
     )
     trial_days = serializers.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."

@@ -824,7 +824,10 @@ class UsageView(APIView):
         operation_id="customers_usage",
         tags=["usage"],
         summary="Usage and its worth per meter, from the counters",
-        description="Default: the current billing period, exactly. With `from` and `to`: "
+        description="Default: the current billing period, exactly (with no live "
+        "subscription: the last period of the latest one; a customer that never subscribed "
+        "must give `from`, else `400 parameter_missing`). An empty `from` or `to` is the "
+        "default. With `from` and `to`: "
         "whole UTC days, `from` inclusive and `to` exclusive (a time inside a day includes "
         "that day). "
         "`group_by` splits each meter by one of its dimensions (e.g. `model`). `models` "
@@ -838,30 +841,43 @@ class UsageView(APIView):
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
+        # An empty (or blank) from / to is the same as none: the default range.
+        raw_from = request.query_params.get("from", "").strip() or None
+        raw_to = request.query_params.get("to", "").strip() or None
+        start = _parse_moment(raw_from, "from") if raw_from else None
+        end = _parse_moment(raw_to, "to") if raw_to else None
+        # The default period: the live subscription's current one, else the last period of
+        # the customer's latest subscription (a canceled one's counters stay readable).
         subscription = (
             Subscription.objects.filter(customer=customer)
             .exclude(status=SubscriptionStatus.CANCELED)
             .first()
-        )
-        raw_from, raw_to = request.query_params.get("from"), request.query_params.get("to")
-        if raw_from is None and subscription is None:
+        ) or Subscription.objects.filter(customer=customer).order_by("-started_at", "-pk").first()
+        if start is None and subscription is None:
             raise APIError(
-                400, "parameter_missing", "no current period: give from and to", param="from"
+                400,
+                "parameter_missing",
+                f"customer {customer.external_id} has no subscription, so no current period: "
+                "give from (and to)",
+                param="from",
             )
-        start = _parse_moment(raw_from, "from") if raw_from else subscription.current_period_start
-        end = (
-            _parse_moment(raw_to, "to")
-            if raw_to
-            else (subscription.current_period_end if raw_from is None else timezone.now())
-        )
+        whole_period = start is None and end is None
+        if start is None:
+            start = subscription.current_period_start
+        if end is None:
+            end = subscription.current_period_end if raw_from is None else timezone.now()
         if end <= start:
-            raise APIError(400, "invalid_parameter", "to must be after from", param="to")
+            raise APIError(
+                400,
+                "invalid_parameter",
+                "to must be after from" if raw_to else "from must lie in the past",
+                param="to" if raw_to else "from",
+            )
         if end - start > timedelta(days=400):
             raise APIError(400, "invalid_parameter", "at most 400 days at a time", param="to")
         first_day = start.date()
         last_day = (end - timedelta(microseconds=1)).date()
         group_by = request.query_params.get("group_by")
-        whole_period = raw_from is None and raw_to is None
         if whole_period:
             # The current period exactly: its counters, whatever days it spans.
             scope = {"subscription": subscription, "period_start": start}

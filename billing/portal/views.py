@@ -16,7 +16,7 @@ import csv
 import hashlib
 import uuid
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from functools import wraps
 
 from django import forms
@@ -25,7 +25,7 @@ from django.contrib.auth import login, logout
 from django.contrib.auth.forms import SetPasswordForm
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied
-from django.db.models import Max, Sum
+from django.db.models import Max, Q, Sum
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -36,6 +36,7 @@ from billing import selectors
 from billing.errors import BillingError
 from billing.models import (
     AllocationKind,
+    ConsumptionModel,
     CreditAllocation,
     PortalMember,
     Subscription,
@@ -44,7 +45,7 @@ from billing.models import (
 from billing.portal import services
 from invoicing import payments, pdf
 from invoicing.models import Invoice, InvoiceStatus
-from invoicing.money import to_minor_unit
+from invoicing.money import minor_unit_exponent, to_minor_unit
 from invoicing.selectors import compute_invoice
 from ledger.models import Balance
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
@@ -277,57 +278,99 @@ def events_live(request):
     return _live(request, "portal/_events_live.html", _recent_events)
 
 
+ZERO = Decimal(0)
+CREDITS = "CREDITS"
+OTHER_USAGE = "Other usage"  # the by-model table's row for usage no LLM model carries
+
+
+def _usage_unit(plan) -> str:
+    """What the customer's usage is charged in: its credits on a credits plan (never shown
+    as the plan's money), else the plan's currency."""
+    return CREDITS if plan.consumption_model == ConsumptionModel.CREDITS else plan.currency
+
+
+def _split_to_minor_units(amounts: list[Decimal], total: Decimal, currency: str) -> list[Decimal]:
+    """``amounts`` (exact, adding up to ``total``) rounded to the currency's minor unit so
+    that they add up to ``total`` rounded (half-even, as everywhere): each floored, and the
+    units left over given one each to the largest remainders (the first on a tie)."""
+    quantum = Decimal(1).scaleb(-minor_unit_exponent(currency))
+    floors = [amount.quantize(quantum, rounding=ROUND_FLOOR) for amount in amounts]
+    left = int((to_minor_unit(total, currency) - sum(floors, Decimal(0))) / quantum)
+    by_remainder = sorted(range(len(amounts)), key=lambda i: (floors[i] - amounts[i], i))
+    for i in by_remainder[:left]:
+        floors[i] += quantum
+    return floors
+
+
 @portal_view
 def usage_data(request):
-    """Chart data: this period's charges by day, and tokens and charges by model."""
+    """Chart data: this period's charges by day, and tokens and charges by model, in the
+    unit the customer is charged in; the by-model rows (with an "other usage" row for usage
+    of meters no model carries) add up to ``total``, the period's usage charged."""
     from django.http import JsonResponse
 
     subscription = _live_subscription(request.customer)
     if subscription is None:
-        return JsonResponse({"days": [], "models": []})
-    start = subscription.current_period_start
+        currency = request.customer.currency
+        return JsonResponse(
+            {
+                "currency": currency,
+                "total": _money(ZERO, currency),
+                "totals": [],
+                "days": [],
+                "models": [],
+            }
+        )
+    start, unit = subscription.current_period_start, _usage_unit(subscription.plan)
     days = (
-        DailyUsage.objects.filter(subscription=subscription, period_start=start)
+        DailyUsage.objects.filter(subscription=subscription, period_start=start, currency=unit)
         .values("day")
         .annotate(amount=Sum("amount"), events=Sum("event_count"))
         .order_by("day")
     )
+    by_model = ModelUsage.objects.filter(
+        subscription=subscription, period_start=start, currency=unit
+    )
+    tokens = (
+        Sum("input_tokens")
+        + Sum("cache_read_tokens")
+        + Sum("cache_write_tokens")
+        + Sum("output_tokens")
+    )
     models = (
-        ModelUsage.objects.filter(subscription=subscription, period_start=start)
-        .values("model", "day")
-        .annotate(
-            amount=Sum("amount"),
-            tokens=Sum("input_tokens")
-            + Sum("cache_read_tokens")
-            + Sum("cache_write_tokens")
-            + Sum("output_tokens"),
-        )
+        by_model.values("model", "day")
+        .annotate(amount=Sum("amount"), tokens=tokens)
         .order_by("day", "model")
     )
-    totals = (
-        ModelUsage.objects.filter(subscription=subscription, period_start=start)
-        .values("model")
-        .annotate(
-            amount=Sum("amount"),
-            tokens=Sum("input_tokens")
-            + Sum("cache_read_tokens")
-            + Sum("cache_write_tokens")
-            + Sum("output_tokens"),
-        )
-        .order_by("-amount")
+    totals = list(
+        by_model.values("model")
+        .annotate(amount=Sum("amount"), tokens=tokens)
+        .order_by("-amount", "model")
     )
-    currency = subscription.plan.currency
+    # The period's usage as the ledger charged it: each event's charge is what its period
+    # counters' rounded totals moved, so the models' charges plus the rest add up to this.
+    total = (
+        PeriodUsage.objects.filter(
+            Q(currency=unit) | Q(currency=""), subscription=subscription, period_start=start
+        ).aggregate(total=Sum("charged"))["total"]
+        or ZERO
+    )
+    rows = [
+        {"model": t["model"], "tokens": f"{t['tokens']:,}", "amount": t["amount"]} for t in totals
+    ]
+    other = total - sum((t["amount"] for t in totals), ZERO)
+    if other:
+        rows.append({"model": OTHER_USAGE, "tokens": "—", "amount": other})
+    if unit in (CREDITS, "TOKENS"):  # shown exactly: the parts add up as they are
+        shown = [_money(row["amount"], unit) for row in rows]
+    else:
+        parts = _split_to_minor_units([row["amount"] for row in rows], total, unit)
+        shown = [f"{part:,} {unit}" for part in parts]
     return JsonResponse(
         {
-            "currency": currency,
-            "totals": [
-                {
-                    "model": t["model"],
-                    "tokens": f"{t['tokens']:,}",
-                    "amount": _money(t["amount"], currency),
-                }
-                for t in totals
-            ],
+            "currency": unit,
+            "total": _money(total, unit),
+            "totals": [{**row, "amount": text} for row, text in zip(rows, shown, strict=True)],
             # decimal strings: the chart library turns them into screen positions only
             "days": [
                 {"day": d["day"].isoformat(), "amount": str(d["amount"]), "events": d["events"]}

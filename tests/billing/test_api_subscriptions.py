@@ -81,18 +81,19 @@ def test_subscribe_now(api, clock, acme, basic):
     }
 
 
-def test_a_start_in_the_past_gives_the_period_containing_now(api, clock, acme, basic):
+def test_a_start_in_the_past_is_back_dated_from_its_first_period(api, clock, acme, basic):
     clock.now = at(2026, 3, 15, 12)
     body = subscribe(api, start="2026-01-31T00:00:00Z")
-    # Anchor Jan 31: periods Jan 31 – Feb 28 – Mar 31; Mar 15 lies in the second.
+    # Anchor Jan 31: periods Jan 31 – Feb 28 – Mar 31. The first is current: the close
+    # invoices it (and Feb 28 – Mar 31 once that ends), so usage since Jan 31 is invoiced.
     assert (body["status"], body["started_at"], body["billing_anchor"]) == (
         "active",
         "2026-01-31T00:00:00Z",
         "2026-01-31T00:00:00Z",
     )
     assert (body["current_period_start"], body["current_period_end"]) == (
+        "2026-01-31T00:00:00Z",
         "2026-02-28T00:00:00Z",
-        "2026-03-31T00:00:00Z",
     )
     assert body["phases"] == [phase("basic", at(2026, 1, 31))]
 
@@ -143,15 +144,16 @@ def test_the_plans_trial_applies_unless_overridden(api, clock, acme, make_plan, 
 def test_a_trial_that_ended_in_the_past_anchors_at_its_end(api, clock, acme, basic):
     clock.now = at(2026, 3, 15, 12)
     body = subscribe(api, start="2026-01-01T00:00:00Z", trial_days=14)
-    # Trial Jan 1 – Jan 15; periods anchored on the 15th: Mar 15 – Apr 15 contains now.
+    # Trial Jan 1 – Jan 15, over: active; periods anchored on the 15th. The trial is the
+    # first period (closed like any trial), then Jan 15 – Feb 15 … up to now.
     assert (body["status"], body["trial_ends_at"], body["billing_anchor"]) == (
         "active",
         "2026-01-15T00:00:00Z",
         "2026-01-15T00:00:00Z",
     )
     assert (body["current_period_start"], body["current_period_end"]) == (
-        "2026-03-15T00:00:00Z",
-        "2026-04-15T00:00:00Z",
+        "2026-01-01T00:00:00Z",
+        "2026-01-15T00:00:00Z",
     )
 
 
@@ -428,17 +430,17 @@ def test_change_with_thirds_rounds_half_even(db, acme, make_plan):
     ]
 
 
-def test_a_migrated_subscription_prorates_within_the_current_period(db, acme, basic, pro):
+def test_a_back_dated_subscription_prorates_within_its_current_period(db, acme, basic, pro):
     subscription = services.create_subscription(
-        customer=acme, plan=basic, start=at(2026, 1, 31), now=at(2026, 3, 10)
+        customer=acme, plan=basic, start=at(2026, 1, 31), now=at(2026, 2, 10)
     )
-    # Current period Feb 28 – Mar 31 (31 days); change on Mar 3 after 3 days.
-    services.change_subscription(subscription_id=subscription.pk, plan=pro, now=at(2026, 3, 3))
+    # Current period Jan 31 – Feb 28 (28 days); change on Feb 3 after 3 days.
+    services.change_subscription(subscription_id=subscription.pk, plan=pro, now=at(2026, 2, 3))
     lines = services.base_fee_proration(subscription=Subscription.objects.get())
-    # 30 × 3/31 = 2.903225806451|6… → …452; 90 × 28/31 = 81.290322580645|16… → …645
+    # 30 × 3/28 = 3.214285714285|714… → …286; 90 × 25/28 = 80.357142857142|857… → …143
     assert [(line.plan.code, line.starts_at, line.ends_at, line.amount) for line in lines] == [
-        ("basic", at(2026, 2, 28), at(2026, 3, 3), Decimal("2.903225806452")),
-        ("pro", at(2026, 3, 3), at(2026, 3, 31), Decimal("81.290322580645")),
+        ("basic", at(2026, 1, 31), at(2026, 2, 3), Decimal("3.214285714286")),
+        ("pro", at(2026, 2, 3), at(2026, 2, 28), Decimal("80.357142857143")),
     ]
 
 

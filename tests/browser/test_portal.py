@@ -218,8 +218,11 @@ def test_usage_charts_and_csv_export(page, server_url, screenshot, model_prices)
             "(s) => Chart.getChart(document.querySelector(s)).data.datasets.length", chart
         )
         assert drawn > 0, chart
-    expect(page.locator("#models-table tbody tr")).to_have_count(1)
-    expect(page.locator("#models-table tbody")).to_contain_text("gpt-4o")
+    # gpt-4o's call (2 × 0.25), then the calls no model carries (4 beyond the included)
+    expect(page.locator("#models-table tbody tr")).to_have_count(2)
+    expect(page.locator("#models-table tbody tr").first).to_contain_text("gpt-4o")
+    expect(page.locator("#models-table tbody tr").last).to_contain_text("Other usage")
+    expect(page.locator("#usage-total")).to_have_text("1.50 USD")
     screenshot(page, "portal-usage-desktop")
 
     with page.expect_download() as download:

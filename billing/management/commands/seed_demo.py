@@ -74,8 +74,7 @@ class Command(BaseCommand):
                     customer=customer,
                     plan=services.latest_plan(code=plan_code),
                     trial_days=0,
-                    start=started,
-                    backdate=True,  # the first period is invoiced by the next close
+                    start=started,  # back-dated: the first period is invoiced by the next close
                 )
             if top_up:
                 services.top_up(

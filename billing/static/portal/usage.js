@@ -38,10 +38,22 @@
       byModel[m.model] = byModel[m.model] || {};
       byModel[m.model][m.day] = Number(m.amount);
     });
+    // The total the rows below add up to (the server splits the rounding between them).
+    document.getElementById("usage-total").textContent = data.total;
+    document.getElementById("models-table-total").textContent = data.total;
     const models = document.getElementById("chart-models");
-    if (!data.totals.length) {
+    const body = document.querySelector("#models-table tbody");
+    body.innerHTML = "";
+    data.totals.forEach((t) => {
+      const row = body.insertRow();
+      [t.model, t.tokens, t.amount].forEach((text, i) => {
+        const cell = row.insertCell();
+        cell.textContent = text;
+        if (i) cell.className = "num";
+      });
+    });
+    if (!data.models.length) {
       models.innerHTML = '<p class="muted">No LLM usage this period yet.</p>';
-      document.querySelector("#models-table tbody").innerHTML = "";
       return;
     }
     charts.push(new Chart(canvasIn(models), {
@@ -54,16 +66,6 @@
                   y: { stacked: true, title: { display: true, text: data.currency } } },
         plugins: { tooltip: money } },
     }));
-    const body = document.querySelector("#models-table tbody");
-    body.innerHTML = "";
-    data.totals.forEach((t) => {
-      const row = body.insertRow();
-      [t.model, t.tokens, t.amount].forEach((text, i) => {
-        const cell = row.insertCell();
-        cell.textContent = text;
-        if (i) cell.className = "num";
-      });
-    });
   }
 
   async function refresh() {
