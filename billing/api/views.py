@@ -376,7 +376,7 @@ class SubscriptionCreateView(APIView):
         parameters=[idempotency_parameter()],
         examples=[
             OpenApiExample(
-                "Migrating customer",
+                "Back-dated (every period since the start is invoiced)",
                 request_only=True,
                 value={
                     "customer": "acme-42",
