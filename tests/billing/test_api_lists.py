@@ -417,11 +417,18 @@ def test_the_same_credit_limit_again_writes_nothing(api, postpaid):
     assert Balance.objects.get(pk=balance.pk).version == balance.version
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "1000000000000000000", "0.0000000000001"])
-def test_an_invalid_credit_limit_is_refused(api, postpaid, value):
-    assert_error(
-        patch(api, "acme", {"credit_limit": value}), 400, "invalid_parameter", param="credit_limit"
-    )
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ("-1", "invalid_parameter"),
+        ("abc", "invalid_parameter"),
+        ("0.0000000000001", "invalid_parameter"),
+        ("1000000000000001", "amount_too_large"),  # above the API's maximum amount, 10^15
+        ("1000000000000000000", "amount_too_large"),
+    ],
+)
+def test_an_invalid_credit_limit_is_refused(api, postpaid, value, code):
+    assert_error(patch(api, "acme", {"credit_limit": value}), 400, code, param="credit_limit")
     assert wallet_state(postpaid) == (D(5), D(5), D(-5))
 
 
