@@ -45,6 +45,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.portal import ratelimit, services
+from billing.spreadsheet import safe_cell
 from invoicing import payments, pdf
 from invoicing.models import Invoice, InvoiceStatus
 from invoicing.money import to_minor_unit
@@ -413,18 +414,19 @@ def usage_csv(request):
             yield writer.writerow(
                 [
                     e.timestamp.isoformat(),
-                    e.idempotency_key,
-                    e.event_name,
-                    e.provider,
-                    e.model,
+                    # text a client sent: never run as a formula by a spreadsheet
+                    safe_cell(e.idempotency_key),
+                    safe_cell(e.event_name),
+                    safe_cell(e.provider),
+                    safe_cell(e.model),
                     e.input_tokens,
                     e.cache_read_tokens,
                     e.cache_write_tokens,
                     e.output_tokens,
                     e.reasoning_tokens,
-                    f"{e.amount:f}",
-                    e.currency,
-                    e.ledger_transaction.reference if e.ledger_transaction_id else "",
+                    f"{e.amount:f}",  # a number: a leading minus stays a minus
+                    safe_cell(e.currency),
+                    safe_cell(e.ledger_transaction.reference if e.ledger_transaction_id else ""),
                 ]
             )
 
