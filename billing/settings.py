@@ -83,6 +83,8 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
     devservices.development_secret_key() if DEBUG else required("DJANGO_SECRET_KEY")
 )
 ALLOWED_HOSTS = [h.strip() for h in required("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set: it names no host")
 CSRF_TRUSTED_ORIGINS = [
     o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
 ]
