@@ -12,6 +12,7 @@ and no ``DATABASE_URL`` / ``REDIS_URL``, real embedded servers are started under
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from decimal import Decimal
@@ -178,11 +179,14 @@ USE_I18N = True
 USE_TZ = True  # aware UTC timestamps everywhere
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / ".data" / "static"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / ".data" / "static"))
 # WhiteNoise serves the apps' static folders directly (found at start-up), and STATIC_ROOT
-# when `manage.py collectstatic` has filled it.
+# when `manage.py collectstatic` has filled it (optional). The folder is made if it can be,
+# so that WhiteNoise does not warn about a missing one.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / ".data" / "media"))
 
 # A batch of 1,000 events with typical LLM usage objects is 0.5–2 MB; larger bodies are
