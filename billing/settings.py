@@ -157,6 +157,9 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "billing",
+        # A Redis that does not answer must not hold a request for minutes: its users (the
+        # sign-in link limits) fail open after this long.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
 

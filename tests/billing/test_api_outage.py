@@ -127,3 +127,23 @@ def test_pages_outside_the_api_keep_their_html_errors(settings):
     settings.DEBUG = False
     assert Client().get("/portal/no-such-page").status_code == 404
     assert not Client().get("/portal/no-such-page")["Content-Type"].startswith("application/json")
+
+
+def test_a_redis_that_does_not_answer_holds_a_request_for_at_most_a_second(
+    settings, monkeypatch, make_key
+):
+    import time
+
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        settings.REDIS_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        monkeypatch.setattr(authentication, "_redis_client", None)
+        monkeypatch.setattr(authentication, "_redis_down_until", 0.0)
+        client = make_client(make_key()[1])
+        started = time.monotonic()
+        assert client.get("/api/v1/meters").status_code == 200
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        assert client.get("/api/v1/meters").status_code == 200  # not tried again for a while
+        assert time.monotonic() - started < 0.3
