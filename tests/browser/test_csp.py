@@ -9,8 +9,17 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tests.billing import test_portal as portal_tests
+from tests.browser.conftest import _new_page
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def page(browser, request):
+    """A desktop page that keeps the Content-Security-Policy (the shared fixture bypasses it
+    for the other tests' probes)."""
+    viewport = {"width": 1280, "height": 900}
+    yield from _new_page(browser, request, viewport=viewport, bypass_csp=False)
 
 
 class Watch:
@@ -63,6 +72,8 @@ def test_the_api_docs_render_offline_under_the_policy(page, server_url):
     page.wait_for_selector("h1")
     assert "AI Billing API" in page.inner_text("h1")
     assert watch.violations() == [], watch.problems
+    # the policy is in force on this page (the one request it blocks, by design)
+    assert any(REDOC_LOGO in p and "Content Security Policy" in p for p in watch.problems)
 
 
 @pytest.mark.django_db(transaction=True)
