@@ -188,6 +188,37 @@ def stop_redis() -> bool:
     return True
 
 
+# --- development defaults ------------------------------------------------------------------
+
+# What a development command (``make run``, ``make test``, the benchmarks, pytest) sets when
+# the environment does not: DEBUG on, and the addresses a production deployment must give
+# (the settings refuse to load without them when DEBUG is off, as a benchmark's server runs).
+DEVELOPMENT_ENVIRONMENT = {
+    "DJANGO_DEBUG": "1",
+    "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
+    "PORTAL_BASE_URL": "http://127.0.0.1:8000",
+}
+
+
+def use_development_environment() -> None:
+    """Fill in the development defaults (variables already set are kept)."""
+    for name, value in DEVELOPMENT_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def development_secret_key() -> str:
+    """A random secret key made once per data folder, for DEBUG only: never a key that is
+    written in the source (anyone could forge sessions and sign-in links with it)."""
+    import secrets
+
+    path = data_dir() / "secret_key"
+    with _file_lock("secret_key"):
+        if not path.exists() or not path.read_text().strip():
+            path.write_text(secrets.token_urlsafe(50))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
 # --- what the settings module calls ------------------------------------------------------
 
 
@@ -202,7 +233,9 @@ def redis_url() -> str:
 @contextlib.contextmanager
 def services_for_command():
     """Provide DATABASE_URL/REDIS_URL in os.environ for a child command; on exit, stop the
-    embedded servers that this call started (ones already running are left running)."""
+    embedded servers that this call started (ones already running are left running).
+    A development command: the development defaults are filled in too."""
+    use_development_environment()
     started_pg = not os.environ.get("DATABASE_URL") and not postgres_running()
     started_redis = not os.environ.get("REDIS_URL") and not redis_running()
     os.environ["DATABASE_URL"] = database_url()

@@ -1,12 +1,18 @@
 """One settings module, read from the environment.
 
 Every value that differs between a laptop, CI and production comes from an environment
-variable. With no ``DATABASE_URL`` / ``REDIS_URL``, real embedded servers are started under
-``.data/`` (see ``billing.devservices``) — never SQLite, never a fake Redis.
+variable. Production is the default: ``DEBUG`` is off unless ``DJANGO_DEBUG`` turns it on,
+which only the development commands do (``make run``, ``make test`` and the benchmarks
+through ``billing.devservices``, and pytest through ``billing.testing``). With ``DEBUG``
+off, ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS``, ``PORTAL_BASE_URL``, ``DATABASE_URL``
+and ``REDIS_URL`` must be set: the settings refuse to load without them. With ``DEBUG`` on
+and no ``DATABASE_URL`` / ``REDIS_URL``, real embedded servers are started under ``.data/``
+(see ``billing.devservices``) — never SQLite, never a fake Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from decimal import Decimal
@@ -14,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 from billing import devservices
 
@@ -55,11 +62,30 @@ def database_from_url(url: str) -> dict:
     }
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or ("dev-only-insecure-key" if DEBUG else None)
-if not SECRET_KEY:
-    raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+def required(name: str, development_default: str | None = None) -> str:
+    """An environment variable production must set. With DEBUG on (development only), a
+    missing one takes ``development_default``; with DEBUG off the settings refuse to load."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if DEBUG and development_default is not None:
+        return development_default
+    raise ImproperlyConfigured(
+        f"{name} must be set: DEBUG is off (production). For development set DJANGO_DEBUG=1, "
+        "or use `make run` / `make test`."
+    )
+
+
+# Off unless a development command (or the environment) turns it on: a production process
+# started without configuration must not serve tracebacks or use development defaults.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Development: a random key made once per checkout (.data/secret_key), never a known one.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
+    devservices.development_secret_key() if DEBUG else required("DJANGO_SECRET_KEY")
+)
+ALLOWED_HOSTS = [h.strip() for h in required("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set: it names no host")
 CSRF_TRUSTED_ORIGINS = [
     o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
 ]
@@ -74,6 +100,8 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc served from here, not from a CDN
+    "axes",  # sign-in lockouts (admin and portal)
     "django_celery_beat",
     "ledger",
     "billing",
@@ -83,12 +111,19 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (portal, admin, API docs) served by the application itself, in
+    # production too: no separate web server or collectstatic step is needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Every error under /api/ in the API's JSON error body (404, 405, 500, DEBUG or not).
+    "billing.middleware.APIErrorMiddleware",
+    "billing.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "billing.urls"
@@ -110,17 +145,29 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": database_from_url(devservices.database_url())}
+# Embedded servers are for development only: with DEBUG off both URLs are required.
+DATABASES = {
+    "default": database_from_url(devservices.database_url() if DEBUG else required("DATABASE_URL"))
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-REDIS_URL = devservices.redis_url()
+REDIS_URL = devservices.redis_url() if DEBUG else required("REDIS_URL")
 
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "billing",
+        # A Redis that does not answer must not hold a request for minutes: its users (the
+        # sign-in link limits) fail open after this long.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
+
+# django-axes first: a locked-out username or address is refused before any password check.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -135,7 +182,14 @@ USE_I18N = True
 USE_TZ = True  # aware UTC timestamps everywhere
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / ".data" / "static"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / ".data" / "static"))
+# WhiteNoise serves the apps' static folders directly (found at start-up), and STATIC_ROOT
+# when `manage.py collectstatic` has filled it (optional). The folder is made if it can be,
+# so that WhiteNoise does not warn about a missing one.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / ".data" / "media"))
 
 # A batch of 1,000 events with typical LLM usage objects is 0.5–2 MB; larger bodies are
@@ -167,6 +221,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "ENUM_NAME_OVERRIDES": {},
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: the docs work
+    # offline, pinned to the installed version, under the Content-Security-Policy.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery (cookiecutter-django pattern: billing/celery.py reads CELERY_* from here) ----
@@ -256,7 +315,8 @@ BILLING_COMPANY = {
 
 # --- The customer portal ---------------------------------------------------------------
 LOGIN_URL = "portal:login"
-PORTAL_BASE_URL = os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8000")  # in e-mailed links
+# The portal's public address, in e-mailed links: required in production.
+PORTAL_BASE_URL = required("PORTAL_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 PORTAL_LINK_MAX_AGE = int(os.environ.get("PORTAL_LINK_MAX_AGE", "900"))  # sign-in links, seconds
 # Production: cookies only over HTTPS, HSTS, no sniffing (`manage.py check --deploy` clean).
 SESSION_COOKIE_HTTPONLY = True
@@ -272,6 +332,43 @@ if not DEBUG:
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"
+
+# Behind a reverse proxy, the number of proxies in front of the application: the client's
+# address is then read from X-Forwarded-For, that many hops from the right (sign-in limits
+# count by it). 0: REMOTE_ADDR, the direct peer.
+TRUSTED_PROXY_COUNT = int(os.environ.get("DJANGO_TRUSTED_PROXY_COUNT", "0"))
+
+# Content-Security-Policy on every response (billing.middleware): only this origin's
+# scripts, styles, images and fonts; no inline script anywhere. The API docs pages (Swagger
+# UI, Redoc) set styles inline and Redoc searches in a blob: worker, so those two paths get
+# CONTENT_SECURITY_POLICY_API_DOCS. Form posts may go on to Stripe Checkout (a redirect).
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "DJANGO_CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "frame-ancestors 'none'; form-action 'self' https://checkout.stripe.com",
+)
+CONTENT_SECURITY_POLICY_API_DOCS = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)
+
+# --- Sign-in limits ------------------------------------------------------------------------
+# Passwords (admin and portal), django-axes: after AXES_FAILURE_LIMIT wrong passwords for
+# one username, or from one client address, that username / address is refused (429) for
+# the cool-off time; a success resets the username's count.
+AXES_FAILURE_LIMIT = int(os.environ.get("SIGN_IN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("SIGN_IN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "billing.middleware.sign_in_username"
+AXES_CLIENT_IP_CALLABLE = "billing.middleware.client_ip"
+AXES_LOCKOUT_TEMPLATE = "account_locked.html"
+AXES_VERBOSE = False
+# E-mailed sign-in links: per address and per client address, in a sliding hour.
+PORTAL_LINKS_PER_EMAIL_PER_HOUR = int(os.environ.get("PORTAL_LINKS_PER_EMAIL_PER_HOUR", "5"))
+PORTAL_LINKS_PER_CLIENT_PER_HOUR = int(os.environ.get("PORTAL_LINKS_PER_CLIENT_PER_HOUR", "20"))
 
 # --- Invoicing ---------------------------------------------------------------------------
 # Late usage amends a closed period's draft invoice until the grace period has passed;

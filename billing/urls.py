@@ -1,6 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 admin.site.site_header = "AI Billing — finance"
 admin.site.site_title = "AI Billing"
@@ -11,25 +15,27 @@ urlpatterns = [
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves Swagger UI's start script as a file of its own (no inline
+    # script: the Content-Security-Policy allows none); its assets come from
+    # drf-spectacular-sidecar's static files, never from a CDN.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
 
 def handler404(request, exception=None):
     """Unknown routes under /api/ answer in the API's error format, not HTML."""
-    from django.http import JsonResponse
     from django.views.defaults import page_not_found
 
-    if request.path.startswith("/api/"):
-        return JsonResponse(
-            {
-                "error": {
-                    "type": "not_found_error",
-                    "code": "not_found",
-                    "message": f"no route {request.path}",
-                    "param": None,
-                }
-            },
-            status=404,
-        )
-    return page_not_found(request, exception)
+    from billing.middleware import json_error_for_api
+
+    return json_error_for_api(request, 404) or page_not_found(request, exception)
+
+
+def handler500(request):
+    """A crash under /api/ answers in the API's error format (logged by Django), not HTML."""
+    from django.views.defaults import server_error
+
+    from billing.middleware import json_error_for_api
+
+    return json_error_for_api(request, 500) or server_error(request)

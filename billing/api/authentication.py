@@ -1,7 +1,16 @@
-"""Bearer API keys, scopes and per-key rate limits."""
+"""Bearer API keys, scopes and per-key rate limits.
+
+Redis outage: the rate limit is the only thing on the API's request path that uses Redis
+(keys, idempotency records and everything else are in PostgreSQL). When Redis cannot be
+reached the limit fails open: requests are let through, and a warning is logged (at most
+one every ``REDIS_RETRY_AFTER`` seconds, the time Redis is left alone before it is tried
+again), so ingestion goes on while the database is up.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from datetime import timedelta
 
@@ -18,6 +27,9 @@ from billing.models import APIKey
 from billing.services import hash_secret
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # one write a minute per key, not per request
+REDIS_TIMEOUT = 0.5  # seconds to connect or answer: a slow Redis must not hold requests
+REDIS_RETRY_AFTER = 5.0  # seconds without trying Redis after it failed
+log = logging.getLogger(__name__)
 
 
 class APIKeyUser:
@@ -112,25 +124,55 @@ def _redis() -> redis.Redis:
     global _redis_client
     if _redis_client is None:
         _redis_client = redis.Redis(
-            connection_pool=redis.ConnectionPool.from_url(settings.REDIS_URL)
+            connection_pool=redis.ConnectionPool.from_url(
+                settings.REDIS_URL,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+            )
         )
     return _redis_client
 
 
+_redis_down_until = 0.0  # monotonic time before which Redis is not tried again
+_redis_down_lock = threading.Lock()
+
+
+def _count_request(counter: str) -> int | None:
+    """This window's count for the key, or None when Redis cannot be reached (fail open)."""
+    global _redis_down_until
+    if time.monotonic() < _redis_down_until:
+        return None
+    try:
+        pipe = _redis().pipeline()
+        pipe.incr(counter)
+        pipe.expire(counter, 120)
+        count, _ = pipe.execute()
+    except (redis.RedisError, OSError) as error:
+        with _redis_down_lock:
+            first = time.monotonic() >= _redis_down_until
+            _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER
+        if first:
+            log.warning(
+                "API rate limit not enforced: Redis is unreachable (%s); requests are let "
+                "through, Redis is tried again in %.0f s",
+                error,
+                REDIS_RETRY_AFTER,
+            )
+        return None
+    return count
+
+
 class APIKeyRateThrottle(BaseThrottle):
-    """A fixed one-minute window per key, counted in Redis (shared by every web worker)."""
+    """A fixed one-minute window per key, counted in Redis (shared by every web worker).
+    Fails open when Redis is down (see the module's docstring)."""
 
     def allow_request(self, request, view) -> bool:
         key = request.auth
         if not isinstance(key, APIKey):
             return True
         window = int(time.time() // 60)
-        counter = f"billing:ratelimit:{key.secret_hash[:24]}:{window}"
-        pipe = _redis().pipeline()
-        pipe.incr(counter)
-        pipe.expire(counter, 120)
-        count, _ = pipe.execute()
-        if count > key.rate_limit_per_minute:
+        count = _count_request(f"billing:ratelimit:{key.secret_hash[:24]}:{window}")
+        if count is not None and count > key.rate_limit_per_minute:
             self._wait = 60 - int(time.time()) % 60  # whole seconds to the next window
             return False
         return True

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import uuid
 from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 from functools import wraps
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.forms import SetPasswordForm
@@ -34,6 +36,7 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors
 from billing.errors import BillingError
+from billing.middleware import client_ip
 from billing.models import (
     AllocationKind,
     ConsumptionModel,
@@ -42,7 +45,8 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing.portal import services
+from billing.portal import ratelimit, services
+from billing.spreadsheet import safe_cell
 from invoicing import payments, pdf
 from invoicing.models import Invoice, InvoiceStatus
 from invoicing.money import minor_unit_exponent, to_minor_unit
@@ -51,6 +55,7 @@ from ledger.models import Balance
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 
 RECENT_EVENTS = 25
+log = logging.getLogger(__name__)
 
 
 def portal_view(view):
@@ -85,10 +90,33 @@ class LinkRequestForm(forms.Form):
 
 
 def link_request(request):
+    """E-mail a sign-in link. The answer is the same page and status whether the address
+    belongs to an account or not, and whether the e-mail could be sent or not (a failure
+    is logged). Requests are limited per address and per client (429 past the limit,
+    counted the same for known and unknown addresses)."""
     form = LinkRequestForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        services.send_sign_in_link(email=form.cleaned_data["email"])
-        return render(request, "portal/link_sent.html", {"email": form.cleaned_data["email"]})
+        email = form.cleaned_data["email"].strip().lower()
+        within_limits = [
+            ratelimit.hit(
+                scope="portal-link-email",
+                value=email,
+                limit=settings.PORTAL_LINKS_PER_EMAIL_PER_HOUR,
+            ),
+            ratelimit.hit(
+                scope="portal-link-client",
+                value=client_ip(request) or "",
+                limit=settings.PORTAL_LINKS_PER_CLIENT_PER_HOUR,
+            ),
+        ]
+        if not all(within_limits):
+            context = {"form": form, "limited": True}
+            return render(request, "portal/link_request.html", context, status=429)
+        try:
+            services.send_sign_in_link(email=email)
+        except Exception:  # noqa: BLE001 - the answer must not tell; the failure is logged
+            log.exception("the sign-in link e-mail could not be sent")
+        return render(request, "portal/link_sent.html", {"email": email})
     return render(request, "portal/link_request.html", {"form": form})
 
 
@@ -429,18 +457,19 @@ def usage_csv(request):
             yield writer.writerow(
                 [
                     e.timestamp.isoformat(),
-                    e.idempotency_key,
-                    e.event_name,
-                    e.provider,
-                    e.model,
+                    # text a client sent: never run as a formula by a spreadsheet
+                    safe_cell(e.idempotency_key),
+                    safe_cell(e.event_name),
+                    safe_cell(e.provider),
+                    safe_cell(e.model),
                     e.input_tokens,
                     e.cache_read_tokens,
                     e.cache_write_tokens,
                     e.output_tokens,
                     e.reasoning_tokens,
-                    f"{e.amount:f}",
-                    e.currency,
-                    e.ledger_transaction.reference if e.ledger_transaction_id else "",
+                    f"{e.amount:f}",  # a number: a leading minus stays a minus
+                    safe_cell(e.currency),
+                    safe_cell(e.ledger_transaction.reference if e.ledger_transaction_id else ""),
                 ]
             )
 

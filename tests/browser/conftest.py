@@ -56,6 +56,10 @@ def browser() -> Iterator:
 
 
 def _new_page(browser, request, **context_options) -> Iterator:
+    # The tests' own probes (wait_for_function with a string, add_script_tag) are inline
+    # script the Content-Security-Policy refuses: bypassed here. test_csp.py checks the
+    # pages under the policy, with bypass_csp=False.
+    context_options.setdefault("bypass_csp", True)
     context = browser.new_context(**context_options)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
