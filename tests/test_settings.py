@@ -56,6 +56,9 @@ def production_env() -> dict[str, str]:
         "PORTAL_BASE_URL": "https://billing.example.com",
         "DATABASE_URL": os.environ.get("DATABASE_URL") or database_url(),
         "REDIS_URL": test_settings.REDIS_URL,
+        # A payment provider: without one check --deploy warns (invoicing.W002, W003).
+        "STRIPE_SECRET_KEY": "sk_live_placeholder",
+        "STRIPE_WEBHOOK_SECRET": "whsec_placeholder",
     }
 
 
@@ -154,3 +157,18 @@ def test_check_deploy_is_clean_with_the_production_settings(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_warns_without_a_payment_provider_and_with_offline_payments(tmp_path):
+    env = production_env()
+    del env["STRIPE_SECRET_KEY"], env["STRIPE_WEBHOOK_SECRET"]
+    result = run([sys.executable, "manage.py", "check", "--deploy"], env, tmp_path)
+    output = result.stdout + result.stderr
+    assert "invoicing.W002" in output and "invoicing.W003" in output, output
+    assert "invoicing.W001" not in output, output
+    result = run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        {**env, "PAYMENTS_OFFLINE": "1"},
+        tmp_path,
+    )
+    assert "invoicing.W001" in result.stdout + result.stderr
