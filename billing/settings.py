@@ -270,6 +270,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.finalize_due_invoices",
         "schedule": crontab(minute="2-59/5"),
     },
+    # Finalized invoices whose follow-up task was lost (the broker down at the commit).
+    "invoicing-follow-up-finalized-invoices": {
+        "task": "invoicing.tasks.follow_up_finalized_invoices",
+        "schedule": crontab(minute="4-59/10"),
+    },
     "invoicing-retry-payments": {
         "task": "invoicing.tasks.retry_due_payments",
         "schedule": crontab(minute=31),  # hourly

@@ -426,7 +426,9 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
         Q(invoiced_through__isnull=True) | Q(invoiced_through__lt=invoice.period_end)
     ).update(invoiced_through=invoice.period_end)
     invoice.replayed = False
-    transaction.on_commit(lambda: _after_finalize(invoice.pk))
+    # robust: a broker that is down must not turn a committed finalization into an error
+    # (the admin's 500); the invoice is kept, and the sweep below queues its follow-up.
+    transaction.on_commit(lambda: _after_finalize(invoice.pk), robust=True)
     return invoice
 
 
@@ -434,6 +436,23 @@ def _after_finalize(invoice_id: int) -> None:
     from invoicing import tasks  # tasks import services
 
     tasks.invoice_finalized.delay(invoice_id)
+
+
+# A finalized invoice whose follow-up has not run this long after finalization (no PDF
+# stored: the follow-up always stores one) lost its task — the broker was down when the
+# finalization committed, or the message was lost — and is queued again by the sweep.
+FOLLOW_UP_GRACE = timedelta(minutes=10)
+
+
+def invoices_without_follow_up(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Finalized invoices (not void) whose after-finalization never ran: no PDF stored
+    ``FOLLOW_UP_GRACE`` after their finalization, oldest first."""
+    return list(
+        Invoice.objects.exclude(status__in=[InvoiceStatus.DRAFT, InvoiceStatus.VOID])
+        .filter(pdf="", finalized_at__lte=_now(now) - FOLLOW_UP_GRACE)
+        .order_by("finalized_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def after_finalization(*, invoice_id: int) -> None:

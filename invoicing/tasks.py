@@ -55,6 +55,20 @@ def invoice_finalized(invoice_id: int) -> None:
 
 
 @shared_task(acks_late=True)
+def follow_up_finalized_invoices() -> int:
+    """Beat: queue again the follow-up (payment, PDF, e-mail) of finalized invoices whose
+    task never ran (lost while the broker was down); the follow-up is idempotent."""
+    return _queue_each_id(invoice_finalized, services.invoices_without_follow_up())
+
+
+def _queue_each_id(task, ids) -> int:
+    with task.app.producer_or_acquire() as producer:
+        for pk in ids:
+            task.apply_async((pk,), producer=producer)
+    return len(ids)
+
+
+@shared_task(acks_late=True)
 def retry_due_payments() -> int:
     """Beat, hourly: charge past-due invoices again on the dunning schedule."""
     from invoicing import payments

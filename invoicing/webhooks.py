@@ -93,7 +93,13 @@ def receive(*, payload: bytes, signature: str) -> tuple[StripeEvent, bool]:
     """Verify, store and handle one webhook delivery: (stored event, whether it was new)."""
     text = payload.decode("utf-8", errors="replace")
     try:
-        stripe.WebhookSignature.verify_header(text, signature, settings.STRIPE_WEBHOOK_SECRET)
+        # Stripe's default tolerance (300 s): an old signed body replayed later is refused.
+        stripe.WebhookSignature.verify_header(
+            text,
+            signature,
+            settings.STRIPE_WEBHOOK_SECRET,
+            tolerance=stripe.Webhook.DEFAULT_TOLERANCE,
+        )
     except (stripe.SignatureVerificationError, ValueError) as error:
         raise InvalidSignature(f"the Stripe signature does not verify: {error}") from None
     data = _event_body(text)

@@ -81,3 +81,21 @@ def test_a_well_formed_unknown_event_is_still_stored_and_ignored():
     response = deliver(body)
     assert response.status_code == 200, response.content
     assert StripeEvent.objects.get(event_id="evt_unknown_kind").outcome == "ignored"
+
+
+def test_a_body_signed_an_hour_ago_is_refused_as_a_replay():
+    """Stripe's tolerance (300 s, as ``construct_event`` has it): an old delivery replayed."""
+    import time
+
+    body = json.dumps(
+        {"id": "evt_replayed", "type": "customer.created", "data": {"object": {"id": "c"}}}
+    ).encode()
+    response = make_client().post(
+        WEBHOOK,
+        body,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign_payload(body, SECRET, int(time.time()) - 3600)},
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert StripeEvent.objects.count() == 0
