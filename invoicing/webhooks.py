@@ -39,6 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing import limits
 from billing import services as billing_services
 from billing.errors import BillingError
 from billing.models import Customer
@@ -246,8 +247,29 @@ def _hold_unapplied(*, reference: str, amount: Decimal, currency: str, why: str)
     )
 
 
+# The most one Stripe amount may say, in minor units of any currency: the API's maximum
+# amount (billing.limits.MAX_AMOUNT) at the finest minor unit (3 decimals).
+MAX_MINOR_UNITS = int(limits.MAX_AMOUNT) * 1000
+
+
+def _malformed_money(amount: Any, currency: Any, what: str) -> NeedsReview | None:
+    """Stripe's amounts are non-negative integers of minor units, its currencies ISO 4217
+    codes. A signed event that says otherwise (a fraction, a negative or absurd amount, an
+    unknown currency) is booked nowhere and flagged: nothing is guessed from it."""
+    if not isinstance(currency, str) or limits.currency_problem(currency.upper()):
+        return NeedsReview(f"malformed event: {what} currency {currency!r}; nothing booked")
+    if type(amount) is not int or not 0 <= amount <= MAX_MINOR_UNITS:
+        return NeedsReview(f"malformed event: {what} amount {amount!r}; nothing booked")
+    return None
+
+
 def _record_invoice_payment(invoice_id: str, intent_id: str, amount: int, currency: str) -> str:
     """Book what Stripe says was paid for an invoice, compared with what the invoice owes."""
+    malformed = _malformed_money(amount, currency, "payment")
+    if malformed:
+        return malformed
+    if amount == 0:
+        return NeedsReview(f"payment {intent_id} says nothing was received; nothing booked")
     paid_currency = currency.upper()
     received = from_minor_units_int(amount, paid_currency)
     invoice = Invoice.objects.filter(pk=int(invoice_id)).first()
@@ -300,7 +322,8 @@ def payment_intent_succeeded(intent: dict[str, Any]) -> str:
     meta = _metadata(intent)
     if meta.get("kind") != "invoice":
         return "not an invoice payment"
-    received = intent.get("amount_received") or intent["amount"]
+    # What was received, never what was asked (``amount``): a PaymentIntent always has it.
+    received = intent.get("amount_received")
     return _record_invoice_payment(meta["invoice_id"], intent["id"], received, intent["currency"])
 
 
@@ -346,6 +369,9 @@ def _asked_price(meta: dict[str, str], customer: Customer) -> tuple[int, str]:
 def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
     customer = Customer.objects.get(pk=int(meta["customer_id"]))
     currency, asked_amount = meta["currency"], Decimal(meta["amount"])
+    malformed = _malformed_money(session.get("amount_total"), session.get("currency"), "top-up")
+    if malformed:
+        return malformed
     money = session["currency"].upper()
     paid_minor = int(session["amount_total"])
     paid = from_minor_units_int(paid_minor, money)
@@ -425,6 +451,11 @@ def charge_refunded(charge: dict[str, Any]) -> str:
             # The refund's payment may not be recorded yet (events arrive in any order):
             # wait for it, retried with the other pending events, never marked done.
             raise NotYet(f"payment {intent_id} is not known yet")
+        malformed = _malformed_money(
+            charge.get("amount_refunded"), charge.get("currency"), "refund"
+        )
+        if malformed:
+            return malformed
         refunded_currency = charge["currency"].upper()
         if refunded_currency != payment.currency:
             return NeedsReview(
