@@ -10,6 +10,7 @@ Expected failures (``BillingError``, ``LedgerError``) are shown on the form that
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -64,6 +65,8 @@ from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES, Balance, NormalBalance
+
+log = logging.getLogger(__name__)
 
 RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
 CURRENCY_RE = r"^[A-Z]{3}$"
@@ -488,9 +491,14 @@ class MarginOverrideInline(admin.TabularInline):
 
     model = MarginOverride
     extra = 0
-    fields = ("meter", "margin_percent", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("meter", "margin_percent", "created")
+    readonly_fields = ("created",)
     verbose_name = "margin override"
+
+    @admin.display(description="created at")
+    def created(self, override):
+        # An unsaved row (the "add another" template) has the database's default, not a time.
+        return timestamp(override.created_at) if override.pk else "—"
 
 
 class CustomerSubscriptionInline(ReadOnlyInline):
@@ -715,16 +723,38 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         form = InviteForm(request.POST or None)
 
         def post() -> HttpResponse:
+            # The invitation is kept even when the e-mail cannot go (Stripe's dashboard keeps
+            # a pending invite too): inviting the same address again sends a new link.
+            email = form.cleaned_data["email"].strip().lower()
+            again = customer.members.filter(user__email__iexact=email).exists()
             member = portal_services.invite_member(
                 customer=customer,
-                email=form.cleaned_data["email"],
+                email=email,
                 name=form.cleaned_data["name"],
                 invited_by_id=request.user.pk,
+                send_link=False,
             )
-            self.log_change(request, customer, f"Invited {member.user.email} to the portal")
-            messages.success(
-                request, f"{member.user.email} was invited: a sign-in link is on its way."
-            )
+            email = member.user.email
+            if not again:
+                self.log_change(request, customer, f"Invited {email} to the portal")
+            try:
+                portal_services.send_sign_in_link(email=email, invited=not again)
+            except Exception as error:  # noqa: BLE001 - any mail failure: reported, not a 500
+                log.exception("the portal invitation e-mail to %s could not be sent", email)
+                messages.warning(
+                    request,
+                    f"{email} {'is a portal user' if again else 'was invited'}, but the "
+                    f"sign-in link e-mail could not be sent ({type(error).__name__}: {error}). "
+                    "Check the mail settings (EMAIL_HOST), then invite the same address again "
+                    "to resend the link.",
+                )
+            else:
+                messages.success(
+                    request,
+                    f"{email} is already a portal user: a new sign-in link is on its way."
+                    if again
+                    else f"{email} was invited: a sign-in link is on its way.",
+                )
             return HttpResponseRedirect(self.change_url(customer))
 
         return self.run_service(request, form, post) or self.service_form_response(
@@ -734,7 +764,8 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
             submit_label="Send invitation",
             original=customer,
             intro="They will sign in to the customer portal with an e-mailed link (and may set "
-            "a password there) and see this customer's balance, usage and invoices only.",
+            "a password there) and see this customer's balance, usage and invoices only. "
+            "Inviting a portal user again sends them a new link.",
             facts=[
                 (
                     "Portal users",
