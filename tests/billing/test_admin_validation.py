@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 
 from billing.models import CreditGrant, Customer, Plan, PortalMember
 from ledger.models import Transaction as LedgerTransaction
@@ -140,6 +141,46 @@ def test_customer_metadata_with_a_key_twice_is_refused_when_editing(staff_client
     assert customer.name == "Acme Robotics" and customer.metadata == {}
 
 
+def test_meter_filters_with_a_key_twice_are_refused(staff_client):
+    from metering.models import Meter
+
+    response = staff_client.post(
+        url("metering_meter_add"),
+        {
+            "code": "dup-filters",
+            "event_name": "image.generated",
+            "aggregation": "count",
+            "filters": '{"size": ["1024"], "size": []}',
+            "group_by": "[]",
+        },
+    )
+    assert response.status_code == 200
+    assert "'size'" in " ".join(response.context["form"].errors["filters"])
+    assert not Meter.objects.filter(code="dup-filters").exists()
+
+
+def test_a_model_price_match_with_a_key_twice_is_refused(staff_client):
+    from metering.models import ModelPrice
+
+    form = {
+        "provider": "acme",
+        "model": "dup-match",
+        "name": "",
+        "effective_from_0": "2026-01-01",
+        "effective_from_1": "00:00:00",
+        "match": '{"model": "a", "model": "b"}',
+        "position": "0",
+        "notes": "",
+    }
+    for field in ModelPrice._meta.fields:
+        if field.get_internal_type() == "DecimalField":
+            form.setdefault(field.name, "1")
+    response = staff_client.post(url("metering_modelprice_add"), form)
+    assert response.status_code == 200
+    assert "'model'" in " ".join(response.context["adminform"].form.errors["match"])
+    assert not ModelPrice.objects.filter(model="dup-match").exists()
+
+
 # --- currencies and amounts --------------------------------------------------------------------
 
 
@@ -198,6 +239,22 @@ def test_a_grant_above_the_maximum_is_refused(staff_client, catalog):
     assert "documented maximum" in " ".join(response.context["form"].errors["amount"])
     assert not CreditGrant.objects.exists()
     assert not LedgerTransaction.objects.filter(reference__startswith="credit-grant:").exists()
+
+
+def test_a_credit_note_above_the_maximum_is_refused(client, django_user_model):
+    from invoicing.models import CreditNote
+    from tests.invoicing.conftest import close, finalize, plan, subscribe
+
+    invoice = finalize(close(subscribe(plan(base_fee="7"))))
+    client.force_login(django_user_model.objects.create_superuser("fin", "f@x.test", None))
+    page = reverse("admin:invoicing_invoice_credit_note", args=[invoice.pk])
+    reference = client.get(page).context["form"]["reference"].value()
+    response = client.post(
+        page, {"amount": TOO_LARGE, "reason": "too much", "reference": reference}
+    )
+    assert response.status_code == 200
+    assert "documented maximum" in " ".join(response.context["form"].errors["amount"])
+    assert not CreditNote.objects.exists()
 
 
 def test_adding_a_plan_in_a_currency_that_is_not_iso_is_refused(staff_client, catalog):
