@@ -10,6 +10,7 @@ Expected failures (``BillingError``, ``LedgerError``) are shown on the form that
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import CharField, F, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -32,7 +34,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
 
-from billing import credits, selectors, services
+from billing import credits, jsonstrict, limits, selectors, services
 from billing.api.serializers import ChargeSerializer
 from billing.errors import BillingError
 from billing.models import (
@@ -63,6 +65,8 @@ from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES, Balance, NormalBalance
+
+log = logging.getLogger(__name__)
 
 RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
 CURRENCY_RE = r"^[A-Z]{3}$"
@@ -172,15 +176,65 @@ class ServiceFormMixin:
         )
 
 
-class ExactDecimalField(forms.DecimalField):
-    """A Decimal read from text, never through float; ``places`` beyond the scale refused."""
+def strict_json(text: str, *, path: str = "") -> Any:
+    """JSON typed into the admin, read as the API reads a body (``billing.jsonstrict``): a
+    key written twice, NaN or a NUL character is a form error naming what is wrong."""
+    try:
+        return jsonstrict.loads(text, path=path)
+    except jsonstrict.DuplicateKey as error:
+        raise forms.ValidationError(
+            f"The key {error.path!r} is written more than once; write it once."
+        ) from None
+    except ValueError as error:
+        raise forms.ValidationError(f"Not valid JSON: {error}") from None
 
-    def __init__(self, *, digits: int = AMOUNT_DIGITS, places: int = AMOUNT_PLACES, **kwargs):
+
+class StrictJSONField(forms.JSONField):
+    """Every JSON textarea of the admin (customer metadata, …): read by ``strict_json``."""
+
+    def to_python(self, value):
+        if not self.disabled and isinstance(value, str) and value.strip():
+            strict_json(value)
+        return super().to_python(value)
+
+
+def check_currency(code: str) -> str:
+    """An ISO 4217 code, as the API takes a customer's currency (``billing.limits``)."""
+    problem = limits.currency_problem(code)
+    if problem:
+        raise forms.ValidationError(problem[0].upper() + problem[1:] + ".")
+    return code
+
+
+class ExactDecimalField(forms.DecimalField):
+    """A Decimal read from text, never through float; ``places`` beyond the scale refused;
+    at most ``limit`` in absolute value (the documented maximum amount unless told, None:
+    only the column's digits bound it)."""
+
+    def __init__(
+        self,
+        *,
+        digits: int = AMOUNT_DIGITS,
+        places: int = AMOUNT_PLACES,
+        limit: Decimal | None = limits.MAX_AMOUNT,
+        **kwargs,
+    ):
+        self.limit = limit
         super().__init__(max_digits=digits, decimal_places=places, **kwargs)
+
+    def validate(self, value):
+        super().validate(value)
+        if value is not None and self.limit is not None:
+            problem = limits.amount_problem(value, limit=self.limit)
+            if problem:
+                raise forms.ValidationError(problem[0].upper() + problem[1:] + ".")
 
 
 class PriceField(ExactDecimalField):
+    """A plan's price (its column bounds it); ``limit`` given for an amount (a credit limit)."""
+
     def __init__(self, **kwargs):
+        kwargs.setdefault("limit", None)
         super().__init__(digits=PRICE_DIGITS, places=PRICE_PLACES, **kwargs)
 
 
@@ -211,6 +265,7 @@ class CustomerCreateForm(forms.ModelForm):
     credit_limit = PriceField(
         required=False,
         min_value=Decimal(0),
+        limit=limits.MAX_AMOUNT,
         help_text="Postpaid only: how far below zero the wallet may go; empty = no limit.",
     )
 
@@ -226,6 +281,10 @@ class CustomerCreateForm(forms.ModelForm):
             "tax_id",
             "metadata",
         ]
+        field_classes = {"metadata": StrictJSONField}
+
+    def clean_currency(self) -> str:
+        return check_currency(self.cleaned_data["currency"])
 
     def clean(self):
         data = super().clean()
@@ -432,9 +491,14 @@ class MarginOverrideInline(admin.TabularInline):
 
     model = MarginOverride
     extra = 0
-    fields = ("meter", "margin_percent", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("meter", "margin_percent", "created")
+    readonly_fields = ("created",)
     verbose_name = "margin override"
+
+    @admin.display(description="created at")
+    def created(self, override):
+        # An unsaved row (the "add another" template) has the database's default, not a time.
+        return timestamp(override.created_at) if override.pk else "—"
 
 
 class CustomerSubscriptionInline(ReadOnlyInline):
@@ -516,6 +580,7 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         "recent_activity",
     )
     inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline, PortalMemberInline]
+    formfield_overrides = {models.JSONField: {"form_class": StrictJSONField}}
     actions = ["top_up_action", "adjust_action", "grant_action"]
 
     def has_delete_permission(self, request, obj=None):
@@ -658,16 +723,38 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         form = InviteForm(request.POST or None)
 
         def post() -> HttpResponse:
+            # The invitation is kept even when the e-mail cannot go (Stripe's dashboard keeps
+            # a pending invite too): inviting the same address again sends a new link.
+            email = form.cleaned_data["email"].strip().lower()
+            again = customer.members.filter(user__email__iexact=email).exists()
             member = portal_services.invite_member(
                 customer=customer,
-                email=form.cleaned_data["email"],
+                email=email,
                 name=form.cleaned_data["name"],
                 invited_by_id=request.user.pk,
+                send_link=False,
             )
-            self.log_change(request, customer, f"Invited {member.user.email} to the portal")
-            messages.success(
-                request, f"{member.user.email} was invited: a sign-in link is on its way."
-            )
+            email = member.user.email
+            if not again:
+                self.log_change(request, customer, f"Invited {email} to the portal")
+            try:
+                portal_services.send_sign_in_link(email=email, invited=not again)
+            except Exception as error:  # noqa: BLE001 - any mail failure: reported, not a 500
+                log.exception("the portal invitation e-mail to %s could not be sent", email)
+                messages.warning(
+                    request,
+                    f"{email} {'is a portal user' if again else 'was invited'}, but the "
+                    f"sign-in link e-mail could not be sent ({type(error).__name__}: {error}). "
+                    "Check the mail settings (EMAIL_HOST), then invite the same address again "
+                    "to resend the link.",
+                )
+            else:
+                messages.success(
+                    request,
+                    f"{email} is already a portal user: a new sign-in link is on its way."
+                    if again
+                    else f"{email} was invited: a sign-in link is on its way.",
+                )
             return HttpResponseRedirect(self.change_url(customer))
 
         return self.run_service(request, form, post) or self.service_form_response(
@@ -677,7 +764,8 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
             submit_label="Send invitation",
             original=customer,
             intro="They will sign in to the customer portal with an e-mailed link (and may set "
-            "a password there) and see this customer's balance, usage and invoices only.",
+            "a password there) and see this customer's balance, usage and invoices only. "
+            "Inviting a portal user again sends them a new link.",
             facts=[
                 (
                     "Portal users",
@@ -1102,10 +1190,7 @@ class PlanVersionForm(forms.Form):
         return self.cleaned_data["description"].replace("\r\n", "\n")
 
     def clean_charges(self) -> list[dict[str, Any]]:
-        try:
-            raw = json.loads(self.cleaned_data["charges"] or "[]", parse_float=Decimal)
-        except ValueError as error:
-            raise forms.ValidationError(f"Not valid JSON: {error}") from None
+        raw = strict_json(self.cleaned_data["charges"] or "[]", path="charges")
         if not isinstance(raw, list):
             raise forms.ValidationError("The charges must be a JSON list.")
         # The API's own input shape, so the admin and the API accept the same charges.
@@ -1145,6 +1230,9 @@ class PlanCreateForm(PlanVersionForm):
         if data.get("units_per_credit") is not None and not credits:
             self.add_error("units_per_credit", "Only credits plans have units per credit.")
         return data
+
+    def clean_currency(self) -> str:
+        return check_currency(self.cleaned_data["currency"])
 
     def clean_code(self) -> str:
         code = self.cleaned_data["code"]

@@ -403,18 +403,26 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
     @admin.action(description="Retry payment of the selected invoices", permissions=["change"])
     def collect_action(self, request, queryset):
         outcomes: dict[str, list[str]] = {}
+        counts = {"paid": 0, "failed": 0, "skipped": 0}
 
         def collect(invoice):
             result = payments.collect(invoice_id=invoice.pk)
+            counts[result.status] = counts.get(result.status, 0) + 1
             text = result.status + (f" ({result.message})" if result.message else "")
             outcomes.setdefault(text, []).append(str(invoice))
 
-        self._each(
-            request,
-            queryset.filter(status__in=(InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE)),
-            collect,
-            "sent for payment",
-        )
+        selected = queryset.filter(status__in=(InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE))
+        for invoice in selected:
+            try:
+                collect(invoice)
+            except (BillingError, LedgerError) as error:
+                counts["failed"] += 1
+                messages.error(request, f"{invoice}: {error.message} ({error.code})")
+        # The summary counts what happened, not what was tried.
+        tried = sum(counts.values())
+        summary = f"Retried {tried} invoice(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        level = messages.SUCCESS if tried and counts["paid"] == tried else messages.WARNING
+        messages.add_message(request, level, summary + ".")
         # what each attempt came to: paid, failed (and why), or skipped (no provider, …)
         for text, invoices in outcomes.items():
             level = messages.SUCCESS if text.startswith("paid") else messages.WARNING

@@ -5,12 +5,13 @@ usage would change meaning."""
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
 from billing import services
-from billing.admin import ServiceFormMixin
+from billing.admin import ServiceFormMixin, StrictJSONField
 from ledger.admin import ReadOnlyAdmin
 from metering import catalog
 from metering.models import Aggregation, Event, Meter, ModelPrice, ModelUsage, PeriodUsage
@@ -29,10 +30,10 @@ class MeterCreateForm(forms.Form):
     property = forms.CharField(
         max_length=200, required=False, help_text=Meter._meta.get_field("property").help_text
     )
-    filters = forms.JSONField(
+    filters = StrictJSONField(
         required=False, initial=dict, help_text=Meter._meta.get_field("filters").help_text
     )
-    group_by = forms.JSONField(
+    group_by = StrictJSONField(
         required=False, initial=list, help_text=Meter._meta.get_field("group_by").help_text
     )
     unit = forms.CharField(max_length=30, required=False, help_text="e.g. tokens")
@@ -133,6 +134,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_filter = ("provider", "source")
     search_fields = ("model", "name", "provider")
     date_hierarchy = "effective_from"
+    formfield_overrides = {models.JSONField: {"form_class": StrictJSONField}}
     fields = (
         "provider",
         "model",

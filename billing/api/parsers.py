@@ -12,70 +12,8 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON here")
-
-
-def _unstorable(item: str) -> bool:
-    if "\x00" in item:
-        return True
-    try:
-        item.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (\ud800): not text
-        return True
-    return False
-
-
-def _has_nul(value) -> bool:
-    """PostgreSQL text and jsonb cannot store U+0000, nor a lone UTF-16 surrogate.
-    Iterative: bodies may nest deeply."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _unstorable(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-class _Duplicated(dict):
-    """An object in which ``duplicate`` was written more than once (kept as a marker until
-    the whole body is read, so that the error can name the key's full path)."""
-
-    duplicate: str
-
-
-def _duplicated(pairs: list, obj: dict) -> _Duplicated:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            break
-        seen.add(key)
-    marked = _Duplicated(obj)
-    marked.duplicate = key
-    return marked
-
-
-def _duplicate_path(value, path: str = "") -> str | None:
-    """The dotted path (``charges[0].unit_price``) of the first key written twice."""
-    stack = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item, _Duplicated):
-                return f"{where}.{item.duplicate}" if where else item.duplicate
-            for key, sub in reversed(item.items()):
-                stack.append((sub, f"{where}.{key}" if where else key))
-        elif isinstance(item, list):
-            for i in range(len(item) - 1, -1, -1):
-                stack.append((item[i], f"{where}[{i}]"))
-    return None
+# The rules are shared with the admin's JSON fields.
+from billing.jsonstrict import _duplicate_path, _duplicated, _has_nul, _refuse_constant
 
 
 class ExactJSONParser(JSONParser):

@@ -27,11 +27,21 @@ class LinkInvalid(errors.BillingError):
 
 @transaction.atomic
 def invite_member(
-    *, customer: Customer, email: str, name: str = "", invited_by_id: int | None = None
+    *,
+    customer: Customer,
+    email: str,
+    name: str = "",
+    invited_by_id: int | None = None,
+    send_link: bool = True,
 ) -> PortalMember:
     """Give a person of the customer's access to the portal and e-mail them a sign-in link.
     The user has no password until they choose one; an e-mail already in use elsewhere is
-    refused."""
+    refused; the same address invited again to the same customer is the same member.
+
+    ``send_link``: the link is e-mailed once the invitation commits; a mail server that
+    fails is logged and the invitation stays (it is a fact; the link can be sent again).
+    False: the caller sends it (``send_sign_in_link``) and reports a failure itself, as the
+    admin does."""
     email = email.strip().lower()
     if not email:
         raise errors.ValidationFailed("an e-mail address is required", param="email")
@@ -53,7 +63,8 @@ def invite_member(
     user.set_unusable_password()
     user.save(update_fields=["password"])
     member = PortalMember.objects.create(user=user, customer=customer, invited_by_id=invited_by_id)
-    transaction.on_commit(lambda: send_sign_in_link(email=email, invited=True))
+    if send_link:
+        transaction.on_commit(lambda: send_sign_in_link(email=email, invited=True), robust=True)
     return member
 
 
