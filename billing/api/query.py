@@ -45,10 +45,11 @@ def check_params(request, allowed: Iterable[str], *, paginated: bool = True) -> 
     for name in request.query_params:
         if name not in known:
             shown = name[:100]
+            takes = ", ".join(sorted(known)) if known else "no query parameters"
             raise APIError(
                 400,
                 "unknown_parameter",
-                f"unknown query parameter {shown!r}; this route takes {', '.join(sorted(known))}",
+                f"unknown query parameter {shown!r}; this route takes {takes}",
                 param=shown,
             )
         values = request.query_params.getlist(name)

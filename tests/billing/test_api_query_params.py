@@ -186,7 +186,8 @@ def test_a_post_refuses_query_parameters_and_changes_nothing(api, objects):
         {"amount": "5.00", "reference": "q-1"},
         format="json",
     )
-    assert_error(response, 400, "unknown_parameter", param="currency")
+    error = assert_error(response, 400, "unknown_parameter", param="currency")["error"]
+    assert error["message"].endswith("this route takes no query parameters")
     assert LedgerTransaction.objects.count() == before
 
 
@@ -250,11 +251,13 @@ def test_a_nul_in_any_api_path_is_not_found(settings, debug):
         assert_error(client.get(path), 404, "not_found")
 
 
-def test_a_nul_outside_the_api_is_an_html_404(settings):
-    settings.DEBUG = False
-    response = Client(raise_request_exception=False).get("/portal/a%00b")
-    assert response.status_code == 404
-    assert not response["Content-Type"].startswith("application/json")
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_nul_outside_the_api_is_an_html_404(settings, debug):
+    settings.DEBUG = debug
+    for path in ("/portal/a%00b", "/admin/billing/customer/a%00b/change/", "/api%00"):
+        response = Client(raise_request_exception=False).get(path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert not response["Content-Type"].startswith("application/json")
 
 
 def test_a_nul_in_a_query_value_is_refused(api, objects):
@@ -293,3 +296,22 @@ def test_a_known_parameter_still_works(api, objects):
     assert api.get(f"/api/v1/plans/{objects['code']}?version=1").status_code == 200
     response = api.get(f"/api/v1/customers/{objects['external_id']}/usage?group_by=model")
     assert response.status_code == 200, response.json()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/invoices/abc",
+        "/api/v1/invoices/99999999999999999999999",
+        "/api/v1/invoices/99999999999999999999999/pdf",
+        "/api/v1/holds/99999999999999999999999",
+        "/api/v1/subscriptions/99999999999999999999999",
+        "/api/v1/plans/" + "x" * 5000,
+        "/api/v1/customers/" + "x" * 5000,
+    ],
+)
+def test_odd_path_parameters_are_not_found(api, path):
+    api.raise_request_exception = False
+    response = api.get(path)
+    assert response.status_code == 404, response.content[:300]
+    assert response.json()["error"]["type"] == "not_found_error"
