@@ -51,7 +51,8 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         "period_closed)",
         429: "Rate limited (rate_limited); see Retry-After",
     }
-    chosen = {401, 403, 429, *statuses}
+    # 400: every route refuses a query parameter it does not take (unknown_parameter).
+    chosen = {400, 401, 403, 429, *statuses}
     return {
         code: OpenApiResponse(ErrorSerializer, description=described[code])
         for code in sorted(chosen)

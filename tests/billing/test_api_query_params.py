@@ -203,6 +203,10 @@ def test_the_declared_parameters_are_the_schema_s(objects):
         operation = schema["paths"][path]["get"]
         in_schema = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         assert in_schema == set(_declared(route)), route
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/api/v1/"):
+                assert "400" in operation["responses"], (method, path)
 
 
 # --- paths -----------------------------------------------------------------------------------
