@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
+API_ROOT = "/api"
 API_DOCS_PREFIXES = ("/api/docs/", "/api/redoc/")
 
 # The code for an error Django (not the API's views) answered: no route, a method the route
@@ -27,12 +28,16 @@ CODE_BY_STATUS = {
 }
 
 
-def api_error_response(request: HttpRequest, status: int, allow: str | None = None) -> JsonResponse:
+def api_error_response(
+    request: HttpRequest, status: int, allow: str | None = None, message: str | None = None
+) -> JsonResponse:
     """The documented error body for a failure that happened outside the API's views."""
     from billing.api.errors import error_body
 
     code = CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
-    if status == 404:
+    if message is not None:
+        pass
+    elif status == 404:
         message = f"no route {request.path}"
     elif status == 405:
         message = f"{request.method} is not allowed here" + (f"; allowed: {allow}" if allow else "")
@@ -47,24 +52,41 @@ def api_error_response(request: HttpRequest, status: int, allow: str | None = No
     return response
 
 
+def is_api_path(path: str) -> bool:
+    """``/api`` itself and everything under ``/api/`` (not ``/apiary``)."""
+    return path == API_ROOT or path.startswith(API_PREFIX)
+
+
 def _is_json(response: HttpResponse) -> bool:
     content_type = response.get("Content-Type", "").split(";")[0].strip().lower()
     return content_type == "application/json" or content_type.endswith("+json")
 
 
 class APIErrorMiddleware:
-    """Under /api/, an error response that is not JSON (Django's 404 and 500 pages, its
-    debug pages with DEBUG on, a 405 from a plain view) is replaced by the API's error
-    body with the same status. The crash itself was already logged by Django."""
+    """Under /api (the path itself and everything under /api/), an error response that is
+    not JSON (Django's 404 and 500 pages, its debug pages with DEBUG on, a 405 from a plain
+    view) is replaced by the API's error body with the same status. The crash itself was
+    already logged by Django.
+
+    A path with a NUL character (``/customers/a%00b``) names nothing: PostgreSQL cannot
+    store NUL in text, so no object can have it as its id, and looking it up would fail in
+    the database (a 500). Such a request is answered 404 ``not_found`` here, before any
+    view runs, on every route (an HTML 404 outside /api)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path:
+            if is_api_path(request.path):
+                return api_error_response(
+                    request, 404, message="nothing exists at a path with a NUL character"
+                )
+            raise Http404("no such page")
         response = self.get_response(request)
         if (
             response.status_code < 400
-            or not request.path.startswith(API_PREFIX)
+            or not is_api_path(request.path)
             or getattr(response, "streaming", False)
             or _is_json(response)
         ):
@@ -115,7 +137,7 @@ def sign_in_username(request: HttpRequest, credentials: dict | None) -> str | No
 
 def json_error_for_api(request: HttpRequest, status: int) -> HttpResponse | None:
     """For billing.urls' handlers: the API body under /api/, else None (the HTML page)."""
-    if request.path.startswith(API_PREFIX):
+    if is_api_path(request.path):
         return api_error_response(request, status)
     return None
 
@@ -125,6 +147,7 @@ __all__ = [
     "ContentSecurityPolicyMiddleware",
     "api_error_response",
     "client_ip",
+    "is_api_path",
     "json_error_for_api",
     "sign_in_username",
 ]

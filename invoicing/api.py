@@ -10,11 +10,11 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from billing import selectors as billing_selectors
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
+from billing.api.query import PAGE_PARAMS, APIView
 from billing.api.serializers import Money, list_response
 from billing.api.views import errors
 from billing.models import Subscription, SubscriptionStatus
@@ -91,6 +91,8 @@ def _get_invoice(invoice_id: int) -> Invoice:
 
 
 class InvoiceListView(APIView):
+    query_params = {"GET": ("customer", "status", *PAGE_PARAMS)}
+
     @extend_schema(
         operation_id="invoices_list",
         tags=["invoices"],
@@ -230,6 +232,7 @@ class StripeWebhookView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
     throttle_classes: list = []
+    query_params = None  # the URL Stripe calls is the operator's to configure
 
     @extend_schema(
         operation_id="webhooks_stripe",

@@ -85,6 +85,8 @@ class CustomerUpdateSerializer(s.StrictSerializer):
 
 
 class CustomerListCreateView(views.CustomerCreateView):
+    query_params = {"GET": (*CUSTOMER_FILTERS, *query.PAGE_PARAMS)}
+
     @extend_schema(
         operation_id="customers_list",
         tags=["customers"],
@@ -106,7 +108,6 @@ class CustomerListCreateView(views.CustomerCreateView):
         responses={200: s.list_response(s.CustomerSerializer), **errors(400)},
     )
     def get(self, request):
-        query.check_params(request, CUSTOMER_FILTERS)
         email = query.text(request, "email", max_length=254)
         billing_mode = query.choice(request, "billing_mode", BillingMode.values)
         created_from, created_to = query.time_range(request, "created_from", "created_to")
@@ -165,6 +166,8 @@ class CustomerDetailUpdateView(views.CustomerDetailView):
 
 
 class SubscriptionListCreateView(views.SubscriptionCreateView):
+    query_params = {"GET": ("customer", "status", *query.PAGE_PARAMS)}
+
     @extend_schema(
         operation_id="subscriptions_list",
         tags=["subscriptions"],
@@ -184,7 +187,6 @@ class SubscriptionListCreateView(views.SubscriptionCreateView):
         responses={200: s.list_response(s.SubscriptionSerializer), **errors(400, 404)},
     )
     def get(self, request):
-        query.check_params(request, ("customer", "status"))
         external_id = query.text(request, "customer")
         status = query.choice(request, "status", SubscriptionStatus.values)
         customer = (
@@ -254,6 +256,7 @@ EVENT_FILTERS = ("customer", "from", "to", "event_name")
 
 class EventListCreateView(usage.EventCreateView):
     required_scopes = {**usage.INGEST, "GET": "read"}
+    query_params = {"GET": (*EVENT_FILTERS, *query.PAGE_PARAMS)}
 
     @extend_schema(
         operation_id="events_list",
@@ -282,7 +285,6 @@ class EventListCreateView(usage.EventCreateView):
         responses={200: s.list_response(UsageEventSerializer), **errors(400, 404)},
     )
     def get(self, request):
-        query.check_params(request, EVENT_FILTERS)
         external_id = query.text(request, "customer")
         if external_id is None:
             raise APIError(

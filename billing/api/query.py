@@ -1,17 +1,24 @@
-"""Query parameters of the GET routes: refuse what a route does not take, parse what it does.
+"""Query parameters of the API's routes: refuse what a route does not take, parse what it does.
 
-Every list route calls ``check_params(request, allowed)`` first: a parameter the route does
-not know is refused (400 ``unknown_parameter``, ``param`` naming it) rather than ignored, so
-that a typo (``?custmer=acme``) never silently lists everything. A parameter given twice, a
-value with a NUL character, a malformed date, a value outside its choices or a ``limit``
-outside 1..100 is refused with 400 ``invalid_parameter``. Nothing here touches the database.
+Every view of the API derives from ``APIView`` below and declares the query parameters each
+of its methods takes (``query_params = {"GET": ("customer", *PAGE_PARAMS)}``); a method it
+does not name takes none. ``APIView.initial`` checks them once authentication, scope and
+rate limit have passed, before the handler runs, so a route added later cannot forget to:
+a parameter the route does not know is refused (400 ``unknown_parameter``, ``param`` naming
+it) rather than ignored, so that a typo (``?custmer=acme``) never silently lists everything.
+A parameter given twice, a value with a NUL character, a malformed date, a value outside its
+choices or a ``limit`` outside 1..100 is refused with 400 ``invalid_parameter``. Nothing here
+touches the database. The declarations match the OpenAPI schema's parameters
+(tests/billing/test_api_query_params.py compares them).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+
+from rest_framework import views
 
 from billing.api.errors import APIError
 from billing.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -38,10 +45,11 @@ def check_params(request, allowed: Iterable[str], *, paginated: bool = True) -> 
     for name in request.query_params:
         if name not in known:
             shown = name[:100]
+            takes = ", ".join(sorted(known)) if known else "no query parameters"
             raise APIError(
                 400,
                 "unknown_parameter",
-                f"unknown query parameter {shown!r}; this route takes {', '.join(sorted(known))}",
+                f"unknown query parameter {shown!r}; this route takes {takes}",
                 param=shown,
             )
         values = request.query_params.getlist(name)
@@ -49,6 +57,23 @@ def check_params(request, allowed: Iterable[str], *, paginated: bool = True) -> 
             raise invalid(name, f"{name} is given more than once")
         if "\x00" in values[0]:
             raise invalid(name, f"{name} must not contain NUL characters")
+
+
+class APIView(views.APIView):
+    """The base of every API view: refuses the query parameters a method does not declare.
+
+    ``query_params`` maps an HTTP method to the names it takes (HEAD takes GET's); a method
+    absent from it takes none. ``None`` turns the check off, for a route whose URL is not
+    ours to define (Stripe's webhooks). OPTIONS is not checked."""
+
+    query_params: Mapping[str, Iterable[str]] | None = {}
+
+    def initial(self, request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)  # authentication, scope, rate limit first
+        if self.query_params is None or request.method == "OPTIONS":
+            return
+        method = "GET" if request.method == "HEAD" else request.method
+        check_params(request, self.query_params.get(method, ()), paginated=False)
 
 
 def text(request, name: str, *, max_length: int = 200) -> str | None:

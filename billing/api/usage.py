@@ -19,13 +19,13 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from billing import credits, limits, selectors
 from billing.api.errors import APIError, error_body, reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
+from billing.api.query import PAGE_PARAMS, APIView
 from billing.api.serializers import (
     CurrencyField,
     Money,
@@ -820,6 +820,8 @@ def _parse_moment(raw: str, param: str) -> datetime:
 
 
 class UsageView(APIView):
+    query_params = {"GET": ("from", "to", "group_by")}
+
     @extend_schema(
         operation_id="customers_usage",
         tags=["usage"],
@@ -991,6 +993,8 @@ def _num(value: Decimal) -> str:
 
 
 class ModelListView(APIView):
+    query_params = {"GET": ("provider", *PAGE_PARAMS)}
+
     @extend_schema(
         operation_id="models_list",
         tags=["usage"],

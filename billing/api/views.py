@@ -11,7 +11,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from billing import selectors, services
 from billing.api import serializers as s
@@ -19,6 +18,7 @@ from billing.api.errors import reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
+from billing.api.query import PAGE_PARAMS, APIView
 from billing.models import Subscription
 from ledger import errors as ledger_errors
 from metering.models import Meter
@@ -51,7 +51,8 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         "period_closed)",
         429: "Rate limited (rate_limited); see Retry-After",
     }
-    chosen = {401, 403, 429, *statuses}
+    # 400: every route refuses a query parameter it does not take (unknown_parameter).
+    chosen = {400, 401, 403, 429, *statuses}
     return {
         code: OpenApiResponse(ErrorSerializer, description=described[code])
         for code in sorted(chosen)
@@ -165,6 +166,8 @@ class TopUpView(APIView):
 
 
 class CreditGrantListCreateView(APIView):
+    query_params = {"GET": PAGE_PARAMS}
+
     @extend_schema(
         operation_id="customers_credit_grants",
         tags=["customers"],
@@ -221,6 +224,8 @@ class CreditGrantListCreateView(APIView):
 
 
 class CustomerTransactionsView(APIView):
+    query_params = {"GET": PAGE_PARAMS}
+
     @extend_schema(
         operation_id="customers_transactions",
         tags=["customers"],
@@ -238,6 +243,8 @@ class CustomerTransactionsView(APIView):
 
 
 class MeterListCreateView(APIView):
+    query_params = {"GET": PAGE_PARAMS}
+
     @extend_schema(
         operation_id="meters_list",
         tags=["meters"],
@@ -279,6 +286,8 @@ class MeterListCreateView(APIView):
 
 
 class PlanListCreateView(APIView):
+    query_params = {"GET": PAGE_PARAMS}
+
     @extend_schema(
         operation_id="plans_list",
         tags=["plans"],
@@ -340,6 +349,8 @@ class PlanListCreateView(APIView):
 
 
 class PlanDetailView(APIView):
+    query_params = {"GET": ("version",)}
+
     @extend_schema(
         operation_id="plans_retrieve",
         tags=["plans"],
