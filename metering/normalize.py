@@ -141,6 +141,8 @@ slower).
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -191,6 +193,72 @@ _GEMINI_SNAKE = (
 )
 _GEMINI_CAMEL_KEYS = frozenset(_GEMINI_CAMEL)
 _GEMINI_SNAKE_KEYS = frozenset(_GEMINI_SNAKE)
+
+# Every count the readers below take: a key one or two letters away from one of these is
+# almost surely a typo of it (``completion_tokns``), and read as it is it would count 0 —
+# charged as free. Such a key is refused, naming the field it resembles.
+_READ_NAMES = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cache_read_input_tokens",
+        "cached_prompt_text_tokens",
+        "citation_tokens",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "ephemeral_5m_input_tokens",
+        "ephemeral_1h_input_tokens",
+        "thinking_tokens",
+        "inputTokens",
+        "outputTokens",
+        "cacheReadInputTokens",
+        "cacheWriteInputTokens",
+        "cache_read_tokens",
+        "cache_write_1h_tokens",
+        *_GEMINI_CAMEL,
+        *_GEMINI_SNAKE,
+    }
+)
+# Fields the providers document beside those (not counted here, or objects holding counts):
+# never mistaken for a typo, however close to a counted name.
+_OTHER_NAMES = frozenset(
+    {
+        "total_tokens",
+        "totalTokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens_details",
+        "output_tokens_details",
+        "cache_creation",
+        "cache_write_tokens_details",
+        "audio_tokens",
+        "text_tokens",
+        "image_tokens",
+        "accepted_prediction_tokens",
+        "rejected_prediction_tokens",
+        "server_tool_use",
+        "web_search_requests",
+        "web_fetch_requests",
+        "service_tier",
+        "num_sources_used",
+        "cacheReadInputTokenCount",
+        "cacheWriteInputTokenCount",
+        "promptTokensDetails",
+        "candidatesTokensDetails",
+        "cacheTokensDetails",
+        "toolUsePromptTokensDetails",
+        "candidates_tokens_details",
+        "cache_tokens_details",
+        "tool_use_prompt_tokens_details",
+        "trafficType",
+        "traffic_type",
+    }
+)
+_KNOWN_NAMES = _READ_NAMES | _OTHER_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +337,7 @@ def normalize_usage(
         raise InvalidEvent(f"model must be a string, not {_type_name(model)}", param=MODEL_PARAM)
 
     provider_id = _provider_from_name(provider, model) if provider else _provider_for_model(model)
+    _refuse_near_misses(counts, where)
 
     # 2.-5. Which dialect the counts are in: decided by the keys (see the module docstring).
     if "input_tokens" in counts or "output_tokens" in counts:
@@ -491,6 +560,40 @@ def _reasoning_in_output_details(u: Mapping[str, Any], where: str, output: int) 
     if reasoning > output:
         raise _exceeds(f"{details_where}.{key}", "reasoning tokens", f"{where}.output_tokens")
     return reasoning
+
+
+# --- typos ---------------------------------------------------------------------------------
+
+
+def _refuse_near_misses(counts: Mapping[str, Any], where: str) -> None:
+    """Refuse a key of the counts, or of an object inside them, that is not a field any
+    provider documents but lies a letter or two from one that is counted. Unknown keys
+    that resemble nothing counted (a provider's new field) pass, as they always have."""
+    for key, value in counts.items():
+        _refuse_near_miss(counts, key, where)
+        if isinstance(value, Mapping):
+            for inner in value:
+                _refuse_near_miss(value, inner, f"{where}.{key}")
+
+
+def _refuse_near_miss(obj: Mapping[str, Any], key: str, where: str) -> None:
+    if key in _KNOWN_NAMES:
+        return
+    meant = _resembles(key)
+    if meant is not None and meant not in obj:
+        raise UsageNotUnderstood(
+            f"{where}.{key} is not a usage field; did you mean {meant}? "
+            "(a misspelt count would be read as 0 and charged as free)",
+            param=f"{where}.{key}",
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _resembles(key: str) -> str | None:
+    if len(key) > 64:
+        return None
+    close = difflib.get_close_matches(key, _READ_NAMES, n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 # --- counts --------------------------------------------------------------------------------
