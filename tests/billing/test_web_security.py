@@ -33,6 +33,9 @@ FORMULAS = [
     "+1+cmd|' /C calc'!A0",
     "-2+3",
     "@SUM(1,1)",
+    " =1+1",
+    "\n=HYPERLINK(\"http://evil.example\")",
+    "  \r\n+1",
     "\t=1+1",
     "\r=1+1",
 ]
