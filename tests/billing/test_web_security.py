@@ -34,7 +34,7 @@ FORMULAS = [
     "-2+3",
     "@SUM(1,1)",
     " =1+1",
-    "\n=HYPERLINK(\"http://evil.example\")",
+    '\n=HYPERLINK("http://evil.example")',
     "  \r\n+1",
     "\t=1+1",
     "\r=1+1",
