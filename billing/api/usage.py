@@ -355,6 +355,13 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
                 "timestamp must be an RFC 3339 timestamp with a UTC offset (e.g. Z)",
                 param=f"{prefix}timestamp",
             )
+        if moment < limits.EARLIEST_DATE:
+            raise APIError(
+                400,
+                "invalid_parameter",
+                f"timestamp must not lie before {limits.EARLIEST_DATE:%Y-%m-%d} (docs/api.md)",
+                param=f"{prefix}timestamp",
+            )
     properties = raw.get("properties", {})
     if not isinstance(properties, dict):
         raise APIError(

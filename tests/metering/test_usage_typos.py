@@ -104,3 +104,16 @@ def test_a_misspelt_output_count_through_the_api_is_refused_and_charges_nothing(
     )
     assert not Event.objects.exists()
     assert usage_api.balance(ai) == (Decimal(10), Decimal(0), Decimal(10))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00Z", "1999-12-31T23:59:59Z"])
+def test_an_event_before_2000_is_refused_as_a_timestamp_out_of_range(api, ai, when):
+    body = {**usage_api.llm_body("old-1", {"prompt_tokens": 10}), "timestamp": when}
+    response = api.post("/api/v1/events", body)
+    billing_fixtures.assert_error(response, 400, "invalid_parameter", param="timestamp")
+    batch = api.post("/api/v1/events/batch", {"events": [body]})
+    assert batch.status_code == 200
+    [result] = batch.json()["data"]
+    assert result["status"] == "rejected" and result["error"]["param"] == "events[0].timestamp"
+    assert not Event.objects.exists()
