@@ -744,7 +744,7 @@ def _rate(
     if not placed:
         return
 
-    wallets = _wallets({(c, t.money_currency) for c, _, _, t, *_ in placed})
+    wallets, overrides = _wallets({(c, t.money_currency) for c, _, _, t, *_ in placed})
     hold = None
     if hold_id is not None:
         customer, _, p, terms, *_ = placed[0]
@@ -791,7 +791,6 @@ def _rate(
             for meter, _ in readings
         }
     )
-    overrides = _margin_overrides({customer.pk for customer, *_ in placed})
 
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
@@ -853,22 +852,36 @@ def _rate(
         _write(accepted, counters, outcomes, hold_id, now=now)
 
 
-def _wallets(wanted: set[tuple[Customer, str]]) -> dict[tuple[int, str], WalletRow]:
-    """The wallets of (customer, currency) pairs, in one query. A missing one (a first
-    credits plan) is an empty prepaid wallet without an account yet: it is created only if
-    an accepted event moves money in it, so a refused event changes nothing."""
+def _wallets(
+    wanted: set[tuple[Customer, str]],
+) -> tuple[dict[tuple[int, str], WalletRow], dict[int, dict[int | None, Decimal]]]:
+    """The wallets of (customer, currency) pairs and the customers' margin overrides
+    (customer → meter id, or None for all meters → margin percent), in one query. A missing
+    wallet (a first credits plan) is an empty prepaid wallet without an account yet: it is
+    created only if an accepted event moves money in it, so a refused event changes
+    nothing."""
     customers = {customer.pk: customer for customer, _ in wanted}
+    found: dict[tuple[int, str], WalletRow] = {}
+    overrides: dict[int, dict[int | None, Decimal]] = {}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT customer_id, currency, account_id, billing_mode, credit_limit "
-            "FROM billing_wallet WHERE customer_id = ANY(%s)",
-            [list(customers)],
+            "SELECT true, customer_id, currency, account_id, billing_mode, credit_limit "
+            "FROM billing_wallet WHERE customer_id = ANY(%s) "
+            "UNION ALL SELECT false, customer_id, NULL, meter_id, NULL, margin_percent "
+            "FROM billing_marginoverride WHERE customer_id = ANY(%s)",
+            [list(customers), list(customers)],
         )
-        found = {(row[0], row[1]): WalletRow(*row) for row in cursor.fetchall()}
+        for is_wallet, customer_id, currency, account_id, mode, number in cursor.fetchall():
+            if is_wallet:
+                found[(customer_id, currency)] = WalletRow(
+                    customer_id, currency, account_id, mode, number
+                )
+            else:  # account_id holds the override's meter, number its margin
+                overrides.setdefault(customer_id, {})[account_id] = number
     for customer, currency in wanted:
         if (customer.pk, currency) not in found:
             found[(customer.pk, currency)] = WalletRow(customer.pk, currency, None, "prepaid", None)
-    return found
+    return found, overrides
 
 
 def _balance_key(wallet: WalletRow) -> Any:
@@ -878,7 +891,7 @@ def _balance_key(wallet: WalletRow) -> Any:
 def _wallet_and_margins(
     customer_id: int, currency: str
 ) -> tuple[WalletRow | None, dict[int | None, Decimal]]:
-    """The customer's wallet in this currency and its ``_margin_overrides``, in one query."""
+    """The customer's wallet in this currency and its margin overrides, in one query."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit, "
@@ -918,19 +931,6 @@ def _meters_with_counters(
                     counter
                 )
         return meters, counters
-
-
-def _margin_overrides(customer_ids: set[int]) -> dict[int, dict[int | None, Decimal]]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT customer_id, meter_id, margin_percent FROM billing_marginoverride "
-            "WHERE customer_id = ANY(%s)",
-            [list(customer_ids)],
-        )
-        result: dict[int, dict[int | None, Decimal]] = {}
-        for customer_id, meter_id, margin in cursor.fetchall():
-            result.setdefault(customer_id, {})[meter_id] = margin
-        return result
 
 
 # Ledger accounts are never deleted, so their ids are cached per process — once the
@@ -1186,7 +1186,8 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
             settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
             posted = [settled] if settled is not None else []
         elif specs:
-            posted = ledger.post_transactions(transactions=specs)
+            # No savepoint: any error here abandons the part's whole transaction.
+            posted = ledger.post_transactions(transactions=specs, savepoint=False)
         else:
             posted = []
     except ledger_errors.ReferenceReused as error:
@@ -1259,12 +1260,31 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
         ) as copy:
             for row in event_rows:
                 copy.write_row(row)
-        _upsert_counters(cursor, counters)
-        _upsert_daily(cursor, accepted)
-        _upsert_model_usage(cursor, accepted)
+        _execute_together(
+            cursor,
+            [_upsert_counters(counters), _upsert_daily(accepted), _upsert_model_usage(accepted)],
+        )
 
 
-def _upsert_counters(cursor, counters: dict) -> None:
+Statement = tuple[str, list[Any]]
+
+
+def _execute_together(cursor, statements: list[Statement | None]) -> None:
+    """Run these statements in one round trip: all but the last as data-modifying CTEs of
+    the last (they write different tables, so one snapshot serves them all)."""
+    statements = [s for s in statements if s is not None]
+    if not statements:
+        return
+    *before, (last_sql, last_params) = statements
+    if not before:
+        cursor.execute(last_sql, last_params)
+        return
+    ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(before))
+    params = [value for _, values in before for value in values] + last_params
+    cursor.execute(f"WITH {ctes} {last_sql}", params)
+
+
+def _upsert_counters(counters: dict) -> Statement | None:
     rows = [
         (
             c.subscription_id,
@@ -1283,9 +1303,9 @@ def _upsert_counters(cursor, counters: dict) -> None:
         if c.changed
     ]
     if not rows:
-        return
+        return None
     columns = list(zip(*rows, strict=True))
-    cursor.execute(
+    return (
         "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, period_end, "
         "quantity, amount, charged, currency, event_count, distinct_values, latest_at, updated_at) "
         "SELECT s, m, ps, pe, q, a, c, cur, n, dv::jsonb, la, now() FROM unnest("
@@ -1316,7 +1336,7 @@ def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
     return key, dims
 
 
-def _upsert_daily(cursor, accepted: list[Accepted]) -> None:
+def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
     totals: dict[tuple, list] = {}
     for a in accepted:
         day = a.p.source.timestamp.astimezone(UTC).date()
@@ -1353,9 +1373,9 @@ def _upsert_daily(cursor, accepted: list[Accepted]) -> None:
         ) in totals.items()
     ]
     if not rows:
-        return
+        return None
     columns = list(zip(*rows, strict=True))
-    cursor.execute(
+    return (
         "INSERT INTO metering_dailyusage (subscription_id, customer_id, meter_id, period_start, "
         "day, dimension_key, dimensions, quantity, included_quantity, amount, currency, "
         "event_count, updated_at) "
@@ -1372,7 +1392,7 @@ def _upsert_daily(cursor, accepted: list[Accepted]) -> None:
     )
 
 
-def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
+def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
     totals: dict[tuple, list] = {}
     for a in accepted:
         p, money = a.p, a.money
@@ -1399,10 +1419,10 @@ def _upsert_model_usage(cursor, accepted: list[Accepted]) -> None:
         entry[6] += money
         entry[7] += ledger_round(p.cost.total)
     if not totals:
-        return
+        return None
     rows = [(*key, *values) for key, values in totals.items()]
     columns = list(zip(*rows, strict=True))
-    cursor.execute(
+    return (
         "INSERT INTO metering_modelusage (customer_id, subscription_id, period_start, day, "
         "provider, model, currency, event_count, input_tokens, cache_read_tokens, "
         "cache_write_tokens, output_tokens, reasoning_tokens, amount, cost, updated_at) "
