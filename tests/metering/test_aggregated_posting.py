@@ -176,3 +176,50 @@ def test_postpaid_credit_limit_refuses_per_event_inside_one_posting():
     assert legs(transaction_id)[(f"wallet:{customer.pk}:USD", "USD")] == D(5)
     assert posted(customer) == D(-5)
     assert wallet_of(customer).account.entries.count() == 1
+
+
+def test_a_batch_across_a_change_to_a_credits_plan_posts_a_money_leg_per_currency():
+    """A period's plan decides how it is rated: a customer's batch with events on both
+    sides of a change to a credits plan is one transaction with a USD and a CREDITS leg."""
+    from billing import services
+    from billing.models import SubscriptionPhase
+    from billing.services import ChargeSpec, PlanSpec
+    from tests.billing.conftest import at
+    from tests.conftest import unique
+
+    units = make_meter("units")
+    customer = subscribe(per_unit(units, "0.01"), funds="10")
+    credits_plan, _ = services.publish_plan(
+        spec=PlanSpec(
+            code=unique("plan"),
+            name="Credits",
+            consumption_model="credits",
+            units_per_credit=D(1000),
+            charges=(ChargeSpec(meter="units", unit_price=D("0.01")),),
+        )
+    )
+    subscription = customer.subscriptions.get()
+    SubscriptionPhase.objects.create(
+        subscription=subscription, plan=credits_plan, starts_at=at(2026, 5, 1)
+    )
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    services.top_up(customer=customer, amount=D(5), currency="CREDITS")
+    outcomes = rating.ingest_events(
+        [
+            event("april", units=100),  # 1 USD
+            event("may", units=2000, ts=at(2026, 5, 2)),  # 2 credits
+            event("april-2", units=50),  # 0.5 USD
+        ],
+        now=at(2026, 5, 3),
+    )
+    assert statuses(outcomes) == ["accepted"] * 3
+    assert [o.event["currency"] for o in outcomes] == ["USD", "CREDITS", "USD"]
+    [(transaction_id, rows)] = by_transaction(customer).items()
+    assert len(rows) == 3
+    assert legs(transaction_id) == {
+        (f"wallet:{customer.pk}:USD", "USD"): D("1.5"),
+        ("@Revenue", "USD"): D("-1.5"),
+        (f"wallet:{customer.pk}:CREDITS", "CREDITS"): D(2),
+        ("@CreditsUsed", "CREDITS"): D(-2),
+    }
+    assert (posted(customer), posted(customer, "CREDITS")) == (D("8.5"), D(3))
