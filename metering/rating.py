@@ -61,6 +61,7 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg import Cursor as PsycopgCursor
 
 from billing import credits
 from billing import errors as billing_errors
@@ -1277,11 +1278,27 @@ def _execute_together(cursor, statements: list[Statement | None]) -> None:
         return
     *before, (last_sql, last_params) = statements
     if not before:
-        cursor.execute(last_sql, last_params)
+        _execute_bound(last_sql, last_params)
         return
     ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(before))
     params = [value for _, values in before for value in values] + last_params
-    cursor.execute(f"WITH {ctes} {last_sql}", params)
+    _execute_bound(f"WITH {ctes} {last_sql}", params)
+
+
+def _execute_bound(sql: str, params: list[Any]) -> None:
+    """Execute with the parameters bound by the server. Django's cursors bind client-side:
+    every element of these arrays was quoted into the statement's text, a fifth of a
+    batch's time in Python (measured). A psycopg cursor on the same connection (same
+    session, same transaction) sends them as parameters instead; Django's wrapper still
+    turns driver errors into django.db errors."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = PsycopgCursor(connection.connection)
+        try:
+            # %b: the arrays travel in binary, dumped without escaping each element
+            cursor.execute(sql.replace("%s", "%b"), params)
+        finally:
+            cursor.close()
 
 
 def _upsert_counters(counters: dict) -> Statement | None:
