@@ -12,7 +12,7 @@ charged twice, because the database refuses the second row. A customer's accepte
 one rating pass are posted as one ledger transaction whose legs are the sums of its events
 (tokens, and money per currency); each event keeps its own exact amount, cost, tokens and
 catalog price version and points at that transaction, and PostgreSQL refuses an event
-whose transaction's legs are not the sums of its events (migration 0005).
+whose transaction's legs are not the sums of its events (migration 0006).
 
 LLM events may carry the provider's raw ``usage`` object; it is normalised
 (``metering.normalize``) into five token kinds, stored in the event's own columns and
@@ -180,7 +180,7 @@ class Event(models.Model):
     )
     # Many events → one transaction: a customer's accepted events of one rating part are
     # posted together, and the database refuses an event whose transaction's legs are not
-    # the sums of its events (migration 0005).
+    # the sums of its events (migration 0006).
     ledger_transaction = models.ForeignKey(
         "ledger.Transaction",
         on_delete=models.PROTECT,
