@@ -452,13 +452,13 @@ def _insufficient_funds(spec: TransactionSpec) -> errors.InsufficientFunds:
     )
 
 
-def _post_single(spec: TransactionSpec) -> LedgerTransaction:
+def _post_single(spec: TransactionSpec, *, savepoint: bool = True) -> LedgerTransaction:
     """One transaction by the single statement (``_POST_ONE``)."""
     spec.validate()
     payload_hash = spec.payload_hash()
     db = connections[DEFAULT_DB_ALIAS]  # the connection itself, not the proxy to it
     try:
-        if db.in_atomic_block:
+        if db.in_atomic_block and savepoint:
             with transaction.atomic():
                 row = _post_one_statement(db, spec, payload_hash)
         else:
@@ -520,17 +520,23 @@ def _call_post_function(payload: str, *, bulk: bool = False) -> list[tuple]:
             raise  # unreachable: _raise_ledger_error always raises
 
 
-def post_transactions(*, transactions: Sequence[TransactionSpec]) -> list[LedgerTransaction]:
+def post_transactions(
+    *, transactions: Sequence[TransactionSpec], savepoint: bool = True
+) -> list[LedgerTransaction]:
     """Post several transactions all-or-nothing in one database round trip (a token leg in
-    TOKENS and a money leg in USD, say). Each is idempotent on its own reference."""
+    TOKENS and a money leg in USD, say). Each is idempotent on its own reference.
+
+    Inside a caller's transaction the posting runs in a savepoint, so that a refused posting
+    leaves the caller's transaction usable. ``savepoint=False`` saves its two round trips
+    for a caller that abandons its whole transaction on any error (rating)."""
     if not transactions:
         raise errors.InvalidTransaction("nothing to post")
     if len(transactions) == 1 and _one_statement_applies(transactions[0]):
-        return [_post_single(transactions[0])]
+        return [_post_single(transactions[0], savepoint=savepoint)]
     documents = [spec.as_json() for spec in transactions]
     payload = json.dumps(documents)
     bulk = len(documents) >= BULK_THRESHOLD
-    if connection.in_atomic_block:
+    if connection.in_atomic_block and savepoint:
         # Inside the caller's transaction: a savepoint, so that a refused posting leaves
         # the caller's transaction usable and changes nothing.
         with transaction.atomic():

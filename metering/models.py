@@ -8,8 +8,11 @@ values) and which dimensions it splits usage by (``group_by``, e.g. ``["model"]`
 
 An *event* is one usage record sent by a product backend (``POST /api/v1/events``). Events
 are append-only and unique per (customer, idempotency key): a retry is acknowledged and never
-charged twice, because the database refuses the second row. Each rated event is linked to
-the ledger transaction that recorded it, and the transaction's reference names the event.
+charged twice, because the database refuses the second row. A customer's accepted events of
+one rating pass are posted as one ledger transaction whose legs are the sums of its events
+(tokens, and money per currency); each event keeps its own exact amount, cost, tokens and
+catalog price version and points at that transaction, and PostgreSQL refuses an event
+whose transaction's legs are not the sums of its events (migration 0006).
 
 LLM events may carry the provider's raw ``usage`` object; it is normalised
 (``metering.normalize``) into five token kinds, stored in the event's own columns and
@@ -175,12 +178,15 @@ class Event(models.Model):
     cost = models.DecimalField(
         **AMOUNT, default=Decimal(0), help_text="What the provider charges us for it (USD)."
     )
-    ledger_transaction = models.OneToOneField(
+    # Many events → one transaction: a customer's accepted events of one rating part are
+    # posted together, and the database refuses an event whose transaction's legs are not
+    # the sums of its events (migration 0006).
+    ledger_transaction = models.ForeignKey(
         "ledger.Transaction",
         on_delete=models.PROTECT,
         null=True,
         blank=True,
-        related_name="usage_event",
+        related_name="usage_events",
         db_constraint=False,
     )
 

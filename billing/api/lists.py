@@ -246,8 +246,9 @@ class UsageEventSerializer(serializers.Serializer):
     ledger_transaction = serializers.IntegerField(
         source="ledger_transaction_id",
         allow_null=True,
-        help_text="The ledger transaction that posted it (GET /customers/{id}/transactions); "
-        "null when it moved no money.",
+        help_text="The ledger transaction that posted it (GET /customers/{id}/transactions): "
+        "one per customer per rating pass, shared by that pass's events, its legs their "
+        "sums; null when it moved neither tokens nor money.",
     )
 
 

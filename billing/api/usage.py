@@ -98,7 +98,11 @@ class EventResultSerializer(serializers.Serializer):
     amount = Money(help_text="Charged for this event (negative: credited back).")
     currency = serializers.CharField()
     cost = Money(required=False, help_text="The provider's cost, USD (LLM events).")
-    ledger_transaction = serializers.IntegerField(allow_null=True)
+    ledger_transaction = serializers.IntegerField(
+        allow_null=True,
+        help_text="The ledger transaction that posted it: one per customer per rating pass, "
+        "shared by that pass's events, its legs their sums; null when it moved nothing.",
+    )
 
 
 class BatchSerializer(StrictSerializer):

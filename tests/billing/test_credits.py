@@ -417,17 +417,12 @@ def test_a_batch_splits_event_after_event_across_the_grants(acme):
     fund_ungranted(acme, "10")
     outcomes = rating.ingest_events([event("a", 2), event("b", 2), event("c", 3), event("d", 1)])
     assert [o.status for o in outcomes] == ["accepted"] * 4
-    transactions = [
-        LedgerTransaction.objects.get(pk=o.event["ledger_transaction_id"]) for o in outcomes
-    ]
-    assert [split_in_metadata(t) for t in transactions] == [
-        [(first.pk, D(2))],
-        [(first.pk, D(1)), (second.pk, D(1))],
-        [(second.pk, D(2))],  # and 1 ungranted
-        [],
-    ]
-    for transaction in transactions:
-        assert [(g, a) for g, a, _ in allocations_of(transaction)] == split_in_metadata(transaction)
+    # One transaction for the customer's batch (issue 14): its debit of 8 drawn in drain
+    # order, as the events' debits one after the other were (2; 1 + 1; 2 and 1 ungranted; 1).
+    [transaction_id] = {o.event["ledger_transaction_id"] for o in outcomes}
+    transaction = LedgerTransaction.objects.get(pk=transaction_id)
+    assert split_in_metadata(transaction) == [(first.pk, D(3)), (second.pk, D(3))]
+    assert [(g, a) for g, a, _ in allocations_of(transaction)] == split_in_metadata(transaction)
     assert remaining(first, second) == [D(0), D(0)]
     assert posted(acme) == D(8)  # 16 − 8
 

@@ -295,7 +295,15 @@ def test_many_threads_spending_one_prepaid_wallet_never_overdraw_it_nor_lose_usa
     assert selectors.balance_from_entries(account=wallet) == balance.posted
     spent = sum(charge[k] for k in accepted)
     assert funds - balance.posted == spent
-    assert Entry.objects.filter(account=wallet, amount__gt=0).count() == len(accepted)
+    # Every accepted event points at a usage transaction whose wallet debit is the sum of
+    # its events (one per customer per rating pass since issue 14, not one per event).
+    linked = Event.objects.filter(customer=customer, ledger_transaction__isnull=False)
+    assert linked.count() == len(accepted)
+    debits = Entry.objects.filter(account=wallet, amount__gt=0)
+    assert set(debits.values_list("transaction_id", flat=True)) == set(
+        linked.values_list("ledger_transaction_id", flat=True)
+    )
+    assert debits.aggregate(total=Sum("amount"))["total"] == spent
     # Each refusal was right: the wallet only shrank, and it cannot cover the refused event now.
     assert all(charge[k] > balance.posted for k in rejected)
 
@@ -303,7 +311,10 @@ def test_many_threads_spending_one_prepaid_wallet_never_overdraw_it_nor_lose_usa
     events = Event.objects.filter(customer=customer)
     assert set(events.values_list("idempotency_key", flat=True)) == accepted
     assert events.aggregate(total=Sum("amount"))["total"] == spent
-    assert usage_references(customer).count() == len(accepted)
+    # one usage transaction per customer per rating pass (issue 14), each linked
+    assert usage_references(customer).count() == len(
+        set(events.values_list("ledger_transaction_id", flat=True))
+    )
     counter = period_usage(units)
     assert counter.quantity == sum(attempted[k] for k in accepted)
     assert counter.event_count == len(accepted)
@@ -385,8 +396,13 @@ def test_overlapping_batches_from_many_threads_charge_each_key_once_at_the_gradu
     wallet = wallet_of(customer).account
     assert funds - selectors.get_balance(account=wallet).posted == worth
     assert selectors.balance_from_entries(account=wallet) == funds - worth
-    # A ledger transaction per charged event (those inside the allowance post nothing).
-    assert usage_references(customer).count() == events.filter(amount__gt=0).count()
+    # Every charged event points at a usage transaction (those inside the allowance post
+    # nothing); one per customer per rating pass since issue 14, not one per event.
+    charged = events.filter(amount__gt=0)
+    assert not charged.filter(ledger_transaction__isnull=True).exists()
+    assert usage_references(customer).count() == len(
+        set(charged.values_list("ledger_transaction_id", flat=True))
+    )
     daily = DailyUsage.objects.filter(meter=units).aggregate(q=Sum("quantity"), a=Sum("amount"))
     assert (daily["q"], daily["a"]) == (total, worth)
 

@@ -158,7 +158,7 @@ def catalog_charge(meter: Meter, margin: str, included: str = "0") -> ChargeSpec
 # --- per unit, the ledger legs and the links ------------------------------------------------------
 
 
-def test_per_unit_events_debit_the_wallet_and_link_one_transaction_each():
+def test_per_unit_events_debit_the_wallet_and_link_one_transaction_for_the_batch():
     units = make_meter("units")
     customer = subscribe(per_unit(units, "0.002"), funds="10")
     outcomes = ingest(event("a", units=100), event("b", units=250), event("c", units=1))
@@ -170,18 +170,20 @@ def test_per_unit_events_debit_the_wallet_and_link_one_transaction_each():
     assert system_posted("@Revenue", "USD") == D("0.702")
 
     wallet = wallet_of(customer)
-    for event_row in Event.objects.filter(customer=customer).select_related("ledger_transaction"):
-        transaction = event_row.ledger_transaction
-        assert transaction is not None
-        assert transaction.reference == f"usage:{customer.pk}:{event_row.idempotency_key}"
-        assert transaction.metadata["event_id"] == event_row.pk
-        assert transaction.effective_at == DAY
-        entries = {(e.account_id, e.amount) for e in Entry.objects.filter(transaction=transaction)}
-        revenue = Account.objects.get(code="@Revenue", currency="USD")
-        assert entries == {(wallet.account_id, event_row.amount), (revenue.pk, -event_row.amount)}
-    # 1:1: three events, three distinct transactions
-    linked = Event.objects.filter(customer=customer).values_list("ledger_transaction", flat=True)
-    assert len(set(linked)) == 3
+    # One customer's events of one rating pass: one transaction whose legs are their sums,
+    # named after the first event (issue 14 replaced one transaction per event).
+    rows = list(Event.objects.filter(customer=customer).order_by("id"))
+    transaction = rows[0].ledger_transaction
+    assert transaction is not None
+    assert {row.ledger_transaction_id for row in rows} == {transaction.pk}
+    assert transaction.reference == f"usage:{customer.pk}:{rows[0].idempotency_key}"
+    assert transaction.metadata["event_id"] == rows[0].pk
+    assert transaction.metadata["events"] == 3
+    assert transaction.effective_at == DAY
+    entries = {(e.account_id, e.amount) for e in Entry.objects.filter(transaction=transaction)}
+    revenue = Account.objects.get(code="@Revenue", currency="USD")
+    total = sum(row.amount for row in rows)
+    assert entries == {(wallet.account_id, total), (revenue.pk, -total)}
 
     usage = period_usage(units)
     assert (usage.quantity, usage.amount, usage.charged, usage.event_count) == (
@@ -376,9 +378,11 @@ def test_volume_tiers_reprice_every_unit_and_credit_back_a_negative_increment():
     assert amounts(customer) == [D(8), D("-0.5"), D("17.5")]
     assert sum(amounts(customer)) == D(25)
     assert posted(customer) == D(75)
+    # b's credit back is its own amount (-0.5, above); the batch's one transaction debits
+    # the wallet with the sum of the three (issue 14: one per customer per rating pass).
     credited = Event.objects.get(idempotency_key="b").ledger_transaction
     wallet = wallet_of(customer)
-    assert Entry.objects.get(transaction=credited, account_id=wallet.account_id).amount == D("-0.5")
+    assert Entry.objects.get(transaction=credited, account_id=wallet.account_id).amount == D(25)
     usage = period_usage(units)
     assert (usage.amount, usage.charged) == (D(25), D(25))
 

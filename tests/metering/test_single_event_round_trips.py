@@ -1,0 +1,67 @@
+"""A single POST /events is rating's batch of one (issue 14): the same code, and a bounded
+number of statements sent to PostgreSQL, counted here at the driver (every psycopg
+``execute`` and ``copy``: Django's queries, the ledger posting's prepared statement, the
+events' COPY, the counters' statement) so that a new query on the hot path is seen.
+
+Before issue 14: 20 (the posting's SAVEPOINT and RELEASE, wallets and margins apart, the
+three counters apart); now 15."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from metering.models import Event
+from tests.metering import test_api_usage as usage_tests
+from tests.metering.test_api_usage import CHAT, DAY1, llm_body
+
+# the fixtures of the API's usage tests (an authenticated client, acme on a catalog plan)
+api, api_key, make_key = usage_tests.api, usage_tests.api_key, usage_tests.make_key
+make_customer, make_meter, make_plan = (
+    usage_tests.make_customer,
+    usage_tests.make_meter,
+    usage_tests.make_plan,
+)
+acme, ai_plan, ai = usage_tests.acme, usage_tests.ai_plan, usage_tests.ai
+
+pytestmark = pytest.mark.django_db
+
+# auth, meters, customer, then in the part's transaction (a savepoint of the test's):
+# SAVEPOINT, lock, customer + subscription under the lock, stored twins, wallets + margins,
+# balance lock, counters, event ids, the posting, the COPY, the counters written, RELEASE
+MAX_STATEMENTS = 15
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[str]:
+    """What the driver is asked to send, in order."""
+    statements: list[str] = []
+    for name in ("execute", "copy"):
+        original = getattr(psycopg.Cursor, name)
+
+        def counted(self, query, *args, _original=original, **kwargs):
+            statements.append(str(query))
+            return _original(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, name, counted)
+    return statements
+
+
+def test_one_event_is_rated_in_a_bounded_number_of_statements(
+    api, ai, sent, django_capture_on_commit_callbacks
+):
+    # the warm-up's commit hooks run, as in production: the system accounts' ids are cached
+    with django_capture_on_commit_callbacks(execute=True):
+        warm_up = api.post("/api/v1/events", llm_body("warm-up", CHAT, when=DAY1))
+    assert warm_up.status_code == 201
+    sent.clear()
+    response = api.post("/api/v1/events", llm_body("req-2", CHAT, when=DAY1))
+    assert response.status_code == 201, response.json()
+    assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
+    # the rating part's transaction (a savepoint inside the test's), none for the posting
+    assert sum(q.startswith("SAVEPOINT") for q in sent) == 1
+    row = Event.objects.get(idempotency_key="req-2")
+    assert row.amount == Decimal("0.005664")
+    assert row.ledger_transaction.reference == f"usage:{ai.pk}:req-2"
