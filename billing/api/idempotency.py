@@ -20,9 +20,11 @@ each its own transaction holding only its customers' rating locks (``metering.ra
 one transaction around the whole batch would hold every customer's lock until the last
 part. So the key is *claimed* in its own short transaction — the record inserted with
 ``status_code`` 0, "in progress" — the work runs with its normal transactions, and the
-response is stored in a third one. Meanwhile a request with the same key and body is
-answered 409 ``idempotency_key_in_use`` at once (as Stripe does; retry later), one with
-another body 409 ``idempotency_key_reused``. If the process dies between claim and store,
+response is stored in a third one. Meanwhile a request with the same key and body waits
+up to ``IN_USE_WAIT`` for that answer and replays it (as a retry blocked on the unique index
+did before), and past that wait is answered 409 ``idempotency_key_in_use`` (as Stripe
+answers a concurrent request; retry later); one with another body gets 409
+``idempotency_key_reused`` at once. If the process dies between claim and store,
 the claim is taken over by a retry once it is older than ``CLAIM_TIMEOUT``; the retry runs
 the batch again, which is safe because every event is deduplicated by its own idempotency
 key: what the lost attempt committed is answered ``duplicate`` (a single event 200 instead
@@ -38,6 +40,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -52,6 +55,9 @@ TTL_HOURS = 48
 # An in-progress claim older than this is taken to belong to a request that died; a retry
 # takes it over. A batch of 1,000 events is rated in well under a second.
 CLAIM_TIMEOUT = timedelta(seconds=60)
+# A request finding the key held by another live request waits this long for that one's
+# answer (polling the record), then gets 409 idempotency_key_in_use.
+IN_USE_WAIT = timedelta(seconds=5)
 IN_PROGRESS = 0  # status_code of a claimed record whose response is not stored yet
 
 
@@ -157,40 +163,49 @@ def idempotent(handler):
     return wrapper
 
 
+def _try_claim(request, key: str, request_hash: str):
+    """One short transaction: the claim's (id, token), a Response replaying the stored
+    answer, or None while another live request holds the key."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        claimed = _insert_claim(cursor, request, key, request_hash)
+        if claimed is not None:
+            return claimed
+        cursor.execute(
+            "SELECT id, request_hash, status_code, response_body "
+            "FROM billing_idempotencyrecord WHERE api_key_id = %s AND key = %s FOR UPDATE",
+            [request.auth.pk, key],
+        )
+        row = cursor.fetchone()
+        if row is None:  # released (a 5xx) between our insert and our read
+            return None
+        record_id, record_hash, status_code, body = row
+        if status_code != IN_PROGRESS:
+            if isinstance(body, str):
+                body = json.loads(body)
+            return _replay(record_hash, request_hash, status_code, body)
+        if record_hash != request_hash:
+            raise _reused()
+        cursor.execute(  # a stale claim: its request died; take it over
+            "UPDATE billing_idempotencyrecord SET created_at = now() "
+            "WHERE id = %s AND created_at < now() - %s RETURNING id, created_at",
+            [record_id, CLAIM_TIMEOUT],
+        )
+        return cursor.fetchone()
+
+
 def _claim(request, key: str, request_hash: str):
-    """Claim the key in its own short transaction: the claim's token (its ``created_at``),
-    or a Response replaying the stored answer. Raises 409 while another request holds it."""
-    for _ in range(3):  # a claim released (5xx) between our insert and our read: again
-        with transaction.atomic(), connection.cursor() as cursor:
-            claimed = _insert_claim(cursor, request, key, request_hash)
-            if claimed is not None:
-                return claimed
-            cursor.execute(
-                "SELECT id, request_hash, status_code, response_body, created_at "
-                "FROM billing_idempotencyrecord WHERE api_key_id = %s AND key = %s "
-                "FOR UPDATE",
-                [request.auth.pk, key],
-            )
-            row = cursor.fetchone()
-            if row is None:
-                continue
-            record_id, record_hash, status_code, body, created_at = row
-            if status_code != IN_PROGRESS:
-                if isinstance(body, str):
-                    body = json.loads(body)
-                return _replay(record_hash, request_hash, status_code, body)
-            if record_hash != request_hash:
-                raise _reused()
-            cursor.execute(
-                "UPDATE billing_idempotencyrecord SET created_at = now() "
-                "WHERE id = %s AND created_at < now() - %s RETURNING id, created_at",
-                [record_id, CLAIM_TIMEOUT],
-            )
-            taken = cursor.fetchone()
-            if taken is None:
-                raise _in_use()
-            return taken
-    raise _in_use()
+    """Claim the key, or replay its stored answer; while another request holds it, wait
+    up to ``IN_USE_WAIT`` for its answer (then replay it), else 409 in use."""
+    deadline = time.monotonic() + IN_USE_WAIT.total_seconds()
+    pause = 0.01
+    while True:
+        result = _try_claim(request, key, request_hash)
+        if result is not None:
+            return result
+        if time.monotonic() + pause > deadline:
+            raise _in_use()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def idempotent_claimed(handler):

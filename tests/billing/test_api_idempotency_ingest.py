@@ -1,8 +1,9 @@
 """Idempotency-Key on the two ingest routes (issue 14): the key is claimed in its own short
 transaction, the batch is rated part by part with its normal transactions (each part's
 customers' rating locks released at its commit), and the answer is stored afterwards.
-A request with the same key meanwhile gets 409 ``idempotency_key_in_use``; a claim left by a
-request that died is taken over after ``CLAIM_TIMEOUT``."""
+A request with the same key meanwhile waits for the answer (``IN_USE_WAIT``), then gets 409
+``idempotency_key_in_use``; a claim left by a request that died is taken over after
+``CLAIM_TIMEOUT``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from billing import services
+from billing.api import idempotency
 from billing.models import BillingMode, Customer, IdempotencyRecord
 from ledger import selectors as ledger_selectors
 from metering import rating
@@ -115,6 +117,7 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
         lock(customer_ids)
 
     monkeypatch.setattr(rating, "_lock_customers", lock_and_pause)
+    monkeypatch.setattr(idempotency, "IN_USE_WAIT", timedelta(0))  # answer 409 at once
     _, secret = make_key()
     body = batch([first.external_id, second.external_id], 2)
     answer: dict = {}
@@ -174,6 +177,7 @@ def test_a_claim_left_by_a_crash_is_taken_over_after_the_timeout(api, customers,
     with pytest.raises(Crash):
         keyed(api, body, "crashed")
     monkeypatch.setattr(rating, "ingest_events", ingest)
+    monkeypatch.setattr(idempotency, "IN_USE_WAIT", timedelta(0))
     assert Event.objects.count() == 12  # rated and committed, answer never stored
     assert_error(  # not stale yet
         keyed(api, body, "crashed"),
