@@ -121,11 +121,14 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
     _, secret = make_key()
     body = batch([first.external_id, second.external_id], 2)
     answer: dict = {}
+    waited: dict = {}
+    waiter = None
 
-    def send() -> None:
+    def send(into: dict = answer) -> None:
         try:
             response = keyed(make_client(secret), body, "parts")
-            answer["status"], answer["body"] = response.status_code, response.json()
+            into["status"], into["body"] = response.status_code, response.json()
+            into["replayed"] = response.headers.get(REPLAYED)
         finally:
             connection.close()
 
@@ -146,11 +149,29 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
         assert_error(
             other, 409, "idempotency_key_reused", param="Idempotency-Key", type="idempotency_error"
         )
+        # A retry allowed to wait polls the in-progress claim and replays the answer.
+        monkeypatch.setattr(idempotency, "IN_USE_WAIT", timedelta(seconds=30))
+        polling = threading.Event()
+        try_claim = idempotency._try_claim
+
+        def noting_the_wait(*args):
+            result = try_claim(*args)
+            if result is None:
+                polling.set()
+            return result
+
+        monkeypatch.setattr(idempotency, "_try_claim", noting_the_wait)
+        waiter = threading.Thread(target=send, kwargs={"into": waited})
+        waiter.start()
+        assert polling.wait(timeout=20), "the retry did not wait on the claim"
     finally:
         go_on.set()
         worker.join(timeout=60)
-    assert not worker.is_alive()
+        if waiter is not None:
+            waiter.join(timeout=60)
+    assert not worker.is_alive() and not waiter.is_alive()
     assert answer["status"] == 200 and answer["body"]["accepted"] == 4
+    assert (waited["status"], waited["replayed"], waited["body"]) == (200, "true", answer["body"])
     retry = keyed(make_client(secret), body, "parts")
     assert (retry.status_code, retry.headers[REPLAYED], retry.json()) == (
         200,
