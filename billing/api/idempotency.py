@@ -31,8 +31,8 @@ key: what the lost attempt committed is answered ``duplicate`` (a single event 2
 of 201) and charged once. That answer is not byte-identical to the lost one — no client saw
 the lost one, and the fresh answer says truthfully that those events were already stored —
 and it is the answer stored and replayed from then on. An attempt that overran the timeout
-and was taken over does not overwrite the taker's stored answer (``created_at`` is the
-claim's token).
+and was taken over does not overwrite the taker's stored answer (``created_at``, the
+claim's ``clock_timestamp()``, is its token).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _insert_claim(cursor, request, key: str, request_hash: str):
     cursor.execute(
         "INSERT INTO billing_idempotencyrecord "
         "(api_key_id, key, method, path, request_hash, status_code, response_body,"
-        " created_at) VALUES (%s, %s, %s, %s, %s, 0, 'null', now()) "
+        " created_at) VALUES (%s, %s, %s, %s, %s, 0, 'null', clock_timestamp()) "
         "ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id, created_at",
         [request.auth.pk, key, request.method, request.path, request_hash],
     )
@@ -186,8 +186,8 @@ def _try_claim(request, key: str, request_hash: str):
         if record_hash != request_hash:
             raise _reused()
         cursor.execute(  # a stale claim: its request died; take it over
-            "UPDATE billing_idempotencyrecord SET created_at = now() "
-            "WHERE id = %s AND created_at < now() - %s RETURNING id, created_at",
+            "UPDATE billing_idempotencyrecord SET created_at = clock_timestamp() "
+            "WHERE id = %s AND created_at < clock_timestamp() - %s RETURNING id, created_at",
             [record_id, CLAIM_TIMEOUT],
         )
         return cursor.fetchone()

@@ -249,3 +249,29 @@ def test_a_single_keyed_event_replays(api, customers):
     retry = api.post("/api/v1/events", event, format="json", HTTP_IDEMPOTENCY_KEY="single")
     assert (retry.status_code, retry.headers[REPLAYED], retry.json()) == (201, "true", first.json())
     assert charged(customers[0]) == PRICE
+
+
+@pytest.mark.django_db
+def test_an_attempt_taken_over_does_not_overwrite_the_takers_answer(api, customers, monkeypatch):
+    body = batch([c.external_id for c in customers], 2)
+    ingest = rating.ingest_events
+    taker: dict = {}
+
+    def slow_then_taken_over(*args, **kwargs):
+        outcomes = ingest(*args, **kwargs)
+        if not taker:  # this attempt overran CLAIM_TIMEOUT; a retry takes the key over
+            taker["running"] = True
+            IdempotencyRecord.objects.filter(key="slow").update(
+                created_at=timezone.now() - timedelta(minutes=2)
+            )
+            taker["response"] = keyed(api, body, "slow")
+        return outcomes
+
+    monkeypatch.setattr(rating, "ingest_events", slow_then_taken_over)
+    slow = keyed(api, body, "slow")
+    assert slow.status_code == 200 and slow.json()["accepted"] == 8
+    taken = taker["response"]
+    assert taken.status_code == 200 and taken.json()["duplicates"] == 8
+    replay = keyed(api, body, "slow")
+    assert (replay.headers[REPLAYED], replay.json()) == ("true", taken.json())
+    assert Event.objects.count() == 8
