@@ -22,7 +22,7 @@ from rest_framework.response import Response
 
 from billing import credits, limits, selectors
 from billing.api.errors import APIError, error_body, reference_reused
-from billing.api.idempotency import idempotent
+from billing.api.idempotency import idempotent, idempotent_claimed
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
@@ -472,7 +472,7 @@ class EventCreateView(APIView):
         parameters=[idempotency_parameter()],
         examples=[OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE)],
     )
-    @idempotent
+    @idempotent_claimed
     def post(self, request):
         outcome = rating.ingest_events([parse_event(request.data)])[0]
         if outcome.status == "rejected":
@@ -492,7 +492,7 @@ class EventBatchView(APIView):
         responses={200: BatchResultSerializer, **errors(400, 409, 413)},
         parameters=[idempotency_parameter()],
     )
-    @idempotent
+    @idempotent_claimed
     def post(self, request):
         body = request.data
         if isinstance(body, dict) and not body.keys() <= {"events"}:
