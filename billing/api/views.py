@@ -44,7 +44,8 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits)",
         403: "The key lacks the scope (insufficient_scope)",
         404: "Not found",
-        409: "Conflict (idempotency_key_reused, customer_exists, period_close_pending, …)",
+        409: "Conflict (idempotency_key_reused, idempotency_key_in_use, customer_exists, "
+        "period_close_pending, …)",
         413: "Too large (batch_too_large, payload_too_large)",
         422: "Cannot be processed as sent (unknown_model, unknown_event_name, "
         "no_active_subscription, timestamp_before_subscription, timestamp_after_subscription, "
