@@ -1,12 +1,16 @@
 """The benchmarks are part of the product's promises: a smoke run of the ingest benchmark
 (1-second runs, fewer clients) in the test suite, so a change that breaks it — or breaks
 one of its checks: events stored once, Σ event amounts = the wallets' ledger movement,
-counters = events, balances = Σ entries — fails here, not in the next benchmark session.
+counters = events, balances = Σ entries, Σ events of each usage transaction = its legs —
+fails here, not in the next benchmark session. The figures issue 14's targets need (the
+no-op request rate, the in-process rate) and the targets themselves must be in the JSON
+line.
 It prints figures too short to mean anything; the targets are measured by `make
 bench-ingest`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +49,17 @@ def test_the_ingest_benchmark_runs_and_its_checks_pass():
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Verification: OK" in result.stdout, output[-4000:]
+    ok_line = "OK   Σ events of each usage transaction = its legs"
+    assert ok_line in result.stdout, output[-4000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rates = summary["events_per_second"]
+    assert rates["noop_requests"] > 0 and rates["in_process"] > 0, rates
+    targets = summary["targets"]
+    assert targets["batch/raw_ceiling"]["target"] == 0.2
+    assert targets["batch/raw_ceiling"]["stretch"] == 0.35
+    assert targets["batch_p99_ms"]["target"] == 500
+    assert targets["single/noop"]["target"] == 0.5
+    assert targets["single/noop"]["value"] is not None
+    assert targets["single_p99_ms"]["target"] == 100
+    assert targets["authorize_p99_ms"]["target"] == 20
+    assert all(t["met"] in (True, False) for t in targets.values()), targets
