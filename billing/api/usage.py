@@ -21,6 +21,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from billing import credits, limits, selectors
+from billing.api import query
 from billing.api.errors import APIError, error_body, reference_reused
 from billing.api.idempotency import idempotent, idempotent_claimed
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
@@ -810,23 +811,14 @@ class HoldReleaseView(APIView):
 
 
 def _parse_moment(raw: str, param: str) -> datetime:
+    """``query.parse_moment`` (a date or an RFC 3339 timestamp, as every list route reads
+    them), and far enough from the calendar's ends for the range checks below."""
+    moment = query.parse_moment(raw, param)
     try:
-        if len(raw) == 10:
-            moment = datetime.combine(datetime.fromisoformat(raw).date(), time(), tzinfo=UTC)
-        else:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-            if moment.tzinfo is None:
-                raise ValueError
-        moment = moment.astimezone(UTC)
         moment + timedelta(days=401)  # the range checks below must not overflow
         moment - timedelta(days=1)
-    except (ValueError, OverflowError):
-        raise APIError(
-            400,
-            "invalid_parameter",
-            f"{param} must be a date or an RFC 3339 timestamp",
-            param=param,
-        ) from None
+    except OverflowError:
+        raise query.invalid(param, f"{param} is out of range") from None
     return moment
 
 
