@@ -349,6 +349,11 @@ class APIKey(models.Model):
     secret_hash = models.CharField(max_length=64, unique=True)
     scopes = ArrayField(models.CharField(max_length=10), default=list)
     rate_limit_per_minute = models.PositiveIntegerField(default=6000)
+    ingest_async = models.BooleanField(
+        default=False,
+        help_text="Answer POST /events and /events/batch with 202 once the events are stored, "
+        "and rate them a moment later, as if every request sent Prefer: respond-async.",
+    )
     created_at = models.DateTimeField(db_default=Now())
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

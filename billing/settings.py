@@ -256,6 +256,12 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic schedules are declared here, in code; the database scheduler copies them into
 # django-celery-beat's tables, where the admin shows them.
 CELERY_BEAT_SCHEDULE = {
+    # Events accepted with Prefer: respond-async are rated by a task each acceptance
+    # queues; this only catches what a broker outage or a lost task left pending.
+    "metering-rate-incoming-events": {
+        "task": "metering.tasks.rate_incoming_events",
+        "schedule": 10.0,  # seconds
+    },
     "ledger-release-expired-holds": {
         "task": "ledger.tasks.release_expired_holds",
         "schedule": crontab(),  # every minute

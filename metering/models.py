@@ -202,6 +202,55 @@ class Event(models.Model):
         return f"{self.event_name} {self.idempotency_key}"
 
 
+class IncomingStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    REJECTED = "rejected", "rejected"
+
+
+class IncomingEvent(models.Model):
+    """An event accepted asynchronously (``Prefer: respond-async``): stored and deduplicated
+    when the API answers ``202``, rated shortly after by ``metering.inbox.rate_pending``.
+
+    Rating removes the row in the transaction that stores the event (the event itself then
+    says what happened); an event rating refuses (a prepaid wallet run dry) stays here,
+    ``rejected``, with its error: readable through ``GET /events?status=rejected``, and sent
+    again under the same key it is taken up again. Unique per (customer, idempotency key),
+    as events are: two retries store one row."""
+
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    idempotency_key = models.CharField(max_length=255)
+    event_name = models.CharField(max_length=200)
+    timestamp = models.DateTimeField()
+    properties = models.JSONField(default=dict)
+    received_at = models.DateTimeField(db_default=Now())
+    status = models.CharField(
+        max_length=10, choices=IncomingStatus.choices, default=IncomingStatus.PENDING
+    )
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    error_param = models.CharField(max_length=200, blank=True, default="")
+    rated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="metering_incoming_idempotency"
+            ),
+        ]
+        indexes = [
+            # The rater's queue: pending rows in arrival order, nothing else in the index.
+            models.Index(
+                fields=["id"],
+                condition=Q(status="pending"),
+                name="metering_incoming_pending",
+            ),
+            models.Index(fields=["customer", "-id"], name="metering_incoming_customer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} {self.idempotency_key} ({self.status})"
+
+
 class PeriodUsage(models.Model):
     """Rating state of one meter in one billing period of one subscription."""
 

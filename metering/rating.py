@@ -52,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
@@ -122,6 +122,8 @@ class EventIn:
     event_name: str
     timestamp: datetime
     properties: dict[str, Any] = field(default_factory=dict)
+    # When we received it: now, or the moment an asynchronous acceptance stored it.
+    received_at: datetime | None = None
 
 
 @dataclass
@@ -168,6 +170,29 @@ def _passes_filters(meter: Meter, prepared: Prepared) -> bool:
 
 
 def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> Prepared:
+    _check_moment_and_names(event, now)
+    if not meters:
+        raise errors.UnknownEventName(
+            f"no meter reads events named {event.event_name!r}; create one first",
+            param="event_name",
+        )
+    prepared = Prepared(index=index, source=event, meters=meters)
+    if "usage" in event.properties:
+        prepared.usage, prepared.price, prepared.cost = _llm_usage(event)
+    return prepared
+
+
+def check_event(event: EventIn, *, now: datetime) -> None:
+    """What can be said of an event without the database: a timestamp not in the future,
+    ``properties.llm`` free, a readable provider usage object, a model the catalog prices.
+    Rating checks it all again; the asynchronous acceptance refuses at once what it would
+    refuse anyway."""
+    _check_moment_and_names(event, now)
+    if "usage" in event.properties:
+        _llm_usage(event)
+
+
+def _check_moment_and_names(event: EventIn, now: datetime) -> None:
     if event.timestamp > now + FUTURE_TOLERANCE:
         raise errors.TimestampInFuture(
             f"timestamp {event.timestamp.isoformat()} lies in the future", param="timestamp"
@@ -177,38 +202,31 @@ def _prepare(index: int, event: EventIn, meters: list[Meter], now: datetime) -> 
             "properties.llm is reserved: meters read the normalised LLM usage there",
             param="properties.llm",
         )
-    if not meters:
-        raise errors.UnknownEventName(
-            f"no meter reads events named {event.event_name!r}; create one first",
-            param="event_name",
-        )
-    prepared = Prepared(index=index, source=event, meters=meters)
+
+
+def _llm_usage(event: EventIn) -> tuple[NormalizedUsage, Any, catalog.Cost]:
+    """The event's normalised LLM usage, its catalog price version and the provider's cost."""
     properties = event.properties
-    if "usage" in properties:
-        provider = properties.get("provider")
-        model = properties.get("model")
-        if provider is not None and not isinstance(provider, str):
-            raise errors.InvalidEvent(
-                "properties.provider must be a string", param="properties.provider"
-            )
-        if model is not None and not isinstance(model, str):
-            raise errors.InvalidEvent("properties.model must be a string", param="properties.model")
-        usage = normalize_usage(properties["usage"], provider=provider, model=model)
-        if len(usage.model) > 200 or len(usage.provider) > 100:
-            raise errors.InvalidEvent(
-                "the model name may have 200 characters and the provider 100",
-                param="properties.model",
-            )
-        if not usage.model:
-            raise errors.InvalidEvent(
-                "an event with LLM usage needs properties.model", param="properties.model"
-            )
-        prepared.usage = usage
-        prepared.price = catalog.find_price(
-            provider=usage.provider, model=usage.model, at=event.timestamp
+    provider = properties.get("provider")
+    model = properties.get("model")
+    if provider is not None and not isinstance(provider, str):
+        raise errors.InvalidEvent(
+            "properties.provider must be a string", param="properties.provider"
         )
-        prepared.cost = catalog.cost_of(prepared.price, usage, event.timestamp)
-    return prepared
+    if model is not None and not isinstance(model, str):
+        raise errors.InvalidEvent("properties.model must be a string", param="properties.model")
+    usage = normalize_usage(properties["usage"], provider=provider, model=model)
+    if len(usage.model) > 200 or len(usage.provider) > 100:
+        raise errors.InvalidEvent(
+            "the model name may have 200 characters and the provider 100",
+            param="properties.model",
+        )
+    if not usage.model:
+        raise errors.InvalidEvent(
+            "an event with LLM usage needs properties.model", param="properties.model"
+        )
+    price = catalog.find_price(provider=usage.provider, model=usage.model, at=event.timestamp)
+    return usage, price, catalog.cost_of(price, usage, event.timestamp)
 
 
 def _quantity(meter: Meter, prepared: Prepared, *, charged: bool = True) -> Any:
@@ -563,12 +581,20 @@ def _funds_error(wallet: Wallet, currency: str, needed: Decimal, balance) -> Bil
 
 
 def ingest_events(
-    events: Sequence[EventIn], *, now: datetime | None = None, hold_id: int | None = None
+    events: Sequence[EventIn],
+    *,
+    now: datetime | None = None,
+    hold_id: int | None = None,
+    after_part: Callable[[list[tuple[int, Outcome]]], None] | None = None,
 ) -> list[Outcome]:
     """Store, rate and post ``events``; one Outcome per event, in order.
 
     With ``hold_id`` (one event): the event settles that hold — what is left of the hold is
-    released and the event's charge posted against it, all in one transaction."""
+    released and the event's charge posted against it, all in one transaction.
+
+    ``after_part`` is called inside each part's transaction with the (index, outcome) of the
+    part's events, so that what the caller records of them commits with them or not at all
+    (the asynchronous inbox removes the rows the part rated)."""
     if hold_id is not None and len(events) != 1:
         raise ValueError("a hold is settled by exactly one event")
     now = now or timezone.now()
@@ -616,6 +642,14 @@ def ingest_events(
                 hold_id,
                 now=now,
             )
+            if after_part is not None:
+                after_part(
+                    [
+                        (p.index, outcomes[p.index])  # type: ignore[misc]
+                        for cid in chunk
+                        for p in by_customer[cid]
+                    ]
+                )
     return outcomes  # type: ignore[return-value]
 
 
@@ -1201,6 +1235,7 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
             book.record(t.pk, parts, AllocationKind.USAGE)
     book.save()
     event_rows = []
+    received_at = timezone.now()
     for event_id, a in zip(event_ids, accepted, strict=True):
         p, customer, money, currency = a.p, a.customer, a.money, a.currency
         u = p.usage
@@ -1236,6 +1271,7 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
                 money,
                 cost,
                 transaction_ids.get(event_id),
+                p.source.received_at or received_at,
             )
         )
     # Duplicates inside the batch point at the accepted twin.
@@ -1257,7 +1293,8 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
             "COPY metering_event (id, customer_id, idempotency_key, event_name, timestamp, "
             "properties, subscription_id, period_start, provider, model, model_price_id, "
             "input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, "
-            "reasoning_tokens, currency, amount, cost, ledger_transaction_id) FROM STDIN"
+            "reasoning_tokens, currency, amount, cost, ledger_transaction_id, received_at) "
+            "FROM STDIN"
         ) as copy:
             for row in event_rows:
                 copy.write_row(row)

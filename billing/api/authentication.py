@@ -53,6 +53,7 @@ _KEY_FIELDS = (
     "secret_hash",
     "scopes",
     "rate_limit_per_minute",
+    "ingest_async",
     "last_used_at",
     "revoked_at",
 )

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -27,7 +32,7 @@ from billing.api.pagination import paginate
 from billing.api.views import errors
 from billing.models import BillingMode, Customer, SubscriptionStatus, Wallet
 from metering import selectors as metering_selectors
-from metering.models import Event
+from metering.models import Event, IncomingEvent, IncomingStatus
 
 # --- customers ----------------------------------------------------------------------------
 
@@ -225,6 +230,9 @@ class EventModelPriceSerializer(serializers.Serializer):
 class UsageEventSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     idempotency_key = serializers.CharField()
+    status = serializers.SerializerMethodField(
+        help_text="accepted: rated and posted. (pending and rejected: see IncomingEvent.)"
+    )
     customer = serializers.CharField(source="customer.external_id")
     event_name = serializers.CharField()
     timestamp = serializers.DateTimeField()
@@ -251,8 +259,53 @@ class UsageEventSerializer(serializers.Serializer):
         "sums; null when it moved neither tokens nor money.",
     )
 
+    def get_status(self, event) -> str:
+        return "accepted"
 
-EVENT_FILTERS = ("customer", "from", "to", "event_name")
+
+class IncomingEventSerializer(serializers.Serializer):
+    """An event accepted asynchronously and not rated (yet): ``pending``, or ``rejected``
+    by rating with its error. Its ``id`` numbers the submission, not an event."""
+
+    id = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    customer = serializers.CharField(source="customer.external_id")
+    event_name = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    received_at = serializers.DateTimeField()
+    properties = serializers.JSONField()
+    status = serializers.ChoiceField(choices=IncomingStatus.values)
+    error = serializers.SerializerMethodField()
+
+    def get_error(self, row: IncomingEvent) -> dict | None:
+        if row.status != IncomingStatus.REJECTED:
+            return None
+        return {
+            "type": "invalid_request_error",
+            "code": row.error_code,
+            "message": row.error_message,
+            "param": row.error_param or None,
+        }
+
+
+# GET /events lists rated events, or with status=pending|rejected the incoming ones.
+EventListSerializer = type(
+    "EventListSerializer",
+    (serializers.Serializer,),
+    {
+        "data": PolymorphicProxySerializer(
+            component_name="EventOrIncoming",
+            serializers=[UsageEventSerializer, IncomingEventSerializer],
+            resource_type_field_name=None,
+            many=True,
+        ),
+        "has_more": serializers.BooleanField(),
+        "__module__": __name__,
+    },
+)
+
+EVENT_FILTERS = ("customer", "from", "to", "event_name", "status", "idempotency_key")
+EVENT_STATUSES = ("accepted", *IncomingStatus.values)
 
 
 class EventListCreateView(usage.EventCreateView):
@@ -267,8 +320,9 @@ class EventListCreateView(usage.EventCreateView):
         description="Ordered by `timestamp`, then `id`, both descending. `from` is inclusive "
         "and `to` exclusive. `starting_after` is the `id` of the last event of the previous "
         "page (an event of the same customer); an event ingested meanwhile with an older "
-        "timestamp appears on a later page, never twice. Every stored event was accepted "
-        "and rated (refused events are not stored), so events have no status.",
+        "timestamp appears on a later page, never twice. Events sent synchronously and "
+        "refused are not stored; events accepted with Prefer: respond-async are listed with "
+        "`status=pending` until rated and `status=rejected` if rating refused them.",
         parameters=[
             OpenApiParameter(
                 "customer",
@@ -281,9 +335,24 @@ class EventListCreateView(usage.EventCreateView):
             OpenApiParameter(
                 "event_name", {"type": "string", "maxLength": 200}, description="Exactly."
             ),
+            OpenApiParameter(
+                "status",
+                {"type": "string", "enum": list(EVENT_STATUSES)},
+                description="accepted (the default): rated events. pending: accepted "
+                "asynchronously (Prefer: respond-async), not rated yet. rejected: accepted "
+                "asynchronously and refused by rating, with the error (sending the key "
+                "again takes it up again). These two are ordered by arrival, newest first, "
+                "and `starting_after` takes their `id`.",
+            ),
+            OpenApiParameter(
+                "idempotency_key",
+                {"type": "string", "maxLength": 255},
+                description="The event sent under this key, whatever became of it: without "
+                "`status`, the rated event if there is one, else the pending or rejected one.",
+            ),
             *PAGE_PARAMETERS,
         ],
-        responses={200: s.list_response(UsageEventSerializer), **errors(400, 404)},
+        responses={200: EventListSerializer, **errors(400, 404)},
     )
     def get(self, request):
         external_id = query.text(request, "customer")
@@ -296,12 +365,22 @@ class EventListCreateView(usage.EventCreateView):
             )
         since, until = query.time_range(request, "from", "to")
         event_name = query.text(request, "event_name")
+        status = query.choice(request, "status", EVENT_STATUSES)
+        key = query.text(request, "idempotency_key", max_length=255)
         limit = query.limit(request)
         after_id = query.object_id(request, "starting_after")
         customer = selectors.get_customer(external_id=external_id, param="customer")
+        if status in IncomingStatus.values or (
+            status is None
+            and key is not None
+            and not metering_selectors.event_exists(customer=customer, idempotency_key=key)
+        ):
+            return self._incoming(request, customer, status, key, since, until, event_name)
         events = metering_selectors.list_events(
             customer=customer, since=since, until=until, event_name=event_name
         )
+        if key is not None:
+            events = events.filter(idempotency_key=key)
         if after_id is not None:
             after = metering_selectors.event_cursor(event_id=after_id, customer=customer)
             if after is None:
@@ -315,6 +394,29 @@ class EventListCreateView(usage.EventCreateView):
         return Response(
             {
                 "data": UsageEventSerializer(rows[:limit], many=True).data,
+                "has_more": len(rows) > limit,
+            }
+        )
+
+    def _incoming(self, request, customer, status, key, since, until, event_name) -> Response:
+        rows_query = metering_selectors.list_incoming(
+            customer=customer,
+            status=status,
+            idempotency_key=key,
+            since=since,
+            until=until,
+            event_name=event_name,
+        )
+        limit = query.limit(request)
+        after_id = query.object_id(request, "starting_after")
+        if after_id is not None:
+            rows_query = rows_query.filter(id__lt=after_id)
+        rows: list[IncomingEvent] = list(rows_query[: limit + 1])
+        for row in rows:
+            row.customer = customer
+        return Response(
+            {
+                "data": IncomingEventSerializer(rows[:limit], many=True).data,
                 "has_more": len(rows) > limit,
             }
         )

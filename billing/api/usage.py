@@ -41,7 +41,7 @@ from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import Account, Hold
 from metering import errors as metering_errors
-from metering import rating
+from metering import inbox, rating
 from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
 
 MAX_BATCH = 1000
@@ -104,6 +104,29 @@ class EventResultSerializer(serializers.Serializer):
         help_text="The ledger transaction that posted it: one per customer per rating pass, "
         "shared by that pass's events, its legs their sums; null when it moved nothing.",
     )
+
+
+class AsyncEventResultSerializer(serializers.Serializer):
+    idempotency_key = serializers.CharField()
+    customer = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["pending", "duplicate"],
+        help_text="pending: stored, to be rated within about a second (202); duplicate: "
+        "this customer already sent that key (200), nothing is stored again.",
+    )
+
+
+class AsyncBatchItemSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["pending", "duplicate", "rejected"])
+    error = serializers.DictField(required=False)
+
+
+class AsyncBatchResultSerializer(serializers.Serializer):
+    data = AsyncBatchItemSerializer(many=True)
+    pending = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.IntegerField()
 
 
 class BatchSerializer(StrictSerializer):
@@ -454,6 +477,35 @@ EVENT_EXAMPLE = {
 }
 
 
+def prefer_parameter() -> OpenApiParameter:
+    return OpenApiParameter(
+        "Prefer",
+        {"type": "string", "enum": ["respond-async"]},
+        OpenApiParameter.HEADER,
+        required=False,
+        description="respond-async: answer 202 once the events are stored and deduplicated, "
+        "rate them within about a second (as an API key set to asynchronous ingestion "
+        "does for every request). What rating refuses then is recorded on the event: GET "
+        "/events?status=rejected. Answered with Preference-Applied: respond-async.",
+    )
+
+
+def _wants_async(request) -> bool:
+    """RFC 7240: ``Prefer`` holds comma-separated preferences, tokens case-insensitive."""
+    if getattr(request.auth, "ingest_async", False):
+        return True
+    header = request.headers.get("Prefer", "")
+    return any(
+        part.split(";", 1)[0].strip().lower() == "respond-async" for part in header.split(",")
+    )
+
+
+def _async_response(payload: dict, code: int) -> Response:
+    response = Response(payload, status=code)
+    response["Preference-Applied"] = "respond-async"
+    return response
+
+
 # --- views ----------------------------------------------------------------------------------------
 
 
@@ -468,14 +520,28 @@ class EventCreateView(APIView):
         responses={
             201: EventResultSerializer,
             200: EventResultSerializer,
+            202: AsyncEventResultSerializer,
             **errors(400, 402, 404, 409, 413, 422),
         },
-        parameters=[idempotency_parameter()],
+        parameters=[idempotency_parameter(), prefer_parameter()],
         examples=[OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE)],
     )
     @idempotent_claimed
     def post(self, request):
-        outcome = rating.ingest_events([parse_event(request.data)])[0]
+        event = parse_event(request.data)
+        if _wants_async(request):
+            acceptance = inbox.accept_events([event])[0]
+            if acceptance.status == "rejected":
+                raise acceptance.error
+            return _async_response(
+                {
+                    "idempotency_key": event.idempotency_key,
+                    "customer": event.customer,
+                    "status": acceptance.status,
+                },
+                status.HTTP_202_ACCEPTED if acceptance.status == "pending" else status.HTTP_200_OK,
+            )
+        outcome = rating.ingest_events([event])[0]
         if outcome.status == "rejected":
             raise outcome.error
         code = status.HTTP_201_CREATED if outcome.status == "accepted" else status.HTTP_200_OK
@@ -490,8 +556,12 @@ class EventBatchView(APIView):
         tags=["usage"],
         summary=f"Ingest up to {MAX_BATCH} events; each accepted, duplicate or rejected alone",
         request=BatchSerializer,
-        responses={200: BatchResultSerializer, **errors(400, 409, 413)},
-        parameters=[idempotency_parameter()],
+        responses={
+            200: BatchResultSerializer,
+            202: AsyncBatchResultSerializer,
+            **errors(400, 409, 413),
+        },
+        parameters=[idempotency_parameter(), prefer_parameter()],
     )
     @idempotent_claimed
     def post(self, request):
@@ -527,6 +597,8 @@ class EventBatchView(APIView):
                 }
                 continue
             positions.append(index)
+        if _wants_async(request):
+            return self._accept_async(valid, positions, results)
         outcomes = rating.ingest_events(valid) if valid else []
         for index, outcome in zip(positions, outcomes, strict=True):
             if outcome.status == "rejected":
@@ -551,6 +623,28 @@ class EventBatchView(APIView):
                 "duplicates": counts["duplicate"],
                 "rejected": counts["rejected"],
             }
+        )
+
+    def _accept_async(
+        self, valid: list[rating.EventIn], positions: list[int], results: list[dict | None]
+    ) -> Response:
+        acceptances = inbox.accept_events(valid) if valid else []
+        for index, acceptance in zip(positions, acceptances, strict=True):
+            item: dict = {"index": index, "status": acceptance.status}
+            if acceptance.error is not None:
+                item["error"] = _error_payload(acceptance.error)
+            results[index] = item
+        counts = {"pending": 0, "duplicate": 0, "rejected": 0}
+        for result in results:
+            counts[result["status"]] += 1
+        return _async_response(
+            {
+                "data": results,
+                "pending": counts["pending"],
+                "duplicates": counts["duplicate"],
+                "rejected": counts["rejected"],
+            },
+            status.HTTP_202_ACCEPTED,
         )
 
 

@@ -102,6 +102,7 @@ def test_an_event_with_its_price_cost_tokens_price_version_and_transaction(api, 
             {
                 "id": event.pk,
                 "idempotency_key": "req-1",
+                "status": "accepted",
                 "customer": "acme",
                 "event_name": "llm.completion",
                 "timestamp": iso(at(30)),
@@ -239,7 +240,8 @@ def test_only_the_customers_own_events(api, acme, make_customer, plan):
     [
         ({}, 400, "parameter_missing", "customer"),
         ({"customer": "nobody"}, 404, "customer_not_found", "customer"),
-        ({"customer": "acme", "status": "accepted"}, 400, "unknown_parameter", "status"),
+        ({"customer": "acme", "state": "accepted"}, 400, "unknown_parameter", "state"),
+        ({"customer": "acme", "status": "rated"}, 400, "invalid_parameter", "status"),
         ({"customer": "acme", "start": "2026-01-01"}, 400, "unknown_parameter", "start"),
         ({"customer": "acme", "from": "2026-13-01"}, 400, "invalid_parameter", "from"),
         ({"customer": "acme", "to": "1700000000"}, 400, "invalid_parameter", "to"),

@@ -1,0 +1,287 @@
+"""Asynchronous acceptance: events stored and deduplicated at once, rated a moment later.
+
+A product backend that prefers throughput to a per-event answer sends ``Prefer:
+respond-async`` (or uses an API key set to ``ingest_async``). Then:
+
+    accept_events(events) → per event: pending (stored), duplicate, or rejected
+
+stores the events in ``IncomingEvent`` with one statement — the customer looked up, an
+event already rated under the same key answered ``duplicate``, the unique (customer,
+idempotency key) constraint deciding between racing retries — and the API answers ``202``.
+What can be refused without the database (a timestamp in the future, an unreadable usage
+object, a model the catalog does not price) is refused at once, as it would be
+synchronously. Nothing is charged yet.
+
+``rate_until_empty`` (the Celery task ``metering.tasks.rate_incoming_events``) rates the
+pending rows in arrival order, ``RATE_BATCH`` at a time, through the same
+``rating.ingest_events`` as the synchronous routes. Each rating part removes the rows it
+rated in its own transaction (``after_part``), so an event is either still pending or
+rated, never both or neither, whatever crashes when; the event keeps the moment it was
+received. What rating refuses (a prepaid wallet run dry, no subscription, an unknown event
+name) stays as a ``rejected`` row with its error code and message —
+``GET /events?status=rejected`` — and the same key sent again is taken up again.
+
+Scheduling: an acceptance queues the task after its commit unless one is already queued
+(a Redis key with a short expiry says so), so a thousand acceptances a second queue a
+handful of tasks. One rater runs at a time (a PostgreSQL advisory lock): two would only
+queue on the same customers' rating locks. A rater that finds the lock taken leaves; the
+holder looks again after releasing it, so no event waits for the beat sweep
+(``metering-rate-incoming-events``, every 10 s), which is only there for a broker that was
+down or a task that was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from psycopg import Cursor as PsycopgCursor
+
+from billing.errors import BillingError, CustomerNotFound
+from metering import rating
+from metering.rating import EventIn, Outcome
+
+log = logging.getLogger(__name__)
+
+RATE_BATCH = 1000  # pending events rated per pass (one ingest_events call)
+RATER_LOCK = 0x6D657465_72696E67  # "metering", the session advisory lock of the one rater
+SCHEDULED_KEY = "metering:incoming:scheduled"
+SCHEDULED_TTL_MS = 2000  # a queued task lost before it ran is replaced after this
+RATER_MAX_SECONDS = 50  # then a fresh task takes over (well inside the visibility timeout)
+
+
+@dataclass
+class Acceptance:
+    status: str  # "pending", "duplicate" or "rejected"
+    error: BillingError | None = None
+
+
+_ACCEPT = """
+WITH r AS (
+    SELECT * FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
+                         %b::text[]) AS r(ord, ext, k, n, ts, props)
+), c AS (
+    SELECT r.*, cu.id AS cid FROM r LEFT JOIN billing_customer cu ON cu.external_id = r.ext
+), ins AS (
+    INSERT INTO metering_incomingevent AS i
+           (customer_id, idempotency_key, event_name, timestamp, properties, received_at,
+            status, error_code, error_message, error_param)
+    SELECT c.cid, c.k, c.n, c.ts, c.props::jsonb, now(), 'pending', '', '', ''
+      FROM c
+     WHERE c.cid IS NOT NULL
+       AND NOT EXISTS (SELECT FROM metering_event e
+                        WHERE e.customer_id = c.cid AND e.idempotency_key = c.k)
+    ON CONFLICT (customer_id, idempotency_key) DO UPDATE
+       SET event_name = EXCLUDED.event_name, timestamp = EXCLUDED.timestamp,
+           properties = EXCLUDED.properties, received_at = now(), status = 'pending',
+           error_code = '', error_message = '', error_param = '', rated_at = NULL
+     WHERE i.status = 'rejected'
+    RETURNING i.customer_id, i.idempotency_key
+)
+SELECT c.ord, c.cid, ins.customer_id IS NOT NULL
+  FROM c LEFT JOIN ins ON ins.customer_id = c.cid AND ins.idempotency_key = c.k
+"""
+
+
+def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> list[Acceptance]:
+    """Store ``events`` for rating, one statement for all; one Acceptance per event, in
+    order. A rejected row of an earlier attempt under the same key is taken up again (a
+    refused event changed nothing, as in the synchronous routes)."""
+    now = now or timezone.now()
+    results: list[Acceptance | None] = [None] * len(events)
+    rows: list[tuple[int, str, str, str, datetime, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for index, event in enumerate(events):
+        try:
+            rating.check_event(event, now=now)
+        except BillingError as error:
+            results[index] = Acceptance("rejected", error)
+            continue
+        key = (event.customer, event.idempotency_key)
+        if key in seen:  # the same key twice in one batch: the first one counts
+            results[index] = Acceptance("duplicate")
+            continue
+        seen.add(key)
+        rows.append(
+            (
+                index,
+                event.customer,
+                event.idempotency_key,
+                event.event_name,
+                event.timestamp,
+                json.dumps(event.properties, default=str),
+            )
+        )
+    if rows:
+        for index, customer_id, stored in _execute(
+            _ACCEPT, [list(c) for c in zip(*rows, strict=True)]
+        ):
+            if customer_id is None:
+                results[index] = Acceptance(
+                    "rejected",
+                    CustomerNotFound(
+                        f"no customer with external_id {events[index].customer!r}",
+                        param="customer",
+                    ),
+                )
+            else:
+                results[index] = Acceptance("pending" if stored else "duplicate")
+        if any(r is not None and r.status == "pending" for r in results):
+            transaction.on_commit(schedule_rating)
+    return results  # type: ignore[return-value]
+
+
+def _execute(sql: str, params: list[Any]) -> list[tuple]:
+    """One statement with its arrays bound server-side (see rating._execute_bound)."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = PsycopgCursor(connection.connection)
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+
+# --- rating what was accepted ---------------------------------------------------------------
+
+
+def rate_pending(*, limit: int = RATE_BATCH, now: datetime | None = None) -> int:
+    """Rate the oldest ``limit`` pending events; returns how many were taken up. The caller
+    holds the rater's lock (``rate_until_empty``): rows are read without locking them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.id, cu.external_id, i.idempotency_key, i.event_name, i.timestamp, "
+            "i.properties, i.received_at FROM metering_incomingevent i "
+            "JOIN billing_customer cu ON cu.id = i.customer_id "
+            "WHERE i.status = 'pending' ORDER BY i.id LIMIT %s",
+            [limit],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return 0
+    ids = [row[0] for row in rows]
+    events = [
+        EventIn(
+            idempotency_key=key,
+            customer=external_id,
+            event_name=name,
+            timestamp=timestamp,
+            properties=json.loads(properties) if isinstance(properties, str) else properties,
+            received_at=received_at,
+        )
+        for _, external_id, key, name, timestamp, properties, received_at in rows
+    ]
+    recorded: set[int] = set()
+
+    def record(part: list[tuple[int, Outcome]]) -> None:
+        _record([(ids[index], outcome) for index, outcome in part])
+        recorded.update(index for index, _ in part)
+
+    outcomes = rating.ingest_events(events, now=now, after_part=record)
+    # Refused before any part (an unknown event name or customer): nothing was written for
+    # them, so recording it on its own is safe; a crash before it only rates them again.
+    _record([(ids[i], outcome) for i, outcome in enumerate(outcomes) if i not in recorded])
+    return len(rows)
+
+
+def _record(outcomes: list[tuple[int, Outcome]]) -> None:
+    """Rated rows leave the inbox (the event now says what happened); refused ones stay,
+    ``rejected``, with their error."""
+    done = [row_id for row_id, outcome in outcomes if outcome.status != "rejected"]
+    refused = [
+        (row_id, outcome.error) for row_id, outcome in outcomes if outcome.status == "rejected"
+    ]
+    if done:
+        _execute("DELETE FROM metering_incomingevent WHERE id = ANY(%b::bigint[])", [done])
+    if refused:
+        _execute(
+            "UPDATE metering_incomingevent i SET status = 'rejected', error_code = r.code, "
+            "error_message = r.message, error_param = r.param, rated_at = now() "
+            "FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) "
+            "AS r(id, code, message, param) WHERE i.id = r.id",
+            [
+                [row_id for row_id, _ in refused],
+                [getattr(error, "code", "rejected") for _, error in refused],
+                [str(getattr(error, "message", error)) for _, error in refused],
+                [getattr(error, "param", None) or "" for _, error in refused],
+            ],
+        )
+
+
+def pending_exists() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM metering_incomingevent WHERE status = 'pending')"
+        )
+        return cursor.fetchone()[0]
+
+
+def rate_until_empty(*, max_seconds: float = RATER_MAX_SECONDS) -> int:
+    """Rate pending events until there are none (the task's body); returns how many were
+    taken up. Another rater running: leave at once (it looks again when it is done)."""
+    deadline = time.monotonic() + max_seconds
+    total = 0
+    while True:
+        _clear_scheduled()  # arrivals from now on queue a task of their own
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [RATER_LOCK])
+            if not cursor.fetchone()[0]:
+                return total
+        try:
+            while time.monotonic() < deadline:
+                taken = rate_pending()
+                total += taken
+                if taken < RATE_BATCH:
+                    break
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [RATER_LOCK])
+        # An arrival whose task found the lock taken is seen here.
+        if not pending_exists():
+            return total
+        if time.monotonic() >= deadline:
+            schedule_rating()  # a fresh task goes on
+            return total
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+_redis_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5
+        )
+    return _redis_client
+
+
+def schedule_rating() -> None:
+    """Queue the rater unless a queued one has not started yet. Never raises: the events are
+    stored, and the beat sweep rates them if neither Redis nor the broker can be reached."""
+    from metering import tasks  # the task module imports this one
+
+    try:
+        if _redis().set(SCHEDULED_KEY, "1", nx=True, px=SCHEDULED_TTL_MS):
+            tasks.rate_incoming_events.delay()
+    except Exception as error:  # noqa: BLE001 — any broker or Redis failure: the sweep rates them
+        log.warning("could not queue the rating of incoming events (%s); the sweep will", error)
+
+
+def _clear_scheduled() -> None:
+    try:
+        _redis().delete(SCHEDULED_KEY)
+    except (redis.RedisError, OSError):
+        pass  # the key expires by itself
