@@ -1568,6 +1568,12 @@ class APIKeyCreateForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         initial=["read", "write", "ingest"],
     )
+    ingest_async = forms.BooleanField(
+        required=False,
+        label="Asynchronous ingestion",
+        help_text="Answer its usage events with 202 once stored and rate them a moment later "
+        "(as Prefer: respond-async does per request): more throughput, no per-event answer.",
+    )
 
 
 @admin.register(APIKey)
@@ -1592,6 +1598,7 @@ class APIKeyAdmin(ServiceFormMixin, admin.ModelAdmin):
         "prefix",
         "scopes_display",
         "rate_limit_per_minute",
+        "ingest_async",
         "created_at",
         "created_by",
         "last_used_at",
@@ -1623,6 +1630,7 @@ class APIKeyAdmin(ServiceFormMixin, admin.ModelAdmin):
                 name=form.cleaned_data["name"],
                 scopes=form.cleaned_data["scopes"],
                 created_by_id=request.user.pk,
+                ingest_async=form.cleaned_data["ingest_async"],
             )
             self.log_addition(request, key, "Created in the admin.")
             # The one time the secret exists outside its owner's hands: only its hash is kept.

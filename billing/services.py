@@ -987,9 +987,15 @@ def hash_secret(secret: str) -> str:
 
 
 def create_api_key(
-    *, name: str, scopes: list[str], created_by_id: int | None = None
+    *,
+    name: str,
+    scopes: list[str],
+    created_by_id: int | None = None,
+    ingest_async: bool = False,
 ) -> tuple[APIKey, str]:
-    """A new key and its secret. The secret is returned once and never stored."""
+    """A new key and its secret. The secret is returned once and never stored.
+    ``ingest_async``: its ingest requests are answered 202 and rated a moment later, as if
+    each sent ``Prefer: respond-async`` (metering.inbox)."""
     unknown = set(scopes) - set(APIKey.SCOPES)
     if unknown or not scopes:
         raise errors.ValidationFailed(
@@ -1002,6 +1008,7 @@ def create_api_key(
         secret_hash=hash_secret(secret),
         scopes=sorted(set(scopes)),
         created_by_id=created_by_id,
+        ingest_async=ingest_async,
     )
     return key, secret
 

@@ -14,7 +14,15 @@ from billing import services
 from billing.admin import ServiceFormMixin, StrictJSONField
 from ledger.admin import ReadOnlyAdmin
 from metering import catalog
-from metering.models import Aggregation, Event, Meter, ModelPrice, ModelUsage, PeriodUsage
+from metering.models import (
+    Aggregation,
+    Event,
+    IncomingEvent,
+    Meter,
+    ModelPrice,
+    ModelUsage,
+    PeriodUsage,
+)
 
 MEANING_FIELDS = ("code", *services.METER_FIELDS)  # fixed once the meter exists
 
@@ -201,6 +209,26 @@ class EventAdmin(ReadOnlyAdmin):
             return "—"
         url = reverse("admin:ledger_transaction_change", args=[event.ledger_transaction_id])
         return format_html('<a href="{}">{}</a>', url, event.ledger_transaction_id)
+
+
+@admin.register(IncomingEvent)
+class IncomingEventAdmin(ReadOnlyAdmin):
+    """Events accepted asynchronously and not rated yet, or refused by rating (with why)."""
+
+    list_display = (
+        "id",
+        "received_at",
+        "customer",
+        "idempotency_key",
+        "event_name",
+        "status",
+        "error_code",
+        "rated_at",
+    )
+    list_filter = ("status", "error_code", "event_name")
+    search_fields = ("idempotency_key", "customer__external_id")
+    list_select_related = ("customer",)
+    show_full_result_count = False
 
 
 @admin.register(PeriodUsage)

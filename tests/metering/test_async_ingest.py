@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from billing import services
-from billing.models import APIKey, BillingMode, Customer
+from billing.models import BillingMode, Customer
 from ledger import selectors as ledger_selectors
 from metering import inbox, rating
 from metering.models import Event, IncomingEvent, IncomingStatus
@@ -203,9 +203,8 @@ def test_a_batch_answers_per_event_and_is_rated_in_one_pass(api, acme, make_cust
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_api_key_set_to_asynchronous_ingestion_needs_no_header(make_key, acme):
-    key, secret = make_key()
-    APIKey.objects.filter(pk=key.pk).update(ingest_async=True)
+def test_an_api_key_set_to_asynchronous_ingestion_needs_no_header(acme):
+    _, secret = services.create_api_key(name="async", scopes=["ingest"], ingest_async=True)
     response = make_client(secret).post(EVENTS, event("k-1"), format="json")
     assert response.status_code == 202
     assert response.headers["Preference-Applied"] == "respond-async"
