@@ -44,6 +44,7 @@ from invoicing.selectors import HUNDRED, LineDraft, compute_invoice
 from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from ledger.services import Leg, TransactionSpec
+from metering import inbox
 
 log = logging.getLogger(__name__)
 ZERO = Decimal(0)
@@ -373,6 +374,10 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     if invoice.status != InvoiceStatus.DRAFT:
         invoice.replayed = True
         return invoice
+    # Events of the period accepted asynchronously and not rated yet are rated now, under
+    # the customer's rating lock taken above: once final, the period refuses late usage,
+    # and these were acknowledged (metering.inbox).
+    inbox.rate_pending_of(customer_id=invoice.customer_id, before=invoice.period_end, now=now)
     _recompute(invoice)
     customer, currency = invoice.customer, invoice.currency
     wallet = billing_services.wallet_for(customer=customer, currency=currency)

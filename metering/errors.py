@@ -105,3 +105,12 @@ class TimestampAfterSubscription(MeteringError):
 
     code = "timestamp_after_subscription"
     http_status = 422
+
+
+class RatingFailed(MeteringError):
+    """An event accepted asynchronously that rating could not handle for a reason other
+    than a refusal (a defect, data a column cannot hold): recorded on the incoming event so
+    that it does not hold up the others; the log has the exception."""
+
+    code = "rating_failed"
+    http_status = 500

@@ -38,25 +38,46 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import Cursor as PsycopgCursor
 
 from billing.errors import BillingError, CustomerNotFound
-from metering import rating
+from metering import errors, rating
 from metering.rating import EventIn, Outcome
 
 log = logging.getLogger(__name__)
 
 RATE_BATCH = 1000  # pending events rated per pass (one ingest_events call)
-RATER_LOCK = 0x6D657465_72696E67  # "metering", the session advisory lock of the one rater
+# The one rater's session advisory lock, in the two-integer key space (the single-bigint one
+# is the customers' rating locks'): "mete", 1.
+RATER_LOCK = (0x6D657465, 1)
 SCHEDULED_KEY = "metering:incoming:scheduled"
 SCHEDULED_TTL_MS = 2000  # a queued task lost before it ran is replaced after this
 RATER_MAX_SECONDS = 50  # then a fresh task takes over (well inside the visibility timeout)
+
+
+def exact_json(value: Any) -> str:
+    """JSON of a parsed request value with its decimals as numbers, digit for digit (the
+    API's parser reads fractional numbers as Decimal; ``json.dumps`` cannot write them,
+    and writing them as strings would make a number meter refuse them when rated)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{exact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(exact_json(v) for v in value) + "]"
+    if isinstance(value, Decimal) and value.is_finite():
+        return str(value)  # e.g. 1.5, -0, 1E+400: all JSON numbers
+    return json.dumps(value, default=str)
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    """Properties read back from jsonb text, fractional numbers as Decimal again."""
+    return json.loads(value, parse_float=Decimal) if isinstance(value, str) else value
 
 
 @dataclass
@@ -80,6 +101,9 @@ WITH r AS (
      WHERE c.cid IS NOT NULL
        AND NOT EXISTS (SELECT FROM metering_event e
                         WHERE e.customer_id = c.cid AND e.idempotency_key = c.k)
+     -- one order for every request: two batches holding the same keys in other orders
+     -- would otherwise wait for each other's rows (a deadlock)
+     ORDER BY c.cid, c.k
     ON CONFLICT (customer_id, idempotency_key) DO UPDATE
        SET event_name = EXCLUDED.event_name, timestamp = EXCLUDED.timestamp,
            properties = EXCLUDED.properties, received_at = now(), status = 'pending',
@@ -99,7 +123,8 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
     now = now or timezone.now()
     results: list[Acceptance | None] = [None] * len(events)
     rows: list[tuple[int, str, str, str, datetime, str]] = []
-    seen: set[tuple[str, str]] = set()
+    first: dict[tuple[str, str], int] = {}
+    repeats: list[tuple[int, int]] = []  # (index, index of the first with its key)
     for index, event in enumerate(events):
         try:
             rating.check_event(event, now=now)
@@ -107,10 +132,10 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
             results[index] = Acceptance("rejected", error)
             continue
         key = (event.customer, event.idempotency_key)
-        if key in seen:  # the same key twice in one batch: the first one counts
-            results[index] = Acceptance("duplicate")
+        if key in first:  # the same key twice in one batch: the first one counts
+            repeats.append((index, first[key]))
             continue
-        seen.add(key)
+        first[key] = index
         rows.append(
             (
                 index,
@@ -118,7 +143,7 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
                 event.idempotency_key,
                 event.event_name,
                 event.timestamp,
-                json.dumps(event.properties, default=str),
+                exact_json(event.properties),
             )
         )
     if rows:
@@ -137,6 +162,13 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
                 results[index] = Acceptance("pending" if stored else "duplicate")
         if any(r is not None and r.status == "pending" for r in results):
             transaction.on_commit(schedule_rating)
+    for index, original in repeats:  # refused like its first, or a duplicate of it
+        refused = results[original]
+        results[index] = (
+            refused
+            if refused is not None and refused.status == "rejected"
+            else Acceptance("duplicate")
+        )
     return results  # type: ignore[return-value]
 
 
@@ -161,7 +193,7 @@ def rate_pending(*, limit: int = RATE_BATCH, now: datetime | None = None) -> int
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT i.id, cu.external_id, i.idempotency_key, i.event_name, i.timestamp, "
-            "i.properties, i.received_at FROM metering_incomingevent i "
+            "i.properties::text, i.received_at FROM metering_incomingevent i "
             "JOIN billing_customer cu ON cu.id = i.customer_id "
             "WHERE i.status = 'pending' ORDER BY i.id LIMIT %s",
             [limit],
@@ -170,17 +202,66 @@ def rate_pending(*, limit: int = RATE_BATCH, now: datetime | None = None) -> int
     if not rows:
         return 0
     ids = [row[0] for row in rows]
-    events = [
+    events = _events(rows)
+    try:
+        _rate_rows(ids, events, now)
+    except OperationalError:
+        raise  # the database went away, a deadlock, a timeout: the next pass tries again
+    except Exception:
+        # One event that rating cannot handle must not hold up the others (every pass would
+        # fail on it): rate them one at a time; the parts that committed come back as
+        # duplicates and cost nothing.
+        log.exception("rating %s incoming events failed; rating them one by one", len(ids))
+        for row_id, event in zip(ids, events, strict=True):
+            try:
+                _rate_rows([row_id], [event], now)
+            except OperationalError:
+                raise
+            except Exception as error:
+                log.exception("incoming event %s could not be rated", row_id)
+                failed = errors.RatingFailed(
+                    f"this event could not be rated ({type(error).__name__}); it was not "
+                    "charged. Send it again once the cause is fixed.",
+                    param=None,
+                )
+                _record([(row_id, Outcome("rejected", error=failed))])
+    return len(rows)
+
+
+def rate_pending_of(*, customer_id: int, before: datetime, now: datetime | None = None) -> int:
+    """Rate a customer's pending events stamped before ``before`` now, in the caller's
+    transaction: finalization does, under the customer's rating lock, so that no event
+    acknowledged for a period is refused as ``period_closed`` after it. Returns how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.id, cu.external_id, i.idempotency_key, i.event_name, i.timestamp, "
+            "i.properties::text, i.received_at FROM metering_incomingevent i "
+            "JOIN billing_customer cu ON cu.id = i.customer_id "
+            "WHERE i.customer_id = %s AND i.status = 'pending' AND i.timestamp < %s "
+            "ORDER BY i.id",
+            [customer_id, before],
+        )
+        rows = cursor.fetchall()
+    if rows:
+        _rate_rows([row[0] for row in rows], _events(rows), now)
+    return len(rows)
+
+
+def _events(rows: list[tuple]) -> list[EventIn]:
+    return [
         EventIn(
             idempotency_key=key,
             customer=external_id,
             event_name=name,
             timestamp=timestamp,
-            properties=json.loads(properties) if isinstance(properties, str) else properties,
+            properties=_properties(properties),
             received_at=received_at,
         )
         for _, external_id, key, name, timestamp, properties, received_at in rows
     ]
+
+
+def _rate_rows(ids: list[int], events: list[EventIn], now: datetime | None) -> None:
     recorded: set[int] = set()
 
     def record(part: list[tuple[int, Outcome]]) -> None:
@@ -191,7 +272,6 @@ def rate_pending(*, limit: int = RATE_BATCH, now: datetime | None = None) -> int
     # Refused before any part (an unknown event name or customer): nothing was written for
     # them, so recording it on its own is safe; a crash before it only rates them again.
     _record([(ids[i], outcome) for i, outcome in enumerate(outcomes) if i not in recorded])
-    return len(rows)
 
 
 def _record(outcomes: list[tuple[int, Outcome]]) -> None:
@@ -234,18 +314,24 @@ def rate_until_empty(*, max_seconds: float = RATER_MAX_SECONDS) -> int:
     while True:
         _clear_scheduled()  # arrivals from now on queue a task of their own
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [RATER_LOCK])
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(RATER_LOCK))
             if not cursor.fetchone()[0]:
                 return total
+        failed = True
         try:
             while time.monotonic() < deadline:
                 taken = rate_pending()
                 total += taken
                 if taken < RATE_BATCH:
                     break
+            failed = False
         finally:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [RATER_LOCK])
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(RATER_LOCK))
+            if failed:
+                # Arrivals meanwhile found the lock taken and left them to us: a task of
+                # its own tries again in a second (not at once: the cause may last).
+                _retry_soon()
         # An arrival whose task found the lock taken is seen here.
         if not pending_exists():
             return total
@@ -278,6 +364,15 @@ def schedule_rating() -> None:
             tasks.rate_incoming_events.delay()
     except Exception as error:  # noqa: BLE001 — any broker or Redis failure: the sweep rates them
         log.warning("could not queue the rating of incoming events (%s); the sweep will", error)
+
+
+def _retry_soon() -> None:
+    from metering import tasks
+
+    try:
+        tasks.rate_incoming_events.apply_async(countdown=1)
+    except Exception as error:  # noqa: BLE001 — the sweep is still there
+        log.warning("could not queue a retry of the rating of incoming events (%s)", error)
 
 
 def _clear_scheduled() -> None:

@@ -228,7 +228,7 @@ class IncomingEvent(models.Model):
     )
     error_code = models.CharField(max_length=64, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
-    error_param = models.CharField(max_length=200, blank=True, default="")
+    error_param = models.TextField(blank=True, default="")  # a path may be long
     rated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -1300,7 +1300,12 @@ def _write(accepted: list[Accepted], counters, outcomes, hold_id=None, *, now=No
                 copy.write_row(row)
         _execute_together(
             cursor,
-            [_upsert_counters(counters), _upsert_daily(accepted), _upsert_model_usage(accepted)],
+            [
+                _forget_incoming(accepted),
+                _upsert_counters(counters),
+                _upsert_daily(accepted),
+                _upsert_model_usage(accepted),
+            ],
         )
 
 
@@ -1336,6 +1341,20 @@ def _execute_bound(sql: str, params: list[Any]) -> None:
             cursor.execute(sql.replace("%s", "%b"), params)
         finally:
             cursor.close()
+
+
+def _forget_incoming(accepted: list[Accepted]) -> Statement:
+    """An event rated here may wait in the asynchronous inbox under the same key (pending,
+    or refused and now sent again synchronously): it is rated now, so the inbox forgets
+    it, or it would be listed refused though charged (metering.inbox)."""
+    return (
+        "DELETE FROM metering_incomingevent i USING unnest(%s::bigint[], %s::text[]) "
+        "AS k(c, key) WHERE i.customer_id = k.c AND i.idempotency_key = k.key",
+        [
+            [a.customer.pk for a in accepted],
+            [a.p.source.idempotency_key for a in accepted],
+        ],
+    )
 
 
 def _upsert_counters(counters: dict) -> Statement | None:

@@ -111,8 +111,8 @@ class AsyncEventResultSerializer(serializers.Serializer):
     customer = serializers.CharField()
     status = serializers.ChoiceField(
         choices=["pending", "duplicate"],
-        help_text="pending: stored, to be rated within about a second (202); duplicate: "
-        "this customer already sent that key (200), nothing is stored again.",
+        help_text="pending: stored, to be rated within about a second; duplicate: this "
+        "customer already sent that key, nothing is stored again. Both answered 202.",
     )
 
 
@@ -539,7 +539,7 @@ class EventCreateView(APIView):
                     "customer": event.customer,
                     "status": acceptance.status,
                 },
-                status.HTTP_202_ACCEPTED if acceptance.status == "pending" else status.HTTP_200_OK,
+                status.HTTP_202_ACCEPTED,  # a duplicate too: its status says so
             )
         outcome = rating.ingest_events([event])[0]
         if outcome.status == "rejected":
