@@ -65,8 +65,10 @@ Holds
 
 Writes go through ``ledger.services`` only; the posting itself runs inside PostgreSQL so
 that one posting, or one atomic bulk of postings, is a single round trip: one transaction
-of a few legs as one prepared statement (``ledger.services._POST_ONE``), several through
-``ledger_post_transactions`` (migration 0002) or, from 32, its set-based twin (0003).
+of 2 to 8 legs on distinct accounts as one prepared statement (``ledger.services._POST_ONE``),
+anything else as one call of the set-based function ``ledger_post_transactions_bulk``
+(migration 0003), whatever the number of transactions. Both enforce the same rules in the
+same lock order.
 """
 
 from __future__ import annotations

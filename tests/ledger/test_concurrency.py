@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from ledger import errors, selectors, services
-from ledger.models import Entry, Hold, Transaction
+from ledger.models import Account, Entry, Hold, Transaction
 from tests.conftest import unique
 from tests.threads import run_concurrently as run_all_concurrently
 
@@ -28,7 +28,17 @@ def unexpected(results: list[object], *allowed: type[BaseException]) -> list[obj
     return [r for r in results if isinstance(r, BaseException) and not isinstance(r, allowed)]
 
 
-def test_concurrent_debits_never_overdraw_a_prepaid_wallet(revenue, make_wallet):
+@pytest.fixture(params=["statement", "function"])
+def posting_path(request, monkeypatch) -> str:
+    """The posting tests run against both ways a posting is written: the single statement
+    and the posting function (ledger_post_transactions_bulk), which serves every call the
+    statement does not take, from one transaction up."""
+    if request.param == "function":
+        monkeypatch.setattr(services, "ONE_STATEMENT_MAX_LEGS", 0)
+    return request.param
+
+
+def test_concurrent_debits_never_overdraw_a_prepaid_wallet(revenue, make_wallet, posting_path):
     wallet = make_wallet("100")
     attempts_per_thread = 4  # 64 debits of 3.00 = 192 against 100 of funds
 
@@ -57,7 +67,9 @@ def test_concurrent_debits_never_overdraw_a_prepaid_wallet(revenue, make_wallet)
     assert Entry.objects.filter(account=wallet, amount__gt=0).count() == 33
 
 
-def test_one_reference_posted_by_many_threads_gives_one_transaction(world, make_wallet):
+def test_one_reference_posted_by_many_threads_gives_one_transaction(
+    world, make_wallet, posting_path
+):
     wallet = make_wallet(0)
     reference = unique("same")
 
@@ -74,7 +86,7 @@ def test_one_reference_posted_by_many_threads_gives_one_transaction(world, make_
     assert selectors.get_balance(account=wallet).posted == Decimal("10")
 
 
-def test_many_wallets_credit_one_revenue_account_exactly(revenue, make_wallet):
+def test_many_wallets_credit_one_revenue_account_exactly(revenue, make_wallet, posting_path):
     wallets = [make_wallet("50") for _ in range(THREADS)]
     before = selectors.get_balance(account=revenue).posted
     postings_per_thread = 25
@@ -95,7 +107,7 @@ def test_many_wallets_credit_one_revenue_account_exactly(revenue, make_wallet):
     assert selectors.balance_from_entries(account=revenue) == expected
 
 
-def test_postings_sharing_only_a_hot_account_do_not_wait(revenue, make_wallet):
+def test_postings_sharing_only_a_hot_account_do_not_wait(revenue, make_wallet, posting_path):
     """While one transaction holds a revenue bucket uncommitted, another posting to revenue
     from a different wallet completes without waiting (lock_timeout would fire if it did)."""
     first_wallet, second_wallet = make_wallet("10"), make_wallet("10")
@@ -169,7 +181,7 @@ def test_concurrent_settlements_of_one_hold_never_exceed_it(revenue, make_wallet
     assert (final.posted, final.held) == (Decimal("90"), Decimal("0"))
 
 
-def test_opposite_transfers_between_two_wallets_do_not_deadlock(make_wallet):
+def test_opposite_transfers_between_two_wallets_do_not_deadlock(make_wallet, posting_path):
     """Each posting debits one owned wallet and credits the other, half of the threads one
     way and half the other. The single statement locks owned balances in account-id order,
     as the posting function does, so no two postings wait for each other in a cycle; a
@@ -192,3 +204,69 @@ def test_opposite_transfers_between_two_wallets_do_not_deadlock(make_wallet):
     assert selectors.get_balance(account=first).posted == Decimal("1000")
     assert selectors.get_balance(account=second).posted == Decimal("1000")
     assert Entry.objects.filter(account=first).count() == 1 + THREADS * transfers_per_thread
+
+
+def test_bulks_on_the_same_wallets_in_opposite_order_do_not_deadlock(revenue, make_wallet):
+    """Several transactions per call, as a rating part posts them (one per customer, inside
+    the part's transaction, no savepoint): half the threads list the two wallets one way,
+    half the other. The posting function locks owned balances in account-id order, not in
+    the order of the legs, so no two calls wait for each other in a cycle."""
+    first, second = make_wallet("1000"), make_wallet("1000")
+    calls_per_thread = 10
+
+    def spend(wallet: Account, tag: str) -> services.TransactionSpec:
+        return services.TransactionSpec(
+            reference=unique(tag), legs=[services.debit(wallet, "1"), services.credit(revenue, "1")]
+        )
+
+    def post(i: int) -> int:
+        for _ in range(calls_per_thread):
+            pair = [spend(first, "first"), spend(second, "second")]
+            with transaction.atomic():
+                services.post_transactions(
+                    transactions=pair if i % 2 else pair[::-1], savepoint=False
+                )
+        return calls_per_thread
+
+    results = run_concurrently(post)
+    assert unexpected(results) == []
+    spent = THREADS * calls_per_thread
+    assert selectors.get_balance(account=first).posted == Decimal(1000 - spent)
+    assert selectors.get_balance(account=second).posted == Decimal(1000 - spent)
+
+
+def test_one_bulk_posted_by_many_threads_in_either_order_posts_once(world, make_wallet):
+    """The same two transactions, listed in either order, posted by many threads at once,
+    round after round: one thread posts both, every other one gets both back as replays
+    (all or nothing, never one of each), and nothing is posted twice. (The reference order
+    of the inserts, which keeps such threads from deadlocking, is checked in test_posting.)"""
+    first, second = make_wallet(0), make_wallet(0)
+    rounds = 10
+    pairs = [
+        [
+            services.TransactionSpec(
+                reference=unique(f"pair-{n}"),
+                legs=[services.debit(world, "10"), services.credit(wallet, "10")],
+            )
+            for n, wallet in enumerate((first, second))
+        ]
+        for _ in range(rounds)
+    ]
+
+    def post(i: int) -> list[list[bool]]:
+        outcomes = []
+        for pair in pairs:
+            posted = services.post_transactions(transactions=pair if i % 2 else pair[::-1])
+            outcomes.append(sorted(t.replayed for t in posted))
+        return outcomes
+
+    results = run_concurrently(post)
+    assert unexpected(results) == []
+    for n in range(rounds):
+        outcomes = [r[n] for r in results]
+        assert outcomes.count([False, False]) == 1
+        assert outcomes.count([True, True]) == THREADS - 1
+    references = [spec.reference for pair in pairs for spec in pair]
+    assert Transaction.objects.filter(reference__in=references).count() == 2 * rounds
+    assert selectors.get_balance(account=first).posted == Decimal(10 * rounds)
+    assert selectors.get_balance(account=second).posted == Decimal(10 * rounds)

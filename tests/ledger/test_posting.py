@@ -14,16 +14,14 @@ from tests.conftest import unique
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True, params=["statement", "loop", "bulk"])
+@pytest.fixture(autouse=True, params=["statement", "function"])
 def posting_function(request, monkeypatch):
-    """Every test here runs against the three ways a posting is written: the single
-    statement that single transactions use (ledger.services._POST_ONE), the loop function
-    that small bulks use, and the set-based one for large bulks (ONE_STATEMENT_MAX_LEGS and
-    BULK_THRESHOLD pick)."""
-    if request.param != "statement":
+    """Every test here runs against the two ways a posting is written: the single statement
+    that single transactions use (ledger.services._POST_ONE), and the posting function
+    (ledger_post_transactions_bulk) that everything else uses, single transactions
+    included when ONE_STATEMENT_MAX_LEGS is 0."""
+    if request.param == "function":
         monkeypatch.setattr(services, "ONE_STATEMENT_MAX_LEGS", 0)
-    if request.param == "bulk":
-        monkeypatch.setattr(services, "BULK_THRESHOLD", 1)
     return request.param
 
 
@@ -251,6 +249,25 @@ def test_bulk_with_a_duplicate_reference_is_refused(world, make_wallet):
     )
     with pytest.raises(errors.InvalidTransaction, match="twice"):
         services.post_transactions(transactions=[spec, spec])
+
+
+def test_a_bulk_inserts_its_transactions_in_reference_order(world, make_wallet):
+    """Calls that share references take their locks on them (the unique index's, on a new
+    reference) in one order whatever order each lists them in, so no two calls can wait for
+    each other in a cycle. Results still come back in the caller's order."""
+    wallet = make_wallet(0)
+    stem = unique("order")
+    specs = [
+        services.TransactionSpec(
+            reference=f"{stem}-{letter}",
+            legs=[services.debit(world, "1"), services.credit(wallet, "1")],
+        )
+        for letter in "cab"
+    ]
+    posted = services.post_transactions(transactions=specs)
+    assert [t.reference for t in posted] == [spec.reference for spec in specs]
+    inserted = Transaction.objects.filter(reference__startswith=stem).order_by("id")
+    assert [t.reference for t in inserted] == [f"{stem}-{letter}" for letter in "abc"]
 
 
 def test_reversal_mirrors_the_original_once(world, revenue, make_wallet):
