@@ -6,14 +6,15 @@ PostgreSQL ceiling for the same rows, and the latency of /authorize.
     .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ingest.py \
         --seconds 20 --workers 5 --worker-class sync --keep
 
-Everything happens in a throw-away database, ``billing_bench_ingest``, created next to the
-one ``DATABASE_URL`` names, migrated, seeded through the services (meters on
-``llm.completion``, a catalog-priced pay-as-you-go plan and a graduated one, four catalog
-rows, 200 customers: postpaid without a credit limit, every fifth prepaid with ample funds)
-and dropped at the end (``--keep`` leaves it). The product runs as it would in production:
-gunicorn serving ``billing.wsgi:application`` with several workers on 127.0.0.1, DEBUG
-off. Clients are OS processes (spawned; plain ``http.client`` with keep-alive, no Django)
-that send for a fixed time after a common start barrier. Scenarios:
+Everything happens in a throw-away database, ``billing_bench_ingest`` (another name with
+``--database-name``), created next to the one ``DATABASE_URL`` names, migrated, seeded
+through the services (meters on ``llm.completion``, a catalog-priced pay-as-you-go plan
+and a graduated one, four catalog rows, 200 customers: postpaid without a credit limit,
+every fifth prepaid with ample funds) and dropped at the end (``--keep`` leaves it). The
+product runs as it would in production: gunicorn serving ``billing.wsgi:application`` with
+several workers on 127.0.0.1, DEBUG off. Clients are OS processes (spawned; plain
+``http.client`` with keep-alive, no Django) that send for a fixed time after a common
+start barrier. Scenarios:
 
     single     16 clients POST /api/v1/events, one LLM call each (OpenAI, Anthropic and
                Gemini usage objects as the providers return them; models and customers
@@ -117,6 +118,7 @@ from bench.common import (  # noqa: E402
 from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
 
 BENCH_DB = "billing_bench_ingest"
+bench_db = BENCH_DB  # the database of this run (--database-name), set by main()
 EVENT_NAME = "llm.completion"
 CUSTOMERS = 200
 PREPAID_EVERY = 5  # customers 0, 5, 10 … are prepaid; the others postpaid without a limit
@@ -245,7 +247,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--quick", action="store_true", help="2 s runs: a smoke test")
-    parser.add_argument("--keep", action="store_true", help=f"do not drop {BENCH_DB} at the end")
+    parser.add_argument(
+        "--database-name",
+        default=BENCH_DB,
+        help=f"the throw-away database (default {BENCH_DB}; another name lets two runs share"
+        " a server)",
+    )
+    parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     parser.add_argument(
         "--workers",
         type=int,
@@ -524,7 +532,8 @@ class RunSpec:
     port: int = 0
     api_secret: str = ""
     customers: tuple[str, ...] = ()
-    raw_url: str = ""  # raw scenarios: the bench database
+    raw_url: str = ""  # raw scenarios: the database server
+    raw_database: str = ""  # raw scenarios: the bench database on it
     raw_source: str = ""  # raw scenarios: key prefix of the batch run whose rows they insert
 
 
@@ -777,7 +786,7 @@ class RawClient:
 
     def __init__(self, index: int, spec: RunSpec):
         self.conn = psycopg.connect(
-            with_database(spec.raw_url, BENCH_DB, application_name=f"bench-raw-{index}"),
+            with_database(spec.raw_url, spec.raw_database, application_name=f"bench-raw-{index}"),
             autocommit=False,
         )
         self.rows = RawRows(load_raw_rows(self.conn, spec, index))
@@ -1078,7 +1087,7 @@ def postgres_group(pid: int) -> str:
         return "PostgreSQL"
     words = title.split()
     if len(words) >= 5 and words[0] == "postgres:" and ("(" in words[4] or "[local]" in words[4]):
-        return "PostgreSQL" if words[3] == BENCH_DB else "other"
+        return "PostgreSQL" if words[3] == bench_db else "other"
     return "PostgreSQL"  # the postmaster, WAL writer, checkpointer …
 
 
@@ -1110,7 +1119,7 @@ def sample_activity(
         rows = conn.execute(
             "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity "
             "WHERE datname = %s AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
-            [BENCH_DB, names],
+            [bench_db, names],
         ).fetchall()
         for state, wait_type, wait_event, query in rows:
             if state == "active":
@@ -1946,10 +1955,12 @@ def main(argv: Sequence[str]) -> int:
     progress("load average at start: {} / {} / {} (1, 5, 15 min)".format(*machine["load_average"]))
     machine["database"] = database_origin(env_url, server_url)
     machine["database_embedded"] = machine["database"].startswith("embedded")
-    bench_url = with_database(server_url, BENCH_DB)
+    global bench_db
+    bench_db = args.database_name
+    bench_url = with_database(server_url, bench_db)
 
-    with bench_database(server_url, BENCH_DB, args.keep), tempfile.TemporaryDirectory() as log_dir:
-        # The Django parts (here and in the server) use billing_bench_ingest, DEBUG off.
+    with bench_database(server_url, bench_db, args.keep), tempfile.TemporaryDirectory() as log_dir:
+        # The Django parts (here and in the server) use the bench database, DEBUG off.
         os.environ["DATABASE_URL"] = bench_url
         os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
         # The addresses production must be given (allowed hosts, the portal's URL), as
@@ -1967,19 +1978,19 @@ def main(argv: Sequence[str]) -> int:
         os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
 
         started = time.monotonic()
-        progress(f"migrating {BENCH_DB} …")
+        progress(f"migrating {bench_db} …")
         call_command("migrate", interactive=False, verbosity=0)
         progress(f"seeding {CUSTOMERS} customers, meters, plans, catalog rows, an API key …")
         seeded = seed()
         server = Server(
             args=args,
-            database_url=with_database(server_url, BENCH_DB, application_name=SERVER_APP_NAME),
+            database_url=with_database(server_url, bench_db, application_name=SERVER_APP_NAME),
             log_dir=Path(log_dir),
         )
         runs: list[RunResult] = []
         checks: list[Check] = []
         with psycopg.connect(
-            with_database(server_url, BENCH_DB, application_name="bench-main"), autocommit=True
+            with_database(server_url, bench_db, application_name="bench-main"), autocommit=True
         ) as admin:
             raw_indexes = create_raw_table(admin)
             machine.update(server_facts(admin))
@@ -2036,6 +2047,7 @@ def main(argv: Sequence[str]) -> int:
                                 clients=source.clients,
                                 seconds=args.seconds,
                                 raw_url=server_url,
+                                raw_database=bench_db,
                                 raw_source=run_prefix("batch", source.clients),
                             )
                         )
