@@ -73,24 +73,25 @@ Statistics and cached plans
     timed). The database starts empty and grows by tens of thousands of events a minute,
     and the PostgreSQL this was measured on runs with autovacuum off (a CI setting; the
     report prints it). Without the ANALYZE the batch runs measured that, not the product
-    (2026-12-06, 2 cores): the server's database connections are opened in the warm-up,
-    on near-empty tables, and last through the batch runs (CONN_MAX_AGE is 60 s, the
-    warm-up to the end of the last batch run about 45 s), and the plans they cached then
-    were never invalidated — the statement of the sums-match-legs trigger (metering
-    migration 0006; PL/pgSQL plans it once per session), with a sequential scan of
-    metering_event and of ledger_entry for every ledger transaction of a part, and the
-    foreign-key check of ledger_entry → ledger_transaction, with a sequential scan of
-    ledger_transaction for every entry. Their cost grew with the tables: the trigger took
-    0.4-0.5 ms per event at 2 clients and 1.6-2.3 at 4 (0.005 with the ANALYZE),
-    PostgreSQL 0.5-0.65 and 1-1.7 ms of CPU per event (0.15), batches at 4 clients ran at
-    550-800 events/s (2,300-2,900), and other batches queued on the advisory locks of
-    transactions held open by those scans. 30-second runs hid it by accident (the
-    connections were renewed after 60 s), and so did a server started on a database that
-    had already grown. In production the tables are not empty, autovacuum's analyze keeps
-    statistics and plans up to date as they grow, and connections are renewed every
-    CONN_MAX_AGE. What the runs leave out is autovacuum's own work — the analyzes, and
-    vacuuming the insert-only event and ledger tables — a real cost in production that a
-    server with autovacuum off never pays; where it is on, it counts as PostgreSQL here.
+    (2026-12-06, 2 cores): the server's database connections are opened in the warm-up, on
+    near-empty tables, and last through the batch runs (CONN_MAX_AGE is 60 s, the warm-up
+    to the end of the last batch run about 45 s), and the plans they cached then were
+    never invalidated — the statement of the sums-match-legs trigger (metering migration
+    0006; PL/pgSQL plans it once per session), with a sequential scan of metering_event
+    and of ledger_entry for every ledger transaction of a part, and the foreign-key check
+    of ledger_entry → ledger_transaction, with a sequential scan of ledger_transaction for
+    every entry. Their cost grew with the tables: the trigger took 0.4-0.5 ms per event at
+    2 clients and 1.6-2.3 at 4 (0.005 with the ANALYZE) and PostgreSQL 0.5-0.7 and 1-1.7
+    ms of CPU per event (0.12-0.15), while other batches queued on the advisory locks of
+    the transactions those scans held open. Back to back on a quiet machine: 1,529 and 912
+    events/s at 2 and 4 clients without the ANALYZE, 4,359 and 4,974 with it. 30-second
+    runs hid it by accident (the connections were renewed after 60 s), and so did a server
+    started on a database that had already grown. In production the tables are not empty,
+    autovacuum's analyze keeps statistics and plans up to date as they grow, and
+    connections are renewed every CONN_MAX_AGE. What the runs leave out is autovacuum's
+    own work — the analyzes, and vacuuming the insert-only event and ledger tables — a
+    real cost in production that a server with autovacuum off never pays; where it is on,
+    it counts as PostgreSQL here.
 """
 
 from __future__ import annotations
