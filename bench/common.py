@@ -74,7 +74,14 @@ def bench_database(server_url: str, name: str, keep: bool) -> Iterator[None]:
 
 
 def server_facts(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    names = ("server_version", "synchronous_commit", "fsync", "shared_buffers", "max_connections")
+    names = (
+        "server_version",
+        "synchronous_commit",
+        "fsync",
+        "shared_buffers",
+        "max_connections",
+        "autovacuum",
+    )
     facts = {
         name: str(conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0])
         for name in names
@@ -89,6 +96,16 @@ def checkpoint(conn: psycopg.Connection[Any]) -> None:
         conn.execute("CHECKPOINT")
     except psycopg.errors.InsufficientPrivilege:
         pass
+
+
+def analyze(conn: psycopg.Connection[Any]) -> None:
+    """ANALYZE the whole database: statistics of the tables as they are now, as autovacuum
+    keeps them in production. Besides the statistics, it invalidates the plans every
+    session has cached on the analyzed tables (PL/pgSQL statements, foreign-key checks,
+    prepared statements), so each is planned again for the tables' present size.
+    Needs owner or superuser rights on the tables; a table it may not analyze is skipped
+    with a warning by PostgreSQL itself."""
+    conn.execute("ANALYZE")
 
 
 def machine_facts() -> dict[str, Any]:
