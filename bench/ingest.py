@@ -160,6 +160,11 @@ TARGET_BATCH_VS_RAW = 0.2
 STRETCH_BATCH_VS_RAW = 0.35
 TARGET_BATCH_P99_MS = 500.0
 TARGET_SINGLE_VS_NOOP = 0.5
+# Asynchronous acceptance (Prefer: respond-async): single events answered 202 once stored,
+# rated by a Celery worker meanwhile; acceptance → balance moved, p99.
+TARGET_ASYNC_VS_NOOP = 0.8
+TARGET_ASYNC_RATED_P99_MS = 2000.0
+ASYNC_DRAIN_TIMEOUT = 120.0  # seconds to wait after the run for the worker to rate the rest
 TARGET_SINGLE_P99_MS = 100.0
 TARGET_AUTHORIZE_P99_MS = 20.0
 TARGET_AUTHORIZE_CLIENTS = 1
@@ -182,6 +187,7 @@ REQUEST_TIMEOUT = 300.0
 SCENARIO_LABELS = {
     "warm-up": "warm-up (not counted)",
     "single": "(a) single events, POST /events",
+    "async": "(f) single events, Prefer: respond-async",
     "batch": f"(b) batches of {BATCH_SIZE:,}, POST /events/batch",
     "raw-values": "(c) raw INSERT … ON CONFLICT, VALUES",
     "raw-unnest": "(c) raw INSERT … ON CONFLICT, unnest",
@@ -190,7 +196,7 @@ SCENARIO_LABELS = {
     "noop": f"(e) no-op: GET {NOOP_PATH}",
     "in-process": f"    batches of {BATCH_SIZE:,} rated in process",
 }
-INGEST_SCENARIOS = ("warm-up", "single", "batch", "in-process")
+INGEST_SCENARIOS = ("warm-up", "single", "async", "batch", "in-process")
 REQUEST_SCENARIOS = ("authorize", "noop")  # figures per request; they write nothing
 RAW_SCENARIOS = ("raw-values", "raw-unnest", "copy")
 CEILING_SCENARIOS = ("raw-values", "raw-unnest")  # INSERT … ON CONFLICT: the issue's ceiling
@@ -593,9 +599,12 @@ class Api:
         }
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, extra: dict | None = None
+    ) -> tuple[int, bytes]:
         try:
-            self.conn.request(method, path, body=body, headers=self.headers)
+            headers = {**self.headers, **extra} if extra else self.headers
+            self.conn.request(method, path, body=body, headers=headers)
             response = self.conn.getresponse()
             return response.status, response.read()
         except (OSError, http.client.HTTPException):
@@ -895,12 +904,13 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
             }
         elif spec.scenario == "authorize":
             path, payload = "/api/v1/authorize", make_estimate(rng, customers)
-        else:  # single, warm-up
+        else:  # single, async, warm-up
             path, payload = "/api/v1/events", make_event(rng, f"{prefix}{sequence}", customers)
         body = json.dumps(payload, separators=(",", ":")).encode()
+        extra = {"Prefer": "respond-async"} if spec.scenario == "async" else None
         sent = time.perf_counter()
         try:
-            status, answer = api.request("POST", path, body)
+            status, answer = api.request("POST", path, body, extra)
         except (OSError, http.client.HTTPException) as exc:
             problem(f"connection:{type(exc).__name__}", repr(exc))
             continue
@@ -929,7 +939,7 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
                 result.events += 1
             else:
                 problem("not_allowed", answer.decode(errors="replace"))
-        elif status == 201:
+        elif status == 201 or (status == 202 and json.loads(answer).get("status") == "pending"):
             result.events += 1
         else:  # 200: an event already stored (keys are unique: should not happen)
             problem("duplicate", answer.decode(errors="replace"))
@@ -1020,17 +1030,75 @@ class Server:
         api.close()
 
     def pids(self) -> set[int]:
-        """The master and its workers."""
+        """The master and its workers (and the Celery worker that rates what is accepted
+        asynchronously, while it runs: the server's work too)."""
         if self.process is None:
             return set()
         master = self.process.pid
-        pids = {master}
+        pids = {master} | self.worker_pids()
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 stat = read_stat(int(entry.name))
                 if stat is not None and stat[1] == master:
                     pids.add(int(entry.name))
         return pids
+
+    def start_worker(self) -> None:
+        """A Celery worker (solo pool) on the bench database and the broker."""
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "DJANGO_SETTINGS_MODULE": "billing.settings",
+            "DJANGO_DEBUG": "0",
+        }
+        with self.log_path.open("ab") as log:
+            self.worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "billing",
+                    "worker",
+                    "--pool",
+                    "solo",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-heartbeat",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=REPO_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        time.sleep(3)  # let it connect to the broker before the run starts
+
+    def worker_pids(self) -> set[int]:
+        worker = getattr(self, "worker", None)
+        if worker is None or worker.poll() is not None:
+            return set()
+        pids = {worker.pid}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                stat = read_stat(int(entry.name))
+                if stat is not None and stat[1] == worker.pid:
+                    pids.add(int(entry.name))
+        return pids
+
+    def stop_worker(self) -> None:
+        worker = getattr(self, "worker", None)
+        if worker is None or worker.poll() is not None:
+            return
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
 
     def stop(self, *, graceful: bool = True) -> None:
         """TERM: workers finish their requests and exit; after an error or Ctrl-C, INT:
@@ -1201,6 +1269,10 @@ class RunResult:
     machine_busy: float  # share of the machine's CPU time used during the run
     wait_events: dict[str, float]  # share of backend samples per state/wait event
     statements: dict[str, float]  # share of active backend samples per statement
+    # async: acceptance (the event's received_at) → its ledger transaction recorded, and
+    # how long after the run the worker took to rate what was still waiting
+    rated_ms: dict[str, float | None] | None = None
+    drain_seconds: float | None = None
 
     @property
     def server_errors(self) -> int:
@@ -1645,6 +1717,8 @@ def measure(
     before = wallet_movement(admin, seeded.wallet_accounts)
     rows_before = ledger_rows(admin)
     result = pool.run(spec, admin, server)
+    if spec.scenario == "async":
+        drain_async(admin, result)
     moved = wallet_movement(admin, seeded.wallet_accounts) - before
     if spec.scenario in INGEST_SCENARIOS:
         return result, check_ingest_run(admin, result, moved)
@@ -1664,6 +1738,40 @@ def measure(
     ]
 
 
+def drain_async(admin: psycopg.Connection[Any], result: RunResult) -> None:
+    """After an asynchronous run: wait for the worker to rate what still waits, then read
+    how long each event took from acceptance (its received_at, set when the API stored it)
+    to its ledger transaction (recorded_at: the start of the rating transaction that
+    posted it, so a few milliseconds early)."""
+    started = time.monotonic()
+    while admin.execute(
+        "SELECT EXISTS (SELECT FROM metering_incomingevent WHERE status = 'pending')"
+    ).fetchone()[0]:
+        if time.monotonic() - started > ASYNC_DRAIN_TIMEOUT:
+            break
+        time.sleep(0.1)
+    result.drain_seconds = round(time.monotonic() - started, 2)
+    prefix = run_prefix(result.scenario, result.clients)
+    row = admin.execute(
+        "SELECT percentile_cont(ARRAY[0.5, 0.99, 1.0]) WITHIN GROUP (ORDER BY "
+        "extract(epoch FROM t.recorded_at - e.received_at)) FROM metering_event e "
+        "JOIN ledger_transaction t ON t.id = e.ledger_transaction_id "
+        "WHERE left(e.idempotency_key, %s) = %s",
+        [len(prefix), prefix],
+    ).fetchone()
+    values = row[0] or [None, None, None]
+    result.rated_ms = {
+        name: None if v is None else round(max(v, 0.0) * 1000, 1)
+        for name, v in zip(("p50", "p99", "max"), values, strict=True)
+    }
+    refused = admin.execute(
+        "SELECT count(*) FROM metering_incomingevent WHERE left(idempotency_key, %s) = %s",
+        [len(prefix), prefix],
+    ).fetchone()[0]
+    if refused:
+        result.problems["left in the inbox (pending or refused)"] = refused
+
+
 def announce(result: RunResult) -> None:
     trouble = f", problems {result.problems}" if result.problems else ""
     unit = {"authorize": "allowed", "noop": "requests"}.get(result.scenario, "events")
@@ -1672,6 +1780,13 @@ def announce(result: RunResult) -> None:
         f"{result.events_per_second:>9,.1f} {unit}/s, "
         f"p50 {fmt(result.latency_ms['p50'], '{:.1f}')} ms, "
         f"p99 {fmt(result.latency_ms['p99'], '{:.1f}')} ms{trouble}"
+        + (
+            f"; accepted → posted p50 {fmt(result.rated_ms['p50'], '{:.0f}')} ms, "
+            f"p99 {fmt(result.rated_ms['p99'], '{:.0f}')} ms, drained "
+            f"{result.drain_seconds} s after the run"
+            if result.rated_ms
+            else ""
+        )
     )
 
 
@@ -1695,6 +1810,8 @@ def report(
 ) -> dict[str, Any]:
     measured = [r for r in runs if r.scenario != "warm-up"]
     single = best(runs, ["single"])
+    asynchronous = best(runs, ["async"])
+    rated_p99 = asynchronous.rated_ms["p99"] if asynchronous and asynchronous.rated_ms else None
     batches = {r.clients: r for r in runs if r.scenario == "batch"}
     # The target is set at 4 clients; a run without them (--batch-clients) uses its best.
     batch = batches.get(TARGET_BATCH_CLIENTS) or best(runs, ["batch"])
@@ -1729,6 +1846,7 @@ def report(
     ratios = {
         "batch/raw_ceiling": ratio(rate(batch), rate(ceiling)),
         "single/noop": ratio(rate(single), noop_rate),
+        "async/noop": ratio(rate(asynchronous), noop_rate),
         "in_process/raw_ceiling": ratio(rate(in_process), rate(ceiling)),
         "batch/in_process": ratio(rate(batch), rate(in_process)),
         "single/raw_ceiling": ratio(rate(single), rate(ceiling)),
@@ -1761,6 +1879,18 @@ def report(
             "target": TARGET_SINGLE_P99_MS,
             "value": p99_of(single),
             "met": at_most(p99_of(single), TARGET_SINGLE_P99_MS),
+        },
+        "async/noop": {
+            "clients": asynchronous.clients if asynchronous else None,
+            "target": TARGET_ASYNC_VS_NOOP,
+            "value": ratios["async/noop"],
+            "met": at_least(ratios["async/noop"], TARGET_ASYNC_VS_NOOP),
+        },
+        "async_accepted_to_posted_p99_ms": {
+            "clients": asynchronous.clients if asynchronous else None,
+            "target": TARGET_ASYNC_RATED_P99_MS,
+            "value": rated_p99,
+            "met": at_most(rated_p99, TARGET_ASYNC_RATED_P99_MS),
         },
         "authorize_p99_ms": {
             "clients": TARGET_AUTHORIZE_CLIENTS,
@@ -1868,6 +1998,17 @@ def report(
             f"target ≤ {TARGET_SINGLE_P99_MS:g} ms: {verdict_of('single_p99_ms')}",
         ),
         (
+            f"async single ({single_clients} clients) ÷ no-op",
+            fmt(ratios["async/noop"], "{:.3f}"),
+            f"target ≥ {TARGET_ASYNC_VS_NOOP}: {verdict_of('async/noop')}",
+        ),
+        (
+            "async: accepted → posted p99",
+            fmt(rated_p99, "{:.0f} ms"),
+            f"target ≤ {TARGET_ASYNC_RATED_P99_MS:g} ms: "
+            f"{verdict_of('async_accepted_to_posted_p99_ms')}",
+        ),
+        (
             f"/authorize p99, {TARGET_AUTHORIZE_CLIENTS} client",
             fmt(p99, "{:.1f} ms"),
             f"target < {TARGET_AUTHORIZE_P99_MS:g} ms: {verdict_of('authorize_p99_ms')}",
@@ -1960,6 +2101,7 @@ def report(
         "machine": machine,
         "events_per_second": {
             "single": rate(single),
+            "async": rate(asynchronous),
             "batch": rate(batch),
             "batch_clients": batch.clients if batch else None,
             "batch_by_clients": {str(n): r.events_per_second for n, r in sorted(batches.items())},
@@ -1970,6 +2112,8 @@ def report(
             "raw_ceiling_method": ceiling.scenario if ceiling else None,
             "copy": rate(copy),
         },
+        "async_accepted_to_posted_ms": asynchronous.rated_ms if asynchronous else None,
+        "async_drain_seconds": asynchronous.drain_seconds if asynchronous else None,
         "authorize_latency_ms": {str(n): r.latency_ms for n, r in sorted(authorize.items())},
         "ratios": ratios,
         "targets": targets,
@@ -2074,6 +2218,11 @@ def main(argv: Sequence[str]) -> int:
                 # The HTTP floor, with as many clients as the single run, just before it.
                 run(http("noop", args.single_clients, args.seconds))
                 run(http("single", args.single_clients, args.seconds))
+                server.start_worker()
+                try:
+                    run(http("async", args.single_clients, args.seconds))
+                finally:
+                    server.stop_worker()
                 for clients in args.batch_counts:
                     run(http("batch", clients, args.seconds))
                 result, run_checks = measure_in_process(
