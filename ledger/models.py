@@ -69,6 +69,19 @@ of 2 to 8 legs on distinct accounts as one prepared statement (``ledger.services
 anything else as one call of the set-based function ``ledger_post_transactions_bulk``
 (migration 0003), whatever the number of transactions. Both enforce the same rules in the
 same lock order.
+
+Granularity: a transaction per business fact, not per row of detail
+    A caller that records many small facts at once posts their sums, and keeps the detail
+    in its own rows pointing at the transaction. Usage is the case in point: metering posts
+    a customer's events of one rating pass as ONE transaction whose legs are the events'
+    sums (tokens; money per currency), each event keeping its own exact amount and the id
+    of that transaction, and a database rule of metering's refusing events whose
+    transaction's legs are not their sums. Measured for issue 14 (one connection, batches
+    of 1,000 events over 200 customers): the events alone 24,307/s; with one aggregated
+    transaction per customer 15,649/s; with one transaction per event 8,869/s: about six
+    rows, 24 index insertions and 11 foreign-key checks per event, for nothing a finance
+    reader needs (an invoice line still drills down to the events). The ledger itself is
+    unaware of this: a transaction is a transaction.
 """
 
 from __future__ import annotations
