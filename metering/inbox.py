@@ -59,7 +59,7 @@ RATE_BATCH = 1000  # pending events rated per pass (one ingest_events call)
 RATER_LOCK = (0x6D657465, 1)
 SCHEDULED_KEY = "metering:incoming:scheduled"
 SCHEDULED_TTL_MS = 2000  # a queued task lost before it ran is replaced after this
-GATHER_SECONDS = 0.2  # between passes that found less than a full batch
+GATHER_SECONDS = 0.5  # between passes that found less than a full batch
 RATER_MAX_SECONDS = 50  # then a fresh task takes over (well inside the visibility timeout)
 
 
