@@ -35,12 +35,10 @@ def database_url_of_test_db() -> str:
     return f"postgresql://{auth}@{host}{port}/{s['NAME']}"
 
 
-@pytest.fixture
-def worker_queue():
-    """A Celery worker process consuming a queue of its own, on the test database."""
-    queue = f"test-{uuid.uuid4().hex[:8]}"
+def start_worker(queue: str) -> subprocess.Popen:
+    """A Celery worker process (solo pool) consuming ``queue``, on the test database."""
     env = {**os.environ, "DATABASE_URL": database_url_of_test_db(), "DB_CONN_MAX_AGE": "0"}
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -61,14 +59,25 @@ def worker_queue():
         cwd=REPO,
         env=env,
     )
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+@pytest.fixture
+def worker_queue():
+    """A Celery worker process consuming a queue of its own, on the test database."""
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue)
     try:
         yield queue
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
 
 
 @pytest.mark.slow

@@ -20,49 +20,22 @@ from django.db import connections
 from django.utils import timezone
 
 from billing import services
-from billing.models import BillingMode, Customer
-from ledger import selectors as ledger_selectors
+from billing.models import BillingMode
 from metering import inbox
 from metering.models import Event, IncomingEvent, IncomingStatus
-from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, iso, make_client, post_raw
+from tests.metering import test_async_ingest as fixtures
+from tests.metering.test_async_ingest import ASYNC, BATCH, EVENTS, PRICE, charged, event
 from tests.threads import run_concurrently
 
-api = billing_fixtures.api
-api_key = billing_fixtures.api_key
-make_key = billing_fixtures.make_key
-make_customer = billing_fixtures.make_customer
-make_meter = billing_fixtures.make_meter
-make_plan = billing_fixtures.make_plan
-
-PRICE = Decimal("0.01")
-ASYNC = {"HTTP_PREFER": "respond-async"}
-EVENTS = "/api/v1/events"
-BATCH = "/api/v1/events/batch"
-
-
-@pytest.fixture
-def plan(make_meter, make_plan):
-    make_meter("attack-calls", event_name="api.call", aggregation="count", property="")
-    return make_plan(
-        "attack-per-call", charges=[ChargeSpec(meter="attack-calls", unit_price=PRICE)]
-    )
-
-
-@pytest.fixture
-def acme(make_customer, plan) -> Customer:
-    customer = make_customer("acme", billing_mode=BillingMode.POSTPAID)
-    services.create_subscription(customer=customer, plan=plan)
-    return customer
-
-
-def event(key: str, customer: str = "acme", **extra) -> dict:
-    return {"idempotency_key": key, "customer": customer, "event_name": "api.call", **extra}
-
-
-def charged(customer: Customer) -> Decimal:
-    wallet = services.wallet_for(customer=customer)
-    return -ledger_selectors.get_balance(account=wallet.account).posted
+# the fixtures of test_async_ingest: an authenticated client, acme on a per-call plan
+api, api_key, make_key = fixtures.api, fixtures.api_key, fixtures.make_key
+make_customer, make_meter, make_plan = (
+    fixtures.make_customer,
+    fixtures.make_meter,
+    fixtures.make_plan,
+)
+plan, acme = fixtures.plan, fixtures.acme
 
 
 def rate_catching() -> object:

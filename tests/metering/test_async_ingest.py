@@ -6,9 +6,6 @@ nothing is charged twice, nothing accepted is lost."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -24,7 +21,7 @@ from metering import inbox, rating
 from metering.models import Event, IncomingEvent, IncomingStatus
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, iso, make_client
-from tests.test_celery import REPO, database_url_of_test_db
+from tests.test_celery import start_worker, stop_worker
 from tests.threads import run_concurrently
 
 api = billing_fixtures.api
@@ -284,28 +281,7 @@ def test_a_celery_worker_rates_what_was_accepted_without_being_asked(api, acme):
     from billing.celery import app
 
     inbox._clear_scheduled()
-    env = {**os.environ, "DATABASE_URL": database_url_of_test_db(), "DB_CONN_MAX_AGE": "0"}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "billing",
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            app.conf.task_default_queue,
-            "--loglevel",
-            "WARNING",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    worker = start_worker(app.conf.task_default_queue)
     try:
         body = {"events": [event(f"w-{i}") for i in range(50)]}
         assert api.post(BATCH, body, format="json", **ASYNC).status_code == 202
@@ -314,7 +290,6 @@ def test_a_celery_worker_rates_what_was_accepted_without_being_asked(api, acme):
             assert time.monotonic() < deadline, "the worker did not rate the events"
             time.sleep(0.2)
     finally:
-        worker.terminate()
-        worker.wait(timeout=20)
+        stop_worker(worker)
     assert charged(acme) == 50 * PRICE
     assert not IncomingEvent.objects.exists()
