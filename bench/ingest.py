@@ -189,6 +189,7 @@ SCENARIO_LABELS = {
     "single": "(a) single events, POST /events",
     "async": "(f) single events, Prefer: respond-async",
     "batch": f"(b) batches of {BATCH_SIZE:,}, POST /events/batch",
+    "batch-keyed": "    the same, each with an Idempotency-Key",
     "raw-values": "(c) raw INSERT … ON CONFLICT, VALUES",
     "raw-unnest": "(c) raw INSERT … ON CONFLICT, unnest",
     "copy": "    COPY (for scale)",
@@ -196,7 +197,7 @@ SCENARIO_LABELS = {
     "noop": f"(e) no-op: GET {NOOP_PATH}",
     "in-process": f"    batches of {BATCH_SIZE:,} rated in process",
 }
-INGEST_SCENARIOS = ("warm-up", "single", "async", "batch", "in-process")
+INGEST_SCENARIOS = ("warm-up", "single", "async", "batch", "batch-keyed", "in-process")
 REQUEST_SCENARIOS = ("authorize", "noop")  # figures per request; they write nothing
 RAW_SCENARIOS = ("raw-values", "raw-unnest", "copy")
 CEILING_SCENARIOS = ("raw-values", "raw-unnest")  # INSERT … ON CONFLICT: the issue's ceiling
@@ -895,7 +896,7 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
             else:
                 problem(f"{status}", f"{status} {answer[:400]!r}")
             continue
-        if spec.scenario == "batch":
+        if spec.scenario in ("batch", "batch-keyed"):
             path = "/api/v1/events/batch"
             payload: Any = {
                 "events": [
@@ -907,7 +908,13 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
         else:  # single, async, warm-up
             path, payload = "/api/v1/events", make_event(rng, f"{prefix}{sequence}", customers)
         body = json.dumps(payload, separators=(",", ":")).encode()
-        extra = {"Prefer": "respond-async"} if spec.scenario == "async" else None
+        extra = (
+            {"Prefer": "respond-async"}
+            if spec.scenario == "async"
+            else {"Idempotency-Key": f"{prefix}{sequence}"}
+            if spec.scenario == "batch-keyed"
+            else None
+        )
         sent = time.perf_counter()
         try:
             status, answer = api.request("POST", path, body, extra)
@@ -924,7 +931,7 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
                 code = "unparsed"
             problem(f"{status}:{code}", f"{status} {answer[:400]!r}")
             continue
-        if spec.scenario == "batch":
+        if spec.scenario in ("batch", "batch-keyed"):
             outcome = json.loads(answer)
             result.events += outcome["accepted"]
             if outcome["duplicates"]:
@@ -1816,6 +1823,7 @@ def report(
     # The target is set at 4 clients; a run without them (--batch-clients) uses its best.
     batch = batches.get(TARGET_BATCH_CLIENTS) or best(runs, ["batch"])
     best_batch = best(runs, ["batch"])
+    keyed = best(runs, ["batch-keyed"])
     in_process = best(runs, ["in-process"])
     noop = best(runs, ["noop"])
     ceiling = best(runs, CEILING_SCENARIOS)
@@ -1849,6 +1857,9 @@ def report(
         "async/noop": ratio(rate(asynchronous), noop_rate),
         "in_process/raw_ceiling": ratio(rate(in_process), rate(ceiling)),
         "batch/in_process": ratio(rate(batch), rate(in_process)),
+        "batch_keyed/batch": ratio(
+            rate(keyed), rate(batches.get(keyed.clients) if keyed else None)
+        ),
         "single/raw_ceiling": ratio(rate(single), rate(ceiling)),
         "batch/copy": ratio(rate(batch), rate(copy)),
         "raw_ceiling/copy": ratio(rate(ceiling), rate(copy)),
@@ -1982,6 +1993,11 @@ def report(
             f"in process: {cpu_text(in_process, ('rating (this process)', 'PostgreSQL'))}",
         ),
         (
+            f"batch with Idempotency-Key ({keyed.clients if keyed else '—'} clients) ÷ without",
+            fmt(ratios["batch_keyed/batch"], "{:.3f}"),
+            f"for information: {fmt(rate(keyed))} events/s, p99 {fmt(p99_of(keyed), '{:.1f}')} ms",
+        ),
+        (
             "in process ÷ raw ceiling",
             fmt(ratios["in_process/raw_ceiling"], "{:.3f}"),
             "for information (1 process vs the ceiling's clients)",
@@ -2103,6 +2119,7 @@ def report(
             "single": rate(single),
             "async": rate(asynchronous),
             "batch": rate(batch),
+            "batch_keyed": rate(keyed),
             "batch_clients": batch.clients if batch else None,
             "batch_by_clients": {str(n): r.events_per_second for n, r in sorted(batches.items())},
             "in_process": rate(in_process),
@@ -2225,6 +2242,9 @@ def main(argv: Sequence[str]) -> int:
                     server.stop_worker()
                 for clients in args.batch_counts:
                     run(http("batch", clients, args.seconds))
+                # Issue 14: the Idempotency-Key wrapper must not stretch one transaction over
+                # a batch; the same batches with the header, at the most clients, beside them.
+                run(http("batch-keyed", max(args.batch_counts), args.seconds))
                 result, run_checks = measure_in_process(
                     admin, seeded, args.seconds, server.pids(), pool.pids
                 )
