@@ -45,7 +45,6 @@ import redis
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
-from psycopg import Cursor as PsycopgCursor
 
 from billing.errors import BillingError, CustomerNotFound
 from metering import errors, rating
@@ -148,7 +147,7 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
             )
         )
     if rows:
-        for index, customer_id, stored in _execute(
+        for index, customer_id, stored in rating.execute_bound(
             _ACCEPT, [list(c) for c in zip(*rows, strict=True)]
         ):
             if customer_id is None:
@@ -171,18 +170,6 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
             else Acceptance("duplicate")
         )
     return results  # type: ignore[return-value]
-
-
-def _execute(sql: str, params: list[Any]) -> list[tuple]:
-    """One statement with its arrays bound server-side (see rating._execute_bound)."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = PsycopgCursor(connection.connection)
-        try:
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
-        finally:
-            cursor.close()
 
 
 # --- rating what was accepted ---------------------------------------------------------------
@@ -283,9 +270,11 @@ def _record(outcomes: list[tuple[int, Outcome]]) -> None:
         (row_id, outcome.error) for row_id, outcome in outcomes if outcome.status == "rejected"
     ]
     if done:
-        _execute("DELETE FROM metering_incomingevent WHERE id = ANY(%b::bigint[])", [done])
+        rating.execute_bound(
+            "DELETE FROM metering_incomingevent WHERE id = ANY(%b::bigint[])", [done]
+        )
     if refused:
-        _execute(
+        rating.execute_bound(
             "UPDATE metering_incomingevent i SET status = 'rejected', error_code = r.code, "
             "error_message = r.message, error_param = r.param, rated_at = now() "
             "FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) "
@@ -307,7 +296,7 @@ def pending_exists() -> bool:
         return cursor.fetchone()[0]
 
 
-def rate_until_empty(*, max_seconds: float = RATER_MAX_SECONDS) -> int:
+def rate_until_empty(*, max_seconds: int = RATER_MAX_SECONDS) -> int:
     """Rate pending events until there are none (the task's body); returns how many were
     taken up. Another rater running: leave at once (it looks again when it is done)."""
     deadline = time.monotonic() + max_seconds

@@ -1320,25 +1320,26 @@ def _execute_together(cursor, statements: list[Statement | None]) -> None:
         return
     *before, (last_sql, last_params) = statements
     if not before:
-        _execute_bound(last_sql, last_params)
+        execute_bound(last_sql, last_params)
         return
     ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(before))
     params = [value for _, values in before for value in values] + last_params
-    _execute_bound(f"WITH {ctes} {last_sql}", params)
+    execute_bound(f"WITH {ctes} {last_sql}", params)
 
 
-def _execute_bound(sql: str, params: list[Any]) -> None:
-    """Execute with the parameters bound by the server. Django's cursors bind client-side:
-    every element of these arrays was quoted into the statement's text, a fifth of a
-    batch's time in Python (measured). A psycopg cursor on the same connection (same
-    session, same transaction) sends them as parameters instead; Django's wrapper still
-    turns driver errors into django.db errors."""
+def execute_bound(sql: str, params: list[Any]) -> list[tuple]:
+    """Execute with the parameters bound by the server; the rows, if it returns any.
+    Django's cursors bind client-side: every element of these arrays was quoted into the
+    statement's text, a fifth of a batch's time in Python (measured). A psycopg cursor on
+    the same connection (same session, same transaction) sends them as parameters instead;
+    Django's wrapper still turns driver errors into django.db errors."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
         cursor = PsycopgCursor(connection.connection)
         try:
             # %b: the arrays travel in binary, dumped without escaping each element
             cursor.execute(sql.replace("%s", "%b"), params)
+            return cursor.fetchall() if cursor.description else []
         finally:
             cursor.close()
 
