@@ -293,3 +293,23 @@ def test_a_celery_worker_rates_what_was_accepted_without_being_asked(api, acme):
         stop_worker(worker)
     assert charged(acme) == 50 * PRICE
     assert not IncomingEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_redis_or_the_broker_down_events_are_stored_all_the_same(api, acme, monkeypatch):
+    """Queueing the rater fails (Redis refuses): the acceptance still answers 202 and the
+    event waits, pending, for the beat sweep (README: when Redis is down)."""
+    import redis
+
+    class Refusing:
+        def set(self, *args, **kwargs):
+            raise redis.ConnectionError("Connection refused")
+
+        delete = set
+
+    monkeypatch.setattr(inbox, "_redis", Refusing)
+    response = api.post(EVENTS, event("down-1"), format="json", **ASYNC)
+    assert response.status_code == 202
+    assert IncomingEvent.objects.get().status == IncomingStatus.PENDING
+    assert rate() == 1  # the sweep's task, once the broker answers
+    assert charged(acme) == PRICE
