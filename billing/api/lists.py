@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -375,48 +376,39 @@ class EventListCreateView(usage.EventCreateView):
             and key is not None
             and not metering_selectors.event_exists(customer=customer, idempotency_key=key)
         ):
-            return self._incoming(request, customer, status, key, since, until, event_name)
-        events = metering_selectors.list_events(
-            customer=customer, since=since, until=until, event_name=event_name
-        )
-        if key is not None:
-            events = events.filter(idempotency_key=key)
-        if after_id is not None:
-            after = metering_selectors.event_cursor(event_id=after_id, customer=customer)
-            if after is None:
-                raise query.invalid(
-                    "starting_after", "starting_after must be the id of an event of the customer"
-                )
-            events = metering_selectors.events_after(events, after=after)
-        rows: list[Event] = list(events[: limit + 1])
+            # accepted asynchronously and not rated: newest arrival first, paged by id
+            listed: QuerySet = metering_selectors.list_incoming(
+                customer=customer,
+                status=status,
+                idempotency_key=key,
+                since=since,
+                until=until,
+                event_name=event_name,
+            )
+            if after_id is not None:
+                listed = listed.filter(id__lt=after_id)
+            serializer: type[serializers.Serializer] = IncomingEventSerializer
+        else:
+            listed = metering_selectors.list_events(
+                customer=customer, since=since, until=until, event_name=event_name
+            )
+            if key is not None:
+                listed = listed.filter(idempotency_key=key)
+            if after_id is not None:
+                after = metering_selectors.event_cursor(event_id=after_id, customer=customer)
+                if after is None:
+                    raise query.invalid(
+                        "starting_after",
+                        "starting_after must be the id of an event of the customer",
+                    )
+                listed = metering_selectors.events_after(listed, after=after)
+            serializer = UsageEventSerializer
+        rows: list[Event | IncomingEvent] = list(listed[: limit + 1])
         for row in rows:
             row.customer = customer
         return Response(
             {
-                "data": UsageEventSerializer(rows[:limit], many=True).data,
-                "has_more": len(rows) > limit,
-            }
-        )
-
-    def _incoming(self, request, customer, status, key, since, until, event_name) -> Response:
-        rows_query = metering_selectors.list_incoming(
-            customer=customer,
-            status=status,
-            idempotency_key=key,
-            since=since,
-            until=until,
-            event_name=event_name,
-        )
-        limit = query.limit(request)
-        after_id = query.object_id(request, "starting_after")
-        if after_id is not None:
-            rows_query = rows_query.filter(id__lt=after_id)
-        rows: list[IncomingEvent] = list(rows_query[: limit + 1])
-        for row in rows:
-            row.customer = customer
-        return Response(
-            {
-                "data": IncomingEventSerializer(rows[:limit], many=True).data,
+                "data": serializer(rows[:limit], many=True).data,
                 "has_more": len(rows) > limit,
             }
         )

@@ -500,6 +500,20 @@ def _wants_async(request) -> bool:
     )
 
 
+def _batch_answer(results: list, taken: str) -> dict:
+    """A batch's answer: each event's result and the counts, ``taken`` being "accepted"
+    (rated) or "pending" (stored for rating)."""
+    counts = {taken: 0, "duplicate": 0, "rejected": 0}
+    for result in results:
+        counts[result["status"]] += 1
+    return {
+        "data": results,
+        taken: counts[taken],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+    }
+
+
 def _async_response(payload: dict, code: int) -> Response:
     response = Response(payload, status=code)
     response["Preference-Applied"] = "respond-async"
@@ -613,17 +627,7 @@ class EventBatchView(APIView):
                     "status": outcome.status,
                     "event": _event_payload(outcome),
                 }
-        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-        for result in results:
-            counts[result["status"]] += 1
-        return Response(
-            {
-                "data": results,
-                "accepted": counts["accepted"],
-                "duplicates": counts["duplicate"],
-                "rejected": counts["rejected"],
-            }
-        )
+        return Response(_batch_answer(results, "accepted"))
 
     def _accept_async(
         self, valid: list[rating.EventIn], positions: list[int], results: list[dict | None]
@@ -634,18 +638,7 @@ class EventBatchView(APIView):
             if acceptance.error is not None:
                 item["error"] = _error_payload(acceptance.error)
             results[index] = item
-        counts = {"pending": 0, "duplicate": 0, "rejected": 0}
-        for result in results:
-            counts[result["status"]] += 1
-        return _async_response(
-            {
-                "data": results,
-                "pending": counts["pending"],
-                "duplicates": counts["duplicate"],
-                "rejected": counts["rejected"],
-            },
-            status.HTTP_202_ACCEPTED,
-        )
+        return _async_response(_batch_answer(results, "pending"), status.HTTP_202_ACCEPTED)
 
 
 def _estimate(data: dict) -> rating.Estimate:
