@@ -23,8 +23,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import CharField, F, OuterRef, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Cast, Concat
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -64,7 +63,7 @@ from billing.portal import services as portal_services
 from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
-from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES, Balance, NormalBalance
+from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
 
 log = logging.getLogger(__name__)
 
@@ -587,67 +586,31 @@ class CustomerAdmin(ServiceFormMixin, admin.ModelAdmin):
         return False  # its wallets are ledger accounts, kept forever
 
     def get_queryset(self, request):
-        wallet_available = (
-            Balance.objects.filter(
-                account__wallet__customer=OuterRef("pk"),
-                account__wallet__currency=OuterRef("currency"),
-            )
-            .values("account_id")
-            .annotate(total=Sum(F("posted") - F("held")))
-            .values("total")[:1]
-        )
-        live_plan = (
-            Subscription.objects.filter(customer=OuterRef("pk"))
-            .exclude(status=SubscriptionStatus.CANCELED)
-            .annotate(
-                label=Concat(
-                    F("plan__code"),
-                    Value(" v"),
-                    Cast("plan__version", CharField()),
-                    Value(" ("),
-                    F("status"),
-                    Value(")"),
-                    output_field=CharField(),
-                )
-            )
-            .values("label")[:1]
-        )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(_available=Subquery(wallet_available), _live_plan=Subquery(live_plan))
-        )
+        return selectors.with_available_and_live_plan(super().get_queryset(request))
 
-    @admin.display(description="live subscription", ordering="_live_plan")
+    @admin.display(description="live subscription", ordering="live_plan_label")
     def live_plan(self, customer):
-        return customer._live_plan or "—"
+        return customer.live_plan_label or "—"
 
-    @admin.display(description="available", ordering="_available")
+    @admin.display(description="available", ordering="wallet_available")
     def available_balance(self, customer):
-        return money(customer._available, customer.currency)
+        return money(customer.wallet_available, customer.currency)
 
     @admin.display(description="last 20 ledger transactions")
     def recent_activity(self, customer):
-        own = {a.pk: a for a in selectors.customer_accounts(customer)}
-        transactions = selectors.customer_transactions(customer).order_by("-effective_at", "-id")
-        rows = []
-        for txn in transactions[:RECENT_ACTIVITY]:
-            changes = []
-            for entry in txn.entries.all():
-                if entry.account_id in own:
-                    # In the wallet's own direction: + is money in, − money out.
-                    credit_normal = own[entry.account_id].normal_balance == NormalBalance.CREDIT
-                    change = -entry.amount if credit_normal else entry.amount
-                    changes.append(f"{'+' if change > 0 else ''}{money(change, entry.currency)}")
-            rows.append(
-                (
-                    timestamp(txn.effective_at),
-                    reverse("admin:ledger_transaction_change", args=[txn.pk]),
-                    txn.reference,
-                    txn.description,
-                    ", ".join(changes),
-                )
+        rows = [
+            (
+                timestamp(activity.transaction.effective_at),
+                reverse("admin:ledger_transaction_change", args=[activity.transaction.pk]),
+                activity.transaction.reference,
+                activity.transaction.description,
+                ", ".join(
+                    f"{'+' if change.amount > 0 else ''}{money(change.amount, change.currency)}"
+                    for change in activity.changes
+                ),
             )
+            for activity in selectors.customer_recent_activity(customer, limit=RECENT_ACTIVITY)
+        ]
         if not rows:
             return "No ledger activity yet."
         return format_html(
