@@ -7,6 +7,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 
@@ -16,16 +17,23 @@ from billing.models import APIKey, IdempotencyRecord
 from ledger.admin import ReadOnlyAdmin
 
 
+class KeyState(models.TextChoices):
+    """The values of the ``status`` filter in the list's URL."""
+
+    ACTIVE = "active", "Active"
+    REVOKED = "revoked", "Revoked"
+
+
 class APIKeyStatusFilter(admin.SimpleListFilter):
     title = "status"
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("active", "Active"), ("revoked", "Revoked")]
+        return KeyState.choices
 
     def queryset(self, request, queryset):
-        if self.value() in ("active", "revoked"):
-            return queryset.filter(revoked_at__isnull=self.value() == "active")
+        if self.value() in KeyState.values:
+            return queryset.filter(revoked_at__isnull=self.value() == KeyState.ACTIVE)
         return queryset
 
 

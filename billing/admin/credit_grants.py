@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
@@ -171,17 +172,24 @@ class CreditAllocationInline(ReadOnlyInline):
         return super().get_queryset(request).select_related("ledger_transaction")
 
 
+class Liveness(models.TextChoices):
+    """The values of the ``live`` filter in the list's URL."""
+
+    LIVE = "yes", "Live (active)"
+    ENDED = "no", "Ended"
+
+
 class GrantLiveFilter(admin.SimpleListFilter):
     title = "live"
     parameter_name = "live"
 
     def lookups(self, request, model_admin):
-        return [("yes", "Live (active)"), ("no", "Ended")]
+        return Liveness.choices
 
     def queryset(self, request, queryset):
-        if self.value() == "yes":
+        if self.value() == Liveness.LIVE:
             return queryset.filter(status=GrantStatus.ACTIVE)
-        if self.value() == "no":
+        if self.value() == Liveness.ENDED:
             return queryset.exclude(status=GrantStatus.ACTIVE)
         return queryset
 
