@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery, Sum
+from django.db.models import CharField, F, Max, OuterRef, Prefetch, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from billing import errors
@@ -23,7 +25,7 @@ from billing.models import (
 )
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
-from ledger.models import Account, Balance, Entry
+from ledger.models import Account, Balance, Entry, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
 from metering.models import PeriodUsage
 
@@ -166,6 +168,77 @@ def ledger_transaction(transaction_id: int) -> LedgerTransaction:
     return LedgerTransaction.objects.prefetch_related(
         Prefetch("entries", queryset=Entry.objects.select_related("account").order_by("id"))
     ).get(pk=transaction_id)
+
+
+@dataclass(frozen=True)
+class WalletChange:
+    """What one ledger entry did to one of the customer's own accounts, in the wallet's
+    own direction: positive is money in, negative money out."""
+
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class WalletActivity:
+    """One ledger transaction touching the customer, with its changes to the customer's
+    own accounts (in entry order)."""
+
+    transaction: LedgerTransaction
+    changes: list[WalletChange]
+
+
+def customer_recent_activity(customer: Customer, *, limit: int) -> list[WalletActivity]:
+    """The customer's last ``limit`` ledger transactions, latest first (by effective time,
+    then id), each with what it did to the customer's own wallets."""
+    own = {a.pk: a for a in customer_accounts(customer)}
+    transactions = customer_transactions(customer).order_by("-effective_at", "-id")[:limit]
+    activity = []
+    for txn in transactions:
+        changes = []
+        for entry in txn.entries.all():
+            account = own.get(entry.account_id)
+            if account is not None:
+                # A credit-normal account (a wallet) grows with credits.
+                credit_normal = account.normal_balance == NormalBalance.CREDIT
+                amount = -entry.amount if credit_normal else entry.amount
+                changes.append(WalletChange(amount=amount, currency=entry.currency))
+        activity.append(WalletActivity(transaction=txn, changes=changes))
+    return activity
+
+
+def with_available_and_live_plan(customers: QuerySet[Customer]) -> QuerySet[Customer]:
+    """The customers, each annotated with ``wallet_available`` (posted − held of its wallet
+    in its own currency, None without one) and ``live_plan_label`` ("code vN (status)" of a
+    subscription not canceled, None without one): a list page's columns in one query."""
+    wallet_available = (
+        Balance.objects.filter(
+            account__wallet__customer=OuterRef("pk"),
+            account__wallet__currency=OuterRef("currency"),
+        )
+        .values("account_id")
+        .annotate(total=Sum(F("posted") - F("held")))
+        .values("total")[:1]
+    )
+    live_plan = (
+        Subscription.objects.filter(customer=OuterRef("pk"))
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .annotate(
+            label=Concat(
+                F("plan__code"),
+                Value(" v"),
+                Cast("plan__version", CharField()),
+                Value(" ("),
+                F("status"),
+                Value(")"),
+                output_field=CharField(),
+            )
+        )
+        .values("label")[:1]
+    )
+    return customers.annotate(
+        wallet_available=Subquery(wallet_available), live_plan_label=Subquery(live_plan)
+    )
 
 
 def _plans_with_charges() -> QuerySet[Plan]:

@@ -20,7 +20,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from billing.admin import ExactDecimalField, ServiceFormMixin, admin_link, money, timestamp
+from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money, timestamp
 from billing.errors import BillingError
 from invoicing import payments, pdf, services
 from invoicing.models import (

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from billing import services
-from billing.admin import ServiceFormMixin, StrictJSONField
+from billing.admin.common import ServiceFormMixin, StrictJSONField
 from ledger.admin import ReadOnlyAdmin
 from metering import catalog
 from metering.models import (

@@ -14,7 +14,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from billing import services
-from billing.admin import charges_json
+from billing.admin.plans import charges_json
 from billing.models import (
     APIKey,
     Customer,

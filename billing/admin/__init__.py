@@ -1,0 +1,29 @@
+"""The commercial core in the admin, for finance staff.
+
+Every write goes through ``billing.services`` and so, for money, through the ledger:
+customers are created with their wallet, top-ups and adjustments are ledger transactions
+(recording the staff user), plans are published as new versions and never edited, API key
+secrets are shown once and never stored. What a service owns cannot be edited here.
+Expected failures (``BillingError``, ``LedgerError``) are shown on the form that caused them.
+
+One module per model family, each registering its own admins on import:
+
+- ``common``: money and time display, the form fields that read input as the API does,
+  ``ServiceFormMixin`` (also used by the metering and invoicing admins);
+- ``customers``: customers, with their wallets (``wallets``: balances, top-ups,
+  adjustments), credit grants (``credit_grants``, also the grants' own admin) and portal
+  users (``portal_users``: invitations) on their page;
+- ``plans``: plan versions and publishing;
+- ``subscriptions``: subscribing and canceling;
+- ``api_keys``: API keys and the API's idempotency records.
+"""
+
+from billing.admin import (  # noqa: F401 - imported to register their admins
+    api_keys,
+    credit_grants,
+    customers,
+    plans,
+    portal_users,
+    subscriptions,
+    wallets,
+)

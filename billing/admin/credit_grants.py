@@ -1,0 +1,274 @@
+"""Credit grants in the admin: granted from the customer page (``billing.credits``), then
+listed read-only with the allocations that drew on each; voided or expired by an action."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.http import HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from billing import credits
+from billing.admin.common import (
+    ExactDecimalField,
+    ServiceFormMixin,
+    admin_link,
+    money,
+    timestamp,
+)
+from billing.errors import BillingError
+from billing.models import CreditAllocation, CreditGrant, GrantSource, GrantStatus
+from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
+from ledger.errors import LedgerError
+
+
+class GrantCreditsForm(forms.Form):
+    """Promotional credits or a credit adjustment, into the CREDITS wallet."""
+
+    amount = ExactDecimalField(help_text="Credits, exact, up to 12 decimal places.")
+    name = forms.CharField(
+        max_length=200, required=False, help_text="What the customer sees, e.g. “Welcome credits”."
+    )
+    source = forms.ChoiceField(
+        choices=[
+            (GrantSource.PROMOTIONAL, "Promotional (free, funded by @Promotions)"),
+            (GrantSource.ADJUSTMENT, "Adjustment (funded by @Adjustments)"),
+        ]
+    )
+    priority = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=credits.MAX_PRIORITY,
+        help_text="Lower is drawn first. Empty: 10 for promotional, 20 for adjustments "
+        "(credits bought have 50).",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        help_text="Empty: never. E.g. 2027-01-31 00:00 (in the site's time zone).",
+    )
+    token = forms.CharField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("initial", {}).setdefault("token", uuid.uuid4().hex)
+        super().__init__(*args, **kwargs)
+
+    def clean_amount(self) -> Decimal:
+        amount = self.cleaned_data["amount"]
+        if amount <= 0:
+            raise forms.ValidationError("A grant must be positive.")
+        return amount
+
+    def clean_token(self) -> str:
+        token = self.cleaned_data["token"]
+        if not re.fullmatch(r"[0-9a-f]{32}", token):
+            raise forms.ValidationError("This form has expired; open it again.")
+        return token
+
+
+def grants_table(grants: Iterable[CreditGrant]) -> str:
+    rows = [
+        (
+            reverse("admin:billing_creditgrant_change", args=[g.pk]),
+            g.name,
+            g.get_source_display(),
+            g.priority,
+            money(g.amount),
+            money(g.remaining),
+            g.get_status_display(),
+            timestamp(g.expires_at) if g.expires_at else "never",
+        )
+        for g in grants
+    ]
+    if not rows:
+        return "No credit grants."
+    return format_html(
+        "<table><thead><tr><th>grant</th><th>source</th><th>priority</th><th>granted</th>"
+        "<th>left</th><th>status</th><th>expires</th></tr></thead><tbody>{}</tbody></table>",
+        format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td>'
+            '<td style="text-align:right">{}</td><td style="text-align:right">{}</td>'
+            "<td>{}</td><td>{}</td></tr>",
+            rows,
+        ),
+    )
+
+
+class CustomerGrantViews(ServiceFormMixin):
+    """The customer admin's grants: the table on its page, the page that grants credits and
+    the action that opens it (its URL is in ``CustomerAdmin.get_urls``)."""
+
+    @admin.display(description="credit grants")
+    def credit_grants(self, customer):
+        if customer.pk is None:
+            return "—"
+        live = customer.credit_grants.filter(status=GrantStatus.ACTIVE)
+        ended = customer.credit_grants.exclude(status=GrantStatus.ACTIVE).order_by("-ended_at")
+        return grants_table([*live, *ended[:10]])
+
+    def grant_view(self, request, object_id):
+        customer = self.changeable_object_or_404(request, object_id)
+        form = GrantCreditsForm(request.POST or None)
+
+        def post() -> HttpResponse:
+            data = form.cleaned_data
+            grant = credits.grant_credits(
+                customer=customer,
+                amount=data["amount"],
+                name=data["name"],
+                source=data["source"],
+                priority=data["priority"],
+                expires_at=data["expires_at"],
+                reference=f"admin:{data['token']}",
+                staff_user_id=request.user.pk,
+            )
+            summary = f"Granted {money(grant.amount)} credits ({grant.name})"
+            self.log_change(request, customer, f"{summary}: grant {grant.pk}")
+            messages.success(request, f"{summary}.")
+            return HttpResponseRedirect(self.change_url(customer))
+
+        live = customer.credit_grants.filter(status=GrantStatus.ACTIVE)
+        return self.run_service(request, form, post) or self.service_form_response(
+            request,
+            form=form,
+            title=f"Grant credits to {customer}",
+            submit_label="Grant credits",
+            original=customer,
+            intro="The credits land in the customer's CREDITS wallet at once. Usage draws on "
+            "grants lowest priority first, then the soonest expiry; whatever is left at the "
+            "expiry leaves the wallet for @CreditsExpired.",
+            facts=[("Live grants", grants_table(live))],
+        )
+
+    @admin.action(description="Grant credits to the selected customer…", permissions=["change"])
+    def grant_action(self, request, queryset):
+        return self.redirect_to_one(request, queryset, "grant", "grant credits to")
+
+
+class CreditAllocationInline(ReadOnlyInline):
+    model = CreditAllocation
+    fields = ("created_at", "kind", "amount_display", "transaction_link")
+    readonly_fields = fields
+    show_change_link = False
+    ordering = ("-id",)
+
+    @admin.display(description="amount")
+    def amount_display(self, allocation):
+        return money(allocation.amount)
+
+    @admin.display(description="ledger transaction")
+    def transaction_link(self, allocation):
+        return admin_link(allocation.ledger_transaction, allocation.ledger_transaction.reference)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("ledger_transaction")
+
+
+class Liveness(models.TextChoices):
+    """The values of the ``live`` filter in the list's URL."""
+
+    LIVE = "yes", "Live (active)"
+    ENDED = "no", "Ended"
+
+
+class GrantLiveFilter(admin.SimpleListFilter):
+    title = "live"
+    parameter_name = "live"
+
+    def lookups(self, request, model_admin):
+        return Liveness.choices
+
+    def queryset(self, request, queryset):
+        if self.value() == Liveness.LIVE:
+            return queryset.filter(status=GrantStatus.ACTIVE)
+        if self.value() == Liveness.ENDED:
+            return queryset.exclude(status=GrantStatus.ACTIVE)
+        return queryset
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(ReadOnlyAdmin):
+    """Grants are made from the customer page (or the API) and change only through usage,
+    expiry and voiding: read-only here, with the allocations that drew on each."""
+
+    list_display = (
+        "id",
+        "customer",
+        "name",
+        "source",
+        "priority",
+        "granted",
+        "left",
+        "status",
+        "expires_at",
+        "created_at",
+    )
+    list_filter = (GrantLiveFilter, "status", "source")
+    search_fields = ("customer__external_id", "customer__name", "name", "reference")
+    list_select_related = ("customer",)
+    ordering = ("-id",)
+    fields = (
+        "customer",
+        "name",
+        "source",
+        "priority",
+        "granted",
+        "left",
+        "status",
+        "expires_at",
+        "ended_at",
+        "reference",
+        "funding_transaction",
+        "created_by",
+        "created_at",
+    )
+    readonly_fields = fields
+    inlines = [CreditAllocationInline]
+    actions = ["void_action", "expire_action"]
+
+    @admin.display(description="granted", ordering="amount")
+    def granted(self, grant):
+        return money(grant.amount)
+
+    @admin.display(description="left", ordering="remaining")
+    def left(self, grant):
+        return money(grant.remaining)
+
+    @admin.display(description="ledger transaction")
+    def funding_transaction(self, grant):
+        return admin_link(grant.ledger_transaction, grant.ledger_transaction.reference)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Void the selected grants (take back what is left)")
+    def void_action(self, request, queryset):
+        done = 0
+        for grant in queryset.filter(status=GrantStatus.ACTIVE):
+            try:
+                credits.void_grant(grant_id=grant.pk, staff_user_id=request.user.pk)
+            except (BillingError, LedgerError) as error:
+                messages.error(request, f"Grant {grant.pk}: {error}")
+                continue
+            self.log_change(request, grant, "Voided")
+            done += 1
+        messages.success(request, f"{done} grant(s) voided.")
+
+    @admin.action(description="Expire the selected grants that are past their expiry now")
+    def expire_action(self, request, queryset):
+        due = list(
+            queryset.filter(status=GrantStatus.ACTIVE, expires_at__lte=timezone.now()).values_list(
+                "pk", flat=True
+            )
+        )
+        for grant_id in due:
+            credits.expire_grant(grant_id=grant_id)
+        messages.success(request, f"{len(due)} grant(s) looked at.")

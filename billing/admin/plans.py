@@ -1,0 +1,392 @@
+"""Plans in the admin: read-only, since a published version never changes. "Publish new
+version" opens a version's spec in a form and publishes it through
+``billing.services.publish_plan``; the charges are typed as the API takes them (its
+``ChargeSerializer``), so the admin and the API accept the same plans."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
+
+from billing import selectors, services
+from billing.admin.common import (
+    CURRENCY_RE,
+    PriceField,
+    ServiceFormMixin,
+    check_currency,
+    decimal_text,
+    money,
+    strict_json,
+)
+from billing.api.serializers import ChargeSerializer
+from billing.models import ConsumptionModel, Interval, Plan, PlanCharge, PriceModel
+from ledger.admin import ReadOnlyInline
+
+
+def tiers_text(charge: PlanCharge) -> str:
+    lines = []
+    previous = None
+    for tier in charge.tiers.all():
+        bound = (
+            f"up to {money(tier.up_to)}"
+            if tier.up_to is not None
+            else (f"above {money(previous)}" if previous is not None else "all units")
+        )
+        price = f"{money(tier.unit_price)} per unit"
+        if tier.flat_fee:
+            price += f" + {money(tier.flat_fee)} flat"
+        lines.append((bound, price))
+        previous = tier.up_to
+    if not lines:
+        return "—"
+    return format_html_join(mark_safe("<br>"), "{}: {}", lines)
+
+
+class PlanChargeInline(ReadOnlyInline):
+    model = PlanCharge
+    fields = (
+        "meter",
+        "price_model",
+        "included",
+        "unit_price_display",
+        "package_size_display",
+        "margin_percent",
+        "tiers",
+    )
+    readonly_fields = fields
+    show_change_link = False
+    verbose_name_plural = "charges (read-only: a published version never changes)"
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("meter")
+            .prefetch_related("tiers")
+            .order_by("id")
+        )
+
+    @admin.display(description="included")
+    def included(self, charge):
+        return money(charge.included_quantity)
+
+    @admin.display(description="unit price")
+    def unit_price_display(self, charge):
+        return money(charge.unit_price)
+
+    @admin.display(description="package size")
+    def package_size_display(self, charge):
+        return money(charge.package_size)
+
+    @admin.display(description="tiers")
+    def tiers(self, charge):
+        return tiers_text(charge)
+
+
+def charges_json(charges: Iterable[services.ChargeSpec]) -> str:
+    """The charges as the JSON the form edits: decimals as exact strings, empty keys left out."""
+    items = []
+    for charge in charges:
+        item: dict[str, Any] = {
+            "meter": charge.meter,
+            "price_model": charge.price_model,
+            "included_quantity": decimal_text(charge.included_quantity),
+            "unit_price": decimal_text(charge.unit_price),
+        }
+        if charge.package_size is not None:
+            item["package_size"] = decimal_text(charge.package_size)
+        if charge.margin_percent is not None:
+            item["margin_percent"] = decimal_text(charge.margin_percent)
+        if charge.tiers:
+            item["tiers"] = [
+                {
+                    "up_to": decimal_text(t.up_to),
+                    "unit_price": decimal_text(t.unit_price),
+                    "flat_fee": decimal_text(t.flat_fee),
+                }
+                for t in charge.tiers
+            ]
+        items.append(item)
+    return json.dumps(items, indent=2)
+
+
+def _flatten_errors(errors: Any, where: str) -> Iterable[str]:
+    """DRF's nested error lists and dicts as "charges[0].meter: …" lines."""
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            if key == "non_field_errors":
+                yield from _flatten_errors(value, where)
+            elif isinstance(key, int):  # an item of a list
+                yield from _flatten_errors(value, f"{where}[{key}]")
+            else:
+                yield from _flatten_errors(value, f"{where}.{key}")
+    elif isinstance(errors, list):
+        for index, value in enumerate(errors):
+            if isinstance(value, str):
+                yield f"{where}: {value}"
+            else:
+                yield from _flatten_errors(value, f"{where}[{index}]")
+    else:
+        yield f"{where}: {errors}"
+
+
+CHARGES_HELP = (
+    "A JSON list, one object per meter: "
+    '<code>{"meter": "tokens", "price_model": "per_unit", "included_quantity": "1000000", '
+    '"unit_price": "0.000002"}</code>. price_model is one of '
+    + ", ".join(PriceModel.values)
+    + '; graduated and volume charges take <code>"tiers": [{"up_to": "1000", "unit_price": '
+    '"0.01", "flat_fee": "0"}, …, {"up_to": null, …}]</code>; package charges take '
+    "package_size; margin_percent is optional. Write decimals as strings: they are kept exactly."
+)
+
+
+class PlanVersionForm(forms.Form):
+    """A new version of an existing plan. Code, currency, interval and consumption model
+    stay: subscriptions move between versions of one plan, which must bill alike."""
+
+    # Not stripped: an untouched form must reproduce the published spec exactly.
+    name = forms.CharField(max_length=200, strip=False)
+    description = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    base_fee = PriceField(min_value=Decimal(0), help_text="Per interval, exact.")
+    trial_days = forms.IntegerField(min_value=0, max_value=3650)
+    units_per_credit = PriceField(
+        required=False, help_text="Credits plans: how many units one credit buys."
+    )
+    charges = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 16, "cols": 90, "style": "font-family: monospace"}),
+        help_text=CHARGES_HELP,
+    )
+
+    def __init__(self, *args, consumption_model: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        if consumption_model != ConsumptionModel.CREDITS:
+            del self.fields["units_per_credit"]
+
+    def clean_description(self) -> str:
+        # Browsers send a textarea's line breaks as CRLF.
+        return self.cleaned_data["description"].replace("\r\n", "\n")
+
+    def clean_charges(self) -> list[dict[str, Any]]:
+        raw = strict_json(self.cleaned_data["charges"] or "[]", path="charges")
+        if not isinstance(raw, list):
+            raise forms.ValidationError("The charges must be a JSON list.")
+        # The API's own input shape, so the admin and the API accept the same charges.
+        serializer = ChargeSerializer(data=raw, many=True)
+        if not serializer.is_valid():
+            raise forms.ValidationError(list(_flatten_errors(serializer.errors, "charges")))
+        return serializer.validated_data
+
+
+class PlanCreateForm(PlanVersionForm):
+    code = forms.SlugField(max_length=100, help_text="Stable; versions share it.")
+    currency = forms.RegexField(CURRENCY_RE, initial="USD")
+    interval = forms.ChoiceField(choices=Interval.choices, initial=Interval.MONTH)
+    consumption_model = forms.ChoiceField(
+        choices=ConsumptionModel.choices, initial=ConsumptionModel.METERED
+    )
+
+    field_order = [
+        "code",
+        "name",
+        "description",
+        "currency",
+        "interval",
+        "consumption_model",
+        "base_fee",
+        "trial_days",
+        "units_per_credit",
+        "charges",
+    ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, consumption_model=ConsumptionModel.CREDITS, **kwargs)
+
+    def clean(self):
+        data = super().clean()
+        credits = data.get("consumption_model") == ConsumptionModel.CREDITS
+        if data.get("units_per_credit") is not None and not credits:
+            self.add_error("units_per_credit", "Only credits plans have units per credit.")
+        return data
+
+    def clean_currency(self) -> str:
+        return check_currency(self.cleaned_data["currency"])
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"]
+        if Plan.objects.filter(code=code).exists():
+            raise forms.ValidationError(
+                f"Plan {code!r} exists; publish a new version from its page instead."
+            )
+        return code
+
+
+@admin.register(Plan)
+class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
+    """Read-only: a published version never changes. "Publish new version" opens the
+    version's spec in a form and publishes it through ``billing.services.publish_plan``."""
+
+    list_display = (
+        "code",
+        "version",
+        "name",
+        "currency",
+        "interval",
+        "base_fee_display",
+        "consumption_model",
+        "published_at",
+    )
+    list_filter = ("consumption_model", "interval", "currency")
+    search_fields = ("code", "name")
+    fields = (
+        "code",
+        "version",
+        "name",
+        "description",
+        "currency",
+        "interval",
+        "base_fee_display",
+        "trial_days",
+        "consumption_model",
+        "units_per_credit",
+        "metadata",
+        "spec_hash",
+        "published_at",
+        "published_by",
+    )
+    readonly_fields = fields
+    inlines = [PlanChargeInline]
+    actions = ["publish_new_version_action"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # subscriptions and invoices point at versions
+
+    @admin.display(description="base fee", ordering="base_fee")
+    def base_fee_display(self, plan):
+        return money(plan.base_fee, plan.currency)
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/publish/",
+                self.admin_site.admin_view(self.publish_view),
+                name="billing_plan_publish",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _published(self, request, plan: Plan, created: bool) -> HttpResponse:
+        if created:
+            self.log_addition(request, plan, f"Published version {plan.version} in the admin.")
+            messages.success(request, f"Published {plan.code} version {plan.version}.")
+        else:
+            messages.info(request, f"Plan {plan.code} unchanged, still version {plan.version}.")
+        return HttpResponseRedirect(self.change_url(plan))
+
+    def publish_view(self, request, object_id):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        plan = self.object_or_404(request, object_id)
+        spec = services.plan_spec_of(plan)
+        latest = services.latest_plan(code=plan.code)
+        form = PlanVersionForm(
+            request.POST or None,
+            consumption_model=plan.consumption_model,
+            initial={
+                "name": spec.name,
+                "description": spec.description,
+                "base_fee": decimal_text(spec.base_fee),
+                "trial_days": spec.trial_days,
+                "units_per_credit": decimal_text(spec.units_per_credit),
+                "charges": charges_json(spec.charges),
+            },
+        )
+
+        def publish() -> HttpResponse:
+            data = form.cleaned_data
+            new_spec = selectors.plan_spec_from_validated(
+                {
+                    "code": spec.code,
+                    "currency": spec.currency,
+                    "interval": spec.interval,
+                    "consumption_model": spec.consumption_model,
+                    "metadata": spec.metadata,
+                    "units_per_credit": data.get("units_per_credit", spec.units_per_credit),
+                    **{
+                        k: data[k]
+                        for k in ("name", "description", "base_fee", "trial_days", "charges")
+                    },
+                }
+            )
+            return self._published(
+                request, *services.publish_plan(spec=new_spec, published_by_id=request.user.pk)
+            )
+
+        intro = (
+            f"Publishing creates version {latest.version + 1} of {plan.code}; version "
+            f"{plan.version} stays as it is for the subscriptions on it. An unchanged form "
+            "publishes nothing."
+        )
+        if latest.pk != plan.pk:
+            intro += (
+                f" Note: this form starts from version {plan.version}, not from the latest "
+                f"version {latest.version}."
+            )
+        return self.run_service(request, form, publish) or self.service_form_response(
+            request,
+            form=form,
+            title=f"Publish a new version of {plan.code}",
+            submit_label="Publish new version",
+            original=plan,
+            intro=intro,
+            facts=[
+                ("code", plan.code),
+                ("currency", plan.currency),
+                ("interval", plan.get_interval_display()),
+                ("consumption model", plan.get_consumption_model_display()),
+            ],
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = PlanCreateForm(
+            request.POST or None, initial={"charges": "[]", "trial_days": 0, "base_fee": "0"}
+        )
+
+        def publish() -> HttpResponse:
+            spec = selectors.plan_spec_from_validated({**form.cleaned_data, "metadata": None})
+            return self._published(
+                request, *services.publish_plan(spec=spec, published_by_id=request.user.pk)
+            )
+
+        return self.run_service(request, form, publish) or self.service_form_response(
+            request,
+            form=form,
+            title="Publish a new plan",
+            submit_label="Publish version 1",
+            intro="A plan is published as version 1 and never changes afterwards; later "
+            "edits publish new versions.",
+        )
+
+    @admin.action(description="Publish a new version of the selected plan…", permissions=["add"])
+    def publish_new_version_action(self, request, queryset):
+        if queryset.count() != 1:
+            messages.warning(request, "Select exactly one plan version to start from.")
+            return None
+        return HttpResponseRedirect(reverse("admin:billing_plan_publish", args=[queryset.get().pk]))
