@@ -1,4 +1,4 @@
-"""The commercial core: customers, wallets, plans, subscriptions and API keys.
+"""The commercial core: customers, wallets, meters, plans, subscriptions and API keys.
 
 Design overview
 ===============
@@ -15,6 +15,11 @@ interval, trial days, one consumption model (metered: included allowance + overa
 invoiced; credits: prepaid blocks where 1 credit = ``units_per_credit`` units; balance:
 prepaid money debited at real cost) and one charge per meter with its price model (per
 unit, graduated, volume, package) and tiers. Unit prices carry 12 decimal places.
+
+A meter (``Meter``) says how usage events become a quantity: the events it reads, how it
+aggregates them over a period, the property it reads, the events it keeps and the
+dimensions it splits usage by. It belongs here, with the plans that price it; metering
+reads meters to rate events (its table is still ``metering_meter``, where it began).
 
 A subscription's periods are half-open UTC intervals [start, end) computed from its billing
 anchor (month arithmetic clamps to the month's last day and returns to the anchor day).
@@ -176,6 +181,48 @@ class Plan(models.Model):
         return f"{self.name} ({self.code} v{self.version})"
 
 
+class Aggregation(models.TextChoices):
+    SUM = "sum", "Sum of the property"
+    COUNT = "count", "Count of events"
+    MAX = "max", "Maximum of the property"
+    UNIQUE_COUNT = "unique_count", "Count of distinct property values"
+    LATEST = "latest", "Latest value of the property"
+
+
+class Meter(models.Model):
+    code = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True, default="")
+    event_name = models.CharField(max_length=200, db_index=True)
+    aggregation = models.CharField(max_length=20, choices=Aggregation.choices)
+    property = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Dotted path into the event's properties; empty for count.",
+    )
+    filters = models.JSONField(
+        default=dict, blank=True, help_text='Property path → allowed values, e.g. {"tier": ["pro"]}'
+    )
+    group_by = models.JSONField(
+        default=list, blank=True, help_text='Dimensions usage is split by, e.g. ["model"]'
+    )
+    unit = models.CharField(max_length=30, blank=True, default="", help_text="e.g. tokens")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        # the table keeps its name from when meters lived in metering (billing 0007)
+        db_table = "metering_meter"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(aggregation="count") | ~Q(property=""),
+                name="metering_meter_property_required",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
 class PriceModel(models.TextChoices):
     PER_UNIT = "per_unit", "Per unit"
     GRADUATED = "graduated", "Graduated tiers (each tier priced on its own units)"
@@ -185,7 +232,7 @@ class PriceModel(models.TextChoices):
 
 class PlanCharge(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="charges")
-    meter = models.ForeignKey("metering.Meter", on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey("Meter", on_delete=models.PROTECT, related_name="+")
     included_quantity = price_field(default=Decimal(0))
     price_model = models.CharField(
         max_length=10, choices=PriceModel.choices, default=PriceModel.PER_UNIT
@@ -317,7 +364,7 @@ class MarginOverride(models.Model):
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="margins")
     meter = models.ForeignKey(
-        "metering.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        "Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     margin_percent = models.DecimalField(max_digits=9, decimal_places=4)
     created_at = models.DateTimeField(db_default=Now())

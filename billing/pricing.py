@@ -41,8 +41,15 @@ import yaml
 from django.db import transaction
 
 from billing import errors, services
-from billing.models import PRICE_DIGITS, PRICE_PLACES, ConsumptionModel, Interval, PriceModel
-from metering.models import Aggregation, Meter
+from billing.models import (
+    PRICE_DIGITS,
+    PRICE_PLACES,
+    Aggregation,
+    ConsumptionModel,
+    Interval,
+    Meter,
+    PriceModel,
+)
 
 FORMAT_VERSION = 1
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]+$")

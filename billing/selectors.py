@@ -27,7 +27,6 @@ from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger.models import Account, Balance, Entry, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
-from metering.models import PeriodUsage
 
 
 def get_customer(*, external_id: str, param: str | None = None) -> Customer:
@@ -45,75 +44,6 @@ def customer_with_relations(customer: Customer) -> Customer:
 
 def customer_accounts(customer: Customer) -> QuerySet[Account]:
     return Account.objects.filter(owner_type="billing.customer", owner_id=str(customer.pk))
-
-
-def customer_balance(customer: Customer) -> dict[str, Any]:
-    balances = []
-    credit_wallets = []  # read once: the credits below show the same balance as the list
-    for wallet in customer.wallets.select_related("account").order_by("currency"):
-        view = ledger_selectors.get_balance(account=wallet.account)
-        if wallet.currency == "CREDITS":
-            credit_wallets.append((wallet, view))
-        balances.append(
-            {
-                "currency": view.currency,
-                "posted": view.posted,
-                "held": view.held,
-                "available": view.available,
-            }
-        )
-    allowances = []
-    live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
-    if live is not None:
-        used_by_meter = dict(
-            PeriodUsage.objects.filter(
-                subscription=live, period_start=live.current_period_start
-            ).values_list("meter_id", "quantity")
-        )
-        for charge in live.plan.charges.select_related("meter").order_by("id"):
-            used = min(used_by_meter.get(charge.meter_id, Decimal(0)), charge.included_quantity)
-            allowances.append(
-                {
-                    "meter": charge.meter.code,
-                    "included": charge.included_quantity,
-                    "used": used,
-                    "remaining": max(charge.included_quantity - used, 0),
-                }
-            )
-    credits = []
-    for wallet in customer_credits(customer, wallets=credit_wallets):
-        credits += [
-            {
-                "grant_id": g.pk,
-                "name": g.name,
-                "source": g.source,
-                "priority": g.priority,
-                "currency": g.currency,
-                "granted": g.amount,
-                "remaining": g.remaining,
-                "expires_at": g.expires_at,
-            }
-            for g in wallet["live"]
-        ]
-        if wallet["ungranted"] > 0:
-            credits.append(
-                {
-                    "grant_id": None,
-                    "name": "Credits outside any grant",
-                    "source": None,
-                    "priority": None,
-                    "currency": wallet["currency"],
-                    "granted": None,
-                    "remaining": wallet["ungranted"],
-                    "expires_at": None,
-                }
-            )
-    return {
-        "customer": customer.external_id,
-        "balances": balances,
-        "credits": credits,
-        "allowances": allowances,
-    }
 
 
 def customer_credits(customer: Customer, *, now=None, wallets=None) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing import errors, limits
+from billing.meters import CATALOG_KINDS, LLM_FIELDS
 from billing.models import (
+    Aggregation,
     APIKey,
     BillingMode,
     ConsumptionModel,
@@ -29,6 +31,7 @@ from billing.models import (
     GrantSource,
     IdempotencyRecord,
     Interval,
+    Meter,
     Plan,
     PlanCharge,
     PriceModel,
@@ -44,12 +47,9 @@ from ledger import selectors as ledger_selectors
 from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
-from metering.catalog import CATALOG_KINDS
-from metering.models import Aggregation, Meter
-from metering.normalize import LLM_FIELDS
 
 # What a meter may read under llm. (the normalised usage), and which of those the model
-# catalog can price: metering owns both lists.
+# catalog can price (billing.meters).
 LLM_PATHS = LLM_FIELDS
 CATALOG_METER_PROPERTIES = tuple(CATALOG_KINDS)
 

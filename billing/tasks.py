@@ -14,9 +14,9 @@ def purge_idempotency_records() -> int:
 @shared_task(acks_late=True)
 def check_low_balances() -> int:
     """Beat, every minute: e-mail customers whose balance fell below their alert threshold."""
-    from billing.portal import services as portal
+    from billing import alerts
 
-    return portal.check_low_balances()
+    return alerts.check_low_balances()
 
 
 @shared_task(acks_late=True)

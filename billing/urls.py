@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -11,6 +12,12 @@ admin.site.site_title = "AI Billing"
 admin.site.index_title = "Ledger, customers and invoices"
 
 urlpatterns = [
+    # meters moved from metering to the commercial core (billing 0007): old admin links
+    # still arrive
+    re_path(
+        r"^admin/metering/meter/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/billing/meter/%(rest)s", query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),

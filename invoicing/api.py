@@ -17,12 +17,11 @@ from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
 from billing.api.serializers import Money, list_response
 from billing.api.views import errors
-from billing.models import Subscription, SubscriptionStatus
+from billing.models import Meter, Subscription, SubscriptionStatus
 from invoicing import errors as invoicing_errors
 from invoicing import pdf, webhooks
 from invoicing.models import Invoice, InvoiceStatus, StripeEventStatus
 from invoicing.selectors import compute_invoice
-from metering.models import Meter
 
 
 class InvoiceLineSerializer(serializers.Serializer):

@@ -226,7 +226,7 @@ class InvoiceLine(models.Model):
     kind = models.CharField(max_length=10, choices=LineKind.choices)
     description = models.CharField(max_length=300)
     meter = models.ForeignKey(
-        "metering.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        "billing.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     plan = models.ForeignKey(
         "billing.Plan", on_delete=models.PROTECT, null=True, blank=True, related_name="+"

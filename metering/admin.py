@@ -12,13 +12,12 @@ from django.utils.html import format_html
 
 from billing import services
 from billing.admin.common import ServiceFormMixin, StrictJSONField
+from billing.models import Aggregation, Meter
 from ledger.admin import ReadOnlyAdmin
 from metering import catalog
 from metering.models import (
-    Aggregation,
     Event,
     IncomingEvent,
-    Meter,
     ModelPrice,
     ModelUsage,
     PeriodUsage,

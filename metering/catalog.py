@@ -49,6 +49,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Count, Max
 
+from billing import meters
 from metering import errors
 from metering.models import ModelPrice
 from metering.normalize import NormalizedUsage
@@ -70,17 +71,7 @@ PRICE_COLUMNS = {
 }
 TOKEN_COLUMNS = [c for c in PRICE_COLUMNS.values() if c != "requests_kcount"]
 
-# Which of our token kinds a meter on ``llm.<kind>`` prices, for catalog-priced charges
-# (plan publishing checks charges against these keys).
-CATALOG_KINDS = {
-    "llm.input_tokens": ("input",),
-    "llm.cache_read_tokens": ("cache_read",),
-    "llm.cache_write_tokens": ("cache_write",),
-    "llm.output_tokens": ("output",),
-    "llm.prompt_tokens": ("input", "cache_read", "cache_write"),
-    # the whole call: every token kind and the provider's per-request price, if any
-    "llm.total_tokens": ("input", "cache_read", "cache_write", "output", "requests"),
-}
+CATALOG_KINDS = meters.CATALOG_KINDS  # defined by the core, which validates plans
 
 
 # --- match rules ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Metering: meters, usage events, the model price catalog and rating.
+"""Metering: usage events, the model price catalog, rating and the usage counters.
 
-A *meter* says how usage events become a quantity: which events it reads (``event_name``),
-how it aggregates them over a period (sum, count, max, unique count, latest), which value
-it reads from the event's ``properties`` (``property``, a dotted path such as
-``usage.output_tokens``), which events it keeps (``filters``: property path → allowed
-values) and which dimensions it splits usage by (``group_by``, e.g. ``["model"]``).
+Meters belong to the commercial core (``billing.models.Meter``, beside the plans that price
+them); metering reads them. A *meter* says how usage events become a quantity: which
+events it reads (``event_name``), how it aggregates them over a period (sum, count, max,
+unique count, latest), which value it reads from the event's ``properties`` (``property``,
+a dotted path such as ``usage.output_tokens``), which events it keeps (``filters``:
+property path → allowed values) and which dimensions it splits usage by (``group_by``,
+e.g. ``["model"]``).
 
 An *event* is one usage record sent by a product backend (``POST /api/v1/events``). Events
 are append-only and unique per (customer, idempotency key): a retry is acknowledged and never
@@ -46,46 +48,6 @@ from django.db.models.functions import Now
 
 AMOUNT = {"max_digits": 38, "decimal_places": 12}
 MTOK = {"max_digits": 32, "decimal_places": 18, "null": True, "blank": True}
-
-
-class Aggregation(models.TextChoices):
-    SUM = "sum", "Sum of the property"
-    COUNT = "count", "Count of events"
-    MAX = "max", "Maximum of the property"
-    UNIQUE_COUNT = "unique_count", "Count of distinct property values"
-    LATEST = "latest", "Latest value of the property"
-
-
-class Meter(models.Model):
-    code = models.SlugField(max_length=100, unique=True)
-    name = models.CharField(max_length=200, blank=True, default="")
-    event_name = models.CharField(max_length=200, db_index=True)
-    aggregation = models.CharField(max_length=20, choices=Aggregation.choices)
-    property = models.CharField(
-        max_length=200,
-        blank=True,
-        default="",
-        help_text="Dotted path into the event's properties; empty for count.",
-    )
-    filters = models.JSONField(
-        default=dict, blank=True, help_text='Property path → allowed values, e.g. {"tier": ["pro"]}'
-    )
-    group_by = models.JSONField(
-        default=list, blank=True, help_text='Dimensions usage is split by, e.g. ["model"]'
-    )
-    unit = models.CharField(max_length=30, blank=True, default="", help_text="e.g. tokens")
-    created_at = models.DateTimeField(db_default=Now())
-
-    class Meta:
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(aggregation="count") | ~Q(property=""),
-                name="metering_meter_property_required",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return self.code
 
 
 class ModelPrice(models.Model):
@@ -257,7 +219,7 @@ class PeriodUsage(models.Model):
     subscription = models.ForeignKey(
         "billing.Subscription", on_delete=models.PROTECT, related_name="+"
     )
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey("billing.Meter", on_delete=models.PROTECT, related_name="+")
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     quantity = models.DecimalField(max_digits=38, decimal_places=12, default=Decimal(0))
@@ -296,7 +258,7 @@ class DailyUsage(models.Model):
         "billing.Subscription", on_delete=models.PROTECT, related_name="+"
     )
     customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey("billing.Meter", on_delete=models.PROTECT, related_name="+")
     period_start = models.DateTimeField()
     day = models.DateField()
     dimension_key = models.CharField(max_length=500, default="", blank=True)

@@ -150,6 +150,7 @@ from typing import Any
 
 from genai_prices import data_snapshot
 
+from billing.meters import LLM_FIELDS
 from metering.errors import InvalidEvent, UnknownProvider, UsageNotUnderstood
 
 __all__ = ["OPENAI_COMPATIBLE", "NormalizedUsage", "normalize_usage"]
@@ -283,21 +284,6 @@ class NormalizedUsage:
 
     def as_dict(self) -> dict[str, int | str]:
         return {name: getattr(self, name) for name in LLM_FIELDS}
-
-
-# Every field a meter can read under ``llm.`` (``NormalizedUsage.as_dict``).
-LLM_FIELDS = (
-    "provider",
-    "model",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "prompt_tokens",
-    "total_tokens",
-)
 
 
 def normalize_usage(

@@ -67,10 +67,13 @@ from billing import credits
 from billing import errors as billing_errors
 from billing import services as billing_services
 from billing.errors import BillingError
+from billing.meters import LLM_FIELDS
 from billing.models import (
+    Aggregation,
     AllocationKind,
     ConsumptionModel,
     Customer,
+    Meter,
     Plan,
     Subscription,
     Wallet,
@@ -82,8 +85,7 @@ from ledger.models import NormalBalance
 from ledger.services import Leg
 from metering import catalog, errors
 from metering.charges import ChargeTerms, Tier
-from metering.models import Aggregation, Meter
-from metering.normalize import LLM_FIELDS, NormalizedUsage, normalize_usage
+from metering.normalize import NormalizedUsage, normalize_usage
 
 ZERO = Decimal(0)
 LLM_FIELD_NAMES = frozenset(LLM_FIELDS)

@@ -1,13 +1,18 @@
-"""Reads of metering: usage events as the API lists them."""
+"""Reads of metering: usage events as the API lists them, and a customer's balance with the
+allowances its counters have used."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from django.db.models import Q, QuerySet
 
 from billing.models import Customer
-from metering.models import Event, IncomingEvent
+from billing.selectors import customer_credits
+from ledger import selectors as ledger_selectors
+from metering.models import Event, IncomingEvent, PeriodUsage
 
 
 def list_events(
@@ -75,3 +80,74 @@ def list_incoming(
     if event_name is not None:
         rows = rows.filter(event_name=event_name)
     return rows
+
+
+def customer_balance(customer: Customer) -> dict[str, Any]:
+    """Wallet balances (posted, held, available), live credit grants and, for the live
+    subscription's current period, each metered allowance with what the counters used."""
+    balances = []
+    credit_wallets = []  # read once: the credits below show the same balance as the list
+    for wallet in customer.wallets.select_related("account").order_by("currency"):
+        view = ledger_selectors.get_balance(account=wallet.account)
+        if wallet.currency == "CREDITS":
+            credit_wallets.append((wallet, view))
+        balances.append(
+            {
+                "currency": view.currency,
+                "posted": view.posted,
+                "held": view.held,
+                "available": view.available,
+            }
+        )
+    allowances = []
+    live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
+    if live is not None:
+        used_by_meter = dict(
+            PeriodUsage.objects.filter(
+                subscription=live, period_start=live.current_period_start
+            ).values_list("meter_id", "quantity")
+        )
+        for charge in live.plan.charges.select_related("meter").order_by("id"):
+            used = min(used_by_meter.get(charge.meter_id, Decimal(0)), charge.included_quantity)
+            allowances.append(
+                {
+                    "meter": charge.meter.code,
+                    "included": charge.included_quantity,
+                    "used": used,
+                    "remaining": max(charge.included_quantity - used, 0),
+                }
+            )
+    credits = []
+    for wallet in customer_credits(customer, wallets=credit_wallets):
+        credits += [
+            {
+                "grant_id": g.pk,
+                "name": g.name,
+                "source": g.source,
+                "priority": g.priority,
+                "currency": g.currency,
+                "granted": g.amount,
+                "remaining": g.remaining,
+                "expires_at": g.expires_at,
+            }
+            for g in wallet["live"]
+        ]
+        if wallet["ungranted"] > 0:
+            credits.append(
+                {
+                    "grant_id": None,
+                    "name": "Credits outside any grant",
+                    "source": None,
+                    "priority": None,
+                    "currency": wallet["currency"],
+                    "granted": None,
+                    "remaining": wallet["ungranted"],
+                    "expires_at": None,
+                }
+            )
+    return {
+        "customer": customer.external_id,
+        "balances": balances,
+        "credits": credits,
+        "allowances": allowances,
+    }

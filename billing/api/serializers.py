@@ -12,10 +12,12 @@ from rest_framework import serializers
 
 from billing import limits
 from billing.models import (
+    Aggregation,
     BillingMode,
     ConsumptionModel,
     Customer,
     Interval,
+    Meter,
     Plan,
     PlanCharge,
     PriceModel,
@@ -24,7 +26,6 @@ from billing.models import (
     Wallet,
 )
 from ledger import selectors as ledger_selectors
-from metering.models import Aggregation, Meter
 
 # --- strict input ----------------------------------------------------------------------------
 

@@ -36,13 +36,13 @@ from billing.api.serializers import (
 )
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError, CustomerNotFound
-from billing.models import Subscription, SubscriptionStatus, Wallet
+from billing.models import Meter, Subscription, SubscriptionStatus, Wallet
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import Account, Hold
 from metering import errors as metering_errors
 from metering import inbox, rating
-from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
+from metering.models import DailyUsage, ModelPrice, ModelUsage
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 32 * 1024

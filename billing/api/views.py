@@ -19,9 +19,9 @@ from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
-from billing.models import Subscription
+from billing.models import Meter, Subscription
 from ledger import errors as ledger_errors
-from metering.models import Meter
+from metering import selectors as metering_selectors
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -131,7 +131,8 @@ class CustomerBalanceView(APIView):
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
-        return Response(s.CustomerBalanceSerializer(selectors.customer_balance(customer)).data)
+        balance = metering_selectors.customer_balance(customer)
+        return Response(s.CustomerBalanceSerializer(balance).data)
 
 
 class TopUpView(APIView):

@@ -34,7 +34,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from billing import selectors
+from billing import alerts, selectors
 from billing.errors import BillingError
 from billing.middleware import client_ip
 from billing.models import (
@@ -52,6 +52,7 @@ from invoicing.models import Invoice, InvoiceStatus
 from invoicing.money import minor_unit_exponent, to_minor_unit
 from invoicing.selectors import compute_invoice
 from ledger.models import Balance
+from metering import selectors as metering_selectors
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 
 RECENT_EVENTS = 25
@@ -177,7 +178,7 @@ STATUS_LABELS = {
 
 
 def _overview_context(customer) -> dict:
-    balance = selectors.customer_balance(customer)
+    balance = metering_selectors.customer_balance(customer)
     subscription = _live_subscription(customer)
     context = {"customer": customer, "subscription": subscription, "balances": [], "meters": []}
     for row in balance["balances"]:
@@ -705,7 +706,7 @@ def portal_settings(request):
     )
     if request.method == "POST":
         if request.POST.get("form") == "alert" and alert.is_valid():
-            services.update_alert_settings(
+            alerts.update_alert_settings(
                 customer=customer,
                 threshold=alert.cleaned_data["threshold"],
                 email=alert.cleaned_data["email"] or "",

@@ -13,9 +13,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing import services
-from billing.models import APIKey, Customer, Plan
+from billing.models import APIKey, Customer, Meter, Plan
 from billing.services import ChargeSpec, PlanSpec, TierSpec
-from metering.models import Meter
 from tests.conftest import unique
 
 ALL_SCOPES = ("read", "write", "ingest")

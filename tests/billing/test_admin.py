@@ -19,6 +19,7 @@ from billing.models import (
     APIKey,
     Customer,
     IdempotencyRecord,
+    Meter,
     Plan,
     Subscription,
     SubscriptionStatus,
@@ -28,7 +29,6 @@ from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger.models import Account
 from ledger.models import Transaction as LedgerTransaction
-from metering.models import Meter
 from tests.conftest import unique
 
 pytestmark = pytest.mark.django_db
@@ -173,7 +173,7 @@ def test_customer_filters_and_search(staff_client, catalog):
 
 @pytest.mark.parametrize(
     "name",
-    ["billing_customer_add", "billing_plan_add", "billing_apikey_add", "metering_meter_add"],
+    ["billing_customer_add", "billing_plan_add", "billing_apikey_add", "billing_meter_add"],
 )
 def test_add_pages_render(staff_client, catalog, name):
     assert staff_client.get(url(name)).status_code == 200
@@ -713,7 +713,7 @@ def test_api_keys_cannot_be_edited(staff_client, catalog):
 def test_adding_a_meter_goes_through_the_service(staff_client):
     code = unique("images")
     response = staff_client.post(
-        url("metering_meter_add"),
+        url("billing_meter_add"),
         {
             "code": code,
             "name": "Images",
@@ -735,7 +735,7 @@ def test_adding_a_meter_goes_through_the_service(staff_client):
 
     # A sum meter needs the property it reads: the service refuses, the form shows it.
     refused = staff_client.post(
-        url("metering_meter_add"),
+        url("billing_meter_add"),
         {
             "code": unique("bad"),
             "event_name": "x",
@@ -752,7 +752,7 @@ def test_adding_a_meter_goes_through_the_service(staff_client):
 def test_a_meter_can_be_renamed_but_not_redefined(staff_client, catalog):
     meter = catalog["meter"]
     response = staff_client.post(
-        url("metering_meter_change", meter.pk),
+        url("billing_meter_change", meter.pk),
         {
             "name": "Completion tokens",
             "unit": "tok",
@@ -769,6 +769,16 @@ def test_a_meter_can_be_renamed_but_not_redefined(staff_client, catalog):
         "sum",
         "usage.output_tokens",
     )
+
+
+def test_old_meter_links_arrive_at_the_meters_new_home(staff_client, catalog):
+    """Meters moved from metering to the commercial core (billing 0007); a finance user's
+    bookmark of the old admin address still opens the meter."""
+    meter = catalog["meter"]
+    old = staff_client.get(f"/admin/metering/meter/{meter.pk}/change/?_changelist_filters=x")
+    assert old.status_code == 302
+    assert old["Location"] == f"{url('billing_meter_change', meter.pk)}?_changelist_filters=x"
+    assert staff_client.get(old["Location"]).status_code == 200
 
 
 def test_wallet_accounts_are_linked_from_the_customer(staff_client, catalog):

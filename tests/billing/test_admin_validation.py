@@ -142,10 +142,10 @@ def test_customer_metadata_with_a_key_twice_is_refused_when_editing(staff_client
 
 
 def test_meter_filters_with_a_key_twice_are_refused(staff_client):
-    from metering.models import Meter
+    from billing.models import Meter
 
     response = staff_client.post(
-        url("metering_meter_add"),
+        url("billing_meter_add"),
         {
             "code": "dup-filters",
             "event_name": "image.generated",

@@ -10,11 +10,10 @@ from decimal import Decimal
 import pytest
 
 from billing import services
-from billing.models import APIKey, Customer, IdempotencyRecord, Subscription
+from billing.models import APIKey, Customer, IdempotencyRecord, Meter, Subscription
 from ledger import selectors as ledger_selectors
 from ledger.models import Entry
 from ledger.models import Transaction as LedgerTransaction
-from metering.models import Meter
 from tests.billing.conftest import assert_error, make_client, post_raw
 from tests.threads import run_concurrently as run_all_concurrently
 

@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from billing.models import Plan, PlanCharge, PriceTier
-from metering.models import Meter
+from billing.models import Meter, Plan, PlanCharge, PriceTier
 from tests.billing.conftest import assert_error, post_raw
 
 pytestmark = pytest.mark.django_db

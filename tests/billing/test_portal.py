@@ -14,6 +14,7 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
+from billing import alerts
 from billing.models import BillingMode, Customer, PortalMember
 from billing.portal import services as portal
 from invoicing import services as invoicing
@@ -243,13 +244,13 @@ def test_low_balance_alert_is_sent_once_until_the_balance_recovers():
     customer = Customer.objects.get(pk=subscription.customer_id)
     assert customer.low_balance_threshold == D(20)
     before = len(mail.outbox)
-    assert portal.check_low_balances() == 1
-    assert portal.check_low_balances() == 0  # once
+    assert alerts.check_low_balances() == 1
+    assert alerts.check_low_balances() == 0  # once
     assert mail.outbox[-1].to == ["ops@acme.example"] and len(mail.outbox) == before + 1
     from billing import services as billing
 
     billing.top_up(customer=customer, amount=D(50), reference="refill")
-    assert portal.check_low_balances() == 0
+    assert alerts.check_low_balances() == 0
     assert Customer.objects.get(pk=customer.pk).low_balance_alerted_at is None
 
 

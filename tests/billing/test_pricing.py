@@ -17,7 +17,7 @@ from django.core.management import CommandError, call_command, execute_from_comm
 from django.db import connections
 
 from billing import errors, services
-from billing.models import Plan, PlanCharge, PriceTier
+from billing.models import Meter, Plan, PlanCharge, PriceTier
 from billing.pricing import (
     MeterSpec,
     Outcome,
@@ -26,7 +26,6 @@ from billing.pricing import (
     load_pricing,
     parse_pricing,
 )
-from metering.models import Meter
 
 DEMO = Path(__file__).resolve().parents[2] / "pricing" / "demo.yaml"
 

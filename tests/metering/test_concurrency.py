@@ -24,7 +24,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing import services
-from billing.models import Customer, Wallet
+from billing.models import Customer, Meter, Wallet
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import errors as ledger_errors
 from ledger import selectors
@@ -32,7 +32,7 @@ from ledger import services as ledger
 from ledger.models import Account, Balance, Entry, Hold
 from ledger.models import Transaction as LedgerTransaction
 from metering import rating
-from metering.models import DailyUsage, Event, Meter, ModelUsage, PeriodUsage
+from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 from tests.conftest import unique
 from tests.threads import run_concurrently
 

@@ -15,13 +15,13 @@ import pytest
 from django.db.models import Sum
 
 from billing import services
-from billing.models import BillingMode, Customer, MarginOverride, Wallet
+from billing.models import BillingMode, Customer, MarginOverride, Meter, Wallet
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger
 from ledger.models import Account, Entry, Hold, NormalBalance
 from metering import rating
-from metering.models import DailyUsage, Event, Meter, ModelUsage, PeriodUsage
+from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 from tests.billing.conftest import at
 from tests.conftest import unique
 
