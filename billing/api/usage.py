@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Sum
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from billing import credits, limits, selectors
+from billing import limits, selectors
 from billing.api import query
 from billing.api.errors import APIError, error_body, reference_reused
 from billing.api.idempotency import idempotent, idempotent_claimed
@@ -35,14 +33,20 @@ from billing.api.serializers import (
     list_response,
 )
 from billing.api.views import errors, idempotency_parameter
-from billing.errors import BillingError, CustomerNotFound
-from billing.models import Subscription, SubscriptionStatus, Wallet
+from billing.errors import BillingError
 from ledger import errors as ledger_errors
 from ledger import services as ledger
-from ledger.models import Account, Hold
-from metering import errors as metering_errors
-from metering import inbox, rating
-from metering.models import DailyUsage, Meter, ModelPrice, ModelUsage
+from ledger.models import Hold
+from metering import inbox, rating, services
+from metering.models import ModelPrice
+from metering.selectors import (
+    EstimateRequest,
+    MeterUsage,
+    ModelUsageTotal,
+    current_model_prices,
+    estimate_usage,
+    usage_report,
+)
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 32 * 1024
@@ -436,11 +440,10 @@ def _error_payload(error: BillingError | ledger_errors.LedgerError) -> dict:
 
 
 def _hold_payload(hold: Hold) -> dict:
-    wallet = Wallet.objects.select_related("customer").get(account_id=hold.account_id)
     return HoldSerializer(
         {
             "id": hold.pk,
-            "customer": wallet.customer.external_id,
+            "customer": selectors.hold_customer(hold=hold).external_id,
             "currency": hold.currency,
             "amount": hold.amount,
             "settled_amount": hold.settled_amount,
@@ -450,13 +453,6 @@ def _hold_payload(hold: Hold) -> dict:
             "resolved_at": hold.resolved_at,
         }
     ).data
-
-
-def _hold(hold_id: int) -> Hold:
-    hold = Hold.objects.filter(pk=hold_id).first()
-    if hold is None or not Wallet.objects.filter(account_id=hold.account_id).exists():
-        raise ledger_errors.HoldNotFound(f"hold {hold_id} does not exist")
-    return hold
 
 
 EVENT_EXAMPLE = {
@@ -641,31 +637,17 @@ class EventBatchView(APIView):
         return _async_response(_batch_answer(results, "pending"), status.HTTP_202_ACCEPTED)
 
 
-def _estimate(data: dict) -> rating.Estimate:
-    try:
-        return _estimate_for(data)
-    except metering_errors.UnknownModel as error:  # the request's field, not an event's
-        error.param = "model"
-        raise
-
-
-def _estimate_for(data: dict) -> rating.Estimate:
-    loaded = rating.load_customers(external_ids=[data["customer"]]).get(data["customer"])
-    if loaded is None:
-        raise CustomerNotFound(
-            f"no customer with external_id {data['customer']!r}", param="customer"
-        )
-    customer, subscription = loaded
-    return rating.estimate(
-        customer=customer,
-        subscription=subscription,
-        amount=data.get("amount"),
-        currency=data.get("currency"),
-        model=data.get("model"),
-        provider=data.get("provider"),
-        input_tokens=data.get("input_tokens", 0),
-        output_tokens=data.get("max_output_tokens", 0),
-        event_name=data.get("event_name"),
+def estimate_request(values: dict) -> EstimateRequest:
+    """The estimate an ``EstimateInputSerializer``'s validated data asks for."""
+    return EstimateRequest(
+        customer=values["customer"],
+        amount=values.get("amount"),
+        currency=values.get("currency"),
+        model=values.get("model"),
+        provider=values.get("provider"),
+        input_tokens=values.get("input_tokens", 0),
+        output_tokens=values.get("max_output_tokens", 0),
+        event_name=values.get("event_name"),
     )
 
 
@@ -700,7 +682,7 @@ class AuthorizeView(APIView):
     def post(self, request):
         data = EstimateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        result = _estimate(data.validated_data)
+        result = estimate_usage(request=estimate_request(data.validated_data))
         # AuthorizeResultSerializer's shape, built directly: this answers before compute.
         return Response(
             {
@@ -738,82 +720,13 @@ class HoldCreateView(APIView):
         data = HoldInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        result = _estimate(values)
-        if result.amount <= 0:
-            raise APIError(
-                400,
-                "nothing_to_hold",
-                "the estimated usage costs nothing now (inside the allowance or free)",
-                param="amount" if "amount" in values else "model",
-            )
-        wallet = result.wallet
-        if not result.allowed:  # the same reasons and codes as rating and /authorize
-            raise APIError(
-                402,
-                result.reason,
-                f"cannot reserve {result.amount.normalize():f} {result.currency}: "
-                + (
-                    "no such wallet"
-                    if wallet is None
-                    else f"{result.balance.normalize():f} available"
-                ),
-                param="customer",
-                error_type="balance_error",
-            )
-        if wallet is None:
-            raise APIError(
-                404, "wallet_not_found", f"no {result.currency} wallet", param="currency"
-            )
-        destination = ledger.ensure_system_account(
-            code=rating.CREDITS_USED if result.currency == rating.CREDITS else rating.REVENUE,
-            currency=result.currency,
+        placed = services.place_usage_hold(
+            request=estimate_request(values),
+            expires_in=values["expires_in"],
+            reference=values.get("reference"),
         )
-        reference = f"hold:{wallet.customer_id}:{values.get('reference') or uuid.uuid4().hex}"
-        earlier = _hold_replay(reference, wallet, result.amount, values)
-        if earlier is not None:
-            return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
-        if result.currency == rating.CREDITS:
-            # Credits past their expiry leave first, as rating does before it spends: the
-            # estimate did not count them, and the hold's own balance check must not either
-            # (the beat task may not have run yet).
-            credits.expire_due_for([wallet.account_id], now=timezone.now())
-        try:
-            hold = ledger.place_hold(
-                reference=reference,
-                account=Account.objects.get(pk=wallet.account_id),
-                destination=destination,
-                amount=result.amount,
-                expires_at=timezone.now() + timedelta(seconds=values["expires_in"]),
-                description="Reserved for usage",
-                metadata={"customer": result.customer.external_id},
-            )
-        except ledger_errors.ReferenceReused:
-            # A concurrent identical request placed it first: the ledger compares expiries
-            # too, and each request computed its own from its own clock. The same reference,
-            # wallet and amount is the same hold (a replay); anything else is refused.
-            earlier = _hold_replay(reference, wallet, result.amount, values)
-            if earlier is None:
-                raise
-            return Response(_hold_payload(earlier), status=status.HTTP_200_OK)
-        code = status.HTTP_200_OK if hold.replayed else status.HTTP_201_CREATED
-        return Response(_hold_payload(hold), status=code)
-
-
-def _hold_replay(reference: str, wallet: Wallet, amount: Decimal, values: dict) -> Hold | None:
-    """The hold this reference already placed, when it is the same hold (same wallet and
-    amount; its expiry was computed from the first request's time); None when there is
-    none; ``reference_reused`` (naming the client's reference) when it is another hold."""
-    earlier = Hold.objects.filter(reference=reference).first()
-    if earlier is None:
-        return None
-    if earlier.account_id != wallet.account_id or earlier.amount != amount:
-        raise APIError(
-            409,
-            "reference_reused",
-            f"hold reference {values['reference']!r} was used for another hold ({earlier.pk})",
-            param="reference",
-        )
-    return earlier
+        code = status.HTTP_201_CREATED if placed.created else status.HTTP_200_OK
+        return Response(_hold_payload(placed.hold), status=code)
 
 
 class HoldDetailView(APIView):
@@ -824,7 +737,7 @@ class HoldDetailView(APIView):
         responses={200: HoldSerializer, **errors(404)},
     )
     def get(self, request, hold_id: int):
-        return Response(_hold_payload(_hold(hold_id)))
+        return Response(_hold_payload(selectors.get_wallet_hold(hold_id=hold_id)))
 
 
 class HoldSettleView(APIView):
@@ -845,15 +758,13 @@ class HoldSettleView(APIView):
     )
     @idempotent
     def post(self, request, hold_id: int):
-        hold = _hold(hold_id)
+        hold = selectors.get_wallet_hold(hold_id=hold_id)
         data = SettleInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         if "event" in values:
             event = parse_event(values["event"], prefix="event.")
-            outcome = rating.ingest_events([event], hold_id=hold.pk)[0]
-            if outcome.status == "rejected":
-                raise outcome.error
+            outcome = services.settle_hold_with_usage(hold_id=hold.pk, event=event)
             hold.refresh_from_db()
             return Response(
                 {
@@ -862,13 +773,12 @@ class HoldSettleView(APIView):
                     "ledger_transaction": (outcome.event or {}).get("ledger_transaction_id"),
                 }
             )
-        reference = values.get("reference") or uuid.uuid4().hex
         try:
-            posted = credits.settle_hold(  # a CREDITS hold's part is drawn on the grants
+            posted = services.settle_hold_by_amount(
                 hold_id=hold.pk,
                 amount=values["amount"],
-                reference=f"hold-settle:{hold.pk}:{reference}",
                 final=values["final"],
+                reference=values.get("reference"),
             )
         except ledger_errors.ReferenceReused:
             raise reference_reused(values.get("reference"), "settlement") from None
@@ -890,7 +800,7 @@ class HoldReleaseView(APIView):
     @idempotent
     def post(self, request, hold_id: int):
         NoBody(data=request.data).is_valid(raise_exception=True)
-        hold = _hold(hold_id)
+        hold = selectors.get_wallet_hold(hold_id=hold_id)
         return Response(_hold_payload(ledger.release_hold(hold_id=hold.pk)))
 
 
@@ -899,10 +809,10 @@ class HoldReleaseView(APIView):
 
 def _parse_moment(raw: str, param: str) -> datetime:
     """``query.parse_moment`` (a date or an RFC 3339 timestamp, as every list route reads
-    them), and far enough from the calendar's ends for the range checks below."""
+    them), and far enough from the calendar's ends for the report's range checks."""
     moment = query.parse_moment(raw, param)
     try:
-        moment + timedelta(days=401)  # the range checks below must not overflow
+        moment + timedelta(days=401)  # the range checks must not overflow
         moment - timedelta(days=1)
     except OverflowError:
         raise query.invalid(param, f"{param} is out of range") from None
@@ -936,138 +846,21 @@ class UsageView(APIView):
         # An empty (or blank) from / to is the same as none: the default range.
         raw_from = request.query_params.get("from", "").strip() or None
         raw_to = request.query_params.get("to", "").strip() or None
-        start = _parse_moment(raw_from, "from") if raw_from else None
-        end = _parse_moment(raw_to, "to") if raw_to else None
-        # The default period: the live subscription's current one, else the last period of
-        # the customer's latest subscription (a canceled one's counters stay readable).
-        subscription = (
-            Subscription.objects.filter(customer=customer)
-            .exclude(status=SubscriptionStatus.CANCELED)
-            .first()
-        ) or Subscription.objects.filter(customer=customer).order_by("-started_at", "-pk").first()
-        if start is None and subscription is None:
-            raise APIError(
-                400,
-                "parameter_missing",
-                f"customer {customer.external_id} has no subscription, so no current period: "
-                "give from (and to)",
-                param="from",
-            )
-        whole_period = start is None and end is None
-        if start is None:
-            start = subscription.current_period_start
-        if end is None:
-            end = subscription.current_period_end if raw_from is None else timezone.now()
-        if end <= start:
-            raise APIError(
-                400,
-                "invalid_parameter",
-                "to must be after from" if raw_to else "from must lie in the past",
-                param="to" if raw_to else "from",
-            )
-        if end - start > timedelta(days=400):
-            raise APIError(400, "invalid_parameter", "at most 400 days at a time", param="to")
-        first_day = start.date()
-        last_day = (end - timedelta(microseconds=1)).date()
         group_by = request.query_params.get("group_by")
-        if whole_period:
-            # The current period exactly: its counters, whatever days it spans.
-            scope = {"subscription": subscription, "period_start": start}
-            range_from, range_to = start, end
-        else:
-            scope = {"customer": customer, "day__gte": first_day, "day__lte": last_day}
-            range_from = datetime.combine(first_day, time(), tzinfo=UTC)
-            range_to = datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC)
-        daily = DailyUsage.objects.filter(**scope)
-        meters = {m.pk: m for m in Meter.objects.filter(pk__in=daily.values("meter_id"))}
-        if group_by and not any(group_by in (m.group_by or []) for m in meters.values()):
-            if meters:
-                raise APIError(
-                    400,
-                    "invalid_parameter",
-                    f"no meter of this usage is split by {group_by!r}",
-                    param="group_by",
-                )
-        per_meter: dict[int, dict] = {}
-        for row in daily.values("meter_id", "currency", "dimensions").annotate(
-            quantity=Sum("quantity"), included=Sum("included_quantity"), amount=Sum("amount")
-        ):
-            entry = per_meter.setdefault(
-                row["meter_id"],
-                {
-                    "quantity": Decimal(0),
-                    "included": Decimal(0),
-                    "amount": Decimal(0),
-                    "currency": row["currency"],
-                    "groups": {},
-                },
-            )
-            entry["quantity"] += row["quantity"]
-            entry["included"] += row["included"]
-            entry["amount"] += row["amount"]
-            if group_by:
-                value = (row["dimensions"] or {}).get(group_by)
-                group = entry["groups"].setdefault(value, [Decimal(0), Decimal(0)])
-                group[0] += row["quantity"]
-                group[1] += row["amount"]
-        meters_out = []
-        total = {}
-        for meter_id, entry in sorted(per_meter.items(), key=lambda kv: meters[kv[0]].code):
-            meter = meters[meter_id]
-            amount = rating.ledger_round(entry["amount"])
-            total[entry["currency"]] = total.get(entry["currency"], Decimal(0)) + amount
-            item = {
-                "meter": meter.code,
-                "unit": meter.unit,
-                "quantity": _num(entry["quantity"]),
-                "included_quantity": _num(entry["included"]),
-                "overage_quantity": _num(entry["quantity"] - entry["included"]),
-                "amount": _num(amount),
-                "currency": entry["currency"],
-            }
-            if group_by:
-                item["groups"] = [
-                    {group_by: key, "quantity": _num(q), "amount": _num(rating.ledger_round(a))}
-                    for key, (q, a) in sorted(entry["groups"].items(), key=lambda kv: str(kv[0]))
-                ]
-            meters_out.append(item)
-        models_out = [
-            {
-                "provider": row["provider"],
-                "model": row["model"],
-                "currency": row["currency"],
-                "events": row["events"],
-                "input_tokens": row["input"],
-                "cache_read_tokens": row["cache_read"],
-                "cache_write_tokens": row["cache_write"],
-                "output_tokens": row["output"],
-                "reasoning_tokens": row["reasoning"],
-                "amount": _num(row["amount"]),
-                "cost": _num(row["cost"]),
-                "margin": _num(row["amount"] - row["cost"]) if row["currency"] == "USD" else None,
-            }
-            for row in ModelUsage.objects.filter(**scope)
-            .values("provider", "model", "currency")
-            .annotate(
-                events=Sum("event_count"),
-                input=Sum("input_tokens"),
-                cache_read=Sum("cache_read_tokens"),
-                cache_write=Sum("cache_write_tokens"),
-                output=Sum("output_tokens"),
-                reasoning=Sum("reasoning_tokens"),
-                amount=Sum("amount"),
-                cost=Sum("cost"),
-            )
-            .order_by("provider", "model")
-        ]
+        report = usage_report(
+            customer=customer,
+            start=_parse_moment(raw_from, "from") if raw_from else None,
+            end=_parse_moment(raw_to, "to") if raw_to else None,
+            group_by=group_by,
+        )
         return Response(
             {
-                "customer": customer.external_id,
-                "from": range_from,
-                "to": range_to,
-                "meters": meters_out,
-                "totals": [{"currency": c, "amount": _num(a)} for c, a in sorted(total.items())],
-                "models": models_out,
+                "customer": report.customer.external_id,
+                "from": report.range_from,
+                "to": report.range_to,
+                "meters": [_meter_payload(usage, group_by) for usage in report.meters],
+                "totals": [{"currency": c, "amount": _num(a)} for c, a in report.totals.items()],
+                "models": [_model_payload(row) for row in report.models],
             }
         )
 
@@ -1077,6 +870,41 @@ def _num(value: Decimal) -> str:
     value = rating.ledger_round(value)
     text = format(value.normalize(), "f")
     return text
+
+
+def _meter_payload(usage: MeterUsage, group_by: str | None) -> dict:
+    item = {
+        "meter": usage.meter.code,
+        "unit": usage.meter.unit,
+        "quantity": _num(usage.quantity),
+        "included_quantity": _num(usage.included_quantity),
+        "overage_quantity": _num(usage.overage_quantity),
+        "amount": _num(usage.amount),
+        "currency": usage.currency,
+    }
+    if usage.groups is not None:
+        item["groups"] = [
+            {group_by: group.value, "quantity": _num(group.quantity), "amount": _num(group.amount)}
+            for group in usage.groups
+        ]
+    return item
+
+
+def _model_payload(row: ModelUsageTotal) -> dict:
+    return {
+        "provider": row.provider,
+        "model": row.model,
+        "currency": row.currency,
+        "events": row.events,
+        "input_tokens": row.input_tokens,
+        "cache_read_tokens": row.cache_read_tokens,
+        "cache_write_tokens": row.cache_write_tokens,
+        "output_tokens": row.output_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "amount": _num(row.amount),
+        "cost": _num(row.cost),
+        "margin": None if row.margin is None else _num(row.margin),
+    }
 
 
 # --- model catalog ------------------------------------------------------------------------------
@@ -1096,17 +924,8 @@ class ModelListView(APIView):
         responses={200: list_response(ModelPriceSerializer), **errors(400)},
     )
     def get(self, request):
-        now = timezone.now()
-        current = (
-            ModelPrice.objects.filter(effective_from__lte=now)
-            .order_by("provider", "model", "-effective_from")
-            .distinct("provider", "model")
-            .values("pk")
-        )
-        queryset = ModelPrice.objects.filter(pk__in=current)
         provider = request.query_params.get("provider")
         if provider is not None and not re.fullmatch(r"[A-Za-z0-9._\-]{1,100}", provider):
             raise APIError(400, "invalid_parameter", "provider is a provider id", param="provider")
-        if provider:
-            queryset = queryset.filter(provider=provider.lower())
-        return Response(paginate(request, queryset, lambda m: ModelPriceSerializer(m).data))
+        prices = current_model_prices(provider=provider or None)
+        return Response(paginate(request, prices, lambda m: ModelPriceSerializer(m).data))
