@@ -24,8 +24,9 @@ from billing.models import (
     Wallet,
 )
 from billing.services import ChargeSpec, PlanSpec, TierSpec
+from ledger import errors as ledger_errors
 from ledger import selectors as ledger_selectors
-from ledger.models import Account, Balance, Entry, NormalBalance
+from ledger.models import Account, Balance, Entry, Hold, NormalBalance
 from ledger.models import Transaction as LedgerTransaction
 
 
@@ -347,3 +348,16 @@ def list_subscriptions(
     if status is not None:
         subscriptions = subscriptions.filter(status=status)
     return subscriptions
+
+
+def get_wallet_hold(*, hold_id: int) -> Hold:
+    """A hold on a customer's wallet (the API shows no other)."""
+    hold = Hold.objects.filter(pk=hold_id).first()
+    if hold is None or not Wallet.objects.filter(account_id=hold.account_id).exists():
+        raise ledger_errors.HoldNotFound(f"hold {hold_id} does not exist")
+    return hold
+
+
+def hold_customer(*, hold: Hold) -> Customer:
+    """The customer whose wallet ``hold`` is on."""
+    return Wallet.objects.select_related("customer").get(account_id=hold.account_id).customer

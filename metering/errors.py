@@ -114,3 +114,24 @@ class RatingFailed(MeteringError):
 
     code = "rating_failed"
     http_status = 500
+
+
+class NothingToHold(MeteringError):
+    """A hold asked for usage that costs nothing now (inside the allowance, or free)."""
+
+    code = "nothing_to_hold"
+
+
+class HoldReferenceReused(MeteringError):
+    """A hold's reference that already placed another hold (another wallet or amount)."""
+
+    code = "reference_reused"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class NoUsagePeriod(MeteringError):
+    """Usage asked without a start for a customer that never subscribed: there is no
+    current period to default to."""
+
+    code = "parameter_missing"

@@ -1,18 +1,32 @@
-"""Reads of metering: usage events as the API lists them, and a customer's balance with the
-allowances its counters have used."""
+"""Reads of metering: usage events as the API lists them, a customer's balance with the
+allowances its counters have used, estimates of what usage would cost now, usage and its
+worth per meter and per model, and the model prices in force."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
+from django.utils import timezone
 
-from billing.models import Customer
+from billing.errors import CustomerNotFound, ValidationFailed
+from billing.models import Customer, Meter, Subscription, SubscriptionStatus
 from billing.selectors import customer_credits
 from ledger import selectors as ledger_selectors
-from metering.models import Event, IncomingEvent, PeriodUsage
+from metering import errors, rating
+from metering.models import (
+    DailyUsage,
+    Event,
+    IncomingEvent,
+    ModelPrice,
+    ModelUsage,
+    PeriodUsage,
+)
+
+MAX_USAGE_DAYS = 400  # the longest range a usage report covers
 
 
 def list_events(
@@ -151,3 +165,269 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
         "credits": credits,
         "allowances": allowances,
     }
+
+
+# --- estimates: authorize and holds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """What to price for ``customer`` (an external id): an ``amount``, or an LLM call of
+    ``model`` with token estimates (``rating.estimate``'s inputs)."""
+
+    customer: str
+    amount: Decimal | None = None
+    currency: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    event_name: str | None = None
+
+
+def estimate_usage(*, request: EstimateRequest) -> rating.Estimate:
+    """``rating.estimate`` for the customer of this external id: what the usage would be
+    charged now and whether its wallet may spend that. Nothing is written or locked."""
+    try:
+        return _estimate(request)
+    except errors.UnknownModel as error:  # the request's field, not an event's
+        error.param = "model"
+        raise
+
+
+def _estimate(request: EstimateRequest) -> rating.Estimate:
+    loaded = rating.load_customers(external_ids=[request.customer]).get(request.customer)
+    if loaded is None:
+        raise CustomerNotFound(
+            f"no customer with external_id {request.customer!r}", param="customer"
+        )
+    customer, subscription = loaded
+    return rating.estimate(
+        customer=customer,
+        subscription=subscription,
+        amount=request.amount,
+        currency=request.currency,
+        model=request.model,
+        provider=request.provider,
+        input_tokens=request.input_tokens,
+        output_tokens=request.output_tokens,
+        event_name=request.event_name,
+    )
+
+
+# --- usage report: usage and its worth per meter and per model ----------------------------------
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    value: Any  # the meter dimension's value (None: usage without it)
+    quantity: Decimal
+    amount: Decimal  # rounded to the ledger's scale
+
+
+@dataclass(frozen=True)
+class MeterUsage:
+    meter: Meter
+    currency: str
+    quantity: Decimal
+    included_quantity: Decimal  # inside the plan's allowance
+    amount: Decimal  # rounded to the ledger's scale
+    groups: list[UsageGroup] | None  # with group_by: one per value, by its text
+
+    @property
+    def overage_quantity(self) -> Decimal:
+        return self.quantity - self.included_quantity
+
+
+@dataclass(frozen=True)
+class ModelUsageTotal:
+    provider: str
+    model: str
+    currency: str
+    events: int
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    amount: Decimal  # charged
+    cost: Decimal  # the provider's cost, USD
+    margin: Decimal | None  # amount − cost; None unless charged in USD
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    customer: Customer
+    range_from: datetime  # the range the counters cover: [range_from, range_to)
+    range_to: datetime
+    meters: list[MeterUsage]  # by meter code
+    totals: dict[str, Decimal]  # the meters' rounded amounts per currency, by currency
+    models: list[ModelUsageTotal]  # by provider, model
+
+
+def usage_report(
+    *,
+    customer: Customer,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    group_by: str | None = None,
+) -> UsageReport:
+    """The customer's usage read from the counters. With neither ``start`` nor ``end``: the
+    current billing period exactly (with no live subscription, the last period of the latest
+    one). Otherwise whole UTC days, ``start`` inclusive and ``end`` exclusive (a time inside
+    a day includes that day); a missing ``start`` is the period's start, a missing ``end``
+    the period's end (without ``start``) or now. ``group_by`` splits each meter by one of
+    its dimensions.
+
+    Refused (``param`` naming the API's query parameter): no ``start`` for a customer that
+    never subscribed, an empty or reversed range, more than ``MAX_USAGE_DAYS`` days, and a
+    ``group_by`` no meter of this usage has."""
+    start_given, end_given = start is not None, end is not None
+    # The default period: the live subscription's current one, else the last period of the
+    # customer's latest subscription (a canceled one's counters stay readable).
+    subscription = (
+        Subscription.objects.filter(customer=customer)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .first()
+    ) or Subscription.objects.filter(customer=customer).order_by("-started_at", "-pk").first()
+    if start is None and subscription is None:
+        raise errors.NoUsagePeriod(
+            f"customer {customer.external_id} has no subscription, so no current period: "
+            "give from (and to)",
+            param="from",
+        )
+    whole_period = not start_given and not end_given
+    if start is None:
+        start = subscription.current_period_start
+    if end is None:
+        end = timezone.now() if start_given else subscription.current_period_end
+    if end <= start:
+        raise ValidationFailed(
+            "to must be after from" if end_given else "from must lie in the past",
+            param="to" if end_given else "from",
+        )
+    if end - start > timedelta(days=MAX_USAGE_DAYS):
+        raise ValidationFailed(f"at most {MAX_USAGE_DAYS} days at a time", param="to")
+    first_day = start.date()
+    last_day = (end - timedelta(microseconds=1)).date()
+    if whole_period:
+        # The current period exactly: its counters, whatever days it spans.
+        scope: dict[str, Any] = {"subscription": subscription, "period_start": start}
+        range_from, range_to = start, end
+    else:
+        scope = {"customer": customer, "day__gte": first_day, "day__lte": last_day}
+        range_from = datetime.combine(first_day, time(), tzinfo=UTC)
+        range_to = datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC)
+    meters = _meter_usage(scope, group_by)
+    totals: dict[str, Decimal] = {}
+    for usage in meters:
+        totals[usage.currency] = totals.get(usage.currency, Decimal(0)) + usage.amount
+    return UsageReport(
+        customer=customer,
+        range_from=range_from,
+        range_to=range_to,
+        meters=meters,
+        totals=dict(sorted(totals.items())),
+        models=_model_usage(scope),
+    )
+
+
+def _meter_usage(scope: dict[str, Any], group_by: str | None) -> list[MeterUsage]:
+    daily = DailyUsage.objects.filter(**scope)
+    meters = {m.pk: m for m in Meter.objects.filter(pk__in=daily.values("meter_id"))}
+    if group_by and not any(group_by in (m.group_by or []) for m in meters.values()):
+        if meters:
+            raise ValidationFailed(
+                f"no meter of this usage is split by {group_by!r}", param="group_by"
+            )
+    per_meter: dict[int, dict] = {}
+    for row in daily.values("meter_id", "currency", "dimensions").annotate(
+        quantity=Sum("quantity"), included=Sum("included_quantity"), amount=Sum("amount")
+    ):
+        entry = per_meter.setdefault(
+            row["meter_id"],
+            {
+                "quantity": Decimal(0),
+                "included": Decimal(0),
+                "amount": Decimal(0),
+                "currency": row["currency"],
+                "groups": {},
+            },
+        )
+        entry["quantity"] += row["quantity"]
+        entry["included"] += row["included"]
+        entry["amount"] += row["amount"]
+        if group_by:
+            value = (row["dimensions"] or {}).get(group_by)
+            group = entry["groups"].setdefault(value, [Decimal(0), Decimal(0)])
+            group[0] += row["quantity"]
+            group[1] += row["amount"]
+    return [
+        MeterUsage(
+            meter=meters[meter_id],
+            currency=entry["currency"],
+            quantity=entry["quantity"],
+            included_quantity=entry["included"],
+            amount=rating.ledger_round(entry["amount"]),
+            groups=[
+                UsageGroup(value=key, quantity=q, amount=rating.ledger_round(a))
+                for key, (q, a) in sorted(entry["groups"].items(), key=lambda kv: str(kv[0]))
+            ]
+            if group_by
+            else None,
+        )
+        for meter_id, entry in sorted(per_meter.items(), key=lambda kv: meters[kv[0]].code)
+    ]
+
+
+def _model_usage(scope: dict[str, Any]) -> list[ModelUsageTotal]:
+    return [
+        ModelUsageTotal(
+            provider=row["provider"],
+            model=row["model"],
+            currency=row["currency"],
+            events=row["events"],
+            input_tokens=row["input"],
+            cache_read_tokens=row["cache_read"],
+            cache_write_tokens=row["cache_write"],
+            output_tokens=row["output"],
+            reasoning_tokens=row["reasoning"],
+            amount=row["amount"],
+            cost=row["cost"],
+            margin=row["amount"] - row["cost"] if row["currency"] == "USD" else None,
+        )
+        for row in ModelUsage.objects.filter(**scope)
+        .values("provider", "model", "currency")
+        .annotate(
+            events=Sum("event_count"),
+            input=Sum("input_tokens"),
+            cache_read=Sum("cache_read_tokens"),
+            cache_write=Sum("cache_write_tokens"),
+            output=Sum("output_tokens"),
+            reasoning=Sum("reasoning_tokens"),
+            amount=Sum("amount"),
+            cost=Sum("cost"),
+        )
+        .order_by("provider", "model")
+    ]
+
+
+# --- the model price catalog ----------------------------------------------------------------
+
+
+def current_model_prices(
+    *, provider: str | None = None, now: datetime | None = None
+) -> QuerySet[ModelPrice]:
+    """The catalog in force ``now``: each (provider, model)'s latest price effective by
+    then; only ``provider``'s models when given (provider ids are stored lower case)."""
+    now = now or timezone.now()
+    current = (
+        ModelPrice.objects.filter(effective_from__lte=now)
+        .order_by("provider", "model", "-effective_from")
+        .distinct("provider", "model")
+        .values("pk")
+    )
+    prices = ModelPrice.objects.filter(pk__in=current)
+    if provider:
+        prices = prices.filter(provider=provider.lower())
+    return prices

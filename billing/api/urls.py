@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import lists, usage, views
+from billing.api import authorize, holds, lists, model_prices, usage, usage_report, views
 from invoicing import api as invoicing_api
 
 urlpatterns = [
@@ -10,7 +10,7 @@ urlpatterns = [
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
-    path("customers/<str:external_id>/usage", usage.UsageView.as_view()),
+    path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),
     path(
         "customers/<str:external_id>/upcoming-invoice",
         invoicing_api.UpcomingInvoiceView.as_view(),
@@ -21,12 +21,12 @@ urlpatterns = [
     path("webhooks/stripe", invoicing_api.StripeWebhookView.as_view()),
     path("events", lists.EventListCreateView.as_view()),
     path("events/batch", usage.EventBatchView.as_view()),
-    path("authorize", usage.AuthorizeView.as_view()),
-    path("holds", usage.HoldCreateView.as_view()),
-    path("holds/<int:hold_id>", usage.HoldDetailView.as_view()),
-    path("holds/<int:hold_id>/settle", usage.HoldSettleView.as_view()),
-    path("holds/<int:hold_id>/release", usage.HoldReleaseView.as_view()),
-    path("models", usage.ModelListView.as_view()),
+    path("authorize", authorize.AuthorizeView.as_view()),
+    path("holds", holds.HoldCreateView.as_view()),
+    path("holds/<int:hold_id>", holds.HoldDetailView.as_view()),
+    path("holds/<int:hold_id>/settle", holds.HoldSettleView.as_view()),
+    path("holds/<int:hold_id>/release", holds.HoldReleaseView.as_view()),
+    path("models", model_prices.ModelListView.as_view()),
     path("meters", views.MeterListCreateView.as_view()),
     path("plans", views.PlanListCreateView.as_view()),
     path("plans/<slug:code>", views.PlanDetailView.as_view()),
