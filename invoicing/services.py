@@ -316,7 +316,9 @@ def _locked_invoice(invoice_id: int, *, usage_lock: bool = False) -> Invoice:
     row = Invoice.objects.filter(pk=invoice_id).values_list("customer_id", flat=True).first()
     if row is None:
         raise errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
-    if usage_lock:  # no usage may be rated into the period while it is being closed to it
+    # The customer's usage lock before the row (the lock order, docs/architecture.md): no
+    # usage is rated into a period being closed, nor against a status being changed.
+    if usage_lock:
         billing_services.lock_customer_usage([row])
     return (
         Invoice.objects.select_for_update(of=("self",))
@@ -644,8 +646,10 @@ def record_payment(
     now = _now(now)
     # The invoice's lock first, then the look for an earlier record: two deliveries of one
     # payment queue on the lock and the second finds the first's payment (a replay), instead
-    # of both finding none and racing to the unique reference (an error, a 500).
-    invoice = _locked_invoice(invoice_id)
+    # of both finding none and racing to the unique reference (an error, a 500). The
+    # customer's usage lock comes before it (the lock order): a payment that settles what a
+    # suspended subscription owed makes it active again, and rating reads that status.
+    invoice = _locked_invoice(invoice_id, usage_lock=True)
     existing = Payment.objects.filter(
         provider=provider, provider_payment_id=provider_payment_id
     ).first()
@@ -735,7 +739,10 @@ def record_payment_failure(
     ``DUNNING_FINAL_ACTION`` says. The same failure reported twice (the charge's answer and
     its webhook), or an old one arriving late, changes nothing."""
     now = _now(now)
-    invoice = _locked_invoice(invoice_id)
+    # The usage lock before the invoice's row, as finalizing takes them: the last failure
+    # suspends or cancels the subscription, which takes the usage lock; taken only then,
+    # after the row, it deadlocked with a finalization of the same invoice.
+    invoice = _locked_invoice(invoice_id, usage_lock=True)
     if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE):
         return invoice  # paid or voided meanwhile
     if attempt < invoice.payment_attempts or (

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -15,6 +16,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
+from billing import services as billing
 from invoicing import services as invoicing
 from invoicing.models import Invoice, InvoiceLine
 from tests.invoicing.conftest import PERIOD_END, START, ChargeSpec, meter, plan, subscribe, use
@@ -197,3 +199,53 @@ def test_a_worker_killed_in_the_middle_of_a_close_leaves_nothing_and_the_retry_c
     subscription.refresh_from_db()
     assert subscription.current_period_start == PERIOD_END
     assert subscription.plan.base_fee == D(20)  # the scheduled change took effect once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_dunning_failure_and_a_finalizer_take_their_locks_in_one_order(settings):
+    """The lock order (docs/architecture.md): the customer's usage lock, then the invoice's
+    row. Finalizing keeps it; the last failed payment attempt took the invoice's row and
+    then, canceling the subscription (DUNNING_FINAL_ACTION), the usage lock: with a
+    finalization of the same invoice between the two (a redelivered finalize task, the
+    admin's action), PostgreSQL found a deadlock and aborted one of them."""
+    settings.DUNNING_RETRY_DAYS = []  # the first failure is the last
+    settings.DUNNING_FINAL_ACTION = "cancel"
+    subscription = subscribe(plan(base_fee="5"))
+    invoice = invoicing.finalize_invoice(
+        invoice_id=invoicing.close_period(
+            subscription_id=subscription.pk, as_of=PERIOD_END
+        ).invoice.pk,
+        now=PERIOD_END,
+    )
+    assert invoice.status == "open"
+    usage_locked, failure_pid = threading.Event(), []
+
+    def waits_on_a_lock(pid: int) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+            row = cursor.fetchone()
+        return row is not None and row[0] == "Lock"
+
+    def finalizer() -> Invoice:
+        with transaction.atomic():
+            billing.lock_customer_usage([subscription.customer_id])
+            usage_locked.set()
+            deadline = time.monotonic() + 20
+            while not (failure_pid and waits_on_a_lock(failure_pid[0])):
+                assert time.monotonic() < deadline, "the payment failure never waited"
+                time.sleep(0.02)
+            return invoicing.finalize_invoice(invoice_id=invoice.pk, now=PERIOD_END)
+
+    def payment_failure() -> Invoice:
+        connection.ensure_connection()
+        failure_pid.append(connection.connection.info.backend_pid)
+        assert usage_locked.wait(20)
+        return invoicing.record_payment_failure(
+            invoice_id=invoice.pk, attempt=1, message="card declined"
+        )
+
+    results = run_concurrently(lambda i: (finalizer, payment_failure)[i](), threads=2)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert Invoice.objects.get(pk=invoice.pk).status == "past_due"
+    subscription.refresh_from_db()
+    assert subscription.status == "canceled"
