@@ -57,17 +57,12 @@ import argparse
 import json
 import os
 import random
-import re
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -83,18 +78,34 @@ REPO_DIR = BENCH_DIR.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.common import (  # noqa: E402
+from bench.harness.cpu import Classify, CpuMeter, CpuUse, postgres_database  # noqa: E402
+from bench.harness.db import (  # noqa: E402
+    Databases,
     checkpoint,
-    database_origin,
-    drop_database,
-    fmt,
-    machine_facts,
-    progress,
-    ratio,
-    server_facts,
+    migrate_in_subprocess,
+    scans_during,
+    table_scans,
     with_database,
 )
-from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
+from bench.harness.machine import server_facts, server_url_and_facts  # noqa: E402
+from bench.harness.processes import CeleryWorkers, migrate, run_command, setup_django  # noqa: E402
+from bench.harness.report import (  # noqa: E402
+    Check,
+    cpu_shares,
+    finish,
+    fmt,
+    print_checks,
+    print_machine,
+    progress,
+)
+from bench.harness.seeding import (  # noqa: E402
+    copy_field,
+    copy_rows,
+    create_meters,
+    other_columns,
+    reserve_ids,
+)
+from bench.harness.stats import QueryProfile, Timer, ratio  # noqa: E402
 
 TARGET_SECONDS = 120.0
 SUBSCRIPTIONS = 10_000
@@ -107,7 +118,6 @@ PLAN_CODE = "bench-close-pro"
 BASE_FEE = Decimal("49.00")
 SUBSCRIPTIONS_PER_COMMIT = 50  # event COPY: one transaction per this many subscriptions
 POLL_INTERVAL = 0.1  # seconds between invoice counts during a Celery run
-WORKER_START_TIMEOUT = 90.0
 CELERY_MODES = {"2x1": (2, 1), "1x2": (1, 2)}  # workers × prefork concurrency
 CELERY_LABELS = {
     "2x1": "2 workers, prefork, concurrency 1 each",
@@ -122,17 +132,6 @@ METERS = (
 )
 MODELS = ("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06")
 FEATURES = ("chat", "summarize", "agent", "search", "autocomplete")
-
-# A Celery worker whose default queue is the benchmark's own: the tasks it queues itself
-# (close_due_periods queues one close per subscription) stay on that queue. Run with -c.
-WORKER_BOOT = (
-    "import os, sys; from billing.celery import app; "
-    "app.conf.task_default_queue = os.environ['BENCH_CLOSE_QUEUE']; "
-    "reuse = os.environ.get('BENCH_CLOSE_DB_REUSE_MAX'); "
-    "reuse and app.conf.__setitem__('CELERY_DB_REUSE_MAX', int(reuse)); "
-    "app.worker_main(sys.argv[1:])"
-)
-
 
 # --- configuration -----------------------------------------------------------------------
 
@@ -192,113 +191,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 @dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
 class Step:
     name: str
     seconds: float
     rows: int | None = None
     note: str = ""
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-
-def ts(moment: datetime) -> str:
-    """A timestamptz in COPY text."""
-    return moment.isoformat()
-
-
-def dec(value: Decimal) -> str:
-    """A numeric in COPY text: never an exponent."""
-    return f"{value:f}"
-
-
-def field_text(value: Any) -> str | None:
-    """A Python value in COPY text (None = NULL)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, Decimal):
-        return dec(value)
-    if isinstance(value, datetime):
-        return ts(value)
-    if isinstance(value, dict | list):
-        value = json.dumps(value)
-    text = str(value)
-    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
-        text = text.replace(raw, escaped)
-    return text
-
-
-def other_columns(table: str, given: Sequence[str]) -> tuple[list[str], list[str | None]]:
-    """The columns of ``table`` the seed does not set and the database has no default for,
-    with the value the model would give them (its field default, now for auto_now, NULL):
-    so that a column added to a model later does not break the COPY."""
-    from django.apps import apps
-
-    model = next(m for m in apps.get_models() if m._meta.db_table == table)
-    columns, values = [], []
-    for f in model._meta.concrete_fields:
-        if f.column in given or f.primary_key or f.has_db_default():
-            continue
-        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-            value: Any = datetime.now(UTC)
-        elif f.has_default():
-            value = f.get_default()
-            if isinstance(value, list | tuple) and f.get_internal_type() == "ArrayField":
-                value = "{" + ",".join(map(str, value)) + "}"
-        elif f.null:
-            value = None
-        else:
-            raise RuntimeError(f"{table}.{f.column} has no default: the benchmark must set it")
-        columns.append(f.column)
-        values.append(field_text(value))
-    return columns, values
-
-
-def copy_rows(conn: psycopg.Connection[Any], table: str, columns: Sequence[str], rows) -> int:
-    """COPY ``rows`` (tuples of COPY-text fields, None = NULL) into ``table``; the table's
-    other columns get their model defaults (``other_columns``)."""
-    extra_columns, extra_values = other_columns(table, columns)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, [*columns, *extra_columns])),
-    )
-    count = 0
-    buffer: list[str] = []
-    with conn.cursor().copy(statement) as copy:
-        for row in rows:
-            buffer.append("\t".join("\\N" if v is None else str(v) for v in (*row, *extra_values)))
-            count += 1
-            if len(buffer) >= 5_000:
-                copy.write("\n".join(buffer) + "\n")
-                buffer.clear()
-        if buffer:
-            copy.write("\n".join(buffer) + "\n")
-    return count
-
-
-def reserve_ids(conn: psycopg.Connection[Any], table: str, count: int) -> int:
-    """The first of ``count`` consecutive ids taken from the table's identity sequence."""
-    first = conn.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [table]).fetchone()[0]
-    if count > 1:
-        conn.execute(
-            "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", [table, first + count - 1]
-        )
-    return first
 
 
 # --- the seed ----------------------------------------------------------------------------
@@ -345,18 +242,7 @@ def seed_shared() -> Shared:
     from billing.models import ConsumptionModel, PriceModel
     from metering import rating
 
-    meter_ids = {}
-    for code, name, aggregation, prop, unit in METERS:
-        meter = services.create_meter(
-            code=code,
-            name=name,
-            event_name=EVENT_NAME,
-            aggregation=aggregation,
-            property=prop,
-            group_by=["model"],
-            unit=unit,
-        )
-        meter_ids[code] = meter.pk
+    meter_ids = create_meters(METERS, event_name=EVENT_NAME)
     charge, tier = services.ChargeSpec, services.TierSpec
     plan, _ = services.publish_plan(
         spec=services.PlanSpec(
@@ -449,9 +335,9 @@ def build_patterns(shared: Shared, events: int, now: datetime, rng: random.Rando
                     (
                         f"bench-{j:07d}",  # idempotency_key
                         EVENT_NAME,
-                        ts(anchor + step * j + step / 2),  # timestamp, inside the period
-                        properties.replace("\\", "\\\\"),
-                        ts(anchor),  # period_start
+                        copy_field(anchor + step * j + step / 2),  # timestamp, inside the period
+                        copy_field(properties),
+                        copy_field(anchor),  # period_start
                         "openai",
                         model,
                         str(prompt - cached),  # input_tokens
@@ -460,7 +346,7 @@ def build_patterns(shared: Shared, events: int, now: datetime, rng: random.Rando
                         str(output),  # output_tokens
                         "0",  # reasoning_tokens
                         CURRENCY,
-                        dec(amount),
+                        copy_field(amount),
                         "0",  # cost (no catalog rows in this database)
                     )
                 )
@@ -506,7 +392,7 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
     """Customers, their wallets (ledger account, balance row, wallet), subscriptions, phases
     and counters, by COPY, in one transaction."""
     n, shared, patterns = seed.subscriptions, seed.shared, seed.patterns
-    now = ts(seed.as_of)
+    now = seed.as_of
     timer = Timer()
     with conn.transaction():
         customer0 = reserve_ids(conn, "billing_customer", n)
@@ -638,10 +524,10 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
                     customer0 + i,
                     shared.plan_id,
                     "active",
-                    ts(p.anchor),
-                    ts(p.anchor),
-                    ts(p.anchor),
-                    ts(p.period_end),
+                    p.anchor,
+                    p.anchor,
+                    p.anchor,
+                    p.period_end,
                     None,
                     "f",
                     None,
@@ -663,7 +549,7 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
                     phase0 + i,
                     subscription0 + i,
                     shared.plan_id,
-                    ts(patterns[i % PATTERNS].anchor),
+                    patterns[i % PATTERNS].anchor,
                     None,
                 )
                 for i in range(n)
@@ -690,11 +576,11 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
                 (
                     subscription0 + i,
                     shared.meter_ids[code],
-                    ts(p.anchor),
-                    ts(p.period_end),
-                    dec(p.quantity[code]),
-                    dec(p.amount[code]),
-                    dec(p.amount[code]),
+                    p.anchor,
+                    p.period_end,
+                    p.quantity[code],
+                    p.amount[code],
+                    p.amount[code],
                     CURRENCY,
                     seed.events_per_subscription,
                     "[]",
@@ -713,14 +599,14 @@ def copy_events(
     seed: Seed,
     subscriptions: Sequence[int],
     sent: list[int],
-    extra: tuple[list[str], list[str | None]],
+    extra: tuple[list[str], list[str]],
 ) -> None:
     """COPY the events of these subscriptions (indexes 0…n-1), one transaction per
     SUBSCRIPTIONS_PER_COMMIT of them; ``extra``: the other columns and their values."""
     statement = sql.SQL("COPY metering_event ({}) FROM STDIN").format(
         sql.SQL(", ").join(map(sql.Identifier, [*EVENT_COLUMNS, *extra[0]]))
     )
-    suffix = "".join("\t" + ("\\N" if v is None else v) for v in extra[1])
+    suffix = "".join("\t" + v for v in extra[1])
     with psycopg.connect(url) as conn:
         for start in range(0, len(subscriptions), SUBSCRIPTIONS_PER_COMMIT):
             with conn.cursor().copy(statement) as copy:
@@ -824,125 +710,39 @@ def seed_checks(conn: psycopg.Connection[Any], seed: Seed) -> list[Check]:
     ]
 
 
-def clone_database(server_url: str, template: str, name: str, file_copy: bool) -> float:
-    """A file-level copy of ``template`` (no one may be connected to it)."""
-    timer = Timer()
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
-        )
-        if file_copy:  # PostgreSQL 15+: WAL_LOG, the default, writes the whole copy to WAL
-            statement = sql.SQL("{} STRATEGY FILE_COPY").format(statement)
-        conn.execute(statement)
-    return timer.seconds
-
-
-# --- CPU accounting ----------------------------------------------------------------------
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Proc:
-    command: str
-    pgrp: int
-    cpu: float  # its own CPU seconds
-    children_cpu: float  # CPU seconds of its children that have ended (and were reaped)
-    cmdline: str  # PostgreSQL processes only: "postgres: 15/main: user database host …"
-
-
-def read_processes() -> dict[int, Proc]:
-    """Every process we can see."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-            command = text[text.index("(") + 1 : text.rindex(")")]
-            fields = text[text.rindex(")") + 2 :].split()
-            cmdline = ""
-            if command.startswith("postgres"):
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        found[int(entry.name)] = Proc(
-            command=command,
-            pgrp=int(fields[2]),
-            cpu=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
-            children_cpu=(int(fields[13]) + int(fields[14])) / CLOCK_TICKS,
-            cmdline=cmdline,
-        )
-    return found
-
-
-def machine_ticks() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the machine since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
-
-
 PG_RUN = "postgresql"  # the live backends of the run's database
 PG_ENDED = "postgresql, ended backends"  # any database's: the postmaster's reaped children
 PG_OTHER = "postgresql, server and other databases"
 
 
-class CpuMeter:
-    """CPU seconds per group of processes between start() and stop(): this process, the
-    Celery workers (their process groups), the run database's PostgreSQL backends, the
-    backends that ended during the run (whatever their database: the postmaster's reaped
-    children; the Celery runs' backends end after every task, see the report), the rest of
-    PostgreSQL, Redis, and everything else. Only a server on this machine is seen."""
+def cpu_groups(database: str, worker_groups: set[int] | None = None) -> Classify:
+    """This process, the Celery workers (their process groups), the run database's
+    PostgreSQL backends, the rest of PostgreSQL, Redis, and everything else; with
+    ``ended_backends=PG_ENDED``, the backends that ended during the run (whatever their
+    database; the Celery runs' backends end after every task, see the report). Only a
+    server on this machine is seen."""
+    me = os.getpid()
 
-    def __init__(self, database: str, worker_groups: Iterable[int] = ()):
-        self.database = database
-        self.worker_groups = set(worker_groups)
-        self.before: dict[int, Proc] = {}
-        self.machine_before = (0.0, 0.0)
-
-    def group(self, pid: int, proc: Proc) -> str:
-        if pid == os.getpid():
+    def classify(pid: int, proc: Any, processes: dict[int, Any]) -> str:
+        if pid == me:
             return "bench process"
-        if proc.pgrp in self.worker_groups:
+        if worker_groups and proc.pgrp in worker_groups:
             return "celery workers"
-        if proc.command.startswith("postgres"):
-            words = proc.cmdline.split()
-            # "postgres: 15/main: postgres <database> 127.0.0.1(…) idle" (a backend)
-            return PG_RUN if self.database in words[1:5] else PG_OTHER
+        if proc.is_postgres:
+            return PG_RUN if postgres_database(proc, processes) == database else PG_OTHER
         if proc.command.startswith("redis"):
             return "redis"
         return "other"
 
-    def start(self) -> None:
-        self.before = read_processes()
-        self.machine_before = machine_ticks()
+    return classify
 
-    def stop(self, wall: float) -> dict[str, Any]:
-        after = read_processes()
-        busy, total = machine_ticks()
-        used: dict[str, float] = defaultdict(float)
-        for pid, proc in after.items():
-            start = self.before.get(pid)
-            same = start is not None and start.command == proc.command
-            used[self.group(pid, proc)] += max(0.0, proc.cpu - (start.cpu if same else 0.0))
-            if proc.command.startswith("postgres") and " -D " in f" {proc.cmdline} ":
-                ended = proc.children_cpu - (start.children_cpu if same else 0.0)
-                used[PG_ENDED] += max(0.0, ended)
-        cores = os.cpu_count() or 1
-        capacity = wall * cores
-        ordered = sorted(used.items(), key=lambda x: -x[1])
-        return {
-            "machine_busy": round(
-                (busy - self.machine_before[0]) / max(1e-9, total - self.machine_before[1]), 3
-            ),
-            "cpu_seconds": {g: round(s, 2) for g, s in ordered},
-            "cpu_share": {g: round(s / capacity, 3) for g, s in ordered},
-        }
+
+def cpu_figures(use: CpuUse) -> dict[str, Any]:
+    return {
+        "machine_busy": use.machine_busy,
+        "cpu_seconds": {group: round(s, 2) for group, s in use.seconds.items()},
+        "cpu_share": use.share,
+    }
 
 
 # --- the runs ----------------------------------------------------------------------------
@@ -966,77 +766,7 @@ class RunResult:
     error: str = ""
 
 
-SAVEPOINT_ID = re.compile(r'"?s\d+_x\d+"?')
-SPACES = re.compile(r"\s+")
-
-
-def statement_label(text: str) -> str:
-    text = SPACES.sub(" ", SAVEPOINT_ID.sub("<sp>", text)).strip()
-    return text
-
-
-class QueryProfile:
-    """Every statement Django sends on the connection, and every commit, timed (as the
-    client sees it: round trip and server time)."""
-
-    def __init__(self) -> None:
-        self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-        self.labels: dict[str, str] = {}  # SQL text → label (the regexes run once per text)
-
-    def __call__(self, execute: Callable, sql_text: str, params: Any, many: bool, context: Any):
-        started = time.perf_counter()
-        try:
-            return execute(sql_text, params, many, context)
-        finally:
-            elapsed = time.perf_counter() - started
-            label = self.labels.get(sql_text)
-            if label is None:
-                label = self.labels[sql_text] = statement_label(sql_text)
-            entry = self.stats[label]
-            entry[0] += 1
-            entry[1] += elapsed
-
-    def wrap_commit(self, commit: Callable[[], None]) -> Callable[[], None]:
-        def timed() -> None:
-            started = time.perf_counter()
-            try:
-                commit()
-            finally:
-                entry = self.stats["COMMIT"]
-                entry[0] += 1
-                entry[1] += time.perf_counter() - started
-
-        return timed
-
-    def summary(self, wall: float, closed: int) -> dict[str, Any]:
-        total_db = sum(s for _, s in self.stats.values())
-        queries = sum(n for label, (n, _) in self.stats.items() if label != "COMMIT")
-        per = max(closed, 1)
-        rows = sorted(self.stats.items(), key=lambda item: -item[1][1])
-        return {
-            "statements": queries,
-            "commits": self.stats["COMMIT"][0] if "COMMIT" in self.stats else 0,
-            "statements_per_close": round(queries / per, 2),
-            "database_seconds": round(total_db, 2),
-            "python_seconds": round(wall - total_db, 2),
-            "ms_per_close": round(wall / per * 1000, 3),
-            "database_ms_per_close": round(total_db / per * 1000, 3),
-            "python_ms_per_close": round((wall - total_db) / per * 1000, 3),
-            "by_statement": [
-                {
-                    "statement": label,
-                    "count": n,
-                    "per_close": round(n / per, 2),
-                    "total_seconds": round(s, 3),
-                    "mean_ms": round(s / n * 1000, 3) if n else None,
-                    "share_of_wall": round(s / wall, 3) if wall else None,
-                }
-                for label, (n, s) in rows
-            ],
-        }
-
-
-SCANNED_TABLES = (
+SCANNED_TABLES = [  # the tables a close reads
     "billing_customer",
     "billing_plan",
     "billing_subscription",
@@ -1046,33 +776,7 @@ SCANNED_TABLES = (
     "invoicing_taxrate",
     "metering_meter",
     "metering_periodusage",
-)
-
-
-def table_scans(url: str) -> dict[str, tuple[int, int, int]]:
-    """table → (sequential scans, rows they read, index scans) so far, for the tables a
-    close reads. (Backends report their counts when their transactions end, at most once a
-    second, and when they exit: read after the run's connections are closed.)"""
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) "
-            "FROM pg_stat_user_tables WHERE relname = ANY(%s)",
-            [list(SCANNED_TABLES)],
-        ).fetchall()
-    return {name: (seq, read, idx) for name, seq, read, idx in rows}
-
-
-def scans_during(before: dict[str, tuple[int, int, int]], url: str) -> dict[str, dict[str, int]]:
-    time.sleep(1.5)  # past the statistics flush interval
-    after = table_scans(url)
-    return {
-        table: {
-            "seq_scans": after[table][0] - before.get(table, (0, 0, 0))[0],
-            "seq_rows_read": after[table][1] - before.get(table, (0, 0, 0))[1],
-            "index_scans": after[table][2] - before.get(table, (0, 0, 0))[2],
-        }
-        for table in sorted(after)
-    }
+]
 
 
 def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
@@ -1083,9 +787,9 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
     connections.close_all()
     with psycopg.connect(with_database(server_url, database), autocommit=True) as admin:
         checkpoint(admin)
-    scans_before = table_scans(with_database(server_url, database))
+    scans_before = table_scans(with_database(server_url, database), SCANNED_TABLES)
     profile = QueryProfile()
-    cpu = CpuMeter(database)
+    cpu = CpuMeter(cpu_groups(database), ended_backends=PG_ENDED)
     progress(f"(a) in-process close of {seed.subscriptions:,} subscriptions …")
     cpu.start()
     timer = Timer()
@@ -1100,7 +804,7 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
     finally:
         del connection._commit  # the class's own again
     wall = timer.seconds
-    cpu_figures = cpu.stop(wall)
+    cpu_use = cpu.stop(wall)
     connections.close_all()
     progress(f"    closed {closed:,} in {wall:.1f} s ({closed / wall:,.1f}/s); {due:,} were due")
     # The wrapper also timed the separate due_subscription_ids call above: it is part of the
@@ -1114,137 +818,10 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
         subscriptions_per_second=round(closed / wall, 1),
         ratio_to_target=ratio(wall, TARGET_SECONDS),
         dispatch_seconds=round(dispatch_seconds, 3),
-        cpu=cpu_figures,
-        profile=profile.summary(wall, closed),
-        scans=scans_during(scans_before, with_database(server_url, database)),
+        cpu=cpu_figures(cpu_use),
+        profile=profile.summary(wall, closed, "close"),
+        scans=scans_during(scans_before, with_database(server_url, database), SCANNED_TABLES),
     )
-
-
-def migrate_copy(database_url: str) -> list[str]:
-    """Bring a copy up to the checkout's migrations before its workers start (a worker
-    imports the models as they are now; a commit may have added a migration since the seed
-    was migrated). Returns the migrations applied, normally none."""
-
-    def applied() -> set[str]:
-        with psycopg.connect(database_url) as conn:
-            rows = conn.execute("SELECT app || '.' || name FROM django_migrations").fetchall()
-        return {name for (name,) in rows}
-
-    before = applied()
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
-        cwd=REPO_DIR,
-        env={**os.environ, "DATABASE_URL": database_url, "DJANGO_DEBUG": "0"},
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    return sorted(applied() - before)
-
-
-class Workers:
-    """Celery worker processes (each in its own session) on one database and one queue."""
-
-    def __init__(
-        self,
-        *,
-        count: int,
-        concurrency: int,
-        database_url: str,
-        queue: str,
-        log_dir: Path,
-        db_reuse_max: int | None = None,
-    ):
-        self.count, self.concurrency, self.db_reuse_max = count, concurrency, db_reuse_max
-        self.database_url, self.queue, self.log_dir = database_url, queue, log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.names: list[str] = []
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "DJANGO_SETTINGS_MODULE": "billing.settings",
-            "DJANGO_DEBUG": "0",
-            "LOG_LEVEL": "WARNING",
-            "BENCH_CLOSE_QUEUE": self.queue,
-        }
-        if self.db_reuse_max:
-            env["BENCH_CLOSE_DB_REUSE_MAX"] = str(self.db_reuse_max)
-        host = socket.gethostname()
-        for n in range(self.count):
-            name = f"{self.queue}-{n + 1}"
-            log = (self.log_dir / f"{name}.log").open("ab")
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        WORKER_BOOT,
-                        "worker",
-                        "--pool",
-                        "prefork",
-                        "--concurrency",
-                        str(self.concurrency),
-                        "--queues",
-                        self.queue,
-                        "--hostname",
-                        f"{name}@{host}",
-                        "--loglevel",
-                        "WARNING",
-                        "--without-heartbeat",
-                        "--without-gossip",
-                        "--without-mingle",
-                    ],
-                    cwd=REPO_DIR,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # stop() ends it with its pool children
-                )
-            )
-            log.close()
-            self.names.append(f"{name}@{host}")
-
-    def wait_ready(self, app: Any) -> None:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        waiting = set(self.names)
-        while waiting:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"a worker exited ({process.returncode}):\n{self.log_tail()}"
-                    )
-            for reply in app.control.ping(destination=sorted(waiting), timeout=1.0) or []:
-                waiting -= set(reply)
-            if waiting and time.monotonic() > deadline:
-                raise TimeoutError(f"workers {sorted(waiting)} did not answer:\n{self.log_tail()}")
-
-    @property
-    def groups(self) -> set[int]:
-        return {p.pid for p in self.processes}
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.processes)
-
-    def stop(self) -> None:
-        """TERM (warm shutdown: running tasks finish), then KILL what is left."""
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 20) -> str:
-        tails = []
-        for path in sorted(self.log_dir.glob(f"{self.queue}-*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            tails.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(tails)
 
 
 def run_celery(
@@ -1256,18 +833,20 @@ def run_celery(
     count, concurrency = CELERY_MODES[mode]
     queue = f"bench-close-{secrets.token_hex(4)}"
     url = with_database(server_url, database)
-    workers = Workers(
-        count=count,
-        concurrency=concurrency,
+    workers = CeleryWorkers(
         database_url=url,
-        queue=queue,
         log_dir=log_dir,
+        count=count,
+        pool="prefork",
+        concurrency=concurrency,
+        queue=queue,
         db_reuse_max=args.db_reuse_max,
     )
     error = ""
     dispatch_seconds = None
-    invoices, wall, cpu_figures, leftover = 0, 0.0, {}, 0
-    migrations = migrate_copy(url)
+    invoices, wall, leftover = 0, 0.0, 0
+    cpu: dict[str, Any] = {}
+    migrations = migrate_in_subprocess(url)
     if migrations:
         progress(f"    applied to the copy first (new in the checkout): {', '.join(migrations)}")
     with psycopg.connect(
@@ -1277,8 +856,8 @@ def run_celery(
         progress(f"(b) Celery {mode}: starting {CELERY_LABELS[mode]} on queue {queue} …")
         try:
             workers.start()
-            workers.wait_ready(app)
-            cpu = CpuMeter(database, workers.groups)
+            workers.wait_ready()
+            meter = CpuMeter(cpu_groups(database, workers.groups), ended_backends=PG_ENDED)
             progress(f"    workers ready; sending close_due_periods for {seed.subscriptions:,} …")
             # Polling costs next to nothing: the invoice id sequence (one row) until it has
             # handed out an id per subscription, then count(*) until every invoice is there.
@@ -1289,8 +868,8 @@ def run_celery(
                 ).fetchone()[0]
             )
             first_allocated = watch.execute(allocated).fetchone()[0]
-            scans_before = table_scans(url)
-            cpu.start()
+            scans_before = table_scans(url, SCANNED_TABLES)
+            meter.start()
             timer = Timer()
             dispatcher = close_due_periods.apply_async(args=[seed.as_of.isoformat()], queue=queue)
             invoices = 0
@@ -1314,7 +893,7 @@ def run_celery(
                     last_note = time.monotonic()
                 time.sleep(POLL_INTERVAL)
             wall = timer.seconds
-            cpu_figures = cpu.stop(wall)
+            cpu = cpu_figures(meter.stop(wall))
             try:  # what the dispatcher returned: how many tasks it queued
                 queued = dispatcher.get(timeout=30)
                 if queued != seed.subscriptions:
@@ -1323,7 +902,7 @@ def run_celery(
                 error = error or f"close_due_periods: {exc!r}"
         finally:
             workers.stop()
-            scans = scans_during(scans_before, url) if cpu_figures else {}
+            scans = scans_during(scans_before, url, SCANNED_TABLES) if cpu else {}
             try:  # the queue is ours alone: nothing must be left on it
                 import redis
 
@@ -1343,7 +922,7 @@ def run_celery(
         subscriptions_per_second=round(invoices / max(wall, 1e-9), 1),
         ratio_to_target=ratio(wall, TARGET_SECONDS),
         dispatch_seconds=round(dispatch_seconds, 3) if dispatch_seconds is not None else None,
-        cpu=cpu_figures,
+        cpu=cpu,
         error=error,
         migrations_applied=migrations,
         scans=scans,
@@ -1457,31 +1036,29 @@ def report(
 ) -> dict[str, Any]:
     checks = seed.checks + [c for r in runs for c in r.checks]
     n, per = seed.subscriptions, seed.events_per_subscription
-    print()
-    print("Machine")
-    print(
-        f"  CPUs               {machine['cpu_count']} ({machine['cpus_usable']} usable), "
-        f"{machine['cpu_model']}"
+    print_machine(
+        machine,
+        settings=(
+            "synchronous_commit",
+            "fsync",
+            "shared_buffers",
+            "max_connections",
+            "autovacuum",
+        ),
+        lines=[
+            (
+                "workload",
+                f"{n:,} subscriptions × {per:,} events = {n * per:,} events; plan {PLAN_CODE}: "
+                f"base fee {BASE_FEE} {CURRENCY}, graduated input/output token charges, "
+                "per-request overage; 3 counters per subscription",
+            ),
+            (
+                "not seeded",
+                "ledger transactions of the events (the close reads counters, never events), "
+                "DailyUsage / ModelUsage rows",
+            ),
+        ],
     )
-    print(f"  PostgreSQL         {machine['postgresql_version']}, {machine['database']}")
-    print(
-        f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
-        f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}, "
-        f"max_connections={machine['max_connections']}, "
-        f"autovacuum={machine.get('autovacuum', '?')}"
-    )
-    print(f"  Python             {machine['python']} on {machine['platform']}")
-    print(f"  load average       {machine['load_average_1m']} (1 min, before setup)")
-    print(
-        f"  workload           {n:,} subscriptions × {per:,} events = {n * per:,} events; "
-        f"plan {PLAN_CODE}: base fee {BASE_FEE} {CURRENCY}, graduated input/output token "
-        "charges, per-request overage; 3 counters per subscription"
-    )
-    print(
-        "  not seeded         ledger transactions of the events (the close reads counters, "
-        "never events), DailyUsage / ModelUsage rows"
-    )
-    print()
     print("Seeding (not part of any close figure)")
     seed_total = sum(s.seconds for s in seed.steps)
     for s in seed.steps:
@@ -1521,9 +1098,7 @@ def report(
     print()
     print("Where the CPU went (share of all cores during each run)")
     for r in runs:
-        shares = ", ".join(
-            f"{g} {s:.0%}" for g, s in r.cpu.get("cpu_share", {}).items() if s >= 0.005
-        )
+        shares = cpu_shares(r.cpu.get("cpu_share", {}))
         print(f"  {r.name:<12} busy {r.cpu.get('machine_busy', 0):.0%} = {shares}")
         seconds = r.cpu.get("cpu_seconds", {})
         mine = (
@@ -1605,15 +1180,7 @@ def report(
             print(
                 f"  {s['per_close']:>9.2f} {s['mean_ms']:>8.3f} {s['share_of_wall']:>6.1%}  {text}"
             )
-    print()
-    print("Checks")
-    for check in checks:
-        print(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    ok = all(c.ok for c in checks) and not any(r.error for r in runs)
-    for r in runs:
-        if r.error:
-            print(f"  FAIL {r.name}: {r.error}")
-    print(f"Verification: {'OK' if ok else 'FAILED'}")
+    ok = print_checks(checks, failures=[f"{r.name}: {r.error}" for r in runs if r.error])
     return {
         "benchmark": "close",
         "subscriptions": n,
@@ -1642,48 +1209,25 @@ def report(
 # --- main --------------------------------------------------------------------------------
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks: workers stop
-
-
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    env_url = os.environ.get("DATABASE_URL")
-    server_url = env_url or devservices.database_url()
-    machine = machine_facts()
-    machine["database"] = database_origin(env_url, server_url)
-    machine["database_embedded"] = machine["database"].startswith("embedded")
+    server_url, machine = server_url_and_facts()
     prefix = f"bench_close_{secrets.token_hex(4)}"
     seeded_db = f"{prefix}_inproc"
     celery_dbs = {mode: f"{prefix}_celery_{mode}" for mode in args.modes}
-    created: list[str] = []
     started = Timer()
     runs: list[RunResult] = []
     clone_seconds: list[float] = []
 
-    try:
-        drop_database(server_url, seeded_db, recreate=True)
-        created.append(seeded_db)
-        seeded_url = with_database(server_url, seeded_db)
-        os.environ["DATABASE_URL"] = seeded_url
-        os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
-        os.environ["DJANGO_DEBUG"] = "0"
-        os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
-        import django
-
-        django.setup()
-        from django.conf import settings
-        from django.core.management import call_command
+    with Databases(server_url, keep=args.keep) as databases:
+        seeded_url = databases.create(seeded_db)
+        setup_django(seeded_url)
         from django.db import connections
-
-        # The workers must not try to start an embedded Redis if none was given.
-        os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
 
         now = datetime.now(UTC).replace(microsecond=0)
         timer = Timer()
         progress(f"migrating {seeded_db} …")
-        call_command("migrate", interactive=False, verbosity=0)
+        migrate()
         steps = [Step("migrate", timer.seconds)]
         timer = Timer()
         shared = seed_shared()
@@ -1706,8 +1250,6 @@ def main(argv: Sequence[str]) -> int:
             with_database(server_url, seeded_db, application_name="bench-close"), autocommit=True
         ) as admin:
             machine.update(server_facts(admin))
-            machine["autovacuum"] = admin.execute("SHOW autovacuum").fetchone()[0]
-            version = admin.execute("SHOW server_version_num").fetchone()[0]
             progress(
                 f"seeding {args.subscriptions:,} customers, wallets, subscriptions, counters …"
             )
@@ -1732,10 +1274,7 @@ def main(argv: Sequence[str]) -> int:
             progress(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
         for name in celery_dbs.values():
             progress(f"copying {seeded_db} to {name} …")
-            created.append(name)
-            clone_seconds.append(
-                clone_database(server_url, seeded_db, name, int(version) >= 150000)
-            )
+            clone_seconds.append(databases.clone(seeded_db, name))
         progress(f"setup took {started.seconds:.1f} s")
 
         with tempfile.TemporaryDirectory() as log_dir:
@@ -1760,29 +1299,9 @@ def main(argv: Sequence[str]) -> int:
             database_size=database_size,
             clone_seconds=clone_seconds,
         )
-    finally:
-        from django.apps import apps
-
-        if apps.ready:
-            from django.db import connections
-
-            connections.close_all()
-        for name in created:
-            if args.keep:
-                progress(f"kept database {name}")
-            else:
-                drop_database(server_url, name)
-        progress(f"total {started.seconds:.1f} s")
-    print(json.dumps(summary, default=str), flush=True)
-    if not summary["verification_ok"]:
-        print("close benchmark: verification FAILED", file=sys.stderr)
-        return 1
-    return 0
+    progress(f"total {started.seconds:.1f} s")
+    return finish(summary)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:  # the workers and the databases are gone by now
-        progress("interrupted")
-        sys.exit(130)
+    run_command(main)

@@ -61,37 +61,12 @@ CPU-bound (about 30 ms of worker CPU per single event), so threads add switching
 nothing to overlap, and keep-alive, which sync workers lack, saves little on loopback
 (production has a proxy in front for that). ``--worker-class gthread`` measures them.
 
-CPU figures come from /proc: per run, the CPU time each process used (a process that
-exits during a run is not counted), grouped as the server's workers, PostgreSQL (the
-bench database's backends, autovacuum and parallel workers, and the server's own
-processes), the clients, and "other" — anything else, e.g. another database's backends.
-A large "other" share means the machine was not ours alone; the CPU milliseconds per
-event stay comparable when it was.
-
-Statistics and cached plans
-    Each run starts with ANALYZE of the whole database, then a CHECKPOINT (neither is
-    timed). The database starts empty and grows by tens of thousands of events a minute,
-    and the PostgreSQL this was measured on runs with autovacuum off (a CI setting; the
-    report prints it). Without the ANALYZE the batch runs measured that, not the product
-    (2026-12-06, 2 cores): the server's database connections are opened in the warm-up, on
-    near-empty tables, and last through the batch runs (CONN_MAX_AGE is 60 s, the warm-up
-    to the end of the last batch run about 45 s), and the plans they cached then were
-    never invalidated — the statement of the sums-match-legs trigger (metering migration
-    0006; PL/pgSQL plans it once per session), with a sequential scan of metering_event
-    and of ledger_entry for every ledger transaction of a part, and the foreign-key check
-    of ledger_entry → ledger_transaction, with a sequential scan of ledger_transaction for
-    every entry. Their cost grew with the tables: the trigger took 0.4-0.5 ms per event at
-    2 clients and 1.6-2.3 at 4 (0.005 with the ANALYZE) and PostgreSQL 0.5-0.7 and 1-1.7
-    ms of CPU per event (0.12-0.15), while other batches queued on the advisory locks of
-    the transactions those scans held open. Back to back on a quiet machine: 1,529 and 912
-    events/s at 2 and 4 clients without the ANALYZE, 4,359 and 4,974 with it. 30-second
-    runs hid it by accident (the connections were renewed after 60 s), and so did a server
-    started on a database that had already grown. In production the tables are not empty,
-    autovacuum's analyze keeps statistics and plans up to date as they grow, and
-    connections are renewed every CONN_MAX_AGE. What the runs leave out is autovacuum's
-    own work — the analyzes, and vacuuming the insert-only event and ledger tables — a
-    real cost in production that a server with autovacuum off never pays; where it is on,
-    it counts as PostgreSQL here.
+CPU figures (bench/harness/cpu.py) are grouped as the server's workers (gunicorn's and,
+during the asynchronous run, the Celery worker's), PostgreSQL (the bench database's
+backends, autovacuum and parallel workers, and the server's own processes), the clients,
+and "other" — anything else, e.g. another database's backends. Each run starts with
+ANALYZE and a CHECKPOINT (not timed; bench/harness/db.py's settle() says why, and
+docs/benchmarks.md what the batch runs measured without the ANALYZE).
 """
 
 from __future__ import annotations
@@ -100,15 +75,8 @@ import argparse
 import collections
 import http.client
 import json
-import math
-import multiprocessing as mp
 import os
-import queue
 import random
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,8 +84,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -130,22 +96,43 @@ REPO_DIR = BENCH_DIR.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.common import (  # noqa: E402
-    analyze,
-    bench_database,
-    checkpoint,
-    database_origin,
-    fmt,
-    machine_facts,
-    progress,
-    ratio,
-    server_facts,
-    with_database,
+from bench.harness.cpu import Classify, CpuMeter, postgres_database  # noqa: E402
+from bench.harness.db import (  # noqa: E402
+    ACCOUNTS_OFF_THEIR_ENTRIES,
+    Databases,
+    settle,
+    with_database,  # noqa: E402
 )
-from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
+from bench.harness.machine import server_facts, server_url_and_facts  # noqa: E402
+from bench.harness.processes import (  # noqa: E402
+    REQUEST_TIMEOUT,
+    CeleryWorkers,
+    HttpClient,
+    HttpServer,
+    SpawnedPool,
+    migrate,
+    parse_counts,
+    run_command,
+    serve,
+    setup_django,
+)
+from bench.harness.report import (  # noqa: E402
+    VERDICTS,
+    Check,
+    at_least,
+    cpu_shares,
+    finish,
+    fmt,
+    print_checks,
+    print_machine,
+    progress,
+    target_ceiling,
+    target_floor,
+)
+from bench.harness.seeding import copy_field, create_meters  # noqa: E402
+from bench.harness.stats import latency_ms, ratio, sample_activity  # noqa: E402
 
 BENCH_DB = "billing_bench_ingest"
-bench_db = BENCH_DB  # the database of this run (--database-name), set by main()
 EVENT_NAME = "llm.completion"
 CUSTOMERS = 200
 PREPAID_EVERY = 5  # customers 0, 5, 10 … are prepaid; the others postpaid without a limit
@@ -179,10 +166,6 @@ NOOP_PATH = "/api/v1/meters?limit=1"
 IN_PROCESS_MIN_BATCHES = 2
 RAW_TABLE = "bench_raw_event"
 SERVER_APP_NAME = "bench-server"  # application_name of the server's database connections
-SAMPLE_INTERVAL = 0.05  # seconds between pg_stat_activity samples during a run
-START_TIMEOUT = 120.0  # for clients to start and to reach a barrier
-SERVER_START_TIMEOUT = 60.0
-REQUEST_TIMEOUT = 300.0
 
 SCENARIO_LABELS = {
     "warm-up": "warm-up (not counted)",
@@ -266,16 +249,6 @@ FEATURES = ("chat", "summarize", "agent", "search", "autocomplete")
 # --- configuration -----------------------------------------------------------------------
 
 
-def counts(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        parser.error(f"{option} must be comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        parser.error(f"{option} needs at least one count, each ≥ 1")
-    return values
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     cores = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -319,8 +292,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--seconds must be positive")
     if args.workers < 1 or args.threads < 1 or args.single_clients < 1:
         parser.error("--workers, --threads and --single-clients must be ≥ 1")
-    args.batch_counts = counts(parser, "--batch-clients", args.batch_clients)
-    args.authorize_counts = counts(parser, "--authorize-clients", args.authorize_clients)
+    args.batch_counts = parse_counts(parser, "--batch-clients", args.batch_clients)
+    args.authorize_counts = parse_counts(parser, "--authorize-clients", args.authorize_clients)
     if TARGET_AUTHORIZE_CLIENTS not in args.authorize_counts:
         args.authorize_counts = sorted({TARGET_AUTHORIZE_CLIENTS, *args.authorize_counts})
     return args
@@ -366,16 +339,7 @@ def seed() -> Seed:
     from metering import catalog
     from metering.models import ModelPrice
 
-    for code, name, aggregation, prop, unit in METERS:
-        services.create_meter(
-            code=code,
-            name=name,
-            event_name=EVENT_NAME,
-            aggregation=aggregation,
-            property=prop,
-            group_by=["model"],
-            unit=unit,
-        )
+    create_meters(METERS, event_name=EVENT_NAME)
     for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
         ModelPrice.objects.create(
             provider=provider,
@@ -584,36 +548,15 @@ class ClientResult:
     first_error: str = ""
 
 
-class Api:
-    """One keep-alive HTTP connection to the server (http.client reconnects by itself
-    after a response that closes it, as gunicorn's sync workers do)."""
-
-    def __init__(self, port: int, secret: str):
-        self.port = port
-        self.headers = {
-            "Authorization": f"Bearer {secret}",
-            "Content-Type": "application/json",
-            "User-Agent": "bench-ingest",
-            # as the TLS-terminating proxy in front of production says (else the production
-            # settings redirect plain HTTP to HTTPS)
-            "X-Forwarded-Proto": "https",
-        }
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, extra: dict | None = None
-    ) -> tuple[int, bytes]:
-        try:
-            headers = {**self.headers, **extra} if extra else self.headers
-            self.conn.request(method, path, body=body, headers=headers)
-            response = self.conn.getresponse()
-            return response.status, response.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()  # the next request opens a new connection
-            raise
-
-    def close(self) -> None:
-        self.conn.close()
+def api_headers(secret: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {secret}",
+        "Content-Type": "application/json",
+        "User-Agent": "bench-ingest",
+        # as the TLS-terminating proxy in front of production says (else the production
+        # settings redirect plain HTTP to HTTPS)
+        "X-Forwarded-Proto": "https",
+    }
 
 
 RAW_COLUMNS = (
@@ -709,15 +652,6 @@ def array_element(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def copy_field(value: Any) -> str:
-    text = _text(value)
-    if text is None:
-        return "\\N"
-    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
-        text = text.replace(raw, escaped)
-    return text
-
-
 class RawRows:
     """The rows, rendered once for each way of sending them (SQL literals, array elements,
     COPY text), so that a batch costs the client a few string joins: the ceiling is what
@@ -782,39 +716,19 @@ class RawRows:
         )
 
 
-def client_main(
-    index: int,
-    barriers: dict[int, Barrier],
-    commands: Queue[RunSpec | None],
-    results: Queue[tuple[str, Any]],
-) -> None:
+def client_main(index: int, barriers: Any, commands: Any, results: Any) -> None:
     """A client process: run each RunSpec it is sent, starting at the run's barrier."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    results.put(("ready", index))
-    prepared: Any = None
-    while (spec := commands.get()) is not None:
-        # The previous run's connection is closed only now: its PostgreSQL backend must
-        # outlive the main process's CPU accounting of that run.
-        if prepared is not None:
-            prepared.close()
-            prepared = None
-        failure: Exception | None = None
-        try:  # before the barrier: not timed
-            prepared = prepare_client(index, spec)
-        except Exception as exc:  # reported after the barrier, so the others do not hang
-            failure = exc
-        try:
-            barriers[spec.clients].wait(timeout=START_TIMEOUT)
-            if failure is not None:
-                raise failure
-            result = run_client(index, spec, prepared)
-        except Exception as exc:  # report, do not hang the main process
-            result = ClientResult(
-                index=index, problems={type(exc).__name__: 1}, first_error=repr(exc)
-            )
-        results.put(("result", result))
-    if prepared is not None:
-        prepared.close()
+    serve(
+        index,
+        barriers,
+        commands,
+        results,
+        prepare=lambda spec: prepare_client(index, spec),
+        run=lambda spec, prepared: run_client(index, spec, prepared),
+        failed=lambda exc: ClientResult(
+            index=index, problems={type(exc).__name__: 1}, first_error=repr(exc)
+        ),
+    )
 
 
 class RawClient:
@@ -835,7 +749,8 @@ class RawClient:
 def prepare_client(index: int, spec: RunSpec) -> Any:
     if spec.scenario in RAW_SCENARIOS:
         return RawClient(index, spec)
-    api = Api(spec.port, spec.api_secret)  # a fresh connection per run: no stale keep-alive
+    # a fresh connection per run: no stale keep-alive
+    api = HttpClient(spec.port, api_headers(spec.api_secret))
     api.conn.connect()
     return api
 
@@ -880,7 +795,7 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
             result.events += len(batch)
             continue
 
-        api: Api = prepared
+        api: HttpClient = prepared
         if spec.scenario == "noop":
             sent = time.perf_counter()
             try:
@@ -957,302 +872,30 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
     return result
 
 
-# --- the server --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """gunicorn serving billing.wsgi:application on 127.0.0.1, as in production (DEBUG off,
-    no autoreload), in its own session so that stop() ends it and all its workers."""
-
-    def __init__(self, *, args: argparse.Namespace, database_url: str, log_dir: Path):
-        self.workers = args.workers
-        self.worker_class = args.worker_class
-        self.threads = args.threads if args.worker_class == "gthread" else 1
-        self.database_url = database_url
-        self.log_path = log_dir / "gunicorn.log"
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def description(self) -> str:
-        threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
-        return f"gunicorn, {self.workers} {self.worker_class} workers{threads}"
-
-    def start(self, secret: str) -> None:
-        self.port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "billing.wsgi:application",
-            f"--bind=127.0.0.1:{self.port}",
-            f"--workers={self.workers}",
-            f"--worker-class={self.worker_class}",
-            f"--threads={self.threads}",
-            "--timeout=300",  # a batch may wait long for its customers' locks
-            "--graceful-timeout=10",
-            "--keep-alive=30",  # gthread: keep the clients' connections between requests
-            "--backlog=2048",
-            "--log-level=warning",
-            f"--chdir={REPO_DIR}",
-        ]
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "DJANGO_SETTINGS_MODULE": "billing.settings",
-            "DJANGO_DEBUG": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us, not it: stop() ends it
-            )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        api = Api(self.port, secret)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited ({self.process.returncode}):\n{self.log_tail()}"
-                )
-            try:
-                status, answer = api.request("GET", "/api/v1/models")
-                if status == 200:
-                    break
-                raise RuntimeError(f"server answered {status}: {answer[:300]!r}")
-            except (OSError, http.client.HTTPException):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server did not answer:\n{self.log_tail()}") from None
-                time.sleep(0.2)
-        api.close()
-
-    def pids(self) -> set[int]:
-        """The master and its workers (and the Celery worker that rates what is accepted
-        asynchronously, while it runs: the server's work too)."""
-        if self.process is None:
-            return set()
-        master = self.process.pid
-        pids = {master} | self.worker_pids()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                stat = read_stat(int(entry.name))
-                if stat is not None and stat[1] == master:
-                    pids.add(int(entry.name))
-        return pids
-
-    def start_worker(self) -> None:
-        """A Celery worker (solo pool) on the bench database and the broker."""
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "DJANGO_SETTINGS_MODULE": "billing.settings",
-            "DJANGO_DEBUG": "0",
-        }
-        with self.log_path.open("ab") as log:
-            self.worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "billing",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "--loglevel",
-                    "WARNING",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=REPO_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        time.sleep(3)  # let it connect to the broker before the run starts
-
-    def worker_pids(self) -> set[int]:
-        worker = getattr(self, "worker", None)
-        if worker is None or worker.poll() is not None:
-            return set()
-        pids = {worker.pid}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                stat = read_stat(int(entry.name))
-                if stat is not None and stat[1] == worker.pid:
-                    pids.add(int(entry.name))
-        return pids
-
-    def stop_worker(self) -> None:
-        worker = getattr(self, "worker", None)
-        if worker is None or worker.poll() is not None:
-            return
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
-
-    def stop(self, *, graceful: bool = True) -> None:
-        """TERM: workers finish their requests and exit; after an error or Ctrl-C, INT:
-        gunicorn's quick shutdown. Whatever is left after that is killed."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
-        try:
-            self.process.wait(timeout=20 if graceful else 5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 # --- the main process: running clients and watching them --------------------------------
 
 
-def read_stat(pid: int) -> tuple[str, int, float] | None:
-    """(command name, parent pid, CPU seconds used) of a process, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
-
-
-def cpu_by_process(server: set[int], clients: set[int]) -> dict[int, tuple[str, float]]:
-    """pid → (who it is, CPU seconds used so far), for every process on the machine."""
-    processes = {}
+def cpu_groups(server_groups: set[int], clients: set[int], bench_db: str) -> Classify:
+    """Who a process is: the server's workers (gunicorn's and the Celery worker's process
+    groups), the load clients, PostgreSQL (the bench database's backends and workers, and
+    the server's own processes; another database's are someone else's load), Redis, this
+    process, or other."""
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        stat = read_stat(pid)
-        if stat is None:
-            continue
-        name, _, seconds = stat
-        if pid in server:
-            group = "server workers"
-        elif pid in clients:
-            group = "load clients"
-        elif name.startswith("postgres"):
-            group = postgres_group(pid)
-        elif name.startswith("redis"):
-            group = "Redis"
-        elif pid == me:
-            group = "bench main"
-        else:
-            group = "other"
-        processes[pid] = (group, seconds)
-    return processes
 
+    def classify(pid: int, proc: Any, processes: dict[int, Any]) -> str:
+        if proc.pgrp in server_groups:
+            return "server workers"
+        if pid in clients:
+            return "load clients"
+        if proc.is_postgres:
+            return (
+                "PostgreSQL" if postgres_database(proc, processes) in (None, bench_db) else "other"
+            )
+        if proc.command.startswith("redis"):
+            return "Redis"
+        return "bench main" if pid == me else "other"
 
-def cpu_used(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    """CPU seconds used between two snapshots, by group. Per process: one that exited in
-    between is left out (its time is unknown), one that started is counted whole."""
-    groups: collections.Counter[str] = collections.Counter()
-    for pid, (group, seconds) in after.items():
-        groups[group] += seconds - before.get(pid, (group, 0.0))[1]
-    return dict(groups)
-
-
-def postgres_group(pid: int) -> str:
-    """A backend names its database in its title ("postgres: 15/main: user db host(port)
-    state"), an autovacuum worker too ("… autovacuum worker db"), a parallel worker its
-    leader ("… parallel worker for PID n"); another database's are someone else's load on
-    the machine."""
-    try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return "PostgreSQL"
-    words = title.split()
-    if len(words) >= 5 and words[0] == "postgres:" and ("(" in words[4] or "[local]" in words[4]):
-        database = words[3]
-    elif words[2:4] == ["autovacuum", "worker"] and len(words) >= 5:
-        database = words[4]
-    elif words[2:6] == ["parallel", "worker", "for", "PID"] and words[6:7] and words[6].isdigit():
-        return postgres_group(int(words[6])) if int(words[6]) != pid else "PostgreSQL"
-    else:
-        return "PostgreSQL"  # the postmaster, WAL writer, checkpointer …
-    return "PostgreSQL" if database == bench_db else "other"
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / ticks, sum(values[:8]) / ticks
-
-
-def normalise_query(query: str) -> str:
-    text = re.sub(r"\s+", " ", query).strip()
-    text = re.sub(r"\(\$\d+(?:, \$\d+)*\)(?:, \(\$\d+(?:, \$\d+)*\))+", "(…), …", text)
-    return text[:90]
-
-
-def sample_activity(
-    conn: psycopg.Connection[Any], names: list[str], seconds: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """What the backends named ``names`` are doing, sampled for ``seconds``: the share of
-    samples per wait event ("CPU" when active and not waiting; "client" when idle, i.e.
-    waiting for the server worker or client: Python, the network, the request loop), and
-    the share of active samples per statement."""
-    waits: collections.Counter[str] = collections.Counter()
-    statements: collections.Counter[str] = collections.Counter()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        rows = conn.execute(
-            "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
-            [bench_db, names],
-        ).fetchall()
-        for state, wait_type, wait_event, query in rows:
-            if state == "active":
-                waits[f"{wait_type}:{wait_event}" if wait_type else "CPU"] += 1
-                statements[normalise_query(query or "")] += 1
-            elif state == "idle in transaction":
-                waits["client (in transaction)"] += 1
-            else:
-                waits["client (between transactions)"] += 1
-        time.sleep(SAMPLE_INTERVAL)
-    total = sum(waits.values()) or 1
-    active = sum(statements.values()) or 1
-    return (
-        {label: round(n / total, 3) for label, n in waits.most_common()},
-        {label: round(n / active, 3) for label, n in statements.most_common(8)},
-    )
-
-
-def percentile_ms(ordered: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted seconds, in milliseconds."""
-    if not ordered:
-        return None
-    return round(ordered[max(1, math.ceil(q * len(ordered))) - 1] * 1000, 2)
+    return classify
 
 
 @dataclass
@@ -1286,139 +929,64 @@ class RunResult:
         return sum(n for status, n in self.statuses.items() if status.startswith("5"))
 
 
-class ClientPool:
-    """Spawned client processes, started once and reused by every run: a run with n
-    clients uses clients 0..n-1, which meet the main process at the barrier for n."""
+def run_scenario(
+    pool: SpawnedPool,
+    spec: RunSpec,
+    sampler: psycopg.Connection[Any],
+    server_groups: set[int],
+    bench_db: str,
+) -> RunResult:
+    """One run: clients 0..n-1 send from the barrier on; meanwhile the backends are
+    sampled; then their results, the CPU each group used, and the figures."""
+    pool.send(spec, spec.clients)
+    meter = CpuMeter(cpu_groups(server_groups, pool.pids, bench_db))
+    pool.start(spec.clients)
+    meter.start()
+    started = time.monotonic()
+    names = (
+        [f"bench-raw-{i}" for i in range(spec.clients)]
+        if spec.scenario in RAW_SCENARIOS
+        else [SERVER_APP_NAME]
+    )
+    waits, statements = sample_activity(sampler, bench_db, names, spec.seconds)
+    client_results: list[ClientResult] = pool.collect(spec.clients, spec.seconds + REQUEST_TIMEOUT)
+    cpu = meter.stop(time.monotonic() - started)
 
-    def __init__(self, size: int, client_counts: Sequence[int]):
-        # spawn, not fork: each client starts clean, with nothing of this process (least
-        # of all its Django connection) inherited.
-        context = mp.get_context("spawn")
-        self.barriers = {n: context.Barrier(n + 1) for n in client_counts}
-        self.results: Queue[tuple[str, Any]] = context.Queue()
-        self.commands: list[Queue[RunSpec | None]] = [context.Queue() for _ in range(size)]
-        self.processes = [
-            context.Process(
-                target=client_main,
-                args=(i, self.barriers, self.commands[i], self.results),
-                name=f"bench-client-{i}",
-                daemon=True,
-            )
-            for i in range(size)
-        ]
-        for process in self.processes:
-            process.start()
-        ready = 0
-        while ready < size:
-            kind, _ = self._get(START_TIMEOUT)
-            ready += kind == "ready"
-
-    @property
-    def pids(self) -> set[int]:
-        return {p.pid for p in self.processes if p.pid is not None}
-
-    def _get(self, timeout: float) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p.name for p in self.processes if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"client process(es) died: {', '.join(dead)}") from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError("clients did not answer in time") from None
-
-    def run(self, spec: RunSpec, sampler: psycopg.Connection[Any], server: Server) -> RunResult:
-        for i in range(spec.clients):
-            self.commands[i].put(spec)
-        server_pids, client_pids = server.pids(), self.pids
-        self.barriers[spec.clients].wait(timeout=START_TIMEOUT)
-        cpu_before, busy_before = cpu_by_process(server_pids, client_pids), machine_busy()
-        started = time.monotonic()
-        names = (
-            [f"bench-raw-{i}" for i in range(spec.clients)]
-            if spec.scenario in RAW_SCENARIOS
-            else [SERVER_APP_NAME]
-        )
-        waits, statements = sample_activity(sampler, names, spec.seconds)
-        client_results: list[ClientResult] = []
-        while len(client_results) < spec.clients:
-            kind, payload = self._get(spec.seconds + REQUEST_TIMEOUT)
-            if kind == "result":
-                client_results.append(payload)
-        wall = time.monotonic() - started
-        used = cpu_used(cpu_before, cpu_by_process(server_pids, client_pids))
-        busy_after = machine_busy()
-        capacity = wall * (os.cpu_count() or 1)
-        cpu_share = {
-            group: round(seconds / capacity, 3)
-            for group, seconds in sorted(used.items(), key=lambda kv: -kv[1])
-        }
-        busy = round((busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]), 3)
-
-        latencies = sorted(x for r in client_results for x in r.latencies)
-        statuses: collections.Counter[str] = collections.Counter()
-        problems: collections.Counter[str] = collections.Counter()
-        for r in client_results:
-            statuses.update(r.statuses)
-            problems.update(r.problems)
-        requests = sum(r.requests for r in client_results)
-        events = sum(r.events for r in client_results)
-        units = requests if spec.scenario in REQUEST_SCENARIOS else events
-        cpu_ms = {
-            group: round(used.get(group, 0.0) * 1000 / units, 3) if units else None
+    statuses: collections.Counter[str] = collections.Counter()
+    problems: collections.Counter[str] = collections.Counter()
+    for r in client_results:
+        statuses.update(r.statuses)
+        problems.update(r.problems)
+    requests = sum(r.requests for r in client_results)
+    events = sum(r.events for r in client_results)
+    units = requests if spec.scenario in REQUEST_SCENARIOS else events
+    # Every client started at the barrier; the run lasts until the last one finished.
+    seconds = max(r.elapsed for r in client_results) or spec.seconds
+    return RunResult(
+        scenario=spec.scenario,
+        clients=spec.clients,
+        requests=requests,
+        events=events,
+        seconds=round(seconds, 3),
+        events_per_second=round(events / seconds, 1),
+        requests_per_second=round(requests / seconds, 1),
+        latency_ms=latency_ms(x for r in client_results for x in r.latencies),
+        statuses=dict(statuses),
+        problems=dict(problems),
+        first_error=next((r.first_error for r in client_results if r.first_error), ""),
+        client_cpu_seconds=round(sum(r.cpu_seconds for r in client_results), 2),
+        cpu_share=cpu.share,
+        cpu_ms_per_event={
+            group: cpu.ms_per(group, units)
             for group in ("server workers", "PostgreSQL", "load clients")
-        }
-        # Every client started at the barrier; the run lasts until the last one finished.
-        seconds = max(r.elapsed for r in client_results) or spec.seconds
-        return RunResult(
-            scenario=spec.scenario,
-            clients=spec.clients,
-            requests=requests,
-            events=events,
-            seconds=round(seconds, 3),
-            events_per_second=round(events / seconds, 1),
-            requests_per_second=round(requests / seconds, 1),
-            latency_ms={
-                "p50": percentile_ms(latencies, 0.50),
-                "p90": percentile_ms(latencies, 0.90),
-                "p99": percentile_ms(latencies, 0.99),
-                "max": percentile_ms(latencies, 1.0),
-            },
-            statuses=dict(statuses),
-            problems=dict(problems),
-            first_error=next((r.first_error for r in client_results if r.first_error), ""),
-            client_cpu_seconds=round(sum(r.cpu_seconds for r in client_results), 2),
-            cpu_share=cpu_share,
-            cpu_ms_per_event=cpu_ms,
-            machine_busy=busy,
-            wait_events=waits,
-            statements=statements,
-        )
-
-    def close(self, *, graceful: bool = True) -> None:
-        """Let the clients finish; after an error or Ctrl-C, end them at once."""
-        if graceful:
-            for commands in self.commands:
-                commands.put(None)
-        for process in self.processes:
-            if graceful:
-                process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-        for process in self.processes:
-            process.join(timeout=10)
+        },
+        machine_busy=cpu.machine_busy,
+        wait_events=waits,
+        statements=statements,
+    )
 
 
 # --- checks ------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 def wallet_movement(conn: psycopg.Connection[Any], wallet_accounts: list[int]) -> Decimal:
@@ -1514,15 +1082,7 @@ def check_totals(conn: psycopg.Connection[Any]) -> list[Check]:
         "  JOIN metering_meter m ON m.id = d.meter_id WHERE m.code = 'requests'),"
         " (SELECT coalesce(sum(event_count), 0) FROM metering_modelusage)"
     ).fetchone()
-    mismatched = conn.execute(
-        "SELECT count(*) FROM ledger_account a"
-        " LEFT JOIN (SELECT account_id, sum(posted) AS posted FROM ledger_balance"
-        "            GROUP BY account_id) b ON b.account_id = a.id"
-        " LEFT JOIN (SELECT account_id, sum(amount) AS signed FROM ledger_entry"
-        "            GROUP BY account_id) e ON e.account_id = a.id"
-        " WHERE coalesce(b.posted, 0) <> coalesce(e.signed, 0)"
-        "       * CASE WHEN a.normal_balance = 'debit' THEN 1 ELSE -1 END"
-    ).fetchone()[0]
+    mismatched = conn.execute(ACCOUNTS_OFF_THEIR_ENTRIES).fetchone()[0]
     return [
         Check(
             "requests counters = events (period, daily, per model)",
@@ -1603,21 +1163,36 @@ def check_usage_transactions(conn: psycopg.Connection[Any]) -> list[Check]:
     ]
 
 
-def run_in_process(
-    seconds: float, customers: Sequence[str], server_pids: set[int], client_pids: set[int]
-) -> tuple[RunResult, float]:
+@dataclass
+class Bench:
+    """What the runs share: the bench database and a connection to it, the seed, the
+    HTTP server, the Celery worker (running during the asynchronous run), the clients."""
+
+    database: str
+    admin: psycopg.Connection[Any]
+    seeded: Seed
+    server: HttpServer
+    worker: CeleryWorkers
+    pool: SpawnedPool | None = None
+
+    @property
+    def server_groups(self) -> set[int]:
+        return {g for g in (self.server.group, *self.worker.groups) if g is not None}
+
+
+def run_in_process(bench: Bench, seconds: float) -> RunResult:
     """Batches of BATCH_SIZE rated by metering.rating.ingest_events in this process on the
     bench database: no HTTP, no JSON, no authentication. The events are drawn and parsed
     (billing.api's parse_event, as the batch view does) before each batch's timer starts;
     the rate and the CPU per event are those of ingest_events alone. One process, batches
-    one after another, for ``seconds`` (at least IN_PROCESS_MIN_BATCHES). Returns the run
-    and this process's CPU seconds in ingest_events."""
+    one after another, for ``seconds`` (at least IN_PROCESS_MIN_BATCHES)."""
     from django.db import connection
     from django.utils import timezone
 
     from billing.api.usage import parse_event
     from metering import rating
 
+    customers = bench.seeded.customers
     rng = random.Random("in-process/1/0")
     prefix = f"{run_prefix('in-process', 1)}0:"
     problems: collections.Counter[str] = collections.Counter()
@@ -1625,7 +1200,9 @@ def run_in_process(
     latencies: list[float] = []
     events = batches = 0
     rating_cpu = 0.0
-    cpu_before, busy_before = cpu_by_process(server_pids, client_pids), machine_busy()
+    clients = bench.pool.pids if bench.pool is not None else set()
+    meter = CpuMeter(cpu_groups(bench.server_groups, clients, bench.database))
+    meter.start()
     started = time.monotonic()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or batches < IN_PROCESS_MIN_BATCHES:
@@ -1635,10 +1212,10 @@ def run_in_process(
             parse_event(make_event(rng, f"{prefix}{batches}:{n}", customers), now=now)
             for n in range(BATCH_SIZE)
         ]
-        cpu, sent = time.process_time(), time.perf_counter()
+        cpu_started, sent = time.process_time(), time.perf_counter()
         outcomes = rating.ingest_events(parsed)
         latencies.append(time.perf_counter() - sent)
-        rating_cpu += time.process_time() - cpu
+        rating_cpu += time.process_time() - cpu_started
         for outcome in outcomes:
             if outcome.status == "accepted":
                 events += 1
@@ -1646,14 +1223,10 @@ def run_in_process(
                 code = outcome.error.code if outcome.error is not None else ""
                 problems[f"{outcome.status}:{code}"] += 1
                 first_error = first_error or f"{outcome.status} {outcome.error!r}"
-    wall = time.monotonic() - started
-    used = cpu_used(cpu_before, cpu_by_process(server_pids, client_pids))
-    busy_after = machine_busy()
+    cpu = meter.stop(time.monotonic() - started)
     connection.close()  # not to hold a backend through the runs that follow
     rated = sum(latencies)
-    capacity = wall * (os.cpu_count() or 1)
-    ordered = sorted(latencies)
-    result = RunResult(
+    return RunResult(
         scenario="in-process",
         clients=1,
         requests=batches,
@@ -1661,76 +1234,43 @@ def run_in_process(
         seconds=round(rated, 3),
         events_per_second=round(events / rated, 1) if rated else 0.0,
         requests_per_second=round(batches / rated, 1) if rated else 0.0,
-        latency_ms={
-            "p50": percentile_ms(ordered, 0.50),
-            "p90": percentile_ms(ordered, 0.90),
-            "p99": percentile_ms(ordered, 0.99),
-            "max": percentile_ms(ordered, 1.0),
-        },
+        latency_ms=latency_ms(latencies),
         statuses={},
         problems=dict(problems),
         first_error=first_error,
         client_cpu_seconds=0.0,
-        cpu_share={
-            group: round(secs / capacity, 3)
-            for group, secs in sorted(used.items(), key=lambda kv: -kv[1])
-        },
+        cpu_share=cpu.share,
         cpu_ms_per_event={
             "rating (this process)": round(rating_cpu * 1000 / events, 3) if events else None,
-            "PostgreSQL": round(used.get("PostgreSQL", 0.0) * 1000 / events, 3) if events else None,
+            "PostgreSQL": cpu.ms_per("PostgreSQL", events),
         },
-        machine_busy=round((busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]), 3),
+        machine_busy=cpu.machine_busy,
         wait_events={},
         statements={},
     )
-    return result, rating_cpu
 
 
-def settle(admin: psycopg.Connection[Any]) -> None:
-    """Before each run (not timed): statistics and plans for the tables as they are now,
-    as autovacuum would keep them (see "Statistics and cached plans" in the module
-    docstring), then no checkpoint pending."""
-    analyze(admin)
-    checkpoint(admin)
-
-
-def measure_in_process(
-    admin: psycopg.Connection[Any],
-    seeded: Seed,
-    seconds: float,
-    server_pids: set[int],
-    client_pids: set[int],
-) -> tuple[RunResult, list[Check]]:
-    settle(admin)
-    before = wallet_movement(admin, seeded.wallet_accounts)
-    result, _ = run_in_process(seconds, seeded.customers, server_pids, client_pids)
-    moved = wallet_movement(admin, seeded.wallet_accounts) - before
-    return result, check_ingest_run(admin, result, moved)
-
-
-def measure(
-    pool: ClientPool,
-    spec: RunSpec,
-    admin: psycopg.Connection[Any],
-    server: Server,
-    seeded: Seed,
-) -> tuple[RunResult, list[Check]]:
+def measure(bench: Bench, spec: RunSpec) -> tuple[RunResult, list[Check]]:
     """One run, and the checks of what it wrote."""
+    admin, wallets = bench.admin, bench.seeded.wallet_accounts
     settle(admin)
     if spec.scenario in RAW_SCENARIOS:
         admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(RAW_TABLE)))
-        result = pool.run(spec, admin, server)
+        result = run_scenario(bench.pool, spec, admin, bench.server_groups, bench.database)
         return result, check_raw_run(admin, result)
-    before = wallet_movement(admin, seeded.wallet_accounts)
+    before = wallet_movement(admin, wallets)
     rows_before = ledger_rows(admin)
-    result = pool.run(spec, admin, server)
-    if spec.scenario == "async":
+    if spec.scenario == "in-process":
+        result = run_in_process(bench, spec.seconds)
+    else:
+        result = run_scenario(bench.pool, spec, admin, bench.server_groups, bench.database)
+    if result.scenario == "async":
         drain_async(admin, result)
-    moved = wallet_movement(admin, seeded.wallet_accounts) - before
-    if spec.scenario in INGEST_SCENARIOS:
+    moved = wallet_movement(admin, wallets) - before
+    if result.scenario in INGEST_SCENARIOS:
         return result, check_ingest_run(admin, result, moved)
     rows_after = ledger_rows(admin)
-    label = f"{spec.scenario} × {spec.clients}"
+    label = f"{result.scenario} × {result.clients}"
     return result, [
         Check(
             f"{label}: wrote no event or entry",
@@ -1738,7 +1278,7 @@ def measure(
             f"events, entries {rows_before} → {rows_after}",
         ),
         Check(
-            f"{label}: every answer 200" + (", allowed" if spec.scenario == "authorize" else ""),
+            f"{label}: every answer 200" + (", allowed" if result.scenario == "authorize" else ""),
             not result.problems and result.server_errors == 0,
             json.dumps(result.problems) if result.problems else "0",
         ),
@@ -1838,12 +1378,6 @@ def report(
     def p99_of(run: RunResult | None) -> float | None:
         return run.latency_ms["p99"] if run else None
 
-    def at_least(value: float | None, target: float) -> bool | None:
-        return None if value is None else value >= target
-
-    def at_most(value: float | None, target: float) -> bool | None:
-        return None if value is None else value <= target
-
     def cpu_text(run: RunResult | None, groups: tuple[str, str]) -> str:
         """'a + b' CPU ms per event of two groups (the first: server or rating process)."""
         if run is None:
@@ -1866,19 +1400,10 @@ def report(
     }
 
     def floor(run: RunResult | None, value: float | None, target: float) -> dict[str, Any]:
-        """A target the value must reach (a ratio)."""
-        clients = run.clients if run else None
-        return {
-            "clients": clients,
-            "target": target,
-            "value": value,
-            "met": at_least(value, target),
-        }
+        return target_floor(value, target, clients=run.clients if run else None)
 
     def ceiling_of(run: RunResult | None, value: float | None, target: float) -> dict[str, Any]:
-        """A target the value must stay under (a latency)."""
-        clients = run.clients if run else None
-        return {"clients": clients, "target": target, "value": value, "met": at_most(value, target)}
+        return target_ceiling(value, target, clients=run.clients if run else None)
 
     targets = {
         "batch/raw_ceiling": {
@@ -1902,30 +1427,18 @@ def report(
     }
     targets_met = all(t["met"] for t in targets.values())
 
-    print()
-    print("Machine")
-    print(
-        f"  CPUs               {machine['cpu_count']} ({machine['cpus_usable']} usable), "
-        f"{machine['cpu_model']}"
+    print_machine(
+        machine,
+        settings=("synchronous_commit", "fsync", "shared_buffers", "autovacuum"),
+        lines=[
+            ("HTTP server", f"{server}, DEBUG off, 127.0.0.1"),
+            (
+                "run",
+                f"{args.seconds:g} s per run; {CUSTOMERS} customers ({seeded.prepaid} prepaid), "
+                f"plans {seeded.plans}; clients = spawned processes",
+            ),
+        ],
     )
-    print(f"  PostgreSQL         {machine['postgresql_version']}, {machine['database']}")
-    print(
-        f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
-        f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}, "
-        f"autovacuum={machine['autovacuum']}"
-    )
-    print(f"  Python             {machine['python']} on {machine['platform']}")
-    print(
-        "  load average       {} / {} / {} (1, 5, 15 min, at start)".format(
-            *machine["load_average"]
-        )
-    )
-    print(f"  HTTP server        {server}, DEBUG off, 127.0.0.1")
-    print(
-        f"  run                {args.seconds:g} s per run; {CUSTOMERS} customers "
-        f"({seeded.prepaid} prepaid), plans {seeded.plans}; clients = spawned processes"
-    )
-    print()
     width = max(len(label) for label in SCENARIO_LABELS.values()) + 2
     print(
         f"{'':<{width}}{'clients':>8}{'events/s':>11}{'requests/s':>12}"
@@ -1948,11 +1461,10 @@ def report(
             " its 'p50/p99' are per batch"
         )
     print()
-    verdict = {True: "MET", False: "NOT MET", None: "not measured"}
     print("Targets (issue 14) and ratios, all from this run")
 
     def verdict_of(key: str) -> str:
-        return verdict[targets[key]["met"]]
+        return VERDICTS[targets[key]["met"]]
 
     stretch = {True: "stretch met", False: "stretch not met", None: ""}[
         targets["batch/raw_ceiling"]["stretch_met"]
@@ -2067,10 +1579,10 @@ def report(
     print()
     print("Where the CPU went (share of all cores during each run) and the busiest statements")
     for r in runs:
-        shares = ", ".join(
-            f"{group} {share:.0%}" for group, share in r.cpu_share.items() if share >= 0.005
+        print(
+            f"  {r.scenario:>10} × {r.clients:>2}: busy {r.machine_busy:.0%} = "
+            f"{cpu_shares(r.cpu_share)}"
         )
-        print(f"  {r.scenario:>10} × {r.clients:>2}: busy {r.machine_busy:.0%} = {shares}")
         unit = "request" if r.scenario in REQUEST_SCENARIOS else "event"
         cost = ", ".join(
             f"{group} {ms:.2f}" for group, ms in r.cpu_ms_per_event.items() if ms is not None
@@ -2081,12 +1593,7 @@ def report(
         for statement, share in list(r.statements.items())[:3]:
             print(f"  {'':>15} {share:>4.0%} {statement}")
 
-    print()
-    print("Checks")
-    for check in checks:
-        print(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    ok = all(check.ok for check in checks)
-    print(f"Verification: {'OK' if ok else 'FAILED'}")
+    ok = print_checks(checks)
     for r in runs:
         if r.first_error:
             print(f"  first error in {r.scenario} × {r.clients}: {r.first_error}")
@@ -2135,53 +1642,35 @@ def report(
 # --- main --------------------------------------------------------------------------------
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks: the server stops
-
-
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    env_url = os.environ.get("DATABASE_URL")
-    server_url = env_url or devservices.database_url()
-    machine = machine_facts()
+    server_url, machine = server_url_and_facts()
     # The machine may be shared: its load when the bench starts says how quiet it was.
     machine["load_average"] = [round(x, 2) for x in os.getloadavg()]
     progress("load average at start: {} / {} / {} (1, 5, 15 min)".format(*machine["load_average"]))
-    machine["database"] = database_origin(env_url, server_url)
-    machine["database_embedded"] = machine["database"].startswith("embedded")
-    global bench_db
     bench_db = args.database_name
-    bench_url = with_database(server_url, bench_db)
 
-    with bench_database(server_url, bench_db, args.keep), tempfile.TemporaryDirectory() as log_dir:
-        # The Django parts (here and in the server) use the bench database, DEBUG off.
-        os.environ["DATABASE_URL"] = bench_url
-        os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
-        # The addresses production must be given (allowed hosts, the portal's URL), as
-        # `make bench-ingest` (devservices exec) sets them when run directly; then DEBUG off.
-        devservices.use_development_environment()
-        os.environ["DJANGO_DEBUG"] = "0"
-        os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
-        import django
-
-        django.setup()
-        from django.conf import settings
-        from django.core.management import call_command
-
-        # The server must not try to start an embedded Redis if none was given.
-        os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
-
+    with (
+        Databases(server_url, keep=args.keep) as databases,
+        tempfile.TemporaryDirectory() as log_dir,
+    ):
+        # The Django parts (here, in the server and in the worker) use the bench database.
+        setup_django(databases.create(bench_db))
         started = time.monotonic()
         progress(f"migrating {bench_db} …")
-        call_command("migrate", interactive=False, verbosity=0)
+        migrate()
         progress(f"seeding {CUSTOMERS} customers, meters, plans, catalog rows, an API key …")
         seeded = seed()
-        server = Server(
-            args=args,
-            database_url=with_database(server_url, bench_db, application_name=SERVER_APP_NAME),
+        server_db = with_database(server_url, bench_db, application_name=SERVER_APP_NAME)
+        server = HttpServer(
+            workers=args.workers,
+            worker_class=args.worker_class,
+            threads=args.threads,
+            database_url=server_db,
             log_dir=Path(log_dir),
         )
+        # Rates what is accepted asynchronously; its connections count as the server's.
+        worker = CeleryWorkers(database_url=server_db, log_dir=Path(log_dir))
         runs: list[RunResult] = []
         checks: list[Check] = []
         with psycopg.connect(
@@ -2197,15 +1686,17 @@ def main(argv: Sequence[str]) -> int:
             client_counts = sorted(
                 {args.single_clients, *args.batch_counts, *args.authorize_counts}
             )
-            pool: ClientPool | None = None
+            bench = Bench(bench_db, admin, seeded, server, worker)
             finished = False
             try:
-                server.start(seeded.api_secret)
-                pool = ClientPool(max(client_counts), client_counts)
+                server.start(probe="/api/v1/models", headers=api_headers(seeded.api_secret))
+                bench.pool = SpawnedPool(
+                    client_main, size=max(client_counts), counts=client_counts, kind="client"
+                )
                 progress(f"server on port {server.port}; {max(client_counts)} clients ready")
 
                 def run(spec: RunSpec) -> None:
-                    result, run_checks = measure(pool, spec, admin, server, seeded)
+                    result, run_checks = measure(bench, spec)
                     runs.append(result)
                     checks.extend(run_checks)
                     announce(result)
@@ -2225,22 +1716,18 @@ def main(argv: Sequence[str]) -> int:
                 # The HTTP floor, with as many clients as the single run, just before it.
                 run(http("noop", args.single_clients, args.seconds))
                 run(http("single", args.single_clients, args.seconds))
-                server.start_worker()
+                worker.start()
                 try:
+                    worker.wait_ready()
                     run(http("async", args.single_clients, args.seconds))
                 finally:
-                    server.stop_worker()
+                    worker.stop()
                 for clients in args.batch_counts:
                     run(http("batch", clients, args.seconds))
                 # Issue 14: the Idempotency-Key wrapper must not stretch one transaction over
                 # a batch; the same batches with the header, at the most clients, beside them.
                 run(http("batch-keyed", max(args.batch_counts), args.seconds))
-                result, run_checks = measure_in_process(
-                    admin, seeded, args.seconds, server.pids(), pool.pids
-                )
-                runs.append(result)
-                checks.extend(run_checks)
-                announce(result)
+                run(RunSpec(scenario="in-process", clients=1, seconds=args.seconds))
                 source = best(runs, ["batch"])
                 if source is not None and source.events:
                     for scenario in RAW_SCENARIOS:
@@ -2262,8 +1749,8 @@ def main(argv: Sequence[str]) -> int:
                 checks.extend(check_usage_transactions(admin))
                 finished = True
             finally:
-                if pool is not None:
-                    pool.close(graceful=finished)
+                if bench.pool is not None:
+                    bench.pool.close(graceful=finished)
                 server.stop(graceful=finished)
             if any(r.server_errors for r in runs):
                 progress(f"gunicorn log (last lines):\n{server.log_tail()}")
@@ -2277,16 +1764,8 @@ def main(argv: Sequence[str]) -> int:
             raw_indexes=raw_indexes,
         )
         progress(f"total {time.monotonic() - started:.1f} s")
-    print(json.dumps(summary), flush=True)
-    if not summary["verification_ok"]:
-        print("ingest benchmark: verification FAILED", file=sys.stderr)
-        return 1
-    return 0
+    return finish(summary)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:  # the server, the clients and the database are gone by now
-        progress("interrupted")
-        sys.exit(130)
+    run_command(main)
