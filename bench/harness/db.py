@@ -122,7 +122,7 @@ def settle(conn: psycopg.Connection[Any]) -> None:
     it). Without the ANALYZE a long-lived connection keeps the plans it cached while the
     tables were nearly empty — a trigger's statement, a foreign-key check — and a later run
     measures their sequential scans, not the product (docs/benchmarks.md, 2026-12-06: the
-    ingest batches at a third of their rate). In production autovacuum's analyze keeps
+    ingest batches at a third to a fifth of their rate). In production autovacuum's analyze keeps
     statistics and plans up to date; its own work is what these runs leave out."""
     analyze(conn)
     checkpoint(conn)
