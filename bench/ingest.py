@@ -61,63 +61,26 @@ CPU-bound (about 30 ms of worker CPU per single event), so threads add switching
 nothing to overlap, and keep-alive, which sync workers lack, saves little on loopback
 (production has a proxy in front for that). ``--worker-class gthread`` measures them.
 
-CPU figures come from /proc: per run, the CPU time each process used (a process that
-exits during a run is not counted), grouped as the server's workers, PostgreSQL (the
-bench database's backends, autovacuum and parallel workers, and the server's own
-processes), the clients, and "other" — anything else, e.g. another database's backends.
-A large "other" share means the machine was not ours alone; the CPU milliseconds per
-event stay comparable when it was.
-
-Statistics and cached plans
-    Each run starts with ANALYZE of the whole database, then a CHECKPOINT (neither is
-    timed). The database starts empty and grows by tens of thousands of events a minute,
-    and the PostgreSQL this was measured on runs with autovacuum off (a CI setting; the
-    report prints it). Without the ANALYZE the batch runs measured that, not the product
-    (2026-12-06, 2 cores): the server's database connections are opened in the warm-up, on
-    near-empty tables, and last through the batch runs (CONN_MAX_AGE is 60 s, the warm-up
-    to the end of the last batch run about 45 s), and the plans they cached then were
-    never invalidated — the statement of the sums-match-legs trigger (metering migration
-    0006; PL/pgSQL plans it once per session), with a sequential scan of metering_event
-    and of ledger_entry for every ledger transaction of a part, and the foreign-key check
-    of ledger_entry → ledger_transaction, with a sequential scan of ledger_transaction for
-    every entry. Their cost grew with the tables: the trigger took 0.4-0.5 ms per event at
-    2 clients and 1.6-2.3 at 4 (0.005 with the ANALYZE) and PostgreSQL 0.5-0.7 and 1-1.7
-    ms of CPU per event (0.12-0.15), while other batches queued on the advisory locks of
-    the transactions those scans held open. Back to back on a quiet machine: 1,529 and 912
-    events/s at 2 and 4 clients without the ANALYZE, 4,359 and 4,974 with it. 30-second
-    runs hid it by accident (the connections were renewed after 60 s), and so did a server
-    started on a database that had already grown. In production the tables are not empty,
-    autovacuum's analyze keeps statistics and plans up to date as they grow, and
-    connections are renewed every CONN_MAX_AGE. What the runs leave out is autovacuum's
-    own work — the analyzes, and vacuuming the insert-only event and ledger tables — a
-    real cost in production that a server with autovacuum off never pays; where it is on,
-    it counts as PostgreSQL here.
+CPU figures (bench/harness/cpu.py) are grouped as the server's workers (gunicorn's and,
+during the asynchronous run, the Celery worker's), PostgreSQL (the bench database's
+backends, autovacuum and parallel workers, and the server's own processes), the clients,
+and "other" — anything else, e.g. another database's backends. Each run starts with
+ANALYZE and a CHECKPOINT (not timed; bench/harness/db.py's settle() says why, and
+docs/benchmarks.md what the batch runs measured without the ANALYZE).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import http.client
 import json
-import math
-import multiprocessing as mp
 import os
-import queue
 import random
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,150 +93,59 @@ REPO_DIR = BENCH_DIR.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.common import (  # noqa: E402
-    analyze,
-    bench_database,
-    checkpoint,
-    database_origin,
-    fmt,
-    machine_facts,
-    progress,
-    ratio,
-    server_facts,
-    with_database,
+from bench.harness.cpu import Classify, CpuMeter, Proc, postgres_database  # noqa: E402
+from bench.harness.db import Databases, settle, with_database  # noqa: E402
+from bench.harness.machine import server_facts, server_url_and_facts  # noqa: E402
+from bench.harness.processes import (  # noqa: E402
+    REQUEST_TIMEOUT,
+    CeleryWorkers,
+    HttpServer,
+    SpawnedPool,
+    migrate,
+    parse_counts,
+    run_command,
+    setup_django,
 )
-from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
+from bench.harness.report import Check, finish, fmt, progress  # noqa: E402
+from bench.harness.stats import latency_ms, sample_activity  # noqa: E402
+from bench.ingest_load import (  # noqa: E402
+    BATCH_SIZE,
+    CUSTOMERS,
+    INGEST_SCENARIOS,
+    RAW_SCENARIOS,
+    REQUEST_SCENARIOS,
+    ClientResult,
+    RunSpec,
+    Seed,
+    api_headers,
+    client_main,
+    make_event,
+    run_prefix,
+    seed,
+)
+from bench.ingest_raw import RAW_TABLE, create_raw_table  # noqa: E402
+from bench.ingest_report import (  # noqa: E402
+    TARGET_AUTHORIZE_CLIENTS,
+    RunResult,
+    best,
+    check_ingest_run,
+    check_raw_run,
+    check_totals,
+    check_usage_transactions,
+    ledger_rows,
+    report,
+    wallet_movement,
+)
 
 BENCH_DB = "billing_bench_ingest"
-bench_db = BENCH_DB  # the database of this run (--database-name), set by main()
-EVENT_NAME = "llm.completion"
-CUSTOMERS = 200
-PREPAID_EVERY = 5  # customers 0, 5, 10 … are prepaid; the others postpaid without a limit
-PREPAID_FUNDS = Decimal("1000000.00")  # an event costs cents: never refused
-BATCH_SIZE = 1_000
 SINGLE_CLIENTS = 16
 WARM_UP_SECONDS = 1.0
-# The targets of issue 14, ratios taken in the same run (the raw ceiling itself varies 2×
-# between runs on shared machines).
-TARGET_BATCH_CLIENTS = 4
-TARGET_BATCH_VS_RAW = 0.2
-STRETCH_BATCH_VS_RAW = 0.35
-TARGET_BATCH_P99_MS = 500.0
-TARGET_SINGLE_VS_NOOP = 0.5
-# Asynchronous acceptance (Prefer: respond-async): single events answered 202 once stored,
-# rated by a Celery worker meanwhile; acceptance → balance moved, p99.
-TARGET_ASYNC_VS_NOOP = 0.8
-TARGET_ASYNC_RATED_P99_MS = 2000.0
 ASYNC_DRAIN_TIMEOUT = 120.0  # seconds to wait after the run for the worker to rate the rest
-TARGET_SINGLE_P99_MS = 100.0
-TARGET_AUTHORIZE_P99_MS = 20.0
-TARGET_AUTHORIZE_CLIENTS = 1
-# The HTTP floor: the cheapest authenticated route that touches no usage data. The same
-# authentication as POST /events (the API key's row read by its secret's hash, the scope
-# check, the Redis rate-limit counter), then one indexed read of at most two rows of a
-# configuration table (five meters here) and 236 bytes of JSON: 2 queries a request.
-# Counted through the test client on the bench's data (2026-12-06): a customer's detail
-# takes 8 queries and about 4× the time, the plans list 4, the subscriptions list 3,
-# /models?limit=1 2 but reads the price catalog and answers twice the bytes.
-NOOP_PATH = "/api/v1/meters?limit=1"
 IN_PROCESS_MIN_BATCHES = 2
-RAW_TABLE = "bench_raw_event"
 SERVER_APP_NAME = "bench-server"  # application_name of the server's database connections
-SAMPLE_INTERVAL = 0.05  # seconds between pg_stat_activity samples during a run
-START_TIMEOUT = 120.0  # for clients to start and to reach a barrier
-SERVER_START_TIMEOUT = 60.0
-REQUEST_TIMEOUT = 300.0
-
-SCENARIO_LABELS = {
-    "warm-up": "warm-up (not counted)",
-    "single": "(a) single events, POST /events",
-    "async": "(f) single events, Prefer: respond-async",
-    "batch": f"(b) batches of {BATCH_SIZE:,}, POST /events/batch",
-    "batch-keyed": "    the same, each with an Idempotency-Key",
-    "raw-values": "(c) raw INSERT … ON CONFLICT, VALUES",
-    "raw-unnest": "(c) raw INSERT … ON CONFLICT, unnest",
-    "copy": "    COPY (for scale)",
-    "authorize": "(d) POST /authorize",
-    "noop": f"(e) no-op: GET {NOOP_PATH}",
-    "in-process": f"    batches of {BATCH_SIZE:,} rated in process",
-}
-INGEST_SCENARIOS = ("warm-up", "single", "async", "batch", "batch-keyed", "in-process")
-REQUEST_SCENARIOS = ("authorize", "noop")  # figures per request; they write nothing
-RAW_SCENARIOS = ("raw-values", "raw-unnest", "copy")
-CEILING_SCENARIOS = ("raw-values", "raw-unnest")  # INSERT … ON CONFLICT: the issue's ceiling
-
-# The meters, as pricing/demo.yaml has them: (code, name, aggregation, property, unit).
-METERS = (
-    ("input_tokens", "Input tokens", "sum", "llm.input_tokens", "tokens"),
-    ("output_tokens", "Output tokens", "sum", "llm.output_tokens", "tokens"),
-    ("cached_input_tokens", "Cached input tokens", "sum", "llm.cache_read_tokens", "tokens"),
-    ("requests", "API requests", "count", "", "requests"),
-)
-
-# Catalog rows, as tests/conftest.py MODEL_PRICES has them (USD per million tokens):
-# provider, model, match, input, output, cache read, cache write, tiers.
-MODEL_PRICES = (
-    (
-        "openai",
-        "gpt-4o",
-        {"or": [{"equals": "gpt-4o"}, {"starts_with": "gpt-4o-2024"}]},
-        "2.5",
-        "10",
-        "1.25",
-        None,
-        [],
-    ),
-    ("openai", "gpt-4o-mini", {"starts_with": "gpt-4o-mini"}, "0.15", "0.6", "0.075", None, []),
-    (
-        "anthropic",
-        "claude-sonnet-4-5",
-        {"starts_with": "claude-sonnet-4-5"},
-        "3",
-        "15",
-        "0.3",
-        "3.75",
-        [],
-    ),
-    (
-        "google",
-        "gemini-2.5-pro",
-        {"starts_with": "gemini-2.5-pro"},
-        "1.25",
-        "10",
-        "0.125",
-        None,
-        [
-            {
-                "above_input_tokens": 200000,
-                "input_mtok": "2.5",
-                "output_mtok": "15",
-                "cache_read_mtok": "0.25",
-            }
-        ],
-    ),
-)
-
-# What the clients send: (provider, model name as the provider's response gives it, weight).
-MODEL_MIX = (
-    ("openai", "gpt-4o-mini-2024-07-18", 45),
-    ("openai", "gpt-4o-2024-08-06", 25),
-    ("anthropic", "claude-sonnet-4-5-20250929", 20),
-    ("google", "gemini-2.5-pro", 10),
-)
-FEATURES = ("chat", "summarize", "agent", "search", "autocomplete")
 
 
 # --- configuration -----------------------------------------------------------------------
-
-
-def counts(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        parser.error(f"{option} must be comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        parser.error(f"{option} needs at least one count, each ≥ 1")
-    return values
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -319,1305 +191,126 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--seconds must be positive")
     if args.workers < 1 or args.threads < 1 or args.single_clients < 1:
         parser.error("--workers, --threads and --single-clients must be ≥ 1")
-    args.batch_counts = counts(parser, "--batch-clients", args.batch_clients)
-    args.authorize_counts = counts(parser, "--authorize-clients", args.authorize_clients)
+    args.batch_counts = parse_counts(parser, "--batch-clients", args.batch_clients)
+    args.authorize_counts = parse_counts(parser, "--authorize-clients", args.authorize_clients)
     if TARGET_AUTHORIZE_CLIENTS not in args.authorize_counts:
         args.authorize_counts = sorted({TARGET_AUTHORIZE_CLIENTS, *args.authorize_counts})
     return args
 
 
-# --- the database ------------------------------------------------------------------------
-
-
-def create_raw_table(conn: psycopg.Connection[Any]) -> list[str]:
-    """The raw scenarios' table: metering_event's columns, defaults, identity and indexes
-    (LIKE copies no trigger and no foreign key). Returns the indexes it has."""
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE {} (LIKE metering_event INCLUDING DEFAULTS INCLUDING IDENTITY "
-            "INCLUDING INDEXES)"
-        ).format(sql.Identifier(RAW_TABLE))
-    )
-    rows = conn.execute(
-        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass "
-        "ORDER BY indexrelid",
-        [RAW_TABLE],
-    ).fetchall()
-    return [definition.split(" ON ", 1)[1] for (definition,) in rows]
-
-
-# --- the product's data ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Seed:
-    customers: list[str]  # external ids
-    prepaid: int
-    wallet_accounts: list[int]  # every customer's USD wallet (ledger account ids)
-    api_secret: str
-    plans: dict[str, int]  # plan code → customers on it
-
-
-def seed() -> Seed:
-    """Meters, catalog rows, two plans, the customers and an API key, through the services
-    (as the pricing file, the admin and the API would create them)."""
-    from billing import services
-    from billing.models import APIKey, BillingMode, ConsumptionModel, PriceModel, Wallet
-    from metering import catalog
-    from metering.models import ModelPrice
-
-    for code, name, aggregation, prop, unit in METERS:
-        services.create_meter(
-            code=code,
-            name=name,
-            event_name=EVENT_NAME,
-            aggregation=aggregation,
-            property=prop,
-            group_by=["model"],
-            unit=unit,
-        )
-    for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
-        ModelPrice.objects.create(
-            provider=provider,
-            model=model,
-            match=match,
-            position=position,
-            effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-            input_mtok=Decimal(inp),
-            output_mtok=Decimal(out),
-            cache_read_mtok=Decimal(read),
-            cache_write_mtok=Decimal(write) if write else None,
-            tiers=tiers,
-        )
-    catalog.invalidate()
-
-    charge, tier = services.ChargeSpec, services.TierSpec
-    # pricing/demo.yaml's payg: the provider's cost per model plus a margin.
-    payg, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code="bench-payg",
-            name="Pay as you go",
-            consumption_model=ConsumptionModel.BALANCE,
-            charges=(
-                charge(meter="input_tokens", margin_percent=Decimal(20)),
-                charge(meter="output_tokens", margin_percent=Decimal(20)),
-                charge(meter="cached_input_tokens", margin_percent=Decimal("10.5")),
-            ),
-        )
-    )
-    # demo.yaml's pro without the trial and with small allowances, so tiers are crossed.
-    graduated, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code="bench-graduated",
-            name="Graduated",
-            consumption_model=ConsumptionModel.METERED,
-            charges=(
-                charge(
-                    meter="input_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(100_000),
-                    tiers=(
-                        tier(up_to=Decimal(10_000_000), unit_price=Decimal("0.00000030")),
-                        tier(up_to=None, unit_price=Decimal("0.00000025")),
-                    ),
-                ),
-                charge(
-                    meter="output_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(20_000),
-                    tiers=(
-                        tier(up_to=Decimal(2_000_000), unit_price=Decimal("0.0000012")),
-                        tier(up_to=None, unit_price=Decimal("0.000001")),
-                    ),
-                ),
-                charge(meter="cached_input_tokens", unit_price=Decimal("0.000000075")),
-                charge(
-                    meter="requests",
-                    included_quantity=Decimal(100),
-                    unit_price=Decimal("0.00001"),
-                ),
-            ),
-        )
-    )
-
-    started = datetime.now(UTC) - timedelta(days=10)  # mid-period: no boundary in the runs
-    external_ids, plans = [], collections.Counter()
-    prepaid = 0
-    for i in range(CUSTOMERS):
-        is_prepaid = i % PREPAID_EVERY == 0
-        customer = services.create_customer(
-            external_id=f"bench-cus-{i:04d}",
-            name=f"Bench customer {i}",
-            billing_mode=BillingMode.PREPAID if is_prepaid else BillingMode.POSTPAID,
-        )
-        plan = graduated if i % PREPAID_EVERY == 1 else payg
-        services.create_subscription(customer=customer, plan=plan, start=started)
-        if is_prepaid:
-            services.top_up(customer=customer, amount=PREPAID_FUNDS, reference="bench-funding")
-            prepaid += 1
-        external_ids.append(customer.external_id)
-        plans[plan.code] += 1
-    key, secret = services.create_api_key(name="bench-ingest", scopes=["read", "ingest"])
-    # The per-key rate limit (6,000 a minute by default) would refuse the benchmark's load;
-    # the Redis counter it keeps is still incremented on every request, as in production.
-    APIKey.objects.filter(pk=key.pk).update(rate_limit_per_minute=2**31 - 1)
-    wallet_accounts = sorted(
-        Wallet.objects.filter(currency="USD").values_list("account_id", flat=True)
-    )
-    return Seed(
-        customers=external_ids,
-        prepaid=prepaid,
-        wallet_accounts=wallet_accounts,
-        api_secret=secret,
-        plans=dict(plans),
-    )
-
-
-# --- what the clients send ---------------------------------------------------------------
-
-
-def llm_usage(rng: random.Random, provider: str) -> dict[str, Any]:
-    """A usage object as the provider's API returns it."""
-    prompt = int(rng.lognormvariate(7.3, 0.9)) + 20  # median ≈ 1,500 tokens
-    output = int(rng.lognormvariate(5.5, 0.8)) + 1  # median ≈ 250 tokens
-    cached = 0
-    if prompt >= 1024 and rng.random() < 0.4:
-        cached = rng.randrange(1024, prompt + 1) // 128 * 128  # OpenAI caches in 128s
-    if provider == "openai":
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": output,
-            "total_tokens": prompt + output,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        }
-    if provider == "anthropic":
-        written = 0 if cached or rng.random() < 0.8 else min(prompt, 2048)
-        return {
-            "input_tokens": prompt - cached - written,
-            "cache_creation_input_tokens": written,
-            "cache_read_input_tokens": cached,
-            "output_tokens": output,
-            "service_tier": "standard",
-        }
-    return {  # Gemini's usageMetadata
-        "promptTokenCount": prompt,
-        "candidatesTokenCount": output,
-        "cachedContentTokenCount": cached,
-        "totalTokenCount": prompt + output,
-    }
-
-
-MODEL_CHOICES = [(provider, model) for provider, model, _ in MODEL_MIX]
-MODEL_WEIGHTS = [weight for *_, weight in MODEL_MIX]
-
-
-def utc_now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def make_event(rng: random.Random, key: str, customers: Sequence[str]) -> dict[str, Any]:
-    provider, model = rng.choices(MODEL_CHOICES, MODEL_WEIGHTS)[0]
-    return {
-        "idempotency_key": key,
-        "customer": customers[rng.randrange(len(customers))],
-        "event_name": EVENT_NAME,
-        "timestamp": utc_now_text(),
-        "properties": {
-            "provider": provider,
-            "model": model,
-            "usage": llm_usage(rng, provider),
-            "request_id": f"req_{rng.getrandbits(64):016x}",
-            "feature": FEATURES[rng.randrange(len(FEATURES))],
-            "end_user": f"user-{rng.randrange(10_000)}",
-        },
-    }
-
-
-def make_estimate(rng: random.Random, customers: Sequence[str]) -> dict[str, Any]:
-    provider, model = rng.choices(MODEL_CHOICES, MODEL_WEIGHTS)[0]
-    return {
-        "customer": customers[rng.randrange(len(customers))],
-        "provider": provider,
-        "model": model,
-        "input_tokens": int(rng.lognormvariate(7.3, 0.9)) + 20,
-        "max_output_tokens": 1024,
-    }
-
-
-def run_prefix(scenario: str, clients: int) -> str:
-    """Idempotency keys of a run start with this (no LIKE wildcards in it)."""
-    return f"{scenario}-{clients}:"
-
-
-# --- the clients (each in its own spawned process) ---------------------------------------
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    scenario: str
-    clients: int
-    seconds: float
-    port: int = 0
-    api_secret: str = ""
-    customers: tuple[str, ...] = ()
-    raw_url: str = ""  # raw scenarios: the database server
-    raw_database: str = ""  # raw scenarios: the bench database on it
-    raw_source: str = ""  # raw scenarios: key prefix of the batch run whose rows they insert
-
-
-@dataclass
-class ClientResult:
-    index: int
-    requests: int = 0
-    events: int = 0  # accepted (ingest), authorized (authorize) or rows inserted (raw)
-    elapsed: float = 0.0
-    cpu_seconds: float = 0.0  # this client's own CPU time during the run
-    latencies: list[float] = field(default_factory=list)  # seconds, one per request
-    statuses: dict[str, int] = field(default_factory=dict)  # HTTP status → responses
-    problems: dict[str, int] = field(default_factory=dict)  # error code → events or requests
-    first_error: str = ""
-
-
-class Api:
-    """One keep-alive HTTP connection to the server (http.client reconnects by itself
-    after a response that closes it, as gunicorn's sync workers do)."""
-
-    def __init__(self, port: int, secret: str):
-        self.port = port
-        self.headers = {
-            "Authorization": f"Bearer {secret}",
-            "Content-Type": "application/json",
-            "User-Agent": "bench-ingest",
-            # as the TLS-terminating proxy in front of production says (else the production
-            # settings redirect plain HTTP to HTTPS)
-            "X-Forwarded-Proto": "https",
-        }
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, extra: dict | None = None
-    ) -> tuple[int, bytes]:
-        try:
-            headers = {**self.headers, **extra} if extra else self.headers
-            self.conn.request(method, path, body=body, headers=headers)
-            response = self.conn.getresponse()
-            return response.status, response.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()  # the next request opens a new connection
-            raise
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-RAW_COLUMNS = (
-    "customer_id",
-    "idempotency_key",
-    "event_name",
-    "timestamp",
-    "properties",
-    "subscription_id",
-    "period_start",
-    "provider",
-    "model",
-    "model_price_id",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "currency",
-    "amount",
-    "cost",
-    "ledger_transaction_id",
-)
-RAW_ARRAY_TYPES = (
-    "bigint",
-    "text",
-    "text",
-    "timestamptz",
-    "jsonb",
-    "bigint",
-    "timestamptz",
-    "text",
-    "text",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "text",
-    "numeric",
-    "numeric",
-    "bigint",
-)
-_COLUMN_LIST = ", ".join(RAW_COLUMNS)
-_ON_CONFLICT = " ON CONFLICT (customer_id, idempotency_key) DO NOTHING"
-RAW_VALUES = f"INSERT INTO {RAW_TABLE} ({_COLUMN_LIST}) VALUES "  # + 1,000 rows of literals
-RAW_UNNEST = (
-    f"INSERT INTO {RAW_TABLE} ({_COLUMN_LIST}) SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in RAW_ARRAY_TYPES)
-    + ")"
-    + _ON_CONFLICT
-)
-RAW_COPY = f"COPY {RAW_TABLE} ({_COLUMN_LIST}) FROM STDIN"
-KEY_COLUMN = RAW_COLUMNS.index("idempotency_key")
-TRANSACTION_COLUMN = RAW_COLUMNS.index("ledger_transaction_id")
-assert KEY_COLUMN == 1 and TRANSACTION_COLUMN == len(RAW_COLUMNS) - 1  # RawRows relies on it
-
-
-def load_raw_rows(conn: psycopg.Connection[Any], spec: RunSpec, index: int) -> list[tuple]:
-    """This client's share of the rows the batch run wrote, exactly as they are stored."""
-    columns = ", ".join("properties::text" if c == "properties" else c for c in RAW_COLUMNS)
-    rows = conn.execute(
-        f"SELECT {columns} FROM metering_event WHERE left(idempotency_key, %s) = %s ORDER BY id",
-        [len(spec.raw_source), spec.raw_source],
-    ).fetchall()
-    conn.commit()
-    mine = rows[index :: spec.clients]
-    if not mine:
-        raise RuntimeError(f"no rows under {spec.raw_source!r} to insert")
-    return mine
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-def sql_literal(value: Any) -> str:
-    text = _text(value)
-    if text is None:
-        return "NULL"
-    if isinstance(value, int | Decimal):
-        return text
-    return "'" + text.replace("'", "''") + "'"  # standard_conforming_strings is on
-
-
-def array_element(value: Any) -> str:
-    text = _text(value)
-    if text is None:
-        return "NULL"
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def copy_field(value: Any) -> str:
-    text = _text(value)
-    if text is None:
-        return "\\N"
-    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
-        text = text.replace(raw, escaped)
-    return text
-
-
-class RawRows:
-    """The rows, rendered once for each way of sending them (SQL literals, array elements,
-    COPY text), so that a batch costs the client a few string joins: the ceiling is what
-    PostgreSQL takes, not how fast Python adapts 19,000 parameters. After a pass over the
-    rows they come again with a new idempotency key and ledger transaction id (both
-    unique in the table); those two columns (the second and the last) are rendered per
-    batch."""
-
-    def __init__(self, rows: list[tuple]):
-        self.keys = [row[KEY_COLUMN] for row in rows]
-        self.transactions = [row[TRANSACTION_COLUMN] for row in rows]
-        self.literals = [self._around(row, sql_literal, ", ") for row in rows]
-        self.copy_lines = [self._around(row, copy_field, "\t") for row in rows]
-        self.elements = [[array_element(row[c]) for row in rows] for c in range(len(RAW_COLUMNS))]
-        self.position = 0  # rows handed out so far, over all passes
-
-    @staticmethod
-    def _around(row: tuple, render: Any, separator: str) -> tuple[str, str]:
-        """(what precedes the key, what lies between the key and the transaction id)."""
-        parts = [render(value) for value in row]
-        return parts[0] + separator, separator + separator.join(parts[2:-1]) + separator
-
-    def next_batch(self) -> list[tuple[int, str, int | None]]:
-        """BATCH_SIZE × (row index, idempotency key, ledger transaction id)."""
-        batch = []
-        for position in range(self.position, self.position + BATCH_SIZE):
-            round_, i = divmod(position, len(self.keys))
-            key, transaction_id = self.keys[i], self.transactions[i]
-            if round_:
-                key = f"{key}~{round_}"
-                if transaction_id is not None:
-                    transaction_id += round_ * 10**12
-            batch.append((i, key, transaction_id))
-        self.position += BATCH_SIZE
-        return batch
-
-    def values_statement(self, batch: list[tuple[int, str, int | None]]) -> str:
-        rows = ", ".join(
-            f"({self.literals[i][0]}{sql_literal(key)}{self.literals[i][1]}"
-            f"{sql_literal(transaction_id)})"
-            for i, key, transaction_id in batch
-        )
-        return RAW_VALUES + rows + _ON_CONFLICT
-
-    def unnest_arrays(self, batch: list[tuple[int, str, int | None]]) -> list[str]:
-        arrays = []
-        for column, elements in enumerate(self.elements):
-            if column == KEY_COLUMN:
-                values = [array_element(key) for _, key, _ in batch]
-            elif column == TRANSACTION_COLUMN:
-                values = [array_element(t) for _, _, t in batch]
-            else:
-                values = [elements[i] for i, _, _ in batch]
-            arrays.append("{" + ",".join(values) + "}")
-        return arrays
-
-    def copy_text(self, batch: list[tuple[int, str, int | None]]) -> str:
-        return "".join(
-            f"{self.copy_lines[i][0]}{copy_field(key)}{self.copy_lines[i][1]}"
-            f"{copy_field(transaction_id)}\n"
-            for i, key, transaction_id in batch
-        )
-
-
-def client_main(
-    index: int,
-    barriers: dict[int, Barrier],
-    commands: Queue[RunSpec | None],
-    results: Queue[tuple[str, Any]],
-) -> None:
-    """A client process: run each RunSpec it is sent, starting at the run's barrier."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    results.put(("ready", index))
-    prepared: Any = None
-    while (spec := commands.get()) is not None:
-        # The previous run's connection is closed only now: its PostgreSQL backend must
-        # outlive the main process's CPU accounting of that run.
-        if prepared is not None:
-            prepared.close()
-            prepared = None
-        failure: Exception | None = None
-        try:  # before the barrier: not timed
-            prepared = prepare_client(index, spec)
-        except Exception as exc:  # reported after the barrier, so the others do not hang
-            failure = exc
-        try:
-            barriers[spec.clients].wait(timeout=START_TIMEOUT)
-            if failure is not None:
-                raise failure
-            result = run_client(index, spec, prepared)
-        except Exception as exc:  # report, do not hang the main process
-            result = ClientResult(
-                index=index, problems={type(exc).__name__: 1}, first_error=repr(exc)
-            )
-        results.put(("result", result))
-    if prepared is not None:
-        prepared.close()
-
-
-class RawClient:
-    """Plain psycopg with its defaults (statements prepared after 5 uses), autocommit off:
-    one transaction per batch."""
-
-    def __init__(self, index: int, spec: RunSpec):
-        self.conn = psycopg.connect(
-            with_database(spec.raw_url, spec.raw_database, application_name=f"bench-raw-{index}"),
-            autocommit=False,
-        )
-        self.rows = RawRows(load_raw_rows(self.conn, spec, index))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def prepare_client(index: int, spec: RunSpec) -> Any:
-    if spec.scenario in RAW_SCENARIOS:
-        return RawClient(index, spec)
-    api = Api(spec.port, spec.api_secret)  # a fresh connection per run: no stale keep-alive
-    api.conn.connect()
-    return api
-
-
-def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
-    result = ClientResult(index=index)
-    statuses: collections.Counter[str] = collections.Counter()
-    problems: collections.Counter[str] = collections.Counter()
-    rng = random.Random(f"{spec.scenario}/{spec.clients}/{index}")  # reproducible choices
-    prefix = f"{run_prefix(spec.scenario, spec.clients)}{index}:"
-    customers = spec.customers
-    cpu_started = time.process_time()
-    started = time.perf_counter()
-    deadline = started + spec.seconds
-    sequence = 0
-
-    def problem(code: str, message: str) -> None:
-        problems[code] += 1
-        result.first_error = result.first_error or message[:500]
-
-    while time.perf_counter() < deadline:
-        sequence += 1
-        if spec.scenario in RAW_SCENARIOS:
-            conn, rows = prepared.conn, prepared.rows
-            batch = rows.next_batch()
-            sent = time.perf_counter()
-            try:
-                if spec.scenario == "raw-values":
-                    conn.execute(rows.values_statement(batch))
-                elif spec.scenario == "raw-unnest":
-                    conn.execute(RAW_UNNEST, rows.unnest_arrays(batch))
-                else:
-                    with conn.cursor().copy(RAW_COPY) as copy:
-                        copy.write(rows.copy_text(batch))
-                conn.commit()
-            except psycopg.Error as exc:
-                conn.rollback()
-                problem(type(exc).__name__, repr(exc))
-                continue
-            result.latencies.append(time.perf_counter() - sent)
-            result.requests += 1
-            result.events += len(batch)
-            continue
-
-        api: Api = prepared
-        if spec.scenario == "noop":
-            sent = time.perf_counter()
-            try:
-                status, answer = api.request("GET", NOOP_PATH)
-            except (OSError, http.client.HTTPException) as exc:
-                problem(f"connection:{type(exc).__name__}", repr(exc))
-                continue
-            result.latencies.append(time.perf_counter() - sent)
-            result.requests += 1
-            statuses[str(status)] += 1
-            if status == 200:
-                result.events += 1
-            else:
-                problem(f"{status}", f"{status} {answer[:400]!r}")
-            continue
-        if spec.scenario in ("batch", "batch-keyed"):
-            path = "/api/v1/events/batch"
-            payload: Any = {
-                "events": [
-                    make_event(rng, f"{prefix}{sequence}:{n}", customers) for n in range(BATCH_SIZE)
-                ]
-            }
-        elif spec.scenario == "authorize":
-            path, payload = "/api/v1/authorize", make_estimate(rng, customers)
-        else:  # single, async, warm-up
-            path, payload = "/api/v1/events", make_event(rng, f"{prefix}{sequence}", customers)
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        extra = (
-            {"Prefer": "respond-async"}
-            if spec.scenario == "async"
-            else {"Idempotency-Key": f"{prefix}{sequence}"}
-            if spec.scenario == "batch-keyed"
-            else None
-        )
-        sent = time.perf_counter()
-        try:
-            status, answer = api.request("POST", path, body, extra)
-        except (OSError, http.client.HTTPException) as exc:
-            problem(f"connection:{type(exc).__name__}", repr(exc))
-            continue
-        result.latencies.append(time.perf_counter() - sent)
-        result.requests += 1
-        statuses[str(status)] += 1
-        if status >= 300:
-            try:
-                code = json.loads(answer)["error"]["code"]
-            except (ValueError, KeyError, TypeError):
-                code = "unparsed"
-            problem(f"{status}:{code}", f"{status} {answer[:400]!r}")
-            continue
-        if spec.scenario in ("batch", "batch-keyed"):
-            outcome = json.loads(answer)
-            result.events += outcome["accepted"]
-            if outcome["duplicates"]:
-                problem("duplicate", f"{outcome['duplicates']} duplicates in a batch")
-                problems["duplicate"] += outcome["duplicates"] - 1
-            if outcome["rejected"]:
-                for item in outcome["data"]:
-                    if item["status"] == "rejected":
-                        problem(f"rejected:{item['error']['code']}", json.dumps(item))
-        elif spec.scenario == "authorize":
-            if json.loads(answer).get("allowed") is True:
-                result.events += 1
-            else:
-                problem("not_allowed", answer.decode(errors="replace"))
-        elif status == 201 or (status == 202 and json.loads(answer).get("status") == "pending"):
-            result.events += 1
-        else:  # 200: an event already stored (keys are unique: should not happen)
-            problem("duplicate", answer.decode(errors="replace"))
-    result.elapsed = time.perf_counter() - started
-    result.cpu_seconds = time.process_time() - cpu_started
-    result.statuses = dict(statuses)
-    result.problems = dict(problems)
-    return result
-
-
-# --- the server --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """gunicorn serving billing.wsgi:application on 127.0.0.1, as in production (DEBUG off,
-    no autoreload), in its own session so that stop() ends it and all its workers."""
-
-    def __init__(self, *, args: argparse.Namespace, database_url: str, log_dir: Path):
-        self.workers = args.workers
-        self.worker_class = args.worker_class
-        self.threads = args.threads if args.worker_class == "gthread" else 1
-        self.database_url = database_url
-        self.log_path = log_dir / "gunicorn.log"
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def description(self) -> str:
-        threads = f" × {self.threads} threads" if self.worker_class == "gthread" else ""
-        return f"gunicorn, {self.workers} {self.worker_class} workers{threads}"
-
-    def start(self, secret: str) -> None:
-        self.port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "billing.wsgi:application",
-            f"--bind=127.0.0.1:{self.port}",
-            f"--workers={self.workers}",
-            f"--worker-class={self.worker_class}",
-            f"--threads={self.threads}",
-            "--timeout=300",  # a batch may wait long for its customers' locks
-            "--graceful-timeout=10",
-            "--keep-alive=30",  # gthread: keep the clients' connections between requests
-            "--backlog=2048",
-            "--log-level=warning",
-            f"--chdir={REPO_DIR}",
-        ]
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "DJANGO_SETTINGS_MODULE": "billing.settings",
-            "DJANGO_DEBUG": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us, not it: stop() ends it
-            )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        api = Api(self.port, secret)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited ({self.process.returncode}):\n{self.log_tail()}"
-                )
-            try:
-                status, answer = api.request("GET", "/api/v1/models")
-                if status == 200:
-                    break
-                raise RuntimeError(f"server answered {status}: {answer[:300]!r}")
-            except (OSError, http.client.HTTPException):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server did not answer:\n{self.log_tail()}") from None
-                time.sleep(0.2)
-        api.close()
-
-    def pids(self) -> set[int]:
-        """The master and its workers (and the Celery worker that rates what is accepted
-        asynchronously, while it runs: the server's work too)."""
-        if self.process is None:
-            return set()
-        master = self.process.pid
-        pids = {master} | self.worker_pids()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                stat = read_stat(int(entry.name))
-                if stat is not None and stat[1] == master:
-                    pids.add(int(entry.name))
-        return pids
-
-    def start_worker(self) -> None:
-        """A Celery worker (solo pool) on the bench database and the broker."""
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "DJANGO_SETTINGS_MODULE": "billing.settings",
-            "DJANGO_DEBUG": "0",
-        }
-        with self.log_path.open("ab") as log:
-            self.worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "billing",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "--loglevel",
-                    "WARNING",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=REPO_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        time.sleep(3)  # let it connect to the broker before the run starts
-
-    def worker_pids(self) -> set[int]:
-        worker = getattr(self, "worker", None)
-        if worker is None or worker.poll() is not None:
-            return set()
-        pids = {worker.pid}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                stat = read_stat(int(entry.name))
-                if stat is not None and stat[1] == worker.pid:
-                    pids.add(int(entry.name))
-        return pids
-
-    def stop_worker(self) -> None:
-        worker = getattr(self, "worker", None)
-        if worker is None or worker.poll() is not None:
-            return
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
-
-    def stop(self, *, graceful: bool = True) -> None:
-        """TERM: workers finish their requests and exit; after an error or Ctrl-C, INT:
-        gunicorn's quick shutdown. Whatever is left after that is killed."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
-        try:
-            self.process.wait(timeout=20 if graceful else 5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 # --- the main process: running clients and watching them --------------------------------
 
 
-def read_stat(pid: int) -> tuple[str, int, float] | None:
-    """(command name, parent pid, CPU seconds used) of a process, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
-
-
-def cpu_by_process(server: set[int], clients: set[int]) -> dict[int, tuple[str, float]]:
-    """pid → (who it is, CPU seconds used so far), for every process on the machine."""
-    processes = {}
+def cpu_groups(server_groups: set[int], clients: set[int], bench_db: str) -> Classify:
+    """Who a process is: the server's workers (gunicorn's and the Celery worker's process
+    groups), the load clients, PostgreSQL (the bench database's backends and workers, and
+    the server's own processes; another database's are someone else's load), Redis, this
+    process, or other."""
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        stat = read_stat(pid)
-        if stat is None:
-            continue
-        name, _, seconds = stat
-        if pid in server:
-            group = "server workers"
-        elif pid in clients:
-            group = "load clients"
-        elif name.startswith("postgres"):
-            group = postgres_group(pid)
-        elif name.startswith("redis"):
-            group = "Redis"
-        elif pid == me:
-            group = "bench main"
-        else:
-            group = "other"
-        processes[pid] = (group, seconds)
-    return processes
+
+    def classify(pid: int, proc: Proc, processes: dict[int, Proc]) -> str:
+        if proc.pgrp in server_groups:
+            return "server workers"
+        if pid in clients:
+            return "load clients"
+        if proc.is_postgres:
+            return (
+                "PostgreSQL" if postgres_database(proc, processes) in (None, bench_db) else "other"
+            )
+        if proc.command.startswith("redis"):
+            return "Redis"
+        return "bench main" if pid == me else "other"
+
+    return classify
 
 
-def cpu_used(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    """CPU seconds used between two snapshots, by group. Per process: one that exited in
-    between is left out (its time is unknown), one that started is counted whole."""
-    groups: collections.Counter[str] = collections.Counter()
-    for pid, (group, seconds) in after.items():
-        groups[group] += seconds - before.get(pid, (group, 0.0))[1]
-    return dict(groups)
+def run_scenario(
+    pool: SpawnedPool,
+    spec: RunSpec,
+    sampler: psycopg.Connection[Any],
+    server_groups: set[int],
+    bench_db: str,
+) -> RunResult:
+    """One run: clients 0..n-1 send from the barrier on; meanwhile the backends are
+    sampled; then their results, the CPU each group used, and the figures."""
+    pool.send(spec, spec.clients)
+    meter = CpuMeter(cpu_groups(server_groups, pool.pids, bench_db))
+    pool.start(spec.clients)
+    meter.start()
+    started = time.monotonic()
+    names = (
+        [f"bench-raw-{i}" for i in range(spec.clients)]
+        if spec.scenario in RAW_SCENARIOS
+        else [SERVER_APP_NAME]
+    )
+    waits, statements = sample_activity(sampler, bench_db, names, spec.seconds)
+    client_results: list[ClientResult] = pool.collect(spec.clients, spec.seconds + REQUEST_TIMEOUT)
+    cpu = meter.stop(time.monotonic() - started)
 
-
-def postgres_group(pid: int) -> str:
-    """A backend names its database in its title ("postgres: 15/main: user db host(port)
-    state"), an autovacuum worker too ("… autovacuum worker db"), a parallel worker its
-    leader ("… parallel worker for PID n"); another database's are someone else's load on
-    the machine."""
-    try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return "PostgreSQL"
-    words = title.split()
-    if len(words) >= 5 and words[0] == "postgres:" and ("(" in words[4] or "[local]" in words[4]):
-        database = words[3]
-    elif words[2:4] == ["autovacuum", "worker"] and len(words) >= 5:
-        database = words[4]
-    elif words[2:6] == ["parallel", "worker", "for", "PID"] and words[6:7] and words[6].isdigit():
-        return postgres_group(int(words[6])) if int(words[6]) != pid else "PostgreSQL"
-    else:
-        return "PostgreSQL"  # the postmaster, WAL writer, checkpointer …
-    return "PostgreSQL" if database == bench_db else "other"
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / ticks, sum(values[:8]) / ticks
-
-
-def normalise_query(query: str) -> str:
-    text = re.sub(r"\s+", " ", query).strip()
-    text = re.sub(r"\(\$\d+(?:, \$\d+)*\)(?:, \(\$\d+(?:, \$\d+)*\))+", "(…), …", text)
-    return text[:90]
-
-
-def sample_activity(
-    conn: psycopg.Connection[Any], names: list[str], seconds: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """What the backends named ``names`` are doing, sampled for ``seconds``: the share of
-    samples per wait event ("CPU" when active and not waiting; "client" when idle, i.e.
-    waiting for the server worker or client: Python, the network, the request loop), and
-    the share of active samples per statement."""
-    waits: collections.Counter[str] = collections.Counter()
-    statements: collections.Counter[str] = collections.Counter()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        rows = conn.execute(
-            "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
-            [bench_db, names],
-        ).fetchall()
-        for state, wait_type, wait_event, query in rows:
-            if state == "active":
-                waits[f"{wait_type}:{wait_event}" if wait_type else "CPU"] += 1
-                statements[normalise_query(query or "")] += 1
-            elif state == "idle in transaction":
-                waits["client (in transaction)"] += 1
-            else:
-                waits["client (between transactions)"] += 1
-        time.sleep(SAMPLE_INTERVAL)
-    total = sum(waits.values()) or 1
-    active = sum(statements.values()) or 1
-    return (
-        {label: round(n / total, 3) for label, n in waits.most_common()},
-        {label: round(n / active, 3) for label, n in statements.most_common(8)},
+    statuses: collections.Counter[str] = collections.Counter()
+    problems: collections.Counter[str] = collections.Counter()
+    for r in client_results:
+        statuses.update(r.statuses)
+        problems.update(r.problems)
+    requests = sum(r.requests for r in client_results)
+    events = sum(r.events for r in client_results)
+    units = requests if spec.scenario in REQUEST_SCENARIOS else events
+    # Every client started at the barrier; the run lasts until the last one finished.
+    seconds = max(r.elapsed for r in client_results) or spec.seconds
+    return RunResult(
+        scenario=spec.scenario,
+        clients=spec.clients,
+        requests=requests,
+        events=events,
+        seconds=round(seconds, 3),
+        events_per_second=round(events / seconds, 1),
+        requests_per_second=round(requests / seconds, 1),
+        latency_ms=latency_ms(x for r in client_results for x in r.latencies),
+        statuses=dict(statuses),
+        problems=dict(problems),
+        first_error=next((r.first_error for r in client_results if r.first_error), ""),
+        client_cpu_seconds=round(sum(r.cpu_seconds for r in client_results), 2),
+        cpu_share=cpu.share,
+        cpu_ms_per_event={
+            group: cpu.ms_per(group, units)
+            for group in ("server workers", "PostgreSQL", "load clients")
+        },
+        machine_busy=cpu.machine_busy,
+        wait_events=waits,
+        statements=statements,
     )
 
 
-def percentile_ms(ordered: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted seconds, in milliseconds."""
-    if not ordered:
-        return None
-    return round(ordered[max(1, math.ceil(q * len(ordered))) - 1] * 1000, 2)
-
-
 @dataclass
-class RunResult:
-    scenario: str
-    clients: int
-    requests: int
-    events: int
-    seconds: float
-    events_per_second: float
-    requests_per_second: float
-    latency_ms: dict[str, float | None]
-    statuses: dict[str, int]
-    problems: dict[str, int]
-    first_error: str
-    client_cpu_seconds: float
-    cpu_share: dict[str, float]  # share of the machine's CPU time during the run, by group
-    # CPU milliseconds per event (per request for authorize) of the server's workers, of
-    # PostgreSQL and of the clients: what an event costs, whatever else the machine runs
-    cpu_ms_per_event: dict[str, float | None]
-    machine_busy: float  # share of the machine's CPU time used during the run
-    wait_events: dict[str, float]  # share of backend samples per state/wait event
-    statements: dict[str, float]  # share of active backend samples per statement
-    # async: acceptance (the event's received_at) → its ledger transaction recorded, and
-    # how long after the run the worker took to rate what was still waiting
-    rated_ms: dict[str, float | None] | None = None
-    drain_seconds: float | None = None
+class Bench:
+    """What the runs share: the bench database and a connection to it, the seed, the
+    HTTP server, the Celery worker (running during the asynchronous run), the clients."""
+
+    database: str
+    admin: psycopg.Connection[Any]
+    seeded: Seed
+    server: HttpServer
+    worker: CeleryWorkers
+    pool: SpawnedPool | None = None
 
     @property
-    def server_errors(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status.startswith("5"))
+    def server_groups(self) -> set[int]:
+        return {g for g in (self.server.group, *self.worker.groups) if g is not None}
 
 
-class ClientPool:
-    """Spawned client processes, started once and reused by every run: a run with n
-    clients uses clients 0..n-1, which meet the main process at the barrier for n."""
-
-    def __init__(self, size: int, client_counts: Sequence[int]):
-        # spawn, not fork: each client starts clean, with nothing of this process (least
-        # of all its Django connection) inherited.
-        context = mp.get_context("spawn")
-        self.barriers = {n: context.Barrier(n + 1) for n in client_counts}
-        self.results: Queue[tuple[str, Any]] = context.Queue()
-        self.commands: list[Queue[RunSpec | None]] = [context.Queue() for _ in range(size)]
-        self.processes = [
-            context.Process(
-                target=client_main,
-                args=(i, self.barriers, self.commands[i], self.results),
-                name=f"bench-client-{i}",
-                daemon=True,
-            )
-            for i in range(size)
-        ]
-        for process in self.processes:
-            process.start()
-        ready = 0
-        while ready < size:
-            kind, _ = self._get(START_TIMEOUT)
-            ready += kind == "ready"
-
-    @property
-    def pids(self) -> set[int]:
-        return {p.pid for p in self.processes if p.pid is not None}
-
-    def _get(self, timeout: float) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p.name for p in self.processes if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"client process(es) died: {', '.join(dead)}") from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError("clients did not answer in time") from None
-
-    def run(self, spec: RunSpec, sampler: psycopg.Connection[Any], server: Server) -> RunResult:
-        for i in range(spec.clients):
-            self.commands[i].put(spec)
-        server_pids, client_pids = server.pids(), self.pids
-        self.barriers[spec.clients].wait(timeout=START_TIMEOUT)
-        cpu_before, busy_before = cpu_by_process(server_pids, client_pids), machine_busy()
-        started = time.monotonic()
-        names = (
-            [f"bench-raw-{i}" for i in range(spec.clients)]
-            if spec.scenario in RAW_SCENARIOS
-            else [SERVER_APP_NAME]
-        )
-        waits, statements = sample_activity(sampler, names, spec.seconds)
-        client_results: list[ClientResult] = []
-        while len(client_results) < spec.clients:
-            kind, payload = self._get(spec.seconds + REQUEST_TIMEOUT)
-            if kind == "result":
-                client_results.append(payload)
-        wall = time.monotonic() - started
-        used = cpu_used(cpu_before, cpu_by_process(server_pids, client_pids))
-        busy_after = machine_busy()
-        capacity = wall * (os.cpu_count() or 1)
-        cpu_share = {
-            group: round(seconds / capacity, 3)
-            for group, seconds in sorted(used.items(), key=lambda kv: -kv[1])
-        }
-        busy = round((busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]), 3)
-
-        latencies = sorted(x for r in client_results for x in r.latencies)
-        statuses: collections.Counter[str] = collections.Counter()
-        problems: collections.Counter[str] = collections.Counter()
-        for r in client_results:
-            statuses.update(r.statuses)
-            problems.update(r.problems)
-        requests = sum(r.requests for r in client_results)
-        events = sum(r.events for r in client_results)
-        units = requests if spec.scenario in REQUEST_SCENARIOS else events
-        cpu_ms = {
-            group: round(used.get(group, 0.0) * 1000 / units, 3) if units else None
-            for group in ("server workers", "PostgreSQL", "load clients")
-        }
-        # Every client started at the barrier; the run lasts until the last one finished.
-        seconds = max(r.elapsed for r in client_results) or spec.seconds
-        return RunResult(
-            scenario=spec.scenario,
-            clients=spec.clients,
-            requests=requests,
-            events=events,
-            seconds=round(seconds, 3),
-            events_per_second=round(events / seconds, 1),
-            requests_per_second=round(requests / seconds, 1),
-            latency_ms={
-                "p50": percentile_ms(latencies, 0.50),
-                "p90": percentile_ms(latencies, 0.90),
-                "p99": percentile_ms(latencies, 0.99),
-                "max": percentile_ms(latencies, 1.0),
-            },
-            statuses=dict(statuses),
-            problems=dict(problems),
-            first_error=next((r.first_error for r in client_results if r.first_error), ""),
-            client_cpu_seconds=round(sum(r.cpu_seconds for r in client_results), 2),
-            cpu_share=cpu_share,
-            cpu_ms_per_event=cpu_ms,
-            machine_busy=busy,
-            wait_events=waits,
-            statements=statements,
-        )
-
-    def close(self, *, graceful: bool = True) -> None:
-        """Let the clients finish; after an error or Ctrl-C, end them at once."""
-        if graceful:
-            for commands in self.commands:
-                commands.put(None)
-        for process in self.processes:
-            if graceful:
-                process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-        for process in self.processes:
-            process.join(timeout=10)
-
-
-# --- checks ------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def wallet_movement(conn: psycopg.Connection[Any], wallet_accounts: list[int]) -> Decimal:
-    """Σ of the customers' wallet entries (debits positive): what usage took from them."""
-    row = conn.execute(
-        "SELECT coalesce(sum(amount), 0) FROM ledger_entry WHERE account_id = ANY(%s)",
-        [wallet_accounts],
-    ).fetchone()
-    return Decimal(row[0])
-
-
-def ledger_rows(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM metering_event), (SELECT count(*) FROM ledger_entry)"
-    ).fetchone()
-    return int(row[0]), int(row[1])
-
-
-def check_ingest_run(conn: psycopg.Connection[Any], run: RunResult, moved: Decimal) -> list[Check]:
-    """After an ingest run: its accepted events are stored, each with its ledger
-    transaction, and what they were charged is what the wallets moved in the ledger."""
-    label = f"{run.scenario} × {run.clients}"
-    prefix = run_prefix(run.scenario, run.clients)
-    stored, charged, without_transaction = conn.execute(
-        "SELECT count(*), coalesce(sum(e.amount), 0), count(*) FILTER (WHERE t.id IS NULL) "
-        "FROM metering_event e LEFT JOIN ledger_transaction t ON t.id = e.ledger_transaction_id "
-        "WHERE left(e.idempotency_key, %s) = %s",
-        [len(prefix), prefix],
-    ).fetchone()
-    failed = dict(run.problems)
-    return [
-        Check(
-            f"{label}: event rows = events accepted",
-            stored == run.events,
-            f"{stored:,} rows, {run.events:,} accepted",
-        ),
-        Check(
-            f"{label}: every event has its ledger transaction",
-            without_transaction == 0,
-            f"{without_transaction} without",
-        ),
-        Check(
-            f"{label}: Σ event amounts = wallets' ledger movement",
-            Decimal(charged) == moved,
-            f"{Decimal(charged)} charged, wallets moved {moved}",
-        ),
-        Check(f"{label}: no 5xx", run.server_errors == 0, f"{run.server_errors}"),
-        Check(
-            f"{label}: nothing refused or failed",
-            not failed,
-            json.dumps(failed) if failed else "0",
-        ),
-    ]
-
-
-def check_raw_run(conn: psycopg.Connection[Any], run: RunResult) -> list[Check]:
-    """After a raw run: the table holds the rows reported, and its first pass over the
-    batch run's rows holds them exactly as metering_event does."""
-    label = f"{run.scenario} × {run.clients}"
-    rows, different = conn.execute(
-        sql.SQL(
-            "SELECT (SELECT count(*) FROM {table}), (SELECT count(*) FROM"
-            " (SELECT {columns} FROM {table} WHERE strpos(idempotency_key, '~') = 0"
-            "  EXCEPT SELECT {columns} FROM metering_event) AS d)"
-        ).format(
-            table=sql.Identifier(RAW_TABLE),
-            columns=sql.SQL(", ").join(map(sql.Identifier, RAW_COLUMNS)),
-        )
-    ).fetchone()
-    trouble = f", problems {run.problems}" if run.problems else ""
-    return [
-        Check(
-            f"{label}: rows = rows reported",
-            rows == run.events and not run.problems,
-            f"{rows:,} rows, {run.events:,} reported{trouble}",
-        ),
-        Check(
-            f"{label}: the batch run's rows, as stored",
-            different == 0,
-            f"{different} first-pass rows differ from metering_event's",
-        ),
-    ]
-
-
-def check_totals(conn: psycopg.Connection[Any]) -> list[Check]:
-    """After all runs: the counters rating keeps agree with the events, and every balance
-    row with its account's entries."""
-    events, period_requests, daily_requests, model_events = conn.execute(
-        "SELECT (SELECT count(*) FROM metering_event),"
-        " (SELECT coalesce(sum(u.quantity), 0) FROM metering_periodusage u"
-        "  JOIN metering_meter m ON m.id = u.meter_id WHERE m.code = 'requests'),"
-        " (SELECT coalesce(sum(d.quantity), 0) FROM metering_dailyusage d"
-        "  JOIN metering_meter m ON m.id = d.meter_id WHERE m.code = 'requests'),"
-        " (SELECT coalesce(sum(event_count), 0) FROM metering_modelusage)"
-    ).fetchone()
-    mismatched = conn.execute(
-        "SELECT count(*) FROM ledger_account a"
-        " LEFT JOIN (SELECT account_id, sum(posted) AS posted FROM ledger_balance"
-        "            GROUP BY account_id) b ON b.account_id = a.id"
-        " LEFT JOIN (SELECT account_id, sum(amount) AS signed FROM ledger_entry"
-        "            GROUP BY account_id) e ON e.account_id = a.id"
-        " WHERE coalesce(b.posted, 0) <> coalesce(e.signed, 0)"
-        "       * CASE WHEN a.normal_balance = 'debit' THEN 1 ELSE -1 END"
-    ).fetchone()[0]
-    return [
-        Check(
-            "requests counters = events (period, daily, per model)",
-            events == period_requests == daily_requests == model_events,
-            f"{events:,} events; {period_requests:,.0f} / {daily_requests:,.0f} / {model_events:,}",
-        ),
-        Check("balance rows = sum of entries", mismatched == 0, f"{mismatched} accounts off"),
-    ]
-
-
-def check_usage_transactions(conn: psycopg.Connection[Any]) -> list[Check]:
-    """After all runs, over every event: each usage ledger transaction's legs on the
-    customer's side are the sums of its events — per currency on the customer's wallet of
-    that currency (a debit, positive), and the events' tokens (input + cache read + cache
-    write + output) on its ``tokens:<customer id>`` account. Computed here from the tables,
-    independently of the database's own rule (migration metering/0006): a transaction with
-    an event and no leg, or a leg and no event, counts as a mismatch. Also: a transaction's
-    events are all one customer's."""
-    mismatched, transactions, events, example = conn.execute(
-        """
-        WITH tx AS (
-            SELECT DISTINCT ledger_transaction_id AS id FROM metering_event
-             WHERE ledger_transaction_id IS NOT NULL
-        ), from_events AS (  -- (transaction, account) → what its events say the leg is
-            SELECT e.ledger_transaction_id AS id, w.account_id, e.currency,
-                   sum(e.amount) AS total
-              FROM metering_event e
-              LEFT JOIN billing_wallet w
-                ON w.customer_id = e.customer_id AND w.currency = e.currency
-             WHERE e.ledger_transaction_id IS NOT NULL
-             GROUP BY 1, 2, 3
-            UNION ALL
-            SELECT e.ledger_transaction_id, a.id, 'TOKENS',
-                   sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens
-                       + e.output_tokens)
-              FROM metering_event e
-              LEFT JOIN ledger_account a
-                ON a.code = 'tokens:' || e.customer_id AND a.currency = 'TOKENS'
-             WHERE e.ledger_transaction_id IS NOT NULL
-             GROUP BY 1, 2
-        ), owned AS (  -- every wallet and tokens account
-            SELECT account_id AS id FROM billing_wallet
-            UNION SELECT id FROM ledger_account WHERE code LIKE 'tokens:%'
-        ), legs AS (  -- (transaction, account) → its entries on those accounts
-            SELECT en.transaction_id AS id, en.account_id, en.currency,
-                   sum(en.amount) AS total
-              FROM ledger_entry en JOIN tx ON tx.id = en.transaction_id
-             WHERE en.account_id IN (SELECT id FROM owned)
-             GROUP BY 1, 2, 3
-        ), compared AS (
-            SELECT coalesce(f.id, l.id) AS id, coalesce(f.currency, l.currency) AS currency,
-                   coalesce(f.total, 0) AS events_total, coalesce(l.total, 0) AS legs_total,
-                   f.account_id IS NULL AND coalesce(f.total, 0) <> 0 AS no_account
-              FROM from_events f
-              FULL JOIN legs l ON l.id = f.id AND l.account_id = f.account_id
-        ), one_customer AS (
-            SELECT ledger_transaction_id FROM metering_event
-             WHERE ledger_transaction_id IS NOT NULL
-             GROUP BY 1 HAVING count(DISTINCT customer_id) > 1
-        )
-        SELECT (SELECT count(*) FROM compared
-                 WHERE events_total <> legs_total OR no_account)
-               + (SELECT count(*) FROM one_customer),
-               (SELECT count(*) FROM tx),
-               (SELECT count(*) FROM metering_event WHERE ledger_transaction_id IS NOT NULL),
-               (SELECT format('transaction %s: events %s %s, legs %s', id, events_total,
-                              currency, legs_total)
-                  FROM compared WHERE events_total <> legs_total OR no_account LIMIT 1)
-        """
-    ).fetchone()
-    return [
-        Check(
-            "Σ events of each usage transaction = its legs (wallet per currency, tokens)",
-            mismatched == 0 and transactions > 0,
-            f"{transactions:,} transactions of {events:,} events, {mismatched} off"
-            + (f" ({example})" if example else ""),
-        )
-    ]
-
-
-def run_in_process(
-    seconds: float, customers: Sequence[str], server_pids: set[int], client_pids: set[int]
-) -> tuple[RunResult, float]:
+def run_in_process(bench: Bench, seconds: float) -> RunResult:
     """Batches of BATCH_SIZE rated by metering.rating.ingest_events in this process on the
     bench database: no HTTP, no JSON, no authentication. The events are drawn and parsed
     (billing.api's parse_event, as the batch view does) before each batch's timer starts;
     the rate and the CPU per event are those of ingest_events alone. One process, batches
-    one after another, for ``seconds`` (at least IN_PROCESS_MIN_BATCHES). Returns the run
-    and this process's CPU seconds in ingest_events."""
+    one after another, for ``seconds`` (at least IN_PROCESS_MIN_BATCHES)."""
     from django.db import connection
     from django.utils import timezone
 
     from billing.api.usage import parse_event
     from metering import rating
 
+    customers = bench.seeded.customers
     rng = random.Random("in-process/1/0")
     prefix = f"{run_prefix('in-process', 1)}0:"
     problems: collections.Counter[str] = collections.Counter()
@@ -1625,7 +318,9 @@ def run_in_process(
     latencies: list[float] = []
     events = batches = 0
     rating_cpu = 0.0
-    cpu_before, busy_before = cpu_by_process(server_pids, client_pids), machine_busy()
+    clients = bench.pool.pids if bench.pool is not None else set()
+    meter = CpuMeter(cpu_groups(bench.server_groups, clients, bench.database))
+    meter.start()
     started = time.monotonic()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or batches < IN_PROCESS_MIN_BATCHES:
@@ -1635,10 +330,10 @@ def run_in_process(
             parse_event(make_event(rng, f"{prefix}{batches}:{n}", customers), now=now)
             for n in range(BATCH_SIZE)
         ]
-        cpu, sent = time.process_time(), time.perf_counter()
+        cpu_started, sent = time.process_time(), time.perf_counter()
         outcomes = rating.ingest_events(parsed)
         latencies.append(time.perf_counter() - sent)
-        rating_cpu += time.process_time() - cpu
+        rating_cpu += time.process_time() - cpu_started
         for outcome in outcomes:
             if outcome.status == "accepted":
                 events += 1
@@ -1646,14 +341,10 @@ def run_in_process(
                 code = outcome.error.code if outcome.error is not None else ""
                 problems[f"{outcome.status}:{code}"] += 1
                 first_error = first_error or f"{outcome.status} {outcome.error!r}"
-    wall = time.monotonic() - started
-    used = cpu_used(cpu_before, cpu_by_process(server_pids, client_pids))
-    busy_after = machine_busy()
+    cpu = meter.stop(time.monotonic() - started)
     connection.close()  # not to hold a backend through the runs that follow
     rated = sum(latencies)
-    capacity = wall * (os.cpu_count() or 1)
-    ordered = sorted(latencies)
-    result = RunResult(
+    return RunResult(
         scenario="in-process",
         clients=1,
         requests=batches,
@@ -1661,76 +352,43 @@ def run_in_process(
         seconds=round(rated, 3),
         events_per_second=round(events / rated, 1) if rated else 0.0,
         requests_per_second=round(batches / rated, 1) if rated else 0.0,
-        latency_ms={
-            "p50": percentile_ms(ordered, 0.50),
-            "p90": percentile_ms(ordered, 0.90),
-            "p99": percentile_ms(ordered, 0.99),
-            "max": percentile_ms(ordered, 1.0),
-        },
+        latency_ms=latency_ms(latencies),
         statuses={},
         problems=dict(problems),
         first_error=first_error,
         client_cpu_seconds=0.0,
-        cpu_share={
-            group: round(secs / capacity, 3)
-            for group, secs in sorted(used.items(), key=lambda kv: -kv[1])
-        },
+        cpu_share=cpu.share,
         cpu_ms_per_event={
             "rating (this process)": round(rating_cpu * 1000 / events, 3) if events else None,
-            "PostgreSQL": round(used.get("PostgreSQL", 0.0) * 1000 / events, 3) if events else None,
+            "PostgreSQL": cpu.ms_per("PostgreSQL", events),
         },
-        machine_busy=round((busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]), 3),
+        machine_busy=cpu.machine_busy,
         wait_events={},
         statements={},
     )
-    return result, rating_cpu
 
 
-def settle(admin: psycopg.Connection[Any]) -> None:
-    """Before each run (not timed): statistics and plans for the tables as they are now,
-    as autovacuum would keep them (see "Statistics and cached plans" in the module
-    docstring), then no checkpoint pending."""
-    analyze(admin)
-    checkpoint(admin)
-
-
-def measure_in_process(
-    admin: psycopg.Connection[Any],
-    seeded: Seed,
-    seconds: float,
-    server_pids: set[int],
-    client_pids: set[int],
-) -> tuple[RunResult, list[Check]]:
-    settle(admin)
-    before = wallet_movement(admin, seeded.wallet_accounts)
-    result, _ = run_in_process(seconds, seeded.customers, server_pids, client_pids)
-    moved = wallet_movement(admin, seeded.wallet_accounts) - before
-    return result, check_ingest_run(admin, result, moved)
-
-
-def measure(
-    pool: ClientPool,
-    spec: RunSpec,
-    admin: psycopg.Connection[Any],
-    server: Server,
-    seeded: Seed,
-) -> tuple[RunResult, list[Check]]:
+def measure(bench: Bench, spec: RunSpec) -> tuple[RunResult, list[Check]]:
     """One run, and the checks of what it wrote."""
+    admin, wallets = bench.admin, bench.seeded.wallet_accounts
     settle(admin)
     if spec.scenario in RAW_SCENARIOS:
         admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(RAW_TABLE)))
-        result = pool.run(spec, admin, server)
+        result = run_scenario(bench.pool, spec, admin, bench.server_groups, bench.database)
         return result, check_raw_run(admin, result)
-    before = wallet_movement(admin, seeded.wallet_accounts)
+    before = wallet_movement(admin, wallets)
     rows_before = ledger_rows(admin)
-    result = pool.run(spec, admin, server)
-    if spec.scenario == "async":
+    if spec.scenario == "in-process":
+        result = run_in_process(bench, spec.seconds)
+    else:
+        result = run_scenario(bench.pool, spec, admin, bench.server_groups, bench.database)
+    if result.scenario == "async":
         drain_async(admin, result)
-    moved = wallet_movement(admin, seeded.wallet_accounts) - before
-    if spec.scenario in INGEST_SCENARIOS:
+    moved = wallet_movement(admin, wallets) - before
+    if result.scenario in INGEST_SCENARIOS:
         return result, check_ingest_run(admin, result, moved)
     rows_after = ledger_rows(admin)
-    label = f"{spec.scenario} × {spec.clients}"
+    label = f"{result.scenario} × {result.clients}"
     return result, [
         Check(
             f"{label}: wrote no event or entry",
@@ -1738,7 +396,7 @@ def measure(
             f"events, entries {rows_before} → {rows_after}",
         ),
         Check(
-            f"{label}: every answer 200" + (", allowed" if spec.scenario == "authorize" else ""),
+            f"{label}: every answer 200" + (", allowed" if result.scenario == "authorize" else ""),
             not result.problems and result.server_errors == 0,
             json.dumps(result.problems) if result.problems else "0",
         ),
@@ -1797,391 +455,38 @@ def announce(result: RunResult) -> None:
     )
 
 
-# --- the report --------------------------------------------------------------------------
-
-
-def best(runs: list[RunResult], scenarios: Sequence[str]) -> RunResult | None:
-    candidates = [r for r in runs if r.scenario in scenarios]
-    return max(candidates, key=lambda r: r.events_per_second, default=None)
-
-
-def report(
-    *,
-    args: argparse.Namespace,
-    machine: dict[str, Any],
-    seeded: Seed,
-    server: str,
-    runs: list[RunResult],
-    checks: list[Check],
-    raw_indexes: list[str],
-) -> dict[str, Any]:
-    measured = [r for r in runs if r.scenario != "warm-up"]
-    single = best(runs, ["single"])
-    asynchronous = best(runs, ["async"])
-    rated_p99 = asynchronous.rated_ms["p99"] if asynchronous and asynchronous.rated_ms else None
-    batches = {r.clients: r for r in runs if r.scenario == "batch"}
-    # The target is set at 4 clients; a run without them (--batch-clients) uses its best.
-    batch = batches.get(TARGET_BATCH_CLIENTS) or best(runs, ["batch"])
-    best_batch = best(runs, ["batch"])
-    keyed = best(runs, ["batch-keyed"])
-    in_process = best(runs, ["in-process"])
-    noop = best(runs, ["noop"])
-    ceiling = best(runs, CEILING_SCENARIOS)
-    copy = best(runs, ["copy"])
-    authorize = {r.clients: r for r in runs if r.scenario == "authorize"}
-    target_authorize = authorize.get(TARGET_AUTHORIZE_CLIENTS)
-    p99 = target_authorize.latency_ms["p99"] if target_authorize else None
-
-    def rate(run: RunResult | None) -> float | None:
-        return run.events_per_second if run else None
-
-    def p99_of(run: RunResult | None) -> float | None:
-        return run.latency_ms["p99"] if run else None
-
-    def at_least(value: float | None, target: float) -> bool | None:
-        return None if value is None else value >= target
-
-    def at_most(value: float | None, target: float) -> bool | None:
-        return None if value is None else value <= target
-
-    def cpu_text(run: RunResult | None, groups: tuple[str, str]) -> str:
-        """'a + b' CPU ms per event of two groups (the first: server or rating process)."""
-        if run is None:
-            return "—"
-        return " + ".join(fmt(run.cpu_ms_per_event.get(g), "{:.3f}") for g in groups)
-
-    noop_rate = noop.requests_per_second if noop else None
-    ratios = {
-        "batch/raw_ceiling": ratio(rate(batch), rate(ceiling)),
-        "single/noop": ratio(rate(single), noop_rate),
-        "async/noop": ratio(rate(asynchronous), noop_rate),
-        "in_process/raw_ceiling": ratio(rate(in_process), rate(ceiling)),
-        "batch/in_process": ratio(rate(batch), rate(in_process)),
-        "batch_keyed/batch": ratio(
-            rate(keyed), rate(batches.get(keyed.clients) if keyed else None)
-        ),
-        "single/raw_ceiling": ratio(rate(single), rate(ceiling)),
-        "batch/copy": ratio(rate(batch), rate(copy)),
-        "raw_ceiling/copy": ratio(rate(ceiling), rate(copy)),
-    }
-
-    def floor(run: RunResult | None, value: float | None, target: float) -> dict[str, Any]:
-        """A target the value must reach (a ratio)."""
-        clients = run.clients if run else None
-        return {
-            "clients": clients,
-            "target": target,
-            "value": value,
-            "met": at_least(value, target),
-        }
-
-    def ceiling_of(run: RunResult | None, value: float | None, target: float) -> dict[str, Any]:
-        """A target the value must stay under (a latency)."""
-        clients = run.clients if run else None
-        return {"clients": clients, "target": target, "value": value, "met": at_most(value, target)}
-
-    targets = {
-        "batch/raw_ceiling": {
-            **floor(batch, ratios["batch/raw_ceiling"], TARGET_BATCH_VS_RAW),
-            "stretch": STRETCH_BATCH_VS_RAW,
-            "stretch_met": at_least(ratios["batch/raw_ceiling"], STRETCH_BATCH_VS_RAW),
-        },
-        "batch_p99_ms": ceiling_of(batch, p99_of(batch), TARGET_BATCH_P99_MS),
-        "single/noop": floor(single, ratios["single/noop"], TARGET_SINGLE_VS_NOOP),
-        "single_p99_ms": ceiling_of(single, p99_of(single), TARGET_SINGLE_P99_MS),
-        "async/noop": floor(asynchronous, ratios["async/noop"], TARGET_ASYNC_VS_NOOP),
-        "async_accepted_to_posted_p99_ms": ceiling_of(
-            asynchronous, rated_p99, TARGET_ASYNC_RATED_P99_MS
-        ),
-        "authorize_p99_ms": {
-            "clients": TARGET_AUTHORIZE_CLIENTS,
-            "target": TARGET_AUTHORIZE_P99_MS,
-            "value": p99,
-            "met": None if p99 is None else p99 < TARGET_AUTHORIZE_P99_MS,
-        },
-    }
-    targets_met = all(t["met"] for t in targets.values())
-
-    print()
-    print("Machine")
-    print(
-        f"  CPUs               {machine['cpu_count']} ({machine['cpus_usable']} usable), "
-        f"{machine['cpu_model']}"
-    )
-    print(f"  PostgreSQL         {machine['postgresql_version']}, {machine['database']}")
-    print(
-        f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
-        f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}, "
-        f"autovacuum={machine['autovacuum']}"
-    )
-    print(f"  Python             {machine['python']} on {machine['platform']}")
-    print(
-        "  load average       {} / {} / {} (1, 5, 15 min, at start)".format(
-            *machine["load_average"]
-        )
-    )
-    print(f"  HTTP server        {server}, DEBUG off, 127.0.0.1")
-    print(
-        f"  run                {args.seconds:g} s per run; {CUSTOMERS} customers "
-        f"({seeded.prepaid} prepaid), plans {seeded.plans}; clients = spawned processes"
-    )
-    print()
-    width = max(len(label) for label in SCENARIO_LABELS.values()) + 2
-    print(
-        f"{'':<{width}}{'clients':>8}{'events/s':>11}{'requests/s':>12}"
-        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-    )
-    for r in measured:
-        events = "—" if r.scenario in REQUEST_SCENARIOS else fmt(r.events_per_second)
-        mark = " *" if r in (batch, ceiling, noop, single) else ""
-        print(
-            f"{SCENARIO_LABELS[r.scenario]:<{width}}{r.clients:>8}{events:>11}"
-            f"{fmt(r.requests_per_second, '{:,.1f}'):>12}"
-            f"{fmt(r.latency_ms['p50'], '{:.1f}'):>9}{fmt(r.latency_ms['p99'], '{:.1f}'):>9}"
-            f"{fmt(r.latency_ms['max'], '{:.1f}'):>9}{mark}"
-        )
-    print("  * the runs the targets compare (batch ÷ raw ceiling, single ÷ no-op)")
-    if in_process is not None:
-        print(
-            f"  in process: {in_process.requests} batches one after another in the bench"
-            " process, timed around metering.rating.ingest_events (no HTTP, JSON, auth);"
-            " its 'p50/p99' are per batch"
-        )
-    print()
-    verdict = {True: "MET", False: "NOT MET", None: "not measured"}
-    print("Targets (issue 14) and ratios, all from this run")
-
-    def verdict_of(key: str) -> str:
-        return verdict[targets[key]["met"]]
-
-    stretch = {True: "stretch met", False: "stretch not met", None: ""}[
-        targets["batch/raw_ceiling"]["stretch_met"]
-    ]
-    batch_clients = batch.clients if batch else "—"
-    single_clients = single.clients if single else "—"
-    lines = [
-        (
-            f"batch ({batch_clients} clients) ÷ raw ceiling "
-            f"({ceiling.scenario if ceiling else '—'}, {fmt(rate(ceiling))}/s)",
-            fmt(ratios["batch/raw_ceiling"], "{:.3f}"),
-            f"target ≥ {TARGET_BATCH_VS_RAW} (stretch {STRETCH_BATCH_VS_RAW}): "
-            f"{verdict_of('batch/raw_ceiling')}, {stretch}",
-        ),
-        (
-            f"batch ({batch_clients} clients) request p99",
-            fmt(p99_of(batch), "{:.1f} ms"),
-            f"target ≤ {TARGET_BATCH_P99_MS:g} ms: {verdict_of('batch_p99_ms')}",
-        ),
-        (
-            f"batch ({batch_clients} clients) events/s, HTTP",
-            fmt(rate(batch)),
-            f"in process (1 process, no HTTP): {fmt(rate(in_process))}/s",
-        ),
-        (
-            "CPU ms per event, HTTP batch",
-            cpu_text(batch, ("server workers", "PostgreSQL")),
-            f"in process: {cpu_text(in_process, ('rating (this process)', 'PostgreSQL'))}",
-        ),
-        (
-            f"batch with Idempotency-Key ({keyed.clients if keyed else '—'} clients) ÷ without",
-            fmt(ratios["batch_keyed/batch"], "{:.3f}"),
-            f"for information: {fmt(rate(keyed))} events/s, p99 {fmt(p99_of(keyed), '{:.1f}')} ms",
-        ),
-        (
-            "in process ÷ raw ceiling",
-            fmt(ratios["in_process/raw_ceiling"], "{:.3f}"),
-            "for information (1 process vs the ceiling's clients)",
-        ),
-        (
-            f"single ({single_clients} clients) ÷ no-op "
-            f"({noop.clients if noop else '—'} clients, {fmt(noop_rate)} req/s)",
-            fmt(ratios["single/noop"], "{:.3f}"),
-            f"target ≥ {TARGET_SINGLE_VS_NOOP}: {verdict_of('single/noop')}",
-        ),
-        (
-            f"single ({single_clients} clients) request p99",
-            fmt(p99_of(single), "{:.1f} ms"),
-            f"target ≤ {TARGET_SINGLE_P99_MS:g} ms: {verdict_of('single_p99_ms')}",
-        ),
-        (
-            f"async single ({single_clients} clients) ÷ no-op",
-            fmt(ratios["async/noop"], "{:.3f}"),
-            f"target ≥ {TARGET_ASYNC_VS_NOOP}: {verdict_of('async/noop')}",
-        ),
-        (
-            "async: accepted → posted p99",
-            fmt(rated_p99, "{:.0f} ms"),
-            f"target ≤ {TARGET_ASYNC_RATED_P99_MS:g} ms: "
-            f"{verdict_of('async_accepted_to_posted_p99_ms')}",
-        ),
-        (
-            f"/authorize p99, {TARGET_AUTHORIZE_CLIENTS} client",
-            fmt(p99, "{:.1f} ms"),
-            f"target < {TARGET_AUTHORIZE_P99_MS:g} ms: {verdict_of('authorize_p99_ms')}",
-        ),
-        (
-            f"single ({single_clients} clients) ÷ raw ceiling",
-            fmt(ratios["single/raw_ceiling"], "{:.3f}"),
-            "for information",
-        ),
-        ("raw ceiling ÷ COPY", fmt(ratios["raw_ceiling/copy"], "{:.3f}"), "for scale"),
-    ]
-    if best_batch is not None and best_batch is not batch:
-        lines.append(
-            (
-                f"best batch ({best_batch.clients} clients) ÷ raw ceiling",
-                fmt(ratio(rate(best_batch), rate(ceiling)), "{:.3f}"),
-                "for information",
-            )
-        )
-    for clients, r in sorted(authorize.items()):
-        if clients != TARGET_AUTHORIZE_CLIENTS:
-            lines.append(
-                (
-                    f"/authorize p99, {clients} clients",
-                    fmt(r.latency_ms["p99"], "{:.1f} ms"),
-                    "for information: mostly queueing for a CPU",
-                )
-            )
-    label_width = max(len(label) for label, _, _ in lines)
-    for label, value, note in lines:
-        print(f"  {label:<{label_width}}  {value:>9}   {note}")
-    print(f"  all targets met: {'yes' if targets_met else 'no'}")
-    if batch is not None and targets["batch_p99_ms"]["met"] is False:
-        # Little's law: with every client always waiting on one batch, a batch takes
-        # clients × size ÷ rate on average, so the p99 bound sets a floor on the rate.
-        needed = batch.clients * BATCH_SIZE / (TARGET_BATCH_P99_MS / 1000)
-        print(
-            f"  note: {batch.clients} clients each with a batch of {BATCH_SIZE:,} in flight: a "
-            f"p99 ≤ {TARGET_BATCH_P99_MS:g} ms needs ≥ {needed:,.0f} events/s (Little's law); "
-            f"measured {fmt(rate(batch))}"
-        )
-
-    crowded = [f"{r.scenario} × {r.clients}" for r in runs if r.cpu_share.get("other", 0) > 0.1]
-    if crowded:
-        print()
-        print(
-            "  Note: other work took more than 10 % of the machine during "
-            f"{', '.join(crowded)}; those figures are lower than on an idle machine."
-        )
-    print()
-    print("Where the CPU went (share of all cores during each run) and the busiest statements")
-    for r in runs:
-        shares = ", ".join(
-            f"{group} {share:.0%}" for group, share in r.cpu_share.items() if share >= 0.005
-        )
-        print(f"  {r.scenario:>10} × {r.clients:>2}: busy {r.machine_busy:.0%} = {shares}")
-        unit = "request" if r.scenario in REQUEST_SCENARIOS else "event"
-        cost = ", ".join(
-            f"{group} {ms:.2f}" for group, ms in r.cpu_ms_per_event.items() if ms is not None
-        )
-        print(f"  {'':>15} CPU ms per {unit}: {cost}")
-        top = ", ".join(f"{label} {share:.0%}" for label, share in list(r.wait_events.items())[:4])
-        print(f"  {'':>15} backends: {top or 'no samples'}")
-        for statement, share in list(r.statements.items())[:3]:
-            print(f"  {'':>15} {share:>4.0%} {statement}")
-
-    print()
-    print("Checks")
-    for check in checks:
-        print(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    ok = all(check.ok for check in checks)
-    print(f"Verification: {'OK' if ok else 'FAILED'}")
-    for r in runs:
-        if r.first_error:
-            print(f"  first error in {r.scenario} × {r.clients}: {r.first_error}")
-
-    return {
-        "benchmark": "ingest",
-        "seconds_per_run": args.seconds,
-        "server": {
-            "description": server,
-            "workers": args.workers,
-            "worker_class": args.worker_class,
-            "threads": args.threads if args.worker_class == "gthread" else 1,
-        },
-        "customers": CUSTOMERS,
-        "prepaid_customers": seeded.prepaid,
-        "plans": seeded.plans,
-        "batch_size": BATCH_SIZE,
-        "machine": machine,
-        "events_per_second": {
-            "single": rate(single),
-            "async": rate(asynchronous),
-            "batch": rate(batch),
-            "batch_keyed": rate(keyed),
-            "batch_clients": batch.clients if batch else None,
-            "batch_by_clients": {str(n): r.events_per_second for n, r in sorted(batches.items())},
-            "in_process": rate(in_process),
-            "noop_requests": noop_rate,
-            "noop_path": NOOP_PATH,
-            "raw_ceiling": rate(ceiling),
-            "raw_ceiling_method": ceiling.scenario if ceiling else None,
-            "copy": rate(copy),
-        },
-        "async_accepted_to_posted_ms": asynchronous.rated_ms if asynchronous else None,
-        "async_drain_seconds": asynchronous.drain_seconds if asynchronous else None,
-        "authorize_latency_ms": {str(n): r.latency_ms for n, r in sorted(authorize.items())},
-        "ratios": ratios,
-        "targets": targets,
-        "targets_met": targets_met,
-        "runs": [asdict(r) for r in runs],
-        "raw_table_indexes": raw_indexes,
-        "checks": [asdict(c) for c in checks],
-        "verification_ok": ok,
-    }
-
-
 # --- main --------------------------------------------------------------------------------
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks: the server stops
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    env_url = os.environ.get("DATABASE_URL")
-    server_url = env_url or devservices.database_url()
-    machine = machine_facts()
+    server_url, machine = server_url_and_facts()
     # The machine may be shared: its load when the bench starts says how quiet it was.
     machine["load_average"] = [round(x, 2) for x in os.getloadavg()]
     progress("load average at start: {} / {} / {} (1, 5, 15 min)".format(*machine["load_average"]))
-    machine["database"] = database_origin(env_url, server_url)
-    machine["database_embedded"] = machine["database"].startswith("embedded")
-    global bench_db
     bench_db = args.database_name
-    bench_url = with_database(server_url, bench_db)
 
-    with bench_database(server_url, bench_db, args.keep), tempfile.TemporaryDirectory() as log_dir:
-        # The Django parts (here and in the server) use the bench database, DEBUG off.
-        os.environ["DATABASE_URL"] = bench_url
-        os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
-        # The addresses production must be given (allowed hosts, the portal's URL), as
-        # `make bench-ingest` (devservices exec) sets them when run directly; then DEBUG off.
-        devservices.use_development_environment()
-        os.environ["DJANGO_DEBUG"] = "0"
-        os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
-        import django
-
-        django.setup()
-        from django.conf import settings
-        from django.core.management import call_command
-
-        # The server must not try to start an embedded Redis if none was given.
-        os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
-
+    with (
+        Databases(server_url, keep=args.keep) as databases,
+        tempfile.TemporaryDirectory() as log_dir,
+    ):
+        # The Django parts (here, in the server and in the worker) use the bench database.
+        setup_django(databases.create(bench_db))
         started = time.monotonic()
         progress(f"migrating {bench_db} …")
-        call_command("migrate", interactive=False, verbosity=0)
+        migrate()
         progress(f"seeding {CUSTOMERS} customers, meters, plans, catalog rows, an API key …")
         seeded = seed()
-        server = Server(
-            args=args,
-            database_url=with_database(server_url, bench_db, application_name=SERVER_APP_NAME),
+        server_db = with_database(server_url, bench_db, application_name=SERVER_APP_NAME)
+        server = HttpServer(
+            workers=args.workers,
+            worker_class=args.worker_class,
+            threads=args.threads,
+            database_url=server_db,
             log_dir=Path(log_dir),
         )
+        # Rates what is accepted asynchronously; its connections count as the server's.
+        worker = CeleryWorkers(database_url=server_db, log_dir=Path(log_dir))
         runs: list[RunResult] = []
         checks: list[Check] = []
         with psycopg.connect(
@@ -2197,15 +502,17 @@ def main(argv: Sequence[str]) -> int:
             client_counts = sorted(
                 {args.single_clients, *args.batch_counts, *args.authorize_counts}
             )
-            pool: ClientPool | None = None
+            bench = Bench(bench_db, admin, seeded, server, worker)
             finished = False
             try:
-                server.start(seeded.api_secret)
-                pool = ClientPool(max(client_counts), client_counts)
+                server.start(probe="/api/v1/models", headers=api_headers(seeded.api_secret))
+                bench.pool = SpawnedPool(
+                    client_main, size=max(client_counts), counts=client_counts, kind="client"
+                )
                 progress(f"server on port {server.port}; {max(client_counts)} clients ready")
 
                 def run(spec: RunSpec) -> None:
-                    result, run_checks = measure(pool, spec, admin, server, seeded)
+                    result, run_checks = measure(bench, spec)
                     runs.append(result)
                     checks.extend(run_checks)
                     announce(result)
@@ -2225,22 +532,18 @@ def main(argv: Sequence[str]) -> int:
                 # The HTTP floor, with as many clients as the single run, just before it.
                 run(http("noop", args.single_clients, args.seconds))
                 run(http("single", args.single_clients, args.seconds))
-                server.start_worker()
+                worker.start()
                 try:
+                    worker.wait_ready()
                     run(http("async", args.single_clients, args.seconds))
                 finally:
-                    server.stop_worker()
+                    worker.stop()
                 for clients in args.batch_counts:
                     run(http("batch", clients, args.seconds))
                 # Issue 14: the Idempotency-Key wrapper must not stretch one transaction over
                 # a batch; the same batches with the header, at the most clients, beside them.
                 run(http("batch-keyed", max(args.batch_counts), args.seconds))
-                result, run_checks = measure_in_process(
-                    admin, seeded, args.seconds, server.pids(), pool.pids
-                )
-                runs.append(result)
-                checks.extend(run_checks)
-                announce(result)
+                run(RunSpec(scenario="in-process", clients=1, seconds=args.seconds))
                 source = best(runs, ["batch"])
                 if source is not None and source.events:
                     for scenario in RAW_SCENARIOS:
@@ -2262,8 +565,8 @@ def main(argv: Sequence[str]) -> int:
                 checks.extend(check_usage_transactions(admin))
                 finished = True
             finally:
-                if pool is not None:
-                    pool.close(graceful=finished)
+                if bench.pool is not None:
+                    bench.pool.close(graceful=finished)
                 server.stop(graceful=finished)
             if any(r.server_errors for r in runs):
                 progress(f"gunicorn log (last lines):\n{server.log_tail()}")
@@ -2277,16 +580,8 @@ def main(argv: Sequence[str]) -> int:
             raw_indexes=raw_indexes,
         )
         progress(f"total {time.monotonic() - started:.1f} s")
-    print(json.dumps(summary), flush=True)
-    if not summary["verification_ok"]:
-        print("ingest benchmark: verification FAILED", file=sys.stderr)
-        return 1
-    return 0
+    return finish(summary)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:  # the server, the clients and the database are gone by now
-        progress("interrupted")
-        sys.exit(130)
+    run_command(main)

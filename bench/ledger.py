@@ -5,8 +5,9 @@
     .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ledger.py \
         --seconds 10 --writers 1,8,32 --keep
 
-Everything happens in a throw-away database, ``billing_bench``, created next to the one
-``DATABASE_URL`` names and dropped at the end (``--keep`` leaves it). Scenarios, each run
+Everything happens in a throw-away database, ``billing_bench`` (another name with
+``--database-name``), created next to the one ``DATABASE_URL`` names and dropped at the end
+(``--keep`` leaves it). Scenarios, each run
 with every writer count; a writer is an OS process (spawned, its own ``django.setup()``
 and its own connection) that posts for a fixed time after a common start barrier:
 
@@ -36,17 +37,11 @@ import argparse
 import collections
 import hashlib
 import json
-import multiprocessing as mp
-import os
-import queue
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +55,33 @@ REPO_DIR = BENCH_DIR.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.common import (  # noqa: E402
-    bench_database,
+from bench.harness.db import (  # noqa: E402
+    ACCOUNTS_OFF_THEIR_ENTRIES,
+    Databases,
     checkpoint,
-    database_origin,
-    fmt,
-    machine_facts,
-    progress,
-    ratio,
-    server_facts,
     with_database,
 )
-from billing import devservices  # noqa: E402  (imports no Django; sys.path must be fixed first)
+from bench.harness.machine import server_facts, server_url_and_facts  # noqa: E402
+from bench.harness.processes import (  # noqa: E402
+    START_TIMEOUT,
+    SpawnedPool,
+    migrate,
+    parse_counts,
+    run_command,
+    serve,
+    setup_django,
+)
+from bench.harness.report import (  # noqa: E402
+    VERDICTS,
+    Check,
+    finish,
+    fmt,
+    print_checks,
+    print_machine,
+    progress,
+    target_floor,
+)
+from bench.harness.stats import median, ratio, sample_activity  # noqa: E402
 
 BENCH_DB = "billing_bench"
 WALLETS = 1_000
@@ -89,8 +99,6 @@ RAW_SCENARIOS = ("raw-plain", "raw")
 TARGET_WRITERS = 16
 TARGET_SHARED_VS_NO_SHARED = 0.8
 TARGET_SERVICE_VS_RAW = 0.5
-SAMPLE_INTERVAL = 0.05  # seconds between pg_stat_activity samples during a run
-START_TIMEOUT = 120.0  # for writers to start (django.setup) and to reach a barrier
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -106,19 +114,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="runs of every scenario at every writer count"
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s runs: a smoke test")
-    parser.add_argument("--keep", action="store_true", help=f"do not drop {BENCH_DB} at the end")
+    parser.add_argument(
+        "--database-name",
+        default=BENCH_DB,
+        help=f"the throw-away database (default {BENCH_DB}; another name lets two runs share"
+        " a server)",
+    )
+    parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 1.0
         args.rounds = 1
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    try:
-        args.writer_counts = sorted({int(w) for w in args.writers.split(",") if w.strip()})
-    except ValueError:
-        parser.error(f"--writers must be comma-separated integers, got {args.writers!r}")
-    if not args.writer_counts or min(args.writer_counts) < 1:
-        parser.error("--writers needs at least one count, each ≥ 1")
+    args.writer_counts = parse_counts(parser, "--writers", args.writers)
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     return args
@@ -308,41 +317,33 @@ def backend_names(scenario: str, writers: int) -> list[str]:
 
 def writer_main(
     index: int,
+    barriers: dict[int, Any],
+    commands: Any,
+    results: Any,
     server_url: str,
-    barriers: dict[int, Barrier],
-    commands: Queue[RunSpec | None],
-    results: Queue[tuple[str, Any]],
+    bench_db: str,
 ) -> None:
     """A writer process: set Django up, connect, then run each RunSpec it is sent."""
-    os.environ["DATABASE_URL"] = with_database(
-        server_url, BENCH_DB, application_name=f"bench-django-{index}"
-    )
-    os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
-    # As in production: no debug cursor wrapper recording every query.
-    os.environ["DJANGO_DEBUG"] = "0"
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
-    import django
-
-    django.setup()
+    setup_django(with_database(server_url, bench_db, application_name=f"bench-django-{index}"))
     from django.db import connection
 
     connection.ensure_connection()  # Django's connection (the service scenarios)
     # The raw scenario's connection: plain psycopg with its defaults (so statements are
     # prepared after 5 uses), autocommit off: one transaction per posting.
     raw = psycopg.connect(
-        with_database(server_url, BENCH_DB, application_name=f"bench-raw-{index}"),
+        with_database(server_url, bench_db, application_name=f"bench-raw-{index}"),
         autocommit=False,
     )
-    results.put(("ready", index))
-    while (spec := commands.get()) is not None:
-        try:
-            barriers[spec.writers].wait(timeout=START_TIMEOUT)
-            result = run_writer(index, spec, raw)
-        except Exception as exc:  # report, do not hang the main process
-            result = WriterResult(
-                index=index, errors={type(exc).__name__: 1}, first_error=repr(exc)
-            )
-        results.put(("result", result))
+    serve(
+        index,
+        barriers,
+        commands,
+        results,
+        run=lambda spec, _: run_writer(index, spec, raw),
+        failed=lambda exc: WriterResult(
+            index=index, errors={type(exc).__name__: 1}, first_error=repr(exc)
+        ),
+    )
     raw.close()
     connection.close()
 
@@ -418,119 +419,38 @@ class RunResult:
     wait_events: dict[str, float]  # share of writer-backend samples per state/wait event
 
 
-class WriterPool:
-    """max(writers) spawned processes, started once and reused by every run: run n uses
-    writers 0..n-1, which meet the main process at the barrier for n before posting."""
-
-    def __init__(self, size: int, writer_counts: Sequence[int], server_url: str):
-        # spawn, not fork: each writer starts clean, runs django.setup() and opens its own
-        # connections; nothing (least of all a connection) is inherited from this process.
-        context = mp.get_context("spawn")
-        self.barriers = {n: context.Barrier(n + 1) for n in writer_counts}
-        self.results: Queue[tuple[str, Any]] = context.Queue()
-        self.commands: list[Queue[RunSpec | None]] = [context.Queue() for _ in range(size)]
-        self.processes = [
-            context.Process(
-                target=writer_main,
-                args=(i, server_url, self.barriers, self.commands[i], self.results),
-                name=f"bench-writer-{i}",
-                daemon=True,
-            )
-            for i in range(size)
-        ]
-        for process in self.processes:
-            process.start()
-        ready = 0
-        while ready < size:
-            kind, _ = self._get(START_TIMEOUT)
-            ready += kind == "ready"
-
-    def _get(self, timeout: float) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p.name for p in self.processes if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"writer process(es) died: {', '.join(dead)}") from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError("writers did not answer in time") from None
-
-    def run(self, spec: RunSpec, sampler: psycopg.Connection[Any]) -> RunResult:
-        for i in range(spec.writers):
-            self.commands[i].put(spec)
-        self.barriers[spec.writers].wait(timeout=START_TIMEOUT)
-        wait_events = sample_wait_events(
-            sampler, backend_names(spec.scenario, spec.writers), spec.seconds
-        )
-        writer_results: list[WriterResult] = []
-        while len(writer_results) < spec.writers:
-            kind, payload = self._get(spec.seconds + START_TIMEOUT)
-            if kind == "result":
-                writer_results.append(payload)
-        postings = sum(r.postings for r in writer_results)
-        # Every writer started at the barrier; the run lasts until the last one finished.
-        seconds = max(r.elapsed for r in writer_results) or spec.seconds
-        errors: collections.Counter[str] = collections.Counter()
-        for r in writer_results:
-            errors.update(r.errors)
-        return RunResult(
-            scenario=spec.scenario,
-            writers=spec.writers,
-            round=spec.round,
-            postings=postings,
-            seconds=round(seconds, 3),
-            per_second=round(postings / seconds, 1),
-            amount=str(sum((Decimal(r.amount) for r in writer_results), Decimal(0))),
-            errors=dict(errors),
-            first_error=next((r.first_error for r in writer_results if r.first_error), ""),
-            wait_events=wait_events,
-        )
-
-    def close(self) -> None:
-        for commands in self.commands:
-            commands.put(None)
-        for process in self.processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-
-
-def sample_wait_events(
-    conn: psycopg.Connection[Any], names: list[str], seconds: float
-) -> dict[str, float]:
-    """What the writers' backends are doing, sampled for ``seconds``: the share of samples
-    per wait event ("CPU" when active and not waiting; "client" when idle, i.e. the backend
-    waits for the writer process: Python, the network, or the posting loop)."""
-    counts: collections.Counter[str] = collections.Counter()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        rows = conn.execute(
-            "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = ANY(%s)",
-            [BENCH_DB, names],
-        ).fetchall()
-        for state, wait_type, wait_event in rows:
-            if state == "active":
-                counts[f"{wait_type}:{wait_event}" if wait_type else "CPU"] += 1
-            elif state == "idle in transaction":
-                counts["client (in transaction)"] += 1
-            else:
-                counts["client (between transactions)"] += 1
-        time.sleep(SAMPLE_INTERVAL)
-    total = sum(counts.values()) or 1
-    return {label: round(n / total, 3) for label, n in counts.most_common()}
+def run_scenario(
+    pool: SpawnedPool, spec: RunSpec, sampler: psycopg.Connection[Any], bench_db: str
+) -> RunResult:
+    """One run: writers 0..n-1 post from the barrier on; meanwhile their backends are
+    sampled."""
+    pool.send(spec, spec.writers)
+    pool.start(spec.writers)
+    wait_events, _ = sample_activity(
+        sampler, bench_db, backend_names(spec.scenario, spec.writers), spec.seconds
+    )
+    writer_results: list[WriterResult] = pool.collect(spec.writers, spec.seconds + START_TIMEOUT)
+    postings = sum(r.postings for r in writer_results)
+    # Every writer started at the barrier; the run lasts until the last one finished.
+    seconds = max(r.elapsed for r in writer_results) or spec.seconds
+    errors: collections.Counter[str] = collections.Counter()
+    for r in writer_results:
+        errors.update(r.errors)
+    return RunResult(
+        scenario=spec.scenario,
+        writers=spec.writers,
+        round=spec.round,
+        postings=postings,
+        seconds=round(seconds, 3),
+        per_second=round(postings / seconds, 1),
+        amount=str(sum((Decimal(r.amount) for r in writer_results), Decimal(0))),
+        errors=dict(errors),
+        first_error=next((r.first_error for r in writer_results if r.first_error), ""),
+        wait_events=wait_events,
+    )
 
 
 # --- checks ------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 def verify(
@@ -596,15 +516,7 @@ def verify(
 
     # Reconciliation in one query: each account's balance rows against its entries.
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM ledger_account a"
-            " LEFT JOIN (SELECT account_id, sum(posted) AS posted FROM ledger_balance"
-            "            GROUP BY account_id) b ON b.account_id = a.id"
-            " LEFT JOIN (SELECT account_id, sum(amount) AS signed FROM ledger_entry"
-            "            GROUP BY account_id) e ON e.account_id = a.id"
-            " WHERE coalesce(b.posted, 0) <> coalesce(e.signed, 0)"
-            "       * CASE WHEN a.normal_balance = 'debit' THEN 1 ELSE -1 END"
-        )
+        cursor.execute(ACCOUNTS_OFF_THEIR_ENTRIES)
         mismatched = cursor.fetchone()[0]
     checks.append(Check("balance rows = sum of entries", mismatched == 0, f"{mismatched} off"))
 
@@ -639,12 +551,8 @@ def report(
     rounds = sorted({r.round for r in runs})
     by_round = {(r.scenario, r.writers, r.round): r.per_second for r in runs}
 
-    def median_of(values: list[float | None]) -> float | None:
-        present = [v for v in values if v is not None]
-        return round(statistics.median(present), 3) if present else None
-
     rate = {
-        (scenario, n): median_of([by_round.get((scenario, n, k)) for k in rounds])
+        (scenario, n): median([by_round.get((scenario, n, k)) for k in rounds])
         for scenario in SCENARIOS
         for n in counts
     }
@@ -665,33 +573,25 @@ def report(
         for name, (top, bottom) in pairs.items()
     }
     ratios: dict[str, dict[str, float | None]] = {
-        name: {n: median_of(values) for n, values in by_writers.items()}
+        name: {n: median(values) for n, values in by_writers.items()}
         for name, by_writers in ratios_by_round.items()
     }
 
-    print()
-    print("Machine")
-    print(
-        f"  CPUs               {machine['cpu_count']} ({machine['cpus_usable']} usable), "
-        f"{machine['cpu_model']}"
+    print_machine(
+        machine,
+        settings=("synchronous_commit", "fsync", "shared_buffers"),
+        lines=[
+            (
+                "run",
+                f"{len(rounds)} round(s) of {args.seconds:g} s runs, {WALLETS:,} wallets, "
+                f"{hot_buckets} buckets per hot account, writers = spawned processes",
+            )
+        ],
     )
-    print(f"  PostgreSQL         {machine['postgresql_version']}, {machine['database']}")
-    print(
-        f"  server settings    synchronous_commit={machine['synchronous_commit']}, "
-        f"fsync={machine['fsync']}, shared_buffers={machine['shared_buffers']}"
-    )
-    print(f"  Python             {machine['python']} on {machine['platform']}")
-    print(f"  load average       {machine['load_average_1m']} (1 min, before setup)")
-    print(
-        f"  run                {len(rounds)} round(s) of {args.seconds:g} s runs, "
-        f"{WALLETS:,} wallets, "
-        f"{hot_buckets} buckets per hot account, writers = spawned processes"
-    )
-    print()
     label_width = max(len(label) for label in (*SCENARIO_LABELS.values(), *ratios)) + 4
     header = "".join(f"{f'{n} writer' + ('s' if n > 1 else ''):>14}" for n in counts)
-    median = " (median of the rounds)" if len(rounds) > 1 else ""
-    print(f"{'postings/s' + median:<{label_width}}{header}")
+    of_rounds = " (median of the rounds)" if len(rounds) > 1 else ""
+    print(f"{'postings/s' + of_rounds:<{label_width}}{header}")
     for scenario in SCENARIOS:
         cells = "".join(f"{fmt(rate.get((scenario, n))):>14}" for n in counts)
         print(f"{SCENARIO_LABELS[scenario]:<{label_width}}{cells}")
@@ -715,29 +615,17 @@ def report(
             print(f"  {scenario:>9} × {n:>2}: {top or 'no samples'}")
 
     print()
-    targets: dict[str, Any] = {}
     checks_at = str(TARGET_WRITERS)
-    shared_ratio = ratios["shared/no-shared"].get(checks_at)
-    targets["shared/no-shared"] = {
-        "writers": TARGET_WRITERS,
-        "target": TARGET_SHARED_VS_NO_SHARED,
-        "value": shared_ratio,
-        "met": None if shared_ratio is None else shared_ratio >= TARGET_SHARED_VS_NO_SHARED,
+    targets: dict[str, Any] = {
+        kind: target_floor(ratios[kind].get(checks_at), target, writers=TARGET_WRITERS)
+        for kind, target in (
+            ("shared/no-shared", TARGET_SHARED_VS_NO_SHARED),
+            ("service(shared)/raw-plain", TARGET_SERVICE_VS_RAW),
+            ("service(no-shared)/raw-plain", TARGET_SERVICE_VS_RAW),
+        )
     }
-    for kind in ("service(shared)/raw-plain", "service(no-shared)/raw-plain"):
-        value = ratios[kind].get(checks_at)
-        targets[kind] = {
-            "writers": TARGET_WRITERS,
-            "target": TARGET_SERVICE_VS_RAW,
-            "value": value,
-            "met": None if value is None else value >= TARGET_SERVICE_VS_RAW,
-        }
     print(f"Targets at {TARGET_WRITERS} writers")
-    verdict = {
-        True: "MET",
-        False: "NOT MET",
-        None: f"not measured (no {TARGET_WRITERS}-writer run)",
-    }
+    verdict = {**VERDICTS, None: f"not measured (no {TARGET_WRITERS}-writer run)"}
     for kind, target in targets.items():
         target["rounds"] = ratios_by_round[kind].get(checks_at, [])
         value = fmt(target["value"], "{:.2f}")
@@ -745,12 +633,7 @@ def report(
         each = f"   (rounds: {each})" if len(target["rounds"]) > 1 else ""
         print(f"  {kind:<30} ≥ {target['target']:<4} {value:>6}   {verdict[target['met']]}{each}")
 
-    print()
-    print("Checks")
-    for check in checks:
-        print(f"  {'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    ok = all(check.ok for check in checks)
-    print(f"Verification: {'OK' if ok else 'FAILED'}")
+    ok = print_checks(checks)
     for r in runs:
         if r.first_error:
             print(f"  first error in {r.scenario} × {r.writers}: {r.first_error}")
@@ -795,41 +678,36 @@ def run_order(args: argparse.Namespace) -> list[tuple[int, int, str]]:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    env_url = os.environ.get("DATABASE_URL")
-    server_url = env_url or devservices.database_url()
-    machine = machine_facts()
-    machine["database"] = database_origin(env_url, server_url)
-    machine["database_embedded"] = machine["database"].startswith("embedded")
-    bench_url = with_database(server_url, BENCH_DB)
+    server_url, machine = server_url_and_facts()
+    bench_db = args.database_name
 
-    with bench_database(server_url, BENCH_DB, args.keep):
-        # The Django parts (here and in every writer) use billing_bench.
-        os.environ["DATABASE_URL"] = bench_url
-        os.environ["DJANGO_SETTINGS_MODULE"] = "billing.settings"
-        import django
-
-        django.setup()
+    with Databases(server_url, keep=args.keep) as databases:
+        # The Django parts (here and in every writer) use the bench database.
+        setup_django(databases.create(bench_db))
         from django.conf import settings
-        from django.core.management import call_command
-
-        # Writers must not each try to start an embedded Redis if none was given.
-        os.environ.setdefault("REDIS_URL", settings.REDIS_URL)
 
         started = time.monotonic()
-        progress(f"migrating {BENCH_DB} …")
-        call_command("migrate", interactive=False, verbosity=0)
+        progress(f"migrating {bench_db} …")
+        migrate()
         progress(f"creating {WALLETS:,} wallets, {WALLETS:,} revenue accounts, funding …")
         accounts = create_accounts()
         with psycopg.connect(
-            with_database(server_url, BENCH_DB, application_name="bench-main"), autocommit=True
+            with_database(server_url, bench_db, application_name="bench-main"), autocommit=True
         ) as admin:
             raw_indexes = create_raw_tables(admin)
             machine.update(server_facts(admin))
             admin.execute("VACUUM ANALYZE")
             progress(f"setup took {time.monotonic() - started:.1f} s; starting writers …")
 
-            pool = WriterPool(max(args.writer_counts), args.writer_counts, server_url)
+            pool = SpawnedPool(
+                writer_main,
+                size=max(args.writer_counts),
+                counts=args.writer_counts,
+                kind="writer",
+                args=(server_url, bench_db),
+            )
             runs: list[RunResult] = []
+            finished = False
             try:
                 for round_, writers, scenario in run_order(args):
                     checkpoint(admin)
@@ -842,7 +720,7 @@ def main(argv: Sequence[str]) -> int:
                         wallets=accounts.wallets,
                         wallet_revenues=accounts.wallet_revenues,
                     )
-                    result = pool.run(spec, admin)
+                    result = run_scenario(pool, spec, admin, bench_db)
                     runs.append(result)
                     errors = f", errors {result.errors}" if result.errors else ""
                     progress(
@@ -850,8 +728,9 @@ def main(argv: Sequence[str]) -> int:
                         f"writer{'s' if writers > 1 else ' '}: "
                         f"{result.per_second:>9,.1f} postings/s{errors}"
                     )
+                finished = True
             finally:
-                pool.close()
+                pool.close(graceful=finished)
 
             checks = verify(accounts, runs, admin)
         summary = report(
@@ -863,12 +742,8 @@ def main(argv: Sequence[str]) -> int:
             raw_indexes=raw_indexes,
         )
         progress(f"total {time.monotonic() - started:.1f} s")
-    print(json.dumps(summary), flush=True)
-    if not summary["verification_ok"]:
-        print("ledger benchmark: verification FAILED", file=sys.stderr)
-        return 1
-    return 0
+    return finish(summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_command(main)
