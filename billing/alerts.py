@@ -40,12 +40,14 @@ def check_low_balances(*, now: datetime | None = None) -> int:
         low_balance_email=""
     )
     for customer in customers:
-        wallet = customer.wallets.select_related("account").filter(currency=customer.currency)
-        wallet = wallet.first()
-        if wallet is None:
+        wallet = (
+            customer.wallets.select_related("account").filter(currency=customer.currency).first()
+        )
+        threshold = customer.low_balance_threshold
+        if wallet is None or threshold is None:  # (the query leaves out a None threshold)
             continue
         available = ledger_selectors.get_balance(account=wallet.account).available
-        below = available < customer.low_balance_threshold
+        below = available < threshold
         if below and customer.low_balance_alerted_at is None:
             # Claimed by one conditional UPDATE (committed on its own) before the e-mail:
             # two beat runs at once send one alert.
@@ -58,7 +60,7 @@ def check_low_balances(*, now: datetime | None = None) -> int:
                     message=(
                         f"The available balance of {customer.name} is "
                         f"{available.normalize():f} {wallet.currency}, below your alert "
-                        f"threshold of {customer.low_balance_threshold.normalize():f}. "
+                        f"threshold of {threshold.normalize():f}. "
                         "Top up in the billing portal to keep using the service."
                     ),
                     from_email=settings.DEFAULT_FROM_EMAIL,

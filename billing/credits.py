@@ -63,7 +63,7 @@ CREDITS = "CREDITS"
 PROMOTIONS = "@Promotions"  # the cost of free credits given away
 CREDITS_EXPIRED = "@CreditsExpired"  # credits that expired unused (breakage)
 ADJUSTMENTS = "@Adjustments"
-DEFAULT_PRIORITY = {
+DEFAULT_PRIORITY: dict[str, int] = {
     GrantSource.PROMOTIONAL: 10,
     GrantSource.ADJUSTMENT: 20,
     GrantSource.PURCHASE: 50,
@@ -499,8 +499,9 @@ def _end(grant: CreditGrant, *, status: str, counter_code: str, kind: str, now: 
 
 
 def _locked_grant(grant_id: int) -> CreditGrant | None:
-    customer_id = CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True)
-    customer_id = customer_id.first()
+    customer_id = (
+        CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True).first()
+    )
     if customer_id is None:
         return None
     _lock(customer_id)

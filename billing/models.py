@@ -496,6 +496,9 @@ class CreditGrant(models.Model):
     )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(db_default=Now())
+    # Not a column: set on the grant ``billing.credits.grant_credits`` returns, True when the
+    # reference was granted already and this is that first grant (an idempotent retry).
+    replayed: bool
 
     class Meta:
         ordering = ["priority", F("expires_at").asc(nulls_last=True), "id"]

@@ -115,6 +115,10 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> _Number:
     return _Number(node.value, yaml.SafeLoader.construct_yaml_int(loader, node))
 
 
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> str:
+    return loader.construct_yaml_str(node)  # a date stays the text written
+
+
 def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> _Number:
     return _Number(node.value, None)
 
@@ -165,7 +169,7 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> _Mapping:
@@ -429,6 +433,7 @@ class _Parser:
         if positive and amount == 0:
             self.fail(location, "must be greater than 0")
         _, figures, exponent = amount.as_tuple()
+        assert isinstance(exponent, int), "a finite number's (checked above)"
         significant = list(figures)
         while exponent < 0 and len(significant) > 1 and significant[-1] == 0:
             significant.pop()
@@ -850,20 +855,25 @@ class PricingSummary:
     dry_run: bool = False
 
     @property
+    def results(self) -> tuple[MeterResult | PlanResult, ...]:
+        return (*self.meters, *self.plans)
+
+    @property
     def changed(self) -> bool:
-        return any(r.outcome != Outcome.UNCHANGED for r in (*self.meters, *self.plans))
+        return any(r.outcome != Outcome.UNCHANGED for r in self.results)
 
     def lines(self) -> list[str]:
-        return [r.describe() for r in (*self.meters, *self.plans)]
+        return [r.describe() for r in self.results]
 
 
 def _relocated(
     exc: errors.BillingError, pricing: PricingFile, location: str
 ) -> errors.BillingError:
     """The same error class (so callers can still catch ``MeterConflict``), its message
-    prefixed with the file and the place in it."""
+    prefixed with the file and the place in it, which it carries as ``PricingFileInvalid``
+    does (``source``, ``location``, ``line``: attributes no other BillingError declares)."""
     line = pricing.line_of(location)
-    located = type(exc)(
+    located: Any = type(exc)(
         _located_message(exc.message, pricing.source, location, line), param=location
     )
     located.source, located.location, located.line = pricing.source, location, line
@@ -890,7 +900,7 @@ def apply_pricing(
         updated = tuple(
             f
             for f in ("name", "unit")
-            if f in kwargs and before is not None and before[f] != kwargs[f]
+            if f in kwargs and before is not None and before.get(f) != kwargs[f]
         )
         meter_results.append(
             MeterResult(meter.code, Outcome.UPDATED if updated else Outcome.UNCHANGED, updated)

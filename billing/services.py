@@ -198,6 +198,7 @@ def set_credit_limit(*, customer: Customer, credit_limit: Decimal | None) -> Wal
         with transaction.atomic():
             ledger.set_overdraft(account=account, allow_negative=True, negative_limit=credit_limit)
     except ledger_errors.OverdraftLimitBelowBalance:
+        assert credit_limit is not None, "no limit is never below the balance"
         available = ledger_selectors.get_balance(account=account).available
         raise errors.CreditLimitBelowBalance(
             f"the {wallet.currency} wallet's available balance is {available.normalize():f}: "
@@ -696,7 +697,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         published_by_id=published_by_id,
     )
     for charge_spec in spec.charges:
-        charge = PlanCharge.objects.create(
+        plan_charge = PlanCharge.objects.create(
             plan=plan,
             meter=meters[charge_spec.meter],
             included_quantity=charge_spec.included_quantity,
@@ -707,7 +708,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         )
         PriceTier.objects.bulk_create(
             PriceTier(
-                charge=charge,
+                charge=plan_charge,
                 position=n,
                 up_to=t.up_to,
                 unit_price=t.unit_price,

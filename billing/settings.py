@@ -37,7 +37,9 @@ def database_from_url(url: str) -> dict:
     parts = urlparse(url)
     if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
-    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    options: dict[str, str | int | None] = {
+        key: values[-1] for key, values in parse_qs(parts.query).items()
+    }
     host = options.pop("host", None) or parts.hostname or ""
     # Server-side prepared statements. Django's own queries never use them (its cursors bind
     # parameters client-side); the ledger's single-statement posting does (ledger.services:

@@ -261,7 +261,7 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
             "every five minutes.",
         )
 
-    def pdf_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def pdf_view(self, request: HttpRequest, object_id: str) -> HttpResponse | FileResponse:
         invoice = self.object_or_404(request, object_id)
         if not self.has_view_permission(request, invoice):
             raise PermissionDenied

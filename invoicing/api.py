@@ -4,6 +4,9 @@ close uses."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from django.db.models import F
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -68,18 +71,37 @@ class InvoiceSerializer(serializers.Serializer):
     pdf_url = serializers.CharField(allow_null=True)
 
 
-def _line_list(invoice: Invoice):
-    lines = list(invoice.lines.select_related("meter").order_by("position"))
-    for line in lines:
-        line.meter_code = line.meter.code if line.meter_id else None
-    return lines
+# What InvoiceSerializer reads of a stored invoice as it is; the rest the API adds.
+_INVOICE_ATTRIBUTES = (
+    "id",
+    "customer",
+    "subscription_id",
+    "status",
+    "currency",
+    "period_start",
+    "period_end",
+    "subtotal",
+    "tax_name",
+    "tax_percentage",
+    "tax",
+    "total",
+    "balance_applied",
+    "amount_due",
+    "amount_paid",
+    "amount_credited",
+    "amount_remaining",
+    "finalized_at",
+    "due_at",
+    "paid_at",
+)
 
 
 def _invoice_data(invoice: Invoice) -> dict:
-    invoice.line_list = _line_list(invoice)
-    invoice.number_shown = invoice.display_number or None
-    invoice.pdf_url = f"/api/v1/invoices/{invoice.pk}/pdf"
-    return InvoiceSerializer(invoice).data
+    shown = {name: getattr(invoice, name) for name in _INVOICE_ATTRIBUTES}
+    shown["number_shown"] = invoice.display_number or None
+    shown["line_list"] = invoice.lines.annotate(meter_code=F("meter__code")).order_by("position")
+    shown["pdf_url"] = f"/api/v1/invoices/{invoice.pk}/pdf"
+    return InvoiceSerializer(shown).data
 
 
 def _get_invoice(invoice_id: int) -> Invoice:
@@ -180,11 +202,12 @@ class UpcomingInvoiceView(APIView):
             period_start=subscription.current_period_start,
             period_end=subscription.current_period_end,
         )
-        lines = draft.lines
-        meter_ids = [line.meter_id for line in lines if line.meter_id]
+        meter_ids = [line.meter_id for line in draft.lines if line.meter_id]
         codes = dict(Meter.objects.filter(pk__in=meter_ids).values_list("pk", "code"))
-        for line in lines:
-            line.meter_code = codes.get(line.meter_id)
+        lines = [
+            asdict(line) | {"meter_code": codes.get(line.meter_id) if line.meter_id else None}
+            for line in draft.lines
+        ]
         upcoming = {
             "id": None,
             "number_shown": None,

@@ -173,6 +173,9 @@ class Invoice(models.Model):
     last_payment_error = models.TextField(blank=True, default="")
     stripe_payment_intent_id = models.CharField(max_length=100, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    # Not a column: set on the invoice ``invoicing.services.finalize_invoice`` returns, True
+    # when it was final already (a second call finalizes nothing).
+    replayed: bool
 
     class Meta:
         ordering = ["-period_start", "-id"]
@@ -307,6 +310,9 @@ class Payment(models.Model):
     )
     created_at = models.DateTimeField(db_default=Now())
     metadata = models.JSONField(default=dict, blank=True)
+    # Not a column: set on the payment ``invoicing.services.record_payment`` returns, True
+    # when this provider payment was recorded already (a webhook delivered twice).
+    replayed: bool
 
     class Meta:
         constraints = [

@@ -38,7 +38,7 @@ TEMPLATE = "invoicing/invoice_pdf.html"
 MILLION = Decimal(1_000_000)
 # A unit price below this reads per million units, as LLM prices are quoted (2.50 USD / 1M).
 PER_MILLION_BELOW = Decimal("0.001")
-STAMPS = {InvoiceStatus.PAID: "Paid", InvoiceStatus.VOID: "Void"}
+STAMPS: dict[str, str] = {InvoiceStatus.PAID: "Paid", InvoiceStatus.VOID: "Void"}
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -61,7 +61,9 @@ def format_unit_price(price: Decimal, currency: str, unit: str = "") -> str:
     suffix = ""
     if 0 < price < PER_MILLION_BELOW:
         price, suffix = price * MILLION, f" / 1M {unit}".rstrip()
-    places = max(minor_unit_exponent(currency), -price.normalize().as_tuple().exponent)
+    exponent = price.normalize().as_tuple().exponent
+    assert isinstance(exponent, int), "a stored price is finite"
+    places = max(minor_unit_exponent(currency), -exponent)
     return f"{price:,.{places}f} {currency}{suffix}"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from billing.models import Customer, Subscription, SubscriptionPhase
 from billing.periods import prorate
@@ -146,6 +146,14 @@ def _plan_at_end(
     return phases[-1].plan_id if phases else subscription.plan_id
 
 
+class _MeterLineSpan(TypedDict):
+    """What every line of one meter's usage shares."""
+
+    starts_at: datetime
+    ends_at: datetime
+    meter_id: int
+
+
 def usage_lines(
     subscription: Subscription,
     period_start: datetime,
@@ -178,7 +186,11 @@ def usage_lines(
         meter = meters[counter.meter_id]
         name = meter.name or meter.code
         unit = f" {meter.unit}" if meter.unit else ""
-        common = {"starts_at": period_start, "ends_at": period_end, "meter_id": meter.pk}
+        common: _MeterLineSpan = {
+            "starts_at": period_start,
+            "ends_at": period_end,
+            "meter_id": meter.pk,
+        }
         if counter.currency and counter.currency != currency:  # a credits plan
             lines.append(
                 LineDraft(
@@ -210,7 +222,7 @@ def usage_lines(
                 label = f", tier {part.tier}" if part.tier is not None and len(charge.tiers) else ""
                 if not label and included > 0:
                     label = ", beyond the included"
-                if charge.price_model == "package":
+                if charge.price_model == "package" and charge.package_size is not None:
                     label = f", packages of {charge.package_size.normalize():f}{unit}"
                 lines.append(
                     LineDraft(

@@ -12,13 +12,16 @@ on its PaymentIntent id, so the webhook and the synchronous answer record it onc
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from django.conf import settings
 
 from billing.models import Customer
 from invoicing.money import from_minor_units_int, to_minor_units_int
+
+if TYPE_CHECKING:  # the client's request types, for the type checker only
+    from stripe.params import CustomerCreateParams, CustomerUpdateParams
 
 
 def client() -> stripe.StripeClient:
@@ -31,16 +34,17 @@ def client() -> stripe.StripeClient:
 def sync_customer(*, customer: Customer) -> str:
     """The customer's Stripe id: created once (a stable idempotency key; the id saved only
     where none is), its name and e-mail updated on later calls."""
-    details = {
-        "name": customer.name,
-        "email": customer.email or None,
-        "metadata": {"external_id": customer.external_id, "customer_id": str(customer.pk)},
-    }
-    details = {k: v for k, v in details.items() if v is not None}
+    metadata = {"external_id": customer.external_id, "customer_id": str(customer.pk)}
     api = client().v1.customers
     if customer.stripe_customer_id:
-        api.update(customer.stripe_customer_id, details)
+        changes: CustomerUpdateParams = {"name": customer.name, "metadata": metadata}
+        if customer.email:  # an e-mail removed here is left at Stripe
+            changes["email"] = customer.email
+        api.update(customer.stripe_customer_id, changes)
         return customer.stripe_customer_id
+    details: CustomerCreateParams = {"name": customer.name, "metadata": metadata}
+    if customer.email:
+        details["email"] = customer.email
     created = api.create(details, {"idempotency_key": f"billing-customer-{customer.pk}"})
     Customer.objects.filter(pk=customer.pk, stripe_customer_id="").update(
         stripe_customer_id=created.id
@@ -91,9 +95,9 @@ def charge(
             {"idempotency_key": idempotency_key},
         )
     except stripe.CardError as error:
-        intent = getattr(error.error, "payment_intent", None)
+        declined = getattr(error.error, "payment_intent", None)
         raise ChargeDeclined(
-            error.user_message or str(error), getattr(intent, "id", None)
+            error.user_message or str(error), getattr(declined, "id", None)
         ) from None
     if intent.status != "succeeded":
         raise ChargeDeclined(f"payment {intent.status}", intent.id)
@@ -136,4 +140,6 @@ def checkout(
         },
         {"idempotency_key": idempotency_key},
     )
+    if session.url is None:  # only an embedded session has none; this one is hosted
+        raise RuntimeError(f"Stripe returned the checkout session {session.id} without a URL")
     return session.id, session.url

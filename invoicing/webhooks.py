@@ -263,8 +263,9 @@ def _malformed_money(amount: Any, currency: Any, what: str) -> NeedsReview | Non
     return None
 
 
-def _record_invoice_payment(invoice_id: str, intent_id: str, amount: int, currency: str) -> str:
-    """Book what Stripe says was paid for an invoice, compared with what the invoice owes."""
+def _record_invoice_payment(invoice_id: str, intent_id: str, amount: Any, currency: Any) -> str:
+    """Book what Stripe says was paid for an invoice, compared with what the invoice owes.
+    ``amount`` and ``currency`` as the event has them: checked here."""
     malformed = _malformed_money(amount, currency, "payment")
     if malformed:
         return malformed
@@ -346,6 +347,11 @@ def checkout_completed(session: dict[str, Any]) -> str:
         return f"not paid ({session.get('payment_status')})"
     intent_id = _object_id(session.get("payment_intent"))
     if meta.get("kind") == "invoice":
+        if intent_id is None:
+            return NeedsReview(
+                f"malformed event: checkout session {session.get('id')} paid without a "
+                "payment intent; nothing booked"
+            )
         return _record_invoice_payment(
             meta["invoice_id"], intent_id, session["amount_total"], session["currency"]
         )

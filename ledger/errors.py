@@ -122,7 +122,8 @@ def from_database_error(exc: BaseException) -> LedgerError | None:
                 detail = json.loads(raw, parse_float=Decimal)
             except ValueError:
                 detail = {"detail": raw}
-        return SQLSTATE_ERRORS[sqlstate](diag.message_primary or str(cause), detail=detail)
+        message = getattr(diag, "message_primary", None) or str(cause)
+        return SQLSTATE_ERRORS[sqlstate](message, detail=detail)
     if sqlstate == "22003":  # numeric_value_out_of_range: beyond NUMERIC(38, 12)
         return InvalidAmount("the amount would take a balance beyond 26 integer digits")
     if sqlstate == "23505" and getattr(diag, "constraint_name", "") == (

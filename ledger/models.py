@@ -222,6 +222,10 @@ class Hold(models.Model):
     created_at = models.DateTimeField(db_default=Now())
     resolved_at = models.DateTimeField(null=True, blank=True)
 
+    # Not a column: set on the hold ``ledger.services.place_hold`` returns, True when the
+    # reference was placed already and this is that first hold (an idempotent retry).
+    replayed: bool
+
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_hold_amount_positive"),
@@ -265,6 +269,9 @@ class Transaction(models.Model):
     hold = models.ForeignKey(
         Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="settlements"
     )
+    # Not a column: set on the transaction ``ledger.services`` posting functions return,
+    # True when the reference was posted already and this is that first posting.
+    replayed: bool
 
     def __str__(self) -> str:
         return self.reference

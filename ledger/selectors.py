@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import overload
 
 from django.db.models import Q, QuerySet, Sum
 
@@ -13,14 +14,28 @@ from ledger.models import ZERO, Account, Balance, Entry, NormalBalance
 
 @dataclass(frozen=True)
 class BalanceView:
+    """A balance now: posted, held, available and the version of its rows."""
+
     currency: str
     posted: Decimal
-    held: Decimal | None
-    version: int | None
+    held: Decimal
+    version: int
 
     @property
-    def available(self) -> Decimal | None:
-        return None if self.held is None else self.posted - self.held
+    def available(self) -> Decimal:
+        return self.posted - self.held
+
+
+@dataclass(frozen=True)
+class PastBalance:
+    """The posted balance as of a past time: holds and versions are not kept in history, so
+    ``held``, ``version`` and ``available`` are None."""
+
+    currency: str
+    posted: Decimal
+    held: None = None
+    version: None = None
+    available: None = None
 
 
 def _natural(account: Account, signed_sum: Decimal) -> Decimal:
@@ -28,7 +43,11 @@ def _natural(account: Account, signed_sum: Decimal) -> Decimal:
     return signed_sum if account.normal_balance == NormalBalance.DEBIT else -signed_sum
 
 
-def get_balance(*, account: Account, as_of: datetime | None = None) -> BalanceView:
+@overload
+def get_balance(*, account: Account, as_of: None = None) -> BalanceView: ...
+@overload
+def get_balance(*, account: Account, as_of: datetime) -> PastBalance: ...
+def get_balance(*, account: Account, as_of: datetime | None = None) -> BalanceView | PastBalance:
     """The balance now (from the balance rows: posted, held, available, version), or the
     posted balance as of a time (from the entries effective at or before it; ``held`` and
     ``version`` are None for a past balance)."""
@@ -48,9 +67,7 @@ def get_balance(*, account: Account, as_of: datetime | None = None) -> BalanceVi
         )["total"]
         or ZERO
     )
-    return BalanceView(
-        currency=account.currency, posted=_natural(account, signed), held=None, version=None
-    )
+    return PastBalance(currency=account.currency, posted=_natural(account, signed))
 
 
 def balance_from_entries(*, account: Account) -> Decimal:

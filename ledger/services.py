@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation, localcontext
-from typing import Any
+from typing import Any, NoReturn
 
+import psycopg
 from django.conf import settings
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -138,7 +139,7 @@ class TransactionSpec:
         }
 
 
-def _raise_ledger_error(exc: DatabaseError) -> None:
+def _raise_ledger_error(exc: DatabaseError) -> NoReturn:
     ledger_error = errors.from_database_error(exc)
     if ledger_error is not None:
         raise ledger_error from exc
@@ -371,10 +372,14 @@ def _one_statement_applies(spec: TransactionSpec) -> bool:
     return (
         2 <= len(legs) <= ONE_STATEMENT_MAX_LEGS
         and len({leg.account_id for leg in legs}) == len(legs)
-        and all(
-            leg.amount != 0 and leg.amount.as_tuple().exponent >= -AMOUNT_PLACES for leg in legs
-        )
+        and all(leg.amount != 0 and _within_ledger_places(leg.amount) for leg in legs)
     )
+
+
+def _within_ledger_places(amount: Decimal) -> bool:
+    exponent = amount.as_tuple().exponent
+    # Not an int for NaN and infinities ("n", "N", "F"): those go to the posting function.
+    return isinstance(exponent, int) and exponent >= -AMOUNT_PLACES
 
 
 @functools.cache
@@ -474,12 +479,13 @@ def _post_single(spec: TransactionSpec, *, savepoint: bool = True) -> LedgerTran
             row = _post_one_statement(db, spec, payload_hash)
     except DatabaseError as exc:
         cause = exc.__cause__
-        if getattr(cause, "sqlstate", None) == "23514" and (
-            cause.diag.constraint_name == "ledger_balance_within_floor"
+        if (
+            isinstance(cause, psycopg.Error)
+            and cause.sqlstate == "23514"
+            and cause.diag.constraint_name == "ledger_balance_within_floor"
         ):
             raise _insufficient_funds(spec) from exc
         _raise_ledger_error(exc)
-        raise  # unreachable: _raise_ledger_error always raises
     if row is None:
         original = LedgerTransaction.objects.filter(reference=spec.reference).first()
         if original is None:  # cannot happen: the conflict was on this reference
@@ -527,7 +533,6 @@ def _call_post_function(payload: str) -> list[tuple]:
             return cursor.fetchall()
         except DatabaseError as exc:
             _raise_ledger_error(exc)
-            raise  # unreachable: _raise_ledger_error always raises
 
 
 def post_transactions(

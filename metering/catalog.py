@@ -157,7 +157,7 @@ def _price_fields(model_price: Any) -> tuple[dict[str, Any], list[str]]:
 
 def _versions(model: Any) -> tuple[list[tuple[datetime, Any]], list[str]]:
     """(effective_from, genai ModelPrice) for each price version we can represent."""
-    notes = []
+    notes: list[str] = []
     if not isinstance(model.prices, list):
         return [(EPOCH, model.prices)], notes
     versions = []
@@ -230,11 +230,11 @@ def import_genai_prices(*, now: datetime | None = None) -> ImportReport:
     report = ImportReport(source=source)
     existing: dict[tuple[str, str], dict[datetime, ModelPrice]] = {}
     priced_by_hand: set[tuple[str, str]] = set()
-    for row in ModelPrice.objects.all():
-        if row.source == "manual":
-            priced_by_hand.add((row.provider, row.model))
+    for price in ModelPrice.objects.all():
+        if price.source == "manual":
+            priced_by_hand.add((price.provider, price.model))
         else:
-            existing.setdefault((row.provider, row.model), {})[row.effective_from] = row
+            existing.setdefault((price.provider, price.model), {})[price.effective_from] = price
     to_create: list[ModelPrice] = []
     to_update: list[ModelPrice] = []
 

@@ -60,7 +60,7 @@ class ChargeTerms:
         if self.price_model == "per_unit":
             return billable * self.unit_price
         if self.price_model == "package":
-            blocks = (billable / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+            blocks = self._blocks(billable)
             return blocks * self.unit_price
         if self.price_model == "graduated":
             total, floor = ZERO, ZERO
@@ -80,6 +80,12 @@ class ChargeTerms:
             return ZERO  # unreachable: the last tier is open-ended
         raise ValueError(f"unknown price model {self.price_model}")
 
+    def _blocks(self, billable: Decimal) -> Decimal:
+        """The package blocks started by ``billable`` units."""
+        if self.package_size is None:  # the database requires it of a package charge
+            raise ValueError(f"the package charge of meter {self.meter_id} has no package size")
+        return (billable / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+
     def breakdown(self, quantity: Decimal) -> list[TierPart]:
         """How ``worth(quantity)`` splits into invoice lines: one per tier used (graduated),
         the tier reached (volume), the blocks (package) or the units (per unit). The parts'
@@ -90,7 +96,7 @@ class ChargeTerms:
         if self.price_model == "per_unit":
             return [TierPart(None, billable, self.unit_price, ZERO, billable * self.unit_price)]
         if self.price_model == "package":
-            blocks = (billable / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+            blocks = self._blocks(billable)
             return [TierPart(None, blocks, self.unit_price, ZERO, blocks * self.unit_price)]
         parts, floor = [], ZERO
         for position, tier in enumerate(self.tiers, start=1):

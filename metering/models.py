@@ -41,13 +41,23 @@ Everything here posts through ``ledger.services`` only.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Final, TypedDict
 
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
-AMOUNT = {"max_digits": 38, "decimal_places": 12}
-MTOK = {"max_digits": 32, "decimal_places": 18, "null": True, "blank": True}
+
+class _Precision(TypedDict):
+    """A decimal column's precision, shared by the fields below. (``null`` is written at each
+    field itself: django-stubs reads it there to type the field's value as optional.)"""
+
+    max_digits: int
+    decimal_places: int
+
+
+AMOUNT: Final[_Precision] = {"max_digits": 38, "decimal_places": 12}
+MTOK: Final[_Precision] = {"max_digits": 32, "decimal_places": 18}
 
 
 class ModelPrice(models.Model):
@@ -73,14 +83,17 @@ class ModelPrice(models.Model):
         default=0, help_text="Match order within the provider: lower is tried first."
     )
     effective_from = models.DateTimeField()
-    input_mtok = models.DecimalField(**MTOK)
-    output_mtok = models.DecimalField(**MTOK)
-    cache_read_mtok = models.DecimalField(**MTOK)
-    cache_write_mtok = models.DecimalField(**MTOK)
-    cache_write_1h_mtok = models.DecimalField(**MTOK)
-    reasoning_mtok = models.DecimalField(**MTOK)
+    input_mtok = models.DecimalField(**MTOK, null=True, blank=True)
+    output_mtok = models.DecimalField(**MTOK, null=True, blank=True)
+    cache_read_mtok = models.DecimalField(**MTOK, null=True, blank=True)
+    cache_write_mtok = models.DecimalField(**MTOK, null=True, blank=True)
+    cache_write_1h_mtok = models.DecimalField(**MTOK, null=True, blank=True)
+    reasoning_mtok = models.DecimalField(**MTOK, null=True, blank=True)
     requests_kcount = models.DecimalField(
-        **MTOK, help_text="Price per thousand requests, if the provider charges per request."
+        **MTOK,
+        null=True,
+        blank=True,
+        help_text="Price per thousand requests, if the provider charges per request.",
     )
     tiers = models.JSONField(default=list, blank=True)
     time_windows = models.JSONField(

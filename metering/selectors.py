@@ -132,7 +132,7 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
                 }
             )
     credits = []
-    for wallet in customer_credits(customer, wallets=credit_wallets):
+    for grants in customer_credits(customer, wallets=credit_wallets):
         credits += [
             {
                 "grant_id": g.pk,
@@ -144,18 +144,18 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
                 "remaining": g.remaining,
                 "expires_at": g.expires_at,
             }
-            for g in wallet["live"]
+            for g in grants["live"]
         ]
-        if wallet["ungranted"] > 0:
+        if grants["ungranted"] > 0:
             credits.append(
                 {
                     "grant_id": None,
                     "name": "Credits outside any grant",
                     "source": None,
                     "priority": None,
-                    "currency": wallet["currency"],
+                    "currency": grants["currency"],
                     "granted": None,
-                    "remaining": wallet["ungranted"],
+                    "remaining": grants["ungranted"],
                     "expires_at": None,
                 }
             )
@@ -290,17 +290,19 @@ def usage_report(
         .exclude(status=SubscriptionStatus.CANCELED)
         .first()
     ) or Subscription.objects.filter(customer=customer).order_by("-started_at", "-pk").first()
-    if start is None and subscription is None:
-        raise errors.NoUsagePeriod(
-            f"customer {customer.external_id} has no subscription, so no current period: "
-            "give from (and to)",
-            param="from",
-        )
     whole_period = not start_given and not end_given
     if start is None:
+        if subscription is None:
+            raise errors.NoUsagePeriod(
+                f"customer {customer.external_id} has no subscription, so no current period: "
+                "give from (and to)",
+                param="from",
+            )
         start = subscription.current_period_start
-    if end is None:
-        end = timezone.now() if start_given else subscription.current_period_end
+        if end is None:
+            end = subscription.current_period_end
+    elif end is None:
+        end = timezone.now()
     if end <= start:
         raise ValidationFailed(
             "to must be after from" if end_given else "from must lie in the past",

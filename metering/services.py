@@ -56,12 +56,15 @@ def place_usage_hold(
         )
     wallet = result.wallet
     if not result.allowed:  # the same reasons and codes as rating and /authorize
+        assert result.reason is not None, "a refused estimate names its reason"
         raise REFUSALS[result.reason](
             f"cannot reserve {result.amount.normalize():f} {result.currency}: "
             + ("no such wallet" if wallet is None else f"{result.balance.normalize():f} available"),
             param="customer",
         )
-    if wallet is None:
+    # (A wallet the estimate found exists, with its account: only a batch's new credits
+    # wallet is without one, and rating makes that.)
+    if wallet is None or wallet.account_id is None:
         raise WalletNotFound(f"no {result.currency} wallet", param="currency")
     destination = ledger.ensure_system_account(
         code=rating.CREDITS_USED if result.currency == rating.CREDITS else rating.REVENUE,
@@ -118,6 +121,7 @@ def settle_hold_with_usage(*, hold_id: int, event: rating.EventIn) -> rating.Out
     refusal is raised and the hold stays."""
     outcome = rating.ingest_events([event], hold_id=hold_id)[0]
     if outcome.status == "rejected":
+        assert outcome.error is not None, "a rejected event carries its error"
         raise outcome.error
     return outcome
 

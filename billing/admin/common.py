@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
@@ -42,7 +42,8 @@ def money(value: Decimal | None, currency: str = "") -> str:
         return "—"
     with localcontext(prec=AMOUNT_DIGITS + 2):
         exact = value.normalize()
-        if exact.as_tuple().exponent > -2:
+        exponent = exact.as_tuple().exponent
+        if isinstance(exponent, int) and exponent > -2:  # (not NaN or an infinity)
             exact = exact.quantize(Decimal("0.01"))
     return f"{exact:,f} {currency}".strip()
 
@@ -70,7 +71,7 @@ def admin_link(obj, text: str | None = None) -> str:
 
 
 def report_service_error(
-    request: HttpRequest, form: forms.Form, error: BillingError | LedgerError
+    request: HttpRequest, form: forms.BaseForm, error: BillingError | LedgerError
 ) -> None:
     """Show a service's expected failure: on the form field it names (``param``, e.g.
     ``charges[0].tiers`` → the charges field), else as an error message."""
@@ -82,7 +83,13 @@ def report_service_error(
         messages.error(request, f"{error.message} ({error.code})")
 
 
-class ServiceFormMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into: a ModelAdmin's site, options and views
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = object
+
+
+class ServiceFormMixin(_ModelAdmin):
     """Admin pages whose form ends in one service call (``admin/billing/service_form.html``).
 
     The form only validates input; the service writes. A failure the service reports is
@@ -94,7 +101,7 @@ class ServiceFormMixin:
         self,
         request: HttpRequest,
         *,
-        form: forms.Form,
+        form: forms.BaseForm,
         title: str,
         submit_label: str,
         original: Any = None,
@@ -103,7 +110,9 @@ class ServiceFormMixin:
         fieldsets: list | None = None,
     ) -> TemplateResponse:
         admin_form = helpers.AdminForm(
-            form, fieldsets or [(None, {"fields": list(form.fields)})], {}
+            form,  # type: ignore[arg-type]  # any form works; django-stubs asks for a ModelForm
+            fieldsets or [(None, {"fields": list(form.fields)})],
+            {},
         )
         context = {
             **self.admin_site.each_context(request),
@@ -121,7 +130,7 @@ class ServiceFormMixin:
         return TemplateResponse(request, self.service_form_template, context)
 
     def run_service(
-        self, request: HttpRequest, form: forms.Form, call: Callable[[], HttpResponse]
+        self, request: HttpRequest, form: forms.BaseForm, call: Callable[[], HttpResponse]
     ) -> HttpResponse | None:
         """``call()`` once the form is valid; None (re-render the form) if it failed."""
         if request.method != "POST" or not form.is_valid():

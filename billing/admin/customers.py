@@ -75,7 +75,8 @@ class CustomerCreateForm(forms.ModelForm):
         return check_currency(self.cleaned_data["currency"])
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("credit_limit") is not None and data.get("billing_mode") != "postpaid":
             self.add_error("credit_limit", "A credit limit applies to postpaid customers only.")
         return data

@@ -215,7 +215,8 @@ class PlanCreateForm(PlanVersionForm):
         super().__init__(*args, consumption_model=ConsumptionModel.CREDITS, **kwargs)
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         credits = data.get("consumption_model") == ConsumptionModel.CREDITS
         if data.get("units_per_credit") is not None and not credits:
             self.add_error("units_per_credit", "Only credits plans have units per credit.")

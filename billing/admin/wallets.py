@@ -20,10 +20,14 @@ from ledger.admin import ReadOnlyInline
 
 
 def wallet_balance(wallet: Wallet) -> ledger_selectors.BalanceView:
-    """The wallet's balance, read once per wallet and page."""
-    if not hasattr(wallet, "_balance_view"):
-        wallet._balance_view = ledger_selectors.get_balance(account=wallet.account)
-    return wallet._balance_view
+    """The wallet's balance, read once per wallet and page (kept in the instance's own
+    ``__dict__``, as ``cached_property`` keeps its values)."""
+    cached = wallet.__dict__.get("_balance_view")
+    if cached is None:
+        cached = wallet.__dict__["_balance_view"] = ledger_selectors.get_balance(
+            account=wallet.account
+        )
+    return cached
 
 
 class WalletInline(ReadOnlyInline):
@@ -78,7 +82,9 @@ class MoneyForm(forms.Form):
         kwargs["initial"].setdefault("currency", customer.currency)
         super().__init__(*args, **kwargs)
         currencies = customer.wallets.order_by("currency").values_list("currency", flat=True)
-        self.fields["currency"].choices = [(c, c) for c in currencies]
+        currency = self.fields["currency"]
+        assert isinstance(currency, forms.ChoiceField)
+        currency.choices = [(c, c) for c in currencies]
         self.order_fields(["amount", "currency"])
 
     def clean_token(self) -> str:

@@ -157,10 +157,14 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         }:
             code = detail_code
         body = error_body(status_code, code, str(exc.detail))
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header
+        if isinstance(exc, exceptions.Throttled):
+            wait = exc.wait  # type: ignore[attr-defined]  # DRF sets it; its stubs omit it
+            if wait is not None:
+                headers["Retry-After"] = str(int(wait) + 1)
+        # DRF's APIView puts it on an authentication failure when the scheme has a header
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
     else:
         return None  # a real fault: a 500, logged
     set_rollback()

@@ -188,7 +188,8 @@ def _try_claim(request, key: str, request_hash: str):
         cursor.execute(  # a stale claim: its request died; take it over
             "UPDATE billing_idempotencyrecord SET created_at = clock_timestamp() "
             "WHERE id = %s AND created_at < clock_timestamp() - %s RETURNING id, created_at",
-            [record_id, CLAIM_TIMEOUT],
+            # psycopg adapts a timedelta to an interval; django-stubs' parameter type omits it
+            [record_id, CLAIM_TIMEOUT],  # type: ignore[list-item]
         )
         return cursor.fetchone()
 

@@ -61,7 +61,7 @@ class _ListCustomerSerializer(s.CustomerSerializer):
     wallets = _ListWalletSerializer(many=True)
 
     def get_subscription(self, customer: Customer) -> dict | None:
-        live = customer.live_subscriptions
+        live = customer.live_subscriptions  # type: ignore[attr-defined]  # a Prefetch to_attr
         return s.SubscriptionSerializer(live[0]).data if live else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -59,7 +60,13 @@ def _unknown_field(serializer: serializers.Serializer, data, path: str) -> str |
     return None
 
 
-class StrictInputMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into
+    _Serializer = serializers.Serializer[Any]
+else:
+    _Serializer = object
+
+
+class StrictInputMixin(_Serializer):
     """Every input serializer: a field the serializer does not take is refused
     (``unknown_parameter``, ``param`` its dotted path), before any other validation, so a
     typo such as ``unit_prise`` never passes as "not given". Nested serializers (a plan's
@@ -109,19 +116,21 @@ class Money(serializers.DecimalField):
             value = super().to_internal_value(data)
         except serializers.ValidationError as error:
             # More whole digits than the field has: too large, whatever the digit count.
-            if self.limit is not None and set(error.get_codes()) & {
-                "max_digits",
-                "max_whole_digits",
-            }:
-                self._too_large()
+            codes = error.get_codes()
+            if (
+                self.limit is not None
+                and isinstance(codes, list)
+                and set(codes) & {"max_digits", "max_whole_digits"}
+            ):
+                self._too_large(self.limit)
             raise
         if self.limit is not None and limits.amount_problem(value, limit=self.limit):
-            self._too_large()
+            self._too_large(self.limit)
         return value
 
-    def _too_large(self):
+    def _too_large(self, limit: Decimal) -> NoReturn:
         raise serializers.ValidationError(
-            limits.amount_problem(self.limit + 1, limit=self.limit), code="amount_too_large"
+            limits.amount_problem(limit + 1, limit=limit), code="amount_too_large"
         )
 
 
@@ -357,7 +366,11 @@ class CreditGrantSerializer(serializers.Serializer):
         allow_null=True, help_text="null: credits outside any grant (they never expire)."
     )
     name = serializers.CharField()
-    source = serializers.CharField(allow_null=True, help_text="purchase, promotional, adjustment")
+    # (a field named like Field.source: DRF's metaclass takes declared fields off the
+    # class, so nothing is shadowed; the stubs see a class attribute)
+    source = serializers.CharField(  # type: ignore[assignment]
+        allow_null=True, help_text="purchase, promotional, adjustment"
+    )
     priority = serializers.IntegerField(allow_null=True, help_text="Lower is drawn first.")
     currency = serializers.CharField()
     granted = Money(allow_null=True)
@@ -399,7 +412,7 @@ class TopUpSerializer(StrictSerializer):
 class CreditGrantCreateSerializer(StrictSerializer):
     amount = Money(min_value=Decimal("0.000000000001"), help_text="Credits to grant.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    source = serializers.ChoiceField(
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # as CreditGrantSerializer.source
         choices=["promotional", "adjustment"],
         default="promotional",
         help_text="Credits bought are top-ups in CREDITS, not grants made here.",
@@ -430,7 +443,7 @@ class CreditGrantDetailSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     customer = serializers.CharField(source="customer.external_id")
     name = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # as CreditGrantSerializer.source
     priority = serializers.IntegerField()
     currency = serializers.CharField()
     amount = Money()
@@ -498,7 +511,7 @@ class MeterSerializer(StrictInputMixin, serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = ["id", "created_at"]
-        extra_kwargs = {"code": {"validators": []}}
+        extra_kwargs: dict[str, dict[str, Any]] = {"code": {"validators": []}}
 
 
 class TierSerializer(StrictInputMixin, serializers.ModelSerializer):

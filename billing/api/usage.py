@@ -108,7 +108,9 @@ class AsyncBatchItemSerializer(serializers.Serializer):
 
 
 class AsyncBatchResultSerializer(serializers.Serializer):
-    data = AsyncBatchItemSerializer(many=True)
+    # (a field named like Serializer.data: DRF's metaclass takes declared fields off the
+    # class, so nothing is shadowed; the stubs see a class attribute)
+    data = AsyncBatchItemSerializer(many=True)  # type: ignore[assignment]
     pending = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     rejected = serializers.IntegerField()
@@ -126,7 +128,7 @@ class BatchItemSerializer(serializers.Serializer):
 
 
 class BatchResultSerializer(serializers.Serializer):
-    data = BatchItemSerializer(many=True)
+    data = BatchItemSerializer(many=True)  # type: ignore[assignment]  # as in the async one
     accepted = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     rejected = serializers.IntegerField()
@@ -185,6 +187,7 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
     customer = _text(raw, "customer", 200, prefix)
     event_name = _text(raw, "event_name", 200, prefix)
     timestamp = raw.get("timestamp")
+    moment: datetime | None
     if timestamp is None:
         moment = now or timezone.now()
     else:
@@ -345,6 +348,7 @@ class EventCreateView(APIView):
         if _wants_async(request):
             acceptance = inbox.accept_events([event])[0]
             if acceptance.status == "rejected":
+                assert acceptance.error is not None, "a rejected event carries its error"
                 raise acceptance.error
             return _async_response(
                 {
@@ -356,6 +360,7 @@ class EventCreateView(APIView):
             )
         outcome = rating.ingest_events([event])[0]
         if outcome.status == "rejected":
+            assert outcome.error is not None, "a rejected event carries its error"
             raise outcome.error
         code = status.HTTP_201_CREATED if outcome.status == "accepted" else status.HTTP_200_OK
         return Response(_event_payload(outcome), status=code)
@@ -415,6 +420,7 @@ class EventBatchView(APIView):
         outcomes = rating.ingest_events(valid) if valid else []
         for index, outcome in zip(positions, outcomes, strict=True):
             if outcome.status == "rejected":
+                assert outcome.error is not None, "a rejected event carries its error"
                 results[index] = {
                     "index": index,
                     "status": "rejected",

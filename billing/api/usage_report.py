@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -95,7 +96,7 @@ def _num(value: Decimal) -> str:
 
 
 def _meter_payload(usage: MeterUsage, group_by: str | None) -> dict:
-    item = {
+    item: dict[str, Any] = {
         "meter": usage.meter.code,
         "unit": usage.meter.unit,
         "quantity": _num(usage.quantity),

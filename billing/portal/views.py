@@ -19,6 +19,7 @@ import uuid
 from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 from functools import wraps
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -163,12 +164,13 @@ def _money(value: Decimal | None, currency: str) -> str:
 def _exact(value: Decimal, currency: str) -> str:
     """An event's price exactly (they are often fractions of a cent), at least to the cent."""
     shown = value.normalize()
-    if shown.as_tuple().exponent > -2:
+    exponent = shown.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -2:  # (not NaN or an infinity)
         shown = shown.quantize(Decimal("0.01"))
     return f"{shown:,f} {currency}".strip()
 
 
-STATUS_LABELS = {
+STATUS_LABELS: dict[str, str] = {
     InvoiceStatus.OPEN: "Open",
     InvoiceStatus.PAST_DUE: "Past due",
     InvoiceStatus.PAID: "Paid",
@@ -286,7 +288,7 @@ def _recent_events(customer) -> dict:
                 "output": f"{event.output_tokens:,}",
                 "amount": _exact(event.amount, event.currency),
                 "transaction": event.ledger_transaction.reference
-                if event.ledger_transaction_id
+                if event.ledger_transaction
                 else "—",
             }
         )
@@ -470,7 +472,7 @@ def usage_csv(request):
                     e.reasoning_tokens,
                     f"{e.amount:f}",  # a number: a leading minus stays a minus
                     safe_cell(e.currency),
-                    safe_cell(e.ledger_transaction.reference if e.ledger_transaction_id else ""),
+                    safe_cell(e.ledger_transaction.reference if e.ledger_transaction else ""),
                 ]
             )
 
@@ -519,7 +521,7 @@ def credits(request):
             "ended_at": grant.ended_at,
         }
 
-    wallets = [
+    wallets: list[dict[str, Any]] = [
         {
             "available": f"{w['available'].normalize():,f}",
             "held": f"{w['held'].normalize():,f}" if w["held"] else None,
@@ -637,7 +639,9 @@ class TopUpForm(forms.Form):
 
     def __init__(self, *args, currencies: list[str], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["currency"].choices = [(c, c) for c in currencies]
+        currency = self.fields["currency"]
+        assert isinstance(currency, forms.ChoiceField)
+        currency.choices = [(c, c) for c in currencies]
 
 
 @portal_view

@@ -74,6 +74,18 @@ def test_a_top_up_that_no_stripe_event_would_carry_credits_nothing(stripe_server
     assert not Account.objects.filter(code__startswith="@UnappliedPayments").exists()
 
 
+def test_a_paid_checkout_without_a_payment_intent_books_nothing(stripe_server):  # noqa: F811
+    """Found by the type checker (issue 15): the session's PaymentIntent id may be null, and
+    a payment was recorded under it as if it were an id."""
+    invoice = invoice_of("30")
+    completed, _ = paid_on_checkout(stripe_server, invoice)
+    answer = post_event(stripe_server, forged(completed, "no-intent", payment_intent=None))
+    assert answer["status"] == "needs_review", answer
+    assert "without a payment intent" in answer["outcome"]
+    assert "nothing booked" in answer["outcome"]
+    nothing_booked_for(invoice)
+
+
 def test_the_real_payment_still_books(stripe_server):  # noqa: F811
     invoice = invoice_of("30")
     completed, _ = paid_on_checkout(stripe_server, invoice)

@@ -61,7 +61,7 @@ class Command(BaseCommand):
         for line in summary.lines():
             self.stdout.write(line)
         counts: dict[str, int] = {}
-        for result in (*summary.meters, *summary.plans):
+        for result in summary.results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         tally = ", ".join(f"{n} {outcome.replace('_', ' ')}" for outcome, n in counts.items())
         verdict = f"{summary.source}: {len(summary.meters)} meters, {len(summary.plans)} plans" + (
