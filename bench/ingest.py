@@ -307,8 +307,8 @@ def run_in_process(bench: Bench, seconds: float) -> RunResult:
     from django.db import connection
     from django.utils import timezone
 
-    from billing.api.usage import parse_event
     from metering import rating
+    from metering.api.ingest import parse_event
 
     customers = bench.seeded.customers
     rng = random.Random("in-process/1/0")

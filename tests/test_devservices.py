@@ -41,7 +41,7 @@ def test_embedded_services_start_are_reused_and_stop(tmp_path):
         assert dict(line.split("=", 1) for line in again.stdout.split()) == urls
 
         stopped = devservices(["stop"], env)
-        assert "embedded postgres: stopped" in stopped.stdout
+        assert "embedded postgres: stopped" in stopped.stdout, stopped.stderr
         assert "embedded redis: stopped" in stopped.stdout
         status = devservices(["status"], env).stdout
         assert "embedded postgres: stopped" in status and "embedded redis: stopped" in status

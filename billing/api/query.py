@@ -147,3 +147,7 @@ def object_id(request, name: str) -> int | None:
     except ValueError:
         raise invalid(name, f"{name} must be an object id") from None
     return value
+
+
+# The help of the created_from / created_to filters of the lists
+CREATED_HELP = "A date (midnight UTC) or an RFC 3339 timestamp with its offset (encode + as %2B)."

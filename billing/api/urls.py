@@ -1,7 +1,8 @@
 from django.urls import path
 
-from billing.api import authorize, holds, lists, model_prices, usage, usage_report, views
+from billing.api import lists, views
 from invoicing import api as invoicing_api
+from metering.api import authorize, events, holds, ingest, model_prices, usage_report
 
 urlpatterns = [
     path("customers", lists.CustomerListCreateView.as_view()),
@@ -19,8 +20,8 @@ urlpatterns = [
     path("invoices/<int:invoice_id>", invoicing_api.InvoiceDetailView.as_view()),
     path("invoices/<int:invoice_id>/pdf", invoicing_api.InvoicePDFView.as_view()),
     path("webhooks/stripe", invoicing_api.StripeWebhookView.as_view()),
-    path("events", lists.EventListCreateView.as_view()),
-    path("events/batch", usage.EventBatchView.as_view()),
+    path("events", events.EventListCreateView.as_view()),
+    path("events/batch", ingest.EventBatchView.as_view()),
     path("authorize", authorize.AuthorizeView.as_view()),
     path("holds", holds.HoldCreateView.as_view()),
     path("holds/<int:hold_id>", holds.HoldDetailView.as_view()),

@@ -1,7 +1,7 @@
 """POST /authorize: before compute, may this customer spend this much? (scope ``ingest``).
 
 The request is priced by ``metering.selectors.estimate_usage``; its input serializer is
-shared with POST /holds (``billing.api.holds``), which reserves what it estimates.
+shared with POST /holds (``metering.api.holds``), which reserves what it estimates.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from billing import limits
 from billing.api.idempotency import idempotent
 from billing.api.query import APIView
 from billing.api.serializers import CurrencyField, Money, StrictSerializer
-from billing.api.usage import INGEST, _money
 from billing.api.views import errors, idempotency_parameter
+from metering.api.ingest import INGEST, _money
 from metering.selectors import EstimateRequest, estimate_usage
 
 

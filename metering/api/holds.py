@@ -16,17 +16,17 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from billing import selectors
-from billing.api.authorize import EstimateInputSerializer, estimate_request
 from billing.api.errors import reference_reused
 from billing.api.idempotency import idempotent
 from billing.api.query import APIView
 from billing.api.serializers import Money, NoBody, StrictSerializer
-from billing.api.usage import INGEST, EventResultSerializer, _event_payload, parse_event
 from billing.api.views import errors, idempotency_parameter
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import Hold
 from metering import services
+from metering.api.authorize import EstimateInputSerializer, estimate_request
+from metering.api.ingest import INGEST, EventResultSerializer, _event_payload, parse_event
 
 
 class HoldInputSerializer(EstimateInputSerializer):

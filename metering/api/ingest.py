@@ -2,9 +2,9 @@
 respond-async``) stored to be rated within about a second.
 
 Scope ``ingest`` (a product backend's hot path needs nothing more; /authorize and /holds,
-``billing.api.authorize`` and ``billing.api.holds``, take the same). The rest of the usage
-API: ``billing.api.usage_report`` (GET /customers/{id}/usage) and
-``billing.api.model_prices`` (GET /models).
+``metering.api.authorize`` and ``metering.api.holds``, take the same). The rest of the usage
+API: ``metering.api.usage_report`` (GET /customers/{id}/usage) and
+``metering.api.model_prices`` (GET /models).
 """
 
 from __future__ import annotations
