@@ -233,8 +233,9 @@ CATALOG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 class ModelPriceFactory(DjangoModelFactory):
     """One version of a model's prices (USD per million tokens). No service creates a single
     catalog row (catalog.import_genai_prices loads the whole genai-prices catalog; the admin
-    saves rows as they are): the row is saved as the admin saves it, then this process's
-    catalog cache is invalidated so that rating sees it."""
+    saves rows as they are), so the row is saved as the admin saves it. Like a row the admin
+    adds in another process, it reaches this process's catalog cache when the cache next
+    checks the table; call ``catalog.invalidate()`` to have it at once."""
 
     class Meta:
         model = "metering.ModelPrice"
@@ -244,12 +245,6 @@ class ModelPriceFactory(DjangoModelFactory):
     effective_from = CATALOG_EPOCH
     input_mtok = Decimal(1)
     output_mtok = Decimal(2)
-
-    @classmethod
-    def _create(cls, model_class, *args, **kwargs: Any):
-        row = super()._create(model_class, *args, **kwargs)
-        catalog.invalidate()
-        return row
 
 
 # A few real catalog rows (USD per million tokens, as genai-prices 0.2.3 has them).
@@ -298,7 +293,7 @@ MODEL_PRICES = [
 
 def create_model_prices() -> dict[str, Any]:
     """The MODEL_PRICES rows (gpt-4o, gpt-4o-mini, claude-sonnet-4-5, gemini-2.5-pro), in
-    effect since 2000; model id → row."""
+    effect since 2000, and this process's catalog cache invalidated; model id → row."""
     rows = [
         ModelPriceFactory(
             provider=provider,
@@ -315,4 +310,5 @@ def create_model_prices() -> dict[str, Any]:
             MODEL_PRICES
         )
     ]
+    catalog.invalidate()
     return {row.model: row for row in rows}
