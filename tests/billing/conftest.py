@@ -117,7 +117,7 @@ def read_api(make_key) -> APIClient:
 @pytest.fixture
 def make_customer(db) -> Callable[..., Customer]:
     def make(external_id: str | None = None, **kwargs: Any) -> Customer:
-        if external_id is not None:
+        if external_id:
             kwargs["external_id"] = external_id
         return CustomerFactory(**kwargs)
 
@@ -127,7 +127,7 @@ def make_customer(db) -> Callable[..., Customer]:
 @pytest.fixture
 def make_meter(db) -> Callable[..., Meter]:
     def make(code: str | None = None, **kwargs: Any) -> Meter:
-        if code is not None:
+        if code:
             kwargs["code"] = code
         return MeterFactory(**kwargs)
 
@@ -139,7 +139,7 @@ def make_plan(db) -> Callable[..., Plan]:
     """make_plan(code=None, base_fee="0", charges=(ChargeSpec, ...), **PlanSpec fields)."""
 
     def make(code: str | None = None, *, base_fee: str | Decimal = "0", **kwargs: Any) -> Plan:
-        if code is not None:
+        if code:
             kwargs["code"] = code
         return PlanFactory(base_fee=base_fee, **kwargs)
 

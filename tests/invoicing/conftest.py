@@ -32,7 +32,7 @@ def meter(code: str | None = None, **kw) -> str:
 
 def plan(*charges: ChargeSpec, base_fee: str = "0", **kw) -> Plan:
     kw.setdefault("name", "Pro")
-    if kw.get("code") is None:
+    if not kw.get("code"):
         kw.pop("code", None)
     return PlanFactory(base_fee=base_fee, charges=charges, **kw)
 
