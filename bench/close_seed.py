@@ -1,7 +1,9 @@
-"""Part of bench/close.py (not a command): the seed. Meters and a metered plan through the
-services; then, by COPY, per customer its postpaid wallet, a subscription whose monthly
-period has ended, its usage counters and the period's events, in one of 16 usage patterns
-whose events add up to the counters as rating would have left them."""
+"""Part of bench/close.py (not a command): the seed. Meters and a metered plan from the
+tests' factories (through the services); then, by COPY, per customer its postpaid wallet, a
+subscription whose monthly period has ended, its usage counters and the period's events, in
+one of 16 usage patterns whose events add up to the counters as rating would have left them.
+The COPY stays raw on purpose: 10,000 customers with 1,000 events each through the services
+would take hours; seed_checks proves the rows are what rating would have left."""
 
 from __future__ import annotations
 
@@ -82,46 +84,46 @@ class Seed:
 
 
 def seed_shared() -> Shared:
-    """The meters and the plan, through the services (as the pricing file would)."""
+    """The meters and the plan, published through the services (as the pricing file would)
+    by the tests' factories."""
     from billing import services
     from billing.models import ConsumptionModel, PriceModel
     from metering import rating
+    from tests.factories import PlanFactory
 
     meter_ids = create_meters(METERS, event_name=EVENT_NAME)
     charge, tier = services.ChargeSpec, services.TierSpec
-    plan, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code=PLAN_CODE,
-            name="Bench Pro",
-            currency=CURRENCY,
-            base_fee=BASE_FEE,
-            consumption_model=ConsumptionModel.METERED,
-            charges=(
-                charge(
-                    meter="input_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(200_000),
-                    tiers=(
-                        tier(up_to=Decimal(1_000_000), unit_price=Decimal("0.0000004")),
-                        tier(up_to=None, unit_price=Decimal("0.0000003")),
-                    ),
-                ),
-                charge(
-                    meter="output_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(50_000),
-                    tiers=(
-                        tier(up_to=Decimal(200_000), unit_price=Decimal("0.0000016")),
-                        tier(up_to=None, unit_price=Decimal("0.0000012")),
-                    ),
-                ),
-                charge(
-                    meter="requests",
-                    included_quantity=Decimal(500),
-                    unit_price=Decimal("0.001"),
+    plan = PlanFactory(
+        code=PLAN_CODE,
+        name="Bench Pro",
+        currency=CURRENCY,
+        base_fee=BASE_FEE,
+        consumption_model=ConsumptionModel.METERED,
+        charges=(
+            charge(
+                meter="input_tokens",
+                price_model=PriceModel.GRADUATED,
+                included_quantity=Decimal(200_000),
+                tiers=(
+                    tier(up_to=Decimal(1_000_000), unit_price=Decimal("0.0000004")),
+                    tier(up_to=None, unit_price=Decimal("0.0000003")),
                 ),
             ),
-        )
+            charge(
+                meter="output_tokens",
+                price_model=PriceModel.GRADUATED,
+                included_quantity=Decimal(50_000),
+                tiers=(
+                    tier(up_to=Decimal(200_000), unit_price=Decimal("0.0000016")),
+                    tier(up_to=None, unit_price=Decimal("0.0000012")),
+                ),
+            ),
+            charge(
+                meter="requests",
+                included_quantity=Decimal(500),
+                unit_price=Decimal("0.001"),
+            ),
+        ),
     )
     return Shared(plan_id=plan.pk, meter_ids=meter_ids, terms=rating.plan_terms(plan.pk))
 

@@ -1,8 +1,9 @@
 """Part of bench/ingest.py (not a command): what the benchmark puts in its database and
-what its clients send. The seed (meters, catalog rows, two plans, 200 customers and an API
-key, through the services), the LLM usage the clients report (OpenAI, Anthropic and Gemini
-usage objects as the providers return them), and the client processes: spawned, plain
-``http.client`` with keep-alive (no Django), or plain psycopg for the raw ceiling."""
+what its clients send. The seed (meters, the tests' catalog rows, two plans, 200 customers
+and an API key, from the tests' factories: through the services), the LLM usage the
+clients report (OpenAI, Anthropic and Gemini usage objects as the providers return them),
+and the client processes: spawned, plain ``http.client`` with keep-alive (no Django), or
+plain psycopg for the raw ceiling."""
 
 from __future__ import annotations
 
@@ -51,49 +52,6 @@ METERS = (
     ("requests", "API requests", "count", "", "requests"),
 )
 
-# Catalog rows, as tests/conftest.py MODEL_PRICES has them (USD per million tokens):
-# provider, model, match, input, output, cache read, cache write, tiers.
-MODEL_PRICES = (
-    (
-        "openai",
-        "gpt-4o",
-        {"or": [{"equals": "gpt-4o"}, {"starts_with": "gpt-4o-2024"}]},
-        "2.5",
-        "10",
-        "1.25",
-        None,
-        [],
-    ),
-    ("openai", "gpt-4o-mini", {"starts_with": "gpt-4o-mini"}, "0.15", "0.6", "0.075", None, []),
-    (
-        "anthropic",
-        "claude-sonnet-4-5",
-        {"starts_with": "claude-sonnet-4-5"},
-        "3",
-        "15",
-        "0.3",
-        "3.75",
-        [],
-    ),
-    (
-        "google",
-        "gemini-2.5-pro",
-        {"starts_with": "gemini-2.5-pro"},
-        "1.25",
-        "10",
-        "0.125",
-        None,
-        [
-            {
-                "above_input_tokens": 200000,
-                "input_mtok": "2.5",
-                "output_mtok": "15",
-                "cache_read_mtok": "0.25",
-            }
-        ],
-    ),
-)
-
 # What the clients send: (provider, model name as the provider's response gives it, weight).
 MODEL_MIX = (
     ("openai", "gpt-4o-mini-2024-07-18", 45),
@@ -118,76 +76,65 @@ class Seed:
 
 
 def seed() -> Seed:
-    """Meters, catalog rows, two plans, the customers and an API key, through the services
-    (as the pricing file, the admin and the API would create them)."""
+    """Meters, the tests' catalog rows (tests.factories.MODEL_PRICES), two plans, the
+    customers and an API key, from the tests' factories: through the services (as the
+    pricing file, the admin and the API would create them)."""
     from billing import services
-    from billing.models import APIKey, BillingMode, ConsumptionModel, PriceModel, Wallet
-    from metering import catalog
-    from metering.models import ModelPrice
+    from billing.models import BillingMode, ConsumptionModel, PriceModel, Wallet
+    from tests.factories import (
+        APIKeyFactory,
+        CustomerFactory,
+        PlanFactory,
+        SubscriptionFactory,
+        create_model_prices,
+    )
 
     create_meters(METERS, event_name=EVENT_NAME)
-    for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
-        ModelPrice.objects.create(
-            provider=provider,
-            model=model,
-            match=match,
-            position=position,
-            effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-            input_mtok=Decimal(inp),
-            output_mtok=Decimal(out),
-            cache_read_mtok=Decimal(read),
-            cache_write_mtok=Decimal(write) if write else None,
-            tiers=tiers,
-        )
-    catalog.invalidate()
+    create_model_prices()
 
     charge, tier = services.ChargeSpec, services.TierSpec
     # pricing/demo.yaml's payg: the provider's cost per model plus a margin.
-    payg, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code="bench-payg",
-            name="Pay as you go",
-            consumption_model=ConsumptionModel.BALANCE,
-            charges=(
-                charge(meter="input_tokens", margin_percent=Decimal(20)),
-                charge(meter="output_tokens", margin_percent=Decimal(20)),
-                charge(meter="cached_input_tokens", margin_percent=Decimal("10.5")),
-            ),
-        )
+    payg = PlanFactory(
+        code="bench-payg",
+        name="Pay as you go",
+        consumption_model=ConsumptionModel.BALANCE,
+        charges=(
+            charge(meter="input_tokens", margin_percent=Decimal(20)),
+            charge(meter="output_tokens", margin_percent=Decimal(20)),
+            charge(meter="cached_input_tokens", margin_percent=Decimal("10.5")),
+        ),
     )
     # demo.yaml's pro without the trial and with small allowances, so tiers are crossed.
-    graduated, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code="bench-graduated",
-            name="Graduated",
-            consumption_model=ConsumptionModel.METERED,
-            charges=(
-                charge(
-                    meter="input_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(100_000),
-                    tiers=(
-                        tier(up_to=Decimal(10_000_000), unit_price=Decimal("0.00000030")),
-                        tier(up_to=None, unit_price=Decimal("0.00000025")),
-                    ),
-                ),
-                charge(
-                    meter="output_tokens",
-                    price_model=PriceModel.GRADUATED,
-                    included_quantity=Decimal(20_000),
-                    tiers=(
-                        tier(up_to=Decimal(2_000_000), unit_price=Decimal("0.0000012")),
-                        tier(up_to=None, unit_price=Decimal("0.000001")),
-                    ),
-                ),
-                charge(meter="cached_input_tokens", unit_price=Decimal("0.000000075")),
-                charge(
-                    meter="requests",
-                    included_quantity=Decimal(100),
-                    unit_price=Decimal("0.00001"),
+    graduated = PlanFactory(
+        code="bench-graduated",
+        name="Graduated",
+        consumption_model=ConsumptionModel.METERED,
+        charges=(
+            charge(
+                meter="input_tokens",
+                price_model=PriceModel.GRADUATED,
+                included_quantity=Decimal(100_000),
+                tiers=(
+                    tier(up_to=Decimal(10_000_000), unit_price=Decimal("0.00000030")),
+                    tier(up_to=None, unit_price=Decimal("0.00000025")),
                 ),
             ),
-        )
+            charge(
+                meter="output_tokens",
+                price_model=PriceModel.GRADUATED,
+                included_quantity=Decimal(20_000),
+                tiers=(
+                    tier(up_to=Decimal(2_000_000), unit_price=Decimal("0.0000012")),
+                    tier(up_to=None, unit_price=Decimal("0.000001")),
+                ),
+            ),
+            charge(meter="cached_input_tokens", unit_price=Decimal("0.000000075")),
+            charge(
+                meter="requests",
+                included_quantity=Decimal(100),
+                unit_price=Decimal("0.00001"),
+            ),
+        ),
     )
 
     started = datetime.now(UTC) - timedelta(days=10)  # mid-period: no boundary in the runs
@@ -195,22 +142,24 @@ def seed() -> Seed:
     prepaid = 0
     for i in range(CUSTOMERS):
         is_prepaid = i % PREPAID_EVERY == 0
-        customer = services.create_customer(
+        customer = CustomerFactory(
             external_id=f"bench-cus-{i:04d}",
             name=f"Bench customer {i}",
             billing_mode=BillingMode.PREPAID if is_prepaid else BillingMode.POSTPAID,
+            funds=PREPAID_FUNDS if is_prepaid else 0,
+            funds_reference="bench-funding",
         )
         plan = graduated if i % PREPAID_EVERY == 1 else payg
-        services.create_subscription(customer=customer, plan=plan, start=started)
+        SubscriptionFactory(customer=customer, plan=plan, start=started)
         if is_prepaid:
-            services.top_up(customer=customer, amount=PREPAID_FUNDS, reference="bench-funding")
             prepaid += 1
         external_ids.append(customer.external_id)
         plans[plan.code] += 1
-    key, secret = services.create_api_key(name="bench-ingest", scopes=["read", "ingest"])
     # The per-key rate limit (6,000 a minute by default) would refuse the benchmark's load;
     # the Redis counter it keeps is still incremented on every request, as in production.
-    APIKey.objects.filter(pk=key.pk).update(rate_limit_per_minute=2**31 - 1)
+    key = APIKeyFactory(
+        name="bench-ingest", scopes=["read", "ingest"], rate_limit_per_minute=2**31 - 1
+    )
     wallet_accounts = sorted(
         Wallet.objects.filter(currency="USD").values_list("account_id", flat=True)
     )
@@ -218,7 +167,7 @@ def seed() -> Seed:
         customers=external_ids,
         prepaid=prepaid,
         wallet_accounts=wallet_accounts,
-        api_secret=secret,
+        api_secret=key.secret,
         plans=dict(plans),
     )
 

@@ -203,32 +203,28 @@ class Accounts:
 
 def create_accounts() -> Accounts:
     """1,000 funded prepaid wallets, the hot @World and @Revenue, and a revenue account per
-    wallet for the no-shared scenario. Runs in the main process, through the services."""
+    wallet for the no-shared scenario. Runs in the main process, through the services: the
+    accounts from the tests' factory; the funding in chunks of FUNDING_CHUNK transactions per
+    post_transactions() call (the factory's ``funds`` would post them one at a time)."""
     from ledger import services
     from ledger.models import NormalBalance
+    from tests.factories import LedgerAccountFactory
 
     world = services.ensure_system_account(
         code="@World", currency=CURRENCY, normal_balance=NormalBalance.DEBIT
     )
     revenue = services.ensure_system_account(code="@Revenue", currency=CURRENCY)
     wallets, wallet_revenues = [], []
+    owned = {"currency": CURRENCY, "owner_type": "bench.customer"}
     for i in range(WALLETS):
         wallets.append(
-            services.create_account(
-                code=f"bench:wallet:{i}",
-                currency=CURRENCY,
-                allow_negative=False,
-                owner_type="bench.customer",
-                owner_id=str(i),
+            LedgerAccountFactory(
+                code=f"bench:wallet:{i}", allow_negative=False, owner_id=str(i), **owned
             ).pk
         )
         wallet_revenues.append(
-            services.create_account(
-                code=f"bench:revenue:{i}",
-                currency=CURRENCY,
-                allow_negative=True,
-                owner_type="bench.customer",
-                owner_id=str(i),
+            LedgerAccountFactory(
+                code=f"bench:revenue:{i}", allow_negative=True, owner_id=str(i), **owned
             ).pk
         )
     for start in range(0, WALLETS, FUNDING_CHUNK):

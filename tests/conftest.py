@@ -9,10 +9,9 @@ import pytest
 
 from ledger import services
 from ledger.models import Account, NormalBalance
+from tests.factories import MODEL_PRICES, LedgerAccountFactory, create_model_prices, unique
 
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+__all__ = ["MODEL_PRICES", "unique"]
 
 
 @pytest.fixture
@@ -39,27 +38,12 @@ def make_wallet(db, world):
         negative_limit: Decimal | str | None = None,
         currency: str = "USD",
     ) -> Account:
-        wallet = services.create_account(
-            code=unique("wallet"),
-            currency=currency,
+        return LedgerAccountFactory(
+            funds=funds,
             allow_negative=allow_negative,
-            negative_limit=Decimal(negative_limit) if negative_limit is not None else None,
-            owner_type="tests.customer",
-            owner_id=unique("cus"),
+            negative_limit=negative_limit,
+            currency=currency,
         )
-        if Decimal(funds):
-            source = (
-                world
-                if currency == "USD"
-                else services.ensure_system_account(
-                    code="@World", currency=currency, normal_balance=NormalBalance.DEBIT
-                )
-            )
-            services.post_transaction(
-                reference=unique("fund"),
-                legs=[services.debit(source, funds), services.credit(wallet, funds)],
-            )
-        return wallet
 
     return make
 
@@ -95,73 +79,7 @@ def _fresh_metering_caches():
     rating.clear_caches()
 
 
-# A few real catalog rows (USD per million tokens, as genai-prices 0.2.3 has them).
-MODEL_PRICES = [
-    # provider, model, match, input, output, cache read, cache write, tiers
-    (
-        "openai",
-        "gpt-4o",
-        {"or": [{"equals": "gpt-4o"}, {"starts_with": "gpt-4o-2024"}]},
-        "2.5",
-        "10",
-        "1.25",
-        None,
-        [],
-    ),
-    ("openai", "gpt-4o-mini", {"starts_with": "gpt-4o-mini"}, "0.15", "0.6", "0.075", None, []),
-    (
-        "anthropic",
-        "claude-sonnet-4-5",
-        {"starts_with": "claude-sonnet-4-5"},
-        "3",
-        "15",
-        "0.3",
-        "3.75",
-        [],
-    ),
-    (
-        "google",
-        "gemini-2.5-pro",
-        {"starts_with": "gemini-2.5-pro"},
-        "1.25",
-        "10",
-        "0.125",
-        None,
-        [
-            {
-                "above_input_tokens": 200000,
-                "input_mtok": "2.5",
-                "output_mtok": "15",
-                "cache_read_mtok": "0.25",
-            }
-        ],
-    ),
-]
-
-
 @pytest.fixture
 def model_prices(db):
     """Catalog rows for gpt-4o, gpt-4o-mini, claude-sonnet-4-5 and gemini-2.5-pro."""
-    from datetime import UTC, datetime
-
-    from metering import catalog
-    from metering.models import ModelPrice
-
-    rows = []
-    for position, (provider, model, match, inp, out, read, write, tiers) in enumerate(MODEL_PRICES):
-        rows.append(
-            ModelPrice.objects.create(
-                provider=provider,
-                model=model,
-                match=match,
-                position=position,
-                effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-                input_mtok=Decimal(inp),
-                output_mtok=Decimal(out),
-                cache_read_mtok=Decimal(read),
-                cache_write_mtok=Decimal(write) if write else None,
-                tiers=tiers,
-            )
-        )
-    catalog.invalidate()
-    return {row.model: row for row in rows}
+    return create_model_prices()

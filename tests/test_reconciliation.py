@@ -13,6 +13,7 @@ from billing import services as billing
 from billing.models import Subscription, SubscriptionStatus
 from invoicing import services as invoicing
 from invoicing.models import Invoice
+from tests.factories import CustomerFactory, SubscriptionFactory
 from tests.invoicing.conftest import START, ChargeSpec, at, close, finalize, meter, plan, use
 from tests.invoicing.conftest import subscribe as subscribe_at_start
 from tests.reconciliation import assert_reconciled, reconcile
@@ -30,11 +31,14 @@ def unit_plan(price: str = "0.10", **kw):
 def new_backdated(the_plan, *, now=NOW, trial_days: int = 0) -> Subscription:
     from billing.models import BillingMode
 
-    customer = billing.create_customer(
-        external_id=f"bd-{the_plan.code}", name="Back Dated", billing_mode=BillingMode.POSTPAID
-    )
-    return billing.create_subscription(
-        customer=customer, plan=the_plan, start=START, trial_days=trial_days, now=now
+    return SubscriptionFactory(
+        customer=CustomerFactory(
+            external_id=f"bd-{the_plan.code}", name="Back Dated", billing_mode=BillingMode.POSTPAID
+        ),
+        plan=the_plan,
+        start=START,
+        trial_days=trial_days,
+        now=now,
     )
 
 

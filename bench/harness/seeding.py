@@ -1,5 +1,8 @@
-"""Filling a bench database: what the product's services create (meters), and rows in
-bulk by COPY, which the services would take hours for, beside the models' defaults."""
+"""Filling a bench database. The objects a benchmark needs a few of (meters, plans, a few
+hundred customers, an API key, catalog rows, ledger accounts) come from the factories the
+tests use (tests/factories.py), which create them through the product's services. Rows in
+the hundreds of thousands (bench/close.py's customers, subscriptions, counters and events)
+stay raw: COPY here, with the models' defaults, since the services would take hours."""
 
 from __future__ import annotations
 
@@ -17,12 +20,13 @@ MeterRow = tuple[str, str, str, str, str]
 
 
 def create_meters(meters: Iterable[MeterRow], *, event_name: str) -> dict[str, int]:
-    """The meters on ``event_name``, grouped by model, through the services; code → id."""
-    from billing import services
+    """The meters on ``event_name``, grouped by model (tests.factories.MeterFactory: through
+    the services); code → id."""
+    from tests.factories import MeterFactory
 
     ids = {}
     for code, name, aggregation, prop, unit in meters:
-        meter = services.create_meter(
+        meter = MeterFactory(
             code=code,
             name=name,
             event_name=event_name,

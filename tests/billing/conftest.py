@@ -15,9 +15,7 @@ from rest_framework.test import APIClient
 from billing import services
 from billing.models import APIKey, Customer, Meter, Plan
 from billing.services import ChargeSpec, PlanSpec, TierSpec
-from tests.conftest import unique
-
-ALL_SCOPES = ("read", "write", "ingest")
+from tests.factories import ALL_SCOPES, APIKeyFactory, CustomerFactory, MeterFactory, PlanFactory
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -94,11 +92,8 @@ def make_key(db) -> Callable[..., tuple[APIKey, str]]:
     """make_key(scopes=(...), rate_limit_per_minute=None) → (APIKey, secret)."""
 
     def make(scopes=ALL_SCOPES, *, rate_limit_per_minute: int | None = None):
-        key, secret = services.create_api_key(name=unique("key"), scopes=list(scopes))
-        if rate_limit_per_minute is not None:
-            APIKey.objects.filter(pk=key.pk).update(rate_limit_per_minute=rate_limit_per_minute)
-            key.refresh_from_db()
-        return key, secret
+        key = APIKeyFactory(scopes=scopes, rate_limit_per_minute=rate_limit_per_minute)
+        return key, key.secret
 
     return make
 
@@ -122,8 +117,9 @@ def read_api(make_key) -> APIClient:
 @pytest.fixture
 def make_customer(db) -> Callable[..., Customer]:
     def make(external_id: str | None = None, **kwargs: Any) -> Customer:
-        kwargs.setdefault("name", "Acme Robotics")
-        return services.create_customer(external_id=external_id or unique("cus"), **kwargs)
+        if external_id:
+            kwargs["external_id"] = external_id
+        return CustomerFactory(**kwargs)
 
     return make
 
@@ -131,10 +127,9 @@ def make_customer(db) -> Callable[..., Customer]:
 @pytest.fixture
 def make_meter(db) -> Callable[..., Meter]:
     def make(code: str | None = None, **kwargs: Any) -> Meter:
-        kwargs.setdefault("event_name", "llm.completion")
-        kwargs.setdefault("aggregation", "sum")
-        kwargs.setdefault("property", "llm.output_tokens")
-        return services.create_meter(code=code or unique("meter"), **kwargs)
+        if code:
+            kwargs["code"] = code
+        return MeterFactory(**kwargs)
 
     return make
 
@@ -144,11 +139,9 @@ def make_plan(db) -> Callable[..., Plan]:
     """make_plan(code=None, base_fee="0", charges=(ChargeSpec, ...), **PlanSpec fields)."""
 
     def make(code: str | None = None, *, base_fee: str | Decimal = "0", **kwargs: Any) -> Plan:
-        kwargs.setdefault("name", "Plan")
-        kwargs["charges"] = tuple(kwargs.get("charges", ()))
-        spec = PlanSpec(code=code or unique("plan"), base_fee=Decimal(base_fee), **kwargs)
-        plan, _ = services.publish_plan(spec=spec)
-        return plan
+        if code:
+            kwargs["code"] = code
+        return PlanFactory(base_fee=base_fee, **kwargs)
 
     return make
 
@@ -167,7 +160,9 @@ def clock(monkeypatch):
 
 
 __all__ = [
+    "ALL_SCOPES",
     "ChargeSpec",
+    "PlanSpec",
     "TierSpec",
     "assert_error",
     "at",

@@ -30,6 +30,13 @@ from ledger import selectors as ledger_selectors
 from ledger.models import Account
 from ledger.models import Transaction as LedgerTransaction
 from tests.conftest import unique
+from tests.factories import (
+    APIKeyFactory,
+    CustomerFactory,
+    MeterFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -49,47 +56,37 @@ def staff_client(client, staff):
 @pytest.fixture
 def catalog(db):
     """Two meters, a tiered plan, a subscribed customer with some history, an API key."""
-    tokens = services.create_meter(
-        code=unique("tokens"),
-        name="Output tokens",
-        event_name="llm.completion",
-        aggregation="sum",
-        property="usage.output_tokens",
-        unit="tokens",
+    tokens = MeterFactory(
+        code=unique("tokens"), name="Output tokens", property="usage.output_tokens", unit="tokens"
     )
-    requests = services.create_meter(
-        code=unique("requests"), event_name="llm.completion", aggregation="count"
-    )
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code=unique("pro"),
-            name="Pro",
-            description="For teams.\nBilled monthly.",
-            base_fee=Decimal("49.00"),
-            trial_days=0,
-            charges=(
-                ChargeSpec(
-                    meter=tokens.code,
-                    included_quantity=Decimal(1_000_000),
-                    unit_price=Decimal("0.000002"),
-                ),
-                ChargeSpec(
-                    meter=requests.code,
-                    price_model="graduated",
-                    tiers=(
-                        TierSpec(up_to=Decimal(1000), unit_price=Decimal("0.01")),
-                        TierSpec(up_to=None, unit_price=Decimal("0.005"), flat_fee=Decimal("2")),
-                    ),
+    requests = MeterFactory(code=unique("requests"), aggregation="count")
+    plan = PlanFactory(
+        code=unique("pro"),
+        name="Pro",
+        description="For teams.\nBilled monthly.",
+        base_fee="49.00",
+        trial_days=0,
+        charges=(
+            ChargeSpec(
+                meter=tokens.code,
+                included_quantity=Decimal(1_000_000),
+                unit_price=Decimal("0.000002"),
+            ),
+            ChargeSpec(
+                meter=requests.code,
+                price_model="graduated",
+                tiers=(
+                    TierSpec(up_to=Decimal(1000), unit_price=Decimal("0.01")),
+                    TierSpec(up_to=None, unit_price=Decimal("0.005"), flat_fee=Decimal("2")),
                 ),
             ),
-        )
+        ),
     )
-    customer = services.create_customer(
-        external_id=unique("acme"), name="Acme Robotics", email="billing@acme.test", tax_id="DE123"
+    customer = CustomerFactory(
+        external_id=unique("acme"), email="billing@acme.test", tax_id="DE123", funds=100
     )
-    services.top_up(customer=customer, amount=Decimal("100"))
-    subscription = services.create_subscription(customer=customer, plan=plan)
-    key, _ = services.create_api_key(name="prod", scopes=["read", "write"])
+    subscription = SubscriptionFactory(customer=customer, plan=plan)
+    key = APIKeyFactory(name="prod", scopes=["read", "write"])
     IdempotencyRecord.objects.create(
         api_key=key,
         key=unique("idem"),

@@ -15,6 +15,7 @@ from ledger import selectors as ledger_selectors
 from ledger.models import Entry
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import assert_error, make_client, post_raw
+from tests.factories import SubscriptionFactory
 from tests.threads import run_concurrently as run_all_concurrently
 
 REPLAYED = "Idempotent-Replayed"
@@ -70,7 +71,7 @@ def _subscription(make_customer, make_plan, make_meter):
 def _live_subscription(make_customer, make_plan):
     customer = make_customer("acme")
     plan = make_plan("basic", base_fee="30")
-    return services.create_subscription(customer=customer, plan=plan)
+    return SubscriptionFactory(customer=customer, plan=plan)
 
 
 def _change(make_customer, make_plan, make_meter):

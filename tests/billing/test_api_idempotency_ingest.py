@@ -22,6 +22,7 @@ from ledger import selectors as ledger_selectors
 from metering import rating
 from metering.models import Event
 from tests.billing.conftest import ChargeSpec, assert_error, make_client
+from tests.factories import SubscriptionFactory
 from tests.threads import run_concurrently
 
 REPLAYED = "Idempotent-Replayed"
@@ -37,7 +38,7 @@ def customers(make_customer, make_meter, make_plan):
     made = []
     for name in ("cus-a", "cus-b", "cus-c", "cus-d"):
         customer = make_customer(name, billing_mode=BillingMode.POSTPAID)
-        services.create_subscription(customer=customer, plan=plan)
+        SubscriptionFactory(customer=customer, plan=plan)
         made.append(customer)
     return made
 

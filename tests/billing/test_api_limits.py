@@ -4,15 +4,14 @@ sane range. Each of these used to be accepted, or answered 500."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from billing import services
 from billing.models import CreditGrant, Customer, Plan, Subscription
 from ledger.models import Hold
 from ledger.models import Transaction as LedgerTransaction
-from tests.billing.conftest import ChargeSpec, PlanSpec, assert_error
+from tests.billing.conftest import ChargeSpec, assert_error
+from tests.factories import PlanFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -24,25 +23,21 @@ E18 = "1000000000000000000"  # 10^18: used to answer 500 NumericValueOutOfRange
 
 @pytest.fixture
 def acme(make_customer) -> Customer:
-    customer = make_customer("acme")
-    services.top_up(customer=customer, amount=Decimal(100))
-    return customer
+    return make_customer("acme", funds=100)
 
 
 @pytest.fixture
 def credits_acme(make_customer, make_meter) -> Customer:
     customer = make_customer("credits-acme")
     meter = make_meter("units_limits", event_name="api.call", property="units")
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code="credits-limits",
-            name="Credits",
-            consumption_model="credits",
-            units_per_credit=Decimal(1),
-            charges=(ChargeSpec(meter=meter.code),),
-        )
+    plan = PlanFactory(
+        code="credits-limits",
+        name="Credits",
+        consumption_model="credits",
+        units_per_credit=1,
+        charges=(ChargeSpec(meter=meter.code),),
     )
-    services.create_subscription(customer=customer, plan=plan)
+    SubscriptionFactory(customer=customer, plan=plan)
     services.ensure_wallet(customer=customer, currency="CREDITS")
     return customer
 

@@ -17,6 +17,7 @@ from billing import services
 from billing.models import Customer, SubscriptionStatus, Wallet
 from ledger.models import Balance
 from tests.billing.conftest import ChargeSpec, assert_error, make_client
+from tests.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -189,10 +190,10 @@ def test_posting_a_customer_still_works_on_the_list_route(api):
 def subscriptions(make_customer, make_plan):
     plan = make_plan("basic")
     acme, beta = make_customer("acme"), make_customer("beta")
-    first = services.create_subscription(customer=acme, plan=plan)
+    first = SubscriptionFactory(customer=acme, plan=plan)
     services.cancel_subscription(subscription_id=first.pk, at_period_end=False)
-    second = services.create_subscription(customer=acme, plan=plan)
-    third = services.create_subscription(customer=beta, plan=plan)
+    second = SubscriptionFactory(customer=acme, plan=plan)
+    third = SubscriptionFactory(customer=beta, plan=plan)
     return first.pk, second.pk, third.pk
 
 
@@ -366,9 +367,7 @@ def postpaid(make_customer, make_meter, make_plan):
     customer = make_customer("acme", billing_mode="postpaid", credit_limit=D("5"))
     make_meter("calls", event_name="api.call", aggregation="count", property="")
     plan = make_plan("calls", charges=[ChargeSpec(meter="calls", unit_price=D("4"))])
-    services.create_subscription(
-        customer=customer, plan=plan, start=timezone.now() - timedelta(hours=1)
-    )
+    SubscriptionFactory(customer=customer, plan=plan, start=timezone.now() - timedelta(hours=1))
     return customer
 
 

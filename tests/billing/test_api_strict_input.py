@@ -10,17 +10,16 @@ yet fails with a message saying which one to add to ``PATH_VALUES``.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
 import pytest
 from django.urls import URLPattern, URLResolver
 
-from billing import services
 from billing.api import urls as api_urls
 from billing.models import Customer, Plan, PlanCharge, PriceTier
 from ledger.models import Hold
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import ChargeSpec, assert_error, post_raw
+from tests.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -54,11 +53,10 @@ ROUTES = _routes()
 @pytest.fixture
 def world_objects(make_customer, make_meter, make_plan):
     """One of each object a write route's path can name."""
-    customer = make_customer("strict-acme")
-    services.top_up(customer=customer, amount=Decimal(100))
+    customer = make_customer("strict-acme", funds=100)
     meter = make_meter("strict_tokens")
     plan = make_plan("strict-plan", charges=(ChargeSpec(meter=meter.code),))
-    subscription = services.create_subscription(customer=customer, plan=plan)
+    subscription = SubscriptionFactory(customer=customer, plan=plan)
     return {"customer": customer, "plan": plan, "subscription": subscription}
 
 

@@ -28,7 +28,7 @@ from billing.models import (
     Wallet,
 )
 from billing.selectors import customer_credits
-from billing.services import ChargeSpec, PlanSpec
+from billing.services import ChargeSpec
 from ledger import errors as ledger_errors
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger
@@ -38,6 +38,13 @@ from metering import rating
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import assert_error, iso
 from tests.conftest import unique
+from tests.factories import (
+    CreditGrantFactory,
+    CustomerFactory,
+    MeterFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
 from tests.threads import run_concurrently
 
 api = billing_fixtures.api
@@ -56,20 +63,18 @@ START = datetime.combine(timezone.now().date() - timedelta(days=10), time(), tzi
 def credits_customer(external_id: str = "acme") -> Customer:
     """A prepaid customer on a credits plan (one ``api.call`` unit costs one credit), with an
     empty CREDITS wallet."""
-    customer = services.create_customer(external_id=external_id, name="Acme Robotics")
-    meter = services.create_meter(
-        code=unique("units"), event_name="api.call", aggregation="sum", property="units"
-    )
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code=unique("plan"),
+    customer = CustomerFactory(external_id=external_id)
+    meter = MeterFactory(code=unique("units"), api_call=True)
+    SubscriptionFactory(
+        customer=customer,
+        plan=PlanFactory(
             name="Credits",
             consumption_model="credits",
-            units_per_credit=D(1),
+            units_per_credit=1,
             charges=(ChargeSpec(meter=meter.code),),
-        )
+        ),
+        start=START,
     )
-    services.create_subscription(customer=customer, plan=plan, start=START)
     services.ensure_wallet(customer=customer, currency="CREDITS")
     return customer
 
@@ -109,7 +114,7 @@ def fund_ungranted(customer: Customer, amount: str) -> LedgerTransaction:
 
 
 def grant(customer: Customer, amount: str, **kwargs) -> CreditGrant:
-    return credits.grant_credits(customer=customer, amount=D(amount), **kwargs)
+    return CreditGrantFactory(customer=customer, amount=D(amount), **kwargs)
 
 
 def in_days(days: float) -> datetime:

@@ -15,9 +15,10 @@ from django.utils import timezone
 from billing import services
 from billing.models import Customer
 from billing.portal import services as portal
-from billing.services import ChargeSpec, PlanSpec
+from billing.services import ChargeSpec
 from metering import rating
 from tests.conftest import unique
+from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -67,13 +68,9 @@ def call(customer: Customer, key: str, units: int, now) -> None:
 
 
 def subscribed(spec_kw: dict, *charges: ChargeSpec, funds: str | None = "10") -> Customer:
-    customer = services.create_customer(external_id=unique("cus"), name="Hooli")
-    the_plan, _ = services.publish_plan(
-        spec=PlanSpec(code=unique("plan"), name="Plan", charges=charges, **spec_kw)
-    )
-    services.create_subscription(
-        customer=customer, plan=the_plan, start=timezone.now() - timedelta(days=2)
-    )
+    customer = CustomerFactory(name="Hooli")
+    the_plan = PlanFactory(charges=charges, **spec_kw)
+    SubscriptionFactory(customer=customer, plan=the_plan, start=timezone.now() - timedelta(days=2))
     if funds:
         currency = "CREDITS" if spec_kw.get("consumption_model") == "credits" else "USD"
         services.ensure_wallet(customer=customer, currency=currency)
@@ -83,15 +80,8 @@ def subscribed(spec_kw: dict, *charges: ChargeSpec, funds: str | None = "10") ->
 
 @pytest.fixture
 def meters(db, model_prices):
-    tokens = services.create_meter(
-        code=unique("out"),
-        event_name="llm.completion",
-        aggregation="sum",
-        property="llm.output_tokens",
-    )
-    calls = services.create_meter(
-        code=unique("calls"), event_name="api.call", aggregation="sum", property="units"
-    )
+    tokens = MeterFactory(code=unique("out"))
+    calls = MeterFactory(code=unique("calls"), api_call=True)
     return tokens.code, calls.code
 
 

@@ -31,9 +31,16 @@ from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
 from billing import services
-from billing.services import ChargeSpec, PlanSpec, TierSpec
+from billing.services import ChargeSpec, TierSpec
 from billing.wsgi import application
 from ledger import services as ledger
+from tests.factories import (
+    APIKeyFactory,
+    CustomerFactory,
+    MeterFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 # The schema endpoint documents itself; regenerating the schema 50 times proves nothing.
@@ -77,41 +84,33 @@ def seeded(in_process_requests, model_prices, request):
     label = request.node.name.partition("[")[2].rstrip("]")
     if label in KNOWN_BUGS:
         request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[label], strict=True))
-    services.create_meter(
-        code="schema-test-tokens",
-        event_name="llm.completion",
-        aggregation="sum",
-        property="llm.output_tokens",
-        group_by=["model"],
-        unit="tokens",
-    )
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code=SEEDED_PLAN,
-            name="Schema test",
-            base_fee=Decimal("20.00"),
-            charges=(
-                ChargeSpec(
-                    meter="schema-test-tokens",
-                    price_model="graduated",
-                    included_quantity=Decimal(1000),
-                    tiers=(
-                        TierSpec(up_to=Decimal(10_000), unit_price=Decimal("0.000002")),
-                        TierSpec(up_to=None, unit_price=Decimal("0.0000015")),
-                    ),
+    MeterFactory(code="schema-test-tokens", group_by=["model"], unit="tokens")
+    plan = PlanFactory(
+        code=SEEDED_PLAN,
+        name="Schema test",
+        base_fee="20.00",
+        charges=(
+            ChargeSpec(
+                meter="schema-test-tokens",
+                price_model="graduated",
+                included_quantity=Decimal(1000),
+                tiers=(
+                    TierSpec(up_to=Decimal(10_000), unit_price=Decimal("0.000002")),
+                    TierSpec(up_to=None, unit_price=Decimal("0.0000015")),
                 ),
             ),
-        )
+        ),
     )
-    customer = services.create_customer(
+    customer = CustomerFactory(
         external_id=SEEDED_CUSTOMER,
         name="Schema Test",
         billing_mode="postpaid",
-        credit_limit=Decimal("100.00"),
+        credit_limit="100.00",
+        funds="12.345678901234",
+        funds_reference="seed",
     )
-    services.top_up(customer=customer, amount=Decimal("12.345678901234"), reference="seed")
-    subscription = services.create_subscription(customer=customer, plan=plan)
-    _, secret = services.create_api_key(name="schemathesis", scopes=["read", "write", "ingest"])
+    subscription = SubscriptionFactory(customer=customer, plan=plan)
+    secret = APIKeyFactory(name="schemathesis").secret
     hold = ledger.place_hold(
         reference="schema-hold",
         account=services.wallet_for(customer=customer).account,

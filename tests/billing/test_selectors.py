@@ -10,23 +10,19 @@ from billing import credits, selectors, services
 from billing.models import Customer
 from billing.selectors import WalletChange
 from tests.conftest import unique
+from tests.factories import MeterFactory, PlanFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def plan():
-    meter = services.create_meter(
-        code=unique("m"), event_name="llm.completion", aggregation="count"
+    meter = MeterFactory(code=unique("m"), aggregation="count")
+    return PlanFactory(
+        code=unique("pro"),
+        name="Pro",
+        charges=(services.ChargeSpec(meter=meter.code, unit_price=Decimal("0.01")),),
     )
-    plan, _ = services.publish_plan(
-        spec=services.PlanSpec(
-            code=unique("pro"),
-            name="Pro",
-            charges=(services.ChargeSpec(meter=meter.code, unit_price=Decimal("0.01")),),
-        )
-    )
-    return plan
 
 
 def test_recent_activity_is_latest_first_in_the_wallets_direction():

@@ -9,18 +9,14 @@ import pytest
 from billing import errors, services
 from billing.models import APIKey
 from tests.conftest import unique
+from tests.factories import MeterFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def meter():
-    return services.create_meter(
-        code=unique("m"),
-        event_name="llm.completion",
-        aggregation="sum",
-        property="usage.output_tokens",
-    )
+    return MeterFactory(code=unique("m"), property="usage.output_tokens")
 
 
 @pytest.mark.parametrize("metadata", [None, {}])

@@ -16,8 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core import mail
 from django.test import Client
 
-from billing import services as core
 from billing.portal import services as portal
+from tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -44,7 +44,7 @@ def an_email() -> str:
 
 
 def portal_member(email: str, *, password: str | None = PASSWORD):
-    customer = core.create_customer(external_id=f"cus-{uuid.uuid4().hex[:10]}", name="Acme")
+    customer = CustomerFactory(name="Acme")
     member = portal.invite_member(customer=customer, email=email)
     if password:
         member.user.set_password(password)

@@ -25,6 +25,7 @@ from billing.models import BillingMode, Subscription
 from billing.portal import services as portal
 from invoicing import services as invoicing
 from invoicing.models import Invoice, InvoiceStatus
+from tests.factories import APIKeyFactory
 from tests.invoicing.conftest import ChargeSpec, meter, plan, subscribe, use
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,7 +110,7 @@ def finalized_invoice(subscription: Subscription) -> Invoice:
 
 
 def ingest_key() -> str:
-    return billing.create_api_key(name="product backend", scopes=["ingest"])[1]
+    return APIKeyFactory(name="product backend", scopes=["ingest"]).secret
 
 
 def no_horizontal_overflow(page) -> bool:

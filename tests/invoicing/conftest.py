@@ -6,16 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from billing import services as billing
 from billing.models import BillingMode, Customer, Plan, Subscription, Wallet
-from billing.services import ChargeSpec, PlanSpec, TierSpec
+from billing.services import ChargeSpec, TierSpec
 from invoicing import services as invoicing
 from invoicing.models import Invoice
 from ledger import selectors as ledger_selectors
 from ledger.models import Account
 from metering import rating
 from tests.billing.conftest import at
-from tests.conftest import unique
+from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory, unique
 
 D = Decimal
 START = at(2026, 4, 1)  # periods run from the 1st: April has 30 days
@@ -27,24 +26,15 @@ __all__ = ["ChargeSpec", "TierSpec", "at"]
 
 def meter(code: str | None = None, **kw) -> str:
     code = code or unique("m")
-    kw.setdefault("event_name", "api.call")
-    kw.setdefault("aggregation", "sum")
-    kw.setdefault("property", "units")
-    billing.create_meter(code=code, **kw)
+    MeterFactory(code=code, api_call=True, **kw)
     return code
 
 
 def plan(*charges: ChargeSpec, base_fee: str = "0", **kw) -> Plan:
-    published, _ = billing.publish_plan(
-        spec=PlanSpec(
-            code=kw.pop("code", None) or unique("plan"),
-            name=kw.pop("name", "Pro"),
-            base_fee=D(base_fee),
-            charges=charges,
-            **kw,
-        )
-    )
-    return published
+    kw.setdefault("name", "Pro")
+    if not kw.get("code"):
+        kw.pop("code", None)
+    return PlanFactory(base_fee=base_fee, charges=charges, **kw)
 
 
 def subscribe(
@@ -57,16 +47,15 @@ def subscribe(
     trial_days: int = 0,
     **customer_fields,
 ) -> Subscription:
-    customer = billing.create_customer(
+    customer = CustomerFactory(
         external_id=external_id or unique("cus"),
-        name="Acme Robotics",
         email="ap@acme.example",
         billing_mode=billing_mode,
+        funds=funds,
+        funds_reference=unique("fund"),
         **customer_fields,
     )
-    if D(funds):
-        billing.top_up(customer=customer, amount=D(funds), reference=unique("fund"))
-    return billing.create_subscription(
+    return SubscriptionFactory(
         customer=customer, plan=the_plan, start=start, trial_days=trial_days, now=start
     )
 

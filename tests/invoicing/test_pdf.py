@@ -19,7 +19,7 @@ from pypdf import PdfReader
 
 from billing import services as billing
 from billing.models import BillingMode
-from billing.services import ChargeSpec, PlanSpec
+from billing.services import ChargeSpec
 from invoicing import errors
 from invoicing import services as invoicing
 from invoicing.emails import send_invoice_email
@@ -34,6 +34,7 @@ from invoicing.pdf import (
     store_invoice_pdf,
 )
 from metering import rating
+from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -61,36 +62,27 @@ def pro_plan():
         ("input-tokens-pdf", "llm.input_tokens"),
         ("output-tokens-pdf", "llm.output_tokens"),
     ):
-        billing.create_meter(
-            code=code,
-            name=code.split("-")[0].title() + " tokens",
-            event_name="llm.completion",
-            aggregation="sum",
-            property=prop,
-            unit="tokens",
+        MeterFactory(
+            code=code, name=code.split("-")[0].title() + " tokens", property=prop, unit="tokens"
         )
-    plan, _ = billing.publish_plan(
-        spec=PlanSpec(
-            code="pro-pdf",
-            name="Pro",
-            base_fee=D("49.00"),
-            charges=(
-                ChargeSpec(
-                    meter="input-tokens-pdf",
-                    unit_price=D("0.0000025"),
-                    included_quantity=D(1_000_000),
-                ),
-                ChargeSpec(meter="output-tokens-pdf", unit_price=D("0.00001")),
+    return PlanFactory(
+        code="pro-pdf",
+        name="Pro",
+        base_fee="49.00",
+        charges=(
+            ChargeSpec(
+                meter="input-tokens-pdf",
+                unit_price=D("0.0000025"),
+                included_quantity=D(1_000_000),
             ),
-        )
+            ChargeSpec(meter="output-tokens-pdf", unit_price=D("0.00001")),
+        ),
     )
-    return plan
 
 
 def customer_on_pro(external_id: str = "acme-pdf", email: str = "ap@acme.example"):
-    customer = billing.create_customer(
+    customer = CustomerFactory(
         external_id=external_id,
-        name="Acme Robotics",
         email=email,
         billing_mode=BillingMode.POSTPAID,
         country="US",
@@ -100,9 +92,8 @@ def customer_on_pro(external_id: str = "acme-pdf", email: str = "ap@acme.example
         address_line1="1 Main St",
         tax_id="US-98-7654321",
     )
-    plan = pro_plan()
-    subscription = billing.create_subscription(
-        customer=customer, plan=plan, start=START, trial_days=0, now=START
+    subscription = SubscriptionFactory(
+        customer=customer, plan=pro_plan(), start=START, trial_days=0, now=START
     )
     return customer, subscription
 

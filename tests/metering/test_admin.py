@@ -11,13 +11,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from billing import services
 from billing.models import MarginOverride
-from billing.services import ChargeSpec, PlanSpec
+from billing.services import ChargeSpec
 from metering import catalog
 from metering.models import ModelPrice, ModelUsage
 from metering.rating import EventIn, ingest_events
 from tests.conftest import unique
+from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -31,24 +31,15 @@ def staff_client(client, django_user_model):
 @pytest.fixture
 def rated(model_prices):
     """A pay-as-you-go customer with one rated gpt-4o call (margin 20 %)."""
-    meter = services.create_meter(
-        code=unique("in"),
-        event_name="llm.completion",
-        aggregation="sum",
-        property="llm.input_tokens",
-        group_by=["model"],
+    meter = MeterFactory(code=unique("in"), property="llm.input_tokens", group_by=["model"])
+    plan = PlanFactory(
+        code=unique("payg"),
+        name="PAYG",
+        consumption_model="balance",
+        charges=(ChargeSpec(meter=meter.code, margin_percent=Decimal(20)),),
     )
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code=unique("payg"),
-            name="PAYG",
-            consumption_model="balance",
-            charges=(ChargeSpec(meter=meter.code, margin_percent=Decimal(20)),),
-        )
-    )
-    customer = services.create_customer(external_id=unique("cus"), name="Acme")
-    services.top_up(customer=customer, amount=Decimal(10))
-    services.create_subscription(customer=customer, plan=plan)
+    customer = CustomerFactory(name="Acme", funds=10)
+    SubscriptionFactory(customer=customer, plan=plan)
     [outcome] = ingest_events(
         [
             EventIn(

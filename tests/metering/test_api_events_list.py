@@ -14,12 +14,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from billing import services
 from billing.models import Customer
 from metering.models import Event
 from tests.billing import conftest as billing_fixtures
 from tests.billing import test_schema
 from tests.billing.conftest import ChargeSpec, assert_error, iso, make_client
+from tests.factories import SubscriptionFactory
 
 api = billing_fixtures.api
 api_key = billing_fixtures.api_key
@@ -57,9 +57,8 @@ def plan(make_meter, make_plan, model_prices):
 
 
 def customer_on(make_customer, plan, external_id: str) -> Customer:
-    customer = make_customer(external_id)
-    services.top_up(customer=customer, amount=D(100))
-    services.create_subscription(customer=customer, plan=plan, start=START)
+    customer = make_customer(external_id, funds=100)
+    SubscriptionFactory(customer=customer, plan=plan, start=START)
     return customer
 
 

@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import pytest
 
-from billing import services
 from metering.models import Event
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, post_raw
+from tests.factories import SubscriptionFactory
 
 api = billing_fixtures.api
 api_key = billing_fixtures.api_key
@@ -25,11 +25,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def acme(make_customer, make_meter, make_plan):
-    customer = make_customer("acme")
-    services.top_up(customer=customer, amount=Decimal(10))
+    customer = make_customer("acme", funds=10)
     make_meter("calls", aggregation="count", property="")
     plan = make_plan("calls", charges=[ChargeSpec(meter="calls", unit_price=Decimal("0.01"))])
-    services.create_subscription(customer=customer, plan=plan)
+    SubscriptionFactory(customer=customer, plan=plan)
     return customer
 
 

@@ -23,6 +23,7 @@ from ledger.models import Hold
 from metering.models import Event, PeriodUsage
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, iso, make_client, post_raw
+from tests.factories import SubscriptionFactory
 
 # The API fixtures of tests/billing (an authenticated client, customers, meters, plans).
 api = billing_fixtures.api
@@ -76,7 +77,7 @@ def balance(customer: Customer, currency: str = "USD") -> tuple[Decimal, Decimal
 
 
 def subscribe(customer: Customer, plan) -> None:
-    services.create_subscription(customer=customer, plan=plan, start=START)
+    SubscriptionFactory(customer=customer, plan=plan, start=START)
 
 
 def assert_422(response, code: str, *, param: str | None = None) -> None:
@@ -85,9 +86,7 @@ def assert_422(response, code: str, *, param: str | None = None) -> None:
 
 @pytest.fixture
 def acme(make_customer) -> Customer:
-    customer = make_customer("acme")
-    services.top_up(customer=customer, amount=D(10))
-    return customer
+    return make_customer("acme", funds=10)
 
 
 @pytest.fixture

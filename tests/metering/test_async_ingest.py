@@ -21,6 +21,7 @@ from metering import inbox, rating
 from metering.models import Event, IncomingEvent, IncomingStatus
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, iso, make_client
+from tests.factories import SubscriptionFactory
 from tests.test_celery import start_worker, stop_worker
 from tests.threads import run_concurrently
 
@@ -46,7 +47,7 @@ def plan(make_meter, make_plan):
 @pytest.fixture
 def acme(make_customer, plan) -> Customer:
     customer = make_customer("acme", billing_mode=BillingMode.POSTPAID)
-    services.create_subscription(customer=customer, plan=plan)
+    SubscriptionFactory(customer=customer, plan=plan)
     return customer
 
 

@@ -30,11 +30,12 @@ from metering import catalog
 from metering.errors import UnknownModel
 from metering.models import ModelPrice
 from metering.normalize import NormalizedUsage
+from tests.factories import CATALOG_EPOCH, ModelPriceFactory
 
 SNAPSHOT = get_snapshot()
 OUR_PRICE_KEYS = frozenset(catalog.PRICE_COLUMNS)
 NOW = datetime.now(UTC).replace(microsecond=0)
-EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+EPOCH = CATALOG_EPOCH
 
 
 # --- helpers: the snapshot as genai-prices sees it ------------------------------------------------
@@ -581,10 +582,9 @@ def test_a_manual_row_at_a_snapshot_versions_date_does_not_break_the_import():
 
 
 def price(provider: str, model: str, **fields: Any) -> ModelPrice:
-    fields.setdefault("effective_from", EPOCH)
-    fields.setdefault("input_mtok", Decimal("1"))
-    fields.setdefault("output_mtok", Decimal("2"))
-    return ModelPrice.objects.create(provider=provider, model=model, **fields)
+    """A catalog row, effective since EPOCH, 1 / 2 USD per million input / output tokens
+    unless given; not invalidating the catalog cache (the tests say when they do)."""
+    return ModelPriceFactory(provider=provider, model=model, **fields)
 
 
 def found(model: str, provider: str = "openai", at: datetime = NOW) -> tuple[str, str]:

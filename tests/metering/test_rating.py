@@ -16,7 +16,7 @@ from django.db.models import Sum
 
 from billing import services
 from billing.models import BillingMode, Customer, MarginOverride, Meter, Wallet
-from billing.services import ChargeSpec, PlanSpec, TierSpec
+from billing.services import ChargeSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger
 from ledger.models import Account, Entry, Hold, NormalBalance
@@ -24,6 +24,7 @@ from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 from tests.billing.conftest import at
 from tests.conftest import unique
+from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +40,7 @@ DAY = at(2026, 4, 10, 9)
 def make_meter(
     code: str, *, event_name: str = "api.call", prop: str = "units", aggregation: str = "sum", **kw
 ) -> Meter:
-    return services.create_meter(
+    return MeterFactory(
         code=code, event_name=event_name, aggregation=aggregation, property=prop, **kw
     )
 
@@ -56,23 +57,16 @@ def subscribe(
     start: datetime = START,
 ) -> Customer:
     """A customer subscribed since START to a plan with ``charges``, its wallet funded."""
-    customer = services.create_customer(
-        external_id=external_id,
-        name="Acme",
-        billing_mode=billing_mode,
-        credit_limit=D(credit_limit) if credit_limit is not None else None,
+    customer = CustomerFactory(
+        external_id=external_id, name="Acme", billing_mode=billing_mode, credit_limit=credit_limit
     )
-    plan, _ = services.publish_plan(
-        spec=PlanSpec(
-            code=unique("plan"),
-            name="Plan",
-            trial_days=trial_days,
-            consumption_model=consumption_model,
-            units_per_credit=D(units_per_credit) if units_per_credit else None,
-            charges=charges,
-        )
+    plan = PlanFactory(
+        trial_days=trial_days,
+        consumption_model=consumption_model,
+        units_per_credit=units_per_credit or None,
+        charges=charges,
     )
-    services.create_subscription(customer=customer, plan=plan, start=start, now=START)
+    SubscriptionFactory(customer=customer, plan=plan, start=start, now=START)
     if D(funds):
         services.top_up(customer=customer, amount=D(funds))
     return customer
