@@ -17,7 +17,7 @@ from django.db import connections
 from django.db.models import Sum
 
 from billing import services
-from billing.models import BillingMode, Customer, MarginOverride, Subscription, Wallet
+from billing.models import BillingMode, Customer, MarginOverride, Wallet
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger
@@ -1021,22 +1021,19 @@ def test_a_margin_override_set_by_another_connection_prices_the_very_next_event(
     assert amounts(customer) == [CHAT_COST * D("1.2"), CHAT_COST * D("1.5")]
 
 
-def test_a_counter_whose_stored_period_no_longer_holds_the_event_is_found_by_its_key(model_prices):
-    """Counters are read under the lock for the periods containing the events; a period
-    redrawn since (here a trial extended by hand) is still found by its start."""
-    total = make_meter("total", event_name="llm.completion", prop="llm.total_tokens")
-    customer = subscribe(catalog_charge(total, "20"), funds="1", trial_days=14)
-    ingest(llm_event("t1", CHAT, ts=at(2026, 4, 5)))
-    Subscription.objects.filter(customer=customer).update(trial_ends_at=at(2026, 4, 18))
-    outcomes = ingest(llm_event("t2", CHAT, ts=at(2026, 4, 16)))  # after the stored end
-    assert statuses(outcomes) == ["accepted"]
-    trial_usage = PeriodUsage.objects.get(meter=total, period_start=START)
-    assert (trial_usage.quantity, trial_usage.event_count, trial_usage.amount) == (
-        D(3000),
-        2,
-        D(0),
-    )
-    assert posted(customer) == D(1)  # usage in the trial is free
+def test_usage_of_the_next_period_before_the_renewal_moves_that_periods_counter():
+    """Counters are read with the rest for the subscription's current period; an event of
+    another period (here May's, sent before the subscription was renewed into May) finds
+    its counter by its key, so the period's second event continues what the first began."""
+    units = make_meter("units")
+    customer = subscribe(per_unit(units, "1"), funds="10")
+    may, after = at(2026, 5, 2), at(2026, 5, 3)
+    for key, units_sent in (("m1", 2), ("m2", 3)):
+        [outcome] = rating.ingest_events([event(key, units=units_sent, ts=may)], now=after)
+        assert outcome.status == "accepted"
+    counter = PeriodUsage.objects.get(meter=units, period_start=at(2026, 5, 1))
+    assert (counter.quantity, counter.event_count, counter.charged) == (D(5), 2, D(5))
+    assert posted(customer) == D(5)
 
 
 def test_an_event_no_meter_reads_is_refused_as_such_before_its_usage_or_customer(model_prices):
