@@ -353,11 +353,12 @@ METER_FIELDS = ("id", "code", "event_name", "aggregation", "property", "filters"
 # --- meters, cached -------------------------------------------------------------------------
 # What a meter reads (event name, aggregation, property, filters, grouping) never changes
 # once it exists (billing.services.ensure_meter refuses it, the admin shows those fields read
-# only), and a meter is never deleted (plans and usage refer to it): the set of meters
-# changes when one is added. So each process keeps them all, stamped with their count and
-# highest id, as the model catalog is kept; rating reads the stamp in the statement that
-# finds its customers (``_find_customers``) and reloads on any difference, so the next event
-# sees a new meter, whichever process or connection created it.
+# only), so the set of meters changes only when one is added (or, outside the services and
+# the admin, which refuse it, removed) — and either changes their count or highest id. So
+# each process keeps them all, stamped with those two, as the model catalog is kept; rating
+# reads the stamp in the statement that finds its customers (``_find_customers``) and
+# reloads on any difference, so the next event sees a new meter, whichever process or
+# connection created it.
 
 
 @dataclass(frozen=True)
