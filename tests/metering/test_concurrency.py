@@ -489,15 +489,16 @@ def test_a_hold_placed_while_usage_is_being_rated_waits_for_the_rating_and_sees_
     wallet = wallet_of(customer).account
     revenue = ledger.ensure_system_account(code=rating.REVENUE, currency="USD")
     locked, proceed = threading.Event(), threading.Event()
-    real_lock_balances = ledger.lock_balances
+    # rating locks the balance rows in the statement that reads what it needs (_read_part)
+    real_read_part = rating._read_part
 
-    def lock_then_pause(*, account_ids):
-        balances = real_lock_balances(account_ids=account_ids)
+    def lock_then_pause(*args, **kwargs):
+        balances = real_read_part(*args, **kwargs)
         locked.set()
         proceed.wait(timeout=30)
         return balances
 
-    monkeypatch.setattr(rating.ledger, "lock_balances", lock_then_pause)
+    monkeypatch.setattr(rating, "_read_part", lock_then_pause)
     outcome: list[object] = []
     held: list[object] = []
 

@@ -7,11 +7,13 @@ The subscription starts on 1 April 2026 (monthly periods from the 1st) and ratin
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.db.models import Sum
 
 from billing import services
@@ -969,3 +971,163 @@ def test_a_crash_between_parts_keeps_what_was_committed_and_a_retry_charges_once
     assert statuses(outcomes) == ["duplicate"] * 2 + ["accepted"] * 4
     assert [posted(c) for c in customers] == [D(8), D(8), D(8)]
     assert Event.objects.filter(customer__in=customers).count() == 6
+
+
+# --- what rating reads and how it writes ----------------------------------------------------------
+
+
+def on_another_connection(work) -> None:
+    """Run ``work`` in a thread with its own database connection (as another process would),
+    committed before this returns."""
+    done: list[object] = []
+
+    def run() -> None:
+        try:
+            done.append(work())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert done, "the work on the other connection failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_meter_added_by_another_connection_reads_the_very_next_event():
+    """Meters are cached per process; the stamp read with the customers tells a new one."""
+    subscribe(per_unit(make_meter("units"), "1"), funds="10")
+    assert codes(ingest(event("before", name="api.search", hits=1))) == ["unknown_event_name"]
+    on_another_connection(lambda: make_meter("hits", event_name="api.search", prop="hits"))
+    assert statuses(ingest(event("after", name="api.search", hits=2))) == ["accepted"]
+    assert period_usage(Meter.objects.get(code="hits")).quantity == D(2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_margin_override_set_by_another_connection_prices_the_very_next_event(model_prices):
+    total = make_meter("total", event_name="llm.completion", prop="llm.total_tokens")
+    customer = subscribe(catalog_charge(total, "20"), funds="1")
+    ingest(llm_event("r1", CHAT))
+    on_another_connection(
+        lambda: MarginOverride.objects.create(customer=customer, meter=None, margin_percent=D(50))
+    )
+    ingest(llm_event("r2", CHAT))
+    assert amounts(customer) == [CHAT_COST * D("1.2"), CHAT_COST * D("1.5")]
+
+
+def test_usage_of_the_next_period_before_the_renewal_moves_that_periods_counter():
+    """Counters are read with the rest for the subscription's current period; an event of
+    another period (here May's, sent before the subscription was renewed into May) finds
+    its counter by its key, so the period's second event continues what the first began."""
+    units = make_meter("units")
+    customer = subscribe(per_unit(units, "1"), funds="10")
+    may, after = at(2026, 5, 2), at(2026, 5, 3)
+    for key, units_sent in (("m1", 2), ("m2", 3)):
+        [outcome] = rating.ingest_events([event(key, units=units_sent, ts=may)], now=after)
+        assert outcome.status == "accepted"
+    counter = PeriodUsage.objects.get(meter=units, period_start=at(2026, 5, 1))
+    assert (counter.quantity, counter.event_count, counter.charged) == (D(5), 2, D(5))
+    assert posted(customer) == D(5)
+
+
+def test_an_event_no_meter_reads_is_refused_as_such_before_its_usage_or_customer(model_prices):
+    make_meter("output", event_name="llm.completion", prop="llm.output_tokens")
+    subscribe(ChargeSpec(meter="output", unit_price=D(0)), funds="1")
+    outcomes = ingest(
+        rating.EventIn("a", "nobody", "api.unknown", DAY, {"usage": {"prompt_tokens": "x"}}),
+        llm_event("b", {"prompt_tokens": 10}, model="gpt-9-ultra", customer="nobody"),
+        llm_event("c", {"prompt_tokens": 10, "completion_tokens": 1}, customer="nobody"),
+    )
+    assert codes(outcomes) == ["unknown_event_name", "unknown_model", "customer_not_found"]
+
+
+def _stored(customer: Customer) -> dict[str, list[tuple]]:
+    """What rating wrote for ``customer``, without ids, times of writing or the customer."""
+    events = Event.objects.filter(customer=customer).order_by("idempotency_key")
+    return {
+        "events": list(
+            events.values_list(
+                "idempotency_key",
+                "event_name",
+                "timestamp",
+                "properties",
+                "period_start",
+                "provider",
+                "model",
+                "model_price_id",
+                "input_tokens",
+                "cache_read_tokens",
+                "output_tokens",
+                "currency",
+                "amount",
+                "cost",
+            )
+        ),
+        "counters": list(
+            PeriodUsage.objects.filter(subscription__customer=customer)
+            .order_by("meter_id")
+            .values_list(
+                "meter_id",
+                "period_start",
+                "period_end",
+                "quantity",
+                "amount",
+                "charged",
+                "currency",
+                "event_count",
+                "distinct_values",
+                "latest_at",
+            )
+        ),
+        "daily": list(
+            DailyUsage.objects.filter(customer=customer)
+            .order_by("meter_id", "day", "dimension_key")
+            .values_list(
+                "meter_id",
+                "day",
+                "dimension_key",
+                "dimensions",
+                "quantity",
+                "included_quantity",
+                "amount",
+                "event_count",
+            )
+        ),
+        "models": list(
+            ModelUsage.objects.filter(customer=customer).values_list(
+                "day", "provider", "model", "event_count", "input_tokens", "amount", "cost"
+            )
+        ),
+    }
+
+
+def test_rows_sent_as_one_json_document_or_as_arrays_are_stored_alike(monkeypatch, model_prices):
+    """A part of a few events sends its rows as JSON, a larger one as arrays (and its events
+    by COPY): the same events give the same rows either way, to the last digit."""
+    make_meter("units", group_by=["region"])
+    make_meter("users", aggregation="unique_count", prop="user")
+    make_meter("level", aggregation="latest", prop="level")
+    total = make_meter("total", event_name="llm.completion", prop="llm.total_tokens")
+    charges = (
+        ChargeSpec(meter="units", price_model="graduated", tiers=GRADUATED),
+        per_unit(Meter.objects.get(code="users"), "0.000000000001"),
+        catalog_charge(total, "12.5"),
+    )
+
+    def batch(customer: str) -> list[rating.EventIn]:
+        return [
+            event("e1", customer=customer, units=D("0.000001"), region="eu", user=7, level=3),
+            event("e2", customer=customer, units=D("1E+2"), region="us", user="7", level=D("2.5")),
+            event("e3", customer=customer, units=37, user=True, ts=DAY + timedelta(hours=1)),
+            llm_event("l1", CHAT, customer=customer, ts=DAY + timedelta(microseconds=1)),
+        ]
+
+    stored = []
+    for external_id, as_json in (("by-json", 10**6), ("by-arrays", 0)):
+        monkeypatch.setattr(rating, "ROWS_AS_JSON", as_json)
+        monkeypatch.setattr(rating, "EVENTS_BY_INSERT", as_json)
+        customer = subscribe(*charges, external_id=external_id, funds="100")
+        assert statuses(rating.ingest_events(batch(external_id), now=NOW)) == ["accepted"] * 4
+        stored.append(_stored(customer))
+    assert stored[0] == stored[1]
+    assert len(stored[0]["counters"]) == 4 and len(stored[0]["daily"]) == 6
