@@ -15,10 +15,10 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from billing import selectors as billing_selectors
+from billing.api.fields import Money, list_response
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
-from billing.api.serializers import Money, list_response
 from billing.api.views import errors
 from billing.models import Meter, Subscription, SubscriptionStatus
 from invoicing import errors as invoicing_errors

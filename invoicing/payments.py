@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from billing import services as billing_services
 from billing.models import Customer
-from invoicing import services, stripe_gateway
+from invoicing import errors, services, stripe_gateway
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus, Payment, PaymentProvider
 from invoicing.money import to_minor_unit, to_minor_units_int
 
@@ -60,7 +60,7 @@ NO_PROVIDER = (
 
 def _require_provider() -> None:
     if not provider_available():
-        raise services.errors.PaymentsUnavailable(NO_PROVIDER)
+        raise errors.PaymentsUnavailable(NO_PROVIDER)
 
 
 @dataclass
@@ -137,7 +137,7 @@ def record_offline_payment(*, invoice_id: int, reference: str) -> Payment:
         provider=PaymentProvider.OFFLINE, provider_payment_id=reference
     ).first()
     if existing is None and invoice.status in FINAL_STATUSES and invoice.amount_remaining <= 0:
-        raise services.errors.NothingOwed(f"invoice {invoice} owes nothing")
+        raise errors.NothingOwed(f"invoice {invoice} owes nothing")
     return services.record_payment(
         invoice_id=invoice.pk,
         amount=invoice.amount_remaining,
@@ -160,7 +160,7 @@ def checkout_invoice(*, invoice_id: int, success_url: str, cancel_url: str) -> C
     """Pay what an invoice still owes on a Checkout page."""
     invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
     if invoice.status not in COLLECTABLE or invoice.amount_remaining <= 0:
-        raise services.errors.InvoiceNotFinal(f"invoice {invoice} has nothing to pay")
+        raise errors.InvoiceNotFinal(f"invoice {invoice} has nothing to pay")
     _require_provider()
     if offline_mode():
         record_offline_payment(invoice_id=invoice.pk, reference=f"checkout-{invoice.pk}")

@@ -43,7 +43,7 @@ from billing import limits
 from billing import services as billing_services
 from billing.errors import BillingError
 from billing.models import Customer
-from invoicing import services
+from invoicing import errors, services
 from invoicing.models import (
     Invoice,
     InvoiceStatus,
@@ -275,7 +275,7 @@ def _record_invoice_payment(invoice_id: str, intent_id: str, amount: Any, curren
     received = from_minor_units_int(amount, paid_currency)
     invoice = Invoice.objects.filter(pk=int(invoice_id)).first()
     if invoice is None:
-        raise services.errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
+        raise errors.InvoicingNotFound(f"invoice {invoice_id} does not exist")
     known = Payment.objects.filter(
         provider=PaymentProvider.STRIPE, provider_payment_id=intent_id
     ).exists()

@@ -65,10 +65,10 @@ Holds
 
 Writes go through ``ledger.services`` only; the posting itself runs inside PostgreSQL so
 that one posting, or one atomic bulk of postings, is a single round trip: one transaction
-of 2 to 8 legs on distinct accounts as one prepared statement (``ledger.services._POST_ONE``),
-anything else as one call of the set-based function ``ledger_post_transactions_bulk``
-(migration 0003), whatever the number of transactions. Both enforce the same rules in the
-same lock order.
+of 2 to 8 legs on distinct accounts as one prepared statement
+(``ledger.services.posting._POST_ONE``), anything else as one call of the set-based
+function ``ledger_post_transactions_bulk`` (migration 0003), whatever the number of
+transactions. Both enforce the same rules in the same lock order.
 
 Granularity: a transaction per business fact, not per row of detail
     A caller that records many small facts at once posts their sums, and keeps the detail

@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from billing import selectors, services
 from billing.api import query, views
 from billing.api import serializers as s
+from billing.api.fields import MetadataField, Money, StrictSerializer, list_response
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import CREATED_HELP
@@ -65,17 +66,17 @@ class _ListCustomerSerializer(s.CustomerSerializer):
 CUSTOMER_FILTERS = ("email", "billing_mode", "created_from", "created_to")
 
 
-class CustomerUpdateSerializer(s.StrictSerializer):
+class CustomerUpdateSerializer(StrictSerializer):
     """Every field optional; what is absent is left as it is."""
 
     name = serializers.CharField(max_length=200, required=False)
     email = serializers.EmailField(max_length=254, required=False, allow_blank=True)
     address = s.AddressSerializer(required=False, help_text="Only the address fields given change.")
     tax_id = serializers.CharField(max_length=50, required=False, allow_blank=True)
-    metadata = s.MetadataField(
+    metadata = MetadataField(
         default=serializers.empty, help_text="Replaces the whole metadata object."
     )
-    credit_limit = s.Money(
+    credit_limit = Money(
         required=False,
         allow_null=True,
         min_value=Decimal(0),
@@ -106,7 +107,7 @@ class CustomerListCreateView(views.CustomerCreateView):
             OpenApiParameter("created_to", str, description=CREATED_HELP + " Exclusive."),
             *PAGE_PARAMETERS,
         ],
-        responses={200: s.list_response(s.CustomerSerializer), **errors(400)},
+        responses={200: list_response(s.CustomerSerializer), **errors(400)},
     )
     def get(self, request):
         email = query.text(request, "email", max_length=254)
@@ -185,7 +186,7 @@ class SubscriptionListCreateView(views.SubscriptionCreateView):
             ),
             *PAGE_PARAMETERS,
         ],
-        responses={200: s.list_response(s.SubscriptionSerializer), **errors(400, 404)},
+        responses={200: list_response(s.SubscriptionSerializer), **errors(400, 404)},
     )
     def get(self, request):
         external_id = query.text(request, "customer")

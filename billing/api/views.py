@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from billing import selectors, services
 from billing.api import serializers as s
 from billing.api.errors import reference_reused
+from billing.api.fields import list_response
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
@@ -175,7 +176,7 @@ class CreditGrantListCreateView(APIView):
         tags=["customers"],
         summary="The customer's credit grants, newest first (live and ended)",
         parameters=PAGE_PARAMETERS,
-        responses={200: s.list_response(s.CreditGrantDetailSerializer), **errors(400, 404)},
+        responses={200: list_response(s.CreditGrantDetailSerializer), **errors(400, 404)},
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
@@ -233,7 +234,7 @@ class CustomerTransactionsView(APIView):
         tags=["customers"],
         summary="The customer's ledger history, newest first, with entries",
         parameters=PAGE_PARAMETERS,
-        responses={200: s.list_response(s.TransactionSerializer), **errors(400, 404)},
+        responses={200: list_response(s.TransactionSerializer), **errors(400, 404)},
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
@@ -252,7 +253,7 @@ class MeterListCreateView(APIView):
         tags=["meters"],
         summary="Meters",
         parameters=PAGE_PARAMETERS,
-        responses={200: s.list_response(s.MeterSerializer), **errors(400)},
+        responses={200: list_response(s.MeterSerializer), **errors(400)},
     )
     def get(self, request):
         return Response(paginate(request, Meter.objects.all(), lambda m: s.MeterSerializer(m).data))
@@ -295,7 +296,7 @@ class PlanListCreateView(APIView):
         tags=["plans"],
         summary="Published plans (latest version of each) with their charges",
         parameters=PAGE_PARAMETERS,
-        responses={200: s.list_response(s.PlanSerializer), **errors(400)},
+        responses={200: list_response(s.PlanSerializer), **errors(400)},
     )
     def get(self, request):
         return Response(

@@ -1,4 +1,4 @@
-"""Guards for the single-statement posting of ``ledger.services`` (``_POST_ONE``).
+"""Guards for the single-statement posting of ``ledger.services.posting`` (``_POST_ONE``).
 
 One transaction of a few legs on distinct accounts — a top-up, a payment, a transfer — is
 posted by one prepared statement (data-modifying CTEs: the transaction row, its entries,

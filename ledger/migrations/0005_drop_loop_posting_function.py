@@ -1,6 +1,7 @@
 """One posting function: the loop of 0002 (``ledger_post_transactions``) is dropped; every
-posting the single statement (``ledger.services._POST_ONE``) does not take goes through
-the set-based function of 0003 (``ledger_post_transactions_bulk``), whatever its size.
+posting the single statement (``ledger.services.posting._POST_ONE``) does not take goes
+through the set-based function of 0003 (``ledger_post_transactions_bulk``), whatever its
+size.
 
 The two had the same contract, error codes and lock order; the loop was kept for 2 to 31
 transactions per call as cheaper. Measured (PostgreSQL 15, the 2-core machine shared with

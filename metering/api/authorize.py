@@ -13,9 +13,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from billing import limits
+from billing.api.fields import CurrencyField, Money, StrictSerializer
 from billing.api.idempotency import idempotent
 from billing.api.query import APIView
-from billing.api.serializers import CurrencyField, Money, StrictSerializer
 from billing.api.views import errors, idempotency_parameter
 from metering.api.ingest import INGEST, _money
 from metering.selectors import EstimateRequest, estimate_usage

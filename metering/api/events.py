@@ -17,8 +17,8 @@ from rest_framework.response import Response
 
 from billing import selectors
 from billing.api import query
-from billing.api import serializers as s
 from billing.api.errors import APIError
+from billing.api.fields import Money
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.query import CREATED_HELP
 from billing.api.views import errors
@@ -66,9 +66,9 @@ class UsageEventSerializer(serializers.Serializer):
     provider = serializers.CharField()
     model = serializers.CharField()
     tokens = EventTokensSerializer(source="*")
-    amount = s.Money(help_text="What the customer was charged for it, in `currency`.")
+    amount = Money(help_text="What the customer was charged for it, in `currency`.")
     currency = serializers.CharField()
-    cost = s.Money(help_text="What the provider charges for it, USD (LLM events).")
+    cost = Money(help_text="What the provider charges for it, USD (LLM events).")
     model_price = EventModelPriceSerializer(
         allow_null=True, help_text="null: not priced from the model catalog."
     )

@@ -17,9 +17,9 @@ from rest_framework.response import Response
 
 from billing import selectors
 from billing.api.errors import reference_reused
+from billing.api.fields import Money, NoBody, StrictSerializer
 from billing.api.idempotency import idempotent
 from billing.api.query import APIView
-from billing.api.serializers import Money, NoBody, StrictSerializer
 from billing.api.views import errors, idempotency_parameter
 from ledger import errors as ledger_errors
 from ledger import services as ledger

@@ -21,9 +21,9 @@ from rest_framework.response import Response
 
 from billing import limits
 from billing.api.errors import APIError, error_body
+from billing.api.fields import Money, StrictSerializer
 from billing.api.idempotency import idempotent_claimed
 from billing.api.query import APIView
-from billing.api.serializers import Money, StrictSerializer
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError
 from ledger import errors as ledger_errors

@@ -11,10 +11,10 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from billing.api.errors import APIError
+from billing.api.fields import list_response
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
-from billing.api.serializers import list_response
 from billing.api.views import errors
 from metering.models import ModelPrice
 from metering.selectors import current_model_prices

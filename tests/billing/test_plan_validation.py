@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from billing import errors, pricing, services
+from billing import errors, services
 from billing.models import Plan
+from billing.pricing import parse as pricing
 from billing.services import ChargeSpec, PlanSpec, TierSpec
 
 pytestmark = pytest.mark.django_db

@@ -18,14 +18,9 @@ from django.db import connections
 
 from billing import errors, services
 from billing.models import Meter, Plan, PlanCharge, PriceTier
-from billing.pricing import (
-    MeterSpec,
-    Outcome,
-    PlanResult,
-    PricingFileInvalid,
-    load_pricing,
-    parse_pricing,
-)
+from billing.pricing.load import Outcome, PlanResult, load_pricing
+from billing.pricing.parse import MeterSpec, parse_pricing
+from billing.pricing.reading import PricingFileInvalid
 
 DEMO = Path(__file__).resolve().parents[2] / "pricing" / "demo.yaml"
 

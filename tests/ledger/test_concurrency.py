@@ -12,6 +12,7 @@ from django.db import connection, connections, transaction
 
 from ledger import errors, selectors, services
 from ledger.models import Account, Entry, Hold, Transaction
+from ledger.services import posting
 from tests.conftest import unique
 from tests.threads import run_concurrently as run_all_concurrently
 
@@ -34,7 +35,7 @@ def posting_path(request, monkeypatch) -> str:
     and the posting function (ledger_post_transactions_bulk), which serves every call the
     statement does not take, from one transaction up."""
     if request.param == "function":
-        monkeypatch.setattr(services, "ONE_STATEMENT_MAX_LEGS", 0)
+        monkeypatch.setattr(posting, "ONE_STATEMENT_MAX_LEGS", 0)
     return request.param
 
 

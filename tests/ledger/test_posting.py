@@ -9,6 +9,7 @@ import pytest
 
 from ledger import errors, selectors, services
 from ledger.models import Balance, Entry, Transaction
+from ledger.services import posting
 from tests.conftest import unique
 
 pytestmark = pytest.mark.django_db
@@ -17,11 +18,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True, params=["statement", "function"])
 def posting_function(request, monkeypatch):
     """Every test here runs against the two ways a posting is written: the single statement
-    that single transactions use (ledger.services._POST_ONE), and the posting function
+    that single transactions use (ledger.services.posting._POST_ONE), and the posting function
     (ledger_post_transactions_bulk) that everything else uses, single transactions
     included when ONE_STATEMENT_MAX_LEGS is 0."""
     if request.param == "function":
-        monkeypatch.setattr(services, "ONE_STATEMENT_MAX_LEGS", 0)
+        monkeypatch.setattr(posting, "ONE_STATEMENT_MAX_LEGS", 0)
     return request.param
 
 

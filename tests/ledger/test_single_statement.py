@@ -1,4 +1,4 @@
-"""The single-statement posting (ledger.services._POST_ONE): what it takes, what it hands
+"""The single-statement posting (ledger.services.posting._POST_ONE): what it takes, what it hands
 to the posting function, and that PostgreSQL keeps its plan. The posting rules themselves
 run against it in test_posting (the "statement" parameter) and test_concurrency."""
 

@@ -22,7 +22,8 @@ from openai.types.responses import ResponseUsage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from metering.errors import InvalidEvent, UnknownProvider, UsageNotUnderstood
-from metering.normalize import MAX_COUNT, NormalizedUsage, normalize_usage
+from metering.normalize import NormalizedUsage, normalize_usage
+from metering.usage_counts import MAX_COUNT
 
 KINDS = (
     "input_tokens",

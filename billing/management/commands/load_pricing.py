@@ -7,7 +7,8 @@ import sys
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import errors, pricing
+from billing import errors
+from billing.pricing.load import load_pricing
 
 
 class Command(BaseCommand):
@@ -53,7 +54,7 @@ class Command(BaseCommand):
         else:
             source = {"path": file}
         try:
-            summary = pricing.load_pricing(
+            summary = load_pricing(
                 **source, format=format, published_by_id=published_by_id, dry_run=dry_run
             )
         except errors.BillingError as exc:

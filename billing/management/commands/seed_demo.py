@@ -22,7 +22,7 @@ from django.utils import timezone
 from billing import services
 from billing.models import BillingMode, Customer, SubscriptionStatus
 from billing.portal import services as portal
-from billing.pricing import load_pricing
+from billing.pricing.load import load_pricing
 from metering import rating
 from metering.catalog import import_genai_prices
 from metering.management.commands.simulate_usage import CALLS, raw_usage

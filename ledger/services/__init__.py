@@ -1,0 +1,63 @@
+"""The only way to write to the ledger.
+
+    spec        to_amount, Leg, debit, credit, TransactionSpec: a posting described
+    accounts    create_account, ensure_system_account, set_overdraft;
+                LockedBalance, read_balances, lock_balances
+    posting     post_transaction, post_transactions (bulk, all-or-nothing)
+    reversal    reverse_transaction
+    holds       place_hold, settle_hold, settle_hold_with, lock_hold, release_hold,
+                release_expired_holds
+
+Every function is atomic (a savepoint when called inside a caller's transaction) and
+idempotent on its ``reference``. Expected failures raise ``ledger.errors.LedgerError``
+subclasses and change nothing.
+
+The layers above call the ledger through this package (``from ledger import services as
+ledger``), never through its modules: the names below are the ledger's write interface, and
+how the package is divided among files is the ledger's own business.
+"""
+
+from ledger.models import ZERO
+from ledger.services.accounts import (
+    LockedBalance,
+    create_account,
+    ensure_system_account,
+    lock_balances,
+    read_balances,
+    set_overdraft,
+)
+from ledger.services.holds import (
+    lock_hold,
+    place_hold,
+    release_expired_holds,
+    release_hold,
+    settle_hold,
+    settle_hold_with,
+)
+from ledger.services.posting import post_transaction, post_transactions
+from ledger.services.reversal import reverse_transaction
+from ledger.services.spec import Leg, TransactionSpec, credit, debit, to_amount
+
+__all__ = [
+    "Leg",
+    "TransactionSpec",
+    "ZERO",
+    "LockedBalance",
+    "create_account",
+    "credit",
+    "debit",
+    "ensure_system_account",
+    "lock_balances",
+    "lock_hold",
+    "read_balances",
+    "place_hold",
+    "post_transaction",
+    "post_transactions",
+    "release_expired_holds",
+    "release_hold",
+    "reverse_transaction",
+    "set_overdraft",
+    "settle_hold",
+    "settle_hold_with",
+    "to_amount",
+]
