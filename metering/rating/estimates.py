@@ -68,6 +68,7 @@ def estimate(
     now = now or timezone.now()
     if subscription is NOT_LOADED:
         _, subscription = load_customers(ids=[customer.pk]).get(customer.external_id, (None, None))
+    assert subscription is None or isinstance(subscription, Subscription)
     terms = plan_terms(_plan_at(subscription, now)) if subscription is not None else None
     cost = None
     if amount is None and terms is not None:
@@ -104,6 +105,7 @@ def estimate(
             amount <= 0,
             None if amount <= 0 else "insufficient_funds",
         )
+    assert wallet.account_id is not None, "a stored wallet has its account"
     state = ledger.read_balances(account_ids=[wallet.account_id])[wallet.account_id]
     if currency == CREDITS:
         # Credits of grants past their expiry that the expiry task has not taken yet are not

@@ -172,7 +172,9 @@ def _quantity(meter: Meter, prepared: Prepared, *, charged: bool = True) -> Any:
     value = Decimal(value)
     if not value.is_finite() or value < 0:
         raise errors.InvalidEvent(f"{param} must be a finite, non-negative number", param=param)
-    if value >= MAX_QUANTITY or value.as_tuple().exponent < -12:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int), "a finite number's (checked above)"
+    if value >= MAX_QUANTITY or exponent < -12:
         raise errors.InvalidEvent(
             f"{param} must be below 1e20 with at most 12 decimal places", param=param
         )

@@ -102,6 +102,7 @@ def _move(
         included_delta = min(q1, charge.included_quantity) - min(q0, charge.included_quantity)
         if not in_trial:
             if terms.consumption_model == ConsumptionModel.CREDITS:
+                assert terms.units_per_credit is not None, "a credits plan has units per credit"
                 amount_delta = (charge.billable(q1) - charge.billable(q0)) / terms.units_per_credit
             elif charge.catalog_priced:
                 amount_delta = _catalog_delta(charge, meter, q0, q1, prepared, overrides)

@@ -16,7 +16,6 @@ from billing.models import (
     Aggregation,
     Customer,
     Subscription,
-    Wallet,
 )
 from ledger import errors as ledger_errors
 from ledger import services as ledger
@@ -29,7 +28,7 @@ from metering.rating.terms import _period_for, _plan_at, plan_terms
 from metering.rating.write import Accepted, _write
 
 
-def _funds_error(wallet: Wallet, currency: str, needed: Decimal, balance) -> BillingError:
+def _funds_error(wallet: WalletRow, currency: str, needed: Decimal, balance) -> BillingError:
     available = balance.available
     if currency == CREDITS:
         return errors.InsufficientCredits(
@@ -37,6 +36,7 @@ def _funds_error(wallet: Wallet, currency: str, needed: Decimal, balance) -> Bil
             param="customer",
         )
     if wallet.billing_mode == "postpaid":
+        assert wallet.credit_limit is not None, "without a limit nothing is refused"
         return errors.CreditLimitExceeded(
             f"this event would take the {currency} wallet past its credit limit "
             f"({wallet.credit_limit.normalize():f}); balance {available.normalize():f}",
@@ -155,7 +155,12 @@ def _rate(
             balances.update(ledger.lock_balances(account_ids=credit_accounts))
     for wallet in wallets.values():
         if wallet.account_id is None:  # not created yet: nothing in it, nothing below zero
-            balances[_balance_key(wallet)] = ledger.LockedBalance(None, ZERO, ZERO, ZERO)
+            balances[_balance_key(wallet)] = ledger.LockedBalance(
+                None,  # type: ignore[arg-type]  # no account yet: the ledger's type wants one
+                ZERO,
+                ZERO,
+                ZERO,
+            )
     if hold is not None:  # what is left of the hold is released when the event settles it
         b = balances[hold.account_id]
         balances[hold.account_id] = ledger.LockedBalance(
@@ -173,9 +178,9 @@ def _rate(
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
     for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
-        key = (customer.pk, p.source.idempotency_key)
-        if key in seen:
-            outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[key]})
+        event_key = (customer.pk, p.source.idempotency_key)
+        if event_key in seen:
+            outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[event_key]})
             continue
         moves = []
         for meter, reading in readings:
@@ -222,7 +227,7 @@ def _rate(
                 c.latest_at is None or p.source.timestamp >= c.latest_at
             ):
                 c.latest_at = p.source.timestamp
-        seen[key] = p.index
+        seen[event_key] = p.index
         accepted.append(
             Accepted(p, customer, subscription, terms, period_start, moves, money, currency, wallet)
         )

@@ -72,7 +72,9 @@ def load_customers(
                 subscription = Subscription(
                     **dict(zip(SUBSCRIPTION_FIELDS, row[5:16], strict=True))
                 )
-                subscription.phase_starts = list(zip(row[16] or [], row[17] or [], strict=True))
+                subscription.phase_starts = list(  # type: ignore[attr-defined]
+                    zip(row[16] or [], row[17] or [], strict=True)
+                )
             found[customer.external_id] = (customer, subscription)
         return found
 
@@ -217,7 +219,9 @@ def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> Pa
     read = PartRead({}, {}, {}, {}, {}, {}, ids)
     for row in subs:
         subscription = Subscription(**dict(zip(SUBSCRIPTION_FIELDS, row[:11], strict=True)))
-        subscription.phase_starts = list(zip(row[11], row[12], strict=True))
+        subscription.phase_starts = list(  # type: ignore[attr-defined]
+            zip(row[11], row[12], strict=True)
+        )
         read.subscriptions[subscription.customer_id] = subscription
     for event_id, customer_id, key, amount, currency, transaction_id, cost, model in twins:
         read.existing[(customer_id, key)] = {

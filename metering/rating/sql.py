@@ -40,10 +40,10 @@ Statement = tuple[str, list[Any]]
 def _execute_together(cursor, statements: list[Statement | None]) -> None:
     """Run these statements in one round trip: all but the last as data-modifying CTEs of
     the last (they write different tables, so one snapshot serves them all)."""
-    statements = [s for s in statements if s is not None]
-    if not statements:
+    present = [s for s in statements if s is not None]
+    if not present:
         return
-    *before, (last_sql, last_params) = statements
+    *before, (last_sql, last_params) = present
     if not before:
         execute_bound(last_sql, last_params)
         return

@@ -78,7 +78,8 @@ def plan_terms(plan_id: int) -> PlanTerms:
 
 def _plan_at(subscription: Subscription, at: datetime) -> int:
     plan_id = subscription.plan_id
-    for starts_at, phase_plan_id in subscription.phase_starts:  # by starts_at
+    # phase_starts: set by read on the subscriptions it builds (not a field of the model)
+    for starts_at, phase_plan_id in subscription.phase_starts:  # type: ignore[attr-defined]
         if starts_at <= at:
             plan_id = phase_plan_id
     return plan_id

@@ -141,6 +141,7 @@ def _usage_postings(
         posting.event_ids.append(event_id)
         posting.tokens += tokens
         if money:
+            assert a.wallet.account_id is not None, "created by _write for moving money"
             key = (a.wallet.account_id, a.currency)
             posting.money[key] = posting.money.get(key, ZERO) + money
         if p.cost is not None:
@@ -309,8 +310,8 @@ def _write(
     with connection.cursor() as cursor:
         # COPY: the fastest way in for many rows.
         with cursor.cursor.copy(f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
-            for row in event_rows:
-                copy.write_row(row)
+            for event_row in event_rows:
+                copy.write_row(event_row)
         _execute_together(
             cursor,
             [
@@ -499,6 +500,7 @@ def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
         entry[4] += u.output_tokens
         entry[5] += u.reasoning_tokens
         entry[6] += money
+        assert p.cost is not None, "priced with its usage (prepare._llm_usage)"
         entry[7] += ledger_round(p.cost.total)
     if not totals:
         return None
