@@ -21,6 +21,7 @@ from billing.models import BillingMode, Customer, IdempotencyRecord
 from ledger import selectors as ledger_selectors
 from metering import rating
 from metering.models import Event
+from metering.rating import ingest as rating_ingest
 from tests.billing.conftest import ChargeSpec, assert_error, make_client
 from tests.factories import SubscriptionFactory
 from tests.threads import run_concurrently
@@ -107,9 +108,9 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
     monkeypatch, make_key, customers
 ):
     first, second = sorted(customers[:2], key=lambda c: c.pk)
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 2)  # parts: [first], [second]
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 2)  # parts: [first], [second]
     second_part, go_on = threading.Event(), threading.Event()
-    lock = rating._lock_customers
+    lock = rating_ingest._lock_customers
 
     def lock_and_pause(customer_ids):
         if second.pk in customer_ids:
@@ -117,7 +118,7 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
             go_on.wait(timeout=20)
         lock(customer_ids)
 
-    monkeypatch.setattr(rating, "_lock_customers", lock_and_pause)
+    monkeypatch.setattr(rating_ingest, "_lock_customers", lock_and_pause)
     monkeypatch.setattr(idempotency, "IN_USE_WAIT", timedelta(0))  # answer 409 at once
     _, secret = make_key()
     body = batch([first.external_id, second.external_id], 2)

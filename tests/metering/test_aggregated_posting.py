@@ -14,6 +14,7 @@ from ledger.models import Entry
 from ledger.models import Transaction as LedgerTransaction
 from metering import rating
 from metering.models import Event
+from metering.rating import ingest as rating_ingest
 from tests.metering.test_rating import (
     event,
     ingest,
@@ -146,7 +147,7 @@ def test_a_retried_overlapping_batch_posts_only_its_new_events_under_their_own_r
 
 
 def test_each_rating_part_posts_its_own_transaction_per_customer(monkeypatch):
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 2)
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 2)
     units = make_meter("units")
     customers = [
         subscribe(per_unit(units, "0.01"), external_id=name, funds="10")

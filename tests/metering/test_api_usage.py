@@ -1172,7 +1172,7 @@ def test_usage_ranges_at_the_edges_of_the_calendar_are_refused(api, ai):
 
 def test_a_key_spelled_like_a_hashed_one_gets_its_own_ledger_reference(api, ai):
     long_key = "k" * 250
-    from metering.rating import _reference
+    from metering.rating.write import _reference
 
     spoof = _reference(ai.pk, long_key).split(":", 2)[2]  # "sha256:<hex>"
     first = api.post("/api/v1/events", llm_body(long_key, CHAT, when=DAY1))

@@ -17,8 +17,9 @@ from django.utils import timezone
 from billing import services
 from billing.models import BillingMode, Customer
 from ledger import selectors as ledger_selectors
-from metering import inbox, rating
+from metering import inbox
 from metering.models import Event, IncomingEvent, IncomingStatus
+from metering.rating import ingest as rating_ingest
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, iso, make_client
 from tests.factories import SubscriptionFactory
@@ -251,8 +252,8 @@ def test_a_crash_between_parts_keeps_each_event_pending_or_rated(
         ]
     }
     assert api.post(BATCH, body, format="json", **ASYNC).status_code == 202
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 3)  # one customer per part
-    real_rate, parts = rating._rate, []
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 3)  # one customer per part
+    real_rate, parts = rating_ingest._rate, []
 
     def crash_on_third_part(*args, **kwargs):
         parts.append(1)
@@ -260,13 +261,13 @@ def test_a_crash_between_parts_keeps_each_event_pending_or_rated(
             raise OperationalError("server closed the connection unexpectedly")
         return real_rate(*args, **kwargs)
 
-    monkeypatch.setattr(rating, "_rate", crash_on_third_part)
+    monkeypatch.setattr(rating_ingest, "_rate", crash_on_third_part)
     with pytest.raises(OperationalError):
         inbox.rate_pending()
     # The two parts that committed left the inbox with their events; the rest is pending.
     assert Event.objects.count() == 6
     assert IncomingEvent.objects.filter(status=IncomingStatus.PENDING).count() == 6
-    monkeypatch.setattr(rating, "_rate", real_rate)
+    monkeypatch.setattr(rating_ingest, "_rate", real_rate)
     with connection.cursor() as cursor:  # the crashed rater's lock went with its session
         cursor.execute("SELECT pg_advisory_unlock_all()")
     rate()

@@ -33,6 +33,7 @@ from ledger.models import Account, Balance, Entry, Hold
 from ledger.models import Transaction as LedgerTransaction
 from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
+from metering.rating import ingest as rating_ingest
 from tests.conftest import unique
 from tests.threads import run_concurrently
 
@@ -204,7 +205,7 @@ def test_batches_spanning_several_customers_in_any_order_neither_deadlock_nor_lo
     monkeypatch, chunk_events
 ):
     """With parts of 5 events a batch of 4 customers × 5 events is four transactions."""
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", chunk_events)
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", chunk_events)
     name = unique("api")
     units = make_meter(name)
     plan_charge = ChargeSpec(meter=units.code, unit_price=Decimal("0.001"))
@@ -490,7 +491,7 @@ def test_a_hold_placed_while_usage_is_being_rated_waits_for_the_rating_and_sees_
     revenue = ledger.ensure_system_account(code=rating.REVENUE, currency="USD")
     locked, proceed = threading.Event(), threading.Event()
     # rating locks the balance rows in the statement that reads what it needs (_read_part)
-    real_read_part = rating._read_part
+    real_read_part = rating_ingest._read_part
 
     def lock_then_pause(*args, **kwargs):
         balances = real_read_part(*args, **kwargs)
@@ -498,7 +499,7 @@ def test_a_hold_placed_while_usage_is_being_rated_waits_for_the_rating_and_sees_
         proceed.wait(timeout=30)
         return balances
 
-    monkeypatch.setattr(rating, "_read_part", lock_then_pause)
+    monkeypatch.setattr(rating_ingest, "_read_part", lock_then_pause)
     outcome: list[object] = []
     held: list[object] = []
 

@@ -24,6 +24,9 @@ from ledger import services as ledger
 from ledger.models import Account, Entry, Hold, NormalBalance
 from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
+from metering.rating import ingest as rating_ingest
+from metering.rating import sql as rating_sql
+from metering.rating import write as rating_write
 from tests.billing.conftest import at
 from tests.conftest import unique
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
@@ -930,7 +933,7 @@ def test_an_event_cannot_settle_another_customers_hold():
 
 
 def test_unique_count_tells_values_apart_by_type_and_value_not_spelling():
-    from metering.rating import _distinct_key
+    from metering.rating.price import _distinct_key
 
     keys = {_distinct_key(v) for v in (1, D("1.0"), D("1E0"), True, "1", D("1.00"), 0, False)}
     assert keys == {"n:1", "b:true", "s:1", "n:0", "b:false"}
@@ -940,19 +943,19 @@ def test_unique_count_tells_values_apart_by_type_and_value_not_spelling():
 
 
 def test_a_batch_is_rated_in_parts_of_whole_customers(monkeypatch):
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 3)
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 3)
     by_customer = {7: [None] * 2, 3: [None] * 1, 5: [None] * 4, 9: [None] * 1, 8: [None] * 2}
     # id order; a part closes once it has 3 events; a customer is never split
-    assert rating._chunks(by_customer) == [[3, 5], [7, 8], [9]]
-    assert rating._chunks({}) == []
+    assert rating_ingest._chunks(by_customer) == [[3, 5], [7, 8], [9]]
+    assert rating_ingest._chunks({}) == []
 
 
 def test_a_crash_between_parts_keeps_what_was_committed_and_a_retry_charges_once(monkeypatch):
-    monkeypatch.setattr(rating, "RATING_CHUNK_EVENTS", 2)
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 2)
     units = make_meter("units")
     customers = [subscribe(per_unit(units, "1"), external_id=f"c{i}", funds="10") for i in range(3)]
     batch = [event(f"k{n}", customer=c.external_id, units=1) for c in customers for n in range(2)]
-    rate = rating._rate
+    rate = rating_ingest._rate
     calls = []
 
     def crash_on_the_second_part(parts, *args, **kwargs):
@@ -961,12 +964,12 @@ def test_a_crash_between_parts_keeps_what_was_committed_and_a_retry_charges_once
             raise RuntimeError("worker killed")
         return rate(parts, *args, **kwargs)
 
-    monkeypatch.setattr(rating, "_rate", crash_on_the_second_part)
+    monkeypatch.setattr(rating_ingest, "_rate", crash_on_the_second_part)
     with pytest.raises(RuntimeError):
         ingest(*batch)
     assert calls == [["c0"], ["c1"]]  # one customer per part (2 events each)
     assert [posted(c) for c in customers] == [D(8), D(10), D(10)]  # the first part stands
-    monkeypatch.setattr(rating, "_rate", rate)
+    monkeypatch.setattr(rating_ingest, "_rate", rate)
     outcomes = ingest(*batch)  # the client's retry of the whole batch
     assert statuses(outcomes) == ["duplicate"] * 2 + ["accepted"] * 4
     assert [posted(c) for c in customers] == [D(8), D(8), D(8)]
@@ -1124,8 +1127,8 @@ def test_rows_sent_as_one_json_document_or_as_arrays_are_stored_alike(monkeypatc
 
     stored = []
     for external_id, as_json in (("by-json", 10**6), ("by-arrays", 0)):
-        monkeypatch.setattr(rating, "ROWS_AS_JSON", as_json)
-        monkeypatch.setattr(rating, "EVENTS_BY_INSERT", as_json)
+        monkeypatch.setattr(rating_sql, "ROWS_AS_JSON", as_json)
+        monkeypatch.setattr(rating_write, "EVENTS_BY_INSERT", as_json)
         customer = subscribe(*charges, external_id=external_id, funds="100")
         assert statuses(rating.ingest_events(batch(external_id), now=NOW)) == ["accepted"] * 4
         stored.append(_stored(customer))

@@ -1,0 +1,183 @@
+"""The orchestration of ``ingest_events``: events prepared, sorted out by customer, cut into
+parts of whole customers (``_chunks``, ``RATING_CHUNK_EVENTS``), each part rated in its
+own transaction under its customers' rating locks; and the caches' reset for tests."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing import errors as billing_errors
+from billing import services as billing_services
+from billing.errors import BillingError
+from billing.models import (
+    Customer,
+)
+from metering.rating import prepare
+from metering.rating.base import EventIn, Outcome
+from metering.rating.prepare import MeterSet, Prepared, _meters, _prepare, _take_meters
+from metering.rating.rate import _rate
+from metering.rating.read import _find_customers, _read_part
+from metering.rating.terms import plan_terms
+from metering.rating.write import _account_ids
+
+
+def ingest_events(
+    events: Sequence[EventIn],
+    *,
+    now: datetime | None = None,
+    hold_id: int | None = None,
+    after_part: Callable[[list[tuple[int, Outcome]]], None] | None = None,
+) -> list[Outcome]:
+    """Store, rate and post ``events``; one Outcome per event, in order.
+
+    With ``hold_id`` (one event): the event settles that hold — what is left of the hold is
+    released and the event's charge posted against it, all in one transaction.
+
+    ``after_part`` is called inside each part's transaction with the (index, outcome) of the
+    part's events, so that what the caller records of them commits with them or not at all
+    (the asynchronous inbox removes the rows the part rated).
+
+    A batch that is one part (at most ``RATING_CHUNK_EVENTS`` events: a single event, say)
+    finds its customers and takes their rating locks in one statement, inside the part's
+    transaction; a longer one finds them first, then locks each part's."""
+    if hold_id is not None and len(events) != 1:
+        raise ValueError("a hold is settled by exactly one event")
+    now = now or timezone.now()
+    outcomes: list[Outcome | None] = [None] * len(events)
+    prepared: list[Prepared] = []
+    for index, event in enumerate(events):
+        try:
+            prepared.append(_prepare(index, event, now))
+        except BillingError as error:
+            outcomes[index] = Outcome("rejected", error=error)
+    if not prepared:
+        return outcomes  # type: ignore[return-value]
+    external_ids = {p.source.customer for p in prepared}
+    if len(prepared) <= RATING_CHUNK_EVENTS:
+        with transaction.atomic():
+            stamp, customers = _find_customers(external_ids, lock=True)
+            by_customer = _sort_out(prepared, _meters(stamp), customers, outcomes)
+            if by_customer:
+                _rate_part(sorted(by_customer), by_customer, customers, outcomes, hold_id, now)
+                if after_part is not None:
+                    after_part(_part_outcomes(by_customer, outcomes))
+        return outcomes  # type: ignore[return-value]
+    stamp, customers = _find_customers(external_ids, lock=False)
+    by_customer = _sort_out(prepared, _meters(stamp), customers, outcomes)
+    for chunk in _chunks(by_customer):
+        with transaction.atomic():
+            _lock_customers(chunk)
+            part = {cid: by_customer[cid] for cid in chunk}
+            _rate_part(chunk, part, customers, outcomes, hold_id, now)
+            if after_part is not None:
+                after_part(_part_outcomes(part, outcomes))
+    return outcomes  # type: ignore[return-value]
+
+
+def _part_outcomes(
+    by_customer: dict[int, list[Prepared]], outcomes: list[Outcome | None]
+) -> list[tuple[int, Outcome]]:
+    return [
+        (p.index, outcomes[p.index])  # type: ignore[misc]
+        for events in by_customer.values()
+        for p in events
+    ]
+
+
+def _sort_out(
+    prepared: list[Prepared],
+    meters: MeterSet,
+    customers: dict[str, Customer],
+    outcomes: list[Outcome | None],
+) -> dict[int, list[Prepared]]:
+    """The events by customer id, each with its meters; an event no meter reads, with an
+    unreadable usage or for an unknown customer is rejected (in that order of precedence)."""
+    by_customer: dict[int, list[Prepared]] = defaultdict(list)
+    for p in prepared:
+        try:
+            _take_meters(p, meters)
+        except BillingError as error:
+            outcomes[p.index] = Outcome("rejected", error=error)
+            continue
+        customer = customers.get(p.source.customer)
+        if customer is None:
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=billing_errors.CustomerNotFound(
+                    f"no customer with external_id {p.source.customer!r}", param="customer"
+                ),
+            )
+        else:
+            by_customer[customer.pk].append(p)
+    return by_customer
+
+
+def _rate_part(
+    chunk: list[int],
+    by_customer: dict[int, list[Prepared]],
+    customers: dict[str, Customer],
+    outcomes: list[Outcome | None],
+    hold_id: int | None,
+    now: datetime,
+) -> None:
+    """One part, its customers' rating locks held: what rating needs read in one statement,
+    then rated and written."""
+    read = _read_part(
+        [(cid, p) for cid in chunk for p in by_customer[cid]], lock_balances=hold_id is None
+    )
+    by_id = {customer.pk: customer for customer in customers.values()}
+    _rate(
+        [(by_id[cid], read.subscriptions.get(cid), by_customer[cid]) for cid in chunk],
+        outcomes,
+        hold_id,
+        now=now,
+        read=read,
+    )
+
+
+# A batch is rated in transactions of whole customers and at least this many events each.
+# A transaction holds its customers' rating locks until it commits, so two batches for the
+# same customers (a backend's workers sending at once) ran one after the other when a
+# batch was one transaction; in parts, the second rates its first part while the first
+# rates its next one. A customer's events stay together, in one transaction. Each part is
+# committed before the next begins; after a crash between parts, the client's retry finds
+# the committed events as duplicates (the idempotency key), so nothing is charged twice.
+RATING_CHUNK_EVENTS = 250
+
+
+def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
+    """The customers in id order (the rating locks' order), cut into parts of at least
+    RATING_CHUNK_EVENTS events, whole customers each."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    events = 0
+    for customer_id in sorted(by_customer):
+        chunk.append(customer_id)
+        events += len(by_customer[customer_id])
+        if events >= RATING_CHUNK_EVENTS:
+            chunks.append(chunk)
+            chunk, events = [], 0
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _lock_customers(customer_ids: list[int]) -> None:
+    billing_services.lock_customer_usage(customer_ids)
+
+
+def lock_customer(customer_id: int) -> None:
+    """Take the rating lock of one customer (for anything else that moves its counters)."""
+    _lock_customers([customer_id])
+
+
+def clear_caches() -> None:
+    """Forget cached plans, meters and account ids (for tests, which empty the tables)."""
+    _account_ids.clear()
+    plan_terms.cache_clear()
+    prepare._meter_set = None

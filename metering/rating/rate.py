@@ -1,0 +1,239 @@
+"""Rating a part, its customers' rating locks held: each event placed in its plan and period,
+priced against the period counters, checked against its wallet (refused if the wallet cannot
+cover it, with nothing changed), and the accepted handed to ``write._write``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from billing import credits
+from billing.errors import BillingError
+from billing.models import (
+    Aggregation,
+    Customer,
+    Subscription,
+)
+from ledger import errors as ledger_errors
+from ledger import services as ledger
+from metering import errors
+from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcome
+from metering.rating.prepare import Prepared, _quantity
+from metering.rating.price import Counter, _move
+from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
+from metering.rating.terms import _period_for, _plan_at, plan_terms
+from metering.rating.write import Accepted, _write
+
+
+def _funds_error(wallet: WalletRow, currency: str, needed: Decimal, balance) -> BillingError:
+    available = balance.available
+    if currency == CREDITS:
+        return errors.InsufficientCredits(
+            f"{available.normalize():f} credits left; this event needs {needed.normalize():f}",
+            param="customer",
+        )
+    if wallet.billing_mode == "postpaid":
+        assert wallet.credit_limit is not None, "without a limit nothing is refused"
+        return errors.CreditLimitExceeded(
+            f"this event would take the {currency} wallet past its credit limit "
+            f"({wallet.credit_limit.normalize():f}); balance {available.normalize():f}",
+            param="customer",
+        )
+    return errors.InsufficientFunds(
+        f"the {currency} wallet has {available.normalize():f} available; this event costs "
+        f"{needed.normalize():f}",
+        param="customer",
+    )
+
+
+def _rate(
+    groups: list[tuple[Customer, Subscription | None, list[Prepared]]],
+    outcomes: list[Outcome | None],
+    hold_id: int | None = None,
+    *,
+    now: datetime | None = None,
+    read: PartRead,
+) -> None:
+    """Rate every customer's events of a batch with a fixed number of queries, whatever the
+    number of customers: the customers' rating locks are held by the caller, and ``read``
+    is what ``_read_part`` found under them."""
+    existing = read.existing
+    # (customer, subscription, prepared, terms, period_start, period_end, trial, readings)
+    placed = []
+    for customer, subscription, events in groups:
+        for p in events:
+            key = p.source.idempotency_key
+            if (customer.pk, key) in existing:
+                if hold_id is not None:  # settling with usage already recorded settles nothing
+                    raise errors.EventAlreadyRecorded(
+                        f"event {key!r} was already recorded (event "
+                        f"{existing[(customer.pk, key)]['id']}); settle the hold with new usage, "
+                        "or release it",
+                        param="event.idempotency_key",
+                    )
+                outcomes[p.index] = Outcome("duplicate", event=existing[(customer.pk, key)])
+                continue
+            if subscription is None:
+                outcomes[p.index] = Outcome(
+                    "rejected",
+                    error=errors.NoSubscription(
+                        f"customer {customer.external_id} has no active subscription to rate "
+                        "usage against",
+                        param="customer",
+                    ),
+                )
+                continue
+            if subscription.status == "past_due":  # suspended by dunning
+                outcomes[p.index] = Outcome(
+                    "rejected",
+                    error=errors.SubscriptionPastDue(
+                        f"customer {customer.external_id}'s subscription is suspended: an "
+                        "invoice is past due; usage is accepted again once it is paid",
+                        param="customer",
+                    ),
+                )
+                continue
+            try:
+                terms = plan_terms(_plan_at(subscription, p.source.timestamp))
+                period_start, period_end, in_trial = _period_for(
+                    subscription, terms, p.source.timestamp
+                )
+                readings = []
+                for meter in p.meters:
+                    reading = _quantity(meter, p, charged=meter.pk in terms.charges)
+                    if reading is not None:
+                        readings.append((meter, reading))
+            except BillingError as error:
+                outcomes[p.index] = Outcome("rejected", error=error)
+                continue
+            placed.append(
+                (customer, subscription, p, terms, period_start, period_end, in_trial, readings)
+            )
+    if not placed:
+        return
+
+    wallets, overrides = _wallets(read, {(c.pk, t.money_currency) for c, _, _, t, *_ in placed})
+    hold = None
+    if hold_id is not None:
+        customer, _, p, terms, *_ = placed[0]
+        hold = ledger.lock_hold(hold_id=hold_id)  # before the balance rows, as the ledger does
+        wallet = wallets[(customer.pk, terms.money_currency)]
+        if hold.account_id != wallet.account_id:
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=errors.InvalidEvent(
+                    f"hold {hold.pk} reserves funds of another wallet than this usage is "
+                    f"charged to ({wallet.currency} of {customer.external_id})",
+                    param="customer",
+                ),
+            )
+            return
+        if hold.status != "pending":
+            raise ledger_errors.HoldAlreadyResolved(f"hold {hold.pk} is already {hold.status}")
+        if hold.settled_amount:
+            raise errors.HoldPartlySettled(
+                f"hold {hold.pk} was already settled in part by amount; settle the rest by "
+                "amount, or release it and send the usage as an event",
+                param="event",
+            )
+    credit_accounts = [
+        w.account_id for w in wallets.values() if w.account_id is not None and w.currency == CREDITS
+    ]
+    if credit_accounts:  # credits past their expiry leave before anything is spent
+        credits.expire_due_for(credit_accounts, now=now or timezone.now())
+    balances: dict[Any, ledger.LockedBalance]
+    if hold is not None:  # the hold's row first, then the balances: the ledger's order
+        balances = ledger.lock_balances(
+            account_ids=[w.account_id for w in wallets.values() if w.account_id is not None]
+        )
+    else:  # locked by _read_part; what an expiry just took is read again
+        balances = dict(read.balances)
+        if credit_accounts:
+            balances.update(ledger.lock_balances(account_ids=credit_accounts))
+    for wallet in wallets.values():
+        if wallet.account_id is None:  # not created yet: nothing in it, nothing below zero
+            balances[_balance_key(wallet)] = ledger.LockedBalance(
+                None,  # type: ignore[arg-type]  # no account yet: the ledger's type wants one
+                ZERO,
+                ZERO,
+                ZERO,
+            )
+    if hold is not None:  # what is left of the hold is released when the event settles it
+        b = balances[hold.account_id]
+        balances[hold.account_id] = ledger.LockedBalance(
+            b.account_id, b.posted, b.held - (hold.amount - hold.settled_amount), b.floor
+        )
+    wanted = {
+        (subscription.pk, meter.pk, start)
+        for _, subscription, _, _, start, _, _, readings in placed
+        for meter, _ in readings
+    }
+    counters = {key: read.counters[key] for key in wanted if key in read.counters}
+    if len(counters) < len(wanted):  # a period's first usage, or not the current period
+        counters.update(_load_counters(wanted - counters.keys()))
+
+    accepted: list[Accepted] = []
+    seen: dict[tuple[int, str], int] = {}
+    for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
+        event_key = (customer.pk, p.source.idempotency_key)
+        if event_key in seen:
+            outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[event_key]})
+            continue
+        moves = []
+        for meter, reading in readings:
+            counter = counters.setdefault(
+                (subscription.pk, meter.pk, period_start),
+                Counter(subscription.pk, meter.pk, period_start, period_end),
+            )
+            moves.append(
+                _move(counter, meter, reading, p, terms, in_trial, overrides.get(customer.pk, {}))
+            )
+        money = sum((m.charged - m.counter.charged for m in moves), ZERO)
+        too_big = next((m for m in moves if m.quantity >= MAX_QUANTITY), None)
+        if too_big is not None or abs(money) >= MAX_CHARGE:
+            what = (
+                f"meter {too_big.meter.code}'s quantity this period past {MAX_QUANTITY:.0e}"
+                if too_big is not None
+                else f"a charge of {money.normalize():f}, beyond what one event may move"
+            )
+            outcomes[p.index] = Outcome(
+                "rejected",
+                error=errors.InvalidEvent(f"this event would take {what}", param="properties"),
+            )
+            continue
+        currency = terms.money_currency
+        wallet = wallets[(customer.pk, currency)]
+        balance = balances[_balance_key(wallet)]
+        if money > 0 and not balance.can_spend(money):
+            outcomes[p.index] = Outcome(
+                "rejected", error=_funds_error(wallet, currency, money, balance)
+            )
+            continue
+        balances[_balance_key(wallet)] = ledger.LockedBalance(
+            balance.account_id, balance.posted - money, balance.held, balance.floor
+        )
+        for move in moves:
+            c = move.counter
+            c.quantity, c.amount, c.charged = move.quantity, move.amount, move.charged
+            c.currency = currency
+            c.event_count += 1
+            c.changed = True
+            if move.distinct_value is not None:
+                c.distinct_values.append(move.distinct_value)
+            if move.meter.aggregation == Aggregation.LATEST and (
+                c.latest_at is None or p.source.timestamp >= c.latest_at
+            ):
+                c.latest_at = p.source.timestamp
+        seen[event_key] = p.index
+        accepted.append(
+            Accepted(p, customer, subscription, terms, period_start, moves, money, currency, wallet)
+        )
+    if accepted:
+        _write(accepted, counters, outcomes, read.event_ids, hold_id, now=now)
+
+
+def _balance_key(wallet: WalletRow) -> Any:
+    return wallet.account_id or ("new", wallet.customer_id, wallet.currency)

@@ -1,0 +1,114 @@
+"""Plans as rating reads them: their terms, cached per process (a published plan is
+immutable), the plan of a subscription at a moment (its phases), and the period an event
+falls in (with the refusals of a moment before the start, in an invoiced period, or after a
+canceled subscription's end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+
+from billing.models import (
+    ConsumptionModel,
+    Plan,
+    Subscription,
+)
+from billing.periods import period_containing
+from metering import catalog, errors
+from metering.charges import ChargeTerms, Tier
+from metering.rating.base import CREDITS
+
+# --- plans, cached (plans are immutable) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanTerms:
+    plan_id: int
+    currency: str
+    interval: str
+    consumption_model: str
+    units_per_credit: Decimal | None
+    charges: dict[int, ChargeTerms]
+    llm_event_names: frozenset[str] = frozenset()  # events its LLM-token meters read
+
+    @property
+    def money_currency(self) -> str:
+        return CREDITS if self.consumption_model == ConsumptionModel.CREDITS else self.currency
+
+
+@lru_cache(maxsize=4096)
+def plan_terms(plan_id: int) -> PlanTerms:
+    plan = Plan.objects.prefetch_related("charges__tiers", "charges__meter").get(pk=plan_id)
+    charges = {}
+    for charge in plan.charges.all():
+        tiers = tuple(
+            Tier(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+            for t in charge.tiers.all()
+        )
+        catalog_priced = (
+            charge.margin_percent is not None
+            and charge.meter.property in catalog.CATALOG_KINDS
+            and not tiers
+            and charge.unit_price == 0
+        )
+        charges[charge.meter_id] = ChargeTerms(
+            meter_id=charge.meter_id,
+            price_model=charge.price_model,
+            included_quantity=charge.included_quantity,
+            unit_price=charge.unit_price,
+            package_size=charge.package_size,
+            tiers=tiers,
+            margin_percent=charge.margin_percent,
+            catalog_priced=catalog_priced,
+        )
+    return PlanTerms(
+        plan_id=plan.pk,
+        currency=plan.currency,
+        interval=plan.interval,
+        consumption_model=plan.consumption_model,
+        units_per_credit=plan.units_per_credit,
+        charges=charges,
+        llm_event_names=frozenset(
+            c.meter.event_name for c in plan.charges.all() if c.meter.property.startswith("llm.")
+        ),
+    )
+
+
+def _plan_at(subscription: Subscription, at: datetime) -> int:
+    plan_id = subscription.plan_id
+    # phase_starts: set by read on the subscriptions it builds (not a field of the model)
+    for starts_at, phase_plan_id in subscription.phase_starts:  # type: ignore[attr-defined]
+        if starts_at <= at:
+            plan_id = phase_plan_id
+    return plan_id
+
+
+def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
+    """(period_start, period_end, in_trial) for an event at ``at``."""
+    if at < subscription.started_at:
+        raise errors.TimestampTooOld(
+            f"timestamp {at.isoformat()} precedes the subscription's start "
+            f"{subscription.started_at.isoformat()}",
+            param="timestamp",
+        )
+    if subscription.invoiced_through is not None and at < subscription.invoiced_through:
+        raise errors.PeriodClosed(
+            f"timestamp {at.isoformat()} lies in a period already invoiced (through "
+            f"{subscription.invoiced_through.isoformat()}); send it with a current timestamp",
+            param="timestamp",
+        )
+    if subscription.cancel_at_period_end and at >= subscription.current_period_end:
+        # The subscription ends with this period: a later period is never closed.
+        raise errors.TimestampAfterSubscription(
+            f"timestamp {at.isoformat()} lies after the subscription's end "
+            f"{subscription.current_period_end.isoformat()} (canceled at period end)",
+            param="timestamp",
+        )
+    if subscription.trial_ends_at is not None and at < subscription.trial_ends_at:
+        return subscription.started_at, subscription.trial_ends_at, True
+    if subscription.current_period_start <= at < subscription.current_period_end:
+        return subscription.current_period_start, subscription.current_period_end, False
+    start, end = period_containing(subscription.billing_anchor, terms.interval, at)
+    return start, end, False

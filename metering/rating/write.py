@@ -1,0 +1,529 @@
+"""Writing a part's accepted events: one ledger posting per customer (``UsagePosting``, its
+legs the sums of its events; credits drawn on the grants), then the event rows (INSERT, or
+COPY for many), the inbox's forgotten twins and the period, daily and model counters in
+one round trip. Ledger account ids are cached here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing import credits
+from billing import services as billing_services
+from billing.models import (
+    AllocationKind,
+    Customer,
+    Meter,
+    Subscription,
+)
+from ledger import errors as ledger_errors
+from ledger import services as ledger
+from ledger.models import NormalBalance
+from ledger.services import Leg
+from metering import errors
+from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
+from metering.rating.prepare import Prepared, _path_value
+from metering.rating.price import Move
+from metering.rating.read import WalletRow
+from metering.rating.sql import Statement, _execute_together, _rows
+from metering.rating.terms import PlanTerms
+
+
+@dataclass
+class Accepted:
+    p: Prepared
+    customer: Customer
+    subscription: Subscription
+    terms: PlanTerms
+    period_start: datetime
+    moves: list[Move]
+    money: Decimal
+    currency: str
+    wallet: WalletRow
+
+
+def _reference(customer_id: int, key: str) -> str:
+    """The ledger reference of an event: its key as sent, or its SHA-256 when the key is
+    long or could be mistaken for a hashed one."""
+    reference = f"usage:{customer_id}:{key}"
+    if len(reference) > 255 or key.startswith("sha256:"):
+        reference = f"usage:{customer_id}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return reference
+
+
+# Ledger accounts are never deleted, so their ids are cached per process — once the
+# transaction that found or created them has committed, so that no other thread is handed
+# an account it cannot see yet. (Tests, which do empty the tables, call clear_caches().)
+_account_ids: dict[tuple[str, str], int] = {}
+
+
+def _remember(key: tuple[str, str], account_id: int) -> int:
+    def remember() -> None:
+        if len(_account_ids) > 100_000:
+            _account_ids.clear()
+        _account_ids[key] = account_id
+
+    transaction.on_commit(remember)
+    return account_id
+
+
+def _system_account_id(code: str, currency: str) -> int:
+    key = (code, currency)
+    if key in _account_ids:
+        return _account_ids[key]
+    account = ledger.ensure_system_account(
+        code=code, currency=currency, normal_balance=NormalBalance.CREDIT
+    )
+    return _remember(key, account.pk)
+
+
+def _usage_account_id(customer: Customer) -> int:
+    key = (f"tokens:{customer.pk}", "TOKENS")
+    if key in _account_ids:
+        return _account_ids[key]
+    return _remember(key, billing_services.usage_account(customer=customer).pk)
+
+
+@dataclass
+class UsagePosting:
+    """One customer's accepted events of one rating part, as one ledger transaction: its
+    legs are the sums of the events' (tokens to ``@TokensServed``; per currency, the wallet
+    to ``@Revenue`` or ``@CreditsUsed``), and every event with something to post points
+    at it. Its reference is the first such event's (``_reference``): unique, because that
+    event is stored once and in no other transaction, and the same as the one-transaction-
+    per-event reference for a part of one event."""
+
+    customer: Customer
+    first_key: str
+    event_ids: list[int] = field(default_factory=list)
+    tokens: int = 0
+    money: dict[tuple[int, str], Decimal] = field(default_factory=dict)  # (wallet, currency)
+    cost: Decimal = ZERO
+    models: set[tuple[str, str]] = field(default_factory=set)
+    effective_at: datetime | None = None
+    names: set[str] = field(default_factory=set)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    legs: list[Leg] = field(default_factory=list)
+
+    def spec(self) -> ledger.TransactionSpec:
+        name = next(iter(self.names)) if len(self.names) == 1 else "events"
+        return ledger.TransactionSpec(
+            reference=_reference(self.customer.pk, self.first_key),
+            legs=self.legs,
+            description=f"Usage: {name}"
+            + (f" ({len(self.event_ids)} events)" if len(self.event_ids) > 1 else ""),
+            metadata=self.metadata,
+            effective_at=self.effective_at,
+        )
+
+
+def _usage_postings(
+    accepted: list[Accepted], event_ids: list[int], tokens_served, sinks: dict[str, int]
+) -> list[UsagePosting]:
+    """The part's accepted events summed per customer into one posting each (an event with
+    neither tokens nor money has nothing to post and points at no transaction)."""
+    postings: dict[int, UsagePosting] = {}
+    for event_id, a in zip(event_ids, accepted, strict=True):
+        p, money = a.p, a.money
+        tokens = p.usage.total_tokens if p.usage is not None else 0
+        if not tokens and not money:
+            continue
+        posting = postings.get(a.customer.pk)
+        if posting is None:
+            posting = postings[a.customer.pk] = UsagePosting(a.customer, p.source.idempotency_key)
+        posting.event_ids.append(event_id)
+        posting.tokens += tokens
+        if money:
+            assert a.wallet.account_id is not None, "created by _write for moving money"
+            key = (a.wallet.account_id, a.currency)
+            posting.money[key] = posting.money.get(key, ZERO) + money
+        if p.cost is not None:
+            posting.cost += ledger_round(p.cost.total)
+        if p.usage is not None:
+            posting.models.add((p.usage.provider, p.usage.model))
+        posting.names.add(p.source.event_name)
+        if posting.effective_at is None or p.source.timestamp > posting.effective_at:
+            posting.effective_at = p.source.timestamp
+    result = []
+    for posting in postings.values():
+        # Amounts here are exact already (whole tokens; money rounded to the ledger's 12
+        # places, and sums of them), so the legs are built directly; the ledger checks
+        # them again in SQL, and the database checks that they are the events' sums.
+        legs = []
+        if posting.tokens:
+            legs += [
+                Leg(_usage_account_id(posting.customer), Decimal(posting.tokens)),
+                Leg(tokens_served, -Decimal(posting.tokens)),
+            ]
+        for (wallet_account, currency), money in sorted(posting.money.items()):
+            if money:  # a period's credits back may cancel its charges
+                legs += [Leg(wallet_account, money), Leg(sinks[currency], -money)]
+        if not legs:  # nothing moves: the events point at no transaction
+            continue
+        posting.legs = legs
+        metadata: dict[str, Any] = {
+            "kind": "usage",
+            "event_id": posting.event_ids[0],
+            "events": len(posting.event_ids),
+            "customer": posting.customer.external_id,
+        }
+        if len(posting.models) == 1:
+            provider, model = next(iter(posting.models))
+            metadata.update(model=model, provider=provider)
+        if posting.models:
+            metadata["cost_usd"] = str(posting.cost)
+        posting.metadata = metadata
+        result.append(posting)
+    return result
+
+
+def _write(
+    accepted: list[Accepted], counters, outcomes, event_ids: list[int], hold_id=None, *, now=None
+) -> None:
+    created: dict[tuple[int, str], WalletRow] = {}
+    for a in accepted:
+        if a.wallet.account_id is None and a.money:
+            key = (a.customer.pk, a.currency)
+            if key not in created:
+                wallet = billing_services.ensure_wallet(customer=a.customer, currency=a.currency)
+                created[key] = WalletRow(
+                    a.customer.pk, a.currency, wallet.account_id, wallet.billing_mode, None
+                )
+            a.wallet = created[key]
+    event_ids = event_ids[: len(accepted)]  # drawn by _read_part, one per event of the part
+    has_tokens = any(a.p.usage is not None and a.p.usage.total_tokens for a in accepted)
+    tokens_served = (
+        _system_account_id(billing_services.TOKENS_SERVED, "TOKENS") if has_tokens else None
+    )
+    sinks = {
+        currency: _system_account_id(CREDITS_USED if currency == CREDITS else REVENUE, currency)
+        for currency in {a.currency for a in accepted}
+    }
+    # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
+    # the customers' usage locks are held, so no other debit draws on the same remainder.
+    book = credits.GrantBook.load(
+        {a.wallet.account_id for a in accepted if a.money > 0 and a.currency == CREDITS},
+        now=now,
+    )
+    postings = _usage_postings(accepted, event_ids, tokens_served, sinks)
+    specs, allocations = [], []
+    for posting in postings:
+        parts: list[tuple[int, Decimal]] = []
+        for (wallet_account, currency), money in posting.money.items():
+            if book and money > 0 and currency == CREDITS:
+                parts += book.take(wallet_account, money, settling_hold=hold_id is not None)
+        if parts:
+            posting.metadata["grants"] = credits.grants_metadata(parts)
+        allocations.append(parts)
+        specs.append(posting.spec())
+    try:
+        if hold_id is not None:
+            settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
+            posted = [settled] if settled is not None else []
+        elif specs:
+            # No savepoint: any error here abandons the part's whole transaction.
+            posted = ledger.post_transactions(transactions=specs, savepoint=False)
+        else:
+            posted = []
+    except ledger_errors.ReferenceReused as error:
+        raise errors.InvalidEvent(str(error), param="idempotency_key") from None
+    transaction_ids: dict[int, int] = {}
+    for posting, parts, t in zip(postings, allocations, posted, strict=True):
+        for event_id in posting.event_ids:
+            transaction_ids[event_id] = t.pk
+        if parts and not getattr(t, "replayed", False):
+            book.record(t.pk, parts, AllocationKind.USAGE)
+    book.save()
+    event_rows = []
+    received_at = timezone.now()
+    for event_id, a in zip(event_ids, accepted, strict=True):
+        p, customer, money, currency = a.p, a.customer, a.money, a.currency
+        u = p.usage
+        cost = ledger_round(p.cost.total) if p.cost is not None else ZERO
+        row = {
+            "id": event_id,
+            "idempotency_key": p.source.idempotency_key,
+            "amount": money,
+            "currency": currency,
+            "cost": cost,
+            "ledger_transaction_id": transaction_ids.get(event_id),
+        }
+        outcomes[p.index] = Outcome("accepted", event=row)
+        event_rows.append(
+            (
+                event_id,
+                customer.pk,
+                p.source.idempotency_key,
+                p.source.event_name,
+                p.source.timestamp,
+                json.dumps(p.source.properties, default=str),
+                a.subscription.pk,
+                a.period_start,
+                u.provider if u else "",
+                u.model if u else "",
+                p.price.pk if p.price is not None else None,
+                u.input_tokens if u else 0,
+                u.cache_read_tokens if u else 0,
+                u.cache_write_tokens if u else 0,
+                u.output_tokens if u else 0,
+                u.reasoning_tokens if u else 0,
+                currency,
+                money,
+                cost,
+                transaction_ids.get(event_id),
+                p.source.received_at or received_at,
+            )
+        )
+    # Duplicates inside the batch point at the accepted twin.
+    for outcome in outcomes:
+        if (
+            outcome is not None
+            and outcome.status == "duplicate"
+            and outcome.event
+            and "_same_as" in outcome.event
+        ):
+            twin = outcomes[outcome.event["_same_as"]]
+            outcome.event = twin.event if twin is not None else None
+
+    # No conflict is possible: the customer's rating lock is held and its duplicates were
+    # sorted out above (the unique index still stands behind that).
+    if len(event_rows) <= EVENTS_BY_INSERT:
+        # A few events: inserted by the statement that moves the counters, one round trip.
+        _execute_together(
+            None,
+            [
+                _insert_events(event_rows),
+                _forget_incoming(accepted),
+                _upsert_counters(counters),
+                _upsert_daily(accepted),
+                _upsert_model_usage(accepted),
+            ],
+        )
+        return
+    with connection.cursor() as cursor:
+        # COPY: the fastest way in for many rows.
+        with cursor.cursor.copy(f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
+            for event_row in event_rows:
+                copy.write_row(event_row)
+        _execute_together(
+            cursor,
+            [
+                _forget_incoming(accepted),
+                _upsert_counters(counters),
+                _upsert_daily(accepted),
+                _upsert_model_usage(accepted),
+            ],
+        )
+
+
+# A part with at most this many accepted events inserts them with an INSERT … SELECT FROM
+# unnest() sent with the counters' statement; more go by COPY first.
+EVENTS_BY_INSERT = 32
+EVENT_COLUMNS = (
+    "id, customer_id, idempotency_key, event_name, timestamp, properties, subscription_id, "
+    "period_start, provider, model, model_price_id, input_tokens, cache_read_tokens, "
+    "cache_write_tokens, output_tokens, reasoning_tokens, currency, amount, cost, "
+    "ledger_transaction_id, received_at"
+)
+_EVENT_ROW = (
+    "id bigint, customer_id bigint, idempotency_key text, event_name text, "
+    "timestamp timestamptz, properties text, subscription_id bigint, period_start timestamptz, "
+    "provider text, model text, model_price_id bigint, input_tokens bigint, "
+    "cache_read_tokens bigint, cache_write_tokens bigint, output_tokens bigint, "
+    "reasoning_tokens bigint, currency text, amount numeric, cost numeric, "
+    "ledger_transaction_id bigint, received_at timestamptz"
+)
+
+
+def _insert_events(event_rows: list[tuple]) -> Statement:
+    """The events' rows (as written by COPY: properties as JSON text) in one INSERT."""
+    source, params = _rows("r", _EVENT_ROW, event_rows)
+    names = EVENT_COLUMNS.replace("properties", "properties::jsonb")
+    return (f"INSERT INTO metering_event ({EVENT_COLUMNS}) SELECT {names} FROM {source}", params)
+
+
+def _forget_incoming(accepted: list[Accepted]) -> Statement:
+    """An event rated here may wait in the asynchronous inbox under the same key (pending,
+    or refused and now sent again synchronously): it is rated now, so the inbox forgets
+    it, or it would be listed refused though charged (metering.inbox)."""
+    source, params = _rows(
+        "k", "c bigint, key text", [(a.customer.pk, a.p.source.idempotency_key) for a in accepted]
+    )
+    return (
+        f"DELETE FROM metering_incomingevent i USING {source} "
+        "WHERE i.customer_id = k.c AND i.idempotency_key = k.key",
+        params,
+    )
+
+
+def _upsert_counters(counters: dict) -> Statement | None:
+    rows = [
+        (
+            c.subscription_id,
+            c.meter_id,
+            c.period_start,
+            c.period_end,
+            c.quantity,
+            c.amount,
+            c.charged,
+            c.currency,
+            c.event_count,
+            json.dumps(c.distinct_values, default=str),
+            c.latest_at,
+        )
+        for c in counters.values()
+        if c.changed
+    ]
+    if not rows:
+        return None
+    source, params = _rows(
+        "r",
+        "s bigint, m bigint, ps timestamptz, pe timestamptz, q numeric, a numeric, c numeric, "
+        "cur text, n bigint, dv text, la timestamptz",
+        rows,
+    )
+    return (
+        "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, period_end, "
+        "quantity, amount, charged, currency, event_count, distinct_values, latest_at, updated_at) "
+        f"SELECT s, m, ps, pe, q, a, c, cur, n, dv::jsonb, la, now() FROM {source} "
+        "ON CONFLICT (subscription_id, meter_id, period_start) DO UPDATE SET "
+        "quantity = EXCLUDED.quantity, amount = EXCLUDED.amount, charged = EXCLUDED.charged, "
+        "currency = EXCLUDED.currency, event_count = EXCLUDED.event_count, "
+        "distinct_values = EXCLUDED.distinct_values, latest_at = EXCLUDED.latest_at, "
+        "updated_at = now()",
+        params,
+    )
+
+
+def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
+    if not meter.group_by:
+        return "", {}
+    dims = {}
+    for path in meter.group_by:
+        value = _path_value(p.source.properties, p.usage, path)
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True, default=str)
+        dims[path] = None if value is None else (value if isinstance(value, str) else str(value))
+    key = json.dumps(dims, sort_keys=True, separators=(",", ":"))
+    if len(key) > 200:  # the column holds 500; long values are keyed by their hash
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key, dims
+
+
+def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
+    totals: dict[tuple, list] = {}
+    for a in accepted:
+        day = a.p.source.timestamp.astimezone(UTC).date()
+        for move in a.moves:
+            key_text, dims = _dimensions(move.meter, a.p)
+            key = (a.subscription.pk, a.customer.pk, move.meter.pk, a.period_start, day, key_text)
+            entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, a.currency, 0])
+            entry[1] += move.quantity_delta
+            entry[2] += move.included_delta
+            entry[3] += move.amount_delta
+            entry[5] += 1
+    rows = [
+        (
+            subscription_id,
+            customer_id,
+            meter_id,
+            period_start,
+            day,
+            key_text,
+            json.dumps(dims),
+            quantity,
+            included,
+            amount,
+            currency,
+            count,
+        )
+        for (subscription_id, customer_id, meter_id, period_start, day, key_text), (
+            dims,
+            quantity,
+            included,
+            amount,
+            currency,
+            count,
+        ) in totals.items()
+    ]
+    if not rows:
+        return None
+    source, params = _rows(
+        "r",
+        "s bigint, c bigint, m bigint, ps timestamptz, d date, k text, dims text, q numeric, "
+        "i numeric, a numeric, cur text, n bigint",
+        rows,
+    )
+    return (
+        "INSERT INTO metering_dailyusage (subscription_id, customer_id, meter_id, period_start, "
+        "day, dimension_key, dimensions, quantity, included_quantity, amount, currency, "
+        "event_count, updated_at) "
+        f"SELECT s, c, m, ps, d, k, dims::jsonb, q, i, a, cur, n, now() FROM {source} "
+        "ON CONFLICT (subscription_id, meter_id, period_start, day, dimension_key) DO "
+        "UPDATE SET quantity = metering_dailyusage.quantity + EXCLUDED.quantity, "
+        "included_quantity = metering_dailyusage.included_quantity + EXCLUDED.included_quantity, "
+        "amount = metering_dailyusage.amount + EXCLUDED.amount, "
+        "event_count = metering_dailyusage.event_count + EXCLUDED.event_count, updated_at = now()",
+        params,
+    )
+
+
+def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
+    totals: dict[tuple, list] = {}
+    for a in accepted:
+        p, money = a.p, a.money
+        if p.usage is None:
+            continue
+        u = p.usage
+        day = p.source.timestamp.astimezone(UTC).date()
+        key = (
+            a.customer.pk,
+            a.subscription.pk,
+            a.period_start,
+            day,
+            u.provider,
+            u.model,
+            a.currency,
+        )
+        entry = totals.setdefault(key, [0, 0, 0, 0, 0, 0, ZERO, ZERO])
+        entry[0] += 1
+        entry[1] += u.input_tokens
+        entry[2] += u.cache_read_tokens
+        entry[3] += u.cache_write_tokens
+        entry[4] += u.output_tokens
+        entry[5] += u.reasoning_tokens
+        entry[6] += money
+        assert p.cost is not None, "priced with its usage (prepare._llm_usage)"
+        entry[7] += ledger_round(p.cost.total)
+    if not totals:
+        return None
+    source, params = _rows(
+        "x",
+        "c bigint, s bigint, ps timestamptz, d date, pr text, mo text, cur text, n bigint, "
+        "i bigint, cr bigint, cw bigint, o bigint, r bigint, a numeric, co numeric",
+        [(*key, *values) for key, values in totals.items()],
+    )
+    return (
+        "INSERT INTO metering_modelusage (customer_id, subscription_id, period_start, day, "
+        "provider, model, currency, event_count, input_tokens, cache_read_tokens, "
+        "cache_write_tokens, output_tokens, reasoning_tokens, amount, cost, updated_at) "
+        f"SELECT c, s, ps, d, pr, mo, cur, n, i, cr, cw, o, r, a, co, now() FROM {source} "
+        "ON CONFLICT (subscription_id, period_start, day, provider, model, currency) DO UPDATE SET "
+        "event_count = metering_modelusage.event_count + EXCLUDED.event_count, "
+        "input_tokens = metering_modelusage.input_tokens + EXCLUDED.input_tokens, "
+        "cache_read_tokens = metering_modelusage.cache_read_tokens + EXCLUDED.cache_read_tokens, "
+        "cache_write_tokens = metering_modelusage.cache_write_tokens "
+        "+ EXCLUDED.cache_write_tokens, "
+        "output_tokens = metering_modelusage.output_tokens + EXCLUDED.output_tokens, "
+        "reasoning_tokens = metering_modelusage.reasoning_tokens + EXCLUDED.reasoning_tokens, "
+        "amount = metering_modelusage.amount + EXCLUDED.amount, "
+        "cost = metering_modelusage.cost + EXCLUDED.cost, updated_at = now()",
+        params,
+    )
