@@ -79,12 +79,8 @@ from metering.rating.base import (
     ledger_round,
 )
 from metering.rating.estimates import Estimate, estimate
-from metering.rating.ingest import (
-    RATING_CHUNK_EVENTS,
-    clear_caches,
-    ingest_events,
-    lock_customer,
-)
+# RATING_CHUNK_EVENTS is not exported: ``ingest`` reads its own, so set it there
+from metering.rating.ingest import clear_caches, ingest_events
 from metering.rating.prepare import check_event
 from metering.rating.read import load_customers
 from metering.rating.sql import execute_bound
@@ -94,7 +90,6 @@ __all__ = [
     "CREDITS",
     "CREDITS_USED",
     "LEDGER_QUANTUM",
-    "RATING_CHUNK_EVENTS",
     "REVENUE",
     "Estimate",
     "EventIn",
@@ -107,6 +102,5 @@ __all__ = [
     "ingest_events",
     "ledger_round",
     "load_customers",
-    "lock_customer",
     "plan_terms",
 ]

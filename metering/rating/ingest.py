@@ -171,11 +171,6 @@ def _lock_customers(customer_ids: list[int]) -> None:
     billing_services.lock_customer_usage(customer_ids)
 
 
-def lock_customer(customer_id: int) -> None:
-    """Take the rating lock of one customer (for anything else that moves its counters)."""
-    _lock_customers([customer_id])
-
-
 def clear_caches() -> None:
     """Forget cached plans, meters and account ids (for tests, which empty the tables)."""
     _account_ids.clear()
