@@ -79,8 +79,7 @@ from metering.rating.base import (
     ledger_round,
 )
 from metering.rating.estimates import Estimate, estimate
-# RATING_CHUNK_EVENTS is not exported: ``ingest`` reads its own, so set it there
-from metering.rating.ingest import clear_caches, ingest_events
+from metering.rating.ingest import clear_caches, ingest_events  # RATING_CHUNK_EVENTS: set it there
 from metering.rating.prepare import check_event
 from metering.rating.read import load_customers
 from metering.rating.sql import execute_bound
