@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from billing import services
 from billing.models import APIKey, Customer, Meter, Plan
-from billing.services import ChargeSpec, PlanSpec, TierSpec
+from billing.services import ChargeSpec, PlanSpec, TierSpec, api_keys, idempotency, subscriptions
 from tests.factories import ALL_SCOPES, APIKeyFactory, CustomerFactory, MeterFactory, PlanFactory
 
 
@@ -155,7 +154,9 @@ def clock(monkeypatch):
         assert state.now is not None, "set clock.now first"
         return state.now
 
-    monkeypatch.setattr(services, "timezone", SimpleNamespace(now=now))
+    # Where billing.services reads the time (its subscriptions, API keys and idempotency).
+    for module in (subscriptions, api_keys, idempotency):
+        monkeypatch.setattr(module, "timezone", SimpleNamespace(now=now))
     return state
 
 

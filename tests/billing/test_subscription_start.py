@@ -54,11 +54,11 @@ def test_an_event_in_the_second_of_an_explicit_start_is_accepted(api, metered):
 
 
 def test_a_subscription_started_now_starts_on_a_whole_second(api, metered, monkeypatch):
-    from billing import services
+    from billing.services import subscriptions
 
     moment = datetime(2026, 4, 1, 9, 30, 15, 999999, tzinfo=UTC)
     monkeypatch.setattr(
-        services, "timezone", type("Clock", (), {"now": staticmethod(lambda: moment)})
+        subscriptions, "timezone", type("Clock", (), {"now": staticmethod(lambda: moment)})
     )
     response = api.post("/api/v1/subscriptions", {"customer": "acme", "plan": "metered"})
     assert response.status_code == 201, response.json()

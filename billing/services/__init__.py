@@ -1,0 +1,122 @@
+"""Writes of the commercial core. Money moves only through ``ledger.services``.
+
+    customers      create_customer, update_customer, edit_customer (fields and credit limit)
+    wallets        create_wallet, wallet_for, ensure_wallet, set_credit_limit, top_up,
+                   adjust_balance; customer_account, usage_account (the TOKENS account)
+    plans          create_meter, ensure_meter, rename_meter; PlanSpec, ChargeSpec, TierSpec,
+                   validate_plan_spec, publish_plan, plan_spec_of, latest_plan
+    subscriptions  create_subscription, change_subscription, cancel_subscription,
+                   base_fee_proration
+    locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
+    api_keys       create_api_key, revoke_api_key, hash_secret
+    idempotency    purge_idempotency_records
+
+The rest of the project calls the core's writes through this package (``from billing import
+services``: the API, the portal, the admin, the commands, metering, invoicing, the tests):
+the names below are its interface; which module holds each is the core's own business.
+"""
+
+# Plan: the model, read as ``services.Plan`` by callers since the module imported it.
+from billing.models import Plan
+from billing.services.api_keys import SECRET_PREFIX, create_api_key, hash_secret, revoke_api_key
+from billing.services.customers import (
+    CUSTOMER_EDITABLE,
+    KEEP,
+    create_customer,
+    edit_customer,
+    update_customer,
+)
+from billing.services.idempotency import IDEMPOTENCY_RETENTION, purge_idempotency_records
+from billing.services.locks import (
+    PLAN_VERSION_LOCK,
+    lock_customer_usage,
+    lock_subscription_customer,
+)
+from billing.services.plans import (
+    CATALOG_METER_PROPERTIES,
+    LLM_PATHS,
+    METER_FIELDS,
+    ChargeSpec,
+    PlanSpec,
+    TierSpec,
+    create_meter,
+    ensure_meter,
+    latest_plan,
+    plan_spec_of,
+    publish_plan,
+    rename_meter,
+    validate_plan_spec,
+)
+from billing.services.subscriptions import (
+    FUTURE_START_TOLERANCE,
+    ProrationLine,
+    base_fee_proration,
+    cancel_subscription,
+    change_subscription,
+    create_subscription,
+)
+from billing.services.wallets import (
+    ADJUSTMENTS,
+    CREDITS,
+    TOKENS,
+    TOKENS_SERVED,
+    WORLD,
+    adjust_balance,
+    create_wallet,
+    customer_account,
+    ensure_wallet,
+    set_credit_limit,
+    top_up,
+    usage_account,
+    wallet_for,
+)
+
+__all__ = [
+    "ADJUSTMENTS",
+    "CATALOG_METER_PROPERTIES",
+    "CREDITS",
+    "CUSTOMER_EDITABLE",
+    "FUTURE_START_TOLERANCE",
+    "IDEMPOTENCY_RETENTION",
+    "KEEP",
+    "LLM_PATHS",
+    "METER_FIELDS",
+    "PLAN_VERSION_LOCK",
+    "SECRET_PREFIX",
+    "TOKENS",
+    "TOKENS_SERVED",
+    "WORLD",
+    "ChargeSpec",
+    "Plan",
+    "PlanSpec",
+    "ProrationLine",
+    "TierSpec",
+    "adjust_balance",
+    "base_fee_proration",
+    "cancel_subscription",
+    "change_subscription",
+    "create_api_key",
+    "create_customer",
+    "create_meter",
+    "create_subscription",
+    "create_wallet",
+    "customer_account",
+    "edit_customer",
+    "ensure_meter",
+    "ensure_wallet",
+    "hash_secret",
+    "latest_plan",
+    "lock_customer_usage",
+    "lock_subscription_customer",
+    "plan_spec_of",
+    "publish_plan",
+    "purge_idempotency_records",
+    "rename_meter",
+    "revoke_api_key",
+    "set_credit_limit",
+    "top_up",
+    "update_customer",
+    "usage_account",
+    "validate_plan_spec",
+    "wallet_for",
+]

@@ -1,0 +1,337 @@
+"""Meters and plans: meters created (what they count never changes), plans validated and
+published as immutable versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from billing import errors, limits
+from billing.meters import CATALOG_KINDS, LLM_FIELDS
+from billing.models import (
+    Aggregation,
+    ConsumptionModel,
+    Interval,
+    Meter,
+    Plan,
+    PlanCharge,
+    PriceModel,
+    PriceTier,
+)
+from billing.services.locks import PLAN_VERSION_LOCK
+
+# What a meter may read under llm. (the normalised usage), and which of those the model
+# catalog can price (billing.meters).
+LLM_PATHS = LLM_FIELDS
+CATALOG_METER_PROPERTIES = tuple(CATALOG_KINDS)
+
+
+METER_FIELDS = ("event_name", "aggregation", "property", "filters", "group_by")
+
+
+def _validate_meter(spec: dict[str, Any]) -> None:
+    if spec.get("aggregation") not in Aggregation.values:
+        raise errors.ValidationFailed(
+            f"aggregation must be one of {', '.join(Aggregation.values)}", param="aggregation"
+        )
+    if spec["aggregation"] != Aggregation.COUNT and not spec.get("property"):
+        raise errors.ValidationFailed(
+            f"a {spec['aggregation']} meter needs the property it reads", param="property"
+        )
+    path = spec.get("property") or ""
+    if path.startswith("llm.") and path[4:] not in LLM_PATHS:
+        raise errors.ValidationFailed(
+            f"{path} is not a normalised LLM usage field; one of "
+            + ", ".join(f"llm.{name}" for name in LLM_PATHS),
+            param="property",
+        )
+    if not isinstance(spec.get("filters", {}), dict):
+        raise errors.ValidationFailed("filters must be an object", param="filters")
+    if not isinstance(spec.get("group_by", []), list):
+        raise errors.ValidationFailed("group_by must be a list", param="group_by")
+
+
+@transaction.atomic
+def create_meter(**spec: Any) -> Meter:
+    _validate_meter(spec)
+    try:
+        with transaction.atomic():
+            return Meter.objects.create(**spec)
+    except IntegrityError:
+        raise errors.MeterExists(f"meter {spec['code']!r} already exists", param="code") from None
+
+
+def ensure_meter(**spec: Any) -> tuple[Meter, bool]:
+    """Create the meter, or accept it unchanged. What a meter counts never changes once it
+    exists (past usage would change meaning); its name and unit may."""
+    existing = Meter.objects.filter(code=spec["code"]).first()
+    if existing is None:
+        return create_meter(**spec), True
+    _validate_meter(spec)
+    changed = [f for f in METER_FIELDS if f in spec and getattr(existing, f) != spec[f]]
+    if changed:
+        raise errors.MeterConflict(
+            f"meter {existing.code!r} exists with a different {', '.join(changed)}; "
+            "create a new meter instead",
+            param="code",
+        )
+    updates = {
+        k: spec[k] for k in ("name", "unit") if k in spec and getattr(existing, k) != spec[k]
+    }
+    if updates:
+        Meter.objects.filter(pk=existing.pk).update(**updates)
+    return existing, False
+
+
+def rename_meter(*, meter: Meter, name: str, unit: str) -> Meter:
+    """A meter's name and unit may change; what it counts may not."""
+    Meter.objects.filter(pk=meter.pk).update(name=name, unit=unit)
+    meter.name, meter.unit = name, unit
+    return meter
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    up_to: Decimal | None
+    unit_price: Decimal = Decimal(0)
+    flat_fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class ChargeSpec:
+    meter: str
+    price_model: str = PriceModel.PER_UNIT
+    included_quantity: Decimal = Decimal(0)
+    unit_price: Decimal = Decimal(0)
+    package_size: Decimal | None = None
+    margin_percent: Decimal | None = None
+    tiers: tuple[TierSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    code: str
+    name: str
+    currency: str = "USD"
+    interval: str = Interval.MONTH
+    base_fee: Decimal = Decimal(0)
+    trial_days: int = 0
+    consumption_model: str = ConsumptionModel.METERED
+    units_per_credit: Decimal | None = None
+    description: str = ""
+    metadata: dict[str, Any] | None = None
+    charges: tuple[ChargeSpec, ...] = ()
+
+    def canonical_hash(self) -> str:
+        def plain(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return format(value.normalize(), "f")
+            if isinstance(value, tuple | list):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in sorted(value.items())}
+            if hasattr(value, "__dataclass_fields__"):
+                return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+            return value
+
+        body = plain(self)
+        body["metadata"] = body["metadata"] or {}  # None and {} publish the same plan
+        encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def validate_plan_spec(spec: PlanSpec) -> None:
+    """The one set of rules a plan obeys, whoever publishes it (the API, the pricing file,
+    the admin): publish_plan runs it, the pricing file runs it early to name the line."""
+
+    def fail(message: str, param: str) -> None:
+        raise errors.ValidationFailed(message, param=param)
+
+    def money(value: Decimal, param: str) -> None:
+        if value < 0:
+            fail("prices cannot be negative", param)
+        problem = limits.amount_problem(value, limit=limits.MAX_PRICE)
+        if problem:
+            fail(problem, param)
+
+    problem = limits.currency_problem(spec.currency)
+    if problem:
+        fail(problem, "currency")
+    if spec.interval not in Interval.values:
+        fail(f"interval must be one of {', '.join(Interval.values)}", "interval")
+    if spec.consumption_model not in ConsumptionModel.values:
+        fail(
+            f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
+            "consumption_model",
+        )
+    money(spec.base_fee, "base_fee")
+    if spec.consumption_model == ConsumptionModel.CREDITS and not (
+        spec.units_per_credit and spec.units_per_credit > 0
+    ):
+        fail("a credits plan needs units_per_credit > 0", "units_per_credit")
+    if spec.consumption_model != ConsumptionModel.CREDITS and spec.units_per_credit is not None:
+        fail("units_per_credit applies to credits plans only", "units_per_credit")
+    meters = [c.meter for c in spec.charges]
+    if len(set(meters)) != len(meters):
+        fail("a plan has at most one charge per meter", "charges")
+    for i, charge in enumerate(spec.charges):
+        param = f"charges[{i}]"
+        if charge.price_model not in PriceModel.values:
+            fail(
+                f"price_model must be one of {', '.join(PriceModel.values)}", f"{param}.price_model"
+            )
+        if charge.included_quantity < 0:
+            fail("quantities cannot be negative", f"{param}.included_quantity")
+        money(charge.unit_price, f"{param}.unit_price")
+        tiered = charge.price_model in (PriceModel.GRADUATED, PriceModel.VOLUME)
+        if tiered and charge.unit_price:
+            fail(
+                f"a {charge.price_model} charge is priced by its tiers; move the price into "
+                "its tiers",
+                f"{param}.unit_price",
+            )
+        if tiered and not charge.tiers:
+            fail(f"a {charge.price_model} charge needs tiers", f"{param}.tiers")
+        if not tiered and charge.tiers:
+            fail(f"a {charge.price_model} charge has no tiers", f"{param}.tiers")
+        if charge.price_model == PriceModel.PACKAGE and not (
+            charge.package_size and charge.package_size > 0
+        ):
+            fail("a package charge needs package_size > 0", f"{param}.package_size")
+        if charge.price_model != PriceModel.PACKAGE and charge.package_size is not None:
+            fail("package_size applies to package charges only", f"{param}.package_size")
+        if charge.margin_percent is not None:
+            if charge.price_model != PriceModel.PER_UNIT or charge.unit_price or charge.tiers:
+                fail(
+                    "margin_percent prices a charge from the model catalog (provider cost × "
+                    "(1 + margin)); it cannot also have a unit_price, tiers or packages",
+                    f"{param}.margin_percent",
+                )
+            if charge.margin_percent <= -100:
+                fail("margin_percent must be above -100", f"{param}.margin_percent")
+        previous = Decimal(0)
+        for j, tier in enumerate(charge.tiers):
+            last = j == len(charge.tiers) - 1
+            money(tier.unit_price, f"{param}.tiers[{j}].unit_price")
+            money(tier.flat_fee, f"{param}.tiers[{j}].flat_fee")
+            if tier.up_to is None and not last:
+                fail("only the last tier may be open-ended", f"{param}.tiers[{j}].up_to")
+            if last and tier.up_to is not None:
+                fail("the last tier must be open-ended (up_to null)", f"{param}.tiers[{j}].up_to")
+            if tier.up_to is not None:
+                if tier.up_to <= previous:
+                    fail("tier bounds must increase", f"{param}.tiers[{j}].up_to")
+                previous = tier.up_to
+
+
+@transaction.atomic
+def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple[Plan, bool]:
+    """Publish ``spec`` as the next version of plan ``spec.code``; an unchanged spec returns
+    the current version (``created`` False). The pricing file, the API and the admin all
+    come through here."""
+    validate_plan_spec(spec)
+    meters = {m.code: m for m in Meter.objects.filter(code__in=[c.meter for c in spec.charges])}
+    for i, charge in enumerate(spec.charges):
+        if charge.meter not in meters:
+            raise errors.MeterNotFound(
+                f"meter {charge.meter!r} does not exist", param=f"charges[{i}].meter"
+            )
+        meter = meters[charge.meter]
+        if charge.margin_percent is not None and (
+            meter.property not in CATALOG_METER_PROPERTIES or meter.aggregation != Aggregation.SUM
+        ):
+            raise errors.ValidationFailed(
+                f"meter {meter.code} does not sum LLM tokens (its property would be one of "
+                f"{', '.join(CATALOG_METER_PROPERTIES)}), so the model catalog cannot price it; "
+                "give it a unit_price instead of a margin",
+                param=f"charges[{i}].margin_percent",
+            )
+    # Versions of one plan are allocated one at a time (the unique index backs this up).
+    # The two-int key space (namespace, key): the single bigint space is the usage locks'.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [PLAN_VERSION_LOCK, spec.code]
+        )
+    current = Plan.objects.filter(code=spec.code).order_by("-version").first()
+    spec_hash = spec.canonical_hash()
+    if current is not None and current.spec_hash == spec_hash:
+        return current, False
+    plan = Plan.objects.create(
+        code=spec.code,
+        version=(current.version + 1) if current else 1,
+        name=spec.name,
+        description=spec.description,
+        currency=spec.currency,
+        interval=spec.interval,
+        base_fee=spec.base_fee,
+        trial_days=spec.trial_days,
+        consumption_model=spec.consumption_model,
+        units_per_credit=spec.units_per_credit,
+        metadata=spec.metadata or {},
+        spec_hash=spec_hash,
+        published_by_id=published_by_id,
+    )
+    for charge_spec in spec.charges:
+        plan_charge = PlanCharge.objects.create(
+            plan=plan,
+            meter=meters[charge_spec.meter],
+            included_quantity=charge_spec.included_quantity,
+            price_model=charge_spec.price_model,
+            unit_price=charge_spec.unit_price,
+            package_size=charge_spec.package_size,
+            margin_percent=charge_spec.margin_percent,
+        )
+        PriceTier.objects.bulk_create(
+            PriceTier(
+                charge=plan_charge,
+                position=n,
+                up_to=t.up_to,
+                unit_price=t.unit_price,
+                flat_fee=t.flat_fee,
+            )
+            for n, t in enumerate(charge_spec.tiers)
+        )
+    return plan, True
+
+
+def plan_spec_of(plan: Plan) -> PlanSpec:
+    """The spec a plan version was published from (for "publish new version" edits)."""
+    return PlanSpec(
+        code=plan.code,
+        name=plan.name,
+        currency=plan.currency,
+        interval=plan.interval,
+        base_fee=plan.base_fee,
+        trial_days=plan.trial_days,
+        consumption_model=plan.consumption_model,
+        units_per_credit=plan.units_per_credit,
+        description=plan.description,
+        metadata=plan.metadata or None,
+        charges=tuple(
+            ChargeSpec(
+                meter=c.meter.code,
+                price_model=c.price_model,
+                included_quantity=c.included_quantity,
+                unit_price=c.unit_price,
+                package_size=c.package_size,
+                margin_percent=c.margin_percent,
+                tiers=tuple(
+                    TierSpec(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+                    for t in c.tiers.all()
+                ),
+            )
+            for c in plan.charges.select_related("meter").prefetch_related("tiers").order_by("id")
+        ),
+    )
+
+
+def latest_plan(*, code: str) -> Plan:
+    plan = Plan.objects.filter(code=code).order_by("-version").first()
+    if plan is None:
+        raise errors.PlanNotFound(f"plan {code!r} does not exist", param="plan")
+    return plan
