@@ -58,7 +58,7 @@ def void_invoice(*, invoice_id: int, reason: str, now: datetime | None = None) -
     tax and rounding recognised at finalization are taken back, and the balance it used is
     returned to the wallet. (An invoice with payments or credit notes takes a credit note.)"""
     now = resolve_now(now)
-    invoice = locked_invoice(invoice_id)
+    invoice = locked_invoice(invoice_id, usage_lock=True)  # the lock order, as finalizing
     if invoice.status == InvoiceStatus.VOID:
         return invoice
     if invoice.status == InvoiceStatus.DRAFT:
@@ -113,7 +113,8 @@ def create_credit_note(
         if existing.invoice_id != invoice_id or existing.amount != amount:
             raise errors.ReferenceReused(f"reference {reference!r} made another credit note")
         return existing
-    invoice = locked_invoice(invoice_id)
+    # the usage lock first: settling what was owed may make a suspended subscription active
+    invoice = locked_invoice(invoice_id, usage_lock=True)
     if invoice.status not in FINAL_STATUSES:
         raise errors.InvoiceNotFinal(f"invoice {invoice} is {invoice.status}")
     if not reason.strip():

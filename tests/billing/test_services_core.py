@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import DatabaseError, transaction
 
 from billing import errors, services
-from billing.models import APIKey
+from billing.models import APIKey, Meter
 from tests.conftest import unique
 from tests.factories import MeterFactory
 
@@ -55,3 +56,32 @@ def test_top_up_records_the_staff_user():
     customer = services.create_customer(external_id=unique("c"), name="Acme")
     posted = services.top_up(customer=customer, amount=Decimal("5"), staff_user_id=7)
     assert posted.metadata["staff_user_id"] == 7
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event_name": "other.event"},
+        {"aggregation": "max"},
+        {"property": "llm.input_tokens"},
+        {"filters": {"tier": ["pro"]}},
+        {"group_by": ["model"]},
+        {"code": "renamed-code"},
+    ],
+)
+def test_a_meters_definition_is_fixed_by_the_database(change):
+    """Rating caches meters per process and sees only added ones (billing 0008): whatever
+    path tries to redefine a meter — the ORM here, raw SQL, a data migration — is refused.
+    Its name and unit still change."""
+    meter = MeterFactory()
+    with pytest.raises(DatabaseError, match="its definition is fixed once created"):
+        with transaction.atomic():
+            Meter.objects.filter(pk=meter.pk).update(**change)
+    Meter.objects.filter(pk=meter.pk).update(name="Output tokens", unit="tok")
+    meter.refresh_from_db()
+    assert (meter.name, meter.unit, meter.event_name, meter.filters) == (
+        "Output tokens",
+        "tok",
+        "llm.completion",
+        {},
+    )
