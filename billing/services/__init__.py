@@ -16,8 +16,6 @@ services``: the API, the portal, the admin, the commands, metering, invoicing, t
 the names below are its interface; which module holds each is the core's own business.
 """
 
-# Plan: the model, read as ``services.Plan`` by callers since the module imported it.
-from billing.models import Plan
 from billing.services.api_keys import SECRET_PREFIX, create_api_key, hash_secret, revoke_api_key
 from billing.services.customers import (
     CUSTOMER_EDITABLE,
@@ -87,7 +85,6 @@ __all__ = [
     "TOKENS_SERVED",
     "WORLD",
     "ChargeSpec",
-    "Plan",
     "PlanSpec",
     "ProrationLine",
     "TierSpec",

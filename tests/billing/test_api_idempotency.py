@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from billing import services
-from billing.models import APIKey, Customer, IdempotencyRecord, Meter, Subscription
+from billing.models import APIKey, Customer, IdempotencyRecord, Meter, Plan, Subscription
 from ledger import selectors as ledger_selectors
 from ledger.models import Entry
 from ledger.models import Transaction as LedgerTransaction
@@ -90,7 +90,7 @@ def _state() -> tuple:
         Customer.objects.count(),
         LedgerTransaction.objects.count(),
         Meter.objects.count(),
-        services.Plan.objects.count(),
+        Plan.objects.count(),
         Subscription.objects.count(),
         list(Subscription.objects.values_list("plan_id", "status")),
     )
