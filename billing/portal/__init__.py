@@ -1,3 +1,4 @@
 """The customer portal: server-rendered pages (``templates/portal/``) with htmx, for the
-people of a paying customer. Every view reads through ``portal.access``: a signed-in user
-sees only its own customer's data, and another customer's ids answer 404."""
+people of a paying customer. Every view is wrapped in ``views.portal_view``: a signed-in
+member sees only its own customer's data (``request.customer``), and another customer's
+ids answer 404."""
