@@ -1,0 +1,92 @@
+"""Customers, their portal members and their wallets (one per currency)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from billing.models.common import price_field
+from ledger.models import Account
+
+
+class BillingMode(models.TextChoices):
+    PREPAID = "prepaid", "Prepaid (refuses what it cannot cover)"
+    POSTPAID = "postpaid", "Postpaid (overdraft up to the credit limit, invoiced)"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True, default="")
+    currency = models.CharField(max_length=16, default="USD")
+    billing_mode = models.CharField(
+        max_length=10, choices=BillingMode.choices, default=BillingMode.PREPAID
+    )
+    address_line1 = models.CharField(max_length=200, blank=True, default="")
+    address_line2 = models.CharField(max_length=200, blank=True, default="")
+    city = models.CharField(max_length=100, blank=True, default="")
+    state = models.CharField(max_length=100, blank=True, default="")
+    postal_code = models.CharField(max_length=30, blank=True, default="")
+    country = models.CharField(max_length=2, blank=True, default="", help_text="ISO 3166-1")
+    tax_id = models.CharField(max_length=50, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    stripe_customer_id = models.CharField(max_length=100, blank=True, default="")
+    # the portal's low-balance alert (set by the customer's users)
+    low_balance_threshold = price_field(
+        null=True, blank=True, help_text="E-mail when the available balance falls below this."
+    )
+    low_balance_email = models.EmailField(blank=True, default="")
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+
+class PortalMember(models.Model):
+    """A person of the customer's who signs in to the portal. A user belongs to one customer
+    and sees only its data; a customer may have several."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="portal_member"
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="members")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return f"{self.user.email} at {self.customer.external_id}"
+
+
+class Wallet(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="wallets")
+    currency = models.CharField(max_length=16)
+    account = models.OneToOneField(Account, on_delete=models.PROTECT, related_name="wallet")
+    billing_mode = models.CharField(max_length=10, choices=BillingMode.choices)
+    credit_limit = price_field(
+        null=True, blank=True, help_text="Postpaid: how far below zero; empty = no limit."
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "currency"], name="billing_wallet_currency"
+            ),
+            models.CheckConstraint(
+                condition=Q(billing_mode="postpaid") | Q(credit_limit__isnull=True),
+                name="billing_wallet_limit_postpaid_only",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id} {self.currency} wallet"

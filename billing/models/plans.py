@@ -1,0 +1,169 @@
+"""Plans (versioned, immutable once published), meters, charges and price tiers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from billing.models.common import price_field
+
+
+class Interval(models.TextChoices):
+    MONTH = "month", "Monthly"
+    YEAR = "year", "Yearly"
+
+
+class ConsumptionModel(models.TextChoices):
+    METERED = "metered", "Metered: included allowance + overage, invoiced"
+    CREDITS = "credits", "Credits: prepaid blocks, 1 credit = N units"
+    BALANCE = "balance", "Balance: prepaid money debited at real cost"
+
+
+class Plan(models.Model):
+    """One immutable version of a plan."""
+
+    code = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    currency = models.CharField(max_length=16, default="USD")
+    interval = models.CharField(max_length=5, choices=Interval.choices, default=Interval.MONTH)
+    base_fee = price_field(default=Decimal(0))
+    trial_days = models.PositiveIntegerField(default=0)
+    consumption_model = models.CharField(
+        max_length=10, choices=ConsumptionModel.choices, default=ConsumptionModel.METERED
+    )
+    units_per_credit = price_field(
+        null=True, blank=True, help_text="Credits model: how many units one credit buys."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    spec_hash = models.CharField(max_length=64, help_text="What was published; unchanged = same.")
+    published_at = models.DateTimeField(db_default=Now())
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["code", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["code", "version"], name="billing_plan_version"),
+            models.CheckConstraint(condition=Q(base_fee__gte=0), name="billing_plan_fee_positive"),
+            models.CheckConstraint(
+                condition=~Q(consumption_model="credits") | Q(units_per_credit__gt=0),
+                name="billing_plan_credits_need_units",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code} v{self.version})"
+
+
+class Aggregation(models.TextChoices):
+    SUM = "sum", "Sum of the property"
+    COUNT = "count", "Count of events"
+    MAX = "max", "Maximum of the property"
+    UNIQUE_COUNT = "unique_count", "Count of distinct property values"
+    LATEST = "latest", "Latest value of the property"
+
+
+class Meter(models.Model):
+    code = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True, default="")
+    event_name = models.CharField(max_length=200, db_index=True)
+    aggregation = models.CharField(max_length=20, choices=Aggregation.choices)
+    property = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Dotted path into the event's properties; empty for count.",
+    )
+    filters = models.JSONField(
+        default=dict, blank=True, help_text='Property path → allowed values, e.g. {"tier": ["pro"]}'
+    )
+    group_by = models.JSONField(
+        default=list, blank=True, help_text='Dimensions usage is split by, e.g. ["model"]'
+    )
+    unit = models.CharField(max_length=30, blank=True, default="", help_text="e.g. tokens")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        # the table keeps its name from when meters lived in metering (billing 0007)
+        db_table = "metering_meter"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(aggregation="count") | ~Q(property=""),
+                name="metering_meter_property_required",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class PriceModel(models.TextChoices):
+    PER_UNIT = "per_unit", "Per unit"
+    GRADUATED = "graduated", "Graduated tiers (each tier priced on its own units)"
+    VOLUME = "volume", "Volume tiers (all units at the tier reached)"
+    PACKAGE = "package", "Package (per started block of units)"
+
+
+class PlanCharge(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="charges")
+    meter = models.ForeignKey("Meter", on_delete=models.PROTECT, related_name="+")
+    included_quantity = price_field(default=Decimal(0))
+    price_model = models.CharField(
+        max_length=10, choices=PriceModel.choices, default=PriceModel.PER_UNIT
+    )
+    unit_price = price_field(
+        default=Decimal(0), help_text="Per unit, or per package for the package model."
+    )
+    package_size = price_field(null=True, blank=True)
+    margin_percent = models.DecimalField(
+        max_digits=9,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Markup over the provider's cost for catalog-priced usage.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "meter"], name="billing_charge_meter"),
+            models.CheckConstraint(
+                condition=Q(included_quantity__gte=0, unit_price__gte=0),
+                name="billing_charge_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=~Q(price_model="package") | Q(package_size__gt=0),
+                name="billing_charge_package_size",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} · {self.meter_id}"
+
+
+class PriceTier(models.Model):
+    charge = models.ForeignKey(PlanCharge, on_delete=models.CASCADE, related_name="tiers")
+    position = models.PositiveSmallIntegerField()
+    up_to = price_field(null=True, blank=True, help_text="Last unit of the tier; empty = ∞.")
+    unit_price = price_field(default=Decimal(0))
+    flat_fee = price_field(default=Decimal(0))
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["charge", "position"], name="billing_tier_position"),
+        ]
+
+    def __str__(self) -> str:
+        bound = "∞" if self.up_to is None else self.up_to
+        return f"up to {bound} at {self.unit_price}"
