@@ -90,6 +90,7 @@ def void_invoice(*, invoice_id: int, reason: str, now: datetime | None = None) -
     invoice.status, invoice.voided_at, invoice.void_reason = InvoiceStatus.VOID, now, reason
     invoice.next_payment_attempt_at = None
     invoice.save(update_fields=["status", "voided_at", "void_reason", "next_payment_attempt_at"])
+    _reactivate_when_nothing_past_due(invoice.subscription_id)  # what suspended it is gone
     return invoice
 
 
@@ -271,13 +272,19 @@ def _save_settled(invoice: Invoice, fields: list[str], now: datetime) -> None:
         fields = [*fields, "status", "paid_at", "next_payment_attempt_at"]
     invoice.save(update_fields=fields)
     if invoice.status == InvoiceStatus.PAID:
-        still_owed = Invoice.objects.filter(
-            subscription_id=invoice.subscription_id, status=InvoiceStatus.PAST_DUE
-        ).exists()
-        if not still_owed:
-            Subscription.objects.filter(
-                pk=invoice.subscription_id, status=SubscriptionStatus.PAST_DUE
-            ).update(status=SubscriptionStatus.ACTIVE)
+        _reactivate_when_nothing_past_due(invoice.subscription_id)
+
+
+def _reactivate_when_nothing_past_due(subscription_id: int) -> None:
+    """A subscription suspended by dunning is active again once none of its invoices is past
+    due (paid, credited or voided). The caller holds the usage lock."""
+    still_owed = Invoice.objects.filter(
+        subscription_id=subscription_id, status=InvoiceStatus.PAST_DUE
+    ).exists()
+    if not still_owed:
+        Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.PAST_DUE).update(
+            status=SubscriptionStatus.ACTIVE
+        )
 
 
 @transaction.atomic

@@ -156,6 +156,23 @@ def test_when_the_last_retry_fails_the_subscription_is_suspended_until_paid(
     assert use(subscription, 1, at_time=PERIOD_END + timedelta(hours=1)).status == "accepted"
 
 
+def test_voiding_the_invoice_that_suspended_a_subscription_makes_it_active_again(
+    stripe_server, settings
+):
+    settings.DUNNING_RETRY_DAYS = []
+    code = meter(name="Calls")
+    subscription = subscribe(plan(ChargeSpec(meter=code, unit_price=D("1")), base_fee="5"))
+    invoice = finalize(close(subscription))
+    with_card(stripe_server, invoice, "pm_card_chargeDeclined")
+    payments.collect(invoice_id=invoice.pk)
+    subscription.refresh_from_db()
+    assert subscription.status == SubscriptionStatus.PAST_DUE
+    services.void_invoice(invoice_id=invoice.pk, reason="billed in error")
+    subscription.refresh_from_db()
+    assert subscription.status == SubscriptionStatus.ACTIVE
+    assert use(subscription, 1, at_time=PERIOD_END + timedelta(hours=1)).status == "accepted"
+
+
 def test_dunning_can_cancel_instead(stripe_server, settings):
     settings.DUNNING_RETRY_DAYS = []
     settings.DUNNING_FINAL_ACTION = "cancel"
