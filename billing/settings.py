@@ -299,6 +299,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.expire_credit_grants",
         "schedule": crontab(),  # every minute
     },
+    # Outbound webhooks: events whose fan-out task was lost, and deliveries due for a retry
+    # (a retry more than a few minutes away waits for this sweep, not in the broker).
+    "billing-webhooks-sweep": {
+        "task": "billing.webhooks.tasks.sweep_webhooks",
+        "schedule": crontab(),  # every minute
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -413,6 +419,26 @@ DUNNING_FINAL_ACTION = os.environ.get("DUNNING_FINAL_ACTION", "suspend")
 CREDIT_PRICE = Decimal(os.environ.get("CREDIT_PRICE", "0.01"))
 # Credits bought expire this many days after the purchase; empty: never (billing.credits).
 CREDIT_PURCHASE_EXPIRY_DAYS = int(os.environ.get("CREDIT_PURCHASE_EXPIRY_DAYS") or 0) or None
+
+# --- Outbound webhooks (billing.webhooks, docs/webhooks.md) --------------------------------
+# Seconds to wait after each failed attempt: 5 s, 5 min, 30 min, 2 h, 5 h, then 10 h six
+# times — 12 attempts over about 2.8 days; then the delivery has failed.
+WEBHOOK_RETRY_SCHEDULE = [
+    int(s)
+    for s in os.environ.get(
+        "WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000,36000,36000,36000,36000"
+    ).split(",")
+    if s.strip()
+]
+WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "10"))  # seconds
+WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "10"))  # seconds
+# An endpoint whose every attempt has failed for this long is disabled (staff enable it).
+WEBHOOK_DISABLE_AFTER = timedelta(
+    seconds=float(os.environ.get("WEBHOOK_DISABLE_AFTER_SECONDS", str(5 * 24 * 3600)))
+)
+# Endpoints must be https and public addresses, except in development (DEBUG) or when this
+# allows http and private or loopback addresses (an internal receiver on purpose).
+WEBHOOK_ALLOW_INSECURE_URLS = env_bool("WEBHOOK_ALLOW_INSECURE_URLS", DEBUG)
 
 # --- Ledger ------------------------------------------------------------------------------
 # Balance rows per hot (system) account; see ledger/models.py for why.
