@@ -222,7 +222,14 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "billing.models.DeliveryStatus",
+        "WebhookEndpointStatusEnum": "billing.models.EndpointStatus",
+    },
+    # OpenAPI 3.1 for its `webhooks` section: what the product POSTs to the seller's
+    # endpoints, one entry per event type with its payload (billing/api/webhook_schema.py).
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": "billing.api.webhook_schema.WEBHOOKS",
     # Swagger UI and Redoc from drf-spectacular-sidecar's static files: the docs work
     # offline, pinned to the installed version, under the Content-Security-Policy.
     "SWAGGER_UI_DIST": "SIDECAR",
