@@ -261,6 +261,8 @@ if CELERY_VISIBILITY_TIMEOUT < 60:  # sweep for abandoned tasks as often as they
     }
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ALWAYS_EAGER = False
+# A worker started for one queue (the tests' real workers) queues follow-up tasks there too.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic schedules are declared here, in code; the database scheduler copies them into
 # django-celery-beat's tables, where the admin shows them.

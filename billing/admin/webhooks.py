@@ -45,6 +45,7 @@ class EndpointCreateForm(forms.Form):
 
 
 class EndpointChangeForm(forms.ModelForm):
+    url = forms.CharField(max_length=2000, help_text="https:// and a public address.")
     enabled_events = _events_field()
 
     class Meta:

@@ -145,7 +145,11 @@ class OutboundEventSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=EventType.values)
     customer = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField(help_text="The payload's timestamp.")
-    data = serializers.DictField(help_text="The payload's data (see the schema's webhooks).")
+    # (a field named like Serializer.data: DRF's metaclass takes declared fields off the
+    # class, so nothing is shadowed; the stubs see a class attribute)
+    data = serializers.DictField(  # type: ignore[assignment]
+        help_text="The payload's data (see the schema's webhooks)."
+    )
 
     def get_customer(self, event: OutboundEvent) -> str | None:
         return event.customer.external_id if event.customer else None

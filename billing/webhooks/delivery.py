@@ -273,10 +273,10 @@ def _record(
         setattr(delivery, name, value)
     if sent:
         _count_on_endpoint(endpoint, succeeded=outcome.succeeded, now=now)
-    if delivery.status == DeliveryStatus.RETRYING:
-        delay = (delivery.next_attempt_at - now).total_seconds()
-        if delay <= COUNTDOWN_LIMIT:
-            transaction.on_commit(lambda: queue_sends([delivery.pk], countdown=delay), robust=True)
+    if delivery.status == DeliveryStatus.RETRYING and delivery.next_attempt_at is not None:
+        wait = (delivery.next_attempt_at - now).total_seconds()
+        if wait <= COUNTDOWN_LIMIT:
+            transaction.on_commit(lambda: queue_sends([delivery.pk], countdown=wait), robust=True)
     return delivery
 
 
