@@ -6,108 +6,197 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0009_outbound_events'),
+        ("billing", "0009_outbound_events"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WebhookAttempt',
+            name="WebhookAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(help_text='1 = the first attempt.')),
-                ('manual', models.BooleanField(default=False, help_text='A resend asked for by hand.')),
-                ('url', models.URLField(max_length=2000)),
-                ('started_at', models.DateTimeField()),
-                ('duration_ms', models.PositiveIntegerField(default=0)),
-                ('succeeded', models.BooleanField(default=False)),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('response_body', models.TextField(blank=True, default='')),
-                ('error', models.TextField(blank=True, default='')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField(help_text="1 = the first attempt.")),
+                (
+                    "manual",
+                    models.BooleanField(default=False, help_text="A resend asked for by hand."),
+                ),
+                ("url", models.URLField(max_length=2000)),
+                ("started_at", models.DateTimeField()),
+                ("duration_ms", models.PositiveIntegerField(default=0)),
+                ("succeeded", models.BooleanField(default=False)),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("response_body", models.TextField(blank=True, default="")),
+                ("error", models.TextField(blank=True, default="")),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='WebhookDelivery',
+            name="WebhookDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('retrying', 'Retrying'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('locked_until', models.DateTimeField(blank=True, null=True)),
-                ('manual_resend', models.BooleanField(default=False, help_text='The next attempt was asked for by hand (a resend).')),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('last_response_body', models.TextField(blank=True, default='')),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('succeeded_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("retrying", "Retrying"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("locked_until", models.DateTimeField(blank=True, null=True)),
+                (
+                    "manual_resend",
+                    models.BooleanField(
+                        default=False,
+                        help_text="The next attempt was asked for by hand (a resend).",
+                    ),
+                ),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("last_response_body", models.TextField(blank=True, default="")),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("succeeded_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name_plural': 'webhook deliveries',
-                'ordering': ['-id'],
+                "verbose_name_plural": "webhook deliveries",
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='WebhookEndpoint',
+            name="WebhookEndpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.URLField(max_length=2000)),
-                ('description', models.CharField(blank=True, default='', max_length=200)),
-                ('secret', models.CharField(help_text='whsec_…; shown once.', max_length=100)),
-                ('enabled_events', models.JSONField(default=list, help_text='Event type names, or ["*"] for every type.')),
-                ('status', models.CharField(choices=[('enabled', 'Enabled'), ('disabled', 'Disabled')], default='enabled', max_length=10)),
-                ('disabled_reason', models.CharField(blank=True, default='', max_length=300)),
-                ('disabled_at', models.DateTimeField(blank=True, null=True)),
-                ('consecutive_failures', models.PositiveIntegerField(default=0, help_text='Failed attempts since the last success.')),
-                ('failing_since', models.DateTimeField(blank=True, help_text='The first failed attempt since the last success.', null=True)),
-                ('secret_rotated_at', models.DateTimeField(blank=True, null=True)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("url", models.URLField(max_length=2000)),
+                ("description", models.CharField(blank=True, default="", max_length=200)),
+                ("secret", models.CharField(help_text="whsec_…; shown once.", max_length=100)),
+                (
+                    "enabled_events",
+                    models.JSONField(
+                        default=list, help_text='Event type names, or ["*"] for every type.'
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("enabled", "Enabled"), ("disabled", "Disabled")],
+                        default="enabled",
+                        max_length=10,
+                    ),
+                ),
+                ("disabled_reason", models.CharField(blank=True, default="", max_length=300)),
+                ("disabled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "consecutive_failures",
+                    models.PositiveIntegerField(
+                        default=0, help_text="Failed attempts since the last success."
+                    ),
+                ),
+                (
+                    "failing_since",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="The first failed attempt since the last success.",
+                        null=True,
+                    ),
+                ),
+                ("secret_rotated_at", models.DateTimeField(blank=True, null=True)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddField(
-            model_name='outboundevent',
-            name='fanned_out_at',
+            model_name="outboundevent",
+            name="fanned_out_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='outboundevent',
-            index=models.Index(condition=models.Q(('fanned_out_at__isnull', True)), fields=['id'], name='billing_event_not_fanned_out'),
+            model_name="outboundevent",
+            index=models.Index(
+                condition=models.Q(("fanned_out_at__isnull", True)),
+                fields=["id"],
+                name="billing_event_not_fanned_out",
+            ),
         ),
         migrations.AddField(
-            model_name='webhookdelivery',
-            name='event',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to='billing.outboundevent'),
+            model_name="webhookdelivery",
+            name="event",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="deliveries",
+                to="billing.outboundevent",
+            ),
         ),
         migrations.AddField(
-            model_name='webhookattempt',
-            name='delivery',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_log', to='billing.webhookdelivery'),
+            model_name="webhookattempt",
+            name="delivery",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="attempt_log",
+                to="billing.webhookdelivery",
+            ),
         ),
         migrations.AddField(
-            model_name='webhookdelivery',
-            name='endpoint',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='billing.webhookendpoint'),
+            model_name="webhookdelivery",
+            name="endpoint",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="deliveries",
+                to="billing.webhookendpoint",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='webhookattempt',
-            constraint=models.UniqueConstraint(fields=('delivery', 'number'), name='billing_webhook_attempt_once'),
+            model_name="webhookattempt",
+            constraint=models.UniqueConstraint(
+                fields=("delivery", "number"), name="billing_webhook_attempt_once"
+            ),
         ),
         migrations.AddIndex(
-            model_name='webhookdelivery',
-            index=models.Index(condition=models.Q(('status__in', ['pending', 'retrying'])), fields=['next_attempt_at'], name='billing_webhook_delivery_due'),
+            model_name="webhookdelivery",
+            index=models.Index(
+                condition=models.Q(("status__in", ["pending", "retrying"])),
+                fields=["next_attempt_at"],
+                name="billing_webhook_delivery_due",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='webhookdelivery',
-            constraint=models.UniqueConstraint(fields=('endpoint', 'event'), name='billing_webhook_delivery_once'),
+            model_name="webhookdelivery",
+            constraint=models.UniqueConstraint(
+                fields=("endpoint", "event"), name="billing_webhook_delivery_once"
+            ),
         ),
     ]

@@ -225,7 +225,8 @@ def send_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDe
 def _record(
     delivery: WebhookDelivery, outcome: Outcome, *, started_at: datetime, now: datetime, sent: bool
 ) -> WebhookDelivery:
-    endpoint = WebhookEndpoint.objects.select_for_update().get(pk=delivery.endpoint_id)
+    # no_key: fan-outs inserting deliveries of this endpoint need not wait for it
+    endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=delivery.endpoint_id)
     number = delivery.attempts + 1
     manual = delivery.manual_resend
     if sent:
