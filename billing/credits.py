@@ -44,16 +44,18 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import errors
+from billing import errors, outbox
 from billing.models import (
     AllocationKind,
     CreditAllocation,
     CreditGrant,
     Customer,
+    EventType,
     GrantSource,
     GrantStatus,
     Wallet,
 )
+from billing.webhooks import credit_grant_data
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import NormalBalance
@@ -192,8 +194,18 @@ def grant_credits(
             # where the credits came from (for finance: voiding uses the source, not this)
             metadata={"funding_account_id": funding.pk, **(metadata or {})},
         )
+        _emit_granted(grant)
     grant.replayed = False
     return grant
+
+
+def _emit_granted(grant: CreditGrant) -> None:
+    outbox.emit(
+        EventType.CREDITS_GRANTED,
+        data=credit_grant_data(grant),
+        customer=grant.customer,
+        dedupe_key=f"credits.granted:{grant.pk}",
+    )
 
 
 def record_purchase(
@@ -214,7 +226,7 @@ def record_purchase(
         return existing
     now = now or timezone.now()
     days = settings.CREDIT_PURCHASE_EXPIRY_DAYS
-    return CreditGrant.objects.create(
+    grant = CreditGrant.objects.create(
         customer=customer,
         wallet=wallet,
         currency=CREDITS,
@@ -228,6 +240,8 @@ def record_purchase(
         ledger_transaction_id=posted.pk,
         metadata={"funding_account_id": funding_account_id},
     )
+    _emit_granted(grant)
+    return grant
 
 
 # --- drawing on grants --------------------------------------------------------------------
@@ -523,6 +537,7 @@ def expire_grant(*, grant_id: int, now: datetime | None = None) -> CreditGrant |
             return grant
         if grant.expires_at is None or grant.expires_at > now:
             return grant
+        before = grant.remaining
         _end(
             grant,
             status=GrantStatus.EXPIRED,
@@ -530,6 +545,14 @@ def expire_grant(*, grant_id: int, now: datetime | None = None) -> CreditGrant |
             kind=AllocationKind.EXPIRY,
             now=now,
         )
+        expired = before - grant.remaining
+        if expired > 0:  # once per amount taken (credits held wait; the rest expires later)
+            outbox.emit(
+                EventType.CREDITS_EXPIRED,
+                data=credit_grant_data(grant, expired=expired),
+                customer=grant.customer,
+                dedupe_key=f"credits.expired:{grant.pk}:{before}",
+            )
     return grant
 
 

@@ -222,7 +222,14 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "billing.models.DeliveryStatus",
+        "WebhookEndpointStatusEnum": "billing.models.EndpointStatus",
+    },
+    # OpenAPI 3.1 for its `webhooks` section: what the product POSTs to the seller's
+    # endpoints, one entry per event type with its payload (billing/api/webhook_schema.py).
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": "billing.api.webhook_schema.WEBHOOKS",
     # Swagger UI and Redoc from drf-spectacular-sidecar's static files: the docs work
     # offline, pinned to the installed version, under the Content-Security-Policy.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -254,6 +261,8 @@ if CELERY_VISIBILITY_TIMEOUT < 60:  # sweep for abandoned tasks as often as they
     }
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ALWAYS_EAGER = False
+# A worker started for one queue (the tests' real workers) queues follow-up tasks there too.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic schedules are declared here, in code; the database scheduler copies them into
 # django-celery-beat's tables, where the admin shows them.
@@ -297,6 +306,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing-expire-credit-grants": {
         "task": "billing.tasks.expire_credit_grants",
+        "schedule": crontab(),  # every minute
+    },
+    # Outbound webhooks: events whose fan-out task was lost, and deliveries due for a retry
+    # (a retry more than a few minutes away waits for this sweep, not in the broker).
+    "billing-webhooks-sweep": {
+        "task": "billing.webhooks.tasks.sweep_webhooks",
         "schedule": crontab(),  # every minute
     },
     "billing-purge-idempotency-records": {
@@ -413,6 +428,26 @@ DUNNING_FINAL_ACTION = os.environ.get("DUNNING_FINAL_ACTION", "suspend")
 CREDIT_PRICE = Decimal(os.environ.get("CREDIT_PRICE", "0.01"))
 # Credits bought expire this many days after the purchase; empty: never (billing.credits).
 CREDIT_PURCHASE_EXPIRY_DAYS = int(os.environ.get("CREDIT_PURCHASE_EXPIRY_DAYS") or 0) or None
+
+# --- Outbound webhooks (billing.webhooks, docs/webhooks.md) --------------------------------
+# Seconds to wait after each failed attempt: 5 s, 5 min, 30 min, 2 h, 5 h, then 10 h six
+# times — 12 attempts over about 2.8 days; then the delivery has failed.
+WEBHOOK_RETRY_SCHEDULE = [
+    int(s)
+    for s in os.environ.get(
+        "WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000,36000,36000,36000,36000"
+    ).split(",")
+    if s.strip()
+]
+WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "10"))  # seconds
+WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "10"))  # seconds
+# An endpoint whose every attempt has failed for this long is disabled (staff enable it).
+WEBHOOK_DISABLE_AFTER = timedelta(
+    seconds=float(os.environ.get("WEBHOOK_DISABLE_AFTER_SECONDS", str(5 * 24 * 3600)))
+)
+# Endpoints must be https and public addresses, except in development (DEBUG) or when this
+# allows http and private or loopback addresses (an internal receiver on purpose).
+WEBHOOK_ALLOW_INSECURE_URLS = env_bool("WEBHOOK_ALLOW_INSECURE_URLS", DEBUG)
 
 # --- Ledger ------------------------------------------------------------------------------
 # Balance rows per hot (system) account; see ledger/models.py for why.

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from billing import services
+from billing.webhooks import tasks as webhook_tasks  # noqa: F401 - registers its tasks
 
 
 @shared_task(acks_late=True)

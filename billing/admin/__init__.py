@@ -15,7 +15,8 @@ One module per model family, each registering its own admins on import:
   users (``portal_users``: invitations) on their page;
 - ``plans``: plan versions and publishing;
 - ``subscriptions``: subscribing and canceling;
-- ``api_keys``: API keys and the API's idempotency records.
+- ``api_keys``: API keys and the API's idempotency records;
+- ``webhooks``: webhook endpoints, deliveries with their attempt log, outbound events.
 """
 
 from billing.admin import (  # noqa: F401 - imported to register their admins
@@ -26,4 +27,5 @@ from billing.admin import (  # noqa: F401 - imported to register their admins
     portal_users,
     subscriptions,
     wallets,
+    webhooks,
 )

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from billing.api import lists, views
+from billing.api import webhooks as webhook_api
 from invoicing import api as invoicing_api
 from metering.api import authorize, events, holds, ingest, model_prices, usage_report
 
@@ -35,4 +36,20 @@ urlpatterns = [
     path("subscriptions/<int:subscription_id>", views.SubscriptionDetailView.as_view()),
     path("subscriptions/<int:subscription_id>/change", views.SubscriptionChangeView.as_view()),
     path("subscriptions/<int:subscription_id>/cancel", views.SubscriptionCancelView.as_view()),
+    path("webhook-endpoints", webhook_api.WebhookEndpointListCreateView.as_view()),
+    path("webhook-endpoints/<int:endpoint_id>", webhook_api.WebhookEndpointDetailView.as_view()),
+    path(
+        "webhook-endpoints/<int:endpoint_id>/rotate-secret",
+        webhook_api.WebhookEndpointRotateSecretView.as_view(),
+    ),
+    path(
+        "webhook-endpoints/<int:endpoint_id>/deliveries",
+        webhook_api.WebhookEndpointDeliveriesView.as_view(),
+    ),
+    path("webhook-deliveries/<int:delivery_id>", webhook_api.WebhookDeliveryDetailView.as_view()),
+    path(
+        "webhook-deliveries/<int:delivery_id>/resend",
+        webhook_api.WebhookDeliveryResendView.as_view(),
+    ),
+    path("webhook-events", webhook_api.OutboundEventListView.as_view()),
 ]

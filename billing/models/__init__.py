@@ -54,6 +54,15 @@ from billing.models.subscriptions import (
     SubscriptionPhase,
     SubscriptionStatus,
 )
+from billing.models.webhooks import (
+    ALL_EVENTS,
+    DUE_STATUSES,
+    DeliveryStatus,
+    EndpointStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "PRICE_DIGITS",
@@ -84,4 +93,11 @@ __all__ = [
     "CreditAllocation",
     "EventType",
     "OutboundEvent",
+    "ALL_EVENTS",
+    "DUE_STATUSES",
+    "EndpointStatus",
+    "DeliveryStatus",
+    "WebhookEndpoint",
+    "WebhookDelivery",
+    "WebhookAttempt",
 ]

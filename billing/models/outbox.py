@@ -49,10 +49,20 @@ class OutboundEvent(models.Model):
     data = models.JSONField()
     dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(db_default=Now(), db_index=True)
+    # Set once its deliveries exist (``billing.webhooks.fan_out``); the sweep looks for
+    # events without it, so an event whose fan-out task was lost is delivered all the same.
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["customer", "-id"], name="billing_event_customer")]
+        indexes = [
+            models.Index(fields=["customer", "-id"], name="billing_event_customer"),
+            models.Index(
+                fields=["id"],
+                condition=models.Q(fanned_out_at__isnull=True),
+                name="billing_event_not_fanned_out",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.public_id}"

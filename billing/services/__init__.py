@@ -6,7 +6,7 @@
     plans          create_meter, ensure_meter, rename_meter; PlanSpec, ChargeSpec, TierSpec,
                    validate_plan_spec, publish_plan, plan_spec_of, latest_plan
     subscriptions  create_subscription, change_subscription, cancel_subscription,
-                   base_fee_proration
+                   base_fee_proration, emit_subscription_event (its outbound event)
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
     api_keys       create_api_key, revoke_api_key, hash_secret
     idempotency    purge_idempotency_records
@@ -52,6 +52,7 @@ from billing.services.subscriptions import (
     cancel_subscription,
     change_subscription,
     create_subscription,
+    emit_subscription_event,
 )
 from billing.services.wallets import (
     ADJUSTMENTS,
@@ -91,6 +92,7 @@ __all__ = [
     "adjust_balance",
     "base_fee_proration",
     "cancel_subscription",
+    "emit_subscription_event",
     "change_subscription",
     "create_api_key",
     "create_customer",

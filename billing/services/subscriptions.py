@@ -10,10 +10,11 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing import errors
+from billing import errors, outbox
 from billing.models import (
     ConsumptionModel,
     Customer,
+    EventType,
     Plan,
     Subscription,
     SubscriptionPhase,
@@ -22,6 +23,7 @@ from billing.models import (
 from billing.periods import period_containing, prorate, utc
 from billing.services.locks import lock_subscription_customer
 from billing.services.wallets import CREDITS, ensure_wallet
+from billing.webhooks import subscription_data
 
 FUTURE_START_TOLERANCE = timedelta(minutes=5)
 
@@ -97,7 +99,20 @@ def create_subscription(
     SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=start)
     if plan.consumption_model == ConsumptionModel.CREDITS:
         ensure_wallet(customer=customer, currency=CREDITS)  # so credits can be bought
+    emit_subscription_event(
+        EventType.SUBSCRIPTION_CREATED, subscription, f"subscription.created:{subscription.pk}"
+    )
     return subscription
+
+
+def emit_subscription_event(kind: EventType, subscription: Subscription, dedupe_key: str) -> None:
+    """Tell the seller's systems (``billing.outbox``), once per ``dedupe_key``."""
+    outbox.emit(
+        kind,
+        data=subscription_data(subscription),
+        customer=subscription.customer,
+        dedupe_key=dedupe_key,
+    )
 
 
 def _locked_live_subscription(subscription_id: int) -> Subscription:
@@ -177,15 +192,27 @@ def change_subscription(
         )
     if at_period_end:
         _ensure_period_current(subscription, now)
+        if subscription.scheduled_plan_id == plan.pk:
+            return subscription  # scheduled already: nothing changes, nothing to tell
         subscription.scheduled_plan = plan
         subscription.save(update_fields=["scheduled_plan"])
+        emit_subscription_event(
+            EventType.SUBSCRIPTION_UPDATED,
+            subscription,
+            f"subscription.updated:{subscription.pk}:scheduled:{plan.pk}:{now.isoformat()}",
+        )
         return subscription
     change_at = max(now, subscription.current_period_start)
     subscription.phases.filter(ends_at__isnull=True).update(ends_at=change_at)
-    SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=change_at)
+    phase = SubscriptionPhase.objects.create(
+        subscription=subscription, plan=plan, starts_at=change_at
+    )
     subscription.plan = plan
     subscription.scheduled_plan = None
     subscription.save(update_fields=["plan", "scheduled_plan"])
+    emit_subscription_event(
+        EventType.SUBSCRIPTION_UPDATED, subscription, f"subscription.updated:phase:{phase.pk}"
+    )
     return subscription
 
 
@@ -197,8 +224,15 @@ def cancel_subscription(
     subscription = _locked_live_subscription(subscription_id)
     if at_period_end:
         _ensure_period_current(subscription, now)
+        if subscription.cancel_at_period_end:
+            return subscription  # asked already: nothing changes, nothing to tell
         subscription.cancel_at_period_end = True
         subscription.save(update_fields=["cancel_at_period_end"])
+        emit_subscription_event(
+            EventType.SUBSCRIPTION_UPDATED,
+            subscription,
+            f"subscription.updated:{subscription.pk}:cancel_at_period_end",
+        )
         return subscription
     ended_at = max(now, subscription.started_at)  # a start a moment ahead ends no earlier
     subscription.phases.filter(ends_at__isnull=True).update(ends_at=ended_at)
@@ -206,4 +240,7 @@ def cancel_subscription(
     subscription.canceled_at = now
     subscription.ended_at = ended_at
     subscription.save(update_fields=["status", "canceled_at", "ended_at"])
+    emit_subscription_event(
+        EventType.SUBSCRIPTION_CANCELED, subscription, f"subscription.canceled:{subscription.pk}"
+    )
     return subscription

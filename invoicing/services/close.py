@@ -12,9 +12,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from billing import services as billing_services
-from billing.models import Plan, Subscription, SubscriptionPhase, SubscriptionStatus
+from billing.models import EventType, Plan, Subscription, SubscriptionPhase, SubscriptionStatus
 from billing.periods import period_containing
 from invoicing import errors
+from invoicing.events import emit_invoice_event
 from invoicing.models import Invoice
 from invoicing.selectors import compute_invoice
 from invoicing.services.invoices import apply_figures, resolve_now, write_lines
@@ -59,6 +60,11 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         subscription.canceled_at = subscription.canceled_at or now
         subscription.ended_at = end
         subscription.save(update_fields=["status", "canceled_at", "ended_at"])
+        billing_services.emit_subscription_event(
+            EventType.SUBSCRIPTION_CANCELED,
+            subscription,
+            f"subscription.canceled:{subscription.pk}",
+        )
         return
     if subscription.status == SubscriptionStatus.TRIALING:
         subscription.status = SubscriptionStatus.ACTIVE
@@ -67,12 +73,14 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         SubscriptionPhase.objects.filter(subscription=subscription, ends_at__isnull=True).update(
             ends_at=end
         )
-        SubscriptionPhase.objects.create(
+        changed = SubscriptionPhase.objects.create(
             subscription=subscription, plan_id=subscription.scheduled_plan_id, starts_at=end
         )
         subscription.plan_id = subscription.scheduled_plan_id
         subscription.scheduled_plan_id = None
         fields += ["plan", "scheduled_plan"]
+    else:
+        changed = None
     loaded = subscription.plan if Subscription.plan.is_cached(subscription) else None
     if loaded is not None and loaded.pk == subscription.plan_id:
         interval = loaded.interval  # the plan read with the subscription
@@ -82,6 +90,10 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         subscription.billing_anchor, interval, end
     )
     subscription.save(update_fields=fields)
+    if changed is not None:  # the plan scheduled for the period end applies now
+        billing_services.emit_subscription_event(
+            EventType.SUBSCRIPTION_UPDATED, subscription, f"subscription.updated:phase:{changed.pk}"
+        )
 
 
 @dataclass
@@ -133,6 +145,7 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
             Invoice.objects.get(subscription=subscription, period_start=period_start), False
         )
     write_lines(invoice, draft.lines)
+    emit_invoice_event(EventType.INVOICE_CREATED, invoice, f"invoice.created:{invoice.pk}")
     _roll(subscription, as_of)
     if subscription.status in LIVE:
         more_due = subscription.current_period_end <= as_of

@@ -12,8 +12,9 @@ from django.db import transaction
 from django.db.models import Q
 
 from billing import services as billing_services
-from billing.models import Subscription
+from billing.models import EventType, Subscription
 from invoicing import errors
+from invoicing.events import emit_invoice_event
 from invoicing.models import Invoice, InvoiceStatus, LineKind
 from invoicing.money import floor_to_minor_unit
 from invoicing.selectors import LineDraft, compute_invoice
@@ -137,6 +138,9 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     Subscription.objects.filter(pk=invoice.subscription_id).filter(
         Q(invoiced_through__isnull=True) | Q(invoiced_through__lt=invoice.period_end)
     ).update(invoiced_through=invoice.period_end)
+    emit_invoice_event(EventType.INVOICE_FINALIZED, invoice, f"invoice.finalized:{invoice.pk}")
+    if invoice.status == InvoiceStatus.PAID:  # the balance paid it all
+        emit_invoice_event(EventType.INVOICE_PAID, invoice, f"invoice.paid:{invoice.pk}")
     invoice.replayed = False
     # robust: a broker that is down must not turn a committed finalization into an error
     # (the admin's 500); the invoice is kept, and the sweep below queues its follow-up.

@@ -14,9 +14,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from billing import outbox
 from billing import services as billing_services
-from billing.models import Subscription, SubscriptionStatus
+from billing.models import EventType, Subscription, SubscriptionStatus
 from invoicing import errors
+from invoicing.events import credit_note_data, emit_invoice_event
 from invoicing.models import FINAL_STATUSES, CreditNote, Invoice, InvoiceStatus, Payment
 from invoicing.money import to_minor_unit
 from invoicing.selectors import HUNDRED
@@ -90,7 +92,8 @@ def void_invoice(*, invoice_id: int, reason: str, now: datetime | None = None) -
     invoice.status, invoice.voided_at, invoice.void_reason = InvoiceStatus.VOID, now, reason
     invoice.next_payment_attempt_at = None
     invoice.save(update_fields=["status", "voided_at", "void_reason", "next_payment_attempt_at"])
-    _reactivate_when_nothing_past_due(invoice.subscription_id)  # what suspended it is gone
+    emit_invoice_event(EventType.INVOICE_VOIDED, invoice, f"invoice.voided:{invoice.pk}")
+    _reactivate_when_nothing_past_due(invoice.subscription_id, invoice.pk)  # its cause is gone
     return invoice
 
 
@@ -172,6 +175,12 @@ def create_credit_note(
     )
     invoice.amount_credited += against
     _save_settled(invoice, ["amount_credited"], now)
+    outbox.emit(
+        EventType.CREDIT_NOTE_CREATED,
+        data=credit_note_data(note),
+        customer=invoice.customer,
+        dedupe_key=f"credit_note.created:{note.pk}",
+    )
     return note
 
 
@@ -266,25 +275,42 @@ def record_payment(
 def _save_settled(invoice: Invoice, fields: list[str], now: datetime) -> None:
     """Save ``fields``; an invoice nothing is owed on any more is paid, and a subscription
     suspended for it (dunning) is active again once it owes nothing."""
-    if invoice.amount_remaining <= 0 and invoice.status != InvoiceStatus.PAID:
+    paid_now = invoice.amount_remaining <= 0 and invoice.status != InvoiceStatus.PAID
+    if paid_now:
         invoice.status, invoice.paid_at = InvoiceStatus.PAID, now
         invoice.next_payment_attempt_at = None
         fields = [*fields, "status", "paid_at", "next_payment_attempt_at"]
     invoice.save(update_fields=fields)
+    if paid_now:
+        emit_invoice_event(EventType.INVOICE_PAID, invoice, f"invoice.paid:{invoice.pk}")
     if invoice.status == InvoiceStatus.PAID:
-        _reactivate_when_nothing_past_due(invoice.subscription_id)
+        _reactivate_when_nothing_past_due(invoice.subscription_id, invoice.pk)
 
 
-def _reactivate_when_nothing_past_due(subscription_id: int) -> None:
+def _reactivate_when_nothing_past_due(subscription_id: int, invoice_id: int) -> None:
     """A subscription suspended by dunning is active again once none of its invoices is past
-    due (paid, credited or voided). The caller holds the usage lock."""
+    due (paid, credited or voided: ``invoice_id`` is the one that settled). The caller holds
+    the usage lock."""
     still_owed = Invoice.objects.filter(
         subscription_id=subscription_id, status=InvoiceStatus.PAST_DUE
     ).exists()
     if not still_owed:
-        Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.PAST_DUE).update(
-            status=SubscriptionStatus.ACTIVE
-        )
+        reactivated = Subscription.objects.filter(
+            pk=subscription_id, status=SubscriptionStatus.PAST_DUE
+        ).update(status=SubscriptionStatus.ACTIVE)
+        if reactivated:
+            _emit_subscription(
+                EventType.SUBSCRIPTION_REACTIVATED,
+                subscription_id,
+                f"subscription.reactivated:{subscription_id}:invoice:{invoice_id}",
+            )
+
+
+def _emit_subscription(kind: EventType, subscription_id: int, dedupe_key: str) -> None:
+    subscription = Subscription.objects.select_related("customer", "plan", "scheduled_plan").get(
+        pk=subscription_id
+    )
+    billing_services.emit_subscription_event(kind, subscription, dedupe_key)
 
 
 @transaction.atomic
@@ -323,21 +349,34 @@ def record_payment_failure(
             "next_payment_attempt_at",
         ]
     )
+    emit_invoice_event(
+        EventType.INVOICE_PAYMENT_FAILED,
+        invoice,
+        f"invoice.payment_failed:{invoice.pk}:{attempt}",
+    )
     if attempt > len(schedule):
-        _dunning_final_action(invoice.subscription_id, now)
+        _dunning_final_action(invoice, now)
     return invoice
 
 
-def _dunning_final_action(subscription_id: int, now: datetime) -> None:
-    action = settings.DUNNING_FINAL_ACTION
+def _dunning_final_action(invoice: Invoice, now: datetime) -> None:
+    action, subscription_id = settings.DUNNING_FINAL_ACTION, invoice.subscription_id
     if action == DunningAction.CANCEL:
         live = Subscription.objects.filter(pk=subscription_id, status__in=LIVE).exists()
         if live:
             billing_services.cancel_subscription(subscription_id=subscription_id, now=now)
     elif action == DunningAction.SUSPEND:  # rating refuses its usage until what it owes is paid
-        Subscription.objects.filter(pk=subscription_id, status__in=LIVE).update(
-            status=SubscriptionStatus.PAST_DUE
+        suspended = (
+            Subscription.objects.filter(pk=subscription_id, status__in=LIVE)
+            .exclude(status=SubscriptionStatus.PAST_DUE)
+            .update(status=SubscriptionStatus.PAST_DUE)
         )
+        if suspended:
+            _emit_subscription(
+                EventType.SUBSCRIPTION_SUSPENDED,
+                subscription_id,
+                f"subscription.suspended:{subscription_id}:invoice:{invoice.pk}",
+            )
 
 
 def due_payment_retry_ids(*, as_of: datetime | None = None) -> list[int]:

@@ -17,9 +17,10 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
+from billing import webhooks
 from billing.api import query
 from billing.api import urls as api_urls
-from billing.models import Customer
+from billing.models import Customer, OutboundEvent
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import ChargeSpec, assert_error, make_client
 from tests.invoicing.conftest import close, plan, subscribe
@@ -78,12 +79,18 @@ def objects(api):
     customer = Customer.objects.get(pk=subscription.customer_id)
     hold = api.post("/api/v1/holds", {"customer": customer.external_id, "amount": "1"})
     assert hold.status_code == 201, hold.json()
+    endpoint = webhooks.create_endpoint(url="https://hooks.example.com/query-params")
+    delivery = webhooks.resend_event(
+        event_id=OutboundEvent.objects.latest("pk").pk, endpoint_id=endpoint.pk
+    )
     return {
         "external_id": customer.external_id,
         "code": subscription.plan.code,
         "subscription_id": subscription.pk,
         "hold_id": hold.json()["id"],
         "invoice_id": invoice.pk,
+        "endpoint_id": endpoint.pk,
+        "delivery_id": delivery.pk,
     }
 
 

@@ -14,8 +14,17 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver
 
+from billing import outbox, webhooks
 from billing.api import urls as api_urls
-from billing.models import Customer, Plan, PlanCharge, PriceTier
+from billing.models import (
+    Customer,
+    EventType,
+    Plan,
+    PlanCharge,
+    PriceTier,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from ledger.models import Hold
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import ChargeSpec, assert_error, post_raw
@@ -66,12 +75,22 @@ def _hold_id(api, customer: Customer) -> int:
     return response.json()["id"]
 
 
+def _endpoint_and_delivery() -> tuple[int, int]:
+    """A webhook endpoint, and a delivery of an event to it."""
+    endpoint = webhooks.create_endpoint(url="https://hooks.example.com/strict")
+    event = outbox.emit(EventType.INVOICE_PAID, data={})
+    delivery = webhooks.resend_event(event_id=event.pk, endpoint_id=endpoint.pk)
+    return endpoint.pk, delivery.pk
+
+
 def _path(api, route: str, objects: dict) -> str:
     values = {
         "external_id": lambda: objects["customer"].external_id,
         "code": lambda: objects["plan"].code,
         "subscription_id": lambda: objects["subscription"].pk,
         "hold_id": lambda: _hold_id(api, objects["customer"]),
+        "endpoint_id": lambda: _endpoint_and_delivery()[0],
+        "delivery_id": lambda: _endpoint_and_delivery()[1],
     }
 
     def fill(match: re.Match) -> str:
@@ -90,6 +109,9 @@ def _state() -> tuple[int, ...]:
         PriceTier.objects.count(),
         LedgerTransaction.objects.count(),
         Hold.objects.count(),
+        WebhookEndpoint.objects.count(),
+        WebhookDelivery.objects.filter(manual_resend=False).count(),
+        len(set(WebhookEndpoint.objects.values_list("secret", flat=True))),
     )
 
 

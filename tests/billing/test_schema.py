@@ -31,6 +31,7 @@ from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
 from billing import services
+from billing.models import OutboundEvent
 from billing.services import ChargeSpec, TierSpec
 from billing.wsgi import application
 from ledger import services as ledger
@@ -123,6 +124,13 @@ def seeded(in_process_requests, model_prices, request):
     invoice = invoicing.close_period(
         subscription_id=subscription.pk, as_of=subscription.current_period_end
     ).invoice
+    # a webhook endpoint with a delivery (of the invoice.created event just emitted)
+    from billing import webhooks
+
+    endpoint = webhooks.create_endpoint(url="https://hooks.example.com/schema-test")
+    delivery = webhooks.resend_event(
+        event_id=OutboundEvent.objects.latest("pk").pk, endpoint_id=endpoint.pk
+    )
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
@@ -131,6 +139,8 @@ def seeded(in_process_requests, model_prices, request):
             "subscription_id": subscription.pk,
             "hold_id": hold.pk,
             "invoice_id": invoice.pk,
+            "endpoint_id": endpoint.pk,
+            "delivery_id": delivery.pk,
         },
     }
 

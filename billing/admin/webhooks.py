@@ -1,0 +1,238 @@
+"""Outbound webhooks in the admin: endpoints (created with their secret shown once, edited,
+their secret rotated, disabled and enabled), deliveries with the log of their attempts and a
+resend, and the outbound events (read-only) with their deliveries. Every write goes through
+``billing.webhooks``."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+
+from billing import webhooks
+from billing.admin.common import ServiceFormMixin
+from billing.errors import BillingError
+from billing.models import (
+    ALL_EVENTS,
+    EndpointStatus,
+    EventType,
+    OutboundEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
+
+EVENT_CHOICES = [(ALL_EVENTS, "Every event type"), *EventType.choices]
+
+
+def _events_field() -> forms.MultipleChoiceField:
+    return forms.MultipleChoiceField(
+        choices=EVENT_CHOICES,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ALL_EVENTS],
+        help_text="The event types this endpoint receives; “Every event type” alone for all.",
+    )
+
+
+class EndpointCreateForm(forms.Form):
+    url = forms.CharField(max_length=2000, help_text="https:// and a public address.")
+    description = forms.CharField(max_length=200, required=False)
+    enabled_events = _events_field()
+
+
+class EndpointChangeForm(forms.ModelForm):
+    url = forms.CharField(max_length=2000, help_text="https:// and a public address.")
+    enabled_events = _events_field()
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("url", "description", "enabled_events")
+
+    def clean_url(self):
+        try:
+            return webhooks.check_url(self.cleaned_data["url"])
+        except BillingError as error:
+            raise ValidationError(error.message) from None
+
+    def clean_enabled_events(self):
+        try:
+            return webhooks.check_event_types(self.cleaned_data["enabled_events"])
+        except BillingError as error:
+            raise ValidationError(error.message) from None
+
+
+def _show_secret(request, endpoint: WebhookEndpoint, what: str) -> None:
+    messages.warning(
+        request,
+        format_html(
+            "{} Copy its signing secret now, it will not be shown again: <code>{}</code>",
+            what,
+            endpoint.secret,
+        ),
+    )
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ServiceFormMixin, admin.ModelAdmin):
+    form = EndpointChangeForm
+    list_display = (
+        "url",
+        "status",
+        "events_display",
+        "consecutive_failures",
+        "failing_since",
+        "disabled_reason",
+        "created_at",
+    )
+    list_filter = ("status",)
+    search_fields = ("url", "description")
+    readonly_fields = (
+        "status",
+        "disabled_reason",
+        "disabled_at",
+        "consecutive_failures",
+        "failing_since",
+        "secret_rotated_at",
+        "created_at",
+        "updated_at",
+        "deliveries_link",
+    )
+    actions = ["rotate_secret_action", "disable_action", "enable_action"]
+
+    @admin.display(description="events")
+    def events_display(self, endpoint: WebhookEndpoint) -> str:
+        return ", ".join(endpoint.enabled_events)
+
+    @admin.display(description="deliveries")
+    def deliveries_link(self, endpoint: WebhookEndpoint) -> str:
+        url = reverse("admin:billing_webhookdelivery_changelist")
+        return format_html(
+            '<a href="{}?endpoint__id__exact={}">{} deliveries</a>',
+            url,
+            endpoint.pk,
+            endpoint.deliveries.count(),
+        )
+
+    def save_model(self, request, obj, form, change):
+        if not change:  # created through add_view, never here
+            raise PermissionDenied
+        webhooks.update_endpoint(
+            endpoint_id=obj.pk,
+            url=form.cleaned_data["url"],
+            description=form.cleaned_data["description"],
+            enabled_events=form.cleaned_data["enabled_events"],
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = EndpointCreateForm(request.POST or None)
+
+        def create() -> HttpResponse:
+            endpoint = webhooks.create_endpoint(**form.cleaned_data)
+            self.log_addition(request, endpoint, "Created in the admin.")
+            _show_secret(request, endpoint, f"Webhook endpoint {endpoint.url} created.")
+            return HttpResponseRedirect(self.change_url(endpoint))
+
+        return self.run_service(request, form, create) or self.service_form_response(
+            request,
+            form=form,
+            title="Add webhook endpoint",
+            submit_label="Create endpoint",
+            intro="Its signing secret is shown once, after creating it.",
+        )
+
+    @admin.action(description="Rotate the signing secret (shown once)", permissions=["change"])
+    def rotate_secret_action(self, request, queryset):
+        for endpoint in queryset:
+            rotated = webhooks.rotate_secret(endpoint_id=endpoint.pk)
+            self.log_change(request, endpoint, "Secret rotated in the admin.")
+            _show_secret(request, rotated, f"New secret for {rotated.url}.")
+
+    @admin.action(description="Disable the selected endpoints", permissions=["change"])
+    def disable_action(self, request, queryset):
+        for endpoint in queryset.filter(status=EndpointStatus.ENABLED):
+            webhooks.disable_endpoint(
+                endpoint_id=endpoint.pk, reason=f"disabled by {request.user} in the admin"
+            )
+            self.log_change(request, endpoint, "Disabled in the admin.")
+        messages.success(request, "Disabled.")
+
+    @admin.action(description="Enable the selected endpoints", permissions=["change"])
+    def enable_action(self, request, queryset):
+        for endpoint in queryset:
+            webhooks.enable_endpoint(endpoint_id=endpoint.pk)
+            self.log_change(request, endpoint, "Enabled in the admin.")
+        messages.success(request, "Enabled; failed deliveries can be resent.")
+
+
+class AttemptInline(ReadOnlyInline):
+    model = WebhookAttempt
+    show_change_link = False
+    fields = (
+        "number",
+        "manual",
+        "started_at",
+        "duration_ms",
+        "succeeded",
+        "status_code",
+        "response_body",
+        "error",
+    )
+    readonly_fields = fields
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "event",
+        "event_type",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_attempt_at",
+        "next_attempt_at",
+    )
+    list_filter = ("status", "event__type", "endpoint")
+    search_fields = ("event__public_id", "endpoint__url")
+    list_select_related = ("event", "endpoint")
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    inlines = [AttemptInline]
+    actions = ["resend_action"]
+    show_full_result_count = False
+
+    @admin.display(description="type")
+    def event_type(self, delivery: WebhookDelivery) -> str:
+        return delivery.event.type
+
+    def has_resend_permission(self, request):
+        return request.user.has_perm("billing.change_webhookendpoint")
+
+    @admin.action(description="Resend now (one more attempt)", permissions=["resend"])
+    def resend_action(self, request, queryset):
+        for delivery in queryset:
+            webhooks.resend_delivery(delivery_id=delivery.pk)
+        messages.success(request, f"{queryset.count()} delivery(ies) queued.")
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = WebhookDelivery
+    fields = ("endpoint", "status", "attempts", "last_status_code", "next_attempt_at")
+    readonly_fields = fields
+
+
+@admin.register(OutboundEvent)
+class OutboundEventAdmin(ReadOnlyAdmin):
+    list_display = ("public_id", "type", "customer", "created_at", "fanned_out_at")
+    list_filter = ("type",)
+    search_fields = ("public_id", "customer__external_id", "dedupe_key")
+    list_select_related = ("customer",)
+    readonly_fields = [f.name for f in OutboundEvent._meta.fields]
+    inlines = [DeliveryInline]
+    show_full_result_count = False

@@ -1,0 +1,394 @@
+"""Delivering events to endpoints.
+
+``fan_out`` makes one ``WebhookDelivery`` per enabled endpoint that wants the event (the
+unique (endpoint, event) makes a second run create nothing) and queues their sends.
+``send_delivery`` claims a due delivery with a conditional UPDATE (a lease,
+``locked_until``), so two workers never make the same attempt; POSTs the Standard Webhooks
+request outside any transaction; then records the attempt in the log and what comes next:
+succeeded (any 2xx), or a retry after ``WEBHOOK_RETRY_SCHEDULE[attempts - 1]`` seconds, or
+failed once the schedule is spent. An endpoint whose every attempt has failed for
+``WEBHOOK_DISABLE_AFTER`` is disabled. ``sweep`` (beat, every minute) fans out events whose
+task was lost and queues the deliveries due.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from standardwebhooks import Webhook
+
+from billing.models import (
+    DUE_STATUSES,
+    DeliveryStatus,
+    EndpointStatus,
+    OutboundEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from billing.webhooks.endpoints import (
+    WebhookDeliveryNotFound,
+    WebhookURLRefused,
+    check_url,
+    disable_endpoint,
+    get_endpoint,
+)
+
+log = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT = 2000  # characters of the response body kept in the log
+USER_AGENT = "ai-billing-webhooks/1"
+# A retry this close is queued with a countdown; a later one waits for the sweep (a long
+# countdown in Redis would outlive the broker's visibility timeout and run early).
+COUNTDOWN_LIMIT = 600  # seconds
+
+
+def payload_of(event: OutboundEvent) -> dict[str, Any]:
+    """The Standard Webhooks body: ``{"type", "timestamp", "data"}``."""
+    return {
+        "type": event.type,
+        "timestamp": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.data,
+    }
+
+
+def body_of(event: OutboundEvent) -> str:
+    return json.dumps(payload_of(event), separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_headers(*, secret: str, event: OutboundEvent, body: str, at: datetime) -> dict:
+    """The Standard Webhooks headers: ``webhook-id`` (the event's id, the same on every
+    attempt so the receiver can deduplicate), ``webhook-timestamp`` and
+    ``webhook-signature``."""
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": event.public_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(event.public_id, at, body),
+    }
+
+
+# --- fan-out ----------------------------------------------------------------------------
+
+
+def fan_out(*, event_id: int, now: datetime | None = None) -> list[int]:
+    """One delivery per enabled endpoint that wants the event (endpoints created after the
+    event are not sent it); returns the ids of the event's deliveries still due, queued
+    after commit. Safe to run twice, and concurrently."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        event = OutboundEvent.objects.filter(pk=event_id).first()
+        if event is None:
+            return []
+        endpoints = WebhookEndpoint.objects.filter(
+            status=EndpointStatus.ENABLED, created_at__lte=event.created_at
+        )
+        wanted = [e for e in endpoints if e.wants(event.type)]
+        WebhookDelivery.objects.bulk_create(
+            [WebhookDelivery(endpoint=e, event=event, next_attempt_at=now) for e in wanted],
+            ignore_conflicts=True,  # the unique (endpoint, event): made once
+        )
+        OutboundEvent.objects.filter(pk=event.pk, fanned_out_at__isnull=True).update(
+            fanned_out_at=now
+        )
+        due = list(
+            WebhookDelivery.objects.filter(
+                event=event, status__in=DUE_STATUSES, next_attempt_at__lte=now
+            ).values_list("pk", flat=True)
+        )
+        transaction.on_commit(lambda: queue_sends(due), robust=True)
+    return due
+
+
+def queue_fan_out(event_id: int) -> None:
+    """Queue the fan-out of an event (after its commit: ``billing.outbox.emit``)."""
+    from billing.webhooks import tasks
+
+    tasks.fan_out_event.delay(event_id)
+
+
+def queue_sends(delivery_ids: list[int], *, countdown: float | None = None) -> None:
+    from billing.webhooks import tasks
+
+    for delivery_id in delivery_ids:
+        tasks.send_webhook.apply_async((delivery_id,), countdown=countdown)
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+def _lease() -> timedelta:
+    """How long a claim lasts: the request's timeouts and a margin. A worker that died
+    mid-attempt leaves the delivery to the next one after this."""
+    return timedelta(seconds=settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_READ_TIMEOUT + 60)
+
+
+def _claim(delivery_id: int, now: datetime) -> bool:
+    """Take the delivery for one attempt if it is due and nobody holds it: one conditional
+    UPDATE, so of two workers exactly one gets it."""
+    return bool(
+        WebhookDelivery.objects.filter(
+            Q(locked_until__isnull=True) | Q(locked_until__lte=now),
+            pk=delivery_id,
+            status__in=DUE_STATUSES,
+            next_attempt_at__lte=now,
+        ).update(locked_until=now + _lease())
+    )
+
+
+@dataclass
+class Outcome:
+    succeeded: bool
+    status_code: int | None = None
+    response_body: str = ""
+    error: str = ""
+    duration_ms: int = 0
+
+
+def _post(url: str, body: str, headers: dict) -> Outcome:
+    started = time.monotonic()
+    try:
+        if not settings.WEBHOOK_ALLOW_INSECURE_URLS:
+            check_url(url)  # again: the name may resolve elsewhere since it was checked
+        with requests.post(
+            url,
+            data=body.encode(),
+            headers=headers,
+            timeout=(settings.WEBHOOK_CONNECT_TIMEOUT, settings.WEBHOOK_READ_TIMEOUT),
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            raw = response.raw.read(RESPONSE_EXCERPT * 4, decode_content=True) or b""
+            excerpt = raw.decode(response.encoding or "utf-8", errors="replace")
+            code = response.status_code
+        return Outcome(
+            succeeded=200 <= code < 300,
+            status_code=code,
+            response_body=excerpt[:RESPONSE_EXCERPT],
+            error="" if 200 <= code < 300 else f"HTTP {code}",
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    except requests.Timeout as error:
+        message = f"timeout: {error}"
+    except requests.RequestException as error:
+        message = f"{type(error).__name__}: {error}"
+    except WebhookURLRefused as error:
+        message = error.message
+    return Outcome(
+        succeeded=False,
+        error=message[:1000],
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+def retry_delay(attempts: int) -> int | None:
+    """Seconds to wait after the ``attempts``-th failed attempt; None once the schedule
+    (``WEBHOOK_RETRY_SCHEDULE``) is spent."""
+    schedule = settings.WEBHOOK_RETRY_SCHEDULE
+    return schedule[attempts - 1] if attempts <= len(schedule) else None
+
+
+def send_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDelivery | None:
+    """Make the delivery's next attempt if it is due (``now``: when the schedule is read;
+    the signature's timestamp is always the real time). None when there was nothing to do:
+    not due, already sent, or another worker holds it."""
+    now = now or timezone.now()
+    if not _claim(delivery_id, now):
+        return None
+    delivery = WebhookDelivery.objects.select_related("endpoint", "event").get(pk=delivery_id)
+    endpoint, event = delivery.endpoint, delivery.event
+    if endpoint.status != EndpointStatus.ENABLED:
+        outcome = Outcome(succeeded=False, error="the endpoint is disabled")
+        started_at = now
+        sent = False
+    else:
+        body = body_of(event)
+        started_at = timezone.now()
+        headers = signed_headers(secret=endpoint.secret, event=event, body=body, at=started_at)
+        outcome = _post(endpoint.url, body, headers)  # no transaction is open here
+        sent = True
+    return _record(delivery, outcome, started_at=started_at, now=now, sent=sent)
+
+
+@transaction.atomic
+def _record(
+    delivery: WebhookDelivery, outcome: Outcome, *, started_at: datetime, now: datetime, sent: bool
+) -> WebhookDelivery:
+    # no_key: fan-outs inserting deliveries of this endpoint need not wait for it
+    endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=delivery.endpoint_id)
+    number = delivery.attempts + 1
+    manual = delivery.manual_resend
+    if sent:
+        WebhookAttempt.objects.create(
+            delivery=delivery,
+            number=number,
+            manual=manual,
+            url=endpoint.url,
+            started_at=started_at,
+            duration_ms=outcome.duration_ms,
+            succeeded=outcome.succeeded,
+            status_code=outcome.status_code,
+            response_body=outcome.response_body,
+            error=outcome.error,
+        )
+    fields: dict[str, Any] = {
+        "attempts": number if sent else delivery.attempts,
+        "locked_until": None,
+        "manual_resend": False,
+        "last_attempt_at": started_at if sent else delivery.last_attempt_at,
+        "last_status_code": outcome.status_code,
+        "last_response_body": outcome.response_body,
+        "last_error": outcome.error,
+        "updated_at": timezone.now(),
+    }
+    if outcome.succeeded:
+        fields |= {"status": DeliveryStatus.SUCCEEDED, "succeeded_at": now, "next_attempt_at": None}
+    else:
+        delay = retry_delay(number) if sent else None
+        if delay is None:
+            fields |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
+        else:
+            fields |= {
+                "status": DeliveryStatus.RETRYING,
+                "next_attempt_at": now + timedelta(seconds=delay),
+            }
+    # Only if nobody recorded this attempt meanwhile (a lease outlived by a hung request).
+    updated = WebhookDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
+        **fields
+    )
+    if not updated:
+        delivery.refresh_from_db()
+        return delivery
+    for name, value in fields.items():
+        setattr(delivery, name, value)
+    if sent:
+        _count_on_endpoint(endpoint, succeeded=outcome.succeeded, now=now)
+    if delivery.status == DeliveryStatus.RETRYING and delivery.next_attempt_at is not None:
+        wait = (delivery.next_attempt_at - now).total_seconds()
+        if wait <= COUNTDOWN_LIMIT:
+            transaction.on_commit(lambda: queue_sends([delivery.pk], countdown=wait), robust=True)
+    return delivery
+
+
+def _count_on_endpoint(endpoint: WebhookEndpoint, *, succeeded: bool, now: datetime) -> None:
+    """The endpoint's run of failures (its row is locked): cleared by a success; when every
+    attempt has failed for ``WEBHOOK_DISABLE_AFTER``, the endpoint is disabled."""
+    if succeeded:
+        if endpoint.consecutive_failures or endpoint.failing_since:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=0, failing_since=None
+            )
+        return
+    failing_since = endpoint.failing_since or now
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+        consecutive_failures=F("consecutive_failures") + 1, failing_since=failing_since
+    )
+    if endpoint.status == EndpointStatus.ENABLED and (
+        now - failing_since >= settings.WEBHOOK_DISABLE_AFTER
+    ):
+        disable_endpoint(
+            endpoint_id=endpoint.pk,
+            reason=(
+                f"every attempt failed since {failing_since.isoformat()} "
+                f"({endpoint.consecutive_failures + 1} attempts)"
+            ),
+            now=now,
+        )
+        log.warning("webhook endpoint %s disabled: failing since %s", endpoint.pk, failing_since)
+
+
+# --- resending -----------------------------------------------------------------------------
+
+
+def resend_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDelivery:
+    """Queue one more attempt of this delivery, now, whatever its status (a failed one, or a
+    succeeded one the receiver lost). A failure afterwards follows the retry schedule from
+    where the delivery's attempts stand (a spent schedule: failed again)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None:
+            raise WebhookDeliveryNotFound(f"webhook delivery {delivery_id} does not exist")
+        delivery.status = DeliveryStatus.PENDING
+        delivery.next_attempt_at = now
+        delivery.manual_resend = True
+        delivery.save(update_fields=["status", "next_attempt_at", "manual_resend", "updated_at"])
+        transaction.on_commit(lambda: queue_sends([delivery_id]), robust=True)
+    return delivery
+
+
+def resend_event(
+    *, event_id: int, endpoint_id: int, now: datetime | None = None
+) -> WebhookDelivery:
+    """Send an event to an endpoint again — or for the first time, if the endpoint was not
+    sent it (created after the event, or not wanting its type then)."""
+    endpoint = get_endpoint(endpoint_id)
+    with transaction.atomic():
+        delivery, _ = WebhookDelivery.objects.get_or_create(
+            endpoint=endpoint,
+            event_id=event_id,
+            defaults={"next_attempt_at": now or timezone.now()},
+        )
+    return resend_delivery(delivery_id=delivery.pk, now=now)
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    fanned_out: int
+    queued: int
+
+
+def sweep(*, now: datetime | None = None, limit: int = 1000) -> SweepResult:
+    """Beat, every minute: fan out events whose fan-out never ran (the broker was down at
+    their commit, or the task was lost), then queue the deliveries that are due and free."""
+    now = now or timezone.now()
+    events = list(
+        OutboundEvent.objects.filter(fanned_out_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for event_id in events:
+        fan_out(event_id=event_id, now=now)
+    due = list(
+        WebhookDelivery.objects.filter(
+            Q(locked_until__isnull=True) | Q(locked_until__lte=now),
+            status__in=DUE_STATUSES,
+            next_attempt_at__lte=now,
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    queue_sends(due)
+    return SweepResult(fanned_out=len(events), queued=len(due))
+
+
+def send_due(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Make every due attempt here, one after the other (``manage.py`` and tests; the
+    workers use ``sweep``). Returns how many attempts were made."""
+    now = now or timezone.now()
+    for event_id in OutboundEvent.objects.filter(fanned_out_at__isnull=True).values_list(
+        "pk", flat=True
+    )[:limit]:
+        fan_out(event_id=event_id, now=now)
+    made = 0
+    for delivery_id in (
+        WebhookDelivery.objects.filter(status__in=DUE_STATUSES, next_attempt_at__lte=now)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    ):
+        made += send_delivery(delivery_id=delivery_id, now=now) is not None
+    return made
