@@ -417,7 +417,6 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
                 "charged",
                 "currency",
                 "event_count",
-                "distinct_values",
             ),
             (
                 (
@@ -430,7 +429,6 @@ def seed_customers(conn: psycopg.Connection[Any], seed: Seed) -> None:
                     p.amount[code],
                     CURRENCY,
                     seed.events_per_subscription,
-                    "[]",
                 )
                 for i in range(n)
                 for p in (patterns[i % PATTERNS],)

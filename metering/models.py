@@ -30,7 +30,9 @@ snapshot (``manage.py load_model_prices``) and editable by finance staff.
 *Usage counters* are kept in the rating transaction itself:
 ``PeriodUsage`` — per subscription, meter and billing period: the quantity so far, the exact
 amount it is worth under the plan and what has been posted to the ledger (tiers and
-allowances are priced from it); ``DailyUsage`` — per subscription, meter, UTC day and
+allowances are priced from it); ``PeriodDistinctValue`` — for unique_count meters, one row
+per distinct value seen in a subscription's period (the counter's quantity is their count);
+``DailyUsage`` — per subscription, meter, UTC day and
 dimension (e.g. model): quantity, amount and event count, for live usage, ranges and charts;
 ``ModelUsage`` — per customer, UTC day and model: tokens, amount charged and the provider's
 cost, so margins are a sum. None is derived from raw events at read time.
@@ -247,8 +249,7 @@ class PeriodUsage(models.Model):
     )
     currency = models.CharField(max_length=16, blank=True, default="")
     event_count = models.BigIntegerField(default=0)
-    # for unique_count meters: the distinct values seen this period
-    distinct_values = models.JSONField(default=list, blank=True)
+    # for unique_count meters the distinct values seen are rows of PeriodDistinctValue
     # for latest meters: the timestamp of the event whose value the quantity is
     latest_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())
@@ -262,6 +263,39 @@ class PeriodUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.meter_id} from {self.period_start:%Y-%m-%d}: {self.quantity}"
+
+
+class PeriodDistinctValue(models.Model):
+    """A value a unique_count meter has counted in one billing period of one subscription:
+    the counter's quantity is the number of these rows. ``value`` is the value's canonical
+    text (``metering.rating.price._distinct_key``: 1, 1.0 and 1e0 are one number; true, 1
+    and "1" are three values). Rating looks up only the values of the events it rates, and
+    inserts the new ones (ON CONFLICT DO NOTHING) in the transaction that moves the counter,
+    under the customer's rating lock; a period's rows are never rewritten, so a batch costs
+    what its events do, however many values the period has seen."""
+
+    # No index of their own: the unique index leads with the subscription; meters are never
+    # deleted (the services and the admin refuse it), so nothing looks rows up by meter alone.
+    subscription = models.ForeignKey(
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    meter = models.ForeignKey(
+        "billing.Meter", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    period_start = models.DateTimeField()
+    value = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "meter", "period_start", "value"],
+                name="metering_period_distinct_value",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id} from {self.period_start:%Y-%m-%d}: {self.value}"
 
 
 class DailyUsage(models.Model):

@@ -19,7 +19,9 @@ How a batch is rated
    locks: the live subscriptions, events already stored under the same idempotency keys
    (reported as duplicates — the unique (customer, idempotency_key) constraint backs this
    up), the wallets with their balance rows locked, the margin overrides, the counters of
-   the events' periods, and ids for the events.
+   the events' periods, which of the values the events' unique_count meters would count
+   their periods have counted already (``PeriodDistinctValue``, looked up value by value:
+   a period's other values are never read), and ids for the events.
 3. Events are priced in batch order against the period counters. Every meter reading the
    event moves its ``PeriodUsage``; a charge's exact worth moves by
    ``worth(q₁) − worth(q₀)`` (``metering.charges``), or for catalog-priced charges by
@@ -38,7 +40,8 @@ How a batch is rated
    part's transactions are posted by one ``ledger.services.post_transactions`` call; then
    one statement writes the event rows, each with its own exact amount, cost, tokens and
    catalog price version and the id of its customer's transaction (an event with nothing
-   to post points at none), and the period, daily and model counters (a part of many
+   to post points at none), the period, daily and model counters and the distinct values
+   counted now (a part of many
    events sends its rows by COPY first). PostgreSQL refuses
    events whose transaction's legs are not their sums (metering migration 0006). The
    transaction's reference is its first event's, ``usage:<customer id>:<idempotency

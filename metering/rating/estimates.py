@@ -19,9 +19,9 @@ from billing.models import (
 from ledger import services as ledger
 from metering import catalog, errors
 from metering.normalize import normalize_usage
-from metering.rating.base import CREDITS, ZERO, EventIn, ledger_round
+from metering.rating.base import CREDITS, LLM_FIELD_NAMES, ZERO, EventIn, ledger_round
 from metering.rating.prepare import Prepared, _quantity
-from metering.rating.price import Counter, _move
+from metering.rating.price import Counter, _distinct_key, _move
 from metering.rating.read import (
     WalletRow,
     _meters_with_counters,
@@ -164,8 +164,12 @@ def _estimate_usage(
     cost = catalog.cost_of(price, usage, now)
     names = {event_name} if event_name else set(terms.llm_event_names)
     period_start, period_end, in_trial = _period_for(subscription, terms, now)
-    meters, counters = _meters_with_counters(names, subscription.pk, period_start)
     properties = {"model": model, **({"provider": provider} if provider else {})}
+    # what a unique_count meter could read of the estimated event: its properties or usage
+    readable = [*properties.values(), *(getattr(usage, name) for name in LLM_FIELD_NAMES)]
+    meters, counters, seen = _meters_with_counters(
+        names, subscription.pk, period_start, [_distinct_key(v) for v in readable]
+    )
     prepared = Prepared(
         index=0,
         source=EventIn("estimate", customer.external_id, next(iter(names), ""), now, properties),
@@ -182,10 +186,9 @@ def _estimate_usage(
             continue  # a meter reading a property the estimate cannot know
         if reading is None:
             continue
-        counter = counters.get(
-            (subscription.pk, meter.pk, period_start),
-            Counter(subscription.pk, meter.pk, period_start, period_end),
-        )
+        key = (subscription.pk, meter.pk, period_start)
+        counter = counters.get(key, Counter(subscription.pk, meter.pk, period_start, period_end))
+        counter.distinct_values = seen.get(key, set())
         move = _move(counter, meter, reading, prepared, terms, in_trial, overrides)
         money += move.charged - counter.charged
     return money, ledger_round(cost.total)

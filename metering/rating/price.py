@@ -17,7 +17,7 @@ from billing.models import (
 from metering import catalog
 from metering.charges import ChargeTerms
 from metering.rating.base import ZERO, exact, ledger_round
-from metering.rating.prepare import Prepared
+from metering.rating.prepare import Prepared, _quantity
 from metering.rating.terms import PlanTerms
 
 
@@ -34,7 +34,10 @@ class Counter:
     charged: Decimal = ZERO
     currency: str = ""
     event_count: int = 0
-    distinct_values: list[Any] = field(default_factory=list)
+    # unique_count: of the values this batch reads, those the period has counted already
+    # (looked up in PeriodDistinctValue) or counts now; a period's other values are not read
+    distinct_values: set[str] = field(default_factory=set)
+    new_values: list[str] = field(default_factory=list)  # counted now: rows to insert
     latest_at: datetime | None = None
     changed: bool = False
 
@@ -48,7 +51,7 @@ class Move:
     quantity: Decimal
     amount: Decimal
     charged: Decimal
-    distinct_value: Any
+    distinct_value: str | None  # unique_count: the value counted now, by its key
     quantity_delta: Decimal
     included_delta: Decimal
     amount_delta: Decimal
@@ -63,6 +66,19 @@ def _distinct_key(value: Any) -> str:
         number = Decimal(value).normalize()
         return f"n:{number:f}"
     return f"s:{value}"
+
+
+def _distinct_keys(p: Prepared) -> list[tuple[int, str]]:
+    """The (meter id, key) of each value the event's unique_count meters would count: what
+    rating looks up in PeriodDistinctValue before pricing it (more than it will count, if a
+    filter or the plan then leaves a meter out; an unreadable value has no key)."""
+    keys = []
+    for meter in p.meters:
+        if meter.aggregation == Aggregation.UNIQUE_COUNT:
+            value = _quantity(meter, p, charged=False)
+            if value is not None:
+                keys.append((meter.pk, _distinct_key(value)))
+    return keys
 
 
 def _margin(terms: ChargeTerms, overrides: dict[int | None, Decimal]) -> Decimal:

@@ -22,7 +22,7 @@ from ledger import services as ledger
 from metering import errors
 from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcome
 from metering.rating.prepare import Prepared, _quantity
-from metering.rating.price import Counter, _move
+from metering.rating.price import Counter, _distinct_key, _move
 from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
 from metering.rating.terms import _period_for, _plan_at, plan_terms
 from metering.rating.write import Accepted, _write
@@ -172,8 +172,22 @@ def _rate(
         for meter, _ in readings
     }
     counters = {key: read.counters[key] for key in wanted if key in read.counters}
+    counted = {key: set(values) for key, values in read.seen.items()}
     if len(counters) < len(wanted):  # a period's first usage, or not the current period
-        counters.update(_load_counters(wanted - counters.keys()))
+        missing = wanted - counters.keys()
+        distinct = {
+            (subscription.pk, meter.pk, start, _distinct_key(reading))
+            for _, subscription, _, _, start, _, _, readings in placed
+            for meter, reading in readings
+            if meter.aggregation == Aggregation.UNIQUE_COUNT
+            and (subscription.pk, meter.pk, start) in missing
+        }
+        loaded, seen_there = _load_counters(missing, distinct)
+        counters.update(loaded)
+        for counter_key, values in seen_there.items():
+            counted.setdefault(counter_key, set()).update(values)
+    for counter_key, counter in counters.items():
+        counter.distinct_values = counted.get(counter_key, set())
 
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
@@ -184,10 +198,16 @@ def _rate(
             continue
         moves = []
         for meter, reading in readings:
-            counter = counters.setdefault(
-                (subscription.pk, meter.pk, period_start),
-                Counter(subscription.pk, meter.pk, period_start, period_end),
-            )
+            counter_key = (subscription.pk, meter.pk, period_start)
+            if counter_key not in counters:  # the period's first usage of this meter
+                counters[counter_key] = Counter(
+                    subscription.pk,
+                    meter.pk,
+                    period_start,
+                    period_end,
+                    distinct_values=counted.get(counter_key, set()),
+                )
+            counter = counters[counter_key]
             moves.append(
                 _move(counter, meter, reading, p, terms, in_trial, overrides.get(customer.pk, {}))
             )
@@ -222,7 +242,8 @@ def _rate(
             c.event_count += 1
             c.changed = True
             if move.distinct_value is not None:
-                c.distinct_values.append(move.distinct_value)
+                c.distinct_values.add(move.distinct_value)
+                c.new_values.append(move.distinct_value)
             if move.meter.aggregation == Aggregation.LATEST and (
                 c.latest_at is None or p.source.timestamp >= c.latest_at
             ):

@@ -1,12 +1,12 @@
 """What rating reads from the database: customers with their live subscription
 (``load_customers``, ``_find_customers`` with the meters' stamp and the rating locks), the
-one statement that reads a part's subscriptions, stored twins, wallets, margins, counters and
+one statement that reads a part's subscriptions, stored twins, wallets, margins, counters,
+the distinct values its events would count that their periods have counted already, and
 event ids under its customers' locks (``_read_part``), and the smaller reads of counters,
 wallets and meters that estimates and late events need."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +22,7 @@ from billing.models import (
 )
 from ledger import services as ledger
 from metering.rating.prepare import Prepared, _meter_from_row
-from metering.rating.price import Counter
+from metering.rating.price import Counter, _distinct_keys
 from metering.rating.sql import execute_bound
 
 CUSTOMER_FIELDS = ("id", "external_id", "name", "currency", "billing_mode")
@@ -117,8 +117,12 @@ class WalletRow:
 
 COUNTER_COLUMNS = (
     "u.subscription_id, u.meter_id, u.period_start, u.period_end, u.quantity, u.amount, "
-    "u.charged, u.currency, u.event_count, u.distinct_values, u.latest_at"
+    "u.charged, u.currency, u.event_count, u.latest_at"
 )
+
+CounterKey = tuple[int, int, datetime]  # (subscription id, meter id, period start)
+# unique_count: per counter, which of the values asked about the period has counted already
+Seen = dict[CounterKey, set[str]]
 
 
 @dataclass
@@ -131,7 +135,8 @@ class PartRead:
     wallets: dict[tuple[int, str], WalletRow]  # (customer id, currency) → wallet
     balances: dict[int, ledger.LockedBalance]  # wallet account → its locked balance row
     overrides: dict[int, dict[int | None, Decimal]]  # customer → meter (None: all) → margin
-    counters: dict[tuple[int, int, datetime], Counter]  # the periods the events fall in
+    counters: dict[CounterKey, Counter]  # the periods the events fall in
+    seen: Seen  # of the values the events would count in their current periods
     event_ids: list[int]  # one per event of the part, for those accepted
 
 
@@ -146,7 +151,10 @@ class PartRead:
 # keeps the lookup per subscription: without it the generic plan, not knowing how few
 # customers a part has, hashed the whole table — 48 ms at 88,000 counters, 0.02 ms this
 # way); an event of another period (sent late, or before the subscription's period was
-# renewed) has its counter looked up by its key (``_load_counters``). Event ids are drawn
+# renewed) has its counter looked up by its key (``_load_counters``). The distinct values
+# the part's unique_count meters would count (customer, meter, canonical key) are looked up
+# the same way, in the customers' current periods, by the unique index of
+# PeriodDistinctValue: a period's other values, however many, are not read. Event ids are drawn
 # for every event of the part (the accepted use them; the sequence's gaps mean nothing).
 # Each parameter is read through a scalar subquery (``(SELECT %s::bigint[])``): planned
 # without its value, the custom plans PostgreSQL tries first cost what the generic plan
@@ -190,6 +198,15 @@ SELECT ARRAY(SELECT ROW(subs.*) FROM subs),
                        AND p.meter_id = ANY((SELECT %s::bigint[])::bigint[])
                        AND p.period_start = s.current_period_start
                     OFFSET 0) AS u),
+       ARRAY(SELECT ROW(s.id, d.meter_id, s.current_period_start, d.value)
+               FROM unnest((SELECT %s::bigint[]), (SELECT %s::bigint[]), (SELECT %s::text[]))
+                    AS k(customer_id, meter_id, value)
+               JOIN subs s ON s.customer_id = k.customer_id
+               CROSS JOIN LATERAL (
+                    SELECT d.meter_id, d.value FROM metering_perioddistinctvalue d
+                     WHERE d.subscription_id = s.id AND d.meter_id = k.meter_id
+                       AND d.period_start = s.current_period_start AND d.value = k.value
+                    OFFSET 0) AS d),
        ARRAY(SELECT nextval(pg_get_serial_sequence('metering_event', 'id'))
                FROM generate_series(1, (SELECT %s::int)))
 """.replace("<COUNTERS>", COUNTER_COLUMNS)
@@ -199,11 +216,13 @@ _PART_SQL_READING = _PART_SQL.replace("<LOCK>", "")
 
 def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> PartRead:
     """The subscriptions, stored twins, wallets (their balance rows locked, with
-    ``lock_balances``), margin overrides and counters of a part's events (customer id,
-    event), and ids for them: one statement, its customers' rating locks held."""
+    ``lock_balances``), margin overrides, counters and counted distinct values of a part's
+    events (customer id, event), and ids for them: one statement, its customers' rating
+    locks held."""
     customer_ids = sorted({cid for cid, _ in events})
     meter_ids = sorted({m.pk for _, p in events for m in p.meters})
-    ((subs, twins, wallets, margins, counters, ids),) = execute_bound(
+    distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
+    ((subs, twins, wallets, margins, counters, seen, ids),) = execute_bound(
         _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,
         [
             customer_ids,
@@ -212,11 +231,14 @@ def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> Pa
             [p.source.idempotency_key for _, p in events],
             customer_ids,
             meter_ids,
+            [k[0] for k in distinct],
+            [k[1] for k in distinct],
+            [k[2] for k in distinct],
             len(events),
         ],
         binary=True,
     )
-    read = PartRead({}, {}, {}, {}, {}, {}, ids)
+    read = PartRead({}, {}, {}, {}, {}, {}, {}, ids)
     for row in subs:
         subscription = Subscription(**dict(zip(SUBSCRIPTION_FIELDS, row[:11], strict=True)))
         subscription.phase_starts = list(  # type: ignore[attr-defined]
@@ -244,6 +266,8 @@ def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> Pa
     for row in counters:
         counter = _counter_from_row(row)
         read.counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
+    for subscription_id, meter_id, period_start, value in seen:
+        read.seen.setdefault((subscription_id, meter_id, period_start), set()).add(value)
     return read
 
 
@@ -284,35 +308,49 @@ def _wallet_and_margins(
 
 
 def _meters_with_counters(
-    event_names: Iterable[str], subscription_id: int, period_start: datetime
-) -> tuple[list[Meter], dict[tuple[int, int, datetime], Counter]]:
+    event_names: Iterable[str],
+    subscription_id: int,
+    period_start: datetime,
+    distinct_keys: Iterable[str] = (),
+) -> tuple[list[Meter], dict[CounterKey, Counter], Seen]:
     """The meters reading these events and their ``_load_counters`` for one subscription's
-    period, in one query."""
+    period, with which of ``distinct_keys`` (canonical keys) each unique_count meter has
+    counted this period, in one query."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT m.id, m.code, m.event_name, m.aggregation, m.property, m.filters, "
-            f"m.group_by, {COUNTER_COLUMNS} "
+            f"m.group_by, {COUNTER_COLUMNS}, "
+            "ARRAY(SELECT d.value FROM metering_perioddistinctvalue d "
+            "  WHERE m.aggregation = 'unique_count' AND d.subscription_id = %s "
+            "    AND d.meter_id = m.id AND d.period_start = %s AND d.value = ANY(%s::text[])) "
             "FROM metering_meter m LEFT JOIN metering_periodusage u ON u.meter_id = m.id "
             "AND u.subscription_id = %s AND u.period_start = %s "
             "WHERE m.event_name = ANY(%s) ORDER BY m.id",
-            [subscription_id, period_start, list(event_names)],
+            [
+                subscription_id,
+                period_start,
+                sorted(set(distinct_keys)),
+                subscription_id,
+                period_start,
+                list(event_names),
+            ],
         )
-        meters, counters = [], {}
+        meters, counters, seen = [], {}, {}
         for row in cursor.fetchall():
-            meters.append(_meter_from_row(row[:7]))
+            meter = _meter_from_row(row[:7])
+            meters.append(meter)
             if row[7] is not None:  # the meter has a counter this period
-                counter = _counter_from_row(row[7:])
+                counter = _counter_from_row(row[7:-1])
                 counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = (
                     counter
                 )
-        return meters, counters
+            if row[-1]:
+                seen[(subscription_id, meter.pk, period_start)] = set(row[-1])
+        return meters, counters, seen
 
 
 def _counter_from_row(row: Sequence[Any]) -> Counter:
     """A Counter from the COUNTER_COLUMNS of a PeriodUsage row."""
-    distinct = row[9]
-    if isinstance(distinct, str):
-        distinct = json.loads(distinct)
     return Counter(
         subscription_id=row[0],
         meter_id=row[1],
@@ -323,28 +361,45 @@ def _counter_from_row(row: Sequence[Any]) -> Counter:
         charged=row[6],
         currency=row[7],
         event_count=row[8],
-        distinct_values=list(distinct or []),
-        latest_at=row[10],
+        latest_at=row[9],
     )
 
 
 def _load_counters(
-    wanted: set[tuple[int, int, datetime]],
-) -> dict[tuple[int, int, datetime], Counter]:
-    """The PeriodUsage rows of these (subscription, meter, period start) keys, in one query."""
+    wanted: set[CounterKey], distinct: Iterable[tuple[int, int, datetime, str]] = ()
+) -> tuple[dict[CounterKey, Counter], Seen]:
+    """The PeriodUsage rows of these (subscription, meter, period start) keys, and which of
+    the ``distinct`` values (counter key, canonical key) their periods have counted, in one
+    query."""
     if not wanted:
-        return {}
-    keys = list(wanted)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {COUNTER_COLUMNS} "
-            "FROM metering_periodusage u JOIN unnest(%s::bigint[], %s::bigint[], "
-            "%s::timestamptz[]) AS k(s, m, p) "
-            "ON u.subscription_id = k.s AND u.meter_id = k.m AND u.period_start = k.p",
-            [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]],
-        )
-        counters = {}
-        for row in cursor.fetchall():
-            counter = _counter_from_row(row)
-            counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
-        return counters
+        return {}, {}
+    keys, values = list(wanted), sorted(set(distinct))
+    ((rows, found),) = execute_bound(
+        f"SELECT ARRAY(SELECT ROW({COUNTER_COLUMNS}) "
+        "  FROM metering_periodusage u JOIN unnest(%s::bigint[], %s::bigint[], "
+        "  %s::timestamptz[]) AS k(s, m, p) "
+        "  ON u.subscription_id = k.s AND u.meter_id = k.m AND u.period_start = k.p), "
+        "ARRAY(SELECT ROW(d.subscription_id, d.meter_id, d.period_start, d.value) "
+        "  FROM metering_perioddistinctvalue d JOIN unnest(%s::bigint[], %s::bigint[], "
+        "  %s::timestamptz[], %s::text[]) AS k(s, m, p, v) "
+        "  ON d.subscription_id = k.s AND d.meter_id = k.m AND d.period_start = k.p "
+        "  AND d.value = k.v)",
+        [
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [v[0] for v in values],
+            [v[1] for v in values],
+            [v[2] for v in values],
+            [v[3] for v in values],
+        ],
+        binary=True,
+    )
+    counters = {}
+    for row in rows:
+        counter = _counter_from_row(row)
+        counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
+    seen: Seen = {}
+    for subscription_id, meter_id, period_start, value in found:
+        seen.setdefault((subscription_id, meter_id, period_start), set()).add(value)
+    return counters, seen

@@ -302,6 +302,7 @@ def _write(
                 _insert_events(event_rows),
                 _forget_incoming(accepted),
                 _upsert_counters(counters),
+                _insert_distinct_values(counters),
                 _upsert_daily(accepted),
                 _upsert_model_usage(accepted),
             ],
@@ -317,6 +318,7 @@ def _write(
             [
                 _forget_incoming(accepted),
                 _upsert_counters(counters),
+                _insert_distinct_values(counters),
                 _upsert_daily(accepted),
                 _upsert_model_usage(accepted),
             ],
@@ -375,7 +377,6 @@ def _upsert_counters(counters: dict) -> Statement | None:
             c.charged,
             c.currency,
             c.event_count,
-            json.dumps(c.distinct_values, default=str),
             c.latest_at,
         )
         for c in counters.values()
@@ -386,18 +387,37 @@ def _upsert_counters(counters: dict) -> Statement | None:
     source, params = _rows(
         "r",
         "s bigint, m bigint, ps timestamptz, pe timestamptz, q numeric, a numeric, c numeric, "
-        "cur text, n bigint, dv text, la timestamptz",
+        "cur text, n bigint, la timestamptz",
         rows,
     )
     return (
         "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, period_end, "
-        "quantity, amount, charged, currency, event_count, distinct_values, latest_at, updated_at) "
-        f"SELECT s, m, ps, pe, q, a, c, cur, n, dv::jsonb, la, now() FROM {source} "
+        "quantity, amount, charged, currency, event_count, latest_at, updated_at) "
+        f"SELECT s, m, ps, pe, q, a, c, cur, n, la, now() FROM {source} "
         "ON CONFLICT (subscription_id, meter_id, period_start) DO UPDATE SET "
         "quantity = EXCLUDED.quantity, amount = EXCLUDED.amount, charged = EXCLUDED.charged, "
         "currency = EXCLUDED.currency, event_count = EXCLUDED.event_count, "
-        "distinct_values = EXCLUDED.distinct_values, latest_at = EXCLUDED.latest_at, "
+        "latest_at = EXCLUDED.latest_at, "
         "updated_at = now()",
+        params,
+    )
+
+
+def _insert_distinct_values(counters: dict) -> Statement | None:
+    """The values unique_count meters counted in this part, one row each; a period's rows
+    are only ever added to. Nothing conflicts (the customers' rating locks are held and the
+    part counted only values its read did not find); the unique index stands behind that."""
+    rows = [
+        (c.subscription_id, c.meter_id, c.period_start, value)
+        for c in counters.values()
+        for value in c.new_values
+    ]
+    if not rows:
+        return None
+    source, params = _rows("r", "s bigint, m bigint, ps timestamptz, v text", rows)
+    return (
+        "INSERT INTO metering_perioddistinctvalue (subscription_id, meter_id, period_start, "
+        f"value) SELECT s, m, ps, v FROM {source} ON CONFLICT DO NOTHING",
         params,
     )
 

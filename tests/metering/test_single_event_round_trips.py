@@ -15,7 +15,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from metering.models import Event
+from metering.models import Event, PeriodDistinctValue, PeriodUsage
+from tests.billing.conftest import ChargeSpec, iso
 from tests.metering import test_api_usage as usage_tests
 from tests.metering.test_api_usage import CHAT, DAY1, llm_body
 
@@ -68,3 +69,36 @@ def test_one_event_is_rated_in_a_bounded_number_of_statements(
     row = Event.objects.get(idempotency_key="req-2")
     assert row.amount == Decimal("0.005664")
     assert row.ledger_transaction.reference == f"usage:{ai.pk}:req-2"
+
+
+def test_a_unique_count_event_takes_no_more_statements(
+    api, acme, make_meter, make_plan, sent, django_capture_on_commit_callbacks
+):
+    """The values already counted are looked up by the read under the lock, the new one
+    inserted by the statement that writes the events and counters: no round trip more."""
+    make_meter("users", event_name="user.active", property="user", aggregation="unique_count")
+    plan = make_plan("seats", charges=[ChargeSpec(meter="users", unit_price=Decimal(1))])
+    usage_tests.subscribe(acme, plan)
+
+    def body(key: str, user: str) -> dict:
+        return {
+            "idempotency_key": key,
+            "customer": "acme",
+            "event_name": "user.active",
+            "properties": {"user": user},
+            "timestamp": iso(DAY1),
+        }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/events", body("warm-up", "ann")).status_code == 201
+    for key, user, amount in (("new", "bob", Decimal(1)), ("seen", "ann", Decimal(0))):
+        sent.clear()
+        response = api.post("/api/v1/events", body(key, user))
+        assert response.status_code == 201, response.json()
+        assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
+        assert Event.objects.get(idempotency_key=key).amount == amount
+    assert PeriodUsage.objects.get().quantity == 2
+    assert sorted(PeriodDistinctValue.objects.values_list("value", flat=True)) == [
+        "s:ann",
+        "s:bob",
+    ]
