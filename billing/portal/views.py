@@ -37,7 +37,6 @@ from django.views.decorators.http import require_POST
 
 from billing import alerts, selectors
 from billing.errors import BillingError
-from billing.middleware import client_ip
 from billing.models import (
     AllocationKind,
     ConsumptionModel,
@@ -47,7 +46,8 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.portal import ratelimit, services
-from billing.spreadsheet import safe_cell
+from billing.portal.spreadsheet import safe_cell
+from billing.web.middleware import client_ip
 from invoicing import payments, pdf
 from invoicing.models import Invoice, InvoiceStatus
 from invoicing.money import minor_unit_exponent, to_minor_unit

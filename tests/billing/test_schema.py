@@ -31,8 +31,8 @@ from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
 from billing import services
+from billing.project.wsgi import application
 from billing.services import ChargeSpec, TierSpec
-from billing.wsgi import application
 from ledger import services as ledger
 from tests.factories import (
     APIKeyFactory,
