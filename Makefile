@@ -31,26 +31,26 @@ install: $(STAMP)
 # Starts embedded PostgreSQL/Redis if DATABASE_URL/REDIS_URL are unset, migrates, loads
 # demo data, runs the web server, a Celery worker and beat. Ctrl-C stops all it started.
 run: install
-	$(PY) -m billing.dev run
+	$(PY) -m billing.devtools.run
 
 # The whole suite on real PostgreSQL and Redis. No tests collected counts as a failure.
 test: install
-	$(PY) -m billing.devservices exec -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m billing.devtools.servers exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 bench-ledger: install
-	$(PY) -m billing.devservices exec -- $(PY) bench/ledger.py $(BENCH_ARGS)
+	$(PY) -m billing.devtools.servers exec -- $(PY) bench/ledger.py $(BENCH_ARGS)
 
 bench-ingest: install
-	$(PY) -m billing.devservices exec -- $(PY) bench/ingest.py $(BENCH_ARGS)
+	$(PY) -m billing.devtools.servers exec -- $(PY) bench/ingest.py $(BENCH_ARGS)
 
 bench-close: install
-	$(PY) -m billing.devservices exec -- $(PY) bench/close.py $(BENCH_ARGS)
+	$(PY) -m billing.devtools.servers exec -- $(PY) bench/close.py $(BENCH_ARGS)
 
 services: install
-	$(PY) -m billing.devservices start
+	$(PY) -m billing.devtools.servers start
 
 stop: install
-	$(PY) -m billing.devservices stop
+	$(PY) -m billing.devtools.servers stop
 
 lint: install
 	$(VENV)/bin/ruff check .

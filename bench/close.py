@@ -3,7 +3,7 @@ and through real Celery workers.
 
     make bench-close                                   # 10,000 subscriptions × 1,000 events
     make bench-close BENCH_ARGS="--quick"              # 500 × 100 (smoke test)
-    .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/close.py \
+    .venv/bin/python -m billing.devtools.servers exec -- .venv/bin/python bench/close.py \
         --subscriptions 2000 --events-per-subscription 500 --celery-modes 2x1 --keep
 
 Everything happens in throw-away databases, ``bench_close_<random>_…``, created next to the
@@ -262,7 +262,7 @@ def run_in_process(server_url: str, database: str, seed: Seed) -> RunResult:
 def run_celery(
     mode: str, server_url: str, database: str, seed: Seed, args: argparse.Namespace, log_dir: Path
 ) -> RunResult:
-    from billing.celery import app
+    from billing.project.celery import app
     from invoicing.tasks import close_due_periods
 
     count, concurrency = CELERY_MODES[mode]

@@ -3,7 +3,7 @@ PostgreSQL ceiling for the same rows, and the latency of /authorize.
 
     make bench-ingest                                  # 10 s per run
     make bench-ingest BENCH_ARGS="--quick"             # 2 s per run (smoke test)
-    .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ingest.py \
+    .venv/bin/python -m billing.devtools.servers exec -- .venv/bin/python bench/ingest.py \
         --seconds 20 --workers 5 --worker-class sync --keep
 
 Everything happens in a throw-away database, ``billing_bench_ingest`` (another name with
@@ -11,7 +11,7 @@ Everything happens in a throw-away database, ``billing_bench_ingest`` (another n
 through the services (meters on ``llm.completion``, a catalog-priced pay-as-you-go plan
 and a graduated one, four catalog rows, 200 customers: postpaid without a credit limit,
 every fifth prepaid with ample funds) and dropped at the end (``--keep`` leaves it). The
-product runs as it would in production: gunicorn serving ``billing.wsgi:application`` with
+product runs as it would in production: gunicorn serving ``billing.project.wsgi:application`` with
 several workers on 127.0.0.1, DEBUG off. Clients are OS processes (spawned; plain
 ``http.client`` with keep-alive, no Django) that send for a fixed time after a common
 start barrier. Scenarios:

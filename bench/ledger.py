@@ -2,7 +2,7 @@
 
     make bench-ledger                                  # 3 rounds of 5 s runs, 1, 4, 16 writers
     make bench-ledger BENCH_ARGS="--quick"             # 1 round of 1 s runs (smoke test)
-    .venv/bin/python -m billing.devservices exec -- .venv/bin/python bench/ledger.py \
+    .venv/bin/python -m billing.devtools.servers exec -- .venv/bin/python bench/ledger.py \
         --seconds 10 --writers 1,8,32 --keep
 
 Everything happens in a throw-away database, ``billing_bench`` (another name with

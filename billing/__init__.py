@@ -1,3 +1,3 @@
-from billing.celery import app as celery_app
+from billing.project.celery import app as celery_app
 
 __all__ = ("celery_app",)

@@ -1,4 +1,4 @@
-"""Shared fixtures. The suite runs on real PostgreSQL and Redis (see billing.devservices)."""
+"""Shared fixtures. The suite runs on real PostgreSQL and Redis (see billing.devtools.servers)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _celery_test_queue():
     """Tasks the tests enqueue without a worker (after-commit follow-ups) go to a queue of
     their own, emptied at the end, so that they never reach the broker's default queue a
     development worker (``make run``) consumes."""
-    from billing.celery import app
+    from billing.project.celery import app
 
     queue = f"tests-{uuid.uuid4().hex[:8]}"
     default = app.conf.task_default_queue

@@ -105,7 +105,7 @@ def test_beat_schedule_is_stored_in_the_database():
     from django_celery_beat.models import PeriodicTask
     from django_celery_beat.schedulers import DatabaseScheduler
 
-    from billing.celery import app
+    from billing.project.celery import app
 
     DatabaseScheduler(app=app)  # what `celery beat` does at start: sync the code's schedule
     deadline = time.monotonic() + 5

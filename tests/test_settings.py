@@ -19,7 +19,7 @@ from django.conf import settings as test_settings
 REPO = Path(__file__).resolve().parent.parent
 
 SHOW = (
-    "import json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'billing.settings'\n"
+    "import json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'billing.project.settings'\n"
     "from django.conf import settings as s\n"
     "print(json.dumps({'DEBUG': s.DEBUG, 'SECRET_KEY': s.SECRET_KEY, "
     "'ALLOWED_HOSTS': s.ALLOWED_HOSTS, 'PORTAL_BASE_URL': s.PORTAL_BASE_URL, "
@@ -130,23 +130,29 @@ def test_debug_is_on_only_when_asked_and_then_has_development_defaults(tmp_path)
 
 
 def test_the_development_commands_turn_debug_on(tmp_path):
-    """`make test`, the benchmarks (`billing.devservices exec`) and `make run` (the same
+    """`make test`, the benchmarks (`billing.devtools.servers exec`) and `make run` (the same
     services_for_command) run their commands with the development defaults; variables
     already set are kept."""
     show = [sys.executable, "-c", SHOW]
     env = {k: production_env()[k] for k in ("DATABASE_URL", "REDIS_URL")}
-    result = run([sys.executable, "-m", "billing.devservices", "exec", "--", *show], env, tmp_path)
+    result = run(
+        [sys.executable, "-m", "billing.devtools.servers", "exec", "--", *show], env, tmp_path
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["DEBUG"] is True
     assert loaded["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
     kept = {**env, "DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "k" * 50}
-    result = run([sys.executable, "-m", "billing.devservices", "exec", "--", *show], kept, tmp_path)
+    result = run(
+        [sys.executable, "-m", "billing.devtools.servers", "exec", "--", *show], kept, tmp_path
+    )
     assert json.loads(result.stdout.strip().splitlines()[-1])["DEBUG"] is False
 
 
 def test_pytest_runs_in_development_mode():
-    assert os.environ["DJANGO_DEBUG"] == "1"  # set by billing.testing before the settings
+    assert (
+        os.environ["DJANGO_DEBUG"] == "1"
+    )  # set by billing.devtools.pytest_plugin before the settings
 
 
 def test_check_deploy_is_clean_with_the_production_settings(tmp_path):

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 
-from billing import devservices  # imports no Django
+from billing.devtools import servers  # imports no Django
 
 
 def machine_facts() -> dict[str, Any]:
@@ -35,14 +35,14 @@ def machine_facts() -> dict[str, Any]:
 
 
 def database_origin(env_url: str | None, url: str) -> str:
-    """Was the server given from outside, or is it billing.devservices' embedded one?
-    (``devservices exec`` exports DATABASE_URL either way, so look at where it points.)"""
+    """Was the server given from outside, or is it billing.devtools.servers' embedded one?
+    (``servers exec`` exports DATABASE_URL either way, so look at where it points.)"""
     if env_url is None:
-        return "embedded (started from billing.devservices, DATABASE_URL unset)"
+        return "embedded (started from billing.devtools.servers, DATABASE_URL unset)"
     socket_dir = dict(parse_qsl(urlsplit(url).query)).get("host") or urlsplit(url).hostname
-    embedded_dir = devservices.data_dir() / "postgres"
+    embedded_dir = servers.data_dir() / "postgres"
     if socket_dir and Path(unquote(socket_dir)).resolve() == embedded_dir.resolve():
-        return f"embedded (billing.devservices, socket in {embedded_dir})"
+        return f"embedded (billing.devtools.servers, socket in {embedded_dir})"
     return "external (DATABASE_URL set)"
 
 
@@ -50,7 +50,7 @@ def server_url_and_facts() -> tuple[str, dict[str, Any]]:
     """The database server to use (DATABASE_URL, else the embedded one) and the machine's
     facts with where that server came from."""
     env_url = os.environ.get("DATABASE_URL")
-    server_url = env_url or devservices.database_url()
+    server_url = env_url or servers.database_url()
     machine = machine_facts()
     machine["database"] = database_origin(env_url, server_url)
     machine["database_embedded"] = machine["database"].startswith("embedded")

@@ -25,7 +25,7 @@ from typing import Any
 from bench.harness import REPO_DIR
 from bench.harness.report import progress
 
-SETTINGS_MODULE = "billing.settings"
+SETTINGS_MODULE = "billing.project.settings"
 START_TIMEOUT = 120.0  # for load processes to start and to reach a barrier
 SERVER_START_TIMEOUT = 60.0
 WORKER_START_TIMEOUT = 90.0
@@ -44,13 +44,13 @@ def django_environment(database_url: str) -> dict[str, str]:
 
 def setup_django(database_url: str) -> None:
     """Set Django up in this process on ``database_url``, DEBUG off. The addresses production
-    must be given (allowed hosts, the portal's URL) are filled in as ``devservices exec``
+    must be given (allowed hosts, the portal's URL) are filled in as ``servers exec``
     does, so that a benchmark also runs without it; REDIS_URL is exported for the processes
     started later, so that none of them tries to start an embedded Redis."""
-    from billing import devservices
+    from billing.devtools import servers
 
     os.environ.update(DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE=SETTINGS_MODULE)
-    devservices.use_development_environment()
+    servers.use_development_environment()
     os.environ["DJANGO_DEBUG"] = "0"
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret")
     import django
@@ -246,7 +246,7 @@ class HttpClient:
 
 
 class HttpServer:
-    """gunicorn serving billing.wsgi:application on 127.0.0.1, as in production (DEBUG off,
+    """gunicorn serving billing.project.wsgi:application on 127.0.0.1, as in production (DEBUG off,
     no autoreload), in its own session so that stop() ends it and all its workers."""
 
     def __init__(
@@ -277,7 +277,7 @@ class HttpServer:
             sys.executable,
             "-m",
             "gunicorn",
-            "billing.wsgi:application",
+            "billing.project.wsgi:application",
             f"--bind=127.0.0.1:{self.port}",
             f"--workers={self.workers}",
             f"--worker-class={self.worker_class}",
@@ -342,7 +342,7 @@ class HttpServer:
 # A worker of the product's Celery app; with BENCH_CELERY_QUEUE its default queue is that
 # one, so that the tasks it queues itself stay on the benchmark's queue. Run with -c.
 WORKER_BOOT = (
-    "import os, sys; from billing.celery import app; "
+    "import os, sys; from billing.project.celery import app; "
     "queue = os.environ.get('BENCH_CELERY_QUEUE'); "
     "queue and app.conf.__setitem__('task_default_queue', queue); "
     "reuse = os.environ.get('BENCH_CELERY_DB_REUSE_MAX'); "
@@ -419,7 +419,7 @@ class CeleryWorkers:
 
     def wait_ready(self) -> None:
         """Until every worker answers a ping (connected to the broker, consuming)."""
-        from billing.celery import app
+        from billing.project.celery import app
 
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         waiting = set(self.names)

@@ -23,9 +23,10 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.timezone import localtime
 
-from billing import jsonstrict, limits
+from billing import limits
 from billing.errors import BillingError
 from billing.models import PRICE_DIGITS, PRICE_PLACES
+from billing.web import jsonstrict
 from ledger.errors import LedgerError
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
 
@@ -181,7 +182,7 @@ class ServiceFormMixin(_ModelAdmin):
 
 
 def strict_json(text: str, *, path: str = "") -> Any:
-    """JSON typed into the admin, read as the API reads a body (``billing.jsonstrict``): a
+    """JSON typed into the admin, read as the API reads a body (``billing.web.jsonstrict``): a
     key written twice, NaN or a NUL character is a form error naming what is wrong."""
     try:
         return jsonstrict.loads(text, path=path)

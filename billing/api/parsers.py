@@ -13,7 +13,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 # The rules are shared with the admin's JSON fields.
-from billing.jsonstrict import _duplicate_path, _duplicated, _has_nul, _refuse_constant
+from billing.web.jsonstrict import _duplicate_path, _duplicated, _has_nul, _refuse_constant
 
 
 class ExactJSONParser(JSONParser):

@@ -16,8 +16,8 @@ import pytest
 from django.test import Client
 from django.urls import path
 
-from billing import urls as billing_urls
 from billing.api import authentication
+from billing.project import urls as billing_urls
 from tests.billing.conftest import make_client
 
 pytestmark = pytest.mark.django_db

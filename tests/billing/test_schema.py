@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, settings
 
 from billing import services
 from billing.models import OutboundEvent
+from billing.project.wsgi import application
 from billing.services import ChargeSpec, TierSpec
-from billing.wsgi import application
 from ledger import services as ledger
 from tests.factories import (
     APIKeyFactory,

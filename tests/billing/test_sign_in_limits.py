@@ -164,7 +164,7 @@ def test_a_mail_server_that_is_down_is_logged_not_a_500(settings, caplog):
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", closed_port(), 2
     known, unknown = an_email(), an_email()
     portal_member(known, password=None)
-    with caplog.at_level(logging.ERROR, logger="billing.portal.views"):
+    with caplog.at_level(logging.ERROR, logger="billing.portal.views.signin"):
         answers = {}
         for email in (known, unknown):
             response = Client(raise_request_exception=False, REMOTE_ADDR=an_address()).post(

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from django.test import Client
 
-from billing.spreadsheet import safe_cell
+from billing.portal.spreadsheet import safe_cell
 from tests.billing import test_portal as portal_tests
 from tests.invoicing.conftest import use
 

@@ -318,7 +318,7 @@ def test_the_payload_is_the_standard_webhooks_shape():
 def test_a_real_worker_delivers_after_a_500_and_a_timeout(receiver, monkeypatch):
     """The event's commit queues its fan-out; a real worker fans it out, sends it, gets a
     500, retries (a countdown on the broker), times out, retries, and succeeds."""
-    from billing.celery import app
+    from billing.project.celery import app
     from tests.test_celery import start_worker, stop_worker
 
     queue = app.conf.task_default_queue  # the tests' queue: the worker queues follow-ups there

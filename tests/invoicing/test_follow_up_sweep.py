@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from billing.celery import app
+from billing.project.celery import app
 from invoicing import services as invoicing
 from invoicing import tasks
 from invoicing.models import Invoice, InvoiceStatus

@@ -46,7 +46,7 @@ def member_client(customer: Customer, email: str) -> Client:
 
 
 def test_offline_payments_are_off_by_default():
-    from billing import settings as project_settings
+    from billing.project import settings as project_settings
 
     assert project_settings.PAYMENTS_OFFLINE is False or (
         # the environment of this run turned them on explicitly

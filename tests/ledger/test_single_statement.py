@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
-from billing.settings import database_from_url
+from billing.project.settings import database_from_url
 from ledger import errors, selectors, services
 from ledger.models import Entry
 from tests.conftest import unique

@@ -280,7 +280,7 @@ def test_a_crash_between_parts_keeps_each_event_pending_or_rated(
 @pytest.mark.django_db(transaction=True)
 def test_a_celery_worker_rates_what_was_accepted_without_being_asked(api, acme):
     """The acceptance queues the task itself (no beat here): a real worker on the broker."""
-    from billing.celery import app
+    from billing.project.celery import app
 
     inbox._clear_scheduled()
     worker = start_worker(app.conf.task_default_queue)

@@ -4,7 +4,7 @@ import os
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.project.settings")
 
 app = Celery("billing")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -34,7 +34,7 @@ def handler404(request, exception=None):
     """Unknown routes under /api/ answer in the API's error format, not HTML."""
     from django.views.defaults import page_not_found
 
-    from billing.middleware import json_error_for_api
+    from billing.web.middleware import json_error_for_api
 
     return json_error_for_api(request, 404) or page_not_found(request, exception)
 
@@ -43,6 +43,6 @@ def handler500(request):
     """A crash under /api/ answers in the API's error format (logged by Django), not HTML."""
     from django.views.defaults import server_error
 
-    from billing.middleware import json_error_for_api
+    from billing.web.middleware import json_error_for_api
 
     return json_error_for_api(request, 500) or server_error(request)

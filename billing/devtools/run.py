@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from billing import devservices
+from billing.devtools import servers
 
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
@@ -28,9 +28,9 @@ def _stop_on_sigterm(signum, frame):
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     python = sys.executable
-    manage = [python, str(devservices.REPO_DIR / "manage.py")]
-    with devservices.services_for_command():
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.settings")
+    manage = [python, str(servers.REPO_DIR / "manage.py")]
+    with servers.services_for_command():
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing.project.settings")
         # The demo pays offline (no money moves): an explicit opt-in, never a default.
         os.environ.setdefault("PAYMENTS_OFFLINE", "1")
         subprocess.run([*manage, "migrate", "--no-input"], check=True)
@@ -89,7 +89,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["run"]:
-        print("usage: python -m billing.dev run")
+    if sys.argv[1:]:
+        print("usage: python -m billing.devtools.run")
         sys.exit(2)
     sys.exit(main())

@@ -1,0 +1,218 @@
+"""Reads of the portal, always within one customer: its live subscription, the current
+period at a glance (meters used, spent, the invoice as it stands and its projection),
+the usage by day and by model, recent events and the usage export, credits that ended
+grants lost, invoices. Amounts are exact Decimals (the views format them), except where a
+rule of money says otherwise (``split_to_minor_units``, ``projected``)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from django.db.models import Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from billing.models import (
+    AllocationKind,
+    ConsumptionModel,
+    CreditAllocation,
+    Customer,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
+from invoicing.models import Invoice, InvoiceStatus
+from invoicing.money import minor_unit_exponent, to_minor_unit
+from invoicing.selectors import compute_invoice
+from ledger.models import Balance
+from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
+
+ZERO = Decimal(0)
+CREDITS = "CREDITS"
+OTHER_USAGE = "Other usage"  # the by-model table's row for usage no LLM model carries
+RECENT_EVENTS = 25
+EXPORT_DAYS_WITHOUT_SUBSCRIPTION = 90
+
+
+def live_subscription(customer: Customer) -> Subscription | None:
+    return (
+        Subscription.objects.select_related("plan", "customer")
+        .filter(customer=customer)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .first()
+    )
+
+
+def live_version(customer: Customer) -> str:
+    """Changes whenever anything the live fragments show changes: an ETag."""
+    wallet_ids = customer.wallets.values("account_id")
+    balance = Balance.objects.filter(account_id__in=wallet_ids).aggregate(v=Sum("version"))["v"]
+    last_event = Event.objects.filter(customer=customer).aggregate(m=Max("id"))["m"]
+    return hashlib.sha256(f"{balance}:{last_event}".encode()).hexdigest()[:16]
+
+
+def period_overview(subscription: Subscription) -> dict[str, Any]:
+    """The subscription's current period: ``meters`` (each charged meter, the quantity used
+    and the quantity the plan includes), ``spent`` (the usage charged so far in the plan's
+    money), ``upcoming`` (the invoice total as it stands) and ``projected``: that total plus
+    the usage so far continued at the same pace to the period end, with its tax (a period
+    that has ended but is not closed yet projects no further)."""
+    charges = {c.meter_id: c for c in subscription.plan.charges.select_related("meter")}
+    counters = PeriodUsage.objects.filter(
+        subscription=subscription, period_start=subscription.current_period_start
+    )
+    used = {c.meter_id: c for c in counters}
+    meters = [
+        {
+            "meter": charge.meter,
+            "quantity": used[meter_id].quantity if meter_id in used else ZERO,
+            "included": charge.included_quantity,
+        }
+        for meter_id, charge in charges.items()
+    ]
+    money = subscription.plan.currency
+    spent = sum((c.charged for c in counters if c.currency == money), ZERO)
+    upcoming = compute_invoice(
+        subscription=subscription,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+    )
+    start, end = subscription.current_period_start, subscription.current_period_end
+    elapsed = max(timezone.now() - start, timedelta(seconds=1))
+    factor = max(
+        Decimal(1),
+        Decimal((end - start) // timedelta(seconds=1)) / Decimal(elapsed // timedelta(seconds=1)),
+    )
+    more = spent * (factor - 1) * (1 + upcoming.tax_percentage / 100)
+    return {
+        "currency": money,
+        "period_start": start,
+        "period_end": end,
+        "meters": meters,
+        "spent": spent,
+        "upcoming": upcoming.total,
+        "projected": upcoming.total + to_minor_unit(more, money),
+    }
+
+
+def recent_events(customer: Customer, limit: int = RECENT_EVENTS) -> QuerySet[Event]:
+    return (
+        Event.objects.filter(customer=customer)
+        .select_related("ledger_transaction")
+        .order_by("-timestamp", "-id")[:limit]
+    )
+
+
+def usage_unit(plan: Plan) -> str:
+    """What the customer's usage is charged in: its credits on a credits plan (never shown
+    as the plan's money), else the plan's currency."""
+    return CREDITS if plan.consumption_model == ConsumptionModel.CREDITS else plan.currency
+
+
+def split_to_minor_units(amounts: list[Decimal], total: Decimal, currency: str) -> list[Decimal]:
+    """``amounts`` (exact, adding up to ``total``) rounded to the currency's minor unit so
+    that they add up to ``total`` rounded (half-even, as everywhere): each floored, and the
+    units left over given one each to the largest remainders (the first on a tie)."""
+    quantum = Decimal(1).scaleb(-minor_unit_exponent(currency))
+    floors = [amount.quantize(quantum, rounding=ROUND_FLOOR) for amount in amounts]
+    left = int((to_minor_unit(total, currency) - sum(floors, Decimal(0))) / quantum)
+    by_remainder = sorted(range(len(amounts)), key=lambda i: (floors[i] - amounts[i], i))
+    for i in by_remainder[:left]:
+        floors[i] += quantum
+    return floors
+
+
+def period_usage(subscription: Subscription) -> dict[str, Any]:
+    """This period's usage in the unit the customer is charged in (``unit``): ``days``
+    (charges and events by day), ``models`` (tokens and charges by model and day),
+    ``rows`` (by model, largest first, ``tokens`` None on an "other usage" row for usage of
+    meters no model carries) and ``total``, the period's usage as the ledger charged it:
+    each event's charge is what its period counters' rounded totals moved, so the rows add
+    up to it."""
+    start, unit = subscription.current_period_start, usage_unit(subscription.plan)
+    days = (
+        DailyUsage.objects.filter(subscription=subscription, period_start=start, currency=unit)
+        .values("day")
+        .annotate(amount=Sum("amount"), events=Sum("event_count"))
+        .order_by("day")
+    )
+    by_model = ModelUsage.objects.filter(
+        subscription=subscription, period_start=start, currency=unit
+    )
+    tokens = (
+        Sum("input_tokens")
+        + Sum("cache_read_tokens")
+        + Sum("cache_write_tokens")
+        + Sum("output_tokens")
+    )
+    models = (
+        by_model.values("model", "day")
+        .annotate(amount=Sum("amount"), tokens=tokens)
+        .order_by("day", "model")
+    )
+    totals = list(
+        by_model.values("model")
+        .annotate(amount=Sum("amount"), tokens=tokens)
+        .order_by("-amount", "model")
+    )
+    total = (
+        PeriodUsage.objects.filter(
+            Q(currency=unit) | Q(currency=""), subscription=subscription, period_start=start
+        ).aggregate(total=Sum("charged"))["total"]
+        or ZERO
+    )
+    rows: list[dict[str, Any]] = [
+        {"model": t["model"], "tokens": t["tokens"], "amount": t["amount"]} for t in totals
+    ]
+    other = total - sum((t["amount"] for t in totals), ZERO)
+    if other:
+        rows.append({"model": OTHER_USAGE, "tokens": None, "amount": other})
+    return {"unit": unit, "total": total, "rows": rows, "days": days, "models": models}
+
+
+def usage_export(customer: Customer) -> tuple[datetime, QuerySet[Event]]:
+    """The events a usage export holds, oldest first, and since when: the current period's
+    start, or the last 90 days for a customer without a live subscription."""
+    since = timezone.now() - timedelta(days=EXPORT_DAYS_WITHOUT_SUBSCRIPTION)
+    subscription = live_subscription(customer)
+    if subscription is not None:
+        since = subscription.current_period_start
+    events = (
+        Event.objects.filter(customer=customer, timestamp__gte=since)
+        .select_related("ledger_transaction")
+        .order_by("timestamp", "id")
+    )
+    return since, events
+
+
+def credits_lost_by_grant(customer: Customer) -> dict[int, Decimal]:
+    """What ended grants lost (expired or withdrawn) rather than spent, by grant id."""
+    return dict(
+        CreditAllocation.objects.filter(
+            grant__customer=customer, kind__in=[AllocationKind.EXPIRY, AllocationKind.VOID]
+        )
+        .values("grant_id")
+        .annotate(total=Sum("amount"))
+        .values_list("grant_id", "total")
+    )
+
+
+def customer_invoices(customer: Customer) -> QuerySet[Invoice]:
+    """The customer's invoices, newest period first; drafts are not theirs to see yet."""
+    return (
+        Invoice.objects.filter(customer=customer)
+        .exclude(status=InvoiceStatus.DRAFT)
+        .order_by("-period_start", "-id")
+    )
+
+
+def customer_invoice(customer: Customer, invoice_id: int) -> Invoice | None:
+    """One of the customer's invoices (not a draft), or None: another customer's id is no
+    different from an unknown one."""
+    return (
+        Invoice.objects.filter(pk=invoice_id, customer=customer)
+        .exclude(status=InvoiceStatus.DRAFT)
+        .first()
+    )

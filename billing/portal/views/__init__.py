@@ -1,0 +1,14 @@
+"""Portal pages, one module per page family. Thin: find the signed-in member's customer,
+read through ``billing.portal.selectors``, call one service, format for the template.
+Every object is looked up *within the customer*, so another customer's ids answer 404 and
+nothing leaks.
+
+- ``common``: ``portal_view`` (signed in as a portal member: ``request.customer``), money
+  as the pages show it;
+- ``signin``: the sign-in page, sign-in links by e-mail, signing out;
+- ``usage``: the overview (balances, the period at a glance), usage and its chart data,
+  the usage export, the live fragments;
+- ``credits``: credit grants by wallet;
+- ``invoices``: the invoice list, one invoice, its PDF, paying it;
+- ``account``: topping a wallet up, settings (the low-balance alert, a password).
+"""
