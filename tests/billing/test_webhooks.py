@@ -287,7 +287,7 @@ def test_two_workers_never_make_the_same_attempt(receiver):
 def test_the_default_schedule_spans_about_three_days():
     from django.conf import settings
 
-    from billing import settings as defaults
+    from billing.project import settings as defaults
 
     schedule = defaults.WEBHOOK_RETRY_SCHEDULE
     assert schedule[:5] == [5, 300, 1800, 7200, 18000]
