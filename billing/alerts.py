@@ -203,8 +203,6 @@ def create_alert(
 ) -> Alert:
     """A new alert definition; refused (``ValidationFailed``, ``plan_not_found``) when it
     does not make sense. Its states appear at the next evaluation."""
-    if kind == AlertKind.CREDITS_BELOW:
-        currency = ""  # always the CREDITS wallet
     _check_definition(
         kind=kind,
         scope=scope,
@@ -224,7 +222,7 @@ def create_alert(
         plan_code=plan_code,
         plan_version=plan_version,
         threshold=threshold,
-        currency=currency,
+        currency="" if kind == AlertKind.CREDITS_BELOW else currency,  # always CREDITS
         meter=meter,
         per_model=per_model,
         recipients=_recipients(recipients),
@@ -255,8 +253,6 @@ def update_alert(
     alert = Alert.objects.select_for_update().get(pk=alert.pk)
     new_threshold = alert.threshold if threshold is KEEP else threshold
     new_currency = alert.currency if currency is KEEP else currency
-    if alert.kind == AlertKind.CREDITS_BELOW:
-        new_currency = ""
     _check_definition(
         kind=alert.kind,
         scope=alert.scope,
@@ -268,6 +264,8 @@ def update_alert(
         meter=alert.meter,
         per_model=alert.per_model,
     )
+    if alert.kind == AlertKind.CREDITS_BELOW:
+        new_currency = ""  # always the CREDITS wallet
     rearm = new_threshold != alert.threshold or new_currency != alert.currency
     alert.threshold, alert.currency = new_threshold, new_currency
     if name is not KEEP:
@@ -425,7 +423,7 @@ ORDER BY t.alert_id, t.customer_id
 
 
 def run_targets_query(
-    sql: str, *, kind: str, customer_ids: Sequence[int] | None, **params: object
+    sql: str, *, kind: str, customer_ids: Sequence[int] | None, **params: Any
 ) -> list[tuple]:
     """Run a statement built on ``TARGETS_SQL`` (shared with ``metering.alerts``)."""
     with connection.cursor() as cursor:
@@ -518,7 +516,7 @@ def apply_observations(
     result.observed = len(ordered)
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start : start + CHUNK]
-        columns = {
+        columns: dict[str, Any] = {
             "a": [o.alert_id for o in chunk],
             "c": [o.customer_id for o in chunk],
             "k": [o.subject_key for o in chunk],

@@ -11,12 +11,14 @@ yet fails with a message saying which one to add to ``_path``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
+from billing import alerts
 from billing.api import query
 from billing.api import urls as api_urls
 from billing.models import Customer
@@ -84,6 +86,9 @@ def objects(api):
         "subscription_id": subscription.pk,
         "hold_id": hold.json()["id"],
         "invoice_id": invoice.pk,
+        "alert_id": alerts.create_alert(
+            kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
+        ).pk,
     }
 
 

@@ -30,7 +30,7 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
-from billing import services
+from billing import alerts, services
 from billing.services import ChargeSpec, TierSpec
 from billing.wsgi import application
 from ledger import services as ledger
@@ -123,6 +123,10 @@ def seeded(in_process_requests, model_prices, request):
     invoice = invoicing.close_period(
         subscription_id=subscription.pk, as_of=subscription.current_period_end
     ).invoice
+    alert = alerts.create_alert(
+        kind="balance_below", scope="customer", customer=customer, threshold=Decimal(5)
+    )
+    alerts.evaluate_wallet_alerts()  # a state for GET /customers/{external_id}/alerts
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
@@ -131,6 +135,7 @@ def seeded(in_process_requests, model_prices, request):
             "subscription_id": subscription.pk,
             "hold_id": hold.pk,
             "invoice_id": invoice.pk,
+            "alert_id": alert.pk,
         },
     }
 
