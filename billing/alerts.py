@@ -75,7 +75,7 @@ class AlertNotFound(errors.BillingError):
 # --- definitions ---------------------------------------------------------------------------
 
 
-def _recipients(values: Iterable[str]) -> list[str]:
+def clean_recipients(values: Iterable[str]) -> list[str]:
     cleaned: list[str] = []
     for value in values:
         address = str(value).strip()
@@ -111,7 +111,7 @@ def _check_threshold(kind: str, threshold: Decimal, currency: str) -> None:
     del currency
 
 
-def _check_definition(
+def check_definition(
     *,
     kind: str,
     scope: str,
@@ -203,7 +203,7 @@ def create_alert(
 ) -> Alert:
     """A new alert definition; refused (``ValidationFailed``, ``plan_not_found``) when it
     does not make sense. Its states appear at the next evaluation."""
-    _check_definition(
+    check_definition(
         kind=kind,
         scope=scope,
         customer=customer,
@@ -225,7 +225,7 @@ def create_alert(
         currency="" if kind == AlertKind.CREDITS_BELOW else currency,  # always CREDITS
         meter=meter,
         per_model=per_model,
-        recipients=_recipients(recipients),
+        recipients=clean_recipients(recipients),
         enabled=enabled,
         source=source,
     )
@@ -253,7 +253,7 @@ def update_alert(
     alert = Alert.objects.select_for_update().get(pk=alert.pk)
     new_threshold = alert.threshold if threshold is KEEP else threshold
     new_currency = alert.currency if currency is KEEP else currency
-    _check_definition(
+    check_definition(
         kind=alert.kind,
         scope=alert.scope,
         customer=alert.customer,
@@ -271,7 +271,7 @@ def update_alert(
     if name is not KEEP:
         alert.name = name.strip()
     if recipients is not KEEP:
-        alert.recipients = _recipients(recipients)
+        alert.recipients = clean_recipients(recipients)
     if enabled is not KEEP:
         alert.enabled = bool(enabled)
     alert.save()

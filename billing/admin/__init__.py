@@ -15,10 +15,13 @@ One module per model family, each registering its own admins on import:
   users (``portal_users``: invitations) on their page;
 - ``plans``: plan versions and publishing;
 - ``subscriptions``: subscribing and canceling;
-- ``api_keys``: API keys and the API's idempotency records.
+- ``api_keys``: API keys and the API's idempotency records;
+- ``alerts``: alert definitions, their states and their history (and the customer's
+  alerts on its page).
 """
 
 from billing.admin import (  # noqa: F401 - imported to register their admins
+    alerts,
     api_keys,
     credit_grants,
     customers,
