@@ -492,11 +492,14 @@ WHERE billing_alertstate.last_value IS DISTINCT FROM EXCLUDED.last_value
    OR billing_alertstate."limit" IS DISTINCT FROM EXCLUDED."limit"
 """
 
+# Equalities only (a state without a customer matched as customer 0), so that a plan alert's
+# thousands of subjects are matched by a hash join, not each against all of the alert's.
 _READ_STATES = """
 SELECT s.id, s.status, x.n
 FROM unnest(%(a)s::bigint[], %(c)s::bigint[], %(k)s::text[]) WITH ORDINALITY AS x(a, c, k, n)
 JOIN billing_alertstate s
-  ON s.alert_id = x.a AND s.customer_id IS NOT DISTINCT FROM x.c AND s.subject_key = x.k
+  ON s.alert_id = x.a AND COALESCE(s.customer_id, 0) = COALESCE(x.c, 0) AND s.subject_key = x.k
+WHERE s.alert_id = ANY(%(a)s::bigint[])
 """
 
 

@@ -6,10 +6,12 @@ low-balance setting kept in the new model, and the data migration of the old set
 
 from __future__ import annotations
 
+import io
 from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
@@ -339,3 +341,14 @@ def _migrate_the_old_setting():
     # Alerted already: it starts triggered, so the migration sends nothing again.
     assert (state.status, state.crossings, state.triggered_at) == ("triggered", 1, alerted_at)
     assert AlertFiring.objects.get(state=state).emailed_at == alerted_at
+
+
+def test_the_demo_seeds_alerts_and_initech_s_low_balance_fires():
+    call_command("seed_demo", stdout=io.StringIO())
+    call_command("seed_demo", stdout=io.StringIO())  # again: nothing twice
+    assert Alert.objects.count() == 2
+    initech = Customer.objects.get(external_id="initech")
+    assert alerts.evaluate_wallet_alerts(customer_ids=[initech.pk]).triggered != []
+    [active] = alerts.active_alerts(initech)
+    assert active.alert.source == AlertSource.PORTAL and active.last_value < D(50)
+    assert mail.outbox[-1].to == ["billing@initech.example"]

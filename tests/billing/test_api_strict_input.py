@@ -10,12 +10,14 @@ yet fails with a message saying which one to add to ``PATH_VALUES``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.urls import URLPattern, URLResolver
 
+from billing import alerts
 from billing.api import urls as api_urls
-from billing.models import Customer, Plan, PlanCharge, PriceTier
+from billing.models import Alert, Customer, Plan, PlanCharge, PriceTier
 from ledger.models import Hold
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import ChargeSpec, assert_error, post_raw
@@ -57,7 +59,10 @@ def world_objects(make_customer, make_meter, make_plan):
     meter = make_meter("strict_tokens")
     plan = make_plan("strict-plan", charges=(ChargeSpec(meter=meter.code),))
     subscription = SubscriptionFactory(customer=customer, plan=plan)
-    return {"customer": customer, "plan": plan, "subscription": subscription}
+    alert = alerts.create_alert(
+        kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
+    )
+    return {"customer": customer, "plan": plan, "subscription": subscription, "alert": alert}
 
 
 def _hold_id(api, customer: Customer) -> int:
@@ -72,6 +77,7 @@ def _path(api, route: str, objects: dict) -> str:
         "code": lambda: objects["plan"].code,
         "subscription_id": lambda: objects["subscription"].pk,
         "hold_id": lambda: _hold_id(api, objects["customer"]),
+        "alert_id": lambda: objects["alert"].pk,
     }
 
     def fill(match: re.Match) -> str:
@@ -82,7 +88,7 @@ def _path(api, route: str, objects: dict) -> str:
     return "/api/v1/" + re.sub(r"<(?:(\w+):)?(\w+)>", fill, route)
 
 
-def _state() -> tuple[int, ...]:
+def _state() -> tuple[object, ...]:
     return (
         Customer.objects.count(),
         Plan.objects.count(),
@@ -90,6 +96,7 @@ def _state() -> tuple[int, ...]:
         PriceTier.objects.count(),
         LedgerTransaction.objects.count(),
         Hold.objects.count(),
+        list(Alert.objects.values_list("id", "threshold", "recipients", "enabled")),
     )
 
 
