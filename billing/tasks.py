@@ -14,7 +14,8 @@ def purge_idempotency_records() -> int:
 
 @shared_task(acks_late=True)
 def check_low_balances() -> int:
-    """Beat, every minute: e-mail customers whose balance fell below their alert threshold."""
+    """The balance and credits alerts (``billing.alerts``). Beat now runs every kind with
+    ``metering.tasks.evaluate_alerts``; this name stays for messages queued before."""
     from billing import alerts
 
     return alerts.check_low_balances()

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from metering import inbox
+from metering import alerts, inbox
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -10,3 +10,10 @@ def rate_incoming_events() -> int:
     """Queued by each asynchronous acceptance (at most one waiting), and by beat every 10 s
     as a safety net: rate the pending incoming events (``metering.inbox``)."""
     return inbox.rate_until_empty()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def evaluate_alerts() -> int:
+    """Beat, every minute: every enabled alert evaluated (``metering.alerts``); a crossing
+    fires once however many runs overlap. Returns how many fired."""
+    return len(alerts.evaluate_alerts().triggered)

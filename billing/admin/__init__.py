@@ -17,9 +17,12 @@ One module per model family, each registering its own admins on import:
 - ``subscriptions``: subscribing and canceling;
 - ``api_keys``: API keys and the API's idempotency records;
 - ``webhooks``: webhook endpoints, deliveries with their attempt log, outbound events.
+- ``alerts``: alert definitions, their states and their history (and the customer's
+  alerts on its page).
 """
 
 from billing.admin import (  # noqa: F401 - imported to register their admins
+    alerts,
     api_keys,
     credit_grants,
     customers,

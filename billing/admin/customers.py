@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from billing import limits, selectors, services
+from billing.admin.alerts import CustomerAlertsMixin
 from billing.admin.common import (
     CURRENCY_RE,
     PriceField,
@@ -136,7 +137,12 @@ class SubscriptionStatusFilter(admin.SimpleListFilter):
 
 @admin.register(Customer)
 class CustomerAdmin(
-    CustomerMoneyViews, CustomerGrantViews, CustomerInviteView, ServiceFormMixin, admin.ModelAdmin
+    CustomerMoneyViews,
+    CustomerGrantViews,
+    CustomerInviteView,
+    CustomerAlertsMixin,
+    ServiceFormMixin,
+    admin.ModelAdmin,
 ):
     list_display = (
         "external_id",
@@ -166,10 +172,12 @@ class CustomerAdmin(
             },
         ),
         ("Credit grants", {"fields": ("credit_grants",)}),
+        ("Alerts", {"fields": ("customer_alerts",)}),
         ("Recent ledger activity", {"fields": ("recent_activity",)}),
     )
     readonly_fields = (
         "credit_grants",
+        "customer_alerts",
         "external_id",
         "currency",
         "billing_mode",

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import lists, views
+from billing.api import alerts, lists, views
 from billing.api import webhooks as webhook_api
 from invoicing import api as invoicing_api
 from metering.api import authorize, events, holds, ingest, model_prices, usage_report
@@ -13,6 +13,7 @@ urlpatterns = [
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),
+    path("customers/<str:external_id>/alerts", alerts.CustomerAlertsView.as_view()),
     path(
         "customers/<str:external_id>/upcoming-invoice",
         invoicing_api.UpcomingInvoiceView.as_view(),
@@ -32,6 +33,8 @@ urlpatterns = [
     path("meters", views.MeterListCreateView.as_view()),
     path("plans", views.PlanListCreateView.as_view()),
     path("plans/<slug:code>", views.PlanDetailView.as_view()),
+    path("alerts", alerts.AlertListCreateView.as_view()),
+    path("alerts/<int:alert_id>", alerts.AlertDetailView.as_view()),
     path("subscriptions", lists.SubscriptionListCreateView.as_view()),
     path("subscriptions/<int:subscription_id>", views.SubscriptionDetailView.as_view()),
     path("subscriptions/<int:subscription_id>/change", views.SubscriptionChangeView.as_view()),

@@ -27,6 +27,16 @@ Plan changes and cancellations are recorded as *phases* — which plan version a
 when to when — so that the period close can prorate the base fee exactly.
 """
 
+from billing.models.alerts import (
+    Alert,
+    AlertFiring,
+    AlertKind,
+    AlertScope,
+    AlertSource,
+    AlertState,
+    AlertStatus,
+    FiringAction,
+)
 from billing.models.api_keys import APIKey, IdempotencyRecord
 from billing.models.common import PRICE_DIGITS, PRICE_PLACES, price_field
 from billing.models.credits import (
@@ -100,4 +110,12 @@ __all__ = [
     "WebhookEndpoint",
     "WebhookDelivery",
     "WebhookAttempt",
+    "AlertKind",
+    "AlertScope",
+    "AlertSource",
+    "AlertStatus",
+    "FiringAction",
+    "Alert",
+    "AlertState",
+    "AlertFiring",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -33,17 +35,24 @@ class Customer(models.Model):
     tax_id = models.CharField(max_length=50, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
     stripe_customer_id = models.CharField(max_length=100, blank=True, default="")
-    # the portal's low-balance alert (set by the customer's users)
-    low_balance_threshold = price_field(
-        null=True, blank=True, help_text="E-mail when the available balance falls below this."
-    )
-    low_balance_email = models.EmailField(blank=True, default="")
-    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.external_id})"
+
+    # The portal's low-balance setting is an alert (billing.models.alerts, the one with
+    # source "portal"; migration 0011): read here for convenience (one query each); the
+    # portal reads it once through billing.alerts.portal_low_balance.
+    @property
+    def low_balance_threshold(self) -> Decimal | None:
+        setting = self.alerts.filter(source="portal").first()
+        return None if setting is None else setting.threshold
+
+    @property
+    def low_balance_email(self) -> str:
+        setting = self.alerts.filter(source="portal").first()
+        return ", ".join(setting.recipients) if setting is not None else ""
 
 
 class PortalMember(models.Model):

@@ -301,8 +301,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.process_pending_stripe_events",
         "schedule": crontab(minute="*/10"),
     },
-    "billing-low-balance-alerts": {
-        "task": "billing.tasks.check_low_balances",
+    # Alerts of every kind (billing.alerts, metering.alerts); each crossing fires once.
+    "billing-alerts": {
+        "task": "metering.tasks.evaluate_alerts",
         "schedule": crontab(),  # every minute
     },
     "billing-expire-credit-grants": {

@@ -11,13 +11,14 @@ yet fails with a message saying which one to add to ``_path``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
-from billing import webhooks
+from billing import alerts, webhooks
 from billing.api import query
 from billing.api import urls as api_urls
 from billing.models import Customer, OutboundEvent
@@ -91,6 +92,9 @@ def objects(api):
         "invoice_id": invoice.pk,
         "endpoint_id": endpoint.pk,
         "delivery_id": delivery.pk,
+        "alert_id": alerts.create_alert(
+            kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
+        ).pk,
     }
 
 

@@ -10,13 +10,15 @@ yet fails with a message saying which one to add to ``PATH_VALUES``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.urls import URLPattern, URLResolver
 
-from billing import outbox, webhooks
+from billing import alerts, outbox, webhooks
 from billing.api import urls as api_urls
 from billing.models import (
+    Alert,
     Customer,
     EventType,
     Plan,
@@ -66,7 +68,10 @@ def world_objects(make_customer, make_meter, make_plan):
     meter = make_meter("strict_tokens")
     plan = make_plan("strict-plan", charges=(ChargeSpec(meter=meter.code),))
     subscription = SubscriptionFactory(customer=customer, plan=plan)
-    return {"customer": customer, "plan": plan, "subscription": subscription}
+    alert = alerts.create_alert(
+        kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
+    )
+    return {"customer": customer, "plan": plan, "subscription": subscription, "alert": alert}
 
 
 def _hold_id(api, customer: Customer) -> int:
@@ -91,6 +96,7 @@ def _path(api, route: str, objects: dict) -> str:
         "hold_id": lambda: _hold_id(api, objects["customer"]),
         "endpoint_id": lambda: _endpoint_and_delivery()[0],
         "delivery_id": lambda: _endpoint_and_delivery()[1],
+        "alert_id": lambda: objects["alert"].pk,
     }
 
     def fill(match: re.Match) -> str:
@@ -101,7 +107,7 @@ def _path(api, route: str, objects: dict) -> str:
     return "/api/v1/" + re.sub(r"<(?:(\w+):)?(\w+)>", fill, route)
 
 
-def _state() -> tuple[int, ...]:
+def _state() -> tuple[object, ...]:
     return (
         Customer.objects.count(),
         Plan.objects.count(),
@@ -112,6 +118,7 @@ def _state() -> tuple[int, ...]:
         WebhookEndpoint.objects.count(),
         WebhookDelivery.objects.filter(manual_resend=False).count(),
         len(set(WebhookEndpoint.objects.values_list("secret", flat=True))),
+        list(Alert.objects.values_list("id", "threshold", "recipients", "enabled")),
     )
 
 

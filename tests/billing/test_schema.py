@@ -30,7 +30,7 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
-from billing import services
+from billing import alerts, services
 from billing.models import OutboundEvent
 from billing.project.wsgi import application
 from billing.services import ChargeSpec, TierSpec
@@ -131,6 +131,10 @@ def seeded(in_process_requests, model_prices, request):
     delivery = webhooks.resend_event(
         event_id=OutboundEvent.objects.latest("pk").pk, endpoint_id=endpoint.pk
     )
+    alert = alerts.create_alert(
+        kind="balance_below", scope="customer", customer=customer, threshold=Decimal(5)
+    )
+    alerts.evaluate_wallet_alerts()  # a state for GET /customers/{external_id}/alerts
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
@@ -141,6 +145,7 @@ def seeded(in_process_requests, model_prices, request):
             "invoice_id": invoice.pk,
             "endpoint_id": endpoint.pk,
             "delivery_id": delivery.pk,
+            "alert_id": alert.pk,
         },
     }
 

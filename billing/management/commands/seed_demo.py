@@ -19,8 +19,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from billing import services
-from billing.models import BillingMode, Customer, SubscriptionStatus
+from billing import alerts, services
+from billing.models import AlertKind, AlertScope, BillingMode, Customer, SubscriptionStatus
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
 from metering import rating
@@ -94,9 +94,30 @@ class Command(BaseCommand):
                 )
                 _seed_promotional_credits(customer)
         _seed_portal_users()
+        _seed_alerts()
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
+
+
+def _seed_alerts() -> None:
+    """Initech's low-balance setting (its 25 USD are below 50: the first beat fires it, the
+    e-mail on the console) and an alert on models that cost more than they earn."""
+    initech = Customer.objects.get(external_id="initech")
+    if alerts.portal_low_balance(initech) is None:
+        alerts.update_alert_settings(
+            customer=initech, threshold=Decimal(50), email="billing@initech.example"
+        )
+    name = "Demo: models losing money"
+    if not alerts.list_alerts().filter(name=name).exists():
+        alerts.create_alert(
+            name=name,
+            kind=AlertKind.NEGATIVE_MARGIN,
+            scope=AlertScope.ALL,
+            threshold=Decimal(0),
+            per_model=True,
+            recipients=["finance@seller.example"],
+        )
 
 
 DEMO_PORTAL_USERS = [

@@ -84,13 +84,14 @@ class AlertForm(forms.Form):
 @portal_view
 def portal_settings(request):
     customer = request.customer
+    current = alerts.portal_low_balance(customer)
     alert = AlertForm(
         request.POST if request.POST.get("form") == "alert" else None,
         initial={
             "threshold": None
-            if customer.low_balance_threshold is None
-            else to_minor_unit(customer.low_balance_threshold, customer.currency),
-            "email": customer.low_balance_email or request.user.email,
+            if current is None or current.threshold is None
+            else to_minor_unit(current.threshold, customer.currency),
+            "email": ", ".join(current.recipients) if current else request.user.email,
         },
     )
     password = SetPasswordForm(
