@@ -28,6 +28,12 @@ when to when — so that the period close can prorate the base fee exactly.
 """
 
 from billing.models.api_keys import APIKey, IdempotencyRecord
+from billing.models.auto_top_up import (
+    IN_FLIGHT_STATUSES,
+    AttemptStatus,
+    AutoTopUp,
+    AutoTopUpAttempt,
+)
 from billing.models.common import PRICE_DIGITS, PRICE_PLACES, price_field
 from billing.models.credits import (
     AllocationKind,
@@ -84,4 +90,8 @@ __all__ = [
     "CreditAllocation",
     "EventType",
     "OutboundEvent",
+    "AutoTopUp",
+    "AutoTopUpAttempt",
+    "AttemptStatus",
+    "IN_FLIGHT_STATUSES",
 ]
