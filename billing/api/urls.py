@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import lists, views
+from billing.api import auto_top_up, lists, views
 from invoicing import api as invoicing_api
 from metering.api import authorize, events, holds, ingest, model_prices, usage_report
 
@@ -9,6 +9,10 @@ urlpatterns = [
     path("customers/<str:external_id>", lists.CustomerDetailUpdateView.as_view()),
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
+    path(
+        "customers/<str:external_id>/wallets/<str:currency>/auto-top-up",
+        auto_top_up.AutoTopUpView.as_view(),
+    ),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),

@@ -19,6 +19,8 @@ the names below are its interface; which module holds each is the core's own bus
 
 from billing.services.api_keys import SECRET_PREFIX, create_api_key, hash_secret, revoke_api_key
 from billing.services.auto_top_up import (
+    MAX_AUTO_TOP_UP_FAILURES,
+    MAX_COOL_OFF_SECONDS,
     AutoTopUpNotFound,
     WalletNotPrepaid,
     available_balance_subquery,
@@ -80,6 +82,8 @@ from billing.services.wallets import (
 )
 
 __all__ = [
+    "MAX_AUTO_TOP_UP_FAILURES",
+    "MAX_COOL_OFF_SECONDS",
     "AutoTopUpNotFound",
     "WalletNotPrepaid",
     "available_balance_subquery",

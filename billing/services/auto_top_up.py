@@ -44,7 +44,7 @@ from billing.services.wallets import CREDITS
 from ledger.models import Balance
 
 MAX_COOL_OFF_SECONDS = 31 * 24 * 3600  # a month: a longer cool-off is a switched-off refill
-MAX_FAILURES_LIMIT = 100
+MAX_AUTO_TOP_UP_FAILURES = 100
 
 
 class AutoTopUpNotFound(errors.BillingError):
@@ -95,9 +95,9 @@ def _validate(
         raise errors.ValidationFailed(
             f"cool_off_seconds must be 0 to {MAX_COOL_OFF_SECONDS}", param="cool_off_seconds"
         )
-    if isinstance(max_failures, bool) or not 1 <= max_failures <= MAX_FAILURES_LIMIT:
+    if isinstance(max_failures, bool) or not 1 <= max_failures <= MAX_AUTO_TOP_UP_FAILURES:
         raise errors.ValidationFailed(
-            f"max_failures must be 1 to {MAX_FAILURES_LIMIT}", param="max_failures"
+            f"max_failures must be 1 to {MAX_AUTO_TOP_UP_FAILURES}", param="max_failures"
         )
 
 
