@@ -15,11 +15,14 @@ One module per model family, each registering its own admins on import:
   users (``portal_users``: invitations) on their page;
 - ``plans``: plan versions and publishing;
 - ``subscriptions``: subscribing and canceling;
-- ``api_keys``: API keys and the API's idempotency records.
+- ``api_keys``: API keys and the API's idempotency records;
+- ``auto_top_up``: wallets' auto top-ups (``billing.services.set_auto_top_up``) and their
+  attempts, read-only.
 """
 
 from billing.admin import (  # noqa: F401 - imported to register their admins
     api_keys,
+    auto_top_up,
     credit_grants,
     customers,
     plans,

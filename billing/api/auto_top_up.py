@@ -136,9 +136,9 @@ class AutoTopUpSerializer(serializers.ModelSerializer):
         return Money().to_representation(total)
 
     @extend_schema_field(AutoTopUpAttemptSerializer(many=True))
-    def get_recent_attempts(self, auto: AutoTopUp) -> list:
+    def get_recent_attempts(self, auto: AutoTopUp) -> list[dict]:
         attempts = auto.attempts.order_by("-id")[:RECENT_ATTEMPTS]
-        return AutoTopUpAttemptSerializer(attempts, many=True).data
+        return list(AutoTopUpAttemptSerializer(attempts, many=True).data)
 
 
 def _payload(auto: AutoTopUp) -> dict:
