@@ -5,11 +5,13 @@ is refused), stores the event under its unique id before anything else (a redeli
 recognised; nothing acknowledged is lost) and handles it. Handling is safe to repeat and
 to receive out of order, because every effect is keyed by Stripe's own ids:
 
-    payment_intent.succeeded     an invoice's payment, once per PaymentIntent
+    payment_intent.succeeded     an invoice's payment, once per PaymentIntent; an auto top-up's
+                                 charge, credited once per attempt (invoicing.auto_top_up)
     checkout.session.completed   an invoice paid on Checkout (the same PaymentIntent key),
                                  or a top-up credited once per session
     payment_intent.payment_failed  the attempt it names failed (an old or repeated failure
-                                 changes nothing; a paid invoice stays paid)
+                                 changes nothing; a paid invoice stays paid; an auto
+                                 top-up's attempt is failed and counted once)
     charge.refunded              the refunded total of a payment (cumulative, so a late or
                                  repeated event adds nothing): Dr @Refunds, Cr @StripeClearing
 
