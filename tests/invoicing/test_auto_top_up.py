@@ -403,3 +403,29 @@ def test_due_wallets_are_found_from_balance_rows_in_one_query(django_assert_num_
     with django_assert_num_queries(1):
         due = services.due_auto_top_ups(now=NOW)
     assert due == [AutoTopUp.objects.get(customer=low).pk]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_charges_an_attempt_once_though_the_task_is_delivered_twice(
+    stripe_server, monkeypatch
+):
+    from invoicing.tasks import charge_auto_top_up
+    from tests.test_celery import start_worker, stop_worker
+
+    customer = customer_with("2", card="pm_card_visa", server=stripe_server)
+    enable(customer)
+    [attempt_id] = auto_top_up.run_due(now=NOW)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_local")
+    monkeypatch.setenv("STRIPE_API_BASE", stripe_server.url)
+    monkeypatch.setenv("PAYMENTS_OFFLINE", "0")
+    queue = f"test-{unique('q')}"
+    worker = start_worker(queue)
+    try:
+        first = charge_auto_top_up.apply_async((attempt_id,), queue=queue)
+        second = charge_auto_top_up.apply_async((attempt_id,), queue=queue)
+        assert [first.get(timeout=60), second.get(timeout=60)] == ["succeeded", "succeeded"]
+    finally:
+        stop_worker(worker)
+    assert len(stripe_server.objects("payment_intent")) == 1
+    assert available(customer) == D("50")
