@@ -11,12 +11,14 @@ yet fails with a message saying which one to add to ``_path``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
+from billing import services
 from billing.api import query
 from billing.api import urls as api_urls
 from billing.models import Customer
@@ -78,12 +80,21 @@ def objects(api):
     customer = Customer.objects.get(pk=subscription.customer_id)
     hold = api.post("/api/v1/holds", {"customer": customer.external_id, "amount": "1"})
     assert hold.status_code == 201, hold.json()
+    # a prepaid CREDITS wallet with an auto top-up (the USD wallet here is postpaid)
+    services.set_auto_top_up(
+        wallet=services.ensure_wallet(customer=customer, currency="CREDITS"),
+        enabled=True,
+        threshold=Decimal(1000),
+        target=Decimal(5000),
+        monthly_cap=Decimal(50),
+    )
     return {
         "external_id": customer.external_id,
         "code": subscription.plan.code,
         "subscription_id": subscription.pk,
         "hold_id": hold.json()["id"],
         "invoice_id": invoice.pk,
+        "currency": "CREDITS",
     }
 
 
