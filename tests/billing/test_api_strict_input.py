@@ -15,7 +15,7 @@ import pytest
 from django.urls import URLPattern, URLResolver
 
 from billing.api import urls as api_urls
-from billing.models import Customer, Plan, PlanCharge, PriceTier
+from billing.models import AutoTopUp, Customer, Plan, PlanCharge, PriceTier
 from ledger.models import Hold
 from ledger.models import Transaction as LedgerTransaction
 from tests.billing.conftest import ChargeSpec, assert_error, post_raw
@@ -72,6 +72,7 @@ def _path(api, route: str, objects: dict) -> str:
         "code": lambda: objects["plan"].code,
         "subscription_id": lambda: objects["subscription"].pk,
         "hold_id": lambda: _hold_id(api, objects["customer"]),
+        "currency": lambda: "USD",
     }
 
     def fill(match: re.Match) -> str:
@@ -90,6 +91,7 @@ def _state() -> tuple[int, ...]:
         PriceTier.objects.count(),
         LedgerTransaction.objects.count(),
         Hold.objects.count(),
+        AutoTopUp.objects.count(),
     )
 
 
