@@ -38,6 +38,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import outbox
@@ -235,7 +236,7 @@ def process_attempt(*, attempt_id: int, now: datetime | None = None) -> AutoTopU
     attempt = AutoTopUpAttempt.objects.select_related("customer").get(pk=attempt_id)
     if attempt.status not in IN_FLIGHT_STATUSES:
         return attempt
-    if attempt.offline or payments.offline_mode():
+    if attempt.offline:  # started in offline mode: completed as it was recorded
         return complete_attempt(
             attempt_id=attempt.pk, received=attempt.amount, currency=attempt.charge_currency
         )[0]
@@ -472,11 +473,13 @@ def fail_attempt(
 
 
 def stalled_attempt_ids(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Attempts in flight that were last sent (or, never sent, created) ``STALE_AFTER`` ago
+    or more."""
     now = now or timezone.now()
+    cut = now - STALE_AFTER
     return list(
-        AutoTopUpAttempt.objects.filter(
-            status__in=IN_FLIGHT_STATUSES, created_at__lte=now - STALE_AFTER
-        )
+        AutoTopUpAttempt.objects.filter(status__in=IN_FLIGHT_STATUSES)
+        .filter(Q(sent_at__lte=cut) | Q(sent_at__isnull=True, created_at__lte=cut))
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
@@ -499,6 +502,9 @@ def resume_stalled(*, now: datetime | None = None) -> list[int]:
                 now=now,
             )
         else:
+            # sent again now: the next resumption waits another STALE_AFTER (a Stripe
+            # outage does not queue a task per attempt every beat run)
+            AutoTopUpAttempt.objects.filter(pk=attempt_id).update(sent_at=now)
             again.append(attempt_id)
     return again
 

@@ -163,10 +163,13 @@ def test_a_stalled_attempt_is_sent_again_with_its_key_and_charged_once(stripe_se
     customer = customer_with("0", card="pm_card_visa", server=stripe_server)
     enable(customer, threshold=D("5"), target=D("20"))
     [attempt_id] = auto_top_up.run_due(now=NOW)
-    first = auto_top_up.process_attempt(attempt_id=attempt_id)
+    first = auto_top_up.process_attempt(attempt_id=attempt_id, now=NOW)
     # pretend the first run never recorded its answer: back in flight
     AutoTopUpAttempt.objects.filter(pk=attempt_id).update(status=AttemptStatus.PROCESSING)
+    assert auto_top_up.resume_stalled(now=NOW + timedelta(minutes=4)) == []  # not stale yet
     assert auto_top_up.resume_stalled(now=NOW + timedelta(minutes=6)) == [attempt_id]
+    # sent again just now: the next beat run leaves it to that task
+    assert auto_top_up.resume_stalled(now=NOW + timedelta(minutes=7)) == []
     again = auto_top_up.process_attempt(attempt_id=attempt_id)
     assert again.status == AttemptStatus.SUCCEEDED
     assert again.payment_intent_id == first.payment_intent_id
@@ -429,3 +432,30 @@ def test_a_real_worker_charges_an_attempt_once_though_the_task_is_delivered_twic
         stop_worker(worker)
     assert len(stripe_server.objects("payment_intent")) == 1
     assert available(customer) == D("50")
+
+
+def test_an_attempt_without_an_answer_for_a_day_is_failed_and_a_late_success_still_credits(
+    stripe_server,
+):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    enable(customer, threshold=D("5"), target=D("20"))
+    [attempt_id] = auto_top_up.run_due(now=NOW)
+    assert auto_top_up.resume_stalled(now=NOW + timedelta(hours=23)) == []
+    attempt = AutoTopUpAttempt.objects.get(pk=attempt_id)
+    assert (attempt.status, attempt.failure_code) == (AttemptStatus.FAILED, "outcome_unknown")
+    # the charge had gone through after all: its webhook credits the wallet
+    stripe_id = Customer.objects.get(pk=customer.pk).stripe_customer_id
+    stripe_gateway.charge(
+        stripe_customer_id=stripe_id,
+        payment_method="pm_card_visa",
+        amount=attempt.amount,
+        currency="USD",
+        idempotency_key=attempt.idempotency_key,
+        metadata={"kind": "auto_top_up", "attempt_id": str(attempt.pk)},
+        description="late",
+    )
+    [succeeded] = stripe_server.events_of("payment_intent.succeeded")
+    assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
+    attempt.refresh_from_db()
+    assert attempt.status == AttemptStatus.SUCCEEDED and available(customer) == D("20")
+    assert AutoTopUp.objects.get(customer=customer).consecutive_failures == 0
