@@ -343,6 +343,8 @@ def _auto_top_up_paid(intent: dict[str, Any]) -> str:
     malformed = _malformed_money(intent.get("amount_received"), intent.get("currency"), "payment")
     if malformed:
         return malformed
+    if intent["amount_received"] == 0:
+        return NeedsReview(f"payment {intent['id']} says nothing was received; nothing booked")
     paid_currency = intent["currency"].upper()
     received = from_minor_units_int(intent["amount_received"], paid_currency)
     if paid_currency != attempt.charge_currency:

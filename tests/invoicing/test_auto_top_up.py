@@ -459,3 +459,28 @@ def test_an_attempt_without_an_answer_for_a_day_is_failed_and_a_late_success_sti
     attempt.refresh_from_db()
     assert attempt.status == AttemptStatus.SUCCEEDED and available(customer) == D("20")
     assert AutoTopUp.objects.get(customer=customer).consecutive_failures == 0
+
+
+def test_a_success_webhook_saying_nothing_was_received_credits_nothing(stripe_server):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    enable(customer)
+    [attempt_id] = auto_top_up.run_due(now=NOW)
+    intent = {
+        "id": "pi_zero",
+        "object": "payment_intent",
+        "amount": 5000,
+        "amount_received": 0,
+        "currency": "usd",
+        "status": "succeeded",
+        "metadata": {"kind": "auto_top_up", "attempt_id": str(attempt_id)},
+    }
+    event = {
+        "id": "evt_zero",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {"object": intent},
+    }
+    body = post_event(stripe_server, event)
+    assert body["status"] == "needs_review" and "nothing was received" in body["outcome"]
+    assert AutoTopUpAttempt.objects.get(pk=attempt_id).status == AttemptStatus.PENDING
+    assert available(customer) == D("0")
