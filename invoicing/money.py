@@ -10,7 +10,7 @@ is posted to the ledger's ``@Rounding`` account (see ``invoicing.models``).
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal
 
 ROUNDING = ROUND_HALF_EVEN
 _CONTEXT = Context(prec=80)
@@ -43,6 +43,12 @@ def to_minor_unit(amount: Decimal, currency: str) -> Decimal:
 def floor_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
     """The whole minor units in ``amount`` (towards zero): what a balance can pay."""
     return amount.quantize(_quantum(currency), rounding=ROUND_DOWN, context=_CONTEXT)
+
+
+def ceil_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` rounded up to the currency's minor unit: what a charge must ask for so
+    that at least ``amount`` is received (an auto top-up's refill)."""
+    return amount.quantize(_quantum(currency), rounding=ROUND_CEILING, context=_CONTEXT)
 
 
 def to_minor_units_int(amount: Decimal, currency: str) -> int:

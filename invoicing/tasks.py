@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils.dateparse import parse_datetime
 
-from invoicing import services
+from invoicing import auto_top_up, services
 
 
 def _as_of(value: str | None):
@@ -82,3 +82,24 @@ def process_pending_stripe_events() -> int:
     from invoicing import webhooks
 
     return webhooks.process_pending()
+
+
+@shared_task(acks_late=True)
+def run_auto_top_ups() -> int:
+    """Beat, every 30 seconds: start an auto top-up attempt for each wallet below its
+    threshold, and queue the charge of each (and of attempts a lost task left in flight)."""
+    started = auto_top_up.run_due()
+    for attempt_id in [*started, *auto_top_up.resume_stalled()]:
+        charge_auto_top_up.delay_on_commit(attempt_id)
+    return len(started)
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=auto_top_up.TRANSIENT_STRIPE_ERRORS,
+    retry_backoff=True,
+    max_retries=5,
+)
+def charge_auto_top_up(attempt_id: int) -> str:
+    """Charge one attempt; safe to run twice (the attempt's Stripe idempotency key)."""
+    return auto_top_up.process_attempt(attempt_id=attempt_id).status

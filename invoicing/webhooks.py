@@ -5,11 +5,13 @@ is refused), stores the event under its unique id before anything else (a redeli
 recognised; nothing acknowledged is lost) and handles it. Handling is safe to repeat and
 to receive out of order, because every effect is keyed by Stripe's own ids:
 
-    payment_intent.succeeded     an invoice's payment, once per PaymentIntent
+    payment_intent.succeeded     an invoice's payment, once per PaymentIntent; an auto top-up's
+                                 charge, credited once per attempt (invoicing.auto_top_up)
     checkout.session.completed   an invoice paid on Checkout (the same PaymentIntent key),
                                  or a top-up credited once per session
     payment_intent.payment_failed  the attempt it names failed (an old or repeated failure
-                                 changes nothing; a paid invoice stays paid)
+                                 changes nothing; a paid invoice stays paid; an auto
+                                 top-up's attempt is failed and counted once)
     charge.refunded              the refunded total of a payment (cumulative, so a late or
                                  repeated event adds nothing): Dr @Refunds, Cr @StripeClearing
 
@@ -43,7 +45,7 @@ from billing import limits
 from billing import services as billing_services
 from billing.errors import BillingError
 from billing.models import Customer
-from invoicing import errors, services
+from invoicing import auto_top_up, errors, services
 from invoicing.models import (
     Invoice,
     InvoiceStatus,
@@ -321,6 +323,8 @@ def _record_invoice_payment(invoice_id: str, intent_id: str, amount: Any, curren
 
 def payment_intent_succeeded(intent: dict[str, Any]) -> str:
     meta = _metadata(intent)
+    if meta.get("kind") == "auto_top_up":
+        return _auto_top_up_paid(intent)
     if meta.get("kind") != "invoice":
         return "not an invoice payment"
     # What was received, never what was asked (``amount``): a PaymentIntent always has it.
@@ -328,11 +332,55 @@ def payment_intent_succeeded(intent: dict[str, Any]) -> str:
     return _record_invoice_payment(meta["invoice_id"], intent["id"], received, intent["currency"])
 
 
+def _auto_top_up_paid(intent: dict[str, Any]) -> str:
+    """An auto top-up's charge succeeded: the attempt credits its wallet once, whether the
+    synchronous answer (``invoicing.auto_top_up.process_attempt``) came first or not."""
+    attempt = auto_top_up.attempt_of(intent)
+    if attempt is None:
+        return NeedsReview(
+            f"auto top-up payment {intent.get('id')} names no known attempt; nothing booked"
+        )
+    malformed = _malformed_money(intent.get("amount_received"), intent.get("currency"), "payment")
+    if malformed:
+        return malformed
+    if intent["amount_received"] == 0:
+        return NeedsReview(f"payment {intent['id']} says nothing was received; nothing booked")
+    paid_currency = intent["currency"].upper()
+    received = from_minor_units_int(intent["amount_received"], paid_currency)
+    if paid_currency != attempt.charge_currency:
+        why = (
+            f"{received} {paid_currency} paid for auto top-up attempt {attempt.pk} "
+            f"charged in {attempt.charge_currency}"
+        )
+        _hold_unapplied(
+            reference=f"stripe:{intent['id']}", amount=received, currency=paid_currency, why=why
+        )
+        return NeedsReview(f"currency mismatch: {why}; held on {UNAPPLIED}, not credited")
+    _, outcome = auto_top_up.complete_attempt(
+        attempt_id=attempt.pk,
+        payment_intent_id=intent["id"],
+        received=received,
+        currency=paid_currency,
+    )
+    return NeedsReview(outcome) if outcome.startswith("amount mismatch") else outcome
+
+
 def payment_intent_failed(intent: dict[str, Any]) -> str:
     meta = _metadata(intent)
+    error = intent.get("last_payment_error") or {}
+    if meta.get("kind") == "auto_top_up":
+        attempt = auto_top_up.attempt_of(intent)
+        if attempt is None:
+            return NeedsReview(f"auto top-up payment {intent.get('id')} names no known attempt")
+        auto_top_up.fail_attempt(
+            attempt_id=attempt.pk,
+            code=str(error.get("code") or "payment_failed"),
+            message=str(error.get("message") or "payment failed"),
+            payment_intent_id=intent.get("id"),
+        )
+        return "auto top-up failure recorded"
     if meta.get("kind") != "invoice":
         return "not an invoice payment"
-    error = intent.get("last_payment_error") or {}
     services.record_payment_failure(
         invoice_id=int(meta["invoice_id"]),
         attempt=int(meta.get("attempt", "1")),
@@ -450,7 +498,7 @@ def charge_refunded(charge: dict[str, Any]) -> str:
             .first()
         )
         if payment is None:
-            if kind == "top_up":
+            if kind in ("top_up", "auto_top_up"):
                 return NeedsReview(f"refund of top-up payment {intent_id}: not booked")
             if kind not in (None, "invoice"):
                 return "no payment of ours"

@@ -19,11 +19,14 @@ One module per model family, each registering its own admins on import:
 - ``webhooks``: webhook endpoints, deliveries with their attempt log, outbound events.
 - ``alerts``: alert definitions, their states and their history (and the customer's
   alerts on its page).
+- ``auto_top_up``: wallets' auto top-ups (``billing.services.set_auto_top_up``) and their
+  attempts, read-only.
 """
 
 from billing.admin import (  # noqa: F401 - imported to register their admins
     alerts,
     api_keys,
+    auto_top_up,
     credit_grants,
     customers,
     plans,

@@ -11,10 +11,12 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
 
 from billing import services
 from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money
-from billing.models import BillingMode, Customer, Wallet
+from billing.models import AutoTopUp, BillingMode, Customer, Wallet
 from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyInline
 
@@ -40,9 +42,23 @@ class WalletInline(ReadOnlyInline):
         "posted",
         "held",
         "available",
+        "auto_top_up_link",
     )
     readonly_fields = fields
     show_change_link = False
+
+    @admin.display(description="auto top-up")
+    def auto_top_up_link(self, wallet):
+        if wallet.billing_mode != BillingMode.PREPAID:
+            return "—"
+        auto = AutoTopUp.objects.filter(wallet=wallet).first()
+        if auto is None:
+            url = reverse("admin:billing_autotopup_add") + f"?wallet={wallet.pk}"
+            return format_html('<a href="{}">set up</a>', url)
+        label = (
+            f"on: below {money(auto.threshold)} → {money(auto.target)}" if auto.enabled else "off"
+        )
+        return admin_link(auto, label)
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("account").order_by("currency")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import alerts, lists, views
+from billing.api import alerts, auto_top_up, lists, views
 from billing.api import webhooks as webhook_api
 from invoicing import api as invoicing_api
 from metering.api import authorize, events, holds, ingest, model_prices, usage_report
@@ -10,6 +10,10 @@ urlpatterns = [
     path("customers/<str:external_id>", lists.CustomerDetailUpdateView.as_view()),
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
+    path(
+        "customers/<str:external_id>/wallets/<str:currency>/auto-top-up",
+        auto_top_up.AutoTopUpView.as_view(),
+    ),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),

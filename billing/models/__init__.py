@@ -38,6 +38,12 @@ from billing.models.alerts import (
     FiringAction,
 )
 from billing.models.api_keys import APIKey, IdempotencyRecord
+from billing.models.auto_top_up import (
+    IN_FLIGHT_STATUSES,
+    AttemptStatus,
+    AutoTopUp,
+    AutoTopUpAttempt,
+)
 from billing.models.common import PRICE_DIGITS, PRICE_PLACES, price_field
 from billing.models.credits import (
     AllocationKind,
@@ -118,4 +124,8 @@ __all__ = [
     "Alert",
     "AlertState",
     "AlertFiring",
+    "AutoTopUp",
+    "AutoTopUpAttempt",
+    "AttemptStatus",
+    "IN_FLIGHT_STATUSES",
 ]

@@ -297,6 +297,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.retry_due_payments",
         "schedule": crontab(minute=31),  # hourly
     },
+    # Auto top-up: wallets below their threshold are refilled by charging the saved card
+    # (invoicing.auto_top_up); a wallet waits at most this long after falling below.
+    "invoicing-run-auto-top-ups": {
+        "task": "invoicing.tasks.run_auto_top_ups",
+        "schedule": 30.0,  # seconds
+    },
     "invoicing-process-stripe-events": {
         "task": "invoicing.tasks.process_pending_stripe_events",
         "schedule": crontab(minute="*/10"),

@@ -10,6 +10,7 @@
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
     api_keys       create_api_key, revoke_api_key, hash_secret
     idempotency    purge_idempotency_records
+    auto_top_up    set_auto_top_up, get_auto_top_up, due_auto_top_ups, charge_currency
 
 The rest of the project calls the core's writes through this package (``from billing import
 services``: the API, the portal, the admin, the commands, metering, invoicing, the tests):
@@ -17,6 +18,17 @@ the names below are its interface; which module holds each is the core's own bus
 """
 
 from billing.services.api_keys import SECRET_PREFIX, create_api_key, hash_secret, revoke_api_key
+from billing.services.auto_top_up import (
+    MAX_AUTO_TOP_UP_FAILURES,
+    MAX_COOL_OFF_SECONDS,
+    AutoTopUpNotFound,
+    WalletNotPrepaid,
+    available_balance_subquery,
+    charge_currency,
+    due_auto_top_ups,
+    get_auto_top_up,
+    set_auto_top_up,
+)
 from billing.services.customers import (
     CUSTOMER_EDITABLE,
     KEEP,
@@ -71,6 +83,15 @@ from billing.services.wallets import (
 )
 
 __all__ = [
+    "MAX_AUTO_TOP_UP_FAILURES",
+    "MAX_COOL_OFF_SECONDS",
+    "AutoTopUpNotFound",
+    "WalletNotPrepaid",
+    "available_balance_subquery",
+    "charge_currency",
+    "due_auto_top_ups",
+    "get_auto_top_up",
+    "set_auto_top_up",
     "ADJUSTMENTS",
     "CATALOG_METER_PROPERTIES",
     "CREDITS",

@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
-from billing import alerts, webhooks
+from billing import alerts, services, webhooks
 from billing.api import query
 from billing.api import urls as api_urls
 from billing.models import Customer, OutboundEvent
@@ -84,6 +84,14 @@ def objects(api):
     delivery = webhooks.resend_event(
         event_id=OutboundEvent.objects.latest("pk").pk, endpoint_id=endpoint.pk
     )
+    # a prepaid CREDITS wallet with an auto top-up (the USD wallet here is postpaid)
+    services.set_auto_top_up(
+        wallet=services.ensure_wallet(customer=customer, currency="CREDITS"),
+        enabled=True,
+        threshold=Decimal(1000),
+        target=Decimal(5000),
+        monthly_cap=Decimal(50),
+    )
     return {
         "external_id": customer.external_id,
         "code": subscription.plan.code,
@@ -95,6 +103,7 @@ def objects(api):
         "alert_id": alerts.create_alert(
             kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
         ).pk,
+        "currency": "CREDITS",
     }
 
 

@@ -19,6 +19,7 @@ from billing import alerts, outbox, webhooks
 from billing.api import urls as api_urls
 from billing.models import (
     Alert,
+    AutoTopUp,
     Customer,
     EventType,
     Plan,
@@ -97,6 +98,7 @@ def _path(api, route: str, objects: dict) -> str:
         "endpoint_id": lambda: _endpoint_and_delivery()[0],
         "delivery_id": lambda: _endpoint_and_delivery()[1],
         "alert_id": lambda: objects["alert"].pk,
+        "currency": lambda: "USD",
     }
 
     def fill(match: re.Match) -> str:
@@ -119,6 +121,7 @@ def _state() -> tuple[object, ...]:
         WebhookDelivery.objects.filter(manual_resend=False).count(),
         len(set(WebhookEndpoint.objects.values_list("secret", flat=True))),
         list(Alert.objects.values_list("id", "threshold", "recipients", "enabled")),
+        AutoTopUp.objects.count(),
     )
 
 

@@ -118,6 +118,14 @@ def seeded(in_process_requests, model_prices, request):
         destination=ledger.ensure_system_account(code="@Revenue", currency="USD"),
         amount=Decimal("1.5"),
     )
+    # a prepaid CREDITS wallet with an auto top-up, for the auto-top-up routes' 200 paths
+    services.set_auto_top_up(
+        wallet=services.ensure_wallet(customer=customer, currency="CREDITS"),
+        enabled=True,
+        threshold=Decimal(1000),
+        target=Decimal(5000),
+        monthly_cap=Decimal(50),
+    )
     # a draft invoice of the period so far (closed as of its end; the subscription rolls on)
     from invoicing import services as invoicing
 
@@ -146,6 +154,7 @@ def seeded(in_process_requests, model_prices, request):
             "endpoint_id": endpoint.pk,
             "delivery_id": delivery.pk,
             "alert_id": alert.pk,
+            "currency": "CREDITS",
         },
     }
 

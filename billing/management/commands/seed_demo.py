@@ -3,6 +3,8 @@ four customers — prepaid, postpaid, metered and credits — with subscriptions
 ``HISTORY_DAYS`` ago and usage in their first period, which has therefore ended: the
 period close (beat, or "Close due periods" in the admin) invoices it at once.
 
+initech's wallet has an auto top-up (offline in the demo): the first beat run refills it.
+
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
 
@@ -20,7 +22,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import alerts, services
-from billing.models import AlertKind, AlertScope, BillingMode, Customer, SubscriptionStatus
+from billing.models import (
+    AlertKind,
+    AlertScope,
+    AutoTopUp,
+    BillingMode,
+    Customer,
+    SubscriptionStatus,
+)
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
 from metering import rating
@@ -37,6 +46,17 @@ DEMO_CUSTOMERS = [
     ("hooli", "Hooli Search", BillingMode.PREPAID, None, "credits", None),
 ]
 DEMO_CREDITS = {"hooli": Decimal("250000")}  # prepaid credit packs
+# An auto top-up (made once; finance may change it afterwards): initech's wallet starts at
+# 25.00 and its first period's usage takes it below the threshold, so the first beat run
+# (every 30 s) refills it — offline in the demo (PAYMENTS_OFFLINE), by card with Stripe.
+DEMO_AUTO_TOP_UPS = {
+    "initech": {
+        "threshold": Decimal("25.00"),
+        "target": Decimal("40.00"),
+        "monthly_cap": Decimal("200.00"),
+        "cool_off_seconds": 60,
+    }
+}
 HISTORY_DAYS = 33  # the first monthly period has ended when the demo starts
 HISTORY_EVENTS = 40  # LLM calls per customer in that period
 
@@ -93,6 +113,8 @@ class Command(BaseCommand):
                     description="Demo: credit pack",
                 )
                 _seed_promotional_credits(customer)
+            if external_id in DEMO_AUTO_TOP_UPS:
+                _seed_auto_top_up(customer, DEMO_AUTO_TOP_UPS[external_id])
         _seed_portal_users()
         _seed_alerts()
         accepted = _seed_history(started)
@@ -140,6 +162,12 @@ def _seed_promotional_credits(customer: Customer) -> None:
         expires_at=timezone.now() + timedelta(days=14),
         reference="demo-welcome",
     )
+
+
+def _seed_auto_top_up(customer: Customer, settings: dict) -> None:
+    wallet = services.wallet_for(customer=customer)
+    if not AutoTopUp.objects.filter(wallet=wallet).exists():
+        services.set_auto_top_up(wallet=wallet, enabled=True, **settings)
 
 
 DEMO_PORTAL_PASSWORD = "portal-demo"
