@@ -38,6 +38,13 @@ from billing.models.credits import (
 )
 from billing.models.customers import BillingMode, Customer, PortalMember, Wallet
 from billing.models.outbox import EventType, OutboundEvent
+from billing.models.plan_credits import (
+    GrantCadence,
+    GrantExpiry,
+    PlanCreditGrant,
+    Rollover,
+    SubscriptionCreditGrant,
+)
 from billing.models.plans import (
     Aggregation,
     ConsumptionModel,
@@ -84,4 +91,9 @@ __all__ = [
     "CreditAllocation",
     "EventType",
     "OutboundEvent",
+    "GrantCadence",
+    "GrantExpiry",
+    "Rollover",
+    "PlanCreditGrant",
+    "SubscriptionCreditGrant",
 ]
