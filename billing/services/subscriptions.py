@@ -97,6 +97,11 @@ def create_subscription(
     SubscriptionPhase.objects.create(subscription=subscription, plan=plan, starts_at=start)
     if plan.consumption_model == ConsumptionModel.CREDITS:
         ensure_wallet(customer=customer, currency=CREDITS)  # so credits can be bought
+    # The plan's recurring credits for the period under way, with the subscription (beat's
+    # grant_plan_credits makes the later ones).
+    from billing import plan_credits
+
+    plan_credits.grant_for(subscription_id=subscription.pk, now=now)
     return subscription
 
 
