@@ -111,7 +111,7 @@ def _take_back(
             CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True).first()
         )
         if customer_id is None:
-            raise errors.InvoicingNotFound(f"no credit grant {grant_id}", param="grant")
+            raise errors.CreditGrantNotFound(f"no credit grant {grant_id}", param="grant")
         billing_services.lock_customer_usage([customer_id])  # before the grant: lock order
         grant = (
             CreditGrant.objects.select_for_update(of=("self",))

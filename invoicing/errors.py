@@ -88,3 +88,7 @@ class RefundFailed(InvoicingError):
     code = "refund_failed"
     http_status = 502
     error_type = "api_error"
+
+
+class CreditGrantNotFound(InvoicingNotFound):
+    code = "credit_grant_not_found"

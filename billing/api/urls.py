@@ -10,6 +10,10 @@ urlpatterns = [
     path("customers/<str:external_id>/balance", views.CustomerBalanceView.as_view()),
     path("customers/<str:external_id>/top-ups", views.TopUpView.as_view()),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
+    path(
+        "customers/<str:external_id>/credit-grants/<int:grant_id>/refund",
+        invoicing_api.CreditGrantRefundView.as_view(),
+    ),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),
     path(
