@@ -10,6 +10,7 @@ yet fails with a message saying which one to add to ``PATH_VALUES``.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.urls import URLPattern, URLResolver
@@ -66,12 +67,22 @@ def _hold_id(api, customer: Customer) -> int:
     return response.json()["id"]
 
 
+def _grant_id(customer) -> int:
+    """A purchased credit grant of the customer (credits bought: refundable)."""
+    from billing import services
+
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    posted = services.top_up(customer=customer, amount=Decimal(10), currency="CREDITS")
+    return posted.credit_grant.pk
+
+
 def _path(api, route: str, objects: dict) -> str:
     values = {
         "external_id": lambda: objects["customer"].external_id,
         "code": lambda: objects["plan"].code,
         "subscription_id": lambda: objects["subscription"].pk,
         "hold_id": lambda: _hold_id(api, objects["customer"]),
+        "grant_id": lambda: _grant_id(objects["customer"]),
     }
 
     def fill(match: re.Match) -> str:
