@@ -6,60 +6,206 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0009_outbound_events'),
+        ("billing", "0009_outbound_events"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='creditallocation',
-            name='kind',
-            field=models.CharField(choices=[('usage', 'Usage'), ('expiry', 'Expiry'), ('void', 'Voided'), ('adjustment', 'Adjustment'), ('invoice', 'Invoice paid from the balance'), ('refund', 'Refunded')], max_length=12),
+            model_name="creditallocation",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("usage", "Usage"),
+                    ("expiry", "Expiry"),
+                    ("void", "Voided"),
+                    ("adjustment", "Adjustment"),
+                    ("invoice", "Invoice paid from the balance"),
+                    ("refund", "Refunded"),
+                ],
+                max_length=12,
+            ),
         ),
         migrations.AlterField(
-            model_name='creditgrant',
-            name='source',
-            field=models.CharField(choices=[('purchase', 'Purchase (credit pack or top-up)'), ('promotional', 'Promotional (free)'), ('adjustment', 'Adjustment by finance staff'), ('plan', 'Plan allowance (recurring)')], max_length=12),
+            model_name="creditgrant",
+            name="source",
+            field=models.CharField(
+                choices=[
+                    ("purchase", "Purchase (credit pack or top-up)"),
+                    ("promotional", "Promotional (free)"),
+                    ("adjustment", "Adjustment by finance staff"),
+                    ("plan", "Plan allowance (recurring)"),
+                ],
+                max_length=12,
+            ),
         ),
         migrations.AlterField(
-            model_name='creditgrant',
-            name='status',
-            field=models.CharField(choices=[('active', 'Active'), ('depleted', 'Used up'), ('expired', 'Expired'), ('voided', 'Voided'), ('refunded', 'Refunded')], default='active', max_length=10),
+            model_name="creditgrant",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("active", "Active"),
+                    ("depleted", "Used up"),
+                    ("expired", "Expired"),
+                    ("voided", "Voided"),
+                    ("refunded", "Refunded"),
+                ],
+                default="active",
+                max_length=10,
+            ),
         ),
         migrations.CreateModel(
-            name='PlanCreditGrant',
+            name="PlanCreditGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, default='', max_length=200)),
-                ('amount', models.DecimalField(decimal_places=12, help_text='Per grant: credits on a credits plan, money on a balance plan.', max_digits=30)),
-                ('cadence', models.CharField(choices=[('period', 'Every billing period'), ('month', 'Every month (also on a yearly plan)'), ('once', 'Once, at the start of the subscription')], max_length=10)),
-                ('expiry', models.CharField(choices=[('period_end', 'At the end of the period it was granted for'), ('days', 'A number of days after it was granted'), ('never', 'Never')], max_length=10)),
-                ('expiry_days', models.PositiveIntegerField(blank=True, null=True)),
-                ('rollover', models.CharField(choices=[('none', 'None: what is left expires at the next grant'), ('all', 'All of what is left rolls over'), ('capped', 'What is left rolls over up to a cap')], max_length=10)),
-                ('rollover_cap', models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
-                ('rollover_periods', models.PositiveIntegerField(blank=True, help_text='How many later periods a grant may roll into; empty: any.', null=True)),
-                ('priority', models.PositiveSmallIntegerField()),
-                ('plan', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='credit_grant', to='billing.plan')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, default="", max_length=200)),
+                (
+                    "amount",
+                    models.DecimalField(
+                        decimal_places=12,
+                        help_text="Per grant: credits on a credits plan, money on a balance plan.",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "cadence",
+                    models.CharField(
+                        choices=[
+                            ("period", "Every billing period"),
+                            ("month", "Every month (also on a yearly plan)"),
+                            ("once", "Once, at the start of the subscription"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "expiry",
+                    models.CharField(
+                        choices=[
+                            ("period_end", "At the end of the period it was granted for"),
+                            ("days", "A number of days after it was granted"),
+                            ("never", "Never"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("expiry_days", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "rollover",
+                    models.CharField(
+                        choices=[
+                            ("none", "None: what is left expires at the next grant"),
+                            ("all", "All of what is left rolls over"),
+                            ("capped", "What is left rolls over up to a cap"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "rollover_cap",
+                    models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True),
+                ),
+                (
+                    "rollover_periods",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="How many later periods a grant may roll into; empty: any.",
+                        null=True,
+                    ),
+                ),
+                ("priority", models.PositiveSmallIntegerField()),
+                (
+                    "plan",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="credit_grant",
+                        to="billing.plan",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='billing_plan_grant_amount_positive'), models.CheckConstraint(condition=models.Q(models.Q(('expiry', 'days'), ('expiry_days__gt', 0)), models.Q(models.Q(('expiry', 'days'), _negated=True), ('expiry_days__isnull', True)), _connector='OR'), name='billing_plan_grant_expiry_days'), models.CheckConstraint(condition=models.Q(models.Q(('rollover', 'capped'), ('rollover_cap__gt', 0)), models.Q(models.Q(('rollover', 'capped'), _negated=True), ('rollover_cap__isnull', True)), _connector='OR'), name='billing_plan_grant_rollover_cap')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("amount__gt", 0)),
+                        name="billing_plan_grant_amount_positive",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("expiry", "days"), ("expiry_days__gt", 0)),
+                            models.Q(
+                                models.Q(("expiry", "days"), _negated=True),
+                                ("expiry_days__isnull", True),
+                            ),
+                            _connector="OR",
+                        ),
+                        name="billing_plan_grant_expiry_days",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("rollover", "capped"), ("rollover_cap__gt", 0)),
+                            models.Q(
+                                models.Q(("rollover", "capped"), _negated=True),
+                                ("rollover_cap__isnull", True),
+                            ),
+                            _connector="OR",
+                        ),
+                        name="billing_plan_grant_rollover_cap",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SubscriptionCreditGrant',
+            name="SubscriptionCreditGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period_start', models.DateTimeField()),
-                ('period_end', models.DateTimeField()),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('grant', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='plan_grant', to='billing.creditgrant')),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='billing.plan')),
-                ('subscription', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='credit_grants', to='billing.subscription')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                ("period_end", models.DateTimeField()),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                (
+                    "grant",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="plan_grant",
+                        to="billing.creditgrant",
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="billing.plan",
+                    ),
+                ),
+                (
+                    "subscription",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="credit_grants",
+                        to="billing.subscription",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['subscription', 'period_start'],
-                'constraints': [models.UniqueConstraint(fields=('subscription', 'period_start'), name='billing_plan_grant_once')],
+                "ordering": ["subscription", "period_start"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("subscription", "period_start"), name="billing_plan_grant_once"
+                    )
+                ],
             },
         ),
     ]

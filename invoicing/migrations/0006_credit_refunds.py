@@ -8,38 +8,120 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0010_plan_credits'),
-        ('invoicing', '0005_meter_in_core'),
-        ('ledger', '0005_drop_loop_posting_function'),
+        ("billing", "0010_plan_credits"),
+        ("invoicing", "0005_meter_in_core"),
+        ("ledger", "0005_drop_loop_posting_function"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CreditRefund',
+            name="CreditRefund",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('method', models.CharField(choices=[('stripe', 'Back to the card (Stripe refund)'), ('offline', 'Paid back out of band (offline payments)'), ('credit_note', "Credited to the customer's balance (credit note)")], max_length=12)),
-                ('status', models.CharField(choices=[('pending', 'Credits taken back; the refund not confirmed yet'), ('succeeded', 'Refunded'), ('failed', 'The refund failed (retry it)')], max_length=10)),
-                ('credits', models.DecimalField(decimal_places=12, max_digits=30)),
-                ('amount', models.DecimalField(decimal_places=12, default=Decimal('0'), help_text='The money refunded, in whole minor units.', max_digits=38)),
-                ('currency', models.CharField(max_length=16)),
-                ('reason', models.TextField(blank=True, default='')),
-                ('stripe_payment_intent_id', models.CharField(blank=True, default='', max_length=100)),
-                ('stripe_refund_id', models.CharField(blank=True, default='', max_length=100)),
-                ('error', models.TextField(blank=True, default='')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('refunded_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('credits_transaction', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='ledger.transaction')),
-                ('customer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='billing.customer')),
-                ('grant', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='refund', to='billing.creditgrant')),
-                ('money_transaction', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='ledger.transaction')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "method",
+                    models.CharField(
+                        choices=[
+                            ("stripe", "Back to the card (Stripe refund)"),
+                            ("offline", "Paid back out of band (offline payments)"),
+                            ("credit_note", "Credited to the customer's balance (credit note)"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Credits taken back; the refund not confirmed yet"),
+                            ("succeeded", "Refunded"),
+                            ("failed", "The refund failed (retry it)"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("credits", models.DecimalField(decimal_places=12, max_digits=30)),
+                (
+                    "amount",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=Decimal("0"),
+                        help_text="The money refunded, in whole minor units.",
+                        max_digits=38,
+                    ),
+                ),
+                ("currency", models.CharField(max_length=16)),
+                ("reason", models.TextField(blank=True, default="")),
+                (
+                    "stripe_payment_intent_id",
+                    models.CharField(blank=True, default="", max_length=100),
+                ),
+                ("stripe_refund_id", models.CharField(blank=True, default="", max_length=100)),
+                ("error", models.TextField(blank=True, default="")),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                ("refunded_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "credits_transaction",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="ledger.transaction",
+                    ),
+                ),
+                (
+                    "customer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="billing.customer",
+                    ),
+                ),
+                (
+                    "grant",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="refund",
+                        to="billing.creditgrant",
+                    ),
+                ),
+                (
+                    "money_transaction",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="ledger.transaction",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('amount__gt', 0), ('credits__gt', 0)), name='invoicing_credit_refund_positive')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("amount__gt", 0), ("credits__gt", 0)),
+                        name="invoicing_credit_refund_positive",
+                    )
+                ],
             },
         ),
     ]
