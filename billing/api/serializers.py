@@ -26,12 +26,15 @@ from billing.models import (
     BillingMode,
     ConsumptionModel,
     Customer,
+    GrantCadence,
+    GrantExpiry,
     Interval,
     Meter,
     Plan,
     PlanCharge,
     PriceModel,
     PriceTier,
+    Rollover,
     Subscription,
     SubscriptionStatus,
     Wallet,
@@ -393,6 +396,29 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         ]
 
 
+class CreditGrantRuleSchema(serializers.Serializer):
+    """The shape of a plan's ``credit_grant`` for the OpenAPI schema; the values are read by
+    ``billing.pricing.grants`` (``CreditGrantRuleField``)."""
+
+    amount = Money(help_text="Per grant: credits (credits plan) or money (balance plan).")
+    cadence = serializers.ChoiceField(choices=GrantCadence.choices, default="period")
+    expiry = serializers.ChoiceField(choices=GrantExpiry.choices, default="period_end")
+    expiry_days = serializers.IntegerField(
+        min_value=1, max_value=3650, required=False, help_text="With expiry: days only."
+    )
+    rollover = serializers.ChoiceField(choices=Rollover.choices, default="none")
+    rollover_cap = Money(required=False, help_text="With rollover: capped only.")
+    rollover_periods = serializers.IntegerField(
+        min_value=1,
+        max_value=120,
+        required=False,
+        help_text="How many later periods a grant may roll into; left out: no limit.",
+    )
+    priority = serializers.IntegerField(min_value=0, max_value=1000, default=30)
+    name = serializers.CharField(max_length=200, required=False)
+
+
+@extend_schema_field(CreditGrantRuleSchema(allow_null=True))
 class CreditGrantRuleField(serializers.Field):
     """A plan's recurring credit grant, read by ``billing.pricing.grants`` (the reader the
     pricing file and the admin use too); written back as that reader's JSON."""

@@ -117,6 +117,11 @@ def seeded(in_process_requests, model_prices, request):
         destination=ledger.ensure_system_account(code="@Revenue", currency="USD"),
         amount=Decimal("1.5"),
     )
+    # credits bought: a grant the refund route can refund
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    bought = services.top_up(
+        customer=customer, amount=Decimal(100), currency="CREDITS", reference="schema-credits"
+    )
     # a draft invoice of the period so far (closed as of its end; the subscription rolls on)
     from invoicing import services as invoicing
 
@@ -131,6 +136,7 @@ def seeded(in_process_requests, model_prices, request):
             "subscription_id": subscription.pk,
             "hold_id": hold.pk,
             "invoice_id": invoice.pk,
+            "grant_id": bought.credit_grant.pk,
         },
     }
 
