@@ -374,3 +374,27 @@ def test_credits_expiring_is_emitted_once_per_grant_ahead_of_its_expiry(settings
     spend(subscription, "1000")  # used up: nothing left to announce
     plan_credits.grant_due(now=FEB + SOON)
     assert credits.notify_expiring(now=at(2, 25)) == 1  # February's grant
+
+
+# --- the beat task, run by a real worker ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_worker_grants_what_is_due_once():
+    from billing.tasks import grant_plan_credits
+    from tests.test_celery import start_worker, stop_worker
+
+    # subscribed 40 days ago: its first period's grant was made then, the second is due now
+    start = (timezone.now() - timedelta(days=40)).replace(microsecond=0)
+    subscription = subscribe(credits_plan(amount="100"), start=start)
+    assert len(plan_grants(subscription)) == 1
+    queue = f"test-{unique('q')}"
+    worker = start_worker(queue)
+    try:
+        assert grant_plan_credits.apply_async(queue=queue).get(timeout=60) == 1
+        assert grant_plan_credits.apply_async(queue=queue).get(timeout=60) == 0  # again
+    finally:
+        stop_worker(worker)
+    first, second = plan_grants(subscription)
+    assert second.amount == D(100) and second.expires_at > timezone.now()
