@@ -5,6 +5,12 @@
     GrantBook                              allocates debits of wallets to their live grants
     expire_due_grants(now) / expire_grant  what is left at expiry leaves the wallet
     void_grant(grant)                      take what is left back now
+    expire_part(grant, amount)             part of what is left expires now (plan rollover)
+    due_expiring(now) / notify_expiring    credits.expiring, once per grant, days ahead
+
+Plan grants (source ``plan``: a plan's recurring allowance, ``billing.plan_credits``) are
+made by ``grant_credits`` too, from ``@PlanCredits``, in the wallet of the plan's unit
+(``CREDITS`` on a credits plan, the money currency on a balance plan).
 
 How credits are drawn
 ---------------------
@@ -65,10 +71,17 @@ CREDITS = "CREDITS"
 PROMOTIONS = "@Promotions"  # the cost of free credits given away
 CREDITS_EXPIRED = "@CreditsExpired"  # credits that expired unused (breakage)
 ADJUSTMENTS = "@Adjustments"
+PLAN_CREDITS = "@PlanCredits"  # the cost of the allowances plans give
 DEFAULT_PRIORITY: dict[str, int] = {
     GrantSource.PROMOTIONAL: 10,
     GrantSource.ADJUSTMENT: 20,
+    GrantSource.PLAN: 30,
     GrantSource.PURCHASE: 50,
+}
+FUNDING: dict[str, str] = {
+    GrantSource.PROMOTIONAL: PROMOTIONS,
+    GrantSource.ADJUSTMENT: ADJUSTMENTS,
+    GrantSource.PLAN: PLAN_CREDITS,
 }
 MAX_PRIORITY = 1000
 ZERO = Decimal(0)
@@ -80,10 +93,10 @@ def _lock(customer_id: int) -> None:
     lock_customer_usage([customer_id])
 
 
-def _credits_wallet(customer: Customer) -> Wallet:
+def _credits_wallet(customer: Customer, currency: str = CREDITS) -> Wallet:
     from billing.services import ensure_wallet
 
-    return ensure_wallet(customer=customer, currency=CREDITS)
+    return ensure_wallet(customer=customer, currency=currency)
 
 
 def _validate(
@@ -122,13 +135,16 @@ def grant_credits(
     staff_user_id: int | None = None,
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
+    currency: str = CREDITS,
 ) -> CreditGrant:
-    """Give the customer credits (promotional, or an adjustment by finance staff): one
-    ledger transaction (``@Promotions`` or ``@Adjustments`` debited, the ``CREDITS`` wallet
-    credited) and the grant. Idempotent on ``reference``: the same reference returns the
-    first grant (``.replayed``); with other terms it is refused (``reference_reused``)."""
+    """Give the customer credits (promotional, an adjustment by finance staff, or a plan's
+    allowance): one ledger transaction (``@Promotions``, ``@Adjustments`` or
+    ``@PlanCredits`` debited, the wallet of ``currency`` — ``CREDITS`` unless a balance
+    plan grants money — credited) and the grant. Idempotent on ``reference``: the same
+    reference returns the first grant (``.replayed``); with other terms it is refused
+    (``reference_reused``)."""
     now = now or timezone.now()
-    if source not in (GrantSource.PROMOTIONAL, GrantSource.ADJUSTMENT):
+    if source not in FUNDING:
         raise errors.ValidationFailed(
             "grants given here are promotional or adjustments; purchases are top-ups",
             param="source",
@@ -136,9 +152,12 @@ def grant_credits(
     # A retry replays even once its expiry has passed: the expiry is checked for new grants.
     value = _validate(amount=amount, priority=priority, expires_at=None, now=now)
     priority = DEFAULT_PRIORITY[source] if priority is None else priority
-    name = (name or "").strip() or (
-        "Promotional credits" if source == GrantSource.PROMOTIONAL else "Credit adjustment"
-    )
+    default_names: dict[str, str] = {
+        GrantSource.PROMOTIONAL: "Promotional credits",
+        GrantSource.ADJUSTMENT: "Credit adjustment",
+        GrantSource.PLAN: "Plan credits",
+    }
+    name = (name or "").strip() or default_names[source]
     full_reference = f"credit-grant:{customer.pk}:{reference or uuid.uuid4().hex}"
     with transaction.atomic():
         _lock(customer.pk)
@@ -158,11 +177,9 @@ def grant_credits(
             existing.replayed = True
             return existing
         _validate(amount=value, priority=priority, expires_at=expires_at, now=now)
-        wallet = _credits_wallet(customer)
+        wallet = _credits_wallet(customer, currency)
         funding = ledger.ensure_system_account(
-            code=PROMOTIONS if source == GrantSource.PROMOTIONAL else ADJUSTMENTS,
-            currency=CREDITS,
-            normal_balance=NormalBalance.DEBIT,
+            code=FUNDING[source], currency=currency, normal_balance=NormalBalance.DEBIT
         )
         posted = ledger.post_transaction(
             reference=full_reference,
@@ -181,7 +198,7 @@ def grant_credits(
         grant = CreditGrant.objects.create(
             customer=customer,
             wallet=wallet,
-            currency=CREDITS,
+            currency=currency,
             name=name,
             source=source,
             priority=priority,
@@ -238,7 +255,11 @@ def record_purchase(
         expires_at=now + timedelta(days=days) if days else None,
         reference=posted.reference,
         ledger_transaction_id=posted.pk,
-        metadata={"funding_account_id": funding_account_id},
+        # how it was paid for, when the top-up says (a card payment: refunds go back to it)
+        metadata={
+            "funding_account_id": funding_account_id,
+            **({"payment": posted.metadata["payment"]} if "payment" in posted.metadata else {}),
+        },
     )
     _emit_granted(grant)
     return grant
@@ -476,13 +497,25 @@ def expired_remaining(account_id: int, *, now: datetime) -> Decimal:
 # --- ending grants ------------------------------------------------------------------------
 
 
-def _end(grant: CreditGrant, *, status: str, counter_code: str, kind: str, now: datetime) -> int:
-    """Debit what is left of the grant (as much as is not held) to ``counter_code``; end the
-    grant when nothing is left. The caller holds the usage lock and the grant's row."""
+def _end(
+    grant: CreditGrant,
+    *,
+    status: str,
+    counter_code: str,
+    kind: str,
+    now: datetime,
+    limit: Decimal | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Debit what is left of the grant (as much as is not held; at most ``limit``) to
+    ``counter_code``; end the grant when nothing is left. The caller holds the usage lock
+    and the grant's row."""
     wallet_account = grant.wallet.account_id
     balance = ledger.lock_balances(account_ids=[wallet_account])[wallet_account]
     room = balance.available if balance.floor is None else balance.available - balance.floor
     take = min(grant.remaining, max(room, ZERO))
+    if limit is not None:
+        take = min(take, limit)
     if take > 0:
         counter = ledger.ensure_system_account(
             code=counter_code,
@@ -499,6 +532,7 @@ def _end(grant: CreditGrant, *, status: str, counter_code: str, kind: str, now: 
                 "kind": f"credit_{kind}",
                 "customer": grant.customer.external_id,
                 "grants": grants_metadata([(grant.pk, take)]),
+                **(metadata or {}),
             },
             effective_at=now,
         )
@@ -554,6 +588,91 @@ def expire_grant(*, grant_id: int, now: datetime | None = None) -> CreditGrant |
                 dedupe_key=f"credits.expired:{grant.pk}:{before}",
             )
     return grant
+
+
+def expire_part(*, grant: CreditGrant, amount: Decimal, now: datetime, reason: str) -> Decimal:
+    """Part of what is left of a grant expires now (a plan grant's rollover beyond its cap):
+    ``amount`` at most, as much as is not held, debited to ``@CreditsExpired``. The caller
+    holds the customer's usage lock and the grant's row (``GrantBook``'s lock order).
+    Returns what expired."""
+    before = grant.remaining
+    if amount <= 0 or before <= 0:
+        return ZERO
+    _end(
+        grant,
+        status=GrantStatus.EXPIRED,
+        counter_code=CREDITS_EXPIRED,
+        kind=AllocationKind.EXPIRY,
+        now=now,
+        limit=amount,
+        metadata={"reason": reason},
+    )
+    return before - grant.remaining
+
+
+def due_expiring(*, now: datetime, within: timedelta):
+    """Active grants with credits left whose expiry falls in (now, now + within] and that
+    were not announced yet: no ``credits.expiring`` event with the grant's key
+    (``expiring_key``, annotated: the grant and its expiry, so that an expiry moved later
+    is announced again)."""
+    from django.db.models import CharField, Exists, OuterRef, Value
+    from django.db.models.functions import Cast, Concat
+
+    from billing.models import OutboundEvent
+
+    return (
+        CreditGrant.objects.filter(
+            status=GrantStatus.ACTIVE,
+            remaining__gt=0,
+            expires_at__gt=now,
+            expires_at__lte=now + within,
+        )
+        .annotate(
+            expiring_key=Concat(
+                Value("credits.expiring:"),
+                Cast("pk", CharField()),
+                Value(":"),
+                Cast("expires_at", CharField()),
+                output_field=CharField(),
+            )
+        )
+        .annotate(
+            announced=Exists(OutboundEvent.objects.filter(dedupe_key=OuterRef("expiring_key")))
+        )
+        .filter(announced=False)
+        .select_related("customer")
+        .order_by("expires_at", "id")
+    )
+
+
+def notify_expiring(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Beat: emit ``credits.expiring`` once per grant (and expiry),
+    ``CREDITS_EXPIRING_NOTICE_DAYS`` before it expires. The dedupe key makes a second run,
+    or two at once, record nothing more."""
+    from billing.outbox import emit
+
+    now = now or timezone.now()
+    within = timedelta(days=settings.CREDITS_EXPIRING_NOTICE_DAYS)
+    emitted = 0
+    for grant in due_expiring(now=now, within=within)[:limit]:
+        assert grant.expires_at is not None  # filtered on
+        event = emit(
+            "credits.expiring",
+            customer=grant.customer,
+            data={
+                "customer": grant.customer.external_id,
+                "grant_id": grant.pk,
+                "name": grant.name,
+                "source": grant.source,
+                "currency": grant.currency,
+                "amount": str(grant.amount),
+                "remaining": str(grant.remaining),
+                "expires_at": grant.expires_at.isoformat(),
+            },
+            dedupe_key=grant.expiring_key,  # annotated by due_expiring
+        )
+        emitted += event is not None
+    return emitted
 
 
 def expire_due_grants(*, now: datetime | None = None, limit: int = 1000) -> int:

@@ -173,7 +173,7 @@ def with_available_and_live_plan(customers: QuerySet[Customer]) -> QuerySet[Cust
 
 
 def _plans_with_charges() -> QuerySet[Plan]:
-    return Plan.objects.prefetch_related(
+    return Plan.objects.select_related("credit_grant").prefetch_related(
         Prefetch(
             "charges",
             queryset=PlanCharge.objects.select_related("meter")
@@ -248,6 +248,7 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
             )
             for c in data.get("charges", [])
         ),
+        credit_grant=data.get("credit_grant"),
     )
 
 

@@ -28,3 +28,20 @@ def expire_credit_grants() -> int:
     from billing import credits
 
     return credits.expire_due_grants()
+
+
+@shared_task(acks_late=True)
+def grant_plan_credits() -> int:
+    """Beat, every minute: plans' recurring credits due now, granted once per subscription
+    and grant period (billing.plan_credits; a unique constraint decides a race)."""
+    from billing import plan_credits
+
+    return plan_credits.grant_due()
+
+
+@shared_task(acks_late=True)
+def notify_expiring_credits() -> int:
+    """Beat: credits.expiring, once per grant, CREDITS_EXPIRING_NOTICE_DAYS ahead."""
+    from billing import credits
+
+    return credits.notify_expiring()

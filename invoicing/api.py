@@ -15,14 +15,15 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from billing import selectors as billing_selectors
-from billing.api.fields import Money, list_response
+from billing.api.fields import Money, StrictSerializer, list_response
+from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
-from billing.api.views import errors
-from billing.models import Meter, Subscription, SubscriptionStatus
+from billing.api.views import ErrorSerializer, errors, idempotency_parameter
+from billing.models import CreditGrant, Meter, Subscription, SubscriptionStatus
+from invoicing import credit_refunds, pdf, webhooks
 from invoicing import errors as invoicing_errors
-from invoicing import pdf, webhooks
 from invoicing.models import Invoice, InvoiceStatus, StripeEventStatus
 from invoicing.selectors import compute_invoice
 
@@ -285,3 +286,68 @@ class StripeWebhookView(APIView):
                 "outcome": event.outcome,
             }
         )
+
+
+# --- refunds of unused purchased credits ---------------------------------------------------
+
+
+class CreditRefundCreateSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class CreditRefundSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    grant = serializers.IntegerField(source="grant_id")
+    customer = serializers.CharField(source="customer.external_id")
+    method = serializers.CharField(
+        help_text="stripe (back to the card), offline (paid back out of band: offline "
+        "payments only) or credit_note (credited to the customer's balance)"
+    )
+    status = serializers.CharField(help_text="pending, succeeded or failed")
+    credits = Money(help_text="The credits taken back from the wallet.")
+    amount = Money(help_text="The money refunded, in whole minor units.")
+    currency = serializers.CharField()
+    reason = serializers.CharField()
+    stripe_refund_id = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    refunded_at = serializers.DateTimeField(allow_null=True)
+
+
+class CreditGrantRefundView(APIView):
+    @extend_schema(
+        operation_id="customers_refund_credit_grant",
+        tags=["customers"],
+        summary="Refund what is left of a purchased credit grant",
+        description=(
+            "The unused credits leave the CREDITS wallet at once (under the customer's usage "
+            "lock, so no usage draws on them meanwhile) and their money goes back: to the card "
+            "by a Stripe refund when they were bought by card (the unused share of what was "
+            "paid), otherwise paid back out of band where offline payments are enabled, or "
+            "credited to the customer's balance (a credit note; credits × CREDIT_PRICE). Once "
+            "per grant: a retry returns the refund (200)."
+        ),
+        request=CreditRefundCreateSerializer,
+        responses={
+            201: CreditRefundSerializer,
+            200: CreditRefundSerializer,
+            **errors(400, 404, 409),
+            502: OpenApiResponse(
+                ErrorSerializer, description="Stripe refused the refund (refund_failed); retry"
+            ),
+        },
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request, external_id: str, grant_id: int):
+        customer = billing_selectors.get_customer(external_id=external_id)
+        if not CreditGrant.objects.filter(pk=grant_id, customer=customer).exists():
+            raise invoicing_errors.CreditGrantNotFound(
+                f"customer {external_id} has no credit grant {grant_id}", param="grant"
+            )
+        data = CreditRefundCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        refund = credit_refunds.refund_unused_credits(
+            grant_id=grant_id, reason=data.validated_data["reason"]
+        )
+        code = 200 if refund.replayed else 201
+        return Response(CreditRefundSerializer(refund).data, status=code)

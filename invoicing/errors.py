@@ -71,3 +71,24 @@ class CurrencyMismatch(InvoicingError):
     code = "currency_mismatch"
     http_status = 409
     error_type = "conflict_error"
+
+
+class NotRefundable(InvoicingError):
+    """The grant cannot be refunded: not purchased credits, nothing left, or credits held."""
+
+    code = "not_refundable"
+    http_status = 409
+    error_type = "conflict_error"
+
+
+class RefundFailed(InvoicingError):
+    """Stripe refused or could not be reached; the refund stays ``failed`` and a retry
+    sends it again (with the same idempotency key: it is refunded once)."""
+
+    code = "refund_failed"
+    http_status = 502
+    error_type = "api_error"
+
+
+class CreditGrantNotFound(InvoicingNotFound):
+    code = "credit_grant_not_found"

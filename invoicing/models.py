@@ -368,3 +368,59 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class CreditRefundMethod(models.TextChoices):
+    STRIPE = "stripe", "Back to the card (Stripe refund)"
+    OFFLINE = "offline", "Paid back out of band (offline payments)"
+    CREDIT_NOTE = "credit_note", "Credited to the customer's balance (credit note)"
+
+
+class CreditRefundStatus(models.TextChoices):
+    PENDING = "pending", "Credits taken back; the refund not confirmed yet"
+    SUCCEEDED = "succeeded", "Refunded"
+    FAILED = "failed", "The refund failed (retry it)"
+
+
+class CreditRefund(models.Model):
+    """The refund of what is left of a purchased credit grant (``invoicing.credit_refunds``):
+    one per grant (a retry finds it), the credits taken back from the wallet under the
+    customer's usage lock, then the money returned — by a Stripe refund of the purchase's
+    payment, recorded as paid back out of band, or credited to the customer's balance."""
+
+    grant = models.OneToOneField(
+        "billing.CreditGrant", on_delete=models.PROTECT, related_name="refund"
+    )
+    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    method = models.CharField(max_length=12, choices=CreditRefundMethod.choices)
+    status = models.CharField(max_length=10, choices=CreditRefundStatus.choices)
+    credits = models.DecimalField(max_digits=30, decimal_places=12)
+    amount = money_field(help_text="The money refunded, in whole minor units.")
+    currency = models.CharField(max_length=16)
+    reason = models.TextField(blank=True, default="")
+    stripe_payment_intent_id = models.CharField(max_length=100, blank=True, default="")
+    stripe_refund_id = models.CharField(max_length=100, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    credits_transaction = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
+    )
+    money_transaction = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    # Not a column: True on the refund a retry returns.
+    replayed: bool = False
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credits__gt=0, amount__gt=0), name="invoicing_credit_refund_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund of grant {self.grant_id}: {self.amount} {self.currency} ({self.status})"

@@ -143,3 +143,33 @@ def checkout(
     if session.url is None:  # only an embedded session has none; this one is hosted
         raise RuntimeError(f"Stripe returned the checkout session {session.id} without a URL")
     return session.id, session.url
+
+
+class RefundError(Exception):
+    pass
+
+
+def refund(
+    *,
+    payment_intent_id: str,
+    amount: Decimal,
+    currency: str,
+    idempotency_key: str,
+    metadata: dict[str, str],
+) -> tuple[str, Decimal]:
+    """Refund part of a payment: (refund id, amount refunded). A refusal or an outage
+    raises ``RefundError`` (the same key sent again refunds at most once)."""
+    try:
+        created = client().v1.refunds.create(
+            {
+                "payment_intent": payment_intent_id,
+                "amount": to_minor_units_int(amount, currency),
+                "metadata": metadata,
+            },
+            {"idempotency_key": idempotency_key},
+        )
+    except stripe.StripeError as error:
+        raise RefundError(getattr(error, "user_message", None) or str(error)) from None
+    if created.status not in ("succeeded", "pending"):
+        raise RefundError(f"refund {created.id} is {created.status}")
+    return created.id, from_minor_units_int(created.amount, currency)

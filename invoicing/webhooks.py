@@ -464,6 +464,7 @@ def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
             source_code=services.CLEARING["stripe"],
         )
         return NeedsReview(review) if review else "wallet credited"
+    intent_id = _object_id(session.get("payment_intent"))
     # Credits bought for money: the money is received (and owed as credits until used);
     # the credits come into the wallet from the outside world.
     clearing = services.system_account_id(services.CLEARING["stripe"], money, NormalBalance.DEBIT)
@@ -484,6 +485,16 @@ def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
         currency=currency,
         reference=f"stripe-checkout:{session['id']}",
         description=f"Credits bought by card ({session['id']})",
+        # what was paid, and how: a refund of unused credits returns its share to the card
+        metadata={
+            "payment": {
+                "provider": "stripe",
+                "payment_intent": intent_id,
+                "checkout_session": session["id"],
+                "amount": str(paid),
+                "currency": money,
+            }
+        },
     )
     return NeedsReview(review) if review else "credits credited"
 
@@ -499,6 +510,10 @@ def charge_refunded(charge: dict[str, Any]) -> str:
         )
         if payment is None:
             if kind in ("top_up", "auto_top_up"):
+                from invoicing.credit_refunds import is_credit_refund
+
+                if is_credit_refund(intent_id):  # booked by invoicing.credit_refunds
+                    return "refund of unused credits: booked when it was made"
                 return NeedsReview(f"refund of top-up payment {intent_id}: not booked")
             if kind not in (None, "invoice"):
                 return "no payment of ours"

@@ -232,7 +232,7 @@ class CreditGrantAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
     inlines = [CreditAllocationInline]
-    actions = ["void_action", "expire_action"]
+    actions = ["void_action", "expire_action", "refund_action"]
 
     @admin.display(description="granted", ordering="amount")
     def granted(self, grant):
@@ -261,6 +261,30 @@ class CreditGrantAdmin(ReadOnlyAdmin):
             self.log_change(request, grant, "Voided")
             done += 1
         messages.success(request, f"{done} grant(s) voided.")
+
+    @admin.action(description="Refund what is left of the selected purchased grants")
+    def refund_action(self, request, queryset):
+        """Back to the card when bought by card, else paid back offline (offline payments
+        only) or credited to the customer's balance (``invoicing.credit_refunds``)."""
+        from invoicing.credit_refunds import refund_unused_credits
+
+        done = 0
+        for grant in queryset.filter(source=GrantSource.PURCHASE):
+            try:
+                refund = refund_unused_credits(
+                    grant_id=grant.pk, reason="refunded in the admin", staff_user_id=request.user.pk
+                )
+            except (BillingError, LedgerError) as error:
+                messages.error(request, f"Grant {grant.pk}: {error}")
+                continue
+            self.log_change(request, grant, f"Refunded ({refund.method}, {refund.amount})")
+            messages.info(
+                request,
+                f"Grant {grant.pk}: {money(refund.credits)} credits refunded as "
+                f"{money(refund.amount)} {refund.currency} ({refund.get_method_display()}).",
+            )
+            done += 1
+        messages.success(request, f"{done} grant(s) refunded.")
 
     @admin.action(description="Expire the selected grants that are past their expiry now")
     def expire_action(self, request, queryset):

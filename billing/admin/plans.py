@@ -151,6 +151,23 @@ CHARGES_HELP = (
 )
 
 
+CREDIT_GRANT_HELP = (
+    "Optional, credits and balance plans: the plan's recurring grant as a JSON object, "
+    'e.g. <code>{"amount": "1000", "cadence": "month", "expiry": "period_end", '
+    '"rollover": "capped", "rollover_cap": "500", "rollover_periods": 2}</code>. cadence is '
+    "period, month or once; expiry period_end, days (with expiry_days) or never; rollover "
+    "none, all or capped (with rollover_cap). The same fields as the pricing file and the API "
+    "(docs/pricing-file.md). Leave empty for none."
+)
+
+
+def credit_grant_json(spec: services.CreditGrantSpec | None) -> str:
+    from billing.pricing.grants import credit_grant_as_json
+
+    data = credit_grant_as_json(spec)
+    return "" if data is None else json.dumps(data, indent=2)
+
+
 class PlanVersionForm(forms.Form):
     """A new version of an existing plan. Code, currency, interval and consumption model
     stay: subscriptions move between versions of one plan, which must bill alike."""
@@ -168,6 +185,11 @@ class PlanVersionForm(forms.Form):
     charges = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 16, "cols": 90, "style": "font-family: monospace"}),
         help_text=CHARGES_HELP,
+    )
+    credit_grant = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 90, "style": "font-family: monospace"}),
+        help_text=CREDIT_GRANT_HELP,
     )
 
     def __init__(self, *args, consumption_model: str, **kwargs):
@@ -189,6 +211,18 @@ class PlanVersionForm(forms.Form):
             raise forms.ValidationError(list(_flatten_errors(serializer.errors, "charges")))
         return serializer.validated_data
 
+    def clean_credit_grant(self) -> services.CreditGrantSpec | None:
+        from billing.pricing.grants import PricingFileInvalid, credit_grant_from_json
+
+        text = (self.cleaned_data.get("credit_grant") or "").strip()
+        if not text or text == "null":
+            return None
+        raw = strict_json(text, path="credit_grant")
+        try:  # the reader the pricing file and the API use
+            return credit_grant_from_json(raw)
+        except PricingFileInvalid as exc:
+            raise forms.ValidationError(f"{exc.location or 'credit_grant'}: {exc.reason}") from None
+
 
 class PlanCreateForm(PlanVersionForm):
     code = forms.SlugField(max_length=100, help_text="Stable; versions share it.")
@@ -209,6 +243,7 @@ class PlanCreateForm(PlanVersionForm):
         "trial_days",
         "units_per_credit",
         "charges",
+        "credit_grant",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -262,6 +297,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "trial_days",
         "consumption_model",
         "units_per_credit",
+        "credit_grant_display",
         "metadata",
         "spec_hash",
         "published_at",
@@ -276,6 +312,13 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # subscriptions and invoices point at versions
+
+    @admin.display(description="recurring credit grant")
+    def credit_grant_display(self, plan):
+        spec = services.credit_grant_spec_of(plan)
+        if spec is None:
+            return "—"
+        return credit_grant_json(spec)
 
     @admin.display(description="base fee", ordering="base_fee")
     def base_fee_display(self, plan):
@@ -315,6 +358,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "trial_days": spec.trial_days,
                 "units_per_credit": decimal_text(spec.units_per_credit),
                 "charges": charges_json(spec.charges),
+                "credit_grant": credit_grant_json(spec.credit_grant),
             },
         )
 
@@ -330,7 +374,14 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                     "units_per_credit": data.get("units_per_credit", spec.units_per_credit),
                     **{
                         k: data[k]
-                        for k in ("name", "description", "base_fee", "trial_days", "charges")
+                        for k in (
+                            "name",
+                            "description",
+                            "base_fee",
+                            "trial_days",
+                            "charges",
+                            "credit_grant",
+                        )
                     },
                 }
             )

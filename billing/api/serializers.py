@@ -10,7 +10,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from billing import limits
+from billing import limits, services
 from billing.api.fields import (
     BoundedDateTime,
     CurrencyField,
@@ -26,12 +26,15 @@ from billing.models import (
     BillingMode,
     ConsumptionModel,
     Customer,
+    GrantCadence,
+    GrantExpiry,
     Interval,
     Meter,
     Plan,
     PlanCharge,
     PriceModel,
     PriceTier,
+    Rollover,
     Subscription,
     SubscriptionStatus,
     Wallet,
@@ -393,6 +396,67 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         ]
 
 
+class CreditGrantRuleSchema(serializers.Serializer):
+    """The shape of a plan's ``credit_grant`` for the OpenAPI schema; the values are read by
+    ``billing.pricing.grants`` (``CreditGrantRuleField``)."""
+
+    amount = Money(help_text="Per grant: credits (credits plan) or money (balance plan).")
+    cadence = serializers.ChoiceField(choices=GrantCadence.choices, default="period")
+    expiry = serializers.ChoiceField(choices=GrantExpiry.choices, default="period_end")
+    expiry_days = serializers.IntegerField(
+        min_value=1, max_value=3650, required=False, help_text="With expiry: days only."
+    )
+    rollover = serializers.ChoiceField(choices=Rollover.choices, default="none")
+    rollover_cap = Money(required=False, help_text="With rollover: capped only.")
+    rollover_periods = serializers.IntegerField(
+        min_value=1,
+        max_value=120,
+        required=False,
+        help_text="How many later periods a grant may roll into; left out: no limit.",
+    )
+    priority = serializers.IntegerField(min_value=0, max_value=1000, default=30)
+    name = serializers.CharField(max_length=200, required=False)
+
+
+@extend_schema_field(CreditGrantRuleSchema(allow_null=True))
+class CreditGrantRuleField(serializers.Field):
+    """A plan's recurring credit grant, read by ``billing.pricing.grants`` (the reader the
+    pricing file and the admin use too); written back as that reader's JSON."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault("default", None)
+        kwargs.setdefault(
+            "help_text",
+            "The plan's recurring credit grant (credits and balance plans): amount, cadence "
+            "(period, month, once), expiry (period_end, days + expiry_days, never), rollover "
+            "(none, all, capped + rollover_cap), rollover_periods, priority, name. See "
+            "docs/pricing-file.md.",
+        )
+        super().__init__(**kwargs)
+
+    def get_attribute(self, instance):
+        return getattr(instance, "credit_grant", None) if isinstance(instance, Plan) else None
+
+    def to_internal_value(self, data):
+        from billing.pricing.grants import PricingFileInvalid, credit_grant_from_json
+
+        try:
+            return credit_grant_from_json(data)
+        except PricingFileInvalid as exc:
+            field = (exc.location or "").removeprefix("credit_grant").lstrip(".")
+            detail = {field: [exc.reason]} if field else exc.reason
+            raise serializers.ValidationError(detail) from None
+
+    def to_representation(self, value):
+        from billing.pricing.grants import credit_grant_as_json
+
+        if isinstance(value, services.CreditGrantSpec):
+            return credit_grant_as_json(value)
+        return credit_grant_as_json(services.credit_grant_spec_of(value))
+
+
 class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     code = serializers.SlugField(max_length=100)
     currency = CurrencyField(default="USD", help_text="ISO 4217 code.")
@@ -405,6 +469,7 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     units_per_credit = Price(required=False, allow_null=True, default=None)
     metadata = MetadataField()
     charges = ChargeSerializer(many=True, required=False, default=list)
+    credit_grant = CreditGrantRuleField()
 
     class Meta:
         model = Plan
@@ -422,6 +487,7 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "units_per_credit",
             "metadata",
             "charges",
+            "credit_grant",
             "published_at",
         ]
         read_only_fields = ["id", "version", "published_at"]

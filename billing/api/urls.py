@@ -15,6 +15,10 @@ urlpatterns = [
         auto_top_up.AutoTopUpView.as_view(),
     ),
     path("customers/<str:external_id>/credit-grants", views.CreditGrantListCreateView.as_view()),
+    path(
+        "customers/<str:external_id>/credit-grants/<int:grant_id>/refund",
+        invoicing_api.CreditGrantRefundView.as_view(),
+    ),
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),
     path("customers/<str:external_id>/alerts", alerts.CustomerAlertsView.as_view()),

@@ -54,6 +54,13 @@ from billing.models.credits import (
 )
 from billing.models.customers import BillingMode, Customer, PortalMember, Wallet
 from billing.models.outbox import EventType, OutboundEvent
+from billing.models.plan_credits import (
+    GrantCadence,
+    GrantExpiry,
+    PlanCreditGrant,
+    Rollover,
+    SubscriptionCreditGrant,
+)
 from billing.models.plans import (
     Aggregation,
     ConsumptionModel,
@@ -128,4 +135,9 @@ __all__ = [
     "AutoTopUpAttempt",
     "AttemptStatus",
     "IN_FLIGHT_STATUSES",
+    "GrantCadence",
+    "GrantExpiry",
+    "Rollover",
+    "PlanCreditGrant",
+    "SubscriptionCreditGrant",
 ]

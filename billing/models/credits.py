@@ -17,6 +17,7 @@ class GrantSource(models.TextChoices):
     PURCHASE = "purchase", "Purchase (credit pack or top-up)"
     PROMOTIONAL = "promotional", "Promotional (free)"
     ADJUSTMENT = "adjustment", "Adjustment by finance staff"
+    PLAN = "plan", "Plan allowance (recurring)"
 
 
 class GrantStatus(models.TextChoices):
@@ -24,6 +25,7 @@ class GrantStatus(models.TextChoices):
     DEPLETED = "depleted", "Used up"
     EXPIRED = "expired", "Expired"
     VOIDED = "voided", "Voided"
+    REFUNDED = "refunded", "Refunded"
 
 
 class CreditGrant(models.Model):
@@ -110,6 +112,7 @@ class AllocationKind(models.TextChoices):
     VOID = "void", "Voided"
     ADJUSTMENT = "adjustment", "Adjustment"
     INVOICE = "invoice", "Invoice paid from the balance"
+    REFUND = "refund", "Refunded"
 
 
 class CreditAllocation(models.Model):

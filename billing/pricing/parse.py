@@ -12,6 +12,7 @@ from typing import Any
 
 from billing import errors, services
 from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel
+from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
 
@@ -206,6 +207,7 @@ class _Parser(ValueReader):
                 "units_per_credit",
                 "metadata",
                 "charges",
+                "credit_grant",
             ),
         )
         code = self.string(
@@ -269,6 +271,9 @@ class _Parser(ValueReader):
                     self.sequence(data.get("charges", MISSING), f"{where}.charges")
                 )
             ),
+            credit_grant=read_credit_grant(self, data["credit_grant"], f"{where}.credit_grant")
+            if data.get("credit_grant") is not None
+            else None,
         )
         # The rules publish_plan applies (one charge per meter, increasing tier bounds, …),
         # checked now so that a bad file fails before anything is written.

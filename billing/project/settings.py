@@ -322,6 +322,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.webhooks.tasks.sweep_webhooks",
         "schedule": crontab(),  # every minute
     },
+    # Plans' recurring credits: what is due granted (exactly once per grant period), and
+    # credits.expiring emitted ahead of expiries.
+    "billing-grant-plan-credits": {
+        "task": "billing.tasks.grant_plan_credits",
+        "schedule": crontab(),  # every minute
+    },
+    "billing-notify-expiring-credits": {
+        "task": "billing.tasks.notify_expiring_credits",
+        "schedule": crontab(minute="*/10"),
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -436,6 +446,8 @@ DUNNING_FINAL_ACTION = os.environ.get("DUNNING_FINAL_ACTION", "suspend")
 CREDIT_PRICE = Decimal(os.environ.get("CREDIT_PRICE", "0.01"))
 # Credits bought expire this many days after the purchase; empty: never (billing.credits).
 CREDIT_PURCHASE_EXPIRY_DAYS = int(os.environ.get("CREDIT_PURCHASE_EXPIRY_DAYS") or 0) or None
+# credits.expiring is emitted this many days before a grant expires (billing.credits).
+CREDITS_EXPIRING_NOTICE_DAYS = int(os.environ.get("CREDITS_EXPIRING_NOTICE_DAYS") or 7)
 
 # --- Outbound webhooks (billing.webhooks, docs/webhooks.md) --------------------------------
 # Seconds to wait after each failed attempt: 5 s, 5 min, 30 min, 2 h, 5 h, then 10 h six

@@ -16,12 +16,16 @@ from billing.meters import CATALOG_KINDS, LLM_FIELDS
 from billing.models import (
     Aggregation,
     ConsumptionModel,
+    GrantCadence,
+    GrantExpiry,
     Interval,
     Meter,
     Plan,
     PlanCharge,
+    PlanCreditGrant,
     PriceModel,
     PriceTier,
+    Rollover,
 )
 from billing.services.locks import PLAN_VERSION_LOCK
 
@@ -113,6 +117,31 @@ class ChargeSpec:
     tiers: tuple[TierSpec, ...] = ()
 
 
+# Plan grants are drawn after promotional (10) and adjustment (20) credits, before
+# purchased ones (50): they expire sooner than what the customer paid for.
+PLAN_GRANT_PRIORITY = 30
+MAX_GRANT_PRIORITY = 1000
+MAX_EXPIRY_DAYS = 3650
+MAX_ROLLOVER_PERIODS = 120
+
+
+@dataclass(frozen=True)
+class CreditGrantSpec:
+    """A plan's recurring grant (``billing.plan_credits``): ``amount`` each grant period
+    (``cadence``), expiring by ``expiry``, what is left at the next grant rolling over by
+    ``rollover`` for at most ``rollover_periods`` periods."""
+
+    amount: Decimal
+    cadence: str = GrantCadence.PERIOD
+    expiry: str = GrantExpiry.PERIOD_END
+    expiry_days: int | None = None
+    rollover: str = Rollover.NONE
+    rollover_cap: Decimal | None = None
+    rollover_periods: int | None = None
+    priority: int = PLAN_GRANT_PRIORITY
+    name: str = ""
+
+
 @dataclass(frozen=True)
 class PlanSpec:
     code: str
@@ -126,6 +155,7 @@ class PlanSpec:
     description: str = ""
     metadata: dict[str, Any] | None = None
     charges: tuple[ChargeSpec, ...] = ()
+    credit_grant: CreditGrantSpec | None = None
 
     def canonical_hash(self) -> str:
         def plain(value: Any) -> Any:
@@ -141,6 +171,8 @@ class PlanSpec:
 
         body = plain(self)
         body["metadata"] = body["metadata"] or {}  # None and {} publish the same plan
+        if body["credit_grant"] is None:  # plans without one keep the hash they always had
+            del body["credit_grant"]
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
 
@@ -176,6 +208,8 @@ def validate_plan_spec(spec: PlanSpec) -> None:
         fail("a credits plan needs units_per_credit > 0", "units_per_credit")
     if spec.consumption_model != ConsumptionModel.CREDITS and spec.units_per_credit is not None:
         fail("units_per_credit applies to credits plans only", "units_per_credit")
+    if spec.credit_grant is not None:
+        _validate_credit_grant(spec, spec.credit_grant, fail, money)
     meters = [c.meter for c in spec.charges]
     if len(set(meters)) != len(meters):
         fail("a plan has at most one charge per meter", "charges")
@@ -229,6 +263,61 @@ def validate_plan_spec(spec: PlanSpec) -> None:
                 previous = tier.up_to
 
 
+def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) -> None:
+    """The rules of a recurring grant, beside the plan's (its shape is read by
+    ``billing.pricing.grants``, the same reader for the file, the API and the admin)."""
+    where = "credit_grant"
+    if spec.consumption_model not in (ConsumptionModel.CREDITS, ConsumptionModel.BALANCE):
+        fail(
+            "a recurring credit grant needs a credits plan (credits) or a balance plan "
+            "(money); a metered plan invoices its usage and has no balance to grant into",
+            where,
+        )
+    if grant.amount <= 0:
+        fail("must be greater than 0", f"{where}.amount")
+    money(grant.amount, f"{where}.amount")
+    if grant.cadence not in GrantCadence.values:
+        fail(f"cadence must be one of {', '.join(GrantCadence.values)}", f"{where}.cadence")
+    if grant.expiry not in GrantExpiry.values:
+        fail(f"expiry must be one of {', '.join(GrantExpiry.values)}", f"{where}.expiry")
+    if grant.expiry == GrantExpiry.DAYS:
+        if grant.expiry_days is None or not 1 <= grant.expiry_days <= MAX_EXPIRY_DAYS:
+            fail(
+                f"an expiry in days needs expiry_days between 1 and {MAX_EXPIRY_DAYS}",
+                f"{where}.expiry_days",
+            )
+    elif grant.expiry_days is not None:
+        fail("expiry_days applies to expiry: days only", f"{where}.expiry_days")
+    if grant.rollover not in Rollover.values:
+        fail(f"rollover must be one of {', '.join(Rollover.values)}", f"{where}.rollover")
+    if grant.cadence == GrantCadence.ONCE and grant.rollover != Rollover.NONE:
+        fail(
+            "a grant made once has no next grant to roll over into; leave rollover out "
+            "(what is left lasts until its expiry)",
+            f"{where}.rollover",
+        )
+    if grant.rollover == Rollover.CAPPED:
+        if grant.rollover_cap is None or grant.rollover_cap <= 0:
+            fail("a capped rollover needs rollover_cap > 0", f"{where}.rollover_cap")
+        else:
+            money(grant.rollover_cap, f"{where}.rollover_cap")
+    elif grant.rollover_cap is not None:
+        fail("rollover_cap applies to rollover: capped only", f"{where}.rollover_cap")
+    if grant.rollover_periods is not None:
+        if grant.rollover == Rollover.NONE:
+            fail("rollover_periods applies to rollover: all or capped", f"{where}.rollover_periods")
+        if not 1 <= grant.rollover_periods <= MAX_ROLLOVER_PERIODS:
+            fail(
+                f"rollover_periods must be between 1 and {MAX_ROLLOVER_PERIODS} "
+                "(leave it out for no limit)",
+                f"{where}.rollover_periods",
+            )
+    if not 0 <= grant.priority <= MAX_GRANT_PRIORITY:
+        fail(f"priority must be between 0 and {MAX_GRANT_PRIORITY}", f"{where}.priority")
+    if len(grant.name) > 200:
+        fail("at most 200 characters", f"{where}.name")
+
+
 @transaction.atomic
 def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple[Plan, bool]:
     """Publish ``spec`` as the next version of plan ``spec.code``; an unchanged spec returns
@@ -276,6 +365,20 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         spec_hash=spec_hash,
         published_by_id=published_by_id,
     )
+    if spec.credit_grant is not None:
+        grant = spec.credit_grant
+        PlanCreditGrant.objects.create(
+            plan=plan,
+            name=grant.name,
+            amount=grant.amount,
+            cadence=grant.cadence,
+            expiry=grant.expiry,
+            expiry_days=grant.expiry_days,
+            rollover=grant.rollover,
+            rollover_cap=grant.rollover_cap,
+            rollover_periods=grant.rollover_periods,
+            priority=grant.priority,
+        )
     for charge_spec in spec.charges:
         plan_charge = PlanCharge.objects.create(
             plan=plan,
@@ -299,9 +402,31 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
     return plan, True
 
 
+def credit_grant_spec_of(plan: Plan | PlanCreditGrant) -> CreditGrantSpec | None:
+    """The recurring grant a plan version was published with (None: it has none)."""
+    if isinstance(plan, PlanCreditGrant):
+        grant: PlanCreditGrant | None = plan
+    else:
+        grant = PlanCreditGrant.objects.filter(plan=plan).first()
+    if grant is None:
+        return None
+    return CreditGrantSpec(
+        amount=grant.amount,
+        cadence=grant.cadence,
+        expiry=grant.expiry,
+        expiry_days=grant.expiry_days,
+        rollover=grant.rollover,
+        rollover_cap=grant.rollover_cap,
+        rollover_periods=grant.rollover_periods,
+        priority=grant.priority,
+        name=grant.name,
+    )
+
+
 def plan_spec_of(plan: Plan) -> PlanSpec:
     """The spec a plan version was published from (for "publish new version" edits)."""
     return PlanSpec(
+        credit_grant=credit_grant_spec_of(plan),
         code=plan.code,
         name=plan.name,
         currency=plan.currency,

@@ -102,6 +102,11 @@ def create_subscription(
     emit_subscription_event(
         EventType.SUBSCRIPTION_CREATED, subscription, f"subscription.created:{subscription.pk}"
     )
+    # The plan's recurring credits for the period under way, with the subscription (beat's
+    # grant_plan_credits makes the later ones).
+    from billing import plan_credits
+
+    plan_credits.grant_for(subscription_id=subscription.pk, now=now)
     return subscription
 
 

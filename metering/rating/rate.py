@@ -14,6 +14,7 @@ from billing import credits
 from billing.errors import BillingError
 from billing.models import (
     Aggregation,
+    ConsumptionModel,
     Customer,
     Subscription,
 )
@@ -139,8 +140,17 @@ def _rate(
                 "amount, or release it and send the usage as an event",
                 param="event",
             )
+    # Wallets whose debits draw on grants: CREDITS, and a balance plan's money wallet (its
+    # plan may grant money: billing.plan_credits).
+    granting = {
+        (c.pk, t.money_currency)
+        for c, _, _, t, *_ in placed
+        if t.consumption_model == ConsumptionModel.BALANCE
+    }
     credit_accounts = [
-        w.account_id for w in wallets.values() if w.account_id is not None and w.currency == CREDITS
+        w.account_id
+        for key, w in wallets.items()
+        if w.account_id is not None and (w.currency == CREDITS or key in granting)
     ]
     if credit_accounts:  # credits past their expiry leave before anything is spent
         credits.expire_due_for(credit_accounts, now=now or timezone.now())

@@ -19,6 +19,7 @@ from billing import credits
 from billing import services as billing_services
 from billing.models import (
     AllocationKind,
+    ConsumptionModel,
     Customer,
     Meter,
     Subscription,
@@ -208,16 +209,21 @@ def _write(
     }
     # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
     # the customers' usage locks are held, so no other debit draws on the same remainder.
-    book = credits.GrantBook.load(
-        {a.wallet.account_id for a in accepted if a.money > 0 and a.currency == CREDITS},
-        now=now,
-    )
+    # Debits of CREDITS, and of a balance plan's money wallet (its plan may grant money:
+    # billing.plan_credits), draw on the wallet's grants.
+    granting = {
+        a.wallet.account_id
+        for a in accepted
+        if a.money > 0
+        and (a.currency == CREDITS or a.terms.consumption_model == ConsumptionModel.BALANCE)
+    }
+    book = credits.GrantBook.load(granting, now=now)
     postings = _usage_postings(accepted, event_ids, tokens_served, sinks)
     specs, allocations = [], []
     for posting in postings:
         parts: list[tuple[int, Decimal]] = []
-        for (wallet_account, currency), money in posting.money.items():
-            if book and money > 0 and currency == CREDITS:
+        for (wallet_account, _currency), money in posting.money.items():
+            if book and money > 0 and wallet_account in granting:
                 parts += book.take(wallet_account, money, settling_hold=hold_id is not None)
         if parts:
             posting.metadata["grants"] = credits.grants_metadata(parts)

@@ -127,6 +127,7 @@ def test_publish_a_plan_creates_version_one(api, meters):
         "units_per_credit": None,
         "metadata": {"tier": "pro"},
         "charges": PRO_CHARGES_OUT,
+        "credit_grant": None,
     }
     plan = Plan.objects.get()
     assert response.json()["id"] == plan.pk

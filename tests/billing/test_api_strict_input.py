@@ -89,6 +89,15 @@ def _endpoint_and_delivery() -> tuple[int, int]:
     return endpoint.pk, delivery.pk
 
 
+def _grant_id(customer) -> int:
+    """A purchased credit grant of the customer (credits bought: refundable)."""
+    from billing import services
+
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    posted = services.top_up(customer=customer, amount=Decimal(10), currency="CREDITS")
+    return posted.credit_grant.pk
+
+
 def _path(api, route: str, objects: dict) -> str:
     values = {
         "external_id": lambda: objects["customer"].external_id,
@@ -99,6 +108,7 @@ def _path(api, route: str, objects: dict) -> str:
         "delivery_id": lambda: _endpoint_and_delivery()[1],
         "alert_id": lambda: objects["alert"].pk,
         "currency": lambda: "USD",
+        "grant_id": lambda: _grant_id(objects["customer"]),
     }
 
     def fill(match: re.Match) -> str:

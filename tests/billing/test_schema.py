@@ -126,6 +126,10 @@ def seeded(in_process_requests, model_prices, request):
         target=Decimal(5000),
         monthly_cap=Decimal(50),
     )
+    # credits bought: a grant the refund route can refund
+    bought = services.top_up(
+        customer=customer, amount=Decimal(100), currency="CREDITS", reference="schema-credits"
+    )
     # a draft invoice of the period so far (closed as of its end; the subscription rolls on)
     from invoicing import services as invoicing
 
@@ -155,6 +159,7 @@ def seeded(in_process_requests, model_prices, request):
             "delivery_id": delivery.pk,
             "alert_id": alert.pk,
             "currency": "CREDITS",
+            "grant_id": bought.credit_grant.pk,
         },
     }
 
