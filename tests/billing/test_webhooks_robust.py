@@ -18,6 +18,7 @@ from django.utils import timezone
 from billing import outbox, webhooks
 from billing.models import DeliveryStatus, EventType, WebhookAttempt, WebhookDelivery
 from billing.webhooks import delivery as delivery_module
+from billing.webhooks import endpoints as endpoints_module
 from billing.webhooks import tasks
 from tests.webhook_receiver import start_receiver
 
@@ -287,3 +288,55 @@ def test_the_sweep_does_not_queue_a_queued_delivery_again_until_its_task_may_be_
 
     later = now + delivery_module.REQUEUE_AFTER + timedelta(seconds=1)
     assert webhooks.sweep(now=later).queued == 1  # the task was lost: queued again
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "::ffff:127.0.0.1",
+        "::10.0.0.1",  # IPv4-compatible
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "2002:0a00:0001::1",  # 6to4 of 10.0.0.1
+        "2002:a9fe:a9fe::",  # 6to4 of 169.254.169.254 (the cloud metadata service)
+        "64:ff9b::10.0.0.1",  # NAT64
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "10.1.2.3",
+        "::1",
+    ],
+)
+def test_an_address_embedding_a_private_ipv4_is_private(address):
+    assert endpoints_module._private(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "64:ff9b::5db8:d822"]
+)
+def test_a_public_address_is_not_private(address):
+    assert not endpoints_module._private(address)
+
+
+@pytest.mark.parametrize("insecure", [True, False])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://exa mple.com/",
+        "https://exa\tmple.com/",
+        "https://-bad.example.com/",
+        "https://a..example.com/",
+        "https://[nothost]/",
+        "https://" + "a" * 64 + ".example.com/",
+    ],
+)
+def test_a_url_whose_host_is_not_a_host_name_is_refused(settings, url, insecure):
+    settings.WEBHOOK_ALLOW_INSECURE_URLS = insecure
+    with pytest.raises(webhooks.WebhookURLRefused):
+        webhooks.check_url(url, resolve=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://hooks.example.com/x", "https://[2606:2800:220:1::1]:8443/x", "https://bücher.de/"],
+)
+def test_valid_hosts_are_accepted(url):
+    assert webhooks.check_url(url, resolve=False) == url
