@@ -41,6 +41,7 @@ from billing.models import (
 )
 from billing.webhooks.endpoints import (
     WebhookDeliveryNotFound,
+    WebhookEventNotFound,
     WebhookURLRefused,
     check_url,
     disable_endpoint,
@@ -531,6 +532,8 @@ def resend_event(
     """Send an event to an endpoint again — or for the first time, if the endpoint was not
     sent it (created after the event, or not wanting its type then)."""
     endpoint = get_endpoint(endpoint_id)
+    if not OutboundEvent.objects.filter(pk=event_id).exists():
+        raise WebhookEventNotFound(f"event {event_id} does not exist", param="event")
     with transaction.atomic():
         delivery, _ = WebhookDelivery.objects.get_or_create(
             endpoint=endpoint,

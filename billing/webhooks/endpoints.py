@@ -45,6 +45,11 @@ class WebhookDeliveryNotFound(errors.BillingError):
     http_status = 404
 
 
+class WebhookEventNotFound(errors.BillingError):
+    code = "webhook_event_not_found"
+    http_status = 404
+
+
 def new_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` and the base64 of 24 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
