@@ -349,7 +349,11 @@ def send_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDe
     claim = _claim(delivery_id, now)
     if claim is None:
         return None
-    delivery = WebhookDelivery.objects.select_related("endpoint", "event").get(pk=delivery_id)
+    delivery = (
+        WebhookDelivery.objects.select_related("endpoint", "event").filter(pk=delivery_id).first()
+    )
+    if delivery is None:  # deleted with its endpoint since the claim
+        return None
     started_at = now
     sent = False
     try:
@@ -396,10 +400,16 @@ def _record(
     started_at: datetime,
     now: datetime,
     sent: bool,
-) -> WebhookDelivery:
+) -> WebhookDelivery | None:
     # no_key: fan-outs inserting deliveries of this endpoint need not wait for it
-    endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=delivery.endpoint_id)
-    current = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
+    endpoint = (
+        WebhookEndpoint.objects.select_for_update(no_key=True)
+        .filter(pk=delivery.endpoint_id)
+        .first()
+    )
+    current = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk).first()
+    if endpoint is None or current is None:  # deleted with its endpoint meanwhile
+        return None
     if current.locked_until != claim.locked_until or current.attempts != claim.attempts:
         # The lease ran out and another worker took the delivery: its attempt is the one
         # recorded; this one records nothing.

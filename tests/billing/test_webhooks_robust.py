@@ -20,6 +20,7 @@ from billing.models import DeliveryStatus, EventType, WebhookAttempt, WebhookDel
 from billing.webhooks import delivery as delivery_module
 from billing.webhooks import endpoints as endpoints_module
 from billing.webhooks import tasks
+from tests.threads import run_concurrently
 from tests.webhook_receiver import start_receiver
 
 
@@ -340,3 +341,49 @@ def test_a_url_whose_host_is_not_a_host_name_is_refused(settings, url, insecure)
 )
 def test_valid_hosts_are_accepted(url):
     assert webhooks.check_url(url, resolve=False) == url
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_across_an_outlived_lease_log_one_attempt_and_neither_crashes(receiver):
+    """Real threads, each with its own connection: worker A's request hangs (the receiver
+    answers after 1.5 s); worker B, after A's lease (its clock past it), takes the delivery
+    and records its attempt; A's record then finds the claim taken over and records
+    nothing."""
+    receiver.script((200, 1.5), 200)
+    delivery = one_delivery(receiver.url)
+    t0 = timezone.now()
+    after_lease = t0 + delivery_module._lease() + timedelta(seconds=1)
+
+    def worker(i: int):
+        if i == 0:
+            return webhooks.send_delivery(delivery_id=delivery.pk, now=t0)
+        receiver.wait_for(1, timeout=10)  # A's request is in flight
+        return webhooks.send_delivery(delivery_id=delivery.pk, now=after_lease)
+
+    results = run_concurrently(worker, threads=2)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert len(receiver.received) == 2
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.locked_until) == (
+        DeliveryStatus.SUCCEEDED,
+        1,
+        None,
+    )
+    (attempt,) = WebhookAttempt.objects.filter(delivery=delivery)
+    assert attempt.number == 1 and attempt.succeeded
+
+
+@pytest.mark.django_db
+def test_an_endpoint_deleted_during_an_attempt_ends_it_quietly(receiver, monkeypatch):
+    delivery = one_delivery(receiver.url)
+    real_post = delivery_module._post
+
+    def post(url, body, headers):
+        outcome = real_post(url, body, headers)
+        webhooks.delete_endpoint(endpoint_id=delivery.endpoint_id)
+        return outcome
+
+    monkeypatch.setattr(delivery_module, "_post", post)
+    assert webhooks.send_delivery(delivery_id=delivery.pk) is None
+    assert not WebhookDelivery.objects.filter(pk=delivery.pk).exists()
