@@ -56,9 +56,10 @@ def test_an_endpoint_is_created_with_its_secret_shown_once(staff_client):
     assert url("billing_webhookendpoint_change", endpoint.pk) in shown
     assert "no-store" in response["Cache-Control"]
     assert endpoint.secret not in str(cookie_messages(response))
-    assert endpoint.secret not in staff_client.get(
-        url("billing_webhookendpoint_change", endpoint.pk)
-    ).content.decode()
+    assert (
+        endpoint.secret
+        not in staff_client.get(url("billing_webhookendpoint_change", endpoint.pk)).content.decode()
+    )
     assert endpoint.enabled_events == ["invoice.paid"]
 
     refused = staff_client.post(
