@@ -8,8 +8,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from billing import webhooks
@@ -65,15 +67,26 @@ class EndpointChangeForm(forms.ModelForm):
             raise ValidationError(error.message) from None
 
 
-def _show_secret(request, endpoint: WebhookEndpoint, what: str) -> None:
-    messages.warning(
+def _show_secrets(
+    admin_view: WebhookEndpointAdmin, request, endpoints: list[WebhookEndpoint], intro: str
+) -> TemplateResponse:
+    """The page showing the new secrets, once: in this answer only (a message would put
+    them in the messages cookie, signed but not encrypted), never cached."""
+    request.current_app = admin_view.admin_site.name
+    response = TemplateResponse(
         request,
-        format_html(
-            "{} Copy its signing secret now, it will not be shown again: <code>{}</code>",
-            what,
-            endpoint.secret,
-        ),
+        "admin/billing/webhook_secret.html",
+        {
+            **admin_view.admin_site.each_context(request),
+            "title": "Signing secret",
+            "opts": admin_view.opts,
+            "endpoints": endpoints,
+            "intro": intro,
+        },
     )
+    add_never_cache_headers(response)
+    response["Cache-Control"] += ", no-store"
+    return response
 
 
 @admin.register(WebhookEndpoint)
@@ -135,8 +148,7 @@ class WebhookEndpointAdmin(ServiceFormMixin, admin.ModelAdmin):
         def create() -> HttpResponse:
             endpoint = webhooks.create_endpoint(**form.cleaned_data)
             self.log_addition(request, endpoint, "Created in the admin.")
-            _show_secret(request, endpoint, f"Webhook endpoint {endpoint.url} created.")
-            return HttpResponseRedirect(self.change_url(endpoint))
+            return _show_secrets(self, request, [endpoint], "Webhook endpoint created.")
 
         return self.run_service(request, form, create) or self.service_form_response(
             request,
@@ -148,10 +160,11 @@ class WebhookEndpointAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     @admin.action(description="Rotate the signing secret (shown once)", permissions=["change"])
     def rotate_secret_action(self, request, queryset):
+        rotated = []
         for endpoint in queryset:
-            rotated = webhooks.rotate_secret(endpoint_id=endpoint.pk)
+            rotated.append(webhooks.rotate_secret(endpoint_id=endpoint.pk))
             self.log_change(request, endpoint, "Secret rotated in the admin.")
-            _show_secret(request, rotated, f"New secret for {rotated.url}.")
+        return _show_secrets(self, request, rotated, "Secret rotated; the old one signs nothing.")
 
     @admin.action(description="Disable the selected endpoints", permissions=["change"])
     def disable_action(self, request, queryset):

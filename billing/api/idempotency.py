@@ -133,8 +133,14 @@ def _stored_body(response):
     return json.loads(json.dumps(response.data, cls=DjangoJSONEncoder))
 
 
-def idempotent(handler):
-    """Decorate a view's ``post`` method: record and work in one transaction."""
+def idempotent(handler=None, *, redact=None):
+    """Decorate a view's ``post`` method: record and work in one transaction.
+
+    ``redact(body) -> body``: what is stored (and replayed) instead of the answer, for an
+    answer carrying what must be shown once only (a webhook endpoint's signing secret):
+    ``@idempotent(redact=...)``."""
+    if handler is None:
+        return functools.partial(idempotent, redact=redact)
 
     @functools.wraps(handler)
     def wrapper(view, request, *args, **kwargs):
@@ -155,8 +161,11 @@ def idempotent(handler):
             if _not_stored(response):
                 transaction.set_rollback(True)  # not stored: a retry runs the work again
                 return response
+            body = _stored_body(response)
+            if redact is not None:
+                body = redact(body)
             IdempotencyRecord.objects.filter(pk=claimed[0]).update(
-                status_code=response.status_code, response_body=_stored_body(response)
+                status_code=response.status_code, response_body=body
             )
             return response
 

@@ -54,6 +54,10 @@ urlpatterns = [
         webhook_api.WebhookEndpointRotateSecretView.as_view(),
     ),
     path(
+        "webhook-endpoints/<int:endpoint_id>/resend-event",
+        webhook_api.WebhookEndpointResendEventView.as_view(),
+    ),
+    path(
         "webhook-endpoints/<int:endpoint_id>/deliveries",
         webhook_api.WebhookEndpointDeliveriesView.as_view(),
     ),

@@ -60,7 +60,10 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
 
 class WebhookEndpointWithSecretSerializer(WebhookEndpointSerializer):
     secret = serializers.CharField(
-        help_text="whsec_…: verify the signatures with it. Shown here only, once."
+        allow_null=True,
+        help_text="whsec_…: verify the signatures with it. Shown here only, once: a replay "
+        "of this request (same Idempotency-Key, Idempotent-Replayed: true) answers null, as "
+        "the secret is not stored with the idempotency record — rotate it if it was lost.",
     )
 
     class Meta(WebhookEndpointSerializer.Meta):
@@ -100,6 +103,12 @@ class WebhookEndpointUpdateSerializer(StrictSerializer):
         required=False,
         help_text="disabled stops deliveries; enabled starts them again and clears the "
         "failure count.",
+    )
+
+
+class ResendEventSerializer(StrictSerializer):
+    event = serializers.CharField(
+        max_length=40, help_text="The event's id (evt_…, the webhook-id header)."
     )
 
 
@@ -161,6 +170,14 @@ class OutboundEventPageSerializer(OutboundEventSerializer):
     )
 
 
+def without_secret(body):
+    """What an Idempotency-Key stores of an answer carrying a secret: the answer with
+    ``secret`` null (the secret is shown once; a replay does not show it again)."""
+    if isinstance(body, dict) and "secret" in body:
+        return {**body, "secret": None}
+    return body
+
+
 def _delivery(delivery_id: int) -> WebhookDelivery:
     found = (
         WebhookDelivery.objects.select_related("event")
@@ -217,7 +234,7 @@ class WebhookEndpointListCreateView(APIView):
             )
         ],
     )
-    @idempotent
+    @idempotent(redact=without_secret)
     def post(self, request):
         data = WebhookEndpointCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -275,11 +292,41 @@ class WebhookEndpointRotateSecretView(APIView):
         responses={200: WebhookEndpointWithSecretSerializer, **errors(400, 404, 409)},
         parameters=[idempotency_parameter()],
     )
-    @idempotent
+    @idempotent(redact=without_secret)
     def post(self, request, endpoint_id: int):
         NoBody(data=request.data).is_valid(raise_exception=True)
         endpoint = webhooks.rotate_secret(endpoint_id=endpoint_id)
         return Response(WebhookEndpointWithSecretSerializer(endpoint).data)
+
+
+class WebhookEndpointResendEventView(APIView):
+    @extend_schema(
+        operation_id="webhook_endpoints_resend_event",
+        tags=["webhooks"],
+        summary="Send an event to this endpoint now: again, or for the first time",
+        description="For an event the endpoint never got (created after it, or not wanting "
+        "its type then) or got and lost. The attempt is queued; read the delivery to see "
+        "its outcome. An unknown event is `webhook_event_not_found` (404).",
+        request=ResendEventSerializer,
+        responses={202: WebhookDeliverySerializer, **errors(400, 404, 409)},
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request, endpoint_id: int):
+        webhooks.get_endpoint(endpoint_id)  # 404 before the body's errors
+        data = ResendEventSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        public_id = data.validated_data["event"]
+        event = OutboundEvent.objects.filter(public_id=public_id).first()
+        if event is None:
+            raise webhooks.WebhookEventNotFound(
+                f"event {public_id!r} does not exist", param="event"
+            )
+        delivery = webhooks.resend_event(event_id=event.pk, endpoint_id=endpoint_id)
+        return Response(
+            WebhookDeliverySerializer(_delivery(delivery.pk)).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 DELIVERY_FILTERS = ("status",)

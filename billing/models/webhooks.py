@@ -88,6 +88,15 @@ class WebhookDelivery(models.Model):
     manual_resend = models.BooleanField(
         default=False, help_text="The next attempt was asked for by hand (a resend)."
     )
+    resends = models.PositiveIntegerField(
+        default=0,
+        help_text="Resends asked for; one asked for during an attempt survives its record.",
+    )
+    queued_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a send was last queued (the sweep does not queue it again soon).",
+    )
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_response_body = models.TextField(blank=True, default="")

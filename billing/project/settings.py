@@ -461,6 +461,10 @@ WEBHOOK_RETRY_SCHEDULE = [
 ]
 WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "10"))  # seconds
 WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "10"))  # seconds
+# The two above are per socket operation; this bounds one attempt in all (connecting,
+# sending, the answer's headers and the start of its body). The claim's lease and the send
+# task's time limits are set above it.
+WEBHOOK_TOTAL_TIMEOUT = float(os.environ.get("WEBHOOK_TOTAL_TIMEOUT", "15"))  # seconds
 # An endpoint whose every attempt has failed for this long is disabled (staff enable it).
 WEBHOOK_DISABLE_AFTER = timedelta(
     seconds=float(os.environ.get("WEBHOOK_DISABLE_AFTER_SECONDS", str(5 * 24 * 3600)))

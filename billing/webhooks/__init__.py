@@ -21,6 +21,7 @@ from billing.webhooks.delivery import (
 from billing.webhooks.endpoints import (
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
+    WebhookEventNotFound,
     WebhookURLRefused,
     check_event_types,
     check_url,
@@ -50,6 +51,7 @@ __all__ = [
     "sweep",
     "WebhookDeliveryNotFound",
     "WebhookEndpointNotFound",
+    "WebhookEventNotFound",
     "WebhookURLRefused",
     "check_event_types",
     "check_url",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from requests.adapters import HTTPAdapter
 from standardwebhooks import Webhook
 
 from billing.models import (
@@ -38,6 +41,7 @@ from billing.models import (
 )
 from billing.webhooks.endpoints import (
     WebhookDeliveryNotFound,
+    WebhookEventNotFound,
     WebhookURLRefused,
     check_url,
     disable_endpoint,
@@ -51,6 +55,9 @@ USER_AGENT = "ai-billing-webhooks/1"
 # A retry this close is queued with a countdown; a later one waits for the sweep (a long
 # countdown in Redis would outlive the broker's visibility timeout and run early).
 COUNTDOWN_LIMIT = 600  # seconds
+# A delivery queued this recently is not queued again by the sweep (its task is on the
+# broker); past it, the task is taken to be lost and the sweep queues it again.
+REQUEUE_AFTER = timedelta(minutes=10)
 
 
 def payload_of(event: OutboundEvent) -> dict[str, Any]:
@@ -96,7 +103,10 @@ def fan_out(*, event_id: int, now: datetime | None = None) -> list[int]:
         )
         wanted = [e for e in endpoints if e.wants(event.type)]
         WebhookDelivery.objects.bulk_create(
-            [WebhookDelivery(endpoint=e, event=event, next_attempt_at=now) for e in wanted],
+            [
+                WebhookDelivery(endpoint=e, event=event, next_attempt_at=now, queued_at=now)
+                for e in wanted
+            ],
             ignore_conflicts=True,  # the unique (endpoint, event): made once
         )
         OutboundEvent.objects.filter(pk=event.pk, fanned_out_at__isnull=True).update(
@@ -128,22 +138,57 @@ def queue_sends(delivery_ids: list[int], *, countdown: float | None = None) -> N
 # --- sending ------------------------------------------------------------------------------
 
 
+def total_timeout() -> float:
+    """The wall-clock limit of one attempt's request (connecting, sending, the answer's
+    headers and the start of its body): requests' timeouts are per socket operation, so a
+    receiver dripping its answer would hold an attempt for ever without it."""
+    return float(settings.WEBHOOK_TOTAL_TIMEOUT)
+
+
 def _lease() -> timedelta:
-    """How long a claim lasts: the request's timeouts and a margin. A worker that died
-    mid-attempt leaves the delivery to the next one after this."""
-    return timedelta(seconds=settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_READ_TIMEOUT + 60)
+    """How long a claim lasts: well above the attempt's total deadline and the send task's
+    hard time limit (``tasks.SEND_HARD_TIME_LIMIT``), so a worker still making the attempt
+    always holds it. A worker that died mid-attempt leaves the delivery to the next one
+    after this."""
+    return timedelta(seconds=total_timeout() + 120)
 
 
-def _claim(delivery_id: int, now: datetime) -> bool:
-    """Take the delivery for one attempt if it is due and nobody holds it: one conditional
-    UPDATE, so of two workers exactly one gets it."""
-    return bool(
-        WebhookDelivery.objects.filter(
-            Q(locked_until__isnull=True) | Q(locked_until__lte=now),
-            pk=delivery_id,
-            status__in=DUE_STATUSES,
-            next_attempt_at__lte=now,
-        ).update(locked_until=now + _lease())
+@dataclass
+class Claim:
+    """What the claim saw of the delivery: its ``locked_until`` (the claim's token), its
+    ``attempts`` and ``resends``."""
+
+    locked_until: datetime
+    attempts: int
+    resends: int
+    manual: bool
+
+
+def _claim(delivery_id: int, now: datetime) -> Claim | None:
+    """Take the delivery for one attempt if it is due and nobody holds it: the row locked
+    and updated in one short transaction, so of two workers exactly one gets it (the second
+    re-reads the row after the first commits, and it no longer matches)."""
+    with transaction.atomic():
+        row = (
+            WebhookDelivery.objects.select_for_update()
+            .filter(
+                Q(locked_until__isnull=True) | Q(locked_until__lte=now),
+                pk=delivery_id,
+                status__in=DUE_STATUSES,
+                next_attempt_at__lte=now,
+            )
+            .values("attempts", "resends", "manual_resend")
+            .first()
+        )
+        if row is None:
+            return None
+        lease = now + _lease()
+        WebhookDelivery.objects.filter(pk=delivery_id).update(locked_until=lease)
+    return Claim(
+        locked_until=lease,
+        attempts=row["attempts"],
+        resends=row["resends"],
+        manual=row["manual_resend"],
     )
 
 
@@ -156,38 +201,133 @@ class Outcome:
     duration_ms: int = 0
 
 
+def clean_text(text: str, limit: int) -> str:
+    """Text PostgreSQL stores: no NUL character (a ``DataError`` in a text column), no lone
+    surrogate, at most ``limit`` characters."""
+    text = text.replace("\x00", "")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+class _Deadline:
+    """Shuts the request's sockets down when the attempt's total time is up: a read blocked
+    on a receiver that drips its answer then returns at once (an error, taken as a
+    timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _session(deadline: _Deadline) -> requests.Session:
+    """A session whose connections report their socket to ``deadline``."""
+
+    def watched(base: Any) -> Any:
+        class Connection(base):
+            def connect(self) -> None:
+                super().connect()
+                deadline.watch(self.sock)
+
+        return Connection
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            pools: dict[str, Any] = {}
+            classes: dict[str, Any] = self.poolmanager.pool_classes_by_scheme
+            for scheme, pool in classes.items():
+                pools[scheme] = type(
+                    pool.__name__, (pool,), {"ConnectionCls": watched(pool.ConnectionCls)}
+                )
+            self.poolmanager.pool_classes_by_scheme = pools
+
+    session = requests.Session()
+    adapter = Adapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _post(url: str, body: str, headers: dict) -> Outcome:
+    """One request, within ``total_timeout()`` in all; never raises."""
     started = time.monotonic()
+    deadline = _Deadline(total_timeout())
     try:
         if not settings.WEBHOOK_ALLOW_INSECURE_URLS:
             check_url(url)  # again: the name may resolve elsewhere since it was checked
-        with requests.post(
-            url,
-            data=body.encode(),
-            headers=headers,
-            timeout=(settings.WEBHOOK_CONNECT_TIMEOUT, settings.WEBHOOK_READ_TIMEOUT),
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            raw = response.raw.read(RESPONSE_EXCERPT * 4, decode_content=True) or b""
-            excerpt = raw.decode(response.encoding or "utf-8", errors="replace")
-            code = response.status_code
+        with deadline, _session(deadline) as session:
+            with session.post(
+                url,
+                data=body.encode(),
+                headers=headers,
+                timeout=(settings.WEBHOOK_CONNECT_TIMEOUT, settings.WEBHOOK_READ_TIMEOUT),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                code = response.status_code
+                # at most this many bytes (decompressed), whatever the body's length
+                raw = response.raw.read(RESPONSE_EXCERPT * 4, decode_content=True) or b""
+                excerpt = _decode(raw, response.encoding)
+            if deadline.expired:
+                raise TimeoutError
         return Outcome(
             succeeded=200 <= code < 300,
             status_code=code,
-            response_body=excerpt[:RESPONSE_EXCERPT],
+            response_body=clean_text(excerpt, RESPONSE_EXCERPT),
             error="" if 200 <= code < 300 else f"HTTP {code}",
             duration_ms=int((time.monotonic() - started) * 1000),
         )
-    except requests.Timeout as error:
-        message = f"timeout: {error}"
-    except requests.RequestException as error:
-        message = f"{type(error).__name__}: {error}"
     except WebhookURLRefused as error:
         message = error.message
+    except Exception as error:  # noqa: BLE001 - every failure is a failed attempt
+        if deadline.expired:
+            message = f"timeout: no complete answer within {deadline.seconds:g} s"
+        elif isinstance(error, requests.Timeout):
+            message = f"timeout: {error}"
+        else:
+            message = f"{type(error).__name__}: {error}"
     return Outcome(
         succeeded=False,
-        error=message[:1000],
+        error=clean_text(message, 1000),
         duration_ms=int((time.monotonic() - started) * 1000),
     )
 
@@ -202,38 +342,85 @@ def retry_delay(attempts: int) -> int | None:
 def send_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDelivery | None:
     """Make the delivery's next attempt if it is due (``now``: when the schedule is read;
     the signature's timestamp is always the real time). None when there was nothing to do:
-    not due, already sent, or another worker holds it."""
+    not due, already sent, or another worker holds it. Whatever goes wrong once the
+    delivery is claimed becomes a failed attempt in the log (or, failing that, the claim is
+    released), so the retries follow the schedule."""
     now = now or timezone.now()
-    if not _claim(delivery_id, now):
+    claim = _claim(delivery_id, now)
+    if claim is None:
         return None
-    delivery = WebhookDelivery.objects.select_related("endpoint", "event").get(pk=delivery_id)
-    endpoint, event = delivery.endpoint, delivery.event
-    if endpoint.status != EndpointStatus.ENABLED:
-        outcome = Outcome(succeeded=False, error="the endpoint is disabled")
-        started_at = now
-        sent = False
-    else:
-        body = body_of(event)
-        started_at = timezone.now()
-        headers = signed_headers(secret=endpoint.secret, event=event, body=body, at=started_at)
-        outcome = _post(endpoint.url, body, headers)  # no transaction is open here
-        sent = True
-    return _record(delivery, outcome, started_at=started_at, now=now, sent=sent)
+    delivery = (
+        WebhookDelivery.objects.select_related("endpoint", "event").filter(pk=delivery_id).first()
+    )
+    if delivery is None:  # deleted with its endpoint since the claim
+        return None
+    started_at = now
+    sent = False
+    try:
+        endpoint, event = delivery.endpoint, delivery.event
+        if endpoint.status != EndpointStatus.ENABLED:
+            outcome = Outcome(succeeded=False, error="the endpoint is disabled")
+        else:
+            body = body_of(event)
+            started_at = timezone.now()
+            headers = signed_headers(secret=endpoint.secret, event=event, body=body, at=started_at)
+            sent = True
+            outcome = _post(endpoint.url, body, headers)  # no transaction is open here
+    except Exception as error:  # noqa: BLE001
+        log.exception("webhook delivery %s: the attempt failed", delivery_id)
+        sent = True  # an attempt, failed: logged, and retried on the schedule
+        outcome = Outcome(
+            succeeded=False, error=clean_text(f"{type(error).__name__}: {error}", 1000)
+        )
+    try:
+        return _record(delivery, claim, outcome, started_at=started_at, now=now, sent=sent)
+    except Exception:
+        log.exception("webhook delivery %s: recording the attempt failed", delivery_id)
+    try:  # again, without the answer's text
+        bare = Outcome(
+            succeeded=False,
+            status_code=outcome.status_code,
+            error="the attempt could not be recorded with its response (see the logs)",
+            duration_ms=outcome.duration_ms,
+        )
+        return _record(delivery, claim, bare, started_at=started_at, now=now, sent=sent)
+    except Exception:
+        WebhookDelivery.objects.filter(pk=delivery_id, locked_until=claim.locked_until).update(
+            locked_until=None
+        )
+        raise
 
 
 @transaction.atomic
 def _record(
-    delivery: WebhookDelivery, outcome: Outcome, *, started_at: datetime, now: datetime, sent: bool
-) -> WebhookDelivery:
+    delivery: WebhookDelivery,
+    claim: Claim,
+    outcome: Outcome,
+    *,
+    started_at: datetime,
+    now: datetime,
+    sent: bool,
+) -> WebhookDelivery | None:
     # no_key: fan-outs inserting deliveries of this endpoint need not wait for it
-    endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=delivery.endpoint_id)
-    number = delivery.attempts + 1
-    manual = delivery.manual_resend
+    endpoint = (
+        WebhookEndpoint.objects.select_for_update(no_key=True)
+        .filter(pk=delivery.endpoint_id)
+        .first()
+    )
+    current = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk).first()
+    if endpoint is None or current is None:  # deleted with its endpoint meanwhile
+        return None
+    if current.locked_until != claim.locked_until or current.attempts != claim.attempts:
+        # The lease ran out and another worker took the delivery: its attempt is the one
+        # recorded; this one records nothing.
+        log.warning("webhook delivery %s: stale attempt not recorded", delivery.pk)
+        return current
+    number = claim.attempts + 1
     if sent:
         WebhookAttempt.objects.create(
-            delivery=delivery,
+            delivery=current,
             number=number,
-            manual=manual,
+            manual=claim.manual,
             url=endpoint.url,
             started_at=started_at,
             duration_ms=outcome.duration_ms,
@@ -243,10 +430,11 @@ def _record(
             error=outcome.error,
         )
     fields: dict[str, Any] = {
-        "attempts": number if sent else delivery.attempts,
+        "attempts": number if sent else current.attempts,
         "locked_until": None,
         "manual_resend": False,
-        "last_attempt_at": started_at if sent else delivery.last_attempt_at,
+        "queued_at": None,
+        "last_attempt_at": started_at if sent else current.last_attempt_at,
         "last_status_code": outcome.status_code,
         "last_response_body": outcome.response_body,
         "last_error": outcome.error,
@@ -263,22 +451,30 @@ def _record(
                 "status": DeliveryStatus.RETRYING,
                 "next_attempt_at": now + timedelta(seconds=delay),
             }
-    # Only if nobody recorded this attempt meanwhile (a lease outlived by a hung request).
-    updated = WebhookDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
-        **fields
-    )
-    if not updated:
-        delivery.refresh_from_db()
-        return delivery
+    resent = current.resends != claim.resends
+    if resent:  # asked for while this attempt was made: one more, now, as asked
+        fields |= {
+            "status": DeliveryStatus.PENDING,
+            "next_attempt_at": min(current.next_attempt_at or now, now),
+            "manual_resend": True,
+        }
+    wait: float | None = None
+    if fields["status"] in DUE_STATUSES:
+        wait = max((fields["next_attempt_at"] - now).total_seconds(), 0)
+        if wait <= COUNTDOWN_LIMIT:
+            fields["queued_at"] = fields["next_attempt_at"]
+        else:
+            wait = None
+    WebhookDelivery.objects.filter(pk=current.pk).update(**fields)
     for name, value in fields.items():
-        setattr(delivery, name, value)
+        setattr(current, name, value)
     if sent:
         _count_on_endpoint(endpoint, succeeded=outcome.succeeded, now=now)
-    if delivery.status == DeliveryStatus.RETRYING and delivery.next_attempt_at is not None:
-        wait = (delivery.next_attempt_at - now).total_seconds()
-        if wait <= COUNTDOWN_LIMIT:
-            transaction.on_commit(lambda: queue_sends([delivery.pk], countdown=wait), robust=True)
-    return delivery
+    if wait is not None:
+        transaction.on_commit(
+            lambda: queue_sends([current.pk], countdown=wait or None), robust=True
+        )
+    return current
 
 
 def _count_on_endpoint(endpoint: WebhookEndpoint, *, succeeded: bool, now: datetime) -> None:
@@ -314,7 +510,8 @@ def _count_on_endpoint(endpoint: WebhookEndpoint, *, succeeded: bool, now: datet
 def resend_delivery(*, delivery_id: int, now: datetime | None = None) -> WebhookDelivery:
     """Queue one more attempt of this delivery, now, whatever its status (a failed one, or a
     succeeded one the receiver lost). A failure afterwards follows the retry schedule from
-    where the delivery's attempts stand (a spent schedule: failed again)."""
+    where the delivery's attempts stand (a spent schedule: failed again). Asked for while an
+    attempt is being made, it is made after that one (``resends`` counts the requests)."""
     now = now or timezone.now()
     with transaction.atomic():
         delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
@@ -323,7 +520,18 @@ def resend_delivery(*, delivery_id: int, now: datetime | None = None) -> Webhook
         delivery.status = DeliveryStatus.PENDING
         delivery.next_attempt_at = now
         delivery.manual_resend = True
-        delivery.save(update_fields=["status", "next_attempt_at", "manual_resend", "updated_at"])
+        delivery.resends += 1
+        delivery.queued_at = now
+        delivery.save(
+            update_fields=[
+                "status",
+                "next_attempt_at",
+                "manual_resend",
+                "resends",
+                "queued_at",
+                "updated_at",
+            ]
+        )
         transaction.on_commit(lambda: queue_sends([delivery_id]), robust=True)
     return delivery
 
@@ -334,6 +542,8 @@ def resend_event(
     """Send an event to an endpoint again — or for the first time, if the endpoint was not
     sent it (created after the event, or not wanting its type then)."""
     endpoint = get_endpoint(endpoint_id)
+    if not OutboundEvent.objects.filter(pk=event_id).exists():
+        raise WebhookEventNotFound(f"event {event_id} does not exist", param="event")
     with transaction.atomic():
         delivery, _ = WebhookDelivery.objects.get_or_create(
             endpoint=endpoint,
@@ -354,7 +564,10 @@ class SweepResult:
 
 def sweep(*, now: datetime | None = None, limit: int = 1000) -> SweepResult:
     """Beat, every minute: fan out events whose fan-out never ran (the broker was down at
-    their commit, or the task was lost), then queue the deliveries that are due and free."""
+    their commit, or the task was lost), then queue the deliveries that are due and free —
+    but not one queued less than ``REQUEUE_AFTER`` ago (its task is on the broker, maybe
+    behind others): each is marked queued, so a lost task is queued again later, not every
+    minute."""
     now = now or timezone.now()
     events = list(
         OutboundEvent.objects.filter(fanned_out_at__isnull=True)
@@ -363,16 +576,20 @@ def sweep(*, now: datetime | None = None, limit: int = 1000) -> SweepResult:
     )
     for event_id in events:
         fan_out(event_id=event_id, now=now)
-    due = list(
-        WebhookDelivery.objects.filter(
-            Q(locked_until__isnull=True) | Q(locked_until__lte=now),
-            status__in=DUE_STATUSES,
-            next_attempt_at__lte=now,
+    with transaction.atomic():
+        due = list(
+            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            .filter(
+                Q(locked_until__isnull=True) | Q(locked_until__lte=now),
+                Q(queued_at__isnull=True) | Q(queued_at__lte=now - REQUEUE_AFTER),
+                status__in=DUE_STATUSES,
+                next_attempt_at__lte=now,
+            )
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
         )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    queue_sends(due)
+        WebhookDelivery.objects.filter(pk__in=due).update(queued_at=now)
+    queue_sends(due)  # (the broker down: queued again after REQUEUE_AFTER)
     return SweepResult(fanned_out=len(events), queued=len(due))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import secrets
 import socket
 from collections.abc import Iterable
@@ -44,14 +45,63 @@ class WebhookDeliveryNotFound(errors.BillingError):
     http_status = 404
 
 
+class WebhookEventNotFound(errors.BillingError):
+    code = "webhook_event_not_found"
+    http_status = 404
+
+
 def new_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` and the base64 of 24 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4
+HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+    r"(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?"
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped (``::ffff:a.b.c.d``),
+    IPv4-compatible (``::a.b.c.d``), 6to4 (``2002:AABB:CCDD::/48``), NAT64
+    (``64:ff9b::a.b.c.d``) and Teredo (server and client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if int(ip) >> 32 == 0:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip in NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def _private(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global or ip.is_multicast
+    if not ip.is_global or ip.is_multicast:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        return any(not v4.is_global or v4.is_multicast for v4 in _embedded_ipv4(ip))
+    return False
+
+
+def _valid_host(host: str, netloc: str) -> bool:
+    """An IP address (IPv6 in brackets) or a DNS name (IDNA for a non-ASCII one)."""
+    if "[" in netloc:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return True
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return HOST_NAME.fullmatch(ascii_host) is not None
 
 
 def check_url(url: str, *, resolve: bool = True) -> str:
@@ -59,6 +109,11 @@ def check_url(url: str, *, resolve: bool = True) -> str:
     url = (url or "").strip()
     if not url or len(url) > MAX_URL_LENGTH:
         raise WebhookURLRefused(f"url must be 1 to {MAX_URL_LENGTH} characters", param="url")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise WebhookURLRefused(
+            "url must not contain spaces or control characters (percent-encode them)",
+            param="url",
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -69,6 +124,8 @@ def check_url(url: str, *, resolve: bool = True) -> str:
         raise WebhookURLRefused("url must be an http:// or https:// URL", param="url")
     if parts.username or parts.password:
         raise WebhookURLRefused("url must not carry a user name or password", param="url")
+    if not _valid_host(host, parts.netloc):
+        raise WebhookURLRefused(f"url's host {host!r} is not a valid host name", param="url")
     if settings.WEBHOOK_ALLOW_INSECURE_URLS:
         return url
     if parts.scheme != "https":

@@ -4,11 +4,13 @@ schema documents every event type's payload in its `webhooks` section."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
 
 from billing import outbox, webhooks
-from billing.models import EventType, WebhookDelivery, WebhookEndpoint
+from billing.models import EventType, IdempotencyRecord, WebhookDelivery, WebhookEndpoint
 from tests.billing.conftest import assert_error, make_client
 from tests.factories import CustomerFactory
 
@@ -161,3 +163,71 @@ def test_the_schema_documents_every_event_type_in_its_webhooks_section(settings)
         "/api/v1/webhook-deliveries/{delivery_id}/resend",
         "/api/v1/webhook-events",
     } <= set(paths)
+
+
+def test_a_secret_is_not_stored_with_the_idempotency_record_and_not_replayed(api):
+    """The answers carrying the secret (create, rotate-secret) are stored without it: a
+    replay answers the endpoint with ``secret`` null; the secret was shown once."""
+    first = api.post(
+        ENDPOINTS, {"url": "https://hooks.example.com/x"}, HTTP_IDEMPOTENCY_KEY="create-1"
+    )
+    assert first.status_code == 201
+    secret = first.json()["secret"]
+    assert secret.startswith("whsec_")
+    record = IdempotencyRecord.objects.get(key="create-1")
+    assert secret not in json.dumps(record.response_body)
+    again = api.post(
+        ENDPOINTS, {"url": "https://hooks.example.com/x"}, HTTP_IDEMPOTENCY_KEY="create-1"
+    )
+    assert again.status_code == 201 and again["Idempotent-Replayed"] == "true"
+    assert again.json() == {**first.json(), "secret": None}
+    assert WebhookEndpoint.objects.count() == 1
+
+    rotate = f"{ENDPOINTS}/{first.json()['id']}/rotate-secret"
+    rotated = api.post(rotate, {}, HTTP_IDEMPOTENCY_KEY="rotate-1")
+    new_secret = rotated.json()["secret"]
+    assert new_secret.startswith("whsec_") and new_secret != secret
+    assert new_secret not in json.dumps(IdempotencyRecord.objects.get(key="rotate-1").response_body)
+    replayed = api.post(rotate, {}, HTTP_IDEMPOTENCY_KEY="rotate-1")
+    assert replayed["Idempotent-Replayed"] == "true" and replayed.json()["secret"] is None
+    assert WebhookEndpoint.objects.get().secret == new_secret  # not rotated twice
+
+
+def test_an_event_is_resent_to_an_endpoint_that_never_got_it(api):
+    made = outbox.emit(EventType.INVOICE_PAID, data={"id": 7})
+    assert made is not None
+    webhooks.fan_out(event_id=made.pk)  # no endpoint yet: nobody gets it
+    endpoint_id = create(api).json()["id"]
+    path = f"{ENDPOINTS}/{endpoint_id}/resend-event"
+
+    response = api.post(path, {"event": made.public_id})
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert (body["endpoint"], body["event"], body["status"]) == (
+        endpoint_id,
+        made.public_id,
+        "pending",
+    )
+    delivery = WebhookDelivery.objects.get(endpoint_id=endpoint_id, event=made)
+    assert delivery.manual_resend and body["id"] == delivery.pk
+    again = api.post(path, {"event": made.public_id})  # the same delivery, once more
+    assert again.status_code == 202 and again.json()["id"] == delivery.pk
+    assert WebhookDelivery.objects.filter(endpoint_id=endpoint_id).count() == 1
+
+    assert_error(
+        api.post(path, {"event": "evt_nope"}), 404, "webhook_event_not_found", param="event"
+    )
+    assert_error(api.post(path, {}), 400, "parameter_missing", param="event")
+    assert_error(
+        api.post(path, {"event": made.public_id, "x": 1}), 400, "unknown_parameter", param="x"
+    )
+    assert_error(
+        api.post(f"{ENDPOINTS}/999999/resend-event", {"event": made.public_id}),
+        404,
+        "webhook_endpoint_not_found",
+    )
+
+
+def test_a_url_with_a_space_in_its_host_is_refused(api):
+    assert_error(create(api, url="https://exa mple.com/"), 400, "invalid_url", param="url")
