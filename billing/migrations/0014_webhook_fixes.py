@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0010_webhooks"),
+        ("billing", "0013_plan_credits"),
     ]
 
     operations = [
