@@ -7,6 +7,8 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from billing.devtools import webhook_receiver
+
 admin.site.site_header = "AI Billing — finance"
 admin.site.site_title = "AI Billing"
 admin.site.index_title = "Ledger, customers and invoices"
@@ -27,6 +29,8 @@ urlpatterns = [
     # drf-spectacular-sidecar's static files, never from a CDN.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    # The demo's webhook receiver: 404 unless DEBUG (development only).
+    path(webhook_receiver.PATH, webhook_receiver.receive, name="dev-webhook-receiver"),
 ]
 
 

@@ -4,6 +4,9 @@ four customers — prepaid, postpaid, metered and credits — with subscriptions
 period close (beat, or "Close due periods" in the admin) invoices it at once.
 
 initech's wallet has an auto top-up (offline in the demo): the first beat run refills it.
+A webhook endpoint subscribed to every event points at the demo's own receiver
+(billing.devtools.webhook_receiver, development only): made first, so every event the
+seeding and beat emit is delivered to it, signed, and logged in the admin.
 
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
@@ -21,14 +24,17 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from billing import alerts, services
+from billing import alerts, services, webhooks
+from billing.devtools import webhook_receiver
 from billing.models import (
+    ALL_EVENTS,
     AlertKind,
     AlertScope,
     AutoTopUp,
     BillingMode,
     Customer,
     SubscriptionStatus,
+    WebhookEndpoint,
 )
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
@@ -69,6 +75,7 @@ class Command(BaseCommand):
         user_model = get_user_model()
         if not user_model.objects.filter(username="admin").exists():
             user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+        self.stdout.write(f"  webhooks: {_seed_webhook_endpoint()}")
         report = import_genai_prices()
         self.stdout.write(
             f"  model catalog ({report.source}): {report.created} price versions added, "
@@ -140,6 +147,26 @@ def _seed_alerts() -> None:
             per_model=True,
             recipients=["finance@seller.example"],
         )
+
+
+DEMO_WEBHOOK_DESCRIPTION = "Demo: the local webhook receiver (every event)"
+
+
+def _seed_webhook_endpoint() -> str:
+    """An endpoint for every event at the demo's receiver (made once; its URL follows the
+    web server's HOST and PORT). Only where http and local addresses are allowed
+    (``WEBHOOK_ALLOW_INSECURE_URLS``, on in development)."""
+    if not settings.WEBHOOK_ALLOW_INSECURE_URLS:
+        return "no demo endpoint (WEBHOOK_ALLOW_INSECURE_URLS is off)"
+    url = webhook_receiver.receiver_url()
+    endpoint = WebhookEndpoint.objects.filter(description=DEMO_WEBHOOK_DESCRIPTION).first()
+    if endpoint is None:
+        endpoint = webhooks.create_endpoint(
+            url=url, enabled_events=[ALL_EVENTS], description=DEMO_WEBHOOK_DESCRIPTION
+        )
+    elif endpoint.url != url:
+        endpoint = webhooks.update_endpoint(endpoint_id=endpoint.pk, url=url)
+    return f"every event to {endpoint.url}"
 
 
 DEMO_PORTAL_USERS = [
