@@ -16,6 +16,9 @@ from django.utils import timezone
 
 from billing.models import (
     AllocationKind,
+    AutoTopUp,
+    AutoTopUpAttempt,
+    BillingMode,
     ConsumptionModel,
     CreditAllocation,
     Customer,
@@ -33,6 +36,7 @@ ZERO = Decimal(0)
 CREDITS = "CREDITS"
 OTHER_USAGE = "Other usage"  # the by-model table's row for usage no LLM model carries
 RECENT_EVENTS = 25
+RECENT_AUTO_TOP_UP_ATTEMPTS = 5
 EXPORT_DAYS_WITHOUT_SUBSCRIPTION = 90
 
 
@@ -216,3 +220,22 @@ def customer_invoice(customer: Customer, invoice_id: int) -> Invoice | None:
         .exclude(status=InvoiceStatus.DRAFT)
         .first()
     )
+
+
+def auto_top_ups(customer: Customer) -> list[dict[str, Any]]:
+    """Each prepaid wallet of the customer with its auto top-up settings (``None``: never
+    set) and its latest attempts, newest first."""
+    wallets = list(customer.wallets.filter(billing_mode=BillingMode.PREPAID).order_by("currency"))
+    settings = {a.wallet_id: a for a in AutoTopUp.objects.filter(customer=customer)}
+    return [
+        {
+            "wallet": wallet,
+            "settings": settings.get(wallet.pk),
+            "attempts": list(
+                AutoTopUpAttempt.objects.filter(customer=customer, wallet=wallet).order_by("-id")[
+                    :RECENT_AUTO_TOP_UP_ATTEMPTS
+                ]
+            ),
+        }
+        for wallet in wallets
+    ]

@@ -1,0 +1,123 @@
+"""The portal's self-service: auto top-up of a prepaid wallet (set, refused with the
+service's errors on the form, its state: attempts, turned off after failures, a saved card
+or not), the customer's active alerts, and changing or canceling the plan — each only
+within the signed-in member's customer."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing import services
+from billing.models import AutoTopUp, BillingMode
+from invoicing import auto_top_up, stripe_gateway
+from tests.billing.test_portal import customer_with_usage, member_client
+from tests.invoicing.test_auto_top_up import stripe_server  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def _no_stripe(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = False
+
+
+def auto_top_up_form(currency="USD", **values) -> dict:
+    prefix = f"atu-{currency}-"
+    data = {"form": "auto_top_up", "wallet": currency}
+    data.update({prefix + name: value for name, value in values.items()})
+    return data
+
+
+def test_the_customer_turns_auto_top_up_on_and_off_for_their_prepaid_wallet():
+    acme = customer_with_usage("acme")
+    client = member_client(acme.customer, "ann@acme.example")
+    page = client.get("/portal/settings/").content.decode()
+    assert "Auto top-up of the USD wallet" in page and "Off." in page
+    form = auto_top_up_form(enabled="on", threshold="20", target="100", monthly_cap="300")
+    response = client.post("/portal/settings/", form)
+    assert response.status_code == 302
+    settings = AutoTopUp.objects.get(customer=acme.customer)
+    assert settings.enabled and settings.wallet.currency == "USD"
+    assert (settings.threshold, settings.target, settings.monthly_cap) == (D(20), D(100), D(300))
+    page = client.get("/portal/settings/").content.decode()
+    assert "falls below 20.00 USD" in page and "back to 100.00 USD" in page
+    assert "at most 300.00 USD a month" in page
+    assert client.post("/portal/settings/", form).status_code == 302  # a double submit
+    assert AutoTopUp.objects.filter(customer=acme.customer).count() == 1
+    off = auto_top_up_form(threshold="20", target="100", monthly_cap="300")
+    assert client.post("/portal/settings/", off).status_code == 302
+    settings.refresh_from_db()
+    assert not settings.enabled
+    assert "Off." in client.get("/portal/settings/").content.decode()
+
+
+def test_the_services_refusals_are_shown_on_the_form_and_nothing_is_saved():
+    acme = customer_with_usage("acme")
+    client = member_client(acme.customer, "ann@acme.example")
+    response = client.post(
+        "/portal/settings/",
+        auto_top_up_form(enabled="on", threshold="100", target="50", monthly_cap="300"),
+    )
+    assert response.status_code == 200
+    assert "target must be above threshold" in response.content.decode()
+    response = client.post(
+        "/portal/settings/",
+        auto_top_up_form(enabled="on", threshold="10", target="50", monthly_cap="0"),
+    )
+    assert "monthly_cap must be positive" in response.content.decode()
+    assert not AutoTopUp.objects.filter(customer=acme.customer).exists()
+
+
+def test_a_postpaid_wallet_or_another_customers_has_no_auto_top_up_here():
+    acme = customer_with_usage("acme")
+    globex = customer_with_usage("globex", billing_mode=BillingMode.POSTPAID, funds="0")
+    client = member_client(globex.customer, "gil@globex.example")
+    assert "Auto top-up" not in client.get("/portal/settings/").content.decode()
+    form = auto_top_up_form(enabled="on", threshold="20", target="100", monthly_cap="300")
+    assert client.post("/portal/settings/", form).status_code == 404
+    assert not AutoTopUp.objects.exists()
+    # acme's member changes acme's wallet only, and never sees globex's settings
+    services.set_auto_top_up(
+        wallet=acme.customer.wallets.get(currency="USD"),
+        enabled=True,
+        threshold=D(5),
+        target=D(10),
+        monthly_cap=D(20),
+    )
+    assert "Auto top-up" not in client.get("/portal/settings/").content.decode()
+
+
+def test_failures_turn_it_off_with_the_reason_and_a_missing_card_is_explained(
+    stripe_server,  # noqa: F811
+):
+    acme = customer_with_usage("acme")  # 49.00 USD available
+    stripe_gateway.sync_customer(customer=acme.customer)
+    client = member_client(acme.customer, "ann@acme.example")
+    form = auto_top_up_form(enabled="on", threshold="60", target="100", monthly_cap="300")
+    assert client.post("/portal/settings/", form).status_code == 302
+    page = client.get("/portal/settings/").content.decode()
+    assert "No saved card" in page and 'href="/portal/top-up/"' in page
+    AutoTopUp.objects.filter(customer=acme.customer).update(max_failures=1, cool_off_seconds=0)
+    settings = AutoTopUp.objects.get(customer=acme.customer)
+    attempt = auto_top_up.start_attempt(auto_top_up_id=settings.pk)
+    assert attempt is not None
+    auto_top_up.process_attempt(attempt_id=attempt.pk)
+    settings.refresh_from_db()
+    assert not settings.enabled and settings.disabled_reason
+    page = client.get("/portal/settings/").content.decode()
+    assert "Turned off" in page and settings.disabled_reason in page
+    assert 'data-testid="auto-top-up-attempts"' in page
+    assert "51.00 USD" in page  # the refill charged: 100 − 49
+    assert "no saved default payment method" in page
+    # a card saved since: the page says so, and turning it on again clears the reason
+    stripe_server.attach_payment_method(acme.customer.stripe_customer_id, "pm_card_visa")
+    assert client.post("/portal/settings/", form).status_code == 302
+    page = client.get("/portal/settings/").content.decode()
+    assert "Your saved card is charged" in page and "Turned off" not in page
+    settings.refresh_from_db()  # what finance set stays as it was
+    assert settings.enabled and (settings.max_failures, settings.cool_off_seconds) == (1, 0)
