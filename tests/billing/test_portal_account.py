@@ -8,9 +8,18 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
-from billing import services
-from billing.models import AutoTopUp, BillingMode
+from billing import alerts, services
+from billing.models import (
+    Alert,
+    AlertKind,
+    AlertScope,
+    AlertState,
+    AlertStatus,
+    AutoTopUp,
+    BillingMode,
+)
 from invoicing import auto_top_up, stripe_gateway
 from tests.billing.test_portal import customer_with_usage, member_client
 from tests.invoicing.test_auto_top_up import stripe_server  # noqa: F401 (a fixture)
@@ -121,3 +130,49 @@ def test_failures_turn_it_off_with_the_reason_and_a_missing_card_is_explained(
     assert "Your saved card is charged" in page and "Turned off" not in page
     settings.refresh_from_db()  # what finance set stays as it was
     assert settings.enabled and (settings.max_failures, settings.cool_off_seconds) == (1, 0)
+
+
+def test_active_alerts_are_shown_on_the_overview_and_settings_and_only_the_customers_own():
+    acme = customer_with_usage("acme", funds="12")  # 11.00 USD available
+    globex = customer_with_usage("globex", funds="12")
+    for customer in (acme.customer, globex.customer):
+        alerts.update_alert_settings(customer=customer, threshold=D(20), email="ops@x.example")
+    client = member_client(acme.customer, "ann@acme.example")
+    assert 'data-testid="active-alerts"' not in client.get("/portal/").content.decode()
+    assert alerts.check_low_balances() == 2
+    spend = Alert.objects.create(
+        name="Big month",
+        kind=AlertKind.SPEND_ABOVE,
+        scope=AlertScope.CUSTOMER,
+        customer=acme.customer,
+        threshold=D("0.5"),
+    )
+    margin = Alert.objects.create(
+        kind=AlertKind.NEGATIVE_MARGIN,
+        scope=AlertScope.CUSTOMER,
+        customer=acme.customer,
+        threshold=D(0),
+    )
+    now = timezone.now()
+    for alert, value in ((spend, D("1")), (margin, D("-3"))):
+        AlertState.objects.create(
+            alert=alert,
+            customer=acme.customer,
+            subject_key="gpt" if alert is margin else "",
+            status=AlertStatus.TRIGGERED,
+            last_value=value,
+            limit=alert.threshold,
+            crossings=1,
+            triggered_at=now,
+        )
+    for path in ("/portal/", "/portal/settings/"):
+        page = client.get(path).content.decode()
+        assert 'data-testid="active-alerts"' in page, path
+        assert "Low balance: 11.00 USD available, below your alert threshold of 20.00 USD" in page
+        assert "Big month</strong>: Spend this period: 1.00 USD, above your alert" in page
+        assert "margin" not in page.lower() and "gpt" not in page  # the seller's own concern
+    globex_page = member_client(globex.customer, "gil@globex.example").get("/portal/")
+    assert "Big month" not in globex_page.content.decode()
+    services.top_up(customer=acme.customer, amount=D(50), reference="refill")
+    alerts.check_low_balances()
+    assert "Low balance" not in client.get("/portal/").content.decode()

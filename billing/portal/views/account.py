@@ -19,7 +19,7 @@ from billing import alerts, services
 from billing.errors import BillingError
 from billing.models import AutoTopUp, Customer
 from billing.portal import selectors
-from billing.portal.views.common import money, portal_view
+from billing.portal.views.common import active_alerts, money, portal_view
 from invoicing import payments
 from invoicing.money import to_minor_unit
 
@@ -210,6 +210,7 @@ def portal_settings(request):
         "portal/settings.html",
         {
             "customer": customer,
+            "alerts": active_alerts(customer),
             "alert": alert,
             "password": password,
             "auto_top_ups": _auto_top_up_context(customer, entries),
