@@ -239,3 +239,31 @@ def auto_top_ups(customer: Customer) -> list[dict[str, Any]]:
         }
         for wallet in wallets
     ]
+
+
+def self_serve_plans(subscription: Subscription) -> list[Plan]:
+    """The plans the customer may switch to here: the latest version of each plan offered
+    in the portal (``Plan.self_serve``) in the subscription's currency and interval, except
+    the plan it is on."""
+    current = subscription.plan
+    latest = (
+        Plan.objects.filter(self_serve=True, currency=current.currency, interval=current.interval)
+        .exclude(code=current.code)
+        .order_by("code", "-version")
+        .distinct("code")
+    )
+    return sorted(latest, key=lambda plan: (plan.base_fee, plan.code))
+
+
+def self_serve_plan(subscription: Subscription, plan_id: int) -> Plan | None:
+    return next((p for p in self_serve_plans(subscription) if p.pk == plan_id), None)
+
+
+def last_subscription(customer: Customer) -> Subscription | None:
+    """The customer's latest subscription, whatever its status."""
+    return (
+        Subscription.objects.select_related("plan", "scheduled_plan")
+        .filter(customer=customer)
+        .order_by("-started_at", "-id")
+        .first()
+    )

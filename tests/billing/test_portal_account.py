@@ -8,6 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from billing import alerts, services
@@ -19,9 +20,13 @@ from billing.models import (
     AlertStatus,
     AutoTopUp,
     BillingMode,
+    Plan,
+    PortalMember,
+    SubscriptionStatus,
 )
 from invoicing import auto_top_up, stripe_gateway
 from tests.billing.test_portal import customer_with_usage, member_client
+from tests.factories import PlanFactory
 from tests.invoicing.test_auto_top_up import stripe_server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db
@@ -176,3 +181,149 @@ def test_active_alerts_are_shown_on_the_overview_and_settings_and_only_the_custo
     services.top_up(customer=acme.customer, amount=D(50), reference="refill")
     alerts.check_low_balances()
     assert "Low balance" not in client.get("/portal/").content.decode()
+
+
+def offered(code: str, *, base_fee: str, name: str, self_serve: bool = True, **kw) -> Plan:
+    the_plan = PlanFactory(code=code, name=name, base_fee=base_fee, **kw)
+    services.set_plan_self_serve(code=code, self_serve=self_serve)
+    return the_plan
+
+
+def test_the_plan_page_offers_the_latest_self_serve_plans_of_the_same_currency_and_interval():
+    acme = customer_with_usage("acme")  # on "Pro", 9 USD a month
+    offered("team", base_fee="29", name="Team v1")
+    team = offered("team", base_fee="39", name="Team")  # a new version stays self-serve
+    assert team.version == 2 and team.self_serve
+    offered("hidden", base_fee="5", name="Hidden", self_serve=False)
+    offered("euro", base_fee="5", name="Euro", currency="EUR")
+    offered("annual", base_fee="90", name="Annual", interval="year")
+    client = member_client(acme.customer, "ann@acme.example")
+    page = client.get("/portal/plan/").content.decode()
+    assert 'data-testid="current-plan"' in page and "9.00 USD a month" in page
+    assert 'data-testid="plan-team"' in page and "39.00 USD" in page
+    assert "Team v1" not in page
+    for name in ("Hidden", "Euro", "Annual"):
+        assert name not in page, name
+    assert 'href="/portal/plan/"' in page  # in the navigation
+    hidden = Plan.objects.get(code="hidden")
+    assert client.get(f"/portal/plan/change/?plan={hidden.pk}&at=now").status_code == 404
+    response = client.post("/portal/plan/change/", {"plan": hidden.pk, "at": "now"})
+    assert response.status_code == 404
+    acme.refresh_from_db()
+    assert acme.plan.name == "Pro"
+
+
+def test_switching_now_is_confirmed_prorated_and_a_double_submit_does_it_once():
+    acme = customer_with_usage("acme")
+    team = offered("team", base_fee="39", name="Team")
+    client = member_client(acme.customer, "ann@acme.example")
+    confirm = client.get(f"/portal/plan/change/?plan={team.pk}&at=now")
+    assert confirm.status_code == 200 and "Confirm the switch" in confirm.content.decode()
+    acme.refresh_from_db()
+    assert acme.plan.name == "Pro"  # the confirmation page changes nothing
+    for _ in range(2):  # a double click
+        response = client.post("/portal/plan/change/", {"plan": team.pk, "at": "now"})
+        assert response.status_code == 302
+    acme.refresh_from_db()
+    assert acme.plan_id == team.pk
+    assert acme.phases.count() == 2
+    page = client.get("/portal/plan/", follow=True).content.decode()
+    assert "You are now on Team" in page or "You are on Team" in page
+    assert 'data-testid="proration"' in page and "Team" in page
+    lines = services.base_fee_proration(subscription=acme)
+    assert [line.plan.code for line in lines] == [acme.phases.first().plan.code, "team"]
+
+
+def test_switching_and_canceling_at_period_end_are_shown_scheduled():
+    acme = customer_with_usage("acme")
+    team = offered("team", base_fee="39", name="Team")
+    client = member_client(acme.customer, "ann@acme.example")
+    form = {"plan": team.pk, "at": "period_end"}
+    assert client.post("/portal/plan/change/", form).status_code == 302
+    assert client.post("/portal/plan/change/", form).status_code == 302
+    acme.refresh_from_db()
+    assert acme.plan.name == "Pro" and acme.scheduled_plan_id == team.pk
+    page = client.get("/portal/plan/").content.decode()
+    assert 'data-testid="scheduled-change"' in page and "Changes to Team" in page
+    for _ in range(2):
+        assert client.post("/portal/plan/cancel/", {"at": "period_end"}).status_code == 302
+    acme.refresh_from_db()
+    assert acme.cancel_at_period_end and acme.status != SubscriptionStatus.CANCELED
+    page = client.get("/portal/plan/").content.decode()
+    assert 'data-testid="scheduled-cancel"' in page and "Switch now" not in page
+
+
+def test_canceling_now_needs_the_confirmation_post_and_a_resubmit_is_harmless():
+    acme = customer_with_usage("acme")
+    client = member_client(acme.customer, "ann@acme.example")
+    confirm = client.get("/portal/plan/cancel/?at=now").content.decode()
+    assert "Confirm the cancellation" in confirm and "csrfmiddlewaretoken" in confirm
+    acme.refresh_from_db()
+    assert acme.status != SubscriptionStatus.CANCELED
+    assert client.post("/portal/plan/cancel/", {"at": "now"}).status_code == 302
+    acme.refresh_from_db()
+    assert acme.status == SubscriptionStatus.CANCELED
+    again = client.post("/portal/plan/cancel/", {"at": "now"}, follow=True)
+    assert "Your subscription is canceled" in again.content.decode()
+    page = client.get("/portal/plan/").content.decode()
+    assert 'data-testid="no-subscription"' in page and "ended" in page
+
+
+def test_a_member_changes_only_their_own_customers_subscription():
+    acme = customer_with_usage("acme")
+    globex = customer_with_usage("globex")
+    team = offered("team", base_fee="39", name="Team")
+    client = member_client(globex.customer, "gil@globex.example")
+    assert client.post("/portal/plan/change/", {"plan": team.pk, "at": "now"}).status_code == 302
+    assert client.post("/portal/plan/cancel/", {"at": "period_end"}).status_code == 302
+    acme.refresh_from_db()
+    globex.refresh_from_db()
+    assert globex.plan_id == team.pk and globex.cancel_at_period_end
+    assert acme.plan.name == "Pro" and not acme.cancel_at_period_end
+    page = client.get("/portal/plan/").content.decode()
+    assert "<h2>Team</h2>" in page and 'data-testid="scheduled-cancel"' in page
+
+
+def test_the_plan_forms_need_the_csrf_token():
+    acme = customer_with_usage("acme")
+    team = offered("team", base_fee="39", name="Team")
+    member_client(acme.customer, "ann@acme.example")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(PortalMember.objects.get(customer=acme.customer).user)
+    assert client.post("/portal/plan/change/", {"plan": team.pk, "at": "now"}).status_code == 403
+    assert client.post("/portal/plan/cancel/", {"at": "now"}).status_code == 403
+    acme.refresh_from_db()
+    assert acme.plan.name == "Pro" and acme.status != SubscriptionStatus.CANCELED
+
+
+def test_a_refused_switch_is_shown_on_the_confirmation_page():
+    acme = customer_with_usage("acme")  # metered
+    payg = offered("payg", base_fee="0", name="Pay as you go", consumption_model="balance")
+    client = member_client(acme.customer, "ann@acme.example")
+    response = client.post("/portal/plan/change/", {"plan": payg.pk, "at": "now"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-testid="error"' in page and "takes effect at the end of the period" in page
+    acme.refresh_from_db()
+    assert acme.plan.name == "Pro"
+    response = client.post("/portal/plan/change/", {"plan": payg.pk, "at": "period_end"})
+    acme.refresh_from_db()
+    assert response.status_code == 302 and acme.scheduled_plan_id == payg.pk
+
+
+def test_finance_offers_a_plan_in_the_portal_from_the_admin(admin_client):
+    PlanFactory(code="team", name="Team", base_fee="29")
+    v2 = PlanFactory(code="team", name="Team", base_fee="39")
+    response = admin_client.post(
+        "/admin/billing/plan/",
+        {"action": "offer_in_portal_action", "_selected_action": [v2.pk]},
+    )
+    assert response.status_code == 302
+    assert list(Plan.objects.filter(code="team").values_list("self_serve", flat=True)) == [
+        True,
+        True,
+    ]
+    admin_client.post(
+        "/admin/billing/plan/", {"action": "stop_offering_action", "_selected_action": [v2.pk]}
+    )
+    assert not Plan.objects.filter(code="team", self_serve=True).exists()
