@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+import stripe
 from django.conf import settings
 from django.utils import timezone
 
@@ -50,6 +51,20 @@ def offline_mode() -> bool:
 def provider_available() -> bool:
     """Whether a customer can pay here at all (Stripe, or the opted-in offline mode)."""
     return stripe_enabled() or offline_mode()
+
+
+def has_saved_card(*, customer: Customer) -> bool | None:
+    """Whether the customer has a default payment method saved at Stripe (what an auto
+    top-up charges): ``None`` when it cannot be known (no Stripe key, or Stripe did not
+    answer). A customer Stripe has never seen has none; none is created to ask."""
+    if not stripe_enabled():
+        return None
+    if not customer.stripe_customer_id:
+        return False
+    try:
+        return stripe_gateway.default_payment_method(customer.stripe_customer_id) is not None
+    except stripe.StripeError:
+        return None
 
 
 NO_PROVIDER = (

@@ -282,9 +282,10 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "interval",
         "base_fee_display",
         "consumption_model",
+        "self_serve",
         "published_at",
     )
-    list_filter = ("consumption_model", "interval", "currency")
+    list_filter = ("consumption_model", "interval", "currency", "self_serve")
     search_fields = ("code", "name")
     fields = (
         "code",
@@ -299,13 +300,14 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "units_per_credit",
         "credit_grant_display",
         "metadata",
+        "self_serve",
         "spec_hash",
         "published_at",
         "published_by",
     )
     readonly_fields = fields
     inlines = [PlanChargeInline]
-    actions = ["publish_new_version_action"]
+    actions = ["publish_new_version_action", "offer_in_portal_action", "stop_offering_action"]
 
     def has_change_permission(self, request, obj=None):
         return False
@@ -435,6 +437,23 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
             intro="A plan is published as version 1 and never changes afterwards; later "
             "edits publish new versions.",
         )
+
+    def _set_self_serve(self, request, queryset, self_serve: bool) -> None:
+        codes = sorted(set(queryset.values_list("code", flat=True)))
+        for code in codes:
+            services.set_plan_self_serve(code=code, self_serve=self_serve)
+        state = "offered in" if self_serve else "no longer offered in"
+        messages.success(request, f"{', '.join(codes)}: {state} the customer portal.")
+
+    @admin.action(
+        description="Offer the selected plans in the portal (self-serve)", permissions=["add"]
+    )
+    def offer_in_portal_action(self, request, queryset):
+        self._set_self_serve(request, queryset, True)
+
+    @admin.action(description="Stop offering the selected plans in the portal", permissions=["add"])
+    def stop_offering_action(self, request, queryset):
+        self._set_self_serve(request, queryset, False)
 
     @admin.action(description="Publish a new version of the selected plan…", permissions=["add"])
     def publish_new_version_action(self, request, queryset):

@@ -41,6 +41,12 @@ class Plan(models.Model):
         null=True, blank=True, help_text="Credits model: how many units one credit buys."
     )
     metadata = models.JSONField(default=dict, blank=True)
+    self_serve = models.BooleanField(
+        default=False,
+        help_text="Offered in the customer portal to switch to (same currency and interval). "
+        "A flag of the plan, not of the version: set on every version of the code "
+        "(billing.services.set_plan_self_serve) and carried to new versions.",
+    )
     spec_hash = models.CharField(max_length=64, help_text="What was published; unchanged = same.")
     published_at = models.DateTimeField(db_default=Now())
     published_by = models.ForeignKey(

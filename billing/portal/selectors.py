@@ -16,6 +16,9 @@ from django.utils import timezone
 
 from billing.models import (
     AllocationKind,
+    AutoTopUp,
+    AutoTopUpAttempt,
+    BillingMode,
     ConsumptionModel,
     CreditAllocation,
     Customer,
@@ -33,6 +36,7 @@ ZERO = Decimal(0)
 CREDITS = "CREDITS"
 OTHER_USAGE = "Other usage"  # the by-model table's row for usage no LLM model carries
 RECENT_EVENTS = 25
+RECENT_AUTO_TOP_UP_ATTEMPTS = 5
 EXPORT_DAYS_WITHOUT_SUBSCRIPTION = 90
 
 
@@ -214,5 +218,52 @@ def customer_invoice(customer: Customer, invoice_id: int) -> Invoice | None:
     return (
         Invoice.objects.filter(pk=invoice_id, customer=customer)
         .exclude(status=InvoiceStatus.DRAFT)
+        .first()
+    )
+
+
+def auto_top_ups(customer: Customer) -> list[dict[str, Any]]:
+    """Each prepaid wallet of the customer with its auto top-up settings (``None``: never
+    set) and its latest attempts, newest first."""
+    wallets = list(customer.wallets.filter(billing_mode=BillingMode.PREPAID).order_by("currency"))
+    settings = {a.wallet_id: a for a in AutoTopUp.objects.filter(customer=customer)}
+    return [
+        {
+            "wallet": wallet,
+            "settings": settings.get(wallet.pk),
+            "attempts": list(
+                AutoTopUpAttempt.objects.filter(customer=customer, wallet=wallet).order_by("-id")[
+                    :RECENT_AUTO_TOP_UP_ATTEMPTS
+                ]
+            ),
+        }
+        for wallet in wallets
+    ]
+
+
+def self_serve_plans(subscription: Subscription) -> list[Plan]:
+    """The plans the customer may switch to here: the latest version of each plan offered
+    in the portal (``Plan.self_serve``) in the subscription's currency and interval, except
+    the plan it is on."""
+    current = subscription.plan
+    latest = (
+        Plan.objects.filter(self_serve=True, currency=current.currency, interval=current.interval)
+        .exclude(code=current.code)
+        .order_by("code", "-version")
+        .distinct("code")
+    )
+    return sorted(latest, key=lambda plan: (plan.base_fee, plan.code))
+
+
+def self_serve_plan(subscription: Subscription, plan_id: int) -> Plan | None:
+    return next((p for p in self_serve_plans(subscription) if p.pk == plan_id), None)
+
+
+def last_subscription(customer: Customer) -> Subscription | None:
+    """The customer's latest subscription, whatever its status."""
+    return (
+        Subscription.objects.select_related("plan", "scheduled_plan")
+        .filter(customer=customer)
+        .order_by("-started_at", "-id")
         .first()
     )

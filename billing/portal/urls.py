@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.portal.views import account, credits, invoices, signin, usage
+from billing.portal.views import account, credits, invoices, plan, signin, usage
 
 app_name = "portal"
 
@@ -20,6 +20,9 @@ urlpatterns = [
     path("invoices/<int:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("invoices/<int:invoice_id>/pdf", invoices.invoice_pdf, name="invoice_pdf"),
     path("invoices/<int:invoice_id>/pay", invoices.invoice_pay, name="invoice_pay"),
+    path("plan/", plan.plan, name="plan"),
+    path("plan/change/", plan.plan_change, name="plan_change"),
+    path("plan/cancel/", plan.plan_cancel, name="plan_cancel"),
     path("top-up/", account.top_up, name="top_up"),
     path("settings/", account.portal_settings, name="settings"),
 ]

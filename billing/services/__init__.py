@@ -4,7 +4,8 @@
     wallets        create_wallet, wallet_for, ensure_wallet, set_credit_limit, top_up,
                    adjust_balance; customer_account, usage_account (the TOKENS account)
     plans          create_meter, ensure_meter, rename_meter; PlanSpec, ChargeSpec, TierSpec,
-                   validate_plan_spec, publish_plan, plan_spec_of, latest_plan
+                   validate_plan_spec, publish_plan, plan_spec_of, latest_plan,
+                   set_plan_self_serve
     subscriptions  create_subscription, change_subscription, cancel_subscription,
                    base_fee_proration, emit_subscription_event (its outbound event)
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
@@ -61,6 +62,7 @@ from billing.services.plans import (
     plan_spec_of,
     publish_plan,
     rename_meter,
+    set_plan_self_serve,
     validate_plan_spec,
 )
 from billing.services.subscriptions import (
@@ -138,6 +140,7 @@ __all__ = [
     "ensure_wallet",
     "hash_secret",
     "latest_plan",
+    "set_plan_self_serve",
     "lock_customer_usage",
     "lock_subscription_customer",
     "plan_spec_of",

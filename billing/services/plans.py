@@ -362,6 +362,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         consumption_model=spec.consumption_model,
         units_per_credit=spec.units_per_credit,
         metadata=spec.metadata or {},
+        self_serve=current.self_serve if current is not None else False,
         spec_hash=spec_hash,
         published_by_id=published_by_id,
     )
@@ -452,6 +453,17 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
             )
             for c in plan.charges.select_related("meter").prefetch_related("tiers").order_by("id")
         ),
+    )
+
+
+def set_plan_self_serve(*, code: str, self_serve: bool) -> int:
+    """Offer plan ``code`` in the customer portal (or stop): every version of it, so the
+    flag is the plan's, not a version's (``publish_plan`` carries it to the next version).
+    Setting it again changes nothing. Returns the number of versions changed."""
+    if not Plan.objects.filter(code=code).exists():
+        raise errors.PlanNotFound(f"plan {code!r} does not exist", param="plan")
+    return (
+        Plan.objects.filter(code=code).exclude(self_serve=self_serve).update(self_serve=self_serve)
     )
 
 

@@ -316,7 +316,38 @@ def test_low_balance_alert_threshold_is_saved(page, server_url, screenshot):
     expect(page.get_by_label("Send the alert to")).to_have_value("ops@acme.example")
 
 
-NAV = ["Overview", "Usage", "Credits", "Invoices", "Top up", "Settings"]
+def test_switching_plan_and_turning_auto_top_up_on(page, server_url, screenshot):
+    subscription = customer_with_usage()
+    member(subscription)
+    team = plan(base_fee="39", name="Team", code="team")
+    billing.set_plan_self_serve(code="team", self_serve=True)
+    sign_in(page, server_url)
+    page.get_by_role("navigation", name="Portal").get_by_role("link", name="Plan").click()
+    row = page.get_by_test_id("plan-team")
+    expect(row).to_contain_text("39.00 USD")
+    row.get_by_role("button", name="Switch now").click()
+    expect(page.get_by_test_id("confirm")).to_contain_text("prorated")
+    screenshot(page, "portal-plan-confirm-desktop")
+    page.get_by_role("button", name="Confirm the switch").click()
+    expect(page.locator(".messages .success")).to_have_text("You are now on Team.")
+    expect(page.get_by_test_id("current-plan")).to_contain_text("Team")
+    screenshot(page, "portal-plan-desktop")
+    subscription.refresh_from_db()
+    assert subscription.plan_id == team.pk
+
+    page.get_by_role("navigation", name="Portal").get_by_role("link", name="Settings").click()
+    section = page.get_by_test_id("auto-top-up-USD")
+    section.get_by_label("Top up automatically").check()
+    section.get_by_label("When the available balance falls below").fill("20")
+    section.get_by_label("Refill up to").fill("100")
+    section.get_by_label("Charge at most per month").fill("300")
+    section.get_by_role("button", name="Save auto top-up").click()
+    expect(page.locator(".messages .success")).to_contain_text("Auto top-up")
+    expect(page.get_by_test_id("auto-top-up-state")).to_contain_text("falls below 20.00 USD")
+    screenshot(page, "portal-settings-auto-top-up-desktop")
+
+
+NAV = ["Overview", "Usage", "Credits", "Invoices", "Plan", "Top up", "Settings"]
 
 
 def test_phone_layout_fits_and_the_navigation_works(

@@ -51,6 +51,8 @@ DEMO_CUSTOMERS = [
     ("initech", "Initech Labs", BillingMode.PREPAID, None, "scale", Decimal("25.00")),
     ("hooli", "Hooli Search", BillingMode.PREPAID, None, "credits", None),
 ]
+# Plans a customer may switch to in the portal (monthly USD; enterprise is sold by sales).
+DEMO_SELF_SERVE_PLANS = ["payg", "pro", "scale", "batch"]
 DEMO_CREDITS = {"hooli": Decimal("250000")}  # prepaid credit packs
 # An auto top-up (made once; finance may change it afterwards): initech's wallet starts at
 # 25.00 and its first period's usage takes it below the threshold, so the first beat run
@@ -84,6 +86,8 @@ class Command(BaseCommand):
         summary = load_pricing(path=DEMO_PRICING_FILE)
         for line in summary.lines():
             self.stdout.write(f"  {line}")
+        for plan_code in DEMO_SELF_SERVE_PLANS:  # what the portal's Plan page offers
+            services.set_plan_self_serve(code=plan_code, self_serve=True)
         started = timezone.now() - timedelta(days=HISTORY_DAYS)
         for external_id, name, mode, limit, plan_code, top_up in DEMO_CUSTOMERS:
             customer = Customer.objects.filter(external_id=external_id).first()

@@ -10,5 +10,7 @@ nothing leaks.
   the usage export, the live fragments;
 - ``credits``: credit grants by wallet;
 - ``invoices``: the invoice list, one invoice, its PDF, paying it;
-- ``account``: topping a wallet up, settings (the low-balance alert, a password).
+- ``plan``: the plan, changing or canceling it (now or at the period end, confirmed);
+- ``account``: topping a wallet up, settings (auto top-up, the low-balance alert, a
+  password).
 """

@@ -1,5 +1,5 @@
 """What every portal page shares: ``portal_view``, which scopes a view to the signed-in
-member's customer, and money as the pages show it."""
+member's customer, money as the pages show it, and the customer's active alerts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.urls import reverse
 
-from billing.models import PortalMember
+from billing import alerts
+from billing.models import AlertKind, AlertState, Customer, PortalMember
 from invoicing.money import to_minor_unit
 
 
@@ -37,3 +38,41 @@ def money(value: Decimal | None, currency: str) -> str:
     if currency in ("CREDITS", "TOKENS"):
         return f"{value.normalize():,f} {currency.lower()}"
     return f"{to_minor_unit(value, currency):,} {currency}"
+
+
+def _alert_line(state: AlertState, customer: Customer) -> str:
+    alert = state.alert
+    value = state.last_value if state.last_value is not None else Decimal(0)
+    limit = state.limit if state.limit is not None else alert.threshold
+    if alert.kind == AlertKind.BALANCE_BELOW:
+        currency = alert.currency or customer.currency
+        return (
+            f"Low balance: {money(value, currency)} available, below your alert threshold "
+            f"of {money(limit, currency)}."
+        )
+    if alert.kind == AlertKind.CREDITS_BELOW:
+        return (
+            f"Low credits: {money(value, 'CREDITS')} available, below your alert threshold "
+            f"of {money(limit, 'CREDITS')}."
+        )
+    if alert.kind == AlertKind.SPEND_ABOVE:
+        currency = alert.currency or customer.currency
+        return (
+            f"Spend this period: {money(value, currency)}, above your alert threshold "
+            f"of {money(limit, currency)}."
+        )
+    meter = (alert.meter.name or alert.meter.code) if alert.meter else "usage"
+    return (
+        f"Usage of {meter}: {value.normalize():,f} this period, above "
+        f"{alert.threshold * 100:.0f}% of the included allowance ({limit.normalize():,f})."
+    )
+
+
+def active_alerts(customer: Customer) -> list[dict]:
+    """The customer's alerts triggered now, as the pages show them. Negative margin is the
+    seller's own concern (what the provider costs it): never shown to the customer."""
+    return [
+        {"state": state, "name": state.alert.name, "text": _alert_line(state, customer)}
+        for state in alerts.active_alerts(customer)
+        if state.alert.kind != AlertKind.NEGATIVE_MARGIN
+    ]

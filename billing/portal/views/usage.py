@@ -20,7 +20,7 @@ from django.shortcuts import render
 
 from billing.portal import selectors
 from billing.portal.spreadsheet import safe_cell
-from billing.portal.views.common import money, portal_view
+from billing.portal.views.common import active_alerts, money, portal_view
 from metering import selectors as metering_selectors
 
 
@@ -86,7 +86,9 @@ def _live(request, template: str, build) -> HttpResponse:
 
 @portal_view
 def overview(request):
-    return render(request, "portal/overview.html", _overview_context(request.customer))
+    context = _overview_context(request.customer)
+    context["alerts"] = active_alerts(request.customer)
+    return render(request, "portal/overview.html", context)
 
 
 @portal_view
