@@ -12,8 +12,12 @@ Grant periods
 each month counted from the billing anchor (also on a yearly plan: twelve grants a year);
 ``once`` at the start of the first billing period only. A subscription on trial gets
 nothing until its trial ends (its anchor: the first paid period). The plan that grants is
-the one in force at the start of the *billing* period containing the grant period: a plan
-changed mid-period grants by its own rule from the next billing period on. Past-due
+the one in force at the start of the grant period: a plan changed mid-period grants by its
+own rule from the next grant period on — on a yearly plan with ``month`` cadence, from the
+next month (a downgrade stops the bigger monthly grant, an upgrade gets its own). The
+cadence is the one of the plan in force at the start of the *billing* period: a change on a
+yearly plan from a ``month`` rule to a plan without one, or with a ``period``/``once`` rule,
+grants nothing more until the next billing period, where the new plan's rule applies. Past-due
 (suspended) and canceled subscriptions get no grants; one made active again within a grant
 period gets that period's grant then. Grant periods missed entirely (a subscription
 suspended through one, beat down for a whole period) are not granted afterwards: only the
@@ -139,6 +143,13 @@ def due_grant(subscription: Subscription, now: datetime) -> DueGrant | None:
     elif rule.cadence == GrantCadence.MONTH:
         unit = "month"
         start, end = period_containing(anchor, unit, now)
+        if start != billing_start:
+            # a month inside the billing period (a yearly plan): the plan in force at the
+            # start of that month grants it, if its rule grants monthly too
+            plan = _plan_at(subscription, start)
+            rule = PlanCreditGrant.objects.filter(plan=plan).first()
+            if rule is None or rule.cadence != GrantCadence.MONTH:
+                return None
     else:
         unit, start, end = interval, billing_start, billing_end
     return DueGrant(plan, rule, start, end, unit, _index(anchor, unit, start))

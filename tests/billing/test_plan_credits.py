@@ -291,6 +291,34 @@ def test_a_plan_changed_mid_period_grants_by_its_rule_from_the_next_period():
     assert SubscriptionCreditGrant.objects.get(grant=february).plan_id == cheaper.pk
 
 
+def test_a_yearly_plan_changed_mid_year_grants_the_new_monthly_allowance_from_the_next_month():
+    big = credits_plan("year", amount="10000", cadence="month")
+    small = credits_plan("year", amount="10", cadence="month")
+    bigger = credits_plan("year", amount="500", cadence="month")
+    downgraded = subscribe(big)
+    upgraded = subscribe(small)
+    plan_credits.grant_due(now=FEB + SOON)  # February: each by its first plan
+    services.change_subscription(subscription_id=downgraded.pk, plan=small, now=at(2, 15))
+    services.change_subscription(subscription_id=upgraded.pk, plan=bigger, now=at(2, 15))
+    assert plan_credits.grant_due(now=at(2, 20)) == 0  # February was granted already
+    assert plan_credits.grant_due(now=MAR + SOON) == 2
+    assert plan_credits.grant_due(now=APR + SOON) == 2
+    # January, February by the plan of the year's start; March and April by the new plan
+    assert [g.amount for g in plan_grants(downgraded)] == [D(10000), D(10000), D(10), D(10)]
+    assert [g.amount for g in plan_grants(upgraded)] == [D(10), D(10), D(500), D(500)]
+    march = SubscriptionCreditGrant.objects.get(subscription=downgraded, period_start=MAR)
+    assert march.plan_id == small.pk
+
+
+def test_a_yearly_month_plan_changed_to_a_plan_without_a_monthly_rule_stops_granting():
+    monthly = credits_plan("year", amount="100", cadence="month")
+    yearly = credits_plan("year", amount="1200", cadence="period")
+    subscription = subscribe(monthly)
+    services.change_subscription(subscription_id=subscription.pk, plan=yearly, now=at(1, 15))
+    assert plan_credits.grant_due(now=FEB + SOON) == 0  # the new rule: next billing period
+    assert [g.amount for g in plan_grants(subscription)] == [D(100)]
+
+
 def test_a_plan_without_a_grant_grants_nothing():
     meter = MeterFactory(code=unique("units"), api_call=True)
     plan = PlanFactory(
