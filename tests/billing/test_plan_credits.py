@@ -30,7 +30,10 @@ from billing.models import (
 )
 from billing.services import ChargeSpec, CreditGrantSpec
 from ledger import selectors as ledger_selectors
+from ledger import services as ledger
+from ledger.models import NormalBalance
 from metering import rating
+from metering import services as metering_services
 from tests.conftest import unique
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 from tests.threads import run_concurrently
@@ -361,6 +364,33 @@ def test_a_balance_plan_grants_money_into_the_wallet_of_its_currency():
     assert CreditGrant.objects.get(pk=grant.pk).remaining == D(15)
     credits.expire_due_grants(now=FEB + SOON)
     assert wallet(subscription, "USD") == D(10)  # the grant's 15 expired; the 10 are kept
+
+
+def test_a_hold_settled_by_amount_on_a_balance_plan_draws_on_the_plan_grant_first():
+    meter = MeterFactory(code=unique("units"), api_call=True)
+    plan = PlanFactory(
+        consumption_model="balance",
+        charges=(ChargeSpec(meter=meter.code, unit_price=D("0.01")),),
+        credit_grant=CreditGrantSpec(amount=D("25.00")),
+    )
+    customer = CustomerFactory(external_id=unique("acme"), funds="10")  # its own money
+    subscription = SubscriptionFactory(customer=customer, plan=plan, start=JAN, now=JAN)
+    (grant,) = plan_grants(subscription)
+    account = Wallet.objects.get(customer=customer, currency="USD").account
+    usage = ledger.ensure_system_account(
+        code="@UsageRevenue", currency="USD", normal_balance=NormalBalance.CREDIT
+    )
+    hold = ledger.place_hold(
+        reference=unique("hold"), account=account, destination=usage, amount=D(20)
+    )
+    posted = metering_services.settle_hold_by_amount(hold_id=hold.pk, amount=D(20), final=True)
+    # as rating would: the 20 drawn on the plan's 25 before the customer's own 10
+    assert CreditGrant.objects.get(pk=grant.pk).remaining == D(5)
+    assert [(g, D(a)) for g, a in posted.metadata["grants"]] == [(grant.pk, D(20))]
+    assert wallet(subscription, "USD") == D(15)
+    credits.expire_due_grants(now=FEB + SOON)
+    assert expired(grant) == D(5)
+    assert wallet(subscription, "USD") == D(10)  # 35 - 20 used - 5 expired: its own 10 kept
 
 
 # --- exactly once under concurrent beat runs ------------------------------------------------------
