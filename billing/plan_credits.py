@@ -18,7 +18,9 @@ next month (a downgrade stops the bigger monthly grant, an upgrade gets its own)
 cadence is the one of the plan in force at the start of the *billing* period: a change on a
 yearly plan from a ``month`` rule to a plan without one, or with a ``period``/``once`` rule,
 grants nothing more until the next billing period, where the new plan's rule applies. Past-due
-(suspended) and canceled subscriptions get no grants; one made active again within a grant
+(suspended) and canceled subscriptions get no grants; a cancellation that takes effect now
+ends the subscription's live plan grants (``end_with_subscription``: what is left expires),
+one at period end leaves them to their own expiry; one made active again within a grant
 period gets that period's grant then. Grant periods missed entirely (a subscription
 suspended through one, beat down for a whole period) are not granted afterwards: only the
 grant period containing now is ever granted.
@@ -283,6 +285,28 @@ def _roll_over(subscription: Subscription, *, before: datetime, now: datetime) -
             )
         carried[grant.currency] = kept + grant.remaining
     return expired
+
+
+def end_with_subscription(subscription: Subscription, *, now: datetime) -> int:
+    """At a cancellation that takes effect now: the subscription's live plan grants end with
+    it — their expiry is brought forward to ``now`` and what is left expires
+    (``credits.expire_grant``: to ``@CreditsExpired``, with ``credits.expired``; credits held
+    wait for the hold, as at any expiry). A cancellation at period end leaves them to their
+    own expiry. The caller holds the customer's usage lock and the subscription's row.
+    Returns how many grants it ended."""
+    grant_ids = list(
+        SubscriptionCreditGrant.objects.filter(
+            subscription=subscription, grant__status=GrantStatus.ACTIVE
+        ).values_list("grant_id", flat=True)
+    )
+    if not grant_ids:
+        return 0
+    CreditGrant.objects.filter(pk__in=grant_ids).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    ).update(expires_at=now)
+    for grant_id in sorted(grant_ids):
+        credits.expire_grant(grant_id=grant_id, now=now)
+    return len(grant_ids)
 
 
 def granting_subscriptions(now: datetime):

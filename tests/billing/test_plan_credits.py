@@ -283,6 +283,50 @@ def test_no_grants_after_cancellation_or_while_suspended():
     assert [g.expires_at for g in plan_grants(suspended)] == [FEB, APR]
 
 
+def test_a_cancellation_now_ends_the_plan_grants_so_resubscribing_does_not_pile_them_up():
+    plan = credits_plan(amount="1000", rollover="all")  # rolls over without an expiry
+    customer = CustomerFactory(external_id=unique("acme"))
+    moment = JAN
+    for _ in range(3):  # subscribe, cancel now, subscribe again
+        subscription = services.create_subscription(
+            customer=customer, plan=plan, start=moment, now=moment
+        )
+        spend(subscription, "100")
+        services.cancel_subscription(subscription_id=subscription.pk, now=moment + SOON)
+        moment += timedelta(minutes=2)
+    grants = CreditGrant.objects.filter(customer=customer, source=GrantSource.PLAN).order_by("id")
+    # each subscription's 1000 - 100 spent expired when it was canceled
+    assert [(g.status, g.remaining, expired(g)) for g in grants] == [
+        (GrantStatus.EXPIRED, D(0), D(900))
+    ] * 3
+    assert wallet(subscription) == D(0)
+    live = services.create_subscription(customer=customer, plan=plan, start=moment, now=moment)
+    assert wallet(live) == D(1000)  # one allowance at a time, not 3000 + 1000
+    assert (
+        OutboundEvent.objects.filter(
+            customer=customer, type=EventType.CREDITS_EXPIRED
+        ).count()
+        == 3
+    )
+
+
+def test_a_cancellation_at_period_end_leaves_the_plan_grants_to_their_expiry():
+    subscription = subscribe(credits_plan(amount="1000"))  # rollover none: expires 1 February
+    (january,) = plan_grants(subscription)
+    spend(subscription, "300")
+    services.cancel_subscription(subscription_id=subscription.pk, at_period_end=True, now=at(1, 20))
+    january.refresh_from_db()
+    assert (january.status, january.remaining, january.expires_at) == (
+        GrantStatus.ACTIVE,
+        D(700),
+        FEB,
+    )
+    assert wallet(subscription) == D(700)
+    credits.expire_due_grants(now=FEB + SOON)
+    assert expired(january) == D(700)
+    assert wallet(subscription) == D(0)
+
+
 def test_a_plan_changed_mid_period_grants_by_its_rule_from_the_next_period():
     subscription = subscribe(credits_plan(amount="1000"))
     cheaper = credits_plan(amount="50")
