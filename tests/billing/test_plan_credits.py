@@ -303,10 +303,7 @@ def test_a_cancellation_now_ends_the_plan_grants_so_resubscribing_does_not_pile_
     live = services.create_subscription(customer=customer, plan=plan, start=moment, now=moment)
     assert wallet(live) == D(1000)  # one allowance at a time, not 3000 + 1000
     assert (
-        OutboundEvent.objects.filter(
-            customer=customer, type=EventType.CREDITS_EXPIRED
-        ).count()
-        == 3
+        OutboundEvent.objects.filter(customer=customer, type=EventType.CREDITS_EXPIRED).count() == 3
     )
 
 
