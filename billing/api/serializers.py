@@ -418,7 +418,7 @@ class CreditGrantRuleSchema(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
 
 
-@extend_schema_field(CreditGrantRuleSchema(allow_null=True))
+@extend_schema_field(CreditGrantRuleSchema)
 class CreditGrantRuleField(serializers.Field):
     """A plan's recurring credit grant, read by ``billing.pricing.grants`` (the reader the
     pricing file and the admin use too); written back as that reader's JSON."""
