@@ -53,12 +53,15 @@ from django.utils import timezone
 from billing import errors, outbox
 from billing.models import (
     AllocationKind,
+    ConsumptionModel,
     CreditAllocation,
     CreditGrant,
     Customer,
     EventType,
     GrantSource,
     GrantStatus,
+    Subscription,
+    SubscriptionStatus,
     Wallet,
 )
 from billing.webhooks import credit_grant_data
@@ -370,6 +373,24 @@ class GrantBook:
         self._allocations = []
 
 
+def draws_on_grants(*, currency: str, consumption_model: str | None) -> bool:
+    """The one rule of which wallet debits draw on the wallet's grants (rating, and a hold
+    settled by amount): the ``CREDITS`` wallet always; a money wallet when the customer's
+    plan is a balance plan (its plan may grant money: ``billing.plan_credits``), so its
+    allowance is spent before the customer's own money."""
+    return currency == CREDITS or consumption_model == ConsumptionModel.BALANCE
+
+
+def _consumption_model(customer_id: int) -> str | None:
+    """The consumption model of the customer's live subscription's plan (None without)."""
+    return (
+        Subscription.objects.filter(customer_id=customer_id)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .values_list("plan__consumption_model", flat=True)
+        .first()
+    )
+
+
 def grants_metadata(parts: list[tuple[int, Decimal]]) -> list[list[Any]]:
     """How a debit's ledger metadata names the grants that paid it."""
     return [[grant_id, str(amount)] for grant_id, amount in parts]
@@ -414,7 +435,7 @@ def _draw(
     post,
     settling_hold: bool = False,
 ) -> LedgerTransaction:
-    """One debit of a CREDITS wallet drawn on its grants: under the customer's usage lock,
+    """One debit of a wallet drawn on its grants: under the customer's usage lock,
     the split decided, ``post(metadata naming the grants)`` called, the split recorded
     (not again for a replayed posting)."""
     _lock(customer_id)
@@ -430,19 +451,18 @@ def _draw(
 def settle_hold(
     *, hold_id: int, amount: Decimal, reference: str, final: bool = False
 ) -> LedgerTransaction:
-    """Settle part of a hold by amount (``ledger.services.settle_hold``); a hold on a
-    ``CREDITS`` wallet draws the part on the wallet's grants, as any debit does."""
+    """Settle part of a hold by amount (``ledger.services.settle_hold``); a hold on a wallet
+    whose debits draw on grants (``draws_on_grants``, the rule rating follows: ``CREDITS``,
+    or a balance plan's money wallet) draws the part on the wallet's grants."""
     from ledger.models import Hold
 
     account_id = Hold.objects.filter(pk=hold_id).values_list("account_id", flat=True).first()
     wallet = (
-        Wallet.objects.select_related("customer")
-        .filter(account_id=account_id, currency=CREDITS)
-        .first()
-        if account_id is not None
-        else None
+        Wallet.objects.filter(account_id=account_id).first() if account_id is not None else None
     )
-    if wallet is None:
+    if wallet is None or not draws_on_grants(
+        currency=wallet.currency, consumption_model=_consumption_model(wallet.customer_id)
+    ):
         return ledger.settle_hold(hold_id=hold_id, amount=amount, reference=reference, final=final)
     value = ledger.to_amount(amount, positive=True)
     with transaction.atomic():

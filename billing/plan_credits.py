@@ -12,9 +12,15 @@ Grant periods
 each month counted from the billing anchor (also on a yearly plan: twelve grants a year);
 ``once`` at the start of the first billing period only. A subscription on trial gets
 nothing until its trial ends (its anchor: the first paid period). The plan that grants is
-the one in force at the start of the *billing* period containing the grant period: a plan
-changed mid-period grants by its own rule from the next billing period on. Past-due
-(suspended) and canceled subscriptions get no grants; one made active again within a grant
+the one in force at the start of the grant period: a plan changed mid-period grants by its
+own rule from the next grant period on — on a yearly plan with ``month`` cadence, from the
+next month (a downgrade stops the bigger monthly grant, an upgrade gets its own). The
+cadence is the one of the plan in force at the start of the *billing* period: a change on a
+yearly plan from a ``month`` rule to a plan without one, or with a ``period``/``once`` rule,
+grants nothing more until the next billing period, where the new plan's rule applies. Past-due
+(suspended) and canceled subscriptions get no grants; a cancellation that takes effect now
+ends the subscription's live plan grants (``end_with_subscription``: what is left expires),
+one at period end leaves them to their own expiry; one made active again within a grant
 period gets that period's grant then. Grant periods missed entirely (a subscription
 suspended through one, beat down for a whole period) are not granted afterwards: only the
 grant period containing now is ever granted.
@@ -139,6 +145,13 @@ def due_grant(subscription: Subscription, now: datetime) -> DueGrant | None:
     elif rule.cadence == GrantCadence.MONTH:
         unit = "month"
         start, end = period_containing(anchor, unit, now)
+        if start != billing_start:
+            # a month inside the billing period (a yearly plan): the plan in force at the
+            # start of that month grants it, if its rule grants monthly too
+            plan = _plan_at(subscription, start)
+            rule = PlanCreditGrant.objects.filter(plan=plan).first()
+            if rule is None or rule.cadence != GrantCadence.MONTH:
+                return None
     else:
         unit, start, end = interval, billing_start, billing_end
     return DueGrant(plan, rule, start, end, unit, _index(anchor, unit, start))
@@ -272,6 +285,28 @@ def _roll_over(subscription: Subscription, *, before: datetime, now: datetime) -
             )
         carried[grant.currency] = kept + grant.remaining
     return expired
+
+
+def end_with_subscription(subscription: Subscription, *, now: datetime) -> int:
+    """At a cancellation that takes effect now: the subscription's live plan grants end with
+    it — their expiry is brought forward to ``now`` and what is left expires
+    (``credits.expire_grant``: to ``@CreditsExpired``, with ``credits.expired``; credits held
+    wait for the hold, as at any expiry). A cancellation at period end leaves them to their
+    own expiry. The caller holds the customer's usage lock and the subscription's row.
+    Returns how many grants it ended."""
+    grant_ids = list(
+        SubscriptionCreditGrant.objects.filter(
+            subscription=subscription, grant__status=GrantStatus.ACTIVE
+        ).values_list("grant_id", flat=True)
+    )
+    if not grant_ids:
+        return 0
+    CreditGrant.objects.filter(pk__in=grant_ids).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    ).update(expires_at=now)
+    for grant_id in sorted(grant_ids):
+        credits.expire_grant(grant_id=grant_id, now=now)
+    return len(grant_ids)
 
 
 def granting_subscriptions(now: datetime):

@@ -129,9 +129,11 @@ def settle_hold_with_usage(*, hold_id: int, event: rating.EventIn) -> rating.Out
 def settle_hold_by_amount(
     *, hold_id: int, amount: Decimal, final: bool, reference: str | None = None
 ) -> LedgerTransaction:
-    """Settle ``amount`` of the hold (``final``: and release the rest); a ``CREDITS`` hold's
-    part is drawn on the wallet's grants. Idempotent on the client's ``reference`` per hold
-    (``ledger.errors.ReferenceReused`` when it settled something else)."""
+    """Settle ``amount`` of the hold (``final``: and release the rest); the part is drawn on
+    the wallet's grants where rating would draw on them (``credits.draws_on_grants``: a
+    ``CREDITS`` hold, or one on a balance plan's money wallet). Idempotent on the client's
+    ``reference`` per hold (``ledger.errors.ReferenceReused`` when it settled something
+    else)."""
     return credits.settle_hold(
         hold_id=hold_id,
         amount=amount,

@@ -245,6 +245,10 @@ def cancel_subscription(
     subscription.canceled_at = now
     subscription.ended_at = ended_at
     subscription.save(update_fields=["status", "canceled_at", "ended_at"])
+    # unused plan credits end with the subscription (a new subscription grants its own)
+    from billing import plan_credits
+
+    plan_credits.end_with_subscription(subscription, now=ended_at)
     emit_subscription_event(
         EventType.SUBSCRIPTION_CANCELED, subscription, f"subscription.canceled:{subscription.pk}"
     )

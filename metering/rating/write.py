@@ -19,7 +19,6 @@ from billing import credits
 from billing import services as billing_services
 from billing.models import (
     AllocationKind,
-    ConsumptionModel,
     Customer,
     Meter,
     Subscription,
@@ -215,7 +214,9 @@ def _write(
         a.wallet.account_id
         for a in accepted
         if a.money > 0
-        and (a.currency == CREDITS or a.terms.consumption_model == ConsumptionModel.BALANCE)
+        and credits.draws_on_grants(
+            currency=a.currency, consumption_model=a.terms.consumption_model
+        )
     }
     book = credits.GrantBook.load(granting, now=now)
     postings = _usage_postings(accepted, event_ids, tokens_served, sinks)

@@ -30,7 +30,10 @@ from billing.models import (
 )
 from billing.services import ChargeSpec, CreditGrantSpec
 from ledger import selectors as ledger_selectors
+from ledger import services as ledger
+from ledger.models import NormalBalance
 from metering import rating
+from metering import services as metering_services
 from tests.conftest import unique
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory
 from tests.threads import run_concurrently
@@ -280,6 +283,47 @@ def test_no_grants_after_cancellation_or_while_suspended():
     assert [g.expires_at for g in plan_grants(suspended)] == [FEB, APR]
 
 
+def test_a_cancellation_now_ends_the_plan_grants_so_resubscribing_does_not_pile_them_up():
+    plan = credits_plan(amount="1000", rollover="all")  # rolls over without an expiry
+    customer = CustomerFactory(external_id=unique("acme"))
+    moment = JAN
+    for _ in range(3):  # subscribe, cancel now, subscribe again
+        subscription = services.create_subscription(
+            customer=customer, plan=plan, start=moment, now=moment
+        )
+        spend(subscription, "100")
+        services.cancel_subscription(subscription_id=subscription.pk, now=moment + SOON)
+        moment += timedelta(minutes=2)
+    grants = CreditGrant.objects.filter(customer=customer, source=GrantSource.PLAN).order_by("id")
+    # each subscription's 1000 - 100 spent expired when it was canceled
+    assert [(g.status, g.remaining, expired(g)) for g in grants] == [
+        (GrantStatus.EXPIRED, D(0), D(900))
+    ] * 3
+    assert wallet(subscription) == D(0)
+    live = services.create_subscription(customer=customer, plan=plan, start=moment, now=moment)
+    assert wallet(live) == D(1000)  # one allowance at a time, not 3000 + 1000
+    assert (
+        OutboundEvent.objects.filter(customer=customer, type=EventType.CREDITS_EXPIRED).count() == 3
+    )
+
+
+def test_a_cancellation_at_period_end_leaves_the_plan_grants_to_their_expiry():
+    subscription = subscribe(credits_plan(amount="1000"))  # rollover none: expires 1 February
+    (january,) = plan_grants(subscription)
+    spend(subscription, "300")
+    services.cancel_subscription(subscription_id=subscription.pk, at_period_end=True, now=at(1, 20))
+    january.refresh_from_db()
+    assert (january.status, january.remaining, january.expires_at) == (
+        GrantStatus.ACTIVE,
+        D(700),
+        FEB,
+    )
+    assert wallet(subscription) == D(700)
+    credits.expire_due_grants(now=FEB + SOON)
+    assert expired(january) == D(700)
+    assert wallet(subscription) == D(0)
+
+
 def test_a_plan_changed_mid_period_grants_by_its_rule_from_the_next_period():
     subscription = subscribe(credits_plan(amount="1000"))
     cheaper = credits_plan(amount="50")
@@ -289,6 +333,34 @@ def test_a_plan_changed_mid_period_grants_by_its_rule_from_the_next_period():
     january, february = plan_grants(subscription)
     assert (january.amount, february.amount) == (D(1000), D(50))
     assert SubscriptionCreditGrant.objects.get(grant=february).plan_id == cheaper.pk
+
+
+def test_a_yearly_plan_changed_mid_year_grants_the_new_monthly_allowance_from_the_next_month():
+    big = credits_plan("year", amount="10000", cadence="month")
+    small = credits_plan("year", amount="10", cadence="month")
+    bigger = credits_plan("year", amount="500", cadence="month")
+    downgraded = subscribe(big)
+    upgraded = subscribe(small)
+    plan_credits.grant_due(now=FEB + SOON)  # February: each by its first plan
+    services.change_subscription(subscription_id=downgraded.pk, plan=small, now=at(2, 15))
+    services.change_subscription(subscription_id=upgraded.pk, plan=bigger, now=at(2, 15))
+    assert plan_credits.grant_due(now=at(2, 20)) == 0  # February was granted already
+    assert plan_credits.grant_due(now=MAR + SOON) == 2
+    assert plan_credits.grant_due(now=APR + SOON) == 2
+    # January, February by the plan of the year's start; March and April by the new plan
+    assert [g.amount for g in plan_grants(downgraded)] == [D(10000), D(10000), D(10), D(10)]
+    assert [g.amount for g in plan_grants(upgraded)] == [D(10), D(10), D(500), D(500)]
+    march = SubscriptionCreditGrant.objects.get(subscription=downgraded, period_start=MAR)
+    assert march.plan_id == small.pk
+
+
+def test_a_yearly_month_plan_changed_to_a_plan_without_a_monthly_rule_stops_granting():
+    monthly = credits_plan("year", amount="100", cadence="month")
+    yearly = credits_plan("year", amount="1200", cadence="period")
+    subscription = subscribe(monthly)
+    services.change_subscription(subscription_id=subscription.pk, plan=yearly, now=at(1, 15))
+    assert plan_credits.grant_due(now=FEB + SOON) == 0  # the new rule: next billing period
+    assert [g.amount for g in plan_grants(subscription)] == [D(100)]
 
 
 def test_a_plan_without_a_grant_grants_nothing():
@@ -333,6 +405,33 @@ def test_a_balance_plan_grants_money_into_the_wallet_of_its_currency():
     assert CreditGrant.objects.get(pk=grant.pk).remaining == D(15)
     credits.expire_due_grants(now=FEB + SOON)
     assert wallet(subscription, "USD") == D(10)  # the grant's 15 expired; the 10 are kept
+
+
+def test_a_hold_settled_by_amount_on_a_balance_plan_draws_on_the_plan_grant_first():
+    meter = MeterFactory(code=unique("units"), api_call=True)
+    plan = PlanFactory(
+        consumption_model="balance",
+        charges=(ChargeSpec(meter=meter.code, unit_price=D("0.01")),),
+        credit_grant=CreditGrantSpec(amount=D("25.00")),
+    )
+    customer = CustomerFactory(external_id=unique("acme"), funds="10")  # its own money
+    subscription = SubscriptionFactory(customer=customer, plan=plan, start=JAN, now=JAN)
+    (grant,) = plan_grants(subscription)
+    account = Wallet.objects.get(customer=customer, currency="USD").account
+    usage = ledger.ensure_system_account(
+        code="@UsageRevenue", currency="USD", normal_balance=NormalBalance.CREDIT
+    )
+    hold = ledger.place_hold(
+        reference=unique("hold"), account=account, destination=usage, amount=D(20)
+    )
+    posted = metering_services.settle_hold_by_amount(hold_id=hold.pk, amount=D(20), final=True)
+    # as rating would: the 20 drawn on the plan's 25 before the customer's own 10
+    assert CreditGrant.objects.get(pk=grant.pk).remaining == D(5)
+    assert [(g, D(a)) for g, a in posted.metadata["grants"]] == [(grant.pk, D(20))]
+    assert wallet(subscription, "USD") == D(15)
+    credits.expire_due_grants(now=FEB + SOON)
+    assert expired(grant) == D(5)
+    assert wallet(subscription, "USD") == D(10)  # 35 - 20 used - 5 expired: its own 10 kept
 
 
 # --- exactly once under concurrent beat runs ------------------------------------------------------
