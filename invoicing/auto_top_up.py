@@ -385,7 +385,11 @@ def _credit(attempt: AutoTopUpAttempt, *, credit: Decimal, received: Decimal, in
                 f"Auto top-up (offline mode) of {credit.normalize():f} {attempt.wallet_currency}"
             ),
             source_code=services.CLEARING["offline"],
-            metadata={"auto_top_up_attempt": attempt.pk},
+            metadata={
+                "auto_top_up_attempt": attempt.pk,
+                # what was paid, and how: a refund of unused credits is capped at its share
+                "payment": _payment(attempt, provider="offline", received=received),
+            },
         )
     clearing_code = services.CLEARING["stripe"]
     if attempt.wallet_currency != CREDITS:
@@ -417,8 +421,27 @@ def _credit(attempt: AutoTopUpAttempt, *, credit: Decimal, received: Decimal, in
         currency=CREDITS,
         reference=reference,
         description=f"Credits bought by auto top-up ({intent})",
-        metadata={"auto_top_up_attempt": attempt.pk, "payment_intent": intent},
+        # what was paid, and how (as for a Checkout purchase): a refund of unused credits
+        # returns its share of what was paid to the card
+        metadata={
+            "auto_top_up_attempt": attempt.pk,
+            "payment_intent": intent,
+            "payment": _payment(attempt, provider="stripe", received=received, intent=intent),
+        },
     )
+
+
+def _payment(
+    attempt: AutoTopUpAttempt, *, provider: str, received: Decimal, intent: str | None = None
+) -> dict[str, str]:
+    intent = intent or attempt.payment_intent_id
+    return {
+        "provider": provider,
+        **({"payment_intent": intent} if intent else {}),
+        "auto_top_up_attempt": str(attempt.pk),
+        "amount": str(received),
+        "currency": attempt.charge_currency,
+    }
 
 
 def fail_attempt(

@@ -11,7 +11,10 @@ How it runs
    (one per grant, ``OneToOne``: a retry finds it) records what the money is worth:
    - bought by card (the purchase's Stripe payment is on the grant): the unused share of
      what was paid, ``paid × left / bought``, rounded down to the minor unit;
-   - otherwise: ``left × CREDIT_PRICE``, rounded down.
+   - otherwise: ``left × CREDIT_PRICE``, rounded down — and never more than the unused share
+     of what was paid when the purchase says (``payment.amount``, e.g. an auto top-up in
+     offline mode). Credits whose payment is not recorded (a top-up through the API or by
+     staff) are valued at the current ``CREDIT_PRICE``: the caller of that top-up chose it.
 2. The money goes back:
    - **stripe**: a Stripe refund of the purchase's PaymentIntent, outside any transaction,
      with the idempotency key ``credit-refund-<id>`` (a retry refunds once). Then ``@CreditsSold``
@@ -153,6 +156,11 @@ def _take_back(
         else:
             currency = grant.customer.currency
             amount = floor_to_minor_unit(left * settings.CREDIT_PRICE, currency)
+            if payment.get("amount") and payment.get("currency") == currency:
+                # never more than the unused share of what was paid (the price may have
+                # risen since)
+                paid = Decimal(payment["amount"])
+                amount = min(amount, floor_to_minor_unit(paid * left / grant.amount, currency))
         if amount <= 0:
             raise errors.NotRefundable(
                 f"the {left.normalize():f} credits left are worth less than the smallest "

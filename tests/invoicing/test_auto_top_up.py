@@ -25,6 +25,8 @@ from billing.models import (
     Wallet,
 )
 from invoicing import auto_top_up, stripe_gateway
+from invoicing.credit_refunds import refund_unused_credits
+from invoicing.models import CreditRefundMethod, CreditRefundStatus
 from ledger import selectors as ledger_selectors
 from tests.factories import CustomerFactory, unique
 from tests.invoicing.conftest import account_posted
@@ -484,3 +486,63 @@ def test_a_success_webhook_saying_nothing_was_received_credits_nothing(stripe_se
     assert body["status"] == "needs_review" and "nothing was received" in body["outcome"]
     assert AutoTopUpAttempt.objects.get(pk=attempt_id).status == AttemptStatus.PENDING
     assert available(customer) == D("0")
+
+
+def test_credits_bought_by_auto_top_up_are_refunded_to_the_card_on_what_was_paid(
+    stripe_server, settings
+):
+    settings.CREDIT_PRICE = D("0.01")
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    enable(customer, "CREDITS", threshold=D("1000"), target=D("5000"), monthly_cap=D("30"))
+    [attempt] = run(NOW)
+    assert (attempt.status, attempt.amount, attempt.credit_amount) == (
+        AttemptStatus.SUCCEEDED,
+        D("30.00"),
+        D("3000"),
+    )
+    grant = CreditGrant.objects.get(customer=customer, source=GrantSource.PURCHASE)
+    assert grant.metadata["payment"] == {
+        "provider": "stripe",
+        "payment_intent": attempt.payment_intent_id,
+        "auto_top_up_attempt": str(attempt.pk),
+        "amount": "30.00",
+        "currency": "USD",
+    }
+    spend(customer, "1000", "CREDITS")
+    settings.CREDIT_PRICE = D("0.02")  # the list price raised since: not what was paid
+
+    refund = refund_unused_credits(grant_id=grant.pk)
+
+    # 2000 of the 3000 credits left: two thirds of the 30.00 paid, back to the card
+    assert (refund.method, refund.status) == (
+        CreditRefundMethod.STRIPE,
+        CreditRefundStatus.SUCCEEDED,
+    )
+    assert (refund.credits, refund.amount, refund.currency) == (D("2000"), D("20.00"), "USD")
+    [stripe_refund] = stripe_server.objects("refund")
+    assert stripe_refund["payment_intent"] == attempt.payment_intent_id
+    assert stripe_refund["amount"] == 2000
+    assert account_posted("@Refunds") == D("0")
+
+
+def test_credits_bought_offline_are_never_paid_back_above_what_was_paid(settings):
+    settings.CREDIT_PRICE = D("0.01")
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True
+    customer = customer_with("0")
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    enable(customer, "CREDITS", threshold=D("1000"), target=D("5000"), monthly_cap=D("30"))
+    [attempt] = run(NOW)
+    assert (attempt.offline, attempt.amount, attempt.credit_amount) == (True, D("30.00"), D("3000"))
+    grant = CreditGrant.objects.get(customer=customer, source=GrantSource.PURCHASE)
+    settings.CREDIT_PRICE = D("0.02")
+
+    refund = refund_unused_credits(grant_id=grant.pk)
+
+    # 3000 credits at today's price would be 60.00; 30.00 was paid
+    assert (refund.method, refund.amount, refund.currency) == (
+        CreditRefundMethod.OFFLINE,
+        D("30.00"),
+        "USD",
+    )
