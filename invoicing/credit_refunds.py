@@ -15,6 +15,8 @@ How it runs
      of what was paid when the purchase says (``payment.amount``, e.g. an auto top-up in
      offline mode). Credits whose payment is not recorded (a top-up through the API or by
      staff) are valued at the current ``CREDIT_PRICE``: the caller of that top-up chose it.
+   Credits past their expiry are expired first (``billing.credits.expire_due_for``, as
+   rating does under the same lock): they are not refunded.
 2. The money goes back:
    - **stripe**: a Stripe refund of the purchase's PaymentIntent, outside any transaction,
      with the idempotency key ``credit-refund-<id>`` (a retry refunds once). Then ``@CreditsSold``
@@ -109,12 +111,20 @@ def _method(grant: CreditGrant) -> str:
 def _take_back(
     *, grant_id: int, reason: str, staff_user_id: int | None, now: datetime
 ) -> CreditRefund:
+    found = (
+        CreditGrant.objects.filter(pk=grant_id)
+        .values_list("customer_id", "wallet__account_id")
+        .first()
+    )
+    if found is None:
+        raise errors.CreditGrantNotFound(f"no credit grant {grant_id}", param="grant")
+    customer_id, account_id = found
     with transaction.atomic():
-        customer_id = (
-            CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True).first()
-        )
-        if customer_id is None:
-            raise errors.CreditGrantNotFound(f"no credit grant {grant_id}", param="grant")
+        # Credits past their expiry are worthless to rating (it expires them first, under
+        # the same lock): expire what is due now, kept even when the refund is refused.
+        billing_services.lock_customer_usage([customer_id])
+        credits.expire_due_for([account_id], now=now)
+    with transaction.atomic():
         billing_services.lock_customer_usage([customer_id])  # before the grant: lock order
         grant = (
             CreditGrant.objects.select_for_update(of=("self",))
@@ -132,6 +142,12 @@ def _take_back(
             raise errors.NotRefundable(
                 f"grant {grant.pk} is {grant.source} credits; only purchased credits are "
                 "refunded (void the others)",
+                param="grant",
+            )
+        if grant.expires_at is not None and grant.expires_at <= now:
+            raise errors.NotRefundable(
+                f"grant {grant.pk}'s credits expired on {grant.expires_at:%Y-%m-%d %H:%M} UTC: "
+                "nothing left to refund",
                 param="grant",
             )
         if grant.status != GrantStatus.ACTIVE or grant.remaining <= 0:

@@ -6,10 +6,12 @@ Credits cost CREDIT_PRICE 0.01 USD each (the default): 1,000 credits bought are 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing import credits
 from billing import services as billing
@@ -274,3 +276,24 @@ def test_refunds_sent_at_once_refund_once():
     assert len({r.pk for r in results}) == 1  # type: ignore[union-attr]
     assert sum(not r.replayed for r in results) == 1  # type: ignore[union-attr]
     assert wallet_posted(subscription, "USD") == D(10)
+
+
+# --- expired credits -----------------------------------------------------------------------------
+
+
+def test_credits_past_their_expiry_are_expired_not_refunded():
+    subscription = credits_customer()
+    grant = bought(subscription, "1000")
+    # past its expiry; the expiry beat has not run yet (the credits are worthless to rating)
+    CreditGrant.objects.filter(pk=grant.pk).update(expires_at=timezone.now() - timedelta(days=1))
+
+    with pytest.raises(errors.NotRefundable) as refused:
+        refund_unused_credits(grant_id=grant.pk)
+
+    assert "expired" in str(refused.value)
+    grant.refresh_from_db()
+    assert (grant.status, grant.remaining) == (GrantStatus.EXPIRED, D(0))
+    assert not CreditRefund.objects.filter(grant=grant).exists()
+    assert wallet_posted(subscription, "USD") == D(0)  # nothing paid back
+    assert wallet_posted(subscription, "CREDITS") == D(0)
+    assert account_posted("@CreditsExpired", "CREDITS") == D(1000)
