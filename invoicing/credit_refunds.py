@@ -33,7 +33,7 @@ the hold resolves.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -285,6 +285,58 @@ def _refunded_by_stripe(*, refund_id: int, stripe_refund_id: str, now: datetime)
             refund.stripe_refund_id = stripe_refund_id
             _book_money(refund, now=now)
     return refund
+
+
+def book_refunded_by_stripe(
+    *, credit_refund_id: int, stripe_refund_id: str, now: datetime | None = None
+) -> bool:
+    """Stripe says it made this refund (its ``charge.refunded`` webhook): book its money
+    side if that is not done yet (the process that asked died before booking). True when
+    this call booked it; a second call books nothing."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        refund = (
+            CreditRefund.objects.select_for_update()
+            .select_related("customer")
+            .filter(pk=credit_refund_id, method=CreditRefundMethod.STRIPE)
+            .first()
+        )
+        if refund is None or refund.status == CreditRefundStatus.SUCCEEDED:
+            return False
+        refund.stripe_refund_id = stripe_refund_id
+        _book_money(refund, now=now)
+    return True
+
+
+# A pending Stripe refund older than this was left by a process that died between asking
+# Stripe and booking: sent again (the same idempotency key: refunded once) and booked.
+STALE_PENDING_AFTER = timedelta(minutes=5)
+
+
+def stale_pending_grant_ids(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    now = now or timezone.now()
+    return list(
+        CreditRefund.objects.filter(
+            method=CreditRefundMethod.STRIPE,
+            status=CreditRefundStatus.PENDING,
+            created_at__lte=now - STALE_PENDING_AFTER,
+        )
+        .order_by("created_at", "id")
+        .values_list("grant_id", flat=True)[:limit]
+    )
+
+
+def retry_stale_pending(*, now: datetime | None = None) -> int:
+    """Beat: finish the Stripe refunds left pending (see ``STALE_PENDING_AFTER``); how many
+    were booked. A refusal marks the refund ``failed`` (staff retry it) and goes on."""
+    booked = 0
+    for grant_id in stale_pending_grant_ids(now=now):
+        try:
+            refund = refund_unused_credits(grant_id=grant_id, now=now)
+        except errors.RefundFailed:
+            continue
+        booked += refund.status == CreditRefundStatus.SUCCEEDED
+    return booked
 
 
 def is_credit_refund(payment_intent_id: str | None) -> bool:
