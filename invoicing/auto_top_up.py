@@ -17,7 +17,8 @@ Amounts. A money wallet is refilled by ``target − available`` rounded **up** t
 currency's minor unit (the wallet reaches at least the target). A ``CREDITS`` wallet by
 ``target − available`` rounded up to a whole credit, priced at ``CREDIT_PRICE`` each in the
 customer's currency, the price rounded up to the minor unit. What was charged this
-calendar month (UTC; attempts succeeded or in flight, offline ones included) plus the new
+calendar month (UTC; attempts succeeded, in flight, or failed with an unknown outcome —
+a late success still credits those —, offline ones included) plus the new
 charge never exceeds ``monthly_cap``: the charge is lowered to what the cap leaves (whole
 minor units; for credits, whole credits whose price fits), and when nothing is left the
 refill is skipped, recorded on the settings (``skipped_reason``) and reported once a month
@@ -67,6 +68,9 @@ STALE_AFTER = timedelta(minutes=5)
 STALE_GIVE_UP = timedelta(hours=23)
 # Stripe errors worth retrying (the same key makes a retry safe); any other is a failure.
 TRANSIENT_STRIPE_ERRORS = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+# A failed attempt whose charge may still have gone through (no answer before giving up):
+# counted toward the monthly cap like one in flight (a late success still credits it).
+OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 def month_start(now: datetime) -> datetime:
@@ -75,12 +79,17 @@ def month_start(now: datetime) -> datetime:
 
 
 def charged_this_month(*, auto_top_up: AutoTopUp, now: datetime) -> Decimal:
-    """Money charged (or being charged) by the wallet's auto top-up this calendar month."""
+    """Money charged (or being charged, or perhaps charged) by the wallet's auto top-up this
+    calendar month: attempts succeeded, in flight, or failed with their outcome unknown (a
+    late success still credits those, so they count toward the cap until then)."""
     total = (
         AutoTopUpAttempt.objects.filter(
             auto_top_up=auto_top_up,
             created_at__gte=month_start(now),
-            status__in=[*IN_FLIGHT_STATUSES, AttemptStatus.SUCCEEDED],
+        )
+        .filter(
+            Q(status__in=[*IN_FLIGHT_STATUSES, AttemptStatus.SUCCEEDED])
+            | Q(status=AttemptStatus.FAILED, failure_code=OUTCOME_UNKNOWN)
         )
         .values_list("amount", flat=True)
         .order_by()
@@ -519,7 +528,7 @@ def resume_stalled(*, now: datetime | None = None) -> list[int]:
         if created <= now - STALE_GIVE_UP:
             fail_attempt(
                 attempt_id=attempt_id,
-                code="outcome_unknown",
+                code=OUTCOME_UNKNOWN,
                 message="no answer from the payment provider; a charge it made is still "
                 "credited when its webhook arrives",
                 now=now,

@@ -546,3 +546,37 @@ def test_credits_bought_offline_are_never_paid_back_above_what_was_paid(settings
         D("30.00"),
         "USD",
     )
+
+
+def test_an_outcome_unknown_attempt_counts_toward_the_cap_until_it_succeeds_late(stripe_server):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    auto = enable(
+        customer, threshold=D("5"), target=D("50"), monthly_cap=D("60"), cool_off_seconds=0
+    )
+    [a_id] = auto_top_up.run_due(now=NOW)
+    first = AutoTopUpAttempt.objects.get(pk=a_id)
+    # the charge goes through at Stripe but the answer is lost (a worker crash)
+    stripe_id = Customer.objects.get(pk=customer.pk).stripe_customer_id
+    stripe_gateway.charge(
+        stripe_customer_id=stripe_id,
+        payment_method="pm_card_visa",
+        amount=first.amount,
+        currency="USD",
+        idempotency_key=first.idempotency_key,
+        metadata={"kind": "auto_top_up", "attempt_id": str(first.pk)},
+        description="lost answer",
+    )
+    later = NOW + timedelta(hours=23)
+    auto_top_up.resume_stalled(now=later)
+    first.refresh_from_db()
+    assert (first.status, first.failure_code) == (AttemptStatus.FAILED, "outcome_unknown")
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=later) == D("50.00")
+
+    # a new attempt is planned in what the cap leaves (10 of 60), not in 60
+    [second] = run(later + timedelta(minutes=1))
+    assert (second.status, second.amount) == (AttemptStatus.SUCCEEDED, D("10.00"))
+    # the first charge's success arrives late and still credits
+    [succeeded] = stripe_server.events_of("payment_intent.succeeded")[:1]
+    assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=later) == D("60.00")
+    assert available(customer) == D("60.00")
