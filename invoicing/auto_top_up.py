@@ -67,7 +67,15 @@ CREDITS_SOLD = "@CreditsSold"
 STALE_AFTER = timedelta(minutes=5)
 STALE_GIVE_UP = timedelta(hours=23)
 # Stripe errors worth retrying (the same key makes a retry safe); any other is a failure.
-TRANSIENT_STRIPE_ERRORS = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+# An IdempotencyError (409: the key is in use by an overlapping request, e.g. a resumed
+# worker while the first request still runs) says nothing about the payment: transient too,
+# the attempt stays in flight (its slot occupied) until the answer or its webhook arrives.
+TRANSIENT_STRIPE_ERRORS = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    stripe.IdempotencyError,
+)
 # A failed attempt whose charge may still have gone through (no answer before giving up):
 # counted toward the monthly cap like one in flight (a late success still credits it).
 OUTCOME_UNKNOWN = "outcome_unknown"

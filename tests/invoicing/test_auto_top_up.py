@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import stripe
 from django.db import IntegrityError, transaction
 
 from billing import errors, services
@@ -580,3 +581,43 @@ def test_an_outcome_unknown_attempt_counts_toward_the_cap_until_it_succeeds_late
     assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
     assert auto_top_up.charged_this_month(auto_top_up=auto, now=later) == D("60.00")
     assert available(customer) == D("60.00")
+
+
+def test_a_409_idempotency_conflict_is_transient_and_the_first_request_still_credits(
+    stripe_server, monkeypatch
+):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    enable(customer, threshold=D("5"), target=D("50"), max_failures=1)
+    [a_id] = auto_top_up.run_due(now=NOW)
+    real = stripe_gateway.charge
+
+    def busy(**kw):  # a resumed worker while the first request with the key still runs
+        raise stripe.IdempotencyError("There is currently another in-progress request")
+
+    monkeypatch.setattr(stripe_gateway, "charge", busy)
+    with pytest.raises(stripe.IdempotencyError):  # raised for the task to retry
+        auto_top_up.process_attempt(attempt_id=a_id, now=NOW)
+    monkeypatch.setattr(stripe_gateway, "charge", real)
+    attempt = AutoTopUpAttempt.objects.get(pk=a_id)
+    auto = AutoTopUp.objects.get(customer=customer)
+    assert attempt.status == AttemptStatus.PROCESSING and attempt.failure_code == ""
+    assert (auto.enabled, auto.consecutive_failures) == (True, 0)
+    # the slot stays occupied: no second attempt
+    assert auto_top_up.run_due(now=NOW + timedelta(hours=1)) == []
+
+    # the first request's success arrives (its webhook)
+    stripe_id = Customer.objects.get(pk=customer.pk).stripe_customer_id
+    real(
+        stripe_customer_id=stripe_id,
+        payment_method="pm_card_visa",
+        amount=attempt.amount,
+        currency="USD",
+        idempotency_key=attempt.idempotency_key,
+        metadata={"kind": "auto_top_up", "attempt_id": str(a_id)},
+        description="first request",
+    )
+    [succeeded] = stripe_server.events_of("payment_intent.succeeded")
+    assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
+    auto.refresh_from_db()
+    assert available(customer) == D("50") and auto.enabled
+    assert AutoTopUpAttempt.objects.get(pk=a_id).status == AttemptStatus.SUCCEEDED
