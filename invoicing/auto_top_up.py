@@ -294,10 +294,18 @@ def process_attempt(*, attempt_id: int, now: datetime | None = None) -> AutoTopU
                 f"Auto top-up of {attempt.credit_amount.normalize():f} {attempt.wallet_currency}"
             ),
         )
+    except stripe_gateway.ChargeInFlight as in_flight:
+        # processing at Stripe: stays in flight (its slot and its amount under the cap) until
+        # the webhook says; a resend with the same key gets the same PaymentIntent
+        AutoTopUpAttempt.objects.filter(pk=attempt.pk, status__in=IN_FLIGHT_STATUSES).update(
+            payment_intent_id=in_flight.payment_intent_id
+        )
+        attempt.refresh_from_db()
+        return attempt
     except stripe_gateway.ChargeDeclined as declined:
         return fail_attempt(
             attempt_id=attempt.pk,
-            code="card_declined",
+            code=declined.code,
             message=declined.message,
             payment_intent_id=declined.payment_intent_id,
             now=now,

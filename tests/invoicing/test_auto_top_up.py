@@ -621,3 +621,38 @@ def test_a_409_idempotency_conflict_is_transient_and_the_first_request_still_cre
     auto.refresh_from_db()
     assert available(customer) == D("50") and auto.enabled
     assert AutoTopUpAttempt.objects.get(pk=a_id).status == AttemptStatus.SUCCEEDED
+
+
+def test_a_charge_still_processing_stays_in_flight_until_its_webhook(stripe_server):
+    customer = customer_with("0", card="pm_card_processing", server=stripe_server)
+    auto = enable(customer, threshold=D("5"), target=D("50"), max_failures=1, cool_off_seconds=0)
+    [attempt] = run(NOW)
+    assert attempt.status == AttemptStatus.PROCESSING and attempt.failure_code == ""
+    assert attempt.payment_intent_id
+    auto.refresh_from_db()
+    assert (auto.enabled, auto.consecutive_failures) == (True, 0)
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=NOW) == D("50.00")
+    assert run(NOW + timedelta(minutes=1)) == []  # its slot stays occupied
+    # Stripe settles it: the success webhook credits the wallet
+    intent = stripe_server.get(attempt.payment_intent_id)
+    intent.update(status="succeeded", amount_received=intent["amount"])
+    event = {
+        "id": "evt_processing_done",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {"object": intent},
+    }
+    assert post_event(stripe_server, event)["outcome"] == "wallet credited"
+    assert available(customer) == D("50")
+
+
+def test_a_charge_asking_for_authentication_off_session_fails_with_a_clear_code(stripe_server):
+    customer = customer_with("0", card="pm_card_authenticationRequired", server=stripe_server)
+    enable(customer, threshold=D("5"), target=D("50"))
+    [attempt] = run(NOW)
+    assert (attempt.status, attempt.failure_code) == (
+        AttemptStatus.FAILED,
+        "authentication_required",
+    )
+    assert "authenticate" in attempt.failure_message
+    assert attempt.payment_intent_id
