@@ -17,7 +17,8 @@ Amounts. A money wallet is refilled by ``target − available`` rounded **up** t
 currency's minor unit (the wallet reaches at least the target). A ``CREDITS`` wallet by
 ``target − available`` rounded up to a whole credit, priced at ``CREDIT_PRICE`` each in the
 customer's currency, the price rounded up to the minor unit. What was charged this
-calendar month (UTC; attempts succeeded or in flight, offline ones included) plus the new
+calendar month (UTC; attempts succeeded, in flight, or failed with an unknown outcome —
+a late success still credits those —, offline ones included) plus the new
 charge never exceeds ``monthly_cap``: the charge is lowered to what the cap leaves (whole
 minor units; for credits, whole credits whose price fits), and when nothing is left the
 refill is skipped, recorded on the settings (``skipped_reason``) and reported once a month
@@ -66,7 +67,18 @@ CREDITS_SOLD = "@CreditsSold"
 STALE_AFTER = timedelta(minutes=5)
 STALE_GIVE_UP = timedelta(hours=23)
 # Stripe errors worth retrying (the same key makes a retry safe); any other is a failure.
-TRANSIENT_STRIPE_ERRORS = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+# An IdempotencyError (409: the key is in use by an overlapping request, e.g. a resumed
+# worker while the first request still runs) says nothing about the payment: transient too,
+# the attempt stays in flight (its slot occupied) until the answer or its webhook arrives.
+TRANSIENT_STRIPE_ERRORS = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    stripe.IdempotencyError,
+)
+# A failed attempt whose charge may still have gone through (no answer before giving up):
+# counted toward the monthly cap like one in flight (a late success still credits it).
+OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 def month_start(now: datetime) -> datetime:
@@ -75,12 +87,17 @@ def month_start(now: datetime) -> datetime:
 
 
 def charged_this_month(*, auto_top_up: AutoTopUp, now: datetime) -> Decimal:
-    """Money charged (or being charged) by the wallet's auto top-up this calendar month."""
+    """Money charged (or being charged, or perhaps charged) by the wallet's auto top-up this
+    calendar month: attempts succeeded, in flight, or failed with their outcome unknown (a
+    late success still credits those, so they count toward the cap until then)."""
     total = (
         AutoTopUpAttempt.objects.filter(
             auto_top_up=auto_top_up,
             created_at__gte=month_start(now),
-            status__in=[*IN_FLIGHT_STATUSES, AttemptStatus.SUCCEEDED],
+        )
+        .filter(
+            Q(status__in=[*IN_FLIGHT_STATUSES, AttemptStatus.SUCCEEDED])
+            | Q(status=AttemptStatus.FAILED, failure_code=OUTCOME_UNKNOWN)
         )
         .values_list("amount", flat=True)
         .order_by()
@@ -277,10 +294,18 @@ def process_attempt(*, attempt_id: int, now: datetime | None = None) -> AutoTopU
                 f"Auto top-up of {attempt.credit_amount.normalize():f} {attempt.wallet_currency}"
             ),
         )
+    except stripe_gateway.ChargeInFlight as in_flight:
+        # processing at Stripe: stays in flight (its slot and its amount under the cap) until
+        # the webhook says; a resend with the same key gets the same PaymentIntent
+        AutoTopUpAttempt.objects.filter(pk=attempt.pk, status__in=IN_FLIGHT_STATUSES).update(
+            payment_intent_id=in_flight.payment_intent_id
+        )
+        attempt.refresh_from_db()
+        return attempt
     except stripe_gateway.ChargeDeclined as declined:
         return fail_attempt(
             attempt_id=attempt.pk,
-            code="card_declined",
+            code=declined.code,
             message=declined.message,
             payment_intent_id=declined.payment_intent_id,
             now=now,
@@ -385,7 +410,11 @@ def _credit(attempt: AutoTopUpAttempt, *, credit: Decimal, received: Decimal, in
                 f"Auto top-up (offline mode) of {credit.normalize():f} {attempt.wallet_currency}"
             ),
             source_code=services.CLEARING["offline"],
-            metadata={"auto_top_up_attempt": attempt.pk},
+            metadata={
+                "auto_top_up_attempt": attempt.pk,
+                # what was paid, and how: a refund of unused credits is capped at its share
+                "payment": _payment(attempt, provider="offline", received=received),
+            },
         )
     clearing_code = services.CLEARING["stripe"]
     if attempt.wallet_currency != CREDITS:
@@ -417,8 +446,27 @@ def _credit(attempt: AutoTopUpAttempt, *, credit: Decimal, received: Decimal, in
         currency=CREDITS,
         reference=reference,
         description=f"Credits bought by auto top-up ({intent})",
-        metadata={"auto_top_up_attempt": attempt.pk, "payment_intent": intent},
+        # what was paid, and how (as for a Checkout purchase): a refund of unused credits
+        # returns its share of what was paid to the card
+        metadata={
+            "auto_top_up_attempt": attempt.pk,
+            "payment_intent": intent,
+            "payment": _payment(attempt, provider="stripe", received=received, intent=intent),
+        },
     )
+
+
+def _payment(
+    attempt: AutoTopUpAttempt, *, provider: str, received: Decimal, intent: str | None = None
+) -> dict[str, str]:
+    intent = intent or attempt.payment_intent_id
+    return {
+        "provider": provider,
+        **({"payment_intent": intent} if intent else {}),
+        "auto_top_up_attempt": str(attempt.pk),
+        "amount": str(received),
+        "currency": attempt.charge_currency,
+    }
 
 
 def fail_attempt(
@@ -496,7 +544,7 @@ def resume_stalled(*, now: datetime | None = None) -> list[int]:
         if created <= now - STALE_GIVE_UP:
             fail_attempt(
                 attempt_id=attempt_id,
-                code="outcome_unknown",
+                code=OUTCOME_UNKNOWN,
                 message="no answer from the payment provider; a charge it made is still "
                 "credited when its webhook arrives",
                 now=now,

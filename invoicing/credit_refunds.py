@@ -11,7 +11,12 @@ How it runs
    (one per grant, ``OneToOne``: a retry finds it) records what the money is worth:
    - bought by card (the purchase's Stripe payment is on the grant): the unused share of
      what was paid, ``paid × left / bought``, rounded down to the minor unit;
-   - otherwise: ``left × CREDIT_PRICE``, rounded down.
+   - otherwise: ``left × CREDIT_PRICE``, rounded down — and never more than the unused share
+     of what was paid when the purchase says (``payment.amount``, e.g. an auto top-up in
+     offline mode). Credits whose payment is not recorded (a top-up through the API or by
+     staff) are valued at the current ``CREDIT_PRICE``: the caller of that top-up chose it.
+   Credits past their expiry are expired first (``billing.credits.expire_due_for``, as
+   rating does under the same lock): they are not refunded.
 2. The money goes back:
    - **stripe**: a Stripe refund of the purchase's PaymentIntent, outside any transaction,
      with the idempotency key ``credit-refund-<id>`` (a retry refunds once). Then ``@CreditsSold``
@@ -28,7 +33,7 @@ the hold resolves.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -106,12 +111,20 @@ def _method(grant: CreditGrant) -> str:
 def _take_back(
     *, grant_id: int, reason: str, staff_user_id: int | None, now: datetime
 ) -> CreditRefund:
+    found = (
+        CreditGrant.objects.filter(pk=grant_id)
+        .values_list("customer_id", "wallet__account_id")
+        .first()
+    )
+    if found is None:
+        raise errors.CreditGrantNotFound(f"no credit grant {grant_id}", param="grant")
+    customer_id, account_id = found
     with transaction.atomic():
-        customer_id = (
-            CreditGrant.objects.filter(pk=grant_id).values_list("customer_id", flat=True).first()
-        )
-        if customer_id is None:
-            raise errors.CreditGrantNotFound(f"no credit grant {grant_id}", param="grant")
+        # Credits past their expiry are worthless to rating (it expires them first, under
+        # the same lock): expire what is due now, kept even when the refund is refused.
+        billing_services.lock_customer_usage([customer_id])
+        credits.expire_due_for([account_id], now=now)
+    with transaction.atomic():
         billing_services.lock_customer_usage([customer_id])  # before the grant: lock order
         grant = (
             CreditGrant.objects.select_for_update(of=("self",))
@@ -129,6 +142,12 @@ def _take_back(
             raise errors.NotRefundable(
                 f"grant {grant.pk} is {grant.source} credits; only purchased credits are "
                 "refunded (void the others)",
+                param="grant",
+            )
+        if grant.expires_at is not None and grant.expires_at <= now:
+            raise errors.NotRefundable(
+                f"grant {grant.pk}'s credits expired on {grant.expires_at:%Y-%m-%d %H:%M} UTC: "
+                "nothing left to refund",
                 param="grant",
             )
         if grant.status != GrantStatus.ACTIVE or grant.remaining <= 0:
@@ -153,6 +172,11 @@ def _take_back(
         else:
             currency = grant.customer.currency
             amount = floor_to_minor_unit(left * settings.CREDIT_PRICE, currency)
+            if payment.get("amount") and payment.get("currency") == currency:
+                # never more than the unused share of what was paid (the price may have
+                # risen since)
+                paid = Decimal(payment["amount"])
+                amount = min(amount, floor_to_minor_unit(paid * left / grant.amount, currency))
         if amount <= 0:
             raise errors.NotRefundable(
                 f"the {left.normalize():f} credits left are worth less than the smallest "
@@ -261,6 +285,58 @@ def _refunded_by_stripe(*, refund_id: int, stripe_refund_id: str, now: datetime)
             refund.stripe_refund_id = stripe_refund_id
             _book_money(refund, now=now)
     return refund
+
+
+def book_refunded_by_stripe(
+    *, credit_refund_id: int, stripe_refund_id: str, now: datetime | None = None
+) -> bool:
+    """Stripe says it made this refund (its ``charge.refunded`` webhook): book its money
+    side if that is not done yet (the process that asked died before booking). True when
+    this call booked it; a second call books nothing."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        refund = (
+            CreditRefund.objects.select_for_update()
+            .select_related("customer")
+            .filter(pk=credit_refund_id, method=CreditRefundMethod.STRIPE)
+            .first()
+        )
+        if refund is None or refund.status == CreditRefundStatus.SUCCEEDED:
+            return False
+        refund.stripe_refund_id = stripe_refund_id
+        _book_money(refund, now=now)
+    return True
+
+
+# A pending Stripe refund older than this was left by a process that died between asking
+# Stripe and booking: sent again (the same idempotency key: refunded once) and booked.
+STALE_PENDING_AFTER = timedelta(minutes=5)
+
+
+def stale_pending_grant_ids(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    now = now or timezone.now()
+    return list(
+        CreditRefund.objects.filter(
+            method=CreditRefundMethod.STRIPE,
+            status=CreditRefundStatus.PENDING,
+            created_at__lte=now - STALE_PENDING_AFTER,
+        )
+        .order_by("created_at", "id")
+        .values_list("grant_id", flat=True)[:limit]
+    )
+
+
+def retry_stale_pending(*, now: datetime | None = None) -> int:
+    """Beat: finish the Stripe refunds left pending (see ``STALE_PENDING_AFTER``); how many
+    were booked. A refusal marks the refund ``failed`` (staff retry it) and goes on."""
+    booked = 0
+    for grant_id in stale_pending_grant_ids(now=now):
+        try:
+            refund = refund_unused_credits(grant_id=grant_id, now=now)
+        except errors.RefundFailed:
+            continue
+        booked += refund.status == CreditRefundStatus.SUCCEEDED
+    return booked
 
 
 def is_credit_refund(payment_intent_id: str | None) -> bool:

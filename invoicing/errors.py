@@ -74,7 +74,8 @@ class CurrencyMismatch(InvoicingError):
 
 
 class NotRefundable(InvoicingError):
-    """The grant cannot be refunded: not purchased credits, nothing left, or credits held."""
+    """The grant cannot be refunded: not purchased credits, nothing left, expired, or credits
+    held."""
 
     code = "not_refundable"
     http_status = 409

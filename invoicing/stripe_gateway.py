@@ -62,10 +62,20 @@ def default_payment_method(stripe_customer_id: str) -> str | None:
 
 
 class ChargeDeclined(Exception):
-    def __init__(self, message: str, payment_intent_id: str | None):
+    def __init__(self, message: str, payment_intent_id: str | None, code: str = "card_declined"):
         super().__init__(message)
         self.message = message
         self.payment_intent_id = payment_intent_id
+        self.code = code
+
+
+class ChargeInFlight(ChargeDeclined):
+    """Stripe accepted the charge and is still processing it (``processing``): its outcome
+    arrives by webhook (``payment_intent.succeeded`` / ``payment_failed``). A subclass of
+    ``ChargeDeclined`` so that a caller not told apart keeps treating it as not paid now."""
+
+    def __init__(self, message: str, payment_intent_id: str | None):
+        super().__init__(message, payment_intent_id, code="processing")
 
 
 def charge(
@@ -79,7 +89,9 @@ def charge(
     description: str,
 ) -> tuple[str, Decimal]:
     """Charge a saved card off-session: (PaymentIntent id, amount received). A decline
-    raises ``ChargeDeclined``."""
+    raises ``ChargeDeclined`` (``code``: ``card_declined``, ``authentication_required`` when
+    the card asks for authentication, which off-session cannot give); a charge Stripe is
+    still processing raises ``ChargeInFlight`` (the outcome comes by webhook)."""
     try:
         intent = client().v1.payment_intents.create(
             {
@@ -99,8 +111,17 @@ def charge(
         raise ChargeDeclined(
             error.user_message or str(error), getattr(declined, "id", None)
         ) from None
+    if intent.status == "processing":
+        raise ChargeInFlight("payment processing: its outcome arrives by webhook", intent.id)
+    if intent.status == "requires_action":  # off-session: the customer cannot authenticate
+        raise ChargeDeclined(
+            "the card asks the customer to authenticate the payment, which an off-session "
+            "charge cannot do",
+            intent.id,
+            code="authentication_required",
+        )
     if intent.status != "succeeded":
-        raise ChargeDeclined(f"payment {intent.status}", intent.id)
+        raise ChargeDeclined(f"payment {intent.status}", intent.id, code=f"payment_{intent.status}")
     received = getattr(intent, "amount_received", None) or intent.amount
     return intent.id, from_minor_units_int(received, currency)
 

@@ -103,3 +103,13 @@ def run_auto_top_ups() -> int:
 def charge_auto_top_up(attempt_id: int) -> str:
     """Charge one attempt; safe to run twice (the attempt's Stripe idempotency key)."""
     return auto_top_up.process_attempt(attempt_id=attempt_id).status
+
+
+@shared_task(acks_late=True)
+def retry_pending_credit_refunds() -> int:
+    """Beat, every 5 minutes: Stripe refunds of unused credits left pending by a process
+    that died between asking Stripe and booking are sent again (the same idempotency key:
+    refunded once) and booked."""
+    from invoicing import credit_refunds
+
+    return credit_refunds.retry_stale_pending()

@@ -499,6 +499,25 @@ def _credit_top_up(session: dict[str, Any], meta: dict[str, str]) -> str:
     return NeedsReview(review) if review else "credits credited"
 
 
+def _book_credit_refunds(charge: dict[str, Any]) -> int:
+    """The refunds of unused credits listed on the charge (by their metadata) that were
+    made but not booked: booked now; how many."""
+    from invoicing import credit_refunds
+
+    booked = 0
+    for refund in (charge.get("refunds") or {}).get("data") or []:
+        metadata = refund.get("metadata") or {}
+        raw = str(metadata.get("credit_refund_id", ""))
+        if metadata.get("kind") != "credit_refund" or not raw.isdigit():
+            continue
+        if refund.get("status") not in ("succeeded", "pending"):
+            continue
+        booked += credit_refunds.book_refunded_by_stripe(
+            credit_refund_id=int(raw), stripe_refund_id=str(refund.get("id") or "")
+        )
+    return booked
+
+
 def charge_refunded(charge: dict[str, Any]) -> str:
     intent_id = _object_id(charge.get("payment_intent"))
     kind = _metadata(charge).get("kind")
@@ -510,9 +529,14 @@ def charge_refunded(charge: dict[str, Any]) -> str:
         )
         if payment is None:
             if kind in ("top_up", "auto_top_up"):
-                from invoicing.credit_refunds import is_credit_refund
+                from invoicing import credit_refunds
 
-                if is_credit_refund(intent_id):  # booked by invoicing.credit_refunds
+                if credit_refunds.is_credit_refund(intent_id):
+                    # booked by invoicing.credit_refunds when it was made, unless the
+                    # process died in between: then booked now
+                    booked = _book_credit_refunds(charge)
+                    if booked:
+                        return f"refund of unused credits: booked now ({booked})"
                     return "refund of unused credits: booked when it was made"
                 return NeedsReview(f"refund of top-up payment {intent_id}: not booked")
             if kind not in (None, "invoice"):

@@ -200,7 +200,13 @@ class StripeServer:
             self.events: list[dict[str, Any]] = []
             self._objects: dict[str, dict[str, Any]] = {}
             self._idempotent: dict[tuple[str, str], tuple[str, int, bytes]] = {}
-            self._cards = {"pm_card_visa": "succeed", "pm_card_chargeDeclined": "decline"}
+            self._cards = {
+                "pm_card_visa": "succeed",
+                "pm_card_chargeDeclined": "decline",
+                # answered without an outcome: still processing, or asking for authentication
+                "pm_card_processing": "processing",
+                "pm_card_authenticationRequired": "requires_action",
+            }
             self._checkout: dict[str, tuple[list[dict], dict]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -507,7 +513,13 @@ class StripeServer:
         return intent
 
     def _confirm(self, intent: dict, pm: str) -> dict[str, Any]:
-        """Charge the (known) card ``pm`` at once: succeed, or record the decline and answer 402."""
+        """Charge the (known) card ``pm`` at once: succeed, or record the decline and answer 402
+        (or, for the cards so marked, answer the intent ``processing`` / ``requires_action``)."""
+        if self._cards[pm] in ("processing", "requires_action"):
+            intent.update(status=self._cards[pm], payment_method=pm)
+            if self._cards[pm] == "requires_action":
+                intent["next_action"] = {"type": "use_stripe_sdk", "use_stripe_sdk": {}}
+            return intent
         ok = self._cards[pm] == "succeed"
         charge = self._new(
             "ch", "charge", amount=intent["amount"], currency=intent["currency"],

@@ -303,6 +303,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.run_auto_top_ups",
         "schedule": 30.0,  # seconds
     },
+    # Refunds of unused credits made at Stripe but not booked (the process died between).
+    "invoicing-retry-pending-credit-refunds": {
+        "task": "invoicing.tasks.retry_pending_credit_refunds",
+        "schedule": crontab(minute="3-59/5"),
+    },
     "invoicing-process-stripe-events": {
         "task": "invoicing.tasks.process_pending_stripe_events",
         "schedule": crontab(minute="*/10"),

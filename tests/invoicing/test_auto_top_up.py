@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import stripe
 from django.db import IntegrityError, transaction
 
 from billing import errors, services
@@ -25,6 +26,8 @@ from billing.models import (
     Wallet,
 )
 from invoicing import auto_top_up, stripe_gateway
+from invoicing.credit_refunds import refund_unused_credits
+from invoicing.models import CreditRefundMethod, CreditRefundStatus
 from ledger import selectors as ledger_selectors
 from tests.factories import CustomerFactory, unique
 from tests.invoicing.conftest import account_posted
@@ -484,3 +487,172 @@ def test_a_success_webhook_saying_nothing_was_received_credits_nothing(stripe_se
     assert body["status"] == "needs_review" and "nothing was received" in body["outcome"]
     assert AutoTopUpAttempt.objects.get(pk=attempt_id).status == AttemptStatus.PENDING
     assert available(customer) == D("0")
+
+
+def test_credits_bought_by_auto_top_up_are_refunded_to_the_card_on_what_was_paid(
+    stripe_server, settings
+):
+    settings.CREDIT_PRICE = D("0.01")
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    enable(customer, "CREDITS", threshold=D("1000"), target=D("5000"), monthly_cap=D("30"))
+    [attempt] = run(NOW)
+    assert (attempt.status, attempt.amount, attempt.credit_amount) == (
+        AttemptStatus.SUCCEEDED,
+        D("30.00"),
+        D("3000"),
+    )
+    grant = CreditGrant.objects.get(customer=customer, source=GrantSource.PURCHASE)
+    assert grant.metadata["payment"] == {
+        "provider": "stripe",
+        "payment_intent": attempt.payment_intent_id,
+        "auto_top_up_attempt": str(attempt.pk),
+        "amount": "30.00",
+        "currency": "USD",
+    }
+    spend(customer, "1000", "CREDITS")
+    settings.CREDIT_PRICE = D("0.02")  # the list price raised since: not what was paid
+
+    refund = refund_unused_credits(grant_id=grant.pk)
+
+    # 2000 of the 3000 credits left: two thirds of the 30.00 paid, back to the card
+    assert (refund.method, refund.status) == (
+        CreditRefundMethod.STRIPE,
+        CreditRefundStatus.SUCCEEDED,
+    )
+    assert (refund.credits, refund.amount, refund.currency) == (D("2000"), D("20.00"), "USD")
+    [stripe_refund] = stripe_server.objects("refund")
+    assert stripe_refund["payment_intent"] == attempt.payment_intent_id
+    assert stripe_refund["amount"] == 2000
+    assert account_posted("@Refunds") == D("0")
+
+
+def test_credits_bought_offline_are_never_paid_back_above_what_was_paid(settings):
+    settings.CREDIT_PRICE = D("0.01")
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PAYMENTS_OFFLINE = True
+    customer = customer_with("0")
+    services.ensure_wallet(customer=customer, currency="CREDITS")
+    enable(customer, "CREDITS", threshold=D("1000"), target=D("5000"), monthly_cap=D("30"))
+    [attempt] = run(NOW)
+    assert (attempt.offline, attempt.amount, attempt.credit_amount) == (True, D("30.00"), D("3000"))
+    grant = CreditGrant.objects.get(customer=customer, source=GrantSource.PURCHASE)
+    settings.CREDIT_PRICE = D("0.02")
+
+    refund = refund_unused_credits(grant_id=grant.pk)
+
+    # 3000 credits at today's price would be 60.00; 30.00 was paid
+    assert (refund.method, refund.amount, refund.currency) == (
+        CreditRefundMethod.OFFLINE,
+        D("30.00"),
+        "USD",
+    )
+
+
+def test_an_outcome_unknown_attempt_counts_toward_the_cap_until_it_succeeds_late(stripe_server):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    auto = enable(
+        customer, threshold=D("5"), target=D("50"), monthly_cap=D("60"), cool_off_seconds=0
+    )
+    [a_id] = auto_top_up.run_due(now=NOW)
+    first = AutoTopUpAttempt.objects.get(pk=a_id)
+    # the charge goes through at Stripe but the answer is lost (a worker crash)
+    stripe_id = Customer.objects.get(pk=customer.pk).stripe_customer_id
+    stripe_gateway.charge(
+        stripe_customer_id=stripe_id,
+        payment_method="pm_card_visa",
+        amount=first.amount,
+        currency="USD",
+        idempotency_key=first.idempotency_key,
+        metadata={"kind": "auto_top_up", "attempt_id": str(first.pk)},
+        description="lost answer",
+    )
+    later = NOW + timedelta(hours=23)
+    auto_top_up.resume_stalled(now=later)
+    first.refresh_from_db()
+    assert (first.status, first.failure_code) == (AttemptStatus.FAILED, "outcome_unknown")
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=later) == D("50.00")
+
+    # a new attempt is planned in what the cap leaves (10 of 60), not in 60
+    [second] = run(later + timedelta(minutes=1))
+    assert (second.status, second.amount) == (AttemptStatus.SUCCEEDED, D("10.00"))
+    # the first charge's success arrives late and still credits
+    [succeeded] = stripe_server.events_of("payment_intent.succeeded")[:1]
+    assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=later) == D("60.00")
+    assert available(customer) == D("60.00")
+
+
+def test_a_409_idempotency_conflict_is_transient_and_the_first_request_still_credits(
+    stripe_server, monkeypatch
+):
+    customer = customer_with("0", card="pm_card_visa", server=stripe_server)
+    enable(customer, threshold=D("5"), target=D("50"), max_failures=1)
+    [a_id] = auto_top_up.run_due(now=NOW)
+    real = stripe_gateway.charge
+
+    def busy(**kw):  # a resumed worker while the first request with the key still runs
+        raise stripe.IdempotencyError("There is currently another in-progress request")
+
+    monkeypatch.setattr(stripe_gateway, "charge", busy)
+    with pytest.raises(stripe.IdempotencyError):  # raised for the task to retry
+        auto_top_up.process_attempt(attempt_id=a_id, now=NOW)
+    monkeypatch.setattr(stripe_gateway, "charge", real)
+    attempt = AutoTopUpAttempt.objects.get(pk=a_id)
+    auto = AutoTopUp.objects.get(customer=customer)
+    assert attempt.status == AttemptStatus.PROCESSING and attempt.failure_code == ""
+    assert (auto.enabled, auto.consecutive_failures) == (True, 0)
+    # the slot stays occupied: no second attempt
+    assert auto_top_up.run_due(now=NOW + timedelta(hours=1)) == []
+
+    # the first request's success arrives (its webhook)
+    stripe_id = Customer.objects.get(pk=customer.pk).stripe_customer_id
+    real(
+        stripe_customer_id=stripe_id,
+        payment_method="pm_card_visa",
+        amount=attempt.amount,
+        currency="USD",
+        idempotency_key=attempt.idempotency_key,
+        metadata={"kind": "auto_top_up", "attempt_id": str(a_id)},
+        description="first request",
+    )
+    [succeeded] = stripe_server.events_of("payment_intent.succeeded")
+    assert post_event(stripe_server, succeeded)["outcome"] == "wallet credited"
+    auto.refresh_from_db()
+    assert available(customer) == D("50") and auto.enabled
+    assert AutoTopUpAttempt.objects.get(pk=a_id).status == AttemptStatus.SUCCEEDED
+
+
+def test_a_charge_still_processing_stays_in_flight_until_its_webhook(stripe_server):
+    customer = customer_with("0", card="pm_card_processing", server=stripe_server)
+    auto = enable(customer, threshold=D("5"), target=D("50"), max_failures=1, cool_off_seconds=0)
+    [attempt] = run(NOW)
+    assert attempt.status == AttemptStatus.PROCESSING and attempt.failure_code == ""
+    assert attempt.payment_intent_id
+    auto.refresh_from_db()
+    assert (auto.enabled, auto.consecutive_failures) == (True, 0)
+    assert auto_top_up.charged_this_month(auto_top_up=auto, now=NOW) == D("50.00")
+    assert run(NOW + timedelta(minutes=1)) == []  # its slot stays occupied
+    # Stripe settles it: the success webhook credits the wallet
+    intent = stripe_server.get(attempt.payment_intent_id)
+    intent.update(status="succeeded", amount_received=intent["amount"])
+    event = {
+        "id": "evt_processing_done",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {"object": intent},
+    }
+    assert post_event(stripe_server, event)["outcome"] == "wallet credited"
+    assert available(customer) == D("50")
+
+
+def test_a_charge_asking_for_authentication_off_session_fails_with_a_clear_code(stripe_server):
+    customer = customer_with("0", card="pm_card_authenticationRequired", server=stripe_server)
+    enable(customer, threshold=D("5"), target=D("50"))
+    [attempt] = run(NOW)
+    assert (attempt.status, attempt.failure_code) == (
+        AttemptStatus.FAILED,
+        "authentication_required",
+    )
+    assert "authenticate" in attempt.failure_message
+    assert attempt.payment_intent_id

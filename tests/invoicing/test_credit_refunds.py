@@ -6,10 +6,12 @@ Credits cost CREDIT_PRICE 0.01 USD each (the default): 1,000 credits bought are 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing import credits
 from billing import services as billing
@@ -22,7 +24,7 @@ from billing.models import (
     GrantStatus,
     Subscription,
 )
-from invoicing import errors, payments
+from invoicing import credit_refunds, errors, payments, tasks
 from invoicing.credit_refunds import refund_unused_credits
 from invoicing.models import CreditRefund, CreditRefundMethod, CreditRefundStatus
 from ledger import errors as ledger_errors
@@ -274,3 +276,99 @@ def test_refunds_sent_at_once_refund_once():
     assert len({r.pk for r in results}) == 1  # type: ignore[union-attr]
     assert sum(not r.replayed for r in results) == 1  # type: ignore[union-attr]
     assert wallet_posted(subscription, "USD") == D(10)
+
+
+# --- expired credits -----------------------------------------------------------------------------
+
+
+def test_credits_past_their_expiry_are_expired_not_refunded():
+    subscription = credits_customer()
+    grant = bought(subscription, "1000")
+    # past its expiry; the expiry beat has not run yet (the credits are worthless to rating)
+    CreditGrant.objects.filter(pk=grant.pk).update(expires_at=timezone.now() - timedelta(days=1))
+
+    with pytest.raises(errors.NotRefundable) as refused:
+        refund_unused_credits(grant_id=grant.pk)
+
+    assert "expired" in str(refused.value)
+    grant.refresh_from_db()
+    assert (grant.status, grant.remaining) == (GrantStatus.EXPIRED, D(0))
+    assert not CreditRefund.objects.filter(grant=grant).exists()
+    assert wallet_posted(subscription, "USD") == D(0)  # nothing paid back
+    assert wallet_posted(subscription, "CREDITS") == D(0)
+    assert account_posted("@CreditsExpired", "CREDITS") == D(1000)
+
+
+# --- a refund made at Stripe, the process dead before booking it ---------------------------------
+
+
+def refund_made_then_crash(stripe_server, monkeypatch, request_id: str):
+    subscription = credits_customer()
+    start = payments.checkout_top_up(
+        customer=customer_of(subscription),
+        amount=D(1000),
+        currency="CREDITS",
+        success_url="https://x/ok",
+        cancel_url="https://x/no",
+        request_id=request_id,
+    )
+    post_event(stripe_server, stripe_server.complete_checkout(start.session_id))
+    grant = CreditGrant.objects.get(customer_id=subscription.customer_id)
+
+    def crash(**kw):
+        raise SystemExit("worker killed after Stripe refunded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(credit_refunds, "_refunded_by_stripe", crash)
+        with pytest.raises(SystemExit):
+            refund_unused_credits(grant_id=grant.pk)
+    refund = CreditRefund.objects.get(grant=grant)
+    assert refund.status == CreditRefundStatus.PENDING
+    assert [r["amount"] for r in stripe_server.objects("refund")] == [1000]
+    assert account_posted("@StripeClearing") == D(10)  # not booked yet
+    return grant, refund
+
+
+def test_the_charge_refunded_webhook_books_a_refund_made_but_never_booked(
+    stripe_server, monkeypatch
+):
+    grant, refund = refund_made_then_crash(stripe_server, monkeypatch, "buy-crash-1")
+    event = stripe_server.events_of("charge.refunded")[-1]
+    assert post_event(stripe_server, event)["outcome"] == (
+        "refund of unused credits: booked now (1)"
+    )
+    refund.refresh_from_db()
+    (stripe_refund,) = stripe_server.objects("refund")
+    assert (refund.status, refund.stripe_refund_id) == (
+        CreditRefundStatus.SUCCEEDED,
+        stripe_refund["id"],
+    )
+    assert refund.money_transaction_id is not None
+    assert account_posted("@StripeClearing") == D(0)
+    assert account_posted("@CreditsSold") == D(0)
+    # the event again, and a retry of the refund: nothing more
+    assert not credit_refunds.book_refunded_by_stripe(
+        credit_refund_id=refund.pk, stripe_refund_id=stripe_refund["id"]
+    )
+    post_event(stripe_server, event)
+    again = refund_unused_credits(grant_id=grant.pk)
+    assert again.replayed and again.status == CreditRefundStatus.SUCCEEDED
+    assert len(stripe_server.objects("refund")) == 1
+    assert account_posted("@StripeClearing") == D(0)
+
+
+def test_the_beat_job_finishes_refunds_left_pending_once(stripe_server, monkeypatch):
+    grant, refund = refund_made_then_crash(stripe_server, monkeypatch, "buy-crash-2")
+    # a refund just made may still be booking: left alone for a few minutes
+    assert credit_refunds.stale_pending_grant_ids() == []
+    later = timezone.now() + credit_refunds.STALE_PENDING_AFTER
+    assert credit_refunds.stale_pending_grant_ids(now=later) == [grant.pk]
+    assert credit_refunds.retry_stale_pending(now=later) == 1
+    refund.refresh_from_db()
+    assert refund.status == CreditRefundStatus.SUCCEEDED
+    # sent again with its idempotency key: Stripe refunded once
+    (stripe_refund,) = stripe_server.objects("refund")
+    assert refund.stripe_refund_id == stripe_refund["id"]
+    assert account_posted("@StripeClearing") == D(0)
+    assert credit_refunds.retry_stale_pending(now=later) == 0
+    assert tasks.retry_pending_credit_refunds() == 0
