@@ -586,16 +586,28 @@ def _payload(
     }
 
 
-@transaction.atomic
-def _fire(*, state_id: int, observation: Observation, now: datetime) -> int | None:
-    """One crossing, at most once: the conditional transition, its history row, its outbox
-    events; the e-mail after the commit. None when another evaluator fired it first."""
+_TRANSITIONS = {
+    # action: (the SET clause, the status it leaves)
+    FiringAction.TRIGGERED: (
+        "status = 'triggered', crossings = crossings + 1, triggered_at = %s",
+        "armed",
+    ),
+    FiringAction.RESOLVED: ("status = 'armed', resolved_at = %s", "triggered"),
+}
+
+
+def _transition(
+    *, state_id: int, observation: Observation, now: datetime, action: FiringAction
+) -> tuple[AlertFiring, dict] | None:
+    """The conditional transition of one state (only one evaluator wins it), its history
+    row and its payload; None when another evaluator made it first."""
+    assignment, leaving = _TRANSITIONS[action]
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE billing_alertstate SET status = 'triggered', crossings = crossings + 1, "
-            'triggered_at = %s, last_value = %s, "limit" = %s, updated_at = %s '
-            "WHERE id = %s AND status = 'armed' RETURNING crossings",
-            [now, observation.value, observation.limit, now, state_id],
+            f"UPDATE billing_alertstate SET {assignment}, "
+            'last_value = %s, "limit" = %s, updated_at = %s '
+            "WHERE id = %s AND status = %s RETURNING crossings",
+            [now, observation.value, observation.limit, now, state_id, leaving],
         )
         row = cursor.fetchone()
     if row is None:
@@ -608,7 +620,7 @@ def _fire(*, state_id: int, observation: Observation, now: datetime) -> int | No
         alert=alert,
         customer=customer,
         crossing=crossing,
-        action=FiringAction.TRIGGERED,
+        action=action,
         value=observation.value,
         limit=observation.limit,
         unit=observation.unit,
@@ -621,7 +633,21 @@ def _fire(*, state_id: int, observation: Observation, now: datetime) -> int | No
         crossing=crossing,
         at=now,
     )
-    key = f"alert:{state_id}:{crossing}"
+    return firing, data
+
+
+@transaction.atomic
+def _fire(*, state_id: int, observation: Observation, now: datetime) -> int | None:
+    """One crossing, at most once: the conditional transition, its history row, its outbox
+    events; the e-mail after the commit. None when another evaluator fired it first."""
+    done = _transition(
+        state_id=state_id, observation=observation, now=now, action=FiringAction.TRIGGERED
+    )
+    if done is None:
+        return None
+    firing, data = done
+    alert, customer = firing.alert, firing.customer
+    key = f"alert:{state_id}:{firing.crossing}"
     outbox.emit(EventType.ALERT_TRIGGERED, data=data, customer=customer, dedupe_key=key)
     if alert.kind == AlertKind.BALANCE_BELOW and customer is not None:
         outbox.emit(
@@ -643,42 +669,17 @@ def _fire(*, state_id: int, observation: Observation, now: datetime) -> int | No
 
 @transaction.atomic
 def _resolve(*, state_id: int, observation: Observation, now: datetime) -> int | None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE billing_alertstate SET status = 'armed', resolved_at = %s, "
-            'last_value = %s, "limit" = %s, updated_at = %s '
-            "WHERE id = %s AND status = 'triggered' RETURNING crossings",
-            [now, observation.value, observation.limit, now, state_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
+    done = _transition(
+        state_id=state_id, observation=observation, now=now, action=FiringAction.RESOLVED
+    )
+    if done is None:
         return None
-    crossing = row[0]
-    alert = Alert.objects.select_related("meter").get(pk=observation.alert_id)
-    customer = Customer.objects.get(pk=observation.customer_id) if observation.customer_id else None
-    firing = AlertFiring.objects.create(
-        state_id=state_id,
-        alert=alert,
-        customer=customer,
-        crossing=crossing,
-        action=FiringAction.RESOLVED,
-        value=observation.value,
-        limit=observation.limit,
-        unit=observation.unit,
-    )
-    data = _payload(
-        alert=alert,
-        customer=customer,
-        state_id=state_id,
-        observation=observation,
-        crossing=crossing,
-        at=now,
-    )
+    firing, data = done
     outbox.emit(
         EventType.ALERT_RESOLVED,
         data=data,
-        customer=customer,
-        dedupe_key=f"alert:{state_id}:{crossing}:resolved",
+        customer=firing.customer,
+        dedupe_key=f"alert:{state_id}:{firing.crossing}:resolved",
     )
     return firing.pk
 

@@ -464,15 +464,15 @@ WEBHOOK_RETRY_SCHEDULE = [
     ).split(",")
     if s.strip()
 ]
-WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "10"))  # seconds
-WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "10"))  # seconds
+WEBHOOK_CONNECT_TIMEOUT = int(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "10"))  # whole seconds
+WEBHOOK_READ_TIMEOUT = int(os.environ.get("WEBHOOK_READ_TIMEOUT", "10"))  # whole seconds
 # The two above are per socket operation; this bounds one attempt in all (connecting,
 # sending, the answer's headers and the start of its body). The claim's lease and the send
 # task's time limits are set above it.
-WEBHOOK_TOTAL_TIMEOUT = float(os.environ.get("WEBHOOK_TOTAL_TIMEOUT", "15"))  # seconds
+WEBHOOK_TOTAL_TIMEOUT = int(os.environ.get("WEBHOOK_TOTAL_TIMEOUT", "15"))  # whole seconds
 # An endpoint whose every attempt has failed for this long is disabled (staff enable it).
 WEBHOOK_DISABLE_AFTER = timedelta(
-    seconds=float(os.environ.get("WEBHOOK_DISABLE_AFTER_SECONDS", str(5 * 24 * 3600)))
+    seconds=int(os.environ.get("WEBHOOK_DISABLE_AFTER_SECONDS", str(5 * 24 * 3600)))
 )
 # Endpoints must be https and public addresses, except in development (DEBUG) or when this
 # allows http and private or loopback addresses (an internal receiver on purpose).

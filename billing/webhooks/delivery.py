@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -128,7 +129,7 @@ def queue_fan_out(event_id: int) -> None:
     tasks.fan_out_event.delay(event_id)
 
 
-def queue_sends(delivery_ids: list[int], *, countdown: float | None = None) -> None:
+def queue_sends(delivery_ids: list[int], *, countdown: int | None = None) -> None:
     from billing.webhooks import tasks
 
     for delivery_id in delivery_ids:
@@ -138,11 +139,11 @@ def queue_sends(delivery_ids: list[int], *, countdown: float | None = None) -> N
 # --- sending ------------------------------------------------------------------------------
 
 
-def total_timeout() -> float:
+def total_timeout() -> int:
     """The wall-clock limit of one attempt's request (connecting, sending, the answer's
     headers and the start of its body): requests' timeouts are per socket operation, so a
     receiver dripping its answer would hold an attempt for ever without it."""
-    return float(settings.WEBHOOK_TOTAL_TIMEOUT)
+    return int(settings.WEBHOOK_TOTAL_TIMEOUT)
 
 
 def _lease() -> timedelta:
@@ -458,9 +459,9 @@ def _record(
             "next_attempt_at": min(current.next_attempt_at or now, now),
             "manual_resend": True,
         }
-    wait: float | None = None
+    wait: int | None = None
     if fields["status"] in DUE_STATUSES:
-        wait = max((fields["next_attempt_at"] - now).total_seconds(), 0)
+        wait = max(math.ceil((fields["next_attempt_at"] - now).total_seconds()), 0)
         if wait <= COUNTDOWN_LIMIT:
             fields["queued_at"] = fields["next_attempt_at"]
         else:
