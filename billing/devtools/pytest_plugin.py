@@ -11,3 +11,58 @@ environment of their own.
 from billing.devtools import servers
 
 servers.use_development_environment()
+
+
+def _empty_tables_quickly() -> None:
+    """Empty the test database after a ``transaction=True`` test by DELETE, not TRUNCATE.
+
+    Django's flush truncates every table (65 of them here): PostgreSQL gives each truncated
+    table and index a new file, which took 1.3–2.7 s per test on this project's machines,
+    while a test leaves rows in a handful of tables. Deleting from the tables that hold rows,
+    with triggers and foreign-key checks off for the statement's transaction
+    (``session_replication_role = replica``, which needs a superuser: the ledger's triggers
+    refuse DELETE otherwise), leaves the same empty database in tens of milliseconds. Without
+    a superuser, Django's own flush runs. Sequences are not reset, as flush is told here; the
+    ``post_migrate`` signal is emitted as flush emits it (content types, permissions).
+    """
+    from django.core.management import call_command
+    from django.core.management.sql import emit_post_migrate_signal
+    from django.db import connections, transaction
+    from django.test import testcases
+
+    original = testcases.TransactionTestCase._fixture_teardown
+
+    def fixture_teardown(self) -> None:
+        if self.available_apps is not None or self.serialized_rollback:
+            return original(self)
+        for alias in self._databases_names(include_mirrors=False):
+            connection = connections[alias]
+            if connection.vendor != "postgresql":
+                call_command("flush", verbosity=0, interactive=False, database=alias)
+                continue
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('is_superuser') = 'on'")
+                superuser = cursor.fetchone()[0]
+            if not superuser:
+                call_command("flush", verbosity=0, interactive=False, database=alias)
+                continue
+            tables = sorted(
+                connection.introspection.django_table_names(only_existing=True, include_views=False)
+            )
+            quote = connection.ops.quote_name
+            with transaction.atomic(using=alias), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT " + ", ".join(f"EXISTS (SELECT FROM {quote(t)})" for t in tables)
+                )
+                found = zip(tables, cursor.fetchone(), strict=True)
+                holding = [table for table, has_rows in found if has_rows]
+                if holding:
+                    cursor.execute("SET LOCAL session_replication_role = replica")
+                    for table in holding:
+                        cursor.execute(f"DELETE FROM {quote(table)}")
+            emit_post_migrate_signal(0, False, alias)
+
+    testcases.TransactionTestCase._fixture_teardown = fixture_teardown
+
+
+_empty_tables_quickly()
