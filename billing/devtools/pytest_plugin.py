@@ -8,6 +8,8 @@ kept). Tests that check the production rules import the settings in a subprocess
 environment of their own.
 """
 
+from typing import Any
+
 from billing.devtools import servers
 
 servers.use_development_environment()
@@ -30,9 +32,9 @@ def _empty_tables_quickly() -> None:
     from django.db import connections, transaction
     from django.test import testcases
 
-    original = testcases.TransactionTestCase._fixture_teardown
+    original = getattr(testcases.TransactionTestCase, "_fixture_teardown")  # noqa: B009 - private to the stubs
 
-    def fixture_teardown(self) -> None:
+    def fixture_teardown(self: Any) -> None:
         if self.available_apps is not None or self.serialized_rollback:
             return original(self)
         for alias in self._databases_names(include_mirrors=False):
@@ -62,7 +64,7 @@ def _empty_tables_quickly() -> None:
                         cursor.execute(f"DELETE FROM {quote(table)}")
             emit_post_migrate_signal(0, False, alias)
 
-    testcases.TransactionTestCase._fixture_teardown = fixture_teardown
+    setattr(testcases.TransactionTestCase, "_fixture_teardown", fixture_teardown)  # noqa: B010
 
 
 _empty_tables_quickly()
