@@ -36,6 +36,13 @@ from metering.models import DailyUsage
 
 ZERO = Decimal(0)
 BATCH = 1000
+
+
+class ExportNotFound(errors.InvoicingError):
+    code = "export_not_found"
+    http_status = 404
+    error_type = "not_found_error"
+
 KINDS = ("journal", "journal-import", "invoices", "credit-notes", "payments", "usage")
 MAX_RANGE_DAYS = 3660
 
@@ -56,7 +63,7 @@ class Export:
 def export(*, kind: str, start: datetime, end: datetime) -> Export:
     """The export ``kind`` of [start, end). Nothing is read until its rows are iterated."""
     if kind not in KINDS:
-        raise errors.InvoicingValidation(f"kind must be one of {', '.join(KINDS)}", param="kind")
+        raise ExportNotFound(f"no export {kind[:50]!r}; one of {', '.join(KINDS)}", param="kind")
     if end <= start:
         raise errors.InvoicingValidation("to must be after from", param="to")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
@@ -260,7 +267,8 @@ def _journal_import(start: datetime, end: datetime) -> Iterator[list[Any]]:
                 day,
                 currency,
                 memo,
-                group,
+                # "@" would start a formula in a spreadsheet: the name is the code without it
+                group.removeprefix("@"),
                 value if value > 0 else None,
                 -value if value < 0 else None,
                 GROUP_DESCRIPTIONS.get(group, group),
