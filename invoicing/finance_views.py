@@ -324,6 +324,13 @@ class PlanDraftForm(PlanVersionForm):
         required=False, max_length=200, help_text="One customer's external_id; empty: all."
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("charges", "credit_grant"):  # a style attribute is inline style: the CSP
+            attrs = self.fields[name].widget.attrs  # refuses it; the stylesheet sets the font
+            attrs.pop("style", None)
+            attrs["class"] = "finance-json"
+
 
 @permission_required("billing.view_plan", raise_exception=True)
 def plan_preview_page(request: HttpRequest, plan_id: int) -> HttpResponse:
