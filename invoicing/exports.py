@@ -43,6 +43,7 @@ class ExportNotFound(errors.InvoicingError):
     http_status = 404
     error_type = "not_found_error"
 
+
 KINDS = ("journal", "journal-import", "invoices", "credit-notes", "payments", "usage")
 MAX_RANGE_DAYS = 3660
 
@@ -163,7 +164,7 @@ def _journal(start: datetime, end: datetime) -> Iterator[list[Any]]:
         if not batch:
             return
         after = (batch[-1]["effective_at"], batch[-1]["pk"])
-        entries: dict[int, list[dict[str, Any]]] = {}
+        entries: dict[int, list[Any]] = {}
         for entry in (
             Entry.objects.filter(transaction_id__in=[t["pk"] for t in batch])
             .order_by("transaction_id", "pk")
@@ -183,7 +184,7 @@ def _journal(start: datetime, end: datetime) -> Iterator[list[Any]]:
                     shown[leg["pk"]] = value
             for leg in legs:
                 amount = leg["amount"]
-                value = shown.get(leg["pk"])
+                rounded_amount = shown.get(leg["pk"])
                 yield [
                     tx["pk"],
                     tx["reference"],
@@ -196,8 +197,8 @@ def _journal(start: datetime, end: datetime) -> Iterator[list[Any]]:
                     leg["currency"],
                     amount if amount > 0 else None,
                     -amount if amount < 0 else None,
-                    value if value is not None and value > 0 else None,
-                    -value if value is not None and value < 0 else None,
+                    rounded_amount if rounded_amount is not None and rounded_amount > 0 else None,
+                    -rounded_amount if rounded_amount is not None and rounded_amount < 0 else None,
                 ]
 
 

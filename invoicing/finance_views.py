@@ -21,6 +21,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -186,7 +187,8 @@ class SkippedSerializer(serializers.Serializer):
 class PlanPreviewAnswerSerializer(serializers.Serializer):
     plan = serializers.CharField(source="code")
     totals = TotalsSerializer(many=True)
-    data = CustomerChangeSerializer(many=True, source="rows")
+    # a declared field is popped from the class, so DRF's .data property stays
+    data = CustomerChangeSerializer(many=True, source="rows")  # type: ignore[assignment]
     skipped = SkippedSerializer(many=True)
     truncated = serializers.BooleanField(
         help_text=f"More than {preview.MAX_SUBSCRIPTIONS} subscriptions: preview per customer."
@@ -271,14 +273,14 @@ class ExportForm(forms.Form):
     end = forms.DateField(label="To (exclusive, UTC)", widget=forms.DateInput({"type": "date"}))
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("start") and data.get("end") and data["end"] <= data["start"]:
             self.add_error("end", "To must be after From.")
         return data
 
 
 @permission_required("invoicing.view_invoice", raise_exception=True)
-def exports_page(request: HttpRequest) -> HttpResponse:
+def exports_page(request: HttpRequest) -> HttpResponseBase:
     form = ExportForm(request.GET if "kind" in request.GET else None)
     if form.is_bound and form.is_valid():
         d = form.cleaned_data
@@ -396,7 +398,7 @@ class PricePreviewForm(forms.Form):
             )
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("start") and data.get("end") and data["end"] <= data["start"]:
             self.add_error("end", "To must be after From.")
         return data
