@@ -304,6 +304,18 @@ def _preview_subscription(
         old_charge = old_terms.charges.get(counter.meter_id)
         new_charge = terms.charges.get(counter.meter_id)
         amount, note = _repriced(counter, old_charge, new_charge, terms, in_trial, overrides)
+        if (
+            not note
+            and old_charge is not None
+            and not old_charge.catalog_priced
+            and old_terms.consumption_model != ConsumptionModel.CREDITS
+            and not in_trial
+            and counter.amount != old_charge.worth(counter.quantity)
+        ):
+            note = (
+                "rated at other prices than the plan's for part of the period (a plan change or "
+                "a trial inside it); the draft prices all of it"
+            )
         was = counter.amount if old_charge is not None else ZERO
         if old_charge is None and new_charge is None:
             continue

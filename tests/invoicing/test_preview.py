@@ -152,6 +152,29 @@ def test_subscriptions_of_other_plans_and_without_an_invoice_are_left_out(book):
     assert dict(result.skipped) == {fresh.customer.external_id: "no invoiced period yet"}
 
 
+def test_a_period_rated_under_two_versions_is_marked(book):
+    """C used 1,100 units on 10 April on version 1, moved to version 2 (0.02 a unit) on the
+    15th and used 100 more on the 20th: rated 10.00 + 2.00 = 12.00, where version 2's prices
+    on the whole 1,200 make 22.00. The draft (version 2's prices) prices all of it at 22.00,
+    and says so."""
+    pro, units, _, _ = book
+    c = subscribe(pro, external_id=unique("c"))
+    use(c, 1100)
+    v2 = PlanFactory(
+        code=pro.code,
+        name=pro.name,
+        base_fee="20",
+        charges=(ChargeSpec(meter=units, included_quantity=D(100), unit_price=D("0.02")),),
+    )
+    services.change_subscription(subscription_id=c.pk, plan=v2, now=at(2026, 4, 15))
+    use(c, 100, at_time=at(2026, 4, 20))
+    close(c)
+    [row] = preview.preview_plan_version(spec=services.plan_spec_of(v2), customer=c.customer).rows
+    [m] = row.meters
+    assert (m.old_amount, m.new_amount) == (D(12), D(22))
+    assert "plan change" in m.note and row.approximate
+
+
 @pytest.mark.django_db
 def test_the_preview_transaction_refuses_writes():
     """The guarantee behind "writes nothing": PostgreSQL itself refuses a write inside."""
