@@ -361,3 +361,48 @@ def test_the_api_preview_errors_are_json(book, make_key):
         f"/api/v1/plans/{pro.code}/preview", {"charges": [], "bas_fee": "1"}, format="json"
     )
     assert_error(response, 400, "unknown_parameter", param="bas_fee")
+
+
+# --- the admin pages -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("fin", "f@x.test", None))
+    return client
+
+
+def test_the_price_change_page_previews_and_saves_nothing(staff, llm_book, model_prices):
+    from django.urls import reverse
+
+    _, _, acme, _, _, _ = llm_book
+    gpt = model_prices["gpt-4o"]
+    url = reverse("finance-price-preview", args=[gpt.pk])
+    assert staff.get(url).status_code == 200
+    before = (state(), list(type(gpt).objects.values_list("id", "input_mtok")))
+    page = staff.post(
+        url,
+        {
+            "input_mtok": "2",
+            "output_mtok": "10",
+            "cache_read_mtok": "1.25",
+            "start": "2026-04-01",
+            "end": "2026-05-01",
+        },
+    )
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert acme.external_id in text and "-0.60" in text  # 3.00 → 2.40
+    assert (state(), list(type(gpt).objects.values_list("id", "input_mtok"))) == before
+
+
+def test_the_plan_preview_page_refuses_a_bad_draft(staff, book):
+    from django.urls import reverse
+
+    pro, _, _, _ = book
+    page = staff.post(
+        reverse("finance-plan-preview", args=[pro.pk]),
+        {"name": "Pro", "base_fee": "15", "trial_days": "0", "charges": '[{"meter": "nope"}]'},
+    )
+    assert page.status_code == 200
+    assert "does not exist" in page.content.decode()
