@@ -160,21 +160,30 @@ def usage_lines(
     period_end: datetime,
     currency: str,
     phases: list[SubscriptionPhase] | None = None,
+    *,
+    terms: rating.PlanTerms | None = None,
+    counters: list[PeriodUsage] | None = None,
 ) -> tuple[list[LineDraft], Decimal]:
     """Lines for the period's usage counters, and the usage the ledger recorded (exact).
 
     Per charged meter: the included quantity (free), then the overage per tier with its unit
     price. Where the counter's exact amount is not the plan's tiers applied to its quantity
     (catalog-priced charges, a plan changed mid-period, a trial) the meter gets one line
-    with the amount rating recorded, so the invoice always says what was charged."""
-    counters = list(
-        PeriodUsage.objects.filter(subscription=subscription, period_start=period_start)
-        .select_related("meter")
-        .order_by("meter_id")
-    )
+    with the amount rating recorded, so the invoice always says what was charged.
+
+    ``terms`` and ``counters`` (a usage preview, ``invoicing.preview``): other plan terms
+    and the counters as those terms would have priced them, instead of the plan in force and
+    the stored counters."""
+    if counters is None:
+        counters = list(
+            PeriodUsage.objects.filter(subscription=subscription, period_start=period_start)
+            .select_related("meter")
+            .order_by("meter_id")
+        )
     if not counters:
         return [], ZERO
-    terms = rating.plan_terms(_plan_at_end(subscription, period_end, phases))
+    if terms is None:
+        terms = rating.plan_terms(_plan_at_end(subscription, period_end, phases))
     meters = {c.meter_id: c.meter for c in counters}
     in_trial = subscription.trial_ends_at is not None and period_end <= subscription.trial_ends_at
     lines: list[LineDraft] = []
@@ -268,14 +277,22 @@ def compute_invoice(
     period_start: datetime,
     period_end: datetime,
     base_fees: list[LineDraft] | None = None,
+    phases: list[SubscriptionPhase] | None = None,
+    terms: rating.PlanTerms | None = None,
+    counters: list[PeriodUsage] | None = None,
 ) -> InvoiceDraft:
     """The lines and totals of one period. ``base_fees``: lines computed earlier (at close:
-    they do not change with late usage, and the subscription has moved on since)."""
+    they do not change with late usage, and the subscription has moved on since).
+    ``phases``, ``terms``, ``counters``: what a usage preview (``invoicing.preview``) puts in
+    place of the stored phases, the plan in force and the counters; nothing else differs."""
     currency = subscription.plan.currency
-    phases = _phases(subscription, period_end)  # read once for the fees and the usage
+    if phases is None:
+        phases = _phases(subscription, period_end)  # read once for the fees and the usage
     if base_fees is None:
         base_fees = base_fee_lines(subscription, period_start, period_end, phases)
-    usage, usage_charged = usage_lines(subscription, period_start, period_end, currency, phases)
+    usage, usage_charged = usage_lines(
+        subscription, period_start, period_end, currency, phases, terms=terms, counters=counters
+    )
     lines = [*base_fees, *usage]
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency)

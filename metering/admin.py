@@ -163,6 +163,16 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # rated events refer to the version that priced them
 
+    actions = ["preview_price_change_action"]
+
+    @admin.action(description="Preview a price change…")
+    def preview_price_change_action(self, request, queryset):
+        # the page is invoicing's (invoicing/finance_views.py): it reprices customers' usage
+        if queryset.count() != 1:
+            messages.warning(request, "Select exactly one price version.")
+            return None
+        return HttpResponseRedirect(reverse("finance-price-preview", args=[queryset.get().pk]))
+
     def save_model(self, request, obj, form, change):
         if not change:
             obj.source = "manual"

@@ -307,7 +307,12 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
     )
     readonly_fields = fields
     inlines = [PlanChargeInline]
-    actions = ["publish_new_version_action", "offer_in_portal_action", "stop_offering_action"]
+    actions = [
+        "publish_new_version_action",
+        "preview_new_version_action",
+        "offer_in_portal_action",
+        "stop_offering_action",
+    ]
 
     def has_change_permission(self, request, obj=None):
         return False
@@ -461,3 +466,11 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
             messages.warning(request, "Select exactly one plan version to start from.")
             return None
         return HttpResponseRedirect(reverse("admin:billing_plan_publish", args=[queryset.get().pk]))
+
+    @admin.action(description="Preview a new version against the last period…")
+    def preview_new_version_action(self, request, queryset):
+        # the page is invoicing's (invoicing/finance_views.py): it prices invoices
+        if queryset.count() != 1:
+            messages.warning(request, "Select exactly one plan version to start from.")
+            return None
+        return HttpResponseRedirect(reverse("finance-plan-preview", args=[queryset.get().pk]))

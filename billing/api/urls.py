@@ -3,6 +3,7 @@ from django.urls import path
 from billing.api import alerts, auto_top_up, lists, views
 from billing.api import webhooks as webhook_api
 from invoicing import api as invoicing_api
+from invoicing import finance_views
 from metering.api import authorize, events, holds, ingest, model_prices, usage_report
 
 urlpatterns = [
@@ -41,6 +42,8 @@ urlpatterns = [
     path("meters", views.MeterListCreateView.as_view()),
     path("plans", views.PlanListCreateView.as_view()),
     path("plans/<slug:code>", views.PlanDetailView.as_view()),
+    path("plans/<slug:code>/preview", finance_views.PlanPreviewView.as_view()),
+    path("exports/<str:kind>", finance_views.ExportView.as_view()),
     path("alerts", alerts.AlertListCreateView.as_view()),
     path("alerts/<int:alert_id>", alerts.AlertDetailView.as_view()),
     path("subscriptions", lists.SubscriptionListCreateView.as_view()),

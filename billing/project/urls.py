@@ -8,6 +8,7 @@ from drf_spectacular.views import (
 )
 
 from billing.devtools import webhook_receiver
+from invoicing import finance_views
 
 admin.site.site_header = "AI Billing — finance"
 admin.site.site_title = "AI Billing"
@@ -20,6 +21,8 @@ urlpatterns = [
         r"^admin/metering/meter/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/billing/meter/%(rest)s", query_string=True),
     ),
+    # exports and usage previews (invoicing/finance_views.py), before the admin's catch-all
+    path("admin/finance/", include(finance_views.admin_urls())),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),

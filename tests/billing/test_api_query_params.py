@@ -59,7 +59,10 @@ def _declared(route: str) -> tuple[str, ...]:
 
 
 # The query a route cannot answer without (a value from the ``objects`` fixture).
-REQUIRED_QUERY = {"events": "customer={external_id}"}
+REQUIRED_QUERY = {
+    "events": "customer={external_id}",
+    "exports/<str:kind>": "from=2026-04-01&to=2026-05-01",
+}
 
 
 def _url(route: str, values: dict, extra: str = "") -> str:
@@ -104,6 +107,7 @@ def objects(api):
             kind="balance_below", scope="customer", customer=customer, threshold=Decimal(1)
         ).pk,
         "currency": "CREDITS",
+        "kind": "invoices",
     }
 
 

@@ -160,6 +160,7 @@ def seeded(in_process_requests, model_prices, request):
             "alert_id": alert.pk,
             "currency": "CREDITS",
             "grant_id": bought.credit_grant.pk,
+            "kind": "journal",
         },
     }
 
