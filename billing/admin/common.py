@@ -27,6 +27,7 @@ from billing import limits
 from billing.errors import BillingError
 from billing.models import PRICE_DIGITS, PRICE_PLACES
 from billing.web import jsonstrict
+from invoicing.money import exact_amount, format_amount
 from ledger.errors import LedgerError
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
 
@@ -47,6 +48,18 @@ def money(value: Decimal | None, currency: str = "") -> str:
         if isinstance(exponent, int) and exponent > -2:  # (not NaN or an infinity)
             exact = exact.quantize(Decimal("0.01"))
     return f"{exact:,f} {currency}".strip()
+
+
+def money_cell(value: Decimal | None, currency: str = "", *, signed: bool = False) -> str:
+    """An amount as finance reads it in a list or a summary: rounded to the currency's minor
+    unit (``invoicing.money.format_amount``), the exact figure on hover (``title``)."""
+    if value is None:
+        return "—"
+    return format_html(
+        '<span class="money" title="{} (exact)">{}</span>',
+        exact_amount(value, currency),
+        format_amount(value, currency, signed=signed),
+    )
 
 
 def decimal_text(value: Decimal | None) -> str | None:

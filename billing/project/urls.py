@@ -7,6 +7,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from billing.admin.finance import finance_home_view
 from billing.devtools import webhook_receiver
 
 admin.site.site_header = "AI Billing — finance"
@@ -20,6 +21,9 @@ urlpatterns = [
         r"^admin/metering/meter/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/billing/meter/%(rest)s", query_string=True),
     ),
+    # The finance home replaces the stock index at /admin/ (so `admin:index`, the admin's
+    # "Home", leads to it); the list of models is on it, below the figures.
+    path("admin/", admin.site.admin_view(finance_home_view), name="finance-home"),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),
