@@ -44,6 +44,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
+from invoicing.money import UNIT_PLACES
 from metering.models import DailyUsage, ModelUsage, PeriodUsage
 
 ZERO = Decimal(0)
@@ -412,7 +413,8 @@ def finance_home(*, now: datetime | None = None, months: int = MONTHS) -> Financ
         | set(credit)
     )
     currencies = []
-    for code in sorted(codes):
+    # currencies first, then the units that are not money (credits), each alphabetically
+    for code in sorted(codes, key=lambda c: (c in UNIT_PLACES, c)):
         figures = CurrencyFinance(currency=code)
         figures.months = [
             Month(start=start, **revenue.get((code, start), {"rated": ZERO, "invoiced": ZERO}))

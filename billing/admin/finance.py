@@ -20,7 +20,7 @@ from django.urls import reverse
 from billing.admin import charts
 from billing.admin.common import money_cell
 from invoicing import finance
-from invoicing.money import format_amount
+from invoicing.money import UNIT_PLACES, format_amount
 
 FIGURES_PERMISSION = "invoicing.view_invoice"
 
@@ -65,8 +65,16 @@ def currency_section(figures: finance.CurrencyFinance) -> dict[str, Any]:
         (bucket, colour) for bucket, colour in zip(figures.aging, charts.AGING_COLOURS, strict=True)
     ]
     change = figures.mrr_change
+    # A unit that is not money (credits) shows only what it has; a currency shows it all,
+    # zeros included (a zero is an answer too).
+    every = code not in UNIT_PLACES
     return {
         "currency": code,
+        "show_revenue": every or any(m.rated or m.invoiced for m in figures.months),
+        "show_mrr": every or bool(figures.mrr or figures.mrr_before),
+        "show_receivables": every or any(b.count for b in figures.aging),
+        "show_margin": every or bool(figures.margin_by_model),
+        "show_credits": every or bool(figures.credits_outstanding),
         "revenue_chart": revenue_chart,
         "months": [
             {
