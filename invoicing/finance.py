@@ -15,7 +15,9 @@ events or invoices there are (tests/invoicing/test_finance.py counts them):
   aged by their due date (``AGING_BUCKETS``);
 - **top customers**: by invoiced total over the window;
 - **margin**: ``metering.ModelUsage`` (price charged and provider cost per customer, day
-  and model) over the last ``MARGIN_DAYS`` days;
+  and model) over the last ``MARGIN_DAYS`` days, for usage charged in the catalog's
+  currency only (``metering.alerts.CATALOG_CURRENCY``: the provider's cost is in it; usage
+  charged in EUR or in credits has no cost in its own currency to compare with);
 - **credits**: what active credit grants have left, and the part that expires in the next
   ``EXPIRING_DAYS`` days (breakage, unless it is used first).
 
@@ -45,6 +47,7 @@ from billing.models import (
 )
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
 from invoicing.money import UNIT_PLACES
+from metering.alerts import CATALOG_CURRENCY
 from metering.models import DailyUsage, ModelUsage, PeriodUsage
 
 ZERO = Decimal(0)
@@ -317,7 +320,7 @@ def margin_by_customer(*, since: date, limit: int = TOP) -> dict[str, list[Margi
     """{currency: the ``limit`` customers with the lowest margin since ``since``} (the
     negative ones first)."""
     rows = (
-        ModelUsage.objects.filter(day__gte=since)
+        ModelUsage.objects.filter(day__gte=since, currency=CATALOG_CURRENCY)
         .values("currency", "customer_id", "customer__name", "customer__external_id")
         .annotate(revenue=Sum("amount"), spent=Sum("cost"))
         .annotate(
@@ -347,7 +350,7 @@ def margin_by_model(*, since: date) -> dict[str, list[Margin]]:
     """{currency: every model used since ``since``, the lowest margin first}. As many rows
     as models in use (the catalog bounds them), not customers."""
     rows = (
-        ModelUsage.objects.filter(day__gte=since)
+        ModelUsage.objects.filter(day__gte=since, currency=CATALOG_CURRENCY)
         .values("currency", "provider", "model")
         .annotate(revenue=Sum("amount"), spent=Sum("cost"))
         .order_by("currency", "provider", "model")

@@ -45,7 +45,7 @@ def _seed() -> None:
                 total=str(D(plan.base_fee) + D(137 * (index + 1) * (6 - back))),
                 period_start=month,
                 status="paid" if back > 1 else "open",
-                paid="0" if back <= 1 else str(D(plan.base_fee) + D(137 * (index + 1) * (6 - back))),
+                paid="0" if back <= 1 else str(D(plan.base_fee) + 137 * (index + 1) * (6 - back)),
                 due_at=now - timedelta(days=15 + 25 * back * index),
             )
         _model_usage(sub, day=today, model="gpt-4.1", amount=str(120 * (index + 1)), cost="80")

@@ -172,6 +172,8 @@ def test_margin_by_customer_and_model_lowest_first_negative_flagged():
     _model_usage(profitable, day=today - 29 * DAY, model="gpt-b", amount="1", cost="0.5")
     _model_usage(losing, day=today - 3 * DAY, model="gpt-b", amount="3", cost="5.000000000001")
     _model_usage(losing, day=today - 30 * DAY, model="gpt-a", amount="0", cost="999")  # too old
+    # charged in credits: the cost (USD) has nothing in its currency to compare with
+    _model_usage(losing, day=today, model="gpt-a", amount="1", cost="999", currency="CREDITS")
 
     by_customer = finance.margin_by_customer(since=today - 29 * DAY)["USD"]
     by_model = finance.margin_by_model(since=today - 29 * DAY)["USD"]
@@ -185,6 +187,7 @@ def test_margin_by_customer_and_model_lowest_first_negative_flagged():
         ("openai/gpt-a", D("10.5"), D("4.25"), D("6.25")),
     ]
     assert by_model[1].percent.quantize(D("0.01")) == D("59.52")  # 6.25 / 10.5
+    assert set(finance.margin_by_model(since=today - 29 * DAY)) == {"USD"}
     home = finance.finance_home(now=NOW)
     usd = next(c for c in home.currencies if c.currency == "USD")
     assert usd.margin_total.margin == D("4.749999999999")
