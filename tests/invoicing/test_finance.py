@@ -16,7 +16,7 @@ from billing import credits as billing_credits
 from billing.models import Customer, Meter, Subscription, SubscriptionStatus
 from invoicing import finance
 from invoicing.models import Invoice, InvoiceStatus
-from metering.models import ModelUsage, PeriodUsage
+from metering.models import DailyUsage, ModelUsage, PeriodUsage
 from tests.billing.conftest import at
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory, unique
 
@@ -330,3 +330,34 @@ def test_staff_without_invoice_permission_see_only_the_models(client):
     response = client.get("/admin/")
     assert response.status_code == 200
     assert "Revenue per month" not in response.content.decode()
+
+
+def test_customer_page_leads_with_balance_plan_open_invoices_and_usage(staff_client):
+    plan = PlanFactory(name="Scale", base_fee="99", currency="USD")
+    sub = _subscription(plan=plan, name="Summary Co", funds="1234.5678")
+    now = datetime.now(tz=NOW.tzinfo)
+    _invoice(sub, total="250.005", due_at=now - 3 * DAY)  # overdue
+    meter = Meter.objects.get(code=MeterFactory().code)
+    for back, amount in ((0, "1.25"), (2, "2.5"), (40, "1000")):  # the last: too old
+        DailyUsage.objects.create(
+            subscription=sub,
+            customer_id=sub.customer_id,
+            meter=meter,
+            period_start=sub.current_period_start,
+            day=now.date() - back * DAY,
+            amount=D(amount),
+            currency="USD",
+            event_count=3,
+        )
+
+    response = staff_client.get(f"/admin/billing/customer/{sub.customer_id}/change/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    start = html.index('id="customer-summary"')
+    summary = html[start : html.index("<fieldset", start)]  # above the first fieldset
+    assert ">1,234.57 USD<" in summary  # balance available, rounded
+    assert 'title="1,234.5678 USD (exact)"' in summary
+    assert "Scale" in summary and "Active" in summary
+    assert ">250.00 USD<" in summary and 'class="overdue"' in summary
+    assert ">3.75 USD<" in summary and "6 events" in summary  # 30 days, not the 1000
