@@ -67,7 +67,7 @@ AGING_BUCKETS = (
     ("d90_plus", "90+ days", 90, None),
 )
 
-_AMOUNT = DecimalField(max_digits=60, decimal_places=24)
+_AMOUNT: DecimalField = DecimalField(max_digits=60, decimal_places=24)
 
 
 @dataclass(frozen=True)

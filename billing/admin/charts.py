@@ -171,7 +171,7 @@ def stacked_bar(
     return _svg(width, height, title, parts)
 
 
-def diverging_bar(value: Decimal, scale: Decimal, *, width: int = 120, height: int = 12) -> (
+def diverging_bar(value: Decimal, scale: Decimal, *, width: int = 80, height: int = 12) -> (
     SafeString
 ):
     """A bar from the middle, right and green for a positive ``value``, left and red for a
@@ -218,7 +218,7 @@ def sparkline(values: Sequence[Decimal], *, width: int = 240, height: int = 40, 
     return _svg(width, height, title, parts)
 
 
-def _svg(width: int, height: int, title: str, parts: list[str]) -> SafeString:
+def _svg(width: int, height: int, title: str, parts: Sequence[str]) -> SafeString:
     return format_html(
         "<svg xmlns='http://www.w3.org/2000/svg' class='chart' viewBox='0 0 {} {}' width='{}' "
         "height='{}' role='img' aria-label='{}'>{}{}</svg>",

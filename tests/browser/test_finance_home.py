@@ -79,3 +79,13 @@ def test_finance_home_in_chromium(page, server_url, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")
+
+    # a top customer's page leads with its summary
+    section.locator(".finance-table a", has_text="Umbrella").first.click()
+    summary = page.locator("#customer-summary")
+    assert "Team" in summary.inner_text()
+    assert summary.locator(".money").first.get_attribute("title").endswith("(exact)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    shot = tmp_path / "customer-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")

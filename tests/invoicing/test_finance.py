@@ -56,8 +56,8 @@ def _invoice(
     currency: str = "USD",
 ) -> Invoice:
     """An invoice row with its figures as finalization leaves them (amount due = total)."""
+    _period[0] += 1  # a number and a period of its own
     if period_start is None:
-        _period[0] += 1
         period_start = at(2020, 1, 1) + timedelta(days=_period[0])
     final = status != InvoiceStatus.DRAFT
     return Invoice.objects.create(
