@@ -20,7 +20,14 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money, timestamp
+from billing.admin.common import (
+    ExactDecimalField,
+    ServiceFormMixin,
+    admin_link,
+    money,
+    money_cell,
+    timestamp,
+)
 from billing.errors import BillingError
 from invoicing import payments, pdf, services
 from invoicing.models import (
@@ -86,7 +93,7 @@ class InvoiceLineInline(ReadOnlyInline):
 
     @admin.display(description="amount")
     def amount_shown(self, line):
-        return money(line.amount, line.invoice.currency)
+        return money(line.amount, line.invoice.currency)  # rounded already; exact beside it
 
 
 class CreditNoteInline(ReadOnlyInline):
@@ -194,11 +201,11 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
 
     @admin.display(description="total", ordering="total")
     def total_shown(self, invoice):
-        return money(invoice.total, invoice.currency)
+        return money_cell(invoice.total, invoice.currency)
 
     @admin.display(description="still owed")
     def remaining_shown(self, invoice):
-        return money(invoice.amount_remaining, invoice.currency)
+        return money_cell(invoice.amount_remaining, invoice.currency)
 
     @admin.display(description="PDF")
     def pdf_link(self, invoice):
@@ -457,8 +464,13 @@ class NumberSeriesAdmin(ReadOnlyAdmin):
 
 @admin.register(CreditNote)
 class CreditNoteAdmin(ReadOnlyAdmin):
-    list_display = ("display_number", "invoice", "total", "reason", "created_at")
+    list_display = ("display_number", "invoice", "total_shown", "reason", "created_at")
     search_fields = ("display_number", "invoice__display_number")
+    list_select_related = ("invoice",)
+
+    @admin.display(description="total", ordering="total")
+    def total_shown(self, note: CreditNote):
+        return money_cell(note.total, note.invoice.currency)
 
 
 @admin.register(Payment)
@@ -467,13 +479,26 @@ class PaymentAdmin(ReadOnlyAdmin):
         "provider_payment_id",
         "provider",
         "invoice",
-        "amount",
-        "to_balance",
-        "amount_refunded",
+        "amount_shown",
+        "to_balance_shown",
+        "refunded_shown",
         "created_at",
     )
     list_filter = ("provider",)
     search_fields = ("provider_payment_id", "invoice__display_number")
+    list_select_related = ("invoice",)
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_shown(self, payment: Payment):
+        return money_cell(payment.amount, payment.currency)
+
+    @admin.display(description="to balance", ordering="to_balance")
+    def to_balance_shown(self, payment: Payment):
+        return money_cell(payment.to_balance, payment.currency)
+
+    @admin.display(description="refunded", ordering="amount_refunded")
+    def refunded_shown(self, payment: Payment):
+        return money_cell(payment.amount_refunded, payment.currency)
 
 
 @admin.register(StripeEvent)

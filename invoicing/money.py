@@ -61,3 +61,38 @@ def to_minor_units_int(amount: Decimal, currency: str) -> int:
 
 def from_minor_units_int(value: int, currency: str) -> Decimal:
     return Decimal(value).scaleb(-minor_unit_exponent(currency))
+
+
+# --- display: the one formatting of amounts for people (admin, portal, PDFs, e-mails) ---------
+
+# Units of the ledger that are not ISO 4217 currencies, and the places shown for them.
+UNIT_PLACES = {"CREDITS": 2, "TOKENS": 0}
+
+
+def display_places(currency: str) -> int:
+    """Decimal places an amount of ``currency`` is shown with: its minor unit (credits to
+    the hundredth, tokens whole)."""
+    return UNIT_PLACES.get(currency, minor_unit_exponent(currency))
+
+
+def format_amount(amount: Decimal, currency: str = "", *, signed: bool = False) -> str:
+    """``amount`` as finance reads it: rounded half to even to the currency's minor unit,
+    thousands separated, the code after it ("1,234.57 USD", "1,235 JPY"); never "-0.00".
+    ``signed`` puts "+" before a positive amount. The exact figure is ``exact_amount``."""
+    places = display_places(currency) if currency else 2
+    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUNDING, context=_CONTEXT)
+    if rounded == 0:
+        rounded = abs(rounded)
+    text = f"{rounded:,f}"
+    if signed and rounded > 0:
+        text = "+" + text
+    return f"{text} {currency}".strip()
+
+
+def exact_amount(amount: Decimal, currency: str = "") -> str:
+    """``amount`` exactly, without trailing zeros and never in exponent form
+    ("0.000002 USD", "0 USD" for 0E-12, "1,000 USD" for 1E+3)."""
+    exact = amount.normalize(_CONTEXT)
+    if exact == 0:
+        exact = Decimal(0)
+    return f"{exact:,f} {currency}".strip()

@@ -29,7 +29,7 @@ from django.utils.safestring import mark_safe
 from billing.models import Customer
 from invoicing import errors
 from invoicing.models import Invoice, InvoiceLine, InvoiceStatus, LineKind
-from invoicing.money import minor_unit_exponent
+from invoicing.money import format_amount, minor_unit_exponent
 
 # WeasyPrint's font subsetting logs dozens of INFO lines per PDF; workers log at INFO.
 logging.getLogger("fontTools").setLevel(logging.WARNING)
@@ -45,9 +45,9 @@ STAMPS: dict[str, str] = {InvoiceStatus.PAID: "Paid", InvoiceStatus.VOID: "Void"
 
 
 def format_money(amount: Decimal, currency: str) -> str:
-    """``Decimal("1234.5"), "USD"`` → ``"1,234.50 USD"``: separators, the minor unit's places."""
-    amount = amount or abs(amount)  # no "-0.00"
-    return f"{amount:,.{minor_unit_exponent(currency)}f} {currency}"
+    """``Decimal("1234.5"), "USD"`` → ``"1,234.50 USD"``: separators, the minor unit's places
+    (``invoicing.money.format_amount``, what the admin and the portal show too)."""
+    return format_amount(amount, currency)
 
 
 def format_quantity(quantity: Decimal) -> str:

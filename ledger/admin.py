@@ -1,9 +1,17 @@
-"""The ledger in the admin: read-only, no delete. Writes go through ledger.services."""
+"""The ledger in the admin: read-only, no delete. Writes go through ledger.services.
+
+Amounts in the lists are rounded to the currency's minor unit with the exact figure on
+hover (``billing.web.money.money_cell``); a transaction's page lists its entries
+exactly."""
+
+from decimal import Decimal
 
 from django.contrib import admin
-from django.db.models import Sum
-from django.utils.html import format_html
+from django.db.models import JSONField, Sum
+from django.db.models.expressions import RawSQL
+from django.utils.html import format_html_join
 
+from billing.web.money import money_cell
 from ledger.models import Account, Balance, Entry, Hold, Transaction
 
 
@@ -33,8 +41,14 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-def _amount(value):
-    return "" if value is None else format_html("<code>{}</code>", f"{value:,.12f}")
+# A transaction's size: the sum of its debit legs per currency, as text (never a float),
+# read for the rows of the page only.
+_TRANSACTION_AMOUNTS = f"""
+SELECT jsonb_object_agg(d.currency, d.total::text ORDER BY d.currency)
+  FROM (SELECT e.currency, SUM(e.amount) AS total FROM {Entry._meta.db_table} e
+         WHERE e.transaction_id = {Transaction._meta.db_table}.id AND e.amount > 0
+         GROUP BY e.currency) d
+"""
 
 
 class BalanceInline(ReadOnlyInline):
@@ -77,22 +91,22 @@ class AccountAdmin(ReadOnlyAdmin):
 
     @admin.display(description="posted", ordering="_posted")
     def posted(self, obj):
-        return _amount(obj._posted)
+        return "" if obj._posted is None else money_cell(obj._posted, obj.currency)
 
     @admin.display(description="held", ordering="_held")
     def held(self, obj):
-        return _amount(obj._held)
+        return "" if obj._held is None else money_cell(obj._held, obj.currency)
 
     @admin.display(description="available")
     def available(self, obj):
         if obj._posted is None:
             return ""
-        return _amount(obj._posted - obj._held)
+        return money_cell(obj._posted - obj._held, obj.currency)
 
     @admin.display(description="floor")
     def floor_display(self, obj):
         floor = obj.floor
-        return "none" if floor is None else _amount(floor)
+        return "none" if floor is None else money_cell(floor, obj.currency)
 
 
 class EntryInline(ReadOnlyInline):
@@ -107,7 +121,7 @@ class EntryInline(ReadOnlyInline):
 
 @admin.register(Transaction)
 class TransactionAdmin(ReadOnlyAdmin):
-    list_display = ("reference", "description", "effective_at", "recorded_at", "reverses")
+    list_display = ("reference", "description", "amount", "effective_at", "reverses")
     list_filter = ("effective_at",)
     date_hierarchy = "effective_at"
     search_fields = ("reference", "description", "entries__account__code")
@@ -120,15 +134,41 @@ class TransactionAdmin(ReadOnlyAdmin):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         return queryset.distinct() if may_have_duplicates else queryset, False
 
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_amounts=RawSQL(_TRANSACTION_AMOUNTS, (), output_field=JSONField()))
+        )
+
+    @admin.display(description="amount (debits)")
+    def amount(self, obj):
+        amounts = getattr(obj, "_amounts", None) or {}
+        if not amounts:
+            return "—"
+        return format_html_join(
+            ", ",
+            "{}",
+            ((money_cell(Decimal(total), currency),) for currency, total in amounts.items()),
+        )
+
 
 @admin.register(Entry)
 class EntryAdmin(ReadOnlyAdmin):
-    list_display = ("id", "transaction", "account", "currency", "debit", "credit")
+    list_display = ("id", "transaction", "account", "debit_display", "credit_display")
     list_filter = ("currency",)
     search_fields = ("transaction__reference", "account__code")
     list_select_related = ("transaction", "account")
     readonly_fields = [f.name for f in Entry._meta.fields]
     show_full_result_count = False
+
+    @admin.display(description="debit")
+    def debit_display(self, obj):
+        return "" if obj.debit is None else money_cell(obj.debit, obj.currency)
+
+    @admin.display(description="credit")
+    def credit_display(self, obj):
+        return "" if obj.credit is None else money_cell(obj.credit, obj.currency)
 
 
 @admin.register(Hold)
@@ -136,9 +176,8 @@ class HoldAdmin(ReadOnlyAdmin):
     list_display = (
         "reference",
         "account",
-        "amount",
-        "settled_amount",
-        "currency",
+        "amount_display",
+        "settled_display",
         "status",
         "expires_at",
         "created_at",
@@ -148,3 +187,11 @@ class HoldAdmin(ReadOnlyAdmin):
     search_fields = ("reference", "account__code")
     list_select_related = ("account",)
     readonly_fields = [f.name for f in Hold._meta.fields]
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_display(self, obj):
+        return money_cell(obj.amount, obj.currency)
+
+    @admin.display(description="settled", ordering="settled_amount")
+    def settled_display(self, obj):
+        return money_cell(obj.settled_amount, obj.currency)

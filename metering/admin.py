@@ -11,10 +11,12 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from billing import services
-from billing.admin.common import ServiceFormMixin, StrictJSONField
+from billing.admin.common import ServiceFormMixin, StrictJSONField, money_cell
 from billing.models import Aggregation, Meter
+from invoicing.money import exact_amount
 from ledger.admin import ReadOnlyAdmin
 from metering import catalog
+from metering.alerts import CATALOG_CURRENCY
 from metering.models import (
     Event,
     IncomingEvent,
@@ -122,6 +124,11 @@ PRICE_FIELDS = (
 )
 
 
+def _per_million(value):
+    return "—" if value is None else format_html('<span class="money">{}</span>',
+                                                   exact_amount(value))
+
+
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     """Finance staff see what each provider charges and add models or new price versions.
@@ -132,12 +139,29 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "provider",
         "model",
         "effective_from",
-        "input_mtok",
-        "output_mtok",
-        "cache_read_mtok",
-        "cache_write_mtok",
+        "input_price",
+        "output_price",
+        "cache_read_price",
+        "cache_write_price",
         "source",
     )
+
+    # The catalog keeps USD per million tokens (18 places): shown without trailing zeros.
+    @admin.display(description="input $/M tokens", ordering="input_mtok")
+    def input_price(self, price: ModelPrice):
+        return _per_million(price.input_mtok)
+
+    @admin.display(description="output $/M tokens", ordering="output_mtok")
+    def output_price(self, price: ModelPrice):
+        return _per_million(price.output_mtok)
+
+    @admin.display(description="cache read $/M", ordering="cache_read_mtok")
+    def cache_read_price(self, price: ModelPrice):
+        return _per_million(price.cache_read_mtok)
+
+    @admin.display(description="cache write $/M", ordering="cache_write_mtok")
+    def cache_write_price(self, price: ModelPrice):
+        return _per_million(price.cache_write_mtok)
     list_filter = ("provider", "source")
     search_fields = ("model", "name", "provider")
     date_hierarchy = "effective_from"
@@ -192,9 +216,8 @@ class EventAdmin(ReadOnlyAdmin):
         "event_name",
         "model",
         "total_tokens",
-        "amount",
-        "currency",
-        "cost",
+        "amount_display",
+        "cost_display",
         "transaction_link",
     )
     list_filter = ("event_name", "provider", "currency")
@@ -211,6 +234,14 @@ class EventAdmin(ReadOnlyAdmin):
             + event.cache_write_tokens
             + event.output_tokens
         )
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_display(self, event: Event):
+        return money_cell(event.amount, event.currency) if event.currency else "—"
+
+    @admin.display(description="provider cost", ordering="cost")
+    def cost_display(self, event: Event):
+        return money_cell(event.cost, CATALOG_CURRENCY)
 
     @admin.display(description="ledger transaction")
     def transaction_link(self, event: Event):
@@ -247,12 +278,19 @@ class PeriodUsageAdmin(ReadOnlyAdmin):
         "meter",
         "period_start",
         "period_end",
-        "quantity",
-        "charged",
-        "currency",
+        "quantity_display",
+        "charged_display",
         "event_count",
     )
     list_filter = ("meter", "currency")
+
+    @admin.display(description="quantity", ordering="quantity")
+    def quantity_display(self, row: PeriodUsage):
+        return exact_amount(row.quantity)
+
+    @admin.display(description="charged", ordering="charged")
+    def charged_display(self, row: PeriodUsage):
+        return money_cell(row.charged, row.currency)
     list_select_related = ("subscription__customer", "subscription__plan", "meter")
     search_fields = ("subscription__customer__external_id",)
 
@@ -267,10 +305,9 @@ class ModelUsageAdmin(ReadOnlyAdmin):
         "provider",
         "model",
         "event_count",
-        "amount",
-        "cost",
+        "amount_display",
+        "cost_display",
         "margin",
-        "currency",
     )
     list_filter = ("provider", "currency")
     search_fields = ("customer__external_id", "model")
@@ -279,8 +316,19 @@ class ModelUsageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="margin")
     def margin(self, row: ModelUsage):
-        if row.currency != "USD":
+        if row.currency != CATALOG_CURRENCY:
             return "— (charged in credits)"
         margin = row.amount - row.cost
-        style = "color:#b00020;font-weight:bold" if margin < 0 else ""
-        return format_html('<span style="{}">{}</span>', style, margin)
+        return format_html(
+            '<span class="{}">{}</span>',
+            "negative-margin" if margin < 0 else "",
+            money_cell(margin, row.currency),
+        )
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_display(self, row: ModelUsage):
+        return money_cell(row.amount, row.currency)
+
+    @admin.display(description="provider cost", ordering="cost")
+    def cost_display(self, row: ModelUsage):
+        return money_cell(row.cost, CATALOG_CURRENCY)

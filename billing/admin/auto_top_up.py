@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from billing import services
-from billing.admin.common import ExactDecimalField, admin_link, money, timestamp
+from billing.admin.common import ExactDecimalField, admin_link, money_cell, timestamp
 from billing.errors import BillingError
 from billing.models import AutoTopUp, AutoTopUpAttempt, BillingMode, Wallet
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
@@ -90,11 +90,11 @@ class AutoTopUpAttemptInline(ReadOnlyInline):
 
     @admin.display(description="charged")
     def charged(self, attempt):
-        return money(attempt.amount, attempt.charge_currency)
+        return money_cell(attempt.amount, attempt.charge_currency)
 
     @admin.display(description="credited")
     def credited(self, attempt):
-        return money(attempt.credit_amount, attempt.wallet_currency)
+        return money_cell(attempt.credit_amount, attempt.wallet_currency)
 
 
 @admin.register(AutoTopUp)

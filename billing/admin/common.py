@@ -27,6 +27,8 @@ from billing import limits
 from billing.errors import BillingError
 from billing.models import PRICE_DIGITS, PRICE_PLACES
 from billing.web import jsonstrict
+from billing.web.money import money_cell  # noqa: F401 - the admin modules' name for it
+from invoicing.money import exact_amount, format_amount
 from ledger.errors import LedgerError
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
 
@@ -47,6 +49,38 @@ def money(value: Decimal | None, currency: str = "") -> str:
         if isinstance(exponent, int) and exponent > -2:  # (not NaN or an infinity)
             exact = exact.quantize(Decimal("0.01"))
     return f"{exact:,f} {currency}".strip()
+
+
+def is_token_unit(unit: str) -> bool:
+    """A meter counting tokens ("tokens", "output tokens"): its prices read per million."""
+    return "token" in unit.lower()
+
+
+def unit_price_cell(price: Decimal | None, currency: str, unit: str) -> str:
+    """A price per unit; per token read per million tokens ("3.00 USD / M tokens"), as the
+    providers publish them, the exact price per token on hover."""
+    if price is None:
+        return "—"
+    if not is_token_unit(unit):
+        return format_html(
+            '<span class="money" title="{} per {} (exact)">{}</span>',
+            exact_amount(price, currency),
+            unit or "unit",
+            exact_amount(price, currency),
+        )
+    per_million = price * 1_000_000
+    return format_html(
+        '<span class="money" title="{} per token (exact)">{} / M tokens</span>',
+        exact_amount(price, currency),
+        exact_amount(per_million, currency)
+        if per_million != to_display(per_million, currency)
+        else format_amount(per_million, currency),
+    )
+
+
+def to_display(value: Decimal, currency: str) -> Decimal:
+    """``value`` as ``format_amount`` rounds it."""
+    return Decimal(format_amount(value, currency).split(" ")[0].replace(",", ""))
 
 
 def decimal_text(value: Decimal | None) -> str | None:

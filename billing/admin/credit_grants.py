@@ -22,6 +22,7 @@ from billing.admin.common import (
     ServiceFormMixin,
     admin_link,
     money,
+    money_cell,
     timestamp,
 )
 from billing.errors import BillingError
@@ -236,11 +237,11 @@ class CreditGrantAdmin(ReadOnlyAdmin):
 
     @admin.display(description="granted", ordering="amount")
     def granted(self, grant):
-        return money(grant.amount)
+        return money_cell(grant.amount, grant.currency)
 
     @admin.display(description="left", ordering="remaining")
     def left(self, grant):
-        return money(grant.remaining)
+        return money_cell(grant.remaining, grant.currency)
 
     @admin.display(description="ledger transaction")
     def funding_transaction(self, grant):

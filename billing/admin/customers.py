@@ -25,10 +25,11 @@ from billing.admin.common import (
     ServiceFormMixin,
     StrictJSONField,
     check_currency,
-    money,
+    money_cell,
     timestamp,
 )
 from billing.admin.credit_grants import CustomerGrantViews
+from billing.admin.customer_summary import CustomerSummaryMixin
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
 from billing.models import Customer, MarginOverride, Subscription, SubscriptionStatus
@@ -137,6 +138,7 @@ class SubscriptionStatusFilter(admin.SimpleListFilter):
 
 @admin.register(Customer)
 class CustomerAdmin(
+    CustomerSummaryMixin,
     CustomerMoneyViews,
     CustomerGrantViews,
     CustomerInviteView,
@@ -149,9 +151,8 @@ class CustomerAdmin(
         "name",
         "email",
         "billing_mode",
-        "currency",
         "live_plan",
-        "available_balance",
+        "available_balance",  # in the customer's currency, which it names
     )
     list_filter = ("billing_mode", "currency", SubscriptionStatusFilter)
     search_fields = ("external_id", "name", "email", "tax_id", "stripe_customer_id")
@@ -202,7 +203,7 @@ class CustomerAdmin(
 
     @admin.display(description="available", ordering="wallet_available")
     def available_balance(self, customer):
-        return money(customer.wallet_available, customer.currency)
+        return money_cell(customer.wallet_available, customer.currency)
 
     @admin.display(description="last 20 ledger transactions")
     def recent_activity(self, customer):
@@ -212,9 +213,10 @@ class CustomerAdmin(
                 reverse("admin:ledger_transaction_change", args=[activity.transaction.pk]),
                 activity.transaction.reference,
                 activity.transaction.description,
-                ", ".join(
-                    f"{'+' if change.amount > 0 else ''}{money(change.amount, change.currency)}"
-                    for change in activity.changes
+                format_html_join(
+                    ", ",
+                    "{}",
+                    ((money_cell(c.amount, c.currency, signed=True),) for c in activity.changes),
                 ),
             )
             for activity in selectors.customer_recent_activity(customer, limit=RECENT_ACTIVITY)
@@ -227,7 +229,7 @@ class CustomerAdmin(
             format_html_join(
                 "",
                 '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td>'
-                '<td style="text-align:right">{}</td></tr>',
+                '<td class="money">{}</td></tr>',
                 rows,
             ),
         )

@@ -26,7 +26,9 @@ from billing.admin.common import (
     check_currency,
     decimal_text,
     money,
+    money_cell,
     strict_json,
+    unit_price_cell,
 )
 from billing.api.serializers import ChargeSerializer
 from billing.models import ConsumptionModel, Interval, Plan, PlanCharge, PriceModel
@@ -82,7 +84,7 @@ class PlanChargeInline(ReadOnlyInline):
 
     @admin.display(description="unit price")
     def unit_price_display(self, charge):
-        return money(charge.unit_price)
+        return unit_price_cell(charge.unit_price, charge.plan.currency, charge.meter.unit)
 
     @admin.display(description="package size")
     def package_size_display(self, charge):
@@ -329,7 +331,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     @admin.display(description="base fee", ordering="base_fee")
     def base_fee_display(self, plan):
-        return money(plan.base_fee, plan.currency)
+        return money_cell(plan.base_fee, plan.currency)
 
     def get_urls(self):
         return [

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from billing import services
-from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money
+from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money, money_cell
 from billing.models import AutoTopUp, BillingMode, Customer, Wallet
 from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyInline
@@ -75,15 +75,15 @@ class WalletInline(ReadOnlyInline):
 
     @admin.display(description="posted")
     def posted(self, wallet):
-        return money(wallet_balance(wallet).posted)
+        return money_cell(wallet_balance(wallet).posted, wallet.currency)
 
     @admin.display(description="held")
     def held(self, wallet):
-        return money(wallet_balance(wallet).held)
+        return money_cell(wallet_balance(wallet).held, wallet.currency)
 
     @admin.display(description="available")
     def available(self, wallet):
-        return money(wallet_balance(wallet).available)
+        return money_cell(wallet_balance(wallet).available, wallet.currency)
 
 
 class MoneyForm(forms.Form):

@@ -7,6 +7,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from billing.admin.finance import finance_home_view
 from billing.devtools import webhook_receiver
 from invoicing import finance_views
 
@@ -23,6 +24,9 @@ urlpatterns = [
     ),
     # exports and usage previews (invoicing/finance_views.py), before the admin's catch-all
     path("admin/finance/", include(finance_views.admin_urls())),
+    # The finance home replaces the stock index at /admin/ (so `admin:index`, the admin's
+    # "Home", leads to it); the list of models is on it, below the figures.
+    path("admin/", admin.site.admin_view(finance_home_view), name="finance-home"),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),

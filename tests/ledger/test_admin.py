@@ -59,6 +59,9 @@ def test_search_by_reference_and_account(staff_client, history):
     assert spend.reference.encode() in staff_client.get(changelist, {"q": spend.reference}).content
     by_account = staff_client.get(changelist, {"q": wallet.code})
     assert spend.reference.encode() in by_account.content
+    # the list's amount column: the transaction's debits, rounded, exact on hover
+    assert b'title="2.5 ' in by_account.content and b">2.50 " in by_account.content
     accounts = staff_client.get(reverse("admin:ledger_account_changelist"), {"q": wallet.code})
-    assert b"22.500000000000" in accounts.content  # posted
-    assert b"21.500000000000" in accounts.content  # available: 1 is held
+    assert b'title="22.5 ' in accounts.content  # posted, exactly on hover
+    assert b">22.50 " in accounts.content  # and rounded to the minor unit
+    assert b">21.50 " in accounts.content  # available: 1 is held

@@ -81,7 +81,8 @@ def test_model_usage_shows_the_margin(staff_client, rated):
     # 1M uncached input tokens of gpt-4o: cost 2.50 $, charged +20 % = 3.00 $
     assert (row.cost, row.amount) == (Decimal("2.5"), Decimal("3"))
     page = staff_client.get(reverse("admin:metering_modelusage_changelist")).content.decode()
-    assert "0.500000000000" in page
+    # rounded to cents, the exact margin on hover
+    assert '<span class="money" title="0.5 USD (exact)">0.50 USD</span>' in page
 
 
 def test_adding_a_model_price_makes_it_usable_at_once(staff_client, model_prices):

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from billing import alerts
 from billing.models import AlertKind, AlertState, Customer, PortalMember
-from invoicing.money import to_minor_unit
+from invoicing.money import format_amount
 
 
 def portal_view(view):
@@ -37,7 +37,7 @@ def money(value: Decimal | None, currency: str) -> str:
         return "—"
     if currency in ("CREDITS", "TOKENS"):
         return f"{value.normalize():,f} {currency.lower()}"
-    return f"{to_minor_unit(value, currency):,} {currency}"
+    return format_amount(value, currency)  # the admin's, the PDF's and the e-mail's rounding
 
 
 def _alert_line(state: AlertState, customer: Customer) -> str:
