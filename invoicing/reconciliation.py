@@ -233,8 +233,8 @@ STRIPE_CLEARING = Check(
     expected AS (SELECT * FROM rec UNION ALL SELECT * FROM refunds UNION ALL SELECT * FROM own),
     cmp AS (
         SELECT coalesce(x.currency, mv.currency) AS currency,
-               coalesce(x.what, 'transaction ' || mv.id) || coalesce(' (' || mv.reference || ')', '')
-                 AS item,
+               coalesce(x.what, 'transaction ' || mv.id)
+                 || coalesce(' (' || mv.reference || ')', '') AS item,
                CASE WHEN mv.id IS NULL THEN 'recorded, but no clearing movement'
                     WHEN x.id IS NULL THEN 'clearing movement with no recorded payment'
                     ELSE 'recorded amount ≠ clearing movement' END AS cause,
