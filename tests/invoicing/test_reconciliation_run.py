@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from billing.api.webhook_schema import DATA
 from billing.models import EventType, OutboundEvent
 from invoicing import reconciliation
 from invoicing import services as invoicing
@@ -177,6 +178,9 @@ def test_a_rerun_is_the_same_row_and_alerts_once(
     assert ReconciliationRun.objects.get().runs == 2
     [alert] = OutboundEvent.objects.filter(type=EventType.RECONCILIATION_FAILED)
     assert alert.data["failed_checks"] == ["usage_ledger", "invoice_usage"]
+    payload = DATA[EventType.RECONCILIATION_FAILED.value](data=alert.data)
+    assert payload.is_valid(), payload.errors  # the schema's webhooks section says so
+    assert set(alert.data) == set(payload.fields)
     assert len(mailoutbox) == 1
     assert mailoutbox[0].to == ["finance@example.com"]
     assert "Reconciliation failed" in mailoutbox[0].subject
