@@ -4,7 +4,6 @@ of a period is the same row and alerts once, and the daily task runs through Cel
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 
@@ -15,14 +14,13 @@ from django.db import connection
 from billing.api.webhook_schema import DATA
 from billing.models import EventType, OutboundEvent
 from invoicing import reconciliation
-from invoicing import services as invoicing
 from invoicing.models import ReconciliationRun
 from invoicing.tasks import reconcile_yesterday
 from ledger import services as ledger
 from ledger.models import Account, NormalBalance
 from metering.models import Event
-from tests.invoicing.conftest import START, ChargeSpec, at, close, finalize, meter, plan, use
-from tests.invoicing.conftest import subscribe as subscribe_at_start
+from tests.invoicing.conftest import START, at
+from tests.invoicing.recon_books import make_books, triggers_off
 
 pytestmark = pytest.mark.django_db
 
@@ -30,34 +28,9 @@ D = Decimal
 END = at(2026, 5, 2)  # [Apr 1, May 2): April's usage, the invoice finalized on May 1
 
 
-@contextmanager
-def triggers_off():
-    """Plant a difference the database rules would refuse: superuser only, tests only."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            yield cursor
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
-
-
 @pytest.fixture
 def books():
-    """One customer: 100 units at 0.10 in April, the invoice finalized and paid by card."""
-    subscription = subscribe_at_start(
-        plan(ChargeSpec(meter=meter(), unit_price=D("0.10")), base_fee="5")
-    )
-    use(subscription, 60)
-    use(subscription, 40, at_time=at(2026, 4, 20, 15))
-    invoice = finalize(close(subscription))
-    invoicing.record_payment(
-        invoice_id=invoice.pk,
-        amount=invoice.amount_due,
-        provider="stripe",
-        provider_payment_id="pi_recon_1",
-        now=at(2026, 5, 1, 10),
-    )
-    return invoice
+    return make_books()
 
 
 def run(**kw) -> ReconciliationRun:
