@@ -138,8 +138,6 @@ class ReconciliationRunAdmin(ServiceFormMixin, admin.ModelAdmin):
         "status_shown",
         "checks_shown",
         "difference_count",
-        "runs",
-        "triggered_by",
         "finished_shown",
     )
     list_filter = ("status", "scope")
@@ -186,19 +184,14 @@ class ReconciliationRunAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     @admin.display(description="Checks")
     def checks_shown(self, run: ReconciliationRun) -> str:
-        return format_html_join(
-            " ",
-            '<span title="{}" style="color:{}">{} {}</span>',
-            (
-                (
-                    c["label"],
-                    "#1a7f37" if c["passed"] else "#cf222e",
-                    "✓" if c["passed"] else "✗",
-                    c["name"],
-                )
-                for c in run.checks
-            ),
+        passed = sum(1 for c in run.checks if c["passed"])
+        failed = format_html_join(
+            ", ",
+            '<span title="{}" style="color:#cf222e">✗ {}</span>',
+            ((c["label"], c["name"]) for c in run.checks if not c["passed"]),
         )
+        summary = format_html("{}/{} passed", passed, len(run.checks))
+        return format_html("{}<br>{}", summary, failed) if failed else summary
 
     @admin.display(description="Finished", ordering="finished_at")
     def finished_shown(self, run: ReconciliationRun) -> str:

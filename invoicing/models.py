@@ -50,6 +50,7 @@ Money movement (all through ``ledger.services``; accounts in the invoice's curre
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -470,8 +471,7 @@ class ReconciliationRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        days = (self.period_end - self.period_start).days
-        span = f"{self.period_start:%Y-%m-%d}" + (
-            "" if days == 1 else f" – {self.period_end:%Y-%m-%d} (excl.)"
-        )
-        return f"Reconciliation {span} {self.scope or 'all currencies'}: {self.status}"
+        first = self.period_start.date()
+        last = (self.period_end - timedelta(microseconds=1)).date()  # the end is exclusive
+        span = f"{first}" if first == last else f"{first} – {last}"
+        return f"Reconciliation {span}, {self.scope or 'all currencies'}: {self.status}"

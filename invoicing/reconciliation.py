@@ -150,13 +150,13 @@ INVOICE_USAGE = Check(
         SELECT inv.currency, 'invoice ' || inv.id || ' ' || inv.display_number AS item,
                'usage_charged ≠ Σ the period''s rated events' AS cause,
                coalesce(ev.total, 0) AS expected, inv.usage_charged AS actual,
-               0 AS tolerance
+               0 AS tolerance, true AS in_total
           FROM inv JOIN ev ON ev.id = inv.id
         UNION ALL
         SELECT inv.currency, 'invoice ' || inv.id || ' ' || inv.display_number,
                'Σ usage lines ≠ Σ the period''s rated events',
                coalesce(ev.total, 0), coalesce(ln.precise, 0),
-               1e-12 * (coalesce(ev.n, 0) + 1)
+               1e-12 * (coalesce(ev.n, 0) + 1), false
           FROM inv JOIN ev ON ev.id = inv.id LEFT JOIN ln ON ln.id = inv.id
     )""",
 )
@@ -185,7 +185,8 @@ INVOICE_LEDGER = Check(
          GROUP BY inv.id),
     cmp AS (
         SELECT inv.currency, 'invoice ' || inv.id || ' ' || inv.display_number AS item,
-               f.cause, f.expected, coalesce(f.actual, 0) AS actual
+               f.cause, f.expected, coalesce(f.actual, 0) AS actual,
+               f.cause = 'receivable leg ≠ total' AS in_total
           FROM inv LEFT JOIN legs ON legs.id = inv.id LEFT JOIN bal ON bal.id = inv.id
           CROSS JOIN LATERAL (VALUES
               ('receivable leg ≠ total', inv.total, legs.receivable),
@@ -247,15 +248,19 @@ CHECKS = (BALANCES, USAGE_LEDGER, INVOICE_USAGE, INVOICE_LEDGER, STRIPE_CLEARING
 
 
 def _statement(check: Check) -> str:
+    # A check may compare several figures per item (an invoice: its total, its usage …):
+    # ``in_total`` names the one whose sums the totals show; ``tolerance`` a row's allowance.
     tolerance = "tolerance" if "tolerance" in check.sql else "0"
+    in_total = "in_total" if "in_total" in check.sql else "true"
     return f"""
     WITH {check.sql.strip()},
     scoped AS (
         SELECT currency, item, cause, expected, actual,
-               abs(expected - actual) > {tolerance} AS bad
+               abs(expected - actual) > {tolerance} AS bad, {in_total} AS in_total
           FROM cmp WHERE %(currency)s = '' OR currency = %(currency)s
     )
-    SELECT 'total', currency, NULL, NULL, sum(expected), sum(actual), count(*),
+    SELECT 'total', currency, NULL, NULL, sum(expected) FILTER (WHERE in_total),
+           sum(actual) FILTER (WHERE in_total), count(*) FILTER (WHERE in_total),
            count(*) FILTER (WHERE bad)
       FROM scoped GROUP BY currency
     UNION ALL

@@ -50,6 +50,14 @@ def test_clean_books_pass_every_check_and_each_compared_something(books):
         assert sum(t["compared"] for t in totals.values()) > 0, name
     assert check(result, "usage_ledger")["totals"]["USD"]["expected"] == "10"
     assert check(result, "stripe_clearing")["totals"]["USD"]["actual"] == "15"
+    # per invoice several figures are compared; the totals show its total and its usage
+    assert check(result, "invoice_ledger")["totals"]["USD"] == {
+        "expected": "15",
+        "actual": "15",
+        "compared": 1,
+        "differences": 0,
+    }
+    assert check(result, "invoice_usage")["totals"]["USD"]["expected"] == "10"
     assert not OutboundEvent.objects.filter(type=EventType.RECONCILIATION_FAILED).exists()
 
 
