@@ -39,7 +39,7 @@ class RunForm(forms.Form):
     )
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         first = data.get("first_day") or (timezone.now().date() - timedelta(days=1))
         last = data.get("last_day") or first
         if last < first:
@@ -66,7 +66,7 @@ class ProviderUsageForm(forms.Form):
     MAX_BYTES = 20 * 1024 * 1024
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         files = [f for f in (data.get("usage_file"), data.get("cost_file")) if f]
         if not files:
             raise forms.ValidationError("Upload a usage export, a cost export, or both.")

@@ -276,7 +276,12 @@ def _text(value: Decimal | None) -> str:
 
 def run_check(check: Check, *, start: datetime, end: datetime, currency: str = "") -> dict:
     """One check over [start, end): per-currency totals and its differences (capped)."""
-    params = {"start": start, "end": end, "currency": currency, "cap": DIFFERENCES_CAP}
+    params: dict[str, datetime | str | int] = {
+        "start": start,
+        "end": end,
+        "currency": currency,
+        "cap": DIFFERENCES_CAP,
+    }
     with connection.cursor() as cursor:
         cursor.execute(_statement(check), params)
         rows = cursor.fetchall()
