@@ -228,8 +228,8 @@ STRIPE_CLEARING = Check(
     ),
     own AS (  -- card top-ups and credit sales: the posting is the record
         SELECT mv.id, mv.currency, mv.amount, 'card top-up / credit sale' AS what FROM mv
-         WHERE mv.reference LIKE 'stripe-checkout:%%' OR mv.reference LIKE 'auto-top-up:%%'
-            OR mv.reference LIKE 'unapplied:%%'
+         WHERE mv.reference ~ '^(top-up:[0-9]+:)?(stripe-checkout|auto-top-up):'
+            OR mv.reference LIKE 'unapplied:stripe%%'
     ),
     expected AS (SELECT * FROM rec UNION ALL SELECT * FROM refunds UNION ALL SELECT * FROM own),
     cmp AS (

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from billing.api.webhook_schema import DATA
 from billing.models import EventType, OutboundEvent
@@ -134,6 +135,26 @@ def test_a_clearing_movement_with_no_payment_is_found(books):
     assert difference["cause"] == "clearing movement with no recorded payment"
     assert "mystery:1" in difference["item"]
     assert (difference["expected"], difference["actual"]) == ("0", "7")
+
+
+def test_card_top_ups_and_credit_sales_explain_their_clearing_movements(books):
+    """A top-up by card (billing's top_up from @StripeClearing, its reference wrapped as
+    ``top-up:<customer>:stripe-checkout:…``) and a credit sale are their own records."""
+    from billing import services as billing_services
+
+    billing_services.top_up(
+        customer=books.customer,
+        amount=D("20"),
+        currency="USD",
+        reference="stripe-checkout:cs_test_1",
+        source_code="@StripeClearing",
+    )
+    result = reconciliation.run_reconciliation(
+        start=START, end=reconciliation.day_bounds(timezone.now().date())[1]
+    )
+    clearing = check(result, "stripe_clearing")
+    assert clearing["passed"], clearing
+    assert clearing["totals"]["USD"]["actual"] == "35"  # 15 paid + 20 topped up
 
 
 def test_scope_one_currency_leaves_the_others_out(books):
