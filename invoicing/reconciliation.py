@@ -98,16 +98,19 @@ USAGE_LEDGER = Check(
     t AS (SELECT id, reference FROM ledger_transaction
            WHERE effective_at >= %(start)s AND effective_at < %(end)s
              AND reference LIKE 'usage:%%'),
-    ev AS (
-        SELECT t.id, e.currency AS cur, sum(e.amount) AS total
+    ev AS (  -- one pass over the events: money per currency and tokens together
+        SELECT t.id, e.currency AS cur, sum(e.amount) AS amount,
+               sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens
+                   + e.output_tokens) AS tokens
           FROM t JOIN metering_event e ON e.ledger_transaction_id = t.id
-         WHERE e.currency <> '' GROUP BY t.id, e.currency
-        UNION ALL
-        SELECT t.id, 'TOKENS', sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens
-                                   + e.output_tokens)
-          FROM t JOIN metering_event e ON e.ledger_transaction_id = t.id GROUP BY t.id
+         GROUP BY t.id, e.currency
     ),
-    evs AS (SELECT id, cur, sum(total) AS total FROM ev GROUP BY id, cur),
+    evs AS (
+        SELECT id, cur, sum(total) AS total FROM (
+            SELECT id, cur, amount AS total FROM ev WHERE cur <> ''
+            UNION ALL SELECT id, 'TOKENS', tokens FROM ev) AS u
+         GROUP BY id, cur
+    ),
     legs AS (
         SELECT t.id, en.currency AS cur, sum(en.amount) AS total
           FROM t JOIN ledger_entry en ON en.transaction_id = t.id
