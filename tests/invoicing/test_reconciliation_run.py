@@ -4,11 +4,12 @@ of a period is the same row and alerts once, and the daily task runs through Cel
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -206,3 +207,23 @@ def test_the_daily_task_reconciles_a_day_through_celery(books):
     )
     assert run_of_day.triggered_by == "beat"
     assert check(run_of_day, "usage_ledger")["totals"]["USD"]["expected"] == "6"
+
+
+def test_the_task_without_a_day_reconciles_yesterday():
+    reconcile_yesterday.apply().get()
+    yesterday = timezone.now().date() - timedelta(days=1)
+    assert ReconciliationRun.objects.get().period_start == reconciliation.day_bounds(yesterday)[0]
+
+
+def test_the_command_prints_the_differences_and_exits_1(books, capsys):
+    with triggers_off() as cursor:
+        cursor.execute("UPDATE invoicing_invoice SET total = total + 2 WHERE id = %s", [books.pk])
+    with pytest.raises(SystemExit) as exit_:
+        call_command("reconcile", "--start", "2026-04-01", "--end", "2026-05-01")
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out
+    assert "Finalized invoices = their ledger postings: FAILED: 1" in out
+    assert f"USD invoice {books.pk} {books.display_number}: receivable leg ≠ total" in out
+    assert ReconciliationRun.objects.get().triggered_by == "manage.py reconcile"
+    call_command("reconcile", "--day", "2026-04-10", "--currency", "usd")  # clean: no exit
+    assert ReconciliationRun.objects.filter(scope="USD").exists()
