@@ -82,10 +82,8 @@ class StripeAPIError(Exception):
 
 def _missing(kind: str, object_id: str, param: str = "id") -> StripeAPIError:
     return StripeAPIError(
-        404 if param == "id" else 400,
-        f"No such {kind}: '{object_id}'",
-        code="resource_missing",
-        param=param,
+        404 if param == "id" else 400, f"No such {kind}: '{object_id}'",
+        code="resource_missing", param=param,
     )
 
 
@@ -147,14 +145,12 @@ def _check(params: dict, allowed: str, required: str = "") -> None:
     """Refuse unknown and missing parameters the way Stripe does."""
     for name in params:
         if name not in allowed.split() and name != "expand":
-            raise StripeAPIError(
-                400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name
-            )
+            raise StripeAPIError(400, f"Received unknown parameter: {name}",
+                                 code="parameter_unknown", param=name)
     for name in required.split():
         if params.get(name) in (None, ""):
-            raise StripeAPIError(
-                400, f"Missing required param: {name}.", code="parameter_missing", param=name
-            )
+            raise StripeAPIError(400, f"Missing required param: {name}.",
+                                 code="parameter_missing", param=name)
 
 
 def _metadata(value: Any, current: dict | None = None) -> dict[str, str]:
@@ -218,9 +214,8 @@ class StripeServer:
         """Bind a free port and serve in a daemon thread; returns ``self``."""
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.stripe = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="stripe-server"
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True, name="stripe-server")
         self._thread.start()
         return self
 
@@ -286,11 +281,8 @@ class StripeServer:
                 raise ValueError(f"checkout session {session_id} is {session['status']}")
             pi_data = self._checkout[session_id][1]
             intent = self._new_intent(
-                session["amount_total"],
-                session["currency"],
-                session["customer"],
-                pi_data.get("description"),
-                pi_data.get("metadata"),
+                session["amount_total"], session["currency"], session["customer"],
+                pi_data.get("description"), pi_data.get("metadata"),
             )
             self._confirm(intent, "pm_card_visa")
             session.update(status="complete", payment_status="paid", payment_intent=intent["id"])
@@ -301,10 +293,8 @@ class StripeServer:
         if isinstance(event, str):
             event = self.get(event)
         body = json.dumps(event, indent=2).encode()
-        return body, {
-            "Content-Type": "application/json; charset=utf-8",
-            "Stripe-Signature": sign_payload(body, secret),
-        }
+        return body, {"Content-Type": "application/json; charset=utf-8",
+                      "Stripe-Signature": sign_payload(body, secret)}
 
     def deliver(self, event: dict | str, url: str, secret: str) -> int:
         """POST the signed ``event`` to ``url`` (like Stripe does); returns the HTTP status."""
@@ -325,31 +315,20 @@ class StripeServer:
         key = h.headers.get("Idempotency-Key") if h.command == "POST" else None
         request_id = f"req_{self._token(14)}"
         with self._lock:
-            record = {
-                "method": h.command,
-                "path": url.path,
-                "params": {},
-                "idempotency_key": key,
-                "status": None,
-                "replayed": False,
-            }
+            record = {"method": h.command, "path": url.path, "params": {},
+                      "idempotency_key": key, "status": None, "replayed": False}
             self.requests.append(record)
             headers = {"Request-Id": request_id, "Idempotency-Key": key or ""}
             ctype = "application/json"
             try:
                 record["params"] = params = parse_form(
-                    "&".join(filter(None, [url.query, raw.decode()]))
-                )
+                    "&".join(filter(None, [url.query, raw.decode()])))
                 if url.path.startswith("/pay/"):
                     status, body, ctype, headers = self._pay_page(
-                        h.command, url.path.removeprefix("/pay/")
-                    )
+                        h.command, url.path.removeprefix("/pay/"))
                 else:
-                    self._ctx = {
-                        "id": request_id,
-                        "idempotency_key": key,
-                        "version": h.headers.get("Stripe-Version"),
-                    }
+                    self._ctx = {"id": request_id, "idempotency_key": key,
+                                 "version": h.headers.get("Stripe-Version")}
                     status, body, replayed = self._api(h, url.path, params, key)
                     record["replayed"] = replayed
                     if replayed:
@@ -364,39 +343,29 @@ class StripeServer:
         if status >= 400 and ctype == "application/json":
             headers["Stripe-Should-Retry"] = "false"
         h.send_response(status)
-        for name, value in {
-            "Content-Type": ctype,
-            "Content-Length": str(len(body)),
-            **headers,
-        }.items():
+        for name, value in {"Content-Type": ctype, "Content-Length": str(len(body)),
+                            **headers}.items():
             if value:
                 h.send_header(name, value)
         h.end_headers()
         h.wfile.write(body)
 
-    def _api(
-        self, h: BaseHTTPRequestHandler, path: str, params: dict, key: str | None
-    ) -> tuple[int, bytes, bool]:
+    def _api(self, h: BaseHTTPRequestHandler, path: str, params: dict,
+             key: str | None) -> tuple[int, bytes, bool]:
         """Authenticate, replay or run one API request: ``(status, body, replayed)``."""
         auth = h.headers.get("Authorization", "")
         api_key = auth.removeprefix("Bearer ").strip()
         if not auth.startswith("Bearer ") or not api_key.startswith(("sk_test_", "rk_test_")):
-            message = (
-                "You did not provide an API key."
-                if not api_key
-                else f"Invalid API Key provided: {api_key[:8]}****"
-            )
+            message = "You did not provide an API key." if not api_key else \
+                f"Invalid API Key provided: {api_key[:8]}****"
             raise StripeAPIError(401, message)
         fingerprint = json.dumps([h.command, path, params], sort_keys=True)
         stored = self._idempotent.get((api_key, key)) if key else None
         if stored and stored[0] != fingerprint:
             raise StripeAPIError(
-                400,
-                "Keys for idempotent requests can only be used with the same parameters "
+                400, "Keys for idempotent requests can only be used with the same parameters "
                 f"they were first used with. Try using a key other than '{key}' if you meant "
-                "to execute a different request.",
-                type="idempotency_error",
-            )
+                "to execute a different request.", type="idempotency_error")
         if stored:
             return stored[1], stored[2], True
         try:
@@ -418,12 +387,8 @@ class StripeServer:
     def _route(self, method: str, path: str, params: dict) -> dict[str, Any]:
         match = _ROUTE.fullmatch(path.rstrip("/"))
         resource, object_id = match.groups() if match else ("", None)
-        creators = {
-            "customers": self._save_customer,
-            "payment_intents": self._create_intent,
-            "checkout/sessions": self._create_session,
-            "refunds": self._create_refund,
-        }
+        creators = {"customers": self._save_customer, "payment_intents": self._create_intent,
+                    "checkout/sessions": self._create_session, "refunds": self._create_refund}
         if match and method == "GET" and object_id:
             result = self._fetch(_RESOURCES[resource], object_id)
         elif method == "POST" and resource == "customers":
@@ -431,9 +396,8 @@ class StripeServer:
         elif method == "POST" and resource in creators and not object_id:
             result = creators[resource](params)
         else:
-            raise StripeAPIError(
-                404, f"Unrecognized request URL ({method}: {path}).", code="resource_missing"
-            )
+            raise StripeAPIError(404, f"Unrecognized request URL ({method}: {path}).",
+                                 code="resource_missing")
         return self._expand(result, params.get("expand") or [])
 
     def _expand(self, obj: Any, paths: list[str]) -> Any:
@@ -454,14 +418,8 @@ class StripeServer:
 
     # -- objects and events ---------------------------------------------------------------
     def _new(self, prefix: str, kind: str, **fields: Any) -> dict[str, Any]:
-        obj = {
-            "id": f"{prefix}_{self._token()}",
-            "object": kind,
-            "created": int(time.time()),
-            "livemode": False,
-            "metadata": {},
-            **fields,
-        }
+        obj = {"id": f"{prefix}_{self._token()}", "object": kind, "created": int(time.time()),
+               "livemode": False, "metadata": {}, **fields}
         self._objects[obj["id"]] = obj
         return obj
 
@@ -474,13 +432,9 @@ class StripeServer:
     def _emit(self, event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
         ctx = self._ctx
         event = {
-            "id": f"evt_{self._token()}",
-            "object": "event",
-            "api_version": ctx.get("version") or self.api_version,
-            "created": int(time.time()),
-            "data": {"object": copy.deepcopy(obj)},
-            "livemode": False,
-            "pending_webhooks": 0,
+            "id": f"evt_{self._token()}", "object": "event",
+            "api_version": ctx.get("version") or self.api_version, "created": int(time.time()),
+            "data": {"object": copy.deepcopy(obj)}, "livemode": False, "pending_webhooks": 0,
             "request": {"id": ctx.get("id"), "idempotency_key": ctx.get("idempotency_key")},
             "type": event_type,
         }
@@ -498,23 +452,10 @@ class StripeServer:
         customer = self._fetch("customer", customer_id) if customer_id else None
         metadata = _metadata(params.get("metadata"), customer and customer["metadata"])
         customer = customer or self._new(
-            "cus",
-            "customer",
-            name=None,
-            email=None,
-            description=None,
-            phone=None,
-            address=None,
-            balance=0,
-            currency=None,
-            default_source=None,
-            delinquent=False,
-            invoice_settings={
-                "custom_fields": None,
-                "default_payment_method": None,
-                "footer": None,
-                "rendering_options": None,
-            },
+            "cus", "customer", name=None, email=None, description=None, phone=None,
+            address=None, balance=0, currency=None, default_source=None, delinquent=False,
+            invoice_settings={"custom_fields": None, "default_payment_method": None,
+                              "footer": None, "rendering_options": None},
         )
         customer["metadata"] = metadata
         for field in ("name", "email", "description", "phone"):
@@ -522,8 +463,7 @@ class StripeServer:
                 customer[field] = params[field] or None
         if "default_payment_method" in settings:
             pm = customer["invoice_settings"]["default_payment_method"] = (
-                settings["default_payment_method"] or None
-            )
+                settings["default_payment_method"] or None)
             if pm:
                 self._cards.setdefault(pm, "succeed")
         self._emit("customer.updated" if customer_id else "customer.created", customer)
@@ -532,34 +472,24 @@ class StripeServer:
     # -- payment intents and charges ------------------------------------------------------
     def _create_intent(self, params: dict) -> dict[str, Any]:
         """Create a PaymentIntent; with ``confirm=true`` charge it now (all checks come first)."""
-        _check(
-            params,
-            "amount currency customer payment_method confirm off_session metadata "
-            "description receipt_email payment_method_types setup_future_usage "
-            "statement_descriptor automatic_payment_methods",
-            "amount currency",
-        )
+        _check(params, "amount currency customer payment_method confirm off_session metadata "
+                       "description receipt_email payment_method_types setup_future_usage "
+                       "statement_descriptor automatic_payment_methods", "amount currency")
         amount, currency = _int(params["amount"], "amount", 1), _currency(params["currency"])
-        metadata, confirm = (
-            _metadata(params.get("metadata")),
-            _bool(params.get("confirm", "false"), "confirm"),
-        )
+        metadata, confirm = _metadata(params.get("metadata")), _bool(
+            params.get("confirm", "false"), "confirm")
         _bool(params.get("off_session", "false"), "off_session")
         customer, pm = params.get("customer"), params.get("payment_method")
         if customer and not pm:
             pm = self._fetch("customer", customer, "customer")["invoice_settings"][
-                "default_payment_method"
-            ]
+                "default_payment_method"]
         elif customer:
             self._fetch("customer", customer, "customer")
         if confirm and not pm:
             raise StripeAPIError(
-                400,
-                "You cannot confirm this PaymentIntent because it's missing a payment "
+                400, "You cannot confirm this PaymentIntent because it's missing a payment "
                 "method. Pass payment_method or give the customer a default payment method.",
-                code="payment_intent_unexpected_state",
-                param="payment_method",
-            )
+                code="payment_intent_unexpected_state", param="payment_method")
         if pm and pm not in self._cards:
             raise _missing("PaymentMethod", pm, "payment_method")
         intent = self._new_intent(amount, currency, customer, params.get("description"), metadata)
@@ -567,34 +497,15 @@ class StripeServer:
             intent.update(payment_method=pm, status="requires_confirmation")
         return self._confirm(intent, pm) if confirm else intent
 
-    def _new_intent(
-        self,
-        amount: int,
-        currency: str,
-        customer: str | None,
-        description: str | None,
-        metadata: dict | None,
-    ) -> dict[str, Any]:
+    def _new_intent(self, amount: int, currency: str, customer: str | None,
+                    description: str | None, metadata: dict | None) -> dict[str, Any]:
         intent = self._new(
-            "pi",
-            "payment_intent",
-            amount=amount,
-            amount_capturable=0,
-            amount_received=0,
-            capture_method="automatic",
-            confirmation_method="automatic",
-            currency=currency,
-            customer=customer,
-            description=description,
-            last_payment_error=None,
-            latest_charge=None,
-            next_action=None,
-            payment_method=None,
-            payment_method_types=["card"],
-            status="requires_payment_method",
-            canceled_at=None,
-            cancellation_reason=None,
-            setup_future_usage=None,
+            "pi", "payment_intent", amount=amount, amount_capturable=0, amount_received=0,
+            capture_method="automatic", confirmation_method="automatic", currency=currency,
+            customer=customer, description=description, last_payment_error=None,
+            latest_charge=None, next_action=None, payment_method=None,
+            payment_method_types=["card"], status="requires_payment_method",
+            canceled_at=None, cancellation_reason=None, setup_future_usage=None,
         )
         intent["client_secret"] = f"{intent['id']}_secret_{self._token()}"
         intent["metadata"] = dict(metadata or {})
@@ -611,67 +522,38 @@ class StripeServer:
             return intent
         ok = self._cards[pm] == "succeed"
         charge = self._new(
-            "ch",
-            "charge",
-            amount=intent["amount"],
-            currency=intent["currency"],
-            amount_captured=intent["amount"] if ok else 0,
-            amount_refunded=0,
-            captured=ok,
-            customer=intent["customer"],
-            description=intent["description"],
-            paid=ok,
-            metadata=dict(intent["metadata"]),
-            payment_intent=intent["id"],
-            payment_method=pm,
-            refunded=False,
-            status="succeeded" if ok else "failed",
+            "ch", "charge", amount=intent["amount"], currency=intent["currency"],
+            amount_captured=intent["amount"] if ok else 0, amount_refunded=0, captured=ok,
+            customer=intent["customer"], description=intent["description"], paid=ok,
+            metadata=dict(intent["metadata"]), payment_intent=intent["id"], payment_method=pm,
+            refunded=False, status="succeeded" if ok else "failed",
             failure_code=None if ok else "card_declined",
             failure_message=None if ok else CARD_DECLINED,
-            refunds={
-                "object": "list",
-                "data": [],
-                "has_more": False,
-                "total_count": 0,
-                "url": "/v1/refunds",
-            },
+            refunds={"object": "list", "data": [], "has_more": False, "total_count": 0,
+                     "url": "/v1/refunds"},
         )
         intent["latest_charge"] = charge["id"]
         if ok:
-            intent.update(
-                status="succeeded",
-                amount_received=intent["amount"],
-                payment_method=pm,
-                last_payment_error=None,
-            )
+            intent.update(status="succeeded", amount_received=intent["amount"],
+                          payment_method=pm, last_payment_error=None)
             self._emit("charge.succeeded", charge)
             self._emit("payment_intent.succeeded", intent)
             return intent
-        error = {
-            "type": "card_error",
-            "code": "card_declined",
-            "decline_code": "generic_decline",
-            "message": CARD_DECLINED,
-            "charge": charge["id"],
-            "doc_url": "https://docs.stripe.com/error-codes/card-declined",
-            "payment_method": {"id": pm, "object": "payment_method", "type": "card"},
-        }
-        intent.update(
-            status="requires_payment_method", payment_method=None, last_payment_error=error
-        )
+        error = {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                 "message": CARD_DECLINED, "charge": charge["id"],
+                 "doc_url": "https://docs.stripe.com/error-codes/card-declined",
+                 "payment_method": {"id": pm, "object": "payment_method", "type": "card"}}
+        intent.update(status="requires_payment_method", payment_method=None,
+                      last_payment_error=error)
         self._emit("charge.failed", charge)
         self._emit("payment_intent.payment_failed", intent)
         raise StripeAPIError(402, **error, payment_intent=copy.deepcopy(intent))
 
     # -- checkout -------------------------------------------------------------------------
     def _create_session(self, params: dict) -> dict[str, Any]:
-        _check(
-            params,
-            "mode customer customer_email line_items success_url cancel_url "
-            "metadata client_reference_id payment_intent_data "
-            "payment_method_types locale",
-            "mode line_items",
-        )
+        _check(params, "mode customer customer_email line_items success_url cancel_url "
+                       "metadata client_reference_id payment_intent_data "
+                       "payment_method_types locale", "mode line_items")
         if params["mode"] != "payment":
             raise StripeAPIError(400, "Only mode=payment is supported here.", param="mode")
         if params.get("customer"):
@@ -681,43 +563,28 @@ class StripeServer:
             data = item.get("price_data") or {}
             name = (data.get("product_data") or {}).get("name")
             if not name:
-                raise StripeAPIError(
-                    400,
-                    "Missing required param: product_data[name].",
-                    param=f"line_items[{i}][price_data][product_data][name]",
-                )
+                raise StripeAPIError(400, "Missing required param: product_data[name].",
+                                     param=f"line_items[{i}][price_data][product_data][name]")
             currencies.add(_currency(data.get("currency"), f"line_items[{i}][currency]"))
             unit = _int(data.get("unit_amount"), f"line_items[{i}][unit_amount]")
             quantity = _int(item.get("quantity"), f"line_items[{i}][quantity]", 1)
-            items.append(
-                {
-                    "description": name,
-                    "quantity": quantity,
-                    "unit_amount": unit,
-                    "amount_total": unit * quantity,
-                }
-            )
+            items.append({"description": name, "quantity": quantity, "unit_amount": unit,
+                          "amount_total": unit * quantity})
         if len(currencies) != 1:
-            raise StripeAPIError(400, "All line items must use one currency.", param="line_items")
+            raise StripeAPIError(400, "All line items must use one currency.",
+                                 param="line_items")
         total = sum(item["amount_total"] for item in items)
         session = self._new(
-            "cs_test",
-            "checkout.session",
-            mode="payment",
-            status="open",
-            payment_status="unpaid",
-            amount_subtotal=total,
-            amount_total=total,
-            currency=currencies.pop(),
-            customer=params.get("customer"),
+            "cs_test", "checkout.session", mode="payment", status="open",
+            payment_status="unpaid", amount_subtotal=total, amount_total=total,
+            currency=currencies.pop(), customer=params.get("customer"),
             customer_email=params.get("customer_email"),
             client_reference_id=params.get("client_reference_id"),
-            metadata=_metadata(params.get("metadata")),
-            payment_intent=None,
-            success_url=params.get("success_url"),
-            cancel_url=params.get("cancel_url"),
+            metadata=_metadata(params.get("metadata")), payment_intent=None,
+            success_url=params.get("success_url"), cancel_url=params.get("cancel_url"),
         )
-        session.update(url=f"{self.url}/pay/{session['id']}", expires_at=session["created"] + 86400)
+        session.update(url=f"{self.url}/pay/{session['id']}",
+                       expires_at=session["created"] + 86400)
         pi_data = params.get("payment_intent_data") or {}
         self._checkout[session["id"]] = (items, pi_data)
         return session
@@ -735,19 +602,15 @@ class StripeServer:
                 return 303, b"", "text/html", {"Location": target}
             return 200, b"<h1>Payment complete</h1>", "text/html", {}
         esc = html.escape
-        rows = "".join(
-            f"<li>{esc(i['description'])} &times; {i['quantity']}</li>"
-            for i in self._checkout[session_id][0]
-        )
+        rows = "".join(f"<li>{esc(i['description'])} &times; {i['quantity']}</li>"
+                       for i in self._checkout[session_id][0])
         cancel = session["cancel_url"]
-        page = (
-            f"<!doctype html><title>Pay</title><h1>Checkout</h1><ul>{rows}</ul>"
-            f"<p>Total: {session['amount_total']} {esc(session['currency'].upper())} "
-            f"(minor units) &middot; {esc(session['payment_status'])}</p>"
-            f'<form method="post" action="/pay/{esc(session_id)}">'
-            f'<button type="submit" id="pay">Pay</button></form>'
-            + (f'<a href="{esc(cancel)}">Cancel</a>' if cancel else "")
-        )
+        page = (f"<!doctype html><title>Pay</title><h1>Checkout</h1><ul>{rows}</ul>"
+                f"<p>Total: {session['amount_total']} {esc(session['currency'].upper())} "
+                f"(minor units) &middot; {esc(session['payment_status'])}</p>"
+                f'<form method="post" action="/pay/{esc(session_id)}">'
+                f'<button type="submit" id="pay">Pay</button></form>'
+                + (f'<a href="{esc(cancel)}">Cancel</a>' if cancel else ""))
         return 200, page.encode(), "text/html; charset=utf-8", {}
 
     # -- refunds --------------------------------------------------------------------------
@@ -759,42 +622,23 @@ class StripeServer:
             intent = self._fetch("payment_intent", params["payment_intent"], "payment_intent")
             charge = self._objects.get(intent["latest_charge"] or "")
             if not charge or charge["status"] != "succeeded":
-                raise StripeAPIError(
-                    400,
-                    f"PaymentIntent {intent['id']} has no successful charge to refund.",
-                    param="payment_intent",
-                )
+                raise StripeAPIError(400, f"PaymentIntent {intent['id']} has no successful "
+                                     "charge to refund.", param="payment_intent")
         else:
-            raise StripeAPIError(
-                400,
-                "One of charge or payment_intent is required.",
-                code="parameter_missing",
-                param="payment_intent",
-            )
+            raise StripeAPIError(400, "One of charge or payment_intent is required.",
+                                 code="parameter_missing", param="payment_intent")
         left = charge["amount"] - charge["amount_refunded"]
         amount = _int(params["amount"], "amount", 1) if "amount" in params else left
         if left == 0:
-            raise StripeAPIError(
-                400,
-                f"Charge {charge['id']} has already been refunded.",
-                code="charge_already_refunded",
-            )
+            raise StripeAPIError(400, f"Charge {charge['id']} has already been refunded.",
+                                 code="charge_already_refunded")
         if amount > left:
-            raise StripeAPIError(
-                400,
-                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left}).",
-                param="amount",
-            )
+            raise StripeAPIError(400, f"Refund amount ({amount}) is greater than unrefunded "
+                                 f"amount on charge ({left}).", param="amount")
         refund = self._new(
-            "re",
-            "refund",
-            amount=amount,
-            charge=charge["id"],
-            currency=charge["currency"],
-            payment_intent=charge["payment_intent"],
-            reason=params.get("reason"),
-            status="succeeded",
-            metadata=_metadata(params.get("metadata")),
+            "re", "refund", amount=amount, charge=charge["id"], currency=charge["currency"],
+            payment_intent=charge["payment_intent"], reason=params.get("reason"),
+            status="succeeded", metadata=_metadata(params.get("metadata")),
         )
         charge["amount_refunded"] += amount
         charge["refunded"] = charge["amount_refunded"] == charge["amount"]

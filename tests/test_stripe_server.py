@@ -30,16 +30,14 @@ def client(server):
 
 @pytest.fixture
 def customer(client, server):
-    created = client.v1.customers.create(
-        {"name": "Ada", "email": "ada@example.com", "metadata": {"account_id": "7"}}
-    )
+    created = client.v1.customers.create({"name": "Ada", "email": "ada@example.com",
+                                          "metadata": {"account_id": "7"}})
     server.attach_payment_method(created.id)
     return created
 
 
 def _open(request: urllib.request.Request | str):
     """urllib without proxies or redirects: returns (status, headers, body)."""
-
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
@@ -68,14 +66,10 @@ def test_parse_form_builds_nested_dicts_and_lists():
 
 
 def test_customer_create_retrieve_update(client, server):
-    created = client.v1.customers.create(
-        {
-            "name": "Ada",
-            "email": "ada@example.com",
-            "metadata": {"account_id": "7"},
-            "invoice_settings": {"default_payment_method": "pm_card_visa"},
-        }
-    )
+    created = client.v1.customers.create({
+        "name": "Ada", "email": "ada@example.com", "metadata": {"account_id": "7"},
+        "invoice_settings": {"default_payment_method": "pm_card_visa"},
+    })
     assert created.id.startswith("cus_") and created.object == "customer"
     assert created.livemode is False and isinstance(created.created, int)
     assert created.invoice_settings.default_payment_method == "pm_card_visa"
@@ -98,17 +92,10 @@ def test_customer_create_retrieve_update(client, server):
 
 
 def test_confirmed_payment_intent_succeeds_with_the_default_card(client, server, customer):
-    intent = client.v1.payment_intents.create(
-        {
-            "amount": 1999,
-            "currency": "usd",
-            "customer": customer.id,
-            "confirm": True,
-            "off_session": True,
-            "metadata": {"invoice_id": "7"},
-            "description": "Invoice 7",
-        }
-    )
+    intent = client.v1.payment_intents.create({
+        "amount": 1999, "currency": "usd", "customer": customer.id, "confirm": True,
+        "off_session": True, "metadata": {"invoice_id": "7"}, "description": "Invoice 7",
+    })
     assert intent.id.startswith("pi_") and intent.status == "succeeded"
     assert intent.amount == 1999 and intent.amount_received == 1999
     assert intent.payment_method == "pm_card_visa" and intent.latest_charge.startswith("ch_")
@@ -125,16 +112,10 @@ def test_confirmed_payment_intent_succeeds_with_the_default_card(client, server,
 
 def test_declining_card_raises_card_error_carrying_the_intent(client, server, customer):
     with pytest.raises(stripe.CardError) as declined:
-        client.v1.payment_intents.create(
-            {
-                "amount": 500,
-                "currency": "usd",
-                "customer": customer.id,
-                "payment_method": "pm_card_chargeDeclined",
-                "confirm": True,
-                "off_session": True,
-            }
-        )
+        client.v1.payment_intents.create({
+            "amount": 500, "currency": "usd", "customer": customer.id,
+            "payment_method": "pm_card_chargeDeclined", "confirm": True, "off_session": True,
+        })
     error = declined.value
     assert error.http_status == 402 and error.code == "card_declined"
     assert error.error.decline_code == "generic_decline"
@@ -162,8 +143,7 @@ def test_confirming_without_any_payment_method_is_refused(client, server):
     bare = client.v1.customers.create({"email": "nocard@example.com"})
     with pytest.raises(stripe.InvalidRequestError) as refused:
         client.v1.payment_intents.create(
-            {"amount": 100, "currency": "usd", "customer": bare.id, "confirm": True}
-        )
+            {"amount": 100, "currency": "usd", "customer": bare.id, "confirm": True})
     assert refused.value.http_status == 400 and refused.value.param == "payment_method"
     assert server.objects("payment_intent") == []  # refused before anything was created
 
@@ -179,15 +159,12 @@ def test_same_idempotency_key_creates_one_intent(client, server, customer):
     assert len(server.events_of("payment_intent.succeeded")) == 1
     posts = [r for r in server.requests if r["path"] == "/v1/payment_intents"]
     assert [(r["idempotency_key"], r["replayed"]) for r in posts] == [
-        ("invoice-7-attempt-1", False),
-        ("invoice-7-attempt-1", True),
-    ]
+        ("invoice-7-attempt-1", False), ("invoice-7-attempt-1", True)]
     assert posts[0]["params"]["amount"] == "1200"
 
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.payment_intents.create(
-            {**params, "amount": 1300}, {"idempotency_key": "invoice-7-attempt-1"}
-        )
+        client.v1.payment_intents.create({**params, "amount": 1300},
+                                         {"idempotency_key": "invoice-7-attempt-1"})
     assert len(server.objects("payment_intent")) == 1
 
 
@@ -220,36 +197,19 @@ def test_a_replayed_decline_is_the_same_decline(client, server, customer):
 
 
 def _session(client, customer, **extra):
-    return client.v1.checkout.sessions.create(
-        {
-            "mode": "payment",
-            "customer": customer.id,
-            "line_items": [
-                {
-                    "price_data": {
-                        "currency": "usd",
-                        "unit_amount": 1500,
-                        "product_data": {"name": "Credits"},
-                    },
-                    "quantity": 2,
-                },
-                {
-                    "price_data": {
-                        "currency": "usd",
-                        "unit_amount": 250,
-                        "product_data": {"name": "Fee"},
-                    },
-                    "quantity": 1,
-                },
-            ],
-            "success_url": "https://app.test/paid?session={CHECKOUT_SESSION_ID}",
-            "cancel_url": "https://app.test/cancelled",
-            "client_reference_id": "topup-9",
-            "metadata": {"topup_id": "9"},
-            "payment_intent_data": {"metadata": {"topup_id": "9"}},
-            **extra,
-        }
-    )
+    return client.v1.checkout.sessions.create({
+        "mode": "payment", "customer": customer.id,
+        "line_items": [
+            {"price_data": {"currency": "usd", "unit_amount": 1500,
+                            "product_data": {"name": "Credits"}}, "quantity": 2},
+            {"price_data": {"currency": "usd", "unit_amount": 250,
+                            "product_data": {"name": "Fee"}}, "quantity": 1},
+        ],
+        "success_url": "https://app.test/paid?session={CHECKOUT_SESSION_ID}",
+        "cancel_url": "https://app.test/cancelled", "client_reference_id": "topup-9",
+        "metadata": {"topup_id": "9"}, "payment_intent_data": {"metadata": {"topup_id": "9"}},
+        **extra,
+    })
 
 
 def test_checkout_session_completed_via_helper(client, server, customer):
@@ -288,8 +248,7 @@ def test_hosted_pay_page_completes_the_session(client, server, customer):
 
 def test_refunds_emit_charge_refunded_and_over_refunds_are_refused(client, server, customer):
     intent = client.v1.payment_intents.create(
-        {"amount": 1000, "currency": "usd", "customer": customer.id, "confirm": True}
-    )
+        {"amount": 1000, "currency": "usd", "customer": customer.id, "confirm": True})
     refund = client.v1.refunds.create({"payment_intent": intent.id, "amount": 300})
     assert refund.id.startswith("re_") and refund.status == "succeeded"
     assert (refund.amount, refund.payment_intent) == (300, intent.id)
@@ -332,8 +291,7 @@ def test_webhook_request_is_what_construct_event_accepts(client, server, custome
 def test_sign_payload_matches_the_client_scheme():
     payload = b'{"id": "evt_1"}'
     expected = stripe.WebhookSignature.generate_signature_header(
-        payload.decode(), SECRET, timestamp=1_700_000_000
-    )
+        payload.decode(), SECRET, timestamp=1_700_000_000)
     assert sign_payload(payload, SECRET, 1_700_000_000) == expected
     with pytest.raises(stripe.SignatureVerificationError):  # too old for the default tolerance
         stripe.Webhook.construct_event(payload, expected, SECRET)
@@ -341,17 +299,15 @@ def test_sign_payload_matches_the_client_scheme():
 
 def test_deliver_posts_the_signed_event(client, server, customer):
     intent = client.v1.payment_intents.create(
-        {"amount": 400, "currency": "usd", "customer": customer.id, "confirm": True}
-    )
+        {"amount": 400, "currency": "usd", "customer": customer.id, "confirm": True})
     event = server.events_of("payment_intent.succeeded")[-1]
     received = []
 
     class Endpoint(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(
-                stripe.Webhook.construct_event(body, self.headers["Stripe-Signature"], SECRET)
-            )
+            received.append(stripe.Webhook.construct_event(
+                body, self.headers["Stripe-Signature"], SECRET))
             self.send_response(204)
             self.end_headers()
 
@@ -370,23 +326,19 @@ def test_deliver_posts_the_signed_event(client, server, customer):
 
 
 def test_authentication_and_unknown_routes(client, server):
-    bad = stripe.StripeClient(
-        "sk_live_nope", base_addresses={"api": server.url}, max_network_retries=0
-    )
+    bad = stripe.StripeClient("sk_live_nope", base_addresses={"api": server.url},
+                              max_network_retries=0)
     with pytest.raises(stripe.AuthenticationError):
         bad.v1.customers.create({"email": "x@example.com"})
     status, _, body = _open(f"{server.url}/v1/customers")
     assert status == 401 and json.loads(body)["error"]["type"] == "invalid_request_error"
 
-    request = urllib.request.Request(
-        f"{server.url}/v1/nothing_here", headers={"Authorization": f"Bearer {KEY}"}
-    )
+    request = urllib.request.Request(f"{server.url}/v1/nothing_here",
+                                     headers={"Authorization": f"Bearer {KEY}"})
     status, _, body = _open(request)
     error = json.loads(body)["error"]
     assert status == 404 and (error["type"], error["code"]) == (
-        "invalid_request_error",
-        "resource_missing",
-    )
+        "invalid_request_error", "resource_missing")
     assert server.objects("customer") == []
 
 
@@ -396,17 +348,11 @@ def test_module_level_configuration(server, monkeypatch):
     monkeypatch.setattr(stripe, "max_network_retries", 0)
     customer = stripe.Customer.create(email="module@example.com")
     server.attach_payment_method(customer.id)
-    intent = stripe.PaymentIntent.create(
-        amount=250, currency="eur", customer=customer.id, confirm=True, off_session=True
-    )
+    intent = stripe.PaymentIntent.create(amount=250, currency="eur", customer=customer.id,
+                                         confirm=True, off_session=True)
     assert intent.status == "succeeded" and intent.currency == "eur"
     assert stripe.PaymentIntent.retrieve(intent.id).latest_charge == intent.latest_charge
     with pytest.raises(stripe.CardError) as declined:
-        stripe.PaymentIntent.create(
-            amount=250,
-            currency="eur",
-            customer=customer.id,
-            payment_method="pm_card_chargeDeclined",
-            confirm=True,
-        )
+        stripe.PaymentIntent.create(amount=250, currency="eur", customer=customer.id,
+                                    payment_method="pm_card_chargeDeclined", confirm=True)
     assert declined.value.error.payment_intent.status == "requires_payment_method"
