@@ -558,3 +558,8 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
 
 __all__ = ["InvoiceAdmin", "timestamp"]
+
+
+# The reconciliation report and the provider usage import (their own module: a page of
+# their own, not invoices).
+from invoicing import admin_reconciliation  # noqa: E402, F401

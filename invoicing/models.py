@@ -50,6 +50,7 @@ Money movement (all through ``ledger.services``; accounts in the invoice's curre
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -424,3 +425,53 @@ class CreditRefund(models.Model):
 
     def __str__(self) -> str:
         return f"refund of grant {self.grant_id}: {self.amount} {self.currency} ({self.status})"
+
+
+class ReconciliationStatus(models.TextChoices):
+    PASSED = "passed", "Passed: the books agree"
+    FAILED = "failed", "Failed: differences found"
+
+
+class ReconciliationRun(models.Model):
+    """One run of the reconciliation (``invoicing.reconciliation``) over a period
+    [``period_start``, ``period_end``) and a scope (one currency, or every currency: ``""``).
+
+    Unique on (period, scope): running it again for the same day re-checks and replaces the
+    results of that row (``runs`` counts how often), so history is one row per period and the
+    daily task may run twice. ``checks`` holds one object per check: its name, whether it
+    passed, per-currency totals (expected and actual, as decimal strings) and its differences
+    (capped at ``invoicing.reconciliation.DIFFERENCES_CAP`` per check; ``difference_count``
+    is the uncapped number)."""
+
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    scope = models.CharField(
+        max_length=16, blank=True, default="", help_text="A currency, or empty for every one."
+    )
+    status = models.CharField(max_length=8, choices=ReconciliationStatus.choices)
+    checks = models.JSONField(default=list)
+    difference_count = models.PositiveIntegerField(default=0)
+    runs = models.PositiveIntegerField(default=1)
+    triggered_by = models.CharField(max_length=150, blank=True, default="")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_start", "scope"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period_start", "period_end", "scope"], name="invoicing_recon_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")),
+                name="invoicing_recon_period_order",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        first = self.period_start.date()
+        last = (self.period_end - timedelta(microseconds=1)).date()  # the end is exclusive
+        span = f"{first}" if first == last else f"{first} – {last}"
+        return f"Reconciliation {span}, {self.scope or 'all currencies'}: {self.status}"

@@ -3,10 +3,13 @@ and Redis redelivery both run a task again; every service here is idempotent).""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 from celery import shared_task
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from invoicing import auto_top_up, services
+from invoicing import auto_top_up, reconciliation, services
 
 
 def _as_of(value: str | None):
@@ -113,3 +116,13 @@ def retry_pending_credit_refunds() -> int:
     from invoicing import credit_refunds
 
     return credit_refunds.retry_stale_pending()
+
+
+@shared_task(acks_late=True)
+def reconcile_yesterday(day: str | None = None) -> str:
+    """Beat, daily: reconcile yesterday (UTC), or ``day`` (YYYY-MM-DD), every currency. Safe
+    to run twice: the run of a day is one row, and an alert is raised once per set of
+    differences."""
+    the_day = date.fromisoformat(day) if day else timezone.now().date() - timedelta(days=1)
+    run = reconciliation.reconcile_day(day=the_day, triggered_by="beat")
+    return f"{run.status}: {run.difference_count} difference(s)"

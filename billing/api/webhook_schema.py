@@ -111,6 +111,33 @@ class CreditsExpiredData(CreditGrantData):
     expired_amount = Money(help_text="What left the wallet at this expiry.")
 
 
+class ReconciliationDifferenceData(serializers.Serializer):
+    check = serializers.ChoiceField(
+        choices=["balances", "usage_ledger", "invoice_usage", "invoice_ledger", "stripe_clearing"]
+    )
+    currency = serializers.CharField()
+    item = serializers.CharField(help_text='What differs, e.g. "invoice 42 INV-000042".')
+    cause = serializers.CharField()
+    expected = serializers.DecimalField(max_digits=60, decimal_places=24, coerce_to_string=True)
+    actual = serializers.DecimalField(max_digits=60, decimal_places=24, coerce_to_string=True)
+    difference = serializers.DecimalField(
+        max_digits=60, decimal_places=24, coerce_to_string=True, help_text="actual − expected"
+    )
+
+
+class ReconciliationFailedData(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["reconciliation_run"])
+    id = serializers.IntegerField()
+    period_start = serializers.DateTimeField()
+    period_end = serializers.DateTimeField(help_text="Exclusive.")
+    scope = serializers.CharField(allow_null=True, help_text="A currency; null: every one.")
+    difference_count = serializers.IntegerField()
+    failed_checks = serializers.ListField(child=serializers.CharField())
+    differences = ReconciliationDifferenceData(
+        many=True, help_text="The first five of each failed check (the admin lists them all)."
+    )
+
+
 INVOICE_TYPES = (
     EventType.INVOICE_CREATED,
     EventType.INVOICE_FINALIZED,
@@ -133,6 +160,7 @@ DATA: dict[str, type[serializers.Serializer]] = {
     EventType.CREDIT_NOTE_CREATED.value: CreditNoteData,
     EventType.CREDITS_GRANTED.value: CreditGrantData,
     EventType.CREDITS_EXPIRED.value: CreditsExpiredData,
+    EventType.RECONCILIATION_FAILED.value: ReconciliationFailedData,
 }
 
 WHEN = {
@@ -152,6 +180,9 @@ WHEN = {
     EventType.SUBSCRIPTION_CANCELED: "The subscription ended.",
     EventType.SUBSCRIPTION_SUSPENDED: "Dunning gave up: usage is refused until it is paid.",
     EventType.SUBSCRIPTION_REACTIVATED: "What a suspended subscription owed was paid.",
+    EventType.RECONCILIATION_FAILED: "The daily (or a manual) reconciliation found "
+    "differences between the ledger, the rated events, the invoices and the payments "
+    "(docs/reconciliation.md). Raised once per run and set of differences.",
 }
 
 

@@ -337,6 +337,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.notify_expiring_credits",
         "schedule": crontab(minute="*/10"),
     },
+    # Reconciliation of yesterday (UTC), every currency; differences alert finance.
+    "invoicing-reconcile-yesterday": {
+        "task": "invoicing.tasks.reconcile_yesterday",
+        "schedule": crontab(hour=2, minute=7),  # daily, after the night's closes
+    },
     "billing-purge-idempotency-records": {
         "task": "billing.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),  # hourly
@@ -428,6 +433,14 @@ INVOICE_GRACE_PERIOD = timedelta(hours=int(os.environ.get("INVOICE_GRACE_HOURS",
 INVOICE_PAYMENT_TERMS_DAYS = int(os.environ.get("INVOICE_PAYMENT_TERMS_DAYS", "14"))
 INVOICE_NUMBER_PREFIX = os.environ.get("INVOICE_NUMBER_PREFIX", "INV-")
 CREDIT_NOTE_NUMBER_PREFIX = os.environ.get("CREDIT_NOTE_NUMBER_PREFIX", "CN-")
+# Reconciliation (docs/reconciliation.md): who is e-mailed when the books disagree
+# (comma-separated; empty: the active superusers), and the provider usage import's
+# tolerances per day and model (tokens: a fraction; cost: USD).
+RECONCILIATION_ALERT_EMAILS = [
+    a.strip() for a in os.environ.get("RECONCILIATION_ALERT_EMAILS", "").split(",") if a.strip()
+]
+PROVIDER_USAGE_TOKEN_TOLERANCE = Decimal(os.environ.get("PROVIDER_USAGE_TOKEN_TOLERANCE", "0.01"))
+PROVIDER_USAGE_COST_TOLERANCE = Decimal(os.environ.get("PROVIDER_USAGE_COST_TOLERANCE", "0.05"))
 
 # --- Payments: Stripe with a key; offline mode only when asked for (the demo) -------------
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
