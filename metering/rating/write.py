@@ -209,11 +209,16 @@ def _write(
     # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
     # the customers' usage locks are held, so no other debit draws on the same remainder.
     # Debits of CREDITS, and of a balance plan's money wallet (its plan may grant money:
-    # billing.plan_credits), draw on the wallet's grants.
+    # billing.plan_credits), draw on the wallet's grants. A money wallet the locked read
+    # found without live grants has none now (money grants are made, and changed, only
+    # under the usage lock held): its grants are not loaded. A CREDITS wallet's are, always:
+    # a top-up makes its purchase grant without the usage lock (its balance row, locked
+    # by the read, is the newest version; the read's snapshot of grants may be older).
     granting = {
         a.wallet.account_id
         for a in accepted
         if a.money > 0
+        and (a.currency == CREDITS or a.wallet.live_grants)
         and credits.draws_on_grants(
             currency=a.currency, consumption_model=a.terms.consumption_model
         )
