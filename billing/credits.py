@@ -366,8 +366,17 @@ class GrantBook:
                 "              WHEN g.expires_at <= %s THEN 'expired' ELSE 'depleted' END, "
                 "ended_at = CASE WHEN g.remaining - u.taken = 0 THEN %s ELSE g.ended_at END "
                 "FROM unnest(%s::bigint[], %s::numeric[]) AS u(id, taken) WHERE g.id = u.id",
-                [now, grant_ids, tx_ids, amounts, kinds, now, now]
-                + [list(taken), list(taken.values())],
+                [
+                    now,
+                    grant_ids,
+                    tx_ids,
+                    amounts,
+                    kinds,
+                    now,
+                    now,
+                    list(taken),
+                    list(taken.values()),
+                ],
             )
         self._allocations = []
 
