@@ -344,7 +344,8 @@ class GrantBook:
         self._allocations += [(gid, transaction_id, amount, kind) for gid, amount in parts]
 
     def save(self, *, now: datetime | None = None) -> None:
-        """Write the recorded allocations and the grants' new remainders (two statements)."""
+        """Write the recorded allocations and the grants' new remainders (one statement:
+        the allocations' INSERT a data-modifying CTE of the grants' UPDATE)."""
         if not self._allocations:
             return
         now = now or self.now
@@ -353,22 +354,29 @@ class GrantBook:
         for gid, _, amount, _ in self._allocations:
             taken[gid] += amount
         with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO billing_creditallocation "
-                "(grant_id, ledger_transaction_id, amount, kind, created_at) "
-                "SELECT g, t, a, k, %s FROM unnest(%s::bigint[], %s::bigint[], "
-                "%s::numeric[], %s::text[]) AS u(g, t, a, k)",
-                [now, grant_ids, tx_ids, amounts, kinds],
-            )
             # used up: "depleted", or "expired" for a grant past its expiry (its held
             # remainder spent by the hold's settlement)
             cursor.execute(
+                "WITH allocated AS (INSERT INTO billing_creditallocation "
+                "(grant_id, ledger_transaction_id, amount, kind, created_at) "
+                "SELECT g, t, a, k, %s FROM unnest(%s::bigint[], %s::bigint[], "
+                "%s::numeric[], %s::text[]) AS u(g, t, a, k) RETURNING 1) "
                 "UPDATE billing_creditgrant g SET remaining = g.remaining - u.taken, "
                 "status = CASE WHEN g.remaining - u.taken > 0 THEN g.status "
                 "              WHEN g.expires_at <= %s THEN 'expired' ELSE 'depleted' END, "
                 "ended_at = CASE WHEN g.remaining - u.taken = 0 THEN %s ELSE g.ended_at END "
                 "FROM unnest(%s::bigint[], %s::numeric[]) AS u(id, taken) WHERE g.id = u.id",
-                [now, now, list(taken), list(taken.values())],
+                [
+                    now,
+                    grant_ids,
+                    tx_ids,
+                    amounts,
+                    kinds,
+                    now,
+                    now,
+                    list(taken),
+                    list(taken.values()),
+                ],
             )
         self._allocations = []
 

@@ -128,7 +128,9 @@ def _rate_part(
     """One part, its customers' rating locks held: what rating needs read in one statement,
     then rated and written."""
     read = _read_part(
-        [(cid, p) for cid in chunk for p in by_customer[cid]], lock_balances=hold_id is None
+        [(cid, p) for cid in chunk for p in by_customer[cid]],
+        lock_balances=hold_id is None,
+        now=now,
     )
     by_id = {customer.pk: customer for customer in customers.values()}
     _rate(

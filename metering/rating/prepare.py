@@ -167,6 +167,8 @@ def _quantity(meter: Meter, prepared: Prepared, *, charged: bool = True) -> Any:
         if isinstance(value, dict | list):
             raise errors.InvalidEvent(f"{param} must be a plain value to count", param=param)
         return value
+    if type(value) is int and 0 <= value < MAX_QUANTITY:
+        return Decimal(value)  # the common reading (token counts): what the checks below pass
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise errors.InvalidEvent(f"{param} must be a number", param=param)
     value = Decimal(value)

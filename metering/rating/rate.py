@@ -147,13 +147,16 @@ def _rate(
         for c, _, _, t, *_ in placed
         if t.consumption_model == ConsumptionModel.BALANCE
     }
-    credit_accounts = [
+    # Only wallets the locked read found due grants in: no grant can become due otherwise
+    # (a grant is made with its expiry ahead, and changed only under the usage lock held).
+    due_accounts = [
         w.account_id
         for key, w in wallets.items()
-        if w.account_id is not None and (w.currency == CREDITS or key in granting)
+        if w.account_id is not None and w.due_grants and (w.currency == CREDITS or key in granting)
     ]
-    if credit_accounts:  # credits past their expiry leave before anything is spent
-        credits.expire_due_for(credit_accounts, now=now or timezone.now())
+    expired = 0
+    if due_accounts:  # credits past their expiry leave before anything is spent
+        expired = credits.expire_due_for(due_accounts, now=now or timezone.now())
     balances: dict[Any, ledger.LockedBalance]
     if hold is not None:  # the hold's row first, then the balances: the ledger's order
         balances = ledger.lock_balances(
@@ -161,8 +164,8 @@ def _rate(
         )
     else:  # locked by _read_part; what an expiry just took is read again
         balances = dict(read.balances)
-        if credit_accounts:
-            balances.update(ledger.lock_balances(account_ids=credit_accounts))
+        if expired:
+            balances.update(ledger.lock_balances(account_ids=due_accounts))
     for wallet in wallets.values():
         if wallet.account_id is None:  # not created yet: nothing in it, nothing below zero
             balances[_balance_key(wallet)] = ledger.LockedBalance(

@@ -113,6 +113,11 @@ class WalletRow:
     account_id: int | None  # None: not created yet (an empty prepaid wallet)
     billing_mode: str
     credit_limit: Decimal | None
+    # As the locked read found the wallet's grants (billing.credits): some live (active,
+    # something left: rating must load them to draw on them), some due (past their expiry
+    # at rating's ``now``: rating expires them first). True when not read: look.
+    live_grants: bool = True
+    due_grants: bool = True
 
 
 COUNTER_COLUMNS = (
@@ -174,7 +179,12 @@ WITH subs AS MATERIALIZED (
      WHERE s.customer_id = ANY((SELECT %s::bigint[])::bigint[]) AND s.status <> 'canceled'
 ), wallets AS MATERIALIZED (
     SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit,
-           b.posted, b.held, b.floor
+           b.posted, b.held, b.floor,
+           EXISTS (SELECT FROM billing_creditgrant g
+                    WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0),
+           EXISTS (SELECT FROM billing_creditgrant g
+                    WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0
+                      AND g.expires_at <= (SELECT %s::timestamptz))
       FROM billing_wallet w
       JOIN ledger_balance b ON b.account_id = w.account_id AND b.bucket = 0
      WHERE w.customer_id = ANY((SELECT %s::bigint[])::bigint[])
@@ -214,11 +224,13 @@ _PART_SQL_LOCKING = _PART_SQL.replace("<LOCK>", " FOR UPDATE OF b")
 _PART_SQL_READING = _PART_SQL.replace("<LOCK>", "")
 
 
-def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> PartRead:
+def _read_part(
+    events: list[tuple[int, Prepared]], *, lock_balances: bool, now: datetime
+) -> PartRead:
     """The subscriptions, stored twins, wallets (their balance rows locked, with
-    ``lock_balances``), margin overrides, counters and counted distinct values of a part's
-    events (customer id, event), and ids for them: one statement, its customers' rating
-    locks held."""
+    ``lock_balances``; whether they have live and due grants at ``now``), margin overrides,
+    counters and counted distinct values of a part's events (customer id, event), and ids
+    for them: one statement, its customers' rating locks held."""
     customer_ids = sorted({cid for cid, _ in events})
     meter_ids = sorted({m.pk for _, p in events for m in p.meters})
     distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
@@ -226,6 +238,7 @@ def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> Pa
         _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,
         [
             customer_ids,
+            now,
             customer_ids,
             [cid for cid, _ in events],
             [p.source.idempotency_key for _, p in events],
@@ -255,9 +268,9 @@ def _read_part(events: list[tuple[int, Prepared]], *, lock_balances: bool) -> Pa
             # the provider's cost is part of the answer for LLM events only
             **({"cost": cost} if model else {}),
         }
-    for customer_id, currency, account_id, mode, limit, posted, held, floor in wallets:
+    for customer_id, currency, account_id, mode, limit, posted, held, floor, live, due in wallets:
         read.wallets[(customer_id, currency)] = WalletRow(
-            customer_id, currency, account_id, mode, limit
+            customer_id, currency, account_id, mode, limit, live, due
         )
         if lock_balances:
             read.balances[account_id] = ledger.LockedBalance(account_id, posted, held, floor)
@@ -282,7 +295,8 @@ def _wallets(
     found = {}
     for customer_id, currency in wanted:
         found[(customer_id, currency)] = read.wallets.get(
-            (customer_id, currency), WalletRow(customer_id, currency, None, "prepaid", None)
+            (customer_id, currency),
+            WalletRow(customer_id, currency, None, "prepaid", None, False, False),
         )
     return found, read.overrides
 

@@ -30,8 +30,18 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
     arrays = ", ".join(f"%s::{kind}[]" for kind in kinds)
     return (
         f"unnest({arrays}) AS {alias}({', '.join(names)})",
-        [list(column) for column in zip(*rows, strict=True)],
+        [
+            _numeric_array(column) if kind == "numeric" else list(column)
+            for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)
+        ],
     )
+
+
+def _numeric_array(values: Sequence[Any]) -> str:
+    """A numeric[] column as PostgreSQL's array text (``{1.5,NULL,2E-7}``, read exactly by
+    the server's numeric input): psycopg dumps a Decimal to binary at about 1 µs each, in
+    Python, ten times what ``str`` takes (measured, 2026-12-06); ints and Decimals only."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
 Statement = tuple[str, list[Any]]

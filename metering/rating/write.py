@@ -209,11 +209,16 @@ def _write(
     # Credits debited are drawn from the wallets' grants in drain order (billing.credits);
     # the customers' usage locks are held, so no other debit draws on the same remainder.
     # Debits of CREDITS, and of a balance plan's money wallet (its plan may grant money:
-    # billing.plan_credits), draw on the wallet's grants.
+    # billing.plan_credits), draw on the wallet's grants. A money wallet the locked read
+    # found without live grants has none now (money grants are made, and changed, only
+    # under the usage lock held): its grants are not loaded. A CREDITS wallet's are, always:
+    # a top-up makes its purchase grant without the usage lock (its balance row, locked
+    # by the read, is the newest version; the read's snapshot of grants may be older).
     granting = {
         a.wallet.account_id
         for a in accepted
         if a.money > 0
+        and (a.currency == CREDITS or a.wallet.live_grants)
         and credits.draws_on_grants(
             currency=a.currency, consumption_model=a.terms.consumption_model
         )
@@ -429,27 +434,40 @@ def _insert_distinct_values(counters: dict) -> Statement | None:
     )
 
 
-def _dimensions(meter: Meter, p: Prepared) -> tuple[str, dict[str, Any]]:
+def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) -> tuple[str, str]:
+    """The dimension key of the event's daily row for this meter (its group_by values) and
+    those values as JSON. ``known`` keeps what a part has rendered already, by the values:
+    a part's events have few distinct ones (a model name, say), and JSON costs."""
     if not meter.group_by:
-        return "", {}
+        return "", "{}"
     dims = {}
     for path in meter.group_by:
         value = _path_value(p.source.properties, p.usage, path)
         if isinstance(value, dict | list):
             value = json.dumps(value, sort_keys=True, default=str)
         dims[path] = None if value is None else (value if isinstance(value, str) else str(value))
-    key = json.dumps(dims, sort_keys=True, separators=(",", ":"))
-    if len(key) > 200:  # the column holds 500; long values are keyed by their hash
-        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    return key, dims
+    values = tuple(dims.items())
+    rendered = known.get(values)
+    if rendered is None:
+        key = json.dumps(dims, sort_keys=True, separators=(",", ":"))
+        if len(key) > 200:  # the column holds 500; long values are keyed by their hash
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        rendered = known[values] = (key, json.dumps(dims))
+    return rendered
 
 
 def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
     totals: dict[tuple, list] = {}
+    known: dict[tuple, tuple[str, str]] = {}
     for a in accepted:
         day = a.p.source.timestamp.astimezone(UTC).date()
+        of_event: dict[tuple[str, ...], tuple[str, str]] = {}  # by group_by: meters share them
         for move in a.moves:
-            key_text, dims = _dimensions(move.meter, a.p)
+            group_by = tuple(move.meter.group_by or ())
+            rendered = of_event.get(group_by)
+            if rendered is None:
+                rendered = of_event[group_by] = _dimensions(move.meter, a.p, known)
+            key_text, dims = rendered
             key = (a.subscription.pk, a.customer.pk, move.meter.pk, a.period_start, day, key_text)
             entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, a.currency, 0])
             entry[1] += move.quantity_delta
@@ -464,7 +482,7 @@ def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
             period_start,
             day,
             key_text,
-            json.dumps(dims),
+            dims,
             quantity,
             included,
             amount,

@@ -6,7 +6,10 @@ events' COPY, the counters' statement) so that a new query on the hot path is se
 Before issue 14: 20 (the posting's SAVEPOINT and RELEASE, wallets and margins apart, the
 three counters apart); then 15; now 7 (meters cached, the customer found and locked in one
 statement, what rating needs read in one under the lock, the events written with the
-counters)."""
+counters). A balance plan's money wallet may hold grants (billing.plan_credits): it took 10
+without any (its due grants looked for, its balance read again, its grants loaded) and 12
+with one; now the read under the lock says whether the wallet has live and due grants, so
+7 without and 9 with a live grant (its grants loaded, the allocations written)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from billing import credits
+from billing.models import CreditAllocation, CreditGrant
 from metering.models import Event, PeriodDistinctValue, PeriodUsage
 from tests.billing.conftest import ChargeSpec, iso
 from tests.metering import test_api_usage as usage_tests
@@ -102,3 +107,56 @@ def test_a_unique_count_event_takes_no_more_statements(
         "s:ann",
         "s:bob",
     ]
+
+
+# a balance plan's event drawing on a live money grant: as MAX_STATEMENTS, with the
+# wallet's grants loaded (locked) and the allocations written (one statement)
+MAX_STATEMENTS_DRAWING_ON_A_GRANT = MAX_STATEMENTS + 2
+
+
+@pytest.mark.parametrize("granted", [False, True], ids=["no-grant", "live-money-grant"])
+def test_a_balance_plan_event_loads_grants_only_when_its_wallet_has_live_ones(
+    api, acme, make_meter, make_plan, sent, django_capture_on_commit_callbacks, granted
+):
+    """A prepaid customer on a balance plan (money debited, drawn on the wallet's money
+    grants first): without a live grant nothing about grants is sent; with one, its grants
+    are loaded and the debit drawn on it, and no more."""
+    make_meter("calls", event_name="api.call", property="units")
+    plan = make_plan(
+        "payg",
+        consumption_model="balance",
+        charges=[ChargeSpec(meter="calls", unit_price=Decimal("0.01"))],
+    )
+    usage_tests.subscribe(acme, plan)  # acme: 10 USD of its own, prepaid
+    if granted:
+        grant = credits.grant_credits(
+            customer=acme, amount=Decimal(1), currency="USD", source="plan"
+        )
+
+    def body(key: str) -> dict:
+        return {
+            "idempotency_key": key,
+            "customer": "acme",
+            "event_name": "api.call",
+            "properties": {"units": 10},
+            "timestamp": iso(DAY1),
+        }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/events", body("warm-up")).status_code == 201
+    sent.clear()
+    response = api.post("/api/v1/events", body("req-2"))
+    assert response.status_code == 201, response.json()
+    # beside the read under the lock, which asks whether the wallet has live or due grants
+    grant_statements = [q for q in sent if "billing_creditgrant" in q and "WITH subs" not in q]
+    if granted:
+        assert len(sent) <= MAX_STATEMENTS_DRAWING_ON_A_GRANT, "\n".join(q[:120] for q in sent)
+        assert len(grant_statements) == 2, grant_statements  # loaded; drawn on
+        # both events drawn on the grant: 1 - 2 × 0.10
+        assert CreditGrant.objects.get(pk=grant.pk).remaining == Decimal("0.8")
+        assert CreditAllocation.objects.filter(grant=grant).count() == 2
+    else:
+        assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
+        assert grant_statements == []
+    assert Event.objects.get(idempotency_key="req-2").amount == Decimal("0.1")
+    assert usage_tests.balance(acme)[0] == Decimal(10) + (1 if granted else 0) - Decimal("0.2")

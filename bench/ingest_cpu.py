@@ -1,0 +1,95 @@
+"""Rating's Python CPU per event, in process: batches of 1,000 (bench/ingest.py's events and
+seed) rated by metering.rating.ingest_events one after another, each batch's
+``time.process_time`` divided by its accepted events; the median of the batches (and of
+the repeats) is printed. No HTTP, no server: meant to compare two versions of rating in
+the same session on a shared machine (the figure is this process's CPU, so other load on
+the machine moves it less than wall time), e.g.
+
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --seed
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --batches 12
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --profile out.prof
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --batch-size 1 \
+        --batches 300                               # single events, one after another
+
+``--seed`` migrates and seeds the database (emptied first: it must be one of your own).
+Without it the database is reused as seeded; each run's keys are new."""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+sys.path.insert(0, str(REPO_DIR))
+
+from bench.harness.db import drop_database, with_database  # noqa: E402
+from bench.harness.processes import migrate, setup_django  # noqa: E402
+from bench.ingest_load import BATCH_SIZE, CUSTOMERS, make_event, seed  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--seed", action="store_true", help="empty, migrate and seed it first")
+    parser.add_argument("--batches", type=int, default=10, help="measured batches")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="events per batch")
+    parser.add_argument("--warm-up", type=int, default=2, help="batches before measuring")
+    parser.add_argument("--profile", help="cProfile the measured batches into this file")
+    args = parser.parse_args()
+    if args.seed:
+        name = args.database_url.rsplit("/", 1)[1].split("?")[0]
+        drop_database(with_database(args.database_url, "postgres"), name, recreate=True)
+    setup_django(args.database_url)
+    if args.seed:
+        migrate()
+        seed()
+    from django.utils import timezone
+
+    from metering import rating
+    from metering.api.ingest import parse_event
+
+    customers = [f"bench-cus-{i:04d}" for i in range(CUSTOMERS)]
+    rng = random.Random(1)
+    run = uuid.uuid4().hex[:8]
+    profiler = cProfile.Profile(time.process_time) if args.profile else None
+    per_event: list[float] = []
+    wall_per_event: list[float] = []
+    for batch in range(args.warm_up + args.batches):
+        now = timezone.now()
+        parsed = [
+            parse_event(make_event(rng, f"cpu-{run}:{batch}:{n}", customers), now=now)
+            for n in range(args.batch_size)
+        ]
+        measured = batch >= args.warm_up
+        if measured and profiler is not None:
+            profiler.enable()
+        started, wall = time.process_time(), time.perf_counter()
+        outcomes = rating.ingest_events(parsed)
+        cpu, wall = time.process_time() - started, time.perf_counter() - wall
+        if measured and profiler is not None:
+            profiler.disable()
+        accepted = sum(o.status == "accepted" for o in outcomes)
+        assert accepted == len(parsed), {o.status for o in outcomes}
+        if measured:
+            per_event.append(cpu * 1000 / accepted)
+            wall_per_event.append(wall * 1000 / accepted)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    print(
+        f"cpu_ms_per_event median={statistics.median(per_event):.4f} "
+        f"min={min(per_event):.4f} max={max(per_event):.4f} batches={len(per_event)} "
+        f"wall_ms_per_event median={statistics.median(wall_per_event):.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
