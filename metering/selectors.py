@@ -4,6 +4,7 @@ worth per meter and per model, and the model prices in force."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -12,7 +13,8 @@ from typing import Any
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from billing.errors import CustomerNotFound, ValidationFailed
+from billing import projects
+from billing.errors import BillingError, CustomerNotFound, ValidationFailed
 from billing.models import Customer, Meter, Subscription, SubscriptionStatus
 from billing.selectors import customer_credits
 from ledger import selectors as ledger_selectors
@@ -183,6 +185,7 @@ class EstimateRequest:
     input_tokens: int = 0
     output_tokens: int = 0
     event_name: str | None = None
+    project: str | None = None  # a project's key: its budget is checked too
 
 
 def estimate_usage(*, request: EstimateRequest) -> rating.Estimate:
@@ -202,7 +205,7 @@ def _estimate(request: EstimateRequest) -> rating.Estimate:
             f"no customer with external_id {request.customer!r}", param="customer"
         )
     customer, subscription = loaded
-    return rating.estimate(
+    result = rating.estimate(
         customer=customer,
         subscription=subscription,
         amount=request.amount,
@@ -213,6 +216,22 @@ def _estimate(request: EstimateRequest) -> rating.Estimate:
         output_tokens=request.output_tokens,
         event_name=request.event_name,
     )
+    if request.project is None:
+        return result
+    return _within_budget(result, customer, request.project)
+
+
+def _within_budget(result: rating.Estimate, customer, key: str) -> rating.Estimate:
+    """The estimate refused (``project_archived``, ``budget_exceeded``) when the project
+    may not take it; an unknown project is ``ProjectNotFound``."""
+    project = projects.get_project(customer=customer, key=key, param="project")
+    if not result.allowed:  # the wallet's reason stands
+        return result
+    try:
+        projects.check_budget(project=project, amount=result.amount)
+    except BillingError as refusal:
+        return dataclasses.replace(result, allowed=False, reason=refusal.code)
+    return result
 
 
 # --- usage report: usage and its worth per meter and per model ----------------------------------

@@ -71,6 +71,7 @@ from billing.models.plans import (
     PriceModel,
     PriceTier,
 )
+from billing.models.projects import Project, ProjectHold, ProjectSpend
 from billing.models.subscriptions import (
     MarginOverride,
     Subscription,
@@ -140,4 +141,7 @@ __all__ = [
     "Rollover",
     "PlanCreditGrant",
     "SubscriptionCreditGrant",
+    "Project",
+    "ProjectSpend",
+    "ProjectHold",
 ]

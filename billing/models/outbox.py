@@ -32,6 +32,7 @@ class EventType(models.TextChoices):
     SUBSCRIPTION_SUSPENDED = "subscription.suspended", "Subscription suspended"
     SUBSCRIPTION_REACTIVATED = "subscription.reactivated", "Subscription reactivated"
     USAGE_REFUSED = "usage.refused", "Accepted usage refused by rating"
+    BUDGET_EXCEEDED = "budget.exceeded", "Project budget exceeded"
 
 
 class OutboundEvent(models.Model):
