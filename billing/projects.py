@@ -289,6 +289,11 @@ def add_spend(
         )
 
 
+def _money(value: Decimal | None) -> str | None:
+    """As the API renders money: a decimal string with the ledger's 12 places."""
+    return None if value is None else format(value.quantize(Decimal("1e-12")), "f")
+
+
 # --- budget.exceeded ----------------------------------------------------------------------------
 
 
@@ -301,8 +306,9 @@ def note_budget_exceeded(
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_projectspend AS s (project_id, period_start, currency, amount, "
-            "event_count, exceeded_at, updated_at) VALUES (%s, %s, %s, 0, 0, now(), now()) "
-            "ON CONFLICT (project_id, period_start) DO UPDATE SET exceeded_at = now() "
+            "event_count, exceeded_at, updated_at) "
+            "VALUES (%s, %s, %s, 0, 0, clock_timestamp(), now()) "
+            "ON CONFLICT (project_id, period_start) DO UPDATE SET exceeded_at = clock_timestamp() "
             "WHERE s.exceeded_at IS NULL RETURNING s.amount, s.exceeded_at",
             [project_id, period_start, currency],
         )
@@ -318,10 +324,10 @@ def note_budget_exceeded(
             "customer": project.customer.external_id,
             "project": project.key,
             "name": project.name,
-            "spend_limit": str(project.spend_limit),
+            "spend_limit": _money(project.spend_limit),
             "currency": currency,
-            "spent": str(row[0]),
-            "refused_amount": str(amount),
+            "spent": _money(row[0]),
+            "refused_amount": _money(amount),
             "period_start": period_start.isoformat(),
         },
         dedupe_key=f"budget.exceeded:{project_id}:{period_start.isoformat()}:{row[1].isoformat()}",

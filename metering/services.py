@@ -37,6 +37,9 @@ REFUSALS: dict[str, type[BillingError]] = {
 }
 
 
+PROJECT_REFUSALS = {billing_errors.BudgetExceeded.code, billing_errors.ProjectArchived.code}
+
+
 @dataclass(frozen=True)
 class PlacedHold:
     hold: Hold
@@ -87,10 +90,19 @@ def _place_usage_hold(
     wallet = result.wallet
     if not result.allowed:  # the same reasons and codes as rating and /authorize
         assert result.reason is not None, "a refused estimate names its reason"
+        if result.reason in PROJECT_REFUSALS:
+            why = f"project {request.project!r} " + (
+                "is archived"
+                if result.reason == billing_errors.ProjectArchived.code
+                else "has not that much left of its budget this period"
+            )
+        else:
+            why = (
+                "no such wallet" if wallet is None else f"{result.balance.normalize():f} available"
+            )
         raise REFUSALS[result.reason](
-            f"cannot reserve {result.amount.normalize():f} {result.currency}: "
-            + ("no such wallet" if wallet is None else f"{result.balance.normalize():f} available"),
-            param="customer",
+            f"cannot reserve {result.amount.normalize():f} {result.currency}: {why}",
+            param="project" if result.reason in PROJECT_REFUSALS else "customer",
         )
     # (A wallet the estimate found exists, with its account: only a batch's new credits
     # wallet is without one, and rating makes that.)

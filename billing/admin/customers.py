@@ -30,6 +30,7 @@ from billing.admin.common import (
 )
 from billing.admin.credit_grants import CustomerGrantViews
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
+from billing.admin.projects import ProjectInline
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
 from billing.models import Customer, MarginOverride, Subscription, SubscriptionStatus
 from ledger.admin import ReadOnlyInline
@@ -186,7 +187,13 @@ class CustomerAdmin(
         "updated_at",
         "recent_activity",
     )
-    inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline, PortalMemberInline]
+    inlines = [
+        WalletInline,
+        CustomerSubscriptionInline,
+        MarginOverrideInline,
+        PortalMemberInline,
+        ProjectInline,
+    ]
     formfield_overrides = {models.JSONField: {"form_class": StrictJSONField}}
     actions = ["top_up_action", "adjust_action", "grant_action"]
 

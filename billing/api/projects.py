@@ -69,18 +69,14 @@ class ProjectCreateSerializer(StrictSerializer):
         help_text=KEY_HELP + " No slash (it is part of the project's URL).",
     )
     name = serializers.CharField(max_length=200, required=False, help_text="Default: the key.")
-    spend_limit = Money(
-        required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP
-    )
+    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
 
 
 class ProjectUpdateSerializer(StrictSerializer):
     """Every field optional; what is absent is left as it is."""
 
     name = serializers.CharField(max_length=200, required=False)
-    spend_limit = Money(
-        required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP
-    )
+    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
     status = serializers.ChoiceField(
         choices=STATUSES,
         required=False,
