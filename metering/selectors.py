@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing import projects
@@ -43,7 +43,7 @@ def list_events(
     skip a row). The (customer, timestamp) index serves the filter and the order."""
     events = (
         Event.objects.filter(customer=customer)
-        .select_related("model_price")
+        .select_related("model_price", "project")
         .order_by("-timestamp", "-id")
     )
     if since is not None:
@@ -351,6 +351,29 @@ def usage_report(
         totals=dict(sorted(totals.items())),
         models=_model_usage(scope),
     )
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    project: str | None  # the project's key; None: usage naming no project
+    currency: str
+    events: int
+    amount: Decimal  # charged, exact
+
+
+def usage_by_project(*, customer: Customer, start: datetime, end: datetime) -> list[ProjectUsage]:
+    """The customer's events stamped in [start, end) summed per project (its key) and
+    currency; usage without a project last (``GET /customers/{id}/usage?group_by=project``)."""
+    rows = (
+        Event.objects.filter(customer=customer, timestamp__gte=start, timestamp__lt=end)
+        .values("project__key", "currency")
+        .annotate(events=Count("id"), amount=Sum("amount"))
+        .order_by(F("project__key").asc(nulls_last=True), "currency")
+    )
+    return [
+        ProjectUsage(row["project__key"], row["currency"], row["events"], row["amount"])
+        for row in rows
+    ]
 
 
 def _meter_usage(scope: dict[str, Any], group_by: str | None) -> list[MeterUsage]:

@@ -339,3 +339,28 @@ def test_a_project_costs_one_statement_more_and_none_without(
     assert api.post("/api/v1/events", body("charged", 1)).status_code == 201
     assert len(sent) == without + 1, "\n".join(q[:100] for q in sent)
     assert spend().amount == D(2)
+
+
+# --- reading it back ------------------------------------------------------------------------------
+
+
+def test_events_and_the_usage_report_show_the_project(api, acme):
+    assert api.post("/api/v1/events", body("e1", 4)).status_code == 201
+    assert api.post("/api/v1/events", body("e2", 30, project="team-b")).status_code == 201
+    assert api.post("/api/v1/events", body("e3", 2, project=None)).status_code == 201
+    assert api.post("/api/v1/events", body("e4", 3)).status_code == 201
+    listed = api.get("/api/v1/events", {"customer": "acme"}).json()["data"]
+    assert {e["idempotency_key"]: e["project"] for e in listed} == {
+        "e1": "team-a",
+        "e2": "team-b",
+        "e3": None,
+        "e4": "team-a",
+    }
+    report = api.get("/api/v1/customers/acme/usage", {"group_by": "project"})
+    assert report.status_code == 200, report.json()
+    assert report.json()["projects"] == [
+        {"project": "team-a", "currency": "USD", "events": 2, "amount": "7"},
+        {"project": "team-b", "currency": "USD", "events": 1, "amount": "30"},
+        {"project": None, "currency": "USD", "events": 1, "amount": "2"},
+    ]
+    assert "projects" not in api.get("/api/v1/customers/acme/usage").json()
