@@ -3,6 +3,7 @@ cost, and their settlement (with the actual usage, rated, or by amount)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,7 +67,14 @@ def place_usage_hold(
     with transaction.atomic():
         customer = get_customer(external_id=request.customer, param="customer")
         billing_services.lock_customer_usage([customer.pk])
-        placed = _place_usage_hold(request, expires_in, reference)
+        # A retry of a hold placed already (its reference): that hold was checked against
+        # the budget and counts in it now; checked again it would be counted twice.
+        earlier = (
+            reference is not None
+            and Hold.objects.filter(reference=f"hold:{customer.pk}:{reference}").exists()
+        )
+        checked = dataclasses.replace(request, project=None) if earlier else request
+        placed = _place_usage_hold(checked, expires_in, reference)
         project = projects.get_project(customer=customer, key=request.project, param="project")
         linked = projects.hold_project(hold_id=placed.hold.pk)
         if linked is not None and linked.pk != project.pk:

@@ -20,7 +20,7 @@ One module per model family, each registering its own admins on import:
 - ``alerts``: alert definitions, their states and their history (and the customer's
   alerts on its page).
 - ``projects``: customers' projects and their budgets (``billing.projects``), and the
-  customer's projects on its page;
+  customer's projects on its page (a read-only list);
 - ``auto_top_up``: wallets' auto top-ups (``billing.services.set_auto_top_up``) and their
   attempts, read-only.
 """

@@ -30,7 +30,7 @@ from billing.admin.common import (
 )
 from billing.admin.credit_grants import CustomerGrantViews
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
-from billing.admin.projects import ProjectInline
+from billing.admin.projects import CustomerProjectsMixin
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
 from billing.models import Customer, MarginOverride, Subscription, SubscriptionStatus
 from ledger.admin import ReadOnlyInline
@@ -142,6 +142,7 @@ class CustomerAdmin(
     CustomerGrantViews,
     CustomerInviteView,
     CustomerAlertsMixin,
+    CustomerProjectsMixin,
     ServiceFormMixin,
     admin.ModelAdmin,
 ):
@@ -174,11 +175,13 @@ class CustomerAdmin(
         ),
         ("Credit grants", {"fields": ("credit_grants",)}),
         ("Alerts", {"fields": ("customer_alerts",)}),
+        ("Projects", {"fields": ("customer_projects",)}),
         ("Recent ledger activity", {"fields": ("recent_activity",)}),
     )
     readonly_fields = (
         "credit_grants",
         "customer_alerts",
+        "customer_projects",
         "external_id",
         "currency",
         "billing_mode",
@@ -187,13 +190,7 @@ class CustomerAdmin(
         "updated_at",
         "recent_activity",
     )
-    inlines = [
-        WalletInline,
-        CustomerSubscriptionInline,
-        MarginOverrideInline,
-        PortalMemberInline,
-        ProjectInline,
-    ]
+    inlines = [WalletInline, CustomerSubscriptionInline, MarginOverrideInline, PortalMemberInline]
     formfield_overrides = {models.JSONField: {"form_class": StrictJSONField}}
     actions = ["top_up_action", "adjust_action", "grant_action"]
 

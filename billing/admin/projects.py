@@ -1,5 +1,6 @@
 """Projects, budgets inside a customer (``billing.projects``), in the admin: a list of every
-customer's projects with their spend this period, and each customer's on its page.
+customer's projects with their spend this period, and each customer's on its page
+(``CustomerProjectsMixin``).
 
 Creating and changing go through ``billing.projects`` (the limit is changed under the
 customer's usage lock and re-arms ``budget.exceeded``); nothing is deleted (events point at
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from billing import projects
 from billing.admin.common import ExactDecimalField, money, timestamp
-from billing.models import Project
+from billing.models import Customer, Project
 
 
 def _spent(project: Project) -> str:
     [budget] = projects.project_budgets(customer=project.customer, projects=[project])
+    return _spent_text(budget)
+
+
+def _spent_text(budget: projects.ProjectBudget) -> str:
     text = money(budget.spent, budget.currency)
     if budget.project.spend_limit is not None:
         text += f" of {money(budget.project.spend_limit, budget.currency)}"
@@ -100,23 +107,32 @@ class ProjectAdmin(admin.ModelAdmin):
         messages.success(request, f"{queryset.count()} active again.")
 
 
-class ProjectInline(admin.TabularInline):
-    """The customer's projects with their spend this period (changed on their own page)."""
+class CustomerProjectsMixin:
+    """The customer's page: its projects, each with its spend this period against its limit
+    (a read-only list, not a formset: the customer's form stays what it was)."""
 
-    model = Project
-    extra = 0
-    fields = ("key", "name", "spent_this_period", "status")
-    readonly_fields = fields
-    show_change_link = True
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    @admin.display(description="spent this period")
-    def spent_this_period(self, project: Project) -> str:
-        return _spent(project) if project.pk else "—"
-
-    @admin.display(description="status")
-    def status(self, project: Project) -> str:
-        return project.status
+    @admin.display(description="projects")
+    def customer_projects(self, customer: Customer) -> str:
+        if customer.pk is None:
+            return "—"
+        found = list(projects.list_projects(customer=customer).order_by("key"))
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> ({}) — {} this period{}</li>',
+            (
+                (
+                    reverse("admin:billing_project_change", args=[b.project.pk]),
+                    b.project.key,
+                    b.project.name,
+                    _spent_text(b),
+                    " · archived" if b.project.archived_at else "",
+                )
+                for b in projects.project_budgets(customer=customer, projects=found)
+            ),
+        )
+        return format_html(
+            '<ul>{}</ul><p><a href="{}?customer={}">Add a project</a></p>',
+            rows or format_html("<li>{}</li>", "none"),
+            reverse("admin:billing_project_add"),
+            customer.pk,
+        )

@@ -126,6 +126,20 @@ SUBSCRIPTION_TYPES = (
     EventType.SUBSCRIPTION_REACTIVATED,
 )
 
+class BudgetExceededData(serializers.Serializer):
+    """``billing.projects.note_budget_exceeded``'s data (docs/budgets.md)."""
+
+    object = serializers.ChoiceField(choices=["project"])
+    customer = serializers.CharField(help_text="The customer's external_id.")
+    project = serializers.CharField(help_text="The project's key.")
+    name = serializers.CharField()
+    spend_limit = Money(allow_null=True)
+    currency = serializers.CharField()
+    spent = Money(help_text="Charged to the project this period when usage was refused.")
+    refused_amount = Money(help_text="What the refused usage would have cost.")
+    period_start = serializers.DateTimeField()
+
+
 # The data serializer of each event type; a type absent here is a free-form object.
 DATA: dict[str, type[serializers.Serializer]] = {
     **{kind.value: InvoiceData for kind in INVOICE_TYPES},
@@ -133,6 +147,7 @@ DATA: dict[str, type[serializers.Serializer]] = {
     EventType.CREDIT_NOTE_CREATED.value: CreditNoteData,
     EventType.CREDITS_GRANTED.value: CreditGrantData,
     EventType.CREDITS_EXPIRED.value: CreditsExpiredData,
+    EventType.BUDGET_EXCEEDED.value: BudgetExceededData,
 }
 
 WHEN = {
@@ -152,6 +167,8 @@ WHEN = {
     EventType.SUBSCRIPTION_CANCELED: "The subscription ended.",
     EventType.SUBSCRIPTION_SUSPENDED: "Dunning gave up: usage is refused until it is paid.",
     EventType.SUBSCRIPTION_REACTIVATED: "What a suspended subscription owed was paid.",
+    EventType.BUDGET_EXCEEDED: "A project's usage was refused for its budget, the first time "
+    "this period (a new limit re-arms it).",
 }
 
 

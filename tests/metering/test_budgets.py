@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from billing import projects, services
+from billing.api.webhook_schema import BudgetExceededData
 from billing.models import OutboundEvent, Project, ProjectSpend
 from ledger import selectors as ledger_selectors
 from metering import inbox
@@ -206,6 +207,9 @@ def test_budget_exceeded_is_emitted_once_per_crossing(api, acme):
     assert emitted.data["project"] == "team-a"
     assert emitted.data["spent"] == "9.000000000000"
     assert emitted.data["refused_amount"] == "3.000000000000"
+    documented = BudgetExceededData(data=emitted.data)  # the schema's webhooks section
+    assert documented.is_valid(), documented.errors
+    assert set(documented.fields) == set(emitted.data)
     assert spend().exceeded_at is not None
     # a new limit re-arms it: the next refusal emits again
     api.patch("/api/v1/customers/acme/projects/team-a", {"spend_limit": "11"})
@@ -277,6 +281,18 @@ def test_a_pending_hold_counts_against_the_budget(api, acme):
     assert api.post("/api/v1/events", body("e1", 4)).status_code == 201
 
 
+def test_a_holds_retry_with_its_reference_is_that_hold_not_a_refusal(api, acme):
+    ask = {"customer": "acme", "amount": "7", "project": "team-a", "reference": "job-1"}
+    first = api.post("/api/v1/holds", ask)
+    again = api.post("/api/v1/holds", ask)
+    assert (first.status_code, again.status_code) == (201, 200), again.json()
+    assert again.json()["id"] == first.json()["id"]
+    shown = api.get("/api/v1/customers/acme/projects/team-a").json()
+    assert shown["held"] == "7.000000000000"
+    other = api.post("/api/v1/holds", ask | {"reference": "job-2"})
+    assert_error(other, 402, "budget_exceeded", param="project")
+
+
 def test_a_hold_settled_with_an_event_charges_its_project(api, acme):
     hold = api.post("/api/v1/holds", {"customer": "acme", "amount": "9", "project": "team-a"})
     assert hold.status_code == 201
@@ -307,6 +323,18 @@ def test_a_hold_settled_by_amount_counts_as_spend_once(api, acme):
     assert spend().amount == D(2)
     shown = api.get("/api/v1/customers/acme/projects/team-a").json()
     assert (shown["spent"], shown["held"]) == ("2.000000000000", "4.000000000000")
+
+
+def test_a_long_batch_written_by_copy_records_its_projects(api, acme):
+    """More than EVENTS_BY_INSERT events go in by COPY: the project column with them."""
+    events = [body(f"c{n}", 1, project="team-b" if n % 2 else "team-a") for n in range(40)]
+    response = api.post("/api/v1/events/batch", {"events": events})
+    assert response.status_code == 200
+    # team-a takes 10 of its 20 (its limit), team-b all 20
+    assert (response.json()["accepted"], response.json()["rejected"]) == (30, 10)
+    assert Event.objects.filter(project__key="team-a").count() == 10
+    assert Event.objects.filter(project__key="team-b").count() == 20
+    assert (spend().amount, spend("team-b").amount) == (D(10), D(20))
 
 
 # --- the hot path ---------------------------------------------------------------------------------
