@@ -2,18 +2,22 @@
 naming a ``project`` is charged to it, and refused when the project's spend this period
 would pass its limit.
 
-    load(placed, hold_id)  → Budgets, or None when no event names a project (no statement)
-    Budgets.charge(...)    → None, or the error refusing the event (unknown, archived, over)
-    upsert_spend(accepted) → the counters' statement, sent with the events' write
+    load(wanted, hold_id)   → Budgets, or None when no event names a project (no statement)
+    Budgets.charge(...)     → (the project's id, None), or (None, the error refusing the
+                              event: project_not_found, project_archived, budget_exceeded)
+    upsert_spend(accepted)  → the counters' statement, sent with the events' write
     Budgets.note_refusals() → ``budget.exceeded`` for the first refusal of a period
+
+Called from two places: ``rate._rate`` (load, charge each event after its wallet check,
+note the refusals) and ``write._write`` (the upsert, and each event row's ``project_id``).
 
 Costs: nothing for a part without a project; one statement (``load``, under the customers'
 rating locks) for a part with one — the counter goes out with the events and counters in
 ``write._write``'s one round trip. The rating lock serialises every event of a customer, so
 the spend read here is the spend when the event is written: two events cannot both fit in
-what is left of a limit (tests/metering/test_budgets.py proves it with threads). Holds
-placed for a project count against it while pending and unexpired, except the hold being
-settled by this event (what is left of it is released by the settlement).
+what is left of a limit (tests/metering/test_budgets_concurrency.py proves it with
+threads). Holds placed for a project count against it while pending and unexpired, except
+the hold being settled by this event (what is left of it is released by the settlement).
 """
 
 from __future__ import annotations
