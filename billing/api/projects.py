@@ -28,9 +28,9 @@ from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.views import errors as error_responses
 from billing.api.views import idempotency_parameter
-from billing.models import Customer, Project
+from billing.models import Customer, Project, ProjectStatus
 
-STATUSES = ["active", "archived"]
+STATUSES = ProjectStatus.values
 LIMIT_HELP = (
     "The most the project may spend per billing period (the customer's subscription "
     "period; a calendar month without one), in the currency its usage is charged in (the "
@@ -44,7 +44,7 @@ class ProjectSerializer(serializers.Serializer):
     customer = serializers.CharField(help_text="The customer's external_id.")
     key = serializers.CharField(help_text="What events, /authorize and holds name.")
     name = serializers.CharField()
-    status = serializers.ChoiceField(choices=STATUSES)
+    status = serializers.ChoiceField(choices=ProjectStatus.choices)
     spend_limit = Money(allow_null=True, help_text=LIMIT_HELP)
     currency = serializers.CharField(help_text="The currency of the limit and the spend.")
     period_start = serializers.DateTimeField()
@@ -78,7 +78,7 @@ class ProjectUpdateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False)
     spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
     status = serializers.ChoiceField(
-        choices=STATUSES,
+        choices=ProjectStatus.choices,
         required=False,
         help_text="archived: new usage naming it is refused (409 project_archived); active "
         "again takes it back.",

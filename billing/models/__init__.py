@@ -71,7 +71,7 @@ from billing.models.plans import (
     PriceModel,
     PriceTier,
 )
-from billing.models.projects import Project, ProjectHold, ProjectSpend
+from billing.models.projects import Project, ProjectHold, ProjectSpend, ProjectStatus
 from billing.models.subscriptions import (
     MarginOverride,
     Subscription,
@@ -144,4 +144,5 @@ __all__ = [
     "Project",
     "ProjectSpend",
     "ProjectHold",
+    "ProjectStatus",
 ]

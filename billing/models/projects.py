@@ -35,6 +35,13 @@ from billing.models.customers import Customer
 from ledger.models import Hold
 
 
+class ProjectStatus(models.TextChoices):
+    """What ``Project.status`` says (from ``archived_at``); the API's ``status``."""
+
+    ACTIVE = "active", "active"
+    ARCHIVED = "archived", "archived"
+
+
 class Project(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="projects")
     key = models.CharField(max_length=200, help_text="What events name in `project`.")
@@ -64,7 +71,7 @@ class Project(models.Model):
 
     @property
     def status(self) -> str:
-        return "archived" if self.archived_at is not None else "active"
+        return ProjectStatus.ARCHIVED if self.archived_at is not None else ProjectStatus.ACTIVE
 
 
 class ProjectSpend(models.Model):
