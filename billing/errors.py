@@ -84,3 +84,30 @@ class PeriodClosePending(BillingError):
 
     code = "period_close_pending"
     http_status = 409
+
+
+# --- projects: budgets inside a customer (billing.projects) ---------------------------------
+
+
+class ProjectNotFound(BillingError):
+    code = "project_not_found"
+    http_status = 404
+
+
+class ProjectExists(BillingError):
+    code = "project_exists"
+    http_status = 409
+
+
+class ProjectArchived(BillingError):
+    """New usage named an archived project."""
+
+    code = "project_archived"
+    http_status = 409
+
+
+class BudgetExceeded(BillingError):
+    """The project's spend this period would pass its limit."""
+
+    code = "budget_exceeded"
+    http_status = 402

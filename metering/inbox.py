@@ -89,14 +89,14 @@ class Acceptance:
 _ACCEPT = """
 WITH r AS (
     SELECT * FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
-                         %b::text[]) AS r(ord, ext, k, n, ts, props)
+                         %b::text[], %b::text[]) AS r(ord, ext, k, n, ts, props, proj)
 ), c AS (
     SELECT r.*, cu.id AS cid FROM r LEFT JOIN billing_customer cu ON cu.external_id = r.ext
 ), ins AS (
     INSERT INTO metering_incomingevent AS i
-           (customer_id, idempotency_key, event_name, timestamp, properties, received_at,
-            status, error_code, error_message, error_param)
-    SELECT c.cid, c.k, c.n, c.ts, c.props::jsonb, now(), 'pending', '', '', ''
+           (customer_id, idempotency_key, event_name, timestamp, properties, project,
+            received_at, status, error_code, error_message, error_param)
+    SELECT c.cid, c.k, c.n, c.ts, c.props::jsonb, c.proj, now(), 'pending', '', '', ''
       FROM c
      WHERE c.cid IS NOT NULL
        AND NOT EXISTS (SELECT FROM metering_event e
@@ -106,7 +106,8 @@ WITH r AS (
      ORDER BY c.cid, c.k
     ON CONFLICT (customer_id, idempotency_key) DO UPDATE
        SET event_name = EXCLUDED.event_name, timestamp = EXCLUDED.timestamp,
-           properties = EXCLUDED.properties, received_at = now(), status = 'pending',
+           properties = EXCLUDED.properties, project = EXCLUDED.project,
+           received_at = now(), status = 'pending',
            error_code = '', error_message = '', error_param = '', rated_at = NULL
      WHERE i.status = 'rejected'
     RETURNING i.customer_id, i.idempotency_key
@@ -122,7 +123,7 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
     refused event changed nothing, as in the synchronous routes)."""
     now = now or timezone.now()
     results: list[Acceptance | None] = [None] * len(events)
-    rows: list[tuple[int, str, str, str, datetime, str]] = []
+    rows: list[tuple[int, str, str, str, datetime, str, str]] = []
     first: dict[tuple[str, str], int] = {}
     repeats: list[tuple[int, int]] = []  # (index, index of the first with its key)
     for index, event in enumerate(events):
@@ -144,6 +145,7 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
                 event.event_name,
                 event.timestamp,
                 exact_json(event.properties),
+                event.project or "",
             )
         )
     if rows:
@@ -181,7 +183,7 @@ def rate_pending(*, limit: int = RATE_BATCH, now: datetime | None = None) -> int
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT i.id, cu.external_id, i.idempotency_key, i.event_name, i.timestamp, "
-            "i.properties::text, i.received_at FROM metering_incomingevent i "
+            "i.properties::text, i.received_at, i.project FROM metering_incomingevent i "
             "JOIN billing_customer cu ON cu.id = i.customer_id "
             "WHERE i.status = 'pending' ORDER BY i.id LIMIT %s",
             [limit],
@@ -223,7 +225,7 @@ def rate_pending_of(*, customer_id: int, before: datetime, now: datetime | None 
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT i.id, cu.external_id, i.idempotency_key, i.event_name, i.timestamp, "
-            "i.properties::text, i.received_at FROM metering_incomingevent i "
+            "i.properties::text, i.received_at, i.project FROM metering_incomingevent i "
             "JOIN billing_customer cu ON cu.id = i.customer_id "
             "WHERE i.customer_id = %s AND i.status = 'pending' AND i.timestamp < %s "
             "ORDER BY i.id",
@@ -244,8 +246,9 @@ def _events(rows: list[tuple]) -> list[EventIn]:
             timestamp=timestamp,
             properties=_properties(properties),
             received_at=received_at,
+            project=project or None,
         )
-        for _, external_id, key, name, timestamp, properties, received_at in rows
+        for _, external_id, key, name, timestamp, properties, received_at, project in rows
     ]
 
 

@@ -166,6 +166,10 @@ class Event(models.Model):
         related_name="usage_events",
         db_constraint=False,
     )
+    # The customer's project the event was charged to (billing.models.projects), if it named one.
+    project = models.ForeignKey(
+        "billing.Project", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         constraints = [
@@ -199,6 +203,7 @@ class IncomingEvent(models.Model):
     event_name = models.CharField(max_length=200)
     timestamp = models.DateTimeField()
     properties = models.JSONField(default=dict)
+    project = models.CharField(max_length=200, blank=True, default="")  # its key, as sent
     received_at = models.DateTimeField(db_default=Now())
     status = models.CharField(
         max_length=10, choices=IncomingStatus.choices, default=IncomingStatus.PENDING

@@ -4,15 +4,17 @@ worth per meter and per model, and the model prices in force."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from billing.errors import CustomerNotFound, ValidationFailed
+from billing import projects
+from billing.errors import BillingError, CustomerNotFound, ValidationFailed
 from billing.models import Customer, Meter, Subscription, SubscriptionStatus
 from billing.selectors import customer_credits
 from ledger import selectors as ledger_selectors
@@ -41,7 +43,7 @@ def list_events(
     skip a row). The (customer, timestamp) index serves the filter and the order."""
     events = (
         Event.objects.filter(customer=customer)
-        .select_related("model_price")
+        .select_related("model_price", "project")
         .order_by("-timestamp", "-id")
     )
     if since is not None:
@@ -183,6 +185,7 @@ class EstimateRequest:
     input_tokens: int = 0
     output_tokens: int = 0
     event_name: str | None = None
+    project: str | None = None  # a project's key: its budget is checked too
 
 
 def estimate_usage(*, request: EstimateRequest) -> rating.Estimate:
@@ -202,7 +205,7 @@ def _estimate(request: EstimateRequest) -> rating.Estimate:
             f"no customer with external_id {request.customer!r}", param="customer"
         )
     customer, subscription = loaded
-    return rating.estimate(
+    result = rating.estimate(
         customer=customer,
         subscription=subscription,
         amount=request.amount,
@@ -213,6 +216,22 @@ def _estimate(request: EstimateRequest) -> rating.Estimate:
         output_tokens=request.output_tokens,
         event_name=request.event_name,
     )
+    if request.project is None:
+        return result
+    return _within_budget(result, customer, request.project)
+
+
+def _within_budget(result: rating.Estimate, customer, key: str) -> rating.Estimate:
+    """The estimate refused (``project_archived``, ``budget_exceeded``) when the project
+    may not take it; an unknown project is ``ProjectNotFound``."""
+    project = projects.get_project(customer=customer, key=key, param="project")
+    if not result.allowed:  # the wallet's reason stands
+        return result
+    try:
+        projects.check_budget(project=project, amount=result.amount)
+    except BillingError as refusal:
+        return dataclasses.replace(result, allowed=False, reason=refusal.code)
+    return result
 
 
 # --- usage report: usage and its worth per meter and per model ----------------------------------
@@ -332,6 +351,29 @@ def usage_report(
         totals=dict(sorted(totals.items())),
         models=_model_usage(scope),
     )
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    project: str | None  # the project's key; None: usage naming no project
+    currency: str
+    events: int
+    amount: Decimal  # charged, exact
+
+
+def usage_by_project(*, customer: Customer, start: datetime, end: datetime) -> list[ProjectUsage]:
+    """The customer's events stamped in [start, end) summed per project (its key) and
+    currency; usage without a project last (``GET /customers/{id}/usage?group_by=project``)."""
+    rows = (
+        Event.objects.filter(customer=customer, timestamp__gte=start, timestamp__lt=end)
+        .values("project__key", "currency")
+        .annotate(events=Count("id"), amount=Sum("amount"))
+        .order_by(F("project__key").asc(nulls_last=True), "currency")
+    )
+    return [
+        ProjectUsage(row["project__key"], row["currency"], row["events"], row["amount"])
+        for row in rows
+    ]
 
 
 def _meter_usage(scope: dict[str, Any], group_by: str | None) -> list[MeterUsage]:

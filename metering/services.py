@@ -3,15 +3,20 @@ cost, and their settlement (with the actual usage, rated, or by amount)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from django.db import transaction
 from django.utils import timezone
 
-from billing import credits
+from billing import credits, projects
+from billing import errors as billing_errors
+from billing import services as billing_services
 from billing.errors import BillingError, WalletNotFound
+from billing.selectors import get_customer
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from ledger.models import Account, Hold
@@ -27,8 +32,13 @@ REFUSALS: dict[str, type[BillingError]] = {
         errors.InsufficientCredits,
         errors.CreditLimitExceeded,
         errors.SubscriptionPastDue,
+        billing_errors.BudgetExceeded,
+        billing_errors.ProjectArchived,
     )
 }
+
+
+PROJECT_REFUSALS = {billing_errors.BudgetExceeded.code, billing_errors.ProjectArchived.code}
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,38 @@ def place_usage_hold(
     with another amount or wallet ``HoldReferenceReused``.
 
     Refused like rating refuses (402 with rating's code), when it costs nothing now
-    (``NothingToHold``) or the customer has no wallet in the currency."""
+    (``NothingToHold``) or the customer has no wallet in the currency.
+
+    With a ``project``: checked against the project's budget and counted against it while
+    pending (``billing.projects.link_hold``), under the customer's usage lock, so that two
+    holds (or a hold and an event) cannot both fit in what is left of the limit."""
+    if request.project is None:
+        return _place_usage_hold(request, expires_in, reference)
+    with transaction.atomic():
+        customer = get_customer(external_id=request.customer, param="customer")
+        billing_services.lock_customer_usage([customer.pk])
+        # A retry of a hold placed already (its reference): that hold was checked against
+        # the budget and counts in it now; checked again it would be counted twice.
+        earlier = (
+            reference is not None
+            and Hold.objects.filter(reference=f"hold:{customer.pk}:{reference}").exists()
+        )
+        checked = dataclasses.replace(request, project=None) if earlier else request
+        placed = _place_usage_hold(checked, expires_in, reference)
+        project = projects.get_project(customer=customer, key=request.project, param="project")
+        linked = projects.hold_project(hold_id=placed.hold.pk)
+        if linked is not None and linked.pk != project.pk:
+            raise errors.HoldReferenceReused(
+                f"hold reference {reference!r} was used for another project's hold",
+                param="reference",
+            )
+        projects.link_hold(project=project, hold_id=placed.hold.pk)
+        return placed
+
+
+def _place_usage_hold(
+    request: EstimateRequest, expires_in: int, reference: str | None
+) -> PlacedHold:
     result = estimate_usage(request=request)
     if result.amount <= 0:
         raise errors.NothingToHold(
@@ -57,10 +98,19 @@ def place_usage_hold(
     wallet = result.wallet
     if not result.allowed:  # the same reasons and codes as rating and /authorize
         assert result.reason is not None, "a refused estimate names its reason"
+        if result.reason in PROJECT_REFUSALS:
+            why = f"project {request.project!r} " + (
+                "is archived"
+                if result.reason == billing_errors.ProjectArchived.code
+                else "has not that much left of its budget this period"
+            )
+        else:
+            why = (
+                "no such wallet" if wallet is None else f"{result.balance.normalize():f} available"
+            )
         raise REFUSALS[result.reason](
-            f"cannot reserve {result.amount.normalize():f} {result.currency}: "
-            + ("no such wallet" if wallet is None else f"{result.balance.normalize():f} available"),
-            param="customer",
+            f"cannot reserve {result.amount.normalize():f} {result.currency}: {why}",
+            param="project" if result.reason in PROJECT_REFUSALS else "customer",
         )
     # (A wallet the estimate found exists, with its account: only a batch's new credits
     # wallet is without one, and rating makes that.)
@@ -118,7 +168,17 @@ def _same_hold(key: str, account_id: int, amount: Decimal, reference: str | None
 def settle_hold_with_usage(*, hold_id: int, event: rating.EventIn) -> rating.Outcome:
     """Rate ``event`` and post it against the hold, releasing the rest, in one transaction
     (usage costing more than was held takes the excess from the available balance). A
-    refusal is raised and the hold stays."""
+    refusal is raised and the hold stays. The event is charged to the hold's project when
+    it names none (naming another is refused)."""
+    project = projects.hold_project(hold_id=hold_id)
+    if project is not None:
+        if event.project is None:
+            event.project = project.key
+        elif event.project != project.key:
+            raise errors.InvalidEvent(
+                f"hold {hold_id} was placed for project {project.key!r}, not {event.project!r}",
+                param="event.project",
+            )
     outcome = rating.ingest_events([event], hold_id=hold_id)[0]
     if outcome.status == "rejected":
         assert outcome.error is not None, "a rejected event carries its error"
@@ -133,10 +193,15 @@ def settle_hold_by_amount(
     the wallet's grants where rating would draw on them (``credits.draws_on_grants``: a
     ``CREDITS`` hold, or one on a balance plan's money wallet). Idempotent on the client's
     ``reference`` per hold (``ledger.errors.ReferenceReused`` when it settled something
-    else)."""
-    return credits.settle_hold(
-        hold_id=hold_id,
-        amount=amount,
-        reference=f"hold-settle:{hold_id}:{reference or uuid.uuid4().hex}",
-        final=final,
-    )
+    else). What is settled of a project's hold is that project's spend this period."""
+    with transaction.atomic():
+        posted = credits.settle_hold(
+            hold_id=hold_id,
+            amount=amount,
+            reference=f"hold-settle:{hold_id}:{reference or uuid.uuid4().hex}",
+            final=final,
+        )
+        if not getattr(posted, "replayed", False):
+            hold = Hold.objects.get(pk=hold_id)
+            projects.record_hold_spend(hold_id=hold_id, amount=amount, currency=hold.currency)
+    return posted

@@ -19,6 +19,8 @@ One module per model family, each registering its own admins on import:
 - ``webhooks``: webhook endpoints, deliveries with their attempt log, outbound events.
 - ``alerts``: alert definitions, their states and their history (and the customer's
   alerts on its page).
+- ``projects``: customers' projects and their budgets (``billing.projects``), and the
+  customer's projects on its page (a read-only list);
 - ``auto_top_up``: wallets' auto top-ups (``billing.services.set_auto_top_up``) and their
   attempts, read-only.
 """
@@ -31,6 +33,7 @@ from billing.admin import (  # noqa: F401 - imported to register their admins
     customers,
     plans,
     portal_users,
+    projects,
     subscriptions,
     wallets,
     webhooks,

@@ -31,6 +31,7 @@ from billing.admin.common import (
 from billing.admin.credit_grants import CustomerGrantViews
 from billing.admin.customer_summary import CustomerSummaryMixin
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
+from billing.admin.projects import CustomerProjectsMixin
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
 from billing.models import Customer, MarginOverride, Subscription, SubscriptionStatus
 from ledger.admin import ReadOnlyInline
@@ -143,6 +144,7 @@ class CustomerAdmin(
     CustomerGrantViews,
     CustomerInviteView,
     CustomerAlertsMixin,
+    CustomerProjectsMixin,
     ServiceFormMixin,
     admin.ModelAdmin,
 ):
@@ -174,11 +176,13 @@ class CustomerAdmin(
         ),
         ("Credit grants", {"fields": ("credit_grants",)}),
         ("Alerts", {"fields": ("customer_alerts",)}),
+        ("Projects", {"fields": ("customer_projects",)}),
         ("Recent ledger activity", {"fields": ("recent_activity",)}),
     )
     readonly_fields = (
         "credit_grants",
         "customer_alerts",
+        "customer_projects",
         "external_id",
         "currency",
         "billing_mode",

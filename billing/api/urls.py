@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import alerts, auto_top_up, lists, views
+from billing.api import alerts, auto_top_up, lists, projects, views
 from billing.api import webhooks as webhook_api
 from invoicing import api as invoicing_api
 from invoicing import finance_views
@@ -23,6 +23,11 @@ urlpatterns = [
     path("customers/<str:external_id>/transactions", views.CustomerTransactionsView.as_view()),
     path("customers/<str:external_id>/usage", usage_report.UsageView.as_view()),
     path("customers/<str:external_id>/alerts", alerts.CustomerAlertsView.as_view()),
+    path("customers/<str:external_id>/projects", projects.CustomerProjectsView.as_view()),
+    path(
+        "customers/<str:external_id>/projects/<str:key>",
+        projects.CustomerProjectDetailView.as_view(),
+    ),
     path(
         "customers/<str:external_id>/upcoming-invoice",
         invoicing_api.UpcomingInvoiceView.as_view(),

@@ -42,7 +42,8 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         "duplicate_key, amount_too_large, invalid_json, …); see docs/api.md",
         401: "Missing or invalid API key (authentication_required, invalid_api_key, "
         "api_key_revoked)",
-        402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits)",
+        402: "Cannot be paid (insufficient_funds, credit_limit_exceeded, insufficient_credits, "
+        "budget_exceeded)",
         403: "The key lacks the scope (insufficient_scope)",
         404: "Not found",
         409: "Conflict (idempotency_key_reused, idempotency_key_in_use, customer_exists, "

@@ -153,6 +153,20 @@ SUBSCRIPTION_TYPES = (
     EventType.SUBSCRIPTION_REACTIVATED,
 )
 
+class BudgetExceededData(serializers.Serializer):
+    """``billing.projects.note_budget_exceeded``'s data (docs/budgets.md)."""
+
+    object = serializers.ChoiceField(choices=["project"])
+    customer = serializers.CharField(help_text="The customer's external_id.")
+    project = serializers.CharField(help_text="The project's key.")
+    name = serializers.CharField()
+    spend_limit = Money(allow_null=True)
+    currency = serializers.CharField()
+    spent = Money(help_text="Charged to the project this period when usage was refused.")
+    refused_amount = Money(help_text="What the refused usage would have cost.")
+    period_start = serializers.DateTimeField()
+
+
 # The data serializer of each event type; a type absent here is a free-form object.
 DATA: dict[str, type[serializers.Serializer]] = {
     **{kind.value: InvoiceData for kind in INVOICE_TYPES},
@@ -161,6 +175,7 @@ DATA: dict[str, type[serializers.Serializer]] = {
     EventType.CREDITS_GRANTED.value: CreditGrantData,
     EventType.CREDITS_EXPIRED.value: CreditsExpiredData,
     EventType.RECONCILIATION_FAILED.value: ReconciliationFailedData,
+    EventType.BUDGET_EXCEEDED.value: BudgetExceededData,
 }
 
 WHEN = {
@@ -183,6 +198,8 @@ WHEN = {
     EventType.RECONCILIATION_FAILED: "The daily (or a manual) reconciliation found "
     "differences between the ledger, the rated events, the invoices and the payments "
     "(docs/reconciliation.md). Raised once per run and set of differences.",
+    EventType.BUDGET_EXCEEDED: "A project's usage was refused for its budget, the first time "
+    "this period (a new limit re-arms it).",
 }
 
 

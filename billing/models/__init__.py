@@ -71,6 +71,7 @@ from billing.models.plans import (
     PriceModel,
     PriceTier,
 )
+from billing.models.projects import Project, ProjectHold, ProjectSpend, ProjectStatus
 from billing.models.subscriptions import (
     MarginOverride,
     Subscription,
@@ -140,4 +141,8 @@ __all__ = [
     "Rollover",
     "PlanCreditGrant",
     "SubscriptionCreditGrant",
+    "Project",
+    "ProjectSpend",
+    "ProjectHold",
+    "ProjectStatus",
 ]

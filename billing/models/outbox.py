@@ -33,6 +33,7 @@ class EventType(models.TextChoices):
     SUBSCRIPTION_REACTIVATED = "subscription.reactivated", "Subscription reactivated"
     USAGE_REFUSED = "usage.refused", "Accepted usage refused by rating"
     RECONCILIATION_FAILED = "reconciliation.failed", "Reconciliation found differences"
+    BUDGET_EXCEEDED = "budget.exceeded", "Project budget exceeded"
 
 
 class OutboundEvent(models.Model):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.portal.views import account, credits, invoices, plan, signin, usage
+from billing.portal.views import account, credits, invoices, plan, projects, signin, usage
 
 app_name = "portal"
 
@@ -16,6 +16,7 @@ urlpatterns = [
     path("usage/events.csv", usage.usage_csv, name="usage_csv"),
     path("live/events", usage.events_live, name="events_live"),
     path("credits/", credits.credits, name="credits"),
+    path("projects/", projects.project_list, name="projects"),
     path("invoices/", invoices.invoices, name="invoices"),
     path("invoices/<int:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("invoices/<int:invoice_id>/pdf", invoices.invoice_pdf, name="invoice_pdf"),

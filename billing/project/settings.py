@@ -226,6 +226,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "WebhookDeliveryStatusEnum": "billing.models.DeliveryStatus",
         "WebhookEndpointStatusEnum": "billing.models.EndpointStatus",
+        "ProjectStatusEnum": "billing.models.ProjectStatus",
     },
     # OpenAPI 3.1 for its `webhooks` section: what the product POSTs to the seller's
     # endpoints, one entry per event type with its payload (billing/api/webhook_schema.py).

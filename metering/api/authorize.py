@@ -34,6 +34,13 @@ class EstimateInputSerializer(StrictSerializer):
     input_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
     max_output_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
     event_name = serializers.CharField(max_length=200, required=False)
+    project = serializers.CharField(
+        max_length=200,
+        required=False,
+        help_text="One of the customer's projects (its key): its budget must allow the "
+        "amount too (else `allowed` is false, `reason` `budget_exceeded`; an archived "
+        "project: `project_archived`). Unknown: 404 `project_not_found`.",
+    )
 
     def validate(self, data):
         if ("amount" in data) == ("model" in data):
@@ -56,6 +63,7 @@ def estimate_request(values: dict) -> EstimateRequest:
         input_tokens=values.get("input_tokens", 0),
         output_tokens=values.get("max_output_tokens", 0),
         event_name=values.get("event_name"),
+        project=values.get("project"),
     )
 
 
@@ -86,7 +94,8 @@ class AuthorizeView(APIView):
         summary="Before compute: may this customer spend this much?",
         description="Give an `amount`, or a `model` with `input_tokens` and `max_output_tokens`: "
         "the request is priced as rating would price it now (plan, allowance left, tiers, "
-        "margins) and compared with what the wallet may still spend. Nothing is reserved: "
+        "margins) and compared with what the wallet may still spend, and with what the "
+        "`project`'s budget has left this period when one is named. Nothing is reserved: "
         "use POST /holds for that.",
         request=EstimateInputSerializer,
         responses={200: AuthorizeResultSerializer, **errors(400, 404, 409, 413, 422)},

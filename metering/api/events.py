@@ -59,6 +59,12 @@ class UsageEventSerializer(serializers.Serializer):
     timestamp = serializers.DateTimeField()
     received_at = serializers.DateTimeField()
     properties = serializers.JSONField()
+    project = serializers.CharField(
+        source="project.key",
+        allow_null=True,
+        default=None,
+        help_text="The customer's project it was charged to (docs/budgets.md); null: none.",
+    )
     subscription = serializers.IntegerField(source="subscription_id", allow_null=True)
     period_start = serializers.DateTimeField(
         allow_null=True, help_text="The billing period the event was rated in."
@@ -95,8 +101,12 @@ class IncomingEventSerializer(serializers.Serializer):
     timestamp = serializers.DateTimeField()
     received_at = serializers.DateTimeField()
     properties = serializers.JSONField()
+    project = serializers.SerializerMethodField(help_text="The project named; null: none.")
     status = serializers.ChoiceField(choices=IncomingStatus.values)
     error = serializers.SerializerMethodField()
+
+    def get_project(self, row: IncomingEvent) -> str | None:
+        return row.project or None
 
     def get_error(self, row: IncomingEvent) -> dict | None:
         if row.status != IncomingStatus.REJECTED:

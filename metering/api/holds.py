@@ -97,7 +97,9 @@ class HoldCreateView(APIView):
         summary="Reserve funds for a long task: out of the available balance at once",
         description="Give an `amount`, or a `model` with `input_tokens` and "
         "`max_output_tokens` (reserves what that call could cost at most). Settle it with "
-        "the actual usage, release it, or let it expire (`expires_in`).",
+        "the actual usage, release it, or let it expire (`expires_in`). With `project`: "
+        "refused past the project's budget (402 `budget_exceeded`), and counted against it "
+        "while pending; the settling event is charged to that project.",
         request=HoldInputSerializer,
         responses={
             201: HoldSerializer,

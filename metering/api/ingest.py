@@ -52,6 +52,14 @@ class EventSerializer(StrictSerializer):
         help_text="Free-form. LLM usage: `model`, optional `provider`, and the provider's raw "
         "`usage` object (OpenAI, Anthropic, Gemini …), normalised to token kinds.",
     )
+    project = serializers.CharField(
+        max_length=200,
+        required=False,
+        help_text="The key of one of the customer's projects (created first: POST "
+        "/customers/{external_id}/projects): the event is charged to its budget, and refused "
+        "with 402 `budget_exceeded` past its limit; an unknown key is refused "
+        "(`project_not_found`), never created.",
+    )
 
     def validate_timestamp(self, value: datetime) -> datetime:
         raw = self.initial_data.get("timestamp") if isinstance(self.initial_data, dict) else None
@@ -158,7 +166,9 @@ def _text(raw: dict, name: str, max_length: int, prefix: str) -> str:
     return value
 
 
-EVENT_FIELDS = frozenset({"idempotency_key", "customer", "event_name", "timestamp", "properties"})
+EVENT_FIELDS = frozenset(
+    {"idempotency_key", "customer", "event_name", "timestamp", "properties", "project"}
+)
 
 
 def _unknown_event_field(raw: dict, prefix: str) -> APIError:
@@ -232,7 +242,8 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             f"properties may hold at most {MAX_PROPERTIES_BYTES} bytes of JSON",
             param=f"{prefix}properties",
         )
-    return rating.EventIn(key, customer, event_name, moment, properties)
+    project = _text(raw, "project", 200, prefix) if "project" in raw else None
+    return rating.EventIn(key, customer, event_name, moment, properties, project=project)
 
 
 def _money(value: Decimal) -> str:
@@ -340,7 +351,14 @@ class EventCreateView(APIView):
             **errors(400, 402, 404, 409, 413, 422),
         },
         parameters=[idempotency_parameter(), prefer_parameter()],
-        examples=[OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE)],
+        examples=[
+            OpenApiExample("LLM call", request_only=True, value=EVENT_EXAMPLE),
+            OpenApiExample(
+                "Charged to a project's budget",
+                request_only=True,
+                value={**EVENT_EXAMPLE, "project": "team-search"},
+            ),
+        ],
     )
     @idempotent_claimed
     def post(self, request):

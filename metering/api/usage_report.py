@@ -17,7 +17,10 @@ from billing.api import query
 from billing.api.query import APIView
 from billing.api.views import errors
 from metering import rating
-from metering.selectors import MeterUsage, ModelUsageTotal, usage_report
+from metering.selectors import MeterUsage, ModelUsageTotal, usage_by_project, usage_report
+
+# group_by=project: usage per project of the customer (docs/budgets.md), not a meter dimension
+PROJECT = "project"
 
 
 class UsageGroupSerializer(serializers.Serializer):
@@ -55,6 +58,13 @@ class ModelUsageSerializer(serializers.Serializer):
     margin = serializers.CharField(allow_null=True, help_text="amount − cost (USD only).")
 
 
+class ProjectUsageSerializer(serializers.Serializer):
+    project = serializers.CharField(allow_null=True, help_text="null: usage naming no project.")
+    currency = serializers.CharField()
+    events = serializers.IntegerField()
+    amount = serializers.CharField(help_text="Charged, decimal string.")
+
+
 class CurrencyTotalSerializer(serializers.Serializer):
     currency = serializers.CharField()
     amount = serializers.CharField()
@@ -71,6 +81,12 @@ UsageSerializer = type(
         "meters": MeterUsageSerializer(many=True),
         "totals": CurrencyTotalSerializer(many=True),
         "models": ModelUsageSerializer(many=True),
+        "projects": ProjectUsageSerializer(
+            many=True,
+            required=False,
+            help_text="With group_by=project: the range's events charged per project "
+            "(docs/budgets.md), by their timestamps.",
+        ),
         "__module__": __name__,
     },
 )
@@ -144,11 +160,15 @@ class UsageView(APIView):
         "whole UTC days, `from` inclusive and `to` exclusive (a time inside a day includes "
         "that day). "
         "`group_by` splits each meter by one of its dimensions (e.g. `model`). `models` "
-        "gives LLM usage per model with the provider's cost beside the amount charged.",
+        "gives LLM usage per model with the provider's cost beside the amount charged. "
+        "`group_by=project` adds `projects`: what each of the customer's projects was "
+        "charged in the range (the meters are then not split).",
         parameters=[
             OpenApiParameter("from", str, description="Date or RFC 3339 timestamp."),
             OpenApiParameter("to", str, description="Date or RFC 3339 timestamp."),
-            OpenApiParameter("group_by", str, description="A meter dimension, e.g. model."),
+            OpenApiParameter(
+                "group_by", str, description="A meter dimension, e.g. model; or project."
+            ),
         ],
         responses={200: UsageSerializer, **errors(400, 404)},
     )
@@ -158,14 +178,31 @@ class UsageView(APIView):
         raw_from = request.query_params.get("from", "").strip() or None
         raw_to = request.query_params.get("to", "").strip() or None
         group_by = request.query_params.get("group_by")
+        by_project = group_by == PROJECT
+        if by_project:
+            group_by = None
         report = usage_report(
             customer=customer,
             start=_parse_moment(raw_from, "from") if raw_from else None,
             end=_parse_moment(raw_to, "to") if raw_to else None,
             group_by=group_by,
         )
+        extra = {}
+        if by_project:
+            extra["projects"] = [
+                {
+                    "project": row.project,
+                    "currency": row.currency,
+                    "events": row.events,
+                    "amount": _num(row.amount),
+                }
+                for row in usage_by_project(
+                    customer=customer, start=report.range_from, end=report.range_to
+                )
+            ]
         return Response(
             {
+                **extra,
                 "customer": report.customer.external_id,
                 "from": report.range_from,
                 "to": report.range_to,

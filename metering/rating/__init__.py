@@ -52,6 +52,8 @@ How a batch is rated
 A single event (a part of one event) thus costs four statements in its transaction: its
 customer found and locked (with the meters' stamp), what rating needs read, the posting,
 the write; seven round trips with BEGIN, COMMIT and the API key's lookup before them.
+An event naming a customer's ``project`` costs one statement more: its budget read
+(``budgets``, docs/budgets.md); the project's spend is upserted with the write.
 
 Consumption models: *metered* and *balance* plans debit money (postpaid wallets go into
 overdraft down to their credit limit; prepaid ones refuse what they cannot cover);
@@ -66,6 +68,7 @@ The package: one job a module, each importing only those listed above it
 ``terms``      plan terms (cached), the plan at a moment, the period an event falls in
 ``price``      pricing moves: what an event does to a period counter; catalog deltas, margins
 ``read``       customers and subscriptions; the part's one read under the locks (step 2)
+``budgets``    projects' budgets: the spend read under the lock, checked, upserted (write)
 ``write``      step 5: the postings, the event rows and the counters
 ``rate``       steps 3-4: a part's events priced, checked against their wallets, accepted
 ``ingest``     ``ingest_events``: parts of whole customers, their transactions and locks

@@ -51,6 +51,8 @@ class EventIn:
     properties: dict[str, Any] = field(default_factory=dict)
     # When we received it: now, or the moment an asynchronous acceptance stored it.
     received_at: datetime | None = None
+    # The customer's project (its key) the event is charged to (metering.rating.budgets).
+    project: str | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from billing.models import (
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from metering import errors
+from metering.rating import budgets
 from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcome
 from metering.rating.prepare import Prepared, _quantity
 from metering.rating.price import Counter, _distinct_key, _move
@@ -202,6 +203,14 @@ def _rate(
     for counter_key, counter in counters.items():
         counter.distinct_values = counted.get(counter_key, set())
 
+    budget = budgets.load(  # None (and no statement) when no event names a project
+        {
+            (c.pk, p.source.project, start)
+            for c, _, p, _, start, *_ in placed
+            if p.source.project is not None
+        },
+        hold_id,
+    )
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
     for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
@@ -245,6 +254,14 @@ def _rate(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
             )
             continue
+        project_id = None
+        if budget is not None and p.source.project is not None:
+            project_id, refusal = budget.charge(
+                customer.pk, p.source.project, period_start, money, currency
+            )
+            if refusal is not None:
+                outcomes[p.index] = Outcome("rejected", error=refusal)
+                continue
         balances[_balance_key(wallet)] = ledger.LockedBalance(
             balance.account_id, balance.posted - money, balance.held, balance.floor
         )
@@ -263,8 +280,21 @@ def _rate(
                 c.latest_at = p.source.timestamp
         seen[event_key] = p.index
         accepted.append(
-            Accepted(p, customer, subscription, terms, period_start, moves, money, currency, wallet)
+            Accepted(
+                p,
+                customer,
+                subscription,
+                terms,
+                period_start,
+                moves,
+                money,
+                currency,
+                wallet,
+                project_id,
+            )
         )
+    if budget is not None:
+        budget.note_refusals()
     if accepted:
         _write(accepted, counters, outcomes, read.event_ids, hold_id, now=now)
 

@@ -28,6 +28,7 @@ from ledger import services as ledger
 from ledger.models import NormalBalance
 from ledger.services import Leg
 from metering import errors
+from metering.rating import budgets
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
 from metering.rating.price import Move
@@ -47,6 +48,7 @@ class Accepted:
     money: Decimal
     currency: str
     wallet: WalletRow
+    project_id: int | None = None  # the customer's project charged (rating.budgets)
 
 
 def _reference(customer_id: int, key: str) -> str:
@@ -291,6 +293,7 @@ def _write(
                 cost,
                 transaction_ids.get(event_id),
                 p.source.received_at or received_at,
+                a.project_id,
             )
         )
     # Duplicates inside the batch point at the accepted twin.
@@ -317,6 +320,7 @@ def _write(
                 _insert_distinct_values(counters),
                 _upsert_daily(accepted),
                 _upsert_model_usage(accepted),
+                budgets.upsert_spend(accepted),
             ],
         )
         return
@@ -333,6 +337,7 @@ def _write(
                 _insert_distinct_values(counters),
                 _upsert_daily(accepted),
                 _upsert_model_usage(accepted),
+                budgets.upsert_spend(accepted),
             ],
         )
 
@@ -344,7 +349,7 @@ EVENT_COLUMNS = (
     "id, customer_id, idempotency_key, event_name, timestamp, properties, subscription_id, "
     "period_start, provider, model, model_price_id, input_tokens, cache_read_tokens, "
     "cache_write_tokens, output_tokens, reasoning_tokens, currency, amount, cost, "
-    "ledger_transaction_id, received_at"
+    "ledger_transaction_id, received_at, project_id"
 )
 _EVENT_ROW = (
     "id bigint, customer_id bigint, idempotency_key text, event_name text, "
@@ -352,7 +357,7 @@ _EVENT_ROW = (
     "provider text, model text, model_price_id bigint, input_tokens bigint, "
     "cache_read_tokens bigint, cache_write_tokens bigint, output_tokens bigint, "
     "reasoning_tokens bigint, currency text, amount numeric, cost numeric, "
-    "ledger_transaction_id bigint, received_at timestamptz"
+    "ledger_transaction_id bigint, received_at timestamptz, project_id bigint"
 )
 
 

@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.generators import SchemaGenerator
 
-from billing import alerts, services, webhooks
+from billing import alerts, projects, services, webhooks
 from billing.api import query
 from billing.api import urls as api_urls
 from billing.models import Customer, OutboundEvent
@@ -108,6 +108,7 @@ def objects(api):
         ).pk,
         "currency": "CREDITS",
         "kind": "invoices",
+        "key": projects.create_project(customer=customer, key="query-team").key,
     }
 
 

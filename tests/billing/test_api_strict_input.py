@@ -25,6 +25,7 @@ from billing.models import (
     Plan,
     PlanCharge,
     PriceTier,
+    Project,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -98,6 +99,14 @@ def _grant_id(customer) -> int:
     return posted.credit_grant.pk
 
 
+def _project_key(customer) -> str:
+    """A project of the customer (made once)."""
+    from billing import projects
+
+    found = Project.objects.filter(customer=customer).first()
+    return (found or projects.create_project(customer=customer, key="strict-team")).key
+
+
 def _path(api, route: str, objects: dict) -> str:
     values = {
         "external_id": lambda: objects["customer"].external_id,
@@ -109,6 +118,7 @@ def _path(api, route: str, objects: dict) -> str:
         "alert_id": lambda: objects["alert"].pk,
         "currency": lambda: "USD",
         "grant_id": lambda: _grant_id(objects["customer"]),
+        "key": lambda: _project_key(objects["customer"]),
     }
 
     def fill(match: re.Match) -> str:

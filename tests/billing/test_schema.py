@@ -30,7 +30,7 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
 
-from billing import alerts, services
+from billing import alerts, projects, services
 from billing.models import OutboundEvent
 from billing.project.wsgi import application
 from billing.services import ChargeSpec, TierSpec
@@ -147,6 +147,9 @@ def seeded(in_process_requests, model_prices, request):
         kind="balance_below", scope="customer", customer=customer, threshold=Decimal(5)
     )
     alerts.evaluate_wallet_alerts()  # a state for GET /customers/{external_id}/alerts
+    project = projects.create_project(  # for /customers/{external_id}/projects/{key}
+        customer=customer, key="schema-team", spend_limit=Decimal(50)
+    )
     return {
         "headers": {"Authorization": f"Bearer {secret}"},
         "path_parameters": {
@@ -161,6 +164,7 @@ def seeded(in_process_requests, model_prices, request):
             "currency": "CREDITS",
             "grant_id": bought.credit_grant.pk,
             "kind": "journal",
+            "key": project.key,
         },
     }
 

@@ -347,7 +347,7 @@ def test_switching_plan_and_turning_auto_top_up_on(page, server_url, screenshot)
     screenshot(page, "portal-settings-auto-top-up-desktop")
 
 
-NAV = ["Overview", "Usage", "Credits", "Invoices", "Plan", "Top up", "Settings"]
+NAV = ["Overview", "Usage", "Credits", "Projects", "Invoices", "Plan", "Top up", "Settings"]
 
 
 def test_phone_layout_fits_and_the_navigation_works(

@@ -204,7 +204,10 @@ BEFORE, AFTER = (
 def migrate(target: tuple[str, str]) -> None:
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate([target])
+    # Forward: to the latest migration (0011 and any after it), as rating, run after it,
+    # writes today's columns (metering 0012 added metering_event.project_id).
+    targets = executor.loader.graph.leaf_nodes("metering") if target == AFTER else [target]
+    executor.migrate(targets)
 
 
 @pytest.mark.django_db(transaction=True)
