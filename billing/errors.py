@@ -84,3 +84,15 @@ class PeriodClosePending(BillingError):
 
     code = "period_close_pending"
     http_status = 409
+
+
+class ApprovalBySameUser(BillingError):
+    """Four eyes: the staff user who asked for an adjustment cannot decide it."""
+
+    code = "approval_by_requester"
+    http_status = 403
+
+
+class AdjustmentAlreadyDecided(BillingError):
+    code = "adjustment_already_decided"
+    http_status = 409

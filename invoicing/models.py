@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pghistory
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -424,3 +425,15 @@ class CreditRefund(models.Model):
 
     def __str__(self) -> str:
         return f"refund of grant {self.grant_id}: {self.amount} {self.currency} ({self.status})"
+
+
+# The audit trail (billing.models.audit): an invoice's status changes (finalized, paid,
+# voided, with the void reason) and every credit note, through pghistory triggers. Only a
+# change of status records an event: amending a draft's lines and totals (late usage) does
+# not, and the trigger's WHEN clause costs nothing else.
+pghistory.track(
+    pghistory.UpdateEvent("status_change", condition=pghistory.AnyChange("status")),
+    fields=["customer", "status", "display_number", "total", "voided_at", "void_reason"],
+    model_name="InvoiceStatusEvent",
+)(Invoice)
+pghistory.track(pghistory.InsertEvent(), model_name="CreditNoteEvent")(CreditNote)

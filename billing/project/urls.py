@@ -7,6 +7,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from billing.admin import staff_security
 from billing.devtools import webhook_receiver
 
 admin.site.site_header = "AI Billing — finance"
@@ -19,6 +20,12 @@ urlpatterns = [
     re_path(
         r"^admin/metering/meter/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/billing/meter/%(rest)s", query_string=True),
+    ),
+    # Staff enrol their own two-factor device (django-otp; billing.admin.staff_security).
+    path(
+        "admin/two-factor/",
+        admin.site.admin_view(staff_security.two_factor_view),
+        name="admin_two_factor",
     ),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),

@@ -1,0 +1,118 @@
+"""The audit trail in the admin: every tracked model's changes in one searchable list
+(``billing.models.AuditEvent``: django-pghistory's events with the request's staff user,
+page and reason), filtered by user, action, model, object and date. The "Audit trail" link
+on a tracked object's page (a customer, a plan, …) opens this list for that object; the
+events are read-only, as the tables themselves are append-only."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from pghistory.admin import EventsAdmin
+
+from billing.admin.common import timestamp
+
+
+class StaffUserFilter(admin.SimpleListFilter):
+    title = "staff user"
+    parameter_name = "user"
+
+    def lookups(self, request, model_admin):
+        users = get_user_model().objects.filter(is_staff=True).order_by("username")
+        return [(str(user.pk), user.get_username()) for user in users]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(user=self.value()) if self.value() else queryset
+
+
+class RecentFilter(admin.SimpleListFilter):
+    title = "date"
+    parameter_name = "since"
+    SPANS = {"1": "today", "7": "the last 7 days", "30": "the last 30 days"}
+
+    def lookups(self, request, model_admin):
+        return list(self.SPANS.items())
+
+    def queryset(self, request, queryset):
+        if self.value() not in self.SPANS:
+            return queryset
+        since = timezone.now() - timedelta(days=int(self.value()))
+        if self.value() == "1":
+            since = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+        return queryset.filter(pgh_created_at__gte=since)
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+class AuditTrailAdmin(EventsAdmin):
+    """Registered by pghistory's admin app (``PGHISTORY_ADMIN_CLASS``) for
+    ``PGHISTORY_ADMIN_MODEL``. Search: an object's id, a model, an action, a reason or a
+    page."""
+
+    list_display = ["when", "staff_user", "action", "model", "object_id", "changes", "why"]
+    search_fields = ["pgh_obj_id", "pgh_obj_model", "pgh_label", "reason", "url"]
+    list_per_page = 50
+    show_full_result_count = False
+
+    def get_list_display(self, request):
+        return self.list_display
+
+    def get_list_filter(self, request):
+        return [StaffUserFilter, RecentFilter, *super().get_list_filter(request)]
+
+    def get_search_results(self, request, queryset, search_term):
+        if search_term.strip().isdigit():  # an object's id: that id exactly, any model
+            return queryset.filter(pgh_obj_id=search_term.strip()), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="when", ordering="pgh_created_at")
+    def when(self, event):
+        return timestamp(event.pgh_created_at)
+
+    @admin.display(description="staff user")
+    def staff_user(self, event):
+        user_id = (event.pgh_context or {}).get("user")
+        if user_id is None:
+            return "— (system, API or command)"
+        user = get_user_model().objects.filter(pk=user_id).first()
+        return user.get_username() if user else f"user #{user_id}"
+
+    @admin.display(description="action")
+    def action(self, event):
+        return event.pgh_label
+
+    @admin.display(description="model")
+    def model(self, event):
+        return event.pgh_obj_model
+
+    @admin.display(description="object")
+    def object_id(self, event):
+        return event.pgh_obj_id
+
+    @admin.display(description="what changed (before → after)")
+    def changes(self, event):
+        diff = event.pgh_diff
+        if diff:
+            rows = [
+                (name, _short(before), _short(after))
+                for name, (before, after) in sorted(diff.items())
+            ]
+            return format_html(
+                "<ul class='audit-diff'>{}</ul>",
+                format_html_join("", "<li><b>{}</b>: {} → {}</li>", rows),
+            )
+        data = event.pgh_data or {}
+        return _short({k: v for k, v in data.items() if not k.startswith("pgh_")})
+
+    @admin.display(description="why")
+    def why(self, event):
+        context = event.pgh_context or {}
+        return context.get("reason") or "—"
