@@ -57,7 +57,15 @@ class AuditTrailAdmin(EventsAdmin):
     ``PGHISTORY_ADMIN_MODEL``. Search: an object's id, a model, an action, a reason or a
     page."""
 
-    list_display = ["when", "staff_user", "action", "model", "object_id", "changes", "why"]
+    list_display = [
+        "when",
+        "staff_user",
+        "action",
+        "tracked_model",
+        "tracked_object",
+        "changes",
+        "why",
+    ]
     search_fields = ["pgh_obj_id", "pgh_obj_model", "pgh_label", "reason", "url"]
     list_per_page = 50
     show_full_result_count = False
@@ -90,11 +98,11 @@ class AuditTrailAdmin(EventsAdmin):
         return event.pgh_label
 
     @admin.display(description="model")
-    def model(self, event):
+    def tracked_model(self, event):
         return event.pgh_obj_model
 
     @admin.display(description="object")
-    def object_id(self, event):
+    def tracked_object(self, event):
         return event.pgh_obj_id
 
     @admin.display(description="what changed (before → after)")

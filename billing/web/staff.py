@@ -14,6 +14,7 @@ from __future__ import annotations
 import pghistory
 from django.conf import settings
 from django.contrib.auth import logout
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
@@ -48,8 +49,18 @@ class AdminAuditContextMiddleware:
         reason = staff_reason(request)
         if reason:
             context["reason"] = reason
-        with pghistory.context(**context):
-            return self.get_response(request)
+        try:
+            with pghistory.context(**context):
+                return self.get_response(request)
+        finally:
+            # pghistory keeps its context in transaction-local settings: a transaction still
+            # open (a test's; a caller's) must not lend it to the writes that follow.
+            if connection.in_atomic_block and not connection.needs_rollback:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT set_config('pghistory.context_id', '', true), "
+                        "set_config('pghistory.context_metadata', '', true)"
+                    )
 
 
 class AdminTwoFactorMiddleware:
