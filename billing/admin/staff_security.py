@@ -28,7 +28,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django_otp import login as otp_login
-from django_otp import user_has_device
+from django_otp import devices_for_user, user_has_device
 from django_otp.admin import OTPAdminAuthenticationForm
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -46,6 +46,15 @@ class StaffSignInForm(OTPAdminAuthenticationForm):
         ):
             self.clean_otp(user)
         return self.cleaned_data
+
+    def _chosen_device(self, user):
+        """The device picked on the form, else the user's only confirmed device (the usual
+        case: one authenticator app), so that the code is asked for on the first page."""
+        device = super()._chosen_device(user)
+        if device is None:
+            devices = list(devices_for_user(user, confirmed=True, for_verify=True))
+            device = devices[0] if len(devices) == 1 else None
+        return device
 
 
 class ConfirmDeviceForm(forms.Form):
