@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
@@ -15,7 +16,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from pghistory.admin import EventsAdmin
 
-from billing.admin.common import timestamp
+from billing.admin.common import decimal_text, timestamp
+from billing.models import AuditEvent
 
 
 class StaffUserFilter(admin.SimpleListFilter):
@@ -47,8 +49,26 @@ class RecentFilter(admin.SimpleListFilter):
         return queryset.filter(pgh_created_at__gte=since)
 
 
+MAX_FIELDS_SHOWN = 8
+
+
+class ExactJSONDecoder(json.JSONDecoder):
+    """Numbers in the events' JSON (a snapshot's amounts) read as Decimal, never float."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["parse_float"] = Decimal
+        super().__init__(*args, **kwargs)
+
+
 def _short(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, Decimal):
+        text = decimal_text(value) or ""
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(
+            value, default=lambda v: decimal_text(v) if isinstance(v, Decimal) else str(v)
+        )
     return text if len(text) <= 80 else text[:77] + "…"
 
 
@@ -57,21 +77,18 @@ class AuditTrailAdmin(EventsAdmin):
     ``PGHISTORY_ADMIN_MODEL``. Search: an object's id, a model, an action, a reason or a
     page."""
 
-    list_display = [
-        "when",
-        "staff_user",
-        "action",
-        "tracked_model",
-        "tracked_object",
-        "changes",
-        "why",
-    ]
+    list_display = ["when", "staff_user", "action", "tracked_object", "changes", "why"]
     search_fields = ["pgh_obj_id", "pgh_obj_model", "pgh_label", "reason", "url"]
     list_per_page = 50
     show_full_result_count = False
 
     def get_list_display(self, request):
         return self.list_display
+
+    def changelist_view(self, request, extra_context=None):
+        # a wide table: the page's width goes to it, not to the navigation sidebar
+        extra = {"is_nav_sidebar_enabled": False, **(extra_context or {})}
+        return super().changelist_view(request, extra)
 
     def get_list_filter(self, request):
         return [StaffUserFilter, RecentFilter, *super().get_list_filter(request)]
@@ -97,13 +114,9 @@ class AuditTrailAdmin(EventsAdmin):
     def action(self, event):
         return event.pgh_label
 
-    @admin.display(description="model")
-    def tracked_model(self, event):
-        return event.pgh_obj_model
-
     @admin.display(description="object")
     def tracked_object(self, event):
-        return event.pgh_obj_id
+        return f"{event.pgh_obj_model.split('.')[-1]} #{event.pgh_obj_id}"
 
     @admin.display(description="what changed (before → after)")
     def changes(self, event):
@@ -118,9 +131,23 @@ class AuditTrailAdmin(EventsAdmin):
                 format_html_join("", "<li><b>{}</b>: {} → {}</li>", rows),
             )
         data = event.pgh_data or {}
-        return _short({k: v for k, v in data.items() if not k.startswith("pgh_")})
+        shown = [
+            (name, _short(value))
+            for name, value in data.items()
+            if not name.startswith("pgh_") and name != "id" and value not in (None, "", [], {})
+        ]
+        return format_html(
+            "<ul class='audit-diff'>{}</ul>",
+            format_html_join("", "<li><b>{}</b>: {}</li>", shown[:MAX_FIELDS_SHOWN]),
+        )
 
     @admin.display(description="why")
     def why(self, event):
         context = event.pgh_context or {}
         return context.get("reason") or "—"
+
+
+# The aggregate's JSON columns are read with Decimal numbers (the fields belong to
+# pghistory's Events model, which AuditEvent proxies).
+for _name in ("pgh_data", "pgh_diff", "pgh_context"):
+    AuditEvent._meta.get_field(_name).decoder = ExactJSONDecoder  # type: ignore[attr-defined]

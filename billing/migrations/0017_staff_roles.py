@@ -32,6 +32,12 @@ def create_roles(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
+    assign_roles(apps)
+
+
+def assign_roles(apps):
+    """The groups and their permissions (the permissions must exist). Also used by the tests
+    after a transactional test's flush has emptied the tables."""
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     views = Permission.objects.filter(

@@ -8,7 +8,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -17,7 +16,7 @@ from billing import errors, services
 from billing.models import AdjustmentRequest, ApprovalStatus, Wallet
 from ledger import selectors as ledger_selectors
 from ledger.models import Transaction as LedgerTransaction
-from tests.factories import CustomerFactory
+from tests.factories import CustomerFactory, staff_user
 from tests.threads import run_concurrently
 
 
@@ -32,15 +31,8 @@ def thresholds(settings):
 
 
 @pytest.fixture
-def people(django_user_model):
-    def operator(name):
-        user = django_user_model.objects.create_user(name, f"{name}@example.com", None)
-        user.is_staff = True
-        user.save()
-        user.groups.add(Group.objects.get(name="Finance operator"))
-        return user
-
-    return operator("alice"), operator("bob"), operator("carol")
+def people(db):
+    return tuple(staff_user(name, "Finance operator") for name in ("alice", "bob", "carol"))
 
 
 def ask(customer, user, amount, reference=None):
@@ -275,11 +267,10 @@ def test_admin_reject_posts_nothing(client, thresholds, people):
 
 
 @pytest.mark.django_db
-def test_a_viewer_cannot_approve(client, thresholds, people, django_user_model):
+def test_a_viewer_cannot_approve(client, thresholds, people):
     alice, _, _ = people
     request = ask(CustomerFactory(), alice, "800").request
-    viewer = django_user_model.objects.create_user("vera", "v@example.com", None, is_staff=True)
-    viewer.groups.add(Group.objects.get(name="Finance viewer"))
+    viewer = staff_user("vera", "Finance viewer")
     client.force_login(viewer)
     response = client.post(
         reverse("admin:billing_adjustmentrequest_approve", args=[request.pk]), {}

@@ -9,7 +9,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 from django.urls import reverse
@@ -17,7 +16,7 @@ from django.urls import reverse
 from billing import services
 from billing.models import AdjustmentRequest, APIKey, AuditEvent, Customer
 from billing.models.audit import TRACKED
-from tests.factories import CustomerFactory, PlanFactory
+from tests.factories import CustomerFactory, PlanFactory, staff_user
 from tests.metering import test_api_usage as usage_tests
 from tests.metering.test_api_usage import CHAT, DAY1, llm_body
 
@@ -45,16 +44,8 @@ def staff(django_user_model):
 
 
 @pytest.fixture
-def operators(django_user_model):
-    group = Group.objects.get(name="Finance operator")
-    users = []
-    for name in ("olga", "omar"):
-        user = django_user_model.objects.create_user(name, f"{name}@example.com", None)
-        user.is_staff = True
-        user.save()
-        user.groups.add(group)
-        users.append(user)
-    return users
+def operators(db):
+    return [staff_user(name, "Finance operator") for name in ("olga", "omar")]
 
 
 def test_a_change_by_any_path_is_recorded_with_before_and_after():
