@@ -122,11 +122,14 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
         form = DecisionForm(request.POST or None)
         verb = "Approve" if approve else "Reject"
 
+        staff_id = request.user.pk
+        assert staff_id is not None  # (admin_view: signed in)
+
         def decide() -> HttpResponse:
             note = form.cleaned_data["decision_note"]
             if approve:
                 decided = services.approve_adjustment(
-                    request_id=obj.pk, approver_id=request.user.pk, note=note
+                    request_id=obj.pk, approver_id=staff_id, note=note
                 )
                 assert decided.ledger_transaction is not None
                 summary = (
@@ -135,7 +138,7 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
                 )
             else:
                 decided = services.reject_adjustment(
-                    request_id=obj.pk, decider_id=request.user.pk, note=note
+                    request_id=obj.pk, decider_id=staff_id, note=note
                 )
                 summary = f"Rejected {decided}"
             self.log_change(request, decided, summary)

@@ -41,10 +41,11 @@ class RecentFilter(admin.SimpleListFilter):
         return list(self.SPANS.items())
 
     def queryset(self, request, queryset):
-        if self.value() not in self.SPANS:
+        value = self.value()
+        if value is None or value not in self.SPANS:
             return queryset
-        since = timezone.now() - timedelta(days=int(self.value()))
-        if self.value() == "1":
+        since = timezone.now() - timedelta(days=int(value))
+        if value == "1":
             since = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
         return queryset.filter(pgh_created_at__gte=since)
 
@@ -150,4 +151,4 @@ class AuditTrailAdmin(EventsAdmin):
 # The aggregate's JSON columns are read with Decimal numbers (the fields belong to
 # pghistory's Events model, which AuditEvent proxies).
 for _name in ("pgh_data", "pgh_diff", "pgh_context"):
-    AuditEvent._meta.get_field(_name).decoder = ExactJSONDecoder  # type: ignore[attr-defined]
+    setattr(AuditEvent._meta.get_field(_name), "decoder", ExactJSONDecoder)  # noqa: B010
