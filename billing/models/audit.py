@@ -87,3 +87,6 @@ class AuditEvent(pghistory.models.Events):
         app_label = "billing"
         verbose_name = "audit event"
         verbose_name_plural = "audit trail"
+
+    def __str__(self) -> str:
+        return f"{self.pgh_label} of {self.pgh_obj_model} #{self.pgh_obj_id}"

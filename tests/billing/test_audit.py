@@ -136,6 +136,11 @@ def test_the_audit_list_searches_and_filters(client, settings, staff, operators)
     assert "Globex Corp" not in by_model.content.decode()
     today = client.get(AUDIT, {"since": "1"}).content.decode()
     assert "Globex Corp" in today
+    # an event's own page (linked from the list) opens, read-only
+    event = AuditEvent.objects.tracks(other).get(pgh_label="update")
+    detail = reverse("admin:billing_auditevent_change", args=[event.pk])
+    page = client.get(detail)
+    assert page.status_code == 200 and "Globex Corp" in page.content.decode()
 
 
 def test_customer_and_plan_pages_link_to_their_history(client, staff):
