@@ -80,7 +80,8 @@ class AuditTrailAdmin(EventsAdmin):
 
     list_display = ["when", "staff_user", "action", "tracked_object", "changes", "why"]
     # an event's own page: the same, read-only
-    fields = readonly_fields = list_display
+    fields = ("when", "staff_user", "action", "tracked_object", "changes", "why")
+    readonly_fields = fields
     search_fields = ["pgh_obj_id", "pgh_obj_model", "pgh_label", "reason", "url"]
     list_per_page = 50
     show_full_result_count = False
