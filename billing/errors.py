@@ -111,3 +111,15 @@ class BudgetExceeded(BillingError):
 
     code = "budget_exceeded"
     http_status = 402
+
+
+class ApprovalBySameUser(BillingError):
+    """Four eyes: the staff user who asked for an adjustment cannot decide it."""
+
+    code = "approval_by_requester"
+    http_status = 403
+
+
+class AdjustmentAlreadyDecided(BillingError):
+    code = "adjustment_already_decided"
+    http_status = 409

@@ -53,6 +53,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pghistory
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -475,3 +476,15 @@ class ReconciliationRun(models.Model):
         last = (self.period_end - timedelta(microseconds=1)).date()  # the end is exclusive
         span = f"{first}" if first == last else f"{first} – {last}"
         return f"Reconciliation {span}, {self.scope or 'all currencies'}: {self.status}"
+
+
+# The audit trail (billing.models.audit): an invoice's status changes (finalized, paid,
+# voided, with the void reason) and every credit note, through pghistory triggers. Only a
+# change of status records an event: amending a draft's lines and totals (late usage) does
+# not, and the trigger's WHEN clause costs nothing else.
+pghistory.track(
+    pghistory.UpdateEvent("status_change", condition=pghistory.AnyChange("status")),
+    fields=["customer", "status", "display_number", "total", "voided_at", "void_reason"],
+    model_name="InvoiceStatusEvent",
+)(Invoice)
+pghistory.track(pghistory.InsertEvent(), model_name="CreditNoteEvent")(CreditNote)

@@ -312,3 +312,26 @@ def create_model_prices() -> dict[str, Any]:
     ]
     catalog.invalidate()
     return {row.model: row for row in rows}
+
+
+# --- staff users in the roles (billing migration 0019_staff_roles) ------------------------------
+
+
+def staff_user(username: str, role: str, *, password: str | None = None):
+    """A staff user in the group ``role`` ("Finance viewer", "Finance operator",
+    "Administrator"). The groups come from a data migration, which a transactional test's
+    flush empties: they are made again here when missing."""
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    roles = importlib.import_module("billing.migrations.0019_staff_roles")
+    if Group.objects.filter(name__in=roles.ROLES).count() != len(roles.ROLES):
+        roles.assign_roles(apps)
+    user = get_user_model().objects.create_user(
+        username, f"{username}@example.com", password, is_staff=True
+    )
+    user.groups.add(Group.objects.get(name=role))
+    return user

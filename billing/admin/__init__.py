@@ -21,6 +21,9 @@ One module per model family, each registering its own admins on import:
   alerts on its page).
 - ``projects``: customers' projects and their budgets (``billing.projects``), and the
   customer's projects on its page (a read-only list);
+- ``approvals``: large manual adjustments waiting for a second staff user's approval;
+- ``audit``: the audit trail (django-pghistory's events), registered by pghistory's admin;
+- ``staff_security``: two-factor sign-in (django-otp) and its self-enrolment page;
 - ``auto_top_up``: wallets' auto top-ups (``billing.services.set_auto_top_up``) and their
   attempts, read-only.
 """
@@ -28,12 +31,14 @@ One module per model family, each registering its own admins on import:
 from billing.admin import (  # noqa: F401 - imported to register their admins
     alerts,
     api_keys,
+    approvals,
     auto_top_up,
     credit_grants,
     customers,
     plans,
     portal_users,
     projects,
+    staff_security,  # noqa: F401, I001 - the two-factor sign-in form
     subscriptions,
     wallets,
     webhooks,

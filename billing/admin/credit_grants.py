@@ -250,7 +250,13 @@ class CreditGrantAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Void the selected grants (take back what is left)")
+    def has_void_permission(self, request):
+        """Void, refund and expire move money: the change permission, not only view."""
+        return request.user.has_perm("billing.change_creditgrant")
+
+    @admin.action(
+        description="Void the selected grants (take back what is left)", permissions=["void"]
+    )
     def void_action(self, request, queryset):
         done = 0
         for grant in queryset.filter(status=GrantStatus.ACTIVE):
@@ -263,7 +269,9 @@ class CreditGrantAdmin(ReadOnlyAdmin):
             done += 1
         messages.success(request, f"{done} grant(s) voided.")
 
-    @admin.action(description="Refund what is left of the selected purchased grants")
+    @admin.action(
+        description="Refund what is left of the selected purchased grants", permissions=["void"]
+    )
     def refund_action(self, request, queryset):
         """Back to the card when bought by card, else paid back offline (offline payments
         only) or credited to the customer's balance (``invoicing.credit_refunds``)."""
@@ -287,7 +295,10 @@ class CreditGrantAdmin(ReadOnlyAdmin):
             done += 1
         messages.success(request, f"{done} grant(s) refunded.")
 
-    @admin.action(description="Expire the selected grants that are past their expiry now")
+    @admin.action(
+        description="Expire the selected grants that are past their expiry now",
+        permissions=["void"],
+    )
     def expire_action(self, request, queryset):
         due = list(
             queryset.filter(status=GrantStatus.ACTIVE, expires_at__lte=timezone.now()).values_list(

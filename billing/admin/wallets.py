@@ -207,7 +207,8 @@ class CustomerMoneyViews(ServiceFormMixin):
 
         def post() -> HttpResponse:
             data = form.cleaned_data
-            txn = services.adjust_balance(
+            # Large adjustments wait for a second staff user (billing.services.approvals).
+            outcome = services.request_adjustment(
                 customer=customer,
                 amount=data["amount"],
                 reason=data["reason"],
@@ -216,6 +217,20 @@ class CustomerMoneyViews(ServiceFormMixin):
                 reference=f"admin:{data['token']}",
             )
             summary = f"Adjustment of {money(data['amount'], data['currency'])}"
+            if outcome.request is not None:
+                self.log_change(
+                    request, customer, f"{summary} ({data['reason']}): awaiting approval"
+                )
+                messages.warning(
+                    request,
+                    f"{summary} is at or above the approval threshold: it waits for another "
+                    "staff user's approval before it posts.",
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:billing_adjustmentrequest_change", args=[outcome.request.pk])
+                )
+            txn = outcome.transaction
+            assert txn is not None
             self.log_change(
                 request,
                 customer,

@@ -38,6 +38,11 @@ from billing.models.alerts import (
     FiringAction,
 )
 from billing.models.api_keys import APIKey, IdempotencyRecord
+from billing.models.approvals import AdjustmentRequest, ApprovalStatus
+
+# The audit trail: pghistory event models of the staff-facing models above (last: it
+# tracks them) and the list of their events.
+from billing.models.audit import AuditEvent  # noqa: E402, I001
 from billing.models.auto_top_up import (
     IN_FLIGHT_STATUSES,
     AttemptStatus,
@@ -89,6 +94,9 @@ from billing.models.webhooks import (
 )
 
 __all__ = [
+    "AdjustmentRequest",
+    "AuditEvent",
+    "ApprovalStatus",
     "PRICE_DIGITS",
     "PRICE_PLACES",
     "price_field",

@@ -65,6 +65,24 @@ def database_from_url(url: str) -> dict:
     }
 
 
+def adjustment_thresholds(text: str) -> dict[str, Decimal]:
+    """``"1000"`` → {"*": 1000}; ``"USD=1000,CREDITS=50000,*=900"`` → per currency, "*" the
+    rest. Exact decimals; a malformed or negative value stops the settings from loading."""
+    thresholds: dict[str, Decimal] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        currency, _, amount = part.rpartition("=")
+        try:
+            value = Decimal(amount.strip())
+        except ArithmeticError:
+            value = Decimal("NaN")
+        if not value.is_finite() or value < 0:
+            raise ImproperlyConfigured(f"ADJUSTMENT_APPROVAL_THRESHOLD: {part!r} is not an amount")
+        thresholds[currency.strip().upper() or "*"] = value
+    return thresholds
+
+
 def required(name: str, development_default: str | None = None) -> str:
     """An environment variable production must set. With DEBUG on (development only), a
     missing one takes ``development_default``; with DEBUG off the settings refuse to load."""
@@ -105,6 +123,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc served from here, not from a CDN
     "axes",  # sign-in lockouts (admin and portal)
+    "pgtrigger",  # the triggers django-pghistory installs (in migrations)
+    "pghistory",  # the audit trail of staff-facing models (billing.models.audit)
+    "pghistory.admin",  # its "Audit trail" links on tracked models' pages
+    "django_otp",  # two-factor sign-in for staff (docs/finance-admin.md)
+    "django_otp.plugins.otp_totp",
     "django_celery_beat",
     "ledger",
     "billing",
@@ -124,6 +147,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified()
+    # Admin pages only: staff who must use two-factor and have not, back to the sign-in;
+    # every write by a staff request recorded with who, where and why (the audit trail).
+    "billing.web.staff.AdminTwoFactorMiddleware",
+    "billing.web.staff.AdminAuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
@@ -423,9 +451,30 @@ AXES_USERNAME_CALLABLE = "billing.web.middleware.sign_in_username"
 AXES_CLIENT_IP_CALLABLE = "billing.web.middleware.client_ip"
 AXES_LOCKOUT_TEMPLATE = "account_locked.html"
 AXES_VERBOSE = False
+# Two-factor (django-otp, TOTP): any staff user may enrol a device (admin, "TOTP devices");
+# a user with a device is asked for its token at sign-in. STAFF_REQUIRE_TWO_FACTOR makes it
+# compulsory for every staff user (off by default so that a fresh checkout signs in).
+STAFF_REQUIRE_TWO_FACTOR = env_bool("STAFF_REQUIRE_TWO_FACTOR", False)
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # a device's secret is shown once, at enrolment
+OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "AI billing admin")
 # E-mailed sign-in links: per address and per client address, in a sliding hour.
 PORTAL_LINKS_PER_EMAIL_PER_HOUR = int(os.environ.get("PORTAL_LINKS_PER_EMAIL_PER_HOUR", "5"))
 PORTAL_LINKS_PER_CLIENT_PER_HOUR = int(os.environ.get("PORTAL_LINKS_PER_CLIENT_PER_HOUR", "20"))
+
+# --- Audit and approvals (docs/finance-admin.md) ------------------------------------------
+# Manual adjustments whose size is at least the threshold wait for a second staff user's
+# approval before they post. One amount for every currency ("1000"), or per currency with a
+# fallback ("USD=1000,EUR=900,CREDITS=100000,*=1000"); a currency without one and no "*"
+# never needs approval. Exact decimals, read as text.
+ADJUSTMENT_APPROVAL_THRESHOLD = adjustment_thresholds(
+    os.environ.get("ADJUSTMENT_APPROVAL_THRESHOLD", "1000")
+)
+# The audit list (admin, "Audit trail"): django-pghistory's events across the tracked models,
+# with the staff user and the request's reason from the context the middleware records.
+PGHISTORY_ADMIN_MODEL = "billing.AuditEvent"
+PGHISTORY_ADMIN_CLASS = "billing.admin.audit.AuditTrailAdmin"
+PGHISTORY_MIDDLEWARE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+PGHISTORY_APPEND_ONLY = True  # an event row is never updated or deleted (a trigger refuses)
 
 # --- Invoicing ---------------------------------------------------------------------------
 # Late usage amends a closed period's draft invoice until the grace period has passed;

@@ -7,6 +7,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from billing.admin import staff_security
 from billing.admin.finance import finance_home_view
 from billing.devtools import webhook_receiver
 from invoicing import finance_views
@@ -27,6 +28,12 @@ urlpatterns = [
     # The finance home replaces the stock index at /admin/ (so `admin:index`, the admin's
     # "Home", leads to it); the list of models is on it, below the figures.
     path("admin/", admin.site.admin_view(finance_home_view), name="finance-home"),
+    # Staff enrol their own two-factor device (django-otp; billing.admin.staff_security).
+    path(
+        "admin/two-factor/",
+        admin.site.admin_view(staff_security.two_factor_view),
+        name="admin_two_factor",
+    ),
     path("admin/", admin.site.urls),
     path("portal/", include("billing.portal.urls")),
     path("api/v1/", include("billing.api.urls")),

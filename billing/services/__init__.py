@@ -9,6 +9,8 @@
     subscriptions  create_subscription, change_subscription, cancel_subscription,
                    base_fee_proration, emit_subscription_event (its outbound event)
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
+    approvals      request_adjustment (posts, or asks for approval when large),
+                   approve_adjustment, reject_adjustment, needs_approval, AdjustmentOutcome
     api_keys       create_api_key, revoke_api_key, hash_secret
     idempotency    purge_idempotency_records
     auto_top_up    set_auto_top_up, get_auto_top_up, due_auto_top_ups, charge_currency
@@ -19,6 +21,14 @@ the names below are its interface; which module holds each is the core's own bus
 """
 
 from billing.services.api_keys import SECRET_PREFIX, create_api_key, hash_secret, revoke_api_key
+from billing.services.approvals import (
+    AdjustmentOutcome,
+    approval_threshold,
+    approve_adjustment,
+    needs_approval,
+    reject_adjustment,
+    request_adjustment,
+)
 from billing.services.auto_top_up import (
     MAX_AUTO_TOP_UP_FAILURES,
     MAX_COOL_OFF_SECONDS,
@@ -91,6 +101,12 @@ from billing.services.wallets import (
 )
 
 __all__ = [
+    "AdjustmentOutcome",
+    "approval_threshold",
+    "approve_adjustment",
+    "needs_approval",
+    "reject_adjustment",
+    "request_adjustment",
     "MAX_AUTO_TOP_UP_FAILURES",
     "MAX_COOL_OFF_SECONDS",
     "AutoTopUpNotFound",

@@ -231,10 +231,12 @@ def adjust_balance(
     staff_user_id: int | None,
     currency: str | None = None,
     reference: str | None = None,
+    approved_by_id: int | None = None,
 ) -> LedgerTransaction:
     """A manual adjustment by finance staff: a positive ``amount`` credits the wallet, a
     negative one debits it (subject to the wallet's floor). The reason and the staff user
-    are recorded on the ledger transaction."""
+    are recorded on the ledger transaction, and the second staff user who approved it when
+    it needed approval (``billing.services.approvals``)."""
     if not reason.strip():
         raise errors.ValidationFailed("an adjustment needs a reason", param="reason")
     if amount == 0:
@@ -255,6 +257,7 @@ def adjust_balance(
             staff_user_id=staff_user_id,
             reference=reference,
             adjustments=adjustments,
+            approved_by_id=approved_by_id,
         )
     if amount > 0:
         legs = [ledger.debit(adjustments, magnitude), ledger.credit(wallet.account, magnitude)]
@@ -269,6 +272,7 @@ def adjust_balance(
             "reason": reason.strip(),
             "staff_user_id": staff_user_id,
             "customer": customer.external_id,
+            **({"approved_by_id": approved_by_id} if approved_by_id is not None else {}),
         },
     )
 
@@ -282,6 +286,7 @@ def _adjust_credits(
     staff_user_id: int | None,
     reference: str | None,
     adjustments: Account,
+    approved_by_id: int | None = None,
 ) -> LedgerTransaction:
     from billing import credits
 
@@ -307,5 +312,6 @@ def _adjust_credits(
             "reason": reason,
             "staff_user_id": staff_user_id,
             "customer": customer.external_id,
+            **({"approved_by_id": approved_by_id} if approved_by_id is not None else {}),
         },
     )

@@ -8,6 +8,9 @@ A webhook endpoint subscribed to every event points at the demo's own receiver
 (billing.devtools.webhook_receiver, development only): made first, so every event the
 seeding and beat emit is delivered to it, signed, and logged in the admin.
 
+Staff users in each role (operator, approver, viewer; password = name) and one large
+adjustment of acme's waiting for approval (docs/finance-admin.md).
+
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
 
@@ -127,6 +130,7 @@ class Command(BaseCommand):
             if external_id in DEMO_AUTO_TOP_UPS:
                 _seed_auto_top_up(customer, DEMO_AUTO_TOP_UPS[external_id])
         _seed_portal_users()
+        self.stdout.write(f"  staff in the roles: {_seed_staff()}")
         _seed_alerts()
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
@@ -238,3 +242,42 @@ def _seed_history(started) -> int:
             )
     outcomes = rating.ingest_events(events)
     return sum(1 for outcome in outcomes if outcome.status == "accepted")
+
+
+# Staff in each role (docs/finance-admin.md), password = user name, and one large adjustment
+# waiting for approval: sign in as "approver" to approve what "operator" asked for, then
+# read it in the audit trail.
+DEMO_STAFF = [
+    ("operator", "Finance operator"),
+    ("approver", "Finance operator"),
+    ("viewer", "Finance viewer"),
+]
+DEMO_LARGE_ADJUSTMENT = Decimal("1500.00")
+
+
+def _seed_staff() -> str:
+    from django.contrib.auth.models import Group
+
+    user_model = get_user_model()
+    made = []
+    for username, role in DEMO_STAFF:
+        group = Group.objects.filter(name=role).first()
+        if group is None:  # (the roles migration's groups were removed)
+            continue
+        user = user_model.objects.filter(username=username).first()
+        if user is None:
+            user = user_model.objects.create_user(
+                username, f"{username}@example.com", username, is_staff=True
+            )
+            user.groups.add(group)
+            made.append(username)
+    operator = user_model.objects.filter(username="operator").first()
+    if operator is not None:
+        services.request_adjustment(
+            customer=Customer.objects.get(external_id="acme"),
+            amount=max(DEMO_LARGE_ADJUSTMENT, services.approval_threshold("USD") or Decimal(0)),
+            reason="Demo: SLA credit for last month's outage",
+            staff_user_id=operator.pk,
+            reference="demo-large-adjustment",
+        )
+    return ", ".join(made) or "already there"

@@ -1,0 +1,100 @@
+"""Four-eyes approval of large manual adjustments (``billing.services.approvals``).
+
+A staff user's manual adjustment whose size reaches ``ADJUSTMENT_APPROVAL_THRESHOLD`` is
+stored here as a pending request instead of being posted. A second, different staff user
+approves it (then it posts through ``billing.services.adjust_balance``, once) or rejects it.
+The database refuses a decision by the requester and a decided request without its decider;
+the ledger transaction's reference is derived from the request, so it can post only once."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from billing.models.customers import Customer
+from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class AdjustmentRequest(models.Model):
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="adjustment_requests"
+    )
+    currency = models.CharField(max_length=16)
+    amount = models.DecimalField(
+        max_digits=AMOUNT_DIGITS,
+        decimal_places=AMOUNT_PLACES,
+        help_text="Positive credits the wallet, negative debits it.",
+    )
+    reason = models.TextField()
+    reference = models.CharField(
+        max_length=255, unique=True, help_text="The request's idempotency key (the form's)."
+    )
+    status = models.CharField(
+        max_length=10, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(db_default=Now())
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True, default="")
+    ledger_transaction = models.OneToOneField(
+        "ledger.Transaction",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="adjustment_request",
+    )
+
+    class Meta:
+        ordering = ["-requested_at", "-pk"]
+        permissions = [("approve_adjustmentrequest", "Can approve or reject adjustment requests")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="adjustment_request_not_zero"),
+            # Four eyes, kept by the database: the requester never decides.
+            models.CheckConstraint(
+                condition=Q(decided_by__isnull=True) | ~Q(decided_by=F("requested_by")),
+                name="adjustment_request_second_person",
+            ),
+            models.CheckConstraint(
+                condition=Q(status=ApprovalStatus.PENDING, decided_by__isnull=True)
+                | Q(
+                    status=ApprovalStatus.REJECTED,
+                    decided_by__isnull=False,
+                    decided_at__isnull=False,
+                    ledger_transaction__isnull=True,
+                )
+                | Q(
+                    status=ApprovalStatus.APPROVED,
+                    decided_by__isnull=False,
+                    decided_at__isnull=False,
+                    ledger_transaction__isnull=False,
+                ),
+                name="adjustment_request_decision",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["requested_at"],
+                name="adjustment_request_pending",
+                condition=Q(status="pending"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"adjustment #{self.pk}: {self.amount.normalize():f} {self.currency} ({self.status})"

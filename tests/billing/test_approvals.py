@@ -1,0 +1,280 @@
+"""Four eyes on large manual adjustments (billing.services.approvals and its admin pages):
+below the threshold an adjustment posts at once; at or above it, it waits for a second,
+different staff user, whose approval posts it once — also when two approve at once."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from billing import errors, services
+from billing.models import AdjustmentRequest, ApprovalStatus, Wallet
+from ledger import selectors as ledger_selectors
+from ledger.models import Transaction as LedgerTransaction
+from tests.factories import CustomerFactory, staff_user
+from tests.threads import run_concurrently
+
+
+def available(customer, currency="USD") -> Decimal:
+    wallet = Wallet.objects.select_related("account").get(customer=customer, currency=currency)
+    return ledger_selectors.get_balance(account=wallet.account).available
+
+
+@pytest.fixture
+def thresholds(settings):
+    settings.ADJUSTMENT_APPROVAL_THRESHOLD = {"USD": Decimal("500"), "*": Decimal("1000")}
+
+
+@pytest.fixture
+def people(db):
+    return tuple(staff_user(name, "Finance operator") for name in ("alice", "bob", "carol"))
+
+
+def ask(customer, user, amount, reference=None):
+    return services.request_adjustment(
+        customer=customer,
+        amount=Decimal(amount),
+        reason="Goodwill for the outage",
+        staff_user_id=user.pk,
+        reference=reference or uuid.uuid4().hex,
+    )
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_thresholds_per_currency_with_a_fallback(thresholds):
+    assert services.needs_approval(amount=Decimal("499.999999999999"), currency="USD") is False
+    assert services.needs_approval(amount=Decimal("500"), currency="USD") is True
+    assert services.needs_approval(amount=Decimal("-500"), currency="USD") is True
+    assert services.needs_approval(amount=Decimal("999"), currency="EUR") is False
+    assert services.needs_approval(amount=Decimal("1000"), currency="EUR") is True
+
+
+@pytest.mark.django_db
+def test_without_a_threshold_for_the_currency_nothing_waits(settings):
+    settings.ADJUSTMENT_APPROVAL_THRESHOLD = {"USD": Decimal("10")}
+    assert services.needs_approval(amount=Decimal("10000"), currency="EUR") is False
+
+
+def test_the_setting_reads_one_amount_or_one_per_currency():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from billing.project.settings import adjustment_thresholds
+
+    assert adjustment_thresholds("1000") == {"*": Decimal("1000")}
+    assert adjustment_thresholds("usd=250.50, CREDITS=100000,*=900") == {
+        "USD": Decimal("250.50"),
+        "CREDITS": Decimal("100000"),
+        "*": Decimal("900"),
+    }
+    for bad in ("abc", "USD=-1", "USD=NaN"):
+        with pytest.raises(ImproperlyConfigured):
+            adjustment_thresholds(bad)
+
+
+@pytest.mark.django_db
+def test_a_small_adjustment_posts_at_once(thresholds, people):
+    alice, _, _ = people
+    customer = CustomerFactory(funds=100)
+    outcome = ask(customer, alice, "499")
+    assert outcome.request is None and outcome.transaction is not None
+    assert available(customer) == Decimal(599)
+    assert not AdjustmentRequest.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_large_adjustment_waits_and_a_second_person_posts_it(thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    before = LedgerTransaction.objects.count()
+    outcome = ask(customer, alice, "500")
+    assert outcome.transaction is None
+    request = outcome.request
+    assert request.status == ApprovalStatus.PENDING and request.requested_by == alice
+    assert LedgerTransaction.objects.count() == before
+    assert available(customer) == Decimal(100)
+
+    approved = services.approve_adjustment(request_id=request.pk, approver_id=bob.pk, note="ok")
+    assert approved.status == ApprovalStatus.APPROVED and approved.decided_by == bob
+    assert available(customer) == Decimal(600)
+    txn = approved.ledger_transaction
+    assert txn.metadata["staff_user_id"] == alice.pk
+    assert txn.metadata["approved_by_id"] == bob.pk
+    assert txn.metadata["reason"] == "Goodwill for the outage"
+
+
+@pytest.mark.django_db
+def test_the_same_form_submitted_twice_asks_once(thresholds, people):
+    alice, _, _ = people
+    customer = CustomerFactory()
+    first = ask(customer, alice, "700", reference="tok-1")
+    second = ask(customer, alice, "700", reference="tok-1")
+    assert first.request.pk == second.request.pk
+    assert AdjustmentRequest.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_requester_cannot_approve_or_reject_their_own(thresholds, people):
+    alice, _, _ = people
+    customer = CustomerFactory()
+    request = ask(customer, alice, "800").request
+    with pytest.raises(errors.ApprovalBySameUser):
+        services.approve_adjustment(request_id=request.pk, approver_id=alice.pk)
+    with pytest.raises(errors.ApprovalBySameUser):
+        services.reject_adjustment(request_id=request.pk, decider_id=alice.pk)
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.PENDING
+    assert available(customer) == Decimal(0)
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_decision_by_the_requester(thresholds, people):
+    alice, _, _ = people
+    request = ask(CustomerFactory(), alice, "800").request
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AdjustmentRequest.objects.filter(pk=request.pk).update(
+            status=ApprovalStatus.REJECTED, decided_by=alice, decided_at=timezone.now()
+        )
+
+
+@pytest.mark.django_db
+def test_approval_is_idempotent_and_a_rejected_request_stays_rejected(thresholds, people):
+    alice, bob, carol = people
+    customer = CustomerFactory()
+    request = ask(customer, alice, "900").request
+    services.approve_adjustment(request_id=request.pk, approver_id=bob.pk)
+    again = services.approve_adjustment(request_id=request.pk, approver_id=carol.pk)
+    assert again.decided_by == bob
+    assert available(customer) == Decimal(900)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.reject_adjustment(request_id=request.pk, decider_id=carol.pk)
+
+    other = ask(customer, alice, "950").request
+    services.reject_adjustment(request_id=other.pk, decider_id=bob.pk, note="no ticket")
+    services.reject_adjustment(request_id=other.pk, decider_id=bob.pk)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.approve_adjustment(request_id=other.pk, approver_id=carol.pk)
+    assert available(customer) == Decimal(900)
+
+
+@pytest.mark.django_db
+def test_an_approval_the_ledger_refuses_leaves_the_request_pending(thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)  # prepaid: cannot go below zero
+    request = ask(customer, alice, "-600").request
+    with pytest.raises(Exception) as caught:
+        services.approve_adjustment(request_id=request.pk, approver_id=bob.pk)
+    assert getattr(caught.value, "code", "") == "insufficient_funds"
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.PENDING and request.ledger_transaction is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_approvers_at_once_post_once(thresholds, people):
+    alice, bob, carol = people
+    customer = CustomerFactory(funds=10)
+    request = ask(customer, alice, "5000").request
+    approvers = [bob.pk, carol.pk, bob.pk, carol.pk]
+
+    results = run_concurrently(
+        lambda i: services.approve_adjustment(request_id=request.pk, approver_id=approvers[i]),
+        threads=4,
+    )
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.APPROVED
+    assert (
+        LedgerTransaction.objects.filter(reference__contains=f"approval:{request.pk}").count() == 1
+    )
+    assert available(customer) == Decimal(5010)
+
+
+# --- the admin pages ------------------------------------------------------------------------
+
+
+def adjust(client, customer, amount):
+    return client.post(
+        reverse("admin:billing_customer_adjust", args=[customer.pk]),
+        {
+            "amount": amount,
+            "currency": "USD",
+            "reason": "Refund of SLA credits",
+            "token": uuid.uuid4().hex,
+        },
+    )
+
+
+@pytest.mark.django_db
+def test_admin_large_adjustment_needs_a_second_operator(client, thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    response = adjust(client, customer, "2500")
+    request = AdjustmentRequest.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse(
+        "admin:billing_adjustmentrequest_change", args=[request.pk]
+    )
+    assert available(customer) == Decimal(100)
+
+    # Alice sees her request without the buttons, and may not approve it by URL either.
+    page = client.get(response["Location"])
+    assert page.status_code == 200 and b"another staff user must approve it" in page.content
+    approve_url = reverse("admin:billing_adjustmentrequest_approve", args=[request.pk])
+    assert approve_url.encode() not in page.content
+    refused = client.post(approve_url, {"decision_note": ""})
+    assert refused.status_code == 200 and b"approval_by_requester" in refused.content
+    assert available(customer) == Decimal(100)
+
+    client.force_login(bob)
+    page = client.get(reverse("admin:billing_adjustmentrequest_change", args=[request.pk]))
+    assert approve_url.encode() in page.content
+    done = client.post(approve_url, {"decision_note": "Checked the ticket"})
+    assert done.status_code == 302
+    assert available(customer) == Decimal(2600)
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.APPROVED and request.decided_by == bob
+    # the same page posted again posts nothing more
+    client.post(approve_url, {"decision_note": "again"})
+    assert available(customer) == Decimal(2600)
+
+
+@pytest.mark.django_db
+def test_admin_reject_posts_nothing(client, thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    adjust(client, customer, "-700")
+    request = AdjustmentRequest.objects.get()
+    client.force_login(bob)
+    response = client.post(
+        reverse("admin:billing_adjustmentrequest_reject", args=[request.pk]),
+        {"decision_note": "No ticket for this"},
+    )
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert (
+        request.status == ApprovalStatus.REJECTED and request.decision_note == "No ticket for this"
+    )
+    assert available(customer) == Decimal(100)
+
+
+@pytest.mark.django_db
+def test_a_viewer_cannot_approve(client, thresholds, people):
+    alice, _, _ = people
+    request = ask(CustomerFactory(), alice, "800").request
+    viewer = staff_user("vera", "Finance viewer")
+    client.force_login(viewer)
+    response = client.post(
+        reverse("admin:billing_adjustmentrequest_approve", args=[request.pk]), {}
+    )
+    assert response.status_code == 403
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.PENDING
