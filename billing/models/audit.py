@@ -29,6 +29,7 @@ from billing.models.credits import CreditGrant
 from billing.models.customers import Customer, PortalMember, Wallet
 from billing.models.plan_credits import PlanCreditGrant
 from billing.models.plans import Meter, Plan, PlanCharge, PriceTier
+from billing.models.projects import Project
 from billing.models.subscriptions import MarginOverride, Subscription
 from billing.models.webhooks import WebhookEndpoint
 
@@ -55,6 +56,7 @@ TRACKED: list[tuple[type, list[str]]] = [
     (WebhookEndpoint, ["secret", "consecutive_failures", "failing_since", "updated_at"]),
     (AutoTopUp, ["consecutive_failures", "last_attempt_at", "skipped_reason", "updated_at"]),
     (AdjustmentRequest, []),
+    (Project, ["updated_at"]),  # a budget's limit is a setting finance changes
 ]
 
 for _model, _excluded in TRACKED:

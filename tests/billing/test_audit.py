@@ -205,3 +205,16 @@ def test_ingesting_usage_records_no_audit_event(api, ai, django_capture_on_commi
     # rating touched the wallet's balance, the API key's last use, the counters: none audited
     assert AuditEvent.objects.count() == before
     assert Customer.objects.filter(pk=ai.pk).exists()
+
+
+def test_a_project_budget_change_is_recorded():
+    """A project's spend limit is a setting finance changes (issue 16's budgets): its
+    history is in the audit trail like a customer's."""
+    from billing import projects
+
+    customer = CustomerFactory()
+    project = projects.create_project(customer=customer, key="team-a", spend_limit=Decimal(100))
+    projects.update_project(project=project, spend_limit=Decimal("250.50"))
+    insert, update = events_of(project)
+    assert (insert.pgh_label, update.pgh_label) == ("insert", "update")
+    assert update.pgh_diff == {"spend_limit": [Decimal(100), Decimal("250.50")]}
