@@ -27,7 +27,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from billing import alerts, services, webhooks
+from billing import alerts, projects, services, webhooks
 from billing.devtools import webhook_receiver
 from billing.models import (
     ALL_EVENTS,
@@ -41,9 +41,10 @@ from billing.models import (
 )
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
+from invoicing import reconciliation
 from metering import rating
 from metering.catalog import import_genai_prices
-from metering.management.commands.simulate_usage import CALLS, raw_usage
+from metering.management.commands.simulate_usage import CALLS, PROJECTS, raw_usage
 
 DEMO_PRICING_FILE = Path(settings.BASE_DIR) / "pricing" / "demo.yaml"
 
@@ -132,9 +133,31 @@ class Command(BaseCommand):
         _seed_portal_users()
         self.stdout.write(f"  staff in the roles: {_seed_staff()}")
         _seed_alerts()
+        self.stdout.write(f"  projects with budgets: {_seed_projects()}")
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
+        run = reconciliation.run_reconciliation(
+            start=started.replace(hour=0, minute=0, second=0, microsecond=0),
+            end=timezone.now(),
+            triggered_by="seed_demo",
+            alert=False,
+        )
+        self.stdout.write(f"  reconciliation of the demo's history: {run.status}")
         self.stdout.write(self.style.SUCCESS("Demo data ready (admin / admin)."))
+
+
+def _seed_projects() -> int:
+    """The demo's projects and their budgets (made once; finance may change them)."""
+    made = 0
+    for external_id, projects_of in PROJECTS.items():
+        customer = Customer.objects.get(external_id=external_id)
+        for key, (name, limit) in projects_of.items():
+            if not customer.projects.filter(key=key).exists():
+                projects.create_project(
+                    customer=customer, key=key, name=name, spend_limit=Decimal(limit)
+                )
+            made += 1
+    return made
 
 
 def _seed_alerts() -> None:

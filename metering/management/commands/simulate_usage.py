@@ -40,6 +40,14 @@ KEY_NAME = "demo usage simulator"
 PAY_PER_CALL = {"acme", "initech"}  # prepaid money: worth reserving before a long call
 
 
+# The demo's projects (budgets inside a customer, docs/budgets.md): key → (name, spend limit
+# per period in the customer's currency). seed_demo creates them; the simulator names one in
+# most of that customer's calls, so one budget fills up and its usage is refused (402).
+PROJECTS: dict[str, dict[str, tuple[str, str]]] = {
+    "acme": {"search-api": ("Search API", "40.00"), "chat-assistant": ("Chat assistant", "1.50")},
+}
+
+
 def raw_usage(shape: str, rng: random.Random) -> dict:
     """A provider usage object as the provider's API returns it."""
     prompt = rng.randint(200, 6000)
@@ -115,18 +123,22 @@ class Command(BaseCommand):
             self._held_call(customer, rng)
         else:
             status, body = self._post("/api/v1/events", self._event(customer, rng))
-            if status == 402:
+            if status == 402 and body.get("error", {}).get("code") != "budget_exceeded":
                 self._refill(customer)
 
     def _event(self, customer: str, rng: random.Random) -> dict:
         provider, model, shape = rng.choice(CALLS)
-        return {
+        event = {
             "idempotency_key": f"sim_{uuid.uuid4().hex}",
             "customer": customer,
             "event_name": "llm.completion",
             "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "properties": {"model": model, "provider": provider, "usage": raw_usage(shape, rng)},
         }
+        project = rng.choice([*PROJECTS.get(customer, {}), None])
+        if project is not None:
+            event["project"] = project
+        return event
 
     def _batch(self, customer: str, rng: random.Random) -> None:
         events = [self._event(customer, rng) for _ in range(rng.randint(5, 40))]
