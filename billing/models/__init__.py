@@ -70,6 +70,7 @@ from billing.models.plans import (
     PlanCharge,
     PriceModel,
     PriceTier,
+    RoundingRule,
 )
 from billing.models.subscriptions import (
     MarginOverride,
@@ -97,6 +98,7 @@ __all__ = [
     "Wallet",
     "Interval",
     "ConsumptionModel",
+    "RoundingRule",
     "Plan",
     "Aggregation",
     "Meter",
