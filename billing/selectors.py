@@ -244,6 +244,7 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
                 margin_percent=c.get("margin_percent"),
                 flat_fee_at_zero=c.get("flat_fee_at_zero", False),
                 minimum_amount=c.get("minimum_amount"),
+                prorated=c.get("prorated", False),
                 tiers=tuple(
                     TierSpec(
                         up_to=t.get("up_to"),

@@ -277,7 +277,60 @@ def usage_lines(
                 **common,
             )
         )
-    return [*lines, *zero_usage_fees], usage_charged
+    prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end)
+    return [*lines, *prorations, *zero_usage_fees], usage_charged
+
+
+def _proration_lines(
+    terms: rating.PlanTerms,
+    meters: dict[int, Meter],
+    lines: list[LineDraft],
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+) -> list[LineDraft]:
+    """For a period billed in part, each prorated charge's usage brought down to the time
+    billed: the tiers were chosen on the whole quantity (and rated so), the amount is
+    prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
+    so the usage lines still say what was rated."""
+    starts, ends = _live_span(subscription, period_start, period_end)
+    if ends <= starts or (starts, ends) == (period_start, period_end):
+        return []
+    adjustments = []
+    for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
+        rated = sum(
+            (
+                ln.amount_precise
+                for ln in lines
+                if ln.meter_id == meter_id and ln.kind == LineKind.USAGE
+            ),
+            ZERO,
+        )
+        if not rated:
+            continue
+        share = prorate(
+            rated,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        )
+        meter = meters[meter_id]
+        adjustments.append(
+            LineDraft(
+                kind=LineKind.USAGE,
+                description=f"{meter.name or meter.code}, prorated: billed {_fmt(starts)} "
+                f"to {_fmt(ends)}",
+                starts_at=starts,
+                ends_at=ends,
+                quantity=ZERO,
+                amount_precise=share - rated,
+                meter_id=meter_id,
+                fee=True,
+                metadata={"rated": str(rated), "prorated": str(share)},
+            )
+        )
+    return adjustments
 
 
 def _zero_usage_fee_lines(
@@ -322,9 +375,9 @@ def _zero_usage_fee_lines(
 def _live_span(
     subscription: Subscription, period_start: datetime, period_end: datetime
 ) -> tuple[datetime, datetime]:
-    """The part of the period the subscription was billed for (after its trial, before its
-    end): what a base fee and a minimum are prorated by."""
-    starts = max(period_start, subscription.trial_ends_at or period_start)
+    """The part of the period the subscription was billed for (after its start and its
+    trial, before its end): what a minimum and a prorated charge are prorated by."""
+    starts = max(period_start, subscription.started_at, subscription.trial_ends_at or period_start)
     ends = min(period_end, subscription.ended_at or period_end)
     return starts, max(starts, ends)
 

@@ -63,6 +63,7 @@ class ChargeTerms:
     catalog_priced: bool  # priced from the model catalog × (1 + margin)
     flat_fee_at_zero: bool = False  # the first tier's flat fee invoiced without usage
     minimum_amount: Decimal | None = None  # invoiced per period at least (not rated)
+    prorated: bool = False  # invoiced prorated for a period billed in part (not rated)
 
     def zero_usage_fee(self, quantity: Decimal) -> Decimal:
         """The first tier's flat fee when the charge invoices it at zero usage and

@@ -74,6 +74,7 @@ class PlanChargeInline(ReadOnlyInline):
         "tiers",
         "flat_fee_at_zero",
         "minimum_amount",
+        "prorated",
     )
     readonly_fields = fields
     show_change_link = False
@@ -125,6 +126,8 @@ def charges_json(charges: Iterable[services.ChargeSpec]) -> str:
             item["flat_fee_at_zero"] = True
         if charge.minimum_amount is not None:
             item["minimum_amount"] = decimal_text(charge.minimum_amount)
+        if charge.prorated:
+            item["prorated"] = True
         items.append(item)
     return json.dumps(items, indent=2)
 
@@ -170,7 +173,8 @@ CHARGES_HELP = (
     "package_size: its units counted in blocks, rounded up, unit_price per block); package "
     "charges take package_size; margin_percent is optional; flat_fee_at_zero (true or false) "
     "invoices the first tier's flat fee even without usage; minimum_amount is the least the "
-    "charge is invoiced per period. Write decimals as strings: they "
+    "charge is invoiced per period; prorated (true or false) prorates its amount for a "
+    "period billed in part. Write decimals as strings: they "
     "are kept exactly."
 )
 

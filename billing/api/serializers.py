@@ -398,6 +398,12 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         help_text="The least this charge is invoiced per period (prorated for part of a "
         "period); the shortfall is its own line. Null: none.",
     )
+    prorated = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="For a period billed in part: the tier chosen on the whole quantity, the "
+        "amount prorated by the time billed (Lago's prorated charges).",
+    )
     flat_fee_at_zero = serializers.BooleanField(
         required=False,
         default=False,
@@ -417,6 +423,7 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
             "tiers",
             "flat_fee_at_zero",
             "minimum_amount",
+            "prorated",
         ]
 
 

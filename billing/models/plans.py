@@ -169,6 +169,12 @@ class PlanCharge(models.Model):
         help_text="The least this charge is invoiced per period (prorated for part of a "
         "period); the shortfall is its own line. Empty = none.",
     )
+    prorated = models.BooleanField(
+        default=False,
+        help_text="For a period billed in part (a subscription ending inside it): the tier "
+        "chosen on the whole quantity, the amount prorated by the time billed (Lago's "
+        "prorated charges). Off: the whole amount.",
+    )
     flat_fee_at_zero = models.BooleanField(
         default=False,
         help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "

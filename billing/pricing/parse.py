@@ -304,6 +304,7 @@ class _Parser(ValueReader):
                 "tiers",
                 "flat_fee_at_zero",
                 "minimum_amount",
+                "prorated",
             ),
         )
         meter = self.string(
@@ -361,6 +362,7 @@ class _Parser(ValueReader):
             ),
             tiers=tiers,
             flat_fee_at_zero=self.boolean(data, "flat_fee_at_zero", where, default=False),
+            prorated=self.boolean(data, "prorated", where, default=False),
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
         )
 

@@ -129,6 +129,8 @@ class ChargeSpec:
     flat_fee_at_zero: bool = field(default=False, metadata=ADDED_LATER)
     # The least the charge is invoiced per period; the shortfall is its own line.
     minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
+    # A period billed in part: the amount prorated by the time billed (tier on the whole).
+    prorated: bool = field(default=False, metadata=ADDED_LATER)
 
 
 # Plan grants are drawn after promotional (10) and adjustment (20) credits, before
@@ -297,6 +299,12 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             if charge.margin_percent <= -100:
                 fail("margin_percent must be above -100", f"{param}.margin_percent")
         minimum(charge.minimum_amount, f"{param}.minimum_amount")
+        if charge.prorated and spec.consumption_model == ConsumptionModel.CREDITS:
+            fail(
+                "prorated applies to metered and balance plans (a credits plan draws credits "
+                "by the unit)",
+                f"{param}.prorated",
+            )
         if charge.flat_fee_at_zero:
             if not tiered:
                 fail(
@@ -466,6 +474,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
             margin_percent=charge_spec.margin_percent,
             flat_fee_at_zero=charge_spec.flat_fee_at_zero,
             minimum_amount=charge_spec.minimum_amount,
+            prorated=charge_spec.prorated,
         )
         PriceTier.objects.bulk_create(
             PriceTier(
@@ -528,6 +537,7 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
                 margin_percent=c.margin_percent,
                 flat_fee_at_zero=c.flat_fee_at_zero,
                 minimum_amount=c.minimum_amount,
+                prorated=c.prorated,
                 tiers=tuple(
                     TierSpec(
                         up_to=t.up_to,

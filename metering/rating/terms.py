@@ -69,6 +69,7 @@ def plan_terms(plan_id: int) -> PlanTerms:
             catalog_priced=catalog_priced,
             flat_fee_at_zero=charge.flat_fee_at_zero,
             minimum_amount=charge.minimum_amount,
+            prorated=charge.prorated,
         )
     return PlanTerms(
         plan_id=plan.pk,

@@ -296,6 +296,26 @@ def test_the_demo_file_shows_every_shape():
     migrated = {p.code: p for p in parse_pricing(path=DEMO).plans}["migrated"]
     requests, gpu = migrated.charges
     assert requests.tiers[1].package_size == D(10_000)
-    assert gpu.flat_fee_at_zero is True
+    assert gpu.flat_fee_at_zero is True and gpu.prorated is True
     assert migrated.rounding == "half_up"
     assert (migrated.minimum_amount, requests.minimum_amount) == (D(100), D(10))
+
+
+# --- e. usage charges prorated for a period billed in part -------------------------------------
+
+
+def test_prorated_is_accepted_alike(api, staff_client, meter_code):
+    charge = {"meter": meter_code, "unit_price": "0.1", "prorated": True}
+    for plan in published_three_ways(api, staff_client, body(charge)):
+        assert plan.charges.get().prorated is True
+
+
+def test_prorated_on_a_credits_plan_is_refused_alike(api, staff_client, meter_code):
+    plan = body(
+        {"meter": meter_code, "prorated": True}, consumption_model="credits",
+        units_per_credit="1000",
+    )  # fmt: skip
+    message = "prorated applies to metered and balance plans"
+    assert message in via_file(plan)
+    assert message in via_api(api, plan)
+    assert message in via_admin(staff_client, plan, units_per_credit="1000")

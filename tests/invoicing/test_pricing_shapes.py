@@ -37,6 +37,7 @@ D = Decimal
 
 def upcoming_agrees(subscription, invoice) -> None:
     """What the upcoming invoice computes for the period is what its close invoiced."""
+    subscription.refresh_from_db()  # as the upcoming-invoice API reads it
     draft = compute_invoice(
         subscription=subscription, period_start=invoice.period_start, period_end=invoice.period_end
     )
@@ -332,3 +333,76 @@ def test_no_minimum_during_a_trial():
     subscription = subscribe(minimum_plan(), trial_days=30)
     invoice = close(subscription)
     assert lines(invoice) == [] and invoice.total == 0
+
+
+# --- e. usage charges prorated for a period billed in part -------------------------------------
+
+
+def prorated_plan(prorated: bool = True):
+    """Calls: the first 100 at 1.00, then 0.50 — prorated for a period billed in part."""
+    return plan(
+        ChargeSpec(
+            meter=meter(name="Calls"),
+            price_model="graduated",
+            prorated=prorated,
+            tiers=(
+                TierSpec(up_to=D(100), unit_price=D(1)),
+                TierSpec(up_to=None, unit_price=D("0.5")),
+            ),
+        )
+    )
+
+
+def test_a_prorated_charge_picks_the_tier_on_the_whole_quantity_then_prorates():
+    """Canceled on 16 April: 15 of 30 days billed. 150 calls: 100 × 1.00 + 50 × 0.50 =
+    125.00 (tier 2 reached on the whole quantity), × 15/30 = 62.50."""
+    subscription = subscribe(prorated_plan())
+    use(subscription, 150)
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 16))
+    invoice = close(subscription, at(2026, 4, 16))
+    assert lines(invoice) == [
+        ("usage", "Calls, tier 1", D(100), D(100)),
+        ("usage", "Calls, tier 2", D(50), D(25)),
+        ("usage", "Calls, prorated: billed 2026-04-01 to 2026-04-16", D(0), D("-62.5")),
+    ]
+    assert (invoice.usage_charged, invoice.fees_precise) == (D(125), D("-62.5"))
+    assert invoice.total == D("62.5")
+    upcoming_agrees(subscription, invoice)
+    finalize(invoice, at(2026, 4, 16))
+    assert receivable(subscription) == D("62.5")
+    assert account_posted("@Revenue") == D("62.5")  # 125 rated, 62.50 taken back
+
+
+def test_without_the_option_a_period_billed_in_part_pays_all_its_usage():
+    subscription = subscribe(prorated_plan(prorated=False))
+    use(subscription, 150)
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 16))
+    assert close(subscription, at(2026, 4, 16)).total == D(125)
+
+
+def test_a_whole_period_is_not_prorated():
+    subscription = subscribe(prorated_plan())
+    use(subscription, 150)
+    invoice = close(subscription)
+    assert [line[1] for line in lines(invoice)] == ["Calls, tier 1", "Calls, tier 2"]
+    assert invoice.total == D(125)
+
+
+@pytest.mark.parametrize(
+    ("start", "used_at", "end", "calls", "total"),
+    [
+        # one day of April's 30: 30 calls = 30.00 × 1/30
+        (at(2026, 4, 1), at(2026, 4, 1, 12), at(2026, 4, 2), 30, D(1)),
+        # ended on the period's last day: 29 of 30 days
+        (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 30), 30, D(29)),
+        # a leap-year February: 14 of 29 days of 29.00
+        (at(2028, 2, 1), at(2028, 2, 10), at(2028, 2, 15), 29, D(14)),
+    ],
+)
+def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
+    subscription = subscribe(prorated_plan(), start=start)
+    use(subscription, calls, at_time=used_at)
+    billing.cancel_subscription(subscription_id=subscription.pk, now=end)
+    invoice = close(subscription, end)
+    assert invoice.total == total
+    assert invoice.lines.order_by("position").last().amount == total - calls
