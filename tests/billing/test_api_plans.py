@@ -68,6 +68,7 @@ PRO_CHARGES_OUT = [
         ],
         "flat_fee_at_zero": False,
         "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "requests",
@@ -79,6 +80,7 @@ PRO_CHARGES_OUT = [
         "tiers": [],
         "flat_fee_at_zero": False,
         "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "images",
@@ -90,6 +92,7 @@ PRO_CHARGES_OUT = [
         "tiers": [],
         "flat_fee_at_zero": False,
         "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "input_tokens",
@@ -101,6 +104,7 @@ PRO_CHARGES_OUT = [
         "tiers": [],
         "flat_fee_at_zero": False,
         "minimum_amount": None,
+        "prorated": False,
     },
 ]
 
