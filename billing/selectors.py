@@ -18,6 +18,7 @@ from billing.models import (
     GrantStatus,
     Plan,
     PlanCharge,
+    RoundingRule,
     Subscription,
     SubscriptionPhase,
     SubscriptionStatus,
@@ -231,6 +232,8 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         units_per_credit=data.get("units_per_credit"),
         description=data.get("description", ""),
         metadata=data.get("metadata") or None,
+        rounding=data.get("rounding") or RoundingRule.HALF_EVEN,
+        minimum_amount=data.get("minimum_amount"),
         charges=tuple(
             ChargeSpec(
                 meter=c["meter"]["code"],
@@ -239,9 +242,15 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
                 unit_price=c["unit_price"],
                 package_size=c.get("package_size"),
                 margin_percent=c.get("margin_percent"),
+                flat_fee_at_zero=c.get("flat_fee_at_zero", False),
+                minimum_amount=c.get("minimum_amount"),
+                prorated=c.get("prorated", False),
                 tiers=tuple(
                     TierSpec(
-                        up_to=t.get("up_to"), unit_price=t["unit_price"], flat_fee=t["flat_fee"]
+                        up_to=t.get("up_to"),
+                        unit_price=t["unit_price"],
+                        flat_fee=t["flat_fee"],
+                        package_size=t.get("package_size"),
                     )
                     for t in c.get("tiers", [])
                 ),

@@ -59,6 +59,8 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from billing.models import RoundingRule
+
 ZERO = Decimal(0)
 
 
@@ -151,6 +153,12 @@ class Invoice(models.Model):
     usage_charged = money_field(help_text="The period's usage as the ledger recorded it, exact.")
     fees_precise = money_field(help_text="Base fees, exact (12 places).")
     rounding = money_field(help_text="Total − usage − fees − tax: posted to @Rounding.")
+    rounding_rule = models.CharField(
+        max_length=10,
+        choices=RoundingRule.choices,
+        default=RoundingRule.HALF_EVEN,
+        help_text="How its lines and tax were rounded (its plan's rule); its credit notes too.",
+    )
     # what happens after finalization
     amount_paid = money_field()
     amount_credited = money_field(help_text="Credit notes, the part set against what is owed.")
@@ -223,6 +231,7 @@ class LineKind(models.TextChoices):
     INCLUDED = "included", "Included usage"
     USAGE = "usage", "Usage"
     CREDITS = "credits", "Credits used"
+    MINIMUM = "minimum", "Minimum shortfall"
 
 
 class InvoiceLine(models.Model):

@@ -1,18 +1,27 @@
-"""Presenting amounts: the one rounding rule of invoices.
+"""Presenting amounts: the one place invoices round.
 
 Amounts are exact everywhere until an invoice presents them. ``to_minor_unit`` rounds an
 exact amount to the currency's minor unit (ISO 4217: cents for USD and EUR, none for JPY,
-thousandths for KWD), **half to even** (banker's rounding: 0.125 → 0.12, 0.135 → 0.14), so
-that rounding many lines has no upward drift. Each invoice line is rounded once; totals add
-the rounded lines; tax is the rounded rate × the rounded subtotal. What this rounding moves
-is posted to the ledger's ``@Rounding`` account (see ``invoicing.models``).
+thousandths for KWD) by the invoice's rule, named by its plan (``Plan.rounding``):
+**half to even** by default (banker's rounding: 0.125 → 0.12, 0.135 → 0.14), so that
+rounding many lines has no upward drift, or **half up** (0.125 → 0.13) where a contract
+migrated from another system says so. Each invoice line is rounded once; totals add the
+rounded lines; tax is the rounded rate × the rounded subtotal, by the same rule. What this
+rounding moves is posted to the ledger's ``@Rounding`` account (see ``invoicing.models``).
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
+
+from billing.models import RoundingRule
 
 ROUNDING = ROUND_HALF_EVEN
+# Plan.rounding → the decimal module's mode.
+RULES: dict[str, str] = {
+    RoundingRule.HALF_EVEN.value: ROUND_HALF_EVEN,
+    RoundingRule.HALF_UP.value: ROUND_HALF_UP,
+}
 _CONTEXT = Context(prec=80)
 
 # ISO 4217 currencies whose minor unit is not the hundredth.
@@ -35,9 +44,10 @@ def _quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-minor_unit_exponent(currency))
 
 
-def to_minor_unit(amount: Decimal, currency: str) -> Decimal:
-    """``amount`` rounded to the currency's minor unit, half to even."""
-    return amount.quantize(_quantum(currency), rounding=ROUNDING, context=_CONTEXT)
+def to_minor_unit(amount: Decimal, currency: str, rule: str = RoundingRule.HALF_EVEN) -> Decimal:
+    """``amount`` rounded to the currency's minor unit by ``rule`` (a ``RoundingRule``:
+    half to even unless told)."""
+    return amount.quantize(_quantum(currency), rounding=RULES[rule], context=_CONTEXT)
 
 
 def floor_to_minor_unit(amount: Decimal, currency: str) -> Decimal:

@@ -12,7 +12,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypedDict
 
-from billing.models import Customer, Subscription, SubscriptionPhase
+from billing.models import (
+    ConsumptionModel,
+    Customer,
+    Meter,
+    RoundingRule,
+    Subscription,
+    SubscriptionPhase,
+)
 from billing.periods import prorate
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import to_minor_unit
@@ -38,6 +45,9 @@ class LineDraft:
     plan_id: int | None = None
     tier: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Not rated in real time but invoiced as a fee (recognised with the base fees): a first
+    # tier's flat fee at zero usage, a minimum's shortfall.
+    fee: bool = False
 
 
 @dataclass
@@ -51,6 +61,7 @@ class InvoiceDraft:
     total: Decimal
     usage_charged: Decimal  # what the ledger recorded for the period's usage, exact
     fees_precise: Decimal
+    rounding_rule: str = RoundingRule.HALF_EVEN  # the plan's: how lines and tax are rounded
 
     @property
     def rounding(self) -> Decimal:
@@ -180,12 +191,17 @@ def usage_lines(
             .select_related("meter")
             .order_by("meter_id")
         )
-    if not counters:
-        return [], ZERO
     if terms is None:
         terms = rating.plan_terms(_plan_at_end(subscription, period_end, phases))
     meters = {c.meter_id: c.meter for c in counters}
     in_trial = subscription.trial_ends_at is not None and period_end <= subscription.trial_ends_at
+    zero_usage_fees = (
+        []
+        if in_trial or terms.consumption_model == ConsumptionModel.CREDITS
+        else _zero_usage_fee_lines(terms, counters, period_start, period_end)
+    )
+    if not counters:
+        return zero_usage_fees, ZERO
     lines: list[LineDraft] = []
     usage_charged = ZERO
     for counter in counters:
@@ -233,6 +249,8 @@ def usage_lines(
                     label = ", beyond the included"
                 if charge.price_model == "package" and charge.package_size is not None:
                     label = f", packages of {charge.package_size.normalize():f}{unit}"
+                elif part.package_size is not None:
+                    label += f", packages of {part.package_size.normalize():,f}{unit}"
                 lines.append(
                     LineDraft(
                         kind=LineKind.USAGE,
@@ -268,7 +286,190 @@ def usage_lines(
                 **common,
             )
         )
-    return lines, usage_charged
+    prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end)
+    return [*lines, *prorations, *zero_usage_fees], usage_charged
+
+
+def _proration_lines(
+    terms: rating.PlanTerms,
+    meters: dict[int, Meter],
+    lines: list[LineDraft],
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+) -> list[LineDraft]:
+    """For a period billed in part, each prorated charge's usage brought down to the time
+    billed: the tiers were chosen on the whole quantity (and rated so), the amount is
+    prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
+    so the usage lines still say what was rated."""
+    starts, ends = _live_span(subscription, period_start, period_end)
+    if ends <= starts or (starts, ends) == (period_start, period_end):
+        return []
+    adjustments = []
+    for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
+        rated = sum(
+            (
+                ln.amount_precise
+                for ln in lines
+                if ln.meter_id == meter_id and ln.kind == LineKind.USAGE
+            ),
+            ZERO,
+        )
+        if not rated:
+            continue
+        share = prorate(
+            rated,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        )
+        meter = meters[meter_id]
+        adjustments.append(
+            LineDraft(
+                kind=LineKind.USAGE,
+                description=f"{meter.name or meter.code}, prorated: billed {_fmt(starts)} "
+                f"to {_fmt(ends)}",
+                starts_at=starts,
+                ends_at=ends,
+                quantity=ZERO,
+                amount_precise=share - rated,
+                meter_id=meter_id,
+                fee=True,
+                metadata={"rated": str(rated), "prorated": str(share)},
+            )
+        )
+    return adjustments
+
+
+def _zero_usage_fee_lines(
+    terms: rating.PlanTerms,
+    counters: list[PeriodUsage],
+    period_start: datetime,
+    period_end: datetime,
+) -> list[LineDraft]:
+    """The first tier's flat fee of each charge that invoices it at zero usage, for the
+    charges without a billable unit this period (with or without a counter)."""
+    quantities = {c.meter_id: c.quantity for c in counters}
+    fees = {
+        meter_id: fee
+        for meter_id, charge in terms.charges.items()
+        if (fee := charge.zero_usage_fee(quantities.get(meter_id, ZERO)))
+    }
+    if not fees:
+        return []
+    meters = Meter.objects.in_bulk(list(fees))
+    lines = []
+    for meter_id in sorted(fees):
+        meter = meters[meter_id]
+        first = terms.charges[meter_id].tiers[0]
+        lines.append(
+            LineDraft(
+                kind=LineKind.USAGE,
+                description=f"{meter.name or meter.code}, tier 1: flat fee (charged at zero usage)",
+                starts_at=period_start,
+                ends_at=period_end,
+                quantity=ZERO,
+                unit_price=first.unit_price,
+                flat_fee=fees[meter_id],
+                amount_precise=fees[meter_id],
+                meter_id=meter_id,
+                tier=1,
+                fee=True,
+            )
+        )
+    return lines
+
+
+def _live_span(
+    subscription: Subscription, period_start: datetime, period_end: datetime
+) -> tuple[datetime, datetime]:
+    """The part of the period the subscription was billed for (after its start and its
+    trial, before its end): what a minimum and a prorated charge are prorated by."""
+    starts = max(period_start, subscription.started_at, subscription.trial_ends_at or period_start)
+    ends = min(period_end, subscription.ended_at or period_end)
+    return starts, max(starts, ends)
+
+
+def minimum_lines(
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    currency: str,
+    phases: list[SubscriptionPhase],
+    lines: list[LineDraft],
+) -> list[LineDraft]:
+    """The shortfall of each minimum of the plan in force at the period's end: per charge,
+    what its lines come to against its minimum; then the subscription's, what all the
+    period's lines (base fees, usage, the charges' shortfalls) come to before tax against
+    the plan's. A minimum is prorated by the part of the period billed (as the base fee is);
+    exact amounts are compared, and a shortfall is a fee line of its own."""
+    plan = phases[-1].plan if phases else subscription.plan
+    if plan.consumption_model == ConsumptionModel.CREDITS:
+        return []
+    terms = rating.plan_terms(plan.pk)
+    starts, ends = _live_span(subscription, period_start, period_end)
+    if ends <= starts:
+        return []
+
+    def prorated(amount: Decimal) -> Decimal:
+        return prorate(
+            amount,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        )
+
+    def note(minimum: Decimal) -> str:
+        text = f"minimum {minimum.normalize():,f} {currency} per period"
+        if (starts, ends) != (period_start, period_end):
+            text += f", prorated {_fmt(starts)} to {_fmt(ends)}"
+        return text
+
+    shortfalls: list[LineDraft] = []
+    with_minimum = {m: c for m, c in terms.charges.items() if c.minimum_amount is not None}
+    meters = Meter.objects.in_bulk(list(with_minimum)) if with_minimum else {}
+    for meter_id in sorted(with_minimum):
+        minimum = with_minimum[meter_id].minimum_amount
+        assert minimum is not None
+        owed = prorated(minimum)
+        used = sum((ln.amount_precise for ln in lines if ln.meter_id == meter_id), ZERO)
+        if used < owed:
+            meter = meters[meter_id]
+            shortfalls.append(
+                LineDraft(
+                    kind=LineKind.MINIMUM,
+                    description=f"{meter.name or meter.code}: {note(minimum)}, shortfall",
+                    starts_at=starts,
+                    ends_at=ends,
+                    quantity=Decimal(1),
+                    unit_price=owed - used,
+                    amount_precise=owed - used,
+                    meter_id=meter_id,
+                    fee=True,
+                    metadata={"minimum": str(owed), "invoiced": str(used)},
+                )
+            )
+    if plan.minimum_amount is not None:
+        owed = prorated(plan.minimum_amount)
+        used = sum((ln.amount_precise for ln in [*lines, *shortfalls]), ZERO)
+        if used < owed:
+            shortfalls.append(
+                LineDraft(
+                    kind=LineKind.MINIMUM,
+                    description=f"{plan.name} — {note(plan.minimum_amount)}, shortfall",
+                    starts_at=starts,
+                    ends_at=ends,
+                    quantity=Decimal(1),
+                    unit_price=owed - used,
+                    amount_precise=owed - used,
+                    plan_id=plan.pk,
+                    fee=True,
+                    metadata={"minimum": str(owed), "invoiced": str(used)},
+                )
+            )
+    return shortfalls
 
 
 def compute_invoice(
@@ -288,18 +489,21 @@ def compute_invoice(
     currency = subscription.plan.currency
     if phases is None:
         phases = _phases(subscription, period_end)  # read once for the fees and the usage
+    # The rounding rule of the plan in force at the period's end, as for its usage.
+    rule = (phases[-1].plan if phases else subscription.plan).rounding
     if base_fees is None:
         base_fees = base_fee_lines(subscription, period_start, period_end, phases)
     usage, usage_charged = usage_lines(
         subscription, period_start, period_end, currency, phases, terms=terms, counters=counters
     )
     lines = [*base_fees, *usage]
+    lines += minimum_lines(subscription, period_start, period_end, currency, phases, lines)
     for line in lines:
-        line.amount = to_minor_unit(line.amount_precise, currency)
+        line.amount = to_minor_unit(line.amount_precise, currency, rule)
     subtotal = sum((line.amount for line in lines), ZERO)
     rate = tax_rate_for(subscription.customer)
     percentage = rate.percentage if rate is not None else ZERO
-    tax = to_minor_unit(subtotal * percentage / HUNDRED, currency)
+    tax = to_minor_unit(subtotal * percentage / HUNDRED, currency, rule)
     return InvoiceDraft(
         currency=currency,
         lines=lines,
@@ -309,5 +513,7 @@ def compute_invoice(
         tax=tax,
         total=subtotal + tax,
         usage_charged=usage_charged,
-        fees_precise=sum((line.amount_precise for line in base_fees), ZERO),
+        fees_precise=sum((line.amount_precise for line in lines if line.fee), ZERO)
+        + sum((line.amount_precise for line in base_fees), ZERO),
+        rounding_rule=rule,
     )

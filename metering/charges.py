@@ -11,6 +11,11 @@ includes 10M is reached at 110M used).
                 tier's flat fee
     package     unit_price per started block of package_size billable units
 
+A graduated or volume tier with its own ``package_size`` counts the units it prices in
+blocks of that size, rounded up (a started block is a whole block), and its unit price is
+per block: graduated, the tier's own units (a tier 1,001–3,000 in blocks of 500 prices
+1,200 of its units as 3 blocks); volume, all billable units.
+
 Rating prices usage *incrementally*: an event that takes a period's quantity from q₀ to q₁
 is worth ``worth(q₁) − worth(q₀)``. Summed over a period this telescopes to the worth of the
 whole quantity, so a graduated boundary crossed inside a batch (or inside one event) is
@@ -32,6 +37,15 @@ class Tier:
     up_to: Decimal | None
     unit_price: Decimal
     flat_fee: Decimal
+    package_size: Decimal | None = None  # unit_price per started block of this many units
+
+    def priced(self, units: Decimal) -> tuple[Decimal, Decimal]:
+        """(quantity, amount) of ``units`` in this tier: the quantity counts blocks when the
+        tier has a package size (rounded up), units otherwise; the flat fee is included."""
+        quantity = units
+        if self.package_size is not None:
+            quantity = (units / self.package_size).to_integral_value(rounding=ROUND_CEILING)
+        return quantity, quantity * self.unit_price + self.flat_fee
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,17 @@ class ChargeTerms:
     tiers: tuple[Tier, ...]
     margin_percent: Decimal | None
     catalog_priced: bool  # priced from the model catalog × (1 + margin)
+    flat_fee_at_zero: bool = False  # the first tier's flat fee invoiced without usage
+    minimum_amount: Decimal | None = None  # invoiced per period at least (not rated)
+    prorated: bool = False  # invoiced prorated for a period billed in part (not rated)
+
+    def zero_usage_fee(self, quantity: Decimal) -> Decimal:
+        """The first tier's flat fee when the charge invoices it at zero usage and
+        ``quantity`` has no billable unit (Lago's convention). Not rated — rating prices
+        units, and there are none — but invoiced by the period's close as a fee."""
+        if not self.flat_fee_at_zero or not self.tiers or self.billable(quantity) > 0:
+            return ZERO
+        return self.tiers[0].flat_fee
 
     def billable(self, quantity: Decimal) -> Decimal:
         return max(quantity - self.included_quantity, ZERO)
@@ -68,7 +93,7 @@ class ChargeTerms:
                 top = billable if tier.up_to is None else min(billable, tier.up_to)
                 if top <= floor:
                     break
-                total += (top - floor) * tier.unit_price + tier.flat_fee
+                total += tier.priced(top - floor)[1]
                 if tier.up_to is None or billable <= tier.up_to:
                     break
                 floor = tier.up_to
@@ -76,7 +101,7 @@ class ChargeTerms:
         if self.price_model == "volume":
             for tier in self.tiers:
                 if tier.up_to is None or billable <= tier.up_to:
-                    return billable * tier.unit_price + tier.flat_fee
+                    return tier.priced(billable)[1]
             return ZERO  # unreachable: the last tier is open-ended
         raise ValueError(f"unknown price model {self.price_model}")
 
@@ -102,15 +127,25 @@ class ChargeTerms:
         for position, tier in enumerate(self.tiers, start=1):
             if self.price_model == "volume":
                 if tier.up_to is None or billable <= tier.up_to:
-                    amount = billable * tier.unit_price + tier.flat_fee
-                    return [TierPart(position, billable, tier.unit_price, tier.flat_fee, amount)]
+                    units, amount = tier.priced(billable)
+                    return [
+                        TierPart(
+                            position,
+                            units,
+                            tier.unit_price,
+                            tier.flat_fee,
+                            amount,
+                            tier.package_size,
+                        )
+                    ]
                 continue
             top = billable if tier.up_to is None else min(billable, tier.up_to)
             if top <= floor:
                 break
-            units = top - floor
-            amount = units * tier.unit_price + tier.flat_fee
-            parts.append(TierPart(position, units, tier.unit_price, tier.flat_fee, amount))
+            units, amount = tier.priced(top - floor)
+            parts.append(
+                TierPart(position, units, tier.unit_price, tier.flat_fee, amount, tier.package_size)
+            )
             if tier.up_to is None or billable <= tier.up_to:
                 break
             floor = tier.up_to
@@ -120,10 +155,12 @@ class ChargeTerms:
 @dataclass(frozen=True, slots=True)
 class TierPart:
     """One invoice line of a charge: ``tier`` is 1-based (None without tiers); for the
-    package model ``quantity`` counts blocks."""
+    package model and a tier with a package size (``package_size``) ``quantity`` counts
+    blocks."""
 
     tier: int | None
     quantity: Decimal
     unit_price: Decimal
     flat_fee: Decimal
     amount: Decimal
+    package_size: Decimal | None = None

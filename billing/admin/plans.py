@@ -31,7 +31,14 @@ from billing.admin.common import (
     unit_price_cell,
 )
 from billing.api.serializers import ChargeSerializer
-from billing.models import ConsumptionModel, Interval, Plan, PlanCharge, PriceModel
+from billing.models import (
+    ConsumptionModel,
+    Interval,
+    Plan,
+    PlanCharge,
+    PriceModel,
+    RoundingRule,
+)
 from ledger.admin import ReadOnlyInline
 
 
@@ -44,7 +51,10 @@ def tiers_text(charge: PlanCharge) -> str:
             if tier.up_to is not None
             else (f"above {money(previous)}" if previous is not None else "all units")
         )
-        price = f"{money(tier.unit_price)} per unit"
+        if tier.package_size is not None:
+            price = f"{money(tier.unit_price)} per started block of {money(tier.package_size)}"
+        else:
+            price = f"{money(tier.unit_price)} per unit"
         if tier.flat_fee:
             price += f" + {money(tier.flat_fee)} flat"
         lines.append((bound, price))
@@ -64,6 +74,9 @@ class PlanChargeInline(ReadOnlyInline):
         "package_size_display",
         "margin_percent",
         "tiers",
+        "flat_fee_at_zero",
+        "minimum_amount",
+        "prorated",
     )
     readonly_fields = fields
     show_change_link = False
@@ -110,16 +123,26 @@ def charges_json(charges: Iterable[services.ChargeSpec]) -> str:
         if charge.margin_percent is not None:
             item["margin_percent"] = decimal_text(charge.margin_percent)
         if charge.tiers:
-            item["tiers"] = [
-                {
-                    "up_to": decimal_text(t.up_to),
-                    "unit_price": decimal_text(t.unit_price),
-                    "flat_fee": decimal_text(t.flat_fee),
-                }
-                for t in charge.tiers
-            ]
+            item["tiers"] = [_tier_json(t) for t in charge.tiers]
+        if charge.flat_fee_at_zero:
+            item["flat_fee_at_zero"] = True
+        if charge.minimum_amount is not None:
+            item["minimum_amount"] = decimal_text(charge.minimum_amount)
+        if charge.prorated:
+            item["prorated"] = True
         items.append(item)
     return json.dumps(items, indent=2)
+
+
+def _tier_json(tier: services.TierSpec) -> dict[str, Any]:
+    item = {
+        "up_to": decimal_text(tier.up_to),
+        "unit_price": decimal_text(tier.unit_price),
+        "flat_fee": decimal_text(tier.flat_fee),
+    }
+    if tier.package_size is not None:
+        item["package_size"] = decimal_text(tier.package_size)
+    return item
 
 
 def _flatten_errors(errors: Any, where: str) -> Iterable[str]:
@@ -148,8 +171,13 @@ CHARGES_HELP = (
     '"unit_price": "0.000002"}</code>. price_model is one of '
     + ", ".join(PriceModel.values)
     + '; graduated and volume charges take <code>"tiers": [{"up_to": "1000", "unit_price": '
-    '"0.01", "flat_fee": "0"}, …, {"up_to": null, …}]</code>; package charges take '
-    "package_size; margin_percent is optional. Write decimals as strings: they are kept exactly."
+    '"0.01", "flat_fee": "0"}, …, {"up_to": null, …}]</code> (a tier may take its own '
+    "package_size: its units counted in blocks, rounded up, unit_price per block); package "
+    "charges take package_size; margin_percent is optional; flat_fee_at_zero (true or false) "
+    "invoices the first tier's flat fee even without usage; minimum_amount is the least the "
+    "charge is invoiced per period; prorated (true or false) prorates its amount for a "
+    "period billed in part. Write decimals as strings: they "
+    "are kept exactly."
 )
 
 
@@ -192,6 +220,17 @@ class PlanVersionForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 6, "cols": 90, "style": "font-family: monospace"}),
         help_text=CREDIT_GRANT_HELP,
+    )
+    rounding = forms.ChoiceField(
+        choices=RoundingRule.choices,
+        initial=RoundingRule.HALF_EVEN,
+        required=False,  # left out: half_even, the default
+        help_text="How its invoices round each line and the tax to the minor unit.",
+    )
+    minimum_amount = PriceField(
+        required=False,
+        help_text="Optional: the least a subscription is invoiced per period before tax; "
+        "the shortfall is its own line.",
     )
 
     def __init__(self, *args, consumption_model: str, **kwargs):
@@ -246,6 +285,8 @@ class PlanCreateForm(PlanVersionForm):
         "units_per_credit",
         "charges",
         "credit_grant",
+        "rounding",
+        "minimum_amount",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -301,6 +342,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "consumption_model",
         "units_per_credit",
         "credit_grant_display",
+        "rounding",
+        "minimum_amount",
         "metadata",
         "self_serve",
         "spec_hash",
@@ -368,6 +411,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "units_per_credit": decimal_text(spec.units_per_credit),
                 "charges": charges_json(spec.charges),
                 "credit_grant": credit_grant_json(spec.credit_grant),
+                "rounding": spec.rounding,
+                "minimum_amount": decimal_text(spec.minimum_amount),
             },
         )
 
@@ -390,6 +435,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                             "trial_days",
                             "charges",
                             "credit_grant",
+                            "rounding",
+                            "minimum_amount",
                         )
                     },
                 }

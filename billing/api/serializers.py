@@ -358,9 +358,17 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
         required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
 
+    package_size = Price(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Units of this tier counted in blocks of this size, rounded up; unit_price "
+        "is then per block. Null: per unit.",
+    )
+
     class Meta:
         model = PriceTier
-        fields = ["up_to", "unit_price", "flat_fee"]
+        fields = ["up_to", "unit_price", "flat_fee", "package_size"]
 
 
 class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
@@ -382,6 +390,26 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         coerce_to_string=True,
     )
     tiers = TierSerializer(many=True, required=False, default=list)
+    minimum_amount = Price(
+        required=False,
+        allow_null=True,
+        default=None,
+        limit=limits.MAX_PRICE,
+        help_text="The least this charge is invoiced per period (prorated for part of a "
+        "period); the shortfall is its own line. Null: none.",
+    )
+    prorated = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="For a period billed in part: the tier chosen on the whole quantity, the "
+        "amount prorated by the time billed (Lago's prorated charges).",
+    )
+    flat_fee_at_zero = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "
+        "period without billable usage (Lago's convention).",
+    )
 
     class Meta:
         model = PlanCharge
@@ -393,6 +421,9 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
             "package_size",
             "margin_percent",
             "tiers",
+            "flat_fee_at_zero",
+            "minimum_amount",
+            "prorated",
         ]
 
 
@@ -470,6 +501,21 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     metadata = MetadataField()
     charges = ChargeSerializer(many=True, required=False, default=list)
     credit_grant = CreditGrantRuleField()
+    # Checked by validate_plan_spec (the pricing file's and the admin's message), not here.
+    rounding = serializers.CharField(
+        max_length=20,
+        required=False,
+        default="half_even",
+        help_text="How its invoices round to the minor unit: half_even (default) or half_up.",
+    )
+    minimum_amount = Price(
+        required=False,
+        allow_null=True,
+        default=None,
+        limit=limits.MAX_PRICE,
+        help_text="The least a subscription is invoiced per period before tax (prorated for "
+        "part of a period); the shortfall is its own line. Null: none.",
+    )
 
     class Meta:
         model = Plan
@@ -488,6 +534,8 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "metadata",
             "charges",
             "credit_grant",
+            "rounding",
+            "minimum_amount",
             "published_at",
         ]
         read_only_fields = ["id", "version", "published_at"]

@@ -75,6 +75,7 @@ from billing.models.plans import (
     PlanCharge,
     PriceModel,
     PriceTier,
+    RoundingRule,
 )
 from billing.models.projects import Project, ProjectHold, ProjectSpend, ProjectStatus
 from billing.models.subscriptions import (
@@ -106,6 +107,7 @@ __all__ = [
     "Wallet",
     "Interval",
     "ConsumptionModel",
+    "RoundingRule",
     "Plan",
     "Aggregation",
     "Meter",

@@ -17,6 +17,14 @@ class Interval(models.TextChoices):
     YEAR = "year", "Yearly"
 
 
+class RoundingRule(models.TextChoices):
+    """How an invoice rounds exact amounts to the currency's minor unit
+    (``invoicing.money.to_minor_unit``)."""
+
+    HALF_EVEN = "half_even", "Half to even (banker's rounding): 0.125 → 0.12"
+    HALF_UP = "half_up", "Half up (away from zero): 0.125 → 0.13"
+
+
 class ConsumptionModel(models.TextChoices):
     METERED = "metered", "Metered: included allowance + overage, invoiced"
     CREDITS = "credits", "Credits: prepaid blocks, 1 credit = N units"
@@ -41,6 +49,18 @@ class Plan(models.Model):
         null=True, blank=True, help_text="Credits model: how many units one credit buys."
     )
     metadata = models.JSONField(default=dict, blank=True)
+    rounding = models.CharField(
+        max_length=10,
+        choices=RoundingRule.choices,
+        default=RoundingRule.HALF_EVEN,
+        help_text="How its invoices round amounts to the minor unit: each line, the tax.",
+    )
+    minimum_amount = price_field(
+        null=True,
+        blank=True,
+        help_text="The least a subscription is invoiced per period before tax (prorated "
+        "for part of a period); the shortfall is its own line. Empty = none.",
+    )
     self_serve = models.BooleanField(
         default=False,
         help_text="Offered in the customer portal to switch to (same currency and interval). "
@@ -65,6 +85,10 @@ class Plan(models.Model):
             models.CheckConstraint(
                 condition=~Q(consumption_model="credits") | Q(units_per_credit__gt=0),
                 name="billing_plan_credits_need_units",
+            ),
+            models.CheckConstraint(
+                condition=Q(minimum_amount__isnull=True) | Q(minimum_amount__gt=0),
+                name="billing_plan_minimum_positive",
             ),
         ]
 
@@ -139,6 +163,23 @@ class PlanCharge(models.Model):
         blank=True,
         help_text="Markup over the provider's cost for catalog-priced usage.",
     )
+    minimum_amount = price_field(
+        null=True,
+        blank=True,
+        help_text="The least this charge is invoiced per period (prorated for part of a "
+        "period); the shortfall is its own line. Empty = none.",
+    )
+    prorated = models.BooleanField(
+        default=False,
+        help_text="For a period billed in part (a subscription ending inside it): the tier "
+        "chosen on the whole quantity, the amount prorated by the time billed (Lago's "
+        "prorated charges). Off: the whole amount.",
+    )
+    flat_fee_at_zero = models.BooleanField(
+        default=False,
+        help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "
+        "period without billable usage (Lago's convention). Off: charged from the first unit.",
+    )
 
     class Meta:
         constraints = [
@@ -150,6 +191,10 @@ class PlanCharge(models.Model):
             models.CheckConstraint(
                 condition=~Q(price_model="package") | Q(package_size__gt=0),
                 name="billing_charge_package_size",
+            ),
+            models.CheckConstraint(
+                condition=Q(minimum_amount__isnull=True) | Q(minimum_amount__gt=0),
+                name="billing_charge_minimum_positive",
             ),
         ]
 
@@ -163,11 +208,21 @@ class PriceTier(models.Model):
     up_to = price_field(null=True, blank=True, help_text="Last unit of the tier; empty = ∞.")
     unit_price = price_field(default=Decimal(0))
     flat_fee = price_field(default=Decimal(0))
+    package_size = price_field(
+        null=True,
+        blank=True,
+        help_text="Units of this tier counted in blocks of this size, rounded up; the unit "
+        "price is then per block. Empty = per unit.",
+    )
 
     class Meta:
         ordering = ["position"]
         constraints = [
             models.UniqueConstraint(fields=["charge", "position"], name="billing_tier_position"),
+            models.CheckConstraint(
+                condition=Q(package_size__isnull=True) | Q(package_size__gt=0),
+                name="billing_tier_package_size",
+            ),
         ]
 
     def __str__(self) -> str:

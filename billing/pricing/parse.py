@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from billing import errors, services
-from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel
+from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel, RoundingRule
 from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
@@ -208,6 +208,8 @@ class _Parser(ValueReader):
                 "metadata",
                 "charges",
                 "credit_grant",
+                "rounding",
+                "minimum_amount",
             ),
         )
         code = self.string(
@@ -265,6 +267,10 @@ class _Parser(ValueReader):
             consumption_model=consumption_model,
             units_per_credit=units_per_credit,
             metadata=metadata or None,
+            # a string here; validate_plan_spec refuses an unknown rule (the API's message)
+            rounding=self.string(data, "rounding", where, default=RoundingRule.HALF_EVEN.value),
+            # 0 is refused by validate_plan_spec (the API's and the admin's message)
+            minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")
                 for i, item in enumerate(
@@ -296,6 +302,9 @@ class _Parser(ValueReader):
                 "package_size",
                 "margin_percent",
                 "tiers",
+                "flat_fee_at_zero",
+                "minimum_amount",
+                "prorated",
             ),
         )
         meter = self.string(
@@ -352,16 +361,23 @@ class _Parser(ValueReader):
                 places=MARGIN_PLACES,
             ),
             tiers=tiers,
+            flat_fee_at_zero=self.boolean(data, "flat_fee_at_zero", where, default=False),
+            prorated=self.boolean(data, "prorated", where, default=False),
+            minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
         )
 
     def tier(self, value: Any, where: str) -> services.TierSpec:
-        data = self.mapping(value, where, allowed=("up_to", "unit_price", "flat_fee"))
+        data = self.mapping(
+            value, where, allowed=("up_to", "unit_price", "flat_fee", "package_size")
+        )
         if "unit_price" not in data and "flat_fee" not in data:
             self.fail(where, "a tier needs 'unit_price', 'flat_fee' or both")
         return services.TierSpec(
             up_to=self.decimal(data, "up_to", where, default=None, nullable=True, positive=True),
             unit_price=self.decimal(data, "unit_price", where, default=Decimal(0)),
             flat_fee=self.decimal(data, "flat_fee", where, default=Decimal(0)),
+            # 0 is refused by validate_plan_spec, with the API's and the admin's message
+            package_size=self.decimal(data, "package_size", where, default=None, nullable=True),
         )
 
 

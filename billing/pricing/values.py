@@ -188,6 +188,14 @@ class ValueReader:
             )
         return amount
 
+    def boolean(self, data: dict, key: str, where: str, *, default: bool) -> bool:
+        value = data.get(key, MISSING)
+        if value is MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.fail(f"{where}.{key}", f"expected true or false, got {self.describe(value)}")
+        return value
+
     def integer(self, data: dict, key: str, where: str, *, default: int, maximum: int) -> int:
         value = data.get(key, MISSING)
         location = f"{where}.{key}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from billing.models import (
     PriceModel,
     PriceTier,
     Rollover,
+    RoundingRule,
 )
 from billing.services.locks import PLAN_VERSION_LOCK
 
@@ -99,11 +100,20 @@ def rename_meter(*, meter: Meter, name: str, unit: str) -> Meter:
     return meter
 
 
+# Fields added to a spec after plans were published with it: left out of the spec's hash
+# while they keep their default, so that a plan not using them keeps the hash (and the
+# version) it always had.
+ADDED_LATER = {"hash": "omit_default"}
+
+
 @dataclass(frozen=True)
 class TierSpec:
     up_to: Decimal | None
     unit_price: Decimal = Decimal(0)
     flat_fee: Decimal = Decimal(0)
+    # Units counted in blocks of this size in this tier, rounded up; unit_price is then per
+    # block (None: per unit).
+    package_size: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,12 @@ class ChargeSpec:
     package_size: Decimal | None = None
     margin_percent: Decimal | None = None
     tiers: tuple[TierSpec, ...] = ()
+    # The first tier's flat fee invoiced even for a period without billable usage.
+    flat_fee_at_zero: bool = field(default=False, metadata=ADDED_LATER)
+    # The least the charge is invoiced per period; the shortfall is its own line.
+    minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
+    # A period billed in part: the amount prorated by the time billed (tier on the whole).
+    prorated: bool = field(default=False, metadata=ADDED_LATER)
 
 
 # Plan grants are drawn after promotional (10) and adjustment (20) credits, before
@@ -156,6 +172,10 @@ class PlanSpec:
     metadata: dict[str, Any] | None = None
     charges: tuple[ChargeSpec, ...] = ()
     credit_grant: CreditGrantSpec | None = None
+    # How its invoices round to the minor unit (invoicing.money.to_minor_unit).
+    rounding: str = field(default=RoundingRule.HALF_EVEN.value, metadata=ADDED_LATER)
+    # The least a subscription is invoiced per period before tax; the shortfall is a line.
+    minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
     def canonical_hash(self) -> str:
         def plain(value: Any) -> Any:
@@ -166,7 +186,11 @@ class PlanSpec:
             if isinstance(value, dict):
                 return {k: plain(v) for k, v in sorted(value.items())}
             if hasattr(value, "__dataclass_fields__"):
-                return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+                return {
+                    name: plain(getattr(value, name))
+                    for name, spec_field in value.__dataclass_fields__.items()
+                    if not _omitted(spec_field, getattr(value, name))
+                }
             return value
 
         body = plain(self)
@@ -175,6 +199,15 @@ class PlanSpec:
             del body["credit_grant"]
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _omitted(spec_field: Any, value: Any) -> bool:
+    """A field added later, at its default: left out of the hash."""
+    return (
+        spec_field.metadata.get("hash") == "omit_default"
+        and spec_field.default is not MISSING
+        and value == spec_field.default
+    )
 
 
 def validate_plan_spec(spec: PlanSpec) -> None:
@@ -202,6 +235,23 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             "consumption_model",
         )
     money(spec.base_fee, "base_fee")
+    if spec.rounding not in RoundingRule.values:
+        fail(f"rounding must be one of {', '.join(RoundingRule.values)}", "rounding")
+
+    def minimum(value: Decimal | None, param: str) -> None:
+        if value is None:
+            return
+        if value <= 0:
+            fail("minimum_amount must be greater than 0 (leave it out for none)", param)
+        money(value, param)
+        if spec.consumption_model == ConsumptionModel.CREDITS:
+            fail(
+                "a minimum is money, and a credits plan's usage is drawn in credits; "
+                "minimum_amount applies to metered and balance plans",
+                param,
+            )
+
+    minimum(spec.minimum_amount, "minimum_amount")
     if spec.consumption_model == ConsumptionModel.CREDITS and not (
         spec.units_per_credit and spec.units_per_credit > 0
     ):
@@ -248,6 +298,32 @@ def validate_plan_spec(spec: PlanSpec) -> None:
                 )
             if charge.margin_percent <= -100:
                 fail("margin_percent must be above -100", f"{param}.margin_percent")
+        minimum(charge.minimum_amount, f"{param}.minimum_amount")
+        if charge.prorated and spec.consumption_model == ConsumptionModel.CREDITS:
+            fail(
+                "prorated applies to metered and balance plans (a credits plan draws credits "
+                "by the unit)",
+                f"{param}.prorated",
+            )
+        if charge.flat_fee_at_zero:
+            if not tiered:
+                fail(
+                    "flat_fee_at_zero applies to graduated and volume charges only (the first "
+                    "tier's flat fee)",
+                    f"{param}.flat_fee_at_zero",
+                )
+            elif not charge.tiers[0].flat_fee:
+                fail(
+                    "flat_fee_at_zero charges the first tier's flat fee, and the first tier "
+                    "has none",
+                    f"{param}.flat_fee_at_zero",
+                )
+            if spec.consumption_model == ConsumptionModel.CREDITS:
+                fail(
+                    "flat_fee_at_zero applies to metered and balance plans (a credits plan "
+                    "draws credits by the unit, without fees)",
+                    f"{param}.flat_fee_at_zero",
+                )
         previous = Decimal(0)
         for j, tier in enumerate(charge.tiers):
             last = j == len(charge.tiers) - 1
@@ -257,6 +333,11 @@ def validate_plan_spec(spec: PlanSpec) -> None:
                 fail("only the last tier may be open-ended", f"{param}.tiers[{j}].up_to")
             if last and tier.up_to is not None:
                 fail("the last tier must be open-ended (up_to null)", f"{param}.tiers[{j}].up_to")
+            if tier.package_size is not None and tier.package_size <= 0:
+                fail(
+                    "a tier's package_size must be greater than 0 (leave it out to price per unit)",
+                    f"{param}.tiers[{j}].package_size",
+                )
             if tier.up_to is not None:
                 if tier.up_to <= previous:
                     fail("tier bounds must increase", f"{param}.tiers[{j}].up_to")
@@ -362,6 +443,8 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         consumption_model=spec.consumption_model,
         units_per_credit=spec.units_per_credit,
         metadata=spec.metadata or {},
+        rounding=spec.rounding,
+        minimum_amount=spec.minimum_amount,
         self_serve=current.self_serve if current is not None else False,
         spec_hash=spec_hash,
         published_by_id=published_by_id,
@@ -389,6 +472,9 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
             unit_price=charge_spec.unit_price,
             package_size=charge_spec.package_size,
             margin_percent=charge_spec.margin_percent,
+            flat_fee_at_zero=charge_spec.flat_fee_at_zero,
+            minimum_amount=charge_spec.minimum_amount,
+            prorated=charge_spec.prorated,
         )
         PriceTier.objects.bulk_create(
             PriceTier(
@@ -397,6 +483,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
                 up_to=t.up_to,
                 unit_price=t.unit_price,
                 flat_fee=t.flat_fee,
+                package_size=t.package_size,
             )
             for n, t in enumerate(charge_spec.tiers)
         )
@@ -438,6 +525,8 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         units_per_credit=plan.units_per_credit,
         description=plan.description,
         metadata=plan.metadata or None,
+        rounding=plan.rounding,
+        minimum_amount=plan.minimum_amount,
         charges=tuple(
             ChargeSpec(
                 meter=c.meter.code,
@@ -446,8 +535,16 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
                 unit_price=c.unit_price,
                 package_size=c.package_size,
                 margin_percent=c.margin_percent,
+                flat_fee_at_zero=c.flat_fee_at_zero,
+                minimum_amount=c.minimum_amount,
+                prorated=c.prorated,
                 tiers=tuple(
-                    TierSpec(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+                    TierSpec(
+                        up_to=t.up_to,
+                        unit_price=t.unit_price,
+                        flat_fee=t.flat_fee,
+                        package_size=t.package_size,
+                    )
                     for t in c.tiers.all()
                 ),
             )

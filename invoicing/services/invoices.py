@@ -91,4 +91,5 @@ def apply_figures(invoice: Invoice, draft: InvoiceDraft) -> None:
     invoice.usage_charged = draft.usage_charged
     invoice.fees_precise = draft.fees_precise
     invoice.rounding = draft.rounding
+    invoice.rounding_rule = draft.rounding_rule
     invoice.amount_due = draft.total

@@ -130,11 +130,11 @@ def create_credit_note(
         )
     credited_net = sum((n.amount for n in invoice.credit_notes.all()), ZERO)
     if amount > invoice.subtotal - credited_net:
-        left = to_minor_unit(invoice.subtotal - credited_net, currency)
+        left = to_minor_unit(invoice.subtotal - credited_net, currency, invoice.rounding_rule)
         raise errors.InvoicingValidation(
             f"at most {left} {currency} is left to credit", param="amount"
         )
-    tax = to_minor_unit(amount * invoice.tax_percentage / HUNDRED, currency)
+    tax = to_minor_unit(amount * invoice.tax_percentage / HUNDRED, currency, invoice.rounding_rule)
     total = amount + tax
     against = min(total, invoice.amount_remaining)
     to_balance = total - against

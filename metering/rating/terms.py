@@ -44,7 +44,12 @@ def plan_terms(plan_id: int) -> PlanTerms:
     charges = {}
     for charge in plan.charges.all():
         tiers = tuple(
-            Tier(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee)
+            Tier(
+                up_to=t.up_to,
+                unit_price=t.unit_price,
+                flat_fee=t.flat_fee,
+                package_size=t.package_size,
+            )
             for t in charge.tiers.all()
         )
         catalog_priced = (
@@ -62,6 +67,9 @@ def plan_terms(plan_id: int) -> PlanTerms:
             tiers=tiers,
             margin_percent=charge.margin_percent,
             catalog_priced=catalog_priced,
+            flat_fee_at_zero=charge.flat_fee_at_zero,
+            minimum_amount=charge.minimum_amount,
+            prorated=charge.prorated,
         )
     return PlanTerms(
         plan_id=plan.pk,

@@ -57,9 +57,18 @@ PRO_CHARGES_OUT = [
                 "up_to": "10000000.000000000000",
                 "unit_price": "0.000002000000",
                 "flat_fee": "0.000000000000",
+                "package_size": None,
             },
-            {"up_to": None, "unit_price": "0.000001500000", "flat_fee": "5.000000000000"},
+            {
+                "up_to": None,
+                "unit_price": "0.000001500000",
+                "flat_fee": "5.000000000000",
+                "package_size": None,
+            },
         ],
+        "flat_fee_at_zero": False,
+        "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "requests",
@@ -69,6 +78,9 @@ PRO_CHARGES_OUT = [
         "package_size": "1000.000000000000",
         "margin_percent": None,
         "tiers": [],
+        "flat_fee_at_zero": False,
+        "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "images",
@@ -78,6 +90,9 @@ PRO_CHARGES_OUT = [
         "package_size": None,
         "margin_percent": None,
         "tiers": [],
+        "flat_fee_at_zero": False,
+        "minimum_amount": None,
+        "prorated": False,
     },
     {
         "meter": "input_tokens",
@@ -87,6 +102,9 @@ PRO_CHARGES_OUT = [
         "package_size": None,
         "margin_percent": "12.5000",
         "tiers": [],
+        "flat_fee_at_zero": False,
+        "minimum_amount": None,
+        "prorated": False,
     },
 ]
 
@@ -128,6 +146,8 @@ def test_publish_a_plan_creates_version_one(api, meters):
         "metadata": {"tier": "pro"},
         "charges": PRO_CHARGES_OUT,
         "credit_grant": None,
+        "rounding": "half_even",
+        "minimum_amount": None,
     }
     plan = Plan.objects.get()
     assert response.json()["id"] == plan.pk
@@ -269,8 +289,18 @@ def test_publish_a_yearly_volume_plan_with_json_numbers(api, meters):
     body = response.json()
     assert body["base_fee"] == "0.100000000000"
     assert body["charges"][0]["tiers"] == [
-        {"up_to": "100.000000000000", "unit_price": "0.300000000000", "flat_fee": "0.000000000000"},
-        {"up_to": None, "unit_price": "0.000001500000", "flat_fee": "0.000000000000"},
+        {
+            "up_to": "100.000000000000",
+            "unit_price": "0.300000000000",
+            "flat_fee": "0.000000000000",
+            "package_size": None,
+        },
+        {
+            "up_to": None,
+            "unit_price": "0.000001500000",
+            "flat_fee": "0.000000000000",
+            "package_size": None,
+        },
     ]
 
 
