@@ -398,6 +398,7 @@ def minimum_lines(
     currency: str,
     phases: list[SubscriptionPhase],
     lines: list[LineDraft],
+    terms: rating.PlanTerms | None = None,
 ) -> list[LineDraft]:
     """The shortfall of each minimum of the plan in force at the period's end: per charge,
     what its lines come to against its minimum; then the subscription's, what all the
@@ -407,7 +408,8 @@ def minimum_lines(
     plan = phases[-1].plan if phases else subscription.plan
     if plan.consumption_model == ConsumptionModel.CREDITS:
         return []
-    terms = rating.plan_terms(plan.pk)
+    if terms is None:  # a usage preview passes the draft's terms (its plan is not saved)
+        terms = rating.plan_terms(plan.pk)
     starts, ends = _live_span(subscription, period_start, period_end)
     if ends <= starts:
         return []
@@ -497,7 +499,9 @@ def compute_invoice(
         subscription, period_start, period_end, currency, phases, terms=terms, counters=counters
     )
     lines = [*base_fees, *usage]
-    lines += minimum_lines(subscription, period_start, period_end, currency, phases, lines)
+    lines += minimum_lines(
+        subscription, period_start, period_end, currency, phases, lines, terms=terms
+    )
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
     subtotal = sum((line.amount for line in lines), ZERO)
