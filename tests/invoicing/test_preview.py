@@ -307,6 +307,48 @@ def test_a_model_price_preview_range_is_half_open(llm_book, model_prices):
     assert len(result.rows) == 2
 
 
+def test_a_model_price_preview_prices_each_day_with_the_plan_then_in_force(
+    llm_book, model_prices
+):
+    """acme was on payg (catalog + 20 %) in April; on 1 May it moves to a per-unit version of
+    payg. April previewed at 2.00/M input is still 3.00 → 2.40: the April tokens were priced
+    by April's plan, not by the one the customer is on now."""
+    tokens, payg, acme, _, acme_sub, _ = llm_book
+    per_unit = PlanFactory(
+        code=payg.code, charges=(ChargeSpec(meter=tokens.code, unit_price=D("0.000001")),)
+    )
+    services.change_subscription(subscription_id=acme_sub.pk, plan=per_unit, now=at(2026, 5, 1))
+    result = preview.preview_model_price(
+        price=model_prices["gpt-4o"],
+        prices={"input_mtok": D(2)},
+        start=at(2026, 4, 1),
+        end=at(2026, 5, 1),
+    )
+    [row] = [r for r in result.rows if r.customer == acme.external_id]
+    assert (row.old_amount, row.new_amount) == (D(3), D("2.4"))
+    assert not row.approximate
+
+
+def test_a_plan_change_inside_a_day_marks_that_days_row_approximate(llm_book, model_prices):
+    """The change at noon on 10 April, the day of the call: the day's counter row was priced
+    by two versions (the counters do not say which tokens each): marked approximate."""
+    tokens, payg, acme, _, acme_sub, _ = llm_book
+    per_unit = PlanFactory(
+        code=payg.code, charges=(ChargeSpec(meter=tokens.code, unit_price=D("0.000001")),)
+    )
+    services.change_subscription(
+        subscription_id=acme_sub.pk, plan=per_unit, now=at(2026, 4, 10, 12)
+    )
+    result = preview.preview_model_price(
+        price=model_prices["gpt-4o"],
+        prices={"input_mtok": D(2)},
+        start=at(2026, 4, 1),
+        end=at(2026, 5, 1),
+    )
+    [row] = [r for r in result.rows if r.customer == acme.external_id]
+    assert row.approximate and "inside a day (2026-04-10)" in row.note
+
+
 def test_tiered_model_prices_are_refused(model_prices):
     with pytest.raises(preview.PreviewUnsupported):
         preview.preview_model_price(
