@@ -307,9 +307,7 @@ def test_a_model_price_preview_range_is_half_open(llm_book, model_prices):
     assert len(result.rows) == 2
 
 
-def test_a_model_price_preview_prices_each_day_with_the_plan_then_in_force(
-    llm_book, model_prices
-):
+def test_a_model_price_preview_prices_each_day_with_the_plan_then_in_force(llm_book, model_prices):
     """acme was on payg (catalog + 20 %) in April; on 1 May it moves to a per-unit version of
     payg. April previewed at 2.00/M input is still 3.00 → 2.40: the April tokens were priced
     by April's plan, not by the one the customer is on now."""
