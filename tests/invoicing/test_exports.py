@@ -344,3 +344,47 @@ def test_the_admin_exports_page(journal, staff):
 def test_the_admin_exports_page_needs_staff(client, journal):
     response = client.get(reverse("finance-exports"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def clerk(client, django_user_model, *perms: str):
+    """A staff user with only ``perms`` ("app.codename"), logged in."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(unique("clerk"), "c@x.test", "pw", is_staff=True)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app, codename=codename)
+        )
+    client.force_login(user)
+    return client
+
+
+MAY_RANGE = {"start": "2026-05-01", "end": "2026-06-01"}
+
+
+def test_each_export_needs_the_view_permissions_of_what_it_holds(
+    client, django_user_model, journal
+):
+    """An invoice viewer gets invoices, not the ledger journal (every wallet's entries) nor the
+    payments; the journal needs the ledger's view permissions."""
+    c = clerk(client, django_user_model, "invoicing.view_invoice")
+    page = c.get(reverse("finance-exports"))
+    assert page.status_code == 200
+    assert b"<code>invoices</code>" in page.content and b"<code>journal</code>" not in page.content
+    for kind in ("journal", "journal-import", "payments", "credit-notes", "usage"):
+        assert c.get(reverse("finance-exports"), {"kind": kind, **MAY_RANGE}).status_code == 403
+    assert c.get(reverse("finance-exports"), {"kind": "invoices", **MAY_RANGE}).status_code == 200
+    c.logout()
+    c = clerk(client, django_user_model, "ledger.view_transaction", "ledger.view_entry")
+    response = c.get(reverse("finance-exports"), {"kind": "journal", **MAY_RANGE})
+    assert response.status_code == 200
+    assert (
+        len(list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))) == 7
+    )
+
+
+def test_staff_without_any_export_permission_are_refused(client, django_user_model, journal):
+    c = clerk(client, django_user_model)
+    assert c.get(reverse("finance-exports")).status_code == 403
+    assert c.get(reverse("finance-exports"), {"kind": "journal", **MAY_RANGE}).status_code == 403

@@ -446,3 +446,38 @@ def test_the_plan_preview_page_refuses_a_bad_draft(staff, book):
     )
     assert page.status_code == 200
     assert "does not exist" in page.content.decode()
+
+
+def test_the_preview_pages_need_customer_and_invoice_view_permissions(
+    client, django_user_model, book, llm_book, model_prices
+):
+    """Both previews list customers with their invoice totals or charges: a plan (or catalog)
+    viewer without the customers' and invoices' view permissions gets 403."""
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    pro, _, a, _ = book
+    _, _, acme, _, _, _ = llm_book
+    user = django_user_model.objects.create_user("clerk", "c@x.test", "pw", is_staff=True)
+    client.force_login(user)
+
+    def grant(*perms):
+        for perm in perms:
+            app, codename = perm.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app, codename=codename)
+            )
+        user.__dict__.pop("_perm_cache", None)
+
+    plan_url = reverse("finance-plan-preview", args=[pro.pk])
+    plan_draft = {"name": "Pro", "base_fee": "15", "trial_days": "0", "charges": "[]"}
+    price_url = reverse("finance-price-preview", args=[model_prices["gpt-4o"].pk])
+    price_draft = {"input_mtok": "2", "start": "2026-04-01", "end": "2026-05-01"}
+    grant("billing.view_plan", "metering.view_modelprice", "metering.view_modelusage")
+    assert client.post(plan_url, plan_draft).status_code == 403
+    assert client.post(price_url, price_draft).status_code == 403
+    grant("billing.view_customer", "invoicing.view_invoice")
+    page = client.post(plan_url, plan_draft)
+    assert page.status_code == 200 and a.customer.external_id in page.content.decode()
+    page = client.post(price_url, price_draft)
+    assert page.status_code == 200 and acme.external_id in page.content.decode()
