@@ -44,6 +44,10 @@ class ExportNotFound(errors.InvoicingError):
     error_type = "not_found_error"
 
 
+class InvalidRange(errors.InvoicingValidation):
+    code = "invalid_range"
+
+
 KINDS = ("journal", "journal-import", "invoices", "credit-notes", "payments", "usage")
 MAX_RANGE_DAYS = 3660
 
@@ -71,6 +75,16 @@ def export(*, kind: str, start: datetime, end: datetime) -> Export:
         raise errors.InvoicingValidation(
             f"a range covers at most {MAX_RANGE_DAYS} days", param="to"
         )
+    if kind == "journal-import":
+        # A JournalNo names a UTC day and currency: a bound inside a day would give the same
+        # number to two different summaries of that day (in two consecutive exports).
+        for name, moment in (("from", start), ("to", end)):
+            if moment.astimezone(UTC).time() != time(0):
+                raise InvalidRange(
+                    "journal-import covers whole UTC days: from and to must be midnight UTC "
+                    "(a date)",
+                    param=name,
+                )
     header, rows = _KINDS[kind]
     return Export(kind, start, end, header, rows(start, end))
 

@@ -190,6 +190,25 @@ def test_periods_are_half_open(journal):
     assert {r["transaction_id"] for r in first_moment} == {str(t1.pk)}
 
 
+def test_the_journal_import_refuses_bounds_inside_a_day(journal, make_key):
+    """Its JournalNo names a day and currency ("stable, so a re-import can be recognised"):
+    two exports split at 12:30 on 15 May would both hold an L20260515-USD with different
+    lines. Bounds inside a day are refused, in the service and the API."""
+    split = at(2026, 5, 15, 12, 30)
+    for start, end, param in ((MAY, split, "to"), (split, JUNE, "from")):
+        with pytest.raises(exports.InvalidRange) as refused:
+            exports.export(kind="journal-import", start=start, end=end)
+        assert refused.value.param == param and "whole UTC days" in refused.value.message
+    reader = make_client(make_key(("read",))[1])
+    response = reader.get("/api/v1/exports/journal-import?from=2026-05-01&to=2026-05-15T12:30:00Z")
+    assert_error(response, 400, "invalid_range", param="to")
+    # whole days, given as dates or as midnight timestamps, are what it takes
+    response = reader.get("/api/v1/exports/journal-import?from=2026-05-01T00:00:00Z&to=2026-05-16")
+    assert response.status_code == 200
+    numbers = {r["JournalNo"] for r in rows_of("journal-import", MAY, at(2026, 5, 16))}
+    assert numbers == {"L20260501-USD", "L20260515-USD"}
+
+
 def test_the_journal_pages_through_keyset_batches(journal, monkeypatch):
     """Three transactions a batch: the second page starts after the first's last key."""
     monkeypatch.setattr(exports, "BATCH", 1)
