@@ -8,17 +8,19 @@ from raw events:
 
 ``preview_plan_version(spec=…)``
     For each subscription whose plan at the end of its last invoiced period is a version of
-    ``spec.code``: that period's invoice as ``compute_invoice`` computes it (the function the
-    close, finalization and the upcoming invoice share), and the same function again with
-    the draft in place of the plan — the draft's base fee over the same phases, its charges
-    priced on the period's counters (``PeriodUsage``: the quantity of each meter). A charge
-    priced by its own prices is worth ``worth(quantity)`` under the draft, exactly what
-    rating would have recorded. A catalog-priced charge (provider cost × (1 + margin)) is
-    priced again from what it recorded: ``amount × (1 + new margin) / (1 + old margin)``,
-    exact while its included quantity is unchanged; a changed allowance is priced at the
-    period's average cost per unit and marked approximate; a charge that becomes
-    catalog-priced needs each event's cost, which the counters do not keep: it keeps its
-    recorded amount and is marked. Cost: about six indexed queries per subscription.
+    ``spec.code``: that period's invoice — as issued when it is finalized (its stored subtotal,
+    tax and total, whatever the tax rates are now), else as ``compute_invoice`` computes it (the
+    function the close, finalization and the upcoming invoice share) — and ``compute_invoice``
+    again with the draft in place of the plan: the draft's base fee over the same phases, its
+    charges priced on the period's counters (``PeriodUsage``: the quantity of each meter). A
+    charge priced by its own prices is worth ``worth(quantity)`` under the draft, exactly what
+    rating would have recorded. A catalog-priced charge (provider cost × (1 + margin)) is priced
+    again from what it recorded: ``amount × (1 + new margin) / (1 + old margin)``, exact while
+    its included quantity is unchanged; a changed allowance is priced at the period's average
+    cost per unit and marked approximate; a charge that becomes catalog-priced needs each
+    event's cost, which the counters do not keep: it keeps its recorded amount and is marked.
+    The draft's total is taxed at the issued invoice's rate (a draft invoice: the rate now), so
+    the difference is the plan's alone. Cost: about six indexed queries per subscription.
 
 ``preview_model_price(price=…, prices=…)``
     For one catalog row (a model's price version) and new prices per kind: per customer and
@@ -55,7 +57,8 @@ from billing.models import (
 )
 from billing.services import PlanSpec, validate_plan_spec
 from invoicing import errors
-from invoicing.models import Invoice, InvoiceStatus
+from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
+from invoicing.money import to_minor_unit
 from invoicing.selectors import InvoiceDraft, compute_invoice
 from metering import catalog, rating
 from metering import errors as metering_errors
@@ -112,7 +115,9 @@ class CustomerChange:
     currency: str
     period_start: datetime
     period_end: datetime
-    old_total: Decimal  # the invoice's total, rounded to the minor unit, tax included
+    # the invoice's total, tax included: a finalized invoice's as issued (its stored tax and
+    # total), a draft's as computed now; the draft is taxed at the same rate
+    old_total: Decimal
     new_total: Decimal
     old_subtotal: Decimal
     new_subtotal: Decimal
@@ -354,6 +359,20 @@ def _preview_subscription(
         terms=terms,
         counters=new_counters,
     )
+    old_total, old_subtotal, new_total = old.total, old.subtotal, new.total
+    if invoice.status in FINAL_STATUSES:
+        # The customer got this invoice: "old" is it as issued (its tax at the rate of its
+        # day), and the draft is taxed at that same rate, so the difference is the plan's
+        # alone, not a tax-rate change made since.
+        old_total, old_subtotal = invoice.total, invoice.subtotal
+        new_total = new.subtotal + to_minor_unit(
+            new.subtotal * invoice.tax_percentage / HUNDRED, invoice.currency
+        )
+        if old.subtotal != invoice.subtotal:
+            notes.append(
+                f"the invoice as issued ({invoice.subtotal:f} before tax) is not what the "
+                f"counters give now ({old.subtotal:f}): the draft prices the counters"
+            )
     return CustomerChange(
         customer=subscription.customer.external_id,
         name=subscription.customer.name,
@@ -362,9 +381,9 @@ def _preview_subscription(
         currency=old.currency,
         period_start=start,
         period_end=end,
-        old_total=old.total,
-        new_total=new.total,
-        old_subtotal=old.subtotal,
+        old_total=old_total,
+        new_total=new_total,
+        old_subtotal=old_subtotal,
         new_subtotal=new.subtotal,
         meters=meters,
         notes=notes,

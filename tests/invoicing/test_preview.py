@@ -28,7 +28,16 @@ from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 from tests.billing.conftest import api, api_key, assert_error, at, make_client, make_key
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory, unique
-from tests.invoicing.conftest import START, ChargeSpec, close, meter, plan, subscribe, use
+from tests.invoicing.conftest import (
+    START,
+    ChargeSpec,
+    close,
+    finalize,
+    meter,
+    plan,
+    subscribe,
+    use,
+)
 
 __all__ = ["api", "api_key", "make_key"]  # fixtures used here
 
@@ -103,6 +112,20 @@ def test_a_cheaper_draft_shows_each_customers_saving(book):
     assert (total.old, total.new, total.delta) == (D("55.00"), D("41.80"), D("-13.20"))
     # the old figures are the invoices the close made
     assert Invoice.objects.get(subscription=a).total == ra.old_total
+
+
+def test_a_finalized_invoices_old_figures_are_as_issued_after_a_tax_change(book):
+    """A's April invoice was finalized at 10 % (33.00); the rate is 20 % since. The old total
+    is the invoice the customer got, and the draft is taxed at the same 10 %: 25.30."""
+    pro, units, a, _ = book
+    invoice = finalize(Invoice.objects.get(subscription=a))
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (D(30), D(3), D(33))
+    TaxRate.objects.update(active=False)
+    TaxRate.objects.create(name="VAT", percentage=D(20))
+    [row] = preview.preview_plan_version(spec=cheaper(pro, units), customer=a.customer).rows
+    assert (row.old_subtotal, row.old_total) == (D(30), D(33))
+    assert (row.new_subtotal, row.new_total, row.delta) == (D(23), D("25.30"), D("-7.70"))
+    assert not row.approximate
 
 
 def test_an_unchanged_draft_changes_nothing_and_one_customer_can_be_previewed(book):
