@@ -69,6 +69,14 @@ def export(*, kind: str, start: datetime, end: datetime) -> Export:
     """The export ``kind`` of [start, end). Nothing is read until its rows are iterated."""
     if kind not in KINDS:
         raise ExportNotFound(f"no export {kind[:50]!r}; one of {', '.join(KINDS)}", param="kind")
+    # Everything that can refuse the range is checked here, before a row is read: once a
+    # response streams, its status and headers are gone and an error can only cut it short.
+    for name, moment in (("from", start), ("to", end)):
+        try:
+            moment.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise InvalidRange(f"{name} is outside the years 1–9999 in UTC", param=name) from None
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         raise errors.InvoicingValidation("to must be after from", param="to")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
@@ -132,14 +140,18 @@ def round_balanced(amounts: Sequence[Decimal], currency: str) -> list[Decimal]:
     return result
 
 
-def _day_range(start: datetime, end: datetime) -> tuple[date, date]:
-    """The UTC days whose start lies in [start, end), as [first, until)."""
-
-    def first_at_or_after(moment: datetime) -> date:
-        moment = moment.astimezone(UTC)
-        return moment.date() if moment.time() == time(0) else moment.date() + timedelta(days=1)
-
-    return first_at_or_after(start), first_at_or_after(end)
+def _day_range(start: datetime, end: datetime) -> tuple[date, date] | None:
+    """The UTC days whose start lies in [start, end), as [first, last] (both included: the
+    day after 9999-12-31 does not exist), or None when there is none."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if start.time() == time(0):
+        first = start.date()
+    elif start.date() == date.max:
+        return None  # no day starts after a moment inside the last one
+    else:
+        first = start.date() + timedelta(days=1)
+    last = end.date() - timedelta(days=1) if end.time() == time(0) else end.date()
+    return (first, last) if first <= last else None
 
 
 # --- the ledger journal: one row per entry --------------------------------------------------
@@ -456,8 +468,10 @@ USAGE_HEADER = (
 def _usage(start: datetime, end: datetime) -> Iterator[list[Any]]:
     """The daily usage counters (per subscription, meter, UTC day and dimension) of the days
     whose start lies in [start, end)."""
-    first, until = _day_range(start, end)
-    queryset = DailyUsage.objects.filter(day__gte=first, day__lt=until)
+    days = _day_range(start, end)
+    if days is None:
+        return
+    queryset = DailyUsage.objects.filter(day__gte=days[0], day__lte=days[1])
     columns = (
         "day",
         "customer__external_id",

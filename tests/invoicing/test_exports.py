@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from datetime import timezone as tz
 from decimal import Decimal
 
 import pytest
@@ -304,6 +305,30 @@ def test_usage_export_is_the_daily_counters_of_whole_days(billed):
     assert rows_of("usage", start=at(2026, 4, 11), end=MAY) == []
     # a range starting inside a day leaves that day out: its start is before the range
     assert rows_of("usage", start=at(2026, 4, 10, 1), end=at(2026, 4, 12)) == []
+
+
+def test_usage_ranges_at_the_end_of_the_calendar_are_answered_before_streaming(db, make_key):
+    """A "to" inside 9999-12-31: the day after it does not exist; the export still answers
+    (the last day included), and a bound that leaves the years 1–9999 in UTC is a JSON 400
+    before any CSV is sent, never a 200 cut short."""
+    reader = make_client(make_key(("read",))[1])
+    response = reader.get("/api/v1/exports/usage?from=9999-12-30&to=9999-12-31T12:00:00Z")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content).decode()
+    assert body.splitlines() == [",".join(exports.USAGE_HEADER)]
+    response = reader.get("/api/v1/exports/usage?from=9999-12-31T06:00:00Z&to=9999-12-31T12:00:00Z")
+    assert response.status_code == 200 and b"".join(response.streaming_content)
+    response = reader.get("/api/v1/exports/usage?from=9999-12-30&to=9999-12-31T23:00:00-05:00")
+    assert_error(response, 400, "invalid_parameter", param="to")  # the API's parsing
+    beyond = datetime(9999, 12, 31, 23, tzinfo=tz(timedelta(hours=-5)))
+    with pytest.raises(exports.InvalidRange) as refused:
+        exports.export(kind="usage", start=at(9999, 12, 30), end=beyond)
+    assert refused.value.param == "to"
+    assert exports._day_range(at(9999, 12, 30), at(9999, 12, 31, 12)) == (
+        date(9999, 12, 30),
+        date(9999, 12, 31),
+    )
+    assert exports._day_range(at(9999, 12, 31, 6), at(9999, 12, 31, 12)) is None
 
 
 # --- the API and the admin ---------------------------------------------------------------------
