@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Left, StrIndex, TruncDate
 
@@ -94,7 +95,23 @@ def export(*, kind: str, start: datetime, end: datetime) -> Export:
                     param=name,
                 )
     header, rows = _KINDS[kind]
-    return Export(kind, start, end, header, rows(start, end))
+    return Export(kind, start, end, header, snapshot(rows(start, end)))
+
+
+def snapshot(rows: Iterator[list[Any]]) -> Iterator[list[Any]]:
+    """``rows`` read in one REPEATABLE READ READ ONLY transaction: every batch sees the
+    database as the first one did, so a posting made while the file streams is in no batch
+    and never half in it. Inside a transaction already (a caller's ``atomic``, a test) the
+    level can no longer be set: the batches read in that one. The transaction opens when
+    the first row is asked for, and ends when the last is read or the stream is closed (a
+    client that went away): nothing was written, it only ends a read."""
+    if connection.in_atomic_block:
+        yield from rows
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield from rows
 
 
 def text(value: Any) -> str:

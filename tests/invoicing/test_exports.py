@@ -432,3 +432,45 @@ def test_staff_without_any_export_permission_are_refused(client, django_user_mod
     c = clerk(client, django_user_model)
     assert c.get(reverse("finance-exports")).status_code == 403
     assert c.get(reverse("finance-exports"), {"kind": "journal", **MAY_RANGE}).status_code == 403
+
+
+def test_an_export_streams_from_one_read_only_snapshot(transactional_db, journal, monkeypatch):
+    """A batch at a time (here one transaction a batch), all in one REPEATABLE READ READ ONLY
+    transaction: a posting committed by another connection while the file streams is in no
+    batch; the next export has it."""
+    import threading
+
+    from django.db import connection
+    from django.db import connections as all_connections
+
+    from ledger.models import Account
+
+    monkeypatch.setattr(exports, "BATCH", 1)
+    late = unique("late")
+
+    def post_late():
+        try:
+            wallet = Account.objects.get(code="wallet:acme:USD")
+            revenue = Account.objects.get(code="@Revenue", currency="USD")
+            ledger.post_transaction(
+                reference=late,
+                effective_at=at(2026, 5, 20),
+                legs=[ledger.debit(wallet, D(7)), ledger.credit(revenue, D(7))],
+            )
+        finally:
+            all_connections.close_all()
+
+    export = exports.export(kind="journal", start=MAY, end=JUNE)
+    first = next(export.rows)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW transaction_isolation")
+        assert cursor.fetchone()[0] == "repeatable read"
+        cursor.execute("SHOW transaction_read_only")
+        assert cursor.fetchone()[0] == "on"
+    writer = threading.Thread(target=post_late)
+    writer.start()
+    writer.join()
+    streamed = [first, *export.rows]
+    assert len(streamed) == 7 and late not in {row[1] for row in streamed}
+    assert not connection.in_atomic_block  # the snapshot ended with the stream
+    assert late in {row["reference"] for row in rows_of("journal")}
