@@ -104,10 +104,12 @@ class ExportView(APIView):
         summary="An accounting export of a period as CSV (streamed)",
         description=(
             "kind: journal (every ledger entry), journal-import (a daily summary journal per "
-            "currency in QuickBooks/Xero general-journal columns), invoices (finalized), "
-            "credit-notes, payments, usage (the daily usage counters). The range is half-open "
-            "[from, to); columns in docs/exports.md. Money is exact decimal text, with the "
-            "minor-unit rounding beside it where it differs."
+            "currency in QuickBooks/Xero general-journal columns; whole UTC days only, else "
+            "400 invalid_range), invoices (finalized), credit-notes, payments, usage (the "
+            "daily usage counters). The range is half-open [from, to) and checked before "
+            "anything streams; the rows are read in one consistent snapshot. Columns in "
+            "docs/exports.md. Money is exact decimal text, with the minor-unit rounding "
+            "beside it where it differs."
         ),
         parameters=[
             OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(exports.KINDS)),
