@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Left, StrIndex, TruncDate
 
@@ -42,6 +43,10 @@ class ExportNotFound(errors.InvoicingError):
     code = "export_not_found"
     http_status = 404
     error_type = "not_found_error"
+
+
+class InvalidRange(errors.InvoicingValidation):
+    code = "invalid_range"
 
 
 KINDS = ("journal", "journal-import", "invoices", "credit-notes", "payments", "usage")
@@ -65,14 +70,48 @@ def export(*, kind: str, start: datetime, end: datetime) -> Export:
     """The export ``kind`` of [start, end). Nothing is read until its rows are iterated."""
     if kind not in KINDS:
         raise ExportNotFound(f"no export {kind[:50]!r}; one of {', '.join(KINDS)}", param="kind")
+    # Everything that can refuse the range is checked here, before a row is read: once a
+    # response streams, its status and headers are gone and an error can only cut it short.
+    for name, moment in (("from", start), ("to", end)):
+        try:
+            moment.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise InvalidRange(f"{name} is outside the years 1–9999 in UTC", param=name) from None
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         raise errors.InvoicingValidation("to must be after from", param="to")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
         raise errors.InvoicingValidation(
             f"a range covers at most {MAX_RANGE_DAYS} days", param="to"
         )
+    if kind == "journal-import":
+        # A JournalNo names a UTC day and currency: a bound inside a day would give the same
+        # number to two different summaries of that day (in two consecutive exports).
+        for name, moment in (("from", start), ("to", end)):
+            if moment.astimezone(UTC).time() != time(0):
+                raise InvalidRange(
+                    "journal-import covers whole UTC days: from and to must be midnight UTC "
+                    "(a date)",
+                    param=name,
+                )
     header, rows = _KINDS[kind]
-    return Export(kind, start, end, header, rows(start, end))
+    return Export(kind, start, end, header, snapshot(rows(start, end)))
+
+
+def snapshot(rows: Iterator[list[Any]]) -> Iterator[list[Any]]:
+    """``rows`` read in one REPEATABLE READ READ ONLY transaction: every batch sees the
+    database as the first one did, so a posting made while the file streams is in no batch
+    and never half in it. Inside a transaction already (a caller's ``atomic``, a test) the
+    level can no longer be set: the batches read in that one. The transaction opens when
+    the first row is asked for, and ends when the last is read or the stream is closed (a
+    client that went away): nothing was written, it only ends a read."""
+    if connection.in_atomic_block:
+        yield from rows
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield from rows
 
 
 def text(value: Any) -> str:
@@ -118,14 +157,18 @@ def round_balanced(amounts: Sequence[Decimal], currency: str) -> list[Decimal]:
     return result
 
 
-def _day_range(start: datetime, end: datetime) -> tuple[date, date]:
-    """The UTC days whose start lies in [start, end), as [first, until)."""
-
-    def first_at_or_after(moment: datetime) -> date:
-        moment = moment.astimezone(UTC)
-        return moment.date() if moment.time() == time(0) else moment.date() + timedelta(days=1)
-
-    return first_at_or_after(start), first_at_or_after(end)
+def _day_range(start: datetime, end: datetime) -> tuple[date, date] | None:
+    """The UTC days whose start lies in [start, end), as [first, last] (both included: the
+    day after 9999-12-31 does not exist), or None when there is none."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if start.time() == time(0):
+        first = start.date()
+    elif start.date() == date.max:
+        return None  # no day starts after a moment inside the last one
+    else:
+        first = start.date() + timedelta(days=1)
+    last = end.date() - timedelta(days=1) if end.time() == time(0) else end.date()
+    return (first, last) if first <= last else None
 
 
 # --- the ledger journal: one row per entry --------------------------------------------------
@@ -442,8 +485,10 @@ USAGE_HEADER = (
 def _usage(start: datetime, end: datetime) -> Iterator[list[Any]]:
     """The daily usage counters (per subscription, meter, UTC day and dimension) of the days
     whose start lies in [start, end)."""
-    first, until = _day_range(start, end)
-    queryset = DailyUsage.objects.filter(day__gte=first, day__lt=until)
+    days = _day_range(start, end)
+    if days is None:
+        return
+    queryset = DailyUsage.objects.filter(day__gte=days[0], day__lte=days[1])
     columns = (
         "day",
         "customer__external_id",

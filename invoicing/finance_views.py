@@ -20,6 +20,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
@@ -103,10 +104,12 @@ class ExportView(APIView):
         summary="An accounting export of a period as CSV (streamed)",
         description=(
             "kind: journal (every ledger entry), journal-import (a daily summary journal per "
-            "currency in QuickBooks/Xero general-journal columns), invoices (finalized), "
-            "credit-notes, payments, usage (the daily usage counters). The range is half-open "
-            "[from, to); columns in docs/exports.md. Money is exact decimal text, with the "
-            "minor-unit rounding beside it where it differs."
+            "currency in QuickBooks/Xero general-journal columns; whole UTC days only, else "
+            "400 invalid_range), invoices (finalized), credit-notes, payments, usage (the "
+            "daily usage counters). The range is half-open [from, to) and checked before "
+            "anything streams; the rows are read in one consistent snapshot. Columns in "
+            "docs/exports.md. Money is exact decimal text, with the minor-unit rounding "
+            "beside it where it differs."
         ),
         parameters=[
             OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(exports.KINDS)),
@@ -272,6 +275,10 @@ class ExportForm(forms.Form):
     start = forms.DateField(label="From (inclusive, UTC)", widget=forms.DateInput({"type": "date"}))
     end = forms.DateField(label="To (exclusive, UTC)", widget=forms.DateInput({"type": "date"}))
 
+    def __init__(self, *args, kinds: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = [(k, k) for k in kinds]  # type: ignore[attr-defined]
+
     def clean(self):
         data = super().clean() or {}
         if data.get("start") and data.get("end") and data["end"] <= data["start"]:
@@ -279,9 +286,37 @@ class ExportForm(forms.Form):
         return data
 
 
-@permission_required("invoicing.view_invoice", raise_exception=True)
+# The view permissions each export needs: the data it holds, no narrower.
+EXPORT_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "journal": ("ledger.view_transaction", "ledger.view_entry"),
+    "journal-import": ("ledger.view_transaction", "ledger.view_entry"),
+    "invoices": ("invoicing.view_invoice",),
+    "credit-notes": ("invoicing.view_creditnote",),
+    "payments": ("invoicing.view_payment",),
+    "usage": ("metering.view_dailyusage",),
+}
+# The previews list every customer with their invoice totals / charges.
+CUSTOMER_FIGURES = ("billing.view_customer", "invoicing.view_invoice")
+PLAN_PREVIEW_PERMISSIONS = ("billing.view_plan", *CUSTOMER_FIGURES)
+PRICE_PREVIEW_PERMISSIONS = (
+    "metering.view_modelprice",
+    "metering.view_modelusage",
+    *CUSTOMER_FIGURES,
+)
+
+
+def allowed_exports(user) -> list[str]:
+    """The kinds ``user`` may download: each needs the view permissions of what it holds."""
+    return [kind for kind in exports.KINDS if user.has_perms(EXPORT_PERMISSIONS[kind])]
+
+
 def exports_page(request: HttpRequest) -> HttpResponseBase:
-    form = ExportForm(request.GET if "kind" in request.GET else None)
+    allowed = allowed_exports(request.user)
+    if not allowed:
+        raise PermissionDenied
+    if request.GET.get("kind") in EXPORT_PERMISSIONS and request.GET["kind"] not in allowed:
+        raise PermissionDenied
+    form = ExportForm(request.GET if "kind" in request.GET else None, kinds=allowed)
     if form.is_bound and form.is_valid():
         d = form.cleaned_data
         try:
@@ -297,7 +332,7 @@ def exports_page(request: HttpRequest) -> HttpResponseBase:
         "admin/invoicing/exports.html",
         "Exports for accounting",
         form=form,
-        kinds=EXPORT_DESCRIPTIONS,
+        kinds=[(k, text) for k, text in EXPORT_DESCRIPTIONS if k in allowed],
     )
 
 
@@ -334,7 +369,7 @@ class PlanDraftForm(PlanVersionForm):
             attrs["class"] = "finance-json"
 
 
-@permission_required("billing.view_plan", raise_exception=True)
+@permission_required(PLAN_PREVIEW_PERMISSIONS, raise_exception=True)
 def plan_preview_page(request: HttpRequest, plan_id: int) -> HttpResponse:
     plan = get_object_or_404(Plan, pk=plan_id)
     spec = services.plan_spec_of(plan)
@@ -404,7 +439,7 @@ class PricePreviewForm(forms.Form):
         return data
 
 
-@permission_required("metering.view_modelprice", raise_exception=True)
+@permission_required(PRICE_PREVIEW_PERMISSIONS, raise_exception=True)
 def price_preview_page(request: HttpRequest, price_id: int) -> HttpResponse:
     price = get_object_or_404(ModelPrice, pk=price_id)
     start, end = preview.last_month()

@@ -8,23 +8,28 @@ from raw events:
 
 ``preview_plan_version(spec=…)``
     For each subscription whose plan at the end of its last invoiced period is a version of
-    ``spec.code``: that period's invoice as ``compute_invoice`` computes it (the function the
-    close, finalization and the upcoming invoice share), and the same function again with
-    the draft in place of the plan — the draft's base fee over the same phases, its charges
-    priced on the period's counters (``PeriodUsage``: the quantity of each meter). A charge
-    priced by its own prices is worth ``worth(quantity)`` under the draft, exactly what
-    rating would have recorded. A catalog-priced charge (provider cost × (1 + margin)) is
-    priced again from what it recorded: ``amount × (1 + new margin) / (1 + old margin)``,
-    exact while its included quantity is unchanged; a changed allowance is priced at the
-    period's average cost per unit and marked approximate; a charge that becomes
-    catalog-priced needs each event's cost, which the counters do not keep: it keeps its
-    recorded amount and is marked. Cost: about six indexed queries per subscription.
+    ``spec.code``: that period's invoice — as issued when it is finalized (its stored subtotal,
+    tax and total, whatever the tax rates are now), else as ``compute_invoice`` computes it (the
+    function the close, finalization and the upcoming invoice share) — and ``compute_invoice``
+    again with the draft in place of the plan: the draft's base fee over the same phases, its
+    charges priced on the period's counters (``PeriodUsage``: the quantity of each meter). A
+    charge priced by its own prices is worth ``worth(quantity)`` under the draft, exactly what
+    rating would have recorded. A catalog-priced charge (provider cost × (1 + margin)) is priced
+    again from what it recorded: ``amount × (1 + new margin) / (1 + old margin)``, exact while
+    its included quantity is unchanged; a changed allowance is priced at the period's average
+    cost per unit and marked approximate; a charge that becomes catalog-priced needs each
+    event's cost, which the counters do not keep: it keeps its recorded amount and is marked.
+    The draft's total is taxed at the issued invoice's rate (a draft invoice: the rate now), so
+    the difference is the plan's alone. Cost: about six indexed queries per subscription.
 
 ``preview_model_price(price=…, prices=…)``
     For one catalog row (a model's price version) and new prices per kind: per customer and
     model, the tokens the ``ModelUsage`` counters hold for the days that row priced, their
     provider cost again at the new prices, and the price of the customer's catalog-priced
-    charges moved by that cost × (1 + margin). Exact for prices without long-context tiers or
+    charges moved by that cost × (1 + margin) — the charges of the plan version in force on
+    each counter row's day (the subscription's phase then, not its plan now; a day with a
+    plan change inside it is priced with the later version and marked approximate). Exact
+    for prices without long-context tiers or
     time-of-day windows (refused: those depend on each request) when the charge's allowance
     was used up before the period; otherwise marked approximate. Cost: one pass over the
     counter rows of the range (keyset by id), a few queries per customer.
@@ -52,7 +57,8 @@ from billing.models import (
 )
 from billing.services import PlanSpec, validate_plan_spec
 from invoicing import errors
-from invoicing.models import Invoice, InvoiceStatus
+from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
+from invoicing.money import to_minor_unit
 from invoicing.selectors import InvoiceDraft, compute_invoice
 from metering import catalog, rating
 from metering import errors as metering_errors
@@ -109,7 +115,9 @@ class CustomerChange:
     currency: str
     period_start: datetime
     period_end: datetime
-    old_total: Decimal  # the invoice's total, rounded to the minor unit, tax included
+    # the invoice's total, tax included: a finalized invoice's as issued (its stored tax and
+    # total), a draft's as computed now; the draft is taxed at the same rate
+    old_total: Decimal
     new_total: Decimal
     old_subtotal: Decimal
     new_subtotal: Decimal
@@ -351,6 +359,20 @@ def _preview_subscription(
         terms=terms,
         counters=new_counters,
     )
+    old_total, old_subtotal, new_total = old.total, old.subtotal, new.total
+    if invoice.status in FINAL_STATUSES:
+        # The customer got this invoice: "old" is it as issued (its tax at the rate of its
+        # day), and the draft is taxed at that same rate, so the difference is the plan's
+        # alone, not a tax-rate change made since.
+        old_total, old_subtotal = invoice.total, invoice.subtotal
+        new_total = new.subtotal + to_minor_unit(
+            new.subtotal * invoice.tax_percentage / HUNDRED, invoice.currency
+        )
+        if old.subtotal != invoice.subtotal:
+            notes.append(
+                f"the invoice as issued ({invoice.subtotal:f} before tax) is not what the "
+                f"counters give now ({old.subtotal:f}): the draft prices the counters"
+            )
     return CustomerChange(
         customer=subscription.customer.external_id,
         name=subscription.customer.name,
@@ -359,9 +381,9 @@ def _preview_subscription(
         currency=old.currency,
         period_start=start,
         period_end=end,
-        old_total=old.total,
-        new_total=new.total,
-        old_subtotal=old.subtotal,
+        old_total=old_total,
+        new_total=new_total,
+        old_subtotal=old_subtotal,
         new_subtotal=new.subtotal,
         meters=meters,
         notes=notes,
@@ -594,6 +616,7 @@ def preview_model_price(
         if customer is not None:
             usage = usage.filter(customer=customer)
         grouped: dict[tuple[int, int, str, str, str], dict[str, Any]] = {}
+        phases: dict[int, list[tuple[datetime, datetime | None, int]]] = {}
         last_id = 0
         while True:  # keyset by id: one pass over the range's counter rows
             batch = list(
@@ -608,12 +631,14 @@ def preview_model_price(
                     "currency",
                     "amount",
                     "cost",
+                    "day",
                     *_USAGE_FIELDS,
                 )[:2000]
             )
             if not batch:
                 break
             last_id = batch[-1]["pk"]
+            _load_phases(phases, {row["subscription_id"] for row in batch} - phases.keys())
             for row in batch:
                 if (row["provider"], row["model"]) not in names:
                     continue
@@ -625,13 +650,61 @@ def preview_model_price(
                     row["currency"],
                 )
                 into = grouped.setdefault(
-                    key, {"amount": ZERO, "cost": ZERO, **dict.fromkeys(_USAGE_FIELDS, 0)}
+                    key,
+                    {
+                        "amount": ZERO,
+                        "cost": ZERO,
+                        **dict.fromkeys(_USAGE_FIELDS, 0),
+                        "plans": {},
+                        "unknown_days": set(),
+                    },
                 )
                 for name in ("amount", "cost", *_USAGE_FIELDS):
                     into[name] += row[name]
+                # the plan in force on the row's day: its charges priced the row
+                plan_id, known = _plan_on(phases[row["subscription_id"]], row["day"])
+                if not known:
+                    into["unknown_days"].add(row["day"])
+                part = into["plans"].setdefault(plan_id, dict.fromkeys(_USAGE_FIELDS, 0))
+                for name in _USAGE_FIELDS:
+                    part[name] += row[name]
         rows = _price_rows(grouped, old_p, new_p)
         rows.sort(key=lambda r: (r.customer, r.provider, r.model, r.currency))
         return PricePreview(price, start, end, rows, notes)
+
+
+def _load_phases(
+    into: dict[int, list[tuple[datetime, datetime | None, int]]], subscription_ids: set[int]
+) -> None:
+    """The phases (plan versions in force) of ``subscription_ids``, in time order."""
+    if not subscription_ids:
+        return
+    for subscription_id in subscription_ids:
+        into[subscription_id] = []
+    for subscription_id, starts_at, ends_at, plan_id in (
+        SubscriptionPhase.objects.filter(subscription_id__in=subscription_ids)
+        .order_by("starts_at", "id")
+        .values_list("subscription_id", "starts_at", "ends_at", "plan_id")
+    ):
+        into[subscription_id].append((starts_at, ends_at, plan_id))
+
+
+def _plan_on(
+    phases: list[tuple[datetime, datetime | None, int]], day: date
+) -> tuple[int | None, bool]:
+    """The plan version in force on UTC ``day`` and whether it is the only one that day. A
+    day with two versions (a change inside it) gives the later one, not known: the counter
+    row does not say which tokens each priced. No phase at all: None, not known."""
+    day_start = datetime.combine(day, time(0), tzinfo=UTC)
+    day_end = day_start + timedelta(days=1)
+    plans = [
+        plan_id
+        for starts_at, ends_at, plan_id in phases
+        if starts_at < day_end and (ends_at is None or ends_at > day_start)
+    ]
+    if not plans:
+        return None, False
+    return plans[-1], len(set(plans)) == 1
 
 
 def _prices_with(provider: str, model: str, price: ModelPrice) -> bool:
@@ -661,20 +734,31 @@ def _price_rows(grouped, old_p: catalog.UnitPrices, new_p: catalog.UnitPrices):
         overrides.setdefault(customer_id, {})[meter_id] = margin
     rows = []
     for (customer_id, subscription_id, provider, model, currency), usage in grouped.items():
-        terms = rating.plan_terms(plans[subscription_id])
         deltas = _token_deltas(usage, old_p, new_p)
         price_delta = ZERO
         note = ""
-        if terms.consumption_model != ConsumptionModel.CREDITS:
+        # each day's tokens priced by the charges of the plan version in force that day
+        for plan_id, part in usage["plans"].items():
+            terms = rating.plan_terms(plan_id if plan_id is not None else plans[subscription_id])
+            if terms.consumption_model == ConsumptionModel.CREDITS:
+                continue
+            part_deltas = _token_deltas(part, old_p, new_p)
             for charge in terms.charges.values():
                 if not charge.catalog_priced:
                     continue
                 meter = meters[charge.meter_id]
                 kinds = catalog.CATALOG_KINDS[meter.property]
                 margin = _margin(charge, overrides.get(customer_id, {}))
-                price_delta += sum((deltas[k] for k in kinds), ZERO) * (1 + margin / HUNDRED)
+                price_delta += sum((part_deltas[k] for k in kinds), ZERO) * (1 + margin / HUNDRED)
                 if charge.included_quantity or meter.filters:
                     note = "the charge has an allowance or filters: tokens inside them counted"
+        if usage["unknown_days"]:
+            first = min(usage["unknown_days"])
+            note = note or (
+                f"the plan changed inside a day ({first:%Y-%m-%d}"
+                f"{' and others' if len(usage['unknown_days']) > 1 else ''}) or is not known for "
+                "it: that day is priced with the later version's charges"
+            )
         old_cost = usage["cost"]
         recomputed = _cost_at(usage, old_p)
         if abs(recomputed - old_cost) > Decimal("1e-9") * (usage["event_count"] + 1):

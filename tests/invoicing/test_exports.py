@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from datetime import timezone as tz
 from decimal import Decimal
 
 import pytest
@@ -190,6 +191,25 @@ def test_periods_are_half_open(journal):
     assert {r["transaction_id"] for r in first_moment} == {str(t1.pk)}
 
 
+def test_the_journal_import_refuses_bounds_inside_a_day(journal, make_key):
+    """Its JournalNo names a day and currency ("stable, so a re-import can be recognised"):
+    two exports split at 12:30 on 15 May would both hold an L20260515-USD with different
+    lines. Bounds inside a day are refused, in the service and the API."""
+    split = at(2026, 5, 15, 12, 30)
+    for start, end, param in ((MAY, split, "to"), (split, JUNE, "from")):
+        with pytest.raises(exports.InvalidRange) as refused:
+            exports.export(kind="journal-import", start=start, end=end)
+        assert refused.value.param == param and "whole UTC days" in refused.value.message
+    reader = make_client(make_key(("read",))[1])
+    response = reader.get("/api/v1/exports/journal-import?from=2026-05-01&to=2026-05-15T12:30:00Z")
+    assert_error(response, 400, "invalid_range", param="to")
+    # whole days, given as dates or as midnight timestamps, are what it takes
+    response = reader.get("/api/v1/exports/journal-import?from=2026-05-01T00:00:00Z&to=2026-05-16")
+    assert response.status_code == 200
+    numbers = {r["JournalNo"] for r in rows_of("journal-import", MAY, at(2026, 5, 16))}
+    assert numbers == {"L20260501-USD", "L20260515-USD"}
+
+
 def test_the_journal_pages_through_keyset_batches(journal, monkeypatch):
     """Three transactions a batch: the second page starts after the first's last key."""
     monkeypatch.setattr(exports, "BATCH", 1)
@@ -287,6 +307,30 @@ def test_usage_export_is_the_daily_counters_of_whole_days(billed):
     assert rows_of("usage", start=at(2026, 4, 10, 1), end=at(2026, 4, 12)) == []
 
 
+def test_usage_ranges_at_the_end_of_the_calendar_are_answered_before_streaming(db, make_key):
+    """A "to" inside 9999-12-31: the day after it does not exist; the export still answers
+    (the last day included), and a bound that leaves the years 1–9999 in UTC is a JSON 400
+    before any CSV is sent, never a 200 cut short."""
+    reader = make_client(make_key(("read",))[1])
+    response = reader.get("/api/v1/exports/usage?from=9999-12-30&to=9999-12-31T12:00:00Z")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content).decode()
+    assert body.splitlines() == [",".join(exports.USAGE_HEADER)]
+    response = reader.get("/api/v1/exports/usage?from=9999-12-31T06:00:00Z&to=9999-12-31T12:00:00Z")
+    assert response.status_code == 200 and b"".join(response.streaming_content)
+    response = reader.get("/api/v1/exports/usage?from=9999-12-30&to=9999-12-31T23:00:00-05:00")
+    assert_error(response, 400, "invalid_parameter", param="to")  # the API's parsing
+    beyond = datetime(9999, 12, 31, 23, tzinfo=tz(timedelta(hours=-5)))
+    with pytest.raises(exports.InvalidRange) as refused:
+        exports.export(kind="usage", start=at(9999, 12, 30), end=beyond)
+    assert refused.value.param == "to"
+    assert exports._day_range(at(9999, 12, 30), at(9999, 12, 31, 12)) == (
+        date(9999, 12, 30),
+        date(9999, 12, 31),
+    )
+    assert exports._day_range(at(9999, 12, 31, 6), at(9999, 12, 31, 12)) is None
+
+
 # --- the API and the admin ---------------------------------------------------------------------
 
 
@@ -344,3 +388,89 @@ def test_the_admin_exports_page(journal, staff):
 def test_the_admin_exports_page_needs_staff(client, journal):
     response = client.get(reverse("finance-exports"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def clerk(client, django_user_model, *perms: str):
+    """A staff user with only ``perms`` ("app.codename"), logged in."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(unique("clerk"), "c@x.test", "pw", is_staff=True)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app, codename=codename)
+        )
+    client.force_login(user)
+    return client
+
+
+MAY_RANGE = {"start": "2026-05-01", "end": "2026-06-01"}
+
+
+def test_each_export_needs_the_view_permissions_of_what_it_holds(
+    client, django_user_model, journal
+):
+    """An invoice viewer gets invoices, not the ledger journal (every wallet's entries) nor the
+    payments; the journal needs the ledger's view permissions."""
+    c = clerk(client, django_user_model, "invoicing.view_invoice")
+    page = c.get(reverse("finance-exports"))
+    assert page.status_code == 200
+    assert b"<code>invoices</code>" in page.content and b"<code>journal</code>" not in page.content
+    for kind in ("journal", "journal-import", "payments", "credit-notes", "usage"):
+        assert c.get(reverse("finance-exports"), {"kind": kind, **MAY_RANGE}).status_code == 403
+    assert c.get(reverse("finance-exports"), {"kind": "invoices", **MAY_RANGE}).status_code == 200
+    c.logout()
+    c = clerk(client, django_user_model, "ledger.view_transaction", "ledger.view_entry")
+    response = c.get(reverse("finance-exports"), {"kind": "journal", **MAY_RANGE})
+    assert response.status_code == 200
+    assert (
+        len(list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))) == 7
+    )
+
+
+def test_staff_without_any_export_permission_are_refused(client, django_user_model, journal):
+    c = clerk(client, django_user_model)
+    assert c.get(reverse("finance-exports")).status_code == 403
+    assert c.get(reverse("finance-exports"), {"kind": "journal", **MAY_RANGE}).status_code == 403
+
+
+def test_an_export_streams_from_one_read_only_snapshot(transactional_db, journal, monkeypatch):
+    """A batch at a time (here one transaction a batch), all in one REPEATABLE READ READ ONLY
+    transaction: a posting committed by another connection while the file streams is in no
+    batch; the next export has it."""
+    import threading
+
+    from django.db import connection
+    from django.db import connections as all_connections
+
+    from ledger.models import Account
+
+    monkeypatch.setattr(exports, "BATCH", 1)
+    late = unique("late")
+
+    def post_late():
+        try:
+            wallet = Account.objects.get(code="wallet:acme:USD")
+            revenue = Account.objects.get(code="@Revenue", currency="USD")
+            ledger.post_transaction(
+                reference=late,
+                effective_at=at(2026, 5, 20),
+                legs=[ledger.debit(wallet, D(7)), ledger.credit(revenue, D(7))],
+            )
+        finally:
+            all_connections.close_all()
+
+    export = exports.export(kind="journal", start=MAY, end=JUNE)
+    first = next(export.rows)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW transaction_isolation")
+        assert cursor.fetchone()[0] == "repeatable read"
+        cursor.execute("SHOW transaction_read_only")
+        assert cursor.fetchone()[0] == "on"
+    writer = threading.Thread(target=post_late)
+    writer.start()
+    writer.join()
+    streamed = [first, *export.rows]
+    assert len(streamed) == 7 and late not in {row[1] for row in streamed}
+    assert not connection.in_atomic_block  # the snapshot ended with the stream
+    assert late in {row["reference"] for row in rows_of("journal")}

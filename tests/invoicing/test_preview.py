@@ -28,7 +28,16 @@ from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 from tests.billing.conftest import api, api_key, assert_error, at, make_client, make_key
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory, unique
-from tests.invoicing.conftest import START, ChargeSpec, close, meter, plan, subscribe, use
+from tests.invoicing.conftest import (
+    START,
+    ChargeSpec,
+    close,
+    finalize,
+    meter,
+    plan,
+    subscribe,
+    use,
+)
 
 __all__ = ["api", "api_key", "make_key"]  # fixtures used here
 
@@ -103,6 +112,20 @@ def test_a_cheaper_draft_shows_each_customers_saving(book):
     assert (total.old, total.new, total.delta) == (D("55.00"), D("41.80"), D("-13.20"))
     # the old figures are the invoices the close made
     assert Invoice.objects.get(subscription=a).total == ra.old_total
+
+
+def test_a_finalized_invoices_old_figures_are_as_issued_after_a_tax_change(book):
+    """A's April invoice was finalized at 10 % (33.00); the rate is 20 % since. The old total
+    is the invoice the customer got, and the draft is taxed at the same 10 %: 25.30."""
+    pro, units, a, _ = book
+    invoice = finalize(Invoice.objects.get(subscription=a))
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (D(30), D(3), D(33))
+    TaxRate.objects.update(active=False)
+    TaxRate.objects.create(name="VAT", percentage=D(20))
+    [row] = preview.preview_plan_version(spec=cheaper(pro, units), customer=a.customer).rows
+    assert (row.old_subtotal, row.old_total) == (D(30), D(33))
+    assert (row.new_subtotal, row.new_total, row.delta) == (D(23), D("25.30"), D("-7.70"))
+    assert not row.approximate
 
 
 def test_an_unchanged_draft_changes_nothing_and_one_customer_can_be_previewed(book):
@@ -307,6 +330,46 @@ def test_a_model_price_preview_range_is_half_open(llm_book, model_prices):
     assert len(result.rows) == 2
 
 
+def test_a_model_price_preview_prices_each_day_with_the_plan_then_in_force(llm_book, model_prices):
+    """acme was on payg (catalog + 20 %) in April; on 1 May it moves to a per-unit version of
+    payg. April previewed at 2.00/M input is still 3.00 → 2.40: the April tokens were priced
+    by April's plan, not by the one the customer is on now."""
+    tokens, payg, acme, _, acme_sub, _ = llm_book
+    per_unit = PlanFactory(
+        code=payg.code, charges=(ChargeSpec(meter=tokens.code, unit_price=D("0.000001")),)
+    )
+    services.change_subscription(subscription_id=acme_sub.pk, plan=per_unit, now=at(2026, 5, 1))
+    result = preview.preview_model_price(
+        price=model_prices["gpt-4o"],
+        prices={"input_mtok": D(2)},
+        start=at(2026, 4, 1),
+        end=at(2026, 5, 1),
+    )
+    [row] = [r for r in result.rows if r.customer == acme.external_id]
+    assert (row.old_amount, row.new_amount) == (D(3), D("2.4"))
+    assert not row.approximate
+
+
+def test_a_plan_change_inside_a_day_marks_that_days_row_approximate(llm_book, model_prices):
+    """The change at noon on 10 April, the day of the call: the day's counter row was priced
+    by two versions (the counters do not say which tokens each): marked approximate."""
+    tokens, payg, acme, _, acme_sub, _ = llm_book
+    per_unit = PlanFactory(
+        code=payg.code, charges=(ChargeSpec(meter=tokens.code, unit_price=D("0.000001")),)
+    )
+    services.change_subscription(
+        subscription_id=acme_sub.pk, plan=per_unit, now=at(2026, 4, 10, 12)
+    )
+    result = preview.preview_model_price(
+        price=model_prices["gpt-4o"],
+        prices={"input_mtok": D(2)},
+        start=at(2026, 4, 1),
+        end=at(2026, 5, 1),
+    )
+    [row] = [r for r in result.rows if r.customer == acme.external_id]
+    assert row.approximate and "inside a day (2026-04-10)" in row.note
+
+
 def test_tiered_model_prices_are_refused(model_prices):
     with pytest.raises(preview.PreviewUnsupported):
         preview.preview_model_price(
@@ -406,3 +469,38 @@ def test_the_plan_preview_page_refuses_a_bad_draft(staff, book):
     )
     assert page.status_code == 200
     assert "does not exist" in page.content.decode()
+
+
+def test_the_preview_pages_need_customer_and_invoice_view_permissions(
+    client, django_user_model, book, llm_book, model_prices
+):
+    """Both previews list customers with their invoice totals or charges: a plan (or catalog)
+    viewer without the customers' and invoices' view permissions gets 403."""
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    pro, _, a, _ = book
+    _, _, acme, _, _, _ = llm_book
+    user = django_user_model.objects.create_user("clerk", "c@x.test", "pw", is_staff=True)
+    client.force_login(user)
+
+    def grant(*perms):
+        for perm in perms:
+            app, codename = perm.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app, codename=codename)
+            )
+        user.__dict__.pop("_perm_cache", None)
+
+    plan_url = reverse("finance-plan-preview", args=[pro.pk])
+    plan_draft = {"name": "Pro", "base_fee": "15", "trial_days": "0", "charges": "[]"}
+    price_url = reverse("finance-price-preview", args=[model_prices["gpt-4o"].pk])
+    price_draft = {"input_mtok": "2", "start": "2026-04-01", "end": "2026-05-01"}
+    grant("billing.view_plan", "metering.view_modelprice", "metering.view_modelusage")
+    assert client.post(plan_url, plan_draft).status_code == 403
+    assert client.post(price_url, price_draft).status_code == 403
+    grant("billing.view_customer", "invoicing.view_invoice")
+    page = client.post(plan_url, plan_draft)
+    assert page.status_code == 200 and a.customer.external_id in page.content.decode()
+    page = client.post(price_url, price_draft)
+    assert page.status_code == 200 and acme.external_id in page.content.decode()
