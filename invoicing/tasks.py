@@ -113,3 +113,13 @@ def retry_pending_credit_refunds() -> int:
     from invoicing import credit_refunds
 
     return credit_refunds.retry_stale_pending()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def refresh_finance_snapshot() -> bool:
+    """Beat, every few minutes: compute the finance home's figures into their snapshot
+    (``invoicing.finance_snapshot``). False when another refresh was running (it stores
+    them); running twice only computes them twice."""
+    from invoicing import finance_snapshot
+
+    return finance_snapshot.refresh() is not None
