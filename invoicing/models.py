@@ -497,3 +497,18 @@ pghistory.track(
     model_name="InvoiceStatusEvent",
 )(Invoice)
 pghistory.track(pghistory.InsertEvent(), model_name="CreditNoteEvent")(CreditNote)
+
+
+class FinanceSnapshot(models.Model):
+    """The finance home's figures as last computed (``invoicing.finance_snapshot``): one row
+    per ``key`` (the home is ``"home"``), replaced in place by each refresh, so the page
+    reads one small row instead of aggregating the counters. The payload is JSON whose
+    amounts are Decimal strings (exact; never floats)."""
+
+    key = models.CharField(max_length=32, unique=True)
+    computed_at = models.DateTimeField(help_text="The moment the figures are as of.")
+    duration_ms = models.PositiveIntegerField(default=0, help_text="How long computing took.")
+    payload = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"finance snapshot {self.key} as of {self.computed_at:%Y-%m-%d %H:%M} UTC"

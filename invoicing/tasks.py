@@ -126,3 +126,13 @@ def reconcile_yesterday(day: str | None = None) -> str:
     the_day = date.fromisoformat(day) if day else timezone.now().date() - timedelta(days=1)
     run = reconciliation.reconcile_day(day=the_day, triggered_by="beat")
     return f"{run.status}: {run.difference_count} difference(s)"
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def refresh_finance_snapshot() -> bool:
+    """Beat, every few minutes: compute the finance home's figures into their snapshot
+    (``invoicing.finance_snapshot``). False when another refresh was running (it stores
+    them); running twice only computes them twice."""
+    from invoicing import finance_snapshot
+
+    return finance_snapshot.refresh() is not None

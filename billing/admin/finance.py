@@ -3,7 +3,9 @@ URLconf), answering what finance asks every morning — what did we rate and inv
 is the MRR, what is owed and how overdue, who are the largest customers, where is the
 margin negative, what credits are outstanding and about to expire — per currency, with
 the list of models below it. The figures come from ``invoicing.finance`` (counters and
-invoices, a fixed number of queries); the charts are inline SVG (``billing.admin.charts``).
+invoices), read from the snapshot ``invoicing.finance_snapshot`` stores (refreshed by a
+beat task and by the *Refresh now* button, ``finance_refresh_view``); the charts are
+inline SVG (``billing.admin.charts``).
 
 Staff without the permission to view invoices see the list of models only."""
 
@@ -12,14 +14,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from billing.admin import charts
 from billing.admin.common import money_cell
-from invoicing import finance
+from invoicing import finance, finance_snapshot
 from invoicing.money import UNIT_PLACES, format_amount
 
 FIGURES_PERMISSION = "invoicing.view_invoice"
@@ -140,7 +144,8 @@ def finance_home_view(request: HttpRequest) -> HttpResponse:
     site = admin.site
     request.current_app = site.name
     show_figures = request.user.has_perm(FIGURES_PERMISSION)
-    home = finance.finance_home() if show_figures else None
+    # The stored snapshot (one query; computed here only before the first refresh)
+    home, snapshot = finance_snapshot.home() if show_figures else (None, None)
     context = {
         **site.each_context(request),
         "title": site.index_title,
@@ -151,5 +156,28 @@ def finance_home_view(request: HttpRequest) -> HttpResponse:
         "sections": [currency_section(c) for c in home.currencies] if home else [],
         "open_invoices_url": reverse("admin:invoicing_invoice_changelist")
         + "?status__in=open,past_due",
+        "snapshot": snapshot,
+        "stale": finance_snapshot.is_stale(snapshot),
+        "refresh_minutes": finance_snapshot.REFRESH_MINUTES,
+        "stale_minutes": int(finance_snapshot.STALE_AFTER.total_seconds() // 60),
     }
     return TemplateResponse(request, "admin/finance_home.html", context)
+
+
+@require_POST
+def finance_refresh_view(request: HttpRequest) -> HttpResponse:
+    """*Refresh now*: compute the figures into the snapshot at once (behind ``admin_view``:
+    staff, CSRF-checked; the figures' permission required). A refresh already running is
+    not doubled: its figures are the ones the page will show."""
+    if not request.user.has_perm(FIGURES_PERMISSION):
+        raise PermissionDenied
+    snapshot = finance_snapshot.refresh()
+    if snapshot is None:
+        messages.info(request, "A refresh is already running: reload the page in a moment.")
+    else:
+        messages.success(
+            request,
+            f"Figures refreshed as of {snapshot.computed_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(computed in {snapshot.duration_ms} ms).",
+        )
+    return HttpResponseRedirect(reverse("finance-home"))

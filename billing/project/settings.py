@@ -332,6 +332,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.run_auto_top_ups",
         "schedule": 30.0,  # seconds
     },
+    # The finance home's figures (invoicing.finance_snapshot): the page reads the snapshot
+    # this stores; its "Refresh now" button runs the same refresh.
+    "invoicing-refresh-finance-snapshot": {
+        "task": "invoicing.tasks.refresh_finance_snapshot",
+        "schedule": crontab(minute="*/5"),
+    },
     # Refunds of unused credits made at Stripe but not booked (the process died between).
     "invoicing-retry-pending-credit-refunds": {
         "task": "invoicing.tasks.retry_pending_credit_refunds",

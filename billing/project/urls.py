@@ -8,7 +8,7 @@ from drf_spectacular.views import (
 )
 
 from billing.admin import staff_security
-from billing.admin.finance import finance_home_view
+from billing.admin.finance import finance_home_view, finance_refresh_view
 from billing.devtools import webhook_receiver
 from invoicing import finance_views
 
@@ -24,6 +24,11 @@ urlpatterns = [
         RedirectView.as_view(url="/admin/billing/meter/%(rest)s", query_string=True),
     ),
     # exports and usage previews (invoicing/finance_views.py), before the admin's catch-all
+    path(
+        "admin/finance/home/refresh/",
+        admin.site.admin_view(finance_refresh_view),
+        name="finance-home-refresh",
+    ),
     path("admin/finance/", include(finance_views.admin_urls())),
     # The finance home replaces the stock index at /admin/ (so `admin:index`, the admin's
     # "Home", leads to it); the list of models is on it, below the figures.

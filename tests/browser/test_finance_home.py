@@ -80,6 +80,13 @@ def test_finance_home_in_chromium(page, server_url, tmp_path):
     assert shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")
 
+    # the figures are a snapshot: "as of", and refreshed on demand (a CSRF-checked POST)
+    assert "Figures as of" in page.locator("#finance-asof").inner_text()
+    page.get_by_role("button", name="Refresh now").click()
+    assert "Figures refreshed" in page.locator(".messagelist").inner_text()
+    page.screenshot(path=str(tmp_path / "finance-home-refreshed.png"))
+    section = page.locator("#finance-USD")
+
     # a top customer's page leads with its summary
     section.locator(".finance-table a", has_text="Umbrella").first.click()
     summary = page.locator("#customer-summary")
