@@ -79,6 +79,21 @@ def test_the_setting_reads_one_amount_or_one_per_currency():
             adjustment_thresholds(bad)
 
 
+@pytest.mark.parametrize(
+    "text",
+    # review: "USD=1000=5" was {"USD=1000": 5} (USD then never waited); "1,000" was {"*": 0};
+    # "USD=1,000" was USD 1 and every other currency 0
+    ["USD=1000=5", "USD=1,000", "1,000", "USD 1000", "U$D=1000", "1e3", "USD=1000,USD=5", "=5"],
+)
+def test_a_malformed_threshold_setting_is_refused(text):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from billing.project.settings import adjustment_thresholds
+
+    with pytest.raises(ImproperlyConfigured):
+        adjustment_thresholds(text)
+
+
 @pytest.mark.django_db
 def test_a_small_adjustment_posts_at_once(thresholds, people):
     alice, _, _ = people
