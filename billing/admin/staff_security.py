@@ -80,9 +80,10 @@ def two_factor_view(request: HttpRequest) -> HttpResponse:
     middleware already signs such a session out; this holds without it too.)"""
     user = request.user
     devices = TOTPDevice.objects.filter(user=user)
-    if devices.filter(confirmed=True).exists() and not getattr(
-        user, "is_verified", lambda: False
-    )():
+    if (
+        devices.filter(confirmed=True).exists()
+        and not getattr(user, "is_verified", lambda: False)()
+    ):
         logout(request)
         login = reverse("admin:login")
         return HttpResponseRedirect(f"{login}?next={reverse('admin_two_factor')}")
