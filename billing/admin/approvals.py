@@ -1,7 +1,8 @@
-"""Adjustment requests in the admin: the large manual adjustments waiting for a second staff
-user (``billing.services.approvals``). Read-only rows; a pending one has Approve and
-Reject buttons on its page, for users with the "approve adjustment requests" permission
-other than the requester (the service refuses the requester as well, and the database)."""
+"""Adjustment requests in the admin: the large manual adjustments, admin top-ups and credit
+grants funded as adjustments waiting for a second staff user
+(``billing.services.approvals``). Read-only rows; a pending one has Approve and Reject
+buttons on its page, for users with the "approve adjustment requests" permission other than
+the requester (the service refuses the requester as well, and the database)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class DecisionForm(forms.Form):
 class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
     list_display = (
         "__str__",
+        "kind",
         "customer_link",
         "amount_shown",
         "status",
@@ -37,10 +39,11 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
         "requested_at_shown",
         "decided_by",
     )
-    list_filter = ("status", "currency")
+    list_filter = ("status", "kind", "currency")
     search_fields = ("customer__external_id", "customer__name", "reason", "reference")
     list_select_related = ("customer", "requested_by", "decided_by")
     readonly_fields = (
+        "kind",
         "customer_link",
         "amount_shown",
         "reason",
@@ -127,6 +130,7 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
 
         def decide() -> HttpResponse:
             note = form.cleaned_data["decision_note"]
+            was_pending = obj.status == ApprovalStatus.PENDING
             if approve:
                 decided = services.approve_adjustment(
                     request_id=obj.pk, approver_id=staff_id, note=note
@@ -141,8 +145,11 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
                     request_id=obj.pk, decider_id=staff_id, note=note
                 )
                 summary = f"Rejected {decided}"
-            self.log_change(request, decided, summary)
-            self.log_change(request, decided.customer, summary)
+            # A repeated decision (a second click, another approver racing) changes nothing:
+            # the log says so once, by whoever actually decided.
+            if was_pending and decided.decided_by_id == staff_id:
+                self.log_change(request, decided, summary)
+                self.log_change(request, decided.customer, summary)
             messages.success(request, summary + ".")
             return HttpResponseRedirect(self.change_url(decided))
 
@@ -156,6 +163,7 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
             if approve
             else "Rejecting closes the request; nothing is posted.",
             facts=[
+                ("Kind", obj.get_kind_display()),
                 ("Customer", str(obj.customer)),
                 ("Amount", money(obj.amount, obj.currency)),
                 ("Reason", obj.reason),

@@ -29,7 +29,13 @@ class StaffUserFilter(admin.SimpleListFilter):
         return [(str(user.pk), user.get_username()) for user in users]
 
     def queryset(self, request, queryset):
-        return queryset.filter(user=self.value()) if self.value() else queryset
+        value = self.value()
+        if not value:
+            return queryset
+        # a hand-typed ``?user=abc`` (or a number no id can be) matches nothing, not a 500
+        if not value.isdigit() or len(value) > 18:
+            return queryset.none()
+        return queryset.filter(user=int(value))
 
 
 class RecentFilter(admin.SimpleListFilter):

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from billing import credits
+from billing import credits, services
 from billing.admin.common import (
     ExactDecimalField,
     ServiceFormMixin,
@@ -121,7 +121,8 @@ class CustomerGrantViews(ServiceFormMixin):
 
         def post() -> HttpResponse:
             data = form.cleaned_data
-            grant = credits.grant_credits(
+            # Credits funded as an adjustment wait for a second staff user when large.
+            outcome = services.request_credit_grant(
                 customer=customer,
                 amount=data["amount"],
                 name=data["name"],
@@ -131,6 +132,19 @@ class CustomerGrantViews(ServiceFormMixin):
                 reference=f"admin:{data['token']}",
                 staff_user_id=request.user.pk,
             )
+            if outcome.request is not None:
+                summary = f"Credit grant of {money(data['amount'])} credits ({data['name']})"
+                self.log_change(request, customer, f"{summary}: awaiting approval")
+                messages.warning(
+                    request,
+                    f"{summary} is at or above the approval threshold: it waits for another "
+                    "staff user's approval before it is granted.",
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:billing_adjustmentrequest_change", args=[outcome.request.pk])
+                )
+            grant = outcome.grant
+            assert grant is not None
             summary = f"Granted {money(grant.amount)} credits ({grant.name})"
             self.log_change(request, customer, f"{summary}: grant {grant.pk}")
             messages.success(request, f"{summary}.")

@@ -6,7 +6,8 @@
 - "Two-factor" (``/admin/two-factor/``, linked from the admin's user tools): a signed-in
   staff user enrols an authenticator app for themself. The secret and its QR code are shown
   once, on the page that creates the device; the device counts only once a code from it
-  has been typed back (confirmed). Administrators see and remove devices in the admin's
+  has been typed back (confirmed). A user who has a confirmed device enrols another only
+  from a session verified by a code. Administrators see and remove devices in the admin's
   "TOTP devices" list (django-otp's; the secret is never shown there:
   ``OTP_ADMIN_HIDE_SENSITIVE_DATA``).
 - Passwords stay rate-limited by django-axes (settings ``AXES_*``); wrong codes are
@@ -23,6 +24,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -71,9 +73,20 @@ def qr_svg(text: str) -> str:
 
 
 def two_factor_view(request: HttpRequest) -> HttpResponse:
-    """Enrol (POST ``start``), confirm (POST ``token``) or see the state of one's device."""
+    """Enrol (POST ``start``), confirm (POST ``token``) or see the state of one's device.
+
+    A user who already has a confirmed device needs a session verified by it (its code typed
+    at the sign-in): a password alone must not enrol a second device. (The admin's
+    middleware already signs such a session out; this holds without it too.)"""
     user = request.user
     devices = TOTPDevice.objects.filter(user=user)
+    if (
+        devices.filter(confirmed=True).exists()
+        and not getattr(user, "is_verified", lambda: False)()
+    ):
+        logout(request)
+        login = reverse("admin:login")
+        return HttpResponseRedirect(f"{login}?next={reverse('admin_two_factor')}")
     context = {**admin.site.each_context(request), "title": "Two-factor sign-in"}
     form = ConfirmDeviceForm()
     if request.method == "POST" and "start" in request.POST:

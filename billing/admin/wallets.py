@@ -178,16 +178,29 @@ class CustomerMoneyViews(ServiceFormMixin):
 
         def post() -> HttpResponse:
             data = form.cleaned_data
-            txn = services.top_up(
+            # Large top-ups wait for a second staff user, as adjustments do (even with a
+            # payment's reference in the description: one person typed it).
+            outcome = services.request_top_up(
                 customer=customer,
                 amount=data["amount"],
                 currency=data["currency"],
                 reference=f"admin:{data['token']}",
                 description=data["description"],
-                metadata={"source": "admin"},
                 staff_user_id=request.user.pk,
             )
             summary = f"Top-up of {money(data['amount'], data['currency'])}"
+            if outcome.request is not None:
+                self.log_change(request, customer, f"{summary}: awaiting approval")
+                messages.warning(
+                    request,
+                    f"{summary} is at or above the approval threshold: it waits for another "
+                    "staff user's approval before it posts.",
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:billing_adjustmentrequest_change", args=[outcome.request.pk])
+                )
+            txn = outcome.transaction
+            assert txn is not None
             self.log_change(request, customer, f"{summary}: ledger transaction {txn.reference}")
             messages.success(request, f"{summary} posted as ledger transaction {txn.reference}.")
             return HttpResponseRedirect(self.change_url(customer))

@@ -38,7 +38,7 @@ from billing.models.alerts import (
     FiringAction,
 )
 from billing.models.api_keys import APIKey, IdempotencyRecord
-from billing.models.approvals import AdjustmentRequest, ApprovalStatus
+from billing.models.approvals import AdjustmentRequest, ApprovalKind, ApprovalStatus
 
 # The audit trail: pghistory event models of the staff-facing models above (last: it
 # tracks them) and the list of their events.
@@ -97,6 +97,7 @@ from billing.models.webhooks import (
 __all__ = [
     "AdjustmentRequest",
     "AuditEvent",
+    "ApprovalKind",
     "ApprovalStatus",
     "PRICE_DIGITS",
     "PRICE_PLACES",

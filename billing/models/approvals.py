@@ -1,7 +1,9 @@
 """Four-eyes approval of large manual adjustments (``billing.services.approvals``).
 
-A staff user's manual adjustment whose size reaches ``ADJUSTMENT_APPROVAL_THRESHOLD`` is
-stored here as a pending request instead of being posted. A second, different staff user
+A staff user's manual adjustment — a balance adjustment, an admin top-up or an admin credit
+grant funded as an adjustment (``kind``) — whose size reaches
+``ADJUSTMENT_APPROVAL_THRESHOLD`` is stored here as a pending request instead of being
+posted (a grant's terms and a top-up's description in ``details``). A second, different staff user
 approves it (then it posts through ``billing.services.adjust_balance``, once) or rejects it.
 The database refuses a decision by the requester and a decided request without its decider;
 the ledger transaction's reference is derived from the request, so it can post only once."""
@@ -23,7 +25,21 @@ class ApprovalStatus(models.TextChoices):
     REJECTED = "rejected"
 
 
+class ApprovalKind(models.TextChoices):
+    ADJUSTMENT = "adjustment", "Adjustment"
+    TOP_UP = "top_up", "Top-up"
+    CREDIT_GRANT = "credit_grant", "Credit grant"
+
+
 class AdjustmentRequest(models.Model):
+    kind = models.CharField(
+        max_length=16, choices=ApprovalKind.choices, default=ApprovalKind.ADJUSTMENT
+    )
+    details = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="A credit grant's name, source, priority and expiry; a top-up's description.",
+    )
     customer = models.ForeignKey(
         Customer, on_delete=models.PROTECT, related_name="adjustment_requests"
     )
@@ -97,4 +113,5 @@ class AdjustmentRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"adjustment #{self.pk}: {self.amount.normalize():f} {self.currency} ({self.status})"
+        amount = f"{self.amount.normalize():f} {self.currency}"
+        return f"{self.get_kind_display().lower()} #{self.pk}: {amount} ({self.status})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -65,21 +66,38 @@ def database_from_url(url: str) -> dict:
     }
 
 
+THRESHOLD_CURRENCY_RE = re.compile(r"^(\*|[A-Z][A-Z0-9_]{1,15})$")  # the ledger's codes
+THRESHOLD_AMOUNT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
 def adjustment_thresholds(text: str) -> dict[str, Decimal]:
     """``"1000"`` → {"*": 1000}; ``"USD=1000,CREDITS=50000,*=900"`` → per currency, "*" the
-    rest. Exact decimals; a malformed or negative value stops the settings from loading."""
+    rest. Exact decimals (digits and one point: no thousands separator, exponent or sign); a
+    malformed value stops the settings from loading: a part not ``CODE=amount`` ("USD=1000=5",
+    "USD 1000"), a code not as the ledger's (``[A-Z][A-Z0-9_]{1,15}``), a currency named twice,
+    or a bare amount beside others ("1,000", "USD=1,000")."""
     thresholds: dict[str, Decimal] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        currency, _, amount = part.rpartition("=")
-        try:
-            value = Decimal(amount.strip())
-        except ArithmeticError:
-            value = Decimal("NaN")
-        if not value.is_finite() or value < 0:
-            raise ImproperlyConfigured(f"ADJUSTMENT_APPROVAL_THRESHOLD: {part!r} is not an amount")
-        thresholds[currency.strip().upper() or "*"] = value
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+
+    def refuse(part: str, why: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(f"ADJUSTMENT_APPROVAL_THRESHOLD: {part!r} {why}")
+
+    for part in parts:
+        if part.count("=") > 1:
+            raise refuse(part, "has more than one '='")
+        currency, equals, amount = part.partition("=")
+        if not equals:
+            if len(parts) > 1:
+                raise refuse(part, "is a bare amount beside others (use CODE=amount, or *=)")
+            currency, amount = "*", part
+        currency, amount = currency.strip().upper(), amount.strip()
+        if not THRESHOLD_CURRENCY_RE.match(currency):
+            raise refuse(part, "does not name a currency code")
+        if not THRESHOLD_AMOUNT_RE.match(amount):
+            raise refuse(part, "is not an amount")
+        if currency in thresholds:
+            raise refuse(part, "names a currency twice")
+        thresholds[currency] = Decimal(amount)
     return thresholds
 
 

@@ -10,6 +10,7 @@
                    base_fee_proration, emit_subscription_event (its outbound event)
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
     approvals      request_adjustment (posts, or asks for approval when large),
+                   request_top_up, request_credit_grant (the admin's, the same way),
                    approve_adjustment, reject_adjustment, needs_approval, AdjustmentOutcome
     api_keys       create_api_key, revoke_api_key, hash_secret
     idempotency    purge_idempotency_records
@@ -28,6 +29,8 @@ from billing.services.approvals import (
     needs_approval,
     reject_adjustment,
     request_adjustment,
+    request_credit_grant,
+    request_top_up,
 )
 from billing.services.auto_top_up import (
     MAX_AUTO_TOP_UP_FAILURES,
@@ -107,6 +110,8 @@ __all__ = [
     "needs_approval",
     "reject_adjustment",
     "request_adjustment",
+    "request_credit_grant",
+    "request_top_up",
     "MAX_AUTO_TOP_UP_FAILURES",
     "MAX_COOL_OFF_SECONDS",
     "AutoTopUpNotFound",

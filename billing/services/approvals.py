@@ -4,7 +4,12 @@
 (``ADJUSTMENT_APPROVAL_THRESHOLD``) it posts at once through ``adjust_balance``; at or above
 it, it stores a pending request. ``approve_adjustment`` by a second, different staff user
 posts it — through ``adjust_balance`` as well, with a ledger reference derived from the
-request — and ``reject_adjustment`` closes it without posting.
+request — and ``reject_adjustment`` closes it without posting. Admin top-ups
+(``request_top_up``) and admin credit grants funded as an adjustment
+(``request_credit_grant``) go through the same requests (``kind``): approving one posts it
+through ``top_up`` or ``billing.credits.grant_credits``. A top-up asks for approval at or
+above the threshold even when its description names a real payment (a bank transfer's
+reference): the reference is typed by the same one person, so it proves nothing.
 
 Race safety: a decision locks the request row first (``SELECT … FOR UPDATE``), then the
 posting locks the wallet's balance as every posting does; two approvers at once post once
@@ -14,16 +19,21 @@ refuse a second posting anyway. The database refuses a decision by the requester
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from billing import errors
-from billing.models import AdjustmentRequest, ApprovalStatus, Customer
-from billing.services.wallets import adjust_balance, wallet_for
+from billing.models import AdjustmentRequest, ApprovalKind, ApprovalStatus, Customer
+from billing.services.wallets import adjust_balance, top_up, wallet_for
 from ledger.models import Transaction as LedgerTransaction
+
+if TYPE_CHECKING:
+    from billing.models import CreditGrant
 
 
 def approval_threshold(currency: str) -> Decimal | None:
@@ -39,10 +49,12 @@ def needs_approval(*, amount: Decimal, currency: str) -> bool:
 
 @dataclass(frozen=True)
 class AdjustmentOutcome:
-    """Posted (``transaction``) or waiting for approval (``request``)."""
+    """Posted (``transaction``; a credit grant's ``grant``) or waiting for approval
+    (``request``)."""
 
     transaction: LedgerTransaction | None = None
     request: AdjustmentRequest | None = None
+    grant: CreditGrant | None = None
 
 
 def request_adjustment(
@@ -85,6 +97,156 @@ def request_adjustment(
     return AdjustmentOutcome(request=request)
 
 
+def _ask(
+    *,
+    kind: str,
+    customer: Customer,
+    currency: str,
+    amount: Decimal,
+    reason: str,
+    staff_user_id: int,
+    reference: str,
+    details: dict[str, Any],
+) -> AdjustmentOutcome:
+    request, _ = AdjustmentRequest.objects.get_or_create(
+        reference=reference,
+        defaults={
+            "kind": kind,
+            "customer": customer,
+            "currency": currency,
+            "amount": amount,
+            "reason": reason,
+            "requested_by_id": staff_user_id,
+            "details": details,
+        },
+    )
+    return AdjustmentOutcome(request=request)
+
+
+def request_top_up(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    staff_user_id: int,
+    reference: str,
+    currency: str | None = None,
+    description: str = "",
+) -> AdjustmentOutcome:
+    """A staff user's top-up from the admin: posted now (``top_up``, reference
+    ``reference``), or a pending request at or above the threshold — whatever the
+    description says about a payment received. Idempotent by ``reference``."""
+    wallet = wallet_for(customer=customer, currency=currency)
+    if not needs_approval(amount=amount, currency=wallet.currency):
+        posted = top_up(
+            customer=customer,
+            amount=amount,
+            currency=wallet.currency,
+            reference=reference,
+            description=description,
+            metadata={"source": "admin"},
+            staff_user_id=staff_user_id,
+        )
+        return AdjustmentOutcome(transaction=posted)
+    return _ask(
+        kind=ApprovalKind.TOP_UP,
+        customer=customer,
+        currency=wallet.currency,
+        amount=amount,
+        reason=description.strip() or "Top-up",
+        staff_user_id=staff_user_id,
+        reference=reference,
+        details={"description": description},
+    )
+
+
+def request_credit_grant(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    name: str,
+    source: str,
+    priority: int | None,
+    expires_at: datetime | None,
+    staff_user_id: int,
+    reference: str,
+) -> AdjustmentOutcome:
+    """A staff user's credit grant from the admin. One funded as an adjustment
+    (``GrantSource.ADJUSTMENT``: credits from nowhere) at or above the CREDITS threshold
+    is a pending request; any other is granted now. Idempotent by ``reference``."""
+    from billing import credits
+    from billing.models import GrantSource
+
+    if source == GrantSource.ADJUSTMENT and needs_approval(amount=amount, currency=credits.CREDITS):
+        return _ask(
+            kind=ApprovalKind.CREDIT_GRANT,
+            customer=customer,
+            currency=credits.CREDITS,
+            amount=amount,
+            reason=name.strip() or "Credit grant",
+            staff_user_id=staff_user_id,
+            reference=reference,
+            details={
+                "name": name,
+                "source": source,
+                "priority": priority,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
+    grant = credits.grant_credits(
+        customer=customer,
+        amount=amount,
+        name=name,
+        source=source,
+        priority=priority,
+        expires_at=expires_at,
+        reference=reference,
+        staff_user_id=staff_user_id,
+    )
+    return AdjustmentOutcome(transaction=grant.ledger_transaction, grant=grant)
+
+
+def _post(request: AdjustmentRequest, approver_id: int) -> LedgerTransaction:
+    """Post an approved request through the service its kind names, once (the reference
+    is the request's)."""
+    reference = f"approval:{request.pk}"
+    if request.kind == ApprovalKind.TOP_UP:
+        return top_up(
+            customer=request.customer,
+            amount=request.amount,
+            currency=request.currency,
+            reference=reference,
+            description=request.details.get("description", ""),
+            metadata={"source": "admin", "approved_by_id": approver_id},
+            staff_user_id=request.requested_by_id,
+        )
+    if request.kind == ApprovalKind.CREDIT_GRANT:
+        from billing import credits
+
+        details = request.details
+        expires_at = details.get("expires_at")
+        grant = credits.grant_credits(
+            customer=request.customer,
+            amount=request.amount,
+            name=details["name"],
+            source=details["source"],
+            priority=details["priority"],
+            expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
+            reference=reference,
+            staff_user_id=request.requested_by_id,
+        )
+        assert grant.ledger_transaction is not None
+        return grant.ledger_transaction
+    return adjust_balance(
+        customer=request.customer,
+        amount=request.amount,
+        reason=request.reason,
+        staff_user_id=request.requested_by_id,
+        currency=request.currency,
+        reference=reference,
+        approved_by_id=approver_id,
+    )
+
+
 def _lock(request_id: int) -> AdjustmentRequest:
     return (
         AdjustmentRequest.objects.select_for_update(of=("self",))
@@ -105,15 +267,7 @@ def approve_adjustment(*, request_id: int, approver_id: int, note: str = "") -> 
         raise errors.ApprovalBySameUser(
             "the staff user who asked for an adjustment cannot approve it: a second person must"
         )
-    request.ledger_transaction = adjust_balance(
-        customer=request.customer,
-        amount=request.amount,
-        reason=request.reason,
-        staff_user_id=request.requested_by_id,
-        currency=request.currency,
-        reference=f"approval:{request.pk}",
-        approved_by_id=approver_id,
-    )
+    request.ledger_transaction = _post(request, approver_id)
     request.status = ApprovalStatus.APPROVED
     request.decided_by_id, request.decided_at = approver_id, timezone.now()
     request.decision_note = note.strip()

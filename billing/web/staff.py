@@ -5,9 +5,12 @@ portal, so the ingest path is untouched):
   django-pghistory context carrying the staff user, the page and the reason typed on the
   form (a ``reason``, ``void_reason`` or ``decision_note`` field). The history triggers
   (``billing.models.audit``) attach it to each event they record.
-- ``AdminTwoFactorMiddleware``: with ``STAFF_REQUIRE_TWO_FACTOR`` on, a staff session not
-  verified by a two-factor device (django-otp) is signed out and sent to the sign-in page,
-  which asks for the device's code (``billing.admin.staff_security``)."""
+- ``AdminTwoFactorMiddleware``: a staff session not verified by a two-factor device
+  (django-otp) is signed out and sent to the admin's sign-in page, which asks for the
+  device's code (``billing.admin.staff_security``), when ``STAFF_REQUIRE_TWO_FACTOR`` is on
+  and, whatever the setting, when the user has a confirmed device: a session opened by a
+  password alone elsewhere (the portal's sign-in shares the users and the session) does not
+  reach the admin."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from django.contrib.auth import logout
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django_otp import user_has_device
 
 ADMIN_PREFIX = "/admin/"
 REASON_FIELDS = ("reason", "void_reason", "decision_note")
@@ -68,7 +72,7 @@ class AdminTwoFactorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if settings.STAFF_REQUIRE_TWO_FACTOR and request.path.startswith(ADMIN_PREFIX):
+        if request.path.startswith(ADMIN_PREFIX):
             user = request.user
             login = reverse("admin:login")
             if (
@@ -76,6 +80,7 @@ class AdminTwoFactorMiddleware:
                 and user.is_staff
                 and not getattr(user, "is_verified", lambda: False)()  # (OTPMiddleware's)
                 and request.path not in (login, reverse("admin:logout"))
+                and (settings.STAFF_REQUIRE_TWO_FACTOR or user_has_device(user, confirmed=True))
             ):
                 logout(request)
                 return HttpResponseRedirect(f"{login}?next={request.path}")

@@ -79,6 +79,21 @@ def test_the_setting_reads_one_amount_or_one_per_currency():
             adjustment_thresholds(bad)
 
 
+@pytest.mark.parametrize(
+    "text",
+    # review: "USD=1000=5" was {"USD=1000": 5} (USD then never waited); "1,000" was {"*": 0};
+    # "USD=1,000" was USD 1 and every other currency 0
+    ["USD=1000=5", "USD=1,000", "1,000", "USD 1000", "U$D=1000", "1e3", "USD=1000,USD=5", "=5"],
+)
+def test_a_malformed_threshold_setting_is_refused(text):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from billing.project.settings import adjustment_thresholds
+
+    with pytest.raises(ImproperlyConfigured):
+        adjustment_thresholds(text)
+
+
 @pytest.mark.django_db
 def test_a_small_adjustment_posts_at_once(thresholds, people):
     alice, _, _ = people
@@ -278,3 +293,145 @@ def test_a_viewer_cannot_approve(client, thresholds, people):
     assert response.status_code == 403
     request.refresh_from_db()
     assert request.status == ApprovalStatus.PENDING
+
+
+# --- admin top-ups and credit grants go through the same approvals (review) ------------------
+
+
+def form_initial(client, url) -> dict:
+    response = client.get(url)
+    assert response.status_code == 200
+    form = response.context["form"]
+    return {name: form[name].value() for name in form.fields if form[name].value() is not None}
+
+
+def approve(client, request, note="ok"):
+    return client.post(
+        reverse("admin:billing_adjustmentrequest_approve", args=[request.pk]),
+        {"decision_note": note},
+    )
+
+
+@pytest.mark.django_db
+def test_admin_large_top_up_needs_a_second_operator(client, thresholds, people):
+    """Review: one operator posted a 1,000,000 top-up from the admin, no approval asked.
+    A payment reference in the description changes nothing (one person typed it)."""
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    url = reverse("admin:billing_customer_top_up", args=[customer.pk])
+    data = {**form_initial(client, url), "amount": "1000000", "description": "wire REF-42"}
+    response = client.post(url, data)
+    request = AdjustmentRequest.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse(
+        "admin:billing_adjustmentrequest_change", args=[request.pk]
+    )
+    assert (request.kind, request.amount) == ("top_up", Decimal("1000000"))
+    assert available(customer) == Decimal(100)
+    client.post(url, data)  # the same form again asks once
+    assert AdjustmentRequest.objects.count() == 1
+    assert approve(client, request).status_code == 200  # alice: refused
+    assert available(customer) == Decimal(100)
+
+    client.force_login(bob)
+    assert approve(client, request).status_code == 302
+    assert available(customer) == Decimal(1000100)
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.APPROVED
+    txn = request.ledger_transaction
+    assert txn.description == "wire REF-42"
+    assert txn.metadata["staff_user_id"] == alice.pk
+    assert txn.metadata["approved_by_id"] == bob.pk
+    approve(client, request)
+    assert available(customer) == Decimal(1000100)
+
+
+@pytest.mark.django_db
+def test_admin_small_top_up_posts_at_once(client, thresholds, people):
+    alice, _, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    url = reverse("admin:billing_customer_top_up", args=[customer.pk])
+    response = client.post(url, {**form_initial(client, url), "amount": "499"})
+    assert response.status_code == 302
+    assert available(customer) == Decimal(599)
+    assert not AdjustmentRequest.objects.exists()
+
+
+@pytest.mark.django_db
+def test_admin_large_credit_grant_funded_as_an_adjustment_needs_a_second_operator(
+    client, thresholds, people
+):
+    from billing.models import CreditGrant, GrantSource
+
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    url = reverse("admin:billing_customer_grant", args=[customer.pk])
+    expires = (timezone.now() + timezone.timedelta(days=30)).replace(microsecond=0)
+    data = {
+        **form_initial(client, url),
+        "amount": "1000000",
+        "name": "gift",
+        "source": GrantSource.ADJUSTMENT,
+        "priority": "3",
+        "expires_at": timezone.localtime(expires).strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    response = client.post(url, data)
+    assert response.status_code == 302
+    assert not CreditGrant.objects.filter(customer=customer).exists()
+    request = AdjustmentRequest.objects.get()
+    assert (request.kind, request.currency) == ("credit_grant", "CREDITS")
+    assert approve(client, request).status_code == 200  # alice: refused
+    assert not CreditGrant.objects.filter(customer=customer).exists()
+
+    client.force_login(bob)
+    assert approve(client, request).status_code == 302
+    grant = CreditGrant.objects.get(customer=customer)
+    assert (grant.amount, grant.name, grant.source, grant.priority, grant.expires_at) == (
+        Decimal("1000000"),
+        "gift",
+        GrantSource.ADJUSTMENT,
+        3,
+        expires,
+    )
+    request.refresh_from_db()
+    assert request.ledger_transaction == grant.ledger_transaction
+    approve(client, request)
+    assert CreditGrant.objects.filter(customer=customer).count() == 1
+
+
+@pytest.mark.django_db
+def test_admin_small_or_promotional_credit_grants_are_granted_at_once(client, thresholds, people):
+    from billing.models import CreditGrant, GrantSource
+
+    alice, _, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    url = reverse("admin:billing_customer_grant", args=[customer.pk])
+    base = {**form_initial(client, url), "name": "gift"}
+    base.pop("expires_at", None)
+    client.post(url, {**base, "amount": "999", "source": GrantSource.ADJUSTMENT})
+    assert CreditGrant.objects.filter(customer=customer).count() == 1
+    base = {**form_initial(client, url), "name": "pack"}
+    base.pop("expires_at", None)
+    client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
+    assert CreditGrant.objects.filter(customer=customer).count() == 2
+    assert not AdjustmentRequest.objects.exists()
+
+
+@pytest.mark.django_db
+def test_approving_twice_logs_the_approval_once(client, thresholds, people):
+    from django.contrib.admin.models import LogEntry
+
+    alice, bob, carol = people
+    request = ask(CustomerFactory(funds=100), alice, "800").request
+    client.force_login(bob)
+    assert approve(client, request).status_code == 302
+    client.force_login(carol)
+    approve(client, request)  # already approved: nothing happens, nothing logged
+    client.force_login(bob)
+    approve(client, request)
+    messages = list(LogEntry.objects.values_list("change_message", flat=True))
+    assert sum("Approved" in m for m in messages) == 2, messages  # the request, the customer

@@ -143,6 +143,17 @@ def test_the_audit_list_searches_and_filters(client, settings, staff, operators)
     assert page.status_code == 200 and "Globex Corp" in page.content.decode()
 
 
+def test_the_user_filter_with_a_bad_value_lists_nothing_not_500(client, staff):
+    services.update_customer(customer=CustomerFactory(name="Initech"), name="Initech Corp")
+    client.raise_request_exception = False
+    client.force_login(staff)
+    assert "Initech Corp" in client.get(AUDIT).content.decode()
+    for bad in ("abc", "99999999999999999999999", "-1"):
+        response = client.get(AUDIT, {"user": bad})
+        assert response.status_code == 200, (bad, response.status_code)
+        assert "Initech Corp" not in response.content.decode()
+
+
 def test_customer_and_plan_pages_link_to_their_history(client, staff):
     customer = CustomerFactory()
     plan = PlanFactory()

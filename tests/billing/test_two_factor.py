@@ -104,3 +104,44 @@ def test_enrolment_shows_the_secret_once_and_needs_a_code_to_count(client, staff
     device.refresh_from_db()
     assert device.confirmed is True
     assert "on" in client.get(ENROL).content.decode()
+
+
+def test_a_password_only_session_from_the_portal_does_not_reach_the_admin(client, staff):
+    """Review: the portal's sign-in shares users and session; with a confirmed device and
+    STAFF_REQUIRE_TWO_FACTOR off, a password alone there must not open the admin."""
+    TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    response = client.post(reverse("portal:login"), {"username": "ops", "password": PASSWORD})
+    assert response.status_code in (200, 302)
+    response = client.get(INDEX)
+    assert response.status_code == 302 and response["Location"].startswith(LOGIN)
+    assert client.get(INDEX).status_code == 302  # signed out, not only redirected
+
+
+def test_a_session_without_the_code_cannot_enrol_a_second_device(client, staff):
+    first = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    client.force_login(staff)  # the password alone (no device's code)
+    response = client.post(ENROL, {"start": "1"})
+    assert response.status_code == 302 and response["Location"].startswith(LOGIN)
+    assert list(TOTPDevice.objects.filter(user=staff)) == [first]
+
+
+def test_the_enrolment_page_refuses_an_unverified_session_even_without_the_middleware(
+    client, settings, staff
+):
+    settings.MIDDLEWARE = [
+        m for m in settings.MIDDLEWARE if not m.endswith("AdminTwoFactorMiddleware")
+    ]
+    first = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    client.force_login(staff)
+    client.post(ENROL, {"start": "1"})
+    new = TOTPDevice.objects.filter(user=staff, confirmed=False).first()
+    if new is not None:
+        client.post(ENROL, {"token": code_for(new)})
+    assert list(TOTPDevice.objects.filter(user=staff)) == [first]
+
+
+def test_a_verified_session_may_replace_its_device(client, staff):
+    device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    assert sign_in(client, code_for(device)).status_code == 302
+    assert client.post(ENROL, {"start": "1"}).status_code == 200
+    assert TOTPDevice.objects.filter(user=staff, confirmed=False).count() == 1
