@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0019_staff_roles'),
+        ('billing', '0026_audit_pricing_fields'),
     ]
 
     operations = [
