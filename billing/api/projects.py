@@ -35,7 +35,7 @@ LIMIT_HELP = (
     "The most the project may spend per billing period (the customer's subscription "
     "period; a calendar month without one), in the currency its usage is charged in (the "
     "customer's; CREDITS on a credits plan). Usage past it is refused (402 "
-    "budget_exceeded). null: no limit, spend is only counted."
+    "budget_exceeded). null: no limit, spend is only counted (an empty string is refused)."
 )
 
 
@@ -69,14 +69,26 @@ class ProjectCreateSerializer(StrictSerializer):
         help_text=KEY_HELP + " No slash (it is part of the project's URL).",
     )
     name = serializers.CharField(max_length=200, required=False, help_text="Default: the key.")
-    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
+    spend_limit = Money(
+        required=False,
+        allow_null=True,
+        blank_is_null=False,
+        min_value=Decimal(0),
+        help_text=LIMIT_HELP,
+    )
 
 
 class ProjectUpdateSerializer(StrictSerializer):
     """Every field optional; what is absent is left as it is."""
 
     name = serializers.CharField(max_length=200, required=False)
-    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
+    spend_limit = Money(
+        required=False,
+        allow_null=True,
+        blank_is_null=False,
+        min_value=Decimal(0),
+        help_text=LIMIT_HELP,
+    )
     status = serializers.ChoiceField(
         choices=ProjectStatus.choices,
         required=False,

@@ -163,6 +163,28 @@ def test_an_update_refuses_unknown_fields_and_negative_limits(api, acme):
     assert Project.objects.get().spend_limit == D(5)
 
 
+def test_an_empty_string_limit_is_refused_not_read_as_no_limit(api, acme):
+    """Review: ``spend_limit: ""`` used to remove the limit silently; only ``null`` does."""
+    projects.create_project(customer=acme, key="team-a", spend_limit=D(5))
+    for blank in ("", "  "):
+        assert_error(
+            api.patch(f"{URL}/team-a", {"spend_limit": blank}, format="json"),
+            400,
+            "invalid_parameter",
+            param="spend_limit",
+        )
+    assert Project.objects.get().spend_limit == D(5)
+    assert_error(
+        api.post(URL, {"key": "team-b", "spend_limit": ""}, format="json"),
+        400,
+        "invalid_parameter",
+        param="spend_limit",
+    )
+    assert not Project.objects.filter(key="team-b").exists()
+    removed = api.patch(f"{URL}/team-a", {"spend_limit": None}, format="json")
+    assert removed.status_code == 200 and removed.json()["spend_limit"] is None
+
+
 def test_unknown_customer_or_project_is_404(api, acme):
     assert_error(api.get("/api/v1/customers/nobody/projects"), 404, "customer_not_found")
     assert_error(api.get(f"{URL}/nope"), 404, "project_not_found", param=None)
