@@ -127,10 +127,14 @@ def list_projects(*, customer: Customer, status: str | None = None) -> QuerySet[
 
 
 def live_subscription(customer: Customer) -> Subscription | None:
+    """The customer's subscription that is not canceled, as rating loads it
+    (``metering.rating.read``): at most one (``billing_one_live_subscription``); ordered
+    anyway (the newest) so the answer never depends on the database's row order."""
     return (
         Subscription.objects.filter(customer=customer)
         .exclude(status="canceled")
         .select_related("plan")
+        .order_by("-started_at", "-pk")
         .first()
     )
 

@@ -62,11 +62,23 @@ class ProjectSerializer(serializers.Serializer):
 KEY_HELP = "Unique per customer: the id your product already uses (a team, an API key …)."
 
 
+class ProjectKey(serializers.RegexField):
+    """A string, as events name it (a number is refused, not turned into one: ``7`` and
+    ``"7"`` would be one key here and two ways of naming it there); no slash (it is part
+    of the project's URL), no control characters."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ProjectCreateSerializer(StrictSerializer):
-    key = serializers.RegexField(
-        r"^[^/\s][^/]*$",
+    key = ProjectKey(
+        r"^[^/\s\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$",
         max_length=200,
-        help_text=KEY_HELP + " No slash (it is part of the project's URL).",
+        help_text=KEY_HELP + " A string; no slash (it is part of the project's URL), no "
+        "control characters.",
     )
     name = serializers.CharField(max_length=200, required=False, help_text="Default: the key.")
     spend_limit = Money(

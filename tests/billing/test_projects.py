@@ -138,6 +138,10 @@ def test_a_taken_key_is_409_and_a_replay_is_the_first_answer(api, acme):
         ({"key": "t", "spend_limit": "1e400"}, "amount_too_large", "spend_limit"),
         ({"key": "a/b"}, "invalid_parameter", "key"),
         ({"key": ""}, "invalid_parameter", "key"),
+        ({"key": 7}, "invalid_parameter", "key"),
+        ({"key": ["team-a"]}, "invalid_parameter", "key"),
+        ({"key": "team\na"}, "invalid_parameter", "key"),
+        ({"key": "team\x7f"}, "invalid_parameter", "key"),
         ({}, "parameter_missing", "key"),
     ],
 )
