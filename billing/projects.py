@@ -12,6 +12,7 @@ admin and holds use.
     check_budget(project, amount)  raises BudgetExceeded / ProjectArchived
     link_hold, hold_project, record_hold_spend: holds placed for a project
     note_budget_exceeded: the first refusal of a period recorded, budget.exceeded emitted
+    note_hold_refused: the same for a hold refused for its budget
 
 Lock order: a limit changed or a hold placed for a project takes the customer's usage lock
 first (level 1, ``docs/architecture.md``), so the check and rating's see one order.
@@ -126,10 +127,14 @@ def list_projects(*, customer: Customer, status: str | None = None) -> QuerySet[
 
 
 def live_subscription(customer: Customer) -> Subscription | None:
+    """The customer's subscription that is not canceled, as rating loads it
+    (``metering.rating.read``): at most one (``billing_one_live_subscription``); ordered
+    anyway (the newest) so the answer never depends on the database's row order."""
     return (
         Subscription.objects.filter(customer=customer)
         .exclude(status="canceled")
         .select_related("plan")
+        .order_by("-started_at", "-pk")
         .first()
     )
 
@@ -333,3 +338,12 @@ def note_budget_exceeded(
         dedupe_key=f"budget.exceeded:{project_id}:{period_start.isoformat()}:{row[1].isoformat()}",
     )
     return True
+
+
+def note_hold_refused(*, project: Project, amount: Decimal, currency: str) -> bool:
+    """A hold for ``project`` refused for its budget: noted like an event's refusal, in the
+    current period (``note_budget_exceeded``: ``budget.exceeded`` once per crossing)."""
+    start, _ = budget_period(project.customer)
+    return note_budget_exceeded(
+        project_id=project.pk, period_start=start, currency=currency, amount=amount
+    )

@@ -64,30 +64,48 @@ def place_usage_hold(
     holds (or a hold and an event) cannot both fit in what is left of the limit."""
     if request.project is None:
         return _place_usage_hold(request, expires_in, reference)
-    with transaction.atomic():
-        customer = get_customer(external_id=request.customer, param="customer")
-        billing_services.lock_customer_usage([customer.pk])
-        # A retry of a hold placed already (its reference): that hold was checked against
-        # the budget and counts in it now; checked again it would be counted twice.
-        earlier = (
-            reference is not None
-            and Hold.objects.filter(reference=f"hold:{customer.pk}:{reference}").exists()
-        )
-        checked = dataclasses.replace(request, project=None) if earlier else request
-        placed = _place_usage_hold(checked, expires_in, reference)
-        project = projects.get_project(customer=customer, key=request.project, param="project")
-        linked = projects.hold_project(hold_id=placed.hold.pk)
-        if linked is not None and linked.pk != project.pk:
-            raise errors.HoldReferenceReused(
-                f"hold reference {reference!r} was used for another project's hold",
-                param="reference",
+    refused: list[tuple[Decimal, str]] = []  # (amount, currency) refused for the budget
+    try:
+        with transaction.atomic():
+            customer = get_customer(external_id=request.customer, param="customer")
+            billing_services.lock_customer_usage([customer.pk])
+            project = projects.get_project(customer=customer, key=request.project, param="project")
+            # A retry of a hold placed already (its reference): that hold was checked
+            # against the budget and counts in it now; checked again it would be counted
+            # twice. Only a hold placed for this very project is that hold: one placed
+            # without a project (or for another) was never checked against this budget
+            # and is never linked to it afterwards.
+            earlier = (
+                reference is not None
+                and Hold.objects.filter(reference=f"hold:{customer.pk}:{reference}").exists()
             )
-        projects.link_hold(project=project, hold_id=placed.hold.pk)
-        return placed
+            checked = dataclasses.replace(request, project=None) if earlier else request
+            placed = _place_usage_hold(checked, expires_in, reference, refused=refused)
+            if not placed.created:
+                linked = projects.hold_project(hold_id=placed.hold.pk)
+                if linked is None or linked.pk != project.pk:
+                    raise errors.HoldReferenceReused(
+                        f"hold reference {reference!r} was used for a hold "
+                        + ("without a project" if linked is None else "of another project"),
+                        param="reference",
+                    )
+                return placed
+            projects.link_hold(project=project, hold_id=placed.hold.pk)
+            return placed
+    except billing_errors.BudgetExceeded:
+        # Refused like an event past the budget: the first refusal of the period emits
+        # budget.exceeded (outside the rolled-back placement, so that it stays).
+        for amount, currency in refused:
+            projects.note_hold_refused(project=project, amount=amount, currency=currency)
+        raise
 
 
 def _place_usage_hold(
-    request: EstimateRequest, expires_in: int, reference: str | None
+    request: EstimateRequest,
+    expires_in: int,
+    reference: str | None,
+    *,
+    refused: list[tuple[Decimal, str]] | None = None,
 ) -> PlacedHold:
     result = estimate_usage(request=request)
     if result.amount <= 0:
@@ -98,6 +116,8 @@ def _place_usage_hold(
     wallet = result.wallet
     if not result.allowed:  # the same reasons and codes as rating and /authorize
         assert result.reason is not None, "a refused estimate names its reason"
+        if result.reason == billing_errors.BudgetExceeded.code and refused is not None:
+            refused.append((result.amount, result.currency))
         if result.reason in PROJECT_REFUSALS:
             why = f"project {request.project!r} " + (
                 "is archived"

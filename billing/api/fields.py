@@ -91,12 +91,26 @@ class Money(serializers.DecimalField):
     value (``billing.limits.MAX_AMOUNT`` unless told): above it ``amount_too_large``, before
     any column could overflow."""
 
-    def __init__(self, *, limit: Decimal | None = limits.MAX_AMOUNT, **kwargs):
+    def __init__(
+        self,
+        *,
+        limit: Decimal | None = limits.MAX_AMOUNT,
+        blank_is_null: bool = True,
+        **kwargs,
+    ):
         kwargs.setdefault("max_digits", 38)
         kwargs.setdefault("decimal_places", 12)
         kwargs.setdefault("coerce_to_string", True)
         self.limit = limit
+        self.blank_is_null = blank_is_null
         super().__init__(**kwargs)
+
+    def validate_empty_values(self, data):
+        # DRF reads a blank string as null when null is allowed; ``blank_is_null=False``:
+        # only an explicit null is null, "" is not an amount (400 invalid_parameter).
+        if not self.blank_is_null and isinstance(data, str) and not data.strip():
+            self.fail("invalid")
+        return super().validate_empty_values(data)
 
     def to_internal_value(self, data):
         try:

@@ -35,7 +35,7 @@ LIMIT_HELP = (
     "The most the project may spend per billing period (the customer's subscription "
     "period; a calendar month without one), in the currency its usage is charged in (the "
     "customer's; CREDITS on a credits plan). Usage past it is refused (402 "
-    "budget_exceeded). null: no limit, spend is only counted."
+    "budget_exceeded). null: no limit, spend is only counted (an empty string is refused)."
 )
 
 
@@ -62,21 +62,45 @@ class ProjectSerializer(serializers.Serializer):
 KEY_HELP = "Unique per customer: the id your product already uses (a team, an API key …)."
 
 
+class ProjectKey(serializers.RegexField):
+    """A string, as events name it (a number is refused, not turned into one: ``7`` and
+    ``"7"`` would be one key here and two ways of naming it there); no slash (it is part
+    of the project's URL), no control characters."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ProjectCreateSerializer(StrictSerializer):
-    key = serializers.RegexField(
-        r"^[^/\s][^/]*$",
+    key = ProjectKey(
+        r"^[^/\s\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$",
         max_length=200,
-        help_text=KEY_HELP + " No slash (it is part of the project's URL).",
+        help_text=KEY_HELP + " A string; no slash (it is part of the project's URL), no "
+        "control characters.",
     )
     name = serializers.CharField(max_length=200, required=False, help_text="Default: the key.")
-    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
+    spend_limit = Money(
+        required=False,
+        allow_null=True,
+        blank_is_null=False,
+        min_value=Decimal(0),
+        help_text=LIMIT_HELP,
+    )
 
 
 class ProjectUpdateSerializer(StrictSerializer):
     """Every field optional; what is absent is left as it is."""
 
     name = serializers.CharField(max_length=200, required=False)
-    spend_limit = Money(required=False, allow_null=True, min_value=Decimal(0), help_text=LIMIT_HELP)
+    spend_limit = Money(
+        required=False,
+        allow_null=True,
+        blank_is_null=False,
+        min_value=Decimal(0),
+        help_text=LIMIT_HELP,
+    )
     status = serializers.ChoiceField(
         choices=ProjectStatus.choices,
         required=False,

@@ -138,6 +138,10 @@ def test_a_taken_key_is_409_and_a_replay_is_the_first_answer(api, acme):
         ({"key": "t", "spend_limit": "1e400"}, "amount_too_large", "spend_limit"),
         ({"key": "a/b"}, "invalid_parameter", "key"),
         ({"key": ""}, "invalid_parameter", "key"),
+        ({"key": 7}, "invalid_parameter", "key"),
+        ({"key": ["team-a"]}, "invalid_parameter", "key"),
+        ({"key": "team\na"}, "invalid_parameter", "key"),
+        ({"key": "team\x7f"}, "invalid_parameter", "key"),
         ({}, "parameter_missing", "key"),
     ],
 )
@@ -161,6 +165,28 @@ def test_an_update_refuses_unknown_fields_and_negative_limits(api, acme):
         param="spend_limit",
     )
     assert Project.objects.get().spend_limit == D(5)
+
+
+def test_an_empty_string_limit_is_refused_not_read_as_no_limit(api, acme):
+    """Review: ``spend_limit: ""`` used to remove the limit silently; only ``null`` does."""
+    projects.create_project(customer=acme, key="team-a", spend_limit=D(5))
+    for blank in ("", "  "):
+        assert_error(
+            api.patch(f"{URL}/team-a", {"spend_limit": blank}, format="json"),
+            400,
+            "invalid_parameter",
+            param="spend_limit",
+        )
+    assert Project.objects.get().spend_limit == D(5)
+    assert_error(
+        api.post(URL, {"key": "team-b", "spend_limit": ""}, format="json"),
+        400,
+        "invalid_parameter",
+        param="spend_limit",
+    )
+    assert not Project.objects.filter(key="team-b").exists()
+    removed = api.patch(f"{URL}/team-a", {"spend_limit": None}, format="json")
+    assert removed.status_code == 200 and removed.json()["spend_limit"] is None
 
 
 def test_unknown_customer_or_project_is_404(api, acme):

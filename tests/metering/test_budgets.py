@@ -293,6 +293,59 @@ def test_a_holds_retry_with_its_reference_is_that_hold_not_a_refusal(api, acme):
     assert_error(other, 402, "budget_exceeded", param="project")
 
 
+def test_a_hold_reference_placed_without_a_project_is_never_linked_to_one(api, acme):
+    """Review: a hold of 50 placed without a project, then its reference replayed naming
+    team-a (limit 10): that hold was never checked against team-a's budget; linking it
+    would make team-a hold 50 of its 10. Refused as a reused reference, nothing linked."""
+    ask = {"customer": "acme", "amount": "50", "reference": "job-1"}
+    first = api.post("/api/v1/holds", ask)
+    assert first.status_code == 201, first.json()
+    assert_error(
+        api.post("/api/v1/holds", ask | {"project": "team-a"}),
+        409,
+        "reference_reused",
+        param="reference",
+    )
+    shown = api.get("/api/v1/customers/acme/projects/team-a").json()
+    assert shown["held"] == "0.000000000000"
+    assert projects.hold_project(hold_id=first.json()["id"]) is None
+    # the replay without a project is still that hold
+    assert api.post("/api/v1/holds", ask).json()["id"] == first.json()["id"]
+
+
+def test_a_hold_reference_of_another_project_is_refused(api, acme):
+    ask = {"customer": "acme", "amount": "5", "reference": "job-1", "project": "team-b"}
+    first = api.post("/api/v1/holds", ask)
+    assert first.status_code == 201, first.json()
+    assert_error(
+        api.post("/api/v1/holds", ask | {"project": "team-a"}),
+        409,
+        "reference_reused",
+        param="reference",
+    )
+    assert projects.hold_project(hold_id=first.json()["id"]).key == "team-b"
+    assert api.get("/api/v1/customers/acme/projects/team-a").json()["held"] == ("0.000000000000")
+
+
+def test_a_hold_refused_for_the_budget_emits_budget_exceeded_once(api, acme):
+    """docs/budgets.md: the first refusal of a period (event, batch event or hold) emits
+    budget.exceeded; a later refusal, hold or event, does not emit it again."""
+    ask = {"customer": "acme", "amount": "11", "project": "team-a"}
+    assert_error(api.post("/api/v1/holds", ask), 402, "budget_exceeded", param="project")
+    [emitted] = OutboundEvent.objects.filter(type="budget.exceeded")
+    assert (emitted.data["project"], emitted.data["refused_amount"]) == (
+        "team-a",
+        "11.000000000000",
+    )
+    assert emitted.data["period_start"] == spend().period_start.isoformat()
+    assert spend().exceeded_at is not None and spend().amount == 0
+    assert_error(api.post("/api/v1/holds", ask), 402, "budget_exceeded", param="project")
+    assert_error(
+        api.post("/api/v1/events", body("e1", 11)), 402, "budget_exceeded", param="project"
+    )
+    assert OutboundEvent.objects.filter(type="budget.exceeded").count() == 1
+
+
 def test_a_hold_settled_with_an_event_charges_its_project(api, acme):
     hold = api.post("/api/v1/holds", {"customer": "acme", "amount": "9", "project": "team-a"})
     assert hold.status_code == 201
