@@ -204,9 +204,11 @@ BEFORE, AFTER = (
 def migrate(target: tuple[str, str]) -> None:
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    # Forward: to the latest migration (0011 and any after it), as rating, run after it,
-    # writes today's columns (metering 0012 added metering_event.project_id).
-    targets = executor.loader.graph.leaf_nodes("metering") if target == AFTER else [target]
+    # Forward: to the latest migration of every app (0011 and all after it), as rating, run
+    # after it, writes today's columns (metering 0012 added metering_event.project_id); going
+    # back to 0009 also unapplied the other apps' migrations that depend on metering (billing
+    # 0019_staff_roles and every billing migration after it), which must come back too.
+    targets = executor.loader.graph.leaf_nodes() if target == AFTER else [target]
     executor.migrate(targets)
 
 
