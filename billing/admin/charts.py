@@ -24,9 +24,10 @@ AGING_COLOURS = ("#3a8f5c", "#c9b63b", "#e08a2c", "#d35f2a", "#a3231b")
 FONT = "font-family='system-ui, sans-serif'"
 
 
-def _f(value: float) -> str:
-    """A coordinate with one decimal."""
-    return f"{value:.1f}"
+def _f(value: Decimal | int) -> str:
+    """A coordinate with one decimal. Geometry is computed in Decimal like the amounts it
+    draws (no binary floating point anywhere near money, even for pixels)."""
+    return f"{Decimal(value):.1f}"
 
 
 def compact(value: Decimal) -> str:
@@ -67,12 +68,12 @@ def grouped_bars(
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((max(values, default=Decimal(0)) for _n, _c, values in series), default=0)
     axis_max = _nice_max(Decimal(peak))
-    group_w = plot_w / max(len(labels), 1)
-    bar_w = group_w * 0.8 / max(len(series), 1)
+    group_w = Decimal(plot_w) / max(len(labels), 1)
+    bar_w = group_w * Decimal("0.8") / max(len(series), 1)
     parts: list[str] = []
     for i in range(5):  # grid lines and their labels
         value = axis_max * i / 4
-        y = top + plot_h - plot_h * i / 4
+        y = top + plot_h - Decimal(plot_h) * i / 4
         parts.append(
             format_html(
                 "<line x1='{}' x2='{}' y1='{}' y2='{}' stroke='#e3e7eb'/>"
@@ -89,17 +90,17 @@ def grouped_bars(
             )
         )
     for index, label in enumerate(labels):
-        x0 = left + group_w * index + group_w * 0.1
+        x0 = left + group_w * index + group_w / 10
         for position, (name, colour, values) in enumerate(series):
             value = max(values[index], Decimal(0))
-            bar_h = float(value / axis_max) * plot_h
+            bar_h = value / axis_max * plot_h if axis_max else Decimal(0)
             parts.append(
                 format_html(
                     "<rect x='{}' y='{}' width='{}' height='{}' fill='{}'>"
                     "<title>{} {}: {}</title></rect>",
                     _f(x0 + bar_w * position),
                     _f(top + plot_h - bar_h),
-                    _f(max(bar_w - 2, 1)),
+                    _f(max(bar_w - 2, Decimal(1))),
                     _f(bar_h),
                     colour,
                     name,
@@ -150,11 +151,11 @@ def stacked_bar(
         parts.append(format_html("<rect x='0' y='0' width='{}' height='{}' fill='#eef1f4'/>",
                                  width, height))
         return _svg(width, height, title, parts)
-    x = 0.0
+    x = Decimal(0)
     for label, colour, value in segments:
         if value <= 0:
             continue
-        w = float(value / total) * width
+        w = value / total * width
         parts.append(
             format_html(
                 "<rect x='{}' y='0' width='{}' height='{}' fill='{}'>"
@@ -176,8 +177,8 @@ def diverging_bar(value: Decimal, scale: Decimal, *, width: int = 80, height: in
 ):
     """A bar from the middle, right and green for a positive ``value``, left and red for a
     negative one, its length ``value / scale`` of the half width (a margin in a table)."""
-    half = width / 2
-    share = min(float(abs(value) / scale), 1.0) if scale else 0.0
+    half = Decimal(width) / 2
+    share = min(abs(value) / scale, Decimal(1)) if scale else Decimal(0)
     w = share * half
     x = half if value >= 0 else half - w
     colour = GREEN if value >= 0 else RED
@@ -199,15 +200,15 @@ def sparkline(values: Sequence[Decimal], *, width: int = 240, height: int = 40, 
     peak = max(values, default=Decimal(0))
     parts: list[str] = []
     if values:
-        step = width / len(values)
+        step = Decimal(width) / len(values)
         for index, value in enumerate(values):
-            h = float(value / peak) * (height - 2) if peak > 0 else 0.0
+            h = value / peak * (height - 2) if peak > 0 else Decimal(0)
             parts.append(
                 format_html(
                     "<rect x='{}' y='{}' width='{}' height='{}' fill='{}'/>",
                     _f(step * index),
                     _f(height - h),
-                    _f(max(step - 1, 1)),
+                    _f(max(step - 1, Decimal(1))),
                     _f(h),
                     BLUE,
                 )

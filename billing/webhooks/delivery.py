@@ -222,7 +222,7 @@ class _Deadline:
     on a receiver that drips its answer then returns at once (an error, taken as a
     timeout)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: int) -> None:
         self.seconds = seconds
         self.expired = False
         self._sockets: list[socket.socket] = []
