@@ -5,7 +5,7 @@
 it, it stores a pending request. ``approve_adjustment`` by a second, different staff user
 posts it — through ``adjust_balance`` as well, with a ledger reference derived from the
 request — and ``reject_adjustment`` closes it without posting. Admin top-ups
-(``request_top_up``) and admin credit grants funded as an adjustment
+(``request_top_up``) and admin credit grants funded as an adjustment or a promotion
 (``request_credit_grant``) go through the same requests (``kind``): approving one posts it
 through ``top_up`` or ``billing.credits.grant_credits``. A top-up asks for approval at or
 above the threshold even when its description names a real payment (a bank transfer's
@@ -170,13 +170,15 @@ def request_credit_grant(
     staff_user_id: int,
     reference: str,
 ) -> AdjustmentOutcome:
-    """A staff user's credit grant from the admin. One funded as an adjustment
-    (``GrantSource.ADJUSTMENT``: credits from nowhere) at or above the CREDITS threshold
-    is a pending request; any other is granted now. Idempotent by ``reference``."""
+    """A staff user's credit grant from the admin. One funded as an adjustment or as a
+    promotion (``GrantSource.ADJUSTMENT``, ``PROMOTIONAL``: credits from nowhere, one as
+    much as the other) at or above the CREDITS threshold is a pending request; any other
+    is granted now. Idempotent by ``reference``."""
     from billing import credits
     from billing.models import GrantSource
 
-    if source == GrantSource.ADJUSTMENT and needs_approval(amount=amount, currency=credits.CREDITS):
+    free = source in (GrantSource.ADJUSTMENT, GrantSource.PROMOTIONAL)
+    if free and needs_approval(amount=amount, currency=credits.CREDITS):
         return _ask(
             kind=ApprovalKind.CREDIT_GRANT,
             customer=customer,

@@ -403,7 +403,11 @@ def test_admin_large_credit_grant_funded_as_an_adjustment_needs_a_second_operato
 
 
 @pytest.mark.django_db
-def test_admin_small_or_promotional_credit_grants_are_granted_at_once(client, thresholds, people):
+def test_admin_small_credit_grants_are_granted_at_once_large_promotional_ones_wait(
+    client, thresholds, people
+):
+    """Promotional credits are as free as an adjustment's: a large grant of either waits
+    for a second person; below the threshold both are granted at once."""
     from billing.models import CreditGrant, GrantSource
 
     alice, _, _ = people
@@ -416,9 +420,19 @@ def test_admin_small_or_promotional_credit_grants_are_granted_at_once(client, th
     assert CreditGrant.objects.filter(customer=customer).count() == 1
     base = {**form_initial(client, url), "name": "pack"}
     base.pop("expires_at", None)
-    client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
+    client.post(url, {**base, "amount": "999", "source": GrantSource.PROMOTIONAL})
     assert CreditGrant.objects.filter(customer=customer).count() == 2
     assert not AdjustmentRequest.objects.exists()
+    base = {**form_initial(client, url), "name": "big pack"}
+    base.pop("expires_at", None)
+    client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
+    assert CreditGrant.objects.filter(customer=customer).count() == 2
+    request = AdjustmentRequest.objects.get()
+    assert (request.kind, request.amount, request.details["source"]) == (
+        "credit_grant",
+        Decimal("5000"),
+        GrantSource.PROMOTIONAL,
+    )
 
 
 @pytest.mark.django_db
