@@ -123,3 +123,10 @@ class ApprovalBySameUser(BillingError):
 class AdjustmentAlreadyDecided(BillingError):
     code = "adjustment_already_decided"
     http_status = 409
+
+
+class WithdrawalByOther(BillingError):
+    """Only the staff user who asked for an adjustment may withdraw it (others reject it)."""
+
+    code = "withdrawal_by_other"
+    http_status = 403

@@ -2,7 +2,8 @@
 grants funded as adjustments waiting for a second staff user
 (``billing.services.approvals``). Read-only rows; a pending one has Approve and Reject
 buttons on its page, for users with the "approve adjustment requests" permission other than
-the requester (the service refuses the requester as well, and the database)."""
+the requester (the service refuses the requester as well, and the database); its requester
+sees Withdraw instead."""
 
 from __future__ import annotations
 
@@ -97,7 +98,9 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
         obj = self.get_object(request, object_id)
         extra = {
             "may_decide": self.may_decide(request, obj),
-            "own_request": obj is not None and obj.requested_by_id == request.user.pk,
+            "may_withdraw": obj is not None
+            and obj.status == ApprovalStatus.PENDING
+            and obj.requested_by_id == request.user.pk,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra)
@@ -114,6 +117,11 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "<path:object_id>/reject/",
                 view(self.reject_view),
                 name="billing_adjustmentrequest_reject",
+            ),
+            path(
+                "<path:object_id>/withdraw/",
+                view(self.withdraw_view),
+                name="billing_adjustmentrequest_withdraw",
             ),
             *super().get_urls(),
         ]
@@ -174,6 +182,42 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
 
     def approve_view(self, request, object_id):
         return self._decide(request, object_id, approve=True)
+
+    def withdraw_view(self, request, object_id):
+        """The requester takes a pending request back (the service refuses anyone else)."""
+        obj = self.object_or_404(request, object_id)
+        if obj.requested_by_id != request.user.pk:
+            raise PermissionDenied
+        form = DecisionForm(request.POST or None)
+        staff_id = request.user.pk
+
+        def withdraw() -> HttpResponse:
+            was_pending = obj.status == ApprovalStatus.PENDING
+            done = services.withdraw_adjustment(
+                request_id=obj.pk, staff_user_id=staff_id, note=form.cleaned_data["decision_note"]
+            )
+            summary = f"Withdrew {done}"
+            if was_pending:
+                self.log_change(request, done, summary)
+                self.log_change(request, done.customer, summary)
+            messages.success(request, summary + ".")
+            return HttpResponseRedirect(self.change_url(done))
+
+        return self.run_service(request, form, withdraw) or self.service_form_response(
+            request,
+            form=form,
+            original=obj,
+            title=f"Withdraw adjustment #{obj.pk}",
+            submit_label="Withdraw my request",
+            intro="Withdrawing closes your request; nothing is posted.",
+            facts=[
+                ("Kind", obj.get_kind_display()),
+                ("Customer", str(obj.customer)),
+                ("Amount", money(obj.amount, obj.currency)),
+                ("Reason", obj.reason),
+                ("Status", obj.get_status_display()),
+            ],
+        )
 
     def reject_view(self, request, object_id):
         return self._decide(request, object_id, approve=False)

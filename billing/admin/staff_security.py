@@ -1,8 +1,11 @@
 """Two-factor sign-in for staff (django-otp, TOTP).
 
 - The admin's sign-in form asks for an authentication code; it is checked for a user who has
-  a confirmed device, and for everyone when ``STAFF_REQUIRE_TWO_FACTOR`` is on (then a user
-  without a device cannot sign in until one is enrolled).
+  a confirmed device. When ``STAFF_REQUIRE_TWO_FACTOR`` is on, a user without a device yet
+  signs in with the password into a session that reaches only the enrolment page
+  (``billing.web.staff.AdminTwoFactorMiddleware``) until a device is confirmed, which
+  verifies the session — the first sign-in is the enrolment, as services that require
+  two-factor do.
 - "Two-factor" (``/admin/two-factor/``, linked from the admin's user tools): a signed-in
   staff user enrols an authenticator app for themself. The secret and its QR code are shown
   once, on the page that creates the device; the device counts only once a code from it
@@ -38,14 +41,13 @@ UNCONFIRMED_NAME = "authenticator (being enrolled)"
 
 
 class StaffSignInForm(OTPAdminAuthenticationForm):
-    """Password, then the device's code when the user has a device (or when required)."""
+    """Password, then the device's code when the user has a device. (Required and without
+    one: the password opens a session confined to enrolling one.)"""
 
     def clean(self):
         self.cleaned_data = AdminAuthenticationForm.clean(self)
         user = self.get_user()
-        if user is not None and (
-            settings.STAFF_REQUIRE_TWO_FACTOR or user_has_device(user, confirmed=True)
-        ):
+        if user is not None and user_has_device(user, confirmed=True):
             self.clean_otp(user)
         return self.cleaned_data
 

@@ -86,7 +86,17 @@ class NoBody(StrictSerializer):
     """A POST that takes no parameters: an empty body or ``{}``; any field is unknown."""
 
 
-class Money(serializers.DecimalField):
+class StrictDecimal(serializers.DecimalField):
+    """DRF's DecimalField, except that a blank string is not read as null: only an explicit
+    null is null (where allowed), and "" is not a number (400 invalid_parameter)."""
+
+    def validate_empty_values(self, data):
+        if isinstance(data, str) and not data.strip():
+            self.fail("invalid")
+        return super().validate_empty_values(data)
+
+
+class Money(StrictDecimal):
     """An exact amount with up to 12 decimal places. As input, at most ``limit`` in absolute
     value (``billing.limits.MAX_AMOUNT`` unless told): above it ``amount_too_large``, before
     any column could overflow."""
@@ -95,22 +105,13 @@ class Money(serializers.DecimalField):
         self,
         *,
         limit: Decimal | None = limits.MAX_AMOUNT,
-        blank_is_null: bool = True,
         **kwargs,
     ):
         kwargs.setdefault("max_digits", 38)
         kwargs.setdefault("decimal_places", 12)
         kwargs.setdefault("coerce_to_string", True)
         self.limit = limit
-        self.blank_is_null = blank_is_null
         super().__init__(**kwargs)
-
-    def validate_empty_values(self, data):
-        # DRF reads a blank string as null when null is allowed; ``blank_is_null=False``:
-        # only an explicit null is null, "" is not an amount (400 invalid_parameter).
-        if not self.blank_is_null and isinstance(data, str) and not data.strip():
-            self.fail("invalid")
-        return super().validate_empty_values(data)
 
     def to_internal_value(self, data):
         try:

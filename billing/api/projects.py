@@ -84,7 +84,6 @@ class ProjectCreateSerializer(StrictSerializer):
     spend_limit = Money(
         required=False,
         allow_null=True,
-        blank_is_null=False,
         min_value=Decimal(0),
         help_text=LIMIT_HELP,
     )
@@ -97,7 +96,6 @@ class ProjectUpdateSerializer(StrictSerializer):
     spend_limit = Money(
         required=False,
         allow_null=True,
-        blank_is_null=False,
         min_value=Decimal(0),
         help_text=LIMIT_HELP,
     )

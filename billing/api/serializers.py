@@ -18,6 +18,7 @@ from billing.api.fields import (
     MetadataField,
     Money,
     Price,
+    StrictDecimal,
     StrictInputMixin,
     StrictSerializer,
 )
@@ -381,7 +382,7 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         required=False, default=Decimal(0), min_value=Decimal(0), limit=limits.MAX_PRICE
     )
     package_size = Price(required=False, allow_null=True, default=None)
-    margin_percent = serializers.DecimalField(
+    margin_percent = StrictDecimal(
         max_digits=9,
         decimal_places=4,
         required=False,

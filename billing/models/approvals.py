@@ -23,6 +23,7 @@ class ApprovalStatus(models.TextChoices):
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"  # by its requester, before anyone decided
 
 
 class ApprovalKind(models.TextChoices):
@@ -92,6 +93,12 @@ class AdjustmentRequest(models.Model):
                 | Q(
                     status=ApprovalStatus.REJECTED,
                     decided_by__isnull=False,
+                    decided_at__isnull=False,
+                    ledger_transaction__isnull=True,
+                )
+                | Q(
+                    status=ApprovalStatus.WITHDRAWN,
+                    decided_by__isnull=True,
                     decided_at__isnull=False,
                     ledger_transaction__isnull=True,
                 )

@@ -11,7 +11,8 @@
     locks          lock_customer_usage, lock_subscription_customer: the customer usage lock
     approvals      request_adjustment (posts, or asks for approval when large),
                    request_top_up, request_credit_grant (the admin's, the same way),
-                   approve_adjustment, reject_adjustment, needs_approval, AdjustmentOutcome
+                   approve_adjustment, reject_adjustment, withdraw_adjustment, needs_approval,
+                   AdjustmentOutcome
     api_keys       create_api_key, revoke_api_key, hash_secret
     idempotency    purge_idempotency_records
     auto_top_up    set_auto_top_up, get_auto_top_up, due_auto_top_ups, charge_currency
@@ -31,6 +32,7 @@ from billing.services.approvals import (
     request_adjustment,
     request_credit_grant,
     request_top_up,
+    withdraw_adjustment,
 )
 from billing.services.auto_top_up import (
     MAX_AUTO_TOP_UP_FAILURES,
@@ -109,6 +111,7 @@ __all__ = [
     "approve_adjustment",
     "needs_approval",
     "reject_adjustment",
+    "withdraw_adjustment",
     "request_adjustment",
     "request_credit_grant",
     "request_top_up",

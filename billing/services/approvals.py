@@ -5,7 +5,7 @@
 it, it stores a pending request. ``approve_adjustment`` by a second, different staff user
 posts it — through ``adjust_balance`` as well, with a ledger reference derived from the
 request — and ``reject_adjustment`` closes it without posting. Admin top-ups
-(``request_top_up``) and admin credit grants funded as an adjustment
+(``request_top_up``) and admin credit grants funded as an adjustment or a promotion
 (``request_credit_grant``) go through the same requests (``kind``): approving one posts it
 through ``top_up`` or ``billing.credits.grant_credits``. A top-up asks for approval at or
 above the threshold even when its description names a real payment (a bank transfer's
@@ -14,7 +14,11 @@ reference): the reference is typed by the same one person, so it proves nothing.
 Race safety: a decision locks the request row first (``SELECT … FOR UPDATE``), then the
 posting locks the wallet's balance as every posting does; two approvers at once post once
 (the second finds it approved and returns it), and the ledger's unique reference would
-refuse a second posting anyway. The database refuses a decision by the requester."""
+refuse a second posting anyway. The database refuses a decision by the requester.
+
+``withdraw_adjustment``: the requester takes a pending request back (a mistake, a changed
+mind) — only the requester, and only while it is pending; the same row lock orders it
+against an approval racing it, so exactly one of the two happens."""
 
 from __future__ import annotations
 
@@ -170,13 +174,15 @@ def request_credit_grant(
     staff_user_id: int,
     reference: str,
 ) -> AdjustmentOutcome:
-    """A staff user's credit grant from the admin. One funded as an adjustment
-    (``GrantSource.ADJUSTMENT``: credits from nowhere) at or above the CREDITS threshold
-    is a pending request; any other is granted now. Idempotent by ``reference``."""
+    """A staff user's credit grant from the admin. One funded as an adjustment or as a
+    promotion (``GrantSource.ADJUSTMENT``, ``PROMOTIONAL``: credits from nowhere, one as
+    much as the other) at or above the CREDITS threshold is a pending request; any other
+    is granted now. Idempotent by ``reference``."""
     from billing import credits
     from billing.models import GrantSource
 
-    if source == GrantSource.ADJUSTMENT and needs_approval(amount=amount, currency=credits.CREDITS):
+    free = source in (GrantSource.ADJUSTMENT, GrantSource.PROMOTIONAL)
+    if free and needs_approval(amount=amount, currency=credits.CREDITS):
         return _ask(
             kind=ApprovalKind.CREDIT_GRANT,
             customer=customer,
@@ -255,42 +261,73 @@ def _lock(request_id: int) -> AdjustmentRequest:
     )
 
 
+def _decide(
+    *, request_id: int, staff_id: int, status: str, note: str
+) -> tuple[AdjustmentRequest, bool]:
+    """Lock the request and check that ``staff_id`` may take it to ``status``: the request
+    and whether it is still to be decided (False: already in ``status``, returned as it is)."""
+    request = _lock(request_id)
+    if request.status == status:
+        return request, False
+    if request.status != ApprovalStatus.PENDING:
+        raise errors.AdjustmentAlreadyDecided(f"this adjustment was already {request.status}")
+    if status == ApprovalStatus.WITHDRAWN:
+        if request.requested_by_id != staff_id:
+            raise errors.WithdrawalByOther(
+                "only the staff user who asked for an adjustment can withdraw it; reject it instead"
+            )
+    elif request.requested_by_id == staff_id:
+        raise errors.ApprovalBySameUser(
+            "the staff user who asked for an adjustment cannot decide it: a second person must"
+        )
+    request.status = status
+    request.decided_at = timezone.now()
+    request.decision_note = note.strip()
+    return request, True
+
+
 @transaction.atomic
 def approve_adjustment(*, request_id: int, approver_id: int, note: str = "") -> AdjustmentRequest:
     """Post a pending request, once: approving an approved request returns it unchanged."""
-    request = _lock(request_id)
-    if request.status == ApprovalStatus.APPROVED:
-        return request
-    if request.status != ApprovalStatus.PENDING:
-        raise errors.AdjustmentAlreadyDecided(f"this adjustment was already {request.status}")
-    if request.requested_by_id == approver_id:
-        raise errors.ApprovalBySameUser(
-            "the staff user who asked for an adjustment cannot approve it: a second person must"
-        )
-    request.ledger_transaction = _post(request, approver_id)
-    request.status = ApprovalStatus.APPROVED
-    request.decided_by_id, request.decided_at = approver_id, timezone.now()
-    request.decision_note = note.strip()
-    request.save(
-        update_fields=["status", "decided_by", "decided_at", "decision_note", "ledger_transaction"]
+    request, fresh = _decide(
+        request_id=request_id, staff_id=approver_id, status=ApprovalStatus.APPROVED, note=note
     )
+    if fresh:
+        request.ledger_transaction = _post(request, approver_id)
+        request.decided_by_id = approver_id
+        request.save(
+            update_fields=[
+                "status",
+                "decided_by",
+                "decided_at",
+                "decision_note",
+                "ledger_transaction",
+            ]
+        )
     return request
 
 
 @transaction.atomic
 def reject_adjustment(*, request_id: int, decider_id: int, note: str = "") -> AdjustmentRequest:
     """Close a pending request without posting; rejecting it again returns it unchanged."""
-    request = _lock(request_id)
-    if request.status == ApprovalStatus.REJECTED:
-        return request
-    if request.status != ApprovalStatus.PENDING:
-        raise errors.AdjustmentAlreadyDecided(f"this adjustment was already {request.status}")
-    if request.requested_by_id == decider_id:
-        raise errors.ApprovalBySameUser(
-            "the staff user who asked for an adjustment cannot decide it: a second person must"
-        )
-    request.status = ApprovalStatus.REJECTED
-    request.decided_by_id, request.decided_at = decider_id, timezone.now()
-    request.decision_note = note.strip()
-    request.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+    request, fresh = _decide(
+        request_id=request_id, staff_id=decider_id, status=ApprovalStatus.REJECTED, note=note
+    )
+    if fresh:
+        request.decided_by_id = decider_id
+        request.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+    return request
+
+
+@transaction.atomic
+def withdraw_adjustment(
+    *, request_id: int, staff_user_id: int, note: str = ""
+) -> AdjustmentRequest:
+    """The requester takes back a pending request (nothing is posted; no one decided it, so
+    ``decided_by`` stays empty); withdrawing it again returns it unchanged."""
+    request, fresh = _decide(
+        request_id=request_id, staff_id=staff_user_id, status=ApprovalStatus.WITHDRAWN, note=note
+    )
+    if fresh:
+        request.save(update_fields=["status", "decided_at", "decision_note"])
     return request

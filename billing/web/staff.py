@@ -6,11 +6,12 @@ portal, so the ingest path is untouched):
   form (a ``reason``, ``void_reason`` or ``decision_note`` field). The history triggers
   (``billing.models.audit``) attach it to each event they record.
 - ``AdminTwoFactorMiddleware``: a staff session not verified by a two-factor device
-  (django-otp) is signed out and sent to the admin's sign-in page, which asks for the
-  device's code (``billing.admin.staff_security``), when ``STAFF_REQUIRE_TWO_FACTOR`` is on
-  and, whatever the setting, when the user has a confirmed device: a session opened by a
-  password alone elsewhere (the portal's sign-in shares the users and the session) does not
-  reach the admin."""
+  (django-otp) of a user who has a confirmed device is signed out and sent to the admin's
+  sign-in page, which asks for the device's code (``billing.admin.staff_security``): a
+  session opened by a password alone elsewhere (the portal's sign-in shares the users and
+  the session) does not reach the admin. When ``STAFF_REQUIRE_TWO_FACTOR`` is on, the
+  session of a user without a device yet reaches only the enrolment page (every other
+  admin page redirects there) until a device is confirmed."""
 
 from __future__ import annotations
 
@@ -80,8 +81,11 @@ class AdminTwoFactorMiddleware:
                 and user.is_staff
                 and not getattr(user, "is_verified", lambda: False)()  # (OTPMiddleware's)
                 and request.path not in (login, reverse("admin:logout"))
-                and (settings.STAFF_REQUIRE_TWO_FACTOR or user_has_device(user, confirmed=True))
             ):
-                logout(request)
-                return HttpResponseRedirect(f"{login}?next={request.path}")
+                if user_has_device(user, confirmed=True):
+                    logout(request)
+                    return HttpResponseRedirect(f"{login}?next={request.path}")
+                enrol = reverse("admin_two_factor")
+                if settings.STAFF_REQUIRE_TWO_FACTOR and request.path != enrol:
+                    return HttpResponseRedirect(enrol)
         return self.get_response(request)

@@ -527,6 +527,38 @@ def test_serializer_errors_in_charges_name_the_charge_like_service_errors(
     assert body["error"]["param"] == param
 
 
+@pytest.mark.parametrize(
+    ("charge", "param"),
+    [
+        ({"meter": "output_tokens", "package_size": ""}, "charges[0].package_size"),
+        ({"meter": "output_tokens", "margin_percent": ""}, "charges[0].margin_percent"),
+        ({"meter": "output_tokens", "minimum_amount": " "}, "charges[0].minimum_amount"),
+        (
+            {
+                "meter": "output_tokens",
+                "price_model": "graduated",
+                "tiers": [{"up_to": "", "unit_price": "1"}],
+            },
+            "charges[0].tiers[0].up_to",
+        ),
+        (
+            {
+                "meter": "output_tokens",
+                "price_model": "graduated",
+                "tiers": [{"up_to": None, "package_size": ""}],
+            },
+            "charges[0].tiers[0].package_size",
+        ),
+    ],
+)
+def test_a_blank_string_is_not_null(api, meters, charge, param):
+    """DRF reads "" as null for a nullable decimal: an open-ended tier or no package from a
+    blank form field, silently. Only an explicit null is null; "" is refused."""
+    response = api.post("/api/v1/plans", plan_with(charge))
+    assert_error(response, 400, "invalid_parameter", param=param)
+    assert not Plan.objects.exists()
+
+
 def test_a_charge_on_an_unknown_meter_is_meter_not_found(api, meters):
     response = api.post("/api/v1/plans", plan_with({"meter": "gpu_seconds"}))
     assert_error(

@@ -211,6 +211,82 @@ def test_two_approvers_at_once_post_once(thresholds, people):
     assert available(customer) == Decimal(5010)
 
 
+@pytest.mark.django_db
+def test_the_requester_withdraws_a_pending_request_and_nothing_is_posted(thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    request = ask(customer, alice, "800").request
+    with pytest.raises(errors.WithdrawalByOther):
+        services.withdraw_adjustment(request_id=request.pk, staff_user_id=bob.pk)
+    done = services.withdraw_adjustment(
+        request_id=request.pk, staff_user_id=alice.pk, note=" typo in the amount "
+    )
+    assert (done.status, done.decided_by, done.decision_note) == (
+        ApprovalStatus.WITHDRAWN,
+        None,
+        "typo in the amount",
+    )
+    assert done.decided_at is not None and done.ledger_transaction is None
+    again = services.withdraw_adjustment(request_id=request.pk, staff_user_id=alice.pk)
+    assert again.decided_at == done.decided_at
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.approve_adjustment(request_id=request.pk, approver_id=bob.pk)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.reject_adjustment(request_id=request.pk, decider_id=bob.pk)
+    assert available(customer) == Decimal(100)
+
+    decided = ask(customer, alice, "900").request
+    services.approve_adjustment(request_id=decided.pk, approver_id=bob.pk)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.withdraw_adjustment(request_id=decided.pk, staff_user_id=alice.pk)
+    assert available(customer) == Decimal(1000)
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_withdrawn_request_with_a_posting_or_a_decider(thresholds, people):
+    alice, bob, _ = people
+    request = ask(CustomerFactory(), alice, "800").request
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AdjustmentRequest.objects.filter(pk=request.pk).update(
+            status=ApprovalStatus.WITHDRAWN, decided_by=bob, decided_at=timezone.now()
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_withdrawal_racing_approvals_ends_one_way_only(thresholds, people):
+    """The requester withdraws while two others approve: the row lock orders them, so the
+    request is either withdrawn with nothing posted or approved with one posting."""
+    alice, bob, carol = people
+    customer = CustomerFactory(funds=10)
+    for _ in range(3):
+        request = ask(customer, alice, "5000").request
+
+        def act(i: int, request_id: int = request.pk):
+            if i == 0:
+                return services.withdraw_adjustment(request_id=request_id, staff_user_id=alice.pk)
+            return services.approve_adjustment(
+                request_id=request_id, approver_id=(bob.pk, carol.pk)[i - 1]
+            )
+
+        results = run_concurrently(act, threads=3)
+        unexpected = [
+            r
+            for r in results
+            if isinstance(r, BaseException) and not isinstance(r, errors.AdjustmentAlreadyDecided)
+        ]
+        assert not unexpected, results
+        request.refresh_from_db()
+        posted = LedgerTransaction.objects.filter(
+            reference__contains=f"approval:{request.pk}"
+        ).count()
+        if request.status == ApprovalStatus.WITHDRAWN:
+            assert posted == 0 and request.ledger_transaction is None
+        else:
+            assert request.status == ApprovalStatus.APPROVED and posted == 1
+    approved = AdjustmentRequest.objects.filter(status=ApprovalStatus.APPROVED).count()
+    assert available(customer) == Decimal(10) + 5000 * approved
+
+
 # --- the admin pages ------------------------------------------------------------------------
 
 
@@ -278,6 +354,30 @@ def test_admin_reject_posts_nothing(client, thresholds, people):
     assert (
         request.status == ApprovalStatus.REJECTED and request.decision_note == "No ticket for this"
     )
+    assert available(customer) == Decimal(100)
+
+
+@pytest.mark.django_db
+def test_admin_the_requester_withdraws_from_the_request_page(client, thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    client.force_login(alice)
+    adjust(client, customer, "2500")
+    request = AdjustmentRequest.objects.get()
+    page_url = reverse("admin:billing_adjustmentrequest_change", args=[request.pk])
+    withdraw_url = reverse("admin:billing_adjustmentrequest_withdraw", args=[request.pk])
+    assert withdraw_url.encode() in client.get(page_url).content
+
+    client.force_login(bob)  # not his: no button, and the URL is refused
+    assert withdraw_url.encode() not in client.get(page_url).content
+    assert client.post(withdraw_url, {"decision_note": ""}).status_code == 403
+
+    client.force_login(alice)
+    response = client.post(withdraw_url, {"decision_note": "Wrong customer"})
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert (request.status, request.decision_note) == (ApprovalStatus.WITHDRAWN, "Wrong customer")
+    assert withdraw_url.encode() not in client.get(page_url).content
     assert available(customer) == Decimal(100)
 
 
@@ -403,7 +503,11 @@ def test_admin_large_credit_grant_funded_as_an_adjustment_needs_a_second_operato
 
 
 @pytest.mark.django_db
-def test_admin_small_or_promotional_credit_grants_are_granted_at_once(client, thresholds, people):
+def test_admin_small_credit_grants_are_granted_at_once_large_promotional_ones_wait(
+    client, thresholds, people
+):
+    """Promotional credits are as free as an adjustment's: a large grant of either waits
+    for a second person; below the threshold both are granted at once."""
     from billing.models import CreditGrant, GrantSource
 
     alice, _, _ = people
@@ -416,9 +520,19 @@ def test_admin_small_or_promotional_credit_grants_are_granted_at_once(client, th
     assert CreditGrant.objects.filter(customer=customer).count() == 1
     base = {**form_initial(client, url), "name": "pack"}
     base.pop("expires_at", None)
-    client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
+    client.post(url, {**base, "amount": "999", "source": GrantSource.PROMOTIONAL})
     assert CreditGrant.objects.filter(customer=customer).count() == 2
     assert not AdjustmentRequest.objects.exists()
+    base = {**form_initial(client, url), "name": "big pack"}
+    base.pop("expires_at", None)
+    client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
+    assert CreditGrant.objects.filter(customer=customer).count() == 2
+    request = AdjustmentRequest.objects.get()
+    assert (request.kind, request.amount, request.details["source"]) == (
+        "credit_grant",
+        Decimal("5000"),
+        GrantSource.PROMOTIONAL,
+    )
 
 
 @pytest.mark.django_db

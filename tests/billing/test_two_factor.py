@@ -63,17 +63,37 @@ def test_with_a_device_the_sign_in_asks_for_its_code(client, staff):
     assert client.get(INDEX).status_code == 200
 
 
-def test_when_required_an_unverified_staff_session_is_signed_out(client, settings, staff):
+def test_when_required_a_user_without_a_device_reaches_only_the_enrolment(client, settings, staff):
+    """Required two-factor: the first sign-in is the enrolment (no shell needed): the
+    password opens a session that every admin page sends to the enrolment page; a confirmed
+    device verifies it; from then on the code is asked for."""
     settings.STAFF_REQUIRE_TWO_FACTOR = True
+    assert sign_in(client).status_code == 302  # the password, no device yet
+    for path in (INDEX, reverse("admin:billing_customer_changelist")):
+        response = client.get(path)
+        assert response.status_code == 302 and response["Location"] == ENROL
+    assert client.get(ENROL).status_code == 200
+    client.post(ENROL, {"start": "1"})
+    device = TOTPDevice.objects.get(user=staff, confirmed=False)
+    client.post(ENROL, {"token": code_for(device)})
+    device.refresh_from_db()
+    assert device.confirmed
+    assert client.get(INDEX).status_code == 200  # the session is verified by the device
+
+    client.logout()
+    assert sign_in(client).status_code == 200  # now the password alone is refused
+    assert client.get(INDEX).status_code == 302
+
+
+def test_when_required_an_unverified_session_of_a_user_with_a_device_is_signed_out(
+    client, settings, staff
+):
+    settings.STAFF_REQUIRE_TWO_FACTOR = True
+    TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
     client.force_login(staff)  # a session without a device's code
-    response = client.get(INDEX)
+    response = client.get(ENROL)
     assert response.status_code == 302 and response["Location"].startswith(LOGIN)
     assert client.get(INDEX).status_code == 302  # signed out, not only redirected
-    # without a device the password alone no longer signs in
-    assert sign_in(client).status_code == 200
-    device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
-    assert sign_in(client, code_for(device)).status_code == 302
-    assert client.get(INDEX).status_code == 200
 
 
 def test_when_not_required_a_session_without_a_code_stays(client, staff):
