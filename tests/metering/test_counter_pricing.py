@@ -96,6 +96,18 @@ def test_a_batch_priced_per_counter_costs_each_event_what_it_costs_alone(model_p
     # 0.5); 45 cross tier 1's top (35 × 0.003 + 10 × 0.0017) and are the 4th request
     assert units_amounts[:4] == [D(0), D(0), D("0.545"), D("0.122") + D("0.0001")]
 
+    # gpt-4o-mini at 0.15 and 0.6 USD a million tokens, × 1.125; the third call takes the
+    # period from 2,500 to 3,900 tokens: 900 of its 1,400 beyond the allowance
+    llm_amounts = [a for key, a, _ in amounts(batch) if key.startswith("l")]
+    assert llm_amounts == [
+        D(0),
+        D(0),
+        (700 * D("0.15") + 700 * D("0.6")) / 10**6 * 900 / 1400 * D("1.125"),
+        (5000 * D("0.15") + 10 * D("0.6")) / 10**6 * D("1.125"),
+        (10 * D("0.15") + 5000 * D("0.6")) / 10**6 * D("1.125"),
+        (333 * D("0.15") + 77 * D("0.6")) / 10**6 * D("1.125"),
+    ]
+
     def counters(customer):
         return sorted(
             (u.meter.code, u.quantity, u.amount, u.charged, u.event_count)
