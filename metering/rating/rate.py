@@ -181,7 +181,7 @@ def _rate(
             b.account_id, b.posted, b.held - (hold.amount - hold.settled_amount), b.floor
         )
     wanted = {
-        (subscription.pk, meter.pk, start)
+        (subscription.id, meter.id, start)
         for _, subscription, _, _, start, _, _, readings in placed
         for meter, _ in readings
     }

@@ -280,7 +280,7 @@ def _write(
                 p.source.idempotency_key,
                 p.source.event_name,
                 p.source.timestamp,
-                json.dumps(p.source.properties, default=str),
+                p.source.properties_json or json.dumps(p.source.properties, default=str),
                 a.subscription.pk,
                 a.period_start,
                 u.provider if u else "",
