@@ -10,6 +10,12 @@ the machine moves it less than wall time), e.g.
     .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --profile out.prof
     .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --batch-size 1 \
         --batches 300                               # single events, one after another
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --http
+                                    # POST /api/v1/events/batch through Django's test client
+
+``--http`` sends each batch as JSON through the whole request path in this process
+(middleware, authentication, parsing, rating, the response rendered; ``--keyed`` adds an
+Idempotency-Key): the server's CPU per event without a server, sockets or clients.
 
 ``--seed`` migrates and seeds the database (emptied first: it must be one of your own).
 Without it the database is reused as seeded; each run's keys are new."""
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import random
 import statistics
 import sys
@@ -43,6 +50,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="events per batch")
     parser.add_argument("--warm-up", type=int, default=2, help="batches before measuring")
     parser.add_argument("--profile", help="cProfile the measured batches into this file")
+    parser.add_argument("--http", action="store_true", help="through Django's test client")
+    parser.add_argument("--keyed", action="store_true", help="--http with an Idempotency-Key")
     args = parser.parse_args()
     if args.seed:
         name = args.database_url.rsplit("/", 1)[1].split("?")[0]
@@ -56,6 +65,8 @@ def main() -> int:
     from metering import rating
     from metering.api.ingest import parse_event
 
+    post = _http_poster(args.keyed) if args.http or args.keyed else None
+
     customers = [f"bench-cus-{i:04d}" for i in range(CUSTOMERS)]
     rng = random.Random(1)
     run = uuid.uuid4().hex[:8]
@@ -64,20 +75,27 @@ def main() -> int:
     wall_per_event: list[float] = []
     for batch in range(args.warm_up + args.batches):
         now = timezone.now()
-        parsed = [
-            parse_event(make_event(rng, f"cpu-{run}:{batch}:{n}", customers), now=now)
-            for n in range(args.batch_size)
-        ]
+        raw = [make_event(rng, f"cpu-{run}:{batch}:{n}", customers) for n in range(args.batch_size)]
+        if post is not None:
+            body = json.dumps({"events": raw})
+        else:
+            parsed = [parse_event(event, now=now) for event in raw]
         measured = batch >= args.warm_up
         if measured and profiler is not None:
             profiler.enable()
         started, wall = time.process_time(), time.perf_counter()
-        outcomes = rating.ingest_events(parsed)
+        if post is not None:
+            answer = post(body, f"cpu-{run}:{batch}")
+        else:
+            outcomes = rating.ingest_events(parsed)
         cpu, wall = time.process_time() - started, time.perf_counter() - wall
         if measured and profiler is not None:
             profiler.disable()
-        accepted = sum(o.status == "accepted" for o in outcomes)
-        assert accepted == len(parsed), {o.status for o in outcomes}
+        if post is not None:
+            accepted = answer["accepted"]
+        else:
+            accepted = sum(o.status == "accepted" for o in outcomes)
+        assert accepted == len(raw), answer if post is not None else {o.status for o in outcomes}
         if measured:
             per_event.append(cpu * 1000 / accepted)
             wall_per_event.append(wall * 1000 / accepted)
@@ -89,6 +107,32 @@ def main() -> int:
         f"wall_ms_per_event median={statistics.median(wall_per_event):.4f}"
     )
     return 0
+
+
+def _http_poster(keyed: bool):
+    """A function posting a batch's JSON to /api/v1/events/batch through Django's test
+    client (the whole middleware stack, in this process) with a new API key of the
+    ingest scope; the answer's JSON."""
+    from django.test import Client
+
+    from tests.factories import APIKeyFactory
+
+    key = APIKeyFactory(name=f"cpu-{uuid.uuid4().hex[:8]}", scopes=["ingest"])
+    client = Client(
+        HTTP_AUTHORIZATION=f"Bearer {key.secret}",
+        HTTP_X_FORWARDED_PROTO="https",
+        SERVER_NAME="localhost",  # an allowed host
+    )
+
+    def post(body: str, idempotency_key: str) -> dict:
+        headers = {"HTTP_IDEMPOTENCY_KEY": idempotency_key} if keyed else {}
+        response = client.post(
+            "/api/v1/events/batch", body, content_type="application/json", **headers
+        )
+        assert response.status_code == 200, response.content[:500]
+        return json.loads(response.content)
+
+    return post
 
 
 if __name__ == "__main__":

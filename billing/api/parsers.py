@@ -13,7 +13,13 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 # The rules are shared with the admin's JSON fields.
-from billing.web.jsonstrict import _duplicate_path, _duplicated, _has_nul, _refuse_constant
+from billing.web.jsonstrict import (
+    _duplicate_path,
+    _duplicated,
+    _has_nul,
+    _refuse_constant,
+    may_hold_unstorable,
+)
 
 
 class ExactJSONParser(JSONParser):
@@ -30,8 +36,9 @@ class ExactJSONParser(JSONParser):
                 duplicates.append(True)
                 return _duplicated(pairs, obj)
 
-            data = json.load(
-                decoded,
+            text = decoded.read()
+            data = json.loads(
+                text,
                 parse_float=Decimal,
                 parse_constant=_refuse_constant,
                 object_pairs_hook=hook,
@@ -52,7 +59,7 @@ class ExactJSONParser(JSONParser):
                 f"the key {path!r} is written more than once in the body; send it once",
                 param=path,
             )
-        if _has_nul(data):
+        if may_hold_unstorable(text) and _has_nul(data):
             raise ParseError(
                 "strings may not contain the NUL character (\\u0000) or a lone surrogate "
                 "(\\ud800–\\udfff)"

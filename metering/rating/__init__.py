@@ -28,7 +28,10 @@ How a batch is rated
    the provider's cost of the billable tokens × (1 + margin). The money leg of the event
    is what the rounded period total moved: ``round(amount₁) − round(amount₀)`` to the
    ledger's 12 places (half-even), so the ledger never drifts from the exact total by
-   more than one rounding, however many events.
+   more than one rounding, however many events. A part prices each counter's events with
+   one ``Pricer`` (its charge, included quantity, catalog kinds and margin resolved once,
+   the counter's worth carried from event to event): still in order, event by event, so
+   each costs what it would cost rated alone.
 4. An event the wallet cannot cover is rejected (``insufficient_funds`` for a prepaid
    wallet, ``credit_limit_exceeded`` past a postpaid credit limit, ``insufficient_credits``
    on a credits plan) and changes nothing; later events of the batch may still fit.
@@ -66,7 +69,7 @@ The package: one job a module, each importing only those listed above it
 ``sql``        server-bound statements, rows as JSON or arrays, statements in one round trip
 ``prepare``    step 1: each event checked, normalised and priced alone; the meters, cached
 ``terms``      plan terms (cached), the plan at a moment, the period an event falls in
-``price``      pricing moves: what an event does to a period counter; catalog deltas, margins
+``price``      pricing: a counter's ``Pricer`` (what an event does to it); catalog deltas, margins
 ``read``       customers and subscriptions; the part's one read under the locks (step 2)
 ``budgets``    projects' budgets: the spend read under the lock, checked, upserted (write)
 ``write``      step 5: the postings, the event rows and the counters

@@ -53,6 +53,9 @@ class EventIn:
     received_at: datetime | None = None
     # The customer's project (its key) the event is charged to (metering.rating.budgets).
     project: str | None = None
+    # ``properties`` as JSON text, when the caller has it already (the API measures the
+    # properties' size by it): written as is instead of dumped again.
+    properties_json: str | None = None
 
 
 @dataclass

@@ -86,6 +86,133 @@ def _margin(terms: ChargeTerms, overrides: dict[int | None, Decimal]) -> Decimal
     return margin if margin is not None else ZERO
 
 
+# How a counter's events are priced (``Pricer.how``): not at all (no charge, or a trial),
+# in credits, from the catalog (the provider's cost × (1 + margin)), or by the charge's worth.
+FREE, IN_CREDITS, FROM_CATALOG, BY_WORTH = range(4)
+TOKEN_FIELDS = {
+    "input": "input_tokens",
+    "cache_read": "cache_read_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",
+}
+
+
+class Pricer:
+    """How the events of one counter are priced under one plan: what does not change from
+    event to event — the charge, how it prices, the included quantity, the catalog's token
+    kinds and the margin's factor — resolved once per counter of a rating part instead of
+    once per event, and the worth of the counter's quantity kept from one event to the next
+    (an event that takes the quantity from q₀ to q₁ costs ``worth(q₁) − worth(q₀)``; its
+    q₀ is the q₁ of the counter's previous accepted event, so one ``worth`` an event, not
+    two). ``step`` prices one reading against the counter as it stands: the same figures,
+    to the last digit, as one event rated alone (tier and allowance crossings included,
+    since every step is a difference of the same exact worths)."""
+
+    __slots__ = (
+        "_worth",
+        "_worth_at",
+        "aggregation",
+        "charge",
+        "counter",
+        "factor",
+        "how",
+        "included",
+        "kinds",
+        "meter",
+        "token_fields",
+        "units_per_credit",
+    )
+
+    def __init__(
+        self,
+        counter: Counter,
+        meter: Meter,
+        terms: PlanTerms,
+        in_trial: bool,
+        overrides: dict[int | None, Decimal],
+    ) -> None:
+        self.counter = counter
+        self.meter = meter
+        self.aggregation = meter.aggregation
+        charge = self.charge = terms.charges.get(meter.pk)
+        self.included = charge.included_quantity if charge is not None else ZERO
+        self.units_per_credit = terms.units_per_credit or ZERO
+        self.kinds: tuple[str, ...] = ()
+        self.token_fields: tuple[str, ...] = ()
+        self.factor = ZERO
+        self._worth_at: Decimal | None = None
+        self._worth = ZERO
+        if charge is None or in_trial:
+            self.how = FREE
+        elif terms.consumption_model == ConsumptionModel.CREDITS:
+            assert terms.units_per_credit is not None, "a credits plan has units per credit"
+            self.how = IN_CREDITS
+        elif charge.catalog_priced:
+            self.how = FROM_CATALOG
+            self.kinds = tuple(catalog.CATALOG_KINDS[meter.property])
+            self.token_fields = tuple(TOKEN_FIELDS[k] for k in self.kinds if k in TOKEN_FIELDS)
+            self.factor = 1 + _margin(charge, overrides) / 100
+        else:
+            self.how = BY_WORTH
+
+    def step(
+        self, reading: Any, prepared: Prepared
+    ) -> tuple[Decimal, Decimal, Decimal, str | None, Decimal]:
+        """What the event does to the counter: (quantity, exact amount, rounded amount,
+        the distinct value it counts now or None, its included quantity) after it."""
+        counter = self.counter
+        q0 = counter.quantity
+        distinct_value = None
+        aggregation = self.aggregation
+        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+            q1 = q0 + reading
+        elif aggregation == Aggregation.MAX:
+            q1 = max(q0, reading)
+        elif aggregation == Aggregation.LATEST:
+            newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
+            q1 = reading if newer else q0
+        else:  # unique_count
+            canonical = _distinct_key(reading)
+            if canonical in counter.distinct_values:
+                q1 = q0
+            else:
+                q1, distinct_value = q0 + 1, canonical
+        charge = self.charge
+        if charge is None:
+            return q1, counter.amount, counter.charged, distinct_value, ZERO
+        included = self.included
+        included_delta = min(q1, included) - min(q0, included)
+        how = self.how
+        if how == FREE:
+            amount_delta = ZERO
+        elif how == BY_WORTH:
+            w0 = self._worth if self._worth_at is q0 else charge.worth(q0)
+            w1 = charge.worth(q1)
+            self._worth_at, self._worth = q1, w1
+            amount_delta = w1 - w0
+        elif how == FROM_CATALOG:
+            amount_delta = self._catalog_delta(charge, q0, q1, prepared)
+        else:
+            amount_delta = (charge.billable(q1) - charge.billable(q0)) / self.units_per_credit
+        amount = exact(counter.amount + amount_delta)
+        return q1, amount, ledger_round(amount), distinct_value, included_delta
+
+    def _catalog_delta(self, charge, q0, q1, prepared) -> Decimal:
+        cost = prepared.cost
+        if cost is None:
+            return ZERO  # not an LLM event: nothing to price from the catalog
+        usage = prepared.usage
+        tokens = sum(getattr(usage, name) for name in self.token_fields)
+        billable = charge.billable(q1) - charge.billable(q0)
+        if tokens == 0 or billable <= 0:
+            return ZERO
+        worth = sum((getattr(cost, kind) for kind in self.kinds), ZERO)
+        if billable != tokens:  # the event straddles the included quantity
+            with localcontext(prec=80):
+                worth = worth * billable / tokens
+        return worth * self.factor
+
+
 def _move(
     counter: Counter,
     meter: Meter,
@@ -95,59 +222,17 @@ def _move(
     in_trial: bool,
     overrides: dict[int | None, Decimal],
 ) -> Move:
-    q0 = counter.quantity
-    distinct_value = None
-    aggregation = meter.aggregation
-    if aggregation in (Aggregation.SUM, Aggregation.COUNT):
-        q1 = q0 + reading
-    elif aggregation == Aggregation.MAX:
-        q1 = max(q0, reading)
-    elif aggregation == Aggregation.LATEST:
-        newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
-        q1 = reading if newer else q0
-    else:  # unique_count
-        canonical = _distinct_key(reading)
-        if canonical in counter.distinct_values:
-            q1 = q0
-        else:
-            q1, distinct_value = q0 + 1, canonical
-    charge = terms.charges.get(meter.pk)
-    amount_delta = ZERO
-    included_delta = ZERO
-    if charge is not None:
-        included_delta = min(q1, charge.included_quantity) - min(q0, charge.included_quantity)
-        if not in_trial:
-            if terms.consumption_model == ConsumptionModel.CREDITS:
-                assert terms.units_per_credit is not None, "a credits plan has units per credit"
-                amount_delta = (charge.billable(q1) - charge.billable(q0)) / terms.units_per_credit
-            elif charge.catalog_priced:
-                amount_delta = _catalog_delta(charge, meter, q0, q1, prepared, overrides)
-            else:
-                amount_delta = charge.worth(q1) - charge.worth(q0)
-    amount = exact(counter.amount + amount_delta)
+    """One event's move of one counter, priced alone (estimates): ``Pricer.step``."""
+    pricer = Pricer(counter, meter, terms, in_trial, overrides)
+    quantity, amount, charged, distinct_value, included_delta = pricer.step(reading, prepared)
     return Move(
         counter=counter,
         meter=meter,
-        quantity=q1,
+        quantity=quantity,
         amount=amount,
-        charged=ledger_round(amount),
+        charged=charged,
         distinct_value=distinct_value,
-        quantity_delta=q1 - q0,
+        quantity_delta=quantity - counter.quantity,
         included_delta=included_delta,
         amount_delta=amount - counter.amount,
     )
-
-
-def _catalog_delta(charge, meter, q0, q1, prepared, overrides) -> Decimal:
-    if prepared.cost is None:
-        return ZERO  # not an LLM event: nothing to price from the catalog
-    kinds = catalog.CATALOG_KINDS[meter.property]
-    tokens = catalog.kind_tokens(prepared.usage, kinds)
-    billable = charge.billable(q1) - charge.billable(q0)
-    if tokens == 0 or billable <= 0:
-        return ZERO
-    cost = prepared.cost.of_kinds(kinds)
-    if billable != tokens:  # the event straddles the included quantity
-        with localcontext(prec=80):
-            cost = cost * billable / tokens
-    return cost * (1 + _margin(charge, overrides) / 100)

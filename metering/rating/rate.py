@@ -24,10 +24,10 @@ from metering import errors
 from metering.rating import budgets
 from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcome
 from metering.rating.prepare import Prepared, _quantity
-from metering.rating.price import Counter, _distinct_key, _move
+from metering.rating.price import Counter, Pricer, _distinct_key
 from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
 from metering.rating.terms import _period_for, _plan_at, plan_terms
-from metering.rating.write import Accepted, _write
+from metering.rating.write import Accepted, Moved, _write
 
 
 def _funds_error(wallet: WalletRow, currency: str, needed: Decimal, balance) -> BillingError:
@@ -181,7 +181,7 @@ def _rate(
             b.account_id, b.posted, b.held - (hold.amount - hold.settled_amount), b.floor
         )
     wanted = {
-        (subscription.pk, meter.pk, start)
+        (subscription.id, meter.id, start)
         for _, subscription, _, _, start, _, _, readings in placed
         for meter, _ in readings
     }
@@ -213,31 +213,43 @@ def _rate(
     )
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
+    # One Pricer per counter and plan: what prices the counter's events, resolved once.
+    pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
     for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
-        event_key = (customer.pk, p.source.idempotency_key)
+        customer_id = customer.id
+        event_key = (customer_id, p.source.idempotency_key)
         if event_key in seen:
             outcomes[p.index] = Outcome("duplicate", event={"_same_as": seen[event_key]})
             continue
-        moves = []
+        subscription_id = subscription.id
+        steps = []
+        money = ZERO
+        too_big = None
         for meter, reading in readings:
-            counter_key = (subscription.pk, meter.pk, period_start)
-            if counter_key not in counters:  # the period's first usage of this meter
-                counters[counter_key] = Counter(
-                    subscription.pk,
-                    meter.pk,
-                    period_start,
-                    period_end,
-                    distinct_values=counted.get(counter_key, set()),
+            meter_id = meter.id
+            pricer = pricers.get((subscription_id, meter_id, period_start, terms.plan_id))
+            if pricer is None:
+                counter_key = (subscription_id, meter_id, period_start)
+                found = counters.get(counter_key)
+                if found is None:  # the period's first usage of this meter
+                    found = counters[counter_key] = Counter(
+                        subscription_id,
+                        meter_id,
+                        period_start,
+                        period_end,
+                        distinct_values=counted.get(counter_key, set()),
+                    )
+                pricer = pricers[(subscription_id, meter_id, period_start, terms.plan_id)] = Pricer(
+                    found, meter, terms, in_trial, overrides.get(customer_id, {})
                 )
-            counter = counters[counter_key]
-            moves.append(
-                _move(counter, meter, reading, p, terms, in_trial, overrides.get(customer.pk, {}))
-            )
-        money = sum((m.charged - m.counter.charged for m in moves), ZERO)
-        too_big = next((m for m in moves if m.quantity >= MAX_QUANTITY), None)
+            step = pricer.step(reading, p)
+            money += step[2] - pricer.counter.charged
+            if too_big is None and step[0] >= MAX_QUANTITY:
+                too_big = meter
+            steps.append((pricer, step))
         if too_big is not None or abs(money) >= MAX_CHARGE:
             what = (
-                f"meter {too_big.meter.code}'s quantity this period past {MAX_QUANTITY:.0e}"
+                f"meter {too_big.code}'s quantity this period past {MAX_QUANTITY:.0e}"
                 if too_big is not None
                 else f"a charge of {money.normalize():f}, beyond what one event may move"
             )
@@ -247,8 +259,9 @@ def _rate(
             )
             continue
         currency = terms.money_currency
-        wallet = wallets[(customer.pk, currency)]
-        balance = balances[_balance_key(wallet)]
+        wallet = wallets[(customer_id, currency)]
+        balance_key = _balance_key(wallet)
+        balance = balances[balance_key]
         if money > 0 and not balance.can_spend(money):
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
@@ -257,27 +270,31 @@ def _rate(
         project_id = None
         if budget is not None and p.source.project is not None:
             project_id, refusal = budget.charge(
-                customer.pk, p.source.project, period_start, money, currency
+                customer_id, p.source.project, period_start, money, currency
             )
             if refusal is not None:
                 outcomes[p.index] = Outcome("rejected", error=refusal)
                 continue
-        balances[_balance_key(wallet)] = ledger.LockedBalance(
-            balance.account_id, balance.posted - money, balance.held, balance.floor
-        )
-        for move in moves:
-            c = move.counter
-            c.quantity, c.amount, c.charged = move.quantity, move.amount, move.charged
+        if money:
+            balances[balance_key] = ledger.LockedBalance(
+                balance.account_id, balance.posted - money, balance.held, balance.floor
+            )
+        moves: list[Moved] = []
+        timestamp = p.source.timestamp
+        for pricer, (quantity, amount, charged, distinct_value, included_delta) in steps:
+            c = pricer.counter
+            moves.append((pricer.meter, quantity - c.quantity, included_delta, amount - c.amount))
+            c.quantity, c.amount, c.charged = quantity, amount, charged
             c.currency = currency
             c.event_count += 1
             c.changed = True
-            if move.distinct_value is not None:
-                c.distinct_values.add(move.distinct_value)
-                c.new_values.append(move.distinct_value)
-            if move.meter.aggregation == Aggregation.LATEST and (
-                c.latest_at is None or p.source.timestamp >= c.latest_at
+            if distinct_value is not None:
+                c.distinct_values.add(distinct_value)
+                c.new_values.append(distinct_value)
+            if pricer.aggregation == Aggregation.LATEST and (
+                c.latest_at is None or timestamp >= c.latest_at
             ):
-                c.latest_at = p.source.timestamp
+                c.latest_at = timestamp
         seen[event_key] = p.index
         accepted.append(
             Accepted(

@@ -232,7 +232,9 @@ def _read_part(
     counters and counted distinct values of a part's events (customer id, event), and ids
     for them: one statement, its customers' rating locks held."""
     customer_ids = sorted({cid for cid, _ in events})
-    meter_ids = sorted({m.pk for _, p in events for m in p.meters})
+    # an event's meters are its name's list (prepare.MeterSet): each list looked at once
+    meter_lists = {id(p.meters): p.meters for _, p in events}
+    meter_ids = sorted({m.id for meters in meter_lists.values() for m in meters})
     distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
     ((subs, twins, wallets, margins, counters, seen, ids),) = execute_bound(
         _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,

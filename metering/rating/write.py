@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,20 +31,23 @@ from metering import errors
 from metering.rating import budgets
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
-from metering.rating.price import Move
 from metering.rating.read import WalletRow
 from metering.rating.sql import Statement, _execute_together, _rows
 from metering.rating.terms import PlanTerms
 
+# What an accepted event did to one counter: (meter, quantity moved, included quantity
+# moved, exact amount moved) — a tuple, not an object: a batch makes four an event.
+Moved = tuple[Meter, Decimal, Decimal, Decimal]
 
-@dataclass
+
+@dataclass(slots=True)
 class Accepted:
     p: Prepared
     customer: Customer
     subscription: Subscription
     terms: PlanTerms
     period_start: datetime
-    moves: list[Move]
+    moves: list[Moved]
     money: Decimal
     currency: str
     wallet: WalletRow
@@ -277,7 +280,7 @@ def _write(
                 p.source.idempotency_key,
                 p.source.event_name,
                 p.source.timestamp,
-                json.dumps(p.source.properties, default=str),
+                p.source.properties_json or json.dumps(p.source.properties, default=str),
                 a.subscription.pk,
                 a.period_start,
                 u.provider if u else "",
@@ -464,21 +467,32 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
 def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
     totals: dict[tuple, list] = {}
     known: dict[tuple, tuple[str, str]] = {}
+    days: dict[datetime, date] = {}  # a part's events share few timestamps' days
     for a in accepted:
-        day = a.p.source.timestamp.astimezone(UTC).date()
+        timestamp = a.p.source.timestamp
+        day = days.get(timestamp)
+        if day is None:
+            day = days[timestamp] = timestamp.astimezone(UTC).date()
+        subscription_id, customer_id = a.subscription.id, a.customer.id
         of_event: dict[tuple[str, ...], tuple[str, str]] = {}  # by group_by: meters share them
-        for move in a.moves:
-            group_by = tuple(move.meter.group_by or ())
-            rendered = of_event.get(group_by)
-            if rendered is None:
-                rendered = of_event[group_by] = _dimensions(move.meter, a.p, known)
-            key_text, dims = rendered
-            key = (a.subscription.pk, a.customer.pk, move.meter.pk, a.period_start, day, key_text)
-            entry = totals.setdefault(key, [dims, ZERO, ZERO, ZERO, a.currency, 0])
-            entry[1] += move.quantity_delta
-            entry[2] += move.included_delta
-            entry[3] += move.amount_delta
-            entry[5] += 1
+        for meter, quantity_delta, included_delta, amount_delta in a.moves:
+            if meter.group_by:
+                group_by = tuple(meter.group_by)
+                rendered = of_event.get(group_by)
+                if rendered is None:
+                    rendered = of_event[group_by] = _dimensions(meter, a.p, known)
+                key_text, dims = rendered
+            else:
+                key_text, dims = "", "{}"
+            key = (subscription_id, customer_id, meter.id, a.period_start, day, key_text)
+            entry = totals.get(key)
+            if entry is None:
+                totals[key] = [dims, quantity_delta, included_delta, amount_delta, a.currency, 1]
+            else:
+                entry[1] += quantity_delta
+                entry[2] += included_delta
+                entry[3] += amount_delta
+                entry[5] += 1
     rows = [
         (
             subscription_id,

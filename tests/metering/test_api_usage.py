@@ -277,6 +277,30 @@ def test_ingest_needs_the_ingest_scope(make_key, ai):
 # --- POST /events/batch ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [1, 40])  # one INSERT; COPY past 32 events
+def test_a_batch_stores_each_events_properties_as_parsed(api, ai, size):
+    """The properties' JSON text that parse_event dumps to measure them is what the event
+    row stores: non-ASCII text, separators, nesting and exact numbers (kept as their
+    decimal text) come back as sent."""
+    extra = {
+        "note": "café ☕ \u2028 \"quoted\" back\\slash",
+        "price": "PRICE",
+        "count": 7,
+        "nested": {"a": [1, None, True, "ü"]},
+    }
+    events = [llm_body(f"p{i}", CHAT, when=DAY1, **extra) for i in range(size)]
+    text = json.dumps({"events": events}, ensure_ascii=False).replace('"PRICE"', "1.50")
+    response = post_raw(api, "/api/v1/events/batch", text)
+    assert response.json()["accepted"] == size, response.json()
+    stored = Event.objects.filter(idempotency_key__startswith="p").values_list(
+        "properties", flat=True
+    )
+    assert list(stored) == [
+        {"usage": CHAT, "model": "gpt-4o", **extra, "price": "1.50"}  # a Decimal's text
+        for _ in range(size)
+    ]
+
+
 def test_a_batch_answers_per_event(api, ai):
     events = [
         llm_body("b1", CHAT, when=DAY1),
