@@ -1,0 +1,83 @@
+"""Reads whose cost must be the page's, not the table's (issue 17 item 8; `make bench-reads`
+measures them at 10 million rows). Each test fills the large table by set-based SQL, as the
+benchmark does, ANALYZEs it, and reads the plan PostgreSQL really runs (tests/plans.py)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from billing.services import top_up
+from ledger.models import Account
+from tests.plans import analyze, rows_read
+
+pytestmark = pytest.mark.django_db
+
+OTHER_WALLETS = 2_000
+OTHER_POSTINGS = 40_000
+OWN_POSTINGS = 500
+
+
+def own_postings(customer, count: int = OWN_POSTINGS) -> None:
+    """``count`` top-ups of the customer's wallet, in one statement (its balance row is
+    not kept: these tests read history, not balances)."""
+    world = Account.objects.get(code="@World", currency="USD")
+    wallet = customer.wallets.get(currency="USD").account_id
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH t AS (INSERT INTO ledger_transaction (reference, payload_hash, description,"
+            " metadata, effective_at) SELECT 'own:' || k, '', '', '{}', now() - interval '1 day'"
+            " + k * interval '1 s' FROM generate_series(1, %s) k RETURNING id)"
+            " INSERT INTO ledger_entry (transaction_id, account_id, currency, amount)"
+            " SELECT t.id, CASE WHEN leg = 0 THEN %s ELSE %s END, 'USD',"
+            " CASE WHEN leg = 0 THEN 1 ELSE -1 END"
+            " FROM t CROSS JOIN (VALUES (0), (1)) AS legs(leg)",
+            [count, world.pk, wallet],
+        )
+
+
+def other_customers_postings(*, wallets: int = OTHER_WALLETS, postings: int = OTHER_POSTINGS):
+    """``postings`` top-ups of ``wallets`` other customers' wallets (owned accounts), posted
+    after whatever exists, balanced per transaction as the ledger's trigger demands."""
+    world = Account.objects.get(code="@World", currency="USD")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO ledger_account (code, name, currency, normal_balance, is_hot,"
+            " allow_negative, owner_type, owner_id, metadata)"
+            " SELECT 'wallet:other' || i || ':USD', '', 'USD', 'credit', false, true,"
+            " 'billing.customer', 'other' || i, '{}' FROM generate_series(1, %s) i"
+            " RETURNING id",
+            [wallets],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "WITH t AS (INSERT INTO ledger_transaction (reference, payload_hash, description,"
+            " metadata, effective_at) SELECT 'other:' || k, '', '', '{}', now()"
+            " FROM generate_series(1, %s) k RETURNING id)"
+            " INSERT INTO ledger_entry (transaction_id, account_id, currency, amount)"
+            " SELECT t.id, CASE WHEN leg = 0 THEN %s ELSE (%s::bigint[])[1 + t.id %% %s] END,"
+            " 'USD', CASE WHEN leg = 0 THEN 1 ELSE -1 END"
+            " FROM t CROSS JOIN (VALUES (0), (1)) AS legs(leg)",
+            [postings, world.pk, ids, len(ids)],
+        )
+    analyze("ledger_account", "ledger_transaction", "ledger_entry")
+
+
+def test_a_customers_transactions_are_read_from_the_index_not_the_ledger(api, make_customer):
+    customer = make_customer("acme")
+    top_up(customer=customer, amount=Decimal(1))
+    own_postings(customer)
+    other_customers_postings()
+
+    def read():
+        response = api.get("/api/v1/customers/acme/transactions")
+        assert response.status_code == 200
+        assert len(response.json()["data"]) == 10
+
+    read_ = rows_read(read, {"ledger_transaction", "ledger_entry"})
+    assert read_["seq_scans"] == []
+    # the page (10 + 1 transactions and their entries): neither the customer's 500 other
+    # transactions nor the 40,000 posted since
+    assert read_["rows"] < 100, read_
