@@ -84,6 +84,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--database-name", default=None, help="default: <DATABASE_URL's>_bench_reads"
     )
+    parser.add_argument(
+        "--seed-only", action="store_true", help="seed (or keep the seed) and time nothing"
+    )
     parser.add_argument("--only", default="", help="time only reads whose route matches this regex")
     args = parser.parse_args(argv)
     args.client_counts = parse_counts(parser, "--clients", args.clients)
@@ -369,6 +372,9 @@ def main(argv: Sequence[str]) -> int:
     from django.conf import settings
 
     info, seeded = ensure_seed(url, args.scale)
+    if args.seed_only:
+        progress(f"seed {'made' if seeded else 'kept'}: {info.seconds:.0f} s")
+        return 0
     with psycopg.connect(url) as conn:
         seed_checks = reads_seed.checks(conn, info)
     setup = probe(info)
