@@ -14,7 +14,8 @@ from billing import services
 from billing.admin.common import ServiceFormMixin, StrictJSONField, money_cell
 from billing.models import Aggregation, Meter
 from invoicing.money import exact_amount
-from ledger.admin import ReadOnlyAdmin
+from ledger.admin import EstimatedCountPaginator, ReadOnlyAdmin
+from ledger.models import Account
 from metering import catalog
 from metering.alerts import CATALOG_CURRENCY
 from metering.models import (
@@ -207,6 +208,37 @@ class ModelPriceAdmin(admin.ModelAdmin):
 # --- usage: events and counters (read-only) ---------------------------------------------
 
 
+def values_filter(field: str, title: str, values) -> type[admin.SimpleListFilter]:
+    """A list filter on ``field`` whose choices come from ``values()`` (a small table: the
+    meters, the catalog, the accounts), not from the distinct values of every row of the
+    list's own table, which the stock filter on a field reads on every page (10 million
+    events: seconds)."""
+
+    def lookups(self, request, model_admin):
+        return [(v, v or "(none)") for v in sorted(set(values()))]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(**{field: value})
+
+    return type(
+        f"{field.title()}Filter",
+        (admin.SimpleListFilter,),
+        {"title": title, "parameter_name": field, "lookups": lookups, "queryset": queryset},
+    )
+
+
+EventNameFilter = values_filter(
+    "event_name", "event name", lambda: Meter.objects.values_list("event_name", flat=True)
+)
+ProviderFilter = values_filter(
+    "provider", "provider", lambda: ModelPrice.objects.values_list("provider", flat=True)
+)
+CurrencyFilter = values_filter(
+    "currency", "currency", lambda: Account.objects.values_list("currency", flat=True)
+)
+
+
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = (
@@ -220,11 +252,18 @@ class EventAdmin(ReadOnlyAdmin):
         "cost_display",
         "transaction_link",
     )
-    list_filter = ("event_name", "provider", "currency")
+    # Events are many: no date hierarchy (the distinct dates of every event), filters whose
+    # choices come from small tables, a bounded count (docs/benchmarks.md, Session 11).
+    list_filter = (
+        EventNameFilter,
+        ProviderFilter,
+        CurrencyFilter,
+        ("timestamp", admin.DateFieldListFilter),
+    )
     search_fields = ("idempotency_key", "customer__external_id", "model")
-    date_hierarchy = "timestamp"
     list_select_related = ("customer",)
-    show_full_result_count = False  # events are many; counting them all is slow
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     @admin.display(description="tokens")
     def total_tokens(self, event: Event) -> int:
@@ -309,10 +348,12 @@ class ModelUsageAdmin(ReadOnlyAdmin):
         "cost_display",
         "margin",
     )
-    list_filter = ("provider", "currency")
+    # a row per customer, model and day: millions (as the events' list, no date hierarchy)
+    list_filter = (ProviderFilter, CurrencyFilter, ("day", admin.DateFieldListFilter))
     search_fields = ("customer__external_id", "model")
-    date_hierarchy = "day"
     list_select_related = ("customer",)
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     @admin.display(description="margin")
     def margin(self, row: ModelUsage):
