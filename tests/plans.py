@@ -33,13 +33,14 @@ def statements(read: Callable[[], Any]) -> list[str]:
 
 
 def rows_read(read: Callable[[], Any], tables: set[str]) -> dict[str, Any]:
-    """For every statement of ``read`` touching ``tables``: the rows its scans of them
-    returned (actual rows × loops, summed) and any sequential scan of them."""
+    """For every statement of ``read`` touching ``tables``: the rows its scans of them read
+    (returned and removed by a filter, × loops, summed) and any sequential scan of them."""
     total, seq_scans = 0, []
     for sql in statements(read):
         for node in nodes(explain(sql)):
             if node.get("Relation Name") in tables:
-                total += int(node.get("Actual Rows", 0) * node.get("Actual Loops", 1))
+                read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                total += int(read * node.get("Actual Loops", 1))
                 if node["Node Type"] == "Seq Scan":
                     seq_scans.append(node["Relation Name"])
     return {"rows": total, "seq_scans": seq_scans}
