@@ -14,8 +14,7 @@ from billing import services
 from billing.admin.common import ServiceFormMixin, StrictJSONField, money_cell
 from billing.models import Aggregation, Meter
 from invoicing.money import exact_amount
-from ledger.admin import EstimatedCountPaginator, ReadOnlyAdmin
-from ledger.models import Account
+from ledger.admin import EstimatedCountPaginator, ReadOnlyAdmin, system_currencies, values_filter
 from metering import catalog
 from metering.alerts import CATALOG_CURRENCY
 from metering.models import (
@@ -126,8 +125,9 @@ PRICE_FIELDS = (
 
 
 def _per_million(value):
-    return "—" if value is None else format_html('<span class="money">{}</span>',
-                                                   exact_amount(value))
+    return (
+        "—" if value is None else format_html('<span class="money">{}</span>', exact_amount(value))
+    )
 
 
 @admin.register(ModelPrice)
@@ -163,6 +163,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     @admin.display(description="cache write $/M", ordering="cache_write_mtok")
     def cache_write_price(self, price: ModelPrice):
         return _per_million(price.cache_write_mtok)
+
     list_filter = ("provider", "source")
     search_fields = ("model", "name", "provider")
     date_hierarchy = "effective_from"
@@ -208,35 +209,13 @@ class ModelPriceAdmin(admin.ModelAdmin):
 # --- usage: events and counters (read-only) ---------------------------------------------
 
 
-def values_filter(field: str, title: str, values) -> type[admin.SimpleListFilter]:
-    """A list filter on ``field`` whose choices come from ``values()`` (a small table: the
-    meters, the catalog, the accounts), not from the distinct values of every row of the
-    list's own table, which the stock filter on a field reads on every page (10 million
-    events: seconds)."""
-
-    def lookups(self, request, model_admin):
-        return [(v, v or "(none)") for v in sorted(set(values()))]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        return queryset if value is None else queryset.filter(**{field: value})
-
-    return type(
-        f"{field.title()}Filter",
-        (admin.SimpleListFilter,),
-        {"title": title, "parameter_name": field, "lookups": lookups, "queryset": queryset},
-    )
-
-
 EventNameFilter = values_filter(
     "event_name", "event name", lambda: Meter.objects.values_list("event_name", flat=True)
 )
 ProviderFilter = values_filter(
     "provider", "provider", lambda: ModelPrice.objects.values_list("provider", flat=True)
 )
-CurrencyFilter = values_filter(
-    "currency", "currency", lambda: Account.objects.values_list("currency", flat=True)
-)
+CurrencyFilter = values_filter("currency", "currency", system_currencies)
 
 
 @admin.register(Event)
@@ -330,6 +309,7 @@ class PeriodUsageAdmin(ReadOnlyAdmin):
     @admin.display(description="charged", ordering="charged")
     def charged_display(self, row: PeriodUsage):
         return money_cell(row.charged, row.currency)
+
     list_select_related = ("subscription__customer", "subscription__plan", "meter")
     search_fields = ("subscription__customer__external_id",)
 

@@ -145,3 +145,106 @@ def test_the_events_list_reads_a_page_not_every_event(staff_client, make_custome
     # a bounded count and the page; never the stock filters' DISTINCT event_name, provider
     # and currency, nor the date hierarchy's distinct dates, over all 40,000 events
     assert read_["rows"] < 12_000, read_
+
+
+def test_a_live_fragments_etag_reads_a_few_rows_not_every_event_of_the_customer():
+    from tests.billing.test_portal import customer_with_usage, member_client
+
+    subscription = customer_with_usage("acme")
+    bulk_events(subscription.customer, 40_000, since_days=60)
+    bulk_events(customer_with_usage("globex").customer, 40_000, since_days=60)  # after acme's
+    client = member_client(subscription.customer, "ann@acme.example")
+    etag = client.get("/portal/live/events")["ETag"]
+
+    def poll():
+        response = client.get("/portal/live/events", headers={"If-None-Match": etag})
+        assert response.status_code == 304  # nothing changed: the same ETag
+
+    read_ = rows_read(poll, {"metering_event"})
+    assert read_["seq_scans"] == []
+    # the newest event, not MAX(id): all of acme's 40,000 events by its index, or every
+    # event since its newest (globex's 40,000) by the primary key
+    assert read_["rows"] < 10, read_
+
+
+def test_the_usage_csv_is_streamed_from_tuples_not_model_instances(monkeypatch):
+    from metering.models import Event
+    from tests.billing.test_portal import customer_with_usage, member_client
+
+    subscription = customer_with_usage("acme")
+    client = member_client(subscription.customer, "ann@acme.example")
+
+    def no_instances(*args, **kwargs):
+        raise AssertionError("the export built an Event instance")
+
+    monkeypatch.setattr(Event, "from_db", classmethod(no_instances))
+    response = client.get("/portal/usage/events.csv")
+    rows = b"".join(response.streaming_content).decode().splitlines()
+    assert rows[0].startswith("timestamp,idempotency_key,event_name")
+    assert len(rows) == 2
+    assert rows[1].split(",")[10] == "1.000000000000"  # (14 − 10 included) × 0.25
+    assert rows[1].split(",")[12].startswith("usage:")  # its ledger transaction's reference
+
+
+def bulk_customers_with_invoices(count: int) -> None:
+    """``count`` customers, each with a subscription and one paid invoice (set-based)."""
+    from tests.factories import PlanFactory
+
+    plan = PlanFactory(currency="USD")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_customer (external_id, name, email, currency, billing_mode,"
+            " address_line1, address_line2, city, state, postal_code, country, tax_id,"
+            " metadata, stripe_customer_id, created_at, updated_at)"
+            " SELECT 'bulk-' || i, 'Bulk ' || i, '', 'USD', 'prepaid', '', '', '', '', '', '',"
+            " '', '{}', '', now() - i * interval '1 minute', now()"
+            " FROM generate_series(1, %s) i",
+            [count],
+        )
+        cursor.execute("ANALYZE billing_customer")
+        cursor.execute(
+            "INSERT INTO billing_subscription (customer_id, plan_id, status, started_at,"
+            " billing_anchor, current_period_start, current_period_end, cancel_at_period_end,"
+            " metadata) SELECT id, %s, 'active', now() - interval '40 days',"
+            " now() - interval '40 days', now() - interval '10 days',"
+            " now() + interval '20 days', false, '{}'"
+            " FROM billing_customer WHERE external_id LIKE 'bulk-%%'",
+            [plan.pk],
+        )
+        cursor.execute("ANALYZE billing_subscription")
+        cursor.execute(
+            "INSERT INTO invoicing_invoice (customer_id, subscription_id, period_start,"
+            " period_end, currency, status, number, display_number, subtotal, tax_name,"
+            " tax_percentage, tax, total, balance_applied, amount_due, usage_charged,"
+            " fees_precise, rounding, amount_paid, amount_credited, grace_ends_at,"
+            " finalized_at, due_at, paid_at, void_reason, pdf, payment_attempts,"
+            " last_payment_error, stripe_payment_intent_id, metadata, pdf_state, rounding_rule)"
+            " SELECT customer_id, id, current_period_start - interval '30 days',"
+            " current_period_start, 'USD', 'paid', id, 'B-' || id, 0, '', 0, 0, 0, 0, 0, 0, 0,"
+            " 0, 0, 0, current_period_start, current_period_start, current_period_start,"
+            " current_period_start, '', '', 0, '', '', '{}', 'none', 'half_even'"
+            " FROM billing_subscription",
+        )
+    analyze("billing_customer", "billing_subscription", "invoicing_invoice")
+
+
+def test_the_customers_list_reads_a_page_by_its_index(staff_client):
+    bulk_customers_with_invoices(20_000)
+
+    def read():
+        assert staff_client.get("/admin/billing/customer/").status_code == 200
+
+    read_ = rows_read(read, {"billing_customer"})
+    # the page from the (created_at, id) index and a bounded count (≤ 10,001), never the
+    # 20,000 customers sorted, counted, and scanned for their distinct currencies
+    assert read_["rows"] < 12_000, read_
+
+
+def test_the_invoices_list_reads_a_page_by_its_index(staff_client):
+    bulk_customers_with_invoices(20_000)
+
+    def read():
+        assert staff_client.get("/admin/invoicing/invoice/").status_code == 200
+
+    read_ = rows_read(read, {"invoicing_invoice"})
+    assert read_["rows"] < 12_000, read_
