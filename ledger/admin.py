@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import JSONField, Sum
+from django.db.models import JSONField, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.utils.html import format_html_join
 
@@ -61,7 +61,7 @@ class EstimatedCountPaginator(Paginator):
     @property
     def count(self) -> int:
         if not hasattr(self, "_bounded_count"):
-            queryset = self.object_list
+            queryset: QuerySet = self.object_list  # type: ignore[assignment]  # the admin's
             rows = queryset.order_by().values("pk")[: self.EXACT_UP_TO + 1].count()
             if rows > self.EXACT_UP_TO:
                 rows = self.EXACT_UP_TO
@@ -74,7 +74,7 @@ class EstimatedCountPaginator(Paginator):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                [self.object_list.model._meta.db_table],
+                [self.object_list.model._meta.db_table],  # type: ignore[attr-defined]
             )
             row = cursor.fetchone()
         return int(row[0]) if row and row[0] and row[0] > 0 else 0

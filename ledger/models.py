@@ -304,9 +304,7 @@ class Entry(models.Model):
         constraints = [
             models.CheckConstraint(condition=~Q(amount=0), name="ledger_entry_amount_nonzero"),
         ]
-        indexes = [
-            models.Index(fields=["account", "transaction"], name="ledger_entry_account_txn")
-        ]
+        indexes = [models.Index(fields=["account", "transaction"], name="ledger_entry_account_txn")]
 
     def __str__(self) -> str:
         side = "Dr" if self.amount > 0 else "Cr"
