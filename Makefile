@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench-ledger bench-ingest bench-close services stop lint
+.PHONY: install run test bench-ledger bench-ingest bench-close bench-reads services stop lint
 
 # Invoice PDFs (WeasyPrint) need Pango and a font; on a Debian machine as root they are
 # installed here when missing.
@@ -45,6 +45,11 @@ bench-ingest: install
 
 bench-close: install
 	$(PY) -m billing.devtools.servers exec -- $(PY) bench/close.py $(BENCH_ARGS)
+
+# Seeds ~100,000 customers, 10M events and 10M ledger transactions (kept for the next run;
+# BENCH_ARGS="--scale 0.01" for a quick one), then times every API, portal and admin read.
+bench-reads: install
+	$(PY) -m billing.devtools.servers exec -- $(PY) bench/reads.py $(BENCH_ARGS)
 
 services: install
 	$(PY) -m billing.devtools.servers start

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import CharField, F, Max, OuterRef, Prefetch, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
@@ -88,10 +89,41 @@ def customer_credits(customer: Customer, *, now=None, wallets=None) -> list[dict
     return result
 
 
-def customer_transactions(customer: Customer) -> QuerySet[LedgerTransaction]:
-    account_ids = customer_accounts(customer).values("pk")
-    touching = Entry.objects.filter(account_id__in=account_ids).values("transaction_id")
-    return LedgerTransaction.objects.filter(pk__in=touching).prefetch_related(
+# The newest transactions touching any of the customer's accounts below a cursor: per
+# account, its entries' transactions newest first from the (account, transaction) index
+# (LATERAL, at most ``limit`` each), merged. Read this way its cost is the page's, however
+# large the ledger: asked as ``pk IN (entries of the accounts)`` ordered by id, PostgreSQL
+# merged the whole transaction table, newest first, with the customer's entries, walking
+# every transaction posted since the customer's newest (docs/benchmarks.md, Session 11).
+_TRANSACTION_IDS = """
+SELECT DISTINCT page.transaction_id
+  FROM ledger_account a
+ CROSS JOIN LATERAL (
+       SELECT DISTINCT e.transaction_id FROM ledger_entry e
+        WHERE e.account_id = a.id AND e.transaction_id < %s
+        ORDER BY e.transaction_id DESC LIMIT %s) AS page
+ WHERE a.owner_type = 'billing.customer' AND a.owner_id = %s
+ ORDER BY page.transaction_id DESC
+ LIMIT %s
+"""
+
+
+def customer_transaction_ids(
+    customer: Customer, *, limit: int | None, before: int | None = None
+) -> list[int]:
+    """Ids of the newest ``limit`` ledger transactions (all with None) touching the
+    customer's accounts, below ``before`` if given, newest first; index-driven."""
+    cap = 2**63 - 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _TRANSACTION_IDS,
+            [cap if before is None else before, limit or cap, str(customer.pk), limit or cap],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def transactions_with_entries(ids: list[int]) -> QuerySet[LedgerTransaction]:
+    return LedgerTransaction.objects.filter(pk__in=ids).prefetch_related(
         Prefetch("entries", queryset=Entry.objects.select_related("account").order_by("id"))
     )
 
@@ -124,7 +156,10 @@ def customer_recent_activity(customer: Customer, *, limit: int) -> list[WalletAc
     """The customer's last ``limit`` ledger transactions, latest first (by effective time,
     then id), each with what it did to the customer's own wallets."""
     own = {a.pk: a for a in customer_accounts(customer)}
-    transactions = customer_transactions(customer).order_by("-effective_at", "-id")[:limit]
+    # By effective time, which the index does not order: every id of the customer's (its
+    # own history's size, never the ledger's), then the newest ``limit`` of them.
+    ids = customer_transaction_ids(customer, limit=None)
+    transactions = transactions_with_entries(ids).order_by("-effective_at", "-id")[:limit]
     activity = []
     for txn in transactions:
         changes = []

@@ -41,7 +41,13 @@ from invoicing.models import (
     StripeEventStatus,
     TaxRate,
 )
-from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
+from ledger.admin import (
+    EstimatedCountPaginator,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    system_currencies,
+    values_filter,
+)
 from ledger.errors import LedgerError
 
 OFFLINE_NOTICE = (
@@ -160,9 +166,16 @@ class InvoiceAdmin(ServiceFormMixin, ReadOnlyAdmin):
         "finalized_at",
         "pdf_link",
     )
-    list_filter = ("status", "currency", ("period_start", admin.DateFieldListFilter))
-    date_hierarchy = "period_start"
+    # No date hierarchy (the distinct periods of every invoice on every page): the period
+    # filter's ranges; the list reads the newest-first index a page at a time.
+    list_filter = (
+        "status",
+        values_filter("currency", "currency", system_currencies),
+        ("period_start", admin.DateFieldListFilter),
+    )
     search_fields = ("display_number", "customer__external_id", "customer__name")
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     list_select_related = ("customer",)
     # The stored file is never linked directly: invoices are private and MEDIA_ROOT is not
     # served (its URL answered 404); the PDF goes through pdf_view, behind the admin's login.

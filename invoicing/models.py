@@ -208,6 +208,8 @@ class Invoice(models.Model):
         ]
         indexes = [
             models.Index(fields=["customer", "-period_start"], name="invoicing_by_customer"),
+            # the admin's and the API's lists, newest first (Meta.ordering), a page at a time
+            models.Index(fields=["-period_start", "-id"], name="invoicing_newest"),
             models.Index(
                 fields=["grace_ends_at"],
                 condition=Q(status="draft"),

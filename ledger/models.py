@@ -284,7 +284,11 @@ class Entry(models.Model):
     # The database checks this reference with the composite key (account_id, currency) →
     # ledger_account (id, currency) of migration 0002; a second, plain key would only add
     # a foreign-key lookup (and a share lock on hot account rows) to every entry.
-    # No single-column index either: (account, id) below serves every lookup by account.
+    # No single-column index either: (account, transaction) below serves every lookup by
+    # account, and walks an account's transactions newest first by index (a customer's
+    # history: billing.selectors.customer_transaction_ids) — the (account, id) index it
+    # replaced (ledger 0006) ordered entries, not transactions, so a customer's page was a
+    # merge of the whole transaction table with the customer's entries.
     account = models.ForeignKey(
         Account,
         on_delete=models.PROTECT,
@@ -300,7 +304,7 @@ class Entry(models.Model):
         constraints = [
             models.CheckConstraint(condition=~Q(amount=0), name="ledger_entry_amount_nonzero"),
         ]
-        indexes = [models.Index(fields=["account", "id"], name="ledger_entry_account_id")]
+        indexes = [models.Index(fields=["account", "transaction"], name="ledger_entry_account_txn")]
 
     def __str__(self) -> str:
         side = "Dr" if self.amount > 0 else "Cr"

@@ -14,7 +14,7 @@ from billing import services
 from billing.admin.common import ServiceFormMixin, StrictJSONField, money_cell
 from billing.models import Aggregation, Meter
 from invoicing.money import exact_amount
-from ledger.admin import ReadOnlyAdmin
+from ledger.admin import EstimatedCountPaginator, ReadOnlyAdmin, system_currencies, values_filter
 from metering import catalog
 from metering.alerts import CATALOG_CURRENCY
 from metering.models import (
@@ -125,8 +125,9 @@ PRICE_FIELDS = (
 
 
 def _per_million(value):
-    return "—" if value is None else format_html('<span class="money">{}</span>',
-                                                   exact_amount(value))
+    return (
+        "—" if value is None else format_html('<span class="money">{}</span>', exact_amount(value))
+    )
 
 
 @admin.register(ModelPrice)
@@ -162,6 +163,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     @admin.display(description="cache write $/M", ordering="cache_write_mtok")
     def cache_write_price(self, price: ModelPrice):
         return _per_million(price.cache_write_mtok)
+
     list_filter = ("provider", "source")
     search_fields = ("model", "name", "provider")
     date_hierarchy = "effective_from"
@@ -207,6 +209,15 @@ class ModelPriceAdmin(admin.ModelAdmin):
 # --- usage: events and counters (read-only) ---------------------------------------------
 
 
+EventNameFilter = values_filter(
+    "event_name", "event name", lambda: Meter.objects.values_list("event_name", flat=True)
+)
+ProviderFilter = values_filter(
+    "provider", "provider", lambda: ModelPrice.objects.values_list("provider", flat=True)
+)
+CurrencyFilter = values_filter("currency", "currency", system_currencies)
+
+
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = (
@@ -220,11 +231,18 @@ class EventAdmin(ReadOnlyAdmin):
         "cost_display",
         "transaction_link",
     )
-    list_filter = ("event_name", "provider", "currency")
+    # Events are many: no date hierarchy (the distinct dates of every event), filters whose
+    # choices come from small tables, a bounded count (docs/benchmarks.md, Session 11).
+    list_filter = (
+        EventNameFilter,
+        ProviderFilter,
+        CurrencyFilter,
+        ("timestamp", admin.DateFieldListFilter),
+    )
     search_fields = ("idempotency_key", "customer__external_id", "model")
-    date_hierarchy = "timestamp"
     list_select_related = ("customer",)
-    show_full_result_count = False  # events are many; counting them all is slow
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     @admin.display(description="tokens")
     def total_tokens(self, event: Event) -> int:
@@ -291,6 +309,7 @@ class PeriodUsageAdmin(ReadOnlyAdmin):
     @admin.display(description="charged", ordering="charged")
     def charged_display(self, row: PeriodUsage):
         return money_cell(row.charged, row.currency)
+
     list_select_related = ("subscription__customer", "subscription__plan", "meter")
     search_fields = ("subscription__customer__external_id",)
 
@@ -309,10 +328,12 @@ class ModelUsageAdmin(ReadOnlyAdmin):
         "cost_display",
         "margin",
     )
-    list_filter = ("provider", "currency")
+    # a row per customer, model and day: millions (as the events' list, no date hierarchy)
+    list_filter = (ProviderFilter, CurrencyFilter, ("day", admin.DateFieldListFilter))
     search_fields = ("customer__external_id", "model")
-    date_hierarchy = "day"
     list_select_related = ("customer",)
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     @admin.display(description="margin")
     def margin(self, row: ModelUsage):

@@ -33,8 +33,8 @@ from billing.admin.customer_summary import CustomerSummaryMixin
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
 from billing.admin.projects import CustomerProjectsMixin
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
-from billing.models import Customer, MarginOverride, Subscription, SubscriptionStatus
-from ledger.admin import ReadOnlyInline
+from billing.models import Customer, MarginOverride, Plan, Subscription, SubscriptionStatus
+from ledger.admin import EstimatedCountPaginator, ReadOnlyInline, system_currencies, values_filter
 
 RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
 EXTERNAL_ID_RE = r"^[A-Za-z0-9._:@\-]{1,200}$"  # as the API accepts it
@@ -118,6 +118,13 @@ class CustomerSubscriptionInline(ReadOnlyInline):
         return super().get_queryset(request).select_related("plan").order_by("-started_at")
 
 
+CustomerCurrencyFilter = values_filter(
+    "currency",
+    "currency",
+    lambda: [*system_currencies(), *Plan.objects.values_list("currency", flat=True)],
+)
+
+
 class SubscriptionStatusFilter(admin.SimpleListFilter):
     title = "subscription status"
     parameter_name = "subscription"
@@ -156,9 +163,13 @@ class CustomerAdmin(
         "live_plan",
         "available_balance",  # in the customer's currency, which it names
     )
-    list_filter = ("billing_mode", "currency", SubscriptionStatusFilter)
+    list_filter = ("billing_mode", CustomerCurrencyFilter, SubscriptionStatusFilter)
     search_fields = ("external_id", "name", "email", "tax_id", "stripe_customer_id")
+    # a page from the (created_at, id) index and a bounded count, never the whole table
+    # sorted and counted (docs/benchmarks.md, Session 11)
     ordering = ("-created_at", "-id")
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     fieldsets = (
         (None, {"fields": ("external_id", "name", "email", "tax_id", "metadata")}),
         ("Address", {"fields": ADDRESS_FIELDS}),

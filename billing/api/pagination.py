@@ -26,7 +26,8 @@ PARAMETERS = [
 ]
 
 
-def paginate(request, queryset: QuerySet, serialize) -> dict:
+def page_parameters(request) -> tuple[int, int | None]:
+    """``limit`` and ``starting_after`` from the query, checked (400 when out of range)."""
     raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
     raw_after = request.query_params.get("starting_after")
     try:
@@ -37,7 +38,7 @@ def paginate(request, queryset: QuerySet, serialize) -> dict:
         raise APIError(
             400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}", param="limit"
         ) from None
-    queryset = queryset.order_by("-pk")
+    after = None
     if raw_after is not None:
         try:
             after = int(raw_after)
@@ -50,6 +51,13 @@ def paginate(request, queryset: QuerySet, serialize) -> dict:
                 "starting_after must be an object id",
                 param="starting_after",
             ) from None
+    return limit, after
+
+
+def paginate(request, queryset: QuerySet, serialize) -> dict:
+    limit, after = page_parameters(request)
+    queryset = queryset.order_by("-pk")
+    if after is not None:
         queryset = queryset.filter(pk__lt=after)
     rows = list(queryset[: limit + 1])
     return {"data": [serialize(row) for row in rows[:limit]], "has_more": len(rows) > limit}

@@ -18,7 +18,7 @@ from billing.api.errors import reference_reused
 from billing.api.fields import list_response
 from billing.api.idempotency import idempotent
 from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
-from billing.api.pagination import paginate
+from billing.api.pagination import page_parameters, paginate
 from billing.api.query import PAGE_PARAMS, APIView
 from billing.models import Meter, Subscription
 from ledger import errors as ledger_errors
@@ -239,7 +239,10 @@ class CustomerTransactionsView(APIView):
     )
     def get(self, request, external_id: str):
         customer = selectors.get_customer(external_id=external_id)
-        queryset = selectors.customer_transactions(customer)
+        limit, after = page_parameters(request)
+        # the page's ids from the index first (billing.selectors.customer_transaction_ids)
+        ids = selectors.customer_transaction_ids(customer, limit=limit + 1, before=after)
+        queryset = selectors.transactions_with_entries(ids)
         return Response(paginate(request, queryset, lambda t: s.TransactionSerializer(t).data))
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing.models import (
@@ -50,11 +50,27 @@ def live_subscription(customer: Customer) -> Subscription | None:
 
 
 def live_version(customer: Customer) -> str:
-    """Changes whenever anything the live fragments show changes: an ETag."""
+    """Changes whenever anything the live fragments show changes: an ETag. Read on every
+    poll, so each part is a few rows by index, whatever the customer's history: the version
+    of its wallets' balance rows (every posting), the newest event by (timestamp, id) — the
+    first row of the (customer, timestamp) index, as the events fragment lists them — and
+    the current period's counters (count and last change: an event arriving late, older
+    than the newest, still moves them). It used to be MAX(id) over all the customer's
+    events: every one of them read on every poll."""
     wallet_ids = customer.wallets.values("account_id")
     balance = Balance.objects.filter(account_id__in=wallet_ids).aggregate(v=Sum("version"))["v"]
-    last_event = Event.objects.filter(customer=customer).aggregate(m=Max("id"))["m"]
-    return hashlib.sha256(f"{balance}:{last_event}".encode()).hexdigest()[:16]
+    newest = (
+        Event.objects.filter(customer=customer)
+        .order_by("-timestamp", "-id")
+        .values_list("timestamp", "id")
+        .first()
+    )
+    counters = PeriodUsage.objects.filter(
+        subscription__customer=customer,
+        period_start=F("subscription__current_period_start"),
+    ).aggregate(n=Sum("event_count"), at=Max("updated_at"))
+    stamp = f"{balance}:{newest}:{counters['n']}:{counters['at']}"
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
 def period_overview(subscription: Subscription) -> dict[str, Any]:
@@ -183,10 +199,8 @@ def usage_export(customer: Customer) -> tuple[datetime, QuerySet[Event]]:
     subscription = live_subscription(customer)
     if subscription is not None:
         since = subscription.current_period_start
-    events = (
-        Event.objects.filter(customer=customer, timestamp__gte=since)
-        .select_related("ledger_transaction")
-        .order_by("timestamp", "id")
+    events = Event.objects.filter(customer=customer, timestamp__gte=since).order_by(
+        "timestamp", "id"
     )
     return since, events
 

@@ -1,0 +1,52 @@
+"""Query plans for the reads-at-scale tests (docs/benchmarks.md, Session 11): what a read
+really reads, from EXPLAIN (ANALYZE, FORMAT JSON) of the statements it sends. Statistics
+are real (the tests ANALYZE after filling the tables); no planner setting is changed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+def explain(sql: str) -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+        raw = cursor.fetchone()[0]
+    return (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+
+
+def statements(read: Callable[[], Any]) -> list[str]:
+    """The SELECT statements ``read`` sends, as sent (parameters inlined)."""
+    with CaptureQueriesContext(connection) as captured:
+        read()
+    return [q["sql"] for q in captured.captured_queries if q["sql"].lstrip().startswith("SELECT")]
+
+
+def rows_read(read: Callable[[], Any], tables: set[str]) -> dict[str, Any]:
+    """For every statement of ``read`` touching ``tables``: the rows its scans of them read
+    (returned and removed by a filter, × loops, summed) and any sequential scan of them."""
+    total, seq_scans = 0, []
+    for sql in statements(read):
+        for node in nodes(explain(sql)):
+            if node.get("Relation Name") in tables:
+                read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                total += int(read * node.get("Actual Loops", 1))
+                if node["Node Type"] == "Seq Scan":
+                    seq_scans.append(node["Relation Name"])
+    return {"rows": total, "seq_scans": seq_scans}
+
+
+def analyze(*tables: str) -> None:
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"ANALYZE {table}")
