@@ -97,7 +97,8 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
         "meters": meters,
         "spent": spent,
         "upcoming": upcoming.total,
-        "projected": upcoming.total + to_minor_unit(more, money),
+        # the upcoming invoice's own rule (the plan's, the currency's, half even), as its lines
+        "projected": upcoming.total + to_minor_unit(more, money, upcoming.rounding_rule),
     }
 
 
