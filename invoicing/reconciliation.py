@@ -16,8 +16,9 @@ The five checks (each one SQL statement, so each reads one consistent snapshot)
                   rating rounds each event's money to the ledger's 12 places, a line keeps
                   the counter's exact 24-place amount).
     invoice_ledger per invoice finalized in the period: its finalize posting's legs =
-                  its figures (receivable = total, wallet = −usage, @Revenue = −fees,
-                  @TaxPayable = −tax, @Rounding = −rounding) and the balance applied = the
+                  its figures (receivable = total, wallet = −usage, @Revenue = −(fees −
+                  commitment breakage), @CommitmentBreakage = −breakage, @TaxPayable =
+                  −tax, @Rounding = −rounding) and the balance applied = the
                   ``invoice:<id>:balance`` posting.
     stripe_clearing per movement of ``@StripeClearing`` effective in the period: an
                   invoice payment = its ``Payment`` row's amount; a refund of unused credits
@@ -132,7 +133,7 @@ USAGE_LEDGER = Check(
 _FINALIZED = """
     inv AS (SELECT id, display_number, subscription_id, period_start, currency, total,
                    usage_charged, fees_precise, tax, rounding, balance_applied,
-                   ledger_transaction_id
+                   commitment_breakage, ledger_transaction_id
               FROM invoicing_invoice
              WHERE finalized_at >= %(start)s AND finalized_at < %(end)s)"""
 
@@ -175,6 +176,7 @@ INVOICE_LEDGER = Check(
                sum(en.amount) FILTER (WHERE NOT a.is_hot AND a.code NOT LIKE 'receivable:%%')
                  AS wallet,
                sum(en.amount) FILTER (WHERE a.code = '@Revenue') AS revenue,
+               sum(en.amount) FILTER (WHERE a.code = '@CommitmentBreakage') AS breakage,
                sum(en.amount) FILTER (WHERE a.code = '@TaxPayable') AS tax,
                sum(en.amount) FILTER (WHERE a.code = '@Rounding') AS rounding
           FROM inv JOIN ledger_entry en ON en.transaction_id = inv.ledger_transaction_id
@@ -194,7 +196,10 @@ INVOICE_LEDGER = Check(
           CROSS JOIN LATERAL (VALUES
               ('receivable leg ≠ total', inv.total, legs.receivable),
               ('wallet leg ≠ −usage charged', -inv.usage_charged, legs.wallet),
-              ('@Revenue leg ≠ −fees', -inv.fees_precise, legs.revenue),
+              ('@Revenue leg ≠ −(fees − breakage)',
+               -(inv.fees_precise - inv.commitment_breakage), legs.revenue),
+              ('@CommitmentBreakage leg ≠ −breakage', -inv.commitment_breakage,
+               legs.breakage),
               ('@TaxPayable leg ≠ −tax', -inv.tax, legs.tax),
               ('@Rounding leg ≠ −rounding', -inv.rounding, legs.rounding),
               ('balance posting ≠ balance applied', inv.balance_applied, bal.applied)
