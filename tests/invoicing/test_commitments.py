@@ -15,6 +15,7 @@ import pytest
 from billing import services as billing
 from invoicing import reconciliation
 from invoicing.models import Invoice
+from tests.billing.conftest import api, api_key, make_key
 from tests.invoicing.conftest import (
     START,
     ChargeSpec,
@@ -30,6 +31,8 @@ from tests.invoicing.conftest import (
     use,
 )
 from tests.invoicing.test_pricing_shapes import upcoming_agrees
+
+__all__ = ["api", "api_key", "make_key"]  # fixtures used here
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -195,3 +198,37 @@ def test_a_void_takes_the_breakage_back():
     assert account_posted("@CommitmentBreakage") == 0
     assert account_posted("@Revenue") == 0
     assert receivable(subscription) == 0
+
+
+def test_the_upcoming_invoice_and_the_portal_show_the_commitment_left():
+    """By 16 April (half of April), 300 calls = 30.00 drawn of 100.00: 70.00 left. The
+    projection doubles the usage (60.00), which the 70.00 left still covers: the projected
+    total stays the upcoming 110.00 (without the draw-down it would be 140.00)."""
+    from unittest import mock
+
+    from billing.portal.selectors import period_overview
+
+    subscription = subscribe(commitment_plan())
+    use(subscription, 300)
+    subscription.refresh_from_db()
+    with mock.patch("billing.portal.selectors.timezone.now", return_value=at(2026, 4, 16)):
+        overview = period_overview(subscription)
+    assert overview["upcoming"] == D(110)
+    assert overview["commitment_left"] == D(70)
+    assert overview["projected"] == D(110)
+    use(subscription, 600, at_time=at(2026, 4, 15))  # 90.00 drawn, 10.00 left
+    subscription.refresh_from_db()
+    with mock.patch("billing.portal.selectors.timezone.now", return_value=at(2026, 4, 16)):
+        overview = period_overview(subscription)
+    # 90.00 more to come: 10.00 fills the commitment, 80.00 is overage
+    assert (overview["commitment_left"], overview["projected"]) == (D(10), D(190))
+
+
+def test_the_upcoming_invoice_api_shows_the_commitment_unused(api):
+    subscription = subscribe(commitment_plan())
+    use(subscription, 300)
+    external_id = subscription.customer.external_id
+    body = api.get(f"/api/v1/customers/{external_id}/upcoming-invoice").json()
+    assert body["commitment_unused"] == "70.000000000000"
+    assert body["total"] == "110.000000000000"
+    assert [line["kind"] for line in body["lines"]][-2:] == ["commitment", "commitment"]

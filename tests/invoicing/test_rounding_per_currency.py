@@ -96,9 +96,7 @@ def test_the_portals_projection_rounds_by_the_invoices_rule(rule, projected):
     """50 calls at 0.0025 = 0.125 by 16 April, half of April: the upcoming invoice 0.125 →
     0.12 (half even) or 0.13 (half up), and as much again to come, rounded alike:
     0.24 or 0.26 (before, the projection rounded half even whatever the rule: 0.25)."""
-    subscription = subscribe(
-        plan(ChargeSpec(meter=meter(), unit_price=D("0.0025")), rounding=rule)
-    )
+    subscription = subscribe(plan(ChargeSpec(meter=meter(), unit_price=D("0.0025")), rounding=rule))
     use(subscription, 50)
     subscription.refresh_from_db()
     with mock.patch("billing.portal.selectors.timezone.now", return_value=at(2026, 4, 16)):
@@ -106,7 +104,7 @@ def test_the_portals_projection_rounds_by_the_invoices_rule(rule, projected):
     assert overview["projected"] == projected
 
 
-# --- a finalized invoice's rule is frozen ----------------------------------------------------------
+# --- a finalized invoice's rule is frozen ---------------------------------------------------------
 
 
 def test_a_finalized_invoices_rounding_rule_cannot_change():
