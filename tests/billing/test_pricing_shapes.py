@@ -303,6 +303,8 @@ def test_the_demo_file_shows_every_shape():
     assert gpu.flat_fee_at_zero is True and gpu.prorated is True
     assert migrated.rounding == "half_up"
     assert (migrated.minimum_amount, requests.minimum_amount) == (D(100), D(10))
+    committed = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed"]
+    assert committed.commitment_amount == D(500) and committed.rounding == ""
 
 
 # --- f. prepaid commitments ------------------------------------------------------------------
