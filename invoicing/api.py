@@ -29,7 +29,10 @@ from invoicing.selectors import compute_invoice
 
 
 class InvoiceLineSerializer(serializers.Serializer):
-    kind = serializers.CharField(help_text="base_fee, included, usage or credits")
+    kind = serializers.CharField(
+        help_text="base_fee, included, usage, credits, minimum (a shortfall) or commitment "
+        "(a prepaid commitment, and the usage drawn from it: negative)"
+    )
     description = serializers.CharField()
     meter = serializers.CharField(source="meter_code", allow_null=True)
     tier = serializers.IntegerField(allow_null=True, help_text="1-based, for tiered charges")

@@ -232,3 +232,34 @@ def test_the_upcoming_invoice_api_shows_the_commitment_unused(api):
     assert body["commitment_unused"] == "70.000000000000"
     assert body["total"] == "110.000000000000"
     assert [line["kind"] for line in body["lines"]][-2:] == ["commitment", "commitment"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_late_usage_racing_the_finalization_is_drawn_once_or_refused():
+    """The draw-down is computed when the draft is finalized, under the customer's rating
+    lock: late events of the period (10.00 each) rated in other threads at the same time
+    are either on the invoice, drawn from the commitment once, or refused (period closed)
+    — never drawn twice, never charged without being invoiced. 400 calls (40.00) first."""
+    from tests.threads import run_concurrently
+
+    subscription = subscribe(commitment_plan())
+    use(subscription, 400)
+    draft = close(subscription)
+    late = at(2026, 5, 1, 1)
+
+    def worker(i: int):
+        if i == 0:
+            return finalize(draft, now=late)
+        return use(subscription, 100, at_time=at(2026, 4, 20), now=late)
+
+    results = run_concurrently(worker, 6)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    accepted = sum(1 for r in results[1:] if r.status == "accepted")
+    invoice = Invoice.objects.get(pk=draft.pk)
+    usage = 40 + 10 * accepted  # at most 90.00: within the 100.00 committed
+    assert invoice.usage_charged == usage
+    assert lines(invoice)[-1] == drawn(str(usage), f"{100 - usage}.00")
+    assert invoice.commitment_breakage == 100 - usage
+    assert invoice.total == 110
+    assert account_posted("@Revenue") + account_posted("@CommitmentBreakage") == 110
+    assert receivable(subscription) == 110
