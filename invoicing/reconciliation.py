@@ -12,7 +12,9 @@ The five checks (each one SQL statement, so each reads one consistent snapshot)
                   rule ties to it.
     invoice_usage per invoice finalized in the period: Σ the events rated into its
                   subscription's period (in its currency) = the invoice's ``usage_charged``
-                  exactly, and = Σ its usage lines' exact amounts (within 1e-12 per event:
+                  exactly, and = Σ its usage lines' exact amounts — not those invoiced as
+                  fees (metadata "fee": a prorated charge's adjustment, a first tier's flat
+                  fee at zero usage), which no event rated — (within 1e-12 per event:
                   rating rounds each event's money to the ledger's 12 places, a line keeps
                   the counter's exact 24-place amount).
     invoice_ledger per invoice finalized in the period: its finalize posting's legs =
@@ -149,7 +151,8 @@ INVOICE_USAGE = Check(
             GROUP BY inv.id),
     ln AS (SELECT l.invoice_id AS id, sum(l.amount_precise) AS precise
              FROM inv JOIN invoicing_invoiceline l ON l.invoice_id = inv.id
-            WHERE l.kind = 'usage' GROUP BY l.invoice_id),
+            WHERE l.kind = 'usage' AND NOT coalesce((l.metadata->>'fee')::boolean, false)
+            GROUP BY l.invoice_id),
     cmp AS (
         SELECT inv.currency, 'invoice ' || inv.id || ' ' || inv.display_number AS item,
                'usage_charged ≠ Σ the period''s rated events' AS cause,

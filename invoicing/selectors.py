@@ -338,7 +338,8 @@ def _proration_lines(
                 amount_precise=share - rated,
                 meter_id=meter_id,
                 fee=True,
-                metadata={"rated": str(rated), "prorated": str(share)},
+                # a fee, not rated usage: the reconciliation's invoice_usage leaves it out
+                metadata={"rated": str(rated), "prorated": str(share), "fee": True},
             )
         )
     return adjustments
@@ -378,6 +379,7 @@ def _zero_usage_fee_lines(
                 meter_id=meter_id,
                 tier=1,
                 fee=True,
+                metadata={"fee": True},  # not rated usage (see the proration lines)
             )
         )
     return lines

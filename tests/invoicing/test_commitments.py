@@ -263,3 +263,29 @@ def test_late_usage_racing_the_finalization_is_drawn_once_or_refused():
     assert invoice.total == 110
     assert account_posted("@Revenue") + account_posted("@CommitmentBreakage") == 110
     assert receivable(subscription) == 110
+
+
+def test_the_reconciliation_leaves_out_usage_lines_invoiced_as_fees():
+    """A prorated charge's adjustment and a first tier's flat fee at zero usage are usage
+    lines no event rated: invoice_usage compares the rated ones only (it failed on both)."""
+    from billing.services import TierSpec
+
+    prorated = plan(ChargeSpec(meter=meter(), unit_price=D(1), prorated=True))
+    subscription = subscribe(prorated)
+    use(subscription, 30)
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 16))
+    finalize(close(subscription, at(2026, 4, 16)), now=at(2026, 4, 16))
+    at_zero = plan(
+        ChargeSpec(
+            meter=meter(),
+            price_model="graduated",
+            flat_fee_at_zero=True,
+            tiers=(
+                TierSpec(up_to=D(10), unit_price=D(1), flat_fee=D(10)),
+                TierSpec(up_to=None, unit_price=D(1)),
+            ),
+        )
+    )
+    finalize(close(subscribe(at_zero)))
+    result = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 2))
+    assert result.status == "passed", [c for c in result.checks if not c["passed"]]
