@@ -154,3 +154,25 @@ def test_a_charge_minimum_of_the_old_plan_is_not_paid_from_the_new_plans_commitm
     assert invoice.total == D(100), [
         (ln.description, ln.amount) for ln in invoice.lines.order_by("position")
     ]
+
+
+def test_an_invoice_whose_usage_is_finer_than_the_ledger_finalizes():
+    """Usage rated finer than the ledger's 12 places (the counter keeps 24: here 0.5 units
+    at 0.000000000003 = 0.0000000000015; catalog prices with a margin do the same). Without
+    a commitment such an invoice finalizes (the rounding leg absorbs it); with one, the
+    draw-down takes the 24-place usage, so the breakage (100 − 0.0000000000015) and the
+    fees are finer than 1e-12 and the ledger refuses the finalize posting: the invoice can
+    never be finalized (InvalidTransaction: "finer than 1e-12")."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.000000000003")),
+            base_fee="10",
+            commitment_amount=D(100),
+        )
+    )
+    use(subscription, D("0.5"))
+    invoice = finalize(close(subscription))
+    assert invoice.total == D(110)
+    assert account_posted("@Revenue") + account_posted("@CommitmentBreakage") + account_posted(
+        "@Rounding"
+    ) == D(110)
