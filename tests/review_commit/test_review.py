@@ -10,7 +10,6 @@ from decimal import Decimal
 import pytest
 
 from billing import services as billing
-from billing.models import BillingMode
 from billing.services.plans import PriceModel, TierSpec
 from tests.billing.conftest import api, api_key, make_key
 from tests.invoicing.conftest import (
@@ -120,9 +119,7 @@ def test_a_change_from_a_minimum_plan_to_a_commitment_plan_owes_both_floors():
     the same 30.00 twice — towards the minimum (shortfall 20.00) and drawn from the
     commitment (−30.00): 30 + 20 + 50 − 30 = 70.00."""
     code = meter(name="Calls")
-    floor = plan(
-        ChargeSpec(meter=code, unit_price=D("0.10")), name="Floor", minimum_amount=D(100)
-    )
+    floor = plan(ChargeSpec(meter=code, unit_price=D("0.10")), name="Floor", minimum_amount=D(100))
     committed = plan(
         ChargeSpec(meter=code, unit_price=D("0.10")), name="Committed", commitment_amount=D(100)
     )
@@ -144,9 +141,7 @@ def test_a_charge_minimum_of_the_old_plan_is_not_paid_from_the_new_plans_commitm
     plan's shortfall (a MINIMUM line with the meter) is drawn from the new plan's
     commitment: 50 + 50 − 50 = 50.00 for a period with two floors of 50.00 each."""
     code = meter(name="Calls")
-    old = plan(
-        ChargeSpec(meter=code, unit_price=D("0.10"), minimum_amount=D(100)), name="Old"
-    )
+    old = plan(ChargeSpec(meter=code, unit_price=D("0.10"), minimum_amount=D(100)), name="Old")
     new = plan(ChargeSpec(meter=code, unit_price=D("0.10")), name="New", commitment_amount=D(100))
     subscription = subscribe(old)
     billing.change_subscription(subscription_id=subscription.pk, plan=new, now=at(2026, 4, 16))
