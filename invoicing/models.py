@@ -288,6 +288,10 @@ class CreditNote(models.Model):
     total = money_field()
     against_receivable = money_field(help_text="Set against what the invoice still owed.")
     to_balance = money_field(help_text="The rest, credited to the customer's wallet.")
+    commitment_breakage = money_field(
+        help_text="The part of ``amount`` taken back from @CommitmentBreakage (breakage "
+        "first: the invoice's breakage not yet credited); the rest from @Revenue."
+    )
     ledger_transaction = models.ForeignKey(
         "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
     )
