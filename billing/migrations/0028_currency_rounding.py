@@ -7,15 +7,16 @@ import pgtrigger.migrations
 from django.db import migrations, models
 
 
-def plans_follow_their_currency(apps, schema_editor):
-    """Before this, a plan's half_even was the default and left out of its spec's hash: it
-    could not be told from "not said". It becomes "not said" (the currency's rule, half even
-    while no currency says otherwise); half_up stays explicit."""
-    apps.get_model("billing", "Plan").objects.filter(rounding="half_even").update(rounding="")
+def plans_keep_their_rule(apps, schema_editor):
+    """Before this, a plan's rounding was half_even unless it said half_up: a plan's contract
+    and its invoices were half even, whether its file said so or not. Its stored half_even
+    stays explicit (it does not start following a currency later set to half_up); "" ("not
+    said": the currency's rule) exists for plans published from now on. Nothing to rewrite:
+    the default changes for new rows only."""
 
 
-def plans_say_half_even(apps, schema_editor):
-    apps.get_model("billing", "Plan").objects.filter(rounding="").update(rounding="half_even")
+def noop(apps, schema_editor):
+    pass
 
 
 class Migration(migrations.Migration):
@@ -89,5 +90,5 @@ class Migration(migrations.Migration):
             model_name='currencysettingevent',
             trigger=pgtrigger.compiler.Trigger(name='append_only', sql=pgtrigger.compiler.UpsertTriggerSql(func="RAISE EXCEPTION 'pgtrigger: Cannot update or delete rows from % table', TG_TABLE_NAME;", hash='6148d6a3927d64590a5202896d8e81cb9bd3f53a', operation='UPDATE OR DELETE', pgid='pgtrigger_append_only_7eb99', table='billing_currencysettingevent', when='BEFORE')),
         ),
-        migrations.RunPython(plans_follow_their_currency, plans_say_half_even),
+        migrations.RunPython(plans_keep_their_rule, noop),
     ]

@@ -180,7 +180,10 @@ class PlanSpec:
     # Prepaid commitment per period, drawn down by usage charges (invoicing.commitments).
     commitment_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
-    def canonical_hash(self) -> str:
+    def canonical_hash(self, *, legacy_rounding: bool = False) -> str:
+        """``legacy_rounding``: the hash as published before "not said" ("") could be told
+        from half_even, when half_even was the default and left out of the hash."""
+
         def plain(value: Any) -> Any:
             if isinstance(value, Decimal):
                 return format(value.normalize(), "f")
@@ -198,6 +201,8 @@ class PlanSpec:
 
         body = plain(self)
         body["metadata"] = body["metadata"] or {}  # None and {} publish the same plan
+        if legacy_rounding and body.get("rounding") == RoundingRule.HALF_EVEN:
+            del body["rounding"]
         if body["credit_grant"] is None:  # plans without one keep the hash they always had
             del body["credit_grant"]
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -458,6 +463,14 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
     current = Plan.objects.filter(code=spec.code).order_by("-version").first()
     spec_hash = spec.canonical_hash()
     if current is not None and current.spec_hash == spec_hash:
+        return current, False
+    if (
+        current is not None
+        and spec.rounding == current.rounding == RoundingRule.HALF_EVEN
+        and current.spec_hash == spec.canonical_hash(legacy_rounding=True)
+    ):
+        # A version published before rounding "" existed (half_even then the default, left
+        # out of its hash), re-applied from a file that says half_even: unchanged.
         return current, False
     plan = Plan.objects.create(
         code=spec.code,

@@ -176,3 +176,25 @@ def test_a_usage_preview_uses_the_drafts_minimum_and_commitment(change, total):
     draft = replace(billing.plan_spec_of(pro), **change)
     [row] = preview.preview_plan_version(spec=draft).rows
     assert (row.old_total, row.new_total) == (D(22), total)
+
+
+def test_an_unchanged_file_saying_half_even_publishes_no_new_version():
+    """A plan published before "not said" ("") existed: half_even was the default, stored
+    as half_even and left out of the spec's hash. Its pricing file says rounding: half_even;
+    applied again, unchanged, it is the same plan (no version 2), and the stored half_even
+    stays explicit (a currency set to half_up later does not move it). A file that then says
+    half_up is a change (version 2)."""
+    from billing.models import Plan
+    from billing.services.plans import plan_spec_of, publish_plan
+
+    spec = replace(
+        plan_spec_of(plan(ChargeSpec(meter=meter(), unit_price=D(1)))), rounding="half_even"
+    )
+    published, created = publish_plan(spec=spec)
+    assert created
+    # as the version was stored before this change (the hash without half_even)
+    Plan.objects.filter(pk=published.pk).update(spec_hash=spec.canonical_hash(legacy_rounding=True))
+    again, created = publish_plan(spec=spec)
+    assert (again.pk, created, again.rounding) == (published.pk, False, "half_even")
+    changed, created = publish_plan(spec=replace(spec, rounding="half_up"))
+    assert created and changed.version == published.version + 1
