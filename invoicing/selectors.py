@@ -26,6 +26,7 @@ from invoicing.models import LineKind, TaxRate
 from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
 from metering.models import PeriodUsage
+from metering.rating.base import ledger_round
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -335,7 +336,7 @@ def _proration_lines(
                 starts_at=starts,
                 ends_at=ends,
                 quantity=ZERO,
-                amount_precise=share - rated,
+                amount_precise=ledger_round(share - rated),  # a fee: the ledger's 12 places
                 meter_id=meter_id,
                 fee=True,
                 # a fee, not rated usage: the reconciliation's invoice_usage leaves it out
@@ -442,6 +443,7 @@ def minimum_lines(
     phases: list[SubscriptionPhase],
     lines: list[LineDraft],
     terms: rating.PlanTerms | None = None,
+    drawn: Decimal | None = None,
 ) -> list[LineDraft]:
     """The shortfall of each minimum: per charge, what its lines come to against its
     minimum; then the subscription's, what all the period's lines (base fees, usage, the
@@ -449,8 +451,10 @@ def minimum_lines(
     slice by slice (``_slices``): each part of the period billed owes the minimums of the
     plan version in force then, by its share of the period (a plan changed mid-period owes
     the old plan's minimum until the change, the new one's after it). Exact amounts are
-    compared, and a shortfall is a fee line of its own. ``terms``: the terms of the plan at
-    the period's end in a usage preview (its draft plan is not saved)."""
+    compared, and a shortfall is a fee line of its own, at the ledger's 12 places. ``terms``:
+    the terms of the plan at the period's end in a usage preview (its draft plan is not
+    saved). ``drawn``: None, the charges' minimums only; else the plan's minimum only, what
+    counts towards it net of what a commitment ``drawn`` (one usage never fills both)."""
     end_plan = phases[-1].plan if phases else subscription.plan
     slices = [
         part
@@ -486,14 +490,16 @@ def minimum_lines(
         return text + span
 
     owed_by_meter: dict[int, Decimal] = {}
+    committed_by_meter: dict[int, Decimal] = {}  # owed by versions with a commitment
     minimums_by_meter: dict[int, set[Decimal]] = {}
-    for part in slices:
+    for part in slices if drawn is None else ():
         for meter_id, charge in terms_of(part.plan).charges.items():
             if charge.minimum_amount is None:
                 continue
-            owed_by_meter[meter_id] = owed_by_meter.get(meter_id, ZERO) + share(
-                charge.minimum_amount, part
-            )
+            owed = share(charge.minimum_amount, part)
+            owed_by_meter[meter_id] = owed_by_meter.get(meter_id, ZERO) + owed
+            if part.plan.commitment_amount is not None:
+                committed_by_meter[meter_id] = committed_by_meter.get(meter_id, ZERO) + owed
             minimums_by_meter.setdefault(meter_id, set()).add(charge.minimum_amount)
     shortfalls: list[LineDraft] = []
     meters = Meter.objects.in_bulk(list(owed_by_meter)) if owed_by_meter else {}
@@ -511,29 +517,34 @@ def minimum_lines(
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),
-                    unit_price=owed - used,
-                    amount_precise=owed - used,
+                    unit_price=ledger_round(owed - used),
+                    amount_precise=ledger_round(owed - used),
                     meter_id=meter_id,
                     fee=True,
-                    metadata={"minimum": str(owed), "invoiced": str(used)},
+                    metadata={
+                        "minimum": str(owed),
+                        "invoiced": str(used),
+                        "minimum_committed": str(committed_by_meter.get(meter_id, ZERO)),
+                    },
                 )
             )
     with_minimum = [part for part in slices if part.plan.minimum_amount is not None]
-    if with_minimum:
+    if with_minimum and drawn is not None:
         owed = sum((share(p.plan.minimum_amount or ZERO, p) for p in with_minimum), ZERO)
-        used = sum((ln.amount_precise for ln in [*lines, *shortfalls]), ZERO)
+        used = sum((ln.amount_precise for ln in lines), ZERO) - drawn
+        owner = with_minimum[-1].plan  # the plan that owns the minimum, not the final one
         if used < owed:
             shortfalls.append(
                 LineDraft(
                     kind=LineKind.MINIMUM,
-                    description=f"{end_plan.name} — "
+                    description=f"{owner.name} — "
                     f"{note({p.plan.minimum_amount or ZERO for p in with_minimum})}, shortfall",
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),
-                    unit_price=owed - used,
-                    amount_precise=owed - used,
-                    plan_id=end_plan.pk,
+                    unit_price=ledger_round(owed - used),
+                    amount_precise=ledger_round(owed - used),
+                    plan_id=owner.pk,
                     fee=True,
                     metadata={"minimum": str(owed), "invoiced": str(used)},
                 )
@@ -547,6 +558,14 @@ def minimum_lines(
 DRAWN_KINDS = (LineKind.USAGE, LineKind.MINIMUM)
 
 
+@dataclass
+class Commitment:
+    lines: list[LineDraft]  # a fee line per slice, then the draw-down
+    breakage: Decimal  # what no usage drew
+    drawn: Decimal  # exact, 12 places
+    drawable: list[tuple[LineDraft, Decimal]]  # each line drawn on, and what of it
+
+
 def commitment_lines(
     subscription: Subscription,
     period_start: datetime,
@@ -554,14 +573,18 @@ def commitment_lines(
     currency: str,
     phases: list[SubscriptionPhase],
     lines: list[LineDraft],
-) -> tuple[list[LineDraft], Decimal]:
-    """A prepaid commitment's lines and its breakage (exact). The commitment is owed slice
-    by slice of the billed span (``_slices``: each plan version's ``commitment_amount`` by
-    its share of the period; nothing in a trial or after the end) and invoiced whatever the
-    usage, one fee line per slice; the period's usage charges then draw it down — one
-    negative line, ``Drawn from the commitment`` — up to what was committed. Usage beyond it
-    stays on the invoice as overage; what no usage drew is breakage (``Invoice.
-    commitment_breakage``, recognised on ``@CommitmentBreakage`` at finalization).
+) -> Commitment:
+    """A prepaid commitment's lines, its breakage and what it drew (exact, 12 places). The
+    commitment is owed slice by slice of the billed span (``_slices``: each plan version's
+    ``commitment_amount`` by its share of the period; nothing in a trial or after the end)
+    and invoiced whatever the usage, one fee line per slice; the period's usage charges then
+    draw it down — one negative line, ``Drawn from the commitment`` — up to what was
+    committed (``_drawable``: the whole period's usage lines — usage is not split by plan
+    version, docs/pricing-file.md — and the share of a charge minimum's shortfall owed by
+    versions with a commitment), at the ledger's 12 places. Usage beyond it stays on the
+    invoice as overage; what no usage drew is breakage (``Invoice.commitment_breakage``,
+    recognised on ``@CommitmentBreakage`` at finalization). ``round_commitment`` sets the
+    presented figures.
 
     Computed from the period's counters at close, finalization and for the upcoming invoice
     (never during rating): rating is unchanged, so no event can draw twice."""
@@ -572,7 +595,7 @@ def commitment_lines(
         and part.plan.consumption_model == ConsumptionModel.METERED
     ]
     if not slices:
-        return [], ZERO
+        return Commitment([], ZERO, ZERO, [])
     committed_lines = []
     for part in slices:
         commitment = part.plan.commitment_amount
@@ -605,10 +628,8 @@ def commitment_lines(
             )
         )
     committed = sum((ln.amount_precise for ln in committed_lines), ZERO)
-    usage = sum(
-        (ln.amount_precise for ln in lines if ln.meter_id is not None and ln.kind in DRAWN_KINDS),
-        ZERO,
-    )
+    drawable = [(ln, _drawable(ln)) for ln in lines if ln.meter_id is not None]
+    usage = ledger_round(sum((amount for _, amount in drawable), ZERO))  # the ledger's places
     drawn = min(committed, max(usage, ZERO))
     left = committed - drawn
     shown = to_minor_unit(left, currency)  # a description, not a figure
@@ -630,7 +651,45 @@ def commitment_lines(
             "overage": str(max(usage - committed, ZERO)),
         },
     )
-    return [*committed_lines, draw], left
+    return Commitment([*committed_lines, draw], left, drawn, drawable)
+
+
+def _drawable(line: LineDraft) -> Decimal:
+    """What of a meter line a commitment draws: a usage charge's line whole; a charge
+    minimum's shortfall by the share of it owed by plan versions with a commitment (a
+    minimum of a version without one is not paid from a later version's commitment)."""
+    if line.kind not in DRAWN_KINDS:
+        return ZERO
+    if line.kind == LineKind.USAGE:
+        return line.amount_precise
+    owed = Decimal(line.metadata.get("minimum", "0"))
+    ours = Decimal(line.metadata.get("minimum_committed", "0"))
+    if ours == owed:
+        return line.amount_precise
+    if not ours:
+        return ZERO
+    return ledger_round(line.amount_precise * ours / owed)
+
+
+def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
+    """The commitment's presented figures, after its lines were rounded: its slices add up
+    to the whole commitment rounded (each slice is the rounded running total less the one
+    before it: 33.33, 33.34, 33.33 for three thirds of 100.00), and the draw-down is what
+    the lines it draws were presented at, up to the commitment presented — usage within the
+    commitment comes to the commitment exactly. What that moves from the exact figures is
+    the invoice's rounding (``@Rounding``), as any line's rounding is."""
+    *slices, draw = commitment.lines
+    running = presented = ZERO
+    for line in slices:
+        running += line.amount_precise
+        line.amount = to_minor_unit(running, currency, rule) - presented
+        presented += line.amount
+    shown = ZERO
+    for line, amount in commitment.drawable:
+        shown += (
+            line.amount if amount == line.amount_precise else to_minor_unit(amount, currency, rule)
+        )
+    draw.amount = -min(presented, max(shown, ZERO))
 
 
 def compute_invoice(
@@ -665,12 +724,22 @@ def compute_invoice(
     lines += minimum_lines(
         subscription, period_start, period_end, currency, phases, lines, terms=terms
     )
-    commitment, breakage = commitment_lines(
-        subscription, period_start, period_end, currency, phases, lines
+    commitment = commitment_lines(subscription, period_start, period_end, currency, phases, lines)
+    lines += minimum_lines(
+        subscription,
+        period_start,
+        period_end,
+        currency,
+        phases,
+        lines,
+        terms=terms,
+        drawn=commitment.drawn,
     )
-    lines += commitment
+    lines += commitment.lines
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
+    if commitment.lines:
+        round_commitment(commitment, currency, rule)
     subtotal = sum((line.amount for line in lines), ZERO)
     rate = tax_rate_for(subscription.customer)
     percentage = rate.percentage if rate is not None else ZERO
@@ -687,5 +756,5 @@ def compute_invoice(
         fees_precise=sum((line.amount_precise for line in lines if line.fee), ZERO)
         + sum((line.amount_precise for line in base_fees), ZERO),
         rounding_rule=rule,
-        commitment_breakage=breakage,
+        commitment_breakage=commitment.breakage,
     )

@@ -13,7 +13,9 @@ from decimal import Decimal
 import pytest
 
 from billing import services as billing
+from billing.services.plans import PriceModel, TierSpec
 from invoicing import reconciliation
+from invoicing import services as invoicing
 from invoicing.models import Invoice
 from tests.billing.conftest import api, api_key, make_key
 from tests.invoicing.conftest import (
@@ -289,3 +291,230 @@ def test_the_reconciliation_leaves_out_usage_lines_invoiced_as_fees():
     finalize(close(subscribe(at_zero)))
     result = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 2))
     assert result.status == "passed", [c for c in result.checks if not c["passed"]]
+
+
+def test_usage_within_the_commitment_is_invoiced_at_the_commitment_exactly():
+    """Commitment 100.00, no base fee; graduated calls: the first call at 0.005, the
+    others at 0.005. 2 calls: two tier lines of 0.005 each, presented 0.00 and 0.00
+    (half even). Usage 0.01 < 100.00 committed, so the documented total is
+    ``base fees + max(commitment, usage) + tax`` = 100.00. The draw-down line is rounded
+    from the exact sum (0.01 → −0.01) instead of from the lines it draws (0.00 + 0.00):
+    the invoice comes to 0.00 + 0.00 + 100.00 − 0.01 = 99.99."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(
+                meter=meter(name="Calls"),
+                price_model=PriceModel.GRADUATED,
+                tiers=(
+                    TierSpec(up_to=D(1), unit_price=D("0.005")),
+                    TierSpec(up_to=None, unit_price=D("0.005")),
+                ),
+            ),
+            commitment_amount=D(100),
+        )
+    )
+    use(subscription, 2)
+    invoice = close(subscription)
+    usage_lines = [ln.amount for ln in invoice.lines.filter(kind="usage")]
+    assert usage_lines == [D("0.00"), D("0.00")]
+    assert invoice.total == D(100), [
+        (ln.description, ln.amount) for ln in invoice.lines.order_by("position")
+    ]
+
+
+def test_usage_within_the_commitment_never_invoices_more_than_the_commitment():
+    """The other direction: tier lines of 0.015 each round up to 0.02 (half even), the
+    draw of the exact 0.03 to −0.03: 0.02 + 0.02 + 100.00 − 0.03 = 100.01 for usage of
+    0.03 within a 100.00 commitment."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(
+                meter=meter(name="Calls"),
+                price_model=PriceModel.GRADUATED,
+                tiers=(
+                    TierSpec(up_to=D(1), unit_price=D("0.015")),
+                    TierSpec(up_to=None, unit_price=D("0.015")),
+                ),
+            ),
+            commitment_amount=D(100),
+        )
+    )
+    use(subscription, 2)
+    invoice = close(subscription)
+    assert invoice.total == D(100)
+
+
+def test_a_full_credit_note_takes_the_breakage_back_as_a_void_does():
+    """Base 10.00, commitment 100.00, no usage: 110.00 invoiced, 10.00 on @Revenue,
+    100.00 on @CommitmentBreakage. Crediting the whole invoice (110.00 net) must leave the
+    ledger as a void does (both 0); the credit note debits @Revenue 110.00 instead:
+    @Revenue −100.00, @CommitmentBreakage still 100.00."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10")),
+            base_fee="10",
+            commitment_amount=D(100),
+        )
+    )
+    invoice = finalize(close(subscription))
+    assert (account_posted("@Revenue"), account_posted("@CommitmentBreakage")) == (10, 100)
+    invoicing.create_credit_note(
+        invoice_id=invoice.pk,
+        amount=D(110),
+        reason="goodwill",
+        reference="cn-review-1",
+        now=at(2026, 5, 2),
+    )
+    assert receivable(subscription) == 0
+    assert (account_posted("@Revenue"), account_posted("@CommitmentBreakage")) == (0, 0)
+
+
+def test_a_partial_credit_note_takes_back_the_breakage_first():
+    """As above, credits of 60.00 then 50.00 (net): the first takes 60.00 of the 100.00
+    breakage back (@Revenue untouched, 10.00), the second the 40.00 left of it and 10.00 of
+    revenue: 0 and 0, each note recording its breakage (60.00, 40.00)."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10")),
+            base_fee="10",
+            commitment_amount=D(100),
+        )
+    )
+    invoice = finalize(close(subscription))
+    first = invoicing.create_credit_note(
+        invoice_id=invoice.pk, amount=D(60), reason="r", reference="cn-p1", now=at(2026, 5, 2)
+    )
+    assert first.commitment_breakage == D(60)
+    assert (account_posted("@Revenue"), account_posted("@CommitmentBreakage")) == (10, 40)
+    second = invoicing.create_credit_note(
+        invoice_id=invoice.pk, amount=D(50), reason="r", reference="cn-p2", now=at(2026, 5, 2)
+    )
+    assert second.commitment_breakage == D(40)
+    assert (account_posted("@Revenue"), account_posted("@CommitmentBreakage")) == (0, 0)
+
+
+def test_a_change_from_a_minimum_plan_to_a_commitment_plan_owes_both_floors():
+    """(The rule: a commitment draws first; what counts towards a plan minimum is net of
+    what it drew: 30.00 − 30.00 = 0, shortfall 50.00: 30 + 50 + 50 − 30 = 100.00.)
+    Floor (a plan minimum of 100.00 a month) until 16 April, then Committed (a
+    commitment of 100.00 a month): 15 of 30 days each, so 50.00 minimum owed for the first
+    half and 50.00 committed for the second. 300 calls at 0.10 = 30.00 of usage.
+    Whichever half the usage fell in, the period owes 100.00: usage in the first half
+    fills the minimum to 50.00 and the commitment expires (50.00); usage in the second
+    half draws the commitment (50.00) and the minimum falls 50.00 short. The invoice counts
+    the same 30.00 twice — towards the minimum (shortfall 20.00) and drawn from the
+    commitment (−30.00): 30 + 20 + 50 − 30 = 70.00."""
+    code = meter(name="Calls")
+    floor = plan(ChargeSpec(meter=code, unit_price=D("0.10")), name="Floor", minimum_amount=D(100))
+    committed = plan(
+        ChargeSpec(meter=code, unit_price=D("0.10")), name="Committed", commitment_amount=D(100)
+    )
+    subscription = subscribe(floor)
+    use(subscription, 300, at_time=at(2026, 4, 10))
+    billing.change_subscription(
+        subscription_id=subscription.pk, plan=committed, now=at(2026, 4, 16)
+    )
+    invoice = close(subscription)
+    assert invoice.total == D(100), [
+        (ln.description, ln.amount) for ln in invoice.lines.order_by("position")
+    ]
+    # the minimum's shortfall (50.00 owed, 30.00 used but all of it drawn: 50.00) is the
+    # Floor plan's, labelled by it, not by the plan in force at the end
+    shortfall = invoice.lines.get(kind="minimum")
+    assert (shortfall.description.split(" — ")[0], shortfall.plan_id, shortfall.amount) == (
+        "Floor",
+        floor.pk,
+        D(50),
+    )
+
+
+def test_a_charge_minimum_of_the_old_plan_is_not_paid_from_the_new_plans_commitment():
+    """Old plan: calls with a charge minimum of 100.00 a month, no commitment; new plan
+    from 16 April: a commitment of 100.00 a month. No usage at all. The first half owes
+    its charge minimum, 50.00; the second half its commitment, 50.00: 100.00. The old
+    plan's shortfall (a MINIMUM line with the meter) is drawn from the new plan's
+    commitment: 50 + 50 − 50 = 50.00 for a period with two floors of 50.00 each."""
+    code = meter(name="Calls")
+    old = plan(ChargeSpec(meter=code, unit_price=D("0.10"), minimum_amount=D(100)), name="Old")
+    new = plan(ChargeSpec(meter=code, unit_price=D("0.10")), name="New", commitment_amount=D(100))
+    subscription = subscribe(old)
+    billing.change_subscription(subscription_id=subscription.pk, plan=new, now=at(2026, 4, 16))
+    invoice = close(subscription)
+    assert invoice.total == D(100), [
+        (ln.description, ln.amount) for ln in invoice.lines.order_by("position")
+    ]
+
+
+def test_an_invoice_whose_usage_is_finer_than_the_ledger_finalizes():
+    """Usage rated finer than the ledger's 12 places (the counter keeps 24: here 0.5 units
+    at 0.000000000003 = 0.0000000000015; catalog prices with a margin do the same). Without
+    a commitment such an invoice finalizes (the rounding leg absorbs it); with one, the
+    draw-down takes the 24-place usage, so the breakage (100 − 0.0000000000015) and the
+    fees are finer than 1e-12 and the ledger refuses the finalize posting: the invoice can
+    never be finalized (InvalidTransaction: "finer than 1e-12")."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.000000000003")),
+            base_fee="10",
+            commitment_amount=D(100),
+        )
+    )
+    use(subscription, D("0.5"))
+    invoice = finalize(close(subscription))
+    assert invoice.total == D(110)
+    assert account_posted("@Revenue") + account_posted("@CommitmentBreakage") + account_posted(
+        "@Rounding"
+    ) == D(110)
+
+
+def test_commitment_slices_add_up_to_the_commitment():
+    """Three plans of 100.00 committed each, 10 days of the 30 each (changes on 11 and 21
+    April): each slice is 100 × 10/30 = 33.333333333333 (the ledger's 12 places). Rounded
+    one by one they came to 33.33 × 3 = 99.99; as running totals 33.33, 66.67 − 33.33 =
+    33.34, 100.00 − 66.67 = 33.33: 100.00. No usage: breakage 99.999999999999, the
+    1e-12 left to @Rounding; the invoice finalizes."""
+    code = meter(name="Calls")
+    first, second, third = (
+        plan(ChargeSpec(meter=code, unit_price=D("0.10")), name=n, commitment_amount=D(100))
+        for n in ("A", "B", "C")
+    )
+    subscription = subscribe(first)
+    billing.change_subscription(subscription_id=subscription.pk, plan=second, now=at(2026, 4, 11))
+    billing.change_subscription(subscription_id=subscription.pk, plan=third, now=at(2026, 4, 21))
+    invoice = close(subscription)
+    commitments = [ln.amount for ln in invoice.lines.filter(kind="commitment").order_by("position")]
+    assert commitments == [D("33.33"), D("33.34"), D("33.33"), D(0)]
+    assert invoice.total == D(100)
+    finalize(invoice)
+    assert account_posted("@CommitmentBreakage") == D("99.999999999999")
+    assert account_posted("@Rounding") == D("0.000000000001")
+
+
+def test_a_prorated_charge_finer_than_the_ledger_finalizes():
+    """A prorated charge rated finer than 12 places: 0.5 units at 0.000000000003 =
+    0.0000000000015, the subscription cancelled on 16 April (15 of 30 days). The share,
+    prorated to 12 places: 0.00000000000075 → 0.000000000001; the adjustment 0.000000000001
+    − 0.0000000000015 = −0.0000000000005 was a 13-place fee the ledger refused; at the
+    ledger's places it is −0.000000000000 (half even) and the invoice (0.00) finalizes."""
+    subscription = subscribe(
+        plan(ChargeSpec(meter=meter(), unit_price=D("0.000000000003"), prorated=True))
+    )
+    use(subscription, D("0.5"))
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 16))
+    invoice = finalize(close(subscription, at(2026, 4, 16)), now=at(2026, 4, 16))
+    assert (invoice.total, invoice.fees_precise) == (0, 0)
+    assert invoice.ledger_transaction_id is not None
+
+
+def test_a_charge_minimum_finer_than_the_ledger_finalizes():
+    """A charge minimum of 1.00 against 0.5 units at 0.000000000003 = 0.0000000000015 of
+    usage: the shortfall 1 − 0.0000000000015 = 0.9999999999985 was a 13-place fee the
+    ledger refused; at its 12 places 0.999999999998 (half even). Total 0.00 + 1.00 = 1.00;
+    @Revenue 0.999999999998 + usage 0.000000000002 (rated at 12 places) = 1.00."""
+    subscription = subscribe(
+        plan(ChargeSpec(meter=meter(), unit_price=D("0.000000000003"), minimum_amount=D(1)))
+    )
+    use(subscription, D("0.5"))
+    invoice = finalize(close(subscription))
+    assert invoice.total == D(1)
+    assert invoice.lines.get(kind="minimum").amount_precise == D("0.999999999998")
