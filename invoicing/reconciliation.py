@@ -21,7 +21,9 @@ The five checks (each one SQL statement, so each reads one consistent snapshot)
                   its figures (receivable = total, wallet = −usage, @Revenue = −(fees −
                   commitment breakage), @CommitmentBreakage = −breakage, @TaxPayable =
                   −tax, @Rounding = −rounding) and the balance applied = the
-                  ``invoice:<id>:balance`` posting.
+                  ``invoice:<id>:balance`` posting; per credit note of the period: its
+                  @CommitmentBreakage leg = its ``commitment_breakage``, its @Revenue
+                  leg = amount − that (breakage first, docs/pricing-file.md).
     stripe_clearing per movement of ``@StripeClearing`` effective in the period: an
                   invoice payment = its ``Payment`` row's amount; a refund of unused credits
                   = −its ``CreditRefund``; a refund of a payment names a payment we recorded;
@@ -207,6 +209,23 @@ INVOICE_LEDGER = Check(
               ('@Rounding leg ≠ −rounding', -inv.rounding, legs.rounding),
               ('balance posting ≠ balance applied', inv.balance_applied, bal.applied)
           ) AS f(cause, expected, actual)
+        UNION ALL  -- credit notes of the period: the breakage they took back, and the rest
+        SELECT i.currency, 'credit note ' || cn.id || ' ' || cn.display_number,
+               f.cause, f.expected, coalesce(f.actual, 0), false
+          FROM invoicing_creditnote cn JOIN invoicing_invoice i ON i.id = cn.invoice_id
+          JOIN ledger_transaction t ON t.id = cn.ledger_transaction_id
+          CROSS JOIN LATERAL (
+              SELECT sum(en.amount) FILTER (WHERE a.code = '@Revenue') AS revenue,
+                     sum(en.amount) FILTER (WHERE a.code = '@CommitmentBreakage') AS breakage
+                FROM ledger_entry en JOIN ledger_account a ON a.id = en.account_id
+               WHERE en.transaction_id = cn.ledger_transaction_id) l
+          CROSS JOIN LATERAL (VALUES
+              ('credit note @Revenue leg ≠ amount − breakage',
+               cn.amount - cn.commitment_breakage, l.revenue),
+              ('credit note @CommitmentBreakage leg ≠ breakage', cn.commitment_breakage,
+               l.breakage)
+          ) AS f(cause, expected, actual)
+         WHERE t.effective_at >= %(start)s AND t.effective_at < %(end)s
     )""",
 )
 

@@ -391,6 +391,8 @@ def test_a_partial_credit_note_takes_back_the_breakage_first():
     )
     assert second.commitment_breakage == D(40)
     assert (account_posted("@Revenue"), account_posted("@CommitmentBreakage")) == (0, 0)
+    result = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 3))
+    assert result.status == "passed", [c for c in result.checks if not c["passed"]]
 
 
 def test_a_change_from_a_minimum_plan_to_a_commitment_plan_owes_both_floors():
@@ -518,3 +520,33 @@ def test_a_charge_minimum_finer_than_the_ledger_finalizes():
     invoice = finalize(close(subscription))
     assert invoice.total == D(1)
     assert invoice.lines.get(kind="minimum").amount_precise == D("0.999999999998")
+
+
+def test_the_reconciliation_checks_a_credit_notes_breakage_leg():
+    """A credit note of 110.00 of the invoice above (breakage 100.00): its legs are
+    @CommitmentBreakage +100.00 and @Revenue +10.00. A note recording 0 breakage beside the
+    same posting is a difference of the invoice_ledger check (expected 0 and 110.00,
+    actual 100.00 and 10.00)."""
+    from invoicing.models import CreditNote
+
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10")),
+            base_fee="10",
+            commitment_amount=D(100),
+        )
+    )
+    invoice = finalize(close(subscription))
+    note = invoicing.create_credit_note(
+        invoice_id=invoice.pk, amount=D(110), reason="r", reference="cn-r1", now=at(2026, 5, 2)
+    )
+    passed = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 3))
+    assert passed.status == "passed", [c for c in passed.checks if not c["passed"]]
+    CreditNote.objects.filter(pk=note.pk).update(commitment_breakage=D(0))
+    failed = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 3))
+    (check,) = [c for c in failed.checks if c["name"] == "invoice_ledger"]
+    causes = sorted(d["cause"] for d in check["differences"])
+    assert causes == [
+        "credit note @CommitmentBreakage leg ≠ breakage",
+        "credit note @Revenue leg ≠ amount − breakage",
+    ]
