@@ -19,7 +19,6 @@ from billing.models import (
     GrantStatus,
     Plan,
     PlanCharge,
-    RoundingRule,
     Subscription,
     SubscriptionPhase,
     SubscriptionStatus,
@@ -267,8 +266,9 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         units_per_credit=data.get("units_per_credit"),
         description=data.get("description", ""),
         metadata=data.get("metadata") or None,
-        rounding=data.get("rounding") or RoundingRule.HALF_EVEN,
+        rounding=data.get("rounding") or "",
         minimum_amount=data.get("minimum_amount"),
+        commitment_amount=data.get("commitment_amount"),
         charges=tuple(
             ChargeSpec(
                 meter=c["meter"]["code"],

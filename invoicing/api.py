@@ -29,7 +29,10 @@ from invoicing.selectors import compute_invoice
 
 
 class InvoiceLineSerializer(serializers.Serializer):
-    kind = serializers.CharField(help_text="base_fee, included, usage or credits")
+    kind = serializers.CharField(
+        help_text="base_fee, included, usage, credits, minimum (a shortfall) or commitment "
+        "(a prepaid commitment, and the usage drawn from it: negative)"
+    )
     description = serializers.CharField()
     meter = serializers.CharField(source="meter_code", allow_null=True)
     tier = serializers.IntegerField(allow_null=True, help_text="1-based, for tiered charges")
@@ -66,6 +69,11 @@ class InvoiceSerializer(serializers.Serializer):
     amount_paid = Money()
     amount_credited = Money()
     amount_remaining = Money()
+    commitment_unused = Money(
+        help_text="What usage has not drawn of the period's prepaid commitment: on the "
+        "upcoming invoice what is left to draw, on an invoice what expired (breakage); 0 "
+        "without a commitment."
+    )
     finalized_at = serializers.DateTimeField(allow_null=True)
     due_at = serializers.DateTimeField(allow_null=True)
     paid_at = serializers.DateTimeField(allow_null=True)
@@ -100,6 +108,7 @@ _INVOICE_ATTRIBUTES = (
 def _invoice_data(invoice: Invoice) -> dict:
     shown = {name: getattr(invoice, name) for name in _INVOICE_ATTRIBUTES}
     shown["number_shown"] = invoice.display_number or None
+    shown["commitment_unused"] = invoice.commitment_breakage
     shown["line_list"] = invoice.lines.annotate(meter_code=F("meter__code")).order_by("position")
     shown["pdf_url"] = f"/api/v1/invoices/{invoice.pk}/pdf"
     return InvoiceSerializer(shown).data
@@ -229,6 +238,7 @@ class UpcomingInvoiceView(APIView):
             "amount_paid": 0,
             "amount_credited": 0,
             "amount_remaining": draft.total,
+            "commitment_unused": draft.commitment_breakage,
             "finalized_at": None,
             "due_at": None,
             "paid_at": None,

@@ -27,10 +27,13 @@ Amounts
 Money movement (all through ``ledger.services``; accounts in the invoice's currency)
     rating, in real time    Dr wallet            Cr @Revenue       usage U, exact
     finalize                Dr receivable  T     Cr wallet U       the period's usage moves
-                                                 Cr @Revenue F     from the wallet to the
+                                                 Cr @Revenue F−B   from the wallet to the
                                                  Cr @TaxPayable X  invoice; fees and tax
+                                                 Cr @CommitmentBreakage B
                                                  Cr/Dr @Rounding   are recognised once;
-                                                                   T = the invoice total
+                                                                   T = the invoice total;
+                                                                   B = the commitment no
+                                                                   usage drew (breakage)
     finalize, balance used  Dr wallet            Cr receivable     the wallet's own funds
                                                                    (prepaid money, credit
                                                                    left on a postpaid
@@ -157,7 +160,12 @@ class Invoice(models.Model):
         max_length=10,
         choices=RoundingRule.choices,
         default=RoundingRule.HALF_EVEN,
-        help_text="How its lines and tax were rounded (its plan's rule); its credit notes too.",
+        help_text="How its lines and tax were rounded (its plan's rule, else its currency's, "
+        "else half even); its credit notes too.",
+    )
+    commitment_breakage = money_field(
+        help_text="The part of the period's prepaid commitment no usage drew (exact): "
+        "recognised on @CommitmentBreakage, the rest of the fees on @Revenue."
     )
     # what happens after finalization
     amount_paid = money_field()
@@ -234,6 +242,7 @@ class LineKind(models.TextChoices):
     USAGE = "usage", "Usage"
     CREDITS = "credits", "Credits used"
     MINIMUM = "minimum", "Minimum shortfall"
+    COMMITMENT = "commitment", "Prepaid commitment and its draw-down"
 
 
 class InvoiceLine(models.Model):
@@ -281,6 +290,10 @@ class CreditNote(models.Model):
     total = money_field()
     against_receivable = money_field(help_text="Set against what the invoice still owed.")
     to_balance = money_field(help_text="The rest, credited to the customer's wallet.")
+    commitment_breakage = money_field(
+        help_text="The part of ``amount`` taken back from @CommitmentBreakage (breakage "
+        "first: the invoice's breakage not yet credited); the rest from @Revenue."
+    )
     ledger_transaction = models.ForeignKey(
         "ledger.Transaction", on_delete=models.PROTECT, related_name="+"
     )

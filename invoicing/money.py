@@ -2,7 +2,8 @@
 
 Amounts are exact everywhere until an invoice presents them. ``to_minor_unit`` rounds an
 exact amount to the currency's minor unit (ISO 4217: cents for USD and EUR, none for JPY,
-thousandths for KWD) by the invoice's rule, named by its plan (``Plan.rounding``):
+thousandths for KWD) by the invoice's rule (``rounding_rule_for``: the plan's explicit
+``Plan.rounding``, else the currency's ``CurrencySetting``, else half to even):
 **half to even** by default (banker's rounding: 0.125 → 0.12, 0.135 → 0.14), so that
 rounding many lines has no upward drift, or **half up** (0.125 → 0.13) where a contract
 migrated from another system says so. Each invoice line is rounded once; totals add the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 
-from billing.models import RoundingRule
+from billing.models import CurrencySetting, RoundingRule
 
 ROUNDING = ROUND_HALF_EVEN
 # Plan.rounding → the decimal module's mode.
@@ -48,6 +49,18 @@ def to_minor_unit(amount: Decimal, currency: str, rule: str = RoundingRule.HALF_
     """``amount`` rounded to the currency's minor unit by ``rule`` (a ``RoundingRule``:
     half to even unless told)."""
     return amount.quantize(_quantum(currency), rounding=RULES[rule], context=_CONTEXT)
+
+
+def rounding_rule_for(*, plan_rounding: str, currency: str) -> str:
+    """The rule an invoice of a plan in ``currency`` rounds by, decided here only: the plan's
+    explicit rule (``Plan.rounding`` not empty), else the currency's (``CurrencySetting``,
+    edited in the admin), else half to even."""
+    if plan_rounding:
+        return plan_rounding
+    found = (
+        CurrencySetting.objects.filter(currency=currency).values_list("rounding", flat=True).first()
+    )
+    return found or RoundingRule.HALF_EVEN
 
 
 def floor_to_minor_unit(amount: Decimal, currency: str) -> Decimal:

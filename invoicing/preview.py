@@ -366,7 +366,7 @@ def _preview_subscription(
         # alone, not a tax-rate change made since.
         old_total, old_subtotal = invoice.total, invoice.subtotal
         new_total = new.subtotal + to_minor_unit(
-            new.subtotal * invoice.tax_percentage / HUNDRED, invoice.currency
+            new.subtotal * invoice.tax_percentage / HUNDRED, invoice.currency, new.rounding_rule
         )
         if old.subtotal != invoice.subtotal:
             notes.append(
@@ -411,6 +411,11 @@ def preview_plan_version(
             base_fee=spec.base_fee,
             consumption_model=spec.consumption_model,
             units_per_credit=spec.units_per_credit,
+            # the draft's own terms, not the current version's (its minimums, its rounding,
+            # its commitment: compute_invoice reads them from the phase's plan)
+            rounding=spec.rounding,
+            minimum_amount=spec.minimum_amount,
+            commitment_amount=spec.commitment_amount,
         )
         rows: list[CustomerChange] = []
         skipped: list[tuple[str, str]] = []

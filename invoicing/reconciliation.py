@@ -12,13 +12,18 @@ The five checks (each one SQL statement, so each reads one consistent snapshot)
                   rule ties to it.
     invoice_usage per invoice finalized in the period: Σ the events rated into its
                   subscription's period (in its currency) = the invoice's ``usage_charged``
-                  exactly, and = Σ its usage lines' exact amounts (within 1e-12 per event:
+                  exactly, and = Σ its usage lines' exact amounts — not those invoiced as
+                  fees (metadata "fee": a prorated charge's adjustment, a first tier's flat
+                  fee at zero usage), which no event rated — (within 1e-12 per event:
                   rating rounds each event's money to the ledger's 12 places, a line keeps
                   the counter's exact 24-place amount).
     invoice_ledger per invoice finalized in the period: its finalize posting's legs =
-                  its figures (receivable = total, wallet = −usage, @Revenue = −fees,
-                  @TaxPayable = −tax, @Rounding = −rounding) and the balance applied = the
-                  ``invoice:<id>:balance`` posting.
+                  its figures (receivable = total, wallet = −usage, @Revenue = −(fees −
+                  commitment breakage), @CommitmentBreakage = −breakage, @TaxPayable =
+                  −tax, @Rounding = −rounding) and the balance applied = the
+                  ``invoice:<id>:balance`` posting; per credit note of the period: its
+                  @CommitmentBreakage leg = its ``commitment_breakage``, its @Revenue
+                  leg = amount − that (breakage first, docs/pricing-file.md).
     stripe_clearing per movement of ``@StripeClearing`` effective in the period: an
                   invoice payment = its ``Payment`` row's amount; a refund of unused credits
                   = −its ``CreditRefund``; a refund of a payment names a payment we recorded;
@@ -132,7 +137,7 @@ USAGE_LEDGER = Check(
 _FINALIZED = """
     inv AS (SELECT id, display_number, subscription_id, period_start, currency, total,
                    usage_charged, fees_precise, tax, rounding, balance_applied,
-                   ledger_transaction_id
+                   commitment_breakage, ledger_transaction_id
               FROM invoicing_invoice
              WHERE finalized_at >= %(start)s AND finalized_at < %(end)s)"""
 
@@ -148,7 +153,8 @@ INVOICE_USAGE = Check(
             GROUP BY inv.id),
     ln AS (SELECT l.invoice_id AS id, sum(l.amount_precise) AS precise
              FROM inv JOIN invoicing_invoiceline l ON l.invoice_id = inv.id
-            WHERE l.kind = 'usage' GROUP BY l.invoice_id),
+            WHERE l.kind = 'usage' AND NOT coalesce((l.metadata->>'fee')::boolean, false)
+            GROUP BY l.invoice_id),
     cmp AS (
         SELECT inv.currency, 'invoice ' || inv.id || ' ' || inv.display_number AS item,
                'usage_charged ≠ Σ the period''s rated events' AS cause,
@@ -175,6 +181,7 @@ INVOICE_LEDGER = Check(
                sum(en.amount) FILTER (WHERE NOT a.is_hot AND a.code NOT LIKE 'receivable:%%')
                  AS wallet,
                sum(en.amount) FILTER (WHERE a.code = '@Revenue') AS revenue,
+               sum(en.amount) FILTER (WHERE a.code = '@CommitmentBreakage') AS breakage,
                sum(en.amount) FILTER (WHERE a.code = '@TaxPayable') AS tax,
                sum(en.amount) FILTER (WHERE a.code = '@Rounding') AS rounding
           FROM inv JOIN ledger_entry en ON en.transaction_id = inv.ledger_transaction_id
@@ -194,11 +201,31 @@ INVOICE_LEDGER = Check(
           CROSS JOIN LATERAL (VALUES
               ('receivable leg ≠ total', inv.total, legs.receivable),
               ('wallet leg ≠ −usage charged', -inv.usage_charged, legs.wallet),
-              ('@Revenue leg ≠ −fees', -inv.fees_precise, legs.revenue),
+              ('@Revenue leg ≠ −(fees − breakage)',
+               -(inv.fees_precise - inv.commitment_breakage), legs.revenue),
+              ('@CommitmentBreakage leg ≠ −breakage', -inv.commitment_breakage,
+               legs.breakage),
               ('@TaxPayable leg ≠ −tax', -inv.tax, legs.tax),
               ('@Rounding leg ≠ −rounding', -inv.rounding, legs.rounding),
               ('balance posting ≠ balance applied', inv.balance_applied, bal.applied)
           ) AS f(cause, expected, actual)
+        UNION ALL  -- credit notes of the period: the breakage they took back, and the rest
+        SELECT i.currency, 'credit note ' || cn.id || ' ' || cn.display_number,
+               f.cause, f.expected, coalesce(f.actual, 0), false
+          FROM invoicing_creditnote cn JOIN invoicing_invoice i ON i.id = cn.invoice_id
+          JOIN ledger_transaction t ON t.id = cn.ledger_transaction_id
+          CROSS JOIN LATERAL (
+              SELECT sum(en.amount) FILTER (WHERE a.code = '@Revenue') AS revenue,
+                     sum(en.amount) FILTER (WHERE a.code = '@CommitmentBreakage') AS breakage
+                FROM ledger_entry en JOIN ledger_account a ON a.id = en.account_id
+               WHERE en.transaction_id = cn.ledger_transaction_id) l
+          CROSS JOIN LATERAL (VALUES
+              ('credit note @Revenue leg ≠ amount − breakage',
+               cn.amount - cn.commitment_breakage, l.revenue),
+              ('credit note @CommitmentBreakage leg ≠ breakage', cn.commitment_breakage,
+               l.breakage)
+          ) AS f(cause, expected, actual)
+         WHERE t.effective_at >= %(start)s AND t.effective_at < %(end)s
     )""",
 )
 

@@ -16,15 +16,17 @@ from billing.models import (
     ConsumptionModel,
     Customer,
     Meter,
+    Plan,
     RoundingRule,
     Subscription,
     SubscriptionPhase,
 )
 from billing.periods import prorate
 from invoicing.models import LineKind, TaxRate
-from invoicing.money import to_minor_unit
+from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
 from metering.models import PeriodUsage
+from metering.rating.base import ledger_round
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -62,6 +64,7 @@ class InvoiceDraft:
     usage_charged: Decimal  # what the ledger recorded for the period's usage, exact
     fees_precise: Decimal
     rounding_rule: str = RoundingRule.HALF_EVEN  # the plan's: how lines and tax are rounded
+    commitment_breakage: Decimal = ZERO  # the commitment no usage drew: its own revenue
 
     @property
     def rounding(self) -> Decimal:
@@ -333,10 +336,11 @@ def _proration_lines(
                 starts_at=starts,
                 ends_at=ends,
                 quantity=ZERO,
-                amount_precise=share - rated,
+                amount_precise=ledger_round(share - rated),  # a fee: the ledger's 12 places
                 meter_id=meter_id,
                 fee=True,
-                metadata={"rated": str(rated), "prorated": str(share)},
+                # a fee, not rated usage: the reconciliation's invoice_usage leaves it out
+                metadata={"rated": str(rated), "prorated": str(share), "fee": True},
             )
         )
     return adjustments
@@ -376,6 +380,7 @@ def _zero_usage_fee_lines(
                 meter_id=meter_id,
                 tier=1,
                 fee=True,
+                metadata={"fee": True},  # not rated usage (see the proration lines)
             )
         )
     return lines
@@ -391,6 +396,45 @@ def _live_span(
     return starts, max(starts, ends)
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """A part of the billed span of a period under one plan version."""
+
+    plan: Plan
+    starts_at: datetime
+    ends_at: datetime
+
+
+def _slices(
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    phases: list[SubscriptionPhase],
+) -> list[_Slice]:
+    """The billed span of the period (``_live_span``: after its start and trial, before its
+    end) cut where the plan changed: each part with the plan version in force then. What is
+    owed per period whatever the usage (a minimum, a commitment) is prorated slice by
+    slice, each by its own plan's terms (as Stripe and Lago prorate a plan change)."""
+    starts, ends = _live_span(subscription, period_start, period_end)
+    if ends <= starts:
+        return []
+    if not phases:
+        return [_Slice(subscription.plan, starts, ends)]
+    parts = []
+    for phase in phases:
+        s, e = max(phase.starts_at, starts), min(phase.ends_at or period_end, ends)
+        if e > s:
+            parts.append(_Slice(phase.plan, s, e))
+    return parts
+
+
+def _span_note(slices: list[_Slice], period_start: datetime, period_end: datetime) -> str:
+    starts, ends = slices[0].starts_at, slices[-1].ends_at
+    if (starts, ends) == (period_start, period_end):
+        return ""
+    return f", prorated {_fmt(starts)} to {_fmt(ends)}"
+
+
 def minimum_lines(
     subscription: Subscription,
     period_start: datetime,
@@ -399,79 +443,253 @@ def minimum_lines(
     phases: list[SubscriptionPhase],
     lines: list[LineDraft],
     terms: rating.PlanTerms | None = None,
+    drawn: Decimal | None = None,
 ) -> list[LineDraft]:
-    """The shortfall of each minimum of the plan in force at the period's end: per charge,
-    what its lines come to against its minimum; then the subscription's, what all the
-    period's lines (base fees, usage, the charges' shortfalls) come to before tax against
-    the plan's. A minimum is prorated by the part of the period billed (as the base fee is);
-    exact amounts are compared, and a shortfall is a fee line of its own."""
-    plan = phases[-1].plan if phases else subscription.plan
-    if plan.consumption_model == ConsumptionModel.CREDITS:
+    """The shortfall of each minimum: per charge, what its lines come to against its
+    minimum; then the subscription's, what all the period's lines (base fees, usage, the
+    charges' shortfalls) come to before tax against the plan's. What is owed is prorated
+    slice by slice (``_slices``): each part of the period billed owes the minimums of the
+    plan version in force then, by its share of the period (a plan changed mid-period owes
+    the old plan's minimum until the change, the new one's after it). Exact amounts are
+    compared, and a shortfall is a fee line of its own, at the ledger's 12 places. ``terms``:
+    the terms of the plan at the period's end in a usage preview (its draft plan is not
+    saved). ``drawn``: None, the charges' minimums only; else the plan's minimum only, what
+    counts towards it net of what a commitment ``drawn`` (one usage never fills both)."""
+    end_plan = phases[-1].plan if phases else subscription.plan
+    slices = [
+        part
+        for part in _slices(subscription, period_start, period_end, phases)
+        if part.plan.consumption_model != ConsumptionModel.CREDITS
+    ]
+    if not slices:
         return []
-    if terms is None:  # a usage preview passes the draft's terms (its plan is not saved)
-        terms = rating.plan_terms(plan.pk)
-    starts, ends = _live_span(subscription, period_start, period_end)
-    if ends <= starts:
-        return []
+    span = _span_note(slices, period_start, period_end)
+    known: dict[int | None, rating.PlanTerms] = {}
 
-    def prorated(amount: Decimal) -> Decimal:
+    def terms_of(plan: Plan) -> rating.PlanTerms:
+        if terms is not None and (plan is end_plan or (plan.pk and plan.pk == end_plan.pk)):
+            return terms
+        if plan.pk not in known:
+            known[plan.pk] = rating.plan_terms(plan.pk)
+        return known[plan.pk]
+
+    def share(amount: Decimal, part: _Slice) -> Decimal:
         return prorate(
             amount,
-            used_from=starts,
-            used_until=ends,
+            used_from=part.starts_at,
+            used_until=part.ends_at,
             period_start=period_start,
             period_end=period_end,
         )
 
-    def note(minimum: Decimal) -> str:
-        text = f"minimum {minimum.normalize():,f} {currency} per period"
-        if (starts, ends) != (period_start, period_end):
-            text += f", prorated {_fmt(starts)} to {_fmt(ends)}"
-        return text
+    def note(minimums: set[Decimal]) -> str:
+        if len(minimums) == 1:
+            text = f"minimum {next(iter(minimums)).normalize():,f} {currency} per period"
+        else:  # a plan change between two minimums
+            text = "minimum of each plan version in force, per period"
+        return text + span
 
+    owed_by_meter: dict[int, Decimal] = {}
+    committed_by_meter: dict[int, Decimal] = {}  # owed by versions with a commitment
+    minimums_by_meter: dict[int, set[Decimal]] = {}
+    for part in slices if drawn is None else ():
+        for meter_id, charge in terms_of(part.plan).charges.items():
+            if charge.minimum_amount is None:
+                continue
+            owed = share(charge.minimum_amount, part)
+            owed_by_meter[meter_id] = owed_by_meter.get(meter_id, ZERO) + owed
+            if part.plan.commitment_amount is not None:
+                committed_by_meter[meter_id] = committed_by_meter.get(meter_id, ZERO) + owed
+            minimums_by_meter.setdefault(meter_id, set()).add(charge.minimum_amount)
     shortfalls: list[LineDraft] = []
-    with_minimum = {m: c for m, c in terms.charges.items() if c.minimum_amount is not None}
-    meters = Meter.objects.in_bulk(list(with_minimum)) if with_minimum else {}
-    for meter_id in sorted(with_minimum):
-        minimum = with_minimum[meter_id].minimum_amount
-        assert minimum is not None
-        owed = prorated(minimum)
+    meters = Meter.objects.in_bulk(list(owed_by_meter)) if owed_by_meter else {}
+    starts, ends = slices[0].starts_at, slices[-1].ends_at
+    for meter_id in sorted(owed_by_meter):
+        owed = owed_by_meter[meter_id]
         used = sum((ln.amount_precise for ln in lines if ln.meter_id == meter_id), ZERO)
         if used < owed:
             meter = meters[meter_id]
             shortfalls.append(
                 LineDraft(
                     kind=LineKind.MINIMUM,
-                    description=f"{meter.name or meter.code}: {note(minimum)}, shortfall",
+                    description=f"{meter.name or meter.code}: "
+                    f"{note(minimums_by_meter[meter_id])}, shortfall",
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),
-                    unit_price=owed - used,
-                    amount_precise=owed - used,
+                    unit_price=ledger_round(owed - used),
+                    amount_precise=ledger_round(owed - used),
                     meter_id=meter_id,
                     fee=True,
-                    metadata={"minimum": str(owed), "invoiced": str(used)},
+                    metadata={
+                        "minimum": str(owed),
+                        "invoiced": str(used),
+                        "minimum_committed": str(committed_by_meter.get(meter_id, ZERO)),
+                    },
                 )
             )
-    if plan.minimum_amount is not None:
-        owed = prorated(plan.minimum_amount)
-        used = sum((ln.amount_precise for ln in [*lines, *shortfalls]), ZERO)
+    with_minimum = [part for part in slices if part.plan.minimum_amount is not None]
+    if with_minimum and drawn is not None:
+        owed = sum((share(p.plan.minimum_amount or ZERO, p) for p in with_minimum), ZERO)
+        used = sum((ln.amount_precise for ln in lines), ZERO) - drawn
+        owner = with_minimum[-1].plan  # the plan that owns the minimum, not the final one
         if used < owed:
             shortfalls.append(
                 LineDraft(
                     kind=LineKind.MINIMUM,
-                    description=f"{plan.name} — {note(plan.minimum_amount)}, shortfall",
+                    description=f"{owner.name} — "
+                    f"{note({p.plan.minimum_amount or ZERO for p in with_minimum})}, shortfall",
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),
-                    unit_price=owed - used,
-                    amount_precise=owed - used,
-                    plan_id=plan.pk,
+                    unit_price=ledger_round(owed - used),
+                    amount_precise=ledger_round(owed - used),
+                    plan_id=owner.pk,
                     fee=True,
                     metadata={"minimum": str(owed), "invoiced": str(used)},
                 )
             )
     return shortfalls
+
+
+# Lines a prepaid commitment draws on: the period's usage charges (meter lines: usage by
+# tier or as rated, a flat fee at zero usage, a prorated charge's adjustment, a charge's
+# minimum shortfall). Not base fees, not the plan's own minimum (refused beside one).
+DRAWN_KINDS = (LineKind.USAGE, LineKind.MINIMUM)
+
+
+@dataclass
+class Commitment:
+    lines: list[LineDraft]  # a fee line per slice, then the draw-down
+    breakage: Decimal  # what no usage drew
+    drawn: Decimal  # exact, 12 places
+    drawable: list[tuple[LineDraft, Decimal]]  # each line drawn on, and what of it
+
+
+def commitment_lines(
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    currency: str,
+    phases: list[SubscriptionPhase],
+    lines: list[LineDraft],
+) -> Commitment:
+    """A prepaid commitment's lines, its breakage and what it drew (exact, 12 places). The
+    commitment is owed slice by slice of the billed span (``_slices``: each plan version's
+    ``commitment_amount`` by its share of the period; nothing in a trial or after the end)
+    and invoiced whatever the usage, one fee line per slice; the period's usage charges then
+    draw it down — one negative line, ``Drawn from the commitment`` — up to what was
+    committed (``_drawable``: the whole period's usage lines — usage is not split by plan
+    version, docs/pricing-file.md — and the share of a charge minimum's shortfall owed by
+    versions with a commitment), at the ledger's 12 places. Usage beyond it stays on the
+    invoice as overage; what no usage drew is breakage (``Invoice.commitment_breakage``,
+    recognised on ``@CommitmentBreakage`` at finalization). ``round_commitment`` sets the
+    presented figures.
+
+    Computed from the period's counters at close, finalization and for the upcoming invoice
+    (never during rating): rating is unchanged, so no event can draw twice."""
+    slices = [
+        part
+        for part in _slices(subscription, period_start, period_end, phases)
+        if part.plan.commitment_amount is not None
+        and part.plan.consumption_model == ConsumptionModel.METERED
+    ]
+    if not slices:
+        return Commitment([], ZERO, ZERO, [])
+    committed_lines = []
+    for part in slices:
+        commitment = part.plan.commitment_amount
+        assert commitment is not None
+        amount = prorate(
+            commitment,
+            used_from=part.starts_at,
+            used_until=part.ends_at,
+            period_start=period_start,
+            period_end=period_end,
+        )
+        description = (
+            f"{part.plan.name} — prepaid commitment, {commitment.normalize():,f} {currency} "
+            "per period"
+        )
+        if (part.starts_at, part.ends_at) != (period_start, period_end):
+            description += f", prorated {_fmt(part.starts_at)} to {_fmt(part.ends_at)}"
+        committed_lines.append(
+            LineDraft(
+                kind=LineKind.COMMITMENT,
+                description=description,
+                starts_at=part.starts_at,
+                ends_at=part.ends_at,
+                quantity=Decimal(1),
+                unit_price=amount,
+                amount_precise=amount,
+                plan_id=part.plan.pk,
+                fee=True,
+                metadata={"commitment": str(amount)},
+            )
+        )
+    committed = sum((ln.amount_precise for ln in committed_lines), ZERO)
+    drawable = [(ln, _drawable(ln)) for ln in lines if ln.meter_id is not None]
+    usage = ledger_round(sum((amount for _, amount in drawable), ZERO))  # the ledger's places
+    drawn = min(committed, max(usage, ZERO))
+    left = committed - drawn
+    shown = to_minor_unit(left, currency)  # a description, not a figure
+    draw = LineDraft(
+        kind=LineKind.COMMITMENT,
+        description=f"Usage drawn from the commitment ({shown:,f} {currency} not drawn)",
+        starts_at=slices[0].starts_at,
+        ends_at=slices[-1].ends_at,
+        quantity=Decimal(1),
+        unit_price=-drawn,
+        amount_precise=-drawn,
+        plan_id=slices[-1].plan.pk,
+        fee=True,
+        metadata={
+            "committed": str(committed),
+            "usage": str(usage),
+            "drawn": str(drawn),
+            "left": str(left),
+            "overage": str(max(usage - committed, ZERO)),
+        },
+    )
+    return Commitment([*committed_lines, draw], left, drawn, drawable)
+
+
+def _drawable(line: LineDraft) -> Decimal:
+    """What of a meter line a commitment draws: a usage charge's line whole; a charge
+    minimum's shortfall by the share of it owed by plan versions with a commitment (a
+    minimum of a version without one is not paid from a later version's commitment)."""
+    if line.kind not in DRAWN_KINDS:
+        return ZERO
+    if line.kind == LineKind.USAGE:
+        return line.amount_precise
+    owed = Decimal(line.metadata.get("minimum", "0"))
+    ours = Decimal(line.metadata.get("minimum_committed", "0"))
+    if ours == owed:
+        return line.amount_precise
+    if not ours:
+        return ZERO
+    return ledger_round(line.amount_precise * ours / owed)
+
+
+def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
+    """The commitment's presented figures, after its lines were rounded: its slices add up
+    to the whole commitment rounded (each slice is the rounded running total less the one
+    before it: 33.33, 33.34, 33.33 for three thirds of 100.00), and the draw-down is what
+    the lines it draws were presented at, up to the commitment presented — usage within the
+    commitment comes to the commitment exactly. What that moves from the exact figures is
+    the invoice's rounding (``@Rounding``), as any line's rounding is."""
+    *slices, draw = commitment.lines
+    running = presented = ZERO
+    for line in slices:
+        running += line.amount_precise
+        line.amount = to_minor_unit(running, currency, rule) - presented
+        presented += line.amount
+    shown = ZERO
+    for line, amount in commitment.drawable:
+        shown += (
+            line.amount if amount == line.amount_precise else to_minor_unit(amount, currency, rule)
+        )
+    draw.amount = -min(presented, max(shown, ZERO))
 
 
 def compute_invoice(
@@ -491,8 +709,12 @@ def compute_invoice(
     currency = subscription.plan.currency
     if phases is None:
         phases = _phases(subscription, period_end)  # read once for the fees and the usage
-    # The rounding rule of the plan in force at the period's end, as for its usage.
-    rule = (phases[-1].plan if phases else subscription.plan).rounding
+    # The rounding rule of the plan in force at the period's end, as for its usage: its
+    # explicit rule, else its currency's, else half even (one decision, invoicing.money).
+    rule = rounding_rule_for(
+        plan_rounding=(phases[-1].plan if phases else subscription.plan).rounding,
+        currency=currency,
+    )
     if base_fees is None:
         base_fees = base_fee_lines(subscription, period_start, period_end, phases)
     usage, usage_charged = usage_lines(
@@ -502,8 +724,22 @@ def compute_invoice(
     lines += minimum_lines(
         subscription, period_start, period_end, currency, phases, lines, terms=terms
     )
+    commitment = commitment_lines(subscription, period_start, period_end, currency, phases, lines)
+    lines += minimum_lines(
+        subscription,
+        period_start,
+        period_end,
+        currency,
+        phases,
+        lines,
+        terms=terms,
+        drawn=commitment.drawn,
+    )
+    lines += commitment.lines
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
+    if commitment.lines:
+        round_commitment(commitment, currency, rule)
     subtotal = sum((line.amount for line in lines), ZERO)
     rate = tax_rate_for(subscription.customer)
     percentage = rate.percentage if rate is not None else ZERO
@@ -520,4 +756,5 @@ def compute_invoice(
         fees_precise=sum((line.amount_precise for line in lines if line.fee), ZERO)
         + sum((line.amount_precise for line in base_fees), ZERO),
         rounding_rule=rule,
+        commitment_breakage=commitment.breakage,
     )

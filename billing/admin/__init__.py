@@ -14,6 +14,7 @@ One module per model family, each registering its own admins on import:
   adjustments), credit grants (``credit_grants``, also the grants' own admin) and portal
   users (``portal_users``: invitations) on their page;
 - ``plans``: plan versions and publishing;
+- ``currencies``: per-currency settings (the rounding rule of invoices whose plan names none);
 - ``subscriptions``: subscribing and canceling;
 - ``api_keys``: API keys and the API's idempotency records;
 - ``webhooks``: webhook endpoints, deliveries with their attempt log, outbound events.
@@ -34,6 +35,7 @@ from billing.admin import (  # noqa: F401 - imported to register their admins
     approvals,
     auto_top_up,
     credit_grants,
+    currencies,
     customers,
     plans,
     portal_users,

@@ -222,15 +222,20 @@ class PlanVersionForm(forms.Form):
         help_text=CREDIT_GRANT_HELP,
     )
     rounding = forms.ChoiceField(
-        choices=RoundingRule.choices,
-        initial=RoundingRule.HALF_EVEN,
-        required=False,  # left out: half_even, the default
+        choices=[("", "The currency's rule (half to even unless set)"), *RoundingRule.choices],
+        initial="",
+        required=False,  # left out: the currency's rule, else half_even
         help_text="How its invoices round each line and the tax to the minor unit.",
     )
     minimum_amount = PriceField(
         required=False,
         help_text="Optional: the least a subscription is invoiced per period before tax; "
         "the shortfall is its own line.",
+    )
+    commitment_amount = PriceField(
+        required=False,
+        help_text="Optional, metered plans: a prepaid commitment per period, drawn down by "
+        "usage charges; overage beyond it, what is left expires.",
     )
 
     def __init__(self, *args, consumption_model: str, **kwargs):
@@ -287,6 +292,7 @@ class PlanCreateForm(PlanVersionForm):
         "credit_grant",
         "rounding",
         "minimum_amount",
+        "commitment_amount",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -344,6 +350,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "credit_grant_display",
         "rounding",
         "minimum_amount",
+        "commitment_amount",
         "metadata",
         "self_serve",
         "spec_hash",
@@ -413,6 +420,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "credit_grant": credit_grant_json(spec.credit_grant),
                 "rounding": spec.rounding,
                 "minimum_amount": decimal_text(spec.minimum_amount),
+                "commitment_amount": decimal_text(spec.commitment_amount),
             },
         )
 
@@ -437,6 +445,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                             "credit_grant",
                             "rounding",
                             "minimum_amount",
+                            "commitment_amount",
                         )
                     },
                 }

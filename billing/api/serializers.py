@@ -506,8 +506,10 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
     rounding = serializers.CharField(
         max_length=20,
         required=False,
-        default="half_even",
-        help_text="How its invoices round to the minor unit: half_even (default) or half_up.",
+        allow_blank=True,
+        default="",
+        help_text="How its invoices round to the minor unit: half_even or half_up; left out "
+        "(or empty): the currency's rule, else half_even.",
     )
     minimum_amount = Price(
         required=False,
@@ -516,6 +518,15 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
         limit=limits.MAX_PRICE,
         help_text="The least a subscription is invoiced per period before tax (prorated for "
         "part of a period); the shortfall is its own line. Null: none.",
+    )
+    commitment_amount = Price(
+        required=False,
+        allow_null=True,
+        default=None,
+        limit=limits.MAX_PRICE,
+        help_text="Metered plans: a prepaid commitment per period (prorated for part of a "
+        "period), invoiced whatever the usage and drawn down by the period's usage charges; "
+        "usage beyond it is overage, what is left expires. Null: none.",
     )
 
     class Meta:
@@ -537,6 +548,7 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "credit_grant",
             "rounding",
             "minimum_amount",
+            "commitment_amount",
             "published_at",
         ]
         read_only_fields = ["id", "version", "published_at"]

@@ -57,6 +57,7 @@ from billing.models.credits import (
     GrantSource,
     GrantStatus,
 )
+from billing.models.currencies import CurrencySetting
 from billing.models.customers import BillingMode, Customer, PortalMember, Wallet
 from billing.models.outbox import EventType, OutboundEvent
 from billing.models.plan_credits import (
@@ -103,6 +104,7 @@ __all__ = [
     "PRICE_PLACES",
     "price_field",
     "BillingMode",
+    "CurrencySetting",
     "Customer",
     "PortalMember",
     "Wallet",

@@ -26,6 +26,7 @@ from billing.models.api_keys import APIKey
 from billing.models.approvals import AdjustmentRequest
 from billing.models.auto_top_up import AutoTopUp
 from billing.models.credits import CreditGrant
+from billing.models.currencies import CurrencySetting
 from billing.models.customers import Customer, PortalMember, Wallet
 from billing.models.plan_credits import PlanCreditGrant
 from billing.models.plans import Meter, Plan, PlanCharge, PriceTier
@@ -57,6 +58,7 @@ TRACKED: list[tuple[type, list[str]]] = [
     (AutoTopUp, ["consecutive_failures", "last_attempt_at", "skipped_reason", "updated_at"]),
     (AdjustmentRequest, []),
     (Project, ["updated_at"]),  # a budget's limit is a setting finance changes
+    (CurrencySetting, ["updated_at"]),  # how a currency's invoices round
 ]
 
 for _model, _excluded in TRACKED:

@@ -52,14 +52,23 @@ class Plan(models.Model):
     rounding = models.CharField(
         max_length=10,
         choices=RoundingRule.choices,
-        default=RoundingRule.HALF_EVEN,
-        help_text="How its invoices round amounts to the minor unit: each line, the tax.",
+        blank=True,
+        default="",
+        help_text="How its invoices round amounts to the minor unit: each line, the tax. "
+        "Empty: the currency's rule (CurrencySetting), else half to even.",
     )
     minimum_amount = price_field(
         null=True,
         blank=True,
         help_text="The least a subscription is invoiced per period before tax (prorated "
         "for part of a period); the shortfall is its own line. Empty = none.",
+    )
+    commitment_amount = price_field(
+        null=True,
+        blank=True,
+        help_text="Prepaid commitment per period (metered plans): invoiced whatever the "
+        "usage, drawn down by the period's usage charges; usage beyond it is overage, what "
+        "is left expires (breakage). Prorated for part of a period. Empty = none.",
     )
     self_serve = models.BooleanField(
         default=False,
@@ -89,6 +98,10 @@ class Plan(models.Model):
             models.CheckConstraint(
                 condition=Q(minimum_amount__isnull=True) | Q(minimum_amount__gt=0),
                 name="billing_plan_minimum_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(commitment_amount__isnull=True) | Q(commitment_amount__gt=0),
+                name="billing_plan_commitment_positive",
             ),
         ]
 

@@ -105,7 +105,10 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
         Decimal(1),
         Decimal((end - start) // timedelta(seconds=1)) / Decimal(elapsed // timedelta(seconds=1)),
     )
-    more = spent * (factor - 1) * (1 + upcoming.tax_percentage / 100)
+    # A prepaid commitment: usage still to come first draws what is left of it (the
+    # invoice owes that already), only the rest adds to the total.
+    left = commitment_left(upcoming.lines)
+    more = max(spent * (factor - 1) - left, ZERO) * (1 + upcoming.tax_percentage / 100)
     return {
         "currency": money,
         "period_start": start,
@@ -113,8 +116,19 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
         "meters": meters,
         "spent": spent,
         "upcoming": upcoming.total,
-        "projected": upcoming.total + to_minor_unit(more, money),
+        "commitment_left": left if any(ln.kind == "commitment" for ln in upcoming.lines) else None,
+        # the upcoming invoice's own rule (the plan's, the currency's, half even), as its lines
+        "projected": upcoming.total + to_minor_unit(more, money, upcoming.rounding_rule),
     }
+
+
+def commitment_left(lines: list) -> Decimal:
+    """What usage has not drawn yet of the period's prepaid commitment (exact; 0 without
+    one): the draw-down line's ``left`` (``invoicing.selectors.commitment_lines``)."""
+    return sum(
+        (Decimal(ln.metadata["left"]) for ln in lines if "left" in ln.metadata),
+        ZERO,
+    )
 
 
 def recent_events(customer: Customer, limit: int = RECENT_EVENTS) -> QuerySet[Event]:

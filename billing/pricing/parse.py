@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from billing import errors, services
-from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel, RoundingRule
+from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel
 from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
@@ -210,6 +210,7 @@ class _Parser(ValueReader):
                 "credit_grant",
                 "rounding",
                 "minimum_amount",
+                "commitment_amount",
             ),
         )
         code = self.string(
@@ -268,9 +269,12 @@ class _Parser(ValueReader):
             units_per_credit=units_per_credit,
             metadata=metadata or None,
             # a string here; validate_plan_spec refuses an unknown rule (the API's message)
-            rounding=self.string(data, "rounding", where, default=RoundingRule.HALF_EVEN.value),
+            rounding=self.string(data, "rounding", where, default=""),
             # 0 is refused by validate_plan_spec (the API's and the admin's message)
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
+            commitment_amount=self.decimal(
+                data, "commitment_amount", where, default=None, nullable=True
+            ),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")
                 for i, item in enumerate(

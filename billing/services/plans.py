@@ -172,12 +172,18 @@ class PlanSpec:
     metadata: dict[str, Any] | None = None
     charges: tuple[ChargeSpec, ...] = ()
     credit_grant: CreditGrantSpec | None = None
-    # How its invoices round to the minor unit (invoicing.money.to_minor_unit).
-    rounding: str = field(default=RoundingRule.HALF_EVEN.value, metadata=ADDED_LATER)
+    # How its invoices round to the minor unit (invoicing.money.to_minor_unit); "": the
+    # currency's rule, else half to even (invoicing.money.rounding_rule_for).
+    rounding: str = field(default="", metadata=ADDED_LATER)
     # The least a subscription is invoiced per period before tax; the shortfall is a line.
     minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
+    # Prepaid commitment per period, drawn down by usage charges (invoicing.commitments).
+    commitment_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
-    def canonical_hash(self) -> str:
+    def canonical_hash(self, *, legacy_rounding: bool = False) -> str:
+        """``legacy_rounding``: the hash as published before "not said" ("") could be told
+        from half_even, when half_even was the default and left out of the hash."""
+
         def plain(value: Any) -> Any:
             if isinstance(value, Decimal):
                 return format(value.normalize(), "f")
@@ -195,6 +201,8 @@ class PlanSpec:
 
         body = plain(self)
         body["metadata"] = body["metadata"] or {}  # None and {} publish the same plan
+        if legacy_rounding and body.get("rounding") == RoundingRule.HALF_EVEN:
+            del body["rounding"]
         if body["credit_grant"] is None:  # plans without one keep the hash they always had
             del body["credit_grant"]
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -208,6 +216,30 @@ def _omitted(spec_field: Any, value: Any) -> bool:
         and spec_field.default is not MISSING
         and value == spec_field.default
     )
+
+
+def _validate_commitment(spec: PlanSpec, fail: Any, money: Any) -> None:
+    """A prepaid commitment: money, > 0, on a metered plan, and not beside a plan minimum
+    (both say "at least this per period"; docs/pricing-file.md, Prepaid commitments)."""
+    value, param = spec.commitment_amount, "commitment_amount"
+    if value is None:
+        return
+    if value <= 0:
+        fail("commitment_amount must be greater than 0 (leave it out for none)", param)
+    money(value, param)
+    if spec.consumption_model != ConsumptionModel.METERED:
+        fail(
+            "a commitment is drawn down by invoiced usage: commitment_amount applies to "
+            "metered plans (a balance plan's usage is paid from its prepaid balance as it is "
+            "rated, a credits plan's in credits)",
+            param,
+        )
+    if spec.minimum_amount is not None:
+        fail(
+            "a plan has a commitment_amount or a minimum_amount, not both: the commitment "
+            "is already the least a period is invoiced for usage (charge minimums may stay)",
+            param,
+        )
 
 
 def validate_plan_spec(spec: PlanSpec) -> None:
@@ -235,7 +267,7 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             "consumption_model",
         )
     money(spec.base_fee, "base_fee")
-    if spec.rounding not in RoundingRule.values:
+    if spec.rounding and spec.rounding not in RoundingRule.values:
         fail(f"rounding must be one of {', '.join(RoundingRule.values)}", "rounding")
 
     def minimum(value: Decimal | None, param: str) -> None:
@@ -252,6 +284,7 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             )
 
     minimum(spec.minimum_amount, "minimum_amount")
+    _validate_commitment(spec, fail, money)
     if spec.consumption_model == ConsumptionModel.CREDITS and not (
         spec.units_per_credit and spec.units_per_credit > 0
     ):
@@ -431,6 +464,14 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
     spec_hash = spec.canonical_hash()
     if current is not None and current.spec_hash == spec_hash:
         return current, False
+    if (
+        current is not None
+        and spec.rounding == current.rounding == RoundingRule.HALF_EVEN
+        and current.spec_hash == spec.canonical_hash(legacy_rounding=True)
+    ):
+        # A version published before rounding "" existed (half_even then the default, left
+        # out of its hash), re-applied from a file that says half_even: unchanged.
+        return current, False
     plan = Plan.objects.create(
         code=spec.code,
         version=(current.version + 1) if current else 1,
@@ -445,6 +486,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         metadata=spec.metadata or {},
         rounding=spec.rounding,
         minimum_amount=spec.minimum_amount,
+        commitment_amount=spec.commitment_amount,
         self_serve=current.self_serve if current is not None else False,
         spec_hash=spec_hash,
         published_by_id=published_by_id,
@@ -527,6 +569,7 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         metadata=plan.metadata or None,
         rounding=plan.rounding,
         minimum_amount=plan.minimum_amount,
+        commitment_amount=plan.commitment_amount,
         charges=tuple(
             ChargeSpec(
                 meter=c.meter.code,

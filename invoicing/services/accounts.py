@@ -22,6 +22,8 @@ ZERO = Decimal(0)
 REVENUE = "@Revenue"
 TAX_PAYABLE = "@TaxPayable"
 ROUNDING = "@Rounding"
+# What a prepaid commitment's period left undrawn (breakage): revenue of its own.
+COMMITMENT_BREAKAGE = "@CommitmentBreakage"
 # Keyed by PaymentProvider; looked up by the provider string a payment row or Stripe gives.
 CLEARING: dict[str, str] = {
     PaymentProvider.STRIPE: "@StripeClearing",
@@ -54,11 +56,18 @@ def nonzero_legs(*legs: Leg) -> list[Leg]:
 
 def recognised(invoice: Invoice, *, sign: int, usage: bool = False) -> list[Leg]:
     """The system-account legs of what an invoice recognises: fees (and, with ``usage``, the
-    usage rated in real time) on @Revenue, tax on @TaxPayable, rounding on @Rounding;
-    ``sign`` -1 credits them (finalize), +1 debits them (void)."""
+    usage rated in real time) on @Revenue but a commitment's breakage on
+    @CommitmentBreakage, tax on @TaxPayable, rounding on @Rounding; ``sign`` -1 credits
+    them (finalize), +1 debits them (void)."""
     currency = invoice.currency
-    revenue = invoice.fees_precise + (invoice.usage_charged if usage else ZERO)
-    figures = ((REVENUE, revenue), (TAX_PAYABLE, invoice.tax), (ROUNDING, invoice.rounding))
+    breakage = invoice.commitment_breakage
+    revenue = invoice.fees_precise - breakage + (invoice.usage_charged if usage else ZERO)
+    figures = (
+        (REVENUE, revenue),
+        (COMMITMENT_BREAKAGE, breakage),
+        (TAX_PAYABLE, invoice.tax),
+        (ROUNDING, invoice.rounding),
+    )
     return [
         Leg(system_account_id(code, currency), sign * amount) for code, amount in figures if amount
     ]

@@ -92,4 +92,5 @@ def apply_figures(invoice: Invoice, draft: InvoiceDraft) -> None:
     invoice.fees_precise = draft.fees_precise
     invoice.rounding = draft.rounding
     invoice.rounding_rule = draft.rounding_rule
+    invoice.commitment_breakage = draft.commitment_breakage
     invoice.amount_due = draft.total

@@ -24,6 +24,7 @@ from invoicing.money import to_minor_unit
 from invoicing.selectors import HUNDRED
 from invoicing.services.accounts import (
     CLEARING,
+    COMMITMENT_BREAKAGE,
     REVENUE,
     TAX_PAYABLE,
     ZERO,
@@ -128,7 +129,8 @@ def create_credit_note(
         raise errors.InvoicingValidation(
             f"amount must be positive, in whole minor units of {currency}", param="amount"
         )
-    credited_net = sum((n.amount for n in invoice.credit_notes.all()), ZERO)
+    notes = list(invoice.credit_notes.all())
+    credited_net = sum((n.amount for n in notes), ZERO)
     if amount > invoice.subtotal - credited_net:
         left = to_minor_unit(invoice.subtotal - credited_net, currency, invoice.rounding_rule)
         raise errors.InvoicingValidation(
@@ -136,6 +138,10 @@ def create_credit_note(
         )
     tax = to_minor_unit(amount * invoice.tax_percentage / HUNDRED, currency, invoice.rounding_rule)
     total = amount + tax
+    # Breakage first: a commitment nobody drew is what a credit most plausibly gives back, and
+    # a full credit note then leaves @Revenue and @CommitmentBreakage as a void does.
+    breakage_left = invoice.commitment_breakage - sum((n.commitment_breakage for n in notes), ZERO)
+    breakage = min(amount, max(breakage_left, ZERO))
     against = min(total, invoice.amount_remaining)
     to_balance = total - against
     accounts = customer_accounts(invoice)
@@ -145,7 +151,8 @@ def create_credit_note(
             TransactionSpec(
                 reference=f"credit-note:{reference}",
                 legs=nonzero_legs(
-                    Leg(system_account_id(REVENUE, currency), amount),
+                    Leg(system_account_id(REVENUE, currency), amount - breakage),
+                    Leg(system_account_id(COMMITMENT_BREAKAGE, currency), breakage),
                     Leg(system_account_id(TAX_PAYABLE, currency), tax),
                     Leg(accounts.receivable_id, -against),
                     Leg(accounts.wallet_id, -to_balance),
@@ -170,6 +177,7 @@ def create_credit_note(
         total=total,
         against_receivable=against,
         to_balance=to_balance,
+        commitment_breakage=breakage,
         ledger_transaction_id=posted.pk,
         created_by_id=created_by_id,
     )

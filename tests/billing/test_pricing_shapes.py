@@ -62,7 +62,7 @@ def via_api(api, plan: dict) -> Plan | str:
     return Plan.objects.get(code=plan["code"])
 
 
-ADMIN_PLAN_FIELDS = ("rounding", "minimum_amount")
+ADMIN_PLAN_FIELDS = ("rounding", "minimum_amount", "commitment_amount")
 
 
 def via_admin(client, plan: dict, **extra: str) -> Plan | str:
@@ -241,11 +241,15 @@ def test_flat_fee_at_zero_in_the_file_is_a_boolean(meter_code):
 # --- c. the rounding rule, chosen per plan ---------------------------------------------------
 
 
-def test_rounding_is_accepted_alike_and_half_even_by_default(api, staff_client, meter_code):
+def test_rounding_is_accepted_alike_and_the_currencys_by_default(api, staff_client, meter_code):
     for plan in published_three_ways(api, staff_client, body(rounding="half_up")):
         assert plan.rounding == "half_up"
-    for plan in published_three_ways(api, staff_client, body()):
+    # explicit: wins over the currency's rule (invoicing.money.rounding_rule_for)
+    for plan in published_three_ways(api, staff_client, body(rounding="half_even")):
         assert plan.rounding == "half_even"
+    # left out: the currency's rule, else half even
+    for plan in published_three_ways(api, staff_client, body()):
+        assert plan.rounding == ""
 
 
 def test_an_unknown_rounding_rule_is_refused_alike_by_the_file_and_the_api(api):
@@ -299,6 +303,49 @@ def test_the_demo_file_shows_every_shape():
     assert gpu.flat_fee_at_zero is True and gpu.prorated is True
     assert migrated.rounding == "half_up"
     assert (migrated.minimum_amount, requests.minimum_amount) == (D(100), D(10))
+    committed = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed"]
+    assert committed.commitment_amount == D(500) and committed.rounding == ""
+
+
+# --- f. prepaid commitments ------------------------------------------------------------------
+
+
+def test_a_commitment_is_accepted_alike(api, staff_client, meter_code):
+    charge = {"meter": meter_code, "unit_price": "0.1", "minimum_amount": "5"}
+    for plan in published_three_ways(api, staff_client, body(charge, commitment_amount="100.5")):
+        assert plan.commitment_amount == D("100.5")
+        assert plan.charges.get().minimum_amount == D(5)  # a charge's minimum may stay
+
+
+@pytest.mark.parametrize(
+    ("extra", "admin_extra", "message"),
+    [
+        ({"commitment_amount": "0"}, {},
+         "commitment_amount must be greater than 0 (leave it out for none)"),
+        ({"commitment_amount": "100", "minimum_amount": "50"}, {},
+         "a plan has a commitment_amount or a minimum_amount, not both"),
+        ({"commitment_amount": "100", "consumption_model": "balance"}, {},
+         "commitment_amount applies to metered plans"),
+        ({"commitment_amount": "100", "consumption_model": "credits", "units_per_credit": "10"},
+         {"units_per_credit": "10"}, "commitment_amount applies to metered plans"),
+    ],
+)  # fmt: skip
+def test_a_commitment_is_refused_alike(api, staff_client, meter_code, extra, admin_extra, message):
+    plan = body({"meter": meter_code}, **extra)
+    assert message in via_file(plan)
+    response = api.post("/api/v1/plans", plan)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "commitment_amount"
+    assert message in response.json()["error"]["message"]
+    assert message in via_admin(staff_client, plan, **admin_extra)
+    assert not Plan.objects.exists()
+
+
+def test_a_commitment_that_is_not_a_number_is_refused_by_the_file_and_the_api(api, meter_code):
+    assert via_file(body(commitment_amount="lots")) == "'lots' is not a finite decimal number"
+    response = api.post("/api/v1/plans", body(commitment_amount="lots"))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "commitment_amount"
 
 
 # --- e. usage charges prorated for a period billed in part -------------------------------------

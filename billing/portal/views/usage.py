@@ -70,6 +70,11 @@ def _overview_context(customer) -> dict:
         spent=money(period["spent"], currency),
         upcoming=money(period["upcoming"], currency),
         projected=money(period["projected"], currency),
+        commitment_left=(
+            money(period["commitment_left"], currency)
+            if period["commitment_left"] is not None
+            else None
+        ),
     )
     return context
 
