@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invoicing', '0012_commitments_frozen_rounding_rule'),
+        ('invoicing', '0013_commitments_frozen_rounding_rule'),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0028_currency_rounding'),
+        ('billing', '0030_currency_rounding'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

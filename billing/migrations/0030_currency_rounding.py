@@ -22,7 +22,7 @@ def noop(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0027_approval_kinds'),
+        ('billing', '0029_list_index_newest_first'),
         ('pghistory', '0007_auto_20250421_0444'),
     ]
 

@@ -79,7 +79,7 @@ END $$;
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invoicing', '0011_finance_snapshot'),
+        ('invoicing', '0012_list_index_newest_first'),
     ]
 
     operations = [
