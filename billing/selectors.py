@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing import errors
 from billing.models import (
+    BillingTime,
     CreditGrant,
     Customer,
     GrantStatus,
@@ -234,6 +235,9 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         metadata=data.get("metadata") or None,
         rounding=data.get("rounding") or RoundingRule.HALF_EVEN,
         minimum_amount=data.get("minimum_amount"),
+        interval_count=1 if data.get("interval_count") is None else data["interval_count"],
+        billing_time=data.get("billing_time") or BillingTime.ANNIVERSARY,
+        billing_anchor_day=data.get("billing_anchor_day"),
         charges=tuple(
             ChargeSpec(
                 meter=c["meter"]["code"],

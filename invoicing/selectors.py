@@ -20,7 +20,7 @@ from billing.models import (
     Subscription,
     SubscriptionPhase,
 )
-from billing.periods import prorate
+from billing.periods import prorate_fee, whole_period_of
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import to_minor_unit
 from metering import rating
@@ -120,14 +120,15 @@ def base_fee_lines(
         ends = min(phase.ends_at or period_end, not_after)
         if ends <= starts or not phase.plan.base_fee:
             continue
-        amount = prorate(
+        amount = prorate_fee(
+            subscription,
             phase.plan.base_fee,
             used_from=starts,
             used_until=ends,
             period_start=period_start,
             period_end=period_end,
         )
-        whole = starts == period_start and ends == period_end
+        whole = (starts, ends) == whole_period_of(subscription, period_start, period_end)
         description = f"{phase.plan.name} — base fee"
         if not whole:
             description += f", prorated {_fmt(starts)} to {_fmt(ends)}"
@@ -303,7 +304,7 @@ def _proration_lines(
     prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
     so the usage lines still say what was rated."""
     starts, ends = _live_span(subscription, period_start, period_end)
-    if ends <= starts or (starts, ends) == (period_start, period_end):
+    if ends <= starts or (starts, ends) == whole_period_of(subscription, period_start, period_end):
         return []
     adjustments = []
     for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
@@ -317,7 +318,8 @@ def _proration_lines(
         )
         if not rated:
             continue
-        share = prorate(
+        share = prorate_fee(
+            subscription,
             rated,
             used_from=starts,
             used_until=ends,
@@ -415,7 +417,8 @@ def minimum_lines(
         return []
 
     def prorated(amount: Decimal) -> Decimal:
-        return prorate(
+        return prorate_fee(
+            subscription,
             amount,
             used_from=starts,
             used_until=ends,
@@ -425,7 +428,7 @@ def minimum_lines(
 
     def note(minimum: Decimal) -> str:
         text = f"minimum {minimum.normalize():,f} {currency} per period"
-        if (starts, ends) != (period_start, period_end):
+        if (starts, ends) != whole_period_of(subscription, period_start, period_end):
             text += f", prorated {_fmt(starts)} to {_fmt(ends)}"
         return text
 

@@ -32,6 +32,7 @@ from billing.admin.common import (
 )
 from billing.api.serializers import ChargeSerializer
 from billing.models import (
+    BillingTime,
     ConsumptionModel,
     Interval,
     Plan,
@@ -198,6 +199,12 @@ def credit_grant_json(spec: services.CreditGrantSpec | None) -> str:
     return "" if data is None else json.dumps(data, indent=2)
 
 
+def _interval_text(plan: Plan) -> str:
+    if plan.interval_count == 1:
+        return plan.get_interval_display()
+    return f"every {plan.interval_count} {plan.interval}s"
+
+
 class PlanVersionForm(forms.Form):
     """A new version of an existing plan. Code, currency, interval and consumption model
     stay: subscriptions move between versions of one plan, which must bill alike."""
@@ -231,6 +238,18 @@ class PlanVersionForm(forms.Form):
         required=False,
         help_text="Optional: the least a subscription is invoiced per period before tax; "
         "the shortfall is its own line.",
+    )
+    # Ranges are validate_plan_spec's (the pricing file's and the API's message).
+    billing_time = forms.ChoiceField(
+        choices=BillingTime.choices,
+        initial=BillingTime.ANNIVERSARY,
+        required=False,  # left out: anniversary, the default
+        help_text="What new subscriptions count their periods from (they may choose).",
+    )
+    billing_anchor_day = forms.IntegerField(
+        required=False,
+        help_text="Calendar billing: day of the month 1–31 (month, quarter, year) or ISO "
+        "weekday 1 Monday … 7 Sunday (week). Empty: the 1st, or Monday.",
     )
 
     def __init__(self, *args, consumption_model: str, **kwargs):
@@ -269,6 +288,11 @@ class PlanCreateForm(PlanVersionForm):
     code = forms.SlugField(max_length=100, help_text="Stable; versions share it.")
     currency = forms.RegexField(CURRENCY_RE, initial="USD")
     interval = forms.ChoiceField(choices=Interval.choices, initial=Interval.MONTH)
+    interval_count = forms.IntegerField(
+        required=False,  # left out: 1
+        initial=1,
+        help_text="A period lasts this many intervals (2 with week: fortnightly).",
+    )
     consumption_model = forms.ChoiceField(
         choices=ConsumptionModel.choices, initial=ConsumptionModel.METERED
     )
@@ -287,6 +311,9 @@ class PlanCreateForm(PlanVersionForm):
         "credit_grant",
         "rounding",
         "minimum_amount",
+        "interval_count",
+        "billing_time",
+        "billing_anchor_day",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -344,6 +371,9 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "credit_grant_display",
         "rounding",
         "minimum_amount",
+        "interval_count",
+        "billing_time",
+        "billing_anchor_day",
         "metadata",
         "self_serve",
         "spec_hash",
@@ -413,6 +443,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "credit_grant": credit_grant_json(spec.credit_grant),
                 "rounding": spec.rounding,
                 "minimum_amount": decimal_text(spec.minimum_amount),
+                "billing_time": spec.billing_time,
+                "billing_anchor_day": spec.billing_anchor_day,
             },
         )
 
@@ -423,6 +455,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                     "code": spec.code,
                     "currency": spec.currency,
                     "interval": spec.interval,
+                    "interval_count": spec.interval_count,
                     "consumption_model": spec.consumption_model,
                     "metadata": spec.metadata,
                     "units_per_credit": data.get("units_per_credit", spec.units_per_credit),
@@ -437,6 +470,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                             "credit_grant",
                             "rounding",
                             "minimum_amount",
+                            "billing_time",
+                            "billing_anchor_day",
                         )
                     },
                 }
@@ -465,7 +500,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
             facts=[
                 ("code", plan.code),
                 ("currency", plan.currency),
-                ("interval", plan.get_interval_display()),
+                ("interval", _interval_text(plan)),
                 ("consumption model", plan.get_consumption_model_display()),
             ],
         )

@@ -68,6 +68,7 @@ from billing.models.plan_credits import (
 )
 from billing.models.plans import (
     Aggregation,
+    BillingTime,
     ConsumptionModel,
     Interval,
     Meter,
@@ -107,6 +108,7 @@ __all__ = [
     "PortalMember",
     "Wallet",
     "Interval",
+    "BillingTime",
     "ConsumptionModel",
     "RoundingRule",
     "Plan",

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from billing import errors, services
-from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel, RoundingRule
+from billing.models import (
+    Aggregation,
+    BillingTime,
+    ConsumptionModel,
+    Interval,
+    PriceModel,
+    RoundingRule,
+)
 from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
@@ -210,6 +217,9 @@ class _Parser(ValueReader):
                 "credit_grant",
                 "rounding",
                 "minimum_amount",
+                "interval_count",
+                "billing_time",
+                "billing_anchor_day",
             ),
         )
         code = self.string(
@@ -271,6 +281,14 @@ class _Parser(ValueReader):
             rounding=self.string(data, "rounding", where, default=RoundingRule.HALF_EVEN.value),
             # 0 is refused by validate_plan_spec (the API's and the admin's message)
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
+            # whole numbers here; their ranges are validate_plan_spec's (the API's message)
+            interval_count=self.integer(data, "interval_count", where, default=1, maximum=2**31),
+            billing_time=self.string(
+                data, "billing_time", where, default=BillingTime.ANNIVERSARY.value
+            ),
+            billing_anchor_day=None
+            if data.get("billing_anchor_day") is None
+            else self.integer(data, "billing_anchor_day", where, default=1, maximum=2**31),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")
                 for i, item in enumerate(
