@@ -214,6 +214,9 @@ def draft_spec(plan: Plan, changes: dict[str, Any]) -> services.PlanSpec:
         "trial_days": spec.trial_days,
         "units_per_credit": spec.units_per_credit,
         "credit_grant": spec.credit_grant,
+        "interval_count": spec.interval_count,
+        "billing_time": spec.billing_time,
+        "billing_anchor_day": spec.billing_anchor_day,
     }
     data.update(changes)
     return billing_selectors.plan_spec_from_validated(data)

@@ -1,0 +1,272 @@
+"""Intervals and calendar anchors invoiced: each period closed (once), its base fee, minimum
+and prorated usage charge against figures worked out by hand in the comments (and in
+docs/pricing-file.md). A first period shortened by a calendar anchor (a stub) is prorated
+by day over the whole period it is part of, its first day counted in full; usage in it is
+rated as usual. Boundaries: a one-day period, a 31st anchor in a 30-day month and in
+February (2027 not leap, 2028 leap), a plan change on a period's last day.
+
+1 April 2026 is a Wednesday; January has 31 days."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing import services as billing
+from invoicing import services as invoicing
+from metering.models import PeriodUsage
+from tests.invoicing.conftest import ChargeSpec, at, close, lines, meter, plan, subscribe, use
+from tests.invoicing.test_pricing_shapes import upcoming_agrees
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+def calendar_plan(*charges, day=1, interval="month", **kw):
+    return plan(*charges, billing_time="calendar", billing_anchor_day=day, interval=interval, **kw)
+
+
+def calls(**kw) -> ChargeSpec:
+    return ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10"), **kw)
+
+
+# --- a calendar stub, prorated by day ----------------------------------------------------------
+
+
+def test_a_mid_month_start_pays_a_prorated_first_period_then_whole_months():
+    """Start 15 January 09:30, anchor day 1: the stub 15 Jan – 1 Feb counts 17 of January's
+    31 days (the 15th in full): 49.00 × 17 / 31 = 833 / 31 = 26.870967741935…"""
+    subscription = subscribe(calendar_plan(base_fee="49"), start=at(2026, 1, 15, 9, 30))
+    assert (subscription.current_period_start, subscription.current_period_end) == (
+        at(2026, 1, 15, 9, 30),
+        at(2026, 2, 1),
+    )
+    first = close(subscription, as_of=at(2026, 2, 1))
+    assert (first.period_start, first.period_end) == (at(2026, 1, 15, 9, 30), at(2026, 2, 1))
+    assert lines(first) == [
+        ("base_fee", "Pro — base fee, prorated 2026-01-15 to 2026-02-01", D(1), D("26.87")),
+    ]
+    assert first.lines.get().amount_precise == D("26.870967741935")
+    upcoming_agrees(subscription, first)
+    subscription.refresh_from_db()
+    assert (subscription.current_period_start, subscription.current_period_end) == (
+        at(2026, 2, 1),
+        at(2026, 3, 1),
+    )
+    second = close(subscription, as_of=at(2026, 3, 1))
+    assert lines(second) == [("base_fee", "Pro — base fee", D(1), D(49))]
+
+
+def test_usage_in_the_stub_is_rated_as_usual_and_prorated_when_the_charge_says_so():
+    """100 calls × 0.10 = 10.00 rated in the stub; the prorated charge invoices
+    10 × 17 / 31 = 5.483870967742, so a line of −4.516129032258 (−4.52)."""
+    plain = subscribe(calendar_plan(calls()), start=at(2026, 1, 15, 9, 30))
+    use(plain, 100, at_time=at(2026, 1, 20))
+    invoice = close(plain, as_of=at(2026, 2, 1))
+    assert lines(invoice) == [("usage", "Calls", D(100), D(10))]
+
+    prorated = subscribe(calendar_plan(calls(prorated=True)), start=at(2026, 1, 15, 9, 30))
+    use(prorated, 100, at_time=at(2026, 1, 20))
+    invoice = close(prorated, as_of=at(2026, 2, 1))
+    assert lines(invoice) == [
+        ("usage", "Calls", D(100), D(10)),
+        ("usage", "Calls, prorated: billed 2026-01-15 to 2026-02-01", D(0), D("-4.52")),
+    ]
+    assert invoice.lines.get(amount__lt=0).amount_precise == D("-4.516129032258")
+    assert invoice.total == D("5.48")
+    upcoming_agrees(prorated, invoice)
+
+
+def test_a_minimum_is_prorated_over_the_stub_as_the_fee_is():
+    """Minimum 31.00 a month, no usage: 17 / 31 of it, 17.00, is owed for the stub."""
+    subscription = subscribe(
+        calendar_plan(calls(), minimum_amount=D(31)), start=at(2026, 1, 15, 9, 30)
+    )
+    invoice = close(subscription, as_of=at(2026, 2, 1))
+    assert lines(invoice) == [
+        (
+            "minimum",
+            "Pro — minimum 31 USD per period, prorated 2026-01-15 to 2026-02-01, shortfall",
+            D(1),
+            D(17),
+        )
+    ]
+
+
+def test_anchor_day_31_in_a_30_day_month():
+    """Start 15 April, day 31: the stub ends on 30 April, part of 31 March – 30 April (30
+    days), 15 days billed: 30.00 × 15 / 30 = 15.00; then 30 April – 31 May in full."""
+    subscription = subscribe(calendar_plan(base_fee="30", day=31), start=at(2026, 4, 15, 9, 30))
+    first = close(subscription, as_of=at(2026, 4, 30))
+    assert first.period_end == at(2026, 4, 30)
+    assert lines(first)[0][3] == D(15)
+    second = close(subscription, as_of=at(2026, 5, 31))
+    assert (second.period_start, second.period_end) == (at(2026, 4, 30), at(2026, 5, 31))
+    assert lines(second) == [("base_fee", "Pro — base fee", D(1), D(30))]
+
+
+@pytest.mark.parametrize(
+    ("year", "fee", "february_end", "expected"),
+    [
+        # 2027: 31 Jan – 28 Feb is 28 days; 10–28 Feb is 18: 28.00 × 18 / 28 = 18.00
+        (2027, "28", at(2027, 2, 28), D(18)),
+        # 2028 (leap): 31 Jan – 29 Feb is 29 days; 10–29 Feb is 19: 29.00 × 19 / 29 = 19.00
+        (2028, "29", at(2028, 2, 29), D(19)),
+    ],
+)
+def test_anchor_day_31_in_february(year, fee, february_end, expected):
+    subscription = subscribe(calendar_plan(base_fee=fee, day=31), start=at(year, 2, 10))
+    first = close(subscription, as_of=february_end)
+    assert (first.period_start, first.period_end) == (at(year, 2, 10), february_end)
+    assert lines(first)[0][3] == expected
+    subscription.refresh_from_db()
+    assert subscription.current_period_end == at(year, 3, 31)  # back to the 31st
+
+
+def test_a_calendar_week_from_a_wednesday():
+    """Weekly on Mondays, start Wednesday 15 April 13:00: the stub to Monday 20 April counts
+    5 of 7 days (the 15th in full): 7.00 × 5 / 7 = 5.00."""
+    subscription = subscribe(
+        calendar_plan(base_fee="7", interval="week", day=1), start=at(2026, 4, 15, 13)
+    )
+    first = close(subscription, as_of=at(2026, 4, 20))
+    assert first.period_end == at(2026, 4, 20)
+    assert lines(first)[0][3] == D(5)
+    subscription.refresh_from_db()
+    assert subscription.current_period_end == at(2026, 4, 27)
+
+
+def test_a_calendar_quarter():
+    """Quarters from 1 January; start 16 May: the stub to 1 July is part of 1 April – 1 July
+    (30 + 31 + 30 = 91 days), 16 + 30 = 46 days billed: 91.00 × 46 / 91 = 46.00."""
+    subscription = subscribe(
+        calendar_plan(base_fee="91", interval="quarter", day=1), start=at(2026, 5, 16)
+    )
+    first = close(subscription, as_of=at(2026, 7, 1))
+    assert lines(first)[0][3] == D(46)
+    subscription.refresh_from_db()
+    assert subscription.current_period_end == at(2026, 10, 1)
+
+
+def test_a_calendar_year_from_march_of_a_leap_year():
+    """2028 has 366 days; 1 March – 1 January 2029 is 366 − 31 − 29 = 306 of them."""
+    subscription = subscribe(
+        calendar_plan(base_fee="366", interval="year", day=1), start=at(2028, 3, 1)
+    )
+    first = close(subscription, as_of=at(2029, 1, 1))
+    assert lines(first)[0][3] == D(306)
+
+
+def test_a_trial_then_a_calendar_stub():
+    """Trial 10–17 January (free), then 17 January – 1 February: 15 of 31 days of 31.00."""
+    subscription = subscribe(calendar_plan(base_fee="31"), start=at(2026, 1, 10), trial_days=7)
+    trial = close(subscription, as_of=at(2026, 1, 17))
+    assert (trial.period_start, trial.period_end, trial.total) == (
+        at(2026, 1, 10),
+        at(2026, 1, 17),
+        D(0),
+    )
+    stub = close(subscription, as_of=at(2026, 2, 1))
+    assert (stub.period_start, stub.period_end) == (at(2026, 1, 17), at(2026, 2, 1))
+    assert lines(stub) == [
+        ("base_fee", "Pro — base fee, prorated 2026-01-17 to 2026-02-01", D(1), D(15)),
+    ]
+
+
+# --- intervals from the subscription's start ------------------------------------------------
+
+
+def test_a_one_day_period():
+    """Daily from 1 April 10:00: usage at 20:00 is the first day's; usage at 10:00 on the 2nd
+    (the boundary, half-open) is the second day's, even when rated before the close."""
+    subscription = subscribe(plan(calls(), base_fee="1", interval="day"), start=at(2026, 4, 1, 10))
+    use(subscription, 100, at_time=at(2026, 4, 1, 20))
+    use(subscription, 30, at_time=at(2026, 4, 2, 10))
+    assert sorted(PeriodUsage.objects.values_list("period_start", "quantity")) == [
+        (at(2026, 4, 1, 10), D(100)),
+        (at(2026, 4, 2, 10), D(30)),
+    ]
+    first = close(subscription, as_of=at(2026, 4, 2, 10))
+    assert (first.period_start, first.period_end) == (at(2026, 4, 1, 10), at(2026, 4, 2, 10))
+    assert lines(first) == [
+        ("base_fee", "Pro — base fee", D(1), D(1)),
+        ("usage", "Calls", D(100), D(10)),
+    ]
+    second = close(subscription, as_of=at(2026, 4, 3, 10))
+    assert (second.period_start, second.period_end) == (at(2026, 4, 2, 10), at(2026, 4, 3, 10))
+    assert lines(second) == [
+        ("base_fee", "Pro — base fee", D(1), D(1)),
+        ("usage", "Calls", D(30), D(3)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("interval", "count", "start", "ends"),
+    [
+        ("week", 2, at(2026, 4, 1), [at(2026, 4, 15), at(2026, 4, 29)]),
+        ("day", 3, at(2026, 4, 1), [at(2026, 4, 4), at(2026, 4, 7)]),
+        ("quarter", 1, at(2026, 1, 31), [at(2026, 4, 30), at(2026, 7, 31)]),
+        ("month", 2, at(2026, 12, 31), [at(2027, 2, 28), at(2027, 4, 30)]),
+        ("year", 2, at(2026, 3, 1), [at(2028, 3, 1), at(2030, 3, 1)]),
+    ],
+)
+def test_every_interval_closes_on_its_boundaries(interval, count, start, ends):
+    subscription = subscribe(
+        plan(base_fee="10", interval=interval, interval_count=count), start=start
+    )
+    assert subscription.current_period_end == ends[0]
+    first = close(subscription, as_of=ends[0])
+    second = close(subscription, as_of=ends[1])
+    assert [(i.period_start, i.period_end) for i in (first, second)] == [
+        (start, ends[0]),
+        (ends[0], ends[1]),
+    ]
+    assert first.total == second.total == D(10)  # whole periods: the whole fee
+
+
+def test_a_plan_change_on_the_last_day_of_a_week():
+    """Weekly from Monday 6 April: Basic 7.00 until Sunday 12 April 00:00 (6 days: 6.00),
+    Plus 14.00 for the last day (1/7: 2.00)."""
+    basic = plan(base_fee="7", interval="week", name="Basic", code="basic")
+    plus = plan(base_fee="14", interval="week", name="Plus", code="plus")
+    subscription = subscribe(basic, start=at(2026, 4, 6))
+    billing.change_subscription(subscription_id=subscription.pk, plan=plus, now=at(2026, 4, 12))
+    invoice = close(subscription, as_of=at(2026, 4, 13))
+    assert lines(invoice) == [
+        ("base_fee", "Basic — base fee, prorated 2026-04-06 to 2026-04-12", D(1), D(6)),
+        ("base_fee", "Plus — base fee, prorated 2026-04-12 to 2026-04-13", D(1), D(2)),
+    ]
+
+
+def test_a_plan_change_on_the_last_day_of_a_calendar_stub():
+    """Stub 15 January – 1 February (17 of 31 days): Basic 31.00 for 16 days (16.00), Plus
+    62.00 from 31 January (1 day: 2.00)."""
+    basic = calendar_plan(base_fee="31", name="Basic", code="basic")
+    plus = calendar_plan(base_fee="62", name="Plus", code="plus")
+    subscription = subscribe(basic, start=at(2026, 1, 15, 9, 30))
+    billing.change_subscription(subscription_id=subscription.pk, plan=plus, now=at(2026, 1, 31))
+    invoice = close(subscription, as_of=at(2026, 2, 1))
+    assert lines(invoice) == [
+        ("base_fee", "Basic — base fee, prorated 2026-01-15 to 2026-01-31", D(1), D(16)),
+        ("base_fee", "Plus — base fee, prorated 2026-01-31 to 2026-02-01", D(1), D(2)),
+    ]
+
+
+def test_a_stub_is_closed_exactly_once():
+    subscription = subscribe(calendar_plan(base_fee="49"), start=at(2026, 1, 15, 9, 30))
+    assert invoicing.close_due_periods(as_of=at(2026, 2, 1)) == 1
+    assert invoicing.close_due_periods(as_of=at(2026, 2, 1)) == 0
+    again = invoicing.close_period(subscription_id=subscription.pk, as_of=at(2026, 2, 1))
+    assert again is None  # the subscription has moved on to February, not due yet
+    assert subscription.invoices.count() == 1
+    # catching up two periods at once: February, then March — one invoice each
+    assert invoicing.close_due_periods(as_of=at(2026, 4, 1)) == 2
+    assert invoicing.close_due_periods(as_of=at(2026, 4, 1)) == 0
+    assert [
+        (i.period_start, i.period_end) for i in subscription.invoices.order_by("period_start")
+    ] == [
+        (at(2026, 1, 15, 9, 30), at(2026, 2, 1)),
+        (at(2026, 2, 1), at(2026, 3, 1)),
+        (at(2026, 3, 1), at(2026, 4, 1)),
+    ]
