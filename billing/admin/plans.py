@@ -199,12 +199,6 @@ def credit_grant_json(spec: services.CreditGrantSpec | None) -> str:
     return "" if data is None else json.dumps(data, indent=2)
 
 
-def _interval_text(plan: Plan) -> str:
-    if plan.interval_count == 1:
-        return plan.get_interval_display()
-    return f"every {plan.interval_count} {plan.interval}s"
-
-
 class PlanVersionForm(forms.Form):
     """A new version of an existing plan. Code, currency, interval and consumption model
     stay: subscriptions move between versions of one plan, which must bill alike."""
@@ -500,7 +494,10 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
             facts=[
                 ("code", plan.code),
                 ("currency", plan.currency),
-                ("interval", _interval_text(plan)),
+                (
+                    "interval",
+                    plan.get_interval_display() if plan.interval_count == 1 else plan.per_interval,
+                ),
                 ("consumption model", plan.get_consumption_model_display()),
             ],
         )

@@ -124,6 +124,13 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.code} v{self.version})"
 
+    @property
+    def per_interval(self) -> str:
+        """What a base fee is per, in words: "a month", "every 2 weeks"."""
+        if self.interval_count == 1:
+            return f"a {self.interval}"
+        return f"every {self.interval_count} {self.interval}s"
+
 
 class Aggregation(models.TextChoices):
     SUM = "sum", "Sum of the property"

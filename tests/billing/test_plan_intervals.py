@@ -381,3 +381,16 @@ def test_a_plan_change_to_another_interval_count_is_refused(make_customer, make_
             subscription_id=subscription.pk, plan=fortnightly, now=at(2026, 4, 2)
         )
     assert subscription.current_period_end - subscription.current_period_start == timedelta(7)
+
+
+def test_the_demo_file_bills_a_plan_every_two_weeks_on_mondays():
+    from billing.pricing.parse import parse_pricing
+    from tests.billing.test_pricing import DEMO
+
+    team = {p.code: p for p in parse_pricing(path=DEMO).plans}["team-fortnightly"]
+    assert (team.interval, team.interval_count, team.billing_time, team.billing_anchor_day) == (
+        "week",
+        2,
+        "calendar",
+        1,
+    )

@@ -607,6 +607,7 @@ def test_demo_file_loads_and_stores_exact_prices():
         ("scale", 1),
         ("batch", 1),
         ("enterprise-annual", 1),
+        ("team-fortnightly", 1),
         ("migrated", 1),
     ]
     pro = Plan.objects.get(code="pro", version=1)
