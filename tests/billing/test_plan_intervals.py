@@ -394,3 +394,96 @@ def test_the_demo_file_bills_a_plan_every_two_weeks_on_mondays():
         "calendar",
         1,
     )
+
+
+# --- the admin's subscription form --------------------------------------------------------------
+
+
+def test_the_admin_subscribes_on_the_calendar_and_refuses_a_bad_anchor_day(
+    staff_client, make_customer, make_plan
+):
+    from django.urls import reverse
+
+    customer = make_customer(unique("cus"))
+    plan = make_plan(base_fee="31")
+    url = reverse("admin:billing_subscription_add")
+    form = {"customer": customer.pk, "plan": plan.pk, "start": "2026-04-15 09:30:00"}
+    refused = staff_client.post(url, {**form, "billing_time": "calendar", "billing_anchor_day": 40})
+    assert refused.status_code == 200
+    assert "a day of the month, 1 to 31" in str(refused.context["form"].errors)
+    assert not Subscription.objects.exists()
+    response = staff_client.post(
+        url, {**form, "billing_time": "calendar", "billing_anchor_day": 31}
+    )
+    assert response.status_code == 302
+    subscription = customer.subscriptions.get()
+    assert (subscription.current_period_start, subscription.current_period_end) == (
+        at(2026, 4, 15, 9, 30),
+        at(2026, 4, 30),
+    )
+
+
+# --- plan credits on the calendar ---------------------------------------------------------------
+
+
+def calendar_credits_plan(interval: str = "month", **grant):
+    meter = MeterFactory(code=unique("units"), api_call=True)
+    return services.publish_plan(
+        spec=services.PlanSpec(
+            code=unique("p"),
+            name="Team",
+            interval=interval,
+            billing_time="calendar",
+            consumption_model="credits",
+            units_per_credit=D(1),
+            charges=(services.ChargeSpec(meter=meter.code),),
+            credit_grant=services.CreditGrantSpec(amount=D(100), **grant),
+        )
+    )[0]
+
+
+def grant_periods(subscription):
+    from billing.models import SubscriptionCreditGrant
+
+    return [
+        (g.period_start, g.period_end, g.grant.expires_at)
+        for g in SubscriptionCreditGrant.objects.filter(subscription=subscription)
+        .select_related("grant")
+        .order_by("period_start")
+    ]
+
+
+def test_a_calendar_stub_gets_its_periods_grant_then_each_month_on_the_1st(make_customer):
+    from billing import plan_credits
+
+    start = at(2026, 1, 15, 9, 30)
+    subscription = services.create_subscription(
+        customer=make_customer(unique("cus")), plan=calendar_credits_plan(), now=start
+    )
+    assert grant_periods(subscription) == [(start, at(2026, 2, 1), at(2026, 2, 1))]
+    assert plan_credits.grant_due(now=at(2026, 1, 25)) == 0
+    close_to(subscription, at(2026, 2, 1))
+    assert plan_credits.grant_due(now=at(2026, 2, 1, 0, 1)) == 1
+    assert grant_periods(subscription)[1] == (at(2026, 2, 1), at(2026, 3, 1), at(2026, 3, 1))
+
+
+def test_a_yearly_calendar_plan_grants_monthly_from_its_start(make_customer):
+    from billing import plan_credits
+
+    start = at(2026, 3, 10)
+    subscription = services.create_subscription(
+        customer=make_customer(unique("cus")),
+        plan=calendar_credits_plan("year", cadence="month"),
+        now=start,
+    )
+    assert subscription.current_period_end == at(2027, 1, 1)
+    # the first month is 10–31 March; then April, from the 1st
+    assert grant_periods(subscription) == [(start, at(2026, 4, 1), at(2026, 4, 1))]
+    assert plan_credits.grant_due(now=at(2026, 4, 1, 0, 1)) == 1
+    assert grant_periods(subscription)[1] == (at(2026, 4, 1), at(2026, 5, 1), at(2026, 5, 1))
+
+
+def close_to(subscription, moment):
+    from invoicing import services as invoicing
+
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=moment)

@@ -270,3 +270,20 @@ def test_a_stub_is_closed_exactly_once():
         (at(2026, 2, 1), at(2026, 3, 1)),
         (at(2026, 3, 1), at(2026, 4, 1)),
     ]
+
+
+def test_mrr_brings_every_cadence_to_a_month():
+    """Weekly 12.00 × 52 / 12 = 52; every 2 weeks 24.00 × 52 / 24 = 52; quarterly 300 / 3 =
+    100; every 6 months 600 / 6 = 100; daily 12.00 × 365 / 12 = 365: 669 a month."""
+    from invoicing import finance
+
+    for fee, interval, count in [
+        ("12", "week", 1),
+        ("24", "week", 2),
+        ("300", "quarter", 1),
+        ("600", "month", 6),
+        ("12", "day", 1),
+    ]:
+        subscribe(plan(base_fee=fee, interval=interval, interval_count=count), start=at(2026, 1, 1))
+    now, before = at(2026, 1, 20), at(2025, 12, 1)
+    assert finance.mrr(now=now, before=before)["USD"] == (D(669), D(0))
