@@ -487,3 +487,17 @@ def close_to(subscription, moment):
     from invoicing import services as invoicing
 
     invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=moment)
+
+
+def test_the_schema_documents_the_cadence_fields(api):
+    """The OpenAPI schema says what the plan and subscription bodies now accept (the
+    schemathesis run in test_schema.py then sends them)."""
+    response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    components = response.json()["components"]["schemas"]
+    plan = components["PlanRequest"]["properties"]
+    assert {"interval_count", "billing_time", "billing_anchor_day"} <= set(plan)
+    assert plan["interval"]["allOf"] == [{"$ref": "#/components/schemas/IntervalEnum"}]
+    assert components["IntervalEnum"]["enum"] == ["day", "week", "month", "quarter", "year"]
+    created = components["SubscriptionCreateRequest"]["properties"]
+    assert {"billing_time", "billing_anchor_day"} <= set(created)
