@@ -1,0 +1,107 @@
+"""Review of the intervals change (s11-intervals): defects shown by failing tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing import services as billing
+from invoicing.selectors import compute_invoice
+from tests.billing.conftest import api, api_key, make_key  # noqa: F401  (fixtures)
+from tests.factories import CustomerFactory
+from tests.invoicing.conftest import (
+    ChargeSpec,
+    TierSpec,
+    at,
+    close,
+    lines,
+    meter,
+    plan,
+    subscribe,
+    use,
+)
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+def calendar_plan(*charges, day=1, interval="month", **kw):
+    return plan(*charges, billing_time="calendar", billing_anchor_day=day, interval=interval, **kw)
+
+
+# 1. The usage report's default range (the current period) is refused for a period longer
+#    than MAX_USAGE_DAYS (400), which the validator now allows (up to five years).
+def test_usage_report_default_period_of_a_two_year_plan(api):  # noqa: F811
+    subscription = subscribe(
+        plan(ChargeSpec(meter=meter(), unit_price=D(1)), interval="year", interval_count=2),
+        start=at(2026, 1, 1),
+    )
+    assert subscription.current_period_end == at(2028, 1, 1)
+    response = api.get(f"/api/v1/customers/{subscription.customer.external_id}/usage")
+    # fails: 400 {"param": "to", "message": "at most 400 days at a time"} although no "to"
+    # was given — every plan with a period over 400 days has no default usage report
+    assert response.status_code == 200, response.json()
+
+
+# 2. billing_time: calendar given on the subscription without an anchor day ignores the
+#    plan's billing_anchor_day, though the API/admin help texts say "default the plan's".
+def test_explicit_calendar_without_a_day_takes_the_plans_anchor_day():
+    the_plan = calendar_plan(day=15)
+    customer = CustomerFactory()
+    implicit = billing.create_subscription(
+        customer=customer, plan=the_plan, start=at(2026, 4, 20), now=at(2026, 4, 20)
+    )
+    assert implicit.current_period_end == at(2026, 5, 15)
+    billing.cancel_subscription(subscription_id=implicit.pk, now=at(2026, 4, 20))
+    explicit = billing.create_subscription(
+        customer=customer,
+        plan=the_plan,
+        start=at(2026, 4, 20),
+        now=at(2026, 4, 20),
+        billing_time="calendar",
+    )
+    # fails: 2026-05-01 (anchor day 1), not the plan's 15th
+    assert explicit.current_period_end == at(2026, 5, 15)
+
+
+# 3. In a calendar stub, a prorated charge's first-tier flat fee is prorated when there is
+#    usage but invoiced in full at zero usage: zero usage costs more than one unit.
+def tiered(**kw):
+    return ChargeSpec(
+        meter=meter(name="Seats"),
+        price_model="graduated",
+        tiers=(TierSpec(up_to=None, unit_price=D(0), flat_fee=D(31)),),
+        prorated=True,
+        flat_fee_at_zero=True,
+        **kw,
+    )
+
+
+def test_flat_fee_at_zero_on_a_prorated_charge_is_prorated_over_the_stub():
+    """Stub 15 Jan – 1 Feb, 17 of 31 days: the flat fee 31.00 → 17.00 whether or not a unit
+    was used."""
+    with_use = subscribe(calendar_plan(tiered()), start=at(2026, 1, 15, 9, 30))
+    use(with_use, 1, at_time=at(2026, 1, 20))
+    assert close(with_use, as_of=at(2026, 2, 1)).total == D(17)
+
+    without = subscribe(calendar_plan(tiered()), start=at(2026, 1, 15, 9, 30))
+    # fails: 31.00 — the zero-usage flat fee is not prorated in the stub
+    assert close(without, as_of=at(2026, 2, 1)).total == D(17)
+
+
+# 4. A calendar start on the anchor day but after midnight is a whole period (its first day
+#    counted in full: the full fee) yet is treated as a stub: the invoice says "prorated" and
+#    carries a 0.00 "prorated" line per prorated charge.
+def test_a_start_on_the_anchor_day_after_midnight_is_not_reported_prorated():
+    calls = ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10"), prorated=True)
+    subscription = subscribe(calendar_plan(calls, base_fee="49"), start=at(2026, 2, 1, 9, 30))
+    use(subscription, 100, at_time=at(2026, 2, 10))
+    invoice = close(subscription, as_of=at(2026, 3, 1))
+    # fails: [("base_fee", "Pro — base fee, prorated 2026-02-01 to 2026-03-01", 1, 49),
+    #         ("usage", "Calls", 100, 10),
+    #         ("usage", "Calls, prorated: billed 2026-02-01 to 2026-03-01", 0, 0)]
+    assert lines(invoice) == [
+        ("base_fee", "Pro — base fee", D(1), D(49)),
+        ("usage", "Calls", D(100), D(10)),
+    ]
