@@ -105,3 +105,19 @@ def test_a_start_on_the_anchor_day_after_midnight_is_not_reported_prorated():
         ("base_fee", "Pro — base fee", D(1), D(49)),
         ("usage", "Calls", D(100), D(10)),
     ]
+
+
+# 5. A subscription canceled on the first day of a calendar stub is billed from midnight
+#    (before it existed) to the cancellation by time: neither by time (0.00) nor by day
+#    with the first day in full (1.00) — 31.00 × 9h31m / 31 days = 0.3965… → 0.40.
+def test_a_cancel_on_the_first_day_of_a_stub_is_billed_by_time_or_by_day_not_both():
+    subscription = subscribe(calendar_plan(base_fee="31"), start=at(2026, 1, 15, 9, 30))
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 1, 15, 9, 31))
+    subscription.refresh_from_db()
+    invoice = compute_invoice(
+        subscription=subscription,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+    )
+    # fails: 0.40 (9 h 31 min of a subscription that lasted one minute)
+    assert invoice.total in (D("0.00"), D("1.00"))
