@@ -14,7 +14,8 @@ The anchor is where periods are counted from. Billed from the subscription's sta
 calendar (``calendar_anchor``) it is a calendar boundary at or before the first billed
 moment, carrying the anchor day itself (a 31 is kept as 31: the January of the year), and
 the subscription's first period runs from its start to the next boundary — a *stub*,
-whose fees are prorated by day over the whole period it is part of (``whole_period``).
+whose fees are prorated by day over the whole period it is part of (``whole_period``),
+its first day and the day it ends in (a cancellation) counted in full (``fee_span``).
 ``subscription_period`` is the one function that says which period of a subscription a
 moment lies in; the rating, the close, the upcoming invoice, the portal and budgets use it.
 
@@ -187,6 +188,54 @@ def whole_period_of(
     )
 
 
+def fee_span(
+    subscription: Subscription,
+    *,
+    used_from: datetime,
+    used_until: datetime,
+    period_start: datetime,
+    period_end: datetime,
+) -> tuple[datetime, datetime, datetime, datetime]:
+    """What a fee for [used_from, used_until) of one of the subscription's periods is charged
+    for, and over what: ``(from, until, whole_start, whole_end)``.
+
+    A period that is its own whole (an anniversary period, a calendar period begun on its
+    boundary, a trial) is charged by time. A first period shortened by a calendar anchor (a
+    stub) is charged by day over the whole period it is part of — one rule at both ends:
+    its first day counts in full (from midnight, whatever the hour of the start), and so does
+    the day the subscription ends in (to the next midnight). A plan change inside the period
+    splits it where it happened, so its parts still add up to the whole."""
+    whole_start, whole_end = whole_period_of(subscription, period_start, period_end)
+    if (whole_start, whole_end) != (period_start, period_end):
+        if used_from <= period_start:
+            used_from = midnight(period_start)
+        ended_at = subscription.ended_at
+        if ended_at is not None and ended_at <= used_until < period_end:
+            last_day = midnight(used_until)
+            used_until = min(last_day if last_day == used_until else last_day + DAY, whole_end)
+    return used_from, used_until, whole_start, whole_end
+
+
+def covers_whole_period(
+    subscription: Subscription,
+    *,
+    used_from: datetime,
+    used_until: datetime,
+    period_start: datetime,
+    period_end: datetime,
+) -> bool:
+    """Whether a fee for [used_from, used_until) is the whole fee, by ``fee_span``'s rule (a
+    calendar start on its anchor day after midnight bills its first period whole)."""
+    start, end, whole_start, whole_end = fee_span(
+        subscription,
+        used_from=used_from,
+        used_until=used_until,
+        period_start=period_start,
+        period_end=period_end,
+    )
+    return start <= whole_start and end >= whole_end
+
+
 def prorate_fee(
     subscription: Subscription,
     amount: Decimal,
@@ -196,19 +245,20 @@ def prorate_fee(
     period_start: datetime,
     period_end: datetime,
 ) -> Decimal:
-    """A fee (base fee, minimum, prorated charge) for [used_from, used_until) of one of the
-    subscription's periods: by time over the period — or, in a first period shortened by a
-    calendar anchor, by day over the whole period it is part of, its first day counted in
-    full (17 of January's 31 days for a start on the 15th, whatever the hour)."""
-    whole_start, whole_end = whole_period_of(subscription, period_start, period_end)
-    if (whole_start, whole_end) != (period_start, period_end) and used_from <= period_start:
-        used_from = midnight(period_start)
-    return prorate(
-        amount,
+    """A fee (base fee, minimum, prorated charge, a first tier's flat fee at zero usage) for
+    [used_from, used_until) of one of the subscription's periods (``fee_span``): by time
+    over the period — or, in a first period shortened by a calendar anchor, by day over the
+    whole period it is part of (17 of January's 31 days for a start on the 15th, whatever the
+    hour; 1 day for a cancellation on that same day)."""
+    start, end, whole_start, whole_end = fee_span(
+        subscription,
         used_from=used_from,
         used_until=used_until,
-        period_start=whole_start,
-        period_end=whole_end,
+        period_start=period_start,
+        period_end=period_end,
+    )
+    return prorate(
+        amount, used_from=start, used_until=end, period_start=whole_start, period_end=whole_end
     )
 
 

@@ -20,7 +20,7 @@ from billing.models import (
     Subscription,
     SubscriptionPhase,
 )
-from billing.periods import prorate_fee, whole_period_of
+from billing.periods import covers_whole_period, prorate_fee
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import to_minor_unit
 from metering import rating
@@ -128,9 +128,14 @@ def base_fee_lines(
             period_start=period_start,
             period_end=period_end,
         )
-        whole = (starts, ends) == whole_period_of(subscription, period_start, period_end)
         description = f"{phase.plan.name} — base fee"
-        if not whole:
+        if not covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        ):
             description += f", prorated {_fmt(starts)} to {_fmt(ends)}"
         lines.append(
             LineDraft(
@@ -304,7 +309,13 @@ def _proration_lines(
     prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
     so the usage lines still say what was rated."""
     starts, ends = _live_span(subscription, period_start, period_end)
-    if ends <= starts or (starts, ends) == whole_period_of(subscription, period_start, period_end):
+    if ends <= starts or covers_whole_period(
+        subscription,
+        used_from=starts,
+        used_until=ends,
+        period_start=period_start,
+        period_end=period_end,
+    ):
         return []
     adjustments = []
     for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
@@ -428,7 +439,13 @@ def minimum_lines(
 
     def note(minimum: Decimal) -> str:
         text = f"minimum {minimum.normalize():,f} {currency} per period"
-        if (starts, ends) != whole_period_of(subscription, period_start, period_end):
+        if not covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        ):
             text += f", prorated {_fmt(starts)} to {_fmt(ends)}"
         return text
 

