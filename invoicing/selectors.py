@@ -206,8 +206,6 @@ def usage_lines(
         if in_trial or terms.consumption_model == ConsumptionModel.CREDITS
         else _zero_usage_fee_lines(terms, counters, period_start, period_end)
     )
-    if not counters:
-        return zero_usage_fees, ZERO
     lines: list[LineDraft] = []
     usage_charged = ZERO
     for counter in counters:
@@ -292,8 +290,12 @@ def usage_lines(
                 **common,
             )
         )
+    # A first tier's flat fee at zero usage is the charge's amount for the period: prorated
+    # with the charge's usage when the charge says so (a stub, a cancellation), never more
+    # than a period with one unit in it would cost.
+    lines += zero_usage_fees
     prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end)
-    return [*lines, *prorations, *zero_usage_fees], usage_charged
+    return [*lines, *prorations], usage_charged
 
 
 def _proration_lines(
@@ -306,19 +308,26 @@ def _proration_lines(
 ) -> list[LineDraft]:
     """For a period billed in part, each prorated charge's usage brought down to the time
     billed: the tiers were chosen on the whole quantity (and rated so), the amount is
-    prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
-    so the usage lines still say what was rated."""
+    prorated as the base fee is (Lago's prorated charges). A first tier's flat fee charged
+    at zero usage is the charge's amount too, prorated alike (zero usage never costs more
+    than one unit). One negative fee line per charge, so the usage lines still say what was
+    rated."""
+    prorated = sorted(m for m, c in terms.charges.items() if c.prorated)
     starts, ends = _live_span(subscription, period_start, period_end)
-    if ends <= starts or covers_whole_period(
-        subscription,
-        used_from=starts,
-        used_until=ends,
-        period_start=period_start,
-        period_end=period_end,
+    if (
+        not prorated
+        or ends <= starts
+        or covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        )
     ):
         return []
     adjustments = []
-    for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
+    for meter_id in prorated:
         rated = sum(
             (
                 ln.amount_precise
@@ -337,7 +346,7 @@ def _proration_lines(
             period_start=period_start,
             period_end=period_end,
         )
-        meter = meters[meter_id]
+        meter = meters.get(meter_id) or Meter.objects.get(pk=meter_id)  # no counter: a fee
         adjustments.append(
             LineDraft(
                 kind=LineKind.USAGE,

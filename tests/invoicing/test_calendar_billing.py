@@ -17,7 +17,17 @@ from billing import services as billing
 from invoicing import services as invoicing
 from invoicing.selectors import compute_invoice
 from metering.models import PeriodUsage
-from tests.invoicing.conftest import ChargeSpec, at, close, lines, meter, plan, subscribe, use
+from tests.invoicing.conftest import (
+    ChargeSpec,
+    TierSpec,
+    at,
+    close,
+    lines,
+    meter,
+    plan,
+    subscribe,
+    use,
+)
 from tests.invoicing.test_pricing_shapes import upcoming_agrees
 
 pytestmark = pytest.mark.django_db
@@ -77,6 +87,31 @@ def test_usage_in_the_stub_is_rated_as_usual_and_prorated_when_the_charge_says_s
     assert invoice.lines.get(amount__lt=0).amount_precise == D("-4.516129032258")
     assert invoice.total == D("5.48")
     upcoming_agrees(prorated, invoice)
+
+
+@pytest.mark.parametrize("used", [0, 1])
+def test_a_flat_fee_at_zero_usage_is_prorated_over_the_stub(used):
+    """Stub 15 January – 1 February, 17 of 31 days: a prorated charge's first-tier flat fee
+    31.00 (charged at zero usage) → 17.00 whether or not a seat was used."""
+    seats = ChargeSpec(
+        meter=meter(name="Seats"),
+        price_model="graduated",
+        tiers=(TierSpec(up_to=None, unit_price=D(0), flat_fee=D(31)),),
+        prorated=True,
+        flat_fee_at_zero=True,
+    )
+    subscription = subscribe(calendar_plan(seats), start=at(2026, 1, 15, 9, 30))
+    if used:
+        use(subscription, used, at_time=at(2026, 1, 20))
+    invoice = close(subscription, as_of=at(2026, 2, 1))
+    assert invoice.total == D(17)
+    assert lines(invoice)[-1] == (
+        "usage",
+        "Seats, prorated: billed 2026-01-15 to 2026-02-01",
+        D(0),
+        D(-14),
+    )
+    upcoming_agrees(subscription, invoice)
 
 
 def test_a_minimum_is_prorated_over_the_stub_as_the_fee_is():

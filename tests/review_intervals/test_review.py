@@ -31,31 +31,6 @@ def calendar_plan(*charges, day=1, interval="month", **kw):
     return plan(*charges, billing_time="calendar", billing_anchor_day=day, interval=interval, **kw)
 
 
-# 3. In a calendar stub, a prorated charge's first-tier flat fee is prorated when there is
-#    usage but invoiced in full at zero usage: zero usage costs more than one unit.
-def tiered(**kw):
-    return ChargeSpec(
-        meter=meter(name="Seats"),
-        price_model="graduated",
-        tiers=(TierSpec(up_to=None, unit_price=D(0), flat_fee=D(31)),),
-        prorated=True,
-        flat_fee_at_zero=True,
-        **kw,
-    )
-
-
-def test_flat_fee_at_zero_on_a_prorated_charge_is_prorated_over_the_stub():
-    """Stub 15 Jan – 1 Feb, 17 of 31 days: the flat fee 31.00 → 17.00 whether or not a unit
-    was used."""
-    with_use = subscribe(calendar_plan(tiered()), start=at(2026, 1, 15, 9, 30))
-    use(with_use, 1, at_time=at(2026, 1, 20))
-    assert close(with_use, as_of=at(2026, 2, 1)).total == D(17)
-
-    without = subscribe(calendar_plan(tiered()), start=at(2026, 1, 15, 9, 30))
-    # fails: 31.00 — the zero-usage flat fee is not prorated in the stub
-    assert close(without, as_of=at(2026, 2, 1)).total == D(17)
-
-
 # 6. The pricing file refuses a negative interval_count / billing_anchor_day with its own
 #    reader's message ("must be between 0 and 2147483648"), not the validator's the API and
 #    the admin give (issue 18 item 4: one validator, the same message).
