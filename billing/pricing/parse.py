@@ -281,14 +281,19 @@ class _Parser(ValueReader):
             rounding=self.string(data, "rounding", where, default=RoundingRule.HALF_EVEN.value),
             # 0 is refused by validate_plan_spec (the API's and the admin's message)
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
-            # whole numbers here; their ranges are validate_plan_spec's (the API's message)
-            interval_count=self.integer(data, "interval_count", where, default=1, maximum=2**31),
+            # whole numbers of either sign here; their ranges are validate_plan_spec's (the
+            # API's and the admin's message, for -1 as for 61)
+            interval_count=self.integer(
+                data, "interval_count", where, default=1, minimum=-(2**31), maximum=2**31
+            ),
             billing_time=self.string(
                 data, "billing_time", where, default=BillingTime.ANNIVERSARY.value
             ),
             billing_anchor_day=None
             if data.get("billing_anchor_day") is None
-            else self.integer(data, "billing_anchor_day", where, default=1, maximum=2**31),
+            else self.integer(
+                data, "billing_anchor_day", where, default=1, minimum=-(2**31), maximum=2**31
+            ),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")
                 for i, item in enumerate(

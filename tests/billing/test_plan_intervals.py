@@ -239,12 +239,17 @@ def test_the_api_echoes_the_new_fields(api, meter_code):
         ({"interval_count": 0}, "interval_count must be a whole number from 1 to 60 for "
          "interval month"),
         ({"interval_count": 61}, "interval_count must be a whole number from 1 to 60"),
+        # negative: the file reads any whole number and leaves the range to the validator
+        ({"interval_count": -1}, "interval_count must be a whole number from 1 to 60"),
+        ({"interval": "week", "interval_count": -(2**31)}, "from 1 to 260 for interval week"),
         ({"interval": "year", "interval_count": 6}, "from 1 to 5 for interval year"),
         ({"interval": "day", "interval_count": 1827}, "from 1 to 1826 for interval day"),
         ({"billing_anchor_day": 15}, "billing_anchor_day applies to billing_time: calendar only"),
         ({"billing_time": "calendar", "billing_anchor_day": 32},
          "billing_anchor_day for interval month is a day of the month, 1 to 31"),
         ({"billing_time": "calendar", "billing_anchor_day": 0}, "a day of the month, 1 to 31"),
+        ({"billing_time": "calendar", "billing_anchor_day": -1},
+         "billing_anchor_day for interval month is a day of the month, 1 to 31"),
         ({"interval": "week", "billing_time": "calendar", "billing_anchor_day": 8},
          "billing_anchor_day for interval week is an ISO weekday, 1 (Monday) to 7 (Sunday)"),
         ({"interval": "day", "billing_time": "calendar", "billing_anchor_day": 1},
