@@ -112,6 +112,8 @@ class SubscriptionSerializer(serializers.ModelSerializer):
             "status",
             "started_at",
             "billing_anchor",
+            "billing_time",
+            "billing_anchor_day",
             "current_period_start",
             "current_period_end",
             "trial_ends_at",

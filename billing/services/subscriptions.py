@@ -81,7 +81,9 @@ def create_subscription(
     if trial_days < 0:
         raise errors.ValidationFailed("trial_days cannot be negative", param="trial_days")
     trial_ends_at = start + timedelta(days=trial_days) if trial_days else None
-    anchor = _billing_anchor(plan, trial_ends_at or start, billing_time, billing_anchor_day)
+    anchor, billing_time, billing_anchor_day = _billing_anchor(
+        plan, trial_ends_at or start, billing_time, billing_anchor_day
+    )
     if trial_ends_at is not None:
         # The trial is the first period (closed, free, like any trial's); a trial that
         # ended in the past is over, so the subscription is active, its trial period due.
@@ -104,6 +106,8 @@ def create_subscription(
                 status=status,
                 started_at=start,
                 billing_anchor=anchor,
+                billing_time=billing_time,
+                billing_anchor_day=billing_anchor_day,
                 current_period_start=period_start,
                 current_period_end=period_end,
                 trial_ends_at=trial_ends_at,
@@ -128,9 +132,11 @@ def create_subscription(
 
 def _billing_anchor(
     plan: Plan, first: datetime, billing_time: str | None, anchor_day: int | None
-) -> datetime:
+) -> tuple[datetime, str, int | None]:
     """Where the subscription counts its periods from: ``first`` (its start, or its trial's
-    end), or a calendar boundary at or before it (``billing.periods.calendar_anchor``)."""
+    end), or a calendar boundary at or before it (``billing.periods.calendar_anchor``); with
+    the billing time and the anchor day in force (the day the calendar falls on: the 1st or
+    Monday when none was named; none when billed from the start, or daily)."""
     if billing_time is None:
         billing_time = plan.billing_time
     if anchor_day is None and billing_time == plan.billing_time:
@@ -144,8 +150,9 @@ def _billing_anchor(
         billing_anchor_day=anchor_day,
     )
     if billing_time == BillingTime.ANNIVERSARY:
-        return first
-    return calendar_anchor(interval=plan.interval, anchor_day=anchor_day, first=first)
+        return first, billing_time, None
+    anchor = calendar_anchor(interval=plan.interval, anchor_day=anchor_day, first=first)
+    return anchor, billing_time, None if plan.interval == "day" else (anchor_day or 1)
 
 
 def emit_subscription_event(kind: EventType, subscription: Subscription, dedupe_key: str) -> None:

@@ -23,6 +23,7 @@ from billing.periods import (
     subscription_period,
     whole_period,
 )
+from billing.webhooks.payloads import subscription_data
 from tests.billing.conftest import assert_error, at, iso
 from tests.billing.test_pricing_shapes import (
     body,
@@ -342,6 +343,14 @@ def test_a_subscription_billed_on_the_calendar(api, clock, customer_and_plan):
     assert got["current_period_start"] == iso(at(2026, 4, 15, 9, 30))
     assert got["current_period_end"] == iso(at(2026, 4, 30))
     assert got["billing_anchor"] == iso(at(2026, 1, 31))
+    assert (got["billing_time"], got["billing_anchor_day"]) == ("calendar", 31)
+    # as stored, and as GET and the subscription.created webhook say it
+    subscription = Subscription.objects.get()
+    assert (subscription.billing_time, subscription.billing_anchor_day) == ("calendar", 31)
+    again = api.get(f"/api/v1/subscriptions/{got['id']}").json()
+    assert (again["billing_time"], again["billing_anchor_day"]) == ("calendar", 31)
+    data = subscription_data(subscription)
+    assert (data["billing_time"], data["billing_anchor_day"]) == ("calendar", 31)
 
 
 def test_a_subscription_takes_its_plans_calendar_anchor(api, clock, customer_and_plan):
@@ -349,6 +358,10 @@ def test_a_subscription_takes_its_plans_calendar_anchor(api, clock, customer_and
     assert response.status_code == 201, response.json()
     # Wednesday 15 April: a stub to Monday 20 April
     assert response.json()["current_period_end"] == iso(at(2026, 4, 20))
+    assert (response.json()["billing_time"], response.json()["billing_anchor_day"]) == (
+        "calendar",
+        1,
+    )
 
 
 @pytest.mark.parametrize("fields", [{}, {"billing_time": "calendar"}])
@@ -370,6 +383,10 @@ def test_a_subscription_may_bill_from_its_start_on_a_calendar_plan(api, clock, c
     response = subscribe(api, clock, plan="weekly", billing_time="anniversary")
     assert response.status_code == 201, response.json()
     assert response.json()["current_period_end"] == iso(at(2026, 4, 22, 9, 30))
+    assert (response.json()["billing_time"], response.json()["billing_anchor_day"]) == (
+        "anniversary",
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -522,3 +539,6 @@ def test_the_schema_documents_the_cadence_fields(api):
     assert components["IntervalEnum"]["enum"] == ["day", "week", "month", "quarter", "year"]
     created = components["SubscriptionCreateRequest"]["properties"]
     assert {"billing_time", "billing_anchor_day"} <= set(created)
+    shown = components["Subscription"]["properties"]
+    assert {"billing_anchor", "billing_time", "billing_anchor_day"} <= set(shown)
+    assert "null" in shown["billing_anchor_day"]["type"]
