@@ -77,7 +77,7 @@ from billing.models import (
     SubscriptionPhase,
     SubscriptionStatus,
 )
-from billing.periods import MONTHS_PER_INTERVAL, period_boundary, period_containing, utc
+from billing.periods import period_boundary, period_containing, period_index, period_of, utc
 from billing.services.locks import lock_subscription_customer
 
 ZERO = Decimal(0)
@@ -90,8 +90,9 @@ class DueGrant:
     rule: PlanCreditGrant
     start: datetime
     end: datetime
-    unit: str  # the interval grant periods are counted in: "month" or "year"
+    unit: str  # the interval grant periods are counted in: the plan's, or "month"
     index: int  # grant period number from the anchor
+    count: int = 1  # of ``unit`` a grant period lasts (the plan's interval_count)
 
     @property
     def currency(self) -> str:
@@ -111,40 +112,34 @@ def _plan_at(subscription: Subscription, moment: datetime) -> Plan:
     return phase.plan if phase is not None else subscription.plan
 
 
-def _index(anchor: datetime, unit: str, start: datetime) -> int:
-    """n such that period n from the anchor starts at ``start`` (a boundary)."""
-    step = MONTHS_PER_INTERVAL[unit]
-    n = max(((start.year - anchor.year) * 12 + start.month - anchor.month) // step - 1, 0)
-    while period_boundary(anchor, unit, n) < start:
-        n += 1
-    return n
-
-
 def due_grant(subscription: Subscription, now: datetime) -> DueGrant | None:
     """The grant period of ``subscription`` containing ``now`` and the plan rule that
     grants it, or None when nothing is due (no rule, trial, not live, close pending)."""
     if subscription.status not in GRANTING:
         return None
     anchor = subscription.billing_anchor
-    if now < anchor:  # on trial: the anchor is the trial's end
+    first = subscription.trial_ends_at or subscription.started_at  # the first period billed
+    if now < first:  # on trial
         return None
     if subscription.current_period_end <= now and (
         subscription.scheduled_plan_id is not None or subscription.cancel_at_period_end
     ):
         return None  # the close has a plan change or an end to apply first: wait for it
     interval = subscription.plan.interval  # a change never moves the interval
-    billing_start, billing_end = period_containing(anchor, interval, now)
+    count = subscription.plan.interval_count
+    billing_start, billing_end = period_of(subscription, now)
     plan = _plan_at(subscription, billing_start)
     rule = PlanCreditGrant.objects.filter(plan=plan).first()
     if rule is None:
         return None
     if rule.cadence == GrantCadence.ONCE:
-        if billing_start != anchor:
+        if billing_start != first:
             return None
         unit, start, end = interval, billing_start, billing_end
     elif rule.cadence == GrantCadence.MONTH:
-        unit = "month"
+        unit, count = "month", 1
         start, end = period_containing(anchor, unit, now)
+        start = max(start, first)
         if start != billing_start:
             # a month inside the billing period (a yearly plan): the plan in force at the
             # start of that month grants it, if its rule grants monthly too
@@ -154,7 +149,7 @@ def due_grant(subscription: Subscription, now: datetime) -> DueGrant | None:
                 return None
     else:
         unit, start, end = interval, billing_start, billing_end
-    return DueGrant(plan, rule, start, end, unit, _index(anchor, unit, start))
+    return DueGrant(plan, rule, start, end, unit, period_index(anchor, unit, start, count), count)
 
 
 def expiry_of(subscription: Subscription, due: DueGrant) -> datetime | None:
@@ -167,7 +162,10 @@ def expiry_of(subscription: Subscription, due: DueGrant) -> datetime | None:
     if recurring and rule.rollover != Rollover.NONE and rule.rollover_periods:
         ends.append(
             period_boundary(
-                subscription.billing_anchor, due.unit, due.index + 1 + rule.rollover_periods
+                subscription.billing_anchor,
+                due.unit,
+                due.index + 1 + rule.rollover_periods,
+                due.count,
             )
         )
     if rule.expiry == GrantExpiry.PERIOD_END and not recurring:

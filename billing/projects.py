@@ -39,7 +39,7 @@ from billing.models import (
     ProjectSpend,
     Subscription,
 )
-from billing.periods import add_months, period_containing
+from billing.periods import add_months, period_of
 from billing.services import lock_customer_usage
 
 KEEP: Any = object()  # update_project: leave this field as it is
@@ -153,7 +153,7 @@ def budget_period(
             return subscription.started_at, subscription.trial_ends_at
         if subscription.current_period_start <= at < subscription.current_period_end:
             return subscription.current_period_start, subscription.current_period_end
-        return period_containing(subscription.billing_anchor, subscription.plan.interval, at)
+        return period_of(subscription, at)
     month = at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return month, add_months(month, 1)
 

@@ -40,11 +40,11 @@ from billing.models import (
     CreditGrant,
     Customer,
     GrantStatus,
-    Interval,
     Subscription,
     SubscriptionPhase,
     SubscriptionStatus,
 )
+from billing.periods import MONTHS_PER_INTERVAL
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
 from invoicing.money import UNIT_PLACES
 from metering.alerts import CATALOG_CURRENCY
@@ -213,28 +213,42 @@ def _mrr_at(moment: datetime) -> Q:
 
 
 def mrr(*, now: datetime, before: datetime) -> dict[str, tuple[Decimal, Decimal]]:
-    """{currency: (MRR now, MRR at ``before``)}: monthly base fees, a yearly one / 12."""
-    yearly = Q(plan__interval=Interval.YEAR)
-    monthly = ~yearly
+    """{currency: (MRR now, MRR at ``before``)}: base fees brought to a month — a yearly
+    one / 12, a quarterly one / 3, every N months / N; a weekly one × 52 / 12 and a daily
+    one × 365 / 12 (each over its interval_count)."""
     rows = (
         SubscriptionPhase.objects.filter(_mrr_at(now) | _mrr_at(before))
-        .values("plan__currency")
+        .values("plan__currency", "plan__interval", "plan__interval_count")
         .annotate(
-            now_m=Sum("plan__base_fee", filter=_mrr_at(now) & monthly),
-            now_y=Sum("plan__base_fee", filter=_mrr_at(now) & yearly),
-            before_m=Sum("plan__base_fee", filter=_mrr_at(before) & monthly),
-            before_y=Sum("plan__base_fee", filter=_mrr_at(before) & yearly),
+            now=Sum("plan__base_fee", filter=_mrr_at(now)),
+            before=Sum("plan__base_fee", filter=_mrr_at(before)),
         )
     )
-    # The yearly fees are added first and divided once: the twelfth of a sum, not a sum of
-    # twelfths (exact either way at these precisions; this keeps fewer digits).
-    return {
-        row["plan__currency"]: (
-            (row["now_m"] or ZERO) + (row["now_y"] or ZERO) / 12,
-            (row["before_m"] or ZERO) + (row["before_y"] or ZERO) / 12,
+    # The fees of one cadence are added first and brought to a month once: the twelfth of a
+    # sum, not a sum of twelfths (exact either way at these precisions; fewer digits).
+    result: dict[str, tuple[Decimal, Decimal]] = {}
+    for row in rows:
+        cadence = row["plan__interval"], row["plan__interval_count"]
+        now_total, before_total = result.get(row["plan__currency"], (ZERO, ZERO))
+        result[row["plan__currency"]] = (
+            now_total + _a_month_of(row["now"] or ZERO, *cadence),
+            before_total + _a_month_of(row["before"] or ZERO, *cadence),
         )
-        for row in rows
-    }
+    return result
+
+
+# Periods of a day or a week in a year (52 weeks, 365 days, as MRR is usually counted).
+PER_YEAR = {"day": 365, "week": 52}
+
+
+def _a_month_of(fee: Decimal, interval: str, count: int) -> Decimal:
+    """A base fee per ``count`` × ``interval`` brought to a month."""
+    if not fee:
+        return ZERO
+    if interval in MONTHS_PER_INTERVAL:
+        months = MONTHS_PER_INTERVAL[interval] * count
+        return fee if months == 1 else fee / months
+    return fee * PER_YEAR[interval] / (12 * count)
 
 
 def _remaining() -> Any:
@@ -466,9 +480,9 @@ def open_invoices(customer: Customer, *, limit: int = 5) -> list[Invoice]:
     )
 
 
-def recent_usage(customer: Customer, *, now: datetime | None = None, days: int = 30) -> list[
-    UsageDay
-]:
+def recent_usage(
+    customer: Customer, *, now: datetime | None = None, days: int = 30
+) -> list[UsageDay]:
     """The customer's rated usage per UTC day and currency over the last ``days`` days,
     from the daily counters (index on customer and day)."""
     now = now or timezone.now()

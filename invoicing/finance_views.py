@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -198,9 +199,15 @@ class PlanPreviewAnswerSerializer(serializers.Serializer):
     )
 
 
+# What a draft may change (the API's preview takes the first four, the admin's page all).
+DRAFTED = ("name", "base_fee", "units_per_credit", "charges", "description", "trial_days")
+
+
 def draft_spec(plan: Plan, changes: dict[str, Any]) -> services.PlanSpec:
-    """The spec of ``plan`` with the draft's changes (code, currency, interval and
-    consumption model stay: versions of one plan bill alike)."""
+    """The spec of ``plan`` with the draft's changes (``DRAFTED``, and its credit grant).
+    Every other term is the current version's — code, currency, interval and cadence,
+    consumption model (versions of one plan bill alike), its rounding, its minimum, and any
+    term added later — so a draft previews what it changes and nothing else."""
     spec = services.plan_spec_of(plan)
     data: dict[str, Any] = {
         "code": spec.code,
@@ -216,7 +223,9 @@ def draft_spec(plan: Plan, changes: dict[str, Any]) -> services.PlanSpec:
         "credit_grant": spec.credit_grant,
     }
     data.update(changes)
-    return billing_selectors.plan_spec_from_validated(data)
+    draft = billing_selectors.plan_spec_from_validated(data)
+    drafted = {name: getattr(draft, name) for name in DRAFTED}
+    return replace(spec, **drafted, credit_grant=draft.credit_grant)
 
 
 class PlanPreviewView(APIView):

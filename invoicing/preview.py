@@ -203,6 +203,7 @@ def draft_terms(spec: PlanSpec) -> tuple[rating.PlanTerms, dict[int, Meter]]:
         consumption_model=spec.consumption_model,
         units_per_credit=spec.units_per_credit,
         charges=charges,
+        interval_count=spec.interval_count,
     )
     return terms, {m.pk: m for m in meters.values()}
 
@@ -408,6 +409,7 @@ def preview_plan_version(
             name=spec.name,
             currency=spec.currency,
             interval=spec.interval,
+            interval_count=spec.interval_count,
             base_fee=spec.base_fee,
             consumption_model=spec.consumption_model,
             units_per_credit=spec.units_per_credit,

@@ -21,7 +21,7 @@ from billing.models import (
     Subscription,
     SubscriptionPhase,
 )
-from billing.periods import prorate
+from billing.periods import covers_whole_period, prorate_fee
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
@@ -123,16 +123,22 @@ def base_fee_lines(
         ends = min(phase.ends_at or period_end, not_after)
         if ends <= starts or not phase.plan.base_fee:
             continue
-        amount = prorate(
+        amount = prorate_fee(
+            subscription,
             phase.plan.base_fee,
             used_from=starts,
             used_until=ends,
             period_start=period_start,
             period_end=period_end,
         )
-        whole = starts == period_start and ends == period_end
         description = f"{phase.plan.name} — base fee"
-        if not whole:
+        if not covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        ):
             description += f", prorated {_fmt(starts)} to {_fmt(ends)}"
         lines.append(
             LineDraft(
@@ -203,8 +209,6 @@ def usage_lines(
         if in_trial or terms.consumption_model == ConsumptionModel.CREDITS
         else _zero_usage_fee_lines(terms, counters, period_start, period_end)
     )
-    if not counters:
-        return zero_usage_fees, ZERO
     lines: list[LineDraft] = []
     usage_charged = ZERO
     for counter in counters:
@@ -289,8 +293,12 @@ def usage_lines(
                 **common,
             )
         )
+    # A first tier's flat fee at zero usage is the charge's amount for the period: prorated
+    # with the charge's usage when the charge says so (a stub, a cancellation), never more
+    # than a period with one unit in it would cost.
+    lines += zero_usage_fees
     prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end)
-    return [*lines, *prorations, *zero_usage_fees], usage_charged
+    return [*lines, *prorations], usage_charged
 
 
 def _proration_lines(
@@ -303,13 +311,26 @@ def _proration_lines(
 ) -> list[LineDraft]:
     """For a period billed in part, each prorated charge's usage brought down to the time
     billed: the tiers were chosen on the whole quantity (and rated so), the amount is
-    prorated as the base fee is (Lago's prorated charges). One negative fee line per charge,
-    so the usage lines still say what was rated."""
+    prorated as the base fee is (Lago's prorated charges). A first tier's flat fee charged
+    at zero usage is the charge's amount too, prorated alike (zero usage never costs more
+    than one unit). One negative fee line per charge, so the usage lines still say what was
+    rated."""
+    prorated = sorted(m for m, c in terms.charges.items() if c.prorated)
     starts, ends = _live_span(subscription, period_start, period_end)
-    if ends <= starts or (starts, ends) == (period_start, period_end):
+    if (
+        not prorated
+        or ends <= starts
+        or covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period_start,
+            period_end=period_end,
+        )
+    ):
         return []
     adjustments = []
-    for meter_id in sorted(m for m, c in terms.charges.items() if c.prorated):
+    for meter_id in prorated:
         rated = sum(
             (
                 ln.amount_precise
@@ -320,14 +341,15 @@ def _proration_lines(
         )
         if not rated:
             continue
-        share = prorate(
+        share = prorate_fee(
+            subscription,
             rated,
             used_from=starts,
             used_until=ends,
             period_start=period_start,
             period_end=period_end,
         )
-        meter = meters[meter_id]
+        meter = meters.get(meter_id) or Meter.objects.get(pk=meter_id)  # no counter: a fee
         adjustments.append(
             LineDraft(
                 kind=LineKind.USAGE,
@@ -428,9 +450,22 @@ def _slices(
     return parts
 
 
-def _span_note(slices: list[_Slice], period_start: datetime, period_end: datetime) -> str:
+def _span_note(
+    subscription: Subscription,
+    slices: list[_Slice],
+    period_start: datetime,
+    period_end: datetime,
+) -> str:
+    """", prorated … to …" unless the slices cover the whole period (``covers_whole_period``:
+    a calendar start on its anchor day after midnight is whole)."""
     starts, ends = slices[0].starts_at, slices[-1].ends_at
-    if (starts, ends) == (period_start, period_end):
+    if covers_whole_period(
+        subscription,
+        used_from=starts,
+        used_until=ends,
+        period_start=period_start,
+        period_end=period_end,
+    ):
         return ""
     return f", prorated {_fmt(starts)} to {_fmt(ends)}"
 
@@ -463,7 +498,7 @@ def minimum_lines(
     ]
     if not slices:
         return []
-    span = _span_note(slices, period_start, period_end)
+    span = _span_note(subscription, slices, period_start, period_end)
     known: dict[int | None, rating.PlanTerms] = {}
 
     def terms_of(plan: Plan) -> rating.PlanTerms:
@@ -474,7 +509,8 @@ def minimum_lines(
         return known[plan.pk]
 
     def share(amount: Decimal, part: _Slice) -> Decimal:
-        return prorate(
+        return prorate_fee(
+            subscription,
             amount,
             used_from=part.starts_at,
             used_until=part.ends_at,
@@ -600,7 +636,8 @@ def commitment_lines(
     for part in slices:
         commitment = part.plan.commitment_amount
         assert commitment is not None
-        amount = prorate(
+        amount = prorate_fee(
+            subscription,
             commitment,
             used_from=part.starts_at,
             used_until=part.ends_at,
@@ -611,7 +648,13 @@ def commitment_lines(
             f"{part.plan.name} — prepaid commitment, {commitment.normalize():,f} {currency} "
             "per period"
         )
-        if (part.starts_at, part.ends_at) != (period_start, period_end):
+        if not covers_whole_period(
+            subscription,
+            used_from=part.starts_at,
+            used_until=part.ends_at,
+            period_start=period_start,
+            period_end=period_end,
+        ):
             description += f", prorated {_fmt(part.starts_at)} to {_fmt(part.ends_at)}"
         committed_lines.append(
             LineDraft(

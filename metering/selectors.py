@@ -299,7 +299,8 @@ def usage_report(
     its dimensions.
 
     Refused (``param`` naming the API's query parameter): no ``start`` for a customer that
-    never subscribed, an empty or reversed range, more than ``MAX_USAGE_DAYS`` days, and a
+    never subscribed, an empty or reversed range, a range given of more than ``MAX_USAGE_DAYS``
+    days (the default, the current period, is never refused for its length), and a
     ``group_by`` no meter of this usage has."""
     start_given, end_given = start is not None, end is not None
     # The default period: the live subscription's current one, else the last period of the
@@ -327,7 +328,9 @@ def usage_report(
             "to must be after from" if end_given else "from must lie in the past",
             param="to" if end_given else "from",
         )
-    if end - start > timedelta(days=MAX_USAGE_DAYS):
+    if not whole_period and end - start > timedelta(days=MAX_USAGE_DAYS):
+        # A range the caller chose; the current period is read whole, however long its plan's
+        # interval (up to five years), from its own counters.
         raise ValidationFailed(f"at most {MAX_USAGE_DAYS} days at a time", param="to")
     first_day = start.date()
     last_day = (end - timedelta(microseconds=1)).date()

@@ -31,9 +31,21 @@ def test_demo_customers_are_invoiced_paid_offline_and_reconciled(settings, tmp_p
     call_command("seed_demo", stdout=io.StringIO())  # again: nothing twice
     out = io.StringIO()
     call_command("close_periods", stdout=out)
-    assert "4 period(s) closed" in out.getvalue()
+    assert "5 period(s) closed" in out.getvalue()
     drafts = list(Invoice.objects.select_related("customer").order_by("customer__external_id"))
-    assert [d.customer.external_id for d in drafts] == ["acme", "globex", "hooli", "initech"]
+    assert [d.customer.external_id for d in drafts] == [
+        "acme",
+        "globex",
+        "hooli",
+        "initech",
+        "soylent",
+    ]
+    # soylent: team-fortnightly (every other Monday) from a Wednesday, its first period 12 of
+    # 14 days — the base fee 28.00 → 24.00
+    fortnightly = drafts[-1].lines.get(kind="base_fee")
+    assert fortnightly.description.startswith("Team (fortnightly) — base fee, prorated")
+    assert fortnightly.amount == Decimal("24.00")
+    assert (drafts[-1].period_end - drafts[-1].period_start).days == 12
 
     for draft in drafts:
         invoice = services.finalize_invoice(invoice_id=draft.pk)
@@ -53,5 +65,5 @@ def test_demo_customers_are_invoiced_paid_offline_and_reconciled(settings, tmp_p
         assert precise == rated == invoice.usage_charged
         receivable = Account.objects.get(code=f"receivable:{invoice.customer_id}:USD")
         assert ledger_selectors.get_balance(account=receivable).posted == Decimal(0)
-    assert len(mail.outbox) == 4
-    assert sorted(Invoice.objects.values_list("number", flat=True)) == [1, 2, 3, 4]
+    assert len(mail.outbox) == 5
+    assert sorted(Invoice.objects.values_list("number", flat=True)) == [1, 2, 3, 4, 5]

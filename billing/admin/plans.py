@@ -32,6 +32,7 @@ from billing.admin.common import (
 )
 from billing.api.serializers import ChargeSerializer
 from billing.models import (
+    BillingTime,
     ConsumptionModel,
     Interval,
     Plan,
@@ -237,6 +238,18 @@ class PlanVersionForm(forms.Form):
         help_text="Optional, metered plans: a prepaid commitment per period, drawn down by "
         "usage charges; overage beyond it, what is left expires.",
     )
+    # Ranges are validate_plan_spec's (the pricing file's and the API's message).
+    billing_time = forms.ChoiceField(
+        choices=BillingTime.choices,
+        initial=BillingTime.ANNIVERSARY,
+        required=False,  # left out: anniversary, the default
+        help_text="What new subscriptions count their periods from (they may choose).",
+    )
+    billing_anchor_day = forms.IntegerField(
+        required=False,
+        help_text="Calendar billing: day of the month 1–31 (month, quarter, year) or ISO "
+        "weekday 1 Monday … 7 Sunday (week). Empty: the 1st, or Monday.",
+    )
 
     def __init__(self, *args, consumption_model: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -274,6 +287,11 @@ class PlanCreateForm(PlanVersionForm):
     code = forms.SlugField(max_length=100, help_text="Stable; versions share it.")
     currency = forms.RegexField(CURRENCY_RE, initial="USD")
     interval = forms.ChoiceField(choices=Interval.choices, initial=Interval.MONTH)
+    interval_count = forms.IntegerField(
+        required=False,  # left out: 1
+        initial=1,
+        help_text="A period lasts this many intervals (2 with week: fortnightly).",
+    )
     consumption_model = forms.ChoiceField(
         choices=ConsumptionModel.choices, initial=ConsumptionModel.METERED
     )
@@ -293,6 +311,9 @@ class PlanCreateForm(PlanVersionForm):
         "rounding",
         "minimum_amount",
         "commitment_amount",
+        "interval_count",
+        "billing_time",
+        "billing_anchor_day",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -351,6 +372,9 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "rounding",
         "minimum_amount",
         "commitment_amount",
+        "interval_count",
+        "billing_time",
+        "billing_anchor_day",
         "metadata",
         "self_serve",
         "spec_hash",
@@ -421,6 +445,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "rounding": spec.rounding,
                 "minimum_amount": decimal_text(spec.minimum_amount),
                 "commitment_amount": decimal_text(spec.commitment_amount),
+                "billing_time": spec.billing_time,
+                "billing_anchor_day": spec.billing_anchor_day,
             },
         )
 
@@ -431,6 +457,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                     "code": spec.code,
                     "currency": spec.currency,
                     "interval": spec.interval,
+                    "interval_count": spec.interval_count,
                     "consumption_model": spec.consumption_model,
                     "metadata": spec.metadata,
                     "units_per_credit": data.get("units_per_credit", spec.units_per_credit),
@@ -446,6 +473,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                             "rounding",
                             "minimum_amount",
                             "commitment_amount",
+                            "billing_time",
+                            "billing_anchor_day",
                         )
                     },
                 }
@@ -474,7 +503,10 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
             facts=[
                 ("code", plan.code),
                 ("currency", plan.currency),
-                ("interval", plan.get_interval_display()),
+                (
+                    "interval",
+                    plan.get_interval_display() if plan.interval_count == 1 else plan.per_interval,
+                ),
                 ("consumption model", plan.get_consumption_model_display()),
             ],
         )

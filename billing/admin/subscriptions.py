@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from billing import selectors, services
 from billing.admin.common import ServiceFormMixin, admin_link, timestamp
 from billing.errors import BillingError
-from billing.models import Customer, Subscription, SubscriptionPhase
+from billing.models import BillingTime, Customer, Subscription, SubscriptionPhase
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 
 
@@ -48,6 +48,17 @@ class SubscriptionCreateForm(forms.Form):
     )
     trial_days = forms.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Empty = the plan's trial."
+    )
+    # Ranges are the plan validator's (billing.services.validate_billing_cadence).
+    billing_time = forms.ChoiceField(
+        choices=[("", "The plan's"), *BillingTime.choices],
+        required=False,
+        help_text="Periods from the start, or on the calendar (a first period prorated by day).",
+    )
+    billing_anchor_day = forms.IntegerField(
+        required=False,
+        help_text="Calendar: day of the month 1–31, or ISO weekday 1–7 for weekly plans. "
+        "Empty = the plan's, else the 1st or Monday.",
     )
 
 
@@ -86,6 +97,8 @@ class SubscriptionAdmin(ServiceFormMixin, ReadOnlyAdmin):
                 plan=data["plan"],
                 start=data["start"],
                 trial_days=data["trial_days"],
+                billing_time=data["billing_time"] or None,
+                billing_anchor_day=data["billing_anchor_day"],
             )
             self.log_addition(request, subscription, "Subscribed in the admin.")
             messages.success(request, f"{subscription} created ({subscription.status}).")

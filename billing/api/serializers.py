@@ -113,6 +113,8 @@ class SubscriptionSerializer(serializers.ModelSerializer):
             "status",
             "started_at",
             "billing_anchor",
+            "billing_time",
+            "billing_anchor_day",
             "current_period_start",
             "current_period_end",
             "trial_ends_at",
@@ -528,6 +530,28 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
         "period), invoiced whatever the usage and drawn down by the period's usage charges; "
         "usage beyond it is overage, what is left expires. Null: none.",
     )
+    # Ranges checked by validate_plan_spec (the pricing file's and the admin's message).
+    interval_count = serializers.IntegerField(
+        required=False,
+        default=1,
+        help_text="A period lasts this many intervals (2 with week: every two weeks); 1 to "
+        "the count of five years.",
+    )
+    billing_time = serializers.CharField(
+        max_length=20,
+        required=False,
+        default="anniversary",
+        help_text="What new subscriptions count periods from: anniversary (their start, the "
+        "default) or calendar (a first period prorated by day up to the anchor day).",
+    )
+    billing_anchor_day = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Calendar billing: the day of the month 1–31 (month, quarter, year; "
+        "clamped to short months) or the ISO weekday 1 (Monday) to 7 (week). Null: the 1st, "
+        "or Monday.",
+    )
 
     class Meta:
         model = Plan
@@ -549,6 +573,9 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "rounding",
             "minimum_amount",
             "commitment_amount",
+            "interval_count",
+            "billing_time",
+            "billing_anchor_day",
             "published_at",
         ]
         read_only_fields = ["id", "version", "published_at"]
@@ -575,6 +602,19 @@ class SubscriptionCreateSerializer(StrictSerializer):
     )
     trial_days = serializers.IntegerField(
         required=False, min_value=0, max_value=3650, help_text="Overrides the plan's trial."
+    )
+    # Ranges checked by the plan validator's rules (validate_billing_cadence).
+    billing_time = serializers.CharField(
+        max_length=20,
+        required=False,
+        help_text="Overrides the plan's: anniversary (periods from the start) or calendar "
+        "(a first period prorated by day up to the first anchor day).",
+    )
+    billing_anchor_day = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="With billing_time calendar: the day of the month 1–31 or the ISO weekday "
+        "1–7 for weekly plans (default the plan's, else the 1st or Monday).",
     )
 
 

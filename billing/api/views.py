@@ -419,6 +419,8 @@ class SubscriptionCreateView(APIView):
             plan=plan,
             start=values.get("start"),
             trial_days=values.get("trial_days"),
+            billing_time=values.get("billing_time"),
+            billing_anchor_day=values.get("billing_anchor_day"),
         )
         return Response(_subscription_payload(subscription), status=status.HTTP_201_CREATED)
 

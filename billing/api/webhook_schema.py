@@ -14,7 +14,7 @@ from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
 from rest_framework import serializers
 
 from billing.api.fields import Money
-from billing.models import EventType, GrantSource, GrantStatus, SubscriptionStatus
+from billing.models import BillingTime, EventType, GrantSource, GrantStatus, SubscriptionStatus
 
 SIGNING = (
     "Signed the Standard Webhooks way: headers `webhook-id` (the event's id, the same on "
@@ -82,6 +82,11 @@ class SubscriptionData(serializers.Serializer):
     )
     started_at = serializers.DateTimeField()
     billing_anchor = serializers.DateTimeField()
+    billing_time = serializers.ChoiceField(choices=BillingTime.values)
+    billing_anchor_day = serializers.IntegerField(
+        allow_null=True,
+        help_text="billing_time calendar: the day of the month, or the ISO weekday (weekly).",
+    )
     current_period_start = serializers.DateTimeField()
     current_period_end = serializers.DateTimeField()
     trial_ends_at = serializers.DateTimeField(allow_null=True)

@@ -69,6 +69,7 @@ from billing.models.plan_credits import (
 )
 from billing.models.plans import (
     Aggregation,
+    BillingTime,
     ConsumptionModel,
     Interval,
     Meter,
@@ -109,6 +110,7 @@ __all__ = [
     "PortalMember",
     "Wallet",
     "Interval",
+    "BillingTime",
     "ConsumptionModel",
     "RoundingRule",
     "Plan",

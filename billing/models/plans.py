@@ -13,8 +13,18 @@ from billing.models.common import price_field
 
 
 class Interval(models.TextChoices):
+    DAY = "day", "Daily"
+    WEEK = "week", "Weekly"
     MONTH = "month", "Monthly"
+    QUARTER = "quarter", "Quarterly"
     YEAR = "year", "Yearly"
+
+
+class BillingTime(models.TextChoices):
+    """Where a subscription's periods are counted from (``billing.periods``)."""
+
+    ANNIVERSARY = "anniversary", "From the subscription's start (or its trial's end)"
+    CALENDAR = "calendar", "On the calendar: a first period prorated by day up to the anchor"
 
 
 class RoundingRule(models.TextChoices):
@@ -39,7 +49,23 @@ class Plan(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     currency = models.CharField(max_length=16, default="USD")
-    interval = models.CharField(max_length=5, choices=Interval.choices, default=Interval.MONTH)
+    interval = models.CharField(max_length=7, choices=Interval.choices, default=Interval.MONTH)
+    interval_count = models.PositiveSmallIntegerField(
+        default=1, help_text="A period lasts this many intervals (every 2 weeks, 6 months, …)."
+    )
+    billing_time = models.CharField(
+        max_length=11,
+        choices=BillingTime.choices,
+        default=BillingTime.ANNIVERSARY,
+        help_text="What new subscriptions count periods from (they may choose otherwise).",
+    )
+    billing_anchor_day = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Calendar billing: the day of the month (1–31, clamped to short months) "
+        "for month, quarter and year; the ISO weekday (1 Monday … 7 Sunday) for week. "
+        "Empty: the 1st, or Monday.",
+    )
     base_fee = price_field(default=Decimal(0))
     trial_days = models.PositiveIntegerField(default=0)
     consumption_model = models.CharField(
@@ -103,10 +129,20 @@ class Plan(models.Model):
                 condition=Q(commitment_amount__isnull=True) | Q(commitment_amount__gt=0),
                 name="billing_plan_commitment_positive",
             ),
+            models.CheckConstraint(
+                condition=Q(interval_count__gte=1), name="billing_plan_interval_count"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code} v{self.version})"
+
+    @property
+    def per_interval(self) -> str:
+        """What a base fee is per, in words: "a month", "every 2 weeks"."""
+        if self.interval_count == 1:
+            return f"a {self.interval}"
+        return f"every {self.interval_count} {self.interval}s"
 
 
 class Aggregation(models.TextChoices):

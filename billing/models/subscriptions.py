@@ -7,7 +7,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from billing.models.customers import Customer
-from billing.models.plans import Plan
+from billing.models.plans import BillingTime, Plan
 
 
 class SubscriptionStatus(models.TextChoices):
@@ -23,6 +23,18 @@ class Subscription(models.Model):
     status = models.CharField(max_length=10, choices=SubscriptionStatus.choices)
     started_at = models.DateTimeField()
     billing_anchor = models.DateTimeField()
+    billing_time = models.CharField(
+        max_length=11,
+        choices=BillingTime.choices,
+        default=BillingTime.ANNIVERSARY,
+        help_text="What its periods are counted from (its plan's, or its own at creation).",
+    )
+    billing_anchor_day = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Calendar billing: the day of the month, or the ISO weekday for weekly "
+        "plans, its periods fall on. Empty: billed from its start, or daily.",
+    )
     current_period_start = models.DateTimeField()
     current_period_end = models.DateTimeField()
     trial_ends_at = models.DateTimeField(null=True, blank=True)

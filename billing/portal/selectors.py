@@ -275,7 +275,12 @@ def self_serve_plans(subscription: Subscription) -> list[Plan]:
     the plan it is on."""
     current = subscription.plan
     latest = (
-        Plan.objects.filter(self_serve=True, currency=current.currency, interval=current.interval)
+        Plan.objects.filter(
+            self_serve=True,
+            currency=current.currency,
+            interval=current.interval,
+            interval_count=current.interval_count,
+        )
         .exclude(code=current.code)
         .order_by("code", "-version")
         .distinct("code")

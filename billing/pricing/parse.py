@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from billing import errors, services
-from billing.models import Aggregation, ConsumptionModel, Interval, PriceModel
+from billing.models import Aggregation, BillingTime, ConsumptionModel, Interval, PriceModel
 from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
@@ -211,6 +211,9 @@ class _Parser(ValueReader):
                 "rounding",
                 "minimum_amount",
                 "commitment_amount",
+                "interval_count",
+                "billing_time",
+                "billing_anchor_day",
             ),
         )
         code = self.string(
@@ -274,6 +277,19 @@ class _Parser(ValueReader):
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
             commitment_amount=self.decimal(
                 data, "commitment_amount", where, default=None, nullable=True
+            ),
+            # whole numbers of either sign here; their ranges are validate_plan_spec's (the
+            # API's and the admin's message, for -1 as for 61)
+            interval_count=self.integer(
+                data, "interval_count", where, default=1, minimum=-(2**31), maximum=2**31
+            ),
+            billing_time=self.string(
+                data, "billing_time", where, default=BillingTime.ANNIVERSARY.value
+            ),
+            billing_anchor_day=None
+            if data.get("billing_anchor_day") is None
+            else self.integer(
+                data, "billing_anchor_day", where, default=1, minimum=-(2**31), maximum=2**31
             ),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")

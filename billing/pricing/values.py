@@ -196,19 +196,26 @@ class ValueReader:
             self.fail(f"{where}.{key}", f"expected true or false, got {self.describe(value)}")
         return value
 
-    def integer(self, data: dict, key: str, where: str, *, default: int, maximum: int) -> int:
+    def integer(
+        self, data: dict, key: str, where: str, *, default: int, maximum: int, minimum: int = 0
+    ) -> int:
+        """A whole number from ``minimum`` to ``maximum``. A field whose range is a validator's
+        (``validate_billing_cadence``) reads any sign here (``minimum`` below zero), so the
+        file's message for an out-of-range value is the API's and the admin's."""
         value = data.get(key, MISSING)
         location = f"{where}.{key}"
         if value is MISSING:
             return default
         if isinstance(value, Number) and isinstance(value.native, int):
             number = value.native
-        elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        elif isinstance(value, str) and re.fullmatch(
+            r"\s*-?\d+\s*" if minimum < 0 else r"\s*\d+\s*", value
+        ):
             number = int(value)
         else:
             self.fail(location, f"expected a whole number, got {self.describe(value)}")
-        if not 0 <= number <= maximum:
-            self.fail(location, f"must be between 0 and {maximum}")
+        if not minimum <= number <= maximum:
+            self.fail(location, f"must be between {minimum} and {maximum}")
         return number
 
     def plain(self, value: Any, location: str) -> Any:

@@ -78,6 +78,7 @@ from billing.services.plans import (
     publish_plan,
     rename_meter,
     set_plan_self_serve,
+    validate_billing_cadence,
     validate_plan_spec,
 )
 from billing.services.subscriptions import (
@@ -177,5 +178,6 @@ __all__ = [
     "update_customer",
     "usage_account",
     "validate_plan_spec",
+    "validate_billing_cadence",
     "wallet_for",
 ]

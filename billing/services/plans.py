@@ -15,6 +15,7 @@ from billing import errors, limits
 from billing.meters import CATALOG_KINDS, LLM_FIELDS
 from billing.models import (
     Aggregation,
+    BillingTime,
     ConsumptionModel,
     GrantCadence,
     GrantExpiry,
@@ -28,6 +29,7 @@ from billing.models import (
     Rollover,
     RoundingRule,
 )
+from billing.periods import MAX_INTERVAL_COUNT, MONTHS_PER_INTERVAL
 from billing.services.locks import PLAN_VERSION_LOCK
 
 # What a meter may read under llm. (the normalised usage), and which of those the model
@@ -179,11 +181,15 @@ class PlanSpec:
     minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
     # Prepaid commitment per period, drawn down by usage charges (invoicing.commitments).
     commitment_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
+    # A period lasts interval_count intervals (billing.periods).
+    interval_count: int = field(default=1, metadata=ADDED_LATER)
+    # What new subscriptions count periods from: their start, or the calendar (an anchor day).
+    billing_time: str = field(default=BillingTime.ANNIVERSARY.value, metadata=ADDED_LATER)
+    billing_anchor_day: int | None = field(default=None, metadata=ADDED_LATER)
 
     def canonical_hash(self, *, legacy_rounding: bool = False) -> str:
         """``legacy_rounding``: the hash as published before "not said" ("") could be told
         from half_even, when half_even was the default and left out of the hash."""
-
         def plain(value: Any) -> Any:
             if isinstance(value, Decimal):
                 return format(value.normalize(), "f")
@@ -259,8 +265,12 @@ def validate_plan_spec(spec: PlanSpec) -> None:
     problem = limits.currency_problem(spec.currency)
     if problem:
         fail(problem, "currency")
-    if spec.interval not in Interval.values:
-        fail(f"interval must be one of {', '.join(Interval.values)}", "interval")
+    validate_billing_cadence(
+        interval=spec.interval,
+        interval_count=spec.interval_count,
+        billing_time=spec.billing_time,
+        billing_anchor_day=spec.billing_anchor_day,
+    )
     if spec.consumption_model not in ConsumptionModel.values:
         fail(
             f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
@@ -377,6 +387,56 @@ def validate_plan_spec(spec: PlanSpec) -> None:
                 previous = tier.up_to
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_billing_cadence(
+    *, interval: str, interval_count: int, billing_time: str, billing_anchor_day: int | None
+) -> None:
+    """A plan's interval and where periods are counted from; a subscription choosing its own
+    billing time (``create_subscription``) is checked by the same rules."""
+    if interval not in Interval.values:
+        raise errors.ValidationFailed(
+            f"interval must be one of {', '.join(Interval.values)}", param="interval"
+        )
+    most = MAX_INTERVAL_COUNT[interval]
+    if not _whole(interval_count) or not 1 <= interval_count <= most:
+        raise errors.ValidationFailed(
+            f"interval_count must be a whole number from 1 to {most} for interval {interval} "
+            "(a period lasts at most five years)",
+            param="interval_count",
+        )
+    if billing_time not in BillingTime.values:
+        raise errors.ValidationFailed(
+            f"billing_time must be one of {', '.join(BillingTime.values)}", param="billing_time"
+        )
+    if billing_anchor_day is None:
+        return
+    if billing_time != BillingTime.CALENDAR:
+        raise errors.ValidationFailed(
+            "billing_anchor_day applies to billing_time: calendar only", param="billing_anchor_day"
+        )
+    if interval == Interval.DAY:
+        raise errors.ValidationFailed(
+            "a daily plan billed on the calendar starts its periods at midnight UTC; it has "
+            "no billing_anchor_day",
+            param="billing_anchor_day",
+        )
+    days, what = (
+        (7, "an ISO weekday, 1 (Monday) to 7 (Sunday)")
+        if interval == Interval.WEEK
+        else (
+            31,
+            "a day of the month, 1 to 31 (clamped to the month's last day)",
+        )
+    )
+    if not _whole(billing_anchor_day) or not 1 <= billing_anchor_day <= days:
+        raise errors.ValidationFailed(
+            f"billing_anchor_day for interval {interval} is {what}", param="billing_anchor_day"
+        )
+
+
 def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) -> None:
     """The rules of a recurring grant, beside the plan's (its shape is read by
     ``billing.pricing.grants``, the same reader for the file, the API and the admin)."""
@@ -392,6 +452,12 @@ def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) 
     money(grant.amount, f"{where}.amount")
     if grant.cadence not in GrantCadence.values:
         fail(f"cadence must be one of {', '.join(GrantCadence.values)}", f"{where}.cadence")
+    if grant.cadence == GrantCadence.MONTH and spec.interval not in MONTHS_PER_INTERVAL:
+        fail(
+            f"a monthly grant needs periods of a month or longer (the plan bills by the "
+            f"{spec.interval}); use cadence: period",
+            f"{where}.cadence",
+        )
     if grant.expiry not in GrantExpiry.values:
         fail(f"expiry must be one of {', '.join(GrantExpiry.values)}", f"{where}.expiry")
     if grant.expiry == GrantExpiry.DAYS:
@@ -479,6 +545,9 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         description=spec.description,
         currency=spec.currency,
         interval=spec.interval,
+        interval_count=spec.interval_count,
+        billing_time=spec.billing_time,
+        billing_anchor_day=spec.billing_anchor_day,
         base_fee=spec.base_fee,
         trial_days=spec.trial_days,
         consumption_model=spec.consumption_model,
@@ -561,6 +630,9 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         name=plan.name,
         currency=plan.currency,
         interval=plan.interval,
+        interval_count=plan.interval_count,
+        billing_time=plan.billing_time,
+        billing_anchor_day=plan.billing_anchor_day,
         base_fee=plan.base_fee,
         trial_days=plan.trial_days,
         consumption_model=plan.consumption_model,

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing import errors, outbox
 from billing.models import (
+    BillingTime,
     ConsumptionModel,
     Customer,
     EventType,
@@ -20,8 +21,9 @@ from billing.models import (
     SubscriptionPhase,
     SubscriptionStatus,
 )
-from billing.periods import period_containing, prorate, utc
+from billing.periods import calendar_anchor, prorate_fee, subscription_period, utc
 from billing.services.locks import lock_subscription_customer
+from billing.services.plans import validate_billing_cadence
 from billing.services.wallets import CREDITS, ensure_wallet
 from billing.webhooks import subscription_data
 
@@ -44,8 +46,15 @@ def create_subscription(
     start: datetime | None = None,
     trial_days: int | None = None,
     now: datetime | None = None,
+    billing_time: str | None = None,
+    billing_anchor_day: int | None = None,
 ) -> Subscription:
     """Subscribe ``customer`` to ``plan`` from ``start`` (default now).
+
+    Periods are counted from the start (or the trial's end), or on the calendar
+    (``billing_time``, ``billing_anchor_day``; the plan's unless given): then the first
+    period runs from the start (or the trial's end) to the first calendar boundary, its fees
+    prorated by day (``billing.periods``).
 
     A start in the past back-dates the subscription, as Stripe's backdated start and Orb's
     past start date do: its first period is the one that begins at the start (a trial
@@ -72,14 +81,23 @@ def create_subscription(
     if trial_days < 0:
         raise errors.ValidationFailed("trial_days cannot be negative", param="trial_days")
     trial_ends_at = start + timedelta(days=trial_days) if trial_days else None
+    anchor, billing_time, billing_anchor_day = _billing_anchor(
+        plan, trial_ends_at or start, billing_time, billing_anchor_day
+    )
     if trial_ends_at is not None:
         # The trial is the first period (closed, free, like any trial's); a trial that
         # ended in the past is over, so the subscription is active, its trial period due.
         status = SubscriptionStatus.TRIALING if trial_ends_at > now else SubscriptionStatus.ACTIVE
-        anchor, period_start, period_end = trial_ends_at, start, trial_ends_at
     else:
-        status, anchor = SubscriptionStatus.ACTIVE, start
-        period_start, period_end = period_containing(anchor, plan.interval, anchor)
+        status = SubscriptionStatus.ACTIVE
+    period_start, period_end = subscription_period(
+        anchor=anchor,
+        interval=plan.interval,
+        count=plan.interval_count,
+        started_at=start,
+        trial_ends_at=trial_ends_at,
+        at=start,
+    )
     try:
         with transaction.atomic():
             subscription = Subscription.objects.create(
@@ -88,6 +106,8 @@ def create_subscription(
                 status=status,
                 started_at=start,
                 billing_anchor=anchor,
+                billing_time=billing_time,
+                billing_anchor_day=billing_anchor_day,
                 current_period_start=period_start,
                 current_period_end=period_end,
                 trial_ends_at=trial_ends_at,
@@ -108,6 +128,31 @@ def create_subscription(
 
     plan_credits.grant_for(subscription_id=subscription.pk, now=now)
     return subscription
+
+
+def _billing_anchor(
+    plan: Plan, first: datetime, billing_time: str | None, anchor_day: int | None
+) -> tuple[datetime, str, int | None]:
+    """Where the subscription counts its periods from: ``first`` (its start, or its trial's
+    end), or a calendar boundary at or before it (``billing.periods.calendar_anchor``); with
+    the billing time and the anchor day in force (the day the calendar falls on: the 1st or
+    Monday when none was named; none when billed from the start, or daily)."""
+    if billing_time is None:
+        billing_time = plan.billing_time
+    if anchor_day is None and billing_time == plan.billing_time:
+        # The plan's day, whether or not its billing time was named again: "calendar" alone
+        # on a plan billed on the 15th bills on the 15th (not on the 1st).
+        anchor_day = plan.billing_anchor_day
+    validate_billing_cadence(
+        interval=plan.interval,
+        interval_count=plan.interval_count,
+        billing_time=billing_time,
+        billing_anchor_day=anchor_day,
+    )
+    if billing_time == BillingTime.ANNIVERSARY:
+        return first, billing_time, None
+    anchor = calendar_anchor(interval=plan.interval, anchor_day=anchor_day, first=first)
+    return anchor, billing_time, None if plan.interval == "day" else (anchor_day or 1)
 
 
 def emit_subscription_event(kind: EventType, subscription: Subscription, dedupe_key: str) -> None:
@@ -160,7 +205,8 @@ def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
         phase_start = max(phase.starts_at, start)
         if phase_end <= phase_start:
             continue
-        amount = prorate(
+        amount = prorate_fee(
+            subscription,
             phase.plan.base_fee,
             used_from=phase_start,
             used_until=phase_end,
@@ -183,7 +229,10 @@ def change_subscription(
         raise errors.ValidationFailed("the subscription is already on this plan", param="plan")
     if plan.currency != subscription.plan.currency:
         raise errors.CurrencyMismatch("plans of different currencies", param="plan")
-    if plan.interval != subscription.plan.interval:
+    if (plan.interval, plan.interval_count) != (
+        subscription.plan.interval,
+        subscription.plan.interval_count,
+    ):
         raise errors.ValidationFailed(
             "changing the billing interval is not supported mid-period; cancel and resubscribe",
             param="plan",

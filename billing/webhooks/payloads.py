@@ -35,6 +35,8 @@ def subscription_data(subscription: Subscription) -> dict[str, Any]:
         "status": subscription.status,
         "started_at": moment(subscription.started_at),
         "billing_anchor": moment(subscription.billing_anchor),
+        "billing_time": subscription.billing_time,
+        "billing_anchor_day": subscription.billing_anchor_day,
         "current_period_start": moment(subscription.current_period_start),
         "current_period_end": moment(subscription.current_period_end),
         "trial_ends_at": moment(subscription.trial_ends_at),

@@ -13,7 +13,7 @@ from django.db.models import F
 
 from billing import services as billing_services
 from billing.models import EventType, Plan, Subscription, SubscriptionPhase, SubscriptionStatus
-from billing.periods import period_containing
+from billing.periods import period_of, subscription_period
 from invoicing import errors
 from invoicing.events import emit_invoice_event
 from invoicing.models import Invoice
@@ -47,8 +47,8 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         # subscription canceled while the close was behind (a back-dated one, or beat late)
         # still has periods up to its end to invoice: roll on to the next of them.
         if subscription.ended_at is not None and subscription.ended_at > end:
-            subscription.current_period_start, subscription.current_period_end = period_containing(
-                subscription.billing_anchor, subscription.plan.interval, end
+            subscription.current_period_start, subscription.current_period_end = period_of(
+                subscription, end
             )
             subscription.save(update_fields=fields)
         return
@@ -83,11 +83,18 @@ def _roll(subscription: Subscription, now: datetime) -> None:
         changed = None
     loaded = subscription.plan if Subscription.plan.is_cached(subscription) else None
     if loaded is not None and loaded.pk == subscription.plan_id:
-        interval = loaded.interval  # the plan read with the subscription
+        interval, count = loaded.interval, loaded.interval_count  # read with the subscription
     else:
-        interval = Plan.objects.values_list("interval", flat=True).get(pk=subscription.plan_id)
-    subscription.current_period_start, subscription.current_period_end = period_containing(
-        subscription.billing_anchor, interval, end
+        interval, count = Plan.objects.values_list("interval", "interval_count").get(
+            pk=subscription.plan_id
+        )
+    subscription.current_period_start, subscription.current_period_end = subscription_period(
+        anchor=subscription.billing_anchor,
+        interval=interval,
+        count=count,
+        started_at=subscription.started_at,
+        trial_ends_at=subscription.trial_ends_at,
+        at=end,
     )
     subscription.save(update_fields=fields)
     if changed is not None:  # the plan scheduled for the period end applies now

@@ -15,7 +15,7 @@ from billing.models import (
     Plan,
     Subscription,
 )
-from billing.periods import period_containing
+from billing.periods import subscription_period
 from metering import catalog, errors
 from metering.charges import ChargeTerms, Tier
 from metering.rating.base import CREDITS
@@ -32,6 +32,7 @@ class PlanTerms:
     units_per_credit: Decimal | None
     charges: dict[int, ChargeTerms]
     llm_event_names: frozenset[str] = frozenset()  # events its LLM-token meters read
+    interval_count: int = 1  # a period lasts interval_count intervals
 
     @property
     def money_currency(self) -> str:
@@ -75,6 +76,7 @@ def plan_terms(plan_id: int) -> PlanTerms:
         plan_id=plan.pk,
         currency=plan.currency,
         interval=plan.interval,
+        interval_count=plan.interval_count,
         consumption_model=plan.consumption_model,
         units_per_credit=plan.units_per_credit,
         charges=charges,
@@ -118,5 +120,12 @@ def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
         return subscription.started_at, subscription.trial_ends_at, True
     if subscription.current_period_start <= at < subscription.current_period_end:
         return subscription.current_period_start, subscription.current_period_end, False
-    start, end = period_containing(subscription.billing_anchor, terms.interval, at)
+    start, end = subscription_period(
+        anchor=subscription.billing_anchor,
+        interval=terms.interval,
+        count=terms.interval_count,
+        started_at=subscription.started_at,
+        trial_ends_at=subscription.trial_ends_at,
+        at=at,
+    )
     return start, end, False

@@ -149,6 +149,9 @@ def test_publish_a_plan_creates_version_one(api, meters):
         "rounding": "",  # not said: the currency's rule, else half even
         "minimum_amount": None,
         "commitment_amount": None,
+        "interval_count": 1,
+        "billing_time": "anniversary",
+        "billing_anchor_day": None,
     }
     plan = Plan.objects.get()
     assert response.json()["id"] == plan.pk
@@ -477,7 +480,7 @@ def test_the_second_charge_is_named_in_the_error(api, meters):
         ({"code": "pro"}, "parameter_missing", "name"),
         ({"code": "Pro Plan", "name": "Pro"}, "invalid_parameter", "code"),
         ({"code": "pro", "name": "Pro", "currency": "usd"}, "invalid_parameter", "currency"),
-        ({"code": "pro", "name": "Pro", "interval": "week"}, "invalid_parameter", "interval"),
+        ({"code": "pro", "name": "Pro", "interval": "fortnight"}, "invalid_parameter", "interval"),
         ({"code": "pro", "name": "Pro", "base_fee": "-1"}, "invalid_parameter", "base_fee"),
         (
             {"code": "pro", "name": "Pro", "base_fee": "1.0000000000001"},

@@ -318,9 +318,9 @@ INVALID = [
     ("plans: [{code: p, name: ' '}]", "plans[0].name", "cannot be blank"),
     ("plans: [{code: p, name: P, currency: usd}]", "plans[0].currency", "ISO 4217"),
     (
-        "plans: [{code: p, name: P, interval: week}]",
+        "plans: [{code: p, name: P, interval: fortnight}]",
         "plans[0].interval",
-        "'week' is not one of month, year",
+        "'fortnight' is not one of day, week, month, quarter, year",
     ),
     (
         "plans: [{code: p, name: P, consumption_model: prepaid}]",
@@ -607,6 +607,7 @@ def test_demo_file_loads_and_stores_exact_prices():
         ("scale", 1),
         ("batch", 1),
         ("enterprise-annual", 1),
+        ("team-fortnightly", 1),
         ("migrated", 1),
         ("committed", 1),
     ]

@@ -22,6 +22,7 @@ from django.test.utils import CaptureQueriesContext
 from billing import services
 from billing.models import Plan
 from invoicing import preview
+from invoicing.finance_views import PlanPreviewSerializer, draft_spec
 from invoicing.models import Invoice, InvoiceLine, TaxRate
 from ledger.models import Balance, Entry, Transaction
 from metering import rating
@@ -409,6 +410,38 @@ def test_the_api_previews_with_a_read_key_and_writes_nothing(book, make_key):
         "33.000000000000",
         "25.300000000000",
         "-7.700000000000",
+    )
+
+
+def test_a_draft_keeps_the_terms_it_does_not_change(db):
+    """The API's and the admin's draft changes the name, fee and charges; the rounding, the
+    plan's minimum and the cadence stay the current version's (not the defaults)."""
+    units = meter()
+    current = plan(
+        ChargeSpec(meter=units, unit_price=D("0.01")),
+        base_fee="20",
+        rounding="half_up",
+        minimum_amount=D(100),
+        interval="week",
+        interval_count=2,
+        billing_time="calendar",
+        billing_anchor_day=1,
+    )
+    body = PlanPreviewSerializer(
+        data={"base_fee": "15", "charges": [{"meter": units, "unit_price": "0.008"}]}
+    )
+    assert body.is_valid(), body.errors
+    spec = draft_spec(current, dict(body.validated_data))
+    assert (spec.base_fee, spec.charges[0].unit_price) == (D(15), D("0.008"))
+    assert (spec.rounding, spec.minimum_amount) == ("half_up", D(100))
+    assert (spec.interval, spec.interval_count, spec.billing_time, spec.billing_anchor_day) == (
+        "week",
+        2,
+        "calendar",
+        1,
+    )
+    assert replace(spec, base_fee=D(20), charges=()) == replace(
+        services.plan_spec_of(current), charges=()
     )
 
 

@@ -406,3 +406,38 @@ def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
     invoice = close(subscription, end)
     assert invoice.total == total
     assert invoice.lines.order_by("position").last().amount == total - calls
+
+
+def seats_plan(prorated: bool):
+    """Seats: one tier with a flat 30.00 charged even at zero usage, prorated or not."""
+    return plan(
+        ChargeSpec(
+            meter=meter(name="Seats"),
+            price_model="graduated",
+            prorated=prorated,
+            flat_fee_at_zero=True,
+            tiers=(TierSpec(up_to=None, unit_price=D(0), flat_fee=D(30)),),
+        )
+    )
+
+
+@pytest.mark.parametrize("used", [0, 1])
+def test_a_flat_fee_at_zero_usage_is_prorated_as_the_charge_is(used):
+    """Canceled on 16 April, 15 of 30 days: the tier's flat fee 30.00 → 15.00 whether a seat
+    was used or none (zero usage never costs more than one unit); not prorated: 30.00."""
+    subscription = subscribe(seats_plan(prorated=True))
+    if used:
+        use(subscription, used)
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 16))
+    invoice = close(subscription, at(2026, 4, 16))
+    fee = "Seats, tier 1" if used else "Seats, tier 1: flat fee (charged at zero usage)"
+    assert lines(invoice) == [
+        ("usage", fee, D(used), D(30)),
+        ("usage", "Seats, prorated: billed 2026-04-01 to 2026-04-16", D(0), D(-15)),
+    ]
+    assert invoice.total == D(15)
+    upcoming_agrees(subscription, invoice)
+
+    whole = subscribe(seats_plan(prorated=False))
+    billing.cancel_subscription(subscription_id=whole.pk, now=at(2026, 4, 16))
+    assert close(whole, at(2026, 4, 16)).total == D(30)

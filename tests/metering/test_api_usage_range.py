@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from billing import services
+from billing.periods import add_months
 from tests.billing import conftest as billing_fixtures
 from tests.billing.conftest import ChargeSpec, assert_error, iso
 
@@ -106,3 +107,28 @@ def test_a_canceled_subscription_defaults_to_its_last_period(api, acme, metered,
         body = response.json()
         assert body["from"] == iso(START), query
         assert body["totals"] == [{"currency": "USD", "amount": "1"}], query
+
+
+def test_the_default_range_of_a_period_over_400_days_is_read_whole(
+    api, acme, make_meter, make_plan
+):
+    """A two-year plan: the current period (730 days) is the default and is never refused for
+    its length; a range the caller gives is still held to 400 days."""
+    make_meter("calls", event_name="api.call", property="units")
+    biennial = make_plan(
+        "biennial",
+        interval="year",
+        interval_count=2,
+        charges=[ChargeSpec(meter="calls", unit_price=D("0.5"))],
+    )
+    subscription = services.create_subscription(customer=acme, plan=biennial, start=START)
+    assert subscription.current_period_end == add_months(START, 24)
+    use(api, "one")
+    for query in ("", "?from=", "?to=", "?from=&to="):
+        response = api.get(URL + query)
+        assert response.status_code == 200, (query, response.json())
+        body = response.json()
+        assert (body["from"], body["to"]) == (iso(START), iso(subscription.current_period_end))
+        assert body["totals"] == [{"currency": "USD", "amount": "1"}], query
+    given = f"?from={START.date()}&to={(START + timedelta(days=401)).date()}"
+    assert_error(api.get(URL + given), 400, "invalid_parameter", param="to")

@@ -39,6 +39,7 @@ from billing.models import (
     SubscriptionStatus,
     WebhookEndpoint,
 )
+from billing.periods import midnight
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
 from invoicing import reconciliation
@@ -54,6 +55,7 @@ DEMO_CUSTOMERS = [
     ("globex", "Globex AI", BillingMode.POSTPAID, Decimal("1000.00"), "pro", None),
     ("initech", "Initech Labs", BillingMode.PREPAID, None, "scale", Decimal("25.00")),
     ("hooli", "Hooli Search", BillingMode.PREPAID, None, "credits", None),
+    ("soylent", "Soylent Studio", BillingMode.PREPAID, None, "team-fortnightly", Decimal("100")),
 ]
 # Plans a customer may switch to in the portal (monthly USD; enterprise is sold by sales).
 DEMO_SELF_SERVE_PLANS = ["payg", "pro", "scale", "batch"]
@@ -70,6 +72,18 @@ DEMO_AUTO_TOP_UPS = {
     }
 }
 HISTORY_DAYS = 33  # the first monthly period has ended when the demo starts
+
+
+def fortnightly_start(now):
+    """A Wednesday 12 days before the last Monday: on the team-fortnightly plan (every other
+    Monday) its first, shorter period — 12 of 14 days, 28.00 → 24.00 — has ended when the
+    demo starts, and exactly that one (the next runs to the Monday after next)."""
+    monday = midnight(now) - timedelta(days=now.weekday())
+    return monday - timedelta(days=12)
+
+
+# When a demo customer's subscription starts, other than HISTORY_DAYS ago.
+DEMO_STARTS = {"soylent": fortnightly_start}
 HISTORY_EVENTS = 40  # LLM calls per customer in that period
 
 
@@ -109,7 +123,10 @@ class Command(BaseCommand):
                     customer=customer,
                     plan=services.latest_plan(code=plan_code),
                     trial_days=0,
-                    start=started,  # back-dated: the first period is invoiced by the next close
+                    # back-dated: the first period is invoiced by the next close
+                    start=DEMO_STARTS[external_id](timezone.now())
+                    if external_id in DEMO_STARTS
+                    else started,
                 )
             if top_up:
                 services.top_up(

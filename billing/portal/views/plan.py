@@ -16,7 +16,7 @@ from django.utils import timezone
 from billing import services
 from billing.errors import BillingError
 from billing.models import Subscription, SubscriptionStatus
-from billing.periods import prorate
+from billing.periods import prorate_fee
 from billing.portal import selectors
 from billing.portal.views.common import money, portal_view
 
@@ -36,7 +36,8 @@ def _rest_of_period(plan, subscription: Subscription) -> str:
     start, end = subscription.current_period_start, subscription.current_period_end
     if subscription.status == SubscriptionStatus.TRIALING or end <= now:
         return money(Decimal(0), plan.currency)
-    amount = prorate(
+    amount = prorate_fee(
+        subscription,
         plan.base_fee,
         used_from=max(now, start),
         used_until=end,
