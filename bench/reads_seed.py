@@ -234,10 +234,11 @@ def seed(conn: psycopg.Connection[Any], scale: float, shared: dict[str, int]) ->
                     "INSERT INTO billing_subscription (id, customer_id, plan_id, status, started_at,"
                     " billing_anchor, current_period_start, current_period_end, trial_ends_at,"
                     " cancel_at_period_end, canceled_at, ended_at, scheduled_plan_id, invoiced_through,"
-                    " metadata)"
+                    " metadata, billing_time)"
                     f" SELECT %(sub0)s + i, %(cust0)s + i, %(plan)s, 'active', {clock} - interval '1 month',"
                     f" {clock} - interval '1 month', {clock}, {clock} + interval '1 month', NULL, false,"
-                    f" NULL, NULL, NULL, {clock}, '{{}}' FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) i",
+                    f" NULL, NULL, NULL, {clock}, '{{}}', 'anniversary'"
+                    " FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) i",
                     q,
                 ),
                 (
@@ -252,11 +253,11 @@ def seed(conn: psycopg.Connection[Any], scale: float, shared: dict[str, int]) ->
                     " tax_percentage, tax, total, balance_applied, amount_due, usage_charged,"
                     " fees_precise, rounding, amount_paid, amount_credited, grace_ends_at, finalized_at,"
                     " due_at, paid_at, void_reason, pdf, payment_attempts, last_payment_error,"
-                    " stripe_payment_intent_id, metadata, pdf_state, rounding_rule)"
+                    " stripe_payment_intent_id, metadata, pdf_state, rounding_rule, commitment_breakage)"
                     f" SELECT %(cust0)s + i, %(sub0)s + i, {clock} - interval '1 month', {clock}, 'USD',"
                     f" 'paid', 900000000 + i, 'BR-' || i, 0, '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,"
                     f" {clock}, {clock}, {clock} + interval '14 days', {clock}, '', '', 0, '', '', '{{}}',"
-                    " 'none', 'half_even' FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) i",
+                    " 'none', 'half_even', 0 FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) i",
                     q,
                 ),
             ],

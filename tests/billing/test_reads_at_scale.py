@@ -205,9 +205,9 @@ def bulk_customers_with_invoices(count: int) -> None:
         cursor.execute(
             "INSERT INTO billing_subscription (customer_id, plan_id, status, started_at,"
             " billing_anchor, current_period_start, current_period_end, cancel_at_period_end,"
-            " metadata) SELECT id, %s, 'active', now() - interval '40 days',"
+            " metadata, billing_time) SELECT id, %s, 'active', now() - interval '40 days',"
             " now() - interval '40 days', now() - interval '10 days',"
-            " now() + interval '20 days', false, '{}'"
+            " now() + interval '20 days', false, '{}', 'anniversary'"
             " FROM billing_customer WHERE external_id LIKE 'bulk-%%'",
             [plan.pk],
         )
@@ -218,11 +218,12 @@ def bulk_customers_with_invoices(count: int) -> None:
             " tax_percentage, tax, total, balance_applied, amount_due, usage_charged,"
             " fees_precise, rounding, amount_paid, amount_credited, grace_ends_at,"
             " finalized_at, due_at, paid_at, void_reason, pdf, payment_attempts,"
-            " last_payment_error, stripe_payment_intent_id, metadata, pdf_state, rounding_rule)"
+            " last_payment_error, stripe_payment_intent_id, metadata, pdf_state, rounding_rule,"
+            " commitment_breakage)"
             " SELECT customer_id, id, current_period_start - interval '30 days',"
             " current_period_start, 'USD', 'paid', id, 'B-' || id, 0, '', 0, 0, 0, 0, 0, 0, 0,"
             " 0, 0, 0, current_period_start, current_period_start, current_period_start,"
-            " current_period_start, '', '', 0, '', '', '{}', 'none', 'half_even'"
+            " current_period_start, '', '', 0, '', '', '{}', 'none', 'half_even', 0"
             " FROM billing_subscription",
         )
     analyze("billing_customer", "billing_subscription", "invoicing_invoice")
