@@ -132,14 +132,7 @@ def base_fee_lines(
             period_end=period_end,
         )
         description = f"{phase.plan.name} — base fee"
-        if not covers_whole_period(
-            subscription,
-            used_from=starts,
-            used_until=ends,
-            period_start=period_start,
-            period_end=period_end,
-        ):
-            description += f", prorated {_fmt(starts)} to {_fmt(ends)}"
+        description += _prorated_note(subscription, starts, ends, period_start, period_end)
         lines.append(
             LineDraft(
                 kind=LineKind.BASE_FEE,
@@ -450,15 +443,15 @@ def _slices(
     return parts
 
 
-def _span_note(
+def _prorated_note(
     subscription: Subscription,
-    slices: list[_Slice],
+    starts: datetime,
+    ends: datetime,
     period_start: datetime,
     period_end: datetime,
 ) -> str:
-    """", prorated … to …" unless the slices cover the whole period (``covers_whole_period``:
-    a calendar start on its anchor day after midnight is whole)."""
-    starts, ends = slices[0].starts_at, slices[-1].ends_at
+    """The note ", prorated … to …" for a fee of [starts, ends), unless it is the whole fee
+    (``covers_whole_period``: a calendar start on its anchor day after midnight is whole)."""
     if covers_whole_period(
         subscription,
         used_from=starts,
@@ -498,7 +491,9 @@ def minimum_lines(
     ]
     if not slices:
         return []
-    span = _span_note(subscription, slices, period_start, period_end)
+    span = _prorated_note(
+        subscription, slices[0].starts_at, slices[-1].ends_at, period_start, period_end
+    )
     known: dict[int | None, rating.PlanTerms] = {}
 
     def terms_of(plan: Plan) -> rating.PlanTerms:
@@ -648,14 +643,9 @@ def commitment_lines(
             f"{part.plan.name} — prepaid commitment, {commitment.normalize():,f} {currency} "
             "per period"
         )
-        if not covers_whole_period(
-            subscription,
-            used_from=part.starts_at,
-            used_until=part.ends_at,
-            period_start=period_start,
-            period_end=period_end,
-        ):
-            description += f", prorated {_fmt(part.starts_at)} to {_fmt(part.ends_at)}"
+        description += _prorated_note(
+            subscription, part.starts_at, part.ends_at, period_start, period_end
+        )
         committed_lines.append(
             LineDraft(
                 kind=LineKind.COMMITMENT,
