@@ -8,11 +8,32 @@ kept). Tests that check the production rules import the settings in a subprocess
 environment of their own.
 """
 
+import os
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from billing.devtools import servers
 
 servers.use_development_environment()
+
+
+def _own_redis_database_per_worker() -> None:
+    """Under pytest-xdist (``make test`` runs the suite in worker processes), each worker
+    has its own test database (pytest-django names it ``test_<name>_gw<n>``) and here its
+    own Redis database: the workers' rows have the same ids, so cache keys (throttles,
+    idempotency, live fragments' stamps) and Celery queues would otherwise meet. The
+    worker's database is the URL's, plus one plus the worker's number (of Redis's 16)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = os.environ.get("REDIS_URL", "")
+    if not worker.startswith("gw") or not url:
+        return
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    number = (base + 1 + int(worker.removeprefix("gw"))) % 16
+    os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{number}"))
+
+
+_own_redis_database_per_worker()
 
 
 def _empty_tables_quickly() -> None:
