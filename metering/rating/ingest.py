@@ -63,13 +63,16 @@ def ingest_events(
             stamp, customers = _find_customers(external_ids, lock=True)
             by_customer = _sort_out(prepared, _meters(stamp), customers, outcomes)
             if by_customer:
-                _rate_part(sorted(by_customer), by_customer, customers, outcomes, hold_id, now)
+                _rate_part(
+                    sorted(by_customer), by_customer, _by_id(customers), outcomes, hold_id, now
+                )
                 if after_part is not None:
                     after_part(_part_outcomes(by_customer, outcomes))
         return outcomes  # type: ignore[return-value]
     stamp, customers = _find_customers(external_ids, lock=False)
     by_customer = _sort_out(prepared, _meters(stamp), customers, outcomes)
     chunks = _chunks(by_customer)
+    by_id = _by_id(customers)
     # Inside a caller's transaction the parts are savepoints of it: its commit is the only
     # one, and its durability is the caller's (SET LOCAL would reach the caller's too).
     deferred = len(chunks) > 1 and not connection.in_atomic_block
@@ -78,7 +81,7 @@ def ingest_events(
         with transaction.atomic():
             _lock_customers(chunk, flush=not deferred or last)
             part = {cid: by_customer[cid] for cid in chunk}
-            _rate_part(chunk, part, customers, outcomes, hold_id, now)
+            _rate_part(chunk, part, by_id, outcomes, hold_id, now)
             if deferred and last:
                 _commit_record()
             if after_part is not None:
@@ -124,24 +127,27 @@ def _sort_out(
     return by_customer
 
 
+def _by_id(customers: dict[str, Customer]) -> dict[int, Customer]:
+    return {customer.id: customer for customer in customers.values()}
+
+
 def _rate_part(
     chunk: list[int],
     by_customer: dict[int, list[Prepared]],
-    customers: dict[str, Customer],
+    customers: dict[int, Customer],
     outcomes: list[Outcome | None],
     hold_id: int | None,
     now: datetime,
 ) -> None:
     """One part, its customers' rating locks held: what rating needs read in one statement,
-    then rated and written."""
+    then rated and written. ``customers`` by id."""
     read = _read_part(
         [(cid, p) for cid in chunk for p in by_customer[cid]],
         lock_balances=hold_id is None,
         now=now,
     )
-    by_id = {customer.pk: customer for customer in customers.values()}
     _rate(
-        [(by_id[cid], read.subscriptions.get(cid), by_customer[cid]) for cid in chunk],
+        [(customers[cid], read.subscriptions.get(cid), by_customer[cid]) for cid in chunk],
         outcomes,
         hold_id,
         now=now,
@@ -167,12 +173,15 @@ def _rate_part(
 # commit keeps a transaction atomic) and answers nothing; the client's retry finds what
 # stood as duplicates and rates the rest, as after a crash between parts.
 #
-# 25 events (a few customers) a part, measured against 250 with make bench-ingest on a busy
-# shared 2-core machine (2026-12-07, one run each): with 4 clients sending batches of 1,000
-# over all 200 customers, Lock:advisory fell from 27 % of the sessions' time to 3 % and the
-# batch p99 from 8.6 s to 6.1 s; batch ÷ raw ceiling stayed 0.056 → 0.055, as PostgreSQL's
-# CPU per event rose 0.39 → 0.49 ms (ten times the parts, each a few statements).
-RATING_CHUNK_EVENTS = 25
+# Shorter parts shorten the lock holds but cost Python per part (its read, posting and
+# write; about 5 ms each). Measured 2026-12-07 on a busy shared 2-core machine: with
+# make bench-ingest (4 clients, batches of 1,000 over all 200 customers) 25-event parts
+# against 250 took Lock:advisory from 24-27 % of the sessions' time to 3 %, but batch ÷ raw
+# ceiling stayed within the noise (0.055 against 0.046 and 0.056); in process through the
+# test client (bench/ingest_cpu.py --http, two alternating rounds) the server's CPU per
+# event was 0.24-0.31 ms with 250, 0.29-0.36 with 100, 0.37-0.43 with 50, 0.39-0.43 with 25.
+# 100 keeps most of 250's CPU and holds each customer's lock for a tenth of a batch.
+RATING_CHUNK_EVENTS = 100
 
 
 def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
