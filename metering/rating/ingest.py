@@ -174,13 +174,13 @@ def _rate_part(
 # stood as duplicates and rates the rest, as after a crash between parts.
 #
 # Shorter parts shorten the lock holds but cost Python per part (its read, posting and
-# write; about 5 ms each). Measured 2026-12-07 on a busy shared 2-core machine: with
-# make bench-ingest (4 clients, batches of 1,000 over all 200 customers) 25-event parts
-# against 250 took Lock:advisory from 24-27 % of the sessions' time to 3 %, but batch ÷ raw
-# ceiling stayed within the noise (0.055 against 0.046 and 0.056); in process through the
-# test client (bench/ingest_cpu.py --http, two alternating rounds) the server's CPU per
-# event was 0.24-0.31 ms with 250, 0.29-0.36 with 100, 0.37-0.43 with 50, 0.39-0.43 with 25.
-# 100 keeps most of 250's CPU and holds each customer's lock for a tenth of a batch.
+# write; about 5 ms each). Measured 2026-12-07 on a busy shared 2-core machine: in process
+# through the test client (bench/ingest_cpu.py --http, two alternating rounds) the server's
+# CPU per event was 0.24-0.31 ms with 250, 0.29-0.36 with 100, 0.37-0.43 with 50, 0.39-0.43
+# with 25; with make bench-ingest (4 clients, batches of 1,000 over all 200 customers) 25
+# took Lock:advisory from 24-27 % of the sessions' time to 3-13 % while batch ÷ raw
+# ceiling stayed within the noise (docs/metering.md has the figures). 100 keeps most of
+# 250's CPU and holds each customer's lock for a tenth of a batch.
 RATING_CHUNK_EVENTS = 100
 
 
