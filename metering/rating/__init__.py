@@ -12,7 +12,7 @@ How a batch is rated
    model priced from the catalog (cached the same way). A bad event is rejected with its
    error; the others go on.
 2. Per customer, in customer-id order, inside one transaction per part of the batch
-   (whole customers, at least ``RATING_CHUNK_EVENTS`` events each, so that two batches
+   (whole customers, at least ``RATING_CHUNK_EVENTS`` = 100 events each, so that batches
    for the same customers overlap instead of queueing): an advisory lock on the
    customer serialises everything that rates its usage (so counters and balance checks
    see one order). Then one statement (``_read_part``) reads what rating needs under the
@@ -51,6 +51,12 @@ How a batch is rated
    key>``: unique, since that event is stored once, so a part of one event posts exactly
    what one transaction per event did. A retried batch finds its stored events as
    duplicates under the customer's rating lock and posts nothing for them.
+6. Every part of a batch but the last commits with ``synchronous_commit`` off; the last
+   commits synchronously, with a commit record even if it wrote nothing, before the answer
+   goes out. The WAL is flushed in order, so that flush makes every earlier part durable
+   too: one fsync a batch, nothing acknowledged undurable; after a crash the retry finds
+   what stood as duplicates (``ingest.RATING_CHUNK_EVENTS`` says more). Inside a caller's
+   transaction nothing is set.
 
 A single event (a part of one event) thus costs four statements in its transaction: its
 customer found and locked (with the meters' stamp), what rating needs read, the posting,

@@ -68,15 +68,15 @@ def _rate(
     for customer, subscription, events in groups:
         for p in events:
             key = p.source.idempotency_key
-            if (customer.pk, key) in existing:
+            if (customer.id, key) in existing:
                 if hold_id is not None:  # settling with usage already recorded settles nothing
                     raise errors.EventAlreadyRecorded(
                         f"event {key!r} was already recorded (event "
-                        f"{existing[(customer.pk, key)]['id']}); settle the hold with new usage, "
+                        f"{existing[(customer.id, key)]['id']}); settle the hold with new usage, "
                         "or release it",
                         param="event.idempotency_key",
                     )
-                outcomes[p.index] = Outcome("duplicate", event=existing[(customer.pk, key)])
+                outcomes[p.index] = Outcome("duplicate", event=existing[(customer.id, key)])
                 continue
             if subscription is None:
                 outcomes[p.index] = Outcome(
@@ -105,7 +105,7 @@ def _rate(
                 )
                 readings = []
                 for meter in p.meters:
-                    reading = _quantity(meter, p, charged=meter.pk in terms.charges)
+                    reading = _quantity(meter, p, charged=meter.id in terms.charges)
                     if reading is not None:
                         readings.append((meter, reading))
             except BillingError as error:
@@ -117,12 +117,12 @@ def _rate(
     if not placed:
         return
 
-    wallets, overrides = _wallets(read, {(c.pk, t.money_currency) for c, _, _, t, *_ in placed})
+    wallets, overrides = _wallets(read, {(c.id, t.money_currency) for c, _, _, t, *_ in placed})
     hold = None
     if hold_id is not None:
         customer, _, p, terms, *_ = placed[0]
         hold = ledger.lock_hold(hold_id=hold_id)  # before the balance rows, as the ledger does
-        wallet = wallets[(customer.pk, terms.money_currency)]
+        wallet = wallets[(customer.id, terms.money_currency)]
         if hold.account_id != wallet.account_id:
             outcomes[p.index] = Outcome(
                 "rejected",
@@ -144,7 +144,7 @@ def _rate(
     # Wallets whose debits draw on grants: CREDITS, and a balance plan's money wallet (its
     # plan may grant money: billing.plan_credits).
     granting = {
-        (c.pk, t.money_currency)
+        (c.id, t.money_currency)
         for c, _, _, t, *_ in placed
         if t.consumption_model == ConsumptionModel.BALANCE
     }
@@ -190,11 +190,11 @@ def _rate(
     if len(counters) < len(wanted):  # a period's first usage, or not the current period
         missing = wanted - counters.keys()
         distinct = {
-            (subscription.pk, meter.pk, start, _distinct_key(reading))
+            (subscription.id, meter.id, start, _distinct_key(reading))
             for _, subscription, _, _, start, _, _, readings in placed
             for meter, reading in readings
             if meter.aggregation == Aggregation.UNIQUE_COUNT
-            and (subscription.pk, meter.pk, start) in missing
+            and (subscription.id, meter.id, start) in missing
         }
         loaded, seen_there = _load_counters(missing, distinct)
         counters.update(loaded)
@@ -205,7 +205,7 @@ def _rate(
 
     budget = budgets.load(  # None (and no statement) when no event names a project
         {
-            (c.pk, p.source.project, start)
+            (c.id, p.source.project, start)
             for c, _, p, _, start, *_ in placed
             if p.source.project is not None
         },

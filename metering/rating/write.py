@@ -90,7 +90,7 @@ def _system_account_id(code: str, currency: str) -> int:
 
 
 def _usage_account_id(customer: Customer) -> int:
-    key = (f"tokens:{customer.pk}", "TOKENS")
+    key = (f"tokens:{customer.id}", "TOKENS")
     if key in _account_ids:
         return _account_ids[key]
     return _remember(key, billing_services.usage_account(customer=customer).pk)
@@ -120,7 +120,7 @@ class UsagePosting:
     def spec(self) -> ledger.TransactionSpec:
         name = next(iter(self.names)) if len(self.names) == 1 else "events"
         return ledger.TransactionSpec(
-            reference=_reference(self.customer.pk, self.first_key),
+            reference=_reference(self.customer.id, self.first_key),
             legs=self.legs,
             description=f"Usage: {name}"
             + (f" ({len(self.event_ids)} events)" if len(self.event_ids) > 1 else ""),
@@ -140,9 +140,9 @@ def _usage_postings(
         tokens = p.usage.total_tokens if p.usage is not None else 0
         if not tokens and not money:
             continue
-        posting = postings.get(a.customer.pk)
+        posting = postings.get(a.customer.id)
         if posting is None:
-            posting = postings[a.customer.pk] = UsagePosting(a.customer, p.source.idempotency_key)
+            posting = postings[a.customer.id] = UsagePosting(a.customer, p.source.idempotency_key)
         posting.event_ids.append(event_id)
         posting.tokens += tokens
         if money:
@@ -195,11 +195,11 @@ def _write(
     created: dict[tuple[int, str], WalletRow] = {}
     for a in accepted:
         if a.wallet.account_id is None and a.money:
-            key = (a.customer.pk, a.currency)
+            key = (a.customer.id, a.currency)
             if key not in created:
                 wallet = billing_services.ensure_wallet(customer=a.customer, currency=a.currency)
                 created[key] = WalletRow(
-                    a.customer.pk, a.currency, wallet.account_id, wallet.billing_mode, None
+                    a.customer.id, a.currency, wallet.account_id, wallet.billing_mode, None
                 )
             a.wallet = created[key]
     event_ids = event_ids[: len(accepted)]  # drawn by _read_part, one per event of the part
@@ -276,12 +276,12 @@ def _write(
         event_rows.append(
             (
                 event_id,
-                customer.pk,
+                customer.id,
                 p.source.idempotency_key,
                 p.source.event_name,
                 p.source.timestamp,
                 p.source.properties_json or json.dumps(p.source.properties, default=str),
-                a.subscription.pk,
+                a.subscription.id,
                 a.period_start,
                 u.provider if u else "",
                 u.model if u else "",
@@ -376,7 +376,7 @@ def _forget_incoming(accepted: list[Accepted]) -> Statement:
     or refused and now sent again synchronously): it is rated now, so the inbox forgets
     it, or it would be listed refused though charged (metering.inbox)."""
     source, params = _rows(
-        "k", "c bigint, key text", [(a.customer.pk, a.p.source.idempotency_key) for a in accepted]
+        "k", "c bigint, key text", [(a.customer.id, a.p.source.idempotency_key) for a in accepted]
     )
     return (
         f"DELETE FROM metering_incomingevent i USING {source} "
@@ -548,8 +548,8 @@ def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
         u = p.usage
         day = p.source.timestamp.astimezone(UTC).date()
         key = (
-            a.customer.pk,
-            a.subscription.pk,
+            a.customer.id,
+            a.subscription.id,
             a.period_start,
             day,
             u.provider,

@@ -112,11 +112,11 @@ def test_a_keyed_batch_releases_its_first_parts_locks_before_it_finishes(
     second_part, go_on = threading.Event(), threading.Event()
     lock = rating_ingest._lock_customers
 
-    def lock_and_pause(customer_ids):
+    def lock_and_pause(customer_ids, **kwargs):
         if second.pk in customer_ids:
             second_part.set()
             go_on.wait(timeout=20)
-        lock(customer_ids)
+        lock(customer_ids, **kwargs)
 
     monkeypatch.setattr(rating_ingest, "_lock_customers", lock_and_pause)
     monkeypatch.setattr(idempotency, "IN_USE_WAIT", timedelta(0))  # answer 409 at once
