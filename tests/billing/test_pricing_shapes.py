@@ -306,6 +306,9 @@ def test_the_demo_file_shows_every_shape():
     assert (migrated.minimum_amount, requests.minimum_amount) == (D(100), D(10))
     committed = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed"]
     assert committed.commitment_amount == D(500) and committed.rounding == ""
+    assert committed.commitment_billing == "in_arrears"
+    upfront = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed-upfront"]
+    assert (upfront.commitment_amount, upfront.commitment_billing) == (D(500), "in_advance")
 
 
 # --- f. prepaid commitments ------------------------------------------------------------------
