@@ -31,6 +31,8 @@ def open_commitment_invoice(subscription: Subscription, as_of: datetime) -> Invo
     caller holds the subscription's row lock (``open_period``, ``close_period``)."""
     if subscription.status not in LIVE or subscription.current_period_start > as_of:
         return None
+    if subscription.plan.commitment_billing != CommitmentBilling.IN_ADVANCE:
+        return None  # the plan a new period opens on (no query more per close for others)
     period_start, period_end = subscription.current_period_start, subscription.current_period_end
     existing = Invoice.objects.filter(
         subscription=subscription, period_start=period_start, kind=InvoiceKind.COMMITMENT
