@@ -10,7 +10,9 @@ Grant periods
 -------------
 ``cadence: period`` grants at the start of each billing period; ``month`` at the start of
 each month counted from the billing anchor (also on a yearly plan: twelve grants a year);
-``once`` at the start of the first billing period only. A subscription on trial gets
+``once`` at the start of the first billing period only. A recurring grant period cut short
+by a calendar anchor (the first, a stub) grants its share by day (``amount_of``), as its
+base fee is prorated. A subscription on trial gets
 nothing until its trial ends (its anchor: the first paid period). The plan that grants is
 the one in force at the start of the grant period: a plan changed mid-period grants by its
 own rule from the next grant period on — on a yearly plan with ``month`` cadence, from the
@@ -77,7 +79,16 @@ from billing.models import (
     SubscriptionPhase,
     SubscriptionStatus,
 )
-from billing.periods import period_boundary, period_containing, period_index, period_of, utc
+from billing.periods import (
+    midnight,
+    period_boundary,
+    period_containing,
+    period_index,
+    period_of,
+    prorate,
+    utc,
+    whole_period,
+)
 from billing.services.locks import lock_subscription_customer
 
 ZERO = Decimal(0)
@@ -152,6 +163,33 @@ def due_grant(subscription: Subscription, now: datetime) -> DueGrant | None:
     return DueGrant(plan, rule, start, end, unit, period_index(anchor, unit, start, count), count)
 
 
+def amount_of(subscription: Subscription, due: DueGrant) -> Decimal:
+    """What a grant period grants: the rule's amount, or — a recurring grant period cut
+    short by a calendar anchor (a first period, a stub) — its share by day over the whole
+    grant period it is part of, its first day counted in full, as a base fee is prorated
+    (``billing.periods.fee_span``): 100 credits a month from 15 January 09:30, anchored on
+    the 1st, grant 100 × 17/31 = 54.838709677419 (12 places). A ``once`` grant is whole."""
+    amount = due.rule.amount
+    if due.rule.cadence == GrantCadence.ONCE:
+        return amount
+    whole_start, whole_end = whole_period(
+        anchor=subscription.billing_anchor,
+        interval=due.unit,
+        count=due.count,
+        period_start=due.start,
+        period_end=due.end,
+    )
+    if (whole_start, whole_end) == (due.start, due.end):
+        return amount
+    return prorate(
+        amount,
+        used_from=max(midnight(due.start), whole_start),
+        used_until=due.end,
+        period_start=whole_start,
+        period_end=whole_end,
+    )
+
+
 def expiry_of(subscription: Subscription, due: DueGrant) -> datetime | None:
     """When what is left of this grant expires (see the module's docstring)."""
     rule = due.rule
@@ -208,7 +246,7 @@ def grant_for(*, subscription_id: int, now: datetime | None = None) -> CreditGra
         rule = due.rule
         grant = credits.grant_credits(
             customer=subscription.customer,
-            amount=rule.amount,
+            amount=amount_of(subscription, due),
             name=rule.name or f"{due.plan.name} credits",
             source=GrantSource.PLAN,
             priority=rule.priority,

@@ -15,6 +15,7 @@ from django.utils import timezone
 from billing import errors
 from billing.models import (
     BillingTime,
+    CommitmentBilling,
     CreditGrant,
     Customer,
     GrantStatus,
@@ -270,6 +271,7 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         rounding=data.get("rounding") or "",
         minimum_amount=data.get("minimum_amount"),
         commitment_amount=data.get("commitment_amount"),
+        commitment_billing=data.get("commitment_billing") or CommitmentBilling.IN_ARREARS,
         interval_count=1 if data.get("interval_count") is None else data["interval_count"],
         billing_time=data.get("billing_time") or BillingTime.ANNIVERSARY,
         billing_anchor_day=data.get("billing_anchor_day"),

@@ -55,6 +55,11 @@ class InvoiceSerializer(serializers.Serializer):
     customer = serializers.CharField(source="customer.external_id")
     subscription = serializers.IntegerField(source="subscription_id")
     status = serializers.CharField(help_text="draft, open, past_due, paid or void")
+    kind = serializers.CharField(
+        help_text="period: the period's invoice, made at its close; commitment: a prepaid "
+        "commitment invoiced in advance as its period opened (commitment_billing in_advance: "
+        "the period's invoice draws usage down against it)"
+    )
     currency = serializers.CharField()
     period_start = serializers.DateTimeField()
     period_end = serializers.DateTimeField()
@@ -86,6 +91,7 @@ _INVOICE_ATTRIBUTES = (
     "customer",
     "subscription_id",
     "status",
+    "kind",
     "currency",
     "period_start",
     "period_end",
@@ -224,6 +230,7 @@ class UpcomingInvoiceView(APIView):
             "customer": customer,
             "subscription_id": subscription.pk,
             "status": "upcoming",
+            "kind": "period",
             "currency": draft.currency,
             "period_start": subscription.current_period_start,
             "period_end": subscription.current_period_end,

@@ -41,6 +41,15 @@ class InvoiceHasPayments(InvoicingError):
     error_type = "conflict_error"
 
 
+class PrepaidCommitmentInvoice(InvoicingError):
+    """A commitment invoiced in advance is settled by its period's invoice: that one is
+    credited (it carries the breakage), and this one is voided only before the close."""
+
+    code = "prepaid_commitment_invoice"
+    http_status = 409
+    error_type = "conflict_error"
+
+
 class ReferenceReused(InvoicingError):
     code = "reference_reused"
     http_status = 409

@@ -8,8 +8,9 @@ events or invoices there are (tests/invoicing/test_finance.py counts them):
   of the periods starting in that month;
 - **invoiced** per month: the totals of finalized invoices (open, past due, paid) whose
   period starts in that month;
-- **MRR**: the recurring base fees of the subscription phases in effect at a moment, a
-  yearly fee counted as a twelfth, trials left out; the change is against the MRR
+- **MRR**: the recurring base fees and prepaid commitments (committed recurring revenue:
+  invoiced every period whatever the usage) of the subscription phases in effect at a
+  moment, a yearly fee counted as a twelfth, trials left out; the change is against the MRR
   ``MRR_CHANGE_DAYS`` days earlier;
 - **receivables**: what finalized, unpaid invoices still owe (due − paid − credited),
   aged by their due date (``AGING_BUCKETS``);
@@ -205,23 +206,25 @@ def _mrr_at(moment: datetime) -> Q:
         & (Q(ends_at__isnull=True) | Q(ends_at__gt=moment))
         & Q(subscription__started_at__lte=moment)
         & (Q(subscription__ended_at__isnull=True) | Q(subscription__ended_at__gt=moment))
-        & (
-            Q(subscription__trial_ends_at__isnull=True)
-            | Q(subscription__trial_ends_at__lte=moment)
-        )
+        & (Q(subscription__trial_ends_at__isnull=True) | Q(subscription__trial_ends_at__lte=moment))
     )
 
 
 def mrr(*, now: datetime, before: datetime) -> dict[str, tuple[Decimal, Decimal]]:
-    """{currency: (MRR now, MRR at ``before``)}: base fees brought to a month — a yearly
-    one / 12, a quarterly one / 3, every N months / N; a weekly one × 52 / 12 and a daily
-    one × 365 / 12 (each over its interval_count)."""
+    """{currency: (MRR now, MRR at ``before``)}: base fees and prepaid commitments (owed
+    every period whatever the usage, in arrears or in advance alike; usage beyond one is
+    not recurring) brought to a month — a yearly one / 12, a quarterly one / 3, every N
+    months / N; a weekly one × 52 / 12 and a daily one × 365 / 12 (each over its
+    interval_count)."""
+    recurring = F("plan__base_fee") + Coalesce(
+        "plan__commitment_amount", Value(ZERO), output_field=DecimalField()
+    )
     rows = (
         SubscriptionPhase.objects.filter(_mrr_at(now) | _mrr_at(before))
         .values("plan__currency", "plan__interval", "plan__interval_count")
         .annotate(
-            now=Sum("plan__base_fee", filter=_mrr_at(now)),
-            before=Sum("plan__base_fee", filter=_mrr_at(before)),
+            now=Sum(recurring, filter=_mrr_at(now), output_field=DecimalField()),
+            before=Sum(recurring, filter=_mrr_at(before), output_field=DecimalField()),
         )
     )
     # The fees of one cadence are added first and brought to a month once: the twelfth of a

@@ -27,13 +27,18 @@ Amounts
 Money movement (all through ``ledger.services``; accounts in the invoice's currency)
     rating, in real time    Dr wallet            Cr @Revenue       usage U, exact
     finalize                Dr receivable  T     Cr wallet U       the period's usage moves
-                                                 Cr @Revenue F−B   from the wallet to the
+                                                 Cr @Revenue F−B+P from the wallet to the
                                                  Cr @TaxPayable X  invoice; fees and tax
                                                  Cr @CommitmentBreakage B
+                                                 Dr @CommitmentPrepaid P
                                                  Cr/Dr @Rounding   are recognised once;
                                                                    T = the invoice total;
                                                                    B = the commitment no
-                                                                   usage drew (breakage)
+                                                                   usage drew (breakage);
+                                                                   P = a commitment paid
+                                                                   in advance, released
+    commitment in advance   Dr receivable C      Cr @CommitmentPrepaid C  (a liability until
+                            (its own invoice, when the period opens)   the period's close)
     finalize, balance used  Dr wallet            Cr receivable     the wallet's own funds
                                                                    (prepaid money, credit
                                                                    left on a postpaid
@@ -131,6 +136,14 @@ class InvoiceStatus(models.TextChoices):
 FINAL_STATUSES = (InvoiceStatus.OPEN, InvoiceStatus.PAST_DUE, InvoiceStatus.PAID)
 
 
+class InvoiceKind(models.TextChoices):
+    """A period's invoice, made at its close; or a prepaid commitment's, made when a period
+    opens on a plan whose commitment is billed in advance (``invoicing.commitments``)."""
+
+    PERIOD = "period", "The period's invoice (at its close)"
+    COMMITMENT = "commitment", "A prepaid commitment invoiced in advance (when the period opens)"
+
+
 class Invoice(models.Model):
     customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
     subscription = models.ForeignKey(
@@ -138,6 +151,12 @@ class Invoice(models.Model):
     )
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
+    kind = models.CharField(
+        max_length=12,
+        choices=InvoiceKind.choices,
+        default=InvoiceKind.PERIOD,
+        db_default=InvoiceKind.PERIOD,
+    )
     currency = models.CharField(max_length=16)
     status = models.CharField(
         max_length=10, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT
@@ -166,6 +185,12 @@ class Invoice(models.Model):
     commitment_breakage = money_field(
         help_text="The part of the period's prepaid commitment no usage drew (exact): "
         "recognised on @CommitmentBreakage, the rest of the fees on @Revenue."
+    )
+    commitment_deferred = money_field(
+        db_default=ZERO,
+        help_text="A commitment invoiced in advance, held on @CommitmentPrepaid until its "
+        "period closes: + on the commitment invoice (deferred), − on the period's invoice "
+        "(released: drawn by usage or broken). Not @Revenue."
     )
     # what happens after finalization
     amount_paid = money_field()
@@ -201,7 +226,15 @@ class Invoice(models.Model):
             # Exactly one invoice per subscription and period: closing twice, or two workers
             # closing at once, cannot make a second one.
             models.UniqueConstraint(
-                fields=["subscription", "period_start"], name="invoicing_one_per_period"
+                fields=["subscription", "period_start"],
+                condition=Q(kind="period"),
+                name="invoicing_one_per_period",
+            ),
+            # One commitment invoiced in advance per period opened.
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"],
+                condition=Q(kind="commitment"),
+                name="invoicing_one_commitment_per_period",
             ),
             models.UniqueConstraint(fields=["series", "number"], name="invoicing_number_unique"),
             models.CheckConstraint(

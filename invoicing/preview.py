@@ -57,7 +57,7 @@ from billing.models import (
 )
 from billing.services import PlanSpec, validate_plan_spec
 from invoicing import errors
-from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
+from invoicing.models import FINAL_STATUSES, Invoice, InvoiceKind, InvoiceStatus
 from invoicing.money import to_minor_unit
 from invoicing.selectors import InvoiceDraft, compute_invoice
 from metering import catalog, rating
@@ -263,7 +263,7 @@ def _repriced(
 
 def _last_invoice(subscription: Subscription) -> Invoice | None:
     return (
-        Invoice.objects.filter(subscription=subscription)
+        Invoice.objects.filter(subscription=subscription, kind=InvoiceKind.PERIOD)
         .exclude(status=InvoiceStatus.VOID)
         .order_by("-period_start")
         .first()
@@ -418,6 +418,7 @@ def preview_plan_version(
             rounding=spec.rounding,
             minimum_amount=spec.minimum_amount,
             commitment_amount=spec.commitment_amount,
+            commitment_billing=spec.commitment_billing,
         )
         rows: list[CustomerChange] = []
         skipped: list[tuple[str, str]] = []

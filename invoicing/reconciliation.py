@@ -137,7 +137,7 @@ USAGE_LEDGER = Check(
 _FINALIZED = """
     inv AS (SELECT id, display_number, subscription_id, period_start, currency, total,
                    usage_charged, fees_precise, tax, rounding, balance_applied,
-                   commitment_breakage, ledger_transaction_id
+                   commitment_breakage, commitment_deferred, kind, ledger_transaction_id
               FROM invoicing_invoice
              WHERE finalized_at >= %(start)s AND finalized_at < %(end)s)"""
 
@@ -150,6 +150,7 @@ INVOICE_USAGE = Check(
              FROM inv LEFT JOIN metering_event e
                ON e.subscription_id = inv.subscription_id
               AND e.period_start = inv.period_start AND e.currency = inv.currency
+              AND inv.kind = 'period'  -- a commitment invoiced in advance has no usage
             GROUP BY inv.id),
     ln AS (SELECT l.invoice_id AS id, sum(l.amount_precise) AS precise
              FROM inv JOIN invoicing_invoiceline l ON l.invoice_id = inv.id
@@ -182,6 +183,7 @@ INVOICE_LEDGER = Check(
                  AS wallet,
                sum(en.amount) FILTER (WHERE a.code = '@Revenue') AS revenue,
                sum(en.amount) FILTER (WHERE a.code = '@CommitmentBreakage') AS breakage,
+               sum(en.amount) FILTER (WHERE a.code = '@CommitmentPrepaid') AS prepaid,
                sum(en.amount) FILTER (WHERE a.code = '@TaxPayable') AS tax,
                sum(en.amount) FILTER (WHERE a.code = '@Rounding') AS rounding
           FROM inv JOIN ledger_entry en ON en.transaction_id = inv.ledger_transaction_id
@@ -201,8 +203,10 @@ INVOICE_LEDGER = Check(
           CROSS JOIN LATERAL (VALUES
               ('receivable leg ≠ total', inv.total, legs.receivable),
               ('wallet leg ≠ −usage charged', -inv.usage_charged, legs.wallet),
-              ('@Revenue leg ≠ −(fees − breakage)',
-               -(inv.fees_precise - inv.commitment_breakage), legs.revenue),
+              ('@Revenue leg ≠ −(fees − breakage − deferred)',
+               -(inv.fees_precise - inv.commitment_breakage - inv.commitment_deferred),
+               legs.revenue),
+              ('@CommitmentPrepaid leg ≠ −deferred', -inv.commitment_deferred, legs.prepaid),
               ('@CommitmentBreakage leg ≠ −breakage', -inv.commitment_breakage,
                legs.breakage),
               ('@TaxPayable leg ≠ −tax', -inv.tax, legs.tax),

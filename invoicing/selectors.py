@@ -65,6 +65,8 @@ class InvoiceDraft:
     fees_precise: Decimal
     rounding_rule: str = RoundingRule.HALF_EVEN  # the plan's: how lines and tax are rounded
     commitment_breakage: Decimal = ZERO  # the commitment no usage drew: its own revenue
+    # + held on @CommitmentPrepaid (a commitment invoiced in advance), − released at close
+    commitment_deferred: Decimal = ZERO
 
     @property
     def rounding(self) -> Decimal:
@@ -583,148 +585,6 @@ def minimum_lines(
     return shortfalls
 
 
-# Lines a prepaid commitment draws on: the period's usage charges (meter lines: usage by
-# tier or as rated, a flat fee at zero usage, a prorated charge's adjustment, a charge's
-# minimum shortfall). Not base fees, not the plan's own minimum (refused beside one).
-DRAWN_KINDS = (LineKind.USAGE, LineKind.MINIMUM)
-
-
-@dataclass
-class Commitment:
-    lines: list[LineDraft]  # a fee line per slice, then the draw-down
-    breakage: Decimal  # what no usage drew
-    drawn: Decimal  # exact, 12 places
-    drawable: list[tuple[LineDraft, Decimal]]  # each line drawn on, and what of it
-
-
-def commitment_lines(
-    subscription: Subscription,
-    period_start: datetime,
-    period_end: datetime,
-    currency: str,
-    phases: list[SubscriptionPhase],
-    lines: list[LineDraft],
-) -> Commitment:
-    """A prepaid commitment's lines, its breakage and what it drew (exact, 12 places). The
-    commitment is owed slice by slice of the billed span (``_slices``: each plan version's
-    ``commitment_amount`` by its share of the period; nothing in a trial or after the end)
-    and invoiced whatever the usage, one fee line per slice; the period's usage charges then
-    draw it down — one negative line, ``Drawn from the commitment`` — up to what was
-    committed (``_drawable``: the whole period's usage lines — usage is not split by plan
-    version, docs/pricing-file.md — and the share of a charge minimum's shortfall owed by
-    versions with a commitment), at the ledger's 12 places. Usage beyond it stays on the
-    invoice as overage; what no usage drew is breakage (``Invoice.commitment_breakage``,
-    recognised on ``@CommitmentBreakage`` at finalization). ``round_commitment`` sets the
-    presented figures.
-
-    Computed from the period's counters at close, finalization and for the upcoming invoice
-    (never during rating): rating is unchanged, so no event can draw twice."""
-    slices = [
-        part
-        for part in _slices(subscription, period_start, period_end, phases)
-        if part.plan.commitment_amount is not None
-        and part.plan.consumption_model == ConsumptionModel.METERED
-    ]
-    if not slices:
-        return Commitment([], ZERO, ZERO, [])
-    committed_lines = []
-    for part in slices:
-        commitment = part.plan.commitment_amount
-        assert commitment is not None
-        amount = prorate_fee(
-            subscription,
-            commitment,
-            used_from=part.starts_at,
-            used_until=part.ends_at,
-            period_start=period_start,
-            period_end=period_end,
-        )
-        description = (
-            f"{part.plan.name} — prepaid commitment, {commitment.normalize():,f} {currency} "
-            "per period"
-        )
-        description += _prorated_note(
-            subscription, part.starts_at, part.ends_at, period_start, period_end
-        )
-        committed_lines.append(
-            LineDraft(
-                kind=LineKind.COMMITMENT,
-                description=description,
-                starts_at=part.starts_at,
-                ends_at=part.ends_at,
-                quantity=Decimal(1),
-                unit_price=amount,
-                amount_precise=amount,
-                plan_id=part.plan.pk,
-                fee=True,
-                metadata={"commitment": str(amount)},
-            )
-        )
-    committed = sum((ln.amount_precise for ln in committed_lines), ZERO)
-    drawable = [(ln, _drawable(ln)) for ln in lines if ln.meter_id is not None]
-    usage = ledger_round(sum((amount for _, amount in drawable), ZERO))  # the ledger's places
-    drawn = min(committed, max(usage, ZERO))
-    left = committed - drawn
-    shown = to_minor_unit(left, currency)  # a description, not a figure
-    draw = LineDraft(
-        kind=LineKind.COMMITMENT,
-        description=f"Usage drawn from the commitment ({shown:,f} {currency} not drawn)",
-        starts_at=slices[0].starts_at,
-        ends_at=slices[-1].ends_at,
-        quantity=Decimal(1),
-        unit_price=-drawn,
-        amount_precise=-drawn,
-        plan_id=slices[-1].plan.pk,
-        fee=True,
-        metadata={
-            "committed": str(committed),
-            "usage": str(usage),
-            "drawn": str(drawn),
-            "left": str(left),
-            "overage": str(max(usage - committed, ZERO)),
-        },
-    )
-    return Commitment([*committed_lines, draw], left, drawn, drawable)
-
-
-def _drawable(line: LineDraft) -> Decimal:
-    """What of a meter line a commitment draws: a usage charge's line whole; a charge
-    minimum's shortfall by the share of it owed by plan versions with a commitment (a
-    minimum of a version without one is not paid from a later version's commitment)."""
-    if line.kind not in DRAWN_KINDS:
-        return ZERO
-    if line.kind == LineKind.USAGE:
-        return line.amount_precise
-    owed = Decimal(line.metadata.get("minimum", "0"))
-    ours = Decimal(line.metadata.get("minimum_committed", "0"))
-    if ours == owed:
-        return line.amount_precise
-    if not ours:
-        return ZERO
-    return ledger_round(line.amount_precise * ours / owed)
-
-
-def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
-    """The commitment's presented figures, after its lines were rounded: its slices add up
-    to the whole commitment rounded (each slice is the rounded running total less the one
-    before it: 33.33, 33.34, 33.33 for three thirds of 100.00), and the draw-down is what
-    the lines it draws were presented at, up to the commitment presented — usage within the
-    commitment comes to the commitment exactly. What that moves from the exact figures is
-    the invoice's rounding (``@Rounding``), as any line's rounding is."""
-    *slices, draw = commitment.lines
-    running = presented = ZERO
-    for line in slices:
-        running += line.amount_precise
-        line.amount = to_minor_unit(running, currency, rule) - presented
-        presented += line.amount
-    shown = ZERO
-    for line, amount in commitment.drawable:
-        shown += (
-            line.amount if amount == line.amount_precise else to_minor_unit(amount, currency, rule)
-        )
-    draw.amount = -min(presented, max(shown, ZERO))
-
-
 def compute_invoice(
     *,
     subscription: Subscription,
@@ -738,7 +598,11 @@ def compute_invoice(
     """The lines and totals of one period. ``base_fees``: lines computed earlier (at close:
     they do not change with late usage, and the subscription has moved on since).
     ``phases``, ``terms``, ``counters``: what a usage preview (``invoicing.preview``) puts in
-    place of the stored phases, the plan in force and the counters; nothing else differs."""
+    place of the stored phases, the plan in force and the counters; nothing else differs.
+    A commitment's lines are ``invoicing.commitments``' (imported here: it builds on this
+    module's lines and slices)."""
+    from invoicing import commitments
+
     currency = subscription.plan.currency
     if phases is None:
         phases = _phases(subscription, period_end)  # read once for the fees and the usage
@@ -757,7 +621,15 @@ def compute_invoice(
     lines += minimum_lines(
         subscription, period_start, period_end, currency, phases, lines, terms=terms
     )
-    commitment = commitment_lines(subscription, period_start, period_end, currency, phases, lines)
+    commitment = commitments.commitment_lines(
+        subscription,
+        period_start,
+        period_end,
+        currency,
+        phases,
+        lines,
+        prepaid=commitments.prepaid_for(subscription, period_start),
+    )
     lines += minimum_lines(
         subscription,
         period_start,
@@ -772,7 +644,7 @@ def compute_invoice(
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
     if commitment.lines:
-        round_commitment(commitment, currency, rule)
+        commitments.round_commitment(commitment, currency, rule)
     subtotal = sum((line.amount for line in lines), ZERO)
     rate = tax_rate_for(subscription.customer)
     percentage = rate.percentage if rate is not None else ZERO
@@ -790,4 +662,5 @@ def compute_invoice(
         + sum((line.amount_precise for line in base_fees), ZERO),
         rounding_rule=rule,
         commitment_breakage=commitment.breakage,
+        commitment_deferred=-commitment.released,
     )

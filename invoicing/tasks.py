@@ -41,6 +41,20 @@ def close_subscription_period(subscription_id: int, as_of: str | None = None) ->
 
 
 @shared_task(acks_late=True)
+def open_due_periods(as_of: str | None = None) -> int:
+    """Beat: queue one opening per subscription whose period opened without its commitment
+    invoiced in advance (a first period; the close opens the ones it rolls into)."""
+    return _queue_each(open_period, services.due_opening_ids(as_of=_as_of(as_of)), as_of)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def open_period(subscription_id: int, as_of: str | None = None) -> int | None:
+    """Invoice the period's commitment in advance; a rerun finds the invoice made."""
+    invoice = services.open_period(subscription_id=subscription_id, as_of=_as_of(as_of))
+    return invoice.pk if invoice is not None else None
+
+
+@shared_task(acks_late=True)
 def finalize_due_invoices(as_of: str | None = None) -> int:
     """Beat: queue the finalization of every draft whose grace period has passed."""
     return _queue_each(finalize_invoice, services.due_draft_ids(as_of=_as_of(as_of)), as_of)

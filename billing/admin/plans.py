@@ -33,6 +33,7 @@ from billing.admin.common import (
 from billing.api.serializers import ChargeSerializer
 from billing.models import (
     BillingTime,
+    CommitmentBilling,
     ConsumptionModel,
     Interval,
     Plan,
@@ -238,6 +239,13 @@ class PlanVersionForm(forms.Form):
         help_text="Optional, metered plans: a prepaid commitment per period, drawn down by "
         "usage charges; overage beyond it, what is left expires.",
     )
+    commitment_billing = forms.ChoiceField(
+        choices=CommitmentBilling.choices,
+        initial=CommitmentBilling.IN_ARREARS,
+        required=False,  # left out: in_arrears, the default
+        help_text="When the commitment is invoiced: at the period's close, or when the "
+        "period opens (paid up front).",
+    )
     # Ranges are validate_plan_spec's (the pricing file's and the API's message).
     billing_time = forms.ChoiceField(
         choices=BillingTime.choices,
@@ -311,6 +319,7 @@ class PlanCreateForm(PlanVersionForm):
         "rounding",
         "minimum_amount",
         "commitment_amount",
+        "commitment_billing",
         "interval_count",
         "billing_time",
         "billing_anchor_day",
@@ -372,6 +381,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "rounding",
         "minimum_amount",
         "commitment_amount",
+        "commitment_billing",
         "interval_count",
         "billing_time",
         "billing_anchor_day",
@@ -445,6 +455,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                 "rounding": spec.rounding,
                 "minimum_amount": decimal_text(spec.minimum_amount),
                 "commitment_amount": decimal_text(spec.commitment_amount),
+                "commitment_billing": spec.commitment_billing,
                 "billing_time": spec.billing_time,
                 "billing_anchor_day": spec.billing_anchor_day,
             },
@@ -473,6 +484,7 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                             "rounding",
                             "minimum_amount",
                             "commitment_amount",
+                            "commitment_billing",
                             "billing_time",
                             "billing_anchor_day",
                         )

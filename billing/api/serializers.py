@@ -530,6 +530,15 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
         "period), invoiced whatever the usage and drawn down by the period's usage charges; "
         "usage beyond it is overage, what is left expires. Null: none.",
     )
+    # Checked by validate_plan_spec (the pricing file's and the admin's message).
+    commitment_billing = serializers.CharField(
+        max_length=20,
+        required=False,
+        default="in_arrears",
+        help_text="When the commitment is invoiced: in_arrears (the default), at the "
+        "period's close with its usage; in_advance, on an invoice of its own when the period "
+        "opens (paid up front), the close invoicing only the overage.",
+    )
     # Ranges checked by validate_plan_spec (the pricing file's and the admin's message).
     interval_count = serializers.IntegerField(
         required=False,
@@ -573,6 +582,7 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "rounding",
             "minimum_amount",
             "commitment_amount",
+            "commitment_billing",
             "interval_count",
             "billing_time",
             "billing_anchor_day",

@@ -70,6 +70,7 @@ from billing.models.plan_credits import (
 from billing.models.plans import (
     Aggregation,
     BillingTime,
+    CommitmentBilling,
     ConsumptionModel,
     Interval,
     Meter,
@@ -111,6 +112,7 @@ __all__ = [
     "Wallet",
     "Interval",
     "BillingTime",
+    "CommitmentBilling",
     "ConsumptionModel",
     "RoundingRule",
     "Plan",

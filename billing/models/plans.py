@@ -27,6 +27,13 @@ class BillingTime(models.TextChoices):
     CALENDAR = "calendar", "On the calendar: a first period prorated by day up to the anchor"
 
 
+class CommitmentBilling(models.TextChoices):
+    """When a prepaid commitment is invoiced (``invoicing.commitments``)."""
+
+    IN_ARREARS = "in_arrears", "At the period's close, with its usage"
+    IN_ADVANCE = "in_advance", "When the period opens (paid up front); overage at the close"
+
+
 class RoundingRule(models.TextChoices):
     """How an invoice rounds exact amounts to the currency's minor unit
     (``invoicing.money.to_minor_unit``)."""
@@ -95,6 +102,15 @@ class Plan(models.Model):
         help_text="Prepaid commitment per period (metered plans): invoiced whatever the "
         "usage, drawn down by the period's usage charges; usage beyond it is overage, what "
         "is left expires (breakage). Prorated for part of a period. Empty = none.",
+    )
+    commitment_billing = models.CharField(
+        max_length=12,
+        choices=CommitmentBilling.choices,
+        default=CommitmentBilling.IN_ARREARS,
+        db_default=CommitmentBilling.IN_ARREARS,
+        help_text="When the commitment is invoiced: in_arrears, at the period's close with "
+        "its usage; in_advance, on an invoice of its own when the period opens, the close "
+        "then invoicing the overage only.",
     )
     self_serve = models.BooleanField(
         default=False,

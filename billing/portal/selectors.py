@@ -124,7 +124,7 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
 
 def commitment_left(lines: list) -> Decimal:
     """What usage has not drawn yet of the period's prepaid commitment (exact; 0 without
-    one): the draw-down line's ``left`` (``invoicing.selectors.commitment_lines``)."""
+    one): the draw-down line's ``left`` (``invoicing.commitments.commitment_lines``)."""
     return sum(
         (Decimal(ln.metadata["left"]) for ln in lines if "left" in ln.metadata),
         ZERO,

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from billing import errors, services
-from billing.models import Aggregation, BillingTime, ConsumptionModel, Interval, PriceModel
+from billing.models import (
+    Aggregation,
+    BillingTime,
+    CommitmentBilling,
+    ConsumptionModel,
+    Interval,
+    PriceModel,
+)
 from billing.pricing.grants import read_credit_grant
 from billing.pricing.reading import Number, PricingFileInvalid, detect_format, load_document
 from billing.pricing.values import MISSING, ValueReader, nearest_line
@@ -211,6 +218,7 @@ class _Parser(ValueReader):
                 "rounding",
                 "minimum_amount",
                 "commitment_amount",
+                "commitment_billing",
                 "interval_count",
                 "billing_time",
                 "billing_anchor_day",
@@ -277,6 +285,10 @@ class _Parser(ValueReader):
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
             commitment_amount=self.decimal(
                 data, "commitment_amount", where, default=None, nullable=True
+            ),
+            # a string here; validate_plan_spec refuses an unknown one (the API's message)
+            commitment_billing=self.string(
+                data, "commitment_billing", where, default=CommitmentBilling.IN_ARREARS.value
             ),
             # whole numbers of either sign here; their ranges are validate_plan_spec's (the
             # API's and the admin's message, for -1 as for 61)

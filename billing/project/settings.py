@@ -331,6 +331,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "invoicing.tasks.close_due_periods",
         "schedule": crontab(minute="*/5"),
     },
+    # A commitment billed in advance is invoiced when a period opens that no close rolled
+    # into (a subscription's first); finalized by the next finalize sweep.
+    "invoicing-open-due-periods": {
+        "task": "invoicing.tasks.open_due_periods",
+        "schedule": crontab(minute="1-59/5"),
+    },
     "invoicing-finalize-due-invoices": {
         "task": "invoicing.tasks.finalize_due_invoices",
         "schedule": crontab(minute="2-59/5"),

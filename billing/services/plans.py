@@ -16,6 +16,7 @@ from billing.meters import CATALOG_KINDS, LLM_FIELDS
 from billing.models import (
     Aggregation,
     BillingTime,
+    CommitmentBilling,
     ConsumptionModel,
     GrantCadence,
     GrantExpiry,
@@ -181,6 +182,10 @@ class PlanSpec:
     minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
     # Prepaid commitment per period, drawn down by usage charges (invoicing.commitments).
     commitment_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
+    # When it is invoiced: at the close (in_arrears) or when the period opens (in_advance).
+    commitment_billing: str = field(
+        default=CommitmentBilling.IN_ARREARS.value, metadata=ADDED_LATER
+    )
     # A period lasts interval_count intervals (billing.periods).
     interval_count: int = field(default=1, metadata=ADDED_LATER)
     # What new subscriptions count periods from: their start, or the calendar (an anchor day).
@@ -190,6 +195,7 @@ class PlanSpec:
     def canonical_hash(self, *, legacy_rounding: bool = False) -> str:
         """``legacy_rounding``: the hash as published before "not said" ("") could be told
         from half_even, when half_even was the default and left out of the hash."""
+
         def plain(value: Any) -> Any:
             if isinstance(value, Decimal):
                 return format(value.normalize(), "f")
@@ -228,7 +234,17 @@ def _validate_commitment(spec: PlanSpec, fail: Any, money: Any) -> None:
     """A prepaid commitment: money, > 0, on a metered plan, and not beside a plan minimum
     (both say "at least this per period"; docs/pricing-file.md, Prepaid commitments)."""
     value, param = spec.commitment_amount, "commitment_amount"
+    if spec.commitment_billing not in CommitmentBilling.values:
+        fail(
+            f"commitment_billing must be one of {', '.join(CommitmentBilling.values)}",
+            "commitment_billing",
+        )
     if value is None:
+        if spec.commitment_billing != CommitmentBilling.IN_ARREARS:
+            fail(
+                "commitment_billing applies to a plan with a commitment_amount",
+                "commitment_billing",
+            )
         return
     if value <= 0:
         fail("commitment_amount must be greater than 0 (leave it out for none)", param)
@@ -556,6 +572,7 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         rounding=spec.rounding,
         minimum_amount=spec.minimum_amount,
         commitment_amount=spec.commitment_amount,
+        commitment_billing=spec.commitment_billing,
         self_serve=current.self_serve if current is not None else False,
         spec_hash=spec_hash,
         published_by_id=published_by_id,
@@ -642,6 +659,7 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         rounding=plan.rounding,
         minimum_amount=plan.minimum_amount,
         commitment_amount=plan.commitment_amount,
+        commitment_billing=plan.commitment_billing,
         charges=tuple(
             ChargeSpec(
                 meter=c.meter.code,

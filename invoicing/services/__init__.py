@@ -1,6 +1,8 @@
 """Writes of invoicing. Money moves only through ``ledger.services``; the money movement map
 is in ``invoicing.models``.
 
+    opening      open_period, due_opening_ids: a commitment billed in advance is invoiced
+                 when its period opens, exactly once
     close        close_period, close_subscription_periods, close_due_periods:
                  a period becomes a draft, exactly once
     finalize     finalize_invoice, finalize_due_invoices, refresh_draft, after_finalization:
@@ -38,6 +40,7 @@ from invoicing.services.finalize import (
     invoices_without_follow_up,
     refresh_draft,
 )
+from invoicing.services.opening import due_opening_ids, open_period
 from invoicing.services.settlement import (
     create_credit_note,
     due_payment_retry_ids,
@@ -56,11 +59,13 @@ __all__ = [
     "close_subscription_periods",
     "create_credit_note",
     "due_draft_ids",
+    "due_opening_ids",
     "due_payment_retry_ids",
     "due_subscription_ids",
     "finalize_due_invoices",
     "finalize_invoice",
     "invoices_without_follow_up",
+    "open_period",
     "receivable_account",
     "record_payment",
     "record_payment_failure",

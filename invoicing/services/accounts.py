@@ -24,6 +24,9 @@ TAX_PAYABLE = "@TaxPayable"
 ROUNDING = "@Rounding"
 # What a prepaid commitment's period left undrawn (breakage): revenue of its own.
 COMMITMENT_BREAKAGE = "@CommitmentBreakage"
+# A commitment invoiced in advance, until its period closes: owed to the customer as usage
+# or as breakage, not revenue yet (a liability, credit-normal).
+COMMITMENT_PREPAID = "@CommitmentPrepaid"
 # Keyed by PaymentProvider; looked up by the provider string a payment row or Stripe gives.
 CLEARING: dict[str, str] = {
     PaymentProvider.STRIPE: "@StripeClearing",
@@ -57,14 +60,19 @@ def nonzero_legs(*legs: Leg) -> list[Leg]:
 def recognised(invoice: Invoice, *, sign: int, usage: bool = False) -> list[Leg]:
     """The system-account legs of what an invoice recognises: fees (and, with ``usage``, the
     usage rated in real time) on @Revenue but a commitment's breakage on
-    @CommitmentBreakage, tax on @TaxPayable, rounding on @Rounding; ``sign`` -1 credits
-    them (finalize), +1 debits them (void)."""
+    @CommitmentBreakage, a commitment invoiced in advance on @CommitmentPrepaid until its
+    period's invoice releases it (``commitment_deferred``, negative there), tax on
+    @TaxPayable, rounding on @Rounding; ``sign`` -1 credits them (finalize), +1 debits them
+    (void)."""
     currency = invoice.currency
-    breakage = invoice.commitment_breakage
-    revenue = invoice.fees_precise - breakage + (invoice.usage_charged if usage else ZERO)
+    breakage, deferred = invoice.commitment_breakage, invoice.commitment_deferred
+    revenue = (
+        invoice.fees_precise - breakage - deferred + (invoice.usage_charged if usage else ZERO)
+    )
     figures = (
         (REVENUE, revenue),
         (COMMITMENT_BREAKAGE, breakage),
+        (COMMITMENT_PREPAID, deferred),
         (TAX_PAYABLE, invoice.tax),
         (ROUNDING, invoice.rounding),
     )

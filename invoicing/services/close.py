@@ -1,6 +1,7 @@
 """Closing a period: one billing period of one subscription becomes a draft invoice with its
 lines, exactly once (the unique constraint decides between two racing closers), and the
-subscription rolls on to its next period."""
+subscription rolls on to its next period (which opens: a commitment billed in advance is
+invoiced, ``invoicing.services.opening``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from billing.models import EventType, Plan, Subscription, SubscriptionPhase, Sub
 from billing.periods import period_of, subscription_period
 from invoicing import errors
 from invoicing.events import emit_invoice_event
-from invoicing.models import Invoice
+from invoicing.models import Invoice, InvoiceKind
 from invoicing.selectors import compute_invoice
 from invoicing.services.invoices import apply_figures, resolve_now, write_lines
+from invoicing.services.opening import open_commitment_invoice
 
 LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 
@@ -32,7 +34,9 @@ def _is_due(subscription: Subscription, as_of: datetime) -> bool:
         and subscription.ended_at is not None
         and subscription.ended_at <= as_of
         and not Invoice.objects.filter(
-            subscription=subscription, period_start=subscription.current_period_start
+            subscription=subscription,
+            period_start=subscription.current_period_start,
+            kind=InvoiceKind.PERIOD,
         ).exists()
     )
 
@@ -126,7 +130,9 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
         .get(pk=subscription_id)
     )
     period_start, period_end = subscription.current_period_start, subscription.current_period_end
-    existing = Invoice.objects.filter(subscription=subscription, period_start=period_start).first()
+    existing = Invoice.objects.filter(
+        subscription=subscription, period_start=period_start, kind=InvoiceKind.PERIOD
+    ).first()
     if existing is not None:
         return CloseResult(existing, created=False)
     if not _is_due(subscription, as_of):
@@ -149,11 +155,17 @@ def close_period(*, subscription_id: int, as_of: datetime | None = None) -> Clos
             invoice.save()
     except IntegrityError:  # closed by another worker since we looked
         return CloseResult(
-            Invoice.objects.get(subscription=subscription, period_start=period_start), False
+            Invoice.objects.get(
+                subscription=subscription, period_start=period_start, kind=InvoiceKind.PERIOD
+            ),
+            False,
         )
     write_lines(invoice, draft.lines)
     emit_invoice_event(EventType.INVOICE_CREATED, invoice, f"invoice.created:{invoice.pk}")
     _roll(subscription, as_of)
+    # The next period opens now: its commitment, billed in advance, is invoiced (a period
+    # already over, an operator catching up, is invoiced too: its close draws on it).
+    open_commitment_invoice(subscription, as_of)
     if subscription.status in LIVE:
         more_due = subscription.current_period_end <= as_of
     else:  # canceled: rolled on (above) while periods up to its end are left to invoice
@@ -171,9 +183,9 @@ def due_subscription_ids(*, as_of: datetime | None = None, limit: int | None = N
     ended = Subscription.objects.filter(
         status=SubscriptionStatus.CANCELED, ended_at__lte=as_of
     ).exclude(
-        pk__in=Invoice.objects.filter(period_start=F("subscription__current_period_start")).values(
-            "subscription_id"
-        )
+        pk__in=Invoice.objects.filter(
+            period_start=F("subscription__current_period_start"), kind=InvoiceKind.PERIOD
+        ).values("subscription_id")
     )
     ids = sorted(set(live.values_list("pk", flat=True)) | set(ended.values_list("pk", flat=True)))
     return ids[:limit] if limit else ids

@@ -15,7 +15,7 @@ from billing import services as billing_services
 from billing.models import EventType, Subscription
 from invoicing import errors
 from invoicing.events import emit_invoice_event
-from invoicing.models import Invoice, InvoiceStatus, LineKind
+from invoicing.models import Invoice, InvoiceKind, InvoiceStatus, LineKind
 from invoicing.money import floor_to_minor_unit
 from invoicing.selectors import LineDraft, compute_invoice
 from invoicing.services.accounts import ZERO, nonzero_legs, receivable_account, recognised
@@ -54,6 +54,8 @@ def refresh_draft(*, invoice_id: int) -> Invoice:
     invoice = locked_invoice(invoice_id, usage_lock=True)
     if invoice.status != InvoiceStatus.DRAFT:
         raise errors.InvoiceNotDraft(f"invoice {invoice} is {invoice.status}, not a draft")
+    if invoice.kind == InvoiceKind.COMMITMENT:
+        return invoice  # a commitment in advance: its lines are fixed when its period opens
     _recompute(invoice)
     invoice.save()
     return invoice
@@ -84,8 +86,12 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     # Events of the period accepted asynchronously and not rated yet are rated now, under
     # the customer's rating lock taken above: once final, the period refuses late usage,
     # and these were acknowledged (metering.inbox).
-    inbox.rate_pending_of(customer_id=invoice.customer_id, before=invoice.period_end, now=now)
-    _recompute(invoice)
+    # A commitment invoiced in advance has no usage: its lines were fixed as its period
+    # opened, and its period stays open to usage (the period's own invoice closes it).
+    period_invoice = invoice.kind == InvoiceKind.PERIOD
+    if period_invoice:
+        inbox.rate_pending_of(customer_id=invoice.customer_id, before=invoice.period_end, now=now)
+        _recompute(invoice)
     customer, currency = invoice.customer, invoice.currency
     wallet = billing_services.wallet_for(customer=customer, currency=currency)
     receivable = receivable_account(customer=customer, currency=currency)
@@ -112,7 +118,11 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     # in whole minor units; overdraft room is not money of the customer's.
     funds = locked.available + invoice.usage_charged
     applied = min(invoice.total, max(ZERO, floor_to_minor_unit(funds, currency)))
-    if applied > 0:
+    if invoice.total < 0:
+        # Owed back (a commitment paid in advance for more of the period than it lasted):
+        # to the wallet's balance, as a credit note's rest is; the receivable stays square.
+        applied = invoice.total
+    if applied:
         specs.append(
             TransactionSpec(
                 reference=f"invoice:{invoice.pk}:balance",
@@ -135,9 +145,10 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     else:
         invoice.status = InvoiceStatus.OPEN
     invoice.save()
-    Subscription.objects.filter(pk=invoice.subscription_id).filter(
-        Q(invoiced_through__isnull=True) | Q(invoiced_through__lt=invoice.period_end)
-    ).update(invoiced_through=invoice.period_end)
+    if period_invoice:
+        Subscription.objects.filter(pk=invoice.subscription_id).filter(
+            Q(invoiced_through__isnull=True) | Q(invoiced_through__lt=invoice.period_end)
+        ).update(invoiced_through=invoice.period_end)
     emit_invoice_event(EventType.INVOICE_FINALIZED, invoice, f"invoice.finalized:{invoice.pk}")
     if invoice.status == InvoiceStatus.PAID:  # the balance paid it all
         emit_invoice_event(EventType.INVOICE_PAID, invoice, f"invoice.paid:{invoice.pk}")

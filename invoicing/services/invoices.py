@@ -93,4 +93,5 @@ def apply_figures(invoice: Invoice, draft: InvoiceDraft) -> None:
     invoice.rounding = draft.rounding
     invoice.rounding_rule = draft.rounding_rule
     invoice.commitment_breakage = draft.commitment_breakage
+    invoice.commitment_deferred = draft.commitment_deferred
     invoice.amount_due = draft.total

@@ -19,7 +19,14 @@ from billing import services as billing_services
 from billing.models import EventType, Subscription, SubscriptionStatus
 from invoicing import errors
 from invoicing.events import credit_note_data, emit_invoice_event
-from invoicing.models import FINAL_STATUSES, CreditNote, Invoice, InvoiceStatus, Payment
+from invoicing.models import (
+    FINAL_STATUSES,
+    CreditNote,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    Payment,
+)
 from invoicing.money import to_minor_unit
 from invoicing.selectors import HUNDRED
 from invoicing.services.accounts import (
@@ -55,6 +62,14 @@ class DunningAction(StrEnum):
     NONE = "none"
 
 
+def _period_invoiced(invoice: Invoice) -> bool:
+    return Invoice.objects.filter(
+        subscription_id=invoice.subscription_id,
+        period_start=invoice.period_start,
+        kind=InvoiceKind.PERIOD,
+    ).exists()
+
+
 @transaction.atomic
 def void_invoice(*, invoice_id: int, reason: str, now: datetime | None = None) -> Invoice:
     """Cancel a finalized invoice nobody has paid: the customer owes nothing for it, revenue,
@@ -72,6 +87,11 @@ def void_invoice(*, invoice_id: int, reason: str, now: datetime | None = None) -
         )
     if not reason.strip():
         raise errors.InvoicingValidation("voiding needs a reason", param="reason")
+    if invoice.kind == InvoiceKind.COMMITMENT and _period_invoiced(invoice):
+        raise errors.PrepaidCommitmentInvoice(
+            f"invoice {invoice} is a commitment invoiced in advance and its period has been "
+            "invoiced (drawing on it): credit the period's invoice instead"
+        )
     accounts = customer_accounts(invoice)
     legs = nonzero_legs(
         *recognised(invoice, sign=1, usage=True),
@@ -124,6 +144,12 @@ def create_credit_note(
         raise errors.InvoiceNotFinal(f"invoice {invoice} is {invoice.status}")
     if not reason.strip():
         raise errors.InvoicingValidation("a credit note needs a reason", param="reason")
+    if invoice.kind == InvoiceKind.COMMITMENT:
+        raise errors.PrepaidCommitmentInvoice(
+            f"invoice {invoice} is a commitment invoiced in advance: it is settled by its "
+            "period's invoice, which carries the breakage — credit that one (or void this one "
+            "before the period closes)"
+        )
     currency = invoice.currency
     if amount <= 0 or to_minor_unit(amount, currency) != amount:
         raise errors.InvoicingValidation(

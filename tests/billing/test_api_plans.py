@@ -149,6 +149,7 @@ def test_publish_a_plan_creates_version_one(api, meters):
         "rounding": "",  # not said: the currency's rule, else half even
         "minimum_amount": None,
         "commitment_amount": None,
+        "commitment_billing": "in_arrears",
         "interval_count": 1,
         "billing_time": "anniversary",
         "billing_anchor_day": None,

@@ -5,6 +5,7 @@ What each shape is worth is checked by hand in tests/invoicing/test_pricing_shap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 
@@ -305,6 +306,9 @@ def test_the_demo_file_shows_every_shape():
     assert (migrated.minimum_amount, requests.minimum_amount) == (D(100), D(10))
     committed = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed"]
     assert committed.commitment_amount == D(500) and committed.rounding == ""
+    assert committed.commitment_billing == "in_arrears"
+    upfront = {p.code: p for p in parse_pricing(path=DEMO).plans}["committed-upfront"]
+    assert (upfront.commitment_amount, upfront.commitment_billing) == (D(500), "in_advance")
 
 
 # --- f. prepaid commitments ------------------------------------------------------------------
@@ -346,6 +350,53 @@ def test_a_commitment_that_is_not_a_number_is_refused_by_the_file_and_the_api(ap
     response = api.post("/api/v1/plans", body(commitment_amount="lots"))
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "commitment_amount"
+
+
+def test_a_commitment_billed_in_advance_is_accepted_alike(api, staff_client, meter_code):
+    charge = {"meter": meter_code, "unit_price": "0.1"}
+    plan = body(charge, commitment_amount="100", commitment_billing="in_advance")
+    for published in published_three_ways(api, staff_client, plan):
+        assert published.commitment_billing == "in_advance"
+        assert services.plan_spec_of(published).commitment_billing == "in_advance"
+    response = api.get(f"/api/v1/plans/{published.code}")
+    assert response.json()["commitment_billing"] == "in_advance"
+
+
+def test_in_arrears_is_the_default_and_keeps_a_plans_hash(meter_code):
+    """A plan that does not say commitment_billing is billed in arrears (today's behaviour)
+    and hashes as before the field existed: loading an unchanged file publishes nothing."""
+    plan = via_file(body({"meter": meter_code}, commitment_amount="100"))
+    assert isinstance(plan, Plan) and plan.commitment_billing == "in_arrears"
+    spec = services.plan_spec_of(plan)
+    assert spec.canonical_hash() == plan.spec_hash
+    # left out of the hash at its default, as every field added later
+    field = {f.name: f for f in dataclasses.fields(services.PlanSpec)}["commitment_billing"]
+    assert field.metadata.get("hash") == "omit_default" and field.default == "in_arrears"
+    in_advance = dataclasses.replace(spec, commitment_billing="in_advance")
+    assert in_advance.canonical_hash() != spec.canonical_hash()
+
+
+@pytest.mark.parametrize(
+    ("extra", "admin_extra", "message"),
+    [
+        ({"commitment_billing": "in_advance"}, {},
+         "commitment_billing applies to a plan with a commitment_amount"),
+        ({"commitment_amount": "100", "commitment_billing": "upfront"}, None,
+         "commitment_billing must be one of in_arrears, in_advance"),
+    ],
+)  # fmt: skip
+def test_commitment_billing_is_refused_alike(
+    api, staff_client, meter_code, extra, admin_extra, message
+):
+    plan = body({"meter": meter_code}, **extra)
+    assert message in via_file(plan)
+    response = api.post("/api/v1/plans", plan)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "commitment_billing"
+    assert message in response.json()["error"]["message"]
+    if admin_extra is not None:  # the admin offers the two choices only
+        assert message in via_admin(staff_client, plan, **admin_extra)
+    assert not Plan.objects.exists()
 
 
 # --- e. usage charges prorated for a period billed in part -------------------------------------

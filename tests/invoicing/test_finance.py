@@ -13,7 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing import credits as billing_credits
+from billing import services as billing_services
 from billing.models import Customer, Meter, Subscription, SubscriptionStatus
+from billing.services import ChargeSpec
 from invoicing import finance
 from invoicing.models import Invoice, InvoiceStatus
 from metering.models import DailyUsage, ModelUsage, PeriodUsage
@@ -114,7 +116,11 @@ def test_aging_buckets_at_their_boundaries():
         "d90_plus": (D(256), 1),
     }
     assert [b.label for b in aging["USD"]] == [
-        "Current", "1–30 days", "31–60 days", "61–90 days", "90+ days"
+        "Current",
+        "1–30 days",
+        "31–60 days",
+        "61–90 days",
+        "90+ days",
     ]
     assert {b.key: b.amount for b in aging["EUR"]}["d90_plus"] == D(7)
 
@@ -144,6 +150,33 @@ def test_mrr_counts_live_phases_out_of_trial_a_yearly_fee_as_a_twelfth():
     home = finance.finance_home(now=NOW)
     usd = next(c for c in home.currencies if c.currency == "USD")
     assert (usd.mrr, usd.mrr_before, usd.mrr_change) == (D(200), D(150), D(50))
+
+
+def test_mrr_counts_prepaid_commitments_as_recurring_revenue():
+    """A 10.00 base fee with a 100.00 commitment a month: 110.00; a 600.00 commitment a
+    quarter (no fee): 200.00; one paid in advance counts alike: 50.00; a weekly 12.00
+    commitment: 12 × 52 / 12 = 52.00. Usage beyond a commitment is not recurring. The one
+    moved onto its commitment plan 20 days ago counted the 30.00 fee plan before."""
+    meter = MeterFactory(code=unique("m")).code
+    charges = [ChargeSpec(meter=meter, unit_price=D("0.10"))]
+
+    def committed(amount: str, **kw):
+        kw.setdefault("base_fee", "0")
+        return PlanFactory(currency="USD", commitment_amount=D(amount), charges=charges, **kw)
+
+    _subscription(plan=committed("100", base_fee="10"), start=NOW - 60 * DAY)
+    _subscription(plan=committed("600", interval="quarter"), start=NOW - 60 * DAY)
+    _subscription(plan=committed("50", commitment_billing="in_advance"), start=NOW - 60 * DAY)
+    _subscription(plan=committed("12", interval="week"), start=NOW - 10 * DAY)
+    moved = _subscription(plan=PlanFactory(base_fee="30", currency="USD"), start=NOW - 60 * DAY)
+    billing_services.change_subscription(
+        subscription_id=moved.pk, plan=committed("70"), now=NOW - 20 * DAY
+    )
+
+    figures = finance.mrr(now=NOW, before=NOW - 30 * DAY)
+
+    # now: 110 + 200 + 50 + 52 + 70; 30 days before: 110 + 200 + 50 + 30 (the weekly not yet)
+    assert figures["USD"] == (D(482), D(390))
 
 
 # --- margins -----------------------------------------------------------------------------------
@@ -214,8 +247,9 @@ def test_revenue_per_month_rated_from_counters_invoiced_from_final_invoices():
             charged=D(charged),
             currency="USD",
         )
-    _invoice(big, total="123.45", period_start=at(2026, 5, 1), status=InvoiceStatus.PAID,
-             paid="123.45")
+    _invoice(
+        big, total="123.45", period_start=at(2026, 5, 1), status=InvoiceStatus.PAID, paid="123.45"
+    )
     _invoice(small, total="3.00", period_start=at(2026, 5, 1))
     _invoice(big, total="500", period_start=at(2026, 4, 1), status=InvoiceStatus.VOID)
     _invoice(small, total="77", period_start=at(2026, 6, 1), status=InvoiceStatus.DRAFT)
@@ -243,7 +277,10 @@ def test_credits_outstanding_and_expiring_within_30_days():
         ("5", None),  # never
     ):
         billing_credits.grant_credits(
-            customer=customer, amount=D(amount), expires_at=expires_at, now=NOW,
+            customer=customer,
+            amount=D(amount),
+            expires_at=expires_at,
+            now=NOW,
             reference=unique("grant"),
         )
     figures = finance.credits(now=NOW)["CREDITS"]
