@@ -40,12 +40,6 @@ def get_customer(*, external_id: str, param: str | None = None) -> Customer:
     return customer
 
 
-def customer_with_relations(customer: Customer) -> Customer:
-    return Customer.objects.prefetch_related(
-        Prefetch("wallets", queryset=customer.wallets.select_related("account"))
-    ).get(pk=customer.pk)
-
-
 def customer_accounts(customer: Customer) -> QuerySet[Account]:
     return Account.objects.filter(owner_type="billing.customer", owner_id=str(customer.pk))
 

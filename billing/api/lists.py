@@ -31,36 +31,9 @@ from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import CREATED_HELP
 from billing.api.views import errors
-from billing.models import BillingMode, Customer, SubscriptionStatus, Wallet
+from billing.models import BillingMode, SubscriptionStatus
 
 # --- customers ----------------------------------------------------------------------------
-
-
-class _ListWalletSerializer(s.WalletSerializer):
-    """A wallet as ``WalletSerializer`` shows it, its balance read for the whole page at once
-    (``context["balances"]``: account id → BalanceView)."""
-
-    def get_balance(self, wallet: Wallet) -> dict:
-        view = self.context["balances"][wallet.account_id]
-        return s.BalanceSerializer(
-            {
-                "currency": view.currency,
-                "posted": view.posted,
-                "held": view.held,
-                "available": view.available,
-            }
-        ).data
-
-
-class _ListCustomerSerializer(s.CustomerSerializer):
-    """``CustomerSerializer``'s payload from ``selectors.list_customers``' prefetches: the
-    same fields, a handful of queries per page instead of several per customer."""
-
-    wallets = _ListWalletSerializer(many=True)
-
-    def get_subscription(self, customer: Customer) -> dict | None:
-        live = customer.live_subscriptions  # type: ignore[attr-defined]  # a Prefetch to_attr
-        return s.SubscriptionSerializer(live[0]).data if live else None
 
 
 CUSTOMER_FILTERS = ("email", "billing_mode", "created_from", "created_to")
@@ -120,12 +93,7 @@ class CustomerListCreateView(views.CustomerCreateView):
             created_to=created_to,
         )
         page = paginate(request, customers, lambda customer: customer)
-        balances = selectors.wallet_balances(
-            [wallet.account for customer in page["data"] for wallet in customer.wallets.all()]
-        )
-        page["data"] = _ListCustomerSerializer(
-            page["data"], many=True, context={"balances": balances}
-        ).data
+        page["data"] = s.customer_payloads(page["data"])
         return Response(page)
 
 
@@ -197,6 +165,7 @@ class SubscriptionListCreateView(views.SubscriptionCreateView):
             else selectors.get_customer(external_id=external_id, param="customer")
         )
         subscriptions = selectors.list_subscriptions(customer=customer, status=status)
-        return Response(
-            paginate(request, subscriptions, lambda sub: s.SubscriptionSerializer(sub).data)
-        )
+        page = paginate(request, subscriptions, lambda sub: sub)
+        # one serializer for the page (its fields built once), not one per subscription
+        page["data"] = s.SubscriptionSerializer(page["data"], many=True).data
+        return Response(page)

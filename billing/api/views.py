@@ -74,7 +74,9 @@ def idempotency_parameter() -> OpenApiParameter:
 
 
 def _customer_payload(customer) -> dict:
-    return s.CustomerSerializer(selectors.customer_with_relations(customer)).data
+    """The customer as GET /customers shows each: read through its prefetches (wallets,
+    live subscription with its phases, balances), five queries."""
+    return s.customer_payloads([selectors.list_customers().get(pk=customer.pk)])[0]
 
 
 # --- customers ------------------------------------------------------------------------------

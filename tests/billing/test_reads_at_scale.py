@@ -12,7 +12,7 @@ from django.db import connection
 from billing.services import top_up
 from ledger.models import Account
 from ledger.services import ensure_system_account
-from tests.plans import analyze, rows_read
+from tests.plans import analyze, rows_read, statements
 
 pytestmark = pytest.mark.django_db
 
@@ -249,3 +249,135 @@ def test_the_invoices_list_reads_a_page_by_its_index(staff_client):
 
     read_ = rows_read(read, {"invoicing_invoice"})
     assert read_["rows"] < 12_000, read_
+
+
+# --- a page's cost is the page's: one query per kind of row, fields built once ------------
+# (session 12: at 1 client the API's customers and invoices lists and the portal's overview
+# were over 50 ms at scale 1 with every statement reading a few rows by index — the cost
+# was a query per row, a round trip per part of the ETag, and DRF building a serializer's
+# fields again for every row.)
+
+
+def bulk_draft_invoices_with_lines(per_invoice: int = 3) -> None:
+    """A draft invoice of every subscription's current period, with ``per_invoice`` lines
+    each (set-based; a finalized invoice's lines cannot be written)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO invoicing_invoice (customer_id, subscription_id, period_start,"
+            " period_end, currency, status, number, display_number, subtotal, tax_name,"
+            " tax_percentage, tax, total, balance_applied, amount_due, usage_charged,"
+            " fees_precise, rounding, amount_paid, amount_credited, grace_ends_at,"
+            " finalized_at, due_at, paid_at, void_reason, pdf, payment_attempts,"
+            " last_payment_error, stripe_payment_intent_id, metadata, pdf_state, rounding_rule,"
+            " commitment_breakage)"
+            " SELECT customer_id, id, current_period_start, current_period_end, 'USD', 'draft',"
+            " NULL, '', 0, '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, current_period_end, NULL, NULL,"
+            " NULL, '', '', 0,"
+            " '', '', '{}', 'none', 'half_even', 0 FROM billing_subscription",
+        )
+        cursor.execute(
+            "INSERT INTO invoicing_invoiceline (invoice_id, position, kind, description,"
+            " starts_at, ends_at, quantity, unit_price, flat_fee, amount_precise, amount,"
+            " metadata) SELECT i.id, p, 'usage', 'Line ' || p, i.period_start, i.period_end,"
+            " p, 1, 0, p, p, '{}' FROM invoicing_invoice i CROSS JOIN generate_series(0, %s) p"
+            " WHERE i.status = 'draft'",
+            [per_invoice - 1],
+        )
+    analyze("invoicing_invoice", "invoicing_invoiceline")
+
+
+def statements_reading(read, table: str) -> int:
+    return sum(1 for sql in statements(read) if f'"{table}"' in sql)
+
+
+class FieldBuilds:
+    """How many times each serializer class built its fields (DRF deep-copies the declared
+    fields for every serializer instance that is used)."""
+
+    def __init__(self, monkeypatch, *classes):
+        self.counts = dict.fromkeys(classes, 0)
+        for cls in classes:
+            original = cls.get_fields
+
+            def counted(serializer, _original=original, _cls=cls):
+                if type(serializer) is _cls:
+                    self.counts[_cls] += 1
+                return _original(serializer)
+
+            monkeypatch.setattr(cls, "get_fields", counted)
+
+
+def test_the_invoices_list_reads_the_pages_lines_in_one_query(api, monkeypatch):
+    from invoicing.api import InvoiceSerializer
+
+    bulk_customers_with_invoices(30)
+    bulk_draft_invoices_with_lines()
+    builds = FieldBuilds(monkeypatch, InvoiceSerializer)
+
+    def read():
+        response = api.get("/api/v1/invoices?status=draft&limit=20")
+        assert response.status_code == 200
+        data = response.json()["data"]
+        assert len(data) == 20 and all(len(invoice["lines"]) == 3 for invoice in data)
+        assert [line["description"] for line in data[0]["lines"]] == ["Line 0", "Line 1", "Line 2"]
+
+    assert statements_reading(read, "invoicing_invoiceline") == 1  # was one per invoice: 20
+    assert builds.counts[InvoiceSerializer] == 1  # was 20
+
+
+def test_the_customers_and_subscriptions_lists_build_each_serializer_once(api, monkeypatch):
+    from billing.api import serializers as s
+
+    bulk_customers_with_invoices(30)
+    builds = FieldBuilds(monkeypatch, s.SubscriptionSerializer, s.AddressSerializer)
+    response = api.get("/api/v1/customers?limit=20")
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert len(data) == 20 and all(c["subscription"]["plan"] for c in data)
+    # one of each for the page; it was one per customer (20 address and subscription builds)
+    assert builds.counts[s.SubscriptionSerializer] == 1, builds.counts
+    assert builds.counts[s.AddressSerializer] == 1, builds.counts
+
+    builds.counts = dict.fromkeys(builds.counts, 0)
+    response = api.get("/api/v1/subscriptions?limit=20")
+    assert response.status_code == 200 and len(response.json()["data"]) == 20
+    assert builds.counts[s.SubscriptionSerializer] == 1, builds.counts  # was 20
+
+
+def test_the_live_etag_is_one_statement():
+    from tests.billing.test_portal import customer_with_usage, member_client
+
+    subscription = customer_with_usage("acme")
+    client = member_client(subscription.customer, "ann@acme.example")
+    etag = client.get("/portal/live/overview")["ETag"]
+
+    def poll():
+        response = client.get("/portal/live/overview", headers={"If-None-Match": etag})
+        assert response.status_code == 304
+
+    sent = statements(poll)
+    # the balance versions, the newest event and the period's counters: one round trip
+    # (it was three), each part by index (test above)
+    assert sum(1 for sql in sent if '"metering_event"' in sql) == 1
+    reading = [sql for sql in sent if '"ledger_balance"' in sql or '"metering_periodusage"' in sql]
+    assert len(reading) == 1, reading
+
+
+def test_the_overview_reads_the_periods_counters_once():
+    from tests.billing.test_portal import customer_with_usage, member_client
+
+    subscription = customer_with_usage("acme")
+    client = member_client(subscription.customer, "ann@acme.example")
+
+    def read():
+        page = client.get("/portal/").content.decode()
+        assert 'data-testid="available-USD">49.00 USD<' in page
+        assert 'data-testid="upcoming">10.00 USD<' in page
+
+    sent = statements(read)
+    # the balances without the allowances and credits of the API's balance read, the
+    # counters read once and handed to the upcoming invoice (they were read three times,
+    # the plan's charges twice, the live subscription twice)
+    assert sum(1 for sql in sent if 'FROM "metering_periodusage"' in sql) == 1, sent
+    assert sum(1 for sql in sent if 'FROM "billing_plancharge"' in sql) <= 1, sent
+    assert sum(1 for sql in sent if 'FROM "billing_subscription"' in sql) == 1, sent

@@ -21,7 +21,6 @@ from django.shortcuts import render
 from billing.portal import selectors
 from billing.portal.spreadsheet import safe_cell
 from billing.portal.views.common import active_alerts, money, portal_view
-from metering import selectors as metering_selectors
 
 
 def _exact(value: Decimal, currency: str) -> str:
@@ -34,10 +33,9 @@ def _exact(value: Decimal, currency: str) -> str:
 
 
 def _overview_context(customer) -> dict:
-    balance = metering_selectors.customer_balance(customer)
     subscription = selectors.live_subscription(customer)
     context = {"customer": customer, "subscription": subscription, "balances": [], "meters": []}
-    for row in balance["balances"]:
+    for row in selectors.wallet_balances(customer):
         context["balances"].append(
             {
                 "currency": row["currency"],
