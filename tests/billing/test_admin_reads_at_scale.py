@@ -1,0 +1,80 @@
+"""The admin's reads at scale (issue 17 item 8, session 12): the audit trail, the
+subscriptions list, the invoices list and the finance home read a page, not the table.
+As tests/billing/test_reads_at_scale.py: the large tables are filled by set-based SQL,
+ANALYZEd, and the plans PostgreSQL really runs are read (tests/plans.py)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from tests.billing.test_reads_at_scale import bulk_customers_with_invoices
+from tests.plans import analyze, rows_read
+
+pytestmark = pytest.mark.django_db
+
+AUDIT = "/admin/billing/auditevent/"
+HISTORY_TABLES = {"billing_customerevent", "billing_subscriptionevent"}
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("finance", "f@x.test", None))
+    return client
+
+
+@pytest.fixture
+def big_trail():
+    """20,000 customers and their subscriptions, inserted by SQL: the history triggers
+    record 40,000 insert events in two event tables; then one customer is renamed (the
+    newest event)."""
+    bulk_customers_with_invoices(20_000)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE billing_customer SET name = 'Renamed Co' WHERE external_id = 'bulk-7'"
+        )
+    analyze(*HISTORY_TABLES)
+
+
+def test_the_audit_trail_reads_a_page_not_every_history_row(staff_client, big_trail):
+    def read():
+        response = staff_client.get(AUDIT)
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "Renamed Co" in page  # the newest event first, with its diff
+        assert "(estimated)" in page  # the count past 10,000 is the tables' estimate
+
+    read_ = rows_read(read, HISTORY_TABLES)
+    # a bounded count (≤ 10,001 keys) and a page per table from the pgh_created_at indexes;
+    # not 40,000 rows each with its JSON, previous version and diff, sorted (old: 120,000+)
+    assert read_["rows"] < 12_000, read_
+
+
+def test_the_audit_trail_of_one_model_reads_only_its_table(staff_client, big_trail):
+    def read():
+        response = staff_client.get(AUDIT, {"event_model": "billing.customerevent"})
+        assert response.status_code == 200
+        assert "Renamed Co" in response.content.decode()
+        assert "more than 10000" in response.content.decode()  # a filtered, capped count
+
+    assert rows_read(read, {"billing_subscriptionevent"})["rows"] == 0
+    assert rows_read(read, {"billing_customerevent"})["rows"] < 12_000
+
+
+def test_an_objects_history_reads_its_rows_only(staff_client, big_trail):
+    from billing.models import Customer
+
+    customer = Customer.objects.get(external_id="bulk-7")
+
+    def read():
+        response = staff_client.get(
+            AUDIT, {"method": "tracks", "obj": f"billing.Customer:{customer.pk}"}
+        )
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "Renamed Co" in page and "Bulk 7" in page  # the rename's before → after
+        assert "2 audit trail" in page  # an exact count
+
+    read_ = rows_read(read, HISTORY_TABLES)
+    assert read_["seq_scans"] == []
+    assert read_["rows"] < 50, read_
