@@ -78,3 +78,36 @@ def test_an_objects_history_reads_its_rows_only(staff_client, big_trail):
     read_ = rows_read(read, HISTORY_TABLES)
     assert read_["seq_scans"] == []
     assert read_["rows"] < 50, read_
+
+
+def test_the_subscriptions_list_reads_a_page_and_a_bounded_count(staff_client):
+    bulk_customers_with_invoices(20_000)  # a subscription each
+
+    def read():
+        response = staff_client.get("/admin/billing/subscription/")
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "about 20000 subscriptions" in page and "(estimated)" in page
+
+    read_ = rows_read(read, {"billing_subscription"})
+    # the page by the primary key and a count that stops at 10,001: not all 20,000 counted
+    # on every page (old: COUNT(*), 20,000 + the page)
+    assert read_["rows"] < 12_000, read_
+
+
+def test_the_finance_refresh_ranks_customers_by_id_and_reads_only_the_ranked_ones():
+    """The finance home's refresh ranks customers over counters and invoices (customers ×
+    days); it groups them by id and reads the names of the ten it shows — never a join of
+    every customer's name into the aggregate (which spilled to disk at 10,000 customers)."""
+    from invoicing import finance
+
+    bulk_customers_with_invoices(20_000)  # a paid invoice each, in the window
+
+    def refresh():
+        home = finance.finance_home()
+        (usd,) = home.currencies
+        assert len(usd.top_customers) == finance.TOP
+        assert all(c.name.startswith("Bulk ") for c in usd.top_customers)
+
+    read_ = rows_read(refresh, {"billing_customer"})
+    assert read_["rows"] <= 2 * finance.TOP, read_
