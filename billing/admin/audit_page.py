@@ -114,7 +114,8 @@ def full_rows(keys: list[AuditEvent]) -> list[AuditEvent]:
     )
     for row in page:
         user_id = (row.pgh_context or {}).get("user")
-        row.staff_username = names.get(user_id) if isinstance(user_id, int) else None
+        name = names.get(user_id) if isinstance(user_id, int) else None
+        setattr(row, "staff_username", name)  # noqa: B010  (not a field: the page's read)
     return page
 
 
