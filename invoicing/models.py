@@ -543,8 +543,16 @@ pghistory.track(
     pghistory.UpdateEvent("status_change", condition=pghistory.AnyChange("status")),
     fields=["customer", "status", "display_number", "total", "voided_at", "void_reason"],
     model_name="InvoiceStatusEvent",
+    # newest first, a page at a time (the audit list: billing.admin.audit_page)
+    meta={"indexes": [models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_invoice_at")]},
 )(Invoice)
-pghistory.track(pghistory.InsertEvent(), model_name="CreditNoteEvent")(CreditNote)
+pghistory.track(
+    pghistory.InsertEvent(),
+    model_name="CreditNoteEvent",
+    meta={
+        "indexes": [models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_creditnote_at")]
+    },
+)(CreditNote)
 
 
 class FinanceSnapshot(models.Model):

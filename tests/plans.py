@@ -26,10 +26,15 @@ def explain(sql: str) -> dict[str, Any]:
 
 
 def statements(read: Callable[[], Any]) -> list[str]:
-    """The SELECT statements ``read`` sends, as sent (parameters inlined)."""
+    """The SELECT statements ``read`` sends (a ``WITH … SELECT`` too: the audit trail's),
+    as sent (parameters inlined)."""
     with CaptureQueriesContext(connection) as captured:
         read()
-    return [q["sql"] for q in captured.captured_queries if q["sql"].lstrip().startswith("SELECT")]
+    return [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].lstrip().startswith(("SELECT", "WITH"))
+    ]
 
 
 def rows_read(read: Callable[[], Any], tables: set[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from pghistory.admin import EventsAdmin
 
+from billing.admin.audit_page import AuditChangeList, AuditCountPaginator
 from billing.admin.common import decimal_text, timestamp
 from billing.models import AuditEvent
 
@@ -90,7 +91,14 @@ class AuditTrailAdmin(EventsAdmin):
     readonly_fields = fields
     search_fields = ["pgh_obj_id", "pgh_obj_model", "pgh_label", "reason", "url"]
     list_per_page = 50
+    # the newest first; a page read from the event tables' pgh_created_at indexes and a
+    # bounded count (billing.admin.audit_page), never the whole trail sorted and counted
+    ordering = ("-pgh_created_at", "-pgh_id")
+    paginator = AuditCountPaginator
     show_full_result_count = False
+
+    def get_changelist(self, request, **kwargs):
+        return AuditChangeList
 
     def get_list_display(self, request):
         return self.list_display
@@ -117,6 +125,8 @@ class AuditTrailAdmin(EventsAdmin):
         user_id = (event.pgh_context or {}).get("user")
         if user_id is None:
             return "— (system, API or command)"
+        if getattr(event, "staff_username", None):  # read once for the list's page
+            return event.staff_username
         user = get_user_model().objects.filter(pk=user_id).first()
         return user.get_username() if user else f"user #{user_id}"
 

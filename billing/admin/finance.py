@@ -146,11 +146,13 @@ def finance_home_view(request: HttpRequest) -> HttpResponse:
     show_figures = request.user.has_perm(FIGURES_PERMISSION)
     # The stored snapshot (one query; computed here only before the first refresh)
     home, snapshot = finance_snapshot.home() if show_figures else (None, None)
+    each = site.each_context(request)
     context = {
-        **site.each_context(request),
+        **each,
         "title": site.index_title,
         "subtitle": None,
-        "app_list": site.get_app_list(request),
+        # the list each_context built for the sidebar (building it again doubled its cost)
+        "app_list": each["available_apps"],
         "show_figures": show_figures,
         "home": home,
         "sections": [currency_section(c) for c in home.currencies] if home else [],
