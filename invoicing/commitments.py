@@ -36,13 +36,12 @@ from billing.periods import prorate_fee
 from invoicing.models import Invoice, InvoiceKind, InvoiceStatus, LineKind
 from invoicing.money import rounding_rule_for, to_minor_unit
 from invoicing.selectors import (
-    HUNDRED,
     InvoiceDraft,
     LineDraft,
     _phases,
     _prorated_note,
     _slices,
-    tax_rate_for,
+    taxed_draft,
 )
 from metering.rating.base import ledger_round
 
@@ -310,21 +309,13 @@ def advance_draft(
     lines = _committed_lines(subscription, period_start, period_end, currency, phases)
     commitment = Commitment(lines, None, ZERO, ZERO, [])
     round_commitment(commitment, currency, rule)
-    subtotal = sum((line.amount for line in lines), ZERO)
     exact = sum((line.amount_precise for line in lines), ZERO)
-    rate = tax_rate_for(subscription.customer)
-    percentage = rate.percentage if rate is not None else ZERO
-    tax = to_minor_unit(subtotal * percentage / HUNDRED, currency, rule)
-    return InvoiceDraft(
-        currency=currency,
-        lines=lines,
-        subtotal=subtotal,
-        tax_name=rate.name if rate is not None else "",
-        tax_percentage=percentage,
-        tax=tax,
-        total=subtotal + tax,
+    return taxed_draft(
+        subscription.customer,
+        currency,
+        lines,
+        rule,
         usage_charged=ZERO,
         fees_precise=exact,
-        rounding_rule=rule,
         commitment_deferred=exact,
     )

@@ -645,8 +645,34 @@ def compute_invoice(
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
     if commitment.lines:
         commitments.round_commitment(commitment, currency, rule)
+    return taxed_draft(
+        subscription.customer,
+        currency,
+        lines,
+        rule,
+        usage_charged=usage_charged,
+        fees_precise=sum((line.amount_precise for line in lines if line.fee), ZERO)
+        + sum((line.amount_precise for line in base_fees), ZERO),
+        commitment_breakage=commitment.breakage,
+        commitment_deferred=-commitment.released,
+    )
+
+
+def taxed_draft(
+    customer: Customer,
+    currency: str,
+    lines: list[LineDraft],
+    rule: str,
+    *,
+    usage_charged: Decimal,
+    fees_precise: Decimal,
+    commitment_breakage: Decimal = ZERO,
+    commitment_deferred: Decimal = ZERO,
+) -> InvoiceDraft:
+    """The draft of presented ``lines``: their subtotal, the customer's tax on it rounded
+    by ``rule``, the total (the period's invoice and a commitment's invoiced in advance)."""
     subtotal = sum((line.amount for line in lines), ZERO)
-    rate = tax_rate_for(subscription.customer)
+    rate = tax_rate_for(customer)
     percentage = rate.percentage if rate is not None else ZERO
     tax = to_minor_unit(subtotal * percentage / HUNDRED, currency, rule)
     return InvoiceDraft(
@@ -658,9 +684,8 @@ def compute_invoice(
         tax=tax,
         total=subtotal + tax,
         usage_charged=usage_charged,
-        fees_precise=sum((line.amount_precise for line in lines if line.fee), ZERO)
-        + sum((line.amount_precise for line in base_fees), ZERO),
+        fees_precise=fees_precise,
         rounding_rule=rule,
-        commitment_breakage=commitment.breakage,
-        commitment_deferred=-commitment.released,
+        commitment_breakage=commitment_breakage,
+        commitment_deferred=commitment_deferred,
     )
