@@ -12,7 +12,7 @@ How a batch is rated
    model priced from the catalog (cached the same way). A bad event is rejected with its
    error; the others go on.
 2. Per customer, in customer-id order, inside one transaction per part of the batch
-   (whole customers, at least ``RATING_CHUNK_EVENTS`` = 100 events each, so that batches
+   (whole customers, at least ``RATING_CHUNK_EVENTS`` = 250 events each, so that batches
    for the same customers overlap instead of queueing): an advisory lock on the
    customer serialises everything that rates its usage (so counters and balance checks
    see one order). Then one statement (``_read_part``) reads what rating needs under the

@@ -179,9 +179,11 @@ def _rate_part(
 # CPU per event was 0.24-0.31 ms with 250, 0.29-0.36 with 100, 0.37-0.43 with 50, 0.39-0.43
 # with 25; with make bench-ingest (4 clients, batches of 1,000 over all 200 customers) 25
 # took Lock:advisory from 24-27 % of the sessions' time to 3-13 % while batch ÷ raw
-# ceiling stayed within the noise (docs/metering.md has the figures). 100 keeps most of
-# 250's CPU and holds each customer's lock for a tenth of a batch.
-RATING_CHUNK_EVENTS = 100
+# ceiling stayed within the noise (docs/metering.md has the figures). Then on a quiet
+# machine, one make bench-ingest run each, back to back, the same code but this number:
+# 250 gave batch ÷ raw 0.107 (3,891 events/s, server 0.28 ms CPU an event), 100 gave
+# 0.065 (2,662 events/s, 0.39 ms): a part's fixed cost outweighs the shorter lock holds.
+RATING_CHUNK_EVENTS = 250
 
 
 def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
