@@ -16,11 +16,16 @@ from django.db import connection
 PLAN_VERSION_LOCK = 4243  # (namespace, hashtext(plan code)): publish_plan
 
 
-def lock_customer_usage(customer_ids: list[int]) -> None:
-    """Take the usage locks of these customers, in id order, until the transaction ends."""
+def lock_customer_usage(customer_ids: list[int], *, wait_for_flush: bool = True) -> None:
+    """Take the usage locks of these customers, in id order, until the transaction ends.
+
+    With ``wait_for_flush=False`` the transaction also commits without waiting for its WAL
+    to reach the disk (``synchronous_commit`` off for it alone, set in the same statement):
+    for a batch's parts before its last, whose synchronous commit flushes them all."""
+    setting = "" if wait_for_flush else "set_config('synchronous_commit', 'off', true), "
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(s.id) FROM "
+            f"SELECT {setting}pg_advisory_xact_lock(s.id) FROM "
             "(SELECT unnest(%s::bigint[]) AS id ORDER BY 1) AS s",
             [sorted(set(customer_ids))],
         )

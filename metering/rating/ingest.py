@@ -204,18 +204,9 @@ def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
 
 
 def _lock_customers(customer_ids: list[int], *, flush: bool = True) -> None:
-    """The part's customers' rating locks (``billing.services.lock_customer_usage``'s
-    statement and order); without ``flush`` the part commits with synchronous_commit off
-    (SET LOCAL, in the same statement: see RATING_CHUNK_EVENTS)."""
-    if flush:
-        billing_services.lock_customer_usage(customer_ids)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(s.id) "
-            "FROM (SELECT unnest(%s::bigint[]) AS id ORDER BY 1) AS s",
-            [sorted(set(customer_ids))],
-        )
+    """The part's customers' rating locks; without ``flush`` the part commits with
+    synchronous_commit off (see RATING_CHUNK_EVENTS)."""
+    billing_services.lock_customer_usage(customer_ids, wait_for_flush=flush)
 
 
 def _commit_record() -> None:
