@@ -176,7 +176,10 @@ class Account(models.Model):
 class Balance(models.Model):
     """One row per owned account (bucket 0); N rows per hot account. See the module doc."""
 
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="balance_rows")
+    # No index of its own: the (account, bucket) constraint leads with it.
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="balance_rows", db_index=False
+    )
     bucket = models.SmallIntegerField(default=0)
     posted = amount_field(default=ZERO)
     held = amount_field(default=ZERO)

@@ -128,7 +128,11 @@ class ModelPrice(models.Model):
 class Event(models.Model):
     """One usage event, append-only (the database refuses UPDATE and DELETE)."""
 
-    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    # No index of its own: (customer, timestamp) and the idempotency constraint lead with
+    # it (one index less to write per row).
+    customer = models.ForeignKey(
+        "billing.Customer", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     idempotency_key = models.CharField(max_length=255)
     event_name = models.CharField(max_length=200)
     timestamp = models.DateTimeField()
@@ -198,7 +202,10 @@ class IncomingEvent(models.Model):
     again under the same key it is taken up again. Unique per (customer, idempotency key),
     as events are: two retries store one row."""
 
-    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    # No index of its own: (customer, -id) and the idempotency constraint lead with it.
+    customer = models.ForeignKey(
+        "billing.Customer", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     idempotency_key = models.CharField(max_length=255)
     event_name = models.CharField(max_length=200)
     timestamp = models.DateTimeField()
@@ -236,8 +243,9 @@ class IncomingEvent(models.Model):
 class PeriodUsage(models.Model):
     """Rating state of one meter in one billing period of one subscription."""
 
+    # No index of its own: the (subscription, meter, period) constraint leads with it.
     subscription = models.ForeignKey(
-        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+", db_index=False
     )
     meter = models.ForeignKey("billing.Meter", on_delete=models.PROTECT, related_name="+")
     period_start = models.DateTimeField()
@@ -306,10 +314,15 @@ class PeriodDistinctValue(models.Model):
 class DailyUsage(models.Model):
     """Usage of one meter on one UTC day, split by the meter's dimensions."""
 
+    # No index of their own: the unique constraint leads with the subscription, the
+    # (customer, day) index with the customer — rating updates these rows for every event,
+    # and each index more is written on each update that cannot stay on its page.
     subscription = models.ForeignKey(
-        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+", db_index=False
     )
-    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    customer = models.ForeignKey(
+        "billing.Customer", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     meter = models.ForeignKey("billing.Meter", on_delete=models.PROTECT, related_name="+")
     period_start = models.DateTimeField()
     day = models.DateField()
@@ -340,9 +353,12 @@ class ModelUsage(models.Model):
     charged and what the provider charges us, so margin per customer, model and period is a
     sum over this table."""
 
-    customer = models.ForeignKey("billing.Customer", on_delete=models.PROTECT, related_name="+")
+    # No index of their own: (customer, day) and the unique constraint lead with them.
+    customer = models.ForeignKey(
+        "billing.Customer", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     subscription = models.ForeignKey(
-        "billing.Subscription", on_delete=models.PROTECT, related_name="+"
+        "billing.Subscription", on_delete=models.PROTECT, related_name="+", db_index=False
     )
     period_start = models.DateTimeField()
     day = models.DateField()
