@@ -70,6 +70,13 @@ _account_ids: dict[tuple[str, str], int] = {}
 
 
 def _remember(key: tuple[str, str], account_id: int) -> int:
+    # The part commits synchronously, whatever its batch asked (RATING_CHUNK_EVENTS): an
+    # asynchronous commit lost in a server crash would take the account it created with
+    # it, while this process, still up, hands the lost id to every later posting. Only a
+    # cache miss pays: once per process and account.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('synchronous_commit', 'on', true)")
+
     def remember() -> None:
         if len(_account_ids) > 100_000:
             _account_ids.clear()

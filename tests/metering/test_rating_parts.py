@@ -53,11 +53,13 @@ def _ingest_noting_parts(batch, seen: list) -> list:
 def test_every_part_but_the_last_commits_asynchronously_the_last_one_synchronously(monkeypatch):
     monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 2)  # one customer per part
     customers = _three_customers()
+    warm = [event(f"w{n}", customer=c.external_id, units=1) for n, c in enumerate(customers)]
+    assert statuses(rating_ingest.ingest_events(warm, now=NOW)) == ["accepted"] * 3
     seen: list = []
     outcomes = _ingest_noting_parts(_batch(customers), seen)
     assert statuses(outcomes) == ["accepted"] * 6
     assert [setting for setting, _ in seen] == ["off", "off", "on"]
-    assert [posted(c) for c in customers] == [8, 8, 8]
+    assert [posted(c) for c in customers] == [7, 7, 7]
     # the session is back to its default once the parts have committed
     assert _part_state()[0] == "on"
 
@@ -77,3 +79,17 @@ def test_parts_inside_a_callers_transaction_leave_its_durability_alone(monkeypat
     again = [event(f"again{n}", customer=c.external_id, units=1) for c in customers for n in (1, 2)]
     assert statuses(_ingest_noting_parts(again, seen)) == ["accepted"] * 6
     assert [setting for setting, _ in seen] == ["off", "off", "on"]
+
+
+def test_a_part_that_fills_the_account_cache_commits_synchronously(monkeypatch):
+    """The first part finds the revenue account (this process has not cached it yet): were
+    its commit asynchronous, a server crash could lose the account its cache then keeps
+    handing out. The parts after it find it cached."""
+    monkeypatch.setattr(rating_ingest, "RATING_CHUNK_EVENTS", 2)
+    customers = _three_customers()
+    rating_ingest.clear_caches()
+    seen: list = []
+    outcomes = _ingest_noting_parts(_batch(customers), seen)
+    assert statuses(outcomes) == ["accepted"] * 6
+    assert [setting for setting, _ in seen] == ["on", "off", "on"]
+    assert [posted(c) for c in customers] == [8, 8, 8]
