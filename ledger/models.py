@@ -269,12 +269,26 @@ class Transaction(models.Model):
     reverses = models.OneToOneField(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversed_by"
     )
+    # Indexed only where it is set (Meta): a hold's settlements are few, and an index of the
+    # NULLs of every other transaction would be written for each and read by nothing.
     hold = models.ForeignKey(
-        Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="settlements"
+        Hold,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="settlements",
+        db_index=False,
     )
     # Not a column: set on the transaction ``ledger.services`` posting functions return,
     # True when the reference was posted already and this is that first posting.
     replayed: bool
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["hold"], condition=Q(hold__isnull=False), name="ledger_transaction_hold"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.reference

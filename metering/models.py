@@ -171,8 +171,15 @@ class Event(models.Model):
         db_constraint=False,
     )
     # The customer's project the event was charged to (billing.models.projects), if it named one.
+    # Indexed only where it is set (Meta): most events name no project, and an index of
+    # their NULLs would be written for every event and read by nothing.
     project = models.ForeignKey(
-        "billing.Project", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        "billing.Project",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
 
     class Meta:
@@ -181,7 +188,14 @@ class Event(models.Model):
                 fields=["customer", "idempotency_key"], name="metering_event_idempotency"
             ),
         ]
-        indexes = [models.Index(fields=["customer", "timestamp"])]
+        indexes = [
+            models.Index(fields=["customer", "timestamp"]),
+            models.Index(
+                fields=["project"],
+                condition=Q(project__isnull=False),
+                name="metering_event_project",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_name} {self.idempotency_key}"
