@@ -8,6 +8,64 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def _key(to: str, related_name: str, *, null: bool = False) -> models.ForeignKey:
+    return models.ForeignKey(
+        blank=null,
+        db_index=False,
+        null=null,
+        on_delete=django.db.models.deletion.PROTECT,
+        related_name=related_name,
+        to=to,
+    )
+
+
+def _create(name: str, table: str, column: str, where: str = "") -> str:
+    return f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON "{table}" ("{column}"){where}'
+
+
+def _drop(name: str) -> str:
+    return f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'
+
+
+def unindexed(model: str, field: str, to: str, related_name: str, *, index: str, table: str):
+    """The key's own index dropped (a composite one leads with it)."""
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[
+            migrations.AlterField(model_name=model, name=field, field=_key(to, related_name))
+        ],
+        database_operations=[
+            migrations.RunSQL(_drop(index), reverse_sql=_create(index, table, f"{field}_id"))
+        ],
+    )
+
+
+def indexed_where_set(
+    model: str, field: str, to: str, related_name: str, *, index: str, table: str, name: str
+):
+    """The key's own index replaced by one of the rows where it is set."""
+    column = f"{field}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[
+            migrations.AlterField(
+                model_name=model, name=field, field=_key(to, related_name, null=True)
+            ),
+            migrations.AddIndex(
+                model_name=model,
+                index=models.Index(
+                    condition=models.Q((f"{field}__isnull", False)), fields=[field], name=name
+                ),
+            ),
+        ],
+        database_operations=[
+            migrations.RunSQL(
+                _create(name, table, column, f' WHERE "{column}" IS NOT NULL'),
+                reverse_sql=_drop(name),
+            ),
+            migrations.RunSQL(_drop(index), reverse_sql=_create(index, table, column)),
+        ],
+    )
+
+
 class Migration(migrations.Migration):
     # CONCURRENTLY: no table is locked against writes while an index goes or is built.
     atomic = False
@@ -17,59 +75,21 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="balance",
-                    name="account",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="balance_rows",
-                        to="ledger.account",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "ledger_balance_account_id_c2c102a5"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "ledger_balance_account_id_c2c102a5" ON "ledger_balance" ("account_id")',
-                ),
-            ],
+        unindexed(
+            "balance",
+            "account",
+            "ledger.account",
+            "balance_rows",
+            index="ledger_balance_account_id_c2c102a5",
+            table="ledger_balance",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="transaction",
-                    name="hold",
-                    field=models.ForeignKey(
-                        blank=True,
-                        db_index=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="settlements",
-                        to="ledger.hold",
-                    ),
-                ),
-                migrations.AddIndex(
-                    model_name="transaction",
-                    index=models.Index(
-                        condition=models.Q(("hold__isnull", False)),
-                        fields=["hold"],
-                        name="ledger_transaction_hold",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'CREATE INDEX CONCURRENTLY IF NOT EXISTS "ledger_transaction_hold" ON "ledger_transaction" ("hold_id") '
-                    'WHERE "hold_id" IS NOT NULL',
-                    reverse_sql='DROP INDEX CONCURRENTLY IF EXISTS "ledger_transaction_hold"',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "ledger_transaction_hold_id_bae4c0e6"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "ledger_transaction_hold_id_bae4c0e6" ON "ledger_transaction" ("hold_id")',
-                ),
-            ],
+        indexed_where_set(
+            "transaction",
+            "hold",
+            "ledger.hold",
+            "settlements",
+            index="ledger_transaction_hold_id_bae4c0e6",
+            table="ledger_transaction",
+            name="ledger_transaction_hold",
         ),
     ]

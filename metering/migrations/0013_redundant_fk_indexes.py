@@ -8,6 +8,64 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def _key(to: str, related_name: str, *, null: bool = False) -> models.ForeignKey:
+    return models.ForeignKey(
+        blank=null,
+        db_index=False,
+        null=null,
+        on_delete=django.db.models.deletion.PROTECT,
+        related_name=related_name,
+        to=to,
+    )
+
+
+def _create(name: str, table: str, column: str, where: str = "") -> str:
+    return f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON "{table}" ("{column}"){where}'
+
+
+def _drop(name: str) -> str:
+    return f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'
+
+
+def unindexed(model: str, field: str, to: str, related_name: str, *, index: str, table: str):
+    """The key's own index dropped (a composite one leads with it)."""
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[
+            migrations.AlterField(model_name=model, name=field, field=_key(to, related_name))
+        ],
+        database_operations=[
+            migrations.RunSQL(_drop(index), reverse_sql=_create(index, table, f"{field}_id"))
+        ],
+    )
+
+
+def indexed_where_set(
+    model: str, field: str, to: str, related_name: str, *, index: str, table: str, name: str
+):
+    """The key's own index replaced by one of the rows where it is set."""
+    column = f"{field}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[
+            migrations.AlterField(
+                model_name=model, name=field, field=_key(to, related_name, null=True)
+            ),
+            migrations.AddIndex(
+                model_name=model,
+                index=models.Index(
+                    condition=models.Q((f"{field}__isnull", False)), fields=[field], name=name
+                ),
+            ),
+        ],
+        database_operations=[
+            migrations.RunSQL(
+                _create(name, table, column, f' WHERE "{column}" IS NOT NULL'),
+                reverse_sql=_drop(name),
+            ),
+            migrations.RunSQL(_drop(index), reverse_sql=_create(index, table, column)),
+        ],
+    )
+
+
 class Migration(migrations.Migration):
     # CONCURRENTLY: no table is locked against writes while an index goes or is built.
     atomic = False
@@ -18,179 +76,69 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="dailyusage",
-                    name="customer",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.customer",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_dailyusage_customer_id_40a0dd66"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_dailyusage_customer_id_40a0dd66" ON "metering_dailyusage" ("customer_id")',
-                ),
-            ],
+        unindexed(
+            "dailyusage",
+            "customer",
+            "billing.customer",
+            "+",
+            index="metering_dailyusage_customer_id_40a0dd66",
+            table="metering_dailyusage",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="dailyusage",
-                    name="subscription",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.subscription",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_dailyusage_subscription_id_ed14a3cd"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_dailyusage_subscription_id_ed14a3cd" ON "metering_dailyusage" ("subscription_id")',
-                ),
-            ],
+        unindexed(
+            "dailyusage",
+            "subscription",
+            "billing.subscription",
+            "+",
+            index="metering_dailyusage_subscription_id_ed14a3cd",
+            table="metering_dailyusage",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="event",
-                    name="customer",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.customer",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_event_customer_id_6954f977"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_event_customer_id_6954f977" ON "metering_event" ("customer_id")',
-                ),
-            ],
+        unindexed(
+            "event",
+            "customer",
+            "billing.customer",
+            "+",
+            index="metering_event_customer_id_6954f977",
+            table="metering_event",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="incomingevent",
-                    name="customer",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.customer",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_incomingevent_customer_id_280cb24b"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_incomingevent_customer_id_280cb24b" ON "metering_incomingevent" ("customer_id")',
-                ),
-            ],
+        unindexed(
+            "incomingevent",
+            "customer",
+            "billing.customer",
+            "+",
+            index="metering_incomingevent_customer_id_280cb24b",
+            table="metering_incomingevent",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="modelusage",
-                    name="customer",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.customer",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_modelusage_customer_id_ac739471"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_modelusage_customer_id_ac739471" ON "metering_modelusage" ("customer_id")',
-                ),
-            ],
+        unindexed(
+            "modelusage",
+            "customer",
+            "billing.customer",
+            "+",
+            index="metering_modelusage_customer_id_ac739471",
+            table="metering_modelusage",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="modelusage",
-                    name="subscription",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.subscription",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_modelusage_subscription_id_62ae5946"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_modelusage_subscription_id_62ae5946" ON "metering_modelusage" ("subscription_id")',
-                ),
-            ],
+        unindexed(
+            "modelusage",
+            "subscription",
+            "billing.subscription",
+            "+",
+            index="metering_modelusage_subscription_id_62ae5946",
+            table="metering_modelusage",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="periodusage",
-                    name="subscription",
-                    field=models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.subscription",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_periodusage_subscription_id_8b10bcbd"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_periodusage_subscription_id_8b10bcbd" ON "metering_periodusage" ("subscription_id")',
-                ),
-            ],
+        unindexed(
+            "periodusage",
+            "subscription",
+            "billing.subscription",
+            "+",
+            index="metering_periodusage_subscription_id_8b10bcbd",
+            table="metering_periodusage",
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="event",
-                    name="project",
-                    field=models.ForeignKey(
-                        blank=True,
-                        db_index=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="billing.project",
-                    ),
-                ),
-                migrations.AddIndex(
-                    model_name="event",
-                    index=models.Index(
-                        condition=models.Q(("project__isnull", False)),
-                        fields=["project"],
-                        name="metering_event_project",
-                    ),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_event_project" ON "metering_event" ("project_id") '
-                    'WHERE "project_id" IS NOT NULL',
-                    reverse_sql='DROP INDEX CONCURRENTLY IF EXISTS "metering_event_project"',
-                ),
-                migrations.RunSQL(
-                    'DROP INDEX CONCURRENTLY IF EXISTS "metering_event_project_id_b5e6e420"',
-                    reverse_sql='CREATE INDEX CONCURRENTLY IF NOT EXISTS "metering_event_project_id_b5e6e420" ON "metering_event" ("project_id")',
-                ),
-            ],
+        indexed_where_set(
+            "event",
+            "project",
+            "billing.project",
+            "+",
+            index="metering_event_project_id_b5e6e420",
+            table="metering_event",
+            name="metering_event_project",
         ),
     ]
