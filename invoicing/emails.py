@@ -25,7 +25,8 @@ def invoice_subject(context: dict[str, Any]) -> str:
     """The subject line: ``Invoice INV-000001 from Acme — 12.34 USD due 15 May 2026``."""
     invoice, company = context["invoice"], context["company"]["name"]
     owed = f"{context['amount_due']} due {context['due_date']}" if context["owes"] else "paid"
-    return f"Invoice {invoice.display_number} from {company} — {owed}"
+    kind = f" ({context['kind_label'].lower()})" if context.get("kind_label") else ""
+    return f"Invoice {invoice.display_number}{kind} from {company} — {owed}"
 
 
 def send_invoice_email(*, invoice_id: int) -> bool:

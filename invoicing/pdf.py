@@ -28,7 +28,7 @@ from django.utils.safestring import mark_safe
 
 from billing.models import Customer
 from invoicing import errors
-from invoicing.models import Invoice, InvoiceLine, InvoiceStatus, LineKind
+from invoicing.models import Invoice, InvoiceKind, InvoiceLine, InvoiceStatus, LineKind
 from invoicing.money import format_amount, minor_unit_exponent
 
 # WeasyPrint's font subsetting logs dozens of INFO lines per PDF; workers log at INFO.
@@ -39,6 +39,13 @@ MILLION = Decimal(1_000_000)
 # A unit price below this reads per million units, as LLM prices are quoted (2.50 USD / 1M).
 PER_MILLION_BELOW = Decimal("0.001")
 STAMPS: dict[str, str] = {InvoiceStatus.PAID: "Paid", InvoiceStatus.VOID: "Void"}
+# What an invoice that is not the period's own says it is, on the PDF, in the e-mail and in
+# the portal: a customer sees two invoices of one period and must tell them apart.
+KIND_LABELS: dict[str, str] = {InvoiceKind.COMMITMENT: "Prepaid commitment"}
+KIND_NOTES: dict[str, str] = {
+    InvoiceKind.COMMITMENT: "The period's commitment, billed in advance as the period opens: "
+    "usage in the period draws it down, and usage beyond it is invoiced when the period closes."
+}
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -159,6 +166,8 @@ def invoice_context(invoice: Invoice) -> dict[str, Any]:
         "draft": draft,
         "title": "Draft — not a tax document" if draft else f"Invoice {invoice.display_number}",
         "stamp": STAMPS.get(invoice.status, ""),
+        "kind_label": KIND_LABELS.get(invoice.kind, ""),
+        "kind_note": KIND_NOTES.get(invoice.kind, ""),
         "issued": format_date(invoice.finalized_at),
         "due_date": format_date(invoice.due_at),
         "period": format_period(invoice.period_start, invoice.period_end),

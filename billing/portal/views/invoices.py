@@ -42,6 +42,7 @@ def invoices(request):
                 {
                     "invoice": i,
                     "status": STATUS_LABELS[i.status],
+                    "kind": pdf.KIND_LABELS.get(i.kind, ""),
                     "total": money(i.total, i.currency),
                     "remaining": money(i.amount_remaining, i.currency),
                 }
