@@ -250,3 +250,25 @@ def test_the_finance_refresh_reads_margins_from_the_rollup_not_every_customer_da
     )["m"]
     assert usd.margin_total.margin == model_total
 
+
+@pytest.mark.parametrize(
+    "page", ["/admin/invoicing/invoice/", "/admin/metering/event/", "/admin/ledger/entry/"]
+)
+def test_the_lists_currency_filter_reads_the_hot_accounts_not_every_wallet(
+    staff_client, make_customer, page
+):
+    """The currency filter's choices are the system (hot) accounts' currencies, read from
+    their partial index: a few rows, not a scan of every account (a wallet a customer:
+    100,000 rows at scale 1, read on every page of these lists)."""
+    from tests.billing.test_reads_at_scale import other_customers_postings
+
+    make_customer("acme")  # the system accounts
+    other_customers_postings(wallets=20_000, postings=10)
+
+    def read():
+        response = staff_client.get(page)
+        assert response.status_code == 200
+        assert "?currency=USD" in response.content.decode()  # the filter's choice
+
+    read_ = rows_read(read, {"ledger_account"})
+    assert read_["rows"] < 100 and not read_["seq_scans"], read_
