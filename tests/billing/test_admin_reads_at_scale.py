@@ -301,3 +301,33 @@ def test_the_period_counters_list_reads_a_page_and_a_bounded_count(staff_client)
     assert read_["rows"] < 12_000, read_
     page = staff_client.get("/admin/metering/periodusage/").content.decode()
     assert "(estimated)" in page
+
+
+def test_the_ledger_accounts_list_reads_a_page_not_every_account(staff_client, make_customer):
+    """``/admin/ledger/account/`` (an account a wallet) joined every account to its balance
+    rows, grouped, then counted that twice and read it twice more for the currency and
+    owner filters' choices: now the page's balances by subquery, a bounded count, the
+    filters' choices from the system accounts and a skip scan of the owner index."""
+    from tests.billing.test_reads_at_scale import other_customers_postings
+
+    make_customer("acme", funds=5)
+    other_customers_postings(wallets=20_000, postings=10)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO ledger_balance (account_id, bucket, posted, held, floor, version)"
+            " SELECT a.id, 0, 0, 0, 0, 0 FROM ledger_account a"
+            " WHERE NOT EXISTS (SELECT 1 FROM ledger_balance b WHERE b.account_id = a.id)"
+        )
+    analyze("ledger_account", "ledger_balance")
+
+    def read():
+        assert staff_client.get("/admin/ledger/account/").status_code == 200
+
+    read_ = rows_read(read, {"ledger_account", "ledger_balance"})
+    # old: 4 × 40,000 rows (accounts and their balance rows, joined)
+    assert read_["rows"] < 12_000, read_
+    page = staff_client.get("/admin/ledger/account/").content.decode()
+    assert "(estimated)" in page
+    assert "?owner_type=billing.customer" in page and "?currency=USD" in page
+    acme = staff_client.get("/admin/ledger/account/", {"q": "acme"}).content.decode()
+    assert "5.00 USD" in acme  # the wallet's posted balance, from its subquery
