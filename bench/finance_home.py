@@ -3,7 +3,7 @@
 Seeds N customers (default 1,000) through the tests' factories (customer, plan,
 subscription, a credit grant), then bulk-inserts what months of billing leave behind: 6
 months of ``PeriodUsage`` and finalized invoices per customer and 30 days × 3 models of
-``ModelUsage``. Then times, in the same process:
+``ModelUsage`` (and its ``MarginUsage`` rollups). Then times, in the same process:
 
 - ``finance_home()``: the figures computed from the counters (what a refresh does);
 - the page computing them inline (the page before the snapshot);
@@ -99,6 +99,23 @@ def seed(customers: int) -> None:
     PeriodUsage.objects.bulk_create(periods, batch_size=2000)
     Invoice.objects.bulk_create(invoices, batch_size=2000)
     ModelUsage.objects.bulk_create(usage, batch_size=5000)
+    # what rating adds to MarginUsage with those rows: per customer and month, per day and model
+    margins: dict[tuple, list] = {}
+    for u in usage:
+        month = u.day.replace(day=1)
+        for key in ((u.customer_id, month, "", ""), (None, u.day, u.provider, u.model)):
+            entry = margins.setdefault(key, [0, D(0), D(0)])
+            entry[0], entry[1], entry[2] = entry[0] + 1, entry[1] + u.amount, entry[2] + u.cost
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO metering_marginusage (customer_id, day, provider, model, currency, slot,"
+            " event_count, amount, cost) VALUES (%s, %s, %s, %s, 'USD', 0, %s, %s, %s)"
+            " ON CONFLICT ON CONSTRAINT metering_margin_usage DO UPDATE SET"
+            " event_count = metering_marginusage.event_count + EXCLUDED.event_count,"
+            " amount = metering_marginusage.amount + EXCLUDED.amount,"
+            " cost = metering_marginusage.cost + EXCLUDED.cost",
+            [(*key, *values) for key, values in margins.items()],
+        )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 

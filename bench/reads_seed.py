@@ -5,7 +5,7 @@ At scale 1: 100,000 prepaid customers, each with its USD wallet (ledger account,
 row, wallet), a subscription to one metered plan in its current period, 100 usage events,
 one top-up and 100 usage postings (10.1 million ledger transactions, 20.2 million entries),
 one finalized invoice for the previous period, and the counters and rollups rating keeps
-(``PeriodUsage``, ``DailyUsage``, ``ModelUsage``), all computed from the events by GROUP BY.
+(``PeriodUsage``, ``DailyUsage``, ``ModelUsage``, ``MarginUsage``), all computed from the events by GROUP BY.
 
 What the services would write, and what differs (docs/benchmarks.md, *Session 11*):
 
@@ -391,6 +391,19 @@ def seed(conn: psycopg.Connection[Any], scale: float, shared: dict[str, int]) ->
                 " sum(input_tokens), 0, 0, sum(output_tokens), 0, sum(amount), sum(cost)"
                 " FROM metering_event WHERE customer_id BETWEEN %(cust0)s AND %(cust0)s + %(c)s - 1"
                 " GROUP BY 1, 2, 3, 4, 5, 6, 7",
+                p,
+            ),
+            (
+                # MarginUsage's two grains, from the rows just made (rating keeps them with
+                # ModelUsage); the model rows in slot 0
+                "INSERT INTO metering_marginusage (customer_id, day, provider, model, currency,"
+                " slot, event_count, amount, cost)"
+                " SELECT customer_id, date_trunc('month', day)::date, '', '', currency, 0,"
+                " sum(event_count), sum(amount), sum(cost) FROM metering_modelusage"
+                " WHERE customer_id BETWEEN %(cust0)s AND %(cust0)s + %(c)s - 1 GROUP BY 1, 2, 5"
+                " UNION ALL SELECT NULL, day, provider, model, currency, 0, sum(event_count),"
+                " sum(amount), sum(cost) FROM metering_modelusage"
+                " WHERE customer_id BETWEEN %(cust0)s AND %(cust0)s + %(c)s - 1 GROUP BY 2, 3, 4, 5",
                 p,
             ),
         ],

@@ -15,8 +15,9 @@ events or invoices there are (tests/invoicing/test_finance.py counts them):
 - **receivables**: what finalized, unpaid invoices still owe (due − paid − credited),
   aged by their due date (``AGING_BUCKETS``);
 - **top customers**: by invoiced total over the window;
-- **margin**: ``metering.ModelUsage`` (price charged and provider cost per customer, day
-  and model) over the last ``MARGIN_DAYS`` days, for usage charged in the catalog's
+- **margin**: ``metering.MarginUsage`` (price charged and provider cost, summed by rating
+  per customer and month and per day and model): by model and in total over the last
+  ``MARGIN_DAYS`` days, by customer over the current UTC month, for usage charged in the catalog's
   currency only (``metering.alerts.CATALOG_CURRENCY``: the provider's cost is in it; usage
   charged in EUR or in credits has no cost in its own currency to compare with);
 - **credits**: what active credit grants have left, and the part that expires in the next
@@ -50,7 +51,7 @@ from billing.periods import MONTHS_PER_INTERVAL
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus
 from invoicing.money import UNIT_PLACES
 from metering.alerts import CATALOG_CURRENCY
-from metering.models import DailyUsage, ModelUsage, PeriodUsage
+from metering.models import DailyUsage, MarginUsage, PeriodUsage
 
 ZERO = Decimal(0)
 MONTHS = 6  # months of revenue shown, this one included
@@ -151,6 +152,7 @@ class FinanceHome:
     window_start: datetime
     margin_since: date
     currencies: list[CurrencyFinance]
+    margin_month: date | None = None  # the month of the margin by customer
 
 
 def month_starts(now: datetime, months: int = MONTHS) -> list[date]:
@@ -349,22 +351,15 @@ def top_customers(*, since: datetime, limit: int = TOP) -> dict[str, list[Custom
     return result
 
 
-def margin_by_customer(*, since: date, limit: int = TOP) -> dict[str, list[Margin]]:
-    """{currency: the ``limit`` customers with the lowest margin since ``since``} (the
-    negative ones first)."""
+def margin_by_customer(*, month: date, limit: int = TOP) -> dict[str, list[Margin]]:
+    """{currency: the ``limit`` customers with the lowest margin in the UTC month starting
+    ``month``} (the negative ones first), from ``MarginUsage``'s row per customer and
+    month: one row a customer, not one a customer, day and model."""
     rows = (
-        ModelUsage.objects.filter(day__gte=since, currency=CATALOG_CURRENCY)
-        .values("currency", "customer_id")
-        .annotate(revenue=Sum("amount"), spent=Sum("cost"))
-        .annotate(
-            rank=Window(
-                RowNumber(),
-                partition_by=[F("currency")],
-                order_by=[(F("revenue") - F("spent")).asc(), F("customer_id").asc()],
-            )
-        )
-        .filter(rank__lte=limit)
-        .order_by("currency", "rank")
+        MarginUsage.objects.filter(customer__isnull=False, day=month, currency=CATALOG_CURRENCY)
+        .annotate(margin=F("amount") - F("cost"))
+        .order_by("margin", "customer_id")
+        .values("currency", "customer_id", "amount", "cost")[:limit]
     )
     result: dict[str, list[Margin]] = defaultdict(list)
     ranked = list(rows)
@@ -374,8 +369,8 @@ def margin_by_customer(*, since: date, limit: int = TOP) -> dict[str, list[Margi
         result[row["currency"]].append(
             Margin(
                 label=name or external_id,
-                revenue=row["revenue"],
-                cost=row["spent"],
+                revenue=row["amount"],
+                cost=row["cost"],
                 customer_id=row["customer_id"],
             )
         )
@@ -383,10 +378,11 @@ def margin_by_customer(*, since: date, limit: int = TOP) -> dict[str, list[Margi
 
 
 def margin_by_model(*, since: date) -> dict[str, list[Margin]]:
-    """{currency: every model used since ``since``, the lowest margin first}. As many rows
-    as models in use (the catalog bounds them), not customers."""
+    """{currency: every model used since ``since``, the lowest margin first}, from
+    ``MarginUsage``'s rows per day and model (at most days × models × its slots, whatever
+    the number of customers)."""
     rows = (
-        ModelUsage.objects.filter(day__gte=since, currency=CATALOG_CURRENCY)
+        MarginUsage.objects.filter(customer__isnull=True, day__gte=since, currency=CATALOG_CURRENCY)
         .values("currency", "provider", "model")
         .annotate(revenue=Sum("amount"), spent=Sum("cost"))
         .order_by("currency", "provider", "model")
@@ -440,7 +436,8 @@ def finance_home(*, now: datetime | None = None, months: int = MONTHS) -> Financ
     recurring = mrr(now=now, before=now - timedelta(days=MRR_CHANGE_DAYS))
     aging = receivables(now=now)
     top = top_customers(since=window_start)
-    by_customer = margin_by_customer(since=margin_since)
+    margin_month = now.astimezone(UTC).date().replace(day=1)
+    by_customer = margin_by_customer(month=margin_month)
     by_model = margin_by_model(since=margin_since)
     credit = credits(now=now)
 
@@ -478,7 +475,11 @@ def finance_home(*, now: datetime | None = None, months: int = MONTHS) -> Financ
             figures.grants_expiring = credit[code]["grants_expiring"]
         currencies.append(figures)
     return FinanceHome(
-        as_of=now, window_start=window_start, margin_since=margin_since, currencies=currencies
+        as_of=now,
+        window_start=window_start,
+        margin_since=margin_since,
+        currencies=currencies,
+        margin_month=margin_month,
     )
 
 

@@ -36,7 +36,7 @@ REFRESH_LOCK = (0x66696E61, 1)
 # flagged on the page (the beat is not running).
 REFRESH_MINUTES = 5
 STALE_AFTER = timedelta(minutes=3 * REFRESH_MINUTES)
-VERSION = 1  # of the payload's shape: a snapshot of another version is computed again
+VERSION = 2  # of the payload's shape: a snapshot of another version is computed again
 
 
 # --- the payload: FinanceHome ⇄ JSON, amounts as Decimal strings -------------------------------
@@ -75,6 +75,7 @@ def to_payload(home: finance.FinanceHome) -> dict[str, Any]:
         "as_of": home.as_of.isoformat(),
         "window_start": home.window_start.isoformat(),
         "margin_since": home.margin_since.isoformat(),
+        "margin_month": home.margin_month.isoformat() if home.margin_month else None,
         "currencies": [
             {
                 "currency": c.currency,
@@ -155,6 +156,7 @@ def from_payload(data: dict[str, Any]) -> finance.FinanceHome:
         as_of=datetime.fromisoformat(data["as_of"]),
         window_start=datetime.fromisoformat(data["window_start"]),
         margin_since=date.fromisoformat(data["margin_since"]),
+        margin_month=date.fromisoformat(data["margin_month"]) if data["margin_month"] else None,
         currencies=currencies,
     )
 

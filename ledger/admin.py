@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.contrib.admin import helpers
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import JSONField, QuerySet, Sum
+from django.db.models import JSONField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.expressions import RawSQL
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
@@ -24,6 +24,18 @@ def system_currencies() -> list[str]:
     currency anything was posted in): a few rows, where the distinct currencies of every
     entry, event or wallet would be a scan of millions."""
     return list(Account.objects.filter(is_hot=True).values_list("currency", flat=True))
+
+
+def owner_types() -> list[str]:
+    """The distinct owner types of the accounts ("" for the system's), by a skip scan of
+    the (owner_type, owner_id) index: one probe per type, not a read of every account."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH RECURSIVE t(v) AS (SELECT min(owner_type) FROM ledger_account UNION ALL"
+            " SELECT (SELECT min(owner_type) FROM ledger_account WHERE owner_type > t.v)"
+            " FROM t WHERE t.v IS NOT NULL) SELECT v FROM t WHERE v IS NOT NULL"
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def values_filter(field: str, title: str, values) -> type[admin.SimpleListFilter]:
@@ -160,16 +172,35 @@ class AccountAdmin(ReadOnlyAdmin):
         "available",
         "floor_display",
     )
-    list_filter = ("currency", "is_hot", "normal_balance", "allow_negative", "owner_type")
+    # An account a wallet: the filters' choices from the system accounts and the owner
+    # index (not a DISTINCT over every account), a bounded count, and each row's balance a
+    # subquery of the page's rows (a join grouped over every account was counted and
+    # scanned on every page: 80,000 rows read at 10,000 customers).
+    list_filter = (
+        values_filter("currency", "currency", system_currencies),
+        "is_hot",
+        "normal_balance",
+        "allow_negative",
+        values_filter("owner_type", "owner type", owner_types),
+    )
     search_fields = ("code", "name", "owner_id")
     readonly_fields = [f.name for f in Account._meta.fields]
     inlines = [BalanceInline]
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     def get_queryset(self, request):
+        def summed(field: str) -> Subquery:
+            return Subquery(
+                Balance.objects.filter(account=OuterRef("pk"))
+                .order_by()
+                .values("account")
+                .annotate(total=Sum(field))
+                .values("total")
+            )
+
         return (
-            super()
-            .get_queryset(request)
-            .annotate(_posted=Sum("balance_rows__posted"), _held=Sum("balance_rows__held"))
+            super().get_queryset(request).annotate(_posted=summed("posted"), _held=summed("held"))
         )
 
     @admin.display(description="kind")

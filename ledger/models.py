@@ -156,7 +156,12 @@ class Account(models.Model):
                 name="ledger_account_hot_has_no_floor",
             ),
         ]
-        indexes = [models.Index(fields=["owner_type", "owner_id"], name="ledger_account_owner")]
+        indexes = [
+            models.Index(fields=["owner_type", "owner_id"], name="ledger_account_owner"),
+            # the hot (system) accounts' currencies, the admin lists' currency filter
+            # (ledger.admin.system_currencies): a few rows, not a scan of every wallet
+            models.Index(fields=["currency"], condition=Q(is_hot=True), name="ledger_account_hot"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.code} ({self.currency})"

@@ -300,7 +300,12 @@ class PeriodUsageAdmin(ReadOnlyAdmin):
         "charged_display",
         "event_count",
     )
-    list_filter = ("meter", "currency")
+    # a row per subscription, meter and period, every period kept: the currency filter's
+    # choices from the system accounts (not a DISTINCT over every row), a bounded count
+    # (not two COUNT(*) of the table on every page)
+    list_filter = ("meter", CurrencyFilter)
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     @admin.display(description="quantity", ordering="quantity")
     def quantity_display(self, row: PeriodUsage):

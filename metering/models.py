@@ -35,7 +35,9 @@ per distinct value seen in a subscription's period (the counter's quantity is th
 ``DailyUsage`` — per subscription, meter, UTC day and
 dimension (e.g. model): quantity, amount and event count, for live usage, ranges and charts;
 ``ModelUsage`` — per customer, UTC day and model: tokens, amount charged and the provider's
-cost, so margins are a sum. None is derived from raw events at read time.
+cost, so margins are a sum; ``MarginUsage`` — the same amounts and costs per customer and
+month and per day and model, so the finance home's margins read few rows. None is derived
+from raw events at read time.
 
 Everything here posts through ``ledger.services`` only.
 """
@@ -400,3 +402,71 @@ class ModelUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} on {self.day}"
+
+
+MARGIN_SLOTS = 16  # rows per (day, model, currency) in MarginUsage: see its docstring
+
+
+class MarginUsage(models.Model):
+    """What LLM usage was charged and what the provider charges us, summed two ways so
+    the finance home's margins read a bounded number of rows (``ModelUsage`` has one per
+    customer, day and model):
+
+    - per customer and UTC month: ``customer`` set, ``day`` the month's first day,
+      ``provider`` and ``model`` empty, ``slot`` 0 — one row per customer and month;
+    - per UTC day and model: ``customer`` null, ``slot`` the rating connection's backend
+      pid modulo ``MARGIN_SLOTS`` — every rating part adds to the day's row of each model
+      it rated, so concurrent parts of other customers would queue on one row until their
+      commit; a slot each keeps them apart. A read sums the slots: at most
+      days × models × ``MARGIN_SLOTS`` rows, whatever the number of customers.
+
+    Kept by rating in the same transaction and statement batch as ``ModelUsage``, from the
+    same exact amounts (``metering.rating.write._upsert_margin_usage``), so each grain's
+    sums equal ``ModelUsage``'s."""
+
+    # No index of its own: the unique constraint leads with it.
+    customer = models.ForeignKey(
+        "billing.Customer",
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        db_index=False,
+    )
+    day = models.DateField()
+    provider = models.CharField(max_length=100, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    currency = models.CharField(max_length=16)
+    slot = models.SmallIntegerField(default=0)
+    event_count = models.BigIntegerField(default=0)
+    amount = models.DecimalField(**AMOUNT, default=Decimal(0))
+    cost = models.DecimalField(**AMOUNT, default=Decimal(0))
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "day", "provider", "model", "currency", "slot"],
+                name="metering_margin_usage",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=Q(customer__isnull=True) | Q(provider="", model="", slot=0),
+                name="metering_margin_usage_grain",
+            ),
+        ]
+        indexes = [
+            # a month's customers (the unique index leads with the customer: the model
+            # rows, customer null, are read from it by day)
+            models.Index(
+                fields=["day", "currency"],
+                condition=Q(customer__isnull=False),
+                name="metering_margin_customer_month",
+            )
+        ]
+
+    def __str__(self) -> str:
+        what = (
+            f"customer {self.customer_id}" if self.customer_id else f"{self.provider}/{self.model}"
+        )
+        return f"{what} on {self.day}"

@@ -1,7 +1,7 @@
 """Writing a part's accepted events: one ledger posting per customer (``UsagePosting``, its
 legs the sums of its events; credits drawn on the grants), then the event rows (INSERT, or
 COPY for many), the inbox's forgotten twins and the period, daily and model counters in
-one round trip. Ledger account ids are cached here."""
+one round trip (with ``MarginUsage``'s rollups). Ledger account ids are cached here."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ledger import services as ledger
 from ledger.models import NormalBalance
 from ledger.services import Leg
 from metering import errors
+from metering.models import MARGIN_SLOTS
 from metering.rating import budgets
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
@@ -317,6 +318,7 @@ def _write(
             twin = outcomes[outcome.event["_same_as"]]
             outcome.event = twin.event if twin is not None else None
 
+    model_totals = _model_totals(accepted)
     # No conflict is possible: the customer's rating lock is held and its duplicates were
     # sorted out above (the unique index still stands behind that).
     if len(event_rows) <= EVENTS_BY_INSERT:
@@ -329,7 +331,8 @@ def _write(
                 _upsert_counters(counters),
                 _insert_distinct_values(counters),
                 _upsert_daily(accepted),
-                _upsert_model_usage(accepted),
+                _upsert_model_usage(model_totals),
+                _upsert_margin_usage(model_totals),
                 budgets.upsert_spend(accepted),
             ],
         )
@@ -346,7 +349,8 @@ def _write(
                 _upsert_counters(counters),
                 _insert_distinct_values(counters),
                 _upsert_daily(accepted),
-                _upsert_model_usage(accepted),
+                _upsert_model_usage(model_totals),
+                _upsert_margin_usage(model_totals),
                 budgets.upsert_spend(accepted),
             ],
         )
@@ -546,7 +550,9 @@ def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
     )
 
 
-def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
+def _model_totals(accepted: list[Accepted]) -> dict[tuple, list]:
+    """The part's LLM usage per (customer, subscription, period, UTC day, provider, model,
+    currency): [events, the five token kinds, amount charged, provider cost]."""
     totals: dict[tuple, list] = {}
     for a in accepted:
         p, money = a.p, a.money
@@ -573,6 +579,10 @@ def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
         entry[6] += money
         assert p.cost is not None, "priced with its usage (prepare._llm_usage)"
         entry[7] += ledger_round(p.cost.total)
+    return totals
+
+
+def _upsert_model_usage(totals: dict[tuple, list]) -> Statement | None:
     if not totals:
         return None
     source, params = _rows(
@@ -596,5 +606,43 @@ def _upsert_model_usage(accepted: list[Accepted]) -> Statement | None:
         "reasoning_tokens = metering_modelusage.reasoning_tokens + EXCLUDED.reasoning_tokens, "
         "amount = metering_modelusage.amount + EXCLUDED.amount, "
         "cost = metering_modelusage.cost + EXCLUDED.cost, updated_at = now()",
+        params,
+    )
+
+
+def _upsert_margin_usage(totals: dict[tuple, list]) -> Statement | None:
+    """The part's amounts and costs added to ``MarginUsage``'s two grains in one
+    statement: per customer and month, and per day and model in this connection's slot.
+    Rows are locked in the unique key's order (the ORDER BY), so two parts sharing a slot
+    wait for each other but never deadlock."""
+    summed: dict[tuple, list] = {}
+    for (customer_id, _s, _ps, day, provider, model, currency), values in totals.items():
+        entry = summed.setdefault((customer_id, day, provider, model, currency), [0, ZERO, ZERO])
+        entry[0] += values[0]
+        entry[1] += values[6]
+        entry[2] += values[7]
+    if not summed:
+        return None
+    source, params = _rows(
+        "x",
+        "c bigint, d date, m date, pr text, mo text, cur text, n bigint, a numeric, co numeric",
+        [
+            (c, day, day.replace(day=1), provider, model, cur, *values)
+            for (c, day, provider, model, cur), values in summed.items()
+        ],
+    )
+    return (
+        "INSERT INTO metering_marginusage (customer_id, day, provider, model, currency, slot, "
+        "event_count, amount, cost, updated_at) "
+        "SELECT CASE WHEN g.k THEN c END, CASE WHEN g.k THEN m ELSE d END, "
+        "CASE WHEN g.k THEN '' ELSE pr END, CASE WHEN g.k THEN '' ELSE mo END, cur, "
+        f"CASE WHEN g.k THEN 0 ELSE pg_backend_pid() %% {MARGIN_SLOTS} END AS sl, "
+        f"sum(n), sum(a), sum(co), now() FROM {source} "
+        "CROSS JOIN (VALUES (true), (false)) AS g(k) GROUP BY 1, 2, 3, 4, 5, 6 "
+        "ORDER BY 1 NULLS FIRST, 2, 3, 4, 5, 6 "
+        "ON CONFLICT ON CONSTRAINT metering_margin_usage DO UPDATE SET "
+        "event_count = metering_marginusage.event_count + EXCLUDED.event_count, "
+        "amount = metering_marginusage.amount + EXCLUDED.amount, "
+        "cost = metering_marginusage.cost + EXCLUDED.cost, updated_at = now()",
         params,
     )

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from billing import credits as billing_credits
@@ -18,7 +19,7 @@ from billing.models import Customer, Meter, Subscription, SubscriptionStatus
 from billing.services import ChargeSpec
 from invoicing import finance
 from invoicing.models import Invoice, InvoiceStatus
-from metering.models import DailyUsage, ModelUsage, PeriodUsage
+from metering.models import DailyUsage, MarginUsage, ModelUsage, PeriodUsage
 from tests.billing.conftest import at
 from tests.factories import CustomerFactory, MeterFactory, PlanFactory, SubscriptionFactory, unique
 
@@ -183,6 +184,23 @@ def test_mrr_counts_prepaid_commitments_as_recurring_revenue():
 
 
 def _model_usage(sub: Subscription, *, day, model: str, amount: str, cost: str, currency="USD"):
+    """A ``ModelUsage`` row and what rating adds with it to ``MarginUsage``'s two grains."""
+    for customer_id, rollup_day, provider, name in (
+        (sub.customer_id, day.replace(day=1), "", ""),
+        (None, day, "openai", model),
+    ):
+        row, _ = MarginUsage.objects.get_or_create(
+            customer_id=customer_id,
+            day=rollup_day,
+            provider=provider,
+            model=name,
+            currency=currency,
+        )
+        MarginUsage.objects.filter(pk=row.pk).update(
+            event_count=F("event_count") + 1,
+            amount=F("amount") + D(amount),
+            cost=F("cost") + D(cost),
+        )
     return ModelUsage.objects.create(
         customer_id=sub.customer_id,
         subscription=sub,
@@ -208,12 +226,12 @@ def test_margin_by_customer_and_model_lowest_first_negative_flagged():
     # charged in credits: the cost (USD) has nothing in its currency to compare with
     _model_usage(losing, day=today, model="gpt-a", amount="1", cost="999", currency="CREDITS")
 
-    by_customer = finance.margin_by_customer(since=today - 29 * DAY)["USD"]
+    by_customer = finance.margin_by_customer(month=today.replace(day=1))["USD"]
     by_model = finance.margin_by_model(since=today - 29 * DAY)["USD"]
 
     assert [(m.label, m.margin, m.negative) for m in by_customer] == [
         ("Losing Inc", D("-2.000000000001"), True),
-        ("Profitable Ltd", D("6.75"), False),
+        ("Profitable Ltd", D("6.25"), False),  # June: not its gpt-b of 17 May
     ]
     assert [(m.label, m.revenue, m.cost, m.margin) for m in by_model] == [
         ("openai/gpt-b", D(4), D("5.500000000001"), D("-1.500000000001")),
