@@ -197,6 +197,28 @@ def test_a_cancellation_at_period_end_runs_to_the_end_of_the_year():
     assert lines(issued[11]) == [("base_fee", "Pro — base fee", D(1), D(1200))]
 
 
+def test_a_change_at_period_end_applies_at_the_end_of_the_year():
+    """Scheduled in March from the 1,200.00 plan to a 2,400.00 one: the months to December
+    stay on the first plan, December's invoice has its whole fee, and the next year is the
+    new plan's (its fee on December 2027's invoice)."""
+    subscription = subscribe(yearly(calls()), start=at(2026, 1, 1))
+    bigger = plan(calls(), interval="year", base_fee="2400", charges_interval="month", name="Max")
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2026, 3, 1))
+    services.change_subscription(
+        subscription_id=subscription.pk, plan=bigger, at_period_end=True, now=at(2026, 3, 10)
+    )
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2026, 12, 1))
+    subscription.refresh_from_db()
+    assert subscription.scheduled_plan_id == bigger.pk and subscription.plan_id != bigger.pk
+    december = close(subscription, as_of=at(2027, 1, 1))
+    assert lines(december) == [("base_fee", "Pro — base fee", D(1), D(1200))]
+    subscription.refresh_from_db()
+    assert subscription.plan_id == bigger.pk and subscription.scheduled_plan_id is None
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2028, 1, 1))
+    assert lines(invoices(subscription)[-1]) == [("base_fee", "Max — base fee", D(1), D(2400))]
+    assert len(invoices(subscription)) == 24
+
+
 # --- quarterly usage on a calendar year -----------------------------------------------------------
 
 
