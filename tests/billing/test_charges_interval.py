@@ -120,6 +120,28 @@ def test_a_year_gives_twelve_monthly_invoices_and_the_base_fee_once_in_arrears()
     upcoming_agrees(subscription, issued[11])
 
 
+def test_the_worked_example_of_the_docs():
+    """docs/pricing-file.md (the demo's annual-usage-monthly tiers): January 80,000 requests
+    → 0.00 (the month's free 100,000); February 300,000 → 200,000 × 0.0005 = 100.00; no
+    more usage; December the year's fee 1,200.00; the year 1,300.00."""
+    requests = ChargeSpec(
+        meter=meter(name="Requests"),
+        price_model="graduated",
+        tiers=(
+            TierSpec(up_to=D(100_000), unit_price=D(0)),
+            TierSpec(up_to=D(1_000_000), unit_price=D("0.0005")),
+            TierSpec(up_to=None, unit_price=D("0.0003")),
+        ),
+    )
+    subscription = subscribe(yearly(requests), start=at(2026, 1, 1))
+    use(subscription, 80_000, at_time=at(2026, 1, 15))
+    use(subscription, 300_000, at_time=at(2026, 2, 15))
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2027, 1, 1))
+    totals = [i.total for i in invoices(subscription)]
+    assert totals == [D(0), D(100), *[D(0)] * 9, D(1200)]
+    assert sum(totals) == D(1300)
+
+
 def test_the_upcoming_invoice_of_a_month_inside_the_year_has_no_base_fee():
     subscription = subscribe(yearly(calls()), start=at(2028, 1, 1))
     use(subscription, 10, at_time=at(2028, 1, 5))
