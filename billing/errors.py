@@ -18,6 +18,13 @@ class ValidationFailed(BillingError):
     code = "invalid_parameter"
 
 
+class ChargesIntervalMisaligned(ValidationFailed):
+    """A plan's charges' cadence that does not divide its period evenly (its charge periods
+    would straddle a plan period's end)."""
+
+    code = "charges_interval_misaligned"
+
+
 class CustomerExists(BillingError):
     code = "customer_exists"
     http_status = 409

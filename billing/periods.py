@@ -19,6 +19,13 @@ its first day and the day it ends in (a cancellation) counted in full (``fee_spa
 ``subscription_period`` is the one function that says which period of a subscription a
 moment lies in; the rating, the close, the upcoming invoice, the portal and budgets use it.
 
+A plan may bill its usage charges on a finer cadence than itself (``charges_interval``:
+a yearly plan's usage every month). A subscription's billing periods are then the charge
+periods, counted from the same anchor (``charge_cadence``; the cadence divides the plan's
+period, so every plan boundary is a charge boundary); the plan's own period (``plan_period
+_of``) is what the base fee is per, invoiced on the charge period that closes it
+(``closes_plan_period``).
+
 Proration is by elapsed time: ``amount × time used / time in the period``, counted in
 integer microseconds. The quotient is kept to 12 decimal places, rounded half-even (the
 ledger's precision); presentation rounds to the currency's minor unit once, elsewhere.
@@ -32,7 +39,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from billing.models import Subscription
+    from billing.models import Plan, Subscription
 
 MONTHS_PER_INTERVAL = {"month": 1, "quarter": 3, "year": 12}
 DAYS_PER_INTERVAL = {"day": 1, "week": 7}
@@ -160,9 +167,43 @@ def prorate(
         return (amount * used / whole).quantize(PRORATION_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+def period_months_or_days(interval: str, count: int) -> tuple[str, int]:
+    """A cadence as whole months (month, quarter, year) or whole days (day, week)."""
+    if interval in MONTHS_PER_INTERVAL:
+        return "months", MONTHS_PER_INTERVAL[interval] * count
+    return "days", DAYS_PER_INTERVAL[interval] * count
+
+
+def charge_cadence(plan: Plan) -> tuple[str, int]:
+    """(interval, count) of a plan's billing periods: its usage charges' cadence
+    (``charges_interval`` × ``charges_interval_count``), else its own interval."""
+    if plan.charges_interval:
+        return plan.charges_interval, plan.charges_interval_count
+    return plan.interval, plan.interval_count
+
+
+def _cadence(subscription: Subscription, per_plan: bool) -> tuple[str, int]:
+    plan = subscription.plan
+    return (plan.interval, plan.interval_count) if per_plan else charge_cadence(plan)
+
+
 def period_of(subscription: Subscription, at: datetime) -> tuple[datetime, datetime]:
-    """``subscription_period`` of a subscription (its plan's interval: a plan change never
-    moves it)."""
+    """``subscription_period`` of a subscription: its billing (charge) period at ``at``
+    (its plan's cadence: a plan change never moves it)."""
+    interval, count = charge_cadence(subscription.plan)
+    return subscription_period(
+        anchor=subscription.billing_anchor,
+        interval=interval,
+        count=count,
+        started_at=subscription.started_at,
+        trial_ends_at=subscription.trial_ends_at,
+        at=at,
+    )
+
+
+def plan_period_of(subscription: Subscription, at: datetime) -> tuple[datetime, datetime]:
+    """The plan's own period at ``at`` (what the base fee is per): the billing period
+    itself unless the plan bills its charges on a finer cadence."""
     plan = subscription.plan
     return subscription_period(
         anchor=subscription.billing_anchor,
@@ -174,15 +215,31 @@ def period_of(subscription: Subscription, at: datetime) -> tuple[datetime, datet
     )
 
 
-def whole_period_of(
+def closes_plan_period(
     subscription: Subscription, period_start: datetime, period_end: datetime
+) -> bool:
+    """Whether the billing period [period_start, period_end) is the last of its plan period:
+    it ends with it, or the subscription ends in it (its last period)."""
+    ended_at = subscription.ended_at
+    if ended_at is not None and ended_at <= period_end:
+        return True
+    return plan_period_of(subscription, period_start)[1] == period_end
+
+
+def whole_period_of(
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    *,
+    per_plan: bool = False,
 ) -> tuple[datetime, datetime]:
-    """``whole_period`` of one of the subscription's periods."""
-    plan = subscription.plan
+    """``whole_period`` of one of the subscription's billing periods, or (``per_plan``) of
+    one of its plan periods."""
+    interval, count = _cadence(subscription, per_plan)
     return whole_period(
         anchor=subscription.billing_anchor,
-        interval=plan.interval,
-        count=plan.interval_count,
+        interval=interval,
+        count=count,
         period_start=period_start,
         period_end=period_end,
     )
@@ -195,6 +252,7 @@ def fee_span(
     used_until: datetime,
     period_start: datetime,
     period_end: datetime,
+    per_plan: bool = False,
 ) -> tuple[datetime, datetime, datetime, datetime]:
     """What a fee for [used_from, used_until) of one of the subscription's periods is charged
     for, and over what: ``(from, until, whole_start, whole_end)``.
@@ -205,7 +263,9 @@ def fee_span(
     its first day counts in full (from midnight, whatever the hour of the start), and so does
     the day the subscription ends in (to the next midnight). A plan change inside the period
     splits it where it happened, so its parts still add up to the whole."""
-    whole_start, whole_end = whole_period_of(subscription, period_start, period_end)
+    whole_start, whole_end = whole_period_of(
+        subscription, period_start, period_end, per_plan=per_plan
+    )
     if (whole_start, whole_end) != (period_start, period_end):
         if used_from <= period_start:
             used_from = midnight(period_start)
@@ -223,6 +283,7 @@ def covers_whole_period(
     used_until: datetime,
     period_start: datetime,
     period_end: datetime,
+    per_plan: bool = False,
 ) -> bool:
     """Whether a fee for [used_from, used_until) is the whole fee, by ``fee_span``'s rule (a
     calendar start on its anchor day after midnight bills its first period whole)."""
@@ -232,6 +293,7 @@ def covers_whole_period(
         used_until=used_until,
         period_start=period_start,
         period_end=period_end,
+        per_plan=per_plan,
     )
     return start <= whole_start and end >= whole_end
 
@@ -244,6 +306,7 @@ def prorate_fee(
     used_until: datetime,
     period_start: datetime,
     period_end: datetime,
+    per_plan: bool = False,
 ) -> Decimal:
     """A fee (base fee, minimum, prorated charge, a first tier's flat fee at zero usage) for
     [used_from, used_until) of one of the subscription's periods (``fee_span``): by time
@@ -256,6 +319,7 @@ def prorate_fee(
         used_until=used_until,
         period_start=period_start,
         period_end=period_end,
+        per_plan=per_plan,
     )
     return prorate(
         amount, used_from=start, used_until=end, period_start=whole_start, period_end=whole_end

@@ -269,6 +269,10 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
         interval_count=1 if data.get("interval_count") is None else data["interval_count"],
         billing_time=data.get("billing_time") or BillingTime.ANNIVERSARY,
         billing_anchor_day=data.get("billing_anchor_day"),
+        charges_interval=data.get("charges_interval") or "",
+        charges_interval_count=1
+        if data.get("charges_interval_count") is None
+        else data["charges_interval_count"],
         charges=tuple(
             ChargeSpec(
                 meter=c["meter"]["code"],

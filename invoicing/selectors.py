@@ -21,7 +21,13 @@ from billing.models import (
     Subscription,
     SubscriptionPhase,
 )
-from billing.periods import covers_whole_period, prorate_fee
+from billing.periods import (
+    charge_cadence,
+    closes_plan_period,
+    covers_whole_period,
+    plan_period_of,
+    prorate_fee,
+)
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
@@ -113,8 +119,9 @@ def base_fee_lines(
     period_end: datetime,
     phases: list[SubscriptionPhase] | None = None,
 ) -> list[LineDraft]:
-    """The base fee of each plan version that applied in [period_start, period_end),
-    prorated by the time it covered; nothing for time in a trial or after the end."""
+    """The base fee of each plan version that applied in the plan period [period_start,
+    period_end), prorated by the time it covered; nothing for time in a trial or after the
+    end."""
     lines = []
     not_before = max(period_start, subscription.trial_ends_at or period_start)
     not_after = min(period_end, subscription.ended_at or period_end)
@@ -132,9 +139,12 @@ def base_fee_lines(
             used_until=ends,
             period_start=period_start,
             period_end=period_end,
+            per_plan=True,
         )
         description = f"{phase.plan.name} — base fee"
-        description += _prorated_note(subscription, starts, ends, period_start, period_end)
+        description += _prorated_note(
+            subscription, starts, ends, period_start, period_end, per_plan=True
+        )
         lines.append(
             LineDraft(
                 kind=LineKind.BASE_FEE,
@@ -148,6 +158,27 @@ def base_fee_lines(
             )
         )
     return lines
+
+
+def period_base_fee_lines(
+    subscription: Subscription,
+    period_start: datetime,
+    period_end: datetime,
+    phases: list[SubscriptionPhase] | None = None,
+) -> list[LineDraft]:
+    """The base fee lines a billing period's invoice carries: its own (a plan billing its
+    charges on its own cadence), else — charges billed on a finer cadence — its plan
+    period's, in arrears, on the billing period that closes the plan period (or the last
+    one, the subscription ending in it); none on the others."""
+    if charge_cadence(subscription.plan) == (
+        subscription.plan.interval,
+        subscription.plan.interval_count,
+    ):
+        return base_fee_lines(subscription, period_start, period_end, phases)
+    if not closes_plan_period(subscription, period_start, period_end):
+        return []
+    plan_start, plan_end = plan_period_of(subscription, period_start)
+    return base_fee_lines(subscription, plan_start, plan_end, phases)
 
 
 def _plan_at_end(
@@ -451,6 +482,8 @@ def _prorated_note(
     ends: datetime,
     period_start: datetime,
     period_end: datetime,
+    *,
+    per_plan: bool = False,
 ) -> str:
     """The note ", prorated … to …" for a fee of [starts, ends), unless it is the whole fee
     (``covers_whole_period``: a calendar start on its anchor day after midnight is whole)."""
@@ -460,6 +493,7 @@ def _prorated_note(
         used_until=ends,
         period_start=period_start,
         period_end=period_end,
+        per_plan=per_plan,
     ):
         return ""
     return f", prorated {_fmt(starts)} to {_fmt(ends)}"
@@ -613,7 +647,7 @@ def compute_invoice(
         currency=currency,
     )
     if base_fees is None:
-        base_fees = base_fee_lines(subscription, period_start, period_end, phases)
+        base_fees = period_base_fee_lines(subscription, period_start, period_end, phases)
     usage, usage_charged = usage_lines(
         subscription, period_start, period_end, currency, phases, terms=terms, counters=counters
     )

@@ -303,6 +303,18 @@ class PlanCreateForm(PlanVersionForm):
     consumption_model = forms.ChoiceField(
         choices=ConsumptionModel.choices, initial=ConsumptionModel.METERED
     )
+    # What is allowed is validate_plan_spec's (the pricing file's and the API's message).
+    charges_interval = forms.ChoiceField(
+        choices=[("", "The plan's own interval"), *Interval.choices],
+        required=False,
+        help_text="Metered plans: usage charges billed on a finer cadence dividing the "
+        "plan's period (a yearly plan's usage monthly); the base fee stays per plan period.",
+    )
+    charges_interval_count = forms.IntegerField(
+        required=False,  # left out: 1
+        initial=1,
+        help_text="With a charges interval: the charges' period lasts this many of them.",
+    )
 
     field_order = [
         "code",
@@ -323,6 +335,8 @@ class PlanCreateForm(PlanVersionForm):
         "interval_count",
         "billing_time",
         "billing_anchor_day",
+        "charges_interval",
+        "charges_interval_count",
     ]
 
     def __init__(self, *args, **kwargs):
@@ -385,6 +399,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
         "interval_count",
         "billing_time",
         "billing_anchor_day",
+        "charges_interval",
+        "charges_interval_count",
         "metadata",
         "self_serve",
         "spec_hash",
@@ -469,6 +485,8 @@ class PlanAdmin(ServiceFormMixin, admin.ModelAdmin):
                     "currency": spec.currency,
                     "interval": spec.interval,
                     "interval_count": spec.interval_count,
+                    "charges_interval": spec.charges_interval,  # kept, as the interval is
+                    "charges_interval_count": spec.charges_interval_count,
                     "consumption_model": spec.consumption_model,
                     "metadata": spec.metadata,
                     "units_per_credit": data.get("units_per_credit", spec.units_per_credit),

@@ -615,6 +615,22 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
         "clamped to short months) or the ISO weekday 1 (Monday) to 7 (week). Null: the 1st, "
         "or Monday.",
     )
+    # Checked by validate_plan_spec (the pricing file's and the admin's message and code).
+    charges_interval = serializers.CharField(
+        max_length=20,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Metered plans: the usage charges billed on a finer cadence (day, week, "
+        "month, quarter, year) that divides the plan's period evenly — a yearly plan's usage "
+        "every month; the base fee stays per plan period. Empty: the plan's own interval. "
+        "Refused with charges_interval_misaligned when it does not divide the period.",
+    )
+    charges_interval_count = serializers.IntegerField(
+        required=False,
+        default=1,
+        help_text="With charges_interval: the charges' period lasts this many of them.",
+    )
 
     class Meta:
         model = Plan
@@ -640,6 +656,8 @@ class PlanSerializer(StrictInputMixin, serializers.ModelSerializer):
             "interval_count",
             "billing_time",
             "billing_anchor_day",
+            "charges_interval",
+            "charges_interval_count",
             "published_at",
         ]
         read_only_fields = ["id", "version", "published_at"]

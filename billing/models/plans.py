@@ -60,6 +60,21 @@ class Plan(models.Model):
     interval_count = models.PositiveSmallIntegerField(
         default=1, help_text="A period lasts this many intervals (every 2 weeks, 6 months, …)."
     )
+    charges_interval = models.CharField(
+        max_length=7,
+        choices=Interval.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Metered plans: the usage charges billed on a finer cadence than the plan "
+        "(a yearly plan's usage every month, Lago's bill_charges_monthly). Empty: the plan's "
+        "own interval. Must divide the plan's period (billing.periods.charge_cadence).",
+    )
+    charges_interval_count = models.PositiveSmallIntegerField(
+        default=1,
+        db_default=1,
+        help_text="The charges' period lasts this many charges intervals (with charges_interval).",
+    )
     billing_time = models.CharField(
         max_length=11,
         choices=BillingTime.choices,
@@ -147,6 +162,11 @@ class Plan(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(interval_count__gte=1), name="billing_plan_interval_count"
+            ),
+            models.CheckConstraint(
+                condition=Q(charges_interval_count__gte=1)
+                & (~Q(charges_interval="") | Q(charges_interval_count=1)),
+                name="billing_plan_charges_interval_count",
             ),
         ]
 

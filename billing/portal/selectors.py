@@ -312,6 +312,8 @@ def self_serve_plans(subscription: Subscription) -> list[Plan]:
             currency=current.currency,
             interval=current.interval,
             interval_count=current.interval_count,
+            charges_interval=current.charges_interval,
+            charges_interval_count=current.charges_interval_count,
         )
         .exclude(code=current.code)
         .order_by("code", "-version")

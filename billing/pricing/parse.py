@@ -222,6 +222,8 @@ class _Parser(ValueReader):
                 "interval_count",
                 "billing_time",
                 "billing_anchor_day",
+                "charges_interval",
+                "charges_interval_count",
             ),
         )
         code = self.string(
@@ -303,6 +305,11 @@ class _Parser(ValueReader):
             else self.integer(
                 data, "billing_anchor_day", where, default=1, minimum=-(2**31), maximum=2**31
             ),
+            # a string and whole numbers here; validate_plan_spec says what is allowed
+            charges_interval=self.string(data, "charges_interval", where, default=""),
+            charges_interval_count=self.integer(
+                data, "charges_interval_count", where, default=1, minimum=-(2**31), maximum=2**31
+            ),
             charges=tuple(
                 self.charge(item, f"{where}.charges[{i}]")
                 for i, item in enumerate(
@@ -318,7 +325,9 @@ class _Parser(ValueReader):
         try:
             services.validate_plan_spec(spec)
         except errors.BillingError as exc:
-            self.fail(f"{where}.{exc.param}" if exc.param else where, exc.message)
+            # a refusal with a code of its own names it (the API's code for the same plan)
+            note = "" if exc.code == errors.ValidationFailed.code else f" ({exc.code})"
+            self.fail(f"{where}.{exc.param}" if exc.param else where, exc.message + note)
         return spec
 
     def charge(self, value: Any, where: str) -> services.ChargeSpec:

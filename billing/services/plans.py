@@ -30,7 +30,7 @@ from billing.models import (
     Rollover,
     RoundingRule,
 )
-from billing.periods import MAX_INTERVAL_COUNT, MONTHS_PER_INTERVAL
+from billing.periods import MAX_INTERVAL_COUNT, MONTHS_PER_INTERVAL, period_months_or_days
 from billing.services.locks import PLAN_VERSION_LOCK
 
 # What a meter may read under llm. (the normalised usage), and which of those the model
@@ -191,6 +191,10 @@ class PlanSpec:
     # What new subscriptions count periods from: their start, or the calendar (an anchor day).
     billing_time: str = field(default=BillingTime.ANNIVERSARY.value, metadata=ADDED_LATER)
     billing_anchor_day: int | None = field(default=None, metadata=ADDED_LATER)
+    # Metered plans: the usage charges billed every charges_interval_count charges_interval
+    # (a yearly plan's usage monthly); "": the plan's own interval (validate_charges_cadence).
+    charges_interval: str = field(default="", metadata=ADDED_LATER)
+    charges_interval_count: int = field(default=1, metadata=ADDED_LATER)
 
     def canonical_hash(self, *, legacy_rounding: bool = False) -> str:
         """``legacy_rounding``: the hash as published before "not said" ("") could be told
@@ -292,6 +296,7 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             f"consumption_model must be one of {', '.join(ConsumptionModel.values)}",
             "consumption_model",
         )
+    validate_charges_cadence(spec)
     money(spec.base_fee, "base_fee")
     if spec.rounding and spec.rounding not in RoundingRule.values:
         fail(f"rounding must be one of {', '.join(RoundingRule.values)}", "rounding")
@@ -453,6 +458,70 @@ def validate_billing_cadence(
         )
 
 
+def validate_charges_cadence(spec: PlanSpec) -> None:
+    """The usage charges' cadence (``charges_interval`` × ``charges_interval_count``): left
+    out, the plan's own; else strictly shorter than the plan's period and dividing it evenly,
+    in the same kind of unit — months (month, quarter, year) or days (day, week) — so that
+    every plan period is a whole number of charge periods counted from the same anchor (a
+    yearly plan: monthly or quarterly usage; a 4-week plan: weekly; never weekly usage on a
+    monthly plan, whose months are not whole weeks). Refused otherwise, with
+    ``charges_interval_misaligned``. For metered plans without a plan minimum or commitment
+    (those are per plan period, and a charge period's invoice cannot tell what the rest of
+    the plan period will draw): refused with ``invalid_parameter``."""
+    interval, count = spec.charges_interval, spec.charges_interval_count
+    if not interval:
+        if count != 1:
+            raise errors.ValidationFailed(
+                "charges_interval_count applies with a charges_interval", param="charges_interval"
+            )
+        return
+    if interval not in Interval.values:
+        raise errors.ValidationFailed(
+            f"charges_interval must be one of {', '.join(Interval.values)} (or left out: the "
+            "plan's own interval)",
+            param="charges_interval",
+        )
+    most = MAX_INTERVAL_COUNT[interval]
+    if not _whole(count) or not 1 <= count <= most:
+        raise errors.ValidationFailed(
+            f"charges_interval_count must be a whole number from 1 to {most} for "
+            f"charges_interval {interval}",
+            param="charges_interval_count",
+        )
+    if spec.interval not in Interval.values:
+        return  # refused by validate_billing_cadence
+    plan_unit, plan_length = period_months_or_days(spec.interval, spec.interval_count)
+    unit, length = period_months_or_days(interval, count)
+    every = f"every {count} {interval}" if count != 1 else f"every {interval}"
+    per = f"{spec.interval_count} {spec.interval}" if spec.interval_count != 1 else spec.interval
+    if unit != plan_unit or plan_length % length:
+        raise errors.ChargesIntervalMisaligned(
+            f"usage charges billed {every} do not divide the plan's period ({per}) evenly; "
+            "the charges' period must be a whole fraction of the plan's, in months for "
+            "month, quarter and year plans, in days for day and week plans",
+            param="charges_interval",
+        )
+    if length == plan_length:
+        raise errors.ValidationFailed(
+            f"usage charges billed {every} are the plan's own period; leave charges_interval out",
+            param="charges_interval",
+        )
+    if spec.consumption_model != ConsumptionModel.METERED:
+        raise errors.ValidationFailed(
+            "charges_interval applies to metered plans (a balance or credits plan's usage is "
+            "paid as it is rated, not invoiced per period)",
+            param="charges_interval",
+        )
+    for name in ("minimum_amount", "commitment_amount"):
+        if getattr(spec, name) is not None:
+            raise errors.ValidationFailed(
+                f"a plan with a charges_interval has no {name}: it is owed per plan period, "
+                "and each charge period is invoiced on its own (charge minimums may stay: "
+                "they are per charge period)",
+                param=name,
+            )
+
+
 def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) -> None:
     """The rules of a recurring grant, beside the plan's (its shape is read by
     ``billing.pricing.grants``, the same reader for the file, the API and the admin)."""
@@ -564,6 +633,8 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         interval_count=spec.interval_count,
         billing_time=spec.billing_time,
         billing_anchor_day=spec.billing_anchor_day,
+        charges_interval=spec.charges_interval,
+        charges_interval_count=spec.charges_interval_count,
         base_fee=spec.base_fee,
         trial_days=spec.trial_days,
         consumption_model=spec.consumption_model,
@@ -650,6 +721,8 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
         interval_count=plan.interval_count,
         billing_time=plan.billing_time,
         billing_anchor_day=plan.billing_anchor_day,
+        charges_interval=plan.charges_interval,
+        charges_interval_count=plan.charges_interval_count,
         base_fee=plan.base_fee,
         trial_days=plan.trial_days,
         consumption_model=plan.consumption_model,

@@ -21,7 +21,14 @@ from billing.models import (
     SubscriptionPhase,
     SubscriptionStatus,
 )
-from billing.periods import calendar_anchor, prorate_fee, subscription_period, utc
+from billing.periods import (
+    calendar_anchor,
+    charge_cadence,
+    plan_period_of,
+    prorate_fee,
+    subscription_period,
+    utc,
+)
 from billing.services.locks import lock_subscription_customer
 from billing.services.plans import validate_billing_cadence
 from billing.services.wallets import CREDITS, ensure_wallet
@@ -90,10 +97,11 @@ def create_subscription(
         status = SubscriptionStatus.TRIALING if trial_ends_at > now else SubscriptionStatus.ACTIVE
     else:
         status = SubscriptionStatus.ACTIVE
+    interval, count = charge_cadence(plan)  # its billing periods: the charges' cadence
     period_start, period_end = subscription_period(
         anchor=anchor,
-        interval=plan.interval,
-        count=plan.interval_count,
+        interval=interval,
+        count=count,
         started_at=start,
         trial_ends_at=trial_ends_at,
         at=start,
@@ -194,11 +202,12 @@ def _ensure_period_current(subscription: Subscription, now: datetime) -> None:
 
 
 def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
-    """How the current period's base fee splits between the plan versions that applied in
-    it: each phase's fee prorated by the time it covered. Trials cost nothing."""
+    """How the current plan period's base fee splits between the plan versions that applied
+    in it: each phase's fee prorated by the time it covered. Trials cost nothing. (A plan
+    billing its charges on a finer cadence: the plan period the current one is part of.)"""
     if subscription.status == SubscriptionStatus.TRIALING:
         return []
-    start, end = subscription.current_period_start, subscription.current_period_end
+    start, end = plan_period_of(subscription, subscription.current_period_start)
     lines = []
     for phase in subscription.phases.select_related("plan").filter(starts_at__lt=end):
         phase_end = min(phase.ends_at or end, end)
@@ -212,6 +221,7 @@ def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
             used_until=phase_end,
             period_start=start,
             period_end=end,
+            per_plan=True,
         )
         lines.append(ProrationLine(phase.plan, phase_start, phase_end, amount))
     return lines
@@ -229,12 +239,14 @@ def change_subscription(
         raise errors.ValidationFailed("the subscription is already on this plan", param="plan")
     if plan.currency != subscription.plan.currency:
         raise errors.CurrencyMismatch("plans of different currencies", param="plan")
-    if (plan.interval, plan.interval_count) != (
+    if (plan.interval, plan.interval_count, charge_cadence(plan)) != (
         subscription.plan.interval,
         subscription.plan.interval_count,
+        charge_cadence(subscription.plan),
     ):
         raise errors.ValidationFailed(
-            "changing the billing interval is not supported mid-period; cancel and resubscribe",
+            "changing the billing interval (or the charges' interval) is not supported "
+            "mid-period; cancel and resubscribe",
             param="plan",
         )
     if plan.consumption_model != subscription.plan.consumption_model and not at_period_end:

@@ -14,7 +14,7 @@ from django.db.models import F
 
 from billing import services as billing_services
 from billing.models import EventType, Plan, Subscription, SubscriptionPhase, SubscriptionStatus
-from billing.periods import period_of, subscription_period
+from billing.periods import charge_cadence, period_of, plan_period_of, subscription_period
 from invoicing import errors
 from invoicing.events import emit_invoice_event
 from invoicing.models import Invoice, InvoiceKind
@@ -46,6 +46,9 @@ def _roll(subscription: Subscription, now: datetime) -> None:
     its trial, apply a scheduled plan change, and start the next period."""
     end = subscription.current_period_end
     fields = ["current_period_start", "current_period_end"]
+    # "At period end" is the plan period's end: a yearly plan billing its usage monthly is
+    # canceled or changed at the year's end, its months rolling on until then.
+    at_plan_end = plan_period_of(subscription, subscription.current_period_start)[1] == end
     if subscription.status == SubscriptionStatus.CANCELED:
         # Canceled now: nothing follows its last period, the one containing the end. A
         # subscription canceled while the close was behind (a back-dated one, or beat late)
@@ -56,7 +59,7 @@ def _roll(subscription: Subscription, now: datetime) -> None:
             )
             subscription.save(update_fields=fields)
         return
-    if subscription.cancel_at_period_end:
+    if subscription.cancel_at_period_end and at_plan_end:
         SubscriptionPhase.objects.filter(subscription=subscription, ends_at__isnull=True).update(
             ends_at=end
         )
@@ -73,7 +76,7 @@ def _roll(subscription: Subscription, now: datetime) -> None:
     if subscription.status == SubscriptionStatus.TRIALING:
         subscription.status = SubscriptionStatus.ACTIVE
         fields.append("status")
-    if subscription.scheduled_plan_id is not None:
+    if subscription.scheduled_plan_id is not None and at_plan_end:
         SubscriptionPhase.objects.filter(subscription=subscription, ends_at__isnull=True).update(
             ends_at=end
         )
@@ -86,12 +89,11 @@ def _roll(subscription: Subscription, now: datetime) -> None:
     else:
         changed = None
     loaded = subscription.plan if Subscription.plan.is_cached(subscription) else None
-    if loaded is not None and loaded.pk == subscription.plan_id:
-        interval, count = loaded.interval, loaded.interval_count  # read with the subscription
-    else:
-        interval, count = Plan.objects.values_list("interval", "interval_count").get(
-            pk=subscription.plan_id
-        )
+    if loaded is None or loaded.pk != subscription.plan_id:
+        loaded = Plan.objects.only(
+            "interval", "interval_count", "charges_interval", "charges_interval_count"
+        ).get(pk=subscription.plan_id)
+    interval, count = charge_cadence(loaded)  # the billing periods: the charges' cadence
     subscription.current_period_start, subscription.current_period_end = subscription_period(
         anchor=subscription.billing_anchor,
         interval=interval,

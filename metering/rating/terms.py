@@ -33,6 +33,16 @@ class PlanTerms:
     charges: dict[int, ChargeTerms]
     llm_event_names: frozenset[str] = frozenset()  # events its LLM-token meters read
     interval_count: int = 1  # a period lasts interval_count intervals
+    # The billing periods (usage counters, allowances, tiers): the charges' cadence
+    # (billing.periods.charge_cadence), the plan's own interval unless it bills them finer.
+    charges_interval: str = ""
+    charges_interval_count: int = 1
+
+    @property
+    def cadence(self) -> tuple[str, int]:
+        if self.charges_interval:
+            return self.charges_interval, self.charges_interval_count
+        return self.interval, self.interval_count
 
     @property
     def money_currency(self) -> str:
@@ -77,6 +87,8 @@ def plan_terms(plan_id: int) -> PlanTerms:
         currency=plan.currency,
         interval=plan.interval,
         interval_count=plan.interval_count,
+        charges_interval=plan.charges_interval,
+        charges_interval_count=plan.charges_interval_count,
         consumption_model=plan.consumption_model,
         units_per_credit=plan.units_per_credit,
         charges=charges,
@@ -110,20 +122,32 @@ def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
             param="timestamp",
         )
     if subscription.cancel_at_period_end and at >= subscription.current_period_end:
-        # The subscription ends with this period: a later period is never closed.
-        raise errors.TimestampAfterSubscription(
-            f"timestamp {at.isoformat()} lies after the subscription's end "
-            f"{subscription.current_period_end.isoformat()} (canceled at period end)",
-            param="timestamp",
-        )
+        # The subscription ends with this (plan) period: a later period is never closed.
+        ends = subscription.current_period_end
+        if terms.cadence != (terms.interval, terms.interval_count):  # charges billed finer
+            ends = subscription_period(
+                anchor=subscription.billing_anchor,
+                interval=terms.interval,
+                count=terms.interval_count,
+                started_at=subscription.started_at,
+                trial_ends_at=subscription.trial_ends_at,
+                at=subscription.current_period_start,
+            )[1]
+        if at >= ends:
+            raise errors.TimestampAfterSubscription(
+                f"timestamp {at.isoformat()} lies after the subscription's end "
+                f"{ends.isoformat()} (canceled at period end)",
+                param="timestamp",
+            )
     if subscription.trial_ends_at is not None and at < subscription.trial_ends_at:
         return subscription.started_at, subscription.trial_ends_at, True
     if subscription.current_period_start <= at < subscription.current_period_end:
         return subscription.current_period_start, subscription.current_period_end, False
+    interval, count = terms.cadence
     start, end = subscription_period(
         anchor=subscription.billing_anchor,
-        interval=terms.interval,
-        count=terms.interval_count,
+        interval=interval,
+        count=count,
         started_at=subscription.started_at,
         trial_ends_at=subscription.trial_ends_at,
         at=at,

@@ -153,6 +153,8 @@ def test_publish_a_plan_creates_version_one(api, meters):
         "interval_count": 1,
         "billing_time": "anniversary",
         "billing_anchor_day": None,
+        "charges_interval": "",
+        "charges_interval_count": 1,
     }
     plan = Plan.objects.get()
     assert response.json()["id"] == plan.pk

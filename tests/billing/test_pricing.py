@@ -611,6 +611,7 @@ def test_demo_file_loads_and_stores_exact_prices():
         ("migrated", 1),
         ("committed", 1),
         ("committed-upfront", 1),
+        ("annual-usage-monthly", 1),
     ]
     pro = Plan.objects.get(code="pro", version=1)
     assert pro.base_fee == Decimal("49") and pro.trial_days == 14

@@ -16,7 +16,7 @@ from django.utils import timezone
 from billing import services
 from billing.errors import BillingError
 from billing.models import Subscription, SubscriptionStatus
-from billing.periods import prorate_fee
+from billing.periods import plan_period_of, prorate_fee
 from billing.portal import selectors
 from billing.portal.views.common import money, portal_view
 
@@ -31,9 +31,9 @@ def _when(request) -> str:
 
 
 def _rest_of_period(plan, subscription: Subscription) -> str:
-    """The plan's base fee for what is left of the current period."""
+    """The plan's base fee for what is left of the current plan period."""
     now = timezone.now()
-    start, end = subscription.current_period_start, subscription.current_period_end
+    start, end = plan_period_of(subscription, subscription.current_period_start)
     if subscription.status == SubscriptionStatus.TRIALING or end <= now:
         return money(Decimal(0), plan.currency)
     amount = prorate_fee(
@@ -43,6 +43,7 @@ def _rest_of_period(plan, subscription: Subscription) -> str:
         used_until=end,
         period_start=start,
         period_end=end,
+        per_plan=True,
     )
     return money(amount, plan.currency)
 
