@@ -7,7 +7,8 @@ PostgreSQL ceiling for the same rows, and the latency of /authorize.
         --seconds 20 --workers 5 --worker-class sync --keep
 
 Everything happens in a throw-away database, ``billing_bench_ingest`` (another name with
-``--database-name``), created next to the one ``DATABASE_URL`` names, migrated, seeded
+``--database-name``), created next to the one ``DATABASE_URL`` names (or copied from an
+already migrated one, ``--template-database``: the test suite's smoke run), migrated, seeded
 through the services (meters on ``llm.completion``, a catalog-priced pay-as-you-go plan
 and a graduated one, four catalog rows, 200 customers: postpaid without a credit limit,
 every fifth prepaid with ample funds) and dropped at the end (``--keep`` leaves it). The
@@ -158,6 +159,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=BENCH_DB,
         help=f"the throw-away database (default {BENCH_DB}; another name lets two runs share"
         " a server)",
+    )
+    parser.add_argument(
+        "--template-database",
+        default=None,
+        help="create the throw-away database as a copy of this one (migrated, no one connected"
+        " to it: the test suite passes its own) rather than empty; migrate then has nothing to do",
     )
     parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
     parser.add_argument(
@@ -471,7 +478,7 @@ def main(argv: Sequence[str]) -> int:
         tempfile.TemporaryDirectory() as log_dir,
     ):
         # The Django parts (here, in the server and in the worker) use the bench database.
-        setup_django(databases.create(bench_db))
+        setup_django(databases.create(bench_db, template=args.template_database))
         started = time.monotonic()
         progress(f"migrating {bench_db} …")
         migrate()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from bench import reads_seed  # noqa: E402
-from bench.harness.db import drop_database, with_database  # noqa: E402
+from bench.harness.db import clone_database, drop_database, with_database  # noqa: E402
 from bench.harness.processes import (  # noqa: E402
     HttpClient,
     HttpServer,
@@ -83,6 +83,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=10, help="timed requests per client")
     parser.add_argument(
         "--database-name", default=None, help="default: <DATABASE_URL's>_bench_reads"
+    )
+    parser.add_argument(
+        "--template-database",
+        default=None,
+        help="when the database is (re)created, as a copy of this one (migrated, no one"
+        " connected to it: the test suite passes its own) rather than empty",
     )
     parser.add_argument(
         "--seed-only", action="store_true", help="seed (or keep the seed) and time nothing"
@@ -362,8 +368,12 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     base, name = bench_database(args)
     if seeded_scale(base, name) != args.scale:  # none, another, or a seed left unfinished
-        progress(f"(re)creating database {name}")
-        drop_database(base, name, recreate=True)
+        if args.template_database:
+            progress(f"(re)creating database {name} as a copy of {args.template_database}")
+            clone_database(base, args.template_database, name, file_copy=False)
+        else:
+            progress(f"(re)creating database {name}")
+            drop_database(base, name, recreate=True)
     url = with_database(base, name)
     os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBackend")
     setup_django(url)

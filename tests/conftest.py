@@ -48,6 +48,42 @@ def make_wallet(db, world):
     return make
 
 
+MIGRATED_COPY = "migrated_test_database_copy"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, request):
+    """pytest-django's test database, plus — when a collected test asks for
+    ``migrated_test_database_copy`` — a copy of it made right after its creation, while
+    nothing else is connected to it (PostgreSQL copies a template only then) and before any
+    test wrote to it; dropped at the end. The benchmarks' smoke tests create their bench
+    databases from the copy (a second, where migrating an empty one took about a minute),
+    a migration test migrates a copy of it back and forth (tests/databases.py)."""
+    items = request.session.items
+    if not any(MIGRATED_COPY in getattr(item, "fixturenames", ()) for item in items):
+        yield None
+        return
+    from django.db import connection, connections
+
+    from bench.harness.db import clone_database, drop_database
+    from tests.test_celery import database_url_of_test_db
+
+    url, name = database_url_of_test_db(), f"{connection.settings_dict['NAME']}_migrated"
+    with django_db_blocker.unblock():
+        connections.close_all()
+        clone_database(url, connection.settings_dict["NAME"], name, file_copy=False)
+    yield name
+    drop_database(url, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_test_database_copy(django_db_setup) -> str:
+    """The name of a copy of the freshly migrated test database, to copy again (a template:
+    no one connects to it)."""
+    assert django_db_setup, "made by django_db_setup when a collected test asks for it"
+    return django_db_setup
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _celery_test_queue():
     """Tasks the tests enqueue without a worker (after-commit follow-ups) go to a queue of

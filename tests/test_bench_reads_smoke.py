@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_the_reads_benchmark_seeds_times_every_read_and_its_checks_pass():
+def test_the_reads_benchmark_seeds_times_every_read_and_its_checks_pass(
+    migrated_test_database_copy,
+):
     url = database_url_of_test_db()
     # a bench database of its own: two test runs on one server must not drop each other's
     name = f"{connection.settings_dict['NAME']}_bench_reads"
@@ -38,6 +40,8 @@ def test_the_reads_benchmark_seeds_times_every_read_and_its_checks_pass():
         "1,2",
         "--database-name",
         name,
+        "--template-database",
+        migrated_test_database_copy,
     ]
     try:
         result = subprocess.run(

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_the_ingest_benchmark_runs_and_its_checks_pass():
+def test_the_ingest_benchmark_runs_and_its_checks_pass(migrated_test_database_copy):
     env = {**os.environ, "DATABASE_URL": database_url_of_test_db()}
     # A bench database of its own: two test runs on one server must not drop each other's.
     name = f"{connection.settings_dict['NAME']}_bench_ingest"
@@ -44,6 +44,8 @@ def test_the_ingest_benchmark_runs_and_its_checks_pass():
             "1",
             "--database-name",
             name,
+            "--template-database",
+            migrated_test_database_copy,
         ],
         cwd=REPO,
         env=env,

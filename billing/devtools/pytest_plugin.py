@@ -89,3 +89,82 @@ def _empty_tables_quickly() -> None:
 
 
 _empty_tables_quickly()
+
+
+_SHARED_TEMPLATES: list[str] = []  # made or used by this worker, dropped at its end
+
+
+def _migrate_once_for_all_workers() -> None:
+    """Under pytest-xdist, the first worker to create its test database migrates it and
+    copies it as a template; the others create theirs from that template (PostgreSQL's
+    ``CREATE DATABASE … TEMPLATE``, Django's ``TEST["TEMPLATE"]``), then migrate finds
+    nothing to apply. Migrating an empty database takes 40–70 s of a core, and the workers
+    did it side by side on the same cores. A PostgreSQL advisory lock orders the workers; the
+    template is named after the run (``PYTEST_XDIST_TESTRUNUID``), so two runs on one server
+    never share one, and the first worker to finish drops it (a worker that comes later finds
+    none and migrates, as before). ``--reuse-db`` keeps each worker's database: unchanged."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    if not worker.startswith("gw") or not run:
+        return
+    from django.db.backends.postgresql.creation import DatabaseCreation
+
+    original = DatabaseCreation.create_test_db
+
+    def create_test_db(
+        self: Any,
+        verbosity: int = 1,
+        autoclobber: bool = False,
+        serialize: bool = True,
+        keepdb: bool = False,
+    ) -> str:
+        name = self._get_test_db_name()
+        if keepdb or not name.endswith(f"_{worker}"):
+            return original(self, verbosity, autoclobber, serialize, keepdb)
+        template = f"{name.removesuffix(f'_{worker}')}_migrated_{run[:12]}"
+        quote = self.connection.ops.quote_name
+        test_settings = self.connection.settings_dict["TEST"]
+        with self._nodb_cursor() as lock:
+            lock.execute("SELECT pg_advisory_lock(hashtext(%s))", [template])
+            try:
+                lock.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template])
+                _SHARED_TEMPLATES.append(template)
+                if lock.fetchone():
+                    before = test_settings.get("TEMPLATE")
+                    test_settings["TEMPLATE"] = template
+                    try:
+                        return original(self, verbosity, autoclobber, serialize, keepdb)
+                    finally:
+                        test_settings["TEMPLATE"] = before
+                name = original(self, verbosity, autoclobber, serialize, keepdb)
+                self.connection.close()  # a template is copied only while no one is on it
+                lock.execute(f"CREATE DATABASE {quote(template)} TEMPLATE {quote(name)}")
+                return name
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", [template])
+
+    setattr(DatabaseCreation, "create_test_db", create_test_db)  # noqa: B010
+
+
+_migrate_once_for_all_workers()
+
+
+def pytest_sessionfinish() -> None:
+    """Drop the template this worker made or used (if another worker has not yet; if another
+    is copying it right now, that one drops it at its end). By psycopg itself: pytest-django
+    blocks Django's database access outside tests."""
+    if not _SHARED_TEMPLATES:
+        return
+    import psycopg
+    from django.db import connection
+    from psycopg import sql
+
+    params = {**connection.get_connection_params(), "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**params) as server:
+        for template in _SHARED_TEMPLATES:
+            try:
+                server.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(template))
+                )
+            except psycopg.Error:
+                pass

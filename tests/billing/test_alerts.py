@@ -28,6 +28,7 @@ from billing.models import (
     Customer,
     OutboundEvent,
 )
+from tests.databases import own_database
 from tests.factories import CustomerFactory, PlanFactory, SubscriptionFactory, unique
 from tests.threads import run_concurrently
 
@@ -290,18 +291,18 @@ def test_the_portal_setting_is_one_alert_of_its_own():
 
 
 def test_the_old_low_balance_setting_migrates_to_an_alert():
-    """Migrate back to 0009, write the old fields as they were, migrate forward."""
-    try:
+    """In a database of its own, migrated from empty to 0010 only (the test database stays
+    on the latest migrations): write the old fields as they were, migrate to 0011 and back
+    (the old fields come back from the alerts), then forward to the latest migrations."""
+    with own_database():
         _migrate_the_old_setting()
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 def _migrate_the_old_setting():
+    before, after = ("billing", "0010_webhooks"), ("billing", "0011_alerts")
     executor = MigrationExecutor(connection)
-    executor.migrate([("billing", "0010_webhooks")])
-    apps = executor.loader.project_state([("billing", "0010_webhooks")]).apps
+    executor.migrate([before])
+    apps = executor.loader.project_state([before]).apps
     OldCustomer = apps.get_model("billing", "Customer")
     ledger = {"currency": "USD", "billing_mode": "prepaid"}
     quiet = OldCustomer.objects.create(external_id=unique("c"), name="Quiet", **ledger)
@@ -321,6 +322,16 @@ def _migrate_the_old_setting():
         low_balance_alerted_at=alerted_at,
         **ledger,
     )
+    MigrationExecutor(connection).migrate([after])
+    MigrationExecutor(connection).migrate([before])
+    restored = OldCustomer.objects.order_by("pk").values_list(
+        "low_balance_threshold", "low_balance_email", "low_balance_alerted_at"
+    )
+    assert list(restored) == [
+        (None, "", None),
+        (D("20.5"), "ops@armed.example", None),
+        (D(5), "", alerted_at),
+    ]
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())

@@ -21,6 +21,7 @@ from ledger import selectors as ledger_selectors
 from metering import rating
 from metering.models import Event, PeriodDistinctValue, PeriodUsage
 from tests.billing.conftest import at
+from tests.databases import own_database
 from tests.metering import test_concurrency as concurrent
 from tests.metering.test_rating import (
     CHAT,
@@ -214,7 +215,14 @@ def migrate(target: tuple[str, str]) -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_the_migration_moves_each_counters_list_into_rows_and_back():
+def test_the_migration_moves_each_counters_list_into_rows_and_back(migrated_test_database_copy):
+    # In a copy of the migrated test database: the test database stays on the latest
+    # migrations, and the copy is dropped at the end rather than migrated forward again.
+    with own_database(copy_of=migrated_test_database_copy):
+        _the_migration_moves_each_counters_list_into_rows_and_back()
+
+
+def _the_migration_moves_each_counters_list_into_rows_and_back():
     users = users_meter()
     other = make_meter("others", event_name="user.active", prop="other", aggregation="unique_count")
     customer = subscribe(per_unit(users, "1"), funds="10")
@@ -225,54 +233,50 @@ def test_the_migration_moves_each_counters_list_into_rows_and_back():
         (other.pk, START, "[]", 0),
     ]
     migrate(BEFORE)
-    try:
-        with connection.cursor() as cursor:
-            for meter_id, start, values, quantity in counters:
-                cursor.execute(
-                    "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, "
-                    "period_end, quantity, amount, charged, currency, event_count, "
-                    "distinct_values, updated_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 'USD', %s, %s::jsonb, now())",
-                    [
-                        subscription.pk,
-                        meter_id,
-                        start,
-                        start + timedelta(days=31),
-                        quantity,
-                        quantity,
-                        quantity,
-                        quantity,
-                        values,
-                    ],
-                )
-        migrate(AFTER)
-        rows = PeriodDistinctValue.objects.order_by("id")
-        assert [(r.meter_id, r.period_start, r.value) for r in rows] == [
-            (users.pk, START, "s:ann"),
-            (users.pk, START, "n:1"),
-            (users.pk, START, "b:true"),
-            (users.pk, at(2026, 3, 1), "s:ann"),
-        ]
-        assert all(r.subscription_id == subscription.pk for r in rows)
-        # rating reads the moved rows: ann and 1 (spelt 1.0) were counted, bob was not
-        assert (
-            statuses(ingest(active("a", "ann"), active("b", D("1.0")), active("c", "bob")))
-            == ["accepted"] * 3
-        )
-        assert amounts(customer) == [D(0), D(0), D(1)]
-        assert PeriodUsage.objects.get(meter=users, period_start=START).quantity == D(4)
-        # reversed, each list is rebuilt from its rows in the order they came
-        migrate(BEFORE)
-        with connection.cursor() as cursor:
+    with connection.cursor() as cursor:
+        for meter_id, start, values, quantity in counters:
             cursor.execute(
-                "SELECT meter_id, period_start, distinct_values FROM metering_periodusage "
-                "ORDER BY id"
+                "INSERT INTO metering_periodusage (subscription_id, meter_id, period_start, "
+                "period_end, quantity, amount, charged, currency, event_count, "
+                "distinct_values, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'USD', %s, %s::jsonb, now())",
+                [
+                    subscription.pk,
+                    meter_id,
+                    start,
+                    start + timedelta(days=31),
+                    quantity,
+                    quantity,
+                    quantity,
+                    quantity,
+                    values,
+                ],
             )
-            lists = [(m, p, json.loads(v)) for m, p, v in cursor.fetchall()]
-        assert lists == [
-            (users.pk, START, ["s:ann", "n:1", "b:true", "s:bob"]),
-            (users.pk, at(2026, 3, 1), ["s:ann"]),
-            (other.pk, START, []),
-        ]
-    finally:
-        migrate(AFTER)
+    migrate(AFTER)
+    rows = PeriodDistinctValue.objects.order_by("id")
+    assert [(r.meter_id, r.period_start, r.value) for r in rows] == [
+        (users.pk, START, "s:ann"),
+        (users.pk, START, "n:1"),
+        (users.pk, START, "b:true"),
+        (users.pk, at(2026, 3, 1), "s:ann"),
+    ]
+    assert all(r.subscription_id == subscription.pk for r in rows)
+    # rating reads the moved rows: ann and 1 (spelt 1.0) were counted, bob was not
+    assert (
+        statuses(ingest(active("a", "ann"), active("b", D("1.0")), active("c", "bob")))
+        == ["accepted"] * 3
+    )
+    assert amounts(customer) == [D(0), D(0), D(1)]
+    assert PeriodUsage.objects.get(meter=users, period_start=START).quantity == D(4)
+    # reversed, each list is rebuilt from its rows in the order they came
+    migrate(BEFORE)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT meter_id, period_start, distinct_values FROM metering_periodusage ORDER BY id"
+        )
+        lists = [(m, p, json.loads(v)) for m, p, v in cursor.fetchall()]
+    assert lists == [
+        (users.pk, START, ["s:ann", "n:1", "b:true", "s:bob"]),
+        (users.pk, at(2026, 3, 1), ["s:ann"]),
+        (other.pk, START, []),
+    ]
