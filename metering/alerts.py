@@ -4,11 +4,12 @@
     observe_spend               spend_above: the period's usage worth, from PeriodUsage
     observe_usage_share         usage_above_share: a meter's quantity against share × allowance
     observe_negative_margin     negative_margin: per UTC day (and model), from ModelUsage
+                                and, across every customer per model, MarginUsage
 
 Definitions, states, firing and delivery are the core's (``billing.alerts``); this module
 only reads values, set-based: one statement per kind over the counters rating keeps in its
-own transaction (``PeriodUsage``, ``ModelUsage``), never over raw events. Nothing here runs
-on the ingest path.
+own transaction (``PeriodUsage``, ``ModelUsage``, ``MarginUsage``), never over raw events.
+Nothing here runs on the ingest path.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ JOIN metering_meter m ON m.id = t.meter_id
 """
 )
 
+# negative_margin's reads, by the grain each subject needs:
+# - a customer's alerts (scope customer or plan): its ModelUsage rows of the two days, by
+#   the (customer, day) index;
+# - scope all, per day and model: MarginUsage's rows per day and model (customer null, a
+#   row per slot), at most days × models × MARGIN_SLOTS whatever the number of customers —
+#   the same sums as ModelUsage's, kept by rating in the same statement batch;
+# - scope all, per customer and day: ModelUsage (MarginUsage keeps customers per month, not
+#   per day); and per day and model when only some customers are evaluated
+#   (``customer_ids``: their rows alone, as before).
 _MARGIN_SQL = (
     "WITH "
     + TARGETS_SQL
@@ -78,7 +88,17 @@ SELECT a.id, CASE WHEN a.per_model THEN NULL ELSE mu.customer_id END, mu.day,
 FROM billing_alert a
 JOIN metering_modelusage mu ON mu.day >= %(since)s AND mu.currency = %(currency)s
 WHERE a.enabled AND a.kind = 'negative_margin' AND a.scope = 'all'
+  AND (NOT a.per_model OR %(customers)s::bigint[] IS NOT NULL)
   AND (%(customers)s::bigint[] IS NULL OR mu.customer_id = ANY(%(customers)s::bigint[]))
+GROUP BY 1, 2, 3, 4
+UNION ALL
+SELECT a.id, NULL::bigint, mg.day, mg.provider || '/' || mg.model,
+       SUM(mg.amount) - SUM(mg.cost)
+FROM billing_alert a
+JOIN metering_marginusage mg
+  ON mg.customer_id IS NULL AND mg.day >= %(since)s AND mg.currency = %(currency)s
+WHERE a.enabled AND a.kind = 'negative_margin' AND a.scope = 'all' AND a.per_model
+  AND %(customers)s::bigint[] IS NULL
 GROUP BY 1, 2, 3, 4
 """
 )
