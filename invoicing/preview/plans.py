@@ -33,11 +33,20 @@ from billing.models import (
     Subscription,
     SubscriptionPhase,
 )
+from billing.periods import charge_cadence
 from billing.services import PlanSpec, validate_plan_spec
 from invoicing import errors
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceKind, InvoiceStatus
 from invoicing.money import to_minor_unit
-from invoicing.preview.common import HUNDRED, ZERO, Totals, margin_of, read_only, totals_of
+from invoicing.preview.common import (
+    HUNDRED,
+    ZERO,
+    PreviewUnsupported,
+    Totals,
+    margin_of,
+    read_only,
+    totals_of,
+)
 from invoicing.selectors import InvoiceDraft, compute_invoice
 from metering import catalog, rating
 from metering.charges import ChargeTerms, Tier
@@ -46,6 +55,14 @@ from metering.rating.base import exact, ledger_round
 
 BATCH = 500
 MAX_SUBSCRIPTIONS = 10_000  # one preview; a larger book is previewed per customer
+
+
+class PreviewCadenceMismatch(PreviewUnsupported):
+    """The draft bills on another cadence (its interval, or its usage charges' interval)
+    than the period previewed was billed on: the period's counters hold other periods'
+    usage than the draft would have invoiced, so no figure of theirs is the draft's."""
+
+    code = "preview_cadence_mismatch"
 
 
 @dataclass
@@ -115,7 +132,15 @@ def draft_terms(spec: PlanSpec) -> tuple[rating.PlanTerms, dict[int, Meter]]:
             raise errors.InvoicingValidation(
                 f"meter {charge.meter!r} does not exist", param=f"charges[{i}].meter"
             )
-        tiers = tuple(Tier(t.up_to, t.unit_price, t.flat_fee) for t in charge.tiers)
+        tiers = tuple(
+            Tier(
+                up_to=t.up_to,
+                unit_price=t.unit_price,
+                flat_fee=t.flat_fee,
+                package_size=t.package_size,
+            )
+            for t in charge.tiers
+        )
         charges[meter.pk] = ChargeTerms(
             meter_id=meter.pk,
             price_model=charge.price_model,
@@ -128,6 +153,9 @@ def draft_terms(spec: PlanSpec) -> tuple[rating.PlanTerms, dict[int, Meter]]:
             and meter.property in catalog.CATALOG_KINDS
             and not tiers
             and charge.unit_price == 0,
+            flat_fee_at_zero=charge.flat_fee_at_zero,
+            minimum_amount=charge.minimum_amount,
+            prorated=charge.prorated,
         )
     terms = rating.PlanTerms(
         plan_id=0,
@@ -136,9 +164,65 @@ def draft_terms(spec: PlanSpec) -> tuple[rating.PlanTerms, dict[int, Meter]]:
         consumption_model=spec.consumption_model,
         units_per_credit=spec.units_per_credit,
         charges=charges,
+        llm_event_names=frozenset(
+            meters[c.meter].event_name
+            for c in spec.charges
+            if meters[c.meter].property.startswith("llm.")
+        ),
         interval_count=spec.interval_count,
+        charges_interval=spec.charges_interval,
+        charges_interval_count=spec.charges_interval_count,
     )
     return terms, {m.pk: m for m in meters.values()}
+
+
+def draft_plan_of(spec: PlanSpec) -> Plan:
+    """The draft as the plan version it would be published as (``publish_plan``), not
+    saved: every term of the spec, not the current version's — its cadence (the charges'
+    one too), its minimums, rounding and commitment — since ``compute_invoice`` and the
+    period functions read them from the phase's plan. Its charges are ``draft_terms``'."""
+    return Plan(
+        code=spec.code,
+        version=0,
+        name=spec.name,
+        description=spec.description,
+        currency=spec.currency,
+        interval=spec.interval,
+        interval_count=spec.interval_count,
+        billing_time=spec.billing_time,
+        billing_anchor_day=spec.billing_anchor_day,
+        charges_interval=spec.charges_interval,
+        charges_interval_count=spec.charges_interval_count,
+        base_fee=spec.base_fee,
+        trial_days=spec.trial_days,
+        consumption_model=spec.consumption_model,
+        units_per_credit=spec.units_per_credit,
+        metadata=spec.metadata or {},
+        rounding=spec.rounding,
+        minimum_amount=spec.minimum_amount,
+        commitment_amount=spec.commitment_amount,
+        commitment_billing=spec.commitment_billing,
+    )
+
+
+def _cadence_text(plan: Plan) -> str:
+    """'every year, usage every month' / 'every month': how a plan version bills."""
+
+    def every(interval: str, count: int) -> str:
+        return f"every {count} {interval}s" if count != 1 else f"every {interval}"
+
+    text = every(plan.interval, plan.interval_count)
+    if plan.charges_interval:
+        text += f", usage {every(*charge_cadence(plan))}"
+    return text
+
+
+def _same_cadence(plan: Plan, draft: Plan) -> bool:
+    return (plan.interval, plan.interval_count, charge_cadence(plan)) == (
+        draft.interval,
+        draft.interval_count,
+        charge_cadence(draft),
+    )
 
 
 def _overrides(customer_id: int) -> dict[int | None, Decimal]:
@@ -216,6 +300,23 @@ def _preview_subscription(
         return f"on {plan_at_end.code} at the end of its last period"
     if plan_at_end.currency != spec.currency:
         return f"billed in {plan_at_end.currency}, the draft in {spec.currency}"
+    for billed in (plan_at_end, subscription.plan):
+        if not _same_cadence(billed, draft_plan):
+            param = (
+                "interval"
+                if (billed.interval, billed.interval_count)
+                != (draft_plan.interval, draft_plan.interval_count)
+                else "charges_interval"
+            )
+            raise PreviewCadenceMismatch(
+                f"{subscription.customer.external_id}'s last invoiced period ({start:%Y-%m-%d} "
+                f"to {end:%Y-%m-%d}) was billed on {billed.code} v{billed.version}'s cadence "
+                f"({_cadence_text(billed)}), the draft bills {_cadence_text(draft_plan)}: the "
+                "period's usage counters cannot say what the draft's periods would have cost. "
+                "Preview a draft on the same cadence (interval, charges_interval); a "
+                "subscription on another version's cadence is previewed against that version",
+                param=param,
+            )
     counters = list(
         PeriodUsage.objects.filter(subscription=subscription, period_start=start)
         .select_related("meter")
@@ -329,23 +430,7 @@ def preview_plan_version(
         if not Plan.objects.filter(code=spec.code).exists():
             raise errors.InvoicingValidation(f"plan {spec.code!r} does not exist", param="code")
         terms, _ = draft_terms(spec)
-        draft_plan = Plan(
-            code=spec.code,
-            version=0,
-            name=spec.name,
-            currency=spec.currency,
-            interval=spec.interval,
-            interval_count=spec.interval_count,
-            base_fee=spec.base_fee,
-            consumption_model=spec.consumption_model,
-            units_per_credit=spec.units_per_credit,
-            # the draft's own terms, not the current version's (its minimums, its rounding,
-            # its commitment: compute_invoice reads them from the phase's plan)
-            rounding=spec.rounding,
-            minimum_amount=spec.minimum_amount,
-            commitment_amount=spec.commitment_amount,
-            commitment_billing=spec.commitment_billing,
-        )
+        draft_plan = draft_plan_of(spec)
         rows: list[CustomerChange] = []
         skipped: list[tuple[str, str]] = []
         subscriptions = Subscription.objects.filter(
