@@ -45,6 +45,7 @@ from decimal import (
     localcontext,
 )
 
+import pytest
 from django.conf import settings as django_settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min, Sum
@@ -1068,6 +1069,7 @@ class LedgerMachine(RuleBasedStateMachine):
 STATS: Counter[str] = Counter()  # what the last run did, printed at its end
 
 
+@pytest.mark.long
 def test_ledger_state_machine(db):
     """Random operation sequences keep the ledger consistent with the model."""
     STATS.clear()
