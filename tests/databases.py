@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import connection, transaction
 
 from bench.harness.db import clone_database, drop_database
 from tests.test_celery import database_url_of_test_db
@@ -36,3 +36,38 @@ def own_database(*, copy_of: str | None = None) -> Iterator[str]:
         connection.close()
         connection.settings_dict["NAME"] = test_database
         drop_database(url, name)
+
+
+@contextmanager
+def committed_rows() -> Iterator[None]:
+    """Rows written (and committed) in the ``with`` block to the test database outside any
+    test's transaction — a seed that several tests read, each in its own rolled-back
+    transaction — and removed at the block's end: every table empty before it is emptied
+    again (by DELETE with triggers and foreign-key checks off, as after a ``transaction=True``
+    test: billing.devtools.pytest_plugin); a table that held rows before must hold the same
+    number after (the block may add to empty tables only). For a class- or module-scoped
+    fixture, under ``django_db_blocker.unblock()``."""
+    quote = connection.ops.quote_name
+    introspection = connection.introspection
+    tables = sorted(introspection.django_table_names(only_existing=True, include_views=False))
+
+    def counts() -> dict[str, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT " + ", ".join(f"(SELECT count(*) FROM {quote(t)})" for t in tables)
+            )
+            return dict(zip(tables, cursor.fetchone(), strict=True))
+
+    assert not connection.in_atomic_block, "outside any test's transaction"
+    before = counts()
+    try:
+        yield
+    finally:
+        after = counts()
+        kept = {t: (before[t], after[t]) for t in tables if before[t] and after[t] != before[t]}
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            for table in tables:
+                if not before[table] and after[table]:
+                    cursor.execute(f"DELETE FROM {quote(table)}")
+        assert not kept, f"tables that held rows before the seed changed: {kept}"
