@@ -35,8 +35,8 @@ run: install
 
 # The whole suite on real PostgreSQL and Redis. No tests collected counts as a failure.
 # TEST_WORKERS pytest-xdist processes (each its own test database and Redis database);
-# TEST_WORKERS=0 runs it in one process. --dist worksteal: a worker that has run its share
-# takes tests from the end of another's (the tests marked `long` run first: tests/conftest.py).
+# TEST_WORKERS=0 runs it in one process. --dist worksteal: each worker starts on its half
+# of the tests in order; a worker that has run its share takes from the end of the other's.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m billing.devtools.servers exec -- $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)

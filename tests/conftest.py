@@ -48,19 +48,6 @@ def make_wallet(db, world):
     return make
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-django's order (then kept by its stable sort)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``long`` (tens of seconds each) run first, in their collected order,
-    then the rest as collected — within each of pytest-django's groups (tests in a rolled-back
-    transaction, then ``transaction=True`` ones, then those without a database), which
-    pytest-django orders next. ``make test`` spreads the tests over its workers by
-    ``--dist worksteal`` (each worker starts on its share of the list, a worker with
-    nothing left takes the end of another's): with the long tests at the start, the ends
-    taken and the last test of each worker are short ones, so no worker runs a long test
-    alone while the other waits at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
-
-
 MIGRATED_COPY = "migrated_test_database_copy"
 
 

@@ -21,7 +21,6 @@ from tests.test_celery import database_url_of_test_db
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_reads_benchmark_seeds_times_every_read_and_its_checks_pass(

@@ -24,7 +24,6 @@ from tests.test_celery import database_url_of_test_db
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_ingest_benchmark_runs_and_its_checks_pass(migrated_test_database_copy):

@@ -290,7 +290,6 @@ def test_the_portal_setting_is_one_alert_of_its_own():
     assert Alert.objects.filter(customer=customer).count() == 1
 
 
-@pytest.mark.long
 def test_the_old_low_balance_setting_migrates_to_an_alert():
     """In a database of its own, migrated from empty to 0010 only (the test database stays
     on the latest migrations): write the old fields as they were, migrate to 0011 and back

@@ -26,9 +26,9 @@ The examples are derandomized (the same on every run) and sized for CI: 20 examp
 steps, 600 checks of the invariant; 60-85 s on two shared cores (2026-12-07), three quarters
 of it in the invariant's queries after every step (cProfile), so the time goes with examples ×
 steps: fewer of either would drop the rarest paths these 20 reach once or twice (an expired
-hold, a reversal of a reversal, a hold refused on a hot account). Marked ``long``: run first under
-``make test`` (tests/conftest.py). For a longer search, set LEDGER_STATEFUL_EXAMPLES and
-LEDGER_STATEFUL_STEPS (and LEDGER_STATEFUL_RANDOM=1 for new examples on every run).
+hold, a reversal of a reversal, a hold refused on a hot account). For a longer search, set
+LEDGER_STATEFUL_EXAMPLES and LEDGER_STATEFUL_STEPS (and LEDGER_STATEFUL_RANDOM=1 for new
+examples on every run).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from decimal import (
     localcontext,
 )
 
-import pytest
 from django.conf import settings as django_settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min, Sum
@@ -1073,7 +1072,6 @@ class LedgerMachine(RuleBasedStateMachine):
 STATS: Counter[str] = Counter()  # what the last run did, printed at its end
 
 
-@pytest.mark.long
 def test_ledger_state_machine(db):
     """Random operation sequences keep the ledger consistent with the model."""
     STATS.clear()

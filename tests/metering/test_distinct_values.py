@@ -213,7 +213,6 @@ def migrate(target: tuple[str, str]) -> None:
     executor.migrate(targets)
 
 
-@pytest.mark.long
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_the_migration_moves_each_counters_list_into_rows_and_back(migrated_test_database_copy):
