@@ -584,6 +584,34 @@ def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) 
 
 
 @transaction.atomic
+def plan_version_of(spec: PlanSpec, *, version: int) -> Plan:
+    """The plan version ``spec`` publishes as, not saved: every term of the spec, in one
+    list — ``publish_plan`` saves it, the usage preview prices a draft with it, so a term
+    added to the spec is published and previewed alike."""
+    return Plan(
+        code=spec.code,
+        version=version,
+        name=spec.name,
+        description=spec.description,
+        currency=spec.currency,
+        interval=spec.interval,
+        interval_count=spec.interval_count,
+        billing_time=spec.billing_time,
+        billing_anchor_day=spec.billing_anchor_day,
+        charges_interval=spec.charges_interval,
+        charges_interval_count=spec.charges_interval_count,
+        base_fee=spec.base_fee,
+        trial_days=spec.trial_days,
+        consumption_model=spec.consumption_model,
+        units_per_credit=spec.units_per_credit,
+        metadata=spec.metadata or {},
+        rounding=spec.rounding,
+        minimum_amount=spec.minimum_amount,
+        commitment_amount=spec.commitment_amount,
+        commitment_billing=spec.commitment_billing,
+    )
+
+
 def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple[Plan, bool]:
     """Publish ``spec`` as the next version of plan ``spec.code``; an unchanged spec returns
     the current version (``created`` False). The pricing file, the API and the admin all
@@ -623,31 +651,11 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
         # A version published before rounding "" existed (half_even then the default, left
         # out of its hash), re-applied from a file that says half_even: unchanged.
         return current, False
-    plan = Plan.objects.create(
-        code=spec.code,
-        version=(current.version + 1) if current else 1,
-        name=spec.name,
-        description=spec.description,
-        currency=spec.currency,
-        interval=spec.interval,
-        interval_count=spec.interval_count,
-        billing_time=spec.billing_time,
-        billing_anchor_day=spec.billing_anchor_day,
-        charges_interval=spec.charges_interval,
-        charges_interval_count=spec.charges_interval_count,
-        base_fee=spec.base_fee,
-        trial_days=spec.trial_days,
-        consumption_model=spec.consumption_model,
-        units_per_credit=spec.units_per_credit,
-        metadata=spec.metadata or {},
-        rounding=spec.rounding,
-        minimum_amount=spec.minimum_amount,
-        commitment_amount=spec.commitment_amount,
-        commitment_billing=spec.commitment_billing,
-        self_serve=current.self_serve if current is not None else False,
-        spec_hash=spec_hash,
-        published_by_id=published_by_id,
-    )
+    plan = plan_version_of(spec, version=(current.version + 1) if current else 1)
+    plan.self_serve = current.self_serve if current is not None else False
+    plan.spec_hash = spec_hash
+    plan.published_by_id = published_by_id
+    plan.save(force_insert=True)
     if spec.credit_grant is not None:
         grant = spec.credit_grant
         PlanCreditGrant.objects.create(

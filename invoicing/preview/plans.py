@@ -34,7 +34,7 @@ from billing.models import (
     SubscriptionPhase,
 )
 from billing.periods import charge_cadence
-from billing.services import PlanSpec, validate_plan_spec
+from billing.services import PlanSpec, plan_version_of, validate_plan_spec
 from invoicing import errors
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceKind, InvoiceStatus
 from invoicing.money import to_minor_unit
@@ -181,28 +181,7 @@ def draft_plan_of(spec: PlanSpec) -> Plan:
     saved: every term of the spec, not the current version's — its cadence (the charges'
     one too), its minimums, rounding and commitment — since ``compute_invoice`` and the
     period functions read them from the phase's plan. Its charges are ``draft_terms``'."""
-    return Plan(
-        code=spec.code,
-        version=0,
-        name=spec.name,
-        description=spec.description,
-        currency=spec.currency,
-        interval=spec.interval,
-        interval_count=spec.interval_count,
-        billing_time=spec.billing_time,
-        billing_anchor_day=spec.billing_anchor_day,
-        charges_interval=spec.charges_interval,
-        charges_interval_count=spec.charges_interval_count,
-        base_fee=spec.base_fee,
-        trial_days=spec.trial_days,
-        consumption_model=spec.consumption_model,
-        units_per_credit=spec.units_per_credit,
-        metadata=spec.metadata or {},
-        rounding=spec.rounding,
-        minimum_amount=spec.minimum_amount,
-        commitment_amount=spec.commitment_amount,
-        commitment_billing=spec.commitment_billing,
-    )
+    return plan_version_of(spec, version=0)
 
 
 def _cadence_text(plan: Plan) -> str:
