@@ -48,8 +48,8 @@ from invoicing.preview.common import (
     totals_of,
 )
 from invoicing.selectors import InvoiceDraft, compute_invoice
-from metering import catalog, rating
-from metering.charges import ChargeTerms, Tier
+from metering import rating
+from metering.charges import ChargeTerms
 from metering.models import PeriodUsage
 from metering.rating.base import exact, ledger_round
 
@@ -132,31 +132,7 @@ def draft_terms(spec: PlanSpec) -> tuple[rating.PlanTerms, dict[int, Meter]]:
             raise errors.InvoicingValidation(
                 f"meter {charge.meter!r} does not exist", param=f"charges[{i}].meter"
             )
-        tiers = tuple(
-            Tier(
-                up_to=t.up_to,
-                unit_price=t.unit_price,
-                flat_fee=t.flat_fee,
-                package_size=t.package_size,
-            )
-            for t in charge.tiers
-        )
-        charges[meter.pk] = ChargeTerms(
-            meter_id=meter.pk,
-            price_model=charge.price_model,
-            included_quantity=charge.included_quantity,
-            unit_price=charge.unit_price,
-            package_size=charge.package_size,
-            tiers=tiers,
-            margin_percent=charge.margin_percent,
-            catalog_priced=charge.margin_percent is not None
-            and meter.property in catalog.CATALOG_KINDS
-            and not tiers
-            and charge.unit_price == 0,
-            flat_fee_at_zero=charge.flat_fee_at_zero,
-            minimum_amount=charge.minimum_amount,
-            prorated=charge.prorated,
-        )
+        charges[meter.pk] = rating.charge_terms_of(charge, meter=meter, tiers=charge.tiers)
     terms = rating.PlanTerms(
         plan_id=0,
         currency=spec.currency,

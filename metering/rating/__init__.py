@@ -98,7 +98,7 @@ from metering.rating.ingest import clear_caches, ingest_events  # RATING_CHUNK_E
 from metering.rating.prepare import check_event
 from metering.rating.read import load_customers
 from metering.rating.sql import execute_bound
-from metering.rating.terms import PlanTerms, plan_terms
+from metering.rating.terms import PlanTerms, charge_terms_of, plan_terms
 
 __all__ = [
     "CREDITS",
@@ -116,5 +116,6 @@ __all__ = [
     "ingest_events",
     "ledger_round",
     "load_customers",
+    "charge_terms_of",
     "plan_terms",
 ]

@@ -5,13 +5,16 @@ canceled subscription's end)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 from billing.models import (
     ConsumptionModel,
+    Meter,
     Plan,
     Subscription,
 )
@@ -49,39 +52,42 @@ class PlanTerms:
         return CREDITS if self.consumption_model == ConsumptionModel.CREDITS else self.currency
 
 
+def charge_terms_of(charge: Any, *, meter: Meter, tiers: Iterable[Any]) -> ChargeTerms:
+    """A charge's pricing terms, from a stored charge (``PlanCharge``, its tiers) or a
+    draft's (``ChargeSpec``, its ``TierSpec`` list): the same attributes, one rule — rating
+    prices a published plan with it, the usage preview a draft, so the two cannot differ."""
+    tier_terms = tuple(
+        Tier(
+            up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee, package_size=t.package_size
+        )
+        for t in tiers
+    )
+    return ChargeTerms(
+        meter_id=meter.pk,
+        price_model=charge.price_model,
+        included_quantity=charge.included_quantity,
+        unit_price=charge.unit_price,
+        package_size=charge.package_size,
+        tiers=tier_terms,
+        margin_percent=charge.margin_percent,
+        # catalog-priced: a margin over the catalog's price of a token meter, no own price
+        catalog_priced=charge.margin_percent is not None
+        and meter.property in catalog.CATALOG_KINDS
+        and not tier_terms
+        and charge.unit_price == 0,
+        flat_fee_at_zero=charge.flat_fee_at_zero,
+        minimum_amount=charge.minimum_amount,
+        prorated=charge.prorated,
+    )
+
+
 @lru_cache(maxsize=4096)
 def plan_terms(plan_id: int) -> PlanTerms:
     plan = Plan.objects.prefetch_related("charges__tiers", "charges__meter").get(pk=plan_id)
-    charges = {}
-    for charge in plan.charges.all():
-        tiers = tuple(
-            Tier(
-                up_to=t.up_to,
-                unit_price=t.unit_price,
-                flat_fee=t.flat_fee,
-                package_size=t.package_size,
-            )
-            for t in charge.tiers.all()
-        )
-        catalog_priced = (
-            charge.margin_percent is not None
-            and charge.meter.property in catalog.CATALOG_KINDS
-            and not tiers
-            and charge.unit_price == 0
-        )
-        charges[charge.meter_id] = ChargeTerms(
-            meter_id=charge.meter_id,
-            price_model=charge.price_model,
-            included_quantity=charge.included_quantity,
-            unit_price=charge.unit_price,
-            package_size=charge.package_size,
-            tiers=tiers,
-            margin_percent=charge.margin_percent,
-            catalog_priced=catalog_priced,
-            flat_fee_at_zero=charge.flat_fee_at_zero,
-            minimum_amount=charge.minimum_amount,
-            prorated=charge.prorated,
-        )
+    charges = {
+        charge.meter_id: charge_terms_of(charge, meter=charge.meter, tiers=charge.tiers.all())
+        for charge in plan.charges.all()
+    }
     return PlanTerms(
         plan_id=plan.pk,
         currency=plan.currency,
