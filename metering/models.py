@@ -398,13 +398,7 @@ class ModelUsage(models.Model):
                 name="metering_model_usage",
             ),
         ]
-        indexes = [
-            models.Index(fields=["customer", "day"]),
-            # the days of every customer (a negative_margin alert of scope all, per customer
-            # and day: today's and yesterday's rows, not the table's history); written once
-            # per new row, never by the updates rating adds to it
-            models.Index(fields=["day"], name="metering_modelusage_day"),
-        ]
+        indexes = [models.Index(fields=["customer", "day"])]
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} on {self.day}"
