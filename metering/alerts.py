@@ -90,6 +90,11 @@ JOIN metering_modelusage mu ON mu.day >= %(since)s AND mu.currency = %(currency)
 WHERE a.enabled AND a.kind = 'negative_margin' AND a.scope = 'all'
   AND (NOT a.per_model OR %(customers)s::bigint[] IS NOT NULL)
   AND (%(customers)s::bigint[] IS NULL OR mu.customer_id = ANY(%(customers)s::bigint[]))
+  -- uncorrelated: a one-time filter, so without such an alert ModelUsage is not scanned
+  -- at all (a join from billing_alert may be planned as a scan of the window's rows)
+  AND EXISTS (SELECT FROM billing_alert g
+              WHERE g.enabled AND g.kind = 'negative_margin' AND g.scope = 'all'
+                AND (NOT g.per_model OR %(customers)s::bigint[] IS NOT NULL))
 GROUP BY 1, 2, 3, 4
 UNION ALL
 SELECT a.id, NULL::bigint, mg.day, mg.provider || '/' || mg.model,
