@@ -74,13 +74,20 @@ _MARGIN_SQL = (
     "WITH "
     + TARGETS_SQL
     + """
-SELECT t.alert_id, t.customer_id, mu.day,
-       CASE WHEN t.per_model THEN mu.provider || '/' || mu.model ELSE '' END,
-       SUM(mu.amount) - SUM(mu.cost)
-FROM targets t
-JOIN metering_modelusage mu
-  ON mu.customer_id = t.customer_id AND mu.day >= %(since)s AND mu.currency = %(currency)s
-GROUP BY 1, 2, 3, 4
+SELECT t.alert_id, t.customer_id, x.day, x.subject, x.margin
+FROM (SELECT DISTINCT alert_id, customer_id, per_model FROM targets) t
+-- a subquery per subject, grouped inside: it cannot be flattened into a hash join with a
+-- scan of the window's rows, so each subject reads its own rows by the (customer, day)
+-- index whatever the statistics say
+CROSS JOIN LATERAL (
+    SELECT mu.day,
+           CASE WHEN t.per_model THEN mu.provider || '/' || mu.model ELSE '' END AS subject,
+           SUM(mu.amount) - SUM(mu.cost) AS margin
+    FROM metering_modelusage mu
+    WHERE mu.customer_id = t.customer_id AND mu.day >= %(since)s
+      AND mu.currency = %(currency)s
+    GROUP BY 1, 2
+) x
 UNION ALL
 SELECT a.id, CASE WHEN a.per_model THEN NULL ELSE mu.customer_id END, mu.day,
        CASE WHEN a.per_model THEN mu.provider || '/' || mu.model ELSE '' END,
