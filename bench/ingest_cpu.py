@@ -12,13 +12,19 @@ the machine moves it less than wall time), e.g.
         --batches 300                               # single events, one after another
     .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --http
                                     # POST /api/v1/events/batch through Django's test client
+    .venv/bin/python bench/ingest_cpu.py --database-url postgres://…/mydb --single \
+        --batch-size 1 --batches 300                # POST /api/v1/events, one by one
 
 ``--http`` sends each batch as JSON through the whole request path in this process
 (middleware, authentication, parsing, rating, the response rendered; ``--keyed`` adds an
 Idempotency-Key): the server's CPU per event without a server, sockets or clients.
 
 ``--seed`` migrates and seeds the database (emptied first: it must be one of your own).
-Without it the database is reused as seeded; each run's keys are new."""
+Without it the database is reused as seeded; each run's keys are new.
+
+Beside this process's CPU it prints its PostgreSQL backend's (``/proc``, a server on this
+machine only; clock ticks summed over the measured batches), which a statement's own
+changes move and the Python figure does not show."""
 
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ def main() -> int:
     parser.add_argument("--profile", help="cProfile the measured batches into this file")
     parser.add_argument("--http", action="store_true", help="through Django's test client")
     parser.add_argument("--keyed", action="store_true", help="--http with an Idempotency-Key")
+    parser.add_argument(
+        "--single", action="store_true", help="--http, one event per POST /api/v1/events"
+    )
     args = parser.parse_args()
     if args.seed:
         name = args.database_url.rsplit("/", 1)[1].split("?")[0]
@@ -65,7 +74,7 @@ def main() -> int:
     from metering import rating
     from metering.api.ingest import parse_event
 
-    post = _http_poster(args.keyed) if args.http or args.keyed else None
+    post = _http_poster(args.keyed, args.single) if args.http or args.keyed or args.single else None
 
     customers = [f"bench-cus-{i:04d}" for i in range(CUSTOMERS)]
     rng = random.Random(1)
@@ -73,43 +82,80 @@ def main() -> int:
     profiler = cProfile.Profile(time.process_time) if args.profile else None
     per_event: list[float] = []
     wall_per_event: list[float] = []
+    backend = _Backend()
+    backend_ticks, measured_events = 0, 0
     for batch in range(args.warm_up + args.batches):
         now = timezone.now()
         raw = [make_event(rng, f"cpu-{run}:{batch}:{n}", customers) for n in range(args.batch_size)]
         if post is not None:
-            body = json.dumps({"events": raw})
+            body = json.dumps(raw[0] if args.single else {"events": raw})
         else:
             parsed = [parse_event(event, now=now) for event in raw]
         measured = batch >= args.warm_up
         if measured and profiler is not None:
             profiler.enable()
+        ticks = backend.ticks()
         started, wall = time.process_time(), time.perf_counter()
         if post is not None:
             answer = post(body, f"cpu-{run}:{batch}")
         else:
             outcomes = rating.ingest_events(parsed)
         cpu, wall = time.process_time() - started, time.perf_counter() - wall
+        ticks = backend.ticks() - ticks
         if measured and profiler is not None:
             profiler.disable()
         if post is not None:
-            accepted = answer["accepted"]
+            accepted = 1 if args.single else answer["accepted"]
         else:
             accepted = sum(o.status == "accepted" for o in outcomes)
         assert accepted == len(raw), answer if post is not None else {o.status for o in outcomes}
         if measured:
             per_event.append(cpu * 1000 / accepted)
             wall_per_event.append(wall * 1000 / accepted)
+            backend_ticks += ticks
+            measured_events += accepted
     if profiler is not None:
         profiler.dump_stats(args.profile)
     print(
         f"cpu_ms_per_event median={statistics.median(per_event):.4f} "
         f"min={min(per_event):.4f} max={max(per_event):.4f} batches={len(per_event)} "
-        f"wall_ms_per_event median={statistics.median(wall_per_event):.4f}"
+        f"wall_ms_per_event median={statistics.median(wall_per_event):.4f} "
+        + (
+            "postgres_cpu_ms_per_event "
+            f"total={backend_ticks * backend.ms_per_tick / measured_events:.4f}"
+            if backend.readable
+            else "postgres_cpu_ms_per_event=unavailable (not a local server)"
+        )
     )
     return 0
 
 
-def _http_poster(keyed: bool):
+class _Backend:
+    """The CPU time of this process's PostgreSQL backend, from /proc (a server on this
+    machine, readable by this user; clock ticks, so only the total over many batches
+    means anything)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.ms_per_tick = 1000 / os.sysconf("SC_CLK_TCK")
+        self.readable = self._path().exists()
+
+    def _path(self) -> Path:
+        from django.db import connection
+
+        with connection.cursor() as cursor:  # asked each time: a request may reconnect
+            cursor.execute("SELECT pg_backend_pid()")
+            return Path(f"/proc/{cursor.fetchone()[0]}/stat")
+
+    def ticks(self) -> int:
+        if not self.readable:
+            return 0
+        fields = self._path().read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def _http_poster(keyed: bool, single: bool = False):
     """A function posting a batch's JSON to /api/v1/events/batch through Django's test
     client (the whole middleware stack, in this process) with a new API key of the
     ingest scope; the answer's JSON."""
@@ -127,9 +173,12 @@ def _http_poster(keyed: bool):
     def post(body: str, idempotency_key: str) -> dict:
         headers = {"HTTP_IDEMPOTENCY_KEY": idempotency_key} if keyed else {}
         response = client.post(
-            "/api/v1/events/batch", body, content_type="application/json", **headers
+            "/api/v1/events" if single else "/api/v1/events/batch",
+            body,
+            content_type="application/json",
+            **headers,
         )
-        assert response.status_code == 200, response.content[:500]
+        assert response.status_code in (200, 201), response.content[:500]
         return json.loads(response.content)
 
     return post

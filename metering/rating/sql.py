@@ -4,6 +4,7 @@ statements sent in one round trip (``_execute_together``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
     and its parameters: jsonb_to_recordset of one document of objects for a few rows,
     unnest of one array per column for more. Values are exact either way: numbers and
     times go into the document as text, read back by their column's type."""
-    names, kinds = zip(*(column.split() for column in columns.split(", ")), strict=True)
+    names, kinds = _columns(columns)
     if len(rows) <= ROWS_AS_JSON:
         document = json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str)
         return f"jsonb_to_recordset(%s::jsonb) AS {alias}({columns})", [document]
@@ -35,6 +36,14 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
             for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)
         ],
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _columns(columns: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``"name type, …"`` as its names and its types (a statement's few specs, parsed
+    once: every part's statements name the same ones)."""
+    names, kinds = zip(*(column.split() for column in columns.split(", ")), strict=True)
+    return names, kinds
 
 
 def _numeric_array(values: Sequence[Any]) -> str:
