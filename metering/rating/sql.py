@@ -5,10 +5,10 @@ statements sent in one round trip (``_execute_together``)."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from django.db import connection
 from psycopg import Cursor as PsycopgCursor
 
@@ -17,6 +17,11 @@ from psycopg import Cursor as PsycopgCursor
 # length (the 61 arrays of a single event's write statement: 0.3 ms of Python, more than
 # the rest of writing it); a JSON document costs little per document and more per value.
 ROWS_AS_JSON = 32
+# The documents' encoder: decimals as their exact text (read back by the column's numeric
+# type), times in ISO 8601, anything else by ``str`` — what ``json.dumps(default=str)``
+# wrote, at a tenth of its cost (1.6 µs for a single event's row against 19, measured;
+# the write's documents were 9 % of a single event's server time, py-spy, session 14).
+_DOCUMENT = msgspec.json.Encoder(enc_hook=str, decimal_format="string")
 
 
 def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
@@ -26,7 +31,7 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
     times go into the document as text, read back by their column's type."""
     names, kinds = _columns(columns)
     if len(rows) <= ROWS_AS_JSON:
-        document = json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str)
+        document = _DOCUMENT.encode([dict(zip(names, row, strict=True)) for row in rows]).decode()
         return f"jsonb_to_recordset(%s::jsonb) AS {alias}({columns})", [document]
     arrays = ", ".join(f"%s::{kind}[]" for kind in kinds)
     return (

@@ -8,7 +8,7 @@ The subscription starts on 1 April 2026 (monthly periods from the 1st) and ratin
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -1147,3 +1147,36 @@ def test_rows_sent_as_one_json_document_or_as_arrays_are_stored_alike(monkeypatc
         stored.append(_stored(customer))
     assert stored[0] == stored[1]
     assert len(stored[0]["counters"]) == 4 and len(stored[0]["daily"]) == 6
+
+
+def test_a_json_document_of_rows_reads_back_what_arrays_read_back():
+    """``_rows``' two forms of the same rows, read by PostgreSQL through the same typed
+    columns: exact decimals of every size, times with any offset, dates, NULLs, text that
+    needs escaping."""
+    columns = "n numeric, t timestamptz, d date, s text, b boolean, i bigint"
+    offset = timezone(timedelta(hours=5, minutes=30))
+    rows = [
+        (
+            D("1E-12"),
+            datetime(2028, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+            date(2028, 2, 29),
+            'quote " back \\ new\nline ü €',
+            True,
+            2**62,
+        ),
+        (D("-0.000000000001"), datetime(2026, 1, 1, 5, 30, tzinfo=offset), None, "", False, -1),
+        (D("123456789012345678.123456789012"), None, date(1999, 12, 31), None, None, None),
+        (D("0E-12"), datetime(2026, 12, 7, 0, 0, tzinfo=UTC), date(2026, 12, 7), "x", True, 0),
+    ]
+
+    def read_back(as_json: int) -> list[tuple]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rating_sql, "ROWS_AS_JSON", as_json)
+            source, params = rating_sql._rows("r", columns, rows)
+        return rating_sql.execute_bound(f"SELECT n, t, d, s, b, i FROM {source}", params)
+
+    by_json, by_arrays = read_back(len(rows)), read_back(0)
+    assert by_json == by_arrays
+    assert [r[0] for r in by_json] == [r[0] for r in rows]
+    assert by_json[1][1] == datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    assert by_json[0][3] == rows[0][3]
