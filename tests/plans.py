@@ -65,3 +65,11 @@ def nested_loops_off() -> None:
     table. A statement that cannot be planned otherwise reads the same rows."""
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_nestloop = off")
+
+
+def sorts_off() -> None:
+    """For the rest of the test's transaction, a planner that avoids sorting (as one that
+    misjudges how many rows a filter keeps may): an ``ORDER BY … LIMIT`` bounded only while
+    the planner happens to sort a few rows is then seen walking an index over the table."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
