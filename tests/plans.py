@@ -1,6 +1,10 @@
 """Query plans for the reads-at-scale tests (docs/benchmarks.md, Session 11): what a read
 really reads, from EXPLAIN (ANALYZE, FORMAT JSON) of the statements it sends. Statistics
-are real (the tests ANALYZE after filling the tables); no planner setting is changed."""
+are real (the tests ANALYZE after filling the tables). A bound must not depend on the plan
+the statistics happen to pick (earlier tests in the same worker leave theirs: pg_class's
+sizes outlive a rolled-back transaction): a test reads again with the planner pushed off
+the plan it took (``nested_loops_off``, ``sorts_off``) to show its statement has no other
+plan worth taking."""
 
 from __future__ import annotations
 
