@@ -68,6 +68,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from billing.models import RoundingRule
+from billing.models.audit import previous_version_index
 
 ZERO = Decimal(0)
 
@@ -544,13 +545,21 @@ pghistory.track(
     fields=["customer", "status", "display_number", "total", "voided_at", "void_reason"],
     model_name="InvoiceStatusEvent",
     # newest first, a page at a time (the audit list: billing.admin.audit_page)
-    meta={"indexes": [models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_invoice_at")]},
+    meta={
+        "indexes": [
+            models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_invoice_at"),
+            previous_version_index("invoice"),  # a page's rows' previous versions
+        ]
+    },
 )(Invoice)
 pghistory.track(
     pghistory.InsertEvent(),
     model_name="CreditNoteEvent",
     meta={
-        "indexes": [models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_creditnote_at")]
+        "indexes": [
+            models.Index(fields=["pgh_created_at", "pgh_id"], name="audit_creditnote_at"),
+            previous_version_index("creditnote"),
+        ]
     },
 )(CreditNote)
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.contrib import admin
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import JSONField, OuterRef, QuerySet, Subquery, Sum
@@ -105,7 +106,25 @@ class EstimatedCountPaginator(Paginator):
         return int(row[0]) if row and row[0] and row[0] > 0 else 0
 
 
+class PrefetchedRelationsChangeList(ChangeList):
+    """A list whose rows' related objects (``list_select_related``) are read by primary key,
+    a query per relation (``prefetch_related``), never joined into the page's statement. A
+    join lets the planner choose a hash or merge join over a scan of the whole table, then
+    sort it for the page (with nested loops disabled, the entries list read all 70,000
+    entries for a page of 100). The page alone has one plan worth having, its ordering's
+    index read for ``LIMIT`` rows; its relations are read ``WHERE id IN (the page's keys)``.
+    A list of ``ReadOnlyAdmin`` names its relations in ``list_select_related``, a tuple."""
+
+    def apply_select_related(self, qs):
+        if isinstance(self.list_select_related, list | tuple) and self.list_select_related:
+            return qs.prefetch_related(*self.list_select_related)
+        return super().apply_select_related(qs)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
+    def get_changelist(self, request, **kwargs):
+        return PrefetchedRelationsChangeList
+
     def action_checkbox(self, obj):
         """The stock column's checkbox, written directly: the stock one renders a form
         widget's template per row (a tenth of a 100-row list's time), for the same HTML."""

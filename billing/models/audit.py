@@ -69,12 +69,27 @@ def _created_at_index(model: type) -> models.Index:
     return models.Index(fields=["pgh_created_at", "pgh_id"], name=name)
 
 
+def previous_version_index(name: str) -> models.Index:
+    """An event's previous version (pghistory's snapshot diff, read for the page's rows) is
+    ``WHERE pgh_obj_id = … AND pgh_id < … ORDER BY pgh_id DESC LIMIT 1``: with this index
+    that is one index entry whatever the statistics say. Without it the planner chose
+    between the object's index and a sort, or a backward walk of the primary key filtering
+    every other object's events — the walk when the column statistics were missing or it
+    avoided a sort: 20,000 rows per event, a million for a page of the trail."""
+    return models.Index(fields=["pgh_obj", "pgh_id"], name=f"audit_{name}_prev"[:30])
+
+
 for _model, _excluded in TRACKED:
     pghistory.track(
         *row_events(),
         exclude=_excluded,
         model_name=f"{_model.__name__}Event",
-        meta={"indexes": [_created_at_index(_model)]},
+        meta={
+            "indexes": [
+                _created_at_index(_model),
+                previous_version_index(_model.__name__.lower()),
+            ]
+        },
     )(_model)
 
 
