@@ -303,7 +303,10 @@ def test_minimum_shortfalls_are_their_own_lines(calls, expected, total):
 def test_a_one_day_period_prorates_the_minimums():
     """Canceled after one day of April's 30: fee 30/30 = 1.00; the charge's minimum
     20/30 = 0.666666666667 (short by all of it); the plan's 100/30 = 3.333333333333, short
-    by 3.333333333333 − 1.00 − 0.666666666667 = 1.666666666666."""
+    by 3.333333333333 − 1.00 − 0.666666666667 = 1.666666666666. Presented, the shortfalls are
+    the minimums presented less the lines presented: 0.67 − 0 = 0.67, then 3.33 − 1.00 −
+    0.67 = 1.66 — the period is invoiced its prorated minimum, 3.33 (each exact shortfall
+    rounded on its own gave 3.34)."""
     subscription = subscribe(minimum_plan())
     billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 2))
     invoice = close(subscription, at(2026, 4, 2))
@@ -311,11 +314,11 @@ def test_a_one_day_period_prorates_the_minimums():
     assert lines(invoice) == [
         ("base_fee", f"Pro — base fee{span}", D(1), D(1)),
         ("minimum", f"Calls: minimum 20 USD per period{span}, shortfall", D(1), D("0.67")),
-        ("minimum", f"Pro — minimum 100 USD per period{span}, shortfall", D(1), D("1.67")),
+        ("minimum", f"Pro — minimum 100 USD per period{span}, shortfall", D(1), D("1.66")),
     ]
     assert invoice.fees_precise == D("3.333333333333")
-    assert invoice.total == D("3.34")
-    assert invoice.rounding == D("0.006666666667")
+    assert invoice.total == D("3.33")
+    assert invoice.rounding == D("-0.003333333333")
 
 
 def test_a_leap_year_february_prorates_by_its_29_days():
