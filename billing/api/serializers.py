@@ -429,6 +429,8 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
 
 
 class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
+    # a charge's own cadence: refused with what to write instead (the pricing file's words)
+    unknown_field_hints = services.CHARGE_FIELD_HINTS
     meter = serializers.SlugField(
         max_length=100, source="meter.code", help_text="The code of an existing meter."
     )
