@@ -400,6 +400,10 @@ def test_a_whole_period_is_not_prorated():
         (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 30), 30, D(29)),
         # a leap-year February: 14 of 29 days of 29.00
         (at(2028, 2, 1), at(2028, 2, 10), at(2028, 2, 15), 29, D(14)),
+        # tier 1's exact upper bound, 15 of 30 days: 100 × 1.00 = 100.00 → 50.00; one call
+        # more reaches tier 2: 100.50 → 50.25
+        (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 16), 100, D(50)),
+        (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 16), 101, D("50.25")),
     ],
 )
 def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
@@ -408,7 +412,8 @@ def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
     billing.cancel_subscription(subscription_id=subscription.pk, now=end)
     invoice = close(subscription, end)
     assert invoice.total == total
-    assert invoice.lines.order_by("position").last().amount == total - calls
+    rated = sum(line.amount for line in invoice.lines.filter(kind="usage").exclude(tier=None))
+    assert invoice.lines.order_by("position").last().amount == total - rated
 
 
 def seats_plan(prorated: bool):
