@@ -369,6 +369,42 @@ def test_usage_within_the_commitment_never_invoices_more_than_the_commitment():
     assert invoice.total == D(100)
 
 
+@pytest.mark.parametrize(
+    ("rule", "tier_line", "not_drawn"),
+    [
+        # 0.00 + 0.00 drawn of 100.00: 100.00 not drawn (the exact 99.99 read before)
+        ("half_even", D("0.00"), "100.00"),
+        # 0.01 + 0.01 drawn: 99.98 not drawn
+        ("half_up", D("0.01"), "99.98"),
+    ],
+)
+def test_what_the_draw_line_says_is_left_is_what_its_lines_present(rule, tier_line, not_drawn):
+    """Two tier lines of 0.005 within a 100.00 commitment: the draw line's description says
+    what is left as the invoice presents it — the commitment presented less the draw
+    presented, by the invoice's rule — not the exact breakage (99.99, kept on
+    @CommitmentBreakage) rounded half even whatever the rule."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(
+                meter=meter(name="Calls"),
+                price_model=PriceModel.GRADUATED,
+                tiers=(
+                    TierSpec(up_to=D(1), unit_price=D("0.005")),
+                    TierSpec(up_to=None, unit_price=D("0.005")),
+                ),
+            ),
+            commitment_amount=D(100),
+            rounding=rule,
+        )
+    )
+    use(subscription, 2)
+    invoice = close(subscription)
+    assert [ln.amount for ln in invoice.lines.filter(kind="usage")] == [tier_line] * 2
+    assert lines(invoice)[-1] == drawn(str(2 * tier_line), not_drawn)
+    assert invoice.commitment_breakage == D("99.99")
+    assert invoice.total == D(100)
+
+
 def test_a_full_credit_note_takes_the_breakage_back_as_a_void_does():
     """Base 10.00, commitment 100.00, no usage: 110.00 invoiced, 10.00 on @Revenue,
     100.00 on @CommitmentBreakage. Crediting the whole invoice (110.00 net) must leave the
