@@ -332,6 +332,34 @@ def test_a_leap_year_february_prorates_by_its_29_days():
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("calls", "upcoming", "projected"),
+    [
+        # 10.00 of calls by mid-April: 30 + 10 + 10.00 (charge) + 50.00 (plan) short = 100.00;
+        # as much again to come (10.00) fills the charge's shortfall: still 100.00
+        (100, D(100), D(100)),
+        # 60.00 by mid-April: 30 + 60 + 10.00 short = 100.00; 60.00 to come fills the plan's
+        # 10.00 shortfall, 50.00 adds: 150.00 (= 30 + 120)
+        (600, D(100), D(150)),
+    ],
+)
+def test_the_portals_projection_fills_the_minimums_first(calls, upcoming, projected):
+    """The portal projects the usage so far to the period's end; usage still to come first
+    fills a charge's shortfall (with that charge's usage), then the plan's, as it fills a
+    commitment's rest — the shortfalls are on the upcoming invoice already (before: 110.00
+    and 160.00, the usage to come counted on top of the minimums)."""
+    from unittest import mock
+
+    from billing.portal.selectors import period_overview
+
+    subscription = subscribe(minimum_plan())
+    use(subscription, calls)
+    subscription.refresh_from_db()
+    with mock.patch("billing.portal.selectors.timezone.now", return_value=at(2026, 4, 16)):
+        overview = period_overview(subscription)
+    assert (overview["upcoming"], overview["projected"]) == (upcoming, projected)
+
+
 def test_no_minimum_during_a_trial():
     subscription = subscribe(minimum_plan(), trial_days=30)
     invoice = close(subscription)
