@@ -29,13 +29,17 @@ from decimal import Decimal
 
 import pytest
 
+from billing import services as billing
+from invoicing import reconciliation
 from invoicing.models import LineKind, TaxRate
 from invoicing.selectors import compute_invoice
 from tests.factories import MeterFactory, unique
 from tests.invoicing.conftest import (
+    START,
     ChargeSpec,
     TierSpec,
     account_posted,
+    at,
     close,
     finalize,
     meter,
@@ -109,3 +113,24 @@ def test_lines_add_up_to_the_minimum_and_the_totals_under_each_rule(rule, presen
     assert receivable(subscription) == invoice.total
     exact = invoice.fees_precise + invoice.usage_charged + invoice.tax
     assert account_posted("@Rounding") == invoice.rounding == invoice.total - exact == 0
+    result = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 2))
+    assert result.status == "passed", [c for c in result.checks if not c["passed"]]
+
+
+def test_a_shortfall_presented_off_its_exact_figure_reconciles():
+    """The one-day case: a 3.33 prorated minimum presented from an exact 3.333333333333,
+    the shortfall line 1.66 for an exact 1.666666666666 — what presenting moved is on
+    @Rounding (−0.003333333333), and every reconciliation check passes."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(meter=meter(name="Calls"), unit_price=D("0.10"), minimum_amount=D(20)),
+            base_fee="30",
+            minimum_amount=D(100),
+        )
+    )
+    billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 2))
+    invoice = finalize(close(subscription, at(2026, 4, 2)), at(2026, 4, 2))
+    assert invoice.total == D("3.33")
+    assert account_posted("@Rounding") == invoice.rounding == D("-0.003333333333")
+    result = reconciliation.run_reconciliation(start=START, end=at(2026, 5, 2))
+    assert result.status == "passed", [c for c in result.checks if not c["passed"]]
