@@ -96,6 +96,19 @@ class NoBody(StrictSerializer):
     """A POST that takes no parameters: an empty body or ``{}``; any field is unknown."""
 
 
+class StrictBoolean(serializers.BooleanField):
+    """JSON ``true`` or ``false`` only, as the pricing file reads an option: DRF's
+    BooleanField also takes "yes", "on", "true", 1 — a plan the API would accept and the
+    file refuse (issue 18: the three ways express a plan identically)."""
+
+    default_error_messages = {"invalid": "expected true or false"}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid")
+
+
 class StrictDecimal(serializers.DecimalField):
     """DRF's DecimalField, except that a blank string is not read as null: only an explicit
     null is null (where allowed), and "" is not a number (400 invalid_parameter)."""
