@@ -119,10 +119,7 @@ class TierSpec:
     package_size: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
 
-# A charge has no cadence of its own: every usage charge of a plan is billed on the plan's
-# charges cadence (validate_charges_cadence). What other systems put on a price for that
-# (Orb's per-price cadence, a Stripe price's recurring interval) is refused with this
-# sentence by the pricing file, the API and the admin alike, rather than as a misspelling.
+# Where Orb and Stripe put a price's cadence: refused saying so, by all three ways alike.
 CHARGE_CADENCE_UNSUPPORTED = (
     "a charge has no billing cadence of its own: every usage charge of a plan is billed "
     "on the plan's charges_interval × charges_interval_count (left out: the plan's own "
@@ -130,14 +127,8 @@ CHARGE_CADENCE_UNSUPPORTED = (
     "plan are not supported)"
 )
 CHARGE_FIELD_HINTS = dict.fromkeys(
-    (
-        "interval",
-        "interval_count",
-        "charges_interval",
-        "charges_interval_count",
-        "billing_interval",
-        "cadence",
-    ),
+    ("interval", "interval_count", "charges_interval", "charges_interval_count")
+    + ("billing_interval", "cadence"),
     CHARGE_CADENCE_UNSUPPORTED,
 )
 
