@@ -182,13 +182,11 @@ def commitment_lines(
     if prepaid is not None:
         fees = []
         if owed != prepaid.exact:
-            shown_owed = to_minor_unit(owed, currency)
-            shown_paid = to_minor_unit(prepaid.exact, currency)
             fees.append(
                 LineDraft(
                     kind=LineKind.COMMITMENT,
-                    description=f"Prepaid commitment adjusted: {shown_owed:,f} {currency} owed "
-                    f"for the period, {shown_paid:,f} invoiced in advance ({prepaid.display})",
+                    # presented by round_commitment
+                    description=_adjustment_description(prepaid, owed, currency),
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),
@@ -207,8 +205,6 @@ def commitment_lines(
     usage = ledger_round(sum((amount for _, amount in drawable), ZERO))  # the ledger's places
     drawn = min(owed, max(usage, ZERO))
     left = owed - drawn
-    shown = to_minor_unit(left, currency)  # a description, not a figure
-    source = "the commitment" if prepaid is None else f"the prepaid commitment ({prepaid.display})"
     metadata = {
         "committed": str(owed),
         "usage": str(usage),
@@ -221,7 +217,7 @@ def commitment_lines(
         metadata["prepaid_invoice"] = prepaid.invoice_id  # type: ignore[assignment]
     draw = LineDraft(
         kind=LineKind.COMMITMENT,
-        description=f"Usage drawn from {source} ({shown:,f} {currency} not drawn)",
+        description=_draw_description(prepaid, left, currency),  # presented: round_commitment
         starts_at=starts,
         ends_at=ends,
         quantity=Decimal(1),
@@ -232,6 +228,26 @@ def commitment_lines(
         metadata=metadata,
     )
     return Commitment(fees, draw, left, drawn, drawable, prepaid=prepaid, owed=owed)
+
+
+def _draw_description(prepaid: Prepaid | None, left: Decimal, currency: str) -> str:
+    """``left``: presented (whole minor units), once ``round_commitment`` has run."""
+    source = "the commitment" if prepaid is None else f"the prepaid commitment ({prepaid.display})"
+    return f"Usage drawn from {source} ({_shown(left, currency)} {currency} not drawn)"
+
+
+def _adjustment_description(prepaid: Prepaid, owed: Decimal, currency: str) -> str:
+    """``owed``: presented (whole minor units), once ``round_commitment`` has run."""
+    return (
+        f"Prepaid commitment adjusted: {_shown(owed, currency)} {currency} owed for the "
+        f"period, {_shown(prepaid.presented, currency)} invoiced in advance ({prepaid.display})"
+    )
+
+
+def _shown(amount: Decimal, currency: str) -> str:
+    """An amount in a description, to the minor unit (the presented figures are already
+    whole minor units: nothing is rounded here once round_commitment has run)."""
+    return f"{to_minor_unit(amount, currency):,f}"
 
 
 def _drawable(line: LineDraft) -> Decimal:
@@ -258,7 +274,9 @@ def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
     prepaid invoice is what is owed rounded less what that invoice presented), and the
     draw-down is what the lines it draws were presented at, up to the commitment presented
     — usage within the commitment comes to the commitment exactly. What that moves from the
-    exact figures is the invoice's rounding (``@Rounding``), as any line's rounding is."""
+    exact figures is the invoice's rounding (``@Rounding``), as any line's rounding is. The
+    descriptions say the presented figures (what is left: the commitment presented less the
+    draw presented), never an exact figure rounded by another rule."""
     prepaid = commitment.prepaid
     running = prepaid.exact if prepaid is not None else ZERO
     presented = prepaid.presented if prepaid is not None else ZERO
@@ -266,6 +284,8 @@ def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
         running += line.amount_precise
         line.amount = to_minor_unit(running, currency, rule) - presented
         presented += line.amount
+        if prepaid is not None:  # the adjustment: what is owed as presented, less the prepaid
+            line.description = _adjustment_description(prepaid, presented, currency)
     if commitment.draw is None:
         return
     shown = ZERO
@@ -274,6 +294,11 @@ def round_commitment(commitment: Commitment, currency: str, rule: str) -> None:
             line.amount if amount == line.amount_precise else to_minor_unit(amount, currency, rule)
         )
     commitment.draw.amount = -min(presented, max(shown, ZERO))
+    # what is left as the invoice presents it: the commitment presented less the draw
+    # presented (the exact breakage, on @CommitmentBreakage, may differ by the rounding)
+    commitment.draw.description = _draw_description(
+        prepaid, presented + commitment.draw.amount, currency
+    )
 
 
 def opens_in_advance(

@@ -8,7 +8,8 @@ writing (and the formula-injection guard) is the interfaces' (``invoicing.financ
 
 Money columns are exact decimal strings as the ledger and the counters keep them; where a
 figure is not already in the currency's minor unit a ``…_rounded`` column beside it holds it
-rounded by the invoices' one rule (``invoicing.money.to_minor_unit``, half to even). In the
+rounded by the invoices' one function (``invoicing.money.to_minor_unit``): an invoice's by
+the rule it was rounded by (``Invoice.rounding_rule``), the rest half to even. In the
 journal the rounded debits and credits of each transaction are balanced by the largest
 remainder, so every rounded transaction still adds up to zero. Ledger units (``TOKENS``,
 ``CREDITS``) have no minor unit: their rounded columns are empty, and the accounting import
@@ -29,6 +30,7 @@ from django.db.models import Case, CharField, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Left, StrIndex, TruncDate
 
 from billing.limits import LEDGER_UNITS
+from billing.models import RoundingRule
 from invoicing import errors
 from invoicing.models import CreditNote, Invoice, InvoiceStatus, Payment
 from invoicing.money import minor_unit_exponent, to_minor_unit
@@ -133,10 +135,12 @@ def is_money(currency: str) -> bool:
     return currency not in LEDGER_UNITS
 
 
-def rounded(amount: Decimal | None, currency: str) -> Decimal | None:
+def rounded(
+    amount: Decimal | None, currency: str, rule: str = RoundingRule.HALF_EVEN
+) -> Decimal | None:
     if amount is None or not is_money(currency):
         return None
-    return to_minor_unit(amount, currency)
+    return to_minor_unit(amount, currency, rule)
 
 
 def round_balanced(amounts: Sequence[Decimal], currency: str) -> list[Decimal]:
@@ -379,6 +383,7 @@ def _invoices(start: datetime, end: datetime) -> Iterator[list[Any]]:
     rename["customer_name"] = "customer__name"
     rename["ledger_transaction_id"] = "ledger_transaction_id"
     columns = [rename.get(name, name) for name in fields if name != "usage_charged_rounded"]
+    columns.append("rounding_rule")  # what usage_charged_rounded rounds by: the invoice's
     queryset = Invoice.objects.filter(finalized_at__gte=start, finalized_at__lt=end).exclude(
         status=InvoiceStatus.DRAFT
     )
@@ -386,7 +391,7 @@ def _invoices(start: datetime, end: datetime) -> Iterator[list[Any]]:
         out = [row["pk"]]
         for name in fields:
             if name == "usage_charged_rounded":
-                out.append(rounded(row["usage_charged"], row["currency"]))
+                out.append(rounded(row["usage_charged"], row["currency"], row["rounding_rule"]))
             else:
                 out.append(row[rename.get(name, name)])
         yield out

@@ -515,7 +515,8 @@ def minimum_lines(
     slice by slice (``_slices``): each part of the period billed owes the minimums of the
     plan version in force then, by its share of the period (a plan changed mid-period owes
     the old plan's minimum until the change, the new one's after it). Exact amounts are
-    compared, and a shortfall is a fee line of its own, at the ledger's 12 places. ``terms``:
+    compared, and a shortfall is a fee line of its own, at the ledger's 12 places (presented
+    by ``present_shortfall`` once the lines are rounded). ``terms``:
     the terms of the plan at the period's end in a usage preview (its draft plan is not
     saved). ``drawn``: None, the charges' minimums only; else the plan's minimum only, what
     counts towards it net of what a commitment ``drawn`` (one usage never fills both)."""
@@ -619,6 +620,24 @@ def minimum_lines(
     return shortfalls
 
 
+def present_shortfall(
+    shortfall: LineDraft,
+    compared: list[LineDraft],
+    currency: str,
+    rule: str,
+    drawn: Decimal = ZERO,
+) -> None:
+    """A minimum's shortfall as presented: the minimum rounded by the invoice's ``rule``
+    less what the lines it is compared with were presented at (net of a commitment's
+    presented draw, ``drawn``), never below zero — so that a period short of its minimum is
+    invoiced the minimum exactly, whatever rounding each line did (20.00, not 19.98 or
+    20.03). The exact shortfall stays ``amount_precise``; what presenting moved from it is
+    the invoice's rounding (``@Rounding``), as any line's is."""
+    owed = to_minor_unit(Decimal(shortfall.metadata["minimum"]), currency, rule)
+    presented = sum((line.amount for line in compared), ZERO) - drawn
+    shortfall.amount = max(owed - presented, ZERO)
+
+
 def compute_invoice(
     *,
     subscription: Subscription,
@@ -652,9 +671,10 @@ def compute_invoice(
         subscription, period_start, period_end, currency, phases, terms=terms, counters=counters
     )
     lines = [*base_fees, *usage]
-    lines += minimum_lines(
+    charge_shortfalls = minimum_lines(
         subscription, period_start, period_end, currency, phases, lines, terms=terms
     )
+    lines += charge_shortfalls
     commitment = commitments.commitment_lines(
         subscription,
         period_start,
@@ -664,7 +684,8 @@ def compute_invoice(
         lines,
         prepaid=commitments.prepaid_for(subscription, period_start),
     )
-    lines += minimum_lines(
+    counted = list(lines)  # what the plan's minimum is compared with (net of the draw)
+    plan_shortfalls = minimum_lines(
         subscription,
         period_start,
         period_end,
@@ -674,11 +695,19 @@ def compute_invoice(
         terms=terms,
         drawn=commitment.drawn,
     )
+    lines += plan_shortfalls
     lines += commitment.lines
     for line in lines:
         line.amount = to_minor_unit(line.amount_precise, currency, rule)
+    for shortfall in charge_shortfalls:
+        present_shortfall(
+            shortfall, [ln for ln in usage if ln.meter_id == shortfall.meter_id], currency, rule
+        )
     if commitment.lines:
         commitments.round_commitment(commitment, currency, rule)
+    drawn = -commitment.draw.amount if commitment.draw is not None else ZERO
+    for shortfall in plan_shortfalls:
+        present_shortfall(shortfall, counted, currency, rule, drawn=drawn)
     return taxed_draft(
         subscription.customer,
         currency,

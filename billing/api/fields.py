@@ -18,9 +18,12 @@ from billing import limits
 # --- strict input ----------------------------------------------------------------------------
 
 
-def _unknown_field(serializer: serializers.Serializer, data, path: str) -> str | None:
+def _unknown_field(
+    serializer: serializers.Serializer, data, path: str
+) -> tuple[str, serializers.Serializer] | None:
     """The dotted path (``charges[0].unit_prise``) of the first key of ``data`` that
-    ``serializer`` (or a serializer nested in it) does not take as input, or None.
+    ``serializer`` (or a serializer nested in it) does not take as input, and the serializer
+    that does not take it; or None.
 
     Free-form fields (``metadata``, ``properties``, JSON fields) are not serializers and are
     not looked into."""
@@ -30,7 +33,7 @@ def _unknown_field(serializer: serializers.Serializer, data, path: str) -> str |
     for key in data:
         field = fields.get(key)
         if field is None or field.read_only:
-            return f"{path}.{key}" if path else str(key)
+            return (f"{path}.{key}" if path else str(key)), serializer
     for key, value in data.items():
         field = fields[key]
         where = f"{path}.{key}" if path else key
@@ -57,20 +60,27 @@ class StrictInputMixin(_Serializer):
     """Every input serializer: a field the serializer does not take is refused
     (``unknown_parameter``, ``param`` its dotted path), before any other validation, so a
     typo such as ``unit_prise`` never passes as "not given". Nested serializers (a plan's
-    charges and tiers, a customer's address) are looked into from the outermost one."""
+    charges and tiers, a customer's address) are looked into from the outermost one. A
+    serializer's ``unknown_field_hints`` (key → sentence) says, for keys other systems take
+    and this one does not, what to write instead."""
+
+    unknown_field_hints: dict[str, str] = {}
 
     def to_internal_value(self, data):
         outermost = self.parent is None or (
             isinstance(self.parent, serializers.ListSerializer) and self.parent.parent is None
         )
         if outermost:
-            unknown = _unknown_field(self, data, "")
-            if unknown is not None:
+            found = _unknown_field(self, data, "")
+            if found is not None:
+                unknown, owner = found
+                key = unknown.rpartition(".")[2]
+                hint = getattr(owner, "unknown_field_hints", {}).get(key)
                 raise serializers.ValidationError(
                     {
                         unknown: serializers.ErrorDetail(
-                            f"{unknown.rpartition('.')[2]!r} is not a parameter of this "
-                            "request (check its spelling)",
+                            hint
+                            or f"{key!r} is not a parameter of this request (check its spelling)",
                             code="unknown_parameter",
                         )
                     }
@@ -84,6 +94,19 @@ class StrictSerializer(StrictInputMixin, serializers.Serializer):
 
 class NoBody(StrictSerializer):
     """A POST that takes no parameters: an empty body or ``{}``; any field is unknown."""
+
+
+class StrictBoolean(serializers.BooleanField):
+    """JSON ``true`` or ``false`` only, as the pricing file reads an option: DRF's
+    BooleanField also takes "yes", "on", "true", 1 — a plan the API would accept and the
+    file refuse (issue 18: the three ways express a plan identically)."""
+
+    default_error_messages = {"invalid": "expected true or false"}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid")
 
 
 class StrictDecimal(serializers.DecimalField):

@@ -19,6 +19,7 @@ from billing.api.fields import (
     MetadataField,
     Money,
     Price,
+    StrictBoolean,
     StrictDecimal,
     StrictInputMixin,
     StrictSerializer,
@@ -429,6 +430,8 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
 
 
 class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
+    # a charge's own cadence: refused with what to write instead (the pricing file's words)
+    unknown_field_hints = services.CHARGE_FIELD_HINTS
     meter = serializers.SlugField(
         max_length=100, source="meter.code", help_text="The code of an existing meter."
     )
@@ -455,13 +458,13 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         help_text="The least this charge is invoiced per period (prorated for part of a "
         "period); the shortfall is its own line. Null: none.",
     )
-    prorated = serializers.BooleanField(
+    prorated = StrictBoolean(
         required=False,
         default=False,
         help_text="For a period billed in part: the tier chosen on the whole quantity, the "
         "amount prorated by the time billed (Lago's prorated charges).",
     )
-    flat_fee_at_zero = serializers.BooleanField(
+    flat_fee_at_zero = StrictBoolean(
         required=False,
         default=False,
         help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "

@@ -27,7 +27,7 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
-from invoicing.models import Invoice, InvoiceStatus
+from invoicing.models import Invoice, InvoiceStatus, LineKind
 from invoicing.money import minor_unit_exponent, to_minor_unit
 from invoicing.selectors import compute_invoice
 from ledger.models import Balance
@@ -104,7 +104,8 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
     and the quantity the plan includes), ``spent`` (the usage charged so far in the plan's
     money), ``upcoming`` (the invoice total as it stands) and ``projected``: that total plus
     the usage so far continued at the same pace to the period end, with its tax (a period
-    that has ended but is not closed yet projects no further)."""
+    that has ended but is not closed yet projects no further), the usage to come filling
+    the minimums' shortfalls and a commitment's rest first (``_usage_to_come``)."""
     charges = {c.meter_id: c for c in subscription.plan.charges.select_related("meter")}
     # read once, as compute_invoice reads them (with their meters, by meter): it is given them
     counters = list(
@@ -137,10 +138,9 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
         Decimal(1),
         Decimal((end - start) // timedelta(seconds=1)) / Decimal(elapsed // timedelta(seconds=1)),
     )
-    # A prepaid commitment: usage still to come first draws what is left of it (the
-    # invoice owes that already), only the rest adds to the total.
     left = commitment_left(upcoming.lines)
-    more = max(spent * (factor - 1) - left, ZERO) * (1 + upcoming.tax_percentage / 100)
+    to_come = _usage_to_come(counters, money, factor, upcoming.lines, left)
+    more = to_come * (1 + upcoming.tax_percentage / 100)
     return {
         "currency": money,
         "period_start": start,
@@ -152,6 +152,30 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
         # the upcoming invoice's own rule (the plan's, the currency's, half even), as its lines
         "projected": upcoming.total + to_minor_unit(more, money, upcoming.rounding_rule),
     }
+
+
+def _usage_to_come(
+    counters: list[PeriodUsage], money: str, factor: Decimal, lines: list, left: Decimal
+) -> Decimal:
+    """What the usage still to come (each meter's so far × ``factor`` − 1) adds to the
+    upcoming invoice: the invoice already owes the minimums' shortfalls and a commitment's
+    rest, so usage to come fills a charge's shortfall first (that charge's usage only),
+    then the plan's shortfall, then what is ``left`` of a commitment; only the rest adds."""
+    by_meter: dict[int, Decimal] = {}
+    for counter in counters:
+        if counter.currency == money:
+            by_meter[counter.meter_id] = by_meter.get(counter.meter_id, ZERO) + counter.charged
+    short = [line for line in lines if line.kind == LineKind.MINIMUM]
+    charge_short = {line.meter_id: line.amount_precise for line in short if line.meter_id}
+    plan_short = sum((line.amount_precise for line in short if not line.meter_id), ZERO)
+    more = sum(
+        (
+            max(spent * (factor - 1) - charge_short.get(meter_id, ZERO), ZERO)
+            for meter_id, spent in by_meter.items()
+        ),
+        ZERO,
+    )
+    return max(more - plan_short - left, ZERO)
 
 
 def commitment_left(lines: list) -> Decimal:

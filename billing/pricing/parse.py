@@ -335,6 +335,7 @@ class _Parser(ValueReader):
             value,
             where,
             required=("meter",),
+            hints=services.CHARGE_FIELD_HINTS,
             allowed=(
                 "meter",
                 "price_model",

@@ -70,8 +70,16 @@ class ValueReader:
     # structure
 
     def mapping(
-        self, value: Any, where: str, *, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+        self,
+        value: Any,
+        where: str,
+        *,
+        allowed: tuple[str, ...],
+        required: tuple[str, ...] = (),
+        hints: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """``value`` as a mapping of ``allowed`` keys; a key that is not allowed is refused
+        as unknown, or with its ``hints`` sentence (what the format says instead)."""
         if not isinstance(value, dict):
             self.fail(where or None, f"expected a mapping, got {self.describe(value)}")
         self.note(where, value)
@@ -79,6 +87,8 @@ class ValueReader:
             location = f"{where}.{key}" if where else str(key)
             self.note(location, value, key)
             if key not in allowed:
+                if hints and key in hints:
+                    self.fail(location, hints[key])
                 self.fail(location, f"unknown field {key!r}; expected one of {', '.join(allowed)}")
         for key in required:
             if key not in value:

@@ -60,6 +60,7 @@ from billing.services.locks import (
 )
 from billing.services.plans import (
     CATALOG_METER_PROPERTIES,
+    CHARGE_FIELD_HINTS,
     LLM_PATHS,
     MAX_EXPIRY_DAYS,
     MAX_GRANT_PRIORITY,
@@ -141,6 +142,7 @@ __all__ = [
     "TOKENS_SERVED",
     "WORLD",
     "ChargeSpec",
+    "CHARGE_FIELD_HINTS",
     "CreditGrantSpec",
     "MAX_EXPIRY_DAYS",
     "MAX_GRANT_PRIORITY",

@@ -119,6 +119,20 @@ class TierSpec:
     package_size: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
 
+# Where Orb and Stripe put a price's cadence: refused saying so, by all three ways alike.
+CHARGE_CADENCE_UNSUPPORTED = (
+    "a charge has no billing cadence of its own: every usage charge of a plan is billed "
+    "on the plan's charges_interval × charges_interval_count (left out: the plan's own "
+    "interval); set the cadence on the plan (usage charges on different cadences in one "
+    "plan are not supported)"
+)
+CHARGE_FIELD_HINTS = dict.fromkeys(
+    ("interval", "interval_count", "charges_interval", "charges_interval_count")
+    + ("billing_interval", "cadence"),
+    CHARGE_CADENCE_UNSUPPORTED,
+)
+
+
 @dataclass(frozen=True)
 class ChargeSpec:
     meter: str

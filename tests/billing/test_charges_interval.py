@@ -241,6 +241,88 @@ def test_a_change_at_period_end_applies_at_the_end_of_the_year():
     assert len(invoices(subscription)) == 24
 
 
+@pytest.mark.parametrize(
+    ("changed_at", "expected"),
+    [
+        # 16 April: 105 days of the 1,200.00 plan (1,200 × 105 / 365 = 345.205479452055),
+        # 260 of the 2,400.00 one (2,400 × 260 / 365 = 1,709.589041095890)
+        (
+            at(2026, 4, 16),
+            [
+                ("Pro — base fee, prorated 2026-01-01 to 2026-04-16", D("345.21")),
+                ("Max — base fee, prorated 2026-04-16 to 2027-01-01", D("1709.59")),
+            ],
+        ),
+        # the year's last day, 31 December: 364 days (1,196.712328767123) and 1 (6.575342465753)
+        (
+            at(2026, 12, 31),
+            [
+                ("Pro — base fee, prorated 2026-01-01 to 2026-12-31", D("1196.71")),
+                ("Max — base fee, prorated 2026-12-31 to 2027-01-01", D("6.58")),
+            ],
+        ),
+    ],
+)
+def test_a_change_now_inside_the_year_owes_each_plans_fee_for_its_days(changed_at, expected):
+    """A change now to a plan of the same interval and charges cadence: the months go on,
+    and December's invoice (the one that closes the plan period) has each plan's base fee
+    for its days of the year, by day over the year's 365 — including a change on the plan
+    period's last day. The month of the change invoices its usage, no fee."""
+    subscription = subscribe(yearly(calls()), start=at(2026, 1, 1))
+    bigger = plan(calls(), interval="year", base_fee="2400", charges_interval="month", name="Max")
+    invoicing.close_subscription_periods(
+        subscription_id=subscription.pk, as_of=changed_at.replace(day=1)
+    )
+    services.change_subscription(subscription_id=subscription.pk, plan=bigger, now=changed_at)
+    use(subscription, 100, at_time=changed_at)
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2027, 1, 1))
+    issued = invoices(subscription)
+    assert len(issued) == 12
+    month_of_change = issued[changed_at.month - 1]
+    assert ("usage", "Calls, tier 1", D(100), D(2)) in lines(month_of_change)
+    fees = [
+        (line.description, line.amount)
+        for line in issued[-1].lines.filter(kind="base_fee").order_by("position")
+    ]
+    assert fees == expected
+    assert sum(i.lines.filter(kind="base_fee").count() for i in issued[:-1]) == 0
+
+
+def test_a_weekly_plan_with_usage_billed_daily_closes_one_day_periods():
+    """A period of one day: a weekly plan (7.00) from Monday 6 April 2026 with its usage
+    invoiced every day. Monday 1,000 calls, the last at 23:59 → exactly tier 1's upper
+    bound: 20.00; Tuesday 1,001 → the tiers start afresh: 20.00 + 0.01 = 20.01; Wednesday
+    to Saturday nothing (0.00); Sunday's invoice closes the week and carries the fee,
+    7.00. Seven invoices, 47.01 in all."""
+    subscription = subscribe(
+        plan(calls(), interval="week", base_fee="7", charges_interval="day"),
+        start=at(2026, 4, 6),
+    )
+    assert (subscription.current_period_start, subscription.current_period_end) == (
+        at(2026, 4, 6),
+        at(2026, 4, 7),
+    )
+    use(subscription, 999, at_time=at(2026, 4, 6, 9))
+    use(subscription, 1, at_time=at(2026, 4, 6, 23, 59))
+    use(subscription, 1001, at_time=at(2026, 4, 7, 0))
+    made = invoicing.close_subscription_periods(
+        subscription_id=subscription.pk, as_of=at(2026, 4, 13)
+    )
+    assert made == 7
+    issued = invoices(subscription)
+    assert [(i.period_start, i.period_end) for i in issued] == [
+        (at(2026, 4, d), at(2026, 4, d + 1)) for d in range(6, 13)
+    ]
+    assert lines(issued[0]) == [("usage", "Calls, tier 1", D(1000), D(20))]
+    assert lines(issued[1]) == [
+        ("usage", "Calls, tier 1", D(1000), D(20)),
+        ("usage", "Calls, tier 2", D(1), D("0.01")),
+    ]
+    assert all(lines(i) == [] for i in issued[2:6])
+    assert lines(issued[6]) == [("base_fee", "Pro — base fee", D(1), D(7))]
+    assert [i.total for i in issued] == [D(20), D("20.01"), 0, 0, 0, 0, D(7)]
+
+
 # --- quarterly usage on a calendar year -----------------------------------------------------------
 
 
@@ -438,6 +520,29 @@ def test_an_unknown_field_beside_it_is_refused(api, meter_code):
     assert_error(
         api.post("/api/v1/plans", plan_body), 400, "unknown_parameter", param="bill_charges_monthly"
     )
+
+
+@pytest.mark.parametrize("field", ["interval", "charges_interval", "cadence"])
+def test_a_charges_own_cadence_is_refused_alike_with_what_to_write_instead(
+    api, staff_client, meter_code, field
+):
+    """A price book from Orb (a cadence per price) or Stripe (a price's recurring interval)
+    puts the cadence on the charge; here every usage charge of a plan shares the plan's
+    charges_interval. Refused by the file, the API and the admin with that sentence, not as
+    a misspelling ("unknown field")."""
+    charge = {"meter": meter_code, "unit_price": "0.1", field: "quarter"}
+    plan_body = body(charge, interval="year")
+    response = api.post("/api/v1/plans", plan_body)
+    assert_error(response, 400, "unknown_parameter", param=f"charges[0].{field}")
+    message = response.json()["error"]["message"]
+    assert message == services.CHARGE_FIELD_HINTS[field]
+    assert "set the cadence on the plan" in message
+    assert via_file({**plan_body, "code": unique("p")}) == message
+    assert (
+        via_admin(staff_client, {**plan_body, "code": unique("p")})
+        == f"charges[0].{field}: {message}"
+    )
+    assert not Plan.objects.exists()
 
 
 def test_the_demo_file_has_a_yearly_plan_with_monthly_usage():

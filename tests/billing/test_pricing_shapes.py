@@ -234,9 +234,14 @@ def test_flat_fee_at_zero_where_it_means_nothing_is_refused_alike(
     )
 
 
-def test_flat_fee_at_zero_in_the_file_is_a_boolean(meter_code):
-    plan = body(tiered(meter_code, flat_fee_at_zero="yes"))
-    assert via_file(plan) == "expected true or false, got the string 'yes'"
+@pytest.mark.parametrize("field", ["flat_fee_at_zero", "prorated"])
+@pytest.mark.parametrize("value", ["yes", "true", 1, "on"])
+def test_a_charges_options_are_true_or_false_alike(api, staff_client, meter_code, field, value):
+    """The file reads JSON/YAML true and false only; the API and the admin's charges box
+    took DRF's booleans ("yes", "on", 1, "true"): one plan accepted one way and refused
+    another. Now refused alike, "expected true or false"."""
+    plan = body(tiered(meter_code, **{field: value}))
+    refused_three_ways(api, staff_client, plan, "expected true or false")
 
 
 # --- c. the rounding rule, chosen per plan ---------------------------------------------------

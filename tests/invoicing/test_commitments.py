@@ -158,6 +158,31 @@ def test_a_plan_change_mid_period_owes_each_plans_commitment_for_its_days():
     assert invoice.commitment_breakage == D(90)
 
 
+def test_a_plan_change_on_the_periods_last_day_owes_one_day_of_the_new_commitment():
+    """Changed on 30 April 00:00, April's last day: 100.00 × 29/30 = 96.666666666667 and
+    200.00 × 1/30 = 6.666666666667, 103.333333333334 committed, presented as running totals
+    96.67 and 103.33 − 96.67 = 6.66; 600 calls (60.00) draw 60.00; 43.333333333334 expire;
+    the period is invoiced 103.33."""
+    code = meter(name="Calls")
+    small = commitment_plan("100", base_fee="0", code=code, name="Small")
+    large = commitment_plan("200", base_fee="0", code=code, name="Large")
+    subscription = subscribe(small)
+    use(subscription, 600, at_time=at(2026, 4, 10))
+    billing.change_subscription(subscription_id=subscription.pk, plan=large, now=at(2026, 4, 30))
+    invoice = close(subscription)
+    commitments = [ln for ln in lines(invoice) if ln[0] == "commitment"]
+    assert commitments == [
+        ("commitment", "Small — prepaid commitment, 100 USD per period, prorated 2026-04-01 to "
+         "2026-04-30", D(1), D("96.67")),
+        ("commitment", "Large — prepaid commitment, 200 USD per period, prorated 2026-04-30 to "
+         "2026-05-01", D(1), D("6.66")),
+        drawn("60", "43.33"),
+    ]  # fmt: skip
+    assert invoice.total == D("103.33")
+    assert invoice.commitment_breakage == D("43.333333333334")
+    upcoming_agrees(subscription, invoice)
+
+
 def test_a_charge_minimum_shortfall_draws_on_the_commitment():
     """Calls with a minimum of 20.00: 50 calls (5.00) fall 15.00 short; the 20.00 the
     charge comes to is drawn from the 100.00 commitment, 80.00 expire: 10 + 5 + 15 + 100 −
@@ -341,6 +366,42 @@ def test_usage_within_the_commitment_never_invoices_more_than_the_commitment():
     )
     use(subscription, 2)
     invoice = close(subscription)
+    assert invoice.total == D(100)
+
+
+@pytest.mark.parametrize(
+    ("rule", "tier_line", "not_drawn"),
+    [
+        # 0.00 + 0.00 drawn of 100.00: 100.00 not drawn (the exact 99.99 read before)
+        ("half_even", D("0.00"), "100.00"),
+        # 0.01 + 0.01 drawn: 99.98 not drawn
+        ("half_up", D("0.01"), "99.98"),
+    ],
+)
+def test_what_the_draw_line_says_is_left_is_what_its_lines_present(rule, tier_line, not_drawn):
+    """Two tier lines of 0.005 within a 100.00 commitment: the draw line's description says
+    what is left as the invoice presents it — the commitment presented less the draw
+    presented, by the invoice's rule — not the exact breakage (99.99, kept on
+    @CommitmentBreakage) rounded half even whatever the rule."""
+    subscription = subscribe(
+        plan(
+            ChargeSpec(
+                meter=meter(name="Calls"),
+                price_model=PriceModel.GRADUATED,
+                tiers=(
+                    TierSpec(up_to=D(1), unit_price=D("0.005")),
+                    TierSpec(up_to=None, unit_price=D("0.005")),
+                ),
+            ),
+            commitment_amount=D(100),
+            rounding=rule,
+        )
+    )
+    use(subscription, 2)
+    invoice = close(subscription)
+    assert [ln.amount for ln in invoice.lines.filter(kind="usage")] == [tier_line] * 2
+    assert lines(invoice)[-1] == drawn(str(2 * tier_line), not_drawn)
+    assert invoice.commitment_breakage == D("99.99")
     assert invoice.total == D(100)
 
 

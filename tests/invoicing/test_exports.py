@@ -261,6 +261,19 @@ def test_invoices_export(billed):
     assert rows_of("invoices", start=at(2026, 4, 1), end=MAY) == []
 
 
+@pytest.mark.parametrize(("rule", "shown"), [("half_even", "0.12"), ("half_up", "0.13")])
+def test_invoices_export_rounds_usage_by_the_invoices_rule(db, rule, shown):
+    """usage_charged_rounded is the invoice's usage rounded by the rule the invoice was
+    rounded by (issue 18: one rule per invoice), not half even whatever the plan says:
+    50 units at 0.0025 = 0.125 → 0.12 half even, 0.13 half up (the invoice's usage line)."""
+    subscription = subscribe(plan(ChargeSpec(meter=meter(), unit_price=D("0.0025")), rounding=rule))
+    use(subscription, 50)
+    invoice = finalize(close(subscription))
+    [row] = rows_of("invoices")
+    assert row["usage_charged"] == "0.125000000000"
+    assert row["usage_charged_rounded"] == shown == f"{invoice.subtotal:f}"
+
+
 def test_payments_and_credit_notes_export(billed):
     _, _, invoice, payment, note = billed
     now = timezone.now()

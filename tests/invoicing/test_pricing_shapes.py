@@ -303,7 +303,10 @@ def test_minimum_shortfalls_are_their_own_lines(calls, expected, total):
 def test_a_one_day_period_prorates_the_minimums():
     """Canceled after one day of April's 30: fee 30/30 = 1.00; the charge's minimum
     20/30 = 0.666666666667 (short by all of it); the plan's 100/30 = 3.333333333333, short
-    by 3.333333333333 − 1.00 − 0.666666666667 = 1.666666666666."""
+    by 3.333333333333 − 1.00 − 0.666666666667 = 1.666666666666. Presented, the shortfalls are
+    the minimums presented less the lines presented: 0.67 − 0 = 0.67, then 3.33 − 1.00 −
+    0.67 = 1.66 — the period is invoiced its prorated minimum, 3.33 (each exact shortfall
+    rounded on its own gave 3.34)."""
     subscription = subscribe(minimum_plan())
     billing.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 4, 2))
     invoice = close(subscription, at(2026, 4, 2))
@@ -311,11 +314,11 @@ def test_a_one_day_period_prorates_the_minimums():
     assert lines(invoice) == [
         ("base_fee", f"Pro — base fee{span}", D(1), D(1)),
         ("minimum", f"Calls: minimum 20 USD per period{span}, shortfall", D(1), D("0.67")),
-        ("minimum", f"Pro — minimum 100 USD per period{span}, shortfall", D(1), D("1.67")),
+        ("minimum", f"Pro — minimum 100 USD per period{span}, shortfall", D(1), D("1.66")),
     ]
     assert invoice.fees_precise == D("3.333333333333")
-    assert invoice.total == D("3.34")
-    assert invoice.rounding == D("0.006666666667")
+    assert invoice.total == D("3.33")
+    assert invoice.rounding == D("-0.003333333333")
 
 
 def test_a_leap_year_february_prorates_by_its_29_days():
@@ -327,6 +330,34 @@ def test_a_leap_year_february_prorates_by_its_29_days():
         ("minimum", "Pro — minimum 29 USD per period, prorated 2028-02-01 to 2028-02-15, "
          "shortfall", D(1), D(14)),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("calls", "upcoming", "projected"),
+    [
+        # 10.00 of calls by mid-April: 30 + 10 + 10.00 (charge) + 50.00 (plan) short = 100.00;
+        # as much again to come (10.00) fills the charge's shortfall: still 100.00
+        (100, D(100), D(100)),
+        # 60.00 by mid-April: 30 + 60 + 10.00 short = 100.00; 60.00 to come fills the plan's
+        # 10.00 shortfall, 50.00 adds: 150.00 (= 30 + 120)
+        (600, D(100), D(150)),
+    ],
+)
+def test_the_portals_projection_fills_the_minimums_first(calls, upcoming, projected):
+    """The portal projects the usage so far to the period's end; usage still to come first
+    fills a charge's shortfall (with that charge's usage), then the plan's, as it fills a
+    commitment's rest — the shortfalls are on the upcoming invoice already (before: 110.00
+    and 160.00, the usage to come counted on top of the minimums)."""
+    from unittest import mock
+
+    from billing.portal.selectors import period_overview
+
+    subscription = subscribe(minimum_plan())
+    use(subscription, calls)
+    subscription.refresh_from_db()
+    with mock.patch("billing.portal.selectors.timezone.now", return_value=at(2026, 4, 16)):
+        overview = period_overview(subscription)
+    assert (overview["upcoming"], overview["projected"]) == (upcoming, projected)
 
 
 def test_no_minimum_during_a_trial():
@@ -397,6 +428,10 @@ def test_a_whole_period_is_not_prorated():
         (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 30), 30, D(29)),
         # a leap-year February: 14 of 29 days of 29.00
         (at(2028, 2, 1), at(2028, 2, 10), at(2028, 2, 15), 29, D(14)),
+        # tier 1's exact upper bound, 15 of 30 days: 100 × 1.00 = 100.00 → 50.00; one call
+        # more reaches tier 2: 100.50 → 50.25
+        (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 16), 100, D(50)),
+        (at(2026, 4, 1), at(2026, 4, 10), at(2026, 4, 16), 101, D("50.25")),
     ],
 )
 def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
@@ -405,7 +440,8 @@ def test_prorated_by_the_days_billed(start, used_at, end, calls, total):
     billing.cancel_subscription(subscription_id=subscription.pk, now=end)
     invoice = close(subscription, end)
     assert invoice.total == total
-    assert invoice.lines.order_by("position").last().amount == total - calls
+    rated = sum(line.amount for line in invoice.lines.filter(kind="usage").exclude(tier=None))
+    assert invoice.lines.order_by("position").last().amount == total - rated
 
 
 def seats_plan(prorated: bool):

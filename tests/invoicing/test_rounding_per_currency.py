@@ -140,6 +140,26 @@ def test_each_part_of_the_period_owes_the_minimum_of_the_plan_in_force_then():
     upcoming_agrees(subscription, invoice)
 
 
+def test_a_change_on_the_periods_last_day_owes_one_day_of_the_new_minimum():
+    """Changed on 30 April 00:00, April's last day: 29 of 30 days of 100.00 (96.666666666667)
+    and 1 of 200.00 (6.666666666667): 103.333333333333 owed, presented 103.33; 300 calls =
+    30.00, 73.33 short; the period is invoiced 103.33."""
+    code = meter(name="Calls")
+    small = plan(ChargeSpec(meter=code, unit_price=D("0.10")), minimum_amount=D(100), name="S")
+    large = plan(ChargeSpec(meter=code, unit_price=D("0.10")), minimum_amount=D(200), name="L")
+    subscription = subscribe(small)
+    use(subscription, 300, at_time=at(2026, 4, 10))
+    billing.change_subscription(subscription_id=subscription.pk, plan=large, now=at(2026, 4, 30))
+    invoice = close(subscription)
+    assert lines(invoice)[-1] == (
+        "minimum", "L — minimum of each plan version in force, per period, shortfall", D(1),
+        D("73.33"),
+    )  # fmt: skip
+    assert invoice.lines.get(kind="minimum").metadata["minimum"] == "103.333333333334"
+    assert invoice.total == D("103.33")
+    upcoming_agrees(subscription, invoice)
+
+
 def test_a_charge_minimum_is_owed_by_the_part_of_the_period_its_plan_was_in_force():
     """The charge's minimum of 30.00 only on the first plan, until 11 April (10 of 30 days):
     10.00 owed; 50 calls = 5.00: 5.00 short."""
