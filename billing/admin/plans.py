@@ -68,6 +68,7 @@ def tiers_text(charge: PlanCharge) -> str:
             if tier.up_to is not None
             else (f"above {_units(previous, unit)}" if previous is not None else "all units")
         )
+        price: str
         if tier.package_size is not None:
             price = format_html(
                 "{} per started block of {}",
