@@ -26,6 +26,7 @@ from billing.admin.common import (
     check_currency,
     decimal_text,
     money_cell,
+    quantity,
     strict_json,
     unit_price_cell,
 )
@@ -41,15 +42,6 @@ from billing.models import (
     RoundingRule,
 )
 from ledger.admin import ReadOnlyInline
-
-
-def quantity(value: Decimal | None) -> str:
-    """A quantity of units grouped, without trailing zeros: 10000000.00 → "10,000,000"."""
-    if value is None:
-        return "—"
-    text = decimal_text(value) or "0"
-    whole, _, fraction = text.partition(".")
-    return f"{int(whole):,}" + (f".{fraction}" if fraction else "")
 
 
 def _units(value: Decimal, unit: str) -> str:

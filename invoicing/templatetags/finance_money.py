@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django import template
 
-from billing.admin.common import money
+from billing.admin.common import money, quantity
 from billing.web.money import money_cell
 
 register = template.Library()
@@ -47,3 +47,9 @@ def usd(value: Decimal | str | None) -> str:
 def units(value: int | str | None) -> str:
     """A count grouped: 1000000 → "1,000,000"; "—" for None or nothing."""
     return f"{value:,}" if isinstance(value, int) else "—"
+
+
+@register.filter
+def units_of(value: Decimal | None) -> str:
+    """A quantity of a meter's units grouped, without cents: 1100.000 → "1,100"."""
+    return quantity(value)
