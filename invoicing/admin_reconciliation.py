@@ -10,6 +10,7 @@ needs the view permission."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
@@ -21,8 +22,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from billing.admin.common import ServiceFormMixin, timestamp
+from billing.web.money import money_cell
 from invoicing import provider_usage, reconciliation
 from invoicing.models import ReconciliationRun, ReconciliationStatus
+from invoicing.money import exact_amount
 
 CURRENCY_HELP = "Empty: every currency."
 
@@ -91,22 +94,41 @@ def _status_badge(status: str) -> str:
     )
 
 
+def _money(text: str, currency: str) -> str:
+    """A check's amount (exact text, ``reconciliation._text``) rounded to the currency's
+    minor unit, the exact figure on hover."""
+    return money_cell(Decimal(text), currency)
+
+
 def _check_table(check: dict) -> str:
     totals = format_html_join(
         "",
-        "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>"
-        "<td>{}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         (
-            (cur, t["compared"], t["expected"], t["actual"], t["differences"])
+            (
+                cur,
+                t["compared"],
+                _money(t["expected"], cur),
+                _money(t["actual"], cur),
+                t["differences"],
+            )
             for cur, t in check["totals"].items()
         ),
     )
+    # A difference exactly: a fraction of a cent is one, and rounded it would read 0.00.
     differences = format_html_join(
         "",
         '<tr class="recon-difference"><td>{}</td><td>{}</td><td>{}</td>'
-        "<td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+        '<td>{}</td><td>{}</td><td class="money">{}</td></tr>',
         (
-            (d["currency"], d["item"], d["cause"], d["expected"], d["actual"], d["difference"])
+            (
+                d["currency"],
+                d["item"],
+                d["cause"],
+                _money(d["expected"], d["currency"]),
+                _money(d["actual"], d["currency"]),
+                exact_amount(Decimal(d["difference"]), d["currency"]),
+            )
             for d in check["differences"]
         ),
     )

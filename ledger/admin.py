@@ -299,7 +299,7 @@ class EntryAdmin(ReadOnlyAdmin):
     list_display = ("id", "transaction", "account", "debit_display", "credit_display")
     list_filter = (EntryCurrencyFilter,)
     search_fields = ("transaction__reference", "account__code")
-    list_select_related = ("transaction", "account")
+    list_select_related = ("transaction", "account")  # read by key: PrefetchedRelationsChangeList
     readonly_fields = [f.name for f in Entry._meta.fields]
     show_full_result_count = False
     paginator = EstimatedCountPaginator

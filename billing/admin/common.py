@@ -91,6 +91,17 @@ def decimal_text(value: Decimal | None) -> str | None:
         return format(value.normalize(), "f")
 
 
+def quantity(value: Decimal | None) -> str:
+    """A quantity of units grouped, without trailing zeros: 10000000.00 → "10,000,000",
+    1234.5 → "1,234.5"; "—" for None."""
+    if value is None:
+        return "—"
+    text = decimal_text(value) or "0"
+    whole, _, fraction = text.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    return f"{sign}{int(whole.lstrip('-')):,}" + (f".{fraction}" if fraction else "")
+
+
 def timestamp(value) -> str:
     return "—" if value is None else date_format(localtime(value), "DATETIME_FORMAT")
 

@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from billing import selectors, services
@@ -25,8 +25,8 @@ from billing.admin.common import (
     ServiceFormMixin,
     check_currency,
     decimal_text,
-    money,
     money_cell,
+    quantity,
     strict_json,
     unit_price_cell,
 )
@@ -44,21 +44,33 @@ from billing.models import (
 from ledger.admin import ReadOnlyInline
 
 
+def _units(value: Decimal, unit: str) -> str:
+    return f"{quantity(value)} {unit}".strip()
+
+
 def tiers_text(charge: PlanCharge) -> str:
+    """Each tier as "up to 100,000,000 tokens: 0.30 USD / M tokens": its price read as the
+    charge's unit price is (``unit_price_cell``: per million tokens, exact on hover)."""
+    currency, unit = charge.plan.currency, charge.meter.unit
     lines = []
     previous = None
     for tier in charge.tiers.all():
         bound = (
-            f"up to {money(tier.up_to)}"
+            f"up to {_units(tier.up_to, unit)}"
             if tier.up_to is not None
-            else (f"above {money(previous)}" if previous is not None else "all units")
+            else (f"above {_units(previous, unit)}" if previous is not None else "all units")
         )
+        price: str
         if tier.package_size is not None:
-            price = f"{money(tier.unit_price)} per started block of {money(tier.package_size)}"
+            price = format_html(
+                "{} per started block of {}",
+                money_cell(tier.unit_price, currency),
+                _units(tier.package_size, unit),
+            )
         else:
-            price = f"{money(tier.unit_price)} per unit"
+            price = unit_price_cell(tier.unit_price, currency, unit)
         if tier.flat_fee:
-            price += f" + {money(tier.flat_fee)} flat"
+            price = format_html("{} + {} flat", price, money_cell(tier.flat_fee, currency))
         lines.append((bound, price))
         previous = tier.up_to
     if not lines:
@@ -66,20 +78,30 @@ def tiers_text(charge: PlanCharge) -> str:
     return format_html_join(mark_safe("<br>"), "{}: {}", lines)
 
 
+TIERED = (PriceModel.GRADUATED, PriceModel.VOLUME)
+
+
+def charge_terms(charge: PlanCharge) -> str:
+    """The optional terms of a charge, those set only, in one cell: a margin over the
+    catalog, a flat fee at zero usage, a minimum, proration."""
+    terms = []
+    if charge.margin_percent is not None:
+        terms.append(f"margin {decimal_text(charge.margin_percent)} %")
+    if charge.flat_fee_at_zero:
+        terms.append("first tier's flat fee at zero usage")
+    if charge.minimum_amount is not None:
+        terms.append(
+            format_html("minimum {}", money_cell(charge.minimum_amount, charge.plan.currency))
+        )
+    if charge.prorated:
+        terms.append("prorated")
+    return format_html_join(mark_safe("<br>"), "{}", ((t,) for t in terms)) if terms else "—"
+
+
 class PlanChargeInline(ReadOnlyInline):
     model = PlanCharge
-    fields = (
-        "meter",
-        "price_model",
-        "included",
-        "unit_price_display",
-        "package_size_display",
-        "margin_percent",
-        "tiers",
-        "flat_fee_at_zero",
-        "minimum_amount",
-        "prorated",
-    )
+    # Six columns: the optional terms share one (ten ran the table off a laptop screen).
+    fields = ("meter", "price_model", "included", "unit_price_display", "tiers", "terms")
     readonly_fields = fields
     show_change_link = False
     verbose_name_plural = "charges (read-only: a published version never changes)"
@@ -88,22 +110,31 @@ class PlanChargeInline(ReadOnlyInline):
         return (
             super()
             .get_queryset(request)
-            .select_related("meter")
+            .select_related("meter", "plan")
             .prefetch_related("tiers")
             .order_by("id")
         )
 
     @admin.display(description="included")
     def included(self, charge):
-        return money(charge.included_quantity)
+        return _units(charge.included_quantity, charge.meter.unit)
 
     @admin.display(description="unit price")
     def unit_price_display(self, charge):
+        """A tiered charge is priced by its tiers alone: no unit price of its own."""
+        if charge.price_model in TIERED:
+            return "—"
+        if charge.price_model == PriceModel.PACKAGE and charge.package_size is not None:
+            return format_html(
+                "{} per {}",
+                money_cell(charge.unit_price, charge.plan.currency),
+                _units(charge.package_size, charge.meter.unit),
+            )
         return unit_price_cell(charge.unit_price, charge.plan.currency, charge.meter.unit)
 
-    @admin.display(description="package size")
-    def package_size_display(self, charge):
-        return money(charge.package_size)
+    @admin.display(description="terms")
+    def terms(self, charge):
+        return charge_terms(charge)
 
     @admin.display(description="tiers")
     def tiers(self, charge):

@@ -1,6 +1,7 @@
-"""Amounts on the finance pages (exports and previews): exact, as the admin shows money
-(``billing.admin.common.money``: never rounded, at least the cents), with a sign where a
-difference is shown."""
+"""Amounts on the finance pages (exports, previews, the provider usage import): exact, as
+the admin shows money (``billing.admin.common.money``: never rounded, at least the cents),
+with a sign where a difference is shown; or rounded with the exact figure on hover
+(``usd``); counts grouped (``units``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from decimal import Decimal
 
 from django import template
 
-from billing.admin.common import money
+from billing.admin.common import money, quantity
+from billing.web.money import money_cell
 
 register = template.Library()
 
@@ -32,3 +34,22 @@ def signed(value: Decimal | None) -> str:
 
 
 exact_signed = register.filter("exact_signed", signed)
+
+
+@register.filter
+def usd(value: Decimal | str | None) -> str:
+    """A USD amount rounded to the cent, the exact figure on hover (``money_cell``); "—"
+    for None or nothing (a row the export or the meter does not have)."""
+    return money_cell(value, "USD") if isinstance(value, Decimal) else "—"
+
+
+@register.filter
+def units(value: int | str | None) -> str:
+    """A count grouped: 1000000 → "1,000,000"; "—" for None or nothing."""
+    return f"{value:,}" if isinstance(value, int) else "—"
+
+
+@register.filter
+def units_of(value: Decimal | None) -> str:
+    """A quantity of a meter's units grouped, without cents: 1100.000 → "1,100"."""
+    return quantity(value)

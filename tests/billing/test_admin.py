@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils.html import strip_tags
 
 from billing import services
 from billing.admin.plans import charges_json
@@ -585,6 +586,52 @@ def test_plans_cannot_be_edited_or_deleted(staff_client, catalog):
     assert delete.status_code == 403
     plan.refresh_from_db()
     assert (plan.name, plan.base_fee) == ("Pro", Decimal("49"))
+
+
+def test_a_plans_charges_read_per_million_tokens_in_a_table_that_fits(staff_client):
+    """A tier's price per token reads per million tokens as the flat price does (it read
+    "0.0000003 per unit"); a tiered charge has no unit price of its own ("—", not "0.00
+    USD / M tokens"); quantities read without cents; the optional terms share one column
+    (ten columns ran the table 100 px off a 1280 px screen)."""
+    tokens = MeterFactory(code=unique("in"), property="usage.input_tokens", unit="tokens")
+    blocks = MeterFactory(code=unique("img"), aggregation="count", unit="images")
+    plan = PlanFactory(
+        code=unique("tiered"),
+        charges=(
+            ChargeSpec(
+                meter=tokens.code,
+                price_model="graduated",
+                included_quantity=Decimal(10_000_000),
+                tiers=(
+                    TierSpec(up_to=Decimal(100_000_000), unit_price=Decimal("0.0000003")),
+                    TierSpec(up_to=None, unit_price=Decimal("0.00000025")),
+                ),
+                minimum_amount=Decimal(5),
+                prorated=True,
+            ),
+            ChargeSpec(
+                meter=blocks.code,
+                price_model="package",
+                unit_price=Decimal("0.5"),
+                package_size=Decimal(100),
+            ),
+        ),
+    )
+    page = staff_client.get(url("billing_plan_change", plan.pk)).content.decode()
+    table = page[page.index('id="charges-group"') :]
+    table = table[: table.index("</table>")]
+    columns = re.findall(r'<th class="column-(\w+)', table)
+    assert len(columns) <= 6, columns
+    tokens_row, blocks_row = (
+        " ".join(strip_tags(row.replace("<br>", " ")).split())
+        for row in table.split('<tr class="form-row')[1:]
+    )
+    assert (
+        "10,000,000 tokens — up to 100,000,000 tokens: 0.30 USD / M tokens"
+        " above 100,000,000 tokens: 0.25 USD / M tokens minimum 5.00 USD prorated"
+    ) in tokens_row
+    assert 'title="0.0000003 USD per token (exact)"' in table  # the exact price on hover
+    assert "0 images 0.50 USD per 100 images — —" in blocks_row
 
 
 # --- subscriptions -------------------------------------------------------------------------------

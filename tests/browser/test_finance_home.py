@@ -1,5 +1,6 @@
 """The finance home in real Chromium: signed in as staff, the figures, charts and the list
-of models render on a laptop-sized screen without running off it."""
+of models render on a laptop-sized screen without running off it. Screenshots:
+tests/artifacts/finance-home.png, finance-home-refreshed.png, customer-page.png."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _seed() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_finance_home_in_chromium(page, server_url, tmp_path):
+def test_finance_home_in_chromium(page, server_url, screenshot):
     get_user_model().objects.create_superuser("finance", "finance@example.com", PASSWORD)
     _seed()
 
@@ -75,16 +76,13 @@ def test_finance_home_in_chromium(page, server_url, tmp_path):
     assert page.locator(".app-billing").count() == 1  # the list of models below
     # nothing runs off a laptop screen
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-    shot = tmp_path / "finance-home.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 20_000
-    print(f"screenshot: {shot}")
+    assert screenshot(page, "finance-home").stat().st_size > 20_000
 
     # the figures are a snapshot: "as of", and refreshed on demand (a CSRF-checked POST)
     assert "Figures as of" in page.locator("#finance-asof").inner_text()
     page.get_by_role("button", name="Refresh now").click()
     assert "Figures refreshed" in page.locator(".messagelist").inner_text()
-    page.screenshot(path=str(tmp_path / "finance-home-refreshed.png"))
+    screenshot(page, "finance-home-refreshed")
     section = page.locator("#finance-USD")
 
     # a top customer's page leads with its summary
@@ -93,6 +91,4 @@ def test_finance_home_in_chromium(page, server_url, tmp_path):
     assert "Team" in summary.inner_text()
     assert summary.locator(".money").first.get_attribute("title").endswith("(exact)")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-    shot = tmp_path / "customer-page.png"
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot: {shot}")
+    screenshot(page, "customer-page")

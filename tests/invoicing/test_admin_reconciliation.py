@@ -5,6 +5,7 @@ who may do what."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -14,7 +15,12 @@ from django.urls import reverse
 from invoicing.models import ReconciliationRun
 from metering.models import Event
 from tests.invoicing.recon_books import make_books, triggers_off
-from tests.invoicing.test_provider_usage import ANTHROPIC_USAGE, metered
+from tests.invoicing.test_provider_usage import (
+    ANTHROPIC_USAGE,
+    OPENAI_COSTS,
+    OPENAI_USAGE,
+    metered,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +95,50 @@ def test_a_viewer_sees_the_report_but_may_not_run_it(client, django_user_model):
     assert "Run now…" not in listing.content.decode()
     assert client.post(RUN, {"first_day": "2026-04-10"}).status_code == 403
     assert not ReconciliationRun.objects.exists()
+
+
+def test_the_reports_amounts_read_as_money_with_the_exact_figure(staff_client):
+    """Totals rounded to the minor unit with the exact figure on hover, and a difference
+    exactly (a fraction of a cent is a difference): not the checks' raw decimals
+    ("1244.567890123")."""
+    make_books()
+    event = Event.objects.filter(amount__gt=0).order_by("id").first()
+    with triggers_off() as cursor:
+        cursor.execute(
+            "UPDATE metering_event SET amount = amount + 1234.567890123 WHERE id = %s",
+            [event.pk],
+        )
+    response = staff_client.post(
+        RUN, {"first_day": "2026-04-01", "last_day": "2026-05-01", "currency": "USD"}
+    )
+    page = staff_client.get(response["Location"]).content.decode()
+    usage = page[page.index('id="check-usage_ledger"') :]
+    usage = usage[: usage.index("</section>")]
+    assert '<span class="money" title="1,244.567890123 USD (exact)">1,244.57 USD</span>' in usage
+    assert "-1,234.567890123 USD" in usage  # actual − expected, exactly
+    assert "1244.567890123" not in page
+
+
+def test_the_provider_upload_shows_tokens_grouped_and_costs_as_money(staff_client):
+    """Costs read as money, rounded to the cent with the exact figure on hover (our cost is
+    a 12-place sum: it read "3.999999999999"), token counts grouped ("1,000,000")."""
+    metered(
+        "openai",
+        "gpt-4o",
+        input_tokens=600_000,  # + the cached: the whole prompt, as OpenAI counts it
+        cache_read_tokens=400_000,
+        output_tokens=200_000,
+        cost=Decimal("3.999999999999"),
+    )
+    usage = SimpleUploadedFile("usage.json", json.dumps(OPENAI_USAGE).encode())
+    costs = SimpleUploadedFile("costs.json", json.dumps(OPENAI_COSTS).encode())
+    page = staff_client.post(
+        UPLOAD, {"provider": "openai", "usage_file": usage, "cost_file": costs}
+    ).content.decode()
+    start = page.index('id="provider-usage-rows"')
+    row = page[start : page.index("</table>", start)]
+    row = row[row.index("<td>gpt-4o</td>") :]
+    row = row[: row.index("</tr>")]
+    assert "<td>1,000,000 / 1,000,000</td>" in row, row
+    assert '<span class="money" title="4 USD (exact)">4.00 USD</span>' in row, row
+    assert '<span class="money" title="3.999999999999 USD (exact)">4.00 USD</span>' in row, row

@@ -504,6 +504,24 @@ def test_the_plan_preview_page_refuses_a_bad_draft(staff, book):
     assert "does not exist" in page.content.decode()
 
 
+def test_the_plan_preview_page_shows_quantities_without_cents(staff, book):
+    """A meter's quantity is a count of units, grouped without cents ("1,100", not
+    "1,100.00" as money); its amounts stay exact."""
+    import json
+
+    from django.urls import reverse
+
+    pro, units, a, _ = book
+    charges = json.dumps([{"meter": units, "included_quantity": "100", "unit_price": "0.008"}])
+    page = staff.post(
+        reverse("finance-plan-preview", args=[pro.pk]),
+        {"name": "Pro", "base_fee": "15", "trial_days": "0", "charges": charges},
+    ).content.decode()
+    rows = page[page.index('id="preview-rows"') :]
+    assert '<td class="num">1,100</td>' in rows and '<td class="num">50</td>' in rows
+    assert "1,100.00" not in rows
+
+
 def test_the_preview_pages_need_customer_and_invoice_view_permissions(
     client, django_user_model, book, llm_book, model_prices
 ):

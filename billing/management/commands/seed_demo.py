@@ -11,6 +11,12 @@ seeding and beat emit is delivered to it, signed, and logged in the admin.
 Staff users in each role (operator, approver, viewer; password = name) and one large
 adjustment of acme's waiting for approval (docs/finance-admin.md).
 
+Three more customers (stark, wayne, tyrell) have a finance history: subscriptions that
+began months ago, LLM usage in every period, and their ended periods closed and finalized
+as of each period's end, the older invoices paid (a bank transfer recorded), the last
+ones still owed: the finance home's revenue per month, MRR change, receivables by age and
+top customers read them.
+
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
 
@@ -42,7 +48,9 @@ from billing.models import (
 from billing.periods import midnight
 from billing.portal import services as portal
 from billing.pricing.load import load_pricing
-from invoicing import reconciliation
+from invoicing import payments, reconciliation
+from invoicing import services as invoicing
+from invoicing.models import Invoice
 from metering import rating
 from metering.catalog import import_genai_prices
 from metering.management.commands.simulate_usage import CALLS, PROJECTS, raw_usage
@@ -153,6 +161,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  projects with budgets: {_seed_projects()}")
         accepted = _seed_history(started)
         self.stdout.write(f"  usage history: {accepted} events in the demo's first period")
+        self.stdout.write(f"  finance history: {_seed_finance_history(timezone.now())}")
         run = reconciliation.run_reconciliation(
             start=started.replace(hour=0, minute=0, second=0, microsecond=0),
             end=timezone.now(),
@@ -282,6 +291,82 @@ def _seed_history(started) -> int:
             )
     outcomes = rating.ingest_events(events)
     return sum(1 for outcome in outcomes if outcome.status == "accepted")
+
+
+# Customers with months of history (see the module's docstring): external_id, name, plan,
+# how many monthly periods ago it began, LLM calls per period, how many of its newest
+# invoices are left owed. Finalized a day after their period's end and due
+# INVOICE_PAYMENT_TERMS_DAYS (30) later: the newest is current, the third newest past due.
+# In make run's offline mode (OFFLINE_AUTO_PAY) the worker's follow-up of each finalization
+# pays what is owed within seconds; with Stripe, a customer without a card stays owing.
+FINANCE_HISTORY = [
+    ("stark", "Stark Analytics", "scale", 5, 30, 3),
+    ("wayne", "Wayne Media", "pro", 4, 24, 2),
+    ("tyrell", "Tyrell Research", "batch", 3, 18, 1),
+]
+FINANCE_HISTORY_FINALIZED_AFTER = timedelta(days=1)
+
+
+def _seed_finance_history(now) -> str:
+    """The FINANCE_HISTORY customers, made once: a subscription back-dated to the start of
+    the month ``months`` months ago, ``calls`` LLM calls in each of its periods, every ended
+    period closed, finalized as of a day after its end, and all but its newest ``owed``
+    invoices paid by a recorded transfer."""
+    rng = random.Random(11)
+    made = []
+    for external_id, name, plan_code, months, calls, owed in FINANCE_HISTORY:
+        if Customer.objects.filter(external_id=external_id).exists():
+            continue
+        customer = services.create_customer(
+            external_id=external_id,
+            name=name,
+            email=f"billing@{external_id}.example",
+            billing_mode=BillingMode.POSTPAID,
+            credit_limit=None,
+            country="US",
+        )
+        month = midnight(now).replace(day=1)
+        for _ in range(months):
+            month = (month - timedelta(days=1)).replace(day=1)
+        subscription = services.create_subscription(
+            customer=customer,
+            plan=services.latest_plan(code=plan_code),
+            trial_days=0,
+            start=month,
+            now=now,
+        )
+        span = (now - month).total_seconds()
+        events = []
+        for n in range(calls * months):
+            provider, model, shape = rng.choice(CALLS)
+            events.append(
+                rating.EventIn(
+                    idempotency_key=f"demo-finance-history-{n}",
+                    customer=external_id,
+                    event_name="llm.completion",
+                    timestamp=month
+                    + timedelta(seconds=span * (n + rng.random()) / (calls * months)),
+                    properties={
+                        "model": model,
+                        "provider": provider,
+                        "usage": raw_usage(shape, rng),
+                    },
+                )
+            )
+        rating.ingest_events(events)
+        invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=now)
+        drafts = list(Invoice.objects.filter(subscription=subscription).order_by("period_start"))
+        for position, draft in enumerate(drafts):
+            invoice = invoicing.finalize_invoice(
+                invoice_id=draft.pk,
+                now=min(draft.period_end + FINANCE_HISTORY_FINALIZED_AFTER, now),
+            )
+            if position < len(drafts) - owed and invoice.amount_remaining > 0:
+                payments.record_offline_payment(
+                    invoice_id=invoice.pk, reference=f"demo-transfer-{invoice.pk}"
+                )
+        made.append(f"{external_id} ({len(drafts)} invoices)")
+    return ", ".join(made) or "already there"
 
 
 # Staff in each role (docs/finance-admin.md), password = user name, and one large adjustment
