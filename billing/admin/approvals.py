@@ -1,9 +1,9 @@
-"""Adjustment requests in the admin: the large manual adjustments, admin top-ups and credit
-grants funded as adjustments waiting for a second staff user
-(``billing.services.approvals``). Read-only rows; a pending one has Approve and Reject
-buttons on its page, for users with the "approve adjustment requests" permission other than
-the requester (the service refuses the requester as well, and the database); its requester
-sees Withdraw instead."""
+"""Adjustment requests in the admin: every manual adjustment, admin top-up and credit grant
+funded as an adjustment — the large ones waiting for a second staff user, the small ones
+``applied`` at once (``billing.services.approvals``). Read-only rows; a pending one has
+Approve and Reject buttons on its page, for users with the "approve adjustment requests"
+permission other than the requester (the service refuses the requester as well, and the
+database); its requester sees Withdraw instead."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from billing.admin.common import (
 )
 from billing.errors import BillingError
 from billing.models import CreditAllocation, CreditGrant, GrantSource, GrantStatus
+from billing.web.staff import record_reason
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
 
@@ -121,7 +122,9 @@ class CustomerGrantViews(ServiceFormMixin):
 
         def post() -> HttpResponse:
             data = form.cleaned_data
-            # Credits funded as an adjustment wait for a second staff user when large.
+            record_reason(data["name"])  # the trail's "why": what the grant is for
+            # Credits funded as an adjustment wait for a second staff user when large; small
+            # ones are granted at once, recorded as an applied request.
             outcome = services.request_credit_grant(
                 customer=customer,
                 amount=data["amount"],

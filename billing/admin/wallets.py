@@ -1,6 +1,8 @@
 """A customer's wallets in the admin: their balances (read from the ledger) on the customer
 page, and the two ways finance moves money, each one ledger transaction recording the staff
-user: a top-up and an adjustment (``billing.services.top_up``, ``adjust_balance``)."""
+user: a top-up and an adjustment (``billing.services.request_top_up``,
+``request_adjustment``: posted at once and recorded as an applied request, or waiting for a
+second person's approval when large — either way a row in the audit trail)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from django.utils.html import format_html
 from billing import services
 from billing.admin.common import ExactDecimalField, ServiceFormMixin, admin_link, money, money_cell
 from billing.models import AutoTopUp, BillingMode, Customer, Wallet
+from billing.web.staff import record_reason
 from ledger import selectors as ledger_selectors
 from ledger.admin import ReadOnlyInline
 
@@ -178,8 +181,10 @@ class CustomerMoneyViews(ServiceFormMixin):
 
         def post() -> HttpResponse:
             data = form.cleaned_data
+            record_reason(data["description"])  # the trail's "why": the payment's reference
             # Large top-ups wait for a second staff user, as adjustments do (even with a
-            # payment's reference in the description: one person typed it).
+            # payment's reference in the description: one person typed it). Small ones post
+            # at once, recorded as an applied request (billing.services.approvals).
             outcome = services.request_top_up(
                 customer=customer,
                 amount=data["amount"],

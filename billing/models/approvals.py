@@ -1,4 +1,5 @@
-"""Four-eyes approval of large manual adjustments (``billing.services.approvals``).
+"""Every staff adjustment is a record; large ones need a second person
+(``billing.services.approvals``).
 
 A staff user's manual adjustment — a balance adjustment, an admin top-up or an admin credit
 grant funded as an adjustment (``kind``) — whose size reaches
@@ -6,7 +7,13 @@ grant funded as an adjustment (``kind``) — whose size reaches
 posted (a grant's terms and a top-up's description in ``details``). A second, different staff user
 approves it (then it posts through ``billing.services.adjust_balance``, once) or rejects it.
 The database refuses a decision by the requester and a decided request without its decider;
-the ledger transaction's reference is derived from the request, so it can post only once."""
+the ledger transaction's reference is derived from the request, so it can post only once.
+
+One below the threshold posts at once and is recorded here as well, ``applied``: requested
+and posted by the same person in one transaction, its ledger transaction linked, no decider
+(nobody else decided it; the database still refuses a requester as decider). So the audit
+trail, this list and reports see every staff adjustment, top-up and credit grant, not only
+the large ones (the ledger transaction's metadata alone is not in the trail)."""
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ class ApprovalStatus(models.TextChoices):
     APPROVED = "approved"
     REJECTED = "rejected"
     WITHDRAWN = "withdrawn"  # by its requester, before anyone decided
+    APPLIED = "applied"  # below the threshold: posted at once by its requester
 
 
 class ApprovalKind(models.TextChoices):
@@ -101,6 +109,12 @@ class AdjustmentRequest(models.Model):
                     decided_by__isnull=True,
                     decided_at__isnull=False,
                     ledger_transaction__isnull=True,
+                )
+                | Q(
+                    status=ApprovalStatus.APPLIED,
+                    decided_by__isnull=True,
+                    decided_at__isnull=False,
+                    ledger_transaction__isnull=False,
                 )
                 | Q(
                     status=ApprovalStatus.APPROVED,

@@ -1,8 +1,11 @@
-"""Four-eyes approval of large manual adjustments (``billing.models.AdjustmentRequest``).
+"""Staff adjustments, each one a row; four eyes on the large ones
+(``billing.models.AdjustmentRequest``).
 
 ``request_adjustment`` is how staff adjust a balance: below the currency's threshold
-(``ADJUSTMENT_APPROVAL_THRESHOLD``) it posts at once through ``adjust_balance``; at or above
-it, it stores a pending request. ``approve_adjustment`` by a second, different staff user
+(``ADJUSTMENT_APPROVAL_THRESHOLD``) it posts at once through ``adjust_balance`` and records
+the posting as an ``applied`` request (same transaction, the posting linked: every staff
+adjustment is a row the audit trail and the approvals list see); at or above it, it stores
+a pending request. ``approve_adjustment`` by a second, different staff user
 posts it — through ``adjust_balance`` as well, with a ledger reference derived from the
 request — and ``reject_adjustment`` closes it without posting. Admin top-ups
 (``request_top_up``) and admin credit grants funded as an adjustment or a promotion
@@ -53,14 +56,64 @@ def needs_approval(*, amount: Decimal, currency: str) -> bool:
 
 @dataclass(frozen=True)
 class AdjustmentOutcome:
-    """Posted (``transaction``; a credit grant's ``grant``) or waiting for approval
-    (``request``)."""
+    """Posted (``transaction``; a credit grant's ``grant``; ``record``, the ``applied``
+    request that records it) or waiting for approval (``request``)."""
 
     transaction: LedgerTransaction | None = None
     request: AdjustmentRequest | None = None
     grant: CreditGrant | None = None
+    record: AdjustmentRequest | None = None
 
 
+def _recorded(reference: str) -> AdjustmentRequest | None:
+    """The request a form's reference already made, if any: the same form submitted again
+    (say with another amount) returns what the first submission did, never a second one."""
+    return (
+        AdjustmentRequest.objects.select_related("ledger_transaction")
+        .filter(reference=reference)
+        .first()
+    )
+
+
+def _outcome_of(request: AdjustmentRequest) -> AdjustmentOutcome:
+    if request.status == ApprovalStatus.APPLIED:
+        return AdjustmentOutcome(transaction=request.ledger_transaction, record=request)
+    return AdjustmentOutcome(request=request)
+
+
+def _applied(
+    *,
+    kind: str,
+    customer: Customer,
+    currency: str,
+    amount: Decimal,
+    reason: str,
+    staff_user_id: int,
+    reference: str,
+    details: dict[str, Any],
+    posted: LedgerTransaction,
+) -> AdjustmentRequest:
+    """Record a posting below the threshold as an ``applied`` request: the requester posted
+    it, nobody else decided (``decided_by`` empty), ``decided_at`` is when it posted."""
+    request, _ = AdjustmentRequest.objects.get_or_create(
+        reference=reference,
+        defaults={
+            "kind": kind,
+            "customer": customer,
+            "currency": currency,
+            "amount": amount,
+            "reason": reason,
+            "requested_by_id": staff_user_id,
+            "details": details,
+            "status": ApprovalStatus.APPLIED,
+            "decided_at": timezone.now(),
+            "ledger_transaction": posted,
+        },
+    )
+    return request
+
+
+@transaction.atomic
 def request_adjustment(
     *,
     customer: Customer,
@@ -70,14 +123,17 @@ def request_adjustment(
     reference: str,
     currency: str | None = None,
 ) -> AdjustmentOutcome:
-    """A staff user's manual adjustment: posted now, or a pending request when it is large.
-    Idempotent by ``reference`` (the form's token): the same one posts or asks once."""
+    """A staff user's manual adjustment: posted now and recorded as an ``applied`` request,
+    or a pending request when it is large. Idempotent by ``reference`` (the form's token):
+    the same one posts or asks once."""
     reason = reason.strip()
     if not reason:
         raise errors.ValidationFailed("an adjustment needs a reason", param="reason")
     if amount == 0:
         raise errors.ValidationFailed("an adjustment cannot be zero", param="amount")
     wallet = wallet_for(customer=customer, currency=currency)
+    if (done := _recorded(reference)) is not None:
+        return _outcome_of(done)
     if not needs_approval(amount=amount, currency=wallet.currency):
         posted = adjust_balance(
             customer=customer,
@@ -87,7 +143,18 @@ def request_adjustment(
             currency=wallet.currency,
             reference=reference,
         )
-        return AdjustmentOutcome(transaction=posted)
+        record = _applied(
+            kind=ApprovalKind.ADJUSTMENT,
+            customer=customer,
+            currency=wallet.currency,
+            amount=amount,
+            reason=reason,
+            staff_user_id=staff_user_id,
+            reference=reference,
+            details={},
+            posted=posted,
+        )
+        return AdjustmentOutcome(transaction=posted, record=record)
     request, _ = AdjustmentRequest.objects.get_or_create(
         reference=reference,
         defaults={
@@ -127,6 +194,7 @@ def _ask(
     return AdjustmentOutcome(request=request)
 
 
+@transaction.atomic
 def request_top_up(
     *,
     customer: Customer,
@@ -137,9 +205,22 @@ def request_top_up(
     description: str = "",
 ) -> AdjustmentOutcome:
     """A staff user's top-up from the admin: posted now (``top_up``, reference
-    ``reference``), or a pending request at or above the threshold — whatever the
-    description says about a payment received. Idempotent by ``reference``."""
+    ``reference``) and recorded as an ``applied`` request, or a pending request at or above
+    the threshold — whatever the description says about a payment received. Idempotent by
+    ``reference``."""
     wallet = wallet_for(customer=customer, currency=currency)
+    if (done := _recorded(reference)) is not None:
+        return _outcome_of(done)
+    request: dict[str, Any] = {
+        "kind": ApprovalKind.TOP_UP,
+        "customer": customer,
+        "currency": wallet.currency,
+        "amount": amount,
+        "reason": description.strip() or "Top-up",
+        "staff_user_id": staff_user_id,
+        "reference": reference,
+        "details": {"description": description},
+    }
     if not needs_approval(amount=amount, currency=wallet.currency):
         posted = top_up(
             customer=customer,
@@ -150,19 +231,11 @@ def request_top_up(
             metadata={"source": "admin"},
             staff_user_id=staff_user_id,
         )
-        return AdjustmentOutcome(transaction=posted)
-    return _ask(
-        kind=ApprovalKind.TOP_UP,
-        customer=customer,
-        currency=wallet.currency,
-        amount=amount,
-        reason=description.strip() or "Top-up",
-        staff_user_id=staff_user_id,
-        reference=reference,
-        details={"description": description},
-    )
+        return AdjustmentOutcome(transaction=posted, record=_applied(**request, posted=posted))
+    return _ask(**request)
 
 
+@transaction.atomic
 def request_credit_grant(
     *,
     customer: Customer,
@@ -177,27 +250,34 @@ def request_credit_grant(
     """A staff user's credit grant from the admin. One funded as an adjustment or as a
     promotion (``GrantSource.ADJUSTMENT``, ``PROMOTIONAL``: credits from nowhere, one as
     much as the other) at or above the CREDITS threshold is a pending request; any other
-    is granted now. Idempotent by ``reference``."""
+    is granted now and recorded as an ``applied`` request. Idempotent by ``reference``."""
     from billing import credits
-    from billing.models import GrantSource
+    from billing.models import CreditGrant, GrantSource
 
+    if (done := _recorded(reference)) is not None:
+        outcome = _outcome_of(done)
+        if done.status != ApprovalStatus.APPLIED:
+            return outcome
+        grant = CreditGrant.objects.get(ledger_transaction=done.ledger_transaction)
+        return AdjustmentOutcome(transaction=outcome.transaction, grant=grant, record=done)
+    request: dict[str, Any] = {
+        "kind": ApprovalKind.CREDIT_GRANT,
+        "customer": customer,
+        "currency": credits.CREDITS,
+        "amount": amount,
+        "reason": name.strip() or "Credit grant",
+        "staff_user_id": staff_user_id,
+        "reference": reference,
+        "details": {
+            "name": name,
+            "source": source,
+            "priority": priority,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    }
     free = source in (GrantSource.ADJUSTMENT, GrantSource.PROMOTIONAL)
     if free and needs_approval(amount=amount, currency=credits.CREDITS):
-        return _ask(
-            kind=ApprovalKind.CREDIT_GRANT,
-            customer=customer,
-            currency=credits.CREDITS,
-            amount=amount,
-            reason=name.strip() or "Credit grant",
-            staff_user_id=staff_user_id,
-            reference=reference,
-            details={
-                "name": name,
-                "source": source,
-                "priority": priority,
-                "expires_at": expires_at.isoformat() if expires_at else None,
-            },
-        )
+        return _ask(**request)
     grant = credits.grant_credits(
         customer=customer,
         amount=amount,
@@ -208,7 +288,10 @@ def request_credit_grant(
         reference=reference,
         staff_user_id=staff_user_id,
     )
-    return AdjustmentOutcome(transaction=grant.ledger_transaction, grant=grant)
+    posted = grant.ledger_transaction
+    assert posted is not None
+    record = _applied(**request, posted=posted)
+    return AdjustmentOutcome(transaction=posted, grant=grant, record=record)
 
 
 def _post(request: AdjustmentRequest, approver_id: int) -> LedgerTransaction:

@@ -3,8 +3,9 @@ portal, so the ingest path is untouched):
 
 - ``AdminAuditContextMiddleware``: every write made by an admin request runs inside a
   django-pghistory context carrying the staff user, the page and the reason typed on the
-  form (a ``reason``, ``void_reason`` or ``decision_note`` field). The history triggers
-  (``billing.models.audit``) attach it to each event they record.
+  form (a ``reason``, ``void_reason`` or ``decision_note`` field; a view names another with
+  ``record_reason``). The history triggers (``billing.models.audit``) attach it to each
+  event they record.
 - ``AdminTwoFactorMiddleware``: a staff session not verified by a two-factor device
   (django-otp) of a user who has a confirmed device is signed out and sent to the admin's
   sign-in page, which asks for the device's code (``billing.admin.staff_security``): a
@@ -37,6 +38,15 @@ def staff_reason(request: HttpRequest) -> str:
         if value:
             return value[:500]
     return ""
+
+
+def record_reason(text: str) -> None:
+    """Add ``text`` as the reason of the admin request's audit context, for a form whose
+    justification has another name than ``reason`` (a top-up's description, a credit
+    grant's name). Outside a context (not an admin write) it does nothing."""
+    text = text.strip()
+    if text:
+        pghistory.context(reason=text[:500])
 
 
 class AdminAuditContextMiddleware:

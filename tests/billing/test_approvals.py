@@ -101,7 +101,43 @@ def test_a_small_adjustment_posts_at_once(thresholds, people):
     outcome = ask(customer, alice, "499")
     assert outcome.request is None and outcome.transaction is not None
     assert available(customer) == Decimal(599)
-    assert not AdjustmentRequest.objects.exists()
+    # recorded, not waiting: an applied request linked to its posting, no decider
+    record = AdjustmentRequest.objects.get()
+    assert record == outcome.record and record.status == ApprovalStatus.APPLIED
+    assert (record.ledger_transaction, record.decided_by) == (outcome.transaction, None)
+
+
+@pytest.mark.django_db
+def test_an_applied_adjustment_cannot_be_approved_rejected_or_withdrawn(thresholds, people):
+    alice, bob, _ = people
+    record = ask(CustomerFactory(funds=100), alice, "10").record
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.approve_adjustment(request_id=record.pk, approver_id=bob.pk)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.reject_adjustment(request_id=record.pk, decider_id=bob.pk)
+    with pytest.raises(errors.AdjustmentAlreadyDecided):
+        services.withdraw_adjustment(request_id=record.pk, staff_user_id=alice.pk)
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_an_applied_request_without_its_posting(thresholds, people):
+    alice, _, _ = people
+    record = ask(CustomerFactory(funds=100), alice, "10").record
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AdjustmentRequest.objects.filter(pk=record.pk).update(ledger_transaction=None)
+
+
+@pytest.mark.django_db
+def test_a_form_submitted_again_with_another_amount_returns_the_first(thresholds, people):
+    """The token is the form's: a second submission of the same page (the amount changed
+    after a back button, say) neither posts again nor asks for approval."""
+    alice, _, _ = people
+    customer = CustomerFactory(funds=100)
+    first = ask(customer, alice, "10", reference="form-1")
+    again = ask(customer, alice, "900", reference="form-1")
+    assert again.request is None and again.transaction == first.transaction
+    assert available(customer) == Decimal(110)
+    assert AdjustmentRequest.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -456,7 +492,8 @@ def test_admin_small_top_up_posts_at_once(client, thresholds, people):
     response = client.post(url, {**form_initial(client, url), "amount": "499"})
     assert response.status_code == 302
     assert available(customer) == Decimal(599)
-    assert not AdjustmentRequest.objects.exists()
+    record = AdjustmentRequest.objects.get()
+    assert (record.kind, record.status, record.requested_by) == ("top_up", "applied", alice)
 
 
 @pytest.mark.django_db
@@ -522,12 +559,12 @@ def test_admin_small_credit_grants_are_granted_at_once_large_promotional_ones_wa
     base.pop("expires_at", None)
     client.post(url, {**base, "amount": "999", "source": GrantSource.PROMOTIONAL})
     assert CreditGrant.objects.filter(customer=customer).count() == 2
-    assert not AdjustmentRequest.objects.exists()
+    assert set(AdjustmentRequest.objects.values_list("status", flat=True)) == {"applied"}
     base = {**form_initial(client, url), "name": "big pack"}
     base.pop("expires_at", None)
     client.post(url, {**base, "amount": "5000", "source": GrantSource.PROMOTIONAL})
     assert CreditGrant.objects.filter(customer=customer).count() == 2
-    request = AdjustmentRequest.objects.get()
+    request = AdjustmentRequest.objects.get(status=ApprovalStatus.PENDING)
     assert (request.kind, request.amount, request.details["source"]) == (
         "credit_grant",
         Decimal("5000"),
