@@ -34,7 +34,14 @@ from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
 from billing.admin.projects import CustomerProjectsMixin
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
 from billing.errors import BillingError
-from billing.models import Customer, MarginOverride, Plan, Subscription, SubscriptionStatus
+from billing.models import (
+    CollectionMethod,
+    Customer,
+    MarginOverride,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
 from ledger.admin import EstimatedCountPaginator, ReadOnlyInline, system_currencies, values_filter
 
 RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
@@ -51,12 +58,23 @@ COLLECTION_FIELDS = ("collection_method", "days_until_due")
 class CollectionTermsForm(forms.ModelForm):
     """The collection method and its payment terms, as ``services.collection_terms`` takes
     them: send_invoice without days gets the default, days with charge_automatically are
-    refused (they would do nothing)."""
+    refused (they would do nothing). A method left out of a post stays as it is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "collection_method" in self.fields:
+            self.fields["collection_method"].required = False
 
     def clean(self):
         super().clean()
         data = self.cleaned_data
         if "collection_method" in data:
+            # left out: as it is (a new customer: charged automatically)
+            data["collection_method"] = data["collection_method"] or (
+                self.instance.collection_method
+                if self.instance.pk
+                else CollectionMethod.CHARGE_AUTOMATICALLY
+            )
             try:
                 data["days_until_due"] = services.collection_terms(
                     collection_method=data["collection_method"],

@@ -60,6 +60,9 @@ class Customer(models.Model):
         max_length=20,
         choices=CollectionMethod.choices,
         default=CollectionMethod.CHARGE_AUTOMATICALLY,
+        # also the column's default: bulk seeding (bench, the reads-at-scale tests) inserts
+        # customers in SQL that names only the columns it sets
+        db_default=CollectionMethod.CHARGE_AUTOMATICALLY,
     )
     days_until_due = models.PositiveSmallIntegerField(
         null=True,
