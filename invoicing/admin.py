@@ -71,7 +71,11 @@ def offline_notice() -> str | None:
         return NO_PROVIDER_NOTICE
     from django.conf import settings
 
-    auto = " at once (OFFLINE_AUTO_PAY)" if settings.OFFLINE_AUTO_PAY else " when staff record them"
+    auto = (
+        " at once (OFFLINE_AUTO_PAY; those of customers who pay by invoice, send_invoice, wait)"
+        if settings.OFFLINE_AUTO_PAY
+        else " when staff record them"
+    )
     return OFFLINE_NOTICE.format(auto=auto)
 
 

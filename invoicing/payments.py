@@ -5,6 +5,10 @@ through Stripe (a PaymentIntent, off-session); a decline makes it past due and i
 on the dunning schedule (``invoicing.services.record_payment_failure``). Invoices and
 top-ups can also be paid on a Stripe Checkout page; the webhook records the payment.
 
+A customer whose collection method is ``send_invoice`` is never charged at finalization
+(``collect_automatically``): its invoice is due ``days_until_due`` later and waits for the
+customer (the portal's pay button) or for finance to record a transfer.
+
 Without a key, payments run in **offline mode** only when it is asked for
 (``PAYMENTS_OFFLINE=1``: the demo, a laptop): a finalized invoice is recorded as paid
 through the ``@OfflinePayments`` clearing account at once (or, with ``OFFLINE_AUTO_PAY=0``,
@@ -30,7 +34,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import services as billing_services
-from billing.models import Customer
+from billing.models import CollectionMethod, Customer
 from invoicing import errors, services, stripe_gateway
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceStatus, Payment, PaymentProvider
 from invoicing.money import to_minor_unit, to_minor_units_int
@@ -89,6 +93,17 @@ def collect_payment(*, invoice_id: int) -> Payment | None:
     """Try to collect what the invoice still owes; the payment, or None. Safe to call again:
     an attempt is keyed by the invoice and its attempt number, at Stripe and here."""
     return collect(invoice_id=invoice_id).payment
+
+
+def collect_automatically(*, invoice_id: int) -> Collection:
+    """The collection a finalization starts: ``collect`` for a customer charged
+    automatically; nothing for a send_invoice customer (Stripe's ``collection_method``),
+    whose invoice is sent with a due date and waits for a transfer recorded by finance or
+    the portal's pay button — neither the provider's charge nor the offline auto-pay."""
+    invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
+    if invoice.customer.collection_method == CollectionMethod.SEND_INVOICE:
+        return Collection("skipped", message="send_invoice: the customer pays by the due date")
+    return collect(invoice_id=invoice_id)
 
 
 def collect(*, invoice_id: int) -> Collection:

@@ -67,7 +67,8 @@ def finalize_invoice(invoice_id: int, as_of: str | None = None) -> str:
 
 @shared_task(acks_late=True)
 def invoice_finalized(invoice_id: int) -> None:
-    """After a finalization has committed: the PDF, the e-mail, then collecting payment."""
+    """After a finalization has committed: collecting payment (a customer charged
+    automatically), then the PDF and the e-mail."""
     services.after_finalization(invoice_id=invoice_id)
 
 

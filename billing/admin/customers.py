@@ -33,7 +33,15 @@ from billing.admin.customer_summary import CustomerSummaryMixin
 from billing.admin.portal_users import CustomerInviteView, PortalMemberInline
 from billing.admin.projects import CustomerProjectsMixin
 from billing.admin.wallets import CustomerMoneyViews, WalletInline
-from billing.models import Customer, MarginOverride, Plan, Subscription, SubscriptionStatus
+from billing.errors import BillingError
+from billing.models import (
+    CollectionMethod,
+    Customer,
+    MarginOverride,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
 from ledger.admin import EstimatedCountPaginator, ReadOnlyInline, system_currencies, values_filter
 
 RECENT_ACTIVITY = 20  # ledger transactions shown on a customer's page
@@ -44,7 +52,49 @@ ADDRESS_FIELDS = ("address_line1", "address_line2", "city", "state", "postal_cod
 CUSTOMER_EDITABLE = services.CUSTOMER_EDITABLE
 
 
-class CustomerCreateForm(forms.ModelForm):
+COLLECTION_FIELDS = ("collection_method", "days_until_due")
+
+
+class CollectionTermsForm(forms.ModelForm):
+    """The collection method and its payment terms, as ``services.collection_terms`` takes
+    them: send_invoice without days gets the default, days with charge_automatically are
+    refused (they would do nothing). A method left out of a post stays as it is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "collection_method" in self.fields:
+            self.fields["collection_method"].required = False
+
+    def clean(self):
+        super().clean()
+        data = self.cleaned_data
+        if "collection_method" in data:
+            # left out: as it is (a new customer: charged automatically)
+            data["collection_method"] = data["collection_method"] or (
+                self.instance.collection_method
+                if self.instance.pk
+                else CollectionMethod.CHARGE_AUTOMATICALLY
+            )
+            try:
+                data["days_until_due"] = services.collection_terms(
+                    collection_method=data["collection_method"],
+                    days_until_due=data.get("days_until_due"),
+                )
+            except BillingError as error:
+                self.add_error("days_until_due", error.message)
+        return data
+
+
+class CustomerChangeForm(CollectionTermsForm):
+    """The change page's form: the admin lists its fields (the fieldsets, less the
+    read-only ones)."""
+
+    class Meta:
+        model = Customer
+        fields = [*sorted(CUSTOMER_EDITABLE), *COLLECTION_FIELDS]
+
+
+class CustomerCreateForm(CollectionTermsForm):
     external_id = forms.RegexField(
         EXTERNAL_ID_RE,
         max_length=200,
@@ -68,6 +118,7 @@ class CustomerCreateForm(forms.ModelForm):
             "email",
             "currency",
             "billing_mode",
+            *COLLECTION_FIELDS,
             *ADDRESS_FIELDS,
             "tax_id",
             "metadata",
@@ -170,6 +221,7 @@ class CustomerAdmin(
     ordering = ("-created_at", "-id")
     show_full_result_count = False
     paginator = EstimatedCountPaginator
+    form = CustomerChangeForm
     fieldsets = (
         (None, {"fields": ("external_id", "name", "email", "tax_id", "metadata")}),
         ("Address", {"fields": ADDRESS_FIELDS}),
@@ -179,6 +231,7 @@ class CustomerAdmin(
                 "fields": (
                     "currency",
                     "billing_mode",
+                    *COLLECTION_FIELDS,
                     "stripe_customer_id",
                     "created_at",
                     "updated_at",
@@ -273,6 +326,7 @@ class CustomerAdmin(
             fieldsets=[
                 (None, {"fields": ["external_id", "name", "email", "tax_id", "metadata"]}),
                 ("Wallet", {"fields": ["currency", "billing_mode", "credit_limit"]}),
+                ("Collection", {"fields": list(COLLECTION_FIELDS)}),
                 ("Address", {"fields": list(ADDRESS_FIELDS)}),
             ],
         )
@@ -283,6 +337,12 @@ class CustomerAdmin(
         fields = [f for f in form.changed_data if f in CUSTOMER_EDITABLE]
         if fields:
             services.update_customer(customer=obj, **{f: getattr(obj, f) for f in fields})
+        if set(form.changed_data) & set(COLLECTION_FIELDS):
+            services.edit_customer(
+                customer=obj,
+                collection_method=obj.collection_method,
+                days_until_due=obj.days_until_due,
+            )
 
     # The pages of money (top-ups, adjustments: wallets), credits and portal invitations.
 

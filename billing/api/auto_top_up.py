@@ -18,7 +18,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from billing import selectors, services
-from billing.api.fields import Money, StrictSerializer
+from billing.api.fields import Money, StrictIntegerField, StrictSerializer
 from billing.api.query import APIView
 from billing.api.views import errors
 from billing.models import AutoTopUp, AutoTopUpAttempt
@@ -35,15 +35,6 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             raise serializers.ValidationError("must be true or false", code="invalid")
         return data
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer (not a string, a fraction or a boolean)."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            raise serializers.ValidationError("must be a JSON integer", code="invalid")
-        return super().to_internal_value(data)
 
 
 class AutoTopUpInputSerializer(StrictSerializer):

@@ -109,6 +109,15 @@ class StrictBoolean(serializers.BooleanField):
         self.fail("invalid")
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer (not a string, a fraction or a boolean)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("must be a JSON integer", code="invalid")
+        return super().to_internal_value(data)
+
+
 class StrictDecimal(serializers.DecimalField):
     """DRF's DecimalField, except that a blank string is not read as null: only an explicit
     null is null (where allowed), and "" is not a number (400 invalid_parameter)."""

@@ -31,7 +31,7 @@ from billing.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from billing.api.pagination import paginate
 from billing.api.query import CREATED_HELP
 from billing.api.views import errors
-from billing.models import BillingMode, SubscriptionStatus
+from billing.models import BillingMode, CollectionMethod, SubscriptionStatus
 
 # --- customers ----------------------------------------------------------------------------
 
@@ -49,6 +49,10 @@ class CustomerUpdateSerializer(StrictSerializer):
     metadata = MetadataField(
         default=serializers.empty, help_text="Replaces the whole metadata object."
     )
+    collection_method = serializers.ChoiceField(
+        choices=CollectionMethod.choices, required=False, help_text=s.COLLECTION_METHOD_HELP
+    )
+    days_until_due = s.days_until_due_field()
     credit_limit = Money(
         required=False,
         allow_null=True,
@@ -101,7 +105,8 @@ class CustomerDetailUpdateView(views.CustomerDetailView):
     @extend_schema(
         operation_id="customers_update",
         tags=["customers"],
-        summary="Update a customer's name, e-mail, address, tax id, metadata or credit limit",
+        summary="Update a customer's name, e-mail, address, tax id, metadata, collection "
+        "method or credit limit",
         description="A partial update: only the fields sent change, and sending the same "
         "body again changes nothing. Unknown fields are refused (unknown_parameter). The "
         "credit limit moves the ledger wallet's overdraft floor in the same transaction; "

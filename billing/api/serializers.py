@@ -22,11 +22,14 @@ from billing.api.fields import (
     StrictBoolean,
     StrictDecimal,
     StrictInputMixin,
+    StrictIntegerField,
     StrictSerializer,
 )
 from billing.models import (
+    MAX_DAYS_UNTIL_DUE,
     Aggregation,
     BillingMode,
+    CollectionMethod,
     ConsumptionModel,
     Customer,
     GrantCadence,
@@ -149,6 +152,8 @@ class CustomerSerializer(serializers.ModelSerializer):
             "email",
             "currency",
             "billing_mode",
+            "collection_method",
+            "days_until_due",
             "address",
             "tax_id",
             "metadata",
@@ -225,6 +230,25 @@ def customer_payloads(customers: list[Customer]) -> list[dict]:
     return list(page.data)  # (a ReturnList; typed as the dict a single instance gives)
 
 
+COLLECTION_METHOD_HELP = (
+    "charge_automatically (default): finalizing an invoice charges the customer's saved "
+    "card through the payment provider. send_invoice: the invoice is sent with a due date "
+    "(days_until_due after finalization) and waits for the customer to pay (a transfer "
+    "recorded by finance, or the portal's pay button); nothing is charged automatically."
+)
+
+
+def days_until_due_field() -> StrictIntegerField:
+    return StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=MAX_DAYS_UNTIL_DUE,
+        help_text="send_invoice only: the invoice is due this many days after finalization "
+        "(default 30). Refused with charge_automatically (null there).",
+    )
+
+
 class CustomerCreateSerializer(StrictSerializer):
     external_id = serializers.RegexField(
         r"^[A-Za-z0-9._:@\-]{1,200}$",
@@ -244,6 +268,12 @@ class CustomerCreateSerializer(StrictSerializer):
         min_value=Decimal(0),
         help_text="Postpaid only: the overdraft limit; omit for none.",
     )
+    collection_method = serializers.ChoiceField(
+        choices=CollectionMethod.choices,
+        default=CollectionMethod.CHARGE_AUTOMATICALLY,
+        help_text=COLLECTION_METHOD_HELP,
+    )
+    days_until_due = days_until_due_field()
     address = AddressSerializer(required=False)
     tax_id = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     metadata = MetadataField()

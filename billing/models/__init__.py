@@ -58,7 +58,15 @@ from billing.models.credits import (
     GrantStatus,
 )
 from billing.models.currencies import CurrencySetting
-from billing.models.customers import BillingMode, Customer, PortalMember, Wallet
+from billing.models.customers import (
+    DEFAULT_DAYS_UNTIL_DUE,
+    MAX_DAYS_UNTIL_DUE,
+    BillingMode,
+    CollectionMethod,
+    Customer,
+    PortalMember,
+    Wallet,
+)
 from billing.models.outbox import EventType, OutboundEvent
 from billing.models.plan_credits import (
     GrantCadence,
@@ -106,6 +114,9 @@ __all__ = [
     "PRICE_PLACES",
     "price_field",
     "BillingMode",
+    "CollectionMethod",
+    "DEFAULT_DAYS_UNTIL_DUE",
+    "MAX_DAYS_UNTIL_DUE",
     "CurrencySetting",
     "Customer",
     "PortalMember",

@@ -18,6 +18,23 @@ class BillingMode(models.TextChoices):
     POSTPAID = "postpaid", "Postpaid (overdraft up to the credit limit, invoiced)"
 
 
+class CollectionMethod(models.TextChoices):
+    """How a finalized invoice gets paid (Stripe's ``collection_method``)."""
+
+    CHARGE_AUTOMATICALLY = (
+        "charge_automatically",
+        "Charge automatically (the payment provider charges the saved card at finalization)",
+    )
+    SEND_INVOICE = (
+        "send_invoice",
+        "Send invoice (due days_until_due after finalization; paid by transfer or the portal)",
+    )
+
+
+DEFAULT_DAYS_UNTIL_DUE = 30
+MAX_DAYS_UNTIL_DUE = 365
+
+
 class Customer(models.Model):
     external_id = models.CharField(max_length=200, unique=True)
     name = models.CharField(max_length=200)
@@ -34,6 +51,24 @@ class Customer(models.Model):
     country = models.CharField(max_length=2, blank=True, default="", help_text="ISO 3166-1")
     tax_id = models.CharField(max_length=50, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    # charge_automatically: finalizing starts collection (Stripe's charge, or the demo's
+    # offline auto-pay); the invoice is due INVOICE_PAYMENT_TERMS_DAYS later (what a
+    # declined charge leaves). send_invoice: nothing is collected automatically; the
+    # invoice is due days_until_due after finalization and waits for a recorded transfer
+    # or the portal's pay button. days_until_due is set exactly for send_invoice.
+    collection_method = models.CharField(
+        max_length=20,
+        choices=CollectionMethod.choices,
+        default=CollectionMethod.CHARGE_AUTOMATICALLY,
+        # also the column's default: bulk seeding (bench, the reads-at-scale tests) inserts
+        # customers in SQL that names only the columns it sets
+        db_default=CollectionMethod.CHARGE_AUTOMATICALLY,
+    )
+    days_until_due = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Send invoice only: the invoice is due this many days after finalization.",
+    )
     stripe_customer_id = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
@@ -42,6 +77,20 @@ class Customer(models.Model):
         # the admin's list, newest first: read from this index a page at a time, never the
         # whole table sorted (docs/benchmarks.md, Session 11)
         indexes = [models.Index(fields=["-created_at", "-id"], name="billing_customer_newest")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    collection_method=CollectionMethod.CHARGE_AUTOMATICALLY,
+                    days_until_due__isnull=True,
+                )
+                | Q(
+                    collection_method=CollectionMethod.SEND_INVOICE,
+                    days_until_due__gte=0,
+                    days_until_due__lte=MAX_DAYS_UNTIL_DUE,
+                ),
+                name="billing_customer_collection_terms",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.external_id})"

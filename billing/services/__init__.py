@@ -1,6 +1,7 @@
 """Writes of the commercial core. Money moves only through ``ledger.services``.
 
-    customers      create_customer, update_customer, edit_customer (fields and credit limit)
+    customers      create_customer, update_customer, edit_customer (fields, collection method
+                   and credit limit), collection_terms
     wallets        create_wallet, wallet_for, ensure_wallet, set_credit_limit, top_up,
                    adjust_balance; customer_account, usage_account (the TOKENS account)
     plans          create_meter, ensure_meter, rename_meter; PlanSpec, ChargeSpec, TierSpec,
@@ -48,6 +49,7 @@ from billing.services.auto_top_up import (
 from billing.services.customers import (
     CUSTOMER_EDITABLE,
     KEEP,
+    collection_terms,
     create_customer,
     edit_customer,
     update_customer,
@@ -158,6 +160,7 @@ __all__ = [
     "emit_subscription_event",
     "change_subscription",
     "create_api_key",
+    "collection_terms",
     "create_customer",
     "create_meter",
     "create_subscription",

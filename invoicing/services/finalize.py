@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from billing import services as billing_services
-from billing.models import EventType, Subscription
+from billing.models import CollectionMethod, Customer, EventType, Subscription
 from invoicing import errors
 from invoicing.events import emit_invoice_event
 from invoicing.models import Invoice, InvoiceKind, InvoiceStatus, LineKind
@@ -71,6 +71,14 @@ def _recompute(invoice: Invoice) -> None:
     invoice.lines.all().delete()
     write_lines(invoice, draft.lines)
     apply_figures(invoice, draft)
+
+
+def payment_terms(customer: Customer) -> timedelta:
+    """How long after finalization an invoice is due: a send_invoice customer's own
+    ``days_until_due``; ``INVOICE_PAYMENT_TERMS_DAYS`` for one charged automatically."""
+    if customer.collection_method == CollectionMethod.SEND_INVOICE:
+        return timedelta(days=customer.days_until_due or 0)
+    return timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
 
 
 @transaction.atomic
@@ -138,7 +146,7 @@ def finalize_invoice(*, invoice_id: int, now: datetime | None = None) -> Invoice
     invoice.balance_applied = applied
     invoice.amount_due = invoice.total - applied
     invoice.finalized_at = now
-    invoice.due_at = now + timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
+    invoice.due_at = now + payment_terms(customer)
     invoice.ledger_transaction_id = posted[0].pk if posted else None
     if invoice.amount_due == 0:
         invoice.status, invoice.paid_at = InvoiceStatus.PAID, now
@@ -183,16 +191,18 @@ def invoices_without_follow_up(*, now: datetime | None = None, limit: int = 500)
 
 
 def after_finalization(*, invoice_id: int) -> None:
-    """What follows a committed finalization, each step idempotent: collecting payment, then
-    the PDF and the e-mail to the customer — in that order, so that an invoice charged or
-    paid offline at once is sent as paid, not as "Amount due". The PDF and the e-mail
-    follow even when collecting raised (the error is raised after them)."""
+    """What follows a committed finalization, each step idempotent: collecting payment (for
+    a customer charged automatically; a send_invoice customer's invoice waits for the
+    customer to pay by its due date), then the PDF and the e-mail to the customer — in that
+    order, so that an invoice charged or paid offline at once is sent as paid, not as
+    "Amount due". The PDF and the e-mail follow even when collecting raised (the error is
+    raised after them)."""
     from invoicing import emails, payments, pdf
 
     if not Invoice.objects.filter(pk=invoice_id).exists():
         return  # a task outliving its invoice's database (a test run's): nothing to do
     try:
-        payments.collect_payment(invoice_id=invoice_id)
+        payments.collect_automatically(invoice_id=invoice_id)
     finally:
         pdf.store_invoice_pdf(invoice_id=invoice_id)
         emails.send_invoice_email(invoice_id=invoice_id)

@@ -51,6 +51,8 @@ def test_create_a_prepaid_customer_with_defaults(api):
         "email": "",
         "currency": "USD",
         "billing_mode": "prepaid",
+        "collection_method": "charge_automatically",
+        "days_until_due": None,
         "address": EMPTY_ADDRESS,
         "tax_id": "",
         "metadata": {},
@@ -102,6 +104,8 @@ def test_create_a_postpaid_customer_with_every_field(api):
         "email": "billing@acme.test",
         "currency": "EUR",
         "billing_mode": "postpaid",
+        "collection_method": "charge_automatically",
+        "days_until_due": None,
         "address": {
             "line1": "Hauptstraße 1",
             "line2": "2. OG",

@@ -104,7 +104,14 @@ def reload(invoice: Invoice) -> Invoice:
 
 @pytest.mark.parametrize(
     ("auto_pay", "tail"),
-    [(True, "account at once (OFFLINE_AUTO_PAY)."), (False, "account when staff record them.")],
+    [
+        (
+            True,
+            "account at once (OFFLINE_AUTO_PAY; those of customers who pay by invoice, "
+            "send_invoice, wait).",
+        ),
+        (False, "account when staff record them."),
+    ],
     ids=["auto-pay", "by-hand"],
 )
 def test_without_a_stripe_key_every_invoice_page_says_payments_are_offline(

@@ -14,8 +14,9 @@ adjustment of acme's waiting for approval (docs/finance-admin.md).
 Three more customers (stark, wayne, tyrell) have a finance history: subscriptions that
 began months ago, LLM usage in every period, and their ended periods closed and finalized
 as of each period's end, the older invoices paid (a bank transfer recorded), the last
-ones still owed: the finance home's revenue per month, MRR change, receivables by age and
-top customers read them.
+ones still owed (they pay by invoice, collection method send_invoice: nothing charges
+them automatically, not even the demo's offline auto-pay): the finance home's revenue per
+month, MRR change, receivables by age and top customers read them.
 
 Idempotent: customers are created once, every posting has a fixed reference, and an
 unchanged pricing file changes nothing. Safe to run at every start."""
@@ -41,6 +42,7 @@ from billing.models import (
     AlertScope,
     AutoTopUp,
     BillingMode,
+    CollectionMethod,
     Customer,
     SubscriptionStatus,
     WebhookEndpoint,
@@ -295,16 +297,18 @@ def _seed_history(started) -> int:
 
 # Customers with months of history (see the module's docstring): external_id, name, plan,
 # how many monthly periods ago it began, LLM calls per period, how many of its newest
-# invoices are left owed. Finalized a day after their period's end and due
-# INVOICE_PAYMENT_TERMS_DAYS (30) later: the newest is current, the third newest past due.
-# In make run's offline mode (OFFLINE_AUTO_PAY) the worker's follow-up of each finalization
-# pays what is owed within seconds; with Stripe, a customer without a card stays owing.
+# invoices are left owed. They pay by invoice (collection method send_invoice, as customers
+# on net terms do): finalizing charges nothing — neither Stripe nor make run's offline
+# auto-pay (OFFLINE_AUTO_PAY) in the worker's follow-up — so what is owed stays owed.
+# Finalized a day after their period's end and due FINANCE_HISTORY_DAYS_UNTIL_DUE later:
+# the newest is current whatever today's date, the third newest past due.
 FINANCE_HISTORY = [
     ("stark", "Stark Analytics", "scale", 5, 30, 3),
     ("wayne", "Wayne Media", "pro", 4, 24, 2),
     ("tyrell", "Tyrell Research", "batch", 3, 18, 1),
 ]
 FINANCE_HISTORY_FINALIZED_AFTER = timedelta(days=1)
+FINANCE_HISTORY_DAYS_UNTIL_DUE = 30
 
 
 def _seed_finance_history(now) -> str:
@@ -324,6 +328,8 @@ def _seed_finance_history(now) -> str:
             billing_mode=BillingMode.POSTPAID,
             credit_limit=None,
             country="US",
+            collection_method=CollectionMethod.SEND_INVOICE,
+            days_until_due=FINANCE_HISTORY_DAYS_UNTIL_DUE,
         )
         month = midnight(now).replace(day=1)
         for _ in range(months):
