@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0038_audit_previous_version_indexes'),
+        ('billing', '0039_adjustment_request_applied'),
     ]
 
     operations = [
