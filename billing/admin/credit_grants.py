@@ -21,6 +21,7 @@ from billing.admin.common import (
     ExactDecimalField,
     ServiceFormMixin,
     admin_link,
+    date_cell,
     money,
     money_cell,
     timestamp,
@@ -222,13 +223,13 @@ class CreditGrantAdmin(ReadOnlyAdmin):
         "customer",
         "name",
         "source",
-        "priority",
         "granted",
         "left",
         "status",
-        "expires_at",
-        "created_at",
+        "expires",
     )
+    # priority and the creation time on the grant's page: with them the list was 1,123 px
+    # wide at 1280 px with the sidebar open (about 900 px for the table)
     list_filter = (GrantLiveFilter, "status", "source")
     search_fields = ("customer__external_id", "customer__name", "name", "reference")
     list_select_related = ("customer",)
@@ -259,6 +260,10 @@ class CreditGrantAdmin(ReadOnlyAdmin):
     @admin.display(description="left", ordering="remaining")
     def left(self, grant):
         return money_cell(grant.remaining, grant.currency)
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires(self, grant):
+        return date_cell(grant.expires_at) if grant.expires_at else "never"
 
     @admin.display(description="ledger transaction")
     def funding_transaction(self, grant):
