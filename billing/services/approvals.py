@@ -81,7 +81,7 @@ def _outcome_of(request: AdjustmentRequest) -> AdjustmentOutcome:
     return AdjustmentOutcome(request=request)
 
 
-def _applied(
+def _record(
     *,
     kind: str,
     customer: Customer,
@@ -91,10 +91,10 @@ def _applied(
     staff_user_id: int,
     reference: str,
     details: dict[str, Any],
-    posted: LedgerTransaction,
+    **decision: Any,
 ) -> AdjustmentRequest:
-    """Record a posting below the threshold as an ``applied`` request: the requester posted
-    it, nobody else decided (``decided_by`` empty), ``decided_at`` is when it posted."""
+    """The request under ``reference``, made with these terms (and ``decision``'s fields)
+    unless it exists: the form's token makes a second submission find the first."""
     request, _ = AdjustmentRequest.objects.get_or_create(
         reference=reference,
         defaults={
@@ -105,12 +105,21 @@ def _applied(
             "reason": reason,
             "requested_by_id": staff_user_id,
             "details": details,
-            "status": ApprovalStatus.APPLIED,
-            "decided_at": timezone.now(),
-            "ledger_transaction": posted,
+            **decision,
         },
     )
     return request
+
+
+def _applied(*, posted: LedgerTransaction, **terms: Any) -> AdjustmentRequest:
+    """Record a posting below the threshold as an ``applied`` request: the requester posted
+    it, nobody else decided (``decided_by`` empty), ``decided_at`` is when it posted."""
+    return _record(
+        **terms,
+        status=ApprovalStatus.APPLIED,
+        decided_at=timezone.now(),
+        ledger_transaction=posted,
+    )
 
 
 @transaction.atomic
@@ -155,43 +164,21 @@ def request_adjustment(
             posted=posted,
         )
         return AdjustmentOutcome(transaction=posted, record=record)
-    request, _ = AdjustmentRequest.objects.get_or_create(
+    return _ask(
+        kind=ApprovalKind.ADJUSTMENT,
+        customer=customer,
+        currency=wallet.currency,
+        amount=amount,
+        reason=reason,
+        staff_user_id=staff_user_id,
         reference=reference,
-        defaults={
-            "customer": customer,
-            "currency": wallet.currency,
-            "amount": amount,
-            "reason": reason,
-            "requested_by_id": staff_user_id,
-        },
+        details={},
     )
-    return AdjustmentOutcome(request=request)
 
 
-def _ask(
-    *,
-    kind: str,
-    customer: Customer,
-    currency: str,
-    amount: Decimal,
-    reason: str,
-    staff_user_id: int,
-    reference: str,
-    details: dict[str, Any],
-) -> AdjustmentOutcome:
-    request, _ = AdjustmentRequest.objects.get_or_create(
-        reference=reference,
-        defaults={
-            "kind": kind,
-            "customer": customer,
-            "currency": currency,
-            "amount": amount,
-            "reason": reason,
-            "requested_by_id": staff_user_id,
-            "details": details,
-        },
-    )
-    return AdjustmentOutcome(request=request)
+def _ask(**terms: Any) -> AdjustmentOutcome:
+    """A request waiting for a second person (``_record``'s terms)."""
+    return AdjustmentOutcome(request=_record(**terms))
 
 
 @transaction.atomic
