@@ -143,6 +143,16 @@ def request_adjustment(
     wallet = wallet_for(customer=customer, currency=currency)
     if (done := _recorded(reference)) is not None:
         return _outcome_of(done)
+    request: dict[str, Any] = {
+        "kind": ApprovalKind.ADJUSTMENT,
+        "customer": customer,
+        "currency": wallet.currency,
+        "amount": amount,
+        "reason": reason,
+        "staff_user_id": staff_user_id,
+        "reference": reference,
+        "details": {},
+    }
     if not needs_approval(amount=amount, currency=wallet.currency):
         posted = adjust_balance(
             customer=customer,
@@ -152,28 +162,8 @@ def request_adjustment(
             currency=wallet.currency,
             reference=reference,
         )
-        record = _applied(
-            kind=ApprovalKind.ADJUSTMENT,
-            customer=customer,
-            currency=wallet.currency,
-            amount=amount,
-            reason=reason,
-            staff_user_id=staff_user_id,
-            reference=reference,
-            details={},
-            posted=posted,
-        )
-        return AdjustmentOutcome(transaction=posted, record=record)
-    return _ask(
-        kind=ApprovalKind.ADJUSTMENT,
-        customer=customer,
-        currency=wallet.currency,
-        amount=amount,
-        reason=reason,
-        staff_user_id=staff_user_id,
-        reference=reference,
-        details={},
-    )
+        return AdjustmentOutcome(transaction=posted, record=_applied(**request, posted=posted))
+    return _ask(**request)
 
 
 def _ask(**terms: Any) -> AdjustmentOutcome:
