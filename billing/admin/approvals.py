@@ -18,6 +18,37 @@ from billing.admin.common import ServiceFormMixin, admin_link, money, timestamp
 from billing.models import AdjustmentRequest, ApprovalStatus
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """Status, pending by default: the list opens on what waits for a decision (the
+    approver's queue); "All" shows every request, the applied ones included."""
+
+    title = "status"
+    parameter_name = "status"
+    ALL = "all"
+
+    def lookups(self, request, model_admin):
+        return [*ApprovalStatus.choices, (self.ALL, "All")]
+
+    def value(self):
+        return super().value() or ApprovalStatus.PENDING
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == self.ALL:
+            return queryset
+        if value not in ApprovalStatus.values:
+            return queryset.none()
+        return queryset.filter(status=value)
+
+    def choices(self, changelist):
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+
 class DecisionForm(forms.Form):
     decision_note = forms.CharField(
         required=False,
@@ -40,7 +71,7 @@ class AdjustmentRequestAdmin(ServiceFormMixin, admin.ModelAdmin):
         "requested_at_shown",
         "decided_by",
     )
-    list_filter = ("status", "kind", "currency")
+    list_filter = (StatusFilter, "kind", "currency")
     search_fields = ("customer__external_id", "customer__name", "reason", "reference")
     list_select_related = ("customer", "requested_by", "decided_by")
     readonly_fields = (

@@ -26,6 +26,7 @@ from django.utils.timezone import localtime
 from billing import limits
 from billing.errors import BillingError
 from billing.models import PRICE_DIGITS, PRICE_PLACES
+from billing.models.common import exact_money
 from billing.web import jsonstrict
 from billing.web.money import money_cell  # noqa: F401 - the admin modules' name for it
 from invoicing.money import exact_amount, format_amount
@@ -38,17 +39,7 @@ CURRENCY_RE = r"^[A-Z]{3}$"
 # --- display -----------------------------------------------------------------------------------
 
 
-def money(value: Decimal | None, currency: str = "") -> str:
-    """An amount exactly as stored, without trailing zeros beyond the cents:
-    12.5 → "12.50", 0.000002 → "0.000002". Never rounded: finance reads exact figures."""
-    if value is None:
-        return "—"
-    with localcontext(prec=AMOUNT_DIGITS + 2):
-        exact = value.normalize()
-        exponent = exact.as_tuple().exponent
-        if isinstance(exponent, int) and exponent > -2:  # (not NaN or an infinity)
-            exact = exact.quantize(Decimal("0.01"))
-    return f"{exact:,f} {currency}".strip()
+money = exact_money  # the admin modules' name for it
 
 
 def is_token_unit(unit: str) -> bool:

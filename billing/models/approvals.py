@@ -22,6 +22,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from billing.models.common import exact_money
 from billing.models.customers import Customer
 from ledger.models import AMOUNT_DIGITS, AMOUNT_PLACES
 
@@ -134,5 +135,5 @@ class AdjustmentRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        amount = f"{self.amount.normalize():f} {self.currency}"
+        amount = exact_money(self.amount, self.currency)
         return f"{self.get_kind_display().lower()} #{self.pk}: {amount} ({self.status})"

@@ -586,3 +586,34 @@ def test_approving_twice_logs_the_approval_once(client, thresholds, people):
     approve(client, request)
     messages = list(LogEntry.objects.values_list("change_message", flat=True))
     assert sum("Approved" in m for m in messages) == 2, messages  # the request, the customer
+
+
+@pytest.mark.django_db
+def test_the_requests_list_opens_on_what_waits_and_all_shows_the_rest(client, thresholds, people):
+    alice, bob, _ = people
+    customer = CustomerFactory(funds=100)
+    waiting = ask(customer, alice, "2500").request
+    applied = ask(customer, alice, "12.5").record
+    assert waiting.status == ApprovalStatus.PENDING and applied.status == ApprovalStatus.APPLIED
+    client.force_login(bob)
+    url = reverse("admin:billing_adjustmentrequest_changelist")
+
+    def shown(query: str = "") -> set[int]:
+        page = client.get(url + query)
+        assert page.status_code == 200
+        return {row.pk for row in page.context["cl"].result_list}
+
+    assert shown() == {waiting.pk}
+    assert shown("?status=applied") == {applied.pk}
+    assert shown("?status=all") == {waiting.pk, applied.pk}
+    assert shown("?status=nonsense") == set()
+    page = client.get(url)
+    assert b'href="?status=all"' in page.content
+
+
+@pytest.mark.django_db
+def test_a_request_reads_its_amount_as_money(thresholds, people):
+    alice, _, _ = people
+    customer = CustomerFactory(funds=100)
+    assert str(ask(customer, alice, "1500").request).endswith(": 1,500.00 USD (pending)")
+    assert str(ask(customer, alice, "0.000002").record).endswith(": 0.000002 USD (applied)")
