@@ -725,11 +725,16 @@ def expire_due_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
 
 
 def void_grant(
-    *, grant_id: int, staff_user_id: int | None = None, now: datetime | None = None
+    *,
+    grant_id: int,
+    staff_user_id: int | None = None,
+    reason: str = "",
+    now: datetime | None = None,
 ) -> CreditGrant:
     """Take back what is left of a grant now (a promotion withdrawn, a mistake): debited
     from the wallet to ``@Promotions`` for a promotional grant, else ``@Adjustments``. Held
-    credits stay until released."""
+    credits stay until released. ``reason`` (the admin asks for one) is kept on the grant
+    and on the posting's metadata."""
     now = now or timezone.now()
     with transaction.atomic():
         grant = _locked_grant(grant_id)
@@ -739,12 +744,14 @@ def void_grant(
             raise errors.ValidationFailed(
                 f"grant {grant_id} is {grant.status}: nothing to void", param="grant"
             )
-        grant.metadata = {**grant.metadata, "voided_by": staff_user_id}
+        why = {"void_reason": reason} if reason else {}
+        grant.metadata = {**grant.metadata, "voided_by": staff_user_id, **why}
         _end(
             grant,
             status=GrantStatus.VOIDED,
             counter_code=PROMOTIONS if grant.source == GrantSource.PROMOTIONAL else ADJUSTMENTS,
             kind=AllocationKind.VOID,
             now=now,
+            metadata={"reason": reason} if reason else None,
         )
     return grant

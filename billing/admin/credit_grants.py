@@ -10,8 +10,10 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db import models
 from django.http import HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -31,6 +33,14 @@ from billing.models import CreditAllocation, CreditGrant, GrantSource, GrantStat
 from billing.web.staff import record_reason
 from ledger.admin import ReadOnlyAdmin, ReadOnlyInline
 from ledger.errors import LedgerError
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Why: kept on the grant, the ledger posting and the audit trail.",
+    )
 
 
 class GrantCreditsForm(forms.Form):
@@ -276,39 +286,77 @@ class CreditGrantAdmin(ReadOnlyAdmin):
         """Void, refund and expire move money: the change permission, not only view."""
         return request.user.has_perm("billing.change_creditgrant")
 
+    def _with_reason(self, request, queryset, *, action: str, title: str, verb: str):
+        """The reason asked on a confirmation page (the audit trail's "why"): the action's
+        rows and a required reason; ``None`` until it is given."""
+        form = ReasonForm(request.POST if request.POST.get("post") == "yes" else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
+            record_reason(reason)
+            return reason
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "grants": queryset.select_related("customer"),
+            "form": form,
+            "verb": verb,
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/billing/creditgrant/reason_confirmation.html", context
+        )
+
     @admin.action(
-        description="Void the selected grants (take back what is left)", permissions=["void"]
+        description="Void the selected grants (take back what is left)…", permissions=["void"]
     )
     def void_action(self, request, queryset):
+        queryset = queryset.filter(status=GrantStatus.ACTIVE)
+        reason = self._with_reason(
+            request, queryset, action="void_action", title="Void credit grants", verb="Void"
+        )
+        if not isinstance(reason, str):
+            return reason
         done = 0
-        for grant in queryset.filter(status=GrantStatus.ACTIVE):
+        for grant in queryset:
             try:
-                credits.void_grant(grant_id=grant.pk, staff_user_id=request.user.pk)
+                credits.void_grant(grant_id=grant.pk, staff_user_id=request.user.pk, reason=reason)
             except (BillingError, LedgerError) as error:
                 messages.error(request, f"Grant {grant.pk}: {error}")
                 continue
-            self.log_change(request, grant, "Voided")
+            self.log_change(request, grant, f"Voided: {reason}")
             done += 1
         messages.success(request, f"{done} grant(s) voided.")
+        return None
 
     @admin.action(
-        description="Refund what is left of the selected purchased grants", permissions=["void"]
+        description="Refund what is left of the selected purchased grants…", permissions=["void"]
     )
     def refund_action(self, request, queryset):
         """Back to the card when bought by card, else paid back offline (offline payments
         only) or credited to the customer's balance (``invoicing.credit_refunds``)."""
         from invoicing.credit_refunds import refund_unused_credits
 
+        queryset = queryset.filter(source=GrantSource.PURCHASE)
+        reason = self._with_reason(
+            request, queryset, action="refund_action", title="Refund credit grants", verb="Refund"
+        )
+        if not isinstance(reason, str):
+            return reason
         done = 0
-        for grant in queryset.filter(source=GrantSource.PURCHASE):
+        for grant in queryset:
             try:
                 refund = refund_unused_credits(
-                    grant_id=grant.pk, reason="refunded in the admin", staff_user_id=request.user.pk
+                    grant_id=grant.pk, reason=reason, staff_user_id=request.user.pk
                 )
             except (BillingError, LedgerError) as error:
                 messages.error(request, f"Grant {grant.pk}: {error}")
                 continue
-            self.log_change(request, grant, f"Refunded ({refund.method}, {refund.amount})")
+            self.log_change(
+                request, grant, f"Refunded ({refund.method}, {refund.amount}): {reason}"
+            )
             messages.info(
                 request,
                 f"Grant {grant.pk}: {money(refund.credits)} credits refunded as "
@@ -316,6 +364,7 @@ class CreditGrantAdmin(ReadOnlyAdmin):
             )
             done += 1
         messages.success(request, f"{done} grant(s) refunded.")
+        return None
 
     @admin.action(
         description="Expire the selected grants that are past their expiry now",

@@ -900,13 +900,26 @@ def test_grant_credits_page_grants_once_and_the_grant_pages_show_its_allocations
     listing = staff_client.get(url("billing_creditgrant_changelist") + "?live=yes")
     assert "Launch week" in listing.content.decode()
 
-    # Void: what is left goes back to @Promotions, once.
+    # Void: a confirmation page asks why, and nothing moves without a reason.
+    action = {"action": "void_action", "_selected_action": [grant.pk]}
+    asked = staff_client.post(url("billing_creditgrant_changelist"), action)
+    assert asked.status_code == 200 and 'name="reason"' in asked.content.decode()
+    refused = staff_client.post(
+        url("billing_creditgrant_changelist"), {**action, "post": "yes", "reason": " "}
+    )
+    assert refused.status_code == 200 and refused.context["form"].errors["reason"]
+    grant.refresh_from_db()
+    assert grant.status == "active"
+    # Given a reason, what is left goes back to @Promotions, once, the reason kept.
     staff_client.post(
         url("billing_creditgrant_changelist"),
-        {"action": "void_action", "_selected_action": [grant.pk]},
+        {**action, "post": "yes", "reason": "Promotion withdrawn (ticket 88)"},
     )
     grant.refresh_from_db()
     assert (grant.status, grant.remaining) == ("voided", Decimal(0))
+    assert grant.metadata["void_reason"] == "Promotion withdrawn (ticket 88)"
+    void = grant.allocations.get(kind="void").ledger_transaction
+    assert void.metadata["reason"] == "Promotion withdrawn (ticket 88)"
     assert ledger_selectors.get_balance(account=wallet.account).posted == Decimal(0)
     assert credits.GrantBook.load([wallet.account_id]).take(wallet.account_id, Decimal(1)) == []
 

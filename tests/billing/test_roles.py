@@ -101,7 +101,7 @@ def test_a_viewer_cannot_void_a_grant_through_the_list_action(as_role, customer)
     assert "void_action" not in page
     client.post(
         reverse("admin:billing_creditgrant_changelist"),
-        {"action": "void_action", "_selected_action": [grant.pk]},
+        {"action": "void_action", "_selected_action": [grant.pk], "post": "yes", "reason": "x"},
     )
     grant.refresh_from_db()
     assert grant.status == GrantStatus.ACTIVE
@@ -127,7 +127,7 @@ def test_an_operator_moves_money_but_manages_no_keys_settings_or_users(as_role, 
     grant = CreditGrantFactory(customer=customer, amount=Decimal(10))
     client.post(
         reverse("admin:billing_creditgrant_changelist"),
-        {"action": "void_action", "_selected_action": [grant.pk]},
+        {"action": "void_action", "_selected_action": [grant.pk], "post": "yes", "reason": "x"},
     )
     assert CreditGrant.objects.get(pk=grant.pk).status != GrantStatus.ACTIVE
 

@@ -372,3 +372,22 @@ def test_the_beat_job_finishes_refunds_left_pending_once(stripe_server, monkeypa
     assert account_posted("@StripeClearing") == D(0)
     assert credit_refunds.retry_stale_pending(now=later) == 0
     assert tasks.retry_pending_credit_refunds() == 0
+
+
+def test_the_admin_refunds_a_grant_only_with_a_reason(client):
+    from django.urls import reverse
+
+    from tests.factories import staff_user
+
+    subscription = credits_customer()
+    grant = bought(subscription, "1000")
+    client.force_login(staff_user("alice", "Finance operator"))
+    action = {"action": "refund_action", "_selected_action": [grant.pk]}
+    listing = reverse("admin:billing_creditgrant_changelist")
+    asked = client.post(listing, action)
+    assert asked.status_code == 200 and 'name="reason"' in asked.content.decode()
+    assert client.post(listing, {**action, "post": "yes"}).context["form"].errors["reason"]
+    assert not CreditRefund.objects.exists()
+    client.post(listing, {**action, "post": "yes", "reason": "Customer left (ticket 12)"})
+    refund = CreditRefund.objects.get(grant=grant)
+    assert (refund.credits, refund.reason) == (D(1000), "Customer left (ticket 12)")
