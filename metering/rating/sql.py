@@ -1,6 +1,7 @@
 """Statements sent the fast way: parameters bound by the server (``execute_bound``), rows
 passed as one JSON document or one array per column (``_rows``), and several writing
-statements sent in one round trip (``_execute_together``)."""
+statements sent in one round trip (``_execute_together``; ``_execute_after``: after
+CTEs of another's, a ledger posting's say)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def _execute_together(cursor, statements: list[Statement | None]) -> None:
     ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(before))
     params = [value for _, values in before for value in values] + last_params
     execute_bound(f"WITH {ctes} {last_sql}", params)
+
+
+def _execute_after(first: Statement, statements: list[Statement | None], select: str) -> tuple:
+    """Run ``first`` (CTEs: ``name AS (…), …``) and these statements as data-modifying
+    CTEs after it, in one statement and one round trip; its one row is ``select``'s (a
+    SELECT that reads ``first``'s CTEs). The statements may read ``first``'s CTEs (the
+    ledger's ``posting_id``, say): what they write themselves, they write to other tables
+    than ``first`` (one snapshot serves them all)."""
+    first_sql, first_params = first
+    present = [s for s in statements if s is not None]
+    ctes = "".join(f", w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(present))
+    params = first_params + [value for _, values in present for value in values]
+    (row,) = execute_bound(f"WITH {first_sql}{ctes} {select}", params)
+    return row
 
 
 def execute_bound(sql: str, params: list[Any], *, binary: bool = False) -> list[tuple]:
