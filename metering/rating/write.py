@@ -1,7 +1,9 @@
 """Writing a part's accepted events: one ledger posting per customer (``UsagePosting``, its
 legs the sums of its events; credits drawn on the grants), then the event rows (INSERT, or
 COPY for many), the inbox's forgotten twins and the period, daily and model counters in
-one round trip (with ``MarginUsage``'s rollups). Ledger account ids are cached here."""
+one round trip (with ``MarginUsage``'s rollups). A part of one posting and few events (a
+single event) posts it in that same statement (``_write_posting_with``). Ledger account
+ids are cached here."""
 
 from __future__ import annotations
 
