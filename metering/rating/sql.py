@@ -13,6 +13,9 @@ import msgspec
 from django.db import connection
 from psycopg import Cursor as PsycopgCursor
 from psycopg._queries import PostgresQuery, _query2pg_nocache
+from psycopg.pq import ExecStatus
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 # Up to this many rows, a statement reads them from one JSON document; more, from one
 # array per column. An array parameter costs psycopg about 5 µs to adapt whatever its
@@ -104,7 +107,10 @@ def execute_bound(sql: str, params: list[Any], *, binary: bool = False) -> list[
         cursor = _Cursor(connection.connection)
         try:
             cursor.execute(sql, params, binary=binary)
-            return cursor.fetchall() if cursor.description else []
+            # whether it returned rows, from the result's status: ``description`` builds
+            # a Column object per column to say so
+            result = cursor.pgresult
+            return cursor.fetchall() if result and result.status == TUPLES_OK else []
         finally:
             cursor.close()
 
