@@ -68,7 +68,10 @@ that one posting, or one atomic bulk of postings, is a single round trip: one tr
 of 2 to 8 legs on distinct accounts as one prepared statement
 (``ledger.services.posting._POST_ONE``), anything else as one call of the set-based
 function ``ledger_post_transactions_bulk`` (migration 0003), whatever the number of
-transactions. Both enforce the same rules in the same lock order.
+transactions. Both enforce the same rules in the same lock order. The single statement's
+CTEs can also ride in a caller's own statement (``ledger.services.posting_ctes``: rating
+writes a single event's row pointing at the transaction it posts in the same statement);
+the rules, triggers and errors are those of the statement, and the SQL stays the ledger's.
 
 Granularity: a transaction per business fact, not per row of detail
     A caller that records many small facts at once posts their sums, and keeps the detail

@@ -3,7 +3,9 @@
     spec        to_amount, Leg, debit, credit, TransactionSpec: a posting described
     accounts    create_account, ensure_system_account, set_overdraft;
                 LockedBalance, read_balances, lock_balances
-    posting     post_transaction, post_transactions (bulk, all-or-nothing)
+    posting     post_transaction, post_transactions (bulk, all-or-nothing);
+                posting_ctes (a posting embedded in a caller's statement), raise_refusal,
+                replayed
     reversal    reverse_transaction
     holds       place_hold, settle_hold, settle_hold_with, lock_hold, release_hold,
                 release_expired_holds
@@ -34,7 +36,14 @@ from ledger.services.holds import (
     settle_hold,
     settle_hold_with,
 )
-from ledger.services.posting import post_transaction, post_transactions
+from ledger.services.posting import (
+    PostingCtes,
+    post_transaction,
+    post_transactions,
+    posting_ctes,
+    raise_refusal,
+    replayed,
+)
 from ledger.services.reversal import reverse_transaction
 from ledger.services.spec import Leg, TransactionSpec, credit, debit, to_amount
 
@@ -43,6 +52,7 @@ __all__ = [
     "TransactionSpec",
     "ZERO",
     "LockedBalance",
+    "PostingCtes",
     "create_account",
     "credit",
     "debit",
@@ -53,6 +63,9 @@ __all__ = [
     "place_hold",
     "post_transaction",
     "post_transactions",
+    "posting_ctes",
+    "raise_refusal",
+    "replayed",
     "release_expired_holds",
     "release_hold",
     "reverse_transaction",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,14 +98,17 @@ ONE_STATEMENT_MAX_LEGS = 8
 #     pid % buckets so that concurrent backends start on different rows; a random one,
 #     waited for, only when every bucket is busy; chosen in a SELECT list, once per hot
 #     leg, never per candidate row;
-#   - ledger_posting_applied, last, refuses the posting if a leg found no balance row.
-_POST_ONE = """
-WITH legs AS MATERIALIZED (
+#   - ledger_posting_applied, last, refuses the posting if a leg found no balance row
+#     (in ``posted``, the transaction's row: a caller embedding these CTEs must read it).
+# The CTEs are named ``post_*`` and ``posted`` so that a caller's statement can embed them
+# (``posting_ctes``: rating writes a part's events in the statement that posts them).
+_POSTING_CTES = """
+post_legs AS MATERIALIZED (
     SELECT v.n, v.acc, v.amt, a.currency AS cur, a.is_hot AS hot,
            CASE WHEN a.normal_balance = 'debit' THEN v.amt ELSE -v.amt END AS delta
       FROM (VALUES <LEGS>) AS v(acc, amt, n)
       JOIN ledger_account a ON a.id = v.acc
-), t AS (
+), post_t AS (
     INSERT INTO ledger_transaction AS lt
            (reference, payload_hash, description, metadata, effective_at, recorded_at,
             reverses_id, hold_id)
@@ -113,29 +117,29 @@ WITH legs AS MATERIALIZED (
            %(reverses_id)s::bigint, %(hold_id)s::bigint
      WHERE ledger_posting_guard(
                %(reference)s::text, ARRAY[<ACCOUNTS>], ARRAY[<AMOUNTS>],
-               (SELECT count(*) FROM legs),
+               (SELECT count(*) FROM post_legs),
                (SELECT bool_and(c.total = 0)
-                  FROM (SELECT sum(legs.amt) AS total FROM legs GROUP BY legs.cur) AS c))
+                  FROM (SELECT sum(l.amt) AS total FROM post_legs l GROUP BY l.cur) AS c))
     ON CONFLICT (reference) DO NOTHING
     RETURNING lt.id, lt.effective_at, lt.recorded_at
-), entries AS (
+), post_entries AS (
     INSERT INTO ledger_entry (transaction_id, account_id, currency, amount)
-    SELECT t.id, l.acc, l.cur, l.amt FROM t CROSS JOIN legs l ORDER BY l.n
-), owned_legs AS (
-    SELECT l.acc, l.delta FROM legs l CROSS JOIN t WHERE NOT l.hot
-), owned_locked AS (
+    SELECT t.id, l.acc, l.cur, l.amt FROM post_t t CROSS JOIN post_legs l ORDER BY l.n
+), post_owned_legs AS (
+    SELECT l.acc, l.delta FROM post_legs l CROSS JOIN post_t t WHERE NOT l.hot
+), post_owned_locked AS (
     SELECT b.id, o.delta
-      FROM ledger_balance b JOIN owned_legs o ON b.account_id = o.acc
+      FROM ledger_balance b JOIN post_owned_legs o ON b.account_id = o.acc
      WHERE b.bucket = 0
      ORDER BY b.account_id
        FOR UPDATE OF b
-), owned AS (
+), post_owned AS (
     UPDATE ledger_balance b
        SET posted = b.posted + k.delta, version = b.version + 1, updated_at = now()
-      FROM owned_locked k
+      FROM post_owned_locked k
      WHERE b.id = k.id
     RETURNING 1
-), hot_legs AS (
+), post_hot_legs AS (
     SELECT l.delta,
            coalesce(
                (SELECT s.id FROM ledger_balance s
@@ -145,23 +149,26 @@ WITH legs AS MATERIALIZED (
                  ORDER BY s.bucket LIMIT 1 FOR UPDATE SKIP LOCKED),
                (SELECT s.id FROM ledger_balance s WHERE s.account_id = l.acc
                  ORDER BY random() LIMIT 1)) AS bucket_id
-      FROM legs l CROSS JOIN t
+      FROM post_legs l CROSS JOIN post_t t
      WHERE l.hot
-), hot AS (
-    -- A second UPDATE, not one over owned_locked UNION ALL hot_legs: that one, tried,
-    -- changed fewer rows than it had legs under concurrent postings (ledger_posting_applied
-    -- refused them: the opposite-transfers test in tests/ledger/test_concurrency).
+), post_hot AS (
+    -- A second UPDATE, not one over post_owned_locked UNION ALL post_hot_legs: that one,
+    -- tried, changed fewer rows than it had legs under concurrent postings
+    -- (ledger_posting_applied refused them: the opposite-transfers test in
+    -- tests/ledger/test_concurrency).
     UPDATE ledger_balance b
        SET posted = b.posted + h.delta, version = b.version + 1, updated_at = now()
-      FROM hot_legs h
+      FROM post_hot_legs h
      WHERE b.id = h.bucket_id
     RETURNING 1
-)
-SELECT t.id, t.effective_at, t.recorded_at
-  FROM t
- WHERE ledger_posting_applied((SELECT count(*) FROM legs),
-                              (SELECT count(*) FROM owned) + (SELECT count(*) FROM hot))
-"""
+), posted AS (
+    SELECT t.id, t.effective_at, t.recorded_at
+      FROM post_t t
+     WHERE ledger_posting_applied((SELECT count(*) FROM post_legs),
+                                  (SELECT count(*) FROM post_owned)
+                                  + (SELECT count(*) FROM post_hot))
+)"""
+_POST_ONE = "WITH" + _POSTING_CTES + "\nSELECT id, effective_at, recorded_at FROM posted\n"
 
 
 def _one_statement_applies(spec: TransactionSpec) -> bool:
@@ -185,8 +192,12 @@ def _post_one_sql(legs: int) -> str:
     legs' row count, costs what a custom plan costs, and PostgreSQL keeps it (given an
     array, whose length a generic plan cannot know, it re-planned every execution: more
     time planning than executing)."""
+    return _with_legs(_POST_ONE, legs)
+
+
+def _with_legs(sql: str, legs: int) -> str:
     return (
-        _POST_ONE.replace(
+        sql.replace(
             "<LEGS>",
             ", ".join(f"(%(a{i})s::bigint, %(m{i})s::numeric, {i})" for i in range(legs)),
         )
@@ -195,9 +206,7 @@ def _post_one_sql(legs: int) -> str:
     )
 
 
-def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _Posted | None:
-    """The new transaction, or None for a replay."""
-    db.ensure_connection()
+def _post_one_params(spec: TransactionSpec, payload_hash: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "reference": spec.reference,
         "payload_hash": payload_hash,
@@ -213,6 +222,13 @@ def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _P
     for i, leg in enumerate(spec.legs):
         params[f"a{i}"] = str(leg.account_id)
         params[f"m{i}"] = str(leg.amount)
+    return params
+
+
+def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _Posted | None:
+    """The new transaction, or None for a replay."""
+    db.ensure_connection()
+    params = _post_one_params(spec, payload_hash)
     # Django's cursors bind parameters client-side, which cannot prepare; a psycopg cursor
     # on the same connection (same session, same transaction) binds server-side and
     # prepares the statement once per connection. Django's wrapper still turns driver
@@ -225,6 +241,110 @@ def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _P
             return None if row is None else _Posted(*row)
         finally:
             cursor.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PostingCtes:
+    """One transaction's posting as CTEs for a caller's own statement (``posting_ctes``):
+    ``sql`` is ``name AS (…), …`` with positional ``%s`` placeholders for ``params``.
+    Two of its CTEs are the caller's to read:
+
+        posted       the new transaction's (id, effective_at, recorded_at); no row when its
+                     reference was posted before (nothing written: a replay, or a reference
+                     reused). The caller's statement must read it: the posting's last rule
+                     (every leg found its balance row) is checked there.
+        posting_id   one row, ``id``: what the caller's rows point at — the new
+                     transaction, or on a replay the one posted before with the same
+                     payload (NULL if the reference was used for another: ``replayed``
+                     raises ``ReferenceReused`` then, and the caller abandons its
+                     transaction).
+
+    A refusal raises from the caller's statement; ``raise_refusal`` turns it into the
+    ledger's error, as ``post_transaction`` raises it. The entries' balance rule and every
+    other trigger run as for any posting."""
+
+    sql: str
+    params: list[Any]
+    spec: TransactionSpec
+    payload_hash: str
+
+
+# The transaction a caller's rows point at: posted now, or before with the same payload
+# (looked up only when nothing was posted now: COALESCE evaluates its second subquery
+# only if the first is NULL).
+_POSTING_ID = """, posting_id AS (
+    SELECT coalesce(
+        (SELECT p.id FROM posted p),
+        (SELECT lt.id FROM ledger_transaction lt
+          WHERE lt.reference = %(reference)s::text
+            AND lt.payload_hash = %(payload_hash)s::text)) AS id
+)"""
+
+
+def posting_ctes(spec: TransactionSpec) -> PostingCtes | None:
+    """``spec``'s posting as the CTEs of a caller's statement (one round trip for the
+    posting and what the caller writes with it, e.g. rating's events pointing at the
+    transaction), or None if the single statement does not take it (more than
+    ``ONE_STATEMENT_MAX_LEGS`` legs, two legs on one account): then ``post_transactions``.
+    The caller holds a transaction open (the posting is part of it) and never runs this
+    for a spec it posted before: a replay comes back as no ``posted`` row."""
+    if not _one_statement_applies(spec):
+        return None
+    spec.validate()
+    payload_hash = spec.payload_hash()
+    sql, names = _positional_ctes(len(spec.legs))
+    named = _post_one_params(spec, payload_hash)
+    return PostingCtes(sql, [named[name] for name in names], spec, payload_hash)
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@functools.cache
+def _positional_ctes(legs: int) -> tuple[str, tuple[str, ...]]:
+    """``_POSTING_CTES`` for this many legs with positional placeholders, and the names of
+    the parameters in their order."""
+    sql = _with_legs(_POSTING_CTES + _POSTING_ID, legs)
+    return _NAMED.sub("%s", sql), tuple(_NAMED.findall(sql))
+
+
+def raise_refusal(exc: DatabaseError, posting: PostingCtes) -> NoReturn:
+    """The ledger's error for a statement that embedded ``posting`` and failed: a floor
+    refused (``InsufficientFunds``, which reads the accounts' balances: call this once the
+    statement's savepoint was rolled back), a guard's LG code; any other error as it
+    came."""
+    _raise_refused(exc, posting.spec)
+
+
+def replayed(posting: PostingCtes) -> LedgerTransaction:
+    """The transaction posted before under ``posting``'s reference (its statement's
+    ``posted`` had no row), ``.replayed`` True, as ``post_transaction`` returns it; the
+    same reference with other legs raises ``ReferenceReused``."""
+    return _replayed(posting.spec, posting.payload_hash)
+
+
+def _replayed(spec: TransactionSpec, payload_hash: str) -> LedgerTransaction:
+    original = LedgerTransaction.objects.filter(reference=spec.reference).first()
+    if original is None:  # cannot happen: the conflict was on this reference
+        raise errors.InvalidTransaction(f"reference {spec.reference} was not posted")
+    if original.payload_hash != payload_hash:
+        raise errors.ReferenceReused(
+            f"reference {spec.reference} was already used for a different transaction "
+            f"({original.id})"
+        )
+    original.replayed = True
+    return original
+
+
+def _raise_refused(exc: DatabaseError, spec: TransactionSpec) -> NoReturn:
+    cause = exc.__cause__
+    if (
+        isinstance(cause, psycopg.Error)
+        and cause.sqlstate == "23514"
+        and cause.diag.constraint_name == "ledger_balance_within_floor"
+    ):
+        raise _insufficient_funds(spec) from exc
+    _raise_ledger_error(exc)
 
 
 @dataclass(frozen=True)
@@ -291,25 +411,9 @@ def _post_single(spec: TransactionSpec, *, savepoint: bool = True) -> LedgerTran
         else:
             row = _post_one_statement(db, spec, payload_hash)
     except DatabaseError as exc:
-        cause = exc.__cause__
-        if (
-            isinstance(cause, psycopg.Error)
-            and cause.sqlstate == "23514"
-            and cause.diag.constraint_name == "ledger_balance_within_floor"
-        ):
-            raise _insufficient_funds(spec) from exc
-        _raise_ledger_error(exc)
+        _raise_refused(exc, spec)
     if row is None:
-        original = LedgerTransaction.objects.filter(reference=spec.reference).first()
-        if original is None:  # cannot happen: the conflict was on this reference
-            raise errors.InvalidTransaction(f"reference {spec.reference} was not posted")
-        if original.payload_hash != payload_hash:
-            raise errors.ReferenceReused(
-                f"reference {spec.reference} was already used for a different transaction "
-                f"({original.id})"
-            )
-        original.replayed = True
-        return original
+        return _replayed(spec, payload_hash)
     # from_db, as for a row read back: a third of the cost of Model(**kwargs).
     values = {
         "id": row.transaction_id,

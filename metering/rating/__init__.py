@@ -41,12 +41,13 @@ How a batch is rated
    currency, a money leg (wallet debited, ``@Revenue`` — or ``@CreditsUsed`` on a credits
    plan — credited); a credits debit is drawn on the grants once, for the sum. All of a
    part's transactions are posted by one ``ledger.services.post_transactions`` call; then
-   one statement writes the event rows, each with its own exact amount, cost, tokens and
-   catalog price version and the id of its customer's transaction (an event with nothing
-   to post points at none), the period, daily and model counters and the distinct values
-   counted now (a part of many
-   events sends its rows by COPY first). PostgreSQL refuses
-   events whose transaction's legs are not their sums (metering migration 0006). The
+   one statement writes the event rows (a part of one posting and few events — a single
+   event — embeds the posting in that statement: ``ledger.services.posting_ctes``), each
+   with its own exact amount, cost, tokens and catalog price version and the id of its
+   customer's transaction (an event with nothing to post points at none), the period,
+   daily and model counters and the distinct values counted now (a part of many events
+   sends its rows by COPY first). PostgreSQL refuses events whose transaction's legs are
+   not their sums (metering migration 0006). The
    transaction's reference is its first event's, ``usage:<customer id>:<idempotency
    key>``: unique, since that event is stored once, so a part of one event posts exactly
    what one transaction per event did. A retried batch finds its stored events as
@@ -58,9 +59,9 @@ How a batch is rated
    what stood as duplicates (``ingest.RATING_CHUNK_EVENTS`` says more). Inside a caller's
    transaction nothing is set.
 
-A single event (a part of one event) thus costs four statements in its transaction: its
-customer found and locked (with the meters' stamp), what rating needs read, the posting,
-the write; seven round trips with BEGIN, COMMIT and the API key's lookup before them.
+A single event (a part of one event) thus costs three statements in its transaction: its
+customer found and locked (with the meters' stamp), what rating needs read, the posting
+with the write; six round trips with BEGIN, COMMIT and the API key's lookup before them.
 An event naming a customer's ``project`` costs one statement more: its budget read
 (``budgets``, docs/budgets.md); the project's spend is upserted with the write.
 

@@ -1,6 +1,7 @@
 """Statements sent the fast way: parameters bound by the server (``execute_bound``), rows
 passed as one JSON document or one array per column (``_rows``), and several writing
-statements sent in one round trip (``_execute_together``)."""
+statements sent in one round trip (``_execute_together``; ``_execute_after``: after
+CTEs of another's, a ledger posting's say)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from typing import Any
 import msgspec
 from django.db import connection
 from psycopg import Cursor as PsycopgCursor
+from psycopg._queries import PostgresQuery, _query2pg_nocache
+from psycopg.pq import ExecStatus
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 # Up to this many rows, a statement reads them from one JSON document; more, from one
 # array per column. An array parameter costs psycopg about 5 µs to adapt whatever its
@@ -76,6 +81,20 @@ def _execute_together(cursor, statements: list[Statement | None]) -> None:
     execute_bound(f"WITH {ctes} {last_sql}", params)
 
 
+def _execute_after(first: Statement, statements: list[Statement | None], select: str) -> tuple:
+    """Run ``first`` (CTEs: ``name AS (…), …``) and these statements as data-modifying
+    CTEs after it, in one statement and one round trip; its one row is ``select``'s (a
+    SELECT that reads ``first``'s CTEs). The statements may read ``first``'s CTEs (the
+    ledger's ``posting_id``, say): what they write themselves, they write to other tables
+    than ``first`` (one snapshot serves them all)."""
+    first_sql, first_params = first
+    present = [s for s in statements if s is not None]
+    ctes = "".join(f", w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(present))
+    params = first_params + [value for _, values in present for value in values]
+    (row,) = execute_bound(f"WITH {first_sql}{ctes} {select}", params)
+    return row
+
+
 def execute_bound(sql: str, params: list[Any], *, binary: bool = False) -> list[tuple]:
     """Execute with the parameters bound by the server; the rows, if it returns any (in
     binary with ``binary``: arrays of records then load as lists of typed tuples).
@@ -85,10 +104,41 @@ def execute_bound(sql: str, params: list[Any], *, binary: bool = False) -> list[
     Django's wrapper still turns driver errors into django.db errors."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = PsycopgCursor(connection.connection)
+        cursor = _Cursor(connection.connection)
         try:
-            # %b: the arrays travel in binary, dumped without escaping each element
-            cursor.execute(sql.replace("%s", "%b"), params, binary=binary)
-            return cursor.fetchall() if cursor.description else []
+            cursor.execute(sql, params, binary=binary)
+            # whether it returned rows, from the result's status: ``description`` builds
+            # a Column object per column to say so
+            result = cursor.pgresult
+            return cursor.fetchall() if result and result.status == TUPLES_OK else []
         finally:
             cursor.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _converted(sql: str, encoding: str) -> Any:
+    """``sql`` as psycopg sends it (``$n`` placeholders, each parameter's format), worked
+    out once per statement text: every ``%s`` as ``%b``, so that the arrays travel in
+    binary, dumped without escaping each element."""
+    return _query2pg_nocache(sql.replace("%s", "%b").encode(encoding), encoding)
+
+
+class _Query(PostgresQuery):
+    """psycopg's query, its conversion cached whatever the statement's length. psycopg
+    caches the conversion only for statements of at most 4,096 bytes and 50 parameters
+    (``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``) and splits anything longer again on
+    every execution: a single event's write with its posting (8.5 kB) took 90 µs each
+    time (measured). Rating's statements are a few texts sent over and over."""
+
+    def convert(self, query: Any, vars: Any) -> None:
+        if not isinstance(query, str) or vars is None:
+            super().convert(query, vars)
+            return
+        self.query, self._want_formats, self._order, self._parts = _converted(
+            query, self._tx.encoding
+        )
+        self.dump(vars)
+
+
+class _Cursor(PsycopgCursor):
+    _query_cls = _Query

@@ -1,7 +1,9 @@
 """Writing a part's accepted events: one ledger posting per customer (``UsagePosting``, its
 legs the sums of its events; credits drawn on the grants), then the event rows (INSERT, or
 COPY for many), the inbox's forgotten twins and the period, daily and model counters in
-one round trip (with ``MarginUsage``'s rollups). Ledger account ids are cached here."""
+one round trip (with ``MarginUsage``'s rollups). A part of one posting and few events (a
+single event) posts it in that same statement (``_write_posting_with``). Ledger account
+ids are cached here."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from billing import credits
@@ -33,7 +35,7 @@ from metering.rating import budgets
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
 from metering.rating.read import WalletRow
-from metering.rating.sql import Statement, _execute_together, _rows
+from metering.rating.sql import Statement, _execute_after, _execute_together, _rows
 from metering.rating.terms import PlanTerms
 
 # What an accepted event did to one counter: (meter, quantity moved, included quantity
@@ -248,25 +250,37 @@ def _write(
             posting.metadata["grants"] = credits.grants_metadata(parts)
         allocations.append(parts)
         specs.append(posting.spec())
-    try:
-        if hold_id is not None:
-            settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
-            posted = [settled] if settled is not None else []
-        elif specs:
-            # No savepoint: any error here abandons the part's whole transaction.
-            posted = ledger.post_transactions(transactions=specs, savepoint=False)
-        else:
-            posted = []
-    except ledger_errors.ReferenceReused as error:
-        raise errors.InvalidEvent(str(error), param="idempotency_key") from None
+    # A part whose accepted events are few and post one transaction (a single event, say)
+    # posts it in the statement that writes them: the ledger's posting statement as the
+    # statement's first CTEs (``ledger.posting_ctes``), the events pointing at its
+    # ``posting_id``; one round trip and one statement less than posting first.
+    embedded = None
+    if hold_id is None and len(specs) == 1 and len(accepted) <= EVENTS_BY_INSERT:
+        embedded = ledger.posting_ctes(specs[0])
     transaction_ids: dict[int, int] = {}
-    for posting, parts, t in zip(postings, allocations, posted, strict=True):
-        for event_id in posting.event_ids:
-            transaction_ids[event_id] = t.pk
-        if parts and not getattr(t, "replayed", False):
-            book.record(t.pk, parts, AllocationKind.USAGE)
-    book.save()
+    if embedded is not None:
+        for event_id in postings[0].event_ids:
+            transaction_ids[event_id] = POSTING_ID  # the posting's, once the write is done
+    else:
+        try:
+            if hold_id is not None:
+                settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
+                posted = [settled] if settled is not None else []
+            elif specs:
+                # No savepoint: any error here abandons the part's whole transaction.
+                posted = ledger.post_transactions(transactions=specs, savepoint=False)
+            else:
+                posted = []
+        except ledger_errors.ReferenceReused as error:
+            raise errors.InvalidEvent(str(error), param="idempotency_key") from None
+        for posting, parts, t in zip(postings, allocations, posted, strict=True):
+            for event_id in posting.event_ids:
+                transaction_ids[event_id] = t.pk
+            if parts and not getattr(t, "replayed", False):
+                book.record(t.pk, parts, AllocationKind.USAGE)
+        book.save()
     event_rows = []
+    answers = []
     received_at = timezone.now()
     for event_id, a in zip(event_ids, accepted, strict=True):
         p, customer, money, currency = a.p, a.customer, a.money, a.currency
@@ -280,6 +294,7 @@ def _write(
             "cost": cost,
             "ledger_transaction_id": transaction_ids.get(event_id),
         }
+        answers.append(row)
         outcomes[p.index] = Outcome("accepted", event=row)
         event_rows.append(
             (
@@ -321,6 +336,14 @@ def _write(
     model_totals = _model_totals(accepted)
     # No conflict is possible: the customer's rating lock is held and its duplicates were
     # sorted out above (the unique index still stands behind that).
+    if embedded is not None:
+        transaction_id, replayed = _write_posting_with(
+            embedded, event_rows, accepted, counters, model_totals, answers
+        )
+        if allocations[0] and not replayed:
+            book.record(transaction_id, allocations[0], AllocationKind.USAGE)
+            book.save()
+        return
     if len(event_rows) <= EVENTS_BY_INSERT:
         # A few events: inserted by the statement that moves the counters, one round trip.
         _execute_together(
@@ -356,6 +379,49 @@ def _write(
         )
 
 
+def _write_posting_with(
+    posting: ledger.PostingCtes,
+    event_rows: list[tuple],
+    accepted: list[Accepted],
+    counters,
+    model_totals: dict[tuple, list],
+    answers: list[dict[str, Any]],
+) -> tuple[int, bool]:
+    """The part's one posting, its events (those with something to post point at it:
+    ``POSTING_ID`` in their rows) and the counters, in one statement; the answers' rows
+    get the transaction's id. The transaction's id, and whether it was posted before."""
+    try:
+        posted_id, pointed_id = _execute_after(
+            (posting.sql, posting.params),
+            [
+                _insert_events(event_rows, posted_by="(SELECT id FROM posting_id)"),
+                _forget_incoming(accepted),
+                _upsert_counters(counters),
+                _insert_distinct_values(counters),
+                _upsert_daily(accepted),
+                _upsert_model_usage(model_totals),
+                _upsert_margin_usage(model_totals),
+                budgets.upsert_spend(accepted),
+            ],
+            "SELECT (SELECT id FROM posted), (SELECT id FROM posting_id)",
+        )
+    except DatabaseError as error:
+        ledger.raise_refusal(error, posting)
+    if posted_id is None:  # its reference was posted before: the same posting, or raises
+        try:
+            pointed_id = ledger.replayed(posting).pk
+        except ledger_errors.ReferenceReused as error:
+            raise errors.InvalidEvent(str(error), param="idempotency_key") from None
+    for answer in answers:
+        if answer["ledger_transaction_id"] == POSTING_ID:
+            answer["ledger_transaction_id"] = pointed_id
+    return pointed_id, posted_id is None
+
+
+# In an event's row, instead of a transaction id: the event points at the transaction its
+# statement posts (``_write_posting_with``; no transaction's id is 0).
+POSTING_ID = 0
+
 # A part with at most this many accepted events inserts them with an INSERT … SELECT FROM
 # unnest() sent with the counters' statement; more go by COPY first.
 EVENTS_BY_INSERT = 32
@@ -375,10 +441,17 @@ _EVENT_ROW = (
 )
 
 
-def _insert_events(event_rows: list[tuple]) -> Statement:
-    """The events' rows (as written by COPY: properties as JSON text) in one INSERT."""
+def _insert_events(event_rows: list[tuple], posted_by: str | None = None) -> Statement:
+    """The events' rows (as written by COPY: properties as JSON text) in one INSERT; with
+    ``posted_by`` (an SQL expression), a row's ``POSTING_ID`` is replaced by its value."""
     source, params = _rows("r", _EVENT_ROW, event_rows)
     names = EVENT_COLUMNS.replace("properties", "properties::jsonb")
+    if posted_by is not None:
+        names = names.replace(
+            "ledger_transaction_id",
+            f"CASE WHEN ledger_transaction_id = {POSTING_ID} THEN {posted_by} "
+            "ELSE ledger_transaction_id END",
+        )
     return (f"INSERT INTO metering_event ({EVENT_COLUMNS}) SELECT {names} FROM {source}", params)
 
 

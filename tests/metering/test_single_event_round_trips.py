@@ -4,12 +4,13 @@ number of statements sent to PostgreSQL, counted here at the driver (every psyco
 events' COPY, the counters' statement) so that a new query on the hot path is seen.
 
 Before issue 14: 20 (the posting's SAVEPOINT and RELEASE, wallets and margins apart, the
-three counters apart); then 15; now 7 (meters cached, the customer found and locked in one
-statement, what rating needs read in one under the lock, the events written with the
-counters). A balance plan's money wallet may hold grants (billing.plan_credits): it took 10
-without any (its due grants looked for, its balance read again, its grants loaded) and 12
-with one; now the read under the lock says whether the wallet has live and due grants, so
-7 without and 9 with a live grant (its grants loaded, the allocations written)."""
+three counters apart); then 15; then 7 (meters cached, the customer found and locked in
+one statement, what rating needs read in one under the lock, the events written with the
+counters); now 6 (the ledger's posting embedded in the statement that writes the events).
+A balance plan's money wallet may hold grants (billing.plan_credits): it took 10 without
+any (its due grants looked for, its balance read again, its grants loaded) and 12 with
+one; now the read under the lock says whether the wallet has live and due grants, so 6
+without and 8 with a live grant (its grants loaded, the allocations written)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ pytestmark = pytest.mark.django_db
 
 # auth, then in the part's transaction (a savepoint of the test's): SAVEPOINT, customer +
 # rating lock + meters' stamp, under the lock one read (subscription, stored twins, wallets
-# with their balance rows locked, margins, counters, event ids), the posting, the events and
-# counters written, RELEASE
-MAX_STATEMENTS = 7
+# with their balance rows locked, margins, counters, event ids), the posting with the events
+# and counters written, RELEASE
+MAX_STATEMENTS = 6
 
 
 @pytest.fixture
