@@ -41,6 +41,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import redis
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -63,13 +64,26 @@ RATER_MAX_SECONDS = 50  # then a fresh task takes over (well inside the visibili
 
 
 def exact_json(value: Any) -> str:
-    """JSON of a parsed request value with its decimals as numbers, digit for digit (the
-    API's parser reads fractional numbers as Decimal; ``json.dumps`` cannot write them,
-    and writing them as strings would make a number meter refuse them when rated)."""
+    """JSON of a parsed request value (objects, arrays, strings, numbers, booleans, null)
+    with its decimals as numbers, digit for digit (the API's parser reads fractional
+    numbers as Decimal; ``json.dumps`` cannot write them, and writing them as strings would
+    make a number meter refuse them when rated). msgspec writes it in C (a tenth of the
+    Python walk's time); what it cannot write — a non-finite Decimal, a value of a type no
+    request holds — goes the Python way."""
+    try:
+        return _EXACT_JSON.encode(value).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return _exact_json(value)
+
+
+_EXACT_JSON = msgspec.json.Encoder(decimal_format="number")
+
+
+def _exact_json(value: Any) -> str:
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{exact_json(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{json.dumps(k)}:{_exact_json(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(exact_json(v) for v in value) + "]"
+        return "[" + ",".join(_exact_json(v) for v in value) + "]"
     if isinstance(value, Decimal) and value.is_finite():
         return str(value)  # e.g. 1.5, -0, 1E+400: all JSON numbers
     return json.dumps(value, default=str)
@@ -88,8 +102,7 @@ class Acceptance:
 
 _ACCEPT = """
 WITH r AS (
-    SELECT * FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
-                         %b::text[], %b::text[]) AS r(ord, ext, k, n, ts, props, proj)
+    SELECT * FROM {rows}
 ), c AS (
     SELECT r.*, cu.id AS cid FROM r LEFT JOIN billing_customer cu ON cu.external_id = r.ext
 ), ins AS (
@@ -115,6 +128,20 @@ WITH r AS (
 SELECT c.ord, c.cid, ins.customer_id IS NOT NULL
   FROM c LEFT JOIN ins ON ins.customer_id = c.cid AND ins.idempotency_key = c.k
 """
+# The rows as one array per column; a single event's as scalar parameters. Not only cheaper
+# to send (an array parameter costs psycopg about 5 µs, seven of them): PostgreSQL
+# estimates unnest() of an array by its length, so the arrays' prepared statement had a
+# custom plan made for every execution (0.35 ms of planning an event, pg_stat_statements),
+# while the scalars' one row is known without the values: one generic plan (index lookups
+# of the customer and of the events' key) serves every request once it is prepared.
+_ACCEPT_ARRAYS = _ACCEPT.format(
+    rows="unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], "
+    "%b::text[]) AS r(ord, ext, k, n, ts, props, proj)"
+)
+_ACCEPT_ONE = _ACCEPT.format(
+    rows="(SELECT %b::int, %b::text, %b::text, %b::text, %b::timestamptz, %b::text, %b::text) "
+    "AS r(ord, ext, k, n, ts, props, proj)"
+)
 
 
 def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> list[Acceptance]:
@@ -149,9 +176,7 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
             )
         )
     if rows:
-        for index, customer_id, stored in rating.execute_bound(
-            _ACCEPT, [list(c) for c in zip(*rows, strict=True)]
-        ):
+        for index, customer_id, stored in _store(rows):
             if customer_id is None:
                 results[index] = Acceptance(
                     "rejected",
@@ -172,6 +197,12 @@ def accept_events(events: Sequence[EventIn], *, now: datetime | None = None) -> 
             else Acceptance("duplicate")
         )
     return results  # type: ignore[return-value]
+
+
+def _store(rows: list[tuple[int, str, str, str, datetime, str, str]]) -> list[tuple]:
+    if len(rows) == 1:
+        return rating.execute_bound(_ACCEPT_ONE, list(rows[0]))
+    return rating.execute_bound(_ACCEPT_ARRAYS, [list(c) for c in zip(*rows, strict=True)])
 
 
 # --- rating what was accepted ---------------------------------------------------------------
