@@ -23,11 +23,13 @@ name) stays as a ``rejected`` row with its error code and message —
 
 Scheduling: an acceptance queues the task after its commit unless one is already queued
 (a Redis key with a short expiry says so), so a thousand acceptances a second queue a
-handful of tasks. One rater runs at a time (a PostgreSQL advisory lock): two would only
-queue on the same customers' rating locks. A rater that finds the lock taken leaves; the
-holder looks again after releasing it, so no event waits for the beat sweep
-(``metering-rate-incoming-events``, every 10 s), which is only there for a broker that was
-down or a task that was lost.
+handful of tasks; a process that found the key set asks Redis again only a quarter of a
+second later (``schedule_rating``), so they ask Redis a few times a second, not a thousand.
+One rater runs at a time (a PostgreSQL advisory lock): two would only queue on the same
+customers' rating locks. A rater that finds the lock taken leaves (after one more try a
+quarter of a second later); the holder looks again after releasing it, so no event waits
+for the beat sweep (``metering-rate-incoming-events``, every 10 s), which is only there for
+a broker that was down or a task that was lost.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ RATE_BATCH = 1000  # pending events rated per pass (one ingest_events call)
 RATER_LOCK = (0x6D657465, 1)
 SCHEDULED_KEY = "metering:incoming:scheduled"
 SCHEDULED_TTL_MS = 2000  # a queued task lost before it ran is replaced after this
+# After finding the key set, a process queues nothing for this long (schedule_rating); each
+# rater looks at the inbox once more at least this long after clearing the key.
+SCHEDULED_SEEN_SECONDS = 0.25
 GATHER_SECONDS = 0.5  # between passes that found less than a full batch
 RATER_MAX_SECONDS = 50  # then a fresh task takes over (well inside the visibility timeout)
 
@@ -332,14 +337,20 @@ def pending_exists() -> bool:
 
 def rate_until_empty(*, max_seconds: int = RATER_MAX_SECONDS) -> int:
     """Rate pending events until there are none (the task's body); returns how many were
-    taken up. Another rater running: leave at once (it looks again when it is done)."""
+    taken up. Another rater running: leave (it looks again when it is done).
+
+    Whoever clears the scheduled key looks at the inbox once more at least
+    ``SCHEDULED_SEEN_SECONDS`` after clearing it (``schedule_rating`` says why): this rater
+    before it leaves; one that found the lock taken takes it once more after that time,
+    and leaves if it is still taken — its holder's last look is still to come."""
     deadline = time.monotonic() + max_seconds
     total = 0
     while True:
+        cleared = time.monotonic()
         _clear_scheduled()  # arrivals from now on queue a task of their own
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(RATER_LOCK))
-            if not cursor.fetchone()[0]:
+        if not _try_lock():
+            _sleep_until(cleared + SCHEDULED_SEEN_SECONDS)
+            if not _try_lock():
                 return total
         failed = True
         try:
@@ -362,17 +373,33 @@ def rate_until_empty(*, max_seconds: int = RATER_MAX_SECONDS) -> int:
                 # Arrivals meanwhile found the lock taken and left them to us: a task of
                 # its own tries again in a second (not at once: the cause may last).
                 _retry_soon()
-        # An arrival whose task found the lock taken is seen here.
+        # An arrival whose task found the lock taken is seen here, and one that saw the key
+        # this rater cleared and so queued nothing (schedule_rating).
+        _sleep_until(cleared + SCHEDULED_SEEN_SECONDS)
         if not pending_exists():
             return total
         if time.monotonic() >= deadline:
-            schedule_rating()  # a fresh task goes on
+            _queue_rater()  # a fresh task goes on
             return total
+
+
+def _try_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(RATER_LOCK))
+        return cursor.fetchone()[0]
+
+
+def _sleep_until(moment: float) -> None:
+    left = moment - time.monotonic()
+    if left > 0:
+        time.sleep(left)
 
 
 # --- scheduling ------------------------------------------------------------------------------
 
 _redis_client: redis.Redis | None = None
+# When this process last found the scheduled key set (time.monotonic()).
+_scheduled_seen_at = float("-inf")
 
 
 def _redis() -> redis.Redis:
@@ -386,14 +413,37 @@ def _redis() -> redis.Redis:
 
 def schedule_rating() -> None:
     """Queue the rater unless a queued one has not started yet. Never raises: the events are
-    stored, and the beat sweep rates them if neither Redis nor the broker can be reached."""
+    stored, and the beat sweep rates them if neither Redis nor the broker can be reached.
+
+    A process that found the key set (or set it) asks Redis nothing for the next
+    ``SCHEDULED_SEEN_SECONDS``: a stream of acceptances asks it a few times a second per
+    process instead of once per event (a Redis round trip was about 0.1 ms of a request's
+    CPU, and Redis's own on the same cores). Nothing waits longer for it: an event
+    accepted in that window committed after the key was seen set, so either the key was
+    still set when the event committed — the queued task, or the rater that clears it,
+    finds the event — or a rater cleared it in between; and every rater looks at the
+    inbox again at least ``SCHEDULED_SEEN_SECONDS`` after its clearing, so after the
+    event's commit (``rate_until_empty``)."""
+    global _scheduled_seen_at
+    asked = time.monotonic()
+    if asked - _scheduled_seen_at < SCHEDULED_SEEN_SECONDS:
+        return
+    if _queue_rater():
+        _scheduled_seen_at = asked  # (the key was set at a moment after this one)
+
+
+def _queue_rater() -> bool:
+    """Set the key and queue the task, unless the key is set already; whether the key is
+    set now (False: Redis or the broker failed)."""
     from metering import tasks  # the task module imports this one
 
     try:
         if _redis().set(SCHEDULED_KEY, "1", nx=True, px=SCHEDULED_TTL_MS):
             tasks.rate_incoming_events.delay()
+        return True
     except Exception as error:  # noqa: BLE001 — any broker or Redis failure: the sweep rates them
         log.warning("could not queue the rating of incoming events (%s); the sweep will", error)
+        return False
 
 
 def _retry_soon() -> None:
@@ -406,6 +456,8 @@ def _retry_soon() -> None:
 
 
 def _clear_scheduled() -> None:
+    global _scheduled_seen_at
+    _scheduled_seen_at = float("-inf")  # this process knows the key is gone
     try:
         _redis().delete(SCHEDULED_KEY)
     except (redis.RedisError, OSError):
