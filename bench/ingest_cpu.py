@@ -27,9 +27,15 @@ accepted events (default: all of them, at the end) ``metering.inbox.rate_until_e
 rates what waits, in process, as the Celery task would (its 0.5 s gathering sleep skipped:
 it costs no CPU), and that CPU is printed apart, per event rated: an asynchronous event
 costs both on the same cores. ``--drain-every 200`` is about what one of the task's passes
-finds at the bench's async rate. Where the database has ``pg_stat_statements`` (create the
-extension after ``--seed``), the statements of each phase are counted per event, with
-their execution and planning time (this database's only, reset before measuring).
+finds at the bench's async rate. Beside each acceptance it sends the bench's no-op request
+(``NOOP_PATH``, the same key) and prints its CPU and the ratio of the no-op's CPU to an
+asynchronous event's (acceptance + rating), both taken under the same load: a yardstick
+for comparing versions on a busy machine, not ``make bench-ingest``'s async ÷ no-op (the
+test client's no-op costs about twice the 2.4 ms a server worker spends on it, and the
+clients' CPU is not in it). Where the database has
+``pg_stat_statements`` (create the extension after ``--seed``), the statements of each phase
+are counted per event, with their execution and planning time (this database's only, reset
+before measuring).
 
 ``--seed`` migrates and seeds the database (emptied first: it must be one of your own).
 Without it the database is reused as seeded; each run's keys are new.
@@ -58,7 +64,7 @@ sys.path.insert(0, str(REPO_DIR))
 
 from bench.harness.db import drop_database, with_database  # noqa: E402
 from bench.harness.processes import migrate, setup_django  # noqa: E402
-from bench.ingest_load import BATCH_SIZE, CUSTOMERS, make_event, seed  # noqa: E402
+from bench.ingest_load import BATCH_SIZE, CUSTOMERS, NOOP_PATH, make_event, seed  # noqa: E402
 
 
 def main() -> int:
@@ -163,12 +169,13 @@ def _run_async(args: argparse.Namespace) -> int:
     from metering import inbox
 
     inbox.GATHER_SECONDS = 0  # the task's wait between partial passes: no CPU, only time
-    post = _http_poster(False, True, prefer_async=True)
+    post = _http_poster(False, True, prefer_async=True, scopes=["read", "ingest"])
     customers = [f"bench-cus-{i:04d}" for i in range(CUSTOMERS)]
     rng = random.Random(1)
     run = uuid.uuid4().hex[:8]
     backend, statements = _Backend(), _Statements()
     accept, drain = _Phase("accept", backend, statements), _Phase("drain", backend, statements)
+    noop = _Phase("noop", backend, statements)
     total, waiting, drained = args.warm_up + args.batches, 0, 0
     for n in range(total):
         measured = n >= args.warm_up
@@ -176,6 +183,8 @@ def _run_async(args: argparse.Namespace) -> int:
         with accept.measure(measured, events=1):
             answer = post(body, "")
         assert answer["status"] == "pending", answer
+        with noop.measure(measured, events=1):
+            post.noop()  # type: ignore[attr-defined]
         waiting += 1
         last_of_warm_up, last = n == args.warm_up - 1, n == total - 1
         if last_of_warm_up or last or (args.drain_every and waiting >= args.drain_every):
@@ -186,10 +195,14 @@ def _run_async(args: argparse.Namespace) -> int:
             waiting = 0
     accept.report()
     drain.report()
+    noop.report()
     per = [accept.cpu_ms_per_event(), drain.cpu_ms_per_event()]
+    event_ms = per[0][0] + per[1][0] + per[0][1] + per[1][1]
+    noop_ms = sum(noop.cpu_ms_per_event())
     print(
         f"async total_ms_per_event python={per[0][0] + per[1][0]:.4f} "
-        f"postgres={per[0][1] + per[1][1]:.4f} (accept + drain)"
+        f"postgres={per[0][1] + per[1][1]:.4f} (accept + drain); "
+        f"noop_ms_per_request={noop_ms:.4f} noop_cpu/async_cpu={noop_ms / event_ms:.3f}"
     )
     statements.close()
     return 0
@@ -331,16 +344,19 @@ class _Backend:
         return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
 
-def _http_poster(keyed: bool, single: bool = False, *, prefer_async: bool = False):
+def _http_poster(
+    keyed: bool, single: bool = False, *, prefer_async: bool = False, scopes=("ingest",)
+):
     """A function posting a batch's JSON to /api/v1/events/batch (``single``: an event's to
     /api/v1/events) through Django's test client (the whole middleware stack, in this
     process) with a new API key of the ingest scope; the answer's JSON. ``prefer_async``
-    asks for ``Prefer: respond-async`` and expects 202."""
+    asks for ``Prefer: respond-async`` and expects 202. Its ``noop()`` sends the bench's
+    no-op request (a key of the ``read`` scope too)."""
     from django.test import Client
 
     from tests.factories import APIKeyFactory
 
-    key = APIKeyFactory(name=f"cpu-{uuid.uuid4().hex[:8]}", scopes=["ingest"])
+    key = APIKeyFactory(name=f"cpu-{uuid.uuid4().hex[:8]}", scopes=list(scopes))
     client = Client(
         HTTP_AUTHORIZATION=f"Bearer {key.secret}",
         HTTP_X_FORWARDED_PROTO="https",
@@ -361,6 +377,11 @@ def _http_poster(keyed: bool, single: bool = False, *, prefer_async: bool = Fals
         assert response.status_code in expected, response.content[:500]
         return json.loads(response.content)
 
+    def noop() -> None:
+        response = client.get(NOOP_PATH)
+        assert response.status_code == 200, response.content[:500]
+
+    post.noop = noop  # type: ignore[attr-defined]
     return post
 
 
