@@ -24,7 +24,11 @@ a yearly plan's usage every month). A subscription's billing periods are then th
 periods, counted from the same anchor (``charge_cadence``; the cadence divides the plan's
 period, so every plan boundary is a charge boundary); the plan's own period (``plan_period
 _of``) is what the base fee is per, invoiced on the charge period that closes it
-(``closes_plan_period``).
+(``closes_plan_period``). A charge may have a cadence of its own, a whole multiple of the
+billing period from the same anchor (``PlanCharge.interval``): its periods are
+``subscription_period`` on that cadence, its fees prorated over them (``cadence=``), and it
+is invoiced with the billing period that ends one, or that the subscription ends with
+(``ends_with``; ``invoicing.charge_periods``).
 
 Proration is by elapsed time: ``amount × time used / time in the period``, counted in
 integer microseconds. The quotient is kept to 12 decimal places, rounded half-even (the

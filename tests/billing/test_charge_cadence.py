@@ -177,3 +177,15 @@ def test_plans_without_it_keep_their_hash():
     )
     quarterly = replace(steady, interval="quarter")
     assert replace(spec, charges=(quarterly,)).canonical_hash() != spec.canonical_hash()
+
+
+def test_the_demo_file_has_a_monthly_plan_with_gpu_time_quarterly():
+    from billing.pricing.parse import parse_pricing
+    from tests.billing.test_pricing import DEMO
+
+    demo = {p.code: p for p in parse_pricing(path=DEMO).plans}["gpu-quarterly"]
+    assert (demo.interval, demo.charges_interval) == ("month", "")
+    assert [(c.meter, c.interval) for c in demo.charges] == [
+        ("requests", ""),
+        ("gpu_seconds", "quarter"),
+    ]
