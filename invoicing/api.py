@@ -268,7 +268,7 @@ class UpcomingInvoiceView(APIView):
         ]
         accrued = [
             asdict(line)
-            | {"meter_code": codes.get(line.meter_id), "invoiced_on": line.ends_at}
+            | {"meter_code": codes.get(line.meter_id or 0), "invoiced_on": line.ends_at}
             for line in accruing
         ]
         upcoming = {

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from billing.models import Subscription
-from billing.periods import ends_with
+from billing.periods import covers_whole_period, ends_with, prorate_fee
 from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
 from metering.models import PeriodUsage
@@ -91,6 +92,62 @@ def role(counter: PeriodUsage, own: dict[int, ChargePeriod], period_start: datet
     if counter.period_start != period.start:
         return None
     return INVOICED if period.invoiced_now else ACCRUING
+
+
+@dataclass(frozen=True)
+class OwnMinimum:
+    """A charge minimum owed per charge period, by the invoice carrying it."""
+
+    owed: Decimal  # prorated over the charge period when billed in part
+    minimum: Decimal
+    per: str  # "quarter"
+    span: str  # ", prorated … to …" when billed in part, else ""
+
+
+def own_minimums(
+    subscription: Subscription, terms: rating.PlanTerms, own: dict[int, ChargePeriod]
+) -> list[tuple[int, OwnMinimum]]:
+    """The minimums of the charges on their own cadence this invoice carries: each owed over
+    the part of its charge period the subscription was billed for (after its start and
+    trial, before its end), by the rules of any fee (``billing.periods.prorate_fee``)."""
+    found = []
+    for meter_id, period in sorted(own.items()):
+        minimum = terms.charges[meter_id].minimum_amount
+        if minimum is None or not period.invoiced_now:
+            continue
+        starts = max(
+            period.start, subscription.started_at, subscription.trial_ends_at or period.start
+        )
+        ends = max(starts, min(period.end, subscription.ended_at or period.end))
+        whole = covers_whole_period(
+            subscription,
+            used_from=starts,
+            used_until=ends,
+            period_start=period.start,
+            period_end=period.end,
+            cadence=period.cadence,
+        )
+        owed = prorate_fee(
+            subscription,
+            minimum,
+            used_from=starts,
+            used_until=ends,
+            period_start=period.start,
+            period_end=period.end,
+            cadence=period.cadence,
+        )
+        found.append(
+            (
+                meter_id,
+                OwnMinimum(
+                    owed=owed,
+                    minimum=minimum,
+                    per=every(period.cadence),
+                    span="" if whole else f", prorated {starts:%Y-%m-%d} to {ends:%Y-%m-%d}",
+                ),
+            )
+        )
+    return found
 
 
 def every(cadence: tuple[str, int]) -> str:

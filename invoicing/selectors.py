@@ -572,12 +572,12 @@ def minimum_lines(
             period_end=period_end,
         )
 
-    def note(minimums: set[Decimal]) -> str:
+    def note(minimums: set[Decimal], per: str = "period", over: str | None = None) -> str:
         if len(minimums) == 1:
-            text = f"minimum {next(iter(minimums)).normalize():,f} {currency} per period"
+            text = f"minimum {next(iter(minimums)).normalize():,f} {currency} per {per}"
         else:  # a plan change between two minimums
             text = "minimum of each plan version in force, per period"
-        return text + span
+        return text + (span if over is None else over)
 
     owed_by_meter: dict[int, Decimal] = {}
     committed_by_meter: dict[int, Decimal] = {}  # owed by versions with a commitment
@@ -587,21 +587,12 @@ def minimum_lines(
     own = charge_periods.own_charge_periods(
         subscription, terms_of(end_plan), period_start, period_end
     )
-    for meter_id, own_period in own.items() if drawn is None else ():
-        minimum = terms_of(end_plan).charges[meter_id].minimum_amount
-        if minimum is None or not own_period.invoiced_now:
-            continue
-        starts, ends = _live_span(subscription, own_period.start, own_period.end)
-        owed_by_meter[meter_id] = prorate_fee(
-            subscription,
-            minimum,
-            used_from=starts,
-            used_until=ends,
-            period_start=own_period.start,
-            period_end=own_period.end,
-            cadence=own_period.cadence,
-        )
-        minimums_by_meter[meter_id] = {minimum}
+    own_notes: dict[int, tuple[str, str]] = {}
+    if drawn is None:
+        for meter_id, due in charge_periods.own_minimums(subscription, terms_of(end_plan), own):
+            owed_by_meter[meter_id] = due.owed
+            minimums_by_meter[meter_id] = {due.minimum}
+            own_notes[meter_id] = (due.per, due.span)
     for part in slices if drawn is None else ():
         for meter_id, charge in terms_of(part.plan).charges.items():
             if charge.minimum_amount is None or meter_id in own:
@@ -623,7 +614,8 @@ def minimum_lines(
                 LineDraft(
                     kind=LineKind.MINIMUM,
                     description=f"{meter.name or meter.code}: "
-                    f"{note(minimums_by_meter[meter_id])}, shortfall",
+                    f"{note(minimums_by_meter[meter_id], *own_notes.get(meter_id, ()))}, "
+                    "shortfall",
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),

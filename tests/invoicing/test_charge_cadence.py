@@ -313,4 +313,52 @@ def test_a_charge_billed_every_two_months_on_a_monthly_plan_with_a_minimum():
     january = close(subscription, as_of=at(2026, 2, 1))
     assert [kind for kind, *_ in lines(january)] == ["base_fee"]
     february = close(subscription, as_of=at(2026, 3, 1))
+    assert lines(february) == [
+        ("base_fee", "Pro — base fee", D(1), D(10)),
+        ("included", "GPU hours: included (100 per 2 months)", D(100), D(0)),
+        ("usage", "GPU hours, tier 1", D(20), D(40)),
+        ("minimum", "GPU hours: minimum 50 USD per 2 months, shortfall", D(1), D(10)),
+    ]
     assert february.total == D(10) + D(40) + D(10)
+
+
+def test_a_charge_minimum_for_a_quarter_cut_short_is_prorated_over_the_quarter():
+    """A 300.00 minimum per quarter, canceled on 15 February 00:00 with 120 hours (40.00):
+    owed 300 × 45 / 90 days = 150.00, a shortfall of 110.00."""
+    subscription = subscribe(gpu_plan(minimum_amount=D(300)), start=at(2026, 1, 1))
+    gpu(subscription, 120, at(2026, 1, 20))
+    assert [k for k, *_ in lines(close(subscription, as_of=at(2026, 2, 1)))] == ["base_fee"]
+    services.cancel_subscription(subscription_id=subscription.pk, now=at(2026, 2, 15))
+    february = close(subscription, as_of=at(2026, 2, 15))
+    assert lines(february)[-1] == (
+        "minimum",
+        "GPU hours: minimum 300 USD per quarter, prorated 2026-01-01 to 2026-02-15, shortfall",
+        D(1),
+        D(110),
+    )
+
+
+def test_the_books_reconcile_over_the_quarter():
+    """The three months finalized: every reconciliation check passes — the invoices'
+    postings equal their figures (``invoice_ledger``: March's wallet leg is the quarter's
+    550.00 of GPU hours with its 10.00 of requests), the usage postings their events; the
+    per-period comparison of events and usage lines leaves these invoices out (January's
+    events include GPU hours its invoice does not carry)."""
+    from invoicing import reconciliation
+
+    subscription = subscribe(gpu_plan(), start=at(2026, 1, 1))
+    usage = [
+        (5000, 120, at(2026, 1, 20)),
+        (3000, 250, at(2026, 2, 20)),
+        (1000, 30, at(2026, 3, 30)),
+    ]
+    for n, hours, when in usage:
+        calls(subscription, n, when)
+        gpu(subscription, hours, when)
+        month_end = at(2026, when.month + 1, 1)
+        invoice = close(subscription, as_of=month_end)
+        invoicing.finalize_invoice(invoice_id=invoice.pk, now=month_end)
+    assert [i.total for i in invoices(subscription)] == [D(60), D(40), D(570)]
+    result = reconciliation.run_reconciliation(start=at(2026, 1, 1), end=at(2026, 4, 2))
+    assert result.status == "passed", result.checks
+    assert reconcile(subscription).balanced()
