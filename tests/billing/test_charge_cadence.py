@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing import services
+from billing import errors, services
 from billing.models import Plan
 from tests.billing.conftest import assert_error
 from tests.billing.test_pricing_shapes import body, via_admin, via_api, via_file
@@ -189,3 +189,31 @@ def test_the_demo_file_has_a_monthly_plan_with_gpu_time_quarterly():
         ("requests", ""),
         ("gpu_seconds", "quarter"),
     ]
+
+
+def test_a_change_between_plans_with_other_charge_cadences_is_refused():
+    """The quarter's counter would be invoiced on neither cadence: refused now and at period
+    end alike; a change keeping the charges' own cadences goes through."""
+    from tests.billing.conftest import at
+    from tests.invoicing.conftest import plan, subscribe
+
+    gpu = MeterFactory(code=unique("gpu"), event_name="gpu.used", property="hours").code
+
+    def gpu_plan(**charge) -> Plan:
+        return plan(services.ChargeSpec(meter=gpu, unit_price=Decimal(2), **charge))
+
+    subscription = subscribe(gpu_plan(interval="quarter"), start=at(2026, 1, 1))
+    for other in (gpu_plan(), gpu_plan(interval="year")):
+        for at_period_end in (False, True):
+            with pytest.raises(errors.ValidationFailed, match="own interval"):
+                services.change_subscription(
+                    subscription_id=subscription.pk,
+                    plan=other,
+                    at_period_end=at_period_end,
+                    now=at(2026, 1, 10),
+                )
+    same = gpu_plan(interval="quarter", included_quantity=Decimal(10))
+    changed = services.change_subscription(
+        subscription_id=subscription.pk, plan=same, now=at(2026, 1, 10)
+    )
+    assert changed.plan_id == same.pk
