@@ -24,7 +24,11 @@ a yearly plan's usage every month). A subscription's billing periods are then th
 periods, counted from the same anchor (``charge_cadence``; the cadence divides the plan's
 period, so every plan boundary is a charge boundary); the plan's own period (``plan_period
 _of``) is what the base fee is per, invoiced on the charge period that closes it
-(``closes_plan_period``).
+(``closes_plan_period``). A charge may have a cadence of its own, a whole multiple of the
+billing period from the same anchor (``PlanCharge.interval``): its periods are
+``subscription_period`` on that cadence, its fees prorated over them (``cadence=``), and it
+is invoiced with the billing period that ends one, or that the subscription ends with
+(``ends_with``; ``invoicing.charge_periods``).
 
 Proration is by elapsed time: ``amount × time used / time in the period``, counted in
 integer microseconds. The quotient is kept to 12 decimal places, rounded half-even (the
@@ -182,7 +186,11 @@ def charge_cadence(plan: Plan) -> tuple[str, int]:
     return plan.interval, plan.interval_count
 
 
-def _cadence(subscription: Subscription, per_plan: bool) -> tuple[str, int]:
+def _cadence(
+    subscription: Subscription, per_plan: bool, cadence: tuple[str, int] | None = None
+) -> tuple[str, int]:
+    if cadence is not None:  # a charge's own (PlanCharge.interval × interval_count)
+        return cadence
     plan = subscription.plan
     return (plan.interval, plan.interval_count) if per_plan else charge_cadence(plan)
 
@@ -215,6 +223,17 @@ def plan_period_of(subscription: Subscription, at: datetime) -> tuple[datetime, 
     )
 
 
+def ends_with(subscription: Subscription, period_start: datetime, period_end: datetime) -> bool:
+    """Whether the subscription ends in the billing period [period_start, period_end): it
+    ended in it, or is canceled at the end of the plan period this one closes."""
+    ended_at = subscription.ended_at
+    if ended_at is not None and ended_at <= period_end:
+        return True
+    return bool(subscription.cancel_at_period_end) and (
+        plan_period_of(subscription, period_start)[1] == period_end
+    )
+
+
 def closes_plan_period(
     subscription: Subscription, period_start: datetime, period_end: datetime
 ) -> bool:
@@ -232,10 +251,11 @@ def whole_period_of(
     period_end: datetime,
     *,
     per_plan: bool = False,
+    cadence: tuple[str, int] | None = None,
 ) -> tuple[datetime, datetime]:
     """``whole_period`` of one of the subscription's billing periods, or (``per_plan``) of
-    one of its plan periods."""
-    interval, count = _cadence(subscription, per_plan)
+    one of its plan periods, or (``cadence``) of one of a charge's own periods."""
+    interval, count = _cadence(subscription, per_plan, cadence)
     return whole_period(
         anchor=subscription.billing_anchor,
         interval=interval,
@@ -253,6 +273,7 @@ def fee_span(
     period_start: datetime,
     period_end: datetime,
     per_plan: bool = False,
+    cadence: tuple[str, int] | None = None,
 ) -> tuple[datetime, datetime, datetime, datetime]:
     """What a fee for [used_from, used_until) of one of the subscription's periods is charged
     for, and over what: ``(from, until, whole_start, whole_end)``.
@@ -264,7 +285,7 @@ def fee_span(
     the day the subscription ends in (to the next midnight). A plan change inside the period
     splits it where it happened, so its parts still add up to the whole."""
     whole_start, whole_end = whole_period_of(
-        subscription, period_start, period_end, per_plan=per_plan
+        subscription, period_start, period_end, per_plan=per_plan, cadence=cadence
     )
     if (whole_start, whole_end) != (period_start, period_end):
         if used_from <= period_start:
@@ -284,6 +305,7 @@ def covers_whole_period(
     period_start: datetime,
     period_end: datetime,
     per_plan: bool = False,
+    cadence: tuple[str, int] | None = None,
 ) -> bool:
     """Whether a fee for [used_from, used_until) is the whole fee, by ``fee_span``'s rule (a
     calendar start on its anchor day after midnight bills its first period whole)."""
@@ -294,6 +316,7 @@ def covers_whole_period(
         period_start=period_start,
         period_end=period_end,
         per_plan=per_plan,
+        cadence=cadence,
     )
     return start <= whole_start and end >= whole_end
 
@@ -307,6 +330,7 @@ def prorate_fee(
     period_start: datetime,
     period_end: datetime,
     per_plan: bool = False,
+    cadence: tuple[str, int] | None = None,
 ) -> Decimal:
     """A fee (base fee, minimum, prorated charge, a first tier's flat fee at zero usage) for
     [used_from, used_until) of one of the subscription's periods (``fee_span``): by time
@@ -320,6 +344,7 @@ def prorate_fee(
         period_start=period_start,
         period_end=period_end,
         per_plan=per_plan,
+        cadence=cadence,
     )
     return prorate(
         amount, used_from=start, used_until=end, period_start=whole_start, period_end=whole_end

@@ -284,6 +284,8 @@ def plan_spec_from_validated(data: dict[str, Any]) -> PlanSpec:
                 flat_fee_at_zero=c.get("flat_fee_at_zero", False),
                 minimum_amount=c.get("minimum_amount"),
                 prorated=c.get("prorated", False),
+                interval=c.get("interval") or "",
+                interval_count=1 if c.get("interval_count") is None else c["interval_count"],
                 tiers=tuple(
                     TierSpec(
                         up_to=t.get("up_to"),

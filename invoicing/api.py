@@ -22,7 +22,7 @@ from billing.api.pagination import paginate
 from billing.api.query import PAGE_PARAMS, APIView
 from billing.api.views import ErrorSerializer, errors, idempotency_parameter
 from billing.models import CreditGrant, Meter, Subscription, SubscriptionStatus
-from invoicing import credit_refunds, pdf, webhooks
+from invoicing import charge_periods, credit_refunds, pdf, webhooks
 from invoicing import errors as invoicing_errors
 from invoicing.models import Invoice, InvoiceLine, InvoiceStatus, StripeEventStatus
 from invoicing.selectors import compute_invoice
@@ -217,12 +217,28 @@ class InvoicePDFView(APIView):
         )
 
 
+class AccruingLineSerializer(InvoiceLineSerializer):
+    invoiced_on = serializers.DateTimeField(
+        help_text="When its charge period ends: the invoice of the billing period ending "
+        "then carries it."
+    )
+
+
+class UpcomingInvoiceSerializer(InvoiceSerializer):
+    accruing = AccruingLineSerializer(
+        many=True,
+        help_text="Charges billed on their own cadence (a quarter on a monthly plan) whose "
+        "charge period is still running: what they have accrued so far, rated, not on this "
+        "invoice (a later one carries them, on invoiced_on). Empty for other plans.",
+    )
+
+
 class UpcomingInvoiceView(APIView):
     @extend_schema(
         operation_id="customers_upcoming_invoice",
         tags=["invoices"],
         summary="The invoice the current period would produce if it closed now",
-        responses={200: InvoiceSerializer, **errors(404, 422)},
+        responses={200: UpcomingInvoiceSerializer, **errors(404, 422)},
     )
     def get(self, request, external_id: str):
         customer = billing_selectors.get_customer(external_id=external_id)
@@ -241,11 +257,19 @@ class UpcomingInvoiceView(APIView):
             period_start=subscription.current_period_start,
             period_end=subscription.current_period_end,
         )
-        meter_ids = [line.meter_id for line in draft.lines if line.meter_id]
+        accruing = charge_periods.accruing_lines(
+            subscription, subscription.current_period_start, subscription.current_period_end
+        )
+        meter_ids = [line.meter_id for line in [*draft.lines, *accruing] if line.meter_id]
         codes = dict(Meter.objects.filter(pk__in=meter_ids).values_list("pk", "code"))
         lines = [
             asdict(line) | {"meter_code": codes.get(line.meter_id) if line.meter_id else None}
             for line in draft.lines
+        ]
+        accrued = [
+            asdict(line)
+            | {"meter_code": codes.get(line.meter_id or 0), "invoiced_on": line.ends_at}
+            for line in accruing
         ]
         upcoming = {
             "id": None,
@@ -273,8 +297,9 @@ class UpcomingInvoiceView(APIView):
             "due_at": None,
             "paid_at": None,
             "pdf_url": None,
+            "accruing": accrued,
         }
-        return Response(InvoiceSerializer(upcoming).data)
+        return Response(UpcomingInvoiceSerializer(upcoming).data)
 
 
 class WebhookAnswerSerializer(serializers.Serializer):

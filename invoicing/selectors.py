@@ -28,6 +28,7 @@ from billing.periods import (
     plan_period_of,
     prorate_fee,
 )
+from invoicing import charge_periods
 from invoicing.models import LineKind, TaxRate
 from invoicing.money import rounding_rule_for, to_minor_unit
 from metering import rating
@@ -209,8 +210,11 @@ def usage_lines(
     *,
     terms: rating.PlanTerms | None = None,
     counters: list[PeriodUsage] | None = None,
+    accruing: bool = False,
 ) -> tuple[list[LineDraft], Decimal]:
     """Lines for the period's usage counters, and the usage the ledger recorded (exact).
+    ``accruing``: instead, the lines of the charges on their own cadence whose charge
+    period is still running (a later invoice carries them: ``invoicing.charge_periods``).
 
     Per charged meter: the included quantity (free), then the overage per tier with its unit
     price. Where the counter's exact amount is not the plan's tiers applied to its quantity
@@ -220,20 +224,22 @@ def usage_lines(
     ``terms`` and ``counters`` (a usage preview, ``invoicing.preview``): other plan terms
     and the counters as those terms would have priced them, instead of the plan in force and
     the stored counters."""
-    if counters is None:
-        counters = list(
-            PeriodUsage.objects.filter(subscription=subscription, period_start=period_start)
-            .select_related("meter")
-            .order_by("meter_id")
-        )
     if terms is None:
         terms = rating.plan_terms(_plan_at_end(subscription, period_end, phases))
+    # Charges on their own cadence: their charge period's counter, carried by the invoice
+    # that ends it (invoicing.charge_periods); ``accruing``: those still running instead.
+    own = charge_periods.own_charge_periods(subscription, terms, period_start, period_end)
+    if counters is None:
+        counters = charge_periods.read_counters(subscription, period_start, own)
+    wanted = charge_periods.ACCRUING if accruing else charge_periods.INVOICED
+    counters = [c for c in counters if charge_periods.role(c, own, period_start) == wanted]
     meters = {c.meter_id: c.meter for c in counters}
     in_trial = subscription.trial_ends_at is not None and period_end <= subscription.trial_ends_at
+    deferred = {m for m, p in own.items() if not p.invoiced_now}
     zero_usage_fees = (
         []
-        if in_trial or terms.consumption_model == ConsumptionModel.CREDITS
-        else _zero_usage_fee_lines(terms, counters, period_start, period_end)
+        if in_trial or accruing or terms.consumption_model == ConsumptionModel.CREDITS
+        else _zero_usage_fee_lines(terms, counters, period_start, period_end, deferred)
     )
     lines: list[LineDraft] = []
     usage_charged = ZERO
@@ -249,6 +255,12 @@ def usage_lines(
             "ends_at": period_end,
             "meter_id": meter.pk,
         }
+        per = "period"
+        if counter.meter_id in own:  # its own charge period, as far as it was billed
+            own_period = own[counter.meter_id]
+            per = charge_periods.every(own_period.cadence)
+            common["starts_at"] = counter.period_start
+            common["ends_at"] = min(counter.period_end, subscription.ended_at or counter.period_end)
         if counter.currency and counter.currency != currency:  # a credits plan
             lines.append(
                 LineDraft(
@@ -268,7 +280,7 @@ def usage_lines(
                 LineDraft(
                     kind=LineKind.INCLUDED,
                     description=f"{name}: included ({charge.included_quantity.normalize():,f}"
-                    f"{unit} per period)",
+                    f"{unit} per {per})",
                     quantity=included,
                     unit_price=ZERO,
                     **common,
@@ -323,7 +335,9 @@ def usage_lines(
     # with the charge's usage when the charge says so (a stub, a cancellation), never more
     # than a period with one unit in it would cost.
     lines += zero_usage_fees
-    prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end)
+    if accruing:
+        return lines, usage_charged
+    prorations = _proration_lines(terms, meters, lines, subscription, period_start, period_end, own)
     return [*lines, *prorations], usage_charged
 
 
@@ -334,6 +348,7 @@ def _proration_lines(
     subscription: Subscription,
     period_start: datetime,
     period_end: datetime,
+    own: dict[int, charge_periods.ChargePeriod],
 ) -> list[LineDraft]:
     """For a period billed in part, each prorated charge's usage brought down to the time
     billed: the tiers were chosen on the whole quantity (and rated so), the amount is
@@ -342,21 +357,24 @@ def _proration_lines(
     than one unit). One negative fee line per charge, so the usage lines still say what was
     rated."""
     prorated = sorted(m for m, c in terms.charges.items() if c.prorated)
-    starts, ends = _live_span(subscription, period_start, period_end)
-    if (
-        not prorated
-        or ends <= starts
-        or covers_whole_period(
+    adjustments = []
+    for meter_id in prorated:
+        # A charge on its own cadence: its charge period (invoiced now, or no lines here).
+        own_period = own.get(meter_id)
+        start, end = (
+            (own_period.start, own_period.end) if own_period else (period_start, period_end)
+        )
+        cadence = own_period.cadence if own_period else None
+        starts, ends = _live_span(subscription, start, end)
+        if ends <= starts or covers_whole_period(
             subscription,
             used_from=starts,
             used_until=ends,
-            period_start=period_start,
-            period_end=period_end,
-        )
-    ):
-        return []
-    adjustments = []
-    for meter_id in prorated:
+            period_start=start,
+            period_end=end,
+            cadence=cadence,
+        ):
+            continue
         rated = sum(
             (
                 ln.amount_precise
@@ -372,8 +390,9 @@ def _proration_lines(
             rated,
             used_from=starts,
             used_until=ends,
-            period_start=period_start,
-            period_end=period_end,
+            period_start=start,
+            period_end=end,
+            cadence=cadence,
         )
         meter = meters.get(meter_id) or Meter.objects.get(pk=meter_id)  # no counter: a fee
         adjustments.append(
@@ -399,14 +418,17 @@ def _zero_usage_fee_lines(
     counters: list[PeriodUsage],
     period_start: datetime,
     period_end: datetime,
+    deferred: set[int],
 ) -> list[LineDraft]:
     """The first tier's flat fee of each charge that invoices it at zero usage, for the
-    charges without a billable unit this period (with or without a counter)."""
+    charges without a billable unit this period (with or without a counter); none for a
+    charge on its own cadence whose charge period is still running (``deferred``)."""
     quantities = {c.meter_id: c.quantity for c in counters}
     fees = {
         meter_id: fee
         for meter_id, charge in terms.charges.items()
-        if (fee := charge.zero_usage_fee(quantities.get(meter_id, ZERO)))
+        if meter_id not in deferred
+        and (fee := charge.zero_usage_fee(quantities.get(meter_id, ZERO)))
     }
     if not fees:
         return []
@@ -550,19 +572,30 @@ def minimum_lines(
             period_end=period_end,
         )
 
-    def note(minimums: set[Decimal]) -> str:
+    def note(minimums: set[Decimal], per: str = "period", over: str | None = None) -> str:
         if len(minimums) == 1:
-            text = f"minimum {next(iter(minimums)).normalize():,f} {currency} per period"
+            text = f"minimum {next(iter(minimums)).normalize():,f} {currency} per {per}"
         else:  # a plan change between two minimums
             text = "minimum of each plan version in force, per period"
-        return text + span
+        return text + (span if over is None else over)
 
     owed_by_meter: dict[int, Decimal] = {}
     committed_by_meter: dict[int, Decimal] = {}  # owed by versions with a commitment
     minimums_by_meter: dict[int, set[Decimal]] = {}
+    # A charge on its own cadence owes its minimum per charge period, on the invoice that
+    # carries that period (prorated over it when billed in part), and nothing before.
+    own = charge_periods.own_charge_periods(
+        subscription, terms_of(end_plan), period_start, period_end
+    )
+    own_notes: dict[int, tuple[str, str]] = {}
+    if drawn is None:
+        for meter_id, due in charge_periods.own_minimums(subscription, terms_of(end_plan), own):
+            owed_by_meter[meter_id] = due.owed
+            minimums_by_meter[meter_id] = {due.minimum}
+            own_notes[meter_id] = (due.per, due.span)
     for part in slices if drawn is None else ():
         for meter_id, charge in terms_of(part.plan).charges.items():
-            if charge.minimum_amount is None:
+            if charge.minimum_amount is None or meter_id in own:
                 continue
             owed = share(charge.minimum_amount, part)
             owed_by_meter[meter_id] = owed_by_meter.get(meter_id, ZERO) + owed
@@ -581,7 +614,8 @@ def minimum_lines(
                 LineDraft(
                     kind=LineKind.MINIMUM,
                     description=f"{meter.name or meter.code}: "
-                    f"{note(minimums_by_meter[meter_id])}, shortfall",
+                    f"{note(minimums_by_meter[meter_id], *own_notes.get(meter_id, ()))}, "
+                    "shortfall",
                     starts_at=starts,
                     ends_at=ends,
                     quantity=Decimal(1),

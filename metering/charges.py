@@ -64,6 +64,10 @@ class ChargeTerms:
     flat_fee_at_zero: bool = False  # the first tier's flat fee invoiced without usage
     minimum_amount: Decimal | None = None  # invoiced per period at least (not rated)
     prorated: bool = False  # invoiced prorated for a period billed in part (not rated)
+    # Its own cadence (a whole multiple of the billing period): its counter, allowance and
+    # tiers span that period ("": the billing period; metering.rating.terms.charge_period)
+    interval: str = ""
+    interval_count: int = 1
 
     def zero_usage_fee(self, quantity: Decimal) -> Decimal:
         """The first tier's flat fee when the charge invoices it at zero usage and

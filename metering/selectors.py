@@ -27,6 +27,7 @@ from metering.models import (
     ModelUsage,
     PeriodUsage,
 )
+from metering.rating.terms import charge_period, plan_terms
 
 MAX_USAGE_DAYS = 400  # the longest range a usage report covers
 
@@ -118,11 +119,20 @@ def customer_balance(customer: Customer) -> dict[str, Any]:
     allowances = []
     live = customer.subscriptions.exclude(status="canceled").select_related("plan").first()
     if live is not None:
-        used_by_meter = dict(
-            PeriodUsage.objects.filter(
-                subscription=live, period_start=live.current_period_start
-            ).values_list("meter_id", "quantity")
-        )
+        # a charge on its own cadence: its allowance is per charge period (a quarter)
+        period = (live.current_period_start, live.current_period_end)
+        in_trial = live.trial_ends_at is not None and period[0] < live.trial_ends_at
+        starts = {
+            meter_id: charge_period(live, charge, period, in_trial, period[0])[0]
+            for meter_id, charge in plan_terms(live.plan_id).charges.items()
+        }
+        used_by_meter = {
+            meter_id: quantity
+            for meter_id, start, quantity in PeriodUsage.objects.filter(
+                subscription=live, period_start__in={period[0], *starts.values()}
+            ).values_list("meter_id", "period_start", "quantity")
+            if start == starts.get(meter_id, period[0])
+        }
         for charge in live.plan.charges.select_related("meter").order_by("id"):
             used = min(used_by_meter.get(charge.meter_id, Decimal(0)), charge.included_quantity)
             allowances.append(

@@ -96,6 +96,13 @@ def charge_terms(charge: PlanCharge) -> str:
         )
     if charge.prorated:
         terms.append("prorated")
+    if charge.interval:
+        count = charge.interval_count
+        terms.append(
+            f"billed every {count} {charge.interval}"
+            if count != 1
+            else f"billed every {charge.interval}"
+        )
     return format_html_join(mark_safe("<br>"), "{}", ((t,) for t in terms)) if terms else "—"
 
 
@@ -164,6 +171,10 @@ def charges_json(charges: Iterable[services.ChargeSpec]) -> str:
             item["minimum_amount"] = decimal_text(charge.minimum_amount)
         if charge.prorated:
             item["prorated"] = True
+        if charge.interval:
+            item["interval"] = charge.interval
+            if charge.interval_count != 1:
+                item["interval_count"] = charge.interval_count
         items.append(item)
     return json.dumps(items, indent=2)
 
@@ -210,7 +221,9 @@ CHARGES_HELP = (
     "charges take package_size; margin_percent is optional; flat_fee_at_zero (true or false) "
     "invoices the first tier's flat fee even without usage; minimum_amount is the least the "
     "charge is invoiced per period; prorated (true or false) prorates its amount for a "
-    "period billed in part. Write decimals as strings: they "
+    "period billed in part; interval (with interval_count) bills the charge on its own "
+    "cadence, a whole multiple of the billing period (GPU hours quarterly on a monthly "
+    "plan). Write decimals as strings: they "
     "are kept exactly."
 )
 

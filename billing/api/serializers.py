@@ -460,7 +460,7 @@ class TierSerializer(StrictInputMixin, serializers.ModelSerializer):
 
 
 class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
-    # a charge's own cadence: refused with what to write instead (the pricing file's words)
+    # other systems' names for a charge's cadence: refused with the name it has here
     unknown_field_hints = services.CHARGE_FIELD_HINTS
     meter = serializers.SlugField(
         max_length=100, source="meter.code", help_text="The code of an existing meter."
@@ -500,6 +500,23 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
         help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "
         "period without billable usage (Lago's convention).",
     )
+    # Checked by validate_plan_spec (the pricing file's and the admin's message and code).
+    interval = serializers.CharField(
+        max_length=20,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Metered plans: this charge's own cadence (day, week, month, quarter, "
+        "year), a whole multiple of the subscription's billing period — GPU hours billed "
+        "quarterly on a monthly plan; its usage is invoiced when its own period ends. Empty: "
+        "every billing period. Refused with charges_interval_misaligned when it is not a "
+        "whole number of billing periods.",
+    )
+    interval_count = serializers.IntegerField(
+        required=False,
+        default=1,
+        help_text="With interval: the charge's period lasts this many of them.",
+    )
 
     class Meta:
         model = PlanCharge
@@ -514,6 +531,8 @@ class ChargeSerializer(StrictInputMixin, serializers.ModelSerializer):
             "flat_fee_at_zero",
             "minimum_amount",
             "prorated",
+            "interval",
+            "interval_count",
         ]
 
 

@@ -265,10 +265,30 @@ class PlanCharge(models.Model):
         help_text="Graduated and volume: the first tier's flat fee is invoiced even for a "
         "period without billable usage (Lago's convention). Off: charged from the first unit.",
     )
+    # db_default: raw-SQL seeders (bench, reads-at-scale tests) insert charges without them.
+    interval = models.CharField(
+        max_length=7,
+        choices=Interval.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Metered plans: this charge's own cadence (Orb's per-price cadence), a "
+        "whole multiple of the subscription's billing period (billing.services.cadence). "
+        "Empty: billed every billing period, as the plan's other charges.",
+    )
+    interval_count = models.PositiveSmallIntegerField(
+        default=1,
+        db_default=1,
+        help_text="The charge's period lasts this many intervals (with interval).",
+    )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["plan", "meter"], name="billing_charge_meter"),
+            models.CheckConstraint(
+                condition=Q(interval_count__gte=1) & (~Q(interval="") | Q(interval_count=1)),
+                name="billing_charge_interval_count",
+            ),
             models.CheckConstraint(
                 condition=Q(included_quantity__gte=0, unit_price__gte=0),
                 name="billing_charge_non_negative",

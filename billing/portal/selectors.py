@@ -27,10 +27,12 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
+from invoicing import charge_periods
 from invoicing.models import Invoice, InvoiceStatus, LineKind
 from invoicing.money import minor_unit_exponent, to_minor_unit
 from invoicing.selectors import compute_invoice
 from ledger.models import Balance
+from metering import rating
 from metering.models import DailyUsage, Event, ModelUsage, PeriodUsage
 
 ZERO = Decimal(0)
@@ -107,15 +109,29 @@ def period_overview(subscription: Subscription) -> dict[str, Any]:
     that has ended but is not closed yet projects no further), the usage to come filling
     the minimums' shortfalls and a commitment's rest first (``_usage_to_come``)."""
     charges = {c.meter_id: c for c in subscription.plan.charges.select_related("meter")}
-    # read once, as compute_invoice reads them (with their meters, by meter): it is given them
-    counters = list(
-        PeriodUsage.objects.filter(
-            subscription=subscription, period_start=subscription.current_period_start
-        )
-        .select_related("meter")
-        .order_by("meter_id")
+    # read once, as compute_invoice reads them (with their meters, by meter): it is given
+    # them. A charge on its own cadence (a quarter) shows its charge period's quantity; its
+    # counter is on this invoice only when the charge period ends with it.
+    own = charge_periods.own_charge_periods(
+        subscription,
+        rating.plan_terms(subscription.plan_id),
+        subscription.current_period_start,
+        subscription.current_period_end,
     )
-    used = {c.meter_id: c for c in counters}
+    shown = [
+        c
+        for c in charge_periods.read_counters(
+            subscription, subscription.current_period_start, own
+        )
+        if charge_periods.role(c, own, subscription.current_period_start) is not None
+    ]
+    counters = [
+        c
+        for c in shown
+        if charge_periods.role(c, own, subscription.current_period_start)
+        == charge_periods.INVOICED
+    ]
+    used = {c.meter_id: c for c in shown}
     meters = [
         {
             "meter": charge.meter,

@@ -347,6 +347,8 @@ class _Parser(ValueReader):
                 "flat_fee_at_zero",
                 "minimum_amount",
                 "prorated",
+                "interval",
+                "interval_count",
             ),
         )
         meter = self.string(
@@ -406,6 +408,11 @@ class _Parser(ValueReader):
             flat_fee_at_zero=self.boolean(data, "flat_fee_at_zero", where, default=False),
             prorated=self.boolean(data, "prorated", where, default=False),
             minimum_amount=self.decimal(data, "minimum_amount", where, default=None, nullable=True),
+            # a string and a whole number here; validate_plan_spec says what is allowed
+            interval=self.string(data, "interval", where, default=""),
+            interval_count=self.integer(
+                data, "interval_count", where, default=1, minimum=-(2**31), maximum=2**31
+            ),
         )
 
     def tier(self, value: Any, where: str) -> services.TierSpec:

@@ -46,6 +46,7 @@ from billing.services.auto_top_up import (
     get_auto_top_up,
     set_auto_top_up,
 )
+from billing.services.cadence import validate_billing_cadence
 from billing.services.customers import (
     CUSTOMER_EDITABLE,
     KEEP,
@@ -82,7 +83,6 @@ from billing.services.plans import (
     publish_plan,
     rename_meter,
     set_plan_self_serve,
-    validate_billing_cadence,
     validate_plan_spec,
 )
 from billing.services.subscriptions import (

@@ -30,7 +30,12 @@ from billing.models import (
     Rollover,
     RoundingRule,
 )
-from billing.periods import MAX_INTERVAL_COUNT, MONTHS_PER_INTERVAL, period_months_or_days
+from billing.periods import MONTHS_PER_INTERVAL
+from billing.services.cadence import (
+    validate_billing_cadence,
+    validate_charge_cadences,
+    validate_charges_cadence,
+)
 from billing.services.locks import PLAN_VERSION_LOCK
 
 # What a meter may read under llm. (the normalised usage), and which of those the model
@@ -119,17 +124,14 @@ class TierSpec:
     package_size: Decimal | None = field(default=None, metadata=ADDED_LATER)
 
 
-# Where Orb and Stripe put a price's cadence: refused saying so, by all three ways alike.
-CHARGE_CADENCE_UNSUPPORTED = (
-    "a charge has no billing cadence of its own: every usage charge of a plan is billed "
-    "on the plan's charges_interval × charges_interval_count (left out: the plan's own "
-    "interval); set the cadence on the plan (usage charges on different cadences in one "
-    "plan are not supported)"
+# Names other systems give a price's cadence, refused on a charge with the name it has here.
+CHARGE_CADENCE_NAMES = (
+    "a charge's own cadence is interval × interval_count (a whole multiple of the "
+    "subscription's billing period; docs/pricing-file.md); charges_interval is the plan's"
 )
 CHARGE_FIELD_HINTS = dict.fromkeys(
-    ("interval", "interval_count", "charges_interval", "charges_interval_count")
-    + ("billing_interval", "cadence"),
-    CHARGE_CADENCE_UNSUPPORTED,
+    ("charges_interval", "charges_interval_count", "billing_interval", "cadence"),
+    CHARGE_CADENCE_NAMES,
 )
 
 
@@ -148,6 +150,10 @@ class ChargeSpec:
     minimum_amount: Decimal | None = field(default=None, metadata=ADDED_LATER)
     # A period billed in part: the amount prorated by the time billed (tier on the whole).
     prorated: bool = field(default=False, metadata=ADDED_LATER)
+    # Its own cadence (Orb's per-price cadence), a multiple of the billing period; "": every
+    # billing period (billing.services.cadence.validate_charge_cadences).
+    interval: str = field(default="", metadata=ADDED_LATER)
+    interval_count: int = field(default=1, metadata=ADDED_LATER)
 
 
 # Plan grants are drawn after promotional (10) and adjustment (20) credits, before
@@ -311,6 +317,7 @@ def validate_plan_spec(spec: PlanSpec) -> None:
             "consumption_model",
         )
     validate_charges_cadence(spec)
+    validate_charge_cadences(spec)
     money(spec.base_fee, "base_fee")
     if spec.rounding and spec.rounding not in RoundingRule.values:
         fail(f"rounding must be one of {', '.join(RoundingRule.values)}", "rounding")
@@ -420,120 +427,6 @@ def validate_plan_spec(spec: PlanSpec) -> None:
                 if tier.up_to <= previous:
                     fail("tier bounds must increase", f"{param}.tiers[{j}].up_to")
                 previous = tier.up_to
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def validate_billing_cadence(
-    *, interval: str, interval_count: int, billing_time: str, billing_anchor_day: int | None
-) -> None:
-    """A plan's interval and where periods are counted from; a subscription choosing its own
-    billing time (``create_subscription``) is checked by the same rules."""
-    if interval not in Interval.values:
-        raise errors.ValidationFailed(
-            f"interval must be one of {', '.join(Interval.values)}", param="interval"
-        )
-    most = MAX_INTERVAL_COUNT[interval]
-    if not _whole(interval_count) or not 1 <= interval_count <= most:
-        raise errors.ValidationFailed(
-            f"interval_count must be a whole number from 1 to {most} for interval {interval} "
-            "(a period lasts at most five years)",
-            param="interval_count",
-        )
-    if billing_time not in BillingTime.values:
-        raise errors.ValidationFailed(
-            f"billing_time must be one of {', '.join(BillingTime.values)}", param="billing_time"
-        )
-    if billing_anchor_day is None:
-        return
-    if billing_time != BillingTime.CALENDAR:
-        raise errors.ValidationFailed(
-            "billing_anchor_day applies to billing_time: calendar only", param="billing_anchor_day"
-        )
-    if interval == Interval.DAY:
-        raise errors.ValidationFailed(
-            "a daily plan billed on the calendar starts its periods at midnight UTC; it has "
-            "no billing_anchor_day",
-            param="billing_anchor_day",
-        )
-    days, what = (
-        (7, "an ISO weekday, 1 (Monday) to 7 (Sunday)")
-        if interval == Interval.WEEK
-        else (
-            31,
-            "a day of the month, 1 to 31 (clamped to the month's last day)",
-        )
-    )
-    if not _whole(billing_anchor_day) or not 1 <= billing_anchor_day <= days:
-        raise errors.ValidationFailed(
-            f"billing_anchor_day for interval {interval} is {what}", param="billing_anchor_day"
-        )
-
-
-def validate_charges_cadence(spec: PlanSpec) -> None:
-    """The usage charges' cadence (``charges_interval`` × ``charges_interval_count``): left
-    out, the plan's own; else strictly shorter than the plan's period and dividing it evenly,
-    in the same kind of unit — months (month, quarter, year) or days (day, week) — so that
-    every plan period is a whole number of charge periods counted from the same anchor (a
-    yearly plan: monthly or quarterly usage; a 4-week plan: weekly; never weekly usage on a
-    monthly plan, whose months are not whole weeks). Refused otherwise, with
-    ``charges_interval_misaligned``. For metered plans without a plan minimum or commitment
-    (those are per plan period, and a charge period's invoice cannot tell what the rest of
-    the plan period will draw): refused with ``invalid_parameter``."""
-    interval, count = spec.charges_interval, spec.charges_interval_count
-    if not interval:
-        if count != 1:
-            raise errors.ValidationFailed(
-                "charges_interval_count applies with a charges_interval", param="charges_interval"
-            )
-        return
-    if interval not in Interval.values:
-        raise errors.ValidationFailed(
-            f"charges_interval must be one of {', '.join(Interval.values)} (or left out: the "
-            "plan's own interval)",
-            param="charges_interval",
-        )
-    most = MAX_INTERVAL_COUNT[interval]
-    if not _whole(count) or not 1 <= count <= most:
-        raise errors.ValidationFailed(
-            f"charges_interval_count must be a whole number from 1 to {most} for "
-            f"charges_interval {interval}",
-            param="charges_interval_count",
-        )
-    if spec.interval not in Interval.values:
-        return  # refused by validate_billing_cadence
-    plan_unit, plan_length = period_months_or_days(spec.interval, spec.interval_count)
-    unit, length = period_months_or_days(interval, count)
-    every = f"every {count} {interval}" if count != 1 else f"every {interval}"
-    per = f"{spec.interval_count} {spec.interval}" if spec.interval_count != 1 else spec.interval
-    if unit != plan_unit or plan_length % length:
-        raise errors.ChargesIntervalMisaligned(
-            f"usage charges billed {every} do not divide the plan's period ({per}) evenly; "
-            "the charges' period must be a whole fraction of the plan's, in months for "
-            "month, quarter and year plans, in days for day and week plans",
-            param="charges_interval",
-        )
-    if length == plan_length:
-        raise errors.ValidationFailed(
-            f"usage charges billed {every} are the plan's own period; leave charges_interval out",
-            param="charges_interval",
-        )
-    if spec.consumption_model != ConsumptionModel.METERED:
-        raise errors.ValidationFailed(
-            "charges_interval applies to metered plans (a balance or credits plan's usage is "
-            "paid as it is rated, not invoiced per period)",
-            param="charges_interval",
-        )
-    for name in ("minimum_amount", "commitment_amount"):
-        if getattr(spec, name) is not None:
-            raise errors.ValidationFailed(
-                f"a plan with a charges_interval has no {name}: it is owed per plan period, "
-                "and each charge period is invoiced on its own (charge minimums may stay: "
-                "they are per charge period)",
-                param=name,
-            )
 
 
 def _validate_credit_grant(spec: PlanSpec, grant: CreditGrantSpec, fail, money) -> None:
@@ -696,6 +589,8 @@ def publish_plan(*, spec: PlanSpec, published_by_id: int | None = None) -> tuple
             flat_fee_at_zero=charge_spec.flat_fee_at_zero,
             minimum_amount=charge_spec.minimum_amount,
             prorated=charge_spec.prorated,
+            interval=charge_spec.interval,
+            interval_count=charge_spec.interval_count,
         )
         PriceTier.objects.bulk_create(
             PriceTier(
@@ -766,6 +661,8 @@ def plan_spec_of(plan: Plan) -> PlanSpec:
                 flat_fee_at_zero=c.flat_fee_at_zero,
                 minimum_amount=c.minimum_amount,
                 prorated=c.prorated,
+                interval=c.interval,
+                interval_count=c.interval_count,
                 tiers=tuple(
                     TierSpec(
                         up_to=t.up_to,

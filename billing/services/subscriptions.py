@@ -17,6 +17,7 @@ from billing.models import (
     Customer,
     EventType,
     Plan,
+    PlanCharge,
     Subscription,
     SubscriptionPhase,
     SubscriptionStatus,
@@ -29,8 +30,8 @@ from billing.periods import (
     subscription_period,
     utc,
 )
+from billing.services.cadence import validate_billing_cadence
 from billing.services.locks import lock_subscription_customer
-from billing.services.plans import validate_billing_cadence
 from billing.services.wallets import CREDITS, ensure_wallet
 from billing.webhooks import subscription_data
 
@@ -227,6 +228,16 @@ def base_fee_proration(*, subscription: Subscription) -> list[ProrationLine]:
     return lines
 
 
+def _own_cadences(plan: Plan) -> dict[int, tuple[str, int]]:
+    """The meters a plan charges on their own cadence, with it (interval, count)."""
+    return {
+        meter_id: (interval, count)
+        for meter_id, interval, count in PlanCharge.objects.filter(plan=plan)
+        .exclude(interval="")
+        .values_list("meter_id", "interval", "interval_count")
+    }
+
+
 @transaction.atomic
 def change_subscription(
     *, subscription_id: int, plan: Plan, at_period_end: bool = False, now: datetime | None = None
@@ -247,6 +258,14 @@ def change_subscription(
         raise errors.ValidationFailed(
             "changing the billing interval (or the charges' interval) is not supported "
             "mid-period; cancel and resubscribe",
+            param="plan",
+        )
+    if _own_cadences(plan) != _own_cadences(subscription.plan):
+        # A charge's usage counted over its own period (a quarter) cannot change cadence
+        # inside it: the period's counter would be invoiced on neither cadence.
+        raise errors.ValidationFailed(
+            "changing the charges billed on their own interval (or their intervals) is not "
+            "supported; cancel and resubscribe",
             param="plan",
         )
     if plan.consumption_model != subscription.plan.consumption_model and not at_period_end:

@@ -35,7 +35,7 @@ from billing.models import (
 )
 from billing.periods import charge_cadence
 from billing.services import PlanSpec, plan_version_of, validate_plan_spec
-from invoicing import errors
+from invoicing import charge_periods, errors
 from invoicing.models import FINAL_STATUSES, Invoice, InvoiceKind, InvoiceStatus
 from invoicing.money import to_minor_unit
 from invoicing.preview.common import (
@@ -180,6 +180,11 @@ def _same_cadence(plan: Plan, draft: Plan) -> bool:
     )
 
 
+def _own_cadences(terms: rating.PlanTerms) -> dict[int, tuple[str, int]]:
+    """The charges billed on their own cadence (meter id → (interval, count))."""
+    return {m: (c.interval, c.interval_count) for m, c in terms.charges.items() if c.interval}
+
+
 def _overrides(customer_id: int) -> dict[int | None, Decimal]:
     return {
         meter_id: margin
@@ -272,12 +277,22 @@ def _preview_subscription(
                 "subscription on another version's cadence is previewed against that version",
                 param=param,
             )
-    counters = list(
-        PeriodUsage.objects.filter(subscription=subscription, period_start=start)
-        .select_related("meter")
-        .order_by("meter_id")
-    )
     old_terms = rating.plan_terms(plan_at_end.pk)
+    if _own_cadences(old_terms) != _own_cadences(terms):
+        raise PreviewCadenceMismatch(
+            f"{subscription.customer.external_id}'s last invoiced period was billed on "
+            f"{plan_at_end.code} v{plan_at_end.version}, whose charges on their own interval "
+            "differ from the draft's: the counters of one charge period cannot say what the "
+            "draft's would have cost. Preview a draft with the same charges' intervals",
+            param="charges",
+        )
+    # the period's counters, and those of the charge periods its invoice carried
+    own = charge_periods.own_charge_periods(subscription, old_terms, start, end)
+    counters = [
+        c
+        for c in charge_periods.read_counters(subscription, start, own)
+        if charge_periods.role(c, own, start) == charge_periods.INVOICED
+    ]
     old: InvoiceDraft = compute_invoice(
         subscription=subscription,
         period_start=start,

@@ -24,11 +24,12 @@ from metering.rating.prepare import Prepared, _quantity
 from metering.rating.price import Counter, _distinct_key, _move
 from metering.rating.read import (
     WalletRow,
+    _load_counters,
     _meters_with_counters,
     _wallet_and_margins,
     load_customers,
 )
-from metering.rating.terms import _period_for, _plan_at, plan_terms
+from metering.rating.terms import _period_for, _plan_at, charge_period, plan_terms
 
 # --- estimates: authorize and holds -----------------------------------------------------------
 
@@ -178,6 +179,21 @@ def _estimate_usage(
         price=price,
         cost=cost,
     )
+    # A charge on its own cadence counts over its own period: that counter, read apart.
+    spans = {
+        meter.pk: charge_period(
+            subscription, terms.charges.get(meter.pk), (period_start, period_end), in_trial, now
+        )
+        for meter in meters
+    }
+    own = {(subscription.pk, m, start) for m, (start, _) in spans.items() if start != period_start}
+    if own:
+        loaded, seen_there = _load_counters(
+            own,
+            [(*key, _distinct_key(v)) for key in own for v in readable],
+        )
+        counters.update(loaded)
+        seen.update(seen_there)
     money = ZERO
     for meter in meters:
         try:
@@ -186,8 +202,9 @@ def _estimate_usage(
             continue  # a meter reading a property the estimate cannot know
         if reading is None:
             continue
-        key = (subscription.pk, meter.pk, period_start)
-        counter = counters.get(key, Counter(subscription.pk, meter.pk, period_start, period_end))
+        start, end = spans[meter.pk]
+        key = (subscription.pk, meter.pk, start)
+        counter = counters.get(key, Counter(subscription.pk, meter.pk, start, end))
         counter.distinct_values = seen.get(key, set())
         move = _move(counter, meter, reading, prepared, terms, in_trial, overrides)
         money += move.charged - counter.charged

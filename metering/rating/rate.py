@@ -26,7 +26,7 @@ from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcom
 from metering.rating.prepare import Prepared, _quantity
 from metering.rating.price import Counter, Pricer, _distinct_key
 from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
-from metering.rating.terms import _period_for, _plan_at, plan_terms
+from metering.rating.terms import _period_for, _plan_at, charge_period, plan_terms
 from metering.rating.write import Accepted, Moved, _write
 
 
@@ -105,9 +105,18 @@ def _rate(
                 )
                 readings = []
                 for meter in p.meters:
-                    reading = _quantity(meter, p, charged=meter.id in terms.charges)
+                    charge = terms.charges.get(meter.id)
+                    reading = _quantity(meter, p, charged=charge is not None)
                     if reading is not None:
-                        readings.append((meter, reading))
+                        # the counter's period: the billing period, or the charge's own
+                        start, end = charge_period(
+                            subscription,
+                            charge,
+                            (period_start, period_end),
+                            in_trial,
+                            p.source.timestamp,
+                        )
+                        readings.append((meter, reading, start, end))
             except BillingError as error:
                 outcomes[p.index] = Outcome("rejected", error=error)
                 continue
@@ -182,8 +191,8 @@ def _rate(
         )
     wanted = {
         (subscription.id, meter.id, start)
-        for _, subscription, _, _, start, _, _, readings in placed
-        for meter, _ in readings
+        for _, subscription, *_, readings in placed
+        for meter, _, start, _ in readings
     }
     counters = {key: read.counters[key] for key in wanted if key in read.counters}
     counted = {key: set(values) for key, values in read.seen.items()}
@@ -191,8 +200,8 @@ def _rate(
         missing = wanted - counters.keys()
         distinct = {
             (subscription.id, meter.id, start, _distinct_key(reading))
-            for _, subscription, _, _, start, _, _, readings in placed
-            for meter, reading in readings
+            for _, subscription, *_, readings in placed
+            for meter, reading, start, _ in readings
             if meter.aggregation == Aggregation.UNIQUE_COUNT
             and (subscription.id, meter.id, start) in missing
         }
@@ -215,7 +224,7 @@ def _rate(
     seen: dict[tuple[int, str], int] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
-    for customer, subscription, p, terms, period_start, period_end, in_trial, readings in placed:
+    for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
         customer_id = customer.id
         event_key = (customer_id, p.source.idempotency_key)
         if event_key in seen:
@@ -225,22 +234,22 @@ def _rate(
         steps = []
         money = ZERO
         too_big = None
-        for meter, reading in readings:
+        for meter, reading, counter_start, counter_end in readings:
             meter_id = meter.id
-            pricer = pricers.get((subscription_id, meter_id, period_start, terms.plan_id))
+            pricer = pricers.get((subscription_id, meter_id, counter_start, terms.plan_id))
             if pricer is None:
-                counter_key = (subscription_id, meter_id, period_start)
+                counter_key = (subscription_id, meter_id, counter_start)
                 found = counters.get(counter_key)
                 if found is None:  # the period's first usage of this meter
                     found = counters[counter_key] = Counter(
                         subscription_id,
                         meter_id,
-                        period_start,
-                        period_end,
+                        counter_start,
+                        counter_end,
                         distinct_values=counted.get(counter_key, set()),
                     )
-                pricer = pricers[(subscription_id, meter_id, period_start, terms.plan_id)] = Pricer(
-                    found, meter, terms, in_trial, overrides.get(customer_id, {})
+                pricer = pricers[(subscription_id, meter_id, counter_start, terms.plan_id)] = (
+                    Pricer(found, meter, terms, in_trial, overrides.get(customer_id, {}))
                 )
             step = pricer.step(reading, p)
             money += step[2] - pricer.counter.charged

@@ -156,9 +156,11 @@ class PartRead:
 # keeps the lookup per subscription: without it the generic plan, not knowing how few
 # customers a part has, hashed the whole table — 48 ms at 88,000 counters, 0.02 ms this
 # way); an event of another period (sent late, or before the subscription's period was
-# renewed) has its counter looked up by its key (``_load_counters``). The distinct values
-# the part's unique_count meters would count (customer, meter, canonical key) are looked up
-# the same way, in the customers' current periods, by the unique index of
+# renewed) has its counter looked up by its key (``_load_counters``), as has a charge on its
+# own cadence past the first billing period of its charge period (its counter is keyed by
+# the charge period's start: one statement more for the part, never one per event). The
+# distinct values the part's unique_count meters would count (customer, meter, canonical
+# key) are looked up the same way, in the customers' current periods, by the unique index of
 # PeriodDistinctValue: a period's other values, however many, are not read. Event ids are drawn
 # for every event of the part (the accepted use them; the sequence's gaps mean nothing).
 # Each parameter is read through a scalar subquery (``(SELECT %s::bigint[])``): planned

@@ -78,6 +78,8 @@ def charge_terms_of(charge: Any, *, meter: Meter, tiers: Iterable[Any]) -> Charg
         flat_fee_at_zero=charge.flat_fee_at_zero,
         minimum_amount=charge.minimum_amount,
         prorated=charge.prorated,
+        interval=charge.interval,
+        interval_count=charge.interval_count,
     )
 
 
@@ -159,3 +161,27 @@ def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
         at=at,
     )
     return start, end, False
+
+
+def charge_period(
+    subscription: Subscription,
+    charge: ChargeTerms | None,
+    period: tuple[datetime, datetime],
+    in_trial: bool,
+    at: datetime,
+) -> tuple[datetime, datetime]:
+    """The period a charge counts an event at ``at`` in: the billing period ``period``, or
+    for a charge with its own cadence (``PlanCharge.interval``, a whole multiple of the
+    billing period from the same anchor) the charge period containing it — its counter,
+    allowance and tiers span that period, and the close invoices it once it ends. A trial
+    is its own period, for every charge."""
+    if charge is None or not charge.interval or in_trial:
+        return period
+    return subscription_period(
+        anchor=subscription.billing_anchor,
+        interval=charge.interval,
+        count=charge.interval_count,
+        started_at=subscription.started_at,
+        trial_ends_at=subscription.trial_ends_at,
+        at=at,
+    )

@@ -69,6 +69,8 @@ PRO_CHARGES_OUT = [
         "flat_fee_at_zero": False,
         "minimum_amount": None,
         "prorated": False,
+        "interval": "",
+        "interval_count": 1,
     },
     {
         "meter": "requests",
@@ -81,6 +83,8 @@ PRO_CHARGES_OUT = [
         "flat_fee_at_zero": False,
         "minimum_amount": None,
         "prorated": False,
+        "interval": "",
+        "interval_count": 1,
     },
     {
         "meter": "images",
@@ -93,6 +97,8 @@ PRO_CHARGES_OUT = [
         "flat_fee_at_zero": False,
         "minimum_amount": None,
         "prorated": False,
+        "interval": "",
+        "interval_count": 1,
     },
     {
         "meter": "input_tokens",
@@ -105,6 +111,8 @@ PRO_CHARGES_OUT = [
         "flat_fee_at_zero": False,
         "minimum_amount": None,
         "prorated": False,
+        "interval": "",
+        "interval_count": 1,
     },
 ]
 

@@ -522,21 +522,21 @@ def test_an_unknown_field_beside_it_is_refused(api, meter_code):
     )
 
 
-@pytest.mark.parametrize("field", ["interval", "charges_interval", "cadence"])
-def test_a_charges_own_cadence_is_refused_alike_with_what_to_write_instead(
+@pytest.mark.parametrize("field", ["charges_interval", "cadence"])
+def test_other_names_for_a_charges_cadence_are_refused_alike_with_what_to_write_instead(
     api, staff_client, meter_code, field
 ):
-    """A price book from Orb (a cadence per price) or Stripe (a price's recurring interval)
-    puts the cadence on the charge; here every usage charge of a plan shares the plan's
-    charges_interval. Refused by the file, the API and the admin with that sentence, not as
-    a misspelling ("unknown field")."""
+    """A price book from Orb or Stripe may name a charge's cadence otherwise (or put the
+    plan's charges_interval on the charge). A charge's own cadence is ``interval``
+    (tests/billing/test_charge_cadence.py): refused by the file, the API and the admin with
+    that sentence, not as a misspelling ("unknown field")."""
     charge = {"meter": meter_code, "unit_price": "0.1", field: "quarter"}
     plan_body = body(charge, interval="year")
     response = api.post("/api/v1/plans", plan_body)
     assert_error(response, 400, "unknown_parameter", param=f"charges[0].{field}")
     message = response.json()["error"]["message"]
     assert message == services.CHARGE_FIELD_HINTS[field]
-    assert "set the cadence on the plan" in message
+    assert "interval × interval_count" in message
     assert via_file({**plan_body, "code": unique("p")}) == message
     assert (
         via_admin(staff_client, {**plan_body, "code": unique("p")})

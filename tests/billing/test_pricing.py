@@ -612,6 +612,7 @@ def test_demo_file_loads_and_stores_exact_prices():
         ("committed", 1),
         ("committed-upfront", 1),
         ("annual-usage-monthly", 1),
+        ("gpu-quarterly", 1),
     ]
     pro = Plan.objects.get(code="pro", version=1)
     assert pro.base_fee == Decimal("49") and pro.trial_days == 14

@@ -354,6 +354,7 @@ def test_the_upcoming_invoice_is_what_the_close_then_makes(api, pro, tokens):
         "due_at": None,
         "paid_at": None,
         "pdf_url": None,
+        "accruing": [],  # no charge on its own cadence (tests/invoicing/test_charge_cadence.py)
     }
     assert Invoice.objects.count() == 0  # reading it made nothing
 
