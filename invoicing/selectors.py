@@ -260,7 +260,7 @@ def usage_lines(
             own_period = own[counter.meter_id]
             per = charge_periods.every(own_period.cadence)
             common["starts_at"] = counter.period_start
-            common["ends_at"] = min(counter.period_end, subscription.ended_at or counter.period_end)
+            common["ends_at"] = min(counter.period_end, own_period.billed_until)
         if counter.currency and counter.currency != currency:  # a credits plan
             lines.append(
                 LineDraft(
@@ -366,6 +366,8 @@ def _proration_lines(
         )
         cadence = own_period.cadence if own_period else None
         starts, ends = _live_span(subscription, start, end)
+        if own_period:  # canceled at period end inside it: billed until this period's end
+            ends = max(starts, min(ends, own_period.billed_until))
         if ends <= starts or covers_whole_period(
             subscription,
             used_from=starts,

@@ -362,3 +362,38 @@ def test_the_books_reconcile_over_the_quarter():
     result = reconciliation.run_reconciliation(start=at(2026, 1, 1), end=at(2026, 4, 2))
     assert result.status == "passed", result.checks
     assert reconcile(subscription).balanced()
+
+
+def test_review_cancel_at_period_end_inside_the_quarter_prorates_the_minimum_and_charge():
+    """Review (s15-review): canceled at period end on 11 February, the monthly plan ends on
+    1 March, inside the quarter: its last invoice carries the quarter billed 1 January to
+    1 March, 59 of its 90 days, like a cancellation now would. The 300.00 minimum per
+    quarter is owed 300 × 59 / 90 = 196.666…: with 120 hours (40.00) a shortfall of
+    156.67; prorated, 505.00 × 59 / 90 = 331.0555…, a line of −173.94."""
+    short = subscribe(gpu_plan(minimum_amount=D(300)), start=at(2026, 1, 1))
+    prorated = subscribe(gpu_plan(prorated=True), start=at(2026, 1, 1))
+    for subscription, usage in ((short, (120, 0)), (prorated, (120, 250))):
+        gpu(subscription, usage[0], at(2026, 1, 20))
+        close(subscription, as_of=at(2026, 2, 1))
+        if usage[1]:
+            gpu(subscription, usage[1], at(2026, 2, 10))
+        services.cancel_subscription(
+            subscription_id=subscription.pk, at_period_end=True, now=at(2026, 2, 11)
+        )
+    february = close(short, as_of=at(2026, 3, 1))
+    assert lines(february)[-1] == (
+        "minimum",
+        "GPU hours: minimum 300 USD per quarter, prorated 2026-01-01 to 2026-03-01, shortfall",
+        D(1),
+        D("156.67"),
+    )
+    gpu_line = february.lines.get(description="GPU hours, tier 1")
+    assert (gpu_line.starts_at, gpu_line.ends_at) == (at(2026, 1, 1), at(2026, 3, 1))
+    last = close(prorated, as_of=at(2026, 3, 1))
+    assert lines(last)[-1] == (
+        "usage",
+        "GPU hours, prorated: billed 2026-01-01 to 2026-03-01",
+        D(0),
+        D("-173.94"),
+    )
+    assert last.total == D(10) + D(505) - D("173.94")
