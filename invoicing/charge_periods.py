@@ -113,6 +113,8 @@ class OwnMinimum:
     minimum: Decimal
     per: str  # "quarter"
     span: str  # ", prorated … to …" when billed in part, else ""
+    starts_at: datetime  # what of the charge period it is owed for, as its usage lines
+    ends_at: datetime
 
 
 def own_minimums(
@@ -155,6 +157,8 @@ def own_minimums(
                     minimum=minimum,
                     per=every(period.cadence),
                     span="" if whole else f", prorated {starts:%Y-%m-%d} to {ends:%Y-%m-%d}",
+                    starts_at=period.start,
+                    ends_at=period.billed_until,
                 ),
             )
         )
