@@ -451,8 +451,7 @@ def test_review_a_calendar_stub_in_a_leap_year_starts_the_quarter_at_the_start()
         ("usage", "GPU hours, tier 1", D(20), D(40)),
         (
             "minimum",
-            "GPU hours: minimum 300 USD per quarter, prorated 2028-02-15 to 2028-04-01, "
-            "shortfall",
+            "GPU hours: minimum 300 USD per quarter, prorated 2028-02-15 to 2028-04-01, shortfall",
             D(1),
             D("111.65"),
         ),
@@ -466,9 +465,7 @@ def test_review_a_trial_is_its_own_period_and_the_quarter_starts_at_its_end():
     allowance per period, not per quarter); the quarter runs 15 January – 15 April and is
     invoiced with the month ending then (120 hours: 20 × 2.00 = 40.00)."""
     calls_code, gpu_code = _meters()
-    subscription = subscribe(
-        _gpu_charge(calls_code, gpu_code), start=at(2026, 1, 1), trial_days=14
-    )
+    subscription = subscribe(_gpu_charge(calls_code, gpu_code), start=at(2026, 1, 1), trial_days=14)
     gpu(subscription, 50, at(2026, 1, 5))
     assert gpu(subscription, 120, at(2026, 2, 1)).event["amount"] == D(40)
     invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2026, 4, 15))
