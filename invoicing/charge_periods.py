@@ -41,6 +41,10 @@ class ChargePeriod:
     end: datetime
     cadence: tuple[str, int]
     invoiced_now: bool  # this billing period's invoice carries it (it ends, or the sub)
+    # Where what this invoice bills of it ends: its end, or the subscription's — canceled
+    # now (``ended_at``), or at period end with this billing period (its end: ``ended_at``
+    # is only set when the close rolls the subscription, after the invoice is computed).
+    billed_until: datetime
 
 
 def own_charge_periods(
@@ -63,8 +67,15 @@ def own_charge_periods(
         )
         if ending is None:
             ending = ends_with(subscription, period_start, period_end)
+        billed_until = end
+        if ending:
+            billed_until = min(end, subscription.ended_at or period_end)
         found[meter_id] = ChargePeriod(
-            start, end, (charge.interval, charge.interval_count), end <= period_end or ending
+            start,
+            end,
+            (charge.interval, charge.interval_count),
+            end <= period_end or ending,
+            billed_until,
         )
     return found
 
@@ -102,6 +113,8 @@ class OwnMinimum:
     minimum: Decimal
     per: str  # "quarter"
     span: str  # ", prorated … to …" when billed in part, else ""
+    starts_at: datetime  # what of the charge period it is owed for, as its usage lines
+    ends_at: datetime
 
 
 def own_minimums(
@@ -118,7 +131,7 @@ def own_minimums(
         starts = max(
             period.start, subscription.started_at, subscription.trial_ends_at or period.start
         )
-        ends = max(starts, min(period.end, subscription.ended_at or period.end))
+        ends = max(starts, period.billed_until)
         whole = covers_whole_period(
             subscription,
             used_from=starts,
@@ -144,6 +157,8 @@ def own_minimums(
                     minimum=minimum,
                     per=every(period.cadence),
                     span="" if whole else f", prorated {starts:%Y-%m-%d} to {ends:%Y-%m-%d}",
+                    starts_at=period.start,
+                    ends_at=period.billed_until,
                 ),
             )
         )

@@ -256,11 +256,11 @@ def usage_lines(
             "meter_id": meter.pk,
         }
         per = "period"
-        if counter.meter_id in own:  # its own charge period, as far as it was billed
+        if counter.meter_id in own and not in_trial:  # its own period (a trial is its own)
             own_period = own[counter.meter_id]
             per = charge_periods.every(own_period.cadence)
             common["starts_at"] = counter.period_start
-            common["ends_at"] = min(counter.period_end, subscription.ended_at or counter.period_end)
+            common["ends_at"] = min(counter.period_end, own_period.billed_until)
         if counter.currency and counter.currency != currency:  # a credits plan
             lines.append(
                 LineDraft(
@@ -366,6 +366,8 @@ def _proration_lines(
         )
         cadence = own_period.cadence if own_period else None
         starts, ends = _live_span(subscription, start, end)
+        if own_period:  # canceled at period end inside it: billed until this period's end
+            ends = max(starts, min(ends, own_period.billed_until))
         if ends <= starts or covers_whole_period(
             subscription,
             used_from=starts,
@@ -588,11 +590,13 @@ def minimum_lines(
         subscription, terms_of(end_plan), period_start, period_end
     )
     own_notes: dict[int, tuple[str, str]] = {}
+    own_spans: dict[int, tuple[datetime, datetime]] = {}
     if drawn is None:
         for meter_id, due in charge_periods.own_minimums(subscription, terms_of(end_plan), own):
             owed_by_meter[meter_id] = due.owed
             minimums_by_meter[meter_id] = {due.minimum}
             own_notes[meter_id] = (due.per, due.span)
+            own_spans[meter_id] = (due.starts_at, due.ends_at)  # as its usage lines
     for part in slices if drawn is None else ():
         for meter_id, charge in terms_of(part.plan).charges.items():
             if charge.minimum_amount is None or meter_id in own:
@@ -616,8 +620,8 @@ def minimum_lines(
                     description=f"{meter.name or meter.code}: "
                     f"{note(minimums_by_meter[meter_id], *own_notes.get(meter_id, ()))}, "
                     "shortfall",
-                    starts_at=starts,
-                    ends_at=ends,
+                    starts_at=own_spans.get(meter_id, (starts, ends))[0],
+                    ends_at=own_spans.get(meter_id, (starts, ends))[1],
                     quantity=Decimal(1),
                     unit_price=ledger_round(owed - used),
                     amount_precise=ledger_round(owed - used),

@@ -362,3 +362,146 @@ def test_the_books_reconcile_over_the_quarter():
     result = reconciliation.run_reconciliation(start=at(2026, 1, 1), end=at(2026, 4, 2))
     assert result.status == "passed", result.checks
     assert reconcile(subscription).balanced()
+
+
+def test_review_cancel_at_period_end_inside_the_quarter_prorates_the_minimum_and_charge():
+    """Review (s15-review): canceled at period end on 11 February, the monthly plan ends on
+    1 March, inside the quarter: its last invoice carries the quarter billed 1 January to
+    1 March, 59 of its 90 days, like a cancellation now would. The 300.00 minimum per
+    quarter is owed 300 × 59 / 90 = 196.666…: with 120 hours (40.00) a shortfall of
+    156.67; prorated, 505.00 × 59 / 90 = 331.0555…, a line of −173.94."""
+    short = subscribe(gpu_plan(minimum_amount=D(300)), start=at(2026, 1, 1))
+    prorated = subscribe(gpu_plan(prorated=True), start=at(2026, 1, 1))
+    for subscription, usage in ((short, (120, 0)), (prorated, (120, 250))):
+        gpu(subscription, usage[0], at(2026, 1, 20))
+        close(subscription, as_of=at(2026, 2, 1))
+        if usage[1]:
+            gpu(subscription, usage[1], at(2026, 2, 10))
+        services.cancel_subscription(
+            subscription_id=subscription.pk, at_period_end=True, now=at(2026, 2, 11)
+        )
+    february = close(short, as_of=at(2026, 3, 1))
+    assert lines(february)[-1] == (
+        "minimum",
+        "GPU hours: minimum 300 USD per quarter, prorated 2026-01-01 to 2026-03-01, shortfall",
+        D(1),
+        D("156.67"),
+    )
+    gpu_line = february.lines.get(description="GPU hours, tier 1")
+    assert (gpu_line.starts_at, gpu_line.ends_at) == (at(2026, 1, 1), at(2026, 3, 1))
+    last = close(prorated, as_of=at(2026, 3, 1))
+    assert lines(last)[-1] == (
+        "usage",
+        "GPU hours, prorated: billed 2026-01-01 to 2026-03-01",
+        D(0),
+        D("-173.94"),
+    )
+    assert last.total == D(10) + D(505) - D("173.94")
+
+
+def _gpu_charge(calls_code: str, gpu_code: str, tier1: str = "2", **kw):
+    charge = {k: kw.pop(k) for k in ("minimum_amount",) if k in kw}
+    return plan(
+        ChargeSpec(meter=calls_code, unit_price=D("0.01")),
+        ChargeSpec(
+            meter=gpu_code,
+            price_model="graduated",
+            included_quantity=D(100),
+            tiers=(
+                TierSpec(up_to=D(200), unit_price=D(tier1)),
+                TierSpec(up_to=None, unit_price=D("1.5")),
+            ),
+            interval="quarter",
+            **charge,
+        ),
+        interval="month",
+        base_fee="10",
+        **kw,
+    )
+
+
+def test_review_a_calendar_stub_in_a_leap_year_starts_the_quarter_at_the_start():
+    """Review (s15-review): billed on the calendar from 15 February 2028 (a leap year), the
+    quarter is the calendar's (1 January – 1 April, 91 days), begun at the start: the stub
+    15 February – 1 March (10.00 × 15 / 29 = 5.17) carries no GPU line; March's carries the
+    quarter from 15 February, and its 300.00 minimum is owed for 46 of 91 days, 151.648…:
+    with 120 hours (40.00), a shortfall of 111.65, dated as the charge's lines."""
+    calls_code, gpu_code = _meters()
+    subscription = subscribe(
+        _gpu_charge(
+            calls_code,
+            gpu_code,
+            minimum_amount=D(300),
+            billing_time="calendar",
+            billing_anchor_day=1,
+        ),
+        start=at(2028, 2, 15),
+    )
+    gpu(subscription, 120, at(2028, 2, 20))
+    counter = PeriodUsage.objects.get(subscription=subscription, meter__code=gpu_code)
+    assert (counter.period_start, counter.period_end) == (at(2028, 2, 15), at(2028, 4, 1))
+    stub = close(subscription, as_of=at(2028, 3, 1))
+    assert lines(stub) == [
+        ("base_fee", "Pro — base fee, prorated 2028-02-15 to 2028-03-01", D(1), D("5.17"))
+    ]
+    march = close(subscription, as_of=at(2028, 4, 1))
+    assert lines(march) == [
+        ("base_fee", "Pro — base fee", D(1), D(10)),
+        ("included", "GPU hours: included (100 per quarter)", D(100), D(0)),
+        ("usage", "GPU hours, tier 1", D(20), D(40)),
+        (
+            "minimum",
+            "GPU hours: minimum 300 USD per quarter, prorated 2028-02-15 to 2028-04-01, shortfall",
+            D(1),
+            D("111.65"),
+        ),
+    ]
+    dates = {(ln.starts_at, ln.ends_at) for ln in march.lines.filter(meter_id__isnull=False)}
+    assert dates == {(at(2028, 2, 15), at(2028, 4, 1))}
+
+
+def test_review_a_trial_is_its_own_period_and_the_quarter_starts_at_its_end():
+    """Review (s15-review): a 14-day trial from 1 January 2026 is its own period (its
+    allowance per period, not per quarter); the quarter runs 15 January – 15 April and is
+    invoiced with the month ending then (120 hours: 20 × 2.00 = 40.00)."""
+    calls_code, gpu_code = _meters()
+    subscription = subscribe(_gpu_charge(calls_code, gpu_code), start=at(2026, 1, 1), trial_days=14)
+    gpu(subscription, 50, at(2026, 1, 5))
+    assert gpu(subscription, 120, at(2026, 2, 1)).event["amount"] == D(40)
+    invoicing.close_subscription_periods(subscription_id=subscription.pk, as_of=at(2026, 4, 15))
+    trial, january, february, march = invoices(subscription)
+    assert lines(trial) == [("included", "GPU hours: included (100 per period)", D(50), D(0))]
+    assert [k for k, *_ in lines(january)] == [k for k, *_ in lines(february)] == ["base_fee"]
+    assert (march.period_start, march.period_end) == (at(2026, 3, 15), at(2026, 4, 15))
+    assert lines(march)[1:] == [
+        ("included", "GPU hours: included (100 per quarter)", D(100), D(0)),
+        ("usage", "GPU hours, tier 1", D(20), D(40)),
+    ]
+
+
+def test_review_a_plan_change_on_the_quarters_last_day_keeps_one_counter():
+    """Review (s15-review): changed now on 31 March 2026 (the quarter's last day) to a plan
+    with the same cadence and tier 1 at 3.00: the quarter keeps its one counter — 100 hours
+    included and 50 at 2.00 under the first plan, 100 at 3.00 after the change, 400.00 as
+    rated — invoiced once, with March; the base fee split 30 / 31 and 1 / 31 of 10.00."""
+    calls_code, gpu_code = _meters()
+    first = _gpu_charge(calls_code, gpu_code)
+    subscription = subscribe(first, start=at(2026, 1, 1))
+    gpu(subscription, 150, at(2026, 1, 20))
+    close(subscription, as_of=at(2026, 2, 1))
+    close(subscription, as_of=at(2026, 3, 1))
+    services.change_subscription(
+        subscription_id=subscription.pk,
+        plan=_gpu_charge(calls_code, gpu_code, tier1="3"),
+        now=at(2026, 3, 31),
+    )
+    assert gpu(subscription, 100, at(2026, 3, 31, 12)).event["amount"] == D(300)
+    march = close(subscription, as_of=at(2026, 4, 1))
+    assert lines(march) == [
+        ("base_fee", "Pro — base fee, prorated 2026-03-01 to 2026-03-31", D(1), D("9.68")),
+        ("base_fee", "Pro — base fee, prorated 2026-03-31 to 2026-04-01", D(1), D("0.32")),
+        ("included", "GPU hours: included (100 per quarter)", D(100), D(0)),
+        ("usage", "GPU hours: as rated", D(150), D(400)),
+    ]
+    assert PeriodUsage.objects.filter(subscription=subscription).count() == 1
+    assert reconcile(subscription).balanced()
