@@ -347,17 +347,7 @@ def _write(
     if len(event_rows) <= EVENTS_BY_INSERT:
         # A few events: inserted by the statement that moves the counters, one round trip.
         _execute_together(
-            None,
-            [
-                _insert_events(event_rows),
-                _forget_incoming(accepted),
-                _upsert_counters(counters),
-                _insert_distinct_values(counters),
-                _upsert_daily(accepted),
-                _upsert_model_usage(model_totals),
-                _upsert_margin_usage(model_totals),
-                budgets.upsert_spend(accepted),
-            ],
+            None, [_insert_events(event_rows), *_moves(accepted, counters, model_totals)]
         )
         return
     with connection.cursor() as cursor:
@@ -365,18 +355,22 @@ def _write(
         with cursor.cursor.copy(f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
             for event_row in event_rows:
                 copy.write_row(event_row)
-        _execute_together(
-            cursor,
-            [
-                _forget_incoming(accepted),
-                _upsert_counters(counters),
-                _insert_distinct_values(counters),
-                _upsert_daily(accepted),
-                _upsert_model_usage(model_totals),
-                _upsert_margin_usage(model_totals),
-                budgets.upsert_spend(accepted),
-            ],
-        )
+        _execute_together(cursor, _moves(accepted, counters, model_totals))
+
+
+def _moves(accepted: list[Accepted], counters, model_totals: dict[tuple, list]) -> list:
+    """What a part's events move besides their own rows, in the order written: the inbox
+    rows they came from, the period counters and their distinct values, the daily, per
+    model and margin rollups, the projects' spend."""
+    return [
+        _forget_incoming(accepted),
+        _upsert_counters(counters),
+        _insert_distinct_values(counters),
+        _upsert_daily(accepted),
+        _upsert_model_usage(model_totals),
+        _upsert_margin_usage(model_totals),
+        budgets.upsert_spend(accepted),
+    ]
 
 
 def _write_posting_with(
@@ -395,13 +389,7 @@ def _write_posting_with(
             (posting.sql, posting.params),
             [
                 _insert_events(event_rows, posted_by="(SELECT id FROM posting_id)"),
-                _forget_incoming(accepted),
-                _upsert_counters(counters),
-                _insert_distinct_values(counters),
-                _upsert_daily(accepted),
-                _upsert_model_usage(model_totals),
-                _upsert_margin_usage(model_totals),
-                budgets.upsert_spend(accepted),
+                *_moves(accepted, counters, model_totals),
             ],
             "SELECT (SELECT id FROM posted), (SELECT id FROM posting_id)",
         )
