@@ -343,18 +343,18 @@ def rate_until_empty(*, max_seconds: int = RATER_MAX_SECONDS) -> int:
     ``SCHEDULED_SEEN_SECONDS`` after clearing it (``schedule_rating`` says why): this rater
     before it leaves; one that found the lock taken takes it once more after that time,
     and leaves if it is still taken — its holder's last look is still to come."""
-    deadline = time.monotonic() + max_seconds
+    deadline = time.monotonic_ns() + max_seconds * 1_000_000_000
     total = 0
     while True:
-        cleared = time.monotonic()
+        cleared = time.monotonic_ns()
         _clear_scheduled()  # arrivals from now on queue a task of their own
         if not _try_lock():
-            _sleep_until(cleared + SCHEDULED_SEEN_SECONDS)
+            _sleep_until(cleared + _seen_ns())
             if not _try_lock():
                 return total
         failed = True
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic_ns() < deadline:
                 taken = rate_pending()
                 total += taken
                 if not taken:
@@ -375,10 +375,10 @@ def rate_until_empty(*, max_seconds: int = RATER_MAX_SECONDS) -> int:
                 _retry_soon()
         # An arrival whose task found the lock taken is seen here, and one that saw the key
         # this rater cleared and so queued nothing (schedule_rating).
-        _sleep_until(cleared + SCHEDULED_SEEN_SECONDS)
+        _sleep_until(cleared + _seen_ns())
         if not pending_exists():
             return total
-        if time.monotonic() >= deadline:
+        if time.monotonic_ns() >= deadline:
             _queue_rater()  # a fresh task goes on
             return total
 
@@ -389,17 +389,24 @@ def _try_lock() -> bool:
         return cursor.fetchone()[0]
 
 
-def _sleep_until(moment: float) -> None:
-    left = moment - time.monotonic()
-    if left > 0:
-        time.sleep(left)
+def _seen_ns() -> int:
+    """SCHEDULED_SEEN_SECONDS in whole nanoseconds: the rater's and the scheduler's clock is
+    ``time.monotonic_ns`` (integers)."""
+    return round(SCHEDULED_SEEN_SECONDS * 1_000_000_000)
+
+
+def _sleep_until(moment_ns: int) -> None:
+    left_ns = moment_ns - time.monotonic_ns()
+    if left_ns > 0:
+        time.sleep(left_ns / 1_000_000_000)
 
 
 # --- scheduling ------------------------------------------------------------------------------
 
 _redis_client: redis.Redis | None = None
-# When this process last found the scheduled key set (time.monotonic()).
-_scheduled_seen_at = float("-inf")
+# When this process last found the scheduled key set (time.monotonic_ns()); None: not since
+# it last cleared the key (or ever).
+_scheduled_seen_at: int | None = None
 
 
 def _redis() -> redis.Redis:
@@ -425,8 +432,8 @@ def schedule_rating() -> None:
     inbox again at least ``SCHEDULED_SEEN_SECONDS`` after its clearing, so after the
     event's commit (``rate_until_empty``)."""
     global _scheduled_seen_at
-    asked = time.monotonic()
-    if asked - _scheduled_seen_at < SCHEDULED_SEEN_SECONDS:
+    asked = time.monotonic_ns()
+    if _scheduled_seen_at is not None and asked - _scheduled_seen_at < _seen_ns():
         return
     if _queue_rater():
         _scheduled_seen_at = asked  # (the key was set at a moment after this one)
@@ -457,7 +464,7 @@ def _retry_soon() -> None:
 
 def _clear_scheduled() -> None:
     global _scheduled_seen_at
-    _scheduled_seen_at = float("-inf")  # this process knows the key is gone
+    _scheduled_seen_at = None  # this process knows the key is gone
     try:
         _redis().delete(SCHEDULED_KEY)
     except (redis.RedisError, OSError):
