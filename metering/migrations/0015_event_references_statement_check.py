@@ -3,11 +3,17 @@ per INSERT statement instead of PostgreSQL's per-row foreign keys (issue 14).
 
 Each foreign key of ``metering_event`` ran one RI query per inserted row at commit
 (``SELECT 1 FROM ONLY billing_customer x WHERE id = $1 FOR KEY SHARE OF x``, four per
-event). Measured with ``bench/ingest_cpu.py`` (batches of 1,000 over 200 customers, same
-database with and without the four keys): PostgreSQL's CPU per batched event
-0.131-0.166 ms with them, 0.104-0.135 ms without (medians 0.141 and 0.114 ms). A batch
-has only a few hundred distinct customers, subscriptions, prices and projects, so the
-check below locks and looks up each distinct key once per statement.
+event). A batch has only a few hundred distinct customers, subscriptions, prices and
+projects, so the check below locks and looks up each distinct key once per statement.
+Measured on a shared 2-core machine (2026-12-07, bench database of 200 customers):
+
+- the events' INSERT statements alone, 10 x 1,000 rows in one session, constraints
+  checked immediately: 365-710 ms with the keys, 203-494 ms with this check (alternating
+  pairs, every pair 16-19 us less per event); one-row INSERTs cost about 22 us more each
+  (the statement check's fixed cost), about 1 % of a single event's PostgreSQL CPU;
+- ``bench/ingest_cpu.py --batches 15`` (PostgreSQL CPU per batched event, 4 alternating
+  pairs): 0.118/0.127/0.156/0.159 ms with the keys, 0.114/0.114/0.109/0.150 with this
+  check (medians 0.142 and 0.114), a gain the machine's noise hides in half the pairs.
 
 The same guarantees as the keys had, and the same error (SQLSTATE 23503,
 ``foreign_key_violation``: Django raises ``IntegrityError``):
@@ -35,19 +41,24 @@ Races under READ COMMITTED (Django's default), an event inserted (I) while its c
   that wait with a new snapshot, sees I's committed event and refuses (23503). I rolls
   back: nothing refers to the row any more and D goes on.
 
-That is why the delete side is an AFTER trigger, not BEFORE: a BEFORE trigger runs its
-check before DELETE waits on I's lock, misses I's uncommitted event, and the row is
-deleted once I commits, leaving an orphan. Under REPEATABLE READ a delete would not see
-an event committed after its snapshot (the RI triggers use a cross-check snapshot for
-that, which PL/pgSQL has not): nothing in the project deletes these rows at that level,
-and SERIALIZABLE on both sides turns the same interleaving into a serialization failure.
+The delete side is an AFTER row trigger, as PostgreSQL's own RI actions are. A BEFORE row
+trigger would be as safe: PostgreSQL locks the row before it fires BEFORE row triggers
+(GetTupleForTrigger), so the check would also run after the wait (tried with two
+sessions). What matters is that the lookup runs after D has waited for I's KEY SHARE lock,
+in a new READ COMMITTED snapshot (a VOLATILE function's queries each take one).
 
-Differences from the keys, none of which a caller sees: the check runs at the end of
-the INSERT statement, not at commit (the keys were DEFERRABLE INITIALLY DEFERRED;
-rating inserts events after the rows they refer to), so the KEY SHARE locks are held
-from there rather than from commit; and TRUNCATE fires no trigger, as it checked no key
-before either once the referencing table was truncated with it (the test suite's
-flush).
+Under REPEATABLE READ a delete would not see an event committed after its snapshot and
+would go on (the RI triggers use a cross-check snapshot for that, which PL/pgSQL has
+not); nothing in the project deletes these rows at that level (Django's default is READ
+COMMITTED), and under SERIALIZABLE predicate locking should catch the pair (not tested).
+
+Differences from the keys: the check runs at the end of the INSERT statement, not at
+commit (the keys were DEFERRABLE INITIALLY DEFERRED; rating writes the rows events refer
+to before the events), so the KEY SHARE locks are taken there rather than at commit. And
+TRUNCATE fires no row trigger: truncating billing_customer, billing_subscription,
+metering_modelprice or billing_project without metering_event is no longer refused on
+the events' account (customers and subscriptions still have other keys that refuse it).
+Nothing but the test suite's flush truncates, and it truncates every table at once.
 """
 
 from django.db import migrations, models
