@@ -11,9 +11,10 @@ Measured on a shared 2-core machine (2026-12-07, bench database of 200 customers
   checked immediately: 365-710 ms with the keys, 203-494 ms with this check (alternating
   pairs, every pair 16-19 us less per event); one-row INSERTs cost about 22 us more each
   (the statement check's fixed cost), about 1 % of a single event's PostgreSQL CPU;
-- ``bench/ingest_cpu.py --batches 15`` (PostgreSQL CPU per batched event, 4 alternating
-  pairs): 0.118/0.127/0.156/0.159 ms with the keys, 0.114/0.114/0.109/0.150 with this
-  check (medians 0.142 and 0.114), a gain the machine's noise hides in half the pairs.
+- ``bench/ingest_cpu.py --batches 15`` (PostgreSQL CPU per batched event, 7 alternating
+  pairs): lower with this check in every pair, by 3 to 30 % (medians 0.136 ms with the
+  keys, 0.114 ms with the check); by 8 % or more in only 4 of the 7 pairs, the machine's
+  noise being of the same size. Single events (``--single``): no difference seen.
 
 The same guarantees as the keys had, and the same error (SQLSTATE 23503,
 ``foreign_key_violation``: Django raises ``IntegrityError``):
