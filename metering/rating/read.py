@@ -328,10 +328,10 @@ def _read_part(
     )
     subs, twins, wallets, margins, counters, seen, ids = _PART_DOCUMENT.decode(document)
     read = PartRead({}, {}, {}, {}, {}, {}, {}, ids)
-    for row in subs:
-        subscription = _loaded(Subscription, SUBSCRIPTION_FIELDS, row[:11])
+    for sub in subs:
+        subscription = _loaded(Subscription, SUBSCRIPTION_FIELDS, sub[:11])
         subscription.phase_starts = list(  # type: ignore[attr-defined]
-            zip(row[11], row[12], strict=True)
+            zip(sub[11], sub[12], strict=True)
         )
         read.subscriptions[subscription.customer_id] = subscription
     for event_id, customer_id, key, amount, currency, transaction_id, cost, model in twins:
@@ -352,8 +352,8 @@ def _read_part(
             read.balances[account_id] = ledger.LockedBalance(account_id, posted, held, floor)
     for customer_id, meter_id, margin in margins:
         read.overrides.setdefault(customer_id, {})[meter_id] = margin
-    for row in counters:
-        counter = _counter_from_row(row)
+    for counter_row in counters:
+        counter = _counter_from_row(counter_row)
         read.counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
     for subscription_id, meter_id, period_start, value in seen:
         read.seen.setdefault((subscription_id, meter_id, period_start), set()).add(value)
