@@ -7,13 +7,16 @@ wallets and meters that estimates and late events need."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import connection
+import msgspec
+from django.db import DEFAULT_DB_ALIAS, connection
+from django.db.models import Model
 
 from billing.models import (
     Customer,
@@ -23,7 +26,7 @@ from billing.models import (
 from ledger import services as ledger
 from metering.rating.prepare import Prepared, _meter_from_row
 from metering.rating.price import Counter, _distinct_keys
-from metering.rating.sql import execute_bound
+from metering.rating.sql import _int_array, _text_array, execute_bound
 
 CUSTOMER_FIELDS = ("id", "external_id", "name", "currency", "billing_mode")
 SUBSCRIPTION_FIELDS = (
@@ -79,6 +82,25 @@ def load_customers(
         return found
 
 
+M = TypeVar("M", bound=Model)
+
+
+def _loaded(model: type[M], names: tuple[str, ...], values: Sequence[Any]) -> M:
+    """An instance of ``model`` as the database gave it, only the fields (attnames)
+    ``names`` loaded: ``Model.from_db``, as a queryset's ``.only()`` builds it (the other
+    fields deferred, read from the database if ever asked for), its values put in the
+    order of the model's fields. Half the cost of ``model(**fields)``, which also sets
+    every other field to its default (measured: 4 µs against 8 for a Customer)."""
+    order = _field_order(model, names)
+    return model.from_db(DEFAULT_DB_ALIAS, names, [values[i] for i in order])
+
+
+@functools.cache
+def _field_order(model: type[Model], names: tuple[str, ...]) -> tuple[int, ...]:
+    position = {f.attname: n for n, f in enumerate(model._meta.concrete_fields)}
+    return tuple(sorted(range(len(names)), key=lambda i: position[names[i]]))
+
+
 def _find_customers(
     external_ids: Iterable[str], *, lock: bool
 ) -> tuple[tuple[int, int | None], dict[str, Customer]]:
@@ -94,12 +116,10 @@ def _find_customers(
         f"LEFT JOIN LATERAL (SELECT k.*{locking} FROM ("
         "  SELECT id, external_id, name, currency, billing_mode FROM billing_customer"
         "   WHERE external_id = ANY((SELECT %s::text[])::text[]) ORDER BY id) AS k) AS c ON true",
-        [list(external_ids)],
+        [_text_array(external_ids)],
     )
     customers = {
-        row[3]: Customer(**dict(zip(CUSTOMER_FIELDS, row[2:7], strict=True)))
-        for row in rows
-        if row[2] is not None
+        row[3]: _loaded(Customer, CUSTOMER_FIELDS, row[2:7]) for row in rows if row[2] is not None
     }
     return (rows[0][0], rows[0][1]), customers
 
@@ -145,8 +165,14 @@ class PartRead:
     event_ids: list[int]  # one per event of the part, for those accepted
 
 
-# One statement, one row: each set an array of records (a binary cursor loads them as
-# typed tuples). Under READ COMMITTED its snapshot is taken after the rating locks (taken
+# One statement, one JSON document: each set an array of rows, each row an array of its
+# values, decoded by msgspec into typed tuples (``_PART_DOCUMENT``: numbers into exact
+# Decimals, times into aware datetimes). Arrays of records loaded by a binary cursor, as
+# before, cost psycopg a Python loader per record and a new adaptation context per set:
+# 130 µs more of Python for a single event's read, and its PostgreSQL backend no less CPU
+# (measured 2026-12-07, 4,000 reads alternated).
+#
+# Under READ COMMITTED its snapshot is taken after the rating locks (taken
 # by an earlier statement), so it sees everything an earlier rating of these customers
 # committed. The wallets' balance rows are locked here, in account-id order as
 # ledger.services.lock_balances locks them, and read as their newest version — except when
@@ -174,43 +200,50 @@ WITH subs AS MATERIALIZED (
            s.current_period_start, s.current_period_end, s.trial_ends_at,
            s.invoiced_through, s.cancel_at_period_end,
            ARRAY(SELECT ph.starts_at FROM billing_subscriptionphase ph
-                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id),
+                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id) AS phase_starts,
            ARRAY(SELECT ph.plan_id FROM billing_subscriptionphase ph
-                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id)
+                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id) AS phase_plans
       FROM billing_subscription s
      WHERE s.customer_id = ANY((SELECT %s::bigint[])::bigint[]) AND s.status <> 'canceled'
 ), wallets AS MATERIALIZED (
     SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit,
            b.posted, b.held, b.floor,
            EXISTS (SELECT FROM billing_creditgrant g
-                    WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0),
+                    WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0) AS live,
            EXISTS (SELECT FROM billing_creditgrant g
                     WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0
-                      AND g.expires_at <= (SELECT %s::timestamptz))
+                      AND g.expires_at <= (SELECT %s::timestamptz)) AS due
       FROM billing_wallet w
       JOIN ledger_balance b ON b.account_id = w.account_id AND b.bucket = 0
      WHERE w.customer_id = ANY((SELECT %s::bigint[])::bigint[])
      ORDER BY w.account_id<LOCK>
 )
-SELECT ARRAY(SELECT ROW(subs.*) FROM subs),
-       ARRAY(SELECT ROW(e.id, e.customer_id, e.idempotency_key, e.amount, e.currency,
-                        e.ledger_transaction_id, e.cost, e.model)
+SELECT json_build_array(
+       ARRAY(SELECT json_build_array(s.id, s.customer_id, s.plan_id, s.status, s.started_at,
+                                     s.billing_anchor, s.current_period_start,
+                                     s.current_period_end, s.trial_ends_at,
+                                     s.invoiced_through, s.cancel_at_period_end,
+                                     s.phase_starts, s.phase_plans) FROM subs s),
+       ARRAY(SELECT json_build_array(e.id, e.customer_id, e.idempotency_key, e.amount, e.currency,
+                                     e.ledger_transaction_id, e.cost, e.model)
                FROM metering_event e
                JOIN unnest((SELECT %s::bigint[]), (SELECT %s::text[]))
                     AS k(customer_id, idempotency_key)
                  ON e.customer_id = k.customer_id AND e.idempotency_key = k.idempotency_key),
-       ARRAY(SELECT ROW(wallets.*) FROM wallets),
-       ARRAY(SELECT ROW(o.customer_id, o.meter_id, o.margin_percent)
+       ARRAY(SELECT json_build_array(w.customer_id, w.currency, w.account_id, w.billing_mode,
+                                     w.credit_limit, w.posted, w.held, w.floor, w.live, w.due)
+               FROM wallets w),
+       ARRAY(SELECT json_build_array(o.customer_id, o.meter_id, o.margin_percent)
                FROM billing_marginoverride o
               WHERE o.customer_id = ANY((SELECT %s::bigint[])::bigint[])),
-       ARRAY(SELECT ROW(<COUNTERS>)
+       ARRAY(SELECT json_build_array(<COUNTERS>)
                FROM subs s CROSS JOIN LATERAL (
                     SELECT * FROM metering_periodusage p
                      WHERE p.subscription_id = s.id
                        AND p.meter_id = ANY((SELECT %s::bigint[])::bigint[])
                        AND p.period_start = s.current_period_start
                     OFFSET 0) AS u),
-       ARRAY(SELECT ROW(s.id, d.meter_id, s.current_period_start, d.value)
+       ARRAY(SELECT json_build_array(s.id, d.meter_id, s.current_period_start, d.value)
                FROM unnest((SELECT %s::bigint[]), (SELECT %s::bigint[]), (SELECT %s::text[]))
                     AS k(customer_id, meter_id, value)
                JOIN subs s ON s.customer_id = k.customer_id
@@ -220,9 +253,47 @@ SELECT ARRAY(SELECT ROW(subs.*) FROM subs),
                        AND d.period_start = s.current_period_start AND d.value = k.value
                     OFFSET 0) AS d),
        ARRAY(SELECT nextval(pg_get_serial_sequence('metering_event', 'id'))
-               FROM generate_series(1, (SELECT %s::int)))
+               FROM generate_series(1, (SELECT %s::int))))::text
 """.replace("<COUNTERS>", COUNTER_COLUMNS)
 _PART_SQL_LOCKING = _PART_SQL.replace("<LOCK>", " FOR UPDATE OF b")
+# The document's shape, the columns' types in the statement's order (nullable where the
+# column is): a value of another type fails the decoding, loudly.
+_PART_DOCUMENT = msgspec.json.Decoder(
+    tuple[
+        list[  # subscriptions: SUBSCRIPTION_FIELDS, the phases' starts and plans
+            tuple[
+                int,
+                int,
+                int,
+                str,
+                datetime,
+                datetime,
+                datetime,
+                datetime,
+                datetime | None,
+                datetime | None,
+                bool,
+                list[datetime],
+                list[int],
+            ]
+        ],
+        # stored twins: id, customer, key, amount, currency, transaction, cost, model
+        list[tuple[int, int, str, Decimal, str, int | None, Decimal, str]],
+        # wallets: customer, currency, account, mode, credit limit, posted, held, floor,
+        # live grants, due grants
+        list[
+            tuple[int, str, int, str, Decimal | None, Decimal, Decimal, Decimal | None, bool, bool]
+        ],
+        list[tuple[int, int | None, Decimal]],  # margins: customer, meter (None: all), percent
+        list[  # counters: COUNTER_COLUMNS
+            tuple[
+                int, int, datetime, datetime, Decimal, Decimal, Decimal, str, int, datetime | None
+            ]
+        ],
+        list[tuple[int, int, datetime, str]],  # counted values: subscription, meter, start, key
+        list[int],  # event ids
+    ]
+)
 _PART_SQL_READING = _PART_SQL.replace("<LOCK>", "")
 
 
@@ -238,28 +309,29 @@ def _read_part(
     meter_lists = {id(p.meters): p.meters for _, p in events}
     meter_ids = sorted({m.id for meters in meter_lists.values() for m in meters})
     distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
-    ((subs, twins, wallets, margins, counters, seen, ids),) = execute_bound(
+    customers = _int_array(customer_ids)
+    ((document,),) = execute_bound(
         _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,
         [
-            customer_ids,
+            customers,
             now,
-            customer_ids,
-            [cid for cid, _ in events],
-            [p.source.idempotency_key for _, p in events],
-            customer_ids,
-            meter_ids,
-            [k[0] for k in distinct],
-            [k[1] for k in distinct],
-            [k[2] for k in distinct],
+            customers,
+            _int_array([cid for cid, _ in events]),
+            _text_array([p.source.idempotency_key for _, p in events]),
+            customers,
+            _int_array(meter_ids),
+            _int_array([k[0] for k in distinct]),
+            _int_array([k[1] for k in distinct]),
+            _text_array([k[2] for k in distinct]),
             len(events),
         ],
-        binary=True,
     )
+    subs, twins, wallets, margins, counters, seen, ids = _PART_DOCUMENT.decode(document)
     read = PartRead({}, {}, {}, {}, {}, {}, {}, ids)
-    for row in subs:
-        subscription = Subscription(**dict(zip(SUBSCRIPTION_FIELDS, row[:11], strict=True)))
+    for sub in subs:
+        subscription = _loaded(Subscription, SUBSCRIPTION_FIELDS, sub[:11])
         subscription.phase_starts = list(  # type: ignore[attr-defined]
-            zip(row[11], row[12], strict=True)
+            zip(sub[11], sub[12], strict=True)
         )
         read.subscriptions[subscription.customer_id] = subscription
     for event_id, customer_id, key, amount, currency, transaction_id, cost, model in twins:
@@ -280,8 +352,8 @@ def _read_part(
             read.balances[account_id] = ledger.LockedBalance(account_id, posted, held, floor)
     for customer_id, meter_id, margin in margins:
         read.overrides.setdefault(customer_id, {})[meter_id] = margin
-    for row in counters:
-        counter = _counter_from_row(row)
+    for counter_row in counters:
+        counter = _counter_from_row(counter_row)
         read.counters[(counter.subscription_id, counter.meter_id, counter.period_start)] = counter
     for subscription_id, meter_id, period_start, value in seen:
         read.seen.setdefault((subscription_id, meter_id, period_start), set()).add(value)

@@ -6,7 +6,8 @@ CTEs of another's, a ledger posting's say)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -104,15 +105,27 @@ def execute_bound(sql: str, params: list[Any], *, binary: bool = False) -> list[
     Django's wrapper still turns driver errors into django.db errors."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = _Cursor(connection.connection)
-        try:
-            cursor.execute(sql, params, binary=binary)
-            # whether it returned rows, from the result's status: ``description`` builds
-            # a Column object per column to say so
-            result = cursor.pgresult
-            return cursor.fetchall() if result and result.status == TUPLES_OK else []
-        finally:
-            cursor.close()
+        cursor = _cursor(connection.connection)
+        cursor.execute(sql, params, binary=binary)
+        # whether it returned rows, from the result's status: ``description`` builds
+        # a Column object per column to say so
+        result = cursor.pgresult
+        return cursor.fetchall() if result and result.status == TUPLES_OK else []
+
+
+_local = threading.local()
+
+
+def _cursor(conn: Any) -> _Cursor:
+    """The thread's cursor on this psycopg connection, made once per connection and used
+    for every statement: a new cursor each time cost about 15 µs more a statement (its
+    adaptation context made anew, every parameter's dumper looked up again; measured, a
+    single event sends three). Nothing of one statement stays for the next but its last
+    result, replaced by the next one's; a cursor is per thread, as Django's connections."""
+    cursor = getattr(_local, "cursor", None)
+    if cursor is None or cursor.connection is not conn or cursor.closed:
+        cursor = _local.cursor = _Cursor(conn)
+    return cursor
 
 
 @functools.lru_cache(maxsize=256)
@@ -142,3 +155,25 @@ class _Query(PostgresQuery):
 
 class _Cursor(PsycopgCursor):
     _query_cls = _Query
+
+
+# Arrays sent as their text (``{…}``, read by the ``::bigint[]`` / ``::text[]`` cast in the
+# statement): psycopg spends about 3 µs in Python adapting each list parameter, element
+# types looked up, dumper chosen (11 parameters of a single event's read: 30 µs, against
+# 4 µs as text; measured 2026-12-07), while the server reads either form at the same cost.
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """Integers as PostgreSQL's array text: ``{1,2,3}``."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """Strings as PostgreSQL's array text, each element quoted (``{"a","b \\"c\\""}``):
+    inside double quotes only a double quote and a backslash are escaped, so any string
+    (a comma, a brace, ``NULL`` or the empty string) reads back as itself."""
+    return (
+        "{"
+        + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values)
+        + "}"
+    )

@@ -1,0 +1,111 @@
+"""How rating talks to PostgreSQL on a single event's path (metering.rating.sql, .read):
+arrays sent as their text read back as themselves, one cursor per connection, and the part's
+read decoded from its JSON document into exact values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from billing.models import Customer, Subscription
+from metering.rating import read as rating_read
+from metering.rating import sql as rating_sql
+
+pytestmark = pytest.mark.django_db
+
+AWKWARD = [
+    'quote " and back \\ slash',
+    "comma, {brace} and }",
+    "NULL",
+    "",
+    " spaces around ",
+    "ü € 日本 \t tab\nnew line",
+    "\\",
+    '"',
+]
+
+
+def test_array_texts_read_back_as_the_arrays_themselves():
+    """What the read's ``::text[]`` and ``::bigint[]`` casts make of ``_text_array`` and
+    ``_int_array``: every string as itself (quotes, backslashes, commas, braces, ``NULL``,
+    the empty string), every integer, an empty array empty."""
+    ((texts, ints, empty_texts, empty_ints),) = rating_sql.execute_bound(
+        "SELECT %s::text[], %s::bigint[], %s::text[], %s::bigint[]",
+        [
+            rating_sql._text_array(AWKWARD),
+            rating_sql._int_array([1, -2, 2**62, 0]),
+            rating_sql._text_array([]),
+            rating_sql._int_array([]),
+        ],
+    )
+    assert texts == AWKWARD
+    assert ints == [1, -2, 2**62, 0]
+    assert empty_texts == [] and empty_ints == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_cursor_per_connection_and_a_new_one_after_reconnecting():
+    """execute_bound keeps its cursor for the connection's life; once Django has closed the
+    connection and opened another, a cursor of the new one is made."""
+    connection.ensure_connection()
+    first = rating_sql._cursor(connection.connection)
+    assert rating_sql._cursor(connection.connection) is first
+    assert rating_sql.execute_bound("SELECT %s::int", [7]) == [(7,)]
+    assert rating_sql._cursor(connection.connection) is first
+    connection.close()
+    assert rating_sql.execute_bound("SELECT %s::int", [8]) == [(8,)]
+    assert rating_sql._cursor(connection.connection) is not first
+
+
+def test_the_part_document_decodes_exact_values():
+    """The read's JSON document: decimals exactly as stored (their scale kept), times as
+    aware datetimes, NULLs where a column allows them; a value of another type refuses."""
+    document = (
+        '[[[5, 3, 2, "active", "2026-04-01T00:00:00+00:00", "2026-04-01T00:00:00+00:00",'
+        ' "2026-04-01T00:00:00+00:00", "2026-05-01T00:00:00+00:00", null, null, false,'
+        ' ["2026-04-01T00:00:00+00:00"], [2]]],'
+        ' [[9, 3, "k", 0.001309680000, "USD", null, 0E-12, ""]],'
+        ' [[3, "USD", 11, "prepaid", null, 12.500000000000, 0.000000000000, 0E-12,'
+        " false, false]],"
+        " [[3, null, 12.5000]],"
+        ' [[5, 1, "2026-04-01T05:30:00+05:30", "2026-05-01T00:00:00+00:00",'
+        ' 78802.000000000000, 0.081922080000000000000000, 0.081922080000, "USD", 32, null]],'
+        ' [[5, 4, "2026-04-01T00:00:00+00:00", "{\\"model\\":\\"x\\"}"]],'
+        " [101]]"
+    )
+    subs, twins, wallets, margins, counters, seen, ids = rating_read._PART_DOCUMENT.decode(document)
+    assert subs[0][4] == datetime(2026, 4, 1, tzinfo=UTC) and subs[0][8] is None
+    assert str(twins[0][3]) == "0.001309680000" and str(twins[0][6]) == "0E-12"
+    assert wallets[0][4] is None and str(wallets[0][5]) == "12.500000000000"
+    assert margins == [(3, None, Decimal("12.5000"))]
+    assert str(margins[0][2]) == "12.5000"
+    assert counters[0][2] == datetime(2026, 4, 1, tzinfo=UTC)
+    assert str(counters[0][5]) == "0.081922080000000000000000"
+    assert seen == [(5, 4, datetime(2026, 4, 1, tzinfo=UTC), '{"model":"x"}')]
+    assert ids == [101]
+    with pytest.raises(rating_read.msgspec.ValidationError):
+        rating_read._PART_DOCUMENT.decode(document.replace('"active"', "null"))
+
+
+def test_loaded_instances_keep_their_fields_whatever_the_order():
+    """``_loaded`` builds an instance from named values in any order (``Model.from_db``
+    wants them in the model's field order): each field gets its own value, the others are
+    deferred."""
+    names = ("status", "id", "cancel_at_period_end", "invoiced_through", "customer_id")
+    at = datetime(2026, 4, 1, tzinfo=UTC)
+    subscription = rating_read._loaded(Subscription, names, ["active", 5, True, at, 3])
+    assert (subscription.pk, subscription.customer_id, subscription.status) == (5, 3, "active")
+    assert subscription.cancel_at_period_end is True and subscription.invoiced_through == at
+    assert "plan_id" in subscription.get_deferred_fields()
+    assert not subscription._state.adding
+    customer = rating_read._loaded(
+        Customer, rating_read.CUSTOMER_FIELDS, [1, "x", "X", "USD", "prepaid"]
+    )
+    assert (customer.external_id, customer.currency, customer.billing_mode) == (
+        "x",
+        "USD",
+        "prepaid",
+    )
