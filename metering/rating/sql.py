@@ -41,10 +41,7 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
     arrays = ", ".join(f"%s::{kind}[]" for kind in kinds)
     return (
         f"unnest({arrays}) AS {alias}({', '.join(names)})",
-        [
-            _numeric_array(column) if kind == "numeric" else list(column)
-            for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)
-        ],
+        [_array(kind, column) for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)],
     )
 
 
@@ -56,11 +53,44 @@ def _columns(columns: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return names, kinds
 
 
+def _array(kind: str, values: Sequence[Any]) -> Any:
+    """A column's values as its array parameter: bigint, numeric and date columns as
+    PostgreSQL's array text built by joins in C (read exactly by the server's input
+    functions), any other as a list dumped by psycopg. psycopg dumps a list element by
+    element in Python (``ListBinaryDumper._dump_list``, the top function of a batch's
+    profile): 0.40 µs an int and 0.37 a date, against 0.15 and 0.05 here, for 0.03 and 0.10
+    µs more of the server's parsing (measured, 2026-12-07: a part of 241 events sends 3,900
+    ints and 830 dates, 1.3 ms less Python for 0.2 ms more PostgreSQL). Text and times
+    stay binary: as array text they cost the server about as much more (quoting and
+    parsing: 0.13 and 0.33 µs an element) as they save here."""
+    if kind in _PLAIN:
+        return _numeric_array(values)
+    if kind == "date":
+        # a part's columns of dates hold a few days: each rendered once (0.36 µs)
+        return "{" + ",".join(map(_Rendered().__getitem__, values)) + "}"
+    return list(values)
+
+
+_PLAIN = frozenset(("bigint", "numeric"))
+
+
+class _Rendered(dict):
+    """Values rendered as array elements, each the first time it is asked for."""
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = "NULL" if value is None else str(value)
+        return text
+
+
 def _numeric_array(values: Sequence[Any]) -> str:
-    """A numeric[] column as PostgreSQL's array text (``{1.5,NULL,2E-7}``, read exactly by
-    the server's numeric input): psycopg dumps a Decimal to binary at about 1 µs each, in
-    Python, ten times what ``str`` takes (measured, 2026-12-06); ints and Decimals only."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    """A bigint[] or numeric[] column as PostgreSQL's array text (``{1.5,NULL,2E-7}``, read
+    exactly by the server's input): psycopg dumps a Decimal to binary at about 1 µs each,
+    in Python, ten times what ``str`` takes (measured, 2026-12-06); ints and Decimals only
+    (neither renders as anything holding ``None``: a NULL is looked for only then)."""
+    body = ",".join(map(str, values))
+    if "None" in body:
+        body = ",".join("NULL" if v is None else str(v) for v in values)
+    return "{" + body + "}"
 
 
 Statement = tuple[str, list[Any]]
