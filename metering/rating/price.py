@@ -4,6 +4,7 @@ provider's cost × (1 + margin)) and the margin a customer's overrides give."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -219,10 +220,12 @@ class Pricer:
         return worth * self.factor
 
 
+@functools.cache
 def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple]:
     """A function giving an object's attributes of these names, as a tuple, in order (an
     ``attrgetter``: a step sums them per event, and a generator of ``getattr`` cost more
-    than the sum, py-spy)."""
+    than the sum, py-spy); one per tuple of names (a part makes a Pricer per counter, and
+    the catalog's kinds are a few fixed tuples)."""
     if len(names) > 1:
         return attrgetter(*names)
     if names:
