@@ -34,19 +34,47 @@ def _rows(alias: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple[str,
     """A FROM item ``alias(columns)`` reading ``rows`` ("name type, …" in ``columns``)
     and its parameters: jsonb_to_recordset of one document of objects for a few rows,
     unnest of one array per column for more. Values are exact either way: numbers and
-    times go into the document as text, read back by their column's type."""
+    times go into the document as text, read back by their column's type.
+
+    Of many rows, a text or time column of few distinct values (a part's periods, days,
+    currencies, models, dimension keys) goes as its distinct values and one int[] of 1-based
+    positions in them, the FROM item a subquery picking each row's value: psycopg dumps a
+    list of strings or times element by element in Python (0.2 and 0.6 µs each), the
+    positions join in C, and the server reads ints for what it read text or times
+    (measured, 2026-12-07: a part's daily counters in half the Python, the server no
+    slower)."""
     names, kinds = _columns(columns)
     if len(rows) <= ROWS_AS_JSON:
         document = _DOCUMENT.encode([dict(zip(names, row, strict=True)) for row in rows]).decode()
         return f"jsonb_to_recordset(%s::jsonb) AS {alias}({columns})", [document]
-    arrays = ", ".join(f"%s::{kind}[]" for kind in kinds)
+    distinct_values: list[list[Any]] = []
+    picks, arrays, params = [], [], []
+    for name, kind, column in zip(names, kinds, zip(*rows, strict=True), strict=True):
+        if kind in _PICKED:
+            distinct = dict.fromkeys(column)  # equal values (an instant at two offsets) once
+            if len(distinct) * FEW_DISTINCT <= len(column):
+                position = {value: i for i, value in enumerate(distinct, 1)}
+                distinct_values.append(list(distinct))
+                picks.append(f"(%s::{kind}[])[{name}] AS {name}")
+                arrays.append("%s::int[]")
+                params.append("{" + ",".join(map(str, map(position.__getitem__, column))) + "}")
+                continue
+        picks.append(name)
+        arrays.append(f"%s::{kind}[]")
+        params.append(_array(kind, column))
+    source = f"unnest({', '.join(arrays)}) AS {alias}({', '.join(names)})"
+    if not distinct_values:
+        return source, params
     return (
-        f"unnest({arrays}) AS {alias}({', '.join(names)})",
-        [
-            _numeric_array(column) if kind == "numeric" else list(column)
-            for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)
-        ],
+        f"(SELECT {', '.join(picks)} FROM {source}) AS {alias}",
+        [*distinct_values, *params],
     )
+
+
+# A text or time column is sent as its distinct values and positions in them when it has
+# at most one distinct value for this many rows.
+FEW_DISTINCT = 4
+_PICKED = frozenset(("text", "timestamptz"))
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,11 +85,44 @@ def _columns(columns: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return names, kinds
 
 
+def _array(kind: str, values: Sequence[Any]) -> Any:
+    """A column's values as its array parameter: bigint, numeric and date columns as
+    PostgreSQL's array text built by joins in C (read exactly by the server's input
+    functions), any other as a list dumped by psycopg. psycopg dumps a list element by
+    element in Python (``ListBinaryDumper._dump_list``, the top function of a batch's
+    profile): 0.40 µs an int and 0.37 a date, against 0.15 and 0.05 here, for 0.03 and 0.10
+    µs more of the server's parsing (measured, 2026-12-07: a part of 241 events sends 3,900
+    ints and 830 dates, 1.3 ms less Python for 0.2 ms more PostgreSQL). Text and times
+    stay binary: as array text they cost the server about as much more (quoting and
+    parsing: 0.13 and 0.33 µs an element) as they save here."""
+    if kind in _PLAIN:
+        return _numeric_array(values)
+    if kind == "date":
+        # a part's columns of dates hold a few days: each rendered once (0.36 µs)
+        return "{" + ",".join(map(_Rendered().__getitem__, values)) + "}"
+    return list(values)
+
+
+_PLAIN = frozenset(("bigint", "numeric"))
+
+
+class _Rendered(dict):
+    """Values rendered as array elements, each the first time it is asked for."""
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = "NULL" if value is None else str(value)
+        return text
+
+
 def _numeric_array(values: Sequence[Any]) -> str:
-    """A numeric[] column as PostgreSQL's array text (``{1.5,NULL,2E-7}``, read exactly by
-    the server's numeric input): psycopg dumps a Decimal to binary at about 1 µs each, in
-    Python, ten times what ``str`` takes (measured, 2026-12-06); ints and Decimals only."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    """A bigint[] or numeric[] column as PostgreSQL's array text (``{1.5,NULL,2E-7}``, read
+    exactly by the server's input): psycopg dumps a Decimal to binary at about 1 µs each,
+    in Python, ten times what ``str`` takes (measured, 2026-12-06); ints and Decimals only
+    (neither renders as anything holding ``None``: a NULL is looked for only then)."""
+    body = ",".join(map(str, values))
+    if "None" in body:
+        body = ",".join("NULL" if v is None else str(v) for v in values)
+    return "{" + body + "}"
 
 
 Statement = tuple[str, list[Any]]

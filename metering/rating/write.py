@@ -140,12 +140,17 @@ class UsagePosting:
 
 
 def _usage_postings(
-    accepted: list[Accepted], event_ids: list[int], tokens_served, sinks: dict[str, int]
+    accepted: list[Accepted],
+    event_ids: list[int],
+    costs: list[Decimal | None],
+    tokens_served,
+    sinks: dict[str, int],
 ) -> list[UsagePosting]:
     """The part's accepted events summed per customer into one posting each (an event with
-    neither tokens nor money has nothing to post and points at no transaction)."""
+    neither tokens nor money has nothing to post and points at no transaction); ``costs``:
+    each event's provider cost to the ledger's places (``_costs``)."""
     postings: dict[int, UsagePosting] = {}
-    for event_id, a in zip(event_ids, accepted, strict=True):
+    for event_id, a, cost in zip(event_ids, accepted, costs, strict=True):
         p, money = a.p, a.money
         tokens = p.usage.total_tokens if p.usage is not None else 0
         if not tokens and not money:
@@ -159,8 +164,8 @@ def _usage_postings(
             assert a.wallet.account_id is not None, "created by _write for moving money"
             key = (a.wallet.account_id, a.currency)
             posting.money[key] = posting.money.get(key, ZERO) + money
-        if p.cost is not None:
-            posting.cost += ledger_round(p.cost.total)
+        if cost is not None:
+            posting.cost += cost
         if p.usage is not None:
             posting.models.add((p.usage.provider, p.usage.model))
         posting.names.add(p.source.event_name)
@@ -239,7 +244,8 @@ def _write(
         )
     }
     book = credits.GrantBook.load(granting, now=now)
-    postings = _usage_postings(accepted, event_ids, tokens_served, sinks)
+    costs = _costs(accepted)
+    postings = _usage_postings(accepted, event_ids, costs, tokens_served, sinks)
     specs, allocations = [], []
     for posting in postings:
         parts: list[tuple[int, Decimal]] = []
@@ -282,10 +288,11 @@ def _write(
     event_rows = []
     answers = []
     received_at = timezone.now()
-    for event_id, a in zip(event_ids, accepted, strict=True):
+    for event_id, a, cost in zip(event_ids, accepted, costs, strict=True):
         p, customer, money, currency = a.p, a.customer, a.money, a.currency
         u = p.usage
-        cost = ledger_round(p.cost.total) if p.cost is not None else ZERO
+        if cost is None:
+            cost = ZERO
         row = {
             "id": event_id,
             "idempotency_key": p.source.idempotency_key,
@@ -333,12 +340,13 @@ def _write(
             twin = outcomes[outcome.event["_same_as"]]
             outcome.event = twin.event if twin is not None else None
 
-    model_totals = _model_totals(accepted)
+    days = _days(accepted)
+    model_totals = _model_totals(accepted, costs, days)
     # No conflict is possible: the customer's rating lock is held and its duplicates were
     # sorted out above (the unique index still stands behind that).
     if embedded is not None:
         transaction_id, replayed = _write_posting_with(
-            embedded, event_rows, accepted, counters, model_totals, answers
+            embedded, event_rows, accepted, counters, model_totals, days, answers
         )
         if allocations[0] and not replayed:
             book.record(transaction_id, allocations[0], AllocationKind.USAGE)
@@ -347,7 +355,7 @@ def _write(
     if len(event_rows) <= EVENTS_BY_INSERT:
         # A few events: inserted by the statement that moves the counters, one round trip.
         _execute_together(
-            None, [_insert_events(event_rows), *_moves(accepted, counters, model_totals)]
+            None, [_insert_events(event_rows), *_moves(accepted, counters, model_totals, days)]
         )
         return
     with connection.cursor() as cursor:
@@ -355,10 +363,12 @@ def _write(
         with cursor.cursor.copy(f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
             for event_row in event_rows:
                 copy.write_row(event_row)
-        _execute_together(cursor, _moves(accepted, counters, model_totals))
+        _execute_together(cursor, _moves(accepted, counters, model_totals, days))
 
 
-def _moves(accepted: list[Accepted], counters, model_totals: dict[tuple, list]) -> list:
+def _moves(
+    accepted: list[Accepted], counters, model_totals: dict[tuple, list], days: list[date]
+) -> list:
     """What a part's events move besides their own rows, in the order written: the inbox
     rows they came from, the period counters and their distinct values, the daily, per
     model and margin rollups, the projects' spend."""
@@ -366,7 +376,7 @@ def _moves(accepted: list[Accepted], counters, model_totals: dict[tuple, list]) 
         _forget_incoming(accepted),
         _upsert_counters(counters),
         _insert_distinct_values(counters),
-        _upsert_daily(accepted),
+        _upsert_daily(accepted, days),
         _upsert_model_usage(model_totals),
         _upsert_margin_usage(model_totals),
         budgets.upsert_spend(accepted),
@@ -379,6 +389,7 @@ def _write_posting_with(
     accepted: list[Accepted],
     counters,
     model_totals: dict[tuple, list],
+    days: list[date],
     answers: list[dict[str, Any]],
 ) -> tuple[int, bool]:
     """The part's one posting, its events (those with something to post point at it:
@@ -389,7 +400,7 @@ def _write_posting_with(
             (posting.sql, posting.params),
             [
                 _insert_events(event_rows, posted_by="(SELECT id FROM posting_id)"),
-                *_moves(accepted, counters, model_totals),
+                *_moves(accepted, counters, model_totals, days),
             ],
             "SELECT (SELECT id FROM posted), (SELECT id FROM posting_id)",
         )
@@ -536,15 +547,10 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
     return rendered
 
 
-def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
+def _upsert_daily(accepted: list[Accepted], days: list[date]) -> Statement | None:
     totals: dict[tuple, list] = {}
     known: dict[tuple, tuple[str, str]] = {}
-    days: dict[datetime, date] = {}  # a part's events share few timestamps' days
-    for a in accepted:
-        timestamp = a.p.source.timestamp
-        day = days.get(timestamp)
-        if day is None:
-            day = days[timestamp] = timestamp.astimezone(UTC).date()
+    for a, day in zip(accepted, days, strict=True):
         subscription_id, customer_id = a.subscription.id, a.customer.id
         of_event: dict[tuple[str, ...], tuple[str, str]] = {}  # by group_by: meters share them
         for meter, quantity_delta, included_delta, amount_delta in a.moves:
@@ -611,16 +617,37 @@ def _upsert_daily(accepted: list[Accepted]) -> Statement | None:
     )
 
 
-def _model_totals(accepted: list[Accepted]) -> dict[tuple, list]:
+def _costs(accepted: list[Accepted]) -> list[Decimal | None]:
+    """Each event's provider cost rounded to the ledger's places (None: not an LLM event),
+    worked out once for the posting, the event's row and the model counters."""
+    return [ledger_round(a.p.cost.total) if a.p.cost is not None else None for a in accepted]
+
+
+def _days(accepted: list[Accepted]) -> list[date]:
+    """Each event's UTC day (its daily and model counters'); a part's events share few
+    timestamps, each converted once."""
+    days: dict[datetime, date] = {}
+    result = []
+    for a in accepted:
+        timestamp = a.p.source.timestamp
+        day = days.get(timestamp)
+        if day is None:
+            day = days[timestamp] = timestamp.astimezone(UTC).date()
+        result.append(day)
+    return result
+
+
+def _model_totals(
+    accepted: list[Accepted], costs: list[Decimal | None], days: list[date]
+) -> dict[tuple, list]:
     """The part's LLM usage per (customer, subscription, period, UTC day, provider, model,
     currency): [events, the five token kinds, amount charged, provider cost]."""
     totals: dict[tuple, list] = {}
-    for a in accepted:
+    for a, cost, day in zip(accepted, costs, days, strict=True):
         p, money = a.p, a.money
         if p.usage is None:
             continue
         u = p.usage
-        day = p.source.timestamp.astimezone(UTC).date()
         key = (
             a.customer.id,
             a.subscription.id,
@@ -630,7 +657,9 @@ def _model_totals(accepted: list[Accepted]) -> dict[tuple, list]:
             u.model,
             a.currency,
         )
-        entry = totals.setdefault(key, [0, 0, 0, 0, 0, 0, ZERO, ZERO])
+        entry = totals.get(key)
+        if entry is None:
+            entry = totals[key] = [0, 0, 0, 0, 0, 0, ZERO, ZERO]
         entry[0] += 1
         entry[1] += u.input_tokens
         entry[2] += u.cache_read_tokens
@@ -638,8 +667,8 @@ def _model_totals(accepted: list[Accepted]) -> dict[tuple, list]:
         entry[4] += u.output_tokens
         entry[5] += u.reasoning_tokens
         entry[6] += money
-        assert p.cost is not None, "priced with its usage (prepare._llm_usage)"
-        entry[7] += ledger_round(p.cost.total)
+        assert cost is not None, "priced with its usage (prepare._llm_usage)"
+        entry[7] += cost
     return totals
 
 

@@ -1180,3 +1180,38 @@ def test_a_json_document_of_rows_reads_back_what_arrays_read_back():
     assert [r[0] for r in by_json] == [r[0] for r in rows]
     assert by_json[1][1] == datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
     assert by_json[0][3] == rows[0][3]
+
+
+def test_repeated_text_and_times_go_as_positions_and_read_back_as_sent():
+    """Of many rows, a text or time column of few distinct values goes as those values and
+    each row's position in them (``_rows``); what PostgreSQL reads is what was sent, nasty
+    strings (quotes, backslashes, braces, commas, blanks, the word NULL), NULLs, the same
+    instant at two offsets and every other column included, as the JSON document reads."""
+    columns = "s text, t timestamptz, d date, i bigint, n numeric, u text"
+    nasty = ['a "b" \\ c', "", "NULL", "null", " {x,y} ", "ü €\n\t", None, "NULL"]
+    noon = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    rows = [
+        (
+            nasty[k % len(nasty)],
+            None if k % 5 == 0 else noon.astimezone(timezone(timedelta(hours=k % 3))),
+            None if k % 7 == 0 else date(2026, 12, 1 + k % 2),
+            None if k % 11 == 0 else k,
+            D(k) / 8,
+            f"unique-{k}",  # one value a row: sent as an array of its own
+        )
+        for k in range(48)
+    ]
+
+    def read_back(as_json: int) -> tuple[str, list[tuple]]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rating_sql, "ROWS_AS_JSON", as_json)
+            source, params = rating_sql._rows("r", columns, rows)
+        return source, rating_sql.execute_bound(f"SELECT s, t, d, i, n, u FROM {source}", params)
+
+    (by_json_source, by_json), (by_arrays_source, by_arrays) = read_back(len(rows)), read_back(0)
+    assert by_json_source.startswith("jsonb_to_recordset")
+    assert by_arrays_source.startswith("(SELECT (%s::text[])[s] AS s, (%s::timestamptz[])[t] AS t")
+    assert by_arrays == by_json
+    assert [r[0] for r in by_arrays] == [r[0] for r in rows]
+    assert [r[1] for r in by_arrays] == [r[1] for r in rows]
+    assert [r[3:] for r in by_arrays] == [r[3:] for r in rows]
