@@ -26,7 +26,7 @@ from billing.models import (
 from ledger import services as ledger
 from metering.rating.prepare import Prepared, _meter_from_row
 from metering.rating.price import Counter, _distinct_keys
-from metering.rating.sql import _int_array, _text_array, execute_bound
+from metering.rating.sql import _numeric_array, _text_array, execute_bound
 
 CUSTOMER_FIELDS = ("id", "external_id", "name", "currency", "billing_mode")
 SUBSCRIPTION_FIELDS = (
@@ -309,19 +309,19 @@ def _read_part(
     meter_lists = {id(p.meters): p.meters for _, p in events}
     meter_ids = sorted({m.id for meters in meter_lists.values() for m in meters})
     distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
-    customers = _int_array(customer_ids)
+    customers = _numeric_array(customer_ids)
     ((document,),) = execute_bound(
         _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,
         [
             customers,
             now,
             customers,
-            _int_array([cid for cid, _ in events]),
+            _numeric_array([cid for cid, _ in events]),
             _text_array([p.source.idempotency_key for _, p in events]),
             customers,
-            _int_array(meter_ids),
-            _int_array([k[0] for k in distinct]),
-            _int_array([k[1] for k in distinct]),
+            _numeric_array(meter_ids),
+            _numeric_array([k[0] for k in distinct]),
+            _numeric_array([k[1] for k in distinct]),
             _text_array([k[2] for k in distinct]),
             len(events),
         ],

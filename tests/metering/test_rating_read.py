@@ -30,15 +30,15 @@ AWKWARD = [
 
 def test_array_texts_read_back_as_the_arrays_themselves():
     """What the read's ``::text[]`` and ``::bigint[]`` casts make of ``_text_array`` and
-    ``_int_array``: every string as itself (quotes, backslashes, commas, braces, ``NULL``,
+    ``_numeric_array``: every string as itself (quotes, backslashes, commas, braces, ``NULL``,
     the empty string), every integer, an empty array empty."""
     ((texts, ints, empty_texts, empty_ints),) = rating_sql.execute_bound(
         "SELECT %s::text[], %s::bigint[], %s::text[], %s::bigint[]",
         [
             rating_sql._text_array(AWKWARD),
-            rating_sql._int_array([1, -2, 2**62, 0]),
+            rating_sql._numeric_array([1, -2, 2**62, 0]),
             rating_sql._text_array([]),
-            rating_sql._int_array([]),
+            rating_sql._numeric_array([]),
         ],
     )
     assert texts == AWKWARD
