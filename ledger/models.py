@@ -305,10 +305,15 @@ class Transaction(models.Model):
 class Entry(models.Model):
     """One leg of a transaction. Positive amount = debit, negative = credit."""
 
-    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    # The database checks this reference with the composite key (account_id, currency) →
-    # ledger_account (id, currency) of migration 0002; a second, plain key would only add
-    # a foreign-key lookup (and a share lock on hot account rows) to every entry.
+    # Both references (the transaction; the account with the entry's currency) are checked
+    # once per INSERT statement by the entries' balance trigger, not by per-row foreign
+    # keys (migration 0009: eight RI queries a single event); transactions are immutable,
+    # and a trigger refuses deleting or re-keying an account that entries refer to.
+    transaction = models.ForeignKey(
+        Transaction, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
+    # A plain key on account_id would only add a lookup (and a share lock on hot account
+    # rows) to every entry.
     # No single-column index either: (account, transaction) below serves every lookup by
     # account, and walks an account's transactions newest first by index (a customer's
     # history: billing.selectors.customer_transaction_ids) — the (account, id) index it
