@@ -129,7 +129,9 @@ def test_an_entry_naming_a_missing_transaction_is_refused_by_its_statement(world
             [wallet.pk, world.pk],
         )
     assert caught.value.__cause__.sqlstate == "23503"
-    assert "Key (transaction_id)=(-1) is not present" in str(caught.value.__cause__.diag.message_detail)
+    assert "Key (transaction_id)=(-1) is not present" in str(
+        caught.value.__cause__.diag.message_detail
+    )
 
 
 def test_an_account_entries_refer_to_cannot_be_deleted_or_rekeyed(posted):
@@ -141,6 +143,6 @@ def test_an_account_entries_refer_to_cannot_be_deleted_or_rekeyed(posted):
     ):
         with pytest.raises(IntegrityError) as caught, transaction.atomic():
             sql(statement, {"a": account_id})
-        assert "is still referenced from table \"ledger_entry\"" in str(
+        assert 'is still referenced from table "ledger_entry"' in str(
             caught.value.__cause__.diag.message_detail
         )
