@@ -16,8 +16,8 @@ What the services would write, and what differs (docs/benchmarks.md, *Session 11
   customer's rows are spread over the whole table, never in one block.
 - Ledger rows go through INSERT … SELECT, so every constraint and trigger of the ledger
   holds for them: each INSERT of entries balances per transaction (the statement trigger
-  ledger_entry_balanced), entries' (account, currency) match their accounts (composite
-  foreign key), references are unique. Usage posting ``C + m`` moves exactly event ``m``'s
+  ledger_entry_balanced), entries' (account, currency) match their accounts and their
+  transactions exist (the same trigger, since ledger 0009), references are unique. Usage posting ``C + m`` moves exactly event ``m``'s
   amount from the wallet to ``@Revenue`` (as prepaid rating does, one transaction per
   rating pass; here a pass is one event), so Σ a customer's event amounts = its wallet's
   usage debits. The top-up is ``@World`` → wallet.

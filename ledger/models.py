@@ -22,8 +22,11 @@ Immutability
     Transactions and entries are insert-only. PostgreSQL itself refuses an UPDATE or
     DELETE of either (a trigger), refuses entries that do not balance per transaction and
     currency (a statement-level trigger over the inserted rows: every INSERT into the
-    entries must balance, so every transaction does), and refuses an entry whose currency
-    is not its account's (a composite foreign key). Corrections are reversals: new
+    entries must balance, so every transaction does), and refuses an entry whose
+    transaction does not exist or whose account does not exist with the entry's currency
+    (the same trigger, each distinct reference locked and looked up once per INSERT; a
+    row trigger refuses deleting or re-keying an account entries refer to: migration
+    0009, which replaced two per-row foreign keys). Corrections are reversals: new
     transactions that point at the one they undo, at most one reversal per transaction.
 
 Idempotency
@@ -143,7 +146,8 @@ class Account(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["code", "currency"], name="ledger_account_code_uniq"),
-            # Target of the composite foreign key ledger_entry(account_id, currency).
+            # What an entry's (account_id, currency) names (once the target of a composite
+            # foreign key; since 0009 looked up by the entries' statement trigger).
             models.UniqueConstraint(fields=["id", "currency"], name="ledger_account_id_currency"),
             models.CheckConstraint(
                 condition=Q(currency__regex=r"^[A-Z][A-Z0-9_]{1,15}$"),
@@ -305,10 +309,15 @@ class Transaction(models.Model):
 class Entry(models.Model):
     """One leg of a transaction. Positive amount = debit, negative = credit."""
 
-    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    # The database checks this reference with the composite key (account_id, currency) →
-    # ledger_account (id, currency) of migration 0002; a second, plain key would only add
-    # a foreign-key lookup (and a share lock on hot account rows) to every entry.
+    # Both references (the transaction; the account with the entry's currency) are checked
+    # once per INSERT statement by the entries' balance trigger, not by per-row foreign
+    # keys (migration 0009: eight RI queries a single event); transactions are immutable,
+    # and a trigger refuses deleting or re-keying an account that entries refer to.
+    transaction = models.ForeignKey(
+        Transaction, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
+    # A plain key on account_id would only add a lookup (and a share lock on hot account
+    # rows) to every entry.
     # No single-column index either: (account, transaction) below serves every lookup by
     # account, and walks an account's transactions newest first by index (a customer's
     # history: billing.selectors.customer_transaction_ids) — the (account, id) index it

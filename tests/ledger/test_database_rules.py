@@ -104,3 +104,45 @@ def test_reference_is_unique(posted):
         Transaction.objects.create(
             reference=posted.reference, payload_hash="x", effective_at="2026-01-01T00:00:00Z"
         )
+
+
+def test_entries_references_are_checked_per_statement_not_per_row():
+    """Migration 0009: no foreign-key row triggers on ledger_entry (two RI queries an
+    entry); the entries' statement trigger checks the references once per INSERT."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ledger_entry'::regclass "
+            "AND tgisinternal"
+        )
+        (row_triggers,) = cursor.fetchone()
+    assert row_triggers == 0
+
+
+def test_an_entry_naming_a_missing_transaction_is_refused_by_its_statement(world, make_wallet):
+    """Refused at the end of the INSERT (the deferred key waited for the commit), with the
+    foreign key's SQLSTATE, and before the balance is looked at."""
+    wallet = make_wallet(0)
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        sql(
+            "INSERT INTO ledger_entry (transaction_id, account_id, currency, amount) "
+            "VALUES (-1, %s, 'USD', -5), (-1, %s, 'USD', 4)",
+            [wallet.pk, world.pk],
+        )
+    assert caught.value.__cause__.sqlstate == "23503"
+    assert "Key (transaction_id)=(-1) is not present" in str(
+        caught.value.__cause__.diag.message_detail
+    )
+
+
+def test_an_account_entries_refer_to_cannot_be_deleted_or_rekeyed(posted):
+    account_id = posted.entries.order_by("id").values_list("account_id", flat=True)[0]
+    for statement in (
+        "DELETE FROM ledger_balance WHERE account_id = %(a)s; "
+        "DELETE FROM ledger_account WHERE id = %(a)s",
+        "UPDATE ledger_account SET currency = 'EUR' WHERE id = %(a)s",
+    ):
+        with pytest.raises(IntegrityError) as caught, transaction.atomic():
+            sql(statement, {"a": account_id})
+        assert 'is still referenced from table "ledger_entry"' in str(
+            caught.value.__cause__.diag.message_detail
+        )
