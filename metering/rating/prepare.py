@@ -138,8 +138,10 @@ def _llm_usage(event: EventIn) -> tuple[NormalizedUsage, Any, catalog.Cost]:
         raise errors.InvalidEvent(
             "an event with LLM usage needs properties.model", param="properties.model"
         )
-    price = catalog.find_price(provider=usage.provider, model=usage.model, at=event.timestamp)
-    return usage, price, catalog.cost_of(price, usage, event.timestamp)
+    price, cost = catalog.price_and_cost(
+        provider=usage.provider, model=usage.model, at=event.timestamp, usage=usage
+    )
+    return usage, price, cost
 
 
 def _quantity(meter: Meter, prepared: Prepared, *, charged: bool = True) -> Any:
