@@ -404,6 +404,10 @@ def _read_responses(u: Mapping[str, Any], where: str) -> TokenKinds:
 
 
 def _read_anthropic(u: Mapping[str, Any], where: str) -> TokenKinds:
+    if type(u) is dict:
+        kinds = _anthropic_plainly(u)
+        if kinds is not None:
+            return kinds
     uncached = required(u, "input_tokens", where)
     output = required(u, "output_tokens", where)
     cache_read = optional(u, "cache_read_input_tokens", where)
@@ -427,6 +431,77 @@ def _read_anthropic(u: Mapping[str, Any], where: str) -> TokenKinds:
         output_tokens=output,
         reasoning_tokens=reasoning,
     )
+
+
+def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
+    """``_read_anthropic`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): None for anything it would refuse or that is not plain
+    (an int outside 0..MAX_COUNT, a Decimal, a detail that is not a dict), which the general
+    reading then reads from the start."""
+    uncached = u.get("input_tokens")
+    output = u.get("output_tokens")
+    cache_read = u.get("cache_read_input_tokens")
+    if cache_read is None:
+        cache_read = 0
+    written = u.get("cache_creation_input_tokens")
+    if written is None:
+        cache_write = 0
+    elif type(written) is int and 0 <= written <= MAX_COUNT:
+        cache_write = written
+    else:
+        return None
+    cache_write_1h = 0
+    by_ttl = u.get("cache_creation")
+    if by_ttl is not None:
+        if type(by_ttl) is not dict:
+            return None
+        cache_write_5m = by_ttl.get("ephemeral_5m_input_tokens")
+        if cache_write_5m is None:
+            cache_write_5m = 0
+        cache_write_1h = by_ttl.get("ephemeral_1h_input_tokens")
+        if cache_write_1h is None:
+            cache_write_1h = 0
+        if not (
+            type(cache_write_5m) is int
+            and type(cache_write_1h) is int
+            and 0 <= cache_write_5m <= MAX_COUNT
+            and 0 <= cache_write_1h <= MAX_COUNT
+        ):
+            return None
+        if written is None:
+            cache_write = cache_write_5m + cache_write_1h
+        elif cache_write_5m + cache_write_1h > cache_write:
+            return None
+    details = u.get("output_tokens_details")
+    if details is None:
+        reasoning = 0
+    elif type(details) is dict:
+        reasoning = details.get("thinking_tokens")
+        if reasoning is None:
+            reasoning = details.get("reasoning_tokens")
+            if reasoning is None:
+                reasoning = 0
+    else:
+        return None
+    if (
+        type(uncached) is int
+        and type(output) is int
+        and type(cache_read) is int
+        and type(reasoning) is int
+        and 0 <= uncached <= MAX_COUNT
+        and 0 <= output <= MAX_COUNT
+        and 0 <= cache_read <= MAX_COUNT
+        and 0 <= reasoning <= output
+    ):
+        return TokenKinds(
+            input_tokens=uncached,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=cache_write_1h,
+            output_tokens=output,
+            reasoning_tokens=reasoning,
+        )
+    return None
 
 
 def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKinds:
