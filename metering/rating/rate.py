@@ -280,6 +280,9 @@ def _rate(
     )
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
+    # Each balance's (posted, held, floor) as the part's accepted events move it: what a
+    # new LockedBalance an event carried, without building one (refusals build theirs).
+    spending: dict[Any, list[Any]] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
     for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
@@ -327,9 +330,15 @@ def _rate(
             continue
         currency = terms.money_currency
         wallet = wallets[(customer_id, currency)]
-        balance_key = _balance_key(wallet)
-        balance = balances[balance_key]
-        if money > 0 and not balance.can_spend(money):
+        balance_key = wallet.account_id or ("new", wallet.customer_id, wallet.currency)
+        running = spending.get(balance_key)
+        if running is None:
+            balance = balances[balance_key]
+            running = spending[balance_key] = [balance.posted, balance.held, balance.floor]
+        posted, held, floor = running
+        # LockedBalance.can_spend(money) of the running figures
+        if money > 0 and not (floor is None or posted - held - money >= floor):
+            balance = ledger.LockedBalance(balances[balance_key].account_id, posted, held, floor)
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
             )
@@ -343,9 +352,7 @@ def _rate(
                 outcomes[p.index] = Outcome("rejected", error=refusal)
                 continue
         if money:
-            balances[balance_key] = ledger.LockedBalance(
-                balance.account_id, balance.posted - money, balance.held, balance.floor
-            )
+            running[0] = posted - money
         moves: list[Moved] = []
         timestamp = p.source.timestamp
         for pricer, (quantity, amount, charged, distinct_value, included_delta) in steps:
