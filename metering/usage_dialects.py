@@ -320,6 +320,9 @@ def _chat_completions_plainly(u: dict[str, Any]) -> TokenKinds | None:
     output = u.get("completion_tokens")
     if output is None:
         output = 0
+    cached: Any
+    cache_write: Any
+    reasoning: Any
     details = u.get("prompt_tokens_details")
     if details is None:
         cached = None
@@ -450,7 +453,8 @@ def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
         cache_write = written
     else:
         return None
-    cache_write_1h = 0
+    cache_write_1h: Any = 0
+    reasoning: Any
     by_ttl = u.get("cache_creation")
     if by_ttl is not None:
         if type(by_ttl) is not dict:

@@ -330,7 +330,7 @@ def _rate(
             continue
         currency = terms.money_currency
         wallet = wallets[(customer_id, currency)]
-        balance_key = wallet.account_id or ("new", wallet.customer_id, wallet.currency)
+        balance_key: Any = wallet.account_id or ("new", wallet.customer_id, wallet.currency)
         running = spending.get(balance_key)
         if running is None:
             balance = balances[balance_key]
