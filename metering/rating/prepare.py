@@ -163,13 +163,14 @@ def fast_reading(meter: Meter) -> str | None:
         return None
     if meter.aggregation == Aggregation.COUNT:
         return COUNTED
-    name = meter.property[4:]
+    path = meter.property
     if (
         meter.aggregation in (Aggregation.SUM, Aggregation.MAX, Aggregation.LATEST)
-        and meter.property.startswith("llm.")
-        and name in LLM_FIELD_NAMES
+        and type(path) is str
+        and path.startswith("llm.")
+        and path[4:] in LLM_FIELD_NAMES
     ):
-        return name
+        return path[4:]
     return None
 
 
