@@ -372,6 +372,13 @@ class Catalog:
         for entries in self.by_provider.values():
             entries.sort(key=lambda e: (e.position, e.model))
         self._resolved: dict[tuple[str, str], CatalogModel | None] = {}
+        # (id of a version of this catalog, the tiers its prompt passes) → the version and
+        # its unit prices: a version without time windows prices every request alike but
+        # for its tiers, so rating works them out once, not per event (``price_and_cost``).
+        # The version is kept beside them (the key's id is its while the catalog lives).
+        self.units_by_version: dict[
+            tuple[int, tuple[bool, ...]], tuple[ModelPrice, UnitPrices]
+        ] = {}
 
     def _match_in(self, provider: str, name: str) -> CatalogModel | None:
         exact = self.by_id.get((provider, name))
@@ -442,6 +449,9 @@ def catalog() -> Catalog:
     """This process's copy of the catalog, reloaded when the table changed."""
     global _cached, _cached_stamp, _checked_at
     now = time.monotonic()
+    cached = _cached
+    if cached is not None and now - _checked_at < CATALOG_RECHECK_SECONDS:
+        return cached  # checked lately: without the lock (read once each, under the GIL)
     with _lock:
         if _cached is not None and now - _checked_at < CATALOG_RECHECK_SECONDS:
             return _cached
@@ -454,7 +464,35 @@ def catalog() -> Catalog:
 
 
 def find_price(*, provider: str, model: str, at: datetime) -> ModelPrice:
-    entry = catalog().resolve(provider, model)
+    return _find_in(catalog(), provider, model, at)
+
+
+def price_and_cost(
+    *, provider: str, model: str, at: datetime, usage: NormalizedUsage
+) -> tuple[ModelPrice, Cost]:
+    """``find_price`` and ``cost_of`` of ``usage`` at ``at`` in one: the same version and
+    the same cost, with the version's unit prices kept by the catalog when they do not
+    depend on the moment (no time windows), per set of tiers the prompt passes."""
+    current = catalog()
+    price = _find_in(current, provider, model, at)
+    if price.time_windows:
+        return price, cost_of(price, usage, at)
+    prompt_tokens = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    tiers = price.tiers
+    key = (
+        id(price),
+        tuple(prompt_tokens > t["above_input_tokens"] for t in tiers) if tiers else (),
+    )
+    found = current.units_by_version.get(key)
+    if found is None or found[0] is not price:
+        if len(current.units_by_version) >= 10_000:
+            current.units_by_version.clear()
+        found = current.units_by_version[key] = (price, unit_prices(price, prompt_tokens, at))
+    return price, _cost(found[1], usage)
+
+
+def _find_in(current: Catalog, provider: str, model: str, at: datetime) -> ModelPrice:
+    entry = current.resolve(provider, model)
     if entry is None:
         raise errors.UnknownModel(
             f"no price in the model catalog for {model!r}"
@@ -556,7 +594,10 @@ class Cost:
 
 def cost_of(price: ModelPrice, usage: NormalizedUsage, at: datetime | None = None) -> Cost:
     """The provider's price of ``usage`` at time ``at`` (time-of-day prices need it)."""
-    p = unit_prices(price, usage.prompt_tokens, at)
+    return _cost(unit_prices(price, usage.prompt_tokens, at), usage)
+
+
+def _cost(p: UnitPrices, usage: NormalizedUsage) -> Cost:
     one_hour = usage.cache_write_1h_tokens
     reasoning = usage.reasoning_tokens
     return Cost(

@@ -83,7 +83,7 @@ class ChargeTerms:
     def worth(self, quantity: Decimal) -> Decimal:
         """The exact worth of a period's ``quantity`` (before the included part is
         subtracted) under the plan's own prices. Not for catalog-priced charges."""
-        billable = self.billable(quantity)
+        billable = quantity - self.included_quantity  # self.billable(quantity) when above 0
         if billable <= 0:
             return ZERO
         if self.price_model == "per_unit":

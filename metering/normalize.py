@@ -113,7 +113,9 @@ class NormalizedUsage:
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.output_tokens
+        return (
+            self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+        ) + self.output_tokens
 
     def as_dict(self) -> dict[str, int | str]:
         return {name: getattr(self, name) for name in LLM_FIELDS}
@@ -124,7 +126,7 @@ def normalize_usage(
 ) -> NormalizedUsage:
     """Read ``usage`` (a provider's usage object or whole response, JSON-decoded) as token
     kinds. Raises ``UsageNotUnderstood``, ``UnknownProvider`` or ``InvalidEvent`` (model)."""
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         raise UsageNotUnderstood(
             f"usage must be an object, not {type_name(usage)}", param=USAGE_PARAM
         )
@@ -144,7 +146,7 @@ def normalize_usage(
         found_model = usage.get("model")
     else:
         found_model = usage.get("model")
-    if not isinstance(counts, Mapping):
+    if type(counts) is not dict and not isinstance(counts, Mapping):
         raise UsageNotUnderstood(
             f"{where} must be an object with token counts, not {type_name(counts)}",
             param=where,
@@ -205,6 +207,9 @@ _CACHE_LIMIT = 4096
 _cache_snapshot: object = None
 _provider_ids: dict[str, str | None] = {}
 _model_providers: dict[str, str | None] = {}
+# A provider's name as clients send it → its id, for names the snapshot lists (their id
+# does not depend on the model): the common case without stripping and lowering it.
+_named_providers: dict[str, str] = {}
 
 
 def _catalog() -> list[Any]:
@@ -213,6 +218,7 @@ def _catalog() -> list[Any]:
     if snapshot is not _cache_snapshot:
         _provider_ids.clear()
         _model_providers.clear()
+        _named_providers.clear()
         _cache_snapshot = snapshot
     return snapshot.providers
 
@@ -223,8 +229,11 @@ def _provider_from_name(name: Any, model: str) -> str:
         raise UnknownProvider(
             f"provider must be a string, not {type_name(name)}", param=PROVIDER_PARAM
         )
-    key = name.strip().lower()
     providers = _catalog()
+    named = _named_providers.get(name)
+    if named is not None:
+        return named
+    key = name.strip().lower()
     if key not in _provider_ids:
         if len(_provider_ids) >= _CACHE_LIMIT:
             _provider_ids.clear()
@@ -232,6 +241,9 @@ def _provider_from_name(name: Any, model: str) -> str:
         _provider_ids[key] = found.id if found is not None else None
     provider_id = _provider_ids[key]
     if provider_id is not None:
+        if len(_named_providers) >= _CACHE_LIMIT:
+            _named_providers.clear()
+        _named_providers[name] = provider_id
         return provider_id
     if key in OPENAI_COMPATIBLE:
         return (_provider_for_model(model) if key == "litellm" and "/" in model else None) or key

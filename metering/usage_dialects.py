@@ -93,10 +93,11 @@ import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
+from decimal import Decimal
 from typing import Any
 
 from metering.errors import UsageNotUnderstood
-from metering.usage_counts import count, exceeds, nested, optional, required
+from metering.usage_counts import MAX_COUNT, count, exceeds, nested, optional, required
 
 # Providers whose Chat Completions usage leaves reasoning out of completion_tokens.
 _REASONING_BESIDE_COMPLETION = frozenset({"x-ai", "perplexity"})
@@ -209,6 +210,8 @@ _OTHER_NAMES = frozenset(
     }
 )
 _KNOWN_NAMES = _READ_NAMES | _OTHER_NAMES
+# What a JSON-decoded count or field usually is: never a Mapping (asked of an ABC otherwise).
+_NOT_MAPPINGS = frozenset({int, Decimal, str, bool, float, list, type(None)})
 
 
 # --- the dialects ------------------------------------------------------------------------
@@ -244,6 +247,10 @@ def read_input_family(u: Mapping[str, Any], where: str) -> tuple[TokenKinds, str
 
 
 def read_chat_completions(u: Mapping[str, Any], where: str, provider_id: str | None) -> TokenKinds:
+    if type(u) is dict and provider_id not in _REASONING_BESIDE_COMPLETION:
+        kinds = _chat_completions_plainly(u)
+        if kinds is not None:
+            return kinds
     prompt = required(u, "prompt_tokens", where)
     output = optional(u, "completion_tokens", where)
 
@@ -303,6 +310,72 @@ def read_chat_completions(u: Mapping[str, Any], where: str, provider_id: str | N
     )
 
 
+def _chat_completions_plainly(u: dict[str, Any]) -> TokenKinds | None:
+    """``read_chat_completions`` of its common object, without a call a count: whole ``int``
+    counts in range, the details plain dicts, nothing exceeding what holds it, and a
+    provider that counts reasoning inside completion_tokens. The same kinds, read from the
+    same fields in the same order of preference; None for anything else, which the general
+    reading reads again from the start (and refuses, naming the field)."""
+    prompt = u.get("prompt_tokens")
+    output = u.get("completion_tokens")
+    if output is None:
+        output = 0
+    cached: Any
+    cache_write: Any
+    reasoning: Any
+    details = u.get("prompt_tokens_details")
+    if details is None:
+        cached = None
+        cache_write = 0
+    elif type(details) is dict:
+        cached = details.get("cached_tokens")
+        cache_write = details.get("cache_write_tokens")
+        if cache_write is None:
+            cache_write = 0
+    else:
+        return None
+    if cached is None:
+        for key in ("cached_tokens", "cache_read_input_tokens", "cached_prompt_text_tokens"):
+            cached = u.get(key)
+            if cached is not None:
+                break
+        else:
+            cached = 0
+    details = u.get("completion_tokens_details")
+    if details is None:
+        reasoning = None
+    elif type(details) is dict:
+        reasoning = details.get("reasoning_tokens")
+    else:
+        return None
+    if reasoning is None:
+        reasoning = u.get("reasoning_tokens")
+        if reasoning is None:
+            reasoning = 0
+    if (
+        type(prompt) is int
+        and type(output) is int
+        and type(cached) is int
+        and type(cache_write) is int
+        and type(reasoning) is int
+        and 0 <= prompt <= MAX_COUNT
+        and 0 <= output <= MAX_COUNT
+        and 0 <= cached
+        and 0 <= cache_write
+        and cached + cache_write <= prompt
+        and 0 <= reasoning <= output
+    ):
+        return TokenKinds(
+            input_tokens=prompt - cached - cache_write,
+            cache_read_tokens=cached,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=0,
+            output_tokens=output,
+            reasoning_tokens=reasoning,
+        )
+    return None
+
+
 def _read_responses(u: Mapping[str, Any], where: str) -> TokenKinds:
     prompt = required(u, "input_tokens", where)
     output = required(u, "output_tokens", where)
@@ -334,6 +407,10 @@ def _read_responses(u: Mapping[str, Any], where: str) -> TokenKinds:
 
 
 def _read_anthropic(u: Mapping[str, Any], where: str) -> TokenKinds:
+    if type(u) is dict:
+        kinds = _anthropic_plainly(u)
+        if kinds is not None:
+            return kinds
     uncached = required(u, "input_tokens", where)
     output = required(u, "output_tokens", where)
     cache_read = optional(u, "cache_read_input_tokens", where)
@@ -357,6 +434,78 @@ def _read_anthropic(u: Mapping[str, Any], where: str) -> TokenKinds:
         output_tokens=output,
         reasoning_tokens=reasoning,
     )
+
+
+def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
+    """``_read_anthropic`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): None for anything it would refuse or that is not plain
+    (an int outside 0..MAX_COUNT, a Decimal, a detail that is not a dict), which the general
+    reading then reads from the start."""
+    uncached = u.get("input_tokens")
+    output = u.get("output_tokens")
+    cache_read = u.get("cache_read_input_tokens")
+    if cache_read is None:
+        cache_read = 0
+    written = u.get("cache_creation_input_tokens")
+    if written is None:
+        cache_write = 0
+    elif type(written) is int and 0 <= written <= MAX_COUNT:
+        cache_write = written
+    else:
+        return None
+    cache_write_1h: Any = 0
+    reasoning: Any
+    by_ttl = u.get("cache_creation")
+    if by_ttl is not None:
+        if type(by_ttl) is not dict:
+            return None
+        cache_write_5m = by_ttl.get("ephemeral_5m_input_tokens")
+        if cache_write_5m is None:
+            cache_write_5m = 0
+        cache_write_1h = by_ttl.get("ephemeral_1h_input_tokens")
+        if cache_write_1h is None:
+            cache_write_1h = 0
+        if not (
+            type(cache_write_5m) is int
+            and type(cache_write_1h) is int
+            and 0 <= cache_write_5m <= MAX_COUNT
+            and 0 <= cache_write_1h <= MAX_COUNT
+        ):
+            return None
+        if written is None:
+            cache_write = cache_write_5m + cache_write_1h
+        elif cache_write_5m + cache_write_1h > cache_write:
+            return None
+    details = u.get("output_tokens_details")
+    if details is None:
+        reasoning = 0
+    elif type(details) is dict:
+        reasoning = details.get("thinking_tokens")
+        if reasoning is None:
+            reasoning = details.get("reasoning_tokens")
+            if reasoning is None:
+                reasoning = 0
+    else:
+        return None
+    if (
+        type(uncached) is int
+        and type(output) is int
+        and type(cache_read) is int
+        and type(reasoning) is int
+        and 0 <= uncached <= MAX_COUNT
+        and 0 <= output <= MAX_COUNT
+        and 0 <= cache_read <= MAX_COUNT
+        and 0 <= reasoning <= output
+    ):
+        return TokenKinds(
+            input_tokens=uncached,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=cache_write_1h,
+            output_tokens=output,
+            reasoning_tokens=reasoning,
+        )
+    return None
 
 
 def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKinds:
@@ -457,6 +606,17 @@ def refuse_near_misses(counts: Mapping[str, Any], where: str) -> None:
     """Refuse a key of the counts, or of an object inside them, that is not a field any
     provider documents but lies a letter or two from one that is counted. Unknown keys
     that resemble nothing counted (a provider's new field) pass, as they always have."""
+    if type(counts) is dict and counts.keys() <= _KNOWN_NAMES:
+        # The common case, said without a call a key: every key a documented field (so no
+        # near miss), and every object inside a plain dict of documented fields too.
+        for value in counts.values():
+            if type(value) is dict:
+                if not value.keys() <= _KNOWN_NAMES:
+                    break
+            elif type(value) not in _NOT_MAPPINGS and isinstance(value, Mapping):
+                break
+        else:
+            return
     for key, value in counts.items():
         _refuse_near_miss(counts, key, where)
         if isinstance(value, Mapping):

@@ -23,20 +23,21 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 # Bounds that keep every figure inside its column (NUMERIC(38, 12) and friends): a reading
 # and a period's quantity stay below MAX_QUANTITY, one event moves less than MAX_CHARGE.
 MAX_QUANTITY = Decimal(10) ** 20
+MAX_QUANTITY_INT = 10**20  # the same bound, for comparing an int without a Decimal
 MAX_CHARGE = Decimal(10) ** 18
 RESERVED_PROPERTY = "llm"
 
 
-_ROUNDING = Context(prec=80, rounding=ROUND_HALF_EVEN)
+ROUNDING = Context(prec=80, rounding=ROUND_HALF_EVEN)  # (Pricer.step inlines the two below)
 
 
 def ledger_round(amount: Decimal) -> Decimal:
     """To the ledger's 12 places, half-even: the one rounding rule of rating."""
-    return amount.quantize(LEDGER_QUANTUM, context=_ROUNDING)
+    return amount.quantize(LEDGER_QUANTUM, context=ROUNDING)
 
 
 def exact(amount: Decimal) -> Decimal:
-    return amount.quantize(EXACT_QUANTUM, context=_ROUNDING)
+    return amount.quantize(EXACT_QUANTUM, context=ROUNDING)
 
 
 # --- input and outcome ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from billing.models import (
 )
 from metering import catalog
 from metering.charges import ChargeTerms
-from metering.rating.base import ZERO, exact, ledger_round
+from metering.rating.base import EXACT_QUANTUM, LEDGER_QUANTUM, ROUNDING, ZERO
 from metering.rating.prepare import Prepared, _quantity
 from metering.rating.terms import PlanTerms
 
@@ -71,13 +71,16 @@ def _distinct_key(value: Any) -> str:
     return f"s:{value}"
 
 
+_UNIQUE_COUNT = Aggregation.UNIQUE_COUNT.value  # asked per event and meter: a str
+
+
 def _distinct_keys(p: Prepared) -> list[tuple[int, str]]:
     """The (meter id, key) of each value the event's unique_count meters would count: what
     rating looks up in PeriodDistinctValue before pricing it (more than it will count, if a
     filter or the plan then leaves a meter out; an unreadable value has no key)."""
     keys = []
     for meter in p.meters:
-        if meter.aggregation == Aggregation.UNIQUE_COUNT:
+        if meter.aggregation == _UNIQUE_COUNT:
             value = _quantity(meter, p, charged=False)
             if value is not None:
                 keys.append((meter.pk, _distinct_key(value)))
@@ -114,6 +117,7 @@ class Pricer:
     __slots__ = (
         "_worth",
         "_worth_at",
+        "adds",
         "aggregation",
         "charge",
         "counter",
@@ -121,7 +125,10 @@ class Pricer:
         "how",
         "included",
         "kinds",
+        "latest",
         "meter",
+        "one_kind",
+        "one_token_field",
         "token_fields",
         "tokens_of",
         "units_per_credit",
@@ -161,6 +168,11 @@ class Pricer:
             self.how = BY_WORTH
         self.tokens_of = _values_of(self.token_fields)
         self.worths_of = _values_of(self.kinds)
+        # a sum or count adds the reading (the common step); one token kind, read alone
+        self.adds = self.aggregation in (Aggregation.SUM, Aggregation.COUNT)
+        self.latest = self.aggregation == Aggregation.LATEST
+        self.one_token_field = self.token_fields[0] if len(self.token_fields) == 1 else None
+        self.one_kind = self.kinds[0] if len(self.kinds) == 1 else None
 
     def step(
         self, reading: Any, prepared: Prepared
@@ -170,50 +182,71 @@ class Pricer:
         counter = self.counter
         q0 = counter.quantity
         distinct_value = None
-        aggregation = self.aggregation
-        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+        if self.adds:
             q1 = q0 + reading
-        elif aggregation == Aggregation.MAX:
-            q1 = max(q0, reading)
-        elif aggregation == Aggregation.LATEST:
-            newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
-            q1 = reading if newer else q0
-        else:  # unique_count
-            canonical = _distinct_key(reading)
-            if canonical in counter.distinct_values:
-                q1 = q0
-            else:
-                q1, distinct_value = q0 + 1, canonical
+        else:
+            aggregation = self.aggregation
+            if aggregation == Aggregation.MAX:
+                q1 = max(q0, reading)
+            elif aggregation == Aggregation.LATEST:
+                newer = counter.latest_at is None or prepared.source.timestamp >= counter.latest_at
+                q1 = reading if newer else q0
+            else:  # unique_count
+                canonical = _distinct_key(reading)
+                if canonical in counter.distinct_values:
+                    q1 = q0
+                else:
+                    q1, distinct_value = q0 + 1, canonical
         charge = self.charge
         if charge is None:
             return q1, counter.amount, counter.charged, distinct_value, ZERO
         included = self.included
-        included_delta = min(q1, included) - min(q0, included)
+        # min(q1, included) - min(q0, included), said without two calls (the same operand
+        # kept on a tie, as min keeps the first)
+        included_delta = (included if included < q1 else q1) - (included if included < q0 else q0)
         how = self.how
-        if how == FREE:
-            amount_delta = ZERO
+        if how == FROM_CATALOG:
+            amount_delta = self._catalog_delta(q0, q1, prepared)
         elif how == BY_WORTH:
             w0 = self._worth if self._worth_at is q0 else charge.worth(q0)
             w1 = charge.worth(q1)
             self._worth_at, self._worth = q1, w1
             amount_delta = w1 - w0
-        elif how == FROM_CATALOG:
-            amount_delta = self._catalog_delta(charge, q0, q1, prepared)
+        elif how == FREE:
+            amount_delta = ZERO
         else:
             amount_delta = (charge.billable(q1) - charge.billable(q0)) / self.units_per_credit
-        amount = exact(counter.amount + amount_delta)
-        return q1, amount, ledger_round(amount), distinct_value, included_delta
+        # exact() and ledger_round(), inline: two calls an event and counter fewer
+        amount = (counter.amount + amount_delta).quantize(EXACT_QUANTUM, context=ROUNDING)
+        return (
+            q1,
+            amount,
+            amount.quantize(LEDGER_QUANTUM, context=ROUNDING),
+            distinct_value,
+            included_delta,
+        )
 
-    def _catalog_delta(self, charge, q0, q1, prepared) -> Decimal:
+    def _catalog_delta(self, q0: Decimal, q1: Decimal, prepared: Prepared) -> Decimal:
         cost = prepared.cost
         if cost is None:
             return ZERO  # not an LLM event: nothing to price from the catalog
-        usage = prepared.usage
-        tokens = sum(self.tokens_of(usage))
-        billable = charge.billable(q1) - charge.billable(q0)
+        one = self.one_token_field
+        if one is not None:
+            tokens = getattr(prepared.usage, one)
+        else:
+            tokens = sum(self.tokens_of(prepared.usage))
+        # charge.billable(q1) - charge.billable(q0), inline (max keeps its first on a tie)
+        included = self.included
+        b1 = q1 - included
+        b0 = q0 - included
+        billable = (ZERO if ZERO > b1 else b1) - (ZERO if ZERO > b0 else b0)
         if tokens == 0 or billable <= 0:
             return ZERO
-        worth = sum(self.worths_of(cost), ZERO)
+        one = self.one_kind
+        if one is not None:
+            worth = ZERO + getattr(cost, one)  # sum((w,), ZERO), its one addition
+        else:
+            worth = sum(self.worths_of(cost), ZERO)
         if billable != tokens:  # the event straddles the included quantity
             with localcontext(prec=80):
                 worth = worth * billable / tokens

@@ -16,17 +16,33 @@ from billing.models import (
     Aggregation,
     ConsumptionModel,
     Customer,
+    Meter,
     Subscription,
 )
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from metering import errors
+from metering.charges import ChargeTerms
 from metering.rating import budgets
-from metering.rating.base import CREDITS, MAX_CHARGE, MAX_QUANTITY, ZERO, Outcome
-from metering.rating.prepare import Prepared, _quantity
+from metering.rating.base import (
+    CREDITS,
+    MAX_CHARGE,
+    MAX_QUANTITY,
+    MAX_QUANTITY_INT,
+    ZERO,
+    Outcome,
+)
+from metering.rating.prepare import COUNTED, ONE, Prepared, _quantity, fast_reading
 from metering.rating.price import Counter, Pricer, _distinct_key
 from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
-from metering.rating.terms import _period_for, _plan_at, charge_period, plan_terms
+from metering.rating.terms import (
+    PlanTerms,
+    _period_for,
+    _plan_at,
+    charge_period,
+    current_period_window,
+    plan_terms,
+)
 from metering.rating.write import Accepted, Moved, _write
 
 
@@ -65,18 +81,34 @@ def _rate(
     existing = read.existing
     # (customer, subscription, prepared, terms, period_start, period_end, trial, readings)
     placed = []
+    # The plans' terms each customer's placed events are rated under, by (customer, plan).
+    customer_terms: dict[tuple[int, int], PlanTerms] = {}
+    # How each meter of an event's meter list reads it under a plan, worked out once per
+    # list and plan: (meter, the plan's charge of it or None, ``fast_reading``'s answer).
+    how_read: dict[tuple[int, int], list[tuple[Meter, ChargeTerms | None, str | None]]] = {}
     for customer, subscription, events in groups:
+        customer_id = customer.id
+        # From the start of its last phase on (or always, without phases), a subscription's
+        # plan is one: its terms are looked up once (``_plan_at`` answers the same).
+        last_terms, last_phase = None, None
+        added = None  # the terms last noted in customer_terms
+        window = None
+        if subscription is not None:
+            window = current_period_window(subscription)
+            phases = subscription.phase_starts  # type: ignore[attr-defined]  # set by read
+            if phases:
+                last_phase = max(starts_at for starts_at, _ in phases)
         for p in events:
             key = p.source.idempotency_key
-            if (customer.id, key) in existing:
+            if (customer_id, key) in existing:
                 if hold_id is not None:  # settling with usage already recorded settles nothing
                     raise errors.EventAlreadyRecorded(
                         f"event {key!r} was already recorded (event "
-                        f"{existing[(customer.id, key)]['id']}); settle the hold with new usage, "
+                        f"{existing[(customer_id, key)]['id']}); settle the hold with new usage, "
                         "or release it",
                         param="event.idempotency_key",
                     )
-                outcomes[p.index] = Outcome("duplicate", event=existing[(customer.id, key)])
+                outcomes[p.index] = Outcome("duplicate", event=existing[(customer_id, key)])
                 continue
             if subscription is None:
                 outcomes[p.index] = Outcome(
@@ -98,23 +130,45 @@ def _rate(
                     ),
                 )
                 continue
+            timestamp = p.source.timestamp
             try:
-                terms = plan_terms(_plan_at(subscription, p.source.timestamp))
-                period_start, period_end, in_trial = _period_for(
-                    subscription, terms, p.source.timestamp
-                )
+                if last_phase is None or timestamp >= last_phase:
+                    if last_terms is None:
+                        last_terms = plan_terms(_plan_at(subscription, timestamp))
+                    terms = last_terms
+                else:
+                    terms = plan_terms(_plan_at(subscription, timestamp))
+                if window is not None and window[0] <= timestamp < window[1]:
+                    period_start, period_end, in_trial = window[2], window[1], False
+                else:
+                    period_start, period_end, in_trial = _period_for(subscription, terms, timestamp)
+                how = how_read.get((id(p.meters), terms.plan_id))
+                if how is None:
+                    how = how_read[(id(p.meters), terms.plan_id)] = [
+                        (meter, terms.charges.get(meter.id), fast_reading(meter))
+                        for meter in p.meters
+                    ]
+                usage = p.usage
                 readings = []
-                for meter in p.meters:
-                    charge = terms.charges.get(meter.id)
-                    reading = _quantity(meter, p, charged=charge is not None)
-                    if reading is not None:
-                        # the counter's period: the billing period, or the charge's own
+                for meter, charge, fast in how:
+                    if fast is COUNTED:
+                        reading = ONE
+                    elif (
+                        fast is not None
+                        and usage is not None
+                        and type(value := getattr(usage, fast)) is int
+                        and 0 <= value < MAX_QUANTITY_INT
+                    ):
+                        reading = Decimal(value)  # what _quantity reads, charged or not
+                    else:
+                        reading = _quantity(meter, p, charged=charge is not None)
+                    if reading is None:
+                        continue
+                    if charge is None or not charge.interval or in_trial:
+                        readings.append((meter, reading, period_start, period_end))
+                    else:  # the charge's own period: its counter's
                         start, end = charge_period(
-                            subscription,
-                            charge,
-                            (period_start, period_end),
-                            in_trial,
-                            p.source.timestamp,
+                            subscription, charge, (period_start, period_end), in_trial, timestamp
                         )
                         readings.append((meter, reading, start, end))
             except BillingError as error:
@@ -123,10 +177,14 @@ def _rate(
             placed.append(
                 (customer, subscription, p, terms, period_start, period_end, in_trial, readings)
             )
+            if terms is not added:
+                customer_terms[(customer_id, terms.plan_id)] = added = terms
     if not placed:
         return
 
-    wallets, overrides = _wallets(read, {(c.id, t.money_currency) for c, _, _, t, *_ in placed})
+    wallets, overrides = _wallets(
+        read, {(customer_id, t.money_currency) for (customer_id, _), t in customer_terms.items()}
+    )
     hold = None
     if hold_id is not None:
         customer, _, p, terms, *_ = placed[0]
@@ -153,8 +211,8 @@ def _rate(
     # Wallets whose debits draw on grants: CREDITS, and a balance plan's money wallet (its
     # plan may grant money: billing.plan_credits).
     granting = {
-        (c.id, t.money_currency)
-        for c, _, _, t, *_ in placed
+        (customer_id, t.money_currency)
+        for (customer_id, _), t in customer_terms.items()
         if t.consumption_model == ConsumptionModel.BALANCE
     }
     # Only wallets the locked read found due grants in: no grant can become due otherwise
@@ -222,6 +280,9 @@ def _rate(
     )
     accepted: list[Accepted] = []
     seen: dict[tuple[int, str], int] = {}
+    # Each balance's (posted, held, floor) as the part's accepted events move it: what a
+    # new LockedBalance an event carried, without building one (refusals build theirs).
+    spending: dict[Any, list[Any]] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
     for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
@@ -269,9 +330,15 @@ def _rate(
             continue
         currency = terms.money_currency
         wallet = wallets[(customer_id, currency)]
-        balance_key = _balance_key(wallet)
-        balance = balances[balance_key]
-        if money > 0 and not balance.can_spend(money):
+        balance_key: Any = wallet.account_id or ("new", wallet.customer_id, wallet.currency)
+        running = spending.get(balance_key)
+        if running is None:
+            balance = balances[balance_key]
+            running = spending[balance_key] = [balance.posted, balance.held, balance.floor]
+        posted, held, floor = running
+        # LockedBalance.can_spend(money) of the running figures
+        if money > 0 and not (floor is None or posted - held - money >= floor):
+            balance = ledger.LockedBalance(balances[balance_key].account_id, posted, held, floor)
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
             )
@@ -285,9 +352,7 @@ def _rate(
                 outcomes[p.index] = Outcome("rejected", error=refusal)
                 continue
         if money:
-            balances[balance_key] = ledger.LockedBalance(
-                balance.account_id, balance.posted - money, balance.held, balance.floor
-            )
+            running[0] = posted - money
         moves: list[Moved] = []
         timestamp = p.source.timestamp
         for pricer, (quantity, amount, charged, distinct_value, included_delta) in steps:
@@ -300,9 +365,7 @@ def _rate(
             if distinct_value is not None:
                 c.distinct_values.add(distinct_value)
                 c.new_values.append(distinct_value)
-            if pricer.aggregation == Aggregation.LATEST and (
-                c.latest_at is None or timestamp >= c.latest_at
-            ):
+            if pricer.latest and (c.latest_at is None or timestamp >= c.latest_at):
                 c.latest_at = timestamp
         seen[event_key] = p.index
         accepted.append(

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from billing.models import (
@@ -47,7 +47,7 @@ class PlanTerms:
             return self.charges_interval, self.charges_interval_count
         return self.interval, self.interval_count
 
-    @property
+    @cached_property  # asked per event: said once (the terms are frozen)
     def money_currency(self) -> str:
         return CREDITS if self.consumption_model == ConsumptionModel.CREDITS else self.currency
 
@@ -113,6 +113,25 @@ def _plan_at(subscription: Subscription, at: datetime) -> int:
         if starts_at <= at:
             plan_id = phase_plan_id
     return plan_id
+
+
+def current_period_window(
+    subscription: Subscription,
+) -> tuple[datetime, datetime, datetime] | None:
+    """(from, until, period start): the moments ``from <= at < until`` for which
+    ``_period_for`` answers the subscription's current period, not in a trial, without a
+    refusal — after its start, its invoiced part and its trial, inside the current period
+    (where a cancellation at period end refuses nothing yet) — so that rating places the
+    common event with two comparisons; None if that cannot be said."""
+    start, end = subscription.current_period_start, subscription.current_period_end
+    if start is None or end is None or subscription.started_at is None:
+        return None
+    since = max(start, subscription.started_at)
+    if subscription.invoiced_through is not None:
+        since = max(since, subscription.invoiced_through)
+    if subscription.trial_ends_at is not None:
+        since = max(since, subscription.trial_ends_at)
+    return since, end, start
 
 
 def _period_for(subscription: Subscription, terms: PlanTerms, at: datetime):
