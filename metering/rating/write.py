@@ -35,7 +35,13 @@ from metering.rating import budgets
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
 from metering.rating.read import WalletRow
-from metering.rating.sql import Statement, _execute_after, _execute_together, _rows
+from metering.rating.sql import (
+    Statement,
+    _execute_after,
+    _execute_together,
+    _rows,
+    copy_binary,
+)
 from metering.rating.terms import PlanTerms
 
 # What an accepted event did to one counter: (meter, quantity moved, included quantity
@@ -358,12 +364,11 @@ def _write(
             None, [_insert_events(event_rows), *_moves(accepted, counters, model_totals, days)]
         )
         return
-    with connection.cursor() as cursor:
-        # COPY: the fastest way in for many rows.
-        with cursor.cursor.copy(f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
-            for event_row in event_rows:
-                copy.write_row(event_row)
-        _execute_together(cursor, _moves(accepted, counters, model_totals, days))
+    # COPY, binary: the fastest way in for many rows.
+    copy_binary(
+        f"COPY metering_event ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)", EVENT_TYPES, event_rows
+    )
+    _execute_together(None, _moves(accepted, counters, model_totals, days))
 
 
 def _moves(
@@ -430,6 +435,12 @@ EVENT_COLUMNS = (
     "cache_write_tokens, output_tokens, reasoning_tokens, currency, amount, cost, "
     "ledger_transaction_id, received_at, project_id"
 )
+# The columns' own types, for a binary COPY (``sql.copy_binary``): varchar columns as text.
+EVENT_TYPES = (
+    "int8", "int8", "text", "text", "timestamptz", "jsonb", "int8", "timestamptz", "text",
+    "text", "int8", "int8", "int8", "int8", "int8", "int8", "text", "numeric", "numeric",
+    "int8", "timestamptz", "int8",
+)  # fmt: skip
 _EVENT_ROW = (
     "id bigint, customer_id bigint, idempotency_key text, event_name text, "
     "timestamp timestamptz, properties text, subscription_id bigint, period_start timestamptz, "
