@@ -1,7 +1,7 @@
 """Statements sent the fast way: parameters bound by the server (``execute_bound``), rows
-passed as one JSON document or one array per column (``_rows``), and several writing
+passed as one JSON document or one array per column (``_rows``), several writing
 statements sent in one round trip (``_execute_together``; ``_execute_after``: after
-CTEs of another's, a ledger posting's say)."""
+CTEs of another's, a ledger posting's say), and many rows by binary COPY (``copy_binary``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 import msgspec
 from django.db import connection
 from psycopg import Cursor as PsycopgCursor
+from psycopg import postgres
 from psycopg._queries import PostgresQuery, _query2pg_nocache
-from psycopg.pq import ExecStatus
+from psycopg.adapt import Dumper
+from psycopg.pq import ExecStatus, Format
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 
@@ -186,7 +188,44 @@ def _cursor(conn: Any) -> _Cursor:
     cursor = getattr(_local, "cursor", None)
     if cursor is None or cursor.connection is not conn or cursor.closed:
         cursor = _local.cursor = _Cursor(conn)
+        # by the column's type only (a COPY's ``set_types``), never by a value's class
+        cursor.adapters.register_dumper(None, _JsonbText)
     return cursor
+
+
+def copy_binary(statement: str, types: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``COPY … FROM STDIN (FORMAT BINARY)`` of ``rows``, their columns of ``types``
+    (PostgreSQL's names: ``int8``, ``text``, ``numeric``, ``timestamptz``, ``jsonb``; a
+    jsonb value is JSON text, ``_JsonbText``). A binary COPY applies no cast, so each type
+    must be its column's own (text serves varchar).
+
+    Binary rather than text: psycopg formats a row of the events' 22 columns in about half
+    the Python (a timestamptz as text costs it about 1.8 µs, in binary 0.3), and the
+    server reads numbers and times without parsing them. Values are exact either way: a
+    Decimal goes as PostgreSQL's numeric digits and scale (every digit kept, the column's
+    typmod rounding as it rounds text), ``None`` as NULL. Errors come as Django's, as from
+    ``execute_bound`` (same connection, session and transaction as Django's cursors)."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = _cursor(connection.connection)
+        with cursor.copy(statement) as copy:
+            copy.set_types(types)
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+
+
+class _JsonbText(Dumper):
+    """A JSON document already rendered as text (an event's properties as sent), dumped
+    as jsonb's binary form: version 1, then the text, which the server parses as it
+    parses jsonb's text input. (psycopg's own jsonb dumper would encode a ``str`` as a
+    JSON string.)"""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + obj.encode()
 
 
 @functools.lru_cache(maxsize=256)
