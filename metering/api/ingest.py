@@ -24,6 +24,7 @@ from billing.api.errors import APIError, error_body
 from billing.api.fields import Money, StrictSerializer
 from billing.api.idempotency import idempotent_claimed
 from billing.api.query import APIView
+from billing.api.renderers import FastJSONRenderer
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError
 from ledger import errors as ledger_errors
@@ -340,6 +341,7 @@ def _async_response(payload: dict, code: int) -> Response:
 
 class EventCreateView(APIView):
     required_scopes = INGEST
+    renderer_classes = [FastJSONRenderer]
 
     @extend_schema(
         operation_id="events_create",
@@ -388,6 +390,7 @@ class EventCreateView(APIView):
 
 class EventBatchView(APIView):
     required_scopes = INGEST
+    renderer_classes = [FastJSONRenderer]
 
     @extend_schema(
         operation_id="events_batch",
