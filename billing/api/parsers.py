@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -109,6 +109,10 @@ class ExactJSONParser(JSONParser):
             )
         except RecursionError:
             raise ParseError("the body is not valid JSON: nested too deeply") from None
+        except InvalidOperation:  # Decimal("1e99999999999999999999"): was a 500
+            raise ParseError(
+                "the body is not valid JSON: a number's exponent is out of range"
+            ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"the body is not valid JSON: {exc}") from None
         if duplicates:
