@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import msgspec
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -24,6 +25,7 @@ from billing.api.errors import APIError, error_body
 from billing.api.fields import Money, StrictSerializer
 from billing.api.idempotency import idempotent_claimed
 from billing.api.query import APIView
+from billing.api.renderers import FastJSONRenderer
 from billing.api.views import errors, idempotency_parameter
 from billing.errors import BillingError
 from ledger import errors as ledger_errors
@@ -234,8 +236,8 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             "properties must be a JSON object",
             param=f"{prefix}properties",
         )
-    text = json.dumps(properties, default=str, ensure_ascii=False)
-    if len(text) * 4 > MAX_PROPERTIES_BYTES and len(text.encode()) > MAX_PROPERTIES_BYTES:
+    properties_json = _properties_json(properties)
+    if properties_json is None:
         raise APIError(
             400,
             "invalid_parameter",
@@ -244,8 +246,40 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
         )
     project = _text(raw, "project", 200, prefix) if "project" in raw else None
     return rating.EventIn(
-        key, customer, event_name, moment, properties, project=project, properties_json=text
+        key,
+        customer,
+        event_name,
+        moment,
+        properties,
+        project=project,
+        properties_json=properties_json,
     )
+
+
+_PROPERTIES_ENCODER = msgspec.json.Encoder()
+
+
+def _properties_json(properties: dict) -> str | None:
+    """``properties`` as JSON text, or None when it is too large: at most
+    ``MAX_PROPERTIES_BYTES`` bytes as ``json.dumps(properties, default=str,
+    ensure_ascii=False)`` writes it (the measure the API documents).
+
+    Written by msgspec (0.7 µs an event instead of 6–8, measured 2026-12-07): for the values
+    ExactJSONParser reads (JSON's types, exact numbers as Decimal) it writes the same text
+    without the blank after each ``,`` and ``:`` — the same escapes, UTF-8, a Decimal as
+    its quoted text as ``default=str`` does — which PostgreSQL's jsonb stores alike. So the
+    documented measure is at most twice msgspec's length, and is taken only when that
+    could pass the limit."""
+    try:
+        compact = _PROPERTIES_ENCODER.encode(properties)
+    except (TypeError, ValueError, OverflowError):  # not from a JSON body: as before
+        compact = None
+    if compact is not None and len(compact) * 2 <= MAX_PROPERTIES_BYTES:
+        return compact.decode()
+    text = json.dumps(properties, default=str, ensure_ascii=False)
+    if len(text) * 4 > MAX_PROPERTIES_BYTES and len(text.encode()) > MAX_PROPERTIES_BYTES:
+        return None
+    return text
 
 
 def _money(value: Decimal) -> str:
@@ -340,6 +374,7 @@ def _async_response(payload: dict, code: int) -> Response:
 
 class EventCreateView(APIView):
     required_scopes = INGEST
+    renderer_classes = [FastJSONRenderer]
 
     @extend_schema(
         operation_id="events_create",
@@ -388,6 +423,7 @@ class EventCreateView(APIView):
 
 class EventBatchView(APIView):
     required_scopes = INGEST
+    renderer_classes = [FastJSONRenderer]
 
     @extend_schema(
         operation_id="events_batch",
