@@ -7,7 +7,7 @@ PostgreSQL cannot store (U+0000, a lone surrogate) is refused."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 
 class DuplicateKey(ValueError):
@@ -103,7 +103,7 @@ def _duplicate_path(value, path: str = "") -> str | None:
 def loads(text: str, *, path: str = ""):
     """``text`` parsed exactly (see the module's docstring). Raises ``DuplicateKey`` (its
     ``path`` prefixed with ``path``), ``Unstorable``, or ``ValueError`` for anything else
-    that is not valid JSON (``RecursionError`` included)."""
+    that is not valid JSON (``RecursionError`` and an exponent ``Decimal`` cannot hold included)."""
     duplicates: list[bool] = []
 
     def hook(pairs: list) -> dict:
@@ -119,6 +119,8 @@ def loads(text: str, *, path: str = ""):
         )
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except InvalidOperation:  # Decimal("1e99999999999999999999"): was a 500
+        raise ValueError("a number's exponent is out of range") from None
     if duplicates:
         # (the marker is in ``data``, so the path is found; ``path`` itself is only a fallback)
         raise DuplicateKey(_duplicate_path(data, path) or path)

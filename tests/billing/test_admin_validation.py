@@ -98,8 +98,9 @@ def test_an_unknown_key_in_the_charges_is_refused(staff_client, catalog):
         ('{"x": {"b": 1, "b": 2}}', "'x.b'"),
         ('{"a": NaN}', "NaN"),
         ('{"a": "\\u0000"}', "NUL"),
+        ('{"a": 1e99999999999999999999}', "exponent"),
     ],
-    ids=["duplicate", "nested-duplicate", "nan", "nul"],
+    ids=["duplicate", "nested-duplicate", "nan", "nul", "exponent"],
 )
 def test_customer_metadata_is_read_strictly_when_adding(staff_client, metadata, expected):
     form = customer_form(metadata=metadata)
