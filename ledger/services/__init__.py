@@ -2,7 +2,7 @@
 
     spec        to_amount, Leg, debit, credit, TransactionSpec: a posting described
     accounts    create_account, ensure_system_account, set_overdraft;
-                LockedBalance, read_balances, lock_balances
+                LockedBalance, can_spend, read_balances, lock_balances
     posting     post_transaction, post_transactions (bulk, all-or-nothing);
                 posting_ctes (a posting embedded in a caller's statement), raise_refusal,
                 replayed
@@ -22,6 +22,7 @@ how the package is divided among files is the ledger's own business.
 from ledger.models import ZERO
 from ledger.services.accounts import (
     LockedBalance,
+    can_spend,
     create_account,
     ensure_system_account,
     lock_balances,
@@ -52,6 +53,7 @@ __all__ = [
     "TransactionSpec",
     "ZERO",
     "LockedBalance",
+    "can_spend",
     "PostingCtes",
     "create_account",
     "credit",

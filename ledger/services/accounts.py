@@ -122,7 +122,13 @@ class LockedBalance:
         return self.posted - self.held
 
     def can_spend(self, amount: Decimal) -> bool:
-        return self.floor is None or self.available - amount >= self.floor
+        return can_spend(self.posted, self.held, self.floor, amount)
+
+
+def can_spend(posted: Decimal, held: Decimal, floor: Decimal | None, amount: Decimal) -> bool:
+    """Whether a balance of these figures may be debited ``amount``: what is available
+    (posted less held) stays at or above its floor (none: unlimited overdraft)."""
+    return floor is None or posted - held - amount >= floor
 
 
 def read_balances(*, account_ids: Sequence[int]) -> dict[int, LockedBalance]:

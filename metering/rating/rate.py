@@ -330,14 +330,13 @@ def _rate(
             continue
         currency = terms.money_currency
         wallet = wallets[(customer_id, currency)]
-        balance_key: Any = wallet.account_id or ("new", wallet.customer_id, wallet.currency)
+        balance_key = _balance_key(wallet)
         running = spending.get(balance_key)
         if running is None:
             balance = balances[balance_key]
             running = spending[balance_key] = [balance.posted, balance.held, balance.floor]
         posted, held, floor = running
-        # LockedBalance.can_spend(money) of the running figures
-        if money > 0 and not (floor is None or posted - held - money >= floor):
+        if money > 0 and not ledger.can_spend(posted, held, floor, money):
             balance = ledger.LockedBalance(balances[balance_key].account_id, posted, held, floor)
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
