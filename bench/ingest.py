@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import random
@@ -123,6 +124,13 @@ from bench.ingest_load import (  # noqa: E402
     make_event,
     run_prefix,
     seed,
+)
+from bench.ingest_open import (  # noqa: E402
+    DEFAULT_FRACTION,
+    DEFAULT_THREADS,
+    OPEN_SCENARIOS,
+    figures,
+    plan,
 )
 from bench.ingest_raw import RAW_TABLE, create_raw_table  # noqa: E402
 from bench.ingest_report import (  # noqa: E402
@@ -191,11 +199,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--authorize-clients", default="1,8", help="comma-separated client counts (default 1,8)"
     )
+    parser.add_argument(
+        "--open-loop-fraction",
+        type=float,
+        default=DEFAULT_FRACTION,
+        help="open-loop runs: offer this fraction of the rate the closed-loop single and batch"
+        f" runs measured (default {DEFAULT_FRACTION})",
+    )
+    parser.add_argument(
+        "--open-loop-seconds",
+        type=float,
+        default=None,
+        help="length of each open-loop run (default: --seconds)",
+    )
+    parser.add_argument(
+        "--open-loop-threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"sending threads per open-loop client process (default {DEFAULT_THREADS})",
+    )
+    parser.add_argument("--no-open-loop", action="store_true", help="skip the open-loop runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 2.0
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.open_loop_seconds is None:
+        args.open_loop_seconds = args.seconds
+    if args.open_loop_seconds <= 0 or args.open_loop_fraction <= 0:
+        parser.error("--open-loop-seconds and --open-loop-fraction must be positive")
+    if args.open_loop_threads < 1:
+        parser.error("--open-loop-threads must be ≥ 1")
     if args.workers < 1 or args.threads < 1 or args.single_clients < 1:
         parser.error("--workers, --threads and --single-clients must be ≥ 1")
     args.batch_counts = parse_counts(parser, "--batch-clients", args.batch_clients)
@@ -264,6 +298,22 @@ def run_scenario(
     units = requests if spec.scenario in REQUEST_SCENARIOS else events
     # Every client started at the barrier; the run lasts until the last one finished.
     seconds = max(r.elapsed for r in client_results) or spec.seconds
+    open_loop = None
+    if spec.scenario in OPEN_SCENARIOS:
+        # at least the schedule's window: what was answered within it, or late after it
+        seconds = max(seconds, spec.seconds)
+        open_loop = figures(
+            [x for r in client_results for x in r.latencies],
+            [x for r in client_results for x in r.send_lags],
+            scheduled=sum(r.scheduled for r in client_results),
+            offered=spec.open_requests / spec.seconds,
+        )
+        open_loop.update(
+            fraction=spec.open_fraction,
+            capacity_requests_per_second=round(spec.open_capacity, 3),
+            capacity_run=f"{OPEN_SCENARIOS[spec.scenario]} × {spec.clients} (closed loop)",
+            threads_per_client=spec.open_threads,
+        )
     return RunResult(
         scenario=spec.scenario,
         clients=spec.clients,
@@ -285,6 +335,7 @@ def run_scenario(
         machine_busy=cpu.machine_busy,
         wait_events=waits,
         statements=statements,
+        open_loop=open_loop,
     )
 
 
@@ -444,6 +495,38 @@ def drain_async(admin: psycopg.Connection[Any], result: RunResult) -> None:
         result.problems["left in the inbox (pending or refused)"] = refused
 
 
+def open_loop_spec(
+    args: argparse.Namespace, base: RunSpec, closed: RunResult | None
+) -> RunSpec | None:
+    """The open-loop run after the closed-loop run ``closed``: as many client processes,
+    offering ``--open-loop-fraction`` of the requests/s it measured for about
+    ``--open-loop-seconds`` (bench/ingest_open.py); None when it answered nothing."""
+    if closed is None or closed.requests <= 0 or closed.seconds <= 0:
+        return None
+    capacity = closed.requests / closed.seconds  # unrounded: batches are a few a second
+    rate = capacity * args.open_loop_fraction
+    total, window = plan(rate, args.open_loop_seconds)
+    return dataclasses.replace(
+        base,
+        clients=closed.clients,
+        seconds=window,
+        open_requests=total,
+        open_threads=args.open_loop_threads,
+        open_capacity=capacity,
+        open_fraction=args.open_loop_fraction,
+    )
+
+
+def check_open_run(result: RunResult) -> Check:
+    """Every request the schedule held was sent and answered (none dropped to keep up)."""
+    scheduled = result.open_loop["scheduled"] if result.open_loop else 0
+    return Check(
+        f"{result.scenario} × {result.clients}: every scheduled request answered",
+        scheduled > 0 and result.requests == scheduled,
+        f"{result.requests:,} of {scheduled:,}",
+    )
+
+
 def announce(result: RunResult) -> None:
     trouble = f", problems {result.problems}" if result.problems else ""
     unit = {"authorize": "allowed", "noop": "requests"}.get(result.scenario, "events")
@@ -568,6 +651,17 @@ def main(argv: Sequence[str]) -> int:
                     checks.append(Check("raw ceiling measured", False, "no batch run accepted"))
                 for clients in args.authorize_counts:
                     run(http("authorize", clients, args.seconds))
+                if not args.no_open_loop:
+                    # Last, so that every run above keeps its place and conditions.
+                    for scenario, closed in OPEN_SCENARIOS.items():
+                        spec = open_loop_spec(args, http(scenario, 1, 0), best(runs, [closed]))
+                        if spec is None:
+                            checks.append(
+                                Check(f"{scenario} measured", False, f"no {closed} run answered")
+                            )
+                            continue
+                        run(spec)
+                        checks.append(check_open_run(runs[-1]))
                 checks.extend(check_totals(admin))
                 checks.extend(check_usage_transactions(admin))
                 finished = True
