@@ -3,6 +3,8 @@ PostgreSQL ceiling for the same rows, and the latency of /authorize.
 
     make bench-ingest                                  # 10 s per run
     make bench-ingest BENCH_ARGS="--quick"             # 2 s per run (smoke test)
+    make bench-ingest BENCH_ARGS="--open-loop-fraction 0.3 --open-loop-seconds 30"
+    make bench-ingest BENCH_ARGS="--no-open-loop"      # the closed-loop runs only
     .venv/bin/python -m billing.devtools.servers exec -- .venv/bin/python bench/ingest.py \
         --seconds 20 --workers 5 --worker-class sync --keep
 
@@ -39,19 +41,34 @@ start barrier. Scenarios:
     in process batches of 1,000 rated by metering.rating.ingest_events in the bench
                process itself, one after another, on the same database: what rating and
                posting cost without HTTP, JSON and authentication
+    open loop  last, after every run above (which keep their order): single events and
+               batches of 1,000 sent on a fixed schedule, not when the last answer came —
+               Poisson arrivals at ``--open-loop-fraction`` (0.5) of the requests/s the
+               closed-loop single run (16 clients) and the best batch run measured, for
+               ``--open-loop-seconds`` (default: ``--seconds``; at least 2 requests), from
+               as many client processes as that run, each sending from
+               ``--open-loop-threads`` (8) threads. Latency runs from each request's
+               SCHEDULED send time, so a stalled server is not hidden (coordinated
+               omission); the send lag says whether the clients kept up. Payloads are
+               drawn and encoded before the run. bench/ingest_open.py
 
 It prints events/s, latencies and the targets of issue 14, each with its value and
 met / not met, all ratios taken in the same run: batches of 1,000 at 4 clients ≥ 0.2 × the
 raw ceiling (stretch 0.35) with request p99 ≤ 500 ms; single events at 16 clients ≥ 0.5 ×
 the no-op request rate with p99 ≤ 100 ms; /authorize p99 < 20 ms, held to the 1-client run
 (the endpoint's own latency; with 8 clients on a 2-core machine a request mostly queues
-for a CPU behind the others, which that run shows for information). Then where the
+for a CPU behind the others, which that run shows for information). Beside them, not
+among them, the open-loop runs' p50/p95/p99 and achieved rate, labelled "open loop at 0.5 ×
+capacity (proposed target, not the issue's)": at saturation a closed loop's mean latency is
+clients ÷ throughput (Little's law), so the issue's p99 bounds are also shown at a fixed
+offered load (docs/benchmarks.md, "Session 18: open-loop latency"). Then where the
 machine's CPU went in each run (server workers, PostgreSQL, the load clients), what the
 server's PostgreSQL backends were doing (pg_stat_activity samples), and checks: every
-accepted event stored once and charged exactly what the wallets moved in the ledger,
-counters = events, balances = Σ entries, and Σ of the events of each usage ledger
-transaction = its legs (per currency on the customer's wallet, tokens on its
-``tokens:<customer id>`` account), computed independently of the database's own rule.
+accepted event stored once (the open-loop runs' too, and every scheduled request answered)
+and charged exactly what the wallets moved in the ledger, counters = events, balances = Σ
+entries, and Σ of the events of each usage ledger transaction = its legs (per currency on
+the customer's wallet, tokens on its ``tokens:<customer id>`` account), computed
+independently of the database's own rule.
 It ends with one JSON line holding every figure, ratio and target. Exit status 1 if any
 check fails (a missed target is reported, not a failure).
 
