@@ -324,12 +324,10 @@ def run_scenario(
             [x for r in client_results for x in r.send_lags],
             scheduled=sum(r.scheduled for r in client_results),
             offered=spec.open_requests / spec.seconds,
-        )
-        open_loop.update(
             fraction=spec.open_fraction,
-            capacity_requests_per_second=round(spec.open_capacity, 3),
+            capacity=spec.open_capacity,
             capacity_run=f"{OPEN_SCENARIOS[spec.scenario]} × {spec.clients} (closed loop)",
-            threads_per_client=spec.open_threads,
+            threads=spec.open_threads,
         )
     return RunResult(
         scenario=spec.scenario,

@@ -119,14 +119,27 @@ def run_schedule(
 
 
 def figures(
-    latencies: Sequence[float], send_lags: Sequence[float], *, scheduled: int, offered: float
+    latencies: Sequence[float],
+    send_lags: Sequence[float],
+    *,
+    scheduled: int,
+    offered: float,
+    fraction: float,
+    capacity: float,
+    capacity_run: str,
+    threads: int,
 ) -> dict[str, Any]:
-    """An open-loop run's figures: latency from the scheduled send time (p50, p95, p99,
-    max, ms), how late sends left (p50, p99, max, ms) and the offered rate."""
+    """An open-loop run's figures: the offered rate, ``fraction`` of the closed-loop
+    ``capacity_run``'s ``capacity`` (requests/s), latency from the scheduled send time
+    (p50, p95, p99, max, ms) and how late sends left (p50, p99, max, ms)."""
     ordered, lags = sorted(latencies), sorted(send_lags)
     return {
         "schedule": "poisson",
         "offered_requests_per_second": round(offered, 3),
+        "fraction": fraction,
+        "capacity_requests_per_second": round(capacity, 3),
+        "capacity_run": capacity_run,
+        "threads_per_client": threads,
         "scheduled": scheduled,
         "latency_from_scheduled_ms": {
             name: percentile_ms(ordered, q)

@@ -324,10 +324,10 @@ def print_open_loop(summary: dict[str, Any] | None) -> None:
         print(
             f"  {key:<6} {figures['clients']:>2} clients × "
             f"{figures['threads_per_client']} threads: offered "
-            f"{fmt(figures['offered_requests_per_second'], '{:,.1f}')} req/s "
-            f"({summary['fraction']:g} × {fmt(figures['capacity_requests_per_second'], '{:,.1f}')}"
+            f"{fmt(figures['offered_requests_per_second'], '{:,.2f}')} req/s "
+            f"({summary['fraction']:g} × {fmt(figures['capacity_requests_per_second'], '{:,.2f}')}"
             f" of {figures['capacity_run']}), achieved "
-            f"{fmt(figures['achieved_requests_per_second'], '{:,.1f}')} req/s = "
+            f"{fmt(figures['achieved_requests_per_second'], '{:,.2f}')} req/s = "
             f"{fmt(figures['achieved_events_per_second'])} events/s, "
             f"{figures['scheduled']:,} scheduled"
         )

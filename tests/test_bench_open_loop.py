@@ -22,7 +22,9 @@ from bench.ingest_open import (
     run_schedule,
     share,
 )
-from bench.ingest_report import RunResult, open_loop_summary
+from bench.ingest_report import RunResult, open_loop_summary, print_open_loop
+
+RUN = {"fraction": 0.5, "capacity": 16.0, "capacity_run": "single × 16", "threads": 8}
 
 
 class FakeClock:
@@ -106,7 +108,9 @@ def test_the_requests_are_shared_over_the_clients_and_sorted_within_the_window()
 
 
 def test_figures_give_p50_p95_p99_from_the_scheduled_time_and_the_send_lag():
-    result = figures([i / 1000 for i in range(1, 101)], [0.001] * 100, scheduled=100, offered=5)
+    result = figures(
+        [i / 1000 for i in range(1, 101)], [0.001] * 100, scheduled=100, offered=5, **RUN
+    )
     assert result["schedule"] == "poisson"
     assert result["latency_from_scheduled_ms"] == {"p50": 50, "p95": 95, "p99": 99, "max": 100}
     assert result["send_lag_ms"]["p99"] == 1
@@ -161,7 +165,9 @@ def test_the_open_run_offers_the_fraction_of_what_the_closed_run_measured():
     assert ingest.open_loop_spec(args, base, run_result("batch", 4, 0, 20.0)) is None
 
 
-def test_the_summary_is_labelled_a_proposed_target_and_judged_against_the_issues_bounds():
+def test_the_summary_is_labelled_a_proposed_target_and_judged_against_the_issues_bounds(
+    capsys,
+):
     latency = {"p50": 40.0, "p95": 80.0, "p99": 99.0, "max": 120.0}
     single = run_result(
         "open-single",
@@ -169,7 +175,7 @@ def test_the_summary_is_labelled_a_proposed_target_and_judged_against_the_issues
         requests=80,
         seconds=10.0,
         open_loop={
-            **figures([], [], scheduled=80, offered=8.0),
+            **figures([], [], scheduled=80, offered=8.0, **RUN),
             "latency_from_scheduled_ms": latency,
         },
     )
@@ -183,6 +189,10 @@ def test_the_summary_is_labelled_a_proposed_target_and_judged_against_the_issues
     assert summary["single"]["achieved_requests_per_second"] == 8.0
     assert "batch" not in summary
     assert open_loop_summary([run_result("single", 16, 160, 10.0)], 0.5) is None
+    print_open_loop(summary)
+    printed = capsys.readouterr().out
+    assert "Open loop at 0.5 × capacity (proposed target, not the issue's)" in printed
+    assert "p95 80.0 ms, p99 99.0 ms" in printed and "proposed p99 ≤ 100 ms: met" in printed
 
 
 def test_a_batch_answer_counts_its_accepted_events_and_its_duplicates():
