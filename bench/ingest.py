@@ -3,6 +3,8 @@ PostgreSQL ceiling for the same rows, and the latency of /authorize.
 
     make bench-ingest                                  # 10 s per run
     make bench-ingest BENCH_ARGS="--quick"             # 2 s per run (smoke test)
+    make bench-ingest BENCH_ARGS="--open-loop-fraction 0.3 --open-loop-seconds 30"
+    make bench-ingest BENCH_ARGS="--no-open-loop"      # the closed-loop runs only
     .venv/bin/python -m billing.devtools.servers exec -- .venv/bin/python bench/ingest.py \
         --seconds 20 --workers 5 --worker-class sync --keep
 
@@ -39,19 +41,34 @@ start barrier. Scenarios:
     in process batches of 1,000 rated by metering.rating.ingest_events in the bench
                process itself, one after another, on the same database: what rating and
                posting cost without HTTP, JSON and authentication
+    open loop  last, after every run above (which keep their order): single events and
+               batches of 1,000 sent on a fixed schedule, not when the last answer came —
+               Poisson arrivals at ``--open-loop-fraction`` (0.5) of the requests/s the
+               closed-loop single run (16 clients) and the best batch run measured, for
+               ``--open-loop-seconds`` (default: ``--seconds``; at least 2 requests), from
+               as many client processes as that run, each sending from
+               ``--open-loop-threads`` (8) threads. Latency runs from each request's
+               SCHEDULED send time, so a stalled server is not hidden (coordinated
+               omission); the send lag says whether the clients kept up. Payloads are
+               drawn and encoded before the run. bench/ingest_open.py
 
 It prints events/s, latencies and the targets of issue 14, each with its value and
 met / not met, all ratios taken in the same run: batches of 1,000 at 4 clients ≥ 0.2 × the
 raw ceiling (stretch 0.35) with request p99 ≤ 500 ms; single events at 16 clients ≥ 0.5 ×
 the no-op request rate with p99 ≤ 100 ms; /authorize p99 < 20 ms, held to the 1-client run
 (the endpoint's own latency; with 8 clients on a 2-core machine a request mostly queues
-for a CPU behind the others, which that run shows for information). Then where the
+for a CPU behind the others, which that run shows for information). Beside them, not
+among them, the open-loop runs' p50/p95/p99 and achieved rate, labelled "open loop at 0.5 ×
+capacity (proposed target, not the issue's)": at saturation a closed loop's mean latency is
+clients ÷ throughput (Little's law), so the issue's p99 bounds are also shown at a fixed
+offered load (docs/benchmarks.md, "Session 18: open-loop latency"). Then where the
 machine's CPU went in each run (server workers, PostgreSQL, the load clients), what the
 server's PostgreSQL backends were doing (pg_stat_activity samples), and checks: every
-accepted event stored once and charged exactly what the wallets moved in the ledger,
-counters = events, balances = Σ entries, and Σ of the events of each usage ledger
-transaction = its legs (per currency on the customer's wallet, tokens on its
-``tokens:<customer id>`` account), computed independently of the database's own rule.
+accepted event stored once (the open-loop runs' too, and every scheduled request answered)
+and charged exactly what the wallets moved in the ledger, counters = events, balances = Σ
+entries, and Σ of the events of each usage ledger transaction = its legs (per currency on
+the customer's wallet, tokens on its ``tokens:<customer id>`` account), computed
+independently of the database's own rule.
 It ends with one JSON line holding every figure, ratio and target. Exit status 1 if any
 check fails (a missed target is reported, not a failure).
 
@@ -74,6 +91,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import random
@@ -123,6 +141,13 @@ from bench.ingest_load import (  # noqa: E402
     make_event,
     run_prefix,
     seed,
+)
+from bench.ingest_open import (  # noqa: E402
+    DEFAULT_FRACTION,
+    DEFAULT_THREADS,
+    OPEN_SCENARIOS,
+    figures,
+    plan,
 )
 from bench.ingest_raw import RAW_TABLE, create_raw_table  # noqa: E402
 from bench.ingest_report import (  # noqa: E402
@@ -191,11 +216,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--authorize-clients", default="1,8", help="comma-separated client counts (default 1,8)"
     )
+    parser.add_argument(
+        "--open-loop-fraction",
+        type=float,
+        default=DEFAULT_FRACTION,
+        help="open-loop runs: offer this fraction of the rate the closed-loop single and batch"
+        f" runs measured (default {DEFAULT_FRACTION})",
+    )
+    parser.add_argument(
+        "--open-loop-seconds",
+        type=float,
+        default=None,
+        help="length of each open-loop run (default: --seconds)",
+    )
+    parser.add_argument(
+        "--open-loop-threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"sending threads per open-loop client process (default {DEFAULT_THREADS})",
+    )
+    parser.add_argument("--no-open-loop", action="store_true", help="skip the open-loop runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 2.0
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.open_loop_seconds is None:
+        args.open_loop_seconds = args.seconds
+    if args.open_loop_seconds <= 0 or args.open_loop_fraction <= 0:
+        parser.error("--open-loop-seconds and --open-loop-fraction must be positive")
+    if args.open_loop_threads < 1:
+        parser.error("--open-loop-threads must be ≥ 1")
     if args.workers < 1 or args.threads < 1 or args.single_clients < 1:
         parser.error("--workers, --threads and --single-clients must be ≥ 1")
     args.batch_counts = parse_counts(parser, "--batch-clients", args.batch_clients)
@@ -264,6 +315,20 @@ def run_scenario(
     units = requests if spec.scenario in REQUEST_SCENARIOS else events
     # Every client started at the barrier; the run lasts until the last one finished.
     seconds = max(r.elapsed for r in client_results) or spec.seconds
+    open_loop = None
+    if spec.scenario in OPEN_SCENARIOS:
+        # at least the schedule's window: what was answered within it, or late after it
+        seconds = max(seconds, spec.seconds)
+        open_loop = figures(
+            [x for r in client_results for x in r.latencies],
+            [x for r in client_results for x in r.send_lags],
+            scheduled=sum(r.scheduled for r in client_results),
+            offered=spec.open_requests / spec.seconds,
+            fraction=spec.open_fraction,
+            capacity=spec.open_capacity,
+            capacity_run=f"{OPEN_SCENARIOS[spec.scenario]} × {spec.clients} (closed loop)",
+            threads=spec.open_threads,
+        )
     return RunResult(
         scenario=spec.scenario,
         clients=spec.clients,
@@ -285,6 +350,7 @@ def run_scenario(
         machine_busy=cpu.machine_busy,
         wait_events=waits,
         statements=statements,
+        open_loop=open_loop,
     )
 
 
@@ -444,6 +510,38 @@ def drain_async(admin: psycopg.Connection[Any], result: RunResult) -> None:
         result.problems["left in the inbox (pending or refused)"] = refused
 
 
+def open_loop_spec(
+    args: argparse.Namespace, base: RunSpec, closed: RunResult | None
+) -> RunSpec | None:
+    """The open-loop run after the closed-loop run ``closed``: as many client processes,
+    offering ``--open-loop-fraction`` of the requests/s it measured for about
+    ``--open-loop-seconds`` (bench/ingest_open.py); None when it answered nothing."""
+    if closed is None or closed.requests <= 0 or closed.seconds <= 0:
+        return None
+    capacity = closed.requests / closed.seconds  # unrounded: batches are a few a second
+    rate = capacity * args.open_loop_fraction
+    total, window = plan(rate, args.open_loop_seconds)
+    return dataclasses.replace(
+        base,
+        clients=closed.clients,
+        seconds=window,
+        open_requests=total,
+        open_threads=args.open_loop_threads,
+        open_capacity=capacity,
+        open_fraction=args.open_loop_fraction,
+    )
+
+
+def check_open_run(result: RunResult) -> Check:
+    """Every request the schedule held was sent and answered (none dropped to keep up)."""
+    scheduled = result.open_loop["scheduled"] if result.open_loop else 0
+    return Check(
+        f"{result.scenario} × {result.clients}: every scheduled request answered",
+        scheduled > 0 and result.requests == scheduled,
+        f"{result.requests:,} of {scheduled:,}",
+    )
+
+
 def announce(result: RunResult) -> None:
     trouble = f", problems {result.problems}" if result.problems else ""
     unit = {"authorize": "allowed", "noop": "requests"}.get(result.scenario, "events")
@@ -568,6 +666,17 @@ def main(argv: Sequence[str]) -> int:
                     checks.append(Check("raw ceiling measured", False, "no batch run accepted"))
                 for clients in args.authorize_counts:
                     run(http("authorize", clients, args.seconds))
+                if not args.no_open_loop:
+                    # Last, so that every run above keeps its place and conditions.
+                    for scenario, closed in OPEN_SCENARIOS.items():
+                        spec = open_loop_spec(args, http(scenario, 1, 0), best(runs, [closed]))
+                        if spec is None:
+                            checks.append(
+                                Check(f"{scenario} measured", False, f"no {closed} run answered")
+                            )
+                            continue
+                        run(spec)
+                        checks.append(check_open_run(runs[-1]))
                 checks.extend(check_totals(admin))
                 checks.extend(check_usage_transactions(admin))
                 finished = True

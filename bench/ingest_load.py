@@ -3,7 +3,8 @@ what its clients send. The seed (meters, the tests' catalog rows, two plans, 200
 and an API key, from the tests' factories: through the services), the LLM usage the
 clients report (OpenAI, Anthropic and Gemini usage objects as the providers return them),
 and the client processes: spawned, plain ``http.client`` with keep-alive (no Django), or
-plain psycopg for the raw ceiling."""
+plain psycopg for the raw ceiling; the open-loop clients (bench/ingest_open.py) send
+from threads on a schedule."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import collections
 import http.client
 import json
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,6 +24,7 @@ import psycopg
 
 from bench.harness.processes import HttpClient, serve
 from bench.harness.seeding import create_meters
+from bench.ingest_open import OPEN_SCENARIOS, arrival_offsets, run_schedule, share
 from bench.ingest_raw import RAW_COPY, RAW_UNNEST, RawClient
 
 EVENT_NAME = "llm.completion"
@@ -39,7 +42,15 @@ PREPAID_FUNDS = Decimal("1000000.00")  # an event costs cents: never refused
 # /models?limit=1 2 but reads the price catalog and answers twice the bytes.
 NOOP_PATH = "/api/v1/meters?limit=1"
 
-INGEST_SCENARIOS = ("warm-up", "single", "async", "batch", "batch-keyed", "in-process")
+INGEST_SCENARIOS = (
+    "warm-up",
+    "single",
+    "async",
+    "batch",
+    "batch-keyed",
+    "in-process",
+    *OPEN_SCENARIOS,
+)
 REQUEST_SCENARIOS = ("authorize", "noop")  # figures per request; they write nothing
 RAW_SCENARIOS = ("raw-values", "raw-unnest", "copy")
 CEILING_SCENARIOS = ("raw-values", "raw-unnest")  # INSERT … ON CONFLICT: the issue's ceiling
@@ -268,6 +279,10 @@ class RunSpec:
     raw_url: str = ""  # raw scenarios: the database server
     raw_database: str = ""  # raw scenarios: the bench database on it
     raw_source: str = ""  # raw scenarios: key prefix of the batch run whose rows they insert
+    open_requests: int = 0  # open loop: requests scheduled, all clients together
+    open_threads: int = 0  # open loop: sending threads per client
+    open_capacity: float = 0.0  # open loop: requests/s the closed-loop run measured
+    open_fraction: float = 0.0  # open loop: the share of that offered
 
 
 @dataclass
@@ -281,6 +296,8 @@ class ClientResult:
     statuses: dict[str, int] = field(default_factory=dict)  # HTTP status → responses
     problems: dict[str, int] = field(default_factory=dict)  # error code → events or requests
     first_error: str = ""
+    scheduled: int = 0  # open loop: requests this client had to send
+    send_lags: list[float] = field(default_factory=list)  # open loop: sent − scheduled, s
 
 
 def api_headers(secret: str) -> dict[str, str]:
@@ -312,6 +329,8 @@ def client_main(index: int, barriers: Any, commands: Any, results: Any) -> None:
 def prepare_client(index: int, spec: RunSpec) -> Any:
     if spec.scenario in RAW_SCENARIOS:
         return RawClient(index, spec, BATCH_SIZE)
+    if spec.scenario in OPEN_SCENARIOS:
+        return OpenClient(index, spec)
     # a fresh connection per run: no stale keep-alive
     api = HttpClient(spec.port, api_headers(spec.api_secret))
     api.conn.connect()
@@ -319,6 +338,8 @@ def prepare_client(index: int, spec: RunSpec) -> Any:
 
 
 def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
+    if spec.scenario in OPEN_SCENARIOS:
+        return prepared.run()
     result = ClientResult(index=index)
     statuses: collections.Counter[str] = collections.Counter()
     problems: collections.Counter[str] = collections.Counter()
@@ -330,8 +351,8 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
     deadline = started + spec.seconds
     sequence = 0
 
-    def problem(code: str, message: str) -> None:
-        problems[code] += 1
+    def problem(code: str, message: str, count: int = 1) -> None:
+        problems[code] += count
         result.first_error = result.first_error or message[:500]
 
     while time.perf_counter() < deadline:
@@ -402,34 +423,111 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
         result.latencies.append(time.perf_counter() - sent)
         result.requests += 1
         statuses[str(status)] += 1
-        if status >= 300:
-            try:
-                code = json.loads(answer)["error"]["code"]
-            except (ValueError, KeyError, TypeError):
-                code = "unparsed"
-            problem(f"{status}:{code}", f"{status} {answer[:400]!r}")
-            continue
-        if spec.scenario in ("batch", "batch-keyed"):
-            outcome = json.loads(answer)
-            result.events += outcome["accepted"]
-            if outcome["duplicates"]:
-                problem("duplicate", f"{outcome['duplicates']} duplicates in a batch")
-                problems["duplicate"] += outcome["duplicates"] - 1
-            if outcome["rejected"]:
-                for item in outcome["data"]:
-                    if item["status"] == "rejected":
-                        problem(f"rejected:{item['error']['code']}", json.dumps(item))
-        elif spec.scenario == "authorize":
-            if json.loads(answer).get("allowed") is True:
-                result.events += 1
-            else:
-                problem("not_allowed", answer.decode(errors="replace"))
-        elif status == 201 or (status == 202 and json.loads(answer).get("status") == "pending"):
-            result.events += 1
-        else:  # 200: an event already stored (keys are unique: should not happen)
-            problem("duplicate", answer.decode(errors="replace"))
+        result.events += judge(spec.scenario, status, answer, problem)
     result.elapsed = time.perf_counter() - started
     result.cpu_seconds = time.process_time() - cpu_started
     result.statuses = dict(statuses)
     result.problems = dict(problems)
     return result
+
+
+def judge(scenario: str, status: int, answer: bytes, problem: Callable[..., None]) -> int:
+    """What an answer to a POST of ``scenario`` counts: the events accepted (authorize:
+    allowed); anything else is reported as ``problem(code, message[, count])``."""
+    if status >= 300:
+        try:
+            code = json.loads(answer)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = "unparsed"
+        problem(f"{status}:{code}", f"{status} {answer[:400]!r}")
+        return 0
+    if scenario in ("batch", "batch-keyed", "open-batch"):
+        outcome = json.loads(answer)
+        if outcome["duplicates"]:
+            problem("duplicate", f"{outcome['duplicates']} duplicates in a batch")
+            problem("duplicate", "", outcome["duplicates"] - 1)
+        if outcome["rejected"]:
+            for item in outcome["data"]:
+                if item["status"] == "rejected":
+                    problem(f"rejected:{item['error']['code']}", json.dumps(item))
+        return int(outcome["accepted"])
+    if scenario == "authorize":
+        if json.loads(answer).get("allowed") is True:
+            return 1
+        problem("not_allowed", answer.decode(errors="replace"))
+        return 0
+    if status == 201 or (status == 202 and json.loads(answer).get("status") == "pending"):
+        return 1
+    # 200: an event already stored (keys are unique: should not happen)
+    problem("duplicate", answer.decode(errors="replace"))
+    return 0
+
+
+class OpenClient:
+    """An open-loop client process (bench/ingest_open.py): its share of the run's
+    requests, their send times and their bodies, all made before the run (so that drawing
+    and encoding events costs the run nothing), and one connection per sending thread."""
+
+    def __init__(self, index: int, spec: RunSpec):
+        self.index, self.spec = index, spec
+        count = share(spec.open_requests, spec.clients, index)
+        schedule_rng = random.Random(f"schedule/{spec.scenario}/{spec.clients}/{index}")
+        self.offsets = arrival_offsets(schedule_rng, count, spec.seconds)
+        rng = random.Random(f"{spec.scenario}/{spec.clients}/{index}")  # reproducible choices
+        prefix = f"{run_prefix(spec.scenario, spec.clients)}{index}:"
+        if spec.scenario == "open-batch":
+            self.path = "/api/v1/events/batch"
+            payloads: list[Any] = [
+                {
+                    "events": [
+                        make_event(rng, f"{prefix}{i}:{n}", spec.customers)
+                        for n in range(BATCH_SIZE)
+                    ]
+                }
+                for i in range(count)
+            ]
+        else:
+            self.path = "/api/v1/events"
+            payloads = [make_event(rng, f"{prefix}{i}", spec.customers) for i in range(count)]
+        self.bodies = [json.dumps(p, separators=(",", ":")).encode() for p in payloads]
+        headers = api_headers(spec.api_secret)
+        self.connections = [
+            HttpClient(spec.port, headers) for _ in range(max(1, min(spec.open_threads, count)))
+        ]
+
+    def run(self) -> ClientResult:
+        result = ClientResult(index=self.index, scheduled=len(self.offsets))
+        statuses: collections.Counter[str] = collections.Counter()
+        problems: collections.Counter[str] = collections.Counter()
+        lock = threading.Lock()
+
+        def problem(code: str, message: str, count: int = 1) -> None:  # under the lock
+            problems[code] += count
+            result.first_error = result.first_error or message[:500]
+
+        def send(i: int, thread: int) -> bool:
+            try:
+                status, answer = self.connections[thread].request("POST", self.path, self.bodies[i])
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    problem(f"connection:{type(exc).__name__}", repr(exc))
+                return False
+            with lock:
+                result.requests += 1
+                statuses[str(status)] += 1
+                result.events += judge(self.spec.scenario, status, answer, problem)
+            return True
+
+        cpu_started = time.process_time()
+        timings = run_schedule(self.offsets, send, threads=len(self.connections))
+        result.cpu_seconds = time.process_time() - cpu_started
+        result.elapsed = timings.elapsed
+        result.latencies = timings.latencies
+        result.send_lags = timings.send_lags
+        result.statuses = dict(statuses)
+        result.problems = dict(problems)
+        return result
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()

@@ -35,6 +35,7 @@ from bench.ingest_load import (
     Seed,
     run_prefix,
 )
+from bench.ingest_open import OPEN_SCENARIOS, PROPOSED_P99_MS, open_loop_label, proposed_p99_met
 from bench.ingest_raw import RAW_COLUMNS, RAW_TABLE
 
 # The targets of issue 14, ratios taken in the same run (the raw ceiling itself varies 2×
@@ -64,6 +65,8 @@ SCENARIO_LABELS = {
     "authorize": "(d) POST /authorize",
     "noop": f"(e) no-op: GET {NOOP_PATH}",
     "in-process": f"    batches of {BATCH_SIZE:,} rated in process",
+    "open-single": "(g) single events, open loop",
+    "open-batch": f"(g) batches of {BATCH_SIZE:,}, open loop",
 }
 
 
@@ -92,6 +95,9 @@ class RunResult:
     # how long after the run the worker took to rate what was still waiting
     rated_ms: dict[str, float | None] | None = None
     drain_seconds: float | None = None
+    # open loop (bench/ingest_open.py): the schedule, the offered rate and what it was
+    # a fraction of, latency from the scheduled send time, send lag
+    open_loop: dict[str, Any] | None = None
 
     @property
     def server_errors(self) -> int:
@@ -276,6 +282,62 @@ def check_usage_transactions(conn: psycopg.Connection[Any]) -> list[Check]:
 
 
 # --- the report --------------------------------------------------------------------------
+
+
+def open_loop_summary(runs: list[RunResult], fraction: float) -> dict[str, Any] | None:
+    """The open-loop runs' figures for the JSON line, under their label: a proposed
+    target (each p99 against the issue's bound, but at a fixed offered load), not one of
+    issue 14's (those stay judged on the closed-loop runs). None when none ran."""
+    opened = {r.scenario: r for r in runs if r.scenario in OPEN_SCENARIOS and r.open_loop}
+    if not opened:
+        return None
+    summary: dict[str, Any] = {"label": open_loop_label(fraction), "fraction": fraction}
+    for scenario, r in opened.items():
+        assert r.open_loop is not None
+        p99 = r.open_loop["latency_from_scheduled_ms"]["p99"]
+        summary[scenario.removeprefix("open-")] = {
+            **r.open_loop,
+            "clients": r.clients,
+            "achieved_requests_per_second": r.requests_per_second,
+            "achieved_events_per_second": r.events_per_second,
+            "proposed_p99_ms": PROPOSED_P99_MS[scenario],
+            "proposed_p99_met": proposed_p99_met(scenario, p99),
+        }
+    return summary
+
+
+def print_open_loop(summary: dict[str, Any] | None) -> None:
+    if summary is None:
+        return
+    print()
+    print(f"{summary['label'][0].upper()}{summary['label'][1:]}")
+    print(
+        "  Poisson arrivals at a fixed rate, latency from each request's scheduled send time"
+        " (a stalled server is not hidden); not among issue 14's targets"
+    )
+    for key in ("single", "batch"):
+        figures = summary.get(key)
+        if figures is None:
+            continue
+        latency, lag = figures["latency_from_scheduled_ms"], figures["send_lag_ms"]
+        met = {True: "met", False: "not met", None: "not measured"}[figures["proposed_p99_met"]]
+        print(
+            f"  {key:<6} {figures['clients']:>2} clients × "
+            f"{figures['threads_per_client']} threads: offered "
+            f"{fmt(figures['offered_requests_per_second'], '{:,.2f}')} req/s "
+            f"({summary['fraction']:g} × {fmt(figures['capacity_requests_per_second'], '{:,.2f}')}"
+            f" of {figures['capacity_run']}), achieved "
+            f"{fmt(figures['achieved_requests_per_second'], '{:,.2f}')} req/s = "
+            f"{fmt(figures['achieved_events_per_second'])} events/s, "
+            f"{figures['scheduled']:,} scheduled"
+        )
+        print(
+            f"  {'':<6} p50 {fmt(latency['p50'], '{:.1f}')} ms, p95 "
+            f"{fmt(latency['p95'], '{:.1f}')} ms, p99 {fmt(latency['p99'], '{:.1f}')} ms, max "
+            f"{fmt(latency['max'], '{:.1f}')} ms; proposed p99 ≤ "
+            f"{figures['proposed_p99_ms']:g} ms: {met}; send lag p99 "
+            f"{fmt(lag['p99'], '{:.1f}')} ms, max {fmt(lag['max'], '{:.1f}')} ms"
+        )
 
 
 def best(runs: list[RunResult], scenarios: Sequence[str]) -> RunResult | None:
@@ -507,6 +569,9 @@ def report(
             f"measured {fmt(rate(batch))}"
         )
 
+    open_loop = open_loop_summary(runs, args.open_loop_fraction)
+    print_open_loop(open_loop)
+
     crowded = [f"{r.scenario} × {r.clients}" for r in runs if r.cpu_share.get("other", 0) > 0.1]
     if crowded:
         print()
@@ -570,6 +635,7 @@ def report(
         "ratios": ratios,
         "targets": targets,
         "targets_met": targets_met,
+        "open_loop": open_loop,
         "runs": [asdict(r) for r in runs],
         "raw_table_indexes": raw_indexes,
         "checks": [asdict(c) for c in checks],
