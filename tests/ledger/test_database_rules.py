@@ -118,6 +118,31 @@ def test_entries_references_are_checked_per_statement_not_per_row():
     assert row_triggers == 0
 
 
+def test_an_entry_insert_locks_its_accounts_but_not_its_transaction(world, make_wallet):
+    """Migration 0010: a transaction row can be neither deleted nor updated (LG010), so the
+    entries' check only looks it up; their accounts, which can be deleted, it locks FOR KEY
+    SHARE (the lock shows as the row's xmax)."""
+    wallet = make_wallet(0)
+    with transaction.atomic():
+        tx = Transaction.objects.create(
+            reference=unique(), payload_hash="x", effective_at="2026-01-01T00:00:00Z"
+        )
+        sql(
+            "INSERT INTO ledger_entry (transaction_id, account_id, currency, amount) "
+            "VALUES (%s, %s, 'USD', -5), (%s, %s, 'USD', 5)",
+            [tx.pk, wallet.pk, tx.pk, world.pk],
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT xmax::text FROM ledger_transaction WHERE id = %s), "
+                "(SELECT xmax::text FROM ledger_account WHERE id = %s)",
+                [tx.pk, wallet.pk],
+            )
+            transaction_xmax, account_xmax = cursor.fetchone()
+    assert transaction_xmax == "0"
+    assert account_xmax != "0"  # locked (by the savepoint's subtransaction)
+
+
 def test_an_entry_naming_a_missing_transaction_is_refused_by_its_statement(world, make_wallet):
     """Refused at the end of the INSERT (the deferred key waited for the commit), with the
     foreign key's SQLSTATE, and before the balance is looked at."""
