@@ -94,7 +94,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from metering.errors import UsageNotUnderstood
 from metering.usage_counts import MAX_COUNT, count, exceeds, nested, optional, required
@@ -217,9 +217,9 @@ _NOT_MAPPINGS = frozenset({int, Decimal, str, bool, float, list, type(None)})
 # --- the dialects ------------------------------------------------------------------------
 
 
-@dataclass(slots=True)  # not frozen: built for every event, and frozen costs ~1 µs more
-class TokenKinds:
-    """What each dialect's reader returns: the counts of ``NormalizedUsage``."""
+class TokenKinds(NamedTuple):
+    """What each dialect's reader returns: the counts of ``NormalizedUsage``, in its order
+    (``normalize_usage`` adds the provider and model in front)."""
 
     input_tokens: int  # neither read from nor written to a cache
     cache_read_tokens: int
@@ -509,6 +509,10 @@ def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
 
 
 def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKinds:
+    if type(u) is dict:
+        kinds = _gemini_plainly(u, names)
+        if kinds is not None:
+            return kinds
     prompt = required(u, names.prompt, where)
     tool_use_prompt = optional(u, names.tool_use, where)
     cached = optional(u, names.cached, where)
@@ -524,6 +528,38 @@ def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKi
         output_tokens=output,
         reasoning_tokens=thoughts,
     )
+
+
+def _gemini_plainly(u: dict[str, Any], names: GeminiNames) -> TokenKinds | None:
+    """``read_gemini`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): whole ``int`` counts in range, the cached content
+    inside the prompt; None for anything else, read again by the general reading."""
+    prompt = u.get(names.prompt)
+    tool_use_prompt = _zero_if_none(u.get(names.tool_use))
+    cached = _zero_if_none(u.get(names.cached))
+    thoughts = _zero_if_none(u.get(names.thoughts))
+    candidates = _zero_if_none(u.get(names.candidates))
+    if (
+        type(prompt) is int
+        and type(tool_use_prompt) is int
+        and type(cached) is int
+        and type(thoughts) is int
+        and type(candidates) is int
+        and 0 <= prompt <= MAX_COUNT
+        and 0 <= tool_use_prompt <= MAX_COUNT
+        and 0 <= cached <= prompt
+        and 0 <= thoughts <= MAX_COUNT
+        and 0 <= candidates <= MAX_COUNT
+    ):
+        return TokenKinds(
+            prompt + tool_use_prompt - cached, cached, 0, 0, candidates + thoughts, thoughts
+        )
+    return None
+
+
+def _zero_if_none(value: Any) -> Any:
+    """An optional count as ``optional`` takes it: a missing or null one counts 0."""
+    return 0 if value is None else value
 
 
 def read_bedrock_converse(u: Mapping[str, Any], where: str) -> TokenKinds:
@@ -543,6 +579,10 @@ def read_bedrock_converse(u: Mapping[str, Any], where: str) -> TokenKinds:
 
 def _read_own(u: Mapping[str, Any], where: str) -> TokenKinds:
     """Our own names, or a bare {input_tokens, output_tokens} that no marker places."""
+    if type(u) is dict:
+        kinds = _own_plainly(u)
+        if kinds is not None:
+            return kinds
     uncached = required(u, "input_tokens", where)
     output = required(u, "output_tokens", where)
     cache_read = optional(u, "cache_read_tokens", where)
@@ -583,6 +623,54 @@ def _read_own(u: Mapping[str, Any], where: str) -> TokenKinds:
         output_tokens=output,
         reasoning_tokens=reasoning,
     )
+
+
+def _own_plainly(u: dict[str, Any]) -> TokenKinds | None:
+    """``_read_own`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): whole ``int`` counts in range, nothing exceeding what
+    holds it, a stated prompt or total equal to ours; None for anything else, read again
+    by the general reading (which refuses it, naming the field)."""
+    uncached = u.get("input_tokens")
+    output = u.get("output_tokens")
+    cache_read = _zero_if_none(u.get("cache_read_tokens"))
+    cache_write = _zero_if_none(u.get("cache_write_tokens"))
+    cache_write_1h = _zero_if_none(u.get("cache_write_1h_tokens"))
+    reasoning: Any
+    if "reasoning_tokens" in u:
+        reasoning = _zero_if_none(u["reasoning_tokens"])
+    else:
+        details = u.get("output_tokens_details")
+        if details is None:
+            reasoning = 0
+        elif type(details) is dict:
+            reasoning = details.get("thinking_tokens")
+            if reasoning is None:
+                reasoning = _zero_if_none(details.get("reasoning_tokens"))
+        else:
+            return None
+    if not (
+        type(uncached) is int
+        and type(output) is int
+        and type(cache_read) is int
+        and type(cache_write) is int
+        and type(cache_write_1h) is int
+        and type(reasoning) is int
+        and 0 <= uncached <= MAX_COUNT
+        and 0 <= output <= MAX_COUNT
+        and 0 <= cache_read <= MAX_COUNT
+        and 0 <= cache_write <= MAX_COUNT
+        and 0 <= cache_write_1h <= cache_write
+        and 0 <= reasoning <= output
+    ):
+        return None
+    prompt = uncached + cache_read + cache_write
+    for stated, ours in (
+        (u.get("prompt_tokens"), prompt),
+        (u.get("total_tokens"), prompt + output),
+    ):
+        if stated is not None and (type(stated) is not int or stated != ours or stated > MAX_COUNT):
+            return None
+    return TokenKinds(uncached, cache_read, cache_write, cache_write_1h, output, reasoning)
 
 
 def _reasoning_in_output_details(u: Mapping[str, Any], where: str, output: int) -> int:

@@ -285,6 +285,7 @@ def _rate(
     spending: dict[Any, list[Any]] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
+    rules: dict[tuple, tuple] = {}  # what the Pricers resolve, per meter and plan
     for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
         customer_id = customer.id
         event_key = (customer_id, p.source.idempotency_key)
@@ -310,7 +311,7 @@ def _rate(
                         distinct_values=counted.get(counter_key, set()),
                     )
                 pricer = pricers[(subscription_id, meter_id, counter_start, terms.plan_id)] = (
-                    Pricer(found, meter, terms, in_trial, overrides.get(customer_id, {}))
+                    Pricer(found, meter, terms, in_trial, overrides.get(customer_id, {}), rules)
                 )
             step = pricer.step(reading, p)
             money += step[2] - pricer.counter.charged
