@@ -24,9 +24,9 @@ from metering.rating.prepare import Prepared, _quantity
 from metering.rating.terms import PlanTerms
 
 
-@dataclass
+@dataclass(slots=True)
 class Counter:
-    """A PeriodUsage row being moved by this batch."""
+    """A PeriodUsage row being moved by this batch (slots: a part moves a few an event)."""
 
     subscription_id: int
     meter_id: int

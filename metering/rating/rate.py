@@ -249,7 +249,7 @@ def _rate(
         )
     wanted = {
         (subscription.id, meter.id, start)
-        for _, subscription, *_, readings in placed
+        for _, subscription, _, _, _, _, _, readings in placed  # (no *_: a list an event)
         for meter, _, start, _ in readings
     }
     counters = {key: read.counters[key] for key in wanted if key in read.counters}
@@ -258,7 +258,7 @@ def _rate(
         missing = wanted - counters.keys()
         distinct = {
             (subscription.id, meter.id, start, _distinct_key(reading))
-            for _, subscription, *_, readings in placed
+            for _, subscription, _, _, _, _, _, readings in placed
             for meter, reading, start, _ in readings
             if meter.aggregation == Aggregation.UNIQUE_COUNT
             and (subscription.id, meter.id, start) in missing
@@ -273,7 +273,7 @@ def _rate(
     budget = budgets.load(  # None (and no statement) when no event names a project
         {
             (c.id, p.source.project, start)
-            for c, _, p, _, start, *_ in placed
+            for c, _, p, _, start, _, _, _ in placed
             if p.source.project is not None
         },
         hold_id,
