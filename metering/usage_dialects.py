@@ -476,16 +476,8 @@ def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
             cache_write = cache_write_5m + cache_write_1h
         elif cache_write_5m + cache_write_1h > cache_write:
             return None
-    details = u.get("output_tokens_details")
-    if details is None:
-        reasoning = 0
-    elif type(details) is dict:
-        reasoning = details.get("thinking_tokens")
-        if reasoning is None:
-            reasoning = details.get("reasoning_tokens")
-            if reasoning is None:
-                reasoning = 0
-    else:
+    reasoning = _plain_details_reasoning(u)
+    if reasoning is None:
         return None
     if (
         type(uncached) is int
@@ -539,22 +531,35 @@ def _gemini_plainly(u: dict[str, Any], names: GeminiNames) -> TokenKinds | None:
     cached = _zero_if_none(u.get(names.cached))
     thoughts = _zero_if_none(u.get(names.thoughts))
     candidates = _zero_if_none(u.get(names.candidates))
-    if (
-        type(prompt) is int
-        and type(tool_use_prompt) is int
-        and type(cached) is int
-        and type(thoughts) is int
-        and type(candidates) is int
-        and 0 <= prompt <= MAX_COUNT
-        and 0 <= tool_use_prompt <= MAX_COUNT
-        and 0 <= cached <= prompt
-        and 0 <= thoughts <= MAX_COUNT
-        and 0 <= candidates <= MAX_COUNT
-    ):
+    if _whole(prompt, tool_use_prompt, cached, thoughts, candidates) and cached <= prompt:
         return TokenKinds(
             prompt + tool_use_prompt - cached, cached, 0, 0, candidates + thoughts, thoughts
         )
     return None
+
+
+def _plain_details_reasoning(u: dict[str, Any]) -> Any:
+    """The reasoning count in ``output_tokens_details`` as ``_reasoning_in_output_details``
+    reads it (thinking_tokens, else reasoning_tokens, else 0), not yet checked; None when
+    the details are not a plain dict."""
+    details = u.get("output_tokens_details")
+    if details is None:
+        return 0
+    if type(details) is not dict:
+        return None
+    reasoning = details.get("thinking_tokens")
+    if reasoning is None:
+        reasoning = details.get("reasoning_tokens")
+    return _zero_if_none(reasoning)
+
+
+def _whole(*counts: Any) -> bool:
+    """Each of ``counts`` an ``int`` from 0 to MAX_COUNT: what ``count`` passes as it is
+    (the plain readings' test of all their counts in one call)."""
+    for value in counts:
+        if type(value) is not int or not 0 <= value <= MAX_COUNT:
+            return False
+    return True
 
 
 def _zero_if_none(value: Any) -> Any:
@@ -630,8 +635,8 @@ def _own_plainly(u: dict[str, Any]) -> TokenKinds | None:
     ``_chat_completions_plainly``): whole ``int`` counts in range, nothing exceeding what
     holds it, a stated prompt or total equal to ours; None for anything else, read again
     by the general reading (which refuses it, naming the field)."""
-    uncached = u.get("input_tokens")
-    output = u.get("output_tokens")
+    uncached: Any = u.get("input_tokens")
+    output: Any = u.get("output_tokens")
     cache_read = _zero_if_none(u.get("cache_read_tokens"))
     cache_write = _zero_if_none(u.get("cache_write_tokens"))
     cache_write_1h = _zero_if_none(u.get("cache_write_1h_tokens"))
@@ -639,28 +644,13 @@ def _own_plainly(u: dict[str, Any]) -> TokenKinds | None:
     if "reasoning_tokens" in u:
         reasoning = _zero_if_none(u["reasoning_tokens"])
     else:
-        details = u.get("output_tokens_details")
-        if details is None:
-            reasoning = 0
-        elif type(details) is dict:
-            reasoning = details.get("thinking_tokens")
-            if reasoning is None:
-                reasoning = _zero_if_none(details.get("reasoning_tokens"))
-        else:
+        reasoning = _plain_details_reasoning(u)
+        if reasoning is None:
             return None
     if not (
-        type(uncached) is int
-        and type(output) is int
-        and type(cache_read) is int
-        and type(cache_write) is int
-        and type(cache_write_1h) is int
-        and type(reasoning) is int
-        and 0 <= uncached <= MAX_COUNT
-        and 0 <= output <= MAX_COUNT
-        and 0 <= cache_read <= MAX_COUNT
-        and 0 <= cache_write <= MAX_COUNT
-        and 0 <= cache_write_1h <= cache_write
-        and 0 <= reasoning <= output
+        _whole(uncached, output, cache_read, cache_write, cache_write_1h, reasoning)
+        and cache_write_1h <= cache_write
+        and reasoning <= output
     ):
         return None
     prompt = uncached + cache_read + cache_write
