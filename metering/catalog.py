@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 from django.db.models import Count, Max
@@ -574,9 +574,9 @@ def unit_prices(price: ModelPrice, prompt_tokens: int, at: datetime | None = Non
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """The provider's price of one call, per kind, exact."""
+class Cost(NamedTuple):
+    """The provider's price of one call, per kind, exact (immutable, as a tuple: made for
+    every event, in one step where a frozen dataclass sets each field in turn)."""
 
     input: Decimal
     cache_read: Decimal
@@ -600,14 +600,19 @@ def cost_of(price: ModelPrice, usage: NormalizedUsage, at: datetime | None = Non
 def _cost(p: UnitPrices, usage: NormalizedUsage) -> Cost:
     one_hour = usage.cache_write_1h_tokens
     reasoning = usage.reasoning_tokens
-    return Cost(
-        input=usage.input_tokens * p.input,
-        cache_read=usage.cache_read_tokens * p.cache_read,
-        cache_write=(usage.cache_write_tokens - one_hour) * p.cache_write
-        + one_hour * p.cache_write_1h,
-        output=(usage.output_tokens - reasoning) * p.output + reasoning * p.reasoning,
-        requests=p.per_request,
+    return _new_tuple(  # Cost(input, cache_read, cache_write, output, requests)
+        Cost,
+        (
+            usage.input_tokens * p.input,
+            usage.cache_read_tokens * p.cache_read,
+            (usage.cache_write_tokens - one_hour) * p.cache_write + one_hour * p.cache_write_1h,
+            (usage.output_tokens - reasoning) * p.output + reasoning * p.reasoning,
+            p.per_request,
+        ),
     )
+
+
+_new_tuple = tuple.__new__  # a NamedTuple's own __new__, without its Python frame
 
 
 def kind_tokens(usage: NormalizedUsage, kinds: Iterable[str]) -> int:

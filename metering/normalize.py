@@ -63,8 +63,7 @@ slower).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from genai_prices import data_snapshot
 
@@ -95,8 +94,10 @@ MODEL_PARAM = "properties.model"
 OPENAI_COMPATIBLE = frozenset({"openai-compatible", "litellm", "vllm", "ollama", "lmstudio"})
 
 
-@dataclass(frozen=True, slots=True)
-class NormalizedUsage:
+class NormalizedUsage(NamedTuple):
+    """Immutable, as a tuple: built for every event, and a tuple is made in one step where a
+    frozen dataclass sets each of its eight fields through ``object.__setattr__``."""
+
     provider: str
     model: str
     input_tokens: int
@@ -187,16 +188,11 @@ def normalize_usage(
             "(OpenAI, Anthropic, Gemini, Bedrock Converse or our own names)",
             param=where,
         )
-    return NormalizedUsage(
-        provider=provider_id or shape_provider,
-        model=model,
-        input_tokens=kinds.input_tokens,
-        cache_read_tokens=kinds.cache_read_tokens,
-        cache_write_tokens=kinds.cache_write_tokens,
-        cache_write_1h_tokens=kinds.cache_write_1h_tokens,
-        output_tokens=kinds.output_tokens,
-        reasoning_tokens=kinds.reasoning_tokens,
-    )
+    # the two names and the six kinds, in NormalizedUsage's order (TokenKinds is a tuple)
+    return _new_tuple(NormalizedUsage, (provider_id or shape_provider, model, *kinds))
+
+
+_new_tuple = tuple.__new__  # a NamedTuple's own __new__, without its Python frame
 
 
 # --- providers ------------------------------------------------------------------------------

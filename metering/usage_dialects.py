@@ -94,7 +94,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from metering.errors import UsageNotUnderstood
 from metering.usage_counts import MAX_COUNT, count, exceeds, nested, optional, required
@@ -217,9 +217,9 @@ _NOT_MAPPINGS = frozenset({int, Decimal, str, bool, float, list, type(None)})
 # --- the dialects ------------------------------------------------------------------------
 
 
-@dataclass(slots=True)  # not frozen: built for every event, and frozen costs ~1 µs more
-class TokenKinds:
-    """What each dialect's reader returns: the counts of ``NormalizedUsage``."""
+class TokenKinds(NamedTuple):
+    """What each dialect's reader returns: the counts of ``NormalizedUsage``, in its order
+    (``normalize_usage`` adds the provider and model in front)."""
 
     input_tokens: int  # neither read from nor written to a cache
     cache_read_tokens: int
@@ -476,16 +476,8 @@ def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
             cache_write = cache_write_5m + cache_write_1h
         elif cache_write_5m + cache_write_1h > cache_write:
             return None
-    details = u.get("output_tokens_details")
-    if details is None:
-        reasoning = 0
-    elif type(details) is dict:
-        reasoning = details.get("thinking_tokens")
-        if reasoning is None:
-            reasoning = details.get("reasoning_tokens")
-            if reasoning is None:
-                reasoning = 0
-    else:
+    reasoning = _plain_details_reasoning(u)
+    if reasoning is None:
         return None
     if (
         type(uncached) is int
@@ -509,6 +501,10 @@ def _anthropic_plainly(u: dict[str, Any]) -> TokenKinds | None:
 
 
 def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKinds:
+    if type(u) is dict:
+        kinds = _gemini_plainly(u, names)
+        if kinds is not None:
+            return kinds
     prompt = required(u, names.prompt, where)
     tool_use_prompt = optional(u, names.tool_use, where)
     cached = optional(u, names.cached, where)
@@ -524,6 +520,51 @@ def read_gemini(u: Mapping[str, Any], where: str, names: GeminiNames) -> TokenKi
         output_tokens=output,
         reasoning_tokens=thoughts,
     )
+
+
+def _gemini_plainly(u: dict[str, Any], names: GeminiNames) -> TokenKinds | None:
+    """``read_gemini`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): whole ``int`` counts in range, the cached content
+    inside the prompt; None for anything else, read again by the general reading."""
+    prompt = u.get(names.prompt)
+    tool_use_prompt = _zero_if_none(u.get(names.tool_use))
+    cached = _zero_if_none(u.get(names.cached))
+    thoughts = _zero_if_none(u.get(names.thoughts))
+    candidates = _zero_if_none(u.get(names.candidates))
+    if _whole(prompt, tool_use_prompt, cached, thoughts, candidates) and cached <= prompt:
+        return TokenKinds(
+            prompt + tool_use_prompt - cached, cached, 0, 0, candidates + thoughts, thoughts
+        )
+    return None
+
+
+def _plain_details_reasoning(u: dict[str, Any]) -> Any:
+    """The reasoning count in ``output_tokens_details`` as ``_reasoning_in_output_details``
+    reads it (thinking_tokens, else reasoning_tokens, else 0), not yet checked; None when
+    the details are not a plain dict."""
+    details = u.get("output_tokens_details")
+    if details is None:
+        return 0
+    if type(details) is not dict:
+        return None
+    reasoning = details.get("thinking_tokens")
+    if reasoning is None:
+        reasoning = details.get("reasoning_tokens")
+    return _zero_if_none(reasoning)
+
+
+def _whole(*counts: Any) -> bool:
+    """Each of ``counts`` an ``int`` from 0 to MAX_COUNT: what ``count`` passes as it is
+    (the plain readings' test of all their counts in one call)."""
+    for value in counts:
+        if type(value) is not int or not 0 <= value <= MAX_COUNT:
+            return False
+    return True
+
+
+def _zero_if_none(value: Any) -> Any:
+    """An optional count as ``optional`` takes it: a missing or null one counts 0."""
+    return 0 if value is None else value
 
 
 def read_bedrock_converse(u: Mapping[str, Any], where: str) -> TokenKinds:
@@ -543,6 +584,10 @@ def read_bedrock_converse(u: Mapping[str, Any], where: str) -> TokenKinds:
 
 def _read_own(u: Mapping[str, Any], where: str) -> TokenKinds:
     """Our own names, or a bare {input_tokens, output_tokens} that no marker places."""
+    if type(u) is dict:
+        kinds = _own_plainly(u)
+        if kinds is not None:
+            return kinds
     uncached = required(u, "input_tokens", where)
     output = required(u, "output_tokens", where)
     cache_read = optional(u, "cache_read_tokens", where)
@@ -583,6 +628,39 @@ def _read_own(u: Mapping[str, Any], where: str) -> TokenKinds:
         output_tokens=output,
         reasoning_tokens=reasoning,
     )
+
+
+def _own_plainly(u: dict[str, Any]) -> TokenKinds | None:
+    """``_read_own`` of its common object, without a call a count (as
+    ``_chat_completions_plainly``): whole ``int`` counts in range, nothing exceeding what
+    holds it, a stated prompt or total equal to ours; None for anything else, read again
+    by the general reading (which refuses it, naming the field)."""
+    uncached: Any = u.get("input_tokens")
+    output: Any = u.get("output_tokens")
+    cache_read = _zero_if_none(u.get("cache_read_tokens"))
+    cache_write = _zero_if_none(u.get("cache_write_tokens"))
+    cache_write_1h = _zero_if_none(u.get("cache_write_1h_tokens"))
+    reasoning: Any
+    if "reasoning_tokens" in u:
+        reasoning = _zero_if_none(u["reasoning_tokens"])
+    else:
+        reasoning = _plain_details_reasoning(u)
+        if reasoning is None:
+            return None
+    if not (
+        _whole(uncached, output, cache_read, cache_write, cache_write_1h, reasoning)
+        and cache_write_1h <= cache_write
+        and reasoning <= output
+    ):
+        return None
+    prompt = uncached + cache_read + cache_write
+    for stated, ours in (
+        (u.get("prompt_tokens"), prompt),
+        (u.get("total_tokens"), prompt + output),
+    ):
+        if stated is not None and (type(stated) is not int or stated != ours or stated > MAX_COUNT):
+            return None
+    return TokenKinds(uncached, cache_read, cache_write, cache_write_1h, output, reasoning)
 
 
 def _reasoning_in_output_details(u: Mapping[str, Any], where: str, output: int) -> int:

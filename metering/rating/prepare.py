@@ -34,7 +34,7 @@ from metering.rating.base import (
 # --- step 1: each event on its own ---------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # one an event: slots, cheaper to make and read
 class Prepared:
     index: int
     source: EventIn

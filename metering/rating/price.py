@@ -24,9 +24,9 @@ from metering.rating.prepare import Prepared, _quantity
 from metering.rating.terms import PlanTerms
 
 
-@dataclass
+@dataclass(slots=True)
 class Counter:
-    """A PeriodUsage row being moved by this batch."""
+    """A PeriodUsage row being moved by this batch (slots: a part moves a few an event)."""
 
     subscription_id: int
     meter_id: int
@@ -142,37 +142,38 @@ class Pricer:
         terms: PlanTerms,
         in_trial: bool,
         overrides: dict[int | None, Decimal],
+        rules: dict[tuple, tuple] | None = None,
     ) -> None:
+        """``rules``: a cache of what a Pricer resolves, shared by the Pricers of one
+        rating part (its meters and plans are the same objects throughout; a part makes a
+        Pricer per counter, of a few meters and plans)."""
         self.counter = counter
-        self.meter = meter
-        self.aggregation = meter.aggregation
-        charge = self.charge = terms.charges.get(meter.pk)
-        self.included = charge.included_quantity if charge is not None else ZERO
-        self.units_per_credit = terms.units_per_credit or ZERO
-        self.kinds: tuple[str, ...] = ()
-        self.token_fields: tuple[str, ...] = ()
-        self.factor = ZERO
         self._worth_at: Decimal | None = None
         self._worth = ZERO
-        if charge is None or in_trial:
-            self.how = FREE
-        elif terms.consumption_model == ConsumptionModel.CREDITS:
-            assert terms.units_per_credit is not None, "a credits plan has units per credit"
-            self.how = IN_CREDITS
-        elif charge.catalog_priced:
-            self.how = FROM_CATALOG
-            self.kinds = tuple(catalog.CATALOG_KINDS[meter.property])
-            self.token_fields = tuple(TOKEN_FIELDS[k] for k in self.kinds if k in TOKEN_FIELDS)
-            self.factor = 1 + _margin(charge, overrides) / 100
-        else:
-            self.how = BY_WORTH
-        self.tokens_of = _values_of(self.token_fields)
-        self.worths_of = _values_of(self.kinds)
-        # a sum or count adds the reading (the common step); one token kind, read alone
-        self.adds = self.aggregation in (Aggregation.SUM, Aggregation.COUNT)
-        self.latest = self.aggregation == Aggregation.LATEST
-        self.one_token_field = self.token_fields[0] if len(self.token_fields) == 1 else None
-        self.one_kind = self.kinds[0] if len(self.kinds) == 1 else None
+        # what decides the rule: the meter, the plan, the trial and the margin override
+        key = (meter.id, terms.plan_id, in_trial, overrides.get(meter.id, overrides.get(None)))
+        rule = rules.get(key) if rules is not None else None
+        if rule is None:
+            rule = _rule(meter, terms, in_trial, overrides)
+            if rules is not None:
+                rules[key] = rule
+        (
+            self.meter,
+            self.aggregation,
+            self.charge,
+            self.included,
+            self.units_per_credit,
+            self.kinds,
+            self.token_fields,
+            self.factor,
+            self.how,
+            self.tokens_of,
+            self.worths_of,
+            self.adds,
+            self.latest,
+            self.one_token_field,
+            self.one_kind,
+        ) = rule
 
     def step(
         self, reading: Any, prepared: Prepared
@@ -251,6 +252,51 @@ class Pricer:
             with localcontext(prec=80):
                 worth = worth * billable / tokens
         return worth * self.factor
+
+
+def _rule(
+    meter: Meter, terms: PlanTerms, in_trial: bool, overrides: dict[int | None, Decimal]
+) -> tuple:
+    """What a Pricer of ``meter`` under ``terms`` resolves once, in ``Pricer.__init__``'s
+    order: the meter, its aggregation, the charge, the included quantity, the units per
+    credit, the catalog's kinds and token fields, the margin's factor, how it prices, the
+    getters of the tokens and worths, whether a step adds the reading, whether it keeps the
+    latest, and the one token field and kind when there is one."""
+    charge = terms.charges.get(meter.pk)
+    kinds: tuple[str, ...] = ()
+    token_fields: tuple[str, ...] = ()
+    factor = ZERO
+    if charge is None or in_trial:
+        how = FREE
+    elif terms.consumption_model == ConsumptionModel.CREDITS:
+        assert terms.units_per_credit is not None, "a credits plan has units per credit"
+        how = IN_CREDITS
+    elif charge.catalog_priced:
+        how = FROM_CATALOG
+        kinds = tuple(catalog.CATALOG_KINDS[meter.property])
+        token_fields = tuple(TOKEN_FIELDS[k] for k in kinds if k in TOKEN_FIELDS)
+        factor = 1 + _margin(charge, overrides) / 100
+    else:
+        how = BY_WORTH
+    aggregation = meter.aggregation
+    return (
+        meter,
+        aggregation,
+        charge,
+        charge.included_quantity if charge is not None else ZERO,
+        terms.units_per_credit or ZERO,
+        kinds,
+        token_fields,
+        factor,
+        how,
+        _values_of(token_fields),
+        _values_of(kinds),
+        # a sum or count adds the reading (the common step); one token kind, read alone
+        aggregation in (Aggregation.SUM, Aggregation.COUNT),
+        aggregation == Aggregation.LATEST,
+        token_fields[0] if len(token_fields) == 1 else None,
+        kinds[0] if len(kinds) == 1 else None,
+    )
 
 
 @functools.cache

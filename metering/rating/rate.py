@@ -249,7 +249,7 @@ def _rate(
         )
     wanted = {
         (subscription.id, meter.id, start)
-        for _, subscription, *_, readings in placed
+        for _, subscription, _, _, _, _, _, readings in placed  # (no *_: a list an event)
         for meter, _, start, _ in readings
     }
     counters = {key: read.counters[key] for key in wanted if key in read.counters}
@@ -258,7 +258,7 @@ def _rate(
         missing = wanted - counters.keys()
         distinct = {
             (subscription.id, meter.id, start, _distinct_key(reading))
-            for _, subscription, *_, readings in placed
+            for _, subscription, _, _, _, _, _, readings in placed
             for meter, reading, start, _ in readings
             if meter.aggregation == Aggregation.UNIQUE_COUNT
             and (subscription.id, meter.id, start) in missing
@@ -273,7 +273,7 @@ def _rate(
     budget = budgets.load(  # None (and no statement) when no event names a project
         {
             (c.id, p.source.project, start)
-            for c, _, p, _, start, *_ in placed
+            for c, _, p, _, start, _, _, _ in placed
             if p.source.project is not None
         },
         hold_id,
@@ -285,6 +285,7 @@ def _rate(
     spending: dict[Any, list[Any]] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
+    rules: dict[tuple, tuple] = {}  # what the Pricers resolve, per meter and plan
     for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
         customer_id = customer.id
         event_key = (customer_id, p.source.idempotency_key)
@@ -310,7 +311,7 @@ def _rate(
                         distinct_values=counted.get(counter_key, set()),
                     )
                 pricer = pricers[(subscription_id, meter_id, counter_start, terms.plan_id)] = (
-                    Pricer(found, meter, terms, in_trial, overrides.get(customer_id, {}))
+                    Pricer(found, meter, terms, in_trial, overrides.get(customer_id, {}), rules)
                 )
             step = pricer.step(reading, p)
             money += step[2] - pricer.counter.charged
