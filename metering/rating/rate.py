@@ -259,9 +259,7 @@ def _rate(
     # and is not looked up again. Only the counters of other periods (an event sent late,
     # a charge on its own cadence) are loaded by their keys.
     looked_up = {(s.id, s.current_period_start) for s in read.subscriptions.values()}
-    missing = {
-        key for key in wanted if key not in counters and (key[0], key[2]) not in looked_up
-    }
+    missing = {key for key in wanted if key not in counters and (key[0], key[2]) not in looked_up}
     if missing:
         distinct = {
             (subscription.id, meter.id, start, _distinct_key(reading))
