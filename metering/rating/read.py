@@ -1,8 +1,9 @@
 """What rating reads from the database: customers with their live subscription
 (``load_customers``, ``_find_customers`` with the meters' stamp and the rating locks), the
 one statement that reads a part's subscriptions, stored twins, wallets, margins, counters,
-the distinct values its events would count that their periods have counted already, and
-event ids under its customers' locks (``_read_part``), and the smaller reads of counters,
+the distinct values its events would count that their periods have counted already, event
+ids and the usage accounts this process has not cached, under its customers' locks
+(``_read_part``), and the smaller reads of counters,
 wallets and meters that estimates and late events need."""
 
 from __future__ import annotations
@@ -193,6 +194,11 @@ class PartRead:
 # key) are looked up the same way, in the customers' current periods, by the unique index of
 # PeriodDistinctValue: a period's other values, however many, are not read. Event ids are drawn
 # for every event of the part (the accepted use them; the sequence's gaps mean nothing).
+# The subscriptions, wallets (their balance rows locked one by one, in account-id order),
+# stored twins and margins are looked up the same way, key by key of an ``unnest`` (a
+# LATERAL subquery with OFFSET 0 each, as ledger.services' posting does): with
+# ``= ANY(array)`` the generic plan, not knowing how few keys a part has, seq-scanned the
+# subscriptions, their phases, the wallets, every balance row and the stored events.
 # Each parameter is read through a scalar subquery (``(SELECT %s::bigint[])``): planned
 # without its value, the custom plans PostgreSQL tries first cost what the generic plan
 # costs, so it keeps the generic one and stops planning the statement on every execution
