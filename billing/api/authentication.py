@@ -18,6 +18,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from psycopg import Cursor as PsycopgCursor
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -62,10 +63,20 @@ _KEY_QUERY = f"SELECT {', '.join(_KEY_FIELDS)} FROM billing_apikey WHERE secret_
 
 def _key_by_hash(secret_hash: str) -> APIKey | None:
     """The key with this secret hash: every API request's first query, so a plain one (the
-    ORM's query building costs more than the query here). Other fields load on access."""
-    with connection.cursor() as cursor:
-        cursor.execute(_KEY_QUERY, [secret_hash])
-        row = cursor.fetchone()
+    ORM's query building costs more than the query here). Other fields load on access.
+
+    Sent as a prepared statement (psycopg prepares it on the connection after a few
+    executions; Django's cursors bind client-side and never do): PostgreSQL then neither
+    parses nor plans it per request. Nothing is cached on this side: a revoked or deleted
+    key is refused by the next request, as before."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = PsycopgCursor(connection.connection)
+        try:
+            cursor.execute(_KEY_QUERY, [secret_hash])
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
     return None if row is None else APIKey.from_db(connection.alias, _KEY_FIELDS, row)
 
 

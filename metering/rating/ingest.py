@@ -23,7 +23,7 @@ from metering.rating.prepare import MeterSet, Prepared, _meters, _prepare, _take
 from metering.rating.rate import _rate
 from metering.rating.read import _find_customers, _read_part
 from metering.rating.terms import plan_terms
-from metering.rating.write import _account_ids
+from metering.rating.write import _account_ids, _found_accounts, _uncached_usage_accounts
 
 
 def ingest_events(
@@ -145,7 +145,9 @@ def _rate_part(
         [(cid, p) for cid in chunk for p in by_customer[cid]],
         lock_balances=hold_id is None,
         now=now,
+        accounts=_uncached_usage_accounts(chunk),
     )
+    _found_accounts(read.accounts)
     _rate(
         [(customers[cid], read.subscriptions.get(cid), by_customer[cid]) for cid in chunk],
         outcomes,

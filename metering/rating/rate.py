@@ -254,8 +254,13 @@ def _rate(
     }
     counters = {key: read.counters[key] for key in wanted if key in read.counters}
     counted = {key: set(values) for key, values in read.seen.items()}
-    if len(counters) < len(wanted):  # a period's first usage, or not the current period
-        missing = wanted - counters.keys()
+    # The read looked up every meter's counter (and counted values) of each subscription's
+    # current period: one of those it did not find does not exist yet (its first usage),
+    # and is not looked up again. Only the counters of other periods (an event sent late,
+    # a charge on its own cadence) are loaded by their keys.
+    looked_up = {(s.id, s.current_period_start) for s in read.subscriptions.values()}
+    missing = {key for key in wanted if key not in counters and (key[0], key[2]) not in looked_up}
+    if missing:
         distinct = {
             (subscription.id, meter.id, start, _distinct_key(reading))
             for _, subscription, _, _, _, _, _, readings in placed

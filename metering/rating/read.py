@@ -1,15 +1,16 @@
 """What rating reads from the database: customers with their live subscription
 (``load_customers``, ``_find_customers`` with the meters' stamp and the rating locks), the
 one statement that reads a part's subscriptions, stored twins, wallets, margins, counters,
-the distinct values its events would count that their periods have counted already, and
-event ids under its customers' locks (``_read_part``), and the smaller reads of counters,
+the distinct values its events would count that their periods have counted already, event
+ids and the usage accounts this process has not cached, under its customers' locks
+(``_read_part``), and the smaller reads of counters,
 wallets and meters that estimates and late events need."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -114,8 +115,10 @@ def _find_customers(
         "SELECT m.n, m.last, c.id, c.external_id, c.name, c.currency, c.billing_mode "
         "FROM (SELECT count(*) AS n, max(id) AS last FROM metering_meter) AS m "
         f"LEFT JOIN LATERAL (SELECT k.*{locking} FROM ("
-        "  SELECT id, external_id, name, currency, billing_mode FROM billing_customer"
-        "   WHERE external_id = ANY((SELECT %s::text[])::text[]) ORDER BY id) AS k) AS c ON true",
+        "  SELECT c.* FROM unnest((SELECT %s::text[])) AS x(external_id)"
+        "   CROSS JOIN LATERAL (SELECT id, external_id, name, currency, billing_mode"
+        "    FROM billing_customer c WHERE c.external_id = x.external_id OFFSET 0) AS c"
+        "   ORDER BY c.id) AS k) AS c ON true",
         [_text_array(external_ids)],
     )
     customers = {
@@ -163,6 +166,8 @@ class PartRead:
     counters: dict[CounterKey, Counter]  # the periods the events fall in
     seen: Seen  # of the values the events would count in their current periods
     event_ids: list[int]  # one per event of the part, for those accepted
+    # the ledger accounts asked for by (code, currency) that exist: their ids
+    accounts: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 # One statement, one JSON document: each set an array of rows, each row an array of its
@@ -189,6 +194,11 @@ class PartRead:
 # key) are looked up the same way, in the customers' current periods, by the unique index of
 # PeriodDistinctValue: a period's other values, however many, are not read. Event ids are drawn
 # for every event of the part (the accepted use them; the sequence's gaps mean nothing).
+# The subscriptions, wallets (their balance rows locked one by one, in account-id order),
+# stored twins and margins are looked up the same way, key by key of an ``unnest`` (a
+# LATERAL subquery with OFFSET 0 each, as ledger.services' posting does): with
+# ``= ANY(array)`` the generic plan, not knowing how few keys a part has, seq-scanned the
+# subscriptions, their phases, the wallets, every balance row and the stored events.
 # Each parameter is read through a scalar subquery (``(SELECT %s::bigint[])``): planned
 # without its value, the custom plans PostgreSQL tries first cost what the generic plan
 # costs, so it keeps the generic one and stops planning the statement on every execution
@@ -199,12 +209,14 @@ WITH subs AS MATERIALIZED (
     SELECT s.id, s.customer_id, s.plan_id, s.status, s.started_at, s.billing_anchor,
            s.current_period_start, s.current_period_end, s.trial_ends_at,
            s.invoiced_through, s.cancel_at_period_end,
-           ARRAY(SELECT ph.starts_at FROM billing_subscriptionphase ph
-                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id) AS phase_starts,
-           ARRAY(SELECT ph.plan_id FROM billing_subscriptionphase ph
-                  WHERE ph.subscription_id = s.id ORDER BY ph.starts_at, ph.id) AS phase_plans
-      FROM billing_subscription s
-     WHERE s.customer_id = ANY((SELECT %s::bigint[])::bigint[]) AND s.status <> 'canceled'
+           coalesce(ph.starts, '{}') AS phase_starts, coalesce(ph.plans, '{}') AS phase_plans
+      FROM unnest((SELECT %s::bigint[])) AS k(id)
+     CROSS JOIN LATERAL (SELECT * FROM billing_subscription s
+                          WHERE s.customer_id = k.id AND s.status <> 'canceled' OFFSET 0) AS s
+     CROSS JOIN LATERAL (SELECT array_agg(ph.starts_at ORDER BY ph.starts_at, ph.id) AS starts,
+                                array_agg(ph.plan_id ORDER BY ph.starts_at, ph.id) AS plans
+                           FROM billing_subscriptionphase ph
+                          WHERE ph.subscription_id = s.id) AS ph
 ), wallets AS MATERIALIZED (
     SELECT w.customer_id, w.currency, w.account_id, w.billing_mode, w.credit_limit,
            b.posted, b.held, b.floor,
@@ -213,10 +225,12 @@ WITH subs AS MATERIALIZED (
            EXISTS (SELECT FROM billing_creditgrant g
                     WHERE g.wallet_id = w.id AND g.status = 'active' AND g.remaining > 0
                       AND g.expires_at <= (SELECT %s::timestamptz)) AS due
-      FROM billing_wallet w
-      JOIN ledger_balance b ON b.account_id = w.account_id AND b.bucket = 0
-     WHERE w.customer_id = ANY((SELECT %s::bigint[])::bigint[])
-     ORDER BY w.account_id<LOCK>
+      FROM (SELECT w.* FROM unnest((SELECT %s::bigint[])) AS k(id)
+             CROSS JOIN LATERAL (SELECT * FROM billing_wallet w
+                                  WHERE w.customer_id = k.id OFFSET 0) AS w
+             ORDER BY w.account_id) AS w
+     CROSS JOIN LATERAL (SELECT b.posted, b.held, b.floor FROM ledger_balance b
+                          WHERE b.account_id = w.account_id AND b.bucket = 0 OFFSET 0<LOCK>) AS b
 )
 SELECT json_build_array(
        ARRAY(SELECT json_build_array(s.id, s.customer_id, s.plan_id, s.status, s.started_at,
@@ -226,16 +240,19 @@ SELECT json_build_array(
                                      s.phase_starts, s.phase_plans) FROM subs s),
        ARRAY(SELECT json_build_array(e.id, e.customer_id, e.idempotency_key, e.amount, e.currency,
                                      e.ledger_transaction_id, e.cost, e.model)
-               FROM metering_event e
-               JOIN unnest((SELECT %s::bigint[]), (SELECT %s::text[]))
+               FROM unnest((SELECT %s::bigint[]), (SELECT %s::text[]))
                     AS k(customer_id, idempotency_key)
-                 ON e.customer_id = k.customer_id AND e.idempotency_key = k.idempotency_key),
+              CROSS JOIN LATERAL (
+                    SELECT * FROM metering_event e
+                     WHERE e.customer_id = k.customer_id AND e.idempotency_key = k.idempotency_key
+                    OFFSET 0) AS e),
        ARRAY(SELECT json_build_array(w.customer_id, w.currency, w.account_id, w.billing_mode,
                                      w.credit_limit, w.posted, w.held, w.floor, w.live, w.due)
                FROM wallets w),
        ARRAY(SELECT json_build_array(o.customer_id, o.meter_id, o.margin_percent)
-               FROM billing_marginoverride o
-              WHERE o.customer_id = ANY((SELECT %s::bigint[])::bigint[])),
+               FROM unnest((SELECT %s::bigint[])) AS k(id)
+              CROSS JOIN LATERAL (SELECT * FROM billing_marginoverride o
+                                   WHERE o.customer_id = k.id OFFSET 0) AS o),
        ARRAY(SELECT json_build_array(<COUNTERS>)
                FROM subs s CROSS JOIN LATERAL (
                     SELECT * FROM metering_periodusage p
@@ -253,9 +270,23 @@ SELECT json_build_array(
                        AND d.period_start = s.current_period_start AND d.value = k.value
                     OFFSET 0) AS d),
        ARRAY(SELECT nextval(pg_get_serial_sequence('metering_event', 'id'))
-               FROM generate_series(1, (SELECT %s::int))))::text
+               FROM generate_series(1, (SELECT %s::int))),
+       <ACCOUNTS>)::text
 """.replace("<COUNTERS>", COUNTER_COLUMNS)
-_PART_SQL_LOCKING = _PART_SQL.replace("<LOCK>", " FOR UPDATE OF b")
+# The ledger accounts asked for by (code, currency), when some are (a customer's usage
+# account this process has not cached): otherwise an empty list, no plan nodes for them.
+_ACCOUNTS = """ARRAY(SELECT json_build_array(k.code, k.currency, a.id)
+               FROM unnest((SELECT %s::text[]), (SELECT %s::text[])) AS k(code, currency)
+              CROSS JOIN LATERAL (SELECT a.id FROM ledger_account a
+                                   WHERE a.code = k.code AND a.currency = k.currency
+                                  OFFSET 0) AS a)"""
+_PART_SQLS = {
+    (lock, accounts): _PART_SQL.replace("<LOCK>", " FOR UPDATE" if lock else "").replace(
+        "<ACCOUNTS>", _ACCOUNTS if accounts else "'[]'::json"
+    )
+    for lock in (False, True)
+    for accounts in (False, True)
+}
 # The document's shape, the columns' types in the statement's order (nullable where the
 # column is): a value of another type fails the decoding, loudly.
 _PART_DOCUMENT = msgspec.json.Decoder(
@@ -292,18 +323,23 @@ _PART_DOCUMENT = msgspec.json.Decoder(
         ],
         list[tuple[int, int, datetime, str]],  # counted values: subscription, meter, start, key
         list[int],  # event ids
+        list[tuple[str, str, int]],  # accounts asked for: code, currency, id
     ]
 )
-_PART_SQL_READING = _PART_SQL.replace("<LOCK>", "")
 
 
 def _read_part(
-    events: list[tuple[int, Prepared]], *, lock_balances: bool, now: datetime
+    events: list[tuple[int, Prepared]],
+    *,
+    lock_balances: bool,
+    now: datetime,
+    accounts: Sequence[tuple[str, str]] = (),
 ) -> PartRead:
     """The subscriptions, stored twins, wallets (their balance rows locked, with
     ``lock_balances``; whether they have live and due grants at ``now``), margin overrides,
-    counters and counted distinct values of a part's events (customer id, event), and ids
-    for them: one statement, its customers' rating locks held."""
+    counters and counted distinct values of a part's events (customer id, event), ids
+    for them, and the ids of the ledger ``accounts`` (code, currency) that exist: one
+    statement, its customers' rating locks held."""
     customer_ids = sorted({cid for cid, _ in events})
     # an event's meters are its name's list (prepare.MeterSet): each list looked at once
     meter_lists = {id(p.meters): p.meters for _, p in events}
@@ -311,7 +347,7 @@ def _read_part(
     distinct = sorted({(cid, *key) for cid, p in events for key in _distinct_keys(p)})
     customers = _numeric_array(customer_ids)
     ((document,),) = execute_bound(
-        _PART_SQL_LOCKING if lock_balances else _PART_SQL_READING,
+        _PART_SQLS[lock_balances, bool(accounts)],
         [
             customers,
             now,
@@ -324,10 +360,15 @@ def _read_part(
             _numeric_array([k[1] for k in distinct]),
             _text_array([k[2] for k in distinct]),
             len(events),
+            *(
+                [_text_array([code for code, _ in accounts]), _text_array([c for _, c in accounts])]
+                if accounts
+                else []
+            ),
         ],
     )
-    subs, twins, wallets, margins, counters, seen, ids = _PART_DOCUMENT.decode(document)
-    read = PartRead({}, {}, {}, {}, {}, {}, {}, ids)
+    subs, twins, wallets, margins, counters, seen, ids, found = _PART_DOCUMENT.decode(document)
+    read = PartRead({}, {}, {}, {}, {}, {}, {}, ids, {(code, cur): id_ for code, cur, id_ in found})
     for sub in subs:
         subscription = _loaded(Subscription, SUBSCRIPTION_FIELDS, sub[:11])
         subscription.phase_starts = list(  # type: ignore[attr-defined]

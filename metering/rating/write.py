@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -107,10 +108,31 @@ def _system_account_id(code: str, currency: str) -> int:
 
 
 def _usage_account_id(customer: Customer) -> int:
-    key = (f"tokens:{customer.id}", "TOKENS")
+    key = _usage_account_key(customer.id)
     if key in _account_ids:
         return _account_ids[key]
     return _remember(key, billing_services.usage_account(customer=customer).pk)
+
+
+def _usage_account_key(customer_id: int) -> tuple[str, str]:
+    return (f"tokens:{customer_id}", "TOKENS")  # billing.services.usage_account's
+
+
+def _uncached_usage_accounts(customer_ids: Iterable[int]) -> list[tuple[str, str]]:
+    """The (code, currency) of these customers' usage accounts whose ids this process has
+    not cached: for the part's read to look up (``_read_part``), then ``_found_accounts``."""
+    keys = [_usage_account_key(customer_id) for customer_id in customer_ids]
+    return [key for key in keys if key not in _account_ids]
+
+
+def _found_accounts(found: dict[tuple[str, str], int]) -> None:
+    """Cache the ids of accounts the part's read found: rows its snapshot saw, so committed
+    (and durably: their creator committed synchronously, ``_remember``), which any thread
+    can see now. A process whose cache is cold (a new worker) thus looks a customer's usage
+    account up inside the read, not with a query of its own and a ``set_config``."""
+    if len(_account_ids) + len(found) > 100_000:
+        _account_ids.clear()
+    _account_ids.update(found)
 
 
 @dataclass

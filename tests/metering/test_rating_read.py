@@ -74,9 +74,11 @@ def test_the_part_document_decodes_exact_values():
         ' [[5, 1, "2026-04-01T05:30:00+05:30", "2026-05-01T00:00:00+00:00",'
         ' 78802.000000000000, 0.081922080000000000000000, 0.081922080000, "USD", 32, null]],'
         ' [[5, 4, "2026-04-01T00:00:00+00:00", "{\\"model\\":\\"x\\"}"]],'
-        " [101]]"
+        " [101],"
+        ' [["tokens:3", "TOKENS", 17]]]'
     )
-    subs, twins, wallets, margins, counters, seen, ids = rating_read._PART_DOCUMENT.decode(document)
+    decoded = rating_read._PART_DOCUMENT.decode(document)
+    subs, twins, wallets, margins, counters, seen, ids, accounts = decoded
     assert subs[0][4] == datetime(2026, 4, 1, tzinfo=UTC) and subs[0][8] is None
     assert str(twins[0][3]) == "0.001309680000" and str(twins[0][6]) == "0E-12"
     assert wallets[0][4] is None and str(wallets[0][5]) == "12.500000000000"
@@ -86,6 +88,7 @@ def test_the_part_document_decodes_exact_values():
     assert str(counters[0][5]) == "0.081922080000000000000000"
     assert seen == [(5, 4, datetime(2026, 4, 1, tzinfo=UTC), '{"model":"x"}')]
     assert ids == [101]
+    assert accounts == [("tokens:3", "TOKENS", 17)]
     with pytest.raises(rating_read.msgspec.ValidationError):
         rating_read._PART_DOCUMENT.decode(document.replace('"active"', "null"))
 

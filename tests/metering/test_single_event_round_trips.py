@@ -21,7 +21,9 @@ import pytest
 
 from billing import credits
 from billing.models import CreditAllocation, CreditGrant
+from ledger.models import Account
 from metering.models import Event, PeriodDistinctValue, PeriodUsage
+from metering.rating import write
 from tests.billing.conftest import ChargeSpec, iso
 from tests.metering import test_api_usage as usage_tests
 from tests.metering.test_api_usage import CHAT, DAY1, llm_body
@@ -108,6 +110,69 @@ def test_a_unique_count_event_takes_no_more_statements(
         "s:ann",
         "s:bob",
     ]
+
+
+def test_a_worker_that_has_not_cached_the_usage_account_takes_no_more_statements(
+    api, ai, sent, django_capture_on_commit_callbacks
+):
+    """A worker process caches a customer's usage (TOKENS) account id once it has seen it;
+    a new worker (or one that has not rated this customer yet) finds the account in the
+    read under the lock, not with a query of its own (and a set_config) before the
+    posting."""
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/events", llm_body("warm-up", CHAT, when=DAY1)).status_code == 201
+    account = Account.objects.get(code=f"tokens:{ai.pk}", currency="TOKENS")
+    del write._account_ids[(account.code, account.currency)]  # as in another process
+    for key in ("cold", "warm"):
+        sent.clear()
+        response = api.post("/api/v1/events", llm_body(key, CHAT, when=DAY1))
+        assert response.status_code == 201, response.json()
+        assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
+        # neither the account's query nor the set_config that caching a created one takes
+        assert not [q for q in sent if q.startswith('SELECT "ledger_account"')]
+        assert not [q for q in sent if "synchronous_commit" in q]
+        transaction = Event.objects.get(idempotency_key=key).ledger_transaction
+        assert transaction.entries.get(currency="TOKENS", amount__gt=0).account_id == account.pk
+    # cached now: the read asks for no account
+    assert write._account_ids[(account.code, account.currency)] == account.pk
+
+
+def test_a_meters_first_usage_in_the_period_takes_no_more_statements(
+    api, acme, make_meter, make_plan, sent, django_capture_on_commit_callbacks
+):
+    """The read under the lock looks up every meter's counter of the subscription's current
+    period: one it did not find does not exist yet, and is not looked up again."""
+    make_meter("calls", event_name="api.call", property="units")
+    make_meter("users", event_name="user.active", property="user", aggregation="unique_count")
+    plan = make_plan(
+        "both",
+        charges=[
+            ChargeSpec(meter="calls", unit_price=Decimal("0.01")),
+            ChargeSpec(meter="users", unit_price=Decimal(1)),
+        ],
+    )
+    usage_tests.subscribe(acme, plan)
+
+    def body(key: str, name: str, properties: dict) -> dict:
+        return {
+            "idempotency_key": key,
+            "customer": "acme",
+            "event_name": name,
+            "properties": properties,
+            "timestamp": iso(DAY1),
+        }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        warm_up = api.post("/api/v1/events", body("warm-up", "api.call", {"units": 10}))
+        assert warm_up.status_code == 201
+    sent.clear()
+    response = api.post("/api/v1/events", body("first", "user.active", {"user": "ann"}))
+    assert response.status_code == 201, response.json()
+    assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
+    # the counters of other periods are loaded by _load_counters' statement: not sent
+    assert not [q for q in sent if q.startswith("SELECT ARRAY(SELECT ROW(")]
+    assert Event.objects.get(idempotency_key="first").amount == Decimal(1)
+    assert sorted(PeriodUsage.objects.values_list("quantity", flat=True)) == [1, 10]
 
 
 # a balance plan's event drawing on a live money grant: as MAX_STATEMENTS, with the
