@@ -8,9 +8,12 @@ kept). Tests that check the production rules import the settings in a subprocess
 environment of their own.
 """
 
+import contextlib
 import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 from billing.devtools import servers
 
@@ -153,6 +156,7 @@ def pytest_sessionfinish() -> None:
     """Drop the template this worker made or used (if another worker has not yet; if another
     is copying it right now, that one drops it at its end). By psycopg itself: pytest-django
     blocks Django's database access outside tests."""
+    _close_reclaimer()
     if not _SHARED_TEMPLATES:
         return
     import psycopg
@@ -168,3 +172,162 @@ def pytest_sessionfinish() -> None:
                 )
             except psycopg.Error:
                 pass
+
+
+# --- dead rows between tests -------------------------------------------------------------
+
+_TEST_DATABASES: dict[str, str] = {}  # alias -> the test database pytest-django created
+PAGES_TO_RECLAIM = 128  # 1 MB of 8 kB pages in an empty table
+_reclaimer: Any = None  # one psycopg connection to the test database, autocommit
+_UNRECLAIMABLE: set[int] = set()
+
+
+def _record_test_databases() -> None:
+    """Remember the name of each PostgreSQL test database once created (by whichever
+    ``create_test_db`` is in place, the shared-template one above included)."""
+    from django.db.backends.postgresql.creation import DatabaseCreation
+
+    original = DatabaseCreation.create_test_db
+
+    def create_test_db(self: Any, *args: Any, **kwargs: Any) -> str:
+        name = original(self, *args, **kwargs)
+        _TEST_DATABASES[self.connection.alias] = name
+        return name
+
+    setattr(DatabaseCreation, "create_test_db", create_test_db)  # noqa: B010
+
+
+_record_test_databases()
+
+
+def _close_reclaimer() -> None:
+    global _reclaimer
+    if _reclaimer is not None:
+        with contextlib.suppress(Exception):
+            _reclaimer.close()
+        _reclaimer = None
+
+
+def _reclaim_dead_rows() -> None:
+    """Give the empty tables whose files have grown new, empty files, as a new test
+    database has.
+
+    A test's rows are rolled back and a seed's deleted, but their dead tuples stay in the
+    table and index files until a VACUUM; with autovacuum off (as on this project's shared
+    PostgreSQL) or behind, the bulk seeds of the reads-at-scale tests left 120,000 dead
+    rows in a dozen tables, every later scan of them read thousands of pages, and the
+    planner saw large tables where a fresh database has empty ones: the audit trail's
+    tests after them took 16–70 s each instead of 1–3 s. After each test, a table of the
+    test database that holds no row but whose file has reached ``PAGES_TO_RECLAIM`` pages
+    is truncated, with the (empty) tables that reference it: nothing is lost, sequences
+    go on, triggers do not fire (``session_replication_role = replica``: a superuser only,
+    as for the fast teardown above), the planner's size estimates of the tables and their
+    indexes are put back as they were (TRUNCATE resets them) and the column statistics
+    are kept (TRUNCATE keeps them). Tables that hold rows (a class's committed seed) are
+    left until they are emptied."""
+    global _reclaimer
+    if "default" not in _TEST_DATABASES:
+        return
+    import psycopg
+    from django.db import connections
+    from psycopg import sql
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return
+    try:
+        if _reclaimer is None:
+            params = {**connection.get_connection_params(), "autocommit": True}
+            params["dbname"] = _TEST_DATABASES["default"]
+            _reclaimer = psycopg.connect(**params)
+            superuser = _reclaimer.execute(
+                "SELECT current_setting('is_superuser') = 'on'"
+            ).fetchone()
+            if not (superuser and superuser[0]):
+                _TEST_DATABASES.clear()  # the fast way needs a superuser: never again
+                _close_reclaimer()
+                return
+        tables: set[int] = set()
+        dead = [
+            row[0]
+            for row in _reclaimer.execute(
+                "SELECT oid FROM pg_class WHERE relkind = 'r' AND relpersistence = 'p'"
+                " AND relnamespace = 'public'::regnamespace"
+                " AND pg_relation_size(oid) >= %s * current_setting('block_size')::int",
+                [PAGES_TO_RECLAIM],
+            ).fetchall()
+        ]
+        if not dead:
+            return
+        references = _reclaimer.execute(
+            "SELECT conrelid, confrelid FROM pg_constraint WHERE contype = 'f'"
+        ).fetchall()
+        names = {
+            oid: sql.Identifier(schema, table)
+            for oid, schema, table in _reclaimer.execute(
+                "SELECT c.oid, n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+            ).fetchall()
+        }
+        empty: dict[int, bool] = {}
+
+        def is_empty(oid: int) -> bool:
+            if oid not in empty:
+                query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(names[oid])
+                empty[oid] = _reclaimer.execute(query).fetchone()[0]
+            return empty[oid]
+
+        for table in dead:
+            if table in _UNRECLAIMABLE:
+                continue
+            group, todo = {table}, [table]
+            while todo:  # and every table that references one of them (TRUNCATE's rule)
+                referenced_table = todo.pop()
+                for referencing, referenced in references:
+                    if referenced == referenced_table and referencing not in group:
+                        group.add(referencing)
+                        todo.append(referencing)
+            if all(is_empty(oid) for oid in group):
+                tables |= group
+        if not tables:
+            return
+        with _reclaimer.transaction():
+            # A class's set-up data, uncommitted in the test's connection, looks empty from
+            # here and its locks hold the TRUNCATE off: give up at once, try again later.
+            _reclaimer.execute("SET LOCAL lock_timeout = '50ms'")
+            _reclaimer.execute("SET LOCAL session_replication_role = replica")
+            sizes = _reclaimer.execute(
+                "SELECT oid, relpages, reltuples, relallvisible FROM pg_class"
+                " WHERE oid = ANY(%(t)s) OR oid IN (SELECT indexrelid FROM pg_index"
+                " WHERE indrelid = ANY(%(t)s))",
+                {"t": sorted(tables)},
+            ).fetchall()
+            _reclaimer.execute(
+                sql.SQL("TRUNCATE {}").format(
+                    sql.SQL(", ").join(names[oid] for oid in sorted(tables))
+                )
+            )
+            with _reclaimer.cursor() as cursor:
+                cursor.executemany(
+                    "UPDATE pg_class SET relpages = %s, reltuples = %s, relallvisible = %s"
+                    " WHERE oid = %s",
+                    [(pages, tuples, visible, oid) for oid, pages, tuples, visible in sizes],
+                )
+    except psycopg.errors.LockNotAvailable:
+        pass  # a test's leftover connection holds a lock: tried again after the next test
+    except psycopg.Error:
+        # A server restarted under a test, a table TRUNCATE refuses: the files stay as they
+        # are (only slower); the tables are not tried again.
+        _UNRECLAIMABLE.update(tables)
+        _close_reclaimer()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    if nextitem is None:
+        _close_reclaimer()  # the test database is dropped in this teardown
+        return (yield)
+    try:
+        return (yield)
+    finally:
+        _reclaim_dead_rows()
