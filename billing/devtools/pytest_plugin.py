@@ -235,6 +235,7 @@ def _reclaim_dead_rows() -> None:
     connection = connections["default"]
     if connection.vendor != "postgresql":
         return
+    tables: set[int] = set()
     try:
         if _reclaimer is None:
             params = {**connection.get_connection_params(), "autocommit": True}
@@ -247,7 +248,6 @@ def _reclaim_dead_rows() -> None:
                 _TEST_DATABASES.clear()  # the fast way needs a superuser: never again
                 _close_reclaimer()
                 return
-        tables: set[int] = set()
         dead = [
             row[0]
             for row in _reclaimer.execute(
@@ -296,17 +296,20 @@ def _reclaim_dead_rows() -> None:
             # here and its locks hold the TRUNCATE off: give up at once, try again later.
             _reclaimer.execute("SET LOCAL lock_timeout = '50ms'")
             _reclaimer.execute("SET LOCAL session_replication_role = replica")
+            # Locked first, then found empty again: a row another connection (a live
+            # server's thread, a rater still running) committed since the look above stays.
+            listed = sql.SQL(", ").join(names[oid] for oid in sorted(tables))
+            _reclaimer.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(listed))
+            empty.clear()
+            if not all(is_empty(oid) for oid in tables):
+                return
             sizes = _reclaimer.execute(
                 "SELECT oid, relpages, reltuples, relallvisible FROM pg_class"
                 " WHERE oid = ANY(%(t)s) OR oid IN (SELECT indexrelid FROM pg_index"
                 " WHERE indrelid = ANY(%(t)s))",
                 {"t": sorted(tables)},
             ).fetchall()
-            _reclaimer.execute(
-                sql.SQL("TRUNCATE {}").format(
-                    sql.SQL(", ").join(names[oid] for oid in sorted(tables))
-                )
-            )
+            _reclaimer.execute(sql.SQL("TRUNCATE {}").format(listed))
             with _reclaimer.cursor() as cursor:
                 cursor.executemany(
                     "UPDATE pg_class SET relpages = %s, reltuples = %s, relallvisible = %s"

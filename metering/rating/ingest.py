@@ -18,12 +18,12 @@ from billing.models import (
     Customer,
 )
 from metering.rating import prepare
+from metering.rating.accounts import _account_ids, _found_accounts, _uncached_usage_accounts
 from metering.rating.base import EventIn, Outcome
 from metering.rating.prepare import MeterSet, Prepared, _meters, _prepare, _take_meters
 from metering.rating.rate import _rate
 from metering.rating.read import _find_customers, _read_part
 from metering.rating.terms import plan_terms
-from metering.rating.write import _account_ids, _found_accounts, _uncached_usage_accounts
 
 
 def ingest_events(

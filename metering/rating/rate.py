@@ -390,7 +390,9 @@ def _rate(
     if budget is not None:
         budget.note_refusals()
     if accepted:
-        _write(accepted, counters, outcomes, read.event_ids, hold_id, now=now)
+        _write(
+            accepted, counters, outcomes, read.event_ids, hold_id, now=now, accounts=read.accounts
+        )
 
 
 def _balance_key(wallet: WalletRow) -> Any:

@@ -2,20 +2,19 @@
 legs the sums of its events; credits drawn on the grants), then the event rows (INSERT, or
 COPY for many), the inbox's forgotten twins and the period, daily and model counters in
 one round trip (with ``MarginUsage``'s rollups). A part of one posting and few events (a
-single event) posts it in that same statement (``_write_posting_with``). Ledger account
-ids are cached here."""
+single event) posts it in that same statement (``_write_posting_with``). The accounts'
+ids are cached in ``rating.accounts``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError
 from django.utils import timezone
 
 from billing import credits
@@ -28,12 +27,12 @@ from billing.models import (
 )
 from ledger import errors as ledger_errors
 from ledger import services as ledger
-from ledger.models import NormalBalance
 from ledger.services import Leg
 from metering import errors
 from metering.models import MARGIN_SLOTS
 from metering.normalize import NormalizedUsage
 from metering.rating import budgets
+from metering.rating.accounts import _system_account_id, _usage_account_id
 from metering.rating.base import CREDITS, CREDITS_USED, REVENUE, ZERO, Outcome, ledger_round
 from metering.rating.prepare import Prepared, _path_value
 from metering.rating.read import WalletRow
@@ -72,67 +71,6 @@ def _reference(customer_id: int, key: str) -> str:
     if len(reference) > 255 or key.startswith("sha256:"):
         reference = f"usage:{customer_id}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
     return reference
-
-
-# Ledger accounts are never deleted, so their ids are cached per process — once the
-# transaction that found or created them has committed, so that no other thread is handed
-# an account it cannot see yet. (Tests, which do empty the tables, call clear_caches().)
-_account_ids: dict[tuple[str, str], int] = {}
-
-
-def _remember(key: tuple[str, str], account_id: int) -> int:
-    # The part commits synchronously, whatever its batch asked (RATING_CHUNK_EVENTS): an
-    # asynchronous commit lost in a server crash would take the account it created with
-    # it, while this process, still up, hands the lost id to every later posting. Only a
-    # cache miss pays: once per process and account.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('synchronous_commit', 'on', true)")
-
-    def remember() -> None:
-        if len(_account_ids) > 100_000:
-            _account_ids.clear()
-        _account_ids[key] = account_id
-
-    transaction.on_commit(remember)
-    return account_id
-
-
-def _system_account_id(code: str, currency: str) -> int:
-    key = (code, currency)
-    if key in _account_ids:
-        return _account_ids[key]
-    account = ledger.ensure_system_account(
-        code=code, currency=currency, normal_balance=NormalBalance.CREDIT
-    )
-    return _remember(key, account.pk)
-
-
-def _usage_account_id(customer: Customer) -> int:
-    key = _usage_account_key(customer.id)
-    if key in _account_ids:
-        return _account_ids[key]
-    return _remember(key, billing_services.usage_account(customer=customer).pk)
-
-
-def _usage_account_key(customer_id: int) -> tuple[str, str]:
-    return (f"tokens:{customer_id}", "TOKENS")  # billing.services.usage_account's
-
-
-def _uncached_usage_accounts(customer_ids: Iterable[int]) -> list[tuple[str, str]]:
-    """The (code, currency) of these customers' usage accounts whose ids this process has
-    not cached: for the part's read to look up (``_read_part``), then ``_found_accounts``."""
-    keys = [_usage_account_key(customer_id) for customer_id in customer_ids]
-    return [key for key in keys if key not in _account_ids]
-
-
-def _found_accounts(found: dict[tuple[str, str], int]) -> None:
-    """Cache the ids of accounts the part's read found: rows its snapshot saw, so committed
-    (and durably: their creator committed synchronously, ``_remember``), which any thread
-    can see now. A process whose cache is cold (a new worker) thus looks a customer's usage
-    account up inside the read, not with a query of its own and a ``set_config``."""
-    if len(_account_ids) + len(found) > 100_000:
-        _account_ids.clear()
-    _account_ids.update(found)
 
 
 @dataclass
@@ -174,6 +112,7 @@ def _usage_postings(
     costs: list[Decimal | None],
     tokens_served,
     sinks: dict[str, int],
+    accounts: dict[tuple[str, str], int],
 ) -> list[UsagePosting]:
     """The part's accepted events summed per customer into one posting each (an event with
     neither tokens nor money has nothing to post and points at no transaction); ``costs``:
@@ -208,7 +147,7 @@ def _usage_postings(
         legs = []
         if posting.tokens:
             legs += [
-                Leg(_usage_account_id(posting.customer), Decimal(posting.tokens)),
+                Leg(_usage_account_id(posting.customer, accounts), Decimal(posting.tokens)),
                 Leg(tokens_served, -Decimal(posting.tokens)),
             ]
         for (wallet_account, currency), money in sorted(posting.money.items()):
@@ -234,8 +173,16 @@ def _usage_postings(
 
 
 def _write(
-    accepted: list[Accepted], counters, outcomes, event_ids: list[int], hold_id=None, *, now=None
+    accepted: list[Accepted],
+    counters,
+    outcomes,
+    event_ids: list[int],
+    hold_id=None,
+    *,
+    now=None,
+    accounts: dict[tuple[str, str], int],
 ) -> None:
+    """``accounts``: the ledger accounts the part's read found, by (code, currency)."""
     created: dict[tuple[int, str], WalletRow] = {}
     for a in accepted:
         if a.wallet.account_id is None and a.money:
@@ -274,7 +221,7 @@ def _write(
     }
     book = credits.GrantBook.load(granting, now=now)
     costs = _costs(accepted)
-    postings = _usage_postings(accepted, event_ids, costs, tokens_served, sinks)
+    postings = _usage_postings(accepted, event_ids, costs, tokens_served, sinks, accounts)
     specs, allocations = [], []
     for posting in postings:
         parts: list[tuple[int, Decimal]] = []

@@ -23,7 +23,7 @@ from billing import credits
 from billing.models import CreditAllocation, CreditGrant
 from ledger.models import Account
 from metering.models import Event, PeriodDistinctValue, PeriodUsage
-from metering.rating import write
+from metering.rating import accounts
 from tests.billing.conftest import ChargeSpec, iso
 from tests.metering import test_api_usage as usage_tests
 from tests.metering.test_api_usage import CHAT, DAY1, llm_body
@@ -122,10 +122,11 @@ def test_a_worker_that_has_not_cached_the_usage_account_takes_no_more_statements
     with django_capture_on_commit_callbacks(execute=True):
         assert api.post("/api/v1/events", llm_body("warm-up", CHAT, when=DAY1)).status_code == 201
     account = Account.objects.get(code=f"tokens:{ai.pk}", currency="TOKENS")
-    del write._account_ids[(account.code, account.currency)]  # as in another process
+    del accounts._account_ids[(account.code, account.currency)]  # as in another process
     for key in ("cold", "warm"):
         sent.clear()
-        response = api.post("/api/v1/events", llm_body(key, CHAT, when=DAY1))
+        with django_capture_on_commit_callbacks(execute=True):  # cached once committed
+            response = api.post("/api/v1/events", llm_body(key, CHAT, when=DAY1))
         assert response.status_code == 201, response.json()
         assert len(sent) <= MAX_STATEMENTS, "\n".join(q[:120] for q in sent)
         # neither the account's query nor the set_config that caching a created one takes
@@ -134,7 +135,30 @@ def test_a_worker_that_has_not_cached_the_usage_account_takes_no_more_statements
         transaction = Event.objects.get(idempotency_key=key).ledger_transaction
         assert transaction.entries.get(currency="TOKENS", amount__gt=0).account_id == account.pk
     # cached now: the read asks for no account
-    assert write._account_ids[(account.code, account.currency)] == account.pk
+    assert accounts._account_ids[(account.code, account.currency)] == account.pk
+
+
+def test_an_account_the_read_found_is_cached_only_once_its_transaction_commits(
+    api, ai, django_capture_on_commit_callbacks
+):
+    """The read's snapshot holds rows its own transaction created and has not committed
+    (a caller's atomic block around several ratings): cached at once, another thread
+    would be handed an account it cannot see, and a rollback would leave an id that never
+    existed. The part posts with what its read found; the cache waits for the commit."""
+    with django_capture_on_commit_callbacks(execute=False):  # never committed
+        assert api.post("/api/v1/events", llm_body("first", CHAT, when=DAY1)).status_code == 201
+    account = Account.objects.get(code=f"tokens:{ai.pk}", currency="TOKENS")
+    key = (account.code, account.currency)
+    assert key not in accounts._account_ids
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = api.post("/api/v1/events", llm_body("second", CHAT, when=DAY1))
+    assert response.status_code == 201, response.json()
+    transaction = Event.objects.get(idempotency_key="second").ledger_transaction
+    assert transaction.entries.get(currency="TOKENS", amount__gt=0).account_id == account.pk
+    assert key not in accounts._account_ids  # found by the read, still uncommitted
+    for callback in callbacks:
+        callback()  # the commit
+    assert accounts._account_ids[key] == account.pk
 
 
 def test_a_meters_first_usage_in_the_period_takes_no_more_statements(
