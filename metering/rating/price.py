@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing.models import (
     Aggregation,
@@ -142,7 +142,7 @@ class Pricer:
         terms: PlanTerms,
         in_trial: bool,
         overrides: dict[int | None, Decimal],
-        rules: dict[tuple, tuple] | None = None,
+        rules: dict[tuple, _Rule] | None = None,
     ) -> None:
         """``rules``: a cache of what a Pricer resolves, shared by the Pricers of one
         rating part (its meters and plans are the same objects throughout; a part makes a
@@ -157,7 +157,7 @@ class Pricer:
             rule = _rule(meter, terms, in_trial, overrides)
             if rules is not None:
                 rules[key] = rule
-        (
+        (  # the rule's fields, in its order
             self.meter,
             self.aggregation,
             self.charge,
@@ -254,14 +254,29 @@ class Pricer:
         return worth * self.factor
 
 
+class _Rule(NamedTuple):
+    """What a Pricer of a meter under a plan's terms resolves once (``_rule``)."""
+
+    meter: Meter
+    aggregation: str
+    charge: ChargeTerms | None
+    included: Decimal  # the charge's included quantity
+    units_per_credit: Decimal
+    kinds: tuple[str, ...]  # the catalog's kinds the meter's property sums
+    token_fields: tuple[str, ...]  # their token fields
+    factor: Decimal  # 1 + the margin
+    how: int  # FREE, IN_CREDITS, FROM_CATALOG or BY_WORTH
+    tokens_of: Callable[[Any], tuple]
+    worths_of: Callable[[Any], tuple]
+    adds: bool  # a sum or count adds the reading (the common step)
+    latest: bool  # the latest reading is kept
+    one_token_field: str | None  # one token kind, read alone
+    one_kind: str | None
+
+
 def _rule(
     meter: Meter, terms: PlanTerms, in_trial: bool, overrides: dict[int | None, Decimal]
-) -> tuple:
-    """What a Pricer of ``meter`` under ``terms`` resolves once, in ``Pricer.__init__``'s
-    order: the meter, its aggregation, the charge, the included quantity, the units per
-    credit, the catalog's kinds and token fields, the margin's factor, how it prices, the
-    getters of the tokens and worths, whether a step adds the reading, whether it keeps the
-    latest, and the one token field and kind when there is one."""
+) -> _Rule:
     charge = terms.charges.get(meter.pk)
     kinds: tuple[str, ...] = ()
     token_fields: tuple[str, ...] = ()
@@ -279,23 +294,22 @@ def _rule(
     else:
         how = BY_WORTH
     aggregation = meter.aggregation
-    return (
-        meter,
-        aggregation,
-        charge,
-        charge.included_quantity if charge is not None else ZERO,
-        terms.units_per_credit or ZERO,
-        kinds,
-        token_fields,
-        factor,
-        how,
-        _values_of(token_fields),
-        _values_of(kinds),
-        # a sum or count adds the reading (the common step); one token kind, read alone
-        aggregation in (Aggregation.SUM, Aggregation.COUNT),
-        aggregation == Aggregation.LATEST,
-        token_fields[0] if len(token_fields) == 1 else None,
-        kinds[0] if len(kinds) == 1 else None,
+    return _Rule(
+        meter=meter,
+        aggregation=aggregation,
+        charge=charge,
+        included=charge.included_quantity if charge is not None else ZERO,
+        units_per_credit=terms.units_per_credit or ZERO,
+        kinds=kinds,
+        token_fields=token_fields,
+        factor=factor,
+        how=how,
+        tokens_of=_values_of(token_fields),
+        worths_of=_values_of(kinds),
+        adds=aggregation in (Aggregation.SUM, Aggregation.COUNT),
+        latest=aggregation == Aggregation.LATEST,
+        one_token_field=token_fields[0] if len(token_fields) == 1 else None,
+        one_kind=kinds[0] if len(kinds) == 1 else None,
     )
 
 

@@ -33,7 +33,7 @@ from metering.rating.base import (
     Outcome,
 )
 from metering.rating.prepare import COUNTED, ONE, Prepared, _quantity, fast_reading
-from metering.rating.price import Counter, Pricer, _distinct_key
+from metering.rating.price import Counter, Pricer, _distinct_key, _Rule
 from metering.rating.read import PartRead, WalletRow, _load_counters, _wallets
 from metering.rating.terms import (
     PlanTerms,
@@ -290,7 +290,7 @@ def _rate(
     spending: dict[Any, list[Any]] = {}
     # One Pricer per counter and plan: what prices the counter's events, resolved once.
     pricers: dict[tuple[int, int, datetime, int], Pricer] = {}
-    rules: dict[tuple, tuple] = {}  # what the Pricers resolve, per meter and plan
+    rules: dict[tuple, _Rule] = {}  # what the Pricers resolve, per meter and plan
     for customer, subscription, p, terms, period_start, _, in_trial, readings in placed:
         customer_id = customer.id
         event_key = (customer_id, p.source.idempotency_key)
