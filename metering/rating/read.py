@@ -204,6 +204,9 @@ class PartRead:
 # costs, so it keeps the generic one and stops planning the statement on every execution
 # (given the arrays themselves, it never did: each custom plan, sized to its arrays,
 # looked cheaper than the generic one; planning took twice as long as executing).
+# The events' sequence is looked up once, by an InitPlan, not for every id drawn:
+# ``nextval(pg_get_serial_sequence(…))`` looked it up in the catalog per row, 6.2 µs an
+# id against 1.4 (measured 2026-12-07, 25,200 ids; a part of 250 events: 1.2 ms less).
 _PART_SQL = """
 WITH subs AS MATERIALIZED (
     SELECT s.id, s.customer_id, s.plan_id, s.status, s.started_at, s.billing_anchor,
@@ -269,7 +272,7 @@ SELECT json_build_array(
                      WHERE d.subscription_id = s.id AND d.meter_id = k.meter_id
                        AND d.period_start = s.current_period_start AND d.value = k.value
                     OFFSET 0) AS d),
-       ARRAY(SELECT nextval(pg_get_serial_sequence('metering_event', 'id'))
+       ARRAY(SELECT nextval((SELECT pg_get_serial_sequence('metering_event', 'id'))::regclass)
                FROM generate_series(1, (SELECT %s::int))),
        <ACCOUNTS>)::text
 """.replace("<COUNTERS>", COUNTER_COLUMNS)
