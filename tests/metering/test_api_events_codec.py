@@ -134,3 +134,117 @@ def test_the_properties_text_holds_what_json_dumps_wrote(properties):
     else:
         assert text is not None
         assert json.loads(text) == json.loads(old)
+
+
+def _variants() -> list[object]:
+    """Events that parse_event takes and events it refuses, one field varied at a time."""
+    base = {
+        "idempotency_key": "k1",
+        "customer": "acme",
+        "event_name": "llm.completion",
+        "timestamp": "2026-11-23T12:00:00Z",
+        "properties": {"model": "gpt-4o", "n": 1},
+    }
+    texts: list[object] = [
+        "",
+        " ",
+        "\u3000",
+        "\x1c",
+        " a ",
+        "a\x00",
+        "x" * 200,
+        "x" * 201,
+        "x" * 255,
+        "x" * 256,
+        None,
+        1,
+        ["a"],
+        {"a": 1},
+        True,
+    ]
+    stamps: list[object] = [
+        "2026-11-23T12:00:00z",
+        "2026-11-23t12:00:00+02:00",
+        "2026-11-23 12:00:00-05:30",
+        "2026-11-23T12:00:00.123456789Z",
+        "2026-11-23T12:00:00.1Z",
+        "2026-11-23T12:00:00",
+        "2026-11-23",
+        "1999-12-31T23:59:59Z",
+        "2026-13-01T00:00:00Z",
+        "2026-11-23T12:00:00+24:00",
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+00:01",
+        None,
+        1,
+        "",
+    ]
+    variants: list[object] = [base, {}, [], "event", None, {**base, "extra": 1}]
+    for name in ("idempotency_key", "customer", "event_name", "project"):
+        variants += [{**base, name: text} for text in texts]
+        variants.append({k: v for k, v in base.items() if k != name})
+    variants += [{**base, "timestamp": stamp} for stamp in stamps]
+    variants += [{k: v for k, v in base.items() if k != "timestamp"}]
+    properties: tuple[object, ...] = (
+        None,
+        [],
+        "x",
+        1,
+        {},
+        {"big": "x" * MAX_PROPERTIES_BYTES},
+        {"a": [1, {"b": None}]},
+    )
+    variants += [{**base, "properties": value} for value in properties]
+    variants.append({k: v for k, v in base.items() if k != "properties"})
+    return variants
+
+
+def test_the_plain_reading_of_an_event_takes_only_what_parse_event_takes_and_alike():
+    """``_plain_event`` (a batch's fast path) answers None or exactly parse_event's event;
+    timestamps remembered across events change nothing."""
+    from datetime import UTC, datetime
+
+    from billing.api.errors import APIError
+    from metering.api.ingest import _plain_event, parse_event
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    moments: dict = {}
+    taken = 0
+    for raw in _variants() * 2:
+        try:
+            expected = parse_event(raw, now=now)
+        except APIError:
+            expected = None
+        plain = _plain_event(raw, now, moments)
+        if plain is not None:
+            assert plain == expected, raw
+            taken += 1
+    assert taken > 40  # the fast path is the usual one
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "-0",
+        "0E-20",
+        "1E-7",
+        "-1E-7",
+        "0.000001",
+        "0.0000009999999999",
+        "12.5",
+        "-3",
+        "123456789012345.123456789012",
+        "1E+10",
+        "0.0000000000005",
+        "0.0000000000015",
+    ],
+)
+def test_an_amount_is_written_with_the_ledger_s_twelve_places(value):
+    from decimal import Decimal
+
+    from metering import rating
+    from metering.api.ingest import _money
+
+    amount = Decimal(value)
+    assert _money(amount) == format(amount.quantize(rating.LEDGER_QUANTUM), "f")
