@@ -555,13 +555,18 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
         return "", "{}"
     group_by = tuple(meter.group_by)
     properties, usage = p.source.properties, p.usage
-    raw = tuple([_path_value(properties, usage, path) for path in group_by])
     # Values that are all text (or absent) render as themselves: looked up by them, before
     # anything is built (a part's events repeat a few). Any other kind (a number, a list)
     # is rendered first and looked up by its rendering: 1, 1.0 and True are one dict key.
-    plain = all(value is None or type(value) is str for value in raw)
+    if len(group_by) == 1:  # the usual case (by model, say), without a loop
+        value = _path_value(properties, usage, group_by[0])
+        raw: tuple[Any, ...] = (value,)
+        plain = value is None or type(value) is str
+    else:
+        raw = tuple([_path_value(properties, usage, path) for path in group_by])
+        plain = all(value is None or type(value) is str for value in raw)
     if plain:
-        rendered = known.get((group_by, raw))
+        rendered = known.get((_AS_TEXT, group_by, raw))
         if rendered is not None:
             return rendered
     dims = {}
@@ -577,8 +582,12 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
             key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         rendered = known[values] = (key, json.dumps(dims))
     if plain:
-        known[(group_by, raw)] = rendered
+        known[(_AS_TEXT, group_by, raw)] = rendered
     return rendered
+
+
+# Tags ``known``'s keys by text values (its other keys are tuples of (path, text) pairs).
+_AS_TEXT = object()
 
 
 def _upsert_daily(accepted: list[Accepted], days: list[date]) -> Statement | None:
