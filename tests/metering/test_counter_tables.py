@@ -34,10 +34,12 @@ def test_daily_dimensions_render_each_value_as_its_text_whatever_its_kind():
     sorted JSON, absent as null), keyed by their compact JSON: looked up by the values
     themselves when they are text, so 1, 1.0 and True, equal as dict keys, still render as
     "1", "1.0" and "True", in whatever order a part meets them."""
-    from types import SimpleNamespace
+    from datetime import UTC, datetime
 
     from billing.models import Meter
     from metering.rating import write as rating_write
+    from metering.rating.base import EventIn
+    from metering.rating.prepare import Prepared
 
     meter = Meter(group_by=["region", "tier"])
     cases = [
@@ -55,9 +57,9 @@ def test_daily_dimensions_render_each_value_as_its_text_whatever_its_kind():
     ]
     known: dict = {}
     for value, region in cases:
-        source = SimpleNamespace(properties={"region": value, "tier": "x"})
-        key, dims = rating_write._dimensions(
-            meter, SimpleNamespace(source=source, usage=None), known
-        )
+        properties = {"region": value, "tier": "x"}
+        at = datetime(2026, 5, 1, tzinfo=UTC)
+        p = Prepared(index=0, source=EventIn("k", "c", "e", at, properties))
+        key, dims = rating_write._dimensions(meter, p, known)
         assert key == '{"region":' + region + ',"tier":"x"}', value
         assert json.loads(dims) == json.loads(key)
