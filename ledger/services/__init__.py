@@ -3,7 +3,8 @@
     spec        to_amount, Leg, debit, credit, TransactionSpec: a posting described
     accounts    create_account, ensure_system_account, set_overdraft;
                 LockedBalance, can_spend, read_balances, lock_balances
-    posting     post_transaction, post_transactions (bulk, all-or-nothing);
+    posting     post_transaction, post_transactions (bulk, all-or-nothing),
+                post_transactions_for_ids (the same, answering ids, not instances);
                 posting_ctes (a posting embedded in a caller's statement), raise_refusal,
                 replayed
     reversal    reverse_transaction
@@ -38,9 +39,11 @@ from ledger.services.holds import (
     settle_hold_with,
 )
 from ledger.services.posting import (
+    Posted,
     PostingCtes,
     post_transaction,
     post_transactions,
+    post_transactions_for_ids,
     posting_ctes,
     raise_refusal,
     replayed,
@@ -54,6 +57,7 @@ __all__ = [
     "ZERO",
     "LockedBalance",
     "can_spend",
+    "Posted",
     "PostingCtes",
     "create_account",
     "credit",
@@ -65,6 +69,7 @@ __all__ = [
     "place_hold",
     "post_transaction",
     "post_transactions",
+    "post_transactions_for_ids",
     "posting_ctes",
     "raise_refusal",
     "replayed",

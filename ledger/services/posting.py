@@ -25,9 +25,9 @@ from ledger.services.spec import Leg, TransactionSpec
 
 
 @dataclass(frozen=True, slots=True)
-class _Posted:
+class Posted:
     """What the database hands back for one transaction it posted, or found posted before
-    under its reference (``replayed``)."""
+    under its reference (``replayed``): ``post_transactions_for_ids``' answer."""
 
     transaction_id: int
     effective_at: datetime
@@ -229,7 +229,7 @@ def _post_one_params(spec: TransactionSpec, payload_hash: str) -> dict[str, Any]
     return params
 
 
-def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _Posted | None:
+def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> Posted | None:
     """The new transaction, or None for a replay."""
     db.ensure_connection()
     params = _post_one_params(spec, payload_hash)
@@ -242,7 +242,7 @@ def _post_one_statement(db: Any, spec: TransactionSpec, payload_hash: str) -> _P
         try:
             cursor.execute(_post_one_sql(len(spec.legs)), params, prepare=True)
             row = cursor.fetchone()
-            return None if row is None else _Posted(*row)
+            return None if row is None else Posted(*row)
         finally:
             cursor.close()
 
@@ -440,7 +440,7 @@ def _post_single(spec: TransactionSpec, *, savepoint: bool = True) -> LedgerTran
 _TRANSACTION_FIELDS = [f.attname for f in LedgerTransaction._meta.concrete_fields]
 
 
-def _call_post_function(payload: str) -> dict[int, _Posted]:
+def _call_post_function(payload: str) -> dict[int, Posted]:
     """The posting function on ``payload`` (TransactionSpec.as_json documents): each
     transaction by its index in the payload, from 1."""
     with connection.cursor() as cursor:
@@ -450,7 +450,7 @@ def _call_post_function(payload: str) -> dict[int, _Posted]:
                 "FROM ledger_post_transactions_bulk(%s::jsonb)",
                 [payload],
             )
-            return {index: _Posted(*posted) for index, *posted in cursor.fetchall()}
+            return {index: Posted(*posted) for index, *posted in cursor.fetchall()}
         except DatabaseError as exc:
             _raise_ledger_error(exc)
 
@@ -470,17 +470,7 @@ def post_transactions(
         raise errors.InvalidTransaction("nothing to post")
     if len(transactions) == 1 and _one_statement_applies(transactions[0]):
         return [_post_single(transactions[0], savepoint=savepoint)]
-    documents = [spec.as_json() for spec in transactions]
-    payload = json.dumps(documents)
-    if connection.in_atomic_block and savepoint:
-        # Inside the caller's transaction: a savepoint, so that a refused posting leaves
-        # the caller's transaction usable and changes nothing.
-        with transaction.atomic():
-            rows = _call_post_function(payload)
-    else:
-        # On its own: the posting function is one statement, and a statement in autocommit
-        # is atomic by itself. One round trip instead of three (BEGIN, SELECT, COMMIT).
-        rows = _call_post_function(payload)
+    documents, rows = _post_by_function(transactions, savepoint=savepoint)
     replayed_ids = [row.transaction_id for row in rows.values() if row.replayed]
     originals = LedgerTransaction.objects.in_bulk(replayed_ids) if replayed_ids else {}
     result = []
@@ -503,3 +493,36 @@ def post_transactions(
         posted.replayed = row.replayed
         result.append(posted)
     return result
+
+
+def post_transactions_for_ids(
+    *, transactions: Sequence[TransactionSpec], savepoint: bool = True
+) -> list[Posted]:
+    """``post_transactions``, the same postings and refusals, for a caller that needs only
+    what the database handed back of each transaction (its id, times and whether it was a
+    replay), not a ``Transaction`` instance: rating posts about 50 transactions a part, and
+    building their instances cost more than the rest of the call's Python (20 µs each)."""
+    if not transactions:
+        raise errors.InvalidTransaction("nothing to post")
+    if len(transactions) == 1 and _one_statement_applies(transactions[0]):
+        posted = _post_single(transactions[0], savepoint=savepoint)
+        return [Posted(posted.pk, posted.effective_at, posted.recorded_at, posted.replayed)]
+    _, rows = _post_by_function(transactions, savepoint=savepoint)
+    return [rows[index] for index in range(1, len(transactions) + 1)]
+
+
+def _post_by_function(
+    transactions: Sequence[TransactionSpec], *, savepoint: bool
+) -> tuple[list[dict[str, Any]], dict[int, Posted]]:
+    """The transactions posted by one call of the posting function: their documents
+    (``TransactionSpec.as_json``) and what the function handed back, by index from 1."""
+    documents = [spec.as_json() for spec in transactions]
+    payload = json.dumps(documents)
+    if connection.in_atomic_block and savepoint:
+        # Inside the caller's transaction: a savepoint, so that a refused posting leaves
+        # the caller's transaction usable and changes nothing.
+        with transaction.atomic():
+            return documents, _call_post_function(payload)
+    # On its own: the posting function is one statement, and a statement in autocommit
+    # is atomic by itself. One round trip instead of three (BEGIN, SELECT, COMMIT).
+    return documents, _call_post_function(payload)

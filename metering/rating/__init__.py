@@ -40,7 +40,8 @@ How a batch is rated
    ``TOKENS`` (customer's usage account debited, ``@TokensServed`` credited) and, per
    currency, a money leg (wallet debited, ``@Revenue`` — or ``@CreditsUsed`` on a credits
    plan — credited); a credits debit is drawn on the grants once, for the sum. All of a
-   part's transactions are posted by one ``ledger.services.post_transactions`` call; then
+   part's transactions are posted by one ``ledger.services.post_transactions_for_ids`` call
+   (``post_transactions``, answering ids, not Transaction instances); then
    one statement writes the event rows (a part of one posting and few events — a single
    event — embeds the posting in that statement: ``ledger.services.posting_ctes``), each
    with its own exact amount, cost, tokens and catalog price version and the id of its

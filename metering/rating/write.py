@@ -118,14 +118,17 @@ def _usage_postings(
     neither tokens nor money has nothing to post and points at no transaction); ``costs``:
     each event's provider cost to the ledger's places (``_costs``)."""
     postings: dict[int, UsagePosting] = {}
+    posting = None  # the last event's: a part's events come customer by customer
     for event_id, a, cost in zip(event_ids, accepted, costs, strict=True):
-        p, money = a.p, a.money
-        tokens = p.usage.total_tokens if p.usage is not None else 0
+        money, usage, source = a.money, a.p.usage, a.p.source
+        tokens = usage.total_tokens if usage is not None else 0
         if not tokens and not money:
             continue
-        posting = postings.get(a.customer.id)
-        if posting is None:
-            posting = postings[a.customer.id] = UsagePosting(a.customer, p.source.idempotency_key)
+        customer = a.customer
+        if posting is None or posting.customer is not customer:
+            posting = postings.get(customer.id)
+            if posting is None:
+                posting = postings[customer.id] = UsagePosting(customer, source.idempotency_key)
         posting.event_ids.append(event_id)
         posting.tokens += tokens
         if money:
@@ -134,11 +137,12 @@ def _usage_postings(
             posting.money[key] = posting.money.get(key, ZERO) + money
         if cost is not None:
             posting.cost += cost
-        if p.usage is not None:
-            posting.models.add((p.usage.provider, p.usage.model))
-        posting.names.add(p.source.event_name)
-        if posting.effective_at is None or p.source.timestamp > posting.effective_at:
-            posting.effective_at = p.source.timestamp
+        if usage is not None:
+            posting.models.add((usage.provider, usage.model))
+        posting.names.add(source.event_name)
+        timestamp = source.timestamp
+        if posting.effective_at is None or timestamp > posting.effective_at:
+            posting.effective_at = timestamp
     result = []
     for posting in postings.values():
         # Amounts here are exact already (whole tokens; money rounded to the ledger's 12
@@ -245,21 +249,28 @@ def _write(
             transaction_ids[event_id] = POSTING_ID  # the posting's, once the write is done
     else:
         try:
+            # (transaction id, replayed) of each posting
+            posted: list[tuple[int, bool]] = []
             if hold_id is not None:
                 settled = ledger.settle_hold_with(hold_id=hold_id, spec=specs[0] if specs else None)
-                posted = [settled] if settled is not None else []
+                if settled is not None:
+                    posted = [(settled.pk, getattr(settled, "replayed", False))]
             elif specs:
-                # No savepoint: any error here abandons the part's whole transaction.
-                posted = ledger.post_transactions(transactions=specs, savepoint=False)
-            else:
-                posted = []
+                # No savepoint: any error here abandons the part's whole transaction. Ids,
+                # not Transaction instances: nothing here reads more of them.
+                posted = [
+                    (t.transaction_id, t.replayed)
+                    for t in ledger.post_transactions_for_ids(transactions=specs, savepoint=False)
+                ]
         except ledger_errors.ReferenceReused as error:
             raise errors.InvalidEvent(str(error), param="idempotency_key") from None
-        for posting, parts, t in zip(postings, allocations, posted, strict=True):
+        for posting, parts, (transaction_id, replayed) in zip(
+            postings, allocations, posted, strict=True
+        ):
             for event_id in posting.event_ids:
-                transaction_ids[event_id] = t.pk
-            if parts and not getattr(t, "replayed", False):
-                book.record(t.pk, parts, AllocationKind.USAGE)
+                transaction_ids[event_id] = transaction_id
+            if parts and not replayed:
+                book.record(transaction_id, parts, AllocationKind.USAGE)
         book.save()
     event_rows, answers = _event_rows(event_ids, accepted, costs, transaction_ids, outcomes)
     # Duplicates inside the batch point at the accepted twin.
@@ -542,9 +553,24 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
     a part's events have few distinct ones (a model name, say), and JSON costs."""
     if not meter.group_by:
         return "", "{}"
+    group_by = tuple(meter.group_by)
+    properties, usage = p.source.properties, p.usage
+    # Values that are all text (or absent) render as themselves: looked up by them, before
+    # anything is built (a part's events repeat a few). Any other kind (a number, a list)
+    # is rendered first and looked up by its rendering: 1, 1.0 and True are one dict key.
+    if len(group_by) == 1:  # the usual case (by model, say), without a loop
+        value = _path_value(properties, usage, group_by[0])
+        raw: tuple[Any, ...] = (value,)
+        plain = value is None or type(value) is str
+    else:
+        raw = tuple([_path_value(properties, usage, path) for path in group_by])
+        plain = all(value is None or type(value) is str for value in raw)
+    if plain:
+        rendered = known.get((_AS_TEXT, group_by, raw))
+        if rendered is not None:
+            return rendered
     dims = {}
-    for path in meter.group_by:
-        value = _path_value(p.source.properties, p.usage, path)
+    for path, value in zip(group_by, raw, strict=True):
         if isinstance(value, dict | list):
             value = json.dumps(value, sort_keys=True, default=str)
         dims[path] = None if value is None else (value if isinstance(value, str) else str(value))
@@ -555,25 +581,35 @@ def _dimensions(meter: Meter, p: Prepared, known: dict[tuple, tuple[str, str]]) 
         if len(key) > 200:  # the column holds 500; long values are keyed by their hash
             key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         rendered = known[values] = (key, json.dumps(dims))
+    if plain:
+        known[(_AS_TEXT, group_by, raw)] = rendered
     return rendered
+
+
+# Tags ``known``'s keys by text values (its other keys are tuples of (path, text) pairs).
+_AS_TEXT = object()
 
 
 def _upsert_daily(accepted: list[Accepted], days: list[date]) -> Statement | None:
     totals: dict[tuple, list] = {}
     known: dict[tuple, tuple[str, str]] = {}
+    # each meter's group_by as a tuple (its meters share them), by the meter's id
+    groups: dict[int, tuple[str, ...]] = {}
     for a, day in zip(accepted, days, strict=True):
         subscription_id, customer_id = a.subscription.id, a.customer.id
-        of_event: dict[tuple[str, ...], tuple[str, str]] = {}  # by group_by: meters share them
+        period_start = a.period_start
+        # the event's rendering of the group_by last seen: its meters share one, mostly
+        last_group: tuple[str, ...] | None = None
+        key_text, dims = "", "{}"
         for meter, quantity_delta, included_delta, amount_delta in a.moves:
-            if meter.group_by:
-                group_by = tuple(meter.group_by)
-                rendered = of_event.get(group_by)
-                if rendered is None:
-                    rendered = of_event[group_by] = _dimensions(meter, a.p, known)
-                key_text, dims = rendered
-            else:
-                key_text, dims = "", "{}"
-            key = (subscription_id, customer_id, meter.id, a.period_start, day, key_text)
+            meter_id = meter.id
+            group_by = groups.get(meter_id)
+            if group_by is None:
+                group_by = groups[meter_id] = tuple(meter.group_by or ())
+            if group_by != last_group:
+                last_group = group_by
+                key_text, dims = _dimensions(meter, a.p, known) if group_by else ("", "{}")
+            key = (subscription_id, customer_id, meter_id, period_start, day, key_text)
             entry = totals.get(key)
             if entry is None:
                 totals[key] = [dims, quantity_delta, included_delta, amount_delta, a.currency, 1]

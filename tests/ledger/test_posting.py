@@ -243,6 +243,40 @@ def test_bulk_posting_is_all_or_nothing(world, revenue, make_wallet):
     assert [t.id for t in replayed] == [t.id for t in posted]
 
 
+def test_posting_for_ids_answers_what_was_posted_and_replays(world, revenue, make_wallet):
+    """``post_transactions_for_ids`` posts as ``post_transactions`` does (one transaction by
+    the statement, several by the function) and answers each one's id, times and whether it
+    was a replay, in the caller's order; a reference reused with other legs is refused."""
+    wallet = make_wallet("10")
+    specs = [
+        services.TransactionSpec(
+            reference=unique("ids"),
+            legs=[services.debit(wallet, amount), services.credit(revenue, amount)],
+        )
+        for amount in ("1", "2")
+    ]
+    for batch in (specs[:1], specs):
+        posted = services.post_transactions_for_ids(transactions=batch)
+        stored = Transaction.objects.in_bulk([p.transaction_id for p in posted])
+        assert [stored[p.transaction_id].reference for p in posted] == [s.reference for s in batch]
+        assert [p.recorded_at for p in posted] == [
+            stored[p.transaction_id].recorded_at for p in posted
+        ]
+        assert [p.replayed for p in posted] == [s is specs[0] and batch is specs for s in batch]
+    assert selectors.get_balance(account=wallet).posted == Decimal("7")
+    again = services.post_transactions(transactions=specs)
+    assert [t.id for t in again] == [p.transaction_id for p in posted]
+    assert all(t.replayed for t in again)
+    reused = services.TransactionSpec(
+        reference=specs[0].reference,
+        legs=[services.debit(wallet, "3"), services.credit(revenue, "3")],
+    )
+    with pytest.raises(errors.ReferenceReused):
+        services.post_transactions_for_ids(transactions=[reused])
+    with pytest.raises(errors.ReferenceReused):
+        services.post_transactions_for_ids(transactions=[reused, specs[1]])
+
+
 def test_bulk_with_a_duplicate_reference_is_refused(world, make_wallet):
     wallet = make_wallet(0)
     spec = services.TransactionSpec(

@@ -112,3 +112,48 @@ def test_loaded_instances_keep_their_fields_whatever_the_order():
         "USD",
         "prepaid",
     )
+
+
+def test_loaded_instances_are_what_from_db_builds():
+    """``_loaded`` puts the values straight into the instance: the same fields, values,
+    deferred fields and state as ``Model.from_db`` gives (what a queryset's ``.only()``
+    builds), a deferred field still read from the database when asked for."""
+    names = rating_read.SUBSCRIPTION_FIELDS
+    at = datetime(2026, 4, 1, tzinfo=UTC)
+    values = [5, 3, 7, "active", at, at, at, at, None, None, False]
+    fast = rating_read._loaded(Subscription, names, values)
+    order = rating_read._field_order(Subscription, names)
+    slow = Subscription.from_db("default", names, [values[i] for i in order])
+    assert {k: v for k, v in fast.__dict__.items() if k != "_state"} == {
+        k: v for k, v in slow.__dict__.items() if k != "_state"
+    }
+    assert fast.get_deferred_fields() == slow.get_deferred_fields()
+    assert (fast._state.adding, fast._state.db) == (slow._state.adding, slow._state.db)
+    assert fast == slow
+
+
+def test_loaded_instances_run_init_when_someone_listens():
+    """A receiver of the model's init signals gets its call: ``_loaded`` builds the
+    instance by ``Model.from_db`` then, as a queryset would."""
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance)
+
+    post_init.connect(receiver, sender=Customer)
+    try:
+        customer = rating_read._loaded(
+            Customer, rating_read.CUSTOMER_FIELDS, [1, "x", "X", "USD", "prepaid"]
+        )
+    finally:
+        post_init.disconnect(receiver, sender=Customer)
+    assert seen == [customer] and customer.external_id == "x"
+    assert (
+        rating_read._loaded(
+            Customer, rating_read.CUSTOMER_FIELDS, [2, "y", "Y", "USD", "prepaid"]
+        ).external_id
+        == "y"
+    )
+    assert len(seen) == 1
