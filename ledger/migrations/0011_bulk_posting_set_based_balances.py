@@ -23,6 +23,13 @@ the lookup of every transaction again by reference to return it 38 ms). Now:
 Same contract, errors (codes and messages, checked in the same order) and lock order:
 transaction rows in reference order, then owned balances in account-id order, then a free
 bucket per hot account.
+
+Measured (same seed, bench/ingest_cpu.py, 20 batches of 1,000 after 2 of warm-up, quiet
+2-core machine, pg_stat_statements): the function 594 ms before, 421 ms after (the owned
+balances 111 ms in 8,732 UPDATEs before; the lock 34 ms and the UPDATE 34 ms in 88 each
+after); PostgreSQL CPU per event (/proc, six alternating pairs of 30 batches) 0.1156 ms
+before, 0.1110 ms after on average (-4 %). Direct calls of 50 transactions of four legs:
+the backend's CPU per call 6.0-7.0 ms before, 4.8-5.0 ms after.
 """
 
 from importlib import import_module
