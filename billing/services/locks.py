@@ -16,13 +16,21 @@ from django.db import connection
 PLAN_VERSION_LOCK = 4243  # (namespace, hashtext(plan code)): publish_plan
 
 
-def lock_customer_usage(customer_ids: list[int], *, wait_for_flush: bool = True) -> None:
+def lock_customer_usage(
+    customer_ids: list[int],
+    *,
+    wait_for_flush: bool = True,
+    settings: tuple[tuple[str, str], ...] = (),
+) -> None:
     """Take the usage locks of these customers, in id order, until the transaction ends.
 
     With ``wait_for_flush=False`` the transaction also commits without waiting for its WAL
     to reach the disk (``synchronous_commit`` off for it alone, set in the same statement):
-    for a batch's parts before its last, whose synchronous commit flushes them all."""
-    setting = "" if wait_for_flush else "set_config('synchronous_commit', 'off', true), "
+    for a batch's parts before its last, whose synchronous commit flushes them all.
+    ``settings``: other (name, value) settings for the rest of the transaction alone, set
+    in the same statement (rating's planner costs: metering.rating.sql)."""
+    pairs = settings if wait_for_flush else (("synchronous_commit", "off"), *settings)
+    setting = "".join(f"set_config('{name}', '{value}', true), " for name, value in pairs)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {setting}pg_advisory_xact_lock(s.id) FROM "

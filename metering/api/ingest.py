@@ -39,12 +39,23 @@ INGEST = {"POST": "ingest"}
 # --- serializers --------------------------------------------------------------------------------
 
 
+# The longest each text field of an event may be: parse_event's limits, and _plain_event's
+# (the serializers that document them say the same).
+KEY_MAX_LENGTH = 255
+NAME_MAX_LENGTH = 200
+
+
 class EventSerializer(StrictSerializer):
     idempotency_key = serializers.CharField(
-        max_length=255, help_text="Unique per customer: a retry with the same key is charged once."
+        max_length=KEY_MAX_LENGTH,
+        help_text="Unique per customer: a retry with the same key is charged once.",
     )
-    customer = serializers.CharField(max_length=200, help_text="The customer's external_id.")
-    event_name = serializers.CharField(max_length=200, help_text="Meters read events by name.")
+    customer = serializers.CharField(
+        max_length=NAME_MAX_LENGTH, help_text="The customer's external_id."
+    )
+    event_name = serializers.CharField(
+        max_length=NAME_MAX_LENGTH, help_text="Meters read events by name."
+    )
     timestamp = serializers.DateTimeField(
         required=False, help_text="RFC 3339 with an offset; default now. Not in the future."
     )
@@ -55,7 +66,7 @@ class EventSerializer(StrictSerializer):
         "`usage` object (OpenAI, Anthropic, Gemini …), normalised to token kinds.",
     )
     project = serializers.CharField(
-        max_length=200,
+        max_length=NAME_MAX_LENGTH,
         required=False,
         help_text="The key of one of the customer's projects (created first: POST "
         "/customers/{external_id}/projects): the event is charged to its budget, and refused "
@@ -195,9 +206,9 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
         )
     if not raw.keys() <= EVENT_FIELDS:  # a typo is refused, not ignored (StrictSerializer)
         raise _unknown_event_field(raw, prefix)
-    key = _text(raw, "idempotency_key", 255, prefix)
-    customer = _text(raw, "customer", 200, prefix)
-    event_name = _text(raw, "event_name", 200, prefix)
+    key = _text(raw, "idempotency_key", KEY_MAX_LENGTH, prefix)
+    customer = _text(raw, "customer", NAME_MAX_LENGTH, prefix)
+    event_name = _text(raw, "event_name", NAME_MAX_LENGTH, prefix)
     timestamp = raw.get("timestamp")
     moment: datetime | None
     if timestamp is None:
@@ -234,7 +245,7 @@ def parse_event(raw: object, *, prefix: str = "", now: datetime | None = None) -
             f"properties may hold at most {MAX_PROPERTIES_BYTES} bytes of JSON",
             param=f"{prefix}properties",
         )
-    project = _text(raw, "project", 200, prefix) if "project" in raw else None
+    project = _text(raw, "project", NAME_MAX_LENGTH, prefix) if "project" in raw else None
     return rating.EventIn(
         key,
         customer,
@@ -277,9 +288,9 @@ def _plain_event(raw: object, now: datetime, moments: dict[str, datetime]) -> ra
         type(key) is not str
         or type(customer) is not str
         or type(event_name) is not str
-        or not 0 < len(key) <= 255
-        or not 0 < len(customer) <= 200
-        or not 0 < len(event_name) <= 200
+        or not 0 < len(key) <= KEY_MAX_LENGTH
+        or not 0 < len(customer) <= NAME_MAX_LENGTH
+        or not 0 < len(event_name) <= NAME_MAX_LENGTH
         # "may not be blank" is ``not value.strip()``: for a non-empty value, isspace()
         or key.isspace()
         or customer.isspace()
@@ -316,7 +327,7 @@ def _plain_event(raw: object, now: datetime, moments: dict[str, datetime]) -> ra
     if project is not None or "project" in raw:
         if (
             type(project) is not str
-            or not 0 < len(project) <= 200
+            or not 0 < len(project) <= NAME_MAX_LENGTH
             or project.isspace()
             or "\x00" in project
         ):

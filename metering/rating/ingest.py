@@ -23,6 +23,7 @@ from metering.rating.base import EventIn, Outcome
 from metering.rating.prepare import MeterSet, Prepared, _meters, _prepare, _take_meters
 from metering.rating.rate import _rate
 from metering.rating.read import _find_customers, _read_part
+from metering.rating.sql import RATING_SETTINGS
 from metering.rating.terms import plan_terms
 
 
@@ -208,7 +209,9 @@ def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
 def _lock_customers(customer_ids: list[int], *, flush: bool = True) -> None:
     """The part's customers' rating locks; without ``flush`` the part commits with
     synchronous_commit off (see RATING_CHUNK_EVENTS)."""
-    billing_services.lock_customer_usage(customer_ids, wait_for_flush=flush)
+    billing_services.lock_customer_usage(
+        customer_ids, wait_for_flush=flush, settings=RATING_SETTINGS
+    )
 
 
 def _commit_record() -> None:

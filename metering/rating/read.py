@@ -31,7 +31,7 @@ from billing.models import (
 from ledger import services as ledger
 from metering.rating.prepare import Prepared, _meter_from_row
 from metering.rating.price import Counter, _distinct_keys
-from metering.rating.sql import _numeric_array, _text_array, execute_bound
+from metering.rating.sql import RATING_SETTINGS, _numeric_array, _text_array, execute_bound
 
 CUSTOMER_FIELDS = ("id", "external_id", "name", "currency", "billing_mode")
 SUBSCRIPTION_FIELDS = (
@@ -161,9 +161,15 @@ def _find_customers(
     is read by a later statement (``_read_part``): a statement's snapshot is taken before
     the locks it acquires."""
     locking = ", pg_advisory_xact_lock(k.id) AS locked" if lock else ""
+    # With the locks, the transaction's planner settings too (before the read is planned).
+    settings = (
+        "".join(f", set_config('{name}', '{value}', true)" for name, value in RATING_SETTINGS)
+        if lock
+        else ""
+    )
     rows = execute_bound(  # the parameter through a subquery: see _PART_SQL
         "SELECT m.n, m.last, c.id, c.external_id, c.name, c.currency, c.billing_mode "
-        "FROM (SELECT count(*) AS n, max(id) AS last FROM metering_meter) AS m "
+        f"FROM (SELECT count(*) AS n, max(id) AS last{settings} FROM metering_meter) AS m "
         f"LEFT JOIN LATERAL (SELECT k.*{locking} FROM ("
         "  SELECT c.* FROM unnest((SELECT %s::text[])) AS x(external_id)"
         "   CROSS JOIN LATERAL (SELECT id, external_id, name, currency, billing_mode"

@@ -20,6 +20,20 @@ from psycopg.pq import ExecStatus, Format
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 
+# Planner settings for a rating transaction's own statements, set (SET LOCAL's way: for the
+# transaction alone, so a pooler in transaction mode is fine) by the statement that takes
+# its customers' rating locks, before the part's read is planned. PostgreSQL's default
+# random_page_cost (4) prices a page read from the index as if from a spinning disk: on the
+# small tables of a young installation (a few hundred customers, subscriptions, wallets)
+# the read's per-key lookups then scanned the whole table once per customer, 53 times a
+# part of 250 events. Rating reads rows that are in memory (the same customers' rows, part
+# after part); 1.1 is the value usually advised for that (SSD or cached data), and gives
+# index lookups at every size. Measured 2026-12-07 (bench/ingest_cpu.py, batches of 1,000,
+# pg_stat_statements on PostgreSQL 15): the part's read 210 → 118-150 ms per 12 batches,
+# the customers' lookup 32-35 → 5-6 ms; PostgreSQL CPU per event 0.106-0.113 → 0.100-0.104
+# in 3 of 3 alternating pairs.
+RATING_SETTINGS = (("random_page_cost", "1.1"),)
+
 # Up to this many rows, a statement reads them from one JSON document; more, from one
 # array per column. An array parameter costs psycopg about 5 µs to adapt whatever its
 # length (the 61 arrays of a single event's write statement: 0.3 ms of Python, more than
