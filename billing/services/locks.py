@@ -30,12 +30,13 @@ def lock_customer_usage(
     ``settings``: other (name, value) settings for the rest of the transaction alone, set
     in the same statement (rating's planner costs: metering.rating.sql)."""
     pairs = settings if wait_for_flush else (("synchronous_commit", "off"), *settings)
-    setting = "".join(f"set_config('{name}', '{value}', true), " for name, value in pairs)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {setting}pg_advisory_xact_lock(s.id) FROM "
+            "SELECT "
+            + "set_config(%s, %s, true), " * len(pairs)
+            + "pg_advisory_xact_lock(s.id) FROM "
             "(SELECT unnest(%s::bigint[]) AS id ORDER BY 1) AS s",
-            [sorted(set(customer_ids))],
+            [*(value for pair in pairs for value in pair), sorted(set(customer_ids))],
         )
 
 

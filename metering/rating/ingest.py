@@ -59,9 +59,12 @@ def ingest_events(
     if not prepared:
         return outcomes  # type: ignore[return-value]
     external_ids = {p.source.customer for p in prepared}
+    # Rating's planner settings (sql.RATING_SETTINGS) in its own transactions only: set
+    # inside a caller's, they would last to the end of the caller's.
+    own = not connection.in_atomic_block
     if len(prepared) <= RATING_CHUNK_EVENTS:
         with transaction.atomic():
-            stamp, customers = _find_customers(external_ids, lock=True)
+            stamp, customers = _find_customers(external_ids, lock=True, settings=own)
             by_customer = _sort_out(prepared, _meters(stamp), customers, outcomes)
             if by_customer:
                 _rate_part(
@@ -80,7 +83,7 @@ def ingest_events(
     for number, chunk in enumerate(chunks):
         last = number == len(chunks) - 1
         with transaction.atomic():
-            _lock_customers(chunk, flush=not deferred or last)
+            _lock_customers(chunk, flush=not deferred or last, settings=own)
             part = {cid: by_customer[cid] for cid in chunk}
             _rate_part(chunk, part, by_id, outcomes, hold_id, now)
             if deferred and last:
@@ -206,11 +209,12 @@ def _chunks(by_customer: dict[int, list[Prepared]]) -> list[list[int]]:
     return chunks
 
 
-def _lock_customers(customer_ids: list[int], *, flush: bool = True) -> None:
+def _lock_customers(customer_ids: list[int], *, flush: bool = True, settings: bool) -> None:
     """The part's customers' rating locks; without ``flush`` the part commits with
-    synchronous_commit off (see RATING_CHUNK_EVENTS)."""
+    synchronous_commit off (see RATING_CHUNK_EVENTS); with ``settings``, rating's planner
+    settings for the part's transaction (sql.RATING_SETTINGS)."""
     billing_services.lock_customer_usage(
-        customer_ids, wait_for_flush=flush, settings=RATING_SETTINGS
+        customer_ids, wait_for_flush=flush, settings=RATING_SETTINGS if settings else ()
     )
 
 

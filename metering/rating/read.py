@@ -138,7 +138,15 @@ def _plain_fields(model: type[Model], names: tuple[str, ...]) -> bool:
     cached: a receiver may be connected later (a test's)."""
     if pre_init.has_listeners(model) or post_init.has_listeners(model):
         return False
-    return _deferred_attributes(model, names)
+    return _django_built(model) and _deferred_attributes(model, names)
+
+
+@functools.cache
+def _django_built(model: type[Model]) -> bool:
+    """The model builds its instances with Django's own ``__init__`` and ``from_db``
+    (nothing of its own that ``_loader`` would skip)."""
+    from_db = getattr(model.from_db, "__func__", None)
+    return model.__init__ is Model.__init__ and from_db is getattr(Model.from_db, "__func__", 0)
 
 
 @functools.cache
@@ -153,7 +161,7 @@ _PLAIN_DESCRIPTORS = (DeferredAttribute, ForeignKeyDeferredAttribute)
 
 
 def _find_customers(
-    external_ids: Iterable[str], *, lock: bool
+    external_ids: Iterable[str], *, lock: bool, settings: bool = False
 ) -> tuple[tuple[int, int | None], dict[str, Customer]]:
     """The meters' stamp (``_meters``) and the customers of these external ids, in one
     statement; with ``lock``, the customers' rating locks too, taken in id order (the same
@@ -161,15 +169,16 @@ def _find_customers(
     is read by a later statement (``_read_part``): a statement's snapshot is taken before
     the locks it acquires."""
     locking = ", pg_advisory_xact_lock(k.id) AS locked" if lock else ""
-    # With the locks, the transaction's planner settings too (before the read is planned).
-    settings = (
+    # With ``settings``, the transaction's planner settings (RATING_SETTINGS) too: for the
+    # statements after this one, the part's read first (this one is planned already).
+    setting = (
         "".join(f", set_config('{name}', '{value}', true)" for name, value in RATING_SETTINGS)
-        if lock
+        if settings
         else ""
     )
     rows = execute_bound(  # the parameter through a subquery: see _PART_SQL
         "SELECT m.n, m.last, c.id, c.external_id, c.name, c.currency, c.billing_mode "
-        f"FROM (SELECT count(*) AS n, max(id) AS last{settings} FROM metering_meter) AS m "
+        f"FROM (SELECT count(*) AS n, max(id) AS last{setting} FROM metering_meter) AS m "
         f"LEFT JOIN LATERAL (SELECT k.*{locking} FROM ("
         "  SELECT c.* FROM unnest((SELECT %s::text[])) AS x(external_id)"
         "   CROSS JOIN LATERAL (SELECT id, external_id, name, currency, billing_mode"
@@ -327,7 +336,7 @@ SELECT json_build_array(
                      WHERE d.subscription_id = s.id AND d.meter_id = k.meter_id
                        AND d.period_start = s.current_period_start AND d.value = k.value
                     OFFSET 0) AS d),
-       ARRAY(SELECT nextval((SELECT pg_get_serial_sequence('metering_event', 'id'))::regclass)
+       ARRAY(SELECT nextval((SELECT pg_get_serial_sequence('metering_event', 'id')::regclass))
                FROM generate_series(1, (SELECT %s::int))),
        <ACCOUNTS>)::text
 """.replace("<COUNTERS>", COUNTER_COLUMNS)

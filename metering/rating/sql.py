@@ -29,9 +29,12 @@ TUPLES_OK = ExecStatus.TUPLES_OK
 # part of 250 events. Rating reads rows that are in memory (the same customers' rows, part
 # after part); 1.1 is the value usually advised for that (SSD or cached data), and gives
 # index lookups at every size. Measured 2026-12-07 (bench/ingest_cpu.py, batches of 1,000,
-# pg_stat_statements on PostgreSQL 15): the part's read 210 → 118-150 ms per 12 batches,
-# the customers' lookup 32-35 → 5-6 ms; PostgreSQL CPU per event 0.106-0.113 → 0.100-0.104
-# in 3 of 3 alternating pairs.
+# pg_stat_statements on PostgreSQL 15, the setting given to the whole connection): the
+# part's read 210 → 118-150 ms per 12 batches; PostgreSQL CPU per event 0.106-0.113 →
+# 0.100-0.104 in 3 of 3 alternating pairs. (The customers' lookup, 32-35 → 5-6 ms then, is
+# not covered: it runs before the locks, planned at the default.) Only in rating's own
+# transactions (``ingest_events``): inside a caller's, the setting would outlast rating.
+# A statement prepared in a rating transaction keeps the plan it got there.
 RATING_SETTINGS = (("random_page_cost", "1.1"),)
 
 # Up to this many rows, a statement reads them from one JSON document; more, from one

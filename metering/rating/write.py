@@ -593,7 +593,8 @@ _AS_TEXT = object()
 def _upsert_daily(accepted: list[Accepted], days: list[date]) -> Statement | None:
     totals: dict[tuple, list] = {}
     known: dict[tuple, tuple[str, str]] = {}
-    # each meter's group_by as a tuple (its meters share them), by the meter's id
+    # each meter's group_by as a tuple (its meters share them), by the meter's id (a
+    # part's meters come from one MeterSet: one meter, so one group_by, per id)
     groups: dict[int, tuple[str, ...]] = {}
     for a, day in zip(accepted, days, strict=True):
         subscription_id, customer_id = a.subscription.id, a.customer.id

@@ -83,3 +83,32 @@ def test_many_accounts_in_one_call(revenue, make_wallet):
         balance = selectors.get_balance(account=wallet)
         assert (balance.posted, balance.version) == (Decimal(10 - i - 1), 2)
     assert selectors.get_balance(account=revenue).posted == sum(range(1, 7))
+
+
+def test_transactions_whose_references_sort_against_the_payload_keep_their_places(
+    revenue, make_wallet
+):
+    """Each transaction answered, and its entries, are the payload's at its place, when
+    the references sort in another order than the payload's (the function's arrays are
+    in payload order: an aggregate that took its rows sorted by reference, as PostgreSQL
+    16+ may for count(DISTINCT reference), mixed them up)."""
+    base = unique("order")
+    wallets = [make_wallet("100") for _ in range(5)]
+    # References in reverse alphabetical order to the payload, amounts all different.
+    specs = [
+        services.TransactionSpec(
+            reference=f"{base}-{chr(ord('z') - i)}",
+            legs=[services.debit(w, str(i + 1)), services.credit(revenue, str(i + 1))],
+        )
+        for i, w in enumerate(wallets)
+    ]
+    posted = services.post_transactions(transactions=specs)
+    assert [t.reference for t in posted] == [s.reference for s in specs]
+    for i, (spec, wallet) in enumerate(zip(specs, wallets, strict=True)):
+        stored = Transaction.objects.get(reference=spec.reference)
+        assert stored.pk == posted[i].pk
+        amounts = {(e.account_id, e.amount) for e in stored.entries.all()}
+        assert (wallet.pk, Decimal(i + 1)) in {(a, abs(m)) for a, m in amounts}
+        assert selectors.get_balance(account=wallet).posted == Decimal(100 - (i + 1))
+    ids = services.post_transactions_for_ids(transactions=specs)  # all replays
+    assert [row.transaction_id for row in ids] == [t.pk for t in posted]

@@ -157,3 +157,27 @@ def test_loaded_instances_run_init_when_someone_listens():
         == "y"
     )
     assert len(seen) == 1
+
+
+def test_a_model_with_its_own_from_db_builds_its_instances(monkeypatch):
+    """A model that builds its instances its own way (its own ``from_db``) is not built
+    straight into ``__dict__`` by ``_loaded``: its ``from_db`` builds them."""
+    from django.db.models import Model
+
+    built = []
+    django_from_db = Model.from_db.__func__
+
+    def own_from_db(cls, db, field_names, values):
+        instance = django_from_db(cls, db, field_names, values)
+        built.append(instance)
+        return instance
+
+    rating_read._django_built.cache_clear()
+    monkeypatch.setattr(Customer, "from_db", classmethod(own_from_db))
+    try:
+        customer = rating_read._loaded(
+            Customer, rating_read.CUSTOMER_FIELDS, [3, "z", "Z", "USD", "prepaid"]
+        )
+    finally:
+        rating_read._django_built.cache_clear()  # the patch is undone after the test
+    assert built == [customer] and customer.external_id == "z"
