@@ -22,7 +22,9 @@ start barrier. Scenarios:
     single     16 clients POST /api/v1/events, one LLM call each (OpenAI, Anthropic and
                Gemini usage objects as the providers return them; models and customers
                drawn at random; unique idempotency keys)
-    batch      2 and 4 clients POST /api/v1/events/batch, 1,000 such events each
+    batch      2 and 4 clients POST /api/v1/events/batch, 1,000 such events each (each
+               client draws and encodes its batches before the run, as the open-loop
+               and raw clients do: the load generator's CPU is not the product's)
     raw        the ceiling: the rows the best batch run wrote, read back from
                metering_event, inserted by plain psycopg (no Django, no HTTP) as
                ``INSERT … ON CONFLICT (customer_id, idempotency_key) DO NOTHING`` of 1,000

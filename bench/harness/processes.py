@@ -228,6 +228,7 @@ class HttpClient:
         self.port = port
         self.headers = headers
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+        self.bodies: list[bytes] = []  # what a client encoded before its run, if anything
 
     def request(
         self, method: str, path: str, body: bytes | None = None, extra: dict | None = None
