@@ -294,7 +294,7 @@ def run_scenario(
     """One run: clients 0..n-1 send from the barrier on; meanwhile the backends are
     sampled; then their results, the CPU each group used, and the figures."""
     pool.send(spec, spec.clients)
-    meter = CpuMeter(cpu_groups(server_groups, pool.pids, bench_db))
+    meter = CpuMeter(cpu_groups(server_groups, pool.pids, bench_db), ended_backends="PostgreSQL")
     pool.start(spec.clients)
     meter.start()
     started = time.monotonic()
@@ -394,7 +394,9 @@ def run_in_process(bench: Bench, seconds: float) -> RunResult:
     events = batches = 0
     rating_cpu = 0.0
     clients = bench.pool.pids if bench.pool is not None else set()
-    meter = CpuMeter(cpu_groups(bench.server_groups, clients, bench.database))
+    meter = CpuMeter(
+        cpu_groups(bench.server_groups, clients, bench.database), ended_backends="PostgreSQL"
+    )
     meter.start()
     started = time.monotonic()
     deadline = time.perf_counter() + seconds

@@ -5,7 +5,8 @@ the snapshots taken at its start and its end, summed by group ("server workers",
 "PostgreSQL", the load clients …: each benchmark names its groups with a ``classify``
 function). A process that ended during the run is not counted (its time is gone with it),
 except PostgreSQL backends, whose time the postmaster collects as its reaped children's
-(``ended_backends``); a process that started is counted whole. The shares are of all the
+(``ended_backends``: their time before the run, known from the start's snapshot, taken
+off); a process that started is counted whole. The shares are of all the
 machine's cores for the run's wall time: a large share outside the benchmark's own groups
 means the machine was not its alone, while the CPU milliseconds per operation stay
 comparable when it was not."""
@@ -28,6 +29,7 @@ class Proc:
     cpu: float  # its own CPU seconds
     children_cpu: float  # CPU seconds of its children that have ended (and were reaped)
     cmdline: str  # PostgreSQL processes only: "postgres: 15/main: user database host …"
+    ppid: int = 0  # its parent's pid
 
     @property
     def is_postgres(self) -> bool:
@@ -55,6 +57,7 @@ def read_processes() -> dict[int, Proc]:
             cpu=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
             children_cpu=(int(fields[13]) + int(fields[14])) / CLOCK_TICKS,
             cmdline=cmdline,
+            ppid=int(fields[1]),
         )
     return found
 
@@ -107,8 +110,13 @@ class CpuUse:
 class CpuMeter:
     """CPU seconds per group of processes between start() and stop(wall).
     ``classify(pid, process, all processes)`` names a process's group; with
-    ``ended_backends``, the time of the PostgreSQL backends that ended during the run
-    (whatever their database) is counted under that name."""
+    ``ended_backends``, the time the PostgreSQL backends that ended during the run spent
+    in it (whatever their database) is counted under that name: what their postmaster
+    collected of its children since the start, less what those of them seen at the start
+    had used by then. (Without it, a backend that ended took its time with it: the
+    server's connections closed at their age limit, DB_CONN_MAX_AGE, and a run's
+    PostgreSQL share fell from about 0.45 of the machine to 0.12 while the machine was
+    0.95 busy: bench-ingest, 2026-12-08.)"""
 
     def __init__(self, classify: Classify, *, ended_backends: str | None = None):
         self.classify = classify
@@ -131,6 +139,12 @@ class CpuMeter:
             used[self.classify(pid, proc, after)] += max(0.0, own)
             if self.ended_backends and proc.is_postgres and " -D " in f" {proc.cmdline} ":
                 ended = proc.children_cpu - (start.children_cpu if same else 0.0)
+                if same:  # the time its ended children had used before the run
+                    ended -= sum(
+                        child.cpu
+                        for child_pid, child in self.before.items()
+                        if child.ppid == pid and child_pid not in after
+                    )
                 used[self.ended_backends] += max(0.0, ended)
         capacity = wall * (os.cpu_count() or 1)
         ordered = sorted(used.items(), key=lambda item: -item[1])
