@@ -122,11 +122,12 @@ class NormalizedUsage(NamedTuple):
         return {name: getattr(self, name) for name in LLM_FIELDS}
 
 
-def normalize_usage(
-    usage: Any, *, provider: str | None = None, model: str | None = None
-) -> NormalizedUsage:
+def normalize_usage(usage: Any, *, provider: Any = None, model: Any = None) -> NormalizedUsage:
     """Read ``usage`` (a provider's usage object or whole response, JSON-decoded) as token
-    kinds. Raises ``UsageNotUnderstood``, ``UnknownProvider`` or ``InvalidEvent`` (model)."""
+    kinds. Raises ``UsageNotUnderstood``, ``UnknownProvider`` or ``InvalidEvent`` (model).
+    ``provider`` and ``model`` are a client's values, checked here (a name, None or "";
+    anything else refused as such), so typed ``Any``: not ``str | None``, which a compiled
+    build (mypyc) would enforce with a TypeError before the check."""
     if type(usage) is not dict and not isinstance(usage, Mapping):
         raise UsageNotUnderstood(
             f"usage must be an object, not {type_name(usage)}", param=USAGE_PARAM

@@ -4,6 +4,7 @@ cover it, with nothing changed), and the accepted handed to ``write._write``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -343,7 +344,9 @@ def _rate(
             running = spending[balance_key] = [balance.posted, balance.held, balance.floor]
         posted, held, floor = running
         if money > 0 and not ledger.can_spend(posted, held, floor, money):
-            balance = ledger.LockedBalance(balances[balance_key].account_id, posted, held, floor)
+            # (replace: a wallet not created yet has a balance of account None, which a
+            # compiled build would refuse to read as LockedBalance's int account_id)
+            balance = replace(balances[balance_key], posted=posted, held=held, floor=floor)
             outcomes[p.index] = Outcome(
                 "rejected", error=_funds_error(wallet, currency, money, balance)
             )
