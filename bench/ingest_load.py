@@ -342,8 +342,8 @@ def prepare_client(index: int, spec: RunSpec) -> Any:
 
 # Closed-loop batch clients draw and encode their batches before the run (as the open-loop
 # clients and the raw scenarios do): on this 2-core machine the clients share the cores with
-# the server and PostgreSQL, and drawing 1,000 events and encoding them cost a client about
-# 0.02 ms of CPU an event, a tenth of what the server and PostgreSQL spend on it — the
+# the server and PostgreSQL, and drawing 1,000 events and encoding them cost a client
+# 0.025 ms of CPU an event, a tenth of what the server and PostgreSQL spend on it — the
 # load generator's cost, not the product's. Enough batches for this many events a second,
 # all clients together; a faster run draws the rest in the loop, as before.
 PREBUILT_EVENTS_PER_SECOND = 16_000
@@ -427,7 +427,7 @@ def run_client(index: int, spec: RunSpec, prepared: Any) -> ClientResult:
             path = "/api/v1/events/batch"
             if sequence <= len(api.bodies):
                 body = api.bodies[sequence - 1]
-            else:  # past the prebuilt ones: drawn now, after where they left the draws
+            else:  # past the prebuilt ones: drawn now, by a generator of their own
                 if sequence == len(api.bodies) + 1:
                     rng = random.Random(f"{spec.scenario}/{spec.clients}/{index}/more")
                 body = batch_body(rng, prefix, sequence, customers)
